@@ -1,0 +1,5 @@
+import sys
+
+from trigate.cli import main
+
+sys.exit(main())

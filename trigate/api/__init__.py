@@ -1,0 +1,69 @@
+"""The HTTP surface: a Quart-Trio app over one worker's `Gateway`."""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Response
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from trigate.api import chat, health, models
+from trigate.api.context import RequestScope, current_request
+from trigate.errors import BodyTooLarge, GatewayError, NotFound
+from trigate.gateway import Gateway
+
+logger = logging.getLogger("trigate")
+
+
+def create_app(gateway: Gateway) -> QuartTrio:
+    """The ASGI app serving `gateway`; its lifespan starts and stops the gateway."""
+    app = QuartTrio("trigate")
+    settings = gateway.config.general_settings
+    app.config.update(
+        MAX_CONTENT_LENGTH=gateway.config.max_request_bytes,
+        BODY_TIMEOUT=settings.request_body_timeout,
+        RESPONSE_TIMEOUT=settings.response_timeout,
+    )
+    app.before_serving(gateway.start)
+    app.after_serving(gateway.stop)
+    for module in (chat, models, health):
+        module.register(app, gateway)
+    _register_error_handlers(app)
+    app.asgi_app = RequestScope(app.asgi_app)  # type: ignore[method-assign]
+    return app
+
+
+def _register_error_handlers(app: QuartTrio) -> None:
+    @app.errorhandler(GatewayError)
+    async def gateway_error(error: GatewayError) -> Response:
+        return _error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def http_error(error: HTTPException) -> Response:
+        return _error_response(_from_http_exception(error))
+
+    @app.errorhandler(Exception)
+    async def unexpected_error(error: Exception) -> Response:
+        request_id = current_request.get().request_id
+        logger.exception("unhandled error in request %s", request_id)
+        return _error_response(
+            GatewayError(f"The gateway failed unexpectedly (request id {request_id}).")
+        )
+
+
+def _from_http_exception(error: HTTPException) -> GatewayError:
+    status = error.code or 500
+    if status == 404:
+        return NotFound("No such endpoint.", code="not_found")
+    if status == 413:
+        return BodyTooLarge("The request body is larger than this gateway accepts.")
+    failure = GatewayError(error.description or error.name, status=status)
+    failure.type = "invalid_request_error" if status < 500 else "api_error"
+    return failure
+
+
+def _error_response(error: GatewayError) -> Response:
+    response = Response(error.body(), status=error.status, content_type="application/json")
+    response.headers.update(error.headers)
+    return response

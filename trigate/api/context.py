@@ -1,0 +1,85 @@
+"""The per-request context, set by an ASGI layer wrapped around Quart.
+
+Working at the ASGI level lets every response, Quart's own 404s included,
+carry `x-request-id` and `x-trigate-overhead-ms` without per-route code. It
+also closes a stream that was opened upstream but never started sending (the
+client left between the upstream's first token and our response headers),
+which no response body could do for itself.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+
+    from trigate.relay import StreamRelay
+
+MAX_REQUEST_ID_LENGTH = 128
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    started: float
+    # Time spent waiting on the upstream before the response started; None if not proxied.
+    upstream_wait: float | None = None
+    relay: StreamRelay | None = None
+
+    def elapsed(self) -> float:
+        return trio.current_time() - self.started
+
+
+current_request: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("request")
+
+
+class RequestScope:
+    """ASGI middleware giving each HTTP request its `RequestContext`."""
+
+    def __init__(self, app: ASGIFramework) -> None:
+        self._app = app
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        context = RequestContext(_request_id(scope["headers"]), trio.current_time())
+        token = current_request.set(context)
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message["headers"], *_headers(context)]}
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_with_headers)
+        finally:
+            current_request.reset(token)
+            if context.relay is not None and not context.relay.entered:
+                await context.relay.close()
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == b"x-request-id":
+            given = value.decode("latin-1").strip()
+            if 0 < len(given) <= MAX_REQUEST_ID_LENGTH and given.isprintable():
+                return given
+            break
+    return uuid.uuid4().hex
+
+
+def _headers(context: RequestContext) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-request-id", context.request_id.encode("latin-1"))]
+    if context.upstream_wait is not None:
+        overhead = max(context.elapsed() - context.upstream_wait, 0.0) * 1000
+        headers.append((b"x-trigate-overhead-ms", f"{overhead:.3f}".encode()))
+    return headers

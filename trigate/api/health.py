@@ -1,0 +1,27 @@
+"""Liveness and readiness probes, unauthenticated as orchestrators expect."""
+
+from __future__ import annotations
+
+from quart import Response
+from quart_trio import QuartTrio
+
+from trigate import __version__
+from trigate.api.responses import json_response
+from trigate.gateway import Gateway
+
+
+def register(app: QuartTrio, gateway: Gateway) -> None:
+    @app.get("/health/liveliness")
+    @app.get("/health/liveness")
+    async def liveliness() -> Response:
+        return json_response("I'm alive!")
+
+    @app.get("/health/readiness")
+    async def readiness() -> Response:
+        return json_response(
+            {
+                "status": "healthy",
+                "version": __version__,
+                "model_groups": len(gateway.groups.names),
+            }
+        )

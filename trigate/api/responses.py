@@ -1,0 +1,36 @@
+"""Small helpers for building responses and reading request bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from quart import Response, request
+
+from trigate.errors import InvalidRequest
+
+JSON = "application/json"
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status=status, content_type=JSON)
+
+
+def raw_json_response(body: bytes, status: int = 200) -> Response:
+    return Response(body, status=status, content_type=JSON)
+
+
+async def json_body() -> dict[str, Any]:
+    """The request's body as a JSON object, or a 400 that says what is wrong with it."""
+    raw = await request.get_data(cache=False)
+    if not raw:
+        raise InvalidRequest("The request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(f"The request body is not valid JSON: {error}.") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest(
+            f"The request body must be a JSON object, not {type(body).__name__}."
+        )
+    return body

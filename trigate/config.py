@@ -1,0 +1,179 @@
+"""The gateway's configuration: LiteLLM's `config.yaml` shape, validated once at start-up.
+
+An existing LiteLLM proxy config must load unchanged, so unknown keys are kept
+rather than rejected, and `os.environ/NAME` values are resolved wherever they
+appear. What the gateway needs to decide is validated strictly, and the first
+problem stops start-up with one message naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from trigate.providers import PROVIDERS
+
+ENV_PREFIX = "os.environ/"
+DEFAULT_TIMEOUT = 600.0
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "model_list": [{"model_name": "mock", "litellm_params": {"model": "mock/mock"}}],
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be served; the message names the offending key."""
+
+
+class LiteLLMParams(BaseModel):
+    """One deployment's `litellm_params`; unknown fields are kept for forward compatibility."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    api_base: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    timeout: float = Field(default=DEFAULT_TIMEOUT, gt=0)
+    stream_timeout: float | None = Field(default=None, gt=0)
+    rpm: int | None = Field(default=None, ge=0)
+    tpm: int | None = Field(default=None, ge=0)
+    weight: float | None = Field(default=None, ge=0)
+    order: int | None = None
+    max_parallel_requests: int | None = Field(default=None, ge=1)
+    input_cost_per_token: float | None = Field(default=None, ge=0)
+    output_cost_per_token: float | None = Field(default=None, ge=0)
+    tags: list[str] = Field(default_factory=list)
+    mock_response: str | None = None
+    mock_delay: float = Field(default=0.0, ge=0)
+    mock_chunk_delay: float = Field(default=0.0, ge=0)
+
+    @field_validator("model")
+    @classmethod
+    def _known_provider(cls, model: str) -> str:
+        provider, _, name = model.partition("/")
+        if not name:
+            raise ValueError(
+                f"expected 'provider/model' with a provider prefix, got {model!r}; "
+                f"known providers: {', '.join(sorted(PROVIDERS))}"
+            )
+        if provider not in PROVIDERS:
+            raise ValueError(
+                f"unknown provider prefix {provider!r}; known providers: "
+                f"{', '.join(sorted(PROVIDERS))}"
+            )
+        return model
+
+    @property
+    def provider(self) -> str:
+        return self.model.partition("/")[0]
+
+    @property
+    def upstream_model(self) -> str:
+        return self.model.partition("/")[2]
+
+
+class ModelEntry(BaseModel):
+    """One `model_list` entry: a deployment serving the alias `model_name`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model_name: str = Field(min_length=1)
+    litellm_params: LiteLLMParams
+    model_info: dict[str, Any] = Field(default_factory=dict)
+
+
+class GeneralSettings(BaseModel):
+    """`general_settings`: the proxy's own settings."""
+
+    model_config = ConfigDict(extra="allow")
+
+    master_key: str | None = Field(default=None, repr=False)
+    database_url: str | None = None
+    max_request_size_mb: float = Field(default=32.0, gt=0)
+    # Reading a request body; a stalled client must not pin a request forever.
+    request_body_timeout: float = Field(default=60.0, gt=0)
+    # Quart would cut every response at 60 s; deployment timeouts bound upstream work instead.
+    response_timeout: float | None = Field(default=None, gt=0)
+    # At shutdown, streams in flight may finish for this long before they are cut.
+    graceful_timeout: float = Field(default=DEFAULT_TIMEOUT, ge=0)
+    keep_alive_timeout: float = Field(default=75.0, gt=0)
+    # One pool per worker; keep-alive equals the limit so httpcore never churns connections.
+    max_upstream_connections: int = Field(default=1000, ge=1)
+
+
+class GatewayConfig(BaseModel):
+    """The whole file. `router_settings` and `litellm_settings` are accepted as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model_list: list[ModelEntry] = Field(default_factory=list)
+    general_settings: GeneralSettings = Field(default_factory=GeneralSettings)
+    router_settings: dict[str, Any] = Field(default_factory=dict)
+    litellm_settings: dict[str, Any] = Field(default_factory=dict)
+    environment_variables: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return int(self.general_settings.max_request_size_mb * 1024 * 1024)
+
+
+def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> GatewayConfig:
+    """Read, resolve and validate a config file; `None` gives the built-in mock default."""
+    raw = _read_yaml(Path(path)) if path else DEFAULT_CONFIG
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    variables = raw.get("environment_variables") or {}
+    if not isinstance(variables, dict):
+        raise ConfigError("environment_variables: expected a mapping of names to values")
+    resolved = _resolve_env(raw, {**{k: str(v) for k, v in variables.items()}, **environ}, "")
+    try:
+        config = GatewayConfig.model_validate(resolved)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+    override = environ.get("TRIGATE_MASTER_KEY")
+    if override:
+        config.general_settings.master_key = override
+    return config
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {error.strerror}") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+
+
+def _resolve_env(value: Any, environ: Mapping[str, str], where: str) -> Any:
+    """Replace every `os.environ/NAME` string, as LiteLLM does, failing on an unset NAME."""
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, environ, _join(where, str(k))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, environ, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str) and value.startswith(ENV_PREFIX):
+        name = value[len(ENV_PREFIX) :]
+        if name not in environ:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return environ[name]
+    return value
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ""
+    for part in first["loc"]:
+        where = f"{where}[{part}]" if isinstance(part, int) else _join(where, str(part))
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{where or 'config'}: {message}"

@@ -1,0 +1,132 @@
+"""`openai/`: any OpenAI-compatible upstream.
+
+The request body is relayed as the client sent it, unknown fields included,
+with two changes: `model` becomes the upstream's model name and streams always
+ask for usage, so that billing never has to guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+
+from trigate.errors import UpstreamError
+from trigate.providers.base import (
+    Completion,
+    error_from_response,
+    timeout_for,
+    translate_transport_error,
+)
+from trigate.sse import SSEDecoder
+
+if TYPE_CHECKING:
+    from trigate.config import LiteLLMParams
+    from trigate.tokens import TokenCounter
+
+DEFAULT_API_BASE = "https://api.openai.com/v1"
+DONE = "[DONE]"
+
+
+class OpenAICompatible:
+    """Adapter for one OpenAI-compatible deployment."""
+
+    def __init__(
+        self, params: LiteLLMParams, http: httpx.AsyncClient, counter: TokenCounter
+    ) -> None:
+        base = (params.api_base or DEFAULT_API_BASE).rstrip("/")
+        self._url = f"{base}/chat/completions"
+        self._model = params.upstream_model
+        self._http = http
+        self._timeout = timeout_for(params)
+        headers = {"content-type": "application/json", "accept-encoding": "identity"}
+        if params.api_key:
+            headers["authorization"] = f"Bearer {params.api_key}"
+        extra = getattr(params, "extra_headers", None)
+        if isinstance(extra, dict):
+            headers.update({str(k): str(v) for k, v in extra.items()})
+        self._headers = headers
+
+    async def complete(self, body: dict[str, Any]) -> Completion:
+        response = await self._send({**body, "model": self._model}, stream=False)
+        try:
+            raw = await response.aread()
+        except httpx.HTTPError as error:
+            raise translate_transport_error(error) from error
+        finally:
+            await response.aclose()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("The upstream answered with a body that is not JSON.") from None
+        if not isinstance(data, dict):
+            raise UpstreamError("The upstream answered with JSON that is not an object.")
+        return Completion(body=data, raw=raw)
+
+    async def open_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
+        options = body.get("stream_options")
+        options = {**options, "include_usage": True} if isinstance(options, dict) else {
+            "include_usage": True
+        }
+        payload = {**body, "model": self._model, "stream": True, "stream_options": options}
+        return OpenAIChunkStream(await self._send(payload, stream=True))
+
+    async def _send(self, payload: dict[str, Any], *, stream: bool) -> httpx.Response:
+        request = self._http.build_request(
+            "POST",
+            self._url,
+            content=orjson.dumps(payload),
+            headers=self._headers,
+            timeout=self._timeout,
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx.HTTPError as error:
+            raise translate_transport_error(error) from error
+        if response.status_code >= 400:
+            try:
+                raise await error_from_response(response)
+            finally:
+                await response.aclose()
+        return response
+
+
+class OpenAIChunkStream:
+    """An upstream SSE response, decoded into OpenAI chunk dicts."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        decoder = SSEDecoder()
+        try:
+            async for raw in self._response.aiter_raw():
+                for event in decoder.feed(raw):
+                    if event.data == DONE:
+                        return
+                    yield _parse_chunk(event.data)
+        except httpx.HTTPError as error:
+            raise translate_transport_error(error) from error
+        for event in decoder.flush():
+            if event.data == DONE:
+                return
+            yield _parse_chunk(event.data)
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+def _parse_chunk(data: str) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The upstream sent a stream event that is not JSON.") from None
+    if not isinstance(chunk, dict):
+        raise UpstreamError("The upstream sent a stream event that is not a JSON object.")
+    error = chunk.get("error")
+    if error is not None and "choices" not in chunk:
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        raise UpstreamError(f"The upstream failed mid-stream: {message}")
+    return chunk

@@ -1,0 +1,178 @@
+"""The streaming relay: one per-request nursery between an upstream and a client.
+
+The relay is a Quart response body. Quart drives it as
+`async with body as it: async for frame in it: await send(frame)`, so the body
+owns a nursery for exactly as long as the response is being sent. Inside it,
+the provider reader runs as a child task and feeds SSE frames into a memory
+channel of capacity 100; the client writer is the task iterating the body.
+
+- A client disconnect cancels the request's scope. The reader is cancelled
+  with it, and the upstream response is closed before the body's exit returns,
+  so the upstream connection never outlives the client nor goes back to a pool
+  half-read.
+- A slow client blocks the writer; the channel fills to 100 frames and then
+  blocks the reader, which stops reading the upstream: memory stays bounded.
+- Accounting runs in `__aexit__` under a shield with a time bound, so a record
+  is written however the stream ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import orjson
+import trio
+from quart.wrappers.response import ResponseBody
+
+from trigate.errors import GatewayError, UpstreamError
+from trigate.providers import ChunkStream
+from trigate.usage import UsageMeter
+
+CHANNEL_CAPACITY = 100
+# The writer sends whatever frames are waiting in one write, up to this many.
+MAX_FRAMES_PER_WRITE = 64
+# Closing an upstream or writing a record must not hold a cancelled request forever.
+CLOSE_TIMEOUT = 5.0
+FINISH_TIMEOUT = 10.0
+
+DONE_FRAME = b"data: [DONE]\n\n"
+_CHUNK_IDENTITY = ("id", "created", "model", "system_fingerprint")
+
+
+def sse_frame(payload: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+@dataclass(slots=True)
+class StreamOutcome:
+    """How a relayed stream ended, for its record."""
+
+    completed: bool = False
+    cancelled_by_client: bool = False
+    error: GatewayError | None = None
+    frames_relayed: int = 0
+
+
+class StreamRelay(ResponseBody):
+    """A Quart `ResponseBody` relaying one upstream stream as OpenAI SSE frames."""
+
+    def __init__(
+        self,
+        stream: ChunkStream,
+        chunks: AsyncIterator[dict[str, Any]],
+        first: dict[str, Any] | None,
+        meter: UsageMeter,
+        *,
+        include_usage: bool,
+        on_finish: Callable[[StreamOutcome], Awaitable[None]],
+    ) -> None:
+        self._stream = stream
+        self._chunks = chunks
+        self._first = first
+        self._meter = meter
+        self._include_usage = include_usage
+        self._on_finish = on_finish
+        self._usage_template: dict[str, Any] | None = None
+        self._last_chunk: dict[str, Any] | None = None
+        self._frames: trio.MemoryReceiveChannel[bytes] | None = None
+        self._nursery_manager: Any = None
+        self._nursery: trio.Nursery | None = None
+        self.entered = False
+        self.outcome = StreamOutcome()
+
+    async def __aenter__(self) -> StreamRelay:
+        self.entered = True
+        send, self._frames = trio.open_memory_channel[bytes](CHANNEL_CAPACITY)
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        self._nursery.start_soon(self._read_upstream, send)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._nursery is not None
+        # The reader must not outlive the writer, whatever stopped the writer.
+        self._nursery.cancel_scope.cancel()
+        try:
+            return await self._nursery_manager.__aexit__(exc_type, exc, tb)
+        finally:
+            self.outcome.cancelled_by_client = not self.outcome.completed
+            await self.close()
+
+    def __aiter__(self) -> StreamRelay:
+        return self
+
+    async def __anext__(self) -> bytes:
+        assert self._frames is not None
+        try:
+            frame = await self._frames.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        batch = [frame]
+        try:
+            while len(batch) < MAX_FRAMES_PER_WRITE:
+                batch.append(self._frames.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            pass
+        self.outcome.frames_relayed += len(batch)
+        return frame if len(batch) == 1 else b"".join(batch)
+
+    async def close(self) -> None:
+        """Release the upstream and write the record; safe to call more than once."""
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await self._chunks.aclose()  # type: ignore[attr-defined]
+                await self._stream.aclose()
+            on_finish, self._on_finish = self._on_finish, _finished
+            with trio.move_on_after(FINISH_TIMEOUT):
+                await on_finish(self.outcome)
+
+    async def _read_upstream(self, frames: trio.MemorySendChannel[bytes]) -> None:
+        async with frames:
+            try:
+                if self._first is not None:
+                    await self._relay_chunk(frames, self._first)
+                async for chunk in self._chunks:
+                    await self._relay_chunk(frames, chunk)
+                if self._include_usage:
+                    await frames.send(sse_frame(await self._usage_chunk()))
+            except GatewayError as error:
+                self.outcome.error = error
+                await frames.send(sse_frame(error.to_dict()))
+            self.outcome.completed = True
+            await frames.send(DONE_FRAME)
+
+    async def _relay_chunk(self, frames: trio.MemorySendChannel[bytes], chunk: Any) -> None:
+        if not isinstance(chunk, dict):
+            raise UpstreamError("The upstream sent a stream chunk that is not an object.")
+        self._meter.observe_chunk(chunk)
+        usage = chunk.pop("usage", None)
+        if usage is not None:
+            self._meter.report(usage)
+        if usage is not None and not chunk.get("choices"):
+            # The usage-only chunk: held back, so a client gets exactly one, last.
+            self._usage_template = chunk
+            return
+        self._last_chunk = chunk
+        await frames.send(sse_frame(chunk))
+
+    async def _usage_chunk(self) -> dict[str, Any]:
+        """The one usage chunk a client that asked for usage gets, before `[DONE]`."""
+        chunk = self._usage_template
+        if chunk is None:
+            last = self._last_chunk or {}
+            chunk = {key: last[key] for key in _CHUNK_IDENTITY if key in last}
+            chunk.update(object="chat.completion.chunk", choices=[])
+        chunk["usage"] = self._meter.reported or (await self._meter.settle()).to_openai()
+        return chunk
+
+
+async def _finished(outcome: StreamOutcome) -> None:
+    """Stands in for `on_finish` once the record has been written."""

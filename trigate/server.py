@@ -1,0 +1,88 @@
+"""Serving: hypercorn's Trio worker running the gateway, one or more processes.
+
+Hypercorn spawns its workers, and each imports the app by path, so the
+configuration reaches them through the environment (`TRIGATE_CONFIG`,
+`TRIGATE_MASTER_KEY`) rather than through pickled objects. The parent
+validates the same configuration first, so a bad file fails once, clearly.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from dataclasses import dataclass
+
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.run import run
+from quart_trio import QuartTrio
+
+from trigate.api import create_app
+from trigate.config import GatewayConfig, load_config
+from trigate.gateway import Gateway
+
+APP_PATH = "trigate.server:worker_app()"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4000
+
+
+@dataclass(frozen=True)
+class Binding:
+    host: str
+    port: int
+    workers: int
+
+
+class StartupError(Exception):
+    """The gateway refuses to start; the message says why."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def hypercorn_config(config: GatewayConfig, binding: Binding) -> HypercornConfig:
+    settings = config.general_settings
+    server = HypercornConfig()
+    server.bind = [f"{binding.host}:{binding.port}"]
+    server.worker_class = "trio"
+    # One worker runs in this process; more are spawned and share the listening socket.
+    server.workers = 0 if binding.workers == 1 else binding.workers
+    server.application_path = APP_PATH
+    server.graceful_timeout = settings.graceful_timeout
+    server.keep_alive_timeout = settings.keep_alive_timeout
+    server.accesslog = None
+    server.errorlog = "-"
+    return server
+
+
+def serve(config: GatewayConfig, binding: Binding) -> int:
+    """Run until interrupted; returns the exit code."""
+    if not config.general_settings.master_key and not is_loopback(binding.host):
+        raise StartupError(
+            f"refusing to bind {binding.host}, which is not a loopback address, without a "
+            "master key: set general_settings.master_key or TRIGATE_MASTER_KEY"
+        )
+    return run(hypercorn_config(config, binding))
+
+
+def worker_app() -> QuartTrio:
+    """The app of one worker process, configured from the environment."""
+    configure_logging()
+    config = load_config(os.environ.get("TRIGATE_CONFIG"), os.environ)
+    master_key = config.general_settings.master_key
+    if not master_key:
+        raise StartupError("no master key reached the worker (TRIGATE_MASTER_KEY is unset)")
+    return create_app(Gateway(config, master_key))
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=os.environ.get("TRIGATE_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,94 @@
+"""Exact usage for one request: the upstream's report when there is one, a count otherwise.
+
+The meter watches every chunk that passes. It keeps the upstream's usage
+report whenever one arrives (a reported 0 is a real 0) and, as insurance, the
+completion text, so a stream that ends without a report, or is cut short by
+its client, is still billed by counting with the request's encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trigate.tokens import TokenCounter
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    # "upstream" when the provider reported it, "counted" when tiktoken did.
+    source: str
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+class UsageMeter:
+    """Collects what is needed to bill one chat completion."""
+
+    __slots__ = ("_counter", "_pieces", "_reported", "body", "model")
+
+    def __init__(self, counter: TokenCounter, model: str, body: dict[str, Any]) -> None:
+        self._counter = counter
+        self.model = model
+        self.body = body
+        self._pieces: list[str] = []
+        self._reported: dict[str, Any] | None = None
+
+    @property
+    def reported(self) -> dict[str, Any] | None:
+        return self._reported
+
+    def report(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self._reported = usage
+
+    def observe_chunk(self, chunk: dict[str, Any]) -> None:
+        """Keep the text a stream chunk adds: content, reasoning and tool-call arguments."""
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict):
+                self._observe_message(delta)
+
+    def observe_completion(self, body: dict[str, Any]) -> None:
+        for choice in body.get("choices") or ():
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if isinstance(message, dict):
+                self._observe_message(message)
+
+    def _observe_message(self, message: dict[str, Any]) -> None:
+        for key in ("content", "reasoning_content"):
+            text = message.get(key)
+            if isinstance(text, str) and text:
+                self._pieces.append(text)
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            if isinstance(arguments, str) and arguments:
+                self._pieces.append(arguments)
+
+    async def settle(self) -> Usage:
+        """The usage to bill: the upstream's numbers, or tiktoken's where it gave none."""
+        reported = self._reported or {}
+        prompt = reported.get("prompt_tokens")
+        completion = reported.get("completion_tokens")
+        if isinstance(prompt, int) and isinstance(completion, int):
+            return Usage(prompt, completion, "upstream")
+        if not isinstance(prompt, int):
+            messages = self.body.get("messages")
+            prompt = await self._counter.count_prompt_async(
+                self.model, messages if isinstance(messages, list) else [], self.body.get("tools")
+            )
+        if not isinstance(completion, int):
+            completion = await self._counter.count_text_async(self.model, "".join(self._pieces))
+        return Usage(prompt, completion, "counted")
