@@ -64,4 +64,3 @@ def _serve(args: argparse.Namespace) -> int:
         # Spawned workers read it from here; a generated key is then the same in all of them.
         os.environ["TRIGATE_MASTER_KEY"] = config.general_settings.master_key
     return serve(config, binding)
-

@@ -127,6 +127,11 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
     raw = _read_yaml(Path(path)) if path else DEFAULT_CONFIG
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return parse_config(raw, environ)
+
+
+def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConfig:
+    """Resolve `os.environ/` references in an already-parsed config, then validate it."""
     variables = raw.get("environment_variables") or {}
     if not isinstance(variables, dict):
         raise ConfigError("environment_variables: expected a mapping of names to values")

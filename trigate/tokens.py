@@ -11,7 +11,7 @@ Counting is only a fallback: usage reported by an upstream always wins.
 from __future__ import annotations
 
 import gzip
-import importlib.resources
+import importlib.util
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -73,9 +73,18 @@ IMAGE_TOKENS_LOW = 85
 IMAGE_TOKENS_DEFAULT = 765
 
 
+def _packed_bpe_file(name: str) -> Path:
+    """Where the `bpe-openai` wheel keeps an encoding, found without importing that package
+    (its import builds tokenizers of its own, which the gateway does not use)."""
+    spec = importlib.util.find_spec("bpe_openai")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the bpe-openai package, which ships the BPE files, is not installed")
+    return Path(next(iter(spec.submodule_search_locations)), "data", f"{name}.tiktoken.gz")
+
+
 def _load_encoding(name: str) -> tiktoken.Encoding:
     spec = _ENCODINGS[name]
-    packed = importlib.resources.files("bpe_openai.data").joinpath(f"{name}.tiktoken.gz")
+    packed = _packed_bpe_file(name)
     with tempfile.TemporaryDirectory(prefix="trigate-bpe-") as tmp:
         path = Path(tmp, f"{name}.tiktoken")
         path.write_bytes(gzip.decompress(packed.read_bytes()))
@@ -115,9 +124,7 @@ class TokenCounter:
             return self.count_text(model, text)
         return await trio.to_thread.run_sync(self.count_text, model, text, abandon_on_cancel=True)
 
-    def count_prompt(
-        self, model: str, messages: list[Any], tools: list[Any] | None = None
-    ) -> int:
+    def count_prompt(self, model: str, messages: list[Any], tools: list[Any] | None = None) -> int:
         """Prompt tokens by OpenAI's chat formula, tool definitions included."""
         encoding = self.encoding_for(model)
         total = REPLY_PRIMING

@@ -164,10 +164,12 @@ class ChatCall:
 
     async def _finish_stream(self, outcome: StreamOutcome) -> None:
         usage = await self.meter.settle()
-        status = outcome.error.status if outcome.error else 200
-        await self._record(
-            status, outcome.error, usage, cancelled=outcome.cancelled_by_client
-        )
+        status = 200
+        if outcome.error:
+            status = outcome.error.status
+        elif outcome.cancelled_by_client:
+            status = CLIENT_CLOSED
+        await self._record(status, outcome.error, usage, cancelled=outcome.cancelled_by_client)
 
     async def _record(
         self,
@@ -201,6 +203,7 @@ class ChatCall:
     async def _prompt_tokens(self) -> int:
         messages = self.body.get("messages")
         return await self.gateway.counter.count_prompt_async(
-            self.deployment.upstream_model, messages if isinstance(messages, list) else [],
+            self.deployment.upstream_model,
+            messages if isinstance(messages, list) else [],
             self.body.get("tools"),
         )

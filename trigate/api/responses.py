@@ -30,7 +30,5 @@ async def json_body() -> dict[str, Any]:
     except orjson.JSONDecodeError as error:
         raise InvalidRequest(f"The request body is not valid JSON: {error}.") from None
     if not isinstance(body, dict):
-        raise InvalidRequest(
-            f"The request body must be a JSON object, not {type(body).__name__}."
-        )
+        raise InvalidRequest(f"The request body must be a JSON object, not {type(body).__name__}.")
     return body

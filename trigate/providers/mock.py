@@ -63,9 +63,7 @@ class MockProvider:
     async def open_stream(self, body: dict[str, Any]) -> MockChunkStream:
         text = self._text_for(body)
         usage = await self._usage(body, text)
-        return MockChunkStream(
-            self._model, text, usage, self._first_token_delay, self._chunk_delay
-        )
+        return MockChunkStream(self._model, text, usage, self._first_token_delay, self._chunk_delay)
 
     def _text_for(self, body: dict[str, Any]) -> str:
         text = body.get("mock_response")

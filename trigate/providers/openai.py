@@ -67,9 +67,11 @@ class OpenAICompatible:
 
     async def open_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
         options = body.get("stream_options")
-        options = {**options, "include_usage": True} if isinstance(options, dict) else {
-            "include_usage": True
-        }
+        options = (
+            {**options, "include_usage": True}
+            if isinstance(options, dict)
+            else {"include_usage": True}
+        )
         payload = {**body, "model": self._model, "stream": True, "stream_options": options}
         return OpenAIChunkStream(await self._send(payload, stream=True))
 

@@ -69,9 +69,7 @@ class ModelGroups:
         for entry in config.model_list:
             params = entry.litellm_params
             provider = PROVIDERS[params.provider](params, http, counter)
-            deployments.append(
-                Deployment(deployment_id(entry), entry.model_name, entry, provider)
-            )
+            deployments.append(Deployment(deployment_id(entry), entry.model_name, entry, provider))
         return cls(deployments)
 
     @property

@@ -1,0 +1,101 @@
+"""Drive the app in-process through ASGI, with the test in control of the client side.
+
+Hypercorn on a socket is the honest default; this driver is for what a socket
+cannot show deterministically: a client that stops reading (backpressure), a
+disconnect at an exact moment, and virtual time with `autojump_clock`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import trio
+from conftest import MASTER_KEY
+
+
+async def start_lifespan(nursery: trio.Nursery, app: Any) -> None:
+    """Run the app's lifespan startup, as hypercorn would, in `nursery`."""
+    to_app, app_inbox = trio.open_memory_channel[dict](1)
+    app_outbox, from_app = trio.open_memory_channel[dict](1)
+    scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+    nursery.start_soon(app, scope, app_inbox.receive, app_outbox.send)
+    await to_app.send({"type": "lifespan.startup"})
+    message = await from_app.receive()
+    assert message["type"] == "lifespan.startup.complete", message
+
+
+class Exchange:
+    """One HTTP request in flight; the app's `send` blocks until the test takes a message."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body: bytes | None = body
+        self.disconnected = trio.Event()
+        self._to_test, self._messages = trio.open_memory_channel[dict](0)
+        self.done = trio.Event()
+
+    async def receive(self) -> dict:
+        if self._body is not None:
+            body, self._body = self._body, None
+            return {"type": "http.request", "body": body, "more_body": False}
+        await self.disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict) -> None:
+        await self._to_test.send(message)
+
+    async def next_message(self) -> dict:
+        return await self._messages.receive()
+
+    async def start(self) -> dict:
+        message = await self.next_message()
+        assert message["type"] == "http.response.start"
+        return message
+
+    async def read_body(self) -> bytes:
+        body = b""
+        while True:
+            message = await self.next_message()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                return body
+
+    def disconnect(self) -> None:
+        self.disconnected.set()
+
+
+def chat_request(
+    nursery: trio.Nursery, app: Any, payload: dict[str, Any], path: str = "/v1/chat/completions"
+) -> Exchange:
+    body = orjson.dumps(payload)
+    exchange = Exchange(body)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Bearer {MASTER_KEY}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 4000),
+        "extensions": {},
+        "state": {},
+    }
+
+    async def run() -> None:
+        try:
+            await app(scope, exchange.receive, exchange.send)
+        finally:
+            exchange.done.set()
+
+    nursery.start_soon(run)
+    return exchange

@@ -1,0 +1,122 @@
+"""Shared fixtures: the real app served by hypercorn on port 0, fake upstreams, records."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from fakes import FakeUpstream
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+from quart_trio import QuartTrio
+
+from trigate.api import create_app
+from trigate.config import parse_config
+from trigate.gateway import Gateway
+from trigate.spend import RequestRecord
+
+MASTER_KEY = "sk-test-master-key-0123456789"
+UPSTREAM_KEY = "sk-upstream-secret-abcdefghij"
+
+
+class MemoryRecords:
+    """A record sink tests can wait on."""
+
+    def __init__(self) -> None:
+        self.records: list[RequestRecord] = []
+        self._changed = trio.Condition()
+
+    async def write(self, record: RequestRecord) -> None:
+        self.records.append(record)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, count: int) -> list[RequestRecord]:
+        async with self._changed:
+            while len(self.records) < count:
+                await self._changed.wait()
+        return self.records
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    gateway: Gateway
+    records: MemoryRecords
+    _shutdown: trio.Event
+    _stopped: trio.Event
+
+    async def stop(self) -> None:
+        """A graceful shutdown, as on SIGTERM: lifespan shutdown runs."""
+        self._shutdown.set()
+        await self._stopped.wait()
+
+    def client(self, key: str = MASTER_KEY, **kwargs: Any) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.url, headers={"authorization": f"Bearer {key}"}, **kwargs
+        )
+
+
+def openai_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
+    return {
+        "model_list": [
+            {
+                "model_name": "gpt-test",
+                "litellm_params": {
+                    "model": "openai/upstream-model",
+                    "api_base": upstream.base_url,
+                    "api_key": UPSTREAM_KEY,
+                    **params,
+                },
+            }
+        ]
+    }
+
+
+def mock_config(**params: Any) -> dict[str, Any]:
+    return {
+        "model_list": [{"model_name": "mock", "litellm_params": {"model": "mock/gpt-4o", **params}}]
+    }
+
+
+def build_app(raw_config: dict[str, Any], **gateway_kwargs: Any) -> tuple[QuartTrio, Gateway]:
+    gateway = Gateway(parse_config(raw_config, {}), MASTER_KEY, **gateway_kwargs)
+    return create_app(gateway), gateway
+
+
+async def start_gateway(nursery: trio.Nursery, raw_config: dict[str, Any]) -> RunningGateway:
+    """The real app under hypercorn on 127.0.0.1:0, running in `nursery`."""
+    records = MemoryRecords()
+    app, gateway = build_app(raw_config, records=records)
+    server = HypercornConfig()
+    server.bind = ["127.0.0.1:0"]
+    server.graceful_timeout = 1
+    server.accesslog = None
+    shutdown, stopped = trio.Event(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
+        try:
+            await serve(app, server, shutdown_trigger=shutdown.wait, task_status=task_status)
+        finally:
+            stopped.set()
+
+    binds = await nursery.start(run)
+    return RunningGateway(binds[0], gateway, records, shutdown, stopped)
+
+
+@pytest.fixture
+async def upstream(nursery: trio.Nursery) -> FakeUpstream:
+    fake = FakeUpstream()
+    await fake.start(nursery)
+    return fake
+
+
+@pytest.fixture
+async def gateway(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterator[RunningGateway]:
+    running = await start_gateway(nursery, openai_config(upstream))
+    yield running
+    await running.stop()

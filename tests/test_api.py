@@ -1,0 +1,173 @@
+"""The HTTP surface: auth, bad input, error envelopes, request ids, models and health."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import openai
+import pytest
+import trio
+from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, openai_config, start_gateway
+from fakes import FakeUpstream
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+ENVELOPE_KEYS = {"message", "type", "param", "code"}
+
+
+def assert_envelope(response: httpx.Response, status: int, error_type: str) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == ENVELOPE_KEYS
+    assert error["type"] == error_type
+    return error
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": "Bearer sk-wrong"},
+        {"authorization": "Basic " + MASTER_KEY},
+        {"x-api-key": "sk-wrong"},
+        {"authorization": "Bearer"},
+    ],
+)
+async def test_bad_or_missing_key_is_401(gateway: RunningGateway, headers: dict) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        for path in ("/v1/models", "/v1/chat/completions"):
+            method = "GET" if path.endswith("models") else "POST"
+            response = await client.request(
+                method, path, headers=headers, json={"model": "gpt-test", "messages": MESSAGES}
+            )
+            assert_envelope(response, 401, "authentication_error")
+            assert "sk-wrong" not in response.text
+
+
+async def test_x_api_key_header_is_accepted(gateway: RunningGateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        response = await client.get("/v1/models", headers={"x-api-key": MASTER_KEY})
+    assert response.status_code == 200
+
+
+async def test_sdk_sees_authentication_error(gateway: RunningGateway) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="sk-nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"", None),
+        (b"[1, 2]", None),
+        (b'"a string"', None),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
+        (b'{"model": 42, "messages": [{"role": "user", "content": "x"}]}', "model"),
+        (b'{"model": "gpt-test"}', "messages"),
+        (b'{"model": "gpt-test", "messages": "hello"}', "messages"),
+        (b'{"model": "gpt-test", "messages": []}', "messages"),
+        (b'{"model": "gpt-test", "messages": ["hi"]}', "messages"),
+        (b'{"model": "gpt-test", "messages": [{"role": "user"}], "stream": "yes"}', "stream"),
+        (b"\xff\xfe\x00garbage", None),
+    ],
+)
+async def test_malformed_requests_are_400(
+    gateway: RunningGateway, upstream: FakeUpstream, body: bytes, param: str | None
+) -> None:
+    async with gateway.client() as client:
+        response = await client.post(
+            "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+        )
+    error = assert_envelope(response, 400, "invalid_request_error")
+    assert error["param"] == param
+    assert upstream.requests == []
+
+
+async def test_unknown_model_is_404_naming_it(gateway: RunningGateway) -> None:
+    async with gateway.client() as client:
+        response = await client.post(
+            "/v1/chat/completions", json={"model": "gpt-nope", "messages": MESSAGES}
+        )
+    error = assert_envelope(response, 404, "invalid_request_error")
+    assert "gpt-nope" in error["message"] and error["code"] == "model_not_found"
+
+
+async def test_oversized_body_is_413(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
+    config = {**openai_config(upstream), "general_settings": {"max_request_size_mb": 0.001}}
+    running = await start_gateway(nursery, config)
+    async with running.client() as client:
+        big = {"model": "gpt-test", "messages": [{"role": "user", "content": "x" * 5000}]}
+        response = await client.post("/v1/chat/completions", json=big)
+    assert_envelope(response, 413, "invalid_request_error")
+    assert upstream.requests == []
+    await running.stop()
+
+
+async def test_unknown_path_and_method_use_the_envelope(gateway: RunningGateway) -> None:
+    async with gateway.client() as client:
+        assert_envelope(await client.get("/v1/nope"), 404, "invalid_request_error")
+        assert_envelope(await client.get("/v1/chat/completions"), 405, "invalid_request_error")
+
+
+async def test_request_id_is_echoed_or_generated(gateway: RunningGateway) -> None:
+    async with gateway.client() as client:
+        given = await client.get("/v1/models", headers={"x-request-id": "trace-123"})
+        fresh_a = await client.get("/v1/models")
+        fresh_b = await client.get("/v1/nowhere")
+        chat = await client.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-test", "messages": MESSAGES},
+            headers={"x-request-id": "trace-456"},
+        )
+    assert given.headers["x-request-id"] == "trace-123"
+    assert fresh_a.headers["x-request-id"] != fresh_b.headers["x-request-id"]
+    assert len(fresh_a.headers["x-request-id"]) == 32
+    assert chat.headers["x-request-id"] == "trace-456"
+    assert float(chat.headers["x-trigate-overhead-ms"]) >= 0
+    [record] = await gateway.records.wait_for(1)
+    assert record.request_id == "trace-456"
+
+
+async def test_models_lists_the_aliases(gateway: RunningGateway) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, max_retries=0)
+    models = await client.models.list()
+    assert [model.id for model in models.data] == ["gpt-test"]
+    await client.close()
+    async with gateway.client() as http:
+        assert (await http.get("/models")).json()["data"][0]["id"] == "gpt-test"
+
+
+async def test_health_needs_no_auth(gateway: RunningGateway) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        assert (await client.get("/health/liveliness")).status_code == 200
+        readiness = await client.get("/health/readiness")
+    assert readiness.status_code == 200 and readiness.json()["status"] == "healthy"
+
+
+async def test_chat_without_v1_prefix(gateway: RunningGateway) -> None:
+    async with gateway.client() as client:
+        response = await client.post(
+            "/chat/completions", json={"model": "gpt-test", "messages": MESSAGES}
+        )
+    assert response.status_code == 200
+
+
+async def test_no_secret_reaches_the_logs(
+    gateway: RunningGateway, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with gateway.client() as client:
+        await client.post("/v1/chat/completions", json={"model": "gpt-test", "messages": MESSAGES})
+        await client.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-test", "messages": MESSAGES},
+            headers={"authorization": "Bearer sk-guess-0123456789"},
+        )
+    await gateway.records.wait_for(1)
+    assert MASTER_KEY not in caplog.text
+    assert UPSTREAM_KEY not in caplog.text
+    assert "sk-guess-0123456789" not in caplog.text

@@ -1,0 +1,402 @@
+"""Chat completions end to end: the OpenAI SDK against hypercorn, a fake upstream on a socket."""
+
+from __future__ import annotations
+
+import openai
+import orjson
+import pytest
+import trio
+from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, mock_config, start_gateway
+from fakes import (
+    DONE,
+    FakeUpstream,
+    JSONReply,
+    StreamReply,
+    chat_completion,
+    chunk,
+    stream_of,
+)
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+
+
+def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+
+
+async def test_sdk_non_stream(gateway: RunningGateway, upstream: FakeUpstream) -> None:
+    upstream.handler = lambda request: JSONReply(
+        chat_completion(
+            "Hello there", {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
+        )
+    )
+    async with sdk(gateway) as client:
+        completion = await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    assert completion.choices[0].message.content == "Hello there"
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (11, 2)
+    [record] = await gateway.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens, record.usage_source) == (
+        11,
+        2,
+        "upstream",
+    )
+    assert (
+        record.model_group == "gpt-test"
+        and record.status == 200
+        and record.key_identity == "master"
+    )
+
+
+async def test_upstream_sees_its_own_key_model_and_untouched_fields(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    async with sdk(gateway) as client:
+        await client.chat.completions.create(
+            model="gpt-test",
+            messages=MESSAGES,
+            temperature=0.3,
+            extra_body={"future_field": {"nested": [1, 2, 3]}, "seed": 7},
+        )
+    [received] = upstream.requests
+    assert received.target == "/v1/chat/completions"
+    assert received.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert MASTER_KEY not in str(received.headers)
+    body = received.json
+    assert body["model"] == "upstream-model"
+    assert body["future_field"] == {"nested": [1, 2, 3]}
+    assert body["seed"] == 7 and body["temperature"] == 0.3
+    assert body["messages"] == MESSAGES
+
+
+async def test_sdk_stream_without_usage_request(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: stream_of(["Hel", "lo", "!"], usage=(9, 3))
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-test", messages=MESSAGES, stream=True
+        )
+        chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Hello!"
+    assert all(c.usage is None for c in chunks), "usage goes only to clients that asked"
+    assert all(c.choices for c in chunks)
+    # The gateway asked on the client's behalf, and billed what the upstream reported.
+    assert upstream.requests[0].json["stream_options"] == {"include_usage": True}
+    [record] = await gateway.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens) == (9, 3)
+    assert record.stream and not record.cancelled_by_client and record.ttft_ms is not None
+
+
+async def test_sdk_stream_with_usage_gets_exactly_one_usage_chunk(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: stream_of(["a", "b"], usage=(4, 2))
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-test",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+    with_usage = [c for c in chunks if c.usage is not None]
+    assert len(with_usage) == 1 and with_usage[0] is chunks[-1]
+    assert with_usage[0].usage.prompt_tokens == 4 and with_usage[0].usage.completion_tokens == 2
+    assert with_usage[0].choices == []
+
+
+async def test_usage_on_every_chunk_is_reduced_to_one(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """Some OpenAI-compatible servers repeat cumulative usage on each chunk."""
+    frames: list[bytes | float] = [
+        chunk("one ", usage={"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}),
+        chunk("two", usage={"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}),
+        chunk(finish="stop", usage={"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}),
+        DONE,
+    ]
+    upstream.handler = lambda request: StreamReply(frames)
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-test",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+    usages = [c.usage for c in chunks if c.usage is not None]
+    assert len(usages) == 1 and usages[0].completion_tokens == 2
+    [record] = await gateway.records.wait_for(1)
+    assert record.completion_tokens == 2 and record.usage_source == "upstream"
+
+
+async def test_stream_without_upstream_usage_is_counted_with_tiktoken(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: stream_of(["Hello", " world"], usage=None)
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-test",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+    counter = gateway.gateway.counter
+    expected_prompt = counter.count_prompt("upstream-model", MESSAGES)
+    expected_completion = counter.count_text("upstream-model", "Hello world")
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (expected_prompt, expected_completion)
+    [record] = await gateway.records.wait_for(1)
+    assert record.usage_source == "counted"
+    assert (record.prompt_tokens, record.completion_tokens) == (
+        expected_prompt,
+        expected_completion,
+    )
+
+
+async def test_tool_call_arguments_are_counted(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    call = {
+        "index": 0,
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": '},
+    }
+    more = {"index": 0, "function": {"arguments": '"Paris"}'}}
+
+    def tool_chunk(tool_call: dict) -> bytes:
+        return chunk(None).replace(
+            b'"delta":{}', b'"delta":{"tool_calls":[%s]}' % orjson.dumps(tool_call)
+        )
+
+    upstream.handler = lambda request: StreamReply(
+        [tool_chunk(call), tool_chunk(more), chunk(finish="tool_calls"), DONE]
+    )
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-test",
+            messages=MESSAGES,
+            stream=True,
+            tools=tools,
+        )
+        chunks = [c async for c in stream]
+    arguments = "".join(
+        c.choices[0].delta.tool_calls[0].function.arguments or ""
+        for c in chunks
+        if c.choices and c.choices[0].delta.tool_calls
+    )
+    assert arguments == '{"city": "Paris"}'
+    [record] = await gateway.records.wait_for(1)
+    counter = gateway.gateway.counter
+    assert record.completion_tokens == counter.count_text("upstream-model", arguments)
+    assert record.prompt_tokens == counter.count_prompt("upstream-model", MESSAGES, tools)
+
+
+async def test_reported_zero_usage_is_a_real_zero(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: stream_of(["cached"], usage=(0, 0))
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-test",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 0
+    [record] = await gateway.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens, record.usage_source) == (
+        0,
+        0,
+        "upstream",
+    )
+
+
+async def test_non_stream_without_usage_is_counted_and_returned(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Bonjour tout le monde"))
+    async with sdk(gateway) as client:
+        completion = await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+    counter = gateway.gateway.counter
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == counter.count_text(
+        "upstream-model", "Bonjour tout le monde"
+    )
+    assert completion.usage.prompt_tokens == counter.count_prompt("upstream-model", MESSAGES)
+
+
+async def test_mid_stream_failure_becomes_one_error_frame_then_done(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    error = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
+    upstream.handler = lambda request: StreamReply([chunk("partial"), error])
+    async with (
+        gateway.client() as client,
+        client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": "gpt-test", "messages": MESSAGES, "stream": True},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        body = (await response.aread()).decode()
+    events = [line[6:] for line in body.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
+    assert '"error"' in events[-2] and "overloaded" in events[-2]
+    assert "partial" in events[0]
+    [record] = await gateway.records.wait_for(1)
+    assert record.status == 502 and record.error is not None
+    assert record.completion_tokens == gateway.gateway.counter.count_text(
+        "upstream-model", "partial"
+    )
+
+
+async def test_upstream_dropping_mid_stream_becomes_error_frame(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    # A close-delimited body cut short: the upstream just goes away.
+    upstream.handler = lambda request: StreamReply([chunk("x")], close_delimited=True)
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-test", messages=MESSAGES, stream=True
+        )
+        chunks = [c async for c in stream]
+    # Ending without [DONE] on a close-delimited body is a normal end for lenient upstreams.
+    assert [c.choices[0].delta.content for c in chunks] == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("upstream_status", "client_status", "exception"),
+    [
+        (400, 400, openai.BadRequestError),
+        (404, 404, openai.NotFoundError),
+        (422, 422, openai.UnprocessableEntityError),
+        (401, 502, openai.APIStatusError),
+        (500, 502, openai.APIStatusError),
+        (503, 502, openai.APIStatusError),
+    ],
+)
+async def test_upstream_errors_before_the_stream_are_real_statuses(
+    gateway: RunningGateway,
+    upstream: FakeUpstream,
+    upstream_status: int,
+    client_status: int,
+    exception: type[Exception],
+) -> None:
+    upstream.handler = lambda request: JSONReply(
+        {"error": {"message": f"Incorrect API key provided: {UPSTREAM_KEY}", "type": "x"}},
+        status=upstream_status,
+    )
+    async with sdk(gateway) as client:
+        for stream in (False, True):
+            with pytest.raises(exception) as caught:
+                await client.chat.completions.create(
+                    model="gpt-test", messages=MESSAGES, stream=stream
+                )
+            assert caught.value.status_code == client_status  # type: ignore[attr-defined]
+            body = caught.value.body  # type: ignore[attr-defined]
+            assert set(body) == {"message", "type", "param", "code"}
+            assert UPSTREAM_KEY not in str(body) and "[redacted]" in body["message"]
+
+
+async def test_upstream_rate_limit_keeps_retry_after(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(
+        {"error": {"message": "Rate limit reached"}}, status=429, headers={"retry-after": "7"}
+    )
+    async with gateway.client() as client:
+        response = await client.post(
+            "/v1/chat/completions", json={"model": "gpt-test", "messages": MESSAGES}
+        )
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "7"
+    assert response.json()["error"]["type"] == "rate_limit_error"
+
+
+async def test_unreachable_upstream_is_502(nursery: trio.Nursery) -> None:
+    closed = trio.socket.socket()
+    await closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens here now
+    config = {
+        "model_list": [
+            {
+                "model_name": "gone",
+                "litellm_params": {
+                    "model": "openai/x",
+                    "api_base": f"http://127.0.0.1:{port}/v1",
+                    "api_key": "sk-x",
+                },
+            }
+        ]
+    }
+    running = await start_gateway(nursery, config)
+    async with sdk(running) as client:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.chat.completions.create(model="gone", messages=MESSAGES)
+    assert caught.value.status_code == 502
+    assert caught.value.body["code"] == "upstream_unreachable"  # type: ignore[index]
+    await running.stop()
+
+
+async def test_stalled_first_token_is_504(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
+    config = {
+        "model_list": [
+            {
+                "model_name": "slow",
+                "litellm_params": {
+                    "model": "openai/x",
+                    "api_base": upstream.base_url,
+                    "api_key": "sk-x",
+                    "stream_timeout": 0.2,
+                },
+            }
+        ]
+    }
+    upstream.handler = lambda request: StreamReply([5.0, chunk("late"), DONE])
+    running = await start_gateway(nursery, config)
+    async with sdk(running) as client:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.chat.completions.create(model="slow", messages=MESSAGES, stream=True)
+    assert caught.value.status_code == 504
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted_streams == 1)
+    await running.stop()
+
+
+async def test_mock_provider_streams_and_counts(nursery: trio.Nursery) -> None:
+    running = await start_gateway(nursery, mock_config(mock_response="Hi from the mock"))
+    async with sdk(running) as client:
+        completion = await client.chat.completions.create(model="mock", messages=MESSAGES)
+        stream = await client.chat.completions.create(
+            model="mock", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [c async for c in stream]
+    counter = running.gateway.counter
+    assert completion.choices[0].message.content == "Hi from the mock"
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == counter.count_text("gpt-4o", "Hi from the mock")
+    assert completion.usage.prompt_tokens == counter.count_prompt("gpt-4o", MESSAGES)
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi from the mock"
+    )
+    assert chunks[-1].usage == completion.usage
+    await running.stop()

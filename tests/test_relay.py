@@ -1,0 +1,154 @@
+"""The streaming relay's structure: disconnects, backpressure, long streams, cleanup."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import orjson
+import trio
+import trio.testing
+from asgi_driver import chat_request, start_lifespan
+from conftest import RunningGateway, build_app, mock_config, openai_config
+from fakes import FakeUpstream, StreamReply, chunk, sse_lines
+
+from trigate.relay import CHANNEL_CAPACITY, MAX_FRAMES_PER_WRITE
+
+STREAM_BODY = {
+    "model": "gpt-test",
+    "messages": [{"role": "user", "content": "Tell me a long story"}],
+    "stream": True,
+}
+
+
+def endless_story() -> StreamReply:
+    return StreamReply([chunk("Once "), chunk("upon ")], tail=chunk("more "), tail_interval=0.005)
+
+
+async def read_events_then_leave(gateway: RunningGateway, events: int) -> list[str]:
+    seen: list[str] = []
+    async with (
+        gateway.client() as client,
+        client.stream("POST", "/v1/chat/completions", json=STREAM_BODY) as response,
+    ):
+        assert response.status_code == 200
+        async for data in sse_lines(response):
+            seen.append(data)
+            if len(seen) == events:
+                break
+    return seen
+
+
+async def test_client_disconnect_closes_the_upstream_connection(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: endless_story()
+    seen = await read_events_then_leave(gateway, 3)
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted_streams == 1)
+        await upstream.wait_for(lambda: upstream.connections_closed == upstream.connections_opened)
+        [record] = await gateway.records.wait_for(1)
+    assert record.cancelled_by_client and record.status == 499
+    # Billed by counting what the upstream produced, at least what reached the client.
+    relayed = "".join(orjson.loads(data)["choices"][0]["delta"]["content"] for data in seen)
+    assert record.usage_source == "counted"
+    assert record.completion_tokens >= gateway.gateway.counter.count_text("upstream-model", relayed)
+    assert record.prompt_tokens > 0
+
+
+async def test_many_concurrent_disconnects_each_close_their_upstream(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: endless_story()
+    clients = 40
+    async with trio.open_nursery() as nursery:
+        for index in range(clients):
+            nursery.start_soon(read_events_then_leave, gateway, 2 + index % 5)
+    with trio.fail_after(10):
+        await upstream.wait_for(lambda: upstream.aborted_streams == clients)
+        await upstream.wait_for(lambda: upstream.connections_closed == upstream.connections_opened)
+        records = await gateway.records.wait_for(clients)
+    assert all(record.cancelled_by_client for record in records)
+    assert len({record.request_id for record in records}) == clients
+
+
+async def test_upstream_is_closed_when_client_leaves_before_the_response_starts(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """The stream is open upstream, but the client goes before our headers went out."""
+    upstream.handler = lambda request: endless_story()
+    app, _gateway = build_app(openai_config(upstream))
+    await start_lifespan(nursery, app)
+    exchange = chat_request(nursery, app, STREAM_BODY)
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: len(upstream.requests) == 1)
+        await trio.testing.wait_all_tasks_blocked(0.05)
+    exchange.disconnect()  # the app is blocked sending its response start
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted_streams == 1)
+        await exchange.done.wait()
+
+
+class CountingStory(httpx.AsyncByteStream):
+    """An endless upstream body that counts how many chunks the gateway pulled."""
+
+    def __init__(self) -> None:
+        self.produced = 0
+        self.closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            self.produced += 1
+            yield chunk(f"word{self.produced} ")
+            await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_a_slow_client_stops_the_upstream_reader(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    story = CountingStory()
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, stream=story, headers={"content-type": "text/event-stream"}
+        )
+    )
+    app, _ = build_app(openai_config(upstream), transport=transport)
+    await start_lifespan(nursery, app)
+    exchange = chat_request(nursery, app, STREAM_BODY)
+    await exchange.start()
+    await exchange.next_message()  # one write reaches the client, then it stops reading
+    with trio.fail_after(5):  # an unbounded reader would never let every task block
+        await trio.testing.wait_all_tasks_blocked()
+    held = story.produced
+    # The channel, one batch in the writer's hands, the one delivered, and one in flight.
+    assert held <= CHANNEL_CAPACITY + 2 * MAX_FRAMES_PER_WRITE + 2
+    await trio.testing.wait_all_tasks_blocked()
+    assert story.produced == held, "the reader must stay blocked while the client is"
+    exchange.disconnect()
+    with trio.fail_after(5):
+        await exchange.done.wait()
+    assert story.closed
+
+
+async def test_a_ten_minute_stream_arrives_whole(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    words = [f"w{i} " for i in range(11)]
+    app, _ = build_app(mock_config(mock_response="".join(words), mock_chunk_delay=60.0))
+    await start_lifespan(nursery, app)
+    started = trio.current_time()
+    exchange = chat_request(nursery, app, {**STREAM_BODY, "model": "mock"})
+    start = await exchange.start()
+    assert start["status"] == 200
+    body = (await exchange.read_body()).decode()
+    assert trio.current_time() - started >= 600
+    events = [line[6:] for line in body.split("\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    text = "".join(
+        (orjson.loads(e)["choices"] or [{"delta": {}}])[0]["delta"].get("content", "")
+        for e in events[:-1]
+    )
+    assert text == "".join(words)
