@@ -1,0 +1,133 @@
+"""Configuration: LiteLLM's config.yaml loads unchanged, and bad configs fail clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from trigate.config import ConfigError, load_config, parse_config
+
+LITELLM_CONFIG = """
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_base: https://api.openai.com/v1
+      api_key: os.environ/OPENAI_API_KEY
+      timeout: 600
+      stream_timeout: 60
+      rpm: 600
+      tpm: 100000
+      weight: 2
+      order: 1
+      max_parallel_requests: 10
+      input_cost_per_token: 0.0000025
+      output_cost_per_token: 0.00001
+      tags: [fast]
+      some_future_param: {a: 1}
+    model_info:
+      id: gpt-4o-primary
+      max_input_tokens: 128000
+general_settings:
+  master_key: os.environ/TRIGATE_MASTER_KEY
+  alerting: [slack]
+router_settings:
+  routing_strategy: simple-shuffle
+  num_retries: 2
+litellm_settings:
+  drop_params: true
+environment_variables:
+  EXTRA_VAR: from-config
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_litellm_config_loads_unchanged(tmp_path: Path) -> None:
+    env = {"OPENAI_API_KEY": "sk-openai", "TRIGATE_MASTER_KEY": "sk-master"}
+    config = load_config(write(tmp_path, LITELLM_CONFIG), env)
+    [entry] = config.model_list
+    params = entry.litellm_params
+    assert (params.provider, params.upstream_model) == ("openai", "gpt-4o")
+    assert params.api_key == "sk-openai" and config.general_settings.master_key == "sk-master"
+    assert (params.rpm, params.tpm, params.weight, params.order) == (600, 100000, 2, 1)
+    assert params.max_parallel_requests == 10 and params.tags == ["fast"]
+    assert params.input_cost_per_token == 0.0000025
+    assert params.model_extra == {"some_future_param": {"a": 1}}
+    assert entry.model_info["max_input_tokens"] == 128000
+    assert config.router_settings["num_retries"] == 2
+    assert config.litellm_settings == {"drop_params": True}
+
+
+def test_environment_variables_section_feeds_resolution(tmp_path: Path) -> None:
+    text = LITELLM_CONFIG.replace("os.environ/OPENAI_API_KEY", "os.environ/EXTRA_VAR")
+    config = load_config(write(tmp_path, text), {"TRIGATE_MASTER_KEY": "sk-m"})
+    assert config.model_list[0].litellm_params.api_key == "from-config"
+
+
+def test_master_key_env_overrides_the_config() -> None:
+    raw = {"general_settings": {"master_key": "sk-from-file"}}
+    config = parse_config(raw, {"TRIGATE_MASTER_KEY": "sk-from-env"})
+    assert config.general_settings.master_key == "sk-from-env"
+
+
+def test_no_config_serves_the_mock() -> None:
+    config = load_config(None, {})
+    assert [e.model_name for e in config.model_list] == ["mock"]
+    assert config.model_list[0].litellm_params.provider == "mock"
+
+
+def test_defaults_are_deliberate() -> None:
+    settings = parse_config({}, {}).general_settings
+    assert settings.response_timeout is None  # Quart's 60 s cut would end long streams
+    assert settings.graceful_timeout == 600
+    assert parse_config({}, {}).max_request_bytes == 32 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("litellm_params", "message"),
+    [
+        (
+            {"model": "madeup/gpt"},
+            "model_list[0].litellm_params.model: unknown provider prefix 'madeup'",
+        ),
+        ({"api_key": "x"}, "model_list[0].litellm_params.model: Field required"),
+        ({"model": "gpt-4o"}, "model_list[0].litellm_params.model: expected 'provider/model'"),
+        (
+            {"model": "openai/x", "api_key": "os.environ/NOPE_UNSET"},
+            "model_list[0].litellm_params.api_key: environment variable NOPE_UNSET is not set",
+        ),
+        (
+            {"model": "openai/x", "timeout": "soon"},
+            "model_list[0].litellm_params.timeout: Input should be a valid number",
+        ),
+        (
+            {"model": "openai/x", "rpm": -1},
+            "model_list[0].litellm_params.rpm: Input should be greater than or equal to 0",
+        ),
+    ],
+)
+def test_bad_configs_name_the_key(litellm_params: dict, message: str) -> None:
+    raw = {"model_list": [{"model_name": "m", "litellm_params": litellm_params}]}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, {})
+    assert str(caught.value).startswith(message)
+
+
+def test_missing_model_name() -> None:
+    with pytest.raises(ConfigError, match=r"model_list\[0\]\.model_name: Field required"):
+        parse_config({"model_list": [{"litellm_params": {"model": "openai/x"}}]}, {})
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml", {})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "model_list: [\n"), {})
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(write(tmp_path, "- a\n- b\n"), {})
