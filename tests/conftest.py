@@ -10,13 +10,13 @@ import httpx
 import pytest
 import trio
 from fakes import FakeUpstream
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 from trigate.api import create_app
 from trigate.config import parse_config
 from trigate.gateway import Gateway
+from trigate.server import Binding, hypercorn_config
 from trigate.spend import RequestRecord
 
 MASTER_KEY = "sk-test-master-key-0123456789"
@@ -92,10 +92,7 @@ async def start_gateway(nursery: trio.Nursery, raw_config: dict[str, Any]) -> Ru
     """The real app under hypercorn on 127.0.0.1:0, running in `nursery`."""
     records = MemoryRecords()
     app, gateway = build_app(raw_config, records=records)
-    server = HypercornConfig()
-    server.bind = ["127.0.0.1:0"]
-    server.graceful_timeout = 1
-    server.accesslog = None
+    server = hypercorn_config(gateway.config, Binding("127.0.0.1", 0, workers=1))
     shutdown, stopped = trio.Event(), trio.Event()
 
     async def run(task_status: trio.TaskStatus[list[str]]) -> None:

@@ -35,6 +35,8 @@ class JSONReply:
     body: Any
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
+    # Seconds to "think" before answering; a client leaving meanwhile is counted as aborted.
+    delay: float = 0.0
 
 
 @dataclass
@@ -122,8 +124,8 @@ class FakeUpstream:
         self.requests: list[ReceivedRequest] = []
         self.connections_opened = 0
         self.connections_closed = 0
-        # Set each time a client closes a connection while a response was still streaming.
-        self.aborted_streams = 0
+        # Counts clients that closed a connection before its response was complete.
+        self.aborted = 0
         self._changed = trio.Condition()
         self.port = 0
 
@@ -168,6 +170,10 @@ class FakeUpstream:
         await self._changed_notify()
         reply = self.handler(request)
         if isinstance(reply, JSONReply):
+            if reply.delay and not await _wait_unless_client_leaves(stream, reply.delay):
+                self.aborted += 1
+                await self._changed_notify()
+                return False
             await _send_json(stream, connection, reply)
             return connection.our_state is h11.DONE and connection.their_state is h11.DONE
         return await self._send_stream(stream, connection, reply)
@@ -197,7 +203,7 @@ class FakeUpstream:
             finished = await _send_frames(send, reply)
             nursery.cancel_scope.cancel()
         if not finished or client_left.is_set():
-            self.aborted_streams += 1
+            self.aborted += 1
             await self._changed_notify()
             return False
         if reply.close_delimited:
@@ -220,6 +226,16 @@ async def _send_frames(send: Callable[[bytes], Any], reply: StreamReply) -> bool
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return False
     return True
+
+
+async def _wait_unless_client_leaves(stream: trio.SocketStream, seconds: float) -> bool:
+    """Sleep, watching the connection; False if the client left meanwhile."""
+    client_left = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_for_close, stream, client_left, nursery.cancel_scope)
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+    return not client_left.is_set()
 
 
 async def _watch_for_close(

@@ -378,7 +378,7 @@ async def test_stalled_first_token_is_504(nursery: trio.Nursery, upstream: FakeU
             await client.chat.completions.create(model="slow", messages=MESSAGES, stream=True)
     assert caught.value.status_code == 504
     with trio.fail_after(5):
-        await upstream.wait_for(lambda: upstream.aborted_streams == 1)
+        await upstream.wait_for(lambda: upstream.aborted == 1)
     await running.stop()
 
 

@@ -9,8 +9,8 @@ import orjson
 import trio
 import trio.testing
 from asgi_driver import chat_request, start_lifespan
-from conftest import RunningGateway, build_app, mock_config, openai_config
-from fakes import FakeUpstream, StreamReply, chunk, sse_lines
+from conftest import RunningGateway, build_app, mock_config, openai_config, start_gateway
+from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, sse_lines
 
 from trigate.relay import CHANNEL_CAPACITY, MAX_FRAMES_PER_WRITE
 
@@ -45,7 +45,7 @@ async def test_client_disconnect_closes_the_upstream_connection(
     upstream.handler = lambda request: endless_story()
     seen = await read_events_then_leave(gateway, 3)
     with trio.fail_after(5):
-        await upstream.wait_for(lambda: upstream.aborted_streams == 1)
+        await upstream.wait_for(lambda: upstream.aborted == 1)
         await upstream.wait_for(lambda: upstream.connections_closed == upstream.connections_opened)
         [record] = await gateway.records.wait_for(1)
     assert record.cancelled_by_client and record.status == 499
@@ -65,7 +65,7 @@ async def test_many_concurrent_disconnects_each_close_their_upstream(
         for index in range(clients):
             nursery.start_soon(read_events_then_leave, gateway, 2 + index % 5)
     with trio.fail_after(10):
-        await upstream.wait_for(lambda: upstream.aborted_streams == clients)
+        await upstream.wait_for(lambda: upstream.aborted == clients)
         await upstream.wait_for(lambda: upstream.connections_closed == upstream.connections_opened)
         records = await gateway.records.wait_for(clients)
     assert all(record.cancelled_by_client for record in records)
@@ -76,7 +76,7 @@ async def test_upstream_is_closed_when_client_leaves_before_the_response_starts(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
     """The stream is open upstream, but the client goes before our headers went out."""
-    upstream.handler = lambda request: endless_story()
+    upstream.handler = lambda request: StreamReply([chunk("Once "), 30.0, chunk("never")])
     app, _gateway = build_app(openai_config(upstream))
     await start_lifespan(nursery, app)
     exchange = chat_request(nursery, app, STREAM_BODY)
@@ -85,7 +85,7 @@ async def test_upstream_is_closed_when_client_leaves_before_the_response_starts(
         await trio.testing.wait_all_tasks_blocked(0.05)
     exchange.disconnect()  # the app is blocked sending its response start
     with trio.fail_after(5):
-        await upstream.wait_for(lambda: upstream.aborted_streams == 1)
+        await upstream.wait_for(lambda: upstream.aborted == 1)
         await exchange.done.wait()
 
 
@@ -152,3 +152,39 @@ async def test_a_ten_minute_stream_arrives_whole(
         for e in events[:-1]
     )
     assert text == "".join(words)
+
+
+async def test_client_leaving_a_non_stream_request_closes_the_upstream(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("late"), delay=30.0)
+    async with gateway.client() as client:
+        with trio.move_on_after(0.2):  # the client gives up, closing its connection
+            await client.post("/v1/chat/completions", json={**STREAM_BODY, "stream": False})
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+        [record] = await gateway.records.wait_for(1)
+    assert record.cancelled_by_client and record.status == 499
+    assert record.prompt_tokens > 0 and record.completion_tokens == 0
+
+
+async def test_streams_in_flight_finish_during_graceful_shutdown(nursery: trio.Nursery) -> None:
+    words = [f"w{i} " for i in range(10)]
+    running = await start_gateway(
+        nursery, mock_config(mock_response="".join(words), mock_chunk_delay=0.1)
+    )
+    async with (
+        running.client() as client,
+        client.stream(
+            "POST", "/v1/chat/completions", json={**STREAM_BODY, "model": "mock"}
+        ) as response,
+    ):
+        events = sse_lines(response)
+        first = await anext(events)
+        nursery.start_soon(running.stop)  # SIGTERM-like, mid-stream
+        rest = [data async for data in events]
+    assert rest[-1] == "[DONE]"
+    contents = [
+        orjson.loads(d)["choices"][0]["delta"].get("content", "") for d in [first, *rest[:-1]]
+    ]
+    assert "".join(contents) == "".join(words)

@@ -51,8 +51,7 @@ def hypercorn_config(config: GatewayConfig, binding: Binding) -> HypercornConfig
     server = HypercornConfig()
     server.bind = [f"{binding.host}:{binding.port}"]
     server.worker_class = "trio"
-    # One worker runs in this process; more are spawned and share the listening socket.
-    server.workers = 0 if binding.workers == 1 else binding.workers
+    server.workers = binding.workers
     server.application_path = APP_PATH
     server.graceful_timeout = settings.graceful_timeout
     server.keep_alive_timeout = settings.keep_alive_timeout
@@ -68,7 +67,10 @@ def serve(config: GatewayConfig, binding: Binding) -> int:
             f"refusing to bind {binding.host}, which is not a loopback address, without a "
             "master key: set general_settings.master_key or TRIGATE_MASTER_KEY"
         )
-    return run(hypercorn_config(config, binding))
+    server = hypercorn_config(config, binding)
+    if binding.workers == 1:
+        server.workers = 0  # hypercorn's run() then serves in this process instead of spawning
+    return run(server)
 
 
 def worker_app() -> QuartTrio:
