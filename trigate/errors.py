@@ -8,8 +8,12 @@ through `redact` because upstream errors sometimes echo credentials back.
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
 
 import orjson
 
@@ -112,36 +116,79 @@ class BodyTooLarge(GatewayError):
     code = "request_too_large"
 
 
+class Failure(StrEnum):
+    """What went wrong upstream, as far as retries, cooldowns and fallbacks care."""
+
+    RATE_LIMIT = "rate_limit"
+    TIMEOUT = "timeout"
+    SERVER = "server"
+    CONNECTION = "connection"
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+    BAD_REQUEST = "bad_request"
+    CONTEXT_WINDOW = "context_window"
+    CONTENT_POLICY = "content_policy"
+
+
 class UpstreamError(GatewayError):
     """The upstream answered with an error, or broke off."""
 
     status = 502
     type = "api_error"
     code = "upstream_error"
+    kind = Failure.SERVER
     upstream_status: int | None = None
+    # Seconds the upstream asked us to wait, from `retry-after-ms` or `retry-after`.
+    retry_after: float | None = None
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     type = "timeout_error"
     code = "upstream_timeout"
+    kind = Failure.TIMEOUT
 
 
 class UpstreamUnreachable(UpstreamError):
     code = "upstream_unreachable"
+    kind = Failure.CONNECTION
 
 
-_TYPE_BY_STATUS = {
-    400: "invalid_request_error",
-    404: "invalid_request_error",
-    409: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
+class NoDeploymentAvailable(GatewayError):
+    """Every deployment of a model group is cooling down or at its cap."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "no_deployment_available"
+
+
+_CONTEXT_CODES = {"context_length_exceeded", "string_above_max_length"}
+_CONTEXT_WORDS = re.compile(
+    r"context length|context window|maximum context|too many tokens|prompt is too long"
+    r"|input is too long|exceeds the context",
+    re.IGNORECASE,
+)
+_POLICY_CODES = {"content_filter", "content_policy_violation", "content_policy"}
+_POLICY_WORDS = re.compile(
+    r"content management policy|content[_ ]filter|content policy|safety system", re.IGNORECASE
+)
+
+
+# What a client sees of each kind: (status, type, code); None keeps the upstream's own.
+# Kinds not listed (auth, server) are the gateway's problem and stay 502.
+_CLIENT_VIEW: dict[Failure, tuple[int | None, str, str | None]] = {
+    Failure.RATE_LIMIT: (429, "rate_limit_error", "rate_limit_exceeded"),
+    Failure.TIMEOUT: (504, "timeout_error", "upstream_timeout"),
+    Failure.CONTEXT_WINDOW: (400, "invalid_request_error", "context_length_exceeded"),
+    Failure.CONTENT_POLICY: (400, "invalid_request_error", "content_policy_violation"),
+    Failure.BAD_REQUEST: (None, "invalid_request_error", None),
+    Failure.NOT_FOUND: (404, "invalid_request_error", None),
 }
 
 
-def from_upstream_status(status: int, message: str, headers: dict[str, str]) -> UpstreamError:
+def from_upstream_status(
+    status: int, message: str, headers: Mapping[str, str], code: str | None = None
+) -> UpstreamError:
     """Map an upstream's error status onto what the gateway's client should see.
 
     Client errors (bad parameters, rate limits) keep their status so that the
@@ -149,15 +196,50 @@ def from_upstream_status(status: int, message: str, headers: dict[str, str]) -> 
     gateway's problem, not the client's, so 401/403 become 502, as do 5xx.
     """
     error = UpstreamError(message)
-    if status in _TYPE_BY_STATUS:
-        error.status = status
-        error.type = _TYPE_BY_STATUS[status]
-        error.code = "rate_limit_exceeded" if status == 429 else None
-    if status == 429:
-        error.headers = {
-            name: value
-            for name, value in headers.items()
-            if name in ("retry-after", "retry-after-ms")
-        }
     error.upstream_status = status
+    error.kind = _classify(status, message, code)
+    if error.kind in _CLIENT_VIEW:
+        view_status, error.type, view_code = _CLIENT_VIEW[error.kind]
+        error.status = view_status or status
+        error.code = view_code or code
+    if error.kind is Failure.RATE_LIMIT:
+        error.retry_after = retry_after_seconds(headers)
+        error.headers = {k: v for k, v in headers.items() if k in ("retry-after", "retry-after-ms")}
     return error
+
+
+def _classify(status: int, message: str, code: str | None) -> Failure:
+    if status == 429:
+        return Failure.RATE_LIMIT
+    if status == 408:
+        return Failure.TIMEOUT
+    if status in (401, 403):
+        return Failure.AUTH
+    if status == 404:
+        return Failure.NOT_FOUND
+    if 400 <= status < 500:
+        if code in _CONTEXT_CODES or _CONTEXT_WORDS.search(message):
+            return Failure.CONTEXT_WINDOW
+        if code in _POLICY_CODES or _POLICY_WORDS.search(message):
+            return Failure.CONTENT_POLICY
+        return Failure.BAD_REQUEST
+    return Failure.SERVER
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """`retry-after-ms` (OpenAI's), else `retry-after` in seconds or as an HTTP date."""
+    if value := headers.get("retry-after-ms"):
+        with contextlib.suppress(ValueError):
+            return max(float(value) / 1000, 0.0)
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)

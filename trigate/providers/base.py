@@ -91,18 +91,26 @@ async def error_from_response(response: httpx.Response) -> UpstreamError:
         body += piece
         if len(body) >= ERROR_BODY_LIMIT:
             break
-    message = _error_message(body) or f"The upstream answered {response.status_code}."
-    return from_upstream_status(response.status_code, message, dict(response.headers))
+    message, code = _error_details(body)
+    message = message or f"The upstream answered {response.status_code}."
+    return from_upstream_status(response.status_code, message, response.headers, code)
 
 
-def _error_message(body: bytes) -> str:
+def _error_details(body: bytes) -> tuple[str, str | None]:
+    """The message and machine-readable code of an OpenAI-style error body."""
+    text = body[:ERROR_MESSAGE_LIMIT].decode("utf-8", "replace").strip()
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:ERROR_MESSAGE_LIMIT].decode("utf-8", "replace").strip()
+        return text, None
     error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"][:ERROR_MESSAGE_LIMIT]
+    if isinstance(error, dict):
+        message = error.get("message")
+        code = error.get("code") or error.get("type")
+        return (
+            message[:ERROR_MESSAGE_LIMIT] if isinstance(message, str) else text,
+            code if isinstance(code, str) else None,
+        )
     if isinstance(error, str):
-        return error[:ERROR_MESSAGE_LIMIT]
-    return body[:ERROR_MESSAGE_LIMIT].decode("utf-8", "replace").strip()
+        return error[:ERROR_MESSAGE_LIMIT], None
+    return text, None
