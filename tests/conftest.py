@@ -62,6 +62,7 @@ class RunningGateway:
 
 
 def openai_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
+    """One deployment on the fake upstream; no retries, so upstream errors show as they are."""
     return {
         "model_list": [
             {
@@ -73,7 +74,8 @@ def openai_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
                     **params,
                 },
             }
-        ]
+        ],
+        "router_settings": {"num_retries": 0},
     }
 
 

@@ -6,7 +6,14 @@ import openai
 import orjson
 import pytest
 import trio
-from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, mock_config, start_gateway
+from conftest import (
+    MASTER_KEY,
+    UPSTREAM_KEY,
+    RunningGateway,
+    mock_config,
+    openai_config,
+    start_gateway,
+)
 from fakes import (
     DONE,
     FakeUpstream,
@@ -331,51 +338,27 @@ async def test_upstream_rate_limit_keeps_retry_after(
     assert response.json()["error"]["type"] == "rate_limit_error"
 
 
-async def test_unreachable_upstream_is_502(nursery: trio.Nursery) -> None:
+async def test_unreachable_upstream_is_502(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
     closed = trio.socket.socket()
     await closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()  # nothing listens here now
-    config = {
-        "model_list": [
-            {
-                "model_name": "gone",
-                "litellm_params": {
-                    "model": "openai/x",
-                    "api_base": f"http://127.0.0.1:{port}/v1",
-                    "api_key": "sk-x",
-                },
-            }
-        ]
-    }
+    config = openai_config(upstream, api_base=f"http://127.0.0.1:{port}/v1")
     running = await start_gateway(nursery, config)
     async with sdk(running) as client:
         with pytest.raises(openai.APIStatusError) as caught:
-            await client.chat.completions.create(model="gone", messages=MESSAGES)
+            await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
     assert caught.value.status_code == 502
     assert caught.value.body["code"] == "upstream_unreachable"  # type: ignore[index]
     await running.stop()
 
 
 async def test_stalled_first_token_is_504(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
-    config = {
-        "model_list": [
-            {
-                "model_name": "slow",
-                "litellm_params": {
-                    "model": "openai/x",
-                    "api_base": upstream.base_url,
-                    "api_key": "sk-x",
-                    "stream_timeout": 0.2,
-                },
-            }
-        ]
-    }
     upstream.handler = lambda request: StreamReply([5.0, chunk("late"), DONE])
-    running = await start_gateway(nursery, config)
+    running = await start_gateway(nursery, openai_config(upstream, stream_timeout=0.2))
     async with sdk(running) as client:
         with pytest.raises(openai.APIStatusError) as caught:
-            await client.chat.completions.create(model="slow", messages=MESSAGES, stream=True)
+            await client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True)
     assert caught.value.status_code == 504
     with trio.fail_after(5):
         await upstream.wait_for(lambda: upstream.aborted == 1)

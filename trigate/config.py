@@ -8,6 +8,7 @@ problem stops start-up with one message naming the key and what was expected.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trigate.providers import PROVIDERS
+from trigate.router.settings import RouterSettings
 
 ENV_PREFIX = "os.environ/"
 DEFAULT_TIMEOUT = 600.0
@@ -117,6 +119,14 @@ class GatewayConfig(BaseModel):
     litellm_settings: dict[str, Any] = Field(default_factory=dict)
     environment_variables: dict[str, str] = Field(default_factory=dict)
 
+    @functools.cached_property
+    def router(self) -> RouterSettings:
+        return RouterSettings.from_config(
+            self.router_settings,
+            self.litellm_settings,
+            self.general_settings.model_extra or {},
+        )
+
     @property
     def max_request_bytes(self) -> int:
         return int(self.general_settings.max_request_size_mb * 1024 * 1024)
@@ -140,6 +150,10 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
         config = GatewayConfig.model_validate(resolved)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
+    try:
+        config.router  # noqa: B018 - validated now, so a bad setting fails start-up
+    except ValidationError as error:
+        raise ConfigError(_describe(error, "router_settings")) from None
     override = environ.get("TRIGATE_MASTER_KEY")
     if override:
         config.general_settings.master_key = override
@@ -175,9 +189,8 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, where: str = "") -> str:
     first = error.errors()[0]
-    where = ""
     for part in first["loc"]:
         where = f"{where}[{part}]" if isinstance(part, int) else _join(where, str(part))
     message = first["msg"].removeprefix("Value error, ")

@@ -15,7 +15,8 @@ import trio
 from trigate.auth import Authenticator
 from trigate.config import GatewayConfig
 from trigate.errors import secrets
-from trigate.router import ModelGroups
+from trigate.router.deployments import ModelGroups
+from trigate.router.router import Router
 from trigate.spend import LogRecordSink, RecordSink
 from trigate.tokens import TokenCounter
 
@@ -47,7 +48,7 @@ class Gateway:
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
         self._counter: TokenCounter | None = None
-        self._groups: ModelGroups | None = None
+        self._router: Router | None = None
         secrets.add(master_key)
         secrets.extend(entry.litellm_params.api_key for entry in config.model_list)
 
@@ -57,14 +58,19 @@ class Gateway:
         return self._counter
 
     @property
+    def router(self) -> Router:
+        assert self._router is not None, "the gateway has not started"
+        return self._router
+
+    @property
     def groups(self) -> ModelGroups:
-        assert self._groups is not None, "the gateway has not started"
-        return self._groups
+        return self.router.groups
 
     async def start(self) -> None:
         self._counter = await load_token_counter()
         self._http = httpx.AsyncClient(transport=self._transport or self._default_transport())
-        self._groups = ModelGroups.build(self.config, self._http, self._counter)
+        groups = ModelGroups.build(self.config, self._http, self._counter)
+        self._router = Router(groups, self.config.router)
 
     async def stop(self) -> None:
         if self._http is not None:

@@ -36,14 +36,16 @@ class Usage:
 class UsageMeter:
     """Collects what is needed to bill one chat completion."""
 
-    __slots__ = ("_counter", "_pieces", "_reported", "body", "model")
+    __slots__ = ("_counter", "_pieces", "_prompt_counts", "_reported", "body", "model")
 
     def __init__(self, counter: TokenCounter, model: str, body: dict[str, Any]) -> None:
         self._counter = counter
+        # The upstream model, which picks the encoding; the router may change it.
         self.model = model
         self.body = body
         self._pieces: list[str] = []
         self._reported: dict[str, Any] | None = None
+        self._prompt_counts: dict[str, int] = {}
 
     @property
     def reported(self) -> dict[str, Any] | None:
@@ -77,6 +79,15 @@ class UsageMeter:
             if isinstance(arguments, str) and arguments:
                 self._pieces.append(arguments)
 
+    async def prompt_tokens(self) -> int:
+        """The prompt's tokens by tiktoken, counted once per encoding however often asked."""
+        if self.model not in self._prompt_counts:
+            messages = self.body.get("messages")
+            self._prompt_counts[self.model] = await self._counter.count_prompt_async(
+                self.model, messages if isinstance(messages, list) else [], self.body.get("tools")
+            )
+        return self._prompt_counts[self.model]
+
     async def settle(self) -> Usage:
         """The usage to bill: the upstream's numbers, or tiktoken's where it gave none."""
         reported = self._reported or {}
@@ -85,10 +96,7 @@ class UsageMeter:
         if isinstance(prompt, int) and isinstance(completion, int):
             return Usage(prompt, completion, "upstream")
         if not isinstance(prompt, int):
-            messages = self.body.get("messages")
-            prompt = await self._counter.count_prompt_async(
-                self.model, messages if isinstance(messages, list) else [], self.body.get("tools")
-            )
+            prompt = await self.prompt_tokens()
         if not isinstance(completion, int):
             completion = await self._counter.count_text_async(self.model, "".join(self._pieces))
         return Usage(prompt, completion, "counted")

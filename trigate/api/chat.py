@@ -1,13 +1,15 @@
 """`POST /v1/chat/completions`: authenticate, validate, route, proxy, account.
 
-Only what the gateway decides on is validated (`model`, `messages`,
-`stream`); every other field goes to the upstream untouched. A stream is
-opened and its first chunk awaited *before* the response starts, so an
-upstream that fails or stalls early still yields a real HTTP error status.
+Only what the gateway decides on is validated (`model`, `messages`, `stream`,
+and the gateway's own `fallbacks`); every other field goes to the upstream
+untouched. A stream is opened and its first chunk awaited *before* the
+response starts, so an upstream that fails or stalls early still yields a real
+HTTP error status, and the router can still retry or fall back.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -20,9 +22,10 @@ from trigate.api.responses import json_body, raw_json_response
 from trigate.auth import Caller
 from trigate.errors import GatewayError, InvalidRequest, UpstreamTimeout, secrets
 from trigate.gateway import Gateway
-from trigate.providers import ChunkStream
+from trigate.providers import ChunkStream, Completion
 from trigate.relay import StreamOutcome, StreamRelay
-from trigate.router import Deployment
+from trigate.router.deployments import Deployment
+from trigate.router.router import Attempt, Routed, RouteProgress
 from trigate.spend import RequestRecord
 from trigate.usage import Usage, UsageMeter
 
@@ -42,9 +45,9 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def chat_completions() -> Response:
         caller = gateway.auth.authenticate(request.headers)
         body = await json_body()
-        model = _validate(body)
-        deployment = gateway.groups.pick(model)
-        call = ChatCall(gateway, current_request.get(), caller, deployment, body)
+        group = _validate(body)
+        fallbacks = _pop_fallbacks(body)
+        call = ChatCall(gateway, current_request.get(), caller, group, body, fallbacks)
         if body.get("stream"):
             return await call.stream()
         return await call.complete()
@@ -70,29 +73,104 @@ def _validate(body: dict[str, Any]) -> str:
     return model
 
 
+def _pop_fallbacks(body: dict[str, Any]) -> list[str] | None:
+    """LiteLLM's per-request `fallbacks`: the gateway's to act on, never the upstream's."""
+    fallbacks = body.pop("fallbacks", None)
+    if fallbacks is None:
+        return None
+    if not isinstance(fallbacks, list) or not all(isinstance(f, str) for f in fallbacks):
+        raise InvalidRequest("`fallbacks` must be an array of model names.", param="fallbacks")
+    return fallbacks
+
+
+@dataclass(slots=True)
+class OpenedStream:
+    """An upstream stream whose first chunk has arrived (None: it ended at once)."""
+
+    stream: ChunkStream
+    chunks: Any
+    first: dict[str, Any] | None
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.chunks.aclose()
+            await self.stream.aclose()
+
+
+class CompletionAttempt:
+    stream = False
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self._body = body
+
+    async def run(self, deployment: Deployment) -> Completion:
+        return await deployment.provider.complete(self._body)
+
+    async def discard(self, result: Completion) -> None:
+        """A finished completion holds nothing open."""
+
+
+class StreamAttempt:
+    """Open a stream and wait for its first chunk, within the deployment's
+    time-to-first-token deadline (`stream_timeout`, else `timeout`)."""
+
+    stream = True
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self._body = body
+
+    async def run(self, deployment: Deployment) -> OpenedStream:
+        params = deployment.params
+        deadline = params.stream_timeout or params.timeout
+        opened: OpenedStream | None = None
+        try:
+            with trio.fail_after(deadline):
+                stream = await deployment.provider.open_stream(self._body)
+                opened = OpenedStream(stream, aiter(stream), None)
+                opened.first = await anext(opened.chunks, None)
+        except BaseException as failure:
+            if opened is not None:
+                await opened.aclose()
+            if isinstance(failure, trio.TooSlowError):
+                raise UpstreamTimeout(
+                    f"The upstream sent no first token within {deadline:g} s."
+                ) from None
+            raise
+        return opened
+
+    async def discard(self, result: OpenedStream) -> None:
+        await result.aclose()
+
+
 class ChatCall:
-    """One chat completion on one deployment, from upstream call to spend record."""
+    """One chat completion: routed to a deployment, relayed, and accounted for."""
 
     def __init__(
         self,
         gateway: Gateway,
         context: RequestContext,
         caller: Caller,
-        deployment: Deployment,
+        group: str,
         body: dict[str, Any],
+        fallbacks: list[str] | None,
     ) -> None:
         self.gateway = gateway
         self.context = context
         self.caller = caller
-        self.deployment = deployment
         self.body = body
-        self.meter = UsageMeter(gateway.counter, deployment.upstream_model, body)
+        self.fallbacks = fallbacks
+        self.progress = RouteProgress(group)
+        context.route = self.progress
+        model = gateway.groups.deployments(group)[0].upstream_model
+        self.meter = UsageMeter(gateway.counter, model, body)
         self.ttft: float | None = None
 
     async def complete(self) -> Response:
         status, error, usage, cancelled = 500, None, None, False
+        routed: Routed[Completion] | None = None
         try:
-            completion = await self._upstream(self.deployment.provider.complete(self.body))
+            routed = await self._route(CompletionAttempt(self.body))
+            completion = routed.result
             self.meter.report(completion.usage)
             if completion.usage is None:
                 self.meter.observe_completion(completion.body)
@@ -109,12 +187,14 @@ class ChatCall:
             raise
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
-                await self._record(status, error, usage, cancelled=cancelled)
+                usage = await self._record(status, error, usage, cancelled=cancelled)
+            if routed is not None:
+                tokens = usage.total_tokens if usage else 0
+                self.gateway.router.release(routed.deployment, tokens)
 
     async def stream(self) -> Response:
         try:
-            stream = await self._upstream(self.deployment.provider.open_stream(self.body))
-            relay = await self._first_chunk(stream)
+            routed = await self._route(StreamAttempt(self.body))
         except BaseException as failure:
             with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
                 error = failure if isinstance(failure, GatewayError) else None
@@ -122,53 +202,45 @@ class ChatCall:
                 status = error.status if error else CLIENT_CLOSED if cancelled else 500
                 await self._record(status, error, None, cancelled=cancelled)
             raise
-        self.context.relay = relay
-        return Response(relay, status=200, headers=SSE_HEADERS)
-
-    async def _first_chunk(self, stream: ChunkStream) -> StreamRelay:
-        """Wait for the first chunk under the deployment's time-to-first-token deadline."""
-        chunks = aiter(stream)
-        params = self.deployment.entry.litellm_params
-        deadline = params.stream_timeout or params.timeout
-        try:
-            with trio.fail_after(deadline):
-                first = await anext(chunks, None)
-        except BaseException as failure:
-            with trio.CancelScope(shield=True):
-                await chunks.aclose()  # type: ignore[attr-defined]
-                await stream.aclose()
-            if isinstance(failure, trio.TooSlowError):
-                raise UpstreamTimeout(
-                    f"The upstream sent no first token within {deadline:g} s."
-                ) from None
-            raise
         self.ttft = self.context.elapsed()
-        self.context.upstream_wait = self.ttft
+        opened = routed.result
         options = self.body.get("stream_options") or {}
-        return StreamRelay(
-            stream,
-            chunks,
-            first,
+        relay = StreamRelay(
+            opened.stream,
+            opened.chunks,
+            opened.first,
             self.meter,
             include_usage=options.get("include_usage") is True,
             on_finish=self._finish_stream,
         )
+        self.context.relay = relay
+        return Response(relay, status=200, headers=SSE_HEADERS)
 
-    async def _upstream(self, call: Any) -> Any:
-        """Await an upstream call, counting the wait as the upstream's, not ours."""
+    async def _route(self, attempt: Attempt[Any]) -> Routed[Any]:
+        """Route the request, counting the whole wait as the upstreams', not ours."""
         started = trio.current_time()
         try:
-            return await call
+            routed = await self.gateway.router.route(
+                self.progress.model_group,
+                attempt,
+                self.progress,
+                prompt_tokens=self.meter.prompt_tokens,
+                request_fallbacks=self.fallbacks,
+            )
         finally:
             self.context.upstream_wait = trio.current_time() - started
+        self.meter.model = routed.deployment.upstream_model
+        return routed
 
     async def _finish_stream(self, outcome: StreamOutcome) -> None:
-        usage = await self.meter.settle()
         status = 200
         if outcome.error:
             status = outcome.error.status
         elif outcome.cancelled_by_client:
             status = CLIENT_CLOSED
+        usage = await self.meter.settle()
+        if self.progress.deployment is not None:
+            self.gateway.router.release(self.progress.deployment, usage.total_tokens)
         await self._record(status, outcome.error, usage, cancelled=outcome.cancelled_by_client)
 
     async def _record(
@@ -178,32 +250,27 @@ class ChatCall:
         usage: Usage | None,
         *,
         cancelled: bool,
-    ) -> None:
-        if usage is None and cancelled:
-            # The upstream had the prompt; bill it even though no answer arrived.
-            usage = Usage(await self._prompt_tokens(), 0, "counted")
+    ) -> Usage:
+        if usage is None:
+            # A client that left before the answer is billed the prompt the upstream had.
+            prompt = await self.meter.prompt_tokens() if cancelled else 0
+            usage = Usage(prompt, 0, "counted" if cancelled else "none")
+        deployment = self.progress.deployment
         await self.gateway.records.write(
             RequestRecord(
                 request_id=self.context.request_id,
                 key_identity=self.caller.identity,
-                model_group=self.deployment.model_group,
-                deployment=self.deployment.id,
+                model_group=self.progress.model_group,
+                deployment=deployment.id if deployment else None,
                 status=status,
                 stream=bool(self.body.get("stream")),
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                usage_source=usage.source if usage else "none",
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                usage_source=usage.source,
                 latency_ms=round(self.context.elapsed() * 1000, 3),
                 ttft_ms=round(self.ttft * 1000, 3) if self.ttft is not None else None,
                 cancelled_by_client=cancelled,
                 error=secrets.redact(error.message) if error else None,
             )
         )
-
-    async def _prompt_tokens(self) -> int:
-        messages = self.body.get("messages")
-        return await self.gateway.counter.count_prompt_async(
-            self.deployment.upstream_model,
-            messages if isinstance(messages, list) else [],
-            self.body.get("tools"),
-        )
+        return usage

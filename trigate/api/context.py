@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
 
     from trigate.relay import StreamRelay
+    from trigate.router.router import RouteProgress
 
 MAX_REQUEST_ID_LENGTH = 128
 
@@ -31,6 +32,7 @@ class RequestContext:
     # Time spent waiting on the upstream before the response started; None if not proxied.
     upstream_wait: float | None = None
     relay: StreamRelay | None = None
+    route: RouteProgress | None = None
 
     def elapsed(self) -> float:
         return trio.current_time() - self.started
@@ -82,4 +84,11 @@ def _headers(context: RequestContext) -> list[tuple[bytes, bytes]]:
     if context.upstream_wait is not None:
         overhead = max(context.elapsed() - context.upstream_wait, 0.0) * 1000
         headers.append((b"x-trigate-overhead-ms", f"{overhead:.3f}".encode()))
+    route = context.route
+    if route is not None:
+        headers.append((b"x-trigate-model-group", route.model_group.encode()))
+        if route.deployment is not None:
+            headers.append((b"x-trigate-deployment", route.deployment.id.encode()))
+        headers.append((b"x-trigate-attempted-retries", str(route.retries).encode()))
+        headers.append((b"x-trigate-attempted-fallbacks", str(route.fallbacks).encode()))
     return headers

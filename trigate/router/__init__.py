@@ -1,5 +1,2 @@
-"""The router: which deployment of a model group serves a request."""
-
-from trigate.router.deployments import Deployment, ModelGroups
-
-__all__ = ["Deployment", "ModelGroups"]
+"""The router: which deployment of a model group serves a request, and what happens when
+it fails (retries, fallbacks, cooldowns, deadlines and hedging)."""

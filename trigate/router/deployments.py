@@ -7,40 +7,76 @@ clients name the group, and the router picks one of its deployments.
 from __future__ import annotations
 
 import hashlib
-import random
+import math
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import orjson
 
-from trigate.config import GatewayConfig, ModelEntry
+from trigate.config import GatewayConfig, LiteLLMParams, ModelEntry
 from trigate.errors import ModelNotFound
 from trigate.providers import PROVIDERS, Provider
+from trigate.router.state import CircuitBreaker, DeploymentState
 from trigate.tokens import TokenCounter
 
 
 @dataclass(slots=True)
 class Deployment:
-    """One upstream model behind a model group, with its provider adapter."""
+    """One upstream model behind a model group, with its adapter and run-time state."""
 
     id: str
     model_group: str
     entry: ModelEntry
     provider: Provider = field(repr=False)
+    state: DeploymentState = field(repr=False)
+
+    @property
+    def params(self) -> LiteLLMParams:
+        return self.entry.litellm_params
 
     @property
     def upstream_model(self) -> str:
-        return self.entry.litellm_params.upstream_model
+        return self.params.upstream_model
 
     @property
     def weight(self) -> float:
         """simple-shuffle's weight, as LiteLLM reads it: `weight`, else `rpm`, else `tpm`."""
-        params = self.entry.litellm_params
-        for value in (params.weight, params.rpm, params.tpm):
+        for value in (self.params.weight, self.params.rpm, self.params.tpm):
             if value is not None:
                 return float(value)
         return 1.0
+
+    @property
+    def order(self) -> float:
+        return math.inf if self.params.order is None else self.params.order
+
+    @property
+    def price_per_token(self) -> float:
+        prices = (self.params.input_cost_per_token, self.params.output_cost_per_token)
+        return math.inf if None in prices else sum(p for p in prices if p is not None)
+
+    def available(self, now: float) -> bool:
+        """Not cooling, and under every hard cap: rpm, tpm and max_parallel_requests."""
+        params, state = self.params, self.state
+        if not state.breaker.available(now):
+            return False
+        if params.max_parallel_requests is not None and (
+            state.in_flight >= params.max_parallel_requests
+        ):
+            return False
+        if params.rpm is not None and state.requests_used(now) >= params.rpm:
+            return False
+        return params.tpm is None or state.tokens_used(now) < params.tpm
+
+    def headroom(self, now: float) -> float:
+        """The smallest remaining share of this minute's rpm and tpm; 1.0 when uncapped."""
+        shares = [1.0]
+        if self.params.rpm:
+            shares.append(1 - self.state.requests_used(now) / self.params.rpm)
+        if self.params.tpm:
+            shares.append(1 - self.state.tokens_used(now) / self.params.tpm)
+        return min(shares)
 
 
 def deployment_id(entry: ModelEntry) -> str:
@@ -65,11 +101,21 @@ class ModelGroups:
     def build(
         cls, config: GatewayConfig, http: httpx.AsyncClient, counter: TokenCounter
     ) -> ModelGroups:
+        settings = config.router
+        sizes = Counter(entry.model_name for entry in config.model_list)
         deployments = []
         for entry in config.model_list:
             params = entry.litellm_params
             provider = PROVIDERS[params.provider](params, http, counter)
-            deployments.append(Deployment(deployment_id(entry), entry.model_name, entry, provider))
+            breaker = CircuitBreaker(
+                settings.allowed_fails,
+                settings.cooldown_time,
+                enabled=sizes[entry.model_name] > 1,
+            )
+            state = DeploymentState(breaker)
+            deployments.append(
+                Deployment(deployment_id(entry), entry.model_name, entry, provider, state)
+            )
         return cls(deployments)
 
     @property
@@ -82,12 +128,5 @@ class ModelGroups:
         except KeyError:
             raise ModelNotFound(group) from None
 
-    def pick(self, group: str) -> Deployment:
-        """A weighted random pick, LiteLLM's default `simple-shuffle`."""
-        candidates = self.deployments(group)
-        if len(candidates) == 1:
-            return candidates[0]
-        weights: list[Any] = [d.weight for d in candidates]
-        if not any(weights):
-            return random.choice(candidates)
-        return random.choices(candidates, weights=weights)[0]
+    def all(self) -> list[Deployment]:
+        return [d for group in self._groups.values() for d in group]

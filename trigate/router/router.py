@@ -1,0 +1,304 @@
+"""The router: one request's attempts across deployments and model groups.
+
+A request names a model group. The router picks an available deployment with
+the configured strategy and runs an *attempt* on it (for a stream, an attempt
+ends at the first chunk, so everything here happens before the client has a
+byte). A failed attempt feeds the deployment's circuit breaker and is retried
+on another deployment when its kind is transient; when the group is exhausted,
+the request moves along the fallback chain that fits the failure.
+
+With `hedge_after_ms`, an attempt that has produced nothing by then gets a
+rival on another deployment; the first to succeed wins and the loser is
+cancelled through its scope, which closes its upstream connection.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+import trio
+
+from trigate.errors import Failure, GatewayError, NoDeploymentAvailable, UpstreamError
+from trigate.router.deployments import Deployment, ModelGroups
+from trigate.router.settings import RouterSettings
+from trigate.router.strategies import Pick
+
+T = TypeVar("T")
+
+RETRYABLE = {Failure.RATE_LIMIT, Failure.TIMEOUT, Failure.SERVER, Failure.CONNECTION}
+# Failures that move a request to `fallbacks` once its own group is exhausted; client
+# errors (400, 422) do not, since another model would reject the same request.
+FALLBACK_KINDS = RETRYABLE | {Failure.AUTH, Failure.NOT_FOUND}
+INITIAL_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+# A retry waits for a cooling deployment only this long; beyond it the error stands.
+MAX_RETRY_WAIT = 60.0
+
+
+class Attempt(Protocol[T]):
+    """One try of a request on one deployment."""
+
+    stream: bool
+
+    async def run(self, deployment: Deployment) -> T: ...
+
+    async def discard(self, result: T) -> None:
+        """Release a result that lost a hedge race."""
+
+
+@dataclass
+class Routed(Generic[T]):
+    deployment: Deployment
+    result: T
+    retries: int
+    fallbacks: int
+
+
+@dataclass
+class RouteProgress:
+    """How far a request got, for the response headers even when it fails."""
+
+    model_group: str
+    deployment: Deployment | None = None
+    retries: int = 0
+    fallbacks: int = 0
+
+
+class Router:
+    def __init__(self, groups: ModelGroups, settings: RouterSettings) -> None:
+        self.groups = groups
+        self.settings = settings
+        self._pick = Pick(settings.routing_strategy, settings.routing_strategy_args)
+
+    async def route(
+        self,
+        group: str,
+        attempt: Attempt[T],
+        progress: RouteProgress,
+        *,
+        prompt_tokens: Callable[[], Awaitable[int]],
+        request_fallbacks: list[str] | None = None,
+    ) -> Routed[T]:
+        """Serve `attempt` from `group`, its retries and its fallbacks."""
+        self.groups.deployments(group)  # an unknown model is a 404, before anything else
+        tried_groups = [group]
+        current = group
+        while True:
+            progress.model_group = current
+            try:
+                deployment, result = await self._serve_group(
+                    current, attempt, progress, prompt_tokens
+                )
+                return Routed(deployment, result, progress.retries, progress.fallbacks)
+            except (UpstreamError, NoDeploymentAvailable) as error:
+                fallback = self._next_fallback(group, error, tried_groups, request_fallbacks)
+                if fallback is None or progress.fallbacks >= self.settings.max_fallbacks:
+                    raise
+                progress.fallbacks += 1
+                tried_groups.append(fallback)
+                current = fallback
+
+    def release(self, deployment: Deployment, tokens: int) -> None:
+        """The request that `route` handed to `deployment` has ended."""
+        deployment.state.finished()
+        deployment.state.add_tokens(tokens, trio.current_time())
+
+    async def _serve_group(
+        self,
+        group: str,
+        attempt: Attempt[T],
+        progress: RouteProgress,
+        prompt_tokens: Callable[[], Awaitable[int]],
+    ) -> tuple[Deployment, T]:
+        members = await self._fitting(group, prompt_tokens)
+        tried: set[str] = set()
+        retries = 0
+        while True:
+            deployment = self._choose(group, members, tried, attempt.stream)
+            try:
+                return await self._hedged(group, members, deployment, attempt, tried, progress)
+            except UpstreamError as error:
+                if error.kind not in RETRYABLE or retries >= self.settings.retries_for(error.kind):
+                    raise
+                retries += 1
+                progress.retries += 1
+                await self._wait_before_retry(members, tried, retries, error)
+
+    async def _fitting(
+        self, group: str, prompt_tokens: Callable[[], Awaitable[int]]
+    ) -> list[Deployment]:
+        """The group's deployments whose context window can take the prompt."""
+        members = self.groups.deployments(group)
+        limits = [d.entry.model_info.get("max_input_tokens") for d in members]
+        if not any(isinstance(limit, int) for limit in limits):
+            return members
+        tokens = await prompt_tokens()
+        fitting = [
+            d
+            for d, limit in zip(members, limits, strict=True)
+            if not isinstance(limit, int) or tokens <= limit
+        ]
+        if not fitting:
+            error = UpstreamError(
+                f"The prompt has {tokens} tokens, more than model group '{group}' accepts."
+            )
+            error.kind, error.status = Failure.CONTEXT_WINDOW, 400
+            error.type, error.code = "invalid_request_error", "context_length_exceeded"
+            raise error
+        return fitting
+
+    def _choose(
+        self, group: str, members: list[Deployment], tried: set[str], stream: bool
+    ) -> Deployment:
+        now = trio.current_time()
+        available = [d for d in members if d.available(now)]
+        fresh = [d for d in available if d.id not in tried]
+        if not (fresh or available):
+            raise NoDeploymentAvailable(
+                f"No deployment of model group '{group}' can take a request now: all are "
+                "cooling down or at their limits.",
+                headers={"retry-after": str(max(1, math.ceil(_time_until_available(members))))},
+            )
+        return self._pick(fresh or available, stream=stream, now=now)
+
+    async def _hedged(
+        self,
+        group: str,
+        members: list[Deployment],
+        first: Deployment,
+        attempt: Attempt[T],
+        tried: set[str],
+        progress: RouteProgress,
+    ) -> tuple[Deployment, T]:
+        tried.add(first.id)
+        progress.deployment = first
+        if self.settings.hedge_after_ms is None:
+            return first, await self._attempt(first, attempt)
+        race = _Race(self, attempt)
+        async with trio.open_nursery() as nursery:
+            race.start(nursery, first)
+            with trio.move_on_after(self.settings.hedge_after_ms / 1000):
+                await race.settled.wait()
+            if not race.settled.is_set():
+                now = trio.current_time()
+                rivals = [d for d in members if d.id not in tried and d.available(now)]
+                if rivals:
+                    rival = self._pick(rivals, stream=attempt.stream, now=now)
+                    tried.add(rival.id)
+                    race.start(nursery, rival)
+            await race.settled.wait()
+            nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await race.discard_losers()
+        winner, result = race.outcome()
+        progress.deployment = winner
+        return winner, result
+
+    async def _attempt(self, deployment: Deployment, attempt: Attempt[T]) -> T:
+        """Run one attempt, keeping the deployment's state and breaker up to date."""
+        state = deployment.state
+        started = trio.current_time()
+        state.started(started)
+        state.breaker.admit(started)
+        try:
+            result = await attempt.run(deployment)
+        except UpstreamError as error:
+            state.finished()
+            state.breaker.failed(error, trio.current_time())
+            raise
+        except BaseException:
+            state.finished()
+            state.breaker.abandoned()
+            raise
+        state.observe_latency(trio.current_time() - started, stream=attempt.stream)
+        state.breaker.succeeded()
+        return result
+
+    async def _wait_before_retry(
+        self, members: list[Deployment], tried: set[str], retries: int, error: UpstreamError
+    ) -> None:
+        """No wait when another deployment can take the retry; else back off, honouring
+        the upstream's Retry-After, until one can."""
+        now = trio.current_time()
+        if any(d.id not in tried and d.available(now) for d in members):
+            await trio.sleep(self.settings.retry_after)
+            return
+        backoff = min(INITIAL_BACKOFF * 2 ** (retries - 1), MAX_BACKOFF) * random.uniform(0.8, 1.2)
+        wait = max(backoff, self.settings.retry_after, error.retry_after or 0.0)
+        wait = max(wait, _time_until_available(members))
+        if wait > MAX_RETRY_WAIT:
+            raise error
+        await trio.sleep(wait)
+
+    def _next_fallback(
+        self,
+        group: str,
+        error: GatewayError,
+        tried: list[str],
+        request_fallbacks: list[str] | None,
+    ) -> str | None:
+        kind = error.kind if isinstance(error, UpstreamError) else Failure.RATE_LIMIT
+        if kind is Failure.CONTEXT_WINDOW:
+            chain = self.settings.fallbacks_for(self.settings.context_window_fallbacks, group)
+        elif kind is Failure.CONTENT_POLICY:
+            chain = self.settings.fallbacks_for(self.settings.content_policy_fallbacks, group)
+        elif kind in FALLBACK_KINDS:
+            chain = request_fallbacks or self.settings.fallbacks_for(self.settings.fallbacks, group)
+        else:
+            return None
+        return next((g for g in chain if g not in tried and g in self.groups.names), None)
+
+
+class _Race(Generic[T]):
+    """A hedge: attempts on several deployments, the first success wins."""
+
+    def __init__(self, router: Router, attempt: Attempt[T]) -> None:
+        self._router = router
+        self._attempt = attempt
+        self._running = 0
+        self._winner: tuple[Deployment, T] | None = None
+        self._losers: list[tuple[Deployment, T]] = []
+        self._failures: list[UpstreamError] = []
+        self.settled = trio.Event()
+
+    def start(self, nursery: trio.Nursery, deployment: Deployment) -> None:
+        self._running += 1
+        nursery.start_soon(self._leg, deployment)
+
+    async def _leg(self, deployment: Deployment) -> None:
+        try:
+            result = await self._router._attempt(deployment, self._attempt)
+        except UpstreamError as error:
+            self._failures.append(error)
+        else:
+            if self._winner is None:
+                self._winner = (deployment, result)
+            else:
+                self._losers.append((deployment, result))
+        finally:
+            self._running -= 1
+            if self._winner is not None or self._running == 0:
+                self.settled.set()
+
+    def outcome(self) -> tuple[Deployment, T]:
+        """The winner, after the race's nursery has closed. Raises the first failure if
+        every leg failed."""
+        if self._winner is None:
+            raise self._failures[0]
+        return self._winner
+
+    async def discard_losers(self) -> None:
+        for deployment, result in self._losers:
+            await self._attempt.discard(result)
+            self._router.release(deployment, 0)
+
+
+def _time_until_available(members: list[Deployment]) -> float:
+    now = trio.current_time()
+    waits = [d.state.breaker.cooldown_until - now for d in members]
+    cooling = [w for w in waits if w > 0]
+    return min(cooling) if cooling else 1.0

@@ -1,0 +1,95 @@
+"""`router_settings`, with LiteLLM's names and defaults.
+
+Older LiteLLM configs put `num_retries`, `fallbacks` and friends under
+`litellm_settings`; those are read too, and `router_settings` wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Strategy = Literal[
+    "simple-shuffle",
+    "least-busy",
+    "latency-based-routing",
+    "usage-based-routing",
+    "usage-based-routing-v2",
+    "cost-based-routing",
+    "round-robin",
+    "order",
+]
+
+# LiteLLM's retry_policy keys, by the failure kind each governs.
+RETRY_POLICY_KEYS = {
+    "RateLimitErrorRetries": "rate_limit",
+    "TimeoutErrorRetries": "timeout",
+    "InternalServerErrorRetries": "server",
+    "BadRequestErrorRetries": "bad_request",
+    "AuthenticationErrorRetries": "auth",
+    "ContentPolicyViolationErrorRetries": "content_policy",
+}
+
+# Settings LiteLLM also accepts under litellm_settings.
+_SHARED_KEYS = (
+    "num_retries",
+    "retry_after",
+    "allowed_fails",
+    "cooldown_time",
+    "fallbacks",
+    "context_window_fallbacks",
+    "content_policy_fallbacks",
+    "max_fallbacks",
+)
+
+FallbackMap = list[dict[str, list[str]]]
+
+
+class RouterSettings(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    routing_strategy: Strategy = "simple-shuffle"
+    routing_strategy_args: dict[str, Any] = Field(default_factory=dict)
+    num_retries: int = Field(default=2, ge=0)
+    # The shortest wait before a retry, in seconds; backoff grows from it.
+    retry_after: float = Field(default=0.0, ge=0)
+    retry_policy: dict[str, int] = Field(default_factory=dict)
+    allowed_fails: int = Field(default=3, ge=0)
+    cooldown_time: float = Field(default=5.0, ge=0)
+    fallbacks: FallbackMap = Field(default_factory=list)
+    context_window_fallbacks: FallbackMap = Field(default_factory=list)
+    content_policy_fallbacks: FallbackMap = Field(default_factory=list)
+    max_fallbacks: int = Field(default=5, ge=0)
+    # Off unless set: start a second attempt if the first has no first byte after this long.
+    hedge_after_ms: float | None = Field(default=None, gt=0)
+    background_health_checks: bool = False
+    health_check_interval: float = Field(default=300.0, gt=0)
+
+    @classmethod
+    def from_config(
+        cls,
+        router_settings: dict[str, Any],
+        litellm_settings: dict[str, Any],
+        general_settings: dict[str, Any],
+    ) -> RouterSettings:
+        merged = {k: litellm_settings[k] for k in _SHARED_KEYS if k in litellm_settings}
+        for key in ("background_health_checks", "health_check_interval"):
+            if key in general_settings:
+                merged[key] = general_settings[key]
+        return cls.model_validate({**merged, **router_settings})
+
+    def retries_for(self, kind: str) -> int:
+        for key, governed in RETRY_POLICY_KEYS.items():
+            if governed == kind and key in self.retry_policy:
+                return self.retry_policy[key]
+        return self.num_retries
+
+    def fallbacks_for(self, table: FallbackMap, group: str) -> list[str]:
+        for entry in table:
+            if group in entry:
+                return list(entry[group])
+        for entry in table:
+            if "*" in entry:
+                return list(entry["*"])
+        return []
