@@ -65,15 +65,19 @@ class Exchange:
 
 
 def chat_request(
-    nursery: trio.Nursery, app: Any, payload: dict[str, Any], path: str = "/v1/chat/completions"
+    nursery: trio.Nursery,
+    app: Any,
+    payload: dict[str, Any] | None,
+    path: str = "/v1/chat/completions",
+    method: str = "POST",
 ) -> Exchange:
-    body = orjson.dumps(payload)
+    body = orjson.dumps(payload) if payload is not None else b""
     exchange = Exchange(body)
     scope = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
         "http_version": "1.1",
-        "method": "POST",
+        "method": method,
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),

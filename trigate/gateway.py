@@ -16,6 +16,7 @@ from trigate.auth import Authenticator
 from trigate.config import GatewayConfig
 from trigate.errors import secrets
 from trigate.router.deployments import ModelGroups
+from trigate.router.health import run_health_checks
 from trigate.router.router import Router
 from trigate.spend import LogRecordSink, RecordSink
 from trigate.tokens import TokenCounter
@@ -71,6 +72,11 @@ class Gateway:
         self._http = httpx.AsyncClient(transport=self._transport or self._default_transport())
         groups = ModelGroups.build(self.config, self._http, self._counter)
         self._router = Router(groups, self.config.router)
+
+    def start_background_tasks(self, nursery: trio.Nursery) -> None:
+        settings = self.config.router
+        if settings.background_health_checks:
+            nursery.start_soon(run_health_checks, self.router, settings.health_check_interval)
 
     async def stop(self) -> None:
         if self._http is not None:

@@ -27,6 +27,12 @@ def create_app(gateway: Gateway) -> QuartTrio:
     )
     app.before_serving(gateway.start)
     app.after_serving(gateway.stop)
+
+    @app.before_serving
+    async def start_background_tasks() -> None:
+        # The lifespan's nursery: tasks started here stop when the app shuts down.
+        gateway.start_background_tasks(app.nursery)
+
     for module in (chat, models, health):
         module.register(app, gateway)
     _register_error_handlers(app)

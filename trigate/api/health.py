@@ -1,13 +1,15 @@
-"""Liveness and readiness probes, unauthenticated as orchestrators expect."""
+"""Health: unauthenticated liveness and readiness probes, as orchestrators expect, and
+the authenticated per-deployment report."""
 
 from __future__ import annotations
 
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from trigate import __version__
 from trigate.api.responses import json_response
 from trigate.gateway import Gateway
+from trigate.router.health import health_report
 
 
 def register(app: QuartTrio, gateway: Gateway) -> None:
@@ -25,3 +27,8 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
                 "model_groups": len(gateway.groups.names),
             }
         )
+
+    @app.get("/health")
+    async def deployments_health() -> Response:
+        gateway.auth.authenticate(request.headers)
+        return json_response(health_report(gateway.router))

@@ -1,0 +1,77 @@
+"""Deployment health: background probes, and the report `GET /health` serves.
+
+Probes are cheap real requests (one token of output), run concurrently, and
+their results feed the same circuit breakers real traffic does, so a dead
+deployment is cooled before a client finds out.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import trio
+
+from trigate.errors import UpstreamError
+from trigate.router.deployments import Deployment
+from trigate.router.router import Router
+
+PROBE_BODY = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
+PROBE_TIMEOUT = 30.0
+
+
+async def probe(deployment: Deployment) -> bool:
+    """One health request; its outcome goes to the deployment's breaker."""
+    state = deployment.state
+    try:
+        with trio.fail_after(min(deployment.params.timeout, PROBE_TIMEOUT)):
+            await deployment.provider.complete(dict(PROBE_BODY))
+    except (UpstreamError, trio.TooSlowError) as failure:
+        if isinstance(failure, UpstreamError):
+            state.breaker.failed(failure, trio.current_time())
+        state.last_probe_ok = False
+        return False
+    state.breaker.succeeded()
+    state.last_probe_ok = True
+    return True
+
+
+async def run_health_checks(router: Router, interval: float) -> None:
+    """Probe every deployment every `interval` seconds, until cancelled."""
+    while True:
+        async with trio.open_nursery() as nursery:
+            for deployment in router.groups.all():
+                nursery.start_soon(probe, deployment)
+        await trio.sleep(interval)
+
+
+def health_report(router: Router) -> dict[str, Any]:
+    """LiteLLM's /health shape, plus each deployment's breaker and load."""
+    now = trio.current_time()
+    healthy, unhealthy = [], []
+    for deployment in router.groups.all():
+        entry = _describe(deployment, now)
+        (healthy if entry["healthy"] else unhealthy).append(entry)
+    return {
+        "healthy_endpoints": healthy,
+        "unhealthy_endpoints": unhealthy,
+        "healthy_count": len(healthy),
+        "unhealthy_count": len(unhealthy),
+    }
+
+
+def _describe(deployment: Deployment, now: float) -> dict[str, Any]:
+    state = deployment.state
+    cooling_for = max(state.breaker.cooldown_until - now, 0.0)
+    if math.isinf(cooling_for):
+        cooling_for = 0.0
+    return {
+        "model_group": deployment.model_group,
+        "deployment": deployment.id,
+        "model": deployment.params.model,
+        "api_base": deployment.params.api_base,
+        "healthy": cooling_for == 0 and state.last_probe_ok is not False,
+        "cooling_down_for": round(cooling_for, 3),
+        "last_probe_ok": state.last_probe_ok,
+        "in_flight": state.in_flight,
+    }
