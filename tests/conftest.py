@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -119,3 +121,36 @@ async def gateway(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterato
     running = await start_gateway(nursery, openai_config(upstream))
     yield running
     await running.stop()
+
+
+POSTGRES_URL = os.environ.get(
+    "TRIGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def _postgres_schema(action: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=3) as connection:
+        if action == "create":
+            connection.execute(f'CREATE SCHEMA "{schema}"')
+        else:
+            connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
+    """A fresh database on each backend. Without PostgreSQL the test skips, except in CI,
+    where a missing service must fail the run rather than hide it."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/trigate.db"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        await trio.to_thread.run_sync(_postgres_schema, "create", schema)
+    except Exception as error:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error}")
+    yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    await trio.to_thread.run_sync(_postgres_schema, "drop", schema)

@@ -1,0 +1,122 @@
+"""The store on SQLite and PostgreSQL alike: migrations, rows, spend and budget windows."""
+
+from __future__ import annotations
+
+import pytest
+
+from trigate.store import SpendFilter, Store, next_reset
+
+
+def key_row(token_hash: str, **fields: object) -> dict:
+    return {
+        "token_hash": token_hash,
+        "key_name": "sk-...abcd",
+        "created_at": 1000.0,
+        "updated_at": 1000.0,
+        **fields,
+    }
+
+
+def spend_row(request_id: str, cost: float, **fields: object) -> dict:
+    return {
+        "request_id": request_id,
+        "key_hash": "h1",
+        "team_id": "t1",
+        "user_id": "u1",
+        "model_group": "gpt",
+        "deployment": "d0",
+        "model": "gpt-4o",
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "cost": cost,
+        "status": 200,
+        "stream": False,
+        "cancelled_by_client": False,
+        "start_time": 2000.0,
+        "end_time": 2001.0,
+        "ttft_ms": None,
+        **fields,
+    }
+
+
+async def test_migrations_are_idempotent(database_url: str) -> None:
+    store = await Store.open(database_url)
+    await store.close()
+    store = await Store.open(database_url)  # a second start finds the schema current
+    await store.insert("keys", key_row("h1"))
+    assert (await store.get("keys", "h1"))["key_name"] == "sk-...abcd"
+    await store.close()
+
+
+async def test_rows_round_trip_with_json_and_booleans(database_url: str) -> None:
+    store = await Store.open(database_url)
+    await store.insert(
+        "keys",
+        key_row("h1", models=["gpt-4o"], metadata={"team": "ml"}, blocked=True, max_budget=2.5),
+    )
+    row = await store.get("keys", "h1")
+    assert row["models"] == ["gpt-4o"] and row["metadata"] == {"team": "ml"}
+    assert row["blocked"] is True and row["max_budget"] == 2.5 and row["spend"] == 0
+    assert await store.update("keys", "h1", {"blocked": False, "rpm_limit": 5})
+    assert (await store.get("keys", "h1"))["rpm_limit"] == 5
+    assert not await store.update("keys", "nope", {"rpm_limit": 1})
+    assert await store.delete("keys", "token_hash", ["h1", "h2"]) == 1
+    assert await store.get("keys", "h1") is None
+    await store.close()
+
+
+async def test_unknown_columns_are_refused(database_url: str) -> None:
+    store = await Store.open(database_url)
+    with pytest.raises(ValueError, match="unknown keys columns"):
+        await store.insert("keys", key_row("h1", evil="x; DROP TABLE"))
+    await store.close()
+
+
+async def test_spend_is_recorded_once_and_counted_atomically(database_url: str) -> None:
+    store = await Store.open(database_url)
+    await store.insert("keys", key_row("h1", team_id="t1", user_id="u1"))
+    await store.insert("teams", {"team_id": "t1", "created_at": 0.0, "updated_at": 0.0})
+    await store.insert("users", {"user_id": "u1", "created_at": 0.0, "updated_at": 0.0})
+    rows = [spend_row("r1", 0.25), spend_row("r2", 0.5)]
+    assert await store.record_spend(rows) == 2
+    assert await store.record_spend(rows) == 0, "a retried batch adds nothing"
+    for table, key in (("keys", "h1"), ("teams", "t1"), ("users", "u1")):
+        assert (await store.get(table, key))["spend"] == pytest.approx(0.75)
+    logs = await store.spend_logs(SpendFilter(key_hash="h1"))
+    assert {log["request_id"] for log in logs} == {"r1", "r2"}
+    assert logs[0]["stream"] is False
+    await store.close()
+
+
+async def test_spend_log_filters(database_url: str) -> None:
+    store = await Store.open(database_url)
+    await store.record_spend(
+        [
+            spend_row("a", 1, start_time=100.0),
+            spend_row("b", 1, start_time=200.0, team_id="t2"),
+            spend_row("c", 1, start_time=300.0, user_id="u9"),
+        ]
+    )
+    ids = lambda rows: sorted(r["request_id"] for r in rows)  # noqa: E731
+    assert ids(await store.spend_logs(SpendFilter(team_id="t2"))) == ["b"]
+    assert ids(await store.spend_logs(SpendFilter(user_id="u9"))) == ["c"]
+    assert ids(await store.spend_logs(SpendFilter(start=150.0, end=300.0))) == ["b"]
+    await store.close()
+
+
+async def test_budget_windows_reset_on_schedule(database_url: str) -> None:
+    store = await Store.open(database_url)
+    await store.insert(
+        "keys", key_row("h1", spend=9.0, budget_duration="1h", budget_reset_at=3600.0)
+    )
+    assert await store.reset_due_budgets("keys", now=3599.0) == 0
+    assert await store.reset_due_budgets("keys", now=3600.0 * 3.5) == 1
+    row = await store.get("keys", "h1")
+    assert row["spend"] == 0 and row["budget_reset_at"] == 3600.0 * 4
+    await store.close()
+
+
+def test_next_reset_keeps_the_schedule() -> None:
+    assert next_reset(100.0, "10s", 100.0) == 110.0
+    assert next_reset(100.0, "10s", 135.0) == 140.0
+    assert next_reset(100.0, None, 135.0) is None

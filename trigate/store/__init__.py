@@ -1,0 +1,275 @@
+"""The gateway's durable state: virtual keys, teams, users and spend logs.
+
+`Store` is the async face of a blocking backend. Every call runs in a worker
+thread under a capacity limiter, so the event loop never waits on a disk or
+a socket to the database. Rows are plain dicts; JSON columns (models,
+metadata) are decoded on the way out and encoded on the way in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+import trio
+
+from trigate.durations import parse_duration
+from trigate.store.backends import Backend, Cursor, Row, connect
+from trigate.store.migrations import MIGRATIONS
+
+T = TypeVar("T")
+
+# Concurrent database calls per worker; PostgreSQL's pool is sized to match.
+MAX_CONCURRENT_CALLS = 10
+
+TABLES = {
+    "keys": ("trigate_keys", "token_hash"),
+    "teams": ("trigate_teams", "team_id"),
+    "users": ("trigate_users", "user_id"),
+}
+JSON_COLUMNS = {"models", "metadata"}
+BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client"}
+# The columns each table accepts from callers; anything else is a programming error.
+_LIMIT_COLUMNS = {
+    "models", "max_budget", "soft_budget", "budget_duration", "budget_reset_at", "spend",
+    "rpm_limit", "tpm_limit", "max_parallel_requests", "metadata", "blocked",
+    "created_at", "updated_at",
+}  # fmt: skip
+COLUMNS = {
+    "keys": _LIMIT_COLUMNS
+    | {"token_hash", "key_alias", "key_name", "user_id", "team_id", "expires"},
+    "teams": _LIMIT_COLUMNS | {"team_id", "team_alias"},
+    "users": _LIMIT_COLUMNS | {"user_id", "user_email"},
+}
+
+SPEND_COLUMNS = (
+    "request_id", "key_hash", "key_alias", "team_id", "user_id", "model_group", "deployment",
+    "model", "prompt_tokens", "completion_tokens", "cost", "status", "stream",
+    "cancelled_by_client", "start_time", "end_time", "ttft_ms",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SpendFilter:
+    key_hash: str | None = None
+    team_id: str | None = None
+    user_id: str | None = None
+    start: float | None = None
+    end: float | None = None
+    limit: int = 1000
+
+
+class Store:
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
+
+    @classmethod
+    async def open(cls, url: str) -> Store:
+        """Connect and bring the schema up to date."""
+        backend = await trio.to_thread.run_sync(connect, url)
+        store = cls(backend)
+        await store._run(_migrate)
+        return store
+
+    @property
+    def dialect(self) -> str:
+        return self._backend.dialect
+
+    async def close(self) -> None:
+        await trio.to_thread.run_sync(self._backend.close)
+
+    async def _run(self, work: Callable[[Cursor], T]) -> T:
+        return await trio.to_thread.run_sync(self._backend.transaction, work, limiter=self._limiter)
+
+    # Keys, teams and users share one shape of access.
+
+    async def insert(self, table: str, row: Row) -> None:
+        name, _ = TABLES[table]
+        columns = _checked(table, row)
+        sql = f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        values = [_encode(c, row[c]) for c in columns]
+        await self._run(lambda cursor: cursor.execute(sql, values))
+
+    async def get(self, table: str, key: str) -> Row | None:
+        rows = await self.select(table, {TABLES[table][1]: key})
+        return rows[0] if rows else None
+
+    async def select(self, table: str, where: dict[str, Any], limit: int = 1000) -> list[Row]:
+        name, primary = TABLES[table]
+        clause, values = _where(table, where)
+        sql = f"SELECT * FROM {name}{clause} ORDER BY created_at, {primary} LIMIT {int(limit)}"
+        rows = await self._run(lambda cursor: cursor.query(sql, values))
+        return [_decode(row) for row in rows]
+
+    async def update(self, table: str, key: str, fields: Row) -> bool:
+        name, primary = TABLES[table]
+        columns = _checked(table, fields)
+        if not columns:
+            return await self.get(table, key) is not None
+        assignments = ", ".join(f"{c} = ?" for c in columns)
+        values = [*(_encode(c, fields[c]) for c in columns), key]
+        sql = f"UPDATE {name} SET {assignments} WHERE {primary} = ?"
+        return bool(await self._run(lambda cursor: cursor.execute(sql, values)))
+
+    async def delete(self, table: str, column: str, values: Sequence[str]) -> int:
+        name, _ = TABLES[table]
+        _checked(table, {column: None})
+        if not values:
+            return 0
+        sql = f"DELETE FROM {name} WHERE {column} IN ({', '.join('?' * len(values))})"
+        return await self._run(lambda cursor: cursor.execute(sql, list(values)))
+
+    async def replace_key(self, old_hash: str, row: Row) -> bool:
+        """Swap a key's hash for a new one in one transaction (regeneration)."""
+        name, _ = TABLES["keys"]
+        columns = _checked("keys", row)
+        insert = (
+            f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        )
+        values = [_encode(c, row[c]) for c in columns]
+
+        def work(cursor: Cursor) -> bool:
+            if not cursor.execute(f"DELETE FROM {name} WHERE token_hash = ?", [old_hash]):
+                return False
+            cursor.execute(insert, values)
+            return True
+
+        return await self._run(work)
+
+    # Spend.
+
+    async def record_spend(self, rows: Sequence[Row]) -> int:
+        """Insert spend-log rows and add their cost to the key, team and user counters.
+
+        One transaction. A row already present (a batch retried after an unknown
+        commit outcome) is skipped and adds nothing, so retrying is always safe.
+        """
+        insert = (
+            f"INSERT INTO trigate_spend_logs ({', '.join(SPEND_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(SPEND_COLUMNS))}) ON CONFLICT (request_id) DO NOTHING"
+        )
+
+        def work(cursor: Cursor) -> int:
+            totals: dict[tuple[str, str], float] = {}
+            inserted = 0
+            for row in rows:
+                if not cursor.execute(insert, [_encode(c, row.get(c)) for c in SPEND_COLUMNS]):
+                    continue
+                inserted += 1
+                for table, column in (
+                    ("keys", "key_hash"),
+                    ("teams", "team_id"),
+                    ("users", "user_id"),
+                ):
+                    if row.get(column):
+                        totals[table, row[column]] = (
+                            totals.get((table, row[column]), 0.0) + row["cost"]
+                        )
+            for (table, key), cost in totals.items():
+                name, primary = TABLES[table]
+                cursor.execute(
+                    f"UPDATE {name} SET spend = spend + ? WHERE {primary} = ?", [cost, key]
+                )
+            return inserted
+
+        return await self._run(work)
+
+    async def spend_logs(self, query: SpendFilter) -> list[Row]:
+        clauses, values = [], []
+        for column, value in (
+            ("key_hash", query.key_hash),
+            ("team_id", query.team_id),
+            ("user_id", query.user_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                values.append(value)
+        if query.start is not None:
+            clauses.append("start_time >= ?")
+            values.append(query.start)
+        if query.end is not None:
+            clauses.append("start_time < ?")
+            values.append(query.end)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (
+            f"SELECT * FROM trigate_spend_logs{where} ORDER BY start_time DESC "
+            f"LIMIT {int(query.limit)}"
+        )
+        return [_decode(row) for row in await self._run(lambda c: c.query(sql, values))]
+
+    async def reset_due_budgets(self, table: str, now: float) -> int:
+        """Zero the spend of every entity whose budget window has ended, and start its next."""
+        name, primary = TABLES[table]
+
+        def work(cursor: Cursor) -> int:
+            due = cursor.query(
+                f"SELECT {primary}, budget_duration, budget_reset_at FROM {name} "
+                "WHERE budget_reset_at IS NOT NULL AND budget_reset_at <= ?",
+                [now],
+            )
+            for row in due:
+                following = next_reset(row["budget_reset_at"], row["budget_duration"], now)
+                cursor.execute(
+                    f"UPDATE {name} SET spend = 0, budget_reset_at = ? WHERE {primary} = ?",
+                    [following, row[primary]],
+                )
+            return len(due)
+
+        return await self._run(work)
+
+
+def next_reset(previous: float, duration: str | None, now: float) -> float | None:
+    """The first window boundary after `now`, on the schedule that `previous` was on."""
+    if not duration:
+        return None
+    seconds = parse_duration(duration)
+    missed = int((now - previous) // seconds) + 1
+    return previous + missed * seconds
+
+
+def _migrate(cursor: Cursor) -> None:
+    cursor.execute("CREATE TABLE IF NOT EXISTS trigate_schema (version INTEGER NOT NULL)")
+    rows = cursor.query("SELECT MAX(version) AS version FROM trigate_schema")
+    current = rows[0]["version"] or 0
+    for version, statements in enumerate(MIGRATIONS, start=1):
+        if version <= current:
+            continue
+        for statement in statements:
+            cursor.execute(statement)
+        cursor.execute("INSERT INTO trigate_schema (version) VALUES (?)", [version])
+
+
+def _checked(table: str, row: Row) -> list[str]:
+    unknown = set(row) - COLUMNS[table]
+    if unknown:
+        raise ValueError(f"unknown {table} columns: {sorted(unknown)}")
+    return list(row)
+
+
+def _where(table: str, where: dict[str, Any]) -> tuple[str, list[Any]]:
+    columns = _checked(table, where)
+    if not columns:
+        return "", []
+    return " WHERE " + " AND ".join(f"{c} = ?" for c in columns), [where[c] for c in columns]
+
+
+def _encode(column: str, value: Any) -> Any:
+    if column in JSON_COLUMNS:
+        return orjson.dumps(
+            value if value is not None else ([] if column == "models" else {})
+        ).decode()
+    if column in BOOL_COLUMNS and value is not None:
+        return int(bool(value))
+    return value
+
+
+def _decode(row: Row) -> Row:
+    for column in JSON_COLUMNS & row.keys():
+        if isinstance(row[column], str):
+            row[column] = orjson.loads(row[column])
+    for column in BOOL_COLUMNS & row.keys():
+        row[column] = bool(row[column])
+    return row

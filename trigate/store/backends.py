@@ -1,0 +1,131 @@
+"""Blocking database access for SQLite and PostgreSQL, behind one small interface.
+
+Both backends run a function inside a transaction and hand it a cursor that
+speaks `?` placeholders and returns rows as dicts. They are called only from
+worker threads (see `trigate.store.Store`), never from the event loop.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlparse
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; returns the number of rows it changed."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+
+class Backend(Protocol):
+    dialect: str
+
+    def transaction(self, work: Callable[[Cursor], T]) -> T: ...
+
+    def close(self) -> None: ...
+
+
+class _SqliteCursor:
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._connection.execute(sql, params).rowcount
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        cursor = self._connection.execute(sql, params)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+class SqliteBackend:
+    """One connection, serialized by a lock: SQLite allows a single writer anyway."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA synchronous=NORMAL")
+        self._connection.execute("PRAGMA busy_timeout=5000")
+        self._lock = threading.Lock()
+
+    def transaction(self, work: Callable[[Cursor], T]) -> T:
+        with self._lock:
+            self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(_SqliteCursor(self._connection))
+            except BaseException:
+                self._connection.execute("ROLLBACK")
+                raise
+            self._connection.execute("COMMIT")
+            return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+
+class _PostgresCursor:
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self._cursor.execute(sql.replace("?", "%s"), params)
+        return int(self._cursor.rowcount)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self._cursor.execute(sql.replace("?", "%s"), params)
+        return list(self._cursor.fetchall())
+
+
+class PostgresBackend:
+    """A bounded psycopg pool; each transaction borrows one connection."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, max_connections: int = 10) -> None:
+        from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool
+
+        self._pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_connections,
+            kwargs={"row_factory": dict_row},
+            open=True,
+            timeout=10,
+        )
+
+    def transaction(self, work: Callable[[Cursor], T]) -> T:
+        with (
+            self._pool.connection() as connection,
+            connection.transaction(),
+            connection.cursor() as cursor,
+        ):
+            return work(_PostgresCursor(cursor))
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def connect(url: str) -> Backend:
+    """`sqlite:///relative.db`, `sqlite:////absolute.db`, `sqlite://:memory:`, or
+    `postgresql://...` (also `postgres://`)."""
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        path = url.removeprefix("sqlite://")
+        return SqliteBackend(path[1:] if path.startswith("/") else path)
+    if scheme in ("postgresql", "postgres"):
+        return PostgresBackend(url)
+    raise ValueError(f"unsupported database URL scheme {scheme!r}; use sqlite:// or postgresql://")

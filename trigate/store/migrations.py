@@ -1,0 +1,72 @@
+"""The schema, as numbered migrations that SQLite and PostgreSQL share.
+
+Types are chosen to mean the same on both: TEXT, INTEGER (also for booleans),
+DOUBLE PRECISION for money and epoch seconds, and JSON kept as TEXT.
+Migrations only ever append: a released one is never edited.
+"""
+
+from __future__ import annotations
+
+_ENTITY_LIMITS = """
+    models TEXT NOT NULL DEFAULT '[]',
+    max_budget DOUBLE PRECISION,
+    soft_budget DOUBLE PRECISION,
+    budget_duration TEXT,
+    budget_reset_at DOUBLE PRECISION,
+    spend DOUBLE PRECISION NOT NULL DEFAULT 0,
+    rpm_limit INTEGER,
+    tpm_limit INTEGER,
+    max_parallel_requests INTEGER,
+    metadata TEXT NOT NULL DEFAULT '{}',
+    blocked INTEGER NOT NULL DEFAULT 0,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL
+"""
+
+MIGRATIONS: list[list[str]] = [
+    [
+        f"""CREATE TABLE trigate_keys (
+            token_hash TEXT PRIMARY KEY,
+            key_alias TEXT UNIQUE,
+            key_name TEXT NOT NULL,
+            user_id TEXT,
+            team_id TEXT,
+            expires DOUBLE PRECISION,
+            {_ENTITY_LIMITS}
+        )""",
+        f"""CREATE TABLE trigate_teams (
+            team_id TEXT PRIMARY KEY,
+            team_alias TEXT,
+            {_ENTITY_LIMITS}
+        )""",
+        f"""CREATE TABLE trigate_users (
+            user_id TEXT PRIMARY KEY,
+            user_email TEXT,
+            {_ENTITY_LIMITS}
+        )""",
+        """CREATE TABLE trigate_spend_logs (
+            request_id TEXT PRIMARY KEY,
+            key_hash TEXT,
+            key_alias TEXT,
+            team_id TEXT,
+            user_id TEXT,
+            model_group TEXT NOT NULL,
+            deployment TEXT,
+            model TEXT,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cost DOUBLE PRECISION NOT NULL,
+            status INTEGER NOT NULL,
+            stream INTEGER NOT NULL,
+            cancelled_by_client INTEGER NOT NULL,
+            start_time DOUBLE PRECISION NOT NULL,
+            end_time DOUBLE PRECISION NOT NULL,
+            ttft_ms DOUBLE PRECISION
+        )""",
+        "CREATE INDEX trigate_spend_logs_start ON trigate_spend_logs (start_time)",
+        "CREATE INDEX trigate_spend_logs_key ON trigate_spend_logs (key_hash, start_time)",
+        "CREATE INDEX trigate_spend_logs_team ON trigate_spend_logs (team_id, start_time)",
+        "CREATE INDEX trigate_spend_logs_user ON trigate_spend_logs (user_id, start_time)",
+        "CREATE INDEX trigate_keys_team ON trigate_keys (team_id)",
+    ],
+]
