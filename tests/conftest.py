@@ -88,6 +88,8 @@ def mock_config(**params: Any) -> dict[str, Any]:
 
 
 def build_app(raw_config: dict[str, Any], **gateway_kwargs: Any) -> tuple[QuartTrio, Gateway]:
+    settings = raw_config.setdefault("general_settings", {})
+    settings.setdefault("database_url", "sqlite://:memory:")
     gateway = Gateway(parse_config(raw_config, {}), MASTER_KEY, **gateway_kwargs)
     return create_app(gateway), gateway
 

@@ -1,33 +1,72 @@
-"""Who is calling: the credential a request carries, checked in constant time.
+"""Who is calling: the master key, or a virtual key with its team and user.
 
 Clients send `Authorization: Bearer KEY` (the OpenAI SDK) or `x-api-key: KEY`
-(the Anthropic SDK). Virtual keys come later; today the master key is the
-only key, and it passes every check.
+(the Anthropic SDK). Keys are stored only as SHA-256 hashes. Lookups come
+from an in-process cache with a short TTL, so the request path touches the
+database at most once per key every few seconds; the process that changes a
+key drops it from its cache at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed
+from trigate.store import Store
 
 MASTER_IDENTITY = "master"
+KEY_PREFIX = "sk-"
+# How stale a cached key, team or user may be; LiteLLM users expect changes within seconds.
+CACHE_TTL = 5.0
+# Unknown keys are remembered briefly, so a flood of bad keys cannot flood the database.
+NEGATIVE_TTL = 1.0
+MAX_CACHED = 100_000
+
+Row = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Caller:
-    """An authenticated caller; `identity` is safe to log, the key is never kept."""
+    """An authenticated caller. `identity` is safe to log; the key itself is never kept."""
 
     identity: str
     is_master: bool
+    key_hash: str | None = None
+    key: Row | None = None
+    team: Row | None = None
+    user: Row | None = None
+
+    @property
+    def key_alias(self) -> str | None:
+        return self.key.get("key_alias") if self.key else None
+
+    @property
+    def team_id(self) -> str | None:
+        return self.key.get("team_id") if self.key else None
+
+    @property
+    def user_id(self) -> str | None:
+        return self.key.get("user_id") if self.key else None
 
 
-def generate_master_key() -> str:
-    """A fresh key in LiteLLM's `sk-` format, 256 bits of randomness."""
-    return "sk-" + secrets.token_urlsafe(32)
+def generate_key() -> str:
+    """A fresh key in LiteLLM's `sk-` format, with 256 bits of randomness."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def key_name(key: str) -> str:
+    """How a key is shown after creation: enough to recognise it, never enough to use it."""
+    return f"{key[:3]}...{key[-4:]}"
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -41,10 +80,12 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, master_key: str) -> None:
+    def __init__(self, master_key: str, store: Store | None = None) -> None:
         self._master = master_key.encode()
+        self._store = store
+        self._cache: dict[tuple[str, str], tuple[Row | None, float]] = {}
 
-    def authenticate(self, headers: Mapping[str, str]) -> Caller:
+    async def authenticate(self, headers: Mapping[str, str]) -> Caller:
         key = presented_key(headers)
         if key is None:
             raise AuthenticationFailed(
@@ -52,4 +93,37 @@ class Authenticator:
             )
         if hmac.compare_digest(key.encode(), self._master):
             return Caller(MASTER_IDENTITY, is_master=True)
-        raise AuthenticationFailed("The API key provided is not valid.")
+        return await self._virtual_key(hash_key(key))
+
+    def require_master(self, caller: Caller) -> None:
+        if not caller.is_master:
+            raise AuthenticationFailed("This endpoint needs the master key.", code="not_master_key")
+
+    def forget(self, table: str, key: str) -> None:
+        """Drop a cached row after changing it, so this process sees the change at once."""
+        self._cache.pop((table, key), None)
+
+    async def _virtual_key(self, token_hash: str) -> Caller:
+        row = await self._cached("keys", token_hash)
+        if row is None:
+            raise AuthenticationFailed("The API key provided is not valid.")
+        if row["blocked"]:
+            raise AuthenticationFailed("This API key has been blocked.", code="key_blocked")
+        if row["expires"] is not None and row["expires"] <= wall_time():
+            raise AuthenticationFailed("This API key has expired.", code="key_expired")
+        team = await self._cached("teams", row["team_id"]) if row["team_id"] else None
+        if team is not None and team["blocked"]:
+            raise AuthenticationFailed("This API key's team has been blocked.", code="team_blocked")
+        user = await self._cached("users", row["user_id"]) if row["user_id"] else None
+        return Caller(token_hash[:16], False, token_hash, row, team, user)
+
+    async def _cached(self, table: str, key: str) -> Row | None:
+        now = wall_time()
+        hit = self._cache.get((table, key))
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        row = await self._store.get(table, key) if self._store is not None else None
+        if len(self._cache) >= MAX_CACHED:
+            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+        self._cache[table, key] = (row, now + (CACHE_TTL if row is not None else NEGATIVE_TTL))
+        return row

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from trigate.auth import generate_master_key
+from trigate.auth import generate_key
 from trigate.config import ConfigError, load_config
 from trigate.server import (
     DEFAULT_HOST,
@@ -57,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         os.environ.pop("TRIGATE_CONFIG", None)
     if not config.general_settings.master_key and is_loopback(binding.host):
-        key = generate_master_key()
+        key = generate_key()
         config.general_settings.master_key = key
         print(f"trigate: no master key configured; this run's master key is {key}", flush=True)
     if config.general_settings.master_key:

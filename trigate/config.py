@@ -22,6 +22,7 @@ from trigate.router.settings import RouterSettings
 
 ENV_PREFIX = "os.environ/"
 DEFAULT_TIMEOUT = 600.0
+DEFAULT_DATABASE_URL = "sqlite:///trigate.db"
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "model_list": [{"model_name": "mock", "litellm_params": {"model": "mock/mock"}}],
@@ -128,6 +129,10 @@ class GatewayConfig(BaseModel):
         )
 
     @property
+    def database_url(self) -> str:
+        return self.general_settings.database_url or DEFAULT_DATABASE_URL
+
+    @property
     def max_request_bytes(self) -> int:
         return int(self.general_settings.max_request_size_mb * 1024 * 1024)
 
@@ -154,9 +159,10 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
         config.router  # noqa: B018 - validated now, so a bad setting fails start-up
     except ValidationError as error:
         raise ConfigError(_describe(error, "router_settings")) from None
-    override = environ.get("TRIGATE_MASTER_KEY")
-    if override:
-        config.general_settings.master_key = override
+    if master_key := environ.get("TRIGATE_MASTER_KEY"):
+        config.general_settings.master_key = master_key
+    if database_url := environ.get("TRIGATE_DATABASE_URL"):
+        config.general_settings.database_url = database_url
     return config
 
 

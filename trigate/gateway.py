@@ -1,25 +1,36 @@
 """One worker's gateway: the state every request is served with.
 
 Everything expensive is built once, at start-up: the token encodings, the
-upstream HTTP client (one connection pool per worker) and each deployment's
-provider adapter. `start` and `stop` bracket the worker's life.
+store, the upstream HTTP client (one connection pool per worker) and each
+deployment's provider adapter. Background work (the spend writer, budget
+window resets, health probes) runs in one nursery that `stop` cancels and
+waits for, so the last spend rows are flushed before the store closes.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 
 import httpx
 import trio
 
 from trigate.auth import Authenticator
+from trigate.clock import wall_time
 from trigate.config import GatewayConfig
 from trigate.errors import secrets
-from trigate.router.deployments import ModelGroups
+from trigate.limits import RateLimits
+from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.health import run_health_checks
 from trigate.router.router import Router
-from trigate.spend import LogRecordSink, RecordSink
+from trigate.spend import RecordSink, RequestRecord, SpendLedger
+from trigate.store import TABLES, Store
 from trigate.tokens import TokenCounter
+from trigate.usage import Usage
+
+logger = logging.getLogger("trigate")
+
+BUDGET_RESET_INTERVAL = 10.0
 
 
 @functools.cache
@@ -33,7 +44,7 @@ async def load_token_counter() -> TokenCounter:
 
 
 class Gateway:
-    """The configuration, credentials and upstream clients of one worker."""
+    """The configuration, credentials, store and upstream clients of one worker."""
 
     def __init__(
         self,
@@ -44,12 +55,18 @@ class Gateway:
         records: RecordSink | None = None,
     ) -> None:
         self.config = config
-        self.auth = Authenticator(master_key)
-        self.records = records or LogRecordSink()
+        self.limits = RateLimits()
+        self._master_key = master_key
         self._transport = transport
+        self._observer = records
         self._http: httpx.AsyncClient | None = None
         self._counter: TokenCounter | None = None
         self._router: Router | None = None
+        self._store: Store | None = None
+        self._ledger: SpendLedger | None = None
+        self._auth: Authenticator | None = None
+        self._background: trio.CancelScope | None = None
+        self._background_done = trio.Event()
         secrets.add(master_key)
         secrets.extend(entry.litellm_params.api_key for entry in config.model_list)
 
@@ -67,21 +84,76 @@ class Gateway:
     def groups(self) -> ModelGroups:
         return self.router.groups
 
+    @property
+    def store(self) -> Store:
+        assert self._store is not None, "the gateway has not started"
+        return self._store
+
+    @property
+    def auth(self) -> Authenticator:
+        assert self._auth is not None, "the gateway has not started"
+        return self._auth
+
+    @property
+    def ledger(self) -> SpendLedger:
+        assert self._ledger is not None, "the gateway has not started"
+        return self._ledger
+
     async def start(self) -> None:
         self._counter = await load_token_counter()
+        self._store = await Store.open(self.config.database_url)
+        self._auth = Authenticator(self._master_key, self._store)
+        self._ledger = SpendLedger(self._store)
         self._http = httpx.AsyncClient(transport=self._transport or self._default_transport())
         groups = ModelGroups.build(self.config, self._http, self._counter)
         self._router = Router(groups, self.config.router)
 
-    def start_background_tasks(self, nursery: trio.Nursery) -> None:
-        settings = self.config.router
-        if settings.background_health_checks:
-            nursery.start_soon(run_health_checks, self.router, settings.health_check_interval)
+    async def run_background(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The worker's background tasks; run it in the app's nursery."""
+        try:
+            with trio.CancelScope() as self._background:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.ledger.run)
+                    nursery.start_soon(self._reset_budgets)
+                    settings = self.config.router
+                    if settings.background_health_checks:
+                        nursery.start_soon(
+                            run_health_checks, self.router, settings.health_check_interval
+                        )
+                    task_status.started()
+        finally:
+            self._background_done.set()
+
+    async def record(self, record: RequestRecord) -> None:
+        await self.ledger.write(record)
+        if self._observer is not None:
+            await self._observer.write(record)
+
+    def cost(self, deployment: Deployment, usage: Usage) -> float:
+        """What a request cost: the deployment's configured prices per token."""
+        params = deployment.params
+        return usage.prompt_tokens * (
+            params.input_cost_per_token or 0.0
+        ) + usage.completion_tokens * (params.output_cost_per_token or 0.0)
 
     async def stop(self) -> None:
-        if self._http is not None:
-            with trio.CancelScope(shield=True):
+        with trio.CancelScope(shield=True):
+            if self._background is not None:
+                self._background.cancel()
+                await self._background_done.wait()
+            if self._http is not None:
                 await self._http.aclose()
+            if self._store is not None:
+                await self._store.close()
+
+    async def _reset_budgets(self) -> None:
+        while True:
+            for table in TABLES:
+                try:
+                    await self.store.reset_due_budgets(table, wall_time())
+                except Exception as error:
+                    logger.warning("budget window reset failed for %s: %s", table, error)
+            await trio.sleep(BUDGET_RESET_INTERVAL)
 
     def _default_transport(self) -> httpx.AsyncBaseTransport:
         limit = self.config.general_settings.max_upstream_connections

@@ -20,6 +20,10 @@ class Usage:
     completion_tokens: int
     # "upstream" when the provider reported it, "counted" when tiktoken did.
     source: str
+    # Parts of the above that are priced differently, when the upstream says so.
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -94,9 +98,21 @@ class UsageMeter:
         prompt = reported.get("prompt_tokens")
         completion = reported.get("completion_tokens")
         if isinstance(prompt, int) and isinstance(completion, int):
-            return Usage(prompt, completion, "upstream")
+            return Usage(prompt, completion, "upstream", *_priced_parts(reported))
         if not isinstance(prompt, int):
             prompt = await self.prompt_tokens()
         if not isinstance(completion, int):
             completion = await self._counter.count_text_async(self.model, "".join(self._pieces))
         return Usage(prompt, completion, "counted")
+
+
+def _priced_parts(usage: dict[str, Any]) -> tuple[int, int, int]:
+    """Cached, cache-write and reasoning tokens, from OpenAI's (and Anthropic's) details."""
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    cached = prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else None
+    reasoning = (
+        completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None
+    )
+    written = usage.get("cache_creation_input_tokens")
+    return tuple(v if isinstance(v, int) else 0 for v in (cached, written, reasoning))  # type: ignore[return-value]

@@ -30,8 +30,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
     @app.before_serving
     async def start_background_tasks() -> None:
-        # The lifespan's nursery: tasks started here stop when the app shuts down.
-        gateway.start_background_tasks(app.nursery)
+        # In the lifespan's nursery; `gateway.stop` cancels them before the store closes.
+        await app.nursery.start(gateway.run_background)
 
     for module in (chat, models, health):
         module.register(app, gateway)

@@ -20,8 +20,10 @@ from quart_trio import QuartTrio
 from trigate.api.context import RequestContext, current_request
 from trigate.api.responses import json_body, raw_json_response
 from trigate.auth import Caller
+from trigate.clock import wall_time
 from trigate.errors import GatewayError, InvalidRequest, UpstreamTimeout, secrets
 from trigate.gateway import Gateway
+from trigate.limits import Admission, check_budgets, check_model
 from trigate.providers import ChunkStream, Completion
 from trigate.relay import StreamOutcome, StreamRelay
 from trigate.router.deployments import Deployment
@@ -43,11 +45,12 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
     async def chat_completions() -> Response:
-        caller = gateway.auth.authenticate(request.headers)
+        caller = await gateway.auth.authenticate(request.headers)
         body = await json_body()
         group = _validate(body)
         fallbacks = _pop_fallbacks(body)
         call = ChatCall(gateway, current_request.get(), caller, group, body, fallbacks)
+        await call.admit()
         if body.get("stream"):
             return await call.stream()
         return await call.complete()
@@ -164,6 +167,21 @@ class ChatCall:
         model = gateway.groups.deployments(group)[0].upstream_model
         self.meter = UsageMeter(gateway.counter, model, body)
         self.ttft: float | None = None
+        self.admission: Admission | None = None
+
+    async def admit(self) -> None:
+        """The caller's model access, budgets and rate limits, before any upstream call."""
+        if self.caller.is_master:
+            return
+        try:
+            check_model(self.caller, self.progress.model_group)
+            check_budgets(self.caller, self.gateway.ledger.unflushed)
+            self.admission = await self.gateway.limits.admit(self.caller, self.meter.prompt_tokens)
+        except GatewayError as rejection:
+            with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
+                await self._record(rejection.status, rejection, None, cancelled=False)
+            raise
+        self.context.headers.update(self.admission.headers)
 
     async def complete(self) -> Response:
         status, error, usage, cancelled = 500, None, None, False
@@ -188,19 +206,23 @@ class ChatCall:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
                 usage = await self._record(status, error, usage, cancelled=cancelled)
+            tokens = usage.total_tokens if usage else 0
             if routed is not None:
-                tokens = usage.total_tokens if usage else 0
                 self.gateway.router.release(routed.deployment, tokens)
+            if self.admission is not None:
+                self.admission.finish(tokens)
 
     async def stream(self) -> Response:
         try:
             routed = await self._route(StreamAttempt(self.body))
         except BaseException as failure:
+            error = failure if isinstance(failure, GatewayError) else None
+            cancelled = isinstance(failure, trio.Cancelled)
+            status = error.status if error else CLIENT_CLOSED if cancelled else 500
             with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
-                error = failure if isinstance(failure, GatewayError) else None
-                cancelled = isinstance(failure, trio.Cancelled)
-                status = error.status if error else CLIENT_CLOSED if cancelled else 500
-                await self._record(status, error, None, cancelled=cancelled)
+                usage = await self._record(status, error, None, cancelled=cancelled)
+            if self.admission is not None:
+                self.admission.finish(usage.total_tokens)
             raise
         self.ttft = self.context.elapsed()
         opened = routed.result
@@ -241,6 +263,8 @@ class ChatCall:
         usage = await self.meter.settle()
         if self.progress.deployment is not None:
             self.gateway.router.release(self.progress.deployment, usage.total_tokens)
+        if self.admission is not None:
+            self.admission.finish(usage.total_tokens)
         await self._record(status, outcome.error, usage, cancelled=outcome.cancelled_by_client)
 
     async def _record(
@@ -256,18 +280,29 @@ class ChatCall:
             prompt = await self.meter.prompt_tokens() if cancelled else 0
             usage = Usage(prompt, 0, "counted" if cancelled else "none")
         deployment = self.progress.deployment
-        await self.gateway.records.write(
+        caller = self.caller
+        elapsed = self.context.elapsed()
+        end = wall_time()
+        await self.gateway.record(
             RequestRecord(
                 request_id=self.context.request_id,
-                key_identity=self.caller.identity,
+                key_identity=caller.identity,
+                key_hash=caller.key_hash,
+                key_alias=caller.key_alias,
+                team_id=caller.team_id,
+                user_id=caller.user_id,
                 model_group=self.progress.model_group,
                 deployment=deployment.id if deployment else None,
+                model=deployment.params.model if deployment else None,
                 status=status,
                 stream=bool(self.body.get("stream")),
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 usage_source=usage.source,
-                latency_ms=round(self.context.elapsed() * 1000, 3),
+                cost=self.gateway.cost(deployment, usage) if deployment else 0.0,
+                start_time=end - elapsed,
+                end_time=end,
+                latency_ms=round(elapsed * 1000, 3),
                 ttft_ms=round(self.ttft * 1000, 3) if self.ttft is not None else None,
                 cancelled_by_client=cancelled,
                 error=secrets.redact(error.message) if error else None,

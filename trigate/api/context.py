@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -33,6 +33,8 @@ class RequestContext:
     upstream_wait: float | None = None
     relay: StreamRelay | None = None
     route: RouteProgress | None = None
+    # Extra response headers decided along the way (rate-limit state, for one).
+    headers: dict[str, str] = field(default_factory=dict)
 
     def elapsed(self) -> float:
         return trio.current_time() - self.started
@@ -81,6 +83,7 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
 
 def _headers(context: RequestContext) -> list[tuple[bytes, bytes]]:
     headers = [(b"x-request-id", context.request_id.encode("latin-1"))]
+    headers += [(name.encode(), value.encode()) for name, value in context.headers.items()]
     if context.upstream_wait is not None:
         overhead = max(context.elapsed() - context.upstream_wait, 0.0) * 1000
         headers.append((b"x-trigate-overhead-ms", f"{overhead:.3f}".encode()))

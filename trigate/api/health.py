@@ -30,5 +30,5 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get("/health")
     async def deployments_health() -> Response:
-        gateway.auth.authenticate(request.headers)
+        await gateway.auth.authenticate(request.headers)
         return json_response(health_report(gateway.router))

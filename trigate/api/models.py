@@ -17,7 +17,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.get("/v1/models")
     @app.get("/models")
     async def list_models() -> Response:
-        gateway.auth.authenticate(request.headers)
+        await gateway.auth.authenticate(request.headers)
         return json_response(
             {
                 "object": "list",

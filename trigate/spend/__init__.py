@@ -1,5 +1,6 @@
-"""Spend: one record per request, whatever became of it."""
+"""Spend: what each request cost, recorded durably without slowing the request."""
 
-from trigate.spend.records import LogRecordSink, RecordSink, RequestRecord
+from trigate.spend.ledger import SpendLedger
+from trigate.spend.records import RecordSink, RequestRecord
 
-__all__ = ["LogRecordSink", "RecordSink", "RequestRecord"]
+__all__ = ["RecordSink", "RequestRecord", "SpendLedger"]

@@ -1,33 +1,35 @@
-"""The record every request leaves behind, and where records go.
+"""The record every request leaves behind.
 
 Records are written from `finally` blocks under a shield, so a request that
-fails or is cancelled by its client is still accounted for. For now they are
-structured log lines; the key store's spend log takes them later.
+fails or is cancelled by its client is still accounted for.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Protocol
-
-import orjson
-
-logger = logging.getLogger("trigate.usage")
 
 
 @dataclass(slots=True)
 class RequestRecord:
     request_id: str
-    # Who asked, never the key itself: "master" or a key's hash prefix.
+    # Who asked, never the key itself: "master" or the key hash's first 16 hex digits.
     key_identity: str
+    key_hash: str | None
+    key_alias: str | None
+    team_id: str | None
+    user_id: str | None
     model_group: str
     deployment: str | None
+    model: str | None
     status: int
     stream: bool
     prompt_tokens: int
     completion_tokens: int
     usage_source: str
+    cost: float
+    start_time: float
+    end_time: float
     latency_ms: float
     ttft_ms: float | None
     cancelled_by_client: bool
@@ -36,10 +38,3 @@ class RequestRecord:
 
 class RecordSink(Protocol):
     async def write(self, record: RequestRecord) -> None: ...
-
-
-class LogRecordSink:
-    """Writes each record as one JSON log line on the `trigate.usage` logger."""
-
-    async def write(self, record: RequestRecord) -> None:
-        logger.info(orjson.dumps(asdict(record)).decode())

@@ -1,0 +1,151 @@
+"""The spend ledger: every request's record, logged at once and persisted in batches.
+
+The request path only appends to an in-memory queue; a background task owned
+by the app writes batches to the store every `flush_interval` seconds or
+`batch_size` rows, and once more at shutdown. While the database is down,
+rows stay queued (up to `max_queued` of them) and the writer retries with
+backoff. Past that bound the oldest rows are dropped, each drop logged; the
+in-memory spend that budgets read still counts them until the process ends.
+
+Until a row is flushed, its cost is "unflushed" spend, which budget checks add
+to the store's counters, so a budget holds even before the database has heard.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict, deque
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+import trio
+
+from trigate.spend.records import RequestRecord
+from trigate.store import Store
+
+logger = logging.getLogger("trigate.usage")
+errors = logging.getLogger("trigate.spend")
+
+BATCH_SIZE = 500
+FLUSH_INTERVAL = 0.5
+MAX_QUEUED = 100_000
+MAX_BACKOFF = 30.0
+SHUTDOWN_FLUSH_TIMEOUT = 10.0
+
+_OWNERS = (("keys", "key_hash"), ("teams", "team_id"), ("users", "user_id"))
+
+
+class SpendLedger:
+    def __init__(
+        self,
+        store: Store | None,
+        *,
+        batch_size: int = BATCH_SIZE,
+        flush_interval: float = FLUSH_INTERVAL,
+        max_queued: int = MAX_QUEUED,
+    ) -> None:
+        self._store = store
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._queue: deque[dict[str, Any]] = deque()
+        self._max_queued = max_queued
+        self._unflushed: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self._wake = trio.Event()
+        self.dropped = 0
+
+    async def write(self, record: RequestRecord) -> None:
+        """Log the record and queue its row; never waits on the database."""
+        logger.info(orjson.dumps(asdict(record)).decode())
+        if self._store is None:
+            return
+        row = _row(record)
+        for owner in _owners(row):
+            self._unflushed[owner] += row["cost"]
+        self._queue.append(row)
+        if len(self._queue) > self._max_queued:
+            self._drop_oldest()
+        if len(self._queue) >= self._batch_size:
+            self._wake.set()
+
+    def unflushed(self, table: str, key: str) -> float:
+        """Spend billed in this process but not yet in the store."""
+        return self._unflushed.get((table, key), 0.0)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    async def run(self) -> None:
+        """The writer: flush on a timer or a full batch, back off while the store fails."""
+        backoff = self._flush_interval
+        try:
+            while True:
+                with trio.move_on_after(backoff):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                backoff = (
+                    self._flush_interval if await self.flush() else min(backoff * 2, MAX_BACKOFF)
+                )
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT):
+                while self._queue and await self.flush():
+                    pass
+
+    async def flush(self) -> bool:
+        """Write what is queued, batch by batch; False if the store failed."""
+        while self._queue:
+            batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
+            try:
+                await self._store.record_spend(batch)  # type: ignore[union-attr]
+            except Exception as error:
+                errors.warning(
+                    "spend log write failed, %d rows kept for retry: %s", len(self._queue), error
+                )
+                return False
+            for _ in batch:
+                self._settle(self._queue.popleft())
+        return True
+
+    def _settle(self, row: dict[str, Any]) -> None:
+        for owner in _owners(row):
+            remaining = self._unflushed[owner] - row["cost"]
+            if remaining <= 1e-12:
+                del self._unflushed[owner]
+            else:
+                self._unflushed[owner] = remaining
+
+    def _drop_oldest(self) -> None:
+        self._queue.popleft()
+        self.dropped += 1
+        errors.error(
+            "spend log queue full (%d rows): dropped the oldest row (%d dropped so far)",
+            self._max_queued,
+            self.dropped,
+        )
+
+
+def _owners(row: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(table, row[column]) for table, column in _OWNERS if row.get(column)]
+
+
+def _row(record: RequestRecord) -> dict[str, Any]:
+    return {
+        "request_id": record.request_id,
+        "key_hash": record.key_hash,
+        "key_alias": record.key_alias,
+        "team_id": record.team_id,
+        "user_id": record.user_id,
+        "model_group": record.model_group,
+        "deployment": record.deployment,
+        "model": record.model,
+        "prompt_tokens": record.prompt_tokens,
+        "completion_tokens": record.completion_tokens,
+        "cost": record.cost,
+        "status": record.status,
+        "stream": record.stream,
+        "cancelled_by_client": record.cancelled_by_client,
+        "start_time": record.start_time,
+        "end_time": record.end_time,
+        "ttft_ms": record.ttft_ms,
+    }
