@@ -7,11 +7,15 @@ disconnect at an exact moment, and virtual time with `autojump_clock`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import trio
-from conftest import MASTER_KEY
+from conftest import MASTER_KEY, MemoryRecords, build_app
+from scripted import ScriptedUpstreams, Step
+
+MESSAGES = [{"role": "user", "content": "hello"}]
 
 
 async def start_lifespan(nursery: trio.Nursery, app: Any) -> None:
@@ -70,6 +74,8 @@ def chat_request(
     payload: dict[str, Any] | None,
     path: str = "/v1/chat/completions",
     method: str = "POST",
+    key: str = MASTER_KEY,
+    query: str = "",
 ) -> Exchange:
     body = orjson.dumps(payload) if payload is not None else b""
     exchange = Exchange(body)
@@ -81,11 +87,11 @@ def chat_request(
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "root_path": "",
         "headers": [
             (b"host", b"testserver"),
-            (b"authorization", f"Bearer {MASTER_KEY}".encode()),
+            (b"authorization", f"Bearer {key}".encode()),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
         ],
@@ -103,3 +109,55 @@ def chat_request(
 
     nursery.start_soon(run)
     return exchange
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    @property
+    def served_by(self) -> str:
+        return self.headers["x-trigate-deployment"]
+
+
+class Harness:
+    def __init__(self, nursery: trio.Nursery, config: dict, upstreams: ScriptedUpstreams) -> None:
+        self.nursery = nursery
+        self.upstreams = upstreams
+        self.records = MemoryRecords()
+        self.app, self.gateway = build_app(
+            config, transport=upstreams.transport, records=self.records
+        )
+
+    async def start(self) -> Harness:
+        await start_lifespan(self.nursery, self.app)
+        return self
+
+    async def chat(self, model: str = "g", key: str = MASTER_KEY, **extra: Any) -> Reply:
+        exchange = chat_request(
+            self.nursery, self.app, {"model": model, "messages": MESSAGES, **extra}, key=key
+        )
+        start = await exchange.start()
+        headers = {k.decode(): v.decode() for k, v in start["headers"]}
+        return Reply(start["status"], headers, await exchange.read_body())
+
+    async def admin(self, path: str, payload: dict[str, Any] | None = None) -> Reply:
+        """A master-key admin call: POST with a body, or GET without one."""
+        method = "POST" if payload is not None else "GET"
+        path, _, query = path.partition("?")
+        exchange = chat_request(
+            self.nursery, self.app, payload, path=path, method=method, query=query
+        )
+        start = await exchange.start()
+        headers = {k.decode(): v.decode() for k, v in start["headers"]}
+        return Reply(start["status"], headers, await exchange.read_body())
+
+
+async def harness(nursery: trio.Nursery, config: dict, scripts: dict[str, list[Step]]) -> Harness:
+    return await Harness(nursery, config, ScriptedUpstreams(scripts)).start()

@@ -3,60 +3,18 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
 import trio
 import trio.testing
-from asgi_driver import chat_request, start_lifespan
-from conftest import MemoryRecords, build_app, start_gateway
+from asgi_driver import Harness, Reply, chat_request, harness
+from conftest import start_gateway
 from fakes import FakeUpstream, StreamReply, chunk, stream_of
-from scripted import ScriptedUpstreams, Step, deployment, error, group_config, ok_stream
+from scripted import Step, deployment, error, group_config, ok_stream
 
 MESSAGES = [{"role": "user", "content": "hello"}]
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-    @property
-    def served_by(self) -> str:
-        return self.headers["x-trigate-deployment"]
-
-
-class Harness:
-    def __init__(self, nursery: trio.Nursery, config: dict, upstreams: ScriptedUpstreams) -> None:
-        self.nursery = nursery
-        self.upstreams = upstreams
-        self.records = MemoryRecords()
-        self.app, self.gateway = build_app(
-            config, transport=upstreams.transport, records=self.records
-        )
-
-    async def start(self) -> Harness:
-        await start_lifespan(self.nursery, self.app)
-        return self
-
-    async def chat(self, model: str = "g", **extra: Any) -> Reply:
-        exchange = chat_request(
-            self.nursery, self.app, {"model": model, "messages": MESSAGES, **extra}
-        )
-        start = await exchange.start()
-        headers = {k.decode(): v.decode() for k, v in start["headers"]}
-        return Reply(start["status"], headers, await exchange.read_body())
-
-
-async def harness(nursery: trio.Nursery, config: dict, scripts: dict[str, list[Step]]) -> Harness:
-    return await Harness(nursery, config, ScriptedUpstreams(scripts)).start()
 
 
 def tiers(config: dict) -> dict:

@@ -13,13 +13,19 @@ from trigate.errors import Failure, UpstreamError
 from trigate.router.deployments import Deployment
 from trigate.router.state import CircuitBreaker, DeploymentState
 from trigate.router.strategies import Pick
+from trigate.spend.prices import PriceTable, price_for
 
 
 def make(name: str, **params: Any) -> Deployment:
     entry = ModelEntry.model_validate(
         {"model_name": "g", "litellm_params": {"model": f"openai/{name}", **params}}
     )
-    return Deployment(name, "g", entry, provider=None, state=DeploymentState(CircuitBreaker(3, 5)))  # type: ignore[arg-type]
+    given = entry.litellm_params
+    price = price_for(
+        "openai", name, given.input_cost_per_token, given.output_cost_per_token, PriceTable({})
+    )
+    state = DeploymentState(CircuitBreaker(3, 5))
+    return Deployment(name, "g", entry, None, state, price)  # type: ignore[arg-type]
 
 
 def picks(strategy: str, deployments: list[Deployment], n: int, **args: Any) -> Counter[str]:

@@ -24,6 +24,7 @@ from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.health import run_health_checks
 from trigate.router.router import Router
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
+from trigate.spend.prices import PriceTable
 from trigate.store import TABLES, Store
 from trigate.tokens import TokenCounter
 from trigate.usage import Usage
@@ -36,6 +37,11 @@ BUDGET_RESET_INTERVAL = 10.0
 @functools.cache
 def _shared_counter() -> TokenCounter:
     return TokenCounter.load()
+
+
+@functools.cache
+def _shared_prices() -> PriceTable:
+    return PriceTable.load()
 
 
 async def load_token_counter() -> TokenCounter:
@@ -105,7 +111,8 @@ class Gateway:
         self._auth = Authenticator(self._master_key, self._store)
         self._ledger = SpendLedger(self._store)
         self._http = httpx.AsyncClient(transport=self._transport or self._default_transport())
-        groups = ModelGroups.build(self.config, self._http, self._counter)
+        prices = await trio.to_thread.run_sync(_shared_prices)
+        groups = ModelGroups.build(self.config, self._http, self._counter, prices)
         self._router = Router(groups, self.config.router)
 
     async def run_background(self, *, task_status: trio.TaskStatus[None]) -> None:

@@ -47,11 +47,21 @@ def check_model(caller: Caller, group: str) -> None:
     """A key's and its team's `models`; an empty list allows every model."""
     for owner, row in (("key", caller.key), ("team", caller.team)):
         allowed = (row or {}).get("models") or []
-        if allowed and group not in allowed and "*" not in allowed:
+        if not _allowed(allowed, group):
             raise ModelNotAllowed(
                 f"This {owner} may not use model `{group}`. Allowed: {', '.join(allowed)}.",
                 param="model",
             )
+
+
+def allows_model(caller: Caller, group: str) -> bool:
+    return all(
+        _allowed((row or {}).get("models") or [], group) for row in (caller.key, caller.team)
+    )
+
+
+def _allowed(allowed: list[str], group: str) -> bool:
+    return not allowed or group in allowed or "*" in allowed
 
 
 def check_budgets(caller: Caller, unflushed: Callable[[str, str], float]) -> None:

@@ -9,6 +9,7 @@ from quart_trio import QuartTrio
 
 from trigate.api.responses import json_response
 from trigate.gateway import Gateway
+from trigate.limits import allows_model
 
 
 def register(app: QuartTrio, gateway: Gateway) -> None:
@@ -17,13 +18,14 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.get("/v1/models")
     @app.get("/models")
     async def list_models() -> Response:
-        await gateway.auth.authenticate(request.headers)
+        caller = await gateway.auth.authenticate(request.headers)
         return json_response(
             {
                 "object": "list",
                 "data": [
                     {"id": name, "object": "model", "created": created, "owned_by": "trigate"}
                     for name in gateway.groups.names
+                    if allows_model(caller, name)
                 ],
             }
         )

@@ -18,6 +18,7 @@ from trigate.config import GatewayConfig, LiteLLMParams, ModelEntry
 from trigate.errors import ModelNotFound
 from trigate.providers import PROVIDERS, Provider
 from trigate.router.state import CircuitBreaker, DeploymentState
+from trigate.spend.prices import ModelPrice, PriceTable, price_for
 from trigate.tokens import TokenCounter
 
 
@@ -30,6 +31,8 @@ class Deployment:
     entry: ModelEntry
     provider: Provider = field(repr=False)
     state: DeploymentState = field(repr=False)
+    # Per-token prices: the deployment's own, else the price table's; None when unknown.
+    price: ModelPrice | None = None
 
     @property
     def params(self) -> LiteLLMParams:
@@ -53,8 +56,10 @@ class Deployment:
 
     @property
     def price_per_token(self) -> float:
-        prices = (self.params.input_cost_per_token, self.params.output_cost_per_token)
-        return math.inf if None in prices else sum(p for p in prices if p is not None)
+        """Input plus output price, for cost-based routing; unpriced sorts last."""
+        if self.price is None or self.price.input is None or self.price.output is None:
+            return math.inf
+        return self.price.input + self.price.output
 
     def available(self, now: float) -> bool:
         """Not cooling, and under every hard cap: rpm, tpm and max_parallel_requests."""
@@ -99,7 +104,11 @@ class ModelGroups:
 
     @classmethod
     def build(
-        cls, config: GatewayConfig, http: httpx.AsyncClient, counter: TokenCounter
+        cls,
+        config: GatewayConfig,
+        http: httpx.AsyncClient,
+        counter: TokenCounter,
+        prices: PriceTable,
     ) -> ModelGroups:
         settings = config.router
         sizes = Counter(entry.model_name for entry in config.model_list)
@@ -113,8 +122,15 @@ class ModelGroups:
                 enabled=sizes[entry.model_name] > 1,
             )
             state = DeploymentState(breaker)
+            price = price_for(
+                params.provider,
+                params.upstream_model,
+                params.input_cost_per_token,
+                params.output_cost_per_token,
+                prices,
+            )
             deployments.append(
-                Deployment(deployment_id(entry), entry.model_name, entry, provider, state)
+                Deployment(deployment_id(entry), entry.model_name, entry, provider, state, price)
             )
         return cls(deployments)
 

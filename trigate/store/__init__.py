@@ -200,6 +200,24 @@ class Store:
         )
         return [_decode(row) for row in await self._run(lambda c: c.query(sql, values))]
 
+    async def spend_report(self, start: float, end: float) -> list[Row]:
+        """Spend, requests and tokens per UTC day and model group."""
+        day = (
+            "date(start_time, 'unixepoch')"
+            if self.dialect == "sqlite"
+            else "to_char(to_timestamp(start_time) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+        )
+        sql = (
+            f"SELECT {day} AS day, model_group, SUM(cost) AS spend, COUNT(*) AS requests, "
+            "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens "
+            "FROM trigate_spend_logs WHERE start_time >= ? AND start_time < ? "
+            "GROUP BY 1, model_group ORDER BY 1, model_group"
+        )
+        rows = await self._run(lambda cursor: cursor.query(sql, [start, end]))
+        return [{**row, "spend": float(row["spend"]), "requests": int(row["requests"]),
+                 "prompt_tokens": int(row["prompt_tokens"]),
+                 "completion_tokens": int(row["completion_tokens"])} for row in rows]  # fmt: skip
+
     async def reset_due_budgets(self, table: str, now: float) -> int:
         """Zero the spend of every entity whose budget window has ended, and start its next."""
         name, primary = TABLES[table]

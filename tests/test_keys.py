@@ -1,0 +1,360 @@
+"""Virtual keys, teams and users: the admin API, every limit, and spend, as clients see them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import orjson
+import pytest
+import trio
+import trio.testing
+from asgi_driver import Harness, chat_request, harness
+from conftest import openai_config, start_gateway
+from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
+from scripted import Step, group_config
+
+from trigate.store import SpendFilter
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+# $1 per million tokens each way: 5 prompt + 2 completion tokens cost 7e-6.
+PRICED = {"input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6}
+USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+
+
+async def priced(nursery: trio.Nursery, **router: Any) -> Harness:
+    config = group_config(["d0"], router=router, **PRICED)
+    return await harness(nursery, config, {"d0": [Step()]})
+
+
+async def new_key(h: Harness, **fields: Any) -> str:
+    reply = await h.admin("/key/generate", fields)
+    assert reply.status == 200, reply.body
+    return reply.json["key"]
+
+
+async def flush(h: Harness) -> None:
+    assert await h.gateway.ledger.flush()
+
+
+# The admin API.
+
+
+async def test_generated_keys_are_stored_only_as_hashes(nursery: trio.Nursery) -> None:
+    h = await priced(nursery)
+    reply = await h.admin("/key/generate", {"key_alias": "ci", "duration": "30d", "models": ["g"]})
+    key = reply.json["key"]
+    assert key.startswith("sk-") and len(key) >= 3 + 32
+    assert reply.json["expires"] is not None and reply.json["key_alias"] == "ci"
+    rows = await h.gateway.store.select("keys", {})
+    assert len(rows) == 1 and key not in str(rows)
+    info = await h.admin(f"/key/info?key={key}")
+    assert info.status == 200 and key not in info.body.decode()
+    assert info.json["info"]["models"] == ["g"] and info.json["info"]["spend"] == 0
+    assert (await h.admin(f"/key/info?key={reply.json['token']}")).status == 200
+
+
+async def test_caller_chosen_keys_must_be_strong(nursery: trio.Nursery) -> None:
+    h = await priced(nursery)
+    assert (await h.admin("/key/generate", {"key": "sk-short"})).status == 400
+    chosen = "sk-" + "a" * 40
+    assert (await h.admin("/key/generate", {"key": chosen})).json["key"] == chosen
+    assert (await h.chat(key=chosen)).status == 200
+
+
+async def test_admin_needs_the_master_key(nursery: trio.Nursery) -> None:
+    h = await priced(nursery)
+    key = await new_key(h)
+    exchange = chat_request(h.nursery, h.app, {}, path="/key/generate", key=key)
+    assert (await exchange.start())["status"] == 401
+
+
+async def test_update_list_regenerate_delete(nursery: trio.Nursery) -> None:
+    h = await priced(nursery)
+    first = await new_key(h, key_alias="one")
+    await new_key(h, key_alias="two")
+    listed = await h.admin("/key/list")
+    assert listed.json["total_count"] == 2
+    assert (await h.admin("/key/update", {"key": first, "rpm_limit": 7})).json["info"][
+        "rpm_limit"
+    ] == 7
+    regenerated = await h.admin("/key/regenerate", {"key": first})
+    fresh = regenerated.json["key"]
+    assert fresh != first and regenerated.json["rpm_limit"] == 7
+    assert (await h.chat(key=first)).status == 401
+    assert (await h.chat(key=fresh)).status == 200
+    deleted = await h.admin("/key/delete", {"key_aliases": ["two"]})
+    assert len(deleted.json["deleted_keys"]) == 1
+    assert (await h.admin("/key/list")).json["total_count"] == 1
+    assert (await h.admin("/key/delete", {"keys": [fresh]})).status == 200
+    assert (await h.chat(key=fresh)).status == 401, "a deleted key stops at once"
+
+
+async def test_bad_admin_input_is_400(nursery: trio.Nursery) -> None:
+    h = await priced(nursery)
+    assert (await h.admin("/key/generate", {"duration": "soon"})).status == 400
+    assert (await h.admin("/key/generate", {"max_budget": "lots"})).json["error"][
+        "param"
+    ] == "max_budget"
+    assert (await h.admin("/key/generate", {"team_id": "nope"})).status == 404
+    assert (await h.admin("/key/info")).status == 400
+    assert (await h.admin("/key/update", {"key": "sk-" + "x" * 40})).status == 404
+
+
+# Enforcement.
+
+
+async def test_invalid_expired_and_blocked_keys_are_401(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await priced(nursery)
+    assert (await h.chat(key="sk-" + "z" * 40)).status == 401
+    short = await new_key(h, duration="1h")
+    assert (await h.chat(key=short)).status == 200
+    await trio.sleep(3601)
+    expired = await h.chat(key=short)
+    assert expired.status == 401 and expired.json["error"]["code"] == "key_expired"
+    key = await new_key(h)
+    await h.admin("/key/block", {"key": key})
+    assert (await h.chat(key=key)).json["error"]["code"] == "key_blocked"
+    await h.admin("/key/unblock", {"key": key})
+    assert (await h.chat(key=key)).status == 200
+
+
+async def test_model_denied_is_403(nursery: trio.Nursery) -> None:
+    h = await priced(nursery)
+    key = await new_key(h, models=["other"])
+    reply = await h.chat(key=key)
+    assert reply.status == 403 and reply.json["error"]["type"] == "permission_error"
+    assert h.upstreams.served == []
+
+
+async def test_budget_exhausted_by_real_spend_then_reset_by_its_window(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = await priced(nursery)
+    key = await new_key(h, max_budget=1e-5, budget_duration="1h")
+    assert (await h.chat(key=key)).status == 200  # 7e-6 spent
+    assert (await h.chat(key=key)).status == 200  # 1.4e-5: now over
+    rejected = await h.chat(key=key)
+    assert rejected.status == 400 and rejected.json["error"]["type"] == "budget_exceeded"
+    assert len(h.upstreams.served) == 2, "no upstream call once the budget is gone"
+    await flush(h)
+    info = await h.admin(f"/key/info?key={key}")
+    assert info.json["info"]["spend"] == pytest.approx(1.4e-5)
+    await trio.sleep(3600)
+    assert (await h.chat(key=key)).status == 200, "a new window, a fresh budget"
+
+
+async def test_rpm_limit_and_headers(nursery: trio.Nursery) -> None:
+    h = await priced(nursery)
+    key = await new_key(h, rpm_limit=2, tpm_limit=10_000)
+    first = await h.chat(key=key)
+    assert first.headers["x-ratelimit-limit-requests"] == "2"
+    assert first.headers["x-ratelimit-remaining-requests"] == "1"
+    assert first.headers["x-ratelimit-limit-tokens"] == "10000"
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) < 10_000
+    assert first.headers["x-ratelimit-reset-requests"].endswith("s")
+    assert (await h.chat(key=key)).status == 200
+    third = await h.chat(key=key)
+    assert third.status == 429 and 1 <= int(third.headers["retry-after"]) <= 60
+    assert "rpm_limit" in third.json["error"]["message"]
+    unlimited = await h.chat()  # the master key passes every check
+    assert unlimited.status == 200 and "x-ratelimit-limit-requests" not in unlimited.headers
+
+
+async def test_tpm_counts_the_prompt_up_front(nursery: trio.Nursery) -> None:
+    h = await priced(nursery)
+    key = await new_key(h, tpm_limit=50)
+    long = [{"role": "user", "content": "word " * 100}]
+    exchange = chat_request(h.nursery, h.app, {"model": "g", "messages": long}, key=key)
+    assert (await exchange.start())["status"] == 429
+    assert h.upstreams.served == []
+    assert (await h.chat(key=key)).status == 200  # a short prompt fits
+
+
+async def test_tpm_settles_actual_usage(nursery: trio.Nursery) -> None:
+    h = await priced(nursery)
+    key = await new_key(h, tpm_limit=20)
+    assert (await h.chat(key=key)).status == 200  # 7 tokens actually used
+    assert (await h.chat(key=key)).status == 200  # 14
+    assert (await h.chat(key=key)).status == 429  # 14 + this prompt's 8 > 20
+
+
+async def test_parallel_limit(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    config = group_config(["d0"], **PRICED)
+    h = await harness(nursery, config, {"d0": [Step(delay=5.0)]})
+    key = await new_key(h, max_parallel_requests=1)
+    statuses: list[int] = []
+
+    async def one() -> None:
+        statuses.append((await h.chat(key=key)).status)
+
+    async with trio.open_nursery() as burst:
+        burst.start_soon(one)
+        await trio.testing.wait_all_tasks_blocked()
+        burst.start_soon(one)
+    assert sorted(statuses) == [200, 429]
+    assert (await h.chat(key=key)).status == 200, "the slot is free again"
+
+
+async def test_team_limits_bind_member_keys(nursery: trio.Nursery) -> None:
+    h = await priced(nursery)
+    team = (await h.admin("/team/new", {"team_alias": "ml", "models": ["g"], "rpm_limit": 2})).json
+    a = await new_key(h, team_id=team["team_id"])
+    b = await new_key(h, team_id=team["team_id"], models=[])
+    assert (await h.chat(key=a)).status == 200
+    assert (await h.chat(key=b)).status == 200
+    assert (await h.chat(key=a)).status == 429, "the team's rpm counts both keys"
+    await h.admin("/team/update", {"team_id": team["team_id"], "models": ["other"]})
+    info = await h.admin(f"/team/info?team_id={team['team_id']}")
+    assert len(info.json["keys"]) == 2
+    assert (await h.chat(key=b)).status == 403, "a team change applies at once"
+
+
+async def test_team_and_user_budgets(nursery: trio.Nursery) -> None:
+    h = await priced(nursery)
+    team = (await h.admin("/team/new", {"max_budget": 5e-6})).json
+    key = await new_key(h, team_id=team["team_id"])
+    assert (await h.chat(key=key)).status == 200
+    assert (await h.chat(key=key)).json["error"]["type"] == "budget_exceeded"
+    user = (await h.admin("/user/new", {"user_email": "a@b.c", "max_budget": 5e-6})).json
+    assert (await h.chat(key=user["key"])).status == 200
+    assert (await h.chat(key=user["key"])).status == 400
+    await flush(h)
+    info = await h.admin(f"/user/info?user_id={user['user_id']}")
+    assert info.json["user_info"]["spend"] == pytest.approx(7e-6)
+    assert len(info.json["keys"]) == 1
+
+
+async def test_sdk_sees_each_rejection_as_its_exception_class(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    config = openai_config(upstream, **PRICED)
+    upstream.handler = lambda request: JSONReply(chat_completion("hi", USAGE))
+    running = await start_gateway(nursery, config)
+    async with running.client() as admin:
+        limited = (await admin.post("/key/generate", json={"rpm_limit": 1})).json()["key"]
+        denied = (await admin.post("/key/generate", json={"models": ["x"]})).json()["key"]
+        broke = (await admin.post("/key/generate", json={"max_budget": 0})).json()["key"]
+
+    def sdk(key: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0)
+
+    async def ask(key: str) -> None:
+        async with sdk(key) as client:
+            await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+
+    await ask(limited)
+    for key, error in (
+        ("sk-" + "q" * 40, openai.AuthenticationError),
+        (denied, openai.PermissionDeniedError),
+        (limited, openai.RateLimitError),
+        (broke, openai.BadRequestError),
+    ):
+        with pytest.raises(error):
+            await ask(key)
+    await running.stop()
+
+
+# Spend, on both backends.
+
+
+async def test_spend_rows_and_counters(
+    nursery: trio.Nursery, upstream: FakeUpstream, database_url: str
+) -> None:
+    config = openai_config(upstream, **PRICED)
+    config["general_settings"] = {"database_url": database_url}
+    running = await start_gateway(nursery, config)
+    async with running.client() as admin:
+        team = (await admin.post("/team/new", json={})).json()["team_id"]
+        key = (await admin.post("/key/generate", json={"team_id": team})).json()["key"]
+    client = running.client(key)
+
+    upstream.handler = lambda request: JSONReply(chat_completion("hi", USAGE))
+    assert (
+        await client.post("/v1/chat/completions", json={"model": "gpt-test", "messages": MESSAGES})
+    ).status_code == 200
+    upstream.handler = lambda request: stream_of(["a", "b"], usage=(5, 2))
+    streamed = await client.post(
+        "/v1/chat/completions", json={"model": "gpt-test", "messages": MESSAGES, "stream": True}
+    )
+    assert streamed.status_code == 200
+    upstream.handler = lambda request: JSONReply({"error": {"message": "down"}}, status=500)
+    assert (
+        await client.post("/v1/chat/completions", json={"model": "gpt-test", "messages": MESSAGES})
+    ).status_code == 502
+    upstream.handler = lambda request: StreamReply(
+        [chunk("x ")], tail=chunk("y "), tail_interval=0.01
+    )
+    async with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"model": "gpt-test", "messages": MESSAGES, "stream": True},
+    ) as response:
+        async for _ in response.aiter_bytes():
+            break
+    await client.aclose()
+    with trio.fail_after(5):
+        await running.records.wait_for(4)
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+    assert await running.gateway.ledger.flush()
+    rows = await running.gateway.store.spend_logs(SpendFilter())
+    by_status = sorted((r["status"], r["stream"], r["cancelled_by_client"]) for r in rows)
+    assert by_status == [
+        (200, False, False),
+        (200, True, False),
+        (499, True, True),
+        (502, False, False),
+    ]
+    costs = {r["status"]: r["cost"] for r in rows if not r["stream"]}
+    assert costs[200] == pytest.approx(7e-6) and costs[502] == 0
+    cancelled = next(r for r in rows if r["cancelled_by_client"])
+    assert cancelled["completion_tokens"] >= 1 and cancelled["cost"] > 0
+    total = sum(r["cost"] for r in rows)
+    key_row = (await running.gateway.store.select("keys", {"team_id": team}))[0]
+    assert key_row["spend"] == pytest.approx(total)
+    assert (await running.gateway.store.get("teams", team))["spend"] == pytest.approx(total)
+    async with running.client() as admin:
+        report = (await admin.get("/global/spend/report")).json()
+        logs = (await admin.get("/spend/logs", params={"api_key": key})).json()
+    assert sum(day["spend"] for day in report) == pytest.approx(total)
+    assert len(logs) == 4
+    await running.stop()
+
+
+async def test_a_database_outage_loses_no_spend_rows(nursery: trio.Nursery) -> None:
+    h = await priced(nursery)
+    key = await new_key(h)
+    store = h.gateway.store
+    real = store.record_spend
+    failures = 0
+
+    async def failing(rows: list[dict]) -> int:
+        nonlocal failures
+        failures += 1
+        raise ConnectionError("database is down")
+
+    store.record_spend = failing  # type: ignore[method-assign]
+    for _ in range(3):
+        assert (await h.chat(key=key)).status == 200, "serving goes on without the database"
+    assert not await h.gateway.ledger.flush()
+    assert h.gateway.ledger.queued == 3 and failures >= 1
+    store.record_spend = real  # type: ignore[method-assign]
+    assert await h.gateway.ledger.flush()
+    assert h.gateway.ledger.queued == 0
+    rows = await store.select("keys", {})
+    assert rows[0]["spend"] == pytest.approx(3 * 7e-6)
+
+
+async def test_models_lists_only_what_a_key_may_use(nursery: trio.Nursery) -> None:
+    config = {**group_config(["d0"], **PRICED)}
+    config["model_list"].append({**config["model_list"][0], "model_name": "other"})
+    h = await harness(nursery, config, {"d0": [Step()]})
+    key = await new_key(h, models=["other"])
+    exchange = chat_request(h.nursery, h.app, None, path="/v1/models", method="GET", key=key)
+    await exchange.start()
+    listed = orjson.loads(await exchange.read_body())
+    assert [m["id"] for m in listed["data"]] == ["other"]

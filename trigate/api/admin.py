@@ -1,0 +1,119 @@
+"""What the admin endpoints share: master-key access, body validation, row shaping.
+
+The admin API keeps LiteLLM's paths and field names so that scripts and UIs
+written for LiteLLM's proxy keep working. Unknown fields are ignored, as
+LiteLLM's own clients send many.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from quart import request
+
+from trigate.api.responses import json_body
+from trigate.auth import hash_key
+from trigate.clock import wall_time
+from trigate.durations import parse_duration
+from trigate.errors import InvalidRequest, NotFound
+from trigate.gateway import Gateway
+
+M = TypeVar("M", bound=BaseModel)
+Row = dict[str, Any]
+
+
+class Limits(BaseModel):
+    """The limits keys, teams and users share."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    models: list[str] | None = None
+    max_budget: float | None = Field(default=None, ge=0)
+    soft_budget: float | None = Field(default=None, ge=0)
+    budget_duration: str | None = None
+    rpm_limit: int | None = Field(default=None, ge=0)
+    tpm_limit: int | None = Field(default=None, ge=0)
+    max_parallel_requests: int | None = Field(default=None, ge=1)
+    metadata: dict[str, Any] | None = None
+    blocked: bool | None = None
+
+    @field_validator("budget_duration")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
+        return value
+
+
+async def admin_body(gateway: Gateway, model: type[M]) -> M:
+    """Authenticate the master key, then validate the JSON body against `model`."""
+    gateway.auth.require_master(await gateway.auth.authenticate(request.headers))
+    return validated(model, await json_body())
+
+
+async def require_master(gateway: Gateway) -> None:
+    gateway.auth.require_master(await gateway.auth.authenticate(request.headers))
+
+
+def validated(model: type[M], body: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or None
+        message = first["msg"].removeprefix("Value error, ")
+        raise InvalidRequest(f"`{where}`: {message}", param=where) from None
+
+
+def limit_fields(body: Limits) -> Row:
+    """The fields a create or update sets, with the budget window's first reset."""
+    fields = {
+        name: getattr(body, name) for name in body.model_fields_set if name in Limits.model_fields
+    }
+    if "budget_duration" in fields:
+        duration = fields["budget_duration"]
+        fields["budget_reset_at"] = wall_time() + parse_duration(duration) if duration else None
+    return fields
+
+
+def created_fields(body: Limits) -> Row:
+    now = wall_time()
+    fields = limit_fields(body)
+    fields.setdefault("models", [])
+    fields.setdefault("metadata", {})
+    return {**fields, "created_at": now, "updated_at": now}
+
+
+def iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).isoformat()
+
+
+def shaped(row: Row) -> Row:
+    """A row as the API shows it: times as ISO 8601, never a key."""
+    shown = {
+        k: v
+        for k, v in row.items()
+        if k not in ("created_at", "updated_at", "budget_reset_at", "expires")
+    }
+    for column in ("created_at", "updated_at", "budget_reset_at", "expires"):
+        if column in row:
+            shown[column] = iso(row[column])
+    return shown
+
+
+def token_hash_of(value: str) -> str:
+    """Admin calls name a key by the key itself or by its hash (LiteLLM's `token`)."""
+    return hash_key(value) if value.startswith("sk-") else value
+
+
+def not_found(what: str, name: str) -> NotFound:
+    return NotFound(f"No {what} `{name}` exists.", code=f"{what}_not_found")
+
+
+def query_arg(name: str) -> str | None:
+    value = request.args.get(name)
+    return value if value else None
