@@ -2,7 +2,7 @@
 
 Hypercorn on a socket is the honest default; this driver is for what a socket
 cannot show deterministically: a client that stops reading (backpressure), a
-disconnect at an exact moment, and virtual time with `autojump_clock`.
+disconnect at an exact moment, and virtual time (the `virtual_clock` fixture).
 """
 
 from __future__ import annotations

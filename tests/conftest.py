@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 from fakes import FakeUpstream
 from hypercorn.trio import serve
 from quart_trio import QuartTrio
@@ -109,6 +110,14 @@ async def start_gateway(nursery: trio.Nursery, raw_config: dict[str, Any]) -> Ru
 
     binds = await nursery.start(run)
     return RunningGateway(binds[0], gateway, records, shutdown, stopped)
+
+
+@pytest.fixture
+def virtual_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps only after 20 ms of real idleness. pytest-trio's
+    autojump_clock jumps at once, even while a database call runs in a worker
+    thread, which would let time race ahead by whole budget windows."""
+    return trio.testing.MockClock(autojump_threshold=0.02)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ thinking or streaming: the upstream's own view of a cancellation.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,8 @@ class Step:
     delay: float = 0.0
     # For streams: frames (bytes) and pauses (floats) after the headers.
     frames: list[bytes | float] | None = None
+    # Hold the response until the test sets this: no dependence on any clock.
+    gate: trio.Event | None = None
 
 
 def ok_stream(words: list[str], *, first_delay: float = 0.0) -> Step:
@@ -47,6 +49,13 @@ class ScriptedUpstreams:
         self.cancelled: list[str] = []
         self.bodies: list[dict[str, Any]] = []
         self.transport = httpx.MockTransport(self._handle)
+        self._arrived = trio.Condition()
+
+    async def wait_for(self, predicate: Callable[[], object]) -> None:
+        """Block until `predicate()` holds, checked as each request arrives."""
+        async with self._arrived:
+            while not predicate():
+                await self._arrived.wait()
 
     def _next(self, host: str) -> Step:
         steps = self.scripts[host]
@@ -56,9 +65,13 @@ class ScriptedUpstreams:
         host = request.url.host.removesuffix(".test")
         self.served.append(host)
         self.bodies.append(orjson.loads(request.content))
+        async with self._arrived:
+            self._arrived.notify_all()
         step = self._next(host)
         try:
             await trio.sleep(step.delay)
+            if step.gate is not None:
+                await step.gate.wait()
         except trio.Cancelled:
             self.cancelled.append(host)
             raise

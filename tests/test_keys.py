@@ -105,7 +105,7 @@ async def test_bad_admin_input_is_400(nursery: trio.Nursery) -> None:
 
 
 async def test_invalid_expired_and_blocked_keys_are_401(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
 ) -> None:
     h = await priced(nursery)
     assert (await h.chat(key="sk-" + "z" * 40)).status == 401
@@ -130,7 +130,7 @@ async def test_model_denied_is_403(nursery: trio.Nursery) -> None:
 
 
 async def test_budget_exhausted_by_real_spend_then_reset_by_its_window(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
 ) -> None:
     h = await priced(nursery)
     key = await new_key(h, max_budget=1e-5, budget_duration="1h")
@@ -181,11 +181,10 @@ async def test_tpm_settles_actual_usage(nursery: trio.Nursery) -> None:
     assert (await h.chat(key=key)).status == 429  # 14 + this prompt's 8 > 20
 
 
-async def test_parallel_limit(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
-) -> None:
+async def test_parallel_limit(nursery: trio.Nursery) -> None:
+    release = trio.Event()
     config = group_config(["d0"], **PRICED)
-    h = await harness(nursery, config, {"d0": [Step(delay=5.0)]})
+    h = await harness(nursery, config, {"d0": [Step(gate=release), Step()]})
     key = await new_key(h, max_parallel_requests=1)
     statuses: list[int] = []
 
@@ -194,9 +193,11 @@ async def test_parallel_limit(
 
     async with trio.open_nursery() as burst:
         burst.start_soon(one)
-        await trio.testing.wait_all_tasks_blocked()
-        burst.start_soon(one)
-    assert sorted(statuses) == [200, 429]
+        await h.upstreams.wait_for(lambda: h.upstreams.served)
+        await one()  # while the first is in flight
+        assert statuses == [429]
+        release.set()
+    assert statuses == [429, 200]
     assert (await h.chat(key=key)).status == 200, "the slot is free again"
 
 

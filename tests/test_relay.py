@@ -134,7 +134,7 @@ async def test_a_slow_client_stops_the_upstream_reader(
 
 
 async def test_a_ten_minute_stream_arrives_whole(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
 ) -> None:
     words = [f"w{i} " for i in range(11)]
     app, _ = build_app(mock_config(mock_response="".join(words), mock_chunk_delay=60.0))

@@ -35,7 +35,7 @@ async def test_a_retry_goes_to_another_deployment(nursery: trio.Nursery) -> None
     assert reply.headers["x-trigate-model-group"] == "g"
 
 
-async def test_500_500_200_on_one_deployment(nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_500_500_200_on_one_deployment(nursery: trio.Nursery, virtual_clock: Any) -> None:
     h = await harness(
         nursery,
         group_config(["d0"], router={"num_retries": 2}),
@@ -49,7 +49,7 @@ async def test_500_500_200_on_one_deployment(nursery: trio.Nursery, autojump_clo
     assert trio.current_time() - started >= 0.4 + 0.8  # exponential backoff, with jitter
 
 
-async def test_retries_run_out(nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_retries_run_out(nursery: trio.Nursery, virtual_clock: Any) -> None:
     h = await harness(
         nursery, group_config(["d0"], router={"num_retries": 1}), {"d0": [error(500)]}
     )
@@ -70,7 +70,7 @@ async def test_client_and_auth_errors_are_never_retried(nursery: trio.Nursery, s
     assert reply.status == (502 if status in (401, 403) else status)
 
 
-async def test_429_retry_after_is_honoured(nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_429_retry_after_is_honoured(nursery: trio.Nursery, virtual_clock: Any) -> None:
     h = await harness(
         nursery,
         group_config(["d0"], router={"num_retries": 1}),
@@ -82,7 +82,7 @@ async def test_429_retry_after_is_honoured(nursery: trio.Nursery, autojump_clock
     assert trio.current_time() - started >= 7
 
 
-async def test_retry_after_ms_is_honoured(nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_retry_after_ms_is_honoured(nursery: trio.Nursery, virtual_clock: Any) -> None:
     h = await harness(
         nursery,
         group_config(["d0"], router={"num_retries": 1}),
@@ -103,7 +103,7 @@ async def test_retry_policy_sets_retries_per_error_class(nursery: trio.Nursery) 
 
 
 async def test_a_429_cools_the_deployment_for_its_retry_after(
-    nursery: trio.Nursery, autojump_clock: Any
+    nursery: trio.Nursery, virtual_clock: Any
 ) -> None:
     config = tiers(group_config(["d0", "d1"], router={"num_retries": 1}))
     h = await harness(
@@ -120,7 +120,7 @@ async def test_a_429_cools_the_deployment_for_its_retry_after(
 
 
 async def test_cooldown_then_a_single_half_open_probe(
-    nursery: trio.Nursery, autojump_clock: Any
+    nursery: trio.Nursery, virtual_clock: Any
 ) -> None:
     config = group_config(
         ["d0", "d1"],
@@ -154,7 +154,7 @@ async def test_cooldown_then_a_single_half_open_probe(
 
 
 async def test_all_deployments_cooling_is_429_naming_the_group(
-    nursery: trio.Nursery, autojump_clock: Any
+    nursery: trio.Nursery, virtual_clock: Any
 ) -> None:
     config = group_config(["d0", "d1"], router={"num_retries": 0})
     h = await harness(
@@ -278,7 +278,7 @@ async def test_per_request_fallbacks_and_max_fallbacks(nursery: trio.Nursery) ->
     assert all("fallbacks" not in body for body in h.upstreams.bodies), "a gateway field"
 
 
-async def test_rpm_cap_and_order_tiers(nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_rpm_cap_and_order_tiers(nursery: trio.Nursery, virtual_clock: Any) -> None:
     config = {
         "model_list": [
             deployment("d0", "g", order=1, rpm=2),
@@ -292,16 +292,15 @@ async def test_rpm_cap_and_order_tiers(nursery: trio.Nursery, autojump_clock: An
     assert (await h.chat()).served_by == "d0", "a new minute, a fresh rpm budget"
 
 
-async def test_max_parallel_requests_is_a_hard_cap(
-    nursery: trio.Nursery, autojump_clock: Any
-) -> None:
+async def test_max_parallel_requests_is_a_hard_cap(nursery: trio.Nursery) -> None:
     config = {
         "model_list": [
             deployment("d0", "g", order=1, max_parallel_requests=1),
             deployment("d1", "g", order=2),
         ]
     }
-    h = await harness(nursery, config, {"d0": [Step(delay=5)], "d1": [Step()]})
+    release = trio.Event()
+    h = await harness(nursery, config, {"d0": [Step(gate=release)], "d1": [Step()]})
     replies: list[Reply] = []
 
     async def one() -> None:
@@ -309,13 +308,14 @@ async def test_max_parallel_requests_is_a_hard_cap(
 
     async with trio.open_nursery() as burst:
         burst.start_soon(one)
-        await trio.testing.wait_all_tasks_blocked()
-        burst.start_soon(one)
-    assert sorted(r.served_by for r in replies) == ["d0", "d1"]
+        await h.upstreams.wait_for(lambda: h.upstreams.served)
+        await one()
+        release.set()
+    assert [r.served_by for r in replies] == ["d1", "d0"]
 
 
 async def test_latency_based_routing_prefers_the_fastest(
-    nursery: trio.Nursery, autojump_clock: Any
+    nursery: trio.Nursery, virtual_clock: Any
 ) -> None:
     config = group_config(["slow", "fast"], router={"routing_strategy": "latency-based-routing"})
     h = await harness(nursery, config, {"slow": [Step(delay=2.0)], "fast": [Step(delay=0.1)]})
@@ -328,23 +328,25 @@ async def test_latency_based_routing_prefers_the_fastest(
     assert set(h.upstreams.served[marker:]) == {"fast"}
 
 
-async def test_least_busy_routing(nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_least_busy_routing(nursery: trio.Nursery) -> None:
     config = group_config(["d0", "d1"], router={"routing_strategy": "least-busy"})
-    h = await harness(nursery, config, {"d0": [Step(delay=5)], "d1": [Step(delay=5)]})
+    release = trio.Event()
+    h = await harness(nursery, config, {"d0": [Step(gate=release)], "d1": [Step(gate=release)]})
     replies: list[Reply] = []
 
     async def one() -> None:
         replies.append(await h.chat())
 
     async with trio.open_nursery() as burst:
-        for _ in range(4):
+        for started in range(1, 5):
             burst.start_soon(one)
-            await trio.testing.wait_all_tasks_blocked()
+            await h.upstreams.wait_for(lambda started=started: len(h.upstreams.served) == started)
+        release.set()
     assert Counter(r.served_by for r in replies) == {"d0": 2, "d1": 2}
 
 
 async def test_a_stalled_first_token_moves_to_the_next_deployment(
-    nursery: trio.Nursery, autojump_clock: Any
+    nursery: trio.Nursery, virtual_clock: Any
 ) -> None:
     config = tiers(group_config(["d0", "d1"], stream_timeout=3))
     h = await harness(
@@ -370,7 +372,7 @@ async def test_a_failure_mid_stream_is_not_retried(nursery: trio.Nursery) -> Non
 
 
 async def test_hedging_cancels_the_loser_and_bills_the_winner(
-    nursery: trio.Nursery, autojump_clock: Any
+    nursery: trio.Nursery, virtual_clock: Any
 ) -> None:
     config = tiers(group_config(["slow", "fast"], router={"hedge_after_ms": 500}))
     h = await harness(
@@ -396,12 +398,12 @@ async def health(h: Harness) -> dict:
     return orjson.loads(await exchange.read_body())
 
 
-async def test_health_report(nursery: trio.Nursery, autojump_clock: Any) -> None:
+async def test_health_report(nursery: trio.Nursery, virtual_clock: Any) -> None:
     config = tiers(group_config(["d0", "d1"], router={"num_retries": 0}))
-    h = await harness(nursery, config, {"d0": [error(401)], "d1": [Step(delay=30)]})
+    h = await harness(nursery, config, {"d0": [error(401)], "d1": [Step(gate=trio.Event())]})
     await h.chat()  # d0's credentials are refused: it cools at once
     nursery.start_soon(h.chat)  # one request in flight on d1
-    await trio.testing.wait_all_tasks_blocked()
+    await h.upstreams.wait_for(lambda: len(h.upstreams.served) == 2)
     report = await health(h)
     assert report["healthy_count"] == 1 and report["unhealthy_count"] == 1
     [d0] = report["unhealthy_endpoints"]
@@ -412,7 +414,7 @@ async def test_health_report(nursery: trio.Nursery, autojump_clock: Any) -> None
 
 
 async def test_background_health_checks_cool_a_dead_deployment(
-    nursery: trio.Nursery, autojump_clock: Any
+    nursery: trio.Nursery, virtual_clock: Any
 ) -> None:
     config = group_config(
         ["d0", "d1"],

@@ -31,7 +31,9 @@ from trigate.usage import Usage
 
 logger = logging.getLogger("trigate")
 
-BUDGET_RESET_INTERVAL = 10.0
+# The resetter sleeps until the next window ends, but looks again at least this often,
+# since other workers may create keys with earlier windows.
+BUDGET_RESET_MAX_SLEEP = 60.0
 
 
 @functools.cache
@@ -154,13 +156,17 @@ class Gateway:
                 await self._store.close()
 
     async def _reset_budgets(self) -> None:
+        """Zero spend when budget windows end, sleeping until the next one is due."""
         while True:
-            for table in TABLES:
-                try:
+            try:
+                for table in TABLES:
                     await self.store.reset_due_budgets(table, wall_time())
-                except Exception as error:
-                    logger.warning("budget window reset failed for %s: %s", table, error)
-            await trio.sleep(BUDGET_RESET_INTERVAL)
+                due = await self.store.next_budget_reset()
+            except Exception as error:  # any store failure: retried on the next round
+                logger.warning("budget window reset failed: %s", error)
+                due = None
+            wait = BUDGET_RESET_MAX_SLEEP if due is None else due - wall_time()
+            await trio.sleep(min(max(wait, 0.0), BUDGET_RESET_MAX_SLEEP))
 
     def _default_transport(self) -> httpx.AsyncBaseTransport:
         limit = self.config.general_settings.max_upstream_connections

@@ -51,7 +51,11 @@ class SpendLedger:
         self._queue: deque[dict[str, Any]] = deque()
         self._max_queued = max_queued
         self._unflushed: defaultdict[tuple[str, str], float] = defaultdict(float)
-        self._wake = trio.Event()
+        # Set while rows wait; the writer holds no timer at all while the queue is empty.
+        self._work = trio.Event()
+        self._batch_full = trio.Event()
+        # One flush at a time: a batch leaves the queue only after its own write succeeded.
+        self._flushing = trio.Lock()
         self.dropped = 0
 
     async def write(self, record: RequestRecord) -> None:
@@ -63,10 +67,11 @@ class SpendLedger:
         for owner in _owners(row):
             self._unflushed[owner] += row["cost"]
         self._queue.append(row)
+        self._work.set()
         if len(self._queue) > self._max_queued:
             self._drop_oldest()
         if len(self._queue) >= self._batch_size:
-            self._wake.set()
+            self._batch_full.set()
 
     def unflushed(self, table: str, key: str) -> float:
         """Spend billed in this process but not yet in the store."""
@@ -77,16 +82,19 @@ class SpendLedger:
         return len(self._queue)
 
     async def run(self) -> None:
-        """The writer: flush on a timer or a full batch, back off while the store fails."""
+        """The writer: once rows wait, flush after `flush_interval` or a full batch,
+        whichever comes first; back off while the store fails."""
         backoff = self._flush_interval
         try:
             while True:
+                await self._work.wait()
                 with trio.move_on_after(backoff):
-                    await self._wake.wait()
-                self._wake = trio.Event()
-                backoff = (
-                    self._flush_interval if await self.flush() else min(backoff * 2, MAX_BACKOFF)
-                )
+                    await self._batch_full.wait()
+                self._batch_full = trio.Event()
+                written = await self.flush()
+                if not self._queue:
+                    self._work = trio.Event()
+                backoff = self._flush_interval if written else min(backoff * 2, MAX_BACKOFF)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT):
                 while self._queue and await self.flush():
@@ -94,6 +102,10 @@ class SpendLedger:
 
     async def flush(self) -> bool:
         """Write what is queued, batch by batch; False if the store failed."""
+        async with self._flushing:
+            return await self._flush_batches()
+
+    async def _flush_batches(self) -> bool:
         while self._queue:
             batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
             try:
@@ -103,8 +115,11 @@ class SpendLedger:
                     "spend log write failed, %d rows kept for retry: %s", len(self._queue), error
                 )
                 return False
-            for _ in batch:
-                self._settle(self._queue.popleft())
+            for row in batch:
+                # A full queue may have dropped the head meanwhile; remove only this batch.
+                if self._queue and self._queue[0] is row:
+                    self._queue.popleft()
+                self._settle(row)
         return True
 
     def _settle(self, row: dict[str, Any]) -> None:

@@ -218,6 +218,15 @@ class Store:
                  "prompt_tokens": int(row["prompt_tokens"]),
                  "completion_tokens": int(row["completion_tokens"])} for row in rows]  # fmt: skip
 
+    async def next_budget_reset(self) -> float | None:
+        """The earliest end of any budget window, so the resetter can sleep until then."""
+        sql = " UNION ALL ".join(
+            f"SELECT MIN(budget_reset_at) AS due FROM {name}" for name, _ in TABLES.values()
+        )
+        rows = await self._run(lambda cursor: cursor.query(sql))
+        due = [row["due"] for row in rows if row["due"] is not None]
+        return min(due) if due else None
+
     async def reset_due_budgets(self, table: str, now: float) -> int:
         """Zero the spend of every entity whose budget window has ended, and start its next."""
         name, primary = TABLES[table]
