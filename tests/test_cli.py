@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ GENERATED = re.compile(rb"this run's master key is (sk-[A-Za-z0-9_\-]+)")
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRIGATE_")}
-    return {**env, **extra}
+    return {**env, "TRIGATE_DATABASE_URL": "sqlite://:memory:", **extra}
 
 
 class Served:
@@ -133,3 +134,28 @@ async def test_bad_config_stops_startup_with_one_clear_line(
     assert code == 1
     [line] = output.strip().splitlines()
     assert line.startswith("trigate: ") and message in line
+
+
+async def test_sigterm_drains_and_flushes_spend(tmp_path: Path) -> None:
+    """What `docker stop` or systemd sends: a graceful stop that writes the spend log."""
+    database = tmp_path / "spend.db"
+    env = clean_env(
+        TRIGATE_MASTER_KEY="sk-configured-0123456789", TRIGATE_DATABASE_URL=f"sqlite:///{database}"
+    )
+    served = await serve(env=env)
+    with trio.fail_after(60):
+        await served.wait_ready(workers=1)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}") as client:
+        for _ in range(3):
+            response = await client.post(
+                "/v1/chat/completions",
+                json={"model": "mock", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": "Bearer sk-configured-0123456789"},
+            )
+            assert response.status_code == 200
+    served.process.send_signal(signal.SIGTERM)
+    with trio.fail_after(20):
+        assert await served.process.wait() == 0
+    with sqlite3.connect(database) as connection:
+        [(rows,)] = connection.execute("SELECT COUNT(*) FROM trigate_spend_logs").fetchall()
+    assert rows == 3

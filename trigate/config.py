@@ -105,7 +105,7 @@ class GeneralSettings(BaseModel):
     # At shutdown, streams in flight may finish for this long before they are cut.
     graceful_timeout: float = Field(default=DEFAULT_TIMEOUT, ge=0)
     keep_alive_timeout: float = Field(default=75.0, gt=0)
-    # One pool per worker; keep-alive equals the limit so httpcore never churns connections.
+    # Upstream connections per worker, idle ones included: one pool, kept alive.
     max_upstream_connections: int = Field(default=1000, ge=1)
 
 

@@ -27,6 +27,7 @@ from trigate.spend import RecordSink, RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable
 from trigate.store import TABLES, Store
 from trigate.tokens import TokenCounter
+from trigate.transport import H11Transport
 from trigate.usage import Usage
 
 logger = logging.getLogger("trigate")
@@ -169,10 +170,7 @@ class Gateway:
             await trio.sleep(min(max(wait, 0.0), BUDGET_RESET_MAX_SLEEP))
 
     def _default_transport(self) -> httpx.AsyncBaseTransport:
+        # HTTP/1.1 only, on purpose: httpcore does not reset an abandoned HTTP/2 stream, so
+        # a client disconnect would leave the upstream generating (and billing) tokens.
         limit = self.config.general_settings.max_upstream_connections
-        # Never HTTP/2: httpcore does not reset an abandoned stream, so a client
-        # disconnect would leave the upstream generating (and billing) tokens.
-        return httpx.AsyncHTTPTransport(
-            http2=False,
-            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
-        )
+        return H11Transport(max_connections=limit)

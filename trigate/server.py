@@ -11,10 +11,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
 from dataclasses import dataclass
 
+import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.run import run
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import load_application
 from quart_trio import QuartTrio
 
 from trigate.api import create_app
@@ -69,8 +73,24 @@ def serve(config: GatewayConfig, binding: Binding) -> int:
         )
     server = hypercorn_config(config, binding)
     if binding.workers == 1:
-        server.workers = 0  # hypercorn's run() then serves in this process instead of spawning
+        trio.run(_serve_in_this_process, server)
+        return 0
     return run(server)
+
+
+async def _serve_in_this_process(server: HypercornConfig) -> None:
+    """One worker, in this process. Hypercorn's own single-process path leaves SIGTERM
+    unhandled (the process dies with spend rows unflushed) and relies on SIGINT raising
+    KeyboardInterrupt, which a shell's background job never gets; both signals start a
+    graceful shutdown here instead."""
+    app = load_application(server.application_path, server.wsgi_max_body_size)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+        async def first_signal() -> None:
+            async for _ in signals:
+                return
+
+        await worker_serve(app, server, shutdown_trigger=first_signal)
 
 
 def worker_app() -> QuartTrio:
@@ -88,3 +108,5 @@ def configure_logging() -> None:
         level=os.environ.get("TRIGATE_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx logs every request at INFO: a line per upstream call, on the hot path.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

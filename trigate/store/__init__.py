@@ -44,6 +44,7 @@ COLUMNS = {
     "users": _LIMIT_COLUMNS | {"user_id", "user_email"},
 }
 
+_SPEND_OWNERS = (("keys", "key_hash"), ("teams", "team_id"), ("users", "user_id"))
 SPEND_COLUMNS = (
     "request_id", "key_hash", "key_alias", "team_id", "user_id", "model_group", "deployment",
     "model", "prompt_tokens", "completion_tokens", "cost", "status", "stream",
@@ -144,36 +145,35 @@ class Store:
     async def record_spend(self, rows: Sequence[Row]) -> int:
         """Insert spend-log rows and add their cost to the key, team and user counters.
 
-        One transaction. A row already present (a batch retried after an unknown
-        commit outcome) is skipped and adds nothing, so retrying is always safe.
+        One transaction and one INSERT for the batch. A row already present (a batch
+        retried after an unknown commit outcome) is not returned by the INSERT and adds
+        nothing to the counters, so retrying is always safe.
         """
+        if not rows:
+            return 0
+        placeholders = "(" + ", ".join("?" * len(SPEND_COLUMNS)) + ")"
         insert = (
             f"INSERT INTO trigate_spend_logs ({', '.join(SPEND_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(SPEND_COLUMNS))}) ON CONFLICT (request_id) DO NOTHING"
+            f"VALUES {', '.join([placeholders] * len(rows))} "
+            "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
         )
+        values = [_encode(c, row.get(c)) for row in rows for c in SPEND_COLUMNS]
 
         def work(cursor: Cursor) -> int:
+            inserted = {r["request_id"] for r in cursor.query(insert, values)}
             totals: dict[tuple[str, str], float] = {}
-            inserted = 0
             for row in rows:
-                if not cursor.execute(insert, [_encode(c, row.get(c)) for c in SPEND_COLUMNS]):
+                if row["request_id"] not in inserted:
                     continue
-                inserted += 1
-                for table, column in (
-                    ("keys", "key_hash"),
-                    ("teams", "team_id"),
-                    ("users", "user_id"),
-                ):
-                    if row.get(column):
-                        totals[table, row[column]] = (
-                            totals.get((table, row[column]), 0.0) + row["cost"]
-                        )
+                for table, column in _SPEND_OWNERS:
+                    if owner := row.get(column):
+                        totals[table, owner] = totals.get((table, owner), 0.0) + row["cost"]
             for (table, key), cost in totals.items():
                 name, primary = TABLES[table]
                 cursor.execute(
                     f"UPDATE {name} SET spend = spend + ? WHERE {primary} = ?", [cost, key]
                 )
-            return inserted
+            return len(inserted)
 
         return await self._run(work)
 
