@@ -9,10 +9,12 @@ local COMPLETION = '{"id":"chatcmpl-bench","object":"chat.completion","created":
     .. '"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant",'
     .. '"content":"Hello from the bench mock."},"finish_reason":"stop"}],'
     .. '"usage":{"prompt_tokens":9,"completion_tokens":6,"total_tokens":15}}'
-local FIRST = 'data: ' .. HEAD
-    .. '[{"index":0,"delta":{"role":"assistant","content":"tok "},"finish_reason":null}]}\n\n'
-local CONTENT = 'data: ' .. HEAD
-    .. '[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n'
+-- Every chunk's text differs ("t1 ", "t2 ", ...): LiteLLM aborts streams that repeat a chunk.
+local function content_frame(i)
+    local role = i == 1 and '"role":"assistant",' or ''
+    return 'data: ' .. HEAD .. '[{"index":0,"delta":{' .. role .. '"content":"t' .. i
+        .. ' "},"finish_reason":null}]}\n\n'
+end
 local FINISH = 'data: ' .. HEAD .. '[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
 local DONE = 'data: [DONE]\n\n'
 
@@ -35,7 +37,12 @@ local function whole_body(n, usage)
     local key = n .. (usage and 'u' or '')
     local body = bodies[key]
     if body == nil then
-        body = FIRST .. string.rep(CONTENT, n - 1) .. tail(n, usage)
+        local frames = {}
+        for i = 1, n do
+            frames[i] = content_frame(i)
+        end
+        frames[n + 1] = tail(n, usage)
+        body = table.concat(frames)
         bodies[key] = body
     end
     return body
@@ -52,11 +59,11 @@ local function stream(body)
         ngx.print(whole_body(n, usage))
         return
     end
-    ngx.print(FIRST)
+    ngx.print(content_frame(1))
     ngx.flush(false)
-    for _ = 2, n do
+    for i = 2, n do
         ngx.sleep(ms / 1000)
-        ngx.print(CONTENT)
+        ngx.print(content_frame(i))
         ngx.flush(false)
     end
     ngx.print(tail(n, usage))

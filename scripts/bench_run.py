@@ -1,0 +1,242 @@
+"""scripts/bench: measure trigate (and optionally LiteLLM's proxy) against a mock upstream.
+
+One command starts the mock and the gateway(s), measures, stops everything and prints a
+markdown report; every figure also goes to a JSON file, and latency against offered load to
+a PNG. Scenarios: (a) non-stream throughput at fixed concurrency, (b) added latency at half
+the maximum rate plus a latency/offered-load sweep, (c) streaming: added time to first byte,
+relayed chunks/s, 1,000 held slow streams and the worker's RSS, (d) 1 versus 2 workers.
+
+Tools, installed from Debian when missing (needs root): nginx with libnginx-mod-http-lua is
+the mock (scripts/bench_mock.lua: bodies built once, then served by nginx; tens of thousands
+of req/s on one core); wrk drives the closed-loop throughput runs; the bench's own epoll client
+(scripts/bench_client.py) does the open-loop and streaming runs. --compare litellm installs
+litellm[proxy] from PyPI into ~/.cache/trigate-bench/litellm-venv once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import bench_measure as measure
+import bench_report as report
+from bench_client import tighten_timer_slack
+from bench_systems import (
+    ROOT,
+    Gateway,
+    ensure_apt_packages,
+    ensure_litellm,
+    mock_server,
+    raise_fd_limit,
+    tool_versions,
+    write_gateway_config,
+)
+
+FULL_LEVELS = (1, 8, 32, 128)
+QUICK_LEVELS = (1, 32)
+FULL_SWEEP = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1)
+QUICK_SWEEP = (0.5, 1.0)
+STARTED = time.monotonic()
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway worker processes for scenarios a-c (default 1)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        help="seconds per measurement step (default 10, or 2 with --quick)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run of about 30-40 s: fewer levels and sweep points",
+    )
+    parser.add_argument(
+        "--compare",
+        choices=["litellm"],
+        help="also bench LiteLLM's proxy (installed into its own cached venv)",
+    )
+    parser.add_argument(
+        "--scenarios", default="abcd", help="which of a, b, c, d to run (default abcd; b needs a)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "bench-results",
+        help="directory for the JSON, PNG and logs (default bench-results/)",
+    )
+    parser.add_argument(
+        "--trigate",
+        type=Path,
+        default=ROOT / ".venv" / "bin" / "trigate",
+        help="the trigate executable to bench (default the project venv's)",
+    )
+    args = parser.parse_args(argv)
+    if set(args.scenarios) - set("abcd") or not args.scenarios:
+        parser.error("--scenarios takes letters from abcd")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    args.out = args.out.resolve()  # servers run in its subfolder, so paths must not be relative
+    return args
+
+
+def make_plan(args: argparse.Namespace) -> measure.Plan:
+    """b needs a's maximum rate, so asking for b runs a too."""
+    scenarios = "".join(sorted(set(args.scenarios) | ({"a"} if "b" in args.scenarios else set())))
+    duration = args.duration or (2.0 if args.quick else 10.0)
+    return measure.Plan(
+        duration=duration,
+        levels=QUICK_LEVELS if args.quick else FULL_LEVELS,
+        sweep=QUICK_SWEEP if args.quick else FULL_SWEEP,
+        scenarios=scenarios,
+        workers=args.workers,
+    )
+
+
+def bench_gateway(
+    gateway: Gateway, mock: measure.Target, plan: measure.Plan, workdir: Path
+) -> dict[str, Any]:
+    """Every selected scenario against one gateway."""
+    config = workdir / f"{gateway.name}.yaml"
+    write_gateway_config(config, mock.port, plan.upstream_models())
+    result: dict[str, Any] = {"version": gateway.version(), "workers": plan.workers}
+    if set(plan.scenarios) & set("abc"):
+        log(f"{gateway.name}: starting with {plan.workers} worker(s)")
+        with gateway.run(config, plan.workers, workdir, "abc") as server:
+            target = measure.gateway_target(server, plan)
+            measure.warm_up(target)
+            if "a" in plan.scenarios:
+                log(f"{gateway.name}: (a) concurrency levels {plan.levels}")
+                result["a"] = measure.scenario_a(target, plan)
+            if "b" in plan.scenarios:
+                log(f"{gateway.name}: (b) open loop at half max and the sweep")
+                result["b"] = measure.scenario_b(target, mock, result["a"]["max_rps"], plan)
+            if "c" in plan.scenarios:
+                log(f"{gateway.name}: (c) streaming")
+                result["c"] = measure.scenario_c(server, mock, plan)
+    if "d" in plan.scenarios:
+        result["d"] = scaling(gateway, config, plan, workdir)
+    return result
+
+
+def scaling(gateway: Gateway, config: Path, plan: measure.Plan, workdir: Path) -> dict[str, Any]:
+    """(d) 1 versus 2 workers, each on a fresh instance so neither inherits earlier load."""
+    runs = {}
+    for workers in (1, 2):
+        log(f"{gateway.name}: (d) {workers} worker(s)")
+        with gateway.run(config, workers, workdir, "d") as server:
+            target = measure.gateway_target(server, plan)
+            measure.warm_up(target)
+            runs[workers] = measure.throughput(target, plan)
+    one, two = runs[1]["rps"], runs[2]["rps"]
+    return {
+        "one_worker": runs[1],
+        "two_workers": runs[2],
+        "rps_1_worker": one,
+        "rps_2_workers": two,
+        "speedup": two / one if one else 0.0,
+    }
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr, with seconds since start, so stdout carries only the report."""
+    print(f"bench: [{time.monotonic() - STARTED:5.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def gateways(args: argparse.Namespace) -> list[Gateway]:
+    found = [Gateway("trigate", args.trigate)]
+    if args.compare == "litellm":
+        found.append(Gateway("litellm", ensure_litellm()))
+    return found
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
+    }
+
+
+def render(data: dict[str, Any], rows: list[report.Row], png: Path | None) -> str:
+    """The whole markdown report."""
+    plan, systems = data["plan"], data["systems"]
+    ceilings, ceilings_ok = report.ceilings_table(data["ceilings"], systems)
+    parts = [
+        f"# trigate bench {data['meta']['timestamp']}",
+        f"{plan['workers']} worker(s), {plan['duration']:g} s per step, scenarios "
+        f"{plan['scenarios']}, {data['meta']['machine']['cores']} cores; "
+        + ", ".join(f"{name} {result['version']}" for name, result in systems.items()),
+        "## Harness ceilings (the mock and load generators must outrun the gateways)",
+        ceilings,
+        "" if ceilings_ok else "**A ceiling is too low: the figures below are bounded by it.**",
+        "## Results",
+        report.results_table(rows, list(systems)),
+    ]
+    issues = report.problems(systems)
+    if issues:
+        parts += ["## Errors seen", "\n".join(f"- {issue}" for issue in issues)]
+    parts.append(f"JSON: {data['json']}" + (f"  \nPlot: {png}" if png else ""))
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    plan = make_plan(args)
+    raise_fd_limit()
+    tighten_timer_slack()
+    installed = ensure_apt_packages()
+    if installed:
+        log(f"installed Debian packages {installed}")
+    systems = gateways(args)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = args.out / f"bench-{stamp}-logs"
+    workdir.mkdir()
+    json_path, png_path = args.out / f"bench-{stamp}.json", args.out / f"bench-{stamp}.png"
+    with mock_server(workdir) as mock_proc:
+        mock = measure.mock_target(mock_proc, plan)
+        log("measuring the mock's and the load generators' ceilings")
+        ceilings = measure.ceilings(mock, plan)
+        results = {gateway.name: bench_gateway(gateway, mock, plan, workdir) for gateway in systems}
+    rows = report.build_rows(results, plan.levels, plan.slow_streams)
+    png = png_path if report.plot(results, png_path) else None
+    data: dict[str, Any] = {
+        "meta": {
+            "timestamp": stamp,
+            "machine": machine(),
+            "tools": tool_versions(),
+            "logs": str(workdir),
+        },
+        "plan": asdict(plan),
+        "json": str(json_path),
+        "png": str(png) if png else None,
+        "ceilings": ceilings,
+        "systems": results,
+        "rows": [asdict(row) for row in rows],
+    }
+    markdown = render(data, rows, png)
+    data["markdown"] = markdown
+    measure.write_json(json_path, data)
+    sys.stdout.write(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,358 @@
+"""Processes the bench starts and stops: the nginx mock, trigate, LiteLLM's proxy.
+
+Every server runs in its own session (process group) so that stopping it also stops the
+workers it spawned, and nothing else on the machine.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+SCRIPTS = Path(__file__).resolve().parent
+ROOT = SCRIPTS.parent
+MASTER_KEY = "sk-bench-master"
+UPSTREAM_KEY = "sk-bench-upstream"
+LITELLM_VENV = Path.home() / ".cache" / "trigate-bench" / "litellm-venv"
+NGINX_MODULES = Path("/usr/lib/nginx/modules")
+
+# Debian package -> a file it installs; nginx's Lua module is what makes the mock scriptable.
+APT_PACKAGES = {
+    "nginx": Path("/usr/sbin/nginx"),
+    "libnginx-mod-http-lua": NGINX_MODULES / "ngx_http_lua_module.so",
+    "wrk": Path("/usr/bin/wrk"),
+}
+
+NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+worker_rlimit_nofile 16384;
+pid @DIR@/nginx.pid;
+error_log @DIR@/error.log warn;
+load_module @MODULES@/ndk_http_module.so;
+load_module @MODULES@/ngx_http_lua_module.so;
+events { worker_connections 16000; multi_accept on; }
+http {
+    access_log off;
+    client_body_temp_path @DIR@/body;
+    proxy_temp_path @DIR@/proxy;
+    fastcgi_temp_path @DIR@/fastcgi;
+    uwsgi_temp_path @DIR@/uwsgi;
+    scgi_temp_path @DIR@/scgi;
+    lua_package_path "@SCRIPTS@/?.lua;;";
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    client_body_buffer_size 64k;
+    server {
+        listen 127.0.0.1:@PORT@ backlog=4096;
+        location = /health/readiness { return 200 "ok"; }
+        location = /v1/models {
+            default_type application/json;
+            return 200 '{"object":"list","data":[{"id":"bench-model","object":"model"}]}';
+        }
+        location = /v1/chat/completions { content_by_lua_block { require("bench_mock").chat() } }
+    }
+}
+"""
+
+
+def ensure_apt_packages() -> list[str]:
+    """Install the Debian packages the bench needs, only those missing; returns what it added."""
+    missing = [name for name, path in APT_PACKAGES.items() if not path.exists()]
+    if not missing:
+        return []
+    if os.geteuid() != 0:
+        raise SystemExit(f"bench: needs Debian packages {missing}; run as root or install them")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    if subprocess.run(install, env=env, capture_output=True, check=False).returncode:
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
+        subprocess.run(install, env=env, capture_output=True, check=True)
+    return missing
+
+
+def ensure_litellm() -> Path:
+    """LiteLLM's proxy in a venv of its own, cached across runs; returns its `litellm` path.
+
+    A stamp marks a finished install, so an interrupted one is redone rather than trusted.
+    """
+    stamp = LITELLM_VENV / ".bench-installed"
+    if not stamp.exists():
+        print(f"bench: installing litellm[proxy] into {LITELLM_VENV} ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        pip = [str(LITELLM_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+        for args in (["--upgrade", "pip"], ["litellm[proxy]"]):
+            done = subprocess.run([*pip, *args], capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"bench: pip install {args} failed:\n{done.stderr[-3000:]}")
+        stamp.touch()
+    return LITELLM_VENV / "bin" / "litellm"
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A started server process (and its process group)."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self) -> None:
+        """SIGTERM the whole group (workers too), SIGKILL whatever is left after 15 s."""
+        deadline = time.monotonic() + 15
+        self._signal(signal.SIGTERM)
+        while self._group_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._signal(signal.SIGKILL)
+        self.popen.wait()
+
+    def _signal(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.popen.pid, sig)
+        except ProcessLookupError:
+            return
+
+    def _group_alive(self) -> bool:
+        """Any live (non-zombie) process left in the group? Workers can outlive the parent."""
+        self.popen.poll()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.popen.pid and fields[0] != "Z":
+                return True
+        return False
+
+
+@contextmanager
+def serving(
+    name: str, argv: list[str], port: int, log: Path, env: dict[str, str], ready_timeout: float
+) -> Iterator[Server]:
+    """Start argv beside its log (files it writes stay out of the repo), wait until
+    GET /health/readiness answers 200, stop it on exit."""
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            argv,
+            cwd=log.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    server = Server(name, popen, port, log)
+    try:
+        _wait_ready(server, ready_timeout)
+        yield server
+    finally:
+        server.stop()
+
+
+def _wait_ready(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.popen.poll() is not None:
+            raise RuntimeError(
+                f"{server.name} exited early; see {server.log}:\n{_tail(server.log)}"
+            )
+        if _status(server.port, "/health/readiness") == 200:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{server.name} not ready after {timeout:.0f} s; see {server.log}")
+
+
+def _status(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        conn.close()
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextmanager
+def mock_server(workdir: Path) -> Iterator[Server]:
+    """The nginx + Lua mock upstream (see bench_mock.lua), on a free port."""
+    port = free_port()
+    home = workdir / "mock"
+    home.mkdir(parents=True, exist_ok=True)
+    conf = home / "nginx.conf"
+    text = NGINX_CONF
+    for key, value in {
+        "@DIR@": str(home),
+        "@MODULES@": str(NGINX_MODULES),
+        "@SCRIPTS@": str(SCRIPTS),
+        "@PORT@": str(port),
+    }.items():
+        text = text.replace(key, value)
+    conf.write_text(text)
+    argv = ["nginx", "-p", str(home), "-e", str(home / "error.log"), "-c", str(conf)]
+    with serving("mock", argv, port, home / "stdout.log", dict(os.environ), 10) as server:
+        yield server
+
+
+def write_gateway_config(path: Path, mock_port: int, upstream_models: dict[str, str]) -> None:
+    """One LiteLLM-shaped config.yaml that both gateways read unchanged."""
+    config = {
+        "model_list": [
+            {
+                "model_name": name,
+                "litellm_params": {
+                    "model": f"openai/{upstream}",
+                    "api_base": f"http://127.0.0.1:{mock_port}/v1",
+                    "api_key": UPSTREAM_KEY,
+                },
+            }
+            for name, upstream in upstream_models.items()
+        ],
+        "general_settings": {"master_key": MASTER_KEY},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """How to launch one gateway under test."""
+
+    name: str
+    exe: Path
+
+    def argv(self, config: Path, port: int, workers: int) -> list[str]:
+        where = ["--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+        if self.name == "litellm":
+            return [str(self.exe), *where, "--num_workers", str(workers)]
+        return [str(self.exe), "serve", *where, "--workers", str(workers)]
+
+    def env(self) -> dict[str, str]:
+        """Same master key for both; LiteLLM is kept off the network and quiet."""
+        env = {**os.environ, "TRIGATE_MASTER_KEY": MASTER_KEY, "LITELLM_MASTER_KEY": MASTER_KEY}
+        if self.name == "litellm":
+            env |= {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+        return env
+
+    def version(self) -> str:
+        python = self.exe.parent / "python"
+        dist = "litellm" if self.name == "litellm" else "trigate"
+        code = f"import importlib.metadata as m; print(m.version({dist!r}))"
+        done = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+        return done.stdout.strip() or "unknown"
+
+    @contextmanager
+    def run(self, config: Path, workers: int, workdir: Path, tag: str) -> Iterator[Server]:
+        """The gateway serving on a free port; its output goes to <name>-<tag>-<N>w.log."""
+        port = free_port()
+        log = workdir / f"{self.name}-{tag}-{workers}w.log"
+        argv = self.argv(config, port, workers)
+        with serving(self.name, argv, port, log, self.env(), 120) as server:
+            yield server
+
+
+def tool_versions() -> dict[str, str]:
+    """What measured: recorded in the JSON so runs on other machines can be told apart."""
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()
+    return {"nginx": nginx, "wrk": wrk[0] if wrk else "unknown", "python": sys.version.split()[0]}
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _descendants(root: int, tree: dict[int, list[int]]) -> list[int]:
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(tree.get(pid, []))
+    return found
+
+
+def _port_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def _holds(pid: int, inodes: set[str]) -> bool:
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        links = [os.readlink(fd) for fd in fd_dir.iterdir()]
+    except OSError:
+        return False
+    return any(link[8:-1] in inodes for link in links if link.startswith("socket:["))
+
+
+def worker_pids(server: Server) -> list[int]:
+    """The processes serving the port: the deepest holders of its sockets in the tree.
+
+    With one worker hypercorn and uvicorn serve in the started process; with more, the
+    parent keeps the listening socket too, so holders whose descendants hold it are skipped.
+    """
+    tree = _children()
+    pids = _descendants(server.pid, tree)
+    inodes = _port_inodes(server.port)
+    holders = {pid for pid in pids if _holds(pid, inodes)}
+    return sorted(pid for pid in holders if not holders.intersection(_descendants(pid, tree)[1:]))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of one process in MB of 10^6 bytes (VmRSS from /proc, in KiB)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    return 0.0
+
+
+def raise_fd_limit() -> None:
+    """1,000 held streams need thousands of sockets here and in every child."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
