@@ -68,7 +68,6 @@ class Gateway:
         self._master_key = master_key
         self._transport = transport
         self._observer = records
-        self._http: httpx.AsyncClient | None = None
         self._counter: TokenCounter | None = None
         self._router: Router | None = None
         self._store: Store | None = None
@@ -113,9 +112,9 @@ class Gateway:
         self._store = await Store.open(self.config.database_url)
         self._auth = Authenticator(self._master_key, self._store)
         self._ledger = SpendLedger(self._store)
-        self._http = httpx.AsyncClient(transport=self._transport or self._default_transport())
+        self._transport = self._transport or self._default_transport()
         prices = await trio.to_thread.run_sync(_shared_prices)
-        groups = ModelGroups.build(self.config, self._http, self._counter, prices)
+        groups = ModelGroups.build(self.config, self._transport, self._counter, prices)
         self._router = Router(groups, self.config.router)
 
     async def run_background(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -151,8 +150,8 @@ class Gateway:
             if self._background is not None:
                 self._background.cancel()
                 await self._background_done.wait()
-            if self._http is not None:
-                await self._http.aclose()
+            if self._transport is not None:
+                await self._transport.aclose()
             if self._store is not None:
                 await self._store.close()
 

@@ -53,7 +53,6 @@ class StreamOutcome:
     completed: bool = False
     cancelled_by_client: bool = False
     error: GatewayError | None = None
-    frames_relayed: int = 0
 
 
 class StreamRelay(ResponseBody):
@@ -62,8 +61,8 @@ class StreamRelay(ResponseBody):
     def __init__(
         self,
         stream: ChunkStream,
-        chunks: AsyncIterator[dict[str, Any]],
-        first: dict[str, Any] | None,
+        chunks: AsyncIterator[list[dict[str, Any]]],
+        first: list[dict[str, Any]] | None,
         meter: UsageMeter,
         *,
         include_usage: bool,
@@ -121,7 +120,6 @@ class StreamRelay(ResponseBody):
                 batch.append(self._frames.receive_nowait())
         except (trio.WouldBlock, trio.EndOfChannel):
             pass
-        self.outcome.frames_relayed += len(batch)
         return frame if len(batch) == 1 else b"".join(batch)
 
     async def close(self) -> None:
@@ -138,9 +136,9 @@ class StreamRelay(ResponseBody):
         async with frames:
             try:
                 if self._first is not None:
-                    await self._relay_chunk(frames, self._first)
-                async for chunk in self._chunks:
-                    await self._relay_chunk(frames, chunk)
+                    await self._relay_batch(frames, self._first)
+                async for batch in self._chunks:
+                    await self._relay_batch(frames, batch)
                 if self._include_usage:
                     await frames.send(sse_frame(await self._usage_chunk()))
             except GatewayError as error:
@@ -149,19 +147,26 @@ class StreamRelay(ResponseBody):
             self.outcome.completed = True
             await frames.send(DONE_FRAME)
 
-    async def _relay_chunk(self, frames: trio.MemorySendChannel[bytes], chunk: Any) -> None:
+    async def _relay_batch(self, frames: trio.MemorySendChannel[bytes], batch: list[Any]) -> None:
+        """One upstream read's chunks become one channel item: a burst of tokens costs
+        one hand-over between the tasks, not one per token."""
+        data = b"".join([self._frame(chunk) for chunk in batch])
+        if data:
+            await frames.send(data)
+
+    def _frame(self, chunk: Any) -> bytes:
         if not isinstance(chunk, dict):
             raise UpstreamError("The upstream sent a stream chunk that is not an object.")
         self._meter.observe_chunk(chunk)
         usage = chunk.pop("usage", None)
         if usage is not None:
             self._meter.report(usage)
-        if usage is not None and not chunk.get("choices"):
-            # The usage-only chunk: held back, so a client gets exactly one, last.
-            self._usage_template = chunk
-            return
+            if not chunk.get("choices"):
+                # The usage-only chunk: held back, so a client gets exactly one, last.
+                self._usage_template = chunk
+                return b""
         self._last_chunk = chunk
-        await frames.send(sse_frame(chunk))
+        return sse_frame(chunk)
 
     async def _usage_chunk(self) -> dict[str, Any]:
         """The one usage chunk a client that asked for usage gets, before `[DONE]`."""

@@ -88,11 +88,11 @@ def _pop_fallbacks(body: dict[str, Any]) -> list[str] | None:
 
 @dataclass(slots=True)
 class OpenedStream:
-    """An upstream stream whose first chunk has arrived (None: it ended at once)."""
+    """An upstream stream whose first chunks have arrived (None: it ended at once)."""
 
     stream: ChunkStream
     chunks: Any
-    first: dict[str, Any] | None
+    first: list[dict[str, Any]] | None
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):

@@ -46,13 +46,15 @@ class Completion:
 
 
 class ChunkStream(Protocol):
-    """An open upstream stream, read as OpenAI `chat.completion.chunk` dicts.
+    """An open upstream stream, read as batches of OpenAI `chat.completion.chunk` dicts.
 
-    Iterating ends at the upstream's end of stream; `aclose` releases the
-    connection and must be called however the reading ended.
+    Each batch holds what one upstream read delivered, so a burst of tokens is
+    handled once, not token by token. Iterating ends at the upstream's end of
+    stream; `aclose` releases the connection and must be called however the
+    reading ended.
     """
 
-    def __aiter__(self) -> AsyncIterator[dict[str, Any]]: ...
+    def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]: ...
 
     async def aclose(self) -> None: ...
 
@@ -67,13 +69,53 @@ class Provider(Protocol):
 
 class ProviderFactory(Protocol):
     def __call__(
-        self, params: LiteLLMParams, http: httpx.AsyncClient, counter: TokenCounter
+        self, params: LiteLLMParams, transport: httpx.AsyncBaseTransport, counter: TokenCounter
     ) -> Provider: ...
 
 
-def timeout_for(params: LiteLLMParams) -> httpx.Timeout:
-    """The deployment's `timeout` bounds each read; connecting gets at most 10 s of it."""
-    return httpx.Timeout(params.timeout, connect=min(params.timeout, 10.0))
+class UpstreamClient:
+    """One deployment's way to its upstream: a fixed URL, headers and timeouts, sent
+    straight to the worker's shared transport.
+
+    httpx's `AsyncClient` adds per-request work the gateway never uses (cookie jars,
+    redirects, auth flows, event hooks), so requests go to the transport directly;
+    they are still httpx `Request` and `Response` objects.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        url: str,
+        headers: dict[str, str],
+        timeout: float,
+    ) -> None:
+        self._transport = transport
+        self._url = httpx.URL(url)
+        self._headers = httpx.Headers(headers)
+        # Each read may take the deployment's whole `timeout`; connecting, at most 10 s.
+        connect = min(timeout, 10.0)
+        self._timeout = {"connect": connect, "read": timeout, "write": timeout, "pool": timeout}
+
+    async def post(self, payload: dict[str, Any]) -> httpx.Response:
+        """Send a JSON body; the response is open (streamed) and its status checked."""
+        request = httpx.Request(
+            "POST",
+            self._url,
+            headers=self._headers,
+            content=orjson.dumps(payload),
+            extensions={"timeout": self._timeout},
+        )
+        try:
+            response = await self._transport.handle_async_request(request)
+        except httpx.HTTPError as error:
+            raise translate_transport_error(error) from error
+        response.request = request
+        if response.status_code >= 400:
+            try:
+                raise await error_from_response(response)
+            finally:
+                await response.aclose()
+        return response
 
 
 def translate_transport_error(error: httpx.HTTPError) -> UpstreamError:

@@ -32,7 +32,7 @@ class MockProvider:
     """Adapter for one `mock/` deployment."""
 
     def __init__(
-        self, params: LiteLLMParams, http: httpx.AsyncClient, counter: TokenCounter
+        self, params: LiteLLMParams, transport: httpx.AsyncBaseTransport, counter: TokenCounter
     ) -> None:
         self._model = params.upstream_model
         self._response = params.mock_response or DEFAULT_RESPONSE
@@ -99,7 +99,7 @@ class MockChunkStream:
         self._first_token_delay = first_token_delay
         self._chunk_delay = chunk_delay
 
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+    async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
         frame = {
             "id": _completion_id(),
             "object": "chat.completion.chunk",
@@ -107,13 +107,19 @@ class MockChunkStream:
             "model": self._model,
         }
         await trio.sleep(self._first_token_delay)
-        yield _chunk(frame, {"role": "assistant", "content": ""}, None)
-        for index, word in enumerate(_WORDS.findall(self._text)):
-            if index and self._chunk_delay:
+        chunks = [
+            _chunk(frame, {"role": "assistant", "content": ""}, None),
+            *(_chunk(frame, {"content": word}, None) for word in _WORDS.findall(self._text)),
+            _chunk(frame, {}, "stop"),
+            {**frame, "choices": [], "usage": self._usage},
+        ]
+        if not self._chunk_delay:
+            yield chunks  # an instant answer arrives as one burst, as from a real upstream
+            return
+        for index, chunk in enumerate(chunks):
+            if index:
                 await trio.sleep(self._chunk_delay)
-            yield _chunk(frame, {"content": word}, None)
-        yield _chunk(frame, {}, "stop")
-        yield {**frame, "choices": [], "usage": self._usage}
+            yield [chunk]
 
     async def aclose(self) -> None:
         """Nothing to release: the mock holds no connection."""

@@ -8,19 +8,14 @@ ask for usage, so that billing never has to guess.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 import orjson
 
 from trigate.errors import UpstreamError
-from trigate.providers.base import (
-    Completion,
-    error_from_response,
-    timeout_for,
-    translate_transport_error,
-)
-from trigate.sse import SSEDecoder
+from trigate.providers.base import Completion, UpstreamClient, translate_transport_error
+from trigate.sse import ServerSentEvent, SSEDecoder
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -34,23 +29,22 @@ class OpenAICompatible:
     """Adapter for one OpenAI-compatible deployment."""
 
     def __init__(
-        self, params: LiteLLMParams, http: httpx.AsyncClient, counter: TokenCounter
+        self, params: LiteLLMParams, transport: httpx.AsyncBaseTransport, counter: TokenCounter
     ) -> None:
         base = (params.api_base or DEFAULT_API_BASE).rstrip("/")
-        self._url = f"{base}/chat/completions"
         self._model = params.upstream_model
-        self._http = http
-        self._timeout = timeout_for(params)
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if params.api_key:
             headers["authorization"] = f"Bearer {params.api_key}"
         extra = getattr(params, "extra_headers", None)
         if isinstance(extra, dict):
             headers.update({str(k): str(v) for k, v in extra.items()})
-        self._headers = headers
+        self._upstream = UpstreamClient(
+            transport, f"{base}/chat/completions", headers, params.timeout
+        )
 
     async def complete(self, body: dict[str, Any]) -> Completion:
-        response = await self._send({**body, "model": self._model}, stream=False)
+        response = await self._upstream.post({**body, "model": self._model})
         try:
             raw = await response.aread()
         except httpx.HTTPError as error:
@@ -73,51 +67,57 @@ class OpenAICompatible:
             else {"include_usage": True}
         )
         payload = {**body, "model": self._model, "stream": True, "stream_options": options}
-        return OpenAIChunkStream(await self._send(payload, stream=True))
-
-    async def _send(self, payload: dict[str, Any], *, stream: bool) -> httpx.Response:
-        request = self._http.build_request(
-            "POST",
-            self._url,
-            content=orjson.dumps(payload),
-            headers=self._headers,
-            timeout=self._timeout,
-        )
-        try:
-            response = await self._http.send(request, stream=True)
-        except httpx.HTTPError as error:
-            raise translate_transport_error(error) from error
-        if response.status_code >= 400:
-            try:
-                raise await error_from_response(response)
-            finally:
-                await response.aclose()
-        return response
+        return OpenAIChunkStream(await self._upstream.post(payload))
 
 
 class OpenAIChunkStream:
-    """An upstream SSE response, decoded into OpenAI chunk dicts."""
+    """An upstream SSE response, decoded into batches of OpenAI chunk dicts."""
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
 
-    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+    async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
         decoder = SSEDecoder()
         try:
             async for raw in self._response.aiter_raw():
-                for event in decoder.feed(raw):
-                    if event.data == DONE:
-                        return
-                    yield _parse_chunk(event.data)
+                read = _parse_events(decoder.feed(raw))
+                if read.chunks:
+                    yield read.chunks
+                if read.failure is not None:
+                    raise read.failure
+                if read.done:
+                    return
         except httpx.HTTPError as error:
             raise translate_transport_error(error) from error
-        for event in decoder.flush():
-            if event.data == DONE:
-                return
-            yield _parse_chunk(event.data)
+        read = _parse_events(decoder.flush())
+        if read.chunks:
+            yield read.chunks
+        if read.failure is not None:
+            raise read.failure
 
     async def aclose(self) -> None:
         await self._response.aclose()
+
+
+class _Read(NamedTuple):
+    """What one upstream read held: its chunks, then perhaps `[DONE]` or a failure."""
+
+    chunks: list[dict[str, Any]]
+    done: bool = False
+    failure: UpstreamError | None = None
+
+
+def _parse_events(events: list[ServerSentEvent]) -> _Read:
+    chunks: list[dict[str, Any]] = []
+    for event in events:
+        if event.data == DONE:
+            return _Read(chunks, done=True)
+        try:
+            chunks.append(_parse_chunk(event.data))
+        except UpstreamError as failure:
+            # The chunks before the failure still reach the client, and are billed.
+            return _Read(chunks, failure=failure)
+    return _Read(chunks)
 
 
 def _parse_chunk(data: str) -> dict[str, Any]:

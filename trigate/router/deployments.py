@@ -106,7 +106,7 @@ class ModelGroups:
     def build(
         cls,
         config: GatewayConfig,
-        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         counter: TokenCounter,
         prices: PriceTable,
     ) -> ModelGroups:
@@ -115,7 +115,7 @@ class ModelGroups:
         deployments = []
         for entry in config.model_list:
             params = entry.litellm_params
-            provider = PROVIDERS[params.provider](params, http, counter)
+            provider = PROVIDERS[params.provider](params, transport, counter)
             breaker = CircuitBreaker(
                 settings.allowed_fails,
                 settings.cooldown_time,
