@@ -40,8 +40,12 @@ class Served:
 
     async def stop(self) -> int:
         self.process.send_signal(signal.SIGINT)
-        with trio.fail_after(20):
-            return await self.process.wait()
+        try:
+            with trio.fail_after(20):
+                return await self.process.wait()
+        finally:
+            if self.process.returncode is None:
+                self.process.kill()  # never leave a server behind a failed test
 
 
 async def serve(*args: str, env: dict[str, str] | None = None) -> Served:
@@ -154,8 +158,12 @@ async def test_sigterm_drains_and_flushes_spend(tmp_path: Path) -> None:
             )
             assert response.status_code == 200
     served.process.send_signal(signal.SIGTERM)
-    with trio.fail_after(20):
-        assert await served.process.wait() == 0
+    try:
+        with trio.fail_after(20):
+            assert await served.process.wait() == 0
+    finally:
+        if served.process.returncode is None:
+            served.process.kill()
     with sqlite3.connect(database) as connection:
         [(rows,)] = connection.execute("SELECT COUNT(*) FROM trigate_spend_logs").fetchall()
     assert rows == 3

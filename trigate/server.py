@@ -60,6 +60,7 @@ def hypercorn_config(config: GatewayConfig, binding: Binding) -> HypercornConfig
     server.graceful_timeout = settings.graceful_timeout
     server.keep_alive_timeout = settings.keep_alive_timeout
     server.accesslog = None
+    server.include_server_header = False
     server.errorlog = logging.getLogger("hypercorn.error")
     return server
 

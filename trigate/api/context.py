@@ -57,18 +57,45 @@ class RequestScope:
             return
         context = RequestContext(_request_id(scope["headers"]), trio.current_time())
         token = current_request.set(context)
-
-        async def send_with_headers(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message["headers"], *_headers(context)]}
-            await send(message)
-
         try:
-            await self._app(scope, receive, send_with_headers)
+            await self._app(scope, receive, _ResponseSender(send, context))
         finally:
             current_request.reset(token)
             if context.relay is not None and not context.relay.entered:
                 await context.relay.close()
+
+
+class _ResponseSender:
+    """Adds the gateway's headers, and writes a fixed-length body in one piece.
+
+    Quart sends a body as its data and then an empty closing message; each costs
+    hypercorn a pass through its protocol stack. With a Content-Length there is
+    nothing to stream, so the two become one. Streams pass through untouched.
+    """
+
+    __slots__ = ("_context", "_fixed_length", "_held", "_send")
+
+    def __init__(self, send: ASGISendCallable, context: RequestContext) -> None:
+        self._send = send
+        self._context = context
+        self._fixed_length = False
+        self._held: Any = None
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            headers = message["headers"]
+            self._fixed_length = any(name.lower() == b"content-length" for name, _ in headers)
+            message = {**message, "headers": [*headers, *_headers(self._context)]}
+        elif message["type"] == "http.response.body" and self._fixed_length:
+            if message.get("more_body", False):
+                if self._held is not None:
+                    await self._send(self._held)
+                self._held = message
+                return
+            if self._held is not None:
+                body = self._held["body"] + message.get("body", b"")
+                message, self._held = {**message, "body": body}, None
+        await self._send(message)
 
 
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
