@@ -10,7 +10,7 @@ which no response body could do for itself.
 from __future__ import annotations
 
 import contextvars
-import uuid
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -105,7 +105,7 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if 0 < len(given) <= MAX_REQUEST_ID_LENGTH and given.isprintable():
                 return given
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 def _headers(context: RequestContext) -> list[tuple[bytes, bytes]]:
