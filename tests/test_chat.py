@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import openai
 import orjson
 import pytest
@@ -29,6 +31,14 @@ MESSAGES = [{"role": "user", "content": "Say hello"}]
 
 def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+
+
+async def streamed(client: openai.AsyncOpenAI, **options: Any) -> list[Any]:
+    """Every chunk of one streamed chat completion of `MESSAGES` from gpt-test."""
+    stream = await client.chat.completions.create(
+        model="gpt-test", messages=MESSAGES, stream=True, **options
+    )
+    return [chunk async for chunk in stream]
 
 
 async def test_sdk_non_stream(gateway: RunningGateway, upstream: FakeUpstream) -> None:
@@ -101,13 +111,7 @@ async def test_sdk_stream_with_usage_gets_exactly_one_usage_chunk(
 ) -> None:
     upstream.handler = lambda request: stream_of(["a", "b"], usage=(4, 2))
     async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-test",
-            messages=MESSAGES,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        chunks = [c async for c in stream]
+        chunks = await streamed(client, stream_options={"include_usage": True})
     with_usage = [c for c in chunks if c.usage is not None]
     assert len(with_usage) == 1 and with_usage[0] is chunks[-1]
     assert with_usage[0].usage.prompt_tokens == 4 and with_usage[0].usage.completion_tokens == 2
@@ -126,13 +130,7 @@ async def test_usage_on_every_chunk_is_reduced_to_one(
     ]
     upstream.handler = lambda request: StreamReply(frames)
     async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-test",
-            messages=MESSAGES,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        chunks = [c async for c in stream]
+        chunks = await streamed(client, stream_options={"include_usage": True})
     usages = [c.usage for c in chunks if c.usage is not None]
     assert len(usages) == 1 and usages[0].completion_tokens == 2
     [record] = await gateway.records.wait_for(1)
@@ -144,13 +142,7 @@ async def test_stream_without_upstream_usage_is_counted_with_tiktoken(
 ) -> None:
     upstream.handler = lambda request: stream_of(["Hello", " world"], usage=None)
     async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-test",
-            messages=MESSAGES,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        chunks = [c async for c in stream]
+        chunks = await streamed(client, stream_options={"include_usage": True})
     counter = gateway.gateway.counter
     expected_prompt = counter.count_prompt("upstream-model", MESSAGES)
     expected_completion = counter.count_text("upstream-model", "Hello world")
@@ -195,13 +187,7 @@ async def test_tool_call_arguments_are_counted(
         }
     ]
     async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-test",
-            messages=MESSAGES,
-            stream=True,
-            tools=tools,
-        )
-        chunks = [c async for c in stream]
+        chunks = await streamed(client, tools=tools)
     arguments = "".join(
         c.choices[0].delta.tool_calls[0].function.arguments or ""
         for c in chunks
@@ -219,13 +205,7 @@ async def test_reported_zero_usage_is_a_real_zero(
 ) -> None:
     upstream.handler = lambda request: stream_of(["cached"], usage=(0, 0))
     async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-test",
-            messages=MESSAGES,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        chunks = [c async for c in stream]
+        chunks = await streamed(client, stream_options={"include_usage": True})
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 0
     [record] = await gateway.records.wait_for(1)
     assert (record.prompt_tokens, record.completion_tokens, record.usage_source) == (
@@ -297,7 +277,8 @@ async def test_upstream_dropping_mid_stream_becomes_error_frame(
         (422, 422, openai.UnprocessableEntityError),
         (401, 502, openai.APIStatusError),
         (500, 502, openai.APIStatusError),
-        (503, 502, openai.APIStatusError),
+        (503, 503, openai.InternalServerError),
+        (529, 503, openai.InternalServerError),
     ],
 )
 async def test_upstream_errors_before_the_stream_are_real_statuses(

@@ -14,6 +14,7 @@ from conftest import openai_config, start_gateway
 from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
 from scripted import Step, group_config
 
+from trigate.spend.prices import PriceTable
 from trigate.store import SpendFilter
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -359,3 +360,29 @@ async def test_models_lists_only_what_a_key_may_use(nursery: trio.Nursery) -> No
     await exchange.start()
     listed = orjson.loads(await exchange.read_body())
     assert [m["id"] for m in listed["data"]] == ["other"]
+
+
+async def test_cost_comes_from_the_price_table(nursery: trio.Nursery) -> None:
+    """No configured prices: gpt-4o is priced from LiteLLM's table, cached tokens cheaper."""
+    usage = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 100,
+        "total_tokens": 1100,
+        "prompt_tokens_details": {"cached_tokens": 400},
+    }
+    config = {
+        "model_list": [
+            {
+                "model_name": "g",
+                "litellm_params": {"model": "openai/gpt-4o", "api_base": "http://d0.test/v1"},
+                "model_info": {"id": "d0"},
+            }
+        ]
+    }
+    h = await harness(nursery, config, {"d0": [Step(body=chat_completion("hi", usage))]})
+    assert (await h.chat()).status == 200
+    price = PriceTable.load().lookup("openai", "gpt-4o")
+    assert price is not None and price.cache_read is not None and price.cache_read < price.input
+    expected = 600 * price.input + 400 * price.cache_read + 100 * price.output
+    [record] = h.records.records
+    assert record.cost == pytest.approx(expected)

@@ -202,6 +202,9 @@ def from_upstream_status(
         view_status, error.type, view_code = _CLIENT_VIEW[error.kind]
         error.status = view_status or status
         error.code = view_code or code
+    if status in (503, 529):
+        # Overloaded (Anthropic's 529) or unavailable: a 503, which clients retry later.
+        error.status, error.code = 503, "upstream_overloaded"
     if error.kind is Failure.RATE_LIMIT:
         error.retry_after = retry_after_seconds(headers)
         error.headers = {k: v for k, v in headers.items() if k in ("retry-after", "retry-after-ms")}

@@ -24,7 +24,7 @@ from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.health import run_health_checks
 from trigate.router.router import Router
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
-from trigate.spend.prices import PriceTable
+from trigate.spend.prices import PriceTable, cost
 from trigate.store import TABLES, Store
 from trigate.tokens import TokenCounter
 from trigate.transport import H11Transport
@@ -139,11 +139,8 @@ class Gateway:
             await self._observer.write(record)
 
     def cost(self, deployment: Deployment, usage: Usage) -> float:
-        """What a request cost: the deployment's configured prices per token."""
-        params = deployment.params
-        return usage.prompt_tokens * (
-            params.input_cost_per_token or 0.0
-        ) + usage.completion_tokens * (params.output_cost_per_token or 0.0)
+        """What a request cost, at the deployment's prices (configured, else the table's)."""
+        return cost(deployment.price, usage.priced_counts())
 
     async def stop(self) -> None:
         with trio.CancelScope(shield=True):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from trigate.spend.prices import TokenCounts
 from trigate.tokens import TokenCounter
 
 
@@ -28,6 +29,17 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    def priced_counts(self) -> TokenCounts:
+        """The counts as the price formula takes them: cache writes (Anthropic's
+        `cache_creation_input_tokens`, part of our prompt count) are priced apart."""
+        return TokenCounts(
+            prompt_tokens=self.prompt_tokens - self.cache_write_tokens,
+            completion_tokens=self.completion_tokens,
+            cached_tokens=self.cached_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+        )
 
     def to_openai(self) -> dict[str, int]:
         return {

@@ -8,9 +8,9 @@ LiteLLM's own clients send many.
 from __future__ import annotations
 
 import datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from quart import request
 
 from trigate.api.responses import json_body
@@ -24,6 +24,16 @@ M = TypeVar("M", bound=BaseModel)
 Row = dict[str, Any]
 
 
+def _valid_duration(value: str | None) -> str | None:
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
+# "30s", "15m", "12h", "30d", checked when the request arrives.
+Duration = Annotated[str | None, AfterValidator(_valid_duration)]
+
+
 class Limits(BaseModel):
     """The limits keys, teams and users share."""
 
@@ -32,19 +42,12 @@ class Limits(BaseModel):
     models: list[str] | None = None
     max_budget: float | None = Field(default=None, ge=0)
     soft_budget: float | None = Field(default=None, ge=0)
-    budget_duration: str | None = None
+    budget_duration: Duration = None
     rpm_limit: int | None = Field(default=None, ge=0)
     tpm_limit: int | None = Field(default=None, ge=0)
     max_parallel_requests: int | None = Field(default=None, ge=1)
     metadata: dict[str, Any] | None = None
     blocked: bool | None = None
-
-    @field_validator("budget_duration")
-    @classmethod
-    def _duration(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
-        return value
 
 
 async def admin_body(gateway: Gateway, model: type[M]) -> M:
@@ -108,6 +111,14 @@ def shaped(row: Row) -> Row:
 def token_hash_of(value: str) -> str:
     """Admin calls name a key by the key itself or by its hash (LiteLLM's `token`)."""
     return hash_key(value) if value.startswith("sk-") else value
+
+
+async def insert_new(gateway: Gateway, table: str, row: Row, primary: str) -> None:
+    """Insert a team or user row whose id the caller may have chosen."""
+    if await gateway.store.get(table, row[primary]) is not None:
+        what = table.removesuffix("s").capitalize()
+        raise InvalidRequest(f"{what} `{row[primary]}` exists already.", param=primary)
+    await gateway.store.insert(table, row)
 
 
 def not_found(what: str, name: str) -> NotFound:

@@ -14,6 +14,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from trigate.api.admin import (
+    Duration,
     Limits,
     admin_body,
     created_fields,
@@ -36,16 +37,9 @@ KEY_FORMAT = re.compile(r"^sk-[A-Za-z0-9_\-]{32,}$")
 
 class KeySettings(Limits):
     key_alias: str | None = None
-    duration: str | None = None
+    duration: Duration = None
     user_id: str | None = None
     team_id: str | None = None
-
-    @field_validator("duration")
-    @classmethod
-    def _duration(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_duration(value)
-        return value
 
 
 class GenerateKey(KeySettings):
@@ -73,12 +67,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def generate() -> Response:
         body = await admin_body(gateway, GenerateKey)
         key = body.key or generate_key()
-        row = {
-            **created_fields(body),
-            **_key_fields(body),
-            "token_hash": hash_key(key),
-            "key_name": key_name(key),
-        }
+        row = {**created_fields(body), **_key_fields(body), **key_identity(key)}
         await _check_owners(gateway, row)
         await _insert_unique(gateway, row)
         return json_response(_generated(key, row))
@@ -141,8 +130,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             **row,
             **limit_fields(body),
             **_key_fields(body),
-            "token_hash": hash_key(key),
-            "key_name": key_name(key),
+            **key_identity(key),
             "updated_at": wall_time(),
         }
         if not await gateway.store.replace_key(token, fresh):
@@ -166,6 +154,11 @@ def _blocker(gateway: Gateway, blocked: bool) -> Any:
         return json_response(await _info(gateway, token))
 
     return set_blocked
+
+
+def key_identity(key: str) -> dict[str, str]:
+    """What the store keeps to recognise a key: its hash and a harmless display name."""
+    return {"token_hash": hash_key(key), "key_name": key_name(key)}
 
 
 def _key_fields(body: KeySettings) -> dict[str, Any]:

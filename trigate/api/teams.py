@@ -13,14 +13,16 @@ from trigate.api.admin import (
     Limits,
     admin_body,
     created_fields,
+    insert_new,
     limit_fields,
     not_found,
     query_arg,
     require_master,
     shaped,
 )
+from trigate.api.keys import key_identity
 from trigate.api.responses import json_response
-from trigate.auth import generate_key, hash_key, key_name
+from trigate.auth import generate_key
 from trigate.clock import wall_time
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
@@ -55,9 +57,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "team_id": body.team_id or str(uuid.uuid4()),
             "team_alias": body.team_alias,
         }
-        if await gateway.store.get("teams", row["team_id"]) is not None:
-            raise InvalidRequest(f"Team `{row['team_id']}` exists already.", param="team_id")
-        await gateway.store.insert("teams", row)
+        await insert_new(gateway, "teams", row, "team_id")
         return json_response(shaped(row))
 
     @app.post("/team/update")
@@ -102,26 +102,17 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "user_id": body.user_id or str(uuid.uuid4()),
             "user_email": body.user_email,
         }
-        if await gateway.store.get("users", row["user_id"]) is not None:
-            raise InvalidRequest(f"User `{row['user_id']}` exists already.", param="user_id")
-        await gateway.store.insert("users", row)
+        await insert_new(gateway, "users", row, "user_id")
         answer = shaped(row)
         if body.auto_create_key:
             key = generate_key()
             now = wall_time()
+            identity = key_identity(key)
             await gateway.store.insert(
                 "keys",
-                {
-                    "token_hash": hash_key(key),
-                    "key_name": key_name(key),
-                    "user_id": row["user_id"],
-                    "models": [],
-                    "metadata": {},
-                    "created_at": now,
-                    "updated_at": now,
-                },
+                {**identity, "user_id": row["user_id"], "created_at": now, "updated_at": now},
             )
-            answer |= {"key": key, "token": hash_key(key)}
+            answer |= {"key": key, "token": identity["token_hash"]}
         return json_response(answer)
 
     @app.get("/user/info")
