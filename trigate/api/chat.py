@@ -219,10 +219,11 @@ class ChatCall:
             error = failure if isinstance(failure, GatewayError) else None
             cancelled = isinstance(failure, trio.Cancelled)
             status = error.status if error else CLIENT_CLOSED if cancelled else 500
+            usage: Usage | None = None
             with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
                 usage = await self._record(status, error, None, cancelled=cancelled)
             if self.admission is not None:
-                self.admission.finish(usage.total_tokens)
+                self.admission.finish(usage.total_tokens if usage else 0)
             raise
         self.ttft = self.context.elapsed()
         opened = routed.result
