@@ -72,17 +72,23 @@ class UsageMeter:
             self._reported = usage
 
     def observe_chunk(self, chunk: dict[str, Any]) -> None:
-        """Keep the text a stream chunk adds: content, reasoning and tool-call arguments."""
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            if isinstance(delta, dict):
-                self._observe_message(delta)
+        """Keep the text a stream chunk adds: content, reasoning and tool-call arguments
+        (chat), or `text` (legacy completions)."""
+        self._observe_choices(chunk, "delta")
 
     def observe_completion(self, body: dict[str, Any]) -> None:
+        self._observe_choices(body, "message")
+
+    def _observe_choices(self, body: dict[str, Any], key: str) -> None:
         for choice in body.get("choices") or ():
-            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(choice, dict):
+                continue
+            message = choice.get(key)
             if isinstance(message, dict):
                 self._observe_message(message)
+            text = choice.get("text")
+            if isinstance(text, str) and text:
+                self._pieces.append(text)
 
     def _observe_message(self, message: dict[str, Any]) -> None:
         for key in ("content", "reasoning_content"):
@@ -98,11 +104,25 @@ class UsageMeter:
     async def prompt_tokens(self) -> int:
         """The prompt's tokens by tiktoken, counted once per encoding however often asked."""
         if self.model not in self._prompt_counts:
-            messages = self.body.get("messages")
-            self._prompt_counts[self.model] = await self._counter.count_prompt_async(
-                self.model, messages if isinstance(messages, list) else [], self.body.get("tools")
-            )
+            self._prompt_counts[self.model] = await self._count_prompt()
         return self._prompt_counts[self.model]
+
+    async def _count_prompt(self) -> int:
+        messages = self.body.get("messages")
+        if isinstance(messages, list):
+            return await self._counter.count_prompt_async(
+                self.model, messages, self.body.get("tools")
+            )
+        # Legacy completions' `prompt` and embeddings' `input`: text, texts or token ids.
+        value = self.body.get("prompt", self.body.get("input"))
+        items = value if isinstance(value, list) and not _is_token_ids(value) else [value]
+        total = 0
+        for item in items:
+            if isinstance(item, str):
+                total += await self._counter.count_text_async(self.model, item)
+            elif isinstance(item, list):
+                total += len(item)
+        return total
 
     async def settle(self) -> Usage:
         """The usage to bill: the upstream's numbers, or tiktoken's where it gave none."""
@@ -128,3 +148,7 @@ def _priced_parts(usage: dict[str, Any]) -> tuple[int, int, int]:
     )
     written = usage.get("cache_creation_input_tokens")
     return tuple(v if isinstance(v, int) else 0 for v in (cached, written, reasoning))  # type: ignore[return-value]
+
+
+def _is_token_ids(value: list[Any]) -> bool:
+    return bool(value) and all(isinstance(item, int) for item in value)

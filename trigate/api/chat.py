@@ -1,65 +1,30 @@
-"""`POST /v1/chat/completions`: authenticate, validate, route, proxy, account.
+"""`POST /v1/chat/completions`.
 
 Only what the gateway decides on is validated (`model`, `messages`, `stream`,
-and the gateway's own `fallbacks`); every other field goes to the upstream
-untouched. A stream is opened and its first chunk awaited *before* the
-response starts, so an upstream that fails or stalls early still yields a real
-HTTP error status, and the router can still retry or fall back.
+`stream_options`); every other field goes to the upstream untouched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import orjson
-import trio
-from quart import Response, request
+from quart import Response
 from quart_trio import QuartTrio
 
-from trigate.api.context import RequestContext, current_request
-from trigate.api.responses import json_body, raw_json_response
-from trigate.auth import Caller
-from trigate.clock import wall_time
-from trigate.errors import GatewayError, InvalidRequest, UpstreamTimeout, secrets
+from trigate.api.calls import CHAT, check_stream_fields, proxy_request, require_model
+from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
-from trigate.limits import Admission, check_budgets, check_model
-from trigate.providers import ChunkStream, Completion
-from trigate.relay import StreamOutcome, StreamRelay
-from trigate.router.deployments import Deployment
-from trigate.router.router import Attempt, Routed, RouteProgress
-from trigate.spend import RequestRecord
-from trigate.usage import Usage, UsageMeter
-
-SSE_HEADERS = {
-    "content-type": "text/event-stream; charset=utf-8",
-    "cache-control": "no-cache",
-    "x-accel-buffering": "no",
-}
-RECORD_TIMEOUT = 10.0
-# nginx's status for a request its client abandoned; it never reaches a client.
-CLIENT_CLOSED = 499
 
 
 def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.post("/v1/chat/completions")
     @app.post("/chat/completions")
     async def chat_completions() -> Response:
-        caller = await gateway.auth.authenticate(request.headers)
-        body = await json_body()
-        group = _validate(body)
-        fallbacks = _pop_fallbacks(body)
-        call = ChatCall(gateway, current_request.get(), caller, group, body, fallbacks)
-        await call.admit()
-        if body.get("stream"):
-            return await call.stream()
-        return await call.complete()
+        return await proxy_request(gateway, CHAT, _validate)
 
 
 def _validate(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("`model` is required and must be a non-empty string.", param="model")
+    model = require_model(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest(
@@ -67,246 +32,5 @@ def _validate(body: dict[str, Any]) -> str:
         )
     if not all(isinstance(message, dict) for message in messages):
         raise InvalidRequest("Every entry of `messages` must be an object.", param="messages")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest("`stream` must be a boolean.", param="stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("`stream_options` must be an object.", param="stream_options")
+    check_stream_fields(body)
     return model
-
-
-def _pop_fallbacks(body: dict[str, Any]) -> list[str] | None:
-    """LiteLLM's per-request `fallbacks`: the gateway's to act on, never the upstream's."""
-    fallbacks = body.pop("fallbacks", None)
-    if fallbacks is None:
-        return None
-    if not isinstance(fallbacks, list) or not all(isinstance(f, str) for f in fallbacks):
-        raise InvalidRequest("`fallbacks` must be an array of model names.", param="fallbacks")
-    return fallbacks
-
-
-@dataclass(slots=True)
-class OpenedStream:
-    """An upstream stream whose first chunks have arrived (None: it ended at once)."""
-
-    stream: ChunkStream
-    chunks: Any
-    first: list[dict[str, Any]] | None
-
-    async def aclose(self) -> None:
-        with trio.CancelScope(shield=True):
-            await self.chunks.aclose()
-            await self.stream.aclose()
-
-
-class CompletionAttempt:
-    stream = False
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        self._body = body
-
-    async def run(self, deployment: Deployment) -> Completion:
-        return await deployment.provider.complete(self._body)
-
-    async def discard(self, result: Completion) -> None:
-        """A finished completion holds nothing open."""
-
-
-class StreamAttempt:
-    """Open a stream and wait for its first chunk, within the deployment's
-    time-to-first-token deadline (`stream_timeout`, else `timeout`)."""
-
-    stream = True
-
-    def __init__(self, body: dict[str, Any]) -> None:
-        self._body = body
-
-    async def run(self, deployment: Deployment) -> OpenedStream:
-        params = deployment.params
-        deadline = params.stream_timeout or params.timeout
-        opened: OpenedStream | None = None
-        try:
-            with trio.fail_after(deadline):
-                stream = await deployment.provider.open_stream(self._body)
-                opened = OpenedStream(stream, aiter(stream), None)
-                opened.first = await anext(opened.chunks, None)
-        except BaseException as failure:
-            if opened is not None:
-                await opened.aclose()
-            if isinstance(failure, trio.TooSlowError):
-                raise UpstreamTimeout(
-                    f"The upstream sent no first token within {deadline:g} s."
-                ) from None
-            raise
-        return opened
-
-    async def discard(self, result: OpenedStream) -> None:
-        await result.aclose()
-
-
-class ChatCall:
-    """One chat completion: routed to a deployment, relayed, and accounted for."""
-
-    def __init__(
-        self,
-        gateway: Gateway,
-        context: RequestContext,
-        caller: Caller,
-        group: str,
-        body: dict[str, Any],
-        fallbacks: list[str] | None,
-    ) -> None:
-        self.gateway = gateway
-        self.context = context
-        self.caller = caller
-        self.body = body
-        self.fallbacks = fallbacks
-        self.progress = RouteProgress(group)
-        context.route = self.progress
-        model = gateway.groups.deployments(group)[0].upstream_model
-        self.meter = UsageMeter(gateway.counter, model, body)
-        self.ttft: float | None = None
-        self.admission: Admission | None = None
-
-    async def admit(self) -> None:
-        """The caller's model access, budgets and rate limits, before any upstream call."""
-        if self.caller.is_master:
-            return
-        try:
-            check_model(self.caller, self.progress.model_group)
-            check_budgets(self.caller, self.gateway.ledger.unflushed)
-            self.admission = await self.gateway.limits.admit(self.caller, self.meter.prompt_tokens)
-        except GatewayError as rejection:
-            with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
-                await self._record(rejection.status, rejection, None, cancelled=False)
-            raise
-        self.context.headers.update(self.admission.headers)
-
-    async def complete(self) -> Response:
-        status, error, usage, cancelled = 500, None, None, False
-        routed: Routed[Completion] | None = None
-        try:
-            routed = await self._route(CompletionAttempt(self.body))
-            completion = routed.result
-            self.meter.report(completion.usage)
-            if completion.usage is None:
-                self.meter.observe_completion(completion.body)
-            usage = await self.meter.settle()
-            status = 200
-            if completion.raw is not None and completion.usage is not None:
-                return raw_json_response(completion.raw)
-            return raw_json_response(orjson.dumps({**completion.body, "usage": usage.to_openai()}))
-        except GatewayError as failure:
-            status, error = failure.status, failure
-            raise
-        except trio.Cancelled:
-            status, cancelled = CLIENT_CLOSED, True
-            raise
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
-                usage = await self._record(status, error, usage, cancelled=cancelled)
-            tokens = usage.total_tokens if usage else 0
-            if routed is not None:
-                self.gateway.router.release(routed.deployment, tokens)
-            if self.admission is not None:
-                self.admission.finish(tokens)
-
-    async def stream(self) -> Response:
-        try:
-            routed = await self._route(StreamAttempt(self.body))
-        except BaseException as failure:
-            error = failure if isinstance(failure, GatewayError) else None
-            cancelled = isinstance(failure, trio.Cancelled)
-            status = error.status if error else CLIENT_CLOSED if cancelled else 500
-            usage: Usage | None = None
-            with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
-                usage = await self._record(status, error, None, cancelled=cancelled)
-            if self.admission is not None:
-                self.admission.finish(usage.total_tokens if usage else 0)
-            raise
-        self.ttft = self.context.elapsed()
-        opened = routed.result
-        options = self.body.get("stream_options") or {}
-        relay = StreamRelay(
-            opened.stream,
-            opened.chunks,
-            opened.first,
-            self.meter,
-            include_usage=options.get("include_usage") is True,
-            on_finish=self._finish_stream,
-        )
-        self.context.relay = relay
-        return Response(relay, status=200, headers=SSE_HEADERS)
-
-    async def _route(self, attempt: Attempt[Any]) -> Routed[Any]:
-        """Route the request, counting the whole wait as the upstreams', not ours."""
-        started = trio.current_time()
-        try:
-            routed = await self.gateway.router.route(
-                self.progress.model_group,
-                attempt,
-                self.progress,
-                prompt_tokens=self.meter.prompt_tokens,
-                request_fallbacks=self.fallbacks,
-            )
-        finally:
-            self.context.upstream_wait = trio.current_time() - started
-        self.meter.model = routed.deployment.upstream_model
-        return routed
-
-    async def _finish_stream(self, outcome: StreamOutcome) -> None:
-        status = 200
-        if outcome.error:
-            status = outcome.error.status
-        elif outcome.cancelled_by_client:
-            status = CLIENT_CLOSED
-        usage = await self.meter.settle()
-        if self.progress.deployment is not None:
-            self.gateway.router.release(self.progress.deployment, usage.total_tokens)
-        if self.admission is not None:
-            self.admission.finish(usage.total_tokens)
-        await self._record(status, outcome.error, usage, cancelled=outcome.cancelled_by_client)
-
-    async def _record(
-        self,
-        status: int,
-        error: GatewayError | None,
-        usage: Usage | None,
-        *,
-        cancelled: bool,
-    ) -> Usage:
-        if usage is None:
-            # A client that left before the answer is billed the prompt the upstream had.
-            prompt = await self.meter.prompt_tokens() if cancelled else 0
-            usage = Usage(prompt, 0, "counted" if cancelled else "none")
-        deployment = self.progress.deployment
-        caller = self.caller
-        elapsed = self.context.elapsed()
-        end = wall_time()
-        await self.gateway.record(
-            RequestRecord(
-                request_id=self.context.request_id,
-                key_identity=caller.identity,
-                key_hash=caller.key_hash,
-                key_alias=caller.key_alias,
-                team_id=caller.team_id,
-                user_id=caller.user_id,
-                model_group=self.progress.model_group,
-                deployment=deployment.id if deployment else None,
-                model=deployment.params.model if deployment else None,
-                status=status,
-                stream=bool(self.body.get("stream")),
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                usage_source=usage.source,
-                cost=self.gateway.cost(deployment, usage) if deployment else 0.0,
-                start_time=end - elapsed,
-                end_time=end,
-                latency_ms=round(elapsed * 1000, 3),
-                ttft_ms=round(self.ttft * 1000, 3) if self.ttft is not None else None,
-                cancelled_by_client=cancelled,
-                error=secrets.redact(error.message) if error else None,
-            )
-        )
-        return usage

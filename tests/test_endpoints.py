@@ -1,0 +1,89 @@
+"""Legacy completions and embeddings: the same auth, routing and spend as chat."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+import trio
+from conftest import MASTER_KEY, RunningGateway, mock_config, start_gateway
+
+
+@pytest.fixture
+async def mock_gateway(nursery: trio.Nursery) -> RunningGateway:
+    return await start_gateway(nursery, mock_config(mock_response="Once upon a time"))
+
+
+def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+
+
+async def test_text_completion(mock_gateway: RunningGateway) -> None:
+    async with sdk(mock_gateway) as client:
+        completion = await client.completions.create(model="mock", prompt="Tell me a story")
+    counter = mock_gateway.gateway.counter
+    assert completion.choices[0].text == "Once upon a time"
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == counter.count_text("gpt-4o", "Tell me a story")
+    assert completion.usage.completion_tokens == counter.count_text("gpt-4o", "Once upon a time")
+    [record] = await mock_gateway.records.wait_for(1)
+    assert record.prompt_tokens == completion.usage.prompt_tokens
+
+
+async def test_text_completion_stream_with_usage(mock_gateway: RunningGateway) -> None:
+    async with sdk(mock_gateway) as client:
+        stream = await client.completions.create(
+            model="mock", prompt="Go", stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == "Once upon a time"
+    usages = [c.usage for c in chunks if c.usage is not None]
+    assert len(usages) == 1 and chunks[-1].usage is not None
+    [record] = await mock_gateway.records.wait_for(1)
+    assert record.stream and record.completion_tokens == usages[0].completion_tokens
+
+
+async def test_embeddings(mock_gateway: RunningGateway) -> None:
+    async with sdk(mock_gateway) as client:
+        result = await client.embeddings.create(model="mock", input=["alpha", "beta", "alpha"])
+    vectors = [item.embedding for item in result.data]
+    assert len(vectors) == 3 and vectors[0] == vectors[2] != vectors[1]
+    assert abs(sum(x * x for x in vectors[0]) - 1) < 1e-3
+    counter = mock_gateway.gateway.counter
+    expected = counter.count_text("gpt-4o", "alpha") * 2 + counter.count_text("gpt-4o", "beta")
+    assert result.usage.prompt_tokens == expected
+    [record] = await mock_gateway.records.wait_for(1)
+    assert record.prompt_tokens == expected and record.completion_tokens == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/completions", {"model": "mock"}, "prompt"),
+        ("/v1/completions", {"model": "mock", "prompt": []}, "prompt"),
+        ("/v1/completions", {"prompt": "x"}, "model"),
+        ("/v1/embeddings", {"model": "mock"}, "input"),
+        ("/v1/embeddings", {"model": "mock", "input": ""}, "input"),
+        ("/v1/embeddings", {"model": "mock", "input": {"a": 1}}, "input"),
+    ],
+)
+async def test_bad_requests(
+    mock_gateway: RunningGateway, path: str, body: dict, param: str
+) -> None:
+    async with mock_gateway.client() as client:
+        response = await client.post(path, json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+
+
+async def test_keys_and_limits_apply(mock_gateway: RunningGateway) -> None:
+    async with mock_gateway.client() as admin:
+        key = (await admin.post("/key/generate", json={"models": ["other"]})).json()["key"]
+    async with sdk(mock_gateway, key) as client:
+        with pytest.raises(openai.PermissionDeniedError):
+            await client.embeddings.create(model="mock", input="x")
+        with pytest.raises(openai.PermissionDeniedError):
+            await client.completions.create(model="mock", prompt="x")
+    async with sdk(mock_gateway, "sk-" + "n" * 40) as client:
+        with pytest.raises(openai.AuthenticationError):
+            await client.embeddings.create(model="mock", input="x")
