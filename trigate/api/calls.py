@@ -223,9 +223,7 @@ class ProxiedCall:
                 self.meter.observe_completion(completion.body)
             usage = await self.meter.settle()
             status = 200
-            if completion.raw is not None and completion.usage is not None:
-                return raw_json_response(completion.raw)
-            return raw_json_response(orjson.dumps({**completion.body, "usage": usage.to_openai()}))
+            return raw_json_response(self._answer(completion, usage))
         except GatewayError as failure:
             status, error = failure.status, failure
             raise
@@ -240,6 +238,15 @@ class ProxiedCall:
                 self.gateway.router.release(routed.deployment, tokens)
             if self.admission is not None:
                 self.admission.finish(tokens)
+
+    @staticmethod
+    def _answer(completion: Completion, usage: Usage) -> bytes:
+        """The upstream's own bytes when they can go as they are; the usage the upstream
+        reported is kept whole (cache and reasoning details included); counted usage is
+        added where it reported none."""
+        if completion.usage is not None:
+            return completion.raw or orjson.dumps(completion.body)
+        return orjson.dumps({**completion.body, "usage": usage.to_openai()})
 
     async def stream(self) -> Response:
         try:
