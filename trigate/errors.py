@@ -164,7 +164,7 @@ class NoDeploymentAvailable(GatewayError):
 
 _CONTEXT_CODES = {"context_length_exceeded", "string_above_max_length"}
 _CONTEXT_WORDS = re.compile(
-    r"context length|context window|maximum context|too many tokens|prompt is too long"
+    r"context length|context window|maximum context|too many (?:input )?tokens|prompt is too long"
     r"|input is too long|exceeds the context",
     re.IGNORECASE,
 )
