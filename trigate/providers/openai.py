@@ -1,13 +1,18 @@
 """`openai/`: any OpenAI-compatible upstream.
 
 The request body is relayed as the client sent it, unknown fields included,
-with two changes: `model` becomes the upstream's model name and streams always
-ask for usage, so that billing never has to guess.
+with two changes: `model` becomes the upstream's model name and streams ask
+for usage (where the upstream accepts `stream_options`), so that billing never
+has to guess. What sets one compatible upstream apart from another, its
+default base URL and quirks, is a `Dialect`; Azure reuses the request and
+stream handling through `fetch_completion`, `stream_payload` and
+`OpenAIChunkStream`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
@@ -25,49 +30,97 @@ DEFAULT_API_BASE = "https://api.openai.com/v1"
 DONE = "[DONE]"
 
 
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What sets one OpenAI-compatible upstream apart from another."""
+
+    # None: there is no public endpoint, so every deployment must name its `api_base`.
+    api_base: str | None = DEFAULT_API_BASE
+    # Some upstreams reject `stream_options`; without it the gateway counts what they omit.
+    stream_options: bool = True
+    # Prefixed to bare model names (Fireworks names models `accounts/<owner>/models/<name>`).
+    model_namespace: str = ""
+
+    def model_name(self, name: str) -> str:
+        if self.model_namespace and "/" not in name:
+            return f"{self.model_namespace}{name}"
+        return name
+
+
+OPENAI = Dialect()
+
+
 class OpenAICompatible:
     """Adapter for one OpenAI-compatible deployment."""
 
     def __init__(
-        self, params: LiteLLMParams, transport: httpx.AsyncBaseTransport, counter: TokenCounter
+        self,
+        params: LiteLLMParams,
+        transport: httpx.AsyncBaseTransport,
+        counter: TokenCounter,
+        dialect: Dialect = OPENAI,
     ) -> None:
-        base = (params.api_base or DEFAULT_API_BASE).rstrip("/")
-        self._model = params.upstream_model
-        headers = {"content-type": "application/json", "accept-encoding": "identity"}
-        if params.api_key:
-            headers["authorization"] = f"Bearer {params.api_key}"
-        extra = getattr(params, "extra_headers", None)
-        if isinstance(extra, dict):
-            headers.update({str(k): str(v) for k, v in extra.items()})
+        base = params.api_base or dialect.api_base
+        if not base:
+            raise ValueError(f"`{params.provider}/` models need an `api_base`")
+        self._model = dialect.model_name(params.upstream_model)
+        self._stream_options = dialect.stream_options
+        auth = {"authorization": f"Bearer {params.api_key}"} if params.api_key else {}
         self._upstream = UpstreamClient(
-            transport, f"{base}/chat/completions", headers, params.timeout
+            transport,
+            f"{base.rstrip('/')}/chat/completions",
+            upstream_headers(params, auth),
+            params.timeout,
         )
 
     async def complete(self, body: dict[str, Any]) -> Completion:
-        response = await self._upstream.post({**body, "model": self._model})
-        try:
-            raw = await response.aread()
-        except httpx.HTTPError as error:
-            raise translate_transport_error(error) from error
-        finally:
-            await response.aclose()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("The upstream answered with a body that is not JSON.") from None
-        if not isinstance(data, dict):
-            raise UpstreamError("The upstream answered with JSON that is not an object.")
-        return Completion(body=data, raw=raw)
+        return await fetch_completion(self._upstream, {**body, "model": self._model})
 
     async def open_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
-        options = body.get("stream_options")
-        options = (
-            {**options, "include_usage": True}
-            if isinstance(options, dict)
-            else {"include_usage": True}
-        )
-        payload = {**body, "model": self._model, "stream": True, "stream_options": options}
+        payload = stream_payload(body, self._model, stream_options=self._stream_options)
         return OpenAIChunkStream(await self._upstream.post(payload))
+
+
+def upstream_headers(params: LiteLLMParams, auth: dict[str, str]) -> dict[str, str]:
+    """JSON in, no compression, the upstream's credentials, then the deployment's own
+    `extra_headers`, which may override any of them."""
+    headers = {"content-type": "application/json", "accept-encoding": "identity", **auth}
+    extra = getattr(params, "extra_headers", None)
+    if isinstance(extra, dict):
+        headers.update({str(k): str(v) for k, v in extra.items()})
+    return headers
+
+
+async def fetch_completion(upstream: UpstreamClient, payload: dict[str, Any]) -> Completion:
+    """POST a chat-completions request and keep the upstream's bytes for relaying."""
+    response = await upstream.post(payload)
+    try:
+        raw = await response.aread()
+    except httpx.HTTPError as error:
+        raise translate_transport_error(error) from error
+    finally:
+        await response.aclose()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The upstream answered with a body that is not JSON.") from None
+    if not isinstance(data, dict):
+        raise UpstreamError("The upstream answered with JSON that is not an object.")
+    return Completion(body=data, raw=raw)
+
+
+def stream_payload(body: dict[str, Any], model: str, *, stream_options: bool) -> dict[str, Any]:
+    """The streamed request: usage asked for where the upstream takes `stream_options`,
+    and the client's own `stream_options` dropped where it would be rejected."""
+    payload = {**body, "model": model, "stream": True}
+    if not stream_options:
+        payload.pop("stream_options", None)
+        return payload
+    options = body.get("stream_options")
+    payload["stream_options"] = (
+        {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    )
+    return payload
 
 
 class OpenAIChunkStream:

@@ -1,0 +1,366 @@
+"""`azure/`: the OpenAI SDK against the gateway, a fake upstream speaking Azure OpenAI's API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+import trio
+from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, start_gateway
+from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, usage_chunk
+
+from trigate.config import LiteLLMParams
+from trigate.errors import Failure
+from trigate.providers.azure import DEFAULT_API_VERSION, AzureOpenAI
+from trigate.tokens import TokenCounter
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+DEPLOYMENT = "gpt4o-prod"
+FILTER_RESULTS = {
+    "hate": {"filtered": False, "severity": "safe"},
+    "self_harm": {"filtered": False, "severity": "safe"},
+    "sexual": {"filtered": False, "severity": "safe"},
+    "violence": {"filtered": False, "severity": "safe"},
+}
+# Azure's first stream chunk: no choices, only the prompt's filter results.
+PROMPT_FILTER_CHUNK = (
+    b"data: "
+    + orjson.dumps(
+        {
+            "choices": [],
+            "created": 0,
+            "id": "",
+            "model": "",
+            "object": "",
+            "prompt_filter_results": [
+                {"prompt_index": 0, "content_filter_results": FILTER_RESULTS}
+            ],
+        }
+    )
+    + b"\n\n"
+)
+FILTERED_PROMPT = {
+    "error": {
+        "message": "The response was filtered due to the prompt triggering Azure OpenAI's "
+        "content management policy. Please modify your prompt and retry.",
+        "type": None,
+        "param": "prompt",
+        "code": "content_filter",
+        "status": 400,
+        "innererror": {
+            "code": "ResponsibleAIPolicyViolation",
+            "content_filter_result": {
+                **FILTER_RESULTS,
+                "violence": {"filtered": True, "severity": "high"},
+            },
+        },
+    }
+}
+
+
+def azure_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
+    router = params.pop("router", {})
+    return {
+        "model_list": [
+            {
+                "model_name": "azure-test",
+                "litellm_params": {
+                    "model": f"azure/{DEPLOYMENT}",
+                    "api_base": f"http://127.0.0.1:{upstream.port}",
+                    "api_key": UPSTREAM_KEY,
+                    **params,
+                },
+            },
+            {"model_name": "mock", "litellm_params": {"model": "mock/gpt-4o"}},
+        ],
+        "router_settings": {"num_retries": 0, **router},
+    }
+
+
+@pytest.fixture
+async def gateway(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterator[RunningGateway]:
+    running = await start_gateway(nursery, azure_config(upstream))
+    yield running
+    await running.stop()
+
+
+def sdk(gateway: RunningGateway) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, max_retries=0)
+
+
+def azure_completion(content: str | None, finish: str = "stop") -> dict[str, Any]:
+    body = chat_completion(
+        content or "", {"prompt_tokens": 14, "completion_tokens": 2, "total_tokens": 16}
+    )
+    body["choices"][0]["message"]["content"] = content
+    body["choices"][0]["finish_reason"] = finish
+    body["choices"][0]["content_filter_results"] = FILTER_RESULTS
+    body["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": FILTER_RESULTS}]
+    return body
+
+
+async def test_non_stream_path_query_header(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(azure_completion("Hello there"))
+    async with sdk(gateway) as client:
+        completion = await client.chat.completions.create(
+            model="azure-test", messages=MESSAGES, temperature=0.1
+        )
+    assert completion.choices[0].message.content == "Hello there"
+    assert completion.usage is not None and completion.usage.prompt_tokens == 14
+    [received] = upstream.requests
+    assert received.target == (
+        f"/openai/deployments/{DEPLOYMENT}/chat/completions?api-version={DEFAULT_API_VERSION}"
+    )
+    assert received.headers["api-key"] == UPSTREAM_KEY
+    assert "authorization" not in received.headers
+    assert received.json == {"model": DEPLOYMENT, "messages": MESSAGES, "temperature": 0.1}
+    [record] = await gateway.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens, record.usage_source) == (
+        14,
+        2,
+        "upstream",
+    )
+
+
+async def test_api_version_and_entra_token_from_params(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    config = azure_config(
+        upstream, api_key=None, api_version="2025-04-01-preview", azure_ad_token="entra-token-123"
+    )
+    running = await start_gateway(nursery, config)
+    async with sdk(running) as client:
+        await client.chat.completions.create(model="azure-test", messages=MESSAGES)
+    [received] = upstream.requests
+    assert received.target.endswith("?api-version=2025-04-01-preview")
+    assert received.headers["authorization"] == "Bearer entra-token-123"
+    assert "api-key" not in received.headers
+    await running.stop()
+
+
+async def test_stream_starting_with_prompt_filter_results(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: StreamReply(
+        [
+            PROMPT_FILTER_CHUNK,
+            chunk("Hel"),
+            chunk("lo"),
+            chunk(finish="stop"),
+            usage_chunk(6, 2),
+            DONE,
+        ]
+    )
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(
+            model="azure-test",
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [c async for c in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
+    assert chunks[0].choices == [] and chunks[0].model_extra["prompt_filter_results"]  # type: ignore[index]
+    assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 6
+    assert [c for c in chunks if c.usage is not None] == [chunks[-1]]
+    sent = upstream.requests[0].json
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    [record] = await gateway.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens, record.status) == (6, 2, 200)
+
+
+async def test_streamed_tool_call(gateway: RunningGateway, upstream: FakeUpstream) -> None:
+    def tool_chunk(call: dict[str, Any]) -> bytes:
+        return chunk(None).replace(
+            b'"delta":{}', b'"delta":{"tool_calls":[%s]}' % orjson.dumps(call)
+        )
+
+    opening = {
+        "index": 0,
+        "id": "call_abc",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    upstream.handler = lambda request: StreamReply(
+        [
+            PROMPT_FILTER_CHUNK,
+            tool_chunk(opening),
+            tool_chunk({"index": 0, "function": {"arguments": '{"city":'}}),
+            tool_chunk({"index": 0, "function": {"arguments": '"Oslo"}'}}),
+            chunk(finish="tool_calls"),
+            usage_chunk(40, 9),
+            DONE,
+        ]
+    )
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(
+            model="azure-test", messages=MESSAGES, stream=True
+        )
+        chunks = [c async for c in stream]
+    calls = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or ()]
+    assert calls[0].id == "call_abc" and calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert "".join(t.function.arguments or "" for t in calls) == '{"city":"Oslo"}'  # type: ignore[union-attr]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    [record] = await gateway.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens) == (40, 9)
+
+
+async def test_filtered_prompt_is_a_content_policy_error(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(FILTERED_PROMPT, status=400)
+    async with sdk(gateway) as client:
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as caught:
+                await client.chat.completions.create(
+                    model="azure-test", messages=MESSAGES, stream=stream
+                )
+            assert caught.value.code == "content_policy_violation"
+            assert "content management policy" in caught.value.message
+    records = await gateway.records.wait_for(2)
+    assert all(r.status == 400 for r in records)
+
+
+async def test_filtered_answer_takes_the_content_policy_fallback(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    config = azure_config(upstream, router={"content_policy_fallbacks": [{"azure-test": ["mock"]}]})
+    running = await start_gateway(nursery, config)
+    upstream.handler = lambda request: JSONReply(azure_completion(None, finish="content_filter"))
+    async with sdk(running) as client:
+        completion = await client.chat.completions.create(model="azure-test", messages=MESSAGES)
+        upstream.handler = lambda request: StreamReply(
+            [PROMPT_FILTER_CHUNK, chunk(finish="content_filter"), DONE]
+        )
+        stream = await client.chat.completions.create(
+            model="azure-test", messages=MESSAGES, stream=True
+        )
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert (completion.choices[0].message.content or "").startswith("This is a mock response")
+    assert text.startswith("This is a mock response")
+    await running.stop()
+
+
+async def test_filtered_answer_without_fallback_is_400(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(
+        azure_completion("Partial", finish="content_filter")
+    )
+    async with sdk(gateway) as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(model="azure-test", messages=MESSAGES)
+    assert caught.value.code == "content_policy_violation"
+
+
+async def test_filter_mid_stream_ends_with_an_error_frame(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: StreamReply(
+        [chunk("Once upon"), 0.05, chunk("a time"), chunk(finish="content_filter"), DONE]
+    )
+    async with (
+        gateway.client() as client,
+        client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": "azure-test", "messages": MESSAGES, "stream": True},
+        ) as response,
+    ):
+        body = (await response.aread()).decode()
+    events = [line[6:] for line in body.split("\n") if line.startswith("data: ")]
+    assert "Once upon" in events[0] and "a time" in events[1]
+    assert "content_policy_violation" in events[-2] and events[-1] == "[DONE]"
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "headers", "client_status", "code"),
+    [
+        (
+            429,
+            {"code": "429", "message": "Rate limit is exceeded."},
+            {"retry-after": "3"},
+            429,
+            "rate_limit_exceeded",
+        ),
+        (
+            401,
+            {"code": "401", "message": "Access denied due to invalid subscription key."},
+            {},
+            502,
+            None,
+        ),
+        (
+            400,
+            {
+                "message": "This model's maximum context length is 128000 tokens.",
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            },
+            {},
+            400,
+            "context_length_exceeded",
+        ),
+        (
+            404,
+            {"code": "DeploymentNotFound", "message": "The API deployment does not exist."},
+            {},
+            404,
+            None,
+        ),
+        (500, {"code": "InternalServerError", "message": "Backend error."}, {}, 502, None),
+        (
+            503,
+            {"code": "ServiceUnavailable", "message": "Service unavailable."},
+            {},
+            503,
+            "upstream_overloaded",
+        ),
+    ],
+)
+async def test_errors_before_the_answer(
+    gateway: RunningGateway,
+    upstream: FakeUpstream,
+    status: int,
+    error: dict[str, Any],
+    headers: dict[str, str],
+    client_status: int,
+    code: str | None,
+) -> None:
+    upstream.handler = lambda request: JSONReply({"error": error}, status=status, headers=headers)
+    async with sdk(gateway) as client:
+        for stream in (False, True):
+            with pytest.raises(openai.APIStatusError) as caught:
+                await client.chat.completions.create(
+                    model="azure-test", messages=MESSAGES, stream=stream
+                )
+            assert caught.value.status_code == client_status
+            assert caught.value.message.endswith(error["message"]) or error["message"] in str(
+                caught.value.body
+            )
+            if code is not None:
+                assert caught.value.code == code
+            if status == 429:
+                assert caught.value.response.headers["retry-after"] == "3"
+
+
+def test_api_base_is_required() -> None:
+    params = LiteLLMParams(model=f"azure/{DEPLOYMENT}", api_key="k")
+    with pytest.raises(ValueError, match="api_base"):
+        AzureOpenAI(
+            params, httpx.MockTransport(lambda request: httpx.Response(200)), TokenCounter({})
+        )
+
+
+def test_content_filter_classification_in_errors_module() -> None:
+    from trigate.errors import from_upstream_status
+
+    error = from_upstream_status(400, FILTERED_PROMPT["error"]["message"], {}, "content_filter")
+    assert error.kind is Failure.CONTENT_POLICY and error.code == "content_policy_violation"

@@ -1,0 +1,176 @@
+"""The OpenAI-compatible families: each prefix reaches its upstream's chat completions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+import trio
+from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, start_gateway
+from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
+
+from trigate.config import LiteLLMParams
+from trigate.providers import PROVIDERS
+from trigate.providers.compatible import COMPATIBLE, DIALECTS
+from trigate.tokens import TokenCounter
+
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+DEFAULT_BASES = {
+    "groq": "https://api.groq.com/openai/v1",
+    "mistral": "https://api.mistral.ai/v1",
+    "deepseek": "https://api.deepseek.com/v1",
+    "together_ai": "https://api.together.xyz/v1",
+    "fireworks_ai": "https://api.fireworks.ai/inference/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "perplexity": "https://api.perplexity.ai",
+    "xai": "https://api.x.ai/v1",
+    "cerebras": "https://api.cerebras.ai/v1",
+    "deepinfra": "https://api.deepinfra.com/v1/openai",
+    "ollama": "http://localhost:11434/v1",
+}
+SELF_HOSTED = ("hosted_vllm", "lm_studio")
+WITHOUT_STREAM_OPTIONS = {"mistral", "perplexity", "fireworks_ai", "cerebras"}
+
+
+def family_config(upstream: FakeUpstream, prefix: str, model: str) -> dict[str, Any]:
+    return {
+        "model_list": [
+            {
+                "model_name": "compat",
+                "litellm_params": {
+                    "model": f"{prefix}/{model}",
+                    "api_base": upstream.base_url,
+                    "api_key": UPSTREAM_KEY,
+                },
+            }
+        ],
+        "router_settings": {"num_retries": 0},
+    }
+
+
+def sdk(gateway: RunningGateway) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, max_retries=0)
+
+
+def test_every_family_is_registered() -> None:
+    assert set(DIALECTS) == set(DEFAULT_BASES) | set(SELF_HOSTED)
+    assert all(PROVIDERS[prefix] is COMPATIBLE[prefix] for prefix in DIALECTS)
+
+
+@pytest.mark.parametrize("prefix", sorted(DIALECTS))
+async def test_prefix_reaches_chat_completions(
+    nursery: trio.Nursery, upstream: FakeUpstream, prefix: str
+) -> None:
+    running = await start_gateway(nursery, family_config(upstream, prefix, "some-model"))
+    upstream.handler = lambda request: (
+        stream_of(["Hi", "!"], usage=(5, 2))
+        if request.json.get("stream")
+        else JSONReply(
+            chat_completion("Hi!", {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7})
+        )
+    )
+    async with sdk(running) as client:
+        completion = await client.chat.completions.create(model="compat", messages=MESSAGES)
+        stream = await client.chat.completions.create(
+            model="compat", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [c async for c in stream]
+    assert completion.choices[0].message.content == "Hi!"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi!"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
+    plain, streamed = upstream.requests
+    expected_model = (
+        "accounts/fireworks/models/some-model" if prefix == "fireworks_ai" else "some-model"
+    )
+    for request in (plain, streamed):
+        assert request.target == "/v1/chat/completions"
+        assert request.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+        assert request.json["model"] == expected_model
+    if prefix in WITHOUT_STREAM_OPTIONS:
+        assert "stream_options" not in streamed.json
+    else:
+        assert streamed.json["stream_options"] == {"include_usage": True}
+    records = await running.records.wait_for(2)
+    assert [(r.prompt_tokens, r.completion_tokens) for r in records] == [(5, 2), (5, 2)]
+    await running.stop()
+
+
+@pytest.mark.parametrize(("prefix", "base"), sorted(DEFAULT_BASES.items()))
+async def test_default_base_url(prefix: str, base: str) -> None:
+    seen: list[httpx.URL] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(200, json=chat_completion("ok"))
+
+    params = LiteLLMParams(model=f"{prefix}/m", api_key="k")
+    provider = PROVIDERS[prefix](params, httpx.MockTransport(handler), TokenCounter({}))
+    await provider.complete({"model": "compat", "messages": MESSAGES})
+    assert str(seen[0]) == f"{base}/chat/completions"
+
+
+@pytest.mark.parametrize("prefix", SELF_HOSTED)
+def test_self_hosted_families_need_an_api_base(prefix: str) -> None:
+    params = LiteLLMParams(model=f"{prefix}/m")
+    with pytest.raises(ValueError, match="api_base"):
+        PROVIDERS[prefix](
+            params, httpx.MockTransport(lambda r: httpx.Response(200)), TokenCounter({})
+        )
+
+
+def test_namespaced_fireworks_models_are_kept() -> None:
+    dialect = DIALECTS["fireworks_ai"]
+    assert dialect.model_name("accounts/me/models/tuned") == "accounts/me/models/tuned"
+    assert dialect.model_name("llama-v3p1-8b-instruct") == (
+        "accounts/fireworks/models/llama-v3p1-8b-instruct"
+    )
+
+
+async def test_usage_in_the_last_content_chunk_without_stream_options(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Mistral reports usage on its final chunk, alongside the finish reason."""
+    usage = {"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10}
+    upstream.handler = lambda request: StreamReply(
+        [chunk("Bon"), chunk("jour", finish="stop", usage=usage), DONE]
+    )
+    running = await start_gateway(nursery, family_config(upstream, "mistral", "mistral-small"))
+    async with sdk(running) as client:
+        stream = await client.chat.completions.create(
+            model="compat", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [c async for c in stream]
+    assert "stream_options" not in upstream.requests[0].json
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.prompt_tokens == 8
+    [record] = await running.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens, record.usage_source) == (
+        8,
+        2,
+        "upstream",
+    )
+    await running.stop()
+
+
+async def test_errors_pass_through_a_family(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
+    upstream.handler = lambda request: JSONReply(
+        {
+            "error": {
+                "message": "Rate limit reached for model",
+                "type": "tokens",
+                "code": "rate_limit_exceeded",
+            }
+        },
+        status=429,
+        headers={"retry-after": "2"},
+    )
+    running = await start_gateway(nursery, family_config(upstream, "groq", "llama-3.3-70b"))
+    async with sdk(running) as client:
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.chat.completions.create(model="compat", messages=MESSAGES)
+    assert caught.value.response.headers["retry-after"] == "2"
+    assert orjson.loads(caught.value.response.content)["error"]["type"] == "rate_limit_error"
+    await running.stop()

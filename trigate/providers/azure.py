@@ -1,0 +1,139 @@
+"""`azure/`: Azure OpenAI, OpenAI's chat completions behind a deployment URL.
+
+The body is OpenAI's; only the address (`/openai/deployments/<deployment>` with
+an `api-version` query) and the `api-key` header differ, so requests and
+streams go through the OpenAI adapter's handling. What Azure adds is its
+content filter: a filtered prompt is a 400 with code `content_filter`, which
+the error classification already reads as a content-policy failure; a filtered
+answer arrives as `finish_reason: "content_filter"`, which is raised as the
+same failure so that `content_policy_fallbacks` can act on it. A stream's
+first chunk may carry only `prompt_filter_results` with empty `choices`; it is
+relayed as it is, together with the answer's first content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+
+from trigate.errors import UpstreamError, from_upstream_status
+from trigate.providers.base import Completion, UpstreamClient
+from trigate.providers.openai import (
+    OpenAIChunkStream,
+    fetch_completion,
+    stream_payload,
+    upstream_headers,
+)
+
+if TYPE_CHECKING:
+    from trigate.config import LiteLLMParams
+    from trigate.tokens import TokenCounter
+
+# The latest GA data-plane inference version (it has `stream_options`).
+DEFAULT_API_VERSION = "2024-10-21"
+FILTERED = "content_filter"
+
+
+class AzureOpenAI:
+    """Adapter for one Azure OpenAI deployment; the upstream model is the deployment name."""
+
+    def __init__(
+        self, params: LiteLLMParams, transport: httpx.AsyncBaseTransport, counter: TokenCounter
+    ) -> None:
+        if not params.api_base:
+            raise ValueError("`azure/` models need an `api_base` (the resource's endpoint)")
+        self._model = params.upstream_model
+        version = getattr(params, "api_version", None) or DEFAULT_API_VERSION
+        url = (
+            f"{params.api_base.rstrip('/')}/openai/deployments/{quote(self._model, safe='')}"
+            f"/chat/completions?api-version={quote(str(version), safe='')}"
+        )
+        self._upstream = UpstreamClient(
+            transport, url, upstream_headers(params, _auth(params)), params.timeout
+        )
+
+    async def complete(self, body: dict[str, Any]) -> Completion:
+        completion = await fetch_completion(self._upstream, {**body, "model": self._model})
+        if any(_filtered(choice) for choice in completion.body.get("choices") or ()):
+            raise filtered_answer()
+        return completion
+
+    async def open_stream(self, body: dict[str, Any]) -> AzureChunkStream:
+        payload = stream_payload(body, self._model, stream_options=True)
+        return AzureChunkStream(OpenAIChunkStream(await self._upstream.post(payload)))
+
+
+def _auth(params: LiteLLMParams) -> dict[str, str]:
+    """An API key, else a Microsoft Entra ID token (`azure_ad_token`, as in LiteLLM)."""
+    if params.api_key:
+        return {"api-key": params.api_key}
+    token = getattr(params, "azure_ad_token", None)
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+class AzureChunkStream:
+    """OpenAI chunks, cut at the first choice Azure's content filter stopped.
+
+    Chunks before the answer's first content (the `prompt_filter_results` chunk, the
+    role) are held back, so that an answer filtered before any content fails the stream
+    before it has started, while the router can still fall back.
+    """
+
+    def __init__(self, inner: OpenAIChunkStream) -> None:
+        self._inner = inner
+
+    async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
+        held: list[dict[str, Any]] = []
+        answered = False
+        async for batch in self._inner:
+            cut = next((i for i, chunk in enumerate(batch) if _chunk_filtered(chunk)), None)
+            chunks = batch if cut is None else batch[:cut]
+            answered = answered or any(_answers(chunk) for chunk in chunks)
+            if not answered:
+                if cut is not None:
+                    raise filtered_answer()
+                held.extend(chunks)
+                continue
+            if held:
+                chunks, held = held + chunks, []
+            if chunks:
+                yield chunks
+            if cut is not None:
+                # Mid-answer, the client gets the error in place of the rest.
+                raise filtered_answer()
+        if held:
+            yield held
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _answers(chunk: dict[str, Any]) -> bool:
+    """Whether a chunk carries any of the answer itself (OpenAIChunkStream's are dicts)."""
+    return any(
+        isinstance(choice, dict)
+        and isinstance(delta := choice.get("delta"), dict)
+        and any(delta.get(key) for key in ("content", "tool_calls", "refusal"))
+        for choice in chunk.get("choices") or ()
+    )
+
+
+def _chunk_filtered(chunk: dict[str, Any]) -> bool:
+    return any(_filtered(choice) for choice in chunk.get("choices") or ())
+
+
+def _filtered(choice: Any) -> bool:
+    return isinstance(choice, dict) and choice.get("finish_reason") == FILTERED
+
+
+def filtered_answer() -> UpstreamError:
+    return from_upstream_status(
+        400,
+        "The answer was filtered by Azure OpenAI's content management policy "
+        "(finish_reason: content_filter).",
+        {},
+        FILTERED,
+    )
