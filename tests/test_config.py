@@ -110,6 +110,11 @@ def test_defaults_are_deliberate() -> None:
             {"model": "openai/x", "rpm": -1},
             "model_list[0].litellm_params.rpm: Input should be greater than or equal to 0",
         ),
+        (
+            {"model": "hosted_vllm/llama"},
+            "model_list[0].litellm_params: api_base is required for `hosted_vllm/`",
+        ),
+        ({"model": "azure/gpt-4o"}, "model_list[0].litellm_params: api_base is required"),
     ],
 )
 def test_bad_configs_name_the_key(litellm_params: dict, message: str) -> None:

@@ -6,6 +6,7 @@ import openai
 import pytest
 import trio
 from conftest import MASTER_KEY, RunningGateway, mock_config, start_gateway
+from fakes import DONE, FakeUpstream, JSONReply, ReceivedRequest, StreamReply
 
 
 @pytest.fixture
@@ -87,3 +88,45 @@ async def test_keys_and_limits_apply(mock_gateway: RunningGateway) -> None:
     async with sdk(mock_gateway, "sk-" + "n" * 40) as client:
         with pytest.raises(openai.AuthenticationError):
             await client.embeddings.create(model="mock", input="x")
+
+
+async def test_openai_upstream_serves_completions_and_embeddings(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    def answer(request: ReceivedRequest) -> JSONReply | StreamReply:
+        if request.target.endswith("/embeddings"):
+            usage = {"prompt_tokens": 3, "total_tokens": 3}
+            return JSONReply(
+                {"object": "list", "data": [{"embedding": [0.5, 0.5]}], "usage": usage}
+            )
+        if request.json.get("stream"):
+            text = b'{"id":"c","object":"text_completion","choices":[{"text":"Hi","index":0}]}'
+            frames: list[bytes | float] = [b"data: " + text + b"\n\n", DONE]
+            return StreamReply(frames)
+        return JSONReply(
+            {
+                "id": "c",
+                "object": "text_completion",
+                "choices": [{"text": "Hi", "index": 0, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3},
+            }
+        )
+
+    upstream.handler = answer
+    async with sdk(gateway) as client:
+        embedded = await client.embeddings.create(model="gpt-test", input="hello")
+        completion = await client.completions.create(model="gpt-test", prompt="Say hi")
+        stream = await client.completions.create(
+            model="gpt-test", prompt="Say hi", stream=True, stream_options={"include_usage": True}
+        )
+        chunks = [chunk async for chunk in stream]
+    assert embedded.data[0].embedding == [0.5, 0.5] and embedded.usage.prompt_tokens == 3
+    assert completion.choices[0].text == "Hi" and completion.usage is not None
+    targets = [request.target for request in upstream.requests]
+    assert targets == ["/v1/embeddings", "/v1/completions", "/v1/completions"]
+    assert all(request.json["model"] == "upstream-model" for request in upstream.requests)
+    assert upstream.requests[2].json["stream_options"] == {"include_usage": True}
+    # The upstream's stream reported no usage: the gateway counted it, and sent one chunk.
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 1
+    records = await gateway.records.wait_for(3)
+    assert [r.prompt_tokens for r in records[:2]] == [3, 2]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import openai
 import orjson
 import pytest
@@ -13,10 +12,9 @@ import trio
 from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, start_gateway
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, usage_chunk
 
-from trigate.config import LiteLLMParams
+from trigate.config import ConfigError, parse_config
 from trigate.errors import Failure
-from trigate.providers.azure import DEFAULT_API_VERSION, AzureOpenAI
-from trigate.tokens import TokenCounter
+from trigate.providers.azure import DEFAULT_API_VERSION
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 DEPLOYMENT = "gpt4o-prod"
@@ -352,11 +350,10 @@ async def test_errors_before_the_answer(
 
 
 def test_api_base_is_required() -> None:
-    params = LiteLLMParams(model=f"azure/{DEPLOYMENT}", api_key="k")
-    with pytest.raises(ValueError, match="api_base"):
-        AzureOpenAI(
-            params, httpx.MockTransport(lambda request: httpx.Response(200)), TokenCounter({})
-        )
+    """Caught when the config loads, naming the key, not when a worker starts."""
+    raw = {"model_list": [{"model_name": "m", "litellm_params": {"model": "azure/x"}}]}
+    with pytest.raises(ConfigError, match="litellm_params: api_base is required for `azure/`"):
+        parse_config(raw, {})
 
 
 def test_content_filter_classification_in_errors_module() -> None:

@@ -12,7 +12,7 @@ import trio
 from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, start_gateway
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
 
-from trigate.config import LiteLLMParams
+from trigate.config import ConfigError, LiteLLMParams, parse_config
 from trigate.providers import PROVIDERS
 from trigate.providers.compatible import COMPATIBLE, DIALECTS
 from trigate.tokens import TokenCounter
@@ -114,11 +114,10 @@ async def test_default_base_url(prefix: str, base: str) -> None:
 
 @pytest.mark.parametrize("prefix", SELF_HOSTED)
 def test_self_hosted_families_need_an_api_base(prefix: str) -> None:
-    params = LiteLLMParams(model=f"{prefix}/m")
-    with pytest.raises(ValueError, match="api_base"):
-        PROVIDERS[prefix](
-            params, httpx.MockTransport(lambda r: httpx.Response(200)), TokenCounter({})
-        )
+    """Caught when the config loads, naming the key, not when a worker starts."""
+    raw = {"model_list": [{"model_name": "m", "litellm_params": {"model": f"{prefix}/m"}}]}
+    with pytest.raises(ConfigError, match=f"litellm_params: api_base is required for `{prefix}/`"):
+        parse_config(raw, {})
 
 
 def test_namespaced_fireworks_models_are_kept() -> None:

@@ -15,9 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from trigate.providers import PROVIDERS
+from trigate.providers import PROVIDERS, REQUIRES_API_BASE
 from trigate.router.settings import RouterSettings
 
 ENV_PREFIX = "os.environ/"
@@ -70,6 +77,12 @@ class LiteLLMParams(BaseModel):
                 f"{', '.join(sorted(PROVIDERS))}"
             )
         return model
+
+    @model_validator(mode="after")
+    def _api_base_where_needed(self) -> LiteLLMParams:
+        if self.provider in REQUIRES_API_BASE and not self.api_base:
+            raise ValueError(f"api_base is required for `{self.provider}/` deployments")
+        return self
 
     @property
     def provider(self) -> str:

@@ -4,7 +4,7 @@ from trigate.providers.anthropic import AnthropicMessages
 from trigate.providers.azure import AzureOpenAI
 from trigate.providers.base import ChunkStream, Completion, Provider, ProviderFactory
 from trigate.providers.bedrock import BedrockConverse
-from trigate.providers.compatible import COMPATIBLE
+from trigate.providers.compatible import COMPATIBLE, DIALECTS
 from trigate.providers.gemini import GeminiProvider
 from trigate.providers.mock import MockProvider
 from trigate.providers.openai import OpenAICompatible
@@ -19,4 +19,16 @@ PROVIDERS: dict[str, ProviderFactory] = {
     "mock": MockProvider,
 }
 
-__all__ = ["PROVIDERS", "ChunkStream", "Completion", "Provider", "ProviderFactory"]
+# Families with no public endpoint: a deployment must name its `api_base`.
+REQUIRES_API_BASE = frozenset(
+    {"azure", *(prefix for prefix, dialect in DIALECTS.items() if dialect.api_base is None)}
+)
+
+__all__ = [
+    "PROVIDERS",
+    "REQUIRES_API_BASE",
+    "ChunkStream",
+    "Completion",
+    "Provider",
+    "ProviderFactory",
+]

@@ -66,12 +66,15 @@ class OpenAICompatible:
         self._model = dialect.model_name(params.upstream_model)
         self._stream_options = dialect.stream_options
         auth = {"authorization": f"Bearer {params.api_key}"} if params.api_key else {}
-        self._upstream = UpstreamClient(
-            transport,
-            f"{base.rstrip('/')}/chat/completions",
-            upstream_headers(params, auth),
-            params.timeout,
-        )
+        headers = upstream_headers(params, auth)
+        base = base.rstrip("/")
+
+        def client(path: str) -> UpstreamClient:
+            return UpstreamClient(transport, f"{base}/{path}", headers, params.timeout)
+
+        self._upstream = client("chat/completions")
+        self._text_upstream = client("completions")
+        self._embeddings_upstream = client("embeddings")
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._upstream, {**body, "model": self._model})
@@ -79,6 +82,17 @@ class OpenAICompatible:
     async def open_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
         payload = stream_payload(body, self._model, stream_options=self._stream_options)
         return OpenAIChunkStream(await self._upstream.post(payload))
+
+    async def complete_text(self, body: dict[str, Any]) -> Completion:
+        """Legacy `/completions`; the body is relayed as it came, like chat's."""
+        return await fetch_completion(self._text_upstream, {**body, "model": self._model})
+
+    async def open_text_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
+        payload = stream_payload(body, self._model, stream_options=self._stream_options)
+        return OpenAIChunkStream(await self._text_upstream.post(payload))
+
+    async def embed(self, body: dict[str, Any]) -> Completion:
+        return await fetch_completion(self._embeddings_upstream, {**body, "model": self._model})
 
 
 def upstream_headers(params: LiteLLMParams, auth: dict[str, str]) -> dict[str, str]:
@@ -92,7 +106,7 @@ def upstream_headers(params: LiteLLMParams, auth: dict[str, str]) -> dict[str, s
 
 
 async def fetch_completion(upstream: UpstreamClient, payload: dict[str, Any]) -> Completion:
-    """POST a chat-completions request and keep the upstream's bytes for relaying."""
+    """POST a request and keep the upstream's bytes for relaying."""
     response = await upstream.post(payload)
     try:
         raw = await response.aread()
