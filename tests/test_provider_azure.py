@@ -361,3 +361,27 @@ def test_content_filter_classification_in_errors_module() -> None:
 
     error = from_upstream_status(400, FILTERED_PROMPT["error"]["message"], {}, "content_filter")
     assert error.kind is Failure.CONTENT_POLICY and error.code == "content_policy_violation"
+
+
+async def test_embeddings_use_the_deployment_path(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    usage = {"prompt_tokens": 2, "total_tokens": 2}
+    upstream.handler = lambda request: JSONReply(
+        {
+            "object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
+            "model": DEPLOYMENT,
+            "usage": usage,
+        }  # fmt: skip
+    )
+    async with sdk(gateway) as client:
+        result = await client.embeddings.create(model="azure-test", input="hello")
+    assert result.data[0].embedding == [0.1] and result.usage.prompt_tokens == 2
+    [received] = upstream.requests
+    assert received.target == (
+        f"/openai/deployments/{DEPLOYMENT}/embeddings?api-version={DEFAULT_API_VERSION}"
+    )
+    assert received.headers["api-key"] == UPSTREAM_KEY
+    [record] = await gateway.records.wait_for(1)
+    assert record.prompt_tokens == 2 and record.model_group == "azure-test"

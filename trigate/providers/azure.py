@@ -47,19 +47,26 @@ class AzureOpenAI:
             raise ValueError("`azure/` models need an `api_base` (the resource's endpoint)")
         self._model = params.upstream_model
         version = getattr(params, "api_version", None) or DEFAULT_API_VERSION
-        url = (
+        deployment = (
             f"{params.api_base.rstrip('/')}/openai/deployments/{quote(self._model, safe='')}"
-            f"/chat/completions?api-version={quote(str(version), safe='')}"
         )
-        self._upstream = UpstreamClient(
-            transport, url, upstream_headers(params, _auth(params)), params.timeout
-        )
+        query = f"?api-version={quote(str(version), safe='')}"
+        headers = upstream_headers(params, _auth(params))
+
+        def client(path: str) -> UpstreamClient:
+            return UpstreamClient(transport, f"{deployment}/{path}{query}", headers, params.timeout)
+
+        self._upstream = client("chat/completions")
+        self._embeddings_upstream = client("embeddings")
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         completion = await fetch_completion(self._upstream, {**body, "model": self._model})
         if any(_filtered(choice) for choice in completion.body.get("choices") or ()):
             raise filtered_answer()
         return completion
+
+    async def embed(self, body: dict[str, Any]) -> Completion:
+        return await fetch_completion(self._embeddings_upstream, {**body, "model": self._model})
 
     async def open_stream(self, body: dict[str, Any]) -> AzureChunkStream:
         payload = stream_payload(body, self._model, stream_options=True)
