@@ -373,7 +373,7 @@ async def test_embeddings_use_the_deployment_path(
             "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
             "model": DEPLOYMENT,
             "usage": usage,
-        }  # fmt: skip
+        }
     )
     async with sdk(gateway) as client:
         result = await client.embeddings.create(model="azure-test", input="hello")
