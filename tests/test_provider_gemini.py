@@ -652,3 +652,30 @@ def test_reclassification_of_gemini_400s() -> None:
     assert bad_key.kind is Failure.AUTH and bad_key.status == 502
     assert error("Invalid JSON payload").kind is Failure.BAD_REQUEST
     assert error("API key not valid", status=500).kind is Failure.SERVER
+
+
+async def test_embeddings_batch_and_count_usage(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    answer = {"embeddings": [{"values": [0.1, 0.2]}, {"values": [0.3, 0.4]}]}
+    upstream.handler = lambda request: JSONReply(answer)
+    async with sdk(gateway) as client:
+        result = await client.embeddings.create(
+            model="gemini-test", input=["first", "second"], dimensions=2
+        )
+    assert [item.embedding for item in result.data] == [[0.1, 0.2], [0.3, 0.4]]
+    [received] = upstream.requests
+    assert received.target == f"/v1beta/models/{MODEL}:batchEmbedContents"
+    assert received.headers["x-goog-api-key"] == UPSTREAM_KEY
+    assert received.json == {
+        "requests": [
+            {"model": f"models/{MODEL}", "content": {"parts": [{"text": text}]},
+             "outputDimensionality": 2}
+            for text in ("first", "second")
+        ]
+    }  # fmt: skip
+    counter = gateway.gateway.counter
+    expected = counter.count_text(MODEL, "first") + counter.count_text(MODEL, "second")
+    assert result.usage.prompt_tokens == expected, "Gemini reports none: the gateway counts"
+    [record] = await gateway.records.wait_for(1)
+    assert record.usage_source == "counted" and record.prompt_tokens == expected

@@ -107,6 +107,9 @@ class GeminiProvider:
         self._stream = UpstreamClient(
             transport, f"{prefix}:streamGenerateContent?alt=sse", headers, params.timeout
         )
+        self._embed = UpstreamClient(
+            transport, f"{prefix}:batchEmbedContents", headers, params.timeout
+        )
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         try:
@@ -121,6 +124,45 @@ class GeminiProvider:
         except UpstreamError as error:
             raise reclassified(error) from None
         return GeminiChunkStream(response, StreamTranslator(self._model))
+
+    async def embed(self, body: dict[str, Any]) -> Completion:
+        """`batchEmbedContents`, one request per input. Gemini reports no token usage for
+        embeddings, so the gateway counts the input, as for any silent upstream."""
+        value = body.get("input")
+        texts = value if isinstance(value, list) else [value]
+        if not all(isinstance(text, str) for text in texts):
+            raise to_gemini_error("Gemini embeds text only, not token ids.")
+        dimensions = body.get("dimensions")
+        requests = [
+            {
+                "model": f"models/{self._model}",
+                "content": {"parts": [{"text": text}]},
+                **({"outputDimensionality": dimensions} if isinstance(dimensions, int) else {}),
+            }
+            for text in texts
+        ]
+        try:
+            answer = await fetch_completion(self._embed, {"requests": requests})
+        except UpstreamError as error:
+            raise reclassified(error) from None
+        vectors = [item.get("values", []) for item in answer.body.get("embeddings") or ()]
+        return Completion(
+            body={
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": index, "embedding": vector}
+                    for index, vector in enumerate(vectors)
+                ],
+                "model": self._model,
+            }
+        )
+
+
+def to_gemini_error(message: str) -> UpstreamError:
+    """A request Gemini cannot take: the client's 400, never retried or held against it."""
+    error = from_upstream_status(400, message, {})
+    error.code = "unsupported_input"
+    return error
 
 
 def reclassified(error: UpstreamError) -> UpstreamError:
