@@ -46,6 +46,24 @@ def sse_frame(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+class FrameEncoder:
+    """How chunks become bytes for the client: OpenAI's SSE frames, unless an ingress
+    that speaks another API (Anthropic's Messages) supplies its own encoder."""
+
+    def chunk(self, chunk: dict[str, Any]) -> bytes:
+        return sse_frame(chunk)
+
+    def usage(self, chunk: dict[str, Any]) -> bytes:
+        """The final usage chunk, sent only when the client asked for usage."""
+        return sse_frame(chunk)
+
+    def error(self, error: GatewayError) -> bytes:
+        return sse_frame(error.to_dict())
+
+    def end(self) -> bytes:
+        return DONE_FRAME
+
+
 @dataclass(slots=True)
 class StreamOutcome:
     """How a relayed stream ended, for its record."""
@@ -56,7 +74,7 @@ class StreamOutcome:
 
 
 class StreamRelay(ResponseBody):
-    """A Quart `ResponseBody` relaying one upstream stream as OpenAI SSE frames."""
+    """A Quart `ResponseBody` relaying one upstream stream as SSE frames (OpenAI's by default)."""
 
     def __init__(
         self,
@@ -67,8 +85,10 @@ class StreamRelay(ResponseBody):
         *,
         include_usage: bool,
         on_finish: Callable[[StreamOutcome], Awaitable[None]],
+        encoder: FrameEncoder | None = None,
     ) -> None:
         self._stream = stream
+        self._encoder = encoder or FrameEncoder()
         self._chunks = chunks
         self._first = first
         self._meter = meter
@@ -140,12 +160,13 @@ class StreamRelay(ResponseBody):
                 async for batch in self._chunks:
                     await self._relay_batch(frames, batch)
                 if self._include_usage:
-                    await frames.send(sse_frame(await self._usage_chunk()))
+                    await frames.send(self._encoder.usage(await self._usage_chunk()))
             except GatewayError as error:
                 self.outcome.error = error
-                await frames.send(sse_frame(error.to_dict()))
+                await frames.send(self._encoder.error(error))
             self.outcome.completed = True
-            await frames.send(DONE_FRAME)
+            if end := self._encoder.end():
+                await frames.send(end)
 
     async def _relay_batch(self, frames: trio.MemorySendChannel[bytes], batch: list[Any]) -> None:
         """One upstream read's chunks become one channel item: a burst of tokens costs
@@ -166,7 +187,7 @@ class StreamRelay(ResponseBody):
                 self._usage_template = chunk
                 return b""
         self._last_chunk = chunk
-        return sse_frame(chunk)
+        return self._encoder.chunk(chunk)
 
     async def _usage_chunk(self) -> dict[str, Any]:
         """The one usage chunk a client that asked for usage gets, before `[DONE]`."""

@@ -8,7 +8,7 @@ from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from trigate.api import chat, completions, embeddings, health, keys, models, spend, teams
+from trigate.api import chat, completions, embeddings, health, keys, messages, models, spend, teams
 from trigate.api.context import RequestScope, current_request
 from trigate.errors import BodyTooLarge, GatewayError, NotFound
 from trigate.gateway import Gateway
@@ -33,7 +33,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         # In the lifespan's nursery; `gateway.stop` cancels them before the store closes.
         await app.nursery.start(gateway.run_background)
 
-    for module in (chat, completions, embeddings, models, health, keys, teams, spend):
+    for module in (chat, completions, embeddings, messages, models, health, keys, teams, spend):
         module.register(app, gateway)
     _register_error_handlers(app)
     app.asgi_app = RequestScope(app.asgi_app)  # type: ignore[method-assign]

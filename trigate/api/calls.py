@@ -26,7 +26,7 @@ from trigate.errors import GatewayError, InvalidRequest, UpstreamError, Upstream
 from trigate.gateway import Gateway
 from trigate.limits import Admission, check_budgets, check_model
 from trigate.providers import ChunkStream, Completion
-from trigate.relay import StreamOutcome, StreamRelay
+from trigate.relay import FrameEncoder, StreamOutcome, StreamRelay
 from trigate.router.deployments import Deployment
 from trigate.router.router import Attempt, Routed, RouteProgress
 from trigate.spend import RequestRecord
@@ -54,6 +54,15 @@ class Operation:
 CHAT = Operation("chat completions", "complete", "open_stream")
 TEXT_COMPLETIONS = Operation("completions", "complete_text", "open_text_stream")
 EMBEDDINGS = Operation("embeddings", "embed")
+
+
+@dataclass(frozen=True, slots=True)
+class Surface:
+    """The API a client speaks when it is not OpenAI's: how the answer of a call made
+    in OpenAI's shapes is rendered back, as a whole and as a stream."""
+
+    answer: Callable[[dict[str, Any]], bytes]
+    frames: Callable[[], FrameEncoder]
 
 
 async def proxy_request(
@@ -184,9 +193,11 @@ class ProxiedCall:
         body: dict[str, Any],
         fallbacks: list[str] | None,
         operation: Operation,
+        surface: Surface | None = None,
     ) -> None:
         self.gateway = gateway
         self.operation = operation
+        self.surface = surface
         self.context = context
         self.caller = caller
         self.body = body
@@ -239,11 +250,14 @@ class ProxiedCall:
             if self.admission is not None:
                 self.admission.finish(tokens)
 
-    @staticmethod
-    def _answer(completion: Completion, usage: Usage) -> bytes:
+    def _answer(self, completion: Completion, usage: Usage) -> bytes:
         """The upstream's own bytes when they can go as they are; the usage the upstream
         reported is kept whole (cache and reasoning details included); counted usage is
-        added where it reported none."""
+        added where it reported none. Another surface renders the answer its own way."""
+        if self.surface is not None:
+            return self.surface.answer(
+                {**completion.body, "usage": completion.usage or usage.to_openai()}
+            )
         if completion.usage is not None:
             return completion.raw or orjson.dumps(completion.body)
         return orjson.dumps({**completion.body, "usage": usage.to_openai()})
@@ -271,6 +285,7 @@ class ProxiedCall:
             self.meter,
             include_usage=options.get("include_usage") is True,
             on_finish=self._finish_stream,
+            encoder=self.surface.frames() if self.surface else None,
         )
         self.context.relay = relay
         return Response(relay, status=200, headers=SSE_HEADERS)

@@ -1,0 +1,343 @@
+"""Anthropic's Messages API end to end: the anthropic SDK against the gateway, over an
+OpenAI-speaking fake upstream and the built-in mock provider."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import orjson
+import pytest
+import trio
+from conftest import MASTER_KEY, RunningGateway, mock_config, start_gateway
+from fakes import (
+    DONE,
+    FakeUpstream,
+    JSONReply,
+    StreamReply,
+    chat_completion,
+    stream_of,
+    usage_chunk,
+)
+
+MESSAGES: list[Any] = [{"role": "user", "content": "Say hello"}]
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+
+
+def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=gateway.url, api_key=key, max_retries=0)
+
+
+def delta_frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    payload = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "upstream-model",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def tool_call_completion() -> dict[str, Any]:
+    body = chat_completion("", {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27})
+    body["choices"][0]["message"] = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    }
+    body["choices"][0]["finish_reason"] = "tool_calls"
+    return body
+
+
+async def test_non_stream_translates_request_and_answer(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    usage = {
+        "prompt_tokens": 30,
+        "completion_tokens": 4,
+        "total_tokens": 34,
+        "prompt_tokens_details": {"cached_tokens": 10},
+    }
+    upstream.handler = lambda request: JSONReply(chat_completion("Hello there", usage))
+    async with sdk(gateway) as client:
+        message = await client.messages.create(
+            model="gpt-test",
+            max_tokens=64,
+            system="Be brief.",
+            messages=MESSAGES,
+            extra_body={"temperature": 0.2},
+            stop_sequences=["END"],
+            metadata={"user_id": "user-7"},
+        )
+    assert message.type == "message" and message.role == "assistant"
+    assert message.model == "gpt-test"
+    assert message.content[0].type == "text" and message.content[0].text == "Hello there"
+    assert message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (20, 4)
+    assert message.usage.cache_read_input_tokens == 10
+    [received] = upstream.requests
+    assert received.target == "/v1/chat/completions"
+    assert received.json == {
+        "model": "upstream-model",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Say hello"},
+        ],
+        "max_tokens": 64,
+        "temperature": 0.2,
+        "stop": ["END"],
+        "user": "user-7",
+    }
+    [record] = await gateway.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens, record.status) == (30, 4, 200)
+    assert record.model_group == "gpt-test"
+
+
+async def test_stream_text_deltas_final_message_and_usage(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: stream_of(["Hel", "lo"], usage=(9, 2))
+    async with (
+        sdk(gateway) as client,
+        client.messages.stream(model="gpt-test", max_tokens=32, messages=MESSAGES) as stream,
+    ):
+        texts = [text async for text in stream.text_stream]
+        final = await stream.get_final_message()
+    assert texts == ["Hel", "lo"]
+    assert final.content[0].type == "text" and final.content[0].text == "Hello"
+    assert final.stop_reason == "end_turn"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (9, 2)
+    [received] = upstream.requests
+    assert received.json["stream"] is True
+    assert received.json["stream_options"] == {"include_usage": True}
+    [record] = await gateway.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens, record.stream) == (9, 2, True)
+
+
+async def test_stream_wire_format_has_events_and_no_done(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: stream_of(["Hi"], usage=(3, 1))
+    body = {"model": "gpt-test", "max_tokens": 8, "messages": MESSAGES, "stream": True}
+    async with gateway.client() as client:
+        response = await client.post("/v1/messages", json=body)
+    assert response.status_code == 200
+    assert b"[DONE]" not in response.content
+    events = [block.split("\n")[0] for block in response.text.strip().split("\n\n")]
+    assert events == [
+        "event: message_start",
+        "event: content_block_start",
+        "event: content_block_delta",
+        "event: content_block_stop",
+        "event: message_delta",
+        "event: message_stop",
+    ]
+
+
+async def test_tool_use_round_trip(gateway: RunningGateway, upstream: FakeUpstream) -> None:
+    upstream.handler = lambda request: JSONReply(tool_call_completion())
+    async with sdk(gateway) as client:
+        message = await client.messages.create(
+            model="gpt-test",
+            max_tokens=64,
+            messages=MESSAGES,
+            tools=[WEATHER_TOOL],
+            tool_choice={"type": "any"},
+        )
+        [tool_use] = message.content
+        assert tool_use.type == "tool_use"
+        assert (tool_use.id, tool_use.name, tool_use.input) == (
+            "call_1",
+            "get_weather",
+            {"city": "Paris"},
+        )
+        assert message.stop_reason == "tool_use"
+        upstream.handler = lambda request: JSONReply(chat_completion("Sunny in Paris."))
+        answer = await client.messages.create(
+            model="gpt-test",
+            max_tokens=64,
+            tools=[WEATHER_TOOL],
+            messages=[
+                *MESSAGES,
+                {"role": "assistant", "content": message.content},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "call_1", "content": "Sunny"}
+                    ],
+                },
+            ],
+        )
+    assert answer.content[0].type == "text" and answer.content[0].text == "Sunny in Paris."
+    first, second = (request.json for request in upstream.requests)
+    assert first["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": WEATHER_TOOL["input_schema"],
+                "description": "The weather in a city.",
+            },
+        }
+    ]
+    assert first["tool_choice"] == "required"
+    assert second["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"},
+    ]
+
+
+async def test_streamed_tool_use_sends_input_json_deltas(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    call = {"index": 0, "id": "call_1", "type": "function"}
+    frames: list[bytes | float] = [
+        delta_frame({"role": "assistant", "content": "Checking."}),
+        delta_frame(
+            {"tool_calls": [{**call, "function": {"name": "get_weather", "arguments": ""}}]}
+        ),
+        delta_frame({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+        delta_frame({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+        delta_frame({}, finish="tool_calls"),
+        usage_chunk(12, 6),
+        DONE,
+    ]
+    upstream.handler = lambda request: StreamReply(frames)
+    async with (
+        sdk(gateway) as client,
+        client.messages.stream(
+            model="gpt-test", max_tokens=64, messages=MESSAGES, tools=[WEATHER_TOOL]
+        ) as stream,
+    ):
+        partials = [event.partial_json async for event in stream if event.type == "input_json"]
+        final = await stream.get_final_message()
+    assert "".join(partials) == '{"city": "Paris"}'
+    text, tool_use = final.content
+    assert text.type == "text" and text.text == "Checking."
+    assert tool_use.type == "tool_use" and tool_use.input == {"city": "Paris"}
+    assert final.stop_reason == "tool_use"
+    assert final.usage.output_tokens == 6
+
+
+async def test_mock_provider_answers_and_streams(nursery: trio.Nursery) -> None:
+    running = await start_gateway(nursery, mock_config(mock_response="Hi from the mock"))
+    counter = running.gateway.counter
+    async with sdk(running) as client:
+        message = await client.messages.create(model="mock", max_tokens=16, messages=MESSAGES)
+        async with client.messages.stream(model="mock", max_tokens=16, messages=MESSAGES) as stream:
+            texts = [text async for text in stream.text_stream]
+            final = await stream.get_final_message()
+        raw = await client.messages.create(
+            model="mock", max_tokens=16, messages=MESSAGES, stream=True
+        )
+        kinds = [event.type async for event in raw]
+    assert message.content[0].type == "text" and message.content[0].text == "Hi from the mock"
+    assert kinds[:2] == ["message_start", "content_block_start"]
+    assert kinds[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    expected = counter.count_text("gpt-4o", "Hi from the mock")
+    assert message.usage.output_tokens == expected
+    assert "".join(texts) == "Hi from the mock"
+    assert final.usage.output_tokens == expected
+    assert final.usage.input_tokens == message.usage.input_tokens > 0
+    await running.records.wait_for(3)
+    await running.stop()
+
+
+async def test_count_tokens_uses_the_gateway_counter(gateway: RunningGateway) -> None:
+    async with sdk(gateway) as client:
+        counted = await client.messages.count_tokens(
+            model="gpt-test", system="Be brief.", messages=MESSAGES
+        )
+    messages = [{"role": "system", "content": "Be brief."}, *MESSAGES]
+    assert counted.input_tokens == gateway.gateway.counter.count_prompt("upstream-model", messages)
+
+
+async def test_bad_key_is_an_authentication_error(gateway: RunningGateway) -> None:
+    async with sdk(gateway, key="sk-wrong-key-0000000000") as client:
+        with pytest.raises(anthropic.AuthenticationError) as raised:
+            await client.messages.create(model="gpt-test", max_tokens=8, messages=MESSAGES)
+    assert raised.value.body == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": raised.value.body["error"]["message"]},
+    }
+
+
+async def test_unknown_model_is_not_found(gateway: RunningGateway) -> None:
+    async with sdk(gateway) as client:
+        with pytest.raises(anthropic.NotFoundError):
+            await client.messages.create(model="no-such-model", max_tokens=8, messages=MESSAGES)
+        with pytest.raises(anthropic.NotFoundError):
+            await client.messages.count_tokens(model="no-such-model", messages=MESSAGES)
+
+
+async def test_missing_max_tokens_is_a_bad_request(gateway: RunningGateway) -> None:
+    async with gateway.client() as client:
+        response = await client.post(
+            "/v1/messages", json={"model": "gpt-test", "messages": MESSAGES}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_upstream_rate_limit_keeps_retry_after(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(
+        {"error": {"message": "slow down", "type": "rate_limit_error"}},
+        status=429,
+        headers={"retry-after": "7"},
+    )
+    async with sdk(gateway) as client:
+        with pytest.raises(anthropic.RateLimitError) as raised:
+            await client.messages.create(model="gpt-test", max_tokens=8, messages=MESSAGES)
+    assert raised.value.response.headers["retry-after"] == "7"
+    assert raised.value.body["error"]["type"] == "rate_limit_error"
+
+
+async def test_mid_stream_failure_is_one_error_event(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    failure = b'data: {"error": {"message": "boom", "type": "server_error"}}\n\n'
+    upstream.handler = lambda request: StreamReply([delta_frame({"content": "Hi"}), failure])
+    body = {"model": "gpt-test", "max_tokens": 8, "messages": MESSAGES, "stream": True}
+    async with gateway.client() as client:
+        response = await client.post("/v1/messages", json=body)
+    last = response.text.strip().split("\n\n")[-1]
+    kind, data = last.split("\n")
+    assert kind == "event: error"
+    assert orjson.loads(data.removeprefix("data: "))["type"] == "error"
+    assert "message_stop" not in response.text
+
+
+async def test_virtual_key_model_access_is_a_permission_error(gateway: RunningGateway) -> None:
+    async with gateway.client() as admin:
+        reply = await admin.post("/key/generate", json={"models": ["other"]})
+    key = reply.json()["key"]
+    async with sdk(gateway, key=key) as client:
+        with pytest.raises(anthropic.PermissionDeniedError):
+            await client.messages.create(model="gpt-test", max_tokens=8, messages=MESSAGES)
+        with pytest.raises(anthropic.PermissionDeniedError):
+            await client.messages.count_tokens(model="gpt-test", messages=MESSAGES)
+    [record] = await gateway.records.wait_for(1)
+    assert record.status == 403

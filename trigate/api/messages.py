@@ -1,0 +1,91 @@
+"""`POST /v1/messages` and `POST /v1/messages/count_tokens`: Anthropic's Messages API.
+
+The anthropic SDK and Claude Code speak this format. A request is translated to
+a chat completion and takes the same path as one (auth, limits, routing,
+spend); only its answer, its stream events and its errors are rendered in
+Anthropic's shapes, so the SDK raises its own exception classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import orjson
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from trigate.api.anthropic_format import AnthropicFrames, error_body, to_chat_request, to_message
+from trigate.api.calls import CHAT, ProxiedCall, Surface, check_stream_fields, require_model
+from trigate.api.context import current_request
+from trigate.api.responses import json_body, json_response
+from trigate.errors import GatewayError, InvalidRequest
+from trigate.gateway import Gateway
+from trigate.limits import check_model
+from trigate.usage import UsageMeter
+
+
+def register(app: QuartTrio, gateway: Gateway) -> None:
+    @app.post("/v1/messages")
+    async def messages() -> Response:
+        return await _anthropic_errors(partial(_messages, gateway))
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens() -> Response:
+        return await _anthropic_errors(partial(_count_tokens, gateway))
+
+
+async def _anthropic_errors(handler: Callable[[], Awaitable[Response]]) -> Response:
+    """The gateway's errors in Anthropic's envelope, with the same status and headers."""
+    try:
+        return await handler()
+    except GatewayError as error:
+        response = json_response(error_body(error), status=error.status)
+        response.headers.update(error.headers)
+        return response
+
+
+async def _messages(gateway: Gateway) -> Response:
+    caller = await gateway.auth.authenticate(request.headers)
+    body = await json_body()
+    model = validate(body)
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+        raise InvalidRequest("`max_tokens` is required and must be an integer.", param="max_tokens")
+    chat = to_chat_request(body)
+    surface = Surface(
+        answer=lambda completion: orjson.dumps(to_message(completion, model)),
+        frames=lambda: AnthropicFrames(model),
+    )
+    call = ProxiedCall(gateway, current_request.get(), caller, model, chat, None, CHAT, surface)
+    await call.admit()
+    return await (call.stream() if chat.get("stream") else call.complete())
+
+
+async def _count_tokens(gateway: Gateway) -> Response:
+    """An estimate by the gateway's tiktoken encodings: Claude models use a tokenizer of
+    their own, which Anthropic does not publish, so their real count differs."""
+    caller = await gateway.auth.authenticate(request.headers)
+    body = await json_body()
+    model = validate(body)
+    if not caller.is_master:
+        check_model(caller, model)
+    upstream_model = gateway.groups.deployments(model)[0].upstream_model
+    meter = UsageMeter(gateway.counter, upstream_model, to_chat_request(body))
+    return json_response({"input_tokens": await meter.prompt_tokens()})
+
+
+def validate(body: dict[str, Any]) -> str:
+    """What the gateway itself needs of a request (a count request has no `max_tokens`);
+    the rest is the upstream's to judge."""
+    model = require_model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest(
+            "`messages` is required and must be a non-empty array.", param="messages"
+        )
+    if not all(isinstance(message, dict) for message in messages):
+        raise InvalidRequest("Every entry of `messages` must be an object.", param="messages")
+    check_stream_fields(body)
+    return model
