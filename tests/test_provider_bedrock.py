@@ -939,3 +939,51 @@ def test_one_batch_per_read_then_the_exception() -> None:
     ]
     assert read.failure is not None and read.failure.kind is Failure.RATE_LIMIT
     assert read.failure.code == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("model_id", "answers", "expected_usage"),
+    [
+        (
+            "amazon.titan-embed-text-v2:0",
+            [{"embedding": [0.1, 0.2], "inputTextTokenCount": 3},
+             {"embedding": [0.3, 0.4], "inputTextTokenCount": 4}],
+            7,
+        ),
+        ("cohere.embed-english-v3", [{"embeddings": [[0.1, 0.2], [0.3, 0.4]]}], None),
+    ],
+)  # fmt: skip
+async def test_embeddings_through_invoke_model(
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    model_id: str,
+    answers: list[dict[str, Any]],
+    expected_usage: int | None,
+) -> None:
+    replies = iter(answers)
+    upstream.handler = lambda request: JSONReply(next(replies))
+    config = bedrock_config(upstream)
+    config["model_list"][0]["litellm_params"]["model"] = f"bedrock/{model_id}"
+    running = await start_gateway(nursery, config)
+    async with sdk(running) as client:
+        result = await client.embeddings.create(model="claude", input=["first", "second"])
+    assert [item.embedding for item in result.data] == [[0.1, 0.2], [0.3, 0.4]]
+    for request in upstream.requests:
+        assert request.target == f"/model/{quote(model_id, safe='')}/invoke"
+        assert signature_problem(request) is None
+    if expected_usage is None:  # Cohere reports none: the gateway counts
+        counter = running.gateway.counter
+        expected_usage = counter.count_text(model_id, "first") + counter.count_text(
+            model_id, "second"
+        )
+        assert upstream.requests[0].json == {
+            "texts": ["first", "second"],
+            "input_type": "search_document",
+        }
+    else:
+        assert [r.json for r in upstream.requests] == [
+            {"inputText": "first"},
+            {"inputText": "second"},
+        ]
+    assert result.usage.prompt_tokens == expected_usage
+    await running.stop()

@@ -80,22 +80,81 @@ class BedrockConverse:
         self._converse_stream = _Endpoint(
             transport, f"{model_url}/converse-stream", EVENT_STREAM, headers, sign, params.timeout
         )
+        self._invoke = _Endpoint(
+            transport, f"{model_url}/invoke", "application/json", headers, sign, params.timeout
+        )
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         response = await self._converse.post(converse_request(body))
-        try:
-            raw = await response.aread()
-        except httpx.HTTPError as error:
-            raise translate_transport_error(error) from error
-        finally:
-            await response.aclose()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("The upstream answered with a body that is not JSON.") from None
-        if not isinstance(data, dict):
-            raise UpstreamError("The upstream answered with JSON that is not an object.")
+        data = await _json_answer(response)
         return Completion(body=to_completion(data, self._model, _completion_id(response)))
+
+    async def embed(self, body: dict[str, Any]) -> Completion:
+        """InvokeModel: Cohere's models take every text at once; Titan's take one text a
+        call and report its tokens, which become the usage."""
+        value = body.get("input")
+        texts = value if isinstance(value, list) else [value]
+        if not all(isinstance(text, str) for text in texts):
+            raise _client_error("Bedrock embedding models take text, not token ids.")
+        if self._model.startswith(("cohere.", "us.cohere.", "eu.cohere.")):
+            vectors, usage = await self._embed_cohere(texts, body), None
+        else:
+            vectors, usage = await self._embed_titan(texts, body)
+        answer: dict[str, Any] = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": index, "embedding": vector}
+                for index, vector in enumerate(vectors)
+            ],
+            "model": self._model,
+        }
+        if usage is not None:
+            answer["usage"] = {"prompt_tokens": usage, "total_tokens": usage}
+        return Completion(body=answer)
+
+    async def _embed_titan(
+        self, texts: list[str], body: dict[str, Any]
+    ) -> tuple[list[list[float]], int]:
+        dimensions = body.get("dimensions")
+        vectors, tokens = [], 0
+        for text in texts:
+            request = {"inputText": text}
+            if isinstance(dimensions, int):
+                request["dimensions"] = dimensions
+            data = await _json_answer(await self._invoke.post(request))
+            vectors.append(data.get("embedding") or [])
+            tokens += int(data.get("inputTextTokenCount") or 0)
+        return vectors, tokens
+
+    async def _embed_cohere(self, texts: list[str], body: dict[str, Any]) -> list[list[float]]:
+        request = {"texts": texts, "input_type": body.get("input_type") or "search_document"}
+        data = await _json_answer(await self._invoke.post(request))
+        vectors = data.get("embeddings") or []
+        # Newer Cohere models answer {"embeddings": {"float": [...]}} by embedding type.
+        return vectors.get("float", []) if isinstance(vectors, dict) else vectors
+
+
+async def _json_answer(response: httpx.Response) -> dict[str, Any]:
+    try:
+        raw = await response.aread()
+    except httpx.HTTPError as error:
+        raise translate_transport_error(error) from error
+    finally:
+        await response.aclose()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The upstream answered with a body that is not JSON.") from None
+    if not isinstance(data, dict):
+        raise UpstreamError("The upstream answered with JSON that is not an object.")
+    return data
+
+
+def _client_error(message: str) -> UpstreamError:
+    """A request Bedrock cannot take: the client's 400, never retried or held against it."""
+    error = from_upstream_status(400, message, {})
+    error.code = "unsupported_input"
+    return error
 
     async def open_stream(self, body: dict[str, Any]) -> ConverseChunkStream:
         response = await self._converse_stream.post(converse_request(body))
