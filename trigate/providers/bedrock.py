@@ -89,6 +89,10 @@ class BedrockConverse:
         data = await _json_answer(response)
         return Completion(body=to_completion(data, self._model, _completion_id(response)))
 
+    async def open_stream(self, body: dict[str, Any]) -> ConverseChunkStream:
+        response = await self._converse_stream.post(converse_request(body))
+        return ConverseChunkStream(response, self._model)
+
     async def embed(self, body: dict[str, Any]) -> Completion:
         """InvokeModel: Cohere's models take every text at once; Titan's take one text a
         call and report its tokens, which become the usage."""
@@ -155,10 +159,6 @@ def _client_error(message: str) -> UpstreamError:
     error = from_upstream_status(400, message, {})
     error.code = "unsupported_input"
     return error
-
-    async def open_stream(self, body: dict[str, Any]) -> ConverseChunkStream:
-        response = await self._converse_stream.post(converse_request(body))
-        return ConverseChunkStream(response, self._model)
 
 
 def _setting(params: LiteLLMParams, name: str, *environment: str) -> str | None:
