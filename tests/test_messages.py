@@ -3,21 +3,35 @@ OpenAI-speaking fake upstream and the built-in mock provider."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
 import orjson
 import pytest
 import trio
-from conftest import MASTER_KEY, RunningGateway, mock_config, start_gateway
+from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, mock_config, start_gateway
 from fakes import (
     DONE,
     FakeUpstream,
     JSONReply,
+    ReceivedRequest,
+    Reply,
     StreamReply,
     chat_completion,
     stream_of,
     usage_chunk,
+)
+from test_provider_anthropic import (
+    MODEL,
+    PING,
+    anthropic_config,
+    error_body,
+    message,
+    message_end,
+    message_start,
+    text_block,
+    tool_block,
 )
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello"}]
@@ -341,3 +355,134 @@ async def test_virtual_key_model_access_is_a_permission_error(gateway: RunningGa
             await client.messages.count_tokens(model="gpt-test", messages=MESSAGES)
     [record] = await gateway.records.wait_for(1)
     assert record.status == 403
+
+
+# --- native pass-through to `anthropic/` deployments -----------------------------------
+
+
+@pytest.fixture
+async def claude(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterator[RunningGateway]:
+    running = await start_gateway(nursery, anthropic_config(upstream))
+    yield running
+    await running.stop()
+
+
+CACHED_SYSTEM = [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]
+
+
+def native(upstream: FakeUpstream, reply: Reply) -> None:
+    """Answer with `reply` only what arrived natively: the deployment's key and version,
+    and `model` rewritten to the upstream's."""
+
+    def handle(request: ReceivedRequest) -> Reply:
+        headers = request.headers
+        if request.target != "/v1/messages" or headers.get("x-api-key") != UPSTREAM_KEY:
+            return JSONReply(error_body("authentication_error", "bad key or route"), status=401)
+        if headers.get("anthropic-version") != "2023-06-01" or request.json["model"] != MODEL:
+            return JSONReply(error_body("invalid_request_error", "bad version or model"), 400)
+        return reply
+
+    upstream.handler = handle
+
+
+async def test_native_non_stream_passes_body_and_answer_through(
+    claude: RunningGateway, upstream: FakeUpstream
+) -> None:
+    usage = {"cache_read_input_tokens": 100, "cache_creation_input_tokens": 20}
+    answer = message([{"type": "text", "text": "Hi"}], input_tokens=10, output_tokens=5, **usage)
+    native(upstream, JSONReply(answer))
+    async with sdk(claude) as client:
+        reply = await client.messages.create(
+            model="claude",
+            max_tokens=64,
+            system=CACHED_SYSTEM,
+            messages=MESSAGES,
+            extra_body={"top_k": 5, "future_field": {"x": 1}},
+        )
+    [received] = upstream.requests
+    assert received.json == {
+        "model": MODEL,
+        "max_tokens": 64,
+        "system": CACHED_SYSTEM,
+        "messages": MESSAGES,
+        "top_k": 5,
+        "future_field": {"x": 1},
+    }
+    assert MASTER_KEY not in str(received.headers)
+    assert reply.model_dump(exclude_none=True) == anthropic.types.Message.model_validate(
+        answer
+    ).model_dump(exclude_none=True)
+    [record] = await claude.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens) == (130, 5)
+    assert record.usage_source == "upstream" and record.status == 200
+
+
+async def test_native_stream_relays_the_upstream_events(
+    claude: RunningGateway, upstream: FakeUpstream
+) -> None:
+    frames = [
+        message_start(input_tokens=25, output_tokens=1, cache_read_input_tokens=40),
+        PING,
+        *text_block(0, "Hel", "lo"),
+        *message_end("end_turn", output_tokens=15),
+    ]
+    native(upstream, StreamReply(frames))
+    body = {"model": "claude", "max_tokens": 32, "messages": MESSAGES, "stream": True}
+    async with claude.client() as client:
+        response = await client.post("/v1/messages", json=body)
+    assert response.content == b"".join(f for f in frames if isinstance(f, bytes))
+    assert upstream.requests[0].json == {**body, "model": MODEL}
+    async with (
+        sdk(claude) as client,
+        client.messages.stream(model="claude", max_tokens=32, messages=MESSAGES) as stream,
+    ):
+        texts = [text async for text in stream.text_stream]
+        final = await stream.get_final_message()
+    assert texts == ["Hel", "lo"] and final.id == "msg_01XFDUDYJgAACzvnptvVoYEL"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (25, 15)
+    assert final.usage.cache_read_input_tokens == 40
+    records = await claude.records.wait_for(2)
+    assert all((r.prompt_tokens, r.completion_tokens) == (65, 15) for r in records)
+    assert all(r.usage_source == "upstream" and r.status == 200 for r in records)
+
+
+async def test_native_streamed_tool_use(claude: RunningGateway, upstream: FakeUpstream) -> None:
+    frames = [
+        message_start(input_tokens=400, output_tokens=1, cache_creation_input_tokens=30),
+        *tool_block(0, "toolu_01A", "get_weather", '{"city": ', '"Paris"}'),
+        *message_end("tool_use", output_tokens=89),
+    ]
+    native(upstream, StreamReply(frames))
+    async with (
+        sdk(claude) as client,
+        client.messages.stream(
+            model="claude", max_tokens=64, messages=MESSAGES, tools=[WEATHER_TOOL]
+        ) as stream,
+    ):
+        final = await stream.get_final_message()
+    assert upstream.requests[0].json["tools"] == [WEATHER_TOOL]
+    [block] = final.content
+    assert block.type == "tool_use" and block.input == {"city": "Paris"}
+    assert final.stop_reason == "tool_use"
+    [record] = await claude.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens) == (430, 89)
+
+
+async def test_native_stream_client_disconnect_closes_the_upstream(
+    claude: RunningGateway, upstream: FakeUpstream
+) -> None:
+    start = message_start(input_tokens=25, output_tokens=1)
+    native(upstream, StreamReply([start, *text_block(0, "Once")], tail=PING))
+    body = {"model": "claude", "max_tokens": 32, "messages": MESSAGES, "stream": True}
+    async with (
+        claude.client() as client,
+        client.stream("POST", "/v1/messages", json=body) as response,
+    ):
+        async for line in response.aiter_lines():
+            if "content_block_delta" in line:
+                break
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+        [record] = await claude.records.wait_for(1)
+    assert record.cancelled_by_client and record.status == 499
+    assert (record.prompt_tokens, record.completion_tokens) == (25, 1)

@@ -28,7 +28,7 @@ import trio
 from quart.wrappers.response import ResponseBody
 
 from trigate.errors import GatewayError, UpstreamError
-from trigate.providers import ChunkStream
+from trigate.providers import ChunkStream, NativeEvent
 from trigate.usage import UsageMeter
 
 CHANNEL_CAPACITY = 100
@@ -57,6 +57,10 @@ class FrameEncoder:
         """The final usage chunk, sent only when the client asked for usage."""
         return sse_frame(chunk)
 
+    def native(self, event: NativeEvent) -> bytes:
+        """An event in the client's own API, from an upstream that speaks it: as it came."""
+        return event.frame
+
     def error(self, error: GatewayError) -> bytes:
         return sse_frame(error.to_dict())
 
@@ -74,13 +78,14 @@ class StreamOutcome:
 
 
 class StreamRelay(ResponseBody):
-    """A Quart `ResponseBody` relaying one upstream stream as SSE frames (OpenAI's by default)."""
+    """A Quart `ResponseBody` relaying one upstream stream as SSE frames (OpenAI's by
+    default); a native stream's events (`NativeEvent`) are relayed as they came."""
 
     def __init__(
         self,
         stream: ChunkStream,
-        chunks: AsyncIterator[list[dict[str, Any]]],
-        first: list[dict[str, Any]] | None,
+        chunks: AsyncIterator[list[Any]],
+        first: list[Any] | None,
         meter: UsageMeter,
         *,
         include_usage: bool,
@@ -176,6 +181,9 @@ class StreamRelay(ResponseBody):
             await frames.send(data)
 
     def _frame(self, chunk: Any) -> bytes:
+        if isinstance(chunk, NativeEvent):
+            self._meter.report(chunk.usage)
+            return self._encoder.native(chunk)
         if not isinstance(chunk, dict):
             raise UpstreamError("The upstream sent a stream chunk that is not an object.")
         self._meter.observe_chunk(chunk)

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from trigate.errors import GatewayError, InvalidRequest, secrets
+from trigate.providers import NativeEvent
 from trigate.relay import FrameEncoder
 
 STOP_REASONS = {
@@ -291,6 +292,12 @@ class AnthropicFrames(FrameEncoder):
         self._block: str | int | None = None
         self._blocks = 0
         self._stop_reason: str | None = None
+        # A native stream brings its own message_start and message_stop.
+        self._native = False
+
+    def native(self, event: NativeEvent) -> bytes:
+        self._native = True
+        return event.frame
 
     def chunk(self, chunk: dict[str, Any]) -> bytes:
         out = [self._start(chunk)]
@@ -322,7 +329,7 @@ class AnthropicFrames(FrameEncoder):
         return event_frame("error", error_body(error))
 
     def end(self) -> bytes:
-        return b"" if self._failed else event_frame("message_stop", {})
+        return b"" if self._failed or self._native else event_frame("message_stop", {})
 
     def _start(self, chunk: dict[str, Any]) -> bytes:
         if self._started:

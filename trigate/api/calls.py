@@ -59,10 +59,14 @@ EMBEDDINGS = Operation("embeddings", "embed")
 @dataclass(frozen=True, slots=True)
 class Surface:
     """The API a client speaks when it is not OpenAI's: how the answer of a call made
-    in OpenAI's shapes is rendered back, as a whole and as a stream."""
+    in OpenAI's shapes is rendered back, as a whole and as a stream. A deployment
+    whose provider has the `native` operation's methods is sent the client's own
+    `body` instead, and its answer goes back as it came."""
 
     answer: Callable[[dict[str, Any]], bytes]
     frames: Callable[[], FrameEncoder]
+    body: dict[str, Any]
+    native: Operation
 
 
 async def proxy_request(
@@ -119,13 +123,31 @@ def provider_method(deployment: Deployment, name: str) -> Any:
     return method
 
 
+def serving_method(
+    deployment: Deployment,
+    body: dict[str, Any],
+    name: str,
+    surface: Surface | None,
+    native: str | None,
+) -> tuple[Any, dict[str, Any], bool]:
+    """The provider method, the body it is sent, and whether it speaks the client's own
+    API: the surface's `native` method when the provider has one, else `name`."""
+    if surface is not None and native is not None:
+        method = getattr(deployment.provider, native, None)
+        if method is not None:
+            return method, surface.body, True
+    return provider_method(deployment, name), body, False
+
+
 @dataclass(slots=True)
 class OpenedStream:
-    """An upstream stream whose first chunks have arrived (None: it ended at once)."""
+    """An upstream stream whose first chunks have arrived (None: it ended at once);
+    `native` when its chunks are events in the client's own API."""
 
     stream: ChunkStream
     chunks: Any
-    first: list[dict[str, Any]] | None
+    first: list[Any] | None
+    native: bool = False
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
@@ -136,12 +158,17 @@ class OpenedStream:
 class CompletionAttempt:
     stream = False
 
-    def __init__(self, body: dict[str, Any], operation: Operation) -> None:
+    def __init__(self, body: dict[str, Any], operation: Operation, surface: Surface | None) -> None:
         self._body = body
         self._method = operation.complete
+        self._surface = surface
 
     async def run(self, deployment: Deployment) -> Completion:
-        return await provider_method(deployment, self._method)(self._body)
+        native = self._surface.native.complete if self._surface else None
+        method, body, _ = serving_method(
+            deployment, self._body, self._method, self._surface, native
+        )
+        return await method(body)
 
     async def discard(self, result: Completion) -> None:
         """A finished completion holds nothing open."""
@@ -153,19 +180,23 @@ class StreamAttempt:
 
     stream = True
 
-    def __init__(self, body: dict[str, Any], operation: Operation) -> None:
+    def __init__(self, body: dict[str, Any], operation: Operation, surface: Surface | None) -> None:
         self._body = body
         self._method = operation.open_stream or operation.complete
+        self._surface = surface
 
     async def run(self, deployment: Deployment) -> OpenedStream:
         params = deployment.params
         deadline = params.stream_timeout or params.timeout
-        open_stream = provider_method(deployment, self._method)
+        native = self._surface.native.open_stream if self._surface else None
+        open_stream, body, is_native = serving_method(
+            deployment, self._body, self._method, self._surface, native
+        )
         opened: OpenedStream | None = None
         try:
             with trio.fail_after(deadline):
-                stream = await open_stream(self._body)
-                opened = OpenedStream(stream, aiter(stream), None)
+                stream = await open_stream(body)
+                opened = OpenedStream(stream, aiter(stream), None, is_native)
                 opened.first = await anext(opened.chunks, None)
         except BaseException as failure:
             if opened is not None:
@@ -227,7 +258,7 @@ class ProxiedCall:
         status, error, usage, cancelled = 500, None, None, False
         routed: Routed[Completion] | None = None
         try:
-            routed = await self._route(CompletionAttempt(self.body, self.operation))
+            routed = await self._route(CompletionAttempt(self.body, self.operation, self.surface))
             completion = routed.result
             self.meter.report(completion.usage)
             if completion.usage is None:
@@ -253,7 +284,10 @@ class ProxiedCall:
     def _answer(self, completion: Completion, usage: Usage) -> bytes:
         """The upstream's own bytes when they can go as they are; the usage the upstream
         reported is kept whole (cache and reasoning details included); counted usage is
-        added where it reported none. Another surface renders the answer its own way."""
+        added where it reported none. Another surface renders the answer its own way,
+        unless the upstream answered in that surface's API itself."""
+        if completion.native:
+            return completion.raw or orjson.dumps(completion.body)
         if self.surface is not None:
             return self.surface.answer(
                 {**completion.body, "usage": completion.usage or usage.to_openai()}
@@ -264,7 +298,7 @@ class ProxiedCall:
 
     async def stream(self) -> Response:
         try:
-            routed = await self._route(StreamAttempt(self.body, self.operation))
+            routed = await self._route(StreamAttempt(self.body, self.operation, self.surface))
         except BaseException as failure:
             error = failure if isinstance(failure, GatewayError) else None
             cancelled = isinstance(failure, trio.Cancelled)
@@ -283,7 +317,7 @@ class ProxiedCall:
             opened.chunks,
             opened.first,
             self.meter,
-            include_usage=options.get("include_usage") is True,
+            include_usage=options.get("include_usage") is True and not opened.native,
             on_finish=self._finish_stream,
             encoder=self.surface.frames() if self.surface else None,
         )

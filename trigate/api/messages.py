@@ -3,7 +3,10 @@
 The anthropic SDK and Claude Code speak this format. A request is translated to
 a chat completion and takes the same path as one (auth, limits, routing,
 spend); only its answer, its stream events and its errors are rendered in
-Anthropic's shapes, so the SDK raises its own exception classes.
+Anthropic's shapes, so the SDK raises its own exception classes. A deployment
+that speaks the Messages API itself (`anthropic/`) is sent the client's body as
+it came and its answer or events are relayed as they came, so nothing Claude
+adds (thinking signatures, server tools, new fields) is lost on the way.
 """
 
 from __future__ import annotations
@@ -17,13 +20,23 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from trigate.api.anthropic_format import AnthropicFrames, error_body, to_chat_request, to_message
-from trigate.api.calls import CHAT, ProxiedCall, Surface, check_stream_fields, require_model
+from trigate.api.calls import (
+    CHAT,
+    Operation,
+    ProxiedCall,
+    Surface,
+    check_stream_fields,
+    require_model,
+)
 from trigate.api.context import current_request
 from trigate.api.responses import json_body, json_response
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.gateway import Gateway
 from trigate.limits import check_model
 from trigate.usage import UsageMeter
+
+# What a provider that speaks the Messages API itself (`anthropic/`) serves it with.
+MESSAGES = Operation("messages", "messages", "open_messages_stream")
 
 
 def register(app: QuartTrio, gateway: Gateway) -> None:
@@ -57,6 +70,8 @@ async def _messages(gateway: Gateway) -> Response:
     surface = Surface(
         answer=lambda completion: orjson.dumps(to_message(completion, model)),
         frames=lambda: AnthropicFrames(model),
+        body=body,
+        native=MESSAGES,
     )
     call = ProxiedCall(gateway, current_request.get(), caller, model, chat, None, CHAT, surface)
     await call.admit()

@@ -2,7 +2,13 @@
 
 from trigate.providers.anthropic import AnthropicMessages
 from trigate.providers.azure import AzureOpenAI
-from trigate.providers.base import ChunkStream, Completion, Provider, ProviderFactory
+from trigate.providers.base import (
+    ChunkStream,
+    Completion,
+    NativeEvent,
+    Provider,
+    ProviderFactory,
+)
 from trigate.providers.bedrock import BedrockConverse
 from trigate.providers.compatible import COMPATIBLE, DIALECTS
 from trigate.providers.gemini import GeminiProvider
@@ -29,6 +35,7 @@ __all__ = [
     "REQUIRES_API_BASE",
     "ChunkStream",
     "Completion",
+    "NativeEvent",
     "Provider",
     "ProviderFactory",
 ]

@@ -7,6 +7,9 @@ with no Anthropic meaning are dropped. `response_format` is served the way
 LiteLLM serves it: a forced tool whose input is the JSON answer, handed back to
 the client as message content. Answers and stream events are mapped back to
 OpenAI's `chat.completion` and `chat.completion.chunk`, usage included.
+A client of the gateway's own `/v1/messages` needs none of this: `messages` and
+`open_messages_stream` send its body as it came and hand back the upstream's own
+message or events, with the usage in OpenAI's shape for metering.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ import httpx
 import orjson
 
 from trigate.errors import Failure, UpstreamError, from_upstream_status
-from trigate.providers.base import Completion, UpstreamClient, translate_transport_error
+from trigate.providers.base import (
+    Completion,
+    NativeEvent,
+    UpstreamClient,
+    translate_transport_error,
+)
 from trigate.sse import ServerSentEvent, SSEDecoder
 
 if TYPE_CHECKING:
@@ -90,25 +98,44 @@ class AnthropicMessages:
         )
 
     async def complete(self, body: dict[str, Any]) -> Completion:
-        response = await self._upstream.post(to_anthropic(body, self._model, self._max_tokens))
-        try:
-            raw = await response.aread()
-        except httpx.HTTPError as error:
-            raise translate_transport_error(error) from error
-        finally:
-            await response.aclose()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("The upstream answered with a body that is not JSON.") from None
-        if not isinstance(data, dict):
-            raise UpstreamError("The upstream answered with JSON that is not an object.")
+        payload = to_anthropic(body, self._model, self._max_tokens)
+        _, data = await _read_message(await self._upstream.post(payload))
         return Completion(body=to_openai(data, json_mode=_json_schema(body) is not None))
 
     async def open_stream(self, body: dict[str, Any]) -> AnthropicChunkStream:
         payload = {**to_anthropic(body, self._model, self._max_tokens), "stream": True}
         response = await self._upstream.post(payload)
         return AnthropicChunkStream(response, StreamTranslator(_json_schema(body) is not None))
+
+    async def messages(self, body: dict[str, Any]) -> Completion:
+        """A Messages API request sent as the client wrote it (only `model` is ours),
+        answered with the upstream's own message and bytes."""
+        raw, data = await _read_message(await self._upstream.post({**body, "model": self._model}))
+        usage = data.get("usage")
+        metered = openai_usage(usage) if isinstance(usage, dict) else None
+        return Completion(body=data, raw=raw, native=True, native_usage=metered)
+
+    async def open_messages_stream(self, body: dict[str, Any]) -> AnthropicChunkStream:
+        """A Messages API stream sent as the client wrote it, read as its own events."""
+        response = await self._upstream.post({**body, "model": self._model})
+        return AnthropicChunkStream(response, NativeEvents())
+
+
+async def _read_message(response: httpx.Response) -> tuple[bytes, dict[str, Any]]:
+    """A non-stream answer's bytes and its JSON object."""
+    try:
+        raw = await response.aread()
+    except httpx.HTTPError as error:
+        raise translate_transport_error(error) from error
+    finally:
+        await response.aclose()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The upstream answered with a body that is not JSON.") from None
+    if not isinstance(data, dict):
+        raise UpstreamError("The upstream answered with JSON that is not an object.")
+    return raw, data
 
 
 def messages_url(api_base: str) -> str:
@@ -433,13 +460,16 @@ def _count(value: Any) -> int:
 
 
 class AnthropicChunkStream:
-    """An upstream Messages stream, decoded into batches of OpenAI chunk dicts."""
+    """An upstream Messages stream, decoded into batches of OpenAI chunk dicts (or of
+    its own events, for a client that speaks the Messages API too)."""
 
-    def __init__(self, response: httpx.Response, translator: StreamTranslator) -> None:
+    def __init__(
+        self, response: httpx.Response, translator: StreamTranslator | NativeEvents
+    ) -> None:
         self._response = response
         self._translator = translator
 
-    async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
+    async def __aiter__(self) -> AsyncIterator[list[Any]]:
         decoder = SSEDecoder()
         try:
             async for raw in self._response.aiter_raw():
@@ -462,10 +492,50 @@ class AnthropicChunkStream:
         await self._response.aclose()
 
 
-class _Read(NamedTuple):
-    """What one upstream read held: its chunks, then perhaps `message_stop` or a failure."""
+class NativeEvents:
+    """A Messages stream's own events, for relaying as they are (the translator of a
+    native stream); message_start's and message_delta's usage is kept for metering."""
 
-    chunks: list[dict[str, Any]]
+    def __init__(self) -> None:
+        self._usage: dict[str, Any] = {}
+
+    def translate(self, events: list[ServerSentEvent]) -> _Read:
+        batch: list[Any] = []
+        for sse in events:
+            try:
+                data = _event_data(sse.data)
+            except UpstreamError as failure:
+                return _Read(batch, failure=failure)
+            kind = data.get("type")
+            if kind == "error":
+                # Relayed as the failure it names, so the record holds it too.
+                return _Read(batch, failure=_stream_error(data.get("error")))
+            frame = f"event: {sse.event}\ndata: {sse.data}\n\n".encode()
+            batch.append(NativeEvent(sse.event, data, frame, self._usage_after(kind, data)))
+            if kind == "message_stop":
+                return _Read(batch, done=True)
+        return _Read(batch)
+
+    def _usage_after(self, kind: Any, data: dict[str, Any]) -> dict[str, Any] | None:
+        """The usage so far, after an event that reports some (message_delta's counts
+        are cumulative)."""
+        if kind == "message_start":
+            usage = (data.get("message") or {}).get("usage")
+        elif kind == "message_delta":
+            usage = data.get("usage")
+        else:
+            return None
+        if not isinstance(usage, dict):
+            return None
+        self._usage.update({k: v for k, v in usage.items() if v is not None})
+        return openai_usage(self._usage)
+
+
+class _Read(NamedTuple):
+    """What one upstream read held: its chunks (or native events), then perhaps
+    `message_stop` or a failure."""
+
+    chunks: list[Any]
     done: bool = False
     failure: UpstreamError | None = None
 

@@ -38,11 +38,28 @@ class Completion:
     body: dict[str, Any]
     # The upstream's own bytes, relayed untouched when nothing needed changing.
     raw: bytes | None = None
+    # True when `body` is in the client's own API (a native Anthropic message), not
+    # OpenAI's; its usage for metering is then `native_usage`, in OpenAI's shape.
+    native: bool = False
+    native_usage: dict[str, Any] | None = None
 
     @property
     def usage(self) -> dict[str, Any] | None:
+        if self.native:
+            return self.native_usage
         usage = self.body.get("usage")
         return usage if isinstance(usage, dict) else None
+
+
+@dataclass(slots=True)
+class NativeEvent:
+    """A stream event in the client's own API, relayed as the upstream sent it. `usage`
+    is the usage so far, in OpenAI's shape, when this event reported some."""
+
+    name: str
+    data: dict[str, Any]
+    frame: bytes
+    usage: dict[str, Any] | None = None
 
 
 class ChunkStream(Protocol):
