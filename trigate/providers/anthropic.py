@@ -26,6 +26,7 @@ from trigate.providers.base import (
     Completion,
     NativeEvent,
     UpstreamClient,
+    read_json_object,
     translate_transport_error,
 )
 from trigate.sse import ServerSentEvent, SSEDecoder
@@ -99,7 +100,7 @@ class AnthropicMessages:
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         payload = to_anthropic(body, self._model, self._max_tokens)
-        _, data = await _read_message(await self._upstream.post(payload))
+        _, data = await read_json_object(await self._upstream.post(payload))
         return Completion(body=to_openai(data, json_mode=_json_schema(body) is not None))
 
     async def open_stream(self, body: dict[str, Any]) -> AnthropicChunkStream:
@@ -110,7 +111,9 @@ class AnthropicMessages:
     async def messages(self, body: dict[str, Any]) -> Completion:
         """A Messages API request sent as the client wrote it (only `model` is ours),
         answered with the upstream's own message and bytes."""
-        raw, data = await _read_message(await self._upstream.post({**body, "model": self._model}))
+        raw, data = await read_json_object(
+            await self._upstream.post({**body, "model": self._model})
+        )
         usage = data.get("usage")
         metered = openai_usage(usage) if isinstance(usage, dict) else None
         return Completion(body=data, raw=raw, native=True, native_usage=metered)
@@ -119,23 +122,6 @@ class AnthropicMessages:
         """A Messages API stream sent as the client wrote it, read as its own events."""
         response = await self._upstream.post({**body, "model": self._model})
         return AnthropicChunkStream(response, NativeEvents())
-
-
-async def _read_message(response: httpx.Response) -> tuple[bytes, dict[str, Any]]:
-    """A non-stream answer's bytes and its JSON object."""
-    try:
-        raw = await response.aread()
-    except httpx.HTTPError as error:
-        raise translate_transport_error(error) from error
-    finally:
-        await response.aclose()
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("The upstream answered with a body that is not JSON.") from None
-    if not isinstance(data, dict):
-        raise UpstreamError("The upstream answered with JSON that is not an object.")
-    return raw, data
 
 
 def messages_url(api_base: str) -> str:

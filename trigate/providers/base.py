@@ -143,6 +143,23 @@ def translate_transport_error(error: httpx.HTTPError) -> UpstreamError:
     return UpstreamError(f"The upstream connection failed ({type(error).__name__}).")
 
 
+async def read_json_object(response: httpx.Response) -> tuple[bytes, dict[str, Any]]:
+    """A non-stream answer's bytes and its JSON object; the response is closed either way."""
+    try:
+        raw = await response.aread()
+    except httpx.HTTPError as error:
+        raise translate_transport_error(error) from error
+    finally:
+        await response.aclose()
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The upstream answered with a body that is not JSON.") from None
+    if not isinstance(data, dict):
+        raise UpstreamError("The upstream answered with JSON that is not an object.")
+    return raw, data
+
+
 async def error_from_response(response: httpx.Response) -> UpstreamError:
     """Read (a bounded part of) an error response and turn it into the client's error."""
     body = b""

@@ -37,6 +37,7 @@ from trigate.providers.base import (
     ERROR_BODY_LIMIT,
     ERROR_MESSAGE_LIMIT,
     Completion,
+    read_json_object,
     translate_transport_error,
 )
 from trigate.providers.eventstream import EventStreamDecoder, Frame
@@ -86,7 +87,7 @@ class BedrockConverse:
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         response = await self._converse.post(converse_request(body))
-        data = await _json_answer(response)
+        _, data = await read_json_object(response)
         return Completion(body=to_completion(data, self._model, _completion_id(response)))
 
     async def open_stream(self, body: dict[str, Any]) -> ConverseChunkStream:
@@ -125,33 +126,17 @@ class BedrockConverse:
             request = {"inputText": text}
             if isinstance(dimensions, int):
                 request["dimensions"] = dimensions
-            data = await _json_answer(await self._invoke.post(request))
+            _, data = await read_json_object(await self._invoke.post(request))
             vectors.append(data.get("embedding") or [])
             tokens += int(data.get("inputTextTokenCount") or 0)
         return vectors, tokens
 
     async def _embed_cohere(self, texts: list[str], body: dict[str, Any]) -> list[list[float]]:
         request = {"texts": texts, "input_type": body.get("input_type") or "search_document"}
-        data = await _json_answer(await self._invoke.post(request))
+        _, data = await read_json_object(await self._invoke.post(request))
         vectors = data.get("embeddings") or []
         # Newer Cohere models answer {"embeddings": {"float": [...]}} by embedding type.
         return vectors.get("float", []) if isinstance(vectors, dict) else vectors
-
-
-async def _json_answer(response: httpx.Response) -> dict[str, Any]:
-    try:
-        raw = await response.aread()
-    except httpx.HTTPError as error:
-        raise translate_transport_error(error) from error
-    finally:
-        await response.aclose()
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("The upstream answered with a body that is not JSON.") from None
-    if not isinstance(data, dict):
-        raise UpstreamError("The upstream answered with JSON that is not an object.")
-    return data
 
 
 def _client_error(message: str) -> UpstreamError:

@@ -19,7 +19,12 @@ import httpx
 import orjson
 
 from trigate.errors import UpstreamError
-from trigate.providers.base import Completion, UpstreamClient, translate_transport_error
+from trigate.providers.base import (
+    Completion,
+    UpstreamClient,
+    read_json_object,
+    translate_transport_error,
+)
 from trigate.sse import ServerSentEvent, SSEDecoder
 
 if TYPE_CHECKING:
@@ -107,19 +112,7 @@ def upstream_headers(params: LiteLLMParams, auth: dict[str, str]) -> dict[str, s
 
 async def fetch_completion(upstream: UpstreamClient, payload: dict[str, Any]) -> Completion:
     """POST a request and keep the upstream's bytes for relaying."""
-    response = await upstream.post(payload)
-    try:
-        raw = await response.aread()
-    except httpx.HTTPError as error:
-        raise translate_transport_error(error) from error
-    finally:
-        await response.aclose()
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("The upstream answered with a body that is not JSON.") from None
-    if not isinstance(data, dict):
-        raise UpstreamError("The upstream answered with JSON that is not an object.")
+    raw, data = await read_json_object(await upstream.post(payload))
     return Completion(body=data, raw=raw)
 
 
