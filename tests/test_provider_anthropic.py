@@ -538,7 +538,7 @@ TOO_LONG = "prompt is too long: 208573 tokens > 200000 maximum"
     ("status", "kind", "text", "client_status", "code"),
     [
         (429, "rate_limit_error", RATE_LIMITED, 429, "rate_limit_exceeded"),
-        (401, "authentication_error", "invalid x-api-key", 502, "upstream_error"),
+        (401, "authentication_error", "invalid x-api-key", 401, "upstream_authentication_error"),
         (400, "invalid_request_error", TOO_LONG, 400, "context_length_exceeded"),
         (400, "invalid_request_error", "max_tokens: Field required", 400, "invalid_request_error"),
         (500, "api_error", "Internal server error", 502, "upstream_error"),

@@ -291,7 +291,7 @@ async def test_filter_mid_stream_ends_with_an_error_frame(
             401,
             {"code": "401", "message": "Access denied due to invalid subscription key."},
             {},
-            502,
+            401,
             None,
         ),
         (

@@ -175,8 +175,10 @@ _POLICY_WORDS = re.compile(
 
 
 # What a client sees of each kind: (status, type, code); None keeps the upstream's own.
-# Kinds not listed (auth, server) are the gateway's problem and stay 502.
+# Server failures, not listed, stay 502. An upstream refusing the deployment's credentials
+# is a 401, as LiteLLM answers, with a code and message that say it was the upstream's.
 _CLIENT_VIEW: dict[Failure, tuple[int | None, str, str | None]] = {
+    Failure.AUTH: (401, "authentication_error", "upstream_authentication_error"),
     Failure.RATE_LIMIT: (429, "rate_limit_error", "rate_limit_exceeded"),
     Failure.TIMEOUT: (504, "timeout_error", "upstream_timeout"),
     Failure.CONTEXT_WINDOW: (400, "invalid_request_error", "context_length_exceeded"),
@@ -202,6 +204,8 @@ def from_upstream_status(
         view_status, error.type, view_code = _CLIENT_VIEW[error.kind]
         error.status = view_status or status
         error.code = view_code or code
+    if error.kind is Failure.AUTH:
+        error.message = f"The upstream refused this deployment's credentials: {message}"
     if status in (503, 529):
         # Overloaded (Anthropic's 529) or unavailable: a 503, which clients retry later.
         error.status, error.code = 503, "upstream_overloaded"
