@@ -15,8 +15,7 @@ message or events, with the usage in OpenAI's shape for metering.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -25,11 +24,12 @@ from trigate.errors import Failure, UpstreamError, from_upstream_status
 from trigate.providers.base import (
     Completion,
     NativeEvent,
+    SSEChunkStream,
+    StreamRead,
     UpstreamClient,
     read_json_object,
-    translate_transport_error,
 )
-from trigate.sse import ServerSentEvent, SSEDecoder
+from trigate.sse import ServerSentEvent
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -445,37 +445,14 @@ def _count(value: Any) -> int:
 # --- Anthropic stream -> OpenAI chunks ---------------------------------------------------
 
 
-class AnthropicChunkStream:
+class AnthropicChunkStream(SSEChunkStream):
     """An upstream Messages stream, decoded into batches of OpenAI chunk dicts (or of
     its own events, for a client that speaks the Messages API too)."""
 
     def __init__(
         self, response: httpx.Response, translator: StreamTranslator | NativeEvents
     ) -> None:
-        self._response = response
-        self._translator = translator
-
-    async def __aiter__(self) -> AsyncIterator[list[Any]]:
-        decoder = SSEDecoder()
-        try:
-            async for raw in self._response.aiter_raw():
-                read = self._translator.translate(decoder.feed(raw))
-                if read.chunks:
-                    yield read.chunks
-                if read.failure is not None:
-                    raise read.failure
-                if read.done:
-                    return
-        except httpx.HTTPError as error:
-            raise translate_transport_error(error) from error
-        read = self._translator.translate(decoder.flush())
-        if read.chunks:
-            yield read.chunks
-        if read.failure is not None:
-            raise read.failure
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
+        super().__init__(response, translator.translate)
 
 
 class NativeEvents:
@@ -485,22 +462,22 @@ class NativeEvents:
     def __init__(self) -> None:
         self._usage: dict[str, Any] = {}
 
-    def translate(self, events: list[ServerSentEvent]) -> _Read:
+    def translate(self, events: list[ServerSentEvent]) -> StreamRead:
         batch: list[Any] = []
         for sse in events:
             try:
                 data = _event_data(sse.data)
             except UpstreamError as failure:
-                return _Read(batch, failure=failure)
+                return StreamRead(batch, failure=failure)
             kind = data.get("type")
             if kind == "error":
                 # Relayed as the failure it names, so the record holds it too.
-                return _Read(batch, failure=_stream_error(data.get("error")))
+                return StreamRead(batch, failure=_stream_error(data.get("error")))
             frame = f"event: {sse.event}\ndata: {sse.data}\n\n".encode()
             batch.append(NativeEvent(sse.event, data, frame, self._usage_after(kind, data)))
             if kind == "message_stop":
-                return _Read(batch, done=True)
-        return _Read(batch)
+                return StreamRead(batch, done=True)
+        return StreamRead(batch)
 
     def _usage_after(self, kind: Any, data: dict[str, Any]) -> dict[str, Any] | None:
         """The usage so far, after an event that reports some (message_delta's counts
@@ -515,15 +492,6 @@ class NativeEvents:
             return None
         self._usage.update({k: v for k, v in usage.items() if v is not None})
         return openai_usage(self._usage)
-
-
-class _Read(NamedTuple):
-    """What one upstream read held: its chunks (or native events), then perhaps
-    `message_stop` or a failure."""
-
-    chunks: list[Any]
-    done: bool = False
-    failure: UpstreamError | None = None
 
 
 class StreamTranslator:
@@ -543,21 +511,21 @@ class StreamTranslator:
         self._tool_blocks: dict[int, int | None] = {}
         self._tool_calls = 0
 
-    def translate(self, events: list[ServerSentEvent]) -> _Read:
+    def translate(self, events: list[ServerSentEvent]) -> StreamRead:
         chunks: list[dict[str, Any]] = []
         for event in events:
             try:
                 data = _event_data(event.data)
             except UpstreamError as failure:
-                return _Read(chunks, failure=failure)
+                return StreamRead(chunks, failure=failure)
             kind = data.get("type")
             if kind == "message_stop":
-                return _Read(chunks, done=True)
+                return StreamRead(chunks, done=True)
             if kind == "error":
                 # The chunks before the failure still reach the client, and are billed.
-                return _Read(chunks, failure=_stream_error(data.get("error")))
+                return StreamRead(chunks, failure=_stream_error(data.get("error")))
             self._translate_event(kind, data, chunks)
-        return _Read(chunks)
+        return StreamRead(chunks)
 
     def _translate_event(self, kind: Any, data: dict[str, Any], chunks: list[dict]) -> None:
         if kind == "content_block_delta":

@@ -8,9 +8,9 @@ OpenAI's shapes to the rest of the gateway: a non-stream call returns a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import httpx
 import orjson
@@ -21,6 +21,7 @@ from trigate.errors import (
     UpstreamUnreachable,
     from_upstream_status,
 )
+from trigate.sse import ServerSentEvent, SSEDecoder
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -74,6 +75,57 @@ class ChunkStream(Protocol):
     def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]: ...
 
     async def aclose(self) -> None: ...
+
+
+class StreamRead(NamedTuple):
+    """What one upstream read held: its chunks (or native events), then perhaps the end
+    of the stream or a failure."""
+
+    chunks: list[Any]
+    done: bool = False
+    failure: UpstreamError | None = None
+
+
+class SSEChunkStream:
+    """An upstream SSE response read as batches, one per upstream read.
+
+    `translate` turns one read's events into a `StreamRead`; a failure ends the stream
+    after the chunks before it, which still reach the client and are billed. `tail`
+    adds what only the end of the stream can say (Gemini's final usage chunk).
+    """
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        translate: Callable[[list[ServerSentEvent]], StreamRead],
+        tail: Callable[[], list[Any]] | None = None,
+    ) -> None:
+        self._response = response
+        self._translate = translate
+        self._tail = tail
+
+    async def __aiter__(self) -> AsyncIterator[list[Any]]:
+        decoder = SSEDecoder()
+        try:
+            async for raw in self._response.aiter_raw():
+                read = self._translate(decoder.feed(raw))
+                if read.chunks:
+                    yield read.chunks
+                if read.failure is not None:
+                    raise read.failure
+                if read.done:
+                    return
+        except httpx.HTTPError as error:
+            raise translate_transport_error(error) from error
+        read = self._translate(decoder.flush())
+        chunks = [*read.chunks, *(self._tail() if self._tail else ())]
+        if chunks:
+            yield chunks
+        if read.failure is not None:
+            raise read.failure
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
 
 
 class Provider(Protocol):

@@ -17,7 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -37,6 +37,7 @@ from trigate.providers.base import (
     ERROR_BODY_LIMIT,
     ERROR_MESSAGE_LIMIT,
     Completion,
+    StreamRead,
     read_json_object,
     translate_transport_error,
 )
@@ -623,13 +624,6 @@ class ConverseChunkStream:
         await self._response.aclose()
 
 
-class _Read(NamedTuple):
-    """What one upstream read held: its chunks, then perhaps a failure."""
-
-    chunks: list[dict[str, Any]]
-    failure: UpstreamError | None = None
-
-
 class StreamTranslator:
     """Turns ConverseStream events into chunks, keeping what spans events: which content
     block is which tool call, and whether the message has stopped."""
@@ -645,7 +639,7 @@ class StreamTranslator:
         self._tool_calls: dict[int, int] = {}
         self.stopped = False
 
-    def read(self, frames: Iterator[Frame]) -> _Read:
+    def read(self, frames: Iterator[Frame]) -> StreamRead:
         chunks: list[dict[str, Any]] = []
         try:
             for frame in frames:
@@ -654,8 +648,8 @@ class StreamTranslator:
                     chunks.append(chunk)
         except UpstreamError as failure:
             # The chunks before the failure still reach the client, and are billed.
-            return _Read(chunks, failure)
-        return _Read(chunks)
+            return StreamRead(chunks, failure=failure)
+        return StreamRead(chunks)
 
     def _chunk(self, frame: Frame) -> dict[str, Any] | None:
         headers = frame.headers

@@ -22,7 +22,7 @@ import mimetypes
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
@@ -30,9 +30,14 @@ import httpx
 import orjson
 
 from trigate.errors import InvalidRequest, UpstreamError, from_upstream_status
-from trigate.providers.base import Completion, UpstreamClient, translate_transport_error
+from trigate.providers.base import (
+    Completion,
+    SSEChunkStream,
+    StreamRead,
+    UpstreamClient,
+)
 from trigate.providers.openai import fetch_completion, upstream_headers
-from trigate.sse import ServerSentEvent, SSEDecoder
+from trigate.sse import ServerSentEvent
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -571,41 +576,12 @@ def _count(metadata: dict[str, Any], key: str) -> int:
 # --- Gemini stream -> OpenAI chunks ---------------------------------------------------
 
 
-class GeminiChunkStream:
+class GeminiChunkStream(SSEChunkStream):
     """A `streamGenerateContent?alt=sse` response, as batches of OpenAI chunks; the usage
     chunk comes last, once the stream has ended and its final counts are known."""
 
     def __init__(self, response: httpx.Response, translator: StreamTranslator) -> None:
-        self._response = response
-        self._translator = translator
-
-    async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
-        decoder = SSEDecoder()
-        try:
-            async for raw in self._response.aiter_raw():
-                read = self._translator.translate(decoder.feed(raw))
-                if read.chunks:
-                    yield read.chunks
-                if read.failure is not None:
-                    raise read.failure
-        except httpx.HTTPError as error:
-            raise translate_transport_error(error) from error
-        read = self._translator.translate(decoder.flush())
-        chunks = [*read.chunks, *self._translator.usage_chunk()]
-        if chunks:
-            yield chunks
-        if read.failure is not None:
-            raise read.failure
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
-
-
-class _Read(NamedTuple):
-    """What one upstream read held: its chunks, then perhaps a failure."""
-
-    chunks: list[dict[str, Any]]
-    failure: UpstreamError | None = None
+        super().__init__(response, translator.translate, translator.usage_chunk)
 
 
 class StreamTranslator:
@@ -619,15 +595,15 @@ class StreamTranslator:
         self._calls: dict[int, int] = {}
         self._usage: dict[str, Any] | None = None
 
-    def translate(self, events: Iterable[ServerSentEvent]) -> _Read:
+    def translate(self, events: Iterable[ServerSentEvent]) -> StreamRead:
         chunks: list[dict[str, Any]] = []
         for event in events:
             try:
                 chunks.extend(self._translate_event(_event_data(event.data)))
             except UpstreamError as failure:
                 # The chunks before the failure still reach the client, and are billed.
-                return _Read(chunks, failure)
-        return _Read(chunks)
+                return StreamRead(chunks, failure=failure)
+        return StreamRead(chunks)
 
     def usage_chunk(self) -> list[dict[str, Any]]:
         if self._usage is None or self._frame is None:

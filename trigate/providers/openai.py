@@ -11,9 +11,8 @@ stream handling through `fetch_completion`, `stream_payload` and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
@@ -21,11 +20,12 @@ import orjson
 from trigate.errors import UpstreamError
 from trigate.providers.base import (
     Completion,
+    SSEChunkStream,
+    StreamRead,
     UpstreamClient,
     read_json_object,
-    translate_transport_error,
 )
-from trigate.sse import ServerSentEvent, SSEDecoder
+from trigate.sse import ServerSentEvent
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -130,54 +130,24 @@ def stream_payload(body: dict[str, Any], model: str, *, stream_options: bool) ->
     return payload
 
 
-class OpenAIChunkStream:
+class OpenAIChunkStream(SSEChunkStream):
     """An upstream SSE response, decoded into batches of OpenAI chunk dicts."""
 
     def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-
-    async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
-        decoder = SSEDecoder()
-        try:
-            async for raw in self._response.aiter_raw():
-                read = _parse_events(decoder.feed(raw))
-                if read.chunks:
-                    yield read.chunks
-                if read.failure is not None:
-                    raise read.failure
-                if read.done:
-                    return
-        except httpx.HTTPError as error:
-            raise translate_transport_error(error) from error
-        read = _parse_events(decoder.flush())
-        if read.chunks:
-            yield read.chunks
-        if read.failure is not None:
-            raise read.failure
-
-    async def aclose(self) -> None:
-        await self._response.aclose()
+        super().__init__(response, _parse_events)
 
 
-class _Read(NamedTuple):
-    """What one upstream read held: its chunks, then perhaps `[DONE]` or a failure."""
-
-    chunks: list[dict[str, Any]]
-    done: bool = False
-    failure: UpstreamError | None = None
-
-
-def _parse_events(events: list[ServerSentEvent]) -> _Read:
+def _parse_events(events: list[ServerSentEvent]) -> StreamRead:
     chunks: list[dict[str, Any]] = []
     for event in events:
         if event.data == DONE:
-            return _Read(chunks, done=True)
+            return StreamRead(chunks, done=True)
         try:
             chunks.append(_parse_chunk(event.data))
         except UpstreamError as failure:
             # The chunks before the failure still reach the client, and are billed.
-            return _Read(chunks, failure=failure)
-    return _Read(chunks)
+            return StreamRead(chunks, failure=failure)
+    return StreamRead(chunks)
 
 
 def _parse_chunk(data: str) -> dict[str, Any]:
