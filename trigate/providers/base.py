@@ -8,7 +8,7 @@ OpenAI's shapes to the rest of the gateway: a non-stream call returns a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -157,21 +157,33 @@ class UpstreamClient:
         url: str,
         headers: dict[str, str],
         timeout: float,
+        *,
+        sign: Callable[[str, dict[str, str], bytes], dict[str, str]] | None = None,
+        read_error: Callable[[httpx.Response], Awaitable[UpstreamError]] | None = None,
     ) -> None:
         self._transport = transport
+        self._url_text = url
         self._url = httpx.URL(url)
+        self._raw_headers = headers
         self._headers = httpx.Headers(headers)
+        # Bedrock signs each request (SigV4 covers the date and the body).
+        self._sign = sign
+        self._read_error = read_error or error_from_response
         # Each read may take the deployment's whole `timeout`; connecting, at most 10 s.
         connect = min(timeout, 10.0)
         self._timeout = {"connect": connect, "read": timeout, "write": timeout, "pool": timeout}
 
     async def post(self, payload: dict[str, Any]) -> httpx.Response:
         """Send a JSON body; the response is open (streamed) and its status checked."""
+        content = orjson.dumps(payload)
+        headers = (
+            self._sign(self._url_text, self._raw_headers, content) if self._sign else self._headers
+        )
         request = httpx.Request(
             "POST",
             self._url,
-            headers=self._headers,
-            content=orjson.dumps(payload),
+            headers=headers,
+            content=content,
             extensions={"timeout": self._timeout},
         )
         try:
@@ -181,7 +193,7 @@ class UpstreamClient:
         response.request = request
         if response.status_code >= 400:
             try:
-                raise await error_from_response(response)
+                raise await self._read_error(response)
             finally:
                 await response.aclose()
         return response

@@ -38,6 +38,7 @@ from trigate.providers.base import (
     ERROR_MESSAGE_LIMIT,
     Completion,
     StreamRead,
+    UpstreamClient,
     read_json_object,
     translate_transport_error,
 )
@@ -75,16 +76,25 @@ class BedrockConverse:
         base = (base or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/")
         # Model ids hold ':' and ARNs hold '/': the id is one path segment.
         model_url = f"{base}/model/{quote(self._model, safe='')}"
-        sign, headers = _authentication(params, region)
-        self._converse = _Endpoint(
-            transport, f"{model_url}/converse", "application/json", headers, sign, params.timeout
-        )
-        self._converse_stream = _Endpoint(
-            transport, f"{model_url}/converse-stream", EVENT_STREAM, headers, sign, params.timeout
-        )
-        self._invoke = _Endpoint(
-            transport, f"{model_url}/invoke", "application/json", headers, sign, params.timeout
-        )
+        sign, auth = _authentication(params, region)
+
+        def endpoint(path: str, accept: str) -> UpstreamClient:
+            url = f"{model_url}/{path}"
+            # `host` is given rather than derived so that the signed value is the sent one.
+            headers = {
+                "host": urlsplit(url).netloc,
+                "content-type": "application/json",
+                "accept": accept,
+                "accept-encoding": "identity",
+                **auth,
+            }
+            return UpstreamClient(
+                transport, url, headers, params.timeout, sign=sign, read_error=_error_from_response
+            )
+
+        self._converse = endpoint("converse", "application/json")
+        self._converse_stream = endpoint("converse-stream", EVENT_STREAM)
+        self._invoke = endpoint("invoke", "application/json")
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         response = await self._converse.post(converse_request(body))
@@ -209,56 +219,6 @@ def _missing_credentials(url: str, headers: dict[str, str], content: bytes) -> d
     )
     error.kind = Failure.AUTH
     raise error
-
-
-class _Endpoint:
-    """One Bedrock URL with its fixed headers, sent straight to the shared transport
-    (as `UpstreamClient` does) but signed per request."""
-
-    def __init__(
-        self,
-        transport: httpx.AsyncBaseTransport,
-        url: str,
-        accept: str,
-        extra_headers: dict[str, str],
-        sign: Sign,
-        timeout: float,
-    ) -> None:
-        self._transport = transport
-        self._url = url
-        self._sign = sign
-        # `host` is given rather than derived so that the signed value is the sent one.
-        self._headers = {
-            "host": urlsplit(url).netloc,
-            "content-type": "application/json",
-            "accept": accept,
-            "accept-encoding": "identity",
-            **extra_headers,
-        }
-        connect = min(timeout, 10.0)
-        self._timeout = {"connect": connect, "read": timeout, "write": timeout, "pool": timeout}
-
-    async def post(self, payload: dict[str, Any]) -> httpx.Response:
-        """Send a JSON body; the response is open (streamed) and its status checked."""
-        content = orjson.dumps(payload)
-        request = httpx.Request(
-            "POST",
-            self._url,
-            headers=self._sign(self._url, self._headers, content),
-            content=content,
-            extensions={"timeout": self._timeout},
-        )
-        try:
-            response = await self._transport.handle_async_request(request)
-        except httpx.HTTPError as error:
-            raise translate_transport_error(error) from error
-        response.request = request
-        if response.status_code >= 400:
-            try:
-                raise await _error_from_response(response)
-            finally:
-                await response.aclose()
-        return response
 
 
 # Bedrock words "context window exceeded" in ways `trigate.errors` does not all know.
