@@ -92,6 +92,17 @@ def require_model(body: dict[str, Any]) -> str:
     return model
 
 
+def require_messages(body: dict[str, Any]) -> None:
+    """A non-empty list of message objects, in OpenAI's and Anthropic's APIs alike."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest(
+            "`messages` is required and must be a non-empty array.", param="messages"
+        )
+    if not all(isinstance(message, dict) for message in messages):
+        raise InvalidRequest("Every entry of `messages` must be an object.", param="messages")
+
+
 def check_stream_fields(body: dict[str, Any]) -> None:
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):

@@ -11,8 +11,13 @@ from typing import Any
 from quart import Response
 from quart_trio import QuartTrio
 
-from trigate.api.calls import CHAT, check_stream_fields, proxy_request, require_model
-from trigate.errors import InvalidRequest
+from trigate.api.calls import (
+    CHAT,
+    check_stream_fields,
+    proxy_request,
+    require_messages,
+    require_model,
+)
 from trigate.gateway import Gateway
 
 
@@ -25,12 +30,6 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
 def _validate(body: dict[str, Any]) -> str:
     model = require_model(body)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest(
-            "`messages` is required and must be a non-empty array.", param="messages"
-        )
-    if not all(isinstance(message, dict) for message in messages):
-        raise InvalidRequest("Every entry of `messages` must be an object.", param="messages")
+    require_messages(body)
     check_stream_fields(body)
     return model

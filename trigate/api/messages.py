@@ -26,6 +26,7 @@ from trigate.api.calls import (
     ProxiedCall,
     Surface,
     check_stream_fields,
+    require_messages,
     require_model,
 )
 from trigate.api.context import current_request
@@ -95,12 +96,6 @@ def validate(body: dict[str, Any]) -> str:
     """What the gateway itself needs of a request (a count request has no `max_tokens`);
     the rest is the upstream's to judge."""
     model = require_model(body)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest(
-            "`messages` is required and must be a non-empty array.", param="messages"
-        )
-    if not all(isinstance(message, dict) for message in messages):
-        raise InvalidRequest("Every entry of `messages` must be an object.", param="messages")
+    require_messages(body)
     check_stream_fields(body)
     return model
