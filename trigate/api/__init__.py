@@ -1,4 +1,5 @@
-"""The HTTP surface: a Quart-Trio app over one worker's `Gateway`."""
+"""The HTTP surface: a Quart-Trio app over one worker's `Gateway`, with the model API
+(`model_api`) served in front of it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from trigate.api import chat, completions, embeddings, health, keys, messages, models, spend, teams
 from trigate.api.context import RequestScope, current_request
+from trigate.api.model_api import ModelAPI
 from trigate.errors import BodyTooLarge, GatewayError, NotFound
 from trigate.gateway import Gateway
 
@@ -33,10 +35,19 @@ def create_app(gateway: Gateway) -> QuartTrio:
         # In the lifespan's nursery; `gateway.stop` cancels them before the store closes.
         await app.nursery.start(gateway.run_background)
 
-    for module in (chat, completions, embeddings, messages, models, health, keys, teams, spend):
+    for module in (models, health, keys, teams, spend):
         module.register(app, gateway)
     _register_error_handlers(app)
-    app.asgi_app = RequestScope(app.asgi_app)  # type: ignore[method-assign]
+    model_routes = {}
+    for module in (chat, completions, embeddings, messages):
+        model_routes |= module.routes(gateway)
+    model_api = ModelAPI(
+        app.asgi_app,
+        model_routes,
+        max_body_bytes=gateway.config.max_request_bytes,
+        body_timeout=settings.request_body_timeout,
+    )
+    app.asgi_app = RequestScope(model_api)  # type: ignore[method-assign]
     return app
 
 

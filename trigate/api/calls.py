@@ -16,10 +16,10 @@ from typing import Any
 
 import orjson
 import trio
-from quart import Response, request
 
 from trigate.api.context import RequestContext, current_request
-from trigate.api.responses import json_body, raw_json_response
+from trigate.api.model_api import Incoming, Reply
+from trigate.api.responses import parse_json_object
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, secrets
@@ -70,11 +70,14 @@ class Surface:
 
 
 async def proxy_request(
-    gateway: Gateway, operation: Operation, validate: Callable[[dict[str, Any]], str]
-) -> Response:
+    gateway: Gateway,
+    incoming: Incoming,
+    operation: Operation,
+    validate: Callable[[dict[str, Any]], str],
+) -> Reply:
     """Authenticate, validate with `validate(body) -> model group`, admit, then serve."""
-    caller = await gateway.auth.authenticate(request.headers)
-    body = await json_body()
+    caller = await gateway.auth.authenticate(incoming.headers)
+    body = parse_json_object(incoming.body)
     group = validate(body)
     fallbacks = pop_fallbacks(body)
     call = ProxiedCall(gateway, current_request.get(), caller, group, body, fallbacks, operation)
@@ -265,7 +268,7 @@ class ProxiedCall:
             raise
         self.context.headers.update(self.admission.headers)
 
-    async def complete(self) -> Response:
+    async def complete(self) -> Reply:
         status, error, usage, cancelled = 500, None, None, False
         routed: Routed[Completion] | None = None
         try:
@@ -276,7 +279,7 @@ class ProxiedCall:
                 self.meter.observe_completion(completion.body)
             usage = await self.meter.settle()
             status = 200
-            return raw_json_response(self._answer(completion, usage))
+            return Reply(self._answer(completion, usage))
         except GatewayError as failure:
             status, error = failure.status, failure
             raise
@@ -307,7 +310,7 @@ class ProxiedCall:
             return completion.raw or orjson.dumps(completion.body)
         return orjson.dumps({**completion.body, "usage": usage.to_openai()})
 
-    async def stream(self) -> Response:
+    async def stream(self) -> Reply:
         try:
             routed = await self._route(StreamAttempt(self.body, self.operation, self.surface))
         except BaseException as failure:
@@ -333,7 +336,7 @@ class ProxiedCall:
             encoder=self.surface.frames() if self.surface else None,
         )
         self.context.relay = relay
-        return Response(relay, status=200, headers=SSE_HEADERS)
+        return Reply(relay, headers=SSE_HEADERS)
 
     async def _route(self, attempt: Attempt[Any]) -> Routed[Any]:
         """Route the request, counting the whole wait as the upstreams', not ours."""

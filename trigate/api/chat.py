@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Response
-from quart_trio import QuartTrio
-
 from trigate.api.calls import (
     CHAT,
     check_stream_fields,
@@ -18,14 +15,16 @@ from trigate.api.calls import (
     require_messages,
     require_model,
 )
+from trigate.api.model_api import Incoming, Reply, Route
 from trigate.gateway import Gateway
 
 
-def register(app: QuartTrio, gateway: Gateway) -> None:
-    @app.post("/v1/chat/completions")
-    @app.post("/chat/completions")
-    async def chat_completions() -> Response:
-        return await proxy_request(gateway, CHAT, _validate)
+def routes(gateway: Gateway) -> dict[str, Route]:
+    async def chat_completions(incoming: Incoming) -> Reply:
+        return await proxy_request(gateway, incoming, CHAT, _validate)
+
+    route = Route(chat_completions)
+    return {"/v1/chat/completions": route, "/chat/completions": route}
 
 
 def _validate(body: dict[str, Any]) -> str:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Response
-from quart_trio import QuartTrio
-
 from trigate.api.calls import TEXT_COMPLETIONS, check_stream_fields, proxy_request, require_model
+from trigate.api.model_api import Incoming, Reply, Route
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
 
 
-def register(app: QuartTrio, gateway: Gateway) -> None:
-    @app.post("/v1/completions")
-    @app.post("/completions")
-    async def completions() -> Response:
-        return await proxy_request(gateway, TEXT_COMPLETIONS, _validate)
+def routes(gateway: Gateway) -> dict[str, Route]:
+    async def completions(incoming: Incoming) -> Reply:
+        return await proxy_request(gateway, incoming, TEXT_COMPLETIONS, _validate)
+
+    route = Route(completions)
+    return {"/v1/completions": route, "/completions": route}
 
 
 def _validate(body: dict[str, Any]) -> str:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Response
-from quart_trio import QuartTrio
-
 from trigate.api.calls import EMBEDDINGS, proxy_request, require_model
+from trigate.api.model_api import Incoming, Reply, Route
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
 
 
-def register(app: QuartTrio, gateway: Gateway) -> None:
-    @app.post("/v1/embeddings")
-    @app.post("/embeddings")
-    async def embeddings() -> Response:
-        return await proxy_request(gateway, EMBEDDINGS, _validate)
+def routes(gateway: Gateway) -> dict[str, Route]:
+    async def embeddings(incoming: Incoming) -> Reply:
+        return await proxy_request(gateway, incoming, EMBEDDINGS, _validate)
+
+    route = Route(embeddings)
+    return {"/v1/embeddings": route, "/embeddings": route}
 
 
 def _validate(body: dict[str, Any]) -> str:

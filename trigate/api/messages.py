@@ -11,13 +11,9 @@ adds (thinking signatures, server tools, new fields) is lost on the way.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import orjson
-from quart import Response, request
-from quart_trio import QuartTrio
 
 from trigate.api.anthropic_format import AnthropicFrames, error_body, to_chat_request, to_message
 from trigate.api.calls import (
@@ -30,7 +26,8 @@ from trigate.api.calls import (
     require_model,
 )
 from trigate.api.context import current_request
-from trigate.api.responses import json_body, json_response
+from trigate.api.model_api import Incoming, Reply, Route
+from trigate.api.responses import parse_json_object
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.gateway import Gateway
 from trigate.limits import check_model
@@ -40,29 +37,28 @@ from trigate.usage import UsageMeter
 MESSAGES = Operation("messages", "messages", "open_messages_stream")
 
 
-def register(app: QuartTrio, gateway: Gateway) -> None:
-    @app.post("/v1/messages")
-    async def messages() -> Response:
-        return await _anthropic_errors(partial(_messages, gateway))
+def routes(gateway: Gateway) -> dict[str, Route]:
+    """Both answer errors in Anthropic's envelope, with the gateway's status and headers."""
 
-    @app.post("/v1/messages/count_tokens")
-    async def count_tokens() -> Response:
-        return await _anthropic_errors(partial(_count_tokens, gateway))
+    async def messages(incoming: Incoming) -> Reply:
+        return await _messages(gateway, incoming)
 
+    async def count_tokens(incoming: Incoming) -> Reply:
+        return await _count_tokens(gateway, incoming)
 
-async def _anthropic_errors(handler: Callable[[], Awaitable[Response]]) -> Response:
-    """The gateway's errors in Anthropic's envelope, with the same status and headers."""
-    try:
-        return await handler()
-    except GatewayError as error:
-        response = json_response(error_body(error), status=error.status)
-        response.headers.update(error.headers)
-        return response
+    return {
+        "/v1/messages": Route(messages, _anthropic_error),
+        "/v1/messages/count_tokens": Route(count_tokens, _anthropic_error),
+    }
 
 
-async def _messages(gateway: Gateway) -> Response:
-    caller = await gateway.auth.authenticate(request.headers)
-    body = await json_body()
+def _anthropic_error(error: GatewayError) -> bytes:
+    return orjson.dumps(error_body(error))
+
+
+async def _messages(gateway: Gateway, incoming: Incoming) -> Reply:
+    caller = await gateway.auth.authenticate(incoming.headers)
+    body = parse_json_object(incoming.body)
     model = validate(body)
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
@@ -79,17 +75,17 @@ async def _messages(gateway: Gateway) -> Response:
     return await (call.stream() if chat.get("stream") else call.complete())
 
 
-async def _count_tokens(gateway: Gateway) -> Response:
+async def _count_tokens(gateway: Gateway, incoming: Incoming) -> Reply:
     """An estimate by the gateway's tiktoken encodings: Claude models use a tokenizer of
     their own, which Anthropic does not publish, so their real count differs."""
-    caller = await gateway.auth.authenticate(request.headers)
-    body = await json_body()
+    caller = await gateway.auth.authenticate(incoming.headers)
+    body = parse_json_object(incoming.body)
     model = validate(body)
     if not caller.is_master:
         check_model(caller, model)
     upstream_model = gateway.groups.deployments(model)[0].upstream_model
     meter = UsageMeter(gateway.counter, upstream_model, to_chat_request(body))
-    return json_response({"input_tokens": await meter.prompt_tokens()})
+    return Reply(orjson.dumps({"input_tokens": await meter.prompt_tokens()}))
 
 
 def validate(body: dict[str, Any]) -> str:

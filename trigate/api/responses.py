@@ -16,13 +16,13 @@ def json_response(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status=status, content_type=JSON)
 
 
-def raw_json_response(body: bytes, status: int = 200) -> Response:
-    return Response(body, status=status, content_type=JSON)
-
-
 async def json_body() -> dict[str, Any]:
-    """The request's body as a JSON object, or a 400 that says what is wrong with it."""
-    raw = await request.get_data(cache=False)
+    """The body of the request Quart is serving, as a JSON object."""
+    return parse_json_object(await request.get_data(cache=False))
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400 that says what is wrong with it."""
     if not raw:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:

@@ -1,0 +1,176 @@
+"""The model API, served straight on ASGI in front of Quart.
+
+Proxied calls (chat and text completions, embeddings, Anthropic's Messages) are
+the gateway's hot path, and they need nothing of Quart's per-request machinery:
+no werkzeug request or headers objects, URL map, request and app contexts,
+sessions or signals. Together those cost about a sixth of a proxied call's CPU
+time, so these routes are served here and every other route by Quart.
+
+What a proxied call does need is kept: the body is read under a size cap and a
+time limit; a sibling task watches for the client's disconnect and cancels the
+call, so no upstream request outlives its client; and a streamed answer is
+driven through the relay's `ResponseBody` protocol, `async with relay as frames:
+async for frame in frames`, exactly as Quart drives it, so the relay owns its
+nursery for as long as the response is being sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from trigate.api.context import current_request
+from trigate.errors import BodyTooLarge, GatewayError, MethodNotAllowed, RequestTimeout
+from trigate.relay import StreamRelay
+
+if TYPE_CHECKING:
+    from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+
+logger = logging.getLogger("trigate")
+
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A model API request: its headers (lower-case names) and its whole body."""
+
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A whole answer, or a relayed stream, with its status and headers."""
+
+    body: bytes | StreamRelay
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=lambda: JSON_HEADERS)
+
+
+def openai_error(error: GatewayError) -> bytes:
+    return error.body()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A POST endpoint of the model API, and the envelope its client expects errors in."""
+
+    handler: Callable[[Incoming], Awaitable[Reply]]
+    error_body: Callable[[GatewayError], bytes] = openai_error
+
+
+class _ClientLeft(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+class ModelAPI:
+    """ASGI app serving `routes` itself and passing every other request to `app`."""
+
+    def __init__(
+        self,
+        app: ASGIFramework,
+        routes: dict[str, Route],
+        *,
+        max_body_bytes: int,
+        body_timeout: float,
+    ) -> None:
+        self._app = app
+        self._routes = routes
+        self._max_body_bytes = max_body_bytes
+        self._body_timeout = body_timeout
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        route = self._routes.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            await self._app(scope, receive, send)
+        elif scope["method"] != "POST":
+            error = MethodNotAllowed("This endpoint only accepts POST.", headers={"allow": "POST"})
+            await _send_reply(send, _error_reply(route, error))
+        else:
+            await self._serve(route, scope, receive, send)
+
+    async def _serve(
+        self, route: Route, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+        }
+        try:
+            body = await self._read_body(headers, receive)
+        except _ClientLeft:
+            return
+        except GatewayError as error:
+            await _send_reply(send, _error_reply(route, error))
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            await _send_reply(send, await _answer(route, Incoming(headers, body)))
+            nursery.cancel_scope.cancel()
+
+    async def _read_body(self, headers: dict[str, str], receive: ASGIReceiveCallable) -> bytes:
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_body_bytes:
+            raise BodyTooLarge("The request body is larger than this gateway accepts.")
+        parts: list[bytes] = []
+        size = 0
+        with trio.move_on_after(self._body_timeout):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientLeft
+                part = message.get("body", b"")
+                size += len(part)
+                if size > self._max_body_bytes:
+                    raise BodyTooLarge("The request body is larger than this gateway accepts.")
+                parts.append(part)
+                if not message.get("more_body", False):
+                    return parts[0] if len(parts) == 1 else b"".join(parts)
+        raise RequestTimeout(f"The request body did not arrive within {self._body_timeout:g} s.")
+
+
+async def _answer(route: Route, incoming: Incoming) -> Reply:
+    try:
+        return await route.handler(incoming)
+    except GatewayError as error:
+        return _error_reply(route, error)
+    except Exception:
+        request_id = current_request.get().request_id
+        logger.exception("unhandled error in request %s", request_id)
+        failure = GatewayError(f"The gateway failed unexpectedly (request id {request_id}).")
+        return _error_reply(route, failure)
+
+
+def _error_reply(route: Route, error: GatewayError) -> Reply:
+    return Reply(route.error_body(error), error.status, {**JSON_HEADERS, **error.headers})
+
+
+async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def _send_reply(send: ASGISendCallable, reply: Reply) -> None:
+    headers = [(name.encode(), value.encode()) for name, value in reply.headers.items()]
+    body = reply.body
+    if not isinstance(body, StreamRelay):
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send(_start(reply.status, headers))
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return
+    await send(_start(reply.status, headers))
+    async with body as frames:
+        async for frame in frames:
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _start(status: int, headers: list[tuple[bytes, bytes]]) -> Any:
+    return {"type": "http.response.start", "status": status, "headers": headers}
