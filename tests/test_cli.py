@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -13,6 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from asgi_driver import start_lifespan
+
+from trigate.server import GC_THRESHOLDS, worker_app
 
 TRIGATE = [sys.executable, "-m", "trigate"]
 RUNNING = re.compile(rb"Running on http://127\.0\.0\.1:(\d+)")
@@ -167,3 +171,21 @@ async def test_sigterm_drains_and_flushes_spend(tmp_path: Path) -> None:
     with sqlite3.connect(database) as connection:
         [(rows,)] = connection.execute("SELECT COUNT(*) FROM trigate_spend_logs").fetchall()
     assert rows == 3
+
+
+async def test_a_worker_keeps_its_startup_heap_out_of_collections(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up's objects (encodings, price table, store) are frozen once the gateway
+    has started, and young collections run rarely: see `GC_THRESHOLDS`."""
+    for name, value in clean_env(TRIGATE_MASTER_KEY="sk-" + "k" * 40).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("TRIGATE_CONFIG", raising=False)
+    thresholds = gc.get_threshold()
+    try:
+        await start_lifespan(nursery, worker_app())
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)

@@ -8,6 +8,7 @@ validates the same configuration first, so a bad file fails once, clearly.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import os
@@ -28,6 +29,12 @@ from trigate.gateway import Gateway
 APP_PATH = "trigate.server:worker_app()"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4000
+# At Python's default (700), a young collection runs every few requests and walks every
+# request in flight, and full collections walk the ~80k objects start-up leaves: about 9%
+# of a busy worker's time, with 0.1 s pauses. A request's objects are freed by reference
+# counting, so collections find little to free; running them rarely, with start-up's
+# objects frozen out of them (`freeze_startup_heap`), keeps their work and pauses small.
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,17 @@ def worker_app() -> QuartTrio:
     master_key = config.general_settings.master_key
     if not master_key:
         raise StartupError("no master key reached the worker (TRIGATE_MASTER_KEY is unset)")
-    return create_app(Gateway(config, master_key))
+    gc.set_threshold(*GC_THRESHOLDS)
+    app = create_app(Gateway(config, master_key))
+    app.before_serving(freeze_startup_heap)
+    return app
+
+
+async def freeze_startup_heap() -> None:
+    """Once the gateway has started (encodings, price table, store), move everything alive
+    out of the collector's sight: it lives as long as the process anyway."""
+    gc.collect()
+    gc.freeze()
 
 
 def configure_logging() -> None:
