@@ -1,6 +1,6 @@
 """The streaming relay: one per-request nursery between an upstream and a client.
 
-The relay is a Quart response body. Quart drives it as
+The relay is a Quart response body, driven (by the model API, as by Quart) as
 `async with body as it: async for frame in it: await send(frame)`, so the body
 owns a nursery for exactly as long as the response is being sent. Inside it,
 the provider reader runs as a child task and feeds SSE frames into a memory
