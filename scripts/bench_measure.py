@@ -257,6 +257,17 @@ def scenario_b(gateway: Target, mock: Target, max_rps: float, plan: Plan) -> Fig
     }
 
 
+def server_floor(floor: Target, direct: Figures, rate: float, plan: Plan) -> Figures:
+    """hypercorn alone (no gateway, no upstream call) at the gateway's half-max rate: what
+    the server trigate runs on adds by itself, for scenario (b)'s added latency."""
+    run = open_loop(floor, "bench", rate, plan.duration)
+    return {
+        **run,
+        "added_p50_ms": run["p50_ms"] - direct["p50_ms"],
+        "added_p99_ms": run["p99_ms"] - direct["p99_ms"],
+    }
+
+
 def ttfb(target: Target, plan: Plan) -> Figures:
     """Time from sending a short stream request to its first body byte, one at a time, so no
     request waits behind another."""

@@ -98,6 +98,8 @@ def build_rows(systems: dict[str, Any], levels: tuple[int, ...], slow_streams: i
     rows.add("b", "p50 ms direct to mock", ("b", "direct", "p50_ms"))
     rows.add("b", "added p50 ms", ("b", "added_p50_ms"), target="≤1 ms", check=_at_most(1.0))
     rows.add("b", "added p99 ms", ("b", "added_p99_ms"))
+    rows.add("b", "hypercorn alone: added p50 ms", ("b", "floor", "added_p50_ms"))
+    rows.add("b", "hypercorn alone: added p99 ms", ("b", "floor", "added_p99_ms"))
     rows.add("b", "self-reported overhead p50 ms", ("b", "gateway", "reported_overhead_p50_ms"))
     rows.add("b", "self-reported overhead p99 ms", ("b", "gateway", "reported_overhead_p99_ms"))
     rows.add("c", "added TTFB p50 ms", ("c", "added_ttfb_p50_ms"))

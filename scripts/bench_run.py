@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import bench_client
 import bench_measure as measure
 import bench_report as report
 from bench_client import tighten_timer_slack
@@ -32,6 +33,7 @@ from bench_systems import (
     Gateway,
     ensure_apt_packages,
     ensure_litellm,
+    floor_server,
     mock_server,
     raise_fd_limit,
     tool_versions,
@@ -127,12 +129,23 @@ def bench_gateway(
             if "b" in plan.scenarios:
                 log(f"{gateway.name}: (b) open loop at half max and the sweep")
                 result["b"] = measure.scenario_b(target, mock, result["a"]["max_rps"], plan)
+                if gateway.name == "trigate" and "rate_rps" in result["b"]:
+                    result["b"]["floor"] = floor(result["b"], plan, workdir)
             if "c" in plan.scenarios:
                 log(f"{gateway.name}: (c) streaming")
                 result["c"] = measure.scenario_c(server, mock, plan)
     if "d" in plan.scenarios:
         result["d"] = scaling(gateway, config, plan, workdir)
     return result
+
+
+def floor(b: dict[str, Any], plan: measure.Plan, workdir: Path) -> dict[str, Any]:
+    """(b) again for hypercorn alone, at trigate's rate: the least a gateway on it adds."""
+    log("hypercorn alone: (b) at trigate's half-max rate")
+    with floor_server(workdir) as server:
+        target = measure.Target(server.port, plan.upstream_models())
+        bench_client.closed_loop(target.port, target.request("bench"), 8, 1.0)
+        return measure.server_floor(target, b["direct"], b["rate_rps"], plan)
 
 
 def scaling(gateway: Gateway, config: Path, plan: measure.Plan, workdir: Path) -> dict[str, Any]:

@@ -222,6 +222,15 @@ def mock_server(workdir: Path) -> Iterator[Server]:
         yield server
 
 
+@contextmanager
+def floor_server(workdir: Path) -> Iterator[Server]:
+    """hypercorn alone, answering as the mock does (see bench_floor.py), on a free port."""
+    port = free_port()
+    argv = [sys.executable, str(SCRIPTS / "bench_floor.py"), str(port)]
+    with serving("floor", argv, port, workdir / "floor.log", dict(os.environ), 30) as server:
+        yield server
+
+
 def write_gateway_config(path: Path, mock_port: int, upstream_models: dict[str, str]) -> None:
     """One LiteLLM-shaped config.yaml that both gateways read unchanged."""
     config = {

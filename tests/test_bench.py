@@ -74,6 +74,9 @@ def test_scenario_figures_are_numeric(tiny_run: tuple[str, dict[str, Any]]) -> N
         assert _numeric(b[key]), key
     for side in ("gateway", "direct"):
         assert _numeric(b[side]["p50_ms"]) and _numeric(b[side]["p99_ms"])
+    floor = b["floor"]  # hypercorn alone, at the same rate
+    assert floor["offered_rps"] == b["rate_rps"] and floor["requests"] > 0
+    assert floor["errors"] == 0 and _numeric(floor["added_p50_ms"])
     assert [point["offered_rps"] for point in b["sweep"]] == pytest.approx(
         [0.5 * trigate["a"]["max_rps"], trigate["a"]["max_rps"]]
     )
