@@ -9,6 +9,7 @@ import openai
 import orjson
 import pytest
 import trio
+import trio.testing
 from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, start_gateway
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, StreamReply
 
@@ -339,6 +340,43 @@ async def test_errors_before_the_answer(
                 assert body["code"] == code
             if client_status == 429:
                 assert caught.value.response.headers["retry-after"] == "7"
+
+
+def quota_exceeded(delay: str) -> JSONReply:
+    """A 429 as the Gemini API sends it: its wait in a RetryInfo detail, no Retry-After."""
+    reply = gemini_error(429, "RESOURCE_EXHAUSTED", "Quota exceeded")
+    reply.body["error"]["details"] = [
+        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": []},
+        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay},
+    ]
+    return reply
+
+
+async def test_a_rate_limits_retry_delay_reaches_the_client(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: quota_exceeded("36.5s")
+    async with sdk(gateway) as client:
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.chat.completions.create(model="gemini-test", messages=MESSAGES)
+    assert caught.value.response.headers["retry-after"] == "37"
+
+
+async def test_the_router_waits_out_a_rate_limits_retry_delay(
+    nursery: trio.Nursery, upstream: FakeUpstream, virtual_clock: trio.testing.MockClock
+) -> None:
+    running = await start_gateway(nursery, gemini_config(upstream, num_retries=1))
+    arrivals: list[float] = []
+
+    def handler(request: ReceivedRequest) -> JSONReply:
+        arrivals.append(trio.current_time())
+        return quota_exceeded("20s") if len(arrivals) == 1 else JSONReply(answer([{"text": "hi"}]))
+
+    upstream.handler = handler
+    async with sdk(running) as client:
+        await client.chat.completions.create(model="gemini-test", messages=MESSAGES)
+    assert len(arrivals) == 2 and arrivals[1] - arrivals[0] >= 20
+    await running.stop()
 
 
 BLOCKED = {

@@ -226,11 +226,20 @@ async def read_json_object(response: httpx.Response) -> tuple[bytes, dict[str, A
 
 async def error_from_response(response: httpx.Response) -> UpstreamError:
     """Read (a bounded part of) an error response and turn it into the client's error."""
+    return error_from_body(response, await read_error_body(response))
+
+
+async def read_error_body(response: httpx.Response) -> bytes:
+    """An error response's body, up to ERROR_BODY_LIMIT: enough to say what went wrong."""
     body = b""
     async for piece in response.aiter_bytes():
         body += piece
         if len(body) >= ERROR_BODY_LIMIT:
             break
+    return body
+
+
+def error_from_body(response: httpx.Response, body: bytes) -> UpstreamError:
     message, code = _error_details(body)
     message = message or f"The upstream answered {response.status_code}."
     return from_upstream_status(response.status_code, message, response.headers, code)

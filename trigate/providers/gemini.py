@@ -18,6 +18,7 @@ drops it, Google's documented placeholder stands in.
 
 from __future__ import annotations
 
+import math
 import mimetypes
 import re
 import time
@@ -29,12 +30,14 @@ from urllib.parse import quote, urlsplit
 import httpx
 import orjson
 
-from trigate.errors import InvalidRequest, UpstreamError, from_upstream_status
+from trigate.errors import Failure, InvalidRequest, UpstreamError, from_upstream_status
 from trigate.providers.base import (
     Completion,
     SSEChunkStream,
     StreamRead,
     UpstreamClient,
+    error_from_body,
+    read_error_body,
 )
 from trigate.providers.openai import fetch_completion, upstream_headers
 from trigate.sse import ServerSentEvent
@@ -106,15 +109,14 @@ class GeminiProvider:
         prefix = f"{base}/v1beta/models/{quote(self._model, safe='')}"
         auth = {"x-goog-api-key": params.api_key} if params.api_key else {}
         headers = upstream_headers(params, auth)
-        self._generate = UpstreamClient(
-            transport, f"{prefix}:generateContent", headers, params.timeout
-        )
-        self._stream = UpstreamClient(
-            transport, f"{prefix}:streamGenerateContent?alt=sse", headers, params.timeout
-        )
-        self._embed = UpstreamClient(
-            transport, f"{prefix}:batchEmbedContents", headers, params.timeout
-        )
+
+        def client(method: str) -> UpstreamClient:
+            url = f"{prefix}:{method}"
+            return UpstreamClient(transport, url, headers, params.timeout, read_error=read_error)
+
+        self._generate = client("generateContent")
+        self._stream = client("streamGenerateContent?alt=sse")
+        self._embed = client("batchEmbedContents")
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         try:
@@ -161,6 +163,39 @@ class GeminiProvider:
                 "model": self._model,
             }
         )
+
+
+async def read_error(response: httpx.Response) -> UpstreamError:
+    """As any upstream's error, except that Gemini says how long a rate limit lasts in the
+    body (a `google.rpc.RetryInfo` detail, `"retryDelay": "36s"`), not in a Retry-After
+    header: it becomes both, so the router waits it out and so can the client."""
+    body = await read_error_body(response)
+    error = error_from_body(response, body)
+    if error.kind is Failure.RATE_LIMIT and error.retry_after is None:
+        delay = retry_delay(body)
+        if delay is not None:
+            error.retry_after = delay
+            error.headers = {**error.headers, "retry-after": str(math.ceil(delay))}
+    return error
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)s")
+
+
+def retry_delay(body: bytes) -> float | None:
+    """The seconds of a RetryInfo detail in a Google API error body, if there is one."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else ():
+        if not isinstance(detail, dict) or not str(detail.get("@type")).endswith(".RetryInfo"):
+            continue
+        if match := _DURATION.fullmatch(str(detail.get("retryDelay", ""))):
+            return float(match.group(1))
+    return None
 
 
 def to_gemini_error(message: str) -> UpstreamError:
