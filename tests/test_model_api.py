@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 from conftest import MASTER_KEY, RunningGateway, openai_config, start_gateway
-from fakes import FakeUpstream
+from fakes import FakeUpstream, StreamReply, chunk
 from test_api import assert_envelope
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
@@ -132,4 +132,28 @@ async def test_an_unexpected_failure_is_a_logged_500_in_the_envelope(
     error = assert_envelope(response, 500, "api_error")
     assert "req-bug" in error["message"] and "a bug" not in error["message"]
     assert any("req-bug" in r.getMessage() and r.exc_info for r in caplog.records)
+    await running.stop()
+
+
+async def test_response_timeout_cuts_a_stream_and_closes_its_upstream(
+    nursery: trio.Nursery, upstream: FakeUpstream, virtual_clock: trio.testing.MockClock
+) -> None:
+    """`response_timeout`, when set, bounds sending the answer, as Quart's RESPONSE_TIMEOUT
+    did: a stream still running then is cut, and its upstream request closed."""
+    config = {**openai_config(upstream), "general_settings": {"response_timeout": 5}}
+    running = await start_gateway(nursery, config)
+    endless = StreamReply([chunk("Once ")], tail=chunk("more "), tail_interval=1.0)
+    upstream.handler = lambda request: endless
+    stream_body = {**CHAT, "stream": True}
+    started = trio.current_time()
+    async with (
+        running.client() as client,
+        client.stream("POST", "/v1/chat/completions", json=stream_body) as response,
+    ):
+        assert response.status_code == 200
+        with trio.fail_after(60), pytest.raises(httpx.RemoteProtocolError):
+            async for _ in response.aiter_bytes():
+                pass
+    assert trio.current_time() - started >= 5
+    await upstream.wait_for(lambda: upstream.aborted == 1)
     await running.stop()

@@ -46,6 +46,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         model_routes,
         max_body_bytes=gateway.config.max_request_bytes,
         body_timeout=settings.request_body_timeout,
+        response_timeout=settings.response_timeout,
     )
     app.asgi_app = RequestScope(model_api)  # type: ignore[method-assign]
     return app

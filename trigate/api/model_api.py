@@ -78,11 +78,13 @@ class ModelAPI:
         *,
         max_body_bytes: int,
         body_timeout: float,
+        response_timeout: float | None,
     ) -> None:
         self._app = app
         self._routes = routes
         self._max_body_bytes = max_body_bytes
         self._body_timeout = body_timeout
+        self._response_timeout = response_timeout
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -111,7 +113,13 @@ class ModelAPI:
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-            await _send_reply(send, await _answer(route, Incoming(headers, body)))
+            reply = await _answer(route, Incoming(headers, body))
+            if self._response_timeout is None:
+                await _send_reply(send, reply)
+            else:
+                # As Quart's RESPONSE_TIMEOUT: sending the answer is cut off, not computing it.
+                with trio.move_on_after(self._response_timeout):
+                    await _send_reply(send, reply)
             nursery.cancel_scope.cancel()
 
     async def _read_body(self, headers: dict[str, str], receive: ASGIReceiveCallable) -> bytes:
