@@ -113,14 +113,17 @@ class ModelAPI:
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-            reply = await _answer(route, Incoming(headers, body))
-            if self._response_timeout is None:
-                await _send_reply(send, reply)
-            else:
-                # As Quart's RESPONSE_TIMEOUT: sending the answer is cut off, not computing it.
-                with trio.move_on_after(self._response_timeout):
-                    await _send_reply(send, reply)
+            await self._send(send, await _answer(route, Incoming(headers, body)))
             nursery.cancel_scope.cancel()
+
+    async def _send(self, send: ASGISendCallable, reply: Reply) -> None:
+        """`response_timeout`, when set, cuts off sending an answer (a stream included), not
+        computing it, as Quart's RESPONSE_TIMEOUT does for Quart's routes."""
+        if self._response_timeout is None:
+            await _send_reply(send, reply)
+            return
+        with trio.move_on_after(self._response_timeout):
+            await _send_reply(send, reply)
 
     async def _read_body(self, headers: dict[str, str], receive: ASGIReceiveCallable) -> bytes:
         declared = headers.get("content-length", "")
