@@ -631,6 +631,65 @@ def test_json_schema_response_format() -> None:
 
 
 @pytest.mark.parametrize(
+    ("model", "effort", "thinking"),
+    [
+        ("gemini-2.5-flash", "low", {"thinkingBudget": 1024, "includeThoughts": True}),
+        ("gemini-2.5-pro", "medium", {"thinkingBudget": 2048, "includeThoughts": True}),
+        ("gemini-2.5-pro", "high", {"thinkingBudget": 4096, "includeThoughts": True}),
+        ("gemini-2.5-flash", "minimal", {"thinkingBudget": 1, "includeThoughts": True}),
+        ("gemini-2.5-flash-lite", "minimal", {"thinkingBudget": 512, "includeThoughts": True}),
+        ("gemini-2.5-pro", "minimal", {"thinkingBudget": 128, "includeThoughts": True}),
+        ("gemini-2.5-flash", "none", {"thinkingBudget": 0, "includeThoughts": False}),
+        ("gemini-3-pro-preview", "high", {"thinkingLevel": "high", "includeThoughts": True}),
+        ("gemini-3-pro-preview", "minimal", {"thinkingLevel": "low", "includeThoughts": True}),
+        (
+            "gemini-3-flash-preview",
+            "minimal",
+            {"thinkingLevel": "minimal", "includeThoughts": True},
+        ),
+        (
+            "gemini-3-flash-preview",
+            "disable",
+            {"thinkingLevel": "minimal", "includeThoughts": False},
+        ),
+        ("gemini-flash-latest", "low", {"thinkingLevel": "low", "includeThoughts": True}),
+    ],
+)
+def test_reasoning_effort_becomes_a_thinking_config(
+    model: str, effort: str, thinking: dict
+) -> None:
+    """As LiteLLM maps it: a thinking level from Gemini 3 on, a token budget before."""
+    body = {"messages": MESSAGES, "reasoning_effort": effort, "max_tokens": 100}
+    config = to_gemini(body, model)["generationConfig"]
+    assert config == {"maxOutputTokens": 100, "thinkingConfig": thinking}
+
+
+async def test_an_unknown_reasoning_effort_is_the_clients_400(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    async with sdk(gateway) as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(
+                model="gemini-test", messages=MESSAGES, reasoning_effort="extreme"
+            )
+    assert "reasoning_effort" in caught.value.message
+    assert upstream.requests == []
+
+
+async def test_reasoning_effort_reaches_gemini(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(answer([{"text": "hi"}]))
+    async with sdk(gateway) as client:
+        await client.chat.completions.create(
+            model="gemini-test", messages=MESSAGES, reasoning_effort="high"
+        )
+    [request] = upstream.requests
+    thinking = orjson.loads(request.body)["generationConfig"]["thinkingConfig"]
+    assert thinking == {"thinkingBudget": 4096, "includeThoughts": True}
+
+
+@pytest.mark.parametrize(
     ("reason", "finish"),
     [
         ("STOP", "stop"),

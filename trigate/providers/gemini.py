@@ -120,14 +120,14 @@ class GeminiProvider:
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         try:
-            answer = await fetch_completion(self._generate, to_gemini(body))
+            answer = await fetch_completion(self._generate, to_gemini(body, self._model))
         except UpstreamError as error:
             raise reclassified(error) from None
         return Completion(body=to_openai(answer.body, self._model))
 
     async def open_stream(self, body: dict[str, Any]) -> GeminiChunkStream:
         try:
-            response = await self._stream.post(to_gemini(body))
+            response = await self._stream.post(to_gemini(body, self._model))
         except UpstreamError as error:
             raise reclassified(error) from None
         return GeminiChunkStream(response, StreamTranslator(self._model))
@@ -220,8 +220,8 @@ def reclassified(error: UpstreamError) -> UpstreamError:
 # --- OpenAI request -> Gemini request -------------------------------------------------
 
 
-def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
-    """The `generateContent` request for an OpenAI chat-completions request."""
+def to_gemini(body: dict[str, Any], model: str = "") -> dict[str, Any]:
+    """The `generateContent` request for an OpenAI chat-completions request to `model`."""
     system, contents = translate_messages(body["messages"])
     payload: dict[str, Any] = {"contents": contents}
     if system:
@@ -233,6 +233,8 @@ def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
     if tool_config:
         payload["toolConfig"] = tool_config
     config = generation_config(body)
+    if thinking := thinking_config(body.get("reasoning_effort"), model):
+        config["thinkingConfig"] = thinking
     if config:
         payload["generationConfig"] = config
     return payload
@@ -427,6 +429,41 @@ def generation_config(body: dict[str, Any]) -> dict[str, Any]:
         config["stopSequences"] = [stop] if isinstance(stop, str) else stop
     config.update(_response_format(body.get("response_format")))
     return config
+
+
+# OpenAI's `reasoning_effort` as LiteLLM maps it, for drop-in parity: Gemini 3 and newer
+# take a thinking level; earlier models a token budget, with their own least for "minimal".
+_THINKING_BUDGETS = {"low": 1024, "medium": 2048, "high": 4096, "disable": 0, "none": 0}
+_MINIMAL_BUDGETS = (
+    ("gemini-2.5-flash-lite", 512),
+    ("gemini-2.5-pro", 128),
+    ("gemini-2.5-flash", 1),
+)
+_BEFORE_GEMINI_3 = re.compile(
+    r"^gemini-(?:[12](?:\.\d+)?|exp|(?:pro|flash)(?!-(?:lite-)?latest$))(?:-|$)"
+)
+
+
+def thinking_config(effort: Any, model: str) -> dict[str, Any]:
+    """Gemini's `thinkingConfig` for a `reasoning_effort` ("minimal", "low", "medium",
+    "high", or "none"/"disable" for no thoughts); none for a request that sets none."""
+    if effort is None:
+        return {}
+    if effort != "minimal" and effort not in _THINKING_BUDGETS:
+        raise to_gemini_error(
+            f"`reasoning_effort` {effort!r} is not one of minimal, low, medium, high, none."
+        )
+    thoughts = effort not in ("none", "disable")
+    name = model.lower()
+    if name.startswith("gemini-") and not _BEFORE_GEMINI_3.match(name):
+        least = "minimal" if "flash" in name else "low"
+        level = effort if effort in ("low", "medium", "high") else least
+        return {"thinkingLevel": level, "includeThoughts": thoughts}
+    if effort == "minimal":
+        budget = next((least for prefix, least in _MINIMAL_BUDGETS if prefix in name), 128)
+    else:
+        budget = _THINKING_BUDGETS[effort]
+    return {"thinkingBudget": budget, "includeThoughts": thoughts}
 
 
 def _response_format(response_format: Any) -> dict[str, Any]:
