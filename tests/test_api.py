@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import httpx
 import openai
@@ -171,3 +172,21 @@ async def test_no_secret_reaches_the_logs(
     assert MASTER_KEY not in caplog.text
     assert UPSTREAM_KEY not in caplog.text
     assert "sk-guess-0123456789" not in caplog.text
+
+
+async def test_a_burst_of_connections_waits_to_be_accepted(gateway: RunningGateway) -> None:
+    """Connections that arrive while the worker is busy wait in the listen backlog: at
+    hypercorn's default of 100, the rest of a burst would be dropped."""
+    url = httpx.URL(gateway.url)
+    # Connected synchronously, so this worker's loop cannot accept any of them meanwhile.
+    burst = [socket.create_connection((url.host, url.port), timeout=2) for _ in range(300)]
+    streams = [trio.SocketStream(trio.socket.from_stdlib_socket(sock)) for sock in burst]
+    request = b"GET /health/liveliness HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n\r\n"
+    try:
+        for stream in streams:
+            await stream.send_all(request)
+        for stream in streams:
+            assert (await stream.receive_some(4096)).startswith(b"HTTP/1.1 200 ")
+    finally:
+        for stream in streams:
+            await stream.aclose()

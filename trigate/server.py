@@ -67,6 +67,9 @@ def hypercorn_config(config: GatewayConfig, binding: Binding) -> HypercornConfig
     server.graceful_timeout = settings.graceful_timeout
     server.keep_alive_timeout = settings.keep_alive_timeout
     server.accesslog = None
+    # hypercorn's 100 drops a burst of connections that arrives while the worker is busy
+    # (clients see resets under load); 2048 is uvicorn's, and so LiteLLM's.
+    server.backlog = 2048
     server.include_server_header = False
     server.errorlog = logging.getLogger("hypercorn.error")
     return server
