@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import trio
 import trio.testing
@@ -64,22 +65,56 @@ class RunningGateway:
         )
 
 
-def openai_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
-    """One deployment on the fake upstream; no retries, so upstream errors show as they are."""
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+# OpenAI's shape; a translating provider's tests check what becomes of it.
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+MOCK_DEPLOYMENT = {"model_name": "mock", "litellm_params": {"model": "mock/gpt-4o"}}
+
+
+def deployment_config(
+    model_name: str,
+    params: dict[str, Any],
+    *,
+    router: dict[str, Any] | None = None,
+    others: tuple[dict[str, Any], ...] = (),
+) -> dict[str, Any]:
+    """A config whose group `model_name` is one deployment (and `others` beside it); no
+    retries unless `router` asks, so an upstream's errors show as they are."""
     return {
-        "model_list": [
-            {
-                "model_name": "gpt-test",
-                "litellm_params": {
-                    "model": "openai/upstream-model",
-                    "api_base": upstream.base_url,
-                    "api_key": UPSTREAM_KEY,
-                    **params,
-                },
-            }
-        ],
-        "router_settings": {"num_retries": 0},
+        "model_list": [{"model_name": model_name, "litellm_params": params}, *others],
+        "router_settings": {"num_retries": 0, **(router or {})},
     }
+
+
+def openai_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
+    """One deployment on the fake upstream."""
+    params = {"model": "openai/upstream-model", "api_base": upstream.base_url, **params}
+    return deployment_config("gpt-test", {"api_key": UPSTREAM_KEY, **params})
+
+
+async def streamed_events(gateway: RunningGateway, model: str) -> list[str]:
+    """The `data:` payloads of a streamed chat completion, read raw: the SDKs raise at an
+    error frame, and what comes before and after one is what such tests look at."""
+    body = {"model": model, "messages": MESSAGES, "stream": True}
+    async with (
+        gateway.client() as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        text = (await response.aread()).decode()
+    return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
+
+
+def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> openai.AsyncOpenAI:
+    """The OpenAI SDK pointed at the gateway, retrying nothing itself."""
+    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
 
 
 def mock_config(**params: Any) -> dict[str, Any]:

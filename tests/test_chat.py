@@ -10,11 +10,14 @@ import pytest
 import trio
 from conftest import (
     MASTER_KEY,
+    MESSAGES,
     UPSTREAM_KEY,
     RunningGateway,
     mock_config,
     openai_config,
+    sdk,
     start_gateway,
+    streamed_events,
 )
 from fakes import (
     DONE,
@@ -25,12 +28,6 @@ from fakes import (
     chunk,
     stream_of,
 )
-
-MESSAGES = [{"role": "user", "content": "Say hello"}]
-
-
-def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
 
 
 async def streamed(client: openai.AsyncOpenAI, **options: Any) -> list[Any]:
@@ -234,17 +231,7 @@ async def test_mid_stream_failure_becomes_one_error_frame_then_done(
 ) -> None:
     error = b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n'
     upstream.handler = lambda request: StreamReply([chunk("partial"), error])
-    async with (
-        gateway.client() as client,
-        client.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={"model": "gpt-test", "messages": MESSAGES, "stream": True},
-        ) as response,
-    ):
-        assert response.status_code == 200
-        body = (await response.aread()).decode()
-    events = [line[6:] for line in body.split("\n") if line.startswith("data: ")]
+    events = await streamed_events(gateway, "gpt-test")
     assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
     assert '"error"' in events[-2] and "overloaded" in events[-2]
     assert "partial" in events[0]

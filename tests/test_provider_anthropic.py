@@ -19,7 +19,17 @@ import orjson
 import pytest
 import trio
 from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
-from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, start_gateway
+from conftest import (
+    MASTER_KEY,
+    MESSAGES,
+    UPSTREAM_KEY,
+    WEATHER_TOOL,
+    RunningGateway,
+    deployment_config,
+    sdk,
+    start_gateway,
+    streamed_events,
+)
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply
 from pydantic import TypeAdapter
 
@@ -35,15 +45,6 @@ from trigate.sse import ServerSentEvent
 
 MODEL = "claude-sonnet-4-5"
 UPSTREAM_MODEL = "claude-sonnet-4-5-20250929"
-MESSAGES = [{"role": "user", "content": "Say hello"}]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 # The Messages API's top-level request fields; anything else is a 400 there.
 REQUEST_FIELDS = {
     "model",
@@ -67,20 +68,9 @@ _STREAM_EVENT = TypeAdapter(RawMessageStreamEvent)
 
 
 def anthropic_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
-    return {
-        "model_list": [
-            {
-                "model_name": "claude",
-                "litellm_params": {
-                    "model": f"anthropic/{MODEL}",
-                    "api_base": f"http://127.0.0.1:{upstream.port}",
-                    "api_key": UPSTREAM_KEY,
-                    **params,
-                },
-            }
-        ],
-        "router_settings": {"num_retries": 0},
-    }
+    base = f"http://127.0.0.1:{upstream.port}"
+    model = {"model": f"anthropic/{MODEL}", "api_base": base, "api_key": UPSTREAM_KEY}
+    return deployment_config("claude", {**model, **params})
 
 
 @pytest.fixture
@@ -88,10 +78,6 @@ async def claude(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterator
     running = await start_gateway(nursery, anthropic_config(upstream))
     yield running
     await running.stop()
-
-
-def sdk(gateway: RunningGateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, max_retries=0)
 
 
 def serve(upstream: FakeUpstream, reply: Callable[[dict[str, Any]], Reply]) -> None:
@@ -510,17 +496,7 @@ async def test_mid_stream_error_event(claude: RunningGateway, upstream: FakeUpst
     overloaded = event(error_body("overloaded_error", "Overloaded"))
     frames = [message_start(), *text_block(0, "partial")[:-1], overloaded]
     serve(upstream, lambda body: StreamReply(frames))
-    async with (
-        claude.client() as client,
-        client.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={"model": "claude", "messages": MESSAGES, "stream": True},
-        ) as response,
-    ):
-        assert response.status_code == 200
-        body = (await response.aread()).decode()
-    events = [line[6:] for line in body.split("\n") if line.startswith("data: ")]
+    events = await streamed_events(claude, "claude")
     assert events[-1] == "[DONE]"
     assert "partial" in events[-3]
     error = orjson.loads(events[-2])["error"]

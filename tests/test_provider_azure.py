@@ -9,14 +9,22 @@ import openai
 import orjson
 import pytest
 import trio
-from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, start_gateway
+from conftest import (
+    MESSAGES,
+    MOCK_DEPLOYMENT,
+    UPSTREAM_KEY,
+    RunningGateway,
+    deployment_config,
+    sdk,
+    start_gateway,
+    streamed_events,
+)
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, usage_chunk
 
 from trigate.config import ConfigError, parse_config
 from trigate.errors import Failure
 from trigate.providers.azure import DEFAULT_API_VERSION
 
-MESSAGES = [{"role": "user", "content": "Say hello"}]
 DEPLOYMENT = "gpt4o-prod"
 FILTER_RESULTS = {
     "hate": {"filtered": False, "severity": "safe"},
@@ -62,21 +70,11 @@ FILTERED_PROMPT = {
 
 def azure_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
     router = params.pop("router", {})
-    return {
-        "model_list": [
-            {
-                "model_name": "azure-test",
-                "litellm_params": {
-                    "model": f"azure/{DEPLOYMENT}",
-                    "api_base": f"http://127.0.0.1:{upstream.port}",
-                    "api_key": UPSTREAM_KEY,
-                    **params,
-                },
-            },
-            {"model_name": "mock", "litellm_params": {"model": "mock/gpt-4o"}},
-        ],
-        "router_settings": {"num_retries": 0, **router},
-    }
+    base = f"http://127.0.0.1:{upstream.port}"
+    model = {"model": f"azure/{DEPLOYMENT}", "api_base": base, "api_key": UPSTREAM_KEY}
+    return deployment_config(
+        "azure-test", {**model, **params}, router=router, others=(MOCK_DEPLOYMENT,)
+    )
 
 
 @pytest.fixture
@@ -84,10 +82,6 @@ async def gateway(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterato
     running = await start_gateway(nursery, azure_config(upstream))
     yield running
     await running.stop()
-
-
-def sdk(gateway: RunningGateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, max_retries=0)
 
 
 def azure_completion(content: str | None, finish: str = "stop") -> dict[str, Any]:
@@ -263,16 +257,7 @@ async def test_filter_mid_stream_ends_with_an_error_frame(
     upstream.handler = lambda request: StreamReply(
         [chunk("Once upon"), 0.05, chunk("a time"), chunk(finish="content_filter"), DONE]
     )
-    async with (
-        gateway.client() as client,
-        client.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={"model": "azure-test", "messages": MESSAGES, "stream": True},
-        ) as response,
-    ):
-        body = (await response.aread()).decode()
-    events = [line[6:] for line in body.split("\n") if line.startswith("data: ")]
+    events = await streamed_events(gateway, "azure-test")
     assert "Once upon" in events[0] and "a time" in events[1]
     assert "content_policy_violation" in events[-2] and events[-1] == "[DONE]"
 

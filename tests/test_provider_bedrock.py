@@ -31,7 +31,14 @@ from botocore.exceptions import ParamValidationError
 from botocore.loaders import Loader
 from botocore.model import ServiceModel
 from botocore.validate import validate_parameters
-from conftest import MASTER_KEY, RunningGateway, start_gateway
+from conftest import (
+    MESSAGES,
+    WEATHER_TOOL,
+    RunningGateway,
+    deployment_config,
+    sdk,
+    start_gateway,
+)
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply
 
 from trigate.errors import Failure, InvalidRequest, UpstreamError
@@ -50,15 +57,6 @@ SECRET_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 SESSION_TOKEN = "FwoGZXIvYXdzEXAMPLE//////////wEaDsessiontoken"
 REGION = "eu-west-3"
 MODEL_ID = "anthropic.claude-3-5-sonnet-20240620-v1:0"
-MESSAGES = [{"role": "user", "content": "Say hello"}]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
 
 _SERVICE = ServiceModel(Loader().load_service_model("bedrock-runtime", "service-2"))
 CONVERSE = _SERVICE.operation_model("Converse")
@@ -69,26 +67,14 @@ STREAM_EVENTS = _SERVICE.operation_model("ConverseStream").output_shape.members[
 
 
 def bedrock_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
-    return {
-        "model_list": [
-            {
-                "model_name": "claude",
-                "litellm_params": {
-                    "model": f"bedrock/{MODEL_ID}",
-                    "api_base": f"http://127.0.0.1:{upstream.port}",
-                    "aws_access_key_id": ACCESS_KEY,
-                    "aws_secret_access_key": SECRET_KEY,
-                    "aws_region_name": REGION,
-                    **params,
-                },
-            }
-        ],
-        "router_settings": {"num_retries": 0},
+    credentials = {
+        "aws_access_key_id": ACCESS_KEY,
+        "aws_secret_access_key": SECRET_KEY,
+        "aws_region_name": REGION,
     }
-
-
-def sdk(gateway: RunningGateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, max_retries=0)
+    base = f"http://127.0.0.1:{upstream.port}"
+    model = {"model": f"bedrock/{MODEL_ID}", "api_base": base, **credentials}
+    return deployment_config("claude", {**model, **params})
 
 
 def aws_error(status: int, error_type: str, message: str, **headers: str) -> JSONReply:

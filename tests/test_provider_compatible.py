@@ -9,7 +9,13 @@ import openai
 import orjson
 import pytest
 import trio
-from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, start_gateway
+from conftest import (
+    MESSAGES,
+    UPSTREAM_KEY,
+    deployment_config,
+    sdk,
+    start_gateway,
+)
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
 
 from trigate.config import ConfigError, LiteLLMParams, parse_config
@@ -17,7 +23,6 @@ from trigate.providers import PROVIDERS
 from trigate.providers.compatible import COMPATIBLE, DIALECTS
 from trigate.tokens import TokenCounter
 
-MESSAGES = [{"role": "user", "content": "Say hello"}]
 DEFAULT_BASES = {
     "groq": "https://api.groq.com/openai/v1",
     "mistral": "https://api.mistral.ai/v1",
@@ -36,23 +41,8 @@ WITHOUT_STREAM_OPTIONS = {"mistral", "perplexity", "fireworks_ai", "cerebras"}
 
 
 def family_config(upstream: FakeUpstream, prefix: str, model: str) -> dict[str, Any]:
-    return {
-        "model_list": [
-            {
-                "model_name": "compat",
-                "litellm_params": {
-                    "model": f"{prefix}/{model}",
-                    "api_base": upstream.base_url,
-                    "api_key": UPSTREAM_KEY,
-                },
-            }
-        ],
-        "router_settings": {"num_retries": 0},
-    }
-
-
-def sdk(gateway: RunningGateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, max_retries=0)
+    params = {"model": f"{prefix}/{model}", "api_base": upstream.base_url}
+    return deployment_config("compat", {**params, "api_key": UPSTREAM_KEY})
 
 
 def test_every_family_is_registered() -> None:

@@ -10,7 +10,17 @@ import orjson
 import pytest
 import trio
 import trio.testing
-from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, start_gateway
+from conftest import (
+    MASTER_KEY,
+    MESSAGES,
+    MOCK_DEPLOYMENT,
+    UPSTREAM_KEY,
+    RunningGateway,
+    deployment_config,
+    sdk,
+    start_gateway,
+    streamed_events,
+)
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, StreamReply
 
 from trigate.errors import Failure, InvalidRequest, UpstreamError, from_upstream_status
@@ -23,7 +33,6 @@ from trigate.providers.gemini import (
     to_openai,
 )
 
-MESSAGES = [{"role": "user", "content": "Say hello"}]
 MODEL = "gemini-2.5-flash"
 WEATHER_TOOL = {
     "type": "function",
@@ -42,20 +51,9 @@ WEATHER_TOOL = {
 
 
 def gemini_config(upstream: FakeUpstream, **router: Any) -> dict[str, Any]:
-    return {
-        "model_list": [
-            {
-                "model_name": "gemini-test",
-                "litellm_params": {
-                    "model": f"gemini/{MODEL}",
-                    "api_base": f"http://127.0.0.1:{upstream.port}",
-                    "api_key": UPSTREAM_KEY,
-                },
-            },
-            {"model_name": "mock", "litellm_params": {"model": "mock/gpt-4o"}},
-        ],
-        "router_settings": {"num_retries": 0, **router},
-    }
+    base = f"http://127.0.0.1:{upstream.port}"
+    model = {"model": f"gemini/{MODEL}", "api_base": base, "api_key": UPSTREAM_KEY}
+    return deployment_config("gemini-test", model, router=router, others=(MOCK_DEPLOYMENT,))
 
 
 @pytest.fixture
@@ -63,10 +61,6 @@ async def gateway(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterato
     running = await start_gateway(nursery, gemini_config(upstream))
     yield running
     await running.stop()
-
-
-def sdk(gateway: RunningGateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, max_retries=0)
 
 
 def answer(
@@ -440,16 +434,7 @@ async def test_error_event_mid_stream(gateway: RunningGateway, upstream: FakeUps
             b"data: " + orjson.dumps(error) + b"\r\n\r\n",
         ]
     )
-    async with (
-        gateway.client() as client,
-        client.stream(
-            "POST",
-            "/v1/chat/completions",
-            json={"model": "gemini-test", "messages": MESSAGES, "stream": True},
-        ) as response,
-    ):
-        body = (await response.aread()).decode()
-    events = [line[6:] for line in body.split("\n") if line.startswith("data: ")]
+    events = await streamed_events(gateway, "gemini-test")
     assert "partial" in events[0]
     assert "overloaded" in events[-2] and events[-1] == "[DONE]"
     [record] = await gateway.records.wait_for(1)
