@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_client
-from bench_systems import MASTER_KEY, SCRIPTS, Server, rss_mb, worker_pids
+from bench_systems import MASTER_KEY, SCRIPTS, Server, group_pids, rss_mb, worker_pids
 
 Figures = dict[str, Any]  # one measurement's figures, as they go into the JSON
 PATH = "/v1/chat/completions"
@@ -368,6 +368,44 @@ def warm_up(gateway: Target) -> None:
     """
     bench_client.closed_loop(gateway.port, gateway.request("bench"), 8, 1.0)
     bench_client.closed_loop(gateway.port, gateway.request("bench-fast", stream=True), 2, 0.1)
+
+
+COUNTED_CONCURRENCY = 4
+
+
+def instructions(server: Server, target: Target, plan: Plan, workdir: Path, name: str) -> Figures:
+    """(i) CPU instructions per non-stream request, counted by callgrind in the gateway's
+    processes: unlike wall-clock figures, the count does not move with whatever else the
+    machine is doing. User space only; the kernel's share of each request is not in it.
+    Every request sent is waited for, so the count covers exactly the requests counted."""
+    request = target.request("bench")
+    # Under callgrind a request takes some 50 times longer: a long warm-up and count.
+    bench_client.closed_loop(target.port, request, COUNTED_CONCURRENCY, plan.duration / 2)
+    _callgrind(server, "-i", "on")
+    run = bench_client.closed_loop(target.port, request, COUNTED_CONCURRENCY, plan.duration * 3)
+    _callgrind(server, "-i", "off")
+    _callgrind(server, "-d")
+    total = sum(_callgrind_total(path) for path in workdir.glob(f"callgrind-{name}.*"))
+    ok = sum(outcome.ok for outcome in run.outcomes)
+    return {
+        "requests": ok,
+        **_errors(run.outcomes),
+        "instructions": total,
+        "instructions_per_request_m": total / ok / 1e6 if ok else 0.0,
+    }
+
+
+def _callgrind(server: Server, *command: str) -> None:
+    for pid in group_pids(server):
+        subprocess.run(["callgrind_control", *command, str(pid)], capture_output=True)
+
+
+def _callgrind_total(path: Path) -> int:
+    """The instructions a dump counted (its `totals:` line; 0 for a dump of nothing)."""
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    return 0
 
 
 def write_json(path: Path, data: dict[str, object]) -> None:

@@ -142,6 +142,7 @@ def build_rows(systems: dict[str, Any], levels: tuple[int, ...], slow_streams: i
         target="≥1.7x",
         check=_at_least(1.7),
     )
+    rows.add("i", "instructions per request (millions)", ("i", "instructions_per_request_m"))
     return rows.rows
 
 

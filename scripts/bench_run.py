@@ -5,6 +5,8 @@ markdown report; every figure also goes to a JSON file, and latency against offe
 a PNG. Scenarios: (a) non-stream throughput at fixed concurrency, (b) added latency at half
 the maximum rate plus a latency/offered-load sweep, (c) streaming: added time to first byte,
 relayed chunks/s, 1,000 held slow streams and the worker's RSS, (d) 1 versus 2 workers.
+Asked for only: (i) CPU instructions per non-stream request, counted under valgrind's
+callgrind, which the machine's other load does not move (a few minutes per gateway).
 
 Tools, installed from Debian when missing (needs root): nginx with libnginx-mod-http-lua is
 the mock (scripts/bench_mock.lua: bodies built once, then served by nginx; tens of thousands
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -75,7 +78,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="also bench LiteLLM's proxy (installed into its own cached venv)",
     )
     parser.add_argument(
-        "--scenarios", default="abcd", help="which of a, b, c, d to run (default abcd; b needs a)"
+        "--scenarios",
+        default="abcd",
+        help="which of a, b, c, d, i to run (default abcd; b needs a)",
     )
     parser.add_argument(
         "--out",
@@ -90,8 +95,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the trigate executable to bench (default the project venv's)",
     )
     args = parser.parse_args(argv)
-    if set(args.scenarios) - set("abcd") or not args.scenarios:
-        parser.error("--scenarios takes letters from abcd")
+    if set(args.scenarios) - set("abcdi") or not args.scenarios:
+        parser.error("--scenarios takes letters from abcdi")
+    if "i" in args.scenarios and not shutil.which("valgrind"):
+        parser.error("scenario i needs valgrind (Debian's valgrind package)")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     args.out = args.out.resolve()  # servers run in its subfolder, so paths must not be relative
@@ -136,6 +143,11 @@ def bench_gateway(
                 result["c"] = measure.scenario_c(server, mock, plan)
     if "d" in plan.scenarios:
         result["d"] = scaling(gateway, config, plan, workdir)
+    if "i" in plan.scenarios:
+        log(f"{gateway.name}: (i) instructions per request, under callgrind")
+        with gateway.run_counted(config, workdir) as server:
+            target = measure.gateway_target(server, plan)
+            result["i"] = measure.instructions(server, target, plan, workdir, gateway.name)
     return result
 
 

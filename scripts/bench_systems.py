@@ -286,6 +286,29 @@ class Gateway:
         with serving(self.name, argv, port, log, self.env(), 120) as server:
             yield server
 
+    @contextmanager
+    def run_counted(self, config: Path, workdir: Path) -> Iterator[Server]:
+        """One worker under callgrind, counting nothing until `callgrind_control -i on`;
+        its counts go to callgrind-<name>.<pid>. Starting takes a minute or two."""
+        port = free_port()
+        callgrind = [
+            "valgrind",
+            "--tool=callgrind",
+            "--trace-children=yes",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={workdir / f'callgrind-{self.name}'}.%p",
+        ]
+        python = str(self.exe.parent / "python")
+        argv = [*callgrind, python, *self.argv(config, port, 1)]
+        log = workdir / f"{self.name}-callgrind.log"
+        with serving(self.name, argv, port, log, self.env(), 900) as server:
+            yield server
+
+
+def group_pids(server: Server) -> list[int]:
+    """The server's process and all its descendants."""
+    return _descendants(server.pid, _children())
+
 
 def tool_versions() -> dict[str, str]:
     """What measured: recorded in the JSON so runs on other machines can be told apart."""

@@ -103,3 +103,19 @@ def test_plot_is_a_png(tiny_run: tuple[str, dict[str, Any]]) -> None:
     _, data = tiny_run
     png = Path(data["png"])
     assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_instructions_are_counted(tmp_path: Path) -> None:
+    """(i): the gateway under callgrind, its instructions divided by the requests served."""
+    if shutil.which("valgrind") is None:
+        pytest.skip("needs valgrind")
+    argv = [str(ROOT / "scripts" / "bench"), "--quick", "--scenarios", "i", "--duration", "1"]
+    done = subprocess.run(
+        [*argv, "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    [json_path] = tmp_path.glob("bench-*.json")
+    counted = json.loads(json_path.read_text())["systems"]["trigate"]["i"]
+    assert counted["requests"] > 0 and counted["errors"] == 0
+    assert counted["instructions"] > 0 and _numeric(counted["instructions_per_request_m"])
+    assert "| i | instructions per request (millions) |" in done.stdout
