@@ -21,8 +21,8 @@ CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def _open(gateway: RunningGateway) -> trio.SocketStream:
-    host, port = httpx.URL(gateway.url).host, httpx.URL(gateway.url).port
-    return await trio.open_tcp_stream(host, port)
+    url = httpx.URL(gateway.url)
+    return await trio.open_tcp_stream(url.host, url.port)
 
 
 def _head(path: str, length: int) -> bytes:

@@ -127,6 +127,9 @@ class BodyTooLarge(GatewayError):
     type = "invalid_request_error"
     code = "request_too_large"
 
+    def __init__(self) -> None:
+        super().__init__("The request body is larger than this gateway accepts.")
+
 
 class Failure(StrEnum):
     """What went wrong upstream, as far as retries, cooldowns and fallbacks care."""

@@ -75,7 +75,7 @@ def _from_http_exception(error: HTTPException) -> GatewayError:
     if status == 404:
         return NotFound("No such endpoint.", code="not_found")
     if status == 413:
-        return BodyTooLarge("The request body is larger than this gateway accepts.")
+        return BodyTooLarge()
     failure = GatewayError(error.description or error.name, status=status)
     failure.type = "invalid_request_error" if status < 500 else "api_error"
     return failure

@@ -17,8 +17,9 @@ nursery for as long as the response is being sent.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("trigate")
 
-JSON_HEADERS = {"content-type": "application/json"}
+JSON_HEADERS: Mapping[str, str] = MappingProxyType({"content-type": "application/json"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ class Reply:
 
     body: bytes | StreamRelay
     status: int = 200
-    headers: dict[str, str] = field(default_factory=lambda: JSON_HEADERS)
+    headers: Mapping[str, str] = JSON_HEADERS
 
 
 def openai_error(error: GatewayError) -> bytes:
@@ -128,7 +129,7 @@ class ModelAPI:
     async def _read_body(self, headers: dict[str, str], receive: ASGIReceiveCallable) -> bytes:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max_body_bytes:
-            raise BodyTooLarge("The request body is larger than this gateway accepts.")
+            raise BodyTooLarge()
         parts: list[bytes] = []
         size = 0
         with trio.move_on_after(self._body_timeout):
@@ -139,7 +140,7 @@ class ModelAPI:
                 part = message.get("body", b"")
                 size += len(part)
                 if size > self._max_body_bytes:
-                    raise BodyTooLarge("The request body is larger than this gateway accepts.")
+                    raise BodyTooLarge()
                 parts.append(part)
                 if not message.get("more_body", False):
                     return parts[0] if len(parts) == 1 else b"".join(parts)
