@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +50,8 @@ class Reply:
 
     body: bytes | StreamRelay
     status: int = 200
-    headers: Mapping[str, str] = JSON_HEADERS
+    # Shared, hence read-only.
+    headers: Mapping[str, str] = field(default_factory=lambda: JSON_HEADERS)
 
 
 def openai_error(error: GatewayError) -> bytes:
