@@ -14,13 +14,13 @@ import pytest
 import trio
 import trio.testing
 from fakes import FakeUpstream
-from hypercorn.trio import serve
 from quart_trio import QuartTrio
 
 from trigate.api import create_app
 from trigate.config import parse_config
 from trigate.gateway import Gateway
-from trigate.server import Binding, hypercorn_config
+from trigate.server import Binding, connection_limits, hypercorn_config
+from trigate.serving import serve
 from trigate.spend import RequestRecord
 
 MASTER_KEY = "sk-test-master-key-0123456789"
@@ -49,6 +49,7 @@ class MemoryRecords:
 @dataclass
 class RunningGateway:
     url: str
+    app: QuartTrio
     gateway: Gateway
     records: MemoryRecords
     _shutdown: trio.Event
@@ -135,16 +136,24 @@ async def start_gateway(nursery: trio.Nursery, raw_config: dict[str, Any]) -> Ru
     records = MemoryRecords()
     app, gateway = build_app(raw_config, records=records)
     server = hypercorn_config(gateway.config, Binding("127.0.0.1", 0, workers=1))
+    limits = connection_limits(gateway.config, open_files=100_000)
     shutdown, stopped = trio.Event(), trio.Event()
 
     async def run(task_status: trio.TaskStatus[list[str]]) -> None:
         try:
-            await serve(app, server, shutdown_trigger=shutdown.wait, task_status=task_status)
+            await serve(
+                app,
+                server,
+                limits,
+                shutdown_trigger=shutdown.wait,
+                on_drain=gateway.begin_drain,
+                task_status=task_status,
+            )
         finally:
             stopped.set()
 
     binds = await nursery.start(run)
-    return RunningGateway(binds[0], gateway, records, shutdown, stopped)
+    return RunningGateway(binds[0], app, gateway, records, shutdown, stopped)
 
 
 @pytest.fixture

@@ -183,7 +183,8 @@ async def test_a_worker_keeps_its_startup_heap_out_of_collections(
     monkeypatch.delenv("TRIGATE_CONFIG", raising=False)
     thresholds = gc.get_threshold()
     try:
-        await start_lifespan(nursery, worker_app())
+        app, _ = worker_app()
+        await start_lifespan(nursery, app)
         assert gc.get_threshold() == GC_THRESHOLDS
         assert gc.get_freeze_count() > 10_000
     finally:

@@ -15,7 +15,7 @@ from trigate.server import (
     Binding,
     StartupError,
     is_loopback,
-    serve,
+    serve_forever,
 )
 
 
@@ -63,4 +63,4 @@ def _serve(args: argparse.Namespace) -> int:
     if config.general_settings.master_key:
         # Spawned workers read it from here; a generated key is then the same in all of them.
         os.environ["TRIGATE_MASTER_KEY"] = config.general_settings.master_key
-    return serve(config, binding)
+    return serve_forever(config, binding)

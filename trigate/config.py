@@ -120,6 +120,8 @@ class GeneralSettings(BaseModel):
     keep_alive_timeout: float = Field(default=75.0, gt=0)
     # Upstream connections per worker, idle ones included: one pool, kept alive.
     max_upstream_connections: int = Field(default=1000, ge=1)
+    # Client connections per worker; when full, the longest idle one is closed for a new one.
+    max_connections: int = Field(default=4096, ge=1)
 
 
 class GatewayConfig(BaseModel):

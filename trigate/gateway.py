@@ -75,6 +75,8 @@ class Gateway:
         self._auth: Authenticator | None = None
         self._background: trio.CancelScope | None = None
         self._background_done = trio.Event()
+        # Set once a graceful stop begins: readiness fails so balancers send no more work.
+        self.draining = False
         secrets.add(master_key)
         secrets.extend(entry.litellm_params.api_key for entry in config.model_list)
 
@@ -132,6 +134,9 @@ class Gateway:
                     task_status.started()
         finally:
             self._background_done.set()
+
+    def begin_drain(self) -> None:
+        self.draining = True
 
     async def record(self, record: RequestRecord) -> None:
         await self.ledger.write(record)

@@ -1,9 +1,11 @@
-"""Serving: hypercorn's Trio worker running the gateway, one or more processes.
+"""Serving: the gateway in one process, or in several under a supervisor.
 
-Hypercorn spawns its workers, and each imports the app by path, so the
-configuration reaches them through the environment (`TRIGATE_CONFIG`,
-`TRIGATE_MASTER_KEY`) rather than through pickled objects. The parent
-validates the same configuration first, so a bad file fails once, clearly.
+With one worker, the gateway serves in this process. With `--workers N`, this
+process becomes the supervisor (`trigate.supervisor`) of N worker processes
+(`trigate.worker`) sharing its listening socket. Workers build their gateway
+from the environment (`TRIGATE_CONFIG`, `TRIGATE_MASTER_KEY`) rather than from
+pickled objects; the parent validates the same configuration first, so a bad
+file fails once, clearly.
 """
 
 from __future__ import annotations
@@ -13,20 +15,20 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.run import run
-from hypercorn.trio.run import worker_serve
-from hypercorn.utils import load_application
 from quart_trio import QuartTrio
 
 from trigate.api import create_app
 from trigate.config import GatewayConfig, load_config
 from trigate.gateway import Gateway
+from trigate.serving import ConnectionLimits, listening_sockets, raise_open_file_limit, serve
+from trigate.supervisor import Supervisor
 
-APP_PATH = "trigate.server:worker_app()"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4000
 # At Python's default (700), a young collection runs every few requests and walks every
@@ -35,6 +37,11 @@ DEFAULT_PORT = 4000
 # counting, so collections find little to free; running them rarely, with start-up's
 # objects frozen out of them (`freeze_startup_heap`), keeps their work and pauses small.
 GC_THRESHOLDS = (10_000, 10, 10)
+# Files a worker keeps for other than connections: the store, logs, encodings, pipes.
+RESERVED_FILES = 64
+MIN_CONNECTIONS = 16
+
+logger = logging.getLogger("trigate")
 
 
 @dataclass(frozen=True)
@@ -57,13 +64,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def hypercorn_config(config: GatewayConfig, binding: Binding) -> HypercornConfig:
+def hypercorn_config(config: GatewayConfig, binding: Binding | None = None) -> HypercornConfig:
+    """Hypercorn's settings for serving `config`; `binding` where sockets are made."""
     settings = config.general_settings
     server = HypercornConfig()
-    server.bind = [f"{binding.host}:{binding.port}"]
-    server.worker_class = "trio"
-    server.workers = binding.workers
-    server.application_path = APP_PATH
+    if binding is not None:
+        server.bind = [f"{binding.host}:{binding.port}"]
     server.graceful_timeout = settings.graceful_timeout
     server.keep_alive_timeout = settings.keep_alive_timeout
     server.accesslog = None
@@ -75,46 +81,96 @@ def hypercorn_config(config: GatewayConfig, binding: Binding) -> HypercornConfig
     return server
 
 
-def serve(config: GatewayConfig, binding: Binding) -> int:
-    """Run until interrupted; returns the exit code."""
+def connection_limits(config: GatewayConfig, open_files: int) -> ConnectionLimits:
+    """`max_connections`, lowered to what the open-file limit leaves beside the upstream
+    pool, the store and the process's own files."""
+    settings = config.general_settings
+    room = open_files - settings.max_upstream_connections - RESERVED_FILES
+    if room < settings.max_connections:
+        logger.warning(
+            "the open-file limit (%d) leaves room for %d client connections per worker, "
+            "not max_connections=%d; raise the hard limit (ulimit -Hn) to hold more",
+            open_files, max(room, MIN_CONNECTIONS), settings.max_connections,
+        )  # fmt: skip
+    return ConnectionLimits(
+        max_connections=max(min(room, settings.max_connections), MIN_CONNECTIONS),
+        first_request_timeout=settings.request_body_timeout,
+    )
+
+
+def serve_forever(config: GatewayConfig, binding: Binding) -> int:
+    """Run until stopped by a signal; returns the exit code."""
     if not config.general_settings.master_key and not is_loopback(binding.host):
         raise StartupError(
             f"refusing to bind {binding.host}, which is not a loopback address, without a "
             "master key: set general_settings.master_key or TRIGATE_MASTER_KEY"
         )
-    server = hypercorn_config(config, binding)
+    configure_logging()
+    sockets = listening_sockets(hypercorn_config(config, binding))
     if binding.workers == 1:
-        trio.run(_serve_in_this_process, server)
+        run_worker(sockets)
         return 0
-    return run(server)
+    return trio.run(Supervisor(sockets, binding.workers, config).run)
 
 
-async def _serve_in_this_process(server: HypercornConfig) -> None:
-    """One worker, in this process. Hypercorn's own single-process path leaves SIGTERM
-    unhandled (the process dies with spend rows unflushed) and relies on SIGINT raising
-    KeyboardInterrupt, which a shell's background job never gets; both signals start a
-    graceful shutdown here instead."""
-    app = load_application(server.application_path, server.wsgi_max_body_size)
+def run_worker(sockets: list[socket.socket], supervisor_pipe: int | None = None) -> None:
+    """Serve in this process until SIGINT or SIGTERM (or, under a supervisor, until the
+    supervisor is gone), then drain."""
+    configure_logging()
+    open_files = raise_open_file_limit()
+    app, gateway = worker_app()
+    limits = connection_limits(gateway.config, open_files)
+    trio.run(_serve_until_stopped, app, gateway, limits, sockets, supervisor_pipe)
+
+
+async def _serve_until_stopped(
+    app: QuartTrio,
+    gateway: Gateway,
+    limits: ConnectionLimits,
+    sockets: list[socket.socket],
+    supervisor_pipe: int | None,
+) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
 
-        async def first_signal() -> None:
-            async for _ in signals:
-                return
+        async def stop_requested() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_first_signal, signals, nursery.cancel_scope)
+                if supervisor_pipe is not None:
+                    nursery.start_soon(_pipe_closed, supervisor_pipe, nursery.cancel_scope)
 
-        await worker_serve(app, server, shutdown_trigger=first_signal)
+        await serve(
+            app,
+            hypercorn_config(gateway.config),
+            limits,
+            sockets=sockets,
+            shutdown_trigger=stop_requested,
+            on_drain=gateway.begin_drain,
+        )
 
 
-def worker_app() -> QuartTrio:
+async def _first_signal(signals: AsyncIterator[int], done: trio.CancelScope) -> None:
+    async for _ in signals:
+        done.cancel()
+        return
+
+
+async def _pipe_closed(fd: int, done: trio.CancelScope) -> None:
+    """The supervisor holds the pipe's other end: end-of-file means it has died."""
+    await trio.lowlevel.wait_readable(fd)
+    done.cancel()
+
+
+def worker_app() -> tuple[QuartTrio, Gateway]:
     """The app of one worker process, configured from the environment."""
-    configure_logging()
     config = load_config(os.environ.get("TRIGATE_CONFIG"), os.environ)
     master_key = config.general_settings.master_key
     if not master_key:
         raise StartupError("no master key reached the worker (TRIGATE_MASTER_KEY is unset)")
     gc.set_threshold(*GC_THRESHOLDS)
-    app = create_app(Gateway(config, master_key))
+    gateway = Gateway(config, master_key)
+    app = create_app(gateway)
     app.before_serving(freeze_startup_heap)
-    return app
+    return app, gateway
 
 
 async def freeze_startup_heap() -> None:

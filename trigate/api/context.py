@@ -58,7 +58,8 @@ class RequestScope:
         context = RequestContext(_request_id(scope["headers"]), trio.current_time())
         token = current_request.set(context)
         try:
-            await self._app(scope, receive, _ResponseSender(send, context))
+            sender = _ResponseSender(send, receive, context)
+            await self._app(scope, sender.receive, sender)
         finally:
             current_request.reset(token)
             if context.relay is not None and not context.relay.entered:
@@ -66,20 +67,38 @@ class RequestScope:
 
 
 class _ResponseSender:
-    """Adds the gateway's headers, and writes a fixed-length body in one piece.
+    """Adds the gateway's headers, writes a fixed-length body in one piece, and lets the
+    last message of a response finish before the app hears that the request is over.
 
     Quart sends a body as its data and then an empty closing message; each costs
     hypercorn a pass through its protocol stack. With a Content-Length there is
     nothing to stream, so the two become one. Streams pass through untouched.
+
+    The last message is where hypercorn finishes the exchange: it closes the
+    connection (`Connection: close`, HTTP/1.0) or restarts its keep-alive timer,
+    and on the way it hands the app `http.disconnect`. Quart-Trio and the model API
+    both answer a disconnect by cancelling the task that is still inside that send,
+    which cut off the close and the timer, so every connection stayed open until its
+    client left. `receive` therefore holds a disconnect back until the send is done.
     """
 
-    __slots__ = ("_context", "_fixed_length", "_held", "_send")
+    __slots__ = ("_context", "_finishing", "_fixed_length", "_held", "_receive", "_send")
 
-    def __init__(self, send: ASGISendCallable, context: RequestContext) -> None:
+    def __init__(
+        self, send: ASGISendCallable, receive: ASGIReceiveCallable, context: RequestContext
+    ) -> None:
         self._send = send
+        self._receive = receive
         self._context = context
         self._fixed_length = False
         self._held: Any = None
+        self._finishing: trio.Event | None = None
+
+    async def receive(self) -> Any:
+        message = await self._receive()
+        if message["type"] == "http.disconnect" and self._finishing is not None:
+            await self._finishing.wait()
+        return message
 
     async def __call__(self, message: Any) -> None:
         if message["type"] == "http.response.start":
@@ -95,6 +114,13 @@ class _ResponseSender:
             if self._held is not None:
                 body = self._held["body"] + message.get("body", b"")
                 message, self._held = {**message, "body": body}, None
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            self._finishing = trio.Event()
+            try:
+                await self._send(message)
+            finally:
+                self._finishing.set()
+            return
         await self._send(message)
 
 

@@ -22,10 +22,11 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def readiness() -> Response:
         return json_response(
             {
-                "status": "healthy",
+                "status": "draining" if gateway.draining else "healthy",
                 "version": __version__,
                 "model_groups": len(gateway.groups.names),
-            }
+            },
+            status=503 if gateway.draining else 200,
         )
 
     @app.get("/health")

@@ -1,0 +1,170 @@
+"""Client connections: closed when HTTP says so, when idle too long, and at shutdown.
+
+Every test watches the socket itself: a connection counts as closed only when
+the client reads end-of-file on it.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+import trio.testing
+from conftest import MASTER_KEY, RunningGateway, mock_config, start_gateway
+
+CHAT = b'{"model": "mock", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+def _chat(version: str = "1.1", *extra: str) -> bytes:
+    head = [
+        f"POST /v1/chat/completions HTTP/{version}",
+        "host: gateway",
+        f"authorization: Bearer {MASTER_KEY}",
+        "content-type: application/json",
+        f"content-length: {len(CHAT)}",
+        *extra,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + CHAT
+
+
+def _get(path: str, version: str = "1.1", *extra: str) -> bytes:
+    head = [f"GET {path} HTTP/{version}", "host: gateway", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
+async def _connect(gateway: RunningGateway) -> trio.SocketStream:
+    url = httpx.URL(gateway.url)
+    return await trio.open_tcp_stream(url.host, url.port)
+
+
+async def _read_until_closed(stream: trio.SocketStream) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    data = b""
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    return data
+
+
+async def _read_response(stream: trio.SocketStream) -> bytes:
+    """One whole fixed-length response, leaving the connection open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += await stream.receive_some(65536)
+    return head
+
+
+REQUESTS = {
+    "quart route, Connection: close": _get("/health/liveliness", "1.1", "connection: close"),
+    "quart route, HTTP/1.0": _get("/health/liveliness", "1.0"),
+    "quart 404, Connection: close": _get("/nowhere", "1.1", "connection: close"),
+    "model API, Connection: close": _chat("1.1", "connection: close"),
+    "model API, HTTP/1.0": _chat("1.0"),
+    "model API 405, HTTP/1.0": _get("/v1/chat/completions", "1.0"),
+}
+
+
+@pytest.mark.parametrize("request_bytes", REQUESTS.values(), ids=REQUESTS.keys())
+async def test_the_connection_closes_right_after_the_answer(
+    nursery: trio.Nursery, request_bytes: bytes
+) -> None:
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    await stream.send_all(request_bytes)
+    with trio.fail_after(5):
+        answer = await _read_until_closed(stream)
+    assert answer.startswith(b"HTTP/1.1 ")
+    await running.stop()
+
+
+async def test_an_idle_keep_alive_connection_closes_at_keep_alive_timeout(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    config = {**mock_config(), "general_settings": {"keep_alive_timeout": 30}}
+    running = await start_gateway(nursery, config)
+    for request_bytes in (_chat(), _get("/health/liveliness")):
+        stream = await _connect(running)
+        await stream.send_all(request_bytes)
+        assert b" 200 " in await _read_response(stream)
+        started = trio.current_time()
+        assert await _read_until_closed(stream) == b""
+        assert 30 <= trio.current_time() - started < 31
+    await running.stop()
+
+
+async def test_a_kept_alive_connection_serves_the_next_request(nursery: trio.Nursery) -> None:
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    for request_bytes in (_chat(), _get("/health/liveliness"), _chat()):
+        await stream.send_all(request_bytes)
+        with trio.fail_after(5):
+            assert b" 200 " in await _read_response(stream)
+    await stream.aclose()
+    await running.stop()
+
+
+@pytest.mark.parametrize(
+    "opening",
+    [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"GET /health/liveliness HTTP/1.1\r\nhost: x\r\n"],
+    ids=["HTTP/2 preface only", "a request head never finished"],
+)
+async def test_a_client_that_never_sends_a_request_is_dropped(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock, opening: bytes
+) -> None:
+    """Within `request_body_timeout`, though keep-alive allows longer."""
+    settings = {"keep_alive_timeout": 300, "request_body_timeout": 20}
+    running = await start_gateway(nursery, {**mock_config(), "general_settings": settings})
+    stream = await _connect(running)
+    await stream.send_all(opening)
+    started = trio.current_time()
+    await _read_until_closed(stream)
+    assert trio.current_time() - started <= 21
+    await running.stop()
+
+
+async def test_shutdown_does_not_wait_on_idle_clients(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    config = {**mock_config(), "general_settings": {"keep_alive_timeout": 3000}}
+    running = await start_gateway(nursery, config)
+    idle = []
+    for request_bytes in (_chat(), _get("/health/liveliness")):
+        stream = await _connect(running)
+        await stream.send_all(request_bytes)
+        await _read_response(stream)
+        idle.append(stream)
+    idle.append(await _connect(running))  # never sent a byte
+    started = trio.current_time()
+    await running.stop()
+    assert trio.current_time() - started < 1
+    for stream in idle:
+        assert await _read_until_closed(stream) == b""
+
+
+async def test_readiness_fails_from_the_moment_draining_starts(nursery: trio.Nursery) -> None:
+    """A draining worker accepts no new connection, so the question is put to its app
+    in-process while a stream it is still serving runs on."""
+    slow = {"model_name": "slow", "litellm_params": {"model": "mock/m", "mock_chunk_delay": 0.2}}
+    running = await start_gateway(nursery, {"model_list": [slow]})
+    in_process = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=running.app), base_url="http://x"
+    )
+    assert (await in_process.get("/health/readiness")).status_code == 200
+    body = {"model": "slow", "messages": [{"role": "user", "content": "a b c d e"}], "stream": True}
+    async with (
+        running.client() as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as stream,
+    ):
+        nursery.start_soon(running.stop)
+        await trio.sleep(0.05)
+        response = await in_process.get("/health/readiness")
+        assert response.status_code == 503
+        assert response.json()["status"] == "draining"
+        assert (await stream.aread()).endswith(b"data: [DONE]\n\n")

@@ -1,0 +1,223 @@
+"""One worker's HTTP server: hypercorn's protocols on trigate's own accept loop.
+
+Hypercorn's `worker_serve` accepts every connection it is offered and lets a
+connection that never sends a request live as long as its keep-alive timer
+(and one that sent only an HTTP/2 preface, for ever). Exposed to the internet,
+that lets anyone hold a worker's file descriptors, and a graceful stop waits on
+them. Here each worker holds at most `max_connections` client connections:
+when it is full, the connection idle the longest is closed to make room (as
+nginx reuses keep-alive connections), and only if none is idle does accepting
+pause, leaving new clients in the kernel's backlog. A connection must begin
+a request within `first_request_timeout`. Hypercorn still speaks HTTP on each
+connection (`TCPServer`), lifespan included.
+
+A shutdown drains: the listeners close, idle connections close at once, and
+requests in flight (streams included) may finish for `graceful_timeout`
+before the gateway's own shutdown (which flushes the spend ledger) runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import resource
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+if TYPE_CHECKING:
+    from hypercorn.typing import AppWrapper, ASGIFramework
+
+logger = logging.getLogger("trigate")
+
+# Accept errors that mean "out of descriptors or memory for now": wait and try again.
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+RESOURCE_PAUSE = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """How many client connections one worker holds, and how long one may sit silent."""
+
+    max_connections: int
+    first_request_timeout: float
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; returns the
+    limit now in force. Many distributions start services at a soft 1,024, which
+    a few hundred idle clients and the upstream pool use up."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft
+        return hard
+    return soft
+
+
+def listening_sockets(config: HypercornConfig) -> list[socket.socket]:
+    """The bound, listening sockets of `config.bind`, made once and shared by every worker."""
+    sockets = config.create_sockets().insecure_sockets
+    for listener in sockets:
+        listener.listen(config.backlog)
+    return sockets
+
+
+class _Connection:
+    """One client connection, and whether a request is being served on it."""
+
+    __slots__ = ("active", "idle_since", "scope")
+
+    def __init__(self, scope: trio.CancelScope, now: float) -> None:
+        self.scope = scope
+        self.active = 0
+        self.idle_since = now
+
+    @property
+    def idle(self) -> bool:
+        return self.active == 0
+
+
+class _ConnectionApp:
+    """The app as one connection sees it: each request marks the connection busy, and
+    the first one lifts the deadline for beginning a request."""
+
+    __slots__ = ("_app", "_connection")
+
+    def __init__(self, app: AppWrapper, connection: _Connection) -> None:
+        self._app = app
+        self._connection = connection
+
+    async def __call__(self, scope: Any, receive: Any, send: Any, *rest: Any) -> None:
+        connection = self._connection
+        connection.active += 1
+        connection.scope.deadline = math.inf
+        try:
+            await self._app(scope, receive, send, *rest)
+        finally:
+            connection.active -= 1
+            connection.idle_since = trio.current_time()
+
+
+class Connections:
+    """The worker's open client connections, capped at `limits.max_connections`."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self._limits = limits
+        self._open: set[_Connection] = set()
+        self._closed = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    async def room(self) -> None:
+        """Return once another connection may be accepted: close the connection idle
+        the longest if the worker is full, or wait for one to end."""
+        while len(self._open) >= self._limits.max_connections:
+            idle = [c for c in self._open if c.idle and not c.scope.cancel_called]
+            if idle:
+                min(idle, key=lambda c: c.idle_since).scope.cancel()
+            await self._closed.wait()
+            self._closed = trio.Event()
+
+    def close_idle(self) -> None:
+        """Draining: a connection with no request in flight has nothing left to wait for."""
+        for connection in self._open:
+            if connection.idle:
+                connection.scope.cancel()
+
+    async def serve(self, stream: trio.SocketStream, server: Callable[..., TCPServer]) -> None:
+        now = trio.current_time()
+        with trio.CancelScope(deadline=now + self._limits.first_request_timeout) as scope:
+            connection = _Connection(scope, now)
+            self._open.add(connection)
+            try:
+                await server(lambda app: _ConnectionApp(app, connection), stream).run()
+            finally:
+                self._open.discard(connection)
+                self._closed.set()
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+
+
+async def serve(
+    app: ASGIFramework,
+    config: HypercornConfig,
+    limits: ConnectionLimits,
+    *,
+    sockets: list[socket.socket] | None = None,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    on_drain: Callable[[], None] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `app` until `shutdown_trigger` returns, then drain and shut the app down."""
+    wrapped = wrap_app(app, config.wsgi_max_body_size, None)
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    context = WorkerContext(None)
+    connections = Connections(limits)
+
+    def server(wrap: Callable[[AppWrapper], Any], stream: trio.SocketStream) -> TCPServer:
+        state = ConnectionState(lifespan_state.copy())
+        return TCPServer(wrap(wrapped), config, context, state, stream)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        sockets = sockets if sockets is not None else listening_sockets(config)
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
+        async with trio.open_nursery() as server_nursery:
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(_accept, listener, connections, server, server_nursery)
+                task_status.started(_announce(sockets))
+                await shutdown_trigger()
+                accepting.cancel_scope.cancel()
+            if on_drain is not None:
+                on_drain()
+            for listener in listeners:
+                await listener.aclose()
+            # Hypercorn closes a connection after its current answer once this is set.
+            await context.terminated.set()
+            connections.close_idle()
+            server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+async def _accept(
+    listener: trio.SocketListener,
+    connections: Connections,
+    server: Callable[..., TCPServer],
+    nursery: trio.Nursery,
+) -> None:
+    while True:
+        await connections.room()
+        try:
+            stream = await listener.accept()
+        except OSError as error:
+            if error.errno not in _RESOURCE_ERRNOS:
+                raise
+            logger.warning("cannot accept a connection: %s; pausing %g s", error, RESOURCE_PAUSE)
+            await trio.sleep(RESOURCE_PAUSE)
+            continue
+        nursery.start_soon(connections.serve, stream, server)
+
+
+def _announce(sockets: list[socket.socket]) -> list[str]:
+    binds = [f"http://{repr_socket_addr(s.family, s.getsockname())}" for s in sockets]
+    for bind in binds:
+        logger.info("Running on %s (CTRL + C to quit)", bind)
+    return binds
