@@ -24,7 +24,7 @@ from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, secrets
 from trigate.gateway import Gateway
-from trigate.limits import Admission, check_budgets, check_model
+from trigate.limits import Admission, allows_model, check_budgets, check_model
 from trigate.providers import ChunkStream, Completion
 from trigate.relay import FrameEncoder, StreamOutcome, StreamRelay
 from trigate.router.deployments import Deployment
@@ -260,6 +260,8 @@ class ProxiedCall:
             return
         try:
             check_model(self.caller, self.progress.model_group)
+            for fallback in self.fallbacks or ():
+                check_model(self.caller, fallback, param="fallbacks")
             check_budgets(self.caller, self.gateway.ledger.unflushed)
             self.admission = await self.gateway.limits.admit(self.caller, self.meter.prompt_tokens)
         except GatewayError as rejection:
@@ -348,11 +350,16 @@ class ProxiedCall:
                 self.progress,
                 prompt_tokens=self.meter.prompt_tokens,
                 request_fallbacks=self.fallbacks,
+                may_use=self._may_use,
             )
         finally:
             self.context.upstream_wait = trio.current_time() - started
         self.meter.model = routed.deployment.upstream_model
         return routed
+
+    def _may_use(self, group: str) -> bool:
+        """Whether a fallback group passes the caller's model checks, as its own did."""
+        return self.caller.is_master or allows_model(self.caller, group)
 
     async def _finish_stream(self, outcome: StreamOutcome) -> None:
         status = 200
