@@ -105,7 +105,7 @@ class AnthropicMessages:
 
     async def open_stream(self, body: dict[str, Any]) -> AnthropicChunkStream:
         payload = {**to_anthropic(body, self._model, self._max_tokens), "stream": True}
-        response = await self._upstream.post(payload)
+        response = await self._upstream.post_stream(payload)
         return AnthropicChunkStream(response, StreamTranslator(_json_schema(body) is not None))
 
     async def messages(self, body: dict[str, Any]) -> Completion:
@@ -120,7 +120,7 @@ class AnthropicMessages:
 
     async def open_messages_stream(self, body: dict[str, Any]) -> AnthropicChunkStream:
         """A Messages API stream sent as the client wrote it, read as its own events."""
-        response = await self._upstream.post({**body, "model": self._model})
+        response = await self._upstream.post_stream({**body, "model": self._model})
         return AnthropicChunkStream(response, NativeEvents())
 
 

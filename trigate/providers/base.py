@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
     from trigate.tokens import TokenCounter
 
+SSE = "text/event-stream"
 # How much of an upstream's error body is worth reading and quoting.
 ERROR_BODY_LIMIT = 64 * 1024
 ERROR_MESSAGE_LIMIT = 1000
@@ -118,6 +119,9 @@ class SSEChunkStream:
         except httpx.HTTPError as error:
             raise translate_transport_error(error) from error
         read = self._translate(decoder.flush())
+        if not decoder.seen_event:
+            # A 200 whose body held no event at all is no answer, whatever it held.
+            raise UpstreamError("The upstream's stream ended without sending any event.")
         chunks = [*read.chunks, *(self._tail() if self._tail else ())]
         if chunks:
             yield chunks
@@ -197,6 +201,30 @@ class UpstreamClient:
             finally:
                 await response.aclose()
         return response
+
+    async def post_stream(self, payload: dict[str, Any], media_type: str = SSE) -> httpx.Response:
+        """`post` for a stream: a success whose body is not of `media_type` (an HTML page
+        from a proxy, a JSON answer that ignored `stream`) is the upstream's failure, a
+        502, not a stream that happens to hold no events. A response without a
+        content-type is given the benefit of the doubt."""
+        response = await self.post(payload)
+        declared = response.headers.get("content-type")
+        if declared is None or _media_type(declared) == media_type:
+            return response
+        try:
+            detail, _ = _error_details(await read_error_body(response))
+        except httpx.HTTPError:
+            detail = ""
+        finally:
+            await response.aclose()
+        raise UpstreamError(
+            f"The upstream answered a stream request with `{_media_type(declared)}`, not "
+            f"`{media_type}`" + (f": {detail}" if detail else ".")
+        )
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.partition(";")[0].strip().lower()
 
 
 def translate_transport_error(error: httpx.HTTPError) -> UpstreamError:

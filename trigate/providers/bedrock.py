@@ -102,7 +102,7 @@ class BedrockConverse:
         return Completion(body=to_completion(data, self._model, _completion_id(response)))
 
     async def open_stream(self, body: dict[str, Any]) -> ConverseChunkStream:
-        response = await self._converse_stream.post(converse_request(body))
+        response = await self._converse_stream.post_stream(converse_request(body), EVENT_STREAM)
         return ConverseChunkStream(response, self._model)
 
     async def embed(self, body: dict[str, Any]) -> Completion:

@@ -127,7 +127,7 @@ class GeminiProvider:
 
     async def open_stream(self, body: dict[str, Any]) -> GeminiChunkStream:
         try:
-            response = await self._stream.post(to_gemini(body, self._model))
+            response = await self._stream.post_stream(to_gemini(body, self._model))
         except UpstreamError as error:
             raise reclassified(error) from None
         return GeminiChunkStream(response, StreamTranslator(self._model))
