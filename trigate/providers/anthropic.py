@@ -28,6 +28,7 @@ from trigate.providers.base import (
     StreamRead,
     UpstreamClient,
     read_json_object,
+    translation,
 )
 from trigate.sse import ServerSentEvent
 
@@ -135,6 +136,7 @@ def messages_url(api_base: str) -> str:
 # --- OpenAI request -> Anthropic request ---------------------------------------------
 
 
+@translation("Anthropic's Messages API")
 def to_anthropic(body: dict[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
     """The Messages API request for an OpenAI chat-completions request."""
     system, messages = translate_messages(body["messages"])

@@ -8,14 +8,16 @@ OpenAI's shapes to the rest of the gateway: a non-stream call returns a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import httpx
 import orjson
 
 from trigate.errors import (
+    InvalidRequest,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -28,6 +30,12 @@ if TYPE_CHECKING:
     from trigate.tokens import TokenCounter
 
 SSE = "text/event-stream"
+P = ParamSpec("P")
+R = TypeVar("R")
+# What reading a field of an unexpected shape raises: a string where an object was
+# expected, a number where a list was, nesting deeper than recursion allows.
+MALFORMED = (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError)
+
 # How much of an upstream's error body is worth reading and quoting.
 ERROR_BODY_LIMIT = 64 * 1024
 ERROR_MESSAGE_LIMIT = 1000
@@ -132,6 +140,28 @@ class SSEChunkStream:
         await self._response.aclose()
 
 
+def translation(api: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Mark a translator of the client's request into `api`'s shapes. Translators check
+    what they must and pass the rest on; a field of a shape they cannot read (`tools`
+    as a number, `content` as an object) is then the client's 400, never the
+    gateway's 500: `api` would have refused the same field."""
+
+    def decorate(translate: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(translate)
+        def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return translate(*args, **kwargs)
+            except MALFORMED as error:
+                raise InvalidRequest(
+                    f"The request has a field {api} cannot take: "
+                    f"{'too deeply nested' if isinstance(error, RecursionError) else error}."
+                ) from None
+
+        return translated
+
+    return decorate
+
+
 class Provider(Protocol):
     """One deployment's adapter to its upstream."""
 
@@ -179,7 +209,13 @@ class UpstreamClient:
 
     async def post(self, payload: dict[str, Any]) -> httpx.Response:
         """Send a JSON body; the response is open (streamed) and its status checked."""
-        content = orjson.dumps(payload)
+        try:
+            content = orjson.dumps(payload)
+        except orjson.JSONEncodeError:
+            # orjson writes at most 254 levels of nesting; the body parsed, but cannot go on.
+            raise InvalidRequest(
+                "The request is nested too deeply to forward (more than 254 levels)."
+            ) from None
         headers = (
             self._sign(self._url_text, self._raw_headers, content) if self._sign else self._headers
         )
