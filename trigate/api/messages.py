@@ -87,7 +87,9 @@ async def _count_tokens(gateway: Gateway, incoming: Incoming) -> Reply:
     if not caller.is_master:
         check_model(caller, model)
     upstream_model = gateway.groups.deployments(model)[0].upstream_model
-    meter = UsageMeter(gateway.counter, upstream_model, to_chat_request(body))
+    chat = to_chat_request(body)
+    check_tool_fields(chat)
+    meter = UsageMeter(gateway.counter, upstream_model, chat)
     return Reply(orjson.dumps({"input_tokens": await meter.prompt_tokens()}))
 
 
