@@ -71,13 +71,15 @@ class Exchange:
 def chat_request(
     nursery: trio.Nursery,
     app: Any,
-    payload: dict[str, Any] | None,
+    payload: dict[str, Any] | bytes | None,
     path: str = "/v1/chat/completions",
     method: str = "POST",
     key: str = MASTER_KEY,
     query: str = "",
 ) -> Exchange:
-    body = orjson.dumps(payload) if payload is not None else b""
+    body = (
+        payload if isinstance(payload, bytes) else b"" if payload is None else orjson.dumps(payload)
+    )
     exchange = Exchange(body)
     scope = {
         "type": "http",

@@ -50,6 +50,7 @@ class StreamReply:
     tail_interval: float = 0.01
     # Send the frames raw, without chunked framing, and close (no Content-Length).
     close_delimited: bool = False
+    content_type: str = "text/event-stream"
 
 
 Reply = JSONReply | StreamReply
@@ -181,12 +182,12 @@ class FakeUpstream:
     async def _send_stream(
         self, stream: trio.SocketStream, connection: h11.Connection, reply: StreamReply
     ) -> bool:
-        headers = [("content-type", "text/event-stream")]
+        headers = [("content-type", reply.content_type)]
         if reply.close_delimited:
             headers.append(("connection", "close"))
             await stream.send_all(
-                b"HTTP/1.1 %d OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
-                % reply.status
+                b"HTTP/1.1 %d OK\r\ncontent-type: %s\r\nconnection: close\r\n\r\n"
+                % (reply.status, reply.content_type.encode())
             )
             send = stream.send_all
         else:

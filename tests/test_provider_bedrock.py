@@ -43,6 +43,7 @@ from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply
 
 from trigate.errors import Failure, InvalidRequest, UpstreamError
 from trigate.providers.bedrock import (
+    EVENT_STREAM,
     StreamTranslator,
     bedrock_error,
     converse_request,
@@ -75,6 +76,11 @@ def bedrock_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
     base = f"http://127.0.0.1:{upstream.port}"
     model = {"model": f"bedrock/{MODEL_ID}", "api_base": base, **credentials}
     return deployment_config("claude", {**model, **params})
+
+
+def event_stream(frames: list[bytes | float]) -> StreamReply:
+    """A ConverseStream answer, with the content-type Bedrock gives one."""
+    return StreamReply(frames, content_type=EVENT_STREAM)
 
 
 def aws_error(status: int, error_type: str, message: str, **headers: str) -> JSONReply:
@@ -488,7 +494,7 @@ async def test_stream_split_at_awkward_offsets(
     data = b"".join([*text_events("Hel", "lo", " wörld"), metadata(inputTokens=9, outputTokens=3)])
     # Mid-prelude, right after the prelude CRC, mid-header, mid-payload, mid-final-CRC.
     offsets = [1, 5, 12, 13, 40, 100, 101, 150, 230, 231, 232, len(data) - 2]
-    upstream.handler = bedrock(lambda r: StreamReply(split_at(data, offsets)))
+    upstream.handler = bedrock(lambda r: event_stream(split_at(data, offsets)))
     chunks = await streamed(gateway, stream_options={"include_usage": True})
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -526,7 +532,7 @@ async def test_streamed_tool_calls(gateway: RunningGateway, upstream: FakeUpstre
         event("messageStop", stopReason="tool_use"),
         metadata(inputTokens=30, outputTokens=20),
     ]
-    upstream.handler = bedrock(lambda r: StreamReply([*frames]))
+    upstream.handler = bedrock(lambda r: event_stream([*frames]))
     chunks = await streamed(gateway, tools=[WEATHER_TOOL])
     calls: dict[int, dict[str, str]] = {}
     for chunk in chunks:
@@ -550,7 +556,7 @@ async def test_stream_usage_with_cache_tokens(
     usage = metadata(
         inputTokens=4, outputTokens=2, cacheReadInputTokens=300, cacheWriteInputTokens=0
     )
-    upstream.handler = bedrock(lambda r: StreamReply([*text_events("ok"), usage]))
+    upstream.handler = bedrock(lambda r: event_stream([*text_events("ok"), usage]))
     chunks = await streamed(gateway, stream_options={"include_usage": True})
     final = chunks[-1].usage
     assert final is not None
@@ -578,7 +584,7 @@ async def test_crc_mismatch_fails_the_stream_after_what_came_before(
     good = text_events("partial")[:2]
     corrupt = bytearray(event("contentBlockDelta", contentBlockIndex=0, delta={"text": "x"}))
     corrupt[-10] ^= 0xFF  # a payload byte: the message CRC no longer matches
-    upstream.handler = bedrock(lambda r: StreamReply([*good, 0.01, bytes(corrupt)]))
+    upstream.handler = bedrock(lambda r: event_stream([*good, 0.01, bytes(corrupt)]))
     events = await raw_stream(gateway)
     assert "partial" in "".join(events[:-2])
     error = orjson.loads(events[-2])["error"]
@@ -601,7 +607,7 @@ async def test_exception_frames_mid_stream(
     gateway: RunningGateway, upstream: FakeUpstream, name: str, error_type: str, status: int
 ) -> None:
     frames = [*text_events("so far")[:2], exception(name, "Something went wrong.")]
-    upstream.handler = bedrock(lambda r: StreamReply(frames))
+    upstream.handler = bedrock(lambda r: event_stream(frames))
     events = await raw_stream(gateway)
     assert "so far" in events[1]
     error = orjson.loads(events[-2])["error"]

@@ -43,20 +43,21 @@ class BudgetExceeded(GatewayError):
     code = "budget_exceeded"
 
 
-def check_model(caller: Caller, group: str) -> None:
-    """A key's and its team's `models`; an empty list allows every model."""
-    for owner, row in (("key", caller.key), ("team", caller.team)):
+def check_model(caller: Caller, group: str, param: str = "model") -> None:
+    """A key's, its team's and its user's `models`; an empty list allows every model."""
+    for owner, row in (("key", caller.key), ("team", caller.team), ("user", caller.user)):
         allowed = (row or {}).get("models") or []
         if not _allowed(allowed, group):
             raise ModelNotAllowed(
                 f"This {owner} may not use model `{group}`. Allowed: {', '.join(allowed)}.",
-                param="model",
+                param=param,
             )
 
 
 def allows_model(caller: Caller, group: str) -> bool:
     return all(
-        _allowed((row or {}).get("models") or [], group) for row in (caller.key, caller.team)
+        _allowed((row or {}).get("models") or [], group)
+        for row in (caller.key, caller.team, caller.user)
     )
 
 

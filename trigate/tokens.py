@@ -136,7 +136,7 @@ class TokenCounter:
                 total += _count_value(encoding, value)
                 if key == "name":
                     total += TOKENS_PER_NAME
-        if tools:
+        if isinstance(tools, list):
             total += _count_tools(encoding, tools)
         return total
 
@@ -185,14 +185,15 @@ def _count_tools(encoding: tiktoken.Encoding, tools: Iterable[Any]) -> int:
         name = str(function.get("name", ""))
         description = str(function.get("description", "")).rstrip(".")
         total += len(encoding.encode_ordinary(f"{name}:{description}"))
-        properties = (function.get("parameters") or {}).get("properties") or {}
-        if properties:
+        parameters = function.get("parameters")
+        properties = parameters.get("properties") if isinstance(parameters, dict) else None
+        if isinstance(properties, dict) and properties:
             total += prop_init
             for key, schema in properties.items():
                 total += prop_key
                 schema = schema if isinstance(schema, dict) else {}
-                enum = schema.get("enum") or []
-                if enum:
+                enum = schema.get("enum")
+                if isinstance(enum, list) and enum:
                     total += enum_init + sum(
                         enum_item + len(encoding.encode_ordinary(str(item))) for item in enum
                     )

@@ -70,10 +70,17 @@ def validated(model: type[M], body: dict[str, Any]) -> M:
         raise InvalidRequest(f"`{where}`: {message}", param=where) from None
 
 
+# Fields with a value always (an empty list or object, false): a null sent for one of
+# them means "not given", as LiteLLM's clients send it, never "clear it".
+_NEVER_NULL = {"models", "metadata", "blocked"}
+
+
 def limit_fields(body: Limits) -> Row:
     """The fields a create or update sets, with the budget window's first reset."""
     fields = {
-        name: getattr(body, name) for name in body.model_fields_set if name in Limits.model_fields
+        name: getattr(body, name)
+        for name in body.model_fields_set
+        if name in Limits.model_fields and not (name in _NEVER_NULL and getattr(body, name) is None)
     }
     if "budget_duration" in fields:
         duration = fields["budget_duration"]

@@ -17,6 +17,7 @@ import orjson
 
 from trigate.errors import GatewayError, InvalidRequest, secrets
 from trigate.providers import NativeEvent
+from trigate.providers.base import translation
 from trigate.relay import FrameEncoder
 
 STOP_REASONS = {
@@ -45,6 +46,7 @@ SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "thinking")
 # --- Anthropic request -> OpenAI chat request --------------------------------------
 
 
+@translation("the Messages API")
 def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
     """The chat-completions request for a validated Messages API request (or a token
     count request, which has no `max_tokens`)."""

@@ -24,7 +24,7 @@ from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, secrets
 from trigate.gateway import Gateway
-from trigate.limits import Admission, check_budgets, check_model
+from trigate.limits import Admission, allows_model, check_budgets, check_model
 from trigate.providers import ChunkStream, Completion
 from trigate.relay import FrameEncoder, StreamOutcome, StreamRelay
 from trigate.router.deployments import Deployment
@@ -38,6 +38,9 @@ SSE_HEADERS = {
     "x-accel-buffering": "no",
 }
 RECORD_TIMEOUT = 10.0
+# How deep the request fields the gateway reads may nest; real requests nest a few levels.
+MAX_NESTING = 64
+READ_FIELDS = ("messages", "tools", "tool_choice", "response_format", "prompt", "input", "system")
 # nginx's status for a request its client abandoned; it never reaches a client.
 CLIENT_CLOSED = 499
 
@@ -79,6 +82,7 @@ async def proxy_request(
     caller = await gateway.auth.authenticate(incoming.headers)
     body = parse_json_object(incoming.body)
     group = validate(body)
+    check_nesting(body)
     fallbacks = pop_fallbacks(body)
     call = ProxiedCall(gateway, current_request.get(), caller, group, body, fallbacks, operation)
     await call.admit()
@@ -104,6 +108,67 @@ def require_messages(body: dict[str, Any]) -> None:
         )
     if not all(isinstance(message, dict) for message in messages):
         raise InvalidRequest("Every entry of `messages` must be an object.", param="messages")
+
+
+def check_nesting(body: dict[str, Any]) -> None:
+    """The fields the gateway itself walks (to count tokens, to translate for another
+    provider's API) are at most MAX_NESTING levels deep, so no walk of them can run out
+    of stack; fields it only forwards are the upstream's to judge."""
+    for field in READ_FIELDS:
+        if field in body and _too_deep(body[field]):
+            raise InvalidRequest(
+                f"`{field}` is nested more than {MAX_NESTING} levels deep.", param=field
+            )
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether `value` nests lists and objects more than MAX_NESTING deep; iterative, so
+    that the check itself has no recursion to exhaust."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        if children and depth > MAX_NESTING:
+            return True
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def check_tool_fields(body: dict[str, Any]) -> None:
+    """`tools` and `tool_choice` in the shapes OpenAI's API defines, as far as the gateway
+    reads them (to count tokens, to translate): a list of objects whose `function`, when
+    present, is an object with object `parameters`; a string or an object with a string
+    `type`. Anything else every upstream would refuse too."""
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(isinstance(tool, dict) for tool in tools):
+            raise InvalidRequest("`tools` must be an array of objects.", param="tools")
+        for tool in tools:
+            _check_function(tool.get("function"))
+    choice = body.get("tool_choice")
+    if choice is None or isinstance(choice, str):
+        return
+    if not isinstance(choice, dict) or not isinstance(choice.get("type", ""), str):
+        raise InvalidRequest(
+            "`tool_choice` must be a string or an object with a string `type`.",
+            param="tool_choice",
+        )
+    if "function" in choice and not isinstance(choice["function"], dict):
+        raise InvalidRequest("`tool_choice.function` must be an object.", param="tool_choice")
+
+
+def _check_function(function: Any) -> None:
+    if function is None:
+        return
+    if not isinstance(function, dict):
+        raise InvalidRequest("A tool's `function` must be an object.", param="tools")
+    parameters = function.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidRequest(
+            "A function's `parameters` must be a JSON schema object.", param="tools"
+        )
 
 
 def check_stream_fields(body: dict[str, Any]) -> None:
@@ -247,9 +312,10 @@ class ProxiedCall:
         self.caller = caller
         self.body = body
         self.fallbacks = fallbacks
+        # An unknown model is a 404 before anything about it reaches the response headers.
+        model = gateway.groups.deployments(group)[0].upstream_model
         self.progress = RouteProgress(group)
         context.route = self.progress
-        model = gateway.groups.deployments(group)[0].upstream_model
         self.meter = UsageMeter(gateway.counter, model, body)
         self.ttft: float | None = None
         self.admission: Admission | None = None
@@ -260,6 +326,8 @@ class ProxiedCall:
             return
         try:
             check_model(self.caller, self.progress.model_group)
+            for fallback in self.fallbacks or ():
+                check_model(self.caller, fallback, param="fallbacks")
             check_budgets(self.caller, self.gateway.ledger.unflushed)
             self.admission = await self.gateway.limits.admit(self.caller, self.meter.prompt_tokens)
         except GatewayError as rejection:
@@ -348,11 +416,16 @@ class ProxiedCall:
                 self.progress,
                 prompt_tokens=self.meter.prompt_tokens,
                 request_fallbacks=self.fallbacks,
+                may_use=self._may_use,
             )
         finally:
             self.context.upstream_wait = trio.current_time() - started
         self.meter.model = routed.deployment.upstream_model
         return routed
+
+    def _may_use(self, group: str) -> bool:
+        """Whether a fallback group passes the caller's model checks, as its own did."""
+        return self.caller.is_master or allows_model(self.caller, group)
 
     async def _finish_stream(self, outcome: StreamOutcome) -> None:
         status = 200

@@ -1,7 +1,8 @@
 """`POST /v1/chat/completions`.
 
-Only what the gateway decides on is validated (`model`, `messages`, `stream`,
-`stream_options`); every other field goes to the upstream untouched.
+Only what the gateway decides on or reads is validated (`model`, `messages`,
+`stream`, `stream_options`, the shapes of `tools` and `tool_choice`); every other
+field goes to the upstream untouched.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any
 from trigate.api.calls import (
     CHAT,
     check_stream_fields,
+    check_tool_fields,
     proxy_request,
     require_messages,
     require_model,
@@ -31,4 +33,5 @@ def _validate(body: dict[str, Any]) -> str:
     model = require_model(body)
     require_messages(body)
     check_stream_fields(body)
+    check_tool_fields(body)
     return model

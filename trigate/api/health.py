@@ -3,12 +3,15 @@ the authenticated per-deployment report."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from trigate import __version__
 from trigate.api.responses import json_response
 from trigate.gateway import Gateway
+from trigate.limits import allows_model
 from trigate.router.health import health_report
 
 
@@ -31,5 +34,9 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get("/health")
     async def deployments_health() -> Response:
-        await gateway.auth.authenticate(request.headers)
-        return json_response(health_report(gateway.router))
+        """The master key sees every deployment; a virtual key, only those of the models
+        it may use, and not where they are."""
+        caller = await gateway.auth.authenticate(request.headers)
+        if caller.is_master:
+            return json_response(health_report(gateway.router))
+        return json_response(health_report(gateway.router, partial(allows_model, caller)))

@@ -21,7 +21,9 @@ from trigate.api.calls import (
     Operation,
     ProxiedCall,
     Surface,
+    check_nesting,
     check_stream_fields,
+    check_tool_fields,
     require_messages,
     require_model,
 )
@@ -64,6 +66,7 @@ async def _messages(gateway: Gateway, incoming: Incoming) -> Reply:
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
         raise InvalidRequest("`max_tokens` is required and must be an integer.", param="max_tokens")
     chat = to_chat_request(body)
+    check_tool_fields(chat)
     surface = Surface(
         answer=lambda completion: orjson.dumps(to_message(completion, model)),
         frames=lambda: AnthropicFrames(model),
@@ -84,7 +87,9 @@ async def _count_tokens(gateway: Gateway, incoming: Incoming) -> Reply:
     if not caller.is_master:
         check_model(caller, model)
     upstream_model = gateway.groups.deployments(model)[0].upstream_model
-    meter = UsageMeter(gateway.counter, upstream_model, to_chat_request(body))
+    chat = to_chat_request(body)
+    check_tool_fields(chat)
+    meter = UsageMeter(gateway.counter, upstream_model, chat)
     return Reply(orjson.dumps({"input_tokens": await meter.prompt_tokens()}))
 
 
@@ -94,4 +99,15 @@ def validate(body: dict[str, Any]) -> str:
     model = require_model(body)
     require_messages(body)
     check_stream_fields(body)
+    check_nesting(body)
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidRequest("`tools` must be an array of objects.", param="tools")
+    choice = body.get("tool_choice")
+    if choice is not None and not (
+        isinstance(choice, dict) and isinstance(choice.get("type"), str)
+    ):
+        raise InvalidRequest(
+            "`tool_choice` must be an object with a string `type`.", param="tool_choice"
+        )
     return model

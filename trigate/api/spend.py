@@ -73,6 +73,10 @@ def _epoch(day: datetime.date) -> float:
 
 def _limit() -> int:
     value = query_arg("limit") or "1000"
-    if not value.isdigit() or not 0 < int(value) <= 10_000:
+    # Checked as text first: int() refuses strings of more than 4300 digits with a ValueError.
+    if (
+        not (value.isascii() and value.isdigit() and len(value) <= 5)
+        or not 0 < int(value) <= 10_000
+    ):
         raise InvalidRequest("`limit` must be a whole number from 1 to 10000.", param="limit")
     return int(value)

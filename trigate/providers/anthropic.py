@@ -28,6 +28,7 @@ from trigate.providers.base import (
     StreamRead,
     UpstreamClient,
     read_json_object,
+    translation,
 )
 from trigate.sse import ServerSentEvent
 
@@ -105,7 +106,7 @@ class AnthropicMessages:
 
     async def open_stream(self, body: dict[str, Any]) -> AnthropicChunkStream:
         payload = {**to_anthropic(body, self._model, self._max_tokens), "stream": True}
-        response = await self._upstream.post(payload)
+        response = await self._upstream.post_stream(payload)
         return AnthropicChunkStream(response, StreamTranslator(_json_schema(body) is not None))
 
     async def messages(self, body: dict[str, Any]) -> Completion:
@@ -120,7 +121,7 @@ class AnthropicMessages:
 
     async def open_messages_stream(self, body: dict[str, Any]) -> AnthropicChunkStream:
         """A Messages API stream sent as the client wrote it, read as its own events."""
-        response = await self._upstream.post({**body, "model": self._model})
+        response = await self._upstream.post_stream({**body, "model": self._model})
         return AnthropicChunkStream(response, NativeEvents())
 
 
@@ -135,6 +136,7 @@ def messages_url(api_base: str) -> str:
 # --- OpenAI request -> Anthropic request ---------------------------------------------
 
 
+@translation("Anthropic's Messages API")
 def to_anthropic(body: dict[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
     """The Messages API request for an OpenAI chat-completions request."""
     system, messages = translate_messages(body["messages"])

@@ -70,7 +70,7 @@ class AzureOpenAI:
 
     async def open_stream(self, body: dict[str, Any]) -> AzureChunkStream:
         payload = stream_payload(body, self._model, stream_options=True)
-        return AzureChunkStream(OpenAIChunkStream(await self._upstream.post(payload)))
+        return AzureChunkStream(OpenAIChunkStream(await self._upstream.post_stream(payload)))
 
 
 def _auth(params: LiteLLMParams) -> dict[str, str]:

@@ -8,14 +8,16 @@ OpenAI's shapes to the rest of the gateway: a non-stream call returns a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar
 
 import httpx
 import orjson
 
 from trigate.errors import (
+    InvalidRequest,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -26,6 +28,13 @@ from trigate.sse import ServerSentEvent, SSEDecoder
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
     from trigate.tokens import TokenCounter
+
+SSE = "text/event-stream"
+P = ParamSpec("P")
+R = TypeVar("R")
+# What reading a field of an unexpected shape raises: a string where an object was
+# expected, a number where a list was, nesting deeper than recursion allows.
+MALFORMED = (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError)
 
 # How much of an upstream's error body is worth reading and quoting.
 ERROR_BODY_LIMIT = 64 * 1024
@@ -118,6 +127,9 @@ class SSEChunkStream:
         except httpx.HTTPError as error:
             raise translate_transport_error(error) from error
         read = self._translate(decoder.flush())
+        if not decoder.seen_event:
+            # A 200 whose body held no event at all is no answer, whatever it held.
+            raise UpstreamError("The upstream's stream ended without sending any event.")
         chunks = [*read.chunks, *(self._tail() if self._tail else ())]
         if chunks:
             yield chunks
@@ -126,6 +138,28 @@ class SSEChunkStream:
 
     async def aclose(self) -> None:
         await self._response.aclose()
+
+
+def translation(api: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Mark a translator of the client's request into `api`'s shapes. Translators check
+    what they must and pass the rest on; a field of a shape they cannot read (`tools`
+    as a number, `content` as an object) is then the client's 400, never the
+    gateway's 500: `api` would have refused the same field."""
+
+    def decorate(translate: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(translate)
+        def translated(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return translate(*args, **kwargs)
+            except MALFORMED as error:
+                raise InvalidRequest(
+                    f"The request has a field {api} cannot take: "
+                    f"{'too deeply nested' if isinstance(error, RecursionError) else error}."
+                ) from None
+
+        return translated
+
+    return decorate
 
 
 class Provider(Protocol):
@@ -175,7 +209,13 @@ class UpstreamClient:
 
     async def post(self, payload: dict[str, Any]) -> httpx.Response:
         """Send a JSON body; the response is open (streamed) and its status checked."""
-        content = orjson.dumps(payload)
+        try:
+            content = orjson.dumps(payload)
+        except orjson.JSONEncodeError:
+            # orjson writes at most 254 levels of nesting; the body parsed, but cannot go on.
+            raise InvalidRequest(
+                "The request is nested too deeply to forward (more than 254 levels)."
+            ) from None
         headers = (
             self._sign(self._url_text, self._raw_headers, content) if self._sign else self._headers
         )
@@ -197,6 +237,30 @@ class UpstreamClient:
             finally:
                 await response.aclose()
         return response
+
+    async def post_stream(self, payload: dict[str, Any], media_type: str = SSE) -> httpx.Response:
+        """`post` for a stream: a success whose body is not of `media_type` (an HTML page
+        from a proxy, a JSON answer that ignored `stream`) is the upstream's failure, a
+        502, not a stream that happens to hold no events. A response without a
+        content-type is given the benefit of the doubt."""
+        response = await self.post(payload)
+        declared = response.headers.get("content-type")
+        if declared is None or _media_type(declared) == media_type:
+            return response
+        try:
+            detail, _ = _error_details(await read_error_body(response))
+        except httpx.HTTPError:
+            detail = ""
+        finally:
+            await response.aclose()
+        raise UpstreamError(
+            f"The upstream answered a stream request with `{_media_type(declared)}`, not "
+            f"`{media_type}`" + (f": {detail}" if detail else ".")
+        )
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.partition(";")[0].strip().lower()
 
 
 def translate_transport_error(error: httpx.HTTPError) -> UpstreamError:

@@ -41,6 +41,7 @@ from trigate.providers.base import (
     UpstreamClient,
     read_json_object,
     translate_transport_error,
+    translation,
 )
 from trigate.providers.eventstream import EventStreamDecoder, Frame
 
@@ -102,7 +103,7 @@ class BedrockConverse:
         return Completion(body=to_completion(data, self._model, _completion_id(response)))
 
     async def open_stream(self, body: dict[str, Any]) -> ConverseChunkStream:
-        response = await self._converse_stream.post(converse_request(body))
+        response = await self._converse_stream.post_stream(converse_request(body), EVENT_STREAM)
         return ConverseChunkStream(response, self._model)
 
     async def embed(self, body: dict[str, Any]) -> Completion:
@@ -295,20 +296,17 @@ _INFERENCE_FIELDS = (
 )
 
 
+@translation("Bedrock's Converse API")
 def converse_request(body: dict[str, Any]) -> dict[str, Any]:
     """The Converse body for an OpenAI request; fields with no Converse meaning are dropped."""
-    try:
-        system, messages = _conversation(body["messages"])
-        payload: dict[str, Any] = {"messages": messages}
-        if system:
-            payload["system"] = system
-        if config := _inference_config(body):
-            payload["inferenceConfig"] = config
-        if tools := _tool_config(body, messages):
-            payload["toolConfig"] = tools
-    except (AttributeError, TypeError, KeyError) as error:
-        # A part of the request that is not the shape OpenAI's API defines.
-        raise InvalidRequest(f"The request does not fit Bedrock's Converse API: {error}") from None
+    system, messages = _conversation(body["messages"])
+    payload: dict[str, Any] = {"messages": messages}
+    if system:
+        payload["system"] = system
+    if config := _inference_config(body):
+        payload["inferenceConfig"] = config
+    if tools := _tool_config(body, messages):
+        payload["toolConfig"] = tools
     if isinstance(body.get("thinking"), dict):
         payload["additionalModelRequestFields"] = {"thinking": body["thinking"]}
     return payload

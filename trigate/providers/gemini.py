@@ -38,6 +38,7 @@ from trigate.providers.base import (
     UpstreamClient,
     error_from_body,
     read_error_body,
+    translation,
 )
 from trigate.providers.openai import fetch_completion, upstream_headers
 from trigate.sse import ServerSentEvent
@@ -127,7 +128,7 @@ class GeminiProvider:
 
     async def open_stream(self, body: dict[str, Any]) -> GeminiChunkStream:
         try:
-            response = await self._stream.post(to_gemini(body, self._model))
+            response = await self._stream.post_stream(to_gemini(body, self._model))
         except UpstreamError as error:
             raise reclassified(error) from None
         return GeminiChunkStream(response, StreamTranslator(self._model))
@@ -220,6 +221,7 @@ def reclassified(error: UpstreamError) -> UpstreamError:
 # --- OpenAI request -> Gemini request -------------------------------------------------
 
 
+@translation("Gemini's API")
 def to_gemini(body: dict[str, Any], model: str = "") -> dict[str, Any]:
     """The `generateContent` request for an OpenAI chat-completions request to `model`."""
     system, contents = translate_messages(body["messages"])

@@ -86,7 +86,7 @@ class OpenAICompatible:
 
     async def open_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
         payload = stream_payload(body, self._model, stream_options=self._stream_options)
-        return OpenAIChunkStream(await self._upstream.post(payload))
+        return OpenAIChunkStream(await self._upstream.post_stream(payload))
 
     async def complete_text(self, body: dict[str, Any]) -> Completion:
         """Legacy `/completions`; the body is relayed as it came, like chat's."""
@@ -94,7 +94,7 @@ class OpenAICompatible:
 
     async def open_text_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
         payload = stream_payload(body, self._model, stream_options=self._stream_options)
-        return OpenAIChunkStream(await self._text_upstream.post(payload))
+        return OpenAIChunkStream(await self._text_upstream.post_stream(payload))
 
     async def embed(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._embeddings_upstream, {**body, "model": self._model})

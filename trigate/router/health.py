@@ -8,6 +8,7 @@ deployment is cooled before a client finds out.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -45,12 +46,18 @@ async def run_health_checks(router: Router, interval: float) -> None:
         await trio.sleep(interval)
 
 
-def health_report(router: Router) -> dict[str, Any]:
-    """LiteLLM's /health shape, plus each deployment's breaker and load."""
+def health_report(router: Router, visible: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """LiteLLM's /health shape, plus each deployment's breaker and load. Given `visible`,
+    only the model groups it allows, and without `api_base`: a virtual key's view, which
+    must not map the gateway's upstreams."""
     now = trio.current_time()
     healthy, unhealthy = [], []
     for deployment in router.groups.all():
+        if visible is not None and not visible(deployment.model_group):
+            continue
         entry = _describe(deployment, now)
+        if visible is not None:
+            del entry["api_base"]
         (healthy if entry["healthy"] else unhealthy).append(entry)
     return {
         "healthy_endpoints": healthy,

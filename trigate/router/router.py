@@ -82,8 +82,11 @@ class Router:
         *,
         prompt_tokens: Callable[[], Awaitable[int]],
         request_fallbacks: list[str] | None = None,
+        may_use: Callable[[str], bool] | None = None,
     ) -> Routed[T]:
-        """Serve `attempt` from `group`, its retries and its fallbacks."""
+        """Serve `attempt` from `group`, its retries and its fallbacks. A fallback group
+        the caller may not use (`may_use(group)` false) is skipped, as one that does not
+        exist is: a fallback must never serve a model the caller could not ask for."""
         self.groups.deployments(group)  # an unknown model is a 404, before anything else
         tried_groups = [group]
         current = group
@@ -95,7 +98,9 @@ class Router:
                 )
                 return Routed(deployment, result, progress.retries, progress.fallbacks)
             except (UpstreamError, NoDeploymentAvailable) as error:
-                fallback = self._next_fallback(group, error, tried_groups, request_fallbacks)
+                fallback = self._next_fallback(
+                    group, error, tried_groups, request_fallbacks, may_use or _anyone
+                )
                 if fallback is None or progress.fallbacks >= self.settings.max_fallbacks:
                     raise
                 progress.fallbacks += 1
@@ -240,6 +245,7 @@ class Router:
         error: GatewayError,
         tried: list[str],
         request_fallbacks: list[str] | None,
+        may_use: Callable[[str], bool],
     ) -> str | None:
         kind = error.kind if isinstance(error, UpstreamError) else Failure.RATE_LIMIT
         if kind is Failure.CONTEXT_WINDOW:
@@ -250,7 +256,9 @@ class Router:
             chain = request_fallbacks or self.settings.fallbacks_for(self.settings.fallbacks, group)
         else:
             return None
-        return next((g for g in chain if g not in tried and g in self.groups.names), None)
+        return next(
+            (g for g in chain if g not in tried and g in self.groups.names and may_use(g)), None
+        )
 
 
 class _Race(Generic[T]):
@@ -295,6 +303,10 @@ class _Race(Generic[T]):
         for deployment, result in self._losers:
             await self._attempt.discard(result)
             self._router.release(deployment, 0)
+
+
+def _anyone(group: str) -> bool:
+    return True
 
 
 def _time_until_available(members: list[Deployment]) -> float:
