@@ -351,6 +351,22 @@ async def test_a_database_outage_loses_no_spend_rows(nursery: trio.Nursery) -> N
     assert rows[0]["spend"] == pytest.approx(3 * 7e-6)
 
 
+async def test_a_reused_client_request_id_bills_every_request(nursery: trio.Nursery) -> None:
+    """The client's x-request-id is for correlation: ten requests sharing one are ten spend
+    rows and ten costs, keyed by the gateway's own ids."""
+    h = await priced(nursery)
+    key = await new_key(h, max_budget=1.0)
+    reused = ((b"x-request-id", b"same-id"),)
+    replies = [await h.chat(key=key, headers=reused) for _ in range(10)]
+    assert {reply.headers["x-request-id"] for reply in replies} == {"same-id"}
+    await flush(h)
+    rows = await h.gateway.store.spend_logs(SpendFilter())
+    assert len(rows) == 10 and {row["client_request_id"] for row in rows} == {"same-id"}
+    ours = {reply.headers["x-trigate-request-id"] for reply in replies}
+    assert {row["request_id"] for row in rows} == ours
+    assert (await h.gateway.store.select("keys", {}))[0]["spend"] == pytest.approx(10 * 7e-6)
+
+
 async def test_models_lists_only_what_a_key_may_use(nursery: trio.Nursery) -> None:
     config = {**group_config(["d0"], **PRICED)}
     config["model_list"].append({**config["model_list"][0], "model_name": "other"})

@@ -386,6 +386,7 @@ class ProxiedCall:
         await self.gateway.record(
             RequestRecord(
                 request_id=self.context.request_id,
+                client_request_id=self.context.client_request_id,
                 key_identity=caller.identity,
                 key_hash=caller.key_hash,
                 key_alias=caller.key_alias,

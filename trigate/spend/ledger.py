@@ -27,7 +27,7 @@ from trigate.store import Store
 logger = logging.getLogger("trigate.usage")
 errors = logging.getLogger("trigate.spend")
 
-# A batch is one INSERT: 500 rows x 17 columns stays far below the bound-parameter
+# A batch is one INSERT: 500 rows x 18 columns stays far below the bound-parameter
 # limits of SQLite (32766) and PostgreSQL (65535).
 BATCH_SIZE = 500
 FLUSH_INTERVAL = 0.5
@@ -150,6 +150,7 @@ def _owners(row: dict[str, Any]) -> list[tuple[str, str]]:
 def _row(record: RequestRecord) -> dict[str, Any]:
     return {
         "request_id": record.request_id,
+        "client_request_id": record.client_request_id,
         "key_hash": record.key_hash,
         "key_alias": record.key_alias,
         "team_id": record.team_id,

@@ -48,7 +48,7 @@ _SPEND_OWNERS = (("keys", "key_hash"), ("teams", "team_id"), ("users", "user_id"
 SPEND_COLUMNS = (
     "request_id", "key_hash", "key_alias", "team_id", "user_id", "model_group", "deployment",
     "model", "prompt_tokens", "completion_tokens", "cost", "status", "stream",
-    "cancelled_by_client", "start_time", "end_time", "ttft_ms",
+    "cancelled_by_client", "start_time", "end_time", "ttft_ms", "client_request_id",
 )  # fmt: skip
 
 
