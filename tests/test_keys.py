@@ -216,6 +216,35 @@ async def test_team_limits_bind_member_keys(nursery: trio.Nursery) -> None:
     assert (await h.chat(key=b)).status == 403, "a team change applies at once"
 
 
+async def test_deleting_a_team_deletes_its_keys(nursery: trio.Nursery) -> None:
+    """As LiteLLM does; a key must never outlive the team whose limits bound it."""
+    h = await priced(nursery)
+    team = (await h.admin("/team/new", {"models": ["other"]})).json["team_id"]
+    key = await new_key(h, team_id=team)
+    bystander = await new_key(h)
+    assert (await h.chat(key=key)).status == 403
+    deleted = await h.admin("/team/delete", {"team_ids": [team]})
+    assert deleted.status == 200 and len(deleted.json["deleted_keys"]) == 1
+    assert (await h.chat(key=key)).status == 401
+    assert (await h.admin(f"/key/info?key={key}")).status == 404
+    assert (await h.chat(key=bystander)).status == 200
+
+
+async def test_a_key_whose_team_row_is_gone_is_refused(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    """Defence in depth, for a team removed behind the gateway's back (another worker, SQL)."""
+    h = await priced(nursery)
+    team = (await h.admin("/team/new", {"models": ["other"]})).json["team_id"]
+    key = await new_key(h, team_id=team)
+    assert (await h.chat(key=key)).status == 403
+    await h.gateway.store.delete("teams", "team_id", [team])
+    await trio.sleep(6)  # past the cache's TTL
+    refused = await h.chat(key=key)
+    assert refused.status == 401 and refused.json["error"]["code"] == "team_deleted"
+    assert h.upstreams.served == []
+
+
 async def test_team_and_user_budgets(nursery: trio.Nursery) -> None:
     h = await priced(nursery)
     team = (await h.admin("/team/new", {"max_budget": 5e-6})).json

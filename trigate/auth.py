@@ -112,6 +112,9 @@ class Authenticator:
         if row["expires"] is not None and row["expires"] <= wall_time():
             raise AuthenticationFailed("This API key has expired.", code="key_expired")
         team = await self._cached("teams", row["team_id"]) if row["team_id"] else None
+        if row["team_id"] and team is None:
+            # Without its team's row the key would escape the team's models and limits.
+            raise AuthenticationFailed("This API key's team no longer exists.", code="team_deleted")
         if team is not None and team["blocked"]:
             raise AuthenticationFailed("This API key's team has been blocked.", code="team_blocked")
         user = await self._cached("users", row["user_id"]) if row["user_id"] else None

@@ -123,6 +123,23 @@ class Store:
         sql = f"DELETE FROM {name} WHERE {column} IN ({', '.join('?' * len(values))})"
         return await self._run(lambda cursor: cursor.execute(sql, list(values)))
 
+    async def delete_teams(self, team_ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Delete teams and every key in them, in one transaction, as LiteLLM's
+        `/team/delete` does: a key outliving its team would lose the team's limits.
+        Returns the number of teams deleted and the hashes of the keys deleted."""
+        marks = ", ".join("?" * len(team_ids))
+        values = list(team_ids)
+
+        def work(cursor: Cursor) -> tuple[int, list[str]]:
+            keys = cursor.query(
+                f"SELECT token_hash FROM trigate_keys WHERE team_id IN ({marks})", values
+            )
+            cursor.execute(f"DELETE FROM trigate_keys WHERE team_id IN ({marks})", values)
+            teams = cursor.execute(f"DELETE FROM trigate_teams WHERE team_id IN ({marks})", values)
+            return teams, [row["token_hash"] for row in keys]
+
+        return await self._run(work)
+
     async def replace_key(self, old_hash: str, row: Row) -> bool:
         """Swap a key's hash for a new one in one transaction (regeneration)."""
         name, _ = TABLES["keys"]
