@@ -13,6 +13,7 @@ from asgi_driver import Harness, chat_request, harness
 from conftest import openai_config, start_gateway
 from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
 from scripted import Step, group_config
+from scripted import error as upstream_error
 
 from trigate.spend.prices import PriceTable
 from trigate.store import SpendFilter
@@ -145,6 +146,80 @@ async def test_budget_exhausted_by_real_spend_then_reset_by_its_window(
     assert info.json["info"]["spend"] == pytest.approx(1.4e-5)
     await trio.sleep(3600)
     assert (await h.chat(key=key)).status == 200, "a new window, a fresh budget"
+
+
+# A binary fraction of a dollar per token, so that sums of costs are exact.
+UNIT = 2.0**-20
+
+
+async def test_sequential_requests_stop_exactly_at_the_budget(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    """Flushes between requests move spend into the store under a cached key row: the
+    budget must hold anyway (each request costs 7 units; the budget is 5 requests)."""
+    config = group_config(["d0"], input_cost_per_token=UNIT, output_cost_per_token=UNIT)
+    h = await harness(nursery, config, {"d0": [Step()]})
+    key = await new_key(h, max_budget=35 * UNIT)
+    statuses = []
+    for _ in range(12):
+        statuses.append((await h.chat(key=key)).status)
+        await flush(h)
+        await trio.sleep(0.7)
+    assert statuses == [200] * 5 + [400] * 7
+    assert (await h.gateway.store.select("keys", {}))[0]["spend"] == 35 * UNIT
+
+
+async def outputs_priced(nursery: trio.Nursery, gate: trio.Event) -> Harness:
+    """Output at one unit a token, prompts free: a request with `max_tokens` 10 reserves
+    exactly 10 units and, answering 2 tokens, costs 2."""
+    config = group_config(["d0"], input_cost_per_token=0.0, output_cost_per_token=UNIT)
+    return await harness(nursery, config, {"d0": [Step(gate=gate)]})
+
+
+async def test_concurrent_requests_are_admitted_only_as_far_as_the_budget_goes(
+    nursery: trio.Nursery,
+) -> None:
+    release = trio.Event()
+    h = await outputs_priced(nursery, release)
+    key = await new_key(h, max_budget=30 * UNIT)
+    statuses: list[int] = []
+    answered = trio.Event()
+
+    async def one() -> None:
+        statuses.append((await h.chat(key=key, max_tokens=10)).status)
+        if len(statuses) == 27:
+            answered.set()
+
+    async with trio.open_nursery() as burst:
+        for _ in range(30):
+            burst.start_soon(one)
+        with trio.move_on_after(10):
+            await answered.wait()
+        assert statuses == [400] * 27 and len(h.upstreams.served) == 3
+        release.set()
+    assert statuses == [400] * 27 + [200] * 3
+    await flush(h)
+    assert (await h.gateway.store.select("keys", {}))[0]["spend"] == 6 * UNIT
+
+
+async def test_a_failed_or_cancelled_request_releases_its_reservation(
+    nursery: trio.Nursery,
+) -> None:
+    release = trio.Event()
+    h = await outputs_priced(nursery, release)
+    key = await new_key(h, max_budget=10 * UNIT)
+    body = {"model": "g", "messages": MESSAGES, "max_tokens": 10}
+    leaving = chat_request(h.nursery, h.app, body, key=key)
+    await h.upstreams.wait_for(lambda: h.upstreams.served)
+    with trio.fail_after(5):  # admitted, it would wait on the held upstream
+        refused = await h.chat(key=key, max_tokens=10)
+    assert refused.status == 400 and "reserved" in refused.json["error"]["message"]
+    leaving.disconnect()
+    await h.records.wait_for(2)
+    h.upstreams.scripts["d0"] = [upstream_error(500)]
+    assert (await h.chat(key=key, max_tokens=10)).status == 502, "admitted: nothing held"
+    h.upstreams.scripts["d0"] = [Step()]
+    assert (await h.chat(key=key, max_tokens=10)).status == 200, "the failure held nothing"
 
 
 async def test_rpm_limit_and_headers(nursery: trio.Nursery) -> None:
