@@ -15,6 +15,7 @@ from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, 
 from scripted import Step, group_config
 from scripted import error as upstream_error
 
+from trigate.spend import RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable
 from trigate.store import SpendFilter
 
@@ -469,6 +470,81 @@ async def test_a_reused_client_request_id_bills_every_request(nursery: trio.Nurs
     ours = {reply.headers["x-trigate-request-id"] for reply in replies}
     assert {row["request_id"] for row in rows} == ours
     assert (await h.gateway.store.select("keys", {}))[0]["spend"] == pytest.approx(10 * 7e-6)
+
+
+async def test_a_store_outage_serves_known_keys_and_fails_unknown_ones_fast(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    h = await priced(nursery)
+    key = await new_key(h)
+    assert (await h.chat(key=key)).status == 200, "the last good lookup"
+    lookups = 0
+
+    async def unreachable(table: str, key: str) -> None:
+        nonlocal lookups
+        lookups += 1
+        raise ConnectionError("connection refused")
+
+    h.gateway.store.get = unreachable  # type: ignore[method-assign]
+    await trio.sleep(10)  # the cached row is past its TTL
+    for _ in range(20):
+        assert (await h.chat(key=key)).status == 200
+    started = trio.current_time()
+    unknown = await h.chat(key="sk-" + "u" * 40)
+    assert unknown.status == 503 and unknown.json["error"]["code"] == "store_unavailable"
+    assert trio.current_time() - started < 0.1
+    assert lookups == 1, "an outage is remembered, not rediscovered per request"
+    await trio.sleep(6)
+    assert (await h.chat(key=key)).status == 200 and lookups == 2
+
+
+async def test_a_hanging_store_does_not_stall_requests(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    h = await priced(nursery)
+    key = await new_key(h)
+    assert (await h.chat(key=key)).status == 200
+
+    async def hanging(table: str, key: str) -> None:
+        await trio.sleep_forever()
+
+    h.gateway.store.get = hanging  # type: ignore[method-assign]
+    await trio.sleep(10)
+    with trio.fail_after(2.5):
+        assert (await h.chat(key=key)).status == 200
+        assert (await h.chat(key="sk-" + "u" * 40)).status == 503
+
+
+def spend_record(cost: float = 1.0) -> RequestRecord:
+    return RequestRecord(
+        "id", "k", "hash", None, None, None, "g", "d0", "m", 200, False, 1, 1, "reported",
+        cost, 0.0, 0.0, 1.0, None, False,
+    )  # fmt: skip
+
+
+async def test_the_spend_writer_backs_off_however_many_rows_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Full batches keep arriving while the store is down; they must not bring the
+    writer's next attempt forward (back-off 1, 2, 4, 8, 16, 30 s)."""
+    attempts = 0
+
+    class DownStore:
+        async def record_spend(self, rows: list[dict]) -> int:
+            nonlocal attempts
+            attempts += 1
+            raise ConnectionError("database is down")
+
+    ledger = SpendLedger(DownStore())  # type: ignore[arg-type]
+    async with trio.open_nursery() as writer:
+        writer.start_soon(ledger.run)
+        for _ in range(10_000):
+            await ledger.write(spend_record())
+        for _ in range(600):  # a minute of traffic
+            await ledger.write(spend_record())
+            await trio.sleep(0.1)
+        writer.cancel_scope.cancel()
+    assert attempts <= 9 and ledger.queued == 10_600
 
 
 async def test_models_lists_only_what_a_key_may_use(nursery: trio.Nursery) -> None:
