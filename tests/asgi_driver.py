@@ -76,6 +76,7 @@ def chat_request(
     method: str = "POST",
     key: str = MASTER_KEY,
     query: str = "",
+    headers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> Exchange:
     body = (
         payload if isinstance(payload, bytes) else b"" if payload is None else orjson.dumps(payload)
@@ -96,6 +97,7 @@ def chat_request(
             (b"authorization", f"Bearer {key}".encode()),
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
+            *headers,
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 4000),
@@ -141,10 +143,15 @@ class Harness:
         await start_lifespan(self.nursery, self.app)
         return self
 
-    async def chat(self, model: str = "g", key: str = MASTER_KEY, **extra: Any) -> Reply:
-        exchange = chat_request(
-            self.nursery, self.app, {"model": model, "messages": MESSAGES, **extra}, key=key
-        )
+    async def chat(
+        self,
+        model: str = "g",
+        key: str = MASTER_KEY,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+        **extra: Any,
+    ) -> Reply:
+        payload = {"model": model, "messages": MESSAGES, **extra}
+        exchange = chat_request(self.nursery, self.app, payload, key=key, headers=headers)
         start = await exchange.start()
         headers = {k.decode(): v.decode() for k, v in start["headers"]}
         return Reply(start["status"], headers, await exchange.read_body())

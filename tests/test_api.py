@@ -128,9 +128,56 @@ async def test_request_id_is_echoed_or_generated(gateway: RunningGateway) -> Non
     assert fresh_a.headers["x-request-id"] != fresh_b.headers["x-request-id"]
     assert len(fresh_a.headers["x-request-id"]) == 32
     assert chat.headers["x-request-id"] == "trace-456"
+    assert fresh_a.headers["x-trigate-request-id"] == fresh_a.headers["x-request-id"]
+    assert len(chat.headers["x-trigate-request-id"]) == 32
     assert float(chat.headers["x-trigate-overhead-ms"]) >= 0
     [record] = await gateway.records.wait_for(1)
-    assert record.request_id == "trace-456"
+    assert record.client_request_id == "trace-456"
+    assert record.request_id == chat.headers["x-trigate-request-id"]
+
+
+TWO_KEYS = [
+    [("authorization", f"Bearer {MASTER_KEY}"), ("authorization", "Bearer sk-other")],
+    [("authorization", "Bearer sk-other"), ("authorization", f"Bearer {MASTER_KEY}")],
+    [("x-api-key", "sk-other"), ("x-api-key", MASTER_KEY)],
+    [("authorization", "Bearer sk-other"), ("x-api-key", MASTER_KEY)],
+]
+
+
+@pytest.mark.parametrize("headers", TWO_KEYS)
+async def test_ambiguous_credentials_are_400_on_every_route(
+    gateway: RunningGateway, headers: list[tuple[str, str]]
+) -> None:
+    chat = {"model": "gpt-test", "messages": MESSAGES}
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        for method, path in (("POST", "/v1/chat/completions"), ("GET", "/key/list")):
+            response = await client.request(method, path, json=chat, headers=headers)
+            error = assert_envelope(response, 400, "invalid_request_error")
+            assert error["code"] == "ambiguous_credentials" and MASTER_KEY not in response.text
+            assert response.headers["x-request-id"]
+        messages = {**chat, "max_tokens": 5}
+        anthropic = await client.post("/v1/messages", json=messages, headers=headers)
+    assert anthropic.status_code == 400
+    assert anthropic.json()["type"] == "error"
+    assert anthropic.json()["error"]["type"] == "invalid_request_error"
+
+
+async def test_the_same_key_in_both_headers_is_accepted(gateway: RunningGateway) -> None:
+    headers = [("authorization", f"Bearer {MASTER_KEY}"), ("x-api-key", MASTER_KEY)]
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        assert (await client.get("/v1/models", headers=headers)).status_code == 200
+
+
+@pytest.mark.parametrize("model", ["m" * 10_000, "bad\r\nx-injected: 1", "nul\u0000byte"])
+async def test_an_unknown_model_name_is_echoed_safely(gateway: RunningGateway, model: str) -> None:
+    """The name is the client's: capped, and never a header h11 would refuse (a 500)."""
+    async with gateway.client() as client:
+        response = await client.post(
+            "/v1/chat/completions", json={"model": model, "messages": MESSAGES}
+        )
+    assert_envelope(response, 404, "invalid_request_error")
+    echoed = response.headers.get("x-trigate-model-group", "")
+    assert len(echoed) <= 256 and "x-injected" not in response.headers
 
 
 async def test_models_lists_the_aliases(gateway: RunningGateway) -> None:

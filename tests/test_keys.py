@@ -13,7 +13,9 @@ from asgi_driver import Harness, chat_request, harness
 from conftest import openai_config, start_gateway
 from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
 from scripted import Step, group_config
+from scripted import error as upstream_error
 
+from trigate.spend import RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable
 from trigate.store import SpendFilter
 
@@ -147,6 +149,80 @@ async def test_budget_exhausted_by_real_spend_then_reset_by_its_window(
     assert (await h.chat(key=key)).status == 200, "a new window, a fresh budget"
 
 
+# A binary fraction of a dollar per token, so that sums of costs are exact.
+UNIT = 2.0**-20
+
+
+async def test_sequential_requests_stop_exactly_at_the_budget(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    """Flushes between requests move spend into the store under a cached key row: the
+    budget must hold anyway (each request costs 7 units; the budget is 5 requests)."""
+    config = group_config(["d0"], input_cost_per_token=UNIT, output_cost_per_token=UNIT)
+    h = await harness(nursery, config, {"d0": [Step()]})
+    key = await new_key(h, max_budget=35 * UNIT)
+    statuses = []
+    for _ in range(12):
+        statuses.append((await h.chat(key=key)).status)
+        await flush(h)
+        await trio.sleep(0.7)
+    assert statuses == [200] * 5 + [400] * 7
+    assert (await h.gateway.store.select("keys", {}))[0]["spend"] == 35 * UNIT
+
+
+async def outputs_priced(nursery: trio.Nursery, gate: trio.Event) -> Harness:
+    """Output at one unit a token, prompts free: a request with `max_tokens` 10 reserves
+    exactly 10 units and, answering 2 tokens, costs 2."""
+    config = group_config(["d0"], input_cost_per_token=0.0, output_cost_per_token=UNIT)
+    return await harness(nursery, config, {"d0": [Step(gate=gate)]})
+
+
+async def test_concurrent_requests_are_admitted_only_as_far_as_the_budget_goes(
+    nursery: trio.Nursery,
+) -> None:
+    release = trio.Event()
+    h = await outputs_priced(nursery, release)
+    key = await new_key(h, max_budget=30 * UNIT)
+    statuses: list[int] = []
+    answered = trio.Event()
+
+    async def one() -> None:
+        statuses.append((await h.chat(key=key, max_tokens=10)).status)
+        if len(statuses) == 27:
+            answered.set()
+
+    async with trio.open_nursery() as burst:
+        for _ in range(30):
+            burst.start_soon(one)
+        with trio.move_on_after(10):
+            await answered.wait()
+        assert statuses == [400] * 27 and len(h.upstreams.served) == 3
+        release.set()
+    assert statuses == [400] * 27 + [200] * 3
+    await flush(h)
+    assert (await h.gateway.store.select("keys", {}))[0]["spend"] == 6 * UNIT
+
+
+async def test_a_failed_or_cancelled_request_releases_its_reservation(
+    nursery: trio.Nursery,
+) -> None:
+    release = trio.Event()
+    h = await outputs_priced(nursery, release)
+    key = await new_key(h, max_budget=10 * UNIT)
+    body = {"model": "g", "messages": MESSAGES, "max_tokens": 10}
+    leaving = chat_request(h.nursery, h.app, body, key=key)
+    await h.upstreams.wait_for(lambda: h.upstreams.served)
+    with trio.fail_after(5):  # admitted, it would wait on the held upstream
+        refused = await h.chat(key=key, max_tokens=10)
+    assert refused.status == 400 and "reserved" in refused.json["error"]["message"]
+    leaving.disconnect()
+    await h.records.wait_for(2)
+    h.upstreams.scripts["d0"] = [upstream_error(500)]
+    assert (await h.chat(key=key, max_tokens=10)).status == 502, "admitted: nothing held"
+    h.upstreams.scripts["d0"] = [Step()]
+    assert (await h.chat(key=key, max_tokens=10)).status == 200, "the failure held nothing"
+
+
 async def test_rpm_limit_and_headers(nursery: trio.Nursery) -> None:
     h = await priced(nursery)
     key = await new_key(h, rpm_limit=2, tpm_limit=10_000)
@@ -214,6 +290,35 @@ async def test_team_limits_bind_member_keys(nursery: trio.Nursery) -> None:
     info = await h.admin(f"/team/info?team_id={team['team_id']}")
     assert len(info.json["keys"]) == 2
     assert (await h.chat(key=b)).status == 403, "a team change applies at once"
+
+
+async def test_deleting_a_team_deletes_its_keys(nursery: trio.Nursery) -> None:
+    """As LiteLLM does; a key must never outlive the team whose limits bound it."""
+    h = await priced(nursery)
+    team = (await h.admin("/team/new", {"models": ["other"]})).json["team_id"]
+    key = await new_key(h, team_id=team)
+    bystander = await new_key(h)
+    assert (await h.chat(key=key)).status == 403
+    deleted = await h.admin("/team/delete", {"team_ids": [team]})
+    assert deleted.status == 200 and len(deleted.json["deleted_keys"]) == 1
+    assert (await h.chat(key=key)).status == 401
+    assert (await h.admin(f"/key/info?key={key}")).status == 404
+    assert (await h.chat(key=bystander)).status == 200
+
+
+async def test_a_key_whose_team_row_is_gone_is_refused(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    """Defence in depth, for a team removed behind the gateway's back (another worker, SQL)."""
+    h = await priced(nursery)
+    team = (await h.admin("/team/new", {"models": ["other"]})).json["team_id"]
+    key = await new_key(h, team_id=team)
+    assert (await h.chat(key=key)).status == 403
+    await h.gateway.store.delete("teams", "team_id", [team])
+    await trio.sleep(6)  # past the cache's TTL
+    refused = await h.chat(key=key)
+    assert refused.status == 401 and refused.json["error"]["code"] == "team_deleted"
+    assert h.upstreams.served == []
 
 
 async def test_team_and_user_budgets(nursery: trio.Nursery) -> None:
@@ -349,6 +454,97 @@ async def test_a_database_outage_loses_no_spend_rows(nursery: trio.Nursery) -> N
     assert h.gateway.ledger.queued == 0
     rows = await store.select("keys", {})
     assert rows[0]["spend"] == pytest.approx(3 * 7e-6)
+
+
+async def test_a_reused_client_request_id_bills_every_request(nursery: trio.Nursery) -> None:
+    """The client's x-request-id is for correlation: ten requests sharing one are ten spend
+    rows and ten costs, keyed by the gateway's own ids."""
+    h = await priced(nursery)
+    key = await new_key(h, max_budget=1.0)
+    reused = ((b"x-request-id", b"same-id"),)
+    replies = [await h.chat(key=key, headers=reused) for _ in range(10)]
+    assert {reply.headers["x-request-id"] for reply in replies} == {"same-id"}
+    await flush(h)
+    rows = await h.gateway.store.spend_logs(SpendFilter())
+    assert len(rows) == 10 and {row["client_request_id"] for row in rows} == {"same-id"}
+    ours = {reply.headers["x-trigate-request-id"] for reply in replies}
+    assert {row["request_id"] for row in rows} == ours
+    assert (await h.gateway.store.select("keys", {}))[0]["spend"] == pytest.approx(10 * 7e-6)
+
+
+async def test_a_store_outage_serves_known_keys_and_fails_unknown_ones_fast(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    h = await priced(nursery)
+    key = await new_key(h)
+    assert (await h.chat(key=key)).status == 200, "the last good lookup"
+    lookups = 0
+
+    async def unreachable(table: str, key: str) -> None:
+        nonlocal lookups
+        lookups += 1
+        raise ConnectionError("connection refused")
+
+    h.gateway.store.get = unreachable  # type: ignore[method-assign]
+    await trio.sleep(10)  # the cached row is past its TTL
+    for _ in range(20):
+        assert (await h.chat(key=key)).status == 200
+    started = trio.current_time()
+    unknown = await h.chat(key="sk-" + "u" * 40)
+    assert unknown.status == 503 and unknown.json["error"]["code"] == "store_unavailable"
+    assert trio.current_time() - started < 0.1
+    assert lookups == 1, "an outage is remembered, not rediscovered per request"
+    await trio.sleep(6)
+    assert (await h.chat(key=key)).status == 200 and lookups == 2
+
+
+async def test_a_hanging_store_does_not_stall_requests(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    h = await priced(nursery)
+    key = await new_key(h)
+    assert (await h.chat(key=key)).status == 200
+
+    async def hanging(table: str, key: str) -> None:
+        await trio.sleep_forever()
+
+    h.gateway.store.get = hanging  # type: ignore[method-assign]
+    await trio.sleep(10)
+    with trio.fail_after(2.5):
+        assert (await h.chat(key=key)).status == 200
+        assert (await h.chat(key="sk-" + "u" * 40)).status == 503
+
+
+def spend_record(cost: float = 1.0) -> RequestRecord:
+    return RequestRecord(
+        "id", "k", "hash", None, None, None, "g", "d0", "m", 200, False, 1, 1, "reported",
+        cost, 0.0, 0.0, 1.0, None, False,
+    )  # fmt: skip
+
+
+async def test_the_spend_writer_backs_off_however_many_rows_wait(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Full batches keep arriving while the store is down; they must not bring the
+    writer's next attempt forward (back-off 1, 2, 4, 8, 16, 30 s)."""
+    attempts = 0
+
+    class DownStore:
+        async def record_spend(self, rows: list[dict]) -> int:
+            nonlocal attempts
+            attempts += 1
+            raise ConnectionError("database is down")
+
+    ledger = SpendLedger(DownStore())  # type: ignore[arg-type]
+    async with trio.open_nursery() as writer:
+        writer.start_soon(ledger.run)
+        for _ in range(10_000):
+            await ledger.write(spend_record())
+        for _ in range(600):  # a minute of traffic
+            await ledger.write(spend_record())
+            await trio.sleep(0.1)
+        writer.cancel_scope.cancel()
+    assert attempts <= 9 and ledger.queued == 10_600
 
 
 async def test_models_lists_only_what_a_key_may_use(nursery: trio.Nursery) -> None:

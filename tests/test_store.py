@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
+import trio
 
 from trigate.store import SpendFilter, Store, next_reset
 
@@ -120,3 +124,20 @@ def test_next_reset_keeps_the_schedule() -> None:
     assert next_reset(100.0, "10s", 100.0) == 110.0
     assert next_reset(100.0, "10s", 135.0) == 140.0
     assert next_reset(100.0, None, 135.0) is None
+
+
+async def test_sqlite_reads_do_not_wait_on_another_writer(tmp_path: Path) -> None:
+    """Another process holding SQLite's write lock (a long flush, say) must not stall key
+    lookups: reads are deferred transactions, which WAL lets run beside a writer."""
+    path = tmp_path / "trigate.db"
+    store = await Store.open(f"sqlite:///{path}")
+    await store.insert("keys", key_row("h1"))
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with trio.fail_after(2):
+            assert (await store.get("keys", "h1"))["token_hash"] == "h1"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        await store.close()

@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from trigate.clock import wall_time
-from trigate.errors import AuthenticationFailed
+from trigate.errors import AuthenticationFailed, GatewayError
 from trigate.store import Store
+
+logger = logging.getLogger("trigate")
 
 MASTER_IDENTITY = "master"
 KEY_PREFIX = "sk-"
@@ -27,8 +32,18 @@ CACHE_TTL = 5.0
 # Unknown keys are remembered briefly, so a flood of bad keys cannot flood the database.
 NEGATIVE_TTL = 1.0
 MAX_CACHED = 100_000
+# A key check must never stall a request for long: a slower lookup counts as an outage.
+LOOKUP_TIMEOUT = 2.0
+# After a failed lookup the database is left alone this long, not asked again per request.
+OUTAGE_MEMORY = 5.0
 
 Row = dict[str, Any]
+
+
+class StoreUnavailable(GatewayError):
+    status = 503
+    type = "api_error"
+    code = "store_unavailable"
 
 
 @dataclass(slots=True)
@@ -84,6 +99,7 @@ class Authenticator:
         self._master = master_key.encode()
         self._store = store
         self._cache: dict[tuple[str, str], tuple[Row | None, float]] = {}
+        self._outage_until = -float("inf")
 
     async def authenticate(self, headers: Mapping[str, str]) -> Caller:
         key = presented_key(headers)
@@ -112,6 +128,9 @@ class Authenticator:
         if row["expires"] is not None and row["expires"] <= wall_time():
             raise AuthenticationFailed("This API key has expired.", code="key_expired")
         team = await self._cached("teams", row["team_id"]) if row["team_id"] else None
+        if row["team_id"] and team is None:
+            # Without its team's row the key would escape the team's models and limits.
+            raise AuthenticationFailed("This API key's team no longer exists.", code="team_deleted")
         if team is not None and team["blocked"]:
             raise AuthenticationFailed("This API key's team has been blocked.", code="team_blocked")
         user = await self._cached("users", row["user_id"]) if row["user_id"] else None
@@ -122,8 +141,38 @@ class Authenticator:
         hit = self._cache.get((table, key))
         if hit is not None and hit[1] > now:
             return hit[0]
-        row = await self._store.get(table, key) if self._store is not None else None
+        try:
+            row = await self._lookup(table, key, now)
+        except StoreUnavailable:
+            if hit is not None:
+                return hit[0]  # the last good lookup, for as long as the outage lasts
+            raise
         if len(self._cache) >= MAX_CACHED:
             self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
         self._cache[table, key] = (row, now + (CACHE_TTL if row is not None else NEGATIVE_TTL))
         return row
+
+    async def _lookup(self, table: str, key: str, now: float) -> Row | None:
+        if self._store is None:
+            return None
+        if now < self._outage_until:
+            raise _unavailable()
+        failure: Exception | None = None
+        with trio.move_on_after(LOOKUP_TIMEOUT):
+            try:
+                return await self._store.get(table, key)
+            except Exception as error:  # any store failure is an outage to ride out
+                failure = error
+        self._outage_until = wall_time() + OUTAGE_MEMORY
+        logger.warning(
+            "key store unreachable (%s); serving cached keys for %g s before asking again",
+            failure or f"no answer within {LOOKUP_TIMEOUT:g} s",
+            OUTAGE_MEMORY,
+        )
+        raise _unavailable()
+
+
+def _unavailable() -> StoreUnavailable:
+    return StoreUnavailable(
+        "The gateway cannot reach its database to check this API key. Try again shortly."
+    )

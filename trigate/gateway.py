@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import httpx
 import trio
@@ -19,12 +20,12 @@ from trigate.auth import Authenticator
 from trigate.clock import wall_time
 from trigate.config import GatewayConfig
 from trigate.errors import secrets
-from trigate.limits import RateLimits
+from trigate.limits import Budgets, RateLimits
 from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.health import run_health_checks
 from trigate.router.router import Router
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
-from trigate.spend.prices import PriceTable, cost
+from trigate.spend.prices import PriceTable, TokenCounts, cost
 from trigate.store import TABLES, Store
 from trigate.tokens import TokenCounter
 from trigate.transport import H11Transport
@@ -65,6 +66,7 @@ class Gateway:
     ) -> None:
         self.config = config
         self.limits = RateLimits()
+        self.budgets = Budgets()
         self._master_key = master_key
         self._transport = transport
         self._observer = records
@@ -146,6 +148,27 @@ class Gateway:
     def cost(self, deployment: Deployment, usage: Usage) -> float:
         """What a request cost, at the deployment's prices (configured, else the table's)."""
         return cost(deployment.price, usage.priced_counts())
+
+    def max_cost(self, group: str, prompt_tokens: int, output_tokens: int | None) -> float:
+        """The most a request to `group` may cost: its prompt and `output_tokens` (None:
+        the model's output limit) at its priciest deployment. Infinite when a priced
+        deployment's output has no known limit, so a budget reserves all it has left."""
+        worst = 0.0
+        for deployment in self.groups.deployments(group):
+            price = deployment.price
+            if price is None or not price.priced:
+                continue
+            output = output_tokens
+            if output is None:
+                output = price.max_output_tokens or deployment.entry.model_info.get(
+                    "max_output_tokens"
+                )
+            if output is None:
+                if price.output:
+                    return math.inf
+                output = 0
+            worst = max(worst, cost(price, TokenCounts(prompt_tokens, int(output))))
+        return worst
 
     async def stop(self) -> None:
         with trio.CancelScope(shield=True):

@@ -3,20 +3,21 @@
 Rates (`rpm_limit`, `tpm_limit`, `max_parallel_requests`) hold for a key and
 for its team, in fixed one-minute windows kept in this process's memory.
 TPM admits a request on its prompt tokens and settles the actual usage
-afterwards. Budgets compare spend (the store's, plus what this process has
-billed but not yet flushed) with `max_budget` for the current window.
+afterwards. Budgets work the same way in money: a request reserves the most it
+may cost when admitted and settles its actual cost when it ends (`Budgets`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError
+from trigate.store import next_reset
 
 WINDOW = 60.0
 Row = dict[str, Any]
@@ -65,19 +66,130 @@ def _allowed(allowed: list[str], group: str) -> bool:
     return not allowed or group in allowed or "*" in allowed
 
 
-def check_budgets(caller: Caller, unflushed: Callable[[str, str], float]) -> None:
-    now = wall_time()
-    for table, row in (("keys", caller.key), ("teams", caller.team), ("users", caller.user)):
-        if row is None or row.get("max_budget") is None:
-            continue
-        primary = {"keys": "token_hash", "teams": "team_id", "users": "user_id"}[table]
-        spend = current_spend(row, now) + unflushed(table, row[primary])
-        if spend >= row["max_budget"]:
-            owner = table.removesuffix("s")
-            raise BudgetExceeded(
-                f"This {owner}'s budget is exhausted: spend {spend:.6f} of max_budget "
-                f"{row['max_budget']:.6f}" + _reset_note(row, now)
+@dataclass(slots=True)
+class _Account:
+    """One key's, team's or user's spend in its current budget window, as this process
+    knows it: the store's spend when `row` was read, plus what was billed here since."""
+
+    row: Row
+    spent: float
+    window_end: float | None
+    reserved: float = 0.0
+
+
+@dataclass
+class Reservation:
+    """What an admitted request may still cost each budget it counts against; settled
+    (or released) exactly once, when the request ends."""
+
+    holds: list[tuple[_Account, float]]
+    _done: bool = False
+
+    def settle(self, cost: float) -> None:
+        """Release the reservation and bill the request's actual cost."""
+        if self._done:
+            return
+        self._done = True
+        for account, amount in self.holds:
+            account.reserved -= amount
+            account.spent += cost
+
+
+class Budgets:
+    """Per-owner spend and reservations, authoritative in this process.
+
+    A cached row goes stale: a ledger flush moves cost out of "unflushed" into the
+    store's `spend`, which the cached row never sees. So each owner's spend is taken
+    from the store once per fresh row (its `spend` plus what this process has not
+    yet flushed) and then only grows by what this process bills. An admitted request
+    reserves its most expensive outcome, capped at what remains of each budget, so
+    concurrent requests cannot together overshoot; it settles its actual cost when it
+    ends. Other processes' spend arrives with the next fresh row (the cache's TTL).
+    """
+
+    def __init__(self) -> None:
+        self._accounts: dict[tuple[str, str], _Account] = {}
+
+    def reserve(
+        self, caller: Caller, max_cost: float, unflushed: Callable[[str, str], float]
+    ) -> Reservation:
+        """Reserve up to `max_cost` against every budget of the caller, or refuse with
+        `budget_exceeded` when one is already spent or reserved in full."""
+        now = wall_time()
+        budgeted = [
+            (table, row, self._account(table, row, now, unflushed))
+            for table, row in _budgeted_rows(caller)
+        ]
+        for table, row, account in budgeted:
+            if account.spent + account.reserved >= row["max_budget"] - EXHAUSTED:
+                raise _exceeded(table, row, account, now)
+        holds = []
+        for _, row, account in budgeted:
+            amount = min(max_cost, row["max_budget"] - account.spent - account.reserved)
+            account.reserved += amount
+            holds.append((account, amount))
+        return Reservation(holds)
+
+    def needed(self, caller: Caller) -> bool:
+        """Whether any budget binds the caller, so pricing its request is worth the work."""
+        return next(_budgeted_rows(caller), None) is not None
+
+    def _account(
+        self, table: str, row: Row, now: float, unflushed: Callable[[str, str], float]
+    ) -> _Account:
+        owner = (table, row[_PRIMARY[table]])
+        account = self._accounts.get(owner)
+        if account is None or account.row is not row:
+            fresh = _Account(
+                row, current_spend(row, now) + unflushed(*owner), _window_end(row, now)
             )
+            fresh.reserved = account.reserved if account is not None else 0.0
+            self._accounts[owner] = account = fresh
+        elif account.window_end is not None and account.window_end <= now:
+            account.spent = 0.0
+            account.window_end = next_reset(account.window_end, row.get("budget_duration"), now)
+        return account
+
+
+# Below a billionth of a dollar left, a budget is spent: float sums of costs rarely land
+# exactly on `max_budget`.
+EXHAUSTED = 1e-9
+_PRIMARY = {"keys": "token_hash", "teams": "team_id", "users": "user_id"}
+
+
+def _budgeted_rows(caller: Caller) -> Iterator[tuple[str, Row]]:
+    for table, row in (("keys", caller.key), ("teams", caller.team), ("users", caller.user)):
+        if row is not None and row.get("max_budget") is not None:
+            yield table, row
+
+
+def _window_end(row: Row, now: float) -> float | None:
+    """When the row's budget window ends; a window already over has been succeeded."""
+    reset_at = row.get("budget_reset_at")
+    if reset_at is not None and reset_at <= now:
+        return next_reset(reset_at, row.get("budget_duration"), now)
+    return reset_at
+
+
+def _exceeded(table: str, row: Row, account: _Account, now: float) -> BudgetExceeded:
+    owner = table.removesuffix("s")
+    in_flight = (
+        f" (+{account.reserved:.6f} reserved by requests in flight)" if account.reserved else ""
+    )
+    return BudgetExceeded(
+        f"This {owner}'s budget is exhausted: spend {account.spent:.6f}{in_flight} of "
+        f"max_budget {row['max_budget']:.6f}" + _reset_note(row, now)
+    )
+
+
+def requested_output_tokens(body: dict[str, Any]) -> int | None:
+    """The output limit a request sets itself: OpenAI's `max_completion_tokens` or
+    `max_tokens` (Anthropic's `max_tokens` arrives translated to the latter)."""
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
 
 
 def current_spend(row: Row, now: float) -> float:

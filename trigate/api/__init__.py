@@ -63,7 +63,7 @@ def _register_error_handlers(app: QuartTrio) -> None:
 
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:
-        request_id = current_request.get().request_id
+        request_id = current_request.get().reference
         logger.exception("unhandled error in request %s", request_id)
         return _error_response(
             GatewayError(f"The gateway failed unexpectedly (request id {request_id}).")

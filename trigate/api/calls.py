@@ -24,7 +24,13 @@ from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, secrets
 from trigate.gateway import Gateway
-from trigate.limits import Admission, allows_model, check_budgets, check_model
+from trigate.limits import (
+    Admission,
+    Reservation,
+    allows_model,
+    check_model,
+    requested_output_tokens,
+)
 from trigate.providers import ChunkStream, Completion
 from trigate.relay import FrameEncoder, StreamOutcome, StreamRelay
 from trigate.router.deployments import Deployment
@@ -319,22 +325,33 @@ class ProxiedCall:
         self.meter = UsageMeter(gateway.counter, model, body)
         self.ttft: float | None = None
         self.admission: Admission | None = None
+        self.reservation: Reservation | None = None
 
     async def admit(self) -> None:
-        """The caller's model access, budgets and rate limits, before any upstream call."""
+        """The caller's model access, budgets and rate limits, before any upstream call.
+        Budgets reserve the request's most expensive outcome; `_record` settles it."""
         if self.caller.is_master:
             return
         try:
             check_model(self.caller, self.progress.model_group)
             for fallback in self.fallbacks or ():
                 check_model(self.caller, fallback, param="fallbacks")
-            check_budgets(self.caller, self.gateway.ledger.unflushed)
+            if self.gateway.budgets.needed(self.caller):
+                max_cost = await self._max_cost()
+                self.reservation = self.gateway.budgets.reserve(
+                    self.caller, max_cost, self.gateway.ledger.unflushed
+                )
             self.admission = await self.gateway.limits.admit(self.caller, self.meter.prompt_tokens)
         except GatewayError as rejection:
             with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
                 await self._record(rejection.status, rejection, None, cancelled=False)
             raise
         self.context.headers.update(self.admission.headers)
+
+    async def _max_cost(self) -> float:
+        output = 0 if self.operation is EMBEDDINGS else requested_output_tokens(self.body)
+        prompt = await self.meter.prompt_tokens()
+        return self.gateway.max_cost(self.progress.model_group, prompt, output)
 
     async def complete(self) -> Reply:
         status, error, usage, cancelled = 500, None, None, False
@@ -362,6 +379,7 @@ class ProxiedCall:
                 self.gateway.router.release(routed.deployment, tokens)
             if self.admission is not None:
                 self.admission.finish(tokens)
+            self._release_unsettled()
 
     def _answer(self, completion: Completion, usage: Usage) -> bytes:
         """The upstream's own bytes when they can go as they are; the usage the upstream
@@ -390,6 +408,7 @@ class ProxiedCall:
                 usage = await self._record(status, error, None, cancelled=cancelled)
             if self.admission is not None:
                 self.admission.finish(usage.total_tokens if usage else 0)
+            self._release_unsettled()
             raise
         self.ttft = self.context.elapsed()
         opened = routed.result
@@ -438,7 +457,15 @@ class ProxiedCall:
             self.gateway.router.release(self.progress.deployment, usage.total_tokens)
         if self.admission is not None:
             self.admission.finish(usage.total_tokens)
-        await self._record(status, outcome.error, usage, cancelled=outcome.cancelled_by_client)
+        try:
+            await self._record(status, outcome.error, usage, cancelled=outcome.cancelled_by_client)
+        finally:
+            self._release_unsettled()
+
+    def _release_unsettled(self) -> None:
+        """A record that never got written (it timed out) must not hold its reservation."""
+        if self.reservation is not None:
+            self.reservation.settle(0.0)
 
     async def _record(
         self,
@@ -456,9 +483,14 @@ class ProxiedCall:
         caller = self.caller
         elapsed = self.context.elapsed()
         end = wall_time()
+        cost = self.gateway.cost(deployment, usage) if deployment else 0.0
+        if self.reservation is not None:
+            # With no checkpoint before the ledger counts it as unflushed, as budgets expect.
+            self.reservation.settle(cost)
         await self.gateway.record(
             RequestRecord(
                 request_id=self.context.request_id,
+                client_request_id=self.context.client_request_id,
                 key_identity=caller.identity,
                 key_hash=caller.key_hash,
                 key_alias=caller.key_alias,
@@ -472,7 +504,7 @@ class ProxiedCall:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 usage_source=usage.source,
-                cost=self.gateway.cost(deployment, usage) if deployment else 0.0,
+                cost=cost,
                 start_time=end - elapsed,
                 end_time=end,
                 latency_ms=round(elapsed * 1000, 3),

@@ -5,6 +5,13 @@ carry `x-request-id` and `x-trigate-overhead-ms` without per-route code. It
 also closes a stream that was opened upstream but never started sending (the
 client left between the upstream's first token and our response headers),
 which no response body could do for itself.
+
+Every request gets the gateway's own id, which keys its spend-log row: a
+client's `x-request-id` is for correlation only (echoed, logged and stored
+beside it), since clients may send one id many times. The same layer sees
+every request's raw header list, so it refuses an ambiguous credential (a
+repeated `Authorization` or `x-api-key`, or both naming different keys) for
+every route at once, before any route would pick one of them.
 """
 
 from __future__ import annotations
@@ -14,7 +21,10 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import trio
+
+from trigate.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
@@ -23,12 +33,20 @@ if TYPE_CHECKING:
     from trigate.router.router import RouteProgress
 
 MAX_REQUEST_ID_LENGTH = 128
+# How much of a client's model name goes back in `x-trigate-model-group`.
+MAX_ECHOED_MODEL_LENGTH = 256
+_CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
+# Routes whose clients expect Anthropic's error envelope.
+_ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 
 
 @dataclass(slots=True)
 class RequestContext:
+    # The gateway's own id, unique per request: it keys the request's spend-log row.
     request_id: str
     started: float
+    # The client's `x-request-id`, if it sent a usable one: echoed, logged, stored.
+    client_request_id: str | None = None
     # Time spent waiting on the upstream before the response started; None if not proxied.
     upstream_wait: float | None = None
     relay: StreamRelay | None = None
@@ -38,6 +56,13 @@ class RequestContext:
 
     def elapsed(self) -> float:
         return trio.current_time() - self.started
+
+    @property
+    def reference(self) -> str:
+        """How error messages and logs name the request: both ids, when the client sent one."""
+        if self.client_request_id is None:
+            return self.request_id
+        return f"{self.request_id}, x-request-id {self.client_request_id}"
 
 
 current_request: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("request")
@@ -55,10 +80,14 @@ class RequestScope:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        context = RequestContext(_request_id(scope["headers"]), trio.current_time())
+        client_id, ambiguous = _scan(scope["headers"])
+        context = RequestContext(os.urandom(16).hex(), trio.current_time(), client_id)
         token = current_request.set(context)
         try:
             sender = _ResponseSender(send, receive, context)
+            if ambiguous:
+                await _refuse_ambiguous(scope["path"], sender)
+                return
             await self._app(scope, sender.receive, sender)
         finally:
             current_request.reset(token)
@@ -124,25 +153,67 @@ class _ResponseSender:
         await self._send(message)
 
 
-def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
+    """One pass over the raw headers: the client's usable `x-request-id`, and whether
+    its credentials are ambiguous (a credential header repeated, or the two naming
+    different keys). Hypercorn gives header names in lower case."""
+    client_id: str | None = None
+    seen_id = False
+    credentials: list[tuple[bytes, bytes]] = []
     for name, value in headers:
-        if name == b"x-request-id":
+        if name in _CREDENTIAL_HEADERS:
+            credentials.append((name, value))
+        elif name == b"x-request-id" and not seen_id:
+            seen_id = True
             given = value.decode("latin-1").strip()
             if 0 < len(given) <= MAX_REQUEST_ID_LENGTH and given.isprintable():
-                return given
-            break
-    return os.urandom(16).hex()
+                client_id = given
+    return client_id, len(credentials) > 1 and _ambiguous(credentials)
+
+
+def _ambiguous(credentials: list[tuple[bytes, bytes]]) -> bool:
+    """A repeated header is ambiguous; `Authorization: Bearer K` beside `x-api-key: K`
+    (some SDKs send both) is not, unless the two keys differ."""
+    names = [name for name, _ in credentials]
+    if len(set(names)) != len(names):
+        return True
+    values = dict(credentials)
+    scheme, _, token = values[b"authorization"].partition(b" ")
+    return scheme.lower() != b"bearer" or token.strip() != values[b"x-api-key"].strip()
+
+
+async def _refuse_ambiguous(path: str, send: _ResponseSender) -> None:
+    error = InvalidRequest(
+        "The request carries more than one API key (a repeated `Authorization` or "
+        "`x-api-key` header, or both naming different keys). Send exactly one.",
+        code="ambiguous_credentials",
+    )
+    body = error.body()
+    if path in _ANTHROPIC_PATHS:
+        body = orjson.dumps(
+            {"type": "error", "error": {"type": error.type, "message": error.message}}
+        )
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _headers(context: RequestContext) -> list[tuple[bytes, bytes]]:
-    headers = [(b"x-request-id", context.request_id.encode("latin-1"))]
+    echoed = context.client_request_id or context.request_id
+    headers = [
+        (b"x-request-id", echoed.encode("latin-1")),
+        (b"x-trigate-request-id", context.request_id.encode()),
+    ]
     headers += [(name.encode(), value.encode()) for name, value in context.headers.items()]
     if context.upstream_wait is not None:
         overhead = max(context.elapsed() - context.upstream_wait, 0.0) * 1000
         headers.append((b"x-trigate-overhead-ms", f"{overhead:.3f}".encode()))
     route = context.route
     if route is not None:
-        headers.append((b"x-trigate-model-group", route.model_group.encode()))
+        group = route.model_group[:MAX_ECHOED_MODEL_LENGTH]
+        # The client chose this name: a control character would make h11 refuse the response.
+        if group.isprintable():
+            headers.append((b"x-trigate-model-group", group.encode()))
         if route.deployment is not None:
             headers.append((b"x-trigate-deployment", route.deployment.id.encode()))
         headers.append((b"x-trigate-attempted-retries", str(route.retries).encode()))

@@ -154,7 +154,7 @@ async def _answer(route: Route, incoming: Incoming) -> Reply:
     except GatewayError as error:
         return _error_reply(route, error)
     except Exception:
-        request_id = current_request.get().request_id
+        request_id = current_request.get().reference
         logger.exception("unhandled error in request %s", request_id)
         failure = GatewayError(f"The gateway failed unexpectedly (request id {request_id}).")
         return _error_reply(route, failure)

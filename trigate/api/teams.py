@@ -76,10 +76,14 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.post("/team/delete")
     async def delete_team() -> Response:
         body = await admin_body(gateway, DeleteTeams)
-        deleted = await gateway.store.delete("teams", "team_id", body.team_ids)
+        deleted, keys = await gateway.store.delete_teams(body.team_ids)
         for team_id in body.team_ids:
             gateway.auth.forget("teams", team_id)
-        return json_response({"deleted_teams": body.team_ids, "count": deleted})
+        for token in keys:
+            gateway.auth.forget("keys", token)
+        return json_response(
+            {"deleted_teams": body.team_ids, "count": deleted, "deleted_keys": keys}
+        )
 
     @app.get("/team/info")
     async def team_info() -> Response:

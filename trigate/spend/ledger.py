@@ -27,7 +27,7 @@ from trigate.store import Store
 logger = logging.getLogger("trigate.usage")
 errors = logging.getLogger("trigate.spend")
 
-# A batch is one INSERT: 500 rows x 17 columns stays far below the bound-parameter
+# A batch is one INSERT: 500 rows x 18 columns stays far below the bound-parameter
 # limits of SQLite (32766) and PostgreSQL (65535).
 BATCH_SIZE = 500
 FLUSH_INTERVAL = 0.5
@@ -87,17 +87,23 @@ class SpendLedger:
     async def run(self) -> None:
         """The writer: once rows wait, flush after `flush_interval` or a full batch,
         whichever comes first; back off while the store fails."""
-        backoff = self._flush_interval
+        backoff: float | None = None
         try:
             while True:
                 await self._work.wait()
-                with trio.move_on_after(backoff):
-                    await self._batch_full.wait()
+                if backoff is None:
+                    with trio.move_on_after(self._flush_interval):
+                        await self._batch_full.wait()
+                else:
+                    # A failing store waits out the whole backoff: full batches queued
+                    # meanwhile must not bring the next attempt forward.
+                    await trio.sleep(backoff)
                 self._batch_full = trio.Event()
                 written = await self.flush()
                 if not self._queue:
                     self._work = trio.Event()
-                backoff = self._flush_interval if written else min(backoff * 2, MAX_BACKOFF)
+                failed_wait = min(2 * (backoff or self._flush_interval), MAX_BACKOFF)
+                backoff = None if written else failed_wait
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT):
                 while self._queue and await self.flush():
@@ -150,6 +156,7 @@ def _owners(row: dict[str, Any]) -> list[tuple[str, str]]:
 def _row(record: RequestRecord) -> dict[str, Any]:
     return {
         "request_id": record.request_id,
+        "client_request_id": record.client_request_id,
         "key_hash": record.key_hash,
         "key_alias": record.key_alias,
         "team_id": record.team_id,

@@ -12,6 +12,7 @@ from typing import Protocol
 
 @dataclass(slots=True)
 class RequestRecord:
+    # The gateway's own id for the request; a client's x-request-id is `client_request_id`.
     request_id: str
     # Who asked, never the key itself: "master" or the key hash's first 16 hex digits.
     key_identity: str
@@ -34,6 +35,7 @@ class RequestRecord:
     ttft_ms: float | None
     cancelled_by_client: bool
     error: str | None = None
+    client_request_id: str | None = None
 
 
 class RecordSink(Protocol):

@@ -48,7 +48,7 @@ _SPEND_OWNERS = (("keys", "key_hash"), ("teams", "team_id"), ("users", "user_id"
 SPEND_COLUMNS = (
     "request_id", "key_hash", "key_alias", "team_id", "user_id", "model_group", "deployment",
     "model", "prompt_tokens", "completion_tokens", "cost", "status", "stream",
-    "cancelled_by_client", "start_time", "end_time", "ttft_ms",
+    "cancelled_by_client", "start_time", "end_time", "ttft_ms", "client_request_id",
 )  # fmt: skip
 
 
@@ -85,6 +85,13 @@ class Store:
     async def _run(self, work: Callable[[Cursor], T]) -> T:
         return await trio.to_thread.run_sync(self._backend.transaction, work, limiter=self._limiter)
 
+    async def _read(self, work: Callable[[Cursor], T]) -> T:
+        """A read its caller may stop waiting for (a database that hangs must not hang
+        requests); the abandoned thread finishes on its own and changes nothing."""
+        return await trio.to_thread.run_sync(
+            self._backend.read, work, limiter=self._limiter, abandon_on_cancel=True
+        )
+
     # Keys, teams and users share one shape of access.
 
     async def insert(self, table: str, row: Row) -> None:
@@ -102,7 +109,7 @@ class Store:
         name, primary = TABLES[table]
         clause, values = _where(table, where)
         sql = f"SELECT * FROM {name}{clause} ORDER BY created_at, {primary} LIMIT {int(limit)}"
-        rows = await self._run(lambda cursor: cursor.query(sql, values))
+        rows = await self._read(lambda cursor: cursor.query(sql, values))
         return [_decode(row) for row in rows]
 
     async def update(self, table: str, key: str, fields: Row) -> bool:
@@ -122,6 +129,23 @@ class Store:
             return 0
         sql = f"DELETE FROM {name} WHERE {column} IN ({', '.join('?' * len(values))})"
         return await self._run(lambda cursor: cursor.execute(sql, list(values)))
+
+    async def delete_teams(self, team_ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Delete teams and every key in them, in one transaction, as LiteLLM's
+        `/team/delete` does: a key outliving its team would lose the team's limits.
+        Returns the number of teams deleted and the hashes of the keys deleted."""
+        marks = ", ".join("?" * len(team_ids))
+        values = list(team_ids)
+
+        def work(cursor: Cursor) -> tuple[int, list[str]]:
+            keys = cursor.query(
+                f"SELECT token_hash FROM trigate_keys WHERE team_id IN ({marks})", values
+            )
+            cursor.execute(f"DELETE FROM trigate_keys WHERE team_id IN ({marks})", values)
+            teams = cursor.execute(f"DELETE FROM trigate_teams WHERE team_id IN ({marks})", values)
+            return teams, [row["token_hash"] for row in keys]
+
+        return await self._run(work)
 
     async def replace_key(self, old_hash: str, row: Row) -> bool:
         """Swap a key's hash for a new one in one transaction (regeneration)."""
@@ -198,7 +222,7 @@ class Store:
             f"SELECT * FROM trigate_spend_logs{where} ORDER BY start_time DESC "
             f"LIMIT {int(query.limit)}"
         )
-        return [_decode(row) for row in await self._run(lambda c: c.query(sql, values))]
+        return [_decode(row) for row in await self._read(lambda c: c.query(sql, values))]
 
     async def spend_report(self, start: float, end: float) -> list[Row]:
         """Spend, requests and tokens per UTC day and model group."""
@@ -213,7 +237,7 @@ class Store:
             "FROM trigate_spend_logs WHERE start_time >= ? AND start_time < ? "
             "GROUP BY 1, model_group ORDER BY 1, model_group"
         )
-        rows = await self._run(lambda cursor: cursor.query(sql, [start, end]))
+        rows = await self._read(lambda cursor: cursor.query(sql, [start, end]))
         return [{**row, "spend": float(row["spend"]), "requests": int(row["requests"]),
                  "prompt_tokens": int(row["prompt_tokens"]),
                  "completion_tokens": int(row["completion_tokens"])} for row in rows]  # fmt: skip
@@ -223,7 +247,7 @@ class Store:
         sql = " UNION ALL ".join(
             f"SELECT MIN(budget_reset_at) AS due FROM {name}" for name, _ in TABLES.values()
         )
-        rows = await self._run(lambda cursor: cursor.query(sql))
+        rows = await self._read(lambda cursor: cursor.query(sql))
         due = [row["due"] for row in rows if row["due"] is not None]
         return min(due) if due else None
 

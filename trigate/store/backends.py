@@ -30,6 +30,9 @@ class Backend(Protocol):
 
     def transaction(self, work: Callable[[Cursor], T]) -> T: ...
 
+    def read(self, work: Callable[[Cursor], T]) -> T:
+        """Like `transaction`, for work that only reads."""
+
     def close(self) -> None: ...
 
 
@@ -61,8 +64,16 @@ class SqliteBackend:
         self._lock = threading.Lock()
 
     def transaction(self, work: Callable[[Cursor], T]) -> T:
+        """IMMEDIATE takes the write lock up front, so a writer never fails half-way."""
+        return self._run("BEGIN IMMEDIATE", work)
+
+    def read(self, work: Callable[[Cursor], T]) -> T:
+        """A deferred transaction: under WAL, a reader never waits on another writer."""
+        return self._run("BEGIN", work)
+
+    def _run(self, begin: str, work: Callable[[Cursor], T]) -> T:
         with self._lock:
-            self._connection.execute("BEGIN IMMEDIATE")
+            self._connection.execute(begin)
             try:
                 result = work(_SqliteCursor(self._connection))
             except BaseException:
@@ -114,6 +125,9 @@ class PostgresBackend:
             connection.cursor() as cursor,
         ):
             return work(_PostgresCursor(cursor))
+
+    def read(self, work: Callable[[Cursor], T]) -> T:
+        return self.transaction(work)
 
     def close(self) -> None:
         self._pool.close()

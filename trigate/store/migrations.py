@@ -69,4 +69,9 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX trigate_spend_logs_user ON trigate_spend_logs (user_id, start_time)",
         "CREATE INDEX trigate_keys_team ON trigate_keys (team_id)",
     ],
+    # request_id is the gateway's own id; a client's x-request-id is kept beside it, since
+    # clients may reuse one, which must not merge their requests' spend rows.
+    [
+        "ALTER TABLE trigate_spend_logs ADD COLUMN client_request_id TEXT",
+    ],
 ]
