@@ -6,6 +6,9 @@ the client reads end-of-file on it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import httpx
 import pytest
 import trio
@@ -168,3 +171,39 @@ async def test_readiness_fails_from_the_moment_draining_starts(nursery: trio.Nur
         assert response.status_code == 503
         assert response.json()["status"] == "draining"
         assert (await stream.aread()).endswith(b"data: [DONE]\n\n")
+
+
+async def test_concurrent_oversize_streamed_bodies_are_413_and_closed_cleanly(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clients that go on sending a chunked body past the cap, twenty at once: each gets
+    its 413 and its connection closed, and the gateway logs no error for any of them."""
+    config = {**mock_config(), "general_settings": {"max_request_size_mb": 0.01}}
+    running = await start_gateway(nursery, config)
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n"
+        f"authorization: Bearer {MASTER_KEY}\r\ntransfer-encoding: chunked\r\n\r\n"
+    ).encode()
+    answers: list[bytes] = []
+
+    async def oversize_upload() -> None:
+        stream = await _connect(running)
+        async with trio.open_nursery() as uploads:
+
+            async def send_body() -> None:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(head)
+                    for _ in range(50):
+                        await stream.send_all(b"fa0\r\n" + b"x" * 4000 + b"\r\n")
+
+            uploads.start_soon(send_body)
+            answers.append(await _read_until_closed(stream))
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as clients:
+            for _ in range(20):
+                clients.start_soon(oversize_upload)
+    assert len(answers) == 20
+    assert all(answer.startswith(b"HTTP/1.1 413 ") for answer in answers)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await running.stop()
