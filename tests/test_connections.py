@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import resource
 
 import httpx
 import pytest
 import trio
 import trio.testing
 from conftest import MASTER_KEY, RunningGateway, mock_config, start_gateway
+
+from trigate.config import parse_config
+from trigate.server import connection_limits
+from trigate.serving import raise_open_file_limit
 
 CHAT = b'{"model": "mock", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -207,3 +212,64 @@ async def test_concurrent_oversize_streamed_bodies_are_413_and_closed_cleanly(
     assert all(answer.startswith(b"HTTP/1.1 413 ") for answer in answers)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     await running.stop()
+
+
+async def test_a_full_worker_closes_its_longest_idle_connection_for_a_new_one(
+    nursery: trio.Nursery,
+) -> None:
+    config = {**mock_config(), "general_settings": {"max_connections": 3}}
+    running = await start_gateway(nursery, config)
+    idle = []
+    for _ in range(3):
+        stream = await _connect(running)
+        await stream.send_all(_get("/health/liveliness"))
+        await _read_response(stream)
+        idle.append(stream)
+    newcomer = await _connect(running)
+    await newcomer.send_all(_chat())
+    with trio.fail_after(5):
+        assert b" 200 " in await _read_response(newcomer)
+        assert await _read_until_closed(idle[0]) == b""
+    for stream in idle[1:]:  # the others are still served
+        await stream.send_all(_get("/health/liveliness"))
+        with trio.fail_after(5):
+            assert b" 200 " in await _read_response(stream)
+    await running.stop()
+
+
+async def test_a_worker_full_of_busy_connections_accepts_once_one_ends(
+    nursery: trio.Nursery,
+) -> None:
+    slow = {"model_name": "slow", "litellm_params": {"model": "mock/m", "mock_delay": 0.5}}
+    config = {"model_list": [slow], "general_settings": {"max_connections": 2}}
+    running = await start_gateway(nursery, config)
+    busy = [await _connect(running) for _ in range(2)]
+    for stream in busy:
+        await stream.send_all(_chat().replace(b'"mock"', b'"slow"'))
+    await trio.sleep(0.1)
+    waiting = await _connect(running)  # the kernel's backlog takes it
+    await waiting.send_all(_get("/health/liveliness"))
+    with trio.move_on_after(0.2):
+        await waiting.receive_some(1)
+        raise AssertionError("a third connection was served while two were busy")
+    with trio.fail_after(5):
+        for stream in busy:
+            assert b" 200 " in await _read_response(stream)
+        assert b" 200 " in await _read_response(waiting)
+    await running.stop()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        assert raise_open_file_limit() == hard
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_max_connections_is_lowered_to_what_the_open_file_limit_holds() -> None:
+    config = parse_config({"general_settings": {"max_connections": 10_000}}, {})
+    assert connection_limits(config, open_files=100_000).max_connections == 10_000
+    assert connection_limits(config, open_files=2_000).max_connections == 2_000 - 1_000 - 64

@@ -93,7 +93,7 @@ def connection_limits(config: GatewayConfig, open_files: int) -> ConnectionLimit
             open_files, max(room, MIN_CONNECTIONS), settings.max_connections,
         )  # fmt: skip
     return ConnectionLimits(
-        max_connections=max(min(room, settings.max_connections), MIN_CONNECTIONS),
+        max_connections=min(settings.max_connections, max(room, MIN_CONNECTIONS)),
         first_request_timeout=settings.request_body_timeout,
     )
 

@@ -6,8 +6,8 @@ connection that never sends a request live as long as its keep-alive timer
 that lets anyone hold a worker's file descriptors, and a graceful stop waits on
 them. Here each worker holds at most `max_connections` client connections:
 when it is full, the connection idle the longest is closed to make room (as
-nginx reuses keep-alive connections), and only if none is idle does accepting
-pause, leaving new clients in the kernel's backlog. A connection must begin
+nginx reuses keep-alive connections); only if none is idle does accepting
+pause, one new connection waiting unread and the rest in the kernel's backlog. A connection must begin
 a request within `first_request_timeout`. Hypercorn still speaks HTTP on each
 connection (`TCPServer`), lifespan included.
 
@@ -94,11 +94,12 @@ class _ConnectionApp:
     """The app as one connection sees it: each request marks the connection busy, and
     the first one lifts the deadline for beginning a request."""
 
-    __slots__ = ("_app", "_connection")
+    __slots__ = ("_app", "_connection", "_connections")
 
-    def __init__(self, app: AppWrapper, connection: _Connection) -> None:
+    def __init__(self, app: AppWrapper, connection: _Connection, connections: Connections) -> None:
         self._app = app
         self._connection = connection
+        self._connections = connections
 
     async def __call__(self, scope: Any, receive: Any, send: Any, *rest: Any) -> None:
         connection = self._connection
@@ -109,6 +110,7 @@ class _ConnectionApp:
         finally:
             connection.active -= 1
             connection.idle_since = trio.current_time()
+            self._connections.changed()
 
 
 class Connections:
@@ -117,37 +119,50 @@ class Connections:
     def __init__(self, limits: ConnectionLimits) -> None:
         self._limits = limits
         self._open: set[_Connection] = set()
-        self._closed = trio.Event()
+        self._changed = trio.Event()
 
     def __len__(self) -> int:
         return len(self._open)
 
+    def changed(self) -> None:
+        """A connection closed or went idle: a paused accept loop may go on."""
+        self._changed.set()
+
     async def room(self) -> None:
-        """Return once another connection may be accepted: close the connection idle
-        the longest if the worker is full, or wait for one to end."""
-        while len(self._open) >= self._limits.max_connections:
-            idle = [c for c in self._open if c.idle and not c.scope.cancel_called]
-            if idle:
-                min(idle, key=lambda c: c.idle_since).scope.cancel()
-            await self._closed.wait()
-            self._closed = trio.Event()
+        """Return once a new connection can be taken: the worker is not full, or one of
+        its connections is idle and can give up its place."""
+        while len(self._open) >= self._limits.max_connections and not self._idle():
+            await self._changed.wait()
+            self._changed = trio.Event()
+
+    def make_room(self, newcomer: _Connection) -> None:
+        """Over the cap: close the connection idle the longest (if one went busy since
+        `room`, the worker holds one more than its cap until a connection ends)."""
+        if len(self._open) <= self._limits.max_connections:
+            return
+        if idle := [c for c in self._idle() if c is not newcomer]:
+            min(idle, key=lambda c: c.idle_since).scope.cancel()
 
     def close_idle(self) -> None:
         """Draining: a connection with no request in flight has nothing left to wait for."""
-        for connection in self._open:
-            if connection.idle:
-                connection.scope.cancel()
+        for connection in self._idle():
+            connection.scope.cancel()
+
+    def _idle(self) -> list[_Connection]:
+        return [c for c in self._open if c.idle and not c.scope.cancel_called]
 
     async def serve(self, stream: trio.SocketStream, server: Callable[..., TCPServer]) -> None:
         now = trio.current_time()
         with trio.CancelScope(deadline=now + self._limits.first_request_timeout) as scope:
             connection = _Connection(scope, now)
             self._open.add(connection)
+            self.make_room(connection)
             try:
-                await server(lambda app: _ConnectionApp(app, connection), stream).run()
+                app = lambda wrapped: _ConnectionApp(wrapped, connection, self)  # noqa: E731
+                await server(app, stream).run()
             finally:
                 self._open.discard(connection)
-                self._closed.set()
+                self.changed()
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
 
@@ -203,8 +218,9 @@ async def _accept(
     server: Callable[..., TCPServer],
     nursery: trio.Nursery,
 ) -> None:
+    """Accept connections, one at a time: a connection that finds the worker full of busy
+    ones waits, unread, until one ends or goes idle, and so does accepting."""
     while True:
-        await connections.room()
         try:
             stream = await listener.accept()
         except OSError as error:
@@ -213,6 +229,12 @@ async def _accept(
             logger.warning("cannot accept a connection: %s; pausing %g s", error, RESOURCE_PAUSE)
             await trio.sleep(RESOURCE_PAUSE)
             continue
+        try:
+            await connections.room()
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            raise
         nursery.start_soon(connections.serve, stream, server)
 
 
