@@ -7,9 +7,9 @@ that lets anyone hold a worker's file descriptors, and a graceful stop waits on
 them. Here each worker holds at most `max_connections` client connections:
 when it is full, the connection idle the longest is closed to make room (as
 nginx reuses keep-alive connections); only if none is idle does accepting
-pause, one new connection waiting unread and the rest in the kernel's backlog. A connection must begin
-a request within `first_request_timeout`. Hypercorn still speaks HTTP on each
-connection (`TCPServer`), lifespan included.
+pause, one new connection waiting unread and the rest in the kernel's backlog.
+A connection must begin a request within `first_request_timeout`. Hypercorn
+still speaks HTTP on each connection (`TCPServer`), lifespan included.
 
 A shutdown drains: the listeners close, idle connections close at once, and
 requests in flight (streams included) may finish for `graceful_timeout`
