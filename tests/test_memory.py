@@ -1,0 +1,56 @@
+"""What serving a large request costs in memory: about its own size a few times over, not
+a multiple per token or per copy."""
+
+from __future__ import annotations
+
+import random
+import tracemalloc
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from trigate import tokens
+from trigate.tokens import TokenCounter, count_ordinary
+
+# "hello world " is two tokens in twelve characters; as a list of ints that is ~6 bytes a character.
+HUGE_TEXT = "hello world " * 350_000  # 4.2 MB
+
+
+@pytest.fixture(scope="module")
+def counter() -> TokenCounter:
+    return TokenCounter.load()
+
+
+def traced_peak(work: Callable[[], Any]) -> int:
+    """The most memory `work` had allocated at once, as tracemalloc sees it."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        work()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_counting_a_huge_prompt_holds_only_a_piece_of_its_tokens(counter: TokenCounter) -> None:
+    messages = [{"role": "user", "content": HUGE_TEXT}]
+    assert traced_peak(lambda: counter.count_prompt("gpt-4o", messages)) < len(HUGE_TEXT) / 2
+    assert traced_peak(lambda: counter.count_text("gpt-4", HUGE_TEXT)) < len(HUGE_TEXT) / 2
+
+
+def _texts(seed: int) -> Iterator[str]:
+    alphabet = [*"aAzZ  \n\t\r'sé日本ÄΩ½Ⅻ\u06612_-.,!?/👋\u0301\u00a0\u2003", "'ll", "'S", "  "]
+    rng = random.Random(seed)
+    for _ in range(500):
+        yield "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300)))
+
+
+@pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
+def test_counting_in_pieces_counts_exactly_what_one_pass_does(
+    counter: TokenCounter, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoding = counter._encodings[name]
+    monkeypatch.setattr(tokens, "PIECE_CHARS", 40)
+    for text in _texts(seed=len(name)):
+        assert count_ordinary(encoding, text) == len(encoding.encode_ordinary(text)), text
