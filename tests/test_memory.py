@@ -40,7 +40,7 @@ def test_counting_a_huge_prompt_holds_only_a_piece_of_its_tokens(counter: TokenC
 
 
 def _texts(seed: int) -> Iterator[str]:
-    alphabet = [*"aAzZ  \n\t\r'sé日本ÄΩ½Ⅻ\u06612_-.,!?/👋\u0301\u00a0\u2003", "'ll", "'S", "  "]
+    alphabet = [*"aAzZ  ÿЖж\n\t\r'sé日本ÄΩ½Ⅻ\u06612_-.,!?/👋\u0301\u00a0\u2003", "'ll", "'S", "  "]
     rng = random.Random(seed)
     for _ in range(500):
         yield "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300)))

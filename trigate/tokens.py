@@ -80,8 +80,11 @@ PIECE_CHARS = 256 * 1024
 # Where a text may be cut without changing its tokens: a single space between two letters.
 # Both encodings' pre-tokenisers end a match at a letter followed by a space and start the
 # next match at that space (`[^\r\n\p{L}\p{N}]?\p{L}+` takes " word"), so no token crosses
-# it. Python's `[^\W\d_]` also takes a few numerals, which `_is_letter` rules out.
-_CUT = re.compile(r"(?<=[^\W\d_]) (?=[^\W\d_])")
+# it. The letters are spelled out (Latin, Latin-1's, Cyrillic) because `re` has no \p{L}
+# and its `[^\W\d_]` takes numerals such as "½" too; a text without such a place (CJK, say)
+# is counted whole, as before.
+_LETTER = "A-Za-zÀ-ÖØ-öø-ÿЁА-яё"
+_CUT = re.compile(f"(?<=[{_LETTER}]) (?=[{_LETTER}])")
 
 
 def _packed_bpe_file(name: str) -> Path:
@@ -175,12 +178,8 @@ def count_ordinary(encoding: tiktoken.Encoding, text: str) -> int:
 
 def _cut_after(text: str, position: int) -> int:
     """The first place at or after `position` where `text` can be cut, else its end."""
-    while (found := _CUT.search(text, position)) is not None:
-        cut = found.start()
-        if text[cut - 1].isalpha() and text[cut + 1].isalpha():
-            return cut
-        position = cut + 1
-    return len(text)
+    found = _CUT.search(text, position)
+    return len(text) if found is None else found.start()
 
 
 def _count_value(encoding: tiktoken.Encoding, value: Any) -> int:
