@@ -8,10 +8,13 @@ import tracemalloc
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import h11
+import httpx
 import pytest
 
 from trigate import tokens
 from trigate.tokens import TokenCounter, count_ordinary
+from trigate.transport import _Connection, _send_request
 
 # "hello world " is two tokens in twelve characters; as a list of ints that is ~6 bytes a character.
 HUGE_TEXT = "hello world " * 350_000  # 4.2 MB
@@ -54,3 +57,29 @@ def test_counting_in_pieces_counts_exactly_what_one_pass_does(
     monkeypatch.setattr(tokens, "PIECE_CHARS", 40)
     for text in _texts(seed=len(name)):
         assert count_ordinary(encoding, text) == len(encoding.encode_ordinary(text)), text
+
+
+class _Wire:
+    """A connection's stream that only counts what is written to it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    async def send_all(self, data: bytes | memoryview) -> None:
+        self.sent += len(data)
+
+
+async def test_a_large_upstream_body_goes_out_without_a_copy() -> None:
+    body = HUGE_TEXT.encode()
+    request = httpx.Request("POST", "http://upstream.test/v1/chat/completions", content=body)
+    wire = _Wire()
+    conn = _Connection(("http", "upstream.test", 80), wire, sock=None)  # type: ignore[arg-type]
+    tracemalloc.start()
+    try:
+        await _send_request(conn, request, body, write_timeout=10.0, retryable=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert conn.h11.our_state is h11.DONE
+    assert wire.sent > len(body)
+    assert peak < len(body) / 4
