@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -72,6 +73,19 @@ REPLY_PRIMING = 3
 IMAGE_TOKENS_LOW = 85
 IMAGE_TOKENS_DEFAULT = 765
 
+# tiktoken returns every token as a Python int in a list, about 36 bytes a token, several
+# times the text's own size; a longer text is counted a piece of about this many
+# characters at a time, so counting a huge prompt holds one piece's tokens at once.
+PIECE_CHARS = 256 * 1024
+# Where a text may be cut without changing its tokens: a single space between two letters.
+# Both encodings' pre-tokenisers end a match at a letter followed by a space and start the
+# next match at that space (`[^\r\n\p{L}\p{N}]?\p{L}+` takes " word"), so no token crosses
+# it. The letters are spelled out (Latin, Latin-1's, Cyrillic) because `re` has no \p{L}
+# and its `[^\W\d_]` takes numerals such as "½" too; a text without such a place (CJK, say)
+# is counted whole, as before.
+_LETTER = "A-Za-zÀ-ÖØ-öø-ÿЁА-яё"
+_CUT = re.compile(f"(?<=[{_LETTER}]) (?=[{_LETTER}])")
+
 
 def _packed_bpe_file(name: str) -> Path:
     """Where the `bpe-openai` wheel keeps an encoding, found without importing that package
@@ -117,7 +131,7 @@ class TokenCounter:
     def count_text(self, model: str, text: str) -> int:
         if not text:
             return 0
-        return len(self.encoding_for(model).encode_ordinary(text))
+        return count_ordinary(self.encoding_for(model), text)
 
     async def count_text_async(self, model: str, text: str) -> int:
         if len(text) < THREAD_THRESHOLD:
@@ -150,9 +164,27 @@ class TokenCounter:
         )
 
 
+def count_ordinary(encoding: tiktoken.Encoding, text: str) -> int:
+    """`len(encoding.encode_ordinary(text))`, without holding a huge text's tokens at once."""
+    if len(text) <= PIECE_CHARS:
+        return len(encoding.encode_ordinary(text))
+    total = start = 0
+    while start < len(text):
+        end = _cut_after(text, start + PIECE_CHARS)
+        total += len(encoding.encode_ordinary(text[start:end]))
+        start = end
+    return total
+
+
+def _cut_after(text: str, position: int) -> int:
+    """The first place at or after `position` where `text` can be cut, else its end."""
+    found = _CUT.search(text, position)
+    return len(text) if found is None else found.start()
+
+
 def _count_value(encoding: tiktoken.Encoding, value: Any) -> int:
     if isinstance(value, str):
-        return len(encoding.encode_ordinary(value))
+        return count_ordinary(encoding, value)
     if isinstance(value, list):
         return sum(_count_part(encoding, part) for part in value)
     if isinstance(value, dict):

@@ -18,6 +18,10 @@ import httpx
 import trio
 
 _CHUNK_SIZE = 64 * 1024
+# A request body up to this size goes out in one write with its head; a larger one is
+# written on its own, in slices of this size: copying it behind the head would double
+# it in memory, and TLS encrypts all of one write into a buffer before sending any.
+_WRITE_SLICE = 1024 * 1024
 # h11's 16 KiB default for an incomplete response head is too tight for some providers'
 # header sets; httpcore allows 100 KiB as well.
 _MAX_HEAD_SIZE = 100 * 1024
@@ -367,13 +371,21 @@ async def _send_request(
         parts.append(state.send(_END))
     except h11.LocalProtocolError as exc:
         raise httpx.LocalProtocolError(str(exc), request=request) from exc
-    await _write(conn, request, b"".join(parts), write_timeout, retryable)
+    if len(body) <= _WRITE_SLICE:
+        await _write(conn, request, b"".join(parts), write_timeout, retryable)
+        return
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, len(view), _WRITE_SLICE):
+            await _write(
+                conn, request, view[start : start + _WRITE_SLICE], write_timeout, retryable
+            )
 
 
 async def _write(
     conn: _Connection,
     request: httpx.Request,
-    data: bytes,
+    data: bytes | memoryview,
     write_timeout: float,
     retryable: bool = False,
 ) -> None:

@@ -86,7 +86,7 @@ async def proxy_request(
 ) -> Reply:
     """Authenticate, validate with `validate(body) -> model group`, admit, then serve."""
     caller = await gateway.auth.authenticate(incoming.headers)
-    body = parse_json_object(incoming.body)
+    body = parse_json_object(incoming.take_body())
     group = validate(body)
     check_nesting(body)
     fallbacks = pop_fallbacks(body)

@@ -60,7 +60,7 @@ def _anthropic_error(error: GatewayError) -> bytes:
 
 async def _messages(gateway: Gateway, incoming: Incoming) -> Reply:
     caller = await gateway.auth.authenticate(incoming.headers)
-    body = parse_json_object(incoming.body)
+    body = parse_json_object(incoming.take_body())
     model = validate(body)
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
@@ -82,7 +82,7 @@ async def _count_tokens(gateway: Gateway, incoming: Incoming) -> Reply:
     """An estimate by the gateway's tiktoken encodings: Claude models use a tokenizer of
     their own, which Anthropic does not publish, so their real count differs."""
     caller = await gateway.auth.authenticate(incoming.headers)
-    body = parse_json_object(incoming.body)
+    body = parse_json_object(incoming.take_body())
     model = validate(body)
     if not caller.is_master:
         check_model(caller, model)

@@ -36,12 +36,18 @@ logger = logging.getLogger("trigate")
 JSON_HEADERS: Mapping[str, str] = MappingProxyType({"content-type": "application/json"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Incoming:
-    """A model API request: its headers (lower-case names) and its whole body."""
+    """A model API request: its headers (lower-case names) and its whole body, which the
+    handler takes to parse, so that the raw bytes are not held beside the parsed form for
+    the rest of the call."""
 
     headers: dict[str, str]
-    body: bytes
+    body: bytes | bytearray
+
+    def take_body(self) -> bytes | bytearray:
+        body, self.body = self.body, b""
+        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +113,7 @@ class ModelAPI:
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
         try:
-            body = await self._read_body(headers, receive)
+            incoming = Incoming(headers, await self._read_body(headers, receive))
         except _ClientLeft:
             return
         except GatewayError as error:
@@ -115,7 +121,7 @@ class ModelAPI:
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-            await self._send(send, await _answer(route, Incoming(headers, body)))
+            await self._send(send, await _answer(route, incoming))
             nursery.cancel_scope.cancel()
 
     async def _send(self, send: ASGISendCallable, reply: Reply) -> None:
@@ -127,25 +133,34 @@ class ModelAPI:
         with trio.move_on_after(self._response_timeout):
             await _send_reply(send, reply)
 
-    async def _read_body(self, headers: dict[str, str], receive: ASGIReceiveCallable) -> bytes:
+    async def _read_body(
+        self, headers: dict[str, str], receive: ASGIReceiveCallable
+    ) -> bytes | bytearray:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max_body_bytes:
             raise BodyTooLarge()
-        parts: list[bytes] = []
-        size = 0
+        body: bytes | bytearray = b""
         with trio.move_on_after(self._body_timeout):
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     raise _ClientLeft
                 part = message.get("body", b"")
-                size += len(part)
-                if size > self._max_body_bytes:
+                if len(body) + len(part) > self._max_body_bytes:
                     raise BodyTooLarge()
-                parts.append(part)
+                body = _appended(body, part) if body else part
                 if not message.get("more_body", False):
-                    return parts[0] if len(parts) == 1 else b"".join(parts)
+                    return body
         raise RequestTimeout(f"The request body did not arrive within {self._body_timeout:g} s.")
+
+
+def _appended(body: bytes | bytearray, part: bytes) -> bytearray:
+    """`body` and `part` in one buffer that grows in place: a body that came in many parts
+    is held once, not as its parts and then their join (a small body is one part, kept as
+    it came)."""
+    buffer = body if isinstance(body, bytearray) else bytearray(body)
+    buffer += part
+    return buffer
 
 
 async def _answer(route: Route, incoming: Incoming) -> Reply:

@@ -21,7 +21,7 @@ async def json_body() -> dict[str, Any]:
     return parse_json_object(await request.get_data(cache=False))
 
 
-def parse_json_object(raw: bytes) -> dict[str, Any]:
+def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:
     """A request body as a JSON object, or a 400 that says what is wrong with it."""
     if not raw:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
