@@ -95,6 +95,7 @@ def connection_limits(config: GatewayConfig, open_files: int) -> ConnectionLimit
     return ConnectionLimits(
         max_connections=min(settings.max_connections, max(room, MIN_CONNECTIONS)),
         first_request_timeout=settings.request_body_timeout,
+        keep_alive_timeout=settings.keep_alive_timeout,
     )
 
 

@@ -8,8 +8,10 @@ them. Here each worker holds at most `max_connections` client connections:
 when it is full, the connection idle the longest is closed to make room (as
 nginx reuses keep-alive connections); only if none is idle does accepting
 pause, one new connection waiting unread and the rest in the kernel's backlog.
-A connection must begin a request within `first_request_timeout`. Hypercorn
-still speaks HTTP on each connection (`TCPServer`), lifespan included.
+A connection must begin a request within `first_request_timeout`, and is
+closed once idle for `keep_alive_timeout` (a deadline on its scope, where
+hypercorn would start a timer task per request). Hypercorn still speaks HTTP
+on each connection (`TCPServer`), lifespan included.
 
 A shutdown drains: the listeners close, idle connections close at once, and
 requests in flight (streams included) may finish for `graceful_timeout`
@@ -51,6 +53,7 @@ class ConnectionLimits:
 
     max_connections: int
     first_request_timeout: float
+    keep_alive_timeout: float
 
 
 def raise_open_file_limit() -> int:
@@ -109,8 +112,19 @@ class _ConnectionApp:
             await self._app(scope, receive, send, *rest)
         finally:
             connection.active -= 1
-            connection.idle_since = trio.current_time()
-            self._connections.changed()
+            if connection.active == 0:
+                self._connections.went_idle(connection)
+
+
+class _NoIdleTimer:
+    """Stands in for hypercorn's keep-alive timer, which starts a task for every request;
+    a connection's deadline (`_ConnectionApp`) does the same job for the cost of a number."""
+
+    async def restart(self, *_: Any) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
 
 
 class Connections:
@@ -120,9 +134,20 @@ class Connections:
         self._limits = limits
         self._open: set[_Connection] = set()
         self._changed = trio.Event()
+        self._draining = False
 
     def __len__(self) -> int:
         return len(self._open)
+
+    def went_idle(self, connection: _Connection) -> None:
+        """A connection's last request ended: it may idle for `keep_alive_timeout`, unless
+        the worker is draining."""
+        connection.idle_since = now = trio.current_time()
+        if self._draining:
+            connection.scope.cancel()
+        else:
+            connection.scope.deadline = now + self._limits.keep_alive_timeout
+        self.changed()
 
     def changed(self) -> None:
         """A connection closed or went idle: a paused accept loop may go on."""
@@ -143,8 +168,10 @@ class Connections:
         if idle := [c for c in self._idle() if c is not newcomer]:
             min(idle, key=lambda c: c.idle_since).scope.cancel()
 
-    def close_idle(self) -> None:
-        """Draining: a connection with no request in flight has nothing left to wait for."""
+    def drain(self) -> None:
+        """A connection with no request in flight has nothing left to wait for; the others
+        close as their requests end."""
+        self._draining = True
         for connection in self._idle():
             connection.scope.cancel()
 
@@ -159,7 +186,9 @@ class Connections:
             self.make_room(connection)
             try:
                 app = lambda wrapped: _ConnectionApp(wrapped, connection, self)  # noqa: E731
-                await server(app, stream).run()
+                tcp_server = server(app, stream)
+                tcp_server.idle_task = _NoIdleTimer()
+                await tcp_server.run()
             finally:
                 self._open.discard(connection)
                 self.changed()
@@ -206,7 +235,7 @@ async def serve(
                 await listener.aclose()
             # Hypercorn closes a connection after its current answer once this is set.
             await context.terminated.set()
-            connections.close_idle()
+            connections.drain()
             server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
