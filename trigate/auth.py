@@ -13,9 +13,8 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -84,7 +83,13 @@ def key_name(key: str) -> str:
     return f"{key[:3]}...{key[-4:]}"
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
+class HeaderSource(Protocol):
+    """Where a key is read from: a dict of lower-case names, or Quart's `Headers`."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
+def presented_key(headers: HeaderSource) -> str | None:
     authorization = headers.get("authorization")
     if authorization:
         scheme, _, token = authorization.partition(" ")
@@ -101,7 +106,7 @@ class Authenticator:
         self._cache: dict[tuple[str, str], tuple[Row | None, float]] = {}
         self._outage_until = -float("inf")
 
-    async def authenticate(self, headers: Mapping[str, str]) -> Caller:
+    async def authenticate(self, headers: HeaderSource) -> Caller:
         key = presented_key(headers)
         if key is None:
             raise AuthenticationFailed(

@@ -150,7 +150,7 @@ class UpstreamError(GatewayError):
 
     status = 502
     type = "api_error"
-    code = "upstream_error"
+    code: str | None = "upstream_error"
     kind = Failure.SERVER
     upstream_status: int | None = None
     # Seconds the upstream asked us to wait, from `retry-after-ms` or `retry-after`.

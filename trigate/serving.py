@@ -33,7 +33,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
@@ -116,7 +116,7 @@ class _ConnectionApp:
                 self._connections.went_idle(connection)
 
 
-class _NoIdleTimer:
+class _NoIdleTimer(TrioSingleTask):
     """Stands in for hypercorn's keep-alive timer, which starts a task for every request;
     a connection's deadline (`_ConnectionApp`) does the same job for the cost of a number."""
 

@@ -360,6 +360,8 @@ async def _send_request(
         )
         if body is None:
             await _write(conn, request, head, write_timeout)
+            # An AsyncClient's request streams are async, as httpx's own transports assert.
+            assert isinstance(request.stream, httpx.AsyncByteStream)
             async for chunk in request.stream:
                 await _write(conn, request, state.send(h11.Data(data=chunk)), write_timeout)
             await _write(conn, request, state.send(_END), write_timeout)
@@ -403,7 +405,9 @@ async def _write(
 async def _receive(conn: _Connection, request: httpx.Request, read_timeout: float) -> bytes:
     with trio.move_on_after(read_timeout):
         try:
-            return await conn.stream.receive_some(_CHUNK_SIZE)
+            data = await conn.stream.receive_some(_CHUNK_SIZE)
+            # Trio's sockets and TLS streams give bytes; any other stream may give a bytearray.
+            return data if isinstance(data, bytes) else bytes(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise httpx.ReadError(_describe(exc), request=request) from exc
     raise httpx.ReadTimeout("timed out waiting for the server", request=request)

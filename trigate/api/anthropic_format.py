@@ -120,8 +120,9 @@ def _content_part(block: Any) -> dict[str, Any]:
 def _image_url(source: Any) -> str:
     if not isinstance(source, dict):
         raise InvalidRequest("An image block needs a `source`.", param="messages")
-    if source.get("type") == "url" and isinstance(source.get("url"), str):
-        return source["url"]
+    url = source.get("url")
+    if source.get("type") == "url" and isinstance(url, str):
+        return url
     if source.get("type") == "base64":
         return f"data:{source.get('media_type')};base64,{source.get('data')}"
     raise InvalidRequest("Image `source` must be of type `base64` or `url`.", param="messages")
@@ -337,7 +338,7 @@ class AnthropicFrames(FrameEncoder):
         if self._started:
             return b""
         self._started = True
-        message = {
+        message: dict[str, Any] = {
             "id": _message_id(chunk),
             "type": "message",
             "role": "assistant",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -153,7 +154,7 @@ class _ResponseSender:
         await self._send(message)
 
 
-def _scan(headers: list[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
+def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
     """One pass over the raw headers: the client's usable `x-request-id`, and whether
     its credentials are ambiguous (a credential header repeated, or the two naming
     different keys). Hypercorn gives header names in lower case."""

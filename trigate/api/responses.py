@@ -18,7 +18,8 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 async def json_body() -> dict[str, Any]:
     """The body of the request Quart is serving, as a JSON object."""
-    return parse_json_object(await request.get_data(cache=False))
+    raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    return parse_json_object(raw)
 
 
 def parse_json_object(raw: bytes | bytearray) -> dict[str, Any]:

@@ -49,8 +49,10 @@ class EventStreamDecoder:
     def _frames(self) -> Iterator[Frame]:
         try:
             for message in self._buffer:
-                self._unframed -= message.prelude.total_length
-                yield Frame(message.headers, message.payload)
+                # botocore-stubs declares `prelude` and `headers` as int; botocore gives a
+                # MessagePrelude and a dict.
+                self._unframed -= message.prelude.total_length  # type: ignore[attr-defined]
+                yield Frame(message.headers, message.payload)  # type: ignore[arg-type]
         except _MALFORMED as error:
             raise UpstreamError(
                 f"The upstream sent a corrupt event-stream frame: {error}"

@@ -51,7 +51,8 @@ def health_report(router: Router, visible: Callable[[str], bool] | None = None) 
     only the model groups it allows, and without `api_base`: a virtual key's view, which
     must not map the gateway's upstreams."""
     now = trio.current_time()
-    healthy, unhealthy = [], []
+    healthy: list[dict[str, Any]] = []
+    unhealthy: list[dict[str, Any]] = []
     for deployment in router.groups.all():
         if visible is not None and not visible(deployment.model_group):
             continue

@@ -36,7 +36,6 @@ _COST_FIELDS = {
     "cache_write": "cache_creation_input_token_cost",
     "reasoning": "output_cost_per_reasoning_token",
 }
-_TOKEN_FIELDS = ("max_input_tokens", "max_output_tokens")
 
 # The litellm_provider values whose entries may price a trigate provider. Without
 # this a bare key such as "gpt-4o" could price some other host's model of the same
@@ -261,8 +260,11 @@ def _aliases(provider: str, model: str) -> list[str]:
 
 def _price_from(entry: Mapping[str, Any]) -> ModelPrice:
     costs = {attr: _float(entry.get(field)) for attr, field in _COST_FIELDS.items()}
-    tokens = {field: _int(entry.get(field)) for field in _TOKEN_FIELDS}
-    return ModelPrice(**costs, **tokens)
+    return ModelPrice(
+        **costs,
+        max_input_tokens=_int(entry.get("max_input_tokens")),
+        max_output_tokens=_int(entry.get("max_output_tokens")),
+    )
 
 
 def _float(value: Any) -> float | None:
