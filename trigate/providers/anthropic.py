@@ -158,7 +158,9 @@ def to_anthropic(body: dict[str, Any], model: str, default_max_tokens: int) -> d
     return payload
 
 
-def translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+def translate_messages(
+    messages: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """System text blocks, and the conversation as alternating user/assistant turns."""
     system: list[dict[str, Any]] = []
     turns: list[dict[str, Any]] = []
@@ -275,8 +277,9 @@ def _thinking(effort: Any) -> dict[str, Any] | None:
 
 def _max_tokens(body: dict[str, Any], default: int, thinking: Any) -> int:
     for key in ("max_completion_tokens", "max_tokens"):
-        if isinstance(body.get(key), int):
-            return body[key]
+        value = body.get(key)
+        if isinstance(value, int):
+            return value
     # Thinking counts against `max_tokens`: a defaulted limit leaves the answer its own room.
     budget = thinking.get("budget_tokens") if isinstance(thinking, dict) else None
     return default + budget if isinstance(budget, int) else default
@@ -529,7 +532,9 @@ class StreamTranslator:
             self._translate_event(kind, data, chunks)
         return StreamRead(chunks)
 
-    def _translate_event(self, kind: Any, data: dict[str, Any], chunks: list[dict]) -> None:
+    def _translate_event(
+        self, kind: Any, data: dict[str, Any], chunks: list[dict[str, Any]]
+    ) -> None:
         if kind == "content_block_delta":
             delta = self._delta(data.get("index"), data.get("delta") or {})
             if delta:

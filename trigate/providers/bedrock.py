@@ -110,8 +110,9 @@ class BedrockConverse:
         """InvokeModel: Cohere's models take every text at once; Titan's take one text a
         call and report its tokens, which become the usage."""
         value = body.get("input")
-        texts = value if isinstance(value, list) else [value]
-        if not all(isinstance(text, str) for text in texts):
+        given = value if isinstance(value, list) else [value]
+        texts = [text for text in given if isinstance(text, str)]
+        if len(texts) != len(given):
             raise _client_error("Bedrock embedding models take text, not token ids.")
         if self._model.startswith(("cohere.", "us.cohere.", "eu.cohere.")):
             vectors, usage = await self._embed_cohere(texts, body), None
@@ -133,9 +134,10 @@ class BedrockConverse:
         self, texts: list[str], body: dict[str, Any]
     ) -> tuple[list[list[float]], int]:
         dimensions = body.get("dimensions")
-        vectors, tokens = [], 0
+        vectors: list[list[float]] = []
+        tokens = 0
         for text in texts:
-            request = {"inputText": text}
+            request: dict[str, Any] = {"inputText": text}
             if isinstance(dimensions, int):
                 request["dimensions"] = dimensions
             _, data = await read_json_object(await self._invoke.post(request))
@@ -192,7 +194,7 @@ class _PayloadSigner(SigV4Auth):
     a whole request only to read them back."""
 
     def payload(self, request: AWSRequest) -> str:
-        return hashlib.sha256(request.data).hexdigest()
+        return hashlib.sha256(request.data or b"").hexdigest()
 
 
 class _SigV4:
@@ -312,7 +314,9 @@ def converse_request(body: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
-def _conversation(messages: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+def _conversation(
+    messages: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """System blocks, and turns that alternate between user and assistant as Converse
     requires: tool results travel in user turns, and consecutive same-role turns merge."""
     system: list[dict[str, Any]] = []

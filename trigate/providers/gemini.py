@@ -242,7 +242,9 @@ def to_gemini(body: dict[str, Any], model: str = "") -> dict[str, Any]:
     return payload
 
 
-def translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+def translate_messages(
+    messages: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """System parts, and the turns as `contents`; consecutive tool results share one turn,
     as Gemini expects the answers to parallel calls together."""
     system: list[dict[str, Any]] = []
@@ -294,7 +296,8 @@ def _user_part(part: Any) -> dict[str, Any]:
         return _media(image.get("url") if isinstance(image, dict) else image)
     if kind == "input_audio":
         audio = part.get("input_audio") or {}
-        mime = AUDIO_TYPES.get(audio.get("format"), f"audio/{audio.get('format')}")
+        audio_format = str(audio.get("format"))
+        mime = AUDIO_TYPES.get(audio_format, f"audio/{audio_format}")
         return {"inlineData": {"mimeType": mime, "data": audio.get("data")}}
     if kind == "file":
         file = part.get("file") or {}
@@ -328,7 +331,7 @@ def _assistant_parts(message: dict[str, Any], names: dict[str, str]) -> list[dic
     return parts
 
 
-def _function_call(call: dict[str, Any], names: dict[str, str], *, first: bool) -> dict:
+def _function_call(call: dict[str, Any], names: dict[str, str], *, first: bool) -> dict[str, Any]:
     function = call.get("function") or {}
     name = function.get("name") or ""
     if isinstance(call.get("id"), str):
@@ -574,7 +577,9 @@ class _Parts(NamedTuple):
 
     @classmethod
     def of(cls, candidate: dict[str, Any]) -> _Parts:
-        text, reasoning, calls = [], [], []
+        text: list[str] = []
+        reasoning: list[str] = []
+        calls: list[dict[str, Any]] = []
         for part in (candidate.get("content") or {}).get("parts") or ():
             if "functionCall" in part:
                 calls.append(_tool_call(part))
