@@ -18,7 +18,8 @@ channel of capacity 100; the client writer is the task iterating the body.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -84,7 +85,7 @@ class StreamRelay(ResponseBody):
     def __init__(
         self,
         stream: ChunkStream,
-        chunks: AsyncIterator[list[Any]],
+        chunks: AsyncGenerator[list[Any], None],
         first: list[Any] | None,
         meter: UsageMeter,
         *,
@@ -102,7 +103,7 @@ class StreamRelay(ResponseBody):
         self._usage_template: dict[str, Any] | None = None
         self._last_chunk: dict[str, Any] | None = None
         self._frames: trio.MemoryReceiveChannel[bytes] | None = None
-        self._nursery_manager: Any = None
+        self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
         self.entered = False
         self.outcome = StreamOutcome()
@@ -120,12 +121,13 @@ class StreamRelay(ResponseBody):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._nursery is not None
+    ) -> None:
+        assert self._nursery is not None and self._nursery_manager is not None
         # The reader must not outlive the writer, whatever stopped the writer.
         self._nursery.cancel_scope.cancel()
         try:
-            return await self._nursery_manager.__aexit__(exc_type, exc, tb)
+            # A nursery never swallows an exception: its exit returns False or raises.
+            await self._nursery_manager.__aexit__(exc_type, exc, tb)
         finally:
             self.outcome.cancelled_by_client = not self.outcome.completed
             await self.close()
@@ -151,7 +153,7 @@ class StreamRelay(ResponseBody):
         """Release the upstream and write the record; safe to call more than once."""
         with trio.CancelScope(shield=True):
             with trio.move_on_after(CLOSE_TIMEOUT):
-                await self._chunks.aclose()  # type: ignore[attr-defined]
+                await self._chunks.aclose()
                 await self._stream.aclose()
             on_finish, self._on_finish = self._on_finish, _finished
             with trio.move_on_after(FINISH_TIMEOUT):

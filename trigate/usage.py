@@ -147,7 +147,11 @@ def _priced_parts(usage: dict[str, Any]) -> tuple[int, int, int]:
         completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None
     )
     written = usage.get("cache_creation_input_tokens")
-    return tuple(v if isinstance(v, int) else 0 for v in (cached, written, reasoning))  # type: ignore[return-value]
+    return _count(cached), _count(written), _count(reasoning)
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) else 0
 
 
 def _is_token_ids(value: list[Any]) -> bool:

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from trigate.api import chat, completions, embeddings, health, keys, messages, models, spend, teams
 from trigate.api.context import RequestScope, current_request
-from trigate.api.model_api import ModelAPI
+from trigate.api.model_api import ModelAPI, Route
 from trigate.errors import BodyTooLarge, GatewayError, NotFound
 from trigate.gateway import Gateway
 
@@ -38,7 +38,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     for module in (models, health, keys, teams, spend):
         module.register(app, gateway)
     _register_error_handlers(app)
-    model_routes = {}
+    model_routes: dict[str, Route] = {}
     for module in (chat, completions, embeddings, messages):
         model_routes |= module.routes(gateway)
     model_api = ModelAPI(

@@ -253,7 +253,8 @@ class CompletionAttempt:
         method, body, _ = serving_method(
             deployment, self._body, self._method, self._surface, native
         )
-        return await method(body)
+        completion: Completion = await method(body)
+        return completion
 
     async def discard(self, result: Completion) -> None:
         """A finished completion holds nothing open."""

@@ -162,7 +162,7 @@ def key_identity(key: str) -> dict[str, str]:
 
 
 def _key_fields(body: KeySettings) -> dict[str, Any]:
-    fields = {
+    fields: dict[str, Any] = {
         name: getattr(body, name)
         for name in ("key_alias", "user_id", "team_id")
         if name in body.model_fields_set

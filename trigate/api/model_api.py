@@ -29,7 +29,13 @@ from trigate.errors import BodyTooLarge, GatewayError, MethodNotAllowed, Request
 from trigate.relay import StreamRelay
 
 if TYPE_CHECKING:
-    from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+    from hypercorn.typing import (
+        ASGIFramework,
+        ASGIReceiveCallable,
+        ASGISendCallable,
+        HTTPScope,
+        Scope,
+    )
 
 logger = logging.getLogger("trigate")
 
@@ -97,8 +103,7 @@ class ModelAPI:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        route = self._routes.get(scope["path"]) if scope["type"] == "http" else None
-        if route is None:
+        if scope["type"] != "http" or (route := self._routes.get(scope["path"])) is None:
             await self._app(scope, receive, send)
         elif scope["method"] != "POST":
             error = MethodNotAllowed("This endpoint only accepts POST.", headers={"allow": "POST"})
@@ -107,7 +112,7 @@ class ModelAPI:
             await self._serve(route, scope, receive, send)
 
     async def _serve(
-        self, route: Route, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+        self, route: Route, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
         headers = {
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
@@ -143,7 +148,7 @@ class ModelAPI:
         with trio.move_on_after(self._body_timeout):
             while True:
                 message = await receive()
-                if message["type"] == "http.disconnect":
+                if message["type"] != "http.request":  # http.disconnect, HTTP's only other
                     raise _ClientLeft
                 part = message.get("body", b"")
                 if len(body) + len(part) > self._max_body_bytes:

@@ -115,10 +115,12 @@ class SpendLedger:
             return await self._flush_batches()
 
     async def _flush_batches(self) -> bool:
+        if self._store is None:  # `write` queues nothing without a store
+            return True
         while self._queue:
             batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
             try:
-                await self._store.record_spend(batch)  # type: ignore[union-attr]
+                await self._store.record_spend(batch)
             except Exception as error:
                 errors.warning(
                     "spend log write failed, %d rows kept for retry: %s", len(self._queue), error

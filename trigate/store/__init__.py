@@ -202,7 +202,8 @@ class Store:
         return await self._run(work)
 
     async def spend_logs(self, query: SpendFilter) -> list[Row]:
-        clauses, values = [], []
+        clauses: list[str] = []
+        values: list[str | float] = []
         for column, value in (
             ("key_hash", query.key_hash),
             ("team_id", query.team_id),
