@@ -38,7 +38,13 @@ from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 if TYPE_CHECKING:
-    from hypercorn.typing import AppWrapper, ASGIFramework
+    from hypercorn.typing import (
+        AppWrapper,
+        ASGIFramework,
+        ASGIReceiveCallable,
+        ASGISendCallable,
+        Scope,
+    )
 
 logger = logging.getLogger("trigate")
 
@@ -104,7 +110,13 @@ class _ConnectionApp:
         self._connection = connection
         self._connections = connections
 
-    async def __call__(self, scope: Any, receive: Any, send: Any, *rest: Any) -> None:
+    async def __call__(
+        self,
+        scope: Scope,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        *rest: Callable[..., Any],  # hypercorn's sync_spawn and call_soon
+    ) -> None:
         connection = self._connection
         connection.active += 1
         connection.scope.deadline = math.inf
@@ -213,8 +225,10 @@ async def serve(
     context = WorkerContext(None)
     connections = Connections(limits)
 
-    def server(wrap: Callable[[AppWrapper], Any], stream: trio.SocketStream) -> TCPServer:
+    def server(wrap: Callable[[AppWrapper], AppWrapper], stream: trio.SocketStream) -> TCPServer:
         state = ConnectionState(lifespan_state.copy())
+        # hypercorn annotates the stream as an SSLStream; it serves a plain SocketStream as
+        # well, which its own `serve` hands it for a listener without TLS.
         return TCPServer(wrap(wrapped), config, context, state, stream)  # type: ignore[arg-type]
 
     async with trio.open_nursery() as lifespan_nursery:

@@ -48,6 +48,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         body_timeout=settings.request_body_timeout,
         response_timeout=settings.response_timeout,
     )
+    # Replacing the method is Quart's documented way to wrap its app in ASGI middleware.
     app.asgi_app = RequestScope(model_api)  # type: ignore[method-assign]
     return app
 
