@@ -13,7 +13,7 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from quart import request
 
-from trigate.api.responses import json_body
+from trigate.api.jsonio import json_body
 from trigate.auth import hash_key
 from trigate.clock import wall_time
 from trigate.durations import parse_duration

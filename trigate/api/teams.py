@@ -20,8 +20,8 @@ from trigate.api.admin import (
     require_master,
     shaped,
 )
+from trigate.api.jsonio import json_response
 from trigate.api.keys import key_identity
-from trigate.api.responses import json_response
 from trigate.auth import generate_key
 from trigate.clock import wall_time
 from trigate.errors import InvalidRequest
