@@ -15,13 +15,12 @@ import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 
 from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed, GatewayError
-from trigate.store import Store
+from trigate.store import Row, Store
 
 logger = logging.getLogger("trigate")
 
@@ -36,8 +35,6 @@ MAX_CACHED = 100_000
 LOOKUP_TIMEOUT = 2.0
 # After a failed lookup the database is left alone this long, not asked again per request.
 OUTAGE_MEMORY = 5.0
-
-Row = dict[str, Any]
 
 
 class StoreUnavailable(GatewayError):
