@@ -1,4 +1,4 @@
-"""`azure/`: Azure OpenAI, OpenAI's chat completions behind a deployment URL.
+"""`azure/`: Azure OpenAI, OpenAI's chat completions and embeddings behind a deployment URL.
 
 The body is OpenAI's; only the address (`/openai/deployments/<deployment>` with
 an `api-version` query) and the `api-key` header differ, so requests and

@@ -3,6 +3,7 @@
 OpenAI requests are translated to Converse (`bedrock/converse/<model>` is accepted
 too, as LiteLLM spells it), signed with AWS SigV4 per request, and the answers
 translated back: JSON for Converse, binary event-stream frames for ConverseStream.
+Embeddings (Titan's and Cohere's models) go through InvokeModel instead.
 Bedrock's errors carry their type in the `x-amzn-errortype` header and only a
 `message` in the body, so they are mapped here rather than by the OpenAI-style
 parser in `base.py`.
