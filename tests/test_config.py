@@ -124,6 +124,52 @@ def test_bad_configs_name_the_key(litellm_params: dict, message: str) -> None:
     assert str(caught.value).startswith(message)
 
 
+@pytest.mark.parametrize(
+    ("litellm_params", "message"),
+    [
+        (
+            {"model": "azure/gpt", "api_base": "https://x", "extra_headers": ["x-team: a"]},
+            "model_list[0].litellm_params.extra_headers: Input should be a valid dictionary",
+        ),
+        (
+            {"model": "bedrock/m", "aws_region_name": {"name": "us-east-1"}},
+            "model_list[0].litellm_params.aws_region_name: Input should be a valid string",
+        ),
+        (
+            {"model": "anthropic/claude", "max_tokens": "many"},
+            "model_list[0].litellm_params.max_tokens: Input should be a valid integer",
+        ),
+        (
+            {"model": "openai/x", "extra_headers": {"x-team": None}},
+            "model_list[0].litellm_params.extra_headers.x-team: Input should be a valid string",
+        ),
+    ],
+)
+def test_provider_params_of_the_wrong_type_fail_start_up(
+    litellm_params: dict, message: str
+) -> None:
+    """A provider's own params are typed: a wrong type is one line naming the key, not a
+    value the provider would silently ignore."""
+    raw = {"model_list": [{"model_name": "m", "litellm_params": litellm_params}]}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, {})
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_provider_params_written_as_yaml_dates_and_numbers_are_text(tmp_path: Path) -> None:
+    text = """
+model_list:
+  - model_name: m
+    litellm_params:
+      model: azure/gpt
+      api_base: https://x
+      api_version: 2024-10-21
+      extra_headers: {x-tier: 2}
+"""
+    params = load_config(write(tmp_path, text), {}).model_list[0].litellm_params
+    assert (params.api_version, params.extra_headers) == ("2024-10-21", {"x-tier": "2"})
+
+
 def test_missing_model_name() -> None:
     with pytest.raises(ConfigError, match=r"model_list\[0\]\.model_name: Field required"):
         parse_config({"model_list": [{"litellm_params": {"model": "openai/x"}}]}, {})

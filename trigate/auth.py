@@ -14,13 +14,13 @@ import hmac
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed, GatewayError
-from trigate.store import Store
+from trigate.store import Row, Store
 
 logger = logging.getLogger("trigate")
 
@@ -35,8 +35,6 @@ MAX_CACHED = 100_000
 LOOKUP_TIMEOUT = 2.0
 # After a failed lookup the database is left alone this long, not asked again per request.
 OUTAGE_MEMORY = 5.0
-
-Row = dict[str, Any]
 
 
 class StoreUnavailable(GatewayError):

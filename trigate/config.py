@@ -8,15 +8,17 @@ problem stops start-up with one message naming the key and what was expected.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -40,7 +42,38 @@ class ConfigError(Exception):
     """The configuration cannot be served; the message names the offending key."""
 
 
-class LiteLLMParams(BaseModel):
+def _scalar_text(value: Any) -> Any:
+    """YAML reads an unquoted `2024-10-21` as a date and `1` as a number; a version or a
+    header value is sent as its text, as LiteLLM sends it."""
+    return str(value) if isinstance(value, int | float | datetime.date) else value
+
+
+# Text that a config may also write as a YAML date or number.
+Text = Annotated[str, BeforeValidator(_scalar_text)]
+
+
+class ProviderParams(BaseModel):
+    """The `litellm_params` only some providers read, typed so that a value of the wrong
+    type stops start-up naming its key rather than being ignored by the provider."""
+
+    # Azure OpenAI: the data-plane `api-version`, and an Entra ID token instead of a key.
+    api_version: Text | None = None
+    azure_ad_token: str | None = Field(default=None, repr=False)
+    # Anthropic: the `anthropic-version` header, and the `max_tokens` a request without
+    # one is given (the Messages API requires it).
+    anthropic_version: Text | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    # Bedrock: credentials, region and endpoint; unset ones fall back to AWS's variables.
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = Field(default=None, repr=False)
+    aws_session_token: str | None = Field(default=None, repr=False)
+    aws_region_name: str | None = None
+    aws_bedrock_runtime_endpoint: str | None = None
+    # Every provider but Bedrock: headers sent with each upstream request, overriding ours.
+    extra_headers: dict[str, Text] | None = None
+
+
+class LiteLLMParams(ProviderParams):
     """One deployment's `litellm_params`; unknown fields are kept for forward compatibility."""
 
     model_config = ConfigDict(extra="allow")

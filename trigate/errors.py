@@ -210,7 +210,7 @@ def from_upstream_status(
 
     Client errors (bad parameters, rate limits) keep their status so that the
     client can act on them. The deployment's credentials being refused is the
-    gateway's problem, not the client's, so 401/403 become 502, as do 5xx.
+    gateway's problem, not the client's: 401/403 become 401 `upstream_authentication_error`.
     """
     error = UpstreamError(message)
     error.upstream_status = status

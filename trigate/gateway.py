@@ -26,7 +26,7 @@ from trigate.router.health import run_health_checks
 from trigate.router.router import Router
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable, TokenCounts, cost
-from trigate.store import TABLES, Store
+from trigate.store import OWNERS, Store
 from trigate.tokens import TokenCounter
 from trigate.transport import H11Transport
 from trigate.usage import Usage
@@ -184,8 +184,8 @@ class Gateway:
         """Zero spend when budget windows end, sleeping until the next one is due."""
         while True:
             try:
-                for table in TABLES:
-                    await self.store.reset_due_budgets(table, wall_time())
+                for owner in OWNERS:
+                    await self.store.reset_due_budgets(owner.kind, wall_time())
                 due = await self.store.next_budget_reset()
             except Exception as error:  # any store failure: retried on the next round
                 logger.warning("budget window reset failed: %s", error)

@@ -17,10 +17,9 @@ from typing import Any
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError
-from trigate.store import next_reset
+from trigate.store import OWNER_OF_KIND, Row, next_reset
 
 WINDOW = 60.0
-Row = dict[str, Any]
 
 
 class ModelNotAllowed(GatewayError):
@@ -137,7 +136,7 @@ class Budgets:
     def _account(
         self, table: str, row: Row, now: float, unflushed: Callable[[str, str], float]
     ) -> _Account:
-        owner = (table, row[_PRIMARY[table]])
+        owner = (table, row[OWNER_OF_KIND[table].primary])
         account = self._accounts.get(owner)
         if account is None or account.row is not row:
             fresh = _Account(
@@ -154,7 +153,6 @@ class Budgets:
 # Below a billionth of a dollar left, a budget is spent: float sums of costs rarely land
 # exactly on `max_budget`.
 EXHAUSTED = 1e-9
-_PRIMARY = {"keys": "token_hash", "teams": "team_id", "users": "user_id"}
 
 
 def _budgeted_rows(caller: Caller) -> Iterator[tuple[str, Row]]:

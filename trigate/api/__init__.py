@@ -1,5 +1,13 @@
 """The HTTP surface: a Quart-Trio app over one worker's `Gateway`, with the model API
-(`model_api`) served in front of it."""
+(`model_api`) served in front of it.
+
+Routes come in two conventions, on purpose, one for each server. The proxied calls
+(`chat`, `completions`, `embeddings`, `messages`) are the hot path and are served on
+raw ASGI by `ModelAPI`, without Quart's per-request machinery (see `model_api`): their
+modules' `routes(gateway)` return a map from path to `Route` for it to dispatch on.
+Every other module (`models`, `health`, `keys`, `teams`, `spend`) needs Quart's
+request and URL map, and its `register(app, gateway)` adds its routes to the app.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         # In the lifespan's nursery; `gateway.stop` cancels them before the store closes.
         await app.nursery.start(gateway.run_background)
 
+    # Quart's routes, then the model API's in front of them: two conventions, see above.
     for module in (models, health, keys, teams, spend):
         module.register(app, gateway)
     _register_error_handlers(app)

@@ -13,15 +13,15 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from quart import request
 
-from trigate.api.responses import json_body
+from trigate.api.jsonio import json_body
 from trigate.auth import hash_key
 from trigate.clock import wall_time
 from trigate.durations import parse_duration
 from trigate.errors import InvalidRequest, NotFound
 from trigate.gateway import Gateway
+from trigate.store import OWNER_OF_KIND, Row
 
 M = TypeVar("M", bound=BaseModel)
-Row = dict[str, Any]
 
 
 def _valid_duration(value: str | None) -> str | None:
@@ -120,8 +120,9 @@ def token_hash_of(value: str) -> str:
     return hash_key(value) if value.startswith("sk-") else value
 
 
-async def insert_new(gateway: Gateway, table: str, row: Row, primary: str) -> None:
+async def insert_new(gateway: Gateway, table: str, row: Row) -> None:
     """Insert a team or user row whose id the caller may have chosen."""
+    primary = OWNER_OF_KIND[table].primary
     if await gateway.store.get(table, row[primary]) is not None:
         what = table.removesuffix("s").capitalize()
         raise InvalidRequest(f"{what} `{row[primary]}` exists already.", param=primary)

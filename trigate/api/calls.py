@@ -18,8 +18,8 @@ import orjson
 import trio
 
 from trigate.api.context import RequestContext, current_request
+from trigate.api.jsonio import parse_json_object
 from trigate.api.model_api import Incoming, Reply
-from trigate.api.responses import parse_json_object
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, secrets

@@ -9,7 +9,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from trigate import __version__
-from trigate.api.responses import json_response
+from trigate.api.jsonio import json_response
 from trigate.gateway import Gateway
 from trigate.limits import allows_model
 from trigate.router.health import health_report

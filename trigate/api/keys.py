@@ -25,7 +25,7 @@ from trigate.api.admin import (
     shaped,
     token_hash_of,
 )
-from trigate.api.responses import json_response
+from trigate.api.jsonio import json_response
 from trigate.auth import generate_key, hash_key, key_name
 from trigate.clock import wall_time
 from trigate.durations import parse_duration

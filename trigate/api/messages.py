@@ -28,8 +28,8 @@ from trigate.api.calls import (
     require_model,
 )
 from trigate.api.context import current_request
+from trigate.api.jsonio import parse_json_object
 from trigate.api.model_api import Incoming, Reply, Route
-from trigate.api.responses import parse_json_object
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.gateway import Gateway
 from trigate.limits import check_model

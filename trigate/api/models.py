@@ -7,7 +7,7 @@ import time
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from trigate.api.responses import json_response
+from trigate.api.jsonio import json_response
 from trigate.gateway import Gateway
 from trigate.limits import allows_model
 

@@ -8,7 +8,7 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from trigate.api.admin import iso, query_arg, require_master, token_hash_of
-from trigate.api.responses import json_response
+from trigate.api.jsonio import json_response
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
 from trigate.store import SpendFilter

@@ -20,8 +20,8 @@ from trigate.api.admin import (
     require_master,
     shaped,
 )
+from trigate.api.jsonio import json_response
 from trigate.api.keys import key_identity
-from trigate.api.responses import json_response
 from trigate.auth import generate_key
 from trigate.clock import wall_time
 from trigate.errors import InvalidRequest
@@ -57,7 +57,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "team_id": body.team_id or str(uuid.uuid4()),
             "team_alias": body.team_alias,
         }
-        await insert_new(gateway, "teams", row, "team_id")
+        await insert_new(gateway, "teams", row)
         return json_response(shaped(row))
 
     @app.post("/team/update")
@@ -106,7 +106,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "user_id": body.user_id or str(uuid.uuid4()),
             "user_email": body.user_email,
         }
-        await insert_new(gateway, "users", row, "user_id")
+        await insert_new(gateway, "users", row)
         answer = shaped(row)
         if body.auto_create_key:
             key = generate_key()

@@ -82,19 +82,15 @@ class AnthropicMessages:
         self, params: LiteLLMParams, transport: httpx.AsyncBaseTransport, counter: TokenCounter
     ) -> None:
         self._model = params.upstream_model
-        max_tokens = getattr(params, "max_tokens", None)
-        self._max_tokens = max_tokens if isinstance(max_tokens, int) else DEFAULT_MAX_TOKENS
-        version = getattr(params, "anthropic_version", None)
+        self._max_tokens = params.max_tokens or DEFAULT_MAX_TOKENS
         headers = {
             "content-type": "application/json",
             "accept-encoding": "identity",
-            "anthropic-version": str(version or DEFAULT_API_VERSION),
+            "anthropic-version": params.anthropic_version or DEFAULT_API_VERSION,
         }
         if params.api_key:
             headers["x-api-key"] = params.api_key
-        extra = getattr(params, "extra_headers", None)
-        if isinstance(extra, dict):
-            headers.update({str(k): str(v) for k, v in extra.items()})
+        headers.update(params.extra_headers or {})
         self._upstream = UpstreamClient(
             transport, messages_url(params.api_base or DEFAULT_API_BASE), headers, params.timeout
         )

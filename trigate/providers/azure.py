@@ -1,4 +1,4 @@
-"""`azure/`: Azure OpenAI, OpenAI's chat completions behind a deployment URL.
+"""`azure/`: Azure OpenAI, OpenAI's chat completions and embeddings behind a deployment URL.
 
 The body is OpenAI's; only the address (`/openai/deployments/<deployment>` with
 an `api-version` query) and the `api-key` header differ, so requests and
@@ -46,11 +46,11 @@ class AzureOpenAI:
         if not params.api_base:
             raise ValueError("`azure/` models need an `api_base` (the resource's endpoint)")
         self._model = params.upstream_model
-        version = getattr(params, "api_version", None) or DEFAULT_API_VERSION
+        version = params.api_version or DEFAULT_API_VERSION
         deployment = (
             f"{params.api_base.rstrip('/')}/openai/deployments/{quote(self._model, safe='')}"
         )
-        query = f"?api-version={quote(str(version), safe='')}"
+        query = f"?api-version={quote(version, safe='')}"
         headers = upstream_headers(params, _auth(params))
 
         def client(path: str) -> UpstreamClient:
@@ -77,7 +77,7 @@ def _auth(params: LiteLLMParams) -> dict[str, str]:
     """An API key, else a Microsoft Entra ID token (`azure_ad_token`, as in LiteLLM)."""
     if params.api_key:
         return {"api-key": params.api_key}
-    token = getattr(params, "azure_ad_token", None)
+    token = params.azure_ad_token
     return {"authorization": f"Bearer {token}"} if token else {}
 
 

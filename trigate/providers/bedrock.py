@@ -3,6 +3,7 @@
 OpenAI requests are translated to Converse (`bedrock/converse/<model>` is accepted
 too, as LiteLLM spells it), signed with AWS SigV4 per request, and the answers
 translated back: JSON for Converse, binary event-stream frames for ConverseStream.
+Embeddings (Titan's and Cohere's models) go through InvokeModel instead.
 Bedrock's errors carry their type in the `x-amzn-errortype` header and only a
 `message` in the body, so they are mapped here rather than by the OpenAI-style
 parser in `base.py`.
@@ -70,10 +71,10 @@ class BedrockConverse:
     ) -> None:
         self._model = params.upstream_model.removeprefix(ROUTE_PREFIX)
         region = _setting(
-            params, "aws_region_name", "AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION"
+            params.aws_region_name, "AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION"
         )
         region = region or DEFAULT_REGION
-        base = params.api_base or getattr(params, "aws_bedrock_runtime_endpoint", None)
+        base = params.api_base or params.aws_bedrock_runtime_endpoint
         base = (base or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/")
         # Model ids hold ':' and ARNs hold '/': the id is one path segment.
         model_url = f"{base}/model/{quote(self._model, safe='')}"
@@ -160,22 +161,21 @@ def _client_error(message: str) -> UpstreamError:
     return error
 
 
-def _setting(params: LiteLLMParams, name: str, *environment: str) -> str | None:
+def _setting(value: str | None, *environment: str) -> str | None:
     """A `litellm_params` value, else the first of the standard AWS variables that is set."""
-    value = getattr(params, name, None)
     if value:
-        return str(value)
+        return value
     return next((os.environ[var] for var in environment if os.environ.get(var)), None)
 
 
 def _authentication(params: LiteLLMParams, region: str) -> tuple[Sign, dict[str, str]]:
     """SigV4 from AWS keys, or a Bedrock API key as a bearer token: what the deployment
     names wins over the environment."""
-    if params.api_key and not getattr(params, "aws_access_key_id", None):
+    if params.api_key and not params.aws_access_key_id:
         return _bearer(params.api_key)
-    access_key = _setting(params, "aws_access_key_id", "AWS_ACCESS_KEY_ID")
-    secret_key = _setting(params, "aws_secret_access_key", "AWS_SECRET_ACCESS_KEY")
-    token = _setting(params, "aws_session_token", "AWS_SESSION_TOKEN")
+    access_key = _setting(params.aws_access_key_id, "AWS_ACCESS_KEY_ID")
+    secret_key = _setting(params.aws_secret_access_key, "AWS_SECRET_ACCESS_KEY")
+    token = _setting(params.aws_session_token, "AWS_SESSION_TOKEN")
     if access_key and secret_key:
         secrets.extend((secret_key, token))
         return _SigV4(Credentials(access_key, secret_key, token), region), {}

@@ -6,7 +6,8 @@ calls and results become `functionCall` and `functionResponse` parts, tools
 become `functionDeclarations` with their JSON schemas cut down to the OpenAPI
 subset Gemini accepts, and sampling options move into `generationConfig`.
 Answers and `streamGenerateContent?alt=sse` events are mapped back to OpenAI's
-`chat.completion` and `chat.completion.chunk`, usage included.
+`chat.completion` and `chat.completion.chunk`, usage included. Embeddings go
+through `batchEmbedContents`, text only.
 
 Gemini rarely gives a function call an id, so each gets a fresh `call_...` one;
 a tool result names its function by the id of the call it answers. Gemini 3 requires

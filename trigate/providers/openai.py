@@ -104,10 +104,7 @@ def upstream_headers(params: LiteLLMParams, auth: dict[str, str]) -> dict[str, s
     """JSON in, no compression, the upstream's credentials, then the deployment's own
     `extra_headers`, which may override any of them."""
     headers = {"content-type": "application/json", "accept-encoding": "identity", **auth}
-    extra = getattr(params, "extra_headers", None)
-    if isinstance(extra, dict):
-        headers.update({str(k): str(v) for k, v in extra.items()})
-    return headers
+    return headers | (params.extra_headers or {})
 
 
 async def fetch_completion(upstream: UpstreamClient, payload: dict[str, Any]) -> Completion:

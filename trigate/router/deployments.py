@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import httpx
 import orjson
 
-from trigate.config import GatewayConfig, LiteLLMParams, ModelEntry
+from trigate.config import GatewayConfig, LiteLLMParams, ModelEntry, ProviderParams
 from trigate.errors import ModelNotFound
 from trigate.providers import PROVIDERS, Provider
 from trigate.router.state import CircuitBreaker, DeploymentState
@@ -89,7 +89,10 @@ def deployment_id(entry: ModelEntry) -> str:
     given = entry.model_info.get("id")
     if given:
         return str(given)
-    params = entry.litellm_params.model_dump(exclude={"api_key"}, mode="json")
+    # A provider's own params count only when given, as before they were typed fields,
+    # so that typing them changed no deployment's id.
+    unset = ProviderParams.model_fields.keys() - entry.litellm_params.model_fields_set
+    params = entry.litellm_params.model_dump(exclude={"api_key", *unset}, mode="json")
     digest = hashlib.sha256(orjson.dumps([entry.model_name, params], option=orjson.OPT_SORT_KEYS))
     return digest.hexdigest()[:16]
 

@@ -27,7 +27,7 @@ class CircuitBreaker:
     """LiteLLM's cooldowns, as a circuit breaker with a half-open probe.
 
     More than `allowed_fails` failures in a rolling minute, or one failure that
-    says the deployment cannot serve (429, 401, 404, 408), open the circuit for
+    says the deployment cannot serve (429, 401, 403, 404, 408), open the circuit for
     `cooldown_time` (a 429's Retry-After when it gives one). Once that passes,
     exactly one request may probe; its success closes the circuit, its failure
     opens it again.

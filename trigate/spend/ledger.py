@@ -22,7 +22,7 @@ import orjson
 import trio
 
 from trigate.spend.records import RequestRecord
-from trigate.store import Store
+from trigate.store import OWNERS, Store
 
 logger = logging.getLogger("trigate.usage")
 errors = logging.getLogger("trigate.spend")
@@ -34,8 +34,6 @@ FLUSH_INTERVAL = 0.5
 MAX_QUEUED = 100_000
 MAX_BACKOFF = 30.0
 SHUTDOWN_FLUSH_TIMEOUT = 10.0
-
-_OWNERS = (("keys", "key_hash"), ("teams", "team_id"), ("users", "user_id"))
 
 
 class SpendLedger:
@@ -152,7 +150,7 @@ class SpendLedger:
 
 
 def _owners(row: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(table, row[column]) for table, column in _OWNERS if row.get(column)]
+    return [(o.kind, row[o.spend_column]) for o in OWNERS if row.get(o.spend_column)]
 
 
 def _row(record: RequestRecord) -> dict[str, Any]:

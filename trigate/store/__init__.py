@@ -16,7 +16,8 @@ import orjson
 import trio
 
 from trigate.durations import parse_duration
-from trigate.store.backends import Backend, Cursor, Row, connect
+from trigate.store.backends import Backend, Cursor, connect
+from trigate.store.backends import Row as Row
 from trigate.store.migrations import MIGRATIONS
 
 T = TypeVar("T")
@@ -24,27 +25,43 @@ T = TypeVar("T")
 # Concurrent database calls per worker; PostgreSQL's pool is sized to match.
 MAX_CONCURRENT_CALLS = 10
 
-TABLES = {
-    "keys": ("trigate_keys", "token_hash"),
-    "teams": ("trigate_teams", "team_id"),
-    "users": ("trigate_users", "user_id"),
-}
 JSON_COLUMNS = {"models", "metadata"}
 BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client"}
-# The columns each table accepts from callers; anything else is a programming error.
-_LIMIT_COLUMNS = {
+# The columns keys, teams and users share. Each table accepts from callers only its
+# owner's `columns`; anything else is a programming error.
+_LIMIT_COLUMNS = frozenset({
     "models", "max_budget", "soft_budget", "budget_duration", "budget_reset_at", "spend",
     "rpm_limit", "tpm_limit", "max_parallel_requests", "metadata", "blocked",
     "created_at", "updated_at",
-}  # fmt: skip
-COLUMNS = {
-    "keys": _LIMIT_COLUMNS
-    | {"token_hash", "key_alias", "key_name", "user_id", "team_id", "expires"},
-    "teams": _LIMIT_COLUMNS | {"team_id", "team_alias"},
-    "users": _LIMIT_COLUMNS | {"user_id", "user_email"},
-}
+})  # fmt: skip
 
-_SPEND_OWNERS = (("keys", "key_hash"), ("teams", "team_id"), ("users", "user_id"))
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """What limits and spend belong to: a key, a team or a user. The one place that says
+    which table holds its rows, their primary key, the columns callers may write, and
+    the spend-log column naming it. `kind` is what callers name it by (`"teams"`)."""
+
+    kind: str
+    table: str
+    primary: str
+    spend_column: str
+    columns: frozenset[str]
+
+
+KEYS = Owner(
+    "keys", "trigate_keys", "token_hash", "key_hash",
+    _LIMIT_COLUMNS | {"token_hash", "key_alias", "key_name", "user_id", "team_id", "expires"},
+)  # fmt: skip
+TEAMS = Owner(
+    "teams", "trigate_teams", "team_id", "team_id", _LIMIT_COLUMNS | {"team_id", "team_alias"}
+)
+USERS = Owner(
+    "users", "trigate_users", "user_id", "user_id", _LIMIT_COLUMNS | {"user_id", "user_email"}
+)
+OWNERS = (KEYS, TEAMS, USERS)
+OWNER_OF_KIND = {owner.kind: owner for owner in OWNERS}
+
 SPEND_COLUMNS = (
     "request_id", "key_hash", "key_alias", "team_id", "user_id", "model_group", "deployment",
     "model", "prompt_tokens", "completion_tokens", "cost", "status", "stream",
@@ -95,39 +112,42 @@ class Store:
     # Keys, teams and users share one shape of access.
 
     async def insert(self, table: str, row: Row) -> None:
-        name, _ = TABLES[table]
-        columns = _checked(table, row)
-        sql = f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        owner = OWNER_OF_KIND[table]
+        columns = _checked(owner, row)
+        sql = _insert(owner, columns)
         values = [_encode(c, row[c]) for c in columns]
         await self._run(lambda cursor: cursor.execute(sql, values))
 
     async def get(self, table: str, key: str) -> Row | None:
-        rows = await self.select(table, {TABLES[table][1]: key})
+        rows = await self.select(table, {OWNER_OF_KIND[table].primary: key})
         return rows[0] if rows else None
 
     async def select(self, table: str, where: dict[str, Any], limit: int = 1000) -> list[Row]:
-        name, primary = TABLES[table]
-        clause, values = _where(table, where)
-        sql = f"SELECT * FROM {name}{clause} ORDER BY created_at, {primary} LIMIT {int(limit)}"
+        owner = OWNER_OF_KIND[table]
+        clause, values = _where(owner, where)
+        sql = (
+            f"SELECT * FROM {owner.table}{clause} ORDER BY created_at, {owner.primary} "
+            f"LIMIT {int(limit)}"
+        )
         rows = await self._read(lambda cursor: cursor.query(sql, values))
         return [_decode(row) for row in rows]
 
     async def update(self, table: str, key: str, fields: Row) -> bool:
-        name, primary = TABLES[table]
-        columns = _checked(table, fields)
+        owner = OWNER_OF_KIND[table]
+        columns = _checked(owner, fields)
         if not columns:
             return await self.get(table, key) is not None
         assignments = ", ".join(f"{c} = ?" for c in columns)
         values = [*(_encode(c, fields[c]) for c in columns), key]
-        sql = f"UPDATE {name} SET {assignments} WHERE {primary} = ?"
+        sql = f"UPDATE {owner.table} SET {assignments} WHERE {owner.primary} = ?"
         return bool(await self._run(lambda cursor: cursor.execute(sql, values)))
 
     async def delete(self, table: str, column: str, values: Sequence[str]) -> int:
-        name, _ = TABLES[table]
-        _checked(table, {column: None})
+        owner = OWNER_OF_KIND[table]
+        _checked(owner, {column: None})
         if not values:
             return 0
-        sql = f"DELETE FROM {name} WHERE {column} IN ({', '.join('?' * len(values))})"
+        sql = f"DELETE FROM {owner.table} WHERE {column} IN ({', '.join('?' * len(values))})"
         return await self._run(lambda cursor: cursor.execute(sql, list(values)))
 
     async def delete_teams(self, team_ids: Sequence[str]) -> tuple[int, list[str]]:
@@ -139,25 +159,24 @@ class Store:
 
         def work(cursor: Cursor) -> tuple[int, list[str]]:
             keys = cursor.query(
-                f"SELECT token_hash FROM trigate_keys WHERE team_id IN ({marks})", values
+                f"SELECT {KEYS.primary} FROM {KEYS.table} WHERE team_id IN ({marks})", values
             )
-            cursor.execute(f"DELETE FROM trigate_keys WHERE team_id IN ({marks})", values)
-            teams = cursor.execute(f"DELETE FROM trigate_teams WHERE team_id IN ({marks})", values)
-            return teams, [row["token_hash"] for row in keys]
+            cursor.execute(f"DELETE FROM {KEYS.table} WHERE team_id IN ({marks})", values)
+            teams = cursor.execute(
+                f"DELETE FROM {TEAMS.table} WHERE {TEAMS.primary} IN ({marks})", values
+            )
+            return teams, [row[KEYS.primary] for row in keys]
 
         return await self._run(work)
 
     async def replace_key(self, old_hash: str, row: Row) -> bool:
         """Swap a key's hash for a new one in one transaction (regeneration)."""
-        name, _ = TABLES["keys"]
-        columns = _checked("keys", row)
-        insert = (
-            f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        )
+        columns = _checked(KEYS, row)
+        insert = _insert(KEYS, columns)
         values = [_encode(c, row[c]) for c in columns]
 
         def work(cursor: Cursor) -> bool:
-            if not cursor.execute(f"DELETE FROM {name} WHERE token_hash = ?", [old_hash]):
+            if not cursor.execute(f"DELETE FROM {KEYS.table} WHERE {KEYS.primary} = ?", [old_hash]):
                 return False
             cursor.execute(insert, values)
             return True
@@ -185,17 +204,17 @@ class Store:
 
         def work(cursor: Cursor) -> int:
             inserted = {r["request_id"] for r in cursor.query(insert, values)}
-            totals: dict[tuple[str, str], float] = {}
+            totals: dict[tuple[Owner, str], float] = {}
             for row in rows:
                 if row["request_id"] not in inserted:
                     continue
-                for table, column in _SPEND_OWNERS:
-                    if owner := row.get(column):
-                        totals[table, owner] = totals.get((table, owner), 0.0) + row["cost"]
-            for (table, key), cost in totals.items():
-                name, primary = TABLES[table]
+                for owner in OWNERS:
+                    if key := row.get(owner.spend_column):
+                        totals[owner, key] = totals.get((owner, key), 0.0) + row["cost"]
+            for (owner, key), cost in totals.items():
                 cursor.execute(
-                    f"UPDATE {name} SET spend = spend + ? WHERE {primary} = ?", [cost, key]
+                    f"UPDATE {owner.table} SET spend = spend + ? WHERE {owner.primary} = ?",
+                    [cost, key],
                 )
             return len(inserted)
 
@@ -246,7 +265,7 @@ class Store:
     async def next_budget_reset(self) -> float | None:
         """The earliest end of any budget window, so the resetter can sleep until then."""
         sql = " UNION ALL ".join(
-            f"SELECT MIN(budget_reset_at) AS due FROM {name}" for name, _ in TABLES.values()
+            f"SELECT MIN(budget_reset_at) AS due FROM {owner.table}" for owner in OWNERS
         )
         rows = await self._read(lambda cursor: cursor.query(sql))
         due = [row["due"] for row in rows if row["due"] is not None]
@@ -254,7 +273,8 @@ class Store:
 
     async def reset_due_budgets(self, table: str, now: float) -> int:
         """Zero the spend of every entity whose budget window has ended, and start its next."""
-        name, primary = TABLES[table]
+        owner = OWNER_OF_KIND[table]
+        name, primary = owner.table, owner.primary
 
         def work(cursor: Cursor) -> int:
             due = cursor.query(
@@ -294,15 +314,20 @@ def _migrate(cursor: Cursor) -> None:
         cursor.execute("INSERT INTO trigate_schema (version) VALUES (?)", [version])
 
 
-def _checked(table: str, row: Row) -> list[str]:
-    unknown = set(row) - COLUMNS[table]
+def _checked(owner: Owner, row: Row) -> list[str]:
+    unknown = set(row) - owner.columns
     if unknown:
-        raise ValueError(f"unknown {table} columns: {sorted(unknown)}")
+        raise ValueError(f"unknown {owner.kind} columns: {sorted(unknown)}")
     return list(row)
 
 
-def _where(table: str, where: dict[str, Any]) -> tuple[str, list[Any]]:
-    columns = _checked(table, where)
+def _insert(owner: Owner, columns: list[str]) -> str:
+    marks = ", ".join("?" * len(columns))
+    return f"INSERT INTO {owner.table} ({', '.join(columns)}) VALUES ({marks})"
+
+
+def _where(owner: Owner, where: dict[str, Any]) -> tuple[str, list[Any]]:
+    columns = _checked(owner, where)
     if not columns:
         return "", []
     return " WHERE " + " AND ".join(f"{c} = ?" for c in columns), [where[c] for c in columns]

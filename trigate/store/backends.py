@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
 T = TypeVar("T")
+# A row as the database gives it, column to value: the one definition, from `trigate.store`.
 Row = dict[str, Any]
 
 

@@ -1,4 +1,5 @@
-"""Small helpers for building responses and reading request bodies."""
+"""JSON bodies in and out: the Quart routes' responses and request bodies, and the
+parser the model API shares, so that every route rejects a bad body with the same 400."""
 
 from __future__ import annotations
 
