@@ -76,9 +76,8 @@ def _from_http_exception(error: HTTPException) -> GatewayError:
         return NotFound("No such endpoint.", code="not_found")
     if status == 413:
         return BodyTooLarge()
-    failure = GatewayError(error.description or error.name, status=status)
-    failure.type = "invalid_request_error" if status < 500 else "api_error"
-    return failure
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    return GatewayError(error.description or error.name, status=status, type=kind)
 
 
 def _error_response(error: GatewayError) -> Response:

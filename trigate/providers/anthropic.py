@@ -347,10 +347,7 @@ def _json_schema(body: dict[str, Any]) -> dict[str, Any] | None:
 def _rejected(message: str, param: str = "messages") -> UpstreamError:
     """A request that cannot be put into Anthropic's shape: the client's fault, so the
     router neither retries it nor holds it against the deployment."""
-    error = UpstreamError(message, param=param)
-    error.kind, error.status = Failure.BAD_REQUEST, 400
-    error.type, error.code = "invalid_request_error", None
-    return error
+    return UpstreamError(message, kind=Failure.BAD_REQUEST, param=param)
 
 
 # --- Anthropic response -> OpenAI chat.completion --------------------------------------

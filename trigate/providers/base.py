@@ -303,10 +303,16 @@ async def read_error_body(response: httpx.Response) -> bytes:
     return body
 
 
-def error_from_body(response: httpx.Response, body: bytes) -> UpstreamError:
+def error_from_body(
+    response: httpx.Response, body: bytes, *, retry_after: float | None = None
+) -> UpstreamError:
+    """`retry_after`: how long a rate limit lasts, where the upstream says it elsewhere
+    than in a Retry-After header."""
     message, code = _error_details(body)
     message = message or f"The upstream answered {response.status_code}."
-    return from_upstream_status(response.status_code, message, response.headers, code)
+    return from_upstream_status(
+        response.status_code, message, response.headers, code, retry_after=retry_after
+    )
 
 
 def _error_details(body: bytes) -> tuple[str, str | None]:

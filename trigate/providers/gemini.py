@@ -18,7 +18,6 @@ drops it, Google's documented placeholder stands in.
 
 from __future__ import annotations
 
-import math
 import mimetypes
 import re
 import time
@@ -171,13 +170,8 @@ async def read_error(response: httpx.Response) -> UpstreamError:
     body (a `google.rpc.RetryInfo` detail, `"retryDelay": "36s"`), not in a Retry-After
     header: it becomes both, so the router waits it out and so can the client."""
     body = await read_error_body(response)
-    error = error_from_body(response, body)
-    if error.kind is Failure.RATE_LIMIT and error.retry_after is None:
-        delay = retry_delay(body)
-        if delay is not None:
-            error.retry_after = delay
-            error.headers = {**error.headers, "retry-after": str(math.ceil(delay))}
-    return error
+    delay = retry_delay(body) if response.status_code == 429 else None
+    return error_from_body(response, body, retry_after=delay)
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)s")
@@ -201,9 +195,7 @@ def retry_delay(body: bytes) -> float | None:
 
 def to_gemini_error(message: str) -> UpstreamError:
     """A request Gemini cannot take: the client's 400, never retried or held against it."""
-    error = from_upstream_status(400, message, {})
-    error.code = "unsupported_input"
-    return error
+    return UpstreamError(message, kind=Failure.BAD_REQUEST, code="unsupported_input")
 
 
 def reclassified(error: UpstreamError) -> UpstreamError:
