@@ -22,7 +22,14 @@ from trigate.api.model_api import Incoming, Reply
 from trigate.api.responses import parse_json_object
 from trigate.auth import Caller
 from trigate.clock import wall_time
-from trigate.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, secrets
+from trigate.errors import (
+    Failure,
+    GatewayError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamTimeout,
+    secrets,
+)
 from trigate.gateway import Gateway
 from trigate.limits import (
     Admission,
@@ -199,12 +206,12 @@ def pop_fallbacks(body: dict[str, Any]) -> list[str] | None:
 def provider_method(deployment: Deployment, name: str) -> Any:
     method = getattr(deployment.provider, name, None)
     if method is None:
-        error = UpstreamError(
+        raise UpstreamError(
             f"Deployment `{deployment.id}` ({deployment.params.provider}/) does not serve "
-            f"{name.replace('_', ' ')} requests."
+            f"{name.replace('_', ' ')} requests.",
+            kind=Failure.BAD_REQUEST,
+            code="unsupported_operation",
         )
-        error.status, error.type, error.code = 400, "invalid_request_error", "unsupported_operation"
-        raise error
     return method
 
 
