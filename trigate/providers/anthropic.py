@@ -24,6 +24,8 @@ from trigate.errors import Failure, UpstreamError, from_upstream_status
 from trigate.providers.base import (
     Completion,
     NativeEvent,
+    NativeMessages,
+    Provider,
     SSEChunkStream,
     StreamRead,
     UpstreamClient,
@@ -75,7 +77,7 @@ ERROR_STATUSES = {
 }
 
 
-class AnthropicMessages:
+class AnthropicMessages(Provider, NativeMessages):
     """Adapter for one Anthropic deployment."""
 
     def __init__(

@@ -37,6 +37,8 @@ from trigate.providers.base import (
     ERROR_BODY_LIMIT,
     ERROR_MESSAGE_LIMIT,
     Completion,
+    Embeddings,
+    Provider,
     StreamRead,
     UpstreamClient,
     read_json_object,
@@ -62,7 +64,7 @@ EVENT_STREAM = "application/vnd.amazon.eventstream"
 Sign = Callable[[str, dict[str, str], bytes], dict[str, str]]
 
 
-class BedrockConverse:
+class BedrockConverse(Provider, Embeddings):
     """Adapter for one Bedrock deployment."""
 
     def __init__(

@@ -32,6 +32,8 @@ import orjson
 from trigate.errors import Failure, InvalidRequest, UpstreamError, from_upstream_status
 from trigate.providers.base import (
     Completion,
+    Embeddings,
+    Provider,
     SSEChunkStream,
     StreamRead,
     UpstreamClient,
@@ -98,7 +100,7 @@ _CONTEXT_WINDOW = re.compile(r"exceeds the maximum number of tokens|input token 
 _BAD_KEY = re.compile(r"API key (?:not valid|expired)|API_KEY_INVALID", re.I)
 
 
-class GeminiProvider:
+class GeminiProvider(Provider, Embeddings):
     """Adapter for one Gemini API deployment."""
 
     def __init__(
