@@ -118,8 +118,10 @@ class GatewayError(Exception):
 
 # What a GatewayError is built with; `__setattr__` refuses to change any of them.
 _FIELDS = frozenset(
-    {"message", "param", "code", "status", "type", "headers", "kind", "upstream_status"}
-    | {"retry_after"}
+    {
+        *("message", "param", "code", "status", "type", "headers"),
+        *("kind", "upstream_status", "retry_after"),  # an UpstreamError's
+    }
 )
 
 
