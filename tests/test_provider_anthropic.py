@@ -558,6 +558,42 @@ async def test_untranslatable_request_is_a_400_that_never_leaves(
     assert upstream.requests == []
 
 
+async def test_an_unsupported_operation_is_a_400_with_no_retry_and_no_cooldown(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Anthropic serves no embeddings: the client's 400, never retried nor held against
+    a deployment, however strict the router (one failure cools; retries allowed)."""
+    base = {"api_base": f"http://127.0.0.1:{upstream.port}", "api_key": UPSTREAM_KEY}
+    entries = [
+        {
+            "model_name": "claude",
+            "litellm_params": {"model": f"anthropic/{MODEL}", "order": order, **base},
+            "model_info": {"id": name},
+        }
+        for order, name in enumerate(("first", "second"), start=1)
+    ]
+    config = {
+        "model_list": entries,
+        "router_settings": {"num_retries": 2, "allowed_fails": 0, "cooldown_time": 60},
+    }
+    serve(upstream, lambda body: JSONReply(message([{"type": "text", "text": "Hi"}])))
+    running = await start_gateway(nursery, config)
+    async with running.client() as client:
+        refused = await client.post("/v1/embeddings", json={"model": "claude", "input": "x"})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["code"] == "unsupported_operation"
+        assert refused.json()["error"]["type"] == "invalid_request_error"
+        assert refused.headers["x-trigate-attempted-retries"] == "0"
+        assert upstream.requests == []
+        chat = await client.post(
+            "/v1/chat/completions", json={"model": "claude", "messages": MESSAGES}
+        )
+    assert chat.status_code == 200
+    assert chat.headers["x-trigate-deployment"] == "first"
+    assert chat.headers["x-trigate-attempted-retries"] == "0"
+    await running.stop()
+
+
 # --- translation, unit by unit --------------------------------------------------------
 
 

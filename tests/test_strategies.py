@@ -88,9 +88,7 @@ def test_streams_are_routed_by_time_to_first_token() -> None:
 def failure(
     kind: Failure, retry_after: float | None = None, status: int | None = None
 ) -> UpstreamError:
-    error = UpstreamError("x")
-    error.kind, error.retry_after, error.upstream_status = kind, retry_after, status
-    return error
+    return UpstreamError("x", kind=kind, retry_after=retry_after, upstream_status=status)
 
 
 def test_breaker_counts_failures_in_a_rolling_minute() -> None:

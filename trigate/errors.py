@@ -1,19 +1,40 @@
 """Errors a client can see, always in OpenAI's envelope.
 
+    GatewayError                    (500 api_error)
+    + InvalidRequest                (400 invalid_request_error)
+    + AuthenticationFailed          (401 authentication_error)
+    + NotFound                      (404)
+    | + ModelNotFound
+    + MethodNotAllowed              (405)
+    + RequestTimeout                (408)
+    + BodyTooLarge                  (413)
+    + NoDeploymentAvailable         (429 rate_limit_error)
+    + UpstreamError                 (status, type and code by its `Failure` kind)
+      + UpstreamTimeout             (kind TIMEOUT: 504)
+      + UpstreamUnreachable         (kind CONNECTION: 502)
+
 Every failure the gateway reports is a `GatewayError`: it knows its HTTP status
 and how to render itself as `{"error": {"message", "type", "param", "code"}}`,
 so that the OpenAI SDK maps it to the right exception class.  Messages pass
 through `redact` because upstream errors sometimes echo credentials back.
+
+An error is built whole and never changed afterwards: the router retries, cools
+and falls back by an `UpstreamError`'s kind, and the client sees its status, so
+the two must come from one place. An `UpstreamError`'s status, type and code
+follow from its kind by one table, `_CLIENT_VIEW`; a caller passes a status or
+code only where the kind alone does not say it (an upstream's own 422, say).
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
+from typing import NamedTuple
 
 import orjson
 
@@ -46,11 +67,16 @@ secrets = Secrets()
 
 
 class GatewayError(Exception):
-    """An error with an HTTP status, rendered in OpenAI's error envelope."""
+    """An error with an HTTP status, rendered in OpenAI's error envelope. Its class gives
+    the defaults of `status`, `type` and `code`; the constructor may override them, and
+    nothing may after it."""
 
     status = 500
     type = "api_error"
     code: str | None = None
+    message: str
+    param: str | None
+    headers: Mapping[str, str]
 
     def __init__(
         self,
@@ -59,16 +85,22 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | None = None,
         status: int | None = None,
-        headers: dict[str, str] | None = None,
+        type: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.message = message
-        self.param = param
-        if code is not None:
-            self.code = code
-        if status is not None:
-            self.status = status
-        self.headers = headers or {}
+        given = {"code": code, "status": status, "type": type}
+        self.__dict__.update(
+            {name: value for name, value in given.items() if value is not None},
+            message=message,
+            param=param,
+            headers=headers or {},
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _FIELDS:
+            raise AttributeError(f"{type(self).__name__}.{name} is set only by its constructor")
+        super().__setattr__(name, value)
 
     def to_dict(self) -> dict[str, dict[str, str | None]]:
         return {
@@ -82,6 +114,15 @@ class GatewayError(Exception):
 
     def body(self) -> bytes:
         return orjson.dumps(self.to_dict())
+
+
+# What a GatewayError is built with; `__setattr__` refuses to change any of them.
+_FIELDS = frozenset(
+    {
+        *("message", "param", "code", "status", "type", "headers"),
+        *("kind", "upstream_status", "retry_after"),  # an UpstreamError's
+    }
+)
 
 
 class InvalidRequest(GatewayError):
@@ -146,27 +187,52 @@ class Failure(StrEnum):
 
 
 class UpstreamError(GatewayError):
-    """The upstream answered with an error, or broke off."""
+    """The upstream answered with an error, or broke off, or could not be asked: its
+    `kind` decides retries, cooldowns and fallbacks, and, by `_CLIENT_VIEW`, the status,
+    type and code the client sees, unless `status` or `code` says otherwise."""
 
-    status = 502
-    type = "api_error"
-    code: str | None = "upstream_error"
-    kind = Failure.SERVER
-    upstream_status: int | None = None
+    kind: Failure
+    # The status the upstream answered with; None when it did not answer one.
+    upstream_status: int | None
     # Seconds the upstream asked us to wait, from `retry-after-ms` or `retry-after`.
-    retry_after: float | None = None
+    retry_after: float | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: Failure = Failure.SERVER,
+        status: int | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        view = _CLIENT_VIEW[kind]
+        super().__init__(
+            message,
+            param=param,
+            code=code or view.code,
+            status=status or view.status,
+            type=view.type,
+            headers=headers,
+        )
+        self.__dict__.update(kind=kind, upstream_status=upstream_status, retry_after=retry_after)
 
 
 class UpstreamTimeout(UpstreamError):
-    status = 504
-    type = "timeout_error"
-    code = "upstream_timeout"
-    kind = Failure.TIMEOUT
+    """The upstream took longer than the deployment allows."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind=Failure.TIMEOUT)
 
 
 class UpstreamUnreachable(UpstreamError):
-    code = "upstream_unreachable"
-    kind = Failure.CONNECTION
+    """No connection to the upstream could be made."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind=Failure.CONNECTION)
 
 
 class NoDeploymentAvailable(GatewayError):
@@ -189,45 +255,79 @@ _POLICY_WORDS = re.compile(
 )
 
 
-# What a client sees of each kind: (status, type, code); None keeps the upstream's own.
-# Server failures, not listed, stay 502. An upstream refusing the deployment's credentials
-# is a 401, as LiteLLM answers, with a code and message that say it was the upstream's.
-_CLIENT_VIEW: dict[Failure, tuple[int | None, str, str | None]] = {
-    Failure.AUTH: (401, "authentication_error", "upstream_authentication_error"),
-    Failure.RATE_LIMIT: (429, "rate_limit_error", "rate_limit_exceeded"),
-    Failure.TIMEOUT: (504, "timeout_error", "upstream_timeout"),
-    Failure.CONTEXT_WINDOW: (400, "invalid_request_error", "context_length_exceeded"),
-    Failure.CONTENT_POLICY: (400, "invalid_request_error", "content_policy_violation"),
-    Failure.BAD_REQUEST: (None, "invalid_request_error", None),
-    Failure.NOT_FOUND: (404, "invalid_request_error", None),
+class ClientView(NamedTuple):
+    """What a client sees of a failure: its status, error type and code."""
+
+    status: int
+    type: str
+    code: str | None
+
+
+# What a client sees of each kind. An upstream refusing the deployment's credentials is a
+# 401, as LiteLLM answers, with a code and message that say it was the upstream's. A bad
+# request keeps the upstream's own status and code when it gave them.
+_CLIENT_VIEW: Mapping[Failure, ClientView] = {
+    Failure.SERVER: ClientView(502, "api_error", "upstream_error"),
+    Failure.CONNECTION: ClientView(502, "api_error", "upstream_unreachable"),
+    Failure.TIMEOUT: ClientView(504, "timeout_error", "upstream_timeout"),
+    Failure.AUTH: ClientView(401, "authentication_error", "upstream_authentication_error"),
+    Failure.RATE_LIMIT: ClientView(429, "rate_limit_error", "rate_limit_exceeded"),
+    Failure.CONTEXT_WINDOW: ClientView(400, "invalid_request_error", "context_length_exceeded"),
+    Failure.CONTENT_POLICY: ClientView(400, "invalid_request_error", "content_policy_violation"),
+    Failure.BAD_REQUEST: ClientView(400, "invalid_request_error", None),
+    Failure.NOT_FOUND: ClientView(404, "invalid_request_error", None),
 }
 
 
 def from_upstream_status(
-    status: int, message: str, headers: Mapping[str, str], code: str | None = None
+    status: int,
+    message: str,
+    headers: Mapping[str, str],
+    code: str | None = None,
+    *,
+    retry_after: float | None = None,
 ) -> UpstreamError:
     """Map an upstream's error status onto what the gateway's client should see.
 
-    Client errors (bad parameters, rate limits) keep their status so that the
-    client can act on them. The deployment's credentials being refused is the
-    gateway's problem, not the client's: 401/403 become 401 `upstream_authentication_error`.
+    Client errors (bad parameters, rate limits) keep their meaning so that the client
+    can act on them; a bad request keeps the upstream's own status and code. The
+    deployment's credentials being refused (401/403) is a 401 that says so; 5xx are 502,
+    except an overloaded or unavailable upstream (503, Anthropic's 529), a 503 that
+    clients retry later. `retry_after` is a wait the upstream gave elsewhere than in
+    `headers` (Gemini's body).
     """
-    error = UpstreamError(message)
-    error.upstream_status = status
-    error.kind = _classify(status, message, code)
-    if error.kind in _CLIENT_VIEW:
-        view_status, error.type, view_code = _CLIENT_VIEW[error.kind]
-        error.status = view_status or status
-        error.code = view_code or code
-    if error.kind is Failure.AUTH:
-        error.message = f"The upstream refused this deployment's credentials: {message}"
-    if status in (503, 529):
-        # Overloaded (Anthropic's 529) or unavailable: a 503, which clients retry later.
-        error.status, error.code = 503, "upstream_overloaded"
-    if error.kind is Failure.RATE_LIMIT:
-        error.retry_after = retry_after_seconds(headers)
-        error.headers = {k: v for k, v in headers.items() if k in ("retry-after", "retry-after-ms")}
-    return error
+    kind = _classify(status, message, code)
+    if kind is Failure.AUTH:
+        message = f"The upstream refused this deployment's credentials: {message}"
+    client_status, client_code = None, None
+    if kind in (Failure.BAD_REQUEST, Failure.NOT_FOUND):
+        client_status, client_code = status if kind is Failure.BAD_REQUEST else None, code
+    elif status in (503, 529):
+        client_status, client_code = 503, "upstream_overloaded"
+    wait, kept = (
+        _rate_limit_wait(headers, retry_after) if kind is Failure.RATE_LIMIT else (None, {})
+    )
+    return UpstreamError(
+        message,
+        kind=kind,
+        status=client_status,
+        code=client_code,
+        headers=kept,
+        upstream_status=status,
+        retry_after=wait,
+    )
+
+
+def _rate_limit_wait(
+    headers: Mapping[str, str], given: float | None
+) -> tuple[float | None, dict[str, str]]:
+    """How long a rate limit lasts, by the upstream's headers, else `given`, and the
+    Retry-After headers that tell the client the same."""
+    kept = {k: v for k, v in headers.items() if k in ("retry-after", "retry-after-ms")}
+    wait = retry_after_seconds(headers)
+    if wait is None and given is not None:
+        wait, kept = given, {**kept, "retry-after": str(math.ceil(given))}
+    return wait, kept
 
 
 def _classify(status: int, message: str, code: str | None) -> Failure:

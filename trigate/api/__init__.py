@@ -11,19 +11,15 @@ request and URL map, and its `register(app, gateway)` adds its routes to the app
 
 from __future__ import annotations
 
-import logging
-
 from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trigate.api import chat, completions, embeddings, health, keys, messages, models, spend, teams
-from trigate.api.context import RequestScope, current_request
-from trigate.api.model_api import ModelAPI, Route
+from trigate.api.context import RequestScope
+from trigate.api.model_api import ModelAPI, Route, error_reply, unexpected_failure
 from trigate.errors import BodyTooLarge, GatewayError, NotFound
 from trigate.gateway import Gateway
-
-logger = logging.getLogger("trigate")
 
 
 def create_app(gateway: Gateway) -> QuartTrio:
@@ -63,6 +59,8 @@ def create_app(gateway: Gateway) -> QuartTrio:
 
 
 def _register_error_handlers(app: QuartTrio) -> None:
+    """Quart's routes answer errors as the model API's do, by its `error_reply`."""
+
     @app.errorhandler(GatewayError)
     async def gateway_error(error: GatewayError) -> Response:
         return _error_response(error)
@@ -73,11 +71,7 @@ def _register_error_handlers(app: QuartTrio) -> None:
 
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:
-        request_id = current_request.get().reference
-        logger.exception("unhandled error in request %s", request_id)
-        return _error_response(
-            GatewayError(f"The gateway failed unexpectedly (request id {request_id}).")
-        )
+        return _error_response(unexpected_failure(error))
 
 
 def _from_http_exception(error: HTTPException) -> GatewayError:
@@ -86,12 +80,10 @@ def _from_http_exception(error: HTTPException) -> GatewayError:
         return NotFound("No such endpoint.", code="not_found")
     if status == 413:
         return BodyTooLarge()
-    failure = GatewayError(error.description or error.name, status=status)
-    failure.type = "invalid_request_error" if status < 500 else "api_error"
-    return failure
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    return GatewayError(error.description or error.name, status=status, type=kind)
 
 
 def _error_response(error: GatewayError) -> Response:
-    response = Response(error.body(), status=error.status, content_type="application/json")
-    response.headers.update(error.headers)
-    return response
+    reply = error_reply(error)
+    return Response(reply.body, status=reply.status, headers=dict(reply.headers))

@@ -10,9 +10,9 @@ and the router can still retry or fall back.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import orjson
 import trio
@@ -22,7 +22,14 @@ from trigate.api.jsonio import parse_json_object
 from trigate.api.model_api import Incoming, Reply
 from trigate.auth import Caller
 from trigate.clock import wall_time
-from trigate.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, secrets
+from trigate.errors import (
+    Failure,
+    GatewayError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamTimeout,
+    secrets,
+)
 from trigate.gateway import Gateway
 from trigate.limits import (
     Admission,
@@ -31,7 +38,15 @@ from trigate.limits import (
     check_model,
     requested_output_tokens,
 )
-from trigate.providers import ChunkStream, Completion
+from trigate.providers import (
+    Abilities,
+    ChunkStream,
+    Completion,
+    Embeddings,
+    NativeMessages,
+    Provider,
+    TextCompletions,
+)
 from trigate.relay import FrameEncoder, StreamOutcome, StreamRelay
 from trigate.router.deployments import Deployment
 from trigate.router.router import Attempt, Routed, RouteProgress
@@ -51,37 +66,70 @@ READ_FIELDS = ("messages", "tools", "tool_choice", "response_format", "prompt", 
 CLIENT_CLOSED = 499
 
 
+# The provider ability an operation is served by (a protocol of `trigate.providers`).
+A = TypeVar("A")
+
+
 @dataclass(frozen=True, slots=True)
-class Operation:
-    """An API the gateway proxies, by the provider methods that serve it."""
+class Operation(Generic[A]):
+    """An API the gateway proxies: which of a deployment's abilities serves it, and how
+    that ability is called, whole and, when the API streams, as a stream."""
 
     name: str
-    complete: str
-    open_stream: str | None = None
+    ability: Callable[[Abilities], A | None]
+    complete: Callable[[A, dict[str, Any]], Awaitable[Completion]]
+    open_stream: Callable[[A, dict[str, Any]], Awaitable[ChunkStream]] | None = None
+
+    def served_by(self, deployment: Deployment) -> A:
+        """The deployment's ability; a provider without it cannot take the request, which
+        is the client's 400, never retried nor held against the deployment."""
+        ability = self.ability(deployment.abilities)
+        if ability is None:
+            raise UpstreamError(
+                f"Deployment `{deployment.id}` ({deployment.params.provider}/) does not serve "
+                f"{self.name} requests.",
+                kind=Failure.BAD_REQUEST,
+                code="unsupported_operation",
+            )
+        return ability
 
 
-CHAT = Operation("chat completions", "complete", "open_stream")
-TEXT_COMPLETIONS = Operation("completions", "complete_text", "open_text_stream")
-EMBEDDINGS = Operation("embeddings", "embed")
+CHAT: Operation[Provider] = Operation(
+    "chat completions",
+    lambda abilities: abilities.chat,
+    lambda provider, body: provider.complete(body),
+    lambda provider, body: provider.open_stream(body),
+)
+TEXT_COMPLETIONS: Operation[TextCompletions] = Operation(
+    "completions",
+    lambda abilities: abilities.text,
+    lambda provider, body: provider.complete_text(body),
+    lambda provider, body: provider.open_text_stream(body),
+)
+EMBEDDINGS: Operation[Embeddings] = Operation(
+    "embeddings",
+    lambda abilities: abilities.embeddings,
+    lambda provider, body: provider.embed(body),
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Surface:
     """The API a client speaks when it is not OpenAI's: how the answer of a call made
     in OpenAI's shapes is rendered back, as a whole and as a stream. A deployment
-    whose provider has the `native` operation's methods is sent the client's own
-    `body` instead, and its answer goes back as it came."""
+    with the `native` operation's ability is sent the client's own `body` instead,
+    and its answer goes back as it came."""
 
     answer: Callable[[dict[str, Any]], bytes]
     frames: Callable[[], FrameEncoder]
     body: dict[str, Any]
-    native: Operation
+    native: Operation[NativeMessages]
 
 
 async def proxy_request(
     gateway: Gateway,
     incoming: Incoming,
-    operation: Operation,
+    operation: Operation[A],
     validate: Callable[[dict[str, Any]], str],
 ) -> Reply:
     """Authenticate, validate with `validate(body) -> model group`, admit, then serve."""
@@ -196,32 +244,39 @@ def pop_fallbacks(body: dict[str, Any]) -> list[str] | None:
     return fallbacks
 
 
-def provider_method(deployment: Deployment, name: str) -> Any:
-    method = getattr(deployment.provider, name, None)
-    if method is None:
-        error = UpstreamError(
-            f"Deployment `{deployment.id}` ({deployment.params.provider}/) does not serve "
-            f"{name.replace('_', ' ')} requests."
-        )
-        error.status, error.type, error.code = 400, "invalid_request_error", "unsupported_operation"
-        raise error
-    return method
+class Serving(NamedTuple, Generic[A]):
+    """How one deployment serves one call: the operation, the provider's ability it is
+    served by, the body that is sent, and whether the answer is in the client's own API."""
+
+    operation: Operation[A]
+    provider: A
+    body: dict[str, Any]
+    native: bool = False
+
+    def complete(self) -> Awaitable[Completion]:
+        return self.operation.complete(self.provider, self.body)
+
+    def open_stream(self) -> Awaitable[ChunkStream]:
+        open_stream = self.operation.open_stream
+        if open_stream is None:
+            # `proxy_request` streams only operations that can; another caller may not.
+            raise InvalidRequest(f"{self.operation.name} requests cannot stream.", param="stream")
+        return open_stream(self.provider, self.body)
 
 
-def serving_method(
+def serving(
     deployment: Deployment,
+    operation: Operation[A],
     body: dict[str, Any],
-    name: str,
     surface: Surface | None,
-    native: str | None,
-) -> tuple[Any, dict[str, Any], bool]:
-    """The provider method, the body it is sent, and whether it speaks the client's own
-    API: the surface's `native` method when the provider has one, else `name`."""
-    if surface is not None and native is not None:
-        method = getattr(deployment.provider, native, None)
-        if method is not None:
-            return method, surface.body, True
-    return provider_method(deployment, name), body, False
+) -> Serving[A] | Serving[NativeMessages]:
+    """The surface's native operation when the deployment has its ability (the client's
+    own body, answered in its own API), else `operation` in OpenAI's shapes."""
+    if surface is not None:
+        native = surface.native.ability(deployment.abilities)
+        if native is not None:
+            return Serving(surface.native, native, surface.body, native=True)
+    return Serving(operation, operation.served_by(deployment), body)
 
 
 @dataclass(slots=True)
@@ -240,49 +295,45 @@ class OpenedStream:
             await self.stream.aclose()
 
 
-class CompletionAttempt:
+class CompletionAttempt(Generic[A]):
     stream = False
 
-    def __init__(self, body: dict[str, Any], operation: Operation, surface: Surface | None) -> None:
+    def __init__(
+        self, body: dict[str, Any], operation: Operation[A], surface: Surface | None
+    ) -> None:
         self._body = body
-        self._method = operation.complete
+        self._operation = operation
         self._surface = surface
 
     async def run(self, deployment: Deployment) -> Completion:
-        native = self._surface.native.complete if self._surface else None
-        method, body, _ = serving_method(
-            deployment, self._body, self._method, self._surface, native
-        )
-        completion: Completion = await method(body)
-        return completion
+        return await serving(deployment, self._operation, self._body, self._surface).complete()
 
     async def discard(self, result: Completion) -> None:
         """A finished completion holds nothing open."""
 
 
-class StreamAttempt:
+class StreamAttempt(Generic[A]):
     """Open a stream and wait for its first chunk, within the deployment's
     time-to-first-token deadline (`stream_timeout`, else `timeout`)."""
 
     stream = True
 
-    def __init__(self, body: dict[str, Any], operation: Operation, surface: Surface | None) -> None:
+    def __init__(
+        self, body: dict[str, Any], operation: Operation[A], surface: Surface | None
+    ) -> None:
         self._body = body
-        self._method = operation.open_stream or operation.complete
+        self._operation = operation
         self._surface = surface
 
     async def run(self, deployment: Deployment) -> OpenedStream:
         params = deployment.params
         deadline = params.stream_timeout or params.timeout
-        native = self._surface.native.open_stream if self._surface else None
-        open_stream, body, is_native = serving_method(
-            deployment, self._body, self._method, self._surface, native
-        )
+        served = serving(deployment, self._operation, self._body, self._surface)
         opened: OpenedStream | None = None
         try:
             with trio.fail_after(deadline):
-                stream = await open_stream(body)
-                opened = OpenedStream(stream, aiter(stream), None, is_native)
+                stream = await served.open_stream()
+                opened = OpenedStream(stream, aiter(stream), None, served.native)
                 opened.first = await anext(opened.chunks, None)
         except BaseException as failure:
             if opened is not None:
@@ -298,7 +349,7 @@ class StreamAttempt:
         await result.aclose()
 
 
-class ProxiedCall:
+class ProxiedCall(Generic[A]):
     """One model call: routed to a deployment, relayed, and accounted for."""
 
     def __init__(
@@ -309,7 +360,7 @@ class ProxiedCall:
         group: str,
         body: dict[str, Any],
         fallbacks: list[str] | None,
-        operation: Operation,
+        operation: Operation[A],
         surface: Surface | None = None,
     ) -> None:
         self.gateway = gateway

@@ -33,10 +33,16 @@ from trigate.api.model_api import Incoming, Reply, Route
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.gateway import Gateway
 from trigate.limits import check_model
+from trigate.providers import NativeMessages
 from trigate.usage import UsageMeter
 
-# What a provider that speaks the Messages API itself (`anthropic/`) serves it with.
-MESSAGES = Operation("messages", "messages", "open_messages_stream")
+# Served by a provider that speaks the Messages API itself (`anthropic/`).
+MESSAGES: Operation[NativeMessages] = Operation(
+    "messages",
+    lambda abilities: abilities.messages,
+    lambda provider, body: provider.messages(body),
+    lambda provider, body: provider.open_messages_stream(body),
+)
 
 
 def routes(gateway: Gateway) -> dict[str, Route]:

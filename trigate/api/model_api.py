@@ -12,6 +12,10 @@ call, so no upstream request outlives its client; and a streamed answer is
 driven through the relay's `ResponseBody` protocol, `async with relay as frames:
 async for frame in frames`, exactly as Quart drives it, so the relay owns its
 nursery for as long as the response is being sent.
+
+Errors are rendered here for both sides: `error_reply` and `unexpected_failure`
+serve this app's routes and Quart's error handlers (`trigate.api`) alike, so an
+error has one body, status and headers whichever side answered it.
 """
 
 from __future__ import annotations
@@ -107,7 +111,7 @@ class ModelAPI:
             await self._app(scope, receive, send)
         elif scope["method"] != "POST":
             error = MethodNotAllowed("This endpoint only accepts POST.", headers={"allow": "POST"})
-            await _send_reply(send, _error_reply(route, error))
+            await _send_reply(send, error_reply(error, route.error_body))
         else:
             await self._serve(route, scope, receive, send)
 
@@ -122,7 +126,7 @@ class ModelAPI:
         except _ClientLeft:
             return
         except GatewayError as error:
-            await _send_reply(send, _error_reply(route, error))
+            await _send_reply(send, error_reply(error, route.error_body))
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
@@ -172,16 +176,24 @@ async def _answer(route: Route, incoming: Incoming) -> Reply:
     try:
         return await route.handler(incoming)
     except GatewayError as error:
-        return _error_reply(route, error)
-    except Exception:
-        request_id = current_request.get().reference
-        logger.exception("unhandled error in request %s", request_id)
-        failure = GatewayError(f"The gateway failed unexpectedly (request id {request_id}).")
-        return _error_reply(route, failure)
+        return error_reply(error, route.error_body)
+    except Exception as error:
+        return error_reply(unexpected_failure(error), route.error_body)
 
 
-def _error_reply(route: Route, error: GatewayError) -> Reply:
-    return Reply(route.error_body(error), error.status, {**JSON_HEADERS, **error.headers})
+def error_reply(
+    error: GatewayError, render: Callable[[GatewayError], bytes] = openai_error
+) -> Reply:
+    """The one rendering of an error: its body in the envelope the client expects
+    (OpenAI's unless the route says otherwise), its status, and its headers."""
+    return Reply(render(error), error.status, {**JSON_HEADERS, **error.headers})
+
+
+def unexpected_failure(error: Exception) -> GatewayError:
+    """A bug's 500: logged with its traceback, shown to the client only by request id."""
+    request_id = current_request.get().reference
+    logger.error("unhandled error in request %s", request_id, exc_info=error)
+    return GatewayError(f"The gateway failed unexpectedly (request id {request_id}).")
 
 
 async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:

@@ -3,11 +3,15 @@
 from trigate.providers.anthropic import AnthropicMessages
 from trigate.providers.azure import AzureOpenAI
 from trigate.providers.base import (
+    Abilities,
     ChunkStream,
     Completion,
+    Embeddings,
     NativeEvent,
+    NativeMessages,
     Provider,
     ProviderFactory,
+    TextCompletions,
 )
 from trigate.providers.bedrock import BedrockConverse
 from trigate.providers.compatible import COMPATIBLE, DIALECTS
@@ -33,9 +37,13 @@ REQUIRES_API_BASE = frozenset(
 __all__ = [
     "PROVIDERS",
     "REQUIRES_API_BASE",
+    "Abilities",
     "ChunkStream",
     "Completion",
+    "Embeddings",
     "NativeEvent",
+    "NativeMessages",
     "Provider",
     "ProviderFactory",
+    "TextCompletions",
 ]

@@ -24,6 +24,8 @@ from trigate.errors import Failure, UpstreamError, from_upstream_status
 from trigate.providers.base import (
     Completion,
     NativeEvent,
+    NativeMessages,
+    Provider,
     SSEChunkStream,
     StreamRead,
     UpstreamClient,
@@ -75,7 +77,7 @@ ERROR_STATUSES = {
 }
 
 
-class AnthropicMessages:
+class AnthropicMessages(Provider, NativeMessages):
     """Adapter for one Anthropic deployment."""
 
     def __init__(
@@ -346,10 +348,7 @@ def _json_schema(body: dict[str, Any]) -> dict[str, Any] | None:
 def _rejected(message: str, param: str = "messages") -> UpstreamError:
     """A request that cannot be put into Anthropic's shape: the client's fault, so the
     router neither retries it nor holds it against the deployment."""
-    error = UpstreamError(message, param=param)
-    error.kind, error.status = Failure.BAD_REQUEST, 400
-    error.type, error.code = "invalid_request_error", None
-    return error
+    return UpstreamError(message, kind=Failure.BAD_REQUEST, param=param)
 
 
 # --- Anthropic response -> OpenAI chat.completion --------------------------------------

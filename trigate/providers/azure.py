@@ -20,7 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from trigate.errors import UpstreamError, from_upstream_status
-from trigate.providers.base import Completion, UpstreamClient
+from trigate.providers.base import Completion, Embeddings, Provider, UpstreamClient
 from trigate.providers.openai import (
     OpenAIChunkStream,
     fetch_completion,
@@ -37,7 +37,7 @@ DEFAULT_API_VERSION = "2024-10-21"
 FILTERED = "content_filter"
 
 
-class AzureOpenAI:
+class AzureOpenAI(Provider, Embeddings):
     """Adapter for one Azure OpenAI deployment; the upstream model is the deployment name."""
 
     def __init__(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import httpx
 import orjson
@@ -162,12 +162,65 @@ def translation(api: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return decorate
 
 
+# What a provider can do, as types: an adapter class lists the abilities it has among its
+# bases, so the type checker holds each method to its protocol, and `Abilities.of` finds
+# them once per deployment, at start-up; a request looks them up as attributes, not names.
+
+
+@runtime_checkable
 class Provider(Protocol):
-    """One deployment's adapter to its upstream."""
+    """One deployment's adapter to its upstream: every provider serves chat completions."""
 
     async def complete(self, body: dict[str, Any]) -> Completion: ...
 
     async def open_stream(self, body: dict[str, Any]) -> ChunkStream: ...
+
+
+@runtime_checkable
+class TextCompletions(Protocol):
+    """The legacy `/v1/completions` API."""
+
+    async def complete_text(self, body: dict[str, Any]) -> Completion: ...
+
+    async def open_text_stream(self, body: dict[str, Any]) -> ChunkStream: ...
+
+
+@runtime_checkable
+class Embeddings(Protocol):
+    """`/v1/embeddings`; the answer is OpenAI's embedding list in a `Completion`."""
+
+    async def embed(self, body: dict[str, Any]) -> Completion: ...
+
+
+@runtime_checkable
+class NativeMessages(Protocol):
+    """Anthropic's Messages API spoken by the upstream itself: the client's body goes as
+    it came, and the answer (a `Completion` with `native` set) or the stream's
+    `NativeEvent`s come back as they came."""
+
+    async def messages(self, body: dict[str, Any]) -> Completion: ...
+
+    async def open_messages_stream(self, body: dict[str, Any]) -> ChunkStream: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Abilities:
+    """What one deployment's provider can do; None where it cannot."""
+
+    chat: Provider
+    text: TextCompletions | None
+    embeddings: Embeddings | None
+    messages: NativeMessages | None
+
+    @classmethod
+    def of(cls, provider: Provider) -> Abilities:
+        """By protocol checks, which are slow: once per deployment, never per request."""
+        return cls(
+            chat=provider,
+            text=provider if isinstance(provider, TextCompletions) else None,
+            embeddings=provider if isinstance(provider, Embeddings) else None,
+            messages=provider if isinstance(provider, NativeMessages) else None,
+        )
 
 
 class ProviderFactory(Protocol):
@@ -303,10 +356,16 @@ async def read_error_body(response: httpx.Response) -> bytes:
     return body
 
 
-def error_from_body(response: httpx.Response, body: bytes) -> UpstreamError:
+def error_from_body(
+    response: httpx.Response, body: bytes, *, retry_after: float | None = None
+) -> UpstreamError:
+    """`retry_after`: how long a rate limit lasts, where the upstream says it elsewhere
+    than in a Retry-After header."""
     message, code = _error_details(body)
     message = message or f"The upstream answered {response.status_code}."
-    return from_upstream_status(response.status_code, message, response.headers, code)
+    return from_upstream_status(
+        response.status_code, message, response.headers, code, retry_after=retry_after
+    )
 
 
 def _error_details(body: bytes) -> tuple[str, str | None]:

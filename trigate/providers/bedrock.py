@@ -38,6 +38,8 @@ from trigate.providers.base import (
     ERROR_BODY_LIMIT,
     ERROR_MESSAGE_LIMIT,
     Completion,
+    Embeddings,
+    Provider,
     StreamRead,
     UpstreamClient,
     read_json_object,
@@ -63,7 +65,7 @@ EVENT_STREAM = "application/vnd.amazon.eventstream"
 Sign = Callable[[str, dict[str, str], bytes], dict[str, str]]
 
 
-class BedrockConverse:
+class BedrockConverse(Provider, Embeddings):
     """Adapter for one Bedrock deployment."""
 
     def __init__(
@@ -156,9 +158,7 @@ class BedrockConverse:
 
 def _client_error(message: str) -> UpstreamError:
     """A request Bedrock cannot take: the client's 400, never retried or held against it."""
-    error = from_upstream_status(400, message, {})
-    error.code = "unsupported_input"
-    return error
+    return UpstreamError(message, kind=Failure.BAD_REQUEST, code="unsupported_input")
 
 
 def _setting(value: str | None, *environment: str) -> str | None:
@@ -215,13 +215,15 @@ def _unsigned(url: str, headers: dict[str, str], content: bytes) -> dict[str, st
 
 
 def _missing_credentials(url: str, headers: dict[str, str], content: bytes) -> dict[str, str]:
-    error = UpstreamError(
+    raise UpstreamError(
         "This Bedrock deployment has no credentials: set aws_access_key_id and "
         "aws_secret_access_key (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), "
-        "or a Bedrock API key as api_key."
+        "or a Bedrock API key as api_key.",
+        kind=Failure.AUTH,
+        # The gateway's configuration is at fault, not the client's key: not a 401.
+        status=502,
+        code="missing_credentials",
     )
-    error.kind = Failure.AUTH
-    raise error
 
 
 # Bedrock words "context window exceeded" in ways `trigate.errors` does not all know.

@@ -19,7 +19,6 @@ drops it, Google's documented placeholder stands in.
 
 from __future__ import annotations
 
-import math
 import mimetypes
 import re
 import time
@@ -34,6 +33,8 @@ import orjson
 from trigate.errors import Failure, InvalidRequest, UpstreamError, from_upstream_status
 from trigate.providers.base import (
     Completion,
+    Embeddings,
+    Provider,
     SSEChunkStream,
     StreamRead,
     UpstreamClient,
@@ -100,7 +101,7 @@ _CONTEXT_WINDOW = re.compile(r"exceeds the maximum number of tokens|input token 
 _BAD_KEY = re.compile(r"API key (?:not valid|expired)|API_KEY_INVALID", re.I)
 
 
-class GeminiProvider:
+class GeminiProvider(Provider, Embeddings):
     """Adapter for one Gemini API deployment."""
 
     def __init__(
@@ -172,13 +173,8 @@ async def read_error(response: httpx.Response) -> UpstreamError:
     body (a `google.rpc.RetryInfo` detail, `"retryDelay": "36s"`), not in a Retry-After
     header: it becomes both, so the router waits it out and so can the client."""
     body = await read_error_body(response)
-    error = error_from_body(response, body)
-    if error.kind is Failure.RATE_LIMIT and error.retry_after is None:
-        delay = retry_delay(body)
-        if delay is not None:
-            error.retry_after = delay
-            error.headers = {**error.headers, "retry-after": str(math.ceil(delay))}
-    return error
+    delay = retry_delay(body) if response.status_code == 429 else None
+    return error_from_body(response, body, retry_after=delay)
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)s")
@@ -202,9 +198,7 @@ def retry_delay(body: bytes) -> float | None:
 
 def to_gemini_error(message: str) -> UpstreamError:
     """A request Gemini cannot take: the client's 400, never retried or held against it."""
-    error = from_upstream_status(400, message, {})
-    error.code = "unsupported_input"
-    return error
+    return UpstreamError(message, kind=Failure.BAD_REQUEST, code="unsupported_input")
 
 
 def reclassified(error: UpstreamError) -> UpstreamError:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
-from trigate.providers.base import Completion
+from trigate.providers.base import Completion, Embeddings, Provider, TextCompletions
 from trigate.usage import UsageMeter
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ DEFAULT_RESPONSE = "This is a mock response from trigate. It streams one word at
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
 
 
-class MockProvider:
+class MockProvider(Provider, TextCompletions, Embeddings):
     """Adapter for one `mock/` deployment: chat, legacy completions and embeddings."""
 
     def __init__(

@@ -20,8 +20,11 @@ import orjson
 from trigate.errors import UpstreamError
 from trigate.providers.base import (
     Completion,
+    Embeddings,
+    Provider,
     SSEChunkStream,
     StreamRead,
+    TextCompletions,
     UpstreamClient,
     read_json_object,
 )
@@ -55,7 +58,7 @@ class Dialect:
 OPENAI = Dialect()
 
 
-class OpenAICompatible:
+class OpenAICompatible(Provider, TextCompletions, Embeddings):
     """Adapter for one OpenAI-compatible deployment."""
 
     def __init__(

@@ -16,7 +16,7 @@ import orjson
 
 from trigate.config import GatewayConfig, LiteLLMParams, ModelEntry, ProviderParams
 from trigate.errors import ModelNotFound
-from trigate.providers import PROVIDERS, Provider
+from trigate.providers import PROVIDERS, Abilities, Provider
 from trigate.router.state import CircuitBreaker, DeploymentState
 from trigate.spend.prices import ModelPrice, PriceTable, price_for
 from trigate.tokens import TokenCounter
@@ -33,6 +33,11 @@ class Deployment:
     state: DeploymentState = field(repr=False)
     # Per-token prices: the deployment's own, else the price table's; None when unknown.
     price: ModelPrice | None = None
+    # What `provider` can do, found once here rather than on every request.
+    abilities: Abilities = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.abilities = Abilities.of(self.provider)
 
     @property
     def params(self) -> LiteLLMParams:

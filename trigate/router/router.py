@@ -148,12 +148,10 @@ class Router:
             if not isinstance(limit, int) or tokens <= limit
         ]
         if not fitting:
-            error = UpstreamError(
-                f"The prompt has {tokens} tokens, more than model group '{group}' accepts."
+            raise UpstreamError(
+                f"The prompt has {tokens} tokens, more than model group '{group}' accepts.",
+                kind=Failure.CONTEXT_WINDOW,
             )
-            error.kind, error.status = Failure.CONTEXT_WINDOW, 400
-            error.type, error.code = "invalid_request_error", "context_length_exceeded"
-            raise error
         return fitting
 
     def _choose(
