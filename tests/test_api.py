@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 import trio
-from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, openai_config, start_gateway
 from fakes import FakeUpstream
+from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, openai_config, start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 ENVELOPE_KEYS = {"message", "type", "param", "code"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import openai
 import pytest
 import trio
-from conftest import MASTER_KEY, RunningGateway, mock_config, start_gateway
 from fakes import DONE, FakeUpstream, JSONReply, ReceivedRequest, StreamReply
+from helpers import MASTER_KEY, RunningGateway, mock_config, start_gateway
 
 
 @pytest.fixture

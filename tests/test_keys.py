@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 from asgi_driver import Harness, chat_request, harness
-from conftest import openai_config, start_gateway
 from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
+from helpers import openai_config, start_gateway
 from scripted import Step, group_config
 from scripted import error as upstream_error
 

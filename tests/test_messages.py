@@ -10,7 +10,6 @@ import anthropic
 import orjson
 import pytest
 import trio
-from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, mock_config, start_gateway
 from fakes import (
     DONE,
     FakeUpstream,
@@ -22,6 +21,7 @@ from fakes import (
     stream_of,
     usage_chunk,
 )
+from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, mock_config, start_gateway
 from test_provider_anthropic import (
     MODEL,
     PING,

@@ -19,7 +19,8 @@ import orjson
 import pytest
 import trio
 from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
-from conftest import (
+from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply
+from helpers import (
     MASTER_KEY,
     MESSAGES,
     UPSTREAM_KEY,
@@ -30,7 +31,6 @@ from conftest import (
     start_gateway,
     streamed_events,
 )
-from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply
 from pydantic import TypeAdapter
 
 from trigate.errors import Failure, UpstreamError

@@ -9,7 +9,8 @@ import openai
 import orjson
 import pytest
 import trio
-from conftest import (
+from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, usage_chunk
+from helpers import (
     MESSAGES,
     MOCK_DEPLOYMENT,
     UPSTREAM_KEY,
@@ -19,7 +20,6 @@ from conftest import (
     start_gateway,
     streamed_events,
 )
-from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, usage_chunk
 
 from trigate.config import ConfigError, parse_config
 from trigate.errors import Failure

@@ -31,7 +31,8 @@ from botocore.exceptions import ParamValidationError
 from botocore.loaders import Loader
 from botocore.model import ServiceModel
 from botocore.validate import validate_parameters
-from conftest import (
+from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply
+from helpers import (
     MESSAGES,
     WEATHER_TOOL,
     RunningGateway,
@@ -39,7 +40,6 @@ from conftest import (
     sdk,
     start_gateway,
 )
-from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply
 
 from trigate.errors import Failure, InvalidRequest, UpstreamError
 from trigate.providers.bedrock import (

@@ -9,14 +9,14 @@ import openai
 import orjson
 import pytest
 import trio
-from conftest import (
+from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
+from helpers import (
     MESSAGES,
     UPSTREAM_KEY,
     deployment_config,
     sdk,
     start_gateway,
 )
-from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
 
 from trigate.config import ConfigError, LiteLLMParams, parse_config
 from trigate.providers import PROVIDERS

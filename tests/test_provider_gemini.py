@@ -10,7 +10,8 @@ import orjson
 import pytest
 import trio
 import trio.testing
-from conftest import (
+from fakes import FakeUpstream, JSONReply, ReceivedRequest, StreamReply
+from helpers import (
     MASTER_KEY,
     MESSAGES,
     MOCK_DEPLOYMENT,
@@ -21,7 +22,6 @@ from conftest import (
     start_gateway,
     streamed_events,
 )
-from fakes import FakeUpstream, JSONReply, ReceivedRequest, StreamReply
 
 from trigate.errors import Failure, InvalidRequest, UpstreamError, from_upstream_status
 from trigate.providers.gemini import (
