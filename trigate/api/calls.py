@@ -22,7 +22,14 @@ from trigate.api.model_api import Incoming, Reply
 from trigate.api.responses import parse_json_object
 from trigate.auth import Caller
 from trigate.clock import wall_time
-from trigate.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, secrets
+from trigate.errors import (
+    Failure,
+    GatewayError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamTimeout,
+    secrets,
+)
 from trigate.gateway import Gateway
 from trigate.limits import (
     Admission,
@@ -204,6 +211,8 @@ def provider_method(deployment: Deployment, name: str) -> Any:
             f"{name.replace('_', ' ')} requests."
         )
         error.status, error.type, error.code = 400, "invalid_request_error", "unsupported_operation"
+        # A client's mistake: neither retried nor counted against the deployment.
+        error.kind = Failure.BAD_REQUEST
         raise error
     return method
 
