@@ -45,7 +45,7 @@ CITY = {"city": "Paris"}
 # What the client sees for each upstream failure, whatever the upstream's wire format:
 # (status, type, code); a code of None is the upstream's own, passed through.
 ERRORS: dict[str, tuple[int, str, str | None]] = {
-    "bad_request": (400, "invalid_request_error", None),
+    "bad_request": (400, "invalid_request_error", None),  # the family's bad_request_code
     "auth": (401, "authentication_error", "upstream_authentication_error"),
     "rate_limit": (429, "rate_limit_error", "rate_limit_exceeded"),
     "server_error": (502, "api_error", "upstream_error"),
@@ -74,6 +74,8 @@ class Family:
     tool_stream: Callable[[], Reply]
     # Each error case: the reply (given `stream`) and a text the client's message keeps.
     errors: dict[str, Callable[[bool], tuple[Reply, str]]]
+    # The code a client sees for a plain bad request: the upstream's own, passed through.
+    bad_request_code: str | None
     # Operations the provider does not serve: (path, body).
     unsupported: tuple[tuple[str, dict[str, Any]], ...] = ()
 
@@ -183,6 +185,7 @@ def _openai_family(name: str, group: str, config: Callable[[FakeUpstream], Any])
         tool_answer=_openai_tool_answer,
         tool_stream=_openai_tool_stream(first),
         errors=_openai_errors(name),
+        bad_request_code="invalid_value",
         unsupported=unsupported,
     )
 
@@ -246,6 +249,7 @@ def _anthropic_family() -> Family:
                 400, invalid, "Output blocked by content filtering policy"
             ),
         },
+        bad_request_code="invalid_request_error",
         unsupported=(
             ("/v1/completions", {"prompt": "Say hello"}),
             ("/v1/embeddings", {"input": "Say hello"}),
@@ -310,6 +314,7 @@ def _gemini_family() -> Family:
             ),
             "content_policy": content_policy,
         },
+        bad_request_code=None,  # Gemini's status name is not passed on as a code
         unsupported=(("/v1/completions", {"prompt": "Say hello"}),),
     )
 
@@ -385,6 +390,7 @@ def _bedrock_family() -> Family:
                 400, "ValidationException", "Input is too long for requested model."
             ),
         },
+        bad_request_code="ValidationException",
         unsupported=(("/v1/completions", {"prompt": "Say hello"}),),
     )
 
@@ -496,8 +502,7 @@ async def test_upstream_errors_reach_the_client_in_openai_terms(
                 body = caught.value.body
                 assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}
                 assert body["type"] == error_type and text in body["message"]
-                if code is not None:
-                    assert body["code"] == code
+                assert body["code"] == (code if case != "bad_request" else family.bad_request_code)
                 if status == 429:
                     assert isinstance(caught.value, openai.RateLimitError)
                     assert caught.value.response.headers["retry-after"] == RETRY_AFTER
