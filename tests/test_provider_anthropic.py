@@ -506,46 +506,6 @@ async def test_mid_stream_error_event(claude: RunningGateway, upstream: FakeUpst
     assert record.completion_tokens == claude.gateway.counter.count_text(MODEL, "partial")
 
 
-RATE_LIMITED = "Number of request tokens has exceeded your per-minute rate limit"
-TOO_LONG = "prompt is too long: 208573 tokens > 200000 maximum"
-
-
-@pytest.mark.parametrize(
-    ("status", "kind", "text", "client_status", "code"),
-    [
-        (429, "rate_limit_error", RATE_LIMITED, 429, "rate_limit_exceeded"),
-        (401, "authentication_error", "invalid x-api-key", 401, "upstream_authentication_error"),
-        (400, "invalid_request_error", TOO_LONG, 400, "context_length_exceeded"),
-        (400, "invalid_request_error", "max_tokens: Field required", 400, "invalid_request_error"),
-        (500, "api_error", "Internal server error", 502, "upstream_error"),
-        (529, "overloaded_error", "Overloaded", 503, "upstream_overloaded"),
-    ],
-)  # fmt: skip
-async def test_upstream_errors(
-    claude: RunningGateway,
-    upstream: FakeUpstream,
-    status: int,
-    kind: str,
-    text: str,
-    client_status: int,
-    code: str,
-) -> None:
-    headers = {"retry-after": "7"} if status == 429 else {}
-    serve(upstream, lambda body: JSONReply(error_body(kind, text), status=status, headers=headers))
-    async with sdk(claude) as client:
-        for stream in (False, True):
-            with pytest.raises(openai.APIStatusError) as caught:
-                await client.chat.completions.create(
-                    model="claude", messages=MESSAGES, stream=stream
-                )
-            assert caught.value.status_code == client_status
-            assert caught.value.body["code"] == code  # type: ignore[index]
-            assert text in caught.value.body["message"]  # type: ignore[index]
-            if status == 429:
-                assert isinstance(caught.value, openai.RateLimitError)
-                assert caught.value.response.headers["retry-after"] == "7"
-
-
 async def test_untranslatable_request_is_a_400_that_never_leaves(
     claude: RunningGateway, upstream: FakeUpstream
 ) -> None:

@@ -122,10 +122,15 @@ def _openai_errors(name: str) -> dict[str, Callable[[bool], tuple[Reply, str]]]:
         "content_policy": case(_openai_error(400, policy, "content_policy_violation"), policy),
     }
     if name == "azure":
-        errors["auth"] = case(
-            JSONReply({"error": {"code": "401", "message": "Access denied."}}, status=401),
-            "Access denied.",
-        )
+        # Azure's own envelope: its code and a message, no type.
+        def azure(status: int, code: str, text: str, **headers: str) -> Reply:
+            return JSONReply({"error": {"code": code, "message": text}}, status, headers)
+
+        retry = {"retry-after": RETRY_AFTER}
+        errors["auth"] = case(azure(401, "401", "Access denied."), "Access denied.")
+        errors["rate_limit"] = case(azure(429, "429", "Rate limit is exceeded.", **retry), "Rate")
+        errors["server_error"] = case(azure(500, "InternalServerError", "Backend error."), "Back")
+        errors["overloaded"] = case(azure(503, "ServiceUnavailable", "Unavailable."), "Unavail")
         errors["content_policy"] = case(
             JSONReply(azure_wire.FILTERED_PROMPT, status=400), "content management policy"
         )
@@ -219,6 +224,10 @@ def _anthropic_error(status: int, kind: str, text: str) -> Callable[[bool], tupl
     return lambda stream: (reply, text)
 
 
+RATE_LIMITED = "Number of request tokens has exceeded your per-minute rate limit"
+TOO_LONG = "prompt is too long: 208573 tokens > 200000 maximum"
+
+
 def _anthropic_family() -> Family:
     tool_use = {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": CITY}
     invalid = "invalid_request_error"
@@ -241,10 +250,10 @@ def _anthropic_family() -> Family:
         errors={
             "bad_request": _anthropic_error(400, invalid, "max_tokens: Field required"),
             "auth": _anthropic_error(401, "authentication_error", "invalid x-api-key"),
-            "rate_limit": _anthropic_error(429, "rate_limit_error", anthropic_wire.RATE_LIMITED),
+            "rate_limit": _anthropic_error(429, "rate_limit_error", RATE_LIMITED),
             "server_error": _anthropic_error(500, "api_error", "Internal server error"),
             "overloaded": _anthropic_error(529, "overloaded_error", "Overloaded"),
-            "context_window": _anthropic_error(400, invalid, anthropic_wire.TOO_LONG),
+            "context_window": _anthropic_error(400, invalid, TOO_LONG),
             "content_policy": _anthropic_error(
                 400, invalid, "Output blocked by content filtering policy"
             ),
