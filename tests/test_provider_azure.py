@@ -1,80 +1,25 @@
-"""`azure/`: the OpenAI SDK against the gateway, a fake upstream speaking Azure OpenAI's API."""
+"""`azure/`: the OpenAI SDK against the gateway, a fake Azure OpenAI (fake_azure.py) behind it."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import openai
-import orjson
 import pytest
 import trio
-from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, usage_chunk
-from helpers import (
-    MESSAGES,
-    MOCK_DEPLOYMENT,
-    UPSTREAM_KEY,
-    RunningGateway,
-    deployment_config,
-    sdk,
-    start_gateway,
-    streamed_events,
+from fake_azure import (
+    DEPLOYMENT,
+    FILTERED_PROMPT,
+    PROMPT_FILTER_CHUNK,
+    azure_completion,
+    azure_config,
 )
+from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chunk, usage_chunk
+from helpers import MESSAGES, UPSTREAM_KEY, RunningGateway, sdk, start_gateway, streamed_events
 
 from trigate.config import ConfigError, parse_config
 from trigate.errors import Failure
 from trigate.providers.azure import DEFAULT_API_VERSION
-
-DEPLOYMENT = "gpt4o-prod"
-FILTER_RESULTS = {
-    "hate": {"filtered": False, "severity": "safe"},
-    "self_harm": {"filtered": False, "severity": "safe"},
-    "sexual": {"filtered": False, "severity": "safe"},
-    "violence": {"filtered": False, "severity": "safe"},
-}
-# Azure's first stream chunk: no choices, only the prompt's filter results.
-PROMPT_FILTER_CHUNK = (
-    b"data: "
-    + orjson.dumps(
-        {
-            "choices": [],
-            "created": 0,
-            "id": "",
-            "model": "",
-            "object": "",
-            "prompt_filter_results": [
-                {"prompt_index": 0, "content_filter_results": FILTER_RESULTS}
-            ],
-        }
-    )
-    + b"\n\n"
-)
-FILTERED_PROMPT = {
-    "error": {
-        "message": "The response was filtered due to the prompt triggering Azure OpenAI's "
-        "content management policy. Please modify your prompt and retry.",
-        "type": None,
-        "param": "prompt",
-        "code": "content_filter",
-        "status": 400,
-        "innererror": {
-            "code": "ResponsibleAIPolicyViolation",
-            "content_filter_result": {
-                **FILTER_RESULTS,
-                "violence": {"filtered": True, "severity": "high"},
-            },
-        },
-    }
-}
-
-
-def azure_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
-    router = params.pop("router", {})
-    base = f"http://127.0.0.1:{upstream.port}"
-    model = {"model": f"azure/{DEPLOYMENT}", "api_base": base, "api_key": UPSTREAM_KEY}
-    return deployment_config(
-        "azure-test", {**model, **params}, router=router, others=(MOCK_DEPLOYMENT,)
-    )
 
 
 @pytest.fixture
@@ -82,17 +27,6 @@ async def gateway(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterato
     running = await start_gateway(nursery, azure_config(upstream))
     yield running
     await running.stop()
-
-
-def azure_completion(content: str | None, finish: str = "stop") -> dict[str, Any]:
-    body = chat_completion(
-        content or "", {"prompt_tokens": 14, "completion_tokens": 2, "total_tokens": 16}
-    )
-    body["choices"][0]["message"]["content"] = content
-    body["choices"][0]["finish_reason"] = finish
-    body["choices"][0]["content_filter_results"] = FILTER_RESULTS
-    body["prompt_filter_results"] = [{"prompt_index": 0, "content_filter_results": FILTER_RESULTS}]
-    return body
 
 
 async def test_non_stream_path_query_header(

@@ -8,13 +8,7 @@ import httpx
 import pytest
 import trio
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
-from helpers import (
-    MESSAGES,
-    UPSTREAM_KEY,
-    deployment_config,
-    sdk,
-    start_gateway,
-)
+from helpers import MESSAGES, UPSTREAM_KEY, deployment_config, sdk, start_gateway
 
 from trigate.config import ConfigError, LiteLLMParams, parse_config
 from trigate.providers import PROVIDERS

@@ -7,7 +7,7 @@ OpenAI SDK against the real app on a real socket, and what it gets must be the s
 everywhere: one usage chunk when asked for, OpenAI's error statuses and types, tool
 calls whole and streamed, a 400 for an operation the provider lacks, and a client's
 disconnect closing the upstream connection. What is particular to one provider stays
-in its own test file; the wire builders used here are that file's.
+in its own test file; each family's fake is in tests/fake_<family>.py.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import fake_anthropic as anthropic_wire
+import fake_azure as azure_wire
+import fake_bedrock as bedrock_wire
+import fake_gemini as gemini_wire
 import openai
 import orjson
 import pytest
-import test_provider_anthropic as anthropic_wire
-import test_provider_azure as azure_wire
-import test_provider_bedrock as bedrock_wire
-import test_provider_gemini as gemini_wire
 import trio
 from fakes import (
     DONE,
@@ -36,7 +36,6 @@ from fakes import (
     usage_chunk,
 )
 from helpers import MESSAGES, WEATHER_TOOL, RunningGateway, openai_config, sdk, start_gateway
-from test_provider_compatible import family_config
 
 from trigate.providers.bedrock import EVENT_STREAM
 
@@ -406,7 +405,7 @@ def _bedrock_family() -> Family:
 
 FAMILIES = [
     _openai_family("openai", "gpt-test", openai_config),
-    _openai_family("groq", "compat", lambda up: family_config(up, "groq", "llama-3.3-70b")),
+    _openai_family("groq", "gpt-test", lambda up: openai_config(up, model="groq/llama-3.3-70b")),
     _openai_family("azure", "azure-test", azure_wire.azure_config),
     _anthropic_family(),
     _gemini_family(),

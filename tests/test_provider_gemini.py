@@ -1,4 +1,4 @@
-"""`gemini/`: the OpenAI SDK against the gateway, a fake upstream speaking Gemini's wire format."""
+"""`gemini/`: the OpenAI SDK against the gateway, a fake Gemini API (fake_gemini.py) behind it."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from fake_gemini import BLOCKED, MODEL, answer, gemini_config, gemini_error, sse
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, StreamReply
 from helpers import (
     MASTER_KEY,
     MESSAGES,
-    MOCK_DEPLOYMENT,
     UPSTREAM_KEY,
     RunningGateway,
-    deployment_config,
     sdk,
     start_gateway,
     streamed_events,
@@ -33,7 +32,6 @@ from trigate.providers.gemini import (
     to_openai,
 )
 
-MODEL = "gemini-2.5-flash"
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -50,46 +48,11 @@ WEATHER_TOOL = {
 }
 
 
-def gemini_config(upstream: FakeUpstream, **router: Any) -> dict[str, Any]:
-    base = f"http://127.0.0.1:{upstream.port}"
-    model = {"model": f"gemini/{MODEL}", "api_base": base, "api_key": UPSTREAM_KEY}
-    return deployment_config("gemini-test", model, router=router, others=(MOCK_DEPLOYMENT,))
-
-
 @pytest.fixture
 async def gateway(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterator[RunningGateway]:
     running = await start_gateway(nursery, gemini_config(upstream))
     yield running
     await running.stop()
-
-
-def answer(
-    parts: list[dict[str, Any]], finish: str | None = "STOP", usage: dict | None = None
-) -> dict[str, Any]:
-    """A `GenerateContentResponse` as Gemini sends it (zero counts and index 0 left out)."""
-    candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
-    if finish:
-        candidate["finishReason"] = finish
-    body: dict[str, Any] = {
-        "candidates": [candidate],
-        "modelVersion": MODEL,
-        "responseId": "resp-1",
-    }
-    if usage is not None:
-        body["usageMetadata"] = usage
-    return body
-
-
-def sse(*events: dict[str, Any]) -> StreamReply:
-    return StreamReply([b"data: " + orjson.dumps(event) + b"\r\n\r\n" for event in events])
-
-
-def gemini_error(status: int, code: str, message: str, **headers: str) -> JSONReply:
-    return JSONReply(
-        {"error": {"code": status, "message": message, "status": code}},
-        status=status,
-        headers=headers,
-    )
 
 
 USAGE = {
@@ -329,13 +292,6 @@ async def test_the_router_waits_out_a_rate_limits_retry_delay(
         await client.chat.completions.create(model="gemini-test", messages=MESSAGES)
     assert len(arrivals) == 2 and arrivals[1] - arrivals[0] >= 20
     await running.stop()
-
-
-BLOCKED = {
-    "promptFeedback": {"blockReason": "SAFETY", "safetyRatings": []},
-    "usageMetadata": {"promptTokenCount": 7, "totalTokenCount": 7},
-    "modelVersion": MODEL,
-}
 
 
 async def test_blocked_prompt_takes_the_content_policy_fallback(
