@@ -10,6 +10,17 @@ import anthropic
 import orjson
 import pytest
 import trio
+from fake_anthropic import (
+    MODEL,
+    PING,
+    anthropic_config,
+    error_body,
+    message,
+    message_end,
+    message_start,
+    text_block,
+    tool_block,
+)
 from fakes import (
     DONE,
     FakeUpstream,
@@ -22,17 +33,6 @@ from fakes import (
     usage_chunk,
 )
 from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, mock_config, start_gateway
-from test_provider_anthropic import (
-    MODEL,
-    PING,
-    anthropic_config,
-    error_body,
-    message,
-    message_end,
-    message_start,
-    text_block,
-    tool_block,
-)
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello"}]
 WEATHER_TOOL = {
