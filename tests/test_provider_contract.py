@@ -13,6 +13,7 @@ in its own test file; each family's fake is in tests/fake_<family>.py.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -411,7 +412,6 @@ FAMILIES = [
     _gemini_family(),
     _bedrock_family(),
 ]
-BY_NAME = {family.name: family for family in FAMILIES}
 
 
 @dataclass
@@ -429,6 +429,7 @@ class Provider:
         return sdk(self.gateway)
 
 
+@asynccontextmanager
 async def _provider(
     nursery: trio.Nursery, upstream: FakeUpstream, family: Family, **router: Any
 ) -> AsyncIterator[Provider]:
@@ -443,7 +444,7 @@ async def _provider(
 async def provider(
     request: pytest.FixtureRequest, nursery: trio.Nursery, upstream: FakeUpstream
 ) -> AsyncIterator[Provider]:
-    async for running in _provider(nursery, upstream, request.param):
+    async with _provider(nursery, upstream, request.param) as running:
         yield running
 
 
@@ -497,11 +498,11 @@ async def test_upstream_errors_reach_the_client_in_openai_terms(
     nursery: trio.Nursery, upstream: FakeUpstream, family: Family, case: str
 ) -> None:
     status, error_type, code = ERRORS[case]
-    async for provider in _provider(nursery, upstream, family):
+    async with _provider(nursery, upstream, family) as provider:
         async with provider.client() as client:
             for stream in (False, True):
                 reply, text = family.errors[case](stream)
-                provider.answer(lambda request, reply=reply: reply)  # type: ignore[misc]
+                provider.answer(lambda request, reply=reply: reply)
                 with pytest.raises(openai.APIStatusError) as caught:
                     await client.chat.completions.create(
                         model=family.group, messages=MESSAGES, stream=stream
@@ -561,7 +562,7 @@ async def test_an_unsupported_operation_is_a_400_without_retry_or_cooldown(
     nursery: trio.Nursery, upstream: FakeUpstream, family: Family, path: str, body: dict[str, Any]
 ) -> None:
     router = {"num_retries": 2, "allowed_fails": 0, "cooldown_time": 60}
-    async for provider in _provider(nursery, upstream, family, **router):
+    async with _provider(nursery, upstream, family, **router) as provider:
         provider.answer(lambda request: family.text_stream(None))
         async with provider.gateway.client() as client:
             response = await client.post(path, json={"model": family.group, **body})
