@@ -39,7 +39,7 @@ from fake_bedrock import (
     text_events,
 )
 from fakes import FakeUpstream, JSONReply
-from helpers import MESSAGES, WEATHER_TOOL, RunningGateway, sdk, start_gateway
+from helpers import MESSAGES, WEATHER_TOOL, RunningGateway, sdk, start_gateway, streamed_events
 
 from trigate.errors import Failure, InvalidRequest, UpstreamError
 from trigate.providers.bedrock import (
@@ -373,18 +373,6 @@ async def test_stream_usage_with_cache_tokens(
     assert final.model_extra == {"cache_creation_input_tokens": 0}
 
 
-async def raw_stream(gateway: RunningGateway) -> list[str]:
-    """The gateway's SSE `data:` payloads for one streamed request."""
-    body = {"model": "claude", "messages": MESSAGES, "stream": True}
-    async with (
-        gateway.client() as client,
-        client.stream("POST", "/v1/chat/completions", json=body) as response,
-    ):
-        assert response.status_code == 200
-        text = (await response.aread()).decode()
-    return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
-
-
 async def test_crc_mismatch_fails_the_stream_after_what_came_before(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
@@ -392,7 +380,7 @@ async def test_crc_mismatch_fails_the_stream_after_what_came_before(
     corrupt = bytearray(event("contentBlockDelta", contentBlockIndex=0, delta={"text": "x"}))
     corrupt[-10] ^= 0xFF  # a payload byte: the message CRC no longer matches
     upstream.handler = bedrock(lambda r: event_stream([*good, 0.01, bytes(corrupt)]))
-    events = await raw_stream(gateway)
+    events = await streamed_events(gateway, "claude")
     assert "partial" in "".join(events[:-2])
     error = orjson.loads(events[-2])["error"]
     assert "checksum" in error["message"].lower() and events[-1] == "[DONE]"
@@ -415,7 +403,7 @@ async def test_exception_frames_mid_stream(
 ) -> None:
     frames = [*text_events("so far")[:2], exception(name, "Something went wrong.")]
     upstream.handler = bedrock(lambda r: event_stream(frames))
-    events = await raw_stream(gateway)
+    events = await streamed_events(gateway, "claude")
     assert "so far" in events[1]
     error = orjson.loads(events[-2])["error"]
     assert error["type"] == error_type and "Something went wrong." in error["message"]
