@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import trio
-from conftest import MASTER_KEY, MemoryRecords, build_app
+from helpers import MASTER_KEY, MemoryRecords, build_app
 from scripted import ScriptedUpstreams, Step
 
 MESSAGES = [{"role": "user", "content": "hello"}]

@@ -1,159 +1,18 @@
-"""Shared fixtures: the real app served by hypercorn on port 0, fake upstreams, records."""
+"""Shared fixtures: the real app served by hypercorn on port 0, fake upstreams, databases.
+The plumbing they use, and that tests import, is in helpers.py."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
-import httpx
-import openai
 import pytest
 import trio
 import trio.testing
 from fakes import FakeUpstream
-from quart_trio import QuartTrio
-
-from trigate.api import create_app
-from trigate.config import parse_config
-from trigate.gateway import Gateway
-from trigate.server import Binding, connection_limits, hypercorn_config
-from trigate.serving import serve
-from trigate.spend import RequestRecord
-
-MASTER_KEY = "sk-test-master-key-0123456789"
-UPSTREAM_KEY = "sk-upstream-secret-abcdefghij"
-
-
-class MemoryRecords:
-    """A record sink tests can wait on."""
-
-    def __init__(self) -> None:
-        self.records: list[RequestRecord] = []
-        self._changed = trio.Condition()
-
-    async def write(self, record: RequestRecord) -> None:
-        self.records.append(record)
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_for(self, count: int) -> list[RequestRecord]:
-        async with self._changed:
-            while len(self.records) < count:
-                await self._changed.wait()
-        return self.records
-
-
-@dataclass
-class RunningGateway:
-    url: str
-    app: QuartTrio
-    gateway: Gateway
-    records: MemoryRecords
-    _shutdown: trio.Event
-    _stopped: trio.Event
-
-    async def stop(self) -> None:
-        """A graceful shutdown, as on SIGTERM: lifespan shutdown runs."""
-        self._shutdown.set()
-        await self._stopped.wait()
-
-    def client(self, key: str = MASTER_KEY, **kwargs: Any) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
-            base_url=self.url, headers={"authorization": f"Bearer {key}"}, **kwargs
-        )
-
-
-MESSAGES = [{"role": "user", "content": "Say hello"}]
-# OpenAI's shape; a translating provider's tests check what becomes of it.
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
-MOCK_DEPLOYMENT = {"model_name": "mock", "litellm_params": {"model": "mock/gpt-4o"}}
-
-
-def deployment_config(
-    model_name: str,
-    params: dict[str, Any],
-    *,
-    router: dict[str, Any] | None = None,
-    others: tuple[dict[str, Any], ...] = (),
-) -> dict[str, Any]:
-    """A config whose group `model_name` is one deployment (and `others` beside it); no
-    retries unless `router` asks, so an upstream's errors show as they are."""
-    return {
-        "model_list": [{"model_name": model_name, "litellm_params": params}, *others],
-        "router_settings": {"num_retries": 0, **(router or {})},
-    }
-
-
-def openai_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
-    """One deployment on the fake upstream."""
-    params = {"model": "openai/upstream-model", "api_base": upstream.base_url, **params}
-    return deployment_config("gpt-test", {"api_key": UPSTREAM_KEY, **params})
-
-
-async def streamed_events(gateway: RunningGateway, model: str) -> list[str]:
-    """The `data:` payloads of a streamed chat completion, read raw: the SDKs raise at an
-    error frame, and what comes before and after one is what such tests look at."""
-    body = {"model": model, "messages": MESSAGES, "stream": True}
-    async with (
-        gateway.client() as client,
-        client.stream("POST", "/v1/chat/completions", json=body) as response,
-    ):
-        assert response.status_code == 200
-        text = (await response.aread()).decode()
-    return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
-
-
-def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> openai.AsyncOpenAI:
-    """The OpenAI SDK pointed at the gateway, retrying nothing itself."""
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
-
-
-def mock_config(**params: Any) -> dict[str, Any]:
-    return {
-        "model_list": [{"model_name": "mock", "litellm_params": {"model": "mock/gpt-4o", **params}}]
-    }
-
-
-def build_app(raw_config: dict[str, Any], **gateway_kwargs: Any) -> tuple[QuartTrio, Gateway]:
-    settings = raw_config.setdefault("general_settings", {})
-    settings.setdefault("database_url", "sqlite://:memory:")
-    gateway = Gateway(parse_config(raw_config, {}), MASTER_KEY, **gateway_kwargs)
-    return create_app(gateway), gateway
-
-
-async def start_gateway(nursery: trio.Nursery, raw_config: dict[str, Any]) -> RunningGateway:
-    """The real app under hypercorn on 127.0.0.1:0, running in `nursery`."""
-    records = MemoryRecords()
-    app, gateway = build_app(raw_config, records=records)
-    server = hypercorn_config(gateway.config, Binding("127.0.0.1", 0, workers=1))
-    limits = connection_limits(gateway.config, open_files=100_000)
-    shutdown, stopped = trio.Event(), trio.Event()
-
-    async def run(task_status: trio.TaskStatus[list[str]]) -> None:
-        try:
-            await serve(
-                app,
-                server,
-                limits,
-                shutdown_trigger=shutdown.wait,
-                on_drain=gateway.begin_drain,
-                task_status=task_status,
-            )
-        finally:
-            stopped.set()
-
-    binds = await nursery.start(run)
-    return RunningGateway(binds[0], app, gateway, records, shutdown, stopped)
+from helpers import RunningGateway, openai_config, start_gateway
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import trio
 
 # Run as a script, so its own directory (the tests') is on sys.path.
 from asgi_driver import start_lifespan
-from conftest import MASTER_KEY, MemoryRecords, build_app
+from helpers import MASTER_KEY, MemoryRecords, build_app
 
 CONFIG = {
     "model_list": [

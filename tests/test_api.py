@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 import trio
-from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, openai_config, start_gateway
 from fakes import FakeUpstream
+from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, openai_config, sdk, start_gateway
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
@@ -53,10 +53,9 @@ async def test_x_api_key_header_is_accepted(gateway: RunningGateway) -> None:
 
 
 async def test_sdk_sees_authentication_error(gateway: RunningGateway) -> None:
-    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key="sk-nope", max_retries=0)
-    with pytest.raises(openai.AuthenticationError):
-        await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
-    await client.close()
+    async with sdk(gateway, "sk-nope") as client:
+        with pytest.raises(openai.AuthenticationError):
+            await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
 
 
 @pytest.mark.parametrize(
@@ -181,10 +180,9 @@ async def test_an_unknown_model_name_is_echoed_safely(gateway: RunningGateway, m
 
 
 async def test_models_lists_the_aliases(gateway: RunningGateway) -> None:
-    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=MASTER_KEY, max_retries=0)
-    models = await client.models.list()
+    async with sdk(gateway) as client:
+        models = await client.models.list()
     assert [model.id for model in models.data] == ["gpt-test"]
-    await client.close()
     async with gateway.client() as http:
         assert (await http.get("/models")).json()["data"][0]["id"] == "gpt-test"
 

@@ -8,7 +8,16 @@ import openai
 import orjson
 import pytest
 import trio
-from conftest import (
+from fakes import (
+    DONE,
+    FakeUpstream,
+    JSONReply,
+    StreamReply,
+    chat_completion,
+    chunk,
+    stream_of,
+)
+from helpers import (
     MASTER_KEY,
     MESSAGES,
     UPSTREAM_KEY,
@@ -18,15 +27,6 @@ from conftest import (
     sdk,
     start_gateway,
     streamed_events,
-)
-from fakes import (
-    DONE,
-    FakeUpstream,
-    JSONReply,
-    StreamReply,
-    chat_completion,
-    chunk,
-    stream_of,
 )
 
 

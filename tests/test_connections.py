@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from conftest import MASTER_KEY, RunningGateway, mock_config, start_gateway
+from helpers import MASTER_KEY, RunningGateway, mock_config, start_gateway
 
 from trigate.config import parse_config
 from trigate.server import connection_limits

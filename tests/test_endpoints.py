@@ -5,17 +5,13 @@ from __future__ import annotations
 import openai
 import pytest
 import trio
-from conftest import MASTER_KEY, RunningGateway, mock_config, start_gateway
 from fakes import DONE, FakeUpstream, JSONReply, ReceivedRequest, StreamReply
+from helpers import RunningGateway, mock_config, sdk, start_gateway
 
 
 @pytest.fixture
 async def mock_gateway(nursery: trio.Nursery) -> RunningGateway:
     return await start_gateway(nursery, mock_config(mock_response="Once upon a time"))
-
-
-def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
 
 
 async def test_text_completion(mock_gateway: RunningGateway) -> None:

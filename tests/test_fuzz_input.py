@@ -18,11 +18,13 @@ import httpx
 import orjson
 import trio
 from asgi_driver import chat_request, start_lifespan
-from conftest import MemoryRecords, build_app
+from fake_bedrock import metadata, text_events
 from fakes import DONE, chat_completion, chunk, usage_chunk
+from helpers import MemoryRecords, build_app
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from test_provider_bedrock import EVENT_STREAM, metadata, text_events
+
+from trigate.providers.bedrock import EVENT_STREAM
 
 CREDENTIALS = {"api_key": "sk-upstream-key-0123456789"}
 BEDROCK = {

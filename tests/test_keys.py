@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 from asgi_driver import Harness, chat_request, harness
-from conftest import openai_config, start_gateway
 from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
+from helpers import openai_config, sdk, start_gateway
 from scripted import Step, group_config
 from scripted import error as upstream_error
 
@@ -347,11 +347,8 @@ async def test_sdk_sees_each_rejection_as_its_exception_class(
         denied = (await admin.post("/key/generate", json={"models": ["x"]})).json()["key"]
         broke = (await admin.post("/key/generate", json={"max_budget": 0})).json()["key"]
 
-    def sdk(key: str) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=f"{running.url}/v1", api_key=key, max_retries=0)
-
     async def ask(key: str) -> None:
-        async with sdk(key) as client:
+        async with sdk(running, key) as client:
             await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
 
     await ask(limited)

@@ -10,7 +10,17 @@ import anthropic
 import orjson
 import pytest
 import trio
-from conftest import MASTER_KEY, UPSTREAM_KEY, RunningGateway, mock_config, start_gateway
+from fake_anthropic import (
+    MODEL,
+    PING,
+    anthropic_config,
+    error_body,
+    message,
+    message_end,
+    message_start,
+    text_block,
+    tool_block,
+)
 from fakes import (
     DONE,
     FakeUpstream,
@@ -22,17 +32,7 @@ from fakes import (
     stream_of,
     usage_chunk,
 )
-from test_provider_anthropic import (
-    MODEL,
-    PING,
-    anthropic_config,
-    error_body,
-    message,
-    message_end,
-    message_start,
-    text_block,
-    tool_block,
-)
+from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, mock_config, start_gateway
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello"}]
 WEATHER_TOOL = {

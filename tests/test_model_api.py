@@ -13,8 +13,8 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from conftest import MASTER_KEY, RunningGateway, openai_config, start_gateway
 from fakes import FakeUpstream, StreamReply, chunk
+from helpers import MASTER_KEY, RunningGateway, openai_config, start_gateway
 from test_api import assert_envelope
 
 CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}

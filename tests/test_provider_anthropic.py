@@ -1,37 +1,45 @@
 """The `anthropic/` provider: OpenAI's SDK against the gateway, a fake Messages API behind it.
 
-The fake speaks Anthropic's wire format as documented (Messages API, streaming
-events, error shapes); every response and stream event it sends is first
-checked against the official `anthropic` SDK's types, and every request it
-receives is checked the way the Messages API checks it (known fields only,
-alternating roles, no empty text), so a translation slip shows as Anthropic's
-own 400, not as a silently passing test.
+The fake (fake_anthropic.py) speaks Anthropic's wire format and vets each request as the
+Messages API would, so a translation slip shows as Anthropic's own 400. What every provider
+owes (errors, usage chunk, tool calls, disconnects) is in test_provider_contract.py.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
 import orjson
 import pytest
 import trio
-from anthropic.types import ErrorResponse, Message, RawMessageStreamEvent
-from conftest import (
+from fake_anthropic import (
+    MODEL,
+    PING,
+    UPSTREAM_MODEL,
+    anthropic_config,
+    block_delta,
+    block_start,
+    error_body,
+    event,
+    message,
+    message_end,
+    message_start,
+    serve,
+    text_block,
+    tool_block,
+)
+from fakes import FakeUpstream, JSONReply, StreamReply
+from helpers import (
     MASTER_KEY,
     MESSAGES,
-    UPSTREAM_KEY,
     WEATHER_TOOL,
     RunningGateway,
-    deployment_config,
     sdk,
     start_gateway,
     streamed_events,
 )
-from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply
-from pydantic import TypeAdapter
 
 from trigate.errors import Failure, UpstreamError
 from trigate.providers.anthropic import (
@@ -43,148 +51,12 @@ from trigate.providers.anthropic import (
 )
 from trigate.sse import ServerSentEvent
 
-MODEL = "claude-sonnet-4-5"
-UPSTREAM_MODEL = "claude-sonnet-4-5-20250929"
-# The Messages API's top-level request fields; anything else is a 400 there.
-REQUEST_FIELDS = {
-    "model",
-    "messages",
-    "max_tokens",
-    "system",
-    "metadata",
-    "stop_sequences",
-    "stream",
-    "temperature",
-    "top_p",
-    "top_k",
-    "tools",
-    "tool_choice",
-    "thinking",
-}
-_STREAM_EVENT = TypeAdapter(RawMessageStreamEvent)
-
-
-# --- the fake Messages API ------------------------------------------------------------
-
-
-def anthropic_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
-    base = f"http://127.0.0.1:{upstream.port}"
-    model = {"model": f"anthropic/{MODEL}", "api_base": base, "api_key": UPSTREAM_KEY}
-    return deployment_config("claude", {**model, **params})
-
 
 @pytest.fixture
 async def claude(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterator[RunningGateway]:
     running = await start_gateway(nursery, anthropic_config(upstream))
     yield running
     await running.stop()
-
-
-def serve(upstream: FakeUpstream, reply: Callable[[dict[str, Any]], Reply]) -> None:
-    """Answer valid Messages API requests with `reply`, invalid ones as Anthropic would."""
-
-    def handle(request: ReceivedRequest) -> Reply:
-        problem = wire_problem(request)
-        if problem:
-            return JSONReply(error_body("invalid_request_error", problem), status=400)
-        return reply(request.json)
-
-    upstream.handler = handle
-
-
-def wire_problem(request: ReceivedRequest) -> str | None:
-    body = request.json
-    if request.target != "/v1/messages" or request.method != "POST":
-        return f"no route {request.method} {request.target}"
-    if (
-        request.headers.get("x-api-key") != UPSTREAM_KEY
-        or "anthropic-version" not in request.headers
-    ):
-        return "missing x-api-key or anthropic-version"
-    if unknown := set(body) - REQUEST_FIELDS:
-        return f"{sorted(unknown)}: Extra inputs are not permitted"
-    if not {"model", "messages", "max_tokens"} <= set(body):
-        return "model, messages and max_tokens are required"
-    roles = [message["role"] for message in body["messages"]]
-    if any(a == b for a, b in itertools.pairwise(roles)) or set(roles) - {"user", "assistant"}:
-        return f"messages: roles must alternate between user and assistant: {roles}"
-    for message in body["messages"]:
-        blocks = message["content"]
-        if not blocks or any(b.get("type") == "text" and not b.get("text") for b in blocks):
-            return "messages: text content blocks must be non-empty"
-    return None
-
-
-def message(
-    content: list[dict[str, Any]], *, stop_reason: str = "end_turn", **usage: int
-) -> dict[str, Any]:
-    body = {
-        "id": "msg_01XFDUDYJgAACzvnptvVoYEL",
-        "type": "message",
-        "role": "assistant",
-        "model": UPSTREAM_MODEL,
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": None,
-        "usage": {"input_tokens": 12, "output_tokens": 6, **usage},
-    }
-    Message.model_validate(body)
-    return body
-
-
-def error_body(kind: str, text: str) -> dict[str, Any]:
-    body = {"type": "error", "error": {"type": kind, "message": text}, "request_id": "req_011"}
-    ErrorResponse.model_validate(body)
-    return body
-
-
-def event(payload: dict[str, Any]) -> bytes:
-    """One named SSE event, as the Messages API sends it. The SDK's event union leaves
-    out `ping` (nothing to check) and `error` (an error body, checked as one)."""
-    if payload["type"] == "error":
-        ErrorResponse.model_validate(payload)
-    elif payload["type"] != "ping":
-        _STREAM_EVENT.validate_python(payload)
-    return b"event: %s\ndata: %s\n\n" % (payload["type"].encode(), orjson.dumps(payload))
-
-
-def message_start(**usage: int) -> bytes:
-    skeleton = message([], **usage) | {"stop_reason": None}
-    return event({"type": "message_start", "message": skeleton})
-
-
-def block_start(index: int, block: dict[str, Any]) -> bytes:
-    return event({"type": "content_block_start", "index": index, "content_block": block})
-
-
-def block_delta(index: int, delta: dict[str, Any]) -> bytes:
-    return event({"type": "content_block_delta", "index": index, "delta": delta})
-
-
-def text_block(index: int, *pieces: str) -> list[bytes | float]:
-    frames: list[bytes | float] = [block_start(index, {"type": "text", "text": ""})]
-    for piece in pieces:
-        frames += [block_delta(index, {"type": "text_delta", "text": piece}), 0.01]
-    return [*frames, event({"type": "content_block_stop", "index": index})]
-
-
-def tool_block(index: int, tool_id: str, name: str, *pieces: str) -> list[bytes | float]:
-    start = {"type": "tool_use", "id": tool_id, "name": name, "input": {}}
-    frames: list[bytes | float] = [block_start(index, start)]
-    for piece in ("", *pieces):  # Anthropic opens with an empty partial_json
-        frames += [block_delta(index, {"type": "input_json_delta", "partial_json": piece}), 0.01]
-    return [*frames, event({"type": "content_block_stop", "index": index})]
-
-
-def message_end(stop_reason: str, **usage: Any) -> list[bytes | float]:
-    delta = {"stop_reason": stop_reason, "stop_sequence": None}
-    return [
-        event({"type": "message_delta", "delta": delta, "usage": usage}),
-        event({"type": "message_stop"}),
-    ]
-
-
-PING = event({"type": "ping"})
 
 
 async def streamed(client: openai.AsyncOpenAI, **options: Any) -> list[Any]:
@@ -506,46 +378,6 @@ async def test_mid_stream_error_event(claude: RunningGateway, upstream: FakeUpst
     assert record.completion_tokens == claude.gateway.counter.count_text(MODEL, "partial")
 
 
-RATE_LIMITED = "Number of request tokens has exceeded your per-minute rate limit"
-TOO_LONG = "prompt is too long: 208573 tokens > 200000 maximum"
-
-
-@pytest.mark.parametrize(
-    ("status", "kind", "text", "client_status", "code"),
-    [
-        (429, "rate_limit_error", RATE_LIMITED, 429, "rate_limit_exceeded"),
-        (401, "authentication_error", "invalid x-api-key", 401, "upstream_authentication_error"),
-        (400, "invalid_request_error", TOO_LONG, 400, "context_length_exceeded"),
-        (400, "invalid_request_error", "max_tokens: Field required", 400, "invalid_request_error"),
-        (500, "api_error", "Internal server error", 502, "upstream_error"),
-        (529, "overloaded_error", "Overloaded", 503, "upstream_overloaded"),
-    ],
-)  # fmt: skip
-async def test_upstream_errors(
-    claude: RunningGateway,
-    upstream: FakeUpstream,
-    status: int,
-    kind: str,
-    text: str,
-    client_status: int,
-    code: str,
-) -> None:
-    headers = {"retry-after": "7"} if status == 429 else {}
-    serve(upstream, lambda body: JSONReply(error_body(kind, text), status=status, headers=headers))
-    async with sdk(claude) as client:
-        for stream in (False, True):
-            with pytest.raises(openai.APIStatusError) as caught:
-                await client.chat.completions.create(
-                    model="claude", messages=MESSAGES, stream=stream
-                )
-            assert caught.value.status_code == client_status
-            assert caught.value.body["code"] == code  # type: ignore[index]
-            assert text in caught.value.body["message"]  # type: ignore[index]
-            if status == 429:
-                assert isinstance(caught.value, openai.RateLimitError)
-                assert caught.value.response.headers["retry-after"] == "7"
-
-
 async def test_untranslatable_request_is_a_400_that_never_leaves(
     claude: RunningGateway, upstream: FakeUpstream
 ) -> None:
@@ -556,45 +388,6 @@ async def test_untranslatable_request_is_a_400_that_never_leaves(
             await client.chat.completions.create(model="claude", messages=conversation)
     assert "JSON object" in caught.value.body["message"]  # type: ignore[index]
     assert upstream.requests == []
-
-
-async def test_an_unsupported_operation_is_a_400_with_no_retry_and_no_cooldown(
-    nursery: trio.Nursery, upstream: FakeUpstream
-) -> None:
-    """Anthropic serves no embeddings: the client's 400, never retried nor held against
-    a deployment, however strict the router (one failure cools; retries allowed)."""
-    base = {"api_base": f"http://127.0.0.1:{upstream.port}", "api_key": UPSTREAM_KEY}
-    entries = [
-        {
-            "model_name": "claude",
-            "litellm_params": {"model": f"anthropic/{MODEL}", "order": order, **base},
-            "model_info": {"id": name},
-        }
-        for order, name in enumerate(("first", "second"), start=1)
-    ]
-    config = {
-        "model_list": entries,
-        "router_settings": {"num_retries": 2, "allowed_fails": 0, "cooldown_time": 60},
-    }
-    serve(upstream, lambda body: JSONReply(message([{"type": "text", "text": "Hi"}])))
-    running = await start_gateway(nursery, config)
-    async with running.client() as client:
-        refused = await client.post("/v1/embeddings", json={"model": "claude", "input": "x"})
-        assert refused.status_code == 400
-        assert refused.json()["error"]["code"] == "unsupported_operation"
-        assert refused.json()["error"]["type"] == "invalid_request_error"
-        assert refused.headers["x-trigate-attempted-retries"] == "0"
-        assert upstream.requests == []
-        chat = await client.post(
-            "/v1/chat/completions", json={"model": "claude", "messages": MESSAGES}
-        )
-    assert chat.status_code == 200
-    assert chat.headers["x-trigate-deployment"] == "first"
-    assert chat.headers["x-trigate-attempted-retries"] == "0"
-    await running.stop()
-
-
-# --- translation, unit by unit --------------------------------------------------------
 
 
 def translate(**body: Any) -> dict[str, Any]:

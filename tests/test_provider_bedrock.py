@@ -1,49 +1,48 @@
 """The `bedrock/` provider: OpenAI's SDK against the gateway, a fake Bedrock Runtime behind it.
 
-The fake speaks Converse as AWS documents it, checked against botocore's own
-service model for Bedrock Runtime: every request body it receives is validated
-against the Converse input shape (plus the rules Bedrock enforces beyond it:
-alternating roles, no blank text, tool config with tool blocks), every response
-and stream event it sends against the output shapes. Streams are real binary
-event-stream frames with correct CRCs, from a small encoder written here from the
-framing spec. Each request's SigV4 signature is recomputed independently of
-botocore, from what arrived on the socket; a bad one gets AWS's 403.
+The fake (fake_bedrock.py) checks every body against botocore's service model and every
+SigV4 signature from what arrived on the socket, and answers in binary event-stream frames.
+What every provider owes (errors, usage chunk, tool calls, disconnects) is in
+test_provider_contract.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import itertools
 import logging
-import re
-import struct
-import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 import openai
 import orjson
 import pytest
 import trio
-from botocore.exceptions import ParamValidationError
-from botocore.loaders import Loader
-from botocore.model import ServiceModel
 from botocore.validate import validate_parameters
-from conftest import (
-    MESSAGES,
-    WEATHER_TOOL,
-    RunningGateway,
-    deployment_config,
-    sdk,
-    start_gateway,
+from fake_bedrock import (
+    ACCESS_KEY,
+    CONVERSE,
+    MODEL_ID,
+    REGION,
+    SECRET_KEY,
+    SESSION_TOKEN,
+    aws_error,
+    bedrock,
+    bedrock_config,
+    converse_response,
+    event,
+    event_stream,
+    exception,
+    metadata,
+    model_id,
+    signature_problem,
+    split_at,
+    text_events,
 )
-from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply
+from fakes import FakeUpstream, JSONReply
+from helpers import MESSAGES, WEATHER_TOOL, RunningGateway, sdk, start_gateway, streamed_events
 
 from trigate.errors import Failure, InvalidRequest, UpstreamError
 from trigate.providers.bedrock import (
-    EVENT_STREAM,
     StreamTranslator,
     bedrock_error,
     converse_request,
@@ -52,198 +51,6 @@ from trigate.providers.bedrock import (
     to_usage,
 )
 from trigate.providers.eventstream import EventStreamDecoder
-
-ACCESS_KEY = "AKIDEXAMPLE"
-SECRET_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
-SESSION_TOKEN = "FwoGZXIvYXdzEXAMPLE//////////wEaDsessiontoken"
-REGION = "eu-west-3"
-MODEL_ID = "anthropic.claude-3-5-sonnet-20240620-v1:0"
-
-_SERVICE = ServiceModel(Loader().load_service_model("bedrock-runtime", "service-2"))
-CONVERSE = _SERVICE.operation_model("Converse")
-STREAM_EVENTS = _SERVICE.operation_model("ConverseStream").output_shape.members["stream"]
-
-
-# --- the fake Bedrock Runtime ----------------------------------------------------------
-
-
-def bedrock_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
-    credentials = {
-        "aws_access_key_id": ACCESS_KEY,
-        "aws_secret_access_key": SECRET_KEY,
-        "aws_region_name": REGION,
-    }
-    base = f"http://127.0.0.1:{upstream.port}"
-    model = {"model": f"bedrock/{MODEL_ID}", "api_base": base, **credentials}
-    return deployment_config("claude", {**model, **params})
-
-
-def event_stream(frames: list[bytes | float]) -> StreamReply:
-    """A ConverseStream answer, with the content-type Bedrock gives one."""
-    return StreamReply(frames, content_type=EVENT_STREAM)
-
-
-def aws_error(status: int, error_type: str, message: str, **headers: str) -> JSONReply:
-    """Bedrock's error: the type in a header, only a message in the body."""
-    error_type = f"{error_type}:http://internal.amazon.com/coral/com.amazon.bedrock/"
-    return JSONReply({"message": message}, status, {"x-amzn-errortype": error_type, **headers})
-
-
-def bedrock(
-    reply: Callable[[ReceivedRequest], Reply], *, token: str | None = None, signed: bool = True
-) -> Callable[[ReceivedRequest], Reply]:
-    """A handler that refuses what Bedrock would refuse, then answers with `reply`."""
-
-    def handle(request: ReceivedRequest) -> Reply:
-        if signed and (problem := signature_problem(request, token)):
-            return aws_error(403, "InvalidSignatureException", problem)
-        if problem := converse_problem(request):
-            return aws_error(400, "ValidationException", problem)
-        return reply(request)
-
-    return handle
-
-
-_AUTHORIZATION = re.compile(
-    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[a-z0-9-]+)"
-    r"/bedrock/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=(?P<sig>[0-9a-f]{64})"
-)
-
-
-def signature_problem(request: ReceivedRequest, token: str | None = None) -> str | None:
-    """SigV4 recomputed from the spec (not botocore) over the request as it arrived."""
-    match = _AUTHORIZATION.fullmatch(request.headers.get("authorization", ""))
-    if match is None or match["key"] != ACCESS_KEY or match["region"] != REGION:
-        return f"Malformed Authorization header: {request.headers.get('authorization')!r}"
-    amz_date = request.headers.get("x-amz-date", "")
-    signed = match["signed"].split(";")
-    if not re.fullmatch(r"\d{8}T\d{6}Z", amz_date) or amz_date[:8] != match["date"]:
-        return f"Bad x-amz-date {amz_date!r}"
-    if not {"host", "x-amz-date", "content-type"} <= set(signed) or signed != sorted(signed):
-        return f"Bad SignedHeaders {signed}"
-    if token is not None and (
-        request.headers.get("x-amz-security-token") != token or "x-amz-security-token" not in signed
-    ):
-        return "The security token included in the request is invalid."
-    # Services other than S3 encode each path segment twice: once on the wire, once here.
-    canonical = "\n".join(
-        [
-            request.method,
-            quote(request.target, safe="/-_.~"),
-            "",
-            *(f"{name}:{' '.join(request.headers[name].split())}" for name in signed),
-            "",
-            match["signed"],
-            hashlib.sha256(request.body).hexdigest(),
-        ]
-    )
-    scope = f"{match['date']}/{REGION}/bedrock/aws4_request"
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{digest}"
-    key = f"AWS4{SECRET_KEY}".encode()
-    for part in (match["date"], REGION, "bedrock", "aws4_request"):
-        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-    if hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest() != match["sig"]:
-        return "The request signature we calculated does not match the signature you provided."
-    return None
-
-
-def model_id(request: ReceivedRequest) -> str:
-    return unquote(request.target.split("/model/", 1)[1].rsplit("/", 1)[0])
-
-
-def converse_problem(request: ReceivedRequest) -> str | None:
-    """What Bedrock's ValidationException would say about this Converse body, if anything."""
-    body = request.json
-    try:
-        validate_parameters({**body, "modelId": model_id(request)}, CONVERSE.input_shape)
-    except ParamValidationError as error:
-        return str(error)
-    roles = [message["role"] for message in body["messages"]]
-    if roles[:1] != ["user"] or any(a == b for a, b in itertools.pairwise(roles)):
-        return f"A conversation must start with a user message and alternate roles: {roles}"
-    blocks = [block for message in body["messages"] for block in message["content"]]
-    blocks += body.get("system", [])
-    if any(len(block) != 1 for block in blocks):
-        return "Each content block must set exactly one member."
-    if any("text" in block and not block["text"].strip() for block in blocks):
-        return "The text field in the ContentBlock object is blank."
-    if "toolConfig" not in body and any("toolUse" in b or "toolResult" in b for b in blocks):
-        return "The toolConfig field must be defined when using toolUse and toolResult content."
-    return None
-
-
-def converse_response(
-    content: list[dict[str, Any]],
-    stop_reason: str = "end_turn",
-    usage: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    usage = usage or {"inputTokens": 12, "outputTokens": 3}
-    usage.setdefault("totalTokens", sum(usage.values()))
-    body = {
-        "output": {"message": {"role": "assistant", "content": content}},
-        "stopReason": stop_reason,
-        "usage": usage,
-        "metrics": {"latencyMs": 321},
-    }
-    validate_parameters(body, CONVERSE.output_shape)
-    return body
-
-
-def encode_frame(headers: dict[str, str], payload: bytes) -> bytes:
-    """One event-stream message: prelude (lengths), its CRC, string headers, payload, CRC."""
-    encoded = b""
-    for name, value in headers.items():
-        raw = value.encode()
-        encoded += bytes([len(name)]) + name.encode() + struct.pack(">BH", 7, len(raw)) + raw
-    prelude = struct.pack(">II", 16 + len(encoded) + len(payload), len(encoded))
-    message = prelude + struct.pack(">I", zlib.crc32(prelude)) + encoded + payload
-    return message + struct.pack(">I", zlib.crc32(message))
-
-
-def event(event_type: str, **payload: Any) -> bytes:
-    """A ConverseStream event, with the padding field `p` Bedrock adds to hide lengths."""
-    validate_parameters(payload, STREAM_EVENTS.members[event_type])
-    headers = {
-        ":event-type": event_type,
-        ":content-type": "application/json",
-        ":message-type": "event",
-    }
-    return encode_frame(headers, orjson.dumps({**payload, "p": "abcdefghijklmnopqrstuvwxyzAB"}))
-
-
-def exception(name: str, message: str) -> bytes:
-    assert name in STREAM_EVENTS.members
-    headers = {
-        ":exception-type": name,
-        ":content-type": "application/json",
-        ":message-type": "exception",
-    }
-    return encode_frame(headers, orjson.dumps({"message": message}))
-
-
-def text_events(*pieces: str, stop_reason: str = "end_turn") -> list[bytes]:
-    return [
-        event("messageStart", role="assistant"),
-        *(event("contentBlockDelta", contentBlockIndex=0, delta={"text": p}) for p in pieces),
-        event("contentBlockStop", contentBlockIndex=0),
-        event("messageStop", stopReason=stop_reason),
-    ]
-
-
-def metadata(**usage: int) -> bytes:
-    usage.setdefault("totalTokens", sum(usage.values()))
-    return event("metadata", usage=usage, metrics={"latencyMs": 250})
-
-
-def split_at(data: bytes, offsets: list[int]) -> list[bytes | float]:
-    """The bytes cut at `offsets`, with pauses between, so that each piece is its own read."""
-    pieces: list[bytes | float] = []
-    start = 0
-    for end in [*offsets, len(data)]:
-        pieces += [data[start:end], 0.005]
-        start = end
-    return pieces
 
 
 @pytest.fixture
@@ -566,18 +373,6 @@ async def test_stream_usage_with_cache_tokens(
     assert final.model_extra == {"cache_creation_input_tokens": 0}
 
 
-async def raw_stream(gateway: RunningGateway) -> list[str]:
-    """The gateway's SSE `data:` payloads for one streamed request."""
-    body = {"model": "claude", "messages": MESSAGES, "stream": True}
-    async with (
-        gateway.client() as client,
-        client.stream("POST", "/v1/chat/completions", json=body) as response,
-    ):
-        assert response.status_code == 200
-        text = (await response.aread()).decode()
-    return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
-
-
 async def test_crc_mismatch_fails_the_stream_after_what_came_before(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
@@ -585,7 +380,7 @@ async def test_crc_mismatch_fails_the_stream_after_what_came_before(
     corrupt = bytearray(event("contentBlockDelta", contentBlockIndex=0, delta={"text": "x"}))
     corrupt[-10] ^= 0xFF  # a payload byte: the message CRC no longer matches
     upstream.handler = bedrock(lambda r: event_stream([*good, 0.01, bytes(corrupt)]))
-    events = await raw_stream(gateway)
+    events = await streamed_events(gateway, "claude")
     assert "partial" in "".join(events[:-2])
     error = orjson.loads(events[-2])["error"]
     assert "checksum" in error["message"].lower() and events[-1] == "[DONE]"
@@ -608,7 +403,7 @@ async def test_exception_frames_mid_stream(
 ) -> None:
     frames = [*text_events("so far")[:2], exception(name, "Something went wrong.")]
     upstream.handler = bedrock(lambda r: event_stream(frames))
-    events = await raw_stream(gateway)
+    events = await streamed_events(gateway, "claude")
     assert "so far" in events[1]
     error = orjson.loads(events[-2])["error"]
     assert error["type"] == error_type and "Something went wrong." in error["message"]
@@ -616,31 +411,21 @@ async def test_exception_frames_mid_stream(
     assert record.status == status
 
 
+# Bedrock's own errors; the contract suite covers throttling, a bad token, a too-long input,
+# a malformed request, 500 and 503.
 @pytest.mark.parametrize(
     ("status", "error_type", "message", "client_status", "exception_class", "code"),
     [
-        (429, "ThrottlingException", "Too many requests, please wait before trying again.",
-         429, openai.RateLimitError, "rate_limit_exceeded"),
         (429, "ModelNotReadyException", "Model is not ready for inference.",
          429, openai.RateLimitError, "rate_limit_exceeded"),
         (403, "AccessDeniedException", "You don't have access to the model.",
          401, openai.AuthenticationError, "upstream_authentication_error"),
-        (403, "UnrecognizedClientException", "The security token is invalid.",
-         401, openai.AuthenticationError, "upstream_authentication_error"),
-        (400, "ValidationException", "Input is too long for requested model.",
-         400, openai.BadRequestError, "context_length_exceeded"),
         (400, "ValidationException", "Model error: too many input tokens",
          400, openai.BadRequestError, "context_length_exceeded"),
-        (400, "ValidationException", "Malformed input request: extraneous key [foo]",
-         400, openai.BadRequestError, "ValidationException"),
         (408, "ModelTimeoutException", "Model has timed out in processing the request.",
          504, openai.APIStatusError, "upstream_timeout"),
         (424, "ModelErrorException", "The model encountered an error.",
          502, openai.APIStatusError, "upstream_error"),
-        (500, "InternalServerException", "The server encountered an internal error.",
-         502, openai.APIStatusError, "upstream_error"),
-        (503, "ServiceUnavailableException", "The service is unavailable. Please try again later.",
-         503, openai.InternalServerError, "upstream_overloaded"),
     ],
 )  # fmt: skip
 async def test_errors_before_the_answer(

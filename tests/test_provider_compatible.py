@@ -5,18 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import openai
-import orjson
 import pytest
 import trio
-from conftest import (
-    MESSAGES,
-    UPSTREAM_KEY,
-    deployment_config,
-    sdk,
-    start_gateway,
-)
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
+from helpers import MESSAGES, UPSTREAM_KEY, deployment_config, sdk, start_gateway
 
 from trigate.config import ConfigError, LiteLLMParams, parse_config
 from trigate.providers import PROVIDERS
@@ -141,25 +133,4 @@ async def test_usage_in_the_last_content_chunk_without_stream_options(
         2,
         "upstream",
     )
-    await running.stop()
-
-
-async def test_errors_pass_through_a_family(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
-    upstream.handler = lambda request: JSONReply(
-        {
-            "error": {
-                "message": "Rate limit reached for model",
-                "type": "tokens",
-                "code": "rate_limit_exceeded",
-            }
-        },
-        status=429,
-        headers={"retry-after": "2"},
-    )
-    running = await start_gateway(nursery, family_config(upstream, "groq", "llama-3.3-70b"))
-    async with sdk(running) as client:
-        with pytest.raises(openai.RateLimitError) as caught:
-            await client.chat.completions.create(model="compat", messages=MESSAGES)
-    assert caught.value.response.headers["retry-after"] == "2"
-    assert orjson.loads(caught.value.response.content)["error"]["type"] == "rate_limit_error"
     await running.stop()

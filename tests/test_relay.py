@@ -9,8 +9,8 @@ import orjson
 import trio
 import trio.testing
 from asgi_driver import chat_request, start_lifespan
-from conftest import RunningGateway, build_app, mock_config, openai_config, start_gateway
 from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, sse_lines
+from helpers import RunningGateway, build_app, mock_config, openai_config, start_gateway
 
 from trigate.relay import CHANNEL_CAPACITY, MAX_FRAMES_PER_WRITE
 

@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 from asgi_driver import Harness, Reply, chat_request, harness
-from conftest import start_gateway
 from fakes import FakeUpstream, StreamReply, chunk, stream_of
+from helpers import start_gateway
 from scripted import Step, deployment, error, group_config, ok_stream
 
 MESSAGES = [{"role": "user", "content": "hello"}]
