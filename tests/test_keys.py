@@ -36,6 +36,18 @@ async def new_key(h: Harness, **fields: Any) -> str:
     return reply.json["key"]
 
 
+async def test_a_taken_alias_is_a_400_however_it_is_asked_for(nursery: trio.Nursery) -> None:
+    """An empty alias is an alias too, and an update racing past the route's own check
+    meets the store's unique rule: both are the caller's 400, never a 500."""
+    h = await priced(nursery)
+    await new_key(h, key_alias="")
+    assert (await h.admin("/key/generate", {"key_alias": ""})).status == 400
+    await new_key(h, key_alias="a")
+    other = await new_key(h, key_alias="b")
+    taken = await h.admin("/key/update", {"key": other, "key_alias": "a"})
+    assert taken.status == 400 and taken.json["error"]["type"] == "invalid_request_error"
+
+
 async def flush(h: Harness) -> None:
     assert await h.gateway.ledger.flush()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trigate.store import SpendFilter, Store, next_reset
+from trigate.store import Conflict, SpendFilter, Store, next_reset
 
 
 def key_row(token_hash: str, **fields: object) -> dict:
@@ -66,6 +66,20 @@ async def test_rows_round_trip_with_json_and_booleans(database_url: str) -> None
     assert not await store.update("keys", "nope", {"rpm_limit": 1})
     assert await store.delete("keys", "token_hash", ["h1", "h2"]) == 1
     assert await store.get("keys", "h1") is None
+    await store.close()
+
+
+async def test_a_uniqueness_conflict_is_the_callers_not_a_store_failure(
+    database_url: str,
+) -> None:
+    store = await Store.open(database_url)
+    await store.insert("keys", key_row("h1", key_alias="one"))
+    await store.insert("keys", key_row("h2", key_alias="two"))
+    with pytest.raises(Conflict):
+        await store.insert("keys", key_row("h1"))
+    with pytest.raises(Conflict):
+        await store.update("keys", "h2", {"key_alias": "one"})
+    assert (await store.get("keys", "h2"))["key_alias"] == "two"
     await store.close()
 
 

@@ -18,8 +18,9 @@ from werkzeug.exceptions import HTTPException
 from trigate.api import chat, completions, embeddings, health, keys, messages, models, spend, teams
 from trigate.api.context import RequestScope
 from trigate.api.model_api import ModelAPI, Route, error_reply, unexpected_failure
-from trigate.errors import BodyTooLarge, GatewayError, NotFound
+from trigate.errors import BodyTooLarge, GatewayError, InvalidRequest, NotFound
 from trigate.gateway import Gateway
+from trigate.store import Conflict
 
 
 def create_app(gateway: Gateway) -> QuartTrio:
@@ -68,6 +69,13 @@ def _register_error_handlers(app: QuartTrio) -> None:
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         return _error_response(_from_http_exception(error))
+
+    @app.errorhandler(Conflict)
+    async def conflict(error: Conflict) -> Response:
+        # Two admin calls racing for one alias or id both pass the route's own check.
+        return _error_response(
+            InvalidRequest("That conflicts with an existing entry: an alias or id is taken.")
+        )
 
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:

@@ -180,7 +180,8 @@ async def _check_owners(gateway: Gateway, fields: dict[str, Any]) -> None:
 
 
 async def _insert_unique(gateway: Gateway, row: dict[str, Any]) -> None:
-    if row.get("key_alias") and await gateway.store.select("keys", {"key_alias": row["key_alias"]}):
+    alias = row.get("key_alias")
+    if alias is not None and await gateway.store.select("keys", {"key_alias": alias}):
         raise InvalidRequest(f"A key with alias `{row['key_alias']}` exists.", param="key_alias")
     if await gateway.store.get("keys", row["token_hash"]) is not None:
         raise InvalidRequest("That key exists already.", param="key")

@@ -16,8 +16,10 @@ import orjson
 import trio
 
 from trigate.durations import parse_duration
-from trigate.store.backends import Backend, Cursor, connect
+from trigate.store.backends import Backend, Conflict, Cursor, connect
 from trigate.store.backends import Row as Row
+
+__all__ = ["Conflict", "Row", "Store"]
 from trigate.store.migrations import MIGRATIONS
 
 T = TypeVar("T")

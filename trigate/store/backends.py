@@ -19,6 +19,11 @@ T = TypeVar("T")
 Row = dict[str, Any]
 
 
+class Conflict(Exception):
+    """A write would break a uniqueness rule (a key alias taken, a primary key reused):
+    the caller's input, not a failure of the store."""
+
+
 class Cursor(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run a statement; returns the number of rows it changed."""
@@ -42,7 +47,10 @@ class _SqliteCursor:
         self._connection = connection
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._connection.execute(sql, params).rowcount
+        try:
+            return self._connection.execute(sql, params).rowcount
+        except sqlite3.IntegrityError as error:
+            raise Conflict(str(error)) from None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         cursor = self._connection.execute(sql, params)
@@ -93,7 +101,12 @@ class _PostgresCursor:
         self._cursor = cursor
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        self._cursor.execute(sql.replace("?", "%s"), params)
+        from psycopg.errors import UniqueViolation
+
+        try:
+            self._cursor.execute(sql.replace("?", "%s"), params)
+        except UniqueViolation as error:
+            raise Conflict(str(error)) from None
         return int(self._cursor.rowcount)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
