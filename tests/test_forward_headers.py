@@ -19,6 +19,7 @@ from conftest import (
 )
 from fakes import FakeUpstream, JSONReply, chat_completion
 from test_provider_anthropic import anthropic_config, message
+from test_provider_bedrock import bedrock, bedrock_config, converse_response
 
 # Sent with every request: what may go on, and what never may.
 CLIENT_HEADERS = {
@@ -76,6 +77,22 @@ async def test_allow_listed_client_headers_reach_an_anthropic_upstream(
     assert not WITHHELD & received.headers.keys()
     assert received.headers["x-api-key"] == UPSTREAM_KEY
     assert MASTER_KEY not in str(received.headers)
+    await gateway.stop()
+
+
+async def test_forwarded_headers_are_signed_for_bedrock(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Bedrock signs each request: the forwarded headers go out with a signature that
+    holds, and the client's key never replaces the deployment's signature."""
+    gateway = await start_gateway(nursery, forwarding(bedrock_config(upstream)))
+    text = [{"text": "Hi"}]
+    upstream.handler = bedrock(lambda request: JSONReply(converse_response(text)))
+    await post(gateway, "/v1/chat/completions", {"model": "claude", "messages": MESSAGES})
+    [received] = upstream.requests
+    assert received.headers["x-trace-id"] == "trace-7"
+    assert received.headers["authorization"].startswith("AWS4-HMAC-SHA256 ")
+    assert not WITHHELD & received.headers.keys() and MASTER_KEY not in str(received.headers)
     await gateway.stop()
 
 
