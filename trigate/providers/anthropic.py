@@ -118,7 +118,7 @@ class AnthropicMessages(Provider, NativeMessages):
         answered with the upstream's own message and bytes."""
         payload = {**body, "model": self._model}
         raw, data = await read_json_object(
-            await self._upstream.post(payload, self._client_headers(headers))
+            await self._upstream.post(payload, overrides=self._client_headers(headers))
         )
         usage = data.get("usage")
         metered = openai_usage(usage) if isinstance(usage, dict) else None
