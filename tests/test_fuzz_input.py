@@ -334,12 +334,20 @@ def nested(depth: int) -> bytes:
 READERS = ("/v1/chat/completions", "/v1/messages", "/v1/messages/count_tokens")
 
 
-def readers(case: str) -> tuple[str, ...]:
+# Fields inside a tool that the gateway reads only to translate: a Messages request to
+# an `anthropic/` deployment goes as it came, and their shape is Anthropic's to judge.
+TOOL_SCHEMA_CASES = ("parameters as a list", "an input_schema as a list")
+
+
+def readers(case: str, model: str) -> tuple[str, ...]:
     """Where `case` must be a 4xx; a body too deep to forward may still be answered by a
     provider that drops the field (`metadata` has no Converse meaning)."""
     if "metadata" in case:
         return ()
-    return READERS[1:] if "input_schema" in case else READERS
+    paths = READERS[1:] if "input_schema" in case else READERS
+    if model == "claude" and case in TOOL_SCHEMA_CASES:
+        return tuple(path for path in paths if path != "/v1/messages")
+    return paths
 
 
 # The security review's cases, each through every model route and every family.
@@ -376,7 +384,7 @@ async def test_the_named_cases_are_4xx_everywhere(nursery: trio.Nursery) -> None
                     raw = raw.replace(orjson.dumps(DEEP), nested(depth))
                     status, answer = await send(nursery, app, path, raw)
                     no_server_error(status, answer, (name, model, path, stream))
-                    if path in readers(name):
+                    if path in readers(name, model):
                         assert 400 <= status < 500, (name, model, path, stream, answer[:200])
 
 

@@ -35,6 +35,8 @@ from fakes import (
 from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, mock_config, start_gateway
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello"}]
+# The `anthropic-version` this SDK sends with every request.
+SDK_VERSION = anthropic.Anthropic(api_key="unused").default_headers["anthropic-version"]
 WEATHER_TOOL = {
     "name": "get_weather",
     "description": "The weather in a city.",
@@ -371,14 +373,15 @@ CACHED_SYSTEM = [{"type": "text", "text": "Be brief.", "cache_control": {"type":
 
 
 def native(upstream: FakeUpstream, reply: Reply) -> None:
-    """Answer with `reply` only what arrived natively: the deployment's key and version,
-    and `model` rewritten to the upstream's."""
+    """Answer with `reply` only what arrived natively: the deployment's key, the client's
+    version (the SDK's) or else the deployment's, and `model` rewritten to the upstream's."""
 
     def handle(request: ReceivedRequest) -> Reply:
         headers = request.headers
         if request.target != "/v1/messages" or headers.get("x-api-key") != UPSTREAM_KEY:
             return JSONReply(error_body("authentication_error", "bad key or route"), status=401)
-        if headers.get("anthropic-version") != "2023-06-01" or request.json["model"] != MODEL:
+        version = headers.get("anthropic-version")
+        if version not in (SDK_VERSION, "2023-06-01") or request.json["model"] != MODEL:
             return JSONReply(error_body("invalid_request_error", "bad version or model"), 400)
         return reply
 
@@ -486,3 +489,141 @@ async def test_native_stream_client_disconnect_closes_the_upstream(
         [record] = await claude.records.wait_for(1)
     assert record.cancelled_by_client and record.status == 499
     assert (record.prompt_tokens, record.completion_tokens) == (25, 1)
+
+
+# --- Claude Code: a mid-conversation system message, betas, `?beta=true` -------------
+
+# What Claude Code 2.1 sends: `system` turns inside `messages` and fields that are legal
+# only with their betas named in `anthropic-beta`.
+CLAUDE_CODE_MESSAGES: list[Any] = [
+    {"role": "user", "content": "Say hi"},
+    {"role": "assistant", "content": "Hi."},
+    {"role": "system", "content": [{"type": "text", "text": "The user is in /work."}]},
+    {"role": "user", "content": "Again"},
+]
+CLAUDE_CODE_BETAS = "claude-code-20250219,context-management-2025-06-27,mid-conversation-system"
+BETA_FIELDS = {
+    "context_management": {"edits": [{"type": "clear_thinking_20251015"}]},
+    "output_config": {"effort": "medium"},
+    "thinking": {"type": "adaptive"},
+}
+
+
+async def test_claude_code_request_reaches_anthropic_untouched_with_its_headers(
+    claude: RunningGateway, upstream: FakeUpstream
+) -> None:
+    frames = [message_start(input_tokens=25, output_tokens=1), *text_block(0, "Hi"), PING]
+    replies: list[Reply] = [JSONReply(message([{"type": "text", "text": "Hi"}]))]
+    replies.append(StreamReply([*frames, *message_end("end_turn", output_tokens=3)]))
+    accepted = JSONReply({})
+    native(upstream, accepted)
+    check = upstream.handler
+
+    def handle(request: ReceivedRequest) -> Reply:
+        checked = check(request)
+        return replies.pop(0) if checked is accepted else checked
+
+    upstream.handler = handle
+    async with sdk(claude) as client:
+        reply = await client.messages.create(
+            model="claude",
+            max_tokens=64,
+            messages=CLAUDE_CODE_MESSAGES,
+            extra_headers={"anthropic-beta": CLAUDE_CODE_BETAS},
+            extra_query={"beta": "true"},
+            extra_body=BETA_FIELDS,
+        )
+        async with client.messages.stream(
+            model="claude",
+            max_tokens=64,
+            messages=CLAUDE_CODE_MESSAGES,
+            extra_headers={"anthropic-beta": CLAUDE_CODE_BETAS},
+            extra_query={"beta": "true"},
+        ) as stream:
+            final = await stream.get_final_message()
+    assert reply.content[0].type == "text" and reply.content[0].text == "Hi"
+    assert final.content[0].type == "text" and final.content[0].text == "Hi"
+    whole, streamed = upstream.requests
+    assert whole.json == {
+        "model": MODEL,
+        "max_tokens": 64,
+        "messages": CLAUDE_CODE_MESSAGES,
+        **BETA_FIELDS,
+    }
+    assert streamed.json["messages"] == CLAUDE_CODE_MESSAGES and streamed.json["stream"]
+    for received in (whole, streamed):
+        assert received.target == "/v1/messages"
+        assert received.headers["anthropic-beta"] == CLAUDE_CODE_BETAS
+        assert received.headers["anthropic-version"] == SDK_VERSION
+        assert received.headers["x-api-key"] == UPSTREAM_KEY
+
+
+async def test_a_deployments_version_serves_only_clients_that_send_none(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    config = anthropic_config(
+        upstream, anthropic_version="2024-01-01", extra_headers={"anthropic-beta": "ops-beta"}
+    )
+    gateway = await start_gateway(nursery, config)
+    upstream.handler = lambda request: JSONReply(message([{"type": "text", "text": "Hi"}]))
+    body = {"model": "claude", "max_tokens": 8, "messages": MESSAGES}
+    client_headers = {"anthropic-version": "2023-06-01", "anthropic-beta": "client-beta"}
+    async with gateway.client() as client:
+        for headers in ({}, client_headers):
+            response = await client.post("/v1/messages", json=body, headers=headers)
+            assert response.status_code == 200
+    plain, versioned = (request.headers for request in upstream.requests)
+    assert (plain["anthropic-version"], plain["anthropic-beta"]) == ("2024-01-01", "ops-beta")
+    assert versioned["anthropic-version"] == "2023-06-01"
+    assert versioned["anthropic-beta"] == "ops-beta,client-beta"
+    await gateway.stop()
+
+
+async def test_a_mid_conversation_system_message_is_a_system_message_when_translated(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Hi"))
+    async with sdk(gateway) as client:
+        reply = await client.messages.create(
+            model="gpt-test",
+            max_tokens=64,
+            messages=CLAUDE_CODE_MESSAGES,
+            extra_headers={"anthropic-beta": CLAUDE_CODE_BETAS},
+            extra_query={"beta": "true"},
+        )
+    assert reply.content[0].type == "text" and reply.content[0].text == "Hi"
+    [received] = upstream.requests
+    assert received.json["messages"] == [
+        {"role": "user", "content": "Say hi"},
+        {"role": "assistant", "content": "Hi."},
+        {"role": "system", "content": [{"type": "text", "text": "The user is in /work."}]},
+        {"role": "user", "content": "Again"},
+    ]
+    assert "anthropic-beta" not in received.headers
+
+
+async def test_a_body_only_anthropic_can_read_is_refused_only_by_a_translated_deployment(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    config = anthropic_config(upstream)
+    config["model_list"].append(
+        {
+            "model_name": "gpt-test",
+            "litellm_params": {
+                "model": "openai/upstream-model",
+                "api_base": upstream.base_url,
+                "api_key": UPSTREAM_KEY,
+            },
+        }
+    )
+    gateway = await start_gateway(nursery, config)
+    upstream.handler = lambda request: JSONReply(message([{"type": "text", "text": "Hi"}]))
+    turns = [*MESSAGES, {"role": "critic", "content": "Shorter."}]
+    async with sdk(gateway) as client:
+        await client.messages.create(model="claude", max_tokens=8, messages=turns)
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await client.messages.create(model="gpt-test", max_tokens=8, messages=turns)
+    assert "critic" in refused.value.message
+    [received] = upstream.requests
+    assert received.json["messages"] == turns
+    await gateway.stop()

@@ -155,6 +155,8 @@ class GeneralSettings(BaseModel):
     max_upstream_connections: int = Field(default=1000, ge=1)
     # Client connections per worker; when full, the longest idle one is closed for a new one.
     max_connections: int = Field(default=4096, ge=1)
+    # LiteLLM's: send the client's `x-` headers and `anthropic-beta` on to every upstream.
+    forward_client_headers_to_llm_api: bool = False
 
 
 class GatewayConfig(BaseModel):

@@ -53,6 +53,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         max_body_bytes=gateway.config.max_request_bytes,
         body_timeout=settings.request_body_timeout,
         response_timeout=settings.response_timeout,
+        forward_client_headers=settings.forward_client_headers_to_llm_api,
     )
     # Replacing the method is Quart's documented way to wrap its app in ASGI middleware.
     app.asgi_app = RequestScope(model_api)  # type: ignore[method-assign]

@@ -80,15 +80,20 @@ def _system_messages(system: Any) -> list[dict[str, Any]]:
 
 def _chat_messages(message: dict[str, Any]) -> list[dict[str, Any]]:
     """One Anthropic turn as chat messages: a user turn's tool results become `tool`
-    messages, first, because OpenAI wants them right after the assistant's calls."""
+    messages, first, because OpenAI wants them right after the assistant's calls. A
+    `system` turn (Claude Code's mid-conversation system beta) is a system message."""
     role = message.get("role")
-    if role not in ("user", "assistant"):
-        raise InvalidRequest(f"Message role must be `user` or `assistant`, not {role!r}.")
+    if role not in ("user", "assistant", "system"):
+        raise InvalidRequest(
+            f"Message role must be `user`, `assistant` or `system`, not {role!r}."
+        )
     content = message.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
         raise InvalidRequest("Message `content` must be a string or an array of blocks.")
+    if role == "system":
+        return _system_messages(content)
     if role == "assistant":
         return [_assistant_message(content)]
     results = [_tool_message(block) for block in content if _kind(block) == "tool_result"]

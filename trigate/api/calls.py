@@ -118,12 +118,14 @@ class Surface:
     """The API a client speaks when it is not OpenAI's: how the answer of a call made
     in OpenAI's shapes is rendered back, as a whole and as a stream. A deployment
     with the `native` operation's ability is sent the client's own `body` instead,
-    and its answer goes back as it came."""
+    and its answer goes back as it came. `untranslatable` says why a body that only
+    a native deployment can take cannot go to any other."""
 
     answer: Callable[[dict[str, Any]], bytes]
     frames: Callable[[], FrameEncoder]
     body: dict[str, Any]
     native: Operation[NativeMessages]
+    untranslatable: InvalidRequest | None = None
 
 
 async def proxy_request(
@@ -276,6 +278,10 @@ def serving(
         native = surface.native.ability(deployment.abilities)
         if native is not None:
             return Serving(surface.native, native, surface.body, native=True)
+        failure = surface.untranslatable
+        if failure is not None:
+            # Built anew: each deployment that cannot take the body refuses it for itself.
+            raise InvalidRequest(failure.message, param=failure.param, code=failure.code)
     return Serving(operation, operation.served_by(deployment), body)
 
 

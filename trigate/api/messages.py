@@ -6,11 +6,16 @@ spend); only its answer, its stream events and its errors are rendered in
 Anthropic's shapes, so the SDK raises its own exception classes. A deployment
 that speaks the Messages API itself (`anthropic/`) is sent the client's body as
 it came and its answer or events are relayed as they came, so nothing Claude
-adds (thinking signatures, server tools, new fields) is lost on the way.
+adds (thinking signatures, server tools, new fields) is lost on the way. Such a
+request is checked only for what the gateway itself reads (`model`, `messages` as
+a list, `stream`, `max_tokens` for budgets): a body that only Anthropic can read
+(a beta's new roles or blocks) fails its translation for the other deployments
+alone. The client's `anthropic-version` and `anthropic-beta` go with its body.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -36,13 +41,21 @@ from trigate.limits import check_model
 from trigate.providers import NativeMessages
 from trigate.usage import UsageMeter
 
-# Served by a provider that speaks the Messages API itself (`anthropic/`).
-MESSAGES: Operation[NativeMessages] = Operation(
-    "messages",
-    lambda abilities: abilities.messages,
-    lambda provider, body: provider.messages(body),
-    lambda provider, body: provider.open_messages_stream(body),
-)
+# The fields of a body that could not be translated that the gateway still reads: to
+# count the prompt, to reserve a budget, to stream.
+ACCOUNTED_FIELDS = ("model", "messages", "max_tokens", "stream")
+
+
+def native_messages(headers: Mapping[str, str]) -> Operation[NativeMessages]:
+    """Served by a provider that speaks the Messages API itself (`anthropic/`), with the
+    client's `anthropic-*` headers, which say which version and betas its body is in."""
+    anthropic = {name: value for name, value in headers.items() if name.startswith("anthropic-")}
+    return Operation(
+        "messages",
+        lambda abilities: abilities.messages,
+        lambda provider, body: provider.messages(body, anthropic),
+        lambda provider, body: provider.open_messages_stream(body, anthropic),
+    )
 
 
 def routes(gateway: Gateway) -> dict[str, Route]:
@@ -71,17 +84,30 @@ async def _messages(gateway: Gateway, incoming: Incoming) -> Reply:
     max_tokens = body.get("max_tokens")
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
         raise InvalidRequest("`max_tokens` is required and must be an integer.", param="max_tokens")
-    chat = to_chat_request(body)
-    check_tool_fields(chat)
+    chat, untranslatable = _chat_request(body)
     surface = Surface(
         answer=lambda completion: orjson.dumps(to_message(completion, model)),
         frames=lambda: AnthropicFrames(model),
         body=body,
-        native=MESSAGES,
+        native=native_messages(incoming.headers),
+        untranslatable=untranslatable,
     )
     call = ProxiedCall(gateway, current_request.get(), caller, model, chat, None, CHAT, surface)
     await call.admit()
     return await (call.stream() if chat.get("stream") else call.complete())
+
+
+def _chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], InvalidRequest | None]:
+    """The request as a chat completion, and None; or, when it cannot be one, the fields
+    the gateway accounts by and why it cannot: an `anthropic/` deployment may still take
+    it as it is, so that is no 400 until a deployment that needs the translation is
+    chosen."""
+    try:
+        chat = to_chat_request(body)
+        check_tool_fields(chat)
+    except InvalidRequest as failure:
+        return {key: body[key] for key in ACCOUNTED_FIELDS if key in body}, failure
+    return chat, None
 
 
 async def _count_tokens(gateway: Gateway, incoming: Incoming) -> Reply:

@@ -30,6 +30,7 @@ import trio
 
 from trigate.api.context import current_request
 from trigate.errors import BodyTooLarge, GatewayError, MethodNotAllowed, RequestTimeout
+from trigate.providers.base import forwarded_headers
 from trigate.relay import StreamRelay
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("trigate")
 
 JSON_HEADERS: Mapping[str, str] = MappingProxyType({"content-type": "application/json"})
+# Never sent upstream, whatever `forward_client_headers_to_llm_api` says: the client's
+# credentials for the gateway, and its cookies.
+NEVER_FORWARDED = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie"})
 
 
 @dataclass(slots=True)
@@ -97,8 +101,10 @@ class ModelAPI:
         max_body_bytes: int,
         body_timeout: float,
         response_timeout: float | None,
+        forward_client_headers: bool = False,
     ) -> None:
         self._app = app
+        self._forward_client_headers = forward_client_headers
         self._routes = routes
         self._max_body_bytes = max_body_bytes
         self._body_timeout = body_timeout
@@ -128,10 +134,15 @@ class ModelAPI:
         except GatewayError as error:
             await _send_reply(send, error_reply(error, route.error_body))
             return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-            await self._send(send, await _answer(route, incoming))
-            nursery.cancel_scope.cancel()
+        forwarded = client_headers_to_forward(headers) if self._forward_client_headers else {}
+        token = forwarded_headers.set(forwarded)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+                await self._send(send, await _answer(route, incoming))
+                nursery.cancel_scope.cancel()
+        finally:
+            forwarded_headers.reset(token)
 
     async def _send(self, send: ASGISendCallable, reply: Reply) -> None:
         """`response_timeout`, when set, cuts off sending an answer (a stream included), not
@@ -161,6 +172,20 @@ class ModelAPI:
                 if not message.get("more_body", False):
                     return body
         raise RequestTimeout(f"The request body did not arrive within {self._body_timeout:g} s.")
+
+
+def client_headers_to_forward(headers: Mapping[str, str]) -> dict[str, str]:
+    """LiteLLM's allow-list for `forward_client_headers_to_llm_api`: `x-` headers and
+    `anthropic-beta`, so tracing ids and provider features reach the upstream; never
+    credentials or cookies, nor the SDKs' `x-stainless-*`, which describe the client's
+    SDK, not the gateway's request."""
+    return {
+        name: value
+        for name, value in headers.items()
+        if (name.startswith("x-") or name == "anthropic-beta")
+        and name not in NEVER_FORWARDED
+        and not name.startswith("x-stainless-")
+    }
 
 
 def _appended(body: bytes | bytearray, part: bytes) -> bytearray:

@@ -15,6 +15,7 @@ message or events, with the usage in OpenAI's shape for metering.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 
 DEFAULT_API_BASE = "https://api.anthropic.com"
 DEFAULT_API_VERSION = "2023-06-01"
+# What a Messages API client's own headers say of its body; sent on with it.
+CLIENT_HEADERS = ("anthropic-version", "anthropic-beta")
 # The Messages API requires `max_tokens`; OpenAI clients usually leave it out.
 DEFAULT_MAX_TOKENS = 4096
 JSON_TOOL = "json_tool_call"
@@ -93,6 +96,9 @@ class AnthropicMessages(Provider, NativeMessages):
         if params.api_key:
             headers["x-api-key"] = params.api_key
         headers.update(params.extra_headers or {})
+        self._betas = next(
+            (value for name, value in headers.items() if name.lower() == "anthropic-beta"), None
+        )
         self._upstream = UpstreamClient(
             transport, messages_url(params.api_base or DEFAULT_API_BASE), headers, params.timeout
         )
@@ -107,20 +113,40 @@ class AnthropicMessages(Provider, NativeMessages):
         response = await self._upstream.post_stream(payload)
         return AnthropicChunkStream(response, StreamTranslator(_json_schema(body) is not None))
 
-    async def messages(self, body: dict[str, Any]) -> Completion:
+    async def messages(self, body: dict[str, Any], headers: Mapping[str, str]) -> Completion:
         """A Messages API request sent as the client wrote it (only `model` is ours),
         answered with the upstream's own message and bytes."""
+        payload = {**body, "model": self._model}
         raw, data = await read_json_object(
-            await self._upstream.post({**body, "model": self._model})
+            await self._upstream.post(payload, overrides=self._client_headers(headers))
         )
         usage = data.get("usage")
         metered = openai_usage(usage) if isinstance(usage, dict) else None
         return Completion(body=data, raw=raw, native=True, native_usage=metered)
 
-    async def open_messages_stream(self, body: dict[str, Any]) -> AnthropicChunkStream:
+    async def open_messages_stream(
+        self, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> AnthropicChunkStream:
         """A Messages API stream sent as the client wrote it, read as its own events."""
-        response = await self._upstream.post_stream({**body, "model": self._model})
+        payload = {**body, "model": self._model}
+        response = await self._upstream.post_stream(
+            payload, overrides=self._client_headers(headers)
+        )
         return AnthropicChunkStream(response, NativeEvents())
+
+    def _client_headers(self, client: Mapping[str, str]) -> dict[str, str]:
+        """The client's `anthropic-version` over the deployment's (it wrote the body for
+        that version), and its `anthropic-beta` beside the deployment's own betas: a beta
+        body field (`context_management`, ...) is legal only with its beta named."""
+        headers = {name: client[name] for name in CLIENT_HEADERS if client.get(name)}
+        betas = [*_betas(self._betas), *_betas(headers.get("anthropic-beta"))]
+        if betas:
+            headers["anthropic-beta"] = ",".join(dict.fromkeys(betas))
+        return headers
+
+
+def _betas(value: str | None) -> list[str]:
+    return [beta.strip() for beta in (value or "").split(",") if beta.strip()]
 
 
 def messages_url(api_base: str) -> str:

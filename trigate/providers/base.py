@@ -9,8 +9,10 @@ OpenAI's shapes to the rest of the gateway: a non-stream call returns a
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import httpx
@@ -35,6 +37,13 @@ R = TypeVar("R")
 # What reading a field of an unexpected shape raises: a string where an object was
 # expected, a number where a list was, nesting deeper than recursion allows.
 MALFORMED = (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError)
+
+# The client's headers that the API layer lets reach the upstream of the request in
+# hand: set per request, read by every `UpstreamClient`, so no provider method needs
+# them as a parameter. Empty unless `forward_client_headers_to_llm_api` allows some.
+forwarded_headers: ContextVar[Mapping[str, str]] = ContextVar(
+    "forwarded_headers", default=MappingProxyType({})
+)
 
 # How much of an upstream's error body is worth reading and quoting.
 ERROR_BODY_LIMIT = 64 * 1024
@@ -196,11 +205,14 @@ class Embeddings(Protocol):
 class NativeMessages(Protocol):
     """Anthropic's Messages API spoken by the upstream itself: the client's body goes as
     it came, and the answer (a `Completion` with `native` set) or the stream's
-    `NativeEvent`s come back as they came."""
+    `NativeEvent`s come back as they came. `headers` are the client's own
+    `anthropic-version` and `anthropic-beta`, which say how its body is to be read."""
 
-    async def messages(self, body: dict[str, Any]) -> Completion: ...
+    async def messages(self, body: dict[str, Any], headers: Mapping[str, str]) -> Completion: ...
 
-    async def open_messages_stream(self, body: dict[str, Any]) -> ChunkStream: ...
+    async def open_messages_stream(
+        self, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> ChunkStream: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,8 +272,11 @@ class UpstreamClient:
         connect = min(timeout, 10.0)
         self._timeout = {"connect": connect, "read": timeout, "write": timeout, "pool": timeout}
 
-    async def post(self, payload: dict[str, Any]) -> httpx.Response:
-        """Send a JSON body; the response is open (streamed) and its status checked."""
+    async def post(
+        self, payload: dict[str, Any], overrides: Mapping[str, str] | None = None
+    ) -> httpx.Response:
+        """Send a JSON body; the response is open (streamed) and its status checked.
+        `overrides` (lower-case names) replace the deployment's headers for this request."""
         try:
             content = orjson.dumps(payload)
         except orjson.JSONEncodeError:
@@ -269,9 +284,10 @@ class UpstreamClient:
             raise InvalidRequest(
                 "The request is nested too deeply to forward (more than 254 levels)."
             ) from None
-        headers = (
-            self._sign(self._url_text, self._raw_headers, content) if self._sign else self._headers
-        )
+        raw = self._request_headers(overrides)
+        headers: httpx.Headers | dict[str, str] = self._headers if raw is self._raw_headers else raw
+        if self._sign:
+            headers = self._sign(self._url_text, raw, content)
         request = httpx.Request(
             "POST",
             self._url,
@@ -291,12 +307,28 @@ class UpstreamClient:
                 await response.aclose()
         return response
 
-    async def post_stream(self, payload: dict[str, Any], media_type: str = SSE) -> httpx.Response:
+    def _request_headers(self, overrides: Mapping[str, str] | None) -> dict[str, str]:
+        """The headers of one request: the client's forwarded ones under the deployment's
+        own (its credentials are never the client's to replace), then `overrides`; the
+        deployment's own dict itself when nothing is added, so its prebuilt `httpx.Headers`
+        are sent as they are."""
+        forwarded = forwarded_headers.get()
+        if not forwarded and not overrides:
+            return self._raw_headers
+        own = {name.lower(): value for name, value in self._raw_headers.items()}
+        return {**forwarded, **own, **(overrides or {})}
+
+    async def post_stream(
+        self,
+        payload: dict[str, Any],
+        media_type: str = SSE,
+        overrides: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
         """`post` for a stream: a success whose body is not of `media_type` (an HTML page
         from a proxy, a JSON answer that ignored `stream`) is the upstream's failure, a
         502, not a stream that happens to hold no events. A response without a
         content-type is given the benefit of the doubt."""
-        response = await self.post(payload)
+        response = await self.post(payload, overrides)
         declared = response.headers.get("content-type")
         if declared is None or _media_type(declared) == media_type:
             return response
