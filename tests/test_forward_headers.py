@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import (
+from fake_anthropic import anthropic_config, message
+from fake_bedrock import bedrock, bedrock_config, converse_response
+from fakes import FakeUpstream, JSONReply, chat_completion
+from helpers import (
     MASTER_KEY,
     MESSAGES,
     UPSTREAM_KEY,
@@ -17,9 +20,6 @@ from conftest import (
     openai_config,
     start_gateway,
 )
-from fakes import FakeUpstream, JSONReply, chat_completion
-from test_provider_anthropic import anthropic_config, message
-from test_provider_bedrock import bedrock, bedrock_config, converse_response
 
 # Sent with every request: what may go on, and what never may.
 CLIENT_HEADERS = {
