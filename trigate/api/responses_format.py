@@ -10,6 +10,7 @@ run) is dropped, and the dropped tool types are returned for a response header.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -21,16 +22,19 @@ from trigate.providers.base import translation
 from trigate.relay import FrameEncoder
 
 # A namespace's function reaches the model as `<namespace>__<function>`, so the model's
-# call maps back to the namespace's function.
+# call maps back to the namespace's function. Chat providers cap a tool's name (OpenAI
+# and Anthropic at 64 characters), so a longer one is cut and told apart by a hash.
 NAMESPACE_SEPARATOR = "__"
+MAX_TOOL_NAME = 64
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 TOOL_CHOICES = ("auto", "none", "required")
 # Request fields that a chat request names alike.
 SAMPLING_FIELDS = ("model", "temperature", "top_p", "user")
 TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
-# Items a translated provider has no use for: reasoning (its encrypted content means
-# nothing to another provider) and the calls of built-in tools, which are never sent.
-DROPPED_ITEMS = ("reasoning",)
+# Items a translated provider can only do without: reasoning and compaction (their
+# encrypted content means nothing to another provider), and the calls of built-in and
+# custom tools, which are never sent to it, so it could not have made them.
+KEPT_ITEMS = ("message", "function_call", "function_call_output")
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
@@ -115,17 +119,14 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             _add_tool_call(messages, item)
         elif kind == "function_call_output":
             messages.append(_tool_message(item))
-        elif kind not in DROPPED_ITEMS and not _builtin_call(kind):
+        elif kind == "item_reference":
+            # The gateway resolves stored items before translating; one left is unknown.
             raise InvalidRequest(
-                f"Input items of type {kind!r} cannot be sent to this model.", param="input"
+                f"The item `{item.get('id')}` referenced in `input` was not found.",
+                param="input",
+                code="item_not_found",
             )
     return messages
-
-
-def _builtin_call(kind: Any) -> bool:
-    """A built-in tool's call or its output (`web_search_call`, `local_shell_call_output`):
-    the tools are not sent, so their past calls are not either."""
-    return isinstance(kind, str) and (kind.endswith("_call") or kind.endswith("_call_output"))
 
 
 def _message(item: dict[str, Any]) -> dict[str, Any]:
@@ -185,9 +186,9 @@ def _image_part(part: dict[str, Any]) -> dict[str, Any]:
 
 
 def _add_tool_call(messages: list[dict[str, Any]], item: dict[str, Any]) -> None:
-    name = item.get("name")
+    name = str(item.get("name"))
     if isinstance(item.get("namespace"), str):
-        name = f"{item['namespace']}{NAMESPACE_SEPARATOR}{name}"
+        name = flat_name(item["namespace"], name)
     function = {"name": name, "arguments": item.get("arguments") or "{}"}
     call = {"id": item.get("call_id"), "type": "function", "function": function}
     last = messages[-1] if messages else None
@@ -228,8 +229,9 @@ def chat_tools(tools: Any) -> tuple[list[dict[str, Any]], list[str]]:
     return chat, dropped
 
 
-def _function_tool(tool: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    function: dict[str, Any] = {"name": prefix + str(tool.get("name"))}
+def _function_tool(tool: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+    name = str(tool.get("name"))
+    function: dict[str, Any] = {"name": name if namespace is None else flat_name(namespace, name)}
     for key in ("description", "parameters", "strict"):
         if tool.get(key) is not None:
             function[key] = tool[key]
@@ -237,22 +239,59 @@ def _function_tool(tool: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _namespace_tools(tool: dict[str, Any]) -> list[dict[str, Any]]:
-    prefix = f"{tool.get('name')}{NAMESPACE_SEPARATOR}"
-    members = tool.get("tools")
-    if not isinstance(members, list):
+    namespace = str(tool.get("name"))
+    if not isinstance(tool.get("tools"), list):
         raise InvalidRequest("A `namespace` tool needs an array of `tools`.", param="tools")
+    return [_function_tool(member, namespace) for member in _members(tool)]
+
+
+def _members(namespace: dict[str, Any]) -> list[dict[str, Any]]:
+    """A namespace's function tools (its only kind)."""
+    members = namespace.get("tools")
+    listed = members if isinstance(members, list) else []
     return [
-        _function_tool(member, prefix)
-        for member in members
+        member
+        for member in listed
         if isinstance(member, dict) and member.get("type", "function") == "function"
     ]
 
 
+def flat_name(namespace: str, name: str) -> str:
+    """The one chat tool name of a namespace's function, the same on every turn."""
+    flat = f"{namespace}{NAMESPACE_SEPARATOR}{name}"
+    if len(flat) <= MAX_TOOL_NAME:
+        return flat
+    digest = hashlib.sha256(flat.encode()).hexdigest()[:10]
+    return f"{flat[: MAX_TOOL_NAME - len(digest) - 1]}_{digest}"
+
+
+def namespaced_names(request: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The request's namespace functions by their flat chat names: (namespace, name)."""
+    names: dict[str, tuple[str, str]] = {}
+    tools = request.get("tools")
+    for tool in tools if isinstance(tools, list) else ():
+        if isinstance(tool, dict) and tool.get("type") == "namespace":
+            namespace = str(tool.get("name"))
+            for member in _members(tool):
+                name = str(member.get("name"))
+                names[flat_name(namespace, name)] = (namespace, name)
+    return names
+
+
 def _add_tool_choice(chat: dict[str, Any], choice: Any) -> None:
+    """Chat's `tool_choice`; a choice of a built-in tool, which is not sent, is left out."""
+    kind = choice.get("type") if isinstance(choice, dict) else None
     if choice in TOOL_CHOICES:
         chat["tool_choice"] = choice
-    elif isinstance(choice, dict) and choice.get("type") == "function":
-        chat["tool_choice"] = {"type": "function", "function": {"name": choice.get("name")}}
+    elif kind == "function" and isinstance(choice, dict):
+        name = str(choice.get("name"))
+        if isinstance(choice.get("namespace"), str):
+            name = flat_name(choice["namespace"], name)
+        chat["tool_choice"] = {"type": "function", "function": {"name": name}}
+    elif (
+        kind == "allowed_tools" and isinstance(choice, dict) and choice.get("mode") in TOOL_CHOICES
+    ):
+        chat["tool_choice"] = choice["mode"]
 
 
 def _add_text_format(chat: dict[str, Any], text: Any) -> None:
@@ -281,10 +320,10 @@ def response_object(
     output = _reasoning_items(message.get("reasoning_content"))
     if message.get("content"):
         output.append(message_item(_new_id("msg"), message["content"], "completed"))
-    namespaces = _namespaces(request)
+    names = namespaced_names(request)
     for call in message.get("tool_calls") or ():
         function = call.get("function") or {}
-        item = function_call_item(_new_id("fc"), call.get("id"), function.get("name"), namespaces)
+        item = function_call_item(_new_id("fc"), call.get("id"), function.get("name"), names)
         output.append({**item, "arguments": function.get("arguments") or "", "status": "completed"})
     response = base_response(response_id=response_id, request=request, created_at=created_at)
     _finish(response, choice.get("finish_reason"), output)
@@ -372,29 +411,17 @@ def output_text(text: str) -> dict[str, Any]:
 
 
 def function_call_item(
-    item_id: str, call_id: Any, name: Any, namespaces: dict[str, set[str]]
+    item_id: str, call_id: Any, name: Any, namespaced: dict[str, tuple[str, str]]
 ) -> dict[str, Any]:
-    """A function call item, a flattened name mapped back to its namespace's function."""
+    """A function call item in progress; a flat name is mapped back to its namespace's
+    function, as OpenAI names a namespace's call (`namespace` beside `name`)."""
     item: dict[str, Any] = {"id": item_id, "type": "function_call", "call_id": call_id}
-    namespace, _, function = str(name).partition(NAMESPACE_SEPARATOR)
-    if function and function in namespaces.get(namespace, ()):
+    if isinstance(name, str) and name in namespaced:
+        namespace, function = namespaced[name]
         item.update(name=function, namespace=namespace)
     else:
         item["name"] = name
     return {**item, "arguments": "", "status": "in_progress"}
-
-
-def _namespaces(request: dict[str, Any]) -> dict[str, set[str]]:
-    """The request's namespaces and their functions' names."""
-    found: dict[str, set[str]] = {}
-    tools = request.get("tools")
-    for tool in tools if isinstance(tools, list) else ():
-        if isinstance(tool, dict) and tool.get("type") == "namespace":
-            members = tool.get("tools")
-            listed = members if isinstance(members, list) else []
-            names = {str(m.get("name")) for m in listed if isinstance(m, dict)}
-            found[str(tool.get("name"))] = names
-    return found
 
 
 def responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
@@ -451,15 +478,20 @@ class _Item:
 class ResponsesEvents(FrameEncoder):
     """Chat chunks as Responses stream events. An output item opens when the kind of
     content (reasoning, text, one tool call) changes, and is done before the next opens;
-    `response.completed` carries the whole Response, which `response` keeps for storing."""
+    `response.completed` carries the whole Response, which `response` keeps for storing.
+
+    A Responses upstream's own events pass as they came; the encoder only follows their
+    numbering and their Response, so that a failure after them still fits the stream."""
 
     def __init__(self, *, response_id: str, request: dict[str, Any], created_at: float) -> None:
         self._response = base_response(
             response_id=response_id, request=request, created_at=created_at
         )
-        self._namespaces = _namespaces(request)
+        self._namespaced = namespaced_names(request)
         self._sequence = 0
         self._started = False
+        self._native = False
+        # Set once the stream's last event (completed, incomplete or failed) is out.
         self._done = False
         self._output: list[dict[str, Any]] = []
         # The open item and what it is: "reasoning", "message", or a tool call's index.
@@ -475,11 +507,17 @@ class ResponsesEvents(FrameEncoder):
         return self._final
 
     def native(self, event: NativeEvent) -> bytes:
-        """A Responses upstream's event, as it came; its final Response is kept."""
-        self._done = True
+        """A Responses upstream's event, as it came; its Response is kept."""
+        self._native = self._started = True
+        sequence = event.data.get("sequence_number")
+        if isinstance(sequence, int):
+            self._sequence = sequence + 1
         response = event.data.get("response")
-        if event.data.get("type") in FINAL_EVENTS and isinstance(response, dict):
-            self._final = response
+        if isinstance(response, dict):
+            self._response = response
+            if event.data.get("type") in FINAL_EVENTS:
+                self._final = response
+                self._done = True
         return event.frame
 
     def chunk(self, chunk: dict[str, Any]) -> bytes:
@@ -499,16 +537,21 @@ class ResponsesEvents(FrameEncoder):
         return self._start()
 
     def error(self, error: GatewayError) -> bytes:
+        """One `response.failed`, after `response.created` (which the SDKs expect first);
+        items still open are left out of its output."""
         if self._done:
             return b""
+        started = self._start()
         self._done = True
         failed = {**self._response, "status": "failed", "error": error_object(error)}
         failed["output"] = self._output
         self._final = failed
-        return self._event("response.failed", {"response": failed})
+        return started + self._event("response.failed", {"response": failed})
 
     def end(self) -> bytes:
-        if self._done:
+        """The open item's `.done` events and the final Response: `response.completed`,
+        or `response.incomplete` when the output was cut short, as OpenAI sends it."""
+        if self._done or self._native:
             return b""
         out = [self._start(), self._close()]
         self._done = True
@@ -596,7 +639,7 @@ class ResponsesEvents(FrameEncoder):
         out = b""
         if self._open_key != key:
             item = function_call_item(
-                _new_id("fc"), call.get("id"), function.get("name"), self._namespaces
+                _new_id("fc"), call.get("id"), function.get("name"), self._namespaced
             )
             out = self._added(key, item)
         arguments = function.get("arguments")
