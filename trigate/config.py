@@ -157,6 +157,8 @@ class GeneralSettings(BaseModel):
     max_connections: int = Field(default=4096, ge=1)
     # LiteLLM's: send the client's `x-` headers and `anthropic-beta` on to every upstream.
     forward_client_headers_to_llm_api: bool = False
+    # How long a stored Responses API response can be read or continued from.
+    responses_retention_days: float = Field(default=30.0, gt=0)
 
 
 class GatewayConfig(BaseModel):

@@ -3,8 +3,8 @@
 Everything expensive is built once, at start-up: the token encodings, the
 store, the upstream HTTP client (one connection pool per worker) and each
 deployment's provider adapter. Background work (the spend writer, budget
-window resets, health probes) runs in one nursery that `stop` cancels and
-waits for, so the last spend rows are flushed before the store closes.
+window resets, expiry of stored responses, health probes) runs in one nursery
+that `stop` cancels and waits for, so the last spend rows are flushed before the store closes.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ logger = logging.getLogger("trigate")
 # The resetter sleeps until the next window ends, but looks again at least this often,
 # since other workers may create keys with earlier windows.
 BUDGET_RESET_MAX_SLEEP = 60.0
+# How often stored Responses API responses past their retention are deleted.
+RESPONSE_EXPIRY_INTERVAL = 3600.0
 
 
 @functools.cache
@@ -128,6 +130,7 @@ class Gateway:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self.ledger.run)
                     nursery.start_soon(self._reset_budgets)
+                    nursery.start_soon(self._expire_responses)
                     settings = self.config.router
                     if settings.background_health_checks:
                         nursery.start_soon(
@@ -192,6 +195,16 @@ class Gateway:
                 due = None
             wait = BUDGET_RESET_MAX_SLEEP if due is None else due - wall_time()
             await trio.sleep(min(max(wait, 0.0), BUDGET_RESET_MAX_SLEEP))
+
+    async def _expire_responses(self) -> None:
+        """Delete stored responses past `responses_retention_days`. Reads skip them
+        already; this only keeps the table from growing."""
+        while True:
+            try:
+                await self.store.delete_expired_responses(wall_time())
+            except Exception as error:  # any store failure: retried on the next round
+                logger.warning("deleting expired responses failed: %s", error)
+            await trio.sleep(RESPONSE_EXPIRY_INTERVAL)
 
     def _default_transport(self) -> httpx.AsyncBaseTransport:
         # HTTP/1.1 only, on purpose: httpcore does not reset an abandoned HTTP/2 stream, so

@@ -2,11 +2,14 @@
 (`model_api`) served in front of it.
 
 Routes come in two conventions, on purpose, one for each server. The proxied calls
-(`chat`, `completions`, `embeddings`, `messages`) are the hot path and are served on
-raw ASGI by `ModelAPI`, without Quart's per-request machinery (see `model_api`): their
-modules' `routes(gateway)` return a map from path to `Route` for it to dispatch on.
+(`chat`, `completions`, `embeddings`, `messages`, `responses`) are the hot path and are
+served on raw ASGI by `ModelAPI`, without Quart's per-request machinery (see
+`model_api`): their modules' `routes(gateway)` return a map from path to `Route` for it
+to dispatch on.
 Every other module (`models`, `health`, `keys`, `teams`, `spend`) needs Quart's
-request and URL map, and its `register(app, gateway)` adds its routes to the app.
+request and URL map, and its `register(app, gateway)` adds its routes to the app;
+`responses` has both: `POST /v1/responses` is a proxied call, reading and deleting a
+stored response are Quart's.
 """
 
 from __future__ import annotations
@@ -15,7 +18,18 @@ from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from trigate.api import chat, completions, embeddings, health, keys, messages, models, spend, teams
+from trigate.api import (
+    chat,
+    completions,
+    embeddings,
+    health,
+    keys,
+    messages,
+    models,
+    responses,
+    spend,
+    teams,
+)
 from trigate.api.context import RequestScope
 from trigate.api.model_api import ModelAPI, Route, error_reply, unexpected_failure
 from trigate.errors import BodyTooLarge, GatewayError, InvalidRequest, NotFound
@@ -41,11 +55,11 @@ def create_app(gateway: Gateway) -> QuartTrio:
         await app.nursery.start(gateway.run_background)
 
     # Quart's routes, then the model API's in front of them: two conventions, see above.
-    for module in (models, health, keys, teams, spend):
+    for module in (models, health, keys, teams, spend, responses):
         module.register(app, gateway)
     _register_error_handlers(app)
     model_routes: dict[str, Route] = {}
-    for module in (chat, completions, embeddings, messages):
+    for module in (chat, completions, embeddings, messages, responses):
         model_routes |= module.routes(gateway)
     model_api = ModelAPI(
         app.asgi_app,

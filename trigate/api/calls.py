@@ -43,7 +43,6 @@ from trigate.providers import (
     ChunkStream,
     Completion,
     Embeddings,
-    NativeMessages,
     Provider,
     TextCompletions,
 )
@@ -117,15 +116,17 @@ EMBEDDINGS: Operation[Embeddings] = Operation(
 class Surface:
     """The API a client speaks when it is not OpenAI's: how the answer of a call made
     in OpenAI's shapes is rendered back, as a whole and as a stream. A deployment
-    with the `native` operation's ability is sent the client's own `body` instead,
-    and its answer goes back as it came. `untranslatable` says why a body that only
-    a native deployment can take cannot go to any other."""
+    with the `native` operation's ability (if the surface has one) is sent the
+    client's own `body` instead, and its answer goes back as it came. `untranslatable`
+    says why a body that only a native deployment can take cannot go to any other.
+    `finished`, when given, hears how a relayed stream ended, after its record."""
 
     answer: Callable[[dict[str, Any]], bytes]
     frames: Callable[[], FrameEncoder]
     body: dict[str, Any]
-    native: Operation[NativeMessages]
+    native: Operation[Any] | None
     untranslatable: InvalidRequest | None = None
+    finished: Callable[[StreamOutcome], Awaitable[None]] | None = None
 
 
 async def proxy_request(
@@ -271,12 +272,12 @@ def serving(
     operation: Operation[A],
     body: dict[str, Any],
     surface: Surface | None,
-) -> Serving[A] | Serving[NativeMessages]:
+) -> Serving[A] | Serving[Any]:
     """The surface's native operation when the deployment has its ability (the client's
     own body, answered in its own API), else `operation` in OpenAI's shapes."""
     if surface is not None:
-        native = surface.native.ability(deployment.abilities)
-        if native is not None:
+        native = surface.native.ability(deployment.abilities) if surface.native else None
+        if surface.native is not None and native is not None:
             return Serving(surface.native, native, surface.body, native=True)
         failure = surface.untranslatable
         if failure is not None:
@@ -519,6 +520,8 @@ class ProxiedCall(Generic[A]):
             await self._record(status, outcome.error, usage, cancelled=outcome.cancelled_by_client)
         finally:
             self._release_unsettled()
+        if self.surface is not None and self.surface.finished is not None:
+            await self.surface.finished(outcome)
 
     def _release_unsettled(self) -> None:
         """A record that never got written (it timed out) must not hold its reservation."""

@@ -1,4 +1,5 @@
-"""The gateway's durable state: virtual keys, teams, users and spend logs.
+"""The gateway's durable state: virtual keys, teams, users, spend logs and stored
+Responses API responses.
 
 `Store` is the async face of a blocking backend. Every call runs in a worker
 thread under a capacity limiter, so the event loop never waits on a disk or
@@ -27,7 +28,7 @@ T = TypeVar("T")
 # Concurrent database calls per worker; PostgreSQL's pool is sized to match.
 MAX_CONCURRENT_CALLS = 10
 
-JSON_COLUMNS = {"models", "metadata"}
+JSON_COLUMNS = {"models", "metadata", "response", "input_items"}
 BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client"}
 # The columns keys, teams and users share. Each table accepts from callers only its
 # owner's `columns`; anything else is a programming error.
@@ -69,6 +70,14 @@ SPEND_COLUMNS = (
     "model", "prompt_tokens", "completion_tokens", "cost", "status", "stream",
     "cancelled_by_client", "start_time", "end_time", "ttft_ms", "client_request_id",
 )  # fmt: skip
+
+
+RESPONSE_COLUMNS = (
+    "response_id", "response", "input_items", "model_group", "deployment", "key_hash",
+    "team_id", "previous_response_id", "created_at", "expires_at",
+)  # fmt: skip
+# How many stored responses a `previous_response_id` chain may reach back through.
+MAX_RESPONSE_CHAIN = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +302,42 @@ class Store:
             return len(due)
 
         return await self._run(work)
+
+    # Stored responses (the Responses API's `store`).
+
+    async def save_response(self, row: Row) -> None:
+        values = [_encode(c, row.get(c)) for c in RESPONSE_COLUMNS]
+        marks = ", ".join("?" * len(RESPONSE_COLUMNS))
+        sql = f"INSERT INTO trigate_responses ({', '.join(RESPONSE_COLUMNS)}) VALUES ({marks})"
+        await self._run(lambda cursor: cursor.execute(sql, values))
+
+    async def response_chain(
+        self, response_id: str, now: float, depth: int = MAX_RESPONSE_CHAIN
+    ) -> list[Row]:
+        """The response and up to `depth` - 1 of those it continues, newest first, in one
+        read; the chain stops at an expired or missing response (a deleted one)."""
+        sql = "SELECT * FROM trigate_responses WHERE response_id = ? AND expires_at > ?"
+
+        def work(cursor: Cursor) -> list[Row]:
+            chain: list[Row] = []
+            following: str | None = response_id
+            while following is not None and len(chain) < depth:
+                rows = cursor.query(sql, [following, now])
+                if not rows:
+                    break
+                chain.append(_decode(rows[0]))
+                following = rows[0]["previous_response_id"]
+            return chain
+
+        return await self._read(work)
+
+    async def delete_response(self, response_id: str) -> bool:
+        sql = "DELETE FROM trigate_responses WHERE response_id = ?"
+        return bool(await self._run(lambda cursor: cursor.execute(sql, [response_id])))
+
+    async def delete_expired_responses(self, now: float) -> int:
+        sql = "DELETE FROM trigate_responses WHERE expires_at <= ?"
+        return await self._run(lambda cursor: cursor.execute(sql, [now]))
 
 
 def next_reset(previous: float, duration: str | None, now: float) -> float | None:

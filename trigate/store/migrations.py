@@ -74,4 +74,21 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE trigate_spend_logs ADD COLUMN client_request_id TEXT",
     ],
+    # Stored Responses API responses, so `previous_response_id` works on every provider:
+    # the Response object and the request's input items, as JSON; who made it.
+    [
+        """CREATE TABLE trigate_responses (
+            response_id TEXT PRIMARY KEY,
+            response TEXT NOT NULL,
+            input_items TEXT NOT NULL,
+            model_group TEXT NOT NULL,
+            deployment TEXT,
+            key_hash TEXT,
+            team_id TEXT,
+            previous_response_id TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE INDEX trigate_responses_expires ON trigate_responses (expires_at)",
+    ],
 ]

@@ -1,0 +1,317 @@
+"""OpenAI's Responses API end to end: the openai SDK against the gateway, translated to
+chat completions for an OpenAI-compatible fake upstream, a fake Anthropic upstream and
+the mock provider; stored responses read, listed, deleted and continued."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import orjson
+import pytest
+import trio
+from fake_anthropic import anthropic_config, message, serve
+from fakes import (
+    FakeUpstream,
+    JSONReply,
+    StreamReply,
+    chat_completion,
+    chunk,
+    stream_of,
+)
+from helpers import (
+    MASTER_KEY,
+    UPSTREAM_KEY,
+    RunningGateway,
+    deployment_config,
+    mock_config,
+    sdk,
+    start_gateway,
+)
+
+# An OpenAI-compatible deployment that does not speak the Responses API: translated.
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+USAGE = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+
+
+@pytest.fixture
+async def compat(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterator[RunningGateway]:
+    params = {
+        "model": "hosted_vllm/upstream-model",
+        "api_base": upstream.base_url,
+        "api_key": UPSTREAM_KEY,
+    }
+    running = await start_gateway(nursery, deployment_config("gpt-test", params))
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def mock(nursery: trio.Nursery) -> AsyncIterator[RunningGateway]:
+    running = await start_gateway(nursery, mock_config(mock_response="Hello from mock."))
+    yield running
+    await running.stop()
+
+
+async def new_key(gateway: RunningGateway, **fields: Any) -> str:
+    async with gateway.client() as admin:
+        response = await admin.post("/key/generate", json=fields)
+    assert response.status_code == 200, response.text
+    key: str = response.json()["key"]
+    return key
+
+
+def tool_call_completion() -> dict[str, Any]:
+    body = chat_completion("", USAGE)
+    body["choices"][0]["message"] = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    }
+    body["choices"][0]["finish_reason"] = "tool_calls"
+    return body
+
+
+async def test_create_with_string_input_is_translated_and_accounted(
+    compat: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Hi there", USAGE))
+    async with sdk(compat) as client:
+        raw = await client.responses.with_raw_response.create(
+            model="gpt-test", input="Say hello", instructions="Be brief."
+        )
+    response = raw.parse()
+    assert response.object == "response" and response.status == "completed"
+    assert response.output_text == "Hi there"
+    assert response.id.startswith("resp_")
+    assert response.usage is not None
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (11, 3)
+    assert raw.headers["x-trigate-model-group"] == "gpt-test"
+    assert "x-trigate-deployment" in raw.headers
+    [received] = upstream.requests
+    assert received.target == "/v1/chat/completions"
+    system, user = received.json["messages"]
+    assert system == {"role": "system", "content": "Be brief."}
+    assert user["role"] == "user" and "Say hello" in orjson.dumps(user["content"]).decode()
+    [record] = await compat.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens, record.status) == (11, 3, 200)
+    assert record.model_group == "gpt-test"
+
+
+async def test_items_input_and_dropped_builtin_tools(
+    compat: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Fine", USAGE))
+    items: Any = [
+        {"role": "developer", "content": "Answer in English."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hi"}]},
+    ]
+    async with sdk(compat) as client:
+        raw = await client.responses.with_raw_response.create(
+            model="gpt-test", input=items, tools=[WEATHER, {"type": "web_search"}]
+        )
+    assert raw.parse().output_text == "Fine"
+    assert raw.headers["x-trigate-dropped-tools"] == "web_search"
+    [received] = upstream.requests
+    assert [tool["function"]["name"] for tool in received.json["tools"]] == ["get_weather"]
+    assert [m["role"] for m in received.json["messages"]][-1] == "user"
+
+
+async def test_stream_events_final_response_and_storage(
+    compat: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: stream_of(["Hel", "lo"], usage=(9, 2))
+    async with sdk(compat) as client:
+        async with client.responses.stream(model="gpt-test", input="Say hello") as stream:
+            kinds = [event.type async for event in stream]
+            final = await stream.get_final_response()
+        stored = await client.responses.retrieve(final.id)
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert "response.output_text.delta" in kinds and kinds[-1] == "response.completed"
+    assert final.output_text == "Hello"
+    assert final.usage is not None and final.usage.input_tokens == 9
+    assert stored.id == final.id and stored.output_text == "Hello"
+    [received] = upstream.requests
+    assert received.json["stream"] is True
+    assert received.json["stream_options"] == {"include_usage": True}
+    [record] = await compat.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens, record.stream) == (9, 2, True)
+
+
+async def test_stream_sequence_numbers_rise(compat: RunningGateway, upstream: FakeUpstream) -> None:
+    upstream.handler = lambda request: stream_of(["a", "b"])
+    body = {"model": "gpt-test", "input": "x", "stream": True}
+    async with compat.client() as client:
+        response = await client.post("/v1/responses", json=body)
+    assert response.status_code == 200
+    events = [
+        orjson.loads(line[6:]) for line in response.text.split("\n") if line.startswith("data: ")
+    ]
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    assert b"[DONE]" not in response.content
+
+
+async def test_retrieve_input_items_and_delete(mock: RunningGateway) -> None:
+    async with sdk(mock) as client:
+        created = await client.responses.create(model="mock", input="first words")
+        stored = await client.responses.retrieve(created.id)
+        items = await client.responses.input_items.list(created.id)
+        deleted = await client.responses.delete(created.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(created.id)
+    assert stored.output_text == "Hello from mock." == created.output_text
+    [item] = items.data
+    assert item.type == "message" and item.role == "user"
+    assert deleted is None  # the SDK returns nothing; the body is checked below
+
+
+async def test_delete_body_and_input_items_paging(mock: RunningGateway) -> None:
+    async with sdk(mock) as client:
+        created = await client.responses.create(
+            model="mock",
+            input=[
+                {"role": "user", "content": "one"},
+                {"role": "assistant", "content": "two"},
+                {"role": "user", "content": "three"},
+            ],
+        )
+    async with mock.client() as http:
+        page = (await http.get(f"/v1/responses/{created.id}/input_items?limit=2")).json()
+        ascending = (
+            await http.get(f"/v1/responses/{created.id}/input_items?order=asc&limit=5")
+        ).json()
+        bad = await http.get(f"/v1/responses/{created.id}/input_items?limit=0")
+        deleted = await http.delete(f"/v1/responses/{created.id}")
+    assert page["object"] == "list" and page["has_more"] is True
+    assert [item["content"] for item in page["data"]] == ["three", "two"]
+    assert (page["first_id"], page["last_id"]) == (page["data"][0]["id"], page["data"][1]["id"])
+    assert [item["content"] for item in ascending["data"]] == ["one", "two", "three"]
+    assert ascending["has_more"] is False
+    assert bad.status_code == 400
+    assert deleted.json() == {"id": created.id, "object": "response.deleted", "deleted": True}
+
+
+async def test_store_false_keeps_nothing(mock: RunningGateway) -> None:
+    async with sdk(mock) as client:
+        created = await client.responses.create(model="mock", input="hi", store=False)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(created.id)
+
+
+async def test_function_call_round_trip(compat: RunningGateway, upstream: FakeUpstream) -> None:
+    upstream.handler = lambda request: JSONReply(tool_call_completion())
+    async with sdk(compat) as client:
+        first = await client.responses.create(
+            model="gpt-test", input="Weather in Paris?", tools=[WEATHER]
+        )
+        [call] = first.output
+        assert call.type == "function_call"
+        assert (call.call_id, call.name, call.arguments) == (
+            "call_1",
+            "get_weather",
+            '{"city": "Paris"}',
+        )
+        upstream.handler = lambda request: JSONReply(chat_completion("Sunny.", USAGE))
+        second = await client.responses.create(
+            model="gpt-test",
+            previous_response_id=first.id,
+            input=[{"type": "function_call_output", "call_id": "call_1", "output": "Sunny"}],
+            tools=[WEATHER],
+        )
+    assert second.output_text == "Sunny."
+    sent = upstream.requests[1].json["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool"]
+    assert sent[1]["tool_calls"][0]["id"] == "call_1"
+    assert sent[2] == {"role": "tool", "tool_call_id": "call_1", "content": "Sunny"}
+
+
+async def test_previous_response_chain_over_anthropic(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    answers = iter(["Hello, Ada.", "Your name is Ada."])
+    serve(upstream, lambda body: JSONReply(message([{"type": "text", "text": next(answers)}])))
+    claude = await start_gateway(nursery, anthropic_config(upstream))
+    async with sdk(claude) as client:
+        first = await client.responses.create(model="claude", input="I am Ada.")
+        second = await client.responses.create(
+            model="claude", input="What is my name?", previous_response_id=first.id
+        )
+    await claude.stop()
+    assert second.output_text == "Your name is Ada."
+    sent = upstream.requests[1].json["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert "Hello, Ada." in orjson.dumps(sent[1]).decode()
+
+
+async def test_another_key_is_refused_a_stored_response(mock: RunningGateway) -> None:
+    owner, stranger = await new_key(mock), await new_key(mock)
+    async with sdk(mock, owner) as client:
+        created = await client.responses.create(model="mock", input="secret")
+    async with sdk(mock, stranger) as client:
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(created.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.delete(created.id)
+        with pytest.raises(openai.NotFoundError) as refused:
+            await client.responses.create(
+                model="mock", input="more", previous_response_id=created.id
+            )
+    assert refused.value.code == "previous_response_not_found"
+    async with sdk(mock, MASTER_KEY) as client:
+        assert (await client.responses.retrieve(created.id)).id == created.id
+
+
+async def test_a_team_shares_its_stored_responses(mock: RunningGateway) -> None:
+    async with mock.client() as admin:
+        team = (await admin.post("/team/new", json={})).json()["team_id"]
+    first, second = await new_key(mock, team_id=team), await new_key(mock, team_id=team)
+    async with sdk(mock, first) as client:
+        created = await client.responses.create(model="mock", input="shared")
+    async with sdk(mock, second) as client:
+        assert (await client.responses.retrieve(created.id)).id == created.id
+
+
+async def test_unknown_previous_response_is_404(mock: RunningGateway) -> None:
+    async with sdk(mock) as client:
+        with pytest.raises(openai.NotFoundError) as missing:
+            await client.responses.create(
+                model="mock", input="hi", previous_response_id="resp_nothing"
+            )
+    assert missing.value.code == "previous_response_not_found"
+
+
+async def test_background_is_a_clear_400(mock: RunningGateway) -> None:
+    async with sdk(mock) as client:
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.responses.create(model="mock", input="hi", background=True)
+    assert refused.value.param == "background"
+
+
+async def test_client_disconnect_mid_stream_closes_the_upstream(
+    compat: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: StreamReply([chunk("Once")], tail=chunk(" more"))
+    body = {"model": "gpt-test", "input": "Tell a story", "stream": True}
+    async with (
+        compat.client() as client,
+        client.stream("POST", "/v1/responses", json=body) as response,
+    ):
+        async for line in response.aiter_lines():
+            if "response.output_text.delta" in line:
+                break
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+        [record] = await compat.records.wait_for(1)
+    assert record.cancelled_by_client and record.status == 499

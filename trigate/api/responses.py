@@ -1,0 +1,286 @@
+"""OpenAI's Responses API: `POST /v1/responses`, and reading, listing the input of and
+deleting a stored response (`GET`/`DELETE /v1/responses/{id}`,
+`GET /v1/responses/{id}/input_items`).
+
+Codex CLI, the OpenAI Agents SDK and LangChain speak this API. A request is
+translated to a chat completion (`responses_format`) and takes the one proxied-call
+path (auth, limits, budgets, routing, spend); only its answer and its stream events
+are rendered as a Response. Built-in tools no chat deployment can run
+(`web_search`, `file_search`, ...) are dropped, never sent to an upstream that would
+refuse the whole request, and named in `x-trigate-dropped-tools`.
+
+`store` defaults to true, as OpenAI's does: a stored response (its request's input
+items and its Response object) is kept in the gateway's store for
+`responses_retention_days`, so `previous_response_id` works on every provider: the
+gateway rebuilds the conversation from the chain of stored responses. A stored
+response is visible only to the key that made it, another key of its team, and the
+master key; to anyone else it does not exist (404).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from trigate.api.calls import (
+    CHAT,
+    ProxiedCall,
+    Surface,
+    check_nesting,
+    check_stream_fields,
+    check_tool_fields,
+    pop_fallbacks,
+    require_model,
+)
+from trigate.api.context import RequestContext, current_request
+from trigate.api.jsonio import json_response, parse_json_object
+from trigate.api.model_api import Incoming, Reply, Route
+from trigate.api.responses_format import (
+    ResponsesEvents,
+    input_items,
+    response_object,
+    to_chat_request,
+)
+from trigate.auth import Caller
+from trigate.clock import wall_time
+from trigate.errors import InvalidRequest, NotFound
+from trigate.gateway import Gateway
+from trigate.relay import StreamOutcome
+from trigate.store import Row
+
+DROPPED_TOOLS_HEADER = "x-trigate-dropped-tools"
+DAY = 86400.0
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+
+
+def routes(gateway: Gateway) -> dict[str, Route]:
+    async def create(incoming: Incoming) -> Reply:
+        return await _create(gateway, incoming)
+
+    route = Route(create)
+    return {"/v1/responses": route, "/responses": route}
+
+
+def register(app: QuartTrio, gateway: Gateway) -> None:
+    """The stored responses' routes; `POST /v1/responses` is the model API's."""
+
+    @app.get("/v1/responses/<response_id>")
+    @app.get("/responses/<response_id>")
+    async def retrieve_response(response_id: str) -> Response:
+        row = await _visible(gateway, response_id)
+        return Response(orjson.dumps(row["response"]), content_type="application/json")
+
+    @app.delete("/v1/responses/<response_id>")
+    @app.delete("/responses/<response_id>")
+    async def delete_response(response_id: str) -> Response:
+        await _visible(gateway, response_id)
+        await gateway.store.delete_response(response_id)
+        return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+    @app.get("/v1/responses/<response_id>/input_items")
+    @app.get("/responses/<response_id>/input_items")
+    async def response_input_items(response_id: str) -> Response:
+        row = await _visible(gateway, response_id)
+        return json_response(_page(row["input_items"], request.args))
+
+
+async def _create(gateway: Gateway, incoming: Incoming) -> Reply:
+    caller = await gateway.auth.authenticate(incoming.headers)
+    body = parse_json_object(incoming.take_body())
+    model = _validate(body)
+    fallbacks = pop_fallbacks(body)
+    context = current_request.get()
+    previous = body.get("previous_response_id")
+    history = await _history(gateway, caller, previous) if previous is not None else []
+    chat, dropped = to_chat_request(body, history)
+    check_tool_fields(chat)
+    if dropped:
+        context.headers[DROPPED_TOOLS_HEADER] = ",".join(dropped)
+    exchange = _Exchange(gateway, caller, context, body, model)
+    surface = Surface(
+        answer=exchange.answer,
+        frames=exchange.frames,
+        body=body,
+        native=None,
+        finished=exchange.finished,
+    )
+    call = ProxiedCall(gateway, context, caller, model, chat, fallbacks, CHAT, surface)
+    await call.admit()
+    if body.get("stream"):
+        return await call.stream()
+    reply = await call.complete()
+    await exchange.save(exchange.response)
+    return reply
+
+
+def _validate(body: dict[str, Any]) -> str:
+    """What the gateway itself reads; the rest is the translation's, or the upstream's."""
+    model = require_model(body)
+    check_stream_fields(body)
+    check_nesting(body)
+    if body.get("background"):
+        raise InvalidRequest(
+            "`background` responses are not supported by this gateway; send the request "
+            "without it (stream it to see the answer as it is made).",
+            param="background",
+            code="unsupported_parameter",
+        )
+    value = body.get("input")
+    if value is not None and not isinstance(value, str | list):
+        raise InvalidRequest("`input` must be a string or an array of items.", param="input")
+    if body.get("store") is not None and not isinstance(body["store"], bool):
+        raise InvalidRequest("`store` must be a boolean.", param="store")
+    previous = body.get("previous_response_id")
+    if previous is not None and not isinstance(previous, str):
+        raise InvalidRequest(
+            "`previous_response_id` must be a string.", param="previous_response_id"
+        )
+    return model
+
+
+class _Exchange:
+    """One Responses request's identity and what becomes of its answer: rendered as a
+    Response (whole or as events), then stored unless the request said `store: false`."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        caller: Caller,
+        context: RequestContext,
+        body: dict[str, Any],
+        model: str,
+    ) -> None:
+        self._gateway = gateway
+        self._caller = caller
+        self._context = context
+        self._body = body
+        self._model = model
+        self.response_id = f"resp_{uuid.uuid4().hex}"
+        self.created_at = int(wall_time())
+        self.response: dict[str, Any] | None = None
+        self._events: ResponsesEvents | None = None
+
+    def answer(self, completion: dict[str, Any]) -> bytes:
+        self.response = response_object(
+            completion,
+            response_id=self.response_id,
+            request=self._body,
+            created_at=self.created_at,
+        )
+        return orjson.dumps(self.response)
+
+    def frames(self) -> ResponsesEvents:
+        self._events = ResponsesEvents(
+            response_id=self.response_id, request=self._body, created_at=self.created_at
+        )
+        return self._events
+
+    async def finished(self, outcome: StreamOutcome) -> None:
+        """A stream that ran to its end is stored; one cut short or failed is not."""
+        if self._events is not None and outcome.completed and outcome.error is None:
+            await self.save(self._events.response)
+
+    async def save(self, response: dict[str, Any] | None) -> None:
+        if response is None or self._body.get("store") is False:
+            return
+        route = self._context.route
+        deployment = route.deployment if route is not None else None
+        retention = self._gateway.config.general_settings.responses_retention_days
+        await self._gateway.store.save_response(
+            {
+                "response_id": self.response_id,
+                "response": response,
+                "input_items": _with_ids(input_items(self._body)),
+                "model_group": self._model,
+                "deployment": deployment.id if deployment is not None else None,
+                "key_hash": self._caller.key_hash,
+                "team_id": self._caller.team_id,
+                "previous_response_id": self._body.get("previous_response_id"),
+                "created_at": float(self.created_at),
+                "expires_at": self.created_at + retention * DAY,
+            }
+        )
+
+
+def _with_ids(items: list[Any]) -> list[Any]:
+    """Input items as `input_items` lists them: each with an id, as OpenAI gives one."""
+    return [
+        {"id": f"msg_{uuid.uuid4().hex}", **item}
+        if isinstance(item, dict) and "id" not in item
+        else item
+        for item in items
+    ]
+
+
+async def _history(gateway: Gateway, caller: Caller, response_id: Any) -> list[Any]:
+    """The conversation a follow-up continues: each stored response's input items and
+    then its output items, oldest first."""
+    chain = await gateway.store.response_chain(response_id, wall_time())
+    if not chain or not _may_see(caller, chain[0]):
+        raise NotFound(
+            f"Previous response with id '{response_id}' not found.",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        )
+    items: list[Any] = []
+    for row in reversed(chain):
+        items.extend(row["input_items"])
+        items.extend(row["response"].get("output") or ())
+    return items
+
+
+async def _visible(gateway: Gateway, response_id: str) -> Row:
+    """A stored response the caller may see; any other is a 404, never a 403, so that
+    whether another key's response exists is not told."""
+    caller = await gateway.auth.authenticate(request.headers)
+    chain = await gateway.store.response_chain(response_id, wall_time(), depth=1)
+    if not chain or not _may_see(caller, chain[0]):
+        raise NotFound(f"Response with id '{response_id}' not found.", code="not_found")
+    return chain[0]
+
+
+def _may_see(caller: Caller, row: Row) -> bool:
+    if caller.is_master:
+        return True
+    if row["key_hash"] is not None and row["key_hash"] == caller.key_hash:
+        return True
+    return row["team_id"] is not None and row["team_id"] == caller.team_id
+
+
+def _page(items: list[Any], args: Any) -> dict[str, Any]:
+    """OpenAI's list shape, `order` (`desc` by default, as OpenAI's) and `limit`
+    (1 to 100, 20 by default), after the item `after` names."""
+    order = args.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest("`order` must be `asc` or `desc`.", param="order")
+    limit = _limit(args.get("limit"))
+    ordered = items if order == "asc" else items[::-1]
+    after = args.get("after")
+    if after is not None:
+        ids = [item.get("id") if isinstance(item, dict) else None for item in ordered]
+        ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+    data = ordered[:limit]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": _item_id(data[0]) if data else None,
+        "last_id": _item_id(data[-1]) if data else None,
+        "has_more": len(ordered) > limit,
+    }
+
+
+def _limit(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_PAGE
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+        raise InvalidRequest(f"`limit` must be an integer from 1 to {MAX_PAGE}.", param="limit")
+    return int(value)
+
+
+def _item_id(item: Any) -> Any:
+    return item.get("id") if isinstance(item, dict) else None
