@@ -315,3 +315,171 @@ async def test_client_disconnect_mid_stream_closes_the_upstream(
         await upstream.wait_for(lambda: upstream.aborted == 1)
         [record] = await compat.records.wait_for(1)
     assert record.cancelled_by_client and record.status == 499
+
+
+# --- Upstreams that speak the Responses API: passed through ---------------------------
+
+NATIVE_USAGE = {
+    "input_tokens": 40,
+    "input_tokens_details": {"cached_tokens": 30},
+    "output_tokens": 12,
+    "output_tokens_details": {"reasoning_tokens": 8},
+    "total_tokens": 52,
+}
+
+
+def upstream_response(text: str, status: str = "completed") -> dict[str, Any]:
+    """A Response as OpenAI's API answers one, with a field no SDK knows yet."""
+    return {
+        "id": "resp_upstream_0001",
+        "object": "response",
+        "created_at": 1700000000,
+        "status": status,
+        "model": "upstream-model",
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_upstream_0001",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": NATIVE_USAGE,
+        "future_field": {"kept": True},
+    }
+
+
+def response_events(text: str) -> StreamReply:
+    created = {**upstream_response(""), "status": "in_progress", "output": [], "usage": None}
+    item = {"type": "message", "id": "msg_upstream_0001", "status": "in_progress",
+            "role": "assistant", "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    payloads = [
+        {"type": "response.created", "response": created},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.content_part.added", "item_id": "msg_upstream_0001",
+         "output_index": 0, "content_index": 0, "part": part},
+        {"type": "response.output_text.delta", "item_id": "msg_upstream_0001",
+         "output_index": 0, "content_index": 0, "delta": text, "logprobs": []},
+        {"type": "response.completed", "response": upstream_response(text)},
+    ]  # fmt: skip
+    frames: list[bytes | float] = [
+        b"event: %s\ndata: %s\n\n" % (p["type"].encode(), orjson.dumps({**p, "sequence_number": i}))
+        for i, p in enumerate(payloads)
+    ]
+    return StreamReply(frames)
+
+
+async def native_gateway(
+    nursery: trio.Nursery, upstream: FakeUpstream, model: str, **model_info: Any
+) -> RunningGateway:
+    params = {"model": model, "api_base": upstream.base_url, "api_key": UPSTREAM_KEY}
+    config = deployment_config("gpt-test", params)
+    config["model_list"][0]["model_info"] = model_info
+    return await start_gateway(nursery, config)
+
+
+async def test_openai_passes_the_body_and_answer_through(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    answer = orjson.dumps(upstream_response("Native hello"))
+    upstream.handler = lambda request: JSONReply(answer)
+    running = await native_gateway(nursery, upstream, "openai/upstream-model")
+    body = {
+        "model": "gpt-test",
+        "input": "hi",
+        "tools": [{"type": "web_search"}],
+        "include": ["reasoning.encrypted_content"],
+        "brand_new_option": 1,
+    }
+    async with running.client() as client:
+        response = await client.post("/v1/responses", json=body)
+    assert response.status_code == 200
+    assert response.content == answer
+    assert "x-trigate-dropped-tools" not in response.headers
+    [received] = upstream.requests
+    assert received.target == "/v1/responses"
+    assert received.json == {**body, "model": "upstream-model"}
+    [record] = await running.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens) == (40, 12)
+    async with sdk(running) as client:
+        stored = await client.responses.retrieve("resp_upstream_0001")
+    assert stored.output_text == "Native hello"
+    await running.stop()
+
+
+async def test_native_stream_events_come_as_they_came(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: response_events("Streamed")
+    running = await native_gateway(
+        nursery, upstream, "hosted_vllm/upstream-model", supports_responses_api=True
+    )
+    async with sdk(running) as client:
+        async with client.responses.stream(model="gpt-test", input="hi") as stream:
+            kinds = [event.type async for event in stream]
+            final = await stream.get_final_response()
+        stored = await client.responses.retrieve(final.id)
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds
+    assert final.id == "resp_upstream_0001" and final.output_text == "Streamed"
+    assert stored.output_text == "Streamed"
+    [received] = upstream.requests
+    assert received.target == "/v1/responses" and received.json["stream"] is True
+    [record] = await running.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens, record.stream) == (40, 12, True)
+    await running.stop()
+
+
+async def test_model_info_can_turn_native_off(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Translated", USAGE))
+    running = await native_gateway(
+        nursery, upstream, "openai/upstream-model", supports_responses_api=False
+    )
+    async with sdk(running) as client:
+        response = await client.responses.create(model="gpt-test", input="hi")
+    assert response.output_text == "Translated"
+    assert upstream.requests[0].target == "/v1/chat/completions"
+    await running.stop()
+
+
+async def test_a_native_follow_up_of_a_translated_response_sends_the_conversation(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    running = await start_gateway(
+        nursery,
+        {
+            "model_list": [
+                {
+                    "model_name": "mock",
+                    "litellm_params": {"model": "mock/m", "mock_response": "Hi Ada."},
+                },
+                {
+                    "model_name": "gpt-test",
+                    "litellm_params": {
+                        "model": "openai/upstream-model",
+                        "api_base": upstream.base_url,
+                        "api_key": UPSTREAM_KEY,
+                    },
+                },
+            ]
+        },
+    )
+    upstream.handler = lambda request: JSONReply(upstream_response("Ada."))
+    async with sdk(running) as client:
+        first = await client.responses.create(model="mock", input="I am Ada.")
+        await client.responses.create(
+            model="gpt-test", input="My name?", previous_response_id=first.id
+        )
+    sent = upstream.requests[0].json
+    assert "previous_response_id" not in sent
+    texts = orjson.dumps(sent["input"]).decode()
+    assert "I am Ada." in texts and "Hi Ada." in texts and "My name?" in texts
+    assert all("id" not in item for item in sent["input"])
+    await running.stop()

@@ -122,7 +122,8 @@ class Surface:
     `finished`, when given, hears how a relayed stream ended, after its record."""
 
     answer: Callable[[dict[str, Any]], bytes]
-    frames: Callable[[], FrameEncoder]
+    # Given whether the stream is native (its events already in the surface's API).
+    frames: Callable[[bool], FrameEncoder]
     body: dict[str, Any]
     native: Operation[Any] | None
     untranslatable: InvalidRequest | None = None
@@ -479,7 +480,7 @@ class ProxiedCall(Generic[A]):
             self.meter,
             include_usage=options.get("include_usage") is True and not opened.native,
             on_finish=self._finish_stream,
-            encoder=self.surface.frames() if self.surface else None,
+            encoder=self.surface.frames(opened.native) if self.surface else None,
         )
         self.context.relay = relay
         return Reply(relay, headers=SSE_HEADERS)

@@ -87,7 +87,7 @@ async def _messages(gateway: Gateway, incoming: Incoming) -> Reply:
     chat, untranslatable = _chat_request(body)
     surface = Surface(
         answer=lambda completion: orjson.dumps(to_message(completion, model)),
-        frames=lambda: AnthropicFrames(model),
+        frames=lambda native: AnthropicFrames(model),
         body=body,
         native=native_messages(incoming.headers),
         untranslatable=untranslatable,

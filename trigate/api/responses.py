@@ -2,17 +2,22 @@
 deleting a stored response (`GET`/`DELETE /v1/responses/{id}`,
 `GET /v1/responses/{id}/input_items`).
 
-Codex CLI, the OpenAI Agents SDK and LangChain speak this API. A request is
-translated to a chat completion (`responses_format`) and takes the one proxied-call
-path (auth, limits, budgets, routing, spend); only its answer and its stream events
-are rendered as a Response. Built-in tools no chat deployment can run
-(`web_search`, `file_search`, ...) are dropped, never sent to an upstream that would
-refuse the whole request, and named in `x-trigate-dropped-tools`.
+Codex CLI, the OpenAI Agents SDK and LangChain speak this API. A request takes the
+one proxied-call path (auth, limits, budgets, routing, spend). A deployment whose
+upstream speaks the API itself (`openai/`, `azure/`, or `model_info`'s
+`supports_responses_api: true`) is sent the client's body as it came, `model`
+replaced, and its answer or events go back as they came, metered from the Response's
+usage. Every other deployment is sent the request translated to a chat completion
+(`responses_format`), and its answer and stream are rendered as a Response; built-in
+tools it cannot run (`web_search`, `file_search`, ...) are dropped, never sent to an
+upstream that would refuse the whole request, and named in `x-trigate-dropped-tools`.
 
 `store` defaults to true, as OpenAI's does: a stored response (its request's input
 items and its Response object) is kept in the gateway's store for
 `responses_retention_days`, so `previous_response_id` works on every provider: the
-gateway rebuilds the conversation from the chain of stored responses. A stored
+gateway rebuilds the conversation from the chain of stored responses. A native
+upstream is sent the client's `previous_response_id` when it made that response
+itself, and the rebuilt conversation when a translated deployment did. A stored
 response is visible only to the key that made it, another key of its team, and the
 master key; to anyone else it does not exist (404).
 """
@@ -20,7 +25,7 @@ master key; to anyone else it does not exist (404).
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from quart import Response, request
@@ -28,6 +33,7 @@ from quart_trio import QuartTrio
 
 from trigate.api.calls import (
     CHAT,
+    Operation,
     ProxiedCall,
     Surface,
     check_nesting,
@@ -49,6 +55,7 @@ from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import InvalidRequest, NotFound
 from trigate.gateway import Gateway
+from trigate.providers import NativeResponses
 from trigate.relay import StreamOutcome
 from trigate.store import Row
 
@@ -56,6 +63,14 @@ DROPPED_TOOLS_HEADER = "x-trigate-dropped-tools"
 DAY = 86400.0
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
+
+# Served by a deployment whose upstream speaks the Responses API itself.
+NATIVE_RESPONSES: Operation[NativeResponses] = Operation(
+    "responses",
+    lambda abilities: abilities.responses,
+    lambda provider, body: provider.respond(body),
+    lambda provider, body: provider.open_response_stream(body),
+)
 
 
 def routes(gateway: Gateway) -> dict[str, Route]:
@@ -95,27 +110,68 @@ async def _create(gateway: Gateway, incoming: Incoming) -> Reply:
     model = _validate(body)
     fallbacks = pop_fallbacks(body)
     context = current_request.get()
-    previous = body.get("previous_response_id")
-    history = await _history(gateway, caller, previous) if previous is not None else []
-    chat, dropped = to_chat_request(body, history)
-    check_tool_fields(chat)
-    if dropped:
-        context.headers[DROPPED_TOOLS_HEADER] = ",".join(dropped)
-    exchange = _Exchange(gateway, caller, context, body, model)
+    chain = await _chain(gateway, caller, body.get("previous_response_id"))
+    history = _history(chain)
+    translated = _translated(body, history)
+    exchange = _Exchange(gateway, caller, context, body, model, translated.dropped)
     surface = Surface(
         answer=exchange.answer,
         frames=exchange.frames,
-        body=body,
-        native=None,
+        body=_native_body(body, chain, history),
+        native=NATIVE_RESPONSES,
+        untranslatable=translated.failure,
         finished=exchange.finished,
     )
-    call = ProxiedCall(gateway, context, caller, model, chat, fallbacks, CHAT, surface)
+    call = ProxiedCall(gateway, context, caller, model, translated.chat, fallbacks, CHAT, surface)
     await call.admit()
     if body.get("stream"):
         return await call.stream()
     reply = await call.complete()
-    await exchange.save(exchange.response)
+    if exchange.response is not None:
+        await exchange.save(exchange.response, native=False)
+    elif isinstance(reply.body, bytes):
+        # Answered natively: the upstream's own Response, as the client got it.
+        await exchange.save(orjson.loads(reply.body), native=True)
     return reply
+
+
+class _Translated(NamedTuple):
+    """The request as a chat completion, with the built-in tools it dropped; or, when it
+    has no chat form, what the gateway accounts by and why (`failure`)."""
+
+    chat: dict[str, Any]
+    dropped: list[str]
+    failure: InvalidRequest | None = None
+
+
+def _translated(body: dict[str, Any], history: list[Any]) -> _Translated:
+    """A request without a chat form is no 400 yet: a deployment that speaks the
+    Responses API may still take it as it is; one that needs the translation refuses it."""
+    try:
+        chat, dropped = to_chat_request(body, history)
+        check_tool_fields(chat)
+    except InvalidRequest as failure:
+        accounted = {"stream": body.get("stream"), "max_tokens": body.get("max_output_tokens")}
+        return _Translated({k: v for k, v in accounted.items() if v is not None}, [], failure)
+    return _Translated(chat, dropped)
+
+
+def _native_body(body: dict[str, Any], chain: list[Row], history: list[Any]) -> dict[str, Any]:
+    """What a deployment that speaks the Responses API is sent: the client's body, unless
+    it continues a response only the gateway holds (one a translated deployment made),
+    whose conversation is then sent whole in its place."""
+    if not chain or chain[0]["native"]:
+        return body
+    earlier = [_without_id(item) for item in history]
+    native = {key: value for key, value in body.items() if key != "previous_response_id"}
+    return {**native, "input": [*earlier, *input_items(body)]}
+
+
+def _without_id(item: Any) -> Any:
+    """An item the gateway made, without the id no upstream would know."""
+    if isinstance(item, dict) and "id" in item:
+        return {key: value for key, value in item.items() if key != "id"}
+    return item
 
 
 def _validate(body: dict[str, Any]) -> str:
@@ -145,7 +201,8 @@ def _validate(body: dict[str, Any]) -> str:
 
 class _Exchange:
     """One Responses request's identity and what becomes of its answer: rendered as a
-    Response (whole or as events), then stored unless the request said `store: false`."""
+    Response (whole or as events), then stored unless the request said `store: false`.
+    Only a translated answer names the built-in tools it dropped."""
 
     def __init__(
         self,
@@ -154,18 +211,22 @@ class _Exchange:
         context: RequestContext,
         body: dict[str, Any],
         model: str,
+        dropped: list[str],
     ) -> None:
         self._gateway = gateway
         self._caller = caller
         self._context = context
         self._body = body
         self._model = model
+        self._dropped = dropped
         self.response_id = f"resp_{uuid.uuid4().hex}"
         self.created_at = int(wall_time())
         self.response: dict[str, Any] | None = None
         self._events: ResponsesEvents | None = None
+        self._native_stream = False
 
     def answer(self, completion: dict[str, Any]) -> bytes:
+        self._name_dropped()
         self.response = response_object(
             completion,
             response_id=self.response_id,
@@ -174,26 +235,37 @@ class _Exchange:
         )
         return orjson.dumps(self.response)
 
-    def frames(self) -> ResponsesEvents:
+    def frames(self, native: bool) -> ResponsesEvents:
+        if not native:
+            self._name_dropped()
+        self._native_stream = native
         self._events = ResponsesEvents(
             response_id=self.response_id, request=self._body, created_at=self.created_at
         )
         return self._events
 
+    def _name_dropped(self) -> None:
+        if self._dropped:
+            self._context.headers[DROPPED_TOOLS_HEADER] = ",".join(self._dropped)
+
     async def finished(self, outcome: StreamOutcome) -> None:
         """A stream that ran to its end is stored; one cut short or failed is not."""
         if self._events is not None and outcome.completed and outcome.error is None:
-            await self.save(self._events.response)
+            await self.save(self._events.response, native=self._native_stream)
 
-    async def save(self, response: dict[str, Any] | None) -> None:
+    async def save(self, response: dict[str, Any] | None, *, native: bool) -> None:
+        """Under the Response's own id: the gateway's, or a native upstream's."""
         if response is None or self._body.get("store") is False:
+            return
+        response_id = response.get("id")
+        if not isinstance(response_id, str):
             return
         route = self._context.route
         deployment = route.deployment if route is not None else None
         retention = self._gateway.config.general_settings.responses_retention_days
         await self._gateway.store.save_response(
             {
-                "response_id": self.response_id,
+                "response_id": response_id,
                 "response": response,
                 "input_items": _with_ids(input_items(self._body)),
                 "model_group": self._model,
@@ -201,6 +273,7 @@ class _Exchange:
                 "key_hash": self._caller.key_hash,
                 "team_id": self._caller.team_id,
                 "previous_response_id": self._body.get("previous_response_id"),
+                "native": native,
                 "created_at": float(self.created_at),
                 "expires_at": self.created_at + retention * DAY,
             }
@@ -217,9 +290,10 @@ def _with_ids(items: list[Any]) -> list[Any]:
     ]
 
 
-async def _history(gateway: Gateway, caller: Caller, response_id: Any) -> list[Any]:
-    """The conversation a follow-up continues: each stored response's input items and
-    then its output items, oldest first."""
+async def _chain(gateway: Gateway, caller: Caller, response_id: str | None) -> list[Row]:
+    """The stored responses a follow-up continues, newest first; none without one."""
+    if response_id is None:
+        return []
     chain = await gateway.store.response_chain(response_id, wall_time())
     if not chain or not _may_see(caller, chain[0]):
         raise NotFound(
@@ -227,6 +301,12 @@ async def _history(gateway: Gateway, caller: Caller, response_id: Any) -> list[A
             param="previous_response_id",
             code="previous_response_not_found",
         )
+    return chain
+
+
+def _history(chain: list[Row]) -> list[Any]:
+    """The conversation a chain holds: each response's input items and then its output
+    items, oldest first."""
     items: list[Any] = []
     for row in reversed(chain):
         items.extend(row["input_items"])

@@ -20,10 +20,18 @@ from urllib.parse import quote
 import httpx
 
 from trigate.errors import UpstreamError, from_upstream_status
-from trigate.providers.base import Completion, Embeddings, Provider, UpstreamClient
+from trigate.providers.base import (
+    Completion,
+    Embeddings,
+    NativeResponses,
+    Provider,
+    UpstreamClient,
+)
 from trigate.providers.openai import (
     OpenAIChunkStream,
+    ResponseEventStream,
     fetch_completion,
+    fetch_response,
     stream_payload,
     upstream_headers,
 )
@@ -34,11 +42,18 @@ if TYPE_CHECKING:
 
 # The latest GA data-plane inference version (it has `stream_options`).
 DEFAULT_API_VERSION = "2024-10-21"
+# The Responses API came with 2025-03-01-preview; an older configured version is chat's.
+RESPONSES_API_VERSION = "2025-04-01-preview"
+FIRST_RESPONSES_VERSION = "2025-03-01"
 FILTERED = "content_filter"
 
 
-class AzureOpenAI(Provider, Embeddings):
-    """Adapter for one Azure OpenAI deployment; the upstream model is the deployment name."""
+class AzureOpenAI(Provider, Embeddings, NativeResponses):
+    """Adapter for one Azure OpenAI deployment; the upstream model is the deployment name.
+    The Responses API (`/openai/responses`) is served natively, at the configured
+    `api_version` when it has the API, else at RESPONSES_API_VERSION."""
+
+    responses_by_default = True
 
     def __init__(
         self, params: LiteLLMParams, transport: httpx.AsyncBaseTransport, counter: TokenCounter
@@ -58,6 +73,14 @@ class AzureOpenAI(Provider, Embeddings):
 
         self._upstream = client("chat/completions")
         self._embeddings_upstream = client("embeddings")
+        responses_version = version if version >= FIRST_RESPONSES_VERSION else RESPONSES_API_VERSION
+        self._responses_upstream = UpstreamClient(
+            transport,
+            f"{params.api_base.rstrip('/')}/openai/responses"
+            f"?api-version={quote(responses_version, safe='')}",
+            headers,
+            params.timeout,
+        )
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         completion = await fetch_completion(self._upstream, {**body, "model": self._model})
@@ -67,6 +90,13 @@ class AzureOpenAI(Provider, Embeddings):
 
     async def embed(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._embeddings_upstream, {**body, "model": self._model})
+
+    async def respond(self, body: dict[str, Any]) -> Completion:
+        return await fetch_response(self._responses_upstream, {**body, "model": self._model})
+
+    async def open_response_stream(self, body: dict[str, Any]) -> ResponseEventStream:
+        payload = {**body, "model": self._model, "stream": True}
+        return ResponseEventStream(await self._responses_upstream.post_stream(payload))
 
     async def open_stream(self, body: dict[str, Any]) -> AzureChunkStream:
         payload = stream_payload(body, self._model, stream_options=True)

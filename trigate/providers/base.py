@@ -215,6 +215,26 @@ class NativeMessages(Protocol):
     ) -> ChunkStream: ...
 
 
+# The `model_info` key that says whether a deployment's upstream speaks the Responses
+# API: true for an OpenAI-compatible server that does, false for an `openai/` or `azure/`
+# one that does not.
+SUPPORTS_RESPONSES_API = "supports_responses_api"
+
+
+@runtime_checkable
+class NativeResponses(Protocol):
+    """OpenAI's Responses API spoken by the upstream itself: the client's body goes as it
+    came (with the deployment's model), and the answer (a `Completion` with `native`
+    set) or the stream's `NativeEvent`s come back as they came. `responses_by_default`
+    says whether the upstream speaks it unless `model_info` says otherwise."""
+
+    responses_by_default: bool
+
+    async def respond(self, body: dict[str, Any]) -> Completion: ...
+
+    async def open_response_stream(self, body: dict[str, Any]) -> ChunkStream: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Abilities:
     """What one deployment's provider can do; None where it cannot."""
@@ -223,15 +243,23 @@ class Abilities:
     text: TextCompletions | None
     embeddings: Embeddings | None
     messages: NativeMessages | None
+    responses: NativeResponses | None = None
 
     @classmethod
-    def of(cls, provider: Provider) -> Abilities:
-        """By protocol checks, which are slow: once per deployment, never per request."""
+    def of(cls, provider: Provider, model_info: Mapping[str, Any] | None = None) -> Abilities:
+        """By protocol checks, which are slow: once per deployment, never per request.
+        The deployment's `model_info` may say its upstream speaks the Responses API."""
+        responses = provider if isinstance(provider, NativeResponses) else None
+        if responses is not None:
+            default = responses.responses_by_default
+            if (model_info or {}).get(SUPPORTS_RESPONSES_API, default) is not True:
+                responses = None
         return cls(
             chat=provider,
             text=provider if isinstance(provider, TextCompletions) else None,
             embeddings=provider if isinstance(provider, Embeddings) else None,
             messages=provider if isinstance(provider, NativeMessages) else None,
+            responses=responses,
         )
 
 

@@ -21,6 +21,8 @@ from trigate.errors import UpstreamError
 from trigate.providers.base import (
     Completion,
     Embeddings,
+    NativeEvent,
+    NativeResponses,
     Provider,
     SSEChunkStream,
     StreamRead,
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
 DEFAULT_API_BASE = "https://api.openai.com/v1"
 DONE = "[DONE]"
+# The events that end a Responses API stream.
+FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,8 @@ class Dialect:
     stream_options: bool = True
     # Prefixed to bare model names (Fireworks names models `accounts/<owner>/models/<name>`).
     model_namespace: str = ""
+    # Whether the upstream speaks the Responses API unless `model_info` says otherwise.
+    responses: bool = False
 
     def model_name(self, name: str) -> str:
         if self.model_namespace and "/" not in name:
@@ -55,11 +61,12 @@ class Dialect:
         return name
 
 
-OPENAI = Dialect()
+OPENAI = Dialect(responses=True)
 
 
-class OpenAICompatible(Provider, TextCompletions, Embeddings):
-    """Adapter for one OpenAI-compatible deployment."""
+class OpenAICompatible(Provider, TextCompletions, Embeddings, NativeResponses):
+    """Adapter for one OpenAI-compatible deployment; it serves the Responses API natively
+    where its dialect (OpenAI's) or its `model_info` says the upstream speaks it."""
 
     def __init__(
         self,
@@ -73,6 +80,7 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings):
             raise ValueError(f"`{params.provider}/` models need an `api_base`")
         self._model = dialect.model_name(params.upstream_model)
         self._stream_options = dialect.stream_options
+        self.responses_by_default = dialect.responses
         auth = {"authorization": f"Bearer {params.api_key}"} if params.api_key else {}
         headers = upstream_headers(params, auth)
         base = base.rstrip("/")
@@ -83,9 +91,17 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings):
         self._upstream = client("chat/completions")
         self._text_upstream = client("completions")
         self._embeddings_upstream = client("embeddings")
+        self._responses_upstream = client("responses")
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._upstream, {**body, "model": self._model})
+
+    async def respond(self, body: dict[str, Any]) -> Completion:
+        return await fetch_response(self._responses_upstream, {**body, "model": self._model})
+
+    async def open_response_stream(self, body: dict[str, Any]) -> ResponseEventStream:
+        payload = {**body, "model": self._model, "stream": True}
+        return ResponseEventStream(await self._responses_upstream.post_stream(payload))
 
     async def open_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
         payload = stream_payload(body, self._model, stream_options=self._stream_options)
@@ -114,6 +130,31 @@ async def fetch_completion(upstream: UpstreamClient, payload: dict[str, Any]) ->
     """POST a request and keep the upstream's bytes for relaying."""
     raw, data = await read_json_object(await upstream.post(payload))
     return Completion(body=data, raw=raw)
+
+
+async def fetch_response(upstream: UpstreamClient, payload: dict[str, Any]) -> Completion:
+    """A Responses API request, answered with the upstream's own Response and bytes; its
+    usage is metered in chat completions' words."""
+    raw, data = await read_json_object(await upstream.post(payload))
+    usage = data.get("usage")
+    metered = chat_usage(usage) if isinstance(usage, dict) else None
+    return Completion(body=data, raw=raw, native=True, native_usage=metered)
+
+
+def chat_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    """A Response's usage (input, cached input, output and reasoning tokens) in chat
+    completions' words, which the meter and the price formula read."""
+    given = usage.get("input_tokens_details")
+    cached = given.get("cached_tokens") if isinstance(given, dict) else None
+    made = usage.get("output_tokens_details")
+    reasoning = made.get("reasoning_tokens") if isinstance(made, dict) else None
+    return {
+        "prompt_tokens": usage.get("input_tokens"),
+        "completion_tokens": usage.get("output_tokens"),
+        "total_tokens": usage.get("total_tokens"),
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
 
 
 def stream_payload(body: dict[str, Any], model: str, *, stream_options: bool) -> dict[str, Any]:
@@ -162,3 +203,34 @@ def _parse_chunk(data: str) -> dict[str, Any]:
         message = error.get("message") if isinstance(error, dict) else str(error)
         raise UpstreamError(f"The upstream failed mid-stream: {message}")
     return chunk
+
+
+class ResponseEventStream(SSEChunkStream):
+    """An upstream Responses API stream, read as its own events (`NativeEvent`s), each
+    relayed as it came; the final Response's usage is kept for metering."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(response, _response_events)
+
+
+def _response_events(events: list[ServerSentEvent]) -> StreamRead:
+    batch: list[Any] = []
+    for sse in events:
+        try:
+            data = _parse_chunk(sse.data)
+        except UpstreamError as failure:
+            return StreamRead(batch, failure=failure)
+        kind = data.get("type")
+        if kind == "error":
+            # The relay ends the stream with the failure, as a `response.failed`.
+            message = data.get("message") or data.get("code") or "an error event"
+            return StreamRead(batch, failure=UpstreamError(f"The upstream failed: {message}"))
+        name = sse.event if sse.event != "message" else str(kind)
+        frame = f"event: {name}\ndata: {sse.data}\n\n".encode()
+        response = data.get("response")
+        usage = response.get("usage") if isinstance(response, dict) else None
+        metered = chat_usage(usage) if isinstance(usage, dict) else None
+        batch.append(NativeEvent(name, data, frame, metered))
+        if kind in FINAL_EVENTS:
+            return StreamRead(batch, done=True)
+    return StreamRead(batch)

@@ -37,7 +37,7 @@ class Deployment:
     abilities: Abilities = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.abilities = Abilities.of(self.provider)
+        self.abilities = Abilities.of(self.provider, self.entry.model_info)
 
     @property
     def params(self) -> LiteLLMParams:

@@ -29,7 +29,7 @@ T = TypeVar("T")
 MAX_CONCURRENT_CALLS = 10
 
 JSON_COLUMNS = {"models", "metadata", "response", "input_items"}
-BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client"}
+BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client", "native"}
 # The columns keys, teams and users share. Each table accepts from callers only its
 # owner's `columns`; anything else is a programming error.
 _LIMIT_COLUMNS = frozenset({
@@ -74,7 +74,7 @@ SPEND_COLUMNS = (
 
 RESPONSE_COLUMNS = (
     "response_id", "response", "input_items", "model_group", "deployment", "key_hash",
-    "team_id", "previous_response_id", "created_at", "expires_at",
+    "team_id", "previous_response_id", "native", "created_at", "expires_at",
 )  # fmt: skip
 # How many stored responses a `previous_response_id` chain may reach back through.
 MAX_RESPONSE_CHAIN = 1000

@@ -75,7 +75,8 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE trigate_spend_logs ADD COLUMN client_request_id TEXT",
     ],
     # Stored Responses API responses, so `previous_response_id` works on every provider:
-    # the Response object and the request's input items, as JSON; who made it.
+    # the Response object and the request's input items, as JSON; who made it; `native`
+    # when the upstream answered it itself, and so holds it under the same id.
     [
         """CREATE TABLE trigate_responses (
             response_id TEXT PRIMARY KEY,
@@ -86,6 +87,7 @@ MIGRATIONS: list[list[str]] = [
             key_hash TEXT,
             team_id TEXT,
             previous_response_id TEXT,
+            native INTEGER NOT NULL,
             created_at DOUBLE PRECISION NOT NULL,
             expires_at DOUBLE PRECISION NOT NULL
         )""",
