@@ -483,3 +483,25 @@ async def test_a_native_follow_up_of_a_translated_response_sends_the_conversatio
     assert "I am Ada." in texts and "Hi Ada." in texts and "My name?" in texts
     assert all("id" not in item for item in sent["input"])
     await running.stop()
+
+
+async def test_expired_responses_are_not_served_and_are_deleted(mock: RunningGateway) -> None:
+    store = mock.gateway.store
+    async with sdk(mock) as client:
+        created = await client.responses.create(model="mock", input="short-lived")
+        later = (await store.response_chain(created.id, 0.0))[0]["expires_at"] + 1
+        assert await store.response_chain(created.id, later) == []
+        assert await store.delete_expired_responses(later) == 1
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(created.id)
+
+
+async def test_retention_is_configured_in_days(nursery: trio.Nursery) -> None:
+    config = mock_config()
+    config["general_settings"] = {"responses_retention_days": 2}
+    running = await start_gateway(nursery, config)
+    async with sdk(running) as client:
+        created = await client.responses.create(model="mock", input="hi")
+    [row] = await running.gateway.store.response_chain(created.id, 0.0)
+    assert row["expires_at"] - row["created_at"] == 2 * 86400
+    await running.stop()
