@@ -130,7 +130,8 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _message(item: dict[str, Any]) -> dict[str, Any]:
-    role = ROLES.get(item.get("role"))  # type: ignore[arg-type]
+    given = item.get("role")
+    role = ROLES.get(given) if isinstance(given, str) else None
     if role is None:
         raise InvalidRequest(
             "Message `role` must be `user`, `assistant`, `system` or `developer`, "
@@ -321,14 +322,19 @@ def response_object(
     if message.get("content"):
         output.append(message_item(_new_id("msg"), message["content"], "completed"))
     names = namespaced_names(request)
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") or {}
-        item = function_call_item(_new_id("fc"), call.get("id"), function.get("name"), names)
-        output.append({**item, "arguments": function.get("arguments") or "", "status": "completed"})
+    calls = message.get("tool_calls") or ()
+    output.extend(_call_item(call, names) for call in calls if isinstance(call, dict))
     response = base_response(response_id=response_id, request=request, created_at=created_at)
     _finish(response, choice.get("finish_reason"), output)
     response["usage"] = responses_usage(completion.get("usage") or {})
     return response
+
+
+def _call_item(call: dict[str, Any], names: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    given = call.get("function")
+    function: dict[str, Any] = given if isinstance(given, dict) else {}
+    item = function_call_item(_new_id("fc"), call.get("id"), function.get("name"), names)
+    return {**item, "arguments": function.get("arguments") or "", "status": "completed"}
 
 
 def base_response(
@@ -433,7 +439,11 @@ def responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
     total = usage.get("total_tokens")
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": _count(prompt.get("cached_tokens"))},
+        "input_tokens_details": {
+            "cached_tokens": _count(prompt.get("cached_tokens")),
+            # Anthropic's cache writes, which the gateway's chat usage carries as such.
+            "cache_write_tokens": _count(usage.get("cache_creation_input_tokens")),
+        },
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": _count(completion.get("reasoning_tokens"))},
         "total_tokens": total if isinstance(total, int) else input_tokens + output_tokens,
