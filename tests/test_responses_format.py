@@ -880,3 +880,14 @@ def test_a_failure_after_native_events_continues_their_numbering() -> None:
     assert (failed["type"], failed["sequence_number"]) == ("response.failed", 2)
     assert failed["response"]["id"] == "resp_up"
     assert stream.end() == b""
+
+
+def test_the_echo_survives_odd_request_fields() -> None:
+    """Fields the translation passed over (a `text` without `format`, a `reasoning` that
+    is no object) still give a Response, never a 500."""
+    request = {"model": "m", "text": {"verbosity": "low"}, "reasoning": "high"}
+    response = response_object({"choices": [{}]}, response_id="r", request=request, created_at=1)
+    assert response["text"] == {"format": {"type": "text"}, "verbosity": "low"}
+    assert response["reasoning"] == {"effort": None, "summary": None}
+    odd = response_object({"choices": ["x"]}, response_id="r", request={"text": 3}, created_at=1)
+    assert (odd["output"], odd["text"]) == ([], {"format": {"type": "text"}})

@@ -31,10 +31,6 @@ TOOL_CHOICES = ("auto", "none", "required")
 # Request fields that a chat request names alike.
 SAMPLING_FIELDS = ("model", "temperature", "top_p", "user")
 TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
-# Items a translated provider can only do without: reasoning and compaction (their
-# encrypted content means nothing to another provider), and the calls of built-in and
-# custom tools, which are never sent to it, so it could not have made them.
-KEPT_ITEMS = ("message", "function_call", "function_call_output")
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
@@ -109,7 +105,9 @@ def _instructions(instructions: Any) -> list[dict[str, Any]]:
 
 def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Items as chat messages. A function call joins the assistant message before it,
-    as chat keeps a turn's text and its tool calls in one message."""
+    as chat keeps a turn's text and its tool calls in one message. Other items are
+    dropped: reasoning and compaction (their encrypted content means nothing to another
+    provider), and the calls of built-in and custom tools, which are never sent to it."""
     messages: list[dict[str, Any]] = []
     for item in items:
         kind = item.get("type")
@@ -319,8 +317,9 @@ def response_object(
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
     output = _reasoning_items(message.get("reasoning_content"))
-    if message.get("content"):
-        output.append(message_item(_new_id("msg"), message["content"], "completed"))
+    text = message.get("content")
+    if isinstance(text, str) and text:
+        output.append(message_item(_new_id("msg"), text, "completed"))
     names = namespaced_names(request)
     calls = message.get("tool_calls") or ()
     output.extend(_call_item(call, names) for call in calls if isinstance(call, dict))
@@ -342,7 +341,7 @@ def base_response(
 ) -> dict[str, Any]:
     """A Response object in progress: no output yet, and the request's settings echoed
     with OpenAI's defaults where the request left them out."""
-    reasoning = request.get("reasoning") if isinstance(request.get("reasoning"), dict) else {}
+    reasoning = _dict(request.get("reasoning"))
     return {
         "id": response_id,
         "object": "response",
@@ -357,13 +356,10 @@ def base_response(
         "output": [],
         "parallel_tool_calls": request.get("parallel_tool_calls", True),
         "previous_response_id": request.get("previous_response_id"),
-        "reasoning": {
-            "effort": (reasoning or {}).get("effort"),
-            "summary": (reasoning or {}).get("summary"),
-        },
+        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         "store": request.get("store", True),
         "temperature": request.get("temperature", 1.0),
-        "text": request.get("text") or {"format": {"type": "text"}},
+        "text": {"format": {"type": "text"}, **_dict(request.get("text"))},
         "tool_choice": request.get("tool_choice", "auto"),
         "tools": request.get("tools") or [],
         "top_p": request.get("top_p", 1.0),
@@ -451,7 +447,10 @@ def responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
 
 
 def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
-    value = usage.get(key)
+    return _dict(usage.get(key))
+
+
+def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
