@@ -891,3 +891,12 @@ def test_the_echo_survives_odd_request_fields() -> None:
     assert response["reasoning"] == {"effort": None, "summary": None}
     odd = response_object({"choices": ["x"]}, response_id="r", request={"text": 3}, created_at=1)
     assert (odd["output"], odd["text"]) == ([], {"format": {"type": "text"}})
+
+
+def test_calls_that_share_an_index_but_not_an_id_are_two_items() -> None:
+    first = {"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{}"}}
+    second = {"index": 0, "id": "c2", "function": {"name": "g", "arguments": "{}"}}
+    got = run(encoder(), delta(tool_calls=[first]), delta("tool_calls", tool_calls=[second]))
+    output = got[-1]["response"]["output"]
+    assert [(item["call_id"], item["name"]) for item in output] == [("c1", "f"), ("c2", "g")]
+    assert [event["output_index"] for event in got if "item" in event] == [0, 0, 1, 1]

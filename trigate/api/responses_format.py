@@ -646,7 +646,7 @@ class ResponsesEvents(FrameEncoder):
         key = index if isinstance(index, int) else 0
         function = call.get("function") or {}
         out = b""
-        if self._open_key != key:
+        if self._open_key != key or self._new_call(call.get("id")):
             item = function_call_item(
                 _new_id("fc"), call.get("id"), function.get("name"), self._namespaced
             )
@@ -658,6 +658,12 @@ class ResponsesEvents(FrameEncoder):
         self._open.text.append(arguments)
         data = {"item_id": self._open.id, "output_index": self._open.index, "delta": arguments}
         return out + self._event("response.function_call_arguments.delta", data)
+
+    def _new_call(self, call_id: Any) -> bool:
+        """A call with an id of its own under the open call's index: an upstream that
+        numbers every call 0 still gets one item per call."""
+        assert self._open is not None
+        return bool(call_id) and call_id != self._open.item.get("call_id")
 
     def _close(self) -> bytes:
         """The `.done` events of the open item, which joins the output."""
