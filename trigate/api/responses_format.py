@@ -32,6 +32,8 @@ TOOL_CHOICES = ("auto", "none", "required")
 SAMPLING_FIELDS = ("model", "temperature", "top_p", "user")
 TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+# The events that end a Responses stream, each with the final Response.
+FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
 
 # --- Responses request -> chat request ---------------------------------------------------
@@ -701,6 +703,3 @@ class ResponsesEvents(FrameEncoder):
         done = self._event("response.function_call_arguments.done", data)
         item.item = {**item.item, "arguments": arguments, "status": "completed"}
         return done
-
-
-FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
