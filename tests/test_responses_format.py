@@ -900,3 +900,12 @@ def test_calls_that_share_an_index_but_not_an_id_are_two_items() -> None:
     output = got[-1]["response"]["output"]
     assert [(item["call_id"], item["name"]) for item in output] == [("c1", "f"), ("c2", "g")]
     assert [event["output_index"] for event in got if "item" in event] == [0, 0, 1, 1]
+
+
+def test_instructions_given_as_items() -> None:
+    """A stored prompt's instructions come as message items, not a string."""
+    instructions = [{"role": "developer", "content": [{"type": "input_text", "text": "Rule."}]}]
+    assert chat({"instructions": instructions, "input": "hi"})["messages"] == [
+        {"role": "system", "content": "Rule."},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+    ]
