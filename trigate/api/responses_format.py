@@ -31,11 +31,9 @@ TOOL_CHOICES = ("auto", "none", "required")
 # Request fields that a chat request names alike.
 SAMPLING_FIELDS = ("model", "temperature", "top_p", "user")
 TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
-# Items a translated provider can only do without: reasoning and compaction (their
-# encrypted content means nothing to another provider), and the calls of built-in and
-# custom tools, which are never sent to it, so it could not have made them.
-KEPT_ITEMS = ("message", "function_call", "function_call_output")
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
+# The events that end a Responses stream, each with the final Response.
+FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
 
 # --- Responses request -> chat request ---------------------------------------------------
@@ -109,7 +107,9 @@ def _instructions(instructions: Any) -> list[dict[str, Any]]:
 
 def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Items as chat messages. A function call joins the assistant message before it,
-    as chat keeps a turn's text and its tool calls in one message."""
+    as chat keeps a turn's text and its tool calls in one message. Other items are
+    dropped: reasoning and compaction (their encrypted content means nothing to another
+    provider), and the calls of built-in and custom tools, which are never sent to it."""
     messages: list[dict[str, Any]] = []
     for item in items:
         kind = item.get("type")
@@ -130,7 +130,8 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _message(item: dict[str, Any]) -> dict[str, Any]:
-    role = ROLES.get(item.get("role"))  # type: ignore[arg-type]
+    given = item.get("role")
+    role = ROLES.get(given) if isinstance(given, str) else None
     if role is None:
         raise InvalidRequest(
             "Message `role` must be `user`, `assistant`, `system` or `developer`, "
@@ -318,17 +319,23 @@ def response_object(
     choice = choices[0] if isinstance(choices[0], dict) else {}
     message = choice.get("message") or {}
     output = _reasoning_items(message.get("reasoning_content"))
-    if message.get("content"):
-        output.append(message_item(_new_id("msg"), message["content"], "completed"))
+    text = message.get("content")
+    if isinstance(text, str) and text:
+        output.append(message_item(_new_id("msg"), text, "completed"))
     names = namespaced_names(request)
-    for call in message.get("tool_calls") or ():
-        function = call.get("function") or {}
-        item = function_call_item(_new_id("fc"), call.get("id"), function.get("name"), names)
-        output.append({**item, "arguments": function.get("arguments") or "", "status": "completed"})
+    calls = message.get("tool_calls") or ()
+    output.extend(_call_item(call, names) for call in calls if isinstance(call, dict))
     response = base_response(response_id=response_id, request=request, created_at=created_at)
     _finish(response, choice.get("finish_reason"), output)
     response["usage"] = responses_usage(completion.get("usage") or {})
     return response
+
+
+def _call_item(call: dict[str, Any], names: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    given = call.get("function")
+    function: dict[str, Any] = given if isinstance(given, dict) else {}
+    item = function_call_item(_new_id("fc"), call.get("id"), function.get("name"), names)
+    return {**item, "arguments": function.get("arguments") or "", "status": "completed"}
 
 
 def base_response(
@@ -336,7 +343,7 @@ def base_response(
 ) -> dict[str, Any]:
     """A Response object in progress: no output yet, and the request's settings echoed
     with OpenAI's defaults where the request left them out."""
-    reasoning = request.get("reasoning") if isinstance(request.get("reasoning"), dict) else {}
+    reasoning = _dict(request.get("reasoning"))
     return {
         "id": response_id,
         "object": "response",
@@ -351,13 +358,10 @@ def base_response(
         "output": [],
         "parallel_tool_calls": request.get("parallel_tool_calls", True),
         "previous_response_id": request.get("previous_response_id"),
-        "reasoning": {
-            "effort": (reasoning or {}).get("effort"),
-            "summary": (reasoning or {}).get("summary"),
-        },
+        "reasoning": {"effort": reasoning.get("effort"), "summary": reasoning.get("summary")},
         "store": request.get("store", True),
         "temperature": request.get("temperature", 1.0),
-        "text": request.get("text") or {"format": {"type": "text"}},
+        "text": {"format": {"type": "text"}, **_dict(request.get("text"))},
         "tool_choice": request.get("tool_choice", "auto"),
         "tools": request.get("tools") or [],
         "top_p": request.get("top_p", 1.0),
@@ -433,7 +437,11 @@ def responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
     total = usage.get("total_tokens")
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": _count(prompt.get("cached_tokens"))},
+        "input_tokens_details": {
+            "cached_tokens": _count(prompt.get("cached_tokens")),
+            # Anthropic's cache writes, which the gateway's chat usage carries as such.
+            "cache_write_tokens": _count(usage.get("cache_creation_input_tokens")),
+        },
         "output_tokens": output_tokens,
         "output_tokens_details": {"reasoning_tokens": _count(completion.get("reasoning_tokens"))},
         "total_tokens": total if isinstance(total, int) else input_tokens + output_tokens,
@@ -441,7 +449,10 @@ def responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
 
 
 def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
-    value = usage.get(key)
+    return _dict(usage.get(key))
+
+
+def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
@@ -637,7 +648,7 @@ class ResponsesEvents(FrameEncoder):
         key = index if isinstance(index, int) else 0
         function = call.get("function") or {}
         out = b""
-        if self._open_key != key:
+        if self._open_key != key or self._new_call(call.get("id")):
             item = function_call_item(
                 _new_id("fc"), call.get("id"), function.get("name"), self._namespaced
             )
@@ -649,6 +660,12 @@ class ResponsesEvents(FrameEncoder):
         self._open.text.append(arguments)
         data = {"item_id": self._open.id, "output_index": self._open.index, "delta": arguments}
         return out + self._event("response.function_call_arguments.delta", data)
+
+    def _new_call(self, call_id: Any) -> bool:
+        """A call with an id of its own under the open call's index: an upstream that
+        numbers every call 0 still gets one item per call."""
+        assert self._open is not None
+        return bool(call_id) and call_id != self._open.item.get("call_id")
 
     def _close(self) -> bytes:
         """The `.done` events of the open item, which joins the output."""
@@ -686,6 +703,3 @@ class ResponsesEvents(FrameEncoder):
         done = self._event("response.function_call_arguments.done", data)
         item.item = {**item.item, "arguments": arguments, "status": "completed"}
         return done
-
-
-FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
