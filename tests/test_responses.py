@@ -355,8 +355,13 @@ def upstream_response(text: str, status: str = "completed") -> dict[str, Any]:
 
 def response_events(text: str) -> StreamReply:
     created = {**upstream_response(""), "status": "in_progress", "output": [], "usage": None}
-    item = {"type": "message", "id": "msg_upstream_0001", "status": "in_progress",
-            "role": "assistant", "content": []}
+    item = {
+        "type": "message",
+        "id": "msg_upstream_0001",
+        "status": "in_progress",
+        "role": "assistant",
+        "content": [],
+    }
     part = {"type": "output_text", "text": "", "annotations": []}
     payloads = [
         {"type": "response.created", "response": created},
@@ -504,4 +509,20 @@ async def test_retention_is_configured_in_days(nursery: trio.Nursery) -> None:
         created = await client.responses.create(model="mock", input="hi")
     [row] = await running.gateway.store.response_chain(created.id, 0.0)
     assert row["expires_at"] - row["created_at"] == 2 * 86400
+    await running.stop()
+
+
+async def test_a_native_follow_up_on_the_upstream_that_made_it_keeps_its_id(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(upstream_response("First."))
+    running = await native_gateway(nursery, upstream, "openai/upstream-model")
+    async with sdk(running) as client:
+        first = await client.responses.create(model="gpt-test", input="one")
+        await client.responses.create(model="gpt-test", input="two", previous_response_id=first.id)
+    assert upstream.requests[1].json == {
+        "model": "upstream-model",
+        "input": "two",
+        "previous_response_id": "resp_upstream_0001",
+    }
     await running.stop()

@@ -117,14 +117,15 @@ class Surface:
     """The API a client speaks when it is not OpenAI's: how the answer of a call made
     in OpenAI's shapes is rendered back, as a whole and as a stream. A deployment
     with the `native` operation's ability (if the surface has one) is sent the
-    client's own `body` instead, and its answer goes back as it came. `untranslatable`
+    client's own body instead (`body(deployment)`: a follow-up may need another body
+    for another deployment), and its answer goes back as it came. `untranslatable`
     says why a body that only a native deployment can take cannot go to any other.
     `finished`, when given, hears how a relayed stream ended, after its record."""
 
     answer: Callable[[dict[str, Any]], bytes]
     # Given whether the stream is native (its events already in the surface's API).
     frames: Callable[[bool], FrameEncoder]
-    body: dict[str, Any]
+    body: Callable[[Deployment], dict[str, Any]]
     native: Operation[Any] | None
     untranslatable: InvalidRequest | None = None
     finished: Callable[[StreamOutcome], Awaitable[None]] | None = None
@@ -279,7 +280,7 @@ def serving(
     if surface is not None:
         native = surface.native.ability(deployment.abilities) if surface.native else None
         if surface.native is not None and native is not None:
-            return Serving(surface.native, native, surface.body, native=True)
+            return Serving(surface.native, native, surface.body(deployment), native=True)
         failure = surface.untranslatable
         if failure is not None:
             # Built anew: each deployment that cannot take the body refuses it for itself.

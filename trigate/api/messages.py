@@ -88,7 +88,7 @@ async def _messages(gateway: Gateway, incoming: Incoming) -> Reply:
     surface = Surface(
         answer=lambda completion: orjson.dumps(to_message(completion, model)),
         frames=lambda native: AnthropicFrames(model),
-        body=body,
+        body=lambda deployment: body,
         native=native_messages(incoming.headers),
         untranslatable=untranslatable,
     )

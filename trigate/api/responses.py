@@ -17,13 +17,14 @@ items and its Response object) is kept in the gateway's store for
 `responses_retention_days`, so `previous_response_id` works on every provider: the
 gateway rebuilds the conversation from the chain of stored responses. A native
 upstream is sent the client's `previous_response_id` when it made that response
-itself, and the rebuilt conversation when a translated deployment did. A stored
+itself, and the rebuilt conversation when another deployment did. A stored
 response is visible only to the key that made it, another key of its team, and the
 master key; to anyone else it does not exist (404).
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any, NamedTuple
 
@@ -57,7 +58,10 @@ from trigate.errors import InvalidRequest, NotFound
 from trigate.gateway import Gateway
 from trigate.providers import NativeResponses
 from trigate.relay import StreamOutcome
+from trigate.router.deployments import Deployment
 from trigate.store import Row
+
+logger = logging.getLogger("trigate")
 
 DROPPED_TOOLS_HEADER = "x-trigate-dropped-tools"
 DAY = 86400.0
@@ -117,7 +121,7 @@ async def _create(gateway: Gateway, incoming: Incoming) -> Reply:
     surface = Surface(
         answer=exchange.answer,
         frames=exchange.frames,
-        body=_native_body(body, chain, history),
+        body=lambda deployment: _native_body(body, chain, history, deployment),
         native=NATIVE_RESPONSES,
         untranslatable=translated.failure,
         finished=exchange.finished,
@@ -156,11 +160,13 @@ def _translated(body: dict[str, Any], history: list[Any]) -> _Translated:
     return _Translated(chat, dropped)
 
 
-def _native_body(body: dict[str, Any], chain: list[Row], history: list[Any]) -> dict[str, Any]:
+def _native_body(
+    body: dict[str, Any], chain: list[Row], history: list[Any], deployment: Deployment
+) -> dict[str, Any]:
     """What a deployment that speaks the Responses API is sent: the client's body, unless
-    it continues a response only the gateway holds (one a translated deployment made),
-    whose conversation is then sent whole in its place."""
-    if not chain or chain[0]["native"]:
+    it continues a response that deployment's upstream does not hold (one a translated
+    deployment, or another upstream, made), whose conversation is then sent whole."""
+    if not chain or (chain[0]["native"] and chain[0]["deployment"] == deployment.id):
         return body
     earlier = [_without_id(item) for item in history]
     native = {key: value for key, value in body.items() if key != "previous_response_id"}
@@ -260,24 +266,30 @@ class _Exchange:
         response_id = response.get("id")
         if not isinstance(response_id, str):
             return
+        try:
+            await self._gateway.store.save_response(self._row(response_id, response, native))
+        except Exception as error:  # any failure: the answer is still the client's
+            logger.warning("storing response %s failed: %s", response_id, error)
+
+    def _row(self, response_id: str, response: dict[str, Any], native: bool) -> Row:
+        """The stored row; a native request's `input` may have no item form (a 400 had
+        it been translated), which fails here, not the answer."""
         route = self._context.route
         deployment = route.deployment if route is not None else None
         retention = self._gateway.config.general_settings.responses_retention_days
-        await self._gateway.store.save_response(
-            {
-                "response_id": response_id,
-                "response": response,
-                "input_items": _with_ids(input_items(self._body)),
-                "model_group": self._model,
-                "deployment": deployment.id if deployment is not None else None,
-                "key_hash": self._caller.key_hash,
-                "team_id": self._caller.team_id,
-                "previous_response_id": self._body.get("previous_response_id"),
-                "native": native,
-                "created_at": float(self.created_at),
-                "expires_at": self.created_at + retention * DAY,
-            }
-        )
+        return {
+            "response_id": response_id,
+            "response": response,
+            "input_items": _with_ids(input_items(self._body)),
+            "model_group": self._model,
+            "deployment": deployment.id if deployment is not None else None,
+            "key_hash": self._caller.key_hash,
+            "team_id": self._caller.team_id,
+            "previous_response_id": self._body.get("previous_response_id"),
+            "native": native,
+            "created_at": float(self.created_at),
+            "expires_at": self.created_at + retention * DAY,
+        }
 
 
 def _with_ids(items: list[Any]) -> list[Any]:
