@@ -526,3 +526,39 @@ async def test_a_native_follow_up_on_the_upstream_that_made_it_keeps_its_id(
         "previous_response_id": "resp_upstream_0001",
     }
     await running.stop()
+
+
+async def test_native_stream_client_disconnect_closes_the_upstream(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    created = {**upstream_response(""), "status": "in_progress", "output": [], "usage": None}
+    start = b"event: response.created\ndata: %s\n\n" % orjson.dumps(
+        {"type": "response.created", "sequence_number": 0, "response": created}
+    )
+    upstream.handler = lambda request: StreamReply([start], tail=b": keep-alive\n\n")
+    running = await native_gateway(nursery, upstream, "openai/upstream-model")
+    body = {"model": "gpt-test", "input": "Tell a story", "stream": True}
+    async with (
+        running.client() as client,
+        client.stream("POST", "/v1/responses", json=body) as response,
+    ):
+        async for line in response.aiter_lines():
+            if "response.created" in line:
+                break
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+        [record] = await running.records.wait_for(1)
+    assert record.cancelled_by_client and record.status == 499
+    await running.stop()
+
+
+async def test_a_translated_stream_names_its_dropped_tools(
+    compat: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: stream_of(["ok"])
+    body = {"model": "gpt-test", "input": "x", "stream": True, "tools": [{"type": "file_search"}]}
+    async with compat.client() as client:
+        response = await client.post("/v1/responses", json=body)
+    assert response.status_code == 200
+    assert response.headers["x-trigate-dropped-tools"] == "file_search"
+    assert "tools" not in upstream.requests[0].json

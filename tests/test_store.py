@@ -155,3 +155,38 @@ async def test_sqlite_reads_do_not_wait_on_another_writer(tmp_path: Path) -> Non
         writer.execute("ROLLBACK")
         writer.close()
         await store.close()
+
+
+def _stored_response(response_id: str, previous: str | None, expires_at: float) -> dict:
+    return {
+        "response_id": response_id,
+        "response": {"id": response_id, "output": [{"type": "message", "role": "assistant"}]},
+        "input_items": [{"type": "message", "role": "user", "content": response_id}],
+        "model_group": "mock",
+        "deployment": "d1",
+        "key_hash": "k1",
+        "team_id": None,
+        "previous_response_id": previous,
+        "native": False,
+        "created_at": 1.0,
+        "expires_at": expires_at,
+    }
+
+
+async def test_response_chains_stop_at_expiry_and_deletion(database_url: str) -> None:
+    store = await Store.open(database_url)
+    await store.save_response(_stored_response("resp_a", None, 100.0))
+    await store.save_response(_stored_response("resp_b", "resp_a", 200.0))
+    await store.save_response(_stored_response("resp_c", "resp_b", 200.0))
+    chain = await store.response_chain("resp_c", 50.0)
+    assert [row["response_id"] for row in chain] == ["resp_c", "resp_b", "resp_a"]
+    assert chain[0]["input_items"][0]["content"] == "resp_c" and chain[0]["native"] is False
+    assert [row["response_id"] for row in await store.response_chain("resp_c", 50.0, 1)] == [
+        "resp_c"
+    ]
+    assert len(await store.response_chain("resp_c", 150.0)) == 2
+    assert await store.delete_expired_responses(150.0) == 1
+    assert await store.delete_response("resp_b") is True
+    assert await store.delete_response("resp_b") is False
+    assert [row["response_id"] for row in await store.response_chain("resp_c", 50.0)] == ["resp_c"]
+    await store.close()
