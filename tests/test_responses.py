@@ -562,3 +562,13 @@ async def test_a_translated_stream_names_its_dropped_tools(
     assert response.status_code == 200
     assert response.headers["x-trigate-dropped-tools"] == "file_search"
     assert "tools" not in upstream.requests[0].json
+
+
+async def test_cancel_is_a_clear_400_without_background_responses(mock: RunningGateway) -> None:
+    async with sdk(mock) as client:
+        created = await client.responses.create(model="mock", input="hi")
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.responses.cancel(created.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.cancel("resp_nothing")
+    assert refused.value.code == "unsupported_operation"

@@ -101,6 +101,16 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         await gateway.store.delete_response(response_id)
         return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
+    @app.post("/v1/responses/<response_id>/cancel")
+    @app.post("/responses/<response_id>/cancel")
+    async def cancel_response(response_id: str) -> Response:
+        """Only a background response can be cancelled, and the gateway runs none."""
+        await _visible(gateway, response_id)
+        raise InvalidRequest(
+            "Only background responses can be cancelled, and this gateway does not run any.",
+            code="unsupported_operation",
+        )
+
     @app.get("/v1/responses/<response_id>/input_items")
     @app.get("/responses/<response_id>/input_items")
     async def response_input_items(response_id: str) -> Response:
