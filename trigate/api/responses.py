@@ -1,6 +1,7 @@
 """OpenAI's Responses API: `POST /v1/responses`, and reading, listing the input of and
 deleting a stored response (`GET`/`DELETE /v1/responses/{id}`,
-`GET /v1/responses/{id}/input_items`).
+`GET /v1/responses/{id}/input_items`); `background` responses, and so `cancel`, are a
+clear 400.
 
 Codex CLI, the OpenAI Agents SDK and LangChain speak this API. A request takes the
 one proxied-call path (auth, limits, budgets, routing, spend). A deployment whose
