@@ -572,3 +572,44 @@ async def test_cancel_is_a_clear_400_without_background_responses(mock: RunningG
         with pytest.raises(openai.NotFoundError):
             await client.responses.cancel("resp_nothing")
     assert refused.value.code == "unsupported_operation"
+
+
+async def test_a_codex_shaped_stream_over_the_mock_provider(mock: RunningGateway) -> None:
+    """What Codex CLI sends: a stream, `store: false`, encrypted reasoning asked for,
+    developer and user messages, function, namespace and built-in tools."""
+    namespace = {
+        "type": "namespace",
+        "name": "mcp",
+        "description": "An MCP server's tools.",
+        "tools": [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}],
+    }
+    body = {
+        "model": "mock",
+        "instructions": "You are a coding agent.",
+        "input": [
+            {"type": "message", "role": "developer",
+             "content": [{"type": "input_text", "text": "Sandbox: read-only."}]},
+            {"type": "message", "role": "user",
+             "content": [{"type": "input_text", "text": "say hi"}]},
+        ],
+        "tools": [WEATHER, namespace, {"type": "web_search"}],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "reasoning": {"effort": "medium", "summary": "auto"},
+        "store": False,
+        "stream": True,
+        "include": ["reasoning.encrypted_content"],
+        "prompt_cache_key": "session-1",
+    }  # fmt: skip
+    async with mock.client() as client:
+        response = await client.post("/v1/responses", json=body)
+    assert response.status_code == 200
+    assert response.headers["x-trigate-dropped-tools"] == "web_search"
+    events = [
+        orjson.loads(line[6:]) for line in response.text.split("\n") if line.startswith("data: ")
+    ]
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Hello from mock."
+    async with sdk(mock) as client:
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(events[-1]["response"]["id"])
