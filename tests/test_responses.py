@@ -12,6 +12,7 @@ import orjson
 import pytest
 import trio
 from fake_anthropic import anthropic_config, message, serve
+from fake_azure import DEPLOYMENT, azure_config
 from fakes import (
     FakeUpstream,
     JSONReply,
@@ -613,3 +614,23 @@ async def test_a_codex_shaped_stream_over_the_mock_provider(mock: RunningGateway
     async with sdk(mock) as client:
         with pytest.raises(openai.NotFoundError):
             await client.responses.retrieve(events[-1]["response"]["id"])
+
+
+@pytest.mark.parametrize(
+    ("configured", "sent"),
+    [(None, "2025-04-01-preview"), ("2024-10-21", "2025-04-01-preview"), ("preview", "preview")],
+)
+async def test_azure_serves_the_responses_api_natively(
+    nursery: trio.Nursery, upstream: FakeUpstream, configured: str | None, sent: str
+) -> None:
+    upstream.handler = lambda request: JSONReply(upstream_response("From Azure."))
+    params = {} if configured is None else {"api_version": configured}
+    running = await start_gateway(nursery, azure_config(upstream, **params))
+    async with sdk(running) as client:
+        response = await client.responses.create(model="azure-test", input="hi")
+    assert response.output_text == "From Azure."
+    [received] = upstream.requests
+    assert received.target == f"/openai/responses?api-version={sent}"
+    assert received.headers["api-key"] == UPSTREAM_KEY
+    assert received.json["model"] == DEPLOYMENT
+    await running.stop()
