@@ -1,4 +1,5 @@
-"""`azure/`: Azure OpenAI, OpenAI's chat completions and embeddings behind a deployment URL.
+"""`azure/`: Azure OpenAI, OpenAI's chat completions and embeddings behind a deployment URL,
+and its Responses API (`/openai/responses`), relayed as it came.
 
 The body is OpenAI's; only the address (`/openai/deployments/<deployment>` with
 an `api-version` query) and the `api-key` header differ, so requests and

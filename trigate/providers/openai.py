@@ -6,7 +6,9 @@ for usage (where the upstream accepts `stream_options`), so that billing never
 has to guess. What sets one compatible upstream apart from another, its
 default base URL and quirks, is a `Dialect`; Azure reuses the request and
 stream handling through `fetch_completion`, `stream_payload` and
-`OpenAIChunkStream`.
+`OpenAIChunkStream`. The Responses API (`/responses`) is relayed the same way,
+body and events as they came, where the upstream speaks it (`fetch_response`,
+`ResponseEventStream`).
 """
 
 from __future__ import annotations
