@@ -634,3 +634,14 @@ async def test_azure_serves_the_responses_api_natively(
     assert received.headers["api-key"] == UPSTREAM_KEY
     assert received.json["model"] == DEPLOYMENT
     await running.stop()
+
+
+async def test_a_dropped_tool_name_unfit_for_a_header_is_left_out(mock: RunningGateway) -> None:
+    tools = [{"type": "web_search"}, {"type": "bad\r\nx-injected: 1"}, {"type": "ünï"}]
+    async with mock.client() as client:
+        response = await client.post(
+            "/v1/responses", json={"model": "mock", "input": "hi", "tools": tools}
+        )
+    assert response.status_code == 200
+    assert response.headers["x-trigate-dropped-tools"] == "web_search"
+    assert "x-injected" not in response.headers

@@ -262,8 +262,10 @@ class _Exchange:
         return self._events
 
     def _name_dropped(self) -> None:
-        if self._dropped:
-            self._context.headers[DROPPED_TOOLS_HEADER] = ",".join(self._dropped)
+        """The client chose these names: only printable ASCII ones can go in a header."""
+        names = [name for name in self._dropped if name.isascii() and name.isprintable()]
+        if names:
+            self._context.headers[DROPPED_TOOLS_HEADER] = ",".join(names)
 
     async def finished(self, outcome: StreamOutcome) -> None:
         """A stream that ran to its end is stored; one cut short or failed is not."""
