@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 from fakes import FakeUpstream
-from helpers import RunningGateway, openai_config, start_gateway
+from helpers import REDIS_URL, RedisServer, RunningGateway, openai_config, start_gateway
 
 
 @pytest.fixture
@@ -68,3 +68,37 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIt
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error}")
     yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     await trio.to_thread.run_sync(_postgres_schema, "drop", schema)
+
+
+@pytest.fixture
+async def redis_url() -> str:
+    """The machine's Redis, with a key prefix of the test's own (see `redis_prefix`).
+    Without Redis the test skips, except in CI, where it fails."""
+    import coredis
+
+    try:
+        async with coredis.Redis.from_url(REDIS_URL, connect_timeout=1.0) as client:
+            await client.ping()
+    except Exception as error:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {error}")
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A key prefix no other test (or concurrent run) shares."""
+    return f"trigate-test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def own_redis() -> AsyncIterator[RedisServer]:
+    """A redis-server of this test's own, which it may kill and start again."""
+    server = RedisServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        with trio.CancelScope(shield=True):
+            await server.kill()

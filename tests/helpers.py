@@ -4,6 +4,9 @@ the gateway. Fixtures live in conftest.py; everything a test imports lives here.
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,3 +154,35 @@ async def start_gateway(nursery: trio.Nursery, raw_config: dict[str, Any]) -> Ru
 
     binds = await nursery.start(run)
     return RunningGateway(binds[0], app, gateway, records, shutdown, stopped)
+
+
+REDIS_URL = os.environ.get("TRIGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, for tests that kill Redis."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: trio.Process | None = None
+
+    async def start(self) -> None:
+        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        command += ["--save", "", "--appendonly", "no"]
+        self._process = await trio.lowlevel.open_process(command, stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1):
+                    return
+            except OSError:
+                await trio.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    async def kill(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            await self._process.wait()
+            self._process = None

@@ -203,6 +203,9 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
     if not isinstance(variables, dict):
         raise ConfigError("environment_variables: expected a mapping of names to values")
     resolved = _resolve_env(raw, {**{k: str(v) for k, v in variables.items()}, **environ}, "")
+    if redis_url := environ.get("TRIGATE_REDIS_URL"):
+        router_settings = resolved.get("router_settings") or {}
+        resolved["router_settings"] = {**router_settings, "redis_url": redis_url}
     try:
         config = GatewayConfig.model_validate(resolved)
     except ValidationError as error:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -20,6 +21,7 @@ from trigate.auth import Authenticator
 from trigate.clock import wall_time
 from trigate.config import GatewayConfig
 from trigate.errors import secrets
+from trigate.fleet import Fleet
 from trigate.limits import Budgets, RateLimits
 from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.health import run_health_checks
@@ -67,6 +69,10 @@ class Gateway:
         records: RecordSink | None = None,
     ) -> None:
         self.config = config
+        settings = config.router
+        self.fleet = Fleet(
+            settings.redis, timeout=settings.redis_timeout, prefix=settings.redis_key_prefix
+        )
         self.limits = RateLimits()
         self.budgets = Budgets()
         self._master_key = master_key
@@ -83,6 +89,7 @@ class Gateway:
         self.draining = False
         secrets.add(master_key)
         secrets.extend(entry.litellm_params.api_key for entry in config.model_list)
+        secrets.add(urlsplit(config.router.redis or "").password)
 
     @property
     def counter(self) -> TokenCounter:
@@ -128,6 +135,7 @@ class Gateway:
         try:
             with trio.CancelScope() as self._background:
                 async with trio.open_nursery() as nursery:
+                    await nursery.start(self.fleet.run)
                     nursery.start_soon(self.ledger.run)
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)

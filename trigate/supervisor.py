@@ -26,6 +26,7 @@ import sys
 import trio
 
 from trigate.config import GatewayConfig
+from trigate.fleet import SLOT_ENV, WORKERS_ENV
 
 logger = logging.getLogger("trigate")
 
@@ -97,7 +98,11 @@ class Supervisor:
     async def _run_worker(self, slot: int, pipe: int) -> int:
         descriptors = [listener.fileno() for listener in self._sockets]
         command = [sys.executable, "-m", "trigate.worker", str(pipe), *map(str, descriptors)]
-        process = await trio.lowlevel.open_process(command, pass_fds=[pipe, *descriptors])
+        # Each worker learns its slot, to take its share of every limit when Redis is away.
+        environ = {**os.environ, WORKERS_ENV: str(self._workers), SLOT_ENV: str(slot)}
+        process = await trio.lowlevel.open_process(
+            command, pass_fds=[pipe, *descriptors], env=environ
+        )
         self._processes[slot] = process
         logger.info("worker %d started (pid %d)", slot, process.pid)
         try:

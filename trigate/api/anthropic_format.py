@@ -84,9 +84,7 @@ def _chat_messages(message: dict[str, Any]) -> list[dict[str, Any]]:
     `system` turn (Claude Code's mid-conversation system beta) is a system message."""
     role = message.get("role")
     if role not in ("user", "assistant", "system"):
-        raise InvalidRequest(
-            f"Message role must be `user`, `assistant` or `system`, not {role!r}."
-        )
+        raise InvalidRequest(f"Message role must be `user`, `assistant` or `system`, not {role!r}.")
     content = message.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]

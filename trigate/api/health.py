@@ -28,6 +28,8 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
                 "status": "draining" if gateway.draining else "healthy",
                 "version": __version__,
                 "model_groups": len(gateway.groups.names),
+                # Redis going away degrades limits to local shares; it never fails readiness.
+                "fleet": gateway.fleet.status(),
             },
             status=503 if gateway.draining else 200,
         )

@@ -7,6 +7,7 @@ Older LiteLLM configs put `num_retries`, `fallbacks` and friends under
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -65,6 +66,15 @@ class RouterSettings(BaseModel):
     hedge_after_ms: float | None = Field(default=None, gt=0)
     background_health_checks: bool = False
     health_check_interval: float = Field(default=300.0, gt=0)
+    # Redis, shared by every worker of every instance (LiteLLM's keys); none: per process.
+    redis_url: str | None = None
+    redis_host: str | None = None
+    redis_port: int = Field(default=6379, gt=0)
+    redis_password: str | None = None
+    # Every key trigate writes starts with this, so gateways can share one Redis.
+    redis_key_prefix: str = "trigate:"
+    # No request waits on Redis longer than this; past it, the local share of a limit applies.
+    redis_timeout: float = Field(default=0.05, gt=0)
 
     @classmethod
     def from_config(
@@ -78,6 +88,16 @@ class RouterSettings(BaseModel):
             if key in general_settings:
                 merged[key] = general_settings[key]
         return cls.model_validate({**merged, **router_settings})
+
+    @property
+    def redis(self) -> str | None:
+        """The Redis URL, from `redis_url` or from host, port and password."""
+        if self.redis_url:
+            return self.redis_url
+        if not self.redis_host:
+            return None
+        password = f":{quote(self.redis_password, safe='')}@" if self.redis_password else ""
+        return f"redis://{password}{self.redis_host}:{self.redis_port}/0"
 
     def retries_for(self, kind: str) -> int:
         for key, governed in RETRY_POLICY_KEYS.items():

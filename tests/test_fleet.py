@@ -1,0 +1,108 @@
+"""The fleet link: local shares that never add up past a limit, and a worker that keeps
+serving when Redis goes away and shares state again when it returns."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+from helpers import RedisServer
+
+from trigate.config import parse_config
+from trigate.fleet import Fleet, RedisUnavailable, _redacted, local_share, worker_slot
+
+
+@pytest.mark.parametrize("limit", [0, 1, 2, 3, 7, 10, 101])
+@pytest.mark.parametrize("workers", [1, 2, 3, 4, 8])
+def test_local_shares_add_up_to_the_limit(limit: int, workers: int) -> None:
+    shares = [local_share(limit, slot, workers) for slot in range(workers)]
+    assert sum(shares) == limit
+    assert max(shares) - min(shares) <= 1
+
+
+def test_worker_slot_comes_from_the_supervisor() -> None:
+    assert worker_slot({}) == (0, 1)
+    assert worker_slot({"TRIGATE_WORKERS": "4", "TRIGATE_WORKER_SLOT": "3"}) == (3, 4)
+
+
+async def test_without_redis_state_is_local() -> None:
+    fleet = Fleet(None, timeout=0.05)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fleet.run)
+    assert not fleet.shared
+    assert fleet.status()["state"] == "local"
+    with pytest.raises(RedisUnavailable):
+        await fleet.call(lambda redis: redis.ping())
+
+
+async def test_shared_through_a_running_redis(redis_url: str, redis_prefix: str) -> None:
+    fleet = Fleet(redis_url, timeout=0.5, prefix=redis_prefix)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fleet.run)
+        assert fleet.shared
+        assert fleet.status()["state"] == "shared"
+        key = fleet.key("probe")
+        assert key == f"{redis_prefix}probe"
+        assert await fleet.call(lambda redis: redis.incr(key)) == 1
+        await fleet.call(lambda redis: redis.delete([key]))
+        nursery.cancel_scope.cancel()
+
+
+async def test_redis_lost_and_found(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    restored = 0
+
+    async def rebuild() -> None:
+        nonlocal restored
+        restored += 1
+
+    caplog.set_level(logging.INFO, "trigate.fleet")
+    fleet = Fleet(own_redis.url, timeout=0.2)
+    fleet.on_restore(rebuild)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fleet.run)
+        assert fleet.shared and restored == 1
+        await own_redis.kill()
+        for _ in range(3):
+            with trio.fail_after(1):
+                with pytest.raises(RedisUnavailable):
+                    await fleet.call(lambda redis: redis.ping())
+        assert not fleet.shared
+        assert fleet.status()["state"] == "local (redis unreachable)"
+        await own_redis.start()
+        with trio.fail_after(5):
+            while not fleet.shared:  # noqa: ASYNC110 - the probe's own pace
+                await trio.sleep(0.05)
+        assert restored == 2
+        assert await fleet.call(lambda redis: redis.ping()) == b"PONG"
+        nursery.cancel_scope.cancel()
+    lost = [r for r in caplog.records if "unreachable" in r.getMessage()]
+    back = [r for r in caplog.records if "is back" in r.getMessage()]
+    assert len(lost) == 1 and len(back) == 1
+
+
+async def test_redis_absent_at_start_up() -> None:
+    server = RedisServer()  # never started: nothing listens on its port
+    fleet = Fleet(server.url, timeout=0.1)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(3):
+            await nursery.start(fleet.run)
+        assert not fleet.shared
+        nursery.cancel_scope.cancel()
+
+
+def test_redis_password_stays_out_of_logs() -> None:
+    assert _redacted("redis://:hunter22@cache:6379/0") == "redis://:***@cache:6379/0"
+    assert _redacted("redis://cache:6379/0") == "redis://cache:6379/0"
+
+
+def test_redis_settings_as_litellm_names_them() -> None:
+    settings = {"redis_host": "cache", "redis_port": 6380, "redis_password": "p@ss"}
+    config = parse_config({"router_settings": settings}, {})
+    assert config.router.redis == "redis://:p%40ss@cache:6380/0"
+    assert parse_config({}, {}).router.redis is None
+    overridden = parse_config({"router_settings": settings}, {"TRIGATE_REDIS_URL": "redis://x/1"})
+    assert overridden.router.redis == "redis://x/1"
+    assert overridden.router.redis_timeout == 0.05
