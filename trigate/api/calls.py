@@ -120,7 +120,9 @@ class Surface:
     client's own body instead (`body(deployment)`: a follow-up may need another body
     for another deployment), and its answer goes back as it came. `untranslatable`
     says why a body that only a native deployment can take cannot go to any other.
-    `finished`, when given, hears how a relayed stream ended, after its record."""
+    `finished`, when given, hears how a relayed stream ended, after its record.
+    `preferred` names the deployment to take while it is available: the one whose
+    upstream holds what the request continues."""
 
     answer: Callable[[dict[str, Any]], bytes]
     # Given whether the stream is native (its events already in the surface's API).
@@ -129,6 +131,7 @@ class Surface:
     native: Operation[Any] | None
     untranslatable: InvalidRequest | None = None
     finished: Callable[[StreamOutcome], Awaitable[None]] | None = None
+    preferred: str | None = None
 
 
 async def proxy_request(
@@ -381,7 +384,7 @@ class ProxiedCall(Generic[A]):
         self.fallbacks = fallbacks
         # An unknown model is a 404 before anything about it reaches the response headers.
         model = gateway.groups.deployments(group)[0].upstream_model
-        self.progress = RouteProgress(group)
+        self.progress = RouteProgress(group, preferred=surface.preferred if surface else None)
         context.route = self.progress
         self.meter = UsageMeter(gateway.counter, model, body)
         self.ttft: float | None = None

@@ -136,6 +136,7 @@ async def _create(gateway: Gateway, incoming: Incoming) -> Reply:
         native=NATIVE_RESPONSES,
         untranslatable=translated.failure,
         finished=exchange.finished,
+        preferred=_holder(chain),
     )
     call = ProxiedCall(gateway, context, caller, model, translated.chat, fallbacks, CHAT, surface)
     await call.admit()
@@ -182,6 +183,12 @@ def _native_body(
     earlier = [_without_id(item) for item in history]
     native = {key: value for key, value in body.items() if key != "previous_response_id"}
     return {**native, "input": [*earlier, *input_items(body)]}
+
+
+def _holder(chain: list[Row]) -> str | None:
+    """The deployment whose upstream holds the response a follow-up continues; sent
+    there, the follow-up names it instead of carrying the whole conversation."""
+    return chain[0]["deployment"] if chain and chain[0]["native"] else None
 
 
 def _without_id(item: Any) -> Any:

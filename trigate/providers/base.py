@@ -110,6 +110,8 @@ class SSEChunkStream:
     `translate` turns one read's events into a `StreamRead`; a failure ends the stream
     after the chunks before it, which still reach the client and are billed. `tail`
     adds what only the end of the stream can say (Gemini's final usage chunk).
+    `unfinished`, when given, is the failure of a stream that ends before a read
+    says `done`: an API whose streams close with an event of their own was cut short.
     """
 
     def __init__(
@@ -117,10 +119,12 @@ class SSEChunkStream:
         response: httpx.Response,
         translate: Callable[[list[ServerSentEvent]], StreamRead],
         tail: Callable[[], list[Any]] | None = None,
+        unfinished: str | None = None,
     ) -> None:
         self._response = response
         self._translate = translate
         self._tail = tail
+        self._unfinished = unfinished
 
     async def __aiter__(self) -> AsyncIterator[list[Any]]:
         decoder = SSEDecoder()
@@ -144,6 +148,8 @@ class SSEChunkStream:
             yield chunks
         if read.failure is not None:
             raise read.failure
+        if self._unfinished is not None and not read.done:
+            raise UpstreamError(self._unfinished)
 
     async def aclose(self) -> None:
         await self._response.aclose()

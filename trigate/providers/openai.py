@@ -209,10 +209,15 @@ def _parse_chunk(data: str) -> dict[str, Any]:
 
 class ResponseEventStream(SSEChunkStream):
     """An upstream Responses API stream, read as its own events (`NativeEvent`s), each
-    relayed as it came; the final Response's usage is kept for metering."""
+    relayed as it came; the final Response's usage is kept for metering. A stream
+    that ends before its final event was cut short: the client gets `response.failed`."""
 
     def __init__(self, response: httpx.Response) -> None:
-        super().__init__(response, _response_events)
+        super().__init__(
+            response,
+            _response_events,
+            unfinished="The upstream's Responses stream ended before its final event.",
+        )
 
 
 def _response_events(events: list[ServerSentEvent]) -> StreamRead:

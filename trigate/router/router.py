@@ -66,6 +66,9 @@ class RouteProgress:
     deployment: Deployment | None = None
     retries: int = 0
     fallbacks: int = 0
+    # The deployment to take whenever it is available: the one whose upstream holds
+    # the state a follow-up continues (a Responses API `previous_response_id`).
+    preferred: str | None = None
 
 
 class Router:
@@ -123,7 +126,7 @@ class Router:
         tried: set[str] = set()
         retries = 0
         while True:
-            deployment = self._choose(group, members, tried, attempt.stream)
+            deployment = self._choose(group, members, tried, attempt.stream, progress.preferred)
             try:
                 return await self._hedged(group, members, deployment, attempt, tried, progress)
             except UpstreamError as error:
@@ -155,7 +158,12 @@ class Router:
         return fitting
 
     def _choose(
-        self, group: str, members: list[Deployment], tried: set[str], stream: bool
+        self,
+        group: str,
+        members: list[Deployment],
+        tried: set[str],
+        stream: bool,
+        preferred: str | None,
     ) -> Deployment:
         now = trio.current_time()
         available = [d for d in members if d.available(now)]
@@ -166,6 +174,9 @@ class Router:
                 "cooling down or at their limits.",
                 headers={"retry-after": str(max(1, math.ceil(_time_until_available(members))))},
             )
+        for deployment in fresh:
+            if deployment.id == preferred:
+                return deployment
         return self._pick(fresh or available, stream=stream, now=now)
 
     async def _hedged(
