@@ -231,8 +231,11 @@ def floor_server(workdir: Path) -> Iterator[Server]:
         yield server
 
 
-def write_gateway_config(path: Path, mock_port: int, upstream_models: dict[str, str]) -> None:
-    """One LiteLLM-shaped config.yaml that both gateways read unchanged."""
+def write_gateway_config(
+    path: Path, mock_port: int, upstream_models: dict[str, str], translated: set[str]
+) -> None:
+    """One LiteLLM-shaped config.yaml that both gateways read unchanged. The `translated`
+    model names' deployments do not speak the Responses API (the mock does not)."""
     config = {
         "model_list": [
             {
@@ -242,6 +245,7 @@ def write_gateway_config(path: Path, mock_port: int, upstream_models: dict[str, 
                     "api_base": f"http://127.0.0.1:{mock_port}/v1",
                     "api_key": UPSTREAM_KEY,
                 },
+                **({"model_info": {"supports_responses_api": False}} if name in translated else {}),
             }
             for name, upstream in upstream_models.items()
         ],
