@@ -713,3 +713,44 @@ async def test_a_native_stream_cut_before_its_final_event_ends_failed(
     assert record.status >= 500 and record.prompt_tokens > 0
     assert await running.gateway.store.response_chain("resp_upstream_0001", 0.0) == []
     await running.stop()
+
+
+async def test_deleting_a_native_response_deletes_the_upstreams_copy_first(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    deleted = b'{"id": "resp_upstream_0001", "object": "response.deleted", "deleted": true}'
+    refuse = True
+
+    def handle(request: Any) -> JSONReply:
+        if request.method == "DELETE":
+            if refuse:
+                return JSONReply(b'{"error": {"message": "try later"}}', status=503)
+            return JSONReply(deleted)
+        return JSONReply(orjson.dumps(upstream_response("Stored upstream.")))
+
+    upstream.handler = handle
+    running = await native_gateway(nursery, upstream, "openai/upstream-model")
+    async with sdk(running) as client:
+        created = await client.responses.create(model="gpt-test", input="hi")
+        with pytest.raises(openai.APIStatusError):
+            await client.with_options(max_retries=0).responses.delete(created.id)
+        # The upstream kept it, so the gateway's copy stays for the client to retry.
+        assert (await client.responses.retrieve(created.id)).output_text == "Stored upstream."
+        refuse = False
+        await client.responses.delete(created.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(created.id)
+    deletes = [r for r in upstream.requests if r.method == "DELETE"]
+    assert [r.target for r in deletes] == ["/v1/responses/resp_upstream_0001"] * 2
+    assert all(r.headers.get("authorization") == f"Bearer {UPSTREAM_KEY}" for r in deletes)
+    await running.stop()
+
+
+async def test_a_translated_response_is_deleted_at_the_gateway_only(
+    compat: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Translated", USAGE))
+    async with sdk(compat) as client:
+        created = await client.responses.create(model="gpt-test", input="hi")
+        await client.responses.delete(created.id)
+    assert [r.method for r in upstream.requests] == ["POST"]

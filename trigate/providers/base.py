@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -240,6 +241,10 @@ class NativeResponses(Protocol):
 
     async def open_response_stream(self, body: dict[str, Any]) -> ChunkStream: ...
 
+    async def delete_response(self, response_id: str) -> None:
+        """Delete a response the upstream stores, as `DELETE /responses/{id}` does."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Abilities:
@@ -340,6 +345,24 @@ class UpstreamClient:
             finally:
                 await response.aclose()
         return response
+
+    async def delete(self, name: str) -> None:
+        """DELETE the resource `name` under this client's URL (a stored response, say);
+        the upstream's refusal is raised as it is for `post`."""
+        url = self._url.copy_with(path=f"{self._url.path.rstrip('/')}/{quote(name, safe='')}")
+        request = httpx.Request(
+            "DELETE", url, headers=self._headers, extensions={"timeout": self._timeout}
+        )
+        try:
+            response = await self._transport.handle_async_request(request)
+        except httpx.HTTPError as error:
+            raise translate_transport_error(error) from error
+        response.request = request
+        try:
+            if response.status_code >= 400:
+                raise await self._read_error(response)
+        finally:
+            await response.aclose()
 
     def _request_headers(self, overrides: Mapping[str, str] | None) -> dict[str, str]:
         """The headers of one request: the client's forwarded ones under the deployment's

@@ -105,6 +105,9 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, NativeResponses):
         payload = {**body, "model": self._model, "stream": True}
         return ResponseEventStream(await self._responses_upstream.post_stream(payload))
 
+    async def delete_response(self, response_id: str) -> None:
+        await self._responses_upstream.delete(response_id)
+
     async def open_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
         payload = stream_payload(body, self._model, stream_options=self._stream_options)
         return OpenAIChunkStream(await self._upstream.post_stream(payload))
