@@ -28,7 +28,7 @@ T = TypeVar("T")
 # Concurrent database calls per worker; PostgreSQL's pool is sized to match.
 MAX_CONCURRENT_CALLS = 10
 
-JSON_COLUMNS = {"models", "metadata", "response", "input_items"}
+JSON_COLUMNS = {"models", "metadata", "model_aliases", "response", "input_items"}
 BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client", "native"}
 # The columns keys, teams and users share. Each table accepts from callers only its
 # owner's `columns`; anything else is a programming error.
@@ -57,8 +57,9 @@ KEYS = Owner(
     _LIMIT_COLUMNS | {"token_hash", "key_alias", "key_name", "user_id", "team_id", "expires"},
 )  # fmt: skip
 TEAMS = Owner(
-    "teams", "trigate_teams", "team_id", "team_id", _LIMIT_COLUMNS | {"team_id", "team_alias"}
-)
+    "teams", "trigate_teams", "team_id", "team_id",
+    _LIMIT_COLUMNS | {"team_id", "team_alias", "model_aliases"},
+)  # fmt: skip
 USERS = Owner(
     "users", "trigate_users", "user_id", "user_id", _LIMIT_COLUMNS | {"user_id", "user_email"}
 )
@@ -80,8 +81,14 @@ RESPONSE_COLUMNS = (
 MAX_RESPONSE_CHAIN = 1000
 
 
+# A team member's roles, LiteLLM's: an `admin` manages the team's members.
+MEMBER_ROLES = ("admin", "user")
+MEMBER_COLUMNS = ("team_id", "user_id", "user_email", "role", "created_at")
+
+
 @dataclass(frozen=True, slots=True)
 class SpendFilter:
+    request_id: str | None = None
     key_hash: str | None = None
     team_id: str | None = None
     user_id: str | None = None
@@ -164,7 +171,8 @@ class Store:
     async def delete_teams(self, team_ids: Sequence[str]) -> tuple[int, list[str]]:
         """Delete teams and every key in them, in one transaction, as LiteLLM's
         `/team/delete` does: a key outliving its team would lose the team's limits.
-        Returns the number of teams deleted and the hashes of the keys deleted."""
+        Their memberships go too. Returns the number of teams deleted and the hashes of
+        the keys deleted."""
         marks = ", ".join("?" * len(team_ids))
         values = list(team_ids)
 
@@ -173,6 +181,7 @@ class Store:
                 f"SELECT {KEYS.primary} FROM {KEYS.table} WHERE team_id IN ({marks})", values
             )
             cursor.execute(f"DELETE FROM {KEYS.table} WHERE team_id IN ({marks})", values)
+            cursor.execute(f"DELETE FROM trigate_team_members WHERE team_id IN ({marks})", values)
             teams = cursor.execute(
                 f"DELETE FROM {TEAMS.table} WHERE {TEAMS.primary} IN ({marks})", values
             )
@@ -193,6 +202,44 @@ class Store:
             return True
 
         return await self._run(work)
+
+    # Team members.
+
+    async def team_members(self, team_id: str) -> list[Row]:
+        sql = (
+            "SELECT user_id, user_email, role FROM trigate_team_members WHERE team_id = ? "
+            "ORDER BY created_at, user_id"
+        )
+        return await self._read(lambda cursor: cursor.query(sql, [team_id]))
+
+    async def member_teams(self, user_id: str) -> list[Row]:
+        """The teams a user is a member of, each with the user's role in it."""
+        sql = (
+            "SELECT team_id, role FROM trigate_team_members WHERE user_id = ? "
+            "ORDER BY created_at, team_id"
+        )
+        return await self._read(lambda cursor: cursor.query(sql, [user_id]))
+
+    async def add_members(self, members: Sequence[Row]) -> None:
+        """Insert memberships in one transaction: all of them, or (a `Conflict`) none."""
+        marks = ", ".join("?" * len(MEMBER_COLUMNS))
+        sql = f"INSERT INTO trigate_team_members ({', '.join(MEMBER_COLUMNS)}) VALUES ({marks})"
+
+        def work(cursor: Cursor) -> None:
+            for member in members:
+                cursor.execute(sql, [member.get(c) for c in MEMBER_COLUMNS])
+
+        await self._run(work)
+
+    async def remove_member(self, team_id: str, user_id: str) -> bool:
+        sql = "DELETE FROM trigate_team_members WHERE team_id = ? AND user_id = ?"
+        return bool(await self._run(lambda cursor: cursor.execute(sql, [team_id, user_id])))
+
+    async def set_member_role(self, team_id: str, user_id: str, role: str) -> bool:
+        sql = "UPDATE trigate_team_members SET role = ? WHERE team_id = ? AND user_id = ?"
+        return bool(
+            await self._run(lambda cursor: cursor.execute(sql, [role, team_id, user_id]))
+        )
 
     # Spend.
 
@@ -232,43 +279,31 @@ class Store:
         return await self._run(work)
 
     async def spend_logs(self, query: SpendFilter) -> list[Row]:
-        clauses: list[str] = []
-        values: list[str | float] = []
-        for column, value in (
-            ("key_hash", query.key_hash),
-            ("team_id", query.team_id),
-            ("user_id", query.user_id),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                values.append(value)
-        if query.start is not None:
-            clauses.append("start_time >= ?")
-            values.append(query.start)
-        if query.end is not None:
-            clauses.append("start_time < ?")
-            values.append(query.end)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, values = _spend_where(query, "")
         sql = (
             f"SELECT * FROM trigate_spend_logs{where} ORDER BY start_time DESC "
             f"LIMIT {int(query.limit)}"
         )
         return [_decode(row) for row in await self._read(lambda c: c.query(sql, values))]
 
-    async def spend_report(self, start: float, end: float) -> list[Row]:
-        """Spend, requests and tokens per UTC day and model group."""
+    async def spend_totals(self, query: SpendFilter) -> list[Row]:
+        """Spend, requests and tokens per UTC day (YYYY-MM-DD), team, key, user and model
+        group, each team with its alias: what LiteLLM's spend reports group by."""
         day = (
-            "date(start_time, 'unixepoch')"
+            "date(s.start_time, 'unixepoch')"
             if self.dialect == "sqlite"
-            else "to_char(to_timestamp(start_time) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+            else "to_char(to_timestamp(s.start_time) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
         )
+        where, values = _spend_where(query, "s.")
         sql = (
-            f"SELECT {day} AS day, model_group, SUM(cost) AS spend, COUNT(*) AS requests, "
-            "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens "
-            "FROM trigate_spend_logs WHERE start_time >= ? AND start_time < ? "
-            "GROUP BY 1, model_group ORDER BY 1, model_group"
+            f"SELECT {day} AS day, s.team_id, t.team_alias, s.key_hash, s.user_id, "
+            "s.model_group, SUM(s.cost) AS spend, COUNT(*) AS requests, "
+            "SUM(s.prompt_tokens) AS prompt_tokens, SUM(s.completion_tokens) AS completion_tokens "
+            f"FROM trigate_spend_logs s LEFT JOIN {TEAMS.table} t ON t.team_id = s.team_id{where} "
+            "GROUP BY 1, s.team_id, t.team_alias, s.key_hash, s.user_id, s.model_group "
+            "ORDER BY 1, s.team_id, s.key_hash, s.model_group"
         )
-        rows = await self._read(lambda cursor: cursor.query(sql, [start, end]))
+        rows = await self._read(lambda cursor: cursor.query(sql, values))
         return [{**row, "spend": float(row["spend"]), "requests": int(row["requests"]),
                  "prompt_tokens": int(row["prompt_tokens"]),
                  "completion_tokens": int(row["completion_tokens"])} for row in rows]  # fmt: skip
@@ -359,6 +394,28 @@ def _migrate(cursor: Cursor) -> None:
         for statement in statements:
             cursor.execute(statement)
         cursor.execute("INSERT INTO trigate_schema (version) VALUES (?)", [version])
+
+
+def _spend_where(query: SpendFilter, prefix: str) -> tuple[str, list[str | float]]:
+    """The WHERE clause of a spend-log query; `prefix` qualifies its columns."""
+    clauses: list[str] = []
+    values: list[str | float] = []
+    for column, value in (
+        ("request_id", query.request_id),
+        ("key_hash", query.key_hash),
+        ("team_id", query.team_id),
+        ("user_id", query.user_id),
+    ):
+        if value is not None:
+            clauses.append(f"{prefix}{column} = ?")
+            values.append(value)
+    if query.start is not None:
+        clauses.append(f"{prefix}start_time >= ?")
+        values.append(query.start)
+    if query.end is not None:
+        clauses.append(f"{prefix}start_time < ?")
+        values.append(query.end)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), values
 
 
 def _checked(owner: Owner, row: Row) -> list[str]:
