@@ -174,9 +174,10 @@ def _exceeded(table: str, row: Row, account: _Account, now: float) -> BudgetExce
     in_flight = (
         f" (+{account.reserved:.6f} reserved by requests in flight)" if account.reserved else ""
     )
+    # LiteLLM's wording leads: clients match on "Budget has been exceeded!".
     return BudgetExceeded(
-        f"This {owner}'s budget is exhausted: spend {account.spent:.6f}{in_flight} of "
-        f"max_budget {row['max_budget']:.6f}" + _reset_note(row, now)
+        f"Budget has been exceeded! Current cost: {account.spent:.6f}{in_flight}, "
+        f"Max budget: {row['max_budget']:.6f} (this {owner}'s)" + _reset_note(row, now)
     )
 
 

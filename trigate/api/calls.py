@@ -33,6 +33,7 @@ from trigate.errors import (
 from trigate.gateway import Gateway
 from trigate.limits import (
     Admission,
+    ModelNotAllowed,
     Reservation,
     allows_model,
     check_model,
@@ -151,6 +152,17 @@ async def proxy_request(
     if body.get("stream") and operation.open_stream:
         return await call.stream()
     return await call.complete()
+
+
+def check_access(caller: Caller, requested: str, group: str) -> None:
+    """The key's, team's and user's `models` must allow the model asked for. A name the
+    team aliases to a model group passes when they all allow the alias, or all allow
+    the group; a refusal names what the client asked for."""
+    try:
+        check_model(caller, requested)
+    except ModelNotAllowed:
+        if requested == group or not allows_model(caller, group):
+            raise
 
 
 def require_model(body: dict[str, Any]) -> str:
@@ -382,6 +394,8 @@ class ProxiedCall(Generic[A]):
         self.caller = caller
         self.body = body
         self.fallbacks = fallbacks
+        self.requested = group
+        group = caller.model_group(group)
         # An unknown model is a 404 before anything about it reaches the response headers.
         model = gateway.groups.deployments(group)[0].upstream_model
         self.progress = RouteProgress(group, preferred=surface.preferred if surface else None)
@@ -397,7 +411,7 @@ class ProxiedCall(Generic[A]):
         if self.caller.is_master:
             return
         try:
-            check_model(self.caller, self.progress.model_group)
+            check_access(self.caller, self.requested, self.progress.model_group)
             for fallback in self.fallbacks or ():
                 check_model(self.caller, fallback, param="fallbacks")
             if self.gateway.budgets.needed(self.caller):
