@@ -229,6 +229,8 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "user_email": body.user_email,
         }
         await insert_new(gateway, "users", row)
+        # Keys naming this user before it existed bind to it at once in this process.
+        gateway.auth.forget("users", row["user_id"])
         answer = shaped(row)
         if body.auto_create_key:
             key = generate_key()
