@@ -405,7 +405,7 @@ async def test_a_team_alias_routes_to_its_model_group(nursery: trio.Nursery) -> 
         {"team_id": "ta", "models": ["fast"], "model_aliases": {"fast": "good"}},
     )
     info = await admin(gateway, "/team/update", {"team_id": "ta"})
-    assert info["team_info"]["model_aliases"] == {"fast": "good"}
+    assert info["team_id"] == "ta" and info["data"]["model_aliases"] == {"fast": "good"}
     key = (await key_for(gateway, team_id="ta"))["key"]
     async with gateway.client(key) as client:
         served = await client.post(

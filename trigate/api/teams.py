@@ -151,7 +151,9 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         ):
             raise not_found("team", body.team_id)
         gateway.auth.forget("teams", body.team_id)
-        return json_response(await _team_info(gateway, body.team_id))
+        return json_response(
+            {"team_id": body.team_id, "data": await _team_shape(gateway, body.team_id)}
+        )
 
     @app.post("/team/delete")
     async def delete_team() -> Response:
