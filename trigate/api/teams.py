@@ -141,11 +141,11 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def update_team() -> Response:
         body = await admin_body(gateway, NamedTeam)
         fields = limit_fields(body)
-        for name in ("team_alias", "model_aliases"):
-            if name in body.model_fields_set:
-                fields[name] = getattr(body, name)
-        if fields.get("model_aliases", {}) is None:
-            fields["model_aliases"] = {}
+        if "team_alias" in body.model_fields_set:
+            fields["team_alias"] = body.team_alias
+        # A null, as LiteLLM's clients send for fields they leave alone, changes nothing.
+        if body.model_aliases is not None:
+            fields["model_aliases"] = body.model_aliases
         if not await gateway.store.update(
             "teams", body.team_id, {**fields, "updated_at": wall_time()}
         ):
