@@ -41,7 +41,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         )
         # LiteLLM's default with both dates: spend per day, not the rows themselves.
         summarize = query_arg("summarize") not in ("false", "False", "0")
-        if start is not None and end is not None and query_arg("end_date") and summarize:
+        if start is not None and end is not None and summarize:
             if end - start > MAX_SUMMARY_DAYS * DAY:
                 raise InvalidRequest(
                     f"A summary spans at most {MAX_SUMMARY_DAYS} days; "
