@@ -174,6 +174,8 @@ WRITES: list[tuple[str, dict[str, Any]]] = [
     ("/team/update", {"team_id": "t1", "models": []}),
     ("/team/delete", {"team_ids": ["t1"]}),
     ("/user/new", {}),
+    ("/user/update", {"user_id": "eve", "models": []}),
+    ("/user/delete", {"user_ids": ["eve"]}),
 ]
 
 
@@ -282,6 +284,33 @@ async def test_member_calls_refuse_bad_input_with_400(nursery: trio.Nursery) -> 
         assert reply.json()["error"]["type"] == "invalid_request_error"
     reply = await post(a, MASTER_KEY, "/team/member_delete", {"team_id": "t1"})
     assert "user_id" in reply.json()["error"]["message"]
+
+
+# Users.
+
+
+async def test_a_users_update_binds_its_keys_at_once_and_its_delete_takes_them(
+    nursery: trio.Nursery,
+) -> None:
+    a = await actors(nursery)
+    body = {"model": "good", "messages": MESSAGES}
+    assert (await post(a, a.bob, "/v1/chat/completions", body)).status_code == 200
+    updated = await admin(a.gateway, "/user/update", {"user_id": "bob", "models": ["other"]})
+    assert updated["user_id"] == "bob" and updated["data"]["models"] == ["other"]
+    assert (await post(a, a.bob, "/v1/chat/completions", body)).status_code == 403
+    by_email = await admin(
+        a.gateway, "/user/update", {"user_email": "bob@example.com", "models": None}
+    )
+    assert by_email["data"]["models"] == ["other"], "a null changes nothing"
+    unknown = await post(a, MASTER_KEY, "/user/update", {"user_id": "nobody", "max_budget": 1})
+    assert unknown.status_code == 404
+    assert (await post(a, MASTER_KEY, "/user/update", {"models": []})).status_code == 400
+    deleted = await admin(a.gateway, "/user/delete", {"user_ids": ["bob"]})
+    assert deleted["count"] == 1 and deleted["deleted_keys"] == [a.bob_token]
+    assert refused(await post(a, a.bob, "/v1/chat/completions", body), 401)
+    assert (await get(a, MASTER_KEY, "/user/info?user_id=bob")).status_code == 404
+    team = (await get(a, a.alice, "/team/info")).json()["team_info"]
+    assert [m["user_id"] for m in team["members_with_roles"]] == ["alice"]
 
 
 # Keys in LiteLLM's shapes.

@@ -170,8 +170,18 @@ async def test_team_members_and_model_aliases(database_url: str) -> None:
     assert not await store.set_member_role("t1", "nobody", "admin")
     assert await store.remove_member("t1", "u1")
     assert not await store.remove_member("t1", "u1")
-    await store.delete_teams(["t1"])
-    assert await store.member_teams("u2") == [], "a deleted team takes its memberships"
+    await store.add_members([{**member, "team_id": "t2", "user_id": "u2"}])
+    await store.insert("keys", key_row("h1", team_id="t1"))
+    await store.insert("keys", key_row("h2", user_id="u2"))
+    assert await store.delete_with_keys("teams", ["t1"]) == (1, ["h1"])
+    assert await store.member_teams("u2") == [{"team_id": "t2", "role": "admin"}], (
+        "a deleted team takes its memberships"
+    )
+    await store.insert("users", {"user_id": "u2", "created_at": 0.0, "updated_at": 0.0})
+    assert await store.delete_with_keys("users", ["u2", "u9"]) == (1, ["h2"])
+    assert await store.member_teams("u2") == [] and await store.select("keys", {}) == []
+    with pytest.raises(ValueError, match="own no keys"):
+        await store.delete_with_keys("keys", ["h1"])
     await store.close()
 
 

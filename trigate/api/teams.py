@@ -122,6 +122,25 @@ class UserSettings(Limits):
     auto_create_key: bool = True
 
 
+class UpdateUser(Limits):
+    """LiteLLM's `/user/update`: the user by id, else the first with that email."""
+
+    user_id: str | None = None
+    user_email: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> UpdateUser:
+        if self.user_id is None and self.user_email is None:
+            raise ValueError("Either `user_id` or `user_email` must be provided")
+        return self
+
+
+class DeleteUsers(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    user_ids: list[str] = Field(min_length=1)
+
+
 def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.post("/team/new")
     async def new_team() -> Response:
@@ -158,7 +177,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.post("/team/delete")
     async def delete_team() -> Response:
         body = await admin_body(gateway, DeleteTeams)
-        deleted, keys = await gateway.store.delete_teams(body.team_ids)
+        deleted, keys = await gateway.store.delete_with_keys("teams", body.team_ids)
         for team_id in body.team_ids:
             gateway.auth.forget("teams", team_id)
         for token in keys:
@@ -244,6 +263,33 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             )
             answer |= {"key": key, "token": identity["token_hash"]}
         return json_response(answer)
+
+    @app.post("/user/update")
+    async def update_user() -> Response:
+        body = await admin_body(gateway, UpdateUser)
+        user_id = body.user_id or await _user_by_email(gateway, body.user_email)
+        fields = limit_fields(body)
+        if body.user_id is not None and body.user_email is not None:
+            fields["user_email"] = body.user_email
+        if not await gateway.store.update("users", user_id, {**fields, "updated_at": wall_time()}):
+            raise not_found("user", user_id)
+        gateway.auth.forget("users", user_id)
+        row = await gateway.store.get("users", user_id)
+        if row is None:  # deleted since
+            raise not_found("user", user_id)
+        return json_response({"user_id": user_id, "data": shaped(row)})
+
+    @app.post("/user/delete")
+    async def delete_user() -> Response:
+        body = await admin_body(gateway, DeleteUsers)
+        deleted, keys = await gateway.store.delete_with_keys("users", body.user_ids)
+        for user_id in body.user_ids:
+            gateway.auth.forget("users", user_id)
+        for token in keys:
+            gateway.auth.forget("keys", token)
+        return json_response(
+            {"deleted_users": body.user_ids, "count": deleted, "deleted_keys": keys}
+        )
 
     @app.get("/user/info")
     async def user_info() -> Response:
@@ -356,6 +402,13 @@ async def _user_of(gateway: Gateway, member: Member, now: float) -> Row:
         await gateway.store.insert("users", user)
         user = {**user, "spend": 0.0}
     return user
+
+
+async def _user_by_email(gateway: Gateway, email: str | None) -> str:
+    found = await gateway.store.select("users", {"user_email": email}, limit=1)
+    if not found:
+        raise not_found("user", f"with email {email}")
+    return str(found[0]["user_id"])
 
 
 async def _member_id(gateway: Gateway, body: NamedMember) -> str:

@@ -168,24 +168,25 @@ class Store:
         sql = f"DELETE FROM {owner.table} WHERE {column} IN ({', '.join('?' * len(values))})"
         return await self._run(lambda cursor: cursor.execute(sql, list(values)))
 
-    async def delete_teams(self, team_ids: Sequence[str]) -> tuple[int, list[str]]:
-        """Delete teams and every key in them, in one transaction, as LiteLLM's
-        `/team/delete` does: a key outliving its team would lose the team's limits.
-        Their memberships go too. Returns the number of teams deleted and the hashes of
-        the keys deleted."""
-        marks = ", ".join("?" * len(team_ids))
-        values = list(team_ids)
+    async def delete_with_keys(self, table: str, ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Delete teams (or users) with every key of theirs and their memberships, in one
+        transaction, as LiteLLM's `/team/delete` and `/user/delete` do: a key outliving
+        its team or user would lose their limits. Returns the number of teams (or users)
+        deleted and the hashes of the keys deleted."""
+        owner = OWNER_OF_KIND[table]
+        if owner not in (TEAMS, USERS):
+            raise ValueError(f"{table} own no keys")
+        # A team's and a user's primary column is also the one naming them in keys and
+        # memberships.
+        where = f"WHERE {owner.primary} IN ({', '.join('?' * len(ids))})"
+        values = list(ids)
 
         def work(cursor: Cursor) -> tuple[int, list[str]]:
-            keys = cursor.query(
-                f"SELECT {KEYS.primary} FROM {KEYS.table} WHERE team_id IN ({marks})", values
-            )
-            cursor.execute(f"DELETE FROM {KEYS.table} WHERE team_id IN ({marks})", values)
-            cursor.execute(f"DELETE FROM trigate_team_members WHERE team_id IN ({marks})", values)
-            teams = cursor.execute(
-                f"DELETE FROM {TEAMS.table} WHERE {TEAMS.primary} IN ({marks})", values
-            )
-            return teams, [row[KEYS.primary] for row in keys]
+            keys = cursor.query(f"SELECT {KEYS.primary} FROM {KEYS.table} {where}", values)
+            cursor.execute(f"DELETE FROM {KEYS.table} {where}", values)
+            cursor.execute(f"DELETE FROM trigate_team_members {where}", values)
+            deleted = cursor.execute(f"DELETE FROM {owner.table} {where}", values)
+            return deleted, [row[KEYS.primary] for row in keys]
 
         return await self._run(work)
 
