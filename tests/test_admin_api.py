@@ -187,6 +187,13 @@ async def test_everything_that_writes_needs_the_master_key(nursery: trio.Nursery
             assert refused(await post(a, key, path, body), 401), (path, key)
         for path in ("/key/list", "/team/list", "/spend/logs", "/global/spend/report"):
             assert refused(await get(a, key, path), 401), path
+    async with httpx.AsyncClient(base_url=a.gateway.url) as anonymous:
+        for path, body in WRITES:
+            assert refused(await anonymous.post(path, json=body), 401), path
+        for path in ("/key/info", "/user/info", "/team/info"):
+            assert refused(await anonymous.get(path), 401), path
+        member = {"team_id": "t1", "member": {"user_id": "x"}}
+        assert refused(await anonymous.post("/team/member_add", json=member), 401)
     assert (await get(a, MASTER_KEY, "/team/info?team_id=t1")).json()["team_info"]["team_id"]
     assert len((await get(a, MASTER_KEY, "/key/list")).json()["keys"]) == 3
 
