@@ -334,10 +334,11 @@ def _report(
     if run.returncode != 0:
         print("stderr:  " + " | ".join(run.stderr.strip().splitlines()[-5:]))
     for row in served:
+        cost = float(row.get("spend") or row.get("cost") or 0)
         print(
             f"trigate: {row.get('model_group')!s:<14} status {row.get('status')}  "
             f"tokens {row.get('prompt_tokens')}+{row.get('completion_tokens')}  "
-            f"stream {row.get('stream')}  cost {row.get('cost', row.get('spend'))}"
+            f"stream {row.get('stream')}  cost ${cost:.6f}"
             + (f"  error {row['error']}" if row.get("error") else "")
         )
     for request in seen:
