@@ -21,6 +21,7 @@ from trigate.clock import wall_time
 from trigate.config import GatewayConfig
 from trigate.errors import secrets
 from trigate.limits import Budgets, RateLimits
+from trigate.router.catalog import ModelCatalog
 from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.health import run_health_checks
 from trigate.router.router import Router
@@ -65,8 +66,11 @@ class Gateway:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         records: RecordSink | None = None,
+        config_path: str | None = None,
     ) -> None:
         self.config = config
+        # The deployments served: the file's (`config_path`, re-read on reload) and the store's.
+        self.models = ModelCatalog(config, config_path)
         self.limits = RateLimits()
         self.budgets = Budgets()
         self._master_key = master_key
@@ -120,8 +124,7 @@ class Gateway:
         self._ledger = SpendLedger(self._store)
         self._transport = self._transport or self._default_transport()
         prices = await trio.to_thread.run_sync(_shared_prices)
-        groups = ModelGroups.build(self.config, self._transport, self._counter, prices)
-        self._router = Router(groups, self.config.router)
+        self._router = await self.models.start(self._store, self._transport, self._counter, prices)
 
     async def run_background(self, *, task_status: trio.TaskStatus[None]) -> None:
         """The worker's background tasks; run it in the app's nursery."""
@@ -131,6 +134,7 @@ class Gateway:
                     nursery.start_soon(self.ledger.run)
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)
+                    nursery.start_soon(self.models.run)
                     settings = self.config.router
                     if settings.background_health_checks:
                         nursery.start_soon(
