@@ -5,13 +5,14 @@ the API reach another instance sharing the store; credentials never show."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 from fakes import FakeUpstream, JSONReply, chat_completion
-from helpers import MASTER_KEY, UPSTREAM_KEY, MESSAGES, RunningGateway, start_gateway
+from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, start_gateway
 
 from trigate.spend.prices import PriceTable
 
@@ -62,6 +63,15 @@ async def _chat(gateway: RunningGateway, model: str, key: str = MASTER_KEY) -> h
         return await client.post(
             "/v1/chat/completions", json={"model": model, "messages": MESSAGES}
         )
+
+
+async def _answers(gateway: RunningGateway, model: str, status: int) -> None:
+    """Wait, a few of the store's polls at most, until `model` is answered with `status`."""
+    with trio.fail_after(10):
+        for _ in itertools.count():
+            if (await _chat(gateway, model)).status_code == status:
+                return
+            await trio.sleep(0.2)
 
 
 async def test_model_info_shows_deployments_prices_and_limits_never_credentials(
@@ -213,16 +223,13 @@ async def test_a_deployment_added_on_one_instance_is_served_by_another(
     second = await start_gateway(nursery, _config(upstream, url))
     async with first.client() as client:
         assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
-    with trio.fail_after(10):
-        while (await _chat(second, "added")).status_code != 200:
-            await trio.sleep(0.2)
+    await _answers(second, "added", 200)
     async with second.client() as client:
         [row] = (await client.get("/model/info")).json()["data"][2:]
     async with first.client() as client:
-        assert (await client.post("/model/delete", json={"id": row["model_info"]["id"]})).is_success
-    with trio.fail_after(10):
-        while (await _chat(second, "added")).status_code != 404:
-            await trio.sleep(0.2)
+        deleted = await client.post("/model/delete", json={"id": row["model_info"]["id"]})
+    assert deleted.status_code == 200
+    await _answers(second, "added", 404)
 
 
 async def test_v1_models_gains_token_limits_where_known(
