@@ -10,9 +10,10 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from trigate.api.jsonio import json_response
+from trigate.errors import GatewayError
 from trigate.gateway import Gateway
 from trigate.limits import allows_model
-from trigate.router.deployments import Deployment
+from trigate.router.deployments import ModelGroups
 
 
 def register(app: QuartTrio, gateway: Gateway) -> None:
@@ -27,7 +28,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             {
                 "object": "list",
                 "data": [
-                    _listed(name, groups.deployments(name), created)
+                    _listed(name, groups, created)
                     for name in groups.listed()
                     if allows_model(caller, name)
                 ],
@@ -35,11 +36,19 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         )
 
 
-def _listed(name: str, deployments: list[Deployment], created: int) -> dict[str, Any]:
+def _listed(name: str, groups: ModelGroups, created: int) -> dict[str, Any]:
     """A model group in OpenAI's list, with the context window and output limit every one
     of its deployments can take, where they are known."""
-    model: dict[str, Any] = {"id": name, "object": "model", "created": created}
-    model["owned_by"] = "trigate"
+    model: dict[str, Any] = {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "trigate",
+    }
+    try:
+        deployments = groups.deployments(name)
+    except GatewayError:  # an alias of a name its wildcard cannot route: listed, unknown limits
+        return model
     for limit in ("max_input_tokens", "max_output_tokens"):
         known = [value for d in deployments if (value := getattr(d, limit)) is not None]
         if known and len(known) == len(deployments):
