@@ -135,7 +135,11 @@ class ModelCatalog:
             return True
 
     async def run(self) -> None:
-        """Poll the store for other processes' changes, until cancelled."""
+        """Poll the store for other processes' changes, until cancelled; a store no other
+        process can open needs no polling."""
+        assert self._store is not None, "the catalog has not started"
+        if not self._store.shared:
+            return
         failing = False
         while True:
             await trio.sleep(POLL_INTERVAL)

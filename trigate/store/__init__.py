@@ -25,6 +25,7 @@ from trigate.store.migrations import MIGRATIONS
 
 T = TypeVar("T")
 
+IN_MEMORY_URL = "sqlite://:memory:"
 # Concurrent database calls per worker; PostgreSQL's pool is sized to match.
 MAX_CONCURRENT_CALLS = 10
 
@@ -91,15 +92,18 @@ class SpendFilter:
 
 
 class Store:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, shared: bool = True) -> None:
         self._backend = backend
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
+        # False for an in-memory SQLite database, which no other process can open: nothing
+        # in it changes but through this process.
+        self.shared = shared
 
     @classmethod
     async def open(cls, url: str) -> Store:
         """Connect and bring the schema up to date."""
         backend = await trio.to_thread.run_sync(connect, url)
-        store = cls(backend)
+        store = cls(backend, shared=url != IN_MEMORY_URL)
         await store._run(_migrate)
         return store
 
