@@ -6,7 +6,6 @@ the API reach another instance sharing the store; credentials never show."""
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -214,13 +213,12 @@ async def test_new_update_and_delete_a_deployment_without_a_restart(
 
 
 async def test_a_deployment_added_on_one_instance_is_served_by_another(
-    nursery: trio.Nursery, upstream: FakeUpstream, tmp_path: Path
+    nursery: trio.Nursery, upstream: FakeUpstream, database_url: str
 ) -> None:
-    """Two instances sharing one database: the second serves the first's new deployment
-    within a few polls, and stops serving it once it is deleted."""
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
-    first = await start_gateway(nursery, _config(upstream, url))
-    second = await start_gateway(nursery, _config(upstream, url))
+    """Two instances sharing one database (SQLite and PostgreSQL): the second serves the
+    first's new deployment within a few polls, and stops once it is deleted."""
+    first = await start_gateway(nursery, _config(upstream, database_url))
+    second = await start_gateway(nursery, _config(upstream, database_url))
     async with first.client() as client:
         assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
     await _answers(second, "added", 200)
