@@ -141,13 +141,16 @@ async def test_deployments_that_survive_a_reload_keep_their_cooldowns(
         assert (await _chat(gateway, "pair")).headers["x-trigate-deployment"] == "b"
 
 
-async def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sighup_reloads_every_worker(tmp_path: Path, workers: int) -> None:
+    """One worker serves in `trigate serve` itself; two serve under the supervisor,
+    which passes SIGHUP on to each."""
     master = "sk-reloaded-0123456789"
     path = tmp_path / "config.yaml"
     _write(path, [_mock("before", "before-1")])
     load_config(path, {})  # the file is valid as written
     served = await serve(
-        "--workers", "2", "--config", str(path), env=clean_env(TRIGATE_MASTER_KEY=master)
+        "--workers", str(workers), "--config", str(path), env=clean_env(TRIGATE_MASTER_KEY=master)
     )
     headers = {"authorization": f"Bearer {master}", "connection": "close"}
 
@@ -168,18 +171,18 @@ async def test_sighup_reloads_every_worker(tmp_path: Path) -> None:
 
     try:
         with trio.fail_after(60):
-            await served.wait_ready(workers=2)
+            await served.wait_ready(workers=workers)
         assert await statuses("after") == {404}
         _write(path, [_mock("before", "before-1"), _mock("after", "after-1")])
         served.process.send_signal(signal.SIGHUP)
         with trio.fail_after(30):
-            await logged(b"config reloaded: 2 deployments", 2)
+            await logged(b"config reloaded: 2 deployments", workers)
         assert await statuses("after") == {200}
 
         path.write_text("model_list: {not: a list}\n")
         served.process.send_signal(signal.SIGHUP)
         with trio.fail_after(30):
-            await logged(b"config reload failed, serving the previous config: model_list", 2)
+            await logged(b"config reload failed, serving the previous config: model_list", workers)
         assert await statuses("after") == {200}
     finally:
         assert await served.stop() == 0
