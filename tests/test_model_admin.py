@@ -169,6 +169,8 @@ async def test_new_update_and_delete_a_deployment_without_a_restart(
                 ("/model/delete", {"id": "file-gpt"}),
             ):
                 assert (await client.post(path, json=body)).status_code == 401
+            patch = await client.patch("/model/file-gpt/update", json={"model_name": "x"})
+            assert patch.status_code == 401
 
     async with gateway.client() as client:
         created = await client.post("/model/new", json=_new_model(upstream, id="api-1"))
@@ -201,6 +203,12 @@ async def test_new_update_and_delete_a_deployment_without_a_restart(
         assert missing.status_code == 404
     answer = await _chat(gateway, "added")
     assert answer.json()["choices"][0]["message"]["content"] == "from renamed"
+    async with gateway.client() as client:
+        patch = {"litellm_params": {"model": "openai/patched"}}
+        patched = await client.patch("/model/api-1/update", json=patch)
+        assert patched.status_code == 200, patched.text
+    answer = await _chat(gateway, "added")
+    assert answer.json()["choices"][0]["message"]["content"] == "from patched"
     assert upstream.requests[-1].headers["authorization"] == f"Bearer {NEW_UPSTREAM_KEY}"
 
     async with gateway.client() as client:

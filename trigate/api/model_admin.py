@@ -48,14 +48,14 @@ class NewModel(BaseModel):
 
 
 class ModelUpdate(BaseModel):
-    """LiteLLM's `updateDeployment`: `model_info.id` names the deployment; the fields
-    given replace the stored ones, the rest stay."""
+    """LiteLLM's `updateDeployment`: `model_info.id` (or the path) names the deployment;
+    the fields given replace the stored ones, the rest stay."""
 
     model_config = ConfigDict(extra="ignore")
 
     model_name: str | None = Field(default=None, min_length=1)
     litellm_params: dict[str, Any] | None = None
-    model_info: dict[str, Any]
+    model_info: dict[str, Any] | None = None
 
 
 class ModelDelete(BaseModel):
@@ -122,25 +122,15 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.post("/model/update")
     async def model_update() -> Response:
         body = await admin_body(gateway, ModelUpdate)
-        model_id = body.model_info.get("id")
+        model_id = body.model_info.get("id") if body.model_info else None
         if not isinstance(model_id, str) or not model_id:
             raise InvalidRequest("`model_info.id` names the deployment to update.", param="id")
-        row = _stored_row(gateway, model_id)
-        params = {**row["litellm_params"], **(body.litellm_params or {})}
-        info = {**row["model_info"], **body.model_info}
-        model_name = body.model_name or row["model_name"]
-        entry = _checked_entry(gateway, model_name, params, info)
-        updated = {
-            **row,
-            "model_name": model_name,
-            "litellm_params": params,
-            "model_info": info,
-            "updated_at": wall_time(),
-        }
-        if not await gateway.store.update_model(updated):
-            raise _no_such_model(model_id)
-        await gateway.models.refresh()
-        return _scrubbed(_written(model_id, entry))
+        return await _updated(gateway, model_id, body)
+
+    @app.patch("/model/<model_id>/update")
+    async def model_patch(model_id: str) -> Response:
+        """LiteLLM's newer form of `/model/update`: the id in the path."""
+        return await _updated(gateway, model_id, await admin_body(gateway, ModelUpdate))
 
     @app.post("/model/delete")
     async def model_delete() -> Response:
@@ -159,6 +149,25 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         except ConfigError as error:
             raise InvalidRequest(str(error), code="invalid_config") from None
         return _scrubbed({"status": "reloaded", "deployments": len(gateway.models.entries())})
+
+
+async def _updated(gateway: Gateway, model_id: str, body: ModelUpdate) -> Response:
+    row = _stored_row(gateway, model_id)
+    params = {**row["litellm_params"], **(body.litellm_params or {})}
+    info = {**row["model_info"], **(body.model_info or {}), "id": model_id}
+    model_name = body.model_name or row["model_name"]
+    entry = _checked_entry(gateway, model_name, params, info)
+    updated = {
+        **row,
+        "model_name": model_name,
+        "litellm_params": params,
+        "model_info": info,
+        "updated_at": wall_time(),
+    }
+    if not await gateway.store.update_model(updated):
+        raise _no_such_model(model_id)
+    await gateway.models.refresh()
+    return _scrubbed(_written(model_id, entry))
 
 
 def _visible(caller: Caller, model_name: str) -> bool:
