@@ -1,7 +1,10 @@
 """Deployments and the model groups they form.
 
 Several `model_list` entries sharing one `model_name` form a model group;
-clients name the group, and the router picks one of its deployments.
+clients name the group, and the router picks one of its deployments. Clients
+may also name an alias of a group (`model_group_alias`), or any name a wildcard
+deployment's pattern matches (`anthropic/*`), which gets deployments of its own,
+made on first use with the upstream model the name asks for.
 """
 
 from __future__ import annotations
