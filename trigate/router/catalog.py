@@ -38,6 +38,7 @@ logger = logging.getLogger("trigate")
 
 # How often each process looks for deployments another one added, changed or deleted.
 POLL_INTERVAL = 2.0
+POLL_TIMEOUT = 10.0
 # The `litellm_params` that hold credentials: registered to be scrubbed from every
 # message, and never shown by the model API.
 SECRET_PARAMS = frozenset(
@@ -144,10 +145,12 @@ class ModelCatalog:
         while True:
             await trio.sleep(POLL_INTERVAL)
             try:
-                await self.refresh()
+                # A database that hangs must not hold the lock a reload waits for.
+                with trio.fail_after(POLL_TIMEOUT):
+                    await self.refresh()
             except Exception as error:  # any store failure: tried again at the next poll
                 if not failing:
-                    logger.warning("reading the stored deployments failed: %s", error)
+                    logger.warning("reading the stored deployments failed: %r", error)
                 failing = True
             else:
                 failing = False
