@@ -328,9 +328,7 @@ async def _team_admin_body(gateway: Gateway, model: type[C]) -> C:
     caller = await authenticated(gateway)
     body = validated(model, await json_body())
     if not caller.is_master and not await _is_team_admin(gateway, caller, body.team_id):
-        raise NotPermitted(
-            "Only the master key or an admin of this team may change its members."
-        )
+        raise NotPermitted("Only the master key or an admin of this team may change its members.")
     return body
 
 

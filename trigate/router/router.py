@@ -73,6 +73,12 @@ class RouteProgress:
 
 class Router:
     def __init__(self, groups: ModelGroups, settings: RouterSettings) -> None:
+        self.reconfigure(groups, settings)
+
+    def reconfigure(self, groups: ModelGroups, settings: RouterSettings) -> None:
+        """Serve new requests from `groups` under `settings` (a reload), at once: no await
+        comes between the assignments. A request in flight keeps the deployments it
+        holds and finishes on them."""
         self.groups = groups
         self.settings = settings
         self._pick = Pick(settings.routing_strategy, settings.routing_strategy_args)
@@ -266,7 +272,7 @@ class Router:
         else:
             return None
         return next(
-            (g for g in chain if g not in tried and g in self.groups.names and may_use(g)), None
+            (g for g in chain if g not in tried and self.groups.knows(g) and may_use(g)), None
         )
 
 

@@ -1,5 +1,5 @@
-"""The gateway's durable state: virtual keys, teams, users, spend logs and stored
-Responses API responses.
+"""The gateway's durable state: virtual keys, teams, users, spend logs, stored
+Responses API responses and deployments added through the admin API.
 
 `Store` is the async face of a blocking backend. Every call runs in a worker
 thread under a capacity limiter, so the event loop never waits on a disk or
@@ -25,10 +25,19 @@ from trigate.store.migrations import MIGRATIONS
 
 T = TypeVar("T")
 
+IN_MEMORY_URL = "sqlite://:memory:"
 # Concurrent database calls per worker; PostgreSQL's pool is sized to match.
 MAX_CONCURRENT_CALLS = 10
 
-JSON_COLUMNS = {"models", "metadata", "model_aliases", "response", "input_items"}
+JSON_COLUMNS = {
+    "models",
+    "metadata",
+    "model_aliases",
+    "response",
+    "input_items",
+    "litellm_params",
+    "model_info",
+}
 BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client", "native"}
 # The columns keys, teams and users share. Each table accepts from callers only its
 # owner's `columns`; anything else is a programming error.
@@ -98,15 +107,18 @@ class SpendFilter:
 
 
 class Store:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, shared: bool = True) -> None:
         self._backend = backend
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
+        # False for an in-memory SQLite database, which no other process can open: nothing
+        # in it changes but through this process.
+        self.shared = shared
 
     @classmethod
     async def open(cls, url: str) -> Store:
         """Connect and bring the schema up to date."""
         backend = await trio.to_thread.run_sync(connect, url)
-        store = cls(backend)
+        store = cls(backend, shared=url != IN_MEMORY_URL)
         await store._run(_migrate)
         return store
 
@@ -238,9 +250,7 @@ class Store:
 
     async def set_member_role(self, team_id: str, user_id: str, role: str) -> bool:
         sql = "UPDATE trigate_team_members SET role = ? WHERE team_id = ? AND user_id = ?"
-        return bool(
-            await self._run(lambda cursor: cursor.execute(sql, [role, team_id, user_id]))
-        )
+        return bool(await self._run(lambda cursor: cursor.execute(sql, [role, team_id, user_id])))
 
     # Spend.
 
@@ -374,6 +384,58 @@ class Store:
     async def delete_expired_responses(self, now: float) -> int:
         sql = "DELETE FROM trigate_responses WHERE expires_at <= ?"
         return await self._run(lambda cursor: cursor.execute(sql, [now]))
+
+    # Deployments added through the admin API.
+
+    async def stored_models(self) -> tuple[int, list[Row]]:
+        """The models' version and every stored deployment, read together."""
+
+        def work(cursor: Cursor) -> tuple[int, list[Row]]:
+            version = cursor.query(_MODELS_VERSION)[0]["version"]
+            rows = cursor.query("SELECT * FROM trigate_models ORDER BY created_at, model_id")
+            return int(version), [_decode(row) for row in rows]
+
+        return await self._read(work)
+
+    async def models_version(self) -> int:
+        """Bumped by every change to the stored deployments: what each process polls."""
+        rows = await self._read(lambda cursor: cursor.query(_MODELS_VERSION))
+        return int(rows[0]["version"])
+
+    async def insert_model(self, row: Row) -> None:
+        values = [_encode(c, row[c]) for c in MODEL_COLUMNS]
+        marks = ", ".join("?" * len(MODEL_COLUMNS))
+        sql = f"INSERT INTO trigate_models ({', '.join(MODEL_COLUMNS)}) VALUES ({marks})"
+        await self._run(_bumping(lambda cursor: cursor.execute(sql, values)))
+
+    async def update_model(self, row: Row) -> bool:
+        columns = [c for c in MODEL_COLUMNS if c not in ("model_id", "created_at")]
+        values = [*(_encode(c, row[c]) for c in columns), row["model_id"]]
+        assignments = ", ".join(f"{c} = ?" for c in columns)
+        sql = f"UPDATE trigate_models SET {assignments} WHERE model_id = ?"
+        return bool(await self._run(_bumping(lambda cursor: cursor.execute(sql, values))))
+
+    async def delete_model(self, model_id: str) -> bool:
+        sql = "DELETE FROM trigate_models WHERE model_id = ?"
+        return bool(await self._run(_bumping(lambda cursor: cursor.execute(sql, [model_id]))))
+
+
+MODEL_COLUMNS = (
+    "model_id", "model_name", "litellm_params", "model_info", "created_at", "updated_at",
+)  # fmt: skip
+_MODELS_VERSION = "SELECT version FROM trigate_models_version"
+
+
+def _bumping(write: Callable[[Cursor], int]) -> Callable[[Cursor], int]:
+    """`write`, and in the same transaction, when it changed a row, the models' version."""
+
+    def work(cursor: Cursor) -> int:
+        changed = write(cursor)
+        if changed:
+            cursor.execute("UPDATE trigate_models_version SET version = version + 1")
+        return changed
+
+    return work
 
 
 def next_reset(previous: float, duration: str | None, now: float) -> float | None:
