@@ -127,3 +127,25 @@ def test_a_bad_alias_or_a_stray_wildcard_stops_start_up_naming_it() -> None:
     stray = {"model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/*"}}]}
     with pytest.raises(ConfigError, match=r"model_list\[0\].*only a wildcard deployment"):
         parse_config(stray, {})
+
+
+async def test_a_key_limited_to_a_wildcard_may_use_what_it_matches(nursery: trio.Nursery) -> None:
+    anthropic, openai = await _upstreams(nursery)
+    gateway = await start_gateway(nursery, _config(anthropic, openai))
+    async with gateway.client() as admin:
+        made = await admin.post("/key/generate", json={"models": ["anthropic/*"]})
+    key = made.json()["key"]
+    async with gateway.client() as client:
+        allowed = await client.post(
+            "/v1/chat/completions",
+            json={"model": "anthropic/claude-haiku-4-5", "messages": MESSAGES},
+            headers={"authorization": f"Bearer {key}"},
+        )
+        refused = await client.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-4.1-mini", "messages": MESSAGES},
+            headers={"authorization": f"Bearer {key}"},
+        )
+    assert allowed.status_code == 200
+    assert refused.status_code == 403
+    assert openai.requests == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from trigate.auth import Caller
@@ -62,7 +63,11 @@ def allows_model(caller: Caller, group: str) -> bool:
 
 
 def _allowed(allowed: list[str], group: str) -> bool:
-    return not allowed or group in allowed or "*" in allowed
+    """An entry may be a pattern, as in LiteLLM: `*` allows every model, `anthropic/*`
+    every model a wildcard deployment serves under that prefix."""
+    if not allowed or group in allowed:
+        return True
+    return any("*" in entry and fnmatchcase(group, entry) for entry in allowed)
 
 
 @dataclass(slots=True)
