@@ -9,10 +9,13 @@ import itertools
 from typing import Any
 
 import httpx
+import orjson
+import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, chat_completion
 from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, start_gateway
 
+from trigate.sealing import Sealer, SealError
 from trigate.spend.prices import PriceTable
 
 NEW_UPSTREAM_KEY = "sk-added-through-the-api-0123456789"
@@ -249,3 +252,46 @@ async def test_v1_models_gains_token_limits_where_known(
     assert models["gpt-test"]["max_input_tokens"] == table.max_input_tokens
     assert models["gpt-test"]["max_output_tokens"] == table.max_output_tokens
     assert "max_input_tokens" not in models["mock"]  # the mock model is in no table
+
+
+async def test_an_added_deployments_key_is_sealed_at_rest(
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store holds no plaintext upstream key; an instance holding the same key opens
+    it, and one holding another key serves nothing rather than a garbled key."""
+    database_url = f"sqlite:///{tmp_path}/sealed.db"
+    first = await start_gateway(nursery, _config(upstream, database_url))
+    async with first.client() as client:
+        assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
+    _, rows = await first.gateway.store.stored_models()
+    assert NEW_UPSTREAM_KEY not in orjson.dumps(rows).decode()
+    assert rows[0]["litellm_params"]["api_key"].startswith("sealed:v1:")
+    await _answers(first, "added", 200)
+    assert upstream.requests[-1].headers["authorization"] == f"Bearer {NEW_UPSTREAM_KEY}"
+    monkeypatch.setenv("LITELLM_SALT_KEY", "another-instance-salt")
+    other = await start_gateway(nursery, _config(upstream, database_url))
+    assert (await _chat(other, "added")).status_code == 404
+    assert "sealed with another key" in caplog.text
+    assert NEW_UPSTREAM_KEY not in caplog.text
+
+
+def test_sealing_round_trips_and_refuses_another_key() -> None:
+    sealer = Sealer.from_environ("sk-master", {})
+    sealed = sealer.seal_params({"api_key": "sk-upstream", "api_base": "http://x"})
+    assert sealed["api_key"] != "sk-upstream" and sealed["api_base"] == "http://x"
+    assert sealer.seal(sealed["api_key"]) == sealed["api_key"]
+    assert sealer.unseal_params(sealed) == {"api_key": "sk-upstream", "api_base": "http://x"}
+    assert sealer.seal("os.environ/UPSTREAM_KEY") == "os.environ/UPSTREAM_KEY"
+    salted = Sealer.from_environ("sk-master", {"LITELLM_SALT_KEY": "salt"})
+    with pytest.raises(SealError):
+        salted.unseal(sealed["api_key"])
+    assert (
+        Sealer.from_environ("sk-rotated", {"LITELLM_SALT_KEY": "salt"}).unseal(
+            salted.seal("sk-upstream")
+        )
+        == "sk-upstream"
+    )

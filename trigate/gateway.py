@@ -28,6 +28,7 @@ from trigate.router.catalog import ModelCatalog
 from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.health import run_health_checks
 from trigate.router.router import Router
+from trigate.sealing import Sealer
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable, TokenCounts, cost
 from trigate.store import OWNERS, Store
@@ -73,7 +74,7 @@ class Gateway:
     ) -> None:
         self.config = config
         # The deployments served: the file's (`config_path`, re-read on reload) and the store's.
-        self.models = ModelCatalog(config, config_path)
+        self.models = ModelCatalog(config, config_path, Sealer.from_environ(master_key))
         settings = config.router
         self.fleet = Fleet(
             settings.redis, timeout=settings.redis_timeout, prefix=settings.redis_key_prefix

@@ -28,8 +28,8 @@ from trigate.config import ConfigError, ModelEntry
 from trigate.errors import InvalidRequest, NotFound, secrets
 from trigate.gateway import Gateway
 from trigate.limits import allows_model
-from trigate.router.catalog import SECRET_PARAMS
 from trigate.router.deployments import Deployment, deployment_id
+from trigate.sealing import SECRET_PARAMS
 
 # Besides SECRET_PARAMS: any other parameter whose name says it holds a credential,
 # and `extra_headers`, whose values may carry one.
@@ -110,7 +110,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         row = {
             "model_id": model_id,
             "model_name": body.model_name,
-            "litellm_params": body.litellm_params,
+            "litellm_params": gateway.models.sealer.seal_params(body.litellm_params),
             "model_info": info,
             "created_at": now,
             "updated_at": now,
@@ -153,14 +153,15 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
 async def _updated(gateway: Gateway, model_id: str, body: ModelUpdate) -> Response:
     row = _stored_row(gateway, model_id)
-    params = {**row["litellm_params"], **(body.litellm_params or {})}
+    sealer = gateway.models.sealer
+    params = {**sealer.unseal_params(row["litellm_params"]), **(body.litellm_params or {})}
     info = {**row["model_info"], **(body.model_info or {}), "id": model_id}
     model_name = body.model_name or row["model_name"]
     entry = _checked_entry(gateway, model_name, params, info)
     updated = {
         **row,
         "model_name": model_name,
-        "litellm_params": params,
+        "litellm_params": sealer.seal_params(params),
         "model_info": info,
         "updated_at": wall_time(),
     }

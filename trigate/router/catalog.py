@@ -30,6 +30,7 @@ from trigate.config import ConfigError, GatewayConfig, ModelEntry, load_config, 
 from trigate.errors import secrets
 from trigate.router.deployments import ModelGroups
 from trigate.router.router import Router
+from trigate.sealing import SECRET_PARAMS, Sealer, SealError
 from trigate.spend.prices import PriceTable
 from trigate.store import Row, Store
 from trigate.tokens import TokenCounter
@@ -39,16 +40,11 @@ logger = logging.getLogger("trigate")
 # How often each process looks for deployments another one added, changed or deleted.
 POLL_INTERVAL = 2.0
 POLL_TIMEOUT = 10.0
-# The `litellm_params` that hold credentials: registered to be scrubbed from every
-# message, and never shown by the model API.
-SECRET_PARAMS = frozenset(
-    {"api_key", "azure_ad_token", "aws_secret_access_key", "aws_session_token", "aws_access_key_id"}
-)
 
 
 @dataclass(frozen=True, slots=True)
 class StoredModel:
-    """A deployment from the store: its row as written (secrets as given, so an
+    """A deployment from the store: its row as written (secrets sealed; an
     `os.environ/` reference stays one) and the entry it resolves to here."""
 
     row: Row
@@ -59,9 +55,15 @@ class ModelCatalog:
     """The config file's deployments and the store's, and the router that serves them."""
 
     def __init__(
-        self, config: GatewayConfig, path: str | None, environ: Mapping[str, str] | None = None
+        self,
+        config: GatewayConfig,
+        path: str | None,
+        sealer: Sealer,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.file_config = config
+        # Seals the secrets of deployments written to the store, and opens them here.
+        self.sealer = sealer
         self._path = path
         self._environ = environ if environ is not None else os.environ
         self._stored: dict[str, StoredModel] = {}
@@ -173,14 +175,14 @@ class ModelCatalog:
         resolve here (an `os.environ/` variable this process lacks) is left out, loudly."""
         resolved = {}
         for row in rows:
-            raw = {
-                "model_name": row["model_name"],
-                "litellm_params": row["litellm_params"],
-                "model_info": {**row["model_info"], "id": row["model_id"]},
-            }
             try:
+                raw = {
+                    "model_name": row["model_name"],
+                    "litellm_params": self.sealer.unseal_params(row["litellm_params"]),
+                    "model_info": {**row["model_info"], "id": row["model_id"]},
+                }
                 entry = parse_model_entry(raw, self._environ)
-            except ConfigError as error:
+            except (ConfigError, SealError) as error:
                 logger.error("stored deployment %s is not served: %s", row["model_id"], error)  # noqa: TRY400
                 continue
             resolved[row["model_id"]] = StoredModel(row, entry)
