@@ -13,6 +13,9 @@ streams and losing their spend rows. Here:
   killed.
 - Workers watch a pipe whose other end only the supervisor holds, so if the
   supervisor is killed outright they drain and exit rather than run orphaned.
+- The workers share one Prometheus multiprocess directory, made here before the
+  first worker starts and removed after the last one exits, so `/metrics` sums
+  them all; a dead worker's live gauges are dropped from the sums.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import sys
 
 import trio
 
+from trigate import metrics
 from trigate.config import GatewayConfig
 
 logger = logging.getLogger("trigate")
@@ -51,6 +55,7 @@ class Supervisor:
         drained cleanly."""
         # The read end goes to every worker; the write end stays here, and closes with us.
         pipe_read, pipe_write = os.pipe()
+        metrics_dir = metrics.make_multiprocess_dir()
         try:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with trio.open_nursery() as nursery:
@@ -62,6 +67,7 @@ class Supervisor:
         finally:
             os.close(pipe_read)
             os.close(pipe_write)
+            metrics.remove_multiprocess_dir(metrics_dir)
         return 1 if self._failed else 0
 
     def _stop(self, reason: str, nursery: trio.Nursery) -> None:
@@ -111,6 +117,7 @@ class Supervisor:
                 logger.error("worker %d did not drain in time and was killed", slot)
                 self._failed = True
             del self._processes[slot]
+            metrics.worker_exited(process.pid)
 
 
 def _describe(code: int) -> str:
