@@ -561,12 +561,13 @@ class Metrics:
                 alias = (caller.team or {}).get("team_alias") or ""
                 self._child(self.remaining_team_budget, (caller.team_id or "", alias)).set(left)
 
-    def rate_headroom(self, deployment: Deployment, caller: CallerLabels, now: float) -> None:
-        """Requests and tokens left this minute under a deployment's own rpm and tpm."""
+    def _rate_headroom(self, deployment: Deployment, now: float) -> None:
+        """Requests and tokens left this minute under a deployment's own rpm and tpm (not
+        a key's: these gauges are per deployment, their key labels empty)."""
         params = deployment.params
         if params.rpm is None and params.tpm is None:
             return
-        labels = self.per_deployment_key(deployment, caller)
+        labels = self.per_deployment_key(deployment, ANONYMOUS)
         if params.rpm is not None:
             left = max(params.rpm - deployment.state.requests_used(now), 0)
             self._child(self.remaining_requests, labels).set(left)
@@ -619,12 +620,14 @@ class Metrics:
 
     def sample(self, deployments: Iterable[Deployment], queued: int, dropped: int) -> None:
         """State that is read rather than counted: each deployment's health, the spend
-        log's queue. Run before each scrape and every few seconds in every worker."""
+        log's queue, the deployments' rpm and tpm headroom. Run before each scrape and
+        every few seconds in every worker."""
         now = trio.current_time()
         for deployment in deployments:
             self._child(self.deployment_state, self.deployment_labels(deployment)).set(
                 deployment_state(deployment, now)
             )
+            self._rate_headroom(deployment, now)
         self.spend_queue_depth.set(queued)
         if dropped > self._dropped_seen:
             self.spend_rows_dropped.inc(dropped - self._dropped_seen)

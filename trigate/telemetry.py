@@ -205,8 +205,6 @@ class CallTelemetry:
         )
         if reservation is not None:
             metrics.budgets_left(caller, reservation)
-        if deployment is not None:
-            metrics.rate_headroom(deployment, self._labels, trio.current_time())
         if self.span is not None:
             self._end_span(record, deployment, error)
         if telemetry.access_log:
