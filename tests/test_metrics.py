@@ -112,7 +112,9 @@ async def test_traffic_is_counted_with_litellm_names_and_labels(nursery: trio.Nu
     backup = FakeUpstream(_answer)
     failing = FakeUpstream(lambda request: JSONReply({"error": {"message": "down"}}, 500))
     endless = chunk("word ")
-    slow = FakeUpstream(lambda request: StreamReply([chunk("hi")], tail=endless, tail_interval=0.02))
+    slow = FakeUpstream(
+        lambda request: StreamReply([chunk("hi")], tail=endless, tail_interval=0.02)
+    )
     for fake in (backup, failing, slow):
         await fake.start(nursery)
     gateway = await start_gateway(nursery, _config(failing, backup, slow))
@@ -230,7 +232,9 @@ async def test_budgets_and_rate_headroom_are_gauges(nursery: trio.Nursery) -> No
     gateway = await start_gateway(nursery, config)
     try:
         async with gateway.client() as admin:
-            team = (await admin.post("/team/new", json={"team_alias": "eng", "max_budget": 1})).json()
+            team = (
+                await admin.post("/team/new", json={"team_alias": "eng", "max_budget": 1})
+            ).json()
         key, key_hash = await _virtual_key(
             gateway, key_alias="budgeted", max_budget=0.5, team_id=team["team_id"]
         )
@@ -339,7 +343,9 @@ def _metric_dirs(root: Path) -> Iterable[Path]:
 
 async def test_two_workers_answer_the_sum(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
-    config.write_text("model_list:\n  - model_name: mock\n    litellm_params: {model: mock/gpt-4o}\n")
+    config.write_text(
+        "model_list:\n  - model_name: mock\n    litellm_params: {model: mock/gpt-4o}\n"
+    )
     served = await serve(
         "--workers", "2", "--config", str(config),
         env=clean_env(TRIGATE_MASTER_KEY=MASTER_KEY, TMPDIR=str(tmp_path)),

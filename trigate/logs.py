@@ -67,10 +67,11 @@ def configure_logging(config: GatewayConfig | None = None) -> None:
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     _listener = logging.handlers.QueueListener(records, output, respect_handler_level=True)
     _listener.start()
+    handler = logging.handlers.QueueHandler(records)
+    # The queued record's message is the bare message; the listener's handler formats it.
+    handler.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(
-        level=os.environ.get("TRIGATE_LOG_LEVEL", "INFO").upper(),
-        handlers=[logging.handlers.QueueHandler(records)],
-        force=True,
+        level=os.environ.get("TRIGATE_LOG_LEVEL", "INFO").upper(), handlers=[handler], force=True
     )
     # Access lines exist only in JSON logs; plain logs stay as they were.
     access.disabled = not structured

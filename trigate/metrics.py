@@ -510,9 +510,7 @@ class Metrics:
         key = (caller, group, deployment.id)
         found = self._deployment_series.get(key)
         if found is None:
-            found = self._deployment_series[key] = DeploymentSeries(
-                self, caller, group, deployment
-            )
+            found = self._deployment_series[key] = DeploymentSeries(self, caller, group, deployment)
         return found
 
     def request_done(
@@ -665,4 +663,3 @@ def _exception_class(error: GatewayError | None, record: RequestRecord) -> str:
     if error is not None:
         return type(error).__name__
     return "ClientDisconnected" if record.cancelled_by_client else "UnexpectedError"
-

@@ -260,4 +260,3 @@ def _access_fields(context: RequestContext, status: int) -> dict[str, Any]:
         "route": context.path,
         "status": status,
     }
-
