@@ -73,8 +73,6 @@ def configure_logging(config: GatewayConfig | None = None) -> None:
     logging.basicConfig(
         level=os.environ.get("TRIGATE_LOG_LEVEL", "INFO").upper(), handlers=[handler], force=True
     )
-    # Access lines exist only in JSON logs; plain logs stay as they were.
-    access.disabled = not structured
     # httpx logs every request at INFO: a line per upstream call, on the hot path.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 

@@ -289,8 +289,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self._series: dict[tuple[CallerLabels, str, str, str], Series] = {}
-        self._deployment_series: dict[tuple[CallerLabels, str, str], DeploymentSeries] = {}
+        self._series: dict[tuple[int, str, str, str], Series] = {}
+        self._deployment_series: dict[tuple[int, str, str], DeploymentSeries] = {}
         self._deployment_labels: dict[str, tuple[str, str, str, str]] = {}
         self._simple: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
         counter = self._counter
@@ -498,7 +498,9 @@ class Metrics:
     def series(
         self, caller: CallerLabels, group: str, deployment: Deployment | None, route: str
     ) -> Series:
-        key = (caller, group, deployment.id if deployment else "", route)
+        # By the labels' identity: hashing their six strings on every request costs more,
+        # and a cached series keeps its labels alive, so an id is never reused meanwhile.
+        key = (id(caller), group, deployment.id if deployment else "", route)
         found = self._series.get(key)
         if found is None:
             found = self._series[key] = Series(self, caller, group, deployment, route)
@@ -507,7 +509,7 @@ class Metrics:
     def deployment_series(
         self, caller: CallerLabels, group: str, deployment: Deployment
     ) -> DeploymentSeries:
-        key = (caller, group, deployment.id)
+        key = (id(caller), group, deployment.id)
         found = self._deployment_series.get(key)
         if found is None:
             found = self._deployment_series[key] = DeploymentSeries(self, caller, group, deployment)

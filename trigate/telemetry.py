@@ -16,7 +16,7 @@ from opentelemetry.trace import Span
 
 from trigate.errors import GatewayError, UpstreamError
 from trigate.logs import access, json_logs
-from trigate.metrics import OTHER, CallerLabels, Metrics
+from trigate.metrics import ANONYMOUS, OTHER, CallerLabels, Metrics
 from trigate.providers.base import forwarded_headers
 from trigate.tracing import Tracing, end_failed, traceparent_of
 
@@ -49,7 +49,7 @@ class Telemetry:
         self.metrics = Metrics()
         self.tracing = Tracing.from_environment(config.litellm_settings)
         self.access_log = json_logs(config)
-        self._callers: dict[str, tuple[object, CallerLabels]] = {}
+        self._callers: dict[str, tuple[tuple[object, ...], CallerLabels]] = {}
 
     def call(
         self,
@@ -67,21 +67,26 @@ class Telemetry:
         return CallTelemetry(self, self.caller_labels(caller), group, operation, span)
 
     def caller_labels(self, caller: Caller) -> CallerLabels:
-        """The caller's labels, made once per key row (rows are replaced when they change)."""
-        row = caller.key
-        if row is None or caller.key_hash is None:
-            return CallerLabels.of(caller)
+        """The caller's labels: one object per key for as long as its labels stay the same
+        (the metrics cache series by it), checked again whenever its rows are re-read."""
+        if caller.key is None or caller.key_hash is None:
+            return ANONYMOUS
+        rows = (caller.key, caller.team, caller.user)
         cached = self._callers.get(caller.key_hash)
-        if cached is None or cached[0] is not row or cached[1].team_alias != _team_alias(caller):
-            cached = self._callers[caller.key_hash] = (row, CallerLabels.of(caller))
-        return cached[1]
+        if cached is not None and all(a is b for a, b in zip(cached[0], rows, strict=True)):
+            return cached[1]
+        labels = CallerLabels.of(caller)
+        if cached is not None and cached[1] == labels:
+            labels = cached[1]
+        self._callers[caller.key_hash] = (rows, labels)
+        return labels
 
     def unaccounted(self, context: RequestContext, error: GatewayError) -> None:
         """A model API request that ended with `error` before any call accounted for it."""
         if context.accounted:
             return
         context.accounted = True
-        series = self.metrics.series(CallerLabels(), OTHER, None, context.path)
+        series = self.metrics.series(ANONYMOUS, OTHER, None, context.path)
         series.total(error.status).inc()
         series.failure(error.status, type(error).__name__).inc()
         if self.access_log:
@@ -247,10 +252,6 @@ class CallTelemetry:
             end_failed(span, error, cancelled=record.cancelled_by_client)
         else:
             span.end()
-
-
-def _team_alias(caller: Caller) -> str:
-    return (caller.team or {}).get("team_alias") or ""
 
 
 def _access_fields(context: RequestContext, status: int) -> dict[str, Any]:
