@@ -7,7 +7,7 @@ on real sockets; every count is read back through prometheus-client's own parser
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,21 @@ import httpx
 import openai
 import pytest
 import trio
+import trio.testing
+from asgi_driver import chat_request, harness, start_lifespan
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, StreamReply, chat_completion, chunk
-from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, sdk, start_gateway
+from helpers import (
+    MASTER_KEY,
+    UPSTREAM_KEY,
+    RunningGateway,
+    build_app,
+    openai_config,
+    sdk,
+    start_gateway,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from scripted import Step, error, group_config
 from test_cli import clean_env, serve
 
 from trigate.metrics import (
@@ -373,3 +384,71 @@ async def test_two_workers_answer_the_sum(tmp_path: Path) -> None:
         assert await served.stop() == 0
     assert not list(_metric_dirs(tmp_path)), "the supervisor removes its directory"
     assert os.environ.get("PROMETHEUS_MULTIPROC_DIR") is None
+
+
+class EndlessStream(httpx.AsyncByteStream):
+    """An upstream stream that never ends: it outruns any client that stops reading."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            yield chunk("word ")
+            await trio.lowlevel.checkpoint()
+
+
+async def _scrape_in_process(nursery: trio.Nursery, app: Any) -> Scrape:
+    exchange = chat_request(nursery, app, None, path="/metrics", method="GET")
+    assert (await exchange.start())["status"] == 200
+    return Scrape((await exchange.read_body()).decode())
+
+
+async def test_a_slow_client_is_a_backpressure_wait(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    transport = httpx.MockTransport(
+        lambda request: httpx.Response(
+            200, stream=EndlessStream(), headers={"content-type": "text/event-stream"}
+        )
+    )
+    app, _ = build_app(openai_config(upstream), transport=transport)
+    await start_lifespan(nursery, app)
+    assert (await _scrape_in_process(nursery, app)).value(
+        "trigate_relay_backpressure_waits_total"
+    ) == 0  # fmt: skip
+    exchange = chat_request(
+        nursery, app, {"model": "gpt-test", "messages": MESSAGES, "stream": True}
+    )
+    await exchange.start()
+    await exchange.next_message()  # one write reaches the client, then it stops reading
+    with trio.fail_after(5):
+        await trio.testing.wait_all_tasks_blocked()
+    scraped = await _scrape_in_process(nursery, app)
+    assert scraped.value("trigate_relay_backpressure_waits_total") == 1
+    assert scraped.value("litellm_in_flight_requests") == 2, "the stream and the scrape"
+    exchange.disconnect()
+    with trio.fail_after(5):
+        await exchange.done.wait()
+    after = await _scrape_in_process(nursery, app)
+    assert after.value("trigate_streams_cancelled_by_client_total", requested_model="gpt-test") == 1
+
+
+async def test_health_probe_cooldowns_and_the_spend_queue(
+    nursery: trio.Nursery, virtual_clock: Any
+) -> None:
+    config = group_config(
+        ["d0", "d1"],
+        router={"background_health_checks": True, "health_check_interval": 60, "allowed_fails": 0},
+    )
+    h = await harness(nursery, config, {"d0": [error(500)], "d1": [Step(), Step()]})
+    await trio.sleep(1)  # each deployment probed once; d0's failure cools it
+
+    async def down(rows: list[dict[str, Any]]) -> int:
+        raise ConnectionError("database is down")
+
+    h.gateway.store.record_spend = down  # type: ignore[method-assign]
+    assert (await h.chat()).status == 200
+    scraped = await _scrape_in_process(nursery, h.app)
+    cooled = "litellm_deployment_cooled_down_total"
+    assert scraped.value(cooled, model_id="d0", exception_status="500") == 1
+    assert scraped.value("litellm_deployment_state", model_id="d0") == 2
+    assert scraped.value("trigate_spend_log_queue_depth") == 1
+    assert scraped.value("trigate_spend_log_dropped_rows_total") == 0

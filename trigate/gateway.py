@@ -137,7 +137,10 @@ class Gateway:
                     settings = self.config.router
                     if settings.background_health_checks:
                         nursery.start_soon(
-                            run_health_checks, self.router, settings.health_check_interval
+                            run_health_checks,
+                            self.router,
+                            settings.health_check_interval,
+                            self.telemetry.probes,
                         )
                     task_status.started()
         finally:

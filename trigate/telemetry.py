@@ -18,6 +18,7 @@ from trigate.errors import GatewayError, UpstreamError
 from trigate.logs import access, json_logs
 from trigate.metrics import ANONYMOUS, OTHER, CallerLabels, Metrics
 from trigate.providers.base import forwarded_headers
+from trigate.router.router import Unobserved
 from trigate.tracing import Tracing, end_failed, traceparent_of
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class Telemetry:
         self.metrics = Metrics()
         self.tracing = Tracing.from_environment(config.litellm_settings)
         self.access_log = json_logs(config)
+        # What health probes report: only the cooldowns they cause.
+        self.probes = ProbeTelemetry(self.metrics)
         self._callers: dict[str, tuple[tuple[object, ...], CallerLabels]] = {}
 
     def call(
@@ -101,6 +104,16 @@ class Telemetry:
         if self.tracing is not None:
             with trio.CancelScope(shield=True):
                 await self.tracing.shutdown()
+
+
+class ProbeTelemetry(Unobserved):
+    """The observer of background health probes: the cooldowns they cause are counted."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def cooled(self, deployment: Deployment, error: UpstreamError) -> None:
+        self._metrics.cooled(deployment, error.upstream_status or error.status)
 
 
 class CallTelemetry:
