@@ -166,3 +166,23 @@ async def test_without_an_endpoint_nothing_is_traced(
     finally:
         await gateway.stop()
     assert "traceparent" not in upstream.requests[0].headers
+
+
+async def test_a_request_its_caller_did_not_sample_is_not_traced(
+    nursery: trio.Nursery, receiver: FakeUpstream
+) -> None:
+    upstream = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE)))
+    await upstream.start(nursery)
+    gateway = await start_gateway(nursery, {"model_list": [_entry("g", upstream, "d")]})
+    unsampled = f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-00"
+    try:
+        client = sdk(gateway)
+        await client.chat.completions.create(
+            model="g", messages=MESSAGES, extra_headers={"traceparent": unsampled}
+        )
+        await client.chat.completions.create(model="g", messages=MESSAGES)
+    finally:
+        await gateway.stop()
+    spans = _spans(receiver)
+    assert len(spans) == 2, "only the second request, and its one attempt"
+    assert all(span.trace_id.hex() != CLIENT_TRACE for span in spans)

@@ -12,14 +12,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import trio
-from opentelemetry.trace import Span
 
 from trigate.errors import GatewayError, UpstreamError
 from trigate.logs import access, json_logs
 from trigate.metrics import ANONYMOUS, OTHER, CallerLabels, Metrics
 from trigate.providers.base import forwarded_headers
 from trigate.router.router import Unobserved
-from trigate.tracing import Tracing, end_failed, traceparent_of
+from trigate.tracing import OpenSpan, Tracing
 
 if TYPE_CHECKING:
     from trigate.api.context import RequestContext
@@ -40,7 +39,7 @@ class AttemptHandle(NamedTuple):
 
     deployment: Deployment
     started: float
-    span: Span | None
+    span: OpenSpan | None
 
 
 class Telemetry:
@@ -134,7 +133,7 @@ class CallTelemetry:
         labels: CallerLabels,
         group: str,
         operation: str,
-        span: Span | None,
+        span: OpenSpan | None,
     ) -> None:
         self._telemetry = telemetry
         self._labels = labels
@@ -161,7 +160,7 @@ class CallTelemetry:
                 hedge,
             )
             # Every provider sends the forwarded headers: the upstream joins the trace.
-            forwarded_headers.set({**forwarded_headers.get(), "traceparent": traceparent_of(span)})
+            forwarded_headers.set({**forwarded_headers.get(), "traceparent": span.traceparent})
         return AttemptHandle(deployment, trio.current_time(), span)
 
     def attempt_ended(self, handle: object, failure: BaseException | None) -> None:
@@ -180,7 +179,7 @@ class CallTelemetry:
             exception_status = str(status or failure.status)
             series.failure(exception_status, type(failure).__name__, self._labels).inc()
         if span is not None:
-            end_failed(span, failure, cancelled=not isinstance(failure, GatewayError))
+            span.fail(failure, cancelled=not isinstance(failure, GatewayError))
 
     def retried(self, group: str, error: UpstreamError) -> None:
         self._telemetry.metrics.retried(group, error.kind.value)
@@ -260,9 +259,9 @@ class CallTelemetry:
             attributes["trigate.deployment"] = deployment.id
         if record.ttft_ms is not None and record.stream:
             attributes["gen_ai.response.time_to_first_chunk"] = record.ttft_ms / 1000
-        span.set_attributes(attributes)
+        span.attributes.update(attributes)
         if record.status >= 400:
-            end_failed(span, error, cancelled=record.cancelled_by_client)
+            span.fail(error, cancelled=record.cancelled_by_client)
         else:
             span.end()
 

@@ -3,36 +3,52 @@
 Tracing is on when an OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`
 or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or LiteLLM's `litellm_settings.callbacks:
 ["otel"]` with its `OTEL_ENDPOINT`); off, no span object is ever made. Spans follow
-OpenTelemetry's GenAI semantic conventions. An incoming `traceparent` is continued,
-and each attempt's own context goes to its upstream in `traceparent`, so a
-provider that traces joins the same trace.
+OpenTelemetry's GenAI semantic conventions. An incoming `traceparent` is continued
+(a request its caller did not sample is not traced), and each attempt's own
+context goes to its upstream in `traceparent`, so a provider that traces joins the
+same trace.
 
-Export is the SDK's `BatchSpanProcessor` with the OTLP/HTTP exporter: ending a span
-only queues it, and the processor's own thread sends batches, so the event loop
-never waits on the receiver.
+The SDK's live `Span` checks and copies every attribute under a lock, some 50 µs a
+span, which the request path cannot afford; the gateway knows a span whole only
+when it ends anyway. So an `OpenSpan` holds plain values, and ending it hands a
+finished `ReadableSpan` (the type every exporter takes) to the SDK's
+`BatchSpanProcessor`, whose own thread encodes batches and sends them with the
+OTLP/HTTP exporter: the event loop never waits on the receiver.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 import trio
-from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_span_in_context
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import (
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    get_current_span,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from trigate import __version__
 from trigate.errors import secrets
 
 TRACES_PATH = "/v1/traces"
 # OpenTelemetry's own switch for recording prompts and answers in GenAI spans.
 CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+OK = Status(StatusCode.UNSET)
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -50,7 +66,8 @@ def traces_endpoint(litellm_settings: Mapping[str, Any], environ: Mapping[str, s
 
 
 def _headers(environ: Mapping[str, str]) -> dict[str, str] | None:
-    """LiteLLM's `OTEL_HEADERS` (`k=v,k2=v2`); the standard variables the exporter reads."""
+    """LiteLLM's `OTEL_HEADERS` (`k=v,k2=v2`); without it the exporter reads the
+    standard `OTEL_EXPORTER_OTLP_HEADERS` itself."""
     raw = environ.get("OTEL_HEADERS")
     if not raw:
         return None
@@ -59,14 +76,15 @@ def _headers(environ: Mapping[str, str]) -> dict[str, str] | None:
 
 
 class Tracing:
-    """The gateway's tracer, its exporter and what spans may record."""
+    """Where the gateway's spans go, and what they may record."""
 
     def __init__(self, endpoint: str, environ: Mapping[str, str]) -> None:
-        resource = Resource.create({"service.name": environ.get("OTEL_SERVICE_NAME", "trigate")})
-        self._provider = TracerProvider(resource=resource)
+        self.resource = Resource.create(
+            {"service.name": environ.get("OTEL_SERVICE_NAME", "trigate")}
+        )
+        self.scope = InstrumentationScope("trigate", __version__)
         exporter = OTLPSpanExporter(endpoint=endpoint, headers=_headers(environ))
-        self._provider.add_span_processor(BatchSpanProcessor(exporter))
-        self.tracer: Tracer = self._provider.get_tracer("trigate")
+        self._processor = BatchSpanProcessor(exporter)
         self.capture_content = environ.get(CAPTURE_CONTENT_ENV, "").lower() == "true"
 
     @classmethod
@@ -83,59 +101,119 @@ class Tracing:
         traceparent: str | None,
         request_id: str,
         body: dict[str, Any],
-    ) -> Span:
-        """The span of a whole request; a client's `traceparent` makes it a child."""
-        parent: Context | None = None
+    ) -> OpenSpan | None:
+        """The span of a whole request; a client's `traceparent` makes it a child, and
+        None when that parent was not sampled."""
+        parent: SpanContext | None = None
         if traceparent:
-            parent = _PROPAGATOR.extract({"traceparent": traceparent})
-        span = self.tracer.start_span(
-            f"{operation} {model_group}",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "gen_ai.operation.name": operation,
-                "gen_ai.request.model": model_group,
-                "trigate.request_id": request_id,
-            },
-        )
+            found = get_current_span(_PROPAGATOR.extract({"traceparent": traceparent}))
+            parent = found.get_span_context()
+            if not parent.is_valid:
+                parent = None
+            elif not parent.trace_flags.sampled:
+                return None
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.request.model": model_group,
+            "trigate.request_id": request_id,
+        }
         if self.capture_content and "messages" in body:
-            span.set_attribute("gen_ai.input.messages", orjson.dumps(body["messages"]).decode())
-        return span
+            attributes["gen_ai.input.messages"] = orjson.dumps(body["messages"]).decode()
+        trace_id = parent.trace_id if parent is not None else _new_trace_id()
+        name = f"{operation} {model_group}"
+        return OpenSpan(self, name, SpanKind.SERVER, trace_id, parent, attributes)
 
     def attempt_span(
-        self, parent: Span, operation: str, provider: str, model: str, deployment: str, hedge: bool
-    ) -> Span:
-        return self.tracer.start_span(
-            f"{operation} {model}",
-            context=set_span_in_context(parent),
-            kind=SpanKind.CLIENT,
-            attributes={
-                "gen_ai.operation.name": operation,
-                "gen_ai.system": provider,
-                "gen_ai.request.model": model,
-                "trigate.deployment": deployment,
-                "trigate.hedge": hedge,
-            },
-        )
+        self,
+        parent: OpenSpan,
+        operation: str,
+        provider: str,
+        model: str,
+        deployment: str,
+        hedge: bool,
+    ) -> OpenSpan:
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.system": provider,
+            "gen_ai.request.model": model,
+            "trigate.deployment": deployment,
+            "trigate.hedge": hedge,
+        }
+        return OpenSpan(
+            self, f"{operation} {model}", SpanKind.CLIENT, parent.context.trace_id,
+            parent.context, attributes,
+        )  # fmt: skip
+
+    def submit(self, span: ReadableSpan) -> None:
+        """Queue a finished span for the processor's thread; never blocks."""
+        self._processor.on_end(span)
 
     async def shutdown(self) -> None:
         """Flush what is queued; in a thread, since the exporter's send blocks."""
-        await trio.to_thread.run_sync(self._provider.shutdown)
+        await trio.to_thread.run_sync(self._processor.shutdown)
 
 
-def traceparent_of(span: Span) -> str:
-    """The W3C `traceparent` that makes the upstream's spans children of `span`."""
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=set_span_in_context(span))
-    return carrier["traceparent"]
+class OpenSpan:
+    """A span in progress: plain values until `end` makes it a `ReadableSpan`."""
+
+    __slots__ = ("_tracing", "attributes", "context", "kind", "name", "parent", "start")
+
+    def __init__(
+        self,
+        tracing: Tracing,
+        name: str,
+        kind: SpanKind,
+        trace_id: int,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+    ) -> None:
+        self._tracing = tracing
+        self.name = name
+        self.kind = kind
+        self.parent = parent
+        self.context = SpanContext(trace_id, _new_span_id(), False, SAMPLED)
+        self.attributes = attributes
+        self.start = time.time_ns()
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C `traceparent` that makes an upstream's spans children of this one."""
+        return f"00-{self.context.trace_id:032x}-{self.context.span_id:016x}-01"
+
+    def end(self, status: Status = OK) -> None:
+        tracing = self._tracing
+        tracing.submit(
+            ReadableSpan(
+                self.name,
+                self.context,
+                self.parent,
+                tracing.resource,
+                self.attributes,
+                kind=self.kind,
+                status=status,
+                start_time=self.start,
+                end_time=time.time_ns(),
+                instrumentation_scope=tracing.scope,
+            )
+        )
+
+    def fail(self, failure: BaseException | None, *, cancelled: bool = False) -> None:
+        """End a span that did not succeed: an error's status and type, or cancelled."""
+        if cancelled:
+            self.attributes["trigate.cancelled"] = True
+            self.end(Status(StatusCode.ERROR, "cancelled"))
+            return
+        message = None
+        if failure is not None:
+            self.attributes["error.type"] = type(failure).__name__
+            message = secrets.redact(str(failure))[:200]
+        self.end(Status(StatusCode.ERROR, message))
 
 
-def end_failed(span: Span, failure: BaseException | None, *, cancelled: bool = False) -> None:
-    """End a span that did not succeed: an error's status and type, or cancelled."""
-    if cancelled:
-        span.set_attribute("trigate.cancelled", True)
-        span.set_status(Status(StatusCode.ERROR, "cancelled"))
-    elif failure is not None:
-        span.set_attribute("error.type", type(failure).__name__)
-        span.set_status(Status(StatusCode.ERROR, secrets.redact(str(failure))[:200]))
-    span.end()
+def _new_trace_id() -> int:
+    # Never 0, which means "no trace".
+    return random.getrandbits(128) or 1
+
+
+def _new_span_id() -> int:
+    return random.getrandbits(64) or 1
