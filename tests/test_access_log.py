@@ -15,12 +15,12 @@ MASTER = "sk-access-log-0123456789"
 CHAT = {"model": "mock", "messages": [{"role": "user", "content": "hi there"}]}
 
 
-@pytest.mark.parametrize("switch", ["config", "environment"])
+@pytest.mark.parametrize("switch", ["general_settings", "litellm_settings", "environment"])
 async def test_every_line_is_json_with_an_access_line_per_request(
     tmp_path: Path, switch: str
 ) -> None:
     config = tmp_path / "config.yaml"
-    settings = "general_settings: {json_logs: true}\n" if switch == "config" else ""
+    settings = f"{switch}: {{json_logs: true}}\n" if switch.endswith("settings") else ""
     config.write_text(
         "model_list:\n  - model_name: mock\n    litellm_params: {model: mock/gpt-4o}\n" + settings
     )
@@ -61,6 +61,8 @@ async def test_every_line_is_json_with_an_access_line_per_request(
     assert {"key_alias", "key_hash", "team", "ttft_ms", "cost"} <= set(served_line)
     assert denied_line["status"] == 401
     assert denied_line["route"] == "/v1/chat/completions"
+    assert set(denied_line) == set(served_line), "every access line has the same fields"
+    assert denied_line["key_hash"] is None and denied_line["model_group"] is None
     assert MASTER.encode() not in served.output
 
 

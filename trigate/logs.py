@@ -1,7 +1,8 @@
 """Logging: plain lines, or JSON lines with one access line per request.
 
-`general_settings.json_logs: true` (LiteLLM's key) or `TRIGATE_LOG_FORMAT=json`
-makes every log line a JSON object and adds an access line per model API request
+`TRIGATE_LOG_FORMAT=json`, or LiteLLM's switches (`json_logs: true` in
+`litellm_settings` or `general_settings`, or `JSON_LOGS=True`), makes every log
+line a JSON object and adds an access line per model API request
 (logger `trigate.access`). Handlers never write on the event loop: records go
 through a `QueueHandler` to a `QueueListener`, whose thread does the writing, so
 a slow terminal or a full pipe cannot stall requests.
@@ -28,12 +29,16 @@ _listener: logging.handlers.QueueListener | None = None
 
 
 def json_logs(config: GatewayConfig | None) -> bool:
-    """Whether logs are JSON: the environment, else `general_settings.json_logs`."""
+    """Whether logs are JSON: `TRIGATE_LOG_FORMAT` when set, else LiteLLM's switches."""
     chosen = os.environ.get(FORMAT_ENV, "").lower()
     if chosen:
         return chosen == "json"
-    extra = config.general_settings.model_extra if config is not None else None
-    return bool((extra or {}).get("json_logs"))
+    if os.environ.get("JSON_LOGS", "").lower() == "true":
+        return True
+    if config is None:
+        return False
+    general = config.general_settings.model_extra or {}
+    return general.get("json_logs") is True or config.litellm_settings.get("json_logs") is True
 
 
 class JSONFormatter(logging.Formatter):

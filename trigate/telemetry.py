@@ -267,9 +267,22 @@ class CallTelemetry:
 
 
 def _access_fields(context: RequestContext, status: int) -> dict[str, Any]:
+    """An access line's fields; what the request never got to (a key, a deployment) is
+    null, so that every line has the same fields."""
     return {
         "request_id": context.request_id,
         "client_request_id": context.client_request_id,
         "route": context.path,
         "status": status,
+        "key_alias": None,
+        "key_hash": None,
+        "team": None,
+        "model_group": None,
+        "deployment": None,
+        "latency_ms": round(context.elapsed() * 1000, 3),
+        "ttft_ms": None,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cost": 0.0,
+        "cancelled_by_client": False,
     }
