@@ -250,9 +250,12 @@ class CallTelemetry:
             "gen_ai.usage.input_tokens": record.prompt_tokens,
             "gen_ai.usage.output_tokens": record.completion_tokens,
             "http.response.status_code": record.status,
-            "trigate.cost": record.cost,
-            "trigate.cancelled_by_client": record.cancelled_by_client,
         }
+        # Each attribute costs the exporter's encoder; these say something only when set.
+        if record.cost:
+            attributes["trigate.cost"] = record.cost
+        if record.cancelled_by_client:
+            attributes["trigate.cancelled_by_client"] = True
         if deployment is not None:
             attributes["gen_ai.system"] = deployment.params.provider
             attributes["gen_ai.response.model"] = deployment.upstream_model

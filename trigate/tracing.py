@@ -137,8 +137,9 @@ class Tracing:
             "gen_ai.system": provider,
             "gen_ai.request.model": model,
             "trigate.deployment": deployment,
-            "trigate.hedge": hedge,
         }
+        if hedge:
+            attributes["trigate.hedge"] = True
         return OpenSpan(
             self, f"{operation} {model}", SpanKind.CLIENT, parent.context.trace_id,
             parent.context, attributes,
