@@ -379,6 +379,9 @@ async def test_two_workers_answer_the_sum(tmp_path: Path) -> None:
             total = scraped.value("litellm_proxy_total_requests_metric_total", status_code="200")
             assert total == 12
         assert scraped.value("litellm_in_flight_requests") == 1
+        # A gauge that is the worst worker's (livemax): one series, not one per worker.
+        [state] = scraped.samples("litellm_deployment_state")
+        assert state.value == 0 and state.labels["litellm_model_name"] == "mock/gpt-4o"
         assert scraped.families["litellm_request_total_latency_metric"].type == "histogram"
     finally:
         assert await served.stop() == 0
