@@ -168,21 +168,28 @@ async def test_without_an_endpoint_nothing_is_traced(
     assert "traceparent" not in upstream.requests[0].headers
 
 
-async def test_a_request_its_caller_did_not_sample_is_not_traced(
-    nursery: trio.Nursery, receiver: FakeUpstream
+async def test_sampling_follows_the_caller_then_the_configured_ratio(
+    nursery: trio.Nursery, receiver: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
     upstream = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE)))
     await upstream.start(nursery)
     gateway = await start_gateway(nursery, {"model_list": [_entry("g", upstream, "d")]})
-    unsampled = f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-00"
+    other_trace = "0af7651916cd43dd8448eb211c80319c"
     try:
         client = sdk(gateway)
-        await client.chat.completions.create(
-            model="g", messages=MESSAGES, extra_headers={"traceparent": unsampled}
-        )
-        await client.chat.completions.create(model="g", messages=MESSAGES)
+        for traceparent in (
+            f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-00",  # the caller did not sample it
+            f"00-{other_trace}-{CLIENT_PARENT}-01",  # the caller did
+            None,  # a root request, at a ratio of 0
+        ):
+            headers = {"traceparent": traceparent} if traceparent else {}
+            await client.chat.completions.create(
+                model="g", messages=MESSAGES, extra_headers=headers
+            )
     finally:
         await gateway.stop()
     spans = _spans(receiver)
-    assert len(spans) == 2, "only the second request, and its one attempt"
-    assert all(span.trace_id.hex() != CLIENT_TRACE for span in spans)
+    assert len(spans) == 2, "only the sampled request, and its one attempt"
+    assert {span.trace_id.hex() for span in spans} == {other_trace}

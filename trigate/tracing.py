@@ -6,7 +6,10 @@ or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or LiteLLM's `litellm_settings.callback
 OpenTelemetry's GenAI semantic conventions. An incoming `traceparent` is continued
 (a request its caller did not sample is not traced), and each attempt's own
 context goes to its upstream in `traceparent`, so a provider that traces joins the
-same trace.
+same trace. Requests that arrive without one are sampled at the ratio that
+`OTEL_TRACES_SAMPLER=parentbased_traceidratio` (or `traceidratio`) and
+`OTEL_TRACES_SAMPLER_ARG` give, all of them by default: encoding spans for export
+is most of what tracing costs.
 
 The SDK's live `Span` checks and copies every attribute under a lock, some 50 µs a
 span, which the request path cannot afford; the gateway knows a span whole only
@@ -86,6 +89,8 @@ class Tracing:
         exporter = OTLPSpanExporter(endpoint=endpoint, headers=_headers(environ))
         self._processor = BatchSpanProcessor(exporter)
         self.capture_content = environ.get(CAPTURE_CONTENT_ENV, "").lower() == "true"
+        # Root requests whose trace id's low 64 bits fall below this are sampled.
+        self._sampled_below = round(_sample_ratio(environ) * 2**64)
 
     @classmethod
     def from_environment(
@@ -119,7 +124,12 @@ class Tracing:
         }
         if self.capture_content and "messages" in body:
             attributes["gen_ai.input.messages"] = orjson.dumps(body["messages"]).decode()
-        trace_id = parent.trace_id if parent is not None else _new_trace_id()
+        if parent is not None:
+            trace_id = parent.trace_id
+        else:
+            trace_id = _new_trace_id()
+            if trace_id & 0xFFFFFFFFFFFFFFFF >= self._sampled_below:
+                return None
         name = f"{operation} {model_group}"
         return OpenSpan(self, name, SpanKind.SERVER, trace_id, parent, attributes)
 
@@ -209,6 +219,21 @@ class OpenSpan:
             self.attributes["error.type"] = type(failure).__name__
             message = secrets.redact(str(failure))[:200]
         self.end(Status(StatusCode.ERROR, message))
+
+
+def _sample_ratio(environ: Mapping[str, str]) -> float:
+    """The share of root requests traced: OpenTelemetry's sampler variables, as far as
+    they concern a ratio (`always_off` is none, any other sampler all)."""
+    sampler = environ.get("OTEL_TRACES_SAMPLER", "").lower()
+    if sampler in {"always_off", "parentbased_always_off"}:
+        return 0.0
+    if sampler not in {"traceidratio", "parentbased_traceidratio"}:
+        return 1.0
+    try:
+        ratio = float(environ.get("OTEL_TRACES_SAMPLER_ARG", "1"))
+    except ValueError:
+        return 1.0
+    return min(max(ratio, 0.0), 1.0)
 
 
 def _new_trace_id() -> int:
