@@ -32,6 +32,7 @@ from trigate.sealing import Sealer
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable, TokenCounts, cost
 from trigate.store import OWNERS, Store
+from trigate.telemetry import SAMPLE_INTERVAL, Telemetry
 from trigate.tokens import TokenCounter
 from trigate.transport import H11Transport
 from trigate.usage import Usage
@@ -93,6 +94,7 @@ class Gateway:
         self._background_done = trio.Event()
         # Set once a graceful stop begins: readiness fails so balancers send no more work.
         self.draining = False
+        self.telemetry = Telemetry(config)
         secrets.add(master_key)
         secrets.extend(entry.litellm_params.api_key for entry in config.model_list)
         secrets.add(urlsplit(config.router.redis or "").password)
@@ -145,10 +147,14 @@ class Gateway:
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)
                     nursery.start_soon(self.models.run)
+                    nursery.start_soon(self._sample_state)
                     settings = self.config.router
                     if settings.background_health_checks:
                         nursery.start_soon(
-                            run_health_checks, self.router, settings.health_check_interval
+                            run_health_checks,
+                            self.router,
+                            settings.health_check_interval,
+                            self.telemetry.probes,
                         )
                     task_status.started()
         finally:
@@ -187,11 +193,17 @@ class Gateway:
             worst = max(worst, cost(price, TokenCounts(prompt_tokens, int(output))))
         return worst
 
+    def sample_state(self) -> None:
+        """Refresh the metrics that are read, not counted: deployment health, the spend log."""
+        ledger = self.ledger
+        self.telemetry.metrics.sample(self.groups.all(), ledger.queued, ledger.dropped)
+
     async def stop(self) -> None:
         with trio.CancelScope(shield=True):
             if self._background is not None:
                 self._background.cancel()
                 await self._background_done.wait()
+            await self.telemetry.stop()
             if self._transport is not None:
                 await self._transport.aclose()
             if self._store is not None:
@@ -209,6 +221,12 @@ class Gateway:
                 due = None
             wait = BUDGET_RESET_MAX_SLEEP if due is None else due - wall_time()
             await trio.sleep(min(max(wait, 0.0), BUDGET_RESET_MAX_SLEEP))
+
+    async def _sample_state(self) -> None:
+        """Every worker's sampled metrics stay fresh, whichever worker answers a scrape."""
+        while True:
+            self.sample_state()
+            await trio.sleep(SAMPLE_INTERVAL)
 
     async def _expire_responses(self) -> None:
         """Delete stored responses past `responses_retention_days`. Reads skip them

@@ -92,6 +92,7 @@ class StreamRelay(ResponseBody):
         include_usage: bool,
         on_finish: Callable[[StreamOutcome], Awaitable[None]],
         encoder: FrameEncoder | None = None,
+        on_backpressure: Callable[[], None] | None = None,
     ) -> None:
         self._stream = stream
         self._encoder = encoder or FrameEncoder()
@@ -100,6 +101,7 @@ class StreamRelay(ResponseBody):
         self._meter = meter
         self._include_usage = include_usage
         self._on_finish = on_finish
+        self._on_backpressure = on_backpressure or _no_backpressure
         self._usage_template: dict[str, Any] | None = None
         self._last_chunk: dict[str, Any] | None = None
         self._frames: trio.MemoryReceiveChannel[bytes] | None = None
@@ -180,7 +182,12 @@ class StreamRelay(ResponseBody):
         one hand-over between the tasks, not one per token."""
         data = b"".join([self._frame(chunk) for chunk in batch])
         if data:
-            await frames.send(data)
+            try:
+                frames.send_nowait(data)
+            except trio.WouldBlock:
+                # The client reads slower than the upstream writes: wait for it.
+                self._on_backpressure()
+                await frames.send(data)
 
     def _frame(self, chunk: Any) -> bytes:
         if isinstance(chunk, NativeEvent):
@@ -208,6 +215,10 @@ class StreamRelay(ResponseBody):
             chunk.update(object="chat.completion.chunk", choices=[])
         chunk["usage"] = self._meter.reported or (await self._meter.settle()).to_openai()
         return chunk
+
+
+def _no_backpressure() -> None:
+    pass
 
 
 async def _finished(outcome: StreamOutcome) -> None:

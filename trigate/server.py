@@ -29,6 +29,7 @@ from quart_trio import QuartTrio
 from trigate.api import create_app
 from trigate.config import ConfigError, GatewayConfig, load_config
 from trigate.gateway import Gateway
+from trigate.logs import configure_logging
 from trigate.serving import ConnectionLimits, listening_sockets, raise_open_file_limit, serve
 from trigate.supervisor import Supervisor
 
@@ -109,7 +110,7 @@ def serve_forever(config: GatewayConfig, binding: Binding) -> int:
             f"refusing to bind {binding.host}, which is not a loopback address, without a "
             "master key: set general_settings.master_key or TRIGATE_MASTER_KEY"
         )
-    configure_logging()
+    configure_logging(config)
     sockets = listening_sockets(hypercorn_config(config, binding))
     if binding.workers == 1:
         run_worker(sockets)
@@ -126,6 +127,7 @@ def run_worker(sockets: list[socket.socket], supervisor_pipe: int | None = None)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     open_files = raise_open_file_limit()
     app, gateway = worker_app()
+    configure_logging(gateway.config)
     limits = connection_limits(gateway.config, open_files)
     trio.run(_serve_until_stopped, app, gateway, limits, sockets, supervisor_pipe)
 
@@ -196,12 +198,3 @@ async def freeze_startup_heap() -> None:
     out of the collector's sight: it lives as long as the process anyway."""
     gc.collect()
     gc.freeze()
-
-
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("TRIGATE_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # httpx logs every request at INFO: a line per upstream call, on the hot path.
-    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -14,6 +14,9 @@ streams and losing their spend rows. Here:
 - SIGHUP is passed on to every worker, and each reloads the config file.
 - Workers watch a pipe whose other end only the supervisor holds, so if the
   supervisor is killed outright they drain and exit rather than run orphaned.
+- The workers share one Prometheus multiprocess directory, made here before the
+  first worker starts and removed after the last one exits, so `/metrics` sums
+  them all; a dead worker's live gauges are dropped from the sums.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import sys
 
 import trio
 
+from trigate import metrics
 from trigate.config import GatewayConfig
 from trigate.fleet import SLOT_ENV, WORKERS_ENV
 
@@ -53,6 +57,7 @@ class Supervisor:
         drained cleanly."""
         # The read end goes to every worker; the write end stays here, and closes with us.
         pipe_read, pipe_write = os.pipe()
+        metrics_dir = metrics.make_multiprocess_dir()
         try:
             stops = (signal.SIGINT, signal.SIGTERM)
             with trio.open_signal_receiver(*stops, signal.SIGHUP) as signals:
@@ -68,6 +73,7 @@ class Supervisor:
         finally:
             os.close(pipe_read)
             os.close(pipe_write)
+            metrics.remove_multiprocess_dir(metrics_dir)
         return 1 if self._failed else 0
 
     def _reload(self) -> None:
@@ -128,6 +134,7 @@ class Supervisor:
                 logger.error("worker %d did not drain in time and was killed", slot)
                 self._failed = True
             del self._processes[slot]
+            metrics.worker_exited(process.pid)
 
 
 def _describe(code: int) -> str:

@@ -25,6 +25,7 @@ from trigate.api import (
     health,
     keys,
     messages,
+    metrics,
     model_admin,
     models,
     responses,
@@ -56,7 +57,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         await app.nursery.start(gateway.run_background)
 
     # Quart's routes, then the model API's in front of them: two conventions, see above.
-    for module in (models, model_admin, health, keys, teams, spend, responses):
+    for module in (models, model_admin, health, keys, teams, spend, responses, metrics):
         module.register(app, gateway)
     _register_error_handlers(app)
     model_routes: dict[str, Route] = {}
@@ -69,9 +70,11 @@ def create_app(gateway: Gateway) -> QuartTrio:
         body_timeout=settings.request_body_timeout,
         response_timeout=settings.response_timeout,
         forward_client_headers=settings.forward_client_headers_to_llm_api,
+        unaccounted=gateway.telemetry.unaccounted,
     )
+    in_flight = gateway.telemetry.metrics.in_flight
     # Replacing the method is Quart's documented way to wrap its app in ASGI middleware.
-    app.asgi_app = RequestScope(model_api)  # type: ignore[method-assign]
+    app.asgi_app = RequestScope(model_api, in_flight)  # type: ignore[method-assign]
     return app
 
 

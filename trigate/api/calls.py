@@ -79,6 +79,8 @@ class Operation(Generic[A]):
     ability: Callable[[Abilities], A | None]
     complete: Callable[[A, dict[str, Any]], Awaitable[Completion]]
     open_stream: Callable[[A, dict[str, Any]], Awaitable[ChunkStream]] | None = None
+    # Its `gen_ai.operation.name` in OpenTelemetry's GenAI conventions.
+    gen_ai_name: str = "chat"
 
     def served_by(self, deployment: Deployment) -> A:
         """The deployment's ability; a provider without it cannot take the request, which
@@ -105,11 +107,13 @@ TEXT_COMPLETIONS: Operation[TextCompletions] = Operation(
     lambda abilities: abilities.text,
     lambda provider, body: provider.complete_text(body),
     lambda provider, body: provider.open_text_stream(body),
+    "text_completion",
 )
 EMBEDDINGS: Operation[Embeddings] = Operation(
     "embeddings",
     lambda abilities: abilities.embeddings,
     lambda provider, body: provider.embed(body),
+    gen_ai_name="embeddings",
 )
 
 
@@ -397,8 +401,18 @@ class ProxiedCall(Generic[A]):
         self.requested = group
         group = caller.model_group(group)
         # An unknown model is a 404 before anything about it reaches the response headers.
-        model = gateway.groups.deployments(group)[0].upstream_model
-        self.progress = RouteProgress(group, preferred=surface.preferred if surface else None)
+        first = gateway.groups.deployments(group)[0]
+        model = first.upstream_model
+        # Metrics know a name a wildcard matched (the client's own) by its pattern.
+        labelled = first.model_group if first.pattern else group
+        self.telemetry = gateway.telemetry.call(
+            context, caller, labelled, operation.gen_ai_name, body
+        )
+        self.progress = RouteProgress(
+            group,
+            preferred=surface.preferred if surface else None,
+            observer=self.telemetry,
+        )
         context.route = self.progress
         self.meter = UsageMeter(gateway.counter, model, body)
         self.ttft: float | None = None
@@ -499,6 +513,7 @@ class ProxiedCall(Generic[A]):
             include_usage=options.get("include_usage") is True and not opened.native,
             on_finish=self._finish_stream,
             encoder=self.surface.frames(opened.native) if self.surface else None,
+            on_backpressure=self.gateway.telemetry.metrics.backpressure_wait,
         )
         self.context.relay = relay
         return Reply(relay, headers=SSE_HEADERS)
@@ -567,30 +582,30 @@ class ProxiedCall(Generic[A]):
         if self.reservation is not None:
             # With no checkpoint before the ledger counts it as unflushed, as budgets expect.
             self.reservation.settle(cost)
-        await self.gateway.record(
-            RequestRecord(
-                request_id=self.context.request_id,
-                client_request_id=self.context.client_request_id,
-                key_identity=caller.identity,
-                key_hash=caller.key_hash,
-                key_alias=caller.key_alias,
-                team_id=caller.team_id,
-                user_id=caller.user_id,
-                model_group=self.progress.model_group,
-                deployment=deployment.id if deployment else None,
-                model=deployment.params.model if deployment else None,
-                status=status,
-                stream=bool(self.body.get("stream")),
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                usage_source=usage.source,
-                cost=cost,
-                start_time=end - elapsed,
-                end_time=end,
-                latency_ms=round(elapsed * 1000, 3),
-                ttft_ms=round(self.ttft * 1000, 3) if self.ttft is not None else None,
-                cancelled_by_client=cancelled,
-                error=secrets.redact(error.message) if error else None,
-            )
+        record = RequestRecord(
+            request_id=self.context.request_id,
+            client_request_id=self.context.client_request_id,
+            key_identity=caller.identity,
+            key_hash=caller.key_hash,
+            key_alias=caller.key_alias,
+            team_id=caller.team_id,
+            user_id=caller.user_id,
+            model_group=self.progress.model_group,
+            deployment=deployment.id if deployment else None,
+            model=deployment.params.model if deployment else None,
+            status=status,
+            stream=bool(self.body.get("stream")),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            usage_source=usage.source,
+            cost=cost,
+            start_time=end - elapsed,
+            end_time=end,
+            latency_ms=round(elapsed * 1000, 3),
+            ttft_ms=round(self.ttft * 1000, 3) if self.ttft is not None else None,
+            cancelled_by_client=cancelled,
+            error=secrets.redact(error.message) if error else None,
         )
+        self.telemetry.finished(self.context, caller, record, deployment, error, self.reservation)
+        await self.gateway.record(record)
         return usage

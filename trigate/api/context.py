@@ -29,6 +29,7 @@ from trigate.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+    from prometheus_client import Gauge
 
     from trigate.relay import StreamRelay
     from trigate.router.router import RouteProgress
@@ -54,6 +55,12 @@ class RequestContext:
     route: RouteProgress | None = None
     # Extra response headers decided along the way (rate-limit state, for one).
     headers: dict[str, str] = field(default_factory=dict)
+    # The request's path; metrics read it only for the model API's own routes.
+    path: str = ""
+    # The client's W3C `traceparent`, continued by the request's span when tracing is on.
+    traceparent: str | None = None
+    # Set once the request's metrics (and access line) are recorded.
+    accounted: bool = False
 
     def elapsed(self) -> float:
         return trio.current_time() - self.started
@@ -72,8 +79,10 @@ current_request: contextvars.ContextVar[RequestContext] = contextvars.ContextVar
 class RequestScope:
     """ASGI middleware giving each HTTP request its `RequestContext`."""
 
-    def __init__(self, app: ASGIFramework) -> None:
+    def __init__(self, app: ASGIFramework, in_flight: Gauge | None = None) -> None:
         self._app = app
+        # LiteLLM's `litellm_in_flight_requests`: every HTTP request, whatever its route.
+        self._in_flight = in_flight
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -81,9 +90,14 @@ class RequestScope:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        client_id, ambiguous = _scan(scope["headers"])
+        client_id, traceparent, ambiguous = _scan(scope["headers"])
         context = RequestContext(os.urandom(16).hex(), trio.current_time(), client_id)
+        context.path = scope["path"]
+        context.traceparent = traceparent
         token = current_request.set(context)
+        in_flight = self._in_flight
+        if in_flight is not None:
+            in_flight.inc()
         try:
             sender = _ResponseSender(send, receive, context)
             if ambiguous:
@@ -94,6 +108,8 @@ class RequestScope:
             current_request.reset(token)
             if context.relay is not None and not context.relay.entered:
                 await context.relay.close()
+            if in_flight is not None:
+                in_flight.dec()
 
 
 class _ResponseSender:
@@ -154,11 +170,13 @@ class _ResponseSender:
         await self._send(message)
 
 
-def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
-    """One pass over the raw headers: the client's usable `x-request-id`, and whether
-    its credentials are ambiguous (a credential header repeated, or the two naming
-    different keys). Hypercorn gives header names in lower case."""
+def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, bool]:
+    """One pass over the raw headers: the client's usable `x-request-id`, its
+    `traceparent`, and whether its credentials are ambiguous (a credential header
+    repeated, or the two naming different keys). Hypercorn gives header names in lower
+    case."""
     client_id: str | None = None
+    traceparent: str | None = None
     seen_id = False
     credentials: list[tuple[bytes, bytes]] = []
     for name, value in headers:
@@ -169,7 +187,9 @@ def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, bool]:
             given = value.decode("latin-1").strip()
             if 0 < len(given) <= MAX_REQUEST_ID_LENGTH and given.isprintable():
                 client_id = given
-    return client_id, len(credentials) > 1 and _ambiguous(credentials)
+        elif name == b"traceparent":
+            traceparent = value.decode("latin-1")
+    return client_id, traceparent, len(credentials) > 1 and _ambiguous(credentials)
 
 
 def _ambiguous(credentials: list[tuple[bytes, bytes]]) -> bool:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trigate.api.context import current_request
+from trigate.api.context import RequestContext, current_request
 from trigate.errors import BodyTooLarge, GatewayError, MethodNotAllowed, RequestTimeout
 from trigate.providers.base import forwarded_headers
 from trigate.relay import StreamRelay
@@ -102,8 +102,11 @@ class ModelAPI:
         body_timeout: float,
         response_timeout: float | None,
         forward_client_headers: bool = False,
+        unaccounted: Callable[[RequestContext, GatewayError], None] | None = None,
     ) -> None:
         self._app = app
+        # Hears the errors of requests that failed before a call accounted for them.
+        self._unaccounted = unaccounted or _ignore
         self._forward_client_headers = forward_client_headers
         self._routes = routes
         self._max_body_bytes = max_body_bytes
@@ -139,7 +142,7 @@ class ModelAPI:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-                await self._send(send, await _answer(route, incoming))
+                await self._send(send, await self._answer(route, incoming))
                 nursery.cancel_scope.cancel()
         finally:
             forwarded_headers.reset(token)
@@ -173,6 +176,17 @@ class ModelAPI:
                     return body
         raise RequestTimeout(f"The request body did not arrive within {self._body_timeout:g} s.")
 
+    async def _answer(self, route: Route, incoming: Incoming) -> Reply:
+        try:
+            return await route.handler(incoming)
+        except GatewayError as error:
+            self._unaccounted(current_request.get(), error)
+            return error_reply(error, route.error_body)
+        except Exception as error:
+            failure = unexpected_failure(error)
+            self._unaccounted(current_request.get(), failure)
+            return error_reply(failure, route.error_body)
+
 
 def client_headers_to_forward(headers: Mapping[str, str]) -> dict[str, str]:
     """LiteLLM's allow-list for `forward_client_headers_to_llm_api`: `x-` headers and
@@ -197,13 +211,8 @@ def _appended(body: bytes | bytearray, part: bytes) -> bytearray:
     return buffer
 
 
-async def _answer(route: Route, incoming: Incoming) -> Reply:
-    try:
-        return await route.handler(incoming)
-    except GatewayError as error:
-        return error_reply(error, route.error_body)
-    except Exception as error:
-        return error_reply(unexpected_failure(error), route.error_body)
+def _ignore(context: RequestContext, error: GatewayError) -> None:
+    pass
 
 
 def error_reply(

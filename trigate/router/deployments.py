@@ -43,11 +43,22 @@ class Deployment:
     state: DeploymentState = field(repr=False)
     # Per-token prices: the deployment's own, else the price table's; None when unknown.
     price: ModelPrice | None = None
+    # For a deployment a wildcard made for one matched name: the pattern's entry.
+    pattern: ModelEntry | None = field(default=None, repr=False)
     # What `provider` can do, found once here rather than on every request.
     abilities: Abilities = field(init=False, repr=False)
+    # The id and models metrics label it by: the pattern's for a wildcard's deployment,
+    # so that names clients make up cannot multiply the series.
+    label_id: str = field(init=False, repr=False)
+    label_model: str = field(init=False, repr=False)
+    label_litellm_model: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.abilities = Abilities.of(self.provider, self.entry.model_info)
+        labelled = self.pattern or self.entry
+        self.label_id = deployment_id(labelled) if self.pattern else self.id
+        self.label_model = labelled.litellm_params.upstream_model
+        self.label_litellm_model = labelled.litellm_params.model
 
     @property
     def params(self) -> LiteLLMParams:
@@ -173,7 +184,11 @@ class _Builder:
         self._prices = prices
 
     def deployment(
-        self, entry: ModelEntry, group_size: int, state: DeploymentState | None = None
+        self,
+        entry: ModelEntry,
+        group_size: int,
+        state: DeploymentState | None = None,
+        pattern: ModelEntry | None = None,
     ) -> Deployment:
         """`state` carries a surviving deployment's cooldowns and load over a reload."""
         fails, cooldown = self._settings.allowed_fails, self._settings.cooldown_time
@@ -192,7 +207,9 @@ class _Builder:
             params.output_cost_per_token,
             self._prices,
         )
-        return Deployment(deployment_id(entry), entry.model_name, entry, provider, state, price)
+        return Deployment(
+            deployment_id(entry), entry.model_name, entry, provider, state, price, pattern
+        )
 
 
 class ModelGroups:
@@ -330,5 +347,5 @@ class ModelGroups:
                     code="model_not_found",
                 ) from None
             concrete = entry.model_copy(update={"litellm_params": params})
-            made.append(self._builder.deployment(concrete, len(wildcard.entries)))
+            made.append(self._builder.deployment(concrete, len(wildcard.entries), pattern=entry))
         return made

@@ -15,21 +15,25 @@ import trio
 
 from trigate.errors import UpstreamError
 from trigate.router.deployments import Deployment
-from trigate.router.router import Router
+from trigate.router.router import UNOBSERVED, RouteObserver, Router
 
 PROBE_BODY = {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
 PROBE_TIMEOUT = 30.0
 
 
-async def probe(deployment: Deployment) -> bool:
-    """One health request; its outcome goes to the deployment's breaker."""
+async def probe(deployment: Deployment, observer: RouteObserver = UNOBSERVED) -> bool:
+    """One health request; its outcome goes to the deployment's breaker, and a cooldown
+    it causes to `observer`."""
     state = deployment.state
     try:
         with trio.fail_after(min(deployment.params.timeout, PROBE_TIMEOUT)):
             await deployment.provider.complete(dict(PROBE_BODY))
     except (UpstreamError, trio.TooSlowError) as failure:
         if isinstance(failure, UpstreamError):
+            cooled_until = state.breaker.cooldown_until
             state.breaker.failed(failure, trio.current_time())
+            if state.breaker.cooldown_until > cooled_until:
+                observer.cooled(deployment, failure)
         state.last_probe_ok = False
         return False
     state.breaker.succeeded()
@@ -37,12 +41,14 @@ async def probe(deployment: Deployment) -> bool:
     return True
 
 
-async def run_health_checks(router: Router, interval: float) -> None:
+async def run_health_checks(
+    router: Router, interval: float, observer: RouteObserver = UNOBSERVED
+) -> None:
     """Probe every deployment every `interval` seconds, until cancelled."""
     while True:
         async with trio.open_nursery() as nursery:
             for deployment in router.groups.all():
-                nursery.start_soon(probe, deployment)
+                nursery.start_soon(probe, deployment, observer)
         await trio.sleep(interval)
 
 

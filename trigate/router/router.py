@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 import trio
@@ -58,6 +58,52 @@ class Routed(Generic[T]):
     fallbacks: int
 
 
+class RouteObserver(Protocol):
+    """Hears what becomes of one request's attempts, for its metrics and trace."""
+
+    def attempt_started(self, deployment: Deployment, *, hedge: bool) -> object:
+        """Returns a handle that `attempt_ended` is given back."""
+
+    def attempt_ended(self, handle: object, failure: BaseException | None) -> None: ...
+
+    def retried(self, group: str, error: UpstreamError) -> None: ...
+
+    def cooled(self, deployment: Deployment, error: UpstreamError) -> None: ...
+
+    def hedge_settled(self, group: str, *, hedge_won: bool) -> None: ...
+
+    def fallback_ended(
+        self, group: str, fallback: str, trigger: GatewayError, *, succeeded: bool
+    ) -> None: ...
+
+
+class Unobserved:
+    """The observer of a request nobody watches (health probes, tests of the router)."""
+
+    def attempt_started(self, deployment: Deployment, *, hedge: bool) -> object:
+        return None
+
+    def attempt_ended(self, handle: object, failure: BaseException | None) -> None:
+        pass
+
+    def retried(self, group: str, error: UpstreamError) -> None:
+        pass
+
+    def cooled(self, deployment: Deployment, error: UpstreamError) -> None:
+        pass
+
+    def hedge_settled(self, group: str, *, hedge_won: bool) -> None:
+        pass
+
+    def fallback_ended(
+        self, group: str, fallback: str, trigger: GatewayError, *, succeeded: bool
+    ) -> None:
+        pass
+
+
+UNOBSERVED = Unobserved()
+
+
 @dataclass
 class RouteProgress:
     """How far a request got, for the response headers even when it fails."""
@@ -69,6 +115,7 @@ class RouteProgress:
     # The deployment to take whenever it is available: the one whose upstream holds
     # the state a follow-up continues (a Responses API `previous_response_id`).
     preferred: str | None = None
+    observer: RouteObserver = field(default=UNOBSERVED, repr=False)
 
 
 class Router:
@@ -99,14 +146,18 @@ class Router:
         self.groups.deployments(group)  # an unknown model is a 404, before anything else
         tried_groups = [group]
         current = group
+        # The failure that moved the request to the current (fallback) group.
+        trigger: GatewayError | None = None
+        observer = progress.observer
         while True:
             progress.model_group = current
             try:
                 deployment, result = await self._serve_group(
                     current, attempt, progress, prompt_tokens
                 )
-                return Routed(deployment, result, progress.retries, progress.fallbacks)
             except (UpstreamError, NoDeploymentAvailable) as error:
+                if trigger is not None:
+                    observer.fallback_ended(group, current, trigger, succeeded=False)
                 fallback = self._next_fallback(
                     group, error, tried_groups, request_fallbacks, may_use or _anyone
                 )
@@ -114,7 +165,11 @@ class Router:
                     raise
                 progress.fallbacks += 1
                 tried_groups.append(fallback)
-                current = fallback
+                current, trigger = fallback, error
+            else:
+                if trigger is not None:
+                    observer.fallback_ended(group, current, trigger, succeeded=True)
+                return Routed(deployment, result, progress.retries, progress.fallbacks)
 
     def release(self, deployment: Deployment, tokens: int) -> None:
         """The request that `route` handed to `deployment` has ended."""
@@ -140,6 +195,7 @@ class Router:
                     raise
                 retries += 1
                 progress.retries += 1
+                progress.observer.retried(group, error)
                 await self._wait_before_retry(members, tried, retries, error)
 
     async def _fitting(
@@ -196,9 +252,11 @@ class Router:
     ) -> tuple[Deployment, T]:
         tried.add(first.id)
         progress.deployment = first
+        observer = progress.observer
         if self.settings.hedge_after_ms is None:
-            return first, await self._attempt(first, attempt)
-        race = _Race(self, attempt)
+            return first, await self._attempt(first, attempt, observer)
+        race = _Race(self, attempt, observer)
+        rival: Deployment | None = None
         async with trio.open_nursery() as nursery:
             race.start(nursery, first)
             with trio.move_on_after(self.settings.hedge_after_ms / 1000):
@@ -209,33 +267,49 @@ class Router:
                 if rivals:
                     rival = self._pick(rivals, stream=attempt.stream, now=now)
                     tried.add(rival.id)
-                    race.start(nursery, rival)
+                    race.start(nursery, rival, hedge=True)
             await race.settled.wait()
             nursery.cancel_scope.cancel()
         with trio.CancelScope(shield=True):
             await race.discard_losers()
         winner, result = race.outcome()
+        if rival is not None:
+            observer.hedge_settled(group, hedge_won=winner is rival)
         progress.deployment = winner
         return winner, result
 
-    async def _attempt(self, deployment: Deployment, attempt: Attempt[T]) -> T:
+    async def _attempt(
+        self,
+        deployment: Deployment,
+        attempt: Attempt[T],
+        observer: RouteObserver,
+        *,
+        hedge: bool = False,
+    ) -> T:
         """Run one attempt, keeping the deployment's state and breaker up to date."""
         state = deployment.state
         started = trio.current_time()
         state.started(started)
         state.breaker.admit(started)
+        handle = observer.attempt_started(deployment, hedge=hedge)
         try:
             result = await attempt.run(deployment)
         except UpstreamError as error:
             state.finished()
+            cooled_until = state.breaker.cooldown_until
             state.breaker.failed(error, trio.current_time())
+            if state.breaker.cooldown_until > cooled_until:
+                observer.cooled(deployment, error)
+            observer.attempt_ended(handle, error)
             raise
-        except BaseException:
+        except BaseException as failure:
             state.finished()
             state.breaker.abandoned()
+            observer.attempt_ended(handle, failure)
             raise
         state.observe_latency(trio.current_time() - started, stream=attempt.stream)
         state.breaker.succeeded()
+        observer.attempt_ended(handle, None)
         return result
 
     async def _wait_before_retry(
@@ -279,22 +353,25 @@ class Router:
 class _Race(Generic[T]):
     """A hedge: attempts on several deployments, the first success wins."""
 
-    def __init__(self, router: Router, attempt: Attempt[T]) -> None:
+    def __init__(self, router: Router, attempt: Attempt[T], observer: RouteObserver) -> None:
         self._router = router
         self._attempt = attempt
+        self._observer = observer
         self._running = 0
         self._winner: tuple[Deployment, T] | None = None
         self._losers: list[tuple[Deployment, T]] = []
         self._failures: list[UpstreamError] = []
         self.settled = trio.Event()
 
-    def start(self, nursery: trio.Nursery, deployment: Deployment) -> None:
+    def start(self, nursery: trio.Nursery, deployment: Deployment, *, hedge: bool = False) -> None:
         self._running += 1
-        nursery.start_soon(self._leg, deployment)
+        nursery.start_soon(self._leg, deployment, hedge)
 
-    async def _leg(self, deployment: Deployment) -> None:
+    async def _leg(self, deployment: Deployment, hedge: bool) -> None:
         try:
-            result = await self._router._attempt(deployment, self._attempt)
+            result = await self._router._attempt(
+                deployment, self._attempt, self._observer, hedge=hedge
+            )
         except UpstreamError as error:
             self._failures.append(error)
         else:

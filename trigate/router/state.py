@@ -62,6 +62,11 @@ class CircuitBreaker:
             return False
         return not (self.half_open(now) and self._probing)
 
+    @property
+    def recent_failures(self) -> int:
+        """Failures counted towards a cooldown since the last success or cooldown."""
+        return len(self._failures)
+
     def admit(self, now: float) -> None:
         """A request is about to go out; in the half-open state it is the one probe."""
         if self.half_open(now):
