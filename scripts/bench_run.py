@@ -7,6 +7,8 @@ the maximum rate plus a latency/offered-load sweep, (c) streaming: added time to
 relayed chunks/s, 1,000 held slow streams and the worker's RSS, (d) 1 versus 2 workers.
 Asked for only: (i) CPU instructions per non-stream request, counted under valgrind's
 callgrind, which the machine's other load does not move (a few minutes per gateway).
+With --otlp trigate traces every request to a local receiver that discards the spans, so
+any scenario measures what tracing costs.
 
 Tools, installed from Debian when missing (needs root): nginx with libnginx-mod-http-lua is
 the mock (scripts/bench_mock.lua: bodies built once, then served by nginx; tens of thousands
@@ -23,6 +25,7 @@ import platform
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from bench_systems import (
     ensure_litellm,
     floor_server,
     mock_server,
+    otlp_receiver,
     raise_fd_limit,
     tool_versions,
     write_gateway_config,
@@ -81,6 +85,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--scenarios",
         default="abcd",
         help="which of a, b, c, d, i, r to run (default abcd; b needs a)",
+    )
+    parser.add_argument(
+        "--otlp",
+        action="store_true",
+        help="trace every request to a local OTLP/HTTP receiver that discards the spans",
     )
     parser.add_argument(
         "--out",
@@ -187,8 +196,8 @@ def log(message: str) -> None:
     print(f"bench: [{time.monotonic() - STARTED:5.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def gateways(args: argparse.Namespace) -> list[Gateway]:
-    found = [Gateway("trigate", args.trigate)]
+def gateways(args: argparse.Namespace, otlp_endpoint: str | None) -> list[Gateway]:
+    found = [Gateway("trigate", args.trigate, otlp_endpoint)]
     if args.compare == "litellm":
         found.append(Gateway("litellm", ensure_litellm()))
     return found
@@ -209,7 +218,9 @@ def render(data: dict[str, Any], rows: list[report.Row], png: Path | None) -> st
     parts = [
         f"# trigate bench {data['meta']['timestamp']}",
         f"{plan['workers']} worker(s), {plan['duration']:g} s per step, scenarios "
-        f"{plan['scenarios']}, {data['meta']['machine']['cores']} cores; "
+        f"{plan['scenarios']}, {data['meta']['machine']['cores']} cores"
+        + (", every request traced over OTLP" if data["meta"]["traced"] else "")
+        + "; "
         + ", ".join(f"{name} {result['version']}" for name, result in systems.items()),
         "## Harness ceilings (the mock and load generators must outrun the gateways)",
         ceilings,
@@ -232,13 +243,15 @@ def main(argv: list[str]) -> int:
     installed = ensure_apt_packages()
     if installed:
         log(f"installed Debian packages {installed}")
-    systems = gateways(args)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = args.out / f"bench-{stamp}-logs"
     workdir.mkdir()
     json_path, png_path = args.out / f"bench-{stamp}.json", args.out / f"bench-{stamp}.png"
-    with mock_server(workdir) as mock_proc:
+    with ExitStack() as stack:
+        mock_proc = stack.enter_context(mock_server(workdir))
+        otlp = stack.enter_context(otlp_receiver(workdir)) if args.otlp else None
+        systems = gateways(args, f"http://127.0.0.1:{otlp.port}" if otlp else None)
         mock = measure.mock_target(mock_proc, plan)
         log("measuring the mock's and the load generators' ceilings")
         ceilings = measure.ceilings(mock, plan)
@@ -250,6 +263,7 @@ def main(argv: list[str]) -> int:
             "timestamp": stamp,
             "machine": machine(),
             "tools": tool_versions(),
+            "traced": args.otlp,
             "logs": str(workdir),
         },
         "plan": asdict(plan),

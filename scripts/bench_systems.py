@@ -231,6 +231,15 @@ def floor_server(workdir: Path) -> Iterator[Server]:
         yield server
 
 
+@contextmanager
+def otlp_receiver(workdir: Path) -> Iterator[Server]:
+    """A local OTLP/HTTP receiver that discards what it gets (see bench_otlp.py)."""
+    port = free_port()
+    argv = [sys.executable, str(SCRIPTS / "bench_otlp.py"), str(port)]
+    with serving("otlp", argv, port, workdir / "otlp.log", dict(os.environ), 30) as server:
+        yield server
+
+
 def write_gateway_config(
     path: Path, mock_port: int, upstream_models: dict[str, str], translated: set[str]
 ) -> None:
@@ -260,6 +269,8 @@ class Gateway:
 
     name: str
     exe: Path
+    # Where trigate sends its spans; None leaves tracing as the environment has it.
+    otlp_endpoint: str | None = None
 
     def argv(self, config: Path, port: int, workers: int) -> list[str]:
         where = ["--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
@@ -272,6 +283,8 @@ class Gateway:
         env = {**os.environ, "TRIGATE_MASTER_KEY": MASTER_KEY, "LITELLM_MASTER_KEY": MASTER_KEY}
         if self.name == "litellm":
             env |= {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
+        if self.otlp_endpoint:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otlp_endpoint
         return env
 
     def version(self) -> str:
