@@ -5,6 +5,7 @@ SDK's exporter retries them."""
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from typing import Any
 
 import pytest
@@ -20,6 +21,11 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from trigate.otlp import OTLPSpanExporter
+
+
+class Kind(StrEnum):
+    CHAT = "chat"
+
 
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 RESOURCE = Resource.create({"service.name": "trigate-test"})
@@ -42,6 +48,9 @@ ATTRIBUTES: dict[str, Any] = {
     "tags": ("a", "b"),
     "counts": [1, 2, 300],
     "blob": b"\x00\x01",
+    "str_subclass": Kind.CHAT,  # a str, not a sequence of characters
+    "mapping": {"a": 1, "b": ["x"]},
+    "too_large": 2**64,  # dropped, as the SDK's encoder drops it
 }
 
 
@@ -138,6 +147,25 @@ def test_a_span_with_many_attributes_has_multi_byte_lengths() -> None:
     assert ours == ExportTraceServiceRequest.FromString(encode_spans(spans).SerializeToString())
 
 
+def test_recurring_and_unique_values_across_batches() -> None:
+    """Values a key repeats are remembered, a key with too many (a request id) stops
+    being remembered: neither changes what is sent, batch after batch."""
+    exporter = OTLPSpanExporter("http://127.0.0.1:1/v1/traces", environ={})
+    for batch in range(3):
+        spans = [
+            _span(
+                "chat m",
+                _context(7, batch * 1000 + n + 1),
+                None,
+                {"request_id": f"req-{batch}-{n}", "model": f"m{n % 3}", "tokens": n},
+                kind=SpanKind.SERVER,
+            )
+            for n in range(100)
+        ]
+        ours = ExportTraceServiceRequest.FromString(exporter.encode(spans))
+        assert ours == ExportTraceServiceRequest.FromString(encode_spans(spans).SerializeToString())
+
+
 @pytest.fixture
 async def receiver(nursery: trio.Nursery) -> tuple[FakeUpstream, list[int]]:
     """A receiver that answers each request with the next status of the list it returns."""
@@ -149,6 +177,10 @@ async def receiver(nursery: trio.Nursery) -> tuple[FakeUpstream, list[int]]:
     collector = FakeUpstream(answer)
     await collector.start(nursery)
     return collector, statuses
+
+
+def _export_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("spans not exported")]
 
 
 async def _export(exporter: OTLPSpanExporter, spans: list[ReadableSpan]) -> SpanExportResult:
@@ -195,7 +227,7 @@ async def test_a_refusal_is_not_retried_and_logged_once(
     with caplog.at_level(logging.WARNING, logger="trigate.otlp"):
         assert await _export(exporter, _spans()) is SpanExportResult.FAILURE
     assert len(collector.requests) == 1
-    [record] = caplog.records
+    [record] = _export_failures(caplog)
     assert "HTTP 400" in record.getMessage()
 
 
@@ -210,5 +242,5 @@ async def test_an_absent_receiver_fails_the_batch_within_the_timeout(
     exporter = OTLPSpanExporter(f"http://127.0.0.1:{port}/v1/traces", environ=environ)
     with caplog.at_level(logging.WARNING, logger="trigate.otlp"):
         assert await _export(exporter, _spans()) is SpanExportResult.FAILURE
-    [record] = caplog.records
+    [record] = _export_failures(caplog)
     assert "ConnectionRefusedError" in record.getMessage()

@@ -33,7 +33,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 from opentelemetry.util.re import parse_env_headers
 
 _logger = logging.getLogger(__name__)
@@ -63,11 +64,14 @@ _STATUSES = {
     code: _SPAN_STATUS + (b"\x02\x18" + bytes((code.value,)) if code.value else b"\x00")
     for code in StatusCode
 }
+_SERVER, _CLIENT = _KINDS[SpanKind.SERVER], _KINDS[SpanKind.CLIENT]
 _TRUE = b"\x10\x01"  # AnyValue.bool_value
 _FALSE = b"\x10\x00"
 _SMALL = [bytes((n,)) for n in range(0x80)]
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _FIXED64 = struct.Struct("<Q").pack
 _DOUBLE = struct.Struct("<d").pack
+_TIMES = struct.Struct("<BQBQ").pack  # start and end time: tag, fixed64, tag, fixed64
 
 
 def _varint(n: int) -> bytes:
@@ -94,30 +98,38 @@ def _string(tag: bytes, value: str | None) -> bytes:
 
 
 def _any_value(value: Any) -> bytes:
-    """The body of an AnyValue: one of its oneof fields, present even when zero."""
-    kind = type(value)
-    if kind is str:
-        return _field(b"\x0a", value.encode())
-    if kind is bool:
+    """The body of an AnyValue: one of its oneof fields, present even when zero. The
+    types are told apart in the SDK's order (a bool is an int, a str a Sequence)."""
+    if isinstance(value, bool):
         return _TRUE if value else _FALSE
-    if kind is int:
+    if isinstance(value, str):
+        return _field(b"\x0a", value.encode())
+    if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise TypeError(f"{value} is out of int64's range")
         return b"\x18" + _varint(value)
-    if kind is float:
+    if isinstance(value, float):
         return b"\x21" + _DOUBLE(value)
-    if kind is bytes:
+    if isinstance(value, bytes):
         return _field(b"\x3a", value)
     if value is None:
         return b""
-    if isinstance(value, Sequence):  # ArrayValue, the SDK's encoding of tuples and lists
+    if isinstance(value, Sequence):  # ArrayValue { repeated AnyValue values = 1 }
         return _field(b"\x2a", b"".join(_field(b"\x0a", _any_value(item)) for item in value))
-    raise TypeError(f"an attribute cannot be a {kind.__name__}")
+    if isinstance(value, Mapping):  # KeyValueList { repeated KeyValue values = 1 }
+        pairs = (
+            _field(b"\x0a", _field(b"\x0a", str(key).encode()) + _field(b"\x12", _any_value(item)))
+            for key, item in value.items()
+        )
+        return _field(b"\x32", b"".join(pairs))
+    raise TypeError(f"an attribute cannot be a {type(value).__name__}")
 
 
 class _Attributes:
     """Encodes attribute maps as repeated KeyValue fields under one tag. A key's own
     field is encoded once, since the same few keys recur on every span; so is a whole
-    field whose string value recurs (an operation, a model, a provider), until a key
-    shows too many values to be worth remembering (a request id)."""
+    field whose string or integer value recurs (an operation, a model, a provider),
+    until a key shows too many values to be worth remembering (a request id)."""
 
     def __init__(self, tag: bytes) -> None:
         self._tag = tag
@@ -132,16 +144,19 @@ class _Attributes:
             known = keys.get(key)
             if known is None:
                 known = keys[key] = _Key(key)
-            if type(value) is str and known.values is not None:
-                field = known.values.get(value)
-                if field is None:
-                    field = known.remember(value, self._field(known.prefix, value))
-                out.append(field)
-                continue
-            try:
-                out.append(self._field(known.prefix, value))
-            except TypeError as error:
-                _logger.warning("span attribute %s dropped: %s", key, error)
+            # Strings and integers only: True == 1 == 1.0 would share an entry.
+            kind = type(value)
+            values = known.values if kind is str or kind is int else None
+            field = values.get(value) if values is not None else None
+            if field is None:
+                try:
+                    field = self._field(known.prefix, value)
+                except TypeError as error:  # as the SDK's encoder, drop just that one
+                    _logger.warning("span attribute %s dropped: %s", key, error)
+                    continue
+                if values is not None:
+                    known.remember(value, field)
+            out.append(field)
 
     def _field(self, prefix: bytes, value: Any) -> bytes:
         encoded = _any_value(value)
@@ -158,15 +173,14 @@ class _Key:
     def __init__(self, key: str) -> None:
         # KeyValue.key = 1, then the tag of KeyValue.value = 2.
         self.prefix = _field(b"\x0a", key.encode()) + b"\x12"
-        self.values: dict[str, bytes] | None = {}
+        self.values: dict[str | int, bytes] | None = {}
 
-    def remember(self, value: str, field: bytes) -> bytes:
+    def remember(self, value: str | int, field: bytes) -> None:
         assert self.values is not None
         if len(self.values) < self.MAX_VALUES:
             self.values[value] = field
         else:
             self.values = None
-        return field
 
 
 def _resource(resource: Resource) -> bytes:
@@ -197,8 +211,7 @@ def _status(status: Status) -> bytes:
     return _field(_SPAN_STATUS, body)
 
 
-def _trace_state(context: SpanContext) -> str:
-    state = context.trace_state
+def _trace_state(state: TraceState) -> str:
     return ",".join(f"{key}={value}" for key, value in state.items()) if state else ""
 
 
@@ -236,6 +249,8 @@ class OTLPSpanExporter(SpanExporter):
         # (the objects are kept, so an id is never reused): one of each in practice.
         self._resources: dict[int, tuple[Resource, bytes]] = {}
         self._scopes: dict[int, tuple[InstrumentationScope | None, bytes]] = {}
+        self._last_status = Status(StatusCode.UNSET)
+        self._last_status_field = _status(self._last_status)
         self._stopping = threading.Event()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
@@ -250,47 +265,80 @@ class OTLPSpanExporter(SpanExporter):
         """An ExportTraceServiceRequest: spans grouped by resource, then by scope, in
         the order they first appear, as the SDK groups them."""
         groups: dict[int, dict[int, list[bytes]]] = {}
+        resource: Resource | None = None
+        scope: InstrumentationScope | None = None
+        group: list[bytes] = []
         for span in spans:
-            resource = span.resource
-            scope = span.instrumentation_scope
-            if id(resource) not in self._resources:
-                self._resources[id(resource)] = (resource, _resource(resource))
-            if id(scope) not in self._scopes:
-                self._scopes[id(scope)] = (scope, _scope(scope))
-            by_scope = groups.setdefault(id(resource), {})
-            by_scope.setdefault(id(scope), []).append(self._span(span))
+            # A batch is one resource and one scope in practice: look the group up
+            # only when they change.
+            if (
+                span.resource is not resource
+                or span.instrumentation_scope is not scope
+                or not group
+            ):
+                resource, scope = span.resource, span.instrumentation_scope
+                group = self._group(groups, resource, scope)
+            encoded = self._span(span)
+            group += (_SPANS, _varint(len(encoded)), encoded)
         out = []
         for resource_id, by_scope in groups.items():
-            resource, encoded = self._resources[resource_id]
-            parts = [encoded]
-            for scope_id, encoded_spans in by_scope.items():
-                scope_spans = [self._scopes[scope_id][1]]
-                scope_spans.extend(_field(_SPANS, span) for span in encoded_spans)
-                parts.append(_field(_SCOPE_SPANS, b"".join(scope_spans)))
-            parts.append(_string(b"\x1a", resource.schema_url))
+            kept, encoded_resource = self._resources[resource_id]
+            parts = [
+                encoded_resource,
+                *(_field(_SCOPE_SPANS, b"".join(fields)) for fields in by_scope.values()),
+                _string(b"\x1a", kept.schema_url),  # ResourceSpans.schema_url = 3
+            ]
             out.append(_field(_RESOURCE_SPANS, b"".join(parts)))
         return b"".join(out)
 
+    def _group(
+        self,
+        groups: dict[int, dict[int, list[bytes]]],
+        resource: Resource,
+        scope: InstrumentationScope | None,
+    ) -> list[bytes]:
+        """The ScopeSpans fields of (resource, scope) so far, starting with the scope;
+        their encodings are made on first sight and kept."""
+        if id(resource) not in self._resources:
+            self._resources[id(resource)] = (resource, _resource(resource))
+        if id(scope) not in self._scopes:
+            self._scopes[id(scope)] = (scope, _scope(scope))
+        by_scope = groups.setdefault(id(resource), {})
+        if id(scope) not in by_scope:
+            by_scope[id(scope)] = [self._scopes[id(scope)][1]]
+        return by_scope[id(scope)]
+
     def _span(self, span: ReadableSpan) -> bytes:
-        context = span.context
-        assert context is not None, "a finished span has a context"
+        # A SpanContext is a tuple (its declared type); unpacking it costs no property calls.
+        trace_id, span_id, _, _, trace_state, _ = span.context
         parent = span.parent
+        kind = span.kind
         name = span.name.encode()
-        parts = [
-            b"\x0a\x10",
-            context.trace_id.to_bytes(16, "big"),
-            b"\x12\x08",
-            context.span_id.to_bytes(8, "big"),
-        ]
-        if context.trace_state:
-            parts.append(_string(b"\x1a", _trace_state(context)))
-        if parent is not None:
-            parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-        parts += (b"\x2a", _varint(len(name)), name, _KINDS[span.kind])
-        if span.start_time:
-            parts += (b"\x39", _FIXED64(span.start_time))
-        if span.end_time:
-            parts += (b"\x41", _FIXED64(span.end_time))
+        parts = [b"\x0a\x10", trace_id.to_bytes(16, "big"), b"\x12\x08", span_id.to_bytes(8, "big")]
+        if trace_state is not DEFAULT_TRACE_STATE and trace_state:
+            parts.append(_string(b"\x1a", _trace_state(trace_state)))
+        if parent is None:
+            flags = _FLAGS_LOCAL
+        else:
+            _, parent_id, remote, _, _, _ = parent
+            parts += (b"\x22\x08", parent_id.to_bytes(8, "big"))
+            flags = _FLAGS_REMOTE if remote else _FLAGS_LOCAL
+        parts += (
+            b"\x2a",
+            _SMALL[len(name)] if len(name) < 0x80 else _varint(len(name)),
+            name,
+            # Enum members hash in Python: the common kinds are told apart by identity.
+            _SERVER
+            if kind is SpanKind.SERVER
+            else _CLIENT
+            if kind is SpanKind.CLIENT
+            else _KINDS[kind],
+        )
+        start, end = span.start_time, span.end_time
+        if start and end:
+            parts.append(_TIMES(0x39, start, 0x41, end))
+        elif start or end:
+            parts.append(b"\x39" + _FIXED64(start) if start else b"\x41" + _FIXED64(end))
         self._span_attributes.encode(span.attributes, parts)
         if span.dropped_attributes:
             parts.append(_uint32(b"\x50", span.dropped_attributes))
@@ -302,10 +350,10 @@ class OTLPSpanExporter(SpanExporter):
             parts.append(self._link(link))
         if span.dropped_links:
             parts.append(_uint32(b"\x70", span.dropped_links))
-        parts += (
-            _status(span.status),
-            _FLAGS_REMOTE if parent is not None and parent.is_remote else _FLAGS_LOCAL,
-        )
+        status = span.status
+        if status is not self._last_status:  # most spans share one status object (OK)
+            self._last_status, self._last_status_field = status, _status(status)
+        parts += (self._last_status_field, flags)
         return b"".join(parts)
 
     def _event(self, name: str, timestamp: int, attributes: Mapping[str, Any] | None) -> bytes:
@@ -319,7 +367,7 @@ class OTLPSpanExporter(SpanExporter):
         body = [
             b"\x0a\x10" + context.trace_id.to_bytes(16, "big"),
             b"\x12\x08" + context.span_id.to_bytes(8, "big"),
-            _string(b"\x1a", _trace_state(context)),
+            _string(b"\x1a", _trace_state(context.trace_state)),
         ]
         self._link_attributes.encode(link.attributes, body)
         body += (
