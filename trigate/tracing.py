@@ -16,8 +16,8 @@ span, which the request path cannot afford; the gateway knows a span whole only
 when it ends anyway. So an `OpenSpan` holds plain values, and ending it hands a
 finished `ReadableSpan` (the type every exporter takes) to the SDK's
 `BatchSpanProcessor`, whose own thread encodes batches and sends them over OTLP/HTTP
-with trigate.otlp's exporter (the SDK's costs six times as much a span): the event
-loop never waits on the receiver.
+with trigate.otlp's exporter (the SDK's costs four to five times as much a span):
+the event loop never waits on the receiver.
 """
 
 from __future__ import annotations
