@@ -4,12 +4,20 @@ SDK's exporter retries them."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
+import shutil
+import ssl
+import subprocess
 from enum import StrEnum
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trustme
 from fakes import FakeUpstream, JSONReply, ReceivedRequest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -27,6 +35,7 @@ class Kind(StrEnum):
     CHAT = "chat"
 
 
+ROOT = Path(__file__).resolve().parent.parent
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 RESOURCE = Resource.create({"service.name": "trigate-test"})
 SCOPE = InstrumentationScope("trigate", "1.2.3")
@@ -207,6 +216,61 @@ async def test_the_receiver_gets_the_batch_with_the_headers(
     assert ExportTraceServiceRequest.FromString(second.body) == encode_spans(spans[:1])
 
 
+async def test_gzip_when_asked(receiver: tuple[FakeUpstream, list[int]]) -> None:
+    collector, _ = receiver
+    environ = {"OTEL_EXPORTER_OTLP_TRACES_COMPRESSION": "gzip"}
+    exporter = OTLPSpanExporter(f"http://127.0.0.1:{collector.port}/v1/traces", environ=environ)
+    spans = _spans()
+    assert await _export(exporter, spans) is SpanExportResult.SUCCESS
+    [request] = collector.requests
+    assert request.headers["content-encoding"] == "gzip"
+    assert ExportTraceServiceRequest.FromString(gzip.decompress(request.body)) == encode_spans(
+        spans
+    )
+
+
+async def test_tls_to_a_receiver_with_its_own_ca(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """https endpoints verify the receiver against OTEL_EXPORTER_OTLP_CERTIFICATE's CA."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    bodies: list[bytes] = []
+
+    async def receive(stream: trio.SSLStream[trio.SocketStream]) -> None:
+        try:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some()
+        except trio.BrokenResourceError:  # a client that does not trust us hangs up
+            return
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += await stream.receive_some()
+        bodies.append(body)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        await stream.aclose()
+
+    [listener] = await nursery.start(
+        partial(trio.serve_ssl_over_tcp, host="127.0.0.1"), receive, 0, server_context
+    )
+    port = listener.transport_listener.socket.getsockname()[1]
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    environ = {"OTEL_EXPORTER_OTLP_CERTIFICATE": str(ca_file)}
+    exporter = OTLPSpanExporter(f"https://127.0.0.1:{port}/v1/traces", environ=environ)
+    spans = _spans()
+    assert await _export(exporter, spans) is SpanExportResult.SUCCESS
+    [body] = bodies
+    assert ExportTraceServiceRequest.FromString(body) == encode_spans(spans)
+    # Without the CA the receiver is not trusted: the batch fails.
+    untrusting = OTLPSpanExporter(
+        f"https://127.0.0.1:{port}/v1/traces", environ={"OTEL_EXPORTER_OTLP_TIMEOUT": "0.5"}
+    )
+    assert await _export(untrusting, spans) is SpanExportResult.FAILURE
+    assert len(bodies) == 1
+
+
 async def test_unavailable_is_retried_until_accepted(
     receiver: tuple[FakeUpstream, list[int]],
 ) -> None:
@@ -244,3 +308,26 @@ async def test_an_absent_receiver_fails_the_batch_within_the_timeout(
         assert await _export(exporter, _spans()) is SpanExportResult.FAILURE
     [record] = _export_failures(caplog)
     assert "ConnectionRefusedError" in record.getMessage()
+
+
+def test_the_bench_can_trace_every_request(tmp_path: Path) -> None:
+    """`scripts/bench --otlp`: the gateway under test exports its spans to the bench's
+    receiver, so a scenario's figures include what tracing costs."""
+    if shutil.which("wrk") is None and shutil.which("apt-get") is None:
+        pytest.skip("needs wrk and nginx, or apt-get to install them")
+    argv = [str(ROOT / "scripts" / "bench"), "--quick", "--scenarios", "a", "--duration", "1"]
+    done = subprocess.run(
+        [*argv, "--otlp", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "every request traced over OTLP" in done.stdout
+    [json_path] = tmp_path.glob("bench-*.json")
+    meta = json.loads(json_path.read_text())["meta"]
+    assert meta["traced"] is True
+    exports = (Path(meta["logs"]) / "otlp.log").read_text().splitlines()
+    assert exports and all(line.startswith("/v1/traces ") for line in exports)
+    assert sum(int(line.split()[1]) for line in exports) > 0
