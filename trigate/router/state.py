@@ -1,15 +1,20 @@
 """What the router knows of each deployment at run time.
 
-All of it is per worker and in memory: requests in flight, recent latency,
-this minute's requests and tokens, and the circuit breaker. Callers pass Trio's
-clock in, so every rule here is testable with `autojump_clock`.
+Each worker keeps it in memory: requests in flight, recent latency, this minute's
+requests and tokens, and the circuit breaker. With Redis, trigate/router/shared.py
+syncs a `FleetView` of the whole fleet into it and carries the breakers' news out;
+without, or while Redis is away, the worker's own counts are the whole story and caps
+apply at its local share. Callers pass Trio's clock in, so every rule here is testable
+with `autojump_clock`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
 
 from trigate.errors import Failure, UpstreamError
 
@@ -21,6 +26,18 @@ WINDOW = 60.0
 _COOL_AT_ONCE = {Failure.RATE_LIMIT, Failure.AUTH, Failure.NOT_FOUND}
 # Kinds that are the client's doing and say nothing about the deployment's health.
 _CLIENT_FAULTS = {Failure.BAD_REQUEST, Failure.CONTEXT_WINDOW, Failure.CONTENT_POLICY}
+
+# A breaker's news for the rest of the fleet: it opened (a cooldown began), it closed
+# (a success), or its half-open probe was given up without an answer.
+Verdict = Literal["opened", "closed", "released"]
+
+
+def _nothing() -> None:
+    pass
+
+
+def _whole(limit: int) -> int:
+    return limit
 
 
 class CircuitBreaker:
@@ -34,6 +51,10 @@ class CircuitBreaker:
 
     As in LiteLLM, a deployment alone in its group never cools down: there is
     nowhere else to send its requests, and its own error says more than "cooling".
+
+    In a fleet, each change of state is left as a `Verdict` for the next sync (which
+    `notify` hastens), and `adopt` takes the fleet's state back: a cooldown begun in any
+    process holds in all, and `probing_elsewhere` marks a probe another process runs.
     """
 
     def __init__(self, allowed_fails: int, cooldown_time: float, *, enabled: bool = True) -> None:
@@ -43,6 +64,9 @@ class CircuitBreaker:
         self._failures: deque[float] = deque()
         self.cooldown_until = -math.inf
         self._probing = False
+        self.probing_elsewhere = False
+        self.notify: Callable[[], None] = _nothing
+        self._verdict: Verdict | None = None
 
     def cooling(self, now: float) -> bool:
         return now < self.cooldown_until
@@ -53,7 +77,7 @@ class CircuitBreaker:
     def available(self, now: float) -> bool:
         if self.cooling(now):
             return False
-        return not (self.half_open(now) and self._probing)
+        return not (self.half_open(now) and (self._probing or self.probing_elsewhere))
 
     def admit(self, now: float) -> None:
         """A request is about to go out; in the half-open state it is the one probe."""
@@ -62,10 +86,14 @@ class CircuitBreaker:
 
     def abandoned(self) -> None:
         """A request was cancelled before the upstream answered: it proved nothing."""
-        self._probing = False
+        if self._probing:
+            self._probing = False
+            self._tell("released")
 
     def succeeded(self) -> None:
         self._failures.clear()
+        if self._probing or self.cooldown_until != -math.inf:
+            self._tell("closed")
         self.cooldown_until = -math.inf
         self._probing = False
 
@@ -90,11 +118,58 @@ class CircuitBreaker:
         # Cooled again while cooling: keep the later deadline, never the earlier one.
         self.cooldown_until = max(self.cooldown_until, now + seconds)
         self._failures.clear()
+        self._tell("opened")
+
+    def _tell(self, verdict: Verdict) -> None:
+        # A later verdict supersedes an unsent one, except that a probe given up says
+        # less than the opening or closing it would replace.
+        if verdict != "released" or self._verdict is None:
+            self._verdict = verdict
+        self.notify()
+
+    def take_verdict(self) -> Verdict | None:
+        """The news for the fleet since the last sync, now being sent."""
+        verdict, self._verdict = self._verdict, None
+        return verdict
+
+    def restore_verdict(self, verdict: Verdict | None) -> None:
+        """A sync failed: its news goes with the next one, unless newer news came."""
+        if self._verdict is None:
+            self._verdict = verdict
+
+    def adopt(self, now: float, *, cooling: float, is_open: bool, probed_elsewhere: bool) -> None:
+        """Take the fleet's state, which the sync that read it had our news in. News
+        since then wins: it goes out with the next sync."""
+        if self._verdict is not None:
+            return
+        if cooling > 0:
+            self.cooldown_until = now + cooling
+        elif is_open and (self.cooldown_until == -math.inf or self.cooldown_until > now):
+            self.cooldown_until = now  # half-open: its cooldown is over
+        elif not is_open:
+            self.cooldown_until = -math.inf
+        self.probing_elsewhere = probed_elsewhere
+
+    def leave_fleet(self) -> None:
+        """Redis is away: no other process's probe holds this one back."""
+        self.probing_elsewhere = False
+
+
+@dataclass(slots=True)
+class FleetView:
+    """The fleet's figures for one deployment, as of the last sync."""
+
+    # This minute's requests and tokens, across every process (this one's included).
+    requests: int
+    tokens: int
+    # Requests in flight in the other processes.
+    busy: int
 
 
 @dataclass
 class DeploymentState:
     breaker: CircuitBreaker
+    # This process's requests in flight.
     in_flight: int = 0
     latency: float | None = None
     ttft: float | None = None
@@ -103,23 +178,48 @@ class DeploymentState:
     tokens_this_minute: int = 0
     # The last background probe: True healthy, False failed, None never probed.
     last_probe_ok: bool | None = None
+    # The fleet's view while Redis answers; None: this process's counts are all there is.
+    fleet: FleetView | None = None
+    # This worker's part of a cap when it cannot see the rest of the fleet.
+    share: Callable[[int], int] = _whole
+    # What this process did since the last sync: counts and latency samples to send.
+    _unsent: list[float] = field(default_factory=lambda: [0.0] * 6)
 
     def _roll(self, now: float) -> None:
         minute = int(now // WINDOW)
         if minute != self.minute:
             self.minute, self.requests_this_minute, self.tokens_this_minute = minute, 0, 0
 
+    @property
+    def busy(self) -> int:
+        """Requests in flight on this deployment, fleet-wide as far as this process knows."""
+        return self.in_flight + (self.fleet.busy if self.fleet is not None else 0)
+
+    def cap(self, limit: int) -> int:
+        """`limit` as this process must apply it: whole when the fleet's counts are in
+        view, else this worker's share of it."""
+        return limit if self.fleet is not None else self.share(limit)
+
     def requests_used(self, now: float) -> int:
+        if self.fleet is not None:
+            return self.fleet.requests + int(self._unsent[_REQUESTS])
         self._roll(now)
         return self.requests_this_minute
 
     def tokens_used(self, now: float) -> int:
+        if self.fleet is not None:
+            return self.fleet.tokens + int(self._unsent[_TOKENS])
         self._roll(now)
         return self.tokens_this_minute
 
-    def started(self, now: float) -> None:
+    def counted(self, now: float, *, claimed: bool) -> None:
+        """A request was routed here. A `claimed` one is in the fleet's count already."""
         self._roll(now)
         self.requests_this_minute += 1
+        if not claimed:
+            self._unsent[_REQUESTS] += 1
+
+    def started(self) -> None:
         self.in_flight += 1
 
     def finished(self) -> None:
@@ -128,12 +228,52 @@ class DeploymentState:
     def add_tokens(self, tokens: int, now: float) -> None:
         self._roll(now)
         self.tokens_this_minute += tokens
+        self._unsent[_TOKENS] += tokens
 
     def observe_latency(self, seconds: float, *, stream: bool) -> None:
         if stream:
             self.ttft = _smooth(self.ttft, seconds)
+            self._unsent[_TTFT_COUNT] += 1
+            self._unsent[_TTFT_SUM] += seconds
         else:
             self.latency = _smooth(self.latency, seconds)
+            self._unsent[_LATENCY_COUNT] += 1
+            self._unsent[_LATENCY_SUM] += seconds
+
+    def take_unsent(self, *, counts_requests: bool) -> list[int | float]:
+        """For a sync: requests and tokens since the last one, requests in flight here,
+        then latency and time-to-first-token samples as (count, mean). Requests are left
+        out when the fleet counts them by claims (`counts_requests` false)."""
+        unsent, self._unsent = self._unsent, [0.0] * 6
+        requests = int(unsent[_REQUESTS]) if counts_requests else 0
+        return [
+            requests,
+            int(unsent[_TOKENS]),
+            self.in_flight,
+            *_mean(unsent[_LATENCY_COUNT], unsent[_LATENCY_SUM]),
+            *_mean(unsent[_TTFT_COUNT], unsent[_TTFT_SUM]),
+        ]
+
+    def join_fleet(self, view: FleetView, *, latency: float | None, ttft: float | None) -> None:
+        """Adopt the fleet's figures from a sync; what this process did while the sync
+        was under way is still unsent, and adds to them."""
+        self.fleet = view
+        self.latency = latency if latency is not None else self.latency
+        self.ttft = ttft if ttft is not None else self.ttft
+
+    def leave_fleet(self) -> None:
+        """Redis is away: route on this process's own counts; what was not sent stays here."""
+        self.fleet = None
+        self._unsent = [0.0] * 6
+        self.breaker.leave_fleet()
+
+
+# Slots of DeploymentState._unsent.
+_REQUESTS, _TOKENS, _LATENCY_COUNT, _LATENCY_SUM, _TTFT_COUNT, _TTFT_SUM = range(6)
+
+
+def _mean(count: float, total: float) -> tuple[int, float]:
+    return int(count), total / count if count else 0.0
 
 
 def _smooth(previous: float | None, sample: float) -> float:
