@@ -81,6 +81,7 @@ local me, stale, smoothing = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local usage_ttl, latency_ttl, open_ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
 
 redis.call('HSET', KEYS[1], me, now_ms)
+redis.call('PEXPIRE', KEYS[1], usage_ttl)
 local live = {}
 local beats = redis.call('HGETALL', KEYS[1])
 for i = 1, #beats, 2 do

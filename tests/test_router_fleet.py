@@ -1,0 +1,261 @@
+"""Router state shared by the fleet through a real Redis.
+
+Two gateways in one process, each with its own app, router and Redis link, stand for
+instances A and B; fake upstreams on real sockets count which deployment each one
+calls. Every test here fails if the instances kept their router state to themselves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
+from helpers import UPSTREAM_KEY, RedisServer, RunningGateway, start_gateway
+
+from trigate.router.deployments import Deployment
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+SERVER_ERROR = JSONReply({"error": {"message": "boom", "type": "server_error"}}, status=500)
+
+
+def fleet_config(
+    redis_url: str,
+    prefix: str,
+    upstreams: dict[str, FakeUpstream],
+    *,
+    router: dict[str, Any] | None = None,
+    ordered: bool = True,
+    **params: Any,
+) -> dict[str, Any]:
+    """Model group `g`: one deployment per upstream, its id the upstream's name; when
+    `ordered`, in priority tiers as given, so every strategy tries them in turn."""
+    return {
+        "model_list": [
+            {
+                "model_name": "g",
+                "litellm_params": {
+                    "model": "openai/upstream-model",
+                    "api_base": upstream.base_url,
+                    "api_key": UPSTREAM_KEY,
+                    **({"order": order} if ordered else {}),
+                    **params,
+                },
+                "model_info": {"id": name},
+            }
+            for order, (name, upstream) in enumerate(upstreams.items(), start=1)
+        ],
+        "router_settings": {
+            "num_retries": 0,
+            "redis_url": redis_url,
+            "redis_key_prefix": prefix,
+            # Generous, so that a loaded test machine does not send a worker local.
+            "redis_timeout": 1.0,
+            **(router or {}),
+        },
+    }
+
+
+async def upstreams(nursery: trio.Nursery, *names: str) -> dict[str, FakeUpstream]:
+    started = {}
+    for name in names:
+        started[name] = FakeUpstream()
+        await started[name].start(nursery)
+    return started
+
+
+async def chat(gateway: RunningGateway) -> int:
+    async with gateway.client() as client:
+        response = await client.post(
+            "/v1/chat/completions", json={"model": "g", "messages": MESSAGES}
+        )
+    return response.status_code
+
+
+async def chat_all(gateways: list[RunningGateway], statuses: list[int] | None = None) -> list[int]:
+    """One request per entry of `gateways`, all at once; each status goes to `statuses`
+    as it comes."""
+    statuses = [] if statuses is None else statuses
+
+    async def one(gateway: RunningGateway) -> None:
+        statuses.append(await chat(gateway))
+
+    async with trio.open_nursery() as nursery:
+        for gateway in gateways:
+            nursery.start_soon(one, gateway)
+    return statuses
+
+
+def deployment(gateway: RunningGateway, name: str) -> Deployment:
+    return next(d for d in gateway.gateway.groups.deployments("g") if d.id == name)
+
+
+async def until(predicate: Callable[[], bool], seconds: float = 3.0) -> None:
+    """Wait for another instance's news: it arrives with a sync, a fraction of a second."""
+    with trio.fail_after(seconds):
+        while not predicate():  # noqa: ASYNC110 - the sync's own pace
+            await trio.sleep(0.02)
+
+
+def available(gateway: RunningGateway, name: str) -> bool:
+    return deployment(gateway, name).available(trio.current_time())
+
+
+async def cool_on(a: RunningGateway, failing: FakeUpstream) -> None:
+    """One request on A, which `order` sends to the failing first deployment."""
+    assert await chat(a) == 502
+    assert len(failing.requests) == 1
+
+
+async def test_a_deployment_cooled_on_one_instance_is_skipped_by_another(
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
+    ups = await upstreams(nursery, "one", "two")
+    ups["one"].handler = lambda request: SERVER_ERROR
+    config = fleet_config(
+        redis_url, redis_prefix, ups, router={"allowed_fails": 0, "cooldown_time": 30}
+    )
+    a = await start_gateway(nursery, config)
+    b = await start_gateway(nursery, fleet_config(redis_url, redis_prefix, ups))
+    assert available(b, "one")
+    await cool_on(a, ups["one"])
+    await until(lambda: not available(b, "one"))
+    assert [await chat(b) for _ in range(5)] == [200] * 5
+    assert len(ups["one"].requests) == 1 and len(ups["two"].requests) == 5
+
+
+async def test_one_half_open_probe_across_the_fleet(
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
+    ups = await upstreams(nursery, "one", "two")
+
+    def fails_then_answers_slowly(request: ReceivedRequest) -> JSONReply:
+        if len(ups["one"].requests) == 1:
+            return SERVER_ERROR
+        return JSONReply(chat_completion(), delay=1.0)
+
+    ups["one"].handler = fails_then_answers_slowly
+    router = {"allowed_fails": 0, "cooldown_time": 1}
+    a = await start_gateway(nursery, fleet_config(redis_url, redis_prefix, ups, router=router))
+    b = await start_gateway(nursery, fleet_config(redis_url, redis_prefix, ups, router=router))
+    await cool_on(a, ups["one"])
+    await until(lambda: not available(b, "one"))
+    # The cooldown passes: both see the circuit half-open, and `order` tries it first.
+    await until(lambda: available(a, "one") and available(b, "one"))
+    statuses: list[int] = []
+    async with trio.open_nursery() as requests:
+        requests.start_soon(chat_all, [a, b] * 10, statuses)
+        # Every other request goes on to `two` while the one probe is still running.
+        await until(lambda: len(statuses) == 19)
+        assert len(ups["one"].requests) == 2 and len(ups["two"].requests) == 19
+    assert statuses == [200] * 20
+    # The probe's success closed the circuit for B too.
+    await until(lambda: not deployment(b, "one").state.breaker.half_open(trio.current_time()))
+    assert await chat(b) == 200
+    assert len(ups["one"].requests) == 3
+
+
+async def _clear_of_minute_end() -> None:
+    """Deployment rpm windows are Redis's minutes; a test must not straddle two."""
+    left = 60 - time.time() % 60
+    if left < 5:
+        await trio.sleep(left + 0.1)
+
+
+async def test_a_deployment_rpm_cap_holds_across_instances(
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
+    ups = await upstreams(nursery, "one")
+    config = fleet_config(redis_url, redis_prefix, ups, rpm=3)
+    a = await start_gateway(nursery, config)
+    b = await start_gateway(nursery, fleet_config(redis_url, redis_prefix, ups, rpm=3))
+    await _clear_of_minute_end()
+    statuses = await chat_all([a, b] * 4)
+    assert sorted(statuses) == [200] * 3 + [429] * 5
+    assert len(ups["one"].requests) == 3
+    # Both instances now know the minute's requests are spent, without asking again.
+    await until(lambda: not available(a, "one") and not available(b, "one"))
+
+
+async def test_least_busy_counts_requests_in_flight_on_other_instances(
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
+    ups = await upstreams(nursery, "one", "two")
+    for upstream in ups.values():
+        upstream.handler = lambda request: JSONReply(chat_completion(), delay=1.0)
+    # A fills `one` (its first in order); B balances by load.
+    a = await start_gateway(nursery, fleet_config(redis_url, redis_prefix, ups))
+    router = {"routing_strategy": "least-busy"}
+    config = fleet_config(redis_url, redis_prefix, ups, router=router, ordered=False)
+    b = await start_gateway(nursery, config)
+    async with trio.open_nursery() as requests:
+        requests.start_soon(chat_all, [a, a])
+        await until(lambda: deployment(b, "one").state.busy == 2)
+        assert await chat_all([b, b]) == [200, 200]
+    assert len(ups["one"].requests) == 2 and len(ups["two"].requests) == 2
+
+
+async def test_latency_measured_on_one_instance_guides_another(
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
+    ups = await upstreams(nursery, "slow", "fast")
+    ups["slow"].handler = lambda request: JSONReply(chat_completion(), delay=0.2)
+    router_a = {"routing_strategy": "round-robin"}
+    config = fleet_config(redis_url, redis_prefix, ups, router=router_a, ordered=False)
+    a = await start_gateway(nursery, config)
+    router_b = {"routing_strategy": "latency-based-routing"}
+    config = fleet_config(redis_url, redis_prefix, ups, router=router_b, ordered=False)
+    b = await start_gateway(nursery, config)
+    assert [await chat(a) for _ in range(4)] == [200] * 4
+    assert len(ups["slow"].requests) == 2
+    await until(lambda: all(deployment(b, name).state.latency for name in ups))
+    assert [await chat(b) for _ in range(4)] == [200] * 4
+    assert len(ups["slow"].requests) == 2 and len(ups["fast"].requests) == 6
+
+
+async def test_routing_goes_on_without_redis_and_shares_again_when_it_returns(
+    nursery: trio.Nursery, own_redis: RedisServer, redis_prefix: str
+) -> None:
+    ups = await upstreams(nursery, "one", "two")
+    ups["one"].handler = lambda request: SERVER_ERROR
+    router = {"allowed_fails": 0, "cooldown_time": 30}
+    config = fleet_config(own_redis.url, redis_prefix, ups, router=router)
+    a = await start_gateway(nursery, config)
+    b = await start_gateway(nursery, fleet_config(own_redis.url, redis_prefix, ups, router=router))
+    await own_redis.kill()
+    await until(lambda: not a.gateway.fleet.shared and not b.gateway.fleet.shared)
+    # Each instance learns of the failing deployment alone now: B's own failure cools it.
+    await cool_on(a, ups["one"])
+    assert available(b, "one")
+    assert await chat(b) == 502
+    assert len(ups["one"].requests) == 2
+    assert [await chat(b) for _ in range(3)] == [200] * 3
+
+    await own_redis.start()
+    await until(lambda: a.gateway.fleet.shared and b.gateway.fleet.shared, seconds=5)
+    # A new cooldown on A reaches B through Redis again; B's own has long to run, so
+    # clear it to see whose news B acts on.
+    deployment(b, "one").state.breaker.succeeded()
+    deployment(a, "one").state.breaker.succeeded()
+    await until(lambda: available(b, "one"))
+    await chat(a)
+    await until(lambda: not available(b, "one"))
+    assert [await chat(b) for _ in range(3)] == [200] * 3
+    assert len(ups["one"].requests) == 3
+
+
+@pytest.mark.parametrize(("slot", "admitted"), [("0", 2), ("1", 1)])
+async def test_without_redis_a_worker_keeps_to_its_share_of_a_deployment_cap(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, slot: str, admitted: int
+) -> None:
+    monkeypatch.setenv("TRIGATE_WORKERS", "2")
+    monkeypatch.setenv("TRIGATE_WORKER_SLOT", slot)
+    ups = await upstreams(nursery, "one")
+    config = fleet_config("", "", ups, rpm=3)
+    del config["router_settings"]["redis_url"]
+    gateway = await start_gateway(nursery, config)
+    statuses = [await chat(gateway) for _ in range(4)]
+    assert statuses.count(200) == admitted and len(ups["one"].requests) == admitted
