@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
+import yaml
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
-from helpers import UPSTREAM_KEY, RedisServer, RunningGateway, start_gateway
+from helpers import MASTER_KEY, UPSTREAM_KEY, RedisServer, RunningGateway, start_gateway
+from test_cli import clean_env, serve
 
 from trigate.router.deployments import Deployment
 
@@ -259,3 +263,42 @@ async def test_without_redis_a_worker_keeps_to_its_share_of_a_deployment_cap(
     gateway = await start_gateway(nursery, config)
     statuses = [await chat(gateway) for _ in range(4)]
     assert statuses.count(200) == admitted and len(ups["one"].requests) == admitted
+
+
+async def test_workers_of_one_instance_share_a_cooldown(
+    nursery: trio.Nursery, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """`trigate serve --workers 2`: a cooldown one worker starts holds in the other."""
+    ups = await upstreams(nursery, "one", "two")
+    ups["one"].handler = lambda request: SERVER_ERROR
+    config = fleet_config(
+        redis_url, redis_prefix, ups, router={"allowed_fails": 0, "cooldown_time": 60}
+    )
+    config["general_settings"] = {"master_key": MASTER_KEY}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    served = await serve("--workers", "2", "--config", str(path), env=clean_env())
+    try:
+        with trio.fail_after(60):
+            await served.wait_ready(workers=2)
+        auth = {"authorization": f"Bearer {MASTER_KEY}", "connection": "close"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}") as client:
+            body = {"model": "g", "messages": MESSAGES}
+            response = await client.post("/v1/chat/completions", json=body, headers=auth)
+            assert response.status_code == 502 and len(ups["one"].requests) == 1
+
+            async def reports_one_cooling() -> bool:
+                health = (await client.get("/health", headers=auth)).json()
+                return any(e["deployment"] == "one" for e in health["unhealthy_endpoints"])
+
+            # New connections land on either worker: both must have heard of the cooldown.
+            with trio.fail_after(5):
+                streak = 0
+                while streak < 12:
+                    streak = streak + 1 if await reports_one_cooling() else 0
+            for _ in range(12):
+                response = await client.post("/v1/chat/completions", json=body, headers=auth)
+                assert response.status_code == 200
+        assert len(ups["one"].requests) == 1 and len(ups["two"].requests) == 12
+    finally:
+        await served.stop()

@@ -220,7 +220,11 @@ class SharedDeployments:
         for deployment in deployments:
             state = deployment.state
             state.share = self.fleet.share
-            state.breaker.notify = self._news.set
+            state.breaker.notify = self._wake
+
+    def _wake(self) -> None:
+        """A breaker has news for the fleet: sync now rather than at the next tick."""
+        self._news.set()
 
     def must_claim(self, deployment: Deployment, now: float) -> bool:
         """Whether taking `deployment` needs the fleet's word first: an rpm cap, or a
@@ -280,7 +284,7 @@ class SharedDeployments:
             with trio.move_on_after(SYNC_INTERVAL):
                 await self._news.wait()
             self._news = trio.Event()
-            self.link(self._deployments)
+            self.link(self._deployments)  # deployments that came with a reload
 
     async def sync(self) -> None:
         """One round trip: send this process's news and counts, adopt the fleet's view."""

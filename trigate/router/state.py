@@ -182,7 +182,8 @@ class DeploymentState:
     fleet: FleetView | None = None
     # This worker's part of a cap when it cannot see the rest of the fleet.
     share: Callable[[int], int] = _whole
-    # What this process did since the last sync: counts and latency samples to send.
+    # What this process did since the last sync, while in the fleet: counts and latency
+    # samples to send (slots named below).
     _unsent: list[float] = field(default_factory=lambda: [0.0] * 6)
 
     def _roll(self, now: float) -> None:
@@ -216,7 +217,7 @@ class DeploymentState:
         """A request was routed here. A `claimed` one is in the fleet's count already."""
         self._roll(now)
         self.requests_this_minute += 1
-        if not claimed:
+        if self.fleet is not None and not claimed:
             self._unsent[_REQUESTS] += 1
 
     def started(self) -> None:
@@ -228,17 +229,18 @@ class DeploymentState:
     def add_tokens(self, tokens: int, now: float) -> None:
         self._roll(now)
         self.tokens_this_minute += tokens
-        self._unsent[_TOKENS] += tokens
+        if self.fleet is not None:
+            self._unsent[_TOKENS] += tokens
 
     def observe_latency(self, seconds: float, *, stream: bool) -> None:
         if stream:
             self.ttft = _smooth(self.ttft, seconds)
-            self._unsent[_TTFT_COUNT] += 1
-            self._unsent[_TTFT_SUM] += seconds
         else:
             self.latency = _smooth(self.latency, seconds)
-            self._unsent[_LATENCY_COUNT] += 1
-            self._unsent[_LATENCY_SUM] += seconds
+        if self.fleet is not None:
+            first = _TTFT_COUNT if stream else _LATENCY_COUNT
+            self._unsent[first] += 1
+            self._unsent[first + 1] += seconds
 
     def take_unsent(self, *, counts_requests: bool) -> list[int | float]:
         """For a sync: requests and tokens since the last one, requests in flight here,
