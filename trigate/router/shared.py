@@ -36,6 +36,9 @@ Without Redis, or while it does not answer, each process routes on its own state
 lone process does, and caps apply at the worker's local share (`Fleet.share`); the next
 sync after Redis returns brings the fleet's view back. Usage counted during the outage
 stays local.
+
+Both scripts name every key they touch, and the sync touches every deployment's: on
+Redis Cluster, give `redis_key_prefix` a hash tag (`{trigate}:`) so they share a slot.
 """
 
 from __future__ import annotations

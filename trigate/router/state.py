@@ -166,6 +166,18 @@ class FleetView:
     busy: int
 
 
+@dataclass(slots=True)
+class Unsent:
+    """What this process did on a deployment since the last sync, for the next one."""
+
+    requests: int = 0
+    tokens: int = 0
+    latency_samples: int = 0
+    latency_total: float = 0.0
+    ttft_samples: int = 0
+    ttft_total: float = 0.0
+
+
 @dataclass
 class DeploymentState:
     breaker: CircuitBreaker
@@ -182,9 +194,8 @@ class DeploymentState:
     fleet: FleetView | None = None
     # This worker's part of a cap when it cannot see the rest of the fleet.
     share: Callable[[int], int] = _whole
-    # What this process did since the last sync, while in the fleet: counts and latency
-    # samples to send (slots named below).
-    _unsent: list[float] = field(default_factory=lambda: [0.0] * 6)
+    # Gathered only while in the fleet: out of it, the counts above are all that matters.
+    unsent: Unsent = field(default_factory=Unsent)
 
     def _roll(self, now: float) -> None:
         minute = int(now // WINDOW)
@@ -203,13 +214,13 @@ class DeploymentState:
 
     def requests_used(self, now: float) -> int:
         if self.fleet is not None:
-            return self.fleet.requests + int(self._unsent[_REQUESTS])
+            return self.fleet.requests + self.unsent.requests
         self._roll(now)
         return self.requests_this_minute
 
     def tokens_used(self, now: float) -> int:
         if self.fleet is not None:
-            return self.fleet.tokens + int(self._unsent[_TOKENS])
+            return self.fleet.tokens + self.unsent.tokens
         self._roll(now)
         return self.tokens_this_minute
 
@@ -218,7 +229,7 @@ class DeploymentState:
         self._roll(now)
         self.requests_this_minute += 1
         if self.fleet is not None and not claimed:
-            self._unsent[_REQUESTS] += 1
+            self.unsent.requests += 1
 
     def started(self) -> None:
         self.in_flight += 1
@@ -230,30 +241,34 @@ class DeploymentState:
         self._roll(now)
         self.tokens_this_minute += tokens
         if self.fleet is not None:
-            self._unsent[_TOKENS] += tokens
+            self.unsent.tokens += tokens
 
     def observe_latency(self, seconds: float, *, stream: bool) -> None:
+        in_fleet = self.fleet is not None
         if stream:
             self.ttft = _smooth(self.ttft, seconds)
+            if in_fleet:
+                self.unsent.ttft_samples += 1
+                self.unsent.ttft_total += seconds
         else:
             self.latency = _smooth(self.latency, seconds)
-        if self.fleet is not None:
-            first = _TTFT_COUNT if stream else _LATENCY_COUNT
-            self._unsent[first] += 1
-            self._unsent[first + 1] += seconds
+            if in_fleet:
+                self.unsent.latency_samples += 1
+                self.unsent.latency_total += seconds
 
     def take_unsent(self, *, counts_requests: bool) -> list[int | float]:
         """For a sync: requests and tokens since the last one, requests in flight here,
         then latency and time-to-first-token samples as (count, mean). Requests are left
         out when the fleet counts them by claims (`counts_requests` false)."""
-        unsent, self._unsent = self._unsent, [0.0] * 6
-        requests = int(unsent[_REQUESTS]) if counts_requests else 0
+        unsent, self.unsent = self.unsent, Unsent()
         return [
-            requests,
-            int(unsent[_TOKENS]),
+            unsent.requests if counts_requests else 0,
+            unsent.tokens,
             self.in_flight,
-            *_mean(unsent[_LATENCY_COUNT], unsent[_LATENCY_SUM]),
-            *_mean(unsent[_TTFT_COUNT], unsent[_TTFT_SUM]),
+            unsent.latency_samples,
+            _mean(unsent.latency_samples, unsent.latency_total),
+            unsent.ttft_samples,
+            _mean(unsent.ttft_samples, unsent.ttft_total),
         ]
 
     def join_fleet(self, view: FleetView, *, latency: float | None, ttft: float | None) -> None:
@@ -264,18 +279,17 @@ class DeploymentState:
         self.ttft = ttft if ttft is not None else self.ttft
 
     def leave_fleet(self) -> None:
-        """Redis is away: route on this process's own counts; what was not sent stays here."""
+        """Redis is away: route on this process's own counts, which have what was not
+        sent."""
+        if self.fleet is None:
+            return
         self.fleet = None
-        self._unsent = [0.0] * 6
+        self.unsent = Unsent()
         self.breaker.leave_fleet()
 
 
-# Slots of DeploymentState._unsent.
-_REQUESTS, _TOKENS, _LATENCY_COUNT, _LATENCY_SUM, _TTFT_COUNT, _TTFT_SUM = range(6)
-
-
-def _mean(count: float, total: float) -> tuple[int, float]:
-    return int(count), total / count if count else 0.0
+def _mean(samples: int, total: float) -> float:
+    return total / samples if samples else 0.0
 
 
 def _smooth(previous: float | None, sample: float) -> float:
