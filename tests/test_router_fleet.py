@@ -184,6 +184,33 @@ async def test_a_deployment_rpm_cap_holds_across_instances(
     await until(lambda: not available(a, "one") and not available(b, "one"))
 
 
+async def test_a_busy_instance_takes_a_deployment_cap_a_few_requests_at_a_time(
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
+    ups = await upstreams(nursery, "one")
+    a = await start_gateway(nursery, fleet_config(redis_url, redis_prefix, ups, rpm=40))
+    b = await start_gateway(nursery, fleet_config(redis_url, redis_prefix, ups, rpm=40))
+    shared = a.gateway.router.shared
+    claims = 0
+    claim = shared.claim
+
+    async def counted_claim(deployment: Deployment, now: float) -> bool:
+        nonlocal claims
+        claims += 1
+        return await claim(deployment, now)
+
+    shared.claim = counted_claim  # type: ignore[method-assign]
+    await _clear_of_minute_end()
+    assert [await chat(a) for _ in range(30)] == [200] * 30
+    assert claims < 30
+    # What A was granted and did not spend goes back to the fleet with its next sync,
+    # so B gets all the rest of the cap, and not one more.
+    await until(lambda: deployment(b, "one").state.requests_used(trio.current_time()) == 30)
+    statuses = [await chat(b) for _ in range(15)]
+    assert statuses == [200] * 10 + [429] * 5
+    assert len(ups["one"].requests) == 40
+
+
 async def test_least_busy_counts_requests_in_flight_on_other_instances(
     nursery: trio.Nursery, redis_url: str, redis_prefix: str
 ) -> None:

@@ -192,9 +192,10 @@ class Router:
         if the fleet refuses, the strategy picks again among the rest."""
         while candidates:
             deployment = self._pick(candidates, stream=stream, now=now)
-            claimed = self.shared.must_claim(deployment, now)
-            if not claimed or await self.shared.claim(deployment, now):
-                deployment.state.counted(now, claimed=claimed)
+            if self.shared.admits_locally(deployment, now) or await self.shared.claim(
+                deployment, now
+            ):
+                deployment.state.counted(now)
                 return deployment
             candidates = [d for d in candidates if d is not deployment]
         return None

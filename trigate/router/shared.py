@@ -25,12 +25,19 @@ cooldown they cause is fleet-wide. A success anywhere closes a circuit everywher
 success in one process does today.
 
 Only two things must be exact, and only they take a round trip on the request path
-(the `claim` script): a deployment with an `rpm` cap counts each request atomically
-against it (never more than `rpm` in a minute, whatever the number of processes), and a
-half-open deployment is probed by the one process that wins a lease (`SET NX` with an
-expiry, so a crashed prober's lease lapses). `tpm` and `max_parallel_requests` caps are
-checked against the synced view: tokens are known only after a request, so a `tpm` cap
-admits while the fleet's tokens are under it, as LiteLLM's does.
+(the `claim` script). A half-open deployment is probed by the one process that wins a
+lease (`SET NX` with an expiry, so a crashed prober's lease lapses). A deployment with
+an `rpm` cap is never granted more than `rpm` requests in a minute, whatever the number
+of processes: a claim checks and takes requests from the cap atomically, a few at a
+time (a quarter of what is left, shared among the live processes, at most
+`MAX_GRANT`), so a busy process asks once every few requests rather than on each; and
+every sync gives back what it has not spent, so near the cap a grant is one request
+and no process sits on requests another could serve. The price: usage figures of a
+capped deployment count requests granted, a few ahead of requests sent, and a process
+that stops mid-grant leaves its grant unspent (until its next sync) or, if it crashed,
+for the rest of the minute. `tpm` and `max_parallel_requests` caps are checked against
+the synced view: tokens are known only after a request, so a `tpm` cap admits while the
+fleet's tokens are under it, as LiteLLM's does.
 
 Without Redis, or while it does not answer, each process routes on its own state as a
 lone process does, and caps apply at the worker's local share (`Fleet.share`); the next
@@ -70,6 +77,8 @@ LATENCY_TTL_MS = 3_600_000
 OPEN_TTL_MS = 600_000
 # The longest a probe may hold its lease before another process may probe.
 PROBE_LEASE_MS = 60_000
+# The most requests of an rpm cap one claim takes.
+MAX_GRANT = 10
 
 # Keys per deployment, in the order the scripts take them.
 _KEYS = ("use", "busy", "latency", "cool", "open", "probe")
@@ -111,17 +120,23 @@ local function release(probe)
   if redis.call('GET', probe) == me then redis.call('DEL', probe) end
 end
 
+-- Per deployment, six keys (see _KEYS) and eleven arguments: requests and tokens to add,
+-- requests in flight here, latency samples and mean, ttft samples and mean, granted
+-- requests given back and their minute, cooldown ms left, the breaker's verdict.
 local out = {}
 for d = 0, (#KEYS - 1) / 6 - 1 do
   local use, busy, latency, cool, open, probe =
     KEYS[d * 6 + 2], KEYS[d * 6 + 3], KEYS[d * 6 + 4],
     KEYS[d * 6 + 5], KEYS[d * 6 + 6], KEYS[d * 6 + 7]
-  local a = 6 + d * 9
+  local a = 6 + d * 11
 
   if redis.call('HGET', use, 'm') ~= minute then
     redis.call('HSET', use, 'm', minute, 'n', 0, 't', 0)
   end
   local requests = redis.call('HINCRBY', use, 'n', ARGV[a + 1])
+  if ARGV[a + 8] ~= '0' and ARGV[a + 9] == minute then
+    requests = redis.call('HINCRBY', use, 'n', -tonumber(ARGV[a + 8]))
+  end
   local tokens = redis.call('HINCRBY', use, 't', ARGV[a + 2])
   redis.call('PEXPIRE', use, usage_ttl)
 
@@ -144,7 +159,7 @@ for d = 0, (#KEYS - 1) / 6 - 1 do
   smooth(latency, 'latency', tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]))
   smooth(latency, 'ttft', tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]))
 
-  local cool_ms, verdict = tonumber(ARGV[a + 8]), ARGV[a + 9]
+  local cool_ms, verdict = tonumber(ARGV[a + 10]), ARGV[a + 11]
   if verdict == 'opened' then
     if cool_ms > 0 and redis.call('PTTL', cool) < cool_ms then
       redis.call('SET', cool, me, 'PX', cool_ms)
@@ -170,26 +185,34 @@ end
 return out
 """
 
-# The request path's one round trip, only for a capped or half-open deployment: take the
-# probe lease (-1: another process probes), then count the request against the rpm cap
-# (-2: the cap is reached). Otherwise the fleet's request count this minute, with this one.
+# The request path's one round trip, only for a half-open deployment or an rpm-capped one
+# whose grant is spent: take the probe lease, then requests from the cap. Answers
+# {granted, the minute's granted total, the minute, ms left in it}; granted is -1 when
+# another process probes, -2 when the cap is reached, 0 for a lease alone.
 _CLAIM = """
-local use, probe = KEYS[1], KEYS[2]
+local use, probe, processes = KEYS[1], KEYS[2], KEYS[3]
 local me, cap, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 if lease > 0 and not redis.call('SET', probe, me, 'NX', 'PX', lease) then
-  return -1
+  return {-1, 0, 0, 0}
 end
-if cap < 0 then return 0 end
-local minute = tostring(math.floor(tonumber(redis.call('TIME')[1]) / 60))
-if redis.call('HGET', use, 'm') ~= minute then
+if cap < 0 then return {0, 0, 0, 0} end
+local clock = redis.call('TIME')
+local seconds = tonumber(clock[1])
+local minute = math.floor(seconds / 60)
+local left_ms = (minute + 1) * 60000 - seconds * 1000 - math.floor(tonumber(clock[2]) / 1000)
+if redis.call('HGET', use, 'm') ~= tostring(minute) then
   redis.call('HSET', use, 'm', minute, 'n', 0, 't', 0)
 end
-if tonumber(redis.call('HGET', use, 'n')) >= cap then
+local taken = tonumber(redis.call('HGET', use, 'n'))
+if taken >= cap then
   if lease > 0 then redis.call('DEL', probe) end
-  return -2
+  return {-2, taken, minute, left_ms}
 end
+local live = math.max(redis.call('HLEN', processes), 1)
+local grant = math.floor((cap - taken) / (4 * live))
+grant = math.max(1, math.min(grant, tonumber(ARGV[5])))
 redis.call('PEXPIRE', use, ARGV[4])
-return redis.call('HINCRBY', use, 'n', 1)
+return {grant, redis.call('HINCRBY', use, 'n', grant), minute, left_ms}
 """
 
 SYNC_SCRIPT: coredis.commands.Script[bytes] = coredis.commands.Script(script=_SYNC)
@@ -216,52 +239,61 @@ class SharedDeployments:
         # The deployments of the last sync: the ones `go_local` must reach.
         self._deployments: list[Deployment] = []
         self._error_logged = False
+        self._processes_key = fleet.key("router", "processes")
 
     def link(self, deployments: Iterable[Deployment]) -> None:
-        """Give deployments this worker's share of their caps, and let their breakers
-        call for a sync when they open or close."""
+        """Give deployments this worker's share of their caps, tell them whether the fleet
+        grants their requests, and let their breakers call for a sync when they open or
+        close."""
         for deployment in deployments:
             state = deployment.state
             state.share = self.fleet.share
+            state.capped = deployment.params.rpm is not None
             state.breaker.notify = self._wake
 
     def _wake(self) -> None:
         """A breaker has news for the fleet: sync now rather than at the next tick."""
         self._news.set()
 
-    def must_claim(self, deployment: Deployment, now: float) -> bool:
-        """Whether taking `deployment` needs the fleet's word first: an rpm cap, or a
-        half-open circuit whose one probe the fleet must agree on."""
+    def admits_locally(self, deployment: Deployment, now: float) -> bool:
+        """Whether `deployment` may take a request without asking Redis: yes outside the
+        fleet, or with its circuit closed and no rpm cap, or a grant left to spend (which
+        this spends). A half-open circuit's one probe is the fleet's to agree on."""
         state = deployment.state
-        return state.fleet is not None and (
-            deployment.params.rpm is not None or state.breaker.half_open(now)
-        )
+        if state.fleet is None:
+            return True
+        if state.breaker.half_open(now):
+            return False
+        return not state.capped or state.spend_allowance(now)
 
     async def claim(self, deployment: Deployment, now: float) -> bool:
-        """Take `deployment` for one request, as `must_claim` said; False when another
-        process probes it or its rpm cap is reached. Without Redis, the local view
-        decides, as it did to offer `deployment`."""
+        """Take `deployment` for one request when `admits_locally` would not; False when
+        another process probes it or its rpm cap is reached. Without Redis, the local
+        view decides, as it did to offer `deployment`."""
         state, params = deployment.state, deployment.params
         lease = PROBE_LEASE_MS if state.breaker.half_open(now) else 0
         cap = -1 if params.rpm is None else params.rpm
-        keys = self._keys_of(deployment)
-        args: list[str | int | float] = [self.process, cap, lease, USAGE_TTL_MS]
+        use, *_, probe = self._keys_of(deployment)
+        keys = [use, probe, self._processes_key]
+        args: list[str | int] = [self.process, cap, lease, USAGE_TTL_MS, MAX_GRANT]
         try:
             answer: Any = await self.fleet.call(
-                lambda redis: CLAIM_SCRIPT([keys[0], keys[5]], args, client=redis)
+                lambda redis: CLAIM_SCRIPT(keys, args, client=redis)
             )
         except (RedisUnavailable, coredis.exceptions.RedisError) as error:
             self._failed(error)
             return deployment.available(now)
-        if answer == -1:
+        granted, total, minute, left_ms = (int(value) for value in answer)
+        if granted == -1:
             state.breaker.probing_elsewhere = True
             return False
-        if answer == -2:
+        if granted == -2:
             if state.fleet is not None:
-                state.fleet.requests = max(state.fleet.requests, cap)
+                state.fleet.requests = max(state.fleet.requests, total)
             return False
-        if cap >= 0 and state.fleet is not None:
-            state.fleet.requests = int(answer)
+        if granted > 0:
+            until = trio.current_time() + left_ms / 1000
+            state.granted(granted - 1, total=total, minute=minute, until=until)
         return True
 
     def go_local(self) -> None:
@@ -280,6 +312,7 @@ class SharedDeployments:
         started = False
         while True:
             self._deployments = deployments()
+            self.link(self._deployments)  # deployments that came with a reload, too
             await self.sync()
             if not started:
                 task_status.started()
@@ -287,7 +320,6 @@ class SharedDeployments:
             with trio.move_on_after(SYNC_INTERVAL):
                 await self._news.wait()
             self._news = trio.Event()
-            self.link(self._deployments)  # deployments that came with a reload
 
     async def sync(self) -> None:
         """One round trip: send this process's news and counts, adopt the fleet's view."""
@@ -295,7 +327,7 @@ class SharedDeployments:
             self.go_local()
             return
         now = trio.current_time()
-        keys = [self.fleet.key("router", "processes")]
+        keys = [self._processes_key]
         args: list[str | int | float] = [
             self.process,
             STALE_AFTER_MS,
@@ -310,7 +342,7 @@ class SharedDeployments:
             state = deployment.state
             verdict = state.breaker.take_verdict()
             cooling = state.breaker.cooldown_until - now
-            args += state.take_unsent(counts_requests=deployment.params.rpm is None)
+            args += state.take_unsent()
             args += [max(1, math.ceil(cooling * 1000)) if cooling > 0 else 0, verdict or "none"]
             sent.append(_Sent(deployment, verdict))
         try:

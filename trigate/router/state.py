@@ -196,6 +196,13 @@ class DeploymentState:
     share: Callable[[int], int] = _whole
     # Gathered only while in the fleet: out of it, the counts above are all that matters.
     unsent: Unsent = field(default_factory=Unsent)
+    # An rpm-capped deployment's requests are counted by the fleet's grants: each claim
+    # takes a few requests of this minute's cap at once, and this process spends them
+    # (until `allowance_until`, the end of Redis's minute `allowance_minute`).
+    capped: bool = False
+    allowance: int = 0
+    allowance_minute: int = -1
+    allowance_until: float = -math.inf
 
     def _roll(self, now: float) -> None:
         minute = int(now // WINDOW)
@@ -213,6 +220,8 @@ class DeploymentState:
         return limit if self.fleet is not None else self.share(limit)
 
     def requests_used(self, now: float) -> int:
+        if self.fleet is not None and self.capped:
+            return self.fleet.requests - self._allowance_left(now)
         if self.fleet is not None:
             return self.fleet.requests + self.unsent.requests
         self._roll(now)
@@ -224,12 +233,32 @@ class DeploymentState:
         self._roll(now)
         return self.tokens_this_minute
 
-    def counted(self, now: float, *, claimed: bool) -> None:
-        """A request was routed here. A `claimed` one is in the fleet's count already."""
+    def counted(self, now: float) -> None:
+        """A request was routed here (a capped one, with the fleet's grant)."""
         self._roll(now)
         self.requests_this_minute += 1
-        if self.fleet is not None and not claimed:
+        if self.fleet is not None and not self.capped:
             self.unsent.requests += 1
+
+    def _allowance_left(self, now: float) -> int:
+        return self.allowance if now < self.allowance_until else 0
+
+    def spend_allowance(self, now: float) -> bool:
+        """Take one request from what the fleet granted this process; False if none is left."""
+        if self._allowance_left(now) > 0:
+            self.allowance -= 1
+            return True
+        return False
+
+    def granted(self, extra: int, *, total: int, minute: int, until: float) -> None:
+        """A claim was granted: a request for its caller, and `extra` for later ones.
+        `total` is the fleet's count of granted requests this minute."""
+        if minute != self.allowance_minute:
+            self.allowance = 0
+        self.allowance += extra
+        self.allowance_minute, self.allowance_until = minute, until
+        if self.fleet is not None:
+            self.fleet.requests = total
 
     def started(self) -> None:
         self.in_flight += 1
@@ -256,19 +285,23 @@ class DeploymentState:
                 self.unsent.latency_samples += 1
                 self.unsent.latency_total += seconds
 
-    def take_unsent(self, *, counts_requests: bool) -> list[int | float]:
+    def take_unsent(self) -> list[int | float]:
         """For a sync: requests and tokens since the last one, requests in flight here,
-        then latency and time-to-first-token samples as (count, mean). Requests are left
-        out when the fleet counts them by claims (`counts_requests` false)."""
+        latency and time-to-first-token samples as (count, mean), then the granted
+        requests this process gives back unspent, with the minute they belong to (so a
+        busy process elsewhere may have them, rather than this one sit on them)."""
         unsent, self.unsent = self.unsent, Unsent()
+        returned, self.allowance = self.allowance, 0
         return [
-            unsent.requests if counts_requests else 0,
+            unsent.requests,
             unsent.tokens,
             self.in_flight,
             unsent.latency_samples,
             _mean(unsent.latency_samples, unsent.latency_total),
             unsent.ttft_samples,
             _mean(unsent.ttft_samples, unsent.ttft_total),
+            returned,
+            self.allowance_minute,
         ]
 
     def join_fleet(self, view: FleetView, *, latency: float | None, ttft: float | None) -> None:
@@ -285,6 +318,7 @@ class DeploymentState:
             return
         self.fleet = None
         self.unsent = Unsent()
+        self.allowance = 0
         self.breaker.leave_fleet()
 
 
