@@ -39,6 +39,11 @@ for the rest of the minute. `tpm` and `max_parallel_requests` caps are checked a
 the synced view: tokens are known only after a request, so a `tpm` cap admits while the
 fleet's tokens are under it, as LiteLLM's does.
 
+Cost: a sync takes a worker about 0.25 ms of CPU (some million instructions, mostly
+coredis), five times a second whatever the load, so about 0.1% of a core; a claim
+costs about as much as one Redis command, and a busy capped deployment needs one every
+few requests.
+
 Without Redis, or while it does not answer, each process routes on its own state as a
 lone process does, and caps apply at the worker's local share (`Fleet.share`); the next
 sync after Redis returns brings the fleet's view back. Usage counted during the outage
