@@ -20,7 +20,9 @@ from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
 from helpers import MASTER_KEY, UPSTREAM_KEY, RedisServer, RunningGateway, start_gateway
 from test_cli import clean_env, serve
 
+from trigate.errors import Failure, UpstreamError
 from trigate.router.deployments import Deployment
+from trigate.router.state import CircuitBreaker
 
 MESSAGES = [{"role": "user", "content": "hello"}]
 SERVER_ERROR = JSONReply({"error": {"message": "boom", "type": "server_error"}}, status=500)
@@ -329,3 +331,49 @@ async def test_workers_of_one_instance_share_a_cooldown(
         assert len(ups["one"].requests) == 1 and len(ups["two"].requests) == 12
     finally:
         await served.stop()
+
+
+async def test_a_capped_deployment_serves_on_when_redis_dies(
+    nursery: trio.Nursery, own_redis: RedisServer, redis_prefix: str
+) -> None:
+    """A claim that finds Redis gone falls back to the local view: no request fails."""
+    ups = await upstreams(nursery, "one")
+    gateway = await start_gateway(nursery, fleet_config(own_redis.url, redis_prefix, ups, rpm=5))
+    await _clear_of_minute_end()
+    assert await chat(gateway) == 200
+    await own_redis.kill()
+    assert [await chat(gateway) for _ in range(5)] == [200] * 4 + [429]
+    assert not gateway.gateway.fleet.shared
+
+
+def test_a_breakers_news_waits_for_the_next_sync() -> None:
+    """What a breaker tells the fleet, and why the fleet's older word does not undo it."""
+    told = []
+    breaker = CircuitBreaker(allowed_fails=0, cooldown_time=5)
+    breaker.notify = lambda: told.append(True)
+    breaker.succeeded()
+    assert breaker.take_verdict() is None and not told, "a closed circuit has no news"
+    breaker.failed(UpstreamError("x", kind=Failure.SERVER), 0)
+    assert told
+    # A sync read before the news arrived says the circuit is closed: the news wins.
+    breaker.adopt(1, cooling=0, is_open=False, probed_elsewhere=False)
+    assert breaker.cooling(1)
+    assert breaker.take_verdict() == "opened"
+    breaker.restore_verdict("opened")  # that sync failed: the news goes with the next
+    assert breaker.take_verdict() == "opened"
+    # The fleet says the cooldown is over and another process probes.
+    breaker.adopt(2, cooling=0, is_open=True, probed_elsewhere=True)
+    assert breaker.half_open(2) and not breaker.available(2)
+    breaker.adopt(3, cooling=0, is_open=True, probed_elsewhere=False)
+    assert breaker.available(3)
+    breaker.admit(3)
+    breaker.abandoned()
+    assert breaker.take_verdict() == "released"
+    breaker.admit(3)
+    breaker.succeeded()
+    assert breaker.take_verdict() == "closed"
+    # Another process's probe succeeded: the circuit closes here too.
+    breaker.failed(UpstreamError("x", kind=Failure.RATE_LIMIT), 4)
+    breaker.take_verdict()
+    breaker.adopt(5, cooling=0, is_open=False, probed_elsewhere=False)
+    assert breaker.available(5) and not breaker.half_open(5)
