@@ -22,6 +22,7 @@ from test_cli import clean_env, serve
 
 from trigate.errors import Failure, UpstreamError
 from trigate.router.deployments import Deployment
+from trigate.router.shared import SYNC_INTERVAL
 from trigate.router.state import CircuitBreaker
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -320,11 +321,14 @@ async def test_workers_of_one_instance_share_a_cooldown(
                 health = (await client.get("/health", headers=auth)).json()
                 return any(e["deployment"] == "one" for e in health["unhealthy_endpoints"])
 
-            # New connections land on either worker: both must have heard of the cooldown.
+            # New connections land on either worker, though not evenly: wait until a run
+            # of answers says cooling, then a few syncs more, so that a worker the run
+            # happened to miss has heard of it too if it ever will.
             with trio.fail_after(5):
                 streak = 0
                 while streak < 12:
                     streak = streak + 1 if await reports_one_cooling() else 0
+            await trio.sleep(5 * SYNC_INTERVAL)
             for _ in range(12):
                 response = await client.post("/v1/chat/completions", json=body, headers=auth)
                 assert response.status_code == 200
