@@ -135,7 +135,9 @@ class Gateway:
         self._ledger = SpendLedger(self._store)
         self._transport = self._transport or self._default_transport()
         prices = await trio.to_thread.run_sync(_shared_prices)
-        self._router = await self.models.start(self._store, self._transport, self._counter, prices)
+        self._router = await self.models.start(
+            self._store, self._transport, self._counter, prices, self.fleet
+        )
 
     async def run_background(self, *, task_status: trio.TaskStatus[None]) -> None:
         """The worker's background tasks; run it in the app's nursery."""
@@ -143,6 +145,8 @@ class Gateway:
             with trio.CancelScope() as self._background:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.fleet.run)
+                    if self.fleet.configured:
+                        await nursery.start(self.router.run_shared)
                     nursery.start_soon(self.ledger.run)
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)
