@@ -73,7 +73,10 @@ class Fleet:
         self._client: Redis | None = None
         self._up = False
         self._lost = trio.Event()
+        self._found = trio.Event()
         self._on_restore: list[Callable[[], Awaitable[None]]] = []
+        # How often this worker has fallen back to local shares (for metrics).
+        self.fallbacks = 0
 
     @property
     def configured(self) -> bool:
@@ -103,6 +106,11 @@ class Fleet:
         The fleet is not yet `shared` while callbacks run, so they use `client` directly;
         a Redis error in one keeps the worker on local shares until the next probe."""
         self._on_restore.append(callback)
+
+    async def wait_shared(self) -> None:
+        """Return once Redis answers (at once if it does now)."""
+        while not self._up:
+            await self._found.wait()
 
     def status(self) -> dict[str, Any]:
         """For `/health/readiness`: where limits are kept now."""
@@ -161,6 +169,7 @@ class Fleet:
             return
         self._lost = trio.Event()
         self._up = True
+        self._found.set()
         if not first:
             logger.warning("Redis is back: limits and router state are shared by the fleet again")
 
@@ -170,6 +179,8 @@ class Fleet:
             return
         self._up = False
         self._lost.set()
+        self._found = trio.Event()
+        self.fallbacks += 1
         logger.warning(
             "Redis unreachable (%s): each worker now enforces its local share of every limit",
             reason,

@@ -22,7 +22,7 @@ from trigate.clock import wall_time
 from trigate.config import GatewayConfig
 from trigate.errors import secrets
 from trigate.fleet import Fleet
-from trigate.limits import Budgets, RateLimits
+from trigate.limits import Limits
 from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.health import run_health_checks
 from trigate.router.router import Router
@@ -73,8 +73,7 @@ class Gateway:
         self.fleet = Fleet(
             settings.redis, timeout=settings.redis_timeout, prefix=settings.redis_key_prefix
         )
-        self.limits = RateLimits()
-        self.budgets = Budgets()
+        self.limits = Limits(self.fleet, lambda table, key: self.ledger.unflushed(table, key))
         self._master_key = master_key
         self._transport = transport
         self._observer = records
@@ -123,7 +122,9 @@ class Gateway:
     async def start(self) -> None:
         self._counter = await load_token_counter()
         self._store = await Store.open(self.config.database_url)
-        self._auth = Authenticator(self._master_key, self._store)
+        self._auth = Authenticator(
+            self._master_key, self._store, self.fleet, self.limits.shared_state
+        )
         self._ledger = SpendLedger(self._store)
         self._transport = self._transport or self._default_transport()
         prices = await trio.to_thread.run_sync(_shared_prices)
@@ -136,6 +137,7 @@ class Gateway:
             with trio.CancelScope() as self._background:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.fleet.run)
+                    nursery.start_soon(self.auth.share_changes)
                     nursery.start_soon(self.ledger.run)
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)
