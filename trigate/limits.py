@@ -370,9 +370,7 @@ class _LocalLimits:
         self._accounts: dict[tuple[str, str], _Account] = {}
         # With Redis configured: spend billed here while it was away, which its counters
         # are told of when it returns.
-        self.missed: defaultdict[tuple[str, str], float] | None = (
-            defaultdict(float) if fleet.configured else None
-        )
+        self.missed: defaultdict[tuple[str, str], float] = defaultdict(float)
 
     def admit(
         self,
@@ -412,7 +410,8 @@ class _LocalLimits:
         if rates:
             first = windows[0]
             headers = _headers(rates[0], first.requests, first.tokens, now)
-        return _LocalAdmission(windows, tokens, minute, holds, headers, self.missed, orphan)
+        missed = self.missed if self._fleet.configured else None
+        return _LocalAdmission(windows, tokens, minute, holds, headers, missed, orphan)
 
     def _account(self, budget: _Budget, now: float, unflushed: Unflushed) -> _Account:
         owner = (budget.table, budget.ident)
