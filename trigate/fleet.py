@@ -126,7 +126,9 @@ class Fleet:
         with trio.move_on_after(self.timeout):
             try:
                 return await command(self._client)
-            except (coredis.exceptions.ConnectionError, OSError) as error:
+            except (coredis.exceptions.RedisError, OSError) as error:
+                # Any refusal (a lost connection, a replica gone read-only, out of memory)
+                # is an outage to ride out on local shares, never a failed request.
                 self._lose(str(error))
                 raise RedisUnavailable(str(error)) from None
         self._lose(f"no answer within {self.timeout:g} s")

@@ -16,7 +16,6 @@ keeps its own windows and enforces its share of every rate limit.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import secrets
@@ -196,7 +195,7 @@ class Limits:
         self.fleet = fleet
         self._unflushed = unflushed
         self._local = _LocalLimits(fleet)
-        self._shared = _SharedLimits(fleet)
+        self._shared = _SharedLimits(fleet, self._local.missed)
         fleet.on_restore(self._restore)
 
     def shared_state(self, table: str, ident: str) -> list[str]:
@@ -573,8 +572,9 @@ class _SharedAdmission(Admission):
 
 
 class _SharedLimits:
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, missed: defaultdict[tuple[str, str], float]) -> None:
         self._fleet = fleet
+        self._missed = missed
         # Lease ids: unique across the fleet without asking anyone.
         self._prefix = secrets.token_hex(6)
         self._count = itertools.count()
@@ -625,12 +625,15 @@ class _SharedLimits:
 
     async def release(self, lease: _Lease, delta: int = 0, cost: float = 0.0) -> None:
         """Give back the lease's parallel slots and reservations, correct its window's
-        tokens by `delta` and bill `cost`. A Redis that does not answer keeps them until
-        they expire, and learns the cost from the store (the counters' floor)."""
+        tokens by `delta` and bill `cost`. A Redis that does not answer keeps the leases
+        until they expire, and is billed the cost when it is back."""
         args = [lease.id, delta, repr(cost), len(lease.rates), len(lease.budgets)]
         keys = lease.keys
-        with contextlib.suppress(RedisUnavailable):
+        try:
             await self._fleet.call(lambda redis: self._settle(keys=keys, args=args))
+        except RedisUnavailable:
+            for budget in lease.budgets:
+                self._missed[budget.table, budget.ident] += cost
 
 
 def _or_none(limit: int | None) -> int:
