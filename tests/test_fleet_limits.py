@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import coredis
 import pytest
 import trio
 from helpers import RedisServer
@@ -248,3 +249,28 @@ async def test_redis_lost_and_found_falls_back_to_shares_and_back(
             await limits.fleet.wait_shared()
     shared = [await admitted(fleet[i % 2], who) for i in range(14)]
     assert shared == [True] * 10 + [False] * 4
+
+
+async def test_what_a_worker_did_while_redis_paused_reaches_it_once(
+    nursery: trio.Nursery, own_redis: RedisServer, redis_prefix: str
+) -> None:
+    """A Redis that stops answering for a moment keeps its counters. When it answers
+    again, a worker settles what it could not (once, though Redis may have run it
+    late), gives back what an unconfirmed admission may have reserved, and bills what
+    its local admissions spent meanwhile."""
+    [limits] = await workers(nursery, own_redis.url, redis_prefix, count=1, redis_timeout=0.1)
+    who = caller({}, {"team_id": TEAM, "max_budget": 1.0, "spend": 0.0})
+    held = await limits.admit(who, tokens(0), cost(0.5))  # 0.5 reserved in Redis
+    async with coredis.Redis.from_url(own_redis.url) as admin:
+        await admin.client_pause(600)
+    # Unconfirmed, and run by Redis once the pause ends: it reserves 0.2 there.
+    local = await limits.admit(who, tokens(0), cost(0.2))
+    assert not limits.fleet.shared
+    await held.settle(0, 0.3)  # never sent: kept for Redis's return
+    await local.settle(0, 0.1)  # billed here, and to Redis on its return
+    with trio.fail_after(5):
+        await limits.fleet.wait_shared()
+    # Spent 0.3 + 0.1, nothing reserved: an admission may reserve the 0.6 left.
+    assert await admitted(limits, who, most=0.9)
+    with pytest.raises(BudgetExceeded, match=r"spend 0\.400000 \(\+0\.600000 reserved"):
+        await limits.admit(who, tokens(0), cost(0.01))

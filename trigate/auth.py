@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import coredis
 import orjson
 import trio
 
@@ -186,8 +185,8 @@ class Authenticator:
                         assert isinstance(data, bytes)
                         table, key = orjson.loads(data)
                         self._cache.pop((table, key), None)
-            except* (coredis.exceptions.RedisError, OSError) as lost:
-                logger.debug("change feed lost: %r", lost.exceptions)
+            except* Exception as lost:  # whatever ends the feed, the worker serves on
+                logger.debug("key change feed lost, resubscribing: %r", lost.exceptions)
             await trio.sleep(PROBE_INTERVAL)
 
     async def _virtual_key(self, token_hash: str) -> Caller:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import secrets
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +36,8 @@ WINDOW = 60.0
 LEASE_TTL = 600.0
 # Budget counters are rebuilt from the store when they expire, so idle ones may go.
 BUDGET_TTL = 3600
+# Settles kept for a Redis that did not answer them.
+MAX_UNSETTLED = 100_000
 # Below a billionth of a dollar left, a budget is spent: float sums of costs rarely land
 # exactly on `max_budget`.
 EXHAUSTED = 1e-9
@@ -195,7 +197,7 @@ class Limits:
         self.fleet = fleet
         self._unflushed = unflushed
         self._local = _LocalLimits(fleet)
-        self._shared = _SharedLimits(fleet, self._local.missed)
+        self._shared = _SharedLimits(fleet)
         fleet.on_restore(self._restore)
 
     def shared_state(self, table: str, ident: str) -> list[str]:
@@ -204,9 +206,10 @@ class Limits:
         return [self.fleet.key("budget", table, ident), self.fleet.key("holds", table, ident)]
 
     async def _restore(self) -> None:
-        """Redis is reached (again): load the scripts, and bill its budget counters for
-        what this worker spent while it was away. Counters Redis lost come back from the
-        store's spend at their next admission (their floor)."""
+        """Redis is reached (again): load the scripts, settle what it did not confirm,
+        and bill its budget counters for what this worker's local admissions spent
+        while it was away. Counters Redis lost come back from the store's spend at their
+        next admission (their floor)."""
         await self._shared.load_scripts()
         missed = self._local.missed
         client = self.fleet.client
@@ -517,9 +520,11 @@ return answer
 """
 
 # KEYS: as ADMIT's. ARGV: lease id, the change to the window's tokens (0 once the window
-# has passed), the cost to bill, scope count, budget count. Whatever the lease no longer
-# holds (it expired, or was never taken) is not given back twice, so settling an
-# admission Redis may or may not have made is safe.
+# has passed), the cost to bill, scope count, budget count. A budget is billed the cost
+# only with its reservation, which goes once: settling twice (a settle retried because
+# its answer never came) or settling what Redis never admitted changes nothing. A
+# reservation that expired, or whose counter was started afresh, is billed through the
+# store (the counter's floor) instead.
 SETTLE = """
 local lease, delta, cost = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local scopes, budgets = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -531,12 +536,13 @@ for i = 1, scopes do
 end
 for j = 1, budgets do
   local counter = KEYS[2 * scopes + 2 * j - 1]
-  if redis.call('ZREM', KEYS[2 * scopes + 2 * j], lease) == 1 then
-    local amount = redis.call('HGET', counter, lease)
+  local amount = redis.call('HGET', counter, lease)
+  if amount then
     redis.call('HDEL', counter, lease)
-    if amount then redis.call('HINCRBYFLOAT', counter, 'reserved', '-' .. amount) end
+    redis.call('ZREM', KEYS[2 * scopes + 2 * j], lease)
+    redis.call('HINCRBYFLOAT', counter, 'reserved', '-' .. amount)
+    if tonumber(cost) > 0 then redis.call('HINCRBYFLOAT', counter, 'spent', cost) end
   end
-  if tonumber(cost) > 0 then redis.call('HINCRBYFLOAT', counter, 'spent', cost) end
 end
 return 1
 """
@@ -572,9 +578,11 @@ class _SharedAdmission(Admission):
 
 
 class _SharedLimits:
-    def __init__(self, fleet: Fleet, missed: defaultdict[tuple[str, str], float]) -> None:
+    def __init__(self, fleet: Fleet) -> None:
         self._fleet = fleet
-        self._missed = missed
+        # Settles Redis did not confirm, sent again when it answers (they are idempotent);
+        # the oldest go first past the bound, their leases then expire by themselves.
+        self._unsettled: deque[tuple[_Lease, float]] = deque(maxlen=MAX_UNSETTLED)
         # Lease ids: unique across the fleet without asking anyone.
         self._prefix = secrets.token_hex(6)
         self._count = itertools.count()
@@ -588,6 +596,10 @@ class _SharedLimits:
         self._settle = client.register_script(SETTLE)
         await client.script_load(ADMIT)
         await client.script_load(SETTLE)
+        while self._unsettled:
+            lease, cost = self._unsettled[0]
+            await self._settle(keys=lease.keys, args=_settle_args(lease, 0, cost))
+            self._unsettled.popleft()
 
     def lease(
         self, rates: list[_Rates], budgets: list[_Budget], bases: list[float], now: float
@@ -625,15 +637,17 @@ class _SharedLimits:
 
     async def release(self, lease: _Lease, delta: int = 0, cost: float = 0.0) -> None:
         """Give back the lease's parallel slots and reservations, correct its window's
-        tokens by `delta` and bill `cost`. A Redis that does not answer keeps the leases
-        until they expire, and is billed the cost when it is back."""
-        args = [lease.id, delta, repr(cost), len(lease.rates), len(lease.budgets)]
-        keys = lease.keys
+        tokens by `delta` and bill `cost`; if Redis does not confirm it, again when it
+        answers (without the token change, whose window will be over)."""
+        keys, args = lease.keys, _settle_args(lease, delta, cost)
         try:
             await self._fleet.call(lambda redis: self._settle(keys=keys, args=args))
         except RedisUnavailable:
-            for budget in lease.budgets:
-                self._missed[budget.table, budget.ident] += cost
+            self._unsettled.append((lease, cost))
+
+
+def _settle_args(lease: _Lease, delta: int, cost: float) -> list[Any]:
+    return [lease.id, delta, repr(cost), len(lease.rates), len(lease.budgets)]
 
 
 def _or_none(limit: int | None) -> int:

@@ -537,6 +537,8 @@ class ProxiedCall(Generic[A]):
         end = wall_time()
         cost = self.gateway.cost(deployment, usage) if deployment else 0.0
         if self.admission is not None:
+            # A worker's own budget count has no checkpoint here before the ledger counts
+            # the cost as unflushed, as it expects; a shared one is billed in Redis first.
             await self.admission.settle(usage.total_tokens, cost)
         await self.gateway.record(
             RequestRecord(
