@@ -138,6 +138,7 @@ class Gateway:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.fleet.run)
                     nursery.start_soon(self.auth.share_changes)
+                    nursery.start_soon(self.limits.run)
                     nursery.start_soon(self.ledger.run)
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)

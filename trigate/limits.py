@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError
@@ -199,6 +201,11 @@ class Limits:
         self._local = _LocalLimits(fleet)
         self._shared = _SharedLimits(fleet)
         fleet.on_restore(self._restore)
+
+    async def run(self) -> None:
+        """Carry requests' admissions and settles to Redis; run it in the background."""
+        if self.fleet.configured:
+            await self._shared.run()
 
     def shared_state(self, table: str, ident: str) -> list[str]:
         """The Redis keys of an owner's budget: dropped when its row changes (a new
@@ -437,6 +444,13 @@ class _LocalLimits:
 
 # --- The fleet's windows, leases and budget counters, in Redis -----------------------
 
+# The fleet's limits are changed by one script, run with a batch of operations: the
+# admissions and settles of requests that arrived together, each atomic, in order.
+# ARGV: the operation count; then for each operation its kind ("admit" or "settle"),
+# its key count, its argument count, and its arguments. KEYS: each operation's keys.
+# Returns each operation's answer.
+#
+# admit (an admission):
 # KEYS: for each rate scope its window (a hash of requests and tokens) and its parallel
 # slots (a sorted set of lease ids by expiry); then for each budget its counter (a hash of
 # the budget `window` it counts, `spent`, `reserved`, and each reservation's amount under
@@ -449,102 +463,117 @@ class _LocalLimits:
 # Returns {"ok", requests, tokens} (the first scope's window, this request taken), or
 # {"rpm"|"tpm"|"parallel", scope index}, or {"budget", budget index, spent, reserved};
 # a refusal takes nothing.
-ADMIT = """
-local now, lease, expiry = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local tokens, scopes, budgets = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local most, b0, r0 = tonumber(ARGV[7]), 2 * scopes, 7 + 3 * scopes
-local ttl = ARGV[r0 + 3 * budgets + 1]
-local spent, reserved = {}, {}
-for j = 1, budgets do
-  local counter, holds = KEYS[b0 + 2 * j - 1], KEYS[b0 + 2 * j]
-  local limit, floor = tonumber(ARGV[r0 + 3 * j - 2]), tonumber(ARGV[r0 + 3 * j - 1])
-  if tonumber(ARGV[r0 + 3 * j]) > tonumber(redis.call('HGET', counter, 'window') or '-1') then
-    redis.call('DEL', counter, holds)
-    redis.call('HSET', counter, 'window', ARGV[r0 + 3 * j])
-  end
-  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
-  if #expired > 0 then
-    local freed = 0
-    for _, id in ipairs(expired) do
-      freed = freed + tonumber(redis.call('HGET', counter, id) or '0')
-      redis.call('HDEL', counter, id)
-    end
-    redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
-    redis.call('HINCRBYFLOAT', counter, 'reserved', -freed)
-  end
-  local state = redis.call('HMGET', counter, 'spent', 'reserved')
-  spent[j] = tonumber(state[1] or '0')
-  if floor > spent[j] then
-    spent[j] = floor
-    redis.call('HSET', counter, 'spent', ARGV[r0 + 3 * j - 1])
-  end
-  reserved[j] = math.max(tonumber(state[2] or '0'), 0)
-  if spent[j] + reserved[j] >= limit - 1e-9 then
-    return {'budget', j - 1, string.format('%.17g', spent[j]), string.format('%.17g', reserved[j])}
-  end
-end
-for i = 1, scopes do
-  local rpm, tpm = tonumber(ARGV[5 + 3 * i]), tonumber(ARGV[6 + 3 * i])
-  local parallel = tonumber(ARGV[7 + 3 * i])
-  local counts = redis.call('HMGET', KEYS[2 * i - 1], 'requests', 'tokens')
-  if rpm >= 0 and tonumber(counts[1] or '0') + 1 > rpm then return {'rpm', i - 1} end
-  if tpm >= 0 and tonumber(counts[2] or '0') + tokens > tpm then return {'tpm', i - 1} end
-  if parallel >= 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[2 * i], '-inf', now)
-    if redis.call('ZCARD', KEYS[2 * i]) + 1 > parallel then return {'parallel', i - 1} end
-  end
-end
-local answer = {'ok', 0, 0}
-for i = 1, scopes do
-  local window, slots = KEYS[2 * i - 1], KEYS[2 * i]
-  local requests = redis.call('HINCRBY', window, 'requests', 1)
-  local used = redis.call('HINCRBY', window, 'tokens', tokens)
-  redis.call('EXPIRE', window, 120)
-  if i == 1 then answer[2], answer[3] = requests, used end
-  if tonumber(ARGV[7 + 3 * i]) >= 0 then
-    redis.call('ZADD', slots, expiry, lease)
-    redis.call('EXPIRE', slots, ttl)
-  end
-end
-for j = 1, budgets do
-  local counter, holds = KEYS[b0 + 2 * j - 1], KEYS[b0 + 2 * j]
-  local amount = math.min(most, tonumber(ARGV[r0 + 3 * j - 2]) - spent[j] - reserved[j])
-  local text = string.format('%.17g', amount)
-  redis.call('ZADD', holds, expiry, lease)
-  redis.call('HSET', counter, lease, text)
-  redis.call('HINCRBYFLOAT', counter, 'reserved', text)
-  redis.call('EXPIRE', counter, ttl)
-  redis.call('EXPIRE', holds, ttl)
-end
-return answer
-"""
-
-# KEYS: as ADMIT's. ARGV: lease id, the change to the window's tokens (0 once the window
+#
+# settle (a request's end):
+# KEYS: as admit's. ARGV: lease id, the change to the window's tokens (0 once the window
 # has passed), the cost to bill, scope count, budget count. A budget is billed the cost
 # only with its reservation, which goes once: settling twice (a settle retried because
 # its answer never came) or settling what Redis never admitted changes nothing. A
 # reservation that expired, or whose counter was started afresh, is billed through the
 # store (the counter's floor) instead.
-SETTLE = """
-local lease, delta, cost = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local scopes, budgets = tonumber(ARGV[4]), tonumber(ARGV[5])
-for i = 1, scopes do
-  if delta ~= 0 and redis.call('EXISTS', KEYS[2 * i - 1]) == 1 then
-    redis.call('HINCRBY', KEYS[2 * i - 1], 'tokens', delta)
+SCRIPT = """
+local function admit(K, A)
+  local now, lease, expiry = tonumber(ARGV[A + 1]), ARGV[A + 2], tonumber(ARGV[A + 3])
+  local tokens, scopes = tonumber(ARGV[A + 4]), tonumber(ARGV[A + 5])
+  local budgets = tonumber(ARGV[A + 6])
+  local most, b0, r0 = tonumber(ARGV[A + 7]), 2 * scopes, 7 + 3 * scopes
+  local ttl = ARGV[A + r0 + 3 * budgets + 1]
+  local spent, reserved = {}, {}
+  for j = 1, budgets do
+    local counter, holds = KEYS[K + b0 + 2 * j - 1], KEYS[K + b0 + 2 * j]
+    local limit, floor = tonumber(ARGV[A + r0 + 3 * j - 2]), tonumber(ARGV[A + r0 + 3 * j - 1])
+    local window = tonumber(redis.call('HGET', counter, 'window') or '-1')
+    if tonumber(ARGV[A + r0 + 3 * j]) > window then
+      redis.call('DEL', counter, holds)
+      redis.call('HSET', counter, 'window', ARGV[A + r0 + 3 * j])
+    end
+    local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+    if #expired > 0 then
+      local freed = 0
+      for _, id in ipairs(expired) do
+        freed = freed + tonumber(redis.call('HGET', counter, id) or '0')
+        redis.call('HDEL', counter, id)
+      end
+      redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+      redis.call('HINCRBYFLOAT', counter, 'reserved', -freed)
+    end
+    local state = redis.call('HMGET', counter, 'spent', 'reserved')
+    spent[j] = tonumber(state[1] or '0')
+    if floor > spent[j] then
+      spent[j] = floor
+      redis.call('HSET', counter, 'spent', ARGV[A + r0 + 3 * j - 1])
+    end
+    reserved[j] = math.max(tonumber(state[2] or '0'), 0)
+    if spent[j] + reserved[j] >= limit - 1e-9 then
+      local left = {string.format('%.17g', spent[j]), string.format('%.17g', reserved[j])}
+      return {'budget', j - 1, left[1], left[2]}
+    end
   end
-  redis.call('ZREM', KEYS[2 * i], lease)
-end
-for j = 1, budgets do
-  local counter = KEYS[2 * scopes + 2 * j - 1]
-  local amount = redis.call('HGET', counter, lease)
-  if amount then
-    redis.call('HDEL', counter, lease)
-    redis.call('ZREM', KEYS[2 * scopes + 2 * j], lease)
-    redis.call('HINCRBYFLOAT', counter, 'reserved', '-' .. amount)
-    if tonumber(cost) > 0 then redis.call('HINCRBYFLOAT', counter, 'spent', cost) end
+  for i = 1, scopes do
+    local rpm, tpm = tonumber(ARGV[A + 5 + 3 * i]), tonumber(ARGV[A + 6 + 3 * i])
+    local parallel = tonumber(ARGV[A + 7 + 3 * i])
+    local counts = redis.call('HMGET', KEYS[K + 2 * i - 1], 'requests', 'tokens')
+    if rpm >= 0 and tonumber(counts[1] or '0') + 1 > rpm then return {'rpm', i - 1} end
+    if tpm >= 0 and tonumber(counts[2] or '0') + tokens > tpm then return {'tpm', i - 1} end
+    if parallel >= 0 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[K + 2 * i], '-inf', now)
+      if redis.call('ZCARD', KEYS[K + 2 * i]) + 1 > parallel then return {'parallel', i - 1} end
+    end
   end
+  local answer = {'ok', 0, 0}
+  for i = 1, scopes do
+    local window, slots = KEYS[K + 2 * i - 1], KEYS[K + 2 * i]
+    local requests = redis.call('HINCRBY', window, 'requests', 1)
+    local used = redis.call('HINCRBY', window, 'tokens', tokens)
+    redis.call('EXPIRE', window, 120)
+    if i == 1 then answer[2], answer[3] = requests, used end
+    if tonumber(ARGV[A + 7 + 3 * i]) >= 0 then
+      redis.call('ZADD', slots, expiry, lease)
+      redis.call('EXPIRE', slots, ttl)
+    end
+  end
+  for j = 1, budgets do
+    local counter, holds = KEYS[K + b0 + 2 * j - 1], KEYS[K + b0 + 2 * j]
+    local amount = math.min(most, tonumber(ARGV[A + r0 + 3 * j - 2]) - spent[j] - reserved[j])
+    local text = string.format('%.17g', amount)
+    redis.call('ZADD', holds, expiry, lease)
+    redis.call('HSET', counter, lease, text)
+    redis.call('HINCRBYFLOAT', counter, 'reserved', text)
+    redis.call('EXPIRE', counter, ttl)
+    redis.call('EXPIRE', holds, ttl)
+  end
+  return answer
 end
-return 1
+
+local function settle(K, A)
+  local lease, delta, cost = ARGV[A + 1], tonumber(ARGV[A + 2]), ARGV[A + 3]
+  local scopes, budgets = tonumber(ARGV[A + 4]), tonumber(ARGV[A + 5])
+  for i = 1, scopes do
+    if delta ~= 0 and redis.call('EXISTS', KEYS[K + 2 * i - 1]) == 1 then
+      redis.call('HINCRBY', KEYS[K + 2 * i - 1], 'tokens', delta)
+    end
+    redis.call('ZREM', KEYS[K + 2 * i], lease)
+  end
+  for j = 1, budgets do
+    local counter = KEYS[K + 2 * scopes + 2 * j - 1]
+    local amount = redis.call('HGET', counter, lease)
+    if amount then
+      redis.call('HDEL', counter, lease)
+      redis.call('ZREM', KEYS[K + 2 * scopes + 2 * j], lease)
+      redis.call('HINCRBYFLOAT', counter, 'reserved', '-' .. amount)
+      if tonumber(cost) > 0 then redis.call('HINCRBYFLOAT', counter, 'spent', cost) end
+    end
+  end
+  return 1
+end
+
+local answers, K, A = {}, 0, 1
+for n = 1, tonumber(ARGV[1]) do
+  local kind, keys, args = ARGV[A + 1], tonumber(ARGV[A + 2]), tonumber(ARGV[A + 3])
+  if kind == 'admit' then answers[n] = admit(K, A + 3) else answers[n] = settle(K, A + 3) end
+  K, A = K + keys, A + 3 + args
+end
+return answers
 """
 
 
@@ -578,6 +607,9 @@ class _SharedAdmission(Admission):
 
 
 class _SharedLimits:
+    """The fleet's limits in Redis. Requests that arrive together share one script call
+    (`_Batch`), so under load a request costs less than its two round trips."""
+
     def __init__(self, fleet: Fleet) -> None:
         self._fleet = fleet
         # Settles Redis did not confirm, sent again when it answers (they are idempotent);
@@ -586,20 +618,52 @@ class _SharedLimits:
         # Lease ids: unique across the fleet without asking anyone.
         self._prefix = secrets.token_hex(6)
         self._count = itertools.count()
-        self._admit: Any = None
-        self._settle: Any = None
+        self._script: Any = None
+        self._batch = _Batch()
+        self._sent = trio.Event()
 
     async def load_scripts(self) -> None:
-        """Register the scripts with (a possibly new) Redis, so no request pays for it."""
+        """Register the script with (a possibly new) Redis, so no request pays for it,
+        and settle what it did not confirm while away."""
         client = self._fleet.client
-        self._admit = client.register_script(ADMIT)
-        self._settle = client.register_script(SETTLE)
-        await client.script_load(ADMIT)
-        await client.script_load(SETTLE)
+        self._script = client.register_script(SCRIPT)
+        await client.script_load(SCRIPT)
         while self._unsettled:
             lease, cost = self._unsettled[0]
-            await self._settle(keys=lease.keys, args=_settle_args(lease, 0, cost))
+            one = _Batch()
+            one.add("settle", lease.keys, _settle_args(lease, 0, cost))
+            await self._script(keys=one.keys, args=one.args)
             self._unsettled.popleft()
+
+    async def run(self) -> None:
+        """Send each batch as its first operation arrives: operations queued while one
+        call is out go together in the next."""
+        while True:
+            await self._sent.wait()
+            self._sent = trio.Event()
+            batch, self._batch = self._batch, _Batch()
+            batch.done(await self._send(batch))
+
+    async def _send(self, batch: _Batch) -> list[Any] | None:
+        try:
+            return await self._fleet.call(
+                lambda redis: self._script(keys=batch.keys, args=batch.args)
+            )
+        except RedisUnavailable:
+            return None
+
+    async def _run(self, kind: str, keys: list[str], args: list[Any]) -> Any:
+        """One operation's answer, or RedisUnavailable after `redis_timeout` (the
+        operation may still run: admissions and settles are made safe for that)."""
+        if not self._fleet.shared:
+            raise RedisUnavailable("Redis is unreachable")
+        operation = self._batch.add(kind, keys, args)
+        self._sent.set()
+        with trio.move_on_after(self._fleet.timeout):
+            await operation.done.wait()
+        if operation.answer is None:
+            raise RedisUnavailable("Redis did not answer in time")
+        return operation.answer
 
     def lease(
         self, rates: list[_Rates], budgets: list[_Budget], bases: list[float], now: float
@@ -623,8 +687,7 @@ class _SharedLimits:
         for b, base in zip(lease.budgets, lease.bases, strict=True):
             args += (repr(float(b.row["max_budget"])), repr(base), repr(b.window_end or 0.0))
         args.append(BUDGET_TTL)
-        keys = lease.keys
-        answer = await self._fleet.call(lambda redis: self._admit(keys=keys, args=args))
+        answer = await self._run("admit", lease.keys, args)
         verdict = answer[0]
         if verdict == b"ok":
             lease.tokens = tokens
@@ -639,11 +702,39 @@ class _SharedLimits:
         """Give back the lease's parallel slots and reservations, correct its window's
         tokens by `delta` and bill `cost`; if Redis does not confirm it, again when it
         answers (without the token change, whose window will be over)."""
-        keys, args = lease.keys, _settle_args(lease, delta, cost)
         try:
-            await self._fleet.call(lambda redis: self._settle(keys=keys, args=args))
+            await self._run("settle", lease.keys, _settle_args(lease, delta, cost))
         except RedisUnavailable:
             self._unsettled.append((lease, cost))
+
+
+@dataclass(slots=True)
+class _Operation:
+    done: trio.Event
+    answer: Any = None
+
+
+class _Batch:
+    """Operations for one call of SCRIPT, and their answers once it returns."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.args: list[Any] = [0]
+        self._operations: list[_Operation] = []
+
+    def add(self, kind: str, keys: list[str], args: list[Any]) -> _Operation:
+        self.keys += keys
+        self.args += (kind, len(keys), len(args), *args)
+        self.args[0] += 1
+        operation = _Operation(trio.Event())
+        self._operations.append(operation)
+        return operation
+
+    def done(self, answers: list[Any] | None) -> None:
+        """Hand each operation its answer; None to all when Redis gave none."""
+        for i, operation in enumerate(self._operations):
+            operation.answer = answers[i] if answers is not None else None
+            operation.done.set()
 
 
 def _settle_args(lease: _Lease, delta: int, cost: float) -> list[Any]:
