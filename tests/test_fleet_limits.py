@@ -92,6 +92,22 @@ async def test_rpm_admits_exactly_the_limit_whichever_worker_asks(fleet: list[Li
     assert answers == [True] * 10 + [False] * 30
 
 
+async def test_concurrent_admissions_share_calls_and_stay_exact(fleet: list[Limits]) -> None:
+    """Forty requests at once over two workers: their admissions go to Redis in batches,
+    each still checked and taken on its own."""
+    await minute_with_room()
+    who = caller({"rpm_limit": 10, "max_parallel_requests": 6})
+    answers: list[bool] = []
+
+    async def one(i: int) -> None:
+        answers.append(await admitted(fleet[i % 2], who))
+
+    async with trio.open_nursery() as requests:
+        for i in range(40):
+            requests.start_soon(one, i)
+    assert answers.count(True) == 6  # parallel slots run out before the rpm does
+
+
 async def test_headers_count_the_whole_fleets_window(fleet: list[Limits]) -> None:
     await minute_with_room()
     who = caller({"rpm_limit": 5, "tpm_limit": 100})
