@@ -7,11 +7,13 @@ way in money: a request reserves the most it may cost when admitted and
 settles its actual cost when it ends.
 
 With Redis (see `trigate.fleet`) every window, parallel slot and budget counter
-is the fleet's: one Lua script checks and takes them all for a request, another
-settles them, one round trip each. Parallel slots and budget reservations are
-leases that expire on their own, so a worker that dies holding them does not
-hold them for ever. Without Redis, or while it does not answer, each worker
-keeps its own windows and enforces its share of every rate limit.
+is the fleet's: one Lua script checks and takes them all for a request, or
+settles them, atomically; requests that arrive together share a call, so each
+costs at most one round trip to admit and one to settle. Parallel slots and
+budget reservations are leases that expire on their own, so a worker that dies
+holding them does not hold them for ever. Without Redis, or while it does not
+answer, each worker keeps its own windows and enforces its share of every rate
+limit.
 """
 
 from __future__ import annotations
