@@ -10,7 +10,7 @@ from typing import Any
 import coredis
 import pytest
 import trio
-from helpers import RedisServer
+from helpers import RedisServer, mock_config, start_gateway
 
 import trigate.limits
 from trigate.auth import Caller
@@ -290,3 +290,33 @@ async def test_what_a_worker_did_while_redis_paused_reaches_it_once(
     assert await admitted(limits, who, most=0.9)
     with pytest.raises(BudgetExceeded, match=r"spend 0\.400000 \(\+0\.600000 reserved"):
         await limits.admit(who, tokens(0), cost(0.01))
+
+
+async def test_a_changed_budget_restarts_its_shared_counter(
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str
+) -> None:
+    """A team moved to a shorter budget window: the fleet's counter, still counting the
+    old window, is dropped with the change, and the next request counts the new one."""
+    config = mock_config(input_cost_per_token=1e-6, output_cost_per_token=0.0)
+    config["router_settings"] = {"redis_url": redis_url, "redis_key_prefix": redis_prefix}
+    running = await start_gateway(nursery, config)
+    async with running.client() as admin:
+        team = await admin.post("/team/new", json={"max_budget": 10, "budget_duration": "30d"})
+        team_id = team.json()["team_id"]
+        key = (await admin.post("/key/generate", json={"team_id": team_id})).json()["key"]
+        counter = f"{redis_prefix}budget:teams:{team_id}"
+        async with running.client(key) as client, coredis.Redis.from_url(redis_url) as redis:
+            chat = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+            assert (await client.post("/v1/chat/completions", json=chat)).status_code == 200
+            thirty_days = float(await redis.hget(counter, "window") or 0)
+            changed = await admin.post(
+                "/team/update", json={"team_id": team_id, "budget_duration": "1d"}
+            )
+            assert changed.status_code == 200
+            with trio.fail_after(1):
+                while await redis.exists([counter]):  # noqa: ASYNC110 - Redis has no event
+                    await trio.sleep(0.01)
+            assert (await client.post("/v1/chat/completions", json=chat)).status_code == 200
+            one_day = float(await redis.hget(counter, "window") or 0)
+    assert 0 < one_day < thirty_days
+    await running.stop()
