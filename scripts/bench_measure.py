@@ -14,7 +14,7 @@ import os
 import subprocess
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from bench_systems import (
 )
 
 Figures = dict[str, Any]  # one measurement's figures, as they go into the JSON
-PATH = "/v1/chat/completions"
+PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
 WRK_SCRIPT = SCRIPTS / "bench_wrk.lua"
 
 
@@ -66,6 +66,16 @@ class Plan:
             "bench-short": f"mock-s{self.short_chunks}-i0",
             "bench-fast": f"mock-s{self.fast_chunks}-i0",
             "bench-slow": f"mock-s{self.slow_chunks}-i{self.slow_interval_ms}",
+            **self.translated_models(),
+        }
+
+    def translated_models(self) -> dict[str, str]:
+        """Deployments that do not speak the Responses API (`model_info` says so): the
+        gateway translates `/v1/responses` to chat completions for them, as for every
+        provider but OpenAI's and Azure's."""
+        return {
+            "bench-translated": "bench-model",
+            "bench-translated-short": f"mock-s{self.short_chunks}-i0",
         }
 
 
@@ -76,19 +86,28 @@ class Target:
     port: int
     models: dict[str, str]
     auth: str = MASTER_KEY
+    # The API the requests speak: "chat" completions or the "responses" API.
+    api: str = "chat"
+
+    @property
+    def path(self) -> str:
+        return PATHS[self.api]
 
     def body(self, model: str, *, stream: bool = False) -> bytes:
-        payload: dict[str, object] = {
-            "model": self.models[model],
-            "messages": [{"role": "user", "content": "hi"}],
-        }
-        if stream:
-            payload |= {"stream": True, "stream_options": {"include_usage": True}}
+        payload: dict[str, object] = {"model": self.models[model]}
+        if self.api == "responses":
+            payload |= {"input": "hi", "store": False}
+            if stream:
+                payload["stream"] = True
+        else:
+            payload["messages"] = [{"role": "user", "content": "hi"}]
+            if stream:
+                payload |= {"stream": True, "stream_options": {"include_usage": True}}
         return json.dumps(payload, separators=(",", ":")).encode()
 
     def request(self, model: str, *, stream: bool = False) -> bytes:
         return bench_client.http_request(
-            PATH, self.body(model, stream=stream), self.auth, stream=stream
+            self.path, self.body(model, stream=stream), self.auth, stream=stream
         )
 
 
@@ -146,7 +165,7 @@ def wrk(
         "30s",
         "-s",
         str(WRK_SCRIPT),
-        f"http://127.0.0.1:{target.port}{PATH}",
+        f"http://127.0.0.1:{target.port}{target.path}",
     ]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
     settle(target, model, stream=stream)
@@ -365,6 +384,41 @@ def scenario_c(server: Server, mock: Target, plan: Plan) -> Figures:
         "fast": fast_streams(gateway, plan, plan.workers, plan.duration),
         "slow": slow_streams(server, plan),
     }
+
+
+RESPONSES_CONCURRENCY = 32
+RESPONSES_ROUNDS = 2
+
+
+def scenario_r(gateway: Target, plan: Plan) -> Figures:
+    """(r) The Responses API translated to chat completions at the mock, beside chat
+    completions on the same deployment: non-stream req/s (wrk) and short streams/s (the
+    bench's client, every stream read to its end). Runs alternate, chat then responses,
+    so that drift over the run touches both alike."""
+    responses = replace(gateway, api="responses")
+    figures: dict[str, list[float]] = {key: [] for key in ("chat", "responses")}
+    streams: dict[str, list[float]] = {key: [] for key in ("chat", "responses")}
+    for _ in range(RESPONSES_ROUNDS):
+        for name, target in (("chat", gateway), ("responses", responses)):
+            run = wrk(target, "bench-translated", RESPONSES_CONCURRENCY, plan.duration)
+            figures[name].append(run["rps"])
+            streams[name].append(_streams_per_s(target, plan))
+    result: Figures = {"concurrency": RESPONSES_CONCURRENCY}
+    for name in ("chat", "responses"):
+        result[f"{name}_rps"] = sum(figures[name]) / RESPONSES_ROUNDS
+        result[f"{name}_streams_per_s"] = sum(streams[name]) / RESPONSES_ROUNDS
+    result["rps_ratio"] = result["responses_rps"] / max(result["chat_rps"], 1e-9)
+    result["streams_ratio"] = result["responses_streams_per_s"] / max(
+        result["chat_streams_per_s"], 1e-9
+    )
+    return result
+
+
+def _streams_per_s(target: Target, plan: Plan) -> float:
+    """Short streams (plan.short_chunks chunks) completed per second."""
+    request = target.request("bench-translated-short", stream=True)
+    run = bench_client.closed_loop(target.port, request, RESPONSES_CONCURRENCY, plan.duration)
+    return sum(o.ok for o in run.outcomes) / run.elapsed
 
 
 def throughput(gateway: Target, plan: Plan) -> Figures:

@@ -143,6 +143,26 @@ def build_rows(systems: dict[str, Any], levels: tuple[int, ...], slow_streams: i
         check=_at_least(1.7),
     )
     rows.add("i", "instructions per request (millions)", ("i", "instructions_per_request_m"))
+    rows.add("r", "chat completions req/s (c=32)", ("r", "chat_rps"), higher=True)
+    rows.add("r", "Responses API req/s (c=32)", ("r", "responses_rps"), higher=True)
+    rows.add(
+        "r",
+        "Responses ÷ chat, req/s",
+        ("r", "rps_ratio"),
+        higher=True,
+        target="≥0.8",
+        check=_at_least(0.8),
+    )
+    rows.add("r", "chat short streams/s", ("r", "chat_streams_per_s"), higher=True)
+    rows.add("r", "Responses short streams/s", ("r", "responses_streams_per_s"), higher=True)
+    rows.add(
+        "r",
+        "Responses ÷ chat, streams/s",
+        ("r", "streams_ratio"),
+        higher=True,
+        target="≥0.8",
+        check=_at_least(0.8),
+    )
     return rows.rows
 
 

@@ -80,7 +80,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios",
         default="abcd",
-        help="which of a, b, c, d, i to run (default abcd; b needs a)",
+        help="which of a, b, c, d, i, r to run (default abcd; b needs a)",
     )
     parser.add_argument(
         "--virtual-key",
@@ -105,8 +105,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="the trigate executable to bench (default the project venv's)",
     )
     args = parser.parse_args(argv)
-    if set(args.scenarios) - set("abcdi") or not args.scenarios:
-        parser.error("--scenarios takes letters from abcdi")
+    if set(args.scenarios) - set("abcdir") or not args.scenarios:
+        parser.error("--scenarios takes letters from abcdir")
     if "i" in args.scenarios and not shutil.which("valgrind"):
         parser.error("scenario i needs valgrind (Debian's valgrind package)")
     if args.workers < 1:
@@ -135,9 +135,10 @@ def bench_gateway(
 ) -> dict[str, Any]:
     """Every selected scenario against one gateway."""
     config = workdir / f"{gateway.name}.yaml"
-    write_gateway_config(config, mock.port, plan.upstream_models(), plan.redis)
+    translated = set(plan.translated_models())
+    write_gateway_config(config, mock.port, plan.upstream_models(), translated, plan.redis)
     result: dict[str, Any] = {"version": gateway.version(), "workers": plan.workers}
-    if set(plan.scenarios) & set("abc"):
+    if set(plan.scenarios) & set("abcr"):
         log(f"{gateway.name}: starting with {plan.workers} worker(s)")
         with gateway.run(config, plan.workers, workdir, "abc") as server:
             target = measure.gateway_target(server, plan)
@@ -153,6 +154,9 @@ def bench_gateway(
             if "c" in plan.scenarios:
                 log(f"{gateway.name}: (c) streaming")
                 result["c"] = measure.scenario_c(server, mock, plan)
+            if "r" in plan.scenarios:
+                log(f"{gateway.name}: (r) the Responses API beside chat completions")
+                result["r"] = measure.scenario_r(target, plan)
     if "d" in plan.scenarios:
         result["d"] = scaling(gateway, config, plan, workdir)
     if "i" in plan.scenarios:

@@ -254,10 +254,15 @@ def floor_server(workdir: Path) -> Iterator[Server]:
 
 
 def write_gateway_config(
-    path: Path, mock_port: int, upstream_models: dict[str, str], redis: str | None = None
+    path: Path,
+    mock_port: int,
+    upstream_models: dict[str, str],
+    translated: set[str],
+    redis: str | None = None,
 ) -> None:
-    """One LiteLLM-shaped config.yaml that both gateways read unchanged; with `redis`,
-    limits are shared through it (under a prefix of this run's own)."""
+    """One LiteLLM-shaped config.yaml that both gateways read unchanged. The `translated`
+    model names' deployments do not speak the Responses API (the mock does not). With
+    `redis`, limits are shared through it (under a prefix of this run's own)."""
     config: dict[str, Any] = {
         "model_list": [
             {
@@ -267,6 +272,7 @@ def write_gateway_config(
                     "api_base": f"http://127.0.0.1:{mock_port}/v1",
                     "api_key": UPSTREAM_KEY,
                 },
+                **({"model_info": {"supports_responses_api": False}} if name in translated else {}),
             }
             for name, upstream in upstream_models.items()
         ],

@@ -131,10 +131,12 @@ def build_app(raw_config: dict[str, Any], **gateway_kwargs: Any) -> tuple[QuartT
     return create_app(gateway), gateway
 
 
-async def start_gateway(nursery: trio.Nursery, raw_config: dict[str, Any]) -> RunningGateway:
+async def start_gateway(
+    nursery: trio.Nursery, raw_config: dict[str, Any], **gateway_kwargs: Any
+) -> RunningGateway:
     """The real app under hypercorn on 127.0.0.1:0, running in `nursery`."""
     records = MemoryRecords()
-    app, gateway = build_app(raw_config, records=records)
+    app, gateway = build_app(raw_config, records=records, **gateway_kwargs)
     server = hypercorn_config(gateway.config, Binding("127.0.0.1", 0, workers=1))
     limits = connection_limits(gateway.config, open_files=100_000)
     shutdown, stopped = trio.Event(), trio.Event()

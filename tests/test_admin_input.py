@@ -72,5 +72,5 @@ async def test_null_in_an_update_changes_nothing(nursery: trio.Nursery) -> None:
     await h.admin("/team/new", {"team_id": "t", "models": ["a"], "blocked": True})
     reply = await h.admin("/team/update", {"team_id": "t", "models": None, "blocked": None})
     assert reply.status == 200
-    info = reply.json["team_info"]
+    info = reply.json["data"]
     assert info["models"] == ["a"] and info["blocked"]

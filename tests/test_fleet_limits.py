@@ -176,7 +176,7 @@ async def test_a_team_budget_holds_across_workers_with_reservations(fleet: list[
     await a.settle(0, 0.1)  # cost 0.1 of its 0.4: 0.3 comes free
     b = await fleet[1].admit(who, tokens(0), cost(0.4))
     await b.settle(0, 0.3)
-    with pytest.raises(BudgetExceeded, match=r"spend 0\.400000 \(\+0\.600000 reserved"):
+    with pytest.raises(BudgetExceeded, match=r"Current cost: 0\.400000 \(\+0\.600000 reserved"):
         await fleet[0].admit(who, tokens(0), cost(0.01))
 
 
@@ -190,7 +190,7 @@ async def test_budget_counters_start_from_the_stores_spend(fleet: list[Limits]) 
     await admission.settle(0, 0.01)
     assert await admitted(fleet[1], who, most=0.01)  # 0.96 spent
     fresher = caller({}, {**team, "spend": 0.999999999999})
-    with pytest.raises(BudgetExceeded, match=r"spend 1\.000000"):
+    with pytest.raises(BudgetExceeded, match=r"Current cost: 1\.000000"):
         await fleet[1].admit(fresher, tokens(0), cost(0.0))
 
 
@@ -288,7 +288,7 @@ async def test_what_a_worker_did_while_redis_paused_reaches_it_once(
         await limits.fleet.wait_shared()
     # Spent 0.3 + 0.1, nothing reserved: an admission may reserve the 0.6 left.
     assert await admitted(limits, who, most=0.9)
-    with pytest.raises(BudgetExceeded, match=r"spend 0\.400000 \(\+0\.600000 reserved"):
+    with pytest.raises(BudgetExceeded, match=r"Current cost: 0\.400000 \(\+0\.600000 reserved"):
         await limits.admit(who, tokens(0), cost(0.01))
 
 

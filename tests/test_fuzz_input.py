@@ -399,6 +399,9 @@ ADMIN_POSTS = [
     "/team/update",
     "/team/delete",
     "/user/new",
+    "/model/new",
+    "/model/update",
+    "/model/delete",
 ]
 ADMIN_GETS = [
     "/key/info",
@@ -409,6 +412,8 @@ ADMIN_GETS = [
     "/spend/logs",
     "/global/spend/report",
     "/model/info",
+    "/v1/model/info",
+    "/model_group/info",
     "/v1/models",
     "/models",
     "/health",
@@ -435,6 +440,10 @@ ADMIN_FIELDS = [
     "team_alias",
     "user_email",
     "auto_create_key",
+    "model_name",
+    "litellm_params",
+    "model_info",
+    "id",
 ]
 QUERY_NAMES = [
     "key",
@@ -446,6 +455,8 @@ QUERY_NAMES = [
     "start_date",
     "end_date",
     "return_full_object",
+    "litellm_model_id",
+    "model_group",
 ]
 ADMIN_BODY = st.dictionaries(st.sampled_from(ADMIN_FIELDS), st.none() | JSON | ODD_TEXT, max_size=3)
 QUERY = st.dictionaries(

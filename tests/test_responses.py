@@ -645,3 +645,112 @@ async def test_a_dropped_tool_name_unfit_for_a_header_is_left_out(mock: RunningG
     assert response.status_code == 200
     assert response.headers["x-trigate-dropped-tools"] == "web_search"
     assert "x-injected" not in response.headers
+
+
+async def test_a_native_follow_up_goes_to_the_deployment_holding_its_response(
+    nursery: trio.Nursery,
+) -> None:
+    """Two native deployments in one group: each follow-up of a chain reaches the
+    upstream that made the response it continues, named by id, never the other."""
+    upstreams = [FakeUpstream(), FakeUpstream()]
+    made_by: dict[str, int] = {}
+
+    def answer_from(index: int) -> Any:
+        def answer(request: Any) -> JSONReply:
+            response_id = f"resp_up_{len(made_by)}"
+            made_by[response_id] = index
+            return JSONReply(orjson.dumps({**upstream_response("ok"), "id": response_id}))
+
+        return answer
+
+    entries = []
+    for index, upstream in enumerate(upstreams):
+        await upstream.start(nursery)
+        upstream.handler = answer_from(index)
+        params = {"model": "openai/m", "api_base": upstream.base_url, "api_key": UPSTREAM_KEY}
+        entries.append({"model_name": "gpt-test", "litellm_params": params})
+    config = {"model_list": entries, "router_settings": {"routing_strategy": "round-robin"}}
+    running = await start_gateway(nursery, config)
+    async with sdk(running) as client:
+        for _ in range(4):
+            response = await client.responses.create(model="gpt-test", input="one")
+            for turn in range(3):
+                response = await client.responses.create(
+                    model="gpt-test", input=f"turn {turn}", previous_response_id=response.id
+                )
+    follow_ups = [
+        (index, request.json)
+        for index, upstream in enumerate(upstreams)
+        for request in upstream.requests
+        if "previous_response_id" in request.json
+    ]
+    assert len(follow_ups) == 12
+    for index, body in follow_ups:
+        assert made_by[body["previous_response_id"]] == index
+        assert body["input"].startswith("turn"), "sent by id, not as the whole conversation"
+    assert all(len(upstream.requests) == 8 for upstream in upstreams)
+    await running.stop()
+
+
+async def test_a_native_stream_cut_before_its_final_event_ends_failed(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """The upstream closes after a delta, with no `response.completed`: the client's
+    stream ends with one `response.failed`, and nothing is stored as if complete."""
+    whole = response_events("Half")
+    upstream.handler = lambda request: StreamReply(whole.frames[:-1])
+    running = await native_gateway(nursery, upstream, "openai/upstream-model")
+    async with (
+        sdk(running) as client,
+        client.responses.stream(model="gpt-test", input="hi") as stream,
+    ):
+        events = [event async for event in stream]
+    assert events[-1].type == "response.failed"
+    assert [e.type for e in events].count("response.failed") == 1
+    assert "ended before its final event" in events[-1].response.error.message
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    [record] = await running.records.wait_for(1)
+    assert record.status >= 500 and record.prompt_tokens > 0
+    assert await running.gateway.store.response_chain("resp_upstream_0001", 0.0) == []
+    await running.stop()
+
+
+async def test_deleting_a_native_response_deletes_the_upstreams_copy_first(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    deleted = b'{"id": "resp_upstream_0001", "object": "response.deleted", "deleted": true}'
+    refuse = True
+
+    def handle(request: Any) -> JSONReply:
+        if request.method == "DELETE":
+            if refuse:
+                return JSONReply(b'{"error": {"message": "try later"}}', status=503)
+            return JSONReply(deleted)
+        return JSONReply(orjson.dumps(upstream_response("Stored upstream.")))
+
+    upstream.handler = handle
+    running = await native_gateway(nursery, upstream, "openai/upstream-model")
+    async with sdk(running) as client:
+        created = await client.responses.create(model="gpt-test", input="hi")
+        with pytest.raises(openai.APIStatusError):
+            await client.with_options(max_retries=0).responses.delete(created.id)
+        # The upstream kept it, so the gateway's copy stays for the client to retry.
+        assert (await client.responses.retrieve(created.id)).output_text == "Stored upstream."
+        refuse = False
+        await client.responses.delete(created.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(created.id)
+    deletes = [r for r in upstream.requests if r.method == "DELETE"]
+    assert [r.target for r in deletes] == ["/v1/responses/resp_upstream_0001"] * 2
+    assert all(r.headers.get("authorization") == f"Bearer {UPSTREAM_KEY}" for r in deletes)
+    await running.stop()
+
+
+async def test_a_translated_response_is_deleted_at_the_gateway_only(
+    compat: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Translated", USAGE))
+    async with sdk(compat) as client:
+        created = await client.responses.create(model="gpt-test", input="hi")
+        await client.responses.delete(created.id)
+    assert [r.method for r in upstream.requests] == ["POST"]

@@ -119,6 +119,69 @@ async def test_spend_log_filters(database_url: str) -> None:
     assert ids(await store.spend_logs(SpendFilter(team_id="t2"))) == ["b"]
     assert ids(await store.spend_logs(SpendFilter(user_id="u9"))) == ["c"]
     assert ids(await store.spend_logs(SpendFilter(start=150.0, end=300.0))) == ["b"]
+    assert ids(await store.spend_logs(SpendFilter(request_id="c"))) == ["c"]
+    assert await store.spend_logs(SpendFilter(request_id="nope")) == []
+    await store.close()
+
+
+async def test_spend_totals_group_by_day_team_key_and_model(database_url: str) -> None:
+    store = await Store.open(database_url)
+    await store.insert(
+        "teams", {"team_id": "t1", "team_alias": "ml", "created_at": 0.0, "updated_at": 0.0}
+    )
+    day = 86400.0
+    await store.record_spend(
+        [
+            spend_row("a", 1.0, start_time=10.0),
+            spend_row("b", 2.0, start_time=20.0),
+            spend_row("c", 4.0, start_time=30.0, model_group="other"),
+            spend_row("d", 8.0, start_time=day + 5, team_id=None),
+        ]
+    )
+    totals = await store.spend_totals(SpendFilter(start=0.0, end=2 * day))
+    by = {(t["day"], t["team_id"], t["model_group"]): t for t in totals}
+    assert by["1970-01-01", "t1", "gpt"]["spend"] == 3.0
+    assert by["1970-01-01", "t1", "gpt"]["requests"] == 2
+    assert by["1970-01-01", "t1", "gpt"]["prompt_tokens"] == 20
+    assert by["1970-01-01", "t1", "gpt"]["team_alias"] == "ml"
+    assert by["1970-01-01", "t1", "other"]["spend"] == 4.0
+    assert by["1970-01-02", None, "gpt"]["team_alias"] is None
+    assert len(await store.spend_totals(SpendFilter(start=0.0, end=day))) == 2
+    assert len(await store.spend_totals(SpendFilter(start=0.0, end=2 * day, team_id="t1"))) == 2
+    await store.close()
+
+
+async def test_team_members_and_model_aliases(database_url: str) -> None:
+    store = await Store.open(database_url)
+    await store.insert(
+        "teams",
+        {"team_id": "t1", "model_aliases": {"fast": "gpt"}, "created_at": 0.0, "updated_at": 0.0},
+    )
+    assert (await store.get("teams", "t1"))["model_aliases"] == {"fast": "gpt"}
+    member = {"team_id": "t1", "user_id": "u1", "role": "admin", "created_at": 1.0}
+    await store.add_members([member, {**member, "user_id": "u2", "role": "user"}])
+    with pytest.raises(Conflict):
+        await store.add_members([{**member, "user_id": "u3"}, member])
+    assert [m["user_id"] for m in await store.team_members("t1")] == ["u1", "u2"], (
+        "a batch with a duplicate adds nobody"
+    )
+    assert await store.member_teams("u1") == [{"team_id": "t1", "role": "admin"}]
+    assert await store.set_member_role("t1", "u2", "admin")
+    assert not await store.set_member_role("t1", "nobody", "admin")
+    assert await store.remove_member("t1", "u1")
+    assert not await store.remove_member("t1", "u1")
+    await store.add_members([{**member, "team_id": "t2", "user_id": "u2"}])
+    await store.insert("keys", key_row("h1", team_id="t1"))
+    await store.insert("keys", key_row("h2", user_id="u2"))
+    assert await store.delete_with_keys("teams", ["t1"]) == (1, ["h1"])
+    assert await store.member_teams("u2") == [{"team_id": "t2", "role": "admin"}], (
+        "a deleted team takes its memberships"
+    )
+    await store.insert("users", {"user_id": "u2", "created_at": 0.0, "updated_at": 0.0})
+    assert await store.delete_with_keys("users", ["u2", "u9"]) == (1, ["h2"])
+    assert await store.member_teams("u2") == [] and await store.select("keys", {}) == []
+    with pytest.raises(ValueError, match="own no keys"):
+        await store.delete_with_keys("keys", ["h1"])
     await store.close()
 
 

@@ -73,6 +73,12 @@ class Caller:
     def user_id(self) -> str | None:
         return self.key.get("user_id") if self.key else None
 
+    def model_group(self, requested: str) -> str:
+        """The model group a request naming `requested` goes to: the key's team's
+        `model_aliases` (LiteLLM's) may map the name to another group."""
+        aliases = self.team.get("model_aliases") if self.team else None
+        return aliases.get(requested, requested) if aliases else requested
+
 
 def generate_key() -> str:
     """A fresh key in LiteLLM's `sk-` format, with 256 bits of randomness."""

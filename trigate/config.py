@@ -32,6 +32,7 @@ from trigate.router.settings import RouterSettings
 ENV_PREFIX = "os.environ/"
 DEFAULT_TIMEOUT = 600.0
 DEFAULT_DATABASE_URL = "sqlite:///trigate.db"
+WILDCARD = "*"
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "model_list": [{"model_name": "mock", "litellm_params": {"model": "mock/mock"}}],
@@ -99,6 +100,8 @@ class LiteLLMParams(ProviderParams):
     @classmethod
     def _known_provider(cls, model: str) -> str:
         provider, _, name = model.partition("/")
+        if WILDCARD in provider:
+            return model  # a wildcard deployment's provider comes with each requested name
         if not name:
             raise ValueError(
                 f"expected 'provider/model' with a provider prefix, got {model!r}; "
@@ -127,13 +130,29 @@ class LiteLLMParams(ProviderParams):
 
 
 class ModelEntry(BaseModel):
-    """One `model_list` entry: a deployment serving the alias `model_name`."""
+    """One `model_list` entry: a deployment serving the alias `model_name`. A `*` in
+    `model_name` makes it a wildcard deployment (LiteLLM's): it serves every requested
+    name the pattern matches, each `*` of its `litellm_params.model` replaced by what the
+    pattern's `*`s matched."""
 
     model_config = ConfigDict(extra="allow")
 
     model_name: str = Field(min_length=1)
     litellm_params: LiteLLMParams
     model_info: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _wildcard_only_in_patterns(self) -> ModelEntry:
+        if WILDCARD in self.litellm_params.model and not self.is_wildcard:
+            raise ValueError(
+                f"litellm_params.model {self.litellm_params.model!r} has a `*`, which only a "
+                "wildcard deployment (a `*` in model_name) can fill"
+            )
+        return self
+
+    @property
+    def is_wildcard(self) -> bool:
+        return WILDCARD in self.model_name
 
 
 class GeneralSettings(BaseModel):
@@ -219,6 +238,16 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
     if database_url := environ.get("TRIGATE_DATABASE_URL"):
         config.general_settings.database_url = database_url
     return config
+
+
+def parse_model_entry(raw: dict[str, Any], environ: Mapping[str, str]) -> ModelEntry:
+    """One `model_list` entry from the admin API (`/model/new`), resolved and validated
+    as the config file's are; `ConfigError` names the offending key."""
+    resolved = _resolve_env(raw, environ, "")
+    try:
+        return ModelEntry.model_validate(resolved)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
 
 
 def _read_yaml(path: Path) -> Any:

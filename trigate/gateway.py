@@ -3,8 +3,9 @@
 Everything expensive is built once, at start-up: the token encodings, the
 store, the upstream HTTP client (one connection pool per worker) and each
 deployment's provider adapter. Background work (the spend writer, budget
-window resets, expiry of stored responses, health probes) runs in one nursery
-that `stop` cancels and waits for, so the last spend rows are flushed before the store closes.
+window resets, expiry of stored responses, health probes, the poll for deployments
+other processes added) runs in one nursery that `stop` cancels and waits for, so
+the last spend rows are flushed before the store closes.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from trigate.config import GatewayConfig
 from trigate.errors import secrets
 from trigate.fleet import Fleet
 from trigate.limits import Limits
+from trigate.router.catalog import ModelCatalog
 from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.health import run_health_checks
 from trigate.router.router import Router
+from trigate.sealing import Sealer
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable, TokenCounts, cost
 from trigate.store import OWNERS, Store
@@ -67,8 +70,11 @@ class Gateway:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         records: RecordSink | None = None,
+        config_path: str | None = None,
     ) -> None:
         self.config = config
+        # The deployments served: the file's (`config_path`, re-read on reload) and the store's.
+        self.models = ModelCatalog(config, config_path, Sealer.from_environ(master_key))
         settings = config.router
         self.fleet = Fleet(
             settings.redis, timeout=settings.redis_timeout, prefix=settings.redis_key_prefix
@@ -128,8 +134,7 @@ class Gateway:
         self._ledger = SpendLedger(self._store)
         self._transport = self._transport or self._default_transport()
         prices = await trio.to_thread.run_sync(_shared_prices)
-        groups = ModelGroups.build(self.config, self._transport, self._counter, prices)
-        self._router = Router(groups, self.config.router)
+        self._router = await self.models.start(self._store, self._transport, self._counter, prices)
 
     async def run_background(self, *, task_status: trio.TaskStatus[None]) -> None:
         """The worker's background tasks; run it in the app's nursery."""
@@ -142,6 +147,7 @@ class Gateway:
                     nursery.start_soon(self.ledger.run)
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)
+                    nursery.start_soon(self.models.run)
                     settings = self.config.router
                     if settings.background_health_checks:
                         nursery.start_soon(

@@ -24,6 +24,7 @@ import secrets
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 import trio
@@ -89,7 +90,11 @@ def allows_model(caller: Caller, group: str) -> bool:
 
 
 def _allowed(allowed: list[str], group: str) -> bool:
-    return not allowed or group in allowed or "*" in allowed
+    """An entry may be a pattern, as in LiteLLM: `*` allows every model, `anthropic/*`
+    every model a wildcard deployment serves under that prefix."""
+    if not allowed or group in allowed:
+        return True
+    return any("*" in entry and fnmatchcase(group, entry) for entry in allowed)
 
 
 def requested_output_tokens(body: dict[str, Any]) -> int | None:
@@ -278,9 +283,10 @@ def _budget_exceeded(budget: _Budget, spent: float, reserved: float, now: float)
     in_flight = f" (+{reserved:.6f} reserved by requests in flight)" if reserved > 0 else ""
     reset_at = budget.row.get("budget_reset_at")
     note = f"; it resets in {math.ceil(reset_at - now)} s." if reset_at else "."
+    # LiteLLM's wording leads: clients match on "Budget has been exceeded!".
     return BudgetExceeded(
-        f"This {owner}'s budget is exhausted: spend {spent:.6f}{in_flight} of "
-        f"max_budget {budget.row['max_budget']:.6f}{note}"
+        f"Budget has been exceeded! Current cost: {spent:.6f}{in_flight}, "
+        f"Max budget: {budget.row['max_budget']:.6f} (this {owner}'s){note}"
     )
 
 

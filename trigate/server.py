@@ -1,5 +1,7 @@
 """Serving: the gateway in one process, or in several under a supervisor.
 
+SIGINT and SIGTERM stop a worker gracefully; SIGHUP reloads its config file.
+
 With one worker, the gateway serves in this process. With `--workers N`, this
 process becomes the supervisor (`trigate.supervisor`) of N worker processes
 (`trigate.worker`) sharing its listening socket. Workers build their gateway
@@ -10,6 +12,7 @@ file fails once, clearly.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import ipaddress
 import logging
@@ -24,7 +27,7 @@ from hypercorn.config import Config as HypercornConfig
 from quart_trio import QuartTrio
 
 from trigate.api import create_app
-from trigate.config import GatewayConfig, load_config
+from trigate.config import ConfigError, GatewayConfig, load_config
 from trigate.gateway import Gateway
 from trigate.serving import ConnectionLimits, listening_sockets, raise_open_file_limit, serve
 from trigate.supervisor import Supervisor
@@ -118,6 +121,9 @@ def run_worker(sockets: list[socket.socket], supervisor_pipe: int | None = None)
     """Serve in this process until SIGINT or SIGTERM (or, under a supervisor, until the
     supervisor is gone), then drain."""
     configure_logging()
+    # A reload asked for while the worker starts is not its death: SIGHUP's default would
+    # be. The file is read at start-up anyway; from serving on, SIGHUP reloads it.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     open_files = raise_open_file_limit()
     app, gateway = worker_app()
     limits = connection_limits(gateway.config, open_files)
@@ -131,11 +137,15 @@ async def _serve_until_stopped(
     sockets: list[socket.socket],
     supervisor_pipe: int | None,
 ) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with (
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        trio.open_signal_receiver(signal.SIGHUP) as hangups,
+    ):
 
         async def stop_requested() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_first_signal, signals, nursery.cancel_scope)
+                nursery.start_soon(_reload_on_hangup, hangups, gateway)
                 if supervisor_pipe is not None:
                     nursery.start_soon(_pipe_closed, supervisor_pipe, nursery.cancel_scope)
 
@@ -155,6 +165,13 @@ async def _first_signal(signals: AsyncIterator[int], done: trio.CancelScope) -> 
         return
 
 
+async def _reload_on_hangup(hangups: AsyncIterator[int], gateway: Gateway) -> None:
+    """SIGHUP reloads the config file; a bad one is logged and changes nothing."""
+    async for _ in hangups:
+        with contextlib.suppress(ConfigError):
+            await gateway.models.reload()
+
+
 async def _pipe_closed(fd: int, done: trio.CancelScope) -> None:
     """The supervisor holds the pipe's other end: end-of-file means it has died."""
     await trio.lowlevel.wait_readable(fd)
@@ -168,7 +185,7 @@ def worker_app() -> tuple[QuartTrio, Gateway]:
     if not master_key:
         raise StartupError("no master key reached the worker (TRIGATE_MASTER_KEY is unset)")
     gc.set_threshold(*GC_THRESHOLDS)
-    gateway = Gateway(config, master_key)
+    gateway = Gateway(config, master_key, config_path=os.environ.get("TRIGATE_CONFIG"))
     app = create_app(gateway)
     app.before_serving(freeze_startup_heap)
     return app, gateway

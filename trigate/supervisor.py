@@ -11,6 +11,7 @@ streams and losing their spend rows. Here:
   and each finishes its streams (up to `graceful_timeout`) and flushes its
   spend ledger before it exits. Only a worker still running well past that is
   killed.
+- SIGHUP is passed on to every worker, and each reloads the config file.
 - Workers watch a pipe whose other end only the supervisor holds, so if the
   supervisor is killed outright they drain and exit rather than run orphaned.
 """
@@ -53,17 +54,28 @@ class Supervisor:
         # The read end goes to every worker; the write end stays here, and closes with us.
         pipe_read, pipe_write = os.pipe()
         try:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            stops = (signal.SIGINT, signal.SIGTERM)
+            with trio.open_signal_receiver(*stops, signal.SIGHUP) as signals:
                 async with trio.open_nursery() as nursery:
                     for slot in range(self._workers):
                         nursery.start_soon(self._keep_serving, slot, pipe_read)
                     async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            self._reload()
+                            continue
                         self._stop(signal.Signals(signum).name, nursery)
                         break
         finally:
             os.close(pipe_read)
             os.close(pipe_write)
         return 1 if self._failed else 0
+
+    def _reload(self) -> None:
+        """Each worker reloads the config file itself, and reports a bad one itself."""
+        logger.info("SIGHUP: reloading the config in %d workers", len(self._processes))
+        for process in self._processes.values():
+            if process.returncode is None:
+                process.send_signal(signal.SIGHUP)
 
     def _stop(self, reason: str, nursery: trio.Nursery) -> None:
         logger.info("%s: draining %d workers", reason, len(self._processes))

@@ -6,7 +6,7 @@ Routes come in two conventions, on purpose, one for each server. The proxied cal
 served on raw ASGI by `ModelAPI`, without Quart's per-request machinery (see
 `model_api`): their modules' `routes(gateway)` return a map from path to `Route` for it
 to dispatch on.
-Every other module (`models`, `health`, `keys`, `teams`, `spend`) needs Quart's
+Every other module (`models`, `model_admin`, `health`, `keys`, `teams`, `spend`) needs Quart's
 request and URL map, and its `register(app, gateway)` adds its routes to the app;
 `responses` has both: `POST /v1/responses` is a proxied call, reading and deleting a
 stored response are Quart's.
@@ -25,6 +25,7 @@ from trigate.api import (
     health,
     keys,
     messages,
+    model_admin,
     models,
     responses,
     spend,
@@ -55,7 +56,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         await app.nursery.start(gateway.run_background)
 
     # Quart's routes, then the model API's in front of them: two conventions, see above.
-    for module in (models, health, keys, teams, spend, responses):
+    for module in (models, model_admin, health, keys, teams, spend, responses):
         module.register(app, gateway)
     _register_error_handlers(app)
     model_routes: dict[str, Route] = {}

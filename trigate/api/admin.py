@@ -1,8 +1,10 @@
-"""What the admin endpoints share: master-key access, body validation, row shaping.
+"""What the admin endpoints share: who may call them, body validation, row shaping.
 
 The admin API keeps LiteLLM's paths and field names so that scripts and UIs
 written for LiteLLM's proxy keep working. Unknown fields are ignored, as
-LiteLLM's own clients send many.
+LiteLLM's own clients send many. Everything that writes needs the master key
+(a team's admin may manage that team's members); a virtual key may read its
+own key, its user and its team, as LiteLLM lets it.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from quart import request
 
 from trigate.api.jsonio import json_body
-from trigate.auth import hash_key
+from trigate.auth import Caller, hash_key
 from trigate.clock import wall_time
 from trigate.durations import parse_duration
-from trigate.errors import InvalidRequest, NotFound
+from trigate.errors import GatewayError, InvalidRequest, NotFound
 from trigate.gateway import Gateway
 from trigate.store import OWNER_OF_KIND, Row
 
@@ -45,19 +47,39 @@ class Limits(BaseModel):
     budget_duration: Duration = None
     rpm_limit: int | None = Field(default=None, ge=0)
     tpm_limit: int | None = Field(default=None, ge=0)
-    max_parallel_requests: int | None = Field(default=None, ge=1)
+    # 0 is LiteLLM's too: every request of the key (or team) is refused with 429.
+    max_parallel_requests: int | None = Field(default=None, ge=0)
     metadata: dict[str, Any] | None = None
     blocked: bool | None = None
 
 
+class NotPermitted(GatewayError):
+    """A virtual key asking for what is not its own: LiteLLM's 403."""
+
+    status = 403
+    type = "permission_error"
+    code = "not_allowed"
+
+
 async def admin_body(gateway: Gateway, model: type[M]) -> M:
     """Authenticate the master key, then validate the JSON body against `model`."""
-    gateway.auth.require_master(await gateway.auth.authenticate(request.headers))
+    await require_master(gateway)
     return validated(model, await json_body())
 
 
 async def require_master(gateway: Gateway) -> None:
-    gateway.auth.require_master(await gateway.auth.authenticate(request.headers))
+    gateway.auth.require_master(await authenticated(gateway))
+
+
+async def authenticated(gateway: Gateway) -> Caller:
+    return await gateway.auth.authenticate(request.headers)
+
+
+def permit(caller: Caller, own: bool, what: str) -> None:
+    """The master key reads anything; a virtual key only what is its own. Checked before
+    any lookup, so that a refusal never tells whether someone else's object exists."""
+    if not (caller.is_master or own):
+        raise NotPermitted(f"A virtual key may read only its own {what}.")
 
 
 def validated(model: type[M], body: dict[str, Any]) -> M:
@@ -67,7 +89,9 @@ def validated(model: type[M], body: dict[str, Any]) -> M:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or None
         message = first["msg"].removeprefix("Value error, ")
-        raise InvalidRequest(f"`{where}`: {message}", param=where) from None
+        # A check of the whole body (a model validator) names its fields itself.
+        text = f"`{where}`: {message}" if where else message[:1].upper() + message[1:] + "."
+        raise InvalidRequest(text, param=where) from None
 
 
 # Fields with a value always (an empty list or object, false): a null sent for one of

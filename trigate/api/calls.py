@@ -33,6 +33,7 @@ from trigate.errors import (
 from trigate.gateway import Gateway
 from trigate.limits import (
     Admission,
+    ModelNotAllowed,
     allows_model,
     check_model,
     requested_output_tokens,
@@ -119,7 +120,9 @@ class Surface:
     client's own body instead (`body(deployment)`: a follow-up may need another body
     for another deployment), and its answer goes back as it came. `untranslatable`
     says why a body that only a native deployment can take cannot go to any other.
-    `finished`, when given, hears how a relayed stream ended, after its record."""
+    `finished`, when given, hears how a relayed stream ended, after its record.
+    `preferred` names the deployment to take while it is available: the one whose
+    upstream holds what the request continues."""
 
     answer: Callable[[dict[str, Any]], bytes]
     # Given whether the stream is native (its events already in the surface's API).
@@ -128,6 +131,7 @@ class Surface:
     native: Operation[Any] | None
     untranslatable: InvalidRequest | None = None
     finished: Callable[[StreamOutcome], Awaitable[None]] | None = None
+    preferred: str | None = None
 
 
 async def proxy_request(
@@ -147,6 +151,17 @@ async def proxy_request(
     if body.get("stream") and operation.open_stream:
         return await call.stream()
     return await call.complete()
+
+
+def check_access(caller: Caller, requested: str, group: str) -> None:
+    """The key's, team's and user's `models` must allow the model asked for. A name the
+    team aliases to a model group passes when they all allow the alias, or all allow
+    the group; a refusal names what the client asked for."""
+    try:
+        check_model(caller, requested)
+    except ModelNotAllowed:
+        if requested == group or not allows_model(caller, group):
+            raise
 
 
 def require_model(body: dict[str, Any]) -> str:
@@ -378,9 +393,11 @@ class ProxiedCall(Generic[A]):
         self.caller = caller
         self.body = body
         self.fallbacks = fallbacks
+        self.requested = group
+        group = caller.model_group(group)
         # An unknown model is a 404 before anything about it reaches the response headers.
         model = gateway.groups.deployments(group)[0].upstream_model
-        self.progress = RouteProgress(group)
+        self.progress = RouteProgress(group, preferred=surface.preferred if surface else None)
         context.route = self.progress
         self.meter = UsageMeter(gateway.counter, model, body)
         self.ttft: float | None = None
@@ -392,7 +409,7 @@ class ProxiedCall(Generic[A]):
         if self.caller.is_master:
             return
         try:
-            check_model(self.caller, self.progress.model_group)
+            check_access(self.caller, self.requested, self.progress.model_group)
             for fallback in self.fallbacks or ():
                 check_model(self.caller, fallback, param="fallbacks")
             self.admission = await self.gateway.limits.admit(

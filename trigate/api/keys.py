@@ -1,7 +1,8 @@
-"""`/key/*`: LiteLLM's virtual-key management, for the master key only.
+"""`/key/*`: LiteLLM's virtual-key management, for the master key; a virtual key may
+read its own `/key/info`.
 
 A key is shown once, when it is generated or regenerated; the store holds
-only its SHA-256, which doubles as its `token` for later calls.
+only its SHA-256, which doubles as its `token` (and `token_id`) for later calls.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from trigate.api.admin import (
     Duration,
     Limits,
     admin_body,
+    authenticated,
     created_fields,
     limit_fields,
     not_found,
+    permit,
     query_arg,
     require_master,
     shaped,
@@ -68,20 +71,22 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         body = await admin_body(gateway, GenerateKey)
         key = body.key or generate_key()
         row = {**created_fields(body), **_key_fields(body), **key_identity(key)}
-        await _check_owners(gateway, row)
+        await _check_team(gateway, row)
         await _insert_unique(gateway, row)
-        return json_response(_generated(key, row))
+        return json_response(_generated(key, await _row(gateway, row["token_hash"])))
 
     @app.post("/key/update")
     async def update() -> Response:
         body = await admin_body(gateway, NamedKey)
         token = token_hash_of(body.key)
         fields = {**limit_fields(body), **_key_fields(body)}
-        await _check_owners(gateway, fields)
+        await _check_team(gateway, fields)
         if not await gateway.store.update("keys", token, {**fields, "updated_at": wall_time()}):
             raise not_found("key", key_name(body.key))
         gateway.auth.forget("keys", token)
-        return json_response(await _info(gateway, token))
+        # LiteLLM's answer, the key's fields at the top level; `key` is its token, never
+        # the key itself (LiteLLM echoes what it was sent).
+        return json_response({**key_shape(await _row(gateway, token)), "key": token})
 
     @app.post("/key/delete")
     async def delete() -> Response:
@@ -103,11 +108,16 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get("/key/info")
     async def info() -> Response:
-        await require_master(gateway)
+        caller = await authenticated(gateway)
         key = query_arg("key")
-        if key is None:
+        # Without `?key=`, a virtual key reads itself, as in LiteLLM.
+        token = token_hash_of(key) if key is not None else caller.key_hash
+        if token is None:
             raise InvalidRequest("Pass the key (or its token) as `?key=`.", param="key")
-        return json_response(await _info(gateway, token_hash_of(key)))
+        permit(caller, token == caller.key_hash, "/key/info")
+        info = key_shape(await _row(gateway, token))
+        del info["token"]  # LiteLLM leaves the hash out of /key/info
+        return json_response({"key": token, "info": info})
 
     @app.get("/key/list")
     async def list_keys() -> Response:
@@ -115,7 +125,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         where = {c: v for c in ("team_id", "user_id", "key_alias") if (v := query_arg(c))}
         rows = await gateway.store.select("keys", where, limit=10_000)
         full = query_arg("return_full_object") in ("true", "1")
-        keys: list[Any] = [shaped(row) for row in rows] if full else [r["token_hash"] for r in rows]
+        keys: list[Any] = [key_shape(r) for r in rows] if full else [r["token_hash"] for r in rows]
         return json_response({"keys": keys, "total_count": len(keys)})
 
     @app.post("/key/regenerate")
@@ -151,7 +161,7 @@ def _blocker(gateway: Gateway, blocked: bool) -> Any:
         ):
             raise not_found("key", key_name(body.key))
         gateway.auth.forget("keys", token)
-        return json_response(await _info(gateway, token))
+        return json_response(key_shape(await _row(gateway, token)))
 
     return set_blocked
 
@@ -172,11 +182,11 @@ def _key_fields(body: KeySettings) -> dict[str, Any]:
     return fields
 
 
-async def _check_owners(gateway: Gateway, fields: dict[str, Any]) -> None:
+async def _check_team(gateway: Gateway, fields: dict[str, Any]) -> None:
+    """A key's team must exist. Its user need not, as in LiteLLM, whose `/key/generate`
+    creates no user: a user made later with that `user_id` binds the key from then on."""
     if fields.get("team_id") and await gateway.store.get("teams", fields["team_id"]) is None:
         raise not_found("team", fields["team_id"])
-    if fields.get("user_id") and await gateway.store.get("users", fields["user_id"]) is None:
-        raise not_found("user", fields["user_id"])
 
 
 async def _insert_unique(gateway: Gateway, row: dict[str, Any]) -> None:
@@ -188,13 +198,21 @@ async def _insert_unique(gateway: Gateway, row: dict[str, Any]) -> None:
     await gateway.store.insert("keys", row)
 
 
-async def _info(gateway: Gateway, token: str) -> dict[str, Any]:
+async def _row(gateway: Gateway, token: str) -> dict[str, Any]:
     row = await gateway.store.get("keys", token)
     if row is None:
         raise not_found("key", token[:12])
-    return {"key": token, "info": shaped(row)}
+    return row
+
+
+def key_shape(row: dict[str, Any]) -> dict[str, Any]:
+    """A key as LiteLLM shows it: its hash as `token`, never the key itself."""
+    shown = shaped(row)
+    shown["token"] = shown.pop("token_hash")
+    return shown
 
 
 def _generated(key: str, row: dict[str, Any]) -> dict[str, Any]:
-    """The one response that shows the key itself."""
-    return {**shaped(row), "key": key, "token": row["token_hash"]}
+    """The one response that shows the key itself; `token_id` is LiteLLM's name for the
+    hash that later calls may name the key by."""
+    return {**key_shape(row), "key": key, "token_id": row["token_hash"]}

@@ -26,6 +26,7 @@ from trigate.api.calls import (
     Operation,
     ProxiedCall,
     Surface,
+    check_access,
     check_nesting,
     check_stream_fields,
     check_tool_fields,
@@ -37,7 +38,6 @@ from trigate.api.jsonio import parse_json_object
 from trigate.api.model_api import Incoming, Reply, Route
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.gateway import Gateway
-from trigate.limits import check_model
 from trigate.providers import NativeMessages
 from trigate.usage import UsageMeter
 
@@ -116,9 +116,10 @@ async def _count_tokens(gateway: Gateway, incoming: Incoming) -> Reply:
     caller = await gateway.auth.authenticate(incoming.headers)
     body = parse_json_object(incoming.take_body())
     model = validate(body)
+    group = caller.model_group(model)
     if not caller.is_master:
-        check_model(caller, model)
-    upstream_model = gateway.groups.deployments(model)[0].upstream_model
+        check_access(caller, model, group)
+    upstream_model = gateway.groups.deployments(group)[0].upstream_model
     chat = to_chat_request(body)
     check_tool_fields(chat)
     meter = UsageMeter(gateway.counter, upstream_model, chat)

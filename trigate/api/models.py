@@ -1,15 +1,19 @@
-"""`GET /v1/models`: the model groups this gateway serves, in OpenAI's list format."""
+"""`GET /v1/models`: the model groups this gateway serves (and the aliases not hidden),
+in OpenAI's list format, with their token limits where known."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from trigate.api.jsonio import json_response
+from trigate.errors import GatewayError
 from trigate.gateway import Gateway
 from trigate.limits import allows_model
+from trigate.router.deployments import ModelGroups
 
 
 def register(app: QuartTrio, gateway: Gateway) -> None:
@@ -19,13 +23,34 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.get("/models")
     async def list_models() -> Response:
         caller = await gateway.auth.authenticate(request.headers)
+        groups = gateway.groups
         return json_response(
             {
                 "object": "list",
                 "data": [
-                    {"id": name, "object": "model", "created": created, "owned_by": "trigate"}
-                    for name in gateway.groups.names
+                    _listed(name, groups, created)
+                    for name in groups.listed()
                     if allows_model(caller, name)
                 ],
             }
         )
+
+
+def _listed(name: str, groups: ModelGroups, created: int) -> dict[str, Any]:
+    """A model group in OpenAI's list, with the context window and output limit every one
+    of its deployments can take, where they are known."""
+    model: dict[str, Any] = {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "trigate",
+    }
+    try:
+        deployments = groups.deployments(name)
+    except GatewayError:  # an alias of a name its wildcard cannot route: listed, unknown limits
+        return model
+    for limit in ("max_input_tokens", "max_output_tokens"):
+        known = [value for d in deployments if (value := getattr(d, limit)) is not None]
+        if known and len(known) == len(deployments):
+            model[limit] = min(known)
+    return model

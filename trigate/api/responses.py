@@ -55,7 +55,7 @@ from trigate.api.responses_format import (
 )
 from trigate.auth import Caller
 from trigate.clock import wall_time
-from trigate.errors import InvalidRequest, NotFound
+from trigate.errors import Failure, InvalidRequest, NotFound, UpstreamError
 from trigate.gateway import Gateway
 from trigate.providers import NativeResponses
 from trigate.relay import StreamOutcome
@@ -98,7 +98,8 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.delete("/v1/responses/<response_id>")
     @app.delete("/responses/<response_id>")
     async def delete_response(response_id: str) -> Response:
-        await _visible(gateway, response_id)
+        row = await _visible(gateway, response_id)
+        await _delete_upstream_copy(gateway, row)
         await gateway.store.delete_response(response_id)
         return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
@@ -136,6 +137,7 @@ async def _create(gateway: Gateway, incoming: Incoming) -> Reply:
         native=NATIVE_RESPONSES,
         untranslatable=translated.failure,
         finished=exchange.finished,
+        preferred=_holder(chain),
     )
     call = ProxiedCall(gateway, context, caller, model, translated.chat, fallbacks, CHAT, surface)
     await call.admit()
@@ -182,6 +184,28 @@ def _native_body(
     earlier = [_without_id(item) for item in history]
     native = {key: value for key, value in body.items() if key != "previous_response_id"}
     return {**native, "input": [*earlier, *input_items(body)]}
+
+
+async def _delete_upstream_copy(gateway: Gateway, row: Row) -> None:
+    """A response a native upstream made is stored there too: delete it there first, so
+    that a failure leaves the gateway's copy for the client to retry. An upstream that
+    no longer has it (404), or a deployment no longer configured, has nothing to delete."""
+    if not row["native"]:
+        return
+    holder = next((d for d in gateway.groups.all() if d.id == row["deployment"]), None)
+    if holder is None or holder.abilities.responses is None:
+        return
+    try:
+        await holder.abilities.responses.delete_response(row["response_id"])
+    except UpstreamError as error:
+        if error.kind != Failure.NOT_FOUND:
+            raise
+
+
+def _holder(chain: list[Row]) -> str | None:
+    """The deployment whose upstream holds the response a follow-up continues; sent
+    there, the follow-up names it instead of carrying the whole conversation."""
+    return chain[0]["deployment"] if chain and chain[0]["native"] else None
 
 
 def _without_id(item: Any) -> Any:

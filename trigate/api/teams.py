@@ -1,36 +1,69 @@
-"""`/team/*` and `/user/*`: LiteLLM's teams and users, whose limits bind their keys."""
+"""`/team/*` and `/user/*`: LiteLLM's teams and users, whose limits bind their keys.
+
+A team has members (`members_with_roles`), each a user with the role `admin` or
+`user`. A team's admin (a key whose user is an `admin` member) may add, remove
+and re-role the team's members; every other write needs the master key. A
+virtual key may read its own team (its key's, or one its user is a member of)
+and its own user.
+"""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from quart import Response
 from quart_trio import QuartTrio
 
 from trigate.api.admin import (
     Limits,
+    NotPermitted,
     admin_body,
+    authenticated,
     created_fields,
     insert_new,
     limit_fields,
     not_found,
+    permit,
     query_arg,
     require_master,
     shaped,
+    validated,
 )
-from trigate.api.jsonio import json_response
-from trigate.api.keys import key_identity
-from trigate.auth import generate_key
+from trigate.api.jsonio import json_body, json_response
+from trigate.api.keys import key_identity, key_shape
+from trigate.auth import Caller, generate_key
 from trigate.clock import wall_time
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
+from trigate.store import Row
+
+
+class Member(BaseModel):
+    """LiteLLM's team member: a user named by id or by email, with a role."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["admin", "user"] = "user"
+    user_id: str | None = None
+    user_email: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> Member:
+        if self.user_id is None and self.user_email is None:
+            raise ValueError("a member needs a `user_id` or a `user_email`")
+        return self
 
 
 class TeamSettings(Limits):
     team_id: str | None = None
     team_alias: str | None = None
+    model_aliases: dict[str, str] | None = None
+
+
+class NewTeam(TeamSettings):
+    members_with_roles: list[Member] = Field(default_factory=list)
 
 
 class NamedTeam(TeamSettings):
@@ -41,6 +74,47 @@ class DeleteTeams(Limits):
     team_ids: list[str] = Field(min_length=1)
 
 
+class MemberChange(BaseModel):
+    """What `/team/member_*` share: the team, and no per-member budget or limits, which
+    trigate does not keep (a member's user and keys carry their own)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    team_id: str
+    max_budget_in_team: float | None = None
+    tpm_limit: int | None = None
+    rpm_limit: int | None = None
+
+    @model_validator(mode="after")
+    def _no_member_limits(self) -> MemberChange:
+        for name in ("max_budget_in_team", "tpm_limit", "rpm_limit"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"`{name}`: trigate keeps no per-member budget or limits; "
+                    "set them on the member's user or keys"
+                )
+        return self
+
+
+class AddMembers(MemberChange):
+    member: Member | list[Member]
+
+
+class NamedMember(MemberChange):
+    user_id: str | None = None
+    user_email: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> NamedMember:
+        if self.user_id is None and self.user_email is None:
+            raise ValueError("Either `user_id` or `user_email` needs to be passed in")
+        return self
+
+
+class UpdateMember(NamedMember):
+    role: Literal["admin", "user"] | None = None
+
+
 class UserSettings(Limits):
     user_id: str | None = None
     user_email: str | None = None
@@ -48,17 +122,39 @@ class UserSettings(Limits):
     auto_create_key: bool = True
 
 
+class UpdateUser(Limits):
+    """LiteLLM's `/user/update`: the user by id, else the first with that email."""
+
+    user_id: str | None = None
+    user_email: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> UpdateUser:
+        if self.user_id is None and self.user_email is None:
+            raise ValueError("Either `user_id` or `user_email` must be provided")
+        return self
+
+
+class DeleteUsers(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    user_ids: list[str] = Field(min_length=1)
+
+
 def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.post("/team/new")
     async def new_team() -> Response:
-        body = await admin_body(gateway, TeamSettings)
+        body = await admin_body(gateway, NewTeam)
+        _check_unique(body.members_with_roles)
         row = {
             **created_fields(body),
             "team_id": body.team_id or str(uuid.uuid4()),
             "team_alias": body.team_alias,
+            "model_aliases": body.model_aliases or {},
         }
         await insert_new(gateway, "teams", row)
-        return json_response(shaped(row))
+        await _add_members(gateway, row["team_id"], body.members_with_roles)
+        return json_response(await _team_shape(gateway, row["team_id"]))
 
     @app.post("/team/update")
     async def update_team() -> Response:
@@ -66,17 +162,22 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         fields = limit_fields(body)
         if "team_alias" in body.model_fields_set:
             fields["team_alias"] = body.team_alias
+        # A null, as LiteLLM's clients send for fields they leave alone, changes nothing.
+        if body.model_aliases is not None:
+            fields["model_aliases"] = body.model_aliases
         if not await gateway.store.update(
             "teams", body.team_id, {**fields, "updated_at": wall_time()}
         ):
             raise not_found("team", body.team_id)
         gateway.auth.forget("teams", body.team_id)
-        return json_response(await _team_info(gateway, body.team_id))
+        return json_response(
+            {"team_id": body.team_id, "data": await _team_shape(gateway, body.team_id)}
+        )
 
     @app.post("/team/delete")
     async def delete_team() -> Response:
         body = await admin_body(gateway, DeleteTeams)
-        deleted, keys = await gateway.store.delete_teams(body.team_ids)
+        deleted, keys = await gateway.store.delete_with_keys("teams", body.team_ids)
         for team_id in body.team_ids:
             gateway.auth.forget("teams", team_id)
         for token in keys:
@@ -87,16 +188,58 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get("/team/info")
     async def team_info() -> Response:
-        await require_master(gateway)
-        team_id = query_arg("team_id")
+        caller = await authenticated(gateway)
+        # Without `?team_id=`, a key reads its own team, as in LiteLLM.
+        team_id = query_arg("team_id") or caller.team_id
         if team_id is None:
             raise InvalidRequest("Pass `?team_id=`.", param="team_id")
+        permit(caller, await _in_team(gateway, caller, team_id), "team's /team/info")
         return json_response(await _team_info(gateway, team_id))
 
     @app.get("/team/list")
     async def list_teams() -> Response:
         await require_master(gateway)
-        return json_response([shaped(row) for row in await gateway.store.select("teams", {})])
+        rows = await gateway.store.select("teams", {})
+        return json_response([await _with_members(gateway, row) for row in rows])
+
+    @app.post("/team/member_add")
+    async def member_add() -> Response:
+        body = await _team_admin_body(gateway, AddMembers)
+        members = body.member if isinstance(body.member, list) else [body.member]
+        if await gateway.store.get("teams", body.team_id) is None:
+            raise not_found("team", body.team_id)
+        _check_unique(members)
+        present = {m["user_id"] for m in await gateway.store.team_members(body.team_id)}
+        users = await _add_members(gateway, body.team_id, members, present)
+        team = await _team_shape(gateway, body.team_id)
+        return json_response(
+            {**team, "updated_users": [shaped(u) for u in users], "updated_team_memberships": []}
+        )
+
+    @app.post("/team/member_delete")
+    async def member_delete() -> Response:
+        body = await _team_admin_body(gateway, NamedMember)
+        user_id = await _member_id(gateway, body)
+        if not await gateway.store.remove_member(body.team_id, user_id):
+            raise InvalidRequest("User not found in team.", param="user_id")
+        return json_response(await _team_shape(gateway, body.team_id))
+
+    @app.post("/team/member_update")
+    async def member_update() -> Response:
+        body = await _team_admin_body(gateway, UpdateMember)
+        user_id = await _member_id(gateway, body)
+        if body.role is not None:
+            await gateway.store.set_member_role(body.team_id, user_id, body.role)
+        return json_response(
+            {
+                "team_id": body.team_id,
+                "user_id": user_id,
+                "user_email": body.user_email,
+                "max_budget_in_team": None,
+                "tpm_limit": None,
+                "rpm_limit": None,
+            }
+        )
 
     @app.post("/user/new")
     async def new_user() -> Response:
@@ -107,6 +250,8 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "user_email": body.user_email,
         }
         await insert_new(gateway, "users", row)
+        # Keys naming this user before it existed bind to it at once in this process.
+        gateway.auth.forget("users", row["user_id"])
         answer = shaped(row)
         if body.auto_create_key:
             key = generate_key()
@@ -119,24 +264,176 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             answer |= {"key": key, "token": identity["token_hash"]}
         return json_response(answer)
 
+    @app.post("/user/update")
+    async def update_user() -> Response:
+        body = await admin_body(gateway, UpdateUser)
+        user_id = body.user_id or await _user_by_email(gateway, body.user_email)
+        fields = limit_fields(body)
+        if body.user_id is not None and body.user_email is not None:
+            fields["user_email"] = body.user_email
+        if not await gateway.store.update("users", user_id, {**fields, "updated_at": wall_time()}):
+            raise not_found("user", user_id)
+        gateway.auth.forget("users", user_id)
+        row = await gateway.store.get("users", user_id)
+        if row is None:  # deleted since
+            raise not_found("user", user_id)
+        return json_response({"user_id": user_id, "data": shaped(row)})
+
+    @app.post("/user/delete")
+    async def delete_user() -> Response:
+        body = await admin_body(gateway, DeleteUsers)
+        deleted, keys = await gateway.store.delete_with_keys("users", body.user_ids)
+        for user_id in body.user_ids:
+            gateway.auth.forget("users", user_id)
+        for token in keys:
+            gateway.auth.forget("keys", token)
+        return json_response(
+            {"deleted_users": body.user_ids, "count": deleted, "deleted_keys": keys}
+        )
+
     @app.get("/user/info")
     async def user_info() -> Response:
-        await require_master(gateway)
-        user_id = query_arg("user_id")
+        caller = await authenticated(gateway)
+        # Without `?user_id=`, a key reads its own user, as in LiteLLM.
+        user_id = query_arg("user_id") or caller.user_id
         if user_id is None:
             raise InvalidRequest("Pass `?user_id=`.", param="user_id")
+        permit(caller, user_id == caller.user_id, "user's /user/info")
         row = await gateway.store.get("users", user_id)
         if row is None:
             raise not_found("user", user_id)
         keys = await gateway.store.select("keys", {"user_id": user_id})
+        teams = []
+        for membership in await gateway.store.member_teams(user_id):
+            team = await gateway.store.get("teams", membership["team_id"])
+            if team is not None:
+                teams.append(await _with_members(gateway, team))
+        info = {**shaped(row), "teams": [team["team_id"] for team in teams]}
         return json_response(
-            {"user_id": user_id, "user_info": shaped(row), "keys": [shaped(k) for k in keys]}
+            {
+                "user_id": user_id,
+                "user_info": info,
+                "keys": [key_shape(k) for k in keys],
+                "teams": teams,
+            }
         )
 
 
-async def _team_info(gateway: Gateway, team_id: str) -> dict[str, Any]:
+C = TypeVar("C", bound=MemberChange)
+
+
+async def _team_admin_body(gateway: Gateway, model: type[C]) -> C:
+    """The body of a `/team/member_*` call, from the master key or the team's admin.
+    The body names the team, so it is read before the caller's right to it is checked."""
+    caller = await authenticated(gateway)
+    body = validated(model, await json_body())
+    if not caller.is_master and not await _is_team_admin(gateway, caller, body.team_id):
+        raise NotPermitted("Only the master key or an admin of this team may change its members.")
+    return body
+
+
+async def _is_team_admin(gateway: Gateway, caller: Caller, team_id: str) -> bool:
+    if caller.user_id is None:
+        return False
+    members = await gateway.store.team_members(team_id)
+    return any(m["user_id"] == caller.user_id and m["role"] == "admin" for m in members)
+
+
+async def _in_team(gateway: Gateway, caller: Caller, team_id: str) -> bool:
+    """Whether a team is the caller's own: its key's team, or one its user is in."""
+    if caller.is_master or caller.team_id == team_id:
+        return True
+    if caller.user_id is None:
+        return False
+    return any(m["user_id"] == caller.user_id for m in await gateway.store.team_members(team_id))
+
+
+def _check_unique(members: list[Member]) -> None:
+    named = [m.user_id or m.user_email for m in members]
+    if len(set(named)) != len(named):
+        raise InvalidRequest("A member is named twice.", param="member")
+
+
+async def _add_members(
+    gateway: Gateway, team_id: str, members: list[Member], present: set[str] | None = None
+) -> list[Row]:
+    """Make each member's user as LiteLLM does (a user named only by email is found by
+    it, or made with a fresh id), then add the memberships in one transaction. Returns
+    the members' user rows."""
+    now = wall_time()
+    users, rows = [], []
+    for member in members:
+        user = await _user_of(gateway, member, now)
+        if present is not None and user["user_id"] in present:
+            raise InvalidRequest(
+                f"User `{user['user_id']}` is already a member of this team.", param="member"
+            )
+        users.append(user)
+        rows.append(
+            {
+                "team_id": team_id,
+                "user_id": user["user_id"],
+                "user_email": member.user_email or user.get("user_email"),
+                "role": member.role,
+                "created_at": now,
+            }
+        )
+    await gateway.store.add_members(rows)
+    return users
+
+
+async def _user_of(gateway: Gateway, member: Member, now: float) -> Row:
+    if member.user_id is not None:
+        user = await gateway.store.get("users", member.user_id)
+    else:
+        found = await gateway.store.select("users", {"user_email": member.user_email}, limit=1)
+        user = found[0] if found else None
+    if user is None:
+        user = {
+            "user_id": member.user_id or str(uuid.uuid4()),
+            "user_email": member.user_email,
+            "models": [],
+            "metadata": {},
+            "created_at": now,
+            "updated_at": now,
+        }
+        await gateway.store.insert("users", user)
+        user = {**user, "spend": 0.0}
+    return user
+
+
+async def _user_by_email(gateway: Gateway, email: str | None) -> str:
+    found = await gateway.store.select("users", {"user_email": email}, limit=1)
+    if not found:
+        raise not_found("user", f"with email {email}")
+    return str(found[0]["user_id"])
+
+
+async def _member_id(gateway: Gateway, body: NamedMember) -> str:
+    """The user a `/team/member_*` call names, who must be in the team (LiteLLM's 400s)."""
+    if await gateway.store.get("teams", body.team_id) is None:
+        raise InvalidRequest(f"Team id={body.team_id} does not exist.", param="team_id")
+    for member in await gateway.store.team_members(body.team_id):
+        if member["user_id"] == body.user_id or (
+            body.user_id is None and member["user_email"] == body.user_email
+        ):
+            return str(member["user_id"])
+    raise InvalidRequest("User not found in team.", param="user_id")
+
+
+async def _with_members(gateway: Gateway, row: Row) -> Row:
+    members = await gateway.store.team_members(row["team_id"])
+    return {**shaped(row), "members_with_roles": members}
+
+
+async def _team_shape(gateway: Gateway, team_id: str) -> Row:
     row = await gateway.store.get("teams", team_id)
     if row is None:
         raise not_found("team", team_id)
+    return await _with_members(gateway, row)
+
+
+async def _team_info(gateway: Gateway, team_id: str) -> dict[str, Any]:
+    team = await _team_shape(gateway, team_id)
     keys = await gateway.store.select("keys", {"team_id": team_id})
-    return {"team_id": team_id, "team_info": shaped(row), "keys": [shaped(k) for k in keys]}
+    return {"team_id": team_id, "team_info": team, "keys": [key_shape(k) for k in keys]}

@@ -99,6 +99,9 @@ class AzureOpenAI(Provider, Embeddings, NativeResponses):
         payload = {**body, "model": self._model, "stream": True}
         return ResponseEventStream(await self._responses_upstream.post_stream(payload))
 
+    async def delete_response(self, response_id: str) -> None:
+        await self._responses_upstream.delete(response_id)
+
     async def open_stream(self, body: dict[str, Any]) -> AzureChunkStream:
         payload = stream_payload(body, self._model, stream_options=True)
         return AzureChunkStream(OpenAIChunkStream(await self._upstream.post_stream(payload)))

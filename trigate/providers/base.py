@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -110,6 +111,8 @@ class SSEChunkStream:
     `translate` turns one read's events into a `StreamRead`; a failure ends the stream
     after the chunks before it, which still reach the client and are billed. `tail`
     adds what only the end of the stream can say (Gemini's final usage chunk).
+    `unfinished`, when given, is the failure of a stream that ends before a read
+    says `done`: an API whose streams close with an event of their own was cut short.
     """
 
     def __init__(
@@ -117,10 +120,12 @@ class SSEChunkStream:
         response: httpx.Response,
         translate: Callable[[list[ServerSentEvent]], StreamRead],
         tail: Callable[[], list[Any]] | None = None,
+        unfinished: str | None = None,
     ) -> None:
         self._response = response
         self._translate = translate
         self._tail = tail
+        self._unfinished = unfinished
 
     async def __aiter__(self) -> AsyncIterator[list[Any]]:
         decoder = SSEDecoder()
@@ -144,6 +149,8 @@ class SSEChunkStream:
             yield chunks
         if read.failure is not None:
             raise read.failure
+        if self._unfinished is not None and not read.done:
+            raise UpstreamError(self._unfinished)
 
     async def aclose(self) -> None:
         await self._response.aclose()
@@ -233,6 +240,10 @@ class NativeResponses(Protocol):
     async def respond(self, body: dict[str, Any]) -> Completion: ...
 
     async def open_response_stream(self, body: dict[str, Any]) -> ChunkStream: ...
+
+    async def delete_response(self, response_id: str) -> None:
+        """Delete a response the upstream stores, as `DELETE /responses/{id}` does."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +345,24 @@ class UpstreamClient:
             finally:
                 await response.aclose()
         return response
+
+    async def delete(self, name: str) -> None:
+        """DELETE the resource `name` under this client's URL (a stored response, say);
+        the upstream's refusal is raised as it is for `post`."""
+        url = self._url.copy_with(path=f"{self._url.path.rstrip('/')}/{quote(name, safe='')}")
+        request = httpx.Request(
+            "DELETE", url, headers=self._headers, extensions={"timeout": self._timeout}
+        )
+        try:
+            response = await self._transport.handle_async_request(request)
+        except httpx.HTTPError as error:
+            raise translate_transport_error(error) from error
+        response.request = request
+        try:
+            if response.status_code >= 400:
+                raise await self._read_error(response)
+        finally:
+            await response.aclose()
 
     def _request_headers(self, overrides: Mapping[str, str] | None) -> dict[str, str]:
         """The headers of one request: the client's forwarded ones under the deployment's

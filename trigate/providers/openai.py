@@ -105,6 +105,9 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, NativeResponses):
         payload = {**body, "model": self._model, "stream": True}
         return ResponseEventStream(await self._responses_upstream.post_stream(payload))
 
+    async def delete_response(self, response_id: str) -> None:
+        await self._responses_upstream.delete(response_id)
+
     async def open_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
         payload = stream_payload(body, self._model, stream_options=self._stream_options)
         return OpenAIChunkStream(await self._upstream.post_stream(payload))
@@ -209,10 +212,15 @@ def _parse_chunk(data: str) -> dict[str, Any]:
 
 class ResponseEventStream(SSEChunkStream):
     """An upstream Responses API stream, read as its own events (`NativeEvent`s), each
-    relayed as it came; the final Response's usage is kept for metering."""
+    relayed as it came; the final Response's usage is kept for metering. A stream
+    that ends before its final event was cut short: the client gets `response.failed`."""
 
     def __init__(self, response: httpx.Response) -> None:
-        super().__init__(response, _response_events)
+        super().__init__(
+            response,
+            _response_events,
+            unfinished="The upstream's Responses stream ended before its final event.",
+        )
 
 
 def _response_events(events: list[ServerSentEvent]) -> StreamRead:

@@ -1,25 +1,35 @@
 """Deployments and the model groups they form.
 
 Several `model_list` entries sharing one `model_name` form a model group;
-clients name the group, and the router picks one of its deployments.
+clients name the group, and the router picks one of its deployments. Clients
+may also name an alias of a group (`model_group_alias`), or any name a wildcard
+deployment's pattern matches (`anthropic/*`), which gets deployments of its own,
+made on first use with the upstream model the name asks for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
 import orjson
+from pydantic import ValidationError
 
-from trigate.config import GatewayConfig, LiteLLMParams, ModelEntry, ProviderParams
-from trigate.errors import ModelNotFound
+from trigate.config import WILDCARD, LiteLLMParams, ModelEntry, ProviderParams
+from trigate.errors import InvalidRequest, ModelNotFound
 from trigate.providers import PROVIDERS, Abilities, Provider
+from trigate.router.settings import GroupAlias, RouterSettings
 from trigate.router.state import CircuitBreaker, DeploymentState
 from trigate.spend.prices import ModelPrice, PriceTable, price_for
 from trigate.tokens import TokenCounter
+
+# How many requested names that wildcard deployments matched are kept, with the
+# deployments made for them; past it, the oldest is forgotten (and made again if asked).
+MAX_MATCHED_NAMES = 1024
 
 
 @dataclass(slots=True)
@@ -66,6 +76,21 @@ class Deployment:
             return math.inf
         return self.price.input + self.price.output
 
+    @property
+    def max_input_tokens(self) -> int | None:
+        """The context window: `model_info`'s, else the price table's; None if unknown."""
+        return self._limit("max_input_tokens")
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return self._limit("max_output_tokens")
+
+    def _limit(self, name: str) -> int | None:
+        given = self.entry.model_info.get(name)
+        if isinstance(given, int):
+            return given
+        return getattr(self.price, name) if self.price is not None else None
+
     def available(self, now: float) -> bool:
         """Not cooling, and under every hard cap: rpm, tpm and max_parallel_requests."""
         params, state = self.params, self.state
@@ -102,55 +127,208 @@ def deployment_id(entry: ModelEntry) -> str:
     return digest.hexdigest()[:16]
 
 
-class ModelGroups:
-    """Every model group the gateway serves, by the alias clients send."""
+def _pattern(model_name: str) -> re.Pattern[str]:
+    """A wildcard `model_name` as a regex: each `*` matches anything, even nothing."""
+    return re.compile("(.*)".join(re.escape(part) for part in model_name.split(WILDCARD)), re.S)
 
-    def __init__(self, deployments: list[Deployment]) -> None:
+
+def _filled(model: str, matched: tuple[str, ...]) -> str:
+    """A wildcard deployment's `litellm_params.model` for one requested name: its `*`s
+    take what the pattern's matched, in order (the last match fills any left over)."""
+    parts = model.split(WILDCARD)
+    filled = [parts[0]]
+    for index, part in enumerate(parts[1:]):
+        filled += [matched[min(index, len(matched) - 1)] if matched else "", part]
+    return "".join(filled)
+
+
+@dataclass(frozen=True, slots=True)
+class _Wildcard:
+    """The deployments of one wildcard `model_name`, as the entries they are built from."""
+
+    name: str
+    regex: re.Pattern[str]
+    entries: list[ModelEntry]
+
+    @property
+    def specificity(self) -> tuple[int, int]:
+        """Most literal characters first, then fewest `*`s: `anthropic/claude-*` is tried
+        before `anthropic/*`, and `*` last, as LiteLLM orders its patterns."""
+        return -len(self.name.replace(WILDCARD, "")), self.name.count(WILDCARD)
+
+
+class _Builder:
+    """Makes deployments from entries: the provider adapter, its breaker and its prices."""
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        transport: httpx.AsyncBaseTransport,
+        counter: TokenCounter,
+        prices: PriceTable,
+    ) -> None:
+        self._settings = settings
+        self._transport = transport
+        self._counter = counter
+        self._prices = prices
+
+    def deployment(
+        self, entry: ModelEntry, group_size: int, state: DeploymentState | None = None
+    ) -> Deployment:
+        """`state` carries a surviving deployment's cooldowns and load over a reload."""
+        fails, cooldown = self._settings.allowed_fails, self._settings.cooldown_time
+        params = entry.litellm_params
+        provider = PROVIDERS[params.provider](params, self._transport, self._counter)
+        # As in LiteLLM, a deployment alone in its group never cools: see CircuitBreaker.
+        enabled = group_size > 1
+        if state is None:
+            state = DeploymentState(CircuitBreaker(fails, cooldown, enabled=enabled))
+        else:
+            state.breaker.reconfigure(fails, cooldown, enabled=enabled)
+        price = price_for(
+            params.provider,
+            params.upstream_model,
+            params.input_cost_per_token,
+            params.output_cost_per_token,
+            self._prices,
+        )
+        return Deployment(deployment_id(entry), entry.model_name, entry, provider, state, price)
+
+
+class ModelGroups:
+    """Every model group the gateway serves, by the name clients send: the groups of the
+    model list, `model_group_alias`'s aliases of them, and names that wildcard
+    deployments match, each served by deployments made for it on first use."""
+
+    def __init__(
+        self,
+        deployments: list[Deployment],
+        *,
+        wildcards: list[_Wildcard] | None = None,
+        aliases: dict[str, GroupAlias] | None = None,
+        builder: _Builder | None = None,
+    ) -> None:
         self._groups: dict[str, list[Deployment]] = {}
         for deployment in deployments:
             self._groups.setdefault(deployment.model_group, []).append(deployment)
+        self._wildcards = sorted(wildcards or [], key=lambda w: w.specificity)
+        self._aliases = aliases or {}
+        self._builder = builder
+        # Names a wildcard matched, and the deployments made for them; bounded, since
+        # clients choose the names.
+        self._matched: dict[str, list[Deployment]] = {}
 
     @classmethod
     def build(
         cls,
-        config: GatewayConfig,
+        entries: list[ModelEntry],
+        settings: RouterSettings,
         transport: httpx.AsyncBaseTransport,
         counter: TokenCounter,
         prices: PriceTable,
+        previous: ModelGroups | None = None,
     ) -> ModelGroups:
-        settings = config.router
-        sizes = Counter(entry.model_name for entry in config.model_list)
-        deployments = []
-        for entry in config.model_list:
-            params = entry.litellm_params
-            provider = PROVIDERS[params.provider](params, transport, counter)
-            breaker = CircuitBreaker(
-                settings.allowed_fails,
-                settings.cooldown_time,
-                enabled=sizes[entry.model_name] > 1,
-            )
-            state = DeploymentState(breaker)
-            price = price_for(
-                params.provider,
-                params.upstream_model,
-                params.input_cost_per_token,
-                params.output_cost_per_token,
-                prices,
-            )
-            deployments.append(
-                Deployment(deployment_id(entry), entry.model_name, entry, provider, state, price)
-            )
-        return cls(deployments)
+        """The groups of `entries`. Given the `previous` groups (a reload), a deployment
+        whose id survives keeps its run-time state: its cooldown, load and latency."""
+        builder = _Builder(settings, transport, counter, prices)
+        kept = {d.id: d.state for d in previous.all()} if previous is not None else {}
+        concrete = [entry for entry in entries if not entry.is_wildcard]
+        sizes = Counter(entry.model_name for entry in concrete)
+        deployments = [
+            builder.deployment(entry, sizes[entry.model_name], kept.get(deployment_id(entry)))
+            for entry in concrete
+        ]
+        wildcards: dict[str, list[ModelEntry]] = {}
+        for entry in entries:
+            if entry.is_wildcard:
+                wildcards.setdefault(entry.model_name, []).append(entry)
+        return cls(
+            deployments,
+            wildcards=[_Wildcard(name, _pattern(name), group) for name, group in wildcards.items()],
+            aliases=settings.model_group_alias,
+            builder=builder,
+        )
 
     @property
     def names(self) -> list[str]:
+        """The model list's own groups."""
         return list(self._groups)
 
+    def listed(self) -> list[str]:
+        """What `GET /v1/models` shows: the groups and the aliases not `hidden`."""
+        aliases = [
+            name
+            for name, alias in self._aliases.items()
+            if not alias.hidden and name not in self._groups and self.knows(alias.model)
+        ]
+        return [*self._groups, *aliases]
+
+    def knows(self, group: str) -> bool:
+        """Whether `group` names something served, without making anything for it."""
+        if group in self._groups or group in self._matched:
+            return True
+        alias = self._aliases.get(group)
+        if alias is not None:
+            group = alias.model
+        return group in self._groups or any(w.regex.fullmatch(group) for w in self._wildcards)
+
     def deployments(self, group: str) -> list[Deployment]:
-        try:
-            return self._groups[group]
-        except KeyError:
-            raise ModelNotFound(group) from None
+        found = self._groups.get(group)
+        if found is not None:
+            return found
+        alias = self._aliases.get(group)
+        if alias is not None:
+            found = self._groups.get(alias.model)
+            return found if found is not None else self._wildcard_match(alias.model)
+        return self._wildcard_match(group)
 
     def all(self) -> list[Deployment]:
-        return [d for group in self._groups.values() for d in group]
+        """Every deployment made so far: the model list's, and those wildcards made."""
+        made = [*self._groups.values(), *self._matched.values()]
+        return [d for group in made for d in group]
+
+    def configured(self) -> list[tuple[ModelEntry, Deployment | None]]:
+        """The model list's entries, each with its deployment; a wildcard deployment's
+        entry, a pattern, has none."""
+        concrete = [(d.entry, d) for group in self._groups.values() for d in group]
+        patterns = [(entry, None) for w in self._wildcards for entry in w.entries]
+        return [*concrete, *patterns]
+
+    def wildcard_names(self) -> list[str]:
+        return [w.name for w in self._wildcards]
+
+    def _wildcard_match(self, group: str) -> list[Deployment]:
+        found = self._matched.get(group)
+        if found is not None:
+            return found
+        for wildcard in self._wildcards:
+            match = wildcard.regex.fullmatch(group)
+            if match is not None and self._builder is not None:
+                found = self._made_for(group, wildcard, match.groups())
+                if len(self._matched) >= MAX_MATCHED_NAMES:
+                    del self._matched[next(iter(self._matched))]
+                self._matched[group] = found
+                return found
+        raise ModelNotFound(group)
+
+    def _made_for(
+        self, group: str, wildcard: _Wildcard, matched: tuple[str, ...]
+    ) -> list[Deployment]:
+        assert self._builder is not None
+        made = []
+        for entry in wildcard.entries:
+            model = _filled(entry.litellm_params.model, matched)
+            try:
+                params = LiteLLMParams.model_validate(
+                    {**entry.litellm_params.model_dump(exclude_unset=True), "model": model}
+                )
+            except ValidationError:
+                raise InvalidRequest(
+                    f"`{group}` matches the wildcard model `{wildcard.name}`, which routes it "
+                    f"to `{model}`: that needs a known provider prefix, such as `openai/`.",
+                    param="model",
+                    code="model_not_found",
+                ) from None
+            concrete = entry.model_copy(update={"litellm_params": params})
+            made.append(self._builder.deployment(concrete, len(wildcard.entries)))
+        return made

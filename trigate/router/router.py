@@ -66,10 +66,19 @@ class RouteProgress:
     deployment: Deployment | None = None
     retries: int = 0
     fallbacks: int = 0
+    # The deployment to take whenever it is available: the one whose upstream holds
+    # the state a follow-up continues (a Responses API `previous_response_id`).
+    preferred: str | None = None
 
 
 class Router:
     def __init__(self, groups: ModelGroups, settings: RouterSettings) -> None:
+        self.reconfigure(groups, settings)
+
+    def reconfigure(self, groups: ModelGroups, settings: RouterSettings) -> None:
+        """Serve new requests from `groups` under `settings` (a reload), at once: no await
+        comes between the assignments. A request in flight keeps the deployments it
+        holds and finishes on them."""
         self.groups = groups
         self.settings = settings
         self._pick = Pick(settings.routing_strategy, settings.routing_strategy_args)
@@ -123,7 +132,7 @@ class Router:
         tried: set[str] = set()
         retries = 0
         while True:
-            deployment = self._choose(group, members, tried, attempt.stream)
+            deployment = self._choose(group, members, tried, attempt.stream, progress.preferred)
             try:
                 return await self._hedged(group, members, deployment, attempt, tried, progress)
             except UpstreamError as error:
@@ -155,7 +164,12 @@ class Router:
         return fitting
 
     def _choose(
-        self, group: str, members: list[Deployment], tried: set[str], stream: bool
+        self,
+        group: str,
+        members: list[Deployment],
+        tried: set[str],
+        stream: bool,
+        preferred: str | None,
     ) -> Deployment:
         now = trio.current_time()
         available = [d for d in members if d.available(now)]
@@ -166,6 +180,9 @@ class Router:
                 "cooling down or at their limits.",
                 headers={"retry-after": str(max(1, math.ceil(_time_until_available(members))))},
             )
+        for deployment in fresh:
+            if deployment.id == preferred:
+                return deployment
         return self._pick(fresh or available, stream=stream, now=now)
 
     async def _hedged(
@@ -255,7 +272,7 @@ class Router:
         else:
             return None
         return next(
-            (g for g in chain if g not in tried and g in self.groups.names and may_use(g)), None
+            (g for g in chain if g not in tried and self.groups.knows(g) and may_use(g)), None
         )
 
 

@@ -6,10 +6,10 @@ Older LiteLLM configs put `num_retries`, `fallbacks` and friends under
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 Strategy = Literal[
     "simple-shuffle",
@@ -47,6 +47,21 @@ _SHARED_KEYS = (
 FallbackMap = list[dict[str, list[str]]]
 
 
+class GroupAlias(BaseModel):
+    """One `model_group_alias` entry: requests for the alias are served by `model`; a
+    `hidden` alias works but is not listed by `GET /v1/models`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    hidden: bool = False
+
+
+def _alias_entry(value: Any) -> Any:
+    """LiteLLM writes an alias as the target's name, or as `{model, hidden}`."""
+    return {"model": value} if isinstance(value, str) else value
+
+
 class RouterSettings(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -75,6 +90,9 @@ class RouterSettings(BaseModel):
     redis_key_prefix: str = "trigate:"
     # No request waits on Redis longer than this; past it, the local share of a limit applies.
     redis_timeout: float = Field(default=0.05, gt=0)
+    model_group_alias: dict[str, Annotated[GroupAlias, BeforeValidator(_alias_entry)]] = Field(
+        default_factory=dict
+    )
 
     @classmethod
     def from_config(

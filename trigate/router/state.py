@@ -44,6 +44,13 @@ class CircuitBreaker:
         self.cooldown_until = -math.inf
         self._probing = False
 
+    def reconfigure(self, allowed_fails: int, cooldown_time: float, *, enabled: bool) -> None:
+        """A reload's settings, for a deployment that survives it; a cooldown in progress
+        runs its course."""
+        self._enabled = enabled
+        self._allowed_fails = allowed_fails
+        self._cooldown_time = cooldown_time
+
     def cooling(self, now: float) -> bool:
         return now < self.cooldown_until
 

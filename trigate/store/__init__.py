@@ -1,5 +1,5 @@
-"""The gateway's durable state: virtual keys, teams, users, spend logs and stored
-Responses API responses.
+"""The gateway's durable state: virtual keys, teams, users, spend logs, stored
+Responses API responses and deployments added through the admin API.
 
 `Store` is the async face of a blocking backend. Every call runs in a worker
 thread under a capacity limiter, so the event loop never waits on a disk or
@@ -25,10 +25,19 @@ from trigate.store.migrations import MIGRATIONS
 
 T = TypeVar("T")
 
+IN_MEMORY_URL = "sqlite://:memory:"
 # Concurrent database calls per worker; PostgreSQL's pool is sized to match.
 MAX_CONCURRENT_CALLS = 10
 
-JSON_COLUMNS = {"models", "metadata", "response", "input_items"}
+JSON_COLUMNS = {
+    "models",
+    "metadata",
+    "model_aliases",
+    "response",
+    "input_items",
+    "litellm_params",
+    "model_info",
+}
 BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client", "native"}
 # The columns keys, teams and users share. Each table accepts from callers only its
 # owner's `columns`; anything else is a programming error.
@@ -57,8 +66,9 @@ KEYS = Owner(
     _LIMIT_COLUMNS | {"token_hash", "key_alias", "key_name", "user_id", "team_id", "expires"},
 )  # fmt: skip
 TEAMS = Owner(
-    "teams", "trigate_teams", "team_id", "team_id", _LIMIT_COLUMNS | {"team_id", "team_alias"}
-)
+    "teams", "trigate_teams", "team_id", "team_id",
+    _LIMIT_COLUMNS | {"team_id", "team_alias", "model_aliases"},
+)  # fmt: skip
 USERS = Owner(
     "users", "trigate_users", "user_id", "user_id", _LIMIT_COLUMNS | {"user_id", "user_email"}
 )
@@ -80,8 +90,14 @@ RESPONSE_COLUMNS = (
 MAX_RESPONSE_CHAIN = 1000
 
 
+# A team member's roles, LiteLLM's: an `admin` manages the team's members.
+MEMBER_ROLES = ("admin", "user")
+MEMBER_COLUMNS = ("team_id", "user_id", "user_email", "role", "created_at")
+
+
 @dataclass(frozen=True, slots=True)
 class SpendFilter:
+    request_id: str | None = None
     key_hash: str | None = None
     team_id: str | None = None
     user_id: str | None = None
@@ -91,15 +107,18 @@ class SpendFilter:
 
 
 class Store:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, *, shared: bool = True) -> None:
         self._backend = backend
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
+        # False for an in-memory SQLite database, which no other process can open: nothing
+        # in it changes but through this process.
+        self.shared = shared
 
     @classmethod
     async def open(cls, url: str) -> Store:
         """Connect and bring the schema up to date."""
         backend = await trio.to_thread.run_sync(connect, url)
-        store = cls(backend)
+        store = cls(backend, shared=url != IN_MEMORY_URL)
         await store._run(_migrate)
         return store
 
@@ -161,22 +180,25 @@ class Store:
         sql = f"DELETE FROM {owner.table} WHERE {column} IN ({', '.join('?' * len(values))})"
         return await self._run(lambda cursor: cursor.execute(sql, list(values)))
 
-    async def delete_teams(self, team_ids: Sequence[str]) -> tuple[int, list[str]]:
-        """Delete teams and every key in them, in one transaction, as LiteLLM's
-        `/team/delete` does: a key outliving its team would lose the team's limits.
-        Returns the number of teams deleted and the hashes of the keys deleted."""
-        marks = ", ".join("?" * len(team_ids))
-        values = list(team_ids)
+    async def delete_with_keys(self, table: str, ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Delete teams (or users) with every key of theirs and their memberships, in one
+        transaction, as LiteLLM's `/team/delete` and `/user/delete` do: a key outliving
+        its team or user would lose their limits. Returns the number of teams (or users)
+        deleted and the hashes of the keys deleted."""
+        owner = OWNER_OF_KIND[table]
+        if owner not in (TEAMS, USERS):
+            raise ValueError(f"{table} own no keys")
+        # A team's and a user's primary column is also the one naming them in keys and
+        # memberships.
+        where = f"WHERE {owner.primary} IN ({', '.join('?' * len(ids))})"
+        values = list(ids)
 
         def work(cursor: Cursor) -> tuple[int, list[str]]:
-            keys = cursor.query(
-                f"SELECT {KEYS.primary} FROM {KEYS.table} WHERE team_id IN ({marks})", values
-            )
-            cursor.execute(f"DELETE FROM {KEYS.table} WHERE team_id IN ({marks})", values)
-            teams = cursor.execute(
-                f"DELETE FROM {TEAMS.table} WHERE {TEAMS.primary} IN ({marks})", values
-            )
-            return teams, [row[KEYS.primary] for row in keys]
+            keys = cursor.query(f"SELECT {KEYS.primary} FROM {KEYS.table} {where}", values)
+            cursor.execute(f"DELETE FROM {KEYS.table} {where}", values)
+            cursor.execute(f"DELETE FROM trigate_team_members {where}", values)
+            deleted = cursor.execute(f"DELETE FROM {owner.table} {where}", values)
+            return deleted, [row[KEYS.primary] for row in keys]
 
         return await self._run(work)
 
@@ -193,6 +215,42 @@ class Store:
             return True
 
         return await self._run(work)
+
+    # Team members.
+
+    async def team_members(self, team_id: str) -> list[Row]:
+        sql = (
+            "SELECT user_id, user_email, role FROM trigate_team_members WHERE team_id = ? "
+            "ORDER BY created_at, user_id"
+        )
+        return await self._read(lambda cursor: cursor.query(sql, [team_id]))
+
+    async def member_teams(self, user_id: str) -> list[Row]:
+        """The teams a user is a member of, each with the user's role in it."""
+        sql = (
+            "SELECT team_id, role FROM trigate_team_members WHERE user_id = ? "
+            "ORDER BY created_at, team_id"
+        )
+        return await self._read(lambda cursor: cursor.query(sql, [user_id]))
+
+    async def add_members(self, members: Sequence[Row]) -> None:
+        """Insert memberships in one transaction: all of them, or (a `Conflict`) none."""
+        marks = ", ".join("?" * len(MEMBER_COLUMNS))
+        sql = f"INSERT INTO trigate_team_members ({', '.join(MEMBER_COLUMNS)}) VALUES ({marks})"
+
+        def work(cursor: Cursor) -> None:
+            for member in members:
+                cursor.execute(sql, [member.get(c) for c in MEMBER_COLUMNS])
+
+        await self._run(work)
+
+    async def remove_member(self, team_id: str, user_id: str) -> bool:
+        sql = "DELETE FROM trigate_team_members WHERE team_id = ? AND user_id = ?"
+        return bool(await self._run(lambda cursor: cursor.execute(sql, [team_id, user_id])))
+
+    async def set_member_role(self, team_id: str, user_id: str, role: str) -> bool:
+        sql = "UPDATE trigate_team_members SET role = ? WHERE team_id = ? AND user_id = ?"
+        return bool(await self._run(lambda cursor: cursor.execute(sql, [role, team_id, user_id])))
 
     # Spend.
 
@@ -232,43 +290,31 @@ class Store:
         return await self._run(work)
 
     async def spend_logs(self, query: SpendFilter) -> list[Row]:
-        clauses: list[str] = []
-        values: list[str | float] = []
-        for column, value in (
-            ("key_hash", query.key_hash),
-            ("team_id", query.team_id),
-            ("user_id", query.user_id),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                values.append(value)
-        if query.start is not None:
-            clauses.append("start_time >= ?")
-            values.append(query.start)
-        if query.end is not None:
-            clauses.append("start_time < ?")
-            values.append(query.end)
-        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        where, values = _spend_where(query, "")
         sql = (
             f"SELECT * FROM trigate_spend_logs{where} ORDER BY start_time DESC "
             f"LIMIT {int(query.limit)}"
         )
         return [_decode(row) for row in await self._read(lambda c: c.query(sql, values))]
 
-    async def spend_report(self, start: float, end: float) -> list[Row]:
-        """Spend, requests and tokens per UTC day and model group."""
+    async def spend_totals(self, query: SpendFilter) -> list[Row]:
+        """Spend, requests and tokens per UTC day (YYYY-MM-DD), team, key, user and model
+        group, each team with its alias: what LiteLLM's spend reports group by."""
         day = (
-            "date(start_time, 'unixepoch')"
+            "date(s.start_time, 'unixepoch')"
             if self.dialect == "sqlite"
-            else "to_char(to_timestamp(start_time) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+            else "to_char(to_timestamp(s.start_time) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
         )
+        where, values = _spend_where(query, "s.")
         sql = (
-            f"SELECT {day} AS day, model_group, SUM(cost) AS spend, COUNT(*) AS requests, "
-            "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens "
-            "FROM trigate_spend_logs WHERE start_time >= ? AND start_time < ? "
-            "GROUP BY 1, model_group ORDER BY 1, model_group"
+            f"SELECT {day} AS day, s.team_id, t.team_alias, s.key_hash, s.user_id, "
+            "s.model_group, SUM(s.cost) AS spend, COUNT(*) AS requests, "
+            "SUM(s.prompt_tokens) AS prompt_tokens, SUM(s.completion_tokens) AS completion_tokens "
+            f"FROM trigate_spend_logs s LEFT JOIN {TEAMS.table} t ON t.team_id = s.team_id{where} "
+            "GROUP BY 1, s.team_id, t.team_alias, s.key_hash, s.user_id, s.model_group "
+            "ORDER BY 1, s.team_id, s.key_hash, s.model_group"
         )
-        rows = await self._read(lambda cursor: cursor.query(sql, [start, end]))
+        rows = await self._read(lambda cursor: cursor.query(sql, values))
         return [{**row, "spend": float(row["spend"]), "requests": int(row["requests"]),
                  "prompt_tokens": int(row["prompt_tokens"]),
                  "completion_tokens": int(row["completion_tokens"])} for row in rows]  # fmt: skip
@@ -339,6 +385,58 @@ class Store:
         sql = "DELETE FROM trigate_responses WHERE expires_at <= ?"
         return await self._run(lambda cursor: cursor.execute(sql, [now]))
 
+    # Deployments added through the admin API.
+
+    async def stored_models(self) -> tuple[int, list[Row]]:
+        """The models' version and every stored deployment, read together."""
+
+        def work(cursor: Cursor) -> tuple[int, list[Row]]:
+            version = cursor.query(_MODELS_VERSION)[0]["version"]
+            rows = cursor.query("SELECT * FROM trigate_models ORDER BY created_at, model_id")
+            return int(version), [_decode(row) for row in rows]
+
+        return await self._read(work)
+
+    async def models_version(self) -> int:
+        """Bumped by every change to the stored deployments: what each process polls."""
+        rows = await self._read(lambda cursor: cursor.query(_MODELS_VERSION))
+        return int(rows[0]["version"])
+
+    async def insert_model(self, row: Row) -> None:
+        values = [_encode(c, row[c]) for c in MODEL_COLUMNS]
+        marks = ", ".join("?" * len(MODEL_COLUMNS))
+        sql = f"INSERT INTO trigate_models ({', '.join(MODEL_COLUMNS)}) VALUES ({marks})"
+        await self._run(_bumping(lambda cursor: cursor.execute(sql, values)))
+
+    async def update_model(self, row: Row) -> bool:
+        columns = [c for c in MODEL_COLUMNS if c not in ("model_id", "created_at")]
+        values = [*(_encode(c, row[c]) for c in columns), row["model_id"]]
+        assignments = ", ".join(f"{c} = ?" for c in columns)
+        sql = f"UPDATE trigate_models SET {assignments} WHERE model_id = ?"
+        return bool(await self._run(_bumping(lambda cursor: cursor.execute(sql, values))))
+
+    async def delete_model(self, model_id: str) -> bool:
+        sql = "DELETE FROM trigate_models WHERE model_id = ?"
+        return bool(await self._run(_bumping(lambda cursor: cursor.execute(sql, [model_id]))))
+
+
+MODEL_COLUMNS = (
+    "model_id", "model_name", "litellm_params", "model_info", "created_at", "updated_at",
+)  # fmt: skip
+_MODELS_VERSION = "SELECT version FROM trigate_models_version"
+
+
+def _bumping(write: Callable[[Cursor], int]) -> Callable[[Cursor], int]:
+    """`write`, and in the same transaction, when it changed a row, the models' version."""
+
+    def work(cursor: Cursor) -> int:
+        changed = write(cursor)
+        if changed:
+            cursor.execute("UPDATE trigate_models_version SET version = version + 1")
+        return changed
+
+    return work
+
 
 def next_reset(previous: float, duration: str | None, now: float) -> float | None:
     """The first window boundary after `now`, on the schedule that `previous` was on."""
@@ -359,6 +457,28 @@ def _migrate(cursor: Cursor) -> None:
         for statement in statements:
             cursor.execute(statement)
         cursor.execute("INSERT INTO trigate_schema (version) VALUES (?)", [version])
+
+
+def _spend_where(query: SpendFilter, prefix: str) -> tuple[str, list[str | float]]:
+    """The WHERE clause of a spend-log query; `prefix` qualifies its columns."""
+    clauses: list[str] = []
+    values: list[str | float] = []
+    for column, value in (
+        ("request_id", query.request_id),
+        ("key_hash", query.key_hash),
+        ("team_id", query.team_id),
+        ("user_id", query.user_id),
+    ):
+        if value is not None:
+            clauses.append(f"{prefix}{column} = ?")
+            values.append(value)
+    if query.start is not None:
+        clauses.append(f"{prefix}start_time >= ?")
+        values.append(query.start)
+    if query.end is not None:
+        clauses.append(f"{prefix}start_time < ?")
+        values.append(query.end)
+    return (f" WHERE {' AND '.join(clauses)}" if clauses else ""), values
 
 
 def _checked(owner: Owner, row: Row) -> list[str]:

@@ -93,4 +93,34 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX trigate_responses_expires ON trigate_responses (expires_at)",
     ],
+    # LiteLLM's team members (`members_with_roles`, roles `admin` and `user`): a user's
+    # teams are read from here too, so membership lives in one place. A team's
+    # `model_aliases` maps a name its keys send to one of the gateway's model groups.
+    [
+        """CREATE TABLE trigate_team_members (
+            team_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            user_email TEXT,
+            role TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (team_id, user_id)
+        )""",
+        "CREATE INDEX trigate_team_members_user ON trigate_team_members (user_id)",
+        "ALTER TABLE trigate_teams ADD COLUMN model_aliases TEXT NOT NULL DEFAULT '{}'",
+    ],
+    # Deployments added through the admin API (`/model/new`), merged with the config
+    # file's: `litellm_params` as given (an `os.environ/` reference stays one), as JSON.
+    # Every write bumps the one row of `trigate_models_version`, which each process polls.
+    [
+        """CREATE TABLE trigate_models (
+            model_id TEXT PRIMARY KEY,
+            model_name TEXT NOT NULL,
+            litellm_params TEXT NOT NULL,
+            model_info TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE TABLE trigate_models_version (version INTEGER NOT NULL)",
+        "INSERT INTO trigate_models_version (version) VALUES (0)",
+    ],
 ]

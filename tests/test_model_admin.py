@@ -1,0 +1,297 @@
+"""Model management over HTTP, as LiteLLM's scripts call it: `/model/info`,
+`/model_group/info`, `/model/new`, `/model/update`, `/model/delete`, as the master
+key, a virtual key limited to one model, and a stranger; deployments added through
+the API reach another instance sharing the store; credentials never show."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import trio
+from fakes import FakeUpstream, JSONReply, chat_completion
+from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, start_gateway
+
+from trigate.sealing import Sealer, SealError
+from trigate.spend.prices import PriceTable
+
+NEW_UPSTREAM_KEY = "sk-added-through-the-api-0123456789"
+
+
+def _config(upstream: FakeUpstream, database_url: str = "sqlite://:memory:") -> dict[str, Any]:
+    return {
+        "model_list": [
+            {
+                "model_name": "gpt-test",
+                "litellm_params": {
+                    "model": "openai/gpt-4o",
+                    "api_base": upstream.base_url,
+                    "api_key": UPSTREAM_KEY,
+                    "extra_headers": {"x-upstream-secret": "header-secret-value"},
+                },
+                "model_info": {"id": "file-gpt"},
+            },
+            {"model_name": "mock", "litellm_params": {"model": "mock/gpt-4o"}},
+        ],
+        "general_settings": {"database_url": database_url},
+        "router_settings": {"num_retries": 0},
+    }
+
+
+async def _key(gateway: RunningGateway, models: list[str]) -> str:
+    async with gateway.client() as client:
+        reply = await client.post("/key/generate", json={"models": models})
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["key"])
+
+
+def _new_model(upstream: FakeUpstream, **info: Any) -> dict[str, Any]:
+    return {
+        "model_name": "added",
+        "litellm_params": {
+            "model": "openai/added-upstream",
+            "api_base": upstream.base_url,
+            "api_key": NEW_UPSTREAM_KEY,
+        },
+        "model_info": info,
+    }
+
+
+async def _chat(gateway: RunningGateway, model: str, key: str = MASTER_KEY) -> httpx.Response:
+    async with gateway.client(key) as client:
+        return await client.post(
+            "/v1/chat/completions", json={"model": model, "messages": MESSAGES}
+        )
+
+
+async def _answers(gateway: RunningGateway, model: str, status: int) -> None:
+    """Wait, a few of the store's polls at most, until `model` is answered with `status`."""
+    with trio.fail_after(10):
+        for _ in itertools.count():
+            if (await _chat(gateway, model)).status_code == status:
+                return
+            await trio.sleep(0.2)
+
+
+async def test_model_info_shows_deployments_prices_and_limits_never_credentials(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    gateway = await start_gateway(nursery, _config(upstream))
+    plain = await _key(gateway, ["gpt-test"])
+    table = PriceTable.load().lookup("openai", "gpt-4o")
+    assert table is not None
+    for path in ("/model/info", "/v1/model/info"):
+        async with gateway.client() as client:
+            reply = await client.get(path)
+        assert reply.status_code == 200
+        assert UPSTREAM_KEY not in reply.text and "header-secret-value" not in reply.text
+        rows = {row["model_info"]["id"]: row for row in reply.json()["data"]}
+        gpt = rows["file-gpt"]
+        assert gpt["model_name"] == "gpt-test"
+        assert gpt["litellm_params"] == {"model": "openai/gpt-4o", "api_base": upstream.base_url}
+        info = gpt["model_info"]
+        assert info["db_model"] is False and info["litellm_provider"] == "openai"
+        assert info["key"] == "gpt-4o"
+        assert info["input_cost_per_token"] == table.input
+        assert info["output_cost_per_token"] == table.output
+        assert info["max_input_tokens"] == table.max_input_tokens
+        assert info["max_output_tokens"] == table.max_output_tokens
+        assert {row["model_name"] for row in rows.values()} == {"gpt-test", "mock"}
+
+        async with gateway.client(plain) as client:
+            reply = await client.get(path)
+        assert reply.status_code == 200
+        [only] = reply.json()["data"]
+        assert only["model_name"] == "gpt-test"
+        assert only["litellm_params"] == {"model": "openai/gpt-4o"}  # not where it is
+
+        async with gateway.client("sk-stranger-0000000000000000000000") as client:
+            assert (await client.get(path)).status_code == 401
+        async with httpx.AsyncClient(base_url=gateway.url) as client:
+            assert (await client.get(path)).status_code == 401
+
+    async with gateway.client() as client:
+        reply = await client.get("/model/info", params={"litellm_model_id": "file-gpt"})
+    assert [row["model_info"]["id"] for row in reply.json()["data"]] == ["file-gpt"]
+
+
+async def test_model_group_info_in_litellms_shape(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    gateway = await start_gateway(nursery, _config(upstream))
+    plain = await _key(gateway, ["gpt-test"])
+    table = PriceTable.load().lookup("openai", "gpt-4o")
+    assert table is not None
+    async with gateway.client() as client:
+        everything = (await client.get("/model_group/info")).json()["data"]
+        one = await client.get("/model_group/info", params={"model_group": "gpt-test"})
+        unknown = await client.get("/model_group/info", params={"model_group": "nope"})
+    assert [group["model_group"] for group in everything] == ["gpt-test", "mock"]
+    [group] = one.json()["data"]
+    assert group == {
+        "model_group": "gpt-test",
+        "providers": ["openai"],
+        "max_input_tokens": table.max_input_tokens,
+        "max_output_tokens": table.max_output_tokens,
+        "input_cost_per_token": table.input,
+        "output_cost_per_token": table.output,
+        "mode": "chat",
+        "tpm": None,
+        "rpm": None,
+        "supports_parallel_function_calling": False,
+        "supports_vision": False,
+        "supports_function_calling": False,
+        "is_public_model_group": False,
+    }
+    assert unknown.status_code == 404
+    async with gateway.client(plain) as client:
+        mine = (await client.get("/model_group/info")).json()["data"]
+        hidden = await client.get("/model_group/info", params={"model_group": "mock"})
+    assert [group["model_group"] for group in mine] == ["gpt-test"]
+    assert hidden.status_code == 404
+    async with gateway.client("sk-stranger-0000000000000000000000") as client:
+        assert (await client.get("/model_group/info")).status_code == 401
+
+
+async def test_new_update_and_delete_a_deployment_without_a_restart(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion(f"from {request.json['model']}"))
+    gateway = await start_gateway(nursery, _config(upstream))
+    plain = await _key(gateway, [])
+    assert (await _chat(gateway, "added")).status_code == 404
+
+    for key in (plain, "sk-stranger-0000000000000000000000"):
+        async with gateway.client(key) as client:
+            for path, body in (
+                ("/model/new", _new_model(upstream)),
+                ("/model/update", {"model_info": {"id": "file-gpt"}}),
+                ("/model/delete", {"id": "file-gpt"}),
+            ):
+                assert (await client.post(path, json=body)).status_code == 401
+            patch = await client.patch("/model/file-gpt/update", json={"model_name": "x"})
+            assert patch.status_code == 401
+
+    async with gateway.client() as client:
+        created = await client.post("/model/new", json=_new_model(upstream, id="api-1"))
+        assert created.status_code == 200, created.text
+        assert NEW_UPSTREAM_KEY not in created.text
+        assert created.json()["model_id"] == "api-1"
+        assert created.json()["model_info"]["db_model"] is True
+        again = await client.post("/model/new", json=_new_model(upstream, id="api-1"))
+        assert again.status_code == 400
+        bad = _new_model(upstream)
+        bad["litellm_params"]["model"] = "opneai/x"
+        refused = await client.post("/model/new", json=bad)
+        assert refused.status_code == 400 and "unknown provider prefix" in refused.text
+        info = await client.get("/model/info", params={"litellm_model_id": "api-1"})
+        assert NEW_UPSTREAM_KEY not in info.text
+        assert info.json()["data"][0]["model_info"]["db_model"] is True
+
+    answer = await _chat(gateway, "added", plain)
+    assert answer.json()["choices"][0]["message"]["content"] == "from added-upstream"
+    assert upstream.requests[-1].headers["authorization"] == f"Bearer {NEW_UPSTREAM_KEY}"
+
+    async with gateway.client() as client:
+        update = {"litellm_params": {"model": "openai/renamed"}, "model_info": {"id": "api-1"}}
+        updated = await client.post("/model/update", json=update)
+        assert updated.status_code == 200, updated.text
+        assert updated.json()["litellm_params"]["model"] == "openai/renamed"
+        file_model = await client.post("/model/update", json={"model_info": {"id": "file-gpt"}})
+        assert file_model.status_code == 400 and "config file" in file_model.text
+        missing = await client.post("/model/update", json={"model_info": {"id": "nope"}})
+        assert missing.status_code == 404
+    answer = await _chat(gateway, "added")
+    assert answer.json()["choices"][0]["message"]["content"] == "from renamed"
+    async with gateway.client() as client:
+        patch = {"litellm_params": {"model": "openai/patched"}}
+        patched = await client.patch("/model/api-1/update", json=patch)
+        assert patched.status_code == 200, patched.text
+    answer = await _chat(gateway, "added")
+    assert answer.json()["choices"][0]["message"]["content"] == "from patched"
+    assert upstream.requests[-1].headers["authorization"] == f"Bearer {NEW_UPSTREAM_KEY}"
+
+    async with gateway.client() as client:
+        deleted = await client.post("/model/delete", json={"id": "api-1"})
+        assert deleted.json() == {"message": "Model: api-1 deleted successfully"}
+        assert (await client.post("/model/delete", json={"id": "api-1"})).status_code == 404
+        assert (await client.post("/model/delete", json={"id": "file-gpt"})).status_code == 400
+    assert (await _chat(gateway, "added")).status_code == 404
+    assert (await _chat(gateway, "gpt-test")).status_code == 200
+
+
+async def test_a_deployment_added_on_one_instance_is_served_by_another(
+    nursery: trio.Nursery, upstream: FakeUpstream, database_url: str
+) -> None:
+    """Two instances sharing one database (SQLite and PostgreSQL): the second serves the
+    first's new deployment within a few polls, and stops once it is deleted."""
+    first = await start_gateway(nursery, _config(upstream, database_url))
+    second = await start_gateway(nursery, _config(upstream, database_url))
+    async with first.client() as client:
+        assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
+    await _answers(second, "added", 200)
+    async with second.client() as client:
+        [row] = (await client.get("/model/info")).json()["data"][2:]
+    async with first.client() as client:
+        deleted = await client.post("/model/delete", json={"id": row["model_info"]["id"]})
+    assert deleted.status_code == 200
+    await _answers(second, "added", 404)
+
+
+async def test_v1_models_gains_token_limits_where_known(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    gateway = await start_gateway(nursery, _config(upstream))
+    table = PriceTable.load().lookup("openai", "gpt-4o")
+    assert table is not None
+    async with gateway.client() as client:
+        models = {m["id"]: m for m in (await client.get("/v1/models")).json()["data"]}
+    assert models["gpt-test"]["max_input_tokens"] == table.max_input_tokens
+    assert models["gpt-test"]["max_output_tokens"] == table.max_output_tokens
+    assert "max_input_tokens" not in models["mock"]  # the mock model is in no table
+
+
+async def test_an_added_deployments_key_is_sealed_at_rest(
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The store holds no plaintext upstream key; an instance holding the same key opens
+    it, and one holding another key serves nothing rather than a garbled key."""
+    database_url = f"sqlite:///{tmp_path}/sealed.db"
+    first = await start_gateway(nursery, _config(upstream, database_url))
+    async with first.client() as client:
+        assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
+    _, rows = await first.gateway.store.stored_models()
+    assert NEW_UPSTREAM_KEY not in orjson.dumps(rows).decode()
+    assert rows[0]["litellm_params"]["api_key"].startswith("sealed:v1:")
+    await _answers(first, "added", 200)
+    assert upstream.requests[-1].headers["authorization"] == f"Bearer {NEW_UPSTREAM_KEY}"
+    monkeypatch.setenv("LITELLM_SALT_KEY", "another-instance-salt")
+    other = await start_gateway(nursery, _config(upstream, database_url))
+    assert (await _chat(other, "added")).status_code == 404
+    assert "sealed with another key" in caplog.text
+    assert NEW_UPSTREAM_KEY not in caplog.text
+
+
+def test_sealing_round_trips_and_refuses_another_key() -> None:
+    sealer = Sealer.from_environ("sk-master", {})
+    sealed = sealer.seal_params({"api_key": "sk-upstream", "api_base": "http://x"})
+    assert sealed["api_key"] != "sk-upstream" and sealed["api_base"] == "http://x"
+    assert sealer.seal(sealed["api_key"]) == sealed["api_key"]
+    assert sealer.unseal_params(sealed) == {"api_key": "sk-upstream", "api_base": "http://x"}
+    assert sealer.seal("os.environ/UPSTREAM_KEY") == "os.environ/UPSTREAM_KEY"
+    salted = Sealer.from_environ("sk-master", {"LITELLM_SALT_KEY": "salt"})
+    with pytest.raises(SealError):
+        salted.unseal(sealed["api_key"])
+    assert (
+        Sealer.from_environ("sk-rotated", {"LITELLM_SALT_KEY": "salt"}).unseal(
+            salted.seal("sk-upstream")
+        )
+        == "sk-upstream"
+    )

@@ -1,0 +1,188 @@
+"""Live reload of the config file: `POST /config/reload` in process, and SIGHUP to
+`trigate serve --workers 2`. A reload swaps the model list at once, requests in
+flight finish on the deployments they started on, surviving deployments keep their
+state, and a bad file changes nothing."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import yaml
+from helpers import MESSAGES, RunningGateway, start_gateway
+from test_cli import clean_env, serve
+
+from trigate.config import load_config
+from trigate.errors import Failure, UpstreamError
+
+WORDS = " ".join(f"word{i}" for i in range(10))
+
+
+def _write(path: Path, models: list[dict[str, Any]], **router: Any) -> None:
+    config = {"model_list": models, "router_settings": {"num_retries": 0, **router}}
+    path.write_text(yaml.safe_dump(config))
+
+
+def _mock(name: str, deployment_id: str, **params: Any) -> dict[str, Any]:
+    return {
+        "model_name": name,
+        "litellm_params": {"model": "mock/gpt-4o", **params},
+        "model_info": {"id": deployment_id},
+    }
+
+
+async def _from_file(nursery: trio.Nursery, path: Path) -> RunningGateway:
+    raw = yaml.safe_load(await trio.Path(path).read_text())
+    return await start_gateway(nursery, raw, config_path=str(path))
+
+
+async def _chat(gateway: RunningGateway, model: str, key: str | None = None) -> httpx.Response:
+    async with gateway.client(*([key] if key else [])) as client:
+        return await client.post(
+            "/v1/chat/completions", json={"model": model, "messages": MESSAGES}
+        )
+
+
+async def test_a_reload_swaps_deployments_while_a_stream_finishes_on_its_own(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    path = tmp_path / "config.yaml"
+    _write(path, [_mock("slow", "slow-1", mock_response=WORDS, mock_chunk_delay=0.05)])
+    gateway = await _from_file(nursery, path)
+    body = {"model": "slow", "messages": MESSAGES, "stream": True}
+    async with (
+        gateway.client() as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as stream,
+    ):
+        assert stream.headers["x-trigate-deployment"] == "slow-1"
+        parts = stream.aiter_text()
+        text = await anext(parts)
+        # The reload replaces the stream's deployment and adds a group.
+        _write(
+            path,
+            [_mock("slow", "slow-2", mock_response="replaced"), _mock("fresh", "fresh-1")],
+        )
+        async with gateway.client() as admin:
+            reloaded = await admin.post("/config/reload")
+        assert reloaded.json() == {"status": "reloaded", "deployments": 2}
+        fresh = await _chat(gateway, "fresh")
+        assert fresh.status_code == 200
+        replaced = await _chat(gateway, "slow")
+        assert replaced.headers["x-trigate-deployment"] == "slow-2"
+        assert replaced.json()["choices"][0]["message"]["content"] == "replaced"
+        async for part in parts:
+            text += part
+    assert "word9" in text and text.rstrip().endswith("data: [DONE]")
+    records = await gateway.records.wait_for(3)
+    streamed = [r for r in records if r.stream]
+    assert [(r.deployment, r.status) for r in streamed] == [("slow-1", 200)]
+
+
+async def test_a_bad_file_keeps_the_running_config_and_says_why(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "config.yaml"
+    _write(path, [_mock("steady", "steady-1")])
+    gateway = await _from_file(nursery, path)
+    async with gateway.client() as admin:
+        plain = (await admin.post("/key/generate", json={})).json()["key"]
+    async with gateway.client(plain) as client:
+        assert (await client.post("/config/reload")).status_code == 401
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        assert (await client.post("/config/reload")).status_code == 401
+
+    path.write_text(
+        "model_list:\n"
+        "  - model_name: steady\n"
+        "    litellm_params: {model: mock/gpt-4o}\n"
+        "  - model_name: broken\n"
+        "    litellm_params: {model: opneai/gpt-4o}\n"
+    )
+    async with gateway.client() as admin:
+        refused = await admin.post("/config/reload")
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "invalid_config"
+    assert error["message"].startswith("model_list[1].litellm_params.model: unknown provider")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        f"config reload failed, serving the previous config: {error['message']}"
+    ]
+    path.write_text("model_list: [\n")
+    async with gateway.client() as admin:
+        assert (await admin.post("/config/reload")).status_code == 400
+    served = await _chat(gateway, "steady")
+    assert served.headers["x-trigate-deployment"] == "steady-1"
+    assert (await _chat(gateway, "broken")).status_code == 404
+
+
+async def test_deployments_that_survive_a_reload_keep_their_cooldowns(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    path = tmp_path / "config.yaml"
+    pair = [_mock("pair", "a"), _mock("pair", "b")]
+    _write(path, pair, cooldown_time=60)
+    gateway = await _from_file(nursery, path)
+    first, _ = gateway.gateway.groups.deployments("pair")
+    first.state.breaker.failed(
+        UpstreamError("slow down", kind=Failure.RATE_LIMIT), trio.current_time()
+    )
+    _write(path, [*pair, _mock("other", "c")], cooldown_time=60)
+    async with gateway.client() as admin:
+        assert (await admin.post("/config/reload")).status_code == 200
+    kept, _ = gateway.gateway.groups.deployments("pair")
+    assert kept is not first and kept.state is first.state
+    assert kept.state.breaker.cooling(trio.current_time())
+    for _ in range(4):  # the cooling one is skipped
+        assert (await _chat(gateway, "pair")).headers["x-trigate-deployment"] == "b"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sighup_reloads_every_worker(tmp_path: Path, workers: int) -> None:
+    """One worker serves in `trigate serve` itself; two serve under the supervisor,
+    which passes SIGHUP on to each."""
+    master = "sk-reloaded-0123456789"
+    path = tmp_path / "config.yaml"
+    _write(path, [_mock("before", "before-1")])
+    load_config(path, {})  # the file is valid as written
+    served = await serve(
+        "--workers", str(workers), "--config", str(path), env=clean_env(TRIGATE_MASTER_KEY=master)
+    )
+    headers = {"authorization": f"Bearer {master}", "connection": "close"}
+
+    async def statuses(model: str) -> set[int]:
+        body = {"model": model, "messages": MESSAGES}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}") as client:
+            return {
+                (await client.post("/v1/chat/completions", json=body, headers=headers)).status_code
+                for _ in range(12)  # new connections land on either worker
+            }
+
+    async def logged(line: bytes, times: int) -> None:
+        assert served.process.stdout is not None
+        while served.output.count(line) < times:
+            data = await served.process.stdout.receive_some()
+            assert data, served.output.decode()
+            served.output += data
+
+    try:
+        with trio.fail_after(60):
+            await served.wait_ready(workers=workers)
+        assert await statuses("after") == {404}
+        _write(path, [_mock("before", "before-1"), _mock("after", "after-1")])
+        served.process.send_signal(signal.SIGHUP)
+        with trio.fail_after(30):
+            await logged(b"config reloaded: 2 deployments", workers)
+        assert await statuses("after") == {200}
+
+        path.write_text("model_list: {not: a list}\n")
+        served.process.send_signal(signal.SIGHUP)
+        with trio.fail_after(30):
+            await logged(b"config reload failed, serving the previous config: model_list", workers)
+        assert await statuses("after") == {200}
+    finally:
+        assert await served.stop() == 0

@@ -1,0 +1,189 @@
+"""The deployments a worker serves, and how they change while it runs.
+
+Two sources make the model list: the config file, and the deployments added
+through the admin API (`/model/new`), which live in the store so that every
+worker of every instance serves them. Either can change at run time:
+
+- a reload (SIGHUP, `POST /config/reload`) reads the file again and validates
+  all of it before anything changes; a bad file changes nothing, and its error
+  is logged in one line and raised to the caller;
+- every `POLL_INTERVAL` seconds each process reads the stored deployments'
+  version (one small row) and, when another process changed them, reads them.
+
+Either way the router is reconfigured in one step, with no await in between:
+requests that already hold a deployment finish on it, deployments that
+survive (by id) keep their cooldowns and load, and new requests see the new list.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import trio
+
+from trigate.config import ConfigError, GatewayConfig, ModelEntry, load_config, parse_model_entry
+from trigate.errors import secrets
+from trigate.router.deployments import ModelGroups
+from trigate.router.router import Router
+from trigate.sealing import SECRET_PARAMS, Sealer, SealError
+from trigate.spend.prices import PriceTable
+from trigate.store import Row, Store
+from trigate.tokens import TokenCounter
+
+logger = logging.getLogger("trigate")
+
+# How often each process looks for deployments another one added, changed or deleted.
+POLL_INTERVAL = 2.0
+POLL_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    """A deployment from the store: its row as written (secrets sealed; an
+    `os.environ/` reference stays one) and the entry it resolves to here."""
+
+    row: Row
+    entry: ModelEntry
+
+
+class ModelCatalog:
+    """The config file's deployments and the store's, and the router that serves them."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        path: str | None,
+        sealer: Sealer,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.file_config = config
+        # Seals the secrets of deployments written to the store, and opens them here.
+        self.sealer = sealer
+        self._path = path
+        self._environ = environ if environ is not None else os.environ
+        self._stored: dict[str, StoredModel] = {}
+        self._version: int | None = None
+        self._lock = trio.Lock()
+        self._store: Store | None = None
+        self._router: Router | None = None
+        self._build: tuple[httpx.AsyncBaseTransport, TokenCounter, PriceTable] | None = None
+
+    @property
+    def stored(self) -> Mapping[str, StoredModel]:
+        """The store's deployments, by id."""
+        return self._stored
+
+    async def start(
+        self,
+        store: Store,
+        transport: httpx.AsyncBaseTransport,
+        counter: TokenCounter,
+        prices: PriceTable,
+    ) -> Router:
+        """The router serving the file's deployments and the store's, as they are now."""
+        self._store = store
+        self._build = (transport, counter, prices)
+        self._version, rows = await store.stored_models()
+        self._stored = self._resolved(rows)
+        config = self.file_config
+        self._router = Router(self._groups(config, None), config.router)
+        return self._router
+
+    def parse(self, raw: dict[str, Any]) -> ModelEntry:
+        """A deployment as the config file would hold it, resolved and validated here."""
+        return parse_model_entry(raw, self._environ)
+
+    def entries(self, config: GatewayConfig | None = None) -> list[ModelEntry]:
+        file_entries = (config or self.file_config).model_list
+        return [*file_entries, *(stored.entry for stored in self._stored.values())]
+
+    async def reload(self) -> None:
+        """Read and validate the config file again, then serve its deployments and router
+        settings. On a bad file nothing changes; the `ConfigError` is logged and raised.
+        `general_settings` (the server's own) take effect at the next start."""
+        async with self._lock:
+            try:
+                config = await trio.to_thread.run_sync(load_config, self._path, self._environ)
+                # Before start-up there is nothing to swap: start serves the file as read.
+                groups = self._groups(config, self._router.groups) if self._router else None
+            except ConfigError as error:
+                # One line, no traceback: the message names the key that is wrong.
+                logger.error("config reload failed, serving the previous config: %s", error)  # noqa: TRY400
+                raise
+            if config.general_settings != self.file_config.general_settings:
+                logger.warning("config reload: general_settings changed; they apply at restart")
+            self.file_config = config
+            if groups is not None:
+                self._serve(groups, config)
+            logger.info("config reloaded: %d deployments", len(self.entries()))
+
+    async def refresh(self) -> bool:
+        """Serve the store's deployments again if they changed since they were read;
+        True if they had."""
+        assert self._store is not None, "the catalog has not started"
+        async with self._lock:
+            version = await self._store.models_version()
+            if version == self._version:
+                return False
+            version, rows = await self._store.stored_models()
+            self._stored = self._resolved(rows)
+            self._version = version
+            groups = self._groups(self.file_config, self._router.groups if self._router else None)
+            self._serve(groups, self.file_config)
+            return True
+
+    async def run(self) -> None:
+        """Poll the store for other processes' changes, until cancelled; a store no other
+        process can open needs no polling."""
+        assert self._store is not None, "the catalog has not started"
+        if not self._store.shared:
+            return
+        failing = False
+        while True:
+            await trio.sleep(POLL_INTERVAL)
+            try:
+                # A database that hangs must not hold the lock a reload waits for.
+                with trio.fail_after(POLL_TIMEOUT):
+                    await self.refresh()
+            except Exception as error:  # any store failure: tried again at the next poll
+                if not failing:
+                    logger.warning("reading the stored deployments failed: %r", error)
+                failing = True
+            else:
+                failing = False
+
+    def _groups(self, config: GatewayConfig, previous: ModelGroups | None) -> ModelGroups:
+        assert self._build is not None, "the catalog has not started"
+        entries = self.entries(config)
+        for entry in entries:
+            params = entry.litellm_params
+            secrets.extend(getattr(params, name, None) for name in SECRET_PARAMS)
+        transport, counter, prices = self._build
+        return ModelGroups.build(entries, config.router, transport, counter, prices, previous)
+
+    def _serve(self, groups: ModelGroups, config: GatewayConfig) -> None:
+        assert self._router is not None
+        self._router.reconfigure(groups, config.router)
+
+    def _resolved(self, rows: list[Row]) -> dict[str, StoredModel]:
+        """Each stored row as an entry of this process's model list. One that does not
+        resolve here (an `os.environ/` variable this process lacks) is left out, loudly."""
+        resolved = {}
+        for row in rows:
+            try:
+                raw = {
+                    "model_name": row["model_name"],
+                    "litellm_params": self.sealer.unseal_params(row["litellm_params"]),
+                    "model_info": {**row["model_info"], "id": row["model_id"]},
+                }
+                entry = parse_model_entry(raw, self._environ)
+            except (ConfigError, SealError) as error:
+                logger.error("stored deployment %s is not served: %s", row["model_id"], error)  # noqa: TRY400
+                continue
+            resolved[row["model_id"]] = StoredModel(row, entry)
+        return resolved
