@@ -4,7 +4,8 @@ Everything expensive is built once, at start-up: the token encodings, the
 store, the upstream HTTP client (one connection pool per worker) and each
 deployment's provider adapter. Background work (the spend writer, budget
 window resets, expiry of stored responses, health probes, the poll for deployments
-other processes added) runs in one nursery that `stop` cancels and waits for, so
+other processes added, and with Redis the fleet link, the key change feed and the
+calls that carry limits) runs in one nursery that `stop` cancels and waits for, so
 the last spend rows are flushed before the store closes.
 """
 
