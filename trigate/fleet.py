@@ -65,6 +65,7 @@ class Fleet:
         timeout: float,
         prefix: str = "trigate:",
         environ: Mapping[str, str] = os.environ,
+        on_fallback: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
         self.timeout = timeout
@@ -73,7 +74,10 @@ class Fleet:
         self._client: Redis | None = None
         self._up = False
         self._lost = trio.Event()
+        self._found = trio.Event()
         self._on_restore: list[Callable[[], Awaitable[None]]] = []
+        # Told of each fall back to local shares (metrics count them).
+        self._on_fallback = on_fallback
 
     @property
     def configured(self) -> bool:
@@ -104,6 +108,11 @@ class Fleet:
         a Redis error in one keeps the worker on local shares until the next probe."""
         self._on_restore.append(callback)
 
+    async def wait_shared(self) -> None:
+        """Return once Redis answers (at once if it does now)."""
+        while not self._up:
+            await self._found.wait()
+
     def status(self) -> dict[str, Any]:
         """For `/health/readiness`: where limits are kept now."""
         if not self.configured:
@@ -118,7 +127,9 @@ class Fleet:
         with trio.move_on_after(self.timeout):
             try:
                 return await command(self._client)
-            except (coredis.exceptions.ConnectionError, OSError) as error:
+            except (coredis.exceptions.RedisError, OSError) as error:
+                # Any refusal (a lost connection, a replica gone read-only, out of memory)
+                # is an outage to ride out on local shares, never a failed request.
                 self._lose(str(error))
                 raise RedisUnavailable(str(error)) from None
         self._lose(f"no answer within {self.timeout:g} s")
@@ -161,6 +172,7 @@ class Fleet:
             return
         self._lost = trio.Event()
         self._up = True
+        self._found.set()
         if not first:
             logger.warning("Redis is back: limits and router state are shared by the fleet again")
 
@@ -170,6 +182,9 @@ class Fleet:
             return
         self._up = False
         self._lost.set()
+        self._found = trio.Event()
+        if self._on_fallback is not None:
+            self._on_fallback()
         logger.warning(
             "Redis unreachable (%s): each worker now enforces its local share of every limit",
             reason,
