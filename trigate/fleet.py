@@ -33,6 +33,8 @@ Redis = coredis.Redis[bytes]
 
 # How often a worker that lost Redis asks whether it is back.
 PROBE_INTERVAL = 0.5
+# The longest the restore callbacks may take before the probe counts as failed.
+RESTORE_TIMEOUT = 5.0
 # Set by the supervisor on each worker it spawns: how many serve this instance, and which
 # one this is.
 WORKERS_ENV = "TRIGATE_WORKERS"
@@ -164,8 +166,11 @@ class Fleet:
         try:
             with trio.fail_after(max(self.timeout, 1.0)):
                 await self._client.ping()
-            for callback in self._on_restore:
-                await callback()
+            # Restoring takes a few round trips (scripts, counters): bounded all the same,
+            # so a Redis that answers pings but stalls cannot hold the probe for ever.
+            with trio.fail_after(RESTORE_TIMEOUT):
+                for callback in self._on_restore:
+                    await callback()
         except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as error:
             if first:
                 self._lose(str(error) or "no answer")
