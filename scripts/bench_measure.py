@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import bench_client
-from bench_systems import MASTER_KEY, SCRIPTS, Server, group_pids, rss_mb, worker_pids
+from bench_systems import (
+    MASTER_KEY,
+    SCRIPTS,
+    Server,
+    group_pids,
+    limited_key,
+    rss_mb,
+    worker_pids,
+)
 
 Figures = dict[str, Any]  # one measurement's figures, as they go into the JSON
 PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
@@ -35,6 +43,9 @@ class Plan:
     sweep: tuple[float, ...]
     scenarios: str
     workers: int
+    # Requests carry a virtual key with every limit set, not the master key.
+    virtual_key: bool = False
+    redis: str | None = None
     fast_chunks: int = 2000
     fast_concurrency: int = 4
     short_chunks: int = 10
@@ -101,7 +112,8 @@ class Target:
 
 
 def gateway_target(server: Server, plan: Plan) -> Target:
-    return Target(server.port, {name: name for name in plan.upstream_models()})
+    auth = limited_key(server.port) if plan.virtual_key else MASTER_KEY
+    return Target(server.port, {name: name for name in plan.upstream_models()}, auth)
 
 
 def mock_target(server: Server, plan: Plan) -> Target:

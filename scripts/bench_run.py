@@ -87,6 +87,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="which of a, b, c, d, i, r to run (default abcd; b needs a)",
     )
     parser.add_argument(
+        "--virtual-key",
+        action="store_true",
+        help="send requests with a virtual key that has rpm, tpm, parallel and budget limits",
+    )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share limits through this Redis (router_settings.redis_url)",
+    )
+    parser.add_argument(
         "--otlp",
         action="store_true",
         help="trace every request to a local OTLP/HTTP receiver that discards the spans",
@@ -124,6 +134,8 @@ def make_plan(args: argparse.Namespace) -> measure.Plan:
         sweep=QUICK_SWEEP if args.quick else FULL_SWEEP,
         scenarios=scenarios,
         workers=args.workers,
+        virtual_key=args.virtual_key,
+        redis=args.redis,
     )
 
 
@@ -132,7 +144,8 @@ def bench_gateway(
 ) -> dict[str, Any]:
     """Every selected scenario against one gateway."""
     config = workdir / f"{gateway.name}.yaml"
-    write_gateway_config(config, mock.port, plan.upstream_models(), set(plan.translated_models()))
+    translated = set(plan.translated_models())
+    write_gateway_config(config, mock.port, plan.upstream_models(), translated, plan.redis)
     result: dict[str, Any] = {"version": gateway.version(), "workers": plan.workers}
     if set(plan.scenarios) & set("abcr"):
         log(f"{gateway.name}: starting with {plan.workers} worker(s)")

@@ -7,6 +7,7 @@ workers it spawned, and nothing else on the machine.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import resource
 import signal
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -186,6 +188,26 @@ def _wait_ready(server: Server, timeout: float) -> None:
     raise RuntimeError(f"{server.name} not ready after {timeout:.0f} s; see {server.log}")
 
 
+def limited_key(port: int) -> str:
+    """A virtual key with every limit set (rpm, tpm, parallel requests, a budget), too
+    high to refuse anything: requests with it pay for every check on the hot path."""
+    body = json.dumps({
+        "rpm_limit": 10**9, "tpm_limit": 10**12, "max_parallel_requests": 10**6,
+        "max_budget": 10.0**9,
+    })  # fmt: skip
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"authorization": f"Bearer {MASTER_KEY}", "content-type": "application/json"}
+        conn.request("POST", "/key/generate", body, headers)
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        if response.status != 200:
+            raise RuntimeError(f"/key/generate answered {response.status}: {answer}")
+        return str(answer["key"])
+    finally:
+        conn.close()
+
+
 def _status(port: int, path: str) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
     try:
@@ -241,11 +263,16 @@ def otlp_receiver(workdir: Path) -> Iterator[Server]:
 
 
 def write_gateway_config(
-    path: Path, mock_port: int, upstream_models: dict[str, str], translated: set[str]
+    path: Path,
+    mock_port: int,
+    upstream_models: dict[str, str],
+    translated: set[str],
+    redis: str | None = None,
 ) -> None:
     """One LiteLLM-shaped config.yaml that both gateways read unchanged. The `translated`
-    model names' deployments do not speak the Responses API (the mock does not)."""
-    config = {
+    model names' deployments do not speak the Responses API (the mock does not). With
+    `redis`, limits are shared through it (under a prefix of this run's own)."""
+    config: dict[str, Any] = {
         "model_list": [
             {
                 "model_name": name,
@@ -260,6 +287,9 @@ def write_gateway_config(
         ],
         "general_settings": {"master_key": MASTER_KEY},
     }
+    if redis:
+        prefix = f"trigate-bench-{os.getpid()}:"
+        config["router_settings"] = {"redis_url": redis, "redis_key_prefix": prefix}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 

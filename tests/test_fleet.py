@@ -59,7 +59,8 @@ async def test_redis_lost_and_found(
         restored += 1
 
     caplog.set_level(logging.INFO, "trigate.fleet")
-    fleet = Fleet(own_redis.url, timeout=0.2)
+    fallbacks: list[None] = []
+    fleet = Fleet(own_redis.url, timeout=0.2, on_fallback=lambda: fallbacks.append(None))
     fleet.on_restore(rebuild)
     async with trio.open_nursery() as nursery:
         await nursery.start(fleet.run)
@@ -81,6 +82,7 @@ async def test_redis_lost_and_found(
     lost = [r for r in caplog.records if "unreachable" in r.getMessage()]
     back = [r for r in caplog.records if "is back" in r.getMessage()]
     assert len(lost) == 1 and len(back) == 1
+    assert len(fallbacks) == 1
 
 
 async def test_redis_absent_at_start_up() -> None:

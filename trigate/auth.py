@@ -4,7 +4,8 @@ Clients send `Authorization: Bearer KEY` (the OpenAI SDK) or `x-api-key: KEY`
 (the Anthropic SDK). Keys are stored only as SHA-256 hashes. Lookups come
 from an in-process cache with a short TTL, so the request path touches the
 database at most once per key every few seconds; the process that changes a
-key drops it from its cache at once.
+key drops it from its cache at once, and with Redis tells every other worker
+of the fleet to drop it too (`Authenticator.share_changes`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
 import trio
 
 from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed, GatewayError
+from trigate.fleet import PROBE_INTERVAL, Fleet, RedisUnavailable
 from trigate.store import Row, Store
 
 logger = logging.getLogger("trigate")
@@ -35,6 +40,8 @@ MAX_CACHED = 100_000
 LOOKUP_TIMEOUT = 2.0
 # After a failed lookup the database is left alone this long, not asked again per request.
 OUTAGE_MEMORY = 5.0
+# The Redis channel (under the fleet's prefix) that carries changed rows to every worker.
+CHANGES_CHANNEL = "changes"
 
 
 class StoreUnavailable(GatewayError):
@@ -104,11 +111,22 @@ def presented_key(headers: HeaderSource) -> str | None:
 
 
 class Authenticator:
-    def __init__(self, master_key: str, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        master_key: str,
+        store: Store | None = None,
+        fleet: Fleet | None = None,
+        shared_state: Callable[[str, str], list[str]] = lambda table, key: [],
+    ) -> None:
+        """`shared_state(table, key)` names the fleet's Redis keys derived from a row
+        (budget counters), dropped with it when it changes."""
         self._master = master_key.encode()
         self._store = store
         self._cache: dict[tuple[str, str], tuple[Row | None, float]] = {}
         self._outage_until = -float("inf")
+        self._fleet = fleet if fleet is not None and fleet.configured else None
+        self._shared_state = shared_state
+        self._changed, self._to_publish = trio.open_memory_channel[tuple[str, str]](math.inf)
 
     async def authenticate(self, headers: HeaderSource) -> Caller:
         key = presented_key(headers)
@@ -125,8 +143,57 @@ class Authenticator:
             raise AuthenticationFailed("This endpoint needs the master key.", code="not_master_key")
 
     def forget(self, table: str, key: str) -> None:
-        """Drop a cached row after changing it, so this process sees the change at once."""
+        """Drop a cached row after changing it, so this process sees the change at once,
+        and (with Redis) every other worker of the fleet within moments."""
         self._cache.pop((table, key), None)
+        if self._fleet is not None:
+            self._changed.send_nowait((table, key))
+
+    async def share_changes(self) -> None:
+        """Publish this worker's changes and follow the fleet's; run in the background.
+        Without Redis, other workers see a change when their cached row expires."""
+        if self._fleet is None:
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._publish_changes, self._fleet)
+            nursery.start_soon(self._follow_changes, self._fleet)
+
+    async def _publish_changes(self, fleet: Fleet) -> None:
+        async for table, key in self._to_publish:
+            try:
+                await self._publish(fleet, table, key)
+            except RedisUnavailable:
+                logger.warning(
+                    "Redis unreachable: other workers see a changed %s within %g s",
+                    table.removesuffix("s"),
+                    CACHE_TTL,
+                )
+
+    async def _publish(self, fleet: Fleet, table: str, key: str) -> None:
+        stale, message = self._shared_state(table, key), orjson.dumps([table, key])
+        if stale:
+            await fleet.call(lambda redis: redis.delete(stale))
+        await fleet.call(lambda redis: redis.publish(fleet.key(CHANGES_CHANNEL), message))
+
+    async def _follow_changes(self, fleet: Fleet) -> None:
+        """Drop the rows other workers change. While unsubscribed, changes go unheard,
+        so each (re)subscription starts from an empty cache."""
+        channel = fleet.key(CHANGES_CHANNEL)
+        while True:
+            await fleet.wait_shared()
+            try:
+                async with fleet.client.pubsub(
+                    channels=[channel], ignore_subscribe_messages=True, retry_policy=None
+                ) as changes:
+                    self._cache.clear()
+                    async for message in changes:
+                        data = message["data"]
+                        assert isinstance(data, bytes)
+                        table, key = orjson.loads(data)
+                        self._cache.pop((table, key), None)
+            except* Exception as lost:  # whatever ends the feed, the worker serves on
+                logger.debug("key change feed lost, resubscribing: %r", lost.exceptions)
+            await trio.sleep(PROBE_INTERVAL)
 
     async def _virtual_key(self, token_hash: str) -> Caller:
         row = await self._cached("keys", token_hash)

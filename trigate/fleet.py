@@ -33,6 +33,8 @@ Redis = coredis.Redis[bytes]
 
 # How often a worker that lost Redis asks whether it is back.
 PROBE_INTERVAL = 0.5
+# The longest the restore callbacks may take before the probe counts as failed.
+RESTORE_TIMEOUT = 5.0
 # Set by the supervisor on each worker it spawns: how many serve this instance, and which
 # one this is.
 WORKERS_ENV = "TRIGATE_WORKERS"
@@ -65,6 +67,7 @@ class Fleet:
         timeout: float,
         prefix: str = "trigate:",
         environ: Mapping[str, str] = os.environ,
+        on_fallback: Callable[[], None] | None = None,
     ) -> None:
         self.url = url
         self.timeout = timeout
@@ -73,7 +76,10 @@ class Fleet:
         self._client: Redis | None = None
         self._up = False
         self._lost = trio.Event()
+        self._found = trio.Event()
         self._on_restore: list[Callable[[], Awaitable[None]]] = []
+        # Told of each fall back to local shares (metrics count them).
+        self._on_fallback = on_fallback
 
     @property
     def configured(self) -> bool:
@@ -104,6 +110,11 @@ class Fleet:
         a Redis error in one keeps the worker on local shares until the next probe."""
         self._on_restore.append(callback)
 
+    async def wait_shared(self) -> None:
+        """Return once Redis answers (at once if it does now)."""
+        while not self._up:
+            await self._found.wait()
+
     def status(self) -> dict[str, Any]:
         """For `/health/readiness`: where limits are kept now."""
         if not self.configured:
@@ -118,7 +129,9 @@ class Fleet:
         with trio.move_on_after(self.timeout):
             try:
                 return await command(self._client)
-            except (coredis.exceptions.ConnectionError, OSError) as error:
+            except (coredis.exceptions.RedisError, OSError) as error:
+                # Any refusal (a lost connection, a replica gone read-only, out of memory)
+                # is an outage to ride out on local shares, never a failed request.
                 self._lose(str(error))
                 raise RedisUnavailable(str(error)) from None
         self._lose(f"no answer within {self.timeout:g} s")
@@ -153,14 +166,18 @@ class Fleet:
         try:
             with trio.fail_after(max(self.timeout, 1.0)):
                 await self._client.ping()
-            for callback in self._on_restore:
-                await callback()
+            # Restoring takes a few round trips (scripts, counters): bounded all the same,
+            # so a Redis that answers pings but stalls cannot hold the probe for ever.
+            with trio.fail_after(RESTORE_TIMEOUT):
+                for callback in self._on_restore:
+                    await callback()
         except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as error:
             if first:
                 self._lose(str(error) or "no answer")
             return
         self._lost = trio.Event()
         self._up = True
+        self._found.set()
         if not first:
             logger.warning("Redis is back: limits and router state are shared by the fleet again")
 
@@ -170,6 +187,9 @@ class Fleet:
             return
         self._up = False
         self._lost.set()
+        self._found = trio.Event()
+        if self._on_fallback is not None:
+            self._on_fallback()
         logger.warning(
             "Redis unreachable (%s): each worker now enforces its local share of every limit",
             reason,

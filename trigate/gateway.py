@@ -4,7 +4,8 @@ Everything expensive is built once, at start-up: the token encodings, the
 store, the upstream HTTP client (one connection pool per worker) and each
 deployment's provider adapter. Background work (the spend writer, budget
 window resets, expiry of stored responses, health probes, the poll for deployments
-other processes added) runs in one nursery that `stop` cancels and waits for, so
+other processes added, and with Redis the fleet link, the key change feed and the
+calls that carry limits) runs in one nursery that `stop` cancels and waits for, so
 the last spend rows are flushed before the store closes.
 """
 
@@ -23,7 +24,7 @@ from trigate.clock import wall_time
 from trigate.config import GatewayConfig
 from trigate.errors import secrets
 from trigate.fleet import Fleet
-from trigate.limits import Budgets, RateLimits
+from trigate.limits import Limits
 from trigate.router.catalog import ModelCatalog
 from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.health import run_health_checks
@@ -76,12 +77,15 @@ class Gateway:
         self.config = config
         # The deployments served: the file's (`config_path`, re-read on reload) and the store's.
         self.models = ModelCatalog(config, config_path, Sealer.from_environ(master_key))
+        self.telemetry = Telemetry(config)
         settings = config.router
         self.fleet = Fleet(
-            settings.redis, timeout=settings.redis_timeout, prefix=settings.redis_key_prefix
+            settings.redis,
+            timeout=settings.redis_timeout,
+            prefix=settings.redis_key_prefix,
+            on_fallback=lambda: self.telemetry.metrics.redis_fallback("shared_state"),
         )
-        self.limits = RateLimits()
-        self.budgets = Budgets()
+        self.limits = Limits(self.fleet, lambda table, key: self.ledger.unflushed(table, key))
         self._master_key = master_key
         self._transport = transport
         self._observer = records
@@ -94,7 +98,6 @@ class Gateway:
         self._background_done = trio.Event()
         # Set once a graceful stop begins: readiness fails so balancers send no more work.
         self.draining = False
-        self.telemetry = Telemetry(config)
         secrets.add(master_key)
         secrets.extend(entry.litellm_params.api_key for entry in config.model_list)
         secrets.add(urlsplit(config.router.redis or "").password)
@@ -131,11 +134,15 @@ class Gateway:
     async def start(self) -> None:
         self._counter = await load_token_counter()
         self._store = await Store.open(self.config.database_url)
-        self._auth = Authenticator(self._master_key, self._store)
+        self._auth = Authenticator(
+            self._master_key, self._store, self.fleet, self.limits.shared_state
+        )
         self._ledger = SpendLedger(self._store)
         self._transport = self._transport or self._default_transport()
         prices = await trio.to_thread.run_sync(_shared_prices)
-        self._router = await self.models.start(self._store, self._transport, self._counter, prices)
+        self._router = await self.models.start(
+            self._store, self._transport, self._counter, prices, self.fleet
+        )
 
     async def run_background(self, *, task_status: trio.TaskStatus[None]) -> None:
         """The worker's background tasks; run it in the app's nursery."""
@@ -143,6 +150,10 @@ class Gateway:
             with trio.CancelScope() as self._background:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(self.fleet.run)
+                    if self.fleet.configured:
+                        await nursery.start(self.router.run_shared)
+                    nursery.start_soon(self.auth.share_changes)
+                    nursery.start_soon(self.limits.run)
                     nursery.start_soon(self.ledger.run)
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)

@@ -1,26 +1,53 @@
 """Limits checked on every request before any upstream call: models, budgets and rates.
 
-Rates (`rpm_limit`, `tpm_limit`, `max_parallel_requests`) hold for a key and
-for its team, in fixed one-minute windows kept in this process's memory.
-TPM admits a request on its prompt tokens and settles the actual usage
-afterwards. Budgets work the same way in money: a request reserves the most it
-may cost when admitted and settles its actual cost when it ends (`Budgets`).
+Rates (`rpm_limit`, `tpm_limit`, `max_parallel_requests`) hold for a key, its
+team and its user, in fixed one-minute windows. TPM admits a request on its
+prompt tokens and settles the actual usage afterwards. Budgets work the same
+way in money: a request reserves the most it may cost when admitted and
+settles its actual cost when it ends.
+
+With Redis (see `trigate.fleet`) every window, parallel slot and budget counter
+is the fleet's: one Lua script checks and takes them all for a request, or
+settles them, atomically; requests that arrive together share a call, so each
+costs at most one round trip to admit and one to settle. Parallel slots and
+budget reservations are leases that expire on their own, so a worker that dies
+holding them does not hold them for ever. Without Redis, or while it does not
+answer, each worker keeps its own windows and enforces its share of every rate
+limit.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import secrets
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
+
+import trio
 
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError
+from trigate.fleet import Fleet, RedisUnavailable
 from trigate.store import OWNER_OF_KIND, Row, next_reset
 
 WINDOW = 60.0
+# How long a parallel slot or a budget reservation outlives a worker that died holding
+# it: the longest a request may run (a deployment's default timeout).
+LEASE_TTL = 600.0
+# Budget counters are rebuilt from the store when they expire, so idle ones may go.
+BUDGET_TTL = 3600
+# Settles kept for a Redis that did not answer them.
+MAX_UNSETTLED = 100_000
+# Below a billionth of a dollar left, a budget is spent: float sums of costs rarely land
+# exactly on `max_budget`.
+EXHAUSTED = 1e-9
+
+Unflushed = Callable[[str, str], float]
 
 
 class ModelNotAllowed(GatewayError):
@@ -70,122 +97,6 @@ def _allowed(allowed: list[str], group: str) -> bool:
     return any("*" in entry and fnmatchcase(group, entry) for entry in allowed)
 
 
-@dataclass(slots=True)
-class _Account:
-    """One key's, team's or user's spend in its current budget window, as this process
-    knows it: the store's spend when `row` was read, plus what was billed here since."""
-
-    row: Row
-    spent: float
-    window_end: float | None
-    reserved: float = 0.0
-
-
-@dataclass
-class Reservation:
-    """What an admitted request may still cost each budget it counts against; settled
-    (or released) exactly once, when the request ends."""
-
-    holds: list[tuple[_Account, float]]
-    _done: bool = False
-
-    def settle(self, cost: float) -> None:
-        """Release the reservation and bill the request's actual cost."""
-        if self._done:
-            return
-        self._done = True
-        for account, amount in self.holds:
-            account.reserved -= amount
-            account.spent += cost
-
-
-class Budgets:
-    """Per-owner spend and reservations, authoritative in this process.
-
-    A cached row goes stale: a ledger flush moves cost out of "unflushed" into the
-    store's `spend`, which the cached row never sees. So each owner's spend is taken
-    from the store once per fresh row (its `spend` plus what this process has not
-    yet flushed) and then only grows by what this process bills. An admitted request
-    reserves its most expensive outcome, capped at what remains of each budget, so
-    concurrent requests cannot together overshoot; it settles its actual cost when it
-    ends. Other processes' spend arrives with the next fresh row (the cache's TTL).
-    """
-
-    def __init__(self) -> None:
-        self._accounts: dict[tuple[str, str], _Account] = {}
-
-    def reserve(
-        self, caller: Caller, max_cost: float, unflushed: Callable[[str, str], float]
-    ) -> Reservation:
-        """Reserve up to `max_cost` against every budget of the caller, or refuse with
-        `budget_exceeded` when one is already spent or reserved in full."""
-        now = wall_time()
-        budgeted = [
-            (table, row, self._account(table, row, now, unflushed))
-            for table, row in _budgeted_rows(caller)
-        ]
-        for table, row, account in budgeted:
-            if account.spent + account.reserved >= row["max_budget"] - EXHAUSTED:
-                raise _exceeded(table, row, account, now)
-        holds = []
-        for _, row, account in budgeted:
-            amount = min(max_cost, row["max_budget"] - account.spent - account.reserved)
-            account.reserved += amount
-            holds.append((account, amount))
-        return Reservation(holds)
-
-    def needed(self, caller: Caller) -> bool:
-        """Whether any budget binds the caller, so pricing its request is worth the work."""
-        return next(_budgeted_rows(caller), None) is not None
-
-    def _account(
-        self, table: str, row: Row, now: float, unflushed: Callable[[str, str], float]
-    ) -> _Account:
-        owner = (table, row[OWNER_OF_KIND[table].primary])
-        account = self._accounts.get(owner)
-        if account is None or account.row is not row:
-            fresh = _Account(
-                row, current_spend(row, now) + unflushed(*owner), _window_end(row, now)
-            )
-            fresh.reserved = account.reserved if account is not None else 0.0
-            self._accounts[owner] = account = fresh
-        elif account.window_end is not None and account.window_end <= now:
-            account.spent = 0.0
-            account.window_end = next_reset(account.window_end, row.get("budget_duration"), now)
-        return account
-
-
-# Below a billionth of a dollar left, a budget is spent: float sums of costs rarely land
-# exactly on `max_budget`.
-EXHAUSTED = 1e-9
-
-
-def _budgeted_rows(caller: Caller) -> Iterator[tuple[str, Row]]:
-    for table, row in (("keys", caller.key), ("teams", caller.team), ("users", caller.user)):
-        if row is not None and row.get("max_budget") is not None:
-            yield table, row
-
-
-def _window_end(row: Row, now: float) -> float | None:
-    """When the row's budget window ends; a window already over has been succeeded."""
-    reset_at = row.get("budget_reset_at")
-    if reset_at is not None and reset_at <= now:
-        return next_reset(reset_at, row.get("budget_duration"), now)
-    return reset_at
-
-
-def _exceeded(table: str, row: Row, account: _Account, now: float) -> BudgetExceeded:
-    owner = table.removesuffix("s")
-    in_flight = (
-        f" (+{account.reserved:.6f} reserved by requests in flight)" if account.reserved else ""
-    )
-    # LiteLLM's wording leads: clients match on "Budget has been exceeded!".
-    return BudgetExceeded(
-        f"Budget has been exceeded! Current cost: {account.spent:.6f}{in_flight}, "
-        f"Max budget: {row['max_budget']:.6f} (this {owner}'s)" + _reset_note(row, now)
-    )
-
-
 def requested_output_tokens(body: dict[str, Any]) -> int | None:
     """The output limit a request sets itself: OpenAI's `max_completion_tokens` or
     `max_tokens` (Anthropic's `max_tokens` arrives translated to the latter)."""
@@ -204,126 +115,639 @@ def current_spend(row: Row, now: float) -> float:
     return float(row.get("spend") or 0.0)
 
 
-def _reset_note(row: Row, now: float) -> str:
+# --- What binds a caller -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Rates:
+    """One key's, team's or user's rate limits; None where unlimited."""
+
+    kind: str
+    ident: str
+    rpm: int | None
+    tpm: int | None
+    parallel: int | None
+
+
+@dataclass(slots=True)
+class _Budget:
+    """One key's, team's or user's budget in its current window."""
+
+    table: str
+    ident: str
+    row: Row
+    window_end: float | None
+
+
+def _rates_of(caller: Caller) -> list[_Rates]:
+    rates = []
+    for kind, row, ident in (
+        ("key", caller.key, caller.key_hash),
+        ("team", caller.team, caller.team_id),
+        ("user", caller.user, caller.user_id),
+    ):
+        if row is None or ident is None:
+            continue
+        rpm, tpm, parallel = (
+            row.get("rpm_limit"),
+            row.get("tpm_limit"),
+            row.get("max_parallel_requests"),
+        )
+        if rpm is not None or tpm is not None or parallel is not None:
+            rates.append(_Rates(kind, ident, rpm, tpm, parallel))
+    return rates
+
+
+def _budgeted_rows(caller: Caller) -> Iterator[tuple[str, Row]]:
+    for table, row in (("keys", caller.key), ("teams", caller.team), ("users", caller.user)):
+        if row is not None and row.get("max_budget") is not None:
+            yield table, row
+
+
+def _budgets_of(caller: Caller, now: float) -> list[_Budget]:
+    return [
+        _Budget(table, row[OWNER_OF_KIND[table].primary], row, _window_end(row, now))
+        for table, row in _budgeted_rows(caller)
+    ]
+
+
+def _window_end(row: Row, now: float) -> float | None:
+    """When the row's budget window ends; a window already over has been succeeded."""
     reset_at = row.get("budget_reset_at")
-    return f"; it resets in {math.ceil(reset_at - now)} s." if reset_at else "."
+    if reset_at is not None and reset_at <= now:
+        return next_reset(reset_at, row.get("budget_duration"), now)
+    return reset_at
 
 
-@dataclass
+# --- Admission -----------------------------------------------------------------------
+
+
+class Admission:
+    """A request let in: what it took, given back or settled exactly once when it ends."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: dict[str, str] | None = None) -> None:
+        self.headers = headers if headers is not None else {}
+
+    async def settle(self, tokens: int, cost: float) -> None:
+        """The request ended having used `tokens` and cost `cost`: free its parallel
+        slots, correct TPM to actual usage, bill the cost and release the reservation."""
+
+
+# A caller no limit binds takes nothing, so one admission serves them all.
+UNLIMITED = Admission()
+
+
+class Limits:
+    """Every rate limit and budget of keys, teams and users, for one worker."""
+
+    def __init__(self, fleet: Fleet, unflushed: Unflushed) -> None:
+        self.fleet = fleet
+        self._unflushed = unflushed
+        self._local = _LocalLimits(fleet)
+        self._shared = _SharedLimits(fleet)
+        fleet.on_restore(self._restore)
+
+    async def run(self) -> None:
+        """Carry requests' admissions and settles to Redis; run it in the background."""
+        if self.fleet.configured:
+            await self._shared.run()
+
+    def shared_state(self, table: str, ident: str) -> list[str]:
+        """The Redis keys of an owner's budget: dropped when its row changes (a new
+        `max_budget` or `spend`), to be rebuilt from the store."""
+        return [self.fleet.key("budget", table, ident), self.fleet.key("holds", table, ident)]
+
+    async def _restore(self) -> None:
+        """Redis is reached (again): load the scripts, settle what it did not confirm,
+        and bill its budget counters for what this worker's local admissions spent
+        while it was away. Counters Redis lost come back from the store's spend at their
+        next admission (their floor)."""
+        await self._shared.load_scripts()
+        missed = self._local.missed
+        client = self.fleet.client
+        for (table, ident), cost in list(missed.items()):
+            await client.hincrbyfloat(self.fleet.key("budget", table, ident), "spent", cost)
+            del missed[table, ident]
+
+    async def admit(
+        self,
+        caller: Caller,
+        prompt_tokens: Callable[[], Awaitable[int]],
+        max_cost: Callable[[], Awaitable[float]],
+    ) -> Admission:
+        """Check and take the caller's rates and budgets in one step, or refuse with
+        `rate_limit_exceeded` or `budget_exceeded` having taken nothing. `max_cost` is
+        asked only when a budget binds the caller."""
+        rates = _rates_of(caller)
+        budgeted = next(_budgeted_rows(caller), None) is not None
+        if not rates and not budgeted:
+            return UNLIMITED
+        now = wall_time()
+        budgets = _budgets_of(caller, now) if budgeted else []
+        tokens = await prompt_tokens() if any(r.tpm is not None for r in rates) else 0
+        most = await max_cost() if budgets else 0.0
+        orphan = None
+        if self.fleet.shared:
+            lease = self._shared.lease(rates, budgets, self._bases(budgets, now), now)
+            try:
+                return await self._shared.admit(lease, tokens, most, now)
+            except RedisUnavailable:
+                orphan = (self._shared, lease)  # the script may have run: undo it later
+        return self._local.admit(rates, budgets, tokens, most, now, self._unflushed, orphan)
+
+    def _bases(self, budgets: list[_Budget], now: float) -> list[float]:
+        """What the store says each budget has spent, with this worker's unflushed cost:
+        never more than the truth, so a shared counter is raised to it, never lowered."""
+        return [current_spend(b.row, now) + self._unflushed(b.table, b.ident) for b in budgets]
+
+
+def _rate_limited(rates: _Rates, what: str, now: float) -> RateLimited:
+    if what == "parallel":
+        return RateLimited(
+            f"This {rates.kind} already has {rates.parallel} requests in flight, "
+            "its max_parallel_requests.",
+            headers={"retry-after": "1"},
+        )
+    retry_after = str(max(1, math.ceil(WINDOW - now % WINDOW)))
+    if what == "rpm":
+        message = f"This {rates.kind} is over its rpm_limit of {rates.rpm} requests per minute."
+    else:
+        message = f"This {rates.kind} is over its tpm_limit of {rates.tpm} tokens per minute."
+    return RateLimited(message, headers={"retry-after": retry_after})
+
+
+def _budget_exceeded(budget: _Budget, spent: float, reserved: float, now: float) -> BudgetExceeded:
+    owner = budget.table.removesuffix("s")
+    in_flight = f" (+{reserved:.6f} reserved by requests in flight)" if reserved > 0 else ""
+    reset_at = budget.row.get("budget_reset_at")
+    note = f"; it resets in {math.ceil(reset_at - now)} s." if reset_at else "."
+    # LiteLLM's wording leads: clients match on "Budget has been exceeded!".
+    return BudgetExceeded(
+        f"Budget has been exceeded! Current cost: {spent:.6f}{in_flight}, "
+        f"Max budget: {budget.row['max_budget']:.6f} (this {owner}'s){note}"
+    )
+
+
+def _headers(rates: _Rates, requests: int, tokens: int, now: float) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers for the key's own limits (else its team's, its
+    user's), from the window's counts once this request is taken."""
+    reset = f"{max(1, math.ceil(WINDOW - now % WINDOW))}s"
+    headers = {}
+    if rates.rpm is not None:
+        headers["x-ratelimit-limit-requests"] = str(rates.rpm)
+        headers["x-ratelimit-remaining-requests"] = str(max(rates.rpm - requests, 0))
+        headers["x-ratelimit-reset-requests"] = reset
+    if rates.tpm is not None:
+        headers["x-ratelimit-limit-tokens"] = str(rates.tpm)
+        headers["x-ratelimit-remaining-tokens"] = str(max(rates.tpm - tokens, 0))
+        headers["x-ratelimit-reset-tokens"] = reset
+    return headers
+
+
+# --- This worker's own windows and budgets: no Redis, or Redis away -------------------
+
+
+@dataclass(slots=True)
 class _Window:
     minute: int = -1
     requests: int = 0
     tokens: int = 0
     in_flight: int = 0
 
-    def roll(self, now: float) -> None:
-        minute = int(now // WINDOW)
+    def roll(self, minute: int) -> None:
         if minute != self.minute:
             self.minute, self.requests, self.tokens = minute, 0, 0
 
 
-@dataclass
-class _Scope:
-    """One key's or team's limits and its current window."""
+@dataclass(slots=True)
+class _Account:
+    """One owner's spend in its current budget window, as this worker knows it: the
+    store's spend when `row` was read, plus what was billed here since."""
 
-    name: str
-    rpm: int | None
-    tpm: int | None
-    parallel: int | None
-    window: _Window
+    owner: tuple[str, str]
+    row: Row
+    spent: float
+    window_end: float | None
+    reserved: float = 0.0
 
 
-@dataclass
-class Admission:
-    """A request let in: its reserved tokens, settled or released when it ends."""
+class _LocalAdmission(Admission):
+    __slots__ = ("_done", "_holds", "_minute", "_missed", "_orphan", "_tokens", "_windows")
 
-    scopes: list[_Scope]
-    reserved_tokens: int
-    headers: dict[str, str] = field(default_factory=dict)
-    _done: bool = False
+    def __init__(
+        self,
+        windows: list[_Window],
+        tokens: int,
+        minute: int,
+        holds: list[tuple[_Account, float]],
+        headers: dict[str, str],
+        missed: defaultdict[tuple[str, str], float] | None,
+        orphan: tuple[_SharedLimits, _Lease] | None,
+    ) -> None:
+        super().__init__(headers)
+        self._windows, self._tokens, self._minute = windows, tokens, minute
+        self._holds, self._missed, self._orphan, self._done = holds, missed, orphan, False
 
-    def finish(self, actual_tokens: int) -> None:
-        """The request ended: free its parallel slot and correct TPM to actual usage."""
+    async def settle(self, tokens: int, cost: float) -> None:
         if self._done:
             return
         self._done = True
-        now = wall_time()
-        for scope in self.scopes:
-            scope.window.in_flight -= 1
-            if scope.window.minute == int(now // WINDOW):
-                scope.window.tokens += actual_tokens - self.reserved_tokens
+        current = int(wall_time() // WINDOW) == self._minute
+        for window in self._windows:
+            window.in_flight -= 1
+            if current:
+                window.tokens += tokens - self._tokens
+        for account, amount in self._holds:
+            account.reserved -= amount
+            account.spent += cost
+            if self._missed is not None:
+                self._missed[account.owner] += cost
+        if self._orphan is not None:
+            # An admission Redis did not confirm in time may still have taken leases
+            # there; give them back now rather than when they expire.
+            shared, lease = self._orphan
+            await shared.release(lease)
 
 
-class RateLimits:
-    def __init__(self) -> None:
-        self._windows: dict[str, _Window] = {}
+class _LocalLimits:
+    """Per-worker windows and budgets (today's behaviour with one worker).
 
-    async def admit(self, caller: Caller, prompt_tokens: Callable[[], Awaitable[int]]) -> Admission:
-        scopes = self._scopes(caller)
-        if not scopes:
-            return Admission([], 0)
-        now = wall_time()
-        tokens = await prompt_tokens() if any(s.tpm is not None for s in scopes) else 0
-        for scope in scopes:
-            scope.window.roll(now)
-            _check(scope, tokens, now)
-        for scope in scopes:
-            scope.window.requests += 1
-            scope.window.tokens += tokens
-            scope.window.in_flight += 1
-        return Admission(scopes, tokens, _headers(scopes[0], now))
+    Each worker enforces its share of a rate limit (`Fleet.share`), so the shares of an
+    instance's workers never add up past it. Budgets are not split: each owner's spend
+    is taken from the store once per fresh row (its `spend` plus what this worker has not
+    yet flushed) and then only grows by what this worker bills; other workers' spend
+    arrives with the next fresh row (the key cache's TTL).
+    """
 
-    def _scopes(self, caller: Caller) -> list[_Scope]:
-        scopes = []
-        for kind, row, ident in (
-            ("key", caller.key, caller.key_hash),
-            ("team", caller.team, caller.team_id),
-        ):
-            if row is None or ident is None:
-                continue
-            rpm, tpm, parallel = (
-                row.get("rpm_limit"),
-                row.get("tpm_limit"),
-                row.get("max_parallel_requests"),
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._accounts: dict[tuple[str, str], _Account] = {}
+        # With Redis configured: spend billed here while it was away, which its counters
+        # are told of when it returns.
+        self.missed: defaultdict[tuple[str, str], float] = defaultdict(float)
+
+    def admit(
+        self,
+        rates: list[_Rates],
+        budgets: list[_Budget],
+        tokens: int,
+        max_cost: float,
+        now: float,
+        unflushed: Unflushed,
+        orphan: tuple[_SharedLimits, _Lease] | None,
+    ) -> Admission:
+        accounts = [self._account(budget, now, unflushed) for budget in budgets]
+        for budget, account in zip(budgets, accounts, strict=True):
+            if account.spent + account.reserved >= budget.row["max_budget"] - EXHAUSTED:
+                raise _budget_exceeded(budget, account.spent, account.reserved, now)
+        minute = int(now // WINDOW)
+        windows = [self._windows.setdefault((r.kind, r.ident), _Window()) for r in rates]
+        share = self._fleet.share
+        for limits, window in zip(rates, windows, strict=True):
+            window.roll(minute)
+            if limits.rpm is not None and window.requests + 1 > share(limits.rpm):
+                raise _rate_limited(limits, "rpm", now)
+            if limits.tpm is not None and window.tokens + tokens > share(limits.tpm):
+                raise _rate_limited(limits, "tpm", now)
+            if limits.parallel is not None and window.in_flight + 1 > share(limits.parallel):
+                raise _rate_limited(limits, "parallel", now)
+        holds = []
+        for budget, account in zip(budgets, accounts, strict=True):
+            amount = min(max_cost, budget.row["max_budget"] - account.spent - account.reserved)
+            account.reserved += amount
+            holds.append((account, amount))
+        for window in windows:
+            window.requests += 1
+            window.tokens += tokens
+            window.in_flight += 1
+        headers = {}
+        if rates:
+            first = windows[0]
+            headers = _headers(rates[0], first.requests, first.tokens, now)
+        missed = self.missed if self._fleet.configured else None
+        return _LocalAdmission(windows, tokens, minute, holds, headers, missed, orphan)
+
+    def _account(self, budget: _Budget, now: float, unflushed: Unflushed) -> _Account:
+        owner = (budget.table, budget.ident)
+        account = self._accounts.get(owner)
+        if account is None or account.row is not budget.row:
+            fresh = _Account(
+                owner,
+                budget.row,
+                current_spend(budget.row, now) + unflushed(*owner),
+                budget.window_end,
             )
-            if rpm is None and tpm is None and parallel is None:
-                continue
-            window = self._windows.setdefault(f"{kind}:{ident}", _Window())
-            scopes.append(_Scope(kind, rpm, tpm, parallel, window))
-        return scopes
+            fresh.reserved = account.reserved if account is not None else 0.0
+            self._accounts[owner] = account = fresh
+        elif account.window_end is not None and account.window_end <= now:
+            account.spent = 0.0
+            account.window_end = next_reset(
+                account.window_end, budget.row.get("budget_duration"), now
+            )
+        return account
 
 
-def _check(scope: _Scope, tokens: int, now: float) -> None:
-    window = scope.window
-    retry_after = str(max(1, math.ceil(WINDOW - now % WINDOW)))
-    if scope.rpm is not None and window.requests + 1 > scope.rpm:
-        raise RateLimited(
-            f"This {scope.name} is over its rpm_limit of {scope.rpm} requests per minute.",
-            headers={"retry-after": retry_after},
-        )
-    if scope.tpm is not None and window.tokens + tokens > scope.tpm:
-        raise RateLimited(
-            f"This {scope.name} is over its tpm_limit of {scope.tpm} tokens per minute.",
-            headers={"retry-after": retry_after},
-        )
-    if scope.parallel is not None and window.in_flight + 1 > scope.parallel:
-        raise RateLimited(
-            f"This {scope.name} already has {scope.parallel} requests in flight, "
-            "its max_parallel_requests.",
-            headers={"retry-after": "1"},
-        )
+# --- The fleet's windows, leases and budget counters, in Redis -----------------------
+
+# The fleet's limits are changed by one script, run with a batch of operations: the
+# admissions and settles of requests that arrived together, each atomic, in order.
+# ARGV: the operation count; then for each operation its kind ("admit" or "settle"),
+# its key count, its argument count, and its arguments. KEYS: each operation's keys.
+# Returns each operation's answer.
+#
+# admit (an admission):
+# KEYS: for each rate scope its window (a hash of requests and tokens) and its parallel
+# slots (a sorted set of lease ids by expiry); then for each budget its counter (a hash of
+# the budget `window` it counts, `spent`, `reserved`, and each reservation's amount under
+# its lease id) and its reservations (a sorted set of lease ids by expiry).
+# ARGV: now, lease id, lease expiry, prompt tokens, scope count, budget count, the most
+# the request may cost; then rpm, tpm and parallel of each scope (-1: none); then
+# max_budget, the spend the store knows (a floor for the counter) and the window (its
+# end, 0 if it has none) of each budget; then the seconds idle counters live. A later
+# window than the counter's starts it afresh.
+# Returns {"ok", requests, tokens} (the first scope's window, this request taken), or
+# {"rpm"|"tpm"|"parallel", scope index}, or {"budget", budget index, spent, reserved};
+# a refusal takes nothing.
+#
+# settle (a request's end):
+# KEYS: as admit's. ARGV: lease id, the change to the window's tokens (0 once the window
+# has passed), the cost to bill, scope count, budget count. A budget is billed the cost
+# only with its reservation, which goes once: settling twice (a settle retried because
+# its answer never came) or settling what Redis never admitted changes nothing. A
+# reservation that expired, or whose counter was started afresh, is billed through the
+# store (the counter's floor) instead.
+SCRIPT = """
+local function admit(K, A)
+  local now, lease, expiry = tonumber(ARGV[A + 1]), ARGV[A + 2], tonumber(ARGV[A + 3])
+  local tokens, scopes = tonumber(ARGV[A + 4]), tonumber(ARGV[A + 5])
+  local budgets = tonumber(ARGV[A + 6])
+  local most, b0, r0 = tonumber(ARGV[A + 7]), 2 * scopes, 7 + 3 * scopes
+  local ttl = ARGV[A + r0 + 3 * budgets + 1]
+  local spent, reserved = {}, {}
+  for j = 1, budgets do
+    local counter, holds = KEYS[K + b0 + 2 * j - 1], KEYS[K + b0 + 2 * j]
+    local limit, floor = tonumber(ARGV[A + r0 + 3 * j - 2]), tonumber(ARGV[A + r0 + 3 * j - 1])
+    local window = tonumber(redis.call('HGET', counter, 'window') or '-1')
+    if tonumber(ARGV[A + r0 + 3 * j]) > window then
+      redis.call('DEL', counter, holds)
+      redis.call('HSET', counter, 'window', ARGV[A + r0 + 3 * j])
+    end
+    local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+    if #expired > 0 then
+      local freed = 0
+      for _, id in ipairs(expired) do
+        freed = freed + tonumber(redis.call('HGET', counter, id) or '0')
+        redis.call('HDEL', counter, id)
+      end
+      redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+      redis.call('HINCRBYFLOAT', counter, 'reserved', -freed)
+    end
+    local state = redis.call('HMGET', counter, 'spent', 'reserved')
+    spent[j] = tonumber(state[1] or '0')
+    if floor > spent[j] then
+      spent[j] = floor
+      redis.call('HSET', counter, 'spent', ARGV[A + r0 + 3 * j - 1])
+    end
+    reserved[j] = math.max(tonumber(state[2] or '0'), 0)
+    if spent[j] + reserved[j] >= limit - 1e-9 then
+      local left = {string.format('%.17g', spent[j]), string.format('%.17g', reserved[j])}
+      return {'budget', j - 1, left[1], left[2]}
+    end
+  end
+  for i = 1, scopes do
+    local rpm, tpm = tonumber(ARGV[A + 5 + 3 * i]), tonumber(ARGV[A + 6 + 3 * i])
+    local parallel = tonumber(ARGV[A + 7 + 3 * i])
+    local counts = redis.call('HMGET', KEYS[K + 2 * i - 1], 'requests', 'tokens')
+    if rpm >= 0 and tonumber(counts[1] or '0') + 1 > rpm then return {'rpm', i - 1} end
+    if tpm >= 0 and tonumber(counts[2] or '0') + tokens > tpm then return {'tpm', i - 1} end
+    if parallel >= 0 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[K + 2 * i], '-inf', now)
+      if redis.call('ZCARD', KEYS[K + 2 * i]) + 1 > parallel then return {'parallel', i - 1} end
+    end
+  end
+  local answer = {'ok', 0, 0}
+  for i = 1, scopes do
+    local window, slots = KEYS[K + 2 * i - 1], KEYS[K + 2 * i]
+    local requests = redis.call('HINCRBY', window, 'requests', 1)
+    local used = redis.call('HINCRBY', window, 'tokens', tokens)
+    redis.call('EXPIRE', window, 120)
+    if i == 1 then answer[2], answer[3] = requests, used end
+    if tonumber(ARGV[A + 7 + 3 * i]) >= 0 then
+      redis.call('ZADD', slots, expiry, lease)
+      redis.call('EXPIRE', slots, ttl)
+    end
+  end
+  for j = 1, budgets do
+    local counter, holds = KEYS[K + b0 + 2 * j - 1], KEYS[K + b0 + 2 * j]
+    local amount = math.min(most, tonumber(ARGV[A + r0 + 3 * j - 2]) - spent[j] - reserved[j])
+    local text = string.format('%.17g', amount)
+    redis.call('ZADD', holds, expiry, lease)
+    redis.call('HSET', counter, lease, text)
+    redis.call('HINCRBYFLOAT', counter, 'reserved', text)
+    redis.call('EXPIRE', counter, ttl)
+    redis.call('EXPIRE', holds, ttl)
+  end
+  return answer
+end
+
+local function settle(K, A)
+  local lease, delta, cost = ARGV[A + 1], tonumber(ARGV[A + 2]), ARGV[A + 3]
+  local scopes, budgets = tonumber(ARGV[A + 4]), tonumber(ARGV[A + 5])
+  for i = 1, scopes do
+    if delta ~= 0 and redis.call('EXISTS', KEYS[K + 2 * i - 1]) == 1 then
+      redis.call('HINCRBY', KEYS[K + 2 * i - 1], 'tokens', delta)
+    end
+    redis.call('ZREM', KEYS[K + 2 * i], lease)
+  end
+  for j = 1, budgets do
+    local counter = KEYS[K + 2 * scopes + 2 * j - 1]
+    local amount = redis.call('HGET', counter, lease)
+    if amount then
+      redis.call('HDEL', counter, lease)
+      redis.call('ZREM', KEYS[K + 2 * scopes + 2 * j], lease)
+      redis.call('HINCRBYFLOAT', counter, 'reserved', '-' .. amount)
+      if tonumber(cost) > 0 then redis.call('HINCRBYFLOAT', counter, 'spent', cost) end
+    end
+  end
+  return 1
+end
+
+local answers, K, A = {}, 0, 1
+for n = 1, tonumber(ARGV[1]) do
+  local kind, keys, args = ARGV[A + 1], tonumber(ARGV[A + 2]), tonumber(ARGV[A + 3])
+  if kind == 'admit' then answers[n] = admit(K, A + 3) else answers[n] = settle(K, A + 3) end
+  K, A = K + keys, A + 3 + args
+end
+return answers
+"""
 
 
-def _headers(scope: _Scope, now: float) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* headers for the key's own limits (else its team's)."""
-    reset = f"{max(1, math.ceil(WINDOW - now % WINDOW))}s"
-    headers = {}
-    if scope.rpm is not None:
-        headers["x-ratelimit-limit-requests"] = str(scope.rpm)
-        headers["x-ratelimit-remaining-requests"] = str(max(scope.rpm - scope.window.requests, 0))
-        headers["x-ratelimit-reset-requests"] = reset
-    if scope.tpm is not None:
-        headers["x-ratelimit-limit-tokens"] = str(scope.tpm)
-        headers["x-ratelimit-remaining-tokens"] = str(max(scope.tpm - scope.window.tokens, 0))
-        headers["x-ratelimit-reset-tokens"] = reset
-    return headers
+@dataclass(slots=True)
+class _Lease:
+    """One request's claim on the fleet's limits: the keys it touches and what it took."""
+
+    id: str
+    rates: list[_Rates]
+    budgets: list[_Budget]
+    keys: list[str]
+    bases: list[float]
+    minute: int
+    tokens: int = 0
+
+
+class _SharedAdmission(Admission):
+    __slots__ = ("_done", "_lease", "_limits")
+
+    def __init__(self, limits: _SharedLimits, lease: _Lease, headers: dict[str, str]) -> None:
+        super().__init__(headers)
+        self._limits, self._lease, self._done = limits, lease, False
+
+    async def settle(self, tokens: int, cost: float) -> None:
+        if self._done:
+            return
+        self._done = True
+        lease = self._lease
+        delta = tokens - lease.tokens if int(wall_time() // WINDOW) == lease.minute else 0
+        await self._limits.release(lease, delta, cost)
+
+
+class _SharedLimits:
+    """The fleet's limits in Redis. Requests that arrive together share one script call
+    (`_Batch`), so under load a request costs less than its two round trips."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+        # Settles Redis did not confirm, sent again when it answers (they are idempotent);
+        # the oldest go first past the bound, their leases then expire by themselves.
+        self._unsettled: deque[tuple[_Lease, float]] = deque(maxlen=MAX_UNSETTLED)
+        # Lease ids: unique across the fleet without asking anyone.
+        self._prefix = secrets.token_hex(6)
+        self._count = itertools.count()
+        self._script: Any = None
+        self._batch = _Batch()
+        self._sent = trio.Event()
+
+    async def load_scripts(self) -> None:
+        """Register the script with (a possibly new) Redis, so no request pays for it,
+        and settle what it did not confirm while away."""
+        client = self._fleet.client
+        self._script = client.register_script(SCRIPT)
+        await client.script_load(SCRIPT)
+        while self._unsettled:
+            lease, cost = self._unsettled[0]
+            one = _Batch()
+            one.add("settle", lease.keys, _settle_args(lease, 0, cost))
+            await self._script(keys=one.keys, args=one.args)
+            self._unsettled.popleft()
+
+    async def run(self) -> None:
+        """Send each batch as its first operation arrives: operations queued while one
+        call is out go together in the next."""
+        while True:
+            await self._sent.wait()
+            self._sent = trio.Event()
+            batch, self._batch = self._batch, _Batch()
+            batch.done(await self._send(batch))
+
+    async def _send(self, batch: _Batch) -> list[Any] | None:
+        try:
+            return await self._fleet.call(
+                lambda redis: self._script(keys=batch.keys, args=batch.args)
+            )
+        except RedisUnavailable:
+            return None
+
+    async def _run(self, kind: str, keys: list[str], args: list[Any]) -> Any:
+        """One operation's answer, or RedisUnavailable after `redis_timeout` (the
+        operation may still run: admissions and settles are made safe for that)."""
+        if not self._fleet.shared:
+            raise RedisUnavailable("Redis is unreachable")
+        operation = self._batch.add(kind, keys, args)
+        self._sent.set()
+        with trio.move_on_after(self._fleet.timeout):
+            await operation.done.wait()
+        if operation.answer is None:
+            raise RedisUnavailable("Redis did not answer in time")
+        return operation.answer
+
+    def lease(
+        self, rates: list[_Rates], budgets: list[_Budget], bases: list[float], now: float
+    ) -> _Lease:
+        key = self._fleet.key
+        minute = int(now // WINDOW)
+        keys: list[str] = []
+        for r in rates:
+            keys += (key("rate", r.kind, r.ident, str(minute)), key("slots", r.kind, r.ident))
+        for b in budgets:
+            keys += (key("budget", b.table, b.ident), key("holds", b.table, b.ident))
+        return _Lease(f"{self._prefix}.{next(self._count)}", rates, budgets, keys, bases, minute)
+
+    async def admit(self, lease: _Lease, tokens: int, max_cost: float, now: float) -> Admission:
+        args: list[Any] = [
+            repr(now), lease.id, repr(now + LEASE_TTL), tokens, len(lease.rates),
+            len(lease.budgets), repr(min(max_cost, 1e300)),
+        ]  # fmt: skip
+        for r in lease.rates:
+            args += (_or_none(r.rpm), _or_none(r.tpm), _or_none(r.parallel))
+        for b, base in zip(lease.budgets, lease.bases, strict=True):
+            args += (repr(float(b.row["max_budget"])), repr(base), repr(b.window_end or 0.0))
+        args.append(BUDGET_TTL)
+        answer = await self._run("admit", lease.keys, args)
+        verdict = answer[0]
+        if verdict == b"ok":
+            lease.tokens = tokens
+            headers = _headers(lease.rates[0], answer[1], answer[2], now) if lease.rates else {}
+            return _SharedAdmission(self, lease, headers)
+        if verdict == b"budget":
+            budget = lease.budgets[answer[1]]
+            raise _budget_exceeded(budget, float(answer[2]), float(answer[3]), now)
+        raise _rate_limited(lease.rates[answer[1]], verdict.decode(), now)
+
+    async def release(self, lease: _Lease, delta: int = 0, cost: float = 0.0) -> None:
+        """Give back the lease's parallel slots and reservations, correct its window's
+        tokens by `delta` and bill `cost`; if Redis does not confirm it, again when it
+        answers (without the token change, whose window will be over)."""
+        try:
+            await self._run("settle", lease.keys, _settle_args(lease, delta, cost))
+        except RedisUnavailable:
+            self._unsettled.append((lease, cost))
+
+
+@dataclass(slots=True)
+class _Operation:
+    done: trio.Event
+    answer: Any = None
+
+
+class _Batch:
+    """Operations for one call of SCRIPT, and their answers once it returns."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.args: list[Any] = [0]
+        self._operations: list[_Operation] = []
+
+    def add(self, kind: str, keys: list[str], args: list[Any]) -> _Operation:
+        self.keys += keys
+        self.args += (kind, len(keys), len(args), *args)
+        self.args[0] += 1
+        operation = _Operation(trio.Event())
+        self._operations.append(operation)
+        return operation
+
+    def done(self, answers: list[Any] | None) -> None:
+        """Hand each operation its answer; None to all when Redis gave none."""
+        for i, operation in enumerate(self._operations):
+            operation.answer = answers[i] if answers is not None else None
+            operation.done.set()
+
+
+def _settle_args(lease: _Lease, delta: int, cost: float) -> list[Any]:
+    return [lease.id, delta, repr(cost), len(lease.rates), len(lease.budgets)]
+
+
+def _or_none(limit: int | None) -> int:
+    return -1 if limit is None else limit

@@ -42,7 +42,6 @@ from prometheus_client.metrics import MetricWrapperBase
 if TYPE_CHECKING:
     from trigate.auth import Caller
     from trigate.errors import GatewayError
-    from trigate.limits import Reservation
     from trigate.router.deployments import Deployment
     from trigate.spend import RequestRecord
 
@@ -552,16 +551,24 @@ class Metrics:
                     series.requested_model, series.deployment.label_id
                 ).inc()
 
-    def budgets_left(self, caller: Caller, reservation: Reservation) -> None:
-        """The key's and team's budget left, from the accounts the request settled."""
-        for account, _ in reservation.holds:
-            left = max(float(account.row["max_budget"]) - account.spent, 0.0)
-            if account.row is caller.key:
-                labels = (caller.key_hash or "", caller.key_alias or "")
-                self._child(self.remaining_key_budget, labels).set(left)
-            elif account.row is caller.team:
-                alias = (caller.team or {}).get("team_alias") or ""
-                self._child(self.remaining_team_budget, (caller.team_id or "", alias)).set(left)
+    def budgets_left(self, caller: Caller, cost: float) -> None:
+        """The key's and team's budget left after a request, as LiteLLM reports it: the
+        max budget less the spend on the row the request was admitted with, and its cost."""
+        for row, labels, gauge in (
+            (
+                caller.key,
+                (caller.key_hash or "", caller.key_alias or ""),
+                self.remaining_key_budget,
+            ),
+            (
+                caller.team,
+                (caller.team_id or "", (caller.team or {}).get("team_alias") or ""),
+                self.remaining_team_budget,
+            ),
+        ):
+            if row is not None and row.get("max_budget") is not None:
+                left = float(row["max_budget"]) - float(row.get("spend") or 0.0) - cost
+                self._child(gauge, labels).set(max(left, 0.0))
 
     def _rate_headroom(self, deployment: Deployment, now: float) -> None:
         """Requests and tokens left this minute under a deployment's own rpm and tpm (not

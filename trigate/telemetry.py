@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from trigate.api.context import RequestContext
     from trigate.auth import Caller
     from trigate.config import GatewayConfig
-    from trigate.limits import Reservation
     from trigate.router.deployments import Deployment
     from trigate.spend import RequestRecord
 
@@ -207,7 +206,6 @@ class CallTelemetry:
         record: RequestRecord,
         deployment: Deployment | None,
         error: GatewayError | None,
-        reservation: Reservation | None,
     ) -> None:
         """Everything the call adds, from its spend record, once."""
         context.accounted = True
@@ -220,8 +218,7 @@ class CallTelemetry:
         metrics.request_done(
             series, record, error, api_latency=api_latency, upstream_wait=context.upstream_wait
         )
-        if reservation is not None:
-            metrics.budgets_left(caller, reservation)
+        metrics.budgets_left(caller, record.cost)
         if self.span is not None:
             self._end_span(record, deployment, error)
         if telemetry.access_log:

@@ -34,7 +34,6 @@ from trigate.gateway import Gateway
 from trigate.limits import (
     Admission,
     ModelNotAllowed,
-    Reservation,
     allows_model,
     check_model,
     requested_output_tokens,
@@ -417,7 +416,6 @@ class ProxiedCall(Generic[A]):
         self.meter = UsageMeter(gateway.counter, model, body)
         self.ttft: float | None = None
         self.admission: Admission | None = None
-        self.reservation: Reservation | None = None
 
     async def admit(self) -> None:
         """The caller's model access, budgets and rate limits, before any upstream call.
@@ -428,12 +426,9 @@ class ProxiedCall(Generic[A]):
             check_access(self.caller, self.requested, self.progress.model_group)
             for fallback in self.fallbacks or ():
                 check_model(self.caller, fallback, param="fallbacks")
-            if self.gateway.budgets.needed(self.caller):
-                max_cost = await self._max_cost()
-                self.reservation = self.gateway.budgets.reserve(
-                    self.caller, max_cost, self.gateway.ledger.unflushed
-                )
-            self.admission = await self.gateway.limits.admit(self.caller, self.meter.prompt_tokens)
+            self.admission = await self.gateway.limits.admit(
+                self.caller, self.meter.prompt_tokens, self._max_cost
+            )
         except GatewayError as rejection:
             with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
                 await self._record(rejection.status, rejection, None, cancelled=False)
@@ -466,12 +461,9 @@ class ProxiedCall(Generic[A]):
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
                 usage = await self._record(status, error, usage, cancelled=cancelled)
-            tokens = usage.total_tokens if usage else 0
             if routed is not None:
-                self.gateway.router.release(routed.deployment, tokens)
-            if self.admission is not None:
-                self.admission.finish(tokens)
-            self._release_unsettled()
+                self.gateway.router.release(routed.deployment, usage.total_tokens if usage else 0)
+            await self._release_unsettled()
 
     def _answer(self, completion: Completion, usage: Usage) -> bytes:
         """The upstream's own bytes when they can go as they are; the usage the upstream
@@ -495,12 +487,9 @@ class ProxiedCall(Generic[A]):
             error = failure if isinstance(failure, GatewayError) else None
             cancelled = isinstance(failure, trio.Cancelled)
             status = error.status if error else CLIENT_CLOSED if cancelled else 500
-            usage: Usage | None = None
             with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
-                usage = await self._record(status, error, None, cancelled=cancelled)
-            if self.admission is not None:
-                self.admission.finish(usage.total_tokens if usage else 0)
-            self._release_unsettled()
+                await self._record(status, error, None, cancelled=cancelled)
+            await self._release_unsettled()
             raise
         self.ttft = self.context.elapsed()
         opened = routed.result
@@ -548,19 +537,19 @@ class ProxiedCall(Generic[A]):
         usage = await self.meter.settle()
         if self.progress.deployment is not None:
             self.gateway.router.release(self.progress.deployment, usage.total_tokens)
-        if self.admission is not None:
-            self.admission.finish(usage.total_tokens)
         try:
             await self._record(status, outcome.error, usage, cancelled=outcome.cancelled_by_client)
         finally:
-            self._release_unsettled()
+            await self._release_unsettled()
         if self.surface is not None and self.surface.finished is not None:
             await self.surface.finished(outcome)
 
-    def _release_unsettled(self) -> None:
-        """A record that never got written (it timed out) must not hold its reservation."""
-        if self.reservation is not None:
-            self.reservation.settle(0.0)
+    async def _release_unsettled(self) -> None:
+        """A record that never got written (it timed out) must not hold its parallel
+        slots and reservations. Bounded by `redis_timeout`, so shielded."""
+        if self.admission is not None:
+            with trio.CancelScope(shield=True):
+                await self.admission.settle(0, 0.0)
 
     async def _record(
         self,
@@ -579,9 +568,10 @@ class ProxiedCall(Generic[A]):
         elapsed = self.context.elapsed()
         end = wall_time()
         cost = self.gateway.cost(deployment, usage) if deployment else 0.0
-        if self.reservation is not None:
-            # With no checkpoint before the ledger counts it as unflushed, as budgets expect.
-            self.reservation.settle(cost)
+        if self.admission is not None:
+            # A worker's own budget count has no checkpoint here before the ledger counts
+            # the cost as unflushed, as it expects; a shared one is billed in Redis first.
+            await self.admission.settle(usage.total_tokens, cost)
         record = RequestRecord(
             request_id=self.context.request_id,
             client_request_id=self.context.client_request_id,
@@ -606,6 +596,6 @@ class ProxiedCall(Generic[A]):
             cancelled_by_client=cancelled,
             error=secrets.redact(error.message) if error else None,
         )
-        self.telemetry.finished(self.context, caller, record, deployment, error, self.reservation)
+        self.telemetry.finished(self.context, caller, record, deployment, error)
         await self.gateway.record(record)
         return usage

@@ -28,6 +28,7 @@ import trio
 
 from trigate.config import ConfigError, GatewayConfig, ModelEntry, load_config, parse_model_entry
 from trigate.errors import secrets
+from trigate.fleet import Fleet
 from trigate.router.deployments import ModelGroups
 from trigate.router.router import Router
 from trigate.sealing import SECRET_PARAMS, Sealer, SealError
@@ -84,6 +85,7 @@ class ModelCatalog:
         transport: httpx.AsyncBaseTransport,
         counter: TokenCounter,
         prices: PriceTable,
+        fleet: Fleet,
     ) -> Router:
         """The router serving the file's deployments and the store's, as they are now."""
         self._store = store
@@ -91,7 +93,7 @@ class ModelCatalog:
         self._version, rows = await store.stored_models()
         self._stored = self._resolved(rows)
         config = self.file_config
-        self._router = Router(self._groups(config, None), config.router)
+        self._router = Router(self._groups(config, None), config.router, fleet)
         return self._router
 
     def parse(self, raw: dict[str, Any]) -> ModelEntry:

@@ -103,17 +103,18 @@ class Deployment:
         return getattr(self.price, name) if self.price is not None else None
 
     def available(self, now: float) -> bool:
-        """Not cooling, and under every hard cap: rpm, tpm and max_parallel_requests."""
+        """Not cooling, and under every hard cap: rpm, tpm and max_parallel_requests (the
+        fleet's counts against the whole cap, or this worker's against its share)."""
         params, state = self.params, self.state
         if not state.breaker.available(now):
             return False
         if params.max_parallel_requests is not None and (
-            state.in_flight >= params.max_parallel_requests
+            state.busy >= state.cap(params.max_parallel_requests)
         ):
             return False
-        if params.rpm is not None and state.requests_used(now) >= params.rpm:
+        if params.rpm is not None and state.requests_used(now) >= state.cap(params.rpm):
             return False
-        return params.tpm is None or state.tokens_used(now) < params.tpm
+        return params.tpm is None or state.tokens_used(now) < state.cap(params.tpm)
 
     def headroom(self, now: float) -> float:
         """The smallest remaining share of this minute's rpm and tpm; 1.0 when uncapped."""

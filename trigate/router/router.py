@@ -10,6 +10,10 @@ the request moves along the fallback chain that fits the failure.
 With `hedge_after_ms`, an attempt that has produced nothing by then gets a
 rival on another deployment; the first to succeed wins and the loser is
 cancelled through its scope, which closes its upstream connection.
+
+Deployment state is the fleet's when Redis is configured (see shared.py): the
+router reads a synced local view, and asks Redis on the request path only to take
+a deployment whose rpm cap or half-open probe the fleet must agree on.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from typing import Generic, Protocol, TypeVar
 import trio
 
 from trigate.errors import Failure, GatewayError, NoDeploymentAvailable, UpstreamError
+from trigate.fleet import Fleet
 from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.settings import RouterSettings
+from trigate.router.shared import SharedDeployments
 from trigate.router.strategies import Pick
 
 T = TypeVar("T")
@@ -119,7 +125,10 @@ class RouteProgress:
 
 
 class Router:
-    def __init__(self, groups: ModelGroups, settings: RouterSettings) -> None:
+    def __init__(
+        self, groups: ModelGroups, settings: RouterSettings, fleet: Fleet | None = None
+    ) -> None:
+        self.shared = SharedDeployments(fleet or Fleet(None, timeout=settings.redis_timeout))
         self.reconfigure(groups, settings)
 
     def reconfigure(self, groups: ModelGroups, settings: RouterSettings) -> None:
@@ -129,6 +138,12 @@ class Router:
         self.groups = groups
         self.settings = settings
         self._pick = Pick(settings.routing_strategy, settings.routing_strategy_args)
+        self.shared.link(groups.all())
+
+    async def run_shared(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Keep the deployments' fleet view synced through Redis; run it in the app's
+        nursery when Redis is configured."""
+        await self.shared.run(lambda: self.groups.all(), task_status=task_status)
 
     async def route(
         self,
@@ -187,7 +202,9 @@ class Router:
         tried: set[str] = set()
         retries = 0
         while True:
-            deployment = self._choose(group, members, tried, attempt.stream, progress.preferred)
+            deployment = await self._choose(
+                group, members, tried, attempt.stream, progress.preferred
+            )
             try:
                 return await self._hedged(group, members, deployment, attempt, tried, progress)
             except UpstreamError as error:
@@ -219,7 +236,7 @@ class Router:
             )
         return fitting
 
-    def _choose(
+    async def _choose(
         self,
         group: str,
         members: list[Deployment],
@@ -230,16 +247,33 @@ class Router:
         now = trio.current_time()
         available = [d for d in members if d.available(now)]
         fresh = [d for d in available if d.id not in tried]
-        if not (fresh or available):
+        chosen = await self._take(fresh or available, stream, now, preferred)
+        if chosen is None:
             raise NoDeploymentAvailable(
                 f"No deployment of model group '{group}' can take a request now: all are "
                 "cooling down or at their limits.",
                 headers={"retry-after": str(max(1, math.ceil(_time_until_available(members))))},
             )
-        for deployment in fresh:
-            if deployment.id == preferred:
+        return chosen
+
+    async def _take(
+        self, candidates: list[Deployment], stream: bool, now: float, preferred: str | None
+    ) -> Deployment | None:
+        """Pick one of `candidates` (the `preferred` one first, when it is there) with the
+        strategy and count the request on it. One the fleet must agree to first (rpm cap,
+        half-open probe) is claimed through Redis; if the fleet refuses, the strategy
+        picks again among the rest."""
+        while candidates:
+            deployment = next((d for d in candidates if d.id == preferred), None)
+            if deployment is None:
+                deployment = self._pick(candidates, stream=stream, now=now)
+            if self.shared.admits_locally(deployment, now) or await self.shared.claim(
+                deployment, now
+            ):
+                deployment.state.counted(now)
                 return deployment
-        return self._pick(fresh or available, stream=stream, now=now)
+            candidates = [d for d in candidates if d is not deployment]
+        return None
 
     async def _hedged(
         self,
@@ -264,8 +298,8 @@ class Router:
             if not race.settled.is_set():
                 now = trio.current_time()
                 rivals = [d for d in members if d.id not in tried and d.available(now)]
-                if rivals:
-                    rival = self._pick(rivals, stream=attempt.stream, now=now)
+                rival = await self._take(rivals, attempt.stream, now, None)
+                if rival is not None:
                     tried.add(rival.id)
                     race.start(nursery, rival, hedge=True)
             await race.settled.wait()
@@ -289,7 +323,7 @@ class Router:
         """Run one attempt, keeping the deployment's state and breaker up to date."""
         state = deployment.state
         started = trio.current_time()
-        state.started(started)
+        state.started()
         state.breaker.admit(started)
         handle = observer.attempt_started(deployment, hedge=hedge)
         try:

@@ -51,8 +51,8 @@ class Pick:
 
     @staticmethod
     def _least_busy(candidates: Sequence[Deployment], stream: bool, now: float) -> Deployment:
-        fewest = min(d.state.in_flight for d in candidates)
-        return random.choice([d for d in candidates if d.state.in_flight == fewest])
+        fewest = min(d.state.busy for d in candidates)
+        return random.choice([d for d in candidates if d.state.busy == fewest])
 
     def _lowest_latency(
         self, candidates: Sequence[Deployment], stream: bool, now: float

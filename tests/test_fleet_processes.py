@@ -1,0 +1,239 @@
+"""A fleet as operators run it: `trigate serve --workers 2` instances, sharing one Redis
+and one database, each a real process tree; and the same without Redis.
+
+Requests go out on a fresh connection each, so they spread over every worker of an
+instance; each test alternates between instances.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
+from helpers import RedisServer
+from test_cli import Served, clean_env, serve
+
+from trigate.clock import wall_time
+
+MASTER = "sk-fleet-master-0123456789"
+HEADERS = {"authorization": f"Bearer {MASTER}"}
+CHAT = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class CountingUpstream(FakeUpstream):
+    """A slow upstream: each answer takes `delay` after its request arrives, so requests
+    overlap exactly when one arrives within `delay` of another."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(self._answer)
+        self.delay = delay
+        self.arrivals: list[float] = []
+
+    def _answer(self, request: ReceivedRequest) -> JSONReply:
+        self.arrivals.append(trio.current_time())
+        return JSONReply(chat_completion(), delay=self.delay)
+
+    @property
+    def most_in_flight(self) -> int:
+        return max(
+            sum(1 for other in self.arrivals if other <= start < other + self.delay)
+            for start in self.arrivals
+        )
+
+
+def write_config(
+    tmp_path: Path, prefix: str, upstream: str = "", redis_timeout: float = 1.0
+) -> Path:
+    """A priced mock model (a dollar a prompt token, so one request spends a small budget)
+    and, given `upstream`, a model served by it. A generous `redis_timeout`: two cores
+    shared by four workers must not make a slow answer look like a lost Redis."""
+    path = tmp_path / "config.yaml"
+    slow = (
+        f"  - model_name: slow\n    litellm_params: {{model: openai/upstream-model, "
+        f"api_base: '{upstream}', api_key: sk-upstream}}\n"
+        if upstream
+        else ""
+    )
+    path.write_text(
+        "model_list:\n"
+        "  - model_name: mock\n"
+        "    litellm_params: {model: mock/gpt-4o, input_cost_per_token: 1.0,"
+        " output_cost_per_token: 0.0}\n"
+        f"{slow}"
+        f"router_settings: {{redis_key_prefix: '{prefix}', redis_timeout: {redis_timeout},"
+        " num_retries: 0}\n"
+    )
+    return path
+
+
+async def start_instance(config: Path, database: Path, redis: str | None) -> Served:
+    env = clean_env(TRIGATE_MASTER_KEY=MASTER, TRIGATE_DATABASE_URL=f"sqlite:///{database}")
+    if redis is not None:
+        env["TRIGATE_REDIS_URL"] = redis
+    served = await serve("--workers", "2", "--config", str(config), env=env)
+    with trio.fail_after(60):
+        await served.wait_ready(workers=2)
+    return served
+
+
+async def call(
+    served: Served, path: str, body: dict[str, Any], key: str = MASTER
+) -> httpx.Response:
+    """One request on a connection of its own, so it may land on any worker."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}", timeout=30) as client:
+        return await client.post(path, json=body, headers={"authorization": f"Bearer {key}"})
+
+
+async def new_key(served: Served, **fields: Any) -> str:
+    response = await call(served, "/key/generate", fields)
+    assert response.status_code == 200, response.text
+    return str(response.json()["key"])
+
+
+async def minute_with_room(seconds: float = 15.0) -> None:
+    """Rate windows are wall-clock minutes: count in one only with `seconds` left of it."""
+    left = 60.0 - wall_time() % 60.0
+    if left < seconds:
+        await trio.sleep(left + 0.01)
+
+
+async def statuses(
+    instances: list[Served], key: str, count: int, body: dict[str, Any] = CHAT
+) -> list[int]:
+    return [
+        (await call(instances[i % len(instances)], "/v1/chat/completions", body, key)).status_code
+        for i in range(count)
+    ]
+
+
+async def stop_all(instances: list[Served]) -> None:
+    for served in instances:
+        await served.stop()
+
+
+async def test_two_instances_share_rate_limits(
+    tmp_path: Path, redis_url: str, redis_prefix: str, nursery: trio.Nursery
+) -> None:
+    upstream = CountingUpstream(delay=0.3)
+    await upstream.start(nursery)
+    config = write_config(tmp_path, redis_prefix, upstream.base_url)
+    database = tmp_path / "fleet.db"
+    instances = [await start_instance(config, database, redis_url) for _ in range(2)]
+    try:
+        await minute_with_room()
+        key = await new_key(instances[0], rpm_limit=10)
+        answers = await statuses(instances, key, 40)
+        assert answers.count(200) == 10 and answers.count(429) == 30, answers
+
+        key = await new_key(instances[1], max_parallel_requests=2)
+        slow = {**CHAT, "model": "slow"}
+        results: list[int] = []
+
+        async def one(i: int) -> None:
+            response = await call(instances[i % 2], "/v1/chat/completions", slow, key)
+            results.append(response.status_code)
+
+        for _ in range(3):  # waves of eight at once
+            async with trio.open_nursery() as wave:
+                for i in range(8):
+                    wave.start_soon(one, i)
+        assert upstream.most_in_flight == 2
+        assert results.count(200) == 6 and results.count(429) == 18, results
+    finally:
+        await stop_all(instances)
+
+
+async def test_two_instances_share_key_changes_and_budgets(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    config = write_config(tmp_path, redis_prefix)
+    database = tmp_path / "fleet.db"
+    a, b = [await start_instance(config, database, redis_url) for _ in range(2)]
+    try:
+        await blocked_everywhere(a, b)
+
+        # A dollar a prompt token: "hi" costs a few dollars, the long prompt hundreds.
+        team = await call(a, "/team/new", {"team_alias": "t", "max_budget": 100.0})
+        key = await new_key(a, team_id=team.json()["team_id"])
+        for _ in range(4):  # B's workers cache the team's row while its spend is small
+            assert (await call(b, "/v1/chat/completions", CHAT, key)).status_code == 200
+        long = {**CHAT, "messages": [{"role": "user", "content": "word " * 300}]}
+        assert (await call(a, "/v1/chat/completions", long, key)).status_code == 200
+        spent = await call(b, "/v1/chat/completions", CHAT, key)
+        assert spent.status_code == 400, spent.text
+        assert spent.json()["error"]["type"] == "budget_exceeded"
+    finally:
+        await stop_all([a, b])
+
+
+async def test_redis_killed_mid_run(
+    tmp_path: Path, own_redis: RedisServer, redis_prefix: str
+) -> None:
+    """Requests keep flowing on local shares while Redis is away, readiness says so
+    without failing, and the fleet shares state again once Redis is back."""
+    config = write_config(tmp_path, redis_prefix, redis_timeout=0.2)
+    served = await start_instance(config, tmp_path / "fleet.db", own_redis.url)
+    try:
+        await minute_with_room()
+        key = await new_key(served, rpm_limit=10)
+        await own_redis.kill()
+        answers = await statuses([served], key, 30)
+        assert set(answers) <= {200, 429} and 5 <= answers.count(200) <= 10, answers
+        assert (await call(served, "/v1/chat/completions", CHAT)).status_code == 200
+        await ready_as(served, "local (redis unreachable)")
+        await own_redis.start()
+        await ready_as(served, "shared")
+        await blocked_everywhere(served, served)  # the workers follow key changes again
+        await minute_with_room()
+        key = await new_key(served, rpm_limit=10)
+        answers = await statuses([served], key, 30)
+        assert answers.count(200) == 10, answers
+    finally:
+        await served.stop()
+
+
+async def blocked_everywhere(a: Served, b: Served) -> None:
+    """A key blocked through `a` is refused by every worker of `b` within a second,
+    though each had it cached (for 5 s) as it was."""
+    key = await new_key(a)
+    for _ in range(6):
+        assert (await call(b, "/v1/chat/completions", CHAT, key)).status_code == 200
+    assert (await call(a, "/key/block", {"key": key})).status_code == 200
+    blocked_at = trio.current_time()
+    with trio.fail_after(5):
+        while (await call(b, "/v1/chat/completions", CHAT, key)).status_code == 200:
+            pass
+    assert trio.current_time() - blocked_at < 1.0
+    for _ in range(6):
+        refused = await call(b, "/v1/chat/completions", CHAT, key)
+        assert refused.json()["error"]["code"] == "key_blocked"
+
+
+async def ready_as(served: Served, state: str) -> None:
+    """Wait until several readiness answers in a row (from either worker) report `state`;
+    readiness stays 200 throughout."""
+    in_a_row = 0
+    with trio.fail_after(10):
+        while in_a_row < 6:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{served.port}") as client:
+                response = await client.get("/health/readiness")
+            assert response.status_code == 200
+            in_a_row = in_a_row + 1 if response.json()["fleet"]["state"] == state else 0
+            if not in_a_row:
+                await trio.sleep(0.1)
+
+
+async def test_workers_without_redis_never_admit_more_than_the_limit(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "unused:")
+    served = await start_instance(config, tmp_path / "alone.db", None)
+    try:
+        await minute_with_room()
+        key = await new_key(served, rpm_limit=10)
+        answers = await statuses([served], key, 40)
+        assert 5 <= answers.count(200) <= 10 and answers.count(429) >= 30, answers
+    finally:
+        await served.stop()
+    assert b"each of the 2 workers enforces its share" in served.output
