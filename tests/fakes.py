@@ -76,6 +76,24 @@ def chat_completion(content: str = "Hello!", usage: dict[str, int] | None = None
     return body
 
 
+def tool_call_completion(usage: dict[str, int]) -> dict[str, Any]:
+    """A chat completion that calls `get_weather` for Paris."""
+    body = chat_completion("", usage)
+    body["choices"][0]["message"] = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+            }
+        ],
+    }
+    body["choices"][0]["finish_reason"] = "tool_calls"
+    return body
+
+
 def chunk(content: str | None = None, *, finish: str | None = None, **extra: Any) -> bytes:
     delta = {} if content is None else {"content": content}
     payload = {

@@ -30,6 +30,7 @@ from fakes import (
     StreamReply,
     chat_completion,
     stream_of,
+    tool_call_completion,
     usage_chunk,
 )
 from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, mock_config, start_gateway
@@ -57,23 +58,6 @@ def delta_frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def tool_call_completion() -> dict[str, Any]:
-    body = chat_completion("", {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27})
-    body["choices"][0]["message"] = {
-        "role": "assistant",
-        "content": None,
-        "tool_calls": [
-            {
-                "id": "call_1",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-            }
-        ],
-    }
-    body["choices"][0]["finish_reason"] = "tool_calls"
-    return body
 
 
 async def test_non_stream_translates_request_and_answer(
@@ -162,7 +146,8 @@ async def test_stream_wire_format_has_events_and_no_done(
 
 
 async def test_tool_use_round_trip(gateway: RunningGateway, upstream: FakeUpstream) -> None:
-    upstream.handler = lambda request: JSONReply(tool_call_completion())
+    usage = {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27}
+    upstream.handler = lambda request: JSONReply(tool_call_completion(usage))
     async with sdk(gateway) as client:
         message = await client.messages.create(
             model="gpt-test",

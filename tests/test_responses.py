@@ -20,6 +20,7 @@ from fakes import (
     chat_completion,
     chunk,
     stream_of,
+    tool_call_completion,
 )
 from helpers import (
     MASTER_KEY,
@@ -66,23 +67,6 @@ async def new_key(gateway: RunningGateway, **fields: Any) -> str:
     assert response.status_code == 200, response.text
     key: str = response.json()["key"]
     return key
-
-
-def tool_call_completion() -> dict[str, Any]:
-    body = chat_completion("", USAGE)
-    body["choices"][0]["message"] = {
-        "role": "assistant",
-        "content": None,
-        "tool_calls": [
-            {
-                "id": "call_1",
-                "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-            }
-        ],
-    }
-    body["choices"][0]["finish_reason"] = "tool_calls"
-    return body
 
 
 async def test_create_with_string_input_is_translated_and_accounted(
@@ -212,7 +196,7 @@ async def test_store_false_keeps_nothing(mock: RunningGateway) -> None:
 
 
 async def test_function_call_round_trip(compat: RunningGateway, upstream: FakeUpstream) -> None:
-    upstream.handler = lambda request: JSONReply(tool_call_completion())
+    upstream.handler = lambda request: JSONReply(tool_call_completion(USAGE))
     async with sdk(compat) as client:
         first = await client.responses.create(
             model="gpt-test", input="Weather in Paris?", tools=[WEATHER]

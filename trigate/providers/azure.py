@@ -24,15 +24,13 @@ from trigate.errors import UpstreamError, from_upstream_status
 from trigate.providers.base import (
     Completion,
     Embeddings,
-    NativeResponses,
     Provider,
     UpstreamClient,
 )
 from trigate.providers.openai import (
     OpenAIChunkStream,
-    ResponseEventStream,
+    ResponsesAPI,
     fetch_completion,
-    fetch_response,
     stream_payload,
     upstream_headers,
 )
@@ -49,7 +47,7 @@ FIRST_RESPONSES_VERSION = "2025-03-01"
 FILTERED = "content_filter"
 
 
-class AzureOpenAI(Provider, Embeddings, NativeResponses):
+class AzureOpenAI(Provider, Embeddings, ResponsesAPI):
     """Adapter for one Azure OpenAI deployment; the upstream model is the deployment name.
     The Responses API (`/openai/responses`) is served natively, at the configured
     `api_version` when it has the API, else at RESPONSES_API_VERSION."""
@@ -91,16 +89,6 @@ class AzureOpenAI(Provider, Embeddings, NativeResponses):
 
     async def embed(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._embeddings_upstream, {**body, "model": self._model})
-
-    async def respond(self, body: dict[str, Any]) -> Completion:
-        return await fetch_response(self._responses_upstream, {**body, "model": self._model})
-
-    async def open_response_stream(self, body: dict[str, Any]) -> ResponseEventStream:
-        payload = {**body, "model": self._model, "stream": True}
-        return ResponseEventStream(await self._responses_upstream.post_stream(payload))
-
-    async def delete_response(self, response_id: str) -> None:
-        await self._responses_upstream.delete(response_id)
 
     async def open_stream(self, body: dict[str, Any]) -> AzureChunkStream:
         payload = stream_payload(body, self._model, stream_options=True)

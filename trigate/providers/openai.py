@@ -66,7 +66,26 @@ class Dialect:
 OPENAI = Dialect(responses=True)
 
 
-class OpenAICompatible(Provider, TextCompletions, Embeddings, NativeResponses):
+class ResponsesAPI(NativeResponses):
+    """The Responses API of an upstream that speaks it, OpenAI's or Azure's: the body goes
+    with `model` replaced, and the answer, events or deletion come back as they came.
+    An adapter sets `_model` and `_responses_upstream`."""
+
+    _model: str
+    _responses_upstream: UpstreamClient
+
+    async def respond(self, body: dict[str, Any]) -> Completion:
+        return await fetch_response(self._responses_upstream, {**body, "model": self._model})
+
+    async def open_response_stream(self, body: dict[str, Any]) -> ResponseEventStream:
+        payload = {**body, "model": self._model, "stream": True}
+        return ResponseEventStream(await self._responses_upstream.post_stream(payload))
+
+    async def delete_response(self, response_id: str) -> None:
+        await self._responses_upstream.delete(response_id)
+
+
+class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI):
     """Adapter for one OpenAI-compatible deployment; it serves the Responses API natively
     where its dialect (OpenAI's) or its `model_info` says the upstream speaks it."""
 
@@ -97,16 +116,6 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, NativeResponses):
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._upstream, {**body, "model": self._model})
-
-    async def respond(self, body: dict[str, Any]) -> Completion:
-        return await fetch_response(self._responses_upstream, {**body, "model": self._model})
-
-    async def open_response_stream(self, body: dict[str, Any]) -> ResponseEventStream:
-        payload = {**body, "model": self._model, "stream": True}
-        return ResponseEventStream(await self._responses_upstream.post_stream(payload))
-
-    async def delete_response(self, response_id: str) -> None:
-        await self._responses_upstream.delete(response_id)
 
     async def open_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
         payload = stream_payload(body, self._model, stream_options=self._stream_options)
