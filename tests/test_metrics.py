@@ -282,12 +282,9 @@ async def test_metrics_can_require_a_key(nursery: trio.Nursery) -> None:
         await gateway.stop()
 
 
-async def test_retries_cooldowns_and_deployment_state(nursery: trio.Nursery) -> None:
-    throttled = FakeUpstream(lambda request: JSONReply({"error": {"message": "slow down"}}, 429))
-    healthy = FakeUpstream(_answer)
-    for fake in (throttled, healthy):
-        await fake.start(nursery)
-    entries = [
+def _ordered_group(upstreams: list[tuple[str, FakeUpstream]]) -> list[dict[str, Any]]:
+    """Model group `g`: one deployment per upstream, tried in this order, ids as named."""
+    return [
         {
             "model_name": "g",
             "litellm_params": {
@@ -298,8 +295,16 @@ async def test_retries_cooldowns_and_deployment_state(nursery: trio.Nursery) -> 
             },
             "model_info": {"id": name},
         }
-        for order, (name, fake) in enumerate([("throttled", throttled), ("healthy", healthy)])
+        for order, (name, fake) in enumerate(upstreams)
     ]
+
+
+async def test_retries_cooldowns_and_deployment_state(nursery: trio.Nursery) -> None:
+    throttled = FakeUpstream(lambda request: JSONReply({"error": {"message": "slow down"}}, 429))
+    healthy = FakeUpstream(_answer)
+    for fake in (throttled, healthy):
+        await fake.start(nursery)
+    entries = _ordered_group([("throttled", throttled), ("healthy", healthy)])
     gateway = await start_gateway(
         nursery, {"model_list": entries, "router_settings": {"num_retries": 1}}
     )
@@ -320,19 +325,7 @@ async def test_hedges_are_counted(nursery: trio.Nursery) -> None:
     fast = FakeUpstream(_answer)
     for fake in (slow, fast):
         await fake.start(nursery)
-    entries = [
-        {
-            "model_name": "g",
-            "litellm_params": {
-                "model": "openai/upstream-model",
-                "api_base": fake.base_url,
-                "api_key": UPSTREAM_KEY,
-                "order": order,
-            },
-            "model_info": {"id": name},
-        }
-        for order, (name, fake) in enumerate([("slow", slow), ("fast", fast)])
-    ]
+    entries = _ordered_group([("slow", slow), ("fast", fast)])
     config = {"model_list": entries, "router_settings": {"hedge_after_ms": 100}}
     gateway = await start_gateway(nursery, config)
     try:
