@@ -11,6 +11,7 @@ from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, c
 from helpers import MESSAGES, UPSTREAM_KEY, deployment_config, sdk, start_gateway
 
 from trigate.config import ConfigError, LiteLLMParams, parse_config
+from trigate.provider_names import PROVIDER_PREFIXES, REQUIRES_API_BASE
 from trigate.providers import PROVIDERS
 from trigate.providers.compatible import COMPATIBLE, DIALECTS
 from trigate.tokens import TokenCounter
@@ -40,6 +41,14 @@ def family_config(upstream: FakeUpstream, prefix: str, model: str) -> dict[str, 
 def test_every_family_is_registered() -> None:
     assert set(DIALECTS) == set(DEFAULT_BASES) | set(SELF_HOSTED)
     assert all(PROVIDERS[prefix] is COMPATIBLE[prefix] for prefix in DIALECTS)
+
+
+def test_config_validation_knows_every_registered_prefix() -> None:
+    """Config validation reads the prefixes from trigate/provider_names.py, not from
+    the adapters: the list and the registry must name the same families."""
+    assert set(PROVIDERS) == PROVIDER_PREFIXES
+    no_default = {prefix for prefix, dialect in DIALECTS.items() if dialect.api_base is None}
+    assert no_default | {"azure"} == REQUIRES_API_BASE
 
 
 @pytest.mark.parametrize("prefix", sorted(DIALECTS))

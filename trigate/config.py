@@ -26,8 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from trigate.providers import PROVIDERS, REQUIRES_API_BASE
-from trigate.router.settings import RouterSettings
+from trigate.provider_names import PROVIDER_PREFIXES, REQUIRES_API_BASE
+from trigate.router_settings import RouterSettings
 
 ENV_PREFIX = "os.environ/"
 DEFAULT_TIMEOUT = 600.0
@@ -105,12 +105,12 @@ class LiteLLMParams(ProviderParams):
         if not name:
             raise ValueError(
                 f"expected 'provider/model' with a provider prefix, got {model!r}; "
-                f"known providers: {', '.join(sorted(PROVIDERS))}"
+                f"known providers: {', '.join(sorted(PROVIDER_PREFIXES))}"
             )
-        if provider not in PROVIDERS:
+        if provider not in PROVIDER_PREFIXES:
             raise ValueError(
                 f"unknown provider prefix {provider!r}; known providers: "
-                f"{', '.join(sorted(PROVIDERS))}"
+                f"{', '.join(sorted(PROVIDER_PREFIXES))}"
             )
         return model
 

@@ -1,5 +1,6 @@
 """Provider adapters, one module per provider family, selected by the model prefix."""
 
+from trigate.provider_names import PROVIDER_PREFIXES, REQUIRES_API_BASE
 from trigate.providers.anthropic import AnthropicMessages
 from trigate.providers.azure import AzureOpenAI
 from trigate.providers.base import (
@@ -15,7 +16,7 @@ from trigate.providers.base import (
     TextCompletions,
 )
 from trigate.providers.bedrock import BedrockConverse
-from trigate.providers.compatible import COMPATIBLE, DIALECTS
+from trigate.providers.compatible import COMPATIBLE
 from trigate.providers.gemini import GeminiProvider
 from trigate.providers.mock import MockProvider
 from trigate.providers.openai import OpenAICompatible
@@ -30,13 +31,12 @@ PROVIDERS: dict[str, ProviderFactory] = {
     "mock": MockProvider,
 }
 
-# Families with no public endpoint: a deployment must name its `api_base`.
-REQUIRES_API_BASE = frozenset(
-    {"azure", *(prefix for prefix, dialect in DIALECTS.items() if dialect.api_base is None)}
-)
+# `PROVIDER_PREFIXES` names these keys for config validation, which must not import the
+# adapters (they import the config); tests/test_provider_compatible.py holds the two equal.
 
 __all__ = [
     "PROVIDERS",
+    "PROVIDER_PREFIXES",
     "REQUIRES_API_BASE",
     "Abilities",
     "ChunkStream",

@@ -22,8 +22,8 @@ from pydantic import ValidationError
 from trigate.config import WILDCARD, LiteLLMParams, ModelEntry, ProviderParams
 from trigate.errors import InvalidRequest, ModelNotFound
 from trigate.providers import PROVIDERS, Abilities, Provider
-from trigate.router.settings import GroupAlias, RouterSettings
 from trigate.router.state import CircuitBreaker, DeploymentState
+from trigate.router_settings import GroupAlias, RouterSettings
 from trigate.spend.prices import ModelPrice, PriceTable, price_for
 from trigate.tokens import TokenCounter
 

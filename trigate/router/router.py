@@ -29,9 +29,9 @@ import trio
 from trigate.errors import Failure, GatewayError, NoDeploymentAvailable, UpstreamError
 from trigate.fleet import Fleet
 from trigate.router.deployments import Deployment, ModelGroups
-from trigate.router.settings import RouterSettings
 from trigate.router.shared import SharedDeployments
 from trigate.router.strategies import Pick
+from trigate.router_settings import RouterSettings
 
 T = TypeVar("T")
 
