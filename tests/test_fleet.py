@@ -4,11 +4,14 @@ serving when Redis goes away and shares state again when it returns."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import trio
 from helpers import RedisServer
 
+import trigate
+from trigate import lua
 from trigate.config import parse_config
 from trigate.fleet import Fleet, RedisUnavailable, _redacted, local_share, worker_slot
 
@@ -47,6 +50,30 @@ async def test_shared_through_a_running_redis(redis_url: str, redis_prefix: str)
         assert await fleet.call(lambda redis: redis.incr(key)) == 1
         await fleet.call(lambda redis: redis.delete([key]))
         nursery.cancel_scope.cancel()
+
+
+async def test_every_script_is_loaded_when_redis_is_reached(own_redis: RedisServer) -> None:
+    """The fleet registers each .lua file with Redis as it connects, and again with a
+    Redis that came back empty, so no request pays for loading one."""
+    fleet = Fleet(own_redis.url, timeout=0.2)
+    shas = [lua.script(name).sha for name in lua.NAMES]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fleet.run)
+        assert await fleet.call(lambda redis: redis.script_exists(shas)) == (True,) * len(shas)
+        await own_redis.kill()
+        with pytest.raises(RedisUnavailable):
+            await fleet.call(lambda redis: redis.ping())
+        await own_redis.start()
+        await fleet.wait_shared()
+        assert await fleet.call(lambda redis: redis.script_exists(shas)) == (True,) * len(shas)
+        nursery.cancel_scope.cancel()
+
+
+def test_lua_lives_in_lua_files() -> None:
+    """Scripts are package data (trigate/lua/*.lua), never Python strings."""
+    sources = Path(trigate.__file__).parent.rglob("*.py")
+    assert [path.name for path in sources if "redis.call(" in path.read_text()] == []
+    assert {path.stem for path in Path(lua.__file__).parent.glob("*.lua")} == set(lua.NAMES)
 
 
 async def test_redis_lost_and_found(

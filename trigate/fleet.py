@@ -24,6 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 import coredis
 import trio
 
+from trigate import lua
+
 __all__ = ["Fleet", "RedisUnavailable", "local_share", "worker_slot"]
 
 logger = logging.getLogger(__name__)
@@ -169,6 +171,7 @@ class Fleet:
             # Restoring takes a few round trips (scripts, counters): bounded all the same,
             # so a Redis that answers pings but stalls cannot hold the probe for ever.
             with trio.fail_after(RESTORE_TIMEOUT):
+                await lua.register(self._client)
                 for callback in self._on_restore:
                     await callback()
         except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as error:

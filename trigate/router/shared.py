@@ -5,7 +5,7 @@ flight, latency, cooldowns) must agree across every worker of every instance, ye
 routing must not add a Redis round trip to each request. So each process keeps a
 *local view* of every deployment's fleet-wide state, and one background task syncs it
 (`SYNC_INTERVAL`, or at once when a circuit breaker has news) with a single Lua script
-that, in one round trip for all deployments of the config:
+(trigate/lua/router_sync.lua) that, in one round trip for all deployments of the config:
 
 - adds what this process did since the last sync (requests, tokens, latency samples)
   and states its own requests in flight;
@@ -25,7 +25,7 @@ cooldown they cause is fleet-wide. A success anywhere closes a circuit everywher
 success in one process does today.
 
 Only two things must be exact, and only they take a round trip on the request path
-(the `claim` script). A half-open deployment is probed by the one process that wins a
+(trigate/lua/router_claim.lua). A half-open deployment is probed by the one process that wins a
 lease (`SET NX` with an expiry, so a crashed prober's lease lapses). A deployment with
 an `rpm` cap is never granted more than `rpm` requests in a minute, whatever the number
 of processes: a claim checks and takes requests from the cap atomically, a few at a
@@ -65,6 +65,7 @@ from typing import Any
 import coredis
 import trio
 
+from trigate import lua
 from trigate.fleet import Fleet, RedisUnavailable
 from trigate.router.deployments import Deployment
 from trigate.router.state import LATENCY_SMOOTHING, FleetView, Verdict
@@ -90,138 +91,9 @@ _KEYS = ("use", "busy", "latency", "cool", "open", "probe")
 # Values the sync returns per deployment.
 _FIELDS = 8
 
-_SYNC = """
-local clock = redis.call('TIME')
-local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local minute = tostring(math.floor(tonumber(clock[1]) / 60))
-local me, stale, smoothing = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local usage_ttl, latency_ttl, open_ttl = ARGV[4], ARGV[5], tonumber(ARGV[6])
 
-redis.call('HSET', KEYS[1], me, now_ms)
-redis.call('PEXPIRE', KEYS[1], usage_ttl)
-local live = {}
-local beats = redis.call('HGETALL', KEYS[1])
-for i = 1, #beats, 2 do
-  if now_ms - tonumber(beats[i + 1]) <= stale then
-    live[beats[i]] = true
-  else
-    redis.call('HDEL', KEYS[1], beats[i])
-  end
-end
-
-local function smooth(key, field, count, mean)
-  if count == 0 then return end
-  local old = redis.call('HGET', key, field)
-  local new = mean
-  if old then
-    old = tonumber(old)
-    new = old + (1 - (1 - smoothing) ^ count) * (mean - old)
-  end
-  redis.call('HSET', key, field, tostring(new))
-  redis.call('PEXPIRE', key, latency_ttl)
-end
-
-local function release(probe)
-  if redis.call('GET', probe) == me then redis.call('DEL', probe) end
-end
-
--- Per deployment, six keys (see _KEYS) and eleven arguments: requests and tokens to add,
--- requests in flight here, latency samples and mean, ttft samples and mean, granted
--- requests given back and their minute, cooldown ms left, the breaker's verdict.
-local out = {}
-for d = 0, (#KEYS - 1) / 6 - 1 do
-  local use, busy, latency, cool, open, probe =
-    KEYS[d * 6 + 2], KEYS[d * 6 + 3], KEYS[d * 6 + 4],
-    KEYS[d * 6 + 5], KEYS[d * 6 + 6], KEYS[d * 6 + 7]
-  local a = 6 + d * 11
-
-  if redis.call('HGET', use, 'm') ~= minute then
-    redis.call('HSET', use, 'm', minute, 'n', 0, 't', 0)
-  end
-  local requests = redis.call('HINCRBY', use, 'n', ARGV[a + 1])
-  if ARGV[a + 8] ~= '0' and ARGV[a + 9] == minute then
-    requests = redis.call('HINCRBY', use, 'n', -tonumber(ARGV[a + 8]))
-  end
-  local tokens = redis.call('HINCRBY', use, 't', ARGV[a + 2])
-  redis.call('PEXPIRE', use, usage_ttl)
-
-  if ARGV[a + 3] == '0' then
-    redis.call('HDEL', busy, me)
-  else
-    redis.call('HSET', busy, me, ARGV[a + 3])
-    redis.call('PEXPIRE', busy, usage_ttl)
-  end
-  local others = 0
-  local counts = redis.call('HGETALL', busy)
-  for i = 1, #counts, 2 do
-    if live[counts[i]] then
-      if counts[i] ~= me then others = others + tonumber(counts[i + 1]) end
-    else
-      redis.call('HDEL', busy, counts[i])
-    end
-  end
-
-  smooth(latency, 'latency', tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]))
-  smooth(latency, 'ttft', tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]))
-
-  local cool_ms, verdict = tonumber(ARGV[a + 10]), ARGV[a + 11]
-  if verdict == 'opened' then
-    if cool_ms > 0 and redis.call('PTTL', cool) < cool_ms then
-      redis.call('SET', cool, me, 'PX', cool_ms)
-    end
-    redis.call('SET', open, me, 'PX', math.max(redis.call('PTTL', cool), 0) + open_ttl)
-    release(probe)
-  elseif verdict == 'closed' then
-    redis.call('DEL', cool, open, probe)
-  elseif verdict == 'released' then
-    release(probe)
-  end
-
-  local held = redis.call('GET', probe)
-  out[#out + 1] = requests
-  out[#out + 1] = tokens
-  out[#out + 1] = others
-  out[#out + 1] = redis.call('HGET', latency, 'latency') or ''
-  out[#out + 1] = redis.call('HGET', latency, 'ttft') or ''
-  out[#out + 1] = math.max(redis.call('PTTL', cool), 0)
-  out[#out + 1] = redis.call('EXISTS', open)
-  out[#out + 1] = held or ''
-end
-return out
-"""
-
-# The request path's one round trip, only for a half-open deployment or an rpm-capped one
-# whose grant is spent: take the probe lease, then requests from the cap. Answers
-# {granted, the minute's granted total, the minute, ms left in it}; granted is -1 when
-# another process probes, -2 when the cap is reached, 0 for a lease alone.
-_CLAIM = """
-local use, probe, processes = KEYS[1], KEYS[2], KEYS[3]
-local me, cap, lease = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-if lease > 0 and not redis.call('SET', probe, me, 'NX', 'PX', lease) then
-  return {-1, 0, 0, 0}
-end
-if cap < 0 then return {0, 0, 0, 0} end
-local clock = redis.call('TIME')
-local seconds = tonumber(clock[1])
-local minute = math.floor(seconds / 60)
-local left_ms = (minute + 1) * 60000 - seconds * 1000 - math.floor(tonumber(clock[2]) / 1000)
-if redis.call('HGET', use, 'm') ~= tostring(minute) then
-  redis.call('HSET', use, 'm', minute, 'n', 0, 't', 0)
-end
-local taken = tonumber(redis.call('HGET', use, 'n'))
-if taken >= cap then
-  if lease > 0 then redis.call('DEL', probe) end
-  return {-2, taken, minute, left_ms}
-end
-local live = math.max(redis.call('HLEN', processes), 1)
-local grant = math.floor((cap - taken) / (4 * live))
-grant = math.max(1, math.min(grant, tonumber(ARGV[5])))
-redis.call('PEXPIRE', use, ARGV[4])
-return {grant, redis.call('HINCRBY', use, 'n', grant), minute, left_ms}
-"""
-
-SYNC_SCRIPT: coredis.commands.Script[bytes] = coredis.commands.Script(script=_SYNC)
-CLAIM_SCRIPT: coredis.commands.Script[bytes] = coredis.commands.Script(script=_CLAIM)
+SYNC_SCRIPT = lua.script(lua.ROUTER_SYNC)
+CLAIM_SCRIPT = lua.script(lua.ROUTER_CLAIM)
 
 
 @dataclass
