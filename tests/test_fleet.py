@@ -33,7 +33,7 @@ async def test_without_redis_state_is_local() -> None:
     fleet = Fleet(None, timeout=0.05)
     async with trio.open_nursery() as nursery:
         await nursery.start(fleet.run)
-    assert not fleet.shared
+    assert not fleet.reachable
     assert fleet.status()["state"] == "local"
     with pytest.raises(RedisUnavailable):
         await fleet.call(lambda redis: redis.ping())
@@ -43,7 +43,7 @@ async def test_shared_through_a_running_redis(redis_url: str, redis_prefix: str)
     fleet = Fleet(redis_url, timeout=0.5, prefix=redis_prefix)
     async with trio.open_nursery() as nursery:
         await nursery.start(fleet.run)
-        assert fleet.shared
+        assert fleet.reachable
         assert fleet.status()["state"] == "shared"
         key = fleet.key("probe")
         assert key == f"{redis_prefix}probe"
@@ -64,7 +64,7 @@ async def test_every_script_is_loaded_when_redis_is_reached(own_redis: RedisServ
         with pytest.raises(RedisUnavailable):
             await fleet.call(lambda redis: redis.ping())
         await own_redis.start()
-        await fleet.wait_shared()
+        await fleet.wait_reachable()
         assert await fleet.call(lambda redis: redis.script_exists(shas)) == (True,) * len(shas)
         nursery.cancel_scope.cancel()
 
@@ -91,17 +91,17 @@ async def test_redis_lost_and_found(
     fleet.on_restore(rebuild)
     async with trio.open_nursery() as nursery:
         await nursery.start(fleet.run)
-        assert fleet.shared and restored == 1
+        assert fleet.reachable and restored == 1
         await own_redis.kill()
         for _ in range(3):
             with trio.fail_after(1):
                 with pytest.raises(RedisUnavailable):
                     await fleet.call(lambda redis: redis.ping())
-        assert not fleet.shared
+        assert not fleet.reachable
         assert fleet.status()["state"] == "local (redis unreachable)"
         await own_redis.start()
         with trio.fail_after(5):
-            while not fleet.shared:  # noqa: ASYNC110 - the probe's own pace
+            while not fleet.reachable:  # noqa: ASYNC110 - the probe's own pace
                 await trio.sleep(0.05)
         assert restored == 2
         assert await fleet.call(lambda redis: redis.ping()) == b"PONG"
@@ -118,7 +118,7 @@ async def test_redis_absent_at_start_up() -> None:
     async with trio.open_nursery() as nursery:
         with trio.fail_after(3):
             await nursery.start(fleet.run)
-        assert not fleet.shared
+        assert not fleet.reachable
         nursery.cancel_scope.cancel()
 
 

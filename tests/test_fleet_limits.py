@@ -58,7 +58,7 @@ async def workers(
         limits.append(Limits(fleet, lambda table, key: 0.0))
         await nursery.start(fleet.run)
         nursery.start_soon(limits[-1].run)
-        assert fleet.shared
+        assert fleet.reachable
     return limits
 
 
@@ -256,14 +256,14 @@ async def test_redis_lost_and_found_falls_back_to_shares_and_back(
     # Requests keep flowing on local shares (5 each), whatever Redis had counted.
     local = [await admitted(fleet[i % 2], who) for i in range(14)]
     assert local.count(True) == 10
-    assert not fleet[0].fleet.shared and not fleet[1].fleet.shared
+    assert not fleet[0].fleet.reachable and not fleet[1].fleet.reachable
     for admission in held:  # settling against a Redis that is gone neither waits nor fails
         with trio.fail_after(1):
             await admission.settle(0, 0.0)
     await own_redis.start()  # an empty Redis: its window starts over
     with trio.fail_after(5):
         for limits in fleet:
-            await limits.fleet.wait_shared()
+            await limits.fleet.wait_reachable()
     shared = [await admitted(fleet[i % 2], who) for i in range(14)]
     assert shared == [True] * 10 + [False] * 4
 
@@ -285,7 +285,7 @@ async def test_what_a_worker_did_while_redis_paused_reaches_it_once(
     await held.settle(0, 0.3)  # never sent: kept for Redis's return
     await local.settle(0, 0.1)  # billed here, and to Redis on its return
     with trio.fail_after(5):
-        await limits.fleet.wait_shared()
+        await limits.fleet.wait_reachable()
     # Spent 0.3 + 0.1, nothing reserved: an admission may reserve the 0.6 left.
     assert await admitted(limits, who, most=0.9)
     with pytest.raises(BudgetExceeded, match=r"Current cost: 0\.400000 \(\+0\.600000 reserved"):

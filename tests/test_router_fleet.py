@@ -22,7 +22,7 @@ from test_cli import clean_env, serve
 
 from trigate.errors import Failure, UpstreamError
 from trigate.router.deployments import Deployment
-from trigate.router.shared import SYNC_INTERVAL
+from trigate.router.fleet_sync import SYNC_INTERVAL
 from trigate.router.state import CircuitBreaker
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -193,16 +193,16 @@ async def test_a_busy_instance_takes_a_deployment_cap_a_few_requests_at_a_time(
     ups = await upstreams(nursery, "one")
     a = await start_gateway(nursery, fleet_config(redis_url, redis_prefix, ups, rpm=40))
     b = await start_gateway(nursery, fleet_config(redis_url, redis_prefix, ups, rpm=40))
-    shared = a.gateway.router.shared
+    fleet_sync = a.gateway.router.fleet_sync
     claims = 0
-    claim = shared.claim
+    claim = fleet_sync.claim
 
     async def counted_claim(deployment: Deployment, now: float) -> bool:
         nonlocal claims
         claims += 1
         return await claim(deployment, now)
 
-    shared.claim = counted_claim  # type: ignore[method-assign]
+    fleet_sync.claim = counted_claim  # type: ignore[method-assign]
     await _clear_of_minute_end()
     assert [await chat(a) for _ in range(30)] == [200] * 30
     assert claims < 30
@@ -260,7 +260,7 @@ async def test_routing_goes_on_without_redis_and_shares_again_when_it_returns(
     a = await start_gateway(nursery, config)
     b = await start_gateway(nursery, fleet_config(own_redis.url, redis_prefix, ups, router=router))
     await own_redis.kill()
-    await until(lambda: not a.gateway.fleet.shared and not b.gateway.fleet.shared)
+    await until(lambda: not a.gateway.fleet.reachable and not b.gateway.fleet.reachable)
     # Each instance learns of the failing deployment alone now: B's own failure cools it.
     await cool_on(a, ups["one"])
     assert available(b, "one")
@@ -269,7 +269,7 @@ async def test_routing_goes_on_without_redis_and_shares_again_when_it_returns(
     assert [await chat(b) for _ in range(3)] == [200] * 3
 
     await own_redis.start()
-    await until(lambda: a.gateway.fleet.shared and b.gateway.fleet.shared, seconds=5)
+    await until(lambda: a.gateway.fleet.reachable and b.gateway.fleet.reachable, seconds=5)
     # A new cooldown on A reaches B through Redis again; B's own has long to run, so
     # clear it to see whose news B acts on.
     deployment(b, "one").state.breaker.succeeded()
@@ -347,7 +347,7 @@ async def test_a_capped_deployment_serves_on_when_redis_dies(
     assert await chat(gateway) == 200
     await own_redis.kill()
     assert [await chat(gateway) for _ in range(5)] == [200] * 4 + [429]
-    assert not gateway.gateway.fleet.shared
+    assert not gateway.gateway.fleet.reachable
 
 
 def test_a_breakers_news_waits_for_the_next_sync() -> None:

@@ -5,7 +5,7 @@ Clients send `Authorization: Bearer KEY` (the OpenAI SDK) or `x-api-key: KEY`
 from an in-process cache with a short TTL, so the request path touches the
 database at most once per key every few seconds; the process that changes a
 key drops it from its cache at once, and with Redis tells every other worker
-of the fleet to drop it too (`Authenticator.share_changes`).
+of the fleet to drop it too (trigate/changes.py).
 """
 
 from __future__ import annotations
@@ -13,19 +13,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import math
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import orjson
 import trio
 
+from trigate.changes import Changes
 from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed, GatewayError
-from trigate.fleet import PROBE_INTERVAL, Fleet, RedisUnavailable
-from trigate.store import Row, Store
+from trigate.store import OWNER_KINDS, Row, Store
 
 logger = logging.getLogger("trigate")
 
@@ -40,8 +37,6 @@ MAX_CACHED = 100_000
 LOOKUP_TIMEOUT = 2.0
 # After a failed lookup the database is left alone this long, not asked again per request.
 OUTAGE_MEMORY = 5.0
-# The Redis channel (under the fleet's prefix) that carries changed rows to every worker.
-CHANGES_CHANNEL = "changes"
 
 
 class StoreUnavailable(GatewayError):
@@ -112,21 +107,17 @@ def presented_key(headers: HeaderSource) -> str | None:
 
 class Authenticator:
     def __init__(
-        self,
-        master_key: str,
-        store: Store | None = None,
-        fleet: Fleet | None = None,
-        shared_state: Callable[[str, str], list[str]] = lambda table, key: [],
+        self, master_key: str, store: Store | None = None, changes: Changes | None = None
     ) -> None:
-        """`shared_state(table, key)` names the fleet's Redis keys derived from a row
-        (budget counters), dropped with it when it changes."""
+        """With `changes`, a row this process changes is announced to the fleet, and
+        rows other processes change are dropped from the cache as they announce them."""
         self._master = master_key.encode()
         self._store = store
         self._cache: dict[tuple[str, str], tuple[Row | None, float]] = {}
         self._outage_until = -float("inf")
-        self._fleet = fleet if fleet is not None and fleet.configured else None
-        self._shared_state = shared_state
-        self._changed, self._to_publish = trio.open_memory_channel[tuple[str, str]](math.inf)
+        self._changes = changes
+        if changes is not None:
+            changes.listen(OWNER_KINDS, self._drop, self._cache.clear)
 
     async def authenticate(self, headers: HeaderSource) -> Caller:
         key = presented_key(headers)
@@ -142,58 +133,16 @@ class Authenticator:
         if not caller.is_master:
             raise AuthenticationFailed("This endpoint needs the master key.", code="not_master_key")
 
-    def forget(self, table: str, key: str) -> None:
-        """Drop a cached row after changing it, so this process sees the change at once,
-        and (with Redis) every other worker of the fleet within moments."""
-        self._cache.pop((table, key), None)
-        if self._fleet is not None:
-            self._changed.send_nowait((table, key))
+    def forget(self, kind: str, key: str) -> None:
+        """A row was written: drop it from the cache, so this process sees the change at
+        once, and (with Redis) every other worker of the fleet within moments. The store
+        calls this on each write of a key, team or user (`Store.watch`)."""
+        self._drop(kind, key)
+        if self._changes is not None:
+            self._changes.announce(kind, key)
 
-    async def share_changes(self) -> None:
-        """Publish this worker's changes and follow the fleet's; run in the background.
-        Without Redis, other workers see a change when their cached row expires."""
-        if self._fleet is None:
-            return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._publish_changes, self._fleet)
-            nursery.start_soon(self._follow_changes, self._fleet)
-
-    async def _publish_changes(self, fleet: Fleet) -> None:
-        async for table, key in self._to_publish:
-            try:
-                await self._publish(fleet, table, key)
-            except RedisUnavailable:
-                logger.warning(
-                    "Redis unreachable: other workers see a changed %s within %g s",
-                    table.removesuffix("s"),
-                    CACHE_TTL,
-                )
-
-    async def _publish(self, fleet: Fleet, table: str, key: str) -> None:
-        stale, message = self._shared_state(table, key), orjson.dumps([table, key])
-        if stale:
-            await fleet.call(lambda redis: redis.delete(stale))
-        await fleet.call(lambda redis: redis.publish(fleet.key(CHANGES_CHANNEL), message))
-
-    async def _follow_changes(self, fleet: Fleet) -> None:
-        """Drop the rows other workers change. While unsubscribed, changes go unheard,
-        so each (re)subscription starts from an empty cache."""
-        channel = fleet.key(CHANGES_CHANNEL)
-        while True:
-            await fleet.wait_shared()
-            try:
-                async with fleet.client.pubsub(
-                    channels=[channel], ignore_subscribe_messages=True, retry_policy=None
-                ) as changes:
-                    self._cache.clear()
-                    async for message in changes:
-                        data = message["data"]
-                        assert isinstance(data, bytes)
-                        table, key = orjson.loads(data)
-                        self._cache.pop((table, key), None)
-            except* Exception as lost:  # whatever ends the feed, the worker serves on
-                logger.debug("key change feed lost, resubscribing: %r", lost.exceptions)
-            await trio.sleep(PROBE_INTERVAL)
+    def _drop(self, kind: str, key: str) -> None:
+        self._cache.pop((kind, key), None)
 
     async def _virtual_key(self, token_hash: str) -> Caller:
         row = await self._cached("keys", token_hash)
@@ -212,23 +161,23 @@ class Authenticator:
         user = await self._cached("users", row["user_id"]) if row["user_id"] else None
         return Caller(token_hash[:16], False, token_hash, row, team, user)
 
-    async def _cached(self, table: str, key: str) -> Row | None:
+    async def _cached(self, kind: str, key: str) -> Row | None:
         now = wall_time()
-        hit = self._cache.get((table, key))
+        hit = self._cache.get((kind, key))
         if hit is not None and hit[1] > now:
             return hit[0]
         try:
-            row = await self._lookup(table, key, now)
+            row = await self._lookup(kind, key, now)
         except StoreUnavailable:
             if hit is not None:
                 return hit[0]  # the last good lookup, for as long as the outage lasts
             raise
         if len(self._cache) >= MAX_CACHED:
             self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
-        self._cache[table, key] = (row, now + (CACHE_TTL if row is not None else NEGATIVE_TTL))
+        self._cache[kind, key] = (row, now + (CACHE_TTL if row is not None else NEGATIVE_TTL))
         return row
 
-    async def _lookup(self, table: str, key: str, now: float) -> Row | None:
+    async def _lookup(self, kind: str, key: str, now: float) -> Row | None:
         if self._store is None:
             return None
         if now < self._outage_until:
@@ -236,7 +185,7 @@ class Authenticator:
         failure: Exception | None = None
         with trio.move_on_after(LOOKUP_TIMEOUT):
             try:
-                return await self._store.get(table, key)
+                return await self._store.get(kind, key)
             except Exception as error:  # any store failure is an outage to ride out
                 failure = error
         self._outage_until = wall_time() + OUTAGE_MEMORY

@@ -7,8 +7,9 @@ each worker falls back to its *local share* of every limit (the limit divided
 among this instance's workers, so that the shares never add up to more than the
 limit). Without Redis at all, the shares are the whole story.
 
-`Fleet` owns the one Redis client of a worker. Callers ask it `shared` before
-choosing a path, and run commands through `call`, which raises `RedisUnavailable`
+`Fleet` owns a worker's Redis client, for one set of Redis settings (a reload that
+changes them gives the worker a new `Fleet`, see trigate/gateway.py). Callers ask it
+`reachable` before choosing a path, and run commands through `call`, which raises `RedisUnavailable`
 instead of waiting; a failure flips the worker to local shares until a probe
 finds Redis again. Each flip is logged once.
 """
@@ -25,6 +26,7 @@ import coredis
 import trio
 
 from trigate import lua
+from trigate.router_settings import RouterSettings
 
 __all__ = ["Fleet", "RedisUnavailable", "local_share", "worker_slot"]
 
@@ -83,12 +85,29 @@ class Fleet:
         # Told of each fall back to local shares (metrics count them).
         self._on_fallback = on_fallback
 
+    @classmethod
+    def from_settings(
+        cls, settings: RouterSettings, on_fallback: Callable[[], None] | None = None
+    ) -> Fleet:
+        """The link `router_settings` describe (none when they name no Redis)."""
+        return cls(
+            settings.redis,
+            timeout=settings.redis_timeout,
+            prefix=settings.redis_key_prefix,
+            on_fallback=on_fallback,
+        )
+
+    def serves(self, settings: RouterSettings) -> bool:
+        """Whether this link is the one `settings` describe, so a reload may keep it."""
+        wanted = (settings.redis, settings.redis_timeout, settings.redis_key_prefix)
+        return wanted == (self.url, self.timeout, self.prefix)
+
     @property
     def configured(self) -> bool:
         return self.url is not None
 
     @property
-    def shared(self) -> bool:
+    def reachable(self) -> bool:
         """True while Redis answers: state is the fleet's, not this worker's share."""
         return self._up
 
@@ -108,11 +127,11 @@ class Fleet:
     def on_restore(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run `callback` each time Redis is reached after being away (and at the first
         connection): shared counters that were lost are rebuilt from the ledger there.
-        The fleet is not yet `shared` while callbacks run, so they use `client` directly;
+        The fleet is not yet `reachable` while callbacks run, so they use `client` directly;
         a Redis error in one keeps the worker on local shares until the next probe."""
         self._on_restore.append(callback)
 
-    async def wait_shared(self) -> None:
+    async def wait_reachable(self) -> None:
         """Return once Redis answers (at once if it does now)."""
         while not self._up:
             await self._found.wait()

@@ -3,10 +3,19 @@
 Everything expensive is built once, at start-up: the token encodings, the
 store, the upstream HTTP client (one connection pool per worker) and each
 deployment's provider adapter. Background work (the spend writer, budget
-window resets, expiry of stored responses, health probes, the poll for deployments
-other processes added, and with Redis the fleet link, the key change feed and the
-calls that carry limits) runs in one nursery that `stop` cancels and waits for, so
-the last spend rows are flushed before the store closes.
+window resets, expiry of stored responses, health probes, following other
+processes' model changes, and with Redis the fleet link, the change feed, the
+router's sync and the calls that carry limits) runs in one nursery that `stop`
+cancels and waits for, so the last spend rows are flushed before the store closes.
+
+What a reload may change is one frozen `LiveState`: the config file as last read,
+the model list, the router over it (routing strategy, retries, fallbacks...), the
+Redis link its `router_settings` name, and the hooks. A reload (SIGHUP,
+`POST /config/reload`) or another process's model change builds a new one and swaps
+it in with one assignment; a request that reads `gateway.live` once at its start
+reads all of it from the state it started with. A reload that changes the Redis
+settings connects the new link first, swaps, and keeps the old one open until the
+requests it admitted have settled through it.
 """
 
 from __future__ import annotations
@@ -14,25 +23,30 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import trio
 
 from trigate.auth import Authenticator
+from trigate.changes import Changes
 from trigate.clock import wall_time
 from trigate.config import GatewayConfig
 from trigate.errors import secrets
 from trigate.fleet import Fleet
-from trigate.limits import Limits
+from trigate.limits import LEASE_TTL, FleetLimits, Limits
 from trigate.router.catalog import ModelCatalog
 from trigate.router.deployments import Deployment, ModelGroups
+from trigate.router.fleet_sync import FleetSync
 from trigate.router.health import run_health_checks
 from trigate.router.router import Router
+from trigate.router_settings import RouterSettings
 from trigate.sealing import Sealer
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable, TokenCounts, cost
-from trigate.store import OWNERS, Store
+from trigate.store import MODELS, OWNERS, Store
 from trigate.telemetry import SAMPLE_INTERVAL, Telemetry
 from trigate.tokens import TokenCounter
 from trigate.transport import H11Transport
@@ -48,18 +62,54 @@ RESPONSE_EXPIRY_INTERVAL = 3600.0
 
 
 @functools.cache
-def _shared_counter() -> TokenCounter:
+def _process_counter() -> TokenCounter:
     return TokenCounter.load()
 
 
 @functools.cache
-def _shared_prices() -> PriceTable:
+def _process_prices() -> PriceTable:
     return PriceTable.load()
 
 
 async def load_token_counter() -> TokenCounter:
     """The process's token counter; the encodings are unpacked and verified only once."""
-    return await trio.to_thread.run_sync(_shared_counter)
+    return await trio.to_thread.run_sync(_process_counter)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    """Everything a reload may change, swapped as one (see the module's docstring)."""
+
+    # The config file as last (re)loaded. Its `general_settings` are the server's own
+    # and apply at the next start.
+    config: GatewayConfig
+    # The deployments served: the file's and the store's, by model group.
+    groups: ModelGroups
+    # Routes over `groups` under `config.router`.
+    router: Router
+    # The Redis link `config.router` names (one that is not configured without Redis).
+    fleet: Fleet
+    # The request hooks, in the order they run; none by default.
+    hooks: tuple[Any, ...] = ()
+
+    @property
+    def settings(self) -> RouterSettings:
+        """`router_settings` (with LiteLLM's keys from `litellm_settings`)."""
+        return self.config.router
+
+
+@dataclass(slots=True, eq=False)
+class _Link:
+    """One Redis link and this worker's parts of it: limits, the router's sync."""
+
+    fleet: Fleet
+    limits: FleetLimits
+    sync: FleetSync
+    # The link's background tasks: the connection and limit calls (`scope`), and what
+    # only the live link does, the router's sync and the change feed (`duties`).
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    duties: trio.CancelScope = field(default_factory=trio.CancelScope)
+    nursery: trio.Nursery | None = None
 
 
 class Gateway:
@@ -74,47 +124,63 @@ class Gateway:
         records: RecordSink | None = None,
         config_path: str | None = None,
     ) -> None:
-        self.config = config
+        # The config read at start-up: the server's settings come from it.
+        self._config = config
         # The deployments served: the file's (`config_path`, re-read on reload) and the store's.
-        self.models = ModelCatalog(config, config_path, Sealer.from_environ(master_key))
-        self.telemetry = Telemetry(config)
-        settings = config.router
-        self.fleet = Fleet(
-            settings.redis,
-            timeout=settings.redis_timeout,
-            prefix=settings.redis_key_prefix,
-            on_fallback=lambda: self.telemetry.metrics.redis_fallback("shared_state"),
+        self.models = ModelCatalog(
+            config, config_path, Sealer.from_environ(master_key), self._serve
         )
-        self.limits = Limits(self.fleet, lambda table, key: self.ledger.unflushed(table, key))
+        self.telemetry = Telemetry(config)
+        # Admin changes, told to every process of the fleet (and heard from them).
+        self.changes = Changes(Limits.budget_keys)
+        self.changes.listen((MODELS,), self.models.nudge, self.models.nudge)
+        fleet = self._fleet_for(config.router)
+        self.limits = Limits(fleet, lambda kind, key: self.ledger.unflushed(kind, key))
+        self._link = _Link(fleet, self.limits.fleet_limits, FleetSync(fleet))
+        self._live: LiveState | None = None
         self._master_key = master_key
         self._transport = transport
         self._observer = records
         self._counter: TokenCounter | None = None
-        self._router: Router | None = None
         self._store: Store | None = None
         self._ledger: SpendLedger | None = None
         self._auth: Authenticator | None = None
         self._background: trio.CancelScope | None = None
         self._background_done = trio.Event()
+        self._nursery: trio.Nursery | None = None
         # Set once a graceful stop begins: readiness fails so balancers send no more work.
         self.draining = False
         secrets.add(master_key)
         secrets.extend(entry.litellm_params.api_key for entry in config.model_list)
-        secrets.add(urlsplit(config.router.redis or "").password)
+
+    @property
+    def live(self) -> LiveState:
+        """The state to serve a request with: read it once, at the request's start."""
+        assert self._live is not None, "the gateway has not started"
+        return self._live
+
+    # The live state's parts, each as it is now.
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self._live.config if self._live is not None else self._config
+
+    @property
+    def groups(self) -> ModelGroups:
+        return self.live.groups
+
+    @property
+    def router(self) -> Router:
+        return self.live.router
+
+    @property
+    def fleet(self) -> Fleet:
+        return self._link.fleet
 
     @property
     def counter(self) -> TokenCounter:
         assert self._counter is not None, "the gateway has not started"
         return self._counter
-
-    @property
-    def router(self) -> Router:
-        assert self._router is not None, "the gateway has not started"
-        return self._router
-
-    @property
-    def groups(self) -> ModelGroups:
-        return self.router.groups
 
     @property
     def store(self) -> Store:
@@ -133,15 +199,17 @@ class Gateway:
 
     async def start(self) -> None:
         self._counter = await load_token_counter()
-        self._store = await Store.open(self.config.database_url)
-        self._auth = Authenticator(
-            self._master_key, self._store, self.fleet, self.limits.shared_state
-        )
+        self._store = await Store.open(self._config.database_url)
+        self._auth = Authenticator(self._master_key, self._store, self.changes)
+        # Every admin write reaches the caches, here and (with Redis) fleet-wide.
+        self._store.watch(self._written)
         self._ledger = SpendLedger(self._store)
         self._transport = self._transport or self._default_transport()
-        prices = await trio.to_thread.run_sync(_shared_prices)
-        self._router = await self.models.start(
-            self._store, self._transport, self._counter, prices, self.fleet
+        prices = await trio.to_thread.run_sync(_process_prices)
+        groups = await self.models.start(self._store, self._transport, self._counter, prices)
+        config = self.models.file_config
+        self._live = LiveState(
+            config, groups, Router(groups, config.router, self._link.sync), self._link.fleet
         )
 
     async def run_background(self, *, task_status: trio.TaskStatus[None]) -> None:
@@ -149,27 +217,96 @@ class Gateway:
         try:
             with trio.CancelScope() as self._background:
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(self.fleet.run)
-                    if self.fleet.configured:
-                        await nursery.start(self.router.run_shared)
-                    nursery.start_soon(self.auth.share_changes)
-                    nursery.start_soon(self.limits.run)
+                    self._nursery = nursery
+                    await nursery.start(self._run_link, self._link)
+                    await self._take_up(self._link)
                     nursery.start_soon(self.ledger.run)
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)
-                    nursery.start_soon(self.models.run)
+                    nursery.start_soon(self.models.run, lambda: self.fleet.configured)
                     nursery.start_soon(self._sample_state)
-                    settings = self.config.router
-                    if settings.background_health_checks:
-                        nursery.start_soon(
-                            run_health_checks,
-                            self.router,
-                            settings.health_check_interval,
-                            self.telemetry.probes,
-                        )
+                    nursery.start_soon(
+                        run_health_checks, lambda: self.live.router, self.telemetry.probes
+                    )
                     task_status.started()
         finally:
             self._background_done.set()
+
+    async def _serve(self, config: GatewayConfig, groups: ModelGroups) -> None:
+        """Serve `groups` under `config` from now on: the catalog's reloads and refreshes
+        come here. A changed Redis link is connected before the swap."""
+        if self._live is None:
+            return  # not started: `start` serves what the catalog has then
+        link = self._link
+        if not link.fleet.serves(config.router):
+            link = _Link(
+                fleet := self._fleet_for(config.router), self.limits.link(fleet), FleetSync(fleet)
+            )
+            if self._nursery is not None:
+                await self._nursery.start(self._run_link, link)
+        router = Router(groups, config.router, link.sync)
+        previous = self._swap(LiveState(config, groups, router, link.fleet, self._live.hooks), link)
+        if previous is not None:
+            previous.duties.cancel()
+            if self._nursery is not None:
+                await self._take_up(link)
+                self._nursery.start_soon(self._retire, previous)
+
+    def _swap(self, live: LiveState, link: _Link) -> _Link | None:
+        """The one step: new requests see `live`, and admit through its link. Returns the
+        link it replaced, if any."""
+        self._live = live
+        if link is self._link:
+            return None
+        previous, self._link = self._link, link
+        self.limits.follow(link.limits)
+        return previous
+
+    def _fleet_for(self, settings: RouterSettings) -> Fleet:
+        secrets.add(urlsplit(settings.redis or "").password)
+        return Fleet.from_settings(
+            settings, lambda: self.telemetry.metrics.redis_fallback("shared_state")
+        )
+
+    async def _run_link(self, link: _Link, *, task_status: trio.TaskStatus[None]) -> None:
+        """A link's connection (reached, or found unreachable, before this returns) and
+        its limit calls, until it is retired."""
+        with link.scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(link.fleet.run)
+                nursery.start_soon(self.limits.run, link.limits)
+                # Open for the link's duties until it is retired, whatever else ends.
+                nursery.start_soon(trio.sleep_forever)
+                link.nursery = nursery
+                task_status.started()
+
+    async def _take_up(self, link: _Link) -> None:
+        """The live link's duties: the change feed, and the router's sync (its first sync
+        done before this returns)."""
+        assert link.nursery is not None
+        await link.nursery.start(self._link_duties, link)
+
+    async def _link_duties(self, link: _Link, *, task_status: trio.TaskStatus[None]) -> None:
+        with link.duties:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.changes.run, link.fleet)
+                if link.fleet.configured:
+                    await nursery.start(link.sync.run, lambda: self.live.groups.all())
+                task_status.started()
+
+    async def _retire(self, link: _Link) -> None:
+        """Close a replaced link once the requests it admitted have settled through it
+        (bounded: their leases expire in Redis after `LEASE_TTL` anyway)."""
+        with trio.move_on_after(LEASE_TTL):
+            await link.limits.settled()
+        link.scope.cancel()
+
+    def _written(self, kind: str, key: str) -> None:
+        """The store wrote a row: drop it from caches here, and tell the fleet."""
+        if kind == MODELS:
+            self.changes.announce(kind, key)
+        else:
+            self.auth.forget(kind, key)
 
     def begin_drain(self) -> None:
         self.draining = True

@@ -18,6 +18,7 @@ limit.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import secrets
@@ -201,36 +202,56 @@ UNLIMITED = Admission()
 
 
 class Limits:
-    """Every rate limit and budget of keys, teams and users, for one worker."""
+    """Every rate limit and budget of keys, teams and users, for one worker.
+
+    Its windows and budgets of its own (`_LocalLimits`) live as long as the worker; its
+    side of the fleet's (`FleetLimits`) belongs to one Redis link, and a reload that
+    changes the Redis settings gives it a new one (`link`, then `follow`). A request
+    settles with the side that admitted it."""
 
     def __init__(self, fleet: Fleet, unflushed: Unflushed) -> None:
-        self.fleet = fleet
         self._unflushed = unflushed
         self._local = _LocalLimits(fleet)
-        self._shared = _SharedLimits(fleet)
-        fleet.on_restore(self._restore)
+        self.fleet = fleet
+        self.fleet_limits = self.link(fleet)
 
-    async def run(self) -> None:
-        """Carry requests' admissions and settles to Redis; run it in the background."""
-        if self.fleet.configured:
-            await self._shared.run()
+    def link(self, fleet: Fleet) -> FleetLimits:
+        """This worker's side of `fleet`'s limits; call it before `fleet` runs, so that
+        each connection to its Redis restores what was lost meanwhile."""
+        side = FleetLimits(fleet)
+        fleet.on_restore(functools.partial(self._restore, side))
+        return side
 
-    def shared_state(self, table: str, ident: str) -> list[str]:
+    def follow(self, side: FleetLimits) -> None:
+        """Admit new requests through `side` (a reload's new Redis link)."""
+        self.fleet = self._local.fleet = side.fleet
+        self.fleet_limits = side
+
+    async def run(self, side: FleetLimits | None = None) -> None:
+        """Carry requests' admissions and settles to Redis (through `side`, by default the
+        current one); run it in the background."""
+        side = side or self.fleet_limits
+        if side.fleet.configured:
+            await side.run()
+
+    @staticmethod
+    def budget_keys(fleet: Fleet, kind: str, ident: str) -> list[str]:
         """The Redis keys of an owner's budget: dropped when its row changes (a new
         `max_budget` or `spend`), to be rebuilt from the store."""
-        return [self.fleet.key("budget", table, ident), self.fleet.key("holds", table, ident)]
+        return [fleet.key("budget", kind, ident), fleet.key("holds", kind, ident)]
 
-    async def _restore(self) -> None:
-        """Redis is reached (again): settle what it did not confirm,
-        and bill its budget counters for what this worker's local admissions spent
-        while it was away. Counters Redis lost come back from the store's spend at their
-        next admission (their floor)."""
-        await self._shared.settle_unconfirmed()
+    async def _restore(self, side: FleetLimits) -> None:
+        """Redis is reached (again): settle what it did not confirm, and bill its budget
+        counters for what this worker's local admissions spent while it was away.
+        Counters Redis lost come back from the store's spend at their next admission
+        (their floor)."""
+        await side.settle_unconfirmed()
         missed = self._local.missed
-        client = self.fleet.client
-        for (table, ident), cost in list(missed.items()):
-            await client.hincrbyfloat(self.fleet.key("budget", table, ident), "spent", cost)
-            del missed[table, ident]
+        fleet = side.fleet
+        client = fleet.client
+        for (kind, ident), cost in list(missed.items()):
+            await client.hincrbyfloat(fleet.key("budget", kind, ident), "spent", cost)
+            del missed[kind, ident]
 
     async def admit(
         self,
@@ -250,12 +271,13 @@ class Limits:
         tokens = await prompt_tokens() if any(r.tpm is not None for r in rates) else 0
         most = await max_cost() if budgets else 0.0
         orphan = None
-        if self.fleet.shared:
-            lease = self._shared.lease(rates, budgets, self._bases(budgets, now), now)
+        side = self.fleet_limits
+        if side.fleet.reachable:
+            lease = side.lease(rates, budgets, self._bases(budgets, now), now)
             try:
-                return await self._shared.admit(lease, tokens, most, now)
+                return await side.admit(lease, tokens, most, now)
             except RedisUnavailable:
-                orphan = (self._shared, lease)  # the script may have run: undo it later
+                orphan = (side, lease)  # the script may have run: undo it later
         return self._local.admit(rates, budgets, tokens, most, now, self._unflushed, orphan)
 
     def _bases(self, budgets: list[_Budget], now: float) -> list[float]:
@@ -345,7 +367,7 @@ class _LocalAdmission(Admission):
         holds: list[tuple[_Account, float]],
         headers: dict[str, str],
         missed: defaultdict[tuple[str, str], float] | None,
-        orphan: tuple[_SharedLimits, _Lease] | None,
+        orphan: tuple[FleetLimits, _Lease] | None,
     ) -> None:
         super().__init__(headers)
         self._windows, self._tokens, self._minute = windows, tokens, minute
@@ -383,7 +405,7 @@ class _LocalLimits:
     """
 
     def __init__(self, fleet: Fleet) -> None:
-        self._fleet = fleet
+        self.fleet = fleet
         self._windows: dict[tuple[str, str], _Window] = {}
         self._accounts: dict[tuple[str, str], _Account] = {}
         # With Redis configured: spend billed here while it was away, which its counters
@@ -398,7 +420,7 @@ class _LocalLimits:
         max_cost: float,
         now: float,
         unflushed: Unflushed,
-        orphan: tuple[_SharedLimits, _Lease] | None,
+        orphan: tuple[FleetLimits, _Lease] | None,
     ) -> Admission:
         accounts = [self._account(budget, now, unflushed) for budget in budgets]
         for budget, account in zip(budgets, accounts, strict=True):
@@ -406,7 +428,7 @@ class _LocalLimits:
                 raise _budget_exceeded(budget, account.spent, account.reserved, now)
         minute = int(now // WINDOW)
         windows = [self._windows.setdefault((r.kind, r.ident), _Window()) for r in rates]
-        share = self._fleet.share
+        share = self.fleet.share
         for limits, window in zip(rates, windows, strict=True):
             window.roll(minute)
             if limits.rpm is not None and window.requests + 1 > share(limits.rpm):
@@ -428,7 +450,7 @@ class _LocalLimits:
         if rates:
             first = windows[0]
             headers = _headers(rates[0], first.requests, first.tokens, now)
-        missed = self.missed if self._fleet.configured else None
+        missed = self.missed if self.fleet.configured else None
         return _LocalAdmission(windows, tokens, minute, holds, headers, missed, orphan)
 
     def _account(self, budget: _Budget, now: float, unflushed: Unflushed) -> _Account:
@@ -472,10 +494,10 @@ class _Lease:
     tokens: int = 0
 
 
-class _SharedAdmission(Admission):
+class _FleetAdmission(Admission):
     __slots__ = ("_done", "_lease", "_limits")
 
-    def __init__(self, limits: _SharedLimits, lease: _Lease, headers: dict[str, str]) -> None:
+    def __init__(self, limits: FleetLimits, lease: _Lease, headers: dict[str, str]) -> None:
         super().__init__(headers)
         self._limits, self._lease, self._done = limits, lease, False
 
@@ -485,15 +507,18 @@ class _SharedAdmission(Admission):
         self._done = True
         lease = self._lease
         delta = tokens - lease.tokens if int(wall_time() // WINDOW) == lease.minute else 0
-        await self._limits.release(lease, delta, cost)
+        try:
+            await self._limits.release(lease, delta, cost)
+        finally:
+            self._limits.ended()
 
 
-class _SharedLimits:
+class FleetLimits:
     """The fleet's limits in Redis. Requests that arrive together share one script call
     (`_Batch`), so under load a request costs less than its two round trips."""
 
     def __init__(self, fleet: Fleet) -> None:
-        self._fleet = fleet
+        self.fleet = fleet
         # Settles Redis did not confirm, sent again when it answers (they are idempotent);
         # the oldest go first past the bound, their leases then expire by themselves.
         self._unsettled: deque[tuple[_Lease, float]] = deque(maxlen=MAX_UNSETTLED)
@@ -502,10 +527,26 @@ class _SharedLimits:
         self._count = itertools.count()
         self._batch = _Batch()
         self._sent = trio.Event()
+        # Admissions not yet settled, and an event set whenever none are: a link a reload
+        # replaced stays open until its requests have settled through it.
+        self._admitted = 0
+        self._all_settled = trio.Event()
+
+    def ended(self) -> None:
+        """An admission of this link's has settled."""
+        self._admitted -= 1
+        if self._admitted == 0:
+            self._all_settled.set()
+            self._all_settled = trio.Event()
+
+    async def settled(self) -> None:
+        """Return once every admission of this link's has settled."""
+        if self._admitted:
+            await self._all_settled.wait()
 
     async def settle_unconfirmed(self) -> None:
         """Settle what Redis did not confirm while it was away (it is back)."""
-        client = self._fleet.client
+        client = self.fleet.client
         while self._unsettled:
             lease, cost = self._unsettled[0]
             one = _Batch()
@@ -524,7 +565,7 @@ class _SharedLimits:
 
     async def _send(self, batch: _Batch) -> list[Any] | None:
         try:
-            return await self._fleet.call(
+            return await self.fleet.call(
                 lambda redis: SCRIPT(batch.keys, batch.args, client=redis)
             )
         except RedisUnavailable:
@@ -533,11 +574,11 @@ class _SharedLimits:
     async def _run(self, kind: str, keys: list[str], args: list[Any]) -> Any:
         """One operation's answer, or RedisUnavailable after `redis_timeout` (the
         operation may still run: admissions and settles are made safe for that)."""
-        if not self._fleet.shared:
+        if not self.fleet.reachable:
             raise RedisUnavailable("Redis is unreachable")
         operation = self._batch.add(kind, keys, args)
         self._sent.set()
-        with trio.move_on_after(self._fleet.timeout):
+        with trio.move_on_after(self.fleet.timeout):
             await operation.done.wait()
         if operation.answer is None:
             raise RedisUnavailable("Redis did not answer in time")
@@ -546,7 +587,7 @@ class _SharedLimits:
     def lease(
         self, rates: list[_Rates], budgets: list[_Budget], bases: list[float], now: float
     ) -> _Lease:
-        key = self._fleet.key
+        key = self.fleet.key
         minute = int(now // WINDOW)
         keys: list[str] = []
         for r in rates:
@@ -570,7 +611,8 @@ class _SharedLimits:
         if verdict == b"ok":
             lease.tokens = tokens
             headers = _headers(lease.rates[0], answer[1], answer[2], now) if lease.rates else {}
-            return _SharedAdmission(self, lease, headers)
+            self._admitted += 1
+            return _FleetAdmission(self, lease, headers)
         if verdict == b"budget":
             budget = lease.budgets[answer[1]]
             raise _budget_exceeded(budget, float(answer[2]), float(answer[3]), now)

@@ -83,7 +83,6 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         await _check_team(gateway, fields)
         if not await gateway.store.update("keys", token, {**fields, "updated_at": wall_time()}):
             raise not_found("key", key_name(body.key))
-        gateway.auth.forget("keys", token)
         # LiteLLM's answer, the key's fields at the top level; `key` is its token, never
         # the key itself (LiteLLM echoes what it was sent).
         return json_response({**key_shape(await _row(gateway, token)), "key": token})
@@ -102,8 +101,6 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
                 "Name the keys to delete in `keys` or `key_aliases`.", param="keys"
             )
         await gateway.store.delete("keys", "token_hash", tokens)
-        for token in tokens:
-            gateway.auth.forget("keys", token)
         return json_response({"deleted_keys": tokens})
 
     @app.get("/key/info")
@@ -145,7 +142,6 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         }
         if not await gateway.store.replace_key(token, fresh):
             raise not_found("key", key_name(body.key))
-        gateway.auth.forget("keys", token)
         return json_response(_generated(key, fresh))
 
     for path, blocked in (("/key/block", True), ("/key/unblock", False)):
@@ -160,7 +156,6 @@ def _blocker(gateway: Gateway, blocked: bool) -> Any:
             "keys", token, {"blocked": blocked, "updated_at": wall_time()}
         ):
             raise not_found("key", key_name(body.key))
-        gateway.auth.forget("keys", token)
         return json_response(key_shape(await _row(gateway, token)))
 
     return set_blocked

@@ -169,7 +169,6 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "teams", body.team_id, {**fields, "updated_at": wall_time()}
         ):
             raise not_found("team", body.team_id)
-        gateway.auth.forget("teams", body.team_id)
         return json_response(
             {"team_id": body.team_id, "data": await _team_shape(gateway, body.team_id)}
         )
@@ -178,10 +177,6 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def delete_team() -> Response:
         body = await admin_body(gateway, DeleteTeams)
         deleted, keys = await gateway.store.delete_with_keys("teams", body.team_ids)
-        for team_id in body.team_ids:
-            gateway.auth.forget("teams", team_id)
-        for token in keys:
-            gateway.auth.forget("keys", token)
         return json_response(
             {"deleted_teams": body.team_ids, "count": deleted, "deleted_keys": keys}
         )
@@ -250,8 +245,6 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "user_email": body.user_email,
         }
         await insert_new(gateway, "users", row)
-        # Keys naming this user before it existed bind to it at once in this process.
-        gateway.auth.forget("users", row["user_id"])
         answer = shaped(row)
         if body.auto_create_key:
             key = generate_key()
@@ -273,7 +266,6 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             fields["user_email"] = body.user_email
         if not await gateway.store.update("users", user_id, {**fields, "updated_at": wall_time()}):
             raise not_found("user", user_id)
-        gateway.auth.forget("users", user_id)
         row = await gateway.store.get("users", user_id)
         if row is None:  # deleted since
             raise not_found("user", user_id)
@@ -283,10 +275,6 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def delete_user() -> Response:
         body = await admin_body(gateway, DeleteUsers)
         deleted, keys = await gateway.store.delete_with_keys("users", body.user_ids)
-        for user_id in body.user_ids:
-            gateway.auth.forget("users", user_id)
-        for token in keys:
-            gateway.auth.forget("keys", token)
         return json_response(
             {"deleted_users": body.user_ids, "count": deleted, "deleted_keys": keys}
         )

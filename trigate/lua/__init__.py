@@ -19,7 +19,7 @@ Script = coredis.commands.Script[bytes]
 
 # The fleet's rate limits and budgets (trigate/limits.py).
 LIMITS = "limits"
-# The router's fleet view (trigate/router/shared.py): the periodic sync, and the claim
+# The router's fleet view (trigate/router/fleet_sync.py): the periodic sync, and the claim
 # of a half-open probe or of requests from an rpm cap.
 ROUTER_SYNC = "router_sync"
 ROUTER_CLAIM = "router_claim"

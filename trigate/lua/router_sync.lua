@@ -1,5 +1,5 @@
 -- The router's sync: one round trip carries this process's deployment news and counts to
--- the fleet and reads the fleet's view back (trigate/router/shared.py explains it).
+-- the fleet and reads the fleet's view back (trigate/router/fleet_sync.py explains it).
 -- KEYS: the live processes' hash, then six keys per deployment (`_KEYS` there).
 local clock = redis.call('TIME')
 local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)

@@ -7,19 +7,21 @@ worker of every instance serves them. Either can change at run time:
 - a reload (SIGHUP, `POST /config/reload`) reads the file again and validates
   all of it before anything changes; a bad file changes nothing, and its error
   is logged in one line and raised to the caller;
-- every `POLL_INTERVAL` seconds each process reads the stored deployments'
-  version (one small row) and, when another process changed them, reads them.
+- another process changed the stored deployments: with Redis it says so on the
+  fleet's change channel (trigate/changes.py) and each process reads them at once;
+  without Redis, every `POLL_INTERVAL` seconds each process reads their version (one
+  small row) and, when it changed, reads them.
 
-Either way the router is reconfigured in one step, with no await in between:
-requests that already hold a deployment finish on it, deployments that
-survive (by id) keep their cooldowns and load, and new requests see the new list.
+Either way the new model list goes to `serve`, which swaps it into the gateway's live
+state in one step: requests that already hold a deployment finish on it, deployments
+that survive (by id) keep their cooldowns and load, and new requests see the new list.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +30,7 @@ import trio
 
 from trigate.config import ConfigError, GatewayConfig, ModelEntry, load_config, parse_model_entry
 from trigate.errors import secrets
-from trigate.fleet import Fleet
 from trigate.router.deployments import ModelGroups
-from trigate.router.router import Router
 from trigate.sealing import SECRET_PARAMS, Sealer, SealError
 from trigate.spend.prices import PriceTable
 from trigate.store import Row, Store
@@ -38,7 +38,8 @@ from trigate.tokens import TokenCounter
 
 logger = logging.getLogger("trigate")
 
-# How often each process looks for deployments another one added, changed or deleted.
+# Without Redis, how often each process looks for deployments another one added, changed
+# or deleted.
 POLL_INTERVAL = 2.0
 POLL_TIMEOUT = 10.0
 
@@ -52,17 +53,23 @@ class StoredModel:
     entry: ModelEntry
 
 
+# Takes a new model list (and the config it came with) into service.
+Serve = Callable[[GatewayConfig, ModelGroups], Awaitable[None]]
+
+
 class ModelCatalog:
-    """The config file's deployments and the store's, and the router that serves them."""
+    """The config file's deployments and the store's, kept current."""
 
     def __init__(
         self,
         config: GatewayConfig,
         path: str | None,
         sealer: Sealer,
+        serve: Serve,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self.file_config = config
+        self._serve = serve
         # Seals the secrets of deployments written to the store, and opens them here.
         self.sealer = sealer
         self._path = path
@@ -71,7 +78,10 @@ class ModelCatalog:
         self._version: int | None = None
         self._lock = trio.Lock()
         self._store: Store | None = None
-        self._router: Router | None = None
+        # The model list being served; deployments that survive a change keep its state.
+        self._served: ModelGroups | None = None
+        # Set when another process announced a change to the stored deployments.
+        self._nudged = trio.Event()
         self._build: tuple[httpx.AsyncBaseTransport, TokenCounter, PriceTable] | None = None
 
     @property
@@ -85,16 +95,14 @@ class ModelCatalog:
         transport: httpx.AsyncBaseTransport,
         counter: TokenCounter,
         prices: PriceTable,
-        fleet: Fleet,
-    ) -> Router:
-        """The router serving the file's deployments and the store's, as they are now."""
+    ) -> ModelGroups:
+        """The file's deployments and the store's, as they are now; the caller serves them."""
         self._store = store
         self._build = (transport, counter, prices)
         self._version, rows = await store.stored_models()
         self._stored = self._resolved(rows)
-        config = self.file_config
-        self._router = Router(self._groups(config, None), config.router, fleet)
-        return self._router
+        self._served = self._groups(self.file_config, None)
+        return self._served
 
     def parse(self, raw: dict[str, Any]) -> ModelEntry:
         """A deployment as the config file would hold it, resolved and validated here."""
@@ -112,7 +120,7 @@ class ModelCatalog:
             try:
                 config = await trio.to_thread.run_sync(load_config, self._path, self._environ)
                 # Before start-up there is nothing to swap: start serves the file as read.
-                groups = self._groups(config, self._router.groups) if self._router else None
+                groups = self._groups(config, self._served) if self._served else None
             except ConfigError as error:
                 # One line, no traceback: the message names the key that is wrong.
                 logger.error("config reload failed, serving the previous config: %s", error)  # noqa: TRY400
@@ -121,7 +129,7 @@ class ModelCatalog:
                 logger.warning("config reload: general_settings changed; they apply at restart")
             self.file_config = config
             if groups is not None:
-                self._serve(groups, config)
+                await self._take(config, groups)
             logger.info("config reloaded: %d deployments", len(self.entries()))
 
     async def refresh(self) -> bool:
@@ -135,29 +143,43 @@ class ModelCatalog:
             version, rows = await self._store.stored_models()
             self._stored = self._resolved(rows)
             self._version = version
-            groups = self._groups(self.file_config, self._router.groups if self._router else None)
-            self._serve(groups, self.file_config)
+            await self._take(self.file_config, self._groups(self.file_config, self._served))
             return True
 
-    async def run(self) -> None:
-        """Poll the store for other processes' changes, until cancelled; a store no other
-        process can open needs no polling."""
+    def nudge(self, kind: str = "", ident: str = "") -> None:
+        """Another process changed the stored deployments (or may have, unheard): read
+        them again now. The change channel's listener (trigate/changes.py)."""
+        self._nudged.set()
+
+    async def run(self, redis_configured: Callable[[], bool]) -> None:
+        """Follow other processes' changes until cancelled: when nudged, and without
+        Redis (`redis_configured()` false) by polling the store; a store no other process
+        can open needs neither."""
         assert self._store is not None, "the catalog has not started"
-        if not self._store.shared:
+        if not self._store.multiprocess:
             return
         failing = False
         while True:
-            await trio.sleep(POLL_INTERVAL)
+            if redis_configured() and not failing:
+                await self._nudged.wait()
+            else:
+                with trio.move_on_after(POLL_INTERVAL):
+                    await self._nudged.wait()
+            self._nudged = trio.Event()
             try:
                 # A database that hangs must not hold the lock a reload waits for.
                 with trio.fail_after(POLL_TIMEOUT):
                     await self.refresh()
-            except Exception as error:  # any store failure: tried again at the next poll
+            except Exception as error:  # any store failure: tried again a poll later
                 if not failing:
                     logger.warning("reading the stored deployments failed: %r", error)
                 failing = True
             else:
                 failing = False
+
+    async def _take(self, config: GatewayConfig, groups: ModelGroups) -> None:
+        await self._serve(config, groups)
+        self._served = groups
 
     def _groups(self, config: GatewayConfig, previous: ModelGroups | None) -> ModelGroups:
         assert self._build is not None, "the catalog has not started"
@@ -167,10 +189,6 @@ class ModelCatalog:
             secrets.extend(getattr(params, name, None) for name in SECRET_PARAMS)
         transport, counter, prices = self._build
         return ModelGroups.build(entries, config.router, transport, counter, prices, previous)
-
-    def _serve(self, groups: ModelGroups, config: GatewayConfig) -> None:
-        assert self._router is not None
-        self._router.reconfigure(groups, config.router)
 
     def _resolved(self, rows: list[Row]) -> dict[str, StoredModel]:
         """Each stored row as an entry of this process's model list. One that does not

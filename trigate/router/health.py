@@ -42,14 +42,18 @@ async def probe(deployment: Deployment, observer: RouteObserver = UNOBSERVED) ->
 
 
 async def run_health_checks(
-    router: Router, interval: float, observer: RouteObserver = UNOBSERVED
+    current: Callable[[], Router], observer: RouteObserver = UNOBSERVED
 ) -> None:
-    """Probe every deployment every `interval` seconds, until cancelled."""
+    """While `background_health_checks` is on, probe every deployment every
+    `health_check_interval` seconds, until cancelled. `current()` is the router of the
+    moment, so each round follows the last reload's deployments and settings."""
     while True:
-        async with trio.open_nursery() as nursery:
-            for deployment in router.groups.all():
-                nursery.start_soon(probe, deployment, observer)
-        await trio.sleep(interval)
+        router = current()
+        if router.settings.background_health_checks:
+            async with trio.open_nursery() as nursery:
+                for deployment in router.groups.all():
+                    nursery.start_soon(probe, deployment, observer)
+        await trio.sleep(router.settings.health_check_interval)
 
 
 def health_report(router: Router, visible: Callable[[str], bool] | None = None) -> dict[str, Any]:

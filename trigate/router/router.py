@@ -11,7 +11,7 @@ With `hedge_after_ms`, an attempt that has produced nothing by then gets a
 rival on another deployment; the first to succeed wins and the loser is
 cancelled through its scope, which closes its upstream connection.
 
-Deployment state is the fleet's when Redis is configured (see shared.py): the
+Deployment state is the fleet's when Redis is configured (see fleet_sync.py): the
 router reads a synced local view, and asks Redis on the request path only to take
 a deployment whose rpm cap or half-open probe the fleet must agree on.
 """
@@ -29,7 +29,7 @@ import trio
 from trigate.errors import Failure, GatewayError, NoDeploymentAvailable, UpstreamError
 from trigate.fleet import Fleet
 from trigate.router.deployments import Deployment, ModelGroups
-from trigate.router.shared import SharedDeployments
+from trigate.router.fleet_sync import FleetSync
 from trigate.router.strategies import Pick
 from trigate.router_settings import RouterSettings
 
@@ -125,25 +125,19 @@ class RouteProgress:
 
 
 class Router:
-    def __init__(
-        self, groups: ModelGroups, settings: RouterSettings, fleet: Fleet | None = None
-    ) -> None:
-        self.shared = SharedDeployments(fleet or Fleet(None, timeout=settings.redis_timeout))
-        self.reconfigure(groups, settings)
+    """Routes over one model list under one set of `router_settings`, and never changes:
+    a reload makes a new router (part of the gateway's `LiveState`), and a request keeps
+    the one it started with. Deployments that survive the reload carry their state over
+    (`ModelGroups.build`), and routers of one Redis link share its `FleetSync`."""
 
-    def reconfigure(self, groups: ModelGroups, settings: RouterSettings) -> None:
-        """Serve new requests from `groups` under `settings` (a reload), at once: no await
-        comes between the assignments. A request in flight keeps the deployments it
-        holds and finishes on them."""
+    def __init__(
+        self, groups: ModelGroups, settings: RouterSettings, fleet_sync: FleetSync | None = None
+    ) -> None:
         self.groups = groups
         self.settings = settings
+        self.fleet_sync = fleet_sync or FleetSync(Fleet(None, timeout=settings.redis_timeout))
         self._pick = Pick(settings.routing_strategy, settings.routing_strategy_args)
-        self.shared.link(groups.all())
-
-    async def run_shared(self, *, task_status: trio.TaskStatus[None]) -> None:
-        """Keep the deployments' fleet view synced through Redis; run it in the app's
-        nursery when Redis is configured."""
-        await self.shared.run(lambda: self.groups.all(), task_status=task_status)
+        self.fleet_sync.link(groups.all())
 
     async def route(
         self,
@@ -267,7 +261,7 @@ class Router:
             deployment = next((d for d in candidates if d.id == preferred), None)
             if deployment is None:
                 deployment = self._pick(candidates, stream=stream, now=now)
-            if self.shared.admits_locally(deployment, now) or await self.shared.claim(
+            if self.fleet_sync.admits_locally(deployment, now) or await self.fleet_sync.claim(
                 deployment, now
             ):
                 deployment.state.counted(now)

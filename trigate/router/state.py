@@ -1,7 +1,7 @@
 """What the router knows of each deployment at run time.
 
 Each worker keeps it in memory: requests in flight, recent latency, this minute's
-requests and tokens, and the circuit breaker. With Redis, trigate/router/shared.py
+requests and tokens, and the circuit breaker. With Redis, trigate/router/fleet_sync.py
 syncs a `FleetView` of the whole fleet into it and carries the breakers' news out;
 without, or while Redis is away, the worker's own counts are the whole story and caps
 apply at its local share. Callers pass Trio's clock in, so every rule here is testable

@@ -74,6 +74,11 @@ USERS = Owner(
 )
 OWNERS = (KEYS, TEAMS, USERS)
 OWNER_OF_KIND = {owner.kind: owner for owner in OWNERS}
+OWNER_KINDS = tuple(OWNER_OF_KIND)
+# The kind a write of a stored deployment is reported as (`Store.watch`).
+MODELS = "models"
+# Told of each row an admin write changed: `(kind, its primary key)`.
+Watcher = Callable[[str, str], None]
 
 SPEND_COLUMNS = (
     "request_id", "key_hash", "key_alias", "team_id", "user_id", "model_group", "deployment",
@@ -112,7 +117,8 @@ class Store:
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
         # False for an in-memory SQLite database, which no other process can open: nothing
         # in it changes but through this process.
-        self.shared = shared
+        self.multiprocess = shared
+        self._watchers: list[Watcher] = []
 
     @classmethod
     async def open(cls, url: str) -> Store:
@@ -121,6 +127,17 @@ class Store:
         store = cls(backend, shared=url != IN_MEMORY_URL)
         await store._run(_migrate)
         return store
+
+    def watch(self, watcher: Watcher) -> None:
+        """Call `watcher(kind, key)` after every write that changed a key, team, user
+        (`OWNER_KINDS`) or stored deployment (`MODELS`), once per row: the one place
+        caches are told of admin changes, whichever call made them."""
+        self._watchers.append(watcher)
+
+    def _changed(self, kind: str, keys: Sequence[str]) -> None:
+        for key in keys:
+            for watcher in self._watchers:
+                watcher(kind, key)
 
     @property
     def dialect(self) -> str:
@@ -141,19 +158,20 @@ class Store:
 
     # Keys, teams and users share one shape of access.
 
-    async def insert(self, table: str, row: Row) -> None:
-        owner = OWNER_OF_KIND[table]
+    async def insert(self, kind: str, row: Row) -> None:
+        owner = OWNER_OF_KIND[kind]
         columns = _checked(owner, row)
         sql = _insert(owner, columns)
         values = [_encode(c, row[c]) for c in columns]
         await self._run(lambda cursor: cursor.execute(sql, values))
+        self._changed(kind, [row[owner.primary]])
 
-    async def get(self, table: str, key: str) -> Row | None:
-        rows = await self.select(table, {OWNER_OF_KIND[table].primary: key})
+    async def get(self, kind: str, key: str) -> Row | None:
+        rows = await self.select(kind, {OWNER_OF_KIND[kind].primary: key})
         return rows[0] if rows else None
 
-    async def select(self, table: str, where: dict[str, Any], limit: int = 1000) -> list[Row]:
-        owner = OWNER_OF_KIND[table]
+    async def select(self, kind: str, where: dict[str, Any], limit: int = 1000) -> list[Row]:
+        owner = OWNER_OF_KIND[kind]
         clause, values = _where(owner, where)
         sql = (
             f"SELECT * FROM {owner.table}{clause} ORDER BY created_at, {owner.primary} "
@@ -162,32 +180,43 @@ class Store:
         rows = await self._read(lambda cursor: cursor.query(sql, values))
         return [_decode(row) for row in rows]
 
-    async def update(self, table: str, key: str, fields: Row) -> bool:
-        owner = OWNER_OF_KIND[table]
+    async def update(self, kind: str, key: str, fields: Row) -> bool:
+        owner = OWNER_OF_KIND[kind]
         columns = _checked(owner, fields)
         if not columns:
-            return await self.get(table, key) is not None
+            return await self.get(kind, key) is not None
         assignments = ", ".join(f"{c} = ?" for c in columns)
         values = [*(_encode(c, fields[c]) for c in columns), key]
         sql = f"UPDATE {owner.table} SET {assignments} WHERE {owner.primary} = ?"
-        return bool(await self._run(lambda cursor: cursor.execute(sql, values)))
+        updated = bool(await self._run(lambda cursor: cursor.execute(sql, values)))
+        if updated:
+            self._changed(kind, [key])
+        return updated
 
-    async def delete(self, table: str, column: str, values: Sequence[str]) -> int:
-        owner = OWNER_OF_KIND[table]
+    async def delete(self, kind: str, column: str, values: Sequence[str]) -> int:
+        owner = OWNER_OF_KIND[kind]
         _checked(owner, {column: None})
         if not values:
             return 0
-        sql = f"DELETE FROM {owner.table} WHERE {column} IN ({', '.join('?' * len(values))})"
-        return await self._run(lambda cursor: cursor.execute(sql, list(values)))
+        where = f"WHERE {column} IN ({', '.join('?' * len(values))})"
 
-    async def delete_with_keys(self, table: str, ids: Sequence[str]) -> tuple[int, list[str]]:
+        def work(cursor: Cursor) -> list[str]:
+            rows = cursor.query(f"SELECT {owner.primary} FROM {owner.table} {where}", list(values))
+            cursor.execute(f"DELETE FROM {owner.table} {where}", list(values))
+            return [row[owner.primary] for row in rows]
+
+        deleted = await self._run(work)
+        self._changed(kind, deleted)
+        return len(deleted)
+
+    async def delete_with_keys(self, kind: str, ids: Sequence[str]) -> tuple[int, list[str]]:
         """Delete teams (or users) with every key of theirs and their memberships, in one
         transaction, as LiteLLM's `/team/delete` and `/user/delete` do: a key outliving
         its team or user would lose their limits. Returns the number of teams (or users)
         deleted and the hashes of the keys deleted."""
-        owner = OWNER_OF_KIND[table]
+        owner = OWNER_OF_KIND[kind]
         if owner not in (TEAMS, USERS):
-            raise ValueError(f"{table} own no keys")
+            raise ValueError(f"{kind} own no keys")
         # A team's and a user's primary column is also the one naming them in keys and
         # memberships.
         where = f"WHERE {owner.primary} IN ({', '.join('?' * len(ids))})"
@@ -200,7 +229,10 @@ class Store:
             deleted = cursor.execute(f"DELETE FROM {owner.table} {where}", values)
             return deleted, [row[KEYS.primary] for row in keys]
 
-        return await self._run(work)
+        deleted, keys = await self._run(work)
+        self._changed(kind, ids)
+        self._changed(KEYS.kind, keys)
+        return deleted, keys
 
     async def replace_key(self, old_hash: str, row: Row) -> bool:
         """Swap a key's hash for a new one in one transaction (regeneration)."""
@@ -214,7 +246,11 @@ class Store:
             cursor.execute(insert, values)
             return True
 
-        return await self._run(work)
+        replaced = await self._run(work)
+        if replaced:
+            # The new hash too: a lookup of the key before it existed is cached as absent.
+            self._changed(KEYS.kind, [old_hash, row[KEYS.primary]])
+        return replaced
 
     # Team members.
 
@@ -328,9 +364,9 @@ class Store:
         due = [row["due"] for row in rows if row["due"] is not None]
         return min(due) if due else None
 
-    async def reset_due_budgets(self, table: str, now: float) -> int:
+    async def reset_due_budgets(self, kind: str, now: float) -> int:
         """Zero the spend of every entity whose budget window has ended, and start its next."""
-        owner = OWNER_OF_KIND[table]
+        owner = OWNER_OF_KIND[kind]
         name, primary = owner.table, owner.primary
 
         def work(cursor: Cursor) -> int:
@@ -407,17 +443,27 @@ class Store:
         marks = ", ".join("?" * len(MODEL_COLUMNS))
         sql = f"INSERT INTO trigate_models ({', '.join(MODEL_COLUMNS)}) VALUES ({marks})"
         await self._run(_bumping(lambda cursor: cursor.execute(sql, values)))
+        self._changed(MODELS, [row["model_id"]])
 
     async def update_model(self, row: Row) -> bool:
         columns = [c for c in MODEL_COLUMNS if c not in ("model_id", "created_at")]
         values = [*(_encode(c, row[c]) for c in columns), row["model_id"]]
         assignments = ", ".join(f"{c} = ?" for c in columns)
         sql = f"UPDATE trigate_models SET {assignments} WHERE model_id = ?"
-        return bool(await self._run(_bumping(lambda cursor: cursor.execute(sql, values))))
+        return self._model_changed(
+            row["model_id"], await self._run(_bumping(lambda cursor: cursor.execute(sql, values)))
+        )
 
     async def delete_model(self, model_id: str) -> bool:
         sql = "DELETE FROM trigate_models WHERE model_id = ?"
-        return bool(await self._run(_bumping(lambda cursor: cursor.execute(sql, [model_id]))))
+        return self._model_changed(
+            model_id, await self._run(_bumping(lambda cursor: cursor.execute(sql, [model_id])))
+        )
+
+    def _model_changed(self, model_id: str, changed: int) -> bool:
+        if changed:
+            self._changed(MODELS, [model_id])
+        return bool(changed)
 
 
 MODEL_COLUMNS = (

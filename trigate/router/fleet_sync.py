@@ -104,8 +104,8 @@ class _Sent:
     verdict: Verdict | None
 
 
-class SharedDeployments:
-    """This process's side of the fleet's deployment state."""
+class FleetSync:
+    """This process's side of the fleet's deployment state, over one Redis link."""
 
     def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
@@ -127,6 +127,9 @@ class SharedDeployments:
             state.share = self.fleet.share
             state.capped = deployment.params.rpm is not None
             state.breaker.notify = self._wake
+            if not self.fleet.configured:
+                # A reload that took Redis away: the last sync's view no longer holds.
+                state.leave_fleet()
 
     def _wake(self) -> None:
         """A breaker has news for the fleet: sync now rather than at the next tick."""
@@ -200,7 +203,7 @@ class SharedDeployments:
 
     async def sync(self) -> None:
         """One round trip: send this process's news and counts, adopt the fleet's view."""
-        if not self.fleet.shared or not self._deployments:
+        if not self.fleet.reachable or not self._deployments:
             self.go_local()
             return
         now = trio.current_time()

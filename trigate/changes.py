@@ -1,0 +1,110 @@
+"""How an admin change reaches every other process of the gateway: one Redis channel.
+
+A write to a key, team, user or stored deployment is announced as `(kind, id)` on
+the fleet's `changes` channel (under `redis_key_prefix`); every worker of every
+instance hears it, and the listener of that kind acts on it: the authenticator drops
+its cached row, the model catalog reads the stored deployments again. Messages are
+nudges, never the data: a listener reads what changed from the store.
+
+A worker that is not subscribed (Redis away, or not yet reached) hears nothing, so
+each (re)subscription tells every listener to resync as if everything had changed.
+Without Redis there is no channel and no process hears another: the authenticator's
+cache expires within seconds, and the catalog polls the store instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable
+
+import orjson
+import trio
+
+from trigate.fleet import PROBE_INTERVAL, Fleet, RedisUnavailable
+
+logger = logging.getLogger("trigate")
+
+# The channel, under the fleet's prefix.
+CHANNEL = "changes"
+
+OnChange = Callable[[str, str], None]
+# The Redis keys derived from a changed row, deleted before the change is announced
+# (budget counters rebuilt from the store): `stale(fleet, kind, id)`.
+Stale = Callable[[Fleet, str, str], list[str]]
+
+
+def _nothing_stale(fleet: Fleet, kind: str, ident: str) -> list[str]:
+    return []
+
+
+class Changes:
+    """One worker's side of the channel: what it announces, and who hears what comes."""
+
+    def __init__(self, stale: Stale = _nothing_stale) -> None:
+        self._stale = stale
+        self._listeners: dict[str, OnChange] = {}
+        self._resyncs: list[Callable[[], None]] = []
+        self._outbox, self._to_send = trio.open_memory_channel[tuple[str, str]](math.inf)
+
+    def listen(self, kinds: Iterable[str], on_change: OnChange, resync: Callable[[], None]) -> None:
+        """Call `on_change(kind, id)` for each change of `kinds` another process (or this
+        one) announces, and `resync()` whenever changes may have gone unheard."""
+        for kind in kinds:
+            self._listeners[kind] = on_change
+        self._resyncs.append(resync)
+
+    def announce(self, kind: str, ident: str) -> None:
+        """Tell every process that `kind` `ident` changed (without Redis, no one hears)."""
+        self._outbox.send_nowait((kind, ident))
+
+    async def run(self, fleet: Fleet) -> None:
+        """Carry announcements over `fleet` and follow everyone's, until cancelled.
+        Without Redis, announcements are dropped: there is no one to tell."""
+        if not fleet.configured:
+            async for _ in self._to_send:
+                pass
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send, fleet)
+            nursery.start_soon(self._follow, fleet)
+
+    async def _send(self, fleet: Fleet) -> None:
+        async for kind, ident in self._to_send:
+            try:
+                await self._publish(fleet, kind, ident)
+            except RedisUnavailable:
+                logger.warning(
+                    "Redis unreachable: other processes do not hear of the change to %s %s",
+                    kind,
+                    ident if kind == "models" else "(a row)",
+                )
+
+    async def _publish(self, fleet: Fleet, kind: str, ident: str) -> None:
+        stale = self._stale(fleet, kind, ident)
+        if stale:
+            await fleet.call(lambda redis: redis.delete(stale))
+        message = orjson.dumps([kind, ident])
+        await fleet.call(lambda redis: redis.publish(fleet.key(CHANNEL), message))
+
+    async def _follow(self, fleet: Fleet) -> None:
+        """Hear every process's announcements; each (re)subscription resyncs."""
+        channel = fleet.key(CHANNEL)
+        while True:
+            await fleet.wait_reachable()
+            try:
+                async with fleet.client.pubsub(
+                    channels=[channel], ignore_subscribe_messages=True, retry_policy=None
+                ) as messages:
+                    for resync in self._resyncs:
+                        resync()
+                    async for message in messages:
+                        data = message["data"]
+                        assert isinstance(data, bytes)
+                        kind, ident = orjson.loads(data)
+                        listener = self._listeners.get(kind)
+                        if listener is not None:
+                            listener(kind, ident)
+            except* Exception as lost:  # whatever ends the feed, the worker serves on
+                logger.debug("change feed lost, resubscribing: %r", lost.exceptions)
+            await trio.sleep(PROBE_INTERVAL)
