@@ -15,6 +15,9 @@ from helpers import openai_config, sdk, start_gateway
 from scripted import Step, group_config
 from scripted import error as upstream_error
 
+from trigate.auth import Caller, generate_key, hash_key
+from trigate.clock import wall_time
+from trigate.errors import AuthenticationFailed
 from trigate.spend import RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable
 from trigate.store import SpendFilter
@@ -591,3 +594,52 @@ async def test_cost_comes_from_the_price_table(nursery: trio.Nursery) -> None:
     expected = 600 * price.input + 400 * price.cache_read + 100 * price.output
     [record] = h.records.records
     assert record.cost == pytest.approx(expected)
+
+
+async def test_every_write_to_a_key_team_or_user_is_seen_at_once(nursery: trio.Nursery) -> None:
+    """Caches hear of changes from the store's write path, whichever call writes: each
+    kind of write, made straight through the store, is seen by the next lookup, well
+    inside the cache's TTL."""
+    h = await priced(nursery)
+    store, auth = h.gateway.store, h.gateway.auth
+
+    async def caller(key: str) -> Caller:
+        return await auth.authenticate({"authorization": f"Bearer {key}"})
+
+    async def refused(key: str) -> str:
+        with pytest.raises(AuthenticationFailed) as failure:
+            await caller(key)
+        return failure.value.code
+
+    key = await new_key(h, key_alias="written")
+    assert (await caller(key)).key["rpm_limit"] is None  # cached from here on
+    await store.update("keys", hash_key(key), {"rpm_limit": 7})
+    assert (await caller(key)).key["rpm_limit"] == 7
+    fresh = generate_key()
+    await refused(fresh)  # cached as absent
+    row = await store.get("keys", hash_key(key))
+    assert row is not None
+    await store.replace_key(hash_key(key), {**row, "token_hash": hash_key(fresh)})
+    assert await refused(key) == "invalid_api_key"
+    assert (await caller(fresh)).key_alias == "written"
+    assert await store.delete("keys", "key_alias", ["written"]) == 1
+    assert await refused(fresh) == "invalid_api_key"
+
+    team = (await h.admin("/team/new", {})).json["team_id"]
+    member = await new_key(h, team_id=team)
+    assert (await caller(member)).team is not None
+    await store.update("teams", team, {"blocked": True})
+    assert await refused(member) == "team_blocked"
+    await store.delete_with_keys("teams", [team])
+    assert await refused(member) == "invalid_api_key"
+
+    own = await new_key(h, user_id="written-user")
+    assert (await caller(own)).user is None  # no such user yet: cached as absent
+    now = wall_time()
+    user = {"user_id": "written-user", "models": [], "metadata": {}}
+    await store.insert("users", {**user, "created_at": now, "updated_at": now})
+    assert (await caller(own)).user is not None
+    await store.update("users", "written-user", {"rpm_limit": 3})
+    assert (await caller(own)).user["rpm_limit"] == 3
+    await store.delete_with_keys("users", ["written-user"])
+    assert await refused(own) == "invalid_api_key"

@@ -15,6 +15,7 @@ import trio
 from fakes import FakeUpstream, JSONReply, chat_completion
 from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, start_gateway
 
+import trigate.router.catalog
 from trigate.sealing import Sealer, SealError
 from trigate.spend.prices import PriceTable
 
@@ -239,6 +240,50 @@ async def test_a_deployment_added_on_one_instance_is_served_by_another(
         deleted = await client.post("/model/delete", json={"id": row["model_info"]["id"]})
     assert deleted.status_code == 200
     await _answers(second, "added", 404)
+
+
+async def test_with_redis_model_changes_travel_over_it_and_no_process_polls(
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    database_url: str,
+    redis_url: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two instances sharing a database and a Redis: a deployment added on one reaches
+    the other over Redis's change channel, and neither reads the store's version on a
+    timer, as each does without Redis."""
+    monkeypatch.setattr(trigate.router.catalog, "POLL_INTERVAL", 0.05)
+    fleet = {"redis_url": redis_url, "redis_key_prefix": redis_prefix}
+    config = _config(upstream, database_url)
+    config["router_settings"] |= fleet
+    first = await start_gateway(nursery, config)
+    second = await start_gateway(nursery, config)
+    reads = 0
+    version = second.gateway.store.models_version
+
+    async def counted() -> int:
+        nonlocal reads
+        reads += 1
+        return await version()
+
+    monkeypatch.setattr(second.gateway.store, "models_version", counted)
+    await trio.sleep(0.2)  # subscribing to the channel reads the models once, as it should
+    reads = 0
+    await trio.sleep(0.5)  # ten polls' worth
+    assert reads == 0
+    # Any change the second hears now came over Redis: a poll would take an hour.
+    monkeypatch.setattr(trigate.router.catalog, "POLL_INTERVAL", 3600.0)
+    async with first.client() as client:
+        assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
+    await _answers(second, "added", 200)
+    async with second.client() as client:
+        [row] = (await client.get("/model/info")).json()["data"][2:]
+    async with first.client() as client:
+        deleted = await client.post("/model/delete", json={"id": row["model_info"]["id"]})
+    assert deleted.status_code == 200
+    await _answers(second, "added", 404)
+    assert reads >= 2  # one read per change heard
 
 
 async def test_v1_models_gains_token_limits_where_known(

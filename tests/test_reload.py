@@ -186,3 +186,53 @@ async def test_sighup_reloads_every_worker(tmp_path: Path, workers: int) -> None
         assert await statuses("after") == {200}
     finally:
         assert await served.stop() == 0
+
+
+def _priced(name: str, deployment_id: str, cost: float) -> dict[str, Any]:
+    return _mock(name, deployment_id, input_cost_per_token=cost, output_cost_per_token=cost)
+
+
+async def test_a_reload_applies_router_settings_and_a_new_redis_link(
+    nursery: trio.Nursery, tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """`router_settings` apply on reload: the routing strategy, and the Redis link
+    (its prefix and timeout) that limits and router state go through. Requests from
+    then on are served from the new live state, and `gateway.config` is the new file."""
+    path = tmp_path / "config.yaml"
+    pair = [_priced("pair", "dear", 2e-6), _priced("pair", "cheap", 1e-6)]
+    first_prefix, second_prefix = f"{redis_prefix}one:", f"{redis_prefix}two:"
+    redis = {"redis_url": redis_url, "redis_key_prefix": first_prefix, "redis_timeout": 0.5}
+    _write(path, pair, routing_strategy="round-robin", **redis)
+    running = await _from_file(nursery, path)
+    gateway = running.gateway
+    started = gateway.live
+    assert started.fleet.reachable and started.fleet.prefix == first_prefix
+    served = {(await _chat(running, "pair")).headers["x-trigate-deployment"] for _ in range(4)}
+    assert served == {"dear", "cheap"}
+
+    redis |= {"redis_key_prefix": second_prefix, "redis_timeout": 0.25}
+    _write(path, pair, routing_strategy="cost-based-routing", **redis)
+    async with running.client() as admin:
+        assert (await admin.post("/config/reload")).status_code == 200
+    live = gateway.live
+    assert live is not started and started.router.settings.routing_strategy == "round-robin"
+    assert gateway.config is live.config
+    assert live.settings.routing_strategy == "cost-based-routing"
+    assert gateway.router is live.router and gateway.groups is live.groups
+    assert gateway.fleet is live.fleet is gateway.limits.fleet
+    assert (live.fleet.prefix, live.fleet.timeout) == (second_prefix, 0.25)
+    assert live.fleet.reachable
+    served = {(await _chat(running, "pair")).headers["x-trigate-deployment"] for _ in range(4)}
+    assert served == {"cheap"}
+
+    # Limits now count under the new prefix, in the Redis the new link reaches.
+    async with running.client() as admin:
+        key = (await admin.post("/key/generate", json={"rpm_limit": 100})).json()["key"]
+    assert (await _chat(running, "pair", key)).status_code == 200
+    windows = await live.fleet.call(lambda client: client.keys(f"{second_prefix}rate:*"))
+    assert len(windows) == 1
+    assert await live.fleet.call(lambda client: client.keys(f"{first_prefix}rate:*")) == set()
+    # The replaced link closes once nothing it admitted is in flight.
+    with trio.fail_after(5):
+        while started.fleet.reachable:  # noqa: ASYNC110 - the retirement's own pace
+            await trio.sleep(0.01)

@@ -173,14 +173,19 @@ class Fleet:
         client: Redis = coredis.Redis.from_url(
             self.url, connect_timeout=max(self.timeout, 1.0), stream_timeout=max(self.timeout, 1.0)
         )
-        async with client:
-            self._client = client
-            await self._probe(first=True)
-            task_status.started()
-            while True:
-                await self._lost.wait()
-                await trio.sleep(PROBE_INTERVAL)
-                await self._probe(first=False)
+        try:
+            async with client:
+                self._client = client
+                await self._probe(first=True)
+                task_status.started()
+                while True:
+                    await self._lost.wait()
+                    await trio.sleep(PROBE_INTERVAL)
+                    await self._probe(first=False)
+        finally:
+            # Closed (a reload replaced this link, or the worker stops): nothing may use it.
+            self._up = False
+            self._client = None
 
     async def _probe(self, *, first: bool) -> None:
         assert self._client is not None

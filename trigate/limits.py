@@ -480,7 +480,6 @@ class _LocalLimits:
 SCRIPT = lua.script(lua.LIMITS)
 
 
-
 @dataclass(slots=True)
 class _Lease:
     """One request's claim on the fleet's limits: the keys it touches and what it took."""
@@ -565,9 +564,7 @@ class FleetLimits:
 
     async def _send(self, batch: _Batch) -> list[Any] | None:
         try:
-            return await self.fleet.call(
-                lambda redis: SCRIPT(batch.keys, batch.args, client=redis)
-            )
+            return await self.fleet.call(lambda redis: SCRIPT(batch.keys, batch.args, client=redis))
         except RedisUnavailable:
             return None
 
