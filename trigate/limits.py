@@ -135,7 +135,7 @@ class _Rates:
 class _Budget:
     """One key's, team's or user's budget in its current window."""
 
-    table: str
+    kind: str
     ident: str
     row: Row
     window_end: float | None
@@ -161,15 +161,15 @@ def _rates_of(caller: Caller) -> list[_Rates]:
 
 
 def _budgeted_rows(caller: Caller) -> Iterator[tuple[str, Row]]:
-    for table, row in (("keys", caller.key), ("teams", caller.team), ("users", caller.user)):
+    for kind, row in (("keys", caller.key), ("teams", caller.team), ("users", caller.user)):
         if row is not None and row.get("max_budget") is not None:
-            yield table, row
+            yield kind, row
 
 
 def _budgets_of(caller: Caller, now: float) -> list[_Budget]:
     return [
-        _Budget(table, row[OWNER_OF_KIND[table].primary], row, _window_end(row, now))
-        for table, row in _budgeted_rows(caller)
+        _Budget(kind, row[OWNER_OF_KIND[kind].primary], row, _window_end(row, now))
+        for kind, row in _budgeted_rows(caller)
     ]
 
 
@@ -283,7 +283,7 @@ class Limits:
     def _bases(self, budgets: list[_Budget], now: float) -> list[float]:
         """What the store says each budget has spent, with this worker's unflushed cost:
         never more than the truth, so a shared counter is raised to it, never lowered."""
-        return [current_spend(b.row, now) + self._unflushed(b.table, b.ident) for b in budgets]
+        return [current_spend(b.row, now) + self._unflushed(b.kind, b.ident) for b in budgets]
 
 
 def _rate_limited(rates: _Rates, what: str, now: float) -> RateLimited:
@@ -302,7 +302,7 @@ def _rate_limited(rates: _Rates, what: str, now: float) -> RateLimited:
 
 
 def _budget_exceeded(budget: _Budget, spent: float, reserved: float, now: float) -> BudgetExceeded:
-    owner = budget.table.removesuffix("s")
+    owner = budget.kind.removesuffix("s")
     in_flight = f" (+{reserved:.6f} reserved by requests in flight)" if reserved > 0 else ""
     reset_at = budget.row.get("budget_reset_at")
     note = f"; it resets in {math.ceil(reset_at - now)} s." if reset_at else "."
@@ -390,8 +390,8 @@ class _LocalAdmission(Admission):
         if self._orphan is not None:
             # An admission Redis did not confirm in time may still have taken leases
             # there; give them back now rather than when they expire.
-            shared, lease = self._orphan
-            await shared.release(lease)
+            fleet_limits, lease = self._orphan
+            await fleet_limits.release(lease)
 
 
 class _LocalLimits:
@@ -454,7 +454,7 @@ class _LocalLimits:
         return _LocalAdmission(windows, tokens, minute, holds, headers, missed, orphan)
 
     def _account(self, budget: _Budget, now: float, unflushed: Unflushed) -> _Account:
-        owner = (budget.table, budget.ident)
+        owner = (budget.kind, budget.ident)
         account = self._accounts.get(owner)
         if account is None or account.row is not budget.row:
             fresh = _Account(
@@ -590,7 +590,7 @@ class FleetLimits:
         for r in rates:
             keys += (key("rate", r.kind, r.ident, str(minute)), key("slots", r.kind, r.ident))
         for b in budgets:
-            keys += (key("budget", b.table, b.ident), key("holds", b.table, b.ident))
+            keys += (key("budget", b.kind, b.ident), key("holds", b.kind, b.ident))
         return _Lease(f"{self._prefix}.{next(self._count)}", rates, budgets, keys, bases, minute)
 
     async def admit(self, lease: _Lease, tokens: int, max_cost: float, now: float) -> Admission:

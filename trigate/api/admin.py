@@ -144,13 +144,13 @@ def token_hash_of(value: str) -> str:
     return hash_key(value) if value.startswith("sk-") else value
 
 
-async def insert_new(gateway: Gateway, table: str, row: Row) -> None:
+async def insert_new(gateway: Gateway, kind: str, row: Row) -> None:
     """Insert a team or user row whose id the caller may have chosen."""
-    primary = OWNER_OF_KIND[table].primary
-    if await gateway.store.get(table, row[primary]) is not None:
-        what = table.removesuffix("s").capitalize()
+    primary = OWNER_OF_KIND[kind].primary
+    if await gateway.store.get(kind, row[primary]) is not None:
+        what = kind.removesuffix("s").capitalize()
         raise InvalidRequest(f"{what} `{row[primary]}` exists already.", param=primary)
-    await gateway.store.insert(table, row)
+    await gateway.store.insert(kind, row)
 
 
 def not_found(what: str, name: str) -> NotFound:

@@ -74,9 +74,9 @@ class SpendLedger:
         if len(self._queue) >= self._batch_size:
             self._batch_full.set()
 
-    def unflushed(self, table: str, key: str) -> float:
+    def unflushed(self, kind: str, key: str) -> float:
         """Spend billed in this process but not yet in the store."""
-        return self._unflushed.get((table, key), 0.0)
+        return self._unflushed.get((kind, key), 0.0)
 
     @property
     def queued(self) -> int:

@@ -112,19 +112,19 @@ class SpendFilter:
 
 
 class Store:
-    def __init__(self, backend: Backend, *, shared: bool = True) -> None:
+    def __init__(self, backend: Backend, *, multiprocess: bool = True) -> None:
         self._backend = backend
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
         # False for an in-memory SQLite database, which no other process can open: nothing
         # in it changes but through this process.
-        self.multiprocess = shared
+        self.multiprocess = multiprocess
         self._watchers: list[Watcher] = []
 
     @classmethod
     async def open(cls, url: str) -> Store:
         """Connect and bring the schema up to date."""
         backend = await trio.to_thread.run_sync(connect, url)
-        store = cls(backend, shared=url != IN_MEMORY_URL)
+        store = cls(backend, multiprocess=url != IN_MEMORY_URL)
         await store._run(_migrate)
         return store
 
