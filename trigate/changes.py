@@ -70,15 +70,20 @@ class Changes:
             nursery.start_soon(self._follow, fleet)
 
     async def _send(self, fleet: Fleet) -> None:
+        """Publish each announcement in order; one Redis did not take is sent again once
+        Redis answers, so no process misses a change for good (the key cache's TTL
+        bounds a stale key meanwhile; nothing else would bound a stale model list)."""
         async for kind, ident in self._to_send:
-            try:
-                await self._publish(fleet, kind, ident)
-            except RedisUnavailable:
-                logger.warning(
-                    "Redis unreachable: other processes do not hear of the change to %s %s",
-                    kind,
-                    ident if kind == "models" else "(a row)",
-                )
+            while True:
+                try:
+                    await self._publish(fleet, kind, ident)
+                    break
+                except RedisUnavailable:
+                    logger.warning(
+                        "Redis unreachable: other processes hear of a change to %s once it answers",
+                        kind,
+                    )
+                    await fleet.wait_reachable()
 
     async def _publish(self, fleet: Fleet, kind: str, ident: str) -> None:
         stale = self._stale(fleet, kind, ident)

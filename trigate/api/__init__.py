@@ -31,6 +31,7 @@ from trigate.api import (
     responses,
     spend,
     teams,
+    users,
 )
 from trigate.api.context import RequestScope
 from trigate.api.model_api import ModelAPI, Route, error_reply, unexpected_failure
@@ -57,7 +58,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         await app.nursery.start(gateway.run_background)
 
     # Quart's routes, then the model API's in front of them: two conventions, see above.
-    for module in (models, model_admin, health, keys, teams, spend, responses, metrics):
+    for module in (models, model_admin, health, keys, teams, users, spend, responses, metrics):
         module.register(app, gateway)
     _register_error_handlers(app)
     model_routes: dict[str, Route] = {}

@@ -1,0 +1,136 @@
+"""`/user/*`: LiteLLM's users, whose limits bind their keys. Every write needs the
+master key; a virtual key may read its own user.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from quart import Response
+from quart_trio import QuartTrio
+
+from trigate.api.admin import (
+    Limits,
+    admin_body,
+    authenticated,
+    created_fields,
+    insert_new,
+    limit_fields,
+    not_found,
+    permit,
+    query_arg,
+    shaped,
+)
+from trigate.api.jsonio import json_response
+from trigate.api.keys import key_identity, key_shape
+from trigate.api.teams import with_members
+from trigate.auth import generate_key
+from trigate.clock import wall_time
+from trigate.errors import InvalidRequest
+from trigate.gateway import Gateway
+
+
+class UserSettings(Limits):
+    user_id: str | None = None
+    user_email: str | None = None
+    # LiteLLM's /user/new also issues the user a key unless told not to.
+    auto_create_key: bool = True
+
+
+class UpdateUser(Limits):
+    """LiteLLM's `/user/update`: the user by id, else the first with that email."""
+
+    user_id: str | None = None
+    user_email: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> UpdateUser:
+        if self.user_id is None and self.user_email is None:
+            raise ValueError("Either `user_id` or `user_email` must be provided")
+        return self
+
+
+class DeleteUsers(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    user_ids: list[str] = Field(min_length=1)
+
+
+def register(app: QuartTrio, gateway: Gateway) -> None:
+    @app.post("/user/new")
+    async def new_user() -> Response:
+        body = await admin_body(gateway, UserSettings)
+        row = {
+            **created_fields(body),
+            "user_id": body.user_id or str(uuid.uuid4()),
+            "user_email": body.user_email,
+        }
+        await insert_new(gateway, "users", row)
+        answer = shaped(row)
+        if body.auto_create_key:
+            key = generate_key()
+            now = wall_time()
+            identity = key_identity(key)
+            await gateway.store.insert(
+                "keys",
+                {**identity, "user_id": row["user_id"], "created_at": now, "updated_at": now},
+            )
+            answer |= {"key": key, "token": identity["token_hash"]}
+        return json_response(answer)
+
+    @app.post("/user/update")
+    async def update_user() -> Response:
+        body = await admin_body(gateway, UpdateUser)
+        user_id = body.user_id or await _user_by_email(gateway, body.user_email)
+        fields = limit_fields(body)
+        if body.user_id is not None and body.user_email is not None:
+            fields["user_email"] = body.user_email
+        if not await gateway.store.update("users", user_id, {**fields, "updated_at": wall_time()}):
+            raise not_found("user", user_id)
+        row = await gateway.store.get("users", user_id)
+        if row is None:  # deleted since
+            raise not_found("user", user_id)
+        return json_response({"user_id": user_id, "data": shaped(row)})
+
+    @app.post("/user/delete")
+    async def delete_user() -> Response:
+        body = await admin_body(gateway, DeleteUsers)
+        deleted, keys = await gateway.store.delete_with_keys("users", body.user_ids)
+        return json_response(
+            {"deleted_users": body.user_ids, "count": deleted, "deleted_keys": keys}
+        )
+
+    @app.get("/user/info")
+    async def user_info() -> Response:
+        caller = await authenticated(gateway)
+        # Without `?user_id=`, a key reads its own user, as in LiteLLM.
+        user_id = query_arg("user_id") or caller.user_id
+        if user_id is None:
+            raise InvalidRequest("Pass `?user_id=`.", param="user_id")
+        permit(caller, user_id == caller.user_id, "user's /user/info")
+        row = await gateway.store.get("users", user_id)
+        if row is None:
+            raise not_found("user", user_id)
+        keys = await gateway.store.select("keys", {"user_id": user_id})
+        teams = []
+        for membership in await gateway.store.member_teams(user_id):
+            team = await gateway.store.get("teams", membership["team_id"])
+            if team is not None:
+                teams.append(await with_members(gateway, team))
+        info = {**shaped(row), "teams": [team["team_id"] for team in teams]}
+        return json_response(
+            {
+                "user_id": user_id,
+                "user_info": info,
+                "keys": [key_shape(k) for k in keys],
+                "teams": teams,
+            }
+        )
+
+
+async def _user_by_email(gateway: Gateway, email: str | None) -> str:
+    found = await gateway.store.select("users", {"user_email": email}, limit=1)
+    if not found:
+        raise not_found("user", f"with email {email}")
+    return str(found[0]["user_id"])
