@@ -11,10 +11,12 @@ from __future__ import annotations
 import datetime
 import functools
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import yaml
 from pydantic import (
     BaseModel,
@@ -51,6 +53,38 @@ def _scalar_text(value: Any) -> Any:
 
 # Text that a config may also write as a YAML date or number.
 Text = Annotated[str, BeforeValidator(_scalar_text)]
+
+
+# What an HTTP header's name may be (RFC 9110's token), and the characters no header value
+# or URL may hold: a CR or LF would end a header early, and any control character makes
+# httpx refuse the request, so one stored value would fail every request (or start-up).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Parameters sent as (part of) a header or a URL to the upstream, checked as such.
+_HEADER_PARAMS = (
+    "api_key", "api_version", "azure_ad_token", "anthropic_version", "aws_access_key_id",
+    "aws_secret_access_key", "aws_session_token", "aws_region_name", "model",
+)  # fmt: skip
+_URL_PARAMS = ("api_base", "aws_bedrock_runtime_endpoint")
+
+
+def _no_control(value: str, what: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} must not contain control characters (such as CR or LF)")
+    return value
+
+
+def _upstream_url(value: str, what: str) -> str:
+    """An `api_base`: an absolute http(s) URL httpx can send to, with nothing it would
+    refuse at request time."""
+    _no_control(value, what)
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL:
+        raise ValueError(f"{what} is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{what} must be an http:// or https:// URL with a host")
+    return value
 
 
 class ProviderParams(BaseModel):
@@ -95,6 +129,25 @@ class LiteLLMParams(ProviderParams):
     mock_response: str | None = None
     mock_delay: float = Field(default=0.0, ge=0)
     mock_chunk_delay: float = Field(default=0.0, ge=0)
+
+    @field_validator(*_HEADER_PARAMS)
+    @classmethod
+    def _header_safe(cls, value: str | None) -> str | None:
+        return None if value is None else _no_control(value, "the value")
+
+    @field_validator(*_URL_PARAMS)
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _upstream_url(value, "the value")
+
+    @field_validator("extra_headers")
+    @classmethod
+    def _headers(cls, headers: dict[str, str] | None) -> dict[str, str] | None:
+        for name, value in (headers or {}).items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name")
+            _no_control(value, f"the value of header {name!r}")
+        return headers
 
     @field_validator("model")
     @classmethod
@@ -178,6 +231,11 @@ class GeneralSettings(BaseModel):
     forward_client_headers_to_llm_api: bool = False
     # How long a stored Responses API response can be read or continued from.
     responses_retention_days: float = Field(default=30.0, gt=0)
+    # The only variables a deployment added through the admin API (`/model/new`) may
+    # name as `os.environ/NAME`: the admin API is not access to the host, and any other
+    # variable (the master key, the database URL, cloud credentials) could be sent to an
+    # `api_base` of the admin's choosing. The config file itself may name any.
+    admin_model_env_vars: list[str] = Field(default_factory=list)
 
 
 class GatewayConfig(BaseModel):
@@ -240,9 +298,18 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
     return config
 
 
-def parse_model_entry(raw: dict[str, Any], environ: Mapping[str, str]) -> ModelEntry:
-    """One `model_list` entry from the admin API (`/model/new`), resolved and validated
-    as the config file's are; `ConfigError` names the offending key."""
+def parse_model_entry(
+    raw: dict[str, Any], environ: Mapping[str, str], allowed_env: Collection[str]
+) -> ModelEntry:
+    """One `model_list` entry from the admin API (`/model/new`) or the store, resolved
+    and validated as the config file's are, but naming only `allowed_env` variables
+    (`general_settings.admin_model_env_vars`); `ConfigError` names the offending key."""
+    for where, name in _env_references(raw, ""):
+        if name not in allowed_env:
+            raise ConfigError(
+                f"{where}: os.environ/{name} is not allowed here; only the variables listed "
+                "in general_settings.admin_model_env_vars may be named by an admin-added model"
+            )
     resolved = _resolve_env(raw, environ, "")
     try:
         return ModelEntry.model_validate(resolved)
@@ -273,6 +340,18 @@ def _resolve_env(value: Any, environ: Mapping[str, str], where: str) -> Any:
             raise ConfigError(f"{where}: environment variable {name} is not set")
         return environ[name]
     return value
+
+
+def _env_references(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Every `os.environ/NAME` in `value`, with where it is."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _env_references(v, _join(where, str(k)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _env_references(v, f"{where}[{i}]")
+    elif isinstance(value, str) and value.startswith(ENV_PREFIX):
+        yield where, value[len(ENV_PREFIX) :]
 
 
 def _join(where: str, key: str) -> str:
