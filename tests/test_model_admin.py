@@ -315,7 +315,9 @@ async def test_model_new_refuses_what_could_not_be_sent(
     stored; the next `/model/new` works, and a restarted gateway serves on."""
     gateway = await start_gateway(nursery, _config(upstream))
     async with gateway.client() as client:
-        refused = await client.post("/model/new", json={"model_name": "bad", "litellm_params": params})
+        refused = await client.post(
+            "/model/new", json={"model_name": "bad", "litellm_params": params}
+        )
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["param"] == "litellm_params"
         assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
@@ -334,14 +336,16 @@ async def test_a_bad_stored_row_is_skipped_and_logged_at_start_up(
     starts, logs the row it skips, serves the rest, and takes new deployments."""
     database_url = f"sqlite:///{tmp_path}/poisoned.db"
     first = await start_gateway(nursery, _config(upstream, database_url))
-    await first.gateway.store.insert_model({
-        "model_id": "poisoned",
-        "model_name": "poisoned",
-        "litellm_params": {"model": "anthropic/x", "api_base": "http://127.0.0.1:1\r\n"},
-        "model_info": {},
-        "created_at": 1.0,
-        "updated_at": 1.0,
-    })
+    await first.gateway.store.insert_model(
+        {
+            "model_id": "poisoned",
+            "model_name": "poisoned",
+            "litellm_params": {"model": "anthropic/x", "api_base": "http://127.0.0.1:1\r\n"},
+            "model_info": {},
+            "created_at": 1.0,
+            "updated_at": 1.0,
+        }
+    )
     second = await start_gateway(nursery, _config(upstream, database_url))
     assert "stored deployment poisoned is not served" in caplog.text
     assert (await _chat(second, "gpt-test")).status_code == 200

@@ -23,6 +23,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -231,11 +232,19 @@ class GeneralSettings(BaseModel):
     forward_client_headers_to_llm_api: bool = False
     # How long a stored Responses API response can be read or continued from.
     responses_retention_days: float = Field(default=30.0, gt=0)
+    # LiteLLM's: `/metrics` shows every tenant's series and every upstream's address, so
+    # with it set only the master key may read it. Read strictly (true/false, yes/no,
+    # on/off, 1/0, as text too): a value that cannot be read stops start-up rather than
+    # leaving `/metrics` open. LiteLLM documents it under `litellm_settings`, also read.
+    require_auth_for_metrics_endpoint: bool = False
     # The only variables a deployment added through the admin API (`/model/new`) may
     # name as `os.environ/NAME`: the admin API is not access to the host, and any other
     # variable (the master key, the database URL, cloud credentials) could be sent to an
     # `api_base` of the admin's choosing. The config file itself may name any.
     admin_model_env_vars: list[str] = Field(default_factory=list)
+
+
+_STRICT_BOOL = TypeAdapter(bool)
 
 
 class GatewayConfig(BaseModel):
@@ -248,6 +257,23 @@ class GatewayConfig(BaseModel):
     router_settings: dict[str, Any] = Field(default_factory=dict)
     litellm_settings: dict[str, Any] = Field(default_factory=dict)
     environment_variables: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _metrics_auth_from_litellm_settings(self) -> GatewayConfig:
+        """LiteLLM's documented place for `require_auth_for_metrics_endpoint`; set in
+        either section, it holds (an open `/metrics` is never the result of a doubt)."""
+        given = self.litellm_settings.get("require_auth_for_metrics_endpoint")
+        if given is not None:
+            try:
+                required = _STRICT_BOOL.validate_python(given)
+            except ValidationError:
+                raise ValueError(
+                    "litellm_settings.require_auth_for_metrics_endpoint: expected true or "
+                    f"false, got {given!r}"
+                ) from None
+            if required:
+                self.general_settings.require_auth_for_metrics_endpoint = True
+        return self
 
     @functools.cached_property
     def router(self) -> RouterSettings:
