@@ -23,9 +23,9 @@ import orjson
 import trio
 
 from trigate.clock import wall_time
-from trigate.errors import AuthenticationFailed, GatewayError
+from trigate.errors import AuthenticationFailed
 from trigate.fleet import PROBE_INTERVAL, Fleet, RedisUnavailable
-from trigate.store import Row, Store
+from trigate.store import Row, Store, StoreUnavailable
 
 logger = logging.getLogger("trigate")
 
@@ -42,12 +42,6 @@ LOOKUP_TIMEOUT = 2.0
 OUTAGE_MEMORY = 5.0
 # The Redis channel (under the fleet's prefix) that carries changed rows to every worker.
 CHANGES_CHANNEL = "changes"
-
-
-class StoreUnavailable(GatewayError):
-    status = 503
-    type = "api_error"
-    code = "store_unavailable"
 
 
 @dataclass(slots=True)

@@ -25,6 +25,7 @@ master key; to anyone else it does not exist (404).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import Any, NamedTuple
@@ -143,13 +144,7 @@ async def _create(gateway: Gateway, incoming: Incoming) -> Reply:
     await call.admit()
     if body.get("stream"):
         return await call.stream()
-    reply = await call.complete()
-    if exchange.response is not None:
-        await exchange.save(exchange.response, native=False)
-    elif isinstance(reply.body, bytes):
-        # Answered natively: the upstream's own Response, as the client got it.
-        await exchange.save(orjson.loads(reply.body), native=True)
-    return reply
+    return await exchange.settled(await call.complete())
 
 
 class _Translated(NamedTuple):
@@ -296,17 +291,36 @@ class _Exchange:
         if self._events is not None and outcome.completed and outcome.error is None:
             await self.save(self._events.response, native=self._native_stream)
 
-    async def save(self, response: dict[str, Any] | None, *, native: bool) -> None:
-        """Under the Response's own id: the gateway's, or a native upstream's."""
+    async def settled(self, reply: Reply) -> Reply:
+        """A whole answer, stored as the request asked. One that could not be stored (the
+        database is down) still goes to the client, which paid for it, but says
+        `"store": false`: no client is handed an id it could not continue from."""
+        response: Any
+        if self.response is not None:
+            response, native = self.response, False
+        elif isinstance(reply.body, bytes):
+            # Answered natively: the upstream's own Response, as the client got it.
+            response, native = orjson.loads(reply.body), True
+        else:
+            return reply
+        if not isinstance(response, dict) or await self.save(response, native=native):
+            return reply
+        return dataclasses.replace(reply, body=orjson.dumps({**response, "store": False}))
+
+    async def save(self, response: dict[str, Any] | None, *, native: bool) -> bool:
+        """Under the Response's own id: the gateway's, or a native upstream's. False when
+        it should have been stored and was not."""
         if response is None or self._body.get("store") is False:
-            return
+            return True
         response_id = response.get("id")
         if not isinstance(response_id, str):
-            return
+            return True
         try:
             await self._gateway.store.save_response(self._row(response_id, response, native))
         except Exception as error:  # any failure: the answer is still the client's
             logger.warning("storing response %s failed: %s", response_id, error)
+            return False
+        return True
 
     def _row(self, response_id: str, response: dict[str, Any], native: bool) -> Row:
         """The stored row; a native request's `input` may have no item form (a 400 had

@@ -9,6 +9,7 @@ metadata) are decoded on the way out and encoded on the way in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,17 +18,28 @@ import orjson
 import trio
 
 from trigate.durations import parse_duration
-from trigate.store.backends import Backend, Conflict, Cursor, connect
+from trigate.errors import GatewayError
+from trigate.store.backends import Backend, Conflict, Cursor, Unavailable, connect
 from trigate.store.backends import Row as Row
-
-__all__ = ["Conflict", "Row", "Store"]
 from trigate.store.migrations import MIGRATIONS
 
+__all__ = ["Conflict", "Row", "Store", "StoreUnavailable"]
+
 T = TypeVar("T")
+logger = logging.getLogger("trigate")
+_OUTAGE = "The gateway cannot reach its database just now. Try again shortly."
 
 IN_MEMORY_URL = "sqlite://:memory:"
 # Concurrent database calls per worker; PostgreSQL's pool is sized to match.
 MAX_CONCURRENT_CALLS = 10
+# Every route fails fast when the database is down, as the key check does:
+# - a call waits at most this long for its turn among the concurrent calls;
+CALL_WAIT = 2.0
+# - a read (which may be abandoned) is given up after this long in all;
+READ_TIMEOUT = 10.0
+# - after a lasting failure (a lost connection, a read given up) the database is left
+#   alone this long: calls fail at once rather than each waiting to find out again.
+OUTAGE_MEMORY = 2.0
 
 JSON_COLUMNS = {
     "models",
@@ -46,6 +58,14 @@ _LIMIT_COLUMNS = frozenset({
     "rpm_limit", "tpm_limit", "max_parallel_requests", "metadata", "blocked",
     "created_at", "updated_at",
 })  # fmt: skip
+
+
+class StoreUnavailable(GatewayError):
+    """The database cannot serve the call now: a 503 the client may retry, answered fast."""
+
+    status = 503
+    type = "api_error"
+    code = "store_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +130,8 @@ class Store:
     def __init__(self, backend: Backend, *, shared: bool = True) -> None:
         self._backend = backend
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
+        # Until when (trio's clock) a lasting failure makes calls fail at once.
+        self._outage_until = -float("inf")
         # False for an in-memory SQLite database, which no other process can open: nothing
         # in it changes but through this process.
         self.shared = shared
@@ -130,14 +152,42 @@ class Store:
         await trio.to_thread.run_sync(self._backend.close)
 
     async def _run(self, work: Callable[[Cursor], T]) -> T:
-        return await trio.to_thread.run_sync(self._backend.transaction, work, limiter=self._limiter)
+        """A write. Its wait for a turn is bounded; once running it is not abandoned (its
+        outcome must be known), and the backend bounds its wait for a connection."""
+        return await self._call(self._backend.transaction, work, CALL_WAIT, abandon=False)
 
     async def _read(self, work: Callable[[Cursor], T]) -> T:
         """A read its caller may stop waiting for (a database that hangs must not hang
         requests); the abandoned thread finishes on its own and changes nothing."""
-        return await trio.to_thread.run_sync(
-            self._backend.read, work, limiter=self._limiter, abandon_on_cancel=True
-        )
+        return await self._call(self._backend.read, work, READ_TIMEOUT, abandon=True)
+
+    async def _call(
+        self,
+        call: Callable[[Callable[[Cursor], T]], T],
+        work: Callable[[Cursor], T],
+        bound: float,
+        *,
+        abandon: bool,
+    ) -> T:
+        """Run `call(work)` in a thread; a database that cannot serve it now is a
+        `StoreUnavailable` (503) within `bound`, never a 500 after a long wait. A write
+        cancelled while it runs still returns its result: the scope only bounds its
+        wait for a turn."""
+        if trio.current_time() < self._outage_until:
+            raise StoreUnavailable(_OUTAGE)
+        with trio.move_on_after(bound):
+            try:
+                return await trio.to_thread.run_sync(
+                    call, work, limiter=self._limiter, abandon_on_cancel=abandon
+                )
+            except Unavailable as error:
+                if error.lasting:
+                    self._outage_until = trio.current_time() + OUTAGE_MEMORY
+                logger.warning("database unavailable: %s", error)
+                raise StoreUnavailable(_OUTAGE) from None
+        self._outage_until = trio.current_time() + OUTAGE_MEMORY
+        logger.warning("database unavailable: no answer within %g s", bound)
+        raise StoreUnavailable(_OUTAGE)
 
     # Keys, teams and users share one shape of access.
 
