@@ -738,3 +738,39 @@ async def test_a_translated_response_is_deleted_at_the_gateway_only(
         created = await client.responses.create(model="gpt-test", input="hi")
         await client.responses.delete(created.id)
     assert [r.method for r in upstream.requests] == ["POST"]
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "deep"
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("field", ["metadata", "text", "user", "instructions", "reasoning"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_deeply_nested_echoed_field_is_a_400_before_the_upstream(
+    compat: RunningGateway, upstream: FakeUpstream, field: str, stream: bool
+) -> None:
+    """The Response echoes these fields back: one no answer could render is refused
+    before anything is sent upstream (or billed), streamed or not."""
+    body = {"model": "gpt-test", "input": "hi", field: _nested(254), "stream": stream}
+    async with compat.client() as client:
+        reply = await client.post("/v1/responses", json=body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == field
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("user", {"id": "u1"}), ("metadata", {"n": 1}), ("metadata", "x")]
+)
+async def test_echoed_fields_in_the_wrong_shape_are_a_400(
+    compat: RunningGateway, upstream: FakeUpstream, field: str, value: Any
+) -> None:
+    async with compat.client() as client:
+        reply = await client.post(
+            "/v1/responses", json={"model": "gpt-test", "input": "hi", field: value}
+        )
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == field
+    assert upstream.requests == []

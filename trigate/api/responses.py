@@ -36,6 +36,7 @@ from quart_trio import QuartTrio
 
 from trigate.api.calls import (
     CHAT,
+    MAX_NESTING,
     Operation,
     ProxiedCall,
     Surface,
@@ -215,6 +216,7 @@ def _validate(body: dict[str, Any]) -> str:
     model = require_model(body)
     check_stream_fields(body)
     check_nesting(body)
+    _check_echoed(body)
     if body.get("background"):
         raise InvalidRequest(
             "`background` responses are not supported by this gateway; send the request "
@@ -233,6 +235,47 @@ def _validate(body: dict[str, Any]) -> str:
             "`previous_response_id` must be a string.", param="previous_response_id"
         )
     return model
+
+
+# The request's fields a Response object echoes (`base_response`), besides those
+# `check_nesting` bounds already: each rendered back, so each bounded before admission,
+# lest an answer the upstream was paid for fail to render.
+_ECHOED = ("instructions", "metadata", "text", "reasoning", "user", "truncation")
+
+
+def _check_echoed(body: dict[str, Any]) -> None:
+    """The echoed fields in the shapes OpenAI's API gives them, nested no deeper than
+    `MAX_NESTING`: `user` a string, `metadata` an object of strings."""
+    for field in _ECHOED:
+        if _deeper_than(body.get(field), MAX_NESTING):
+            raise InvalidRequest(
+                f"`{field}` is nested more than {MAX_NESTING} levels deep.", param=field
+            )
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidRequest("`user` must be a string.", param="user")
+    metadata = body.get("metadata")
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise InvalidRequest(
+            "`metadata` must be an object whose values are strings.", param="metadata"
+        )
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists and objects more than `limit` deep; iterative, so
+    that no value can exhaust the check's own stack."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if not isinstance(item, dict | list) or not children:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
 
 
 class _Exchange:
