@@ -774,3 +774,25 @@ async def test_echoed_fields_in_the_wrong_shape_are_a_400(
         )
     assert reply.status_code == 400 and reply.json()["error"]["param"] == field
     assert upstream.requests == []
+
+
+async def test_an_unknown_names_error_does_not_echo_it_whole(mock: RunningGateway) -> None:
+    """A 100 kB model name, or response id, gives an error of a few hundred bytes."""
+    name = "m" * 100_000
+    async with mock.client() as client:
+        replies = [
+            await client.post(
+                "/v1/chat/completions",
+                json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
+            ),
+            await client.post("/v1/responses", json={"model": name, "input": "hi"}),
+            await client.post(
+                "/v1/responses",
+                json={"model": "mock", "input": "hi", "previous_response_id": name},
+            ),
+            await client.get(f"/v1/responses/{name[:8000]}"),
+        ]
+    for reply in replies:
+        assert reply.status_code == 404, reply.text[:200]
+        assert len(reply.content) < 1000
+        assert "(100000 characters)" in reply.text or "(8000 characters)" in reply.text

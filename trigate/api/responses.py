@@ -57,7 +57,7 @@ from trigate.api.responses_format import (
 )
 from trigate.auth import Caller
 from trigate.clock import wall_time
-from trigate.errors import Failure, InvalidRequest, NotFound, UpstreamError
+from trigate.errors import Failure, InvalidRequest, NotFound, UpstreamError, echoed
 from trigate.gateway import Gateway
 from trigate.providers import NativeResponses
 from trigate.relay import StreamOutcome
@@ -403,7 +403,7 @@ async def _chain(gateway: Gateway, caller: Caller, response_id: str | None) -> l
     chain = await gateway.store.response_chain(response_id, wall_time())
     if not chain or not _may_see(caller, chain[0]):
         raise NotFound(
-            f"Previous response with id '{response_id}' not found.",
+            f"Previous response with id '{echoed(response_id)}' not found.",
             param="previous_response_id",
             code="previous_response_not_found",
         )
@@ -426,7 +426,7 @@ async def _visible(gateway: Gateway, response_id: str) -> Row:
     caller = await gateway.auth.authenticate(request.headers)
     chain = await gateway.store.response_chain(response_id, wall_time(), depth=1)
     if not chain or not _may_see(caller, chain[0]):
-        raise NotFound(f"Response with id '{response_id}' not found.", code="not_found")
+        raise NotFound(f"Response with id '{echoed(response_id)}' not found.", code="not_found")
     return chain[0]
 
 
