@@ -226,6 +226,8 @@ class GeneralSettings(BaseModel):
     keep_alive_timeout: float = Field(default=75.0, gt=0)
     # Upstream connections per worker, idle ones included: one pool, kept alive.
     max_upstream_connections: int = Field(default=1000, ge=1)
+    # The largest whole (non-streamed) upstream answer read; a larger one is a 502.
+    max_upstream_response_size_mb: float = Field(default=32.0, gt=0)
     # Client connections per worker; when full, the longest idle one is closed for a new one.
     max_connections: int = Field(default=4096, ge=1)
     # LiteLLM's: send the client's `x-` headers and `anthropic-beta` on to every upstream.
@@ -290,6 +292,10 @@ class GatewayConfig(BaseModel):
     @property
     def max_request_bytes(self) -> int:
         return int(self.general_settings.max_request_size_mb * 1024 * 1024)
+
+    @property
+    def max_upstream_response_bytes(self) -> int:
+        return int(self.general_settings.max_upstream_response_size_mb * 1024 * 1024)
 
 
 def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> GatewayConfig:
