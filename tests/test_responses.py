@@ -796,3 +796,26 @@ async def test_an_unknown_names_error_does_not_echo_it_whole(mock: RunningGatewa
         assert reply.status_code == 404, reply.text[:200]
         assert len(reply.content) < 1000
         assert "(100000 characters)" in reply.text or "(8000 characters)" in reply.text
+
+
+async def test_a_conversation_too_large_to_rebuild_is_a_clear_400(nursery: trio.Nursery) -> None:
+    """A chain holding more than `max_request_size_mb` of stored JSON is not loaded to
+    be rebuilt: a 400 naming the limit. Another key is told nothing of it (404)."""
+    config = mock_config(mock_response="ok")
+    config["general_settings"] = {"max_request_size_mb": 1}
+    gateway = await start_gateway(nursery, config)
+    stranger = await new_key(gateway)
+    previous = None
+    async with gateway.client() as client:
+        for _ in range(4):
+            body = {"model": "mock", "input": "x" * 300_000, "previous_response_id": previous}
+            reply = await client.post("/v1/responses", json=body)
+            assert reply.status_code == 200, reply.text[:300]
+            previous = reply.json()["id"]
+        follow_up = {"model": "mock", "input": "and?", "previous_response_id": previous}
+        refused = await client.post("/v1/responses", json=follow_up)
+    assert refused.status_code == 400, refused.text[:300]
+    assert refused.json()["error"]["code"] == "conversation_too_large"
+    async with gateway.client(stranger) as client:
+        hidden = await client.post("/v1/responses", json=follow_up)
+    assert hidden.status_code == 404

@@ -62,7 +62,7 @@ from trigate.gateway import Gateway
 from trigate.providers import NativeResponses
 from trigate.relay import StreamOutcome
 from trigate.router.deployments import Deployment
-from trigate.store import Row
+from trigate.store import ChainTooLarge, Row
 
 logger = logging.getLogger("trigate")
 
@@ -397,17 +397,34 @@ def _with_ids(items: list[Any]) -> list[Any]:
 
 
 async def _chain(gateway: Gateway, caller: Caller, response_id: str | None) -> list[Row]:
-    """The stored responses a follow-up continues, newest first; none without one."""
+    """The stored responses a follow-up continues, newest first; none without one. The
+    head is read (and its visibility checked) first, so that whether another key's
+    conversation exists, or how large it is, is never told."""
     if response_id is None:
         return []
-    chain = await gateway.store.response_chain(response_id, wall_time())
-    if not chain or not _may_see(caller, chain[0]):
+    now = wall_time()
+    head = await gateway.store.response_chain(response_id, now, depth=1)
+    if not head or not _may_see(caller, head[0]):
         raise NotFound(
             f"Previous response with id '{echoed(response_id)}' not found.",
             param="previous_response_id",
             code="previous_response_not_found",
         )
-    return chain
+    if head[0]["previous_response_id"] is None:
+        return head
+    # A rebuilt conversation is a request the gateway sends: no larger than one it takes.
+    limit = gateway.config.max_request_bytes
+    try:
+        chain = await gateway.store.response_chain(response_id, now, max_bytes=limit)
+    except ChainTooLarge:
+        raise InvalidRequest(
+            "The conversation `previous_response_id` continues is larger than this gateway "
+            f"rebuilds ({limit // (1024 * 1024)} MiB, general_settings.max_request_size_mb): "
+            "start a new one, or send its items as `input`.",
+            param="previous_response_id",
+            code="conversation_too_large",
+        ) from None
+    return chain or head  # deleted meanwhile: the head as it was read
 
 
 def _history(chain: list[Row]) -> list[Any]:

@@ -23,7 +23,7 @@ from trigate.store.backends import Backend, Conflict, Cursor, Unavailable, conne
 from trigate.store.backends import Row as Row
 from trigate.store.migrations import MIGRATIONS
 
-__all__ = ["Conflict", "Row", "Store", "StoreUnavailable"]
+__all__ = ["ChainTooLarge", "Conflict", "Row", "Store", "StoreUnavailable"]
 
 T = TypeVar("T")
 logger = logging.getLogger("trigate")
@@ -66,6 +66,14 @@ class StoreUnavailable(GatewayError):
     status = 503
     type = "api_error"
     code = "store_unavailable"
+
+
+class ChainTooLarge(Exception):
+    """A `previous_response_id` chain holds more stored JSON than its reader's limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the stored conversation is larger than {limit} bytes")
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,19 +416,29 @@ class Store:
         await self._run(lambda cursor: cursor.execute(sql, values))
 
     async def response_chain(
-        self, response_id: str, now: float, depth: int = MAX_RESPONSE_CHAIN
+        self,
+        response_id: str,
+        now: float,
+        depth: int = MAX_RESPONSE_CHAIN,
+        max_bytes: int | None = None,
     ) -> list[Row]:
         """The response and up to `depth` - 1 of those it continues, newest first, in one
-        read; the chain stops at an expired or missing response (a deleted one)."""
+        read; the chain stops at an expired or missing response (a deleted one). Past
+        `max_bytes` of stored JSON it is `ChainTooLarge`: a worker never holds more of a
+        conversation than that to rebuild it."""
         sql = "SELECT * FROM trigate_responses WHERE response_id = ? AND expires_at > ?"
 
         def work(cursor: Cursor) -> list[Row]:
             chain: list[Row] = []
             following: str | None = response_id
+            held = 0
             while following is not None and len(chain) < depth:
                 rows = cursor.query(sql, [following, now])
                 if not rows:
                     break
+                held += _stored_size(rows[0])
+                if max_bytes is not None and held > max_bytes:
+                    raise ChainTooLarge(max_bytes)
                 chain.append(_decode(rows[0]))
                 following = rows[0]["previous_response_id"]
             return chain
@@ -558,6 +576,11 @@ def _encode(column: str, value: Any) -> Any:
     if column in BOOL_COLUMNS and value is not None:
         return int(bool(value))
     return value
+
+
+def _stored_size(row: Row) -> int:
+    """A stored response's JSON columns' size as read (text, before decoding)."""
+    return sum(len(row[c]) for c in ("response", "input_items") if isinstance(row[c], str | bytes))
 
 
 def _decode(row: Row) -> Row:
