@@ -819,3 +819,30 @@ async def test_a_conversation_too_large_to_rebuild_is_a_clear_400(nursery: trio.
     async with gateway.client(stranger) as client:
         hidden = await client.post("/v1/responses", json=follow_up)
     assert hidden.status_code == 404
+
+
+async def test_an_upstream_reusing_a_response_id_loses_no_ones_response(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A native upstream answers two keys (and one key twice) with one id: each key reads
+    its own response, the repeat replaces its own older one, and nothing is a 404."""
+    texts = iter(["For alice.", "For bob.", "For alice again."])
+    upstream.handler = lambda request: JSONReply(upstream_response(next(texts, "")))
+    running = await native_gateway(nursery, upstream, "openai/upstream-model")
+    alice, bob = await new_key(running), await new_key(running)
+    async with sdk(running, alice) as client:
+        first = await client.responses.create(model="gpt-test", input="one")
+    async with sdk(running, bob) as client:
+        second = await client.responses.create(model="gpt-test", input="two")
+        assert second.id == first.id
+        assert (await client.responses.retrieve(second.id)).output_text == "For bob."
+    async with sdk(running, alice) as client:
+        assert (await client.responses.retrieve(first.id)).output_text == "For alice."
+        await client.responses.create(model="gpt-test", input="three")
+        assert (await client.responses.retrieve(first.id)).output_text == "For alice again."
+        await client.responses.delete(first.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(first.id)
+    async with sdk(running, bob) as client:
+        assert (await client.responses.retrieve(second.id)).output_text == "For bob."
+    await running.stop()

@@ -62,7 +62,7 @@ from trigate.gateway import Gateway
 from trigate.providers import NativeResponses
 from trigate.relay import StreamOutcome
 from trigate.router.deployments import Deployment
-from trigate.store import ChainTooLarge, Row
+from trigate.store import ChainTooLarge, ResponseViewer, Row
 
 logger = logging.getLogger("trigate")
 
@@ -102,7 +102,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def delete_response(response_id: str) -> Response:
         row = await _visible(gateway, response_id)
         await _delete_upstream_copy(gateway, row)
-        await gateway.store.delete_response(response_id)
+        await gateway.store.delete_response(response_id, row["key_hash"])
         return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
     @app.post("/v1/responses/<response_id>/cancel")
@@ -403,7 +403,8 @@ async def _chain(gateway: Gateway, caller: Caller, response_id: str | None) -> l
     if response_id is None:
         return []
     now = wall_time()
-    head = await gateway.store.response_chain(response_id, now, depth=1)
+    viewer = _viewer(caller)
+    head = await gateway.store.response_chain(response_id, now, depth=1, viewer=viewer)
     if not head or not _may_see(caller, head[0]):
         raise NotFound(
             f"Previous response with id '{echoed(response_id)}' not found.",
@@ -415,7 +416,7 @@ async def _chain(gateway: Gateway, caller: Caller, response_id: str | None) -> l
     # A rebuilt conversation is a request the gateway sends: no larger than one it takes.
     limit = gateway.config.max_request_bytes
     try:
-        chain = await gateway.store.response_chain(response_id, now, max_bytes=limit)
+        chain = await gateway.store.response_chain(response_id, now, max_bytes=limit, viewer=viewer)
     except ChainTooLarge:
         raise InvalidRequest(
             "The conversation `previous_response_id` continues is larger than this gateway "
@@ -441,10 +442,18 @@ async def _visible(gateway: Gateway, response_id: str) -> Row:
     """A stored response the caller may see; any other is a 404, never a 403, so that
     whether another key's response exists is not told."""
     caller = await gateway.auth.authenticate(request.headers)
-    chain = await gateway.store.response_chain(response_id, wall_time(), depth=1)
+    chain = await gateway.store.response_chain(
+        response_id, wall_time(), depth=1, viewer=_viewer(caller)
+    )
     if not chain or not _may_see(caller, chain[0]):
         raise NotFound(f"Response with id '{echoed(response_id)}' not found.", code="not_found")
     return chain[0]
+
+
+def _viewer(caller: Caller) -> ResponseViewer | None:
+    """Whose stored responses the caller reads: the master key, anyone's. An upstream may
+    reuse a response id for several keys; each key reads its own (or its team's)."""
+    return None if caller.is_master else ResponseViewer(caller.key_hash, caller.team_id)
 
 
 def _may_see(caller: Caller, row: Row) -> bool:

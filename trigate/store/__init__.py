@@ -23,7 +23,7 @@ from trigate.store.backends import Backend, Conflict, Cursor, Unavailable, conne
 from trigate.store.backends import Row as Row
 from trigate.store.migrations import MIGRATIONS
 
-__all__ = ["ChainTooLarge", "Conflict", "Row", "Store", "StoreUnavailable"]
+__all__ = ["ChainTooLarge", "Conflict", "ResponseViewer", "Row", "Store", "StoreUnavailable"]
 
 T = TypeVar("T")
 logger = logging.getLogger("trigate")
@@ -66,6 +66,18 @@ class StoreUnavailable(GatewayError):
     status = 503
     type = "api_error"
     code = "store_unavailable"
+
+
+# The owner of the responses the master key made (which have no key hash).
+MASTER_OWNER = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseViewer:
+    """Whose stored responses a reader may see: its key's, and its team's."""
+
+    key_hash: str | None
+    team_id: str | None
 
 
 class ChainTooLarge(Exception):
@@ -410,10 +422,17 @@ class Store:
     # Stored responses (the Responses API's `store`).
 
     async def save_response(self, row: Row) -> None:
+        """Store a response under its id and owner; the owner's older row of the same id
+        (an upstream that reused it) is replaced, another owner's is left alone."""
         values = [_encode(c, row.get(c)) for c in RESPONSE_COLUMNS]
-        marks = ", ".join("?" * len(RESPONSE_COLUMNS))
-        sql = f"INSERT INTO trigate_responses ({', '.join(RESPONSE_COLUMNS)}) VALUES ({marks})"
-        await self._run(lambda cursor: cursor.execute(sql, values))
+        owner = row.get("key_hash") or MASTER_OWNER
+        marks = ", ".join("?" * (len(RESPONSE_COLUMNS) + 1))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in RESPONSE_COLUMNS if c != "response_id")
+        sql = (
+            f"INSERT INTO trigate_responses ({', '.join(RESPONSE_COLUMNS)}, owner) "
+            f"VALUES ({marks}) ON CONFLICT (response_id, owner) DO UPDATE SET {updates}"
+        )
+        await self._run(lambda cursor: cursor.execute(sql, [*values, owner]))
 
     async def response_chain(
         self,
@@ -421,19 +440,25 @@ class Store:
         now: float,
         depth: int = MAX_RESPONSE_CHAIN,
         max_bytes: int | None = None,
+        viewer: ResponseViewer | None = None,
     ) -> list[Row]:
         """The response and up to `depth` - 1 of those it continues, newest first, in one
-        read; the chain stops at an expired or missing response (a deleted one). Past
-        `max_bytes` of stored JSON it is `ChainTooLarge`: a worker never holds more of a
-        conversation than that to rebuild it."""
-        sql = "SELECT * FROM trigate_responses WHERE response_id = ? AND expires_at > ?"
+        read; the chain stops at an expired or missing response (a deleted one). Each is
+        the one `viewer` may see (its own first, then its team's, newest first; None: any
+        owner's). Past `max_bytes` of stored JSON it is `ChainTooLarge`: a worker never
+        holds more of a conversation than that to rebuild it."""
+        clause, values = _viewer_clause(viewer)
+        sql = (
+            "SELECT * FROM trigate_responses WHERE response_id = ? AND expires_at > ?"
+            f"{clause} LIMIT 1"
+        )
 
         def work(cursor: Cursor) -> list[Row]:
             chain: list[Row] = []
             following: str | None = response_id
             held = 0
             while following is not None and len(chain) < depth:
-                rows = cursor.query(sql, [following, now])
+                rows = cursor.query(sql, [following, now, *values])
                 if not rows:
                     break
                 held += _stored_size(rows[0])
@@ -445,9 +470,11 @@ class Store:
 
         return await self._read(work)
 
-    async def delete_response(self, response_id: str) -> bool:
-        sql = "DELETE FROM trigate_responses WHERE response_id = ?"
-        return bool(await self._run(lambda cursor: cursor.execute(sql, [response_id])))
+    async def delete_response(self, response_id: str, key_hash: str | None = None) -> bool:
+        """Delete the response `response_id` that `key_hash` (None: the master key) owns."""
+        sql = "DELETE FROM trigate_responses WHERE response_id = ? AND owner = ?"
+        values = [response_id, key_hash or MASTER_OWNER]
+        return bool(await self._run(lambda cursor: cursor.execute(sql, values)))
 
     async def delete_expired_responses(self, now: float) -> int:
         sql = "DELETE FROM trigate_responses WHERE expires_at <= ?"
@@ -576,6 +603,17 @@ def _encode(column: str, value: Any) -> Any:
     if column in BOOL_COLUMNS and value is not None:
         return int(bool(value))
     return value
+
+
+def _viewer_clause(viewer: ResponseViewer | None) -> tuple[str, list[Any]]:
+    """The WHERE and ORDER BY of a stored response `viewer` may see: its own first."""
+    mine = "CASE WHEN owner = ? THEN 0 ELSE 1 END, created_at DESC"
+    if viewer is None:
+        return " ORDER BY created_at DESC", []
+    owner = viewer.key_hash or MASTER_OWNER
+    if viewer.team_id is None:
+        return " AND owner = ? ORDER BY created_at DESC", [owner]
+    return f" AND (owner = ? OR team_id = ?) ORDER BY {mine}", [owner, viewer.team_id, owner]
 
 
 def _stored_size(row: Row) -> int:
