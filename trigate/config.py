@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from trigate.nesting import MAX_NESTING, deeper_than
 from trigate.providers import PROVIDERS, REQUIRES_API_BASE
 from trigate.router.settings import RouterSettings
 
@@ -194,6 +195,17 @@ class ModelEntry(BaseModel):
     model_name: str = Field(min_length=1)
     litellm_params: LiteLLMParams
     model_info: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, raw: Any) -> Any:
+        """What is stored, hashed into the deployment's id and shown back is nested no
+        deeper than MAX_NESTING: orjson could not write a deeper value at all."""
+        if isinstance(raw, dict):
+            for name in ("litellm_params", "model_info"):
+                if deeper_than(raw.get(name), MAX_NESTING):
+                    raise ValueError(f"{name} is nested more than {MAX_NESTING} levels deep")
+        return raw
 
     @model_validator(mode="after")
     def _wildcard_only_in_patterns(self) -> ModelEntry:

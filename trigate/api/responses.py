@@ -36,7 +36,6 @@ from quart_trio import QuartTrio
 
 from trigate.api.calls import (
     CHAT,
-    MAX_NESTING,
     Operation,
     ProxiedCall,
     Surface,
@@ -59,6 +58,7 @@ from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import Failure, InvalidRequest, NotFound, UpstreamError, echoed
 from trigate.gateway import Gateway
+from trigate.nesting import MAX_NESTING, deeper_than
 from trigate.providers import NativeResponses
 from trigate.relay import StreamOutcome
 from trigate.router.deployments import Deployment
@@ -247,7 +247,7 @@ def _check_echoed(body: dict[str, Any]) -> None:
     """The echoed fields in the shapes OpenAI's API gives them, nested no deeper than
     `MAX_NESTING`: `user` a string, `metadata` an object of strings."""
     for field in _ECHOED:
-        if _deeper_than(body.get(field), MAX_NESTING):
+        if deeper_than(body.get(field), MAX_NESTING):
             raise InvalidRequest(
                 f"`{field}` is nested more than {MAX_NESTING} levels deep.", param=field
             )
@@ -261,21 +261,6 @@ def _check_echoed(body: dict[str, Any]) -> None:
         raise InvalidRequest(
             "`metadata` must be an object whose values are strings.", param="metadata"
         )
-
-
-def _deeper_than(value: Any, limit: int) -> bool:
-    """Whether `value` nests lists and objects more than `limit` deep; iterative, so
-    that no value can exhaust the check's own stack."""
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if not isinstance(item, dict | list) or not children:
-            continue
-        if depth > limit:
-            return True
-        pending.extend((child, depth + 1) for child in children)
-    return False
 
 
 class _Exchange:
