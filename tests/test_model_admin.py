@@ -320,9 +320,14 @@ async def test_model_new_refuses_what_could_not_be_sent(
         )
         assert refused.status_code == 400, refused.text
         assert refused.json()["error"]["param"] == "litellm_params"
-        assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
+        added = await client.post("/model/new", json=_new_model(upstream))
+        assert added.status_code == 200
+        update = {"model_info": {"id": added.json()["model_id"]}, "litellm_params": params}
+        refused = await client.post("/model/update", json=update)
+        assert refused.status_code == 400, refused.text
     _, rows = await gateway.gateway.store.stored_models()
     assert [row["model_name"] for row in rows] == ["added"]
+    assert rows[0]["litellm_params"]["api_base"] == upstream.base_url
     assert (await _chat(gateway, "added")).status_code == 200
 
 
