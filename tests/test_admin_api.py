@@ -203,6 +203,7 @@ async def test_everything_that_writes_needs_the_master_key(nursery: trio.Nursery
 
 async def test_a_team_admin_manages_its_members(nursery: trio.Nursery) -> None:
     a = await actors(nursery)
+    await admin(a.gateway, "/user/new", {"user_id": "carol", "auto_create_key": False})
     added = await post(
         a, a.alice, "/team/member_add", {"team_id": "t1", "member": {"user_id": "carol"}}
     )
@@ -211,17 +212,17 @@ async def test_a_team_admin_manages_its_members(nursery: trio.Nursery) -> None:
     members = {m["user_id"]: m["role"] for m in added.json()["members_with_roles"]}
     assert members == {"alice": "admin", "bob": "user", "carol": "user"}
     assert [u["user_id"] for u in added.json()["updated_users"]] == ["carol"]
-    assert (await get(a, MASTER_KEY, "/user/info?user_id=carol")).status_code == 200, (
-        "a member's user is made, as LiteLLM makes it"
-    )
     by_email = await post(
         a,
-        a.alice,
+        MASTER_KEY,
         "/team/member_add",
         {"team_id": "t1", "member": [{"role": "admin", "user_email": "dan@example.com"}]},
     )
     dan = by_email.json()["updated_users"][0]
     assert dan["user_email"] == "dan@example.com" and dan["user_id"]
+    assert (await get(a, MASTER_KEY, f"/user/info?user_id={dan['user_id']}")).status_code == 200, (
+        "the master key's new member's user is made, as LiteLLM makes it"
+    )
     updated = await post(
         a, a.alice, "/team/member_update", {"team_id": "t1", "user_id": "carol", "role": "admin"}
     )
@@ -241,6 +242,41 @@ async def test_a_team_admin_manages_its_members(nursery: trio.Nursery) -> None:
     assert (await get(a, a.bob, "/team/info?team_id=t1")).status_code == 200, "his key is in t1"
     info = (await get(a, MASTER_KEY, "/user/info?user_id=bob")).json()
     assert info["teams"] == [], "bob's user left the team"
+
+
+async def test_a_team_admin_learns_nothing_of_other_users_and_makes_none(
+    nursery: trio.Nursery,
+) -> None:
+    """Alice admins t1. Adding eve (by email or id) must not hand her eve's profile, which
+    `/user/info` refuses her; naming a user that does not exist makes none."""
+    a = await actors(nursery)
+    await admin(
+        a.gateway,
+        "/user/update",
+        {"user_id": "eve", "user_email": "eve@example.com", "max_budget": 77.5,
+         "metadata": {"secret": "eve-private"}},
+    )  # fmt: skip
+    assert refused(await get(a, a.alice, "/user/info?user_id=eve"))
+    added = await post(
+        a, a.alice, "/team/member_add", {"team_id": "t1", "member": {"user_id": "eve"}}
+    )
+    assert added.status_code == 200, added.text
+    assert added.json()["updated_users"] == [{"user_id": "eve", "user_email": None}]
+    assert "eve@example.com" not in added.text and "eve-private" not in added.text
+    assert "77.5" not in added.text
+    await post(a, MASTER_KEY, "/team/member_delete", {"team_id": "t1", "user_id": "eve"})
+    by_email = await post(
+        a, a.alice, "/team/member_add",
+        {"team_id": "t1", "member": {"user_email": "eve@example.com"}},
+    )  # fmt: skip
+    assert by_email.json()["updated_users"] == [{"user_id": "eve", "user_email": "eve@example.com"}]
+    assert "eve-private" not in by_email.text and "77.5" not in by_email.text
+    for member in ({"user_id": "made-up"}, {"user_email": "new@example.com"}):
+        made = await post(a, a.alice, "/team/member_add", {"team_id": "t1", "member": member})
+        assert made.status_code == 400 and made.json()["error"]["code"] == "user_not_found"
+    assert (await get(a, MASTER_KEY, "/user/info?user_id=made-up")).status_code == 404
+    members = (await get(a, MASTER_KEY, "/team/info?team_id=t1")).json()["team_info"]
+    assert {m["user_id"] for m in members["members_with_roles"]} == {"alice", "bob", "eve"}
 
 
 async def test_only_the_master_key_and_the_teams_admins_change_members(

@@ -352,3 +352,36 @@ async def test_mock_provider_streams_and_counts(nursery: trio.Nursery) -> None:
     )
     assert chunks[-1].usage == completion.usage
     await running.stop()
+
+
+async def test_a_whole_answer_past_the_cap_is_a_clear_502(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A non-stream body past `max_upstream_response_size_mb` is not held: the client
+    gets a 502 naming the setting, and the connection is closed unread. A stream of the
+    same size is relayed: its events are never held whole."""
+    config = openai_config(upstream)
+    config["general_settings"] = {"max_upstream_response_size_mb": 1}
+    config["router_settings"] = {"num_retries": 0}
+    running = await start_gateway(nursery, config)
+    big = "x" * (2 * 1024 * 1024)
+    upstream.handler = lambda request: JSONReply(chat_completion(big))
+    async with running.client() as client:
+        reply = await client.post(
+            "/v1/chat/completions", json={"model": "gpt-test", "messages": MESSAGES}
+        )
+        assert reply.status_code == 502, reply.text[:300]
+        assert "max_upstream_response_size_mb" in reply.json()["error"]["message"]
+        upstream.handler = lambda request: stream_of([big[:600_000]] * 3)
+        streamed = await client.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-test", "messages": MESSAGES, "stream": True},
+        )
+        assert streamed.status_code == 200 and streamed.text.count(big[:600_000]) == 3
+        upstream.handler = lambda request: JSONReply(chat_completion("small"))
+        assert (
+            await client.post(
+                "/v1/chat/completions", json={"model": "gpt-test", "messages": MESSAGES}
+            )
+        ).status_code == 200
+    await running.stop()

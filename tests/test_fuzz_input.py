@@ -49,6 +49,7 @@ MODEL_ROUTES = [
     "/v1/embeddings",
     "/v1/messages",
     "/v1/messages/count_tokens",
+    "/v1/responses",
 ]
 # Bodies per route; each example is a request, so the whole test stays within seconds.
 EXAMPLES = 150
@@ -115,9 +116,41 @@ def _bedrock(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json=answer)
 
 
+def _responses(stream: bool) -> httpx.Response:
+    """A native Responses API answer (the `oai` deployment speaks it)."""
+    response = {
+        "id": "resp_fuzz",
+        "object": "response",
+        "status": "completed",
+        "model": "m",
+        "output": [
+            {
+                "type": "message",
+                "id": "msg_1",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": "hi", "annotations": []}],
+            }
+        ],
+        "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4},
+    }
+    if not stream:
+        return httpx.Response(200, json=response)
+    events = [
+        {"type": "response.created", "response": {**response, "status": "in_progress"}},
+        {"type": "response.completed", "response": response},
+    ]
+    body = b"".join(
+        f"event: {e['type']}\n".encode() + b"data: " + orjson.dumps(e) + b"\n\n" for e in events
+    )
+    return _stream(body)
+
+
 def _openai(request: httpx.Request) -> httpx.Response:
     body = orjson.loads(request.content)
     path = request.url.path
+    if path.endswith("/responses"):
+        return _responses(body.get("stream") is True)
     if path.endswith("/embeddings"):
         return httpx.Response(
             200, json={"data": [{"embedding": [0.5], "index": 0}], "usage": USAGE}
@@ -168,6 +201,12 @@ JSON = st.recursive(
     max_leaves=8,
 )
 ODD_TEXT = st.sampled_from(["", "\x00", "a\r\nb", "mock\x00", "é" * 3, " mock", "*", "mock\n"])
+# Text with control characters anywhere (CR, LF, NUL, DEL, ESC): what must never reach a
+# header, a URL or a log line as it is.
+CONTROL_TEXT = st.text(
+    alphabet=st.sampled_from(["a", "/", ":", "\r", "\n", "\x00", "\x7f", "\x1b", "\t", "é"]),
+    max_size=10,
+)
 MODEL = st.sampled_from(sorted(MODELS))
 # Each field in shapes its API defines, deep inside which generated JSON may turn up:
 # the gatekeeping fields stay valid often enough that requests reach the translators.
@@ -230,6 +269,17 @@ FIELDS = {
     "reasoning_effort": JSON,
     "thinking": JSON,
     "max_completion_tokens": JSON,
+    # The Responses API's own (and what its Response object echoes back).
+    "instructions": st.text(max_size=8) | CONTROL_TEXT | JSON,
+    "text": st.fixed_dictionaries({}, optional={"format": JSON, "verbosity": JSON}) | JSON,
+    "user": CONTROL_TEXT | JSON,
+    "reasoning": st.fixed_dictionaries({}, optional={"effort": JSON, "summary": JSON}) | JSON,
+    "truncation": JSON,
+    "store": st.booleans() | JSON,
+    "previous_response_id": CONTROL_TEXT | JSON,
+    "max_output_tokens": JSON,
+    "parallel_tool_calls": JSON,
+    "background": JSON,
 }
 # Fields whose every value is tried too, the model's and gatekeeping fields' included.
 ANY_FIELD = st.sampled_from(
@@ -341,15 +391,17 @@ TOOL_SCHEMA_CASES = ("parameters as a list", "an input_schema as a list")
 
 def readers(case: str, model: str) -> tuple[str, ...]:
     """Where `case` must be a 4xx; a body too deep to forward may still be answered by a
-    provider that drops the field (`metadata` has no Converse meaning)."""
-    if "metadata" in case:
-        return ()
+    provider that drops the field (`metadata` has no Converse meaning). A Response echoes
+    `metadata`, `text` and `user`, so `/v1/responses` must refuse them too deep."""
+    if case in ECHOED_CASES:
+        return ("/v1/responses",)
     paths = READERS[1:] if "input_schema" in case else READERS
     if model == "claude" and case in TOOL_SCHEMA_CASES:
         return tuple(path for path in paths if path != "/v1/messages")
     return paths
 
 
+ECHOED_CASES = ("metadata nested 300 deep", "text nested 300 deep", "user nested 300 deep")
 # The security review's cases, each through every model route and every family.
 NAMED = {
     "tools as a number": {"tools": 5},
@@ -360,6 +412,8 @@ NAMED = {
     "an input_schema as a list": {"tools": [{"name": "f", "input_schema": [1]}]},
     "messages nested 100 deep": {"messages": [{"role": "user", "content": DEEP}]},
     "metadata nested 300 deep": {"metadata": DEEP},
+    "text nested 300 deep": {"text": DEEP},
+    "user nested 300 deep": {"user": DEEP},
     "model with NUL": {"model": "mock\x00"},
     "model with CRLF": {"model": "a\r\nb"},
 }
@@ -402,6 +456,13 @@ ADMIN_POSTS = [
     "/model/new",
     "/model/update",
     "/model/delete",
+    "/team/member_add",
+    "/team/member_delete",
+    "/team/member_update",
+    "/user/update",
+    "/user/delete",
+    # Last: with no config file, a reload serves the built-in default from then on.
+    "/config/reload",
 ]
 ADMIN_GETS = [
     "/key/info",
@@ -444,6 +505,9 @@ ADMIN_FIELDS = [
     "litellm_params",
     "model_info",
     "id",
+    "member",
+    "role",
+    "user_ids",
 ]
 QUERY_NAMES = [
     "key",
@@ -458,7 +522,42 @@ QUERY_NAMES = [
     "litellm_model_id",
     "model_group",
 ]
-ADMIN_BODY = st.dictionaries(st.sampled_from(ADMIN_FIELDS), st.none() | JSON | ODD_TEXT, max_size=3)
+# A deployment as `/model/new` reads it: each string sent to an upstream (URL, header,
+# key) may hold control characters.
+LITELLM_PARAMS = st.fixed_dictionaries(
+    {"model": st.sampled_from(["openai/m", "anthropic/m", "mock/m"]) | CONTROL_TEXT},
+    optional={
+        "api_base": st.sampled_from(["http://openai.test/v1", "http://x\r\n", "ftp://x"])
+        | CONTROL_TEXT,
+        "api_key": CONTROL_TEXT | JSON,
+        "api_version": CONTROL_TEXT,
+        "extra_headers": st.dictionaries(CONTROL_TEXT, CONTROL_TEXT, max_size=2) | JSON,
+        "timeout": JSON,
+        "rpm": JSON,
+    },
+)
+MEMBER = st.fixed_dictionaries(
+    {},
+    optional={
+        "user_id": CONTROL_TEXT | JSON,
+        "user_email": CONTROL_TEXT | JSON,
+        "role": st.sampled_from(["admin", "user"]) | JSON,
+    },
+)
+ADMIN_VALUES: dict[str, Any] = {
+    "litellm_params": LITELLM_PARAMS,
+    "member": MEMBER | st.lists(MEMBER, max_size=2),
+}
+# Any fields with any values; the structured ones (`litellm_params`, `member`) in the
+# shapes their routes read, holding control characters.
+ADMIN_BODY = st.dictionaries(
+    st.sampled_from(ADMIN_FIELDS), st.none() | JSON | ODD_TEXT | CONTROL_TEXT, max_size=3
+).flatmap(
+    lambda body: st.fixed_dictionaries(
+        {name: ADMIN_VALUES.get(name, st.just(value)) for name, value in body.items()}
+    )
+)
+ADMIN_DEPTH = st.none() | st.tuples(st.sampled_from(ADMIN_FIELDS), st.integers(1, 1100))
 QUERY = st.dictionaries(
     st.sampled_from(QUERY_NAMES),
     st.sampled_from(["9" * 5000, "²", "2024-13-01", "0", "-1", "2024-01-01"])
@@ -472,11 +571,60 @@ async def test_admin_routes_answer_any_body_and_query_without_a_5xx(
 ) -> None:
     app = await fuzzed_app(nursery)
     for path in ADMIN_POSTS:
-        for body in drawn(ADMIN_BODY, 60):
-            status, answer = await send(nursery, app, path, orjson.dumps(body))
-            no_server_error(status, answer, (path, body))
+        for body, deep in drawn(st.tuples(ADMIN_BODY, ADMIN_DEPTH), 60):
+            status, answer = await send(nursery, app, path, encoded(body, deep))
+            no_server_error(status, answer, (path, body, deep))
     for path in ADMIN_GETS:
         for args in drawn(QUERY, 40):
             query = "&".join(f"{quote(k)}={quote(v)}" for k, v in args.items())
             status, answer = await send(nursery, app, path, None, query)
             no_server_error(status, answer, (path, args))
+
+
+# The security review's admin cases: each a 4xx, and the gateway serves on after them.
+NAMED_ADMIN: list[tuple[str, dict[str, Any]]] = [
+    *(
+        ("/model/new", {"model_name": "x", "litellm_params": params})
+        for params in (
+            {"model": "openai/m", "api_base": "http://openai.test/v1\r\nx-injected: 1"},
+            {"model": "anthropic/m", "api_base": "http://anthropic.test\r\n"},
+            {"model": "openai/m", "api_base": "http://openai.test/v1", "api_key": "k\r\nx: y"},
+            {"model": "openai/m", "extra_headers": {"x-h": "a\nb"}},
+            {"model": "openai/m", "extra_headers": {"x\r\nh": "a"}},
+            {"model": "openai/m\r\n"},
+            {"model": "openai/m", "api_key": "os.environ/TRIGATE_MASTER_KEY"},
+            {"model": "openai/m", "api_base": "http://openai.test/v1", "metadata": DEEP},
+        )
+    ),
+    ("/model/update", {"model_info": {"id": "x\r\n"}, "litellm_params": {"api_base": "\x00"}}),
+    ("/team/member_add", {"team_id": "t\x00", "member": {"user_id": DEEP}}),
+    ("/team/member_add", {"team_id": "t", "member": [{"user_email": "a\r\nb"}] * 2}),
+    ("/team/member_update", {"team_id": DEEP, "user_id": "u"}),
+    ("/user/new", {"user_id": "u\r\n", "metadata": DEEP}),
+    ("/user/update", {"user_id": "u\x00", "user_email": "e\r\n", "metadata": DEEP}),
+    ("/user/delete", {"user_ids": [DEEP]}),
+    ("/config/reload", {"anything": DEEP}),
+    ("/key/generate", {"metadata": DEEP}),
+    ("/team/new", {"metadata": DEEP}),
+    ("/user/new", {"metadata": DEEP}),
+    ("/team/new", {"model_aliases": {"a": DEEP}}),
+]
+
+
+async def test_the_named_admin_cases_are_4xx_and_the_gateway_serves_on(
+    nursery: trio.Nursery,
+) -> None:
+    app = await fuzzed_app(nursery)
+    for index, (path, body) in enumerate(NAMED_ADMIN):
+        raw = orjson.dumps(body).replace(orjson.dumps(DEEP), nested(300))
+        status, answer = await send(nursery, app, path, raw)
+        no_server_error(status, answer, (path, body))
+        if index < 8:  # each `/model/new` above stores what could never be served
+            assert 400 <= status < 500, (path, body, answer[:300])
+    fine = {"model_name": "x", "litellm_params": MODELS["oai"]}
+    status, answer = await send(nursery, app, "/model/new", orjson.dumps(fine))
+    assert status == 200, answer[:300]
+    status, answer = await send(nursery, app, "/v1/chat/completions", orjson.dumps(
+        {"model": "x", "messages": [{"role": "user", "content": "hi"}]}
+    ))  # fmt: skip
+    assert status == 200, answer[:300]

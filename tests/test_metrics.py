@@ -32,6 +32,7 @@ from prometheus_client.samples import Sample
 from scripted import Step, error, group_config
 from test_cli import clean_env, serve
 
+from trigate.config import ConfigError, parse_config
 from trigate.metrics import (
     API_LATENCY,
     DEPLOYMENT_FAILURES,
@@ -264,22 +265,53 @@ async def test_budgets_and_rate_headroom_are_gauges(nursery: trio.Nursery) -> No
     assert scraped.value("litellm_remaining_tokens_metric", model_id="backup-1") == 990
 
 
-async def test_metrics_can_require_a_key(nursery: trio.Nursery) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"general_settings": {"require_auth_for_metrics_endpoint": True}},
+        {"general_settings": {"require_auth_for_metrics_endpoint": "true"}},
+        {"litellm_settings": {"require_auth_for_metrics_endpoint": "yes"}},
+    ],
+)
+async def test_metrics_can_require_the_master_key(
+    nursery: trio.Nursery, settings: dict[str, Any]
+) -> None:
+    """With the setting on, in any form LiteLLM's config may write it, a virtual key is
+    refused as a stranger is: the series name every tenant and upstream."""
     config: dict[str, Any] = {
         "model_list": [{"model_name": "mock", "litellm_params": {"model": "mock/gpt-4o"}}],
-        "general_settings": {"require_auth_for_metrics_endpoint": True},
+        **settings,
     }
     gateway = await start_gateway(nursery, config)
     try:
+        key, _ = await _virtual_key(gateway)
         async with httpx.AsyncClient(base_url=gateway.url) as client:
             assert (await client.get("/metrics")).status_code == 401
             wrong = {"authorization": "Bearer sk-not-a-key-0123456789abcdef0123"}
             assert (await client.get("/metrics", headers=wrong)).status_code == 401
-        key, _ = await _virtual_key(gateway)
-        assert (await scrape(gateway.url, key)).families
+            tenant = await client.get("/metrics", headers={"authorization": f"Bearer {key}"})
+            assert tenant.status_code == 401
+            assert "litellm_" not in tenant.text
         assert (await scrape(gateway.url, MASTER_KEY)).families
     finally:
         await gateway.stop()
+
+
+@pytest.mark.parametrize("value", ["ture", "maybe", 2, ["true"]])
+def test_an_unreadable_metrics_auth_setting_stops_start_up(value: Any) -> None:
+    for section in ("general_settings", "litellm_settings"):
+        with pytest.raises(ConfigError, match="require_auth_for_metrics_endpoint"):
+            parse_config({section: {"require_auth_for_metrics_endpoint": value}}, {})
+
+
+def test_metrics_auth_read_from_the_environment() -> None:
+    raw = {"general_settings": {"require_auth_for_metrics_endpoint": "os.environ/METRICS_AUTH"}}
+    assert parse_config(
+        raw, {"METRICS_AUTH": "True"}
+    ).general_settings.require_auth_for_metrics_endpoint
+    assert not parse_config(
+        raw, {"METRICS_AUTH": "false"}
+    ).general_settings.require_auth_for_metrics_endpoint
 
 
 def _ordered_group(upstreams: list[tuple[str, FakeUpstream]]) -> list[dict[str, Any]]:

@@ -340,3 +340,90 @@ def test_sealing_round_trips_and_refuses_another_key() -> None:
         )
         == "sk-upstream"
     )
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"model": "openai/x", "api_base": "http://127.0.0.1:1/v1\r\nx-injected: 1"},
+        {"model": "anthropic/x", "api_base": "http://127.0.0.1:1\r\n"},
+        {"model": "openai/x", "api_base": "http://127.0.0.1:1", "api_key": "sk-a\r\nx-b: c"},
+        {"model": "openai/x", "api_base": "http://127.0.0.1:1", "extra_headers": {"x": "a\nb"}},
+        {"model": "openai/x", "api_base": "http://127.0.0.1:1", "extra_headers": {"a b": "c"}},
+        {"model": "openai/x", "api_base": "file:///etc/passwd"},
+    ],
+)
+async def test_model_new_refuses_what_could_not_be_sent(
+    nursery: trio.Nursery, upstream: FakeUpstream, params: dict[str, Any]
+) -> None:
+    """A value no request could carry (a CR/LF in a URL or a header) is a 400 and is not
+    stored; the next `/model/new` works, and a restarted gateway serves on."""
+    gateway = await start_gateway(nursery, _config(upstream))
+    async with gateway.client() as client:
+        refused = await client.post(
+            "/model/new", json={"model_name": "bad", "litellm_params": params}
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "litellm_params"
+        added = await client.post("/model/new", json=_new_model(upstream))
+        assert added.status_code == 200
+        update = {"model_info": {"id": added.json()["model_id"]}, "litellm_params": params}
+        refused = await client.post("/model/update", json=update)
+        assert refused.status_code == 400, refused.text
+    _, rows = await gateway.gateway.store.stored_models()
+    assert [row["model_name"] for row in rows] == ["added"]
+    assert rows[0]["litellm_params"]["api_base"] == upstream.base_url
+    assert (await _chat(gateway, "added")).status_code == 200
+
+
+async def test_a_bad_stored_row_is_skipped_and_logged_at_start_up(
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A row written around the API (or before it checked) stops nothing: the gateway
+    starts, logs the row it skips, serves the rest, and takes new deployments."""
+    database_url = f"sqlite:///{tmp_path}/poisoned.db"
+    first = await start_gateway(nursery, _config(upstream, database_url))
+    await first.gateway.store.insert_model(
+        {
+            "model_id": "poisoned",
+            "model_name": "poisoned",
+            "litellm_params": {"model": "anthropic/x", "api_base": "http://127.0.0.1:1\r\n"},
+            "model_info": {},
+            "created_at": 1.0,
+            "updated_at": 1.0,
+        }
+    )
+    second = await start_gateway(nursery, _config(upstream, database_url))
+    assert "stored deployment poisoned is not served" in caplog.text
+    assert (await _chat(second, "gpt-test")).status_code == 200
+    assert (await _chat(second, "poisoned")).status_code == 404
+    async with second.client() as client:
+        assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
+    assert (await _chat(second, "added")).status_code == 200
+
+
+async def test_an_admin_added_model_names_only_allowed_variables(
+    nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`api_key: os.environ/TRIGATE_MASTER_KEY` with an `api_base` of the admin's choosing
+    would send the master key there: refused, unless the config allows the variable."""
+    monkeypatch.setenv("TRIGATE_MASTER_KEY", MASTER_KEY)
+    monkeypatch.setenv("ALLOWED_UPSTREAM_KEY", NEW_UPSTREAM_KEY)
+    config = _config(upstream)
+    config["general_settings"]["admin_model_env_vars"] = ["ALLOWED_UPSTREAM_KEY"]
+    gateway = await start_gateway(nursery, config)
+    stealing = _new_model(upstream)
+    stealing["litellm_params"]["api_key"] = "os.environ/TRIGATE_MASTER_KEY"
+    allowed = _new_model(upstream)
+    allowed["litellm_params"]["api_key"] = "os.environ/ALLOWED_UPSTREAM_KEY"
+    async with gateway.client() as client:
+        refused = await client.post("/model/new", json=stealing)
+        assert refused.status_code == 400, refused.text
+        assert "admin_model_env_vars" in refused.json()["error"]["message"]
+        assert (await client.post("/model/new", json=allowed)).status_code == 200
+    assert (await _chat(gateway, "added")).status_code == 200
+    assert all(MASTER_KEY not in str(request.headers) for request in upstream.requests)
+    assert upstream.requests[-1].headers["authorization"] == f"Bearer {NEW_UPSTREAM_KEY}"

@@ -738,3 +738,111 @@ async def test_a_translated_response_is_deleted_at_the_gateway_only(
         created = await client.responses.create(model="gpt-test", input="hi")
         await client.responses.delete(created.id)
     assert [r.method for r in upstream.requests] == ["POST"]
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "deep"
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("field", ["metadata", "text", "user", "instructions", "reasoning"])
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_deeply_nested_echoed_field_is_a_400_before_the_upstream(
+    compat: RunningGateway, upstream: FakeUpstream, field: str, stream: bool
+) -> None:
+    """The Response echoes these fields back: one no answer could render is refused
+    before anything is sent upstream (or billed), streamed or not."""
+    body = {"model": "gpt-test", "input": "hi", field: _nested(254), "stream": stream}
+    async with compat.client() as client:
+        reply = await client.post("/v1/responses", json=body)
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == field
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("user", {"id": "u1"}), ("metadata", {"n": 1}), ("metadata", "x")]
+)
+async def test_echoed_fields_in_the_wrong_shape_are_a_400(
+    compat: RunningGateway, upstream: FakeUpstream, field: str, value: Any
+) -> None:
+    async with compat.client() as client:
+        reply = await client.post(
+            "/v1/responses", json={"model": "gpt-test", "input": "hi", field: value}
+        )
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == field
+    assert upstream.requests == []
+
+
+async def test_an_unknown_names_error_does_not_echo_it_whole(mock: RunningGateway) -> None:
+    """A 100 kB model name, or response id, gives an error of a few hundred bytes."""
+    name = "m" * 100_000
+    async with mock.client() as client:
+        replies = [
+            await client.post(
+                "/v1/chat/completions",
+                json={"model": name, "messages": [{"role": "user", "content": "hi"}]},
+            ),
+            await client.post("/v1/responses", json={"model": name, "input": "hi"}),
+            await client.post(
+                "/v1/responses",
+                json={"model": "mock", "input": "hi", "previous_response_id": name},
+            ),
+            await client.get(f"/v1/responses/{name[:8000]}"),
+        ]
+    for reply in replies:
+        assert reply.status_code == 404, reply.text[:200]
+        assert len(reply.content) < 1000
+        assert "(100000 characters)" in reply.text or "(8000 characters)" in reply.text
+
+
+async def test_a_conversation_too_large_to_rebuild_is_a_clear_400(nursery: trio.Nursery) -> None:
+    """A chain holding more than `max_request_size_mb` of stored JSON is not loaded to
+    be rebuilt: a 400 naming the limit. Another key is told nothing of it (404)."""
+    config = mock_config(mock_response="ok")
+    config["general_settings"] = {"max_request_size_mb": 1}
+    gateway = await start_gateway(nursery, config)
+    stranger = await new_key(gateway)
+    previous = None
+    async with gateway.client() as client:
+        for _ in range(4):
+            body = {"model": "mock", "input": "x" * 300_000, "previous_response_id": previous}
+            reply = await client.post("/v1/responses", json=body)
+            assert reply.status_code == 200, reply.text[:300]
+            previous = reply.json()["id"]
+        follow_up = {"model": "mock", "input": "and?", "previous_response_id": previous}
+        refused = await client.post("/v1/responses", json=follow_up)
+    assert refused.status_code == 400, refused.text[:300]
+    assert refused.json()["error"]["code"] == "conversation_too_large"
+    async with gateway.client(stranger) as client:
+        hidden = await client.post("/v1/responses", json=follow_up)
+    assert hidden.status_code == 404
+
+
+async def test_an_upstream_reusing_a_response_id_loses_no_ones_response(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A native upstream answers two keys (and one key twice) with one id: each key reads
+    its own response, the repeat replaces its own older one, and nothing is a 404."""
+    texts = iter(["For alice.", "For bob.", "For alice again."])
+    upstream.handler = lambda request: JSONReply(upstream_response(next(texts, "")))
+    running = await native_gateway(nursery, upstream, "openai/upstream-model")
+    alice, bob = await new_key(running), await new_key(running)
+    async with sdk(running, alice) as client:
+        first = await client.responses.create(model="gpt-test", input="one")
+    async with sdk(running, bob) as client:
+        second = await client.responses.create(model="gpt-test", input="two")
+        assert second.id == first.id
+        assert (await client.responses.retrieve(second.id)).output_text == "For bob."
+    async with sdk(running, alice) as client:
+        assert (await client.responses.retrieve(first.id)).output_text == "For alice."
+        await client.responses.create(model="gpt-test", input="three")
+        assert (await client.responses.retrieve(first.id)).output_text == "For alice again."
+        await client.responses.delete(first.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(first.id)
+    async with sdk(running, bob) as client:
+        assert (await client.responses.retrieve(second.id)).output_text == "For bob."
+    await running.stop()

@@ -249,7 +249,7 @@ async def test_response_chains_stop_at_expiry_and_deletion(database_url: str) ->
     ]
     assert len(await store.response_chain("resp_c", 150.0)) == 2
     assert await store.delete_expired_responses(150.0) == 1
-    assert await store.delete_response("resp_b") is True
-    assert await store.delete_response("resp_b") is False
+    assert await store.delete_response("resp_b", "k1") is True
+    assert await store.delete_response("resp_b", "k1") is False
     assert [row["response_id"] for row in await store.response_chain("resp_c", 50.0)] == ["resp_c"]
     await store.close()

@@ -21,8 +21,8 @@ import trio
 
 from trigate.changes import Changes
 from trigate.clock import wall_time
-from trigate.errors import AuthenticationFailed, GatewayError
-from trigate.store import OWNER_KINDS, Row, Store
+from trigate.errors import AuthenticationFailed
+from trigate.store import OWNER_KINDS, Row, Store, StoreUnavailable
 
 logger = logging.getLogger("trigate")
 
@@ -37,12 +37,6 @@ MAX_CACHED = 100_000
 LOOKUP_TIMEOUT = 2.0
 # After a failed lookup the database is left alone this long, not asked again per request.
 OUTAGE_MEMORY = 5.0
-
-
-class StoreUnavailable(GatewayError):
-    status = 503
-    type = "api_error"
-    code = "store_unavailable"
 
 
 @dataclass(slots=True)

@@ -11,21 +11,25 @@ from __future__ import annotations
 import datetime
 import functools
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from trigate.nesting import MAX_NESTING, deeper_than
 from trigate.provider_names import PROVIDER_PREFIXES, REQUIRES_API_BASE
 from trigate.router_settings import RouterSettings
 
@@ -51,6 +55,38 @@ def _scalar_text(value: Any) -> Any:
 
 # Text that a config may also write as a YAML date or number.
 Text = Annotated[str, BeforeValidator(_scalar_text)]
+
+
+# What an HTTP header's name may be (RFC 9110's token), and the characters no header value
+# or URL may hold: a CR or LF would end a header early, and any control character makes
+# httpx refuse the request, so one stored value would fail every request (or start-up).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Parameters sent as (part of) a header or a URL to the upstream, checked as such.
+_HEADER_PARAMS = (
+    "api_key", "api_version", "azure_ad_token", "anthropic_version", "aws_access_key_id",
+    "aws_secret_access_key", "aws_session_token", "aws_region_name", "model",
+)  # fmt: skip
+_URL_PARAMS = ("api_base", "aws_bedrock_runtime_endpoint")
+
+
+def _no_control(value: str, what: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} must not contain control characters (such as CR or LF)")
+    return value
+
+
+def _upstream_url(value: str, what: str) -> str:
+    """An `api_base`: an absolute http(s) URL httpx can send to, with nothing it would
+    refuse at request time."""
+    _no_control(value, what)
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL:
+        raise ValueError(f"{what} is not a valid URL") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{what} must be an http:// or https:// URL with a host")
+    return value
 
 
 class ProviderParams(BaseModel):
@@ -95,6 +131,25 @@ class LiteLLMParams(ProviderParams):
     mock_response: str | None = None
     mock_delay: float = Field(default=0.0, ge=0)
     mock_chunk_delay: float = Field(default=0.0, ge=0)
+
+    @field_validator(*_HEADER_PARAMS)
+    @classmethod
+    def _header_safe(cls, value: str | None) -> str | None:
+        return None if value is None else _no_control(value, "the value")
+
+    @field_validator(*_URL_PARAMS)
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _upstream_url(value, "the value")
+
+    @field_validator("extra_headers")
+    @classmethod
+    def _headers(cls, headers: dict[str, str] | None) -> dict[str, str] | None:
+        for name, value in (headers or {}).items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name")
+            _no_control(value, f"the value of header {name!r}")
+        return headers
 
     @field_validator("model")
     @classmethod
@@ -141,6 +196,17 @@ class ModelEntry(BaseModel):
     litellm_params: LiteLLMParams
     model_info: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, raw: Any) -> Any:
+        """What is stored, hashed into the deployment's id and shown back is nested no
+        deeper than MAX_NESTING: orjson could not write a deeper value at all."""
+        if isinstance(raw, dict):
+            for name in ("litellm_params", "model_info"):
+                if deeper_than(raw.get(name), MAX_NESTING):
+                    raise ValueError(f"{name} is nested more than {MAX_NESTING} levels deep")
+        return raw
+
     @model_validator(mode="after")
     def _wildcard_only_in_patterns(self) -> ModelEntry:
         if WILDCARD in self.litellm_params.model and not self.is_wildcard:
@@ -172,12 +238,27 @@ class GeneralSettings(BaseModel):
     keep_alive_timeout: float = Field(default=75.0, gt=0)
     # Upstream connections per worker, idle ones included: one pool, kept alive.
     max_upstream_connections: int = Field(default=1000, ge=1)
+    # The largest whole (non-streamed) upstream answer read; a larger one is a 502.
+    max_upstream_response_size_mb: float = Field(default=32.0, gt=0)
     # Client connections per worker; when full, the longest idle one is closed for a new one.
     max_connections: int = Field(default=4096, ge=1)
     # LiteLLM's: send the client's `x-` headers and `anthropic-beta` on to every upstream.
     forward_client_headers_to_llm_api: bool = False
     # How long a stored Responses API response can be read or continued from.
     responses_retention_days: float = Field(default=30.0, gt=0)
+    # LiteLLM's: `/metrics` shows every tenant's series and every upstream's address, so
+    # with it set only the master key may read it. Read strictly (true/false, yes/no,
+    # on/off, 1/0, as text too): a value that cannot be read stops start-up rather than
+    # leaving `/metrics` open. LiteLLM documents it under `litellm_settings`, also read.
+    require_auth_for_metrics_endpoint: bool = False
+    # The only variables a deployment added through the admin API (`/model/new`) may
+    # name as `os.environ/NAME`: the admin API is not access to the host, and any other
+    # variable (the master key, the database URL, cloud credentials) could be sent to an
+    # `api_base` of the admin's choosing. The config file itself may name any.
+    admin_model_env_vars: list[str] = Field(default_factory=list)
+
+
+_STRICT_BOOL = TypeAdapter(bool)
 
 
 class GatewayConfig(BaseModel):
@@ -190,6 +271,23 @@ class GatewayConfig(BaseModel):
     router_settings: dict[str, Any] = Field(default_factory=dict)
     litellm_settings: dict[str, Any] = Field(default_factory=dict)
     environment_variables: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _metrics_auth_from_litellm_settings(self) -> GatewayConfig:
+        """LiteLLM's documented place for `require_auth_for_metrics_endpoint`; set in
+        either section, it holds (an open `/metrics` is never the result of a doubt)."""
+        given = self.litellm_settings.get("require_auth_for_metrics_endpoint")
+        if given is not None:
+            try:
+                required = _STRICT_BOOL.validate_python(given)
+            except ValidationError:
+                raise ValueError(
+                    "litellm_settings.require_auth_for_metrics_endpoint: expected true or "
+                    f"false, got {given!r}"
+                ) from None
+            if required:
+                self.general_settings.require_auth_for_metrics_endpoint = True
+        return self
 
     @functools.cached_property
     def router(self) -> RouterSettings:
@@ -206,6 +304,10 @@ class GatewayConfig(BaseModel):
     @property
     def max_request_bytes(self) -> int:
         return int(self.general_settings.max_request_size_mb * 1024 * 1024)
+
+    @property
+    def max_upstream_response_bytes(self) -> int:
+        return int(self.general_settings.max_upstream_response_size_mb * 1024 * 1024)
 
 
 def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> GatewayConfig:
@@ -240,9 +342,18 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
     return config
 
 
-def parse_model_entry(raw: dict[str, Any], environ: Mapping[str, str]) -> ModelEntry:
-    """One `model_list` entry from the admin API (`/model/new`), resolved and validated
-    as the config file's are; `ConfigError` names the offending key."""
+def parse_model_entry(
+    raw: dict[str, Any], environ: Mapping[str, str], allowed_env: Collection[str]
+) -> ModelEntry:
+    """One `model_list` entry from the admin API (`/model/new`) or the store, resolved
+    and validated as the config file's are, but naming only `allowed_env` variables
+    (`general_settings.admin_model_env_vars`); `ConfigError` names the offending key."""
+    for where, name in _env_references(raw, ""):
+        if name not in allowed_env:
+            raise ConfigError(
+                f"{where}: os.environ/{name} is not allowed here; only the variables listed "
+                "in general_settings.admin_model_env_vars may be named by an admin-added model"
+            )
     resolved = _resolve_env(raw, environ, "")
     try:
         return ModelEntry.model_validate(resolved)
@@ -273,6 +384,18 @@ def _resolve_env(value: Any, environ: Mapping[str, str], where: str) -> Any:
             raise ConfigError(f"{where}: environment variable {name} is not set")
         return environ[name]
     return value
+
+
+def _env_references(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """Every `os.environ/NAME` in `value`, with where it is."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _env_references(v, _join(where, str(k)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _env_references(v, f"{where}[{i}]")
+    elif isinstance(value, str) and value.startswith(ENV_PREFIX):
+        yield where, value[len(ENV_PREFIX) :]
 
 
 def _join(where: str, key: str) -> str:

@@ -141,12 +141,24 @@ class NotFound(GatewayError):
     type = "invalid_request_error"
 
 
+# How much of a name the client chose an error message repeats: enough to recognise it,
+# never so much that a 100 kB name makes a 100 kB error.
+MAX_ECHOED_NAME = 128
+
+
+def echoed(name: str) -> str:
+    """A client-chosen name as an error message repeats it: cut to MAX_ECHOED_NAME."""
+    if len(name) <= MAX_ECHOED_NAME:
+        return name
+    return f"{name[:MAX_ECHOED_NAME]}... ({len(name)} characters)"
+
+
 class ModelNotFound(NotFound):
     code = "model_not_found"
 
     def __init__(self, model: str) -> None:
         super().__init__(
-            f"The model `{model}` does not exist or is not served by this gateway.",
+            f"The model `{echoed(model)}` does not exist or is not served by this gateway.",
             param="model",
         )
 

@@ -390,4 +390,6 @@ class Gateway:
         # HTTP/1.1 only, on purpose: httpcore does not reset an abandoned HTTP/2 stream, so
         # a client disconnect would leave the upstream generating (and billing) tokens.
         limit = self.config.general_settings.max_upstream_connections
-        return H11Transport(max_connections=limit)
+        return H11Transport(
+            max_connections=limit, max_response_bytes=self.config.max_upstream_response_bytes
+        )

@@ -26,12 +26,22 @@ _WRITE_SLICE = 1024 * 1024
 # header sets; httpcore allows 100 KiB as well.
 _MAX_HEAD_SIZE = 100 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# A whole (non-streamed) answer is held in memory to be read and rendered: without a cap,
+# one upstream (or whoever answers at its address) could make a worker hold any amount.
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+# Streams are relayed as they come, never held whole: their bodies are not capped.
+_STREAM_MEDIA_TYPES = frozenset({"text/event-stream", "application/vnd.amazon.eventstream"})
 _NO_TIMEOUTS: Mapping[str, float | None] = {}
 # h11 events are immutable, so the one that ends every request body can be shared.
 _END = h11.EndOfMessage()
 
 Origin = tuple[str, str, int]
 _Event = h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]
+
+
+class ResponseTooLarge(httpx.ReadError):
+    """A non-stream response body went past the transport's `max_response_bytes`; the
+    connection was closed without reading the rest."""
 
 
 class _StaleConnection(Exception):
@@ -76,6 +86,8 @@ class H11Transport(httpx.AsyncBaseTransport):
             origins. A request finding the pool full closes an idle connection to make room,
             or waits for one up to the pool timeout (``httpx.PoolTimeout``).
         ssl_context: Used for https origins; defaults to ``ssl.create_default_context()``.
+        max_response_bytes: Cap on a response body that is not a stream (SSE or AWS's
+            event stream); past it, reading raises ``ResponseTooLarge``.
         retries_on_stale: Resend a request once, on a fresh connection, when the pooled
             connection it went out on turns out to have been closed by the server while
             idle and nothing of the response arrived. Only bodies given as bytes are
@@ -92,10 +104,12 @@ class H11Transport(httpx.AsyncBaseTransport):
         max_connections: int = 1000,
         ssl_context: ssl.SSLContext | None = None,
         retries_on_stale: bool = True,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self._max_connections = max_connections
+        self._max_response_bytes = max_response_bytes
         self._ssl_context = ssl_context or ssl.create_default_context()
         self._retries_on_stale = retries_on_stale
         # Per origin, most recently used last: reusing the newest connection gives the
@@ -115,7 +129,8 @@ class H11Transport(httpx.AsyncBaseTransport):
         except _StaleConnection:
             conn = await self._checkout(origin, request, timeouts, fresh=True)
             head = await self._exchange(conn, request, body, timeouts)
-        stream = _ResponseStream(self, conn, request, _seconds(timeouts.get("read")))
+        cap = None if _is_stream(head) else self._max_response_bytes
+        stream = _ResponseStream(self, conn, request, _seconds(timeouts.get("read")), cap)
         return httpx.Response(
             head.status_code,
             headers=head.headers.raw_items(),
@@ -274,11 +289,14 @@ class _ResponseStream(httpx.AsyncByteStream):
         conn: _Connection,
         request: httpx.Request,
         read_timeout: float,
+        cap: int | None,
     ) -> None:
         self._transport = transport
         self._conn: _Connection | None = conn
         self._request = request
         self._read_timeout = read_timeout
+        # What may still be read before the body counts as too large; None: no cap.
+        self._left = cap
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         # No cleanup around the yield: an abandoned iterator is finalised by the garbage
@@ -299,6 +317,14 @@ class _ResponseStream(httpx.AsyncByteStream):
                 self._transport._discard(conn)
             raise
         if type(event) is h11.Data:
+            if self._left is not None:
+                self._left -= len(event.data)
+                if self._left < 0:
+                    await self.aclose()
+                    raise ResponseTooLarge(
+                        "The response body is larger than the transport accepts.",
+                        request=self._request,
+                    )
             return bytes(event.data)
         if self._take() is not None:
             self._transport._release(conn)
@@ -317,6 +343,14 @@ class _ResponseStream(httpx.AsyncByteStream):
         """
         conn, self._conn = self._conn, None
         return conn
+
+
+def _is_stream(head: h11.Response) -> bool:
+    for name, value in head.headers:
+        if name == b"content-type":
+            media_type = value.partition(b";")[0].strip().lower().decode("latin-1")
+            return media_type in _STREAM_MEDIA_TYPES
+    return False
 
 
 def _origin(request: httpx.Request) -> Origin:

@@ -1,6 +1,7 @@
 """`GET /metrics`: Prometheus's text format, open to scrapers unless the config says
-otherwise (LiteLLM's `general_settings.require_auth_for_metrics_endpoint`; then any
-valid key, virtual or master, may scrape)."""
+otherwise (LiteLLM's `require_auth_for_metrics_endpoint`). Then only the master key
+may scrape: the series name every deployment's `api_base` and every key's alias,
+hash and team, which no virtual key may read of another tenant."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from trigate.metrics import CONTENT_TYPE
 
 
 def register(app: QuartTrio, gateway: Gateway) -> None:
-    extra = gateway.config.general_settings.model_extra or {}
-    require_auth = extra.get("require_auth_for_metrics_endpoint") is True
+    require_auth = gateway.config.general_settings.require_auth_for_metrics_endpoint
 
     @app.get("/metrics")
     async def metrics() -> Response:
         if require_auth:
-            await gateway.auth.authenticate(request.headers)
+            caller = await gateway.auth.authenticate(request.headers)
+            gateway.auth.require_master(caller)
         # This worker's sampled state is fresh; the others' is at most a few seconds old.
         gateway.sample_state()
         body = await gateway.telemetry.metrics.render()

@@ -25,7 +25,7 @@ from trigate.api.jsonio import JSON
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.config import ConfigError, ModelEntry
-from trigate.errors import InvalidRequest, NotFound, secrets
+from trigate.errors import InvalidRequest, NotFound, echoed, secrets
 from trigate.gateway import Gateway
 from trigate.limits import allows_model
 from trigate.router.deployments import Deployment, deployment_id
@@ -86,7 +86,9 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         groups = gateway.groups
         if wanted is not None:
             if not _visible(caller, wanted):
-                raise NotFound(f"No model group `{wanted}` is served.", code="model_not_found")
+                raise NotFound(
+                    f"No model group `{echoed(wanted)}` is served.", code="model_not_found"
+                )
             names = [wanted]
         else:
             names = [*groups.names, *groups.wildcard_names()]
@@ -201,7 +203,7 @@ def _stored_row(gateway: Gateway, model_id: str) -> dict[str, Any]:
 
 
 def _no_such_model(model_id: str) -> NotFound:
-    return NotFound(f"No deployment with id `{model_id}` exists.", code="model_not_found")
+    return NotFound(f"No deployment with id `{echoed(model_id)}` exists.", code="model_not_found")
 
 
 def _written(model_id: str, entry: ModelEntry) -> dict[str, Any]:

@@ -25,6 +25,7 @@ master key; to anyone else it does not exist (404).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import Any, NamedTuple
@@ -55,12 +56,13 @@ from trigate.api.responses_format import (
 )
 from trigate.auth import Caller
 from trigate.clock import wall_time
-from trigate.errors import Failure, InvalidRequest, NotFound, UpstreamError
+from trigate.errors import Failure, InvalidRequest, NotFound, UpstreamError, echoed
 from trigate.gateway import Gateway
+from trigate.nesting import MAX_NESTING, deeper_than
 from trigate.providers import NativeResponses
 from trigate.relay import StreamOutcome
 from trigate.router.deployments import Deployment
-from trigate.store import Row
+from trigate.store import ChainTooLarge, ResponseViewer, Row
 
 logger = logging.getLogger("trigate")
 
@@ -100,7 +102,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def delete_response(response_id: str) -> Response:
         row = await _visible(gateway, response_id)
         await _delete_upstream_copy(gateway, row)
-        await gateway.store.delete_response(response_id)
+        await gateway.store.delete_response(response_id, row["key_hash"])
         return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
     @app.post("/v1/responses/<response_id>/cancel")
@@ -143,13 +145,7 @@ async def _create(gateway: Gateway, incoming: Incoming) -> Reply:
     await call.admit()
     if body.get("stream"):
         return await call.stream()
-    reply = await call.complete()
-    if exchange.response is not None:
-        await exchange.save(exchange.response, native=False)
-    elif isinstance(reply.body, bytes):
-        # Answered natively: the upstream's own Response, as the client got it.
-        await exchange.save(orjson.loads(reply.body), native=True)
-    return reply
+    return await exchange.settled(await call.complete())
 
 
 class _Translated(NamedTuple):
@@ -220,6 +216,7 @@ def _validate(body: dict[str, Any]) -> str:
     model = require_model(body)
     check_stream_fields(body)
     check_nesting(body)
+    _check_echoed(body)
     if body.get("background"):
         raise InvalidRequest(
             "`background` responses are not supported by this gateway; send the request "
@@ -238,6 +235,32 @@ def _validate(body: dict[str, Any]) -> str:
             "`previous_response_id` must be a string.", param="previous_response_id"
         )
     return model
+
+
+# The request's fields a Response object echoes (`base_response`), besides those
+# `check_nesting` bounds already: each rendered back, so each bounded before admission,
+# lest an answer the upstream was paid for fail to render.
+_ECHOED = ("instructions", "metadata", "text", "reasoning", "user", "truncation")
+
+
+def _check_echoed(body: dict[str, Any]) -> None:
+    """The echoed fields in the shapes OpenAI's API gives them, nested no deeper than
+    `MAX_NESTING`: `user` a string, `metadata` an object of strings."""
+    for field in _ECHOED:
+        if deeper_than(body.get(field), MAX_NESTING):
+            raise InvalidRequest(
+                f"`{field}` is nested more than {MAX_NESTING} levels deep.", param=field
+            )
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise InvalidRequest("`user` must be a string.", param="user")
+    metadata = body.get("metadata")
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise InvalidRequest(
+            "`metadata` must be an object whose values are strings.", param="metadata"
+        )
 
 
 class _Exchange:
@@ -296,17 +319,36 @@ class _Exchange:
         if self._events is not None and outcome.completed and outcome.error is None:
             await self.save(self._events.response, native=self._native_stream)
 
-    async def save(self, response: dict[str, Any] | None, *, native: bool) -> None:
-        """Under the Response's own id: the gateway's, or a native upstream's."""
+    async def settled(self, reply: Reply) -> Reply:
+        """A whole answer, stored as the request asked. One that could not be stored (the
+        database is down) still goes to the client, which paid for it, but says
+        `"store": false`: no client is handed an id it could not continue from."""
+        response: Any
+        if self.response is not None:
+            response, native = self.response, False
+        elif isinstance(reply.body, bytes):
+            # Answered natively: the upstream's own Response, as the client got it.
+            response, native = orjson.loads(reply.body), True
+        else:
+            return reply
+        if not isinstance(response, dict) or await self.save(response, native=native):
+            return reply
+        return dataclasses.replace(reply, body=orjson.dumps({**response, "store": False}))
+
+    async def save(self, response: dict[str, Any] | None, *, native: bool) -> bool:
+        """Under the Response's own id: the gateway's, or a native upstream's. False when
+        it should have been stored and was not."""
         if response is None or self._body.get("store") is False:
-            return
+            return True
         response_id = response.get("id")
         if not isinstance(response_id, str):
-            return
+            return True
         try:
             await self._gateway.store.save_response(self._row(response_id, response, native))
         except Exception as error:  # any failure: the answer is still the client's
             logger.warning("storing response %s failed: %s", response_id, error)
+            return False
+        return True
 
     def _row(self, response_id: str, response: dict[str, Any], native: bool) -> Row:
         """The stored row; a native request's `input` may have no item form (a 400 had
@@ -340,17 +382,35 @@ def _with_ids(items: list[Any]) -> list[Any]:
 
 
 async def _chain(gateway: Gateway, caller: Caller, response_id: str | None) -> list[Row]:
-    """The stored responses a follow-up continues, newest first; none without one."""
+    """The stored responses a follow-up continues, newest first; none without one. The
+    head is read (and its visibility checked) first, so that whether another key's
+    conversation exists, or how large it is, is never told."""
     if response_id is None:
         return []
-    chain = await gateway.store.response_chain(response_id, wall_time())
-    if not chain or not _may_see(caller, chain[0]):
+    now = wall_time()
+    viewer = _viewer(caller)
+    head = await gateway.store.response_chain(response_id, now, depth=1, viewer=viewer)
+    if not head or not _may_see(caller, head[0]):
         raise NotFound(
-            f"Previous response with id '{response_id}' not found.",
+            f"Previous response with id '{echoed(response_id)}' not found.",
             param="previous_response_id",
             code="previous_response_not_found",
         )
-    return chain
+    if head[0]["previous_response_id"] is None:
+        return head
+    # A rebuilt conversation is a request the gateway sends: no larger than one it takes.
+    limit = gateway.config.max_request_bytes
+    try:
+        chain = await gateway.store.response_chain(response_id, now, max_bytes=limit, viewer=viewer)
+    except ChainTooLarge:
+        raise InvalidRequest(
+            "The conversation `previous_response_id` continues is larger than this gateway "
+            f"rebuilds ({limit // (1024 * 1024)} MiB, general_settings.max_request_size_mb): "
+            "start a new one, or send its items as `input`.",
+            param="previous_response_id",
+            code="conversation_too_large",
+        ) from None
+    return chain or head  # deleted meanwhile: the head as it was read
 
 
 def _history(chain: list[Row]) -> list[Any]:
@@ -367,10 +427,18 @@ async def _visible(gateway: Gateway, response_id: str) -> Row:
     """A stored response the caller may see; any other is a 404, never a 403, so that
     whether another key's response exists is not told."""
     caller = await gateway.auth.authenticate(request.headers)
-    chain = await gateway.store.response_chain(response_id, wall_time(), depth=1)
+    chain = await gateway.store.response_chain(
+        response_id, wall_time(), depth=1, viewer=_viewer(caller)
+    )
     if not chain or not _may_see(caller, chain[0]):
-        raise NotFound(f"Response with id '{response_id}' not found.", code="not_found")
+        raise NotFound(f"Response with id '{echoed(response_id)}' not found.", code="not_found")
     return chain[0]
+
+
+def _viewer(caller: Caller) -> ResponseViewer | None:
+    """Whose stored responses the caller reads: the master key, anyone's. An upstream may
+    reuse a response id for several keys; each key reads its own (or its team's)."""
+    return None if caller.is_master else ResponseViewer(caller.key_hash, caller.team_id)
 
 
 def _may_see(caller: Caller, row: Row) -> bool:

@@ -172,17 +172,21 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.post("/team/member_add")
     async def member_add() -> Response:
-        body = await _team_admin_body(gateway, AddMembers)
+        caller, body = await _team_admin_call(gateway, AddMembers)
         members = body.member if isinstance(body.member, list) else [body.member]
         if await gateway.store.get("teams", body.team_id) is None:
             raise not_found("team", body.team_id)
         _check_unique(members)
         present = {m["user_id"] for m in await gateway.store.team_members(body.team_id)}
-        users = await _add_members(gateway, body.team_id, members, present)
+        users = await _add_members(gateway, body.team_id, members, present, by=caller)
         team = await _team_shape(gateway, body.team_id)
-        return json_response(
-            {**team, "updated_users": [shaped(u) for u in users], "updated_team_memberships": []}
-        )
+        # A team's admin is told only what it named and the id it was found by: another
+        # user's profile (budget, spend, metadata) is `/user/info`'s, which it may not read.
+        updated = [
+            shaped(user) if caller.is_master else _as_named(user, member)
+            for user, member in zip(users, members, strict=True)
+        ]
+        return json_response({**team, "updated_users": updated, "updated_team_memberships": []})
 
     @app.post("/team/member_delete")
     async def member_delete() -> Response:
@@ -214,13 +218,18 @@ C = TypeVar("C", bound=MemberChange)
 
 
 async def _team_admin_body(gateway: Gateway, model: type[C]) -> C:
-    """The body of a `/team/member_*` call, from the master key or the team's admin.
-    The body names the team, so it is read before the caller's right to it is checked."""
+    return (await _team_admin_call(gateway, model))[1]
+
+
+async def _team_admin_call(gateway: Gateway, model: type[C]) -> tuple[Caller, C]:
+    """The caller and body of a `/team/member_*` call, from the master key or the team's
+    admin. The body names the team, so it is read before the caller's right to it is
+    checked."""
     caller = await authenticated(gateway)
     body = validated(model, await json_body())
     if not caller.is_master and not await _is_team_admin(gateway, caller, body.team_id):
         raise NotPermitted("Only the master key or an admin of this team may change its members.")
-    return body
+    return caller, body
 
 
 async def _is_team_admin(gateway: Gateway, caller: Caller, team_id: str) -> bool:
@@ -246,15 +255,22 @@ def _check_unique(members: list[Member]) -> None:
 
 
 async def _add_members(
-    gateway: Gateway, team_id: str, members: list[Member], present: set[str] | None = None
+    gateway: Gateway,
+    team_id: str,
+    members: list[Member],
+    present: set[str] | None = None,
+    by: Caller | None = None,
 ) -> list[Row]:
     """Make each member's user as LiteLLM does (a user named only by email is found by
     it, or made with a fresh id), then add the memberships in one transaction. Returns
-    the members' user rows."""
+    the members' user rows. Only the master key makes users (`by` None is the master
+    key's `/team/new`): a team's admin adds users that exist, and learns of them no more
+    than it named."""
+    master = by is None or by.is_master
     now = wall_time()
     users, rows = [], []
     for member in members:
-        user = await _user_of(gateway, member, now)
+        user = await _user_of(gateway, member, now, create=master)
         if present is not None and user["user_id"] in present:
             raise InvalidRequest(
                 f"User `{user['user_id']}` is already a member of this team.", param="member"
@@ -264,7 +280,7 @@ async def _add_members(
             {
                 "team_id": team_id,
                 "user_id": user["user_id"],
-                "user_email": member.user_email or user.get("user_email"),
+                "user_email": member.user_email or (user.get("user_email") if master else None),
                 "role": member.role,
                 "created_at": now,
             }
@@ -273,12 +289,19 @@ async def _add_members(
     return users
 
 
-async def _user_of(gateway: Gateway, member: Member, now: float) -> Row:
+async def _user_of(gateway: Gateway, member: Member, now: float, *, create: bool) -> Row:
     if member.user_id is not None:
         user = await gateway.store.get("users", member.user_id)
     else:
         found = await gateway.store.select("users", {"user_email": member.user_email}, limit=1)
         user = found[0] if found else None
+    if user is None and not create:
+        raise InvalidRequest(
+            f"No user `{member.user_id or member.user_email}` exists; only the master key "
+            "makes users (`/user/new`, or adding a new member itself).",
+            param="member",
+            code="user_not_found",
+        )
     if user is None:
         user = {
             "user_id": member.user_id or str(uuid.uuid4()),
@@ -291,6 +314,10 @@ async def _user_of(gateway: Gateway, member: Member, now: float) -> Row:
         await gateway.store.insert("users", user)
         user = {**user, "spend": 0.0}
     return user
+
+
+def _as_named(user: Row, member: Member) -> Row:
+    return {"user_id": user["user_id"], "user_email": member.user_email}
 
 
 async def _member_id(gateway: Gateway, body: NamedMember) -> str:

@@ -27,6 +27,7 @@ from trigate.errors import (
     from_upstream_status,
 )
 from trigate.sse import ServerSentEvent, SSEDecoder
+from trigate.transport import ResponseTooLarge
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -406,6 +407,11 @@ def _media_type(content_type: str) -> str:
 
 
 def translate_transport_error(error: httpx.HTTPError) -> UpstreamError:
+    if isinstance(error, ResponseTooLarge):
+        return UpstreamError(
+            "The upstream's answer is larger than this gateway accepts "
+            "(general_settings.max_upstream_response_size_mb)."
+        )
     if isinstance(error, httpx.TimeoutException):
         return UpstreamTimeout(f"The upstream did not answer in time ({type(error).__name__}).")
     if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):

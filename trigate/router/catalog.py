@@ -31,7 +31,7 @@ import trio
 from trigate.config import ConfigError, GatewayConfig, ModelEntry, load_config, parse_model_entry
 from trigate.errors import secrets
 from trigate.router.deployments import ModelGroups
-from trigate.sealing import SECRET_PARAMS, Sealer, SealError
+from trigate.sealing import SECRET_PARAMS, Sealer
 from trigate.spend.prices import PriceTable
 from trigate.store import Row, Store
 from trigate.tokens import TokenCounter
@@ -105,8 +105,19 @@ class ModelCatalog:
         return self._served
 
     def parse(self, raw: dict[str, Any]) -> ModelEntry:
-        """A deployment as the config file would hold it, resolved and validated here."""
-        return parse_model_entry(raw, self._environ)
+        """A deployment as the config file would hold it, resolved and validated here,
+        naming only the variables the config file allows admin-added models, and built
+        once as a deployment: what the admin API accepts, or the store holds, must not
+        fail later, when it is served. `ConfigError` says what is wrong."""
+        allowed = self.file_config.general_settings.admin_model_env_vars
+        entry = parse_model_entry(raw, self._environ, allowed)
+        if self._build is not None:
+            transport, counter, prices = self._build
+            try:
+                ModelGroups.build([entry], self.file_config.router, transport, counter, prices)
+            except ValueError as error:
+                raise ConfigError(f"litellm_params: {error}") from None
+        return entry
 
     def entries(self, config: GatewayConfig | None = None) -> list[ModelEntry]:
         file_entries = (config or self.file_config).model_list
@@ -191,19 +202,25 @@ class ModelCatalog:
         return ModelGroups.build(entries, config.router, transport, counter, prices, previous)
 
     def _resolved(self, rows: list[Row]) -> dict[str, StoredModel]:
-        """Each stored row as an entry of this process's model list. One that does not
-        resolve here (an `os.environ/` variable this process lacks) is left out, loudly."""
+        """Each stored row as an entry of this process's model list. One that cannot be
+        served here (an `os.environ/` variable this process lacks or may not name, a value
+        written before it was checked, a row another version wrote) is left out, loudly:
+        nothing in the store may stop a process from starting or serving the rest."""
         resolved = {}
         for row in rows:
+            model_id = row.get("model_id")
             try:
-                raw = {
-                    "model_name": row["model_name"],
-                    "litellm_params": self.sealer.unseal_params(row["litellm_params"]),
-                    "model_info": {**row["model_info"], "id": row["model_id"]},
-                }
-                entry = parse_model_entry(raw, self._environ)
-            except (ConfigError, SealError) as error:
-                logger.error("stored deployment %s is not served: %s", row["model_id"], error)  # noqa: TRY400
+                entry = self._servable(row)
+            except Exception as error:  # any bad row: skipped, as the docstring says
+                logger.error("stored deployment %s is not served: %s", model_id, error)  # noqa: TRY400
                 continue
             resolved[row["model_id"]] = StoredModel(row, entry)
         return resolved
+
+    def _servable(self, row: Row) -> ModelEntry:
+        raw = {
+            "model_name": row["model_name"],
+            "litellm_params": self.sealer.unseal_params(row["litellm_params"]),
+            "model_info": {**row["model_info"], "id": row["model_id"]},
+        }
+        return self.parse(raw)

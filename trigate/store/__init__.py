@@ -9,6 +9,7 @@ metadata) are decoded on the way out and encoded on the way in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -17,17 +18,28 @@ import orjson
 import trio
 
 from trigate.durations import parse_duration
-from trigate.store.backends import Backend, Conflict, Cursor, connect
+from trigate.errors import GatewayError
+from trigate.store.backends import Backend, Conflict, Cursor, Unavailable, connect
 from trigate.store.backends import Row as Row
-
-__all__ = ["Conflict", "Row", "Store"]
 from trigate.store.migrations import MIGRATIONS
 
+__all__ = ["ChainTooLarge", "Conflict", "ResponseViewer", "Row", "Store", "StoreUnavailable"]
+
 T = TypeVar("T")
+logger = logging.getLogger("trigate")
+_OUTAGE = "The gateway cannot reach its database just now. Try again shortly."
 
 IN_MEMORY_URL = "sqlite://:memory:"
 # Concurrent database calls per worker; PostgreSQL's pool is sized to match.
 MAX_CONCURRENT_CALLS = 10
+# Every route fails fast when the database is down, as the key check does:
+# - a call waits at most this long for its turn among the concurrent calls;
+CALL_WAIT = 2.0
+# - a read (which may be abandoned) is given up after this long in all;
+READ_TIMEOUT = 10.0
+# - after a lasting failure (a lost connection, a read given up) the database is left
+#   alone this long: calls fail at once rather than each waiting to find out again.
+OUTAGE_MEMORY = 2.0
 
 JSON_COLUMNS = {
     "models",
@@ -46,6 +58,34 @@ _LIMIT_COLUMNS = frozenset({
     "rpm_limit", "tpm_limit", "max_parallel_requests", "metadata", "blocked",
     "created_at", "updated_at",
 })  # fmt: skip
+
+
+class StoreUnavailable(GatewayError):
+    """The database cannot serve the call now: a 503 the client may retry, answered fast."""
+
+    status = 503
+    type = "api_error"
+    code = "store_unavailable"
+
+
+# The owner of the responses the master key made (which have no key hash).
+MASTER_OWNER = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseViewer:
+    """Whose stored responses a reader may see: its key's, and its team's."""
+
+    key_hash: str | None
+    team_id: str | None
+
+
+class ChainTooLarge(Exception):
+    """A `previous_response_id` chain holds more stored JSON than its reader's limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the stored conversation is larger than {limit} bytes")
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +155,8 @@ class Store:
     def __init__(self, backend: Backend, *, multiprocess: bool = True) -> None:
         self._backend = backend
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_CALLS)
+        # Until when (trio's clock) a lasting failure makes calls fail at once.
+        self._outage_until = -float("inf")
         # False for an in-memory SQLite database, which no other process can open: nothing
         # in it changes but through this process.
         self.multiprocess = multiprocess
@@ -147,14 +189,42 @@ class Store:
         await trio.to_thread.run_sync(self._backend.close)
 
     async def _run(self, work: Callable[[Cursor], T]) -> T:
-        return await trio.to_thread.run_sync(self._backend.transaction, work, limiter=self._limiter)
+        """A write. Its wait for a turn is bounded; once running it is not abandoned (its
+        outcome must be known), and the backend bounds its wait for a connection."""
+        return await self._call(self._backend.transaction, work, CALL_WAIT, abandon=False)
 
     async def _read(self, work: Callable[[Cursor], T]) -> T:
         """A read its caller may stop waiting for (a database that hangs must not hang
         requests); the abandoned thread finishes on its own and changes nothing."""
-        return await trio.to_thread.run_sync(
-            self._backend.read, work, limiter=self._limiter, abandon_on_cancel=True
-        )
+        return await self._call(self._backend.read, work, READ_TIMEOUT, abandon=True)
+
+    async def _call(
+        self,
+        call: Callable[[Callable[[Cursor], T]], T],
+        work: Callable[[Cursor], T],
+        bound: float,
+        *,
+        abandon: bool,
+    ) -> T:
+        """Run `call(work)` in a thread; a database that cannot serve it now is a
+        `StoreUnavailable` (503) within `bound`, never a 500 after a long wait. A write
+        cancelled while it runs still returns its result: the scope only bounds its
+        wait for a turn."""
+        if trio.current_time() < self._outage_until:
+            raise StoreUnavailable(_OUTAGE)
+        with trio.move_on_after(bound):
+            try:
+                return await trio.to_thread.run_sync(
+                    call, work, limiter=self._limiter, abandon_on_cancel=abandon
+                )
+            except Unavailable as error:
+                if error.lasting:
+                    self._outage_until = trio.current_time() + OUTAGE_MEMORY
+                logger.warning("database unavailable: %s", error)
+                raise StoreUnavailable(_OUTAGE) from None
+        self._outage_until = trio.current_time() + OUTAGE_MEMORY
+        logger.warning("database unavailable: no answer within %g s", bound)
+        raise StoreUnavailable(_OUTAGE)
 
     # Keys, teams and users share one shape of access.
 
@@ -388,34 +458,59 @@ class Store:
     # Stored responses (the Responses API's `store`).
 
     async def save_response(self, row: Row) -> None:
+        """Store a response under its id and owner; the owner's older row of the same id
+        (an upstream that reused it) is replaced, another owner's is left alone."""
         values = [_encode(c, row.get(c)) for c in RESPONSE_COLUMNS]
-        marks = ", ".join("?" * len(RESPONSE_COLUMNS))
-        sql = f"INSERT INTO trigate_responses ({', '.join(RESPONSE_COLUMNS)}) VALUES ({marks})"
-        await self._run(lambda cursor: cursor.execute(sql, values))
+        owner = row.get("key_hash") or MASTER_OWNER
+        marks = ", ".join("?" * (len(RESPONSE_COLUMNS) + 1))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in RESPONSE_COLUMNS if c != "response_id")
+        sql = (
+            f"INSERT INTO trigate_responses ({', '.join(RESPONSE_COLUMNS)}, owner) "
+            f"VALUES ({marks}) ON CONFLICT (response_id, owner) DO UPDATE SET {updates}"
+        )
+        await self._run(lambda cursor: cursor.execute(sql, [*values, owner]))
 
     async def response_chain(
-        self, response_id: str, now: float, depth: int = MAX_RESPONSE_CHAIN
+        self,
+        response_id: str,
+        now: float,
+        depth: int = MAX_RESPONSE_CHAIN,
+        max_bytes: int | None = None,
+        viewer: ResponseViewer | None = None,
     ) -> list[Row]:
         """The response and up to `depth` - 1 of those it continues, newest first, in one
-        read; the chain stops at an expired or missing response (a deleted one)."""
-        sql = "SELECT * FROM trigate_responses WHERE response_id = ? AND expires_at > ?"
+        read; the chain stops at an expired or missing response (a deleted one). Each is
+        the one `viewer` may see (its own first, then its team's, newest first; None: any
+        owner's). Past `max_bytes` of stored JSON it is `ChainTooLarge`: a worker never
+        holds more of a conversation than that to rebuild it."""
+        clause, values = _viewer_clause(viewer)
+        sql = (
+            "SELECT * FROM trigate_responses WHERE response_id = ? AND expires_at > ?"
+            f"{clause} LIMIT 1"
+        )
 
         def work(cursor: Cursor) -> list[Row]:
             chain: list[Row] = []
             following: str | None = response_id
+            held = 0
             while following is not None and len(chain) < depth:
-                rows = cursor.query(sql, [following, now])
+                rows = cursor.query(sql, [following, now, *values])
                 if not rows:
                     break
+                held += _stored_size(rows[0])
+                if max_bytes is not None and held > max_bytes:
+                    raise ChainTooLarge(max_bytes)
                 chain.append(_decode(rows[0]))
                 following = rows[0]["previous_response_id"]
             return chain
 
         return await self._read(work)
 
-    async def delete_response(self, response_id: str) -> bool:
-        sql = "DELETE FROM trigate_responses WHERE response_id = ?"
-        return bool(await self._run(lambda cursor: cursor.execute(sql, [response_id])))
+    async def delete_response(self, response_id: str, key_hash: str | None = None) -> bool:
+        """Delete the response `response_id` that `key_hash` (None: the master key) owns."""
+        sql = "DELETE FROM trigate_responses WHERE response_id = ? AND owner = ?"
+        values = [response_id, key_hash or MASTER_OWNER]
+        return bool(await self._run(lambda cursor: cursor.execute(sql, values)))
 
     async def delete_expired_responses(self, now: float) -> int:
         sql = "DELETE FROM trigate_responses WHERE expires_at <= ?"
@@ -554,6 +649,22 @@ def _encode(column: str, value: Any) -> Any:
     if column in BOOL_COLUMNS and value is not None:
         return int(bool(value))
     return value
+
+
+def _viewer_clause(viewer: ResponseViewer | None) -> tuple[str, list[Any]]:
+    """The WHERE and ORDER BY of a stored response `viewer` may see: its own first."""
+    mine = "CASE WHEN owner = ? THEN 0 ELSE 1 END, created_at DESC"
+    if viewer is None:
+        return " ORDER BY created_at DESC", []
+    owner = viewer.key_hash or MASTER_OWNER
+    if viewer.team_id is None:
+        return " AND owner = ? ORDER BY created_at DESC", [owner]
+    return f" AND (owner = ? OR team_id = ?) ORDER BY {mine}", [owner, viewer.team_id, owner]
+
+
+def _stored_size(row: Row) -> int:
+    """A stored response's JSON columns' size as read (text, before decoding)."""
+    return sum(len(row[c]) for c in ("response", "input_items") if isinstance(row[c], str | bytes))
 
 
 def _decode(row: Row) -> Row:

@@ -19,6 +19,26 @@ T = TypeVar("T")
 Row = dict[str, Any]
 
 
+# How long a call waits for a PostgreSQL connection (from the pool, or a new one) before
+# the database counts as unreachable: a store outage must answer fast, not hold callers.
+CONNECT_WAIT = 2.0
+# How long SQLite waits on another process's lock before the write counts as failed.
+SQLITE_BUSY_TIMEOUT_MS = 2000
+# SQLite's primary result codes that mean the database cannot be used now, rather than
+# a bug in a statement: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+_SQLITE_UNAVAILABLE = frozenset({5, 6, 10, 13, 14})
+
+
+class Unavailable(Exception):
+    """The database cannot serve this call now (unreachable, locked, out of space): an
+    outage to answer fast with a 503, never a bug of ours. `lasting` when it is likely
+    to hold for the next calls too (a lost connection), not a moment's lock."""
+
+    def __init__(self, message: str, *, lasting: bool) -> None:
+        super().__init__(message)
+        self.lasting = lasting
+
+
 class Conflict(Exception):
     """A write would break a uniqueness rule (a key alias taken, a primary key reused):
     the caller's input, not a failure of the store."""
@@ -69,7 +89,7 @@ class SqliteBackend:
         self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute("PRAGMA synchronous=NORMAL")
-        self._connection.execute("PRAGMA busy_timeout=5000")
+        self._connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         self._lock = threading.Lock()
 
     def transaction(self, work: Callable[[Cursor], T]) -> T:
@@ -81,15 +101,22 @@ class SqliteBackend:
         return self._run("BEGIN", work)
 
     def _run(self, begin: str, work: Callable[[Cursor], T]) -> T:
-        with self._lock:
-            self._connection.execute(begin)
-            try:
-                result = work(_SqliteCursor(self._connection))
-            except BaseException:
-                self._connection.execute("ROLLBACK")
-                raise
-            self._connection.execute("COMMIT")
-            return result
+        try:
+            with self._lock:
+                self._connection.execute(begin)
+                try:
+                    result = work(_SqliteCursor(self._connection))
+                    self._connection.execute("COMMIT")
+                except BaseException:
+                    # A COMMIT that found the database locked leaves the transaction open.
+                    if self._connection.in_transaction:
+                        self._connection.execute("ROLLBACK")
+                    raise
+                return result
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF in _SQLITE_UNAVAILABLE:
+                raise Unavailable(f"SQLite: {error}", lasting=False) from None
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -127,18 +154,23 @@ class PostgresBackend:
             url,
             min_size=1,
             max_size=max_connections,
-            kwargs={"row_factory": dict_row},
+            kwargs={"row_factory": dict_row, "connect_timeout": max(1, round(CONNECT_WAIT))},
             open=True,
-            timeout=10,
+            timeout=CONNECT_WAIT,
         )
 
     def transaction(self, work: Callable[[Cursor], T]) -> T:
-        with (
-            self._pool.connection() as connection,
-            connection.transaction(),
-            connection.cursor() as cursor,
-        ):
-            return work(_PostgresCursor(cursor))
+        from psycopg import OperationalError
+
+        try:
+            with (
+                self._pool.connection() as connection,
+                connection.transaction(),
+                connection.cursor() as cursor,
+            ):
+                return work(_PostgresCursor(cursor))
+        except OperationalError as error:  # unreachable, lost, or no connection in time
+            raise Unavailable(f"PostgreSQL: {type(error).__name__}", lasting=True) from None
 
     def read(self, work: Callable[[Cursor], T]) -> T:
         return self.transaction(work)

@@ -123,4 +123,32 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE trigate_models_version (version INTEGER NOT NULL)",
         "INSERT INTO trigate_models_version (version) VALUES (0)",
     ],
+    # A stored response is keyed by its id and its owner (the key that made it, '' for
+    # the master key): an upstream that reuses a response id for two keys must lose
+    # neither's response, and one key's repeat replaces its own older row.
+    [
+        """CREATE TABLE trigate_responses_owned (
+            response_id TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            response TEXT NOT NULL,
+            input_items TEXT NOT NULL,
+            model_group TEXT NOT NULL,
+            deployment TEXT,
+            key_hash TEXT,
+            team_id TEXT,
+            previous_response_id TEXT,
+            native INTEGER NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (response_id, owner)
+        )""",
+        """INSERT INTO trigate_responses_owned
+            SELECT response_id, COALESCE(key_hash, ''), response, input_items, model_group,
+                deployment, key_hash, team_id, previous_response_id, native, created_at,
+                expires_at
+            FROM trigate_responses""",
+        "DROP TABLE trigate_responses",
+        "ALTER TABLE trigate_responses_owned RENAME TO trigate_responses",
+        "CREATE INDEX trigate_responses_expires ON trigate_responses (expires_at)",
+    ],
 ]

@@ -1,0 +1,172 @@
+"""A database that goes away, or stays locked, makes every route answer fast: admin
+calls and stored responses a 503 `store_unavailable`, as the key check already does;
+a response that could not be stored is answered with `"store": false`, never with an
+id the gateway does not hold; a stream ends after its final event.
+
+PostgreSQL is reached through a relay on a real socket that the test cuts: open
+connections die and new ones are refused, as when the database host goes down."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+import trio
+from helpers import RunningGateway, mock_config, start_gateway
+
+from trigate.auth import StoreUnavailable
+from trigate.store import Store
+
+RESPONSE = {"model": "mock", "input": "hi"}
+
+
+class Relay:
+    """A TCP relay to the real database that can be cut."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        self._scope = trio.CancelScope()
+        self.port = 0
+
+    async def run(self, task_status: trio.TaskStatus[None]) -> None:
+        with self._scope:
+            [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            self.port = listener.socket.getsockname()[1]
+            task_status.started()
+            await trio.serve_listeners(self._relay, [listener])
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream(*self._target)
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, server, nursery.cancel_scope)
+            nursery.start_soon(self._pump, server, client, nursery.cancel_scope)
+
+    @staticmethod
+    async def _pump(
+        source: trio.SocketStream, sink: trio.SocketStream, scope: trio.CancelScope
+    ) -> None:
+        try:
+            async for data in source:
+                await sink.send_all(data)
+        except trio.BrokenResourceError:
+            pass
+        scope.cancel()
+
+    def cut(self) -> None:
+        """Every relayed connection closes, and the port refuses new ones."""
+        self._scope.cancel()
+
+
+@pytest.fixture
+async def relayed_postgres(
+    nursery: trio.Nursery, database_url: str
+) -> AsyncIterator[tuple[str, Relay]]:
+    if database_url.startswith("sqlite"):
+        pytest.skip("a PostgreSQL outage")
+    parts = urlsplit(database_url)
+    relay = Relay((parts.hostname or "127.0.0.1", parts.port or 5432))
+    await nursery.start(relay.run)
+    netloc = f"{parts.username}@127.0.0.1:{relay.port}"
+    yield urlunsplit(parts._replace(netloc=netloc)), relay
+
+
+def _config(database_url: str) -> dict[str, Any]:
+    config = mock_config(mock_response="Hello from mock.")
+    config["general_settings"] = {"database_url": database_url}
+    return config
+
+
+async def _stream(client: httpx.AsyncClient) -> list[str]:
+    async with client.stream("POST", "/v1/responses", json={**RESPONSE, "stream": True}) as reply:
+        assert reply.status_code == 200
+        return [line async for line in reply.aiter_lines() if line.startswith("event:")]
+
+
+def _unavailable(reply: httpx.Response) -> bool:
+    return reply.status_code == 503 and reply.json()["error"]["code"] == "store_unavailable"
+
+
+async def test_a_postgres_outage_answers_every_route_fast(
+    nursery: trio.Nursery, relayed_postgres: tuple[str, Relay]
+) -> None:
+    database_url, relay = relayed_postgres
+    gateway: RunningGateway = await start_gateway(nursery, _config(database_url))
+    async with gateway.client(timeout=30) as client:
+        stored = await client.post("/v1/responses", json=RESPONSE)
+        assert stored.status_code == 200 and stored.json()["store"] is True
+        response_id = stored.json()["id"]
+        relay.cut()
+        assert _unavailable(await client.post("/key/generate", json={}))
+        assert _unavailable(await client.get(f"/v1/responses/{response_id}"))
+        assert _unavailable(await client.delete(f"/v1/responses/{response_id}"))
+        follow_up = {**RESPONSE, "previous_response_id": response_id}
+        assert _unavailable(await client.post("/v1/responses", json=follow_up))
+        new_model = {"model_name": "m2", "litellm_params": {"model": "mock/x"}}
+        assert _unavailable(await client.post("/model/new", json=new_model))
+        # Answered, since the client paid for it, but not as stored.
+        unstored = await client.post("/v1/responses", json=RESPONSE)
+        assert unstored.status_code == 200, unstored.text
+        assert unstored.json()["store"] is False
+        with trio.fail_after(20):  # a bound on a hang, not a timing assertion
+            events = await _stream(client)
+        assert events[-1] == "event: response.completed"
+
+
+async def test_a_sqlite_lock_makes_admin_writes_a_503(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Another process holds SQLite's write lock: a write waits its busy timeout, then is
+    a 503 the admin may retry; reads go on (WAL), and the gateway serves."""
+    path = tmp_path / "locked.db"
+    gateway = await start_gateway(nursery, _config(f"sqlite:///{path}"))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        async with gateway.client(timeout=30) as client:
+            assert _unavailable(await client.post("/key/generate", json={}))
+            assert (await client.get("/key/list")).status_code == 200
+            unstored = await client.post("/v1/responses", json=RESPONSE)
+            assert unstored.status_code == 200 and unstored.json()["store"] is False
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    async with gateway.client() as client:
+        assert (await client.post("/key/generate", json={})).status_code == 200
+
+
+async def test_a_locked_write_is_store_unavailable_and_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "trigate.db"
+    store = await Store.open(f"sqlite:///{path}")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.insert("users", {"user_id": "u1", "created_at": 1.0, "updated_at": 1.0})
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    await store.insert("users", {"user_id": "u1", "created_at": 1.0, "updated_at": 1.0})
+    assert await store.get("users", "u1") is not None
+    await store.close()
+
+
+async def test_outage_memory_fails_at_once(relayed_postgres: tuple[str, Relay]) -> None:
+    """After a lost connection, the next calls fail without waiting to find out again."""
+    database_url, relay = relayed_postgres
+    store = await Store.open(database_url)
+    relay.cut()
+    with pytest.raises(StoreUnavailable):
+        await store.get("users", "u1")
+    with trio.CancelScope() as scope:
+        scope.deadline = trio.current_time()  # any wait at all would be cancelled
+        with pytest.raises(StoreUnavailable):
+            await store.get("users", "u1")
+    assert not scope.cancelled_caught
+    await store.close()
