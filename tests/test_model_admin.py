@@ -268,10 +268,10 @@ async def test_with_redis_model_changes_travel_over_it_and_no_process_polls(
         return await version()
 
     monkeypatch.setattr(second.gateway.store, "models_version", counted)
-    await trio.sleep(0.2)  # subscribing to the channel reads the models once, as it should
-    reads = 0
     await trio.sleep(0.5)  # ten polls' worth
-    assert reads == 0
+    # Subscribing to the change channel reads the models once, as it should (on a busy
+    # machine, inside this window); a poll would have read them ten times.
+    assert reads <= 1
     # Any change the second hears now came over Redis: a poll would take an hour.
     monkeypatch.setattr(trigate.router.catalog, "POLL_INTERVAL", 3600.0)
     async with first.client() as client:
