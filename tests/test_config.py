@@ -115,6 +115,31 @@ def test_defaults_are_deliberate() -> None:
             "model_list[0].litellm_params: api_base is required for `hosted_vllm/`",
         ),
         ({"model": "azure/gpt-4o"}, "model_list[0].litellm_params: api_base is required"),
+        # What no request could carry: the config file is held to what can be sent.
+        (
+            {"model": "anthropic/x", "api_base": "https://x\r\n"},
+            "model_list[0].litellm_params.api_base: the value must not contain control",
+        ),
+        (
+            {"model": "openai/x", "api_base": "x.example.com/v1"},
+            "model_list[0].litellm_params.api_base: the value must be an http:// or https://",
+        ),
+        (
+            {"model": "openai/x", "api_key": "sk-\nx"},
+            "model_list[0].litellm_params.api_key: the value must not contain control",
+        ),
+        (
+            {"model": "openai/x", "api_key": "sk-é"},
+            "model_list[0].litellm_params.api_key: the value must be printable ASCII",
+        ),
+        (
+            {"model": "openai/x", "extra_headers": {"x-a": "b\r\nc: d"}},
+            "model_list[0].litellm_params.extra_headers: the value of header 'x-a' must not",
+        ),
+        (
+            {"model": "openai/x", "extra_headers": {"x a": "b"}},
+            "model_list[0].litellm_params.extra_headers: 'x a' is not a valid HTTP header name",
+        ),
     ],
 )
 def test_bad_configs_name_the_key(litellm_params: dict, message: str) -> None:
@@ -182,3 +207,13 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
         load_config(write(tmp_path, "model_list: [\n"), {})
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"), {})
+
+
+def test_a_deployment_nested_past_the_limit_names_it() -> None:
+    """orjson could write no deeper value into the store or the deployment's id hash."""
+    deep: object = 1
+    for _ in range(70):
+        deep = [deep]
+    raw = {"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/x", "x": deep}}]}
+    with pytest.raises(ConfigError, match="litellm_params is nested more than 64 levels"):
+        parse_config(raw, {})

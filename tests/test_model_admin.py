@@ -351,6 +351,9 @@ def test_sealing_round_trips_and_refuses_another_key() -> None:
         {"model": "openai/x", "api_base": "http://127.0.0.1:1", "extra_headers": {"x": "a\nb"}},
         {"model": "openai/x", "api_base": "http://127.0.0.1:1", "extra_headers": {"a b": "c"}},
         {"model": "openai/x", "api_base": "file:///etc/passwd"},
+        {"model": "openai/x", "api_base": "http://127.0.0.1:1", "api_key": "sk-é"},
+        {"model": "openai/x", "api_base": "http://127.0.0.1:1", "extra_headers": {"x": "é"}},
+        {"model": "anthropic/x", "api_base": "http://127.0.0.1:1", "api_key": "sk-\u2028"},
     ],
 )
 async def test_model_new_refuses_what_could_not_be_sent(

@@ -58,14 +58,16 @@ Text = Annotated[str, BeforeValidator(_scalar_text)]
 
 
 # What an HTTP header's name may be (RFC 9110's token), and the characters no header value
-# or URL may hold: a CR or LF would end a header early, and any control character makes
-# httpx refuse the request, so one stored value would fail every request (or start-up).
+# or URL may hold: a CR or LF would end a header early, and any control character (or, in
+# a header, any non-ASCII one) makes httpx refuse the request, so one stored value would
+# fail every request to its deployment, or the start-up of every process.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# Parameters sent as (part of) a header or a URL to the upstream, checked as such.
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+# Parameters sent as a header (or signed into one) to the upstream, checked as such.
 _HEADER_PARAMS = (
     "api_key", "api_version", "azure_ad_token", "anthropic_version", "aws_access_key_id",
-    "aws_secret_access_key", "aws_session_token", "aws_region_name", "model",
+    "aws_secret_access_key", "aws_session_token", "aws_region_name",
 )  # fmt: skip
 _URL_PARAMS = ("api_base", "aws_bedrock_runtime_endpoint")
 
@@ -73,6 +75,13 @@ _URL_PARAMS = ("api_base", "aws_bedrock_runtime_endpoint")
 def _no_control(value: str, what: str) -> str:
     if _CONTROL.search(value):
         raise ValueError(f"{what} must not contain control characters (such as CR or LF)")
+    return value
+
+
+def _header_value(value: str, what: str) -> str:
+    _no_control(value, what)
+    if not _HEADER_VALUE.fullmatch(value):
+        raise ValueError(f"{what} must be printable ASCII, as an HTTP header value is sent")
     return value
 
 
@@ -135,7 +144,12 @@ class LiteLLMParams(ProviderParams):
     @field_validator(*_HEADER_PARAMS)
     @classmethod
     def _header_safe(cls, value: str | None) -> str | None:
-        return None if value is None else _no_control(value, "the value")
+        return None if value is None else _header_value(value, "the value")
+
+    @field_validator("model")
+    @classmethod
+    def _no_control_in_model(cls, model: str) -> str:
+        return _no_control(model, "the model")
 
     @field_validator(*_URL_PARAMS)
     @classmethod
@@ -148,7 +162,7 @@ class LiteLLMParams(ProviderParams):
         for name, value in (headers or {}).items():
             if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a valid HTTP header name")
-            _no_control(value, f"the value of header {name!r}")
+            _header_value(value, f"the value of header {name!r}")
         return headers
 
     @field_validator("model")

@@ -34,7 +34,7 @@ from trigate.api.jsonio import json_body, json_response
 from trigate.api.keys import key_shape
 from trigate.auth import Caller
 from trigate.clock import wall_time
-from trigate.errors import InvalidRequest
+from trigate.errors import InvalidRequest, echoed
 from trigate.gateway import Gateway
 from trigate.store import Row
 
@@ -126,7 +126,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "model_aliases": body.model_aliases or {},
         }
         await insert_new(gateway, "teams", row)
-        await _add_members(gateway, row["team_id"], body.members_with_roles)
+        await _add_members(gateway, row["team_id"], body.members_with_roles, master=True)
         return json_response(await _team_shape(gateway, row["team_id"]))
 
     @app.post("/team/update")
@@ -178,7 +178,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             raise not_found("team", body.team_id)
         _check_unique(members)
         present = {m["user_id"] for m in await gateway.store.team_members(body.team_id)}
-        users = await _add_members(gateway, body.team_id, members, present, by=caller)
+        users = await _add_members(gateway, body.team_id, members, present, master=caller.is_master)
         team = await _team_shape(gateway, body.team_id)
         # A team's admin is told only what it named and the id it was found by: another
         # user's profile (budget, spend, metadata) is `/user/info`'s, which it may not read.
@@ -259,14 +259,13 @@ async def _add_members(
     team_id: str,
     members: list[Member],
     present: set[str] | None = None,
-    by: Caller | None = None,
+    *,
+    master: bool,
 ) -> list[Row]:
     """Make each member's user as LiteLLM does (a user named only by email is found by
     it, or made with a fresh id), then add the memberships in one transaction. Returns
-    the members' user rows. Only the master key makes users (`by` None is the master
-    key's `/team/new`): a team's admin adds users that exist, and learns of them no more
-    than it named."""
-    master = by is None or by.is_master
+    the members' user rows. Only the `master` key makes users: a team's admin adds users
+    that exist, and learns of them no more than it named."""
     now = wall_time()
     users, rows = [], []
     for member in members:
@@ -297,8 +296,8 @@ async def _user_of(gateway: Gateway, member: Member, now: float, *, create: bool
         user = found[0] if found else None
     if user is None and not create:
         raise InvalidRequest(
-            f"No user `{member.user_id or member.user_email}` exists; only the master key "
-            "makes users (`/user/new`, or adding a new member itself).",
+            f"No user `{echoed(member.user_id or member.user_email or '')}` exists; only the "
+            "master key makes users (`/user/new`, or adding a new member itself).",
             param="member",
             code="user_not_found",
         )
