@@ -27,31 +27,29 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import orjson
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from trigate.api.calls import (
-    CHAT,
-    Operation,
-    ProxiedCall,
-    Surface,
-    check_nesting,
-    check_stream_fields,
-    check_tool_fields,
-    pop_fallbacks,
-    require_model,
-)
 from trigate.api.context import RequestContext, current_request
-from trigate.api.jsonio import json_response, parse_json_object
-from trigate.api.model_api import Incoming, Reply, Route
+from trigate.api.envelopes import OPENAI
+from trigate.api.jsonio import json_response
 from trigate.api.responses_format import (
     ResponsesEvents,
     input_items,
     response_object,
     to_chat_request,
+)
+from trigate.api.surface import Operation, TranslatedExchange
+from trigate.api.validation import (
+    check_nesting,
+    check_stream_fields,
+    check_tool_fields,
+    pop_fallbacks,
+    require_model,
 )
 from trigate.auth import Caller
 from trigate.clock import wall_time
@@ -76,14 +74,6 @@ NATIVE_RESPONSES: Operation[NativeResponses] = Operation(
     lambda provider, body: provider.respond(body),
     lambda provider, body: provider.open_response_stream(body),
 )
-
-
-def routes(gateway: Gateway) -> dict[str, Route]:
-    async def create(incoming: Incoming) -> Reply:
-        return await _create(gateway, incoming)
-
-    route = Route(create)
-    return {"/v1/responses": route, "/responses": route}
 
 
 def register(app: QuartTrio, gateway: Gateway) -> None:
@@ -120,36 +110,24 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         return json_response(_page(row["input_items"], request.args))
 
 
-async def _create(gateway: Gateway, incoming: Incoming) -> Reply:
-    caller = await gateway.auth.authenticate(incoming.headers)
-    body = parse_json_object(incoming.take_body())
-    model = _validate(body)
-    fallbacks = pop_fallbacks(body)
-    context = current_request.get()
-    chain = await _chain(gateway, caller, body.get("previous_response_id"))
-    history = _history(chain)
-    translated = _translated(body, history)
-    exchange = _Exchange(gateway, caller, context, body, model, translated.dropped)
-    surface = Surface(
-        answer=exchange.answer,
-        frames=exchange.frames,
-        body=lambda deployment: _native_body(body, chain, history, deployment),
-        native=NATIVE_RESPONSES,
-        untranslatable=translated.failure,
-        finished=exchange.finished,
-        preferred=_holder(chain),
-    )
-    call = ProxiedCall(gateway, context, caller, model, translated.chat, fallbacks, CHAT, surface)
-    await call.admit()
-    if body.get("stream"):
-        return await call.stream()
-    reply = await call.complete()
-    if exchange.response is not None:
-        await exchange.save(exchange.response, native=False)
-    elif isinstance(reply.body, bytes):
-        # Answered natively: the upstream's own Response, as the client got it.
-        await exchange.save(orjson.loads(reply.body), native=True)
-    return reply
+class ResponsesSurface:
+    """`POST /v1/responses`: a follow-up's stored chain is read here, at decoding, so a
+    `previous_response_id` the caller may not see is a 404 before anything is admitted."""
+
+    envelope = OPENAI
+
+    async def decode(
+        self, gateway: Gateway, caller: Caller, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> _Exchange:
+        model = _validate(body)
+        fallbacks = pop_fallbacks(body)
+        chain = await _chain(gateway, caller, body.get("previous_response_id"))
+        history = _history(chain)
+        translated = _translated(body, history)
+        context = current_request.get()
+        return _Exchange(
+            gateway, caller, context, body, model, translated, fallbacks, chain, history
+        )
 
 
 class _Translated(NamedTuple):
@@ -240,7 +218,7 @@ def _validate(body: dict[str, Any]) -> str:
     return model
 
 
-class _Exchange:
+class _Exchange(TranslatedExchange):
     """One Responses request's identity and what becomes of its answer: rendered as a
     Response (whole or as events), then stored unless the request said `store: false`.
     Only a translated answer names the built-in tools it dropped."""
@@ -252,21 +230,37 @@ class _Exchange:
         context: RequestContext,
         body: dict[str, Any],
         model: str,
-        dropped: list[str],
+        translated: _Translated,
+        fallbacks: list[str] | None,
+        chain: list[Row],
+        history: list[Any],
     ) -> None:
+        super().__init__(
+            model,
+            translated.chat,
+            fallbacks,
+            NATIVE_RESPONSES,
+            translated.failure,
+            preferred=_holder(chain),
+        )
         self._gateway = gateway
         self._caller = caller
         self._context = context
         self._body = body
         self._model = model
-        self._dropped = dropped
+        self._dropped = translated.dropped
+        self._chain = chain
+        self._history = history
         self.response_id = f"resp_{uuid.uuid4().hex}"
         self.created_at = int(wall_time())
         self.response: dict[str, Any] | None = None
         self._events: ResponsesEvents | None = None
         self._native_stream = False
 
-    def answer(self, completion: dict[str, Any]) -> bytes:
+    def native_body(self, deployment: Deployment) -> dict[str, Any]:
+        return _native_body(self._body, self._chain, self._history, deployment)
+
+    def render(self, completion: dict[str, Any]) -> bytes:
         self._name_dropped()
         self.response = response_object(
             completion,
@@ -291,9 +285,16 @@ class _Exchange:
         if names:
             self._context.headers[DROPPED_TOOLS_HEADER] = ",".join(names)
 
-    async def finished(self, outcome: StreamOutcome) -> None:
-        """A stream that ran to its end is stored; one cut short or failed is not."""
-        if self._events is not None and outcome.completed and outcome.error is None:
+    async def finished(self, answer: bytes | None, outcome: StreamOutcome | None) -> None:
+        """A whole answer is stored: the gateway's own Response, or the upstream's as the
+        client got it; a stream that ran to its end is stored, one cut short or failed
+        is not."""
+        if outcome is None:
+            if self.response is not None:
+                await self.save(self.response, native=False)
+            elif answer is not None:
+                await self.save(orjson.loads(answer), native=True)
+        elif self._events is not None and outcome.completed and outcome.error is None:
             await self.save(self._events.response, native=self._native_stream)
 
     async def save(self, response: dict[str, Any] | None, *, native: bool) -> None:
