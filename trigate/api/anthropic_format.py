@@ -18,7 +18,6 @@ import orjson
 from trigate.api.envelopes import anthropic_error_body as error_body
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.providers import NativeEvent
-from trigate.providers.base import translation
 from trigate.relay import FrameEncoder
 
 STOP_REASONS = {
@@ -36,7 +35,6 @@ SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "thinking")
 # --- Anthropic request -> OpenAI chat request --------------------------------------
 
 
-@translation("the Messages API")
 def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
     """The chat-completions request for a validated Messages API request (or a token
     count request, which has no `max_tokens`)."""
