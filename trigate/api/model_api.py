@@ -6,12 +6,15 @@ no werkzeug request or headers objects, URL map, request and app contexts,
 sessions or signals. Together those cost about a sixth of a proxied call's CPU
 time, so these routes are served here and every other route by Quart.
 
-What a proxied call does need is kept: the body is read under a size cap and a
-time limit; a sibling task watches for the client's disconnect and cancels the
-call, so no upstream request outlives its client; and a streamed answer is
-driven through the relay's `ResponseBody` protocol, `async with relay as frames:
-async for frame in frames`, exactly as Quart drives it, so the relay owns its
-nursery for as long as the response is being sent.
+What a proxied call does need is kept: the key is checked from the request's head
+before its body is read (the pipeline's first stage: a client with no valid key is
+answered and its connection closed without its body); the body is read under a
+size cap and a time limit; a sibling task watches for the client's disconnect and
+cancels the call, so no upstream request outlives its client; and a streamed
+answer is driven through the relay's `ResponseBody` protocol, `async with relay as
+frames: async for frame in frames`, exactly as Quart drives it, so the relay owns
+its nursery for as long as the response is being sent. The stages after reading
+the body are the route's handler: `trigate.api.pipeline`.
 
 Errors are rendered here for both sides: `error_reply` and `unexpected_failure`
 serve this app's routes and Quart's error handlers (`trigate.api`) alike, so an
