@@ -166,12 +166,12 @@ async def test_a_litellm_custom_logger_loaded_from_a_config_file(
 
 
 def test_no_hook_configured_is_no_hooks() -> None:
-    """What the pipeline tests on every request: an empty `Hooks` is falsy, and the
-    relay is given no chunk callback when no hook reads chunks."""
-    assert not load_hooks(["otel"])
-    assert not load_hooks(None)
+    """What the pipeline tests on every request: no hooks are None, and the relay is
+    given no chunk callback when no hook reads chunks."""
+    assert load_hooks(["otel"]) is None
+    assert load_hooks(None) is None
     hooks = Hooks([hook_examples.refuse_secrets])
-    assert hooks and hooks.chunk_hook(None) is None  # type: ignore[arg-type]
+    assert hooks.chunk_hook(None) is None  # type: ignore[arg-type]
 
 
 def test_a_callback_that_cannot_be_loaded_stops_the_start() -> None:

@@ -18,8 +18,8 @@ leaves out as pass-throughs):
   the request's recorded error.
 
 Hooks run in their configured order; the first answer before routing wins. A request
-with no hook configured pays nothing for any of this: the pipeline tests one attribute
-and the relay is given no chunk callback.
+with no hook configured pays nothing for any of this: the pipeline's hooks are None,
+which it tests, and the relay is given no chunk callback.
 
 A user's own hook is loaded by dotted path from `litellm_settings.callbacks`, as
 LiteLLM's proxy loads its `CustomLogger` instances (`module.instance`). An object with
@@ -110,17 +110,14 @@ ChunkHook = Callable[[Any], Awaitable[Any]]
 
 
 class Hooks:
-    """The configured hooks, in order. Falsy when there are none, which is all the
-    pipeline asks on a request that has none."""
+    """The configured hooks, in order; never empty: with none configured the pipeline
+    holds None instead, and a request asks only `hooks is not None`."""
 
     __slots__ = ("_all", "_chunk")
 
     def __init__(self, hooks: Sequence[Hook]) -> None:
         self._all = tuple(hooks)
         self._chunk = tuple(hook for hook in self._all if _sees_chunks(hook))
-
-    def __bool__(self) -> bool:
-        return bool(self._all)
 
     async def before_route(self, request: HookedRequest) -> dict[str, Any] | None:
         for hook in self._all:
@@ -153,9 +150,6 @@ class Hooks:
             await hook.after_answer(request, answer, usage)
 
 
-NO_HOOKS = Hooks(())
-
-
 def _sees_chunks(hook: Hook) -> bool:
     """Whether `hook` has an `on_chunk` of its own, not `BaseHook`'s pass-through."""
     method = getattr(hook, "on_chunk", None)
@@ -165,18 +159,18 @@ def _sees_chunks(hook: Hook) -> bool:
 # --- user hooks, by dotted path ------------------------------------------------------
 
 
-def load_hooks(callbacks: Any) -> Hooks:
+def load_hooks(callbacks: Any) -> Hooks | None:
     """The hooks `litellm_settings.callbacks` names by dotted path (`module.instance`),
     each adapted when it has LiteLLM's methods rather than `Hook`'s. A name that cannot
     be loaded stops the start: a guardrail that silently did not load would fail open."""
     if not isinstance(callbacks, list):
-        return NO_HOOKS
+        return None
     hooks: list[Hook] = []
     for entry in callbacks:
         if not isinstance(entry, str) or entry in BUILT_IN_CALLBACKS:
             continue
         hooks.append(as_hook(_load(entry), entry))
-    return Hooks(hooks) if hooks else NO_HOOKS
+    return Hooks(hooks) if hooks else None
 
 
 def _load(path: str) -> object:

@@ -62,7 +62,7 @@ CLIENT_CLOSED = 499
 class Pipeline:
     """The stages every model route shares; a route is a surface on this pipeline."""
 
-    def __init__(self, gateway: Gateway, hooks: Hooks) -> None:
+    def __init__(self, gateway: Gateway, hooks: Hooks | None) -> None:
         self._gateway = gateway
         self._hooks = hooks
 
@@ -125,7 +125,7 @@ class Call:
         context: RequestContext,
         caller: Caller,
         exchange: Exchange,
-        hooks: Hooks,
+        hooks: Hooks | None,
     ) -> None:
         self.gateway = gateway
         self.context = context
@@ -194,16 +194,16 @@ class Call:
 
     async def answer(self) -> Reply:
         answered: Completion | None = None
-        if self.hooks:
-            answered = await self._before_route()
+        if self.hooks is not None:
+            answered = await self._before_route(self.hooks)
         if self.stream:
             return await self._stream(answered)
         return await self._complete(answered)
 
-    async def _before_route(self) -> Completion | None:
+    async def _before_route(self, hooks: Hooks) -> Completion | None:
         """The hooks' answer (a cache hit), or None; a refusal is recorded as one."""
         try:
-            answer = await self.hooks.before_route(self)
+            answer = await hooks.before_route(self)
         except GatewayError as refusal:
             await self._refused(refusal)
             raise
@@ -225,7 +225,7 @@ class Call:
             if completion.usage is None:
                 self.meter.observe_completion(completion.body)
             usage = await self.meter.settle()
-            if self.hooks:
+            if self.hooks is not None:
                 await self.hooks.after_answer(self, completion.body, usage)
             answer = self.exchange.answer(completion, usage)
             status = 200
@@ -272,7 +272,7 @@ class Call:
             on_finish=self._finish_stream,
             encoder=self.exchange.frames(opened.native),
             on_backpressure=self.gateway.telemetry.metrics.backpressure_wait,
-            on_chunk=self.hooks.chunk_hook(self) if self.hooks else None,
+            on_chunk=None if self.hooks is None else self.hooks.chunk_hook(self),
         )
         self.context.relay = relay
         return Reply(relay, headers=SSE_HEADERS)
@@ -336,7 +336,7 @@ class Call:
 
     async def _finish_stream(self, outcome: StreamOutcome) -> None:
         usage = await self.meter.settle()
-        if self.hooks and outcome.error is None:
+        if self.hooks is not None and outcome.error is None:
             try:
                 await self.hooks.after_answer(self, {}, usage)
             except GatewayError as refusal:

@@ -124,7 +124,7 @@ class Exchange(Protocol):
         """The deployment to take while it is available: the one whose upstream holds
         what the request continues."""
 
-    async def complete(self, deployment: Deployment) -> Completion: ...
+    def complete(self, deployment: Deployment) -> Awaitable[Completion]: ...
 
     async def open_stream(self, deployment: Deployment) -> tuple[ChunkStream, bool]:
         """The opened stream, and whether its events are in the client's own API."""
@@ -171,9 +171,10 @@ class OpenAIExchange:
         self.operation = operation
         self.stream = stream
 
-    async def complete(self, deployment: Deployment) -> Completion:
+    def complete(self, deployment: Deployment) -> Awaitable[Completion]:
+        # The provider's own coroutine, not one of ours around it: this is the hot path.
         operation = self.operation
-        return await operation.complete(operation.served_by(deployment), self.body)
+        return operation.complete(operation.served_by(deployment), self.body)
 
     async def open_stream(self, deployment: Deployment) -> tuple[ChunkStream, bool]:
         operation = self.operation
