@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +70,9 @@ class Pipeline:
         """The route serving `surface`: its handler and its error envelope."""
         return Route(functools.partial(self.serve, surface), surface.envelope)
 
-    async def authenticate(self, headers: Mapping[str, str]) -> Caller:
-        return await self._gateway.auth.authenticate(headers)
+    def authenticate(self, headers: Mapping[str, str]) -> Awaitable[Caller]:
+        """The first stage, which `ModelAPI` runs on the head alone, before the body."""
+        return self._gateway.auth.authenticate(headers)
 
     async def serve(
         self,
@@ -82,9 +83,13 @@ class Pipeline:
     ) -> Reply:
         gateway = self._gateway
         exchange = await surface.decode(gateway, caller, parse_json_object(raw), headers)
-        call = Call(gateway, current_request.get(), caller, exchange, self._hooks)
+        hooks = self._hooks
+        call = Call(gateway, current_request.get(), caller, exchange, hooks)
         await call.admit()
-        return await call.answer()
+        answered = None if hooks is None else await call.before_route(hooks)
+        if call.stream:
+            return await call.relay_stream(answered)
+        return await call.complete(answered)
 
 
 def check_access(caller: Caller, requested: str, group: str) -> None:
@@ -190,17 +195,9 @@ class Call:
             await self._record(error.status, error, None, cancelled=False)
         await self._release_unsettled()
 
-    # --- hooks, then route and relay -------------------------------------------------------
+    # --- hooks, then route and relay --------------------------------------------------------
 
-    async def answer(self) -> Reply:
-        answered: Completion | None = None
-        if self.hooks is not None:
-            answered = await self._before_route(self.hooks)
-        if self.stream:
-            return await self._stream(answered)
-        return await self._complete(answered)
-
-    async def _before_route(self, hooks: Hooks) -> Completion | None:
+    async def before_route(self, hooks: Hooks) -> Completion | None:
         """The hooks' answer (a cache hit), or None; a refusal is recorded as one."""
         try:
             answer = await hooks.before_route(self)
@@ -212,7 +209,8 @@ class Call:
             raise
         return None if answer is None else Completion(answer)
 
-    async def _complete(self, answered: Completion | None) -> Reply:
+    async def complete(self, answered: Completion | None) -> Reply:
+        """Route, or take the hooks' answer, then answer whole and record."""
         status, error, usage, cancelled = 500, None, None, False
         routed: Routed[Completion] | None = None
         try:
@@ -246,7 +244,9 @@ class Call:
         await self.exchange.finished(answer, None)
         return Reply(answer)
 
-    async def _stream(self, answered: Completion | None) -> Reply:
+    async def relay_stream(self, answered: Completion | None) -> Reply:
+        """Route to a stream's first chunks, or take the hooks' answer, then relay it;
+        the relay records it when it ends."""
         try:
             if answered is None:
                 opened = (await self._route()).result
