@@ -16,7 +16,6 @@ from trigate.api.validation import (
     check_nesting,
     check_stream_fields,
     check_tool_fields,
-    pop_fallbacks,
     require_messages,
     require_model,
 )
@@ -35,4 +34,4 @@ class ChatSurface:
         check_stream_fields(body)
         check_tool_fields(body)
         check_nesting(body)
-        return OpenAIExchange(model, body, pop_fallbacks(body), CHAT, bool(body.get("stream")))
+        return OpenAIExchange(model, body, CHAT, bool(body.get("stream")))

@@ -7,7 +7,7 @@ from typing import Any
 
 from trigate.api.envelopes import OPENAI
 from trigate.api.surface import TEXT_COMPLETIONS, OpenAIExchange
-from trigate.api.validation import check_nesting, check_stream_fields, pop_fallbacks, require_model
+from trigate.api.validation import check_nesting, check_stream_fields, require_model
 from trigate.auth import Caller
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
@@ -28,7 +28,7 @@ class CompletionsSurface:
         check_stream_fields(body)
         check_nesting(body)
         stream = bool(body.get("stream"))
-        return OpenAIExchange(model, body, pop_fallbacks(body), TEXT_COMPLETIONS, stream)
+        return OpenAIExchange(model, body, TEXT_COMPLETIONS, stream)
 
 
 def _is_prompt(value: Any) -> bool:

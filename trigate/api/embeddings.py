@@ -8,7 +8,7 @@ from typing import Any
 
 from trigate.api.envelopes import OPENAI
 from trigate.api.surface import EMBEDDINGS, OpenAIExchange
-from trigate.api.validation import check_nesting, pop_fallbacks, require_model
+from trigate.api.validation import check_nesting, require_model
 from trigate.auth import Caller
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
@@ -33,4 +33,4 @@ class EmbeddingsSurface:
                 param="input",
             )
         check_nesting(body)
-        return OpenAIExchange(model, body, pop_fallbacks(body), EMBEDDINGS, False)
+        return OpenAIExchange(model, body, EMBEDDINGS, False)

@@ -30,7 +30,6 @@ from trigate.api.validation import (
     check_nesting,
     check_stream_fields,
     check_tool_fields,
-    pop_fallbacks,
     require_messages,
     require_model,
 )
@@ -73,11 +72,8 @@ class MessagesSurface:
             raise InvalidRequest(
                 "`max_tokens` is required and must be an integer.", param="max_tokens"
             )
-        fallbacks = pop_fallbacks(body)
         chat, untranslatable = _chat_request(body)
-        return MessagesExchange(
-            model, body, chat, fallbacks, native_messages(headers), untranslatable
-        )
+        return MessagesExchange(model, body, chat, native_messages(headers), untranslatable)
 
 
 class MessagesExchange(TranslatedExchange):
@@ -88,11 +84,10 @@ class MessagesExchange(TranslatedExchange):
         model: str,
         original: dict[str, Any],
         chat: dict[str, Any],
-        fallbacks: list[str] | None,
         native: Operation[NativeMessages],
         untranslatable: InvalidRequest | None,
     ) -> None:
-        super().__init__(model, chat, fallbacks, native, untranslatable)
+        super().__init__(model, chat, native, untranslatable)
         self._original = original
 
     def native_body(self, deployment: Deployment) -> dict[str, Any]:

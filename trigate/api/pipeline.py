@@ -2,8 +2,9 @@
 
 1. authenticate: from the request's head, before its body is read (`ModelAPI` calls
    `Pipeline.authenticate` first, so a client with no valid key is answered at once);
-2. decode: the body parsed as JSON, then the route's `Surface` validates what the
-   gateway reads and translates the rest into OpenAI's chat shapes (an `Exchange`);
+2. decode: the body parsed as JSON, LiteLLM's `fallbacks` popped from it (for every
+   surface alike), then the route's `Surface` validates what the gateway reads and
+   translates the rest into OpenAI's chat shapes (an `Exchange`);
 3. resolve: the team's model aliases, then the model group (a wildcard matches a
    name here; an unknown one is a 404), in `Call.__init__`;
 4. admit: model access, rate limits and budgets (`Call.admit`);
@@ -31,6 +32,7 @@ from trigate.api.hooks import Hooks
 from trigate.api.jsonio import parse_json_object
 from trigate.api.model_api import Reply, Route
 from trigate.api.surface import EMBEDDINGS, TEXT_COMPLETIONS, Exchange, Surface
+from trigate.api.validation import pop_fallbacks
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError, UpstreamTimeout, secrets
@@ -82,9 +84,13 @@ class Pipeline:
         raw: bytes | bytearray,
     ) -> Reply:
         gateway = self._gateway
-        exchange = await surface.decode(gateway, caller, parse_json_object(raw), headers)
+        body = parse_json_object(raw)
+        # LiteLLM's per-request `fallbacks` are the gateway's, never an upstream's: popped
+        # here, before any surface reads or translates the body.
+        fallbacks = pop_fallbacks(body)
+        exchange = await surface.decode(gateway, caller, body, headers)
         hooks = self._hooks
-        call = Call(gateway, current_request.get(), caller, exchange, hooks)
+        call = Call(gateway, current_request.get(), caller, exchange, fallbacks, hooks)
         await call.admit()
         answered = None if hooks is None else await call.before_route(hooks)
         if call.stream:
@@ -130,12 +136,14 @@ class Call:
         context: RequestContext,
         caller: Caller,
         exchange: Exchange,
+        fallbacks: list[str] | None,
         hooks: Hooks | None,
     ) -> None:
         self.gateway = gateway
         self.context = context
         self.caller = caller
         self.exchange = exchange
+        self.fallbacks = fallbacks
         self.hooks = hooks
         self.body = body = exchange.body
         self.stream = exchange.stream
@@ -174,7 +182,7 @@ class Call:
             return
         try:
             check_access(self.caller, self.exchange.requested, self.progress.model_group)
-            for fallback in self.exchange.fallbacks or ():
+            for fallback in self.fallbacks or ():
                 check_model(self.caller, fallback, param="fallbacks")
             self.admission = await self.gateway.limits.admit(
                 self.caller, self.meter.prompt_tokens, self._max_cost
@@ -286,7 +294,7 @@ class Call:
                 self,
                 self.progress,
                 prompt_tokens=self.meter.prompt_tokens,
-                request_fallbacks=self.exchange.fallbacks,
+                request_fallbacks=self.fallbacks,
                 may_use=self._may_use,
             )
         finally:

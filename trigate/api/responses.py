@@ -48,7 +48,6 @@ from trigate.api.validation import (
     check_nesting,
     check_stream_fields,
     check_tool_fields,
-    pop_fallbacks,
     require_model,
 )
 from trigate.auth import Caller
@@ -120,14 +119,11 @@ class ResponsesSurface:
         self, gateway: Gateway, caller: Caller, body: dict[str, Any], headers: Mapping[str, str]
     ) -> _Exchange:
         model = _validate(body)
-        fallbacks = pop_fallbacks(body)
         chain = await _chain(gateway, caller, body.get("previous_response_id"))
         history = _history(chain)
         translated = _translated(body, history)
         context = current_request.get()
-        return _Exchange(
-            gateway, caller, context, body, model, translated, fallbacks, chain, history
-        )
+        return _Exchange(gateway, caller, context, body, model, translated, chain, history)
 
 
 class _Translated(NamedTuple):
@@ -231,14 +227,12 @@ class _Exchange(TranslatedExchange):
         body: dict[str, Any],
         model: str,
         translated: _Translated,
-        fallbacks: list[str] | None,
         chain: list[Row],
         history: list[Any],
     ) -> None:
         super().__init__(
             model,
             translated.chat,
-            fallbacks,
             NATIVE_RESPONSES,
             translated.failure,
             preferred=_holder(chain),

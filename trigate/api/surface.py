@@ -110,10 +110,6 @@ class Exchange(Protocol):
         translating deployment is sent."""
 
     @property
-    def fallbacks(self) -> list[str] | None:
-        """LiteLLM's per-request `fallbacks`, popped from the body by every surface."""
-
-    @property
     def operation(self) -> Operation[Any]: ...
 
     @property
@@ -154,20 +150,18 @@ class Surface(Protocol):
 class OpenAIExchange:
     """A request in OpenAI's own API: sent as it came, answered as the upstream answered."""
 
-    __slots__ = ("body", "fallbacks", "operation", "requested", "stream")
+    __slots__ = ("body", "operation", "requested", "stream")
     preferred: ClassVar[str | None] = None
 
     def __init__(
         self,
         requested: str,
         body: dict[str, Any],
-        fallbacks: list[str] | None,
         operation: Operation[Any],
         stream: bool,
     ) -> None:
         self.requested = requested
         self.body = body
-        self.fallbacks = fallbacks
         self.operation = operation
         self.stream = stream
 
@@ -209,14 +203,12 @@ class TranslatedExchange(ABC):
         self,
         requested: str,
         body: dict[str, Any],
-        fallbacks: list[str] | None,
         native: Operation[Any],
         untranslatable: InvalidRequest | None,
         preferred: str | None = None,
     ) -> None:
         self.requested = requested
         self.body = body
-        self.fallbacks = fallbacks
         self.stream = bool(body.get("stream"))
         self.native = native
         self.untranslatable = untranslatable
