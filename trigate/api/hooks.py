@@ -160,14 +160,20 @@ def _sees_chunks(hook: Hook) -> bool:
 
 
 def load_hooks(callbacks: Any) -> Hooks | None:
-    """The hooks `litellm_settings.callbacks` names by dotted path (`module.instance`),
-    each adapted when it has LiteLLM's methods rather than `Hook`'s. A name that cannot
-    be loaded stops the start: a guardrail that silently did not load would fail open."""
+    """The hooks `litellm_settings.callbacks` names by dotted path (`module.instance`,
+    the module found on Python's path), each adapted when it has LiteLLM's methods
+    rather than `Hook`'s. A dotted path that cannot be loaded stops the start: a
+    guardrail that silently did not load would fail open. A name without a dot is one
+    of LiteLLM's own integrations (`langfuse`, ...): a LiteLLM config keeps working,
+    and a warning says it is not served."""
     if not isinstance(callbacks, list):
         return None
     hooks: list[Hook] = []
     for entry in callbacks:
         if not isinstance(entry, str) or entry in BUILT_IN_CALLBACKS:
+            continue
+        if "." not in entry:
+            logger.warning("litellm_settings.callbacks: `%s` is not served by trigate", entry)
             continue
         hooks.append(as_hook(_load(entry), entry))
     return Hooks(hooks) if hooks else None
@@ -175,8 +181,6 @@ def load_hooks(callbacks: Any) -> Hooks | None:
 
 def _load(path: str) -> object:
     module_name, _, attribute = path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"callback `{path}` is not a dotted path (`module.instance`)")
     try:
         module = importlib.import_module(module_name)
         return getattr(module, attribute)
