@@ -4,7 +4,7 @@ deleting a stored response (`GET`/`DELETE /v1/responses/{id}`,
 clear 400.
 
 Codex CLI, the OpenAI Agents SDK and LangChain speak this API. A request takes the
-one proxied-call path (auth, limits, budgets, routing, spend). A deployment whose
+one request pipeline (auth, limits, budgets, routing, spend). A deployment whose
 upstream speaks the API itself (`openai/`, `azure/`, or `model_info`'s
 `supports_responses_api: true`) is sent the client's body as it came, `model`
 replaced, and its answer or events go back as they came, metered from the Response's

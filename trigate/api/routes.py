@@ -3,8 +3,8 @@
 The model routes are served by `ModelAPI` on raw ASGI, in front of Quart: each is a
 surface on the one pipeline (`trigate.api.pipeline`), and a new surface is one line
 here. Every other route needs Quart's request objects and URL map, and is registered
-on the Quart app by the module named below it (`register(app, gateway)`), where its
-paths are listed beside their handlers.
+on the Quart app by the module named below its paths (`register(app, gateway)`);
+`tests/test_routes.py` checks that every path Quart serves is named here.
 """
 
 from __future__ import annotations
@@ -59,11 +59,12 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     # GET /v1/models, /models
     models.register,
     # /model/info, /v1/model/info, /model_group/info, /model/new, /model/update,
-    # /model/delete, /config/reload
+    # PATCH /model/{id}/update, /model/delete, /config/reload
     model_admin.register,
     # /health, /health/liveliness, /health/liveness, /health/readiness
     health.register,
-    # /key/generate, /key/update, /key/delete, /key/info, /key/list, /key/regenerate
+    # /key/generate, /key/update, /key/delete, /key/info, /key/list, /key/regenerate,
+    # /key/block, /key/unblock
     keys.register,
     # /team/new, /team/update, /team/delete, /team/info, /team/list,
     # /team/member_add, /team/member_delete, /team/member_update,
@@ -71,7 +72,8 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     teams.register,
     # /spend/logs, /global/spend/report
     spend.register,
-    # GET and DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items, POST .../cancel
+    # GET and DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items,
+    # POST /v1/responses/{id}/cancel
     responses.register,
     # GET /metrics
     metrics.register,
