@@ -60,6 +60,19 @@ class StopAtStop(BaseHook):
         return chunk
 
 
+class BrokenOnChunk(BaseHook):
+    """A hook with a bug: it fails on the second chunk."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    async def on_chunk(self, request: HookedRequest, chunk: Any) -> Any:
+        self.seen += 1
+        if self.seen == 2:
+            raise RuntimeError("a bug in the hook")
+        return chunk
+
+
 class RefuseLongAnswers(BaseHook):
     """Refuses an answer of more than 1 completion token; sees the final usage."""
 
@@ -114,4 +127,5 @@ canned_answer = CannedAnswer()
 shout = Shout()
 stop_at_stop = StopAtStop()
 refuse_long_answers = RefuseLongAnswers()
+broken_on_chunk = BrokenOnChunk()
 litellm_style = LiteLLMStyle()

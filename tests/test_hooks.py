@@ -111,6 +111,20 @@ async def test_a_chunk_hook_that_ends_the_stream_closes_the_upstream(
     await running.stop()
 
 
+async def test_a_chunk_hook_that_fails_ends_the_stream_with_an_error_and_logs_it(
+    nursery: trio.Nursery, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream.handler = lambda request: stream_of(["one", " two", " three"])
+    running = await start_gateway(nursery, _with_hooks(upstream, "broken_on_chunk"))
+    text = await _stream_text(running)
+    assert '"content":"one"' in text and "two" not in text
+    assert '"type":"api_error"' in text
+    assert any(r.exc_info and "chunk hook failed" in r.getMessage() for r in caplog.records)
+    [record] = await running.records.wait_for(1)
+    assert record.status == 500
+    await running.stop()
+
+
 async def test_a_hook_refuses_an_answer_before_the_client_sees_it(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:

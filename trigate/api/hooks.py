@@ -135,10 +135,21 @@ class Hooks:
             return None
 
         async def on_chunk(chunk: Any) -> Any:
-            for hook in hooks:
-                chunk = await hook.on_chunk(request, chunk)
-                if chunk is None or chunk is END_STREAM:
-                    return chunk
+            try:
+                for hook in hooks:
+                    chunk = await hook.on_chunk(request, chunk)
+                    if chunk is None or chunk is END_STREAM:
+                        return chunk
+            except GatewayError:
+                raise
+            except Exception as error:
+                # A bug in a hook: logged with its traceback; the client's stream ends
+                # with an error event, as for an upstream that fails mid-stream.
+                reference = request.context.reference
+                logger.error("a chunk hook failed in request %s", reference, exc_info=error)
+                raise GatewayError(
+                    f"The gateway failed unexpectedly (request id {reference})."
+                ) from error
             return chunk
 
         return on_chunk
