@@ -146,7 +146,7 @@ class Hooks:
                 # A bug in a hook: logged with its traceback; the client's stream ends
                 # with an error event, as for an upstream that fails mid-stream.
                 reference = request.context.reference
-                logger.error("a chunk hook failed in request %s", reference, exc_info=error)
+                logger.exception("a chunk hook failed in request %s", reference)
                 raise GatewayError(
                     f"The gateway failed unexpectedly (request id {reference})."
                 ) from error
