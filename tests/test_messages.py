@@ -612,3 +612,35 @@ async def test_a_body_only_anthropic_can_read_is_refused_only_by_a_translated_de
     [received] = upstream.requests
     assert received.json["messages"] == turns
     await gateway.stop()
+
+
+async def test_a_messages_requests_fallbacks_are_the_gateways_not_the_upstreams(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """LiteLLM's per-request `fallbacks` are popped on `/v1/messages` as on every model
+    route: never sent upstream, and followed when the group fails."""
+    second = FakeUpstream()
+    await second.start(nursery)
+    config = anthropic_config(upstream)
+    config["model_list"].append(
+        {
+            "model_name": "backup",
+            "litellm_params": {
+                "model": f"anthropic/{MODEL}",
+                "api_base": f"http://127.0.0.1:{second.port}",
+                "api_key": UPSTREAM_KEY,
+            },
+        }
+    )
+    running = await start_gateway(nursery, config)
+    upstream.handler = lambda request: JSONReply(error_body("api_error", "down"), status=500)
+    answer = message([{"type": "text", "text": "Hi"}], input_tokens=3, output_tokens=1)
+    native(second, JSONReply(answer))
+    async with sdk(running) as client:
+        reply = await client.messages.create(
+            model="claude", max_tokens=16, messages=MESSAGES, extra_body={"fallbacks": ["backup"]}
+        )
+    assert reply.content[0].text == "Hi"  # type: ignore[union-attr]
+    assert "fallbacks" not in upstream.requests[0].json
+    assert "fallbacks" not in second.requests[0].json
+    await running.stop()

@@ -19,10 +19,11 @@ def deeper_than(value: Any, limit: int = MAX_NESTING) -> bool:
     pending = [(value, 1)]
     while pending:
         item, depth = pending.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if not isinstance(item, dict | list) or not children:
-            continue
-        if depth > limit:
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        if children and depth > limit:
             return True
-        pending.extend((child, depth + 1) for child in children)
+        # Only containers are pushed: a request's many strings and numbers cost no turn.
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return False

@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import trio
@@ -40,6 +40,18 @@ CLOSE_TIMEOUT = 5.0
 FINISH_TIMEOUT = 10.0
 
 DONE_FRAME = b"data: [DONE]\n\n"
+
+
+class _EndStream:
+    """What a chunk hook returns to end the stream after the chunks before it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "END_STREAM"
+
+
+END_STREAM: Final = _EndStream()
 _CHUNK_IDENTITY = ("id", "created", "model", "system_fingerprint")
 
 
@@ -93,8 +105,11 @@ class StreamRelay(ResponseBody):
         on_finish: Callable[[StreamOutcome], Awaitable[None]],
         encoder: FrameEncoder | None = None,
         on_backpressure: Callable[[], None] | None = None,
+        on_chunk: Callable[[Any], Awaitable[Any]] | None = None,
     ) -> None:
         self._stream = stream
+        # The request's chunk hooks (`trigate.api.hooks`); None, and never called, without.
+        self._on_chunk = on_chunk
         self._encoder = encoder or FrameEncoder()
         self._chunks = chunks
         self._first = first
@@ -170,6 +185,8 @@ class StreamRelay(ResponseBody):
                     await self._relay_batch(frames, batch)
                 if self._include_usage:
                     await frames.send(self._encoder.usage(await self._usage_chunk()))
+            except _HookEnded:
+                pass  # the stream ends here; the relay's exit closes the upstream
             except GatewayError as error:
                 self.outcome.error = error
                 await frames.send(self._encoder.error(error))
@@ -180,6 +197,9 @@ class StreamRelay(ResponseBody):
     async def _relay_batch(self, frames: trio.MemorySendChannel[bytes], batch: list[Any]) -> None:
         """One upstream read's chunks become one channel item: a burst of tokens costs
         one hand-over between the tasks, not one per token."""
+        ended = False
+        if self._on_chunk is not None:
+            batch, ended = await self._hooked(batch)
         data = b"".join([self._frame(chunk) for chunk in batch])
         if data:
             try:
@@ -188,6 +208,21 @@ class StreamRelay(ResponseBody):
                 # The client reads slower than the upstream writes: wait for it.
                 self._on_backpressure()
                 await frames.send(data)
+        if ended:
+            raise _HookEnded
+
+    async def _hooked(self, batch: list[Any]) -> tuple[list[Any], bool]:
+        """The batch as the chunk hooks pass, rewrite or drop it, and whether a hook
+        ended the stream (the chunks before its end are still sent)."""
+        assert self._on_chunk is not None
+        passed: list[Any] = []
+        for chunk in batch:
+            result = await self._on_chunk(chunk)
+            if result is END_STREAM:
+                return passed, True
+            if result is not None:
+                passed.append(result)
+        return passed, False
 
     def _frame(self, chunk: Any) -> bytes:
         if isinstance(chunk, NativeEvent):
@@ -215,6 +250,10 @@ class StreamRelay(ResponseBody):
             chunk.update(object="chat.completion.chunk", choices=[])
         chunk["usage"] = self._meter.reported or (await self._meter.settle()).to_openai()
         return chunk
+
+
+class _HookEnded(Exception):
+    """A chunk hook ended the stream."""
 
 
 def _no_backpressure() -> None:

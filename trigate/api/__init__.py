@@ -1,15 +1,12 @@
 """The HTTP surface: a Quart-Trio app over one worker's `Gateway`, with the model API
 (`model_api`) served in front of it.
 
-Routes come in two conventions, on purpose, one for each server. The proxied calls
-(`chat`, `completions`, `embeddings`, `messages`, `responses`) are the hot path and are
-served on raw ASGI by `ModelAPI`, without Quart's per-request machinery (see
-`model_api`): their modules' `routes(gateway)` return a map from path to `Route` for it
-to dispatch on.
-Every other module (`models`, `model_admin`, `health`, `keys`, `teams`, `spend`) needs Quart's
-request and URL map, and its `register(app, gateway)` adds its routes to the app;
-`responses` has both: `POST /v1/responses` is a proxied call, reading and deleting a
-stored response are Quart's.
+Routes come in two conventions, on purpose, one for each server, and `routes` lists
+them all. The model routes (chat, completions, embeddings, Messages, `POST
+/v1/responses`) are the hot path: each is a surface on the one pipeline (`pipeline`),
+served on raw ASGI by `ModelAPI` without Quart's per-request machinery. Every other
+route needs Quart's request and URL map, and its module's `register(app, gateway)` adds
+it to the app.
 """
 
 from __future__ import annotations
@@ -18,23 +15,11 @@ from quart import Response
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from trigate.api import (
-    chat,
-    completions,
-    embeddings,
-    health,
-    keys,
-    messages,
-    metrics,
-    model_admin,
-    models,
-    responses,
-    spend,
-    teams,
-    users,
-)
 from trigate.api.context import RequestScope
-from trigate.api.model_api import ModelAPI, Route, error_reply, unexpected_failure
+from trigate.api.hooks import load_hooks
+from trigate.api.model_api import ModelAPI, error_reply, unexpected_failure
+from trigate.api.pipeline import Pipeline
+from trigate.api.routes import QUART_ROUTES, model_routes
 from trigate.errors import BodyTooLarge, GatewayError, InvalidRequest, NotFound
 from trigate.gateway import Gateway
 from trigate.store import Conflict
@@ -58,15 +43,14 @@ def create_app(gateway: Gateway) -> QuartTrio:
         await app.nursery.start(gateway.run_background)
 
     # Quart's routes, then the model API's in front of them: two conventions, see above.
-    for module in (models, model_admin, health, keys, teams, users, spend, responses, metrics):
-        module.register(app, gateway)
+    for register in QUART_ROUTES:
+        register(app, gateway)
     _register_error_handlers(app)
-    model_routes: dict[str, Route] = {}
-    for module in (chat, completions, embeddings, messages, responses):
-        model_routes |= module.routes(gateway)
+    pipeline = Pipeline(gateway, load_hooks(gateway.config.litellm_settings.get("callbacks")))
     model_api = ModelAPI(
         app.asgi_app,
-        model_routes,
+        model_routes(pipeline, gateway),
+        pipeline.authenticate,
         max_body_bytes=gateway.config.max_request_bytes,
         body_timeout=settings.request_body_timeout,
         response_timeout=settings.response_timeout,

@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from trigate.errors import GatewayError, InvalidRequest, secrets
+from trigate.api.envelopes import anthropic_error_body as error_body
+from trigate.errors import GatewayError, InvalidRequest
 from trigate.providers import NativeEvent
-from trigate.providers.base import translation
 from trigate.relay import FrameEncoder
 
 STOP_REASONS = {
@@ -28,17 +28,6 @@ STOP_REASONS = {
     "content_filter": "refusal",
 }
 TOOL_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
-# Anthropic's error types by status, so its SDK raises the matching exception class.
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    529: "overloaded_error",
-}
 # Fields both APIs name alike; `thinking` is Anthropic's, which the `anthropic/` provider reads.
 SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "thinking")
 
@@ -46,7 +35,6 @@ SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "thinking")
 # --- Anthropic request -> OpenAI chat request --------------------------------------
 
 
-@translation("the Messages API")
 def to_chat_request(body: dict[str, Any]) -> dict[str, Any]:
     """The chat-completions request for a validated Messages API request (or a token
     count request, which has no `max_tokens`)."""
@@ -266,17 +254,6 @@ def anthropic_usage(usage: dict[str, Any]) -> dict[str, int]:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) else 0
-
-
-# --- Errors ------------------------------------------------------------------------------
-
-
-def error_body(error: GatewayError) -> dict[str, Any]:
-    """Anthropic's error envelope, typed by status as Anthropic types its own."""
-    kind = ERROR_TYPES.get(error.status)
-    if kind is None:
-        kind = "invalid_request_error" if error.status < 500 else "api_error"
-    return {"type": "error", "error": {"type": kind, "message": secrets.redact(error.message)}}
 
 
 # --- OpenAI chunks -> Anthropic stream events -------------------------------------------

@@ -1,4 +1,4 @@
-"""`POST /v1/chat/completions`.
+"""`POST /v1/chat/completions`: OpenAI's chat completions, the pipeline's own shapes.
 
 Only what the gateway decides on or reads is validated (`model`, `messages`,
 `stream`, `stream_options`, the shapes of `tools` and `tool_choice`); every other
@@ -7,31 +7,31 @@ field goes to the upstream untouched.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from trigate.api.calls import (
-    CHAT,
+from trigate.api.envelopes import OPENAI
+from trigate.api.surface import CHAT, OpenAIExchange
+from trigate.api.validation import (
+    check_nesting,
     check_stream_fields,
     check_tool_fields,
-    proxy_request,
     require_messages,
     require_model,
 )
-from trigate.api.model_api import Incoming, Reply, Route
+from trigate.auth import Caller
 from trigate.gateway import Gateway
 
 
-def routes(gateway: Gateway) -> dict[str, Route]:
-    async def chat_completions(incoming: Incoming) -> Reply:
-        return await proxy_request(gateway, incoming, CHAT, _validate)
+class ChatSurface:
+    envelope = OPENAI
 
-    route = Route(chat_completions)
-    return {"/v1/chat/completions": route, "/chat/completions": route}
-
-
-def _validate(body: dict[str, Any]) -> str:
-    model = require_model(body)
-    require_messages(body)
-    check_stream_fields(body)
-    check_tool_fields(body)
-    return model
+    async def decode(
+        self, gateway: Gateway, caller: Caller, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> OpenAIExchange:
+        model = require_model(body)
+        require_messages(body)
+        check_stream_fields(body)
+        check_tool_fields(body)
+        check_nesting(body)
+        return OpenAIExchange(model, body, CHAT, bool(body.get("stream")))

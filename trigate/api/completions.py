@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from trigate.api.calls import TEXT_COMPLETIONS, check_stream_fields, proxy_request, require_model
-from trigate.api.model_api import Incoming, Reply, Route
+from trigate.api.envelopes import OPENAI
+from trigate.api.surface import TEXT_COMPLETIONS, OpenAIExchange
+from trigate.api.validation import check_nesting, check_stream_fields, require_model
+from trigate.auth import Caller
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
 
 
-def routes(gateway: Gateway) -> dict[str, Route]:
-    async def completions(incoming: Incoming) -> Reply:
-        return await proxy_request(gateway, incoming, TEXT_COMPLETIONS, _validate)
+class CompletionsSurface:
+    envelope = OPENAI
 
-    route = Route(completions)
-    return {"/v1/completions": route, "/completions": route}
-
-
-def _validate(body: dict[str, Any]) -> str:
-    model = require_model(body)
-    if not _is_prompt(body.get("prompt")):
-        raise InvalidRequest(
-            "`prompt` is required: a string, an array of strings, or token ids.", param="prompt"
-        )
-    check_stream_fields(body)
-    return model
+    async def decode(
+        self, gateway: Gateway, caller: Caller, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> OpenAIExchange:
+        model = require_model(body)
+        if not _is_prompt(body.get("prompt")):
+            raise InvalidRequest(
+                "`prompt` is required: a string, an array of strings, or token ids.",
+                param="prompt",
+            )
+        check_stream_fields(body)
+        check_nesting(body)
+        stream = bool(body.get("stream"))
+        return OpenAIExchange(model, body, TEXT_COMPLETIONS, stream)
 
 
 def _is_prompt(value: Any) -> bool:

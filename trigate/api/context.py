@@ -22,9 +22,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import trio
 
+from trigate.api.envelopes import ANTHROPIC, OPENAI
 from trigate.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -209,11 +209,8 @@ async def _refuse_ambiguous(path: str, send: _ResponseSender) -> None:
         "`x-api-key` header, or both naming different keys). Send exactly one.",
         code="ambiguous_credentials",
     )
-    body = error.body()
-    if path in _ANTHROPIC_PATHS:
-        body = orjson.dumps(
-            {"type": "error", "error": {"type": error.type, "message": error.message}}
-        )
+    envelope = ANTHROPIC if path in _ANTHROPIC_PATHS else OPENAI
+    body = envelope.render(error)
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,32 +1,36 @@
-"""`POST /v1/embeddings`, billed by the input tokens the upstream reports (or counted)."""
+"""`POST /v1/embeddings`, billed by the input tokens the upstream reports (or counted).
+Embeddings never stream: a body's `stream` is the upstream's to judge."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from trigate.api.calls import EMBEDDINGS, proxy_request, require_model
-from trigate.api.model_api import Incoming, Reply, Route
+from trigate.api.envelopes import OPENAI
+from trigate.api.surface import EMBEDDINGS, OpenAIExchange
+from trigate.api.validation import check_nesting, require_model
+from trigate.auth import Caller
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
 
 
-def routes(gateway: Gateway) -> dict[str, Route]:
-    async def embeddings(incoming: Incoming) -> Reply:
-        return await proxy_request(gateway, incoming, EMBEDDINGS, _validate)
+class EmbeddingsSurface:
+    envelope = OPENAI
 
-    route = Route(embeddings)
-    return {"/v1/embeddings": route, "/embeddings": route}
-
-
-def _validate(body: dict[str, Any]) -> str:
-    model = require_model(body)
-    value = body.get("input")
-    valid = (isinstance(value, str) and value) or (
-        isinstance(value, list) and value and all(isinstance(i, str | int | list) for i in value)
-    )
-    if not valid:
-        raise InvalidRequest(
-            "`input` is required: a non-empty string, array of strings, or token ids.",
-            param="input",
+    async def decode(
+        self, gateway: Gateway, caller: Caller, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> OpenAIExchange:
+        model = require_model(body)
+        value = body.get("input")
+        valid = (isinstance(value, str) and value) or (
+            isinstance(value, list)
+            and value
+            and all(isinstance(i, str | int | list) for i in value)
         )
-    return model
+        if not valid:
+            raise InvalidRequest(
+                "`input` is required: a non-empty string, array of strings, or token ids.",
+                param="input",
+            )
+        check_nesting(body)
+        return OpenAIExchange(model, body, EMBEDDINGS, False)

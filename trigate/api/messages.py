@@ -1,7 +1,7 @@
 """`POST /v1/messages` and `POST /v1/messages/count_tokens`: Anthropic's Messages API.
 
 The anthropic SDK and Claude Code speak this format. A request is translated to
-a chat completion and takes the same path as one (auth, limits, routing,
+a chat completion and takes the one pipeline (auth, limits, routing,
 spend); only its answer, its stream events and its errors are rendered in
 Anthropic's shapes, so the SDK raises its own exception classes. A deployment
 that speaks the Messages API itself (`anthropic/`) is sent the client's body as
@@ -20,25 +20,25 @@ from typing import Any
 
 import orjson
 
-from trigate.api.anthropic_format import AnthropicFrames, error_body, to_chat_request, to_message
-from trigate.api.calls import (
-    CHAT,
-    Operation,
-    ProxiedCall,
-    Surface,
-    check_access,
+from trigate.api.anthropic_format import AnthropicFrames, to_chat_request, to_message
+from trigate.api.envelopes import ANTHROPIC
+from trigate.api.jsonio import parse_json_object
+from trigate.api.model_api import Reply, Route
+from trigate.api.pipeline import check_access
+from trigate.api.surface import Operation, TranslatedExchange
+from trigate.api.validation import (
     check_nesting,
     check_stream_fields,
     check_tool_fields,
     require_messages,
     require_model,
 )
-from trigate.api.context import current_request
-from trigate.api.jsonio import parse_json_object
-from trigate.api.model_api import Incoming, Reply, Route
-from trigate.errors import GatewayError, InvalidRequest
+from trigate.auth import Caller
+from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
 from trigate.providers import NativeMessages
+from trigate.relay import FrameEncoder
+from trigate.router.deployments import Deployment
 from trigate.usage import UsageMeter
 
 # The fields of a body that could not be translated that the gateway still reads: to
@@ -58,43 +58,46 @@ def native_messages(headers: Mapping[str, str]) -> Operation[NativeMessages]:
     )
 
 
-def routes(gateway: Gateway) -> dict[str, Route]:
-    """Both answer errors in Anthropic's envelope, with the gateway's status and headers."""
+class MessagesSurface:
+    """`POST /v1/messages`: errors in Anthropic's envelope, with the gateway's status."""
 
-    async def messages(incoming: Incoming) -> Reply:
-        return await _messages(gateway, incoming)
+    envelope = ANTHROPIC
 
-    async def count_tokens(incoming: Incoming) -> Reply:
-        return await _count_tokens(gateway, incoming)
+    async def decode(
+        self, gateway: Gateway, caller: Caller, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> MessagesExchange:
+        model = validate(body)
+        max_tokens = body.get("max_tokens")
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
+            raise InvalidRequest(
+                "`max_tokens` is required and must be an integer.", param="max_tokens"
+            )
+        chat, untranslatable = _chat_request(body)
+        return MessagesExchange(model, body, chat, native_messages(headers), untranslatable)
 
-    return {
-        "/v1/messages": Route(messages, _anthropic_error),
-        "/v1/messages/count_tokens": Route(count_tokens, _anthropic_error),
-    }
 
+class MessagesExchange(TranslatedExchange):
+    """A Messages request: sent as it came to a native deployment, else as a chat."""
 
-def _anthropic_error(error: GatewayError) -> bytes:
-    return orjson.dumps(error_body(error))
+    def __init__(
+        self,
+        model: str,
+        original: dict[str, Any],
+        chat: dict[str, Any],
+        native: Operation[NativeMessages],
+        untranslatable: InvalidRequest | None,
+    ) -> None:
+        super().__init__(model, chat, native, untranslatable)
+        self._original = original
 
+    def native_body(self, deployment: Deployment) -> dict[str, Any]:
+        return self._original
 
-async def _messages(gateway: Gateway, incoming: Incoming) -> Reply:
-    caller = await gateway.auth.authenticate(incoming.headers)
-    body = parse_json_object(incoming.take_body())
-    model = validate(body)
-    max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
-        raise InvalidRequest("`max_tokens` is required and must be an integer.", param="max_tokens")
-    chat, untranslatable = _chat_request(body)
-    surface = Surface(
-        answer=lambda completion: orjson.dumps(to_message(completion, model)),
-        frames=lambda native: AnthropicFrames(model),
-        body=lambda deployment: body,
-        native=native_messages(incoming.headers),
-        untranslatable=untranslatable,
-    )
-    call = ProxiedCall(gateway, current_request.get(), caller, model, chat, None, CHAT, surface)
-    await call.admit()
-    return await (call.stream() if chat.get("stream") else call.complete())
+    def render(self, completion: dict[str, Any]) -> bytes:
+        return orjson.dumps(to_message(completion, self.requested))
+
+    def frames(self, native: bool) -> FrameEncoder:
+        return AnthropicFrames(self.requested)
 
 
 def _chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], InvalidRequest | None]:
@@ -110,20 +113,33 @@ def _chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], InvalidRequest 
     return chat, None
 
 
-async def _count_tokens(gateway: Gateway, incoming: Incoming) -> Reply:
-    """An estimate by the gateway's tiktoken encodings: Claude models use a tokenizer of
-    their own, which Anthropic does not publish, so their real count differs."""
-    caller = await gateway.auth.authenticate(incoming.headers)
-    body = parse_json_object(incoming.take_body())
-    model = validate(body)
-    group = caller.model_group(model)
-    if not caller.is_master:
-        check_access(caller, model, group)
-    upstream_model = gateway.groups.deployments(group)[0].upstream_model
-    chat = to_chat_request(body)
-    check_tool_fields(chat)
-    meter = UsageMeter(gateway.counter, upstream_model, chat)
-    return Reply(orjson.dumps({"input_tokens": await meter.prompt_tokens()}))
+class CountTokens:
+    """`POST /v1/messages/count_tokens`: an estimate by the gateway's tiktoken encodings.
+    Claude models use a tokenizer of their own, which Anthropic does not publish, so
+    their real count differs. It runs the pipeline's first stages (authenticate, decode,
+    resolve, model access) and answers without an upstream."""
+
+    envelope = ANTHROPIC
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def route(self) -> Route:
+        return Route(self.serve, self.envelope)
+
+    async def serve(
+        self, caller: Caller, headers: Mapping[str, str], raw: bytes | bytearray
+    ) -> Reply:
+        body = parse_json_object(raw)
+        model = validate(body)
+        group = caller.model_group(model)
+        if not caller.is_master:
+            check_access(caller, model, group)
+        upstream_model = self._gateway.groups.deployments(group)[0].upstream_model
+        chat = to_chat_request(body)
+        check_tool_fields(chat)
+        meter = UsageMeter(self._gateway.counter, upstream_model, chat)
+        return Reply(orjson.dumps({"input_tokens": await meter.prompt_tokens()}))
 
 
 def validate(body: dict[str, Any]) -> str:

@@ -6,12 +6,15 @@ no werkzeug request or headers objects, URL map, request and app contexts,
 sessions or signals. Together those cost about a sixth of a proxied call's CPU
 time, so these routes are served here and every other route by Quart.
 
-What a proxied call does need is kept: the body is read under a size cap and a
-time limit; a sibling task watches for the client's disconnect and cancels the
-call, so no upstream request outlives its client; and a streamed answer is
-driven through the relay's `ResponseBody` protocol, `async with relay as frames:
-async for frame in frames`, exactly as Quart drives it, so the relay owns its
-nursery for as long as the response is being sent.
+What a proxied call does need is kept: the key is checked from the request's head
+before its body is read (the pipeline's first stage: a client with no valid key is
+answered and its connection closed without its body); the body is read under a
+size cap and a time limit; a sibling task watches for the client's disconnect and
+cancels the call, so no upstream request outlives its client; and a streamed
+answer is driven through the relay's `ResponseBody` protocol, `async with relay as
+frames: async for frame in frames`, exactly as Quart drives it, so the relay owns
+its nursery for as long as the response is being sent. The stages after reading
+the body are the route's handler: `trigate.api.pipeline`.
 
 Errors are rendered here for both sides: `error_reply` and `unexpected_failure`
 serve this app's routes and Quart's error handlers (`trigate.api`) alike, so an
@@ -23,12 +26,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from trigate.api.context import RequestContext, current_request
+from trigate.api.envelopes import JSON_HEADERS, OPENAI, Envelope
 from trigate.errors import BodyTooLarge, GatewayError, MethodNotAllowed, RequestTimeout
 from trigate.providers.base import forwarded_headers
 from trigate.relay import StreamRelay
@@ -42,26 +45,13 @@ if TYPE_CHECKING:
         Scope,
     )
 
+    from trigate.auth import Caller
+
 logger = logging.getLogger("trigate")
 
-JSON_HEADERS: Mapping[str, str] = MappingProxyType({"content-type": "application/json"})
 # Never sent upstream, whatever `forward_client_headers_to_llm_api` says: the client's
 # credentials for the gateway, and its cookies.
 NEVER_FORWARDED = frozenset({"authorization", "proxy-authorization", "x-api-key", "cookie"})
-
-
-@dataclass(slots=True)
-class Incoming:
-    """A model API request: its headers (lower-case names) and its whole body, which the
-    handler takes to parse, so that the raw bytes are not held beside the parsed form for
-    the rest of the call."""
-
-    headers: dict[str, str]
-    body: bytes | bytearray
-
-    def take_body(self) -> bytes | bytearray:
-        body, self.body = self.body, b""
-        return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,16 +64,17 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=lambda: JSON_HEADERS)
 
 
-def openai_error(error: GatewayError) -> bytes:
-    return error.body()
+# A route's handler: the authenticated caller, the request's headers (lower-case names)
+# and its whole body, which the handler parses and drops.
+Handler = Callable[["Caller", Mapping[str, str], bytes | bytearray], Awaitable[Reply]]
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     """A POST endpoint of the model API, and the envelope its client expects errors in."""
 
-    handler: Callable[[Incoming], Awaitable[Reply]]
-    error_body: Callable[[GatewayError], bytes] = openai_error
+    handler: Handler
+    envelope: Envelope = OPENAI
 
 
 class _ClientLeft(Exception):
@@ -96,7 +87,8 @@ class ModelAPI:
     def __init__(
         self,
         app: ASGIFramework,
-        routes: dict[str, Route],
+        routes: Mapping[str, Route],
+        authenticate: Callable[[Mapping[str, str]], Awaitable[Caller]],
         *,
         max_body_bytes: int,
         body_timeout: float,
@@ -109,6 +101,7 @@ class ModelAPI:
         self._unaccounted = unaccounted or _ignore
         self._forward_client_headers = forward_client_headers
         self._routes = routes
+        self._authenticate = authenticate
         self._max_body_bytes = max_body_bytes
         self._body_timeout = body_timeout
         self._response_timeout = response_timeout
@@ -120,29 +113,39 @@ class ModelAPI:
             await self._app(scope, receive, send)
         elif scope["method"] != "POST":
             error = MethodNotAllowed("This endpoint only accepts POST.", headers={"allow": "POST"})
-            await _send_reply(send, error_reply(error, route.error_body))
+            await _send_reply(send, error_reply(error, route.envelope))
         else:
             await self._serve(route, scope, receive, send)
 
     async def _serve(
         self, route: Route, scope: HTTPScope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
+        """The pipeline's first stage, authentication, runs on the head alone: a client
+        with no valid key is answered, and its connection closed, before a byte of its
+        body is read, so it can neither hold the connection nor fill memory with a body
+        (`Pipeline.serve` runs the stages after)."""
         headers = {
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
         try:
-            incoming = Incoming(headers, await self._read_body(headers, receive))
+            caller = await self._authenticate(headers)
+        except Exception as error:
+            reply = self._failed(route, error)
+            await _send_reply(send, error_reply_closing(reply))
+            return
+        try:
+            body = await self._read_body(headers, receive)
         except _ClientLeft:
             return
         except GatewayError as error:
-            await _send_reply(send, error_reply(error, route.error_body))
+            await _send_reply(send, error_reply(error, route.envelope))
             return
         forwarded = client_headers_to_forward(headers) if self._forward_client_headers else {}
         token = forwarded_headers.set(forwarded)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-                await self._send(send, await self._answer(route, incoming))
+                await self._send(send, await self._answer(route, caller, headers, body))
                 nursery.cancel_scope.cancel()
         finally:
             forwarded_headers.reset(token)
@@ -176,16 +179,20 @@ class ModelAPI:
                     return body
         raise RequestTimeout(f"The request body did not arrive within {self._body_timeout:g} s.")
 
-    async def _answer(self, route: Route, incoming: Incoming) -> Reply:
+    async def _answer(
+        self, route: Route, caller: Caller, headers: dict[str, str], body: bytes | bytearray
+    ) -> Reply:
         try:
-            return await route.handler(incoming)
-        except GatewayError as error:
-            self._unaccounted(current_request.get(), error)
-            return error_reply(error, route.error_body)
+            return await route.handler(caller, headers, body)
         except Exception as error:
-            failure = unexpected_failure(error)
-            self._unaccounted(current_request.get(), failure)
-            return error_reply(failure, route.error_body)
+            return self._failed(route, error)
+
+    def _failed(self, route: Route, error: Exception) -> Reply:
+        """The reply to a request that failed before a call accounted for it: its error,
+        or, for anything but a `GatewayError`, a bug's logged 500."""
+        failure = error if isinstance(error, GatewayError) else unexpected_failure(error)
+        self._unaccounted(current_request.get(), failure)
+        return error_reply(failure, route.envelope)
 
 
 def client_headers_to_forward(headers: Mapping[str, str]) -> dict[str, str]:
@@ -215,12 +222,16 @@ def _ignore(context: RequestContext, error: GatewayError) -> None:
     pass
 
 
-def error_reply(
-    error: GatewayError, render: Callable[[GatewayError], bytes] = openai_error
-) -> Reply:
+def error_reply(error: GatewayError, envelope: Envelope = OPENAI) -> Reply:
     """The one rendering of an error: its body in the envelope the client expects
     (OpenAI's unless the route says otherwise), its status, and its headers."""
-    return Reply(render(error), error.status, {**JSON_HEADERS, **error.headers})
+    return Reply(envelope.render(error), error.status, envelope.headers(error))
+
+
+def error_reply_closing(reply: Reply) -> Reply:
+    """`reply` for a request whose body was never read: the connection cannot carry
+    another request after it, and says so."""
+    return Reply(reply.body, reply.status, {**reply.headers, "connection": "close"})
 
 
 def unexpected_failure(error: Exception) -> GatewayError:

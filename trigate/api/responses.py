@@ -4,7 +4,7 @@ deleting a stored response (`GET`/`DELETE /v1/responses/{id}`,
 clear 400.
 
 Codex CLI, the OpenAI Agents SDK and LangChain speak this API. A request takes the
-one proxied-call path (auth, limits, budgets, routing, spend). A deployment whose
+one request pipeline (auth, limits, budgets, routing, spend). A deployment whose
 upstream speaks the API itself (`openai/`, `azure/`, or `model_info`'s
 `supports_responses_api: true`) is sent the client's body as it came, `model`
 replaced, and its answer or events go back as they came, metered from the Response's
@@ -25,34 +25,30 @@ master key; to anyone else it does not exist (404).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import orjson
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from trigate.api.calls import (
-    CHAT,
-    Operation,
-    ProxiedCall,
-    Surface,
-    check_nesting,
-    check_stream_fields,
-    check_tool_fields,
-    pop_fallbacks,
-    require_model,
-)
 from trigate.api.context import RequestContext, current_request
-from trigate.api.jsonio import json_response, parse_json_object
-from trigate.api.model_api import Incoming, Reply, Route
+from trigate.api.envelopes import OPENAI
+from trigate.api.jsonio import json_response
 from trigate.api.responses_format import (
     ResponsesEvents,
     input_items,
     response_object,
     to_chat_request,
+)
+from trigate.api.surface import Operation, TranslatedExchange
+from trigate.api.validation import (
+    check_nesting,
+    check_stream_fields,
+    check_tool_fields,
+    require_model,
 )
 from trigate.auth import Caller
 from trigate.clock import wall_time
@@ -78,14 +74,6 @@ NATIVE_RESPONSES: Operation[NativeResponses] = Operation(
     lambda provider, body: provider.respond(body),
     lambda provider, body: provider.open_response_stream(body),
 )
-
-
-def routes(gateway: Gateway) -> dict[str, Route]:
-    async def create(incoming: Incoming) -> Reply:
-        return await _create(gateway, incoming)
-
-    route = Route(create)
-    return {"/v1/responses": route, "/responses": route}
 
 
 def register(app: QuartTrio, gateway: Gateway) -> None:
@@ -122,30 +110,21 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         return json_response(_page(row["input_items"], request.args))
 
 
-async def _create(gateway: Gateway, incoming: Incoming) -> Reply:
-    caller = await gateway.auth.authenticate(incoming.headers)
-    body = parse_json_object(incoming.take_body())
-    model = _validate(body)
-    fallbacks = pop_fallbacks(body)
-    context = current_request.get()
-    chain = await _chain(gateway, caller, body.get("previous_response_id"))
-    history = _history(chain)
-    translated = _translated(body, history)
-    exchange = _Exchange(gateway, caller, context, body, model, translated.dropped)
-    surface = Surface(
-        answer=exchange.answer,
-        frames=exchange.frames,
-        body=lambda deployment: _native_body(body, chain, history, deployment),
-        native=NATIVE_RESPONSES,
-        untranslatable=translated.failure,
-        finished=exchange.finished,
-        preferred=_holder(chain),
-    )
-    call = ProxiedCall(gateway, context, caller, model, translated.chat, fallbacks, CHAT, surface)
-    await call.admit()
-    if body.get("stream"):
-        return await call.stream()
-    return await exchange.settled(await call.complete())
+class ResponsesSurface:
+    """`POST /v1/responses`: a follow-up's stored chain is read here, at decoding, so a
+    `previous_response_id` the caller may not see is a 404 before anything is admitted."""
+
+    envelope = OPENAI
+
+    async def decode(
+        self, gateway: Gateway, caller: Caller, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> _Exchange:
+        model = _validate(body)
+        chain = await _chain(gateway, caller, body.get("previous_response_id"))
+        history = _history(chain)
+        translated = _translated(body, history)
+        context = current_request.get()
+        return _Exchange(gateway, caller, context, body, model, translated, chain, history)
 
 
 class _Translated(NamedTuple):
@@ -263,7 +242,7 @@ def _check_echoed(body: dict[str, Any]) -> None:
         )
 
 
-class _Exchange:
+class _Exchange(TranslatedExchange):
     """One Responses request's identity and what becomes of its answer: rendered as a
     Response (whole or as events), then stored unless the request said `store: false`.
     Only a translated answer names the built-in tools it dropped."""
@@ -275,21 +254,35 @@ class _Exchange:
         context: RequestContext,
         body: dict[str, Any],
         model: str,
-        dropped: list[str],
+        translated: _Translated,
+        chain: list[Row],
+        history: list[Any],
     ) -> None:
+        super().__init__(
+            model,
+            translated.chat,
+            NATIVE_RESPONSES,
+            translated.failure,
+            preferred=_holder(chain),
+        )
         self._gateway = gateway
         self._caller = caller
         self._context = context
         self._body = body
         self._model = model
-        self._dropped = dropped
+        self._dropped = translated.dropped
+        self._chain = chain
+        self._history = history
         self.response_id = f"resp_{uuid.uuid4().hex}"
         self.created_at = int(wall_time())
         self.response: dict[str, Any] | None = None
         self._events: ResponsesEvents | None = None
         self._native_stream = False
 
-    def answer(self, completion: dict[str, Any]) -> bytes:
+    def native_body(self, deployment: Deployment) -> dict[str, Any]:
+        return _native_body(self._body, self._chain, self._history, deployment)
+
+    def render(self, completion: dict[str, Any]) -> bytes:
         self._name_dropped()
         self.response = response_object(
             completion,
@@ -314,26 +307,21 @@ class _Exchange:
         if names:
             self._context.headers[DROPPED_TOOLS_HEADER] = ",".join(names)
 
+    async def settled(self, answer: bytes) -> bytes:
+        """A whole answer, stored as the request asked: the gateway's own Response, or the
+        upstream's as the client got it. One that could not be stored (the database is
+        down) still goes to the client, which paid for it, but says `"store": false`: no
+        client is handed an id it could not continue from."""
+        native = self.response is None
+        response = orjson.loads(answer) if native else self.response
+        if not isinstance(response, dict) or await self.save(response, native=native):
+            return answer
+        return orjson.dumps({**response, "store": False})
+
     async def finished(self, outcome: StreamOutcome) -> None:
         """A stream that ran to its end is stored; one cut short or failed is not."""
         if self._events is not None and outcome.completed and outcome.error is None:
             await self.save(self._events.response, native=self._native_stream)
-
-    async def settled(self, reply: Reply) -> Reply:
-        """A whole answer, stored as the request asked. One that could not be stored (the
-        database is down) still goes to the client, which paid for it, but says
-        `"store": false`: no client is handed an id it could not continue from."""
-        response: Any
-        if self.response is not None:
-            response, native = self.response, False
-        elif isinstance(reply.body, bytes):
-            # Answered natively: the upstream's own Response, as the client got it.
-            response, native = orjson.loads(reply.body), True
-        else:
-            return reply
-        if not isinstance(response, dict) or await self.save(response, native=native):
-            return reply
-        return dataclasses.replace(reply, body=orjson.dumps({**response, "store": False}))
 
     async def save(self, response: dict[str, Any] | None, *, native: bool) -> bool:
         """Under the Response's own id: the gateway's, or a native upstream's. False when

@@ -18,7 +18,7 @@ import orjson
 
 from trigate.errors import GatewayError, InvalidRequest, secrets
 from trigate.providers import NativeEvent
-from trigate.providers.base import translation
+from trigate.providers.fields import a_string
 from trigate.relay import FrameEncoder
 
 # A namespace's function reaches the model as `<namespace>__<function>`, so the model's
@@ -66,7 +66,6 @@ def _item(item: Any) -> dict[str, Any]:
     return dict(item)
 
 
-@translation("the Responses API")
 def to_chat_request(
     body: dict[str, Any], history: list[dict[str, Any]]
 ) -> tuple[dict[str, Any], list[str]]:
@@ -161,9 +160,10 @@ def _content_part(part: Any) -> dict[str, Any]:
         raise InvalidRequest("Every content part must be an object.", param="input")
     kind = part.get("type")
     if kind in TEXT_PARTS:
-        return {"type": "text", "text": part.get("text") or ""}
+        return {"type": "text", "text": a_string(part.get("text") or "", "content[].text", "input")}
     if kind == "refusal":
-        return {"type": "text", "text": part.get("refusal") or ""}
+        refusal = a_string(part.get("refusal") or "", "content[].refusal", "input")
+        return {"type": "text", "text": refusal}
     if kind == "input_image":
         return _image_part(part)
     if kind == "input_file":

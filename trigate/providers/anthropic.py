@@ -31,8 +31,8 @@ from trigate.providers.base import (
     StreamRead,
     UpstreamClient,
     read_json_object,
-    translation,
 )
+from trigate.providers.fields import a_list, an_object, objects
 from trigate.sse import ServerSentEvent
 
 if TYPE_CHECKING:
@@ -160,10 +160,9 @@ def messages_url(api_base: str) -> str:
 # --- OpenAI request -> Anthropic request ---------------------------------------------
 
 
-@translation("Anthropic's Messages API")
 def to_anthropic(body: dict[str, Any], model: str, default_max_tokens: int) -> dict[str, Any]:
     """The Messages API request for an OpenAI chat-completions request."""
-    system, messages = translate_messages(body["messages"])
+    system, messages = translate_messages(objects(body.get("messages"), "messages"))
     payload: dict[str, Any] = {"model": model, "messages": messages}
     if system:
         payload["system"] = system
@@ -261,9 +260,11 @@ def _image_block(image: Any) -> dict[str, Any]:
 def _assistant_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     """Thinking first (Anthropic requires it), then text, then tool calls."""
     thinking = message.get("thinking_blocks")
-    blocks = [dict(block) for block in thinking] if isinstance(thinking, list) else []
+    thinking = objects(thinking if isinstance(thinking, list) else None, "thinking_blocks")
+    blocks = [dict(block) for block in thinking]
     blocks.extend(_content_blocks(message))
-    blocks.extend(_tool_use(call) for call in message.get("tool_calls") or ())
+    calls = a_list(message.get("tool_calls") or [], "messages[].tool_calls")
+    blocks.extend(_tool_use(call) for call in calls)
     return blocks
 
 
@@ -310,7 +311,7 @@ def _max_tokens(body: dict[str, Any], default: int, thinking: Any) -> int:
 
 
 def _add_tools(payload: dict[str, Any], body: dict[str, Any]) -> None:
-    tools = [_tool(tool) for tool in body.get("tools") or ()]
+    tools = [_tool(tool) for tool in a_list(body.get("tools") or [], "tools", "tools")]
     choice = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
     schema = _json_schema(body)
     if schema is not None:
@@ -328,7 +329,7 @@ def _tool(tool: Any) -> dict[str, Any]:
         raise _rejected("Every entry of `tools` must be an object.", param="tools")
     if tool.get("type") != "function":
         return tool  # Anthropic's own tools (web search, ...) pass as they are
-    function = tool.get("function") or {}
+    function = an_object(tool.get("function") or {}, "tools[].function", "tools")
     result = {
         "name": function.get("name"),
         "input_schema": function.get("parameters") or EMPTY_SCHEMA,

@@ -8,12 +8,11 @@ OpenAI's shapes to the rest of the gateway: a non-stream call returns a
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import quote
 
 import httpx
@@ -34,12 +33,6 @@ if TYPE_CHECKING:
     from trigate.tokens import TokenCounter
 
 SSE = "text/event-stream"
-P = ParamSpec("P")
-R = TypeVar("R")
-# What reading a field of an unexpected shape raises: a string where an object was
-# expected, a number where a list was, nesting deeper than recursion allows.
-MALFORMED = (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError)
-
 # The client's headers that the API layer lets reach the upstream of the request in
 # hand: set per request, read by every `UpstreamClient`, so no provider method needs
 # them as a parameter. Empty unless `forward_client_headers_to_llm_api` allows some.
@@ -155,28 +148,6 @@ class SSEChunkStream:
 
     async def aclose(self) -> None:
         await self._response.aclose()
-
-
-def translation(api: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Mark a translator of the client's request into `api`'s shapes. Translators check
-    what they must and pass the rest on; a field of a shape they cannot read (`tools`
-    as a number, `content` as an object) is then the client's 400, never the
-    gateway's 500: `api` would have refused the same field."""
-
-    def decorate(translate: Callable[P, R]) -> Callable[P, R]:
-        @functools.wraps(translate)
-        def translated(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return translate(*args, **kwargs)
-            except MALFORMED as error:
-                raise InvalidRequest(
-                    f"The request has a field {api} cannot take: "
-                    f"{'too deeply nested' if isinstance(error, RecursionError) else error}."
-                ) from None
-
-        return translated
-
-    return decorate
 
 
 # What a provider can do, as types: an adapter class lists the abilities it has among its

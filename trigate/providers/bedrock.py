@@ -44,9 +44,9 @@ from trigate.providers.base import (
     UpstreamClient,
     read_json_object,
     translate_transport_error,
-    translation,
 )
 from trigate.providers.eventstream import EventStreamDecoder, Frame
+from trigate.providers.fields import a_string, an_object, objects, strings
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -300,10 +300,9 @@ _INFERENCE_FIELDS = (
 )
 
 
-@translation("Bedrock's Converse API")
 def converse_request(body: dict[str, Any]) -> dict[str, Any]:
     """The Converse body for an OpenAI request; fields with no Converse meaning are dropped."""
-    system, messages = _conversation(body["messages"])
+    system, messages = _conversation(objects(body.get("messages"), "messages"))
     payload: dict[str, Any] = {"messages": messages}
     if system:
         payload["system"] = system
@@ -352,13 +351,13 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"text": content}] if content else []
     blocks: list[dict[str, Any]] = []
-    for part in content:
+    for part in objects(content, "messages[].content"):
         kind = part.get("type")
         if kind == "text":
-            if part["text"]:
-                blocks.append({"text": part["text"]})
+            if text := a_string(part.get("text"), "messages[].content[].text"):
+                blocks.append({"text": text})
         elif kind == "image_url":
-            blocks.append(_image(part["image_url"]))
+            blocks.append(_image(part.get("image_url")))
         else:
             raise InvalidRequest(
                 f"Bedrock's Converse API takes text and image parts, not {kind!r}.",
@@ -385,25 +384,31 @@ def _image(image_url: Any) -> dict[str, Any]:
 
 def _assistant_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     blocks = _content_blocks(message.get("content"))
-    for call in message.get("tool_calls") or ():
-        function = call["function"]
+    for call in objects(message.get("tool_calls"), "messages[].tool_calls"):
+        function = an_object(call.get("function"), "messages[].tool_calls[].function")
+        call_id = a_string(call.get("id"), "messages[].tool_calls[].id")
+        name = a_string(function.get("name"), "messages[].tool_calls[].function.name")
         try:
             arguments = orjson.loads(function.get("arguments") or "{}")
         except orjson.JSONDecodeError:
             raise InvalidRequest(
-                f"The arguments of tool call {call.get('id')!r} are not JSON.", param="messages"
+                f"The arguments of tool call {call_id!r} are not JSON.", param="messages"
             ) from None
-        blocks.append(
-            {"toolUse": {"toolUseId": call["id"], "name": function["name"], "input": arguments}}
-        )
+        blocks.append({"toolUse": {"toolUseId": call_id, "name": name, "input": arguments}})
     return blocks
 
 
 def _tool_result(message: dict[str, Any]) -> dict[str, Any]:
     content = message.get("content")
     if not isinstance(content, str):
-        content = "".join(part["text"] for part in content or () if part.get("type") == "text")
-    return {"toolResult": {"toolUseId": message["tool_call_id"], "content": [{"text": content}]}}
+        parts = objects(content, "messages[].content")
+        content = "".join(
+            a_string(part.get("text"), "messages[].content[].text")
+            for part in parts
+            if part.get("type") == "text"
+        )
+    tool_call_id = a_string(message.get("tool_call_id"), "messages[].tool_call_id")
+    return {"toolResult": {"toolUseId": tool_call_id, "content": [{"text": content}]}}
 
 
 def _inference_config(body: dict[str, Any]) -> dict[str, Any]:
@@ -412,10 +417,8 @@ def _inference_config(body: dict[str, Any]) -> dict[str, Any]:
         if body.get(field) is not None:
             config.setdefault(name, body[field])
     stop = body.get("stop")
-    if isinstance(stop, str):
-        config["stopSequences"] = [stop]
-    elif stop:
-        config["stopSequences"] = list(stop)
+    if stop:
+        config["stopSequences"] = strings(stop, "stop", "stop")
     return config
 
 
@@ -428,22 +431,26 @@ def _tool_config(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[s
     # that already holds tool blocks must keep the tools, though, or Bedrock refuses it.
     if choice == "none" and not _has_tool_blocks(messages):
         return None
+    tools = objects(tools, "tools", "tools")
     config: dict[str, Any] = {"tools": [_tool_spec(tool) for tool in tools]}
     if choice == "auto":
         config["toolChoice"] = {"auto": {}}
     elif choice == "required":
         config["toolChoice"] = {"any": {}}
     elif isinstance(choice, dict):
-        config["toolChoice"] = {"tool": {"name": choice["function"]["name"]}}
+        function = an_object(choice.get("function"), "tool_choice.function", "tool_choice")
+        name = a_string(function.get("name"), "tool_choice.function.name", "tool_choice")
+        config["toolChoice"] = {"tool": {"name": name}}
     return config
 
 
 def _tool_spec(tool: dict[str, Any]) -> dict[str, Any]:
     if tool.get("type") != "function":
         raise InvalidRequest("Bedrock takes only function tools.", param="tools")
-    function = tool["function"]
+    function = an_object(tool.get("function"), "tools[].function", "tools")
     schema = function.get("parameters") or {"type": "object", "properties": {}}
-    spec: dict[str, Any] = {"name": function["name"], "inputSchema": {"json": schema}}
+    name = a_string(function.get("name"), "tools[].function.name", "tools")
+    spec: dict[str, Any] = {"name": name, "inputSchema": {"json": schema}}
     if function.get("description"):
         spec["description"] = function["description"]
     return {"toolSpec": spec}

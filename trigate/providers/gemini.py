@@ -40,8 +40,8 @@ from trigate.providers.base import (
     UpstreamClient,
     error_from_body,
     read_error_body,
-    translation,
 )
+from trigate.providers.fields import a_list, an_object, objects, optional_string, strings
 from trigate.providers.openai import fetch_completion, upstream_headers
 from trigate.sse import ServerSentEvent
 
@@ -216,10 +216,9 @@ def reclassified(error: UpstreamError) -> UpstreamError:
 # --- OpenAI request -> Gemini request -------------------------------------------------
 
 
-@translation("Gemini's API")
 def to_gemini(body: dict[str, Any], model: str = "") -> dict[str, Any]:
     """The `generateContent` request for an OpenAI chat-completions request to `model`."""
-    system, contents = translate_messages(body["messages"])
+    system, contents = translate_messages(objects(body.get("messages"), "messages"))
     payload: dict[str, Any] = {"contents": contents}
     if system:
         payload["systemInstruction"] = {"parts": system}
@@ -269,9 +268,11 @@ def translate_messages(
 def _text_parts(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"text": content}] if content else []
+    if content is None:
+        return []
     return [
         {"text": part["text"]}
-        for part in content or ()
+        for part in a_list(content, "messages[].content")
         if isinstance(part, dict) and isinstance(part.get("text"), str) and part["text"]
     ]
 
@@ -279,7 +280,7 @@ def _text_parts(content: Any) -> list[dict[str, Any]]:
 def _user_parts(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str) or content is None:
         return [{"text": content or ""}]
-    return [_user_part(part) for part in content]
+    return [_user_part(part) for part in a_list(content, "messages[].content")]
 
 
 def _user_part(part: Any) -> dict[str, Any]:
@@ -290,12 +291,12 @@ def _user_part(part: Any) -> dict[str, Any]:
         image = part.get("image_url")
         return _media(image.get("url") if isinstance(image, dict) else image)
     if kind == "input_audio":
-        audio = part.get("input_audio") or {}
+        audio = an_object(part.get("input_audio") or {}, "messages[].content[].input_audio")
         audio_format = str(audio.get("format"))
         mime = AUDIO_TYPES.get(audio_format, f"audio/{audio_format}")
         return {"inlineData": {"mimeType": mime, "data": audio.get("data")}}
     if kind == "file":
-        file = part.get("file") or {}
+        file = an_object(part.get("file") or {}, "messages[].content[].file")
         return _media(file.get("file_data") or file.get("file_id"))
     raise InvalidRequest(
         f"Content parts of type {kind!r} cannot be sent to Gemini.", param="messages"
@@ -327,12 +328,14 @@ def _assistant_parts(message: dict[str, Any], names: dict[str, str]) -> list[dic
 
 
 def _function_call(call: dict[str, Any], names: dict[str, str], *, first: bool) -> dict[str, Any]:
-    function = call.get("function") or {}
-    name = function.get("name") or ""
+    function = an_object(call.get("function") or {}, "messages[].tool_calls[].function")
+    name = optional_string(function.get("name"), "messages[].tool_calls[].function.name") or ""
     if isinstance(call.get("id"), str):
         names[call["id"]] = name
     part: dict[str, Any] = {"functionCall": {"name": name, "args": _arguments(function)}}
-    signature = ((call.get("extra_content") or {}).get("google") or {}).get("thought_signature")
+    extra = call.get("extra_content")
+    google = extra.get("google") if isinstance(extra, dict) else None
+    signature = google.get("thought_signature") if isinstance(google, dict) else None
     # Gemini 3 validates the signature of the first call in each model turn.
     if signature or first:
         part["thoughtSignature"] = signature or SKIP_SIGNATURE
@@ -357,7 +360,8 @@ def _arguments(function: dict[str, Any]) -> dict[str, Any]:
 
 
 def _function_response(message: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
-    name = names.get(message.get("tool_call_id") or "") or message.get("name")
+    call_id = optional_string(message.get("tool_call_id"), "messages[].tool_call_id")
+    name = names.get(call_id or "") or optional_string(message.get("name"), "messages[].name")
     if not name:
         raise InvalidRequest(
             f"The tool message for call {message.get('tool_call_id')!r} answers no earlier "
@@ -382,7 +386,8 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     native: list[dict[str, Any]] = []
     for tool in tools or ():
         if isinstance(tool, dict) and tool.get("type") == "function":
-            declarations.append(_declaration(tool.get("function") or {}))
+            function = an_object(tool.get("function") or {}, "tools[].function", "tools")
+            declarations.append(_declaration(function))
         elif isinstance(tool, dict):
             native.append(tool)
     return [{"functionDeclarations": declarations}, *native] if declarations else native
@@ -403,7 +408,8 @@ def _tool_config(choice: Any) -> dict[str, Any] | None:
     if isinstance(choice, str) and choice in TOOL_MODES:
         return {"functionCallingConfig": {"mode": TOOL_MODES[choice]}}
     if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
+        function = an_object(choice.get("function") or {}, "tool_choice.function", "tool_choice")
+        name = optional_string(function.get("name"), "tool_choice.function.name", "tool_choice")
         if name:
             return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
     return None
@@ -426,7 +432,7 @@ def generation_config(body: dict[str, Any]) -> dict[str, Any]:
         config["maxOutputTokens"] = max_tokens
     stop = body.get("stop")
     if stop:
-        config["stopSequences"] = [stop] if isinstance(stop, str) else stop
+        config["stopSequences"] = strings(stop, "stop", "stop")
     config.update(_response_format(body.get("response_format")))
     return config
 
@@ -449,7 +455,7 @@ def thinking_config(effort: Any, model: str) -> dict[str, Any]:
     "high", or "none"/"disable" for no thoughts); none for a request that sets none."""
     if effort is None:
         return {}
-    if effort != "minimal" and effort not in _THINKING_BUDGETS:
+    if not isinstance(effort, str) or (effort != "minimal" and effort not in _THINKING_BUDGETS):
         raise to_gemini_error(
             f"`reasoning_effort` {effort!r} is not one of minimal, low, medium, high, none."
         )
@@ -471,7 +477,8 @@ def _response_format(response_format: Any) -> dict[str, Any]:
     if kind == "json_object":
         return {"responseMimeType": "application/json"}
     if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
+        json_schema = response_format.get("json_schema")
+        schema = json_schema.get("schema") if isinstance(json_schema, dict) else None
         config: dict[str, Any] = {"responseMimeType": "application/json"}
         if isinstance(schema, dict):
             config["responseSchema"] = gemini_schema(schema)
@@ -486,7 +493,9 @@ def gemini_schema(schema: Any, defs: dict[str, Any] | None = None, depth: int = 
     if not isinstance(schema, dict):
         return schema
     if defs is None:
-        defs = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
+        defs = {}
+        for key in ("definitions", "$defs"):
+            defs.update(an_object(schema.get(key) or {}, f"a schema's `{key}`", "tools"))
     ref = schema.get("$ref")
     if isinstance(ref, str):
         target = defs.get(ref.rsplit("/", 1)[-1])

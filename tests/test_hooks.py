@@ -1,0 +1,200 @@
+"""The pipeline's hook points, loaded by dotted path from `litellm_settings.callbacks`:
+before routing (refuse, answer), on each streamed chunk (rewrite, end), after the
+answer (refuse), and a LiteLLM `CustomLogger`'s proxy hooks adapted onto them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import hook_examples
+import pytest
+import trio
+import yaml
+from fakes import DONE, FakeUpstream, StreamReply, chunk, stream_of, usage_chunk
+from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
+from test_api import assert_envelope
+
+from trigate.api.hooks import Hooks, load_hooks
+
+
+def _with_hooks(upstream: FakeUpstream, *names: str) -> dict[str, Any]:
+    return {
+        **openai_config(upstream),
+        "litellm_settings": {"callbacks": [*(f"hook_examples.{n}" for n in names)]},
+    }
+
+
+async def _chat(gateway: RunningGateway, text: str, **extra: Any) -> Any:
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": text}], **extra}
+    async with gateway.client() as client:
+        return await client.post("/v1/chat/completions", json=body)
+
+
+async def _stream_text(gateway: RunningGateway) -> str:
+    body = {"model": "gpt-test", "messages": MESSAGES, "stream": True}
+    async with (
+        gateway.client() as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        return (await response.aread()).decode()
+
+
+async def test_a_hook_that_refuses_answers_4xx_in_each_envelope_and_never_calls_upstream(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    running = await start_gateway(nursery, _with_hooks(upstream, "refuse_secrets"))
+    response = await _chat(running, "tell me the secret")
+    error = assert_envelope(response, 400, "invalid_request_error")
+    assert error["code"] == "guardrail_blocked"
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        await client.messages.create(
+            model="gpt-test", max_tokens=10, messages=[{"role": "user", "content": "a secret"}]
+        )
+    assert refused.value.body["error"]["message"] == "Blocked by the secrets guardrail."
+    assert upstream.requests == []
+    records = await running.records.wait_for(2)
+    assert [record.status for record in records] == [400, 400]
+    # A request the hook lets through goes on as before.
+    assert (await _chat(running, "hello")).status_code == 200
+    assert len(upstream.requests) == 1
+    await running.stop()
+
+
+async def test_a_hook_that_answers_serves_without_upstream_and_records_spend(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    running = await start_gateway(nursery, _with_hooks(upstream, "canned_answer"))
+    answer = await sdk(running).chat.completions.create(model="gpt-test", messages=MESSAGES)
+    assert answer.choices[0].message.content == "From the cache."
+    text = await _stream_text(running)
+    assert "From the cache." in text and text.endswith("data: [DONE]\n\n")
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
+    message = await client.messages.create(model="gpt-test", max_tokens=10, messages=MESSAGES)
+    assert message.content[0].text == "From the cache."  # type: ignore[union-attr]
+    assert upstream.requests == []
+    records = await running.records.wait_for(3)
+    assert [(r.status, r.deployment, r.cost) for r in records] == [(200, None, 0.0)] * 3
+    assert records[0].prompt_tokens == 7 and records[0].completion_tokens == 4
+    await running.stop()
+
+
+async def test_a_chunk_hook_rewrites_each_chunk(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: stream_of(["Hello", " there"])
+    running = await start_gateway(nursery, _with_hooks(upstream, "shout"))
+    text = await _stream_text(running)
+    assert '"content":"HELLO"' in text and '"content":" THERE"' in text
+    assert "Hello" not in text
+    await running.stop()
+
+
+async def test_a_chunk_hook_that_ends_the_stream_closes_the_upstream(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """The upstream would stream forever; the hook's end closes its connection."""
+    upstream.handler = lambda request: StreamReply(
+        [chunk("one"), chunk(" two"), chunk(" STOP")], tail=chunk(" more")
+    )
+    running = await start_gateway(nursery, _with_hooks(upstream, "stop_at_stop"))
+    text = await _stream_text(running)
+    assert '"content":" two"' in text and "STOP" not in text and "more" not in text
+    assert text.endswith("data: [DONE]\n\n")
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+    [record] = await running.records.wait_for(1)
+    assert record.status == 200
+    await running.stop()
+
+
+async def test_a_chunk_hook_that_fails_ends_the_stream_with_an_error_and_logs_it(
+    nursery: trio.Nursery, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream.handler = lambda request: stream_of(["one", " two", " three"])
+    running = await start_gateway(nursery, _with_hooks(upstream, "broken_on_chunk"))
+    text = await _stream_text(running)
+    assert '"content":"one"' in text and "two" not in text
+    assert '"type":"api_error"' in text
+    assert any(r.exc_info and "chunk hook failed" in r.getMessage() for r in caplog.records)
+    [record] = await running.records.wait_for(1)
+    assert record.status == 500
+    await running.stop()
+
+
+async def test_a_hook_refuses_an_answer_before_the_client_sees_it(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    running = await start_gateway(nursery, _with_hooks(upstream, "refuse_long_answers"))
+    response = await _chat(running, "hi")
+    assert_envelope(response, 403, "invalid_request_error")
+    assert "Hello" not in response.text
+    assert len(upstream.requests) == 1
+    [record] = await running.records.wait_for(1)
+    assert record.status == 403
+    # The hook saw the final usage, as the upstream reported it.
+    usage = hook_examples.refuse_long_answers.usages[-1]
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        record.prompt_tokens,
+        record.completion_tokens,
+    )
+    await running.stop()
+
+
+async def test_a_stream_hands_its_final_usage_to_after_answer(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: StreamReply([chunk("Hi"), usage_chunk(5, 1), DONE])
+    running = await start_gateway(nursery, _with_hooks(upstream, "refuse_long_answers"))
+    await _stream_text(running)
+    await running.records.wait_for(1)
+    usage = hook_examples.refuse_long_answers.usages[-1]
+    assert (usage.prompt_tokens, usage.completion_tokens) == (5, 1)
+    await running.stop()
+
+
+async def test_a_litellm_custom_logger_loaded_from_a_config_file(
+    nursery: trio.Nursery, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """LiteLLM's `callbacks: module.instance`, with its `async_pre_call_hook` (change the
+    body, answer with a string, refuse with an HTTPException) and its success hook."""
+    path = tmp_path / "config.yaml"
+    config = _with_hooks(upstream, "litellm_style")
+    path.write_text(yaml.safe_dump(config))
+    running = await start_gateway(nursery, yaml.safe_load(path.read_text()))
+    hook = hook_examples.litellm_style
+    assert (await _chat(running, "hello")).status_code == 200
+    assert upstream.requests[-1].json["metadata"] == {"tagged": "by-hook"}
+    assert hook.call_types[-1] == "completion"
+    assert hook.answers[-1]["choices"][0]["message"]["content"] == "Hello!"
+    canned = await _chat(running, "a canned question")
+    assert canned.json()["choices"][0]["message"]["content"] == "A canned reply."
+    refused = await _chat(running, "a forbidden topic")
+    error = assert_envelope(refused, 403, "invalid_request_error")
+    assert error["message"] == "forbidden topic"
+    assert len(upstream.requests) == 1
+    await running.stop()
+
+
+def test_no_hook_configured_is_no_hooks() -> None:
+    """What the pipeline tests on every request: no hooks are None, and the relay is
+    given no chunk callback when no hook reads chunks."""
+    assert load_hooks(["otel"]) is None
+    assert load_hooks(None) is None
+    hooks = Hooks([hook_examples.refuse_secrets])
+    assert hooks.chunk_hook(None) is None  # type: ignore[arg-type]
+
+
+def test_a_callback_that_cannot_be_loaded_stops_the_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        load_hooks(["hook_examples.no_such_hook"])
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        load_hooks(["no_such_module.hook"])
+    # LiteLLM's own integrations, by name: a LiteLLM config still starts, with a warning.
+    assert load_hooks(["langfuse"]) is None
+    assert "`langfuse` is not served" in caplog.text

@@ -1,0 +1,350 @@
+"""Hook points in the pipeline: before routing, on each streamed chunk, after the answer.
+
+A hook is any object with some of `Hook`'s three methods (`BaseHook` gives the ones it
+leaves out as pass-throughs):
+
+- `before_route(request)` runs after admission, before any upstream is chosen. It
+  returns None to let the request go on, or an answer (a chat completion, in OpenAI's
+  shape) that the client gets instead, rendered in its own API, with its spend row
+  written and no upstream called: a cache hit. It refuses by raising a `GatewayError`
+  (`Refused` by default): a guardrail's block, answered in the client's envelope.
+- `on_chunk(request, chunk)` sees each streamed chunk before it is encoded for the
+  client, and returns it, a rewritten one, None to send nothing, or `END_STREAM` to end
+  the stream there: the client gets the stream's normal end, and the upstream is closed
+  as when a client departs.
+- `after_answer(request, answer, usage)` sees a whole answer before the client does,
+  with its final usage, and refuses it by raising. A stream's answer has already gone
+  out when it ends, so for a stream it hears the final usage only, and a refusal is
+  the request's recorded error.
+
+Hooks run in their configured order; the first answer before routing wins. A request
+with no hook configured pays nothing for any of this: the pipeline's hooks are None,
+which it tests, and the relay is given no chunk callback.
+
+A user's own hook is loaded by dotted path from `litellm_settings.callbacks`, as
+LiteLLM's proxy loads its `CustomLogger` instances (`module.instance`). An object with
+LiteLLM's proxy hook methods instead of these is adapted (`LiteLLMHook`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from trigate.errors import GatewayError
+from trigate.relay import END_STREAM
+
+if TYPE_CHECKING:
+    from trigate.api.context import RequestContext
+    from trigate.auth import Caller
+    from trigate.usage import Usage
+
+logger = logging.getLogger("trigate")
+
+# The built-in exporters LiteLLM's `callbacks` name; every other entry is a dotted path.
+BUILT_IN_CALLBACKS = frozenset({"otel"})
+
+__all__ = ["END_STREAM", "BaseHook", "Hook", "HookedRequest", "Hooks", "Refused", "load_hooks"]
+
+
+class Refused(GatewayError):
+    """A hook's refusal of a request or an answer: the client's 400 unless it says."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "refused_by_hook"
+
+
+class HookedRequest(Protocol):
+    """What a hook sees of the request in hand."""
+
+    @property
+    def caller(self) -> Caller: ...
+
+    @property
+    def model_group(self) -> str:
+        """The model group the request resolved to."""
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The request in OpenAI's shapes (a Messages or Responses request translated)."""
+
+    @property
+    def context(self) -> RequestContext: ...
+
+    @property
+    def call_type(self) -> str:
+        """LiteLLM's name of the call: `completion`, `text_completion` or `embeddings`."""
+
+
+class Hook(Protocol):
+    async def before_route(self, request: HookedRequest) -> dict[str, Any] | None: ...
+
+    async def on_chunk(self, request: HookedRequest, chunk: Any) -> Any: ...
+
+    async def after_answer(
+        self, request: HookedRequest, answer: dict[str, Any], usage: Usage
+    ) -> None: ...
+
+
+class BaseHook:
+    """A hook that does nothing: subclass it and override what you need. A hook whose
+    `on_chunk` is this one's is never called per chunk."""
+
+    async def before_route(self, request: HookedRequest) -> dict[str, Any] | None:
+        return None
+
+    async def on_chunk(self, request: HookedRequest, chunk: Any) -> Any:
+        return chunk
+
+    async def after_answer(
+        self, request: HookedRequest, answer: dict[str, Any], usage: Usage
+    ) -> None:
+        pass
+
+
+ChunkHook = Callable[[Any], Awaitable[Any]]
+
+
+class Hooks:
+    """The configured hooks, in order; never empty: with none configured the pipeline
+    holds None instead, and a request asks only `hooks is not None`."""
+
+    __slots__ = ("_all", "_chunk")
+
+    def __init__(self, hooks: Sequence[Hook]) -> None:
+        self._all = tuple(hooks)
+        self._chunk = tuple(hook for hook in self._all if _sees_chunks(hook))
+
+    async def before_route(self, request: HookedRequest) -> dict[str, Any] | None:
+        for hook in self._all:
+            answer = await hook.before_route(request)
+            if answer is not None:
+                if not isinstance(answer, dict):
+                    raise TypeError(f"{hook!r}.before_route answered with a {type(answer)}")
+                return answer
+        return None
+
+    def chunk_hook(self, request: HookedRequest) -> ChunkHook | None:
+        """The relay's per-chunk callback for `request`; None when no hook reads chunks."""
+        hooks = self._chunk
+        if not hooks:
+            return None
+
+        async def on_chunk(chunk: Any) -> Any:
+            try:
+                for hook in hooks:
+                    chunk = await hook.on_chunk(request, chunk)
+                    if chunk is None or chunk is END_STREAM:
+                        return chunk
+            except GatewayError:
+                raise
+            except Exception as error:
+                # A bug in a hook: logged with its traceback; the client's stream ends
+                # with an error event, as for an upstream that fails mid-stream.
+                reference = request.context.reference
+                logger.exception("a chunk hook failed in request %s", reference)
+                raise GatewayError(
+                    f"The gateway failed unexpectedly (request id {reference})."
+                ) from error
+            return chunk
+
+        return on_chunk
+
+    async def after_answer(
+        self, request: HookedRequest, answer: dict[str, Any], usage: Usage
+    ) -> None:
+        for hook in self._all:
+            await hook.after_answer(request, answer, usage)
+
+
+def _sees_chunks(hook: Hook) -> bool:
+    """Whether `hook` has an `on_chunk` of its own, not `BaseHook`'s pass-through."""
+    method = getattr(hook, "on_chunk", None)
+    return method is not None and getattr(method, "__func__", None) is not BaseHook.on_chunk
+
+
+# --- user hooks, by dotted path ------------------------------------------------------
+
+
+def load_hooks(callbacks: Any) -> Hooks | None:
+    """The hooks `litellm_settings.callbacks` names by dotted path (`module.instance`,
+    the module found on Python's path), each adapted when it has LiteLLM's methods
+    rather than `Hook`'s. A dotted path that cannot be loaded stops the start: a
+    guardrail that silently did not load would fail open. A name without a dot is one
+    of LiteLLM's own integrations (`langfuse`, ...): a LiteLLM config keeps working,
+    and a warning says it is not served."""
+    if not isinstance(callbacks, list):
+        return None
+    hooks: list[Hook] = []
+    for entry in callbacks:
+        if not isinstance(entry, str) or entry in BUILT_IN_CALLBACKS:
+            continue
+        if "." not in entry:
+            logger.warning("litellm_settings.callbacks: `%s` is not served by trigate", entry)
+            continue
+        hooks.append(as_hook(_load(entry), entry))
+    return Hooks(hooks) if hooks else None
+
+
+def _load(path: str) -> object:
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"callback `{path}` cannot be loaded: {error}") from error
+
+
+def as_hook(target: object, name: str) -> Hook:
+    if any(hasattr(target, method) for method in ("before_route", "on_chunk", "after_answer")):
+        return _Completed(target)
+    if any(hasattr(target, method) for method in LITELLM_METHODS):
+        return LiteLLMHook(target)
+    raise ValueError(f"callback `{name}` has none of the hook methods")
+
+
+class _Completed(BaseHook):
+    """A user's hook object with only some of `Hook`'s methods: the rest pass."""
+
+    def __init__(self, target: object) -> None:
+        self._target = target
+        for method in ("before_route", "on_chunk", "after_answer"):
+            if hasattr(target, method):
+                setattr(self, method, getattr(target, method))
+
+    def __repr__(self) -> str:
+        return repr(self._target)
+
+
+# --- LiteLLM's proxy hooks -------------------------------------------------------------
+
+LITELLM_METHODS = (
+    "async_pre_call_hook",
+    "async_post_call_success_hook",
+    "async_post_call_streaming_hook",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UserAPIKeyAuth:
+    """What LiteLLM's hooks are given as `user_api_key_dict`: the caller's key, by the
+    names LiteLLM's `UserAPIKeyAuth` uses (the key itself only as its hash)."""
+
+    api_key: str | None
+    token: str | None
+    key_alias: str | None
+    team_id: str | None
+    user_id: str | None
+    models: list[str]
+    metadata: dict[str, Any]
+
+    @classmethod
+    def of(cls, caller: Caller) -> UserAPIKeyAuth:
+        key = caller.key or {}
+        return cls(
+            api_key=caller.key_hash,
+            token=caller.key_hash,
+            key_alias=caller.key_alias,
+            team_id=caller.team_id,
+            user_id=caller.user_id,
+            models=list(key.get("models") or ()),
+            metadata=dict(key.get("metadata") or {}),
+        )
+
+
+class LiteLLMHook(BaseHook):
+    """A LiteLLM `CustomLogger`'s proxy hooks on this pipeline's points:
+
+    - `async_pre_call_hook(user_api_key_dict, cache, data, call_type)` before routing:
+      it may change `data` (the request body, in OpenAI's shapes) in place or return a
+      changed dict; a returned string answers the request with that text (LiteLLM's
+      rejection message, sent as the assistant's reply); a raised exception with a
+      `status_code` (FastAPI's `HTTPException`, as LiteLLM's examples raise) refuses it
+      with that status. `cache` is None: the gateway has no DualCache to lend.
+    - `async_post_call_streaming_hook(user_api_key_dict, response)` on each chunk: a
+      returned dict replaces the chunk, a returned string ends the stream with an error
+      event, None passes the chunk.
+    - `async_post_call_success_hook(data, user_api_key_dict, response)` after the answer:
+      it may raise to refuse it.
+
+    LiteLLM's `async_post_call_streaming_iterator_hook`, which wraps the whole chunk
+    iterator, has no per-chunk equivalent here and is not called (LiteLLM's own base
+    class defines it as a pass-through, so its presence says nothing).
+    """
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self._pre = getattr(target, "async_pre_call_hook", None)
+        self._success = getattr(target, "async_post_call_success_hook", None)
+        if hasattr(target, "async_post_call_streaming_hook"):
+            self.on_chunk = self._on_chunk  # type: ignore[method-assign]
+
+    def __repr__(self) -> str:
+        return repr(self._target)
+
+    async def before_route(self, request: HookedRequest) -> dict[str, Any] | None:
+        if self._pre is None:
+            return None
+        caller = UserAPIKeyAuth.of(request.caller)
+        try:
+            changed = await self._pre(caller, None, request.body, request.call_type)
+        except Exception as error:
+            raise _refusal(error) from error
+        if isinstance(changed, str):
+            return _text_answer(request, changed)
+        if isinstance(changed, dict) and changed is not request.body:
+            request.body.clear()
+            request.body.update(changed)
+        return None
+
+    async def _on_chunk(self, request: HookedRequest, chunk: Any) -> Any:
+        changed = await self._target.async_post_call_streaming_hook(
+            UserAPIKeyAuth.of(request.caller), chunk
+        )
+        if isinstance(changed, str):
+            raise Refused(changed)
+        return chunk if changed is None else changed
+
+    async def after_answer(
+        self, request: HookedRequest, answer: dict[str, Any], usage: Usage
+    ) -> None:
+        if self._success is None:
+            return
+        try:
+            await self._success(request.body, UserAPIKeyAuth.of(request.caller), answer)
+        except Exception as error:
+            raise _refusal(error) from error
+
+
+def _refusal(error: Exception) -> GatewayError:
+    """A LiteLLM hook's exception as the client's refusal: its `status_code` (4xx only)
+    and `detail`, or its message as a 400."""
+    if isinstance(error, GatewayError):
+        return error
+    status = getattr(error, "status_code", 400)
+    detail = getattr(error, "detail", None) or str(error) or "Refused by a hook."
+    if isinstance(detail, dict):
+        detail = detail.get("error") or detail.get("message") or str(detail)
+    if not isinstance(status, int) or not 400 <= status < 500:
+        status = 400
+    return Refused(str(detail), status=status)
+
+
+def _text_answer(request: HookedRequest, text: str) -> dict[str, Any]:
+    """LiteLLM answers a pre-call hook's string as the assistant's reply."""
+    return {
+        "id": f"chatcmpl-{request.context.request_id}",
+        "object": "chat.completion",
+        "model": request.model_group,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "stop",
+            }
+        ],
+    }

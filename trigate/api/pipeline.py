@@ -1,0 +1,453 @@
+"""The one request pipeline every model route runs, stage by stage, in this order:
+
+1. authenticate: from the request's head, before its body is read (`ModelAPI` calls
+   `Pipeline.authenticate` first, so a client with no valid key is answered at once);
+2. decode: the body parsed as JSON, LiteLLM's `fallbacks` popped from it (for every
+   surface alike), then the route's `Surface` validates what the gateway reads and
+   translates the rest into OpenAI's chat shapes (an `Exchange`);
+3. resolve: the team's model aliases, then the model group (a wildcard matches a
+   name here; an unknown one is a 404), in `Call.__init__`;
+4. admit: model access, rate limits and budgets (`Call.admit`);
+5. hooks before routing, which may answer or refuse the request (`trigate.api.hooks`);
+6. route: attempts, retries, fallbacks and hedges by `trigate.router` (`Call` is the
+   router's `Attempt`: a stream's attempt ends at its first chunk, so an upstream that
+   fails early is still a real HTTP error and can still be retried);
+7. relay: a whole answer, after the hooks' `after_answer`, rendered by the exchange;
+   or a stream through `StreamRelay`, each chunk past the hooks' `on_chunk`;
+8. record: spend, metrics and the trace, in `finally` under a shield with a bound, so
+   a request is accounted however it ended (`Call._record`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from trigate.api.context import RequestContext, current_request
+from trigate.api.hooks import Hooks
+from trigate.api.jsonio import parse_json_object
+from trigate.api.model_api import Reply, Route
+from trigate.api.surface import EMBEDDINGS, TEXT_COMPLETIONS, Exchange, Surface
+from trigate.api.validation import pop_fallbacks
+from trigate.auth import Caller
+from trigate.clock import wall_time
+from trigate.errors import GatewayError, UpstreamTimeout, secrets
+from trigate.gateway import Gateway
+from trigate.limits import (
+    Admission,
+    ModelNotAllowed,
+    allows_model,
+    check_model,
+    requested_output_tokens,
+)
+from trigate.providers import ChunkStream, Completion
+from trigate.relay import StreamOutcome, StreamRelay
+from trigate.router.deployments import Deployment
+from trigate.router.router import Routed, RouteProgress
+from trigate.spend import RequestRecord
+from trigate.usage import Usage, UsageMeter
+
+SSE_HEADERS = {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+}
+RECORD_TIMEOUT = 10.0
+# nginx's status for a request its client abandoned; it never reaches a client.
+CLIENT_CLOSED = 499
+
+
+class Pipeline:
+    """The stages every model route shares; a route is a surface on this pipeline."""
+
+    def __init__(self, gateway: Gateway, hooks: Hooks | None) -> None:
+        self._gateway = gateway
+        self._hooks = hooks
+
+    def route(self, surface: Surface) -> Route:
+        """The route serving `surface`: its handler and its error envelope."""
+        return Route(functools.partial(self.serve, surface), surface.envelope)
+
+    def authenticate(self, headers: Mapping[str, str]) -> Awaitable[Caller]:
+        """The first stage, which `ModelAPI` runs on the head alone, before the body."""
+        return self._gateway.auth.authenticate(headers)
+
+    async def serve(
+        self,
+        surface: Surface,
+        caller: Caller,
+        headers: Mapping[str, str],
+        raw: bytes | bytearray,
+    ) -> Reply:
+        gateway = self._gateway
+        body = parse_json_object(raw)
+        # LiteLLM's per-request `fallbacks` are the gateway's, never an upstream's: popped
+        # here, before any surface reads or translates the body.
+        fallbacks = pop_fallbacks(body)
+        exchange = await surface.decode(gateway, caller, body, headers)
+        hooks = self._hooks
+        call = Call(gateway, current_request.get(), caller, exchange, fallbacks, hooks)
+        await call.admit()
+        answered = None if hooks is None else await call.before_route(hooks)
+        if call.stream:
+            return await call.relay_stream(answered)
+        return await call.complete(answered)
+
+
+def check_access(caller: Caller, requested: str, group: str) -> None:
+    """The key's, team's and user's `models` must allow the model asked for. A name the
+    team aliases to a model group passes when they all allow the alias, or all allow
+    the group; a refusal names what the client asked for."""
+    try:
+        check_model(caller, requested)
+    except ModelNotAllowed:
+        if requested == group or not allows_model(caller, group):
+            raise
+
+
+@dataclass(slots=True)
+class OpenedStream:
+    """An upstream stream whose first chunks have arrived (None: it ended at once);
+    `native` when its chunks are events in the client's own API."""
+
+    stream: ChunkStream
+    chunks: Any
+    first: list[Any] | None
+    native: bool = False
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.chunks.aclose()
+            await self.stream.aclose()
+
+
+class Call:
+    """One model call from its resolution on: admitted, routed, relayed and recorded.
+    It is also the router's `Attempt` (`stream`, `run`, `discard`) and what a hook sees
+    (`caller`, `model_group`, `body`, `context`)."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        context: RequestContext,
+        caller: Caller,
+        exchange: Exchange,
+        fallbacks: list[str] | None,
+        hooks: Hooks | None,
+    ) -> None:
+        self.gateway = gateway
+        self.context = context
+        self.caller = caller
+        self.exchange = exchange
+        self.fallbacks = fallbacks
+        self.hooks = hooks
+        self.body = body = exchange.body
+        self.stream = exchange.stream
+        group = caller.model_group(exchange.requested)
+        # An unknown model is a 404 before anything about it reaches the response headers.
+        first = gateway.groups.deployments(group)[0]
+        # Metrics know a name a wildcard matched (the client's own) by its pattern.
+        labelled = first.model_group if first.pattern else group
+        operation = exchange.operation
+        self.telemetry = gateway.telemetry.call(
+            context, caller, labelled, operation.gen_ai_name, body
+        )
+        self.progress = RouteProgress(group, preferred=exchange.preferred, observer=self.telemetry)
+        context.route = self.progress
+        self.meter = UsageMeter(gateway.counter, first.upstream_model, body)
+        self.ttft: float | None = None
+        self.admission: Admission | None = None
+
+    @property
+    def model_group(self) -> str:
+        return self.progress.model_group
+
+    @property
+    def call_type(self) -> str:
+        operation = self.exchange.operation
+        if operation is EMBEDDINGS:
+            return "embeddings"
+        return "text_completion" if operation is TEXT_COMPLETIONS else "completion"
+
+    # --- admit --------------------------------------------------------------------------
+
+    async def admit(self) -> None:
+        """The caller's model access, budgets and rate limits, before any upstream call.
+        Budgets reserve the request's most expensive outcome; `_record` settles it."""
+        if self.caller.is_master:
+            return
+        try:
+            check_access(self.caller, self.exchange.requested, self.progress.model_group)
+            for fallback in self.fallbacks or ():
+                check_model(self.caller, fallback, param="fallbacks")
+            self.admission = await self.gateway.limits.admit(
+                self.caller, self.meter.prompt_tokens, self._max_cost
+            )
+        except GatewayError as rejection:
+            await self._refused(rejection)
+            raise
+        self.context.headers.update(self.admission.headers)
+
+    async def _max_cost(self) -> float:
+        output = 0 if self.exchange.operation is EMBEDDINGS else requested_output_tokens(self.body)
+        prompt = await self.meter.prompt_tokens()
+        return self.gateway.max_cost(self.progress.model_group, prompt, output)
+
+    async def _refused(self, error: GatewayError) -> None:
+        """A request refused before routing is recorded, and releases what it reserved."""
+        with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
+            await self._record(error.status, error, None, cancelled=False)
+        await self._release_unsettled()
+
+    # --- hooks, then route and relay --------------------------------------------------------
+
+    async def before_route(self, hooks: Hooks) -> Completion | None:
+        """The hooks' answer (a cache hit), or None; a refusal is recorded as one."""
+        try:
+            answer = await hooks.before_route(self)
+        except GatewayError as refusal:
+            await self._refused(refusal)
+            raise
+        except Exception:
+            await self._refused(GatewayError("A request hook failed."))
+            raise
+        return None if answer is None else Completion(answer)
+
+    async def complete(self, answered: Completion | None) -> Reply:
+        """Route, or take the hooks' answer, then answer whole and record."""
+        status, error, usage, cancelled = 500, None, None, False
+        routed: Routed[Completion] | None = None
+        try:
+            if answered is None:
+                routed = await self._route()
+                completion = routed.result
+            else:
+                completion = answered
+            self.meter.report(completion.usage)
+            if completion.usage is None:
+                self.meter.observe_completion(completion.body)
+            usage = await self.meter.settle()
+            if self.hooks is not None:
+                await self.hooks.after_answer(self, completion.body, usage)
+            answer = self.exchange.answer(completion, usage)
+            status = 200
+        except GatewayError as failure:
+            status, error = failure.status, failure
+            raise
+        except trio.Cancelled:
+            status, cancelled = CLIENT_CLOSED, True
+            raise
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
+                usage = await self._record(status, error, usage, cancelled=cancelled)
+            if routed is not None:
+                self.gateway.router.release(
+                    routed.deployment, usage.total_tokens if usage is not None else 0
+                )
+            await self._release_unsettled()
+        return Reply(await self.exchange.settled(answer))
+
+    async def relay_stream(self, answered: Completion | None) -> Reply:
+        """Route to a stream's first chunks, or take the hooks' answer, then relay it;
+        the relay records it when it ends."""
+        try:
+            if answered is None:
+                opened = (await self._route()).result
+            else:
+                opened = OpenedStream(_AnsweredStream(), None, [_as_chunk(answered.body)])
+                opened.chunks = aiter(opened.stream)
+        except BaseException as failure:
+            error = failure if isinstance(failure, GatewayError) else None
+            cancelled = isinstance(failure, trio.Cancelled)
+            status = error.status if error else CLIENT_CLOSED if cancelled else 500
+            with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
+                await self._record(status, error, None, cancelled=cancelled)
+            await self._release_unsettled()
+            raise
+        self.ttft = self.context.elapsed()
+        options = self.body.get("stream_options") or {}
+        relay = StreamRelay(
+            opened.stream,
+            opened.chunks,
+            opened.first,
+            self.meter,
+            include_usage=options.get("include_usage") is True and not opened.native,
+            on_finish=self._finish_stream,
+            encoder=self.exchange.frames(opened.native),
+            on_backpressure=self.gateway.telemetry.metrics.backpressure_wait,
+            on_chunk=None if self.hooks is None else self.hooks.chunk_hook(self),
+        )
+        self.context.relay = relay
+        return Reply(relay, headers=SSE_HEADERS)
+
+    async def _route(self) -> Routed[Any]:
+        """Route the request, counting the whole wait as the upstreams', not ours."""
+        started = trio.current_time()
+        try:
+            routed: Routed[Any] = await self.gateway.router.route(
+                self.progress.model_group,
+                self,
+                self.progress,
+                prompt_tokens=self.meter.prompt_tokens,
+                request_fallbacks=self.fallbacks,
+                may_use=self._may_use,
+            )
+        finally:
+            self.context.upstream_wait = trio.current_time() - started
+        self.meter.model = routed.deployment.upstream_model
+        return routed
+
+    def _may_use(self, group: str) -> bool:
+        """Whether a fallback group passes the caller's model checks, as its own did."""
+        return self.caller.is_master or allows_model(self.caller, group)
+
+    # --- the router's attempt ---------------------------------------------------------------
+
+    async def run(self, deployment: Deployment) -> Any:
+        """One try on `deployment`: a whole completion, or a stream's first chunks."""
+        if not self.stream:
+            return await self.exchange.complete(deployment)
+        return await self._open(deployment)
+
+    async def discard(self, result: Any) -> None:
+        """Release a result that lost a hedge race (a finished completion holds nothing)."""
+        if isinstance(result, OpenedStream):
+            await result.aclose()
+
+    async def _open(self, deployment: Deployment) -> OpenedStream:
+        """Open a stream and wait for its first chunk, within the deployment's
+        time-to-first-token deadline (`stream_timeout`, else `timeout`)."""
+        params = deployment.params
+        deadline = params.stream_timeout or params.timeout
+        opened: OpenedStream | None = None
+        try:
+            with trio.fail_after(deadline):
+                stream, native = await self.exchange.open_stream(deployment)
+                opened = OpenedStream(stream, aiter(stream), None, native)
+                opened.first = await anext(opened.chunks, None)
+        except BaseException as failure:
+            if opened is not None:
+                await opened.aclose()
+            if isinstance(failure, trio.TooSlowError):
+                raise UpstreamTimeout(
+                    f"The upstream sent no first token within {deadline:g} s."
+                ) from None
+            raise
+        return opened
+
+    # --- record ---------------------------------------------------------------------------
+
+    async def _finish_stream(self, outcome: StreamOutcome) -> None:
+        usage = await self.meter.settle()
+        if self.hooks is not None and outcome.error is None:
+            try:
+                await self.hooks.after_answer(self, {}, usage)
+            except GatewayError as refusal:
+                outcome.error = refusal
+        status = 200
+        if outcome.error:
+            status = outcome.error.status
+        elif outcome.cancelled_by_client:
+            status = CLIENT_CLOSED
+        if self.progress.deployment is not None:
+            self.gateway.router.release(self.progress.deployment, usage.total_tokens)
+        try:
+            await self._record(status, outcome.error, usage, cancelled=outcome.cancelled_by_client)
+        finally:
+            await self._release_unsettled()
+        await self.exchange.finished(outcome)
+
+    async def _release_unsettled(self) -> None:
+        """A record that never got written (it timed out) must not hold its parallel
+        slots and reservations. Bounded by `redis_timeout`, so shielded."""
+        if self.admission is not None:
+            with trio.CancelScope(shield=True):
+                await self.admission.settle(0, 0.0)
+
+    async def _record(
+        self,
+        status: int,
+        error: GatewayError | None,
+        usage: Usage | None,
+        *,
+        cancelled: bool,
+    ) -> Usage:
+        if usage is None:
+            # A client that left before the answer is billed the prompt the upstream had.
+            prompt = await self.meter.prompt_tokens() if cancelled else 0
+            usage = Usage(prompt, 0, "counted" if cancelled else "none")
+        deployment = self.progress.deployment
+        caller = self.caller
+        elapsed = self.context.elapsed()
+        end = wall_time()
+        cost = self.gateway.cost(deployment, usage) if deployment else 0.0
+        if self.admission is not None:
+            # A worker's own budget count has no checkpoint here before the ledger counts
+            # the cost as unflushed, as it expects; a shared one is billed in Redis first.
+            await self.admission.settle(usage.total_tokens, cost)
+        record = RequestRecord(
+            request_id=self.context.request_id,
+            client_request_id=self.context.client_request_id,
+            key_identity=caller.identity,
+            key_hash=caller.key_hash,
+            key_alias=caller.key_alias,
+            team_id=caller.team_id,
+            user_id=caller.user_id,
+            model_group=self.progress.model_group,
+            deployment=deployment.id if deployment else None,
+            model=deployment.params.model if deployment else None,
+            status=status,
+            stream=self.stream,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            usage_source=usage.source,
+            cost=cost,
+            start_time=end - elapsed,
+            end_time=end,
+            latency_ms=round(elapsed * 1000, 3),
+            ttft_ms=round(self.ttft * 1000, 3) if self.ttft is not None else None,
+            cancelled_by_client=cancelled,
+            error=secrets.redact(error.message) if error else None,
+        )
+        self.telemetry.finished(self.context, caller, record, deployment, error)
+        await self.gateway.record(record)
+        return usage
+
+
+class _AnsweredStream:
+    """A hook's answer to a streamed request, as a stream of one chunk: it goes through
+    the relay like an upstream's, so the client gets it in its own stream format."""
+
+    async def __aiter__(self) -> Any:
+        return
+        yield
+
+    async def aclose(self) -> None:
+        pass
+
+
+def _as_chunk(answer: dict[str, Any]) -> dict[str, Any]:
+    """A chat completion as one `chat.completion.chunk`: each message becomes a delta."""
+    choices = [
+        {
+            "index": choice.get("index", 0),
+            "delta": choice.get("message") or {},
+            "finish_reason": choice.get("finish_reason") or "stop",
+        }
+        for choice in answer.get("choices") or ()
+        if isinstance(choice, dict)
+    ]
+    chunk = {
+        "id": answer.get("id", ""),
+        "object": "chat.completion.chunk",
+        "created": answer.get("created", int(wall_time())),
+        "model": answer.get("model", ""),
+        "choices": choices,
+    }
+    if isinstance(answer.get("usage"), dict):
+        chunk["usage"] = answer["usage"]
+    return chunk

@@ -1,0 +1,82 @@
+"""Every path the gateway serves, in one table.
+
+The model routes are served by `ModelAPI` on raw ASGI, in front of Quart: each is a
+surface on the one pipeline (`trigate.api.pipeline`), and a new surface is one line
+here. Every other route needs Quart's request objects and URL map, and is registered
+on the Quart app by the module named below its paths (`register(app, gateway)`);
+`tests/test_routes.py` checks that every path Quart serves is named here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from quart_trio import QuartTrio
+
+from trigate.api import (
+    health,
+    keys,
+    metrics,
+    model_admin,
+    models,
+    responses,
+    spend,
+    teams,
+    users,
+)
+from trigate.api.chat import ChatSurface
+from trigate.api.completions import CompletionsSurface
+from trigate.api.embeddings import EmbeddingsSurface
+from trigate.api.messages import CountTokens, MessagesSurface
+from trigate.api.model_api import Route
+from trigate.api.pipeline import Pipeline
+from trigate.api.responses import ResponsesSurface
+from trigate.gateway import Gateway
+
+
+def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
+    """The model API's routes: POST only. OpenAI's paths are served with and without
+    `/v1`, as LiteLLM serves them."""
+    chat = pipeline.route(ChatSurface())
+    completions = pipeline.route(CompletionsSurface())
+    embeddings = pipeline.route(EmbeddingsSurface())
+    responses_ = pipeline.route(ResponsesSurface())
+    return {
+        "/v1/chat/completions": chat,
+        "/chat/completions": chat,
+        "/v1/completions": completions,
+        "/completions": completions,
+        "/v1/embeddings": embeddings,
+        "/embeddings": embeddings,
+        "/v1/responses": responses_,
+        "/responses": responses_,
+        "/v1/messages": pipeline.route(MessagesSurface()),
+        "/v1/messages/count_tokens": CountTokens(gateway).route(),
+    }
+
+
+# Quart's routes, by the module that registers them.
+QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
+    # GET /v1/models, /models
+    models.register,
+    # /model/info, /v1/model/info, /model_group/info, /model/new, /model/update,
+    # PATCH /model/{id}/update, /model/delete, /config/reload
+    model_admin.register,
+    # /health, /health/liveliness, /health/liveness, /health/readiness
+    health.register,
+    # /key/generate, /key/update, /key/delete, /key/info, /key/list, /key/regenerate,
+    # /key/block, /key/unblock
+    keys.register,
+    # /team/new, /team/update, /team/delete, /team/info, /team/list,
+    # /team/member_add, /team/member_delete, /team/member_update
+    teams.register,
+    # /user/new, /user/update, /user/delete, /user/info
+    users.register,
+    # /spend/logs, /global/spend/report
+    spend.register,
+    # GET and DELETE /v1/responses/{id}, GET /v1/responses/{id}/input_items,
+    # POST /v1/responses/{id}/cancel
+    responses.register,
+    # GET /metrics
+    metrics.register,
+)
