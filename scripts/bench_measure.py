@@ -111,6 +111,12 @@ class Target:
         )
 
 
+def stream_frames(chunks: int) -> int:
+    """SSE frames in a mock stream of `chunks` content chunks, as the bench requests it
+    (with usage): the chunks, the finish chunk, the usage chunk and [DONE]."""
+    return chunks + 3
+
+
 def gateway_target(server: Server, plan: Plan) -> Target:
     auth = limited_key(server.port) if plan.virtual_key else MASTER_KEY
     return Target(server.port, {name: name for name in plan.upstream_models()}, auth)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import sys
 import time
 from contextlib import ExitStack
@@ -30,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import bench_check
 import bench_client
 import bench_measure as measure
 import bench_report as report
@@ -108,6 +108,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="directory for the JSON, PNG and logs (default bench-results/)",
     )
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="count instructions per request under callgrind and compare them with "
+        "scripts/bench-budget.json; exits 1 when one is more than 3%% over (under a minute)",
+    )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with --check: write the counts measured as the new budget",
+    )
+    parser.add_argument(
         "--trigate",
         type=Path,
         default=ROOT / ".venv" / "bin" / "trigate",
@@ -116,8 +127,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if set(args.scenarios) - set("abcdir") or not args.scenarios:
         parser.error("--scenarios takes letters from abcdir")
-    if "i" in args.scenarios and not shutil.which("valgrind"):
-        parser.error("scenario i needs valgrind (Debian's valgrind package)")
+    if args.update and not args.check:
+        parser.error("--update goes with --check")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     args.out = args.out.resolve()  # servers run in its subfolder, so paths must not be relative
@@ -250,10 +261,12 @@ def render(data: dict[str, Any], rows: list[report.Row], png: Path | None) -> st
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.check:
+        return bench_check.main(args.trigate, args.out, update=args.update)
     plan = make_plan(args)
     raise_fd_limit()
     tighten_timer_slack()
-    installed = ensure_apt_packages()
+    installed = ensure_apt_packages(with_valgrind="i" in plan.scenarios)
     if installed:
         log(f"installed Debian packages {installed}")
     stamp = time.strftime("%Y%m%d-%H%M%S")

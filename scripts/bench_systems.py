@@ -36,6 +36,8 @@ APT_PACKAGES = {
     "libnginx-mod-http-lua": NGINX_MODULES / "ngx_http_lua_module.so",
     "wrk": Path("/usr/bin/wrk"),
 }
+# Counting instructions (scenario i, --check) needs valgrind's callgrind too.
+VALGRIND = {"valgrind": Path("/usr/bin/valgrind")}
 
 NGINX_CONF = """\
 daemon off;
@@ -71,9 +73,10 @@ http {
 """
 
 
-def ensure_apt_packages() -> list[str]:
+def ensure_apt_packages(*, with_valgrind: bool = False) -> list[str]:
     """Install the Debian packages the bench needs, only those missing; returns what it added."""
-    missing = [name for name, path in APT_PACKAGES.items() if not path.exists()]
+    wanted = APT_PACKAGES | (VALGRIND if with_valgrind else {})
+    missing = [name for name, path in wanted.items() if not path.exists()]
     if not missing:
         return []
     if os.geteuid() != 0:
@@ -334,9 +337,15 @@ class Gateway:
             yield server
 
     @contextmanager
-    def run_counted(self, config: Path, workdir: Path) -> Iterator[Server]:
+    def run_counted(
+        self, config: Path, workdir: Path, *, seeded: bool = False
+    ) -> Iterator[Server]:
         """One worker under callgrind, counting nothing until `callgrind_control -i on`;
-        its counts go to callgrind-<name>.<pid>. Starting takes a minute or two."""
+        its counts go to callgrind-<name>.<pid>. Starting takes a minute or two.
+
+        `seeded` (trigate only) runs the CLI through bench_counted.py, which seeds trio's
+        scheduler and `random`, with a fixed PYTHONHASHSEED: the same requests then take
+        the same paths, so counts repeat from run to run."""
         port = free_port()
         callgrind = [
             "valgrind",
@@ -346,9 +355,13 @@ class Gateway:
             f"--callgrind-out-file={workdir / f'callgrind-{self.name}'}.%p",
         ]
         python = str(self.exe.parent / "python")
-        argv = [*callgrind, python, *self.argv(config, port, 1)]
+        program = self.argv(config, port, 1)
+        env = self.env()
+        if seeded:
+            program = [str(SCRIPTS / "bench_counted.py"), *program[1:]]
+            env["PYTHONHASHSEED"] = "0"
         log = workdir / f"{self.name}-callgrind.log"
-        with serving(self.name, argv, port, log, self.env(), 900) as server:
+        with serving(self.name, [*callgrind, python, *program], port, log, env, 900) as server:
             yield server
 
 

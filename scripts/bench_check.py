@@ -1,0 +1,329 @@
+"""scripts/bench --check: instructions per request against the budget committed in the repo.
+
+A guard against slow erosion: every change that adds a little to the request path passes
+review on its own, and the sum shows only in a bench nobody runs. Instruction counts
+(valgrind's callgrind) hardly move with the machine's other load, so CI can compare them
+with a fixed budget: `scripts/bench-budget.json`. A count more than `tolerance` (3%) over
+its budget fails the check; `--update` writes the counts measured as the new budget, for a
+deliberate increase (committed with the change, saying why) or to lock in a gain.
+
+What is counted: one trigate worker under callgrind (instrumentation off while it starts
+and warms up), sequential requests on one keep-alive connection to the nginx mock, in four
+cases: chat completions non-stream and streamed (21 content chunks in one upstream read),
+each with the master key and with a virtual key that has rpm, tpm, parallel-request limits
+and a budget. Fixed counts, a fixed hash seed and concurrency 1 keep the figures repeatable
+to a fraction of a percent on the same Python and libraries.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bench_client
+from bench_measure import Target, stream_frames
+from bench_systems import (
+    SCRIPTS,
+    Gateway,
+    Server,
+    ensure_apt_packages,
+    limited_key,
+    mock_server,
+    write_gateway_config,
+)
+
+BUDGET_PATH = SCRIPTS / "bench-budget.json"
+TOLERANCE = 0.03
+WARM_UP_REQUESTS = 30
+WINDOWS = 5
+REQUESTS_PER_WINDOW = 8
+STREAM_CHUNKS = 21
+# Model names the check's config defines, and what the mock makes of each.
+UPSTREAM_MODELS = {"bench": "bench-model", "bench-burst": f"mock-s{STREAM_CHUNKS}-i0"}
+HOW_TO_UPDATE = (
+    "Instructions per request (callgrind, one trigate worker, sequential requests), checked "
+    "by `scripts/bench --check`, which fails when a count exceeds its budget by more than "
+    "`tolerance`. Rewrite with `scripts/bench --check --update`. A deliberate increase "
+    "updates this file in the same commit and says why in the commit message; a gain is "
+    "locked in the same way. Counts depend on the Python and library versions recorded "
+    "under `measured_with`: re-measure when they change."
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One counted kind of request."""
+
+    name: str
+    stream: bool
+    virtual_key: bool
+
+    def model(self) -> str:
+        return "bench-burst" if self.stream else "bench"
+
+
+CASES = (
+    Case("chat, master key", stream=False, virtual_key=False),
+    Case("chat stream, master key", stream=True, virtual_key=False),
+    Case("chat, virtual key with limits and budget", stream=False, virtual_key=True),
+    Case("chat stream, virtual key with limits and budget", stream=True, virtual_key=True),
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One case's count against its budget."""
+
+    case: str
+    measured: int
+    budget: int | None
+    tolerance: float
+
+    @property
+    def change(self) -> float | None:
+        """Measured over budget, as a fraction (+0.05 is 5% more instructions)."""
+        if not self.budget:
+            return None
+        return self.measured / self.budget - 1
+
+    @property
+    def passed(self) -> bool:
+        """Within budget plus tolerance; a case with no budget yet fails, so that a new case
+        cannot slip in unguarded."""
+        change = self.change
+        return change is not None and change <= self.tolerance
+
+
+def compare(measured: dict[str, int], budget: dict[str, Any]) -> list[Verdict]:
+    """Every measured case against the budget file's figure for it."""
+    tolerance = float(budget.get("tolerance", TOLERANCE))
+    limits: dict[str, int] = budget.get("instructions_per_request", {})
+    return [
+        Verdict(case, count, limits.get(case), tolerance) for case, count in measured.items()
+    ]
+
+
+def render(verdicts: list[Verdict]) -> str:
+    """The markdown table the check prints, with its outcome underneath."""
+    lines = [
+        "| case | instructions per request | budget | change | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for verdict in verdicts:
+        change = verdict.change
+        lines.append(
+            f"| {verdict.case} | {verdict.measured:,} | "
+            + (f"{verdict.budget:,}" if verdict.budget else "none")
+            + " | "
+            + ("-" if change is None else f"{change:+.1%}")
+            + f" | {verdict_word(verdict)} |"
+        )
+    failed = [v for v in verdicts if not v.passed]
+    tolerance = verdicts[0].tolerance if verdicts else TOLERANCE
+    if failed:
+        lines.append(
+            f"\n{len(failed)} case(s) without a budget or over it by more than {tolerance:.0%}. If the increase "
+            "is deliberate, run `scripts/bench --check --update` and commit the new budget "
+            "with the change, saying why."
+        )
+    else:
+        lines.append(f"\nEvery case within {tolerance:.0%} of its budget.")
+        gains = [v for v in verdicts if (v.change or 0.0) < -tolerance]
+        if gains:
+            lines.append(
+                "Some counts are well under budget: `scripts/bench --check --update` locks "
+                "the gain in."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def verdict_word(verdict: Verdict) -> str:
+    if verdict.budget is None:
+        return "NO BUDGET"
+    return "ok" if verdict.passed else "OVER BUDGET"
+
+
+def updated_budget(
+    measured: dict[str, int], previous: dict[str, Any], versions: dict[str, str]
+) -> dict[str, Any]:
+    """The budget file rewritten with the counts measured now."""
+    return {
+        "comment": HOW_TO_UPDATE,
+        "tolerance": float(previous.get("tolerance", TOLERANCE)),
+        "requests_counted": f"median of {WINDOWS} runs of {REQUESTS_PER_WINDOW}",
+        "measured_with": versions,
+        "instructions_per_request": dict(measured),
+    }
+
+
+def load_budget(path: Path) -> dict[str, Any]:
+    """The committed budget, or an empty one (every case then fails until --update)."""
+    if not path.exists():
+        return {}
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
+def version_drift(budget: dict[str, Any], versions: dict[str, str]) -> list[str]:
+    """Versions that differ from those the budget was measured with: counts then move."""
+    recorded: dict[str, str] = budget.get("measured_with", {})
+    return [
+        f"{name}: budget measured with {recorded[name]}, now {version}"
+        for name, version in versions.items()
+        if name in recorded and recorded[name] != version
+    ]
+
+
+def run_check(
+    measure: Callable[[], tuple[dict[str, int], dict[str, str]]],
+    *,
+    update: bool,
+    budget_path: Path = BUDGET_PATH,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Measure, print the table, and return the exit code: 0 when every case is within budget
+    (or the budget was rewritten), 1 otherwise."""
+    budget = load_budget(budget_path)
+    measured, versions = measure()
+    verdicts = compare(measured, budget)
+    out(render(verdicts))
+    for drift in version_drift(budget, versions):
+        out(f"note: {drift}")
+    if update:
+        budget_path.write_text(
+            json.dumps(updated_budget(measured, budget, versions), indent=2) + "\n"
+        )
+        out(f"Budget written to {budget_path}; commit it, saying why it changed.")
+        return 0
+    return 0 if all(verdict.passed for verdict in verdicts) else 1
+
+
+# What follows does the counting itself.
+
+
+def measure_all(trigate: Path, workdir: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """Every case's instructions per request, and the versions they were counted with."""
+    measured: dict[str, int] = {}
+    with mock_server(workdir) as mock:
+        config = workdir / "trigate.yaml"
+        write_gateway_config(config, mock.port, UPSTREAM_MODELS, set())
+        gateway = Gateway("trigate", trigate)
+        with gateway.run_counted(config, workdir, seeded=True) as server:
+            master = Target(server.port, {name: name for name in UPSTREAM_MODELS})
+            limited = Target(server.port, master.models, auth=limited_key(server.port))
+            for case in CASES:
+                target = limited if case.virtual_key else master
+                measured[case.name] = count(server, target, case, workdir)
+                log(f"{case.name}: {measured[case.name]:,} instructions per request")
+        versions = {"trigate": gateway.version(), **library_versions(trigate)}
+    return measured, versions
+
+
+def count(server: Server, target: Target, case: Case, workdir: Path) -> int:
+    """Warm up uncounted, then count WINDOWS runs of sequential requests, each run in a
+    dump of its own (callgrind's `dump` starts the next from 0); the median run's count
+    per request is the figure.
+
+    Why a median: the worker also works on timers (the spend ledger's flush every 0.5 s,
+    metrics sampling every 5 s), and that work lands in whichever run is under way; under
+    callgrind a request takes some 80 ms, so a run of a dozen holds one flush or three
+    depending on the machine's speed. The median of several runs leaves most of that out.
+    """
+    request = target.request(case.model(), stream=case.stream)
+    sequential(target, request, WARM_UP_REQUESTS, case)
+    time.sleep(0.2)  # the warm-up connection's close is handled before counting starts
+    per_run = []
+    vgdb(server, "instrumentation", "on")
+    for _ in range(WINDOWS):
+        before = set(workdir.glob("callgrind-trigate.*"))
+        sequential(target, request, REQUESTS_PER_WINDOW, case)
+        vgdb(server, "dump")
+        dumps = set(workdir.glob("callgrind-trigate.*")) - before
+        per_run.append(sum(callgrind_total(path) for path in dumps) / REQUESTS_PER_WINDOW)
+    vgdb(server, "instrumentation", "off")
+    if not all(per_run):
+        raise RuntimeError(f"callgrind counted nothing for {case.name}; see {server.log}")
+    log(f"{case.name}: runs {', '.join(f'{n / 1e6:.3f}M' for n in per_run)}")
+    return round(statistics.median(per_run))
+
+
+def sequential(target: Target, request: bytes, requests: int, case: Case) -> None:
+    """`requests` requests one after another on one connection, each checked."""
+    run = bench_client.open_loop(
+        target.port, request, 1e9, requests / 1e9, max_conns=1, timeout=300, keep_body=True
+    )
+    expected = stream_frames(STREAM_CHUNKS) if case.stream else None
+    for outcome in run.outcomes:
+        if not outcome.ok:
+            raise RuntimeError(
+                f"{case.name}: a request failed ({outcome.error or outcome.status})"
+            )
+        if expected is not None and outcome.frames != expected:
+            raise RuntimeError(f"{case.name}: {outcome.frames} frames, expected {expected}")
+    if len(run.outcomes) != requests:
+        raise RuntimeError(f"{case.name}: {len(run.outcomes)} of {requests} requests sent")
+
+
+def vgdb(server: Server, *command: str) -> None:
+    """One callgrind monitor command to the counted worker (what callgrind_control sends,
+    without its process listing); a failure stops the check."""
+    done = subprocess.run(
+        ["vgdb", f"--pid={server.pid}", *command], capture_output=True, text=True
+    )
+    if done.returncode:
+        raise RuntimeError(f"vgdb {' '.join(command)} failed: {done.stderr}")
+
+
+def callgrind_total(path: Path) -> int:
+    """The instructions a dump counted (its `totals:` line; 0 for a dump of nothing)."""
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    return 0
+
+
+def library_versions(trigate: Path) -> dict[str, str]:
+    """Python's and the request path's main libraries' versions in trigate's venv."""
+    code = (
+        "import importlib.metadata as m, json, platform;"
+        "names = ('hypercorn', 'h11', 'trio', 'httpx', 'quart-trio');"
+        "print(json.dumps({'python': platform.python_version(),"
+        " **{n: m.version(n) for n in names}}))"
+    )
+    done = subprocess.run(
+        [str(trigate.parent / "python"), "-c", code], capture_output=True, text=True, check=True
+    )
+    versions: dict[str, str] = json.loads(done.stdout)
+    return versions
+
+
+@contextmanager
+def scratch(out: Path) -> Iterator[Path]:
+    """A fresh directory for this check's servers, dumps and logs."""
+    workdir = out / f"check-{time.strftime('%Y%m%d-%H%M%S')}"
+    workdir.mkdir(parents=True)
+    yield workdir
+
+
+def log(message: str) -> None:
+    print(f"bench --check: {message}", file=sys.stderr, flush=True)
+
+
+def main(trigate: Path, out: Path, *, update: bool) -> int:
+    """The whole check, as `scripts/bench --check [--update]` runs it."""
+    started = time.monotonic()
+    installed = ensure_apt_packages(with_valgrind=True)
+    if installed:
+        log(f"installed Debian packages {installed}")
+    with scratch(out) as workdir:
+        code = run_check(lambda: measure_all(trigate, workdir), update=update)
+    log(f"done in {time.monotonic() - started:.0f} s; dumps and logs in {workdir}")
+    return code
