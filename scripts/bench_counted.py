@@ -14,6 +14,7 @@ import random
 import sys
 
 import trio
+
 from trigate.cli import main
 
 SEED = 20
