@@ -43,9 +43,9 @@ from bench_systems import (
 
 BUDGET_PATH = SCRIPTS / "bench-budget.json"
 TOLERANCE = 0.03
-WARM_UP_REQUESTS = 60
+WARM_UP_REQUESTS = 30
 WINDOWS = 8
-RUN_SECONDS = 0.3
+RUN_SECONDS = 0.4
 OUTLIER = 1.15
 STREAM_CHUNKS = 21
 # Model names the check's config defines, and what the mock makes of each.
@@ -101,8 +101,7 @@ class Verdict:
     def passed(self) -> bool:
         """Within budget plus tolerance; a case with no budget yet fails, so that a new case
         cannot slip in unguarded."""
-        change = self.change
-        return change is not None and change <= self.tolerance
+        return self.budget is not None and self.measured <= self.budget * (1 + self.tolerance)
 
 
 def compare(measured: dict[str, int], budget: dict[str, Any]) -> list[Verdict]:
@@ -271,7 +270,7 @@ def count(server: Server, target: Target, case: Case, workdir: Path) -> int:
                 requests.append(sent)
             else:
                 overlapped += 1  # the write came before the requests were done
-                if overlapped > WINDOWS:
+                if overlapped > 3 * WINDOWS:
                     raise RuntimeError(f"{case.name}: spend writes keep overlapping the runs")
             settled(database, state)
     per_run = [n / sent for n, sent in zip(counts, requests, strict=True)]
@@ -288,15 +287,19 @@ def count(server: Server, target: Target, case: Case, workdir: Path) -> int:
 
 
 def counted_run(connection: KeepAlive, request: bytes, case: Case) -> int:
-    """Requests one after another until RUN_SECONDS have passed since the first answer
-    (whose row starts the ledger's 0.5 s); returns how many were sent."""
+    """Requests one after another while the next one should still be answered within
+    RUN_SECONDS of the first answer (whose row starts the ledger's 0.5 s); returns how
+    many were sent. On a slow machine that may be one."""
     connection.exchange(request, case)
-    first = time.monotonic()
+    first = last = time.monotonic()
     sent = 1
-    while time.monotonic() - first < RUN_SECONDS:
+    while True:
+        now = time.monotonic()
+        if now - first + 1.5 * (now - last) > RUN_SECONDS:
+            return sent
+        last = now
         connection.exchange(request, case)
         sent += 1
-    return sent
 
 
 class KeepAlive:

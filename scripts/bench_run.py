@@ -96,6 +96,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "portkey; b needs a)",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="scenario p: interleaved rounds, every system and kind once a round (default 2)",
+    )
+    parser.add_argument(
         "--virtual-key",
         action="store_true",
         help="send requests with a virtual key that has rpm, tpm, parallel and budget limits",
@@ -158,6 +164,7 @@ def make_plan(args: argparse.Namespace) -> measure.Plan:
         workers=args.workers,
         virtual_key=args.virtual_key,
         redis=args.redis,
+        percore_rounds=args.rounds,
     )
 
 
