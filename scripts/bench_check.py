@@ -11,8 +11,10 @@ What is counted: one trigate worker under callgrind (instrumentation off while i
 and warms up), sequential requests on one keep-alive connection to the nginx mock, in four
 cases: chat completions non-stream and streamed (21 content chunks in one upstream read),
 each with the master key and with a virtual key that has rpm, tpm, parallel-request limits
-and a budget. Fixed counts, a fixed hash seed and concurrency 1 keep the figures repeatable
-to a fraction of a percent on the same Python and libraries.
+and a budget. What keeps the figures repeatable (within about 1% from run to run on the
+same Python and libraries): trio's scheduler and `random` seeded and PYTHONHASHSEED fixed
+(bench_counted.py), every case warmed up before any is counted, one request at a time, and
+counting only between the spend ledger's timed writes (see `count`).
 """
 
 from __future__ import annotations

@@ -187,6 +187,8 @@ def one_run(system: System, kind: Kind, seconds: float) -> dict[str, Any]:
         "cpu_s": cpu,
         "wall_s": wall,
         "cpu_ms_per_request": cpu * 1000 / served if served else 0.0,
+        # What one core would serve if nothing else ran on it: 1 / CPU time per request.
+        "per_cpu_second": served / cpu if cpu else 0.0,
         "core_busy": cpu / wall if wall else 0.0,
     }
 
@@ -194,7 +196,7 @@ def one_run(system: System, kind: Kind, seconds: float) -> dict[str, Any]:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and range over the rounds of the figures the report shows."""
     figures: dict[str, Any] = {"rounds": runs, "errors": sum(run["errors"] for run in runs)}
-    for key in ("cpu_ms_per_request", "rps", "core_busy"):
+    for key in ("cpu_ms_per_request", "per_cpu_second", "rps", "core_busy"):
         values = [run[key] for run in runs]
         figures[key] = statistics.fmean(values)
         figures[f"{key}_min"] = min(values)
