@@ -208,3 +208,15 @@ def test_committed_budget_covers_every_case() -> None:
     assert set(budget["instructions_per_request"]) == {case.name for case in bench_check.CASES}
     assert all(count > 0 for count in budget["instructions_per_request"].values())
     assert budget["tolerance"] == 0.03 and "--update" in budget["comment"]
+
+
+def test_percore_targets_are_ratios_to_portkey() -> None:
+    """Scenario p's verdicts: req/s at least the target times Portkey's, CPU at most."""
+    import bench_report
+
+    assert bench_report.percore_verdict(800.0, 400.0, True, 2.0) == ("2.00x", "≥2x Portkey", "PASS")
+    assert bench_report.percore_verdict(700.0, 400.0, True, 2.0)[2] == "FAIL"
+    assert bench_report.percore_verdict(1.3, 1.31, False, 1.0) == ("0.99x", "≤1x Portkey", "PASS")
+    assert bench_report.percore_verdict(1.4, 1.31, False, 1.0)[2] == "FAIL"
+    assert bench_report.percore_verdict(1.0, None, True, 2.0) == ("-", "n/a", "")
+    assert bench_report.percore_verdict(1.0, 2.0, False, None) == ("0.50x", "", "")
