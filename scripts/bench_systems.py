@@ -422,8 +422,9 @@ class Gateway:
         its counts go to callgrind-<name>.<pid>. Starting takes a minute or two.
 
         `seeded` (trigate only) runs the CLI through bench_counted.py, which seeds trio's
-        scheduler and `random`, with a fixed PYTHONHASHSEED: the same requests then take
-        the same paths, so counts repeat from run to run."""
+        scheduler and `random`, with a fixed PYTHONHASHSEED and without the environment's
+        TRIGATE_* and OTEL_* settings: the same requests then take the same paths, so
+        counts repeat from run to run and machine to machine."""
         port = free_port()
         callgrind = [
             "valgrind",
@@ -437,6 +438,13 @@ class Gateway:
         env = self.env()
         if seeded:
             program = [str(SCRIPTS / "bench_counted.py"), *program[1:]]
+            # The same setup wherever it runs: the config file's SQLite store in `workdir`,
+            # no Redis, no tracing, whatever the environment says.
+            env = {
+                name: value
+                for name, value in env.items()
+                if not name.startswith(("TRIGATE_", "OTEL_")) or name == "TRIGATE_MASTER_KEY"
+            }
             env["PYTHONHASHSEED"] = "0"
         log = workdir / f"{self.name}-callgrind.log"
         with serving(self.name, [*callgrind, python, *program], port, log, env, 900) as server:
