@@ -1,4 +1,4 @@
-"""scripts/bench: measure trigate (and optionally LiteLLM's proxy) against a mock upstream.
+"""scripts/bench: measure trigate (and optionally LiteLLM's proxy and Portkey's gateway).
 
 One command starts the mock and the gateway(s), measures, stops everything and prints a
 markdown report; every figure also goes to a JSON file, and latency against offered load to
