@@ -53,7 +53,7 @@ class Run:
 
 
 @dataclass(slots=True)
-class _Response:
+class Response:
     """Incremental parser for one response: the head, then a Content-Length or chunked body."""
 
     keep_body: bool
@@ -156,7 +156,7 @@ class _Conn:
         self.connected = False
         self.reused = False
         self.outcome: Outcome | None = None
-        self.response: _Response | None = None
+        self.response: Response | None = None
         code = self.sock.connect_ex(("127.0.0.1", port))
         if code not in (0, errno.EINPROGRESS):
             self.sock.close()
@@ -166,7 +166,7 @@ class _Conn:
     def start(self, outcome: Outcome, request: bytes, keep_body: bool) -> None:
         """Attach a request; it is sent now, or as soon as the connect completes."""
         self.outcome = outcome
-        self.response = _Response(keep_body)
+        self.response = Response(keep_body)
         if self.connected:
             self.reused = True
             self._send(request)
@@ -374,12 +374,20 @@ def tighten_timer_slack() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)
 
 
-def http_request(path: str, body: bytes, auth: str, *, stream: bool = False) -> bytes:
+def http_request(
+    path: str,
+    body: bytes,
+    auth: str,
+    *,
+    stream: bool = False,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> bytes:
     """The raw bytes of one keep-alive POST, built once per run."""
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {auth}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     )
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers)
     if stream:
         head += "Accept: text/event-stream\r\n"
     return head.encode() + b"\r\n" + body

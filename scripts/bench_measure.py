@@ -53,11 +53,16 @@ class Plan:
     slow_chunks: int = 10
     slow_ramp_s: float = 1.0  # the streams open over this long, as clients would, not at once
     scaling_concurrency: int = 64
+    # Scenario p: streams of this many content chunks, all in one upstream write ("burst")
+    # or each flushed on its own this many ms after the last ("paced").
+    percore_chunks: int = 21
+    paced_interval_ms: int = 2
+    percore_rounds: int = 2
 
     @property
     def slow_interval_ms(self) -> int:
         """Slow streams last a step (at least 3 s), so all of them are open at once."""
-        return round(max(self.duration, 3.0) * 1000 / (self.slow_chunks - 1))
+        return round(max(self.duration, 3.0) * 1000 / (stream_frames(self.slow_chunks) - 1))
 
     def upstream_models(self) -> dict[str, str]:
         """Gateway model name -> mock model name; the mock reads the stream shape from it."""
@@ -66,6 +71,8 @@ class Plan:
             "bench-short": f"mock-s{self.short_chunks}-i0",
             "bench-fast": f"mock-s{self.fast_chunks}-i0",
             "bench-slow": f"mock-s{self.slow_chunks}-i{self.slow_interval_ms}",
+            "bench-burst": f"mock-s{self.percore_chunks}-i0",
+            "bench-paced": f"mock-s{self.percore_chunks}-i{self.paced_interval_ms}",
             **self.translated_models(),
         }
 
@@ -88,6 +95,8 @@ class Target:
     auth: str = MASTER_KEY
     # The API the requests speak: "chat" completions or the "responses" API.
     api: str = "chat"
+    # More request headers (Portkey's gateway reads its route from them).
+    headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def path(self) -> str:
@@ -107,8 +116,18 @@ class Target:
 
     def request(self, model: str, *, stream: bool = False) -> bytes:
         return bench_client.http_request(
-            self.path, self.body(model, stream=stream), self.auth, stream=stream
+            self.path,
+            self.body(model, stream=stream),
+            self.auth,
+            stream=stream,
+            headers=self.headers,
         )
+
+
+def stream_frames(chunks: int) -> int:
+    """SSE frames in a mock stream of `chunks` content chunks, as the bench requests it
+    (with usage): the chunks, the finish chunk, the usage chunk and [DONE]."""
+    return chunks + 3
 
 
 def gateway_target(server: Server, plan: Plan) -> Target:
@@ -152,6 +171,7 @@ def wrk(
         **os.environ,
         "BENCH_BODY": target.body(model, stream=stream).decode(),
         "BENCH_AUTH": f"Bearer {target.auth}",
+        "BENCH_HEADERS": "".join(f"{name}: {value}\n" for name, value in target.headers),
     }
     argv = [
         "wrk",
@@ -336,7 +356,7 @@ def slow_streams(server: Server, plan: Plan) -> Figures:
     idle = {pid: rss_mb(pid) for pid in pids}
     sampler = _RssSampler(pids)
     sampler.start()
-    ideal_s = (plan.slow_chunks - 1) * plan.slow_interval_ms / 1000
+    ideal_s = (stream_frames(plan.slow_chunks) - 1) * plan.slow_interval_ms / 1000
     try:
         run = bench_client.open_loop(
             target.port,
@@ -357,7 +377,7 @@ def slow_streams(server: Server, plan: Plan) -> Figures:
         "streams": plan.slow_streams,
         "completed": len(ok),
         **_errors(run.outcomes),
-        "frames_wrong": sum(o.frames != plan.slow_chunks + 3 for o in ok),
+        "frames_wrong": sum(o.frames != stream_frames(plan.slow_chunks) for o in ok),
         "peak_concurrent": run.peak_inflight,
         "ideal_ms": ideal_s * 1000,
         "total_p50_ms": totals["p50_ms"],

@@ -1,6 +1,9 @@
 -- OpenAI-compatible mock upstream for scripts/bench, run by nginx's Lua module.
 -- The stream shape comes from the upstream model name, which every gateway forwards:
--- "<anything>-s<N>-i<MS>" streams N content chunks MS milliseconds apart.
+-- "<anything>-s<N>-i<MS>" streams N content chunks, then the finish chunk, the usage chunk
+-- (when asked for) and [DONE]. With MS 0 the whole stream goes out in one write, so a
+-- gateway reads it at once ("burst"); otherwise each frame is written and flushed on its
+-- own, MS milliseconds after the last, as a model's tokens arrive ("paced").
 local M = {}
 
 local HEAD = '{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
@@ -59,14 +62,22 @@ local function stream(body)
         ngx.print(whole_body(n, usage))
         return
     end
-    ngx.print(content_frame(1))
-    ngx.flush(false)
-    for i = 2, n do
-        ngx.sleep(ms / 1000)
-        ngx.print(content_frame(i))
-        ngx.flush(false)
+    local frames = {}
+    for i = 1, n do
+        frames[i] = content_frame(i)
     end
-    ngx.print(tail(n, usage))
+    frames[n + 1] = FINISH
+    if usage then
+        frames[#frames + 1] = usage_frame(n)
+    end
+    frames[#frames + 1] = DONE
+    for i, frame in ipairs(frames) do
+        if i > 1 then
+            ngx.sleep(ms / 1000)
+        end
+        ngx.print(frame)
+        ngx.flush(true)
+    end
 end
 
 function M.chat()

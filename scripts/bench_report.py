@@ -338,3 +338,95 @@ def plot(systems: dict[str, Any], path: Path) -> bool:
         fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return drawn
+
+
+# Scenario p: per core against the peers, and the targets trigate holds against Portkey.
+PERCORE_NAMES = {
+    "trigate": "trigate",
+    "portkey": "Portkey",
+    "litellm": "LiteLLM",
+    "hypercorn": "hypercorn alone",
+}
+# (kind, figure, higher is better, target as a ratio to Portkey's figure) for each row.
+# Where other work shares the pinned core, req/s falls with the share the system gets;
+# requests per CPU-second (1 / CPU time per request) is what a core of its own would serve.
+PERCORE_ROWS: tuple[tuple[str, str, bool, float | None], ...] = (
+    ("chat", "cpu_ms_per_request", False, None),
+    ("chat", "per_cpu_second", True, 2.0),
+    ("chat", "rps", True, 2.0),
+    ("chat", "core_busy", True, None),
+    ("burst stream", "cpu_ms_per_request", False, None),
+    ("burst stream", "per_cpu_second", True, 1.5),
+    ("burst stream", "rps", True, 1.5),
+    ("burst stream", "core_busy", True, None),
+    ("paced stream", "cpu_ms_per_request", False, 1.0),
+    ("paced stream", "rps", True, None),
+    ("paced stream", "core_busy", True, None),
+)
+FIGURES = {
+    "cpu_ms_per_request": "CPU-ms per {unit}",
+    "per_cpu_second": "{unit}s per CPU-second",
+    "rps": "{unit}s/s",
+    "core_busy": "share of its core used",
+}
+
+
+def _percore_cell(figures: dict[str, Any] | None, key: str) -> str:
+    """Mean over the rounds, with the range when the rounds differ visibly."""
+    if not figures:
+        return "-"
+    mean, low, high = figures[key], figures[f"{key}_min"], figures[f"{key}_max"]
+    if high - low < 0.01 * mean:
+        return _fmt(mean)
+    return f"{_fmt(mean)} ({_fmt(low)} to {_fmt(high)})"
+
+
+def percore_verdict(
+    trigate: float | None, portkey: float | None, higher: bool, target: float | None
+) -> tuple[str, str, str]:
+    """(trigate ÷ Portkey, the target, PASS/FAIL) for one row; blanks where not measured."""
+    if trigate is None or portkey is None or portkey <= 0:
+        return "-", "" if target is None else "n/a", ""
+    ratio = trigate / portkey
+    if target is None:
+        return f"{ratio:.2f}x", "", ""
+    goal = f"≥{target:g}x Portkey" if higher else f"≤{target:g}x Portkey"
+    passed = ratio >= target if higher else ratio <= target
+    return f"{ratio:.2f}x", goal, "PASS" if passed else "FAIL"
+
+
+def percore_table(percore: dict[str, Any]) -> str:
+    """One row per kind and figure; a column per system; the ratio to Portkey and target."""
+    systems = [name for name in PERCORE_NAMES if name in percore["systems"]]
+    versions = percore["versions"]
+    header = ["requests", "figure"]
+    header += [f"{PERCORE_NAMES[name]} ({versions[name]})" for name in systems]
+    header += ["trigate ÷ Portkey", "target", "pass/fail"]
+    lines = []
+    for kind, key, higher, target in PERCORE_ROWS:
+        unit = percore["kinds"][kind]["unit"]
+        figure = FIGURES[key].format(unit=unit)
+        cells = [_percore_cell(percore["systems"][name].get(kind), key) for name in systems]
+        mine = dig(percore["systems"], "trigate", kind, key)
+        theirs = dig(percore["systems"], "portkey", kind, key)
+        verdict = (
+            ("", "", "") if key == "core_busy" else percore_verdict(mine, theirs, higher, target)
+        )
+        lines.append([kind, figure, *cells, *verdict])
+    return _table(header, lines)
+
+
+def percore_problems(percore: dict[str, Any]) -> list[str]:
+    """Wrong answers and errors in scenario p: the figures beside them are suspect."""
+    found = []
+    for system, kinds in percore["answers"].items():
+        for kind, answer in kinds.items():
+            if not answer["ok"] or answer["frames"] != answer["frames_expected"]:
+                found.append(f"{system} {kind}: answered {answer}")
+    for system, kinds in percore["systems"].items():
+        found.extend(
+            f"{system} {kind}: {figures['errors']} wrk errors"
+            for kind, figures in kinds.items()
+            if figures["errors"]
+        )
+    return found

@@ -1,4 +1,4 @@
-"""scripts/bench: measure trigate (and optionally LiteLLM's proxy) against a mock upstream.
+"""scripts/bench: measure trigate (and optionally LiteLLM's proxy and Portkey's gateway).
 
 One command starts the mock and the gateway(s), measures, stops everything and prints a
 markdown report; every figure also goes to a JSON file, and latency against offered load to
@@ -6,7 +6,11 @@ a PNG. Scenarios: (a) non-stream throughput at fixed concurrency, (b) added late
 the maximum rate plus a latency/offered-load sweep, (c) streaming: added time to first byte,
 relayed chunks/s, 1,000 held slow streams and the worker's RSS, (d) 1 versus 2 workers.
 Asked for only: (i) CPU instructions per non-stream request, counted under valgrind's
-callgrind, which the machine's other load does not move (a few minutes per gateway).
+callgrind, which the machine's other load does not move (a few minutes per gateway);
+(p) per core against the peers (scripts/bench_percore.py): each system pinned to one CPU,
+CPU time per request and req/s for non-stream chat, burst streams and paced streams, runs
+interleaved; the default with --compare portkey. --check counts instructions per request
+against the budget in scripts/bench-budget.json (scripts/bench_check.py).
 With --otlp trigate traces every request to a local receiver that discards the spans, so
 any scenario measures what tracing costs.
 
@@ -14,7 +18,8 @@ Tools, installed from Debian when missing (needs root): nginx with libnginx-mod-
 the mock (scripts/bench_mock.lua: bodies built once, then served by nginx; tens of thousands
 of req/s on one core); wrk drives the closed-loop throughput runs; the bench's own epoll client
 (scripts/bench_client.py) does the open-loop and streaming runs. --compare litellm installs
-litellm[proxy] from PyPI into ~/.cache/trigate-bench/litellm-venv once.
+litellm[proxy] from PyPI into ~/.cache/trigate-bench/litellm-venv once; --compare portkey
+installs @portkey-ai/gateway (pinned) from npm into ~/.cache/trigate-bench/portkey-<version>.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import sys
 import time
 from contextlib import ExitStack
@@ -30,10 +34,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import bench_check
 import bench_client
 import bench_measure as measure
 import bench_report as report
 from bench_client import tighten_timer_slack
+from bench_percore import scenario_p
 from bench_systems import (
     ROOT,
     Gateway,
@@ -78,13 +84,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--compare",
-        choices=["litellm"],
-        help="also bench LiteLLM's proxy (installed into its own cached venv)",
+        action="append",
+        choices=["litellm", "portkey"],
+        default=[],
+        help="also bench LiteLLM's proxy (installed into its own cached venv) or Portkey's "
+        "gateway (from npm, into its own cached directory; scenario p only); repeatable",
     )
     parser.add_argument(
         "--scenarios",
-        default="abcd",
-        help="which of a, b, c, d, i, r to run (default abcd; b needs a)",
+        help="which of a, b, c, d, i, p, r to run (default abcd, or p with --compare "
+        "portkey; b needs a)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="scenario p: interleaved rounds, every system and kind once a round (default 2)",
     )
     parser.add_argument(
         "--virtual-key",
@@ -108,16 +123,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="directory for the JSON, PNG and logs (default bench-results/)",
     )
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="count instructions per request under callgrind and compare them with "
+        "scripts/bench-budget.json; exits 1 when one is more than 3%% over (under a minute)",
+    )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with --check: write the counts measured as the new budget",
+    )
+    parser.add_argument(
         "--trigate",
         type=Path,
         default=ROOT / ".venv" / "bin" / "trigate",
         help="the trigate executable to bench (default the project venv's)",
     )
     args = parser.parse_args(argv)
-    if set(args.scenarios) - set("abcdir") or not args.scenarios:
-        parser.error("--scenarios takes letters from abcdir")
-    if "i" in args.scenarios and not shutil.which("valgrind"):
-        parser.error("scenario i needs valgrind (Debian's valgrind package)")
+    if args.scenarios is None:
+        args.scenarios = "p" if "portkey" in args.compare else "abcd"
+    if set(args.scenarios) - set("abcdipr") or not args.scenarios:
+        parser.error("--scenarios takes letters from abcdipr")
+    if args.update and not args.check:
+        parser.error("--update goes with --check")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     args.out = args.out.resolve()  # servers run in its subfolder, so paths must not be relative
@@ -136,6 +164,7 @@ def make_plan(args: argparse.Namespace) -> measure.Plan:
         workers=args.workers,
         virtual_key=args.virtual_key,
         redis=args.redis,
+        percore_rounds=args.rounds,
     )
 
 
@@ -147,6 +176,8 @@ def bench_gateway(
     translated = set(plan.translated_models())
     write_gateway_config(config, mock.port, plan.upstream_models(), translated, plan.redis)
     result: dict[str, Any] = {"version": gateway.version(), "workers": plan.workers}
+    if not set(plan.scenarios) & set("abcdir"):
+        return result
     if set(plan.scenarios) & set("abcr"):
         log(f"{gateway.name}: starting with {plan.workers} worker(s)")
         with gateway.run(config, plan.workers, workdir, "abc") as server:
@@ -210,8 +241,9 @@ def log(message: str) -> None:
 
 
 def gateways(args: argparse.Namespace, otlp_endpoint: str | None) -> list[Gateway]:
+    """The gateways scenarios a-d, i and r run against (Portkey takes part in p only)."""
     found = [Gateway("trigate", args.trigate, otlp_endpoint)]
-    if args.compare == "litellm":
+    if "litellm" in args.compare:
         found.append(Gateway("litellm", ensure_litellm()))
     return found
 
@@ -226,8 +258,7 @@ def machine() -> dict[str, Any]:
 
 def render(data: dict[str, Any], rows: list[report.Row], png: Path | None) -> str:
     """The whole markdown report."""
-    plan, systems = data["plan"], data["systems"]
-    ceilings, ceilings_ok = report.ceilings_table(data["ceilings"], systems)
+    plan, systems, percore = data["plan"], data["systems"], data["percore"]
     parts = [
         f"# trigate bench {data['meta']['timestamp']}",
         f"{plan['workers']} worker(s), {plan['duration']:g} s per step, scenarios "
@@ -235,13 +266,29 @@ def render(data: dict[str, Any], rows: list[report.Row], png: Path | None) -> st
         + (", every request traced over OTLP" if data["meta"]["traced"] else "")
         + "; "
         + ", ".join(f"{name} {result['version']}" for name, result in systems.items()),
-        "## Harness ceilings (the mock and load generators must outrun the gateways)",
-        ceilings,
-        "" if ceilings_ok else "**A ceiling is too low: the figures below are bounded by it.**",
-        "## Results",
-        report.results_table(rows, list(systems)),
     ]
+    if data["ceilings"]:
+        ceilings, ceilings_ok = report.ceilings_table(data["ceilings"], systems)
+        parts += [
+            "## Harness ceilings (the mock and load generators must outrun the gateways)",
+            ceilings,
+            "" if ceilings_ok else "**A ceiling is too low: the figures below are bounded by it.**",
+        ]
+    if rows:
+        parts += ["## Results", report.results_table(rows, list(systems))]
     issues = report.problems(systems)
+    if percore:
+        parts += [
+            "## Per core (scenario p)",
+            f"Each system on CPU {percore['system_cpu']} alone; nginx, wrk and the bench on "
+            f"CPU {percore['harness_cpu']}. {plan['percore_rounds']} interleaved rounds of "
+            f"{plan['duration']:g} s per system and kind; mean (range). Streams: "
+            f"{percore['chunks']} content chunks, paced ones {percore['paced_interval_ms']} ms "
+            f"a frame. Load average before and after: "
+            f"{percore['load_before'][0]:.2f}, {percore['load_after'][0]:.2f}.",
+            report.percore_table(percore),
+        ]
+        issues += report.percore_problems(percore)
     if issues:
         parts += ["## Errors seen", "\n".join(f"- {issue}" for issue in issues)]
     parts.append(f"JSON: {data['json']}" + (f"  \nPlot: {png}" if png else ""))
@@ -250,10 +297,12 @@ def render(data: dict[str, Any], rows: list[report.Row], png: Path | None) -> st
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.check:
+        return bench_check.main(args.trigate, args.out, update=args.update)
     plan = make_plan(args)
     raise_fd_limit()
     tighten_timer_slack()
-    installed = ensure_apt_packages()
+    installed = ensure_apt_packages(with_valgrind="i" in plan.scenarios)
     if installed:
         log(f"installed Debian packages {installed}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -266,9 +315,22 @@ def main(argv: list[str]) -> int:
         otlp = stack.enter_context(otlp_receiver(workdir)) if args.otlp else None
         systems = gateways(args, f"http://127.0.0.1:{otlp.port}" if otlp else None)
         mock = measure.mock_target(mock_proc, plan)
-        log("measuring the mock's and the load generators' ceilings")
-        ceilings = measure.ceilings(mock, plan)
+        ceilings = None
+        if set(plan.scenarios) - {"p"}:
+            log("measuring the mock's and the load generators' ceilings")
+            ceilings = measure.ceilings(mock, plan)
         results = {gateway.name: bench_gateway(gateway, mock, plan, workdir) for gateway in systems}
+        percore = None
+        if "p" in plan.scenarios:
+            config = workdir / "percore.yaml"
+            write_gateway_config(
+                config, mock.port, plan.upstream_models(), set(plan.translated_models())
+            )
+            litellm = next((g for g in systems if g.name == "litellm"), None)
+            log("(p) per core: every system pinned to one CPU, runs interleaved")
+            percore = scenario_p(
+                args.compare, systems[0], litellm, config, mock_proc, mock, plan, workdir
+            )
     rows = report.build_rows(results, plan.levels, plan.slow_streams)
     png = png_path if report.plot(results, png_path) else None
     data: dict[str, Any] = {
@@ -284,6 +346,7 @@ def main(argv: list[str]) -> int:
         "png": str(png) if png else None,
         "ceilings": ceilings,
         "systems": results,
+        "percore": percore,
         "rows": [asdict(row) for row in rows],
     }
     markdown = render(data, rows, png)

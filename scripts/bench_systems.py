@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +28,20 @@ SCRIPTS = Path(__file__).resolve().parent
 ROOT = SCRIPTS.parent
 MASTER_KEY = "sk-bench-master"
 UPSTREAM_KEY = "sk-bench-upstream"
-LITELLM_VENV = Path.home() / ".cache" / "trigate-bench" / "litellm-venv"
+CACHE = Path.home() / ".cache" / "trigate-bench"
+LITELLM_VENV = CACHE / "litellm-venv"
+# Portkey's gateway from npm, pinned: its streams need @hono/node-server held back and one
+# line of its bundle patched (see ensure_portkey).
+PORTKEY_VERSION = "1.15.2"
+PORTKEY_HONO_NODE_SERVER = "1.14.2"
+PORTKEY_DIR = CACHE / f"portkey-{PORTKEY_VERSION}"
+PORTKEY_BUNDLE = "node_modules/@portkey-ai/gateway/build/start-server.js"
+# The header write that throws `TypeError: immutable` on a streamed response (Portkey-AI/
+# gateway#1389, #1550), wrapped as its open PR #1390 does: skipped when it cannot be made.
+PORTKEY_PATCH = (
+    "this.updateHeaders(i,n.cacheStatus,o)",
+    "(()=>{try{this.updateHeaders(i,n.cacheStatus,o)}catch(e){}})()",
+)
 NGINX_MODULES = Path("/usr/lib/nginx/modules")
 
 # Debian package -> a file it installs; nginx's Lua module is what makes the mock scriptable.
@@ -36,6 +50,8 @@ APT_PACKAGES = {
     "libnginx-mod-http-lua": NGINX_MODULES / "ngx_http_lua_module.so",
     "wrk": Path("/usr/bin/wrk"),
 }
+# Counting instructions (scenario i, --check) needs valgrind's callgrind too.
+VALGRIND = {"valgrind": Path("/usr/bin/valgrind")}
 
 NGINX_CONF = """\
 daemon off;
@@ -71,9 +87,10 @@ http {
 """
 
 
-def ensure_apt_packages() -> list[str]:
+def ensure_apt_packages(*, with_valgrind: bool = False) -> list[str]:
     """Install the Debian packages the bench needs, only those missing; returns what it added."""
-    missing = [name for name, path in APT_PACKAGES.items() if not path.exists()]
+    wanted = APT_PACKAGES | (VALGRIND if with_valgrind else {})
+    missing = [name for name, path in wanted.items() if not path.exists()]
     if not missing:
         return []
     if os.geteuid() != 0:
@@ -102,6 +119,45 @@ def ensure_litellm() -> Path:
                 raise SystemExit(f"bench: pip install {args} failed:\n{done.stderr[-3000:]}")
         stamp.touch()
     return LITELLM_VENV / "bin" / "litellm"
+
+
+def ensure_portkey() -> Path:
+    """Portkey's gateway (pinned) in a directory of its own, cached across runs; returns the
+    path of its server bundle.
+
+    Two changes make its streams work here at all, both from its issue tracker: npm's
+    `overrides` hold @hono/node-server at 1.14.2 (streams break on later ones, #1389), and
+    the bundle's `updateHeaders` call after a response is built is wrapped in a try/catch,
+    which is what its open PR #1390 does (otherwise every stream fails with `TypeError:
+    immutable`, #1389 and #1550). Neither changes what a request costs it.
+    A stamp marks a finished install, so an interrupted one is redone rather than trusted.
+    """
+    stamp = PORTKEY_DIR / ".bench-installed"
+    bundle = PORTKEY_DIR / PORTKEY_BUNDLE
+    if stamp.exists():
+        return bundle
+    if not shutil.which("npm"):
+        raise SystemExit("bench: --compare portkey needs node and npm (Debian's nodejs, npm)")
+    print(f"bench: installing @portkey-ai/gateway into {PORTKEY_DIR} ...", file=sys.stderr)
+    PORTKEY_DIR.mkdir(parents=True, exist_ok=True)
+    package = {
+        "name": "trigate-bench-portkey",
+        "private": True,
+        "dependencies": {"@portkey-ai/gateway": PORTKEY_VERSION},
+        "overrides": {"@hono/node-server": PORTKEY_HONO_NODE_SERVER},
+    }
+    (PORTKEY_DIR / "package.json").write_text(json.dumps(package, indent=2) + "\n")
+    npm = ["npm", "install", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund"]
+    done = subprocess.run(npm, cwd=PORTKEY_DIR, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"bench: npm install failed:\n{done.stderr[-3000:]}")
+    text = bundle.read_text()
+    old, new = PORTKEY_PATCH
+    if text.count(old) != 1:
+        raise SystemExit(f"bench: {bundle} no longer has the one line the bench patches")
+    bundle.write_text(text.replace(old, new))
+    stamp.touch()
+    return bundle
 
 
 def free_port() -> int:
@@ -154,10 +210,16 @@ class Server:
 
 @contextmanager
 def serving(
-    name: str, argv: list[str], port: int, log: Path, env: dict[str, str], ready_timeout: float
+    name: str,
+    argv: list[str],
+    port: int,
+    log: Path,
+    env: dict[str, str],
+    ready_timeout: float,
+    ready_path: str = "/health/readiness",
 ) -> Iterator[Server]:
     """Start argv beside its log (files it writes stay out of the repo), wait until
-    GET /health/readiness answers 200, stop it on exit."""
+    GET `ready_path` answers 200, stop it on exit."""
     with log.open("wb") as out:
         popen = subprocess.Popen(
             argv,
@@ -169,20 +231,20 @@ def serving(
         )
     server = Server(name, popen, port, log)
     try:
-        _wait_ready(server, ready_timeout)
+        _wait_ready(server, ready_timeout, ready_path)
         yield server
     finally:
         server.stop()
 
 
-def _wait_ready(server: Server, timeout: float) -> None:
+def _wait_ready(server: Server, timeout: float, path: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.popen.poll() is not None:
             raise RuntimeError(
                 f"{server.name} exited early; see {server.log}:\n{_tail(server.log)}"
             )
-        if _status(server.port, "/health/readiness") == 200:
+        if _status(server.port, path) == 200:
             return
         time.sleep(0.1)
     raise RuntimeError(f"{server.name} not ready after {timeout:.0f} s; see {server.log}")
@@ -244,12 +306,30 @@ def mock_server(workdir: Path) -> Iterator[Server]:
         yield server
 
 
+def pinned(argv: list[str], cpus: str | None) -> list[str]:
+    """argv run on the given CPUs only (taskset's list syntax), or anywhere for None."""
+    return ["taskset", "-c", cpus, *argv] if cpus else argv
+
+
 @contextmanager
-def floor_server(workdir: Path) -> Iterator[Server]:
+def floor_server(workdir: Path, cpus: str | None = None) -> Iterator[Server]:
     """hypercorn alone, answering as the mock does (see bench_floor.py), on a free port."""
     port = free_port()
-    argv = [sys.executable, str(SCRIPTS / "bench_floor.py"), str(port)]
-    with serving("floor", argv, port, workdir / "floor.log", dict(os.environ), 30) as server:
+    argv = pinned([sys.executable, str(SCRIPTS / "bench_floor.py"), str(port)], cpus)
+    log = workdir / f"floor{'-pinned' if cpus else ''}.log"
+    with serving("floor", argv, port, log, dict(os.environ), 30) as server:
+        yield server
+
+
+@contextmanager
+def portkey_server(bundle: Path, workdir: Path, cpus: str | None = None) -> Iterator[Server]:
+    """Portkey's gateway (see ensure_portkey) on a free port, answering GET / when ready.
+    It needs no config: each request names its provider and upstream in headers."""
+    port = free_port()
+    argv = pinned(["node", str(bundle), f"--port={port}", "--headless"], cpus)
+    env = {**os.environ, "NODE_ENV": "production"}
+    log = workdir / "portkey.log"
+    with serving("portkey", argv, port, log, env, 60, ready_path="/") as server:
         yield server
 
 
@@ -325,18 +405,26 @@ class Gateway:
         return done.stdout.strip() or "unknown"
 
     @contextmanager
-    def run(self, config: Path, workers: int, workdir: Path, tag: str) -> Iterator[Server]:
-        """The gateway serving on a free port; its output goes to <name>-<tag>-<N>w.log."""
+    def run(
+        self, config: Path, workers: int, workdir: Path, tag: str, cpus: str | None = None
+    ) -> Iterator[Server]:
+        """The gateway serving on a free port (on `cpus` only, if given); its output goes to
+        <name>-<tag>-<N>w.log."""
         port = free_port()
         log = workdir / f"{self.name}-{tag}-{workers}w.log"
-        argv = self.argv(config, port, workers)
+        argv = pinned(self.argv(config, port, workers), cpus)
         with serving(self.name, argv, port, log, self.env(), 120) as server:
             yield server
 
     @contextmanager
-    def run_counted(self, config: Path, workdir: Path) -> Iterator[Server]:
+    def run_counted(self, config: Path, workdir: Path, *, seeded: bool = False) -> Iterator[Server]:
         """One worker under callgrind, counting nothing until `callgrind_control -i on`;
-        its counts go to callgrind-<name>.<pid>. Starting takes a minute or two."""
+        its counts go to callgrind-<name>.<pid>. Starting takes a minute or two.
+
+        `seeded` (trigate only) runs the CLI through bench_counted.py, which seeds trio's
+        scheduler and `random`, with a fixed PYTHONHASHSEED and without the environment's
+        TRIGATE_* and OTEL_* settings: the same requests then take the same paths, so
+        counts repeat from run to run and machine to machine."""
         port = free_port()
         callgrind = [
             "valgrind",
@@ -346,9 +434,20 @@ class Gateway:
             f"--callgrind-out-file={workdir / f'callgrind-{self.name}'}.%p",
         ]
         python = str(self.exe.parent / "python")
-        argv = [*callgrind, python, *self.argv(config, port, 1)]
+        program = self.argv(config, port, 1)
+        env = self.env()
+        if seeded:
+            program = [str(SCRIPTS / "bench_counted.py"), *program[1:]]
+            # The same setup wherever it runs: the config file's SQLite store in `workdir`,
+            # no Redis, no tracing, whatever the environment says.
+            env = {
+                name: value
+                for name, value in env.items()
+                if not name.startswith(("TRIGATE_", "OTEL_")) or name == "TRIGATE_MASTER_KEY"
+            }
+            env["PYTHONHASHSEED"] = "0"
         log = workdir / f"{self.name}-callgrind.log"
-        with serving(self.name, argv, port, log, self.env(), 900) as server:
+        with serving(self.name, [*callgrind, python, *program], port, log, env, 900) as server:
             yield server
 
 
@@ -435,3 +534,19 @@ def raise_fd_limit() -> None:
     """1,000 held streams need thousands of sockets here and in every child."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the processes have used, with that of their reaped children:
+    fields 14-17 of /proc/PID/stat, in clock ticks. A process gone since is skipped."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return ticks / CLOCK_TICKS

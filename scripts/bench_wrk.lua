@@ -4,6 +4,10 @@ wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY")
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = os.getenv("BENCH_AUTH")
+-- More headers, one "Name: value" a line (Portkey's gateway takes its route from them).
+for name, value in string.gmatch(os.getenv("BENCH_HEADERS") or "", "([^:\n]+):%s*([^\n]*)\n") do
+    wrk.headers[name] = value
+end
 
 function done(summary, latency, requests)
     local e = summary.errors

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,103 @@ def test_instructions_are_counted(tmp_path: Path) -> None:
     assert counted["requests"] > 0 and counted["errors"] == 0
     assert counted["instructions"] > 0 and _numeric(counted["instructions_per_request_m"])
     assert "| i | instructions per request (millions) |" in done.stdout
+
+
+# scripts/bench --check: the comparison with the committed budget and its exit code. The
+# counting itself needs valgrind and a minute; here a stand-in supplies the counts.
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import bench_check  # noqa: E402
+
+VERSIONS = {"python": "3.11.7", "trio": "0.27.0"}
+
+
+def _budget(path: Path, counts: dict[str, int], **extra: Any) -> Path:
+    path.write_text(json.dumps({"tolerance": 0.03, "instructions_per_request": counts, **extra}))
+    return path
+
+
+def _check(path: Path, measured: dict[str, int], *, update: bool = False) -> tuple[int, str]:
+    printed: list[str] = []
+    code = bench_check.run_check(
+        lambda: (measured, VERSIONS), update=update, budget_path=path, out=printed.append
+    )
+    return code, "\n".join(printed)
+
+
+def test_check_passes_within_tolerance(tmp_path: Path) -> None:
+    budget = _budget(tmp_path / "budget.json", {"chat": 1_000_000, "stream": 2_000_000})
+    code, table = _check(budget, {"chat": 1_030_000, "stream": 1_900_000})
+    assert code == 0
+    assert "| chat | 1,030,000 | 1,000,000 | +3.0% | ok |" in table
+    assert "| stream | 1,900,000 | 2,000,000 | -5.0% | ok |" in table
+    assert "locks the gain in" in table  # 5% under budget: say how to keep it
+
+
+def test_check_fails_past_tolerance(tmp_path: Path) -> None:
+    budget = _budget(tmp_path / "budget.json", {"chat": 1_000_000, "stream": 2_000_000})
+    code, table = _check(budget, {"chat": 1_031_000, "stream": 2_000_000})
+    assert code == 1
+    assert "| chat | 1,031,000 | 1,000,000 | +3.1% | OVER BUDGET |" in table
+    assert "| stream | 2,000,000 | 2,000,000 | +0.0% | ok |" in table
+    assert "scripts/bench --check --update" in table
+
+
+def test_check_fails_a_case_without_budget(tmp_path: Path) -> None:
+    budget = _budget(tmp_path / "budget.json", {"chat": 1_000_000})
+    code, table = _check(budget, {"chat": 900_000, "new case": 5})
+    assert code == 1
+    assert "| new case | 5 | none | - | NO BUDGET |" in table
+    code, _ = _check(tmp_path / "missing.json", {"chat": 900_000})
+    assert code == 1
+
+
+def test_check_reads_the_tolerance_from_the_budget(tmp_path: Path) -> None:
+    budget = _budget(tmp_path / "budget.json", {"chat": 1_000_000})
+    budget.write_text(budget.read_text().replace("0.03", "0.10"))
+    assert _check(budget, {"chat": 1_090_000})[0] == 0
+    assert _check(budget, {"chat": 1_110_000})[0] == 1
+
+
+def test_update_rewrites_the_budget_and_passes(tmp_path: Path) -> None:
+    budget = _budget(tmp_path / "budget.json", {"chat": 1_000_000})
+    code, printed = _check(budget, {"chat": 1_200_000, "stream": 7}, update=True)
+    assert code == 0
+    assert "OVER BUDGET" in printed  # what changed is still shown
+    written = json.loads(budget.read_text())
+    assert written["instructions_per_request"] == {"chat": 1_200_000, "stream": 7}
+    assert written["tolerance"] == 0.03 and written["measured_with"] == VERSIONS
+    assert "--update" in written["comment"] and "commit" in written["comment"]
+    assert _check(budget, {"chat": 1_200_000, "stream": 7})[0] == 0
+
+
+def test_check_notes_version_drift(tmp_path: Path) -> None:
+    budget = _budget(
+        tmp_path / "budget.json",
+        {"chat": 1_000_000},
+        measured_with={"python": "3.12.1", "trio": "0.27.0"},
+    )
+    code, printed = _check(budget, {"chat": 1_000_000})
+    assert code == 0
+    assert "python: budget measured with 3.12.1, now 3.11.7" in printed
+    assert "trio:" not in printed
+
+
+def test_committed_budget_covers_every_case() -> None:
+    """The budget in the repo has a figure for each case the check counts."""
+    budget = bench_check.load_budget(bench_check.BUDGET_PATH)
+    assert set(budget["instructions_per_request"]) == {case.name for case in bench_check.CASES}
+    assert all(count > 0 for count in budget["instructions_per_request"].values())
+    assert budget["tolerance"] == 0.03 and "--update" in budget["comment"]
+
+
+def test_percore_targets_are_ratios_to_portkey() -> None:
+    """Scenario p's verdicts: req/s at least the target times Portkey's, CPU at most."""
+    import bench_report
+
+    assert bench_report.percore_verdict(800.0, 400.0, True, 2.0) == ("2.00x", "≥2x Portkey", "PASS")
+    assert bench_report.percore_verdict(700.0, 400.0, True, 2.0)[2] == "FAIL"
+    assert bench_report.percore_verdict(1.3, 1.31, False, 1.0) == ("0.99x", "≤1x Portkey", "PASS")
+    assert bench_report.percore_verdict(1.4, 1.31, False, 1.0)[2] == "FAIL"
+    assert bench_report.percore_verdict(1.0, None, True, 2.0) == ("-", "n/a", "")
+    assert bench_report.percore_verdict(1.0, 2.0, False, None) == ("0.50x", "", "")
