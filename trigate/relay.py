@@ -6,10 +6,16 @@ owns a nursery for exactly as long as the response is being sent. Inside it,
 the provider reader runs as a child task and feeds SSE frames into a memory
 channel of capacity 100; the client writer is the task iterating the body.
 
-- A client disconnect cancels the request's scope. The reader is cancelled
-  with it, and the upstream response is closed before the body's exit returns,
-  so the upstream connection never outlives the client nor goes back to a pool
-  half-read.
+- A client disconnect closes the upstream connection at once (`client_left`,
+  called by whoever hears the disconnect), and only then cancels the request's
+  scope; the reader ends with it, and the body's exit closes whatever is left.
+  The connection never goes back to a pool half-read.
+- When hundreds of clients leave together, each close is cheap but each
+  unwinding (cancellation, exits, hypercorn's own close) costs several times
+  more; run in turn, every close would wait behind the unwinding of every
+  departure before it. So the unwindings take a worker-wide lane a few at a
+  time (`TEARDOWN_LANE_WIDTH`), while closes never wait: every departing
+  client's upstream is closed first, then the rest unwinds.
 - A slow client blocks the writer; the channel fills to 100 frames and then
   blocks the reader, which stops reading the upstream: memory stays bounded.
 - Accounting runs in `__aexit__` under a shield with a time bound, so a record
@@ -27,6 +33,7 @@ from typing import Any
 import orjson
 import trio
 from quart.wrappers.response import ResponseBody
+from trio.lowlevel import RunVar
 
 from trigate.errors import GatewayError, UpstreamError
 from trigate.providers import ChunkStream, NativeEvent
@@ -38,6 +45,9 @@ MAX_FRAMES_PER_WRITE = 64
 # Closing an upstream or writing a record must not hold a cancelled request forever.
 CLOSE_TIMEOUT = 5.0
 FINISH_TIMEOUT = 10.0
+# How many departed streams unwind at once; the others' upstreams are already closed.
+TEARDOWN_LANE_WIDTH = 8
+_teardown_lane: RunVar[trio.CapacityLimiter] = RunVar("teardown_lane")
 
 DONE_FRAME = b"data: [DONE]\n\n"
 _CHUNK_IDENTITY = ("id", "created", "model", "system_fingerprint")
@@ -108,6 +118,9 @@ class StreamRelay(ResponseBody):
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
         self.entered = False
+        self._client_left = False
+        # Set once the body has exited, up to (not including) its record.
+        self._unwound = trio.Event()
         self.outcome = StreamOutcome()
 
     async def __aenter__(self) -> StreamRelay:
@@ -151,12 +164,31 @@ class StreamRelay(ResponseBody):
             pass
         return frame if len(batch) == 1 else b"".join(batch)
 
+    async def client_left(self, request: trio.CancelScope) -> None:
+        """The client is gone: close the upstream connection now, then cancel `request`
+        (the scope the body is sent in) when the teardown lane has room, and hold the
+        lane until the body has exited. The reader may fail its read first, which is no
+        upstream error (`_read_upstream`); `close` runs at exit and writes the record."""
+        await self.release_upstream()
+        async with _lane():
+            request.cancel()
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                await self._unwound.wait()
+
+    async def release_upstream(self) -> None:
+        """Close the upstream connection now, for a client that has left (its reader's
+        failed read is then no upstream error)."""
+        self._client_left = True
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            await self._stream.aclose()
+
     async def close(self) -> None:
         """Release the upstream and write the record; safe to call more than once."""
         with trio.CancelScope(shield=True):
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await self._chunks.aclose()
                 await self._stream.aclose()
+            self._unwound.set()
             on_finish, self._on_finish = self._on_finish, _finished
             with trio.move_on_after(FINISH_TIMEOUT):
                 await on_finish(self.outcome)
@@ -171,6 +203,8 @@ class StreamRelay(ResponseBody):
                 if self._include_usage:
                     await frames.send(self._encoder.usage(await self._usage_chunk()))
             except GatewayError as error:
+                if self._client_left:
+                    return  # the read failed because the client's departure closed it
                 self.outcome.error = error
                 await frames.send(self._encoder.error(error))
             self.outcome.completed = True
@@ -215,6 +249,16 @@ class StreamRelay(ResponseBody):
             chunk.update(object="chat.completion.chunk", choices=[])
         chunk["usage"] = self._meter.reported or (await self._meter.settle()).to_openai()
         return chunk
+
+
+def _lane() -> trio.CapacityLimiter:
+    """This run's teardown lane (a `RunVar`: a limiter belongs to one event loop)."""
+    try:
+        return _teardown_lane.get()
+    except LookupError:
+        lane = trio.CapacityLimiter(TEARDOWN_LANE_WIDTH)
+        _teardown_lane.set(lane)
+        return lane
 
 
 def _no_backpressure() -> None:

@@ -13,6 +13,12 @@ closed once idle for `keep_alive_timeout` (a deadline on its scope, where
 hypercorn would start a timer task per request). Hypercorn still speaks HTTP
 on each connection (`TCPServer`), lifespan included.
 
+A client's departure is heard where it happens: the connection's stream reports
+its end-of-file (or reset) to the request being served (`DEPARTURE_EXTENSION`)
+before hypercorn processes it, and yields once, so that when hundreds of
+clients leave together every request hears first and hypercorn's (costlier)
+teardown of each connection follows.
+
 A shutdown drains: the listeners close, idle connections close at once, and
 requests in flight (streams included) may finish for `graceful_timeout`
 before the gateway's own shutdown (which flushes the spend ledger) runs.
@@ -27,7 +33,7 @@ import resource
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -47,6 +53,12 @@ if TYPE_CHECKING:
     )
 
 logger = logging.getLogger("trigate")
+
+# The ASGI scope extension through which a request learns its client has gone: a callable
+# taking the request's async departure callback (or None, when the request is over).
+DEPARTURE_EXTENSION = "trigate.departure"
+Departure = Callable[[], Awaitable[None]]
+OnDeparture = Callable[[Departure | None], None]
 
 # Accept errors that mean "out of descriptors or memory for now": wait and try again.
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -87,16 +99,64 @@ def listening_sockets(config: HypercornConfig) -> list[socket.socket]:
 class _Connection:
     """One client connection, and whether a request is being served on it."""
 
-    __slots__ = ("active", "idle_since", "scope")
+    __slots__ = ("active", "departure", "idle_since", "scope")
 
     def __init__(self, scope: trio.CancelScope, now: float) -> None:
         self.scope = scope
         self.active = 0
         self.idle_since = now
+        # What the request being served wants done the moment its client goes.
+        self.departure: Departure | None = None
 
     @property
     def idle(self) -> bool:
         return self.active == 0
+
+    def on_departure(self, departure: Departure | None) -> None:
+        self.departure = departure
+
+    async def client_gone(self) -> None:
+        departure, self.departure = self.departure, None
+        if departure is not None:
+            with trio.CancelScope(shield=True):
+                await departure()
+            # Every departure heard in this pass of the loop acts before any is unwound.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+class _WatchedStream:
+    """A client's socket stream as hypercorn uses it, reporting end-of-file and resets to
+    the connection as they are read. Not a TLS stream: hypercorn tells the two apart by
+    `do_handshake`, which this lacks as a plain `SocketStream` does."""
+
+    __slots__ = ("_connection", "_stream", "socket")
+
+    def __init__(self, stream: trio.SocketStream, connection: _Connection) -> None:
+        self._stream = stream
+        self._connection = connection
+        self.socket = stream.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except trio.BrokenResourceError:
+            await self._connection.client_gone()
+            raise
+        if not data:
+            await self._connection.client_gone()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 class _ConnectionApp:
@@ -120,9 +180,13 @@ class _ConnectionApp:
         connection = self._connection
         connection.active += 1
         connection.scope.deadline = math.inf
+        if scope["type"] == "http":
+            extensions = cast("dict[str, Any]", scope["extensions"])
+            extensions[DEPARTURE_EXTENSION] = connection.on_departure
         try:
             await self._app(scope, receive, send, *rest)
         finally:
+            connection.departure = None
             connection.active -= 1
             if connection.active == 0:
                 self._connections.went_idle(connection)
@@ -198,7 +262,7 @@ class Connections:
             self.make_room(connection)
             try:
                 app = lambda wrapped: _ConnectionApp(wrapped, connection, self)  # noqa: E731
-                tcp_server = server(app, stream)
+                tcp_server = server(app, _WatchedStream(stream, connection))
                 tcp_server.idle_task = _NoIdleTimer()
                 await tcp_server.run()
             finally:
@@ -225,7 +289,7 @@ async def serve(
     context = WorkerContext(None)
     connections = Connections(limits)
 
-    def server(wrap: Callable[[AppWrapper], AppWrapper], stream: trio.SocketStream) -> TCPServer:
+    def server(wrap: Callable[[AppWrapper], AppWrapper], stream: _WatchedStream) -> TCPServer:
         state = ConnectionState(lifespan_state.copy())
         # hypercorn annotates the stream as an SSLStream; it serves a plain SocketStream as
         # well, which its own `serve` hands it for a listener without TLS.

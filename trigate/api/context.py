@@ -17,6 +17,7 @@ every route at once, before any route would pick one of them.
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import orjson
 import trio
 
 from trigate.errors import InvalidRequest
+from trigate.serving import DEPARTURE_EXTENSION, OnDeparture
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
@@ -98,6 +100,10 @@ class RequestScope:
         in_flight = self._in_flight
         if in_flight is not None:
             in_flight.inc()
+        extensions: dict[str, Any] = scope.get("extensions") or {}
+        on_departure: OnDeparture | None = extensions.get(DEPARTURE_EXTENSION)
+        if on_departure is not None:
+            on_departure(functools.partial(_departed, context))
         try:
             sender = _ResponseSender(send, receive, context)
             if ambiguous:
@@ -110,6 +116,14 @@ class RequestScope:
                 await context.relay.close()
             if in_flight is not None:
                 in_flight.dec()
+
+
+async def _departed(context: RequestContext) -> None:
+    """The client's connection ended (heard by the server as it happened, before the
+    disconnect reaches the app): a stream's upstream is closed at once."""
+    relay = context.relay
+    if relay is not None and relay.entered:
+        await relay.release_upstream()
 
 
 class _ResponseSender:

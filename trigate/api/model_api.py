@@ -231,8 +231,13 @@ def unexpected_failure(error: Exception) -> GatewayError:
 
 
 async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:
+    """The client left: cancel the call. A stream's relay closes its upstream first and
+    cancels when its teardown lane has room (`StreamRelay.client_left`)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+    relay = current_request.get().relay
+    if relay is not None and relay.entered:
+        await relay.client_left(scope)
     scope.cancel()
 
 
