@@ -273,3 +273,33 @@ def test_max_connections_is_lowered_to_what_the_open_file_limit_holds() -> None:
     config = parse_config({"general_settings": {"max_connections": 10_000}}, {})
     assert connection_limits(config, open_files=100_000).max_connections == 10_000
     assert connection_limits(config, open_files=2_000).max_connections == 2_000 - 1_000 - 64
+
+
+async def test_clients_leaving_as_their_408_goes_out_log_no_error(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each client gives up (closes, its body unsent) just as the gateway's body timeout
+    answers 408. Hypercorn then closes the connection from one task while its reader
+    answers the cut-short body from another; the two must not collide on the socket.
+    (Real time: a second is short, and a virtual clock would not race the two.)"""
+    settings = {"request_body_timeout": 1}
+    running = await start_gateway(nursery, {**mock_config(), "general_settings": settings})
+    head = (
+        _chat()
+        .partition(b"\r\n\r\n")[0]
+        .replace(f"content-length: {len(CHAT)}".encode(), b"content-length: 100")
+    )
+
+    async def give_up_after_the_timeout() -> None:
+        stream = await _connect(running)
+        await stream.send_all(head + b"\r\n\r\n{")
+        await trio.sleep(1)
+        await stream.aclose()
+
+    async with trio.open_nursery() as clients:
+        for _ in range(50):
+            clients.start_soon(give_up_after_the_timeout)
+    await trio.sleep(1)
+    await running.stop()
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == [], errors[0].exc_info

@@ -153,7 +153,20 @@ class _WatchedStream:
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
-        await self._stream.send_eof()
+        """Shut the sending side at once. Trio's `send_eof` checkpoints first while holding
+        the stream's send slot; hypercorn closes a connection from one task (after the
+        app's 408 for a body that never came) while its reader task may be writing in
+        that moment (a 400 for the same body, cut short by the client): that write failed
+        with BusyResourceError, logged as an error of the app. Without the checkpoint
+        there is no such moment; a write after the shutdown fails as a broken stream,
+        which hypercorn expects."""
+        sock = self.socket
+        if sock.did_shutdown_SHUT_WR:
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as error:
+            raise trio.BrokenResourceError(error) from error
 
     async def aclose(self) -> None:
         await self._stream.aclose()
