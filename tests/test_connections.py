@@ -303,3 +303,21 @@ async def test_clients_leaving_as_their_408_goes_out_log_no_error(
     await running.stop()
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert errors == [], errors[0].exc_info
+
+
+async def test_an_answer_before_the_body_has_arrived_says_connection_close(
+    nursery: trio.Nursery,
+) -> None:
+    """The admin API refuses a request without a key before reading its body; the client
+    is still sending it, so the connection cannot carry another request: the answer says
+    so (`Connection: close`), and the connection closes after it."""
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    head = b"POST /key/generate HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+    await stream.send_all(head + b"content-length: 100000\r\n\r\n{")
+    with trio.fail_after(5):
+        answer = await _read_until_closed(stream)
+    status, *headers = answer.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 401")
+    assert b"connection: close" in [header.lower() for header in headers]
+    await running.stop()

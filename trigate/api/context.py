@@ -92,7 +92,7 @@ class RequestScope:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        client_id, traceparent, ambiguous = _scan(scope["headers"])
+        client_id, traceparent, ambiguous, has_body = _scan(scope["headers"])
         context = RequestContext(os.urandom(16).hex(), trio.current_time(), client_id)
         context.path = scope["path"]
         context.traceparent = traceparent
@@ -105,7 +105,7 @@ class RequestScope:
         if on_departure is not None:
             on_departure(functools.partial(_departed, context))
         try:
-            sender = _ResponseSender(send, receive, context)
+            sender = _ResponseSender(send, receive, context, has_body)
             if ambiguous:
                 await _refuse_ambiguous(scope["path"], sender)
                 return
@@ -134,6 +134,11 @@ class _ResponseSender:
     hypercorn a pass through its protocol stack. With a Content-Length there is
     nothing to stream, so the two become one. Streams pass through untouched.
 
+    An answer that starts before the request's body has all arrived (a refusal that
+    never reads it) leaves the connection unable to carry another request: the rest
+    of the body is still coming. The answer says `Connection: close`, so that the
+    client knows why the connection ends (h11 then closes it after the answer).
+
     The last message is where hypercorn finishes the exchange: it closes the
     connection (`Connection: close`, HTTP/1.0) or restarts its keep-alive timer,
     and on the way it hands the app `http.disconnect`. Quart-Trio and the model API
@@ -142,29 +147,48 @@ class _ResponseSender:
     client left. `receive` therefore holds a disconnect back until the send is done.
     """
 
-    __slots__ = ("_context", "_finishing", "_fixed_length", "_held", "_receive", "_send")
+    __slots__ = (
+        "_body_pending",
+        "_context",
+        "_finishing",
+        "_fixed_length",
+        "_held",
+        "_receive",
+        "_send",
+    )
 
     def __init__(
-        self, send: ASGISendCallable, receive: ASGIReceiveCallable, context: RequestContext
+        self,
+        send: ASGISendCallable,
+        receive: ASGIReceiveCallable,
+        context: RequestContext,
+        body_pending: bool = False,
     ) -> None:
         self._send = send
         self._receive = receive
         self._context = context
+        self._body_pending = body_pending
         self._fixed_length = False
         self._held: Any = None
         self._finishing: trio.Event | None = None
 
     async def receive(self) -> Any:
         message = await self._receive()
-        if message["type"] == "http.disconnect" and self._finishing is not None:
-            await self._finishing.wait()
+        if message["type"] == "http.disconnect":
+            if self._finishing is not None:
+                await self._finishing.wait()
+        elif not message.get("more_body", False):
+            self._body_pending = False
         return message
 
     async def __call__(self, message: Any) -> None:
         if message["type"] == "http.response.start":
             headers = message["headers"]
             self._fixed_length = any(name.lower() == b"content-length" for name, _ in headers)
-            message = {**message, "headers": [*headers, *_headers(self._context)]}
+            extra = _headers(self._context)
+            if self._body_pending:
+                extra.append((b"connection", b"close"))
+            message = {**message, "headers": [*headers, *extra]}
         elif message["type"] == "http.response.body" and self._fixed_length:
             if message.get("more_body", False):
                 if self._held is not None:
@@ -184,14 +208,15 @@ class _ResponseSender:
         await self._send(message)
 
 
-def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, bool]:
+def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, bool, bool]:
     """One pass over the raw headers: the client's usable `x-request-id`, its
-    `traceparent`, and whether its credentials are ambiguous (a credential header
-    repeated, or the two naming different keys). Hypercorn gives header names in lower
-    case."""
+    `traceparent`, whether its credentials are ambiguous (a credential header
+    repeated, or the two naming different keys), and whether it has a body to send.
+    Hypercorn gives header names in lower case."""
     client_id: str | None = None
     traceparent: str | None = None
     seen_id = False
+    has_body = False
     credentials: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         if name in _CREDENTIAL_HEADERS:
@@ -203,7 +228,12 @@ def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | Non
                 client_id = given
         elif name == b"traceparent":
             traceparent = value.decode("latin-1")
-    return client_id, traceparent, len(credentials) > 1 and _ambiguous(credentials)
+        elif name == b"content-length":
+            has_body = value.strip() != b"0"
+        elif name == b"transfer-encoding":
+            has_body = True
+    ambiguous = len(credentials) > 1 and _ambiguous(credentials)
+    return client_id, traceparent, ambiguous, has_body
 
 
 def _ambiguous(credentials: list[tuple[bytes, bytes]]) -> bool:
