@@ -11,6 +11,7 @@ import logging
 import resource
 
 import httpx
+import orjson
 import pytest
 import trio
 import trio.testing
@@ -320,4 +321,33 @@ async def test_an_answer_before_the_body_has_arrived_says_connection_close(
     status, *headers = answer.partition(b"\r\n\r\n")[0].split(b"\r\n")
     assert status.startswith(b"HTTP/1.1 401")
     assert b"connection: close" in [header.lower() for header in headers]
+    await running.stop()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "%2fkey%2finfo",
+        "/key%2finfo",
+        "/key%2Finfo",
+        "/v1%5ckey/info",
+        "/v1/%2e%2e/key/info",
+        "/v1/%2E/chat/completions",
+        "/v1/../key/info",
+    ],
+)
+async def test_a_path_with_encoded_separators_or_dot_segments_is_refused(
+    nursery: trio.Nursery, target: str
+) -> None:
+    """A fronting proxy's path rules see the raw target; the gateway must not serve a
+    path they would not have recognised (`%2fkey%2finfo` as `/key/info`)."""
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    extra = (f"authorization: Bearer {MASTER_KEY}", "connection: close")
+    await stream.send_all(_get(target, "1.1", *extra))
+    with trio.fail_after(5):
+        answer = await _read_until_closed(stream)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert orjson.loads(body)["error"]["code"] == "invalid_request_path"
     await running.stop()

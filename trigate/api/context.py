@@ -109,6 +109,9 @@ class RequestScope:
             if ambiguous:
                 await _refuse_ambiguous(scope["path"], sender)
                 return
+            if _disguised_path(scope.get("raw_path") or b""):
+                await _refuse_path(scope["path"], sender)
+                return
             await self._app(scope, sender.receive, sender)
         finally:
             current_request.reset(token)
@@ -252,6 +255,37 @@ async def _refuse_ambiguous(path: str, send: _ResponseSender) -> None:
         "The request carries more than one API key (a repeated `Authorization` or "
         "`x-api-key` header, or both naming different keys). Send exactly one.",
         code="ambiguous_credentials",
+    )
+    body = error.body()
+    if path in _ANTHROPIC_PATHS:
+        body = orjson.dumps(
+            {"type": "error", "error": {"type": error.type, "message": error.message}}
+        )
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _disguised_path(raw_path: bytes) -> bool:
+    """Whether the path, as sent, hides a separator or a dot segment: an encoded `/` or
+    `\\` (`%2fkey%2finfo` decodes to `/key/info`), or a `.` or `..` segment, plain or
+    encoded. A fronting proxy matches its path rules against the path as sent, and
+    would not recognise the route such a path decodes to. No route of the gateway needs
+    either."""
+    if b"%" not in raw_path and b"/." not in raw_path:
+        return False
+    lowered = raw_path.lower()
+    if b"%2f" in lowered or b"%5c" in lowered:
+        return True
+    segments = lowered.replace(b"%2e", b".").split(b"/")
+    return b"." in segments or b".." in segments
+
+
+async def _refuse_path(path: str, send: _ResponseSender) -> None:
+    error = InvalidRequest(
+        "The request path holds an encoded `/` or `\\`, or a `.` or `..` segment. "
+        "Send the path as the route is written.",
+        code="invalid_request_path",
     )
     body = error.body()
     if path in _ANTHROPIC_PATHS:
