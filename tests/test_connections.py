@@ -18,7 +18,7 @@ import trio.testing
 from helpers import MASTER_KEY, RunningGateway, mock_config, start_gateway
 
 from trigate.config import parse_config
-from trigate.server import connection_limits
+from trigate.server import connection_limits, share_open_files
 from trigate.serving import raise_open_file_limit
 
 CHAT = b'{"model": "mock", "messages": [{"role": "user", "content": "hi"}]}'
@@ -273,7 +273,22 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
 def test_max_connections_is_lowered_to_what_the_open_file_limit_holds() -> None:
     config = parse_config({"general_settings": {"max_connections": 10_000}}, {})
     assert connection_limits(config, open_files=100_000).max_connections == 10_000
-    assert connection_limits(config, open_files=2_000).max_connections == 2_000 - 1_000 - 64
+    limits = connection_limits(config, open_files=2_000)
+    assert limits.max_connections == limits.max_upstream_connections == (2_000 - 64) // 2
+
+
+def test_a_low_open_file_limit_is_shared_between_clients_and_the_upstream_pool(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At a hard limit of 1,024 the default upstream pool (1,000) left clients 16."""
+    config = parse_config({}, {})
+    limits = share_open_files(config, open_files=1_024)
+    assert limits.max_connections == limits.max_upstream_connections == (1_024 - 64) // 2
+    assert config.general_settings.max_upstream_connections == limits.max_upstream_connections
+    assert "holds 480 client and 480 upstream connections" in caplog.text
+    small_pool = parse_config({"general_settings": {"max_upstream_connections": 100}}, {})
+    limits = share_open_files(small_pool, open_files=1_024)
+    assert (limits.max_connections, limits.max_upstream_connections) == (1_024 - 64 - 100, 100)
 
 
 async def test_clients_leaving_as_their_408_goes_out_log_no_error(

@@ -72,6 +72,8 @@ class ConnectionLimits:
     max_connections: int
     first_request_timeout: float
     keep_alive_timeout: float
+    # The upstream pool's share of the open-file limit (the gateway holds the pool).
+    max_upstream_connections: int = 1000
 
 
 def raise_open_file_limit() -> int:
