@@ -366,3 +366,21 @@ async def test_a_path_with_encoded_separators_or_dot_segments_is_refused(
     assert head.startswith(b"HTTP/1.1 400 ")
     assert orjson.loads(body)["error"]["code"] == "invalid_request_path"
     await running.stop()
+
+
+async def test_an_impossible_chunk_size_is_refused_at_once(nursery: trio.Nursery) -> None:
+    """A chunk of 2^80 bytes can never arrive: 400 now, not a 408 when the body timeout
+    (here an hour) runs out."""
+    settings = {"request_body_timeout": 3600}
+    running = await start_gateway(nursery, {**mock_config(), "general_settings": settings})
+    stream = await _connect(running)
+    head = (
+        _chat()
+        .partition(b"\r\n\r\n")[0]
+        .replace(f"content-length: {len(CHAT)}".encode(), b"transfer-encoding: chunked")
+    )
+    await stream.send_all(head + b"\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\n{")
+    with trio.fail_after(5):
+        answer = await _read_until_closed(stream)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    await running.stop()

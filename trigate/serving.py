@@ -35,6 +35,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import h11
+import h11._readers
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio.lifespan import Lifespan
@@ -63,6 +65,34 @@ OnDeparture = Callable[[Departure | None], None]
 # Accept errors that mean "out of descriptors or memory for now": wait and try again.
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 RESOURCE_PAUSE = 0.1
+
+
+# No request body of the gateway's comes near this; a chunk declared larger can never be
+# read whole within any body limit.
+MAX_CHUNK_SIZE = 2**31
+
+
+class BoundedChunkedReader(h11._readers.ChunkedReader):
+    """h11's reader of a chunked body, refusing a chunk size no request could fill.
+
+    h11 takes any size of up to 20 hex digits, then waits for that many bytes: a request
+    declaring a chunk of `FFFFFFFFFFFFFFFFFFFF` held its connection until the body timeout
+    answered 408, 60 s later. A size over `MAX_CHUNK_SIZE` is now a protocol error at
+    once, which hypercorn answers with a 400. (h11 exposes no hook for this: the reader
+    is replaced in its table, which the hypercorn and h11 upper bounds in pyproject.toml
+    and `tests/test_hypercorn_overrides.py` guard.)"""
+
+    def __call__(self, buf: Any) -> h11.Data | h11.EndOfMessage | None:
+        event: h11.Data | h11.EndOfMessage | None = super().__call__(buf)
+        if self._bytes_in_chunk > MAX_CHUNK_SIZE:
+            raise h11.LocalProtocolError("chunk size too large")
+        return event
+
+
+def bound_chunk_sizes() -> None:
+    """Make h11 read every chunked body, in this process, with `BoundedChunkedReader`."""
+    readers = cast("dict[str, Any]", h11._readers.READERS[h11.SEND_BODY])
+    readers["chunked"] = BoundedChunkedReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +328,7 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns, then drain and shut the app down."""
+    bound_chunk_sizes()
     wrapped = wrap_app(app, config.wsgi_max_body_size, None)
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
