@@ -15,11 +15,12 @@ import orjson
 import pytest
 import trio
 import trio.testing
-from helpers import MASTER_KEY, RunningGateway, mock_config, start_gateway
+from fakes import FakeUpstream, StreamReply, chunk
+from helpers import MASTER_KEY, RunningGateway, mock_config, openai_config, start_gateway
 
 from trigate.config import parse_config
 from trigate.server import connection_limits, share_open_files
-from trigate.serving import raise_open_file_limit
+from trigate.serving import _DirectBody, raise_open_file_limit
 
 CHAT = b'{"model": "mock", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -383,4 +384,133 @@ async def test_an_impossible_chunk_size_is_refused_at_once(nursery: trio.Nursery
     with trio.fail_after(5):
         answer = await _read_until_closed(stream)
     assert answer.startswith(b"HTTP/1.1 400 ")
+    await running.stop()
+
+
+STREAM_CHAT = b'{"model": "mock", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+
+
+def _stream_chat(version: str = "1.1", *extra: str, model: str = "mock") -> bytes:
+    body = STREAM_CHAT.replace(b'"mock"', orjson.dumps(model))
+    request = _chat(version, *extra).replace(CHAT, body)
+    return request.replace(
+        f"content-length: {len(CHAT)}".encode(), b"content-length: %d" % len(body)
+    )
+
+
+async def _read_chunked_response(stream: trio.SocketStream) -> tuple[bytes, bytes]:
+    """One chunked response, its framing checked strictly: (head, decoded body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    body = b""
+    while True:
+        while b"\r\n" not in rest:
+            rest += await stream.receive_some(65536)
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        while len(rest) < size + 2:
+            rest += await stream.receive_some(65536)
+        assert rest[size : size + 2] == b"\r\n", "a chunk must end in CRLF"
+        body, rest = body + rest[:size], rest[size + 2 :]
+        if size == 0:
+            assert rest == b"", "nothing may follow the last chunk"
+            return head, body
+
+
+def _frames(body: bytes) -> list[bytes]:
+    events = [event for event in body.split(b"\n\n") if event]
+    assert all(event.startswith(b"data: ") for event in events)
+    return [event.removeprefix(b"data: ") for event in events]
+
+
+@pytest.fixture
+def direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every piece of a streamed body written by the server's direct writer."""
+    written: list[bytes] = []
+    write = _DirectBody.write
+
+    async def counted(self: _DirectBody, data: bytes) -> None:
+        written.append(data)
+        await write(self, data)
+
+    monkeypatch.setattr(_DirectBody, "write", counted)
+    return written
+
+
+async def test_a_stream_written_directly_is_chunked_and_keeps_the_connection_alive(
+    nursery: trio.Nursery, direct_writes: list[bytes]
+) -> None:
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    for _ in range(2):
+        await stream.send_all(_stream_chat())
+        with trio.fail_after(5):
+            head, body = await _read_chunked_response(stream)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        frames = _frames(body)
+        assert frames[-1] == b"[DONE]"
+        assert all(
+            orjson.loads(frame)["object"] == "chat.completion.chunk" for frame in frames[:-1]
+        )
+    # The same connection serves a plain request after the streams.
+    await stream.send_all(_chat())
+    with trio.fail_after(5):
+        assert b" 200 " in await _read_response(stream)
+    assert direct_writes, "the stream's body went through hypercorn's path"
+    await stream.aclose()
+    await running.stop()
+
+
+async def test_a_stream_written_directly_honours_connection_close(
+    nursery: trio.Nursery, direct_writes: list[bytes]
+) -> None:
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    await stream.send_all(_stream_chat("1.1", "connection: close"))
+    with trio.fail_after(5):
+        head, body = await _read_chunked_response(stream)
+        assert await _read_until_closed(stream) == b""
+    assert b"connection: close" in head.lower()
+    assert _frames(body)[-1] == b"[DONE]"
+    assert direct_writes
+    await running.stop()
+
+
+async def test_a_stream_written_directly_to_an_http_1_0_client_ends_with_the_connection(
+    nursery: trio.Nursery, direct_writes: list[bytes]
+) -> None:
+    """HTTP/1.0 has no chunked encoding: the body is the bytes until the close."""
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    await stream.send_all(_stream_chat("1.0"))
+    with trio.fail_after(5):
+        answer = await _read_until_closed(stream)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding" not in head.lower()
+    frames = _frames(body)
+    assert frames[-1] == b"[DONE]"
+    assert all(orjson.loads(frame)["object"] == "chat.completion.chunk" for frame in frames[:-1])
+    assert direct_writes and not any(piece.endswith(b"\r\n") for piece in direct_writes)
+    await running.stop()
+
+
+async def test_a_client_leaving_a_stream_written_directly_closes_its_upstream(
+    nursery: trio.Nursery, upstream: FakeUpstream, direct_writes: list[bytes]
+) -> None:
+    upstream.handler = lambda request: StreamReply([chunk("Once ")], tail=chunk("more "))
+    running = await start_gateway(nursery, openai_config(upstream))
+    stream = await _connect(running)
+    await stream.send_all(_stream_chat(model="gpt-test"))
+    with trio.fail_after(5):
+        while len(direct_writes) < 3:
+            await stream.receive_some(65536)
+    await stream.aclose()
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+        [record] = await running.records.wait_for(1)
+    assert record.status == 499
     await running.stop()

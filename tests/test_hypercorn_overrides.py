@@ -4,7 +4,9 @@ which copies or replaces parts of hypercorn and h11:
 - `serve` is trigate's version of `hypercorn.trio.run.worker_serve`;
 - each `TCPServer` gets a do-nothing `idle_task` (a `TrioSingleTask`) and a client
   stream of trigate's (`_WatchedStream`), used as `TCPServer` uses a `SocketStream`;
-- h11's chunked-body reader is replaced by `BoundedChunkedReader`.
+- h11's chunked-body reader is replaced by `BoundedChunkedReader`;
+- a streamed body's direct writer (`_DirectBody`) frames as h11's writers do, behind
+  hypercorn's back, under `TCPServer.send_lock`.
 
 pyproject.toml bounds both packages above. This test fails when an upgrade changes the
 source of anything overridden, so that the overrides are reviewed before the bound moves:
@@ -20,6 +22,9 @@ from typing import Any
 
 import h11
 import h11._readers
+import h11._writers
+import hypercorn.protocol
+import hypercorn.protocol.h11
 import hypercorn.trio.run
 import hypercorn.trio.tcp_server
 import hypercorn.trio.worker_context
@@ -38,6 +43,16 @@ OVERRIDDEN: dict[str, tuple[Callable[..., Any] | type, str]] = {
         "aa59316c028b876a",
     ),
     "h11._readers.ChunkedReader": (h11._readers.ChunkedReader, "4d2629eeaaf366b6"),
+    # The direct body writer reads the h11 state and framing (`_writer`) of hypercorn's
+    # H11Protocol through its ProtocolWrapper, frames as these writers do, and takes
+    # TCPServer's `send_lock`.
+    "hypercorn.protocol.h11.H11Protocol": (
+        hypercorn.protocol.h11.H11Protocol,
+        "b32a61e0a8ca2127",
+    ),
+    "hypercorn.protocol.ProtocolWrapper": (hypercorn.protocol.ProtocolWrapper, "caf949187e9b4a81"),
+    "h11._writers.ChunkedWriter": (h11._writers.ChunkedWriter, "816f6bf8247fe299"),
+    "h11._writers.Http10Writer": (h11._writers.Http10Writer, "d25f1706eb4d3f9a"),
 }
 
 

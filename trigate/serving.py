@@ -19,6 +19,14 @@ before hypercorn processes it, and yields once, so that when hundreds of
 clients leave together every request hears first and hypercorn's (costlier)
 teardown of each connection follows.
 
+A relayed stream's body can skip hypercorn's path for each message (ASGI send,
+HTTPStream, H11Protocol, an h11 event, the TCPServer's send): once its headers
+are out, `BODY_WRITER_EXTENSION` gives the app a writer that frames each piece
+as h11 would (a chunk, or raw bytes to an HTTP/1.0 client) and writes it on the
+connection under hypercorn's own send lock. The response still starts and ends
+through hypercorn, so `Connection: close`, keep-alive and HTTP/1.0's close stay
+hypercorn's and h11's.
+
 A shutdown drains: the listeners close, idle connections close at once, and
 requests in flight (streams included) may finish for `graceful_timeout`
 before the gateway's own shutdown (which flushes the spend ledger) runs.
@@ -37,8 +45,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 import h11
 import h11._readers
+import h11._writers
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
@@ -61,6 +72,11 @@ logger = logging.getLogger("trigate")
 DEPARTURE_EXTENSION = "trigate.departure"
 Departure = Callable[[], Awaitable[None]]
 OnDeparture = Callable[[Departure | None], None]
+
+# The ASGI scope extension offering a streamed body's direct writer: a callable returning
+# one (`BodyWriter`) once the response's headers have gone out, or None.
+BODY_WRITER_EXTENSION = "trigate.body_writer"
+BodyWriter = Callable[[bytes], Awaitable[None]]
 
 # Accept errors that mean "out of descriptors or memory for now": wait and try again.
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -131,14 +147,33 @@ def listening_sockets(config: HypercornConfig) -> list[socket.socket]:
 class _Connection:
     """One client connection, and whether a request is being served on it."""
 
-    __slots__ = ("active", "departure", "idle_since", "scope")
+    __slots__ = ("active", "departure", "idle_since", "scope", "server", "stream")
 
-    def __init__(self, scope: trio.CancelScope, now: float) -> None:
+    def __init__(self, scope: trio.CancelScope, now: float, stream: trio.SocketStream) -> None:
         self.scope = scope
+        self.stream = stream
         self.active = 0
         self.idle_since = now
         # What the request being served wants done the moment its client goes.
         self.departure: Departure | None = None
+        self.server: TCPServer | None = None
+
+    def body_writer(self) -> BodyWriter | None:
+        """A direct writer for the body of the response now being sent, if its headers
+        have gone out over HTTP/1.1 chunked or HTTP/1.0 framing; else None."""
+        server = self.server
+        protocol = getattr(server, "protocol", None)
+        if server is None or protocol is None or not isinstance(protocol.protocol, H11Protocol):
+            return None
+        state = protocol.protocol.connection
+        if not isinstance(state, h11.Connection) or state.our_state is not h11.SEND_BODY:
+            return None
+        framing = state._writer
+        if isinstance(framing, h11._writers.ChunkedWriter):
+            return _DirectBody(server, self.stream, chunked=True).write
+        if isinstance(framing, h11._writers.Http10Writer):
+            return _DirectBody(server, self.stream, chunked=False).write
+        return None
 
     @property
     def idle(self) -> bool:
@@ -154,6 +189,35 @@ class _Connection:
                 await departure()
             # Every departure heard in this pass of the loop acts before any is unwound.
             await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+class _DirectBody:
+    """Writes a streamed body's pieces straight to the connection, framed as h11 frames
+    them, under the TCPServer's send lock and shielded as its own writes are (a piece
+    cut halfway would break the framing of everything after it). A connection that
+    has broken is handed to hypercorn as hypercorn's own send would, and later pieces
+    are dropped, as hypercorn drops a closed stream's."""
+
+    __slots__ = ("_broken", "_chunked", "_server", "_stream")
+
+    def __init__(self, server: TCPServer, stream: trio.SocketStream, *, chunked: bool) -> None:
+        self._server = server
+        self._stream = stream
+        self._chunked = chunked
+        self._broken = False
+
+    async def write(self, data: bytes) -> None:
+        if not data or self._broken:
+            return  # an empty chunk would read as the body's end
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        async with self._server.send_lock:
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._broken = True
+                await self._server.protocol.handle(Closed())
 
 
 class _WatchedStream:
@@ -228,6 +292,7 @@ class _ConnectionApp:
         if scope["type"] == "http":
             extensions = cast("dict[str, Any]", scope["extensions"])
             extensions[DEPARTURE_EXTENSION] = connection.on_departure
+            extensions[BODY_WRITER_EXTENSION] = connection.body_writer
         try:
             await self._app(scope, receive, send, *rest)
         finally:
@@ -302,12 +367,13 @@ class Connections:
     async def serve(self, stream: trio.SocketStream, server: Callable[..., TCPServer]) -> None:
         now = trio.current_time()
         with trio.CancelScope(deadline=now + self._limits.first_request_timeout) as scope:
-            connection = _Connection(scope, now)
+            connection = _Connection(scope, now, stream)
             self._open.add(connection)
             self.make_room(connection)
             try:
                 app = lambda wrapped: _ConnectionApp(wrapped, connection, self)  # noqa: E731
                 tcp_server = server(app, _WatchedStream(stream, connection))
+                connection.server = tcp_server
                 tcp_server.idle_task = _NoIdleTimer()
                 await tcp_server.run()
             finally:

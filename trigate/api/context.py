@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ import orjson
 import trio
 
 from trigate.errors import InvalidRequest
-from trigate.serving import DEPARTURE_EXTENSION, OnDeparture
+from trigate.serving import BODY_WRITER_EXTENSION, DEPARTURE_EXTENSION, BodyWriter, OnDeparture
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
@@ -106,6 +106,7 @@ class RequestScope:
             on_departure(functools.partial(_departed, context))
         try:
             sender = _ResponseSender(send, receive, context, has_body)
+            sender.body_writer = extensions.get(BODY_WRITER_EXTENSION)
             if ambiguous:
                 await _refuse_ambiguous(scope["path"], sender)
                 return
@@ -158,6 +159,7 @@ class _ResponseSender:
         "_held",
         "_receive",
         "_send",
+        "body_writer",
     )
 
     def __init__(
@@ -171,6 +173,8 @@ class _ResponseSender:
         self._receive = receive
         self._context = context
         self._body_pending = body_pending
+        # The server's offer of a direct writer for a streamed body (`direct_writer`).
+        self.body_writer: Callable[[], BodyWriter | None] | None = None
         self._fixed_length = False
         self._held: Any = None
         self._finishing: trio.Event | None = None
@@ -209,6 +213,18 @@ class _ResponseSender:
                 self._finishing.set()
             return
         await self._send(message)
+
+
+def direct_writer(send: ASGISendCallable) -> BodyWriter | None:
+    """A writer for the rest of a streamed body, straight to the client's connection, once
+    the response has started (`trigate.serving.BODY_WRITER_EXTENSION`); None where the
+    server offers none (another server, HTTP/2, a fixed-length body).
+
+    Each piece then skips hypercorn's per-message path and this sender's own, which
+    has nothing to do for a stream's middle: its headers are out, and its end still
+    comes through here."""
+    offer = send.body_writer if isinstance(send, _ResponseSender) else None
+    return offer() if offer is not None else None
 
 
 def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, bool, bool]:

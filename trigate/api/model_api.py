@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trigate.api.context import RequestContext, current_request
+from trigate.api.context import RequestContext, current_request, direct_writer
 from trigate.errors import BodyTooLarge, GatewayError, MethodNotAllowed, RequestTimeout
 from trigate.providers.base import forwarded_headers
 from trigate.relay import StreamRelay
@@ -251,8 +251,15 @@ async def _send_reply(send: ASGISendCallable, reply: Reply) -> None:
         return
     await send(_start(reply.status, headers))
     async with body as frames:
-        async for frame in frames:
-            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        # Once the headers are out, a frame can go straight to the connection: hypercorn's
+        # path for each message was most of the writer's work.
+        write = direct_writer(send)
+        if write is None:
+            async for frame in frames:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+        else:
+            async for frame in frames:
+                await write(frame)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
