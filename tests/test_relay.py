@@ -9,7 +9,15 @@ import orjson
 import trio
 import trio.testing
 from asgi_driver import chat_request, start_lifespan
-from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, sse_lines
+from fakes import (
+    FakeUpstream,
+    JSONReply,
+    StreamReply,
+    chat_completion,
+    chunk,
+    sse_lines,
+    stream_of,
+)
 from helpers import RunningGateway, build_app, mock_config, openai_config, start_gateway
 
 from trigate.relay import CHANNEL_CAPACITY, MAX_FRAMES_PER_WRITE, TEARDOWN_LANE_WIDTH
@@ -243,3 +251,18 @@ async def test_many_departures_at_once_each_close_their_upstream_and_are_billed(
     with trio.fail_after(10):
         records = await gateway.records.wait_for(clients)
     assert all(record.status == 499 for record in records)
+
+
+async def test_a_stream_that_ended_hands_its_upstream_connection_back(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """The reader stops at `data: [DONE]`, one read before the body's own end: the end,
+    already arrived, must not cost the next stream a new upstream connection."""
+    upstream.handler = lambda request: stream_of(["Once ", "upon"])
+    for _ in range(3):
+        async with (
+            gateway.client() as client,
+            client.stream("POST", "/v1/chat/completions", json=STREAM_BODY) as response,
+        ):
+            assert [data async for data in sse_lines(response)][-1] == "[DONE]"
+    assert upstream.connections_opened == 1
