@@ -9,13 +9,17 @@ connections, each running streams back to back) share core 0. The gateway's
 CPU time is read from /proc around the measured streams, after a warm-up.
 
     .venv/bin/python scripts/paced_stream_bench.py [--streams 2000] [--concurrency 20]
+    .venv/bin/python scripts/paced_stream_bench.py --callgrind /tmp/cg.out \
+        --streams 100 --warmup 20 --concurrency 4 --pace 0.02
 
-Prints CPU milliseconds per stream (and per chunk) and streams per second.
+Prints CPU milliseconds per stream (and per chunk) and streams per second; with
+`--callgrind`, instructions per stream instead (steady on a shared machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import os
 import signal
@@ -62,7 +66,7 @@ _DONE = b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
 _HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
 
-async def _paced_upstream(stream: trio.SocketStream) -> None:
+async def _paced_upstream(stream: trio.SocketStream, pace: float = PACE) -> None:
     """Every request on the connection gets a paced 21-chunk stream."""
     buffer = b""
     try:
@@ -83,17 +87,17 @@ async def _paced_upstream(stream: trio.SocketStream) -> None:
             buffer = buffer[length:]
             await stream.send_all(_HEAD + _FRAMES[0])
             for frame in _FRAMES[1:]:
-                await trio.sleep(PACE)
+                await trio.sleep(pace)
                 await stream.send_all(frame)
             await stream.send_all(_DONE)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
 
 
-async def serve_upstream() -> None:
+async def serve_upstream(pace: float) -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1", backlog=4096)
     print(listeners[0].socket.getsockname()[1], flush=True)
-    await trio.serve_listeners(_paced_upstream, listeners)
+    await trio.serve_listeners(functools.partial(_paced_upstream, pace=pace), listeners)
 
 
 _BODY = orjson.dumps(
@@ -136,13 +140,15 @@ async def _run_streams(port: int, count: int, concurrency: int) -> float:
     return time.monotonic() - started
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+def _cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time of the process, or of one of its threads (the event loop's is `pid`)."""
+    where = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
+    fields = Path(where).read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _wait_ready(port: int) -> None:
-    with trio.fail_after(60):
+    with trio.fail_after(600):
         while True:
             try:
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -156,6 +162,15 @@ async def _wait_ready(port: int) -> None:
 def _start_gateway(
     args: argparse.Namespace, config: Path, port: int, log: IO[str]
 ) -> subprocess.Popen[bytes]:
+    if args.callgrind:
+        argv = [
+            "valgrind", "--tool=callgrind", "--instr-atstart=no",
+            f"--callgrind-out-file={args.callgrind}", str(ROOT / ".venv/bin/python"),
+            str(ROOT / ".venv/bin/trigate"), "serve",
+            "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+        ]  # fmt: skip
+        env = {**os.environ, "TRIGATE_MASTER_KEY": MASTER_KEY}
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     argv = [
         "nice", "-n", str(args.nice), "taskset", "-c", args.gateway_core,
         str(ROOT / ".venv/bin/trigate"), "serve",
@@ -165,13 +180,39 @@ def _start_gateway(
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+async def _count_instructions(args: argparse.Namespace, port: int, pid: int) -> None:
+    """Instructions per stream, counted by callgrind over `--streams` streams: steady where
+    CPU time moves with whatever else the machine runs. Under callgrind the gateway is
+    some 50 times slower, so `--pace` must be long enough (0.02 s) for the chunks still
+    to arrive one at a time."""
+    await trio.to_thread.run_sync(_callgrind_control, "-i", "on", pid)
+    await _run_streams(port, args.streams, args.concurrency)
+    await trio.to_thread.run_sync(_callgrind_control, "-i", "off", pid)
+    await trio.to_thread.run_sync(_callgrind_control, "-d", pid)
+    total = 0
+    for dump in Path(args.callgrind).parent.glob(Path(args.callgrind).name + "*"):
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                total += int(line.split()[1])
+    print(
+        f"{args.streams} paced streams of {CHUNKS} chunks (pace {args.pace} s): "
+        f"{total / args.streams / 1e6:.2f} M instructions per stream",
+        flush=True,
+    )
+
+
+def _callgrind_control(*command: str | int) -> None:
+    argv = ["callgrind_control", *map(str, command)]
+    subprocess.run(argv, check=True, capture_output=True)
+
+
 def _start_profiler(path: str, pid: int) -> subprocess.Popen[bytes]:
     argv = ["py-spy", "record", "-r", "500", "-f", "raw", "-o", path, "-p", str(pid)]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _start_upstream(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int]:
-    argv = [sys.executable, __file__, "--upstream"]
+    argv = [sys.executable, __file__, "--upstream", "--pace", str(args.pace)]
     upstream = subprocess.Popen(argv, stdout=subprocess.PIPE)
     assert upstream.stdout is not None
     return upstream, int(upstream.stdout.readline())
@@ -211,15 +252,21 @@ async def main(args: argparse.Namespace) -> None:
             if args.profile:
                 profiler = _start_profiler(args.profile, gateway.pid)
                 await trio.sleep(1)
+            if args.callgrind:
+                await _count_instructions(args, port, gateway.pid)
+                return
             for _ in range(args.rounds):
                 before = _cpu_seconds(gateway.pid)
+                loop_before = _cpu_seconds(gateway.pid, gateway.pid)
                 elapsed = await _run_streams(port, args.streams, args.concurrency)
                 cpu = _cpu_seconds(gateway.pid) - before
+                loop = _cpu_seconds(gateway.pid, gateway.pid) - loop_before
                 per_stream = cpu / args.streams * 1000
                 print(
                     f"{args.streams} paced streams of {CHUNKS} chunks, {args.concurrency} at "
                     f"once: gateway CPU {per_stream:.3f} ms per stream "
-                    f"({per_stream / CHUNKS * 1000:.1f} us per chunk), "
+                    f"({per_stream / CHUNKS * 1000:.1f} us per chunk; event loop thread "
+                    f"{loop / args.streams * 1000:.3f} ms), "
                     f"{args.streams / elapsed:.0f} streams/s",
                     flush=True,
                 )
@@ -249,6 +296,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--bench-core", default="0")
     parser.add_argument("--nice", type=int, default=-20 if os.geteuid() == 0 else 0)
     parser.add_argument("--upstream", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pace", type=float, default=PACE, help="seconds between chunks")
+    parser.add_argument(
+        "--callgrind", metavar="OUT", help="count instructions under callgrind, dumping to OUT"
+    )
     parser.add_argument("--profile", help="write py-spy's collapsed stacks of the gateway here")
     parser.add_argument("--show-log", action="store_true")
     return parser.parse_args()
@@ -261,6 +312,6 @@ if __name__ == "__main__":
         os.nice(arguments.nice)
     gc.disable()
     if arguments.upstream:
-        trio.run(serve_upstream)
+        trio.run(serve_upstream, arguments.pace)
     else:
         trio.run(main, arguments)
