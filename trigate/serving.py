@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import resource
 import socket
 from collections.abc import Awaitable, Callable
@@ -193,10 +194,15 @@ class _Connection:
 
 class _DirectBody:
     """Writes a streamed body's pieces straight to the connection, framed as h11 frames
-    them, under the TCPServer's send lock and shielded as its own writes are (a piece
-    cut halfway would break the framing of everything after it). A connection that
-    has broken is handed to hypercorn as hypercorn's own send would, and later pieces
-    are dropped, as hypercorn drops a closed stream's."""
+    them, under the TCPServer's send lock.
+
+    A piece goes out in one non-blocking write when the socket takes it whole, as it
+    nearly always does: without the two checkpoints of trio's `send_all`, the writer
+    does not go back to the scheduler for every chunk. What the socket does not take
+    is sent by `send_all`, shielded as hypercorn's writes are (a piece cut halfway
+    would break the framing of everything after it). A connection that has broken is
+    handed to hypercorn as hypercorn's own send would, and later pieces are dropped,
+    as hypercorn drops a closed stream's."""
 
     __slots__ = ("_broken", "_chunked", "_server", "_stream")
 
@@ -211,13 +217,34 @@ class _DirectBody:
             return  # an empty chunk would read as the body's end
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
+        lock = self._server.send_lock
+        if lock.locked():
+            await self._send_rest(data, 0)
+            return
+        try:
+            # Trio's sockets are non-blocking, and hypercorn's writes all hold `lock`. The
+            # descriptor is asked for each time: a closed socket's is -1 (EBADF), never a
+            # number since reused by another connection.
+            sent = os.write(self._stream.socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            await self._broke()
+            return
+        if sent < len(data):
+            await self._send_rest(data, sent)
+
+    async def _send_rest(self, data: bytes, sent: int) -> None:
         async with self._server.send_lock:
             try:
                 with trio.CancelScope(shield=True):
-                    await self._stream.send_all(data)
+                    await self._stream.send_all(memoryview(data)[sent:])
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._broken = True
-                await self._server.protocol.handle(Closed())
+                await self._broke()
+
+    async def _broke(self) -> None:
+        self._broken = True
+        await self._server.protocol.handle(Closed())
 
 
 class _WatchedStream:
