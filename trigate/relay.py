@@ -11,11 +11,12 @@ channel of capacity 100; the client writer is the task iterating the body.
   scope; the reader ends with it, and the body's exit closes whatever is left.
   The connection never goes back to a pool half-read.
 - When hundreds of clients leave together, each close is cheap but each
-  unwinding (cancellation, exits, hypercorn's own close) costs several times
-  more; run in turn, every close would wait behind the unwinding of every
-  departure before it. So the unwindings take a worker-wide lane a few at a
-  time (`TEARDOWN_LANE_WIDTH`), while closes never wait: every departing
-  client's upstream is closed first, then the rest unwinds.
+  unwinding (hypercorn's processing of the end-of-file, the cancellation, the
+  exits) costs several times more; run in turn, every close would wait behind
+  the unwinding of every departure before it. So after its close, a departure
+  waits for a place in a worker-wide lane (`TEARDOWN_LANE_WIDTH` wide) before
+  the server goes on, and keeps it until the body has exited; its record is
+  written after it has left the lane.
 - A slow client blocks the writer; the channel fills to 100 frames and then
   blocks the reader, which stops reading the upstream: memory stays bounded.
 - Accounting runs in `__aexit__` under a shield with a time bound, so a record
@@ -121,6 +122,8 @@ class StreamRelay(ResponseBody):
         self._client_left = False
         # Set once the body has exited, up to (not including) its record.
         self._unwound = trio.Event()
+        # Whether this departure holds a place in the teardown lane.
+        self._in_lane = False
         self.outcome = StreamOutcome()
 
     async def __aenter__(self) -> StreamRelay:
@@ -166,14 +169,32 @@ class StreamRelay(ResponseBody):
 
     async def client_left(self, request: trio.CancelScope) -> None:
         """The client is gone: close the upstream connection now, then cancel `request`
-        (the scope the body is sent in) when the teardown lane has room, and hold the
-        lane until the body has exited. The reader may fail its read first, which is no
-        upstream error (`_read_upstream`); `close` runs at exit and writes the record."""
+        (the scope the body is sent in) once this departure has a place in the teardown
+        lane, which it keeps until the body has exited. The reader may fail its read
+        first, which is no upstream error (`_read_upstream`); `close` runs at exit and
+        writes the record."""
+        await self.depart()
+        request.cancel()
+
+    async def depart(self) -> None:
+        """Close the upstream connection now, then wait for a place in the teardown lane
+        (at once, unless many departures are unwinding). The server calls this as it
+        reads the client's end-of-file, before it processes it, so its processing too
+        waits for the lane, while every departure's close is already done."""
         await self.release_upstream()
-        async with _lane():
-            request.cancel()
-            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
-                await self._unwound.wait()
+        if self._in_lane or self._unwound.is_set():
+            return
+        # A checkpoint even when the lane has room: every departure heard in the same
+        # pass of the loop closes its upstream before any goes on.
+        await _lane().acquire_on_behalf_of(self)
+        self._in_lane = True
+        if self._unwound.is_set():  # the body exited while this waited
+            self._leave_lane()
+
+    def _leave_lane(self) -> None:
+        if self._in_lane:
+            self._in_lane = False
+            _lane().release_on_behalf_of(self)
 
     async def release_upstream(self) -> None:
         """Close the upstream connection now, for a client that has left (its reader's
@@ -189,6 +210,7 @@ class StreamRelay(ResponseBody):
                 await self._chunks.aclose()
                 await self._stream.aclose()
             self._unwound.set()
+            self._leave_lane()
             on_finish, self._on_finish = self._on_finish, _finished
             with trio.move_on_after(FINISH_TIMEOUT):
                 await on_finish(self.outcome)

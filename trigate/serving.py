@@ -184,12 +184,11 @@ class _Connection:
         self.departure = departure
 
     async def client_gone(self) -> None:
+        """Run the request's departure callback; it may wait (for the app's teardown
+        lane) before hypercorn goes on to process the end of the connection."""
         departure, self.departure = self.departure, None
         if departure is not None:
-            with trio.CancelScope(shield=True):
-                await departure()
-            # Every departure heard in this pass of the loop acts before any is unwound.
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await departure()
 
 
 class _DirectBody:

@@ -124,10 +124,11 @@ class RequestScope:
 
 async def _departed(context: RequestContext) -> None:
     """The client's connection ended (heard by the server as it happened, before the
-    disconnect reaches the app): a stream's upstream is closed at once."""
+    disconnect reaches the app): a stream's upstream is closed at once, and the server
+    goes on only when the stream has its place in the teardown lane."""
     relay = context.relay
     if relay is not None and relay.entered:
-        await relay.release_upstream()
+        await relay.depart()
 
 
 class _ResponseSender:
