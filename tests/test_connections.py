@@ -11,14 +11,16 @@ import logging
 import resource
 
 import httpx
+import orjson
 import pytest
 import trio
 import trio.testing
-from helpers import MASTER_KEY, RunningGateway, mock_config, start_gateway
+from fakes import FakeUpstream, StreamReply, chunk
+from helpers import MASTER_KEY, RunningGateway, mock_config, openai_config, start_gateway
 
 from trigate.config import parse_config
-from trigate.server import connection_limits
-from trigate.serving import raise_open_file_limit
+from trigate.server import connection_limits, share_open_files
+from trigate.serving import _DirectBody, raise_open_file_limit
 
 CHAT = b'{"model": "mock", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -272,4 +274,243 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
 def test_max_connections_is_lowered_to_what_the_open_file_limit_holds() -> None:
     config = parse_config({"general_settings": {"max_connections": 10_000}}, {})
     assert connection_limits(config, open_files=100_000).max_connections == 10_000
-    assert connection_limits(config, open_files=2_000).max_connections == 2_000 - 1_000 - 64
+    limits = connection_limits(config, open_files=2_000)
+    assert limits.max_connections == limits.max_upstream_connections == (2_000 - 64) // 2
+
+
+def test_a_low_open_file_limit_is_shared_between_clients_and_the_upstream_pool(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At a hard limit of 1,024 the default upstream pool (1,000) left clients 16."""
+    config = parse_config({}, {})
+    limits = share_open_files(config, open_files=1_024)
+    assert limits.max_connections == limits.max_upstream_connections == (1_024 - 64) // 2
+    assert config.general_settings.max_upstream_connections == limits.max_upstream_connections
+    assert "holds 480 client and 480 upstream connections" in caplog.text
+    small_pool = parse_config({"general_settings": {"max_upstream_connections": 100}}, {})
+    limits = share_open_files(small_pool, open_files=1_024)
+    assert (limits.max_connections, limits.max_upstream_connections) == (1_024 - 64 - 100, 100)
+
+
+async def test_clients_leaving_as_their_408_goes_out_log_no_error(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each client gives up (closes, its body unsent) just as the gateway's body timeout
+    answers 408. Hypercorn then closes the connection from one task while its reader
+    answers the cut-short body from another; the two must not collide on the socket.
+    (Real time: a second is short, and a virtual clock would not race the two.)"""
+    settings = {"request_body_timeout": 1}
+    running = await start_gateway(nursery, {**mock_config(), "general_settings": settings})
+    head = (
+        _chat()
+        .partition(b"\r\n\r\n")[0]
+        .replace(f"content-length: {len(CHAT)}".encode(), b"content-length: 100")
+    )
+
+    async def give_up_after_the_timeout() -> None:
+        stream = await _connect(running)
+        await stream.send_all(head + b"\r\n\r\n{")
+        await trio.sleep(1)
+        await stream.aclose()
+
+    async with trio.open_nursery() as clients:
+        for _ in range(50):
+            clients.start_soon(give_up_after_the_timeout)
+    await trio.sleep(1)
+    await running.stop()
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == [], errors[0].exc_info
+
+
+async def test_an_answer_before_the_body_has_arrived_says_connection_close(
+    nursery: trio.Nursery,
+) -> None:
+    """The admin API refuses a request without a key before reading its body; the client
+    is still sending it, so the connection cannot carry another request: the answer says
+    so (`Connection: close`), and the connection closes after it."""
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    head = b"POST /key/generate HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+    await stream.send_all(head + b"content-length: 100000\r\n\r\n{")
+    with trio.fail_after(5):
+        answer = await _read_until_closed(stream)
+    status, *headers = answer.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 401")
+    assert b"connection: close" in [header.lower() for header in headers]
+    await running.stop()
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "%2fkey%2finfo",
+        "/key%2finfo",
+        "/key%2Finfo",
+        "/v1%5ckey/info",
+        "/v1/%2e%2e/key/info",
+        "/v1/%2E/chat/completions",
+        "/v1/../key/info",
+    ],
+)
+async def test_a_path_with_encoded_separators_or_dot_segments_is_refused(
+    nursery: trio.Nursery, target: str
+) -> None:
+    """A fronting proxy's path rules see the raw target; the gateway must not serve a
+    path they would not have recognised (`%2fkey%2finfo` as `/key/info`)."""
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    extra = (f"authorization: Bearer {MASTER_KEY}", "connection: close")
+    await stream.send_all(_get(target, "1.1", *extra))
+    with trio.fail_after(5):
+        answer = await _read_until_closed(stream)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert orjson.loads(body)["error"]["code"] == "invalid_request_path"
+    await running.stop()
+
+
+async def test_an_impossible_chunk_size_is_refused_at_once(nursery: trio.Nursery) -> None:
+    """A chunk of 2^80 bytes can never arrive: 400 now, not a 408 when the body timeout
+    (here an hour) runs out."""
+    settings = {"request_body_timeout": 3600}
+    running = await start_gateway(nursery, {**mock_config(), "general_settings": settings})
+    stream = await _connect(running)
+    head = (
+        _chat()
+        .partition(b"\r\n\r\n")[0]
+        .replace(f"content-length: {len(CHAT)}".encode(), b"transfer-encoding: chunked")
+    )
+    await stream.send_all(head + b"\r\n\r\nFFFFFFFFFFFFFFFFFFFF\r\n{")
+    with trio.fail_after(5):
+        answer = await _read_until_closed(stream)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    await running.stop()
+
+
+STREAM_CHAT = b'{"model": "mock", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+
+
+def _stream_chat(version: str = "1.1", *extra: str, model: str = "mock") -> bytes:
+    body = STREAM_CHAT.replace(b'"mock"', orjson.dumps(model))
+    request = _chat(version, *extra).replace(CHAT, body)
+    return request.replace(
+        f"content-length: {len(CHAT)}".encode(), b"content-length: %d" % len(body)
+    )
+
+
+async def _read_chunked_response(stream: trio.SocketStream) -> tuple[bytes, bytes]:
+    """One chunked response, its framing checked strictly: (head, decoded body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive_some(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    body = b""
+    while True:
+        while b"\r\n" not in rest:
+            rest += await stream.receive_some(65536)
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        while len(rest) < size + 2:
+            rest += await stream.receive_some(65536)
+        assert rest[size : size + 2] == b"\r\n", "a chunk must end in CRLF"
+        body, rest = body + rest[:size], rest[size + 2 :]
+        if size == 0:
+            assert rest == b"", "nothing may follow the last chunk"
+            return head, body
+
+
+def _frames(body: bytes) -> list[bytes]:
+    events = [event for event in body.split(b"\n\n") if event]
+    assert all(event.startswith(b"data: ") for event in events)
+    return [event.removeprefix(b"data: ") for event in events]
+
+
+@pytest.fixture
+def direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every piece of a streamed body written by the server's direct writer."""
+    written: list[bytes] = []
+    write = _DirectBody.write
+
+    async def counted(self: _DirectBody, data: bytes) -> None:
+        written.append(data)
+        await write(self, data)
+
+    monkeypatch.setattr(_DirectBody, "write", counted)
+    return written
+
+
+async def test_a_stream_written_directly_is_chunked_and_keeps_the_connection_alive(
+    nursery: trio.Nursery, direct_writes: list[bytes]
+) -> None:
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    for _ in range(2):
+        await stream.send_all(_stream_chat())
+        with trio.fail_after(5):
+            head, body = await _read_chunked_response(stream)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        frames = _frames(body)
+        assert frames[-1] == b"[DONE]"
+        assert all(
+            orjson.loads(frame)["object"] == "chat.completion.chunk" for frame in frames[:-1]
+        )
+    # The same connection serves a plain request after the streams.
+    await stream.send_all(_chat())
+    with trio.fail_after(5):
+        assert b" 200 " in await _read_response(stream)
+    assert direct_writes, "the stream's body went through hypercorn's path"
+    await stream.aclose()
+    await running.stop()
+
+
+async def test_a_stream_written_directly_honours_connection_close(
+    nursery: trio.Nursery, direct_writes: list[bytes]
+) -> None:
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    await stream.send_all(_stream_chat("1.1", "connection: close"))
+    with trio.fail_after(5):
+        head, body = await _read_chunked_response(stream)
+        assert await _read_until_closed(stream) == b""
+    assert b"connection: close" in head.lower()
+    assert _frames(body)[-1] == b"[DONE]"
+    assert direct_writes
+    await running.stop()
+
+
+async def test_a_stream_written_directly_to_an_http_1_0_client_ends_with_the_connection(
+    nursery: trio.Nursery, direct_writes: list[bytes]
+) -> None:
+    """HTTP/1.0 has no chunked encoding: the body is the bytes until the close."""
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    await stream.send_all(_stream_chat("1.0"))
+    with trio.fail_after(5):
+        answer = await _read_until_closed(stream)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding" not in head.lower()
+    frames = _frames(body)
+    assert frames[-1] == b"[DONE]"
+    assert all(orjson.loads(frame)["object"] == "chat.completion.chunk" for frame in frames[:-1])
+    assert direct_writes and not any(piece.endswith(b"\r\n") for piece in direct_writes)
+    await running.stop()
+
+
+async def test_a_client_leaving_a_stream_written_directly_closes_its_upstream(
+    nursery: trio.Nursery, upstream: FakeUpstream, direct_writes: list[bytes]
+) -> None:
+    upstream.handler = lambda request: StreamReply([chunk("Once ")], tail=chunk("more "))
+    running = await start_gateway(nursery, openai_config(upstream))
+    stream = await _connect(running)
+    await stream.send_all(_stream_chat(model="gpt-test"))
+    with trio.fail_after(5):
+        while len(direct_writes) < 3:
+            await stream.receive_some(65536)
+    await stream.aclose()
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+        [record] = await running.records.wait_for(1)
+    assert record.status == 499
+    await running.stop()

@@ -9,10 +9,19 @@ import orjson
 import trio
 import trio.testing
 from asgi_driver import chat_request, start_lifespan
-from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, sse_lines
+from fakes import (
+    FakeUpstream,
+    JSONReply,
+    StreamReply,
+    chat_completion,
+    chunk,
+    sse_lines,
+    stream_of,
+)
 from helpers import RunningGateway, build_app, mock_config, openai_config, start_gateway
 
-from trigate.relay import CHANNEL_CAPACITY, MAX_FRAMES_PER_WRITE
+from trigate.relay import CHANNEL_CAPACITY, MAX_FRAMES_PER_WRITE, TEARDOWN_LANE_WIDTH
+from trigate.spend.records import RequestRecord
 
 STREAM_BODY = {
     "model": "gpt-test",
@@ -188,3 +197,72 @@ async def test_streams_in_flight_finish_during_graceful_shutdown(nursery: trio.N
         orjson.loads(d)["choices"][0]["delta"].get("content", "") for d in [first, *rest[:-1]]
     ]
     assert "".join(contents) == "".join(words)
+
+
+async def test_a_departing_clients_upstream_closes_while_its_record_is_still_written(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """Accounting may finish after the close; the close never waits for it."""
+    upstream.handler = lambda request: endless_story()
+    writing, release = trio.Event(), trio.Event()
+    write = gateway.records.write
+
+    async def slow_write(record: RequestRecord) -> None:
+        writing.set()
+        await release.wait()
+        await write(record)
+
+    gateway.records.write = slow_write  # type: ignore[method-assign]
+    await read_events_then_leave(gateway, 3)
+    with trio.fail_after(5):
+        # The record blocks until released, so only a close that does not wait for it
+        # can happen here.
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+        await upstream.wait_for(lambda: upstream.connections_closed == upstream.connections_opened)
+        await writing.wait()
+    assert gateway.records.records == []
+    release.set()
+    with trio.fail_after(5):
+        [record] = await gateway.records.wait_for(1)
+    # The read its departure failed is no upstream error: the client cancelled.
+    assert record.cancelled_by_client and record.status == 499 and record.error is None
+
+
+async def test_many_departures_at_once_each_close_their_upstream_and_are_billed(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """More departures than the teardown lane is wide: none waits on another's record."""
+    upstream.handler = lambda request: endless_story()
+    clients = 3 * TEARDOWN_LANE_WIDTH
+    release = trio.Event()
+    write = gateway.records.write
+
+    async def slow_write(record: RequestRecord) -> None:
+        await release.wait()
+        await write(record)
+
+    gateway.records.write = slow_write  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        for _ in range(clients):
+            nursery.start_soon(read_events_then_leave, gateway, 2)
+    with trio.fail_after(10):
+        await upstream.wait_for(lambda: upstream.aborted == clients)
+    release.set()
+    with trio.fail_after(10):
+        records = await gateway.records.wait_for(clients)
+    assert all(record.status == 499 for record in records)
+
+
+async def test_a_stream_that_ended_hands_its_upstream_connection_back(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """The reader stops at `data: [DONE]`, one read before the body's own end: the end,
+    already arrived, must not cost the next stream a new upstream connection."""
+    upstream.handler = lambda request: stream_of(["Once ", "upon"])
+    for _ in range(3):
+        async with (
+            gateway.client() as client,
+            client.stream("POST", "/v1/chat/completions", json=STREAM_BODY) as response,
+        ):
+            assert [data async for data in sse_lines(response)][-1] == "[DONE]"
+    assert upstream.connections_opened == 1

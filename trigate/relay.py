@@ -6,10 +6,17 @@ owns a nursery for exactly as long as the response is being sent. Inside it,
 the provider reader runs as a child task and feeds SSE frames into a memory
 channel of capacity 100; the client writer is the task iterating the body.
 
-- A client disconnect cancels the request's scope. The reader is cancelled
-  with it, and the upstream response is closed before the body's exit returns,
-  so the upstream connection never outlives the client nor goes back to a pool
-  half-read.
+- A client disconnect closes the upstream connection at once (`client_left`,
+  called by whoever hears the disconnect), and only then cancels the request's
+  scope; the reader ends with it, and the body's exit closes whatever is left.
+  The connection never goes back to a pool half-read.
+- When hundreds of clients leave together, each close is cheap but each
+  unwinding (hypercorn's processing of the end-of-file, the cancellation, the
+  exits) costs several times more; run in turn, every close would wait behind
+  the unwinding of every departure before it. So after its close, a departure
+  waits for a place in a worker-wide lane (`TEARDOWN_LANE_WIDTH` wide) before
+  the server goes on, and keeps it until the body has exited; its record is
+  written after it has left the lane.
 - A slow client blocks the writer; the channel fills to 100 frames and then
   blocks the reader, which stops reading the upstream: memory stays bounded.
 - Accounting runs in `__aexit__` under a shield with a time bound, so a record
@@ -27,6 +34,7 @@ from typing import Any, Final
 import orjson
 import trio
 from quart.wrappers.response import ResponseBody
+from trio.lowlevel import RunVar
 
 from trigate.errors import GatewayError, UpstreamError
 from trigate.providers import ChunkStream, NativeEvent
@@ -38,6 +46,9 @@ MAX_FRAMES_PER_WRITE = 64
 # Closing an upstream or writing a record must not hold a cancelled request forever.
 CLOSE_TIMEOUT = 5.0
 FINISH_TIMEOUT = 10.0
+# How many departed streams unwind at once; the others' upstreams are already closed.
+TEARDOWN_LANE_WIDTH = 8
+_teardown_lane: RunVar[trio.CapacityLimiter] = RunVar("teardown_lane")
 
 DONE_FRAME = b"data: [DONE]\n\n"
 
@@ -123,6 +134,11 @@ class StreamRelay(ResponseBody):
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
         self.entered = False
+        self._client_left = False
+        # Set once the body has exited, up to (not including) its record.
+        self._unwound = trio.Event()
+        # Whether this departure holds a place in the teardown lane.
+        self._in_lane = False
         self.outcome = StreamOutcome()
 
     async def __aenter__(self) -> StreamRelay:
@@ -166,12 +182,50 @@ class StreamRelay(ResponseBody):
             pass
         return frame if len(batch) == 1 else b"".join(batch)
 
+    async def client_left(self, request: trio.CancelScope) -> None:
+        """The client is gone: close the upstream connection now, then cancel `request`
+        (the scope the body is sent in) once this departure has a place in the teardown
+        lane, which it keeps until the body has exited. The reader may fail its read
+        first, which is no upstream error (`_read_upstream`); `close` runs at exit and
+        writes the record."""
+        await self.depart()
+        request.cancel()
+
+    async def depart(self) -> None:
+        """Close the upstream connection now, then wait for a place in the teardown lane
+        (at once, unless many departures are unwinding). The server calls this as it
+        reads the client's end-of-file, before it processes it, so its processing too
+        waits for the lane, while every departure's close is already done."""
+        await self.release_upstream()
+        if self._in_lane or self._unwound.is_set():
+            return
+        # A checkpoint even when the lane has room: every departure heard in the same
+        # pass of the loop closes its upstream before any goes on.
+        await _lane().acquire_on_behalf_of(self)
+        self._in_lane = True
+        if self._unwound.is_set():  # the body exited while this waited
+            self._leave_lane()
+
+    def _leave_lane(self) -> None:
+        if self._in_lane:
+            self._in_lane = False
+            _lane().release_on_behalf_of(self)
+
+    async def release_upstream(self) -> None:
+        """Close the upstream connection now, for a client that has left (its reader's
+        failed read is then no upstream error)."""
+        self._client_left = True
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+            await self._stream.aclose()
+
     async def close(self) -> None:
         """Release the upstream and write the record; safe to call more than once."""
         with trio.CancelScope(shield=True):
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await self._chunks.aclose()
                 await self._stream.aclose()
+            self._unwound.set()
+            self._leave_lane()
             on_finish, self._on_finish = self._on_finish, _finished
             with trio.move_on_after(FINISH_TIMEOUT):
                 await on_finish(self.outcome)
@@ -188,6 +242,8 @@ class StreamRelay(ResponseBody):
             except _HookEnded:
                 pass  # the stream ends here; the relay's exit closes the upstream
             except GatewayError as error:
+                if self._client_left:
+                    return  # the read failed because the client's departure closed it
                 self.outcome.error = error
                 await frames.send(self._encoder.error(error))
             self.outcome.completed = True
@@ -254,6 +310,16 @@ class StreamRelay(ResponseBody):
 
 class _HookEnded(Exception):
     """A chunk hook ended the stream."""
+
+
+def _lane() -> trio.CapacityLimiter:
+    """This run's teardown lane (a `RunVar`: a limiter belongs to one event loop)."""
+    try:
+        return _teardown_lane.get()
+    except LookupError:
+        lane = trio.CapacityLimiter(TEARDOWN_LANE_WIDTH)
+        _teardown_lane.set(lane)
+        return lane
 
 
 def _no_backpressure() -> None:

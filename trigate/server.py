@@ -19,7 +19,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import trio
@@ -87,20 +87,42 @@ def hypercorn_config(config: GatewayConfig, binding: Binding | None = None) -> H
 
 def connection_limits(config: GatewayConfig, open_files: int) -> ConnectionLimits:
     """`max_connections`, lowered to what the open-file limit leaves beside the upstream
-    pool, the store and the process's own files."""
+    pool, the store and the process's own files.
+
+    When the limit cannot hold both `max_connections` clients and
+    `max_upstream_connections` upstream connections, the room is shared: the upstream
+    pool gets at most half of it (a stream holds one of each; idle clients hold none
+    upstream), and the clients the rest. Capping only the clients would give them what
+    the pool leaves: at a limit of 1,024 and the default pool of 1,000, 16. The worker
+    applies the pool's share (`share_open_files`) before it builds its gateway."""
     settings = config.general_settings
-    room = open_files - settings.max_upstream_connections - RESERVED_FILES
-    if room < settings.max_connections:
+    room = max(open_files - RESERVED_FILES, 2 * MIN_CONNECTIONS)
+    upstream = settings.max_upstream_connections
+    if upstream + settings.max_connections > room:
+        upstream = min(upstream, room // 2)
+    clients = min(settings.max_connections, room - upstream)
+    if (clients, upstream) != (settings.max_connections, settings.max_upstream_connections):
         logger.warning(
-            "the open-file limit (%d) leaves room for %d client connections per worker, "
-            "not max_connections=%d; raise the hard limit (ulimit -Hn) to hold more",
-            open_files, max(room, MIN_CONNECTIONS), settings.max_connections,
+            "the open-file limit (%d) holds %d client and %d upstream connections per "
+            "worker, not max_connections=%d and max_upstream_connections=%d; raise the hard "
+            "limit (ulimit -Hn) to hold more",
+            open_files, clients, upstream, settings.max_connections,
+            settings.max_upstream_connections,
         )  # fmt: skip
     return ConnectionLimits(
-        max_connections=min(settings.max_connections, max(room, MIN_CONNECTIONS)),
+        max_connections=clients,
         first_request_timeout=settings.request_body_timeout,
         keep_alive_timeout=settings.keep_alive_timeout,
+        max_upstream_connections=upstream,
     )
+
+
+def share_open_files(config: GatewayConfig, open_files: int) -> ConnectionLimits:
+    """The worker's connection limits under `open_files`, with the upstream pool's
+    share written into `config` (the gateway sizes its pool from it)."""
+    limits = connection_limits(config, open_files)
+    config.general_settings.max_upstream_connections = limits.max_upstream_connections
+    return limits
 
 
 def serve_forever(config: GatewayConfig, binding: Binding) -> int:
@@ -126,10 +148,10 @@ def run_worker(sockets: list[socket.socket], supervisor_pipe: int | None = None)
     # be. The file is read at start-up anyway; from serving on, SIGHUP reloads it.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     open_files = raise_open_file_limit()
-    app, gateway = worker_app()
+    limits: list[ConnectionLimits] = []
+    app, gateway = worker_app(lambda config: limits.append(share_open_files(config, open_files)))
     configure_logging(gateway.config)
-    limits = connection_limits(gateway.config, open_files)
-    trio.run(_serve_until_stopped, app, gateway, limits, sockets, supervisor_pipe)
+    trio.run(_serve_until_stopped, app, gateway, limits[0], sockets, supervisor_pipe)
 
 
 async def _serve_until_stopped(
@@ -180,9 +202,14 @@ async def _pipe_closed(fd: int, done: trio.CancelScope) -> None:
     done.cancel()
 
 
-def worker_app() -> tuple[QuartTrio, Gateway]:
-    """The app of one worker process, configured from the environment."""
+def worker_app(
+    adjust: Callable[[GatewayConfig], None] | None = None,
+) -> tuple[QuartTrio, Gateway]:
+    """The app of one worker process, configured from the environment; `adjust` sees the
+    configuration before the gateway is built from it."""
     config = load_config(os.environ.get("TRIGATE_CONFIG"), os.environ)
+    if adjust is not None:
+        adjust(config)
     master_key = config.general_settings.master_key
     if not master_key:
         raise StartupError("no master key reached the worker (TRIGATE_MASTER_KEY is unset)")

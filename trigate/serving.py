@@ -13,6 +13,20 @@ closed once idle for `keep_alive_timeout` (a deadline on its scope, where
 hypercorn would start a timer task per request). Hypercorn still speaks HTTP
 on each connection (`TCPServer`), lifespan included.
 
+A client's departure is heard where it happens: the connection's stream reports
+its end-of-file (or reset) to the request being served (`DEPARTURE_EXTENSION`)
+before hypercorn processes it, and yields once, so that when hundreds of
+clients leave together every request hears first and hypercorn's (costlier)
+teardown of each connection follows.
+
+A relayed stream's body can skip hypercorn's path for each message (ASGI send,
+HTTPStream, H11Protocol, an h11 event, the TCPServer's send): once its headers
+are out, `BODY_WRITER_EXTENSION` gives the app a writer that frames each piece
+as h11 would (a chunk, or raw bytes to an HTTP/1.0 client) and writes it on the
+connection under hypercorn's own send lock. The response still starts and ends
+through hypercorn, so `Connection: close`, keep-alive and HTTP/1.0's close stay
+hypercorn's and h11's.
+
 A shutdown drains: the listeners close, idle connections close at once, and
 requests in flight (streams included) may finish for `graceful_timeout`
 before the gateway's own shutdown (which flushes the spend ledger) runs.
@@ -23,14 +37,20 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import resource
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import h11
+import h11._readers
+import h11._writers
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.events import Closed
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
@@ -48,9 +68,48 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("trigate")
 
+# The ASGI scope extension through which a request learns its client has gone: a callable
+# taking the request's async departure callback (or None, when the request is over).
+DEPARTURE_EXTENSION = "trigate.departure"
+Departure = Callable[[], Awaitable[None]]
+OnDeparture = Callable[[Departure | None], None]
+
+# The ASGI scope extension offering a streamed body's direct writer: a callable returning
+# one (`BodyWriter`) once the response's headers have gone out, or None.
+BODY_WRITER_EXTENSION = "trigate.body_writer"
+BodyWriter = Callable[[bytes], Awaitable[None]]
+
 # Accept errors that mean "out of descriptors or memory for now": wait and try again.
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 RESOURCE_PAUSE = 0.1
+
+
+# No request body of the gateway's comes near this; a chunk declared larger can never be
+# read whole within any body limit.
+MAX_CHUNK_SIZE = 2**31
+
+
+class BoundedChunkedReader(h11._readers.ChunkedReader):
+    """h11's reader of a chunked body, refusing a chunk size no request could fill.
+
+    h11 takes any size of up to 20 hex digits, then waits for that many bytes: a request
+    declaring a chunk of `FFFFFFFFFFFFFFFFFFFF` held its connection until the body timeout
+    answered 408, 60 s later. A size over `MAX_CHUNK_SIZE` is now a protocol error at
+    once, which hypercorn answers with a 400. (h11 exposes no hook for this: the reader
+    is replaced in its table, which the hypercorn and h11 upper bounds in pyproject.toml
+    and `tests/test_hypercorn_overrides.py` guard.)"""
+
+    def __call__(self, buf: Any) -> h11.Data | h11.EndOfMessage | None:
+        event: h11.Data | h11.EndOfMessage | None = super().__call__(buf)
+        if self._bytes_in_chunk > MAX_CHUNK_SIZE:
+            raise h11.LocalProtocolError("chunk size too large")
+        return event
+
+
+def bound_chunk_sizes() -> None:
+    """Make h11 read every chunked body, in this process, with `BoundedChunkedReader`."""
+    readers = cast("dict[str, Any]", h11._readers.READERS[h11.SEND_BODY])
+    readers["chunked"] = BoundedChunkedReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +119,8 @@ class ConnectionLimits:
     max_connections: int
     first_request_timeout: float
     keep_alive_timeout: float
+    # The upstream pool's share of the open-file limit (the gateway holds the pool).
+    max_upstream_connections: int = 1000
 
 
 def raise_open_file_limit() -> int:
@@ -87,16 +148,154 @@ def listening_sockets(config: HypercornConfig) -> list[socket.socket]:
 class _Connection:
     """One client connection, and whether a request is being served on it."""
 
-    __slots__ = ("active", "idle_since", "scope")
+    __slots__ = ("active", "departure", "idle_since", "scope", "server", "stream")
 
-    def __init__(self, scope: trio.CancelScope, now: float) -> None:
+    def __init__(self, scope: trio.CancelScope, now: float, stream: trio.SocketStream) -> None:
         self.scope = scope
+        self.stream = stream
         self.active = 0
         self.idle_since = now
+        # What the request being served wants done the moment its client goes.
+        self.departure: Departure | None = None
+        self.server: TCPServer | None = None
+
+    def body_writer(self) -> BodyWriter | None:
+        """A direct writer for the body of the response now being sent, if its headers
+        have gone out over HTTP/1.1 chunked or HTTP/1.0 framing; else None."""
+        server = self.server
+        protocol = getattr(server, "protocol", None)
+        if server is None or protocol is None or not isinstance(protocol.protocol, H11Protocol):
+            return None
+        state = protocol.protocol.connection
+        if not isinstance(state, h11.Connection) or state.our_state is not h11.SEND_BODY:
+            return None
+        framing = state._writer
+        if isinstance(framing, h11._writers.ChunkedWriter):
+            return _DirectBody(server, self.stream, chunked=True).write
+        if isinstance(framing, h11._writers.Http10Writer):
+            return _DirectBody(server, self.stream, chunked=False).write
+        return None
 
     @property
     def idle(self) -> bool:
         return self.active == 0
+
+    def on_departure(self, departure: Departure | None) -> None:
+        self.departure = departure
+
+    async def client_gone(self) -> None:
+        """Run the request's departure callback; it may wait (for the app's teardown
+        lane) before hypercorn goes on to process the end of the connection."""
+        departure, self.departure = self.departure, None
+        if departure is not None:
+            await departure()
+
+
+class _DirectBody:
+    """Writes a streamed body's pieces straight to the connection, framed as h11 frames
+    them, under the TCPServer's send lock.
+
+    A piece goes out in one non-blocking write when the socket takes it whole, as it
+    nearly always does: without the two checkpoints of trio's `send_all`, the writer
+    does not go back to the scheduler for every chunk. What the socket does not take
+    is sent by `send_all`, shielded as hypercorn's writes are (a piece cut halfway
+    would break the framing of everything after it). A connection that has broken is
+    handed to hypercorn as hypercorn's own send would, and later pieces are dropped,
+    as hypercorn drops a closed stream's."""
+
+    __slots__ = ("_broken", "_chunked", "_server", "_stream")
+
+    def __init__(self, server: TCPServer, stream: trio.SocketStream, *, chunked: bool) -> None:
+        self._server = server
+        self._stream = stream
+        self._chunked = chunked
+        self._broken = False
+
+    async def write(self, data: bytes) -> None:
+        if not data or self._broken:
+            return  # an empty chunk would read as the body's end
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        lock = self._server.send_lock
+        if lock.locked():
+            await self._send_rest(data, 0)
+            return
+        try:
+            # Trio's sockets are non-blocking, and hypercorn's writes all hold `lock`. The
+            # descriptor is asked for each time: a closed socket's is -1 (EBADF), never a
+            # number since reused by another connection.
+            sent = os.write(self._stream.socket.fileno(), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            await self._broke()
+            return
+        if sent < len(data):
+            await self._send_rest(data, sent)
+
+    async def _send_rest(self, data: bytes, sent: int) -> None:
+        async with self._server.send_lock:
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._stream.send_all(memoryview(data)[sent:])
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._broke()
+
+    async def _broke(self) -> None:
+        self._broken = True
+        await self._server.protocol.handle(Closed())
+
+
+class _WatchedStream:
+    """A client's socket stream as hypercorn uses it, reporting end-of-file and resets to
+    the connection as they are read. Not a TLS stream: hypercorn tells the two apart by
+    `do_handshake`, which this lacks as a plain `SocketStream` does."""
+
+    __slots__ = ("_client_gone", "_connection", "_stream", "socket")
+
+    def __init__(self, stream: trio.SocketStream, connection: _Connection) -> None:
+        self._stream = stream
+        self._connection = connection
+        self.socket = stream.socket
+        self._client_gone = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._stream.receive_some(max_bytes)
+        except trio.BrokenResourceError:
+            self._client_gone = True
+            await self._connection.client_gone()
+            raise
+        if not data:
+            self._client_gone = True
+            await self._connection.client_gone()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        """Shut the sending side at once. Trio's `send_eof` checkpoints first while holding
+        the stream's send slot; hypercorn closes a connection from one task (after the
+        app's 408 for a body that never came) while its reader task may be writing in
+        that moment (a 400 for the same body, cut short by the client): that write failed
+        with BusyResourceError, logged as an error of the app. Without the checkpoint
+        there is no such moment; a write after the shutdown fails as a broken stream,
+        which hypercorn expects. A client that has gone needs no shutdown before the
+        close that follows (one system call less per departure)."""
+        sock = self.socket
+        if sock.did_shutdown_SHUT_WR or self._client_gone:
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError as error:
+            raise trio.BrokenResourceError(error) from error
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 class _ConnectionApp:
@@ -120,9 +319,14 @@ class _ConnectionApp:
         connection = self._connection
         connection.active += 1
         connection.scope.deadline = math.inf
+        if scope["type"] == "http":
+            extensions = cast("dict[str, Any]", scope["extensions"])
+            extensions[DEPARTURE_EXTENSION] = connection.on_departure
+            extensions[BODY_WRITER_EXTENSION] = connection.body_writer
         try:
             await self._app(scope, receive, send, *rest)
         finally:
+            connection.departure = None
             connection.active -= 1
             if connection.active == 0:
                 self._connections.went_idle(connection)
@@ -193,12 +397,13 @@ class Connections:
     async def serve(self, stream: trio.SocketStream, server: Callable[..., TCPServer]) -> None:
         now = trio.current_time()
         with trio.CancelScope(deadline=now + self._limits.first_request_timeout) as scope:
-            connection = _Connection(scope, now)
+            connection = _Connection(scope, now, stream)
             self._open.add(connection)
             self.make_room(connection)
             try:
                 app = lambda wrapped: _ConnectionApp(wrapped, connection, self)  # noqa: E731
-                tcp_server = server(app, stream)
+                tcp_server = server(app, _WatchedStream(stream, connection))
+                connection.server = tcp_server
                 tcp_server.idle_task = _NoIdleTimer()
                 await tcp_server.run()
             finally:
@@ -219,13 +424,14 @@ async def serve(
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns, then drain and shut the app down."""
+    bound_chunk_sizes()
     wrapped = wrap_app(app, config.wsgi_max_body_size, None)
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
     connections = Connections(limits)
 
-    def server(wrap: Callable[[AppWrapper], AppWrapper], stream: trio.SocketStream) -> TCPServer:
+    def server(wrap: Callable[[AppWrapper], AppWrapper], stream: _WatchedStream) -> TCPServer:
         state = ConnectionState(lifespan_state.copy())
         # hypercorn annotates the stream as an SSLStream; it serves a plain SocketStream as
         # well, which its own `serve` hands it for a listener without TLS.

@@ -10,6 +10,7 @@ many. Plugging it in behind ``httpx.AsyncBaseTransport`` keeps all of httpx's cl
 from __future__ import annotations
 
 import math
+import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
 
@@ -332,7 +333,11 @@ class _ResponseStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         conn = self._take()
-        if conn is not None:
+        if conn is None:
+            return
+        if _ended_already(conn):
+            self._transport._release(conn)
+        else:
             self._transport._discard(conn)
 
     def _take(self) -> _Connection | None:
@@ -351,6 +356,38 @@ def _is_stream(head: h11.Response) -> bool:
             media_type = value.partition(b";")[0].strip().lower().decode("latin-1")
             return media_type in _STREAM_MEDIA_TYPES
     return False
+
+
+def _ended_already(conn: _Connection) -> bool:
+    """Whether an abandoned response has in fact ended: its end is in h11's buffer, or in
+    the socket, unread. Reads only what is there, never waiting.
+
+    A stream reader stops at its API's own end (OpenAI's `data: [DONE]`), one read
+    before the body's end (`0\\r\\n\\r\\n`), which usually comes in the same packet or
+    the next. Discarding the connection then cost every stream a new upstream
+    connection (and, over TLS, a handshake). A TLS stream's bytes cannot be read here
+    without waiting: only what h11 already holds counts there."""
+    state = conn.h11
+    plain = isinstance(conn.stream, trio.SocketStream)
+    while True:
+        try:
+            event = state.next_event()
+        except h11.RemoteProtocolError:
+            return False
+        if type(event) is h11.EndOfMessage:
+            return True
+        if type(event) is h11.Data:
+            continue  # the rest of a body nobody will read
+        if event is not h11.NEED_DATA or not plain:
+            return False
+        try:
+            # Trio's sockets are non-blocking and trio holds no buffer of its own.
+            data = os.read(conn.sock.fileno(), _CHUNK_SIZE)
+        except OSError:  # BlockingIOError: nothing there yet
+            return False
+        if not data:
+            return False  # the server closed: the connection cannot be reused anyway
+        state.receive_data(data)
 
 
 def _origin(request: httpx.Request) -> Origin:

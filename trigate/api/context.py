@@ -17,8 +17,9 @@ every route at once, before any route would pick one of them.
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ import trio
 
 from trigate.api.envelopes import ANTHROPIC, OPENAI
 from trigate.errors import InvalidRequest
+from trigate.serving import BODY_WRITER_EXTENSION, DEPARTURE_EXTENSION, BodyWriter, OnDeparture
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
@@ -90,7 +92,7 @@ class RequestScope:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        client_id, traceparent, ambiguous = _scan(scope["headers"])
+        client_id, traceparent, ambiguous, has_body = _scan(scope["headers"])
         context = RequestContext(os.urandom(16).hex(), trio.current_time(), client_id)
         context.path = scope["path"]
         context.traceparent = traceparent
@@ -98,10 +100,18 @@ class RequestScope:
         in_flight = self._in_flight
         if in_flight is not None:
             in_flight.inc()
+        extensions: dict[str, Any] = scope.get("extensions") or {}
+        on_departure: OnDeparture | None = extensions.get(DEPARTURE_EXTENSION)
+        if on_departure is not None:
+            on_departure(functools.partial(_departed, context))
         try:
-            sender = _ResponseSender(send, receive, context)
+            sender = _ResponseSender(send, receive, context, has_body)
+            sender.body_writer = extensions.get(BODY_WRITER_EXTENSION)
             if ambiguous:
-                await _refuse_ambiguous(scope["path"], sender)
+                await _refuse(AMBIGUOUS_CREDENTIALS, scope["path"], sender)
+                return
+            if _disguised_path(scope.get("raw_path") or b""):
+                await _refuse(DISGUISED_PATH, scope["path"], sender)
                 return
             await self._app(scope, sender.receive, sender)
         finally:
@@ -112,6 +122,15 @@ class RequestScope:
                 in_flight.dec()
 
 
+async def _departed(context: RequestContext) -> None:
+    """The client's connection ended (heard by the server as it happened, before the
+    disconnect reaches the app): a stream's upstream is closed at once, and the server
+    goes on only when the stream has its place in the teardown lane."""
+    relay = context.relay
+    if relay is not None and relay.entered:
+        await relay.depart()
+
+
 class _ResponseSender:
     """Adds the gateway's headers, writes a fixed-length body in one piece, and lets the
     last message of a response finish before the app hears that the request is over.
@@ -119,6 +138,11 @@ class _ResponseSender:
     Quart sends a body as its data and then an empty closing message; each costs
     hypercorn a pass through its protocol stack. With a Content-Length there is
     nothing to stream, so the two become one. Streams pass through untouched.
+
+    An answer that starts before the request's body has all arrived (a refusal that
+    never reads it) leaves the connection unable to carry another request: the rest
+    of the body is still coming. The answer says `Connection: close`, so that the
+    client knows why the connection ends (h11 then closes it after the answer).
 
     The last message is where hypercorn finishes the exchange: it closes the
     connection (`Connection: close`, HTTP/1.0) or restarts its keep-alive timer,
@@ -128,29 +152,51 @@ class _ResponseSender:
     client left. `receive` therefore holds a disconnect back until the send is done.
     """
 
-    __slots__ = ("_context", "_finishing", "_fixed_length", "_held", "_receive", "_send")
+    __slots__ = (
+        "_body_pending",
+        "_context",
+        "_finishing",
+        "_fixed_length",
+        "_held",
+        "_receive",
+        "_send",
+        "body_writer",
+    )
 
     def __init__(
-        self, send: ASGISendCallable, receive: ASGIReceiveCallable, context: RequestContext
+        self,
+        send: ASGISendCallable,
+        receive: ASGIReceiveCallable,
+        context: RequestContext,
+        body_pending: bool = False,
     ) -> None:
         self._send = send
         self._receive = receive
         self._context = context
+        self._body_pending = body_pending
+        # The server's offer of a direct writer for a streamed body (`direct_writer`).
+        self.body_writer: Callable[[], BodyWriter | None] | None = None
         self._fixed_length = False
         self._held: Any = None
         self._finishing: trio.Event | None = None
 
     async def receive(self) -> Any:
         message = await self._receive()
-        if message["type"] == "http.disconnect" and self._finishing is not None:
-            await self._finishing.wait()
+        if message["type"] == "http.disconnect":
+            if self._finishing is not None:
+                await self._finishing.wait()
+        elif not message.get("more_body", False):
+            self._body_pending = False
         return message
 
     async def __call__(self, message: Any) -> None:
         if message["type"] == "http.response.start":
             headers = message["headers"]
             self._fixed_length = any(name.lower() == b"content-length" for name, _ in headers)
-            message = {**message, "headers": [*headers, *_headers(self._context)]}
+            extra = _headers(self._context)
+            if self._body_pending:
+                extra.append((b"connection", b"close"))
+            message = {**message, "headers": [*headers, *extra]}
         elif message["type"] == "http.response.body" and self._fixed_length:
             if message.get("more_body", False):
                 if self._held is not None:
@@ -170,14 +216,27 @@ class _ResponseSender:
         await self._send(message)
 
 
-def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, bool]:
+def direct_writer(send: ASGISendCallable) -> BodyWriter | None:
+    """A writer for the rest of a streamed body, straight to the client's connection, once
+    the response has started (`trigate.serving.BODY_WRITER_EXTENSION`); None where the
+    server offers none (another server, HTTP/2, a fixed-length body).
+
+    Each piece then skips hypercorn's per-message path and this sender's own, which
+    has nothing to do for a stream's middle: its headers are out, and its end still
+    comes through here."""
+    offer = send.body_writer if isinstance(send, _ResponseSender) else None
+    return offer() if offer is not None else None
+
+
+def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, bool, bool]:
     """One pass over the raw headers: the client's usable `x-request-id`, its
-    `traceparent`, and whether its credentials are ambiguous (a credential header
-    repeated, or the two naming different keys). Hypercorn gives header names in lower
-    case."""
+    `traceparent`, whether its credentials are ambiguous (a credential header
+    repeated, or the two naming different keys), and whether it has a body to send.
+    Hypercorn gives header names in lower case."""
     client_id: str | None = None
     traceparent: str | None = None
     seen_id = False
+    has_body = False
     credentials: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         if name in _CREDENTIAL_HEADERS:
@@ -189,7 +248,12 @@ def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | Non
                 client_id = given
         elif name == b"traceparent":
             traceparent = value.decode("latin-1")
-    return client_id, traceparent, len(credentials) > 1 and _ambiguous(credentials)
+        elif name == b"content-length":
+            has_body = value.strip() != b"0"
+        elif name == b"transfer-encoding":
+            has_body = True
+    ambiguous = len(credentials) > 1 and _ambiguous(credentials)
+    return client_id, traceparent, ambiguous, has_body
 
 
 def _ambiguous(credentials: list[tuple[bytes, bytes]]) -> bool:
@@ -203,17 +267,41 @@ def _ambiguous(credentials: list[tuple[bytes, bytes]]) -> bool:
     return scheme.lower() != b"bearer" or token.strip() != values[b"x-api-key"].strip()
 
 
-async def _refuse_ambiguous(path: str, send: _ResponseSender) -> None:
-    error = InvalidRequest(
-        "The request carries more than one API key (a repeated `Authorization` or "
-        "`x-api-key` header, or both naming different keys). Send exactly one.",
-        code="ambiguous_credentials",
-    )
+AMBIGUOUS_CREDENTIALS = InvalidRequest(
+    "The request carries more than one API key (a repeated `Authorization` or "
+    "`x-api-key` header, or both naming different keys). Send exactly one.",
+    code="ambiguous_credentials",
+)
+DISGUISED_PATH = InvalidRequest(
+    "The request path holds an encoded `/` or `\\`, or a `.` or `..` segment. "
+    "Send the path as the route is written.",
+    code="invalid_request_path",
+)
+
+
+async def _refuse(error: InvalidRequest, path: str, send: _ResponseSender) -> None:
+    """Refuse a request before any route sees it, in the envelope its route's clients
+    expect."""
     envelope = ANTHROPIC if path in _ANTHROPIC_PATHS else OPENAI
     body = envelope.render(error)
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _disguised_path(raw_path: bytes) -> bool:
+    """Whether the path, as sent, hides a separator or a dot segment: an encoded `/` or
+    `\\` (`%2fkey%2finfo` decodes to `/key/info`), or a `.` or `..` segment, plain or
+    encoded. A fronting proxy matches its path rules against the path as sent, and
+    would not recognise the route such a path decodes to. No route of the gateway needs
+    either."""
+    if b"%" not in raw_path and b"/." not in raw_path:
+        return False
+    lowered = raw_path.lower()
+    if b"%2f" in lowered or b"%5c" in lowered:
+        return True
+    segments = lowered.replace(b"%2e", b".").split(b"/")
+    return b"." in segments or b".." in segments
 
 
 def _headers(context: RequestContext) -> list[tuple[bytes, bytes]]:

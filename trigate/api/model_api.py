@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from trigate.api.context import RequestContext, current_request
+from trigate.api.context import RequestContext, current_request, direct_writer
 from trigate.api.envelopes import JSON_HEADERS, OPENAI, Envelope
 from trigate.errors import BodyTooLarge, GatewayError, MethodNotAllowed, RequestTimeout
 from trigate.providers.base import forwarded_headers
@@ -242,8 +242,13 @@ def unexpected_failure(error: Exception) -> GatewayError:
 
 
 async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:
+    """The client left: cancel the call. A stream's relay closes its upstream first and
+    cancels when its teardown lane has room (`StreamRelay.client_left`)."""
     while (await receive())["type"] != "http.disconnect":
         pass
+    relay = current_request.get().relay
+    if relay is not None and relay.entered:
+        await relay.client_left(scope)
     scope.cancel()
 
 
@@ -257,8 +262,15 @@ async def _send_reply(send: ASGISendCallable, reply: Reply) -> None:
         return
     await send(_start(reply.status, headers))
     async with body as frames:
-        async for frame in frames:
-            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        # Once the headers are out, a frame can go straight to the connection: hypercorn's
+        # path for each message was most of the writer's work.
+        write = direct_writer(send)
+        if write is None:
+            async for frame in frames:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+        else:
+            async for frame in frames:
+                await write(frame)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
