@@ -7,6 +7,7 @@ requests seen, and whether the server saw the client close its socket.
 
 from __future__ import annotations
 
+import gzip
 import socket
 import ssl
 import struct
@@ -22,7 +23,7 @@ import trio
 import trio.testing
 import trustme
 
-from trigate.transport import HTTP11Transport
+from trigate.transport import HTTP11Transport, ResponseTooLarge, read_whole_body
 
 Handler = Callable[["Peer"], Awaitable[None]]
 
@@ -646,7 +647,8 @@ async def test_chunked_body_split_anywhere_arrives_whole(nursery: trio.Nursery) 
         async for _ in bodiless_requests(peer):
             for i in range(len(body)):
                 await peer.stream.send_all(body[i : i + 1])
-                await trio.sleep(0)
+                # Each byte is read on its own: the client waits for the next.
+                await trio.testing.wait_all_tasks_blocked()
 
     server = await serve(nursery, byte_by_byte)
     async with client() as c:
@@ -743,3 +745,33 @@ async def test_streamed_request_body_is_chunked(nursery: trio.Nursery) -> None:
         await c.post(server.url(), content=b"whole")
     assert bodies == [b"one two", b"whole"]
     assert server.accepted == 1
+
+
+async def test_whole_body_read_straight_or_decoded(nursery: trio.Nursery) -> None:
+    packed = gzip.compress(b"hello")
+    answers = {
+        b"/plain": b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+        b"/gzip": b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s"
+        % (len(packed), packed),
+    }
+
+    async def by_path(peer: Peer) -> None:
+        async for _ in bodiless_requests(peer):
+            await peer.stream.send_all(answers[peer.server.targets[-1]])
+
+    server = await serve(nursery, by_path)
+    transport = HTTP11Transport()
+    for path in ("/plain", "/gzip", "/plain"):
+        response = await transport.handle_async_request(httpx.Request("GET", server.url(path)))
+        assert await read_whole_body(response) == b"hello"
+    await transport.aclose()
+    assert server.accepted == 1
+
+
+async def test_whole_body_read_keeps_the_size_cap(nursery: trio.Nursery) -> None:
+    server = await serve(nursery, raw_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"))
+    transport = HTTP11Transport(max_response_bytes=4)
+    response = await transport.handle_async_request(httpx.Request("GET", server.url()))
+    with pytest.raises(ResponseTooLarge):
+        await read_whole_body(response)
+    await transport.aclose()

@@ -367,6 +367,13 @@ class _ResponseStream(httpx.AsyncByteStream):
             self._transport._release(conn)
         return None
 
+    async def read_all(self) -> bytes:
+        """The rest of the body, read to its end (which hands the connection back)."""
+        pieces = []
+        while (chunk := await self._next_chunk()) is not None:
+            pieces.append(chunk)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
     async def _read(self, conn: _Connection) -> bytes | None:
         """The body's next bytes, what the buffer holds of it before reading the socket;
         None at its end."""
@@ -532,6 +539,16 @@ class _ChunkedReader(_BodyReader):
         raise httpx.RemoteProtocolError(
             "peer closed connection without sending complete message body (incomplete chunked read)"
         )
+
+
+async def read_whole_body(response: httpx.Response) -> bytes:
+    """A response's whole body. One from this transport with nothing to decode is read
+    straight from its stream: httpx's `aread` would pass it through a decoder, two
+    chunkers, two async generators and two context managers, about 15 us a response."""
+    stream = response.stream
+    if type(stream) is _ResponseStream and "content-encoding" not in response.headers:
+        return await stream.read_all()
+    return await response.aread()
 
 
 def _malformed_chunk_end(buffer: bytearray) -> httpx.RemoteProtocolError:
@@ -781,7 +798,8 @@ async def _receive_head(
 ) -> _Head:
     """Read up to the final response head, skipping 1xx responses."""
     while True:
-        head = _parse_head(conn.buffer)
+        # The buffer is empty until the response starts to arrive.
+        head = _parse_head(conn.buffer) if conn.buffer else None
         if head is None:
             conn.buffer += await _receive_head_bytes(conn, request, read_timeout, retryable)
             # Once the server has answered anything, it has taken the request.

@@ -27,7 +27,7 @@ from trigate.errors import (
     from_upstream_status,
 )
 from trigate.sse import ServerSentEvent, SSEDecoder
-from trigate.transport import ResponseTooLarge
+from trigate.transport import ResponseTooLarge, read_whole_body
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -422,7 +422,7 @@ def translate_transport_error(error: httpx.HTTPError) -> UpstreamError:
 async def read_json_object(response: httpx.Response) -> tuple[bytes, dict[str, Any]]:
     """A non-stream answer's bytes and its JSON object; the response is closed either way."""
     try:
-        raw = await response.aread()
+        raw = await read_whole_body(response)
     except httpx.HTTPError as error:
         raise translate_transport_error(error) from error
     finally:
