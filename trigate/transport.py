@@ -52,6 +52,9 @@ _METHOD = re.compile(_TOKEN)
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?")
 _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _FIELD_VALUE + rb")[ \t]*")
+# All of a head's field lines at once: checked by one match, split by one findall.
+_FIELD_LINE = re.compile(_FIELD.pattern + rb"\r?\n")
+_FIELD_LINES = re.compile(rb"(?:" + _TOKEN + rb":[ \t]*" + _FIELD_VALUE + rb"[ \t]*\r?\n)*")
 _CONTENT_LENGTH = re.compile(rb"[0-9]{1,20}")
 _CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*")
 # A head ends at a blank line; h11 accepts lines ended by a bare LF as well as by CRLF.
@@ -102,7 +105,16 @@ class _Connection:
 class _Head:
     """A response's status line and header fields, and how its body is framed."""
 
-    __slots__ = ("content_type", "headers", "http_version", "keep_alive", "reason", "status")
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "content_type",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "reason",
+        "status",
+    )
 
     def __init__(self, status: int, http_version: bytes, reason: bytes) -> None:
         self.status = status
@@ -112,6 +124,33 @@ class _Head:
         self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = http_version >= b"1.1"
         self.content_type: bytes | None = None
+        self.chunked = False
+        self.content_length: int | None = None
+
+    def note(self, name: bytes, value: bytes) -> None:
+        """Take in a field that says how the body is framed or what it is, checked as
+        h11 checks them: one Transfer-Encoding, and it chunked; one Content-Length."""
+        if name == b"connection":
+            if b"close" in _comma_values(value):
+                self.keep_alive = False
+        elif name == b"content-type":
+            if self.content_type is None:
+                self.content_type = value
+        elif name == b"content-length":
+            length = _content_length(value)
+            if self.content_length is not None and self.content_length != length:
+                raise httpx.RemoteProtocolError("conflicting Content-Length headers")
+            self.content_length = length
+        elif self.chunked:
+            raise httpx.RemoteProtocolError("multiple Transfer-Encoding headers")
+        elif value.lower() != b"chunked":
+            raise httpx.RemoteProtocolError("Only Transfer-Encoding: chunked is supported")
+        else:
+            self.chunked = True
+
+
+# The fields `_Head.note` takes in, by their lower-case names.
+_NOTED_FIELDS = frozenset({b"connection", b"content-type", b"content-length", b"transfer-encoding"})
 
 
 class HTTP11Transport(httpx.AsyncBaseTransport):
@@ -567,25 +606,10 @@ def _body_reader(conn: _Connection, request: httpx.Request, head: _Head) -> _Bod
         conn.keep_alive = False
     if head.status in (204, 304) or request.method == "HEAD":
         return _LengthReader(0)
-    transfer_encoding: bytes | None = None
-    content_length: int | None = None
-    for name, value in head.headers:
-        lower = name.lower()
-        if lower == b"transfer-encoding":
-            if transfer_encoding is not None:
-                raise httpx.RemoteProtocolError("multiple Transfer-Encoding headers")
-            transfer_encoding = value.lower()
-            if transfer_encoding != b"chunked":
-                raise httpx.RemoteProtocolError("Only Transfer-Encoding: chunked is supported")
-        elif lower == b"content-length":
-            length = _content_length(value)
-            if content_length is not None and content_length != length:
-                raise httpx.RemoteProtocolError("conflicting Content-Length headers")
-            content_length = length
-    if transfer_encoding is not None:
+    if head.chunked:
         return _ChunkedReader()
-    if content_length is not None:
-        return _LengthReader(content_length)
+    if head.content_length is not None:
+        return _LengthReader(head.content_length)
     conn.keep_alive = False
     return _CloseDelimitedReader()
 
@@ -836,20 +860,25 @@ def _parse_head(buffer: bytearray) -> _Head | None:
     if found is None:
         _check_size(buffer, "a response head")
         return None
-    lines = bytes(buffer[: found.start()]).split(b"\n")
+    # Through the LF ending the last field line (or the status line, if there are none).
+    block = bytes(buffer[: found.start() + 1])
     del buffer[: found.end()]
-    status_line = lines[0].removesuffix(b"\r")
+    status_end = block.index(b"\n")
+    status_line = block[:status_end].removesuffix(b"\r")
     match = _STATUS_LINE.fullmatch(status_line)
     if match is None:
         raise httpx.RemoteProtocolError(f"illegal status line: {status_line!r}")
     head = _Head(int(match[2]), match[1], match[3] or b"")
-    head.headers = _fields(lines[1:])
+    fields = block[status_end + 1 :]
+    if b"\n " in fields or b"\n\t" in fields or _FIELD_LINES.fullmatch(fields) is None:
+        # A folded or malformed field: line by line, to join it or to say which it is.
+        head.headers = _fields(fields.split(b"\n")[:-1])
+    else:
+        head.headers = _FIELD_LINE.findall(fields)
     for name, value in head.headers:
         lower = name.lower()
-        if lower == b"connection" and b"close" in _comma_values(value):
-            head.keep_alive = False
-        elif lower == b"content-type" and head.content_type is None:
-            head.content_type = value
+        if lower in _NOTED_FIELDS:
+            head.note(lower, value)
     return head
 
 
