@@ -15,6 +15,7 @@ regular expressions and a body reader.
 
 from __future__ import annotations
 
+import abc
 import math
 import re
 import ssl
@@ -59,7 +60,8 @@ _CONTENT_LENGTH = re.compile(rb"[0-9]{1,20}")
 _CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*")
 # A head ends at a blank line; h11 accepts lines ended by a bare LF as well as by CRLF.
 _BLANK_LINE = re.compile(rb"\n\r?\n")
-# Whether more bytes are needed, as a body reader says it (None is the end of the body).
+# A body reader's answer when the buffer holds none of the body yet (None is the body's
+# end): a reader never returns empty data, so the empty bytes can say it.
 _MORE = b""
 
 Origin = tuple[str, str, int]
@@ -441,15 +443,15 @@ class _ResponseStream(httpx.AsyncByteStream):
         return conn
 
 
-class _BodyReader:
+class _BodyReader(abc.ABC):
     """Takes a response body's bytes out of a connection's buffer, by the body's framing."""
 
     __slots__ = ()
 
+    @abc.abstractmethod
     def extract(self, buffer: bytearray) -> bytes | None:
         """The body's bytes the buffer holds (removed from it), `_MORE` if it holds none
         yet, or None once the body is complete."""
-        raise NotImplementedError
 
     def at_eof(self) -> bytes | None:
         """The connection was closed before the body's end: its end, or an error."""
