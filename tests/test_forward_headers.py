@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 import trio
 from fake_anthropic import anthropic_config, message
@@ -20,6 +22,8 @@ from helpers import (
     openai_config,
     start_gateway,
 )
+
+from trigate.providers.base import UpstreamClient
 
 # Sent with every request: what may go on, and what never may.
 CLIENT_HEADERS = {
@@ -127,3 +131,31 @@ async def test_every_model_route_takes_a_query_string(nursery: trio.Nursery) -> 
             assert response.status_code == 200, (path, response.text)
             assert "x-trigate-request-id" in response.headers
     await gateway.stop()
+
+
+@pytest.mark.parametrize(
+    "deployment_headers",
+    [
+        {"content-type": "application/json", "authorization": "Bearer sk-up"},
+        # The deployment sets its own length: httpx keeps it, so its head is built per request.
+        {"content-type": "application/json", "Content-Length": "2"},
+    ],
+)
+async def test_an_upstream_request_is_what_httpx_would_build(
+    deployment_headers: dict[str, str],
+) -> None:
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    url = "http://upstream.test:8080/v1/chat/completions"
+    upstream = UpstreamClient(httpx.MockTransport(record), url, deployment_headers, 30.0)
+    for payload in ({"a": 1}, {"much longer": "x" * 100}):
+        await upstream.post(payload)
+        content = orjson.dumps(payload)
+        expected = httpx.Request("POST", url, headers=deployment_headers, content=content)
+        sent = seen[-1]
+        assert (sent.method, sent.url, sent.content) == ("POST", expected.url, content)
+        assert sent.headers.raw == expected.headers.raw

@@ -1,4 +1,4 @@
-"""H11Transport against real Trio servers on loopback.
+"""HTTP11Transport against real Trio servers on loopback.
 
 Each server is a trio TCP server started in the test's nursery and speaking HTTP/1.1
 through h11, so what is asserted is what went over the wire: accepted connections, the
@@ -7,6 +7,7 @@ requests seen, and whether the server saw the client close its socket.
 
 from __future__ import annotations
 
+import gzip
 import socket
 import ssl
 import struct
@@ -22,7 +23,7 @@ import trio
 import trio.testing
 import trustme
 
-from trigate.transport import H11Transport
+from trigate.transport import HTTP11Transport, ResponseTooLarge, read_whole_body
 
 Handler = Callable[["Peer"], Awaitable[None]]
 
@@ -125,7 +126,7 @@ async def serve(
 
 
 def client(**kwargs: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=H11Transport(**kwargs))
+    return httpx.AsyncClient(transport=HTTP11Transport(**kwargs))
 
 
 async def observed(event: trio.Event) -> None:
@@ -598,3 +599,179 @@ async def test_aclose_closes_idle_connections(nursery: trio.Nursery) -> None:
     async with client() as c:
         await c.get(server.url())
     await observed(closed)
+
+
+async def bodiless_requests(peer: Peer) -> AsyncIterator[None]:
+    """Each request without a body (a GET) the client sends, read without h11: the
+    answers to them are written raw, which h11's server side would not let follow."""
+    buffer = b""
+    while True:
+        while b"\r\n\r\n" not in buffer:
+            received = await peer.receive()
+            if not received:
+                return
+            buffer += received
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        peer.server.targets.append(head.split(b" ")[1])
+        yield
+
+
+def raw_answer(response: bytes) -> Handler:
+    """A keep-alive handler answering every GET with the same bytes, as they are."""
+
+    async def handler(peer: Peer) -> None:
+        async for _ in bodiless_requests(peer):
+            await peer.stream.send_all(response)
+
+    return handler
+
+
+async def test_chunked_body_with_extensions_and_trailer_keeps_the_connection(
+    nursery: trio.Nursery,
+) -> None:
+    answer = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 1\r\n\r\n"
+    )
+    server = await serve(nursery, raw_answer(answer))
+    async with client() as c:
+        for _ in range(2):
+            assert (await c.get(server.url())).content == b"hello world"
+    assert server.accepted == 1
+
+
+async def test_chunked_body_split_anywhere_arrives_whole(nursery: trio.Nursery) -> None:
+    body = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+
+    async def byte_by_byte(peer: Peer) -> None:
+        async for _ in bodiless_requests(peer):
+            for i in range(len(body)):
+                await peer.stream.send_all(body[i : i + 1])
+                # Each byte is read on its own: the client waits for the next.
+                await trio.testing.wait_all_tasks_blocked()
+
+    server = await serve(nursery, byte_by_byte)
+    async with client() as c:
+        for _ in range(2):
+            assert (await c.get(server.url())).content == b"abcde"
+    assert server.accepted == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "complaint"),
+    [
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc", "conflicting"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nabc", "conflicting"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", "bad Content-Length"),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n", "chunked is supported"),
+        (b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", "illegal header line"),
+        (b"HTTP/1.1 200 OK\r\nx: a\x00b\r\n\r\n", "illegal header line"),
+        (b"HTTP/1.1 200 OK\r\n folded: first\r\n\r\n", "continuation line"),
+        (b"ICY 200 OK\r\n\r\n", "illegal status line"),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", "chunk header"),
+        (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\naXY", "chunk footer"),
+    ],
+)
+async def test_malformed_responses_are_remote_protocol_errors(
+    nursery: trio.Nursery, answer: bytes, complaint: str
+) -> None:
+    server = await serve(nursery, raw_answer(answer))
+    async with client() as c:
+        with pytest.raises(httpx.RemoteProtocolError, match=complaint):
+            await c.get(server.url())
+
+
+async def test_folded_header_line_is_joined(nursery: trio.Nursery) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nx-note: one\r\n  two\r\ncontent-length: 2\r\n\r\nok"
+    server = await serve(nursery, raw_answer(answer))
+    async with client() as c:
+        response = await c.get(server.url())
+    assert (response.headers["x-note"], response.content) == ("one two", b"ok")
+
+
+async def test_no_body_for_204_and_http10_is_not_reused(nursery: trio.Nursery) -> None:
+    server = await serve(nursery, raw_answer(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    async with client() as c:
+        for _ in range(2):
+            assert (await c.get(server.url())).status_code == 204
+    assert server.accepted == 1
+    old = await serve(nursery, raw_answer(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"))
+    async with client() as c:
+        for _ in range(2):
+            response = await c.get(old.url())
+            assert (response.http_version, response.content) == ("HTTP/1.0", b"ok")
+    assert old.accepted == 2
+
+
+async def test_request_asking_to_close_is_not_reused(nursery: trio.Nursery) -> None:
+    server = await serve(nursery)
+    async with client() as c:
+        for _ in range(2):
+            await c.get(server.url(), headers={"connection": "close"})
+    assert server.accepted == 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"x-evil": "a\r\nx-injected: 1"}, {"x-evil": "a\nb"}, {"bad name": "v"}, {"x": "\x00"}],
+)
+async def test_headers_that_would_break_the_framing_are_refused(
+    nursery: trio.Nursery, headers: dict[str, str]
+) -> None:
+    server = await serve(nursery)
+    async with client() as c:
+        with pytest.raises(httpx.LocalProtocolError, match="Illegal header"):
+            await c.get(server.url(), headers=headers)
+        # Refused before anything was sent: the pool is as it was.
+        assert (await c.get(server.url())).content == b"ok /"
+    assert server.targets == [b"/"]
+
+
+async def test_streamed_request_body_is_chunked(nursery: trio.Nursery) -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        for piece in (b"one ", b"", b"two"):
+            yield piece
+
+    bodies: list[bytes] = []
+
+    async def echo(peer: Peer) -> None:
+        while (got := await peer.request()) is not None:
+            bodies.append(got[1])
+            await peer.respond()
+
+    server = await serve(nursery, echo)
+    async with client() as c:
+        await c.post(server.url(), content=pieces())
+        await c.post(server.url(), content=b"whole")
+    assert bodies == [b"one two", b"whole"]
+    assert server.accepted == 1
+
+
+async def test_whole_body_read_straight_or_decoded(nursery: trio.Nursery) -> None:
+    packed = gzip.compress(b"hello")
+    answers = {
+        b"/plain": b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+        b"/gzip": b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: %d\r\n\r\n%s"
+        % (len(packed), packed),
+    }
+
+    async def by_path(peer: Peer) -> None:
+        async for _ in bodiless_requests(peer):
+            await peer.stream.send_all(answers[peer.server.targets[-1]])
+
+    server = await serve(nursery, by_path)
+    transport = HTTP11Transport()
+    for path in ("/plain", "/gzip", "/plain"):
+        response = await transport.handle_async_request(httpx.Request("GET", server.url(path)))
+        assert await read_whole_body(response) == b"hello"
+    await transport.aclose()
+    assert server.accepted == 1
+
+
+async def test_whole_body_read_keeps_the_size_cap(nursery: trio.Nursery) -> None:
+    server = await serve(nursery, raw_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"))
+    transport = HTTP11Transport(max_response_bytes=4)
+    response = await transport.handle_async_request(httpx.Request("GET", server.url()))
+    with pytest.raises(ResponseTooLarge):
+        await read_whole_body(response)
+    await transport.aclose()

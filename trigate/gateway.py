@@ -49,7 +49,7 @@ from trigate.spend.prices import PriceTable, TokenCounts, cost
 from trigate.store import MODELS, OWNERS, Store
 from trigate.telemetry import SAMPLE_INTERVAL, Telemetry
 from trigate.tokens import TokenCounter
-from trigate.transport import H11Transport
+from trigate.transport import HTTP11Transport
 from trigate.usage import Usage
 
 logger = logging.getLogger("trigate")
@@ -390,6 +390,6 @@ class Gateway:
         # HTTP/1.1 only, on purpose: httpcore does not reset an abandoned HTTP/2 stream, so
         # a client disconnect would leave the upstream generating (and billing) tokens.
         limit = self.config.general_settings.max_upstream_connections
-        return H11Transport(
+        return HTTP11Transport(
             max_connections=limit, max_response_bytes=self.config.max_upstream_response_bytes
         )

@@ -26,7 +26,7 @@ from trigate.errors import (
     from_upstream_status,
 )
 from trigate.sse import ServerSentEvent, SSEDecoder
-from trigate.transport import ResponseTooLarge
+from trigate.transport import ResponseTooLarge, read_whole_body
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -276,6 +276,14 @@ class UpstreamClient:
         self._url = httpx.URL(url)
         self._raw_headers = headers
         self._headers = httpx.Headers(headers)
+        # The deployment's own head as httpx completes it (Host first, Content-Length
+        # last), built once: a request that adds nothing to it copies it and sets its
+        # length, where httpx would rebuild and re-check it (about 9 us a request).
+        # Not where the deployment sets its own framing, which httpx then keeps.
+        framing = {"content-length", "transfer-encoding"}
+        self._prepared: httpx.Headers | None = None
+        if sign is None and not framing.intersection(name.lower() for name in headers):
+            self._prepared = httpx.Request("POST", self._url, headers=headers, content=b"-").headers
         # Bedrock signs each request (SigV4 covers the date and the body).
         self._sign = sign
         self._read_error = read_error or error_from_response
@@ -296,16 +304,17 @@ class UpstreamClient:
                 "The request is nested too deeply to forward (more than 254 levels)."
             ) from None
         raw = self._request_headers(overrides)
-        headers: httpx.Headers | dict[str, str] = self._headers if raw is self._raw_headers else raw
-        if self._sign:
-            headers = self._sign(self._url_text, raw, content)
-        request = httpx.Request(
-            "POST",
-            self._url,
-            headers=headers,
-            content=content,
-            extensions={"timeout": self._timeout},
-        )
+        if raw is self._raw_headers and self._prepared is not None:
+            request = self._prepared_request(content)
+        else:
+            headers = self._sign(self._url_text, raw, content) if self._sign else raw
+            request = httpx.Request(
+                "POST",
+                self._url,
+                headers=headers,
+                content=content,
+                extensions={"timeout": self._timeout},
+            )
         try:
             response = await self._transport.handle_async_request(request)
         except httpx.HTTPError as error:
@@ -317,6 +326,21 @@ class UpstreamClient:
             finally:
                 await response.aclose()
         return response
+
+    def _prepared_request(self, content: bytes) -> httpx.Request:
+        """The request httpx would build from the deployment's headers and `content`."""
+        assert self._prepared is not None
+        headers = httpx.Headers(self._prepared)
+        headers["Content-Length"] = str(len(content))
+        request = httpx.Request(
+            "POST",
+            self._url,
+            headers=headers,
+            stream=httpx.ByteStream(content),
+            extensions={"timeout": self._timeout},
+        )
+        request.read()  # holds the body as bytes: the transport may resend it
+        return request
 
     async def delete(self, name: str) -> None:
         """DELETE the resource `name` under this client's URL (a stored response, say);
@@ -393,7 +417,7 @@ def translate_transport_error(error: httpx.HTTPError) -> UpstreamError:
 async def read_json_object(response: httpx.Response) -> tuple[bytes, dict[str, Any]]:
     """A non-stream answer's bytes and its JSON object; the response is closed either way."""
     try:
-        raw = await response.aread()
+        raw = await read_whole_body(response)
     except httpx.HTTPError as error:
         raise translate_transport_error(error) from error
     finally:
