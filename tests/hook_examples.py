@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+
 from trigate.api.hooks import END_STREAM, BaseHook, HookedRequest, Refused
 from trigate.usage import Usage
 
@@ -129,3 +131,57 @@ stop_at_stop = StopAtStop()
 refuse_long_answers = RefuseLongAnswers()
 broken_on_chunk = BrokenOnChunk()
 litellm_style = LiteLLMStyle()
+
+
+class BrokenAfterAnswer(BaseHook):
+    """A bug in `after_answer`: the stream it runs on must still be recorded."""
+
+    async def after_answer(
+        self, request: HookedRequest, answer: dict[str, Any], usage: Usage
+    ) -> None:
+        raise RuntimeError("bug in after_answer")
+
+
+class LiteLLMBuggyPre:
+    """A bug in a LiteLLM pre-call hook: a logged 500, never the client's 400."""
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str
+    ) -> Any:
+        return data["no_such_key"]
+
+
+class LiteLLMRedact:
+    """LiteLLM's documented PII-masking pattern: rewrite `data["messages"]` in place."""
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str
+    ) -> Any:
+        for message in data.get("messages") or []:
+            if isinstance(message.get("content"), str):
+                message["content"] = message["content"].replace("4111-1111-1111-1111", "[card]")
+        return data
+
+
+class LiteLLMRejectString:
+    """LiteLLM's rejection by string: the assistant's reply, or an embedding's refusal."""
+
+    async def async_pre_call_hook(
+        self, user_api_key_dict: Any, cache: Any, data: dict[str, Any], call_type: str
+    ) -> Any:
+        return "Blocked by policy."
+
+
+class SlowGuardrail(BaseHook):
+    """A guardrail that calls a slow moderation service."""
+
+    async def before_route(self, request: HookedRequest) -> dict[str, Any] | None:
+        await trio.sleep(2)
+        return None
+
+
+broken_after_answer = BrokenAfterAnswer()
+litellm_buggy_pre = LiteLLMBuggyPre()
+litellm_redact = LiteLLMRedact()
+litellm_reject_string = LiteLLMRejectString()
+slow_guardrail = SlowGuardrail()

@@ -12,7 +12,8 @@ import hook_examples
 import pytest
 import trio
 import yaml
-from fakes import DONE, FakeUpstream, StreamReply, chunk, stream_of, usage_chunk
+from fake_anthropic import anthropic_config, message
+from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chunk, stream_of, usage_chunk
 from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
 from test_api import assert_envelope
 
@@ -198,3 +199,82 @@ def test_a_callback_that_cannot_be_loaded_stops_the_start(
     # LiteLLM's own integrations, by name: a LiteLLM config still starts, with a warning.
     assert load_hooks(["langfuse"]) is None
     assert "`langfuse` is not served" in caplog.text
+
+
+async def test_a_client_leaving_while_a_hook_runs_is_recorded_and_frees_its_slot(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Admitted, then gone during a slow guardrail: without a record, the key's only
+    parallel slot stayed taken for the worker's life (every later request a 429)."""
+    running = await start_gateway(nursery, _with_hooks(upstream, "slow_guardrail"))
+    async with running.client() as admin:
+        key = (await admin.post("/key/generate", json={"max_parallel_requests": 1})).json()["key"]
+    body = {"model": "gpt-test", "messages": MESSAGES}
+    async with running.client(key=key) as client:
+        with trio.move_on_after(0.5):
+            await client.post("/v1/chat/completions", json=body)
+    with trio.fail_after(10):
+        [left] = await running.records.wait_for(1)
+    assert (left.status, left.cancelled_by_client) == (499, True)
+    async with running.client(key=key) as client:
+        assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
+
+
+async def test_a_stream_whose_after_answer_hook_fails_is_still_recorded(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: stream_of(["one", " two"])
+    running = await start_gateway(nursery, _with_hooks(upstream, "broken_after_answer"))
+    assert "one" in await _stream_text(running)
+    [record] = await running.records.wait_for(1)
+    assert record.status == 500
+    assert record.completion_tokens > 0
+
+
+async def test_a_bug_in_a_litellm_hook_is_a_500_that_does_not_echo_it(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    running = await start_gateway(nursery, _with_hooks(upstream, "litellm_buggy_pre"))
+    response = await _chat(running, "hi")
+    error = assert_envelope(response, 500, "api_error")
+    assert "no_such_key" not in error["message"]
+    assert upstream.requests == []
+
+
+async def test_a_hooks_rewrite_reaches_a_native_deployment(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A masking guardrail rewrites the request in OpenAI's shapes; a deployment that
+    speaks the client's own API (Anthropic's, here) must be sent the rewrite, never the
+    client's original body."""
+    upstream.handler = lambda request: JSONReply(message([{"type": "text", "text": "ok"}]))
+    config = {
+        **anthropic_config(upstream),
+        "litellm_settings": {"callbacks": ["hook_examples.litellm_redact"]},
+    }
+    running = await start_gateway(nursery, config)
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
+    await client.messages.create(
+        model="claude",
+        max_tokens=16,
+        messages=[{"role": "user", "content": "my card is 4111-1111-1111-1111"}],
+    )
+    [received] = upstream.requests
+    assert b"4111-1111-1111-1111" not in received.body
+    assert b"[card]" in received.body
+
+
+async def test_a_hooks_string_answer_takes_each_apis_own_shape(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    running = await start_gateway(nursery, _with_hooks(upstream, "litellm_reject_string"))
+    client = sdk(running)
+    completion = await client.completions.create(model="gpt-test", prompt="hi")
+    assert completion.object == "text_completion"
+    assert completion.choices[0].text == "Blocked by policy."
+    async with running.client() as raw:
+        response = await raw.post("/v1/embeddings", json={"model": "gpt-test", "input": "hi"})
+    assert assert_envelope(response, 400, "invalid_request_error")["message"] == (
+        "Blocked by policy."
+    )
+    assert upstream.requests == []

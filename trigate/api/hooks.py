@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from trigate.clock import wall_time
 from trigate.errors import GatewayError
 from trigate.relay import END_STREAM
 
@@ -56,6 +57,16 @@ class Refused(GatewayError):
     status = 400
     type = "invalid_request_error"
     code = "refused_by_hook"
+
+
+# What a `before_route` answer must be, by the request's call type: the object the
+# client's own API answers with (Messages and Responses requests are `completion`s,
+# rendered in their API by their surface).
+ANSWER_OBJECTS = {
+    "completion": "chat.completion",
+    "text_completion": "text_completion",
+    "embeddings": "list",
+}
 
 
 class HookedRequest(Protocol):
@@ -121,10 +132,15 @@ class Hooks:
 
     async def before_route(self, request: HookedRequest) -> dict[str, Any] | None:
         for hook in self._all:
-            answer = await hook.before_route(request)
+            answer: object = await hook.before_route(request)
             if answer is not None:
-                if not isinstance(answer, dict):
-                    raise TypeError(f"{hook!r}.before_route answered with a {type(answer)}")
+                expected = ANSWER_OBJECTS[request.call_type]
+                if not isinstance(answer, dict) or answer.get("object") != expected:
+                    # The client's SDK could not read it: the hook's bug, a logged 500.
+                    raise TypeError(
+                        f"{hook!r}.before_route answered a {request.call_type} request "
+                        f"with other than a `{expected}` object"
+                    )
                 return answer
         return None
 
@@ -293,7 +309,9 @@ class LiteLLMHook(BaseHook):
         try:
             changed = await self._pre(caller, None, request.body, request.call_type)
         except Exception as error:
-            raise _refusal(error) from error
+            if (refusal := _refusal(error)) is None:
+                raise  # a bug in the hook: a logged 500, as LiteLLM answers it
+            raise refusal from error
         if isinstance(changed, str):
             return _text_answer(request, changed)
         if isinstance(changed, dict) and changed is not request.body:
@@ -317,34 +335,48 @@ class LiteLLMHook(BaseHook):
         try:
             await self._success(request.body, UserAPIKeyAuth.of(request.caller), answer)
         except Exception as error:
-            raise _refusal(error) from error
+            if (refusal := _refusal(error)) is None:
+                raise
+            raise refusal from error
 
 
-def _refusal(error: Exception) -> GatewayError:
-    """A LiteLLM hook's exception as the client's refusal: its `status_code` (4xx only)
-    and `detail`, or its message as a 400."""
+def _refusal(error: Exception) -> GatewayError | None:
+    """A LiteLLM hook's deliberate answer as the client's: an exception that carries an
+    HTTP `status_code` (FastAPI's `HTTPException`, as LiteLLM's examples raise), with
+    its `detail`. Any other exception is the hook's bug (None): LiteLLM answers it 500,
+    and so does the gateway, logged, without echoing its text."""
     if isinstance(error, GatewayError):
         return error
-    status = getattr(error, "status_code", 400)
+    status = getattr(error, "status_code", None)
+    if not isinstance(status, int) or not 400 <= status < 600:
+        return None
     detail = getattr(error, "detail", None) or str(error) or "Refused by a hook."
     if isinstance(detail, dict):
         detail = detail.get("error") or detail.get("message") or str(detail)
-    if not isinstance(status, int) or not 400 <= status < 500:
-        status = 400
+    if status >= 500:
+        return GatewayError(str(detail), status=status)
     return Refused(str(detail), status=status)
 
 
 def _text_answer(request: HookedRequest, text: str) -> dict[str, Any]:
-    """LiteLLM answers a pre-call hook's string as the assistant's reply."""
+    """LiteLLM answers a pre-call hook's string as the assistant's reply; an embeddings
+    request has no reply to give, so there it is a refusal with that text."""
+    call_type = request.call_type
+    if call_type == "embeddings":
+        raise Refused(text)
+    identity = {"model": request.model_group, "created": int(wall_time())}
+    if call_type == "text_completion":
+        choice: dict[str, Any] = {"index": 0, "text": text, "finish_reason": "stop"}
+        return {
+            "id": f"cmpl-{request.context.request_id}",
+            "object": "text_completion",
+            **identity,
+            "choices": [choice],
+        }
+    message = {"role": "assistant", "content": text}
     return {
         "id": f"chatcmpl-{request.context.request_id}",
         "object": "chat.completion",
-        "model": request.model_group,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-            }
-        ],
+        **identity,
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
     }

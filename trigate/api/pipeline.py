@@ -21,10 +21,12 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import trio
 
 from trigate.api.context import RequestContext, current_request
@@ -57,6 +59,9 @@ SSE_HEADERS = {
     "x-accel-buffering": "no",
 }
 RECORD_TIMEOUT = 10.0
+# A stream's after_answer hooks run in the relay's finishing time, before its record.
+STREAM_HOOK_TIMEOUT = 5.0
+logger = logging.getLogger("trigate")
 # nginx's status for a request its client abandoned; it never reaches a client.
 CLIENT_CLOSED = 499
 
@@ -199,20 +204,38 @@ class Call:
 
     async def _refused(self, error: GatewayError) -> None:
         """A request refused before routing is recorded, and releases what it reserved."""
+        await self._ended_unrouted(error.status, error, cancelled=False)
+
+    async def _ended_unrouted(
+        self, status: int, error: GatewayError | None, *, cancelled: bool
+    ) -> None:
+        """A request that ended before any upstream answered it (refused, failed, or left
+        by its client) is recorded, and releases its parallel slot and reservations."""
         with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
-            await self._record(error.status, error, None, cancelled=False)
+            await self._record(status, error, None, cancelled=cancelled)
         await self._release_unsettled()
 
     # --- hooks, then route and relay --------------------------------------------------------
 
     async def before_route(self, hooks: Hooks) -> Completion | None:
-        """The hooks' answer (a cache hit), or None; a refusal is recorded as one."""
+        """The hooks' answer (a cache hit), or None. A refusal is recorded as one, and so
+        is a client that leaves while a hook runs: the request was admitted, and must
+        not keep its parallel slot or budget reservation."""
+        exchange = self.exchange
+        # Hooks rewrite the request in OpenAI's shapes; whether they did decides what a
+        # deployment that speaks the client's own API may be sent (`translate_only`).
+        before = orjson.dumps(self.body) if exchange.has_native_path else None
         try:
             answer = await hooks.before_route(self)
+            if before is not None and orjson.dumps(self.body) != before:
+                exchange.translate_only()
         except GatewayError as refusal:
             await self._refused(refusal)
             raise
-        except Exception:
+        except trio.Cancelled:
+            await self._ended_unrouted(CLIENT_CLOSED, None, cancelled=True)
+            raise
+        except BaseException:
             await self._refused(GatewayError("A request hook failed."))
             raise
         return None if answer is None else Completion(answer)
@@ -344,10 +367,7 @@ class Call:
     async def _finish_stream(self, outcome: StreamOutcome) -> None:
         usage = await self.meter.settle()
         if self.hooks is not None and outcome.error is None:
-            try:
-                await self.hooks.after_answer(self, {}, usage)
-            except GatewayError as refusal:
-                outcome.error = refusal
+            outcome.error = await self._stream_refusal(self.hooks, usage)
         status = 200
         if outcome.error:
             status = outcome.error.status
@@ -360,6 +380,26 @@ class Call:
         finally:
             await self._release_unsettled()
         await self.exchange.finished(outcome)
+
+    async def _stream_refusal(self, hooks: Hooks, usage: Usage) -> GatewayError | None:
+        """The hooks' `after_answer` on a stream that has gone out: a refusal, or a hook's
+        bug (logged), is the stream's recorded error. Bounded, so that the record
+        (which shares the relay's finishing time) always follows."""
+        try:
+            with trio.fail_after(STREAM_HOOK_TIMEOUT):
+                await hooks.after_answer(self, {}, usage)
+        except GatewayError as refusal:
+            return refusal
+        except trio.TooSlowError:
+            logger.error(  # noqa: TRY400 (a deadline, not a traceback worth logging)
+                "request %s: an after_answer hook ran past %g s",
+                self.context.reference, STREAM_HOOK_TIMEOUT,
+            )  # fmt: skip
+            return GatewayError("A response hook did not finish in time.")
+        except Exception:
+            logger.exception("request %s: an after_answer hook failed", self.context.reference)
+            return GatewayError("A response hook failed.")
+        return None
 
     async def _release_unsettled(self) -> None:
         """A record that never got written (it timed out) must not hold its parallel
@@ -431,7 +471,10 @@ class _AnsweredStream:
 
 
 def _as_chunk(answer: dict[str, Any]) -> dict[str, Any]:
-    """A chat completion as one `chat.completion.chunk`: each message becomes a delta."""
+    """A chat completion as one `chat.completion.chunk`: each message becomes a delta.
+    A text completion's stream chunks have its own shape."""
+    if answer.get("object") == "text_completion":
+        return answer
     choices = [
         {
             "index": choice.get("index", 0),

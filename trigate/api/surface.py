@@ -120,6 +120,17 @@ class Exchange(Protocol):
         """The deployment to take while it is available: the one whose upstream holds
         what the request continues."""
 
+    @property
+    def has_native_path(self) -> bool:
+        """Whether a deployment that speaks the client's own API is sent the client's
+        own body rather than `body`."""
+
+    def translate_only(self) -> None:
+        """A hook rewrote `body`: from now on every deployment is sent `body`, never the
+        client's own, so a guardrail's change (masked PII) cannot be bypassed by a
+        deployment that speaks the client's API. A request with no chat form is then
+        refused (its error raised here)."""
+
     def complete(self, deployment: Deployment) -> Awaitable[Completion]: ...
 
     async def open_stream(self, deployment: Deployment) -> tuple[ChunkStream, bool]:
@@ -155,6 +166,7 @@ class OpenAIExchange:
 
     __slots__ = ("body", "operation", "requested", "stream")
     preferred: ClassVar[str | None] = None
+    has_native_path: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -188,6 +200,9 @@ class OpenAIExchange:
     def frames(self, native: bool) -> FrameEncoder | None:
         return None
 
+    def translate_only(self) -> None:
+        """Every deployment is sent `body` already."""
+
     async def settled(self, answer: bytes) -> bytes:
         return answer
 
@@ -204,6 +219,7 @@ class TranslatedExchange(ABC):
     (`frames`)."""
 
     operation: Operation[Any] = CHAT
+    has_native_path = True
 
     def __init__(
         self,
@@ -219,6 +235,7 @@ class TranslatedExchange(ABC):
         self.native = native
         self.untranslatable = untranslatable
         self.preferred = preferred
+        self._native_allowed = True
 
     @abstractmethod
     def native_body(self, deployment: Deployment) -> dict[str, Any]:
@@ -240,6 +257,21 @@ class TranslatedExchange(ABC):
         """Hears a stream's end, as `Exchange.finished` does; kept nowhere by default."""
         return None
 
+    def translate_only(self) -> None:
+        failure = self.untranslatable
+        if failure is not None:
+            raise InvalidRequest(
+                f"A request hook changed this request, which has no chat form to send "
+                f"changed: {failure.message}",
+                param=failure.param,
+                code=failure.code,
+            )
+        self._native_allowed = False
+
+    def _native(self, deployment: Deployment) -> Any:
+        """The deployment's ability for the client's own API, if it is to be used."""
+        return self.native.ability(deployment.abilities) if self._native_allowed else None
+
     def _translated(self, deployment: Deployment) -> Any:
         """The chat ability, when the body has a chat form; each deployment that cannot
         take it refuses it for itself, so the error is built anew."""
@@ -249,13 +281,13 @@ class TranslatedExchange(ABC):
         return CHAT.served_by(deployment)
 
     async def complete(self, deployment: Deployment) -> Completion:
-        native = self.native.ability(deployment.abilities)
+        native = self._native(deployment)
         if native is not None:
             return await self.native.complete(native, self.native_body(deployment))
         return await CHAT.complete(self._translated(deployment), self.body)
 
     async def open_stream(self, deployment: Deployment) -> tuple[ChunkStream, bool]:
-        native = self.native.ability(deployment.abilities)
+        native = self._native(deployment)
         if native is not None:
             return await self.native.stream_from(native, self.native_body(deployment)), True
         return await CHAT.stream_from(self._translated(deployment), self.body), False
