@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
+import pytest
 import trio
 import trio.testing
 from asgi_driver import chat_request, start_lifespan
@@ -18,8 +20,17 @@ from fakes import (
     sse_lines,
     stream_of,
 )
-from helpers import RunningGateway, build_app, mock_config, openai_config, start_gateway
+from helpers import (
+    MASTER_KEY,
+    MESSAGES,
+    RunningGateway,
+    build_app,
+    mock_config,
+    openai_config,
+    start_gateway,
+)
 
+from trigate.api import pipeline
 from trigate.relay import CHANNEL_CAPACITY, MAX_FRAMES_PER_WRITE, TEARDOWN_LANE_WIDTH
 from trigate.spend.records import RequestRecord
 
@@ -266,3 +277,39 @@ async def test_a_stream_that_ended_hands_its_upstream_connection_back(
         ):
             assert [data async for data in sse_lines(response)][-1] == "[DONE]"
     assert upstream.connections_opened == 1
+
+
+async def test_a_client_gone_before_the_headers_is_recorded_as_gone(
+    nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upstream's first chunk arrived and the relay was built, but the client left
+    before the response started: the relay is closed unentered, and its record must say
+    the client left (499), not 200."""
+    upstream.handler = lambda request: StreamReply(
+        [chunk("first"), 30.0], tail=b": ping\n\n", tail_interval=1.0
+    )
+    serve = pipeline.Pipeline.serve
+    client: list[trio.socket.SocketType] = []
+
+    async def serve_then_lose_the_client(*args: Any) -> Any:
+        reply = await serve(*args)
+        client[0].close()
+        with trio.CancelScope(shield=True):
+            await trio.sleep(0.3)  # the gateway hears the departure before the headers
+        return reply
+
+    monkeypatch.setattr(pipeline.Pipeline, "serve", serve_then_lose_the_client)
+    running = await start_gateway(nursery, openai_config(upstream))
+    host, port = running.url.removeprefix("http://").split(":")
+    sock = trio.socket.socket()
+    client.append(sock)
+    await sock.connect((host, int(port)))
+    body = orjson.dumps({"model": "gpt-test", "messages": MESSAGES, "stream": True})
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {MASTER_KEY}"
+        f"\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+    ).encode()
+    await sock.send(head + body)
+    with trio.fail_after(10):
+        [record] = await running.records.wait_for(1)
+    assert (record.status, record.cancelled_by_client) == (499, True)

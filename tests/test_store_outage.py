@@ -170,3 +170,22 @@ async def test_outage_memory_fails_at_once(relayed_postgres: tuple[str, Relay]) 
             await store.get("users", "u1")
     assert not scope.cancelled_caught
     await store.close()
+
+
+async def test_a_failed_statement_is_no_outage(database_url: str) -> None:
+    """A statement PostgreSQL cancels (as it fails a deadlock or a serialization
+    conflict: all `OperationalError`s) fails its own call as a 503; the next call is
+    served, not turned away for the outage memory's 2 s."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's statement errors")
+
+    def cancelled_statement(cursor: Any) -> int:
+        cursor.execute("SET LOCAL statement_timeout = 1")
+        return int(cursor.execute("SELECT pg_sleep(1)"))
+
+    store = await Store.open(database_url)
+    with pytest.raises(StoreUnavailable):
+        await store._run(cancelled_statement)
+    await store.insert("users", {"user_id": "u2", "created_at": 1.0, "updated_at": 1.0})
+    assert await store.get("users", "u2") is not None
+    await store.close()

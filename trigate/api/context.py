@@ -116,8 +116,11 @@ class RequestScope:
             await self._app(scope, sender.receive, sender)
         finally:
             current_request.reset(token)
-            if context.relay is not None and not context.relay.entered:
-                await context.relay.close()
+            relay = context.relay
+            if relay is not None and not relay.entered:
+                # Opened upstream, never sent: the client left before the headers went out.
+                relay.outcome.cancelled_by_client = True
+                await relay.close()
             if in_flight is not None:
                 in_flight.dec()
 

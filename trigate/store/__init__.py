@@ -212,6 +212,9 @@ class Store:
         wait for a turn."""
         if trio.current_time() < self._outage_until:
             raise StoreUnavailable(_OUTAGE)
+        # A call that arrives to find every turn taken may spend its bound queued behind
+        # slow calls on a healthy database: its timeout says nothing of an outage.
+        queued = self._limiter.available_tokens == 0
         with trio.move_on_after(bound):
             try:
                 return await trio.to_thread.run_sync(
@@ -222,7 +225,8 @@ class Store:
                     self._outage_until = trio.current_time() + OUTAGE_MEMORY
                 logger.warning("database unavailable: %s", error)
                 raise StoreUnavailable(_OUTAGE) from None
-        self._outage_until = trio.current_time() + OUTAGE_MEMORY
+        if not queued:
+            self._outage_until = trio.current_time() + OUTAGE_MEMORY
         logger.warning("database unavailable: no answer within %g s", bound)
         raise StoreUnavailable(_OUTAGE)
 

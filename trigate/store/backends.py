@@ -169,8 +169,13 @@ class PostgresBackend:
                 connection.cursor() as cursor,
             ):
                 return work(_PostgresCursor(cursor))
-        except OperationalError as error:  # unreachable, lost, or no connection in time
-            raise Unavailable(f"PostgreSQL: {type(error).__name__}", lasting=True) from None
+        except OperationalError as error:
+            # Unreachable, lost, or no connection in time (no SQLSTATE, or class 08) is an
+            # outage; a deadlock, serialization failure or cancelled statement is this
+            # call's alone, and must not turn the worker's every call away.
+            state = error.sqlstate
+            lasting = state is None or state.startswith("08")
+            raise Unavailable(f"PostgreSQL: {type(error).__name__}", lasting=lasting) from None
 
     def read(self, work: Callable[[Cursor], T]) -> T:
         return self.transaction(work)
