@@ -72,7 +72,7 @@ def to_chat_request(
     """The chat-completions request for a Responses request whose earlier conversation
     (`previous_response_id`'s input and output items, oldest first) is `history`; with
     the types of the built-in tools dropped from it."""
-    messages = _instructions(body.get("instructions"))
+    messages = instruction_messages(body.get("instructions"))
     messages.extend(chat_messages([*history, *input_items(body)]))
     chat: dict[str, Any] = {"messages": messages}
     chat.update({key: body[key] for key in SAMPLING_FIELDS if body.get(key) is not None})
@@ -95,7 +95,9 @@ def to_chat_request(
     return chat, dropped
 
 
-def _instructions(instructions: Any) -> list[dict[str, Any]]:
+def instruction_messages(instructions: Any) -> list[dict[str, Any]]:
+    """The chat messages a request's `instructions` become: the first of its translation,
+    before any conversation a follow-up continues."""
     if isinstance(instructions, str) and instructions:
         return [{"role": "system", "content": instructions}]
     if isinstance(instructions, list) and instructions:

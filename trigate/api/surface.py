@@ -120,6 +120,11 @@ class Exchange(Protocol):
         """The deployment to take while it is available: the one whose upstream holds
         what the request continues."""
 
+    @property
+    def carried_tokens(self) -> int:
+        """Prompt tokens the upstream already holds, and bills, that `body` does not carry
+        (a conversation continued by id): counted with the body's for limits."""
+
     def complete(self, deployment: Deployment) -> Awaitable[Completion]: ...
 
     async def open_stream(self, deployment: Deployment) -> tuple[ChunkStream, bool]:
@@ -155,6 +160,7 @@ class OpenAIExchange:
 
     __slots__ = ("body", "operation", "requested", "stream")
     preferred: ClassVar[str | None] = None
+    carried_tokens: ClassVar[int] = 0
 
     def __init__(
         self,
@@ -204,6 +210,7 @@ class TranslatedExchange(ABC):
     (`frames`)."""
 
     operation: Operation[Any] = CHAT
+    carried_tokens: int = 0
 
     def __init__(
         self,
