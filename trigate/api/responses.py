@@ -37,12 +37,11 @@ from quart_trio import QuartTrio
 
 from trigate.api.context import RequestContext, current_request
 from trigate.api.envelopes import OPENAI
+from trigate.api.hooks import hook_paths
 from trigate.api.jsonio import json_response
 from trigate.api.responses_format import (
     ResponsesEvents,
-    chat_messages,
     input_items,
-    instruction_messages,
     response_object,
     to_chat_request,
 )
@@ -247,14 +246,21 @@ def _held_upstream(
     """The tokens accounting counts for a conversation the requested group's own holder
     keeps (`_reported_tokens`), which is then read no further than its head; None when
     the follow-up needs the conversation rebuilt from the start (no such deployment in
-    the group, or no usage reported to count it by)."""
+    the group, hooks that must see it, or no usage reported to count it by)."""
     head = conversation.head
-    if head is None or not head["native"]:
+    if head is None or not head["native"] or _hooked(gateway):
         return None
     members = gateway.groups.deployments(caller.model_group(model))
     if not any(_sent_by_id(conversation.chain, member) for member in members):
         return None
     return _reported_tokens(head)
+
+
+def _hooked(gateway: Gateway) -> bool:
+    """Whether requests meet hooks (loaded once, from this config): those see the request
+    with its conversation, as a guardrail judges it and a cache keys on it, so the
+    conversation is read before they run."""
+    return bool(hook_paths(gateway.config.litellm_settings.get("callbacks")))
 
 
 def _reported_tokens(head: Row) -> int | None:
@@ -363,7 +369,6 @@ class _Exchange(TranslatedExchange):
         # Counted, not read: the conversation is added to the translation when read.
         self.carried_tokens = carried or 0
         self._unread = carried is not None
-        self._instructions = len(instruction_messages(body.get("instructions")))
         self.response_id = f"resp_{uuid.uuid4().hex}"
         self.created_at = int(wall_time())
         self.response: dict[str, Any] | None = None
@@ -384,10 +389,9 @@ class _Exchange(TranslatedExchange):
 
     async def _rebuilt_for(self, deployment: Deployment) -> None:
         """Before an attempt on a deployment that does not hold the conversation: read it
-        (the first time) and put it in the translation, after the instructions and before
-        the request's own input, as `to_chat_request` orders them. The translation is
-        built anew, not changed in place: the meter may be counting the old one in a
-        thread, and what hooks left of the request's own messages is kept."""
+        (the first time) and translate the request with it, as decoding would have. No
+        hook has seen the translation (with hooks, the conversation is read before they
+        run), and it is replaced, not changed: the meter may be counting it in a thread."""
         if self._unread and not _sent_by_id(self._conversation.chain, deployment):
             self._add_history(await self._conversation.load())
 
@@ -395,17 +399,8 @@ class _Exchange(TranslatedExchange):
         if not self._unread:
             return  # another attempt, which read it at the same time, added it
         self._unread = False
-        if self.untranslatable is not None:
-            return
-        try:
-            earlier = chat_messages(history)
-        except InvalidRequest as failure:
-            self.untranslatable = failure
-            return
-        messages = self.body.get("messages")
-        if isinstance(messages, list):
-            at = self._instructions
-            self.body = {**self.body, "messages": [*messages[:at], *earlier, *messages[at:]]}
+        translated = _translated(self._body, history)
+        self.body, self.untranslatable = translated.chat, translated.failure
 
     def render(self, completion: dict[str, Any]) -> bytes:
         self._name_dropped()

@@ -72,7 +72,7 @@ def to_chat_request(
     """The chat-completions request for a Responses request whose earlier conversation
     (`previous_response_id`'s input and output items, oldest first) is `history`; with
     the types of the built-in tools dropped from it."""
-    messages = instruction_messages(body.get("instructions"))
+    messages = _instructions(body.get("instructions"))
     messages.extend(chat_messages([*history, *input_items(body)]))
     chat: dict[str, Any] = {"messages": messages}
     chat.update({key: body[key] for key in SAMPLING_FIELDS if body.get(key) is not None})
@@ -95,9 +95,7 @@ def to_chat_request(
     return chat, dropped
 
 
-def instruction_messages(instructions: Any) -> list[dict[str, Any]]:
-    """The chat messages a request's `instructions` become: the first of its translation,
-    before any conversation a follow-up continues."""
+def _instructions(instructions: Any) -> list[dict[str, Any]]:
     if isinstance(instructions, str) and instructions:
         return [{"role": "system", "content": instructions}]
     if isinstance(instructions, list) and instructions:
