@@ -1090,3 +1090,31 @@ async def test_a_fallback_that_cannot_rebuild_the_conversation_is_a_clear_400(
     assert codes == ["conversation_too_large", "item_not_found"]
     assert translated.requests == []
     await running.stop()
+
+
+async def test_hooks_see_the_conversation_its_holder_continues(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A gateway with request hooks reads the chain before they run: a guardrail judges,
+    and a cache keys on, the conversation, not the new input alone. The holder is still
+    sent the id."""
+    from hook_examples import sees_messages
+
+    sees_messages.seen.clear()
+    made: list[str] = []
+    upstream.handler = numbered_responses(made)
+    params = {"model": "openai/upstream-model", "api_base": upstream.base_url}
+    config = deployment_config("gpt-test", {**params, "api_key": UPSTREAM_KEY})
+    config["litellm_settings"] = {"callbacks": ["hook_examples.sees_messages"]}
+    running = await start_gateway(nursery, config)
+    async with running.client() as client:
+        head = await native_chain(client, 3)
+        reads = ChainReads(running)
+        body = {"model": "gpt-test", "input": "and?", "previous_response_id": head}
+        reply = await client.post("/v1/responses", json=body)
+    assert reply.status_code == 200, reply.text[:300]
+    assert reads.rows == [1, 3]
+    texts = orjson.dumps(sees_messages.seen[-1]).decode()
+    assert "turn 0" in texts and "turn 2" in texts and "and?" in texts
+    assert upstream.requests[-1].json["previous_response_id"] == head
+    await running.stop()
