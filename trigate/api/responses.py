@@ -18,7 +18,8 @@ items and its Response object) is kept in the gateway's store for
 `responses_retention_days`, so `previous_response_id` works on every provider: the
 gateway rebuilds the conversation from the chain of stored responses. A native
 upstream is sent the client's `previous_response_id` when it made that response
-itself, and the rebuilt conversation when another deployment did. A stored
+itself (and then the chain is read no further than that response, unless a retry or
+fallback needs it), and the rebuilt conversation when another deployment did. A stored
 response is visible only to the key that made it, another key of its team, and the
 master key; to anyone else it does not exist (404).
 """
