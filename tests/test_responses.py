@@ -891,8 +891,9 @@ async def native_chain(client: Any, turns: int, model: str = "gpt-test") -> str:
     return previous
 
 
+@pytest.mark.parametrize("stream", [False, True])
 async def test_a_follow_up_its_native_holder_serves_reads_only_the_head(
-    nursery: trio.Nursery, upstream: FakeUpstream
+    nursery: trio.Nursery, upstream: FakeUpstream, stream: bool
 ) -> None:
     """Issue 19, item 9: the upstream that made the head holds the conversation, so the
     follow-up reads one stored response, however long the chain; another key's id is
@@ -903,19 +904,23 @@ async def test_a_follow_up_its_native_holder_serves_reads_only_the_head(
     owner, stranger = await new_key(running), await new_key(running)
     async with running.client(owner) as client:
         head = await native_chain(client, 30)
+        if stream:
+            upstream.handler = lambda request: response_events("Streamed")
         reads = ChainReads(running)
         body = {"model": "gpt-test", "input": "and?", "previous_response_id": head}
-        reply = await client.post("/v1/responses", json=body)
+        reply = await client.post("/v1/responses", json={**body, "stream": stream})
     assert reply.status_code == 200, reply.text[:300]
+    assert ("response.completed" in reply.text) is stream
     assert reads.rows == [1], "only the head is read"
     assert upstream.requests[-1].json == {
         "model": "upstream-model",
         "input": "and?",
         "previous_response_id": head,
+        "stream": stream,
     }
     sent = len(upstream.requests)
     async with running.client(stranger) as client:
-        hidden = await client.post("/v1/responses", json=body)
+        hidden = await client.post("/v1/responses", json={**body, "stream": stream})
     assert hidden.status_code == 404
     assert hidden.json()["error"]["code"] == "previous_response_not_found"
     assert len(upstream.requests) == sent
