@@ -115,6 +115,17 @@ class LiteLLMStyle:
         self.answers.append(response)
 
 
+class SeesMessages(BaseHook):
+    """Keeps the messages each request showed it before routing."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[Any]] = []
+
+    async def before_route(self, request: HookedRequest) -> dict[str, Any] | None:
+        self.seen.append(list(request.body.get("messages") or ()))
+        return None
+
+
 class _HTTPException(Exception):
     """FastAPI's HTTPException, as LiteLLM's examples raise it."""
 
@@ -131,6 +142,7 @@ stop_at_stop = StopAtStop()
 refuse_long_answers = RefuseLongAnswers()
 broken_on_chunk = BrokenOnChunk()
 litellm_style = LiteLLMStyle()
+sees_messages = SeesMessages()
 
 
 class BrokenAfterAnswer(BaseHook):

@@ -846,3 +846,280 @@ async def test_an_upstream_reusing_a_response_id_loses_no_ones_response(
     async with sdk(running, bob) as client:
         assert (await client.responses.retrieve(second.id)).output_text == "For bob."
     await running.stop()
+
+
+class ChainReads:
+    """Wraps a store's `response_chain` to count the stored responses it hands back: what
+    a follow-up made the worker hold of its conversation."""
+
+    def __init__(self, gateway: RunningGateway) -> None:
+        self.rows: list[int] = []
+        store = gateway.gateway.store
+        read = store.response_chain
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            chain = await read(*args, **kwargs)
+            self.rows.append(len(chain))
+            return chain
+
+        store.response_chain = counted  # type: ignore[method-assign]
+
+
+def numbered_responses(made: list[str], text: str = "ok", **usage: int) -> Any:
+    """A native upstream's answers, each with a fresh id (kept in `made`)."""
+
+    def answer(request: Any) -> JSONReply:
+        response_id = f"resp_up_{len(made)}"
+        made.append(response_id)
+        response = {**upstream_response(text), "id": response_id}
+        if usage:
+            response["usage"] = {**NATIVE_USAGE, **usage}
+        return JSONReply(orjson.dumps(response))
+
+    return answer
+
+
+async def native_chain(client: Any, turns: int, model: str = "gpt-test") -> str:
+    """A conversation of `turns` responses, each continuing the one before; its last id."""
+    previous = None
+    for turn in range(turns):
+        body = {"model": model, "input": f"turn {turn}", "previous_response_id": previous}
+        reply = await client.post("/v1/responses", json=body)
+        assert reply.status_code == 200, reply.text[:300]
+        previous = reply.json()["id"]
+    assert previous is not None
+    return previous
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_follow_up_its_native_holder_serves_reads_only_the_head(
+    nursery: trio.Nursery, upstream: FakeUpstream, stream: bool
+) -> None:
+    """Issue 19, item 9: the upstream that made the head holds the conversation, so the
+    follow-up reads one stored response, however long the chain; another key's id is
+    still a 404 that reaches no upstream."""
+    made: list[str] = []
+    upstream.handler = numbered_responses(made)
+    running = await native_gateway(nursery, upstream, "openai/upstream-model")
+    owner, stranger = await new_key(running), await new_key(running)
+    async with running.client(owner) as client:
+        head = await native_chain(client, 30)
+        if stream:
+            upstream.handler = lambda request: response_events("Streamed")
+        reads = ChainReads(running)
+        body = {"model": "gpt-test", "input": "and?", "previous_response_id": head}
+        reply = await client.post("/v1/responses", json={**body, "stream": stream})
+    assert reply.status_code == 200, reply.text[:300]
+    assert ("response.completed" in reply.text) is stream
+    assert reads.rows == [1], "only the head is read"
+    assert upstream.requests[-1].json == {
+        "model": "upstream-model",
+        "input": "and?",
+        "previous_response_id": head,
+        "stream": stream,
+    }
+    sent = len(upstream.requests)
+    async with running.client(stranger) as client:
+        hidden = await client.post("/v1/responses", json={**body, "stream": stream})
+    assert hidden.status_code == 404
+    assert hidden.json()["error"]["code"] == "previous_response_not_found"
+    assert len(upstream.requests) == sent
+    await running.stop()
+
+
+async def test_its_holder_continues_a_conversation_larger_than_the_gateway_rebuilds(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Past `max_request_size_mb`, a conversation the gateway cannot rebuild is still
+    continued by id on the upstream that holds it."""
+    made: list[str] = []
+    upstream.handler = numbered_responses(made)
+    params = {"model": "openai/upstream-model", "api_base": upstream.base_url}
+    config = deployment_config("gpt-test", {**params, "api_key": UPSTREAM_KEY})
+    config["general_settings"] = {"max_request_size_mb": 1}
+    running = await start_gateway(nursery, config)
+    previous = None
+    async with running.client() as client:
+        for _ in range(4):
+            body = {"model": "gpt-test", "input": "x" * 300_000, "previous_response_id": previous}
+            reply = await client.post("/v1/responses", json=body)
+            assert reply.status_code == 200, reply.text[:300]
+            previous = reply.json()["id"]
+        follow_up = {"model": "gpt-test", "input": "and?", "previous_response_id": previous}
+        reply = await client.post("/v1/responses", json=follow_up)
+    assert reply.status_code == 200, reply.text[:300]
+    assert upstream.requests[-1].json["previous_response_id"] == previous
+    await running.stop()
+
+
+def fallback_config(native: FakeUpstream, translated: FakeUpstream) -> dict[str, Any]:
+    """`gpt-test` on a native upstream, falling back to `chat` on a translated one."""
+    chat = {
+        "model": "hosted_vllm/chat-model",
+        "api_base": translated.base_url,
+        "api_key": UPSTREAM_KEY,
+    }
+    return deployment_config(
+        "gpt-test",
+        {"model": "openai/upstream-model", "api_base": native.base_url, "api_key": UPSTREAM_KEY},
+        router={"fallbacks": [{"gpt-test": ["chat"]}]},
+        others=({"model_name": "chat", "litellm_params": chat},),
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_fallback_from_the_holder_to_a_translated_deployment_rebuilds_it(
+    nursery: trio.Nursery, upstream: FakeUpstream, stream: bool
+) -> None:
+    """The holder fails: the fallback, which holds nothing, is sent the whole
+    conversation (read then, within the same bound), instructions first and the new
+    input last; what it reports is billed."""
+    made: list[str] = []
+    upstream.handler = numbered_responses(made)
+    translated = FakeUpstream()
+    await translated.start(nursery)
+    if stream:
+        translated.handler = lambda request: stream_of(["Fell ", "back."], usage=(77, 5))
+    else:
+        translated.handler = lambda request: JSONReply(chat_completion("Fell back.", USAGE))
+    running = await start_gateway(nursery, fallback_config(upstream, translated))
+    async with running.client() as client:
+        head = await native_chain(client, 3)
+        upstream.handler = lambda request: JSONReply({"error": {"message": "down"}}, status=500)
+        reads = ChainReads(running)
+        body = {
+            "model": "gpt-test",
+            "input": "and?",
+            "instructions": "Be brief.",
+            "previous_response_id": head,
+            "stream": stream,
+        }
+        reply = await client.post("/v1/responses", json=body)
+    assert reply.status_code == 200, reply.text[:300]
+    assert "Fell back." in reply.text or "Fell " in reply.text
+    assert reads.rows == [1, 3], "the head, then the chain for the fallback"
+    assert upstream.requests[-1].json["previous_response_id"] == head, "the holder first"
+    [sent] = translated.requests
+    messages = sent.json["messages"]
+    assert messages[0] == {"role": "system", "content": "Be brief."}
+    texts = [orjson.dumps(m["content"]).decode() for m in messages[1:]]
+    assert ["turn 0" in texts[0], "ok" in texts[1], "turn 2" in texts[4]] == [True] * 3
+    assert "and?" in texts[-1] and len(messages) == 8
+    records = await running.records.wait_for(4)
+    assert (records[-1].prompt_tokens, records[-1].status) == ((77 if stream else 11), 200)
+    await running.stop()
+
+
+async def test_a_retry_on_another_native_deployment_is_sent_the_conversation(
+    nursery: trio.Nursery,
+) -> None:
+    """The holder fails and the retry goes to the group's other native upstream, which
+    never saw the conversation: it is sent the items, not an id it would not know."""
+    made: list[str] = []
+    upstreams = [FakeUpstream(), FakeUpstream()]
+    entries = []
+    for fake in upstreams:
+        await fake.start(nursery)
+        fake.handler = numbered_responses(made)
+        params = {"model": "openai/m", "api_base": fake.base_url, "api_key": UPSTREAM_KEY}
+        entries.append({"model_name": "gpt-test", "litellm_params": params})
+    router = {"num_retries": 1, "retry_after": 0}
+    running = await start_gateway(nursery, {"model_list": entries, "router_settings": router})
+    async with running.client() as client:
+        head = await native_chain(client, 2)
+        holder, other = sorted(upstreams, key=lambda fake: -len(fake.requests))
+        holder.handler = lambda request: JSONReply({"error": {"message": "down"}}, status=500)
+        sent_before = len(other.requests)
+        body = {"model": "gpt-test", "input": "and?", "previous_response_id": head}
+        reply = await client.post("/v1/responses", json=body)
+    assert reply.status_code == 200, reply.text[:300]
+    [sent] = other.requests[sent_before:]
+    assert "previous_response_id" not in sent.json
+    texts = [orjson.dumps(item).decode() for item in sent.json["input"]]
+    assert len(texts) == 5 and "turn 0" in texts[0] and "and?" in texts[-1]
+    await running.stop()
+
+
+async def test_the_estimate_counts_the_conversation_its_holder_reported(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Read only by its head, a conversation is counted as its holder reported it (the
+    head's input and output tokens): a group whose context window it overflows is
+    refused before any upstream is called, as a rebuilt one would be."""
+    made: list[str] = []
+    upstream.handler = numbered_responses(made, input_tokens=5000, output_tokens=40)
+    running = await native_gateway(
+        nursery, upstream, "openai/upstream-model", max_input_tokens=1000
+    )
+    async with running.client() as client:
+        head = await native_chain(client, 1)
+        body = {"model": "gpt-test", "input": "and?", "previous_response_id": head}
+        refused = await client.post("/v1/responses", json=body)
+    assert refused.status_code == 400, refused.text[:300]
+    counted = int(refused.json()["error"]["message"].split()[3])
+    assert 5040 < counted < 5060, "the holder's 5,040 and the new input's few"
+    assert len(upstream.requests) == 1
+    await running.stop()
+
+
+async def test_a_fallback_that_cannot_rebuild_the_conversation_is_a_clear_400(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """The holder fails, and the fallback would need a conversation larger than the
+    gateway rebuilds, or one with no chat form: the client's 400, never a 500."""
+    made: list[str] = []
+    upstream.handler = numbered_responses(made)
+    translated = FakeUpstream()
+    await translated.start(nursery)
+    config = fallback_config(upstream, translated)
+    config["general_settings"] = {"max_request_size_mb": 1}
+    running = await start_gateway(nursery, config)
+    async with running.client() as client:
+        large = await native_chain(client, 1)
+        for _ in range(4):
+            body = {"model": "gpt-test", "input": "x" * 300_000, "previous_response_id": large}
+            large = (await client.post("/v1/responses", json=body)).json()["id"]
+        reference = [{"type": "item_reference", "id": "msg_elsewhere"}]
+        body = {"model": "gpt-test", "input": reference, "previous_response_id": large}
+        unknown = await client.post("/v1/responses", json={**body, "previous_response_id": None})
+        unknown_id = unknown.json()["id"]
+        upstream.handler = lambda request: JSONReply({"error": {"message": "down"}}, status=500)
+        replies = [
+            await client.post(
+                "/v1/responses", json={"model": "gpt-test", "input": "and?", **previous}
+            )
+            for previous in ({"previous_response_id": large}, {"previous_response_id": unknown_id})
+        ]
+    codes = [reply.json()["error"]["code"] for reply in replies]
+    assert [reply.status_code for reply in replies] == [400, 400], codes
+    assert codes == ["conversation_too_large", "item_not_found"]
+    assert translated.requests == []
+    await running.stop()
+
+
+async def test_hooks_see_the_conversation_its_holder_continues(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A gateway with request hooks reads the chain before they run: a guardrail judges,
+    and a cache keys on, the conversation, not the new input alone. The holder is still
+    sent the id."""
+    from hook_examples import sees_messages
+
+    sees_messages.seen.clear()
+    made: list[str] = []
+    upstream.handler = numbered_responses(made)
+    params = {"model": "openai/upstream-model", "api_base": upstream.base_url}
+    config = deployment_config("gpt-test", {**params, "api_key": UPSTREAM_KEY})
+    config["litellm_settings"] = {"callbacks": ["hook_examples.sees_messages"]}
+    running = await start_gateway(nursery, config)
+    async with running.client() as client:
+        head = await native_chain(client, 3)
+        reads = ChainReads(running)
+        body = {"model": "gpt-test", "input": "and?", "previous_response_id": head}
+        reply = await client.post("/v1/responses", json=body)
+    assert reply.status_code == 200, reply.text[:300]
+    assert reads.rows == [1, 3]
+    texts = orjson.dumps(sees_messages.seen[-1]).decode()
+    assert "turn 0" in texts and "turn 2" in texts and "and?" in texts
+    assert upstream.requests[-1].json["previous_response_id"] == head
+    await running.stop()

@@ -52,13 +52,17 @@ class Usage:
 class UsageMeter:
     """Collects what is needed to bill one chat completion."""
 
-    __slots__ = ("_counter", "_pieces", "_prompt_counts", "_reported", "body", "model")
+    __slots__ = ("_carried", "_counter", "_pieces", "_prompt_counts", "_reported", "body", "model")
 
-    def __init__(self, counter: TokenCounter, model: str, body: dict[str, Any]) -> None:
+    def __init__(
+        self, counter: TokenCounter, model: str, body: dict[str, Any], carried: int = 0
+    ) -> None:
         self._counter = counter
         # The upstream model, which picks the encoding; the router may change it.
         self.model = model
         self.body = body
+        # Prompt tokens the upstream holds that `body` does not carry (`Exchange.carried_tokens`).
+        self._carried = carried
         self._pieces: list[str] = []
         self._reported: dict[str, Any] | None = None
         self._prompt_counts: dict[str, int] = {}
@@ -102,10 +106,11 @@ class UsageMeter:
                 self._pieces.append(arguments)
 
     async def prompt_tokens(self) -> int:
-        """The prompt's tokens by tiktoken, counted once per encoding however often asked."""
+        """The prompt's tokens by tiktoken, counted once per encoding however often asked,
+        and those the upstream holds for it."""
         if self.model not in self._prompt_counts:
             self._prompt_counts[self.model] = await self._count_prompt()
-        return self._prompt_counts[self.model]
+        return self._prompt_counts[self.model] + self._carried
 
     async def _count_prompt(self) -> int:
         messages = self.body.get("messages")

@@ -195,15 +195,23 @@ def load_hooks(callbacks: Any) -> Hooks | None:
     and a warning says it is not served."""
     if not isinstance(callbacks, list):
         return None
-    hooks: list[Hook] = []
     for entry in callbacks:
-        if not isinstance(entry, str) or entry in BUILT_IN_CALLBACKS:
-            continue
-        if "." not in entry:
+        if isinstance(entry, str) and entry not in BUILT_IN_CALLBACKS and "." not in entry:
             logger.warning("litellm_settings.callbacks: `%s` is not served by trigate", entry)
-            continue
-        hooks.append(as_hook(_load(entry), entry))
+    hooks = [as_hook(_load(path), path) for path in hook_paths(callbacks)]
     return Hooks(hooks) if hooks else None
+
+
+def hook_paths(callbacks: Any) -> list[str]:
+    """The entries of `litellm_settings.callbacks` that `load_hooks` loads: whether a
+    request meets hooks is known from the config, before any pipeline is asked."""
+    if not isinstance(callbacks, list):
+        return []
+    return [
+        entry
+        for entry in callbacks
+        if isinstance(entry, str) and entry not in BUILT_IN_CALLBACKS and "." in entry
+    ]
 
 
 def _load(path: str) -> object:

@@ -163,7 +163,8 @@ class Call:
         )
         self.progress = RouteProgress(group, preferred=exchange.preferred, observer=self.telemetry)
         context.route = self.progress
-        self.meter = UsageMeter(gateway.counter, first.upstream_model, body)
+        carried = exchange.carried_tokens
+        self.meter = UsageMeter(gateway.counter, first.upstream_model, body, carried)
         self.ttft: float | None = None
         self.admission: Admission | None = None
 

@@ -18,7 +18,8 @@ items and its Response object) is kept in the gateway's store for
 `responses_retention_days`, so `previous_response_id` works on every provider: the
 gateway rebuilds the conversation from the chain of stored responses. A native
 upstream is sent the client's `previous_response_id` when it made that response
-itself, and the rebuilt conversation when another deployment did. A stored
+itself (and then the chain is read no further than that response, unless a retry or
+fallback needs it), and the rebuilt conversation when another deployment did. A stored
 response is visible only to the key that made it, another key of its team, and the
 master key; to anyone else it does not exist (404).
 """
@@ -31,11 +32,13 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import orjson
+import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
 from trigate.api.context import RequestContext, current_request
 from trigate.api.envelopes import OPENAI
+from trigate.api.hooks import hook_paths
 from trigate.api.jsonio import json_response
 from trigate.api.responses_format import (
     ResponsesEvents,
@@ -55,7 +58,7 @@ from trigate.clock import wall_time
 from trigate.errors import Failure, InvalidRequest, NotFound, UpstreamError, echoed
 from trigate.gateway import Gateway
 from trigate.nesting import MAX_NESTING, deeper_than
-from trigate.providers import NativeResponses
+from trigate.providers import ChunkStream, Completion, NativeResponses
 from trigate.relay import StreamOutcome
 from trigate.router.deployments import Deployment
 from trigate.store import ChainTooLarge, ResponseViewer, Row
@@ -111,8 +114,15 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
 
 class ResponsesSurface:
-    """`POST /v1/responses`: a follow-up's stored chain is read here, at decoding, so a
-    `previous_response_id` the caller may not see is a 404 before anything is admitted."""
+    """`POST /v1/responses`: a follow-up's head response is read here, at decoding, so a
+    `previous_response_id` the caller may not see is a 404 before anything is admitted.
+
+    The rest of its chain is read here too, unless the requested group has the
+    deployment whose upstream made the head and holds the conversation: that one is
+    sent the id alone, so the chain is read only when another deployment (a retry, a
+    fallback) needs the conversation rebuilt. Until then the translation holds the
+    request's own input, and accounting counts the conversation as the holder reported
+    it (`_reported_tokens`)."""
 
     envelope = OPENAI
 
@@ -120,11 +130,52 @@ class ResponsesSurface:
         self, gateway: Gateway, caller: Caller, body: dict[str, Any], headers: Mapping[str, str]
     ) -> _Exchange:
         model = _validate(body)
-        chain = await _chain(gateway, caller, body.get("previous_response_id"))
-        history = _history(chain)
-        translated = _translated(body, history)
+        conversation = await _Conversation.opened(gateway, caller, body.get("previous_response_id"))
+        carried = _held_upstream(gateway, caller, model, conversation)
+        if carried is None:
+            await conversation.load()
+        translated = _translated(body, conversation.history or [])
         context = current_request.get()
-        return _Exchange(gateway, caller, context, body, model, translated, chain, history)
+        return _Exchange(gateway, caller, context, body, model, translated, conversation, carried)
+
+
+class _Conversation:
+    """The stored responses a follow-up continues, newest first: the head, read and
+    checked when the request is decoded, and the rest of the chain, read once, when
+    something needs the conversation rebuilt (`load`), within `max_request_size_mb`."""
+
+    def __init__(
+        self, gateway: Gateway, caller: Caller, response_id: str | None, head: list[Row]
+    ) -> None:
+        self._gateway = gateway
+        self._caller = caller
+        self._response_id = response_id
+        self.chain = head
+        # None until read: the items each response of the chain took and gave, oldest first.
+        self.history: list[Any] | None = None if head else []
+        self._reading = trio.Lock()
+
+    @classmethod
+    async def opened(
+        cls, gateway: Gateway, caller: Caller, response_id: str | None
+    ) -> _Conversation:
+        head = [] if response_id is None else [await _head(gateway, caller, response_id)]
+        return cls(gateway, caller, response_id, head)
+
+    @property
+    def head(self) -> Row | None:
+        return self.chain[0] if self.chain else None
+
+    async def load(self) -> list[Any]:
+        """The conversation's items, the chain read the first time it is asked for (once,
+        however many attempts ask at once)."""
+        async with self._reading:
+            if self.history is None:
+                head = self.chain[0]
+                if head["previous_response_id"] is not None and self._response_id is not None:
+                    self.chain = await _chain(self._gateway, self._caller, self._response_id, head)
+                self.history = _history(self.chain)
+            return self.history
 
 
 class _Translated(NamedTuple):
@@ -181,6 +232,50 @@ def _holder(chain: list[Row]) -> str | None:
     """The deployment whose upstream holds the response a follow-up continues; sent
     there, the follow-up names it instead of carrying the whole conversation."""
     return chain[0]["deployment"] if chain and chain[0]["native"] else None
+
+
+def _sent_by_id(chain: list[Row], deployment: Deployment) -> bool:
+    """Whether `deployment` is sent the client's `previous_response_id` as it came: it
+    speaks the Responses API and its upstream made the head response."""
+    holder = _holder(chain)
+    return holder == deployment.id and NATIVE_RESPONSES.ability(deployment.abilities) is not None
+
+
+def _held_upstream(
+    gateway: Gateway, caller: Caller, model: str, conversation: _Conversation
+) -> int | None:
+    """The tokens accounting counts for a conversation the requested group's own holder
+    keeps (`_reported_tokens`), which is then read no further than its head; None when
+    the follow-up needs the conversation rebuilt from the start (no such deployment in
+    the group, hooks that must see it, or no usage reported to count it by)."""
+    head = conversation.head
+    if head is None or not head["native"] or _hooked(gateway):
+        return None
+    members = gateway.groups.deployments(caller.model_group(model))
+    if not any(_sent_by_id(conversation.chain, member) for member in members):
+        return None
+    return _reported_tokens(head)
+
+
+def _hooked(gateway: Gateway) -> bool:
+    """Whether requests meet hooks (loaded once, from this config): those see the request
+    with its conversation, as a guardrail judges it and a cache keys on it, so the
+    conversation is read before they run."""
+    return bool(hook_paths(gateway.config.litellm_settings.get("callbacks")))
+
+
+def _reported_tokens(head: Row) -> int | None:
+    """The conversation up to and including the head, as its holder counted it: the head
+    request's input tokens (which counted every earlier turn) and its output tokens. A
+    little more than a rebuilt conversation's count: it includes the head request's
+    instructions and tool definitions, which the holder does not carry forward, and its
+    reasoning, which a rebuilt conversation drops."""
+    usage = head["response"].get("usage") if isinstance(head["response"], dict) else None
+    if not isinstance(usage, dict):
+        return None
+    counts = [usage.get("input_tokens"), usage.get("output_tokens")]
+    numbers = [n for n in counts if isinstance(n, int) and not isinstance(n, bool) and n >= 0]
+    return sum(numbers) if len(numbers) == len(counts) else None
 
 
 def _without_id(item: Any) -> Any:
@@ -255,15 +350,15 @@ class _Exchange(TranslatedExchange):
         body: dict[str, Any],
         model: str,
         translated: _Translated,
-        chain: list[Row],
-        history: list[Any],
+        conversation: _Conversation,
+        carried: int | None,
     ) -> None:
         super().__init__(
             model,
             translated.chat,
             NATIVE_RESPONSES,
             translated.failure,
-            preferred=_holder(chain),
+            preferred=_holder(conversation.chain),
         )
         self._gateway = gateway
         self._caller = caller
@@ -271,8 +366,10 @@ class _Exchange(TranslatedExchange):
         self._body = body
         self._model = model
         self._dropped = translated.dropped
-        self._chain = chain
-        self._history = history
+        self._conversation = conversation
+        # Counted, not read: the conversation is added to the translation when read.
+        self.carried_tokens = carried or 0
+        self._unread = carried is not None
         self.response_id = f"resp_{uuid.uuid4().hex}"
         self.created_at = int(wall_time())
         self.response: dict[str, Any] | None = None
@@ -280,7 +377,31 @@ class _Exchange(TranslatedExchange):
         self._native_stream = False
 
     def native_body(self, deployment: Deployment) -> dict[str, Any]:
-        return _native_body(self._body, self._chain, self._history, deployment)
+        conversation = self._conversation
+        return _native_body(self._body, conversation.chain, conversation.history or [], deployment)
+
+    async def complete(self, deployment: Deployment) -> Completion:
+        await self._rebuilt_for(deployment)
+        return await super().complete(deployment)
+
+    async def open_stream(self, deployment: Deployment) -> tuple[ChunkStream, bool]:
+        await self._rebuilt_for(deployment)
+        return await super().open_stream(deployment)
+
+    async def _rebuilt_for(self, deployment: Deployment) -> None:
+        """Before an attempt on a deployment that does not hold the conversation: read it
+        (the first time) and translate the request with it, as decoding would have. No
+        hook has seen the translation (with hooks, the conversation is read before they
+        run), and it is replaced, not changed: the meter may be counting it in a thread."""
+        if self._unread and not _sent_by_id(self._conversation.chain, deployment):
+            self._add_history(await self._conversation.load())
+
+    def _add_history(self, history: list[Any]) -> None:
+        if not self._unread:
+            return  # another attempt, which read it at the same time, added it
+        self._unread = False
+        translated = _translated(self._body, history)
+        self.body, self.untranslatable = translated.chat, translated.failure
 
     def render(self, completion: dict[str, Any]) -> bytes:
         self._name_dropped()
@@ -369,27 +490,29 @@ def _with_ids(items: list[Any]) -> list[Any]:
     ]
 
 
-async def _chain(gateway: Gateway, caller: Caller, response_id: str | None) -> list[Row]:
-    """The stored responses a follow-up continues, newest first; none without one. The
-    head is read (and its visibility checked) first, so that whether another key's
-    conversation exists, or how large it is, is never told."""
-    if response_id is None:
-        return []
-    now = wall_time()
+async def _head(gateway: Gateway, caller: Caller, response_id: str) -> Row:
+    """The stored response a follow-up continues, if the caller may see it; read alone
+    and first, so that whether another key's conversation exists, or how large it is,
+    is never told."""
     viewer = _viewer(caller)
-    head = await gateway.store.response_chain(response_id, now, depth=1, viewer=viewer)
+    head = await gateway.store.response_chain(response_id, wall_time(), depth=1, viewer=viewer)
     if not head or not _may_see(caller, head[0]):
         raise NotFound(
             f"Previous response with id '{echoed(response_id)}' not found.",
             param="previous_response_id",
             code="previous_response_not_found",
         )
-    if head[0]["previous_response_id"] is None:
-        return head
+    return head[0]
+
+
+async def _chain(gateway: Gateway, caller: Caller, response_id: str, head: Row) -> list[Row]:
+    """The stored responses a follow-up continues, newest first, from its `head`."""
     # A rebuilt conversation is a request the gateway sends: no larger than one it takes.
     limit = gateway.config.max_request_bytes
     try:
-        chain = await gateway.store.response_chain(response_id, now, max_bytes=limit, viewer=viewer)
+        chain = await gateway.store.response_chain(
+            response_id, wall_time(), max_bytes=limit, viewer=_viewer(caller)
+        )
     except ChainTooLarge:
         raise InvalidRequest(
             "The conversation `previous_response_id` continues is larger than this gateway "
@@ -398,7 +521,7 @@ async def _chain(gateway: Gateway, caller: Caller, response_id: str | None) -> l
             param="previous_response_id",
             code="conversation_too_large",
         ) from None
-    return chain or head  # deleted meanwhile: the head as it was read
+    return chain or [head]  # deleted meanwhile: the head as it was read
 
 
 def _history(chain: list[Row]) -> list[Any]:

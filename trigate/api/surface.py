@@ -131,6 +131,11 @@ class Exchange(Protocol):
         deployment that speaks the client's API. A request with no chat form is then
         refused (its error raised here)."""
 
+    @property
+    def carried_tokens(self) -> int:
+        """Prompt tokens the upstream already holds, and bills, that `body` does not carry
+        (a conversation continued by id): counted with the body's for limits."""
+
     def complete(self, deployment: Deployment) -> Awaitable[Completion]: ...
 
     async def open_stream(self, deployment: Deployment) -> tuple[ChunkStream, bool]:
@@ -167,6 +172,7 @@ class OpenAIExchange:
     __slots__ = ("body", "operation", "requested", "stream")
     preferred: ClassVar[str | None] = None
     has_native_path: ClassVar[bool] = False
+    carried_tokens: ClassVar[int] = 0
 
     def __init__(
         self,
@@ -220,6 +226,7 @@ class TranslatedExchange(ABC):
 
     operation: Operation[Any] = CHAT
     has_native_path = True
+    carried_tokens: int = 0
 
     def __init__(
         self,
