@@ -300,16 +300,22 @@ async def test_a_departure_unwinds_once_clients_stop_leaving(
         lane.heard()
         nursery.start_soon(leaving, 9)
         started = trio.current_time()
-        await lane.enter("a departure")
+        await lane.enter("a departure", started)
         waited = trio.current_time() - started
     # Let in one quiet period after the last departure (the tenth, at 4.5 periods).
     assert waited == pytest.approx(TEARDOWN_QUIET * 5.5)
     lane.leave("a departure")
+    # One that waited past the bound for its place goes on at once.
+    lane.heard()
+    now = trio.current_time()
+    await lane.enter("a late one", now - TEARDOWN_MAX_HOLD)
+    assert trio.current_time() == now
+    lane.leave("a late one")
     async with trio.open_nursery() as nursery:
         lane.heard()
         nursery.start_soon(leaving, 1000)
         started = trio.current_time()
-        await lane.enter("another")
+        await lane.enter("another", started)
         # Departures that never pause hold an unwinding back for a bounded time only.
         assert trio.current_time() - started == pytest.approx(TEARDOWN_MAX_HOLD)
         nursery.cancel_scope.cancel()

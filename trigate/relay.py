@@ -49,7 +49,7 @@ CLOSE_TIMEOUT = 5.0
 FINISH_TIMEOUT = 10.0
 # How many departed streams unwind at once; the others' upstreams are already closed.
 TEARDOWN_LANE_WIDTH = 8
-# A departure unwinds once no other client has left for this long, or after the longer.
+# A departure unwinds once no other client has left for this long, or this long after it left.
 TEARDOWN_QUIET = 0.002
 TEARDOWN_MAX_HOLD = 0.05
 _teardown_lane: RunVar[_TeardownLane] = RunVar("teardown_lane")
@@ -203,12 +203,13 @@ class StreamRelay(ResponseBody):
         this as it reads the client's end-of-file, before it processes it, so its
         processing too waits for the lane, while every departure's close is already done."""
         lane = _lane()
+        heard = trio.current_time()
         if not self._client_left:
             lane.heard()
             await self.release_upstream()
         if self._in_lane or self._unwound.is_set():
             return
-        await lane.enter(self)
+        await lane.enter(self, heard)
         self._in_lane = True
         self._may_unwind.set()
         if self._unwound.is_set():  # the body exited while this waited
@@ -333,8 +334,10 @@ class _TeardownLane:
     close is cheap, but an unwinding costs several times more, and Trio runs every
     ready task in each pass of its loop: unwindings running alongside would delay the
     closes still to come. So a departure that has its place waits until no client has
-    left for `TEARDOWN_QUIET` seconds, or at most `TEARDOWN_MAX_HOLD` (departures that
-    never pause must still be unwound and billed)."""
+    left for `TEARDOWN_QUIET` seconds, or until `TEARDOWN_MAX_HOLD` after its own
+    departure: departures that never pause must still be unwound and billed, and one
+    that waited that long for a place goes on at once, so the lane's throughput under
+    steady departures is never held down by the wait."""
 
     __slots__ = ("_last_departure", "_places")
 
@@ -346,12 +349,13 @@ class _TeardownLane:
         """A client has just left."""
         self._last_departure = trio.current_time()
 
-    async def enter(self, departure: object) -> None:
+    async def enter(self, departure: object, heard: float) -> None:
+        """Take a place for `departure`, heard at `heard`, once it may unwind."""
         # A checkpoint even when the lane has room: every departure heard in the same
         # pass of the loop closes its upstream before any goes on.
         await self._places.acquire_on_behalf_of(departure)
         try:
-            give_up = trio.current_time() + TEARDOWN_MAX_HOLD
+            give_up = heard + TEARDOWN_MAX_HOLD
             # Not an Event: the moment waited for moves with every departure heard.
             while True:
                 quiet = min(self._last_departure + TEARDOWN_QUIET, give_up)
