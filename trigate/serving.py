@@ -27,6 +27,10 @@ connection under hypercorn's own send lock. The response still starts and ends
 through hypercorn, so `Connection: close`, keep-alive and HTTP/1.0's close stay
 hypercorn's and h11's.
 
+A fixed-length response is written once: hypercorn writes a head and then its body,
+each in a system call of its own; the connection's stream holds a head whose body has
+a Content-Length above zero and sends it with the body's first bytes.
+
 A shutdown drains: the listeners close, idle connections close at once, and
 requests in flight (streams included) may finish for `graceful_timeout`
 before the gateway's own shutdown (which flushes the spend ledger) runs.
