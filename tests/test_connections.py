@@ -514,3 +514,76 @@ async def test_a_client_leaving_a_stream_written_directly_closes_its_upstream(
         [record] = await running.records.wait_for(1)
     assert record.status == 499
     await running.stop()
+
+
+@pytest.fixture
+def answer_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every write on a socket stream that begins a response (the gateway's writes; the
+    test's own are requests)."""
+    written: list[bytes] = []
+    send_all = trio.SocketStream.send_all
+
+    async def counted(self: trio.SocketStream, data: bytes | bytearray | memoryview) -> None:
+        if bytes(data[:7]) == b"HTTP/1.":
+            written.append(bytes(data))
+        await send_all(self, data)
+
+    monkeypatch.setattr(trio.SocketStream, "send_all", counted)
+    return written
+
+
+def _declared_length(head: bytes) -> int:
+    return next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+
+
+@pytest.mark.parametrize(
+    "requests",
+    [
+        [_chat(), _get("/health/liveliness"), _chat("1.1", "connection: close")],
+        [_get("/nowhere", "1.0")],
+    ],
+    ids=["keep-alive, then Connection: close", "a 404 to HTTP/1.0"],
+)
+async def test_a_fixed_length_answer_goes_out_in_one_write(
+    nursery: trio.Nursery, answer_writes: list[bytes], requests: list[bytes]
+) -> None:
+    """Head and body together: hypercorn alone writes them in two system calls."""
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    for request_bytes in requests:
+        await stream.send_all(request_bytes)
+        with trio.fail_after(5):
+            await _read_response(stream)
+    with trio.fail_after(5):
+        assert await _read_until_closed(stream) == b""
+    assert len(answer_writes) == len(requests)
+    for written in answer_writes:
+        head, _, body = written.partition(b"\r\n\r\n")
+        assert 0 < _declared_length(head) == len(body)
+    await running.stop()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        _get("/health/liveliness", "1.1", "connection: close").replace(b"GET", b"HEAD", 1),
+        b"GET /health/liveliness HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+    ],
+    ids=["HEAD", "hypercorn's own 400"],
+)
+async def test_an_answer_without_body_bytes_is_not_held(
+    nursery: trio.Nursery, answer_writes: list[bytes], request_bytes: bytes
+) -> None:
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    await stream.send_all(request_bytes)
+    with trio.fail_after(5):
+        answer = await _read_until_closed(stream)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 ") and body == b""
+    assert answer_writes == [answer]
+    await running.stop()

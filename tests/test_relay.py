@@ -30,8 +30,15 @@ from helpers import (
     start_gateway,
 )
 
+from trigate import relay
 from trigate.api import pipeline
-from trigate.relay import CHANNEL_CAPACITY, MAX_FRAMES_PER_WRITE, TEARDOWN_LANE_WIDTH
+from trigate.relay import (
+    CHANNEL_CAPACITY,
+    MAX_FRAMES_PER_WRITE,
+    TEARDOWN_LANE_WIDTH,
+    TEARDOWN_MAX_HOLD,
+    TEARDOWN_QUIET,
+)
 from trigate.spend.records import RequestRecord
 
 STREAM_BODY = {
@@ -262,6 +269,66 @@ async def test_many_departures_at_once_each_close_their_upstream_and_are_billed(
     with trio.fail_after(10):
         records = await gateway.records.wait_for(clients)
     assert all(record.status == 499 for record in records)
+
+
+async def test_a_departure_unwinds_only_once_it_has_its_place_in_the_teardown_lane(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """Its upstream closes at once; its response's end and its record wait for the lane,
+    so that they never run beside other departures' closes."""
+    upstream.handler = lambda request: endless_story()
+    places = relay._lane()._places
+    others = [object() for _ in range(TEARDOWN_LANE_WIDTH)]
+    for other in others:
+        await places.acquire_on_behalf_of(other)
+    await read_events_then_leave(gateway, 3)
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+    # Before its place, a departure's response had ended and its record was written
+    # well within this.
+    await trio.sleep(0.5)
+    assert gateway.records.records == []
+    places.release_on_behalf_of(others[0])
+    with trio.fail_after(5):
+        [record] = await gateway.records.wait_for(1)
+    assert record.cancelled_by_client and record.status == 499
+    for other in others[1:]:
+        places.release_on_behalf_of(other)
+
+
+async def test_a_departure_unwinds_once_clients_stop_leaving(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lane = relay._TeardownLane()
+
+    async def leaving(count: int) -> None:
+        for _ in range(count):
+            await trio.sleep(TEARDOWN_QUIET / 2)
+            lane.heard()
+
+    async with trio.open_nursery() as nursery:
+        lane.heard()
+        nursery.start_soon(leaving, 9)
+        started = trio.current_time()
+        await lane.enter("a departure", started)
+        waited = trio.current_time() - started
+    # Let in one quiet period after the last departure (the tenth, at 4.5 periods).
+    assert waited == pytest.approx(TEARDOWN_QUIET * 5.5)
+    lane.leave("a departure")
+    # One that waited past the bound for its place goes on at once.
+    lane.heard()
+    now = trio.current_time()
+    await lane.enter("a late one", now - TEARDOWN_MAX_HOLD)
+    assert trio.current_time() == pytest.approx(now)
+    lane.leave("a late one")
+    async with trio.open_nursery() as nursery:
+        lane.heard()
+        nursery.start_soon(leaving, 1000)
+        started = trio.current_time()
+        await lane.enter("another", started)
+        # Departures that never pause hold an unwinding back for a bounded time only.
+        assert trio.current_time() - started == pytest.approx(TEARDOWN_MAX_HOLD)
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_stream_that_ended_hands_its_upstream_connection_back(

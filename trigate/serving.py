@@ -27,6 +27,10 @@ connection under hypercorn's own send lock. The response still starts and ends
 through hypercorn, so `Connection: close`, keep-alive and HTTP/1.0's close stay
 hypercorn's and h11's.
 
+A fixed-length response is written once: hypercorn writes a head and then its body,
+each in a system call of its own; the connection's stream holds a head whose body has
+a Content-Length above zero and sends it with the body's first bytes.
+
 A shutdown drains: the listeners close, idle connections close at once, and
 requests in flight (streams included) may finish for `graceful_timeout`
 before the gateway's own shutdown (which flushes the spend ledger) runs.
@@ -78,6 +82,10 @@ OnDeparture = Callable[[Departure | None], None]
 # one (`BodyWriter`) once the response's headers have gone out, or None.
 BODY_WRITER_EXTENSION = "trigate.body_writer"
 BodyWriter = Callable[[bytes], Awaitable[None]]
+
+# A held response head is joined to a body up to this size; a longer one is written
+# after it, as copying it would cost more than the system call saved.
+MAX_JOINED_BODY = 64 * 1024
 
 # Accept errors that mean "out of descriptors or memory for now": wait and try again.
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -148,7 +156,7 @@ def listening_sockets(config: HypercornConfig) -> list[socket.socket]:
 class _Connection:
     """One client connection, and whether a request is being served on it."""
 
-    __slots__ = ("active", "departure", "idle_since", "scope", "server", "stream")
+    __slots__ = ("active", "departure", "head_of", "idle_since", "scope", "server", "stream")
 
     def __init__(self, scope: trio.CancelScope, now: float, stream: trio.SocketStream) -> None:
         self.scope = scope
@@ -158,6 +166,8 @@ class _Connection:
         # What the request being served wants done the moment its client goes.
         self.departure: Departure | None = None
         self.server: TCPServer | None = None
+        # The body framing whose head `body_follows` last saw.
+        self.head_of: object = None
 
     def body_writer(self) -> BodyWriter | None:
         """A direct writer for the body of the response now being sent, if its headers
@@ -175,6 +185,26 @@ class _Connection:
         if isinstance(framing, h11._writers.Http10Writer):
             return _DirectBody(server, self.stream, chunked=False).write
         return None
+
+    def body_follows(self, data: bytes | bytearray | memoryview) -> bool:
+        """Whether `data` is a response head just produced by h11 whose body has a
+        Content-Length above zero, none of it written yet. HEAD, 1xx, 204 and 304
+        answers, and hypercorn's own error answers, have no body bytes to wait for."""
+        protocol = getattr(self.server, "protocol", None)
+        if protocol is None or not isinstance(protocol.protocol, H11Protocol):
+            return False
+        state = protocol.protocol.connection
+        if not isinstance(state, h11.Connection) or state.our_state is not h11.SEND_BODY:
+            return False
+        framing = state._writer
+        if not isinstance(framing, h11._writers.ContentLengthWriter) or framing._length <= 0:
+            return False
+        # A body's first piece may be shorter than its length: only the piece that moved
+        # the connection to this writer is the head.
+        if framing is self.head_of:
+            return False
+        self.head_of = framing
+        return data[:5] == b"HTTP/"
 
     @property
     def idle(self) -> bool:
@@ -248,16 +278,19 @@ class _DirectBody:
 
 class _WatchedStream:
     """A client's socket stream as hypercorn uses it, reporting end-of-file and resets to
-    the connection as they are read. Not a TLS stream: hypercorn tells the two apart by
+    the connection as they are read, and sending a fixed-length response's head and
+    body in one write. Not a TLS stream: hypercorn tells the two apart by
     `do_handshake`, which this lacks as a plain `SocketStream` does."""
 
-    __slots__ = ("_client_gone", "_connection", "_stream", "socket")
+    __slots__ = ("_client_gone", "_connection", "_head", "_stream", "socket")
 
     def __init__(self, stream: trio.SocketStream, connection: _Connection) -> None:
         self._stream = stream
         self._connection = connection
         self.socket = stream.socket
         self._client_gone = False
+        # A fixed-length response's head, held until its body is written.
+        self._head: bytes | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         try:
@@ -272,7 +305,27 @@ class _WatchedStream:
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Hypercorn writes a response's head, then each body message, each in a system
+        call of its own. A head whose body is a known number of bytes (more than none) is
+        held, and goes out with the first body bytes, in one write: a fixed-length answer
+        is written once."""
+        head = self._head
+        if head is not None:
+            self._head = None
+            if len(data) <= MAX_JOINED_BODY:
+                data = head + data
+            else:  # joining would copy more than the system call it saves
+                await self._stream.send_all(head)
+        elif self._connection.body_follows(data):
+            self._head = bytes(data)
+            return
         await self._stream.send_all(data)
+
+    async def flush(self) -> None:
+        """Send a held head whose body never came (the app failed after starting)."""
+        head, self._head = self._head, None
+        if head is not None:
+            await self._stream.send_all(head)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -289,6 +342,7 @@ class _WatchedStream:
         sock = self.socket
         if sock.did_shutdown_SHUT_WR or self._client_gone:
             return
+        await self.flush()
         try:
             sock.shutdown(socket.SHUT_WR)
         except OSError as error:
