@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import orjson
+import pytest
 import trio
 import trio.testing
 from asgi_driver import chat_request, start_lifespan
@@ -163,13 +165,26 @@ async def test_a_ten_minute_stream_arrives_whole(
     assert text == "".join(words)
 
 
+WHOLE_ANSWER_REQUESTS = [
+    ("/v1/chat/completions", {**STREAM_BODY, "stream": False}),
+    (
+        "/v1/messages",
+        {"model": "gpt-test", "max_tokens": 64, "messages": STREAM_BODY["messages"]},
+    ),
+    ("/v1/responses", {"model": "gpt-test", "input": "Tell me a long story"}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), WHOLE_ANSWER_REQUESTS)
 async def test_client_leaving_a_non_stream_request_closes_the_upstream(
-    gateway: RunningGateway, upstream: FakeUpstream
+    gateway: RunningGateway, upstream: FakeUpstream, path: str, body: dict[str, Any]
 ) -> None:
+    """Each surface's whole-answer call is cancelled by its client's departure (chat,
+    Messages and Responses all translated to a chat deployment here)."""
     upstream.handler = lambda request: JSONReply(chat_completion("late"), delay=30.0)
     async with gateway.client() as client:
         with trio.move_on_after(0.2):  # the client gives up, closing its connection
-            await client.post("/v1/chat/completions", json={**STREAM_BODY, "stream": False})
+            await client.post(path, json=body)
     with trio.fail_after(5):
         await upstream.wait_for(lambda: upstream.aborted == 1)
         [record] = await gateway.records.wait_for(1)

@@ -9,8 +9,10 @@ time, so these routes are served here and every other route by Quart.
 What a proxied call does need is kept: the key is checked from the request's head
 before its body is read (the pipeline's first stage: a client with no valid key is
 answered and its connection closed without its body); the body is read under a
-size cap and a time limit; a sibling task watches for the client's disconnect and
-cancels the call, so no upstream request outlives its client; and a streamed
+size cap and a time limit; the client's departure cancels the call, so no upstream
+request outlives its client (heard from the server's `trigate.departure` signal as the
+client's socket ends, or, on a server without it, by a sibling task watching for the
+ASGI disconnect); and a streamed
 answer is driven through the relay's `ResponseBody` protocol, `async with relay as
 frames: async for frame in frames`, exactly as Quart drives it, so the relay owns
 its nursery for as long as the response is being sent. The stages after reading
@@ -23,6 +25,7 @@ error has one body, status and headers whichever side answered it.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +38,7 @@ from trigate.api.envelopes import JSON_HEADERS, OPENAI, Envelope
 from trigate.errors import BodyTooLarge, GatewayError, MethodNotAllowed, RequestTimeout
 from trigate.providers.base import forwarded_headers
 from trigate.relay import StreamRelay
+from trigate.serving import DEPARTURE_EXTENSION, OnDeparture
 
 if TYPE_CHECKING:
     from hypercorn.typing import (
@@ -143,10 +147,18 @@ class ModelAPI:
         forwarded = client_headers_to_forward(headers) if self._forward_client_headers else {}
         token = forwarded_headers.set(forwarded)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            on_departure = _departure_signal(scope)
+            if on_departure is None:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+                    await self._send(send, await self._answer(route, caller, headers, body))
+                    nursery.cancel_scope.cancel()
+                return
+            with trio.CancelScope() as request:
+                # Replaces the departure `RequestScope` registered, doing what it did (a
+                # relayed stream's upstream closed at once) and cancelling the call too.
+                on_departure(functools.partial(_client_gone, current_request.get(), request))
                 await self._send(send, await self._answer(route, caller, headers, body))
-                nursery.cancel_scope.cancel()
         finally:
             forwarded_headers.reset(token)
 
@@ -239,6 +251,27 @@ def unexpected_failure(error: Exception) -> GatewayError:
     request_id = current_request.get().reference
     logger.error("unhandled error in request %s", request_id, exc_info=error)
     return GatewayError(f"The gateway failed unexpectedly (request id {request_id}).")
+
+
+def _departure_signal(scope: HTTPScope) -> OnDeparture | None:
+    """The server's signal of the client's departure (`trigate.serving`), where it tells
+    this request's departure apart: HTTP/1, whose connection carries one request at a
+    time. HTTP/2's streams share one connection and can each be reset alone, which only
+    the ASGI disconnect tells (as on any other server)."""
+    if scope["http_version"] == "2":
+        return None
+    extensions = scope.get("extensions")
+    return None if extensions is None else extensions.get(DEPARTURE_EXTENSION)
+
+
+async def _client_gone(context: RequestContext, request: trio.CancelScope) -> None:
+    """The client's socket ended: cancel the call, as `_cancel_on_disconnect` does, without
+    a task per request waiting to hear it. Run by the server's reader as it reads the
+    end-of-file, before hypercorn processes it."""
+    relay = context.relay
+    if relay is not None and relay.entered:
+        await relay.client_left(request)
+    request.cancel()
 
 
 async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:
