@@ -260,8 +260,9 @@ def _departure_signal(scope: HTTPScope) -> OnDeparture | None:
     the ASGI disconnect tells (as on any other server)."""
     if scope["http_version"] == "2":
         return None
-    extensions = scope.get("extensions")
-    return None if extensions is None else extensions.get(DEPARTURE_EXTENSION)
+    extensions: dict[str, Any] = scope.get("extensions") or {}
+    signal: OnDeparture | None = extensions.get(DEPARTURE_EXTENSION)
+    return signal
 
 
 async def _client_gone(context: RequestContext, request: trio.CancelScope) -> None:
