@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -137,13 +138,38 @@ class ModelAPI:
             reply = self._failed(route, error)
             await _send_reply(send, error_reply_closing(reply))
             return
-        try:
-            body = await self._read_body(headers, receive)
-        except _ClientLeft:
-            return
-        except GatewayError as error:
-            await _send_reply(send, error_reply(error, route.envelope))
-            return
+        # One cancel scope for the request: the body's deadline while it is read, then the
+        # client's departure, then `response_timeout` while the answer is sent.
+        body: bytes | bytearray | None = None
+        refusal: GatewayError | None = None
+        with trio.CancelScope(deadline=trio.current_time() + self._body_timeout) as request:
+            try:
+                body = await self._read_body(headers, receive)
+            except _ClientLeft:
+                return
+            except GatewayError as error:
+                refusal = error
+            else:
+                request.deadline = math.inf
+                await self._call(route, scope, caller, headers, body, receive, send, request)
+        if body is None:
+            timeout = f"The request body did not arrive within {self._body_timeout:g} s."
+            failure = refusal or RequestTimeout(timeout)
+            await _send_reply(send, error_reply(failure, route.envelope))
+
+    async def _call(
+        self,
+        route: Route,
+        scope: HTTPScope,
+        caller: Caller,
+        headers: dict[str, str],
+        body: bytes | bytearray,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        request: trio.CancelScope,
+    ) -> None:
+        """The stages after the body (`Pipeline.serve`), cancelled by the client's departure,
+        then the answer sent."""
         forwarded = client_headers_to_forward(headers) if self._forward_client_headers else {}
         token = forwarded_headers.set(forwarded)
         try:
@@ -151,25 +177,24 @@ class ModelAPI:
             if on_departure is None:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-                    await self._send(send, await self._answer(route, caller, headers, body))
+                    await self._send(
+                        send, await self._answer(route, caller, headers, body), request
+                    )
                     nursery.cancel_scope.cancel()
                 return
-            with trio.CancelScope() as request:
-                # Replaces the departure `RequestScope` registered, doing what it did (a
-                # relayed stream's upstream closed at once) and cancelling the call too.
-                on_departure(functools.partial(_client_gone, current_request.get(), request))
-                await self._send(send, await self._answer(route, caller, headers, body))
+            # Replaces the departure `RequestScope` registered, doing what it did (a relayed
+            # stream's upstream closed at once) and cancelling the call too.
+            on_departure(functools.partial(_client_gone, current_request.get(), request))
+            await self._send(send, await self._answer(route, caller, headers, body), request)
         finally:
             forwarded_headers.reset(token)
 
-    async def _send(self, send: ASGISendCallable, reply: Reply) -> None:
+    async def _send(self, send: ASGISendCallable, reply: Reply, request: trio.CancelScope) -> None:
         """`response_timeout`, when set, cuts off sending an answer (a stream included), not
         computing it, as Quart's RESPONSE_TIMEOUT does for Quart's routes."""
-        if self._response_timeout is None:
-            await _send_reply(send, reply)
-            return
-        with trio.move_on_after(self._response_timeout):
-            await _send_reply(send, reply)
+        if self._response_timeout is not None:
+            request.deadline = trio.current_time() + self._response_timeout
+        await _send_reply(send, reply)
 
     async def _read_body(
         self, headers: dict[str, str], receive: ASGIReceiveCallable
@@ -178,18 +203,16 @@ class ModelAPI:
         if declared.isdigit() and int(declared) > self._max_body_bytes:
             raise BodyTooLarge()
         body: bytes | bytearray = b""
-        with trio.move_on_after(self._body_timeout):
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":  # http.disconnect, HTTP's only other
-                    raise _ClientLeft
-                part = message.get("body", b"")
-                if len(body) + len(part) > self._max_body_bytes:
-                    raise BodyTooLarge()
-                body = _appended(body, part) if body else part
-                if not message.get("more_body", False):
-                    return body
-        raise RequestTimeout(f"The request body did not arrive within {self._body_timeout:g} s.")
+        while True:  # under the request's deadline for its body (`_serve`)
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect, HTTP's only other
+                raise _ClientLeft
+            part = message.get("body", b"")
+            if len(body) + len(part) > self._max_body_bytes:
+                raise BodyTooLarge()
+            body = _appended(body, part) if body else part
+            if not message.get("more_body", False):
+                return body
 
     async def _answer(
         self, route: Route, caller: Caller, headers: dict[str, str], body: bytes | bytearray
