@@ -309,11 +309,18 @@ async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.Cancel
     scope.cancel()
 
 
+# Most answers' headers, encoded once.
+_JSON_HEADER_LIST = [(name.encode(), value.encode()) for name, value in JSON_HEADERS.items()]
+
+
 async def _send_reply(send: ASGISendCallable, reply: Reply) -> None:
-    headers = [(name.encode(), value.encode()) for name, value in reply.headers.items()]
+    if reply.headers is JSON_HEADERS:
+        headers = _JSON_HEADER_LIST.copy()  # extended below, and by the sender after
+    else:
+        headers = [(name.encode(), value.encode()) for name, value in reply.headers.items()]
     body = reply.body
     if not isinstance(body, StreamRelay):
-        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"content-length", b"%d" % len(body)))
         await send(_start(reply.status, headers))
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return
