@@ -281,3 +281,20 @@ async def test_a_stream_that_ended_hands_its_upstream_connection_back(
         ):
             assert [data async for data in sse_lines(response)][-1] == "[DONE]"
     assert upstream.connections_opened == 1
+
+
+async def test_a_client_leaving_an_http2_request_closes_its_upstream(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """An HTTP/2 request keeps its watcher of the ASGI disconnect (one connection carries
+    many requests, so the server's departure signal cannot tell whose it is): a client
+    that leaves still cancels its call."""
+    upstream.handler = lambda request: JSONReply(chat_completion("late"), delay=30.0)
+    async with gateway.client(http1=False, http2=True) as client:
+        assert (await client.get("/health/liveliness")).http_version == "HTTP/2"
+        with trio.move_on_after(0.2):
+            await client.post("/v1/chat/completions", json={**STREAM_BODY, "stream": False})
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+        [record] = await gateway.records.wait_for(1)
+    assert record.cancelled_by_client and record.status == 499
