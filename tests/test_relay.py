@@ -181,13 +181,26 @@ async def test_a_ten_minute_stream_arrives_whole(
     assert text == "".join(words)
 
 
+WHOLE_ANSWER_REQUESTS = [
+    ("/v1/chat/completions", {**STREAM_BODY, "stream": False}),
+    (
+        "/v1/messages",
+        {"model": "gpt-test", "max_tokens": 64, "messages": STREAM_BODY["messages"]},
+    ),
+    ("/v1/responses", {"model": "gpt-test", "input": "Tell me a long story"}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), WHOLE_ANSWER_REQUESTS)
 async def test_client_leaving_a_non_stream_request_closes_the_upstream(
-    gateway: RunningGateway, upstream: FakeUpstream
+    gateway: RunningGateway, upstream: FakeUpstream, path: str, body: dict[str, Any]
 ) -> None:
+    """Each surface's whole-answer call is cancelled by its client's departure (chat,
+    Messages and Responses all translated to a chat deployment here)."""
     upstream.handler = lambda request: JSONReply(chat_completion("late"), delay=30.0)
     async with gateway.client() as client:
         with trio.move_on_after(0.2):  # the client gives up, closing its connection
-            await client.post("/v1/chat/completions", json={**STREAM_BODY, "stream": False})
+            await client.post(path, json=body)
     with trio.fail_after(5):
         await upstream.wait_for(lambda: upstream.aborted == 1)
         [record] = await gateway.records.wait_for(1)
@@ -380,3 +393,20 @@ async def test_a_client_gone_before_the_headers_is_recorded_as_gone(
     with trio.fail_after(10):
         [record] = await running.records.wait_for(1)
     assert (record.status, record.cancelled_by_client) == (499, True)
+
+
+async def test_a_client_leaving_an_http2_request_closes_its_upstream(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """An HTTP/2 request keeps its watcher of the ASGI disconnect (one connection carries
+    many requests, so the server's departure signal cannot tell whose it is): a client
+    that leaves still cancels its call."""
+    upstream.handler = lambda request: JSONReply(chat_completion("late"), delay=30.0)
+    async with gateway.client(http1=False, http2=True) as client:
+        assert (await client.get("/health/liveliness")).http_version == "HTTP/2"
+        with trio.move_on_after(0.2):
+            await client.post("/v1/chat/completions", json={**STREAM_BODY, "stream": False})
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+        [record] = await gateway.records.wait_for(1)
+    assert record.cancelled_by_client and record.status == 499

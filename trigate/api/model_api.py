@@ -9,8 +9,10 @@ time, so these routes are served here and every other route by Quart.
 What a proxied call does need is kept: the key is checked from the request's head
 before its body is read (the pipeline's first stage: a client with no valid key is
 answered and its connection closed without its body); the body is read under a
-size cap and a time limit; a sibling task watches for the client's disconnect and
-cancels the call, so no upstream request outlives its client; and a streamed
+size cap and a time limit; the client's departure cancels the call, so no upstream
+request outlives its client (heard from the server's `trigate.departure` signal as the
+client's socket ends, or, on a server without it, by a sibling task watching for the
+ASGI disconnect); and a streamed
 answer is driven through the relay's `ResponseBody` protocol, `async with relay as
 frames: async for frame in frames`, exactly as Quart drives it, so the relay owns
 its nursery for as long as the response is being sent. The stages after reading
@@ -23,7 +25,9 @@ error has one body, status and headers whichever side answered it.
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,6 +39,7 @@ from trigate.api.envelopes import JSON_HEADERS, OPENAI, Envelope
 from trigate.errors import BodyTooLarge, GatewayError, MethodNotAllowed, RequestTimeout
 from trigate.providers.base import forwarded_headers
 from trigate.relay import StreamRelay
+from trigate.serving import DEPARTURE_EXTENSION, OnDeparture
 
 if TYPE_CHECKING:
     from hypercorn.typing import (
@@ -133,31 +138,63 @@ class ModelAPI:
             reply = self._failed(route, error)
             await _send_reply(send, error_reply_closing(reply))
             return
-        try:
-            body = await self._read_body(headers, receive)
-        except _ClientLeft:
-            return
-        except GatewayError as error:
-            await _send_reply(send, error_reply(error, route.envelope))
-            return
+        # One cancel scope for the request: the body's deadline while it is read, then the
+        # client's departure, then `response_timeout` while the answer is sent.
+        body: bytes | bytearray | None = None
+        refusal: GatewayError | None = None
+        with trio.CancelScope(deadline=trio.current_time() + self._body_timeout) as request:
+            try:
+                body = await self._read_body(headers, receive)
+            except _ClientLeft:
+                return
+            except GatewayError as error:
+                refusal = error
+            else:
+                request.deadline = math.inf
+                await self._call(route, scope, caller, headers, body, receive, send, request)
+        if body is None:
+            timeout = f"The request body did not arrive within {self._body_timeout:g} s."
+            failure = refusal or RequestTimeout(timeout)
+            await _send_reply(send, error_reply(failure, route.envelope))
+
+    async def _call(
+        self,
+        route: Route,
+        scope: HTTPScope,
+        caller: Caller,
+        headers: dict[str, str],
+        body: bytes | bytearray,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        request: trio.CancelScope,
+    ) -> None:
+        """The stages after the body (`Pipeline.serve`), cancelled by the client's departure,
+        then the answer sent."""
         forwarded = client_headers_to_forward(headers) if self._forward_client_headers else {}
         token = forwarded_headers.set(forwarded)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
-                await self._send(send, await self._answer(route, caller, headers, body))
-                nursery.cancel_scope.cancel()
+            on_departure = _departure_signal(scope)
+            if on_departure is None:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+                    await self._send(
+                        send, await self._answer(route, caller, headers, body), request
+                    )
+                    nursery.cancel_scope.cancel()
+                return
+            # Replaces the departure `RequestScope` registered, doing what it did (a relayed
+            # stream's upstream closed at once) and cancelling the call too.
+            on_departure(functools.partial(_client_gone, current_request.get(), request))
+            await self._send(send, await self._answer(route, caller, headers, body), request)
         finally:
             forwarded_headers.reset(token)
 
-    async def _send(self, send: ASGISendCallable, reply: Reply) -> None:
+    async def _send(self, send: ASGISendCallable, reply: Reply, request: trio.CancelScope) -> None:
         """`response_timeout`, when set, cuts off sending an answer (a stream included), not
         computing it, as Quart's RESPONSE_TIMEOUT does for Quart's routes."""
-        if self._response_timeout is None:
-            await _send_reply(send, reply)
-            return
-        with trio.move_on_after(self._response_timeout):
-            await _send_reply(send, reply)
+        if self._response_timeout is not None:
+            request.deadline = trio.current_time() + self._response_timeout
+        await _send_reply(send, reply)
 
     async def _read_body(
         self, headers: dict[str, str], receive: ASGIReceiveCallable
@@ -166,18 +203,16 @@ class ModelAPI:
         if declared.isdigit() and int(declared) > self._max_body_bytes:
             raise BodyTooLarge()
         body: bytes | bytearray = b""
-        with trio.move_on_after(self._body_timeout):
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":  # http.disconnect, HTTP's only other
-                    raise _ClientLeft
-                part = message.get("body", b"")
-                if len(body) + len(part) > self._max_body_bytes:
-                    raise BodyTooLarge()
-                body = _appended(body, part) if body else part
-                if not message.get("more_body", False):
-                    return body
-        raise RequestTimeout(f"The request body did not arrive within {self._body_timeout:g} s.")
+        while True:  # under the request's deadline for its body (`_serve`)
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect, HTTP's only other
+                raise _ClientLeft
+            part = message.get("body", b"")
+            if len(body) + len(part) > self._max_body_bytes:
+                raise BodyTooLarge()
+            body = _appended(body, part) if body else part
+            if not message.get("more_body", False):
+                return body
 
     async def _answer(
         self, route: Route, caller: Caller, headers: dict[str, str], body: bytes | bytearray
@@ -241,6 +276,28 @@ def unexpected_failure(error: Exception) -> GatewayError:
     return GatewayError(f"The gateway failed unexpectedly (request id {request_id}).")
 
 
+def _departure_signal(scope: HTTPScope) -> OnDeparture | None:
+    """The server's signal of the client's departure (`trigate.serving`), where it tells
+    this request's departure apart: HTTP/1, whose connection carries one request at a
+    time. HTTP/2's streams share one connection and can each be reset alone, which only
+    the ASGI disconnect tells (as on any other server)."""
+    if scope["http_version"] == "2":
+        return None
+    extensions: dict[str, Any] = scope.get("extensions") or {}
+    signal: OnDeparture | None = extensions.get(DEPARTURE_EXTENSION)
+    return signal
+
+
+async def _client_gone(context: RequestContext, request: trio.CancelScope) -> None:
+    """The client's socket ended: cancel the call, as `_cancel_on_disconnect` does, without
+    a task per request waiting to hear it. Run by the server's reader as it reads the
+    end-of-file, before hypercorn processes it."""
+    relay = context.relay
+    if relay is not None and relay.entered:
+        await relay.client_left(request)
+    request.cancel()
+
+
 async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:
     """The client left: cancel the call. A stream's relay closes its upstream first and
     cancels when its teardown lane has room (`StreamRelay.client_left`)."""
@@ -252,11 +309,18 @@ async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.Cancel
     scope.cancel()
 
 
+# Most answers' headers, encoded once.
+_JSON_HEADER_LIST = [(name.encode(), value.encode()) for name, value in JSON_HEADERS.items()]
+
+
 async def _send_reply(send: ASGISendCallable, reply: Reply) -> None:
-    headers = [(name.encode(), value.encode()) for name, value in reply.headers.items()]
+    if reply.headers is JSON_HEADERS:
+        headers = _JSON_HEADER_LIST.copy()  # extended below, and by the sender after
+    else:
+        headers = [(name.encode(), value.encode()) for name, value in reply.headers.items()]
     body = reply.body
     if not isinstance(body, StreamRelay):
-        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"content-length", b"%d" % len(body)))
         await send(_start(reply.status, headers))
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return

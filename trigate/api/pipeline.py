@@ -103,6 +103,13 @@ class Pipeline:
         return await call.complete(answered)
 
 
+def _bounded_shield() -> trio.CancelScope:
+    """Where a request is recorded however it ended: shielded from its cancellation, and
+    bounded by `RECORD_TIMEOUT`. One scope with a deadline does what a shield around a
+    `move_on_after` does, for one scope's cost."""
+    return trio.CancelScope(shield=True, deadline=trio.current_time() + RECORD_TIMEOUT)
+
+
 def check_access(caller: Caller, requested: str, group: str) -> None:
     """The key's, team's and user's `models` must allow the model asked for. A name the
     team aliases to a model group passes when they all allow the alias, or all allow
@@ -212,7 +219,7 @@ class Call:
     ) -> None:
         """A request that ended before any upstream answered it (refused, failed, or left
         by its client) is recorded, and releases its parallel slot and reservations."""
-        with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
+        with _bounded_shield():
             await self._record(status, error, None, cancelled=cancelled)
         await self._release_unsettled()
 
@@ -266,7 +273,7 @@ class Call:
             status, cancelled = CLIENT_CLOSED, True
             raise
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
+            with _bounded_shield():
                 usage = await self._record(status, error, usage, cancelled=cancelled)
             if routed is not None:
                 self.gateway.router.release(
@@ -288,7 +295,7 @@ class Call:
             error = failure if isinstance(failure, GatewayError) else None
             cancelled = isinstance(failure, trio.Cancelled)
             status = error.status if error else CLIENT_CLOSED if cancelled else 500
-            with trio.CancelScope(shield=True), trio.move_on_after(RECORD_TIMEOUT):
+            with _bounded_shield():
                 await self._record(status, error, None, cancelled=cancelled)
             await self._release_unsettled()
             raise
