@@ -112,10 +112,20 @@ async def test_a_chunk_hook_that_ends_the_stream_closes_the_upstream(
     await running.stop()
 
 
+@pytest.mark.parametrize("in_one_read", [False, True], ids=["chunk by chunk", "in one read"])
 async def test_a_chunk_hook_that_fails_ends_the_stream_with_an_error_and_logs_it(
-    nursery: trio.Nursery, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    in_one_read: bool,
 ) -> None:
-    upstream.handler = lambda request: stream_of(["one", " two", " three"])
+    """The chunks the hook passed before its failure reach the client, however the
+    upstream's reads grouped them (in one read, they were lost with the failure)."""
+    hook_examples.broken_on_chunk.seen = 0
+    reply = stream_of(["one", " two", " three"])
+    if in_one_read:
+        reply = StreamReply([b"".join(f for f in reply.frames if isinstance(f, bytes))])
+    upstream.handler = lambda request: reply
     running = await start_gateway(nursery, _with_hooks(upstream, "broken_on_chunk"))
     text = await _stream_text(running)
     assert '"content":"one"' in text and "two" not in text

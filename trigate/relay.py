@@ -267,9 +267,9 @@ class StreamRelay(ResponseBody):
     async def _relay_batch(self, frames: trio.MemorySendChannel[bytes], batch: list[Any]) -> None:
         """One upstream read's chunks become one channel item: a burst of tokens costs
         one hand-over between the tasks, not one per token."""
-        ended = False
+        stop: Exception | None = None
         if self._on_chunk is not None:
-            batch, ended = await self._hooked(batch)
+            batch, stop = await self._hooked(batch)
         data = b"".join([self._frame(chunk) for chunk in batch])
         if data:
             try:
@@ -278,21 +278,26 @@ class StreamRelay(ResponseBody):
                 # The client reads slower than the upstream writes: wait for it.
                 self._on_backpressure()
                 await frames.send(data)
-        if ended:
-            raise _HookEnded
+        if stop is not None:
+            raise stop
 
-    async def _hooked(self, batch: list[Any]) -> tuple[list[Any], bool]:
-        """The batch as the chunk hooks pass, rewrite or drop it, and whether a hook
-        ended the stream (the chunks before its end are still sent)."""
+    async def _hooked(self, batch: list[Any]) -> tuple[list[Any], Exception | None]:
+        """The batch as the chunk hooks pass, rewrite or drop it, and what stops the
+        stream after it: a hook that ended it, or failed on a chunk. The chunks the
+        hooks passed before that are still sent, however the upstream's reads grouped
+        them."""
         assert self._on_chunk is not None
         passed: list[Any] = []
         for chunk in batch:
-            result = await self._on_chunk(chunk)
+            try:
+                result = await self._on_chunk(chunk)
+            except GatewayError as failure:
+                return passed, failure
             if result is END_STREAM:
-                return passed, True
+                return passed, _HookEnded()
             if result is not None:
                 passed.append(result)
-        return passed, False
+        return passed, None
 
     def _frame(self, chunk: Any) -> bytes:
         if isinstance(chunk, NativeEvent):
