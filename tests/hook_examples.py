@@ -7,7 +7,7 @@ from typing import Any
 
 import trio
 
-from trigate.api.hooks import END_STREAM, BaseHook, HookedRequest, Refused
+from trigate.hooks import END_STREAM, BaseHook, HookedRequest, Refused
 from trigate.usage import Usage
 
 

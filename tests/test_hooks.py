@@ -17,7 +17,7 @@ from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chunk, stream_of, 
 from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
 from test_api import assert_envelope
 
-from trigate.api.hooks import Hooks, load_hooks
+from trigate.hooks import Hooks, load_hooks
 
 
 def _with_hooks(upstream: FakeUpstream, *names: str) -> dict[str, Any]:

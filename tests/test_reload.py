@@ -236,3 +236,37 @@ async def test_a_reload_applies_router_settings_and_a_new_redis_link(
     with trio.fail_after(5):
         while started.fleet.reachable:  # noqa: ASYNC110 - the retirement's own pace
             await trio.sleep(0.01)
+
+
+async def test_a_reload_swaps_the_hooks_and_refuses_one_that_cannot_load(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A guardrail added by a reload runs from the next request; a reload naming one
+    that cannot load is refused whole (400), and the gateway keeps the hooks it had:
+    never serving without a guardrail its config names."""
+    path = tmp_path / "config.yaml"
+    models = [_mock("gpt", "gpt-1", mock_response="fine")]
+    _write(path, models)
+    gateway = await _from_file(nursery, path)
+    secret = {"model": "gpt", "messages": [{"role": "user", "content": "a secret"}]}
+
+    async def status() -> int:
+        async with gateway.client() as client:
+            return (await client.post("/v1/chat/completions", json=secret)).status_code
+
+    assert await status() == 200
+    guarded = {
+        "model_list": models,
+        "litellm_settings": {"callbacks": ["hook_examples.refuse_secrets"]},
+    }
+    path.write_text(yaml.safe_dump(guarded))
+    async with gateway.client() as admin:
+        assert (await admin.post("/config/reload")).status_code == 200
+    assert await status() == 400
+    broken = {**guarded, "litellm_settings": {"callbacks": ["hook_examples.no_such_hook"]}}
+    path.write_text(yaml.safe_dump(broken))
+    async with gateway.client() as admin:
+        refused = await admin.post("/config/reload")
+    assert refused.status_code == 400
+    assert "no_such_hook" in refused.json()["error"]["message"]
+    assert await status() == 400

@@ -24,7 +24,6 @@ import functools
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,9 +32,10 @@ import trio
 from trigate.auth import Authenticator
 from trigate.changes import Changes
 from trigate.clock import wall_time
-from trigate.config import GatewayConfig
+from trigate.config import ConfigError, GatewayConfig
 from trigate.errors import secrets
 from trigate.fleet import Fleet
+from trigate.hooks import Hooks, load_hooks
 from trigate.limits import LEASE_TTL, FleetLimits, Limits
 from trigate.router.catalog import ModelCatalog
 from trigate.router.deployments import Deployment, ModelGroups
@@ -89,8 +89,9 @@ class LiveState:
     router: Router
     # The Redis link `config.router` names (one that is not configured without Redis).
     fleet: Fleet
-    # The request hooks, in the order they run; none by default.
-    hooks: tuple[Any, ...] = ()
+    # The request hooks `litellm_settings.callbacks` names; None without any, so that a
+    # request asks only `hooks is None`.
+    hooks: Hooks | None = None
 
     @property
     def settings(self) -> RouterSettings:
@@ -126,6 +127,9 @@ class Gateway:
     ) -> None:
         # The config read at start-up: the server's settings come from it.
         self._config = config
+        # The hooks of the file as read: one that cannot load stops the start here.
+        self._hooks = load_hooks(config.litellm_settings.get("callbacks"))
+        self._hooks_named = config.litellm_settings.get("callbacks")
         # The deployments served: the file's (`config_path`, re-read on reload) and the store's.
         self.models = ModelCatalog(
             config, config_path, Sealer.from_environ(master_key), self._serve
@@ -208,9 +212,8 @@ class Gateway:
         prices = await trio.to_thread.run_sync(_process_prices)
         groups = await self.models.start(self._store, self._transport, self._counter, prices)
         config = self.models.file_config
-        self._live = LiveState(
-            config, groups, Router(groups, config.router, self._link.sync), self._link.fleet
-        )
+        router = Router(groups, config.router, self._link.sync)
+        self._live = LiveState(config, groups, router, self._link.fleet, self._hooks_of(config))
 
     async def run_background(self, *, task_status: trio.TaskStatus[None]) -> None:
         """The worker's background tasks; run it in the app's nursery."""
@@ -237,6 +240,7 @@ class Gateway:
         come here. A changed Redis link is connected before the swap."""
         if self._live is None:
             return  # not started: `start` serves what the catalog has then
+        hooks = self._hooks_of(config)
         link = self._link
         if not link.fleet.serves(config.router):
             link = _Link(
@@ -245,12 +249,26 @@ class Gateway:
             if self._nursery is not None:
                 await self._nursery.start(self._run_link, link)
         router = Router(groups, config.router, link.sync)
-        previous = self._swap(LiveState(config, groups, router, link.fleet, self._live.hooks), link)
+        previous = self._swap(LiveState(config, groups, router, link.fleet, hooks), link)
         if previous is not None:
             previous.duties.cancel()
             if self._nursery is not None:
                 await self._take_up(link)
                 self._nursery.start_soon(self._retire, previous)
+
+    def _hooks_of(self, config: GatewayConfig) -> Hooks | None:
+        """The hooks `config` names: those loaded already while it names the same ones,
+        else loaded anew. One that cannot load is a `ConfigError` before anything is
+        swapped: a reload that names a guardrail the gateway cannot run must not serve
+        without it."""
+        named = config.litellm_settings.get("callbacks")
+        if named != self._hooks_named:
+            try:
+                self._hooks = load_hooks(named)
+            except ValueError as error:
+                raise ConfigError(f"litellm_settings.callbacks: {error}") from None
+            self._hooks_named = named
+        return self._hooks
 
     def _swap(self, live: LiveState, link: _Link) -> _Link | None:
         """The one step: new requests see `live`, and admit through its link. Returns the

@@ -123,7 +123,7 @@ class StreamRelay(ResponseBody):
         on_chunk: Callable[[Any], Awaitable[Any]] | None = None,
     ) -> None:
         self._stream = stream
-        # The request's chunk hooks (`trigate.api.hooks`); None, and never called, without.
+        # The request's chunk hooks (`trigate.hooks`); None, and never called, without.
         self._on_chunk = on_chunk
         self._encoder = encoder or FrameEncoder()
         self._chunks = chunks

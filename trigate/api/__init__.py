@@ -16,7 +16,6 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trigate.api.context import RequestScope
-from trigate.api.hooks import load_hooks
 from trigate.api.model_api import ModelAPI, error_reply, unexpected_failure
 from trigate.api.pipeline import Pipeline
 from trigate.api.routes import QUART_ROUTES, model_routes
@@ -46,7 +45,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     for register in QUART_ROUTES:
         register(app, gateway)
     _register_error_handlers(app)
-    pipeline = Pipeline(gateway, load_hooks(gateway.config.litellm_settings.get("callbacks")))
+    pipeline = Pipeline(gateway)
     model_api = ModelAPI(
         app.asgi_app,
         model_routes(pipeline, gateway),

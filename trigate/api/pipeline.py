@@ -8,7 +8,7 @@
 3. resolve: the team's model aliases, then the model group (a wildcard matches a
    name here; an unknown one is a 404), in `Call.__init__`;
 4. admit: model access, rate limits and budgets (`Call.admit`);
-5. hooks before routing, which may answer or refuse the request (`trigate.api.hooks`);
+5. hooks before routing, which may answer or refuse the request (`trigate.hooks`);
 6. route: attempts, retries, fallbacks and hedges by `trigate.router` (`Call` is the
    router's `Attempt`: a stream's attempt ends at its first chunk, so an upstream that
    fails early is still a real HTTP error and can still be retried);
@@ -30,7 +30,6 @@ import orjson
 import trio
 
 from trigate.api.context import RequestContext, current_request
-from trigate.api.hooks import Hooks
 from trigate.api.jsonio import parse_json_object
 from trigate.api.model_api import Reply, Route
 from trigate.api.surface import EMBEDDINGS, TEXT_COMPLETIONS, Exchange, Surface
@@ -39,6 +38,7 @@ from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError, UpstreamTimeout, secrets
 from trigate.gateway import Gateway
+from trigate.hooks import Hooks
 from trigate.limits import (
     Admission,
     ModelNotAllowed,
@@ -69,9 +69,8 @@ CLIENT_CLOSED = 499
 class Pipeline:
     """The stages every model route shares; a route is a surface on this pipeline."""
 
-    def __init__(self, gateway: Gateway, hooks: Hooks | None) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
-        self._hooks = hooks
 
     def route(self, surface: Surface) -> Route:
         """The route serving `surface`: its handler and its error envelope."""
@@ -94,7 +93,8 @@ class Pipeline:
         # here, before any surface reads or translates the body.
         fallbacks = pop_fallbacks(body)
         exchange = await surface.decode(gateway, caller, body, headers)
-        hooks = self._hooks
+        # The hooks of the live state the request started with (a reload may swap them).
+        hooks = gateway.live.hooks
         call = Call(gateway, current_request.get(), caller, exchange, fallbacks, hooks)
         await call.admit()
         answered = None if hooks is None else await call.before_route(hooks)

@@ -38,7 +38,6 @@ from quart_trio import QuartTrio
 
 from trigate.api.context import RequestContext, current_request
 from trigate.api.envelopes import OPENAI
-from trigate.api.hooks import hook_paths
 from trigate.api.jsonio import json_response
 from trigate.api.responses_format import (
     ResponsesEvents,
@@ -258,10 +257,10 @@ def _held_upstream(
 
 
 def _hooked(gateway: Gateway) -> bool:
-    """Whether requests meet hooks (loaded once, from this config): those see the request
-    with its conversation, as a guardrail judges it and a cache keys on it, so the
-    conversation is read before they run."""
-    return bool(hook_paths(gateway.config.litellm_settings.get("callbacks")))
+    """Whether requests meet hooks: those see the request with its conversation, as a
+    guardrail judges it and a cache keys on it, so the conversation is read before they
+    run."""
+    return gateway.live.hooks is not None
 
 
 def _reported_tokens(head: Row) -> int | None:

@@ -138,9 +138,13 @@ class ModelCatalog:
                 raise
             if config.general_settings != self.file_config.general_settings:
                 logger.warning("config reload: general_settings changed; they apply at restart")
-            self.file_config = config
             if groups is not None:
-                await self._take(config, groups)
+                try:
+                    await self._take(config, groups)
+                except ConfigError as error:  # what the server could not take (a hook)
+                    logger.error("config reload failed, serving the previous config: %s", error)  # noqa: TRY400
+                    raise
+            self.file_config = config
             logger.info("config reloaded: %d deployments", len(self.entries()))
 
     async def refresh(self) -> bool:
