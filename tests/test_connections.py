@@ -21,6 +21,7 @@ from helpers import MASTER_KEY, RunningGateway, mock_config, openai_config, star
 from trigate.config import parse_config
 from trigate.server import connection_limits, share_open_files
 from trigate.serving import _DirectBody, raise_open_file_limit
+from trigate.sockets import FastStream
 
 CHAT = b'{"model": "mock", "messages": [{"role": "user", "content": "hi"}]}'
 
@@ -518,17 +519,19 @@ async def test_a_client_leaving_a_stream_written_directly_closes_its_upstream(
 
 @pytest.fixture
 def answer_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every write on a socket stream that begins a response (the gateway's writes; the
-    test's own are requests)."""
+    """Every write of the gateway's that begins a response (its upstream requests begin
+    otherwise)."""
     written: list[bytes] = []
-    send_all = trio.SocketStream.send_all
+    write = FastStream.write
 
-    async def counted(self: trio.SocketStream, data: bytes | bytearray | memoryview) -> None:
+    async def counted(
+        self: FastStream, data: bytes | bytearray | memoryview, *, shielded: bool = False
+    ) -> None:
         if bytes(data[:7]) == b"HTTP/1.":
             written.append(bytes(data))
-        await send_all(self, data)
+        await write(self, data, shielded=shielded)
 
-    monkeypatch.setattr(trio.SocketStream, "send_all", counted)
+    monkeypatch.setattr(FastStream, "write", counted)
     return written
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import errno
 import logging
 import math
-import os
 import resource
 import socket
 from collections.abc import Awaitable, Callable
@@ -53,20 +52,27 @@ import h11._readers
 import h11._writers
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed
+from hypercorn.events import Closed, Event, RawData
+from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.task_group import TaskGroup, _handle
+from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
-from hypercorn.utils import repr_socket_addr, wrap_app
+from hypercorn.utils import parse_socket_addr, repr_socket_addr, wrap_app
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
+
+from trigate.sockets import FastStream
 
 if TYPE_CHECKING:
     from hypercorn.typing import (
         AppWrapper,
         ASGIFramework,
         ASGIReceiveCallable,
+        ASGIReceiveEvent,
         ASGISendCallable,
+        ASGISendEvent,
         Scope,
     )
 
@@ -158,7 +164,7 @@ class _Connection:
 
     __slots__ = ("active", "departure", "head_of", "idle_since", "scope", "server", "stream")
 
-    def __init__(self, scope: trio.CancelScope, now: float, stream: trio.SocketStream) -> None:
+    def __init__(self, scope: trio.CancelScope, now: float, stream: FastStream) -> None:
         self.scope = scope
         self.stream = stream
         self.active = 0
@@ -226,16 +232,17 @@ class _DirectBody:
     them, under the TCPServer's send lock.
 
     A piece goes out in one non-blocking write when the socket takes it whole, as it
-    nearly always does: without the two checkpoints of trio's `send_all`, the writer
-    does not go back to the scheduler for every chunk. What the socket does not take
-    is sent by `send_all`, shielded as hypercorn's writes are (a piece cut halfway
-    would break the framing of everything after it). A connection that has broken is
-    handed to hypercorn as hypercorn's own send would, and later pieces are dropped,
-    as hypercorn drops a closed stream's."""
+    nearly always does: no lock is taken (no other write can be under way when the lock
+    is free) and the writer does not go back to the scheduler for the piece (`FastStream`
+    yields once every `YIELD_EVERY` pieces written in a row, for fairness). What the
+    socket does not take is written under the lock, shielded as hypercorn's writes are (a
+    piece cut halfway would break the framing of everything after it). A connection that
+    has broken is handed to hypercorn as hypercorn's own send would, and later pieces are
+    dropped, as hypercorn drops a closed stream's."""
 
     __slots__ = ("_broken", "_chunked", "_server", "_stream")
 
-    def __init__(self, server: TCPServer, stream: trio.SocketStream, *, chunked: bool) -> None:
+    def __init__(self, server: TCPServer, stream: FastStream, *, chunked: bool) -> None:
         self._server = server
         self._stream = stream
         self._chunked = chunked
@@ -246,45 +253,179 @@ class _DirectBody:
             return  # an empty chunk would read as the body's end
         if self._chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
-        lock = self._server.send_lock
-        if lock.locked():
-            await self._send_rest(data, 0)
+        stream = self._stream
+        try:
+            await _send_locked(self._server.send_lock, stream, data, try_first=True)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._broken = True
+            await self._server.protocol.handle(Closed())
+
+
+async def _send_locked(
+    lock: trio.Lock,
+    stream: FastStream,
+    data: bytes | bytearray | memoryview,
+    *,
+    try_first: bool = False,
+    head: bytes | None = None,
+) -> None:
+    """`data` (after `head`, if given) written whole under `lock`, the waits for room
+    shielded from cancellation.
+
+    The lock is taken without a schedule point when it is free (trio's `acquire` yields
+    even then). With `try_first`, a free lock is not taken at all for a write the socket
+    takes whole at once: no other write can be under way, and none can start before it
+    is done."""
+    if lock.locked():
+        await lock.acquire()
+    elif try_first:
+        sent = stream.try_send(data)
+        if sent == len(data):
+            if stream.count_success():
+                await cancel_shielded_checkpoint()
+            return
+        # Still free: nothing was awaited since `locked()`.
+        lock.acquire_nowait()
+        data = memoryview(data)[sent:]
+    else:
+        lock.acquire_nowait()
+    try:
+        if head is not None:
+            await stream.write(head, shielded=True)
+        await stream.write(data, shielded=True)
+    finally:
+        lock.release()
+
+
+class _Server(TCPServer):
+    """Hypercorn's `TCPServer` with a cheaper path for each write and each read.
+
+    `protocol_send` writes as hypercorn's does (under `send_lock`, shielded, a broken
+    connection handed to the protocol as `Closed`) but takes a free lock without the
+    schedule point of trio's `Lock.acquire`, and the stream (`FastStream` in a
+    `_WatchedStream`) goes back to the scheduler only when the socket has no room. It
+    stays a cancel point, as hypercorn's lock acquisition is. An empty write (h11's end
+    of a fixed-length body) is skipped: trio's would only checkpoint. `_read_data` is
+    hypercorn's without the cancel scope it opens around every read when no
+    `read_timeout` is set."""
+
+    stream: _WatchedStream  # type: ignore[assignment]
+
+    async def run(self) -> None:
+        """Hypercorn's `run` for a plain (never TLS) stream, with `_TaskGroup`."""
+        sock = self.stream.socket
+        try:
+            client = parse_socket_addr(sock.family, sock.getpeername())
+            server = parse_socket_addr(sock.family, sock.getsockname())
+            async with _TaskGroup() as task_group:
+                self._task_group = task_group
+                self.protocol = ProtocolWrapper(
+                    self.app,
+                    self.config,
+                    self.context,
+                    task_group,
+                    ConnectionState(self.state),
+                    False,
+                    client,
+                    server,
+                    self.protocol_send,
+                    "http/1.1",
+                )
+                await self.protocol.initiate()
+                await self.idle_task.restart(self._task_group, self._idle_timeout)
+                await self._read_data()
+        except OSError:
+            pass
+        finally:
+            await self._close()
+
+    async def protocol_send(self, event: Event) -> None:
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
             return
         try:
-            # Trio's sockets are non-blocking, and hypercorn's writes all hold `lock`. The
-            # descriptor is asked for each time: a closed socket's is -1 (EBADF), never a
-            # number since reused by another connection.
-            sent = os.write(self._stream.socket.fileno(), data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            await self._broke()
+            await self.stream.send_all(event.data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.protocol.handle(Closed())
+
+    async def _read_data(self) -> None:
+        if self.config.read_timeout is not None:
+            await super()._read_data()
             return
-        if sent < len(data):
-            await self._send_rest(data, sent)
-
-    async def _send_rest(self, data: bytes, sent: int) -> None:
-        async with self._server.send_lock:
+        while True:
             try:
-                with trio.CancelScope(shield=True):
-                    await self._stream.send_all(memoryview(data)[sent:])
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._broke()
+                data = await self.stream.receive_some(MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                break
+            await self.protocol.handle(RawData(data))
+            if not data:
+                break
+        await self.protocol.handle(Closed())
 
-    async def _broke(self) -> None:
-        self._broken = True
-        await self._server.protocol.handle(Closed())
+
+class _TaskGroup(TaskGroup):
+    """Hypercorn's task group, whose apps get their ASGI events through an `_AppQueue`."""
+
+    async def spawn_app(
+        self,
+        app: AppWrapper,
+        config: HypercornConfig,
+        scope: Scope,
+        send: Callable[[ASGISendEvent | None], Awaitable[None]],
+    ) -> Callable[[ASGIReceiveEvent], Awaitable[None]]:
+        queue = _AppQueue(config.max_app_queue_size)
+        assert self._nursery is not None  # entered
+        self._nursery.start_soon(
+            _handle,
+            app,
+            config,
+            scope,
+            queue.get,
+            send,
+            trio.to_thread.run_sync,
+            trio.from_thread.run,
+        )
+        return queue.put
+
+
+class _AppQueue:
+    """The ASGI events hypercorn hands one request's app (the request, its body, the
+    disconnect), in a memory channel as hypercorn's own, minus the schedule point trio's
+    channel makes after a put or a get that did not have to wait (a request made three
+    puts and two gets). Both stay cancel points. Neither loops on its own: the puts
+    come from the connection's reader, which parks on its socket; the gets, from the
+    app reading a body of a bounded number of events."""
+
+    __slots__ = ("_receive", "_send")
+
+    def __init__(self, size: int) -> None:
+        self._send, self._receive = trio.open_memory_channel["ASGIReceiveEvent"](size)
+
+    async def put(self, event: ASGIReceiveEvent) -> None:
+        await checkpoint_if_cancelled()
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            await self._send.send(event)
+
+    async def get(self) -> ASGIReceiveEvent:
+        await checkpoint_if_cancelled()
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            return await self._receive.receive()
 
 
 class _WatchedStream:
     """A client's socket stream as hypercorn uses it, reporting end-of-file and resets to
     the connection as they are read, and sending a fixed-length response's head and
     body in one write. Not a TLS stream: hypercorn tells the two apart by
-    `do_handshake`, which this lacks as a plain `SocketStream` does."""
+    `do_handshake`, which this lacks as a plain `SocketStream` does. Reads and writes go
+    through a `FastStream`: no schedule point after a call that did not have to wait."""
 
     __slots__ = ("_client_gone", "_connection", "_head", "_stream", "socket")
 
-    def __init__(self, stream: trio.SocketStream, connection: _Connection) -> None:
+    def __init__(self, stream: FastStream, connection: _Connection) -> None:
         self._stream = stream
         self._connection = connection
         self.socket = stream.socket
@@ -292,7 +433,7 @@ class _WatchedStream:
         # A fixed-length response's head, held until its body is written.
         self._head: bytes | None = None
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
         try:
             data = await self._stream.receive_some(max_bytes)
         except trio.BrokenResourceError:
@@ -305,21 +446,27 @@ class _WatchedStream:
         return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Hypercorn writes a response's head, then each body message, each in a system
+        """Hypercorn's write: a cancel point, then `data` written whole under the
+        TCPServer's send lock, shielded from cancellation (`_Server.protocol_send`).
+
+        Hypercorn writes a response's head, then each body message, each in a system
         call of its own. A head whose body is a known number of bytes (more than none) is
         held, and goes out with the first body bytes, in one write: a fixed-length answer
-        is written once."""
+        is written once. A body too long to be worth copying goes out after the head."""
+        await checkpoint_if_cancelled()
         head = self._head
         if head is not None:
             self._head = None
             if len(data) <= MAX_JOINED_BODY:
-                data = head + data
-            else:  # joining would copy more than the system call it saves
-                await self._stream.send_all(head)
+                data, head = head + data, None
         elif self._connection.body_follows(data):
             self._head = bytes(data)
             return
-        await self._stream.send_all(data)
+        elif not data:
+            return  # h11's end of a fixed-length body: nothing to write
+        server = self._connection.server
+        assert server is not None  # set before the server runs
+        await _send_locked(server.send_lock, self._stream, data, head=head)
 
     async def flush(self) -> None:
         """Send a held head whose body never came (the app failed after starting)."""
@@ -451,12 +598,13 @@ class Connections:
     async def serve(self, stream: trio.SocketStream, server: Callable[..., TCPServer]) -> None:
         now = trio.current_time()
         with trio.CancelScope(deadline=now + self._limits.first_request_timeout) as scope:
-            connection = _Connection(scope, now, stream)
+            fast = FastStream.of(stream)
+            connection = _Connection(scope, now, fast)
             self._open.add(connection)
             self.make_room(connection)
             try:
                 app = lambda wrapped: _ConnectionApp(wrapped, connection, self)  # noqa: E731
-                tcp_server = server(app, _WatchedStream(stream, connection))
+                tcp_server = server(app, _WatchedStream(fast, connection))
                 connection.server = tcp_server
                 tcp_server.idle_task = _NoIdleTimer()
                 await tcp_server.run()
@@ -489,7 +637,7 @@ async def serve(
         state = ConnectionState(lifespan_state.copy())
         # hypercorn annotates the stream as an SSLStream; it serves a plain SocketStream as
         # well, which its own `serve` hands it for a listener without TLS.
-        return TCPServer(wrap(wrapped), config, context, state, stream)  # type: ignore[arg-type]
+        return _Server(wrap(wrapped), config, context, state, stream)  # type: ignore[arg-type]
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)

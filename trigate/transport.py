@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator, Mapping
 import httpx
 import trio
 
+from trigate.sockets import FastStream
+
 _CHUNK_SIZE = 64 * 1024
 # A request body up to this size goes out in one write with its head; a larger one is
 # written on its own, in slices of this size: copying it behind the head would double
@@ -298,10 +300,11 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
                 tcp = await trio.open_tcp_stream(host, port)
             except OSError as exc:
                 raise httpx.ConnectError(str(exc), request=request) from exc
-            conn = _Connection(origin, tcp, tcp.socket)
+            plain = FastStream.of(tcp)
+            conn = _Connection(origin, plain, tcp.socket)
             if scheme == "https":
                 try:
-                    conn.stream = await self._handshake(tcp, host, request)
+                    conn.stream = await self._handshake(plain, host, request)
                 except BaseException:
                     conn.close()
                     raise
@@ -309,8 +312,8 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         raise httpx.ConnectTimeout(f"timed out connecting to {host}:{port}", request=request)
 
     async def _handshake(
-        self, tcp: trio.SocketStream, host: str, request: httpx.Request
-    ) -> trio.SSLStream[trio.SocketStream]:
+        self, tcp: FastStream, host: str, request: httpx.Request
+    ) -> trio.SSLStream[FastStream]:
         # Done here rather than lazily on first send so that certificate and handshake
         # failures count as connect errors, bounded by the connect timeout.
         tls = trio.SSLStream(tcp, self._ssl_context, server_hostname=host, https_compatible=True)
@@ -377,11 +380,18 @@ class _ResponseStream(httpx.AsyncByteStream):
         # What may still be read before the body counts as too large; None: no cap.
         self._left = cap
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        # No cleanup around the yield: an abandoned iterator is finalised by the garbage
-        # collector, where nothing can be awaited. _next_chunk and aclose do all of it.
-        while (chunk := await self._next_chunk()) is not None:
-            yield chunk
+    def __aiter__(self) -> _ResponseStream:
+        # The stream is its own iterator, not an async generator: a reader that stops at
+        # its API's end (OpenAI's `data: [DONE]`) abandons its iterator, and trio closes an
+        # abandoned generator in a task of its own (a wake-up of its run loop and a task
+        # step per stream). _next_chunk and aclose hold all the state and do all the cleanup.
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._next_chunk()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
 
     async def _next_chunk(self) -> bytes | None:
         conn = self._conn
@@ -597,6 +607,17 @@ async def read_whole_body(response: httpx.Response) -> bytes:
     return await response.aread()
 
 
+def raw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """A response's body as it comes, what `response.aiter_raw()` gives. One from this
+    transport is iterated directly: httpx's `aiter_raw` is an async generator, which a
+    reader stopping at its API's own end abandons, and trio then closes it in a task of
+    its own (a wake-up of the run loop and two task steps per stream)."""
+    stream = response.stream
+    if type(stream) is _ResponseStream:
+        return stream
+    return response.aiter_raw()
+
+
 def _malformed_chunk_end(buffer: bytearray) -> httpx.RemoteProtocolError:
     return httpx.RemoteProtocolError(f"malformed chunk footer: {bytes(buffer[:2])!r}")
 
@@ -648,7 +669,7 @@ def _ended_already(conn: _Connection, reader: _BodyReader) -> bool:
     the next. Discarding the connection then cost every stream a new upstream
     connection (and, over TLS, a handshake). A TLS stream's bytes cannot be read here
     without waiting: only what the buffer already holds counts there."""
-    plain = isinstance(conn.stream, trio.SocketStream)
+    plain = isinstance(conn.stream, FastStream)
     while True:
         try:
             data = reader.extract(conn.buffer)
@@ -661,7 +682,7 @@ def _ended_already(conn: _Connection, reader: _BodyReader) -> bool:
         if not plain:
             return False
         try:
-            # Trio's sockets are non-blocking and trio holds no buffer of its own.
+            # The socket is non-blocking and its stream holds no buffer of its own.
             received = os.read(conn.sock.fileno(), _CHUNK_SIZE)
         except OSError:  # BlockingIOError: nothing there yet
             return False
