@@ -15,7 +15,7 @@ import orjson
 import pytest
 import trio
 import trio.testing
-from fakes import FakeUpstream, StreamReply, chunk
+from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk
 from helpers import MASTER_KEY, RunningGateway, mock_config, openai_config, start_gateway
 
 from trigate.config import parse_config
@@ -589,4 +589,38 @@ async def test_an_answer_without_body_bytes_is_not_held(
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 ") and body == b""
     assert answer_writes == [answer]
+    await running.stop()
+
+
+async def test_a_large_answer_to_a_slow_reader_arrives_whole_and_keeps_the_connection(
+    nursery: trio.Nursery, upstream: FakeUpstream, answer_writes: list[bytes]
+) -> None:
+    """An answer bigger than the socket takes at once, and than a head is joined to: the
+    head goes out on its own, then the body, the rest written as the client makes room
+    (under hypercorn's send lock: nothing else may come between). The next answer on the
+    connection follows it intact."""
+    content = "".join(f"{i:07d} " for i in range(120_000))  # ~1 MB of checkable text
+    upstream.handler = lambda request: JSONReply(chat_completion(content))
+    running = await start_gateway(nursery, openai_config(upstream))
+    stream = await _connect(running)
+    request = _chat().replace(b'"mock"', b'"gpt-test"').replace(
+        b"content-length: 66", b"content-length: 70"
+    )
+    for _ in range(2):
+        await stream.send_all(request)
+        # The client starts reading late: a megabyte fills the socket before that.
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(10):
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += await stream.receive_some(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            while len(body) < _declared_length(head):
+                body += await stream.receive_some(65536)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert len(body) == _declared_length(head)
+        assert orjson.loads(body)["choices"][0]["message"]["content"] == content
+    # Each head was written alone: its body was too long to be copied behind it.
+    assert [written.endswith(b"\r\n\r\n") for written in answer_writes] == [True, True]
+    await stream.aclose()
     await running.stop()
