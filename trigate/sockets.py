@@ -72,19 +72,33 @@ class FastStream(trio.abc.HalfCloseableStream):
         elif max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         await checkpoint_if_cancelled()
+        data = self.try_receive(max_bytes)
+        if data is None:
+            return await self.receive_when_ready(max_bytes)
+        if self.count_success():
+            await cancel_shielded_checkpoint()
+        return data
+
+    async def receive_when_ready(self, max_bytes: int) -> bytes:
+        """Wait until the socket is readable, then read: for a caller whose own
+        `try_receive` just found nothing (no second read to find nothing again)."""
         while True:
-            fd = self._fd()
-            try:
-                data = os.read(fd, max_bytes)
-            except BlockingIOError:
-                await wait_readable(fd)
+            await wait_readable(self._fd())
+            data = self.try_receive(max_bytes)
+            if data is not None:
                 self._in_a_row = 0
-                continue
-            except OSError as error:
-                raise _stream_error(error) from error
-            if self.count_success():
-                await cancel_shielded_checkpoint()
-            return data
+                return data
+
+    def try_receive(self, max_bytes: int) -> bytes | None:
+        """One non-blocking read: what the socket holds (up to `max_bytes`; empty at its
+        end), or None when it holds nothing yet. Not counted as a call in a row: the
+        caller that goes on without waiting counts it (`count_success`)."""
+        try:
+            return os.read(self._fd(), max_bytes)
+        except BlockingIOError:
+            return None
+        except OSError as error:
+            raise _stream_error(error) from error
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await checkpoint_if_cancelled()

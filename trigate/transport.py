@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import httpx
 import trio
+from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
 from trigate.sockets import FastStream
 
@@ -854,25 +855,48 @@ async def _write(
     write_timeout: float,
     retryable: bool = False,
 ) -> None:
-    with trio.move_on_after(write_timeout):
-        try:
-            await conn.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            if retryable:
-                raise _StaleConnection from exc
-            raise httpx.WriteError(_describe(exc), request=request) from exc
-        return
+    stream = conn.stream
+    try:
+        if type(stream) is FastStream:
+            # Tried first without the timeout's cancel scope, which costs more than the
+            # write itself: a scope is opened only for what the socket could not take.
+            await checkpoint_if_cancelled()
+            sent = stream.try_send(data)
+            if sent == len(data):
+                if stream.count_success():
+                    await cancel_shielded_checkpoint()
+                return
+            data = memoryview(data)[sent:]
+        with trio.move_on_after(write_timeout):
+            await stream.send_all(data)
+            return
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        if retryable:
+            raise _StaleConnection from exc
+        raise httpx.WriteError(_describe(exc), request=request) from exc
     raise httpx.WriteTimeout("timed out sending the request", request=request)
 
 
 async def _receive(conn: _Connection, request: httpx.Request, read_timeout: float) -> bytes:
-    with trio.move_on_after(read_timeout):
-        try:
-            data = await conn.stream.receive_some(_CHUNK_SIZE)
-            # Trio's sockets and TLS streams give bytes; any other stream may give a bytearray.
-            return data if isinstance(data, bytes) else bytes(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise httpx.ReadError(_describe(exc), request=request) from exc
+    stream = conn.stream
+    try:
+        if type(stream) is FastStream:
+            # As in _write: the read timeout's scope only around a wait for the server.
+            await checkpoint_if_cancelled()
+            data = stream.try_receive(_CHUNK_SIZE)
+            if data is not None:
+                if stream.count_success():
+                    await cancel_shielded_checkpoint()
+                return data
+            with trio.move_on_after(read_timeout):
+                return await stream.receive_when_ready(_CHUNK_SIZE)
+            raise httpx.ReadTimeout("timed out waiting for the server", request=request)
+        with trio.move_on_after(read_timeout):
+            received = await stream.receive_some(_CHUNK_SIZE)
+            # Trio's TLS streams give bytes; any other stream may give a bytearray.
+            return received if isinstance(received, bytes) else bytes(received)
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise httpx.ReadError(_describe(exc), request=request) from exc
     raise httpx.ReadTimeout("timed out waiting for the server", request=request)
 
 
