@@ -522,75 +522,102 @@ class _CloseDelimitedReader(_BodyReader):
         return None
 
 
+# A chunked body reader's stages: at a chunk's header, in its data, at the CRLF after its
+# data, in the trailer.
+_HEADER, _DATA, _CRLF, _TRAILER = range(4)
+
+
 class _ChunkedReader(_BodyReader):
-    """A chunked body: the data of every chunk the buffer holds, or holds part of, at once."""
+    """A chunked body: the data of every chunk the buffer holds, or holds part of, at once.
+
+    The buffer is walked by position and what was read is cut from it once, at the end:
+    a burst of a stream's events (a chunk each) is read in one pass, without copying the
+    rest of the buffer down after every chunk."""
 
     __slots__ = ("_ended", "_left", "_stage")
 
-    # Stages: at a chunk's header, in its data, at the CRLF after its data, in the trailer.
-    _HEADER, _DATA, _CRLF, _TRAILER = range(4)
-
     def __init__(self) -> None:
-        self._stage = self._HEADER
+        self._stage = _HEADER
         self._left = 0
         self._ended = False
 
     def extract(self, buffer: bytearray) -> bytes | None:
-        pieces: list[bytes] = []
-        while not self._ended and self._step(buffer, pieces):
-            pass
+        if self._ended:
+            return None
+        pieces: list[bytearray] = []
+        read = 0
+        try:
+            read = self._walk(buffer, pieces)
+        finally:
+            if read:
+                del buffer[:read]
         if pieces:
             return b"".join(pieces)
         return None if self._ended else _MORE
 
-    def _step(self, buffer: bytearray, pieces: list[bytes]) -> bool:
-        """Take one stage's worth from the buffer; False when it holds too little."""
-        if self._stage == self._DATA:
-            if not buffer:
-                return False
-            take = min(self._left, len(buffer))
-            pieces.append(bytes(buffer[:take]))
-            del buffer[:take]
-            self._left -= take
-            if not self._left:
-                self._stage = self._CRLF
-            return True
-        if self._stage == self._CRLF:
-            if len(buffer) < 2:
-                if buffer and buffer != b"\r"[: len(buffer)]:
-                    raise _malformed_chunk_end(buffer)
-                return False
-            if buffer[:2] != b"\r\n":
-                raise _malformed_chunk_end(buffer)
-            del buffer[:2]
-            self._stage = self._HEADER
-            return True
-        if self._stage == self._HEADER:
-            end = buffer.find(b"\r\n")
-            if end < 0:
-                _check_size(buffer, "a chunk header")
-                return False
-            line = bytes(buffer[:end])
-            del buffer[: end + 2]
-            match = _CHUNK_HEADER.fullmatch(line)
-            if match is None:
-                raise httpx.RemoteProtocolError(f"illegal chunk header: {line!r}")
-            self._left = int(match[1], 16)
-            self._stage = self._DATA if self._left else self._TRAILER
-            return True
-        # The trailer's fields end at a blank line; they are read past, not kept.
-        if buffer[:1] == b"\n" or buffer[:2] == b"\r\n":
-            del buffer[: 1 if buffer[:1] == b"\n" else 2]
+    def _walk(self, buffer: bytearray, pieces: list[bytearray]) -> int:
+        """Take the chunks' data from `buffer` into `pieces`, as far as it goes; the
+        position reached (what was read). The stage and what is left of the current
+        chunk are kept however it stops, a failure included."""
+        pos = 0
+        size = len(buffer)
+        stage = self._stage
+        left = self._left
+        try:
+            while True:
+                if stage == _DATA:
+                    if pos == size:
+                        return pos
+                    take = left if left < size - pos else size - pos
+                    pieces.append(buffer[pos : pos + take])
+                    pos += take
+                    left -= take
+                    if left:
+                        return pos
+                    stage = _CRLF
+                if stage == _CRLF:
+                    if size - pos < 2:
+                        if pos < size and buffer[pos] != 0x0D:  # b"\r"
+                            raise _malformed_chunk_end(buffer[pos:])
+                        return pos
+                    if buffer[pos] != 0x0D or buffer[pos + 1] != 0x0A:
+                        raise _malformed_chunk_end(buffer[pos:])
+                    pos += 2
+                    stage = _HEADER
+                if stage == _HEADER:
+                    end = buffer.find(b"\r\n", pos)
+                    if end < 0:
+                        _check_size(size - pos, "a chunk header")
+                        return pos
+                    match = _CHUNK_HEADER.fullmatch(buffer, pos, end)
+                    if match is None:
+                        line = bytes(buffer[pos:end])
+                        raise httpx.RemoteProtocolError(f"illegal chunk header: {line!r}")
+                    pos = end + 2
+                    left = int(match[1], 16)
+                    stage = _DATA if left else _TRAILER
+                    continue
+                self._stage = stage
+                return self._trailer(buffer, pos)
+        finally:
+            self._stage = stage
+            self._left = left
+
+    def _trailer(self, buffer: bytearray, pos: int) -> int:
+        """The trailer's fields end at a blank line; they are read past, not kept."""
+        if buffer[pos : pos + 1] == b"\n":
             self._ended = True
-            return True
-        found = _BLANK_LINE.search(buffer)
+            return pos + 1
+        if buffer[pos : pos + 2] == b"\r\n":
+            self._ended = True
+            return pos + 2
+        found = _BLANK_LINE.search(buffer, pos)
         if found is None:
-            _check_size(buffer, "a chunked body's trailer")
-            return False
-        _fields(bytes(buffer[: found.start()]).split(b"\n"))
-        del buffer[: found.end()]
+            _check_size(len(buffer) - pos, "a chunked body's trailer")
+            return pos
+        _fields(bytes(buffer[pos : found.start()]).split(b"\n"))
         self._ended = True
-        return True
+        return found.end()
 
     def at_eof(self) -> bytes | None:
         raise httpx.RemoteProtocolError(
@@ -623,8 +650,8 @@ def _malformed_chunk_end(buffer: bytearray) -> httpx.RemoteProtocolError:
     return httpx.RemoteProtocolError(f"malformed chunk footer: {bytes(buffer[:2])!r}")
 
 
-def _check_size(buffer: bytearray, what: str) -> None:
-    if len(buffer) > _MAX_HEAD_SIZE:
+def _check_size(size: int, what: str) -> None:
+    if size > _MAX_HEAD_SIZE:
         raise httpx.RemoteProtocolError(f"{what} is longer than {_MAX_HEAD_SIZE} bytes")
 
 
@@ -941,7 +968,7 @@ def _parse_head(buffer: bytearray) -> _Head | None:
     """A response head taken from the buffer; None while the buffer holds only part of it."""
     found = _BLANK_LINE.search(buffer)
     if found is None:
-        _check_size(buffer, "a response head")
+        _check_size(len(buffer), "a response head")
         return None
     # Through the LF ending the last field line (or the status line, if there are none).
     block = bytes(buffer[: found.start() + 1])
