@@ -545,12 +545,10 @@ class _ChunkedReader(_BodyReader):
         if self._ended:
             return None
         pieces: list[bytearray] = []
-        read = 0
-        try:
-            read = self._walk(buffer, pieces)
-        finally:
-            if read:
-                del buffer[:read]
+        # After a failure the buffer is never read again: its connection is closed.
+        read = self._walk(buffer, pieces)
+        if read:
+            del buffer[:read]
         if pieces:
             return b"".join(pieces)
         return None if self._ended else _MORE
