@@ -542,13 +542,12 @@ class _ChunkedReader(_BodyReader):
         self._ended = False
 
     def extract(self, buffer: bytearray) -> bytes | None:
-        if self._ended:
-            return None
         pieces: list[bytearray] = []
-        # After a failure the buffer is never read again: its connection is closed.
-        read = self._walk(buffer, pieces)
-        if read:
-            del buffer[:read]
+        if not self._ended:
+            # After a failure the buffer is never read again: its connection is closed.
+            read = self._walk(buffer, pieces)
+            if read:
+                del buffer[:read]
         if pieces:
             return b"".join(pieces)
         return None if self._ended else _MORE
