@@ -2,8 +2,11 @@
 which copies or replaces parts of hypercorn and h11:
 
 - `serve` is trigate's version of `hypercorn.trio.run.worker_serve`;
-- each `TCPServer` gets a do-nothing `idle_task` (a `TrioSingleTask`) and a client
-  stream of trigate's (`_WatchedStream`), used as `TCPServer` uses a `SocketStream`;
+- each connection is served by `_Server`, a `TCPServer` whose `run`, `protocol_send`
+  and `_read_data` are cheaper versions of hypercorn's, with a task group whose
+  `spawn_app` hands the app its events through trigate's queue, a do-nothing
+  `idle_task` (a `TrioSingleTask`) and a client stream of trigate's
+  (`_WatchedStream`), used as `TCPServer` uses a `SocketStream`;
 - h11's chunked-body reader is replaced by `BoundedChunkedReader`;
 - a streamed body's direct writer (`_DirectBody`) frames as h11's writers do, behind
   hypercorn's back, under `TCPServer.send_lock`.
@@ -26,6 +29,7 @@ import h11._writers
 import hypercorn.protocol
 import hypercorn.protocol.h11
 import hypercorn.trio.run
+import hypercorn.trio.task_group
 import hypercorn.trio.tcp_server
 import hypercorn.trio.worker_context
 import pytest
@@ -38,6 +42,13 @@ OVERRIDDEN: dict[str, tuple[Callable[..., Any] | type, str]] = {
         hypercorn.trio.tcp_server.TCPServer,
         "5593e38b83d3e22e",
     ),
+    # `_Server.run` is TCPServer.run for a plain stream with `_TaskGroup`, whose
+    # `spawn_app` starts hypercorn's `_handle` as TaskGroup's does.
+    "hypercorn.trio.task_group.TaskGroup": (
+        hypercorn.trio.task_group.TaskGroup,
+        "8467a3a16a7e8763",
+    ),
+    "hypercorn.trio.task_group._handle": (hypercorn.trio.task_group._handle, "06081a56a9930825"),
     "hypercorn.trio.worker_context.TrioSingleTask": (
         hypercorn.trio.worker_context.TrioSingleTask,
         "aa59316c028b876a",

@@ -27,6 +27,12 @@ connection under hypercorn's own send lock. The response still starts and ends
 through hypercorn, so `Connection: close`, keep-alive and HTTP/1.0's close stay
 hypercorn's and h11's.
 
+Each connection's socket is a `FastStream` (trigate/sockets.py), which goes back to
+Trio's scheduler only when a read or write must wait; `_Server`, hypercorn's
+`TCPServer` with cheaper versions of its reads, writes and task group, takes a free
+send lock and passes the app its ASGI events without the schedule points trio's
+`Lock` and memory channels add to calls that did not wait.
+
 A fixed-length response is written once: hypercorn writes a head and then its body,
 each in a system call of its own; the connection's stream holds a head whose body has
 a Content-Length above zero and sends it with the body's first bytes.
