@@ -50,7 +50,9 @@ class FastStream(trio.abc.HalfCloseableStream):
 
     Reads and writes go through `os.read`/`os.write` on the descriptor, asked of the trio
     socket each time: once the socket is closed (possibly by another task, which wakes a
-    parked call with `ClosedResourceError`) it is -1, never a descriptor since reused."""
+    parked call with `ClosedResourceError`) it is -1, never a descriptor since reused.
+    A write to a connection the peer reset fails with EPIPE rather than killing the
+    process, as Python ignores SIGPIPE from start-up (trigate never restores it)."""
 
     __slots__ = ("_in_a_row", "_sending", "socket")
 
