@@ -23,7 +23,13 @@ import trio
 import trio.testing
 import trustme
 
-from trigate.transport import HTTP11Transport, ResponseTooLarge, read_whole_body
+from trigate.transport import (
+    _MORE,
+    HTTP11Transport,
+    ResponseTooLarge,
+    _ChunkedReader,
+    read_whole_body,
+)
 
 Handler = Callable[["Peer"], Awaitable[None]]
 
@@ -775,3 +781,30 @@ async def test_whole_body_read_keeps_the_size_cap(nursery: trio.Nursery) -> None
     with pytest.raises(ResponseTooLarge):
         await read_whole_body(response)
     await transport.aclose()
+
+
+def test_a_burst_of_chunks_reads_the_same_however_the_reads_split_it() -> None:
+    """The chunked reader walks its buffer by position: every split of a burst of
+    chunks (with extensions and a trailer) gives the same body and leaves what follows
+    it in the buffer."""
+    frames = [b"data: {\"n\": %d}\n\n" % n for n in range(12)]
+    body = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(frame), frame) for frame in frames)
+    wire = body + b"0\r\nx-trailer: 1\r\n\r\nNEXT"
+    for cut in range(1, len(wire)):
+        reader = _ChunkedReader()
+        buffer = bytearray(wire[:cut])
+        data = []
+        while (piece := reader.extract(buffer)) not in (_MORE, None):
+            data.append(piece)
+        buffer += wire[cut:]
+        while (piece := reader.extract(buffer)) is not None:
+            assert piece is not _MORE, f"stalled with the whole body buffered (cut {cut})"
+            data.append(piece)
+        assert b"".join(data) == b"".join(frames), cut
+        assert buffer == b"NEXT", cut
+
+
+def test_a_malformed_chunk_end_is_refused() -> None:
+    reader = _ChunkedReader()
+    with pytest.raises(httpx.RemoteProtocolError, match="malformed chunk footer"):
+        reader.extract(bytearray(b"3\r\nabcXY"))
