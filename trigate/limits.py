@@ -192,6 +192,12 @@ class Admission:
     def __init__(self, headers: dict[str, str] | None = None) -> None:
         self.headers = headers if headers is not None else {}
 
+    @property
+    def unsettled(self) -> bool:
+        """Whether it still holds something `settle` gives back: a request that settled
+        (or took nothing) needs no shielded call to release it."""
+        return False
+
     async def settle(self, tokens: int, cost: float) -> None:
         """The request ended having used `tokens` and cost `cost`: free its parallel
         slots, correct TPM to actual usage, bill the cost and release the reservation."""
@@ -373,6 +379,10 @@ class _LocalAdmission(Admission):
         self._windows, self._tokens, self._minute = windows, tokens, minute
         self._holds, self._missed, self._orphan, self._done = holds, missed, orphan, False
 
+    @property
+    def unsettled(self) -> bool:
+        return not self._done
+
     async def settle(self, tokens: int, cost: float) -> None:
         if self._done:
             return
@@ -499,6 +509,10 @@ class _FleetAdmission(Admission):
     def __init__(self, limits: FleetLimits, lease: _Lease, headers: dict[str, str]) -> None:
         super().__init__(headers)
         self._limits, self._lease, self._done = limits, lease, False
+
+    @property
+    def unsettled(self) -> bool:
+        return not self._done
 
     async def settle(self, tokens: int, cost: float) -> None:
         if self._done:

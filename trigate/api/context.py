@@ -27,6 +27,7 @@ import trio
 
 from trigate.api.envelopes import ANTHROPIC, OPENAI
 from trigate.errors import InvalidRequest
+from trigate.metrics import tally
 from trigate.serving import BODY_WRITER_EXTENSION, DEPARTURE_EXTENSION, BodyWriter, OnDeparture
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class RequestScope:
     def __init__(self, app: ASGIFramework, in_flight: Gauge | None = None) -> None:
         self._app = app
         # LiteLLM's `litellm_in_flight_requests`: every HTTP request, whatever its route.
-        self._in_flight = in_flight
+        self._in_flight = None if in_flight is None else tally(in_flight)
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -99,7 +100,7 @@ class RequestScope:
         token = current_request.set(context)
         in_flight = self._in_flight
         if in_flight is not None:
-            in_flight.inc()
+            in_flight.inc(1)
         extensions: dict[str, Any] = scope.get("extensions") or {}
         on_departure: OnDeparture | None = extensions.get(DEPARTURE_EXTENSION)
         if on_departure is not None:
@@ -122,7 +123,7 @@ class RequestScope:
                 relay.outcome.cancelled_by_client = True
                 await relay.close()
             if in_flight is not None:
-                in_flight.dec()
+                in_flight.inc(-1)
 
 
 async def _departed(context: RequestContext) -> None:
@@ -158,6 +159,7 @@ class _ResponseSender:
     __slots__ = (
         "_body_pending",
         "_context",
+        "_finished",
         "_finishing",
         "_fixed_length",
         "_held",
@@ -181,13 +183,18 @@ class _ResponseSender:
         self.body_writer: Callable[[], BodyWriter | None] | None = None
         self._fixed_length = False
         self._held: Any = None
-        self._finishing: trio.Event | None = None
+        # While the last message is being sent; `_finished` is made only for a disconnect
+        # that arrives meanwhile (rare), not an event per response.
+        self._finishing = False
+        self._finished: trio.Event | None = None
 
     async def receive(self) -> Any:
         message = await self._receive()
         if message["type"] == "http.disconnect":
-            if self._finishing is not None:
-                await self._finishing.wait()
+            if self._finishing:
+                if self._finished is None:
+                    self._finished = trio.Event()
+                await self._finished.wait()
         elif not message.get("more_body", False):
             self._body_pending = False
         return message
@@ -210,11 +217,13 @@ class _ResponseSender:
                 body = self._held["body"] + message.get("body", b"")
                 message, self._held = {**message, "body": body}, None
         if message["type"] == "http.response.body" and not message.get("more_body", False):
-            self._finishing = trio.Event()
+            self._finishing = True
             try:
                 await self._send(message)
             finally:
-                self._finishing.set()
+                self._finishing = False
+                if self._finished is not None:
+                    self._finished.set()
             return
         await self._send(message)
 

@@ -411,10 +411,12 @@ class Call:
 
     async def _release_unsettled(self) -> None:
         """A record that never got written (it timed out) must not hold its parallel
-        slots and reservations. Bounded by `redis_timeout`, so shielded."""
-        if self.admission is not None:
+        slots and reservations. Bounded by `redis_timeout`, so shielded; a cancel scope
+        costs a request more than the rest of this check, so none when already settled."""
+        admission = self.admission
+        if admission is not None and admission.unsettled:
             with trio.CancelScope(shield=True):
-                await self.admission.settle(0, 0.0)
+                await admission.settle(0, 0.0)
 
     async def _record(
         self,
