@@ -198,6 +198,12 @@ class Admission:
         (or took nothing) needs no shielded call to release it."""
         return False
 
+    @property
+    def settles_at_once(self) -> bool:
+        """Whether `settle` finishes without a checkpoint (no Redis, no lease to give
+        back), so that a caller need not shield it from cancellation."""
+        return True
+
     async def settle(self, tokens: int, cost: float) -> None:
         """The request ended having used `tokens` and cost `cost`: free its parallel
         slots, correct TPM to actual usage, bill the cost and release the reservation."""
@@ -383,6 +389,10 @@ class _LocalAdmission(Admission):
     def unsettled(self) -> bool:
         return not self._done
 
+    @property
+    def settles_at_once(self) -> bool:
+        return self._orphan is None
+
     async def settle(self, tokens: int, cost: float) -> None:
         if self._done:
             return
@@ -513,6 +523,10 @@ class _FleetAdmission(Admission):
     @property
     def unsettled(self) -> bool:
         return not self._done
+
+    @property
+    def settles_at_once(self) -> bool:
+        return False  # Redis
 
     async def settle(self, tokens: int, cost: float) -> None:
         if self._done:

@@ -322,7 +322,8 @@ def _headers(context: RequestContext) -> list[tuple[bytes, bytes]]:
         (b"x-request-id", echoed.encode("latin-1")),
         (b"x-trigate-request-id", context.request_id.encode()),
     ]
-    headers += [(name.encode(), value.encode()) for name, value in context.headers.items()]
+    if context.headers:
+        headers += [(name.encode(), value.encode()) for name, value in context.headers.items()]
     if context.upstream_wait is not None:
         overhead = max(context.elapsed() - context.upstream_wait, 0.0) * 1000
         headers.append((b"x-trigate-overhead-ms", f"{overhead:.3f}".encode()))
@@ -334,6 +335,6 @@ def _headers(context: RequestContext) -> list[tuple[bytes, bytes]]:
             headers.append((b"x-trigate-model-group", group.encode()))
         if route.deployment is not None:
             headers.append((b"x-trigate-deployment", route.deployment.id.encode()))
-        headers.append((b"x-trigate-attempted-retries", str(route.retries).encode()))
-        headers.append((b"x-trigate-attempted-fallbacks", str(route.fallbacks).encode()))
+        headers.append((b"x-trigate-attempted-retries", b"%d" % route.retries))
+        headers.append((b"x-trigate-attempted-fallbacks", b"%d" % route.fallbacks))
     return headers

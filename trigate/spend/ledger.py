@@ -59,7 +59,9 @@ class SpendLedger:
         self.dropped = 0
 
     async def write(self, record: RequestRecord) -> None:
-        """Log the record and queue its row; never waits on the database."""
+        """Log the record and queue its row; never waits on the database, nor reaches a
+        checkpoint: a request is recorded without a shielding scope when nothing else
+        its record awaits can block (`Gateway.records_at_once`)."""
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(orjson.dumps(asdict(record)).decode())
         if self._store is None:
