@@ -93,7 +93,7 @@ class RequestScope:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        client_id, traceparent, ambiguous, has_body = _scan(scope["headers"])
+        client_id, traceparent, ambiguous, has_body, length = _scan(scope["headers"])
         context = RequestContext(os.urandom(16).hex(), trio.current_time(), client_id)
         context.path = scope["path"]
         context.traceparent = traceparent
@@ -106,7 +106,7 @@ class RequestScope:
         if on_departure is not None:
             on_departure(functools.partial(_departed, context))
         try:
-            sender = _ResponseSender(send, receive, context, has_body)
+            sender = _ResponseSender(send, receive, context, has_body, length)
             sender.body_writer = extensions.get(BODY_WRITER_EXTENSION)
             if ambiguous:
                 await _refuse(AMBIGUOUS_CREDENTIALS, scope["path"], sender)
@@ -154,17 +154,24 @@ class _ResponseSender:
     both answer a disconnect by cancelling the task that is still inside that send,
     which cut off the close and the timer, so every connection stayed open until its
     client left. `receive` therefore holds a disconnect back until the send is done.
+
+    A body with a Content-Length is handed to the app as ended with the part that
+    completes it: the server (h11, h2) delivers exactly that many bytes, then an empty
+    closing part of its own, which `receive` drops. Waiting for that part cost every
+    request another trip through the scheduler.
     """
 
     __slots__ = (
         "_body_pending",
         "_context",
+        "_ended",
         "_finished",
         "_finishing",
         "_fixed_length",
         "_held",
         "_receive",
         "_send",
+        "_unread",
         "body_writer",
     )
 
@@ -174,11 +181,14 @@ class _ResponseSender:
         receive: ASGIReceiveCallable,
         context: RequestContext,
         body_pending: bool = False,
+        body_length: int | None = None,
     ) -> None:
         self._send = send
         self._receive = receive
         self._context = context
         self._body_pending = body_pending
+        self._unread = body_length
+        self._ended = False
         # The server's offer of a direct writer for a streamed body (`direct_writer`).
         self.body_writer: Callable[[], BodyWriter | None] | None = None
         self._fixed_length = False
@@ -189,15 +199,30 @@ class _ResponseSender:
         self._finished: trio.Event | None = None
 
     async def receive(self) -> Any:
-        message = await self._receive()
-        if message["type"] == "http.disconnect":
-            if self._finishing:
-                if self._finished is None:
-                    self._finished = trio.Event()
-                await self._finished.wait()
-        elif not message.get("more_body", False):
-            self._body_pending = False
-        return message
+        while True:
+            message: Any = await self._receive()
+            if message["type"] == "http.disconnect":
+                if self._finishing:
+                    if self._finished is None:
+                        self._finished = trio.Event()
+                    await self._finished.wait()
+                return message
+            if not message.get("more_body", False):
+                self._body_pending = False
+                if self._ended:
+                    continue  # the server's closing part of a body already handed over whole
+                return message
+            unread = self._unread
+            if unread is not None:
+                unread -= len(message.get("body", b""))
+                self._unread = unread
+                if unread <= 0:
+                    # The declared Content-Length is all here, so this part ends the body:
+                    # the app need not wait for the server's empty closing part.
+                    self._ended = True
+                    self._body_pending = False
+                    return {**message, "more_body": False}
+            return message
 
     async def __call__(self, message: Any) -> None:
         if message["type"] == "http.response.start":
@@ -240,7 +265,9 @@ def direct_writer(send: ASGISendCallable) -> BodyWriter | None:
     return offer() if offer is not None else None
 
 
-def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, bool, bool]:
+def _scan(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[str | None, str | None, bool, bool, int | None]:
     """One pass over the raw headers: the client's usable `x-request-id`, its
     `traceparent`, whether its credentials are ambiguous (a credential header
     repeated, or the two naming different keys), and whether it has a body to send.
@@ -248,7 +275,8 @@ def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | Non
     client_id: str | None = None
     traceparent: str | None = None
     seen_id = False
-    has_body = False
+    has_body = chunked = False
+    declared = b""
     credentials: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         if name in _CREDENTIAL_HEADERS:
@@ -261,11 +289,13 @@ def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | Non
         elif name == b"traceparent":
             traceparent = value.decode("latin-1")
         elif name == b"content-length":
-            has_body = value.strip() != b"0"
+            declared = value.strip()
+            has_body = declared != b"0"
         elif name == b"transfer-encoding":
-            has_body = True
+            has_body = chunked = True
     ambiguous = len(credentials) > 1 and _ambiguous(credentials)
-    return client_id, traceparent, ambiguous, has_body
+    length = int(declared) if has_body and not chunked and declared.isdigit() else None
+    return client_id, traceparent, ambiguous, has_body, length
 
 
 def _ambiguous(credentials: list[tuple[bytes, bytes]]) -> bool:
