@@ -591,21 +591,19 @@ class Metrics:
     def budgets_left(self, caller: Caller, cost: float) -> None:
         """The key's and team's budget left after a request, as LiteLLM reports it: the
         max budget less the spend on the row the request was admitted with, and its cost."""
-        for row, labels, gauge in (
-            (
-                caller.key,
-                (caller.key_hash or "", caller.key_alias or ""),
-                self.remaining_key_budget,
-            ),
-            (
-                caller.team,
-                (caller.team_id or "", (caller.team or {}).get("team_alias") or ""),
-                self.remaining_team_budget,
-            ),
-        ):
-            if row is not None and row.get("max_budget") is not None:
-                left = float(row["max_budget"]) - float(row.get("spend") or 0.0) - cost
-                self._child(gauge, labels).set(max(left, 0.0))
+        key, team = caller.key, caller.team
+        if key is not None and key.get("max_budget") is not None:
+            labels = (caller.key_hash or "", key.get("key_alias") or "")
+            self._budget_left(self.remaining_key_budget, labels, key, cost)
+        if team is not None and team.get("max_budget") is not None:
+            labels = (caller.team_id or "", team.get("team_alias") or "")
+            self._budget_left(self.remaining_team_budget, labels, team, cost)
+
+    def _budget_left(
+        self, gauge: Gauge, labels: tuple[str, str], row: dict[str, Any], cost: float
+    ) -> None:
+        left = float(row["max_budget"]) - float(row.get("spend") or 0.0) - cost
+        self._child(gauge, labels).set(max(left, 0.0))
 
     def _rate_headroom(self, deployment: Deployment, now: float) -> None:
         """Requests and tokens left this minute under a deployment's own rpm and tpm (not

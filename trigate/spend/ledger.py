@@ -151,8 +151,12 @@ class SpendLedger:
         )
 
 
+# Each owner's kind and the spend-log column naming it, read once rather than per row.
+_OWNER_COLUMNS = tuple((owner.kind, owner.spend_column) for owner in OWNERS)
+
+
 def _owners(row: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(o.kind, row[o.spend_column]) for o in OWNERS if row.get(o.spend_column)]
+    return [(kind, row[column]) for kind, column in _OWNER_COLUMNS if row.get(column)]
 
 
 def _row(record: RequestRecord) -> dict[str, Any]:
