@@ -121,6 +121,39 @@ async def test_a_kept_alive_connection_serves_the_next_request(nursery: trio.Nur
     await running.stop()
 
 
+async def test_a_body_sent_in_pieces_is_read_whole_and_the_connection_kept(
+    nursery: trio.Nursery,
+) -> None:
+    """The app is handed a body's end as soon as its declared Content-Length has arrived
+    (not when the server's empty closing part follows): a body that arrives in pieces
+    is still read whole, and an answer sent right after the body (a 400 for bad JSON)
+    leaves the connection able to carry the next request."""
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    request = _chat()
+    head, _, body = request.partition(b"\r\n\r\n")
+    await stream.send_all(head + b"\r\n\r\n" + body[:10])
+    for start in (10, 30):
+        await trio.sleep(0.05)
+        await stream.send_all(body[start : start + 20] if start == 10 else body[start:])
+    with trio.fail_after(5):
+        answer = await _read_response(stream)
+    assert b" 200 " in answer
+    assert b"connection: close" not in answer.lower()
+    bad = b"{not json"
+    bad_head = _chat().partition(b"\r\n\r\n")[0].replace(
+        f"content-length: {len(CHAT)}".encode(), f"content-length: {len(bad)}".encode()
+    )
+    for request_bytes, status in ((bad_head + b"\r\n\r\n" + bad, b"400"), (_chat(), b"200")):
+        await stream.send_all(request_bytes)
+        with trio.fail_after(5):
+            answer = await _read_response(stream)
+        assert answer.startswith(b"HTTP/1.1 " + status)
+        assert b"connection: close" not in answer.lower()
+    await stream.aclose()
+    await running.stop()
+
+
 @pytest.mark.parametrize(
     "opening",
     [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"GET /health/liveliness HTTP/1.1\r\nhost: x\r\n"],

@@ -330,9 +330,17 @@ class Gateway:
         self.draining = True
 
     async def record(self, record: RequestRecord) -> None:
+        """Queue the record's spend-log row; without a record sink (tests attach one),
+        this reaches no checkpoint (`records_at_once`)."""
         await self.ledger.write(record)
         if self._observer is not None:
             await self._observer.write(record)
+
+    @property
+    def records_at_once(self) -> bool:
+        """Whether `record` finishes without a checkpoint: the ledger only queues a row,
+        and no record sink is attached whose write is awaited."""
+        return self._observer is None
 
     def cost(self, deployment: Deployment, usage: Usage) -> float:
         """What a request cost, at the deployment's prices (configured, else the table's)."""

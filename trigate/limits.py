@@ -48,6 +48,8 @@ MAX_UNSETTLED = 100_000
 # Below a billionth of a dollar left, a budget is spent: float sums of costs rarely land
 # exactly on `max_budget`.
 EXHAUSTED = 1e-9
+# Keys whose limits `Limits` keeps found; past it, it starts over (as the key cache does).
+MAX_BOUND = 100_000
 
 Unflushed = Callable[[str, str], float]
 
@@ -166,10 +168,10 @@ def _budgeted_rows(caller: Caller) -> Iterator[tuple[str, Row]]:
             yield kind, row
 
 
-def _budgets_of(caller: Caller, now: float) -> list[_Budget]:
+def _budgets_of(budgeted: list[tuple[str, Row]], now: float) -> list[_Budget]:
     return [
         _Budget(kind, row[OWNER_OF_KIND[kind].primary], row, _window_end(row, now))
-        for kind, row in _budgeted_rows(caller)
+        for kind, row in budgeted
     ]
 
 
@@ -192,10 +194,25 @@ class Admission:
     def __init__(self, headers: dict[str, str] | None = None) -> None:
         self.headers = headers if headers is not None else {}
 
+    @property
+    def unsettled(self) -> bool:
+        """Whether it still holds something `settle` gives back: a request that settled
+        (or took nothing) needs no shielded call to release it."""
+        return False
+
+    @property
+    def settles_at_once(self) -> bool:
+        """Whether `settle` finishes without a checkpoint (no Redis, no lease to give
+        back), so that a caller need not shield it from cancellation."""
+        return True
+
     async def settle(self, tokens: int, cost: float) -> None:
         """The request ended having used `tokens` and cost `cost`: free its parallel
         slots, correct TPM to actual usage, bill the cost and release the reservation."""
 
+
+# A key's rows (key, team, user) as read, their rate limits, and their rows with a budget.
+_Binding = tuple[tuple[Row | None, ...], list[_Rates], list[tuple[str, Row]]]
 
 # A caller no limit binds takes nothing, so one admission serves them all.
 UNLIMITED = Admission()
@@ -214,6 +231,10 @@ class Limits:
         self._local = _LocalLimits(fleet)
         self.fleet = fleet
         self.fleet_limits = self.link(fleet)
+        # Per key: its rows as last read (compared by identity), their rate limits and
+        # their rows with a budget. The key cache hands out the same rows until they are
+        # read again, so these are found once per read rather than once per request.
+        self._bound: dict[str, _Binding] = {}
 
     def link(self, fleet: Fleet) -> FleetLimits:
         """This worker's side of `fleet`'s limits; call it before `fleet` runs, so that
@@ -262,12 +283,11 @@ class Limits:
         """Check and take the caller's rates and budgets in one step, or refuse with
         `rate_limit_exceeded` or `budget_exceeded` having taken nothing. `max_cost` is
         asked only when a budget binds the caller."""
-        rates = _rates_of(caller)
-        budgeted = next(_budgeted_rows(caller), None) is not None
+        rates, budgeted = self._binding(caller)
         if not rates and not budgeted:
             return UNLIMITED
         now = wall_time()
-        budgets = _budgets_of(caller, now) if budgeted else []
+        budgets = _budgets_of(budgeted, now) if budgeted else []
         tokens = await prompt_tokens() if any(r.tpm is not None for r in rates) else 0
         most = await max_cost() if budgets else 0.0
         orphan = None
@@ -279,6 +299,20 @@ class Limits:
             except RedisUnavailable:
                 orphan = (side, lease)  # the script may have run: undo it later
         return self._local.admit(rates, budgets, tokens, most, now, self._unflushed, orphan)
+
+    def _binding(self, caller: Caller) -> tuple[list[_Rates], list[tuple[str, Row]]]:
+        """The caller's rate limits and budgeted rows, found again only when its rows
+        are not the ones they were found from."""
+        rows = (caller.key, caller.team, caller.user)
+        ident = caller.key_hash or ""
+        found = self._bound.get(ident)
+        if found is not None and all(a is b for a, b in zip(found[0], rows, strict=True)):
+            return found[1], found[2]
+        rates, budgeted = _rates_of(caller), list(_budgeted_rows(caller))
+        if len(self._bound) >= MAX_BOUND:
+            self._bound.clear()
+        self._bound[ident] = (rows, rates, budgeted)
+        return rates, budgeted
 
     def _bases(self, budgets: list[_Budget], now: float) -> list[float]:
         """What the store says each budget has spent, with this worker's unflushed cost:
@@ -372,6 +406,14 @@ class _LocalAdmission(Admission):
         super().__init__(headers)
         self._windows, self._tokens, self._minute = windows, tokens, minute
         self._holds, self._missed, self._orphan, self._done = holds, missed, orphan, False
+
+    @property
+    def unsettled(self) -> bool:
+        return not self._done
+
+    @property
+    def settles_at_once(self) -> bool:
+        return self._orphan is None
 
     async def settle(self, tokens: int, cost: float) -> None:
         if self._done:
@@ -499,6 +541,14 @@ class _FleetAdmission(Admission):
     def __init__(self, limits: FleetLimits, lease: _Lease, headers: dict[str, str]) -> None:
         super().__init__(headers)
         self._limits, self._lease, self._done = limits, lease, False
+
+    @property
+    def unsettled(self) -> bool:
+        return not self._done
+
+    @property
+    def settles_at_once(self) -> bool:
+        return False  # Redis
 
     async def settle(self, tokens: int, cost: float) -> None:
         if self._done:

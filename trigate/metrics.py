@@ -10,7 +10,10 @@ stay empty, so the series count is bounded by what an operator configured.
 The request path is hot, and `.labels(...)` is costly (it validates and hashes
 the label tuple under a lock), so each request finds its labelled children in a
 `Series` cached per (key, model group, deployment) and records everything once,
-where its spend record is written.
+where its spend record is written. It counts straight into the children's values
+(`tally`, `Timing`): the wrappers' `inc` and `observe` re-check on every call what a
+labelled child and the gateway's non-negative counts always satisfy, and a histogram's
+bucket is found by bisection rather than a loop in Python.
 
 With `--workers N`, the supervisor gives every worker one PROMETHEUS_MULTIPROC_DIR
 (prometheus-client's multiprocess mode, which reads it when first imported), and
@@ -23,9 +26,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 import trio
@@ -91,6 +95,39 @@ M = TypeVar("M", bound=MetricWrapperBase)
 
 # LiteLLM's deployment states.
 HEALTHY, PARTIAL_OUTAGE, COMPLETE_OUTAGE = 0, 1, 2
+
+
+class Tally(Protocol):
+    """A value prometheus-client keeps for a labelled child: a float under a lock, or in
+    multiprocess mode a slot in the worker's file. The exposition reads it as it is."""
+
+    def inc(self, amount: float) -> None: ...
+
+
+def tally(child: Counter | Gauge) -> Tally:
+    """The value `child` keeps, to count straight into. `Counter.inc` checks, per call,
+    that the child is labelled and the amount not negative: true of every child the
+    request path counts in (made by `.labels`, counting requests, tokens, cost)."""
+    value: Any = getattr(child, "_value")  # noqa: B009 (prometheus-client's own)
+    return cast(Tally, value)
+
+
+class Timing:
+    """A labelled histogram child, observed as `Histogram.observe` does (the sum, then
+    the first bucket whose upper bound is at least the amount), with the bucket found by
+    bisection instead of its loop in Python over 36 bounds."""
+
+    __slots__ = ("_bounds", "_buckets", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        parts: Any = child  # prometheus-client's own fields: the bounds and their values
+        self._bounds: list[float] = list(parts._upper_bounds)
+        self._buckets: list[Tally] = list(parts._buckets)
+        self._sum: Tally = parts._sum
+
+    def observe(self, amount: float) -> None:
+        self._sum.inc(amount)
+        self._buckets[bisect_left(self._bounds, amount)].inc(1)
 
 
 def multiprocess_dir() -> str | None:
@@ -196,59 +233,59 @@ class Series:
         c = caller
         model_id = deployment.label_id if deployment else ""
         model = deployment.label_model if deployment else ""
-        self.requests = metrics.requests.labels(
+        self.requests = tally(metrics.requests.labels(
             "", c.hashed_api_key, c.api_key_alias, model, c.team, c.team_alias, c.user,
             c.user_email, "", "", model_id,
-        )  # fmt: skip
-        self.spend = metrics.spend.labels(
+        ))  # fmt: skip
+        self.spend = tally(metrics.spend.labels(
             "", c.hashed_api_key, c.api_key_alias, model, c.team, c.team_alias, c.user,
             c.user_email, "", "", model_id,
-        )  # fmt: skip
+        ))  # fmt: skip
         tokens = (
             "", c.hashed_api_key, c.api_key_alias, model, c.team, c.team_alias, c.user,
             c.user_email, requested_model, model_id,
         )  # fmt: skip
-        self.input_tokens = metrics.input_tokens.labels(*tokens)
-        self.output_tokens = metrics.output_tokens.labels(*tokens)
-        self.total_tokens = metrics.total_tokens.labels(*tokens)
-        self.total_latency = metrics.total_latency.labels(
+        self.input_tokens = tally(metrics.input_tokens.labels(*tokens))
+        self.output_tokens = tally(metrics.output_tokens.labels(*tokens))
+        self.total_tokens = tally(metrics.total_tokens.labels(*tokens))
+        self.total_latency = Timing(metrics.total_latency.labels(
             "", c.hashed_api_key, c.api_key_alias, requested_model, c.team, c.team_alias, c.user,
             model, model_id,
-        )  # fmt: skip
+        ))  # fmt: skip
         api = (
             model, c.hashed_api_key, c.api_key_alias, c.team, c.team_alias, requested_model, "",
             c.user, model_id,
         )  # fmt: skip
-        self.api_latency = metrics.api_latency.labels(*api)
-        self.ttft = metrics.ttft.labels(*api)
+        self.api_latency = Timing(metrics.api_latency.labels(*api))
+        self.ttft = Timing(metrics.ttft.labels(*api))
         self.overhead = (
-            metrics.overhead.labels(*metrics.per_deployment_key(deployment, c))
+            Timing(metrics.overhead.labels(*metrics.per_deployment_key(deployment, c)))
             if deployment is not None
             else None
         )
-        self.by_status: dict[int, Counter] = {}
-        self.failed: dict[tuple[int, str], Counter] = {}
+        self.by_status: dict[int, Tally] = {}
+        self.failed: dict[tuple[int, str], Tally] = {}
 
-    def total(self, status: int) -> Counter:
+    def total(self, status: int) -> Tally:
         child = self.by_status.get(status)
         if child is None:
             c = self.caller
-            child = self.by_status[status] = self._metrics.proxy_total.labels(
+            child = self.by_status[status] = tally(self._metrics.proxy_total.labels(
                 "", c.hashed_api_key, c.api_key_alias, self.requested_model, c.team,
                 c.team_alias, c.user, str(status), c.user_email, self.route, "", "",
                 self.deployment.label_id if self.deployment else "",
-            )  # fmt: skip
+            ))  # fmt: skip
         return child
 
-    def failure(self, status: int, exception_class: str) -> Counter:
+    def failure(self, status: int, exception_class: str) -> Tally:
         child = self.failed.get((status, exception_class))
         if child is None:
             c = self.caller
-            child = self.failed[status, exception_class] = self._metrics.proxy_failed.labels(
+            child = self.failed[status, exception_class] = tally(self._metrics.proxy_failed.labels(
                 "", c.hashed_api_key, c.api_key_alias, self.requested_model, c.team,
                 c.team_alias, c.user, c.user_email, str(status), exception_class, self.route,
                 "", "", self.deployment.label_id if self.deployment else "",
-            )  # fmt: skip
+            ))  # fmt: skip
         return child
 
 
@@ -264,15 +301,15 @@ class DeploymentSeries:
         c = caller
         self._labels = (requested_model, *metrics.deployment_labels(deployment))
         key = (c.hashed_api_key, c.api_key_alias, c.team, c.team_alias, "", "")
-        self.total = metrics.deployment_total.labels(*self._labels, *key)
-        self.success = metrics.deployment_success.labels(*self._labels, *key)
-        self.failures: dict[tuple[str, str], Counter] = {}
+        self.total = tally(metrics.deployment_total.labels(*self._labels, *key))
+        self.success = tally(metrics.deployment_success.labels(*self._labels, *key))
+        self.failures: dict[tuple[str, str], Tally] = {}
 
-    def failure(self, status: str, exception_class: str, caller: CallerLabels) -> Counter:
+    def failure(self, status: str, exception_class: str, caller: CallerLabels) -> Tally:
         child = self.failures.get((status, exception_class))
         if child is None:
             c = caller
-            child = self.failures[status, exception_class] = (
+            child = self.failures[status, exception_class] = tally(
                 self._metrics.deployment_failure.labels(
                     *self._labels, status, exception_class, c.hashed_api_key, c.api_key_alias,
                     c.team, c.team_alias, "", "",
@@ -525,10 +562,10 @@ class Metrics:
     ) -> None:
         """Everything one request adds, once, from its spend record."""
         status = record.status
-        series.total(status).inc()
+        series.total(status).inc(1)
         if status >= 400:
-            series.failure(status, _exception_class(error, record)).inc()
-        series.requests.inc()
+            series.failure(status, _exception_class(error, record)).inc(1)
+        series.requests.inc(1)
         if record.cost:
             series.spend.inc(record.cost)
         if record.prompt_tokens or record.completion_tokens:
@@ -554,21 +591,19 @@ class Metrics:
     def budgets_left(self, caller: Caller, cost: float) -> None:
         """The key's and team's budget left after a request, as LiteLLM reports it: the
         max budget less the spend on the row the request was admitted with, and its cost."""
-        for row, labels, gauge in (
-            (
-                caller.key,
-                (caller.key_hash or "", caller.key_alias or ""),
-                self.remaining_key_budget,
-            ),
-            (
-                caller.team,
-                (caller.team_id or "", (caller.team or {}).get("team_alias") or ""),
-                self.remaining_team_budget,
-            ),
-        ):
-            if row is not None and row.get("max_budget") is not None:
-                left = float(row["max_budget"]) - float(row.get("spend") or 0.0) - cost
-                self._child(gauge, labels).set(max(left, 0.0))
+        key, team = caller.key, caller.team
+        if key is not None and key.get("max_budget") is not None:
+            labels = (caller.key_hash or "", key.get("key_alias") or "")
+            self._budget_left(self.remaining_key_budget, labels, key, cost)
+        if team is not None and team.get("max_budget") is not None:
+            labels = (caller.team_id or "", team.get("team_alias") or "")
+            self._budget_left(self.remaining_team_budget, labels, team, cost)
+
+    def _budget_left(
+        self, gauge: Gauge, labels: tuple[str, str], row: dict[str, Any], cost: float
+    ) -> None:
+        left = float(row["max_budget"]) - float(row.get("spend") or 0.0) - cost
+        self._child(gauge, labels).set(max(left, 0.0))
 
     def _rate_headroom(self, deployment: Deployment, now: float) -> None:
         """Requests and tokens left this minute under a deployment's own rpm and tpm (not

@@ -88,8 +88,8 @@ class Telemetry:
             return
         context.accounted = True
         series = self.metrics.series(ANONYMOUS, OTHER, None, context.path)
-        series.total(error.status).inc()
-        series.failure(error.status, type(error).__name__).inc()
+        series.total(error.status).inc(1)
+        series.failure(error.status, type(error).__name__).inc(1)
         if self.access_log:
             access.info(
                 "%s %d",
@@ -167,16 +167,16 @@ class CallTelemetry:
         series = self._telemetry.metrics.deployment_series(self._labels, self.group, deployment)
         if failure is None:
             self.api_started = started
-            series.total.inc()
-            series.success.inc()
+            series.total.inc(1)
+            series.success.inc(1)
             if span is not None:
                 span.end()
             return
         if isinstance(failure, GatewayError):
             status = failure.upstream_status if isinstance(failure, UpstreamError) else None
-            series.total.inc()
+            series.total.inc(1)
             exception_status = str(status or failure.status)
-            series.failure(exception_status, type(failure).__name__, self._labels).inc()
+            series.failure(exception_status, type(failure).__name__, self._labels).inc(1)
         if span is not None:
             span.fail(failure, cancelled=not isinstance(failure, GatewayError))
 

@@ -27,6 +27,7 @@ import trio
 
 from trigate.api.envelopes import ANTHROPIC, OPENAI
 from trigate.errors import InvalidRequest
+from trigate.metrics import tally
 from trigate.serving import BODY_WRITER_EXTENSION, DEPARTURE_EXTENSION, BodyWriter, OnDeparture
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ class RequestScope:
     def __init__(self, app: ASGIFramework, in_flight: Gauge | None = None) -> None:
         self._app = app
         # LiteLLM's `litellm_in_flight_requests`: every HTTP request, whatever its route.
-        self._in_flight = in_flight
+        self._in_flight = None if in_flight is None else tally(in_flight)
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -92,20 +93,20 @@ class RequestScope:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        client_id, traceparent, ambiguous, has_body = _scan(scope["headers"])
+        client_id, traceparent, ambiguous, has_body, length = _scan(scope["headers"])
         context = RequestContext(os.urandom(16).hex(), trio.current_time(), client_id)
         context.path = scope["path"]
         context.traceparent = traceparent
         token = current_request.set(context)
         in_flight = self._in_flight
         if in_flight is not None:
-            in_flight.inc()
+            in_flight.inc(1)
         extensions: dict[str, Any] = scope.get("extensions") or {}
         on_departure: OnDeparture | None = extensions.get(DEPARTURE_EXTENSION)
         if on_departure is not None:
             on_departure(functools.partial(_departed, context))
         try:
-            sender = _ResponseSender(send, receive, context, has_body)
+            sender = _ResponseSender(send, receive, context, has_body, length)
             sender.body_writer = extensions.get(BODY_WRITER_EXTENSION)
             if ambiguous:
                 await _refuse(AMBIGUOUS_CREDENTIALS, scope["path"], sender)
@@ -122,7 +123,7 @@ class RequestScope:
                 relay.outcome.cancelled_by_client = True
                 await relay.close()
             if in_flight is not None:
-                in_flight.dec()
+                in_flight.inc(-1)
 
 
 async def _departed(context: RequestContext) -> None:
@@ -153,16 +154,24 @@ class _ResponseSender:
     both answer a disconnect by cancelling the task that is still inside that send,
     which cut off the close and the timer, so every connection stayed open until its
     client left. `receive` therefore holds a disconnect back until the send is done.
+
+    A body with a Content-Length is handed to the app as ended with the part that
+    completes it: the server (h11, h2) delivers exactly that many bytes, then an empty
+    closing part of its own, which `receive` drops. Waiting for that part cost every
+    request another trip through the scheduler.
     """
 
     __slots__ = (
         "_body_pending",
         "_context",
+        "_ended",
+        "_finished",
         "_finishing",
         "_fixed_length",
         "_held",
         "_receive",
         "_send",
+        "_unread",
         "body_writer",
     )
 
@@ -172,25 +181,48 @@ class _ResponseSender:
         receive: ASGIReceiveCallable,
         context: RequestContext,
         body_pending: bool = False,
+        body_length: int | None = None,
     ) -> None:
         self._send = send
         self._receive = receive
         self._context = context
         self._body_pending = body_pending
+        self._unread = body_length
+        self._ended = False
         # The server's offer of a direct writer for a streamed body (`direct_writer`).
         self.body_writer: Callable[[], BodyWriter | None] | None = None
         self._fixed_length = False
         self._held: Any = None
-        self._finishing: trio.Event | None = None
+        # While the last message is being sent; `_finished` is made only for a disconnect
+        # that arrives meanwhile (rare), not an event per response.
+        self._finishing = False
+        self._finished: trio.Event | None = None
 
     async def receive(self) -> Any:
-        message = await self._receive()
-        if message["type"] == "http.disconnect":
-            if self._finishing is not None:
-                await self._finishing.wait()
-        elif not message.get("more_body", False):
-            self._body_pending = False
-        return message
+        while True:
+            message: Any = await self._receive()
+            if message["type"] == "http.disconnect":
+                if self._finishing:
+                    if self._finished is None:
+                        self._finished = trio.Event()
+                    await self._finished.wait()
+                return message
+            if not message.get("more_body", False):
+                self._body_pending = False
+                if self._ended:
+                    continue  # the server's closing part of a body already handed over whole
+                return message
+            unread = self._unread
+            if unread is not None:
+                unread -= len(message.get("body", b""))
+                self._unread = unread
+                if unread <= 0:
+                    # The declared Content-Length is all here, so this part ends the body:
+                    # the app need not wait for the server's empty closing part.
+                    self._ended = True
+                    self._body_pending = False
+                    return {**message, "more_body": False}
+            return message
 
     async def __call__(self, message: Any) -> None:
         if message["type"] == "http.response.start":
@@ -210,11 +242,13 @@ class _ResponseSender:
                 body = self._held["body"] + message.get("body", b"")
                 message, self._held = {**message, "body": body}, None
         if message["type"] == "http.response.body" and not message.get("more_body", False):
-            self._finishing = trio.Event()
+            self._finishing = True
             try:
                 await self._send(message)
             finally:
-                self._finishing.set()
+                self._finishing = False
+                if self._finished is not None:
+                    self._finished.set()
             return
         await self._send(message)
 
@@ -231,7 +265,9 @@ def direct_writer(send: ASGISendCallable) -> BodyWriter | None:
     return offer() if offer is not None else None
 
 
-def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, bool, bool]:
+def _scan(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[str | None, str | None, bool, bool, int | None]:
     """One pass over the raw headers: the client's usable `x-request-id`, its
     `traceparent`, whether its credentials are ambiguous (a credential header
     repeated, or the two naming different keys), and whether it has a body to send.
@@ -239,7 +275,8 @@ def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | Non
     client_id: str | None = None
     traceparent: str | None = None
     seen_id = False
-    has_body = False
+    has_body = chunked = False
+    declared = b""
     credentials: list[tuple[bytes, bytes]] = []
     for name, value in headers:
         if name in _CREDENTIAL_HEADERS:
@@ -252,11 +289,13 @@ def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | Non
         elif name == b"traceparent":
             traceparent = value.decode("latin-1")
         elif name == b"content-length":
-            has_body = value.strip() != b"0"
+            declared = value.strip()
+            has_body = declared != b"0"
         elif name == b"transfer-encoding":
-            has_body = True
+            has_body = chunked = True
     ambiguous = len(credentials) > 1 and _ambiguous(credentials)
-    return client_id, traceparent, ambiguous, has_body
+    length = int(declared) if has_body and not chunked and declared.isdigit() else None
+    return client_id, traceparent, ambiguous, has_body, length
 
 
 def _ambiguous(credentials: list[tuple[bytes, bytes]]) -> bool:
@@ -313,7 +352,8 @@ def _headers(context: RequestContext) -> list[tuple[bytes, bytes]]:
         (b"x-request-id", echoed.encode("latin-1")),
         (b"x-trigate-request-id", context.request_id.encode()),
     ]
-    headers += [(name.encode(), value.encode()) for name, value in context.headers.items()]
+    if context.headers:
+        headers += [(name.encode(), value.encode()) for name, value in context.headers.items()]
     if context.upstream_wait is not None:
         overhead = max(context.elapsed() - context.upstream_wait, 0.0) * 1000
         headers.append((b"x-trigate-overhead-ms", f"{overhead:.3f}".encode()))
@@ -325,6 +365,6 @@ def _headers(context: RequestContext) -> list[tuple[bytes, bytes]]:
             headers.append((b"x-trigate-model-group", group.encode()))
         if route.deployment is not None:
             headers.append((b"x-trigate-deployment", route.deployment.id.encode()))
-        headers.append((b"x-trigate-attempted-retries", str(route.retries).encode()))
-        headers.append((b"x-trigate-attempted-fallbacks", str(route.fallbacks).encode()))
+        headers.append((b"x-trigate-attempted-retries", b"%d" % route.retries))
+        headers.append((b"x-trigate-attempted-fallbacks", b"%d" % route.fallbacks))
     return headers

@@ -273,7 +273,12 @@ class Call:
             status, cancelled = CLIENT_CLOSED, True
             raise
         finally:
-            with _bounded_shield():
+            if self._record_may_block(usage, cancelled):
+                with _bounded_shield():
+                    usage = await self._record(status, error, usage, cancelled=cancelled)
+            else:
+                # No checkpoint on the way (`_record_may_block`), so no cancellation can
+                # cut the record short, and a shielding scope would only cost.
                 usage = await self._record(status, error, usage, cancelled=cancelled)
             if routed is not None:
                 self.gateway.router.release(
@@ -411,10 +416,24 @@ class Call:
 
     async def _release_unsettled(self) -> None:
         """A record that never got written (it timed out) must not hold its parallel
-        slots and reservations. Bounded by `redis_timeout`, so shielded."""
-        if self.admission is not None:
+        slots and reservations. Bounded by `redis_timeout`, so shielded; a cancel scope
+        costs a request more than the rest of this check, so none when already settled."""
+        admission = self.admission
+        if admission is not None and admission.unsettled:
             with trio.CancelScope(shield=True):
-                await self.admission.settle(0, 0.0)
+                await admission.settle(0, 0.0)
+
+    def _record_may_block(self, usage: Usage | None, cancelled: bool) -> bool:
+        """Whether `_record` may reach a checkpoint, and so must run shielded: to count
+        the prompt of a client that left, to settle an admission through Redis (or give
+        back leases it took there), or to hand the record to an attached sink. Otherwise
+        everything it awaits finishes at once: the ledger only queues a row."""
+        if usage is None and cancelled:
+            return True
+        admission = self.admission
+        if admission is not None and not admission.settles_at_once:
+            return True
+        return not self.gateway.records_at_once
 
     async def _record(
         self,

@@ -52,9 +52,13 @@ class Deployment:
     label_id: str = field(init=False, repr=False)
     label_model: str = field(init=False, repr=False)
     label_litellm_model: str = field(init=False, repr=False)
+    # `model_info`'s own `max_input_tokens`, which the router fits prompts to; found once.
+    input_limit: int | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.abilities = Abilities.of(self.provider, self.entry.model_info)
+        given = self.entry.model_info.get("max_input_tokens")
+        self.input_limit = given if isinstance(given, int) else None
         labelled = self.pattern or self.entry
         self.label_id = deployment_id(labelled) if self.pattern else self.id
         self.label_model = labelled.litellm_params.upstream_model

@@ -214,14 +214,14 @@ class Router:
     ) -> list[Deployment]:
         """The group's deployments whose context window can take the prompt."""
         members = self.groups.deployments(group)
-        limits = [d.entry.model_info.get("max_input_tokens") for d in members]
-        if not any(isinstance(limit, int) for limit in limits):
+        limits = [d.input_limit for d in members]
+        if limits.count(None) == len(limits):
             return members
         tokens = await prompt_tokens()
         fitting = [
             d
             for d, limit in zip(members, limits, strict=True)
-            if not isinstance(limit, int) or tokens <= limit
+            if limit is None or tokens <= limit
         ]
         if not fitting:
             raise UpstreamError(
@@ -240,7 +240,7 @@ class Router:
     ) -> Deployment:
         now = trio.current_time()
         available = [d for d in members if d.available(now)]
-        fresh = [d for d in available if d.id not in tried]
+        fresh = [d for d in available if d.id not in tried] if tried else available
         chosen = await self._take(fresh or available, stream, now, preferred)
         if chosen is None:
             raise NoDeploymentAvailable(
@@ -258,7 +258,9 @@ class Router:
         half-open probe) is claimed through Redis; if the fleet refuses, the strategy
         picks again among the rest."""
         while candidates:
-            deployment = next((d for d in candidates if d.id == preferred), None)
+            deployment = None
+            if preferred is not None:
+                deployment = next((d for d in candidates if d.id == preferred), None)
             if deployment is None:
                 deployment = self._pick(candidates, stream=stream, now=now)
             if self.fleet_sync.admits_locally(deployment, now) or await self.fleet_sync.claim(

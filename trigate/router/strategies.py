@@ -37,6 +37,8 @@ class Pick:
         }[strategy]
 
     def __call__(self, candidates: Sequence[Deployment], *, stream: bool, now: float) -> Deployment:
+        if len(candidates) == 1:  # a group of one deployment: no tier or strategy to apply
+            return candidates[0]
         candidates = _first_tier(candidates)
         if len(candidates) == 1:
             return candidates[0]

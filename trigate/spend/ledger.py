@@ -59,7 +59,9 @@ class SpendLedger:
         self.dropped = 0
 
     async def write(self, record: RequestRecord) -> None:
-        """Log the record and queue its row; never waits on the database."""
+        """Log the record and queue its row; never waits on the database, nor reaches a
+        checkpoint: a request is recorded without a shielding scope when nothing else
+        its record awaits can block (`Gateway.records_at_once`)."""
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(orjson.dumps(asdict(record)).decode())
         if self._store is None:
@@ -149,8 +151,12 @@ class SpendLedger:
         )
 
 
+# Each owner's kind and the spend-log column naming it, read once rather than per row.
+_OWNER_COLUMNS = tuple((owner.kind, owner.spend_column) for owner in OWNERS)
+
+
 def _owners(row: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(o.kind, row[o.spend_column]) for o in OWNERS if row.get(o.spend_column)]
+    return [(kind, row[column]) for kind, column in _OWNER_COLUMNS if row.get(column)]
 
 
 def _row(record: RequestRecord) -> dict[str, Any]:
