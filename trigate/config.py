@@ -23,12 +23,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from trigate.litellm_keys import Findings, classify
 from trigate.nesting import MAX_NESTING, deeper_than
 from trigate.provider_names import PROVIDER_PREFIXES, REQUIRES_API_BASE
 from trigate.router_settings import RouterSettings
@@ -285,6 +287,13 @@ class GatewayConfig(BaseModel):
     router_settings: dict[str, Any] = Field(default_factory=dict)
     litellm_settings: dict[str, Any] = Field(default_factory=dict)
     environment_variables: dict[str, str] = Field(default_factory=dict)
+    # The keys of the file as read that trigate does not act on (litellm_keys.py), named
+    # in one warning line where the file is (re)loaded for serving.
+    _litellm_keys: Findings = PrivateAttr(default_factory=Findings)
+
+    @property
+    def litellm_keys(self) -> Findings:
+        return self._litellm_keys
 
     @model_validator(mode="after")
     def _metrics_auth_from_litellm_settings(self) -> GatewayConfig:
@@ -338,6 +347,10 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
     if not isinstance(variables, dict):
         raise ConfigError("environment_variables: expected a mapping of names to values")
     resolved = _resolve_env(raw, {**{k: str(v) for k, v in variables.items()}, **environ}, "")
+    # A key trigate cannot honour without weakening security stops it before anything else.
+    findings = classify(resolved)
+    if (refusal := findings.refusal()) is not None:
+        raise ConfigError(refusal)
     if redis_url := environ.get("TRIGATE_REDIS_URL"):
         router_settings = resolved.get("router_settings") or {}
         resolved["router_settings"] = {**router_settings, "redis_url": redis_url}
@@ -353,6 +366,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
         config.general_settings.master_key = master_key
     if database_url := environ.get("TRIGATE_DATABASE_URL"):
         config.general_settings.database_url = database_url
+    config._litellm_keys = findings
     return config
 
 
@@ -369,6 +383,8 @@ def parse_model_entry(
                 "in general_settings.admin_model_env_vars may be named by an admin-added model"
             )
     resolved = _resolve_env(raw, environ, "")
+    if (refusal := classify({"model_list": [resolved]}).refusal()) is not None:
+        raise ConfigError(refusal)
     try:
         return ModelEntry.model_validate(resolved)
     except ValidationError as error:
