@@ -97,7 +97,11 @@ def test_defaults_are_deliberate() -> None:
             "model_list[0].litellm_params.model: unknown provider prefix 'madeup'",
         ),
         ({"api_key": "x"}, "model_list[0].litellm_params.model: Field required"),
-        ({"model": "gpt-4o"}, "model_list[0].litellm_params.model: expected 'provider/model'"),
+        # A bare name LiteLLM's model table does not know (`gpt-4o` it does: see below).
+        (
+            {"model": "my-local-model"},
+            "model_list[0].litellm_params.model: expected 'provider/model'",
+        ),
         (
             {"model": "openai/x", "api_key": "os.environ/NOPE_UNSET"},
             "model_list[0].litellm_params.api_key: environment variable NOPE_UNSET is not set",
@@ -217,3 +221,21 @@ def test_a_deployment_nested_past_the_limit_names_it() -> None:
     raw = {"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/x", "x": deep}}]}
     with pytest.raises(ConfigError, match="litellm_params is nested more than 64 levels"):
         parse_config(raw, {})
+
+
+@pytest.mark.parametrize(
+    ("bare", "served_as"),
+    [
+        ("gpt-4o", "openai/gpt-4o"),
+        ("gpt-3.5-turbo", "openai/gpt-3.5-turbo"),
+        ("claude-haiku-4-5", "anthropic/claude-haiku-4-5"),
+    ],
+)
+def test_a_bare_model_name_is_served_by_the_provider_litellm_gives_it(
+    bare: str, served_as: str
+) -> None:
+    """LiteLLM serves `model: gpt-4o` (its own example configs are written so) by the
+    provider its model table names; trigate does the same, under that prefix."""
+    raw = {"model_list": [{"model_name": "m", "litellm_params": {"model": bare}}]}
+    params = parse_config(raw, {}).model_list[0].litellm_params
+    assert (params.model, params.provider) == (served_as, served_as.partition("/")[0])

@@ -53,6 +53,7 @@ SERVES: dict[str, list[str]] = {
     ],
     "azure_config.yaml": ["model_list[].litellm_params.max_retries"],
     "azure_config_with_tpm.yaml": [],
+    "builtin_mcp_config.yaml": ["mcp_builtin_servers", "general_settings.debug"],
     "code_interpreter_interception_config.yaml": [
         "sandbox_tools",
         "litellm_settings.code_interpreter_interception_params",
@@ -71,7 +72,23 @@ SERVES: dict[str, list[str]] = {
         "litellm_settings.cache",
         "litellm_settings.cache_params",
     ],
+    "oai_misc_config.yaml": [
+        "finetune_settings",
+        "files_settings",
+        "model_list[].litellm_params.region_name",
+        "model_list[].litellm_params.s3_bucket_name",
+        "model_list[].litellm_params.s3_region_name",
+        "model_list[].litellm_params.s3_access_key_id",
+        "model_list[].litellm_params.s3_secret_access_key",
+        "model_list[].litellm_params.aws_batch_role_arn",
+        "model_list[].model_info.mode",
+        "litellm_settings.drop_params",
+        "litellm_settings.request_timeout",
+        "litellm_settings.default_team_settings",
+    ],
     "prometheus_test_config.yaml": ["litellm_settings.cache"],
+    "queue.yaml": [],
+    "simple_config.yaml": [],
     "spend_tracking_config.yaml": [
         "litellm_settings.cache",
         "litellm_settings.cache_params",
@@ -109,17 +126,13 @@ REFUSED: dict[str, list[str]] = {
 INVALID: dict[str, str] = {
     "adaptive_router_example.yaml": "model_list[0].litellm_params.model: unknown provider",
     "advisor_interception_config.yaml": "model_list[2].litellm_params.model: unknown provider",
-    "builtin_mcp_config.yaml": "model_list[0].litellm_params.model: expected 'provider/model'",
     "china_domestic_free_sources.yaml": "model_list[0].litellm_params.model: unknown provider",
     "docs_configs_load_balancing.yaml": "model_list[0].litellm_params.model: unknown provider",
     "docs_configs_model_params.yaml": "model_list[2].litellm_params.extra_headers: 'AI-Resource",
     "hosted_litellm.yaml": "not valid YAML",
-    "load_balancer.yaml": "model_list[0].litellm_params.model: expected 'provider/model'",
-    "oai_misc_config.yaml": "model_list[0].litellm_params.model: expected 'provider/model'",
+    "load_balancer.yaml": "model_list[3].litellm_params.model: unknown provider prefix 'mistralai'",
     "proxy_config.yaml": "not valid YAML",
-    "proxy_server_config.yaml": "model_list[0].litellm_params.model: expected 'provider/model'",
-    "queue.yaml": "model_list[0].litellm_params.model: expected 'provider/model'",
-    "simple_config.yaml": "model_list[0].litellm_params.model: expected 'provider/model'",
+    "proxy_server_config.yaml": "model_list[5].litellm_params.model: unknown provider prefix",
 }
 # Only for the test that no key is unclassified: every documented key, set to `true`.
 REFERENCE_ONLY = {"docs_settings_reference.yaml"}

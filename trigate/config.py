@@ -13,10 +13,12 @@ import functools
 import os
 import re
 from collections.abc import Collection, Iterator, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import orjson
 import yaml
 from pydantic import (
     BaseModel,
@@ -173,6 +175,10 @@ class LiteLLMParams(ProviderParams):
         provider, _, name = model.partition("/")
         if WILDCARD in provider:
             return model  # a wildcard deployment's provider comes with each requested name
+        if not name and (listed := listed_providers().get(model)) in PROVIDER_PREFIXES:
+            # LiteLLM serves a bare name its model table knows (`gpt-4o`) by that
+            # table's provider; so does trigate, under the provider's prefix.
+            return f"{listed}/{model}"
         if not name:
             raise ValueError(
                 f"expected 'provider/model' with a provider prefix, got {model!r}; "
@@ -198,6 +204,18 @@ class LiteLLMParams(ProviderParams):
     @property
     def upstream_model(self) -> str:
         return self.model.partition("/")[2]
+
+
+@functools.cache
+def listed_providers() -> dict[str, str]:
+    """The provider of each bare model name in LiteLLM's model table, which trigate ships
+    (trigate/data/model_prices.json): read once, and only for a bare name."""
+    data = orjson.loads(resources.files("trigate.data").joinpath("model_prices.json").read_bytes())
+    return {
+        name: entry["litellm_provider"]
+        for name, entry in data.items()
+        if isinstance(entry, dict) and isinstance(entry.get("litellm_provider"), str)
+    }
 
 
 class ModelEntry(BaseModel):
