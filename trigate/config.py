@@ -1,9 +1,11 @@
 """The gateway's configuration: LiteLLM's `config.yaml` shape, validated once at start-up.
 
-An existing LiteLLM proxy config must load unchanged, so unknown keys are kept
-rather than rejected, and `os.environ/NAME` values are resolved wherever they
-appear. What the gateway needs to decide is validated strictly, and the first
-problem stops start-up with one message naming the key and what was expected.
+An existing LiteLLM proxy config must load unchanged, so keys trigate does not
+act on are kept rather than rejected, each named at start-up, unless serving
+without it would weaken security (litellm_keys.py), and `os.environ/NAME` values
+are resolved wherever they appear. What the gateway needs to decide is validated
+strictly, and the first problem stops start-up with one message naming the key and
+what was expected.
 """
 
 from __future__ import annotations

@@ -62,17 +62,20 @@ def _refused(why: str) -> Key:
     return Key(Fate.REFUSED, why)
 
 
-_NO_GUARDRAILS = "trigate runs no LiteLLM guardrail; serving without it would fail open"
+_NO_GUARDRAILS = (
+    "trigate runs no LiteLLM guardrail, and serving without it would fail open "
+    "(a guardrail of your own can run as a hook: litellm_settings.callbacks)"
+)
 _NO_UI = "trigate has no admin UI"
-_NO_ALERTS = "trigate sends no alerts; see its Prometheus metrics"
+_NO_ALERTS = "trigate sends no alerts (see its Prometheus metrics)"
 _NO_CACHE = "trigate has no response cache yet: every request goes upstream"
 _NO_DB_TUNING = "trigate's store manages its own connections"
 _NO_MCP = "trigate serves no MCP gateway (its routes answer 404)"
 _PER_DEPLOYMENT = "set per deployment in litellm_params"
 _DEFAULT_PARAM = (
-    "LiteLLM sends it as a default request parameter; trigate sends the client's request"
+    "LiteLLM sends it as a default request parameter: trigate sends the client's request"
 )
-_LOGGING_ONLY = "a LiteLLM logging integration, not served; see trigate's metrics and traces"
+_LOGGING_ONLY = "a LiteLLM logging integration, not served (see trigate's metrics and traces)"
 
 # The top level of the file.
 TOP_LEVEL: dict[str, Key] = {
@@ -85,7 +88,7 @@ TOP_LEVEL: dict[str, Key] = {
     "policies": _refused("guardrail policies: " + _NO_GUARDRAILS),
     "policy_attachments": _refused("guardrail policies: " + _NO_GUARDRAILS),
     "include": _refused(
-        "trigate reads one file; an included one (which may hold guardrails) would be skipped"
+        "trigate reads one file, an included one (which may hold guardrails) would be skipped"
     ),
     "mcp_servers": _ignored(_NO_MCP),
     "mcp_builtin_servers": _ignored(_NO_MCP),
@@ -102,7 +105,7 @@ TOP_LEVEL: dict[str, Key] = {
     "agent_settings": _ignored("trigate runs no agent sessions"),
     "vector_store_registry": _ignored("trigate serves no vector stores"),
     "prompts": _ignored("trigate has no prompt management"),
-    "worker_registry": _ignored("trigate has no control plane; each instance reads its own file"),
+    "worker_registry": _ignored("trigate has no control plane, each instance reads its own file"),
 }
 
 # The keys of one `model_list` entry.
@@ -220,12 +223,12 @@ ROUTER_SETTINGS: dict[str, Key] = {
     "enable_pre_call_checks": _acted("always on: the context window is checked (router.py)"),
     "enable_pre_call_check": _acted("always on: the context window is checked (router.py)"),
     "enable_tag_filtering": _refused(
-        "tag routing keeps requests off deployments not tagged for them; not served"
+        "tag routing, which keeps requests off deployments not tagged for them, is not served"
     ),
     "tag_filtering_match_any": _ignored("read only with enable_tag_filtering, which is refused"),
     "provider_budget_config": _refused("a provider budget trigate cannot enforce"),
     "guardrail_list": _refused(_NO_GUARDRAILS),
-    "redis_db": _ignored("database 0 is used; trigate's keys carry redis_key_prefix"),
+    "redis_db": _ignored("database 0 is used, trigate's keys carry redis_key_prefix"),
     "disable_cooldowns": _ignored("deployments always cool down after allowed_fails"),
     "allowed_fails_policy": _ignored("one allowed_fails for every kind of failure"),
     "default_max_parallel_requests": _ignored(_PER_DEPLOYMENT),
@@ -261,14 +264,14 @@ LITELLM_SETTINGS: dict[str, Key] = {
             "context_window_fallbacks", "content_policy_fallbacks", "max_fallbacks",
         )
     },
-    "callbacks": _acted("`otel` and dotted hooks; each name is classified (hooks.py)"),
+    "callbacks": _acted("`otel` and dotted hooks, each name is classified (hooks.py)"),
     "success_callback": _acted("each name is classified: see callbacks"),
     "failure_callback": _acted("each name is classified: see callbacks"),
     "json_logs": _acted("JSON log lines (logs.py)"),
     "require_auth_for_metrics_endpoint": _acted("/metrics needs the master key (config.py)"),
     "guardrails": _refused(_NO_GUARDRAILS),
-    "key_generation_settings": _refused("restricts who may generate keys; not served"),
-    "upperbound_key_generate_params": _refused("caps on generated keys; not enforced"),
+    "key_generation_settings": _refused("who may generate keys is not restricted"),
+    "upperbound_key_generate_params": _refused("its caps on generated keys are not enforced"),
     "default_key_generate_params": _refused("defaults (budgets, models) for new keys"),
     "default_internal_user_params": _refused("defaults (budgets, models) for new users"),
     "max_internal_user_budget": _refused("a user budget default trigate does not apply"),
@@ -342,7 +345,7 @@ GENERAL_SETTINGS: dict[str, Key] = {
     "enable_oauth2_auth": _refused("OAuth2 authentication is not served"),
     "enable_oauth2_proxy_auth": _refused("OAuth2 proxy authentication is not served"),
     "oauth2_config_mappings": _ignored("read only with OAuth2 auth, which is refused"),
-    "custom_auth": _refused("a custom auth function is not run; its checks would be skipped"),
+    "custom_auth": _refused("a custom auth function is not run, so its checks would be skipped"),
     "custom_key_generate": _refused("a custom check on key generation is not run"),
     "allowed_routes": _refused("route restrictions are not enforced"),
     "admin_only_routes": _refused("route restrictions are not enforced"),
@@ -397,7 +400,7 @@ GENERAL_SETTINGS: dict[str, Key] = {
     "proxy_budget_rescheduler_max_time": _ignored("budget windows reset when they end"),
     "proxy_batch_write_at": _ignored("the spend log is flushed continuously"),
     "proxy_batch_polling_interval": _ignored("no batch API"),
-    "use_redis_transaction_buffer": _ignored("spend goes to the store; Redis is for limits"),
+    "use_redis_transaction_buffer": _ignored("spend goes to the store, Redis is for limits"),
     "user_api_key_cache_ttl": _ignored("key changes reach every worker at once"),
     "maximum_spend_logs_retention_period": _ignored("the spend log is not purged"),
     "maximum_spend_logs_retention_interval": _ignored("the spend log is not purged"),
@@ -615,7 +618,7 @@ def _callback(name: str, entry: Any) -> Iterator[tuple[str, str, Any, dict[str, 
         # A hook by dotted path: loaded from `callbacks` (hooks.py; one that cannot load
         # stops the start), but LiteLLM's success/failure lists only log through it.
         loaded = _acted("a hook trigate loads (hooks.py)")
-        logging_only = _ignored("a custom logger; trigate loads hooks from callbacks only")
+        logging_only = _ignored("a custom logger, trigate loads hooks from callbacks only")
         yield path, entry, True, {entry: loaded if name == "callbacks" else logging_only}
     else:
         yield path, entry, True, {}
