@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from trigate.config import ConfigError, load_config, parse_config
+from trigate.config import ConfigError, LiteLLMParams, load_config, parse_config
 
 LITELLM_CONFIG = """
 model_list:
@@ -239,3 +240,10 @@ def test_a_bare_model_name_is_served_by_the_provider_litellm_gives_it(
     raw = {"model_list": [{"model_name": "m", "litellm_params": {"model": bare}}]}
     params = parse_config(raw, {}).model_list[0].litellm_params
     assert (params.model, params.provider) == (served_as, served_as.partition("/")[0])
+
+
+def test_a_bare_name_a_client_fills_into_a_wildcard_still_needs_its_prefix() -> None:
+    """Only a name the config writes is given a provider: a client naming `gpt-4o` to a
+    `*` deployment whose model is `*` picks no provider (tests/test_wildcards.py)."""
+    with pytest.raises(ValidationError, match="expected 'provider/model'"):
+        LiteLLMParams.model_validate({"model": "gpt-4o"})

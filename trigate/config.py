@@ -30,6 +30,7 @@ from pydantic import (
     PrivateAttr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -173,13 +174,16 @@ class LiteLLMParams(ProviderParams):
 
     @field_validator("model")
     @classmethod
-    def _known_provider(cls, model: str) -> str:
+    def _known_provider(cls, model: str, info: ValidationInfo) -> str:
         provider, _, name = model.partition("/")
         if WILDCARD in provider:
             return model  # a wildcard deployment's provider comes with each requested name
-        if not name and (listed := listed_providers().get(model)) in PROVIDER_PREFIXES:
+        listed = listed_providers().get(model) if not name and _written(info) else None
+        if listed in PROVIDER_PREFIXES:
             # LiteLLM serves a bare name its model table knows (`gpt-4o`) by that
-            # table's provider; so does trigate, under the provider's prefix.
+            # table's provider; so does trigate, under the provider's prefix. Only a
+            # name the config wrote: one a client's request fills into a wildcard
+            # deployment still needs its prefix, so no client picks a provider.
             return f"{listed}/{model}"
         if not name:
             raise ValueError(
@@ -206,6 +210,14 @@ class LiteLLMParams(ProviderParams):
     @property
     def upstream_model(self) -> str:
         return self.model.partition("/")[2]
+
+
+# The validation context of a deployment as the config (or the admin API) wrote it.
+WRITTEN = {"written": True}
+
+
+def _written(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and info.context.get("written") is True
 
 
 @functools.cache
@@ -375,7 +387,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
         router_settings = resolved.get("router_settings") or {}
         resolved["router_settings"] = {**router_settings, "redis_url": redis_url}
     try:
-        config = GatewayConfig.model_validate(resolved)
+        config = GatewayConfig.model_validate(resolved, context=WRITTEN)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
     try:
@@ -406,7 +418,7 @@ def parse_model_entry(
     if (refusal := classify({"model_list": [resolved]}).refusal()) is not None:
         raise ConfigError(refusal)
     try:
-        return ModelEntry.model_validate(resolved)
+        return ModelEntry.model_validate(resolved, context=WRITTEN)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
 
