@@ -247,3 +247,22 @@ def test_a_bare_name_a_client_fills_into_a_wildcard_still_needs_its_prefix() -> 
     `*` deployment whose model is `*` picks no provider (tests/test_wildcards.py)."""
     with pytest.raises(ValidationError, match="expected 'provider/model'"):
         LiteLLMParams.model_validate({"model": "gpt-4o"})
+
+
+def test_litellm_default_timeouts_apply_to_deployments_that_set_none() -> None:
+    """LiteLLM's Router gives a deployment without `timeout` its own `timeout`, else the
+    module's `request_timeout`; `stream_timeout` likewise. A deployment's own wins."""
+    raw = {
+        "model_list": [
+            {"model_name": "a", "litellm_params": {"model": "mock/a"}},
+            {"model_name": "b", "litellm_params": {"model": "mock/b", "timeout": 5}},
+        ],
+        "litellm_settings": {"request_timeout": 30},
+    }
+    a, b = (entry.litellm_params for entry in parse_config(raw, {}).model_list)
+    assert (a.timeout, a.stream_timeout, b.timeout) == (30, None, 5)
+    raw["router_settings"] = {"timeout": 20, "stream_timeout": 4}
+    a, b = (entry.litellm_params for entry in parse_config(raw, {}).model_list)
+    assert (a.timeout, a.stream_timeout, b.timeout, b.stream_timeout) == (20, 4, 5, 4)
+    with pytest.raises(ConfigError, match=r"^litellm_settings\.request_timeout: expected a"):
+        parse_config({**raw, "router_settings": {}, "litellm_settings": {"request_timeout": 0}}, {})

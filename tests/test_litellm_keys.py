@@ -83,7 +83,6 @@ SERVES: dict[str, list[str]] = {
         "model_list[].litellm_params.aws_batch_role_arn",
         "model_list[].model_info.mode",
         "litellm_settings.drop_params",
-        "litellm_settings.request_timeout",
         "litellm_settings.default_team_settings",
     ],
     "prometheus_test_config.yaml": ["litellm_settings.cache"],

@@ -383,6 +383,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
     findings = classify(resolved)
     if (refusal := findings.refusal()) is not None:
         raise ConfigError(refusal)
+    _default_timeouts(resolved)
     if redis_url := environ.get("TRIGATE_REDIS_URL"):
         router_settings = resolved.get("router_settings") or {}
         resolved["router_settings"] = {**router_settings, "redis_url": redis_url}
@@ -400,6 +401,41 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
         config.general_settings.database_url = database_url
     config._litellm_keys = findings
     return config
+
+
+_TIMEOUT = TypeAdapter(Annotated[float, Field(gt=0)])
+
+# LiteLLM's defaults for a deployment's `timeout` and `stream_timeout`, by precedence:
+# the Router's own (`router_settings`), then the module's (`litellm_settings`).
+_TIMEOUT_DEFAULTS = {
+    "timeout": (("router_settings", "timeout"), ("litellm_settings", "request_timeout")),
+    "stream_timeout": (("router_settings", "stream_timeout"),),
+}
+
+
+def _default_timeouts(resolved: dict[str, Any]) -> None:
+    """Give each deployment that sets no `timeout` (`stream_timeout`) LiteLLM's default:
+    `router_settings.timeout`, else `litellm_settings.request_timeout`
+    (`router_settings.stream_timeout`), as LiteLLM's Router does."""
+    defaults: dict[str, float] = {}
+    for param, sources in _TIMEOUT_DEFAULTS.items():
+        for section, key in sources:
+            settings = resolved.get(section)
+            given = settings.get(key) if isinstance(settings, dict) else None
+            if given is None:
+                continue
+            try:
+                defaults[param] = _TIMEOUT.validate_python(given)
+            except ValidationError:
+                raise ConfigError(
+                    f"{section}.{key}: expected a number of seconds above 0, got {given!r}"
+                ) from None
+            break
+    if not defaults:
+        return
+    for entry in resolved.get("model_list") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("litellm_params"), dict):
+            entry["litellm_params"] = {**defaults, **entry["litellm_params"]}
 
 
 def parse_model_entry(
