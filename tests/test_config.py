@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -266,3 +267,37 @@ def test_litellm_default_timeouts_apply_to_deployments_that_set_none() -> None:
     assert (a.timeout, a.stream_timeout, b.timeout, b.stream_timeout) == (20, 4, 5, 4)
     with pytest.raises(ConfigError, match=r"^litellm_settings\.request_timeout: expected a"):
         parse_config({**raw, "router_settings": {}, "litellm_settings": {"request_timeout": 0}}, {})
+
+
+@pytest.mark.parametrize(
+    ("raw", "for_a", "for_b"),
+    [
+        ({"litellm_settings": {"default_fallbacks": ["d"]}}, ["d"], ["d"]),
+        (
+            {"router_settings": {"fallbacks": [{"a": ["x"]}], "default_fallbacks": ["d"]}},
+            ["x"],
+            ["d"],
+        ),
+        (
+            {"litellm_settings": {"fallbacks": [{"a": ["x"]}], "default_fallbacks": ["d"]}},
+            ["x"],
+            ["d"],
+        ),
+        (
+            {"router_settings": {"fallbacks": [{"*": ["star"]}], "default_fallbacks": ["d"]}},
+            ["star"],
+            ["star"],
+        ),
+    ],
+)
+def test_default_fallbacks_serve_groups_without_fallbacks_of_their_own(
+    raw: dict[str, Any], for_a: list[str], for_b: list[str]
+) -> None:
+    router = parse_config(raw, {}).router
+    assert router.fallbacks_for(router.fallbacks, "a") == for_a
+    assert router.fallbacks_for(router.fallbacks, "b") == for_b
+
+
+def test_default_fallbacks_that_are_not_group_names_stop_start_up() -> None:
+    with pytest.raises(ConfigError, match=r"^router_settings\.default_fallbacks: expected a"):
+        parse_config({"router_settings": {"default_fallbacks": "gpt-4o"}}, {})

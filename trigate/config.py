@@ -384,6 +384,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
     if (refusal := findings.refusal()) is not None:
         raise ConfigError(refusal)
     _default_timeouts(resolved)
+    _default_fallbacks(resolved)
     if redis_url := environ.get("TRIGATE_REDIS_URL"):
         router_settings = resolved.get("router_settings") or {}
         resolved["router_settings"] = {**router_settings, "redis_url": redis_url}
@@ -436,6 +437,41 @@ def _default_timeouts(resolved: dict[str, Any]) -> None:
     for entry in resolved.get("model_list") or []:
         if isinstance(entry, dict) and isinstance(entry.get("litellm_params"), dict):
             entry["litellm_params"] = {**defaults, **entry["litellm_params"]}
+
+
+_GROUP_NAMES = TypeAdapter(list[str])
+
+
+def _default_fallbacks(resolved: dict[str, Any]) -> None:
+    """LiteLLM's `default_fallbacks` (`router_settings`'s, else `litellm_settings`'s): the
+    groups a request falls back to when its own group has no fallbacks, which trigate's
+    `fallbacks` writes as the entry for `*`. Added where `fallbacks` is read from (see
+    router_settings.py), unless that already has a `*` entry."""
+    for section in ("router_settings", "litellm_settings"):
+        settings = resolved.get(section)
+        given = settings.get("default_fallbacks") if isinstance(settings, dict) else None
+        if given:
+            break
+    else:
+        return
+    try:
+        groups = _GROUP_NAMES.validate_python(given)
+    except ValidationError:
+        raise ConfigError(
+            f"{section}.default_fallbacks: expected a list of model group names, got {given!r}"
+        ) from None
+    router, litellm = resolved.get("router_settings"), resolved.get("litellm_settings")
+    if isinstance(router, dict) and "fallbacks" in router:
+        target = router
+    elif isinstance(litellm, dict) and "fallbacks" in litellm:
+        target = litellm
+    elif router is None or isinstance(router, dict):
+        target = resolved["router_settings"] = {**(router or {}), "fallbacks": []}
+    else:
+        return  # not a mapping: validation names router_settings
+    table = target.get("fallbacks")
+    if isinstance(table, list) and not any(isinstance(e, dict) and "*" in e for e in table):
+        target["fallbacks"] = [*table, {"*": groups}]
 
 
 def parse_model_entry(
