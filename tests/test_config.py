@@ -301,3 +301,22 @@ def test_default_fallbacks_serve_groups_without_fallbacks_of_their_own(
 def test_default_fallbacks_that_are_not_group_names_stop_start_up() -> None:
     with pytest.raises(ConfigError, match=r"^router_settings\.default_fallbacks: expected a"):
         parse_config({"router_settings": {"default_fallbacks": "gpt-4o"}}, {})
+
+
+def test_rates_beside_litellm_params_and_prices_in_model_info_are_read_as_litellm_does() -> None:
+    """LiteLLM's Router reads `rpm`/`tpm` beside `litellm_params` too, and its custom
+    pricing a price in `model_info`: trigate reads them where `litellm_params` sets none."""
+    raw = {
+        "model_list": [
+            {
+                "model_name": "a",
+                "litellm_params": {"model": "mock/a", "tpm": 7},
+                "rpm": 3,
+                "tpm": 1000,
+                "model_info": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6},
+            }
+        ]
+    }
+    params = parse_config(raw, {}).model_list[0].litellm_params
+    assert (params.rpm, params.tpm) == (3, 7)
+    assert (params.input_cost_per_token, params.output_cost_per_token) == (1e-6, 2e-6)

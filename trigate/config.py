@@ -383,6 +383,8 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
     findings = classify(resolved)
     if (refusal := findings.refusal()) is not None:
         raise ConfigError(refusal)
+    for entry in resolved.get("model_list") or []:
+        _lift_litellm_spellings(entry)
     _default_timeouts(resolved)
     _default_fallbacks(resolved)
     if redis_url := environ.get("TRIGATE_REDIS_URL"):
@@ -402,6 +404,26 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
         config.general_settings.database_url = database_url
     config._litellm_keys = findings
     return config
+
+
+# What LiteLLM also reads from a deployment's other parts, by where trigate reads it:
+# `rpm`/`tpm` beside `litellm_params` (the Router reads either), and a price in
+# `model_info` (LiteLLM's custom pricing takes either).
+_LIFTED = {"": ("rpm", "tpm"), "model_info": ("input_cost_per_token", "output_cost_per_token")}
+
+
+def _lift_litellm_spellings(entry: Any) -> None:
+    """Copy into a deployment's `litellm_params` what LiteLLM also reads from elsewhere in
+    the entry, where `litellm_params` sets none (its own value wins, as in LiteLLM)."""
+    if not isinstance(entry, dict) or not isinstance(params := entry.get("litellm_params"), dict):
+        return
+    lifted = {}
+    for part, keys in _LIFTED.items():
+        source = entry.get(part) if part else entry
+        if isinstance(source, dict):
+            lifted.update({key: source[key] for key in keys if key in source})
+    if lifted:
+        entry["litellm_params"] = {**lifted, **params}
 
 
 _TIMEOUT = TypeAdapter(Annotated[float, Field(gt=0)])
@@ -489,6 +511,7 @@ def parse_model_entry(
     resolved = _resolve_env(raw, environ, "")
     if (refusal := classify({"model_list": [resolved]}).refusal()) is not None:
         raise ConfigError(refusal)
+    _lift_litellm_spellings(resolved)
     try:
         return ModelEntry.model_validate(resolved, context=WRITTEN)
     except ValidationError as error:

@@ -113,8 +113,8 @@ MODEL_ENTRY: dict[str, Key] = {
     "model_name": _acted("the model group clients name (router/deployments.py)"),
     "litellm_params": _acted("see litellm_params below"),
     "model_info": _acted("see model_info below"),
-    "tpm": _ignored("trigate reads tpm under litellm_params"),
-    "rpm": _ignored("trigate reads rpm under litellm_params"),
+    "tpm": _acted("read as litellm_params.tpm where that is unset (config.py)"),
+    "rpm": _acted("read as litellm_params.rpm where that is unset (config.py)"),
 }
 
 # One deployment's `litellm_params`.
@@ -197,8 +197,8 @@ MODEL_INFO: dict[str, Key] = {
     "db_model": _acted("set by trigate on admin-added deployments (api/model_admin.py)"),
     "base_model": _ignored("prices come from the model name or litellm_params"),
     "mode": _ignored("the route says what is asked (chat, embeddings...)"),
-    "input_cost_per_token": _ignored("trigate prices from litellm_params.input_cost_per_token"),
-    "output_cost_per_token": _ignored("trigate prices from litellm_params.output_cost_per_token"),
+    "input_cost_per_token": _acted("the price where litellm_params sets none (config.py)"),
+    "output_cost_per_token": _acted("the price where litellm_params sets none (config.py)"),
     "max_tokens": _ignored("trigate reads max_output_tokens"),
     "health_check_timeout": _ignored("health probes are bounded by the deployment's timeout"),
     "health_check_model": _ignored("health probes use the deployment's own model"),
