@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from trigate.config import ConfigError, load_config, parse_config
+from trigate.config import ConfigError, LiteLLMParams, load_config, parse_config
 
 LITELLM_CONFIG = """
 model_list:
@@ -97,7 +99,11 @@ def test_defaults_are_deliberate() -> None:
             "model_list[0].litellm_params.model: unknown provider prefix 'madeup'",
         ),
         ({"api_key": "x"}, "model_list[0].litellm_params.model: Field required"),
-        ({"model": "gpt-4o"}, "model_list[0].litellm_params.model: expected 'provider/model'"),
+        # A bare name LiteLLM's model table does not know (`gpt-4o` it does: see below).
+        (
+            {"model": "my-local-model"},
+            "model_list[0].litellm_params.model: expected 'provider/model'",
+        ),
         (
             {"model": "openai/x", "api_key": "os.environ/NOPE_UNSET"},
             "model_list[0].litellm_params.api_key: environment variable NOPE_UNSET is not set",
@@ -217,3 +223,100 @@ def test_a_deployment_nested_past_the_limit_names_it() -> None:
     raw = {"model_list": [{"model_name": "m", "litellm_params": {"model": "openai/x", "x": deep}}]}
     with pytest.raises(ConfigError, match="litellm_params is nested more than 64 levels"):
         parse_config(raw, {})
+
+
+@pytest.mark.parametrize(
+    ("bare", "served_as"),
+    [
+        ("gpt-4o", "openai/gpt-4o"),
+        ("gpt-3.5-turbo", "openai/gpt-3.5-turbo"),
+        ("claude-haiku-4-5", "anthropic/claude-haiku-4-5"),
+    ],
+)
+def test_a_bare_model_name_is_served_by_the_provider_litellm_gives_it(
+    bare: str, served_as: str
+) -> None:
+    """LiteLLM serves `model: gpt-4o` (its own example configs are written so) by the
+    provider its model table names; trigate does the same, under that prefix."""
+    raw = {"model_list": [{"model_name": "m", "litellm_params": {"model": bare}}]}
+    params = parse_config(raw, {}).model_list[0].litellm_params
+    assert (params.model, params.provider) == (served_as, served_as.partition("/")[0])
+
+
+def test_a_bare_name_a_client_fills_into_a_wildcard_still_needs_its_prefix() -> None:
+    """Only a name the config writes is given a provider: a client naming `gpt-4o` to a
+    `*` deployment whose model is `*` picks no provider (tests/test_wildcards.py)."""
+    with pytest.raises(ValidationError, match="expected 'provider/model'"):
+        LiteLLMParams.model_validate({"model": "gpt-4o"})
+
+
+def test_litellm_default_timeouts_apply_to_deployments_that_set_none() -> None:
+    """LiteLLM's Router gives a deployment without `timeout` its own `timeout`, else the
+    module's `request_timeout`; `stream_timeout` likewise. A deployment's own wins."""
+    raw = {
+        "model_list": [
+            {"model_name": "a", "litellm_params": {"model": "mock/a"}},
+            {"model_name": "b", "litellm_params": {"model": "mock/b", "timeout": 5}},
+        ],
+        "litellm_settings": {"request_timeout": 30},
+    }
+    a, b = (entry.litellm_params for entry in parse_config(raw, {}).model_list)
+    assert (a.timeout, a.stream_timeout, b.timeout) == (30, None, 5)
+    raw["router_settings"] = {"timeout": 20, "stream_timeout": 4}
+    a, b = (entry.litellm_params for entry in parse_config(raw, {}).model_list)
+    assert (a.timeout, a.stream_timeout, b.timeout, b.stream_timeout) == (20, 4, 5, 4)
+    with pytest.raises(ConfigError, match=r"^litellm_settings\.request_timeout: expected a"):
+        parse_config({**raw, "router_settings": {}, "litellm_settings": {"request_timeout": 0}}, {})
+
+
+@pytest.mark.parametrize(
+    ("raw", "for_a", "for_b"),
+    [
+        ({"litellm_settings": {"default_fallbacks": ["d"]}}, ["d"], ["d"]),
+        (
+            {"router_settings": {"fallbacks": [{"a": ["x"]}], "default_fallbacks": ["d"]}},
+            ["x"],
+            ["d"],
+        ),
+        (
+            {"litellm_settings": {"fallbacks": [{"a": ["x"]}], "default_fallbacks": ["d"]}},
+            ["x"],
+            ["d"],
+        ),
+        (
+            {"router_settings": {"fallbacks": [{"*": ["star"]}], "default_fallbacks": ["d"]}},
+            ["star"],
+            ["star"],
+        ),
+    ],
+)
+def test_default_fallbacks_serve_groups_without_fallbacks_of_their_own(
+    raw: dict[str, Any], for_a: list[str], for_b: list[str]
+) -> None:
+    router = parse_config(raw, {}).router
+    assert router.fallbacks_for(router.fallbacks, "a") == for_a
+    assert router.fallbacks_for(router.fallbacks, "b") == for_b
+
+
+def test_default_fallbacks_that_are_not_group_names_stop_start_up() -> None:
+    with pytest.raises(ConfigError, match=r"^router_settings\.default_fallbacks: expected a"):
+        parse_config({"router_settings": {"default_fallbacks": "gpt-4o"}}, {})
+
+
+def test_rates_beside_litellm_params_and_prices_in_model_info_are_read_as_litellm_does() -> None:
+    """LiteLLM's Router reads `rpm`/`tpm` beside `litellm_params` too, and its custom
+    pricing a price in `model_info`: trigate reads them where `litellm_params` sets none."""
+    raw = {
+        "model_list": [
+            {
+                "model_name": "a",
+                "litellm_params": {"model": "mock/a", "tpm": 7},
+                "rpm": 3,
+                "tpm": 1000,
+                "model_info": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6},
+            }
+        ]
+    }
+    params = parse_config(raw, {}).model_list[0].litellm_params
+    assert (params.rpm, params.tpm) == (3, 7)
+    assert (params.input_cost_per_token, params.output_cost_per_token) == (1e-6, 2e-6)

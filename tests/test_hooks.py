@@ -199,16 +199,14 @@ def test_no_hook_configured_is_no_hooks() -> None:
     assert hooks.chunk_hook(None) is None  # type: ignore[arg-type]
 
 
-def test_a_callback_that_cannot_be_loaded_stops_the_start(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def test_a_callback_that_cannot_be_loaded_stops_the_start() -> None:
     with pytest.raises(ValueError, match="cannot be loaded"):
         load_hooks(["hook_examples.no_such_hook"])
     with pytest.raises(ValueError, match="cannot be loaded"):
         load_hooks(["no_such_module.hook"])
-    # LiteLLM's own integrations, by name: a LiteLLM config still starts, with a warning.
+    # LiteLLM's own integrations, by name: not hooks (the start-up warning names them,
+    # tests/test_litellm_keys.py).
     assert load_hooks(["langfuse"]) is None
-    assert "`langfuse` is not served" in caplog.text
 
 
 async def test_a_client_leaving_while_a_hook_runs_is_recorded_and_frees_its_slot(

@@ -1,9 +1,11 @@
 """The gateway's configuration: LiteLLM's `config.yaml` shape, validated once at start-up.
 
-An existing LiteLLM proxy config must load unchanged, so unknown keys are kept
-rather than rejected, and `os.environ/NAME` values are resolved wherever they
-appear. What the gateway needs to decide is validated strictly, and the first
-problem stops start-up with one message naming the key and what was expected.
+An existing LiteLLM proxy config must load unchanged, so keys trigate does not
+act on are kept rather than rejected, each named at start-up, unless serving
+without it would weaken security (litellm_keys.py), and `os.environ/NAME` values
+are resolved wherever they appear. What the gateway needs to decide is validated
+strictly, and the first problem stops start-up with one message naming the key and
+what was expected.
 """
 
 from __future__ import annotations
@@ -13,22 +15,27 @@ import functools
 import os
 import re
 from collections.abc import Collection, Iterator, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
+import orjson
 import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from trigate.litellm_keys import Findings, classify
 from trigate.nesting import MAX_NESTING, deeper_than
 from trigate.provider_names import PROVIDER_PREFIXES, REQUIRES_API_BASE
 from trigate.router_settings import RouterSettings
@@ -167,10 +174,17 @@ class LiteLLMParams(ProviderParams):
 
     @field_validator("model")
     @classmethod
-    def _known_provider(cls, model: str) -> str:
+    def _known_provider(cls, model: str, info: ValidationInfo) -> str:
         provider, _, name = model.partition("/")
         if WILDCARD in provider:
             return model  # a wildcard deployment's provider comes with each requested name
+        listed = listed_providers().get(model) if not name and _written(info) else None
+        if listed in PROVIDER_PREFIXES:
+            # LiteLLM serves a bare name its model table knows (`gpt-4o`) by that
+            # table's provider; so does trigate, under the provider's prefix. Only a
+            # name the config wrote: one a client's request fills into a wildcard
+            # deployment still needs its prefix, so no client picks a provider.
+            return f"{listed}/{model}"
         if not name:
             raise ValueError(
                 f"expected 'provider/model' with a provider prefix, got {model!r}; "
@@ -196,6 +210,26 @@ class LiteLLMParams(ProviderParams):
     @property
     def upstream_model(self) -> str:
         return self.model.partition("/")[2]
+
+
+# The validation context of a deployment as the config (or the admin API) wrote it.
+WRITTEN = {"written": True}
+
+
+def _written(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and info.context.get("written") is True
+
+
+@functools.cache
+def listed_providers() -> dict[str, str]:
+    """The provider of each bare model name in LiteLLM's model table, which trigate ships
+    (trigate/data/model_prices.json): read once, and only for a bare name."""
+    data = orjson.loads(resources.files("trigate.data").joinpath("model_prices.json").read_bytes())
+    return {
+        name: entry["litellm_provider"]
+        for name, entry in data.items()
+        if isinstance(entry, dict) and isinstance(entry.get("litellm_provider"), str)
+    }
 
 
 class ModelEntry(BaseModel):
@@ -285,6 +319,13 @@ class GatewayConfig(BaseModel):
     router_settings: dict[str, Any] = Field(default_factory=dict)
     litellm_settings: dict[str, Any] = Field(default_factory=dict)
     environment_variables: dict[str, str] = Field(default_factory=dict)
+    # The keys of the file as read that trigate does not act on (litellm_keys.py), named
+    # in one warning line where the file is (re)loaded for serving.
+    _litellm_keys: Findings = PrivateAttr(default_factory=Findings)
+
+    @property
+    def litellm_keys(self) -> Findings:
+        return self._litellm_keys
 
     @model_validator(mode="after")
     def _metrics_auth_from_litellm_settings(self) -> GatewayConfig:
@@ -338,11 +379,19 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
     if not isinstance(variables, dict):
         raise ConfigError("environment_variables: expected a mapping of names to values")
     resolved = _resolve_env(raw, {**{k: str(v) for k, v in variables.items()}, **environ}, "")
+    # A key trigate cannot honour without weakening security stops it before anything else.
+    findings = classify(resolved)
+    if (refusal := findings.refusal()) is not None:
+        raise ConfigError(refusal)
+    for entry in resolved.get("model_list") or []:
+        _lift_litellm_spellings(entry)
+    _default_timeouts(resolved)
+    _default_fallbacks(resolved)
     if redis_url := environ.get("TRIGATE_REDIS_URL"):
         router_settings = resolved.get("router_settings") or {}
         resolved["router_settings"] = {**router_settings, "redis_url": redis_url}
     try:
-        config = GatewayConfig.model_validate(resolved)
+        config = GatewayConfig.model_validate(resolved, context=WRITTEN)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
     try:
@@ -353,7 +402,98 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
         config.general_settings.master_key = master_key
     if database_url := environ.get("TRIGATE_DATABASE_URL"):
         config.general_settings.database_url = database_url
+    config._litellm_keys = findings
     return config
+
+
+# What LiteLLM also reads from a deployment's other parts, by where trigate reads it:
+# `rpm`/`tpm` beside `litellm_params` (the Router reads either), and a price in
+# `model_info` (LiteLLM's custom pricing takes either).
+_LIFTED = {"": ("rpm", "tpm"), "model_info": ("input_cost_per_token", "output_cost_per_token")}
+
+
+def _lift_litellm_spellings(entry: Any) -> None:
+    """Copy into a deployment's `litellm_params` what LiteLLM also reads from elsewhere in
+    the entry, where `litellm_params` sets none (its own value wins, as in LiteLLM)."""
+    if not isinstance(entry, dict) or not isinstance(params := entry.get("litellm_params"), dict):
+        return
+    lifted = {}
+    for part, keys in _LIFTED.items():
+        source = entry.get(part) if part else entry
+        if isinstance(source, dict):
+            lifted.update({key: source[key] for key in keys if key in source})
+    if lifted:
+        entry["litellm_params"] = {**lifted, **params}
+
+
+_TIMEOUT = TypeAdapter(Annotated[float, Field(gt=0)])
+
+# LiteLLM's defaults for a deployment's `timeout` and `stream_timeout`, by precedence:
+# the Router's own (`router_settings`), then the module's (`litellm_settings`).
+_TIMEOUT_DEFAULTS = {
+    "timeout": (("router_settings", "timeout"), ("litellm_settings", "request_timeout")),
+    "stream_timeout": (("router_settings", "stream_timeout"),),
+}
+
+
+def _default_timeouts(resolved: dict[str, Any]) -> None:
+    """Give each deployment that sets no `timeout` (`stream_timeout`) LiteLLM's default:
+    `router_settings.timeout`, else `litellm_settings.request_timeout`
+    (`router_settings.stream_timeout`), as LiteLLM's Router does."""
+    defaults: dict[str, float] = {}
+    for param, sources in _TIMEOUT_DEFAULTS.items():
+        for section, key in sources:
+            settings = resolved.get(section)
+            given = settings.get(key) if isinstance(settings, dict) else None
+            if given is None:
+                continue
+            try:
+                defaults[param] = _TIMEOUT.validate_python(given)
+            except ValidationError:
+                raise ConfigError(
+                    f"{section}.{key}: expected a number of seconds above 0, got {given!r}"
+                ) from None
+            break
+    if not defaults:
+        return
+    for entry in resolved.get("model_list") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("litellm_params"), dict):
+            entry["litellm_params"] = {**defaults, **entry["litellm_params"]}
+
+
+_GROUP_NAMES = TypeAdapter(list[str])
+
+
+def _default_fallbacks(resolved: dict[str, Any]) -> None:
+    """LiteLLM's `default_fallbacks` (`router_settings`'s, else `litellm_settings`'s): the
+    groups a request falls back to when its own group has no fallbacks, which trigate's
+    `fallbacks` writes as the entry for `*`. Added where `fallbacks` is read from (see
+    router_settings.py), unless that already has a `*` entry."""
+    for section in ("router_settings", "litellm_settings"):
+        settings = resolved.get(section)
+        given = settings.get("default_fallbacks") if isinstance(settings, dict) else None
+        if given:
+            break
+    else:
+        return
+    try:
+        groups = _GROUP_NAMES.validate_python(given)
+    except ValidationError:
+        raise ConfigError(
+            f"{section}.default_fallbacks: expected a list of model group names, got {given!r}"
+        ) from None
+    router, litellm = resolved.get("router_settings"), resolved.get("litellm_settings")
+    if isinstance(router, dict) and "fallbacks" in router:
+        target = router
+    elif isinstance(litellm, dict) and "fallbacks" in litellm:
+        target = litellm
+    elif router is None or isinstance(router, dict):
+        target = resolved["router_settings"] = {**(router or {}), "fallbacks": []}
+    else:
+        return  # not a mapping: validation names router_settings
+    table = target.get("fallbacks")
+    if isinstance(table, list) and not any(isinstance(e, dict) and "*" in e for e in table):
+        target["fallbacks"] = [*table, {"*": groups}]
 
 
 def parse_model_entry(
@@ -369,8 +509,11 @@ def parse_model_entry(
                 "in general_settings.admin_model_env_vars may be named by an admin-added model"
             )
     resolved = _resolve_env(raw, environ, "")
+    if (refusal := classify({"model_list": [resolved]}).refusal()) is not None:
+        raise ConfigError(refusal)
+    _lift_litellm_spellings(resolved)
     try:
-        return ModelEntry.model_validate(resolved)
+        return ModelEntry.model_validate(resolved, context=WRITTEN)
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
 

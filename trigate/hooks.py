@@ -191,13 +191,10 @@ def load_hooks(callbacks: Any) -> Hooks | None:
     the module found on Python's path), each adapted when it has LiteLLM's methods
     rather than `Hook`'s. A dotted path that cannot be loaded stops the start: a
     guardrail that silently did not load would fail open. A name without a dot is one
-    of LiteLLM's own integrations (`langfuse`, ...): a LiteLLM config keeps working,
-    and a warning says it is not served."""
+    of LiteLLM's own integrations (`langfuse`, ...), not loaded here: the config's
+    start-up warning names it, or refuses it if it is a guardrail (litellm_keys.py)."""
     if not isinstance(callbacks, list):
         return None
-    for entry in callbacks:
-        if isinstance(entry, str) and entry not in BUILT_IN_CALLBACKS and "." not in entry:
-            logger.warning("litellm_settings.callbacks: `%s` is not served by trigate", entry)
     hooks = [as_hook(_load(path), path) for path in hook_paths(callbacks)]
     return Hooks(hooks) if hooks else None
 

@@ -29,6 +29,7 @@ from quart_trio import QuartTrio
 from trigate.api import create_app
 from trigate.config import ConfigError, GatewayConfig, load_config
 from trigate.gateway import Gateway
+from trigate.litellm_keys import log_unhonoured
 from trigate.logs import configure_logging
 from trigate.serving import ConnectionLimits, listening_sockets, raise_open_file_limit, serve
 from trigate.supervisor import Supervisor
@@ -133,6 +134,7 @@ def serve_forever(config: GatewayConfig, binding: Binding) -> int:
             "master key: set general_settings.master_key or TRIGATE_MASTER_KEY"
         )
     configure_logging(config)
+    log_unhonoured(config.litellm_keys)
     sockets = listening_sockets(hypercorn_config(config, binding))
     if binding.workers == 1:
         run_worker(sockets)

@@ -30,6 +30,7 @@ import trio
 
 from trigate.config import ConfigError, GatewayConfig, ModelEntry, load_config, parse_model_entry
 from trigate.errors import secrets
+from trigate.litellm_keys import log_unhonoured
 from trigate.router.deployments import ModelGroups
 from trigate.sealing import SECRET_PARAMS, Sealer
 from trigate.spend.prices import PriceTable
@@ -145,6 +146,7 @@ class ModelCatalog:
                     logger.error("config reload failed, serving the previous config: %s", error)  # noqa: TRY400
                     raise
             self.file_config = config
+            log_unhonoured(config.litellm_keys)
             logger.info("config reloaded: %d deployments", len(self.entries()))
 
     async def refresh(self) -> bool:
