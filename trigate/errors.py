@@ -56,6 +56,11 @@ class Secrets:
         for value in values:
             self.add(value)
 
+    def known(self, value: str) -> bool:
+        """Whether `value` is, whole, one of the credentials: admin answers redact such a
+        field without touching text that merely contains a short placeholder key."""
+        return value in self._values
+
     def redact(self, text: str) -> str:
         for value in self._values:
             if value in text:

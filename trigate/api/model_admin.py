@@ -31,9 +31,15 @@ from trigate.limits import allows_model
 from trigate.router.deployments import Deployment, deployment_id
 from trigate.sealing import SECRET_PARAMS
 
-# Besides SECRET_PARAMS: any other parameter whose name says it holds a credential,
-# and `extra_headers`, whose values may carry one.
-_SECRET_NAME = re.compile(r"key|secret|password|credential|_token$")
+# Besides SECRET_PARAMS: any other field whose name says it holds a credential, and
+# `extra_headers`, whose values may carry one. Not `key` alone (LiteLLM's `model_info.key`
+# names the price-table entry) nor `*_per_token` (a price).
+_SECRET_NAME = re.compile(
+    r"api_?key|secret|password|passwd|credential|private_key|authorization"
+    r"|(?:access|refresh|session|ad|auth|bearer|id)_token$",
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
 _HIDDEN_PARAMS = SECRET_PARAMS | {"extra_headers"}
 # What a virtual key is not told: where the gateway's upstreams are.
 _LOCATION_PARAMS = frozenset({"api_base", "aws_bedrock_runtime_endpoint"})
@@ -223,9 +229,7 @@ def _public_params(entry: ModelEntry, *, master: bool) -> dict[str, Any]:
     return {
         name: value
         for name, value in given.items()
-        if name not in _HIDDEN_PARAMS
-        and not _SECRET_NAME.search(name)
-        and (master or name not in _LOCATION_PARAMS)
+        if not _is_secret_field(name) and (master or name not in _LOCATION_PARAMS)
     }
 
 
@@ -304,7 +308,29 @@ def _group_info(name: str, members: list[ModelEntry | Deployment]) -> dict[str, 
 
 
 def _scrubbed(payload: Any) -> Response:
-    """Every answer here passes the process's secret scrubber too: a credential that
-    slipped into a field of its own (say, `model_info`) still never leaves."""
-    text = secrets.redact(orjson.dumps(payload).decode())
-    return Response(text, status=200, content_type=JSON)
+    """Every answer here is scrubbed of credentials field by field: a credential that
+    slipped into a field of its own (say, `model_info.api_key`) never leaves. Only the
+    secret's own field is touched: a model name that happens to contain a placeholder
+    key (`fake`, `none`, `EMPTY`) comes out as it is."""
+    return Response(orjson.dumps(_without_secrets(payload)), status=200, content_type=JSON)
+
+
+def _without_secrets(value: Any) -> Any:
+    """`value` with each field named as a credential, and each whole string that is one
+    of the process's credentials, replaced by `[redacted]`; nothing else changes."""
+    if isinstance(value, dict):
+        return {
+            name: REDACTED
+            if _is_secret_field(name) and field is not None
+            else _without_secrets(field)
+            for name, field in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_secrets(item) for item in value]
+    if isinstance(value, str) and secrets.known(value):
+        return REDACTED
+    return value
+
+
+def _is_secret_field(name: Any) -> bool:
+    return isinstance(name, str) and (name in _HIDDEN_PARAMS or bool(_SECRET_NAME.search(name)))
