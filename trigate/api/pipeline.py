@@ -41,6 +41,7 @@ from trigate.gateway import Gateway
 from trigate.hooks import Hooks
 from trigate.limits import (
     Admission,
+    Covering,
     ModelNotAllowed,
     allows_model,
     check_model,
@@ -110,14 +111,14 @@ def _bounded_shield() -> trio.CancelScope:
     return trio.CancelScope(shield=True, deadline=trio.current_time() + RECORD_TIMEOUT)
 
 
-def check_access(caller: Caller, requested: str, group: str) -> None:
+def check_access(caller: Caller, requested: str, group: str, covering: Covering) -> None:
     """The key's, team's and user's `models` must allow the model asked for. A name the
     team aliases to a model group passes when they all allow the alias, or all allow
     the group; a refusal names what the client asked for."""
     try:
-        check_model(caller, requested)
+        check_model(caller, requested, covering)
     except ModelNotAllowed:
-        if requested == group or not allows_model(caller, group):
+        if requested == group or not allows_model(caller, group, covering):
             raise
 
 
@@ -194,9 +195,10 @@ class Call:
         if self.caller.is_master:
             return
         try:
-            check_access(self.caller, self.exchange.requested, self.progress.model_group)
+            covering = self.gateway.groups.access.covering
+            check_access(self.caller, self.exchange.requested, self.progress.model_group, covering)
             for fallback in self.fallbacks or ():
-                check_model(self.caller, fallback, param="fallbacks")
+                check_model(self.caller, fallback, covering, param="fallbacks")
             self.admission = await self.gateway.limits.admit(
                 self.caller, self.meter.prompt_tokens, self._max_cost
             )
@@ -334,7 +336,9 @@ class Call:
 
     def _may_use(self, group: str) -> bool:
         """Whether a fallback group passes the caller's model checks, as its own did."""
-        return self.caller.is_master or allows_model(self.caller, group)
+        return self.caller.is_master or allows_model(
+            self.caller, group, self.gateway.groups.access.covering
+        )
 
     # --- the router's attempt ---------------------------------------------------------------
 
