@@ -47,7 +47,7 @@ from trigate.limits import (
     check_model,
     requested_output_tokens,
 )
-from trigate.providers import ChunkStream, Completion
+from trigate.providers import ChunkStream, Completion, NativeEvent
 from trigate.relay import StreamOutcome, StreamRelay
 from trigate.router.deployments import Deployment
 from trigate.router.router import Routed, RouteProgress
@@ -267,6 +267,8 @@ class Call:
             if self.hooks is not None:
                 await self.hooks.after_answer(self, completion.body, usage)
             answer = self.exchange.answer(completion, usage)
+            if self.context.response_id is None:  # a surface that made its own id set it
+                self.context.response_id = _answer_id(completion.body)
             status = 200
         except GatewayError as failure:
             status, error = failure.status, failure
@@ -315,6 +317,8 @@ class Call:
             on_chunk=None if self.hooks is None else self.hooks.chunk_hook(self),
         )
         self.context.relay = relay
+        if self.context.response_id is None and opened.first:
+            self.context.response_id = _answer_id(opened.first[0])
         return Reply(relay, headers=SSE_HEADERS)
 
     async def _route(self) -> Routed[Any]:
@@ -464,6 +468,7 @@ class Call:
             ttft_ms=round(self.ttft * 1000, 3) if self.ttft is not None else None,
             cancelled_by_client=cancelled,
             error=secrets.redact(error.message) if error else None,
+            response_id=self.context.response_id,
         )
         self.telemetry.finished(self.context, caller, record, deployment, error)
         await self.gateway.record(record)
@@ -480,6 +485,20 @@ class _AnsweredStream:
 
     async def aclose(self) -> None:
         pass
+
+
+def _answer_id(answer: Any) -> str | None:
+    """The id a client's answer carries, by which LiteLLM's users look its spend row up:
+    a whole answer's own (a chat completion's, a Message's, a Response's), or a stream's,
+    from its first chunk or opening event (`message_start`, `response.created`)."""
+    data = answer.data if isinstance(answer, NativeEvent) else answer
+    if not isinstance(data, dict):
+        return None
+    found = data.get("id")
+    if found is None:
+        opening = data.get("message") or data.get("response")
+        found = opening.get("id") if isinstance(opening, dict) else None
+    return found if isinstance(found, str) and found else None
 
 
 def _as_chunk(answer: dict[str, Any]) -> dict[str, Any]:

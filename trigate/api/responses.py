@@ -404,6 +404,7 @@ class _Exchange(TranslatedExchange):
 
     def render(self, completion: dict[str, Any]) -> bytes:
         self._name_dropped()
+        self._context.response_id = self.response_id
         self.response = response_object(
             completion,
             response_id=self.response_id,
@@ -415,6 +416,7 @@ class _Exchange(TranslatedExchange):
     def frames(self, native: bool) -> ResponsesEvents:
         if not native:
             self._name_dropped()
+            self._context.response_id = self.response_id
         self._native_stream = native
         self._events = ResponsesEvents(
             response_id=self.response_id, request=self._body, created_at=self.created_at

@@ -124,6 +124,7 @@ SPEND_COLUMNS = (
     "request_id", "key_hash", "key_alias", "team_id", "user_id", "model_group", "deployment",
     "model", "prompt_tokens", "completion_tokens", "cost", "status", "stream",
     "cancelled_by_client", "start_time", "end_time", "ttft_ms", "client_request_id",
+    "response_id",
 )  # fmt: skip
 
 
@@ -608,8 +609,12 @@ def _spend_where(query: SpendFilter, prefix: str) -> tuple[str, list[str | float
     """The WHERE clause of a spend-log query; `prefix` qualifies its columns."""
     clauses: list[str] = []
     values: list[str | float] = []
+    if query.request_id is not None:
+        # LiteLLM's `request_id` is the id the client's answer carried (chatcmpl-...,
+        # msg_..., resp_...); the gateway's own id finds the row too.
+        clauses.append(f"({prefix}request_id = ? OR {prefix}response_id = ?)")
+        values += [query.request_id, query.request_id]
     for column, value in (
-        ("request_id", query.request_id),
         ("key_hash", query.key_hash),
         ("team_id", query.team_id),
         ("user_id", query.user_id),
