@@ -587,10 +587,20 @@ class _Exchange(TranslatedExchange):
         if not isinstance(response_id, str):
             return True
         try:
-            await self._gateway.store.save_response(self._row(response_id, response, native))
+            replaced = await self._gateway.store.save_response(
+                self._row(response_id, response, native)
+            )
         except Exception as error:  # any failure: the answer is still the client's
             logger.warning("storing response %s failed: %s", response_id, error)
             return False
+        if replaced:
+            # Not silent: the upstream (a mock, a local server) reuses ids, and the key's
+            # earlier response of this id can no longer be read or continued.
+            logger.warning(
+                "response %s: the upstream reused the id of an earlier response of the same "
+                "key, which this one replaces",
+                response_id,
+            )
         return True
 
     def _row(self, response_id: str, response: dict[str, Any], native: bool) -> Row:

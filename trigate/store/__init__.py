@@ -462,9 +462,10 @@ class Store:
 
     # Stored responses (the Responses API's `store`).
 
-    async def save_response(self, row: Row) -> None:
+    async def save_response(self, row: Row) -> bool:
         """Store a response under its id and owner; the owner's older row of the same id
-        (an upstream that reused it) is replaced, another owner's is left alone."""
+        (an upstream that reused it) is replaced, another owner's is left alone. True
+        when it replaced one, which the caller reports: the older is gone."""
         values = [_encode(c, row.get(c)) for c in RESPONSE_COLUMNS]
         owner = row.get("key_hash") or MASTER_OWNER
         marks = ", ".join("?" * (len(RESPONSE_COLUMNS) + 1))
@@ -473,7 +474,14 @@ class Store:
             f"INSERT INTO trigate_responses ({', '.join(RESPONSE_COLUMNS)}, owner) "
             f"VALUES ({marks}) ON CONFLICT (response_id, owner) DO UPDATE SET {updates}"
         )
-        await self._run(lambda cursor: cursor.execute(sql, [*values, owner]))
+        held = "SELECT 1 AS held FROM trigate_responses WHERE response_id = ? AND owner = ?"
+
+        def work(cursor: Cursor) -> bool:
+            replaced = bool(cursor.query(held, [row["response_id"], owner]))
+            cursor.execute(sql, [*values, owner])
+            return replaced
+
+        return await self._run(work)
 
     async def response_chain(
         self,
