@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -31,7 +31,7 @@ from trigate.gateway import Gateway
 from trigate.limits import allows_model
 from trigate.router.deployments import Deployment, ModelGroups, deployment_id
 from trigate.sealing import SECRET_PARAMS
-from trigate.spend.prices import ModelPrice, PriceTable, price_for
+from trigate.spend.prices import ModelPrice, PriceTable
 
 # Besides SECRET_PARAMS: any other field whose name says it holds a credential, and
 # `extra_headers`, whose values may carry one. Not `key` alone (LiteLLM's `model_info.key`
@@ -297,15 +297,17 @@ class _Member:
 
     @classmethod
     def priced(cls, entry: ModelEntry, upstream_model: str, prices: PriceTable) -> _Member:
-        """A wildcard's entry serving `upstream_model`, priced as its deployment would be."""
+        """A wildcard's entry serving `upstream_model`, priced as its deployment would be
+        (the entry's own prices over the table's), without `price_for`'s warning: listing
+        a model is not serving it."""
         params = entry.litellm_params
-        price = price_for(
-            params.provider,
-            upstream_model,
-            params.input_cost_per_token,
-            params.output_cost_per_token,
-            prices,
-        )
+        price = prices.lookup(params.provider, upstream_model)
+        if price is not None:
+            price = replace(
+                price,
+                input=_given(params.input_cost_per_token, price.input),
+                output=_given(params.output_cost_per_token, price.output),
+            )
 
         def limit(name: str) -> int | None:
             given = entry.model_info.get(name)
@@ -314,6 +316,10 @@ class _Member:
             return getattr(price, name) if price is not None else None
 
         return cls(entry, price, limit("max_input_tokens"), limit("max_output_tokens"))
+
+
+def _given(configured: float | None, table: float | None) -> float | None:
+    return table if configured is None else configured
 
 
 def _group_members(gateway: Gateway, name: str) -> list[_Member]:
