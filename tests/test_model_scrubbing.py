@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from fakes import FakeUpstream
-from helpers import start_gateway
+from fakes import FakeUpstream, JSONReply
+from helpers import MESSAGES, start_gateway
 
 PLACEHOLDERS = ("fake", "none", "EMPTY", "dummy")
 INFO_SECRET = "sk-kept-in-model-info-0123456789"
@@ -81,4 +81,32 @@ async def test_a_credential_written_whole_into_another_field_is_still_redacted(
     assert reply.status_code == 200
     assert upstream_key not in reply.text
     assert reply.json()["data"][0]["model_info"]["note"] == "[redacted]"
+    await gateway.stop()
+
+
+async def test_error_bodies_redact_a_placeholder_key_only_where_it_stands_alone(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Error messages are free text, scrubbed by value: a credential is redacted where it
+    stands alone, never inside a model name that contains it."""
+    upstream.handler = lambda request: JSONReply(
+        {
+            "error": {
+                "message": "Incorrect API key provided: fake. Model fake-upstream-4 refused.",
+                "type": "invalid_request_error",
+            }
+        },
+        status=401,
+    )
+    gateway = await start_gateway(nursery, _config(upstream))
+    async with gateway.client() as client:
+        refused = await client.post(
+            "/v1/chat/completions", json={"model": "fake-model-4", "messages": MESSAGES}
+        )
+        missing = await client.post(
+            "/v1/chat/completions", json={"model": "openai/fake", "messages": MESSAGES}
+        )
+    message = refused.json()["error"]["message"]
+    assert "provided: [redacted]." in message and "fake-upstream-4" in message
+    assert "openai/fake" in missing.json()["error"]["message"]
     await gateway.stop()
