@@ -42,25 +42,51 @@ import orjson
 _KEY_PATTERN = re.compile(r"\b(?:sk|pk|rk|key)-[A-Za-z0-9_\-]{6,}")
 
 
+# What may stand next to a credential inside one word of text (a model name's `/`
+# included). A credential is redacted where it stands alone (between spaces, quotes,
+# `=`, `&`, `:`...), not inside a longer word: the placeholder keys local servers take
+# (`fake`, `none`, `EMPTY`) turned model names such as `openai/fake-4` into
+# `openai/[redacted]-4`. Anything shaped like an API key (`sk-...`) goes wherever it is.
+_WORD_CHARACTER = r"[A-Za-z0-9_\-/]"
+
+
 class Secrets:
     """The credentials this process knows of, scrubbed from anything a client or log sees."""
 
     def __init__(self) -> None:
         self._values: set[str] = set()
+        # All of them as one pattern, longest first; made again after one is added.
+        self._pattern: re.Pattern[str] | None = None
 
     def add(self, value: str | None) -> None:
-        if value and len(value) >= 4:
+        if value and len(value) >= 4 and value not in self._values:
             self._values.add(value)
+            self._pattern = None
 
     def extend(self, values: Iterable[str | None]) -> None:
         for value in values:
             self.add(value)
 
+    def known(self, value: str) -> bool:
+        """Whether `value` is, whole, one of the credentials: admin answers redact such a
+        field without touching text that merely contains a short placeholder key."""
+        return value in self._values
+
     def redact(self, text: str) -> str:
-        for value in self._values:
-            if value in text:
-                text = text.replace(value, "[redacted]")
+        """`text` with each credential that stands alone in it, and anything shaped like
+        an API key (`sk-...`), replaced by `[redacted]`."""
+        if self._values:
+            text = self._standing_alone().sub("[redacted]", text)
         return _KEY_PATTERN.sub("[redacted]", text)
+
+    def _standing_alone(self) -> re.Pattern[str]:
+        if self._pattern is None:
+            longest_first = sorted(self._values, key=len, reverse=True)
+            alternatives = "|".join(re.escape(value) for value in longest_first)
+            self._pattern = re.compile(
+                rf"(?<!{_WORD_CHARACTER})(?:{alternatives})(?!{_WORD_CHARACTER})"
+            )
+        return self._pattern
 
 
 secrets = Secrets()

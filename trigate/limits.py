@@ -75,30 +75,50 @@ class BudgetExceeded(GatewayError):
     code = "budget_exceeded"
 
 
-def check_model(caller: Caller, group: str, param: str = "model") -> None:
+# The model access groups (LiteLLM's `model_info.access_groups`) a model name belongs to:
+# `ModelGroups.access.covering` of the model list being served.
+Covering = Callable[[str], frozenset[str]]
+
+
+def check_model(caller: Caller, group: str, covering: Covering, param: str = "model") -> None:
     """A key's, its team's and its user's `models`; an empty list allows every model."""
     for owner, row in (("key", caller.key), ("team", caller.team), ("user", caller.user)):
         allowed = (row or {}).get("models") or []
-        if not _allowed(allowed, group):
+        if not _allowed(allowed, group, covering):
             raise ModelNotAllowed(
                 f"This {owner} may not use model `{group}`. Allowed: {', '.join(allowed)}.",
                 param=param,
             )
 
 
-def allows_model(caller: Caller, group: str) -> bool:
+def allows_model(caller: Caller, group: str, covering: Covering) -> bool:
     return all(
-        _allowed((row or {}).get("models") or [], group)
+        _allowed((row or {}).get("models") or [], group, covering)
         for row in (caller.key, caller.team, caller.user)
     )
 
 
-def _allowed(allowed: list[str], group: str) -> bool:
+def allows_access_group(caller: Caller, access_group: str) -> bool:
+    """Whether the key, its team and its user may each use every model of `access_group`:
+    their lists are empty, allow every model (`*`), or name the group."""
+    return all(
+        not allowed or access_group in allowed or "*" in allowed
+        for allowed in (
+            (row or {}).get("models") or [] for row in (caller.key, caller.team, caller.user)
+        )
+    )
+
+
+def _allowed(allowed: list[str], group: str, covering: Covering) -> bool:
     """An entry may be a pattern, as in LiteLLM: `*` allows every model, `anthropic/*`
-    every model a wildcard deployment serves under that prefix."""
+    every model a wildcard deployment serves under that prefix; or the name of a model
+    access group, which allows every model of the group. The groups are looked up only
+    when nothing else allowed the model."""
     if not allowed or group in allowed:
         return True
-    return any("*" in entry and fnmatchcase(group, entry) for entry in allowed)
+    if any("*" in entry and fnmatchcase(group, entry) for entry in allowed):
+        return True
+    return not covering(group).isdisjoint(allowed)
 
 
 def requested_output_tokens(body: dict[str, Any]) -> int | None:

@@ -52,6 +52,9 @@ class RequestContext:
     started: float
     # The client's `x-request-id`, if it sent a usable one: echoed, logged, stored.
     client_request_id: str | None = None
+    # The id the client's answer carries (chatcmpl-..., msg_..., resp_...): stored in
+    # the spend row, where LiteLLM's users look a request up by it.
+    response_id: str | None = None
     # Time spent waiting on the upstream before the response started; None if not proxied.
     upstream_wait: float | None = None
     relay: StreamRelay | None = None

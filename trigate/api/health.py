@@ -41,4 +41,6 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         caller = await gateway.auth.authenticate(request.headers)
         if caller.is_master:
             return json_response(health_report(gateway.router))
-        return json_response(health_report(gateway.router, partial(allows_model, caller)))
+        covering = gateway.groups.access.covering
+        may_see = partial(allows_model, caller, covering=covering)
+        return json_response(health_report(gateway.router, may_see))

@@ -134,7 +134,7 @@ class CountTokens:
         model = validate(body)
         group = caller.model_group(model)
         if not caller.is_master:
-            check_access(caller, model, group)
+            check_access(caller, model, group, self._gateway.groups.access.covering)
         upstream_model = self._gateway.groups.deployments(group)[0].upstream_model
         chat = to_chat_request(body)
         check_tool_fields(chat)

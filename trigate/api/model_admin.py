@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -24,16 +25,23 @@ from trigate.api.admin import admin_body, query_arg, require_master
 from trigate.api.jsonio import JSON
 from trigate.auth import Caller
 from trigate.clock import wall_time
-from trigate.config import ConfigError, ModelEntry
+from trigate.config import WILDCARD, ConfigError, ModelEntry
 from trigate.errors import InvalidRequest, NotFound, echoed, secrets
 from trigate.gateway import Gateway
 from trigate.limits import allows_model
-from trigate.router.deployments import Deployment, deployment_id
+from trigate.router.deployments import Deployment, ModelGroups, deployment_id
 from trigate.sealing import SECRET_PARAMS
+from trigate.spend.prices import ModelPrice, PriceTable
 
-# Besides SECRET_PARAMS: any other parameter whose name says it holds a credential,
-# and `extra_headers`, whose values may carry one.
-_SECRET_NAME = re.compile(r"key|secret|password|credential|_token$")
+# Besides SECRET_PARAMS: any other field whose name says it holds a credential, and
+# `extra_headers`, whose values may carry one. Not `key` alone (LiteLLM's `model_info.key`
+# names the price-table entry) nor `*_per_token` (a price).
+_SECRET_NAME = re.compile(
+    r"api_?key|secret|password|passwd|credential|private_key|authorization"
+    r"|(?:access|refresh|session|ad|auth|bearer|id)_token$",
+    re.IGNORECASE,
+)
+REDACTED = "[redacted]"
 _HIDDEN_PARAMS = SECRET_PARAMS | {"extra_headers"}
 # What a virtual key is not told: where the gateway's upstreams are.
 _LOCATION_PARAMS = frozenset({"api_base", "aws_bedrock_runtime_endpoint"})
@@ -74,7 +82,9 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         data = []
         for entry, deployment in gateway.groups.configured():
             entry_id = deployment_id(entry)
-            if (wanted is None or entry_id == wanted) and _visible(caller, entry.model_name):
+            if (wanted is None or entry_id == wanted) and _visible(
+                gateway, caller, entry.model_name
+            ):
                 in_store = entry_id in stored
                 data.append(_deployment_info(entry, deployment, in_store, caller.is_master))
         return _scrubbed({"data": data})
@@ -85,19 +95,20 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         wanted = query_arg("model_group")
         groups = gateway.groups
         if wanted is not None:
-            if not _visible(caller, wanted):
+            if not _visible(gateway, caller, wanted):
                 raise NotFound(
                     f"No model group `{echoed(wanted)}` is served.", code="model_not_found"
                 )
-            names = [wanted]
+            listed = {wanted: _group_members(gateway, wanted)}
         else:
-            names = [*groups.names, *groups.wildcard_names()]
-        data = []
-        for name in names:
-            if not _visible(caller, name):
-                continue
-            members = _group_members(gateway, name)
-            data.append(_group_info(name, members))
+            listed = {name: _group_members(gateway, name) for name in groups.names}
+            for pattern in groups.wildcard_names():
+                listed.update(_expanded(gateway, pattern, listed))
+        data = [
+            _group_info(name, members)
+            for name, members in listed.items()
+            if _visible(gateway, caller, name)
+        ]
         return _scrubbed({"data": data})
 
     @app.post("/model/new")
@@ -173,14 +184,22 @@ async def _updated(gateway: Gateway, model_id: str, body: ModelUpdate) -> Respon
     return _scrubbed(_written(model_id, entry))
 
 
-def _visible(caller: Caller, model_name: str) -> bool:
-    return caller.is_master or allows_model(caller, model_name)
+def _visible(gateway: Gateway, caller: Caller, model_name: str) -> bool:
+    return caller.is_master or allows_model(caller, model_name, gateway.groups.access.covering)
 
 
 def _checked_entry(
     gateway: Gateway, model_name: str, params: dict[str, Any], info: dict[str, Any]
 ) -> ModelEntry:
     """The deployment as the config file would hold it, validated as the file's are."""
+    groups = info.get("access_groups")
+    if groups is not None and not (
+        isinstance(groups, list) and all(isinstance(name, str) and name for name in groups)
+    ):
+        raise InvalidRequest(
+            "`model_info.access_groups` must be a list of access group names.",
+            param="model_info.access_groups",
+        )
     raw = {"model_name": model_name, "litellm_params": params, "model_info": info}
     try:
         return gateway.models.parse(raw)
@@ -223,9 +242,7 @@ def _public_params(entry: ModelEntry, *, master: bool) -> dict[str, Any]:
     return {
         name: value
         for name, value in given.items()
-        if name not in _HIDDEN_PARAMS
-        and not _SECRET_NAME.search(name)
-        and (master or name not in _LOCATION_PARAMS)
+        if not _is_secret_field(name) and (master or name not in _LOCATION_PARAMS)
     }
 
 
@@ -260,20 +277,125 @@ def _deployment_info(
     }
 
 
-def _group_members(gateway: Gateway, name: str) -> list[ModelEntry | Deployment]:
+@dataclass(frozen=True, slots=True)
+class _Member:
+    """One deployment of a model group, as `/model_group/info` sums them up."""
+
+    entry: ModelEntry
+    price: ModelPrice | None = None
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+
+    @classmethod
+    def of(cls, deployment: Deployment) -> _Member:
+        return cls(
+            deployment.entry,
+            deployment.price,
+            deployment.max_input_tokens,
+            deployment.max_output_tokens,
+        )
+
+    @classmethod
+    def priced(cls, entry: ModelEntry, upstream_model: str, prices: PriceTable) -> _Member:
+        """A wildcard's entry serving `upstream_model`, priced as its deployment would be
+        (the entry's own prices over the table's), without `price_for`'s warning: listing
+        a model is not serving it."""
+        params = entry.litellm_params
+        price = prices.lookup(params.provider, upstream_model)
+        if price is not None:
+            price = replace(
+                price,
+                input=_given(params.input_cost_per_token, price.input),
+                output=_given(params.output_cost_per_token, price.output),
+            )
+
+        def limit(name: str) -> int | None:
+            given = entry.model_info.get(name)
+            if isinstance(given, int):
+                return given
+            return getattr(price, name) if price is not None else None
+
+        return cls(entry, price, limit("max_input_tokens"), limit("max_output_tokens"))
+
+
+def _given(configured: float | None, table: float | None) -> float | None:
+    return table if configured is None else configured
+
+
+def _group_members(gateway: Gateway, name: str) -> list[_Member]:
     """A group's deployments; a wildcard's entries (nothing is made for a pattern)."""
     groups = gateway.groups
     if name in groups.wildcard_names():
-        return [entry for entry, d in groups.configured() if d is None and entry.model_name == name]
-    return list(groups.deployments(name))
+        return [_Member(entry) for entry in _pattern_entries(gateway, name)]
+    return [_Member.of(deployment) for deployment in groups.deployments(name)]
 
 
-def _group_info(name: str, members: list[ModelEntry | Deployment]) -> dict[str, Any]:
+def _pattern_entries(gateway: Gateway, pattern: str) -> list[ModelEntry]:
+    return [
+        entry
+        for entry, made in gateway.groups.configured()
+        if made is None and entry.model_name == pattern
+    ]
+
+
+def _expanded(
+    gateway: Gateway, pattern: str, listed: dict[str, list[_Member]]
+) -> dict[str, list[_Member]]:
+    """The models a wildcard deployment stands for, as LiteLLM lists them: each model
+    the price table knows its provider to serve that the pattern routes here (not a
+    group of its own, nor a more specific wildcard's), by the name a client sends for
+    it. A pattern the table knows nothing under is listed as itself."""
+    groups = gateway.groups
+    prices = gateway.models.prices
+    matcher = _wildcard_regex(pattern)
+    expanded: dict[str, list[_Member]] = {}
+    for entry in _pattern_entries(gateway, pattern):
+        params = entry.litellm_params
+        upstream = _wildcard_regex(params.upstream_model)
+        for known in prices.models_of(params.provider):
+            found = upstream.fullmatch(known)
+            if found is None:
+                continue
+            name = _filled(pattern, found.groups())
+            if name in listed or not matcher.fullmatch(name) or _routed(groups, name) != pattern:
+                continue
+            expanded.setdefault(name, []).append(_Member.priced(entry, known, prices))
+    if not expanded:
+        return {pattern: _group_members(gateway, pattern)}
+    return expanded
+
+
+def _routed(groups: ModelGroups, name: str) -> str | None:
+    """The wildcard `name` is routed to: the first, most specific, that matches it."""
+    return next(
+        (
+            pattern
+            for pattern in groups.wildcard_names()
+            if _wildcard_regex(pattern).fullmatch(name)
+        ),
+        None,
+    )
+
+
+def _wildcard_regex(pattern: str) -> re.Pattern[str]:
+    """A wildcard name as a regex, each `*` a group that matches anything."""
+    return re.compile("(.*)".join(re.escape(part) for part in pattern.split(WILDCARD)), re.S)
+
+
+def _filled(pattern: str, matched: tuple[str | Any, ...]) -> str:
+    """`pattern` with its `*`s replaced, in order, by `matched` (the last fills any left)."""
+    parts = pattern.split(WILDCARD)
+    filled = [parts[0]]
+    for index, part in enumerate(parts[1:]):
+        filled += [str(matched[min(index, len(matched) - 1)]) if matched else "", part]
+    return "".join(filled)
+
+
+def _group_info(name: str, members: list[_Member]) -> dict[str, Any]:
     """LiteLLM's `ModelGroupInfo`: the group's largest limits and prices, its summed
     rate limits, and what any of its deployments supports."""
-    deployments = [m for m in members if isinstance(m, Deployment)]
-    entries = [m.entry if isinstance(m, Deployment) else m for m in members]
-    prices = [d.price for d in deployments if d.price is not None]
+    entries = [member.entry for member in members]
+    prices = [member.price for member in members if member.price is not None]
 
     def largest(values: list[Any]) -> Any:
         known = [value for value in values if value is not None]
@@ -289,8 +411,8 @@ def _group_info(name: str, members: list[ModelEntry | Deployment]) -> dict[str, 
     return {
         "model_group": name,
         "providers": sorted({entry.litellm_params.provider for entry in entries}),
-        "max_input_tokens": largest([d.max_input_tokens for d in deployments]),
-        "max_output_tokens": largest([d.max_output_tokens for d in deployments]),
+        "max_input_tokens": largest([member.max_input_tokens for member in members]),
+        "max_output_tokens": largest([member.max_output_tokens for member in members]),
         "input_cost_per_token": largest([p.input for p in prices]),
         "output_cost_per_token": largest([p.output for p in prices]),
         "mode": "chat",
@@ -304,7 +426,29 @@ def _group_info(name: str, members: list[ModelEntry | Deployment]) -> dict[str, 
 
 
 def _scrubbed(payload: Any) -> Response:
-    """Every answer here passes the process's secret scrubber too: a credential that
-    slipped into a field of its own (say, `model_info`) still never leaves."""
-    text = secrets.redact(orjson.dumps(payload).decode())
-    return Response(text, status=200, content_type=JSON)
+    """Every answer here is scrubbed of credentials field by field: a credential that
+    slipped into a field of its own (say, `model_info.api_key`) never leaves. Only the
+    secret's own field is touched: a model name that happens to contain a placeholder
+    key (`fake`, `none`, `EMPTY`) comes out as it is."""
+    return Response(orjson.dumps(_without_secrets(payload)), status=200, content_type=JSON)
+
+
+def _without_secrets(value: Any) -> Any:
+    """`value` with each field named as a credential, and each whole string that is one
+    of the process's credentials, replaced by `[redacted]`; nothing else changes."""
+    if isinstance(value, dict):
+        return {
+            name: REDACTED
+            if _is_secret_field(name) and field is not None
+            else _without_secrets(field)
+            for name, field in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_secrets(item) for item in value]
+    if isinstance(value, str) and secrets.known(value):
+        return REDACTED
+    return value
+
+
+def _is_secret_field(name: Any) -> bool:
+    return isinstance(name, str) and (name in _HIDDEN_PARAMS or bool(_SECRET_NAME.search(name)))

@@ -12,7 +12,7 @@ from quart_trio import QuartTrio
 from trigate.api.jsonio import json_response
 from trigate.errors import GatewayError
 from trigate.gateway import Gateway
-from trigate.limits import allows_model
+from trigate.limits import allows_access_group, allows_model
 from trigate.router.deployments import ModelGroups
 
 
@@ -22,29 +22,41 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.get("/v1/models")
     @app.get("/models")
     async def list_models() -> Response:
+        """LiteLLM's query flags: `only_model_access_groups` lists the model access
+        groups the caller may use instead of the models; `include_model_access_groups`
+        lists them after the models."""
         caller = await gateway.auth.authenticate(request.headers)
         groups = gateway.groups
-        return json_response(
-            {
-                "object": "list",
-                "data": [
-                    _listed(name, groups, created)
-                    for name in groups.listed()
-                    if allows_model(caller, name)
-                ],
-            }
-        )
+        access = groups.access
+        only_groups = _flag("only_model_access_groups")
+        data = []
+        if not only_groups:
+            data = [
+                _listed(name, groups, created)
+                for name in groups.listed()
+                if allows_model(caller, name, access.covering)
+            ]
+        if only_groups or _flag("include_model_access_groups"):
+            data += [
+                _model(name, created) for name in access.names if allows_access_group(caller, name)
+            ]
+        return json_response({"object": "list", "data": data})
+
+
+def _flag(name: str) -> bool:
+    """A boolean query argument as LiteLLM (FastAPI) reads one: true, True, 1, yes, on."""
+    value = request.args.get(name)
+    return value is not None and value.lower() in ("true", "1", "yes", "on")
+
+
+def _model(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "trigate"}
 
 
 def _listed(name: str, groups: ModelGroups, created: int) -> dict[str, Any]:
     """A model group in OpenAI's list, with the context window and output limit every one
     of its deployments can take, where they are known."""
-    model: dict[str, Any] = {
-        "id": name,
-        "object": "model",
-        "created": created,
-        "owned_by": "trigate",
-    }
+    model = _model(name, created)
     try:
         deployments = groups.deployments(name)
     except GatewayError:  # an alias of a name its wildcard cannot route: listed, unknown limits

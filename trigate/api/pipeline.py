@@ -41,12 +41,13 @@ from trigate.gateway import Gateway
 from trigate.hooks import Hooks
 from trigate.limits import (
     Admission,
+    Covering,
     ModelNotAllowed,
     allows_model,
     check_model,
     requested_output_tokens,
 )
-from trigate.providers import ChunkStream, Completion
+from trigate.providers import ChunkStream, Completion, NativeEvent
 from trigate.relay import StreamOutcome, StreamRelay
 from trigate.router.deployments import Deployment
 from trigate.router.router import Routed, RouteProgress
@@ -110,14 +111,14 @@ def _bounded_shield() -> trio.CancelScope:
     return trio.CancelScope(shield=True, deadline=trio.current_time() + RECORD_TIMEOUT)
 
 
-def check_access(caller: Caller, requested: str, group: str) -> None:
+def check_access(caller: Caller, requested: str, group: str, covering: Covering) -> None:
     """The key's, team's and user's `models` must allow the model asked for. A name the
     team aliases to a model group passes when they all allow the alias, or all allow
     the group; a refusal names what the client asked for."""
     try:
-        check_model(caller, requested)
+        check_model(caller, requested, covering)
     except ModelNotAllowed:
-        if requested == group or not allows_model(caller, group):
+        if requested == group or not allows_model(caller, group, covering):
             raise
 
 
@@ -194,9 +195,10 @@ class Call:
         if self.caller.is_master:
             return
         try:
-            check_access(self.caller, self.exchange.requested, self.progress.model_group)
+            covering = self.gateway.groups.access.covering
+            check_access(self.caller, self.exchange.requested, self.progress.model_group, covering)
             for fallback in self.fallbacks or ():
-                check_model(self.caller, fallback, param="fallbacks")
+                check_model(self.caller, fallback, covering, param="fallbacks")
             self.admission = await self.gateway.limits.admit(
                 self.caller, self.meter.prompt_tokens, self._max_cost
             )
@@ -265,6 +267,8 @@ class Call:
             if self.hooks is not None:
                 await self.hooks.after_answer(self, completion.body, usage)
             answer = self.exchange.answer(completion, usage)
+            if self.context.response_id is None:  # a surface that made its own id set it
+                self.context.response_id = _answer_id(completion.body)
             status = 200
         except GatewayError as failure:
             status, error = failure.status, failure
@@ -318,6 +322,8 @@ class Call:
             on_chunk=None if self.hooks is None else self.hooks.chunk_hook(self),
         )
         self.context.relay = relay
+        if self.context.response_id is None and opened.first:
+            self.context.response_id = _answer_id(opened.first[0])
         return Reply(relay, headers=SSE_HEADERS)
 
     async def _route(self) -> Routed[Any]:
@@ -339,7 +345,9 @@ class Call:
 
     def _may_use(self, group: str) -> bool:
         """Whether a fallback group passes the caller's model checks, as its own did."""
-        return self.caller.is_master or allows_model(self.caller, group)
+        return self.caller.is_master or allows_model(
+            self.caller, group, self.gateway.groups.access.covering
+        )
 
     # --- the router's attempt ---------------------------------------------------------------
 
@@ -479,6 +487,7 @@ class Call:
             ttft_ms=round(self.ttft * 1000, 3) if self.ttft is not None else None,
             cancelled_by_client=cancelled,
             error=secrets.redact(error.message) if error else None,
+            response_id=self.context.response_id,
         )
         self.telemetry.finished(self.context, caller, record, deployment, error)
         await self.gateway.record(record)
@@ -495,6 +504,20 @@ class _AnsweredStream:
 
     async def aclose(self) -> None:
         pass
+
+
+def _answer_id(answer: Any) -> str | None:
+    """The id a client's answer carries, by which LiteLLM's users look its spend row up:
+    a whole answer's own (a chat completion's, a Message's, a Response's), or a stream's,
+    from its first chunk or opening event (`message_start`, `response.created`)."""
+    data = answer.data if isinstance(answer, NativeEvent) else answer
+    if not isinstance(data, dict):
+        return None
+    found = data.get("id")
+    if found is None:
+        opening = data.get("message") or data.get("response")
+        found = opening.get("id") if isinstance(opening, dict) else None
+    return found if isinstance(found, str) and found else None
 
 
 def _as_chunk(answer: dict[str, Any]) -> dict[str, Any]:

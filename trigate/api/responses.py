@@ -38,7 +38,9 @@ from quart_trio import QuartTrio
 
 from trigate.api.context import RequestContext, current_request
 from trigate.api.envelopes import OPENAI
-from trigate.api.jsonio import json_response
+from trigate.api.jsonio import json_response, parse_json_object
+from trigate.api.model_api import Reply, Route
+from trigate.api.pipeline import check_access
 from trigate.api.responses_format import (
     ResponsesEvents,
     input_items,
@@ -61,6 +63,7 @@ from trigate.providers import ChunkStream, Completion, NativeResponses
 from trigate.relay import StreamOutcome
 from trigate.router.deployments import Deployment
 from trigate.store import ChainTooLarge, ResponseViewer, Row
+from trigate.usage import Usage, UsageMeter
 
 logger = logging.getLogger("trigate")
 
@@ -110,6 +113,136 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def response_input_items(response_id: str) -> Response:
         row = await _visible(gateway, response_id)
         return json_response(_page(row["input_items"], request.args))
+
+
+class InputTokens:
+    """`POST /v1/responses/input_tokens` (the openai SDK's `responses.input_tokens.count`):
+    the input a `POST /v1/responses` with this body would send, its stored conversation
+    (`previous_response_id`) included, counted by the gateway's tiktoken encodings and
+    answered in OpenAI's shape. It runs the pipeline's first stages (authenticate,
+    decode, resolve, model access) and answers without an upstream; a model whose
+    upstream uses a tokenizer of its own (Claude, Gemini) counts differently there."""
+
+    envelope = OPENAI
+
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
+
+    def route(self) -> Route:
+        return Route(self.serve, self.envelope)
+
+    async def serve(
+        self, caller: Caller, headers: Mapping[str, str], raw: bytes | bytearray
+    ) -> Reply:
+        gateway = self._gateway
+        body = parse_json_object(raw)
+        model = require_model(body)
+        check_nesting(body)
+        group = caller.model_group(model)
+        if not caller.is_master:
+            check_access(caller, model, group, gateway.groups.access.covering)
+        upstream_model = gateway.groups.deployments(group)[0].upstream_model
+        previous = body.get("previous_response_id")
+        conversation = await _Conversation.opened(gateway, caller, previous)
+        translated = _translated(body, await conversation.load())
+        if translated.failure is not None:
+            raise translated.failure
+        meter = UsageMeter(gateway.counter, upstream_model, translated.chat)
+        counted = {"object": "response.input_tokens", "input_tokens": await meter.prompt_tokens()}
+        return Reply(orjson.dumps(counted))
+
+
+# `POST /v1/responses/compact`, served by a deployment whose upstream speaks the
+# Responses API: nothing else can compact a conversation the way its client expects.
+COMPACT: Operation[NativeResponses] = Operation(
+    "Responses API compaction (/v1/responses/compact)",
+    lambda abilities: abilities.responses,
+    lambda provider, body: provider.compact(body),
+    gen_ai_name="compact",
+)
+
+
+class CompactSurface:
+    """`POST /v1/responses/compact` (Codex CLI's remote compaction): the client's body
+    goes as it came to a deployment whose upstream speaks the Responses API, and its
+    `response.compaction` comes back as it came, on the one pipeline (limits, budgets,
+    routing, spend). A model group without such a deployment is a 400 naming it. A
+    `previous_response_id` the upstream does not hold (another deployment made it) is
+    sent as the conversation it continues, as `POST /v1/responses` sends it."""
+
+    envelope = OPENAI
+
+    async def decode(
+        self, gateway: Gateway, caller: Caller, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> _CompactExchange:
+        model = require_model(body)
+        check_nesting(body)
+        members = gateway.groups.deployments(caller.model_group(model))
+        if not any(COMPACT.ability(member.abilities) is not None for member in members):
+            raise InvalidRequest(
+                f"Model `{echoed(model)}` has no deployment whose upstream speaks the "
+                "Responses API (openai/, azure/, or model_info.supports_responses_api: "
+                "true), and only such an upstream can compact a conversation.",
+                param="model",
+                code="unsupported_operation",
+            )
+        conversation = await _Conversation.opened(gateway, caller, body.get("previous_response_id"))
+        history = await conversation.load()
+        # What limits count and hooks see; the upstream is sent the client's own body.
+        translated = _translated(body, history)
+        return _CompactExchange(model, translated.chat, body, conversation.chain, history)
+
+
+class _CompactExchange:
+    """One compaction: sent as the client sent it, answered as the upstream answered."""
+
+    operation = COMPACT
+    stream = False
+    has_native_path = True
+    carried_tokens = 0
+
+    def __init__(
+        self,
+        requested: str,
+        chat: dict[str, Any],
+        body: dict[str, Any],
+        chain: list[Row],
+        history: list[Any],
+    ) -> None:
+        self.requested = requested
+        self.body = chat
+        self._body = body
+        self._chain = chain
+        self._history = history
+        self.preferred = _holder(chain)
+
+    def translate_only(self) -> None:
+        """A hook changed the request: a compaction has no form but the client's own, so
+        it cannot go changed, nor go unchanged past the hook."""
+        raise InvalidRequest(
+            "A request hook changed this request, and a compaction can only be sent as "
+            "the client sent it.",
+            code="unsupported_operation",
+        )
+
+    async def complete(self, deployment: Deployment) -> Completion:
+        body = _native_body(self._body, self._chain, self._history, deployment)
+        return await COMPACT.complete(COMPACT.served_by(deployment), body)
+
+    async def open_stream(self, deployment: Deployment) -> tuple[ChunkStream, bool]:
+        raise InvalidRequest("A compaction does not stream.", param="stream")
+
+    def answer(self, completion: Completion, usage: Usage) -> bytes:
+        return completion.raw or orjson.dumps(completion.body)
+
+    def frames(self, native: bool) -> None:
+        return None
+
+    async def settled(self, answer: bytes) -> bytes:
+        return answer
+
+    async def finished(self, outcome: StreamOutcome) -> None:
+        return None
 
 
 class ResponsesSurface:
@@ -404,6 +537,7 @@ class _Exchange(TranslatedExchange):
 
     def render(self, completion: dict[str, Any]) -> bytes:
         self._name_dropped()
+        self._context.response_id = self.response_id
         self.response = response_object(
             completion,
             response_id=self.response_id,
@@ -415,6 +549,7 @@ class _Exchange(TranslatedExchange):
     def frames(self, native: bool) -> ResponsesEvents:
         if not native:
             self._name_dropped()
+            self._context.response_id = self.response_id
         self._native_stream = native
         self._events = ResponsesEvents(
             response_id=self.response_id, request=self._body, created_at=self.created_at
@@ -452,10 +587,20 @@ class _Exchange(TranslatedExchange):
         if not isinstance(response_id, str):
             return True
         try:
-            await self._gateway.store.save_response(self._row(response_id, response, native))
+            replaced = await self._gateway.store.save_response(
+                self._row(response_id, response, native)
+            )
         except Exception as error:  # any failure: the answer is still the client's
             logger.warning("storing response %s failed: %s", response_id, error)
             return False
+        if replaced:
+            # Not silent: the upstream (a mock, a local server) reuses ids, and the key's
+            # earlier response of this id can no longer be read or continued.
+            logger.warning(
+                "response %s: the upstream reused the id of an earlier response of the same "
+                "key, which this one replaces",
+                response_id,
+            )
         return True
 
     def _row(self, response_id: str, response: dict[str, Any], native: bool) -> Row:

@@ -30,7 +30,7 @@ from trigate.api.embeddings import EmbeddingsSurface
 from trigate.api.messages import CountTokens, MessagesSurface
 from trigate.api.model_api import Route
 from trigate.api.pipeline import Pipeline
-from trigate.api.responses import ResponsesSurface
+from trigate.api.responses import CompactSurface, InputTokens, ResponsesSurface
 from trigate.gateway import Gateway
 
 
@@ -50,6 +50,10 @@ def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
         "/embeddings": embeddings,
         "/v1/responses": responses_,
         "/responses": responses_,
+        "/v1/responses/compact": (compact := pipeline.route(CompactSurface())),
+        "/responses/compact": compact,
+        "/v1/responses/input_tokens": (input_tokens := InputTokens(gateway).route()),
+        "/responses/input_tokens": input_tokens,
         "/v1/messages": pipeline.route(MessagesSurface()),
         "/v1/messages/count_tokens": CountTokens(gateway).route(),
     }

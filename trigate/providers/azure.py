@@ -73,12 +73,13 @@ class AzureOpenAI(Provider, Embeddings, ResponsesAPI):
         self._upstream = client("chat/completions")
         self._embeddings_upstream = client("embeddings")
         responses_version = version if version >= FIRST_RESPONSES_VERSION else RESPONSES_API_VERSION
+        responses_query = f"?api-version={quote(responses_version, safe='')}"
+        responses = f"{params.api_base.rstrip('/')}/openai/responses"
         self._responses_upstream = UpstreamClient(
-            transport,
-            f"{params.api_base.rstrip('/')}/openai/responses"
-            f"?api-version={quote(responses_version, safe='')}",
-            headers,
-            params.timeout,
+            transport, f"{responses}{responses_query}", headers, params.timeout
+        )
+        self._compact_upstream = UpstreamClient(
+            transport, f"{responses}/compact{responses_query}", headers, params.timeout
         )
 
     async def complete(self, body: dict[str, Any]) -> Completion:

@@ -217,6 +217,11 @@ class NativeResponses(Protocol):
         """Delete a response the upstream stores, as `DELETE /responses/{id}` does."""
         ...
 
+    async def compact(self, body: dict[str, Any]) -> Completion:
+        """`POST /responses/compact`: the conversation compacted by the upstream, its
+        answer (a `response.compaction`) as it came."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Abilities:

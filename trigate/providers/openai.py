@@ -69,10 +69,11 @@ OPENAI = Dialect(responses=True)
 class ResponsesAPI(NativeResponses):
     """The Responses API of an upstream that speaks it, OpenAI's or Azure's: the body goes
     with `model` replaced, and the answer, events or deletion come back as they came.
-    An adapter sets `_model` and `_responses_upstream`."""
+    An adapter sets `_model`, `_responses_upstream` and `_compact_upstream`."""
 
     _model: str
     _responses_upstream: UpstreamClient
+    _compact_upstream: UpstreamClient
 
     async def respond(self, body: dict[str, Any]) -> Completion:
         return await fetch_response(self._responses_upstream, {**body, "model": self._model})
@@ -83,6 +84,9 @@ class ResponsesAPI(NativeResponses):
 
     async def delete_response(self, response_id: str) -> None:
         await self._responses_upstream.delete(response_id)
+
+    async def compact(self, body: dict[str, Any]) -> Completion:
+        return await fetch_response(self._compact_upstream, {**body, "model": self._model})
 
 
 class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI):
@@ -113,6 +117,7 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI):
         self._text_upstream = client("completions")
         self._embeddings_upstream = client("embeddings")
         self._responses_upstream = client("responses")
+        self._compact_upstream = client("responses/compact")
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._upstream, {**body, "model": self._model})

@@ -105,6 +105,13 @@ class ModelCatalog:
         self._served = self._groups(self.file_config, None)
         return self._served
 
+    @property
+    def prices(self) -> PriceTable:
+        """The price table the deployments are priced by; it also names the models a
+        wildcard deployment stands for (`/model_group/info`)."""
+        assert self._build is not None, "the catalog has not started"
+        return self._build[2]
+
     def parse(self, raw: dict[str, Any]) -> ModelEntry:
         """A deployment as the config file would hold it, resolved and validated here,
         naming only the variables the config file allows admin-added models, and built

@@ -9,6 +9,7 @@ made on first use with the upstream model the name asks for.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from trigate.config import WILDCARD, LiteLLMParams, ModelEntry, ProviderParams
 from trigate.errors import InvalidRequest, ModelNotFound
 from trigate.providers import PROVIDERS, Abilities, Provider
+from trigate.router.access import AccessGroups
 from trigate.router.state import CircuitBreaker, DeploymentState
 from trigate.router_settings import GroupAlias, RouterSettings
 from trigate.spend.prices import ModelPrice, PriceTable, price_for
@@ -318,6 +320,11 @@ class ModelGroups:
 
     def wildcard_names(self) -> list[str]:
         return [w.name for w in self._wildcards]
+
+    @functools.cached_property
+    def access(self) -> AccessGroups:
+        """LiteLLM's model access groups over this model list, made on first use."""
+        return AccessGroups.of((entry for entry, _ in self.configured()), self.wildcard_names())
 
     def _wildcard_match(self, group: str) -> list[Deployment]:
         found = self._matched.get(group)

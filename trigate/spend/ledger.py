@@ -163,6 +163,7 @@ def _row(record: RequestRecord) -> dict[str, Any]:
     return {
         "request_id": record.request_id,
         "client_request_id": record.client_request_id,
+        "response_id": record.response_id,
         "key_hash": record.key_hash,
         "key_alias": record.key_alias,
         "team_id": record.team_id,

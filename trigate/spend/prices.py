@@ -165,6 +165,18 @@ class PriceTable:
             return self._openrouter_upstream(model)
         return None
 
+    def models_of(self, provider: str) -> list[str]:
+        """The models the table knows `provider` (trigate's prefix) to serve, by the name
+        its deployments give them (without the prefix): what LiteLLM lists for a
+        wildcard deployment such as `anthropic/*`. Another vendor's entries that only
+        price the provider (OpenAI's, for `azure/`) are not its models."""
+        family = {name for name in _FAMILIES.get(provider, ()) if name.startswith(provider)}
+        family.add(provider)
+        prefix = f"{provider}/"
+        return [
+            key.removeprefix(prefix) for key, (owner, _) in self._entries.items() if owner in family
+        ]
+
     def _openrouter_upstream(self, model: str) -> ModelPrice | None:
         vendor, _, name = model.partition("/")
         provider = _OPENROUTER_VENDORS.get(vendor)

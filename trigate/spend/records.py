@@ -36,6 +36,8 @@ class RequestRecord:
     cancelled_by_client: bool
     error: str | None = None
     client_request_id: str | None = None
+    # The id the client's answer carried (chatcmpl-..., msg_..., resp_...), if any.
+    response_id: str | None = None
 
 
 class RecordSink(Protocol):

@@ -124,6 +124,7 @@ SPEND_COLUMNS = (
     "request_id", "key_hash", "key_alias", "team_id", "user_id", "model_group", "deployment",
     "model", "prompt_tokens", "completion_tokens", "cost", "status", "stream",
     "cancelled_by_client", "start_time", "end_time", "ttft_ms", "client_request_id",
+    "response_id",
 )  # fmt: skip
 
 
@@ -461,9 +462,10 @@ class Store:
 
     # Stored responses (the Responses API's `store`).
 
-    async def save_response(self, row: Row) -> None:
+    async def save_response(self, row: Row) -> bool:
         """Store a response under its id and owner; the owner's older row of the same id
-        (an upstream that reused it) is replaced, another owner's is left alone."""
+        (an upstream that reused it) is replaced, another owner's is left alone. True
+        when it replaced one, which the caller reports: the older is gone."""
         values = [_encode(c, row.get(c)) for c in RESPONSE_COLUMNS]
         owner = row.get("key_hash") or MASTER_OWNER
         marks = ", ".join("?" * (len(RESPONSE_COLUMNS) + 1))
@@ -472,7 +474,14 @@ class Store:
             f"INSERT INTO trigate_responses ({', '.join(RESPONSE_COLUMNS)}, owner) "
             f"VALUES ({marks}) ON CONFLICT (response_id, owner) DO UPDATE SET {updates}"
         )
-        await self._run(lambda cursor: cursor.execute(sql, [*values, owner]))
+        held = "SELECT 1 AS held FROM trigate_responses WHERE response_id = ? AND owner = ?"
+
+        def work(cursor: Cursor) -> bool:
+            replaced = bool(cursor.query(held, [row["response_id"], owner]))
+            cursor.execute(sql, [*values, owner])
+            return replaced
+
+        return await self._run(work)
 
     async def response_chain(
         self,
@@ -608,8 +617,12 @@ def _spend_where(query: SpendFilter, prefix: str) -> tuple[str, list[str | float
     """The WHERE clause of a spend-log query; `prefix` qualifies its columns."""
     clauses: list[str] = []
     values: list[str | float] = []
+    if query.request_id is not None:
+        # LiteLLM's `request_id` is the id the client's answer carried (chatcmpl-...,
+        # msg_..., resp_...); the gateway's own id finds the row too.
+        clauses.append(f"({prefix}request_id = ? OR {prefix}response_id = ?)")
+        values += [query.request_id, query.request_id]
     for column, value in (
-        ("request_id", query.request_id),
         ("key_hash", query.key_hash),
         ("team_id", query.team_id),
         ("user_id", query.user_id),

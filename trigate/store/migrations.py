@@ -151,4 +151,11 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE trigate_responses_owned RENAME TO trigate_responses",
         "CREATE INDEX trigate_responses_expires ON trigate_responses (expires_at)",
     ],
+    # The id the client's answer carried (chatcmpl-..., msg_..., resp_...), by which
+    # LiteLLM's users look a request's spend row up (`/spend/logs?request_id=`). Not the
+    # key: upstreams reuse ids (a mock, a local server), which must not merge rows.
+    [
+        "ALTER TABLE trigate_spend_logs ADD COLUMN response_id TEXT",
+        "CREATE INDEX trigate_spend_logs_response ON trigate_spend_logs (response_id)",
+    ],
 ]
