@@ -28,6 +28,7 @@ from trigate.config import ConfigError, ModelEntry
 from trigate.errors import InvalidRequest, NotFound, echoed, secrets
 from trigate.gateway import Gateway
 from trigate.limits import allows_model
+from trigate.roles import reads_all
 from trigate.router.deployments import Deployment, deployment_id
 from trigate.sealing import SECRET_PARAMS
 
@@ -76,7 +77,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             entry_id = deployment_id(entry)
             if (wanted is None or entry_id == wanted) and _visible(caller, entry.model_name):
                 in_store = entry_id in stored
-                data.append(_deployment_info(entry, deployment, in_store, caller.is_master))
+                data.append(_deployment_info(entry, deployment, in_store, reads_all(caller.role)))
         return _scrubbed({"data": data})
 
     @app.get("/model_group/info")
@@ -174,7 +175,7 @@ async def _updated(gateway: Gateway, model_id: str, body: ModelUpdate) -> Respon
 
 
 def _visible(caller: Caller, model_name: str) -> bool:
-    return caller.is_master or allows_model(caller, model_name)
+    return reads_all(caller.role) or allows_model(caller, model_name)
 
 
 def _checked_entry(

@@ -151,4 +151,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE trigate_responses_owned RENAME TO trigate_responses",
         "CREATE INDEX trigate_responses_expires ON trigate_responses (expires_at)",
     ],
+    # 7 (roles): a user's LiteLLM role (`proxy_admin`, `internal_user`, ...), which its
+    # keys act with on the admin API (trigate/roles.py); NULL is no role.
+    [
+        "ALTER TABLE trigate_users ADD COLUMN user_role TEXT",
+    ],
 ]
