@@ -116,9 +116,8 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             raise InvalidRequest(
                 "Name the keys to delete in `keys` or `key_aliases`.", param="keys"
             )
-        if not writes_all(caller.role):
-            for token in tokens:
-                await _may_change(gateway, caller, token, {}, None)
+        for token in tokens:
+            await _may_delete(gateway, caller, token)
         await gateway.store.delete("keys", "token_hash", tokens)
         return json_response({"deleted_keys": tokens})
 
@@ -205,6 +204,18 @@ async def _may_change(
         raise NotPermitted(_NOT_YOURS)
     await _may_manage(gateway, caller, row, None)
     await _may_manage(gateway, caller, {**row, **fields}, body)
+
+
+async def _may_delete(gateway: Gateway, caller: Caller, token: str) -> None:
+    """A delete by a caller that is not an admin: a key of its own user (in a team or
+    not: giving up a key takes no power from anyone), or one it manages."""
+    if writes_all(caller.role):
+        return
+    row = await gateway.store.get("keys", token)
+    if row is None:
+        raise NotPermitted(_NOT_YOURS)
+    if caller.user_id is None or row.get("user_id") != caller.user_id:
+        await _may_manage(gateway, caller, row, None)
 
 
 async def _may_manage(gateway: Gateway, caller: Caller, key: Row, body: KeySettings | None) -> None:
