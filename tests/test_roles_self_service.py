@@ -16,13 +16,13 @@ from helpers import MASTER_KEY, RunningGateway, start_gateway
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-def config() -> dict[str, Any]:
+def config(database_url: str = "sqlite://:memory:") -> dict[str, Any]:
     return {
         "model_list": [
             {"model_name": name, "litellm_params": {"model": "mock/gpt-4o"}}
             for name in ("good", "other")
         ],
-        "general_settings": {"database_url": "sqlite://:memory:"},
+        "general_settings": {"database_url": database_url},
     }
 
 
@@ -166,6 +166,7 @@ async def test_an_internal_user_manages_its_own_keys_within_its_limits(
 
     # Deletes its own, not another's.
     await ivy.post("/key/delete", {"keys": [others["key"]]}, status=403)
+    await ivy.post("/key/delete", {"key_aliases": ["nobody-has-it"]}, status=403)
     await ivy.post("/key/delete", {"key_aliases": ["ivy-ci"]})
     await Admin(gateway, fresh["key"]).get("/key/info", status=401)
     assert (await master.get(f"/key/info?key={others['token']}"))["key"] == others["token"]
@@ -177,9 +178,10 @@ async def test_an_internal_user_manages_its_own_keys_within_its_limits(
 
 
 async def test_an_internal_user_viewer_reads_its_own_and_makes_nothing(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, database_url: str
 ) -> None:
-    gateway = await start_gateway(nursery, config())
+    """On SQLite and PostgreSQL: the role is a column of the user (migration 7)."""
+    gateway = await start_gateway(nursery, config(database_url))
     master = Admin(gateway)
     val = await user_with_key(master, "val", user_role="internal_user_viewer")
     spare = await master.post("/key/generate", {"user_id": "val"})

@@ -108,10 +108,11 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         caller, body = await admin_call(gateway, DeleteKeys)
         tokens = [token_hash_of(k) for k in body.keys]
         for alias in body.key_aliases:
-            tokens += [
-                row["token_hash"]
-                for row in await gateway.store.select("keys", {"key_alias": alias})
-            ]
+            named = await gateway.store.select("keys", {"key_alias": alias})
+            if not named and not writes_all(caller.role):
+                # Refused as another's alias is: a refusal tells nothing of others' keys.
+                raise NotPermitted(_NOT_YOURS)
+            tokens += [row["token_hash"] for row in named]
         if not tokens:
             raise InvalidRequest(
                 "Name the keys to delete in `keys` or `key_aliases`.", param="keys"

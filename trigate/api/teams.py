@@ -264,8 +264,7 @@ def _creator(caller: Caller, members: list[Member], team_id: str) -> list[Row]:
     creator = MASTER_USER_ID if caller.is_master else caller.user_id
     if creator is None or any(member.user_id == creator for member in members):
         return []
-    role = "admin"
-    return [{"team_id": team_id, "user_id": creator, "user_email": None, "role": role}]
+    return [{"team_id": team_id, "user_id": creator, "user_email": None, "role": "admin"}]
 
 
 def _check_unique(members: list[Member]) -> None:
