@@ -39,7 +39,7 @@ from trigate.clock import wall_time
 from trigate.durations import parse_duration
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
-from trigate.roles import reads_all, writes_all
+from trigate.roles import MASTER_USER_ID, reads_all, writes_all
 from trigate.store import Row
 
 KEY_FORMAT = re.compile(r"^sk-[A-Za-z0-9_\-]{32,}$")
@@ -275,7 +275,7 @@ def _model_allowed(allowed: list[str], model: str) -> bool:
 async def _reads_key(gateway: Gateway, caller: Caller, row: Row) -> bool:
     """Whether a caller that reads only its own may read another key: its user's, or its
     team's where it is the team's admin."""
-    if caller.user_id is not None and row.get("user_id") == caller.user_id:
+    if caller.user_id not in (None, MASTER_USER_ID) and row.get("user_id") == caller.user_id:
         return True
     team_id = row.get("team_id")
     return team_id is not None and await is_team_admin(gateway, caller, team_id)
@@ -285,7 +285,8 @@ async def _own_keys(gateway: Gateway, caller: Caller) -> list[Row]:
     """The keys a caller that reads only its own may list: itself, its user's, and those
     of teams it is the admin of."""
     rows = {caller.key_hash: caller.key} if caller.key_hash and caller.key else {}
-    if caller.user_id is not None:
+    # The master key's recorded id owns nothing (a key made with it before it was reserved).
+    if caller.user_id is not None and caller.user_id != MASTER_USER_ID:
         for row in await gateway.store.select("keys", {"user_id": caller.user_id}, MAX_LISTED):
             rows[row["token_hash"]] = row
         for membership in await gateway.store.member_teams(caller.user_id):
