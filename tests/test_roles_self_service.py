@@ -281,3 +281,16 @@ async def test_a_teams_creator_is_its_admin_member(nursery: trio.Nursery) -> Non
     ):
         refusal = await master.post(path, body, status=400)
         assert refusal["error"]["param"] == "user_id"
+
+
+async def test_blocking_a_user_is_refused_not_ignored(nursery: trio.Nursery) -> None:
+    """No request checks a user's `blocked`: a user asked to be blocked is refused 400
+    naming the field, never stored and silently not enforced."""
+    gateway = await start_gateway(nursery, config())
+    master = Admin(gateway)
+    await master.post("/user/new", {"user_id": "bea", "auto_create_key": False})
+    for path in ("/user/new", "/user/update"):
+        refusal = await master.post(path, {"user_id": "bea", "blocked": True}, status=400)
+        assert refusal["error"]["param"] == "blocked"
+    await master.post("/user/update", {"user_id": "bea", "blocked": False})
+    assert (await master.get("/user/info?user_id=bea"))["user_info"]["blocked"] is False

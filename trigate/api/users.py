@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from quart import Response
 from quart_trio import QuartTrio
 
@@ -34,7 +34,22 @@ from trigate.gateway import Gateway
 from trigate.roles import Role
 
 
-class UserSettings(Limits):
+class UserLimits(Limits):
+    """A user's limits: those of `Limits` but `blocked`, which no request checks of a
+    user (a key, or its team, is what is blocked): asking to block a user is refused
+    rather than stored and silently not enforced."""
+
+    @field_validator("blocked")
+    @classmethod
+    def _not_blocked(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError(
+                "trigate does not block users; block their keys (`/key/block`) or delete the user"
+            )
+        return value
+
+
+class UserSettings(UserLimits):
     user_id: str | None = None
     user_email: str | None = None
     user_role: Role | None = None
@@ -42,7 +57,7 @@ class UserSettings(Limits):
     auto_create_key: bool = True
 
 
-class UpdateUser(Limits):
+class UpdateUser(UserLimits):
     """LiteLLM's `/user/update`: the user by id, else the first with that email; a user
     id no user has yet is made, as LiteLLM upserts."""
 
