@@ -80,11 +80,12 @@ async def test_caller_chosen_keys_must_be_strong(nursery: trio.Nursery) -> None:
     assert (await h.chat(key=chosen)).status == 200
 
 
-async def test_admin_needs_the_master_key(nursery: trio.Nursery) -> None:
+async def test_admin_needs_an_admin(nursery: trio.Nursery) -> None:
+    """A key without a user's role may not make keys (tests/test_roles.py has the roles)."""
     h = await priced(nursery)
     key = await new_key(h)
     exchange = chat_request(h.nursery, h.app, {}, path="/key/generate", key=key)
-    assert (await exchange.start())["status"] == 401
+    assert (await exchange.start())["status"] == 403
 
 
 async def test_update_list_regenerate_delete(nursery: trio.Nursery) -> None:

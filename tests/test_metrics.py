@@ -290,7 +290,7 @@ async def test_metrics_can_require_the_master_key(
             wrong = {"authorization": "Bearer sk-not-a-key-0123456789abcdef0123"}
             assert (await client.get("/metrics", headers=wrong)).status_code == 401
             tenant = await client.get("/metrics", headers={"authorization": f"Bearer {key}"})
-            assert tenant.status_code == 401
+            assert tenant.status_code == 403
             assert "litellm_" not in tenant.text
         assert (await scrape(gateway.url, MASTER_KEY)).families
     finally:

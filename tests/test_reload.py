@@ -91,8 +91,8 @@ async def test_a_bad_file_keeps_the_running_config_and_says_why(
     gateway = await _from_file(nursery, path)
     async with gateway.client() as admin:
         plain = (await admin.post("/key/generate", json={})).json()["key"]
-    async with gateway.client(plain) as client:
-        assert (await client.post("/config/reload")).status_code == 401
+    async with gateway.client(plain) as client:  # a key, but not an admin's
+        assert (await client.post("/config/reload")).status_code == 403
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         assert (await client.post("/config/reload")).status_code == 401
 

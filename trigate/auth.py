@@ -22,6 +22,7 @@ import trio
 from trigate.changes import Changes
 from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed
+from trigate.roles import Role, role_of
 from trigate.store import OWNER_KINDS, Row, Store, StoreUnavailable
 
 logger = logging.getLogger("trigate")
@@ -49,6 +50,11 @@ class Caller:
     key: Row | None = None
     team: Row | None = None
     user: Row | None = None
+
+    @property
+    def role(self) -> Role | None:
+        """The caller's LiteLLM role (trigate/roles.py): read only by admin routes."""
+        return role_of(self.is_master, self.user)
 
     @property
     def key_alias(self) -> str | None:
@@ -122,10 +128,6 @@ class Authenticator:
         if hmac.compare_digest(key.encode(), self._master):
             return Caller(MASTER_IDENTITY, is_master=True)
         return await self._virtual_key(hash_key(key))
-
-    def require_master(self, caller: Caller) -> None:
-        if not caller.is_master:
-            raise AuthenticationFailed("This endpoint needs the master key.", code="not_master_key")
 
     def forget(self, kind: str, key: str) -> None:
         """A row was written: drop it from the cache, so this process sees the change at

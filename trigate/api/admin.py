@@ -2,9 +2,9 @@
 
 The admin API keeps LiteLLM's paths and field names so that scripts and UIs
 written for LiteLLM's proxy keep working. Unknown fields are ignored, as
-LiteLLM's own clients send many. Everything that writes needs the master key
-(a team's admin may manage that team's members); a virtual key may read its
-own key, its user and its team, as LiteLLM lets it.
+LiteLLM's own clients send many. Who may call which route is LiteLLM's role
+matrix, kept in one table (trigate/roles.py) and checked here, by `authorized`,
+before anything else a handler does.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from trigate.api.jsonio import json_body
 from trigate.auth import Caller, hash_key
 from trigate.clock import wall_time
 from trigate.durations import parse_duration
-from trigate.errors import GatewayError, InvalidRequest, NotFound
+from trigate.errors import InvalidRequest, NotFound
 from trigate.gateway import Gateway
+from trigate.roles import MASTER_USER_ID, access_of, reads_all, require
+from trigate.roles import NotPermitted as NotPermitted
 from trigate.store import OWNER_OF_KIND, Row
 
 M = TypeVar("M", bound=BaseModel)
@@ -53,22 +55,33 @@ class Limits(BaseModel):
     blocked: bool | None = None
 
 
-class NotPermitted(GatewayError):
-    """A virtual key asking for what is not its own: LiteLLM's 403."""
+async def authorized(gateway: Gateway) -> Caller:
+    """The one permission check of the admin API: authenticate the caller (401), then
+    refuse it (403) unless its role has the access this route needs, by the route's
+    entry in `trigate.roles.ROUTES` (a route not listed there is the admins' alone).
+    A handler whose access is to the caller's own objects narrows further itself."""
+    caller = await authenticated(gateway)
+    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    require(caller.role, access_of(rule), rule)
+    return caller
 
-    status = 403
-    type = "permission_error"
-    code = "not_allowed"
+
+async def admin_call(gateway: Gateway, model: type[M]) -> tuple[Caller, M]:
+    """`authorized`, then the JSON body validated against `model`."""
+    caller = await authorized(gateway)
+    return caller, validated(model, await json_body())
 
 
 async def admin_body(gateway: Gateway, model: type[M]) -> M:
-    """Authenticate the master key, then validate the JSON body against `model`."""
-    await require_master(gateway)
-    return validated(model, await json_body())
+    """`admin_call` for a handler that needs only the body."""
+    return (await admin_call(gateway, model))[1]
 
 
 async def require_master(gateway: Gateway) -> None:
-    gateway.auth.require_master(await authenticated(gateway))
+    """`authorized`, under the name it had when every such route needed the master
+    key: kept for modules written before roles (the check is the route's entry in
+    `trigate.roles.ROUTES`)."""
+    await authorized(gateway)
 
 
 async def authenticated(gateway: Gateway) -> Caller:
@@ -76,10 +89,28 @@ async def authenticated(gateway: Gateway) -> Caller:
 
 
 def permit(caller: Caller, own: bool, what: str) -> None:
-    """The master key reads anything; a virtual key only what is its own. Checked before
-    any lookup, so that a refusal never tells whether someone else's object exists."""
-    if not (caller.is_master or own):
-        raise NotPermitted(f"A virtual key may read only its own {what}.")
+    """A reader of all (an admin or admin viewer) reads anything; any other caller only
+    what is its own. Checked before any lookup, so that a refusal never tells whether
+    someone else's object exists."""
+    if not (own or reads_all(caller.role)):
+        raise NotPermitted(f"This key may read only its own {what}.")
+
+
+async def is_team_admin(gateway: Gateway, caller: Caller, team_id: str) -> bool:
+    """Whether the caller's user is an `admin` member of the team. The master key's
+    recorded membership (`MASTER_USER_ID`) makes no key a team's admin."""
+    if caller.user_id is None or caller.user_id == MASTER_USER_ID:
+        return False
+    members = await gateway.store.team_members(team_id)
+    return any(m["user_id"] == caller.user_id and m["role"] == "admin" for m in members)
+
+
+def not_reserved(user_id: str | None, param: str = "user_id") -> None:
+    """Refuse the user id the master key is recorded under (`roles.MASTER_USER_ID`)."""
+    if user_id == MASTER_USER_ID:
+        raise InvalidRequest(
+            f"`{param}`: `{MASTER_USER_ID}` is reserved for the master key.", param=param
+        )
 
 
 def validated(model: type[M], body: dict[str, Any]) -> M:

@@ -12,6 +12,7 @@ from trigate import __version__
 from trigate.api.jsonio import json_response
 from trigate.gateway import Gateway
 from trigate.limits import allows_model
+from trigate.roles import reads_all
 from trigate.router.health import health_report
 
 
@@ -39,7 +40,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         """The master key sees every deployment; a virtual key, only those of the models
         it may use, and not where they are."""
         caller = await gateway.auth.authenticate(request.headers)
-        if caller.is_master:
+        if reads_all(caller.role):
             return json_response(health_report(gateway.router))
         covering = gateway.groups.access.covering
         may_see = partial(allows_model, caller, covering=covering)

@@ -1,5 +1,7 @@
-"""`/key/*`: LiteLLM's virtual-key management, for the master key; a virtual key may
-read its own `/key/info`.
+"""`/key/*`: LiteLLM's virtual-key management. An admin manages every key; as in
+LiteLLM's self-service, an `internal_user` makes, changes and deletes its own keys
+within its user's limits, and a team's admin the team's keys within the team's; a key
+reads its own keys (trigate/roles.py says which role may call which route).
 
 A key is shown once, when it is generated or regenerated; the store holds
 only its SHA-256, which doubles as its `token` (and `token_id`) for later calls.
@@ -8,6 +10,7 @@ only its SHA-256, which doubles as its `token` (and `token_id`) for later calls.
 from __future__ import annotations
 
 import re
+from fnmatch import fnmatchcase
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -17,25 +20,31 @@ from quart_trio import QuartTrio
 from trigate.api.admin import (
     Duration,
     Limits,
+    NotPermitted,
     admin_body,
-    authenticated,
+    admin_call,
+    authorized,
     created_fields,
+    is_team_admin,
     limit_fields,
     not_found,
-    permit,
+    not_reserved,
     query_arg,
-    require_master,
     shaped,
     token_hash_of,
 )
 from trigate.api.jsonio import json_response
-from trigate.auth import generate_key, hash_key, key_name
+from trigate.auth import Caller, generate_key, hash_key, key_name
 from trigate.clock import wall_time
 from trigate.durations import parse_duration
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
+from trigate.roles import MASTER_USER_ID, reads_all, writes_all
+from trigate.store import Row
 
 KEY_FORMAT = re.compile(r"^sk-[A-Za-z0-9_\-]{32,}$")
+# The most keys `/key/list` answers with.
+MAX_LISTED = 10_000
 
 
 class KeySettings(Limits):
@@ -68,18 +77,25 @@ class DeleteKeys(Limits):
 def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.post("/key/generate")
     async def generate() -> Response:
-        body = await admin_body(gateway, GenerateKey)
+        caller, body = await admin_call(gateway, GenerateKey)
         key = body.key or generate_key()
-        row = {**created_fields(body), **_key_fields(body), **key_identity(key)}
+        fields = _key_fields(body)
+        if not writes_all(caller.role) and "user_id" not in fields:
+            fields["user_id"] = caller.user_id  # a user's own key, as LiteLLM makes it
+        not_reserved(fields.get("user_id"))
+        await _may_manage(gateway, caller, fields, body)
+        row = {**created_fields(body), **fields, **key_identity(key)}
         await _check_team(gateway, row)
         await _insert_unique(gateway, row)
         return json_response(_generated(key, await _row(gateway, row["token_hash"])))
 
     @app.post("/key/update")
     async def update() -> Response:
-        body = await admin_body(gateway, NamedKey)
+        caller, body = await admin_call(gateway, NamedKey)
         token = token_hash_of(body.key)
         fields = {**limit_fields(body), **_key_fields(body)}
+        not_reserved(fields.get("user_id"))
+        await _may_change(gateway, caller, token, fields, body)
         await _check_team(gateway, fields)
         if not await gateway.store.update("keys", token, {**fields, "updated_at": wall_time()}):
             raise not_found("key", key_name(body.key))
@@ -89,57 +105,69 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.post("/key/delete")
     async def delete() -> Response:
-        body = await admin_body(gateway, DeleteKeys)
+        caller, body = await admin_call(gateway, DeleteKeys)
         tokens = [token_hash_of(k) for k in body.keys]
         for alias in body.key_aliases:
-            tokens += [
-                row["token_hash"]
-                for row in await gateway.store.select("keys", {"key_alias": alias})
-            ]
+            named = await gateway.store.select("keys", {"key_alias": alias})
+            if not named and not writes_all(caller.role):
+                # Refused as another's alias is: a refusal tells nothing of others' keys.
+                raise NotPermitted(_NOT_YOURS)
+            tokens += [row["token_hash"] for row in named]
         if not tokens:
             raise InvalidRequest(
                 "Name the keys to delete in `keys` or `key_aliases`.", param="keys"
             )
+        for token in tokens:
+            await _may_delete(gateway, caller, token)
         await gateway.store.delete("keys", "token_hash", tokens)
         return json_response({"deleted_keys": tokens})
 
     @app.get("/key/info")
     async def info() -> Response:
-        caller = await authenticated(gateway)
+        caller = await authorized(gateway)
         key = query_arg("key")
         # Without `?key=`, a virtual key reads itself, as in LiteLLM.
         token = token_hash_of(key) if key is not None else caller.key_hash
         if token is None:
             raise InvalidRequest("Pass the key (or its token) as `?key=`.", param="key")
-        permit(caller, token == caller.key_hash, "/key/info")
+        if token != caller.key_hash and not reads_all(caller.role):
+            # Its user's keys, and its teams' where it is their admin; a key that does not
+            # exist is refused as another's is, so a refusal tells nothing of others' keys.
+            row = await gateway.store.get("keys", token)
+            if row is None or not await _reads_key(gateway, caller, row):
+                raise NotPermitted("This key may read only its own keys.")
         info = key_shape(await _row(gateway, token))
         del info["token"]  # LiteLLM leaves the hash out of /key/info
         return json_response({"key": token, "info": info})
 
     @app.get("/key/list")
     async def list_keys() -> Response:
-        await require_master(gateway)
+        caller = await authorized(gateway)
         where = {c: v for c in ("team_id", "user_id", "key_alias") if (v := query_arg(c))}
-        rows = await gateway.store.select("keys", where, limit=10_000)
+        if reads_all(caller.role):
+            rows = await gateway.store.select("keys", where, limit=MAX_LISTED)
+        else:
+            rows = [
+                row
+                for row in await _own_keys(gateway, caller)
+                if all(row.get(c) == v for c, v in where.items())
+            ]
         full = query_arg("return_full_object") in ("true", "1")
         keys: list[Any] = [key_shape(r) for r in rows] if full else [r["token_hash"] for r in rows]
         return json_response({"keys": keys, "total_count": len(keys)})
 
     @app.post("/key/regenerate")
     async def regenerate() -> Response:
-        body = await admin_body(gateway, NamedKey)
+        caller, body = await admin_call(gateway, NamedKey)
         token = token_hash_of(body.key)
+        fields = {**limit_fields(body), **_key_fields(body)}
+        not_reserved(fields.get("user_id"))
+        await _may_change(gateway, caller, token, fields, body)
         row = await gateway.store.get("keys", token)
         if row is None:
             raise not_found("key", key_name(body.key))
         key = generate_key()
-        fresh = {
-            **row,
-            **limit_fields(body),
-            **_key_fields(body),
-            **key_identity(key),
-            "updated_at": wall_time(),
-        }
+        fresh = {**row, **fields, **key_identity(key), "updated_at": wall_time()}
         if not await gateway.store.replace_key(token, fresh):
             raise not_found("key", key_name(body.key))
         return json_response(_generated(key, fresh))
@@ -159,6 +187,114 @@ def _blocker(gateway: Gateway, blocked: bool) -> Any:
         return json_response(key_shape(await _row(gateway, token)))
 
     return set_blocked
+
+
+# --- Self-service: what a caller that is not an admin may do to keys --------------------
+
+
+async def _may_change(
+    gateway: Gateway, caller: Caller, token: str, fields: Row, body: KeySettings | None
+) -> None:
+    """A change to an existing key by a caller that is not an admin: the key must be one
+    it manages, and so must the key as changed. A key that does not exist is refused as
+    another's is, so a refusal tells nothing of others' keys."""
+    if writes_all(caller.role):
+        return
+    row = await gateway.store.get("keys", token)
+    if row is None:
+        raise NotPermitted(_NOT_YOURS)
+    await _may_manage(gateway, caller, row, None)
+    await _may_manage(gateway, caller, {**row, **fields}, body)
+
+
+async def _may_delete(gateway: Gateway, caller: Caller, token: str) -> None:
+    """A delete by a caller that is not an admin: a key of its own user (in a team or
+    not: giving up a key takes no power from anyone), or one it manages."""
+    if writes_all(caller.role):
+        return
+    row = await gateway.store.get("keys", token)
+    if row is None:
+        raise NotPermitted(_NOT_YOURS)
+    if caller.user_id is None or row.get("user_id") != caller.user_id:
+        await _may_manage(gateway, caller, row, None)
+
+
+async def _may_manage(gateway: Gateway, caller: Caller, key: Row, body: KeySettings | None) -> None:
+    """Whether a caller that is not an admin may make or hold the key `key` (its
+    `user_id` and `team_id`), and set the limits `body` asks for. LiteLLM's self-service:
+    a user's own key, bound by the user's own limits; a team's key, by the team's admin,
+    bound by the team's, and given only to the team's members (or to no user)."""
+    if writes_all(caller.role):
+        return
+    team_id, user_id = key.get("team_id"), key.get("user_id")
+    if team_id:
+        if not await is_team_admin(gateway, caller, team_id):
+            raise NotPermitted(f"Only an admin of team `{team_id}` may manage its keys.")
+        members = {m["user_id"] for m in await gateway.store.team_members(team_id)}
+        if user_id is not None and user_id not in members:
+            raise InvalidRequest(
+                f"User `{user_id}` is not a member of team `{team_id}`.", param="user_id"
+            )
+        owner, whose = await gateway.store.get("teams", team_id), "the team"
+    else:
+        if caller.user_id is None or user_id != caller.user_id:
+            raise NotPermitted(_NOT_YOURS)
+        owner, whose = await gateway.store.get("users", caller.user_id), "your user"
+    if body is not None:
+        if "blocked" in body.model_fields_set:
+            raise NotPermitted("Only an admin blocks or unblocks a key.", param="blocked")
+        if owner is not None:
+            _within(owner, body, whose)
+
+
+_NOT_YOURS = "This key may manage only its user's own keys, and its teams' as their admin."
+# The numeric limits a key may not set above its owner's (user's or team's).
+_BOUNDED = ("max_budget", "soft_budget", "rpm_limit", "tpm_limit", "max_parallel_requests")
+
+
+def _within(owner: Row, body: Limits, whose: str) -> None:
+    """A self-service key may not be given more than its owner has: models outside the
+    owner's, or a budget or rate above the owner's. (Its owner's limits bind it on every
+    request anyway; this says so when the key is made, not at its first request.)"""
+    allowed: list[str] = owner.get("models") or []
+    if body.models and allowed:
+        beyond = [m for m in body.models if not _model_allowed(allowed, m)]
+        if beyond:
+            raise NotPermitted(f"`models`: {whose} may not use {beyond}.", param="models")
+    for name in _BOUNDED:
+        mine, wanted = owner.get(name), getattr(body, name)
+        if mine is not None and wanted is not None and wanted > mine:
+            raise NotPermitted(f"`{name}`: {wanted} is above {whose}'s {mine}.", param=name)
+
+
+def _model_allowed(allowed: list[str], model: str) -> bool:
+    """As the request path reads `models` (trigate/limits.py): a name, or a pattern."""
+    return model in allowed or any("*" in e and fnmatchcase(model, e) for e in allowed)
+
+
+async def _reads_key(gateway: Gateway, caller: Caller, row: Row) -> bool:
+    """Whether a caller that reads only its own may read another key: its user's, or its
+    team's where it is the team's admin."""
+    if caller.user_id not in (None, MASTER_USER_ID) and row.get("user_id") == caller.user_id:
+        return True
+    team_id = row.get("team_id")
+    return team_id is not None and await is_team_admin(gateway, caller, team_id)
+
+
+async def _own_keys(gateway: Gateway, caller: Caller) -> list[Row]:
+    """The keys a caller that reads only its own may list: itself, its user's, and those
+    of teams it is the admin of."""
+    rows = {caller.key_hash: caller.key} if caller.key_hash and caller.key else {}
+    # The master key's recorded id owns nothing (a key made with it before it was reserved).
+    if caller.user_id is not None and caller.user_id != MASTER_USER_ID:
+        for row in await gateway.store.select("keys", {"user_id": caller.user_id}, MAX_LISTED):
+            rows[row["token_hash"]] = row
+        for membership in await gateway.store.member_teams(caller.user_id):
+            if membership["role"] == "admin" and membership["team_id"]:
+                team = {"team_id": membership["team_id"]}
+                for row in await gateway.store.select("keys", team, MAX_LISTED):
+                    rows[row["token_hash"]] = row
+    return list(rows.values())
 
 
 def key_identity(key: str) -> dict[str, str]:

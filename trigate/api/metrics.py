@@ -5,9 +5,10 @@ hash and team, which no virtual key may read of another tenant."""
 
 from __future__ import annotations
 
-from quart import Response, request
+from quart import Response
 from quart_trio import QuartTrio
 
+from trigate.api.admin import authorized
 from trigate.gateway import Gateway
 from trigate.metrics import CONTENT_TYPE
 
@@ -18,8 +19,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.get("/metrics")
     async def metrics() -> Response:
         if require_auth:
-            caller = await gateway.auth.authenticate(request.headers)
-            gateway.auth.require_master(caller)
+            await authorized(gateway)
         # This worker's sampled state is fresh; the others' is at most a few seconds old.
         gateway.sample_state()
         body = await gateway.telemetry.metrics.render()

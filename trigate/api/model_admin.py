@@ -29,6 +29,7 @@ from trigate.config import WILDCARD, ConfigError, ModelEntry
 from trigate.errors import InvalidRequest, NotFound, echoed, secrets
 from trigate.gateway import Gateway
 from trigate.limits import allows_model
+from trigate.roles import reads_all
 from trigate.router.deployments import Deployment, ModelGroups, deployment_id
 from trigate.sealing import SECRET_PARAMS
 from trigate.spend.prices import ModelPrice, PriceTable
@@ -86,7 +87,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
                 gateway, caller, entry.model_name
             ):
                 in_store = entry_id in stored
-                data.append(_deployment_info(entry, deployment, in_store, caller.is_master))
+                data.append(_deployment_info(entry, deployment, in_store, reads_all(caller.role)))
         return _scrubbed({"data": data})
 
     @app.get("/model_group/info")
@@ -185,7 +186,9 @@ async def _updated(gateway: Gateway, model_id: str, body: ModelUpdate) -> Respon
 
 
 def _visible(gateway: Gateway, caller: Caller, model_name: str) -> bool:
-    return caller.is_master or allows_model(caller, model_name, gateway.groups.access.covering)
+    return reads_all(caller.role) or allows_model(
+        caller, model_name, gateway.groups.access.covering
+    )
 
 
 def _checked_entry(

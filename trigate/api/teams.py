@@ -2,8 +2,10 @@
 
 A team has members (`members_with_roles`), each a user with the role `admin` or
 `user`. A team's admin (a key whose user is an `admin` member) may add, remove
-and re-role the team's members; every other write needs the master key. A
-virtual key may read its own team (its key's, or one its user is a member of).
+and re-role the team's members, and (trigate/api/keys.py) manage its keys; the
+team itself is an admin's to make, change and delete, and its creator becomes its
+`admin` member, as in LiteLLM. A key reads its own teams (its key's, or those its
+user is a member of); an admin or admin viewer reads any (trigate/roles.py).
 """
 
 from __future__ import annotations
@@ -19,23 +21,24 @@ from trigate.api.admin import (
     Limits,
     NotPermitted,
     admin_body,
-    authenticated,
+    admin_call,
+    authorized,
     created_fields,
     insert_new,
+    is_team_admin,
     limit_fields,
     not_found,
     permit,
     query_arg,
-    require_master,
     shaped,
-    validated,
 )
-from trigate.api.jsonio import json_body, json_response
+from trigate.api.jsonio import json_response
 from trigate.api.keys import key_shape
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import InvalidRequest, echoed
 from trigate.gateway import Gateway
+from trigate.roles import MASTER_USER_ID, reads_all, writes_all
 from trigate.store import Row
 
 
@@ -117,7 +120,7 @@ class UpdateMember(NamedMember):
 def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.post("/team/new")
     async def new_team() -> Response:
-        body = await admin_body(gateway, NewTeam)
+        caller, body = await admin_call(gateway, NewTeam)
         _check_unique(body.members_with_roles)
         row = {
             **created_fields(body),
@@ -126,7 +129,8 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "model_aliases": body.model_aliases or {},
         }
         await insert_new(gateway, "teams", row)
-        await _add_members(gateway, row["team_id"], body.members_with_roles, master=True)
+        creator = _creator(caller, body.members_with_roles, row["team_id"])
+        await _add_members(gateway, row["team_id"], body.members_with_roles, creator, admin=True)
         return json_response(await _team_shape(gateway, row["team_id"]))
 
     @app.post("/team/update")
@@ -156,7 +160,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get("/team/info")
     async def team_info() -> Response:
-        caller = await authenticated(gateway)
+        caller = await authorized(gateway)
         # Without `?team_id=`, a key reads its own team, as in LiteLLM.
         team_id = query_arg("team_id") or caller.team_id
         if team_id is None:
@@ -166,8 +170,11 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get("/team/list")
     async def list_teams() -> Response:
-        await require_master(gateway)
-        rows = await gateway.store.select("teams", {})
+        caller = await authorized(gateway)
+        if reads_all(caller.role):
+            rows = await gateway.store.select("teams", {})
+        else:
+            rows = await _own_teams(gateway, caller)
         return json_response([await with_members(gateway, row) for row in rows])
 
     @app.post("/team/member_add")
@@ -178,12 +185,13 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             raise not_found("team", body.team_id)
         _check_unique(members)
         present = {m["user_id"] for m in await gateway.store.team_members(body.team_id)}
-        users = await _add_members(gateway, body.team_id, members, present, master=caller.is_master)
+        admin = writes_all(caller.role)
+        users = await _add_members(gateway, body.team_id, members, present=present, admin=admin)
         team = await _team_shape(gateway, body.team_id)
         # A team's admin is told only what it named and the id it was found by: another
         # user's profile (budget, spend, metadata) is `/user/info`'s, which it may not read.
         updated = [
-            shaped(user) if caller.is_master else _as_named(user, member)
+            shaped(user) if admin else _as_named(user, member)
             for user, member in zip(users, members, strict=True)
         ]
         return json_response({**team, "updated_users": updated, "updated_team_memberships": []})
@@ -222,30 +230,41 @@ async def _team_admin_body(gateway: Gateway, model: type[C]) -> C:
 
 
 async def _team_admin_call(gateway: Gateway, model: type[C]) -> tuple[Caller, C]:
-    """The caller and body of a `/team/member_*` call, from the master key or the team's
+    """The caller and body of a `/team/member_*` call, from an admin or the team's
     admin. The body names the team, so it is read before the caller's right to it is
     checked."""
-    caller = await authenticated(gateway)
-    body = validated(model, await json_body())
-    if not caller.is_master and not await _is_team_admin(gateway, caller, body.team_id):
-        raise NotPermitted("Only the master key or an admin of this team may change its members.")
+    caller, body = await admin_call(gateway, model)
+    if not writes_all(caller.role) and not await is_team_admin(gateway, caller, body.team_id):
+        raise NotPermitted("Only an admin, or an admin of this team, may change its members.")
     return caller, body
-
-
-async def _is_team_admin(gateway: Gateway, caller: Caller, team_id: str) -> bool:
-    if caller.user_id is None:
-        return False
-    members = await gateway.store.team_members(team_id)
-    return any(m["user_id"] == caller.user_id and m["role"] == "admin" for m in members)
 
 
 async def _in_team(gateway: Gateway, caller: Caller, team_id: str) -> bool:
     """Whether a team is the caller's own: its key's team, or one its user is in."""
-    if caller.is_master or caller.team_id == team_id:
+    if caller.team_id == team_id:
         return True
-    if caller.user_id is None:
+    if caller.user_id is None or caller.user_id == MASTER_USER_ID:
         return False
     return any(m["user_id"] == caller.user_id for m in await gateway.store.team_members(team_id))
+
+
+async def _own_teams(gateway: Gateway, caller: Caller) -> list[Row]:
+    """The teams a caller that reads only its own may list: its key's, and its user's."""
+    ids = [caller.team_id] if caller.team_id else []
+    if caller.user_id is not None and caller.user_id != MASTER_USER_ID:
+        ids += [m["team_id"] for m in await gateway.store.member_teams(caller.user_id)]
+    rows = [await gateway.store.get("teams", team_id) for team_id in dict.fromkeys(ids)]
+    return [row for row in rows if row is not None]
+
+
+def _creator(caller: Caller, members: list[Member], team_id: str) -> list[Row]:
+    """The membership LiteLLM gives a team's creator: `admin`, under its user id (the
+    master key's is `MASTER_USER_ID`), unless the members named it already. No user is
+    made for it."""
+    creator = MASTER_USER_ID if caller.is_master else caller.user_id
+    if creator is None or any(member.user_id == creator for member in members):
+        return []
+    return [{"team_id": team_id, "user_id": creator, "user_email": None, "role": "admin"}]
 
 
 def _check_unique(members: list[Member]) -> None:
@@ -258,18 +277,20 @@ async def _add_members(
     gateway: Gateway,
     team_id: str,
     members: list[Member],
-    present: set[str] | None = None,
+    extra: list[Row] | None = None,
     *,
-    master: bool,
+    present: set[str] | None = None,
+    admin: bool,
 ) -> list[Row]:
     """Make each member's user as LiteLLM does (a user named only by email is found by
-    it, or made with a fresh id), then add the memberships in one transaction. Returns
-    the members' user rows. Only the `master` key makes users: a team's admin adds users
-    that exist, and learns of them no more than it named."""
+    it, or made with a fresh id), then add the memberships, with the `extra` ones given
+    whole, in one transaction. Returns the members' user rows. Only an `admin` makes
+    users: a team's admin adds users that exist, and learns of them no more than it
+    named."""
     now = wall_time()
-    users, rows = [], []
+    users, rows = [], [{**row, "created_at": now} for row in extra or []]
     for member in members:
-        user = await _user_of(gateway, member, now, create=master)
+        user = await _user_of(gateway, member, now, create=admin)
         if present is not None and user["user_id"] in present:
             raise InvalidRequest(
                 f"User `{user['user_id']}` is already a member of this team.", param="member"
@@ -279,7 +300,7 @@ async def _add_members(
             {
                 "team_id": team_id,
                 "user_id": user["user_id"],
-                "user_email": member.user_email or (user.get("user_email") if master else None),
+                "user_email": member.user_email or (user.get("user_email") if admin else None),
                 "role": member.role,
                 "created_at": now,
             }
@@ -296,8 +317,8 @@ async def _user_of(gateway: Gateway, member: Member, now: float, *, create: bool
         user = found[0] if found else None
     if user is None and not create:
         raise InvalidRequest(
-            f"No user `{echoed(member.user_id or member.user_email or '')}` exists; only the "
-            "master key makes users (`/user/new`, or adding a new member itself).",
+            f"No user `{echoed(member.user_id or member.user_email or '')}` exists; only an "
+            "admin makes users (`/user/new`, or adding a new member itself).",
             param="member",
             code="user_not_found",
         )

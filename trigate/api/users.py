@@ -1,23 +1,25 @@
-"""`/user/*`: LiteLLM's users, whose limits bind their keys. Every write needs the
-master key; a virtual key may read its own user.
+"""`/user/*`: LiteLLM's users, whose limits bind their keys and whose `user_role` is
+what their keys may do on the admin API (trigate/roles.py). Writes are an admin's; a
+key reads its own user, an admin or admin viewer any.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from quart import Response
 from quart_trio import QuartTrio
 
 from trigate.api.admin import (
     Limits,
     admin_body,
-    authenticated,
+    authorized,
     created_fields,
     insert_new,
     limit_fields,
     not_found,
+    not_reserved,
     permit,
     query_arg,
     shaped,
@@ -29,20 +31,39 @@ from trigate.auth import generate_key
 from trigate.clock import wall_time
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
+from trigate.roles import Role
 
 
-class UserSettings(Limits):
+class UserLimits(Limits):
+    """A user's limits: those of `Limits` but `blocked`, which no request checks of a
+    user (a key, or its team, is what is blocked): asking to block a user is refused
+    rather than stored and silently not enforced."""
+
+    @field_validator("blocked")
+    @classmethod
+    def _not_blocked(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError(
+                "trigate does not block users; block their keys (`/key/block`) or delete the user"
+            )
+        return value
+
+
+class UserSettings(UserLimits):
     user_id: str | None = None
     user_email: str | None = None
+    user_role: Role | None = None
     # LiteLLM's /user/new also issues the user a key unless told not to.
     auto_create_key: bool = True
 
 
-class UpdateUser(Limits):
-    """LiteLLM's `/user/update`: the user by id, else the first with that email."""
+class UpdateUser(UserLimits):
+    """LiteLLM's `/user/update`: the user by id, else the first with that email; a user
+    id no user has yet is made, as LiteLLM upserts."""
 
     user_id: str | None = None
     user_email: str | None = None
+    user_role: Role | None = None
 
     @model_validator(mode="after")
     def _named(self) -> UpdateUser:
@@ -61,10 +82,12 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.post("/user/new")
     async def new_user() -> Response:
         body = await admin_body(gateway, UserSettings)
+        not_reserved(body.user_id)
         row = {
             **created_fields(body),
             "user_id": body.user_id or str(uuid.uuid4()),
             "user_email": body.user_email,
+            "user_role": _role_name(body.user_role),
         }
         await insert_new(gateway, "users", row)
         answer = shaped(row)
@@ -82,12 +105,17 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.post("/user/update")
     async def update_user() -> Response:
         body = await admin_body(gateway, UpdateUser)
+        not_reserved(body.user_id)
         user_id = body.user_id or await _user_by_email(gateway, body.user_email)
         fields = limit_fields(body)
         if body.user_id is not None and body.user_email is not None:
             fields["user_email"] = body.user_email
+        # A null role, as LiteLLM's clients send for fields they leave alone, changes nothing.
+        if body.user_role is not None:
+            fields["user_role"] = body.user_role.value
         if not await gateway.store.update("users", user_id, {**fields, "updated_at": wall_time()}):
-            raise not_found("user", user_id)
+            created = {**created_fields(body), **fields, "user_id": user_id}
+            await insert_new(gateway, "users", created)
         row = await gateway.store.get("users", user_id)
         if row is None:  # deleted since
             raise not_found("user", user_id)
@@ -103,7 +131,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get("/user/info")
     async def user_info() -> Response:
-        caller = await authenticated(gateway)
+        caller = await authorized(gateway)
         # Without `?user_id=`, a key reads its own user, as in LiteLLM.
         user_id = query_arg("user_id") or caller.user_id
         if user_id is None:
@@ -127,6 +155,11 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
                 "teams": teams,
             }
         )
+
+
+def _role_name(role: Role | None) -> str | None:
+    """A role as stored: its plain name (a database driver may write an enum otherwise)."""
+    return role.value if role is not None else None
 
 
 async def _user_by_email(gateway: Gateway, email: str | None) -> str:

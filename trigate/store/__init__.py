@@ -110,8 +110,9 @@ TEAMS = Owner(
     _LIMIT_COLUMNS | {"team_id", "team_alias", "model_aliases"},
 )  # fmt: skip
 USERS = Owner(
-    "users", "trigate_users", "user_id", "user_id", _LIMIT_COLUMNS | {"user_id", "user_email"}
-)
+    "users", "trigate_users", "user_id", "user_id",
+    _LIMIT_COLUMNS | {"user_id", "user_email", "user_role"},
+)  # fmt: skip
 OWNERS = (KEYS, TEAMS, USERS)
 OWNER_OF_KIND = {owner.kind: owner for owner in OWNERS}
 OWNER_KINDS = tuple(OWNER_OF_KIND)

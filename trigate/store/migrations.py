@@ -158,4 +158,9 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE trigate_spend_logs ADD COLUMN response_id TEXT",
         "CREATE INDEX trigate_spend_logs_response ON trigate_spend_logs (response_id)",
     ],
+    # A user's LiteLLM role (`proxy_admin`, `internal_user`, ...), which its
+    # keys act with on the admin API (trigate/roles.py); NULL is no role.
+    [
+        "ALTER TABLE trigate_users ADD COLUMN user_role TEXT",
+    ],
 ]
