@@ -33,7 +33,7 @@ import trio
 from trigate import lua
 from trigate.auth import Caller
 from trigate.clock import wall_time
-from trigate.errors import GatewayError
+from trigate.errors import GatewayError, echoed
 from trigate.fleet import Fleet, RedisUnavailable
 from trigate.store import OWNER_OF_KIND, Row, next_reset
 
@@ -74,10 +74,16 @@ class BudgetExceeded(GatewayError):
 
 
 def check_model(caller: Caller, group: str, param: str = "model") -> None:
-    """A key's, its team's and its user's `models`; an empty list allows every model."""
-    for owner, row in (("key", caller.key), ("team", caller.team), ("user", caller.user)):
+    """A key's, its team's, its user's and its organization's `models`; an empty list
+    allows every model."""
+    for owner, row in (
+        ("key", caller.key),
+        ("team", caller.team),
+        ("user", caller.user),
+        ("organization", caller.organization),
+    ):
         allowed = (row or {}).get("models") or []
-        if not _allowed(allowed, group):
+        if not allowed_by(allowed, group):
             raise ModelNotAllowed(
                 f"This {owner} may not use model `{group}`. Allowed: {', '.join(allowed)}.",
                 param=param,
@@ -86,12 +92,12 @@ def check_model(caller: Caller, group: str, param: str = "model") -> None:
 
 def allows_model(caller: Caller, group: str) -> bool:
     return all(
-        _allowed((row or {}).get("models") or [], group)
-        for row in (caller.key, caller.team, caller.user)
+        allowed_by((row or {}).get("models") or [], group)
+        for row in (caller.key, caller.team, caller.user, caller.organization)
     )
 
 
-def _allowed(allowed: list[str], group: str) -> bool:
+def allowed_by(allowed: list[str], group: str) -> bool:
     """An entry may be a pattern, as in LiteLLM: `*` allows every model, `anthropic/*`
     every model a wildcard deployment serves under that prefix."""
     if not allowed or group in allowed:
@@ -147,6 +153,8 @@ def _rates_of(caller: Caller) -> list[_Rates]:
         ("key", caller.key, caller.key_hash),
         ("team", caller.team, caller.team_id),
         ("user", caller.user, caller.user_id),
+        ("organization", caller.organization, caller.organization_id),
+        ("customer", caller.end_user, caller.end_user_id),
     ):
         if row is None or ident is None:
             continue
@@ -161,7 +169,13 @@ def _rates_of(caller: Caller) -> list[_Rates]:
 
 
 def _budgeted_rows(caller: Caller) -> Iterator[tuple[str, Row]]:
-    for kind, row in (("keys", caller.key), ("teams", caller.team), ("users", caller.user)):
+    for kind, row in (
+        ("keys", caller.key),
+        ("teams", caller.team),
+        ("users", caller.user),
+        ("organizations", caller.organization),
+        ("customers", caller.end_user),
+    ):
         if row is not None and row.get("max_budget") is not None:
             yield kind, row
 
@@ -302,6 +316,8 @@ def _rate_limited(rates: _Rates, what: str, now: float) -> RateLimited:
 
 
 def _budget_exceeded(budget: _Budget, spent: float, reserved: float, now: float) -> BudgetExceeded:
+    if budget.kind == "customers":
+        return end_user_over_budget(budget.ident, spent, reserved, budget.row["max_budget"])
     owner = budget.kind.removesuffix("s")
     in_flight = f" (+{reserved:.6f} reserved by requests in flight)" if reserved > 0 else ""
     reset_at = budget.row.get("budget_reset_at")
@@ -310,6 +326,15 @@ def _budget_exceeded(budget: _Budget, spent: float, reserved: float, now: float)
     return BudgetExceeded(
         f"Budget has been exceeded! Current cost: {spent:.6f}{in_flight}, "
         f"Max budget: {budget.row['max_budget']:.6f} (this {owner}'s){note}"
+    )
+
+
+def end_user_over_budget(ident: str, spent: float, reserved: float, limit: float) -> BudgetExceeded:
+    """LiteLLM's words for a customer over budget, which its clients match on."""
+    in_flight = f" (+{reserved:.6f} reserved by requests in flight)" if reserved > 0 else ""
+    return BudgetExceeded(
+        f"ExceededBudget: End User={echoed(ident)} over budget. Spend={spent:.6f}{in_flight}, "
+        f"Budget={limit:.6f}"
     )
 
 

@@ -32,6 +32,7 @@ from trigate.api.admin import (
 )
 from trigate.api.jsonio import json_body, json_response
 from trigate.api.keys import key_shape
+from trigate.api.organizations import check_team
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import InvalidRequest, echoed
@@ -59,6 +60,7 @@ class TeamSettings(Limits):
     team_id: str | None = None
     team_alias: str | None = None
     model_aliases: dict[str, str] | None = None
+    organization_id: str | None = None
 
 
 class NewTeam(TeamSettings):
@@ -119,11 +121,13 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def new_team() -> Response:
         body = await admin_body(gateway, NewTeam)
         _check_unique(body.members_with_roles)
+        await check_team(gateway, body.organization_id, body.models)
         row = {
             **created_fields(body),
             "team_id": body.team_id or str(uuid.uuid4()),
             "team_alias": body.team_alias,
             "model_aliases": body.model_aliases or {},
+            "organization_id": body.organization_id,
         }
         await insert_new(gateway, "teams", row)
         await _add_members(gateway, row["team_id"], body.members_with_roles, master=True)
@@ -138,6 +142,11 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         # A null, as LiteLLM's clients send for fields they leave alone, changes nothing.
         if body.model_aliases is not None:
             fields["model_aliases"] = body.model_aliases
+        if body.organization_id is not None or "models" in fields:
+            current = await gateway.store.get("teams", body.team_id) or {}
+            organization_id = body.organization_id or current.get("organization_id")
+            await check_team(gateway, organization_id, fields.get("models", current.get("models")))
+            fields["organization_id"] = organization_id
         if not await gateway.store.update(
             "teams", body.team_id, {**fields, "updated_at": wall_time()}
         ):

@@ -36,6 +36,10 @@ class RequestRecord:
     cancelled_by_client: bool
     error: str | None = None
     client_request_id: str | None = None
+    # LiteLLM's end user (customer): the request's `user`, billed its cost.
+    end_user: str | None = None
+    # The organization of the key's team, billed its cost.
+    organization_id: str | None = None
 
 
 class RecordSink(Protocol):
