@@ -162,7 +162,11 @@ def budget_shape(row: Row | None) -> Row | None:
     if row is None:
         return None
     return {
-        **{k: v for k, v in row.items() if k not in ("created_at", "updated_at")},
+        "budget_id": row["budget_id"],
+        **{name: row.get(name) for name in BUDGET_LIMITS},
+        "model_max_budget": row.get("model_max_budget") or {},
+        "created_by": row.get("created_by"),
+        "updated_by": row.get("updated_by"),
         "budget_reset_at": iso(row.get("budget_reset_at")),
         "created_at": iso(row.get("created_at")),
         "updated_at": iso(row.get("updated_at")),
