@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
+from asgi_driver import harness
 from helpers import MASTER_KEY, RunningGateway, start_gateway
 
 from trigate.end_users import end_user_of
@@ -217,3 +219,20 @@ def test_the_end_user_is_read_where_litellm_reads_it() -> None:
     assert end_user_of({}, {}) is None
     with pytest.raises(InvalidRequest):
         end_user_of({"user": 5}, {})
+
+
+async def test_a_customers_budget_window_resets(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    """`budget_duration` windows a customer's spend, as it does a key's: LiteLLM's
+    customers' spend only ever grows (its issue #24675)."""
+    h = await harness(nursery, config(), {})
+    made = await h.admin(
+        "/customer/new", {"user_id": "w", "max_budget": 0.001, "budget_duration": "1h"}
+    )
+    assert made.status == 200, made.body
+    assert (await h.chat("mock", user="w")).status == 200
+    assert (await h.chat("mock", user="w")).status == 400
+    await trio.sleep(3600)
+    assert (await h.chat("mock", user="w")).status == 200, "a new window, a fresh budget"
+    assert (await h.chat("mock", user="w")).status == 400
