@@ -46,7 +46,7 @@ async def test_organization_routes_speak_litellms_shapes(nursery: trio.Nursery) 
 
     info = await ok(gateway, f"/organization/info?organization_id={org}")
     assert [t["team_id"] for t in info["teams"]] == [team["team_id"]]
-    assert info["members"][0]["user_id"] == "ann"
+    assert {m["user_id"]: m["user_role"] for m in info["members"]}["ann"] == "org_admin"
     assert (await ok(gateway, "/organization/info", {"organizations": [org]}))[0] == info
     assert [o["organization_id"] for o in await ok(gateway, "/organization/list")] == [org]
 
@@ -124,3 +124,12 @@ async def test_an_organizations_budget_binds_every_key_of_its_teams(
     await ok(gateway, "/organization/update", {"organization_id": org, "blocked": True})
     blocked = await call(gateway, "/v1/chat/completions", chat, keys[1])
     assert blocked.status_code == 401 and blocked.json()["error"]["code"] == "organization_blocked"
+
+
+async def test_a_key_joins_an_organization_only_through_its_team(nursery: trio.Nursery) -> None:
+    """LiteLLM's `/key/generate` takes an `organization_id`; trigate binds a key to an
+    organization through its team, so one given directly is refused, never ignored."""
+    gateway = await start_gateway(nursery, config())
+    org = (await ok(gateway, "/organization/new", {"organization_alias": "o"}))["organization_id"]
+    reply = await call(gateway, "/key/generate", {"organization_id": org})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "organization_id"
