@@ -14,7 +14,7 @@ import trio.testing
 from asgi_driver import harness
 from helpers import MASTER_KEY, RunningGateway, start_gateway
 
-from trigate.end_users import end_user_of
+from trigate.end_users import RECHECK, end_user_of
 from trigate.errors import InvalidRequest
 from trigate.store import SpendFilter
 
@@ -130,6 +130,25 @@ async def test_a_customers_budget_binds_every_model_route_across_instances(
     assert {row["end_user"] for row in rows} >= {"u1", "someone-else"}
     info = await ok(b, "/customer/info?end_user_id=u1")
     assert info["spend"] > 0.001
+
+
+async def test_the_first_customer_binds_the_other_instance_at_once(
+    nursery: trio.Nursery, redis_url: str, redis_prefix: str, tmp_path: Any
+) -> None:
+    """An instance that has found no customer configured believes it for `RECHECK`
+    seconds; a customer made on another instance reaches it over Redis long before."""
+    fleet = {"redis_url": redis_url, "redis_key_prefix": redis_prefix, "redis_timeout": 1.0}
+    database = f"sqlite:///{tmp_path}/fleet.db"
+    a = await start_gateway(nursery, config(database, **fleet))
+    b = await start_gateway(nursery, config(database, **fleet))
+    chat = {"model": "mock", "messages": MESSAGES, "user": "late"}
+    assert (await call(b, "/v1/chat/completions", chat)).status_code == 200  # none configured
+    await ok(a, "/customer/block", {"user_ids": ["late"]})
+    with trio.fail_after(RECHECK - 2):
+        while (await call(b, "/v1/chat/completions", chat)).status_code == 200:
+            pass
+    refused = await call(b, "/v1/chat/completions", chat)
+    assert refused.json()["error"]["code"] == "end_user_blocked"
 
 
 async def test_a_customers_rate_limit_and_block(nursery: trio.Nursery) -> None:

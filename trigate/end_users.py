@@ -16,8 +16,8 @@ requests are bound too: a customer's budget is its own, whoever calls for it.
 
 Looking a customer up costs a cache lookup (the authenticator's, invalidated fleet-wide
 when a customer changes). While no customer is configured at all, not even that: whether
-any is, is read from the store at most every `RECHECK` seconds, and at once after this
-process writes one.
+any is, is read from the store at most every `RECHECK` seconds, and is known at once
+when any process of the fleet writes one (with Redis; without it, within `RECHECK`).
 """
 
 from __future__ import annotations
@@ -80,10 +80,15 @@ class EndUsers:
         self._known_until = -float("inf")
 
     def written(self, kind: str, key: str) -> None:
-        """The store wrote a row (`Store.watch`): a customer written here exists at once."""
+        """A customer was written, here (`Store.watch`) or by another process of the
+        fleet (`Changes.listen`): it exists from now on."""
         if kind == CUSTOMERS.kind:
             self._configured = True
             self._known_until = trio.current_time() + RECHECK
+
+    def resync(self) -> None:
+        """Changes may have gone unheard: ask the store again at the next request."""
+        self._known_until = -float("inf")
 
     async def bind(self, caller: Caller) -> None:
         """Attach the customer row of the caller's end user (`caller.end_user_id`, named

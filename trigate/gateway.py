@@ -47,7 +47,7 @@ from trigate.router_settings import RouterSettings
 from trigate.sealing import Sealer
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable, TokenCounts, cost
-from trigate.store import MODELS, OWNERS, Store
+from trigate.store import CUSTOMERS, MODELS, OWNERS, Store
 from trigate.telemetry import SAMPLE_INTERVAL, Telemetry
 from trigate.tokens import TokenCounter
 from trigate.transport import HTTP11Transport
@@ -216,6 +216,7 @@ class Gateway:
         self._store.watch(self._written)
         self._end_users = EndUsers(self._auth, self._store)
         self._store.watch(self._end_users.written)
+        self.changes.listen((CUSTOMERS.kind,), self._end_users.written, self._end_users.resync)
         self._ledger = SpendLedger(self._store)
         self._transport = self._transport or self._default_transport()
         prices = await trio.to_thread.run_sync(_process_prices)
