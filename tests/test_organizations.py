@@ -133,3 +133,20 @@ async def test_a_key_joins_an_organization_only_through_its_team(nursery: trio.N
     org = (await ok(gateway, "/organization/new", {"organization_alias": "o"}))["organization_id"]
     reply = await call(gateway, "/key/generate", {"organization_id": org})
     assert reply.status_code == 400 and reply.json()["error"]["param"] == "organization_id"
+
+
+async def test_an_organizations_models_bind_its_keys(nursery: trio.Nursery) -> None:
+    """Narrowing an organization's models takes the model from its teams' keys at once,
+    though the teams still name it."""
+    gateway = await start_gateway(nursery, config())
+    org = (await ok(gateway, "/organization/new", {"organization_alias": "o", "models": ["mock"]}))[
+        "organization_id"
+    ]
+    team = await ok(gateway, "/team/new", {"organization_id": org, "models": ["mock"]})
+    key = (await ok(gateway, "/key/generate", {"team_id": team["team_id"]}))["key"]
+    chat = {"model": "mock", "messages": MESSAGES}
+    assert (await call(gateway, "/v1/chat/completions", chat, key)).status_code == 200
+    await ok(gateway, "/organization/update", {"organization_id": org, "models": ["other"]})
+    refused = await call(gateway, "/v1/chat/completions", chat, key)
+    assert refused.status_code == 403, refused.text
+    assert "This organization may not use model `mock`" in refused.json()["error"]["message"]
