@@ -48,14 +48,27 @@ class EndUserBlocked(GatewayError):
 
 
 def end_user_of(body: dict[str, Any], headers: Mapping[str, str]) -> str | None:
-    """The end user a request names, where LiteLLM looks for one; None if none."""
-    for name in END_USER_HEADERS:
-        value = headers.get(name)
-        if value is not None and value.strip():
-            return value.strip()
+    """The end user a request names, where LiteLLM looks for one; None if none. Every
+    model request asks, so a request naming none is answered in a few lookups."""
+    if "x-litellm-customer-id" in headers or "x-litellm-end-user-id" in headers:
+        for name in END_USER_HEADERS:
+            value = headers.get(name, "").strip()
+            if value:
+                return value
     user = body.get("user")
-    if isinstance(user, str) and user:
-        return user
+    if isinstance(user, str):
+        if user:
+            return user
+    elif user is not None:
+        raise InvalidRequest("`user` must be a string.", param="user")
+    if "metadata" in body or "litellm_metadata" in body or "safety_identifier" in body:
+        return _named_in_body(body)
+    return None
+
+
+def _named_in_body(body: dict[str, Any]) -> str | None:
+    """LiteLLM's places after `user`: `litellm_metadata.user`, `metadata.user_id`,
+    `safety_identifier`."""
     for container, field in _NESTED:
         holder = body.get(container)
         if isinstance(holder, dict):
@@ -65,8 +78,6 @@ def end_user_of(body: dict[str, Any], headers: Mapping[str, str]) -> str | None:
     identifier = body.get("safety_identifier")
     if isinstance(identifier, str) and identifier:
         return identifier
-    if user is not None and not isinstance(user, str):
-        raise InvalidRequest("`user` must be a string.", param="user")
     return None
 
 

@@ -149,11 +149,12 @@ class _Budget:
 
 def _rates_of(caller: Caller) -> list[_Rates]:
     rates = []
+    organization = caller.organization
     for kind, row, ident in (
         ("key", caller.key, caller.key_hash),
         ("team", caller.team, caller.team_id),
         ("user", caller.user, caller.user_id),
-        ("organization", caller.organization, caller.organization_id),
+        ("organization", organization, organization["organization_id"] if organization else None),
         ("customer", caller.end_user, caller.end_user_id),
     ):
         if row is None or ident is None:
