@@ -50,6 +50,16 @@ class Caller:
     key: Row | None = None
     team: Row | None = None
     user: Row | None = None
+    # The organization of the key's team (LiteLLM's): its models and limits bind the key.
+    organization: Row | None = None
+    # The request's end user (LiteLLM's customer), set per request by `trigate.end_users`:
+    # its id as the request named it, and its row when one is configured.
+    end_user_id: str | None = None
+    end_user: Row | None = None
+
+    @property
+    def organization_id(self) -> str | None:
+        return self.team.get("organization_id") if self.team else None
 
     @property
     def role(self) -> Role | None:
@@ -155,7 +165,30 @@ class Authenticator:
         if team is not None and team["blocked"]:
             raise AuthenticationFailed("This API key's team has been blocked.", code="team_blocked")
         user = await self._cached("users", row["user_id"]) if row["user_id"] else None
-        return Caller(token_hash[:16], False, token_hash, row, team, user)
+        organization = await self._organization(team) if team is not None else None
+        return Caller(token_hash[:16], False, token_hash, row, team, user, organization)
+
+    async def _organization(self, team: Row) -> Row | None:
+        """The team's organization, whose models and limits bind the team's keys."""
+        organization_id = team.get("organization_id")
+        if not organization_id:
+            return None
+        organization = await self._cached("organizations", organization_id)
+        if organization is None:
+            # Without its organization's row the key would escape the organization's limits.
+            raise AuthenticationFailed(
+                "This API key's organization no longer exists.", code="organization_deleted"
+            )
+        if organization["blocked"]:
+            raise AuthenticationFailed(
+                "This API key's organization has been blocked.", code="organization_blocked"
+            )
+        return organization
+
+    async def row(self, kind: str, key: str) -> Row | None:
+        """A key's, team's, user's, customer's or organization's row, from the same cache
+        (and the same fleet-wide invalidation) as the key check's."""
+        return await self._cached(kind, key)
 
     async def _cached(self, kind: str, key: str) -> Row | None:
         now = wall_time()

@@ -43,7 +43,7 @@ class Changes:
 
     def __init__(self, stale: Stale = _nothing_stale) -> None:
         self._stale = stale
-        self._listeners: dict[str, OnChange] = {}
+        self._listeners: dict[str, list[OnChange]] = {}
         self._resyncs: list[Callable[[], None]] = []
         self._outbox, self._to_send = trio.open_memory_channel[tuple[str, str]](math.inf)
 
@@ -51,7 +51,7 @@ class Changes:
         """Call `on_change(kind, id)` for each change of `kinds` another process (or this
         one) announces, and `resync()` whenever changes may have gone unheard."""
         for kind in kinds:
-            self._listeners[kind] = on_change
+            self._listeners.setdefault(kind, []).append(on_change)
         self._resyncs.append(resync)
 
     def announce(self, kind: str, ident: str) -> None:
@@ -107,8 +107,7 @@ class Changes:
                         data = message["data"]
                         assert isinstance(data, bytes)
                         kind, ident = orjson.loads(data)
-                        listener = self._listeners.get(kind)
-                        if listener is not None:
+                        for listener in self._listeners.get(kind, ()):
                             listener(kind, ident)
             except* Exception as lost:  # whatever ends the feed, the worker serves on
                 logger.debug("change feed lost, resubscribing: %r", lost.exceptions)

@@ -33,6 +33,7 @@ from trigate.auth import Authenticator
 from trigate.changes import Changes
 from trigate.clock import wall_time
 from trigate.config import ConfigError, GatewayConfig
+from trigate.end_users import EndUsers
 from trigate.errors import secrets
 from trigate.fleet import Fleet
 from trigate.hooks import Hooks, load_hooks
@@ -46,7 +47,7 @@ from trigate.router_settings import RouterSettings
 from trigate.sealing import Sealer
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable, TokenCounts, cost
-from trigate.store import MODELS, OWNERS, Store
+from trigate.store import CUSTOMERS, MODELS, OWNERS, Store
 from trigate.telemetry import SAMPLE_INTERVAL, Telemetry
 from trigate.tokens import TokenCounter
 from trigate.transport import HTTP11Transport
@@ -149,6 +150,7 @@ class Gateway:
         self._store: Store | None = None
         self._ledger: SpendLedger | None = None
         self._auth: Authenticator | None = None
+        self._end_users: EndUsers | None = None
         self._background: trio.CancelScope | None = None
         self._background_done = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -197,6 +199,11 @@ class Gateway:
         return self._auth
 
     @property
+    def end_users(self) -> EndUsers:
+        assert self._end_users is not None, "the gateway has not started"
+        return self._end_users
+
+    @property
     def ledger(self) -> SpendLedger:
         assert self._ledger is not None, "the gateway has not started"
         return self._ledger
@@ -207,6 +214,9 @@ class Gateway:
         self._auth = Authenticator(self._master_key, self._store, self.changes)
         # Every admin write reaches the caches, here and (with Redis) fleet-wide.
         self._store.watch(self._written)
+        self._end_users = EndUsers(self._auth, self._store)
+        self._store.watch(self._end_users.written)
+        self.changes.listen((CUSTOMERS.kind,), self._end_users.written, self._end_users.resync)
         self._ledger = SpendLedger(self._store)
         self._transport = self._transport or self._default_transport()
         prices = await trio.to_thread.run_sync(_process_prices)

@@ -33,7 +33,7 @@ import trio
 from trigate import lua
 from trigate.auth import Caller
 from trigate.clock import wall_time
-from trigate.errors import GatewayError
+from trigate.errors import GatewayError, echoed
 from trigate.fleet import Fleet, RedisUnavailable
 from trigate.store import OWNER_OF_KIND, Row, next_reset
 
@@ -81,10 +81,16 @@ Covering = Callable[[str], frozenset[str]]
 
 
 def check_model(caller: Caller, group: str, covering: Covering, param: str = "model") -> None:
-    """A key's, its team's and its user's `models`; an empty list allows every model."""
-    for owner, row in (("key", caller.key), ("team", caller.team), ("user", caller.user)):
+    """A key's, its team's, its user's and its organization's `models`; an empty list
+    allows every model."""
+    for owner, row in (
+        ("key", caller.key),
+        ("team", caller.team),
+        ("user", caller.user),
+        ("organization", caller.organization),
+    ):
         allowed = (row or {}).get("models") or []
-        if not _allowed(allowed, group, covering):
+        if not allowed_by(allowed, group, covering):
             raise ModelNotAllowed(
                 f"This {owner} may not use model `{group}`. Allowed: {', '.join(allowed)}.",
                 param=param,
@@ -93,23 +99,24 @@ def check_model(caller: Caller, group: str, covering: Covering, param: str = "mo
 
 def allows_model(caller: Caller, group: str, covering: Covering) -> bool:
     return all(
-        _allowed((row or {}).get("models") or [], group, covering)
-        for row in (caller.key, caller.team, caller.user)
+        allowed_by((row or {}).get("models") or [], group, covering)
+        for row in (caller.key, caller.team, caller.user, caller.organization)
     )
 
 
 def allows_access_group(caller: Caller, access_group: str) -> bool:
-    """Whether the key, its team and its user may each use every model of `access_group`:
-    their lists are empty, allow every model (`*`), or name the group."""
+    """Whether the key, its team, its user and its organization may each use every model
+    of `access_group`: their lists are empty, allow every model (`*`), or name the group."""
     return all(
         not allowed or access_group in allowed or "*" in allowed
         for allowed in (
-            (row or {}).get("models") or [] for row in (caller.key, caller.team, caller.user)
+            (row or {}).get("models") or []
+            for row in (caller.key, caller.team, caller.user, caller.organization)
         )
     )
 
 
-def _allowed(allowed: list[str], group: str, covering: Covering) -> bool:
+def allowed_by(allowed: list[str], group: str, covering: Covering) -> bool:
     """An entry may be a pattern, as in LiteLLM: `*` allows every model, `anthropic/*`
     every model a wildcard deployment serves under that prefix; or the name of a model
     access group, which allows every model of the group. The groups are looked up only
@@ -165,10 +172,13 @@ class _Budget:
 
 def _rates_of(caller: Caller) -> list[_Rates]:
     rates = []
+    organization = caller.organization
     for kind, row, ident in (
         ("key", caller.key, caller.key_hash),
         ("team", caller.team, caller.team_id),
         ("user", caller.user, caller.user_id),
+        ("organization", organization, organization["organization_id"] if organization else None),
+        ("customer", caller.end_user, caller.end_user_id),
     ):
         if row is None or ident is None:
             continue
@@ -183,7 +193,13 @@ def _rates_of(caller: Caller) -> list[_Rates]:
 
 
 def _budgeted_rows(caller: Caller) -> Iterator[tuple[str, Row]]:
-    for kind, row in (("keys", caller.key), ("teams", caller.team), ("users", caller.user)):
+    for kind, row in (
+        ("keys", caller.key),
+        ("teams", caller.team),
+        ("users", caller.user),
+        ("organizations", caller.organization),
+        ("customers", caller.end_user),
+    ):
         if row is not None and row.get("max_budget") is not None:
             yield kind, row
 
@@ -356,6 +372,8 @@ def _rate_limited(rates: _Rates, what: str, now: float) -> RateLimited:
 
 
 def _budget_exceeded(budget: _Budget, spent: float, reserved: float, now: float) -> BudgetExceeded:
+    if budget.kind == "customers":
+        return end_user_over_budget(budget.ident, spent, reserved, budget.row["max_budget"])
     owner = budget.kind.removesuffix("s")
     in_flight = f" (+{reserved:.6f} reserved by requests in flight)" if reserved > 0 else ""
     reset_at = budget.row.get("budget_reset_at")
@@ -364,6 +382,15 @@ def _budget_exceeded(budget: _Budget, spent: float, reserved: float, now: float)
     return BudgetExceeded(
         f"Budget has been exceeded! Current cost: {spent:.6f}{in_flight}, "
         f"Max budget: {budget.row['max_budget']:.6f} (this {owner}'s){note}"
+    )
+
+
+def end_user_over_budget(ident: str, spent: float, reserved: float, limit: float) -> BudgetExceeded:
+    """LiteLLM's words for a customer over budget, which its clients match on."""
+    in_flight = f" (+{reserved:.6f} reserved by requests in flight)" if reserved > 0 else ""
+    return BudgetExceeded(
+        f"ExceededBudget: End User={echoed(ident)} over budget. Spend={spent:.6f}{in_flight}, "
+        f"Budget={limit:.6f}"
     )
 
 

@@ -52,6 +52,18 @@ class KeySettings(Limits):
     duration: Duration = None
     user_id: str | None = None
     team_id: str | None = None
+    organization_id: str | None = None
+
+    @field_validator("organization_id")
+    @classmethod
+    def _organization_through_team(cls, value: str | None) -> str | None:
+        # Ignored, it would leave the key outside its organization's models and budget.
+        if value is not None:
+            raise ValueError(
+                "a key joins an organization through its team: give it a `team_id` of a "
+                "team in the organization"
+            )
+        return value
 
 
 class GenerateKey(KeySettings):

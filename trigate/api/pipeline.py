@@ -36,6 +36,7 @@ from trigate.api.surface import EMBEDDINGS, TEXT_COMPLETIONS, Exchange, Surface
 from trigate.api.validation import pop_fallbacks
 from trigate.auth import Caller
 from trigate.clock import wall_time
+from trigate.end_users import end_user_of
 from trigate.errors import GatewayError, UpstreamTimeout, secrets
 from trigate.gateway import Gateway
 from trigate.hooks import Hooks
@@ -90,6 +91,8 @@ class Pipeline:
     ) -> Reply:
         gateway = self._gateway
         body = parse_json_object(raw)
+        # Read as the client sent it, before a surface translates the body.
+        caller.end_user_id = end_user_of(body, headers)
         # LiteLLM's per-request `fallbacks` are the gateway's, never an upstream's: popped
         # here, before any surface reads or translates the body.
         fallbacks = pop_fallbacks(body)
@@ -192,13 +195,17 @@ class Call:
     async def admit(self) -> None:
         """The caller's model access, budgets and rate limits, before any upstream call.
         Budgets reserve the request's most expensive outcome; `_record` settles it."""
-        if self.caller.is_master:
+        caller = self.caller
+        if caller.is_master and caller.end_user_id is None:
             return
         try:
-            covering = self.gateway.groups.access.covering
-            check_access(self.caller, self.exchange.requested, self.progress.model_group, covering)
-            for fallback in self.fallbacks or ():
-                check_model(self.caller, fallback, covering, param="fallbacks")
+            if caller.end_user_id is not None:
+                await self.gateway.end_users.bind(caller)
+            if not caller.is_master:
+                covering = self.gateway.groups.access.covering
+                check_access(caller, self.exchange.requested, self.progress.model_group, covering)
+                for fallback in self.fallbacks or ():
+                    check_model(caller, fallback, covering, param="fallbacks")
             self.admission = await self.gateway.limits.admit(
                 self.caller, self.meter.prompt_tokens, self._max_cost
             )
@@ -472,6 +479,8 @@ class Call:
             key_alias=caller.key_alias,
             team_id=caller.team_id,
             user_id=caller.user_id,
+            end_user=caller.end_user_id,
+            organization_id=caller.organization_id,
             model_group=self.progress.model_group,
             deployment=deployment.id if deployment else None,
             model=deployment.params.model if deployment else None,

@@ -9,16 +9,21 @@ on the Quart app by the module named below its paths (`register(app, gateway)`);
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from quart_trio import QuartTrio
 
 from trigate.api import (
+    budgets,
+    customers,
+    discovery,
     health,
     keys,
     metrics,
     model_admin,
     models,
+    organizations,
     responses,
     spend,
     teams,
@@ -66,7 +71,8 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     # /model/info, /v1/model/info, /model_group/info, /model/new, /model/update,
     # PATCH /model/{id}/update, /model/delete, /config/reload
     model_admin.register,
-    # /health, /health/liveliness, /health/liveness, /health/readiness
+    # /health, /health/liveliness, /health/liveness, /health/readiness,
+    # /health/readiness/details
     health.register,
     # /key/generate, /key/update, /key/delete, /key/info, /key/list, /key/regenerate,
     # /key/block, /key/unblock
@@ -83,4 +89,19 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     responses.register,
     # GET /metrics
     metrics.register,
+    # /organization/new, /organization/update, /organization/delete, /organization/list,
+    # /organization/info, /organization/member_add, /organization/member_delete
+    organizations.register,
+    # /customer/new, /customer/info, /customer/update, /customer/delete, /customer/list,
+    # /customer/block, /customer/unblock, and LiteLLM's older names of each:
+    # /end_user/new, /end_user/info, /end_user/update, /end_user/delete, /end_user/list,
+    # /end_user/block, /end_user/unblock
+    customers.register,
+    # /budget/new, /budget/update, /budget/info, /budget/list, /budget/settings,
+    # /budget/delete
+    budgets.register,
+    # GET /routes
+    functools.partial(
+        discovery.register, model_paths=lambda gateway: model_routes(Pipeline(gateway), gateway)
+    ),
 )

@@ -34,6 +34,7 @@ from trigate.api.admin import (
 )
 from trigate.api.jsonio import json_response
 from trigate.api.keys import key_shape
+from trigate.api.organizations import check_team
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import InvalidRequest, echoed
@@ -62,6 +63,7 @@ class TeamSettings(Limits):
     team_id: str | None = None
     team_alias: str | None = None
     model_aliases: dict[str, str] | None = None
+    organization_id: str | None = None
 
 
 class NewTeam(TeamSettings):
@@ -122,11 +124,13 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def new_team() -> Response:
         caller, body = await admin_call(gateway, NewTeam)
         _check_unique(body.members_with_roles)
+        await check_team(gateway, body.organization_id, body.models)
         row = {
             **created_fields(body),
             "team_id": body.team_id or str(uuid.uuid4()),
             "team_alias": body.team_alias,
             "model_aliases": body.model_aliases or {},
+            "organization_id": body.organization_id,
         }
         await insert_new(gateway, "teams", row)
         creator = _creator(caller, body.members_with_roles, row["team_id"])
@@ -142,6 +146,11 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         # A null, as LiteLLM's clients send for fields they leave alone, changes nothing.
         if body.model_aliases is not None:
             fields["model_aliases"] = body.model_aliases
+        if body.organization_id is not None or "models" in fields:
+            current = await gateway.store.get("teams", body.team_id) or {}
+            organization_id = body.organization_id or current.get("organization_id")
+            await check_team(gateway, organization_id, fields.get("models", current.get("models")))
+            fields["organization_id"] = organization_id
         if not await gateway.store.update(
             "teams", body.team_id, {**fields, "updated_at": wall_time()}
         ):

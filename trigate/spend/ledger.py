@@ -27,7 +27,7 @@ from trigate.store import OWNERS, Store
 logger = logging.getLogger("trigate.usage")
 errors = logging.getLogger("trigate.spend")
 
-# A batch is one INSERT: 500 rows x 18 columns stays far below the bound-parameter
+# A batch is one INSERT: 500 rows x 20 columns stays far below the bound-parameter
 # limits of SQLite (32766) and PostgreSQL (65535).
 BATCH_SIZE = 500
 FLUSH_INTERVAL = 0.5
@@ -180,4 +180,6 @@ def _row(record: RequestRecord) -> dict[str, Any]:
         "start_time": record.start_time,
         "end_time": record.end_time,
         "ttft_ms": record.ttft_ms,
+        "end_user": record.end_user,
+        "organization_id": record.organization_id,
     }

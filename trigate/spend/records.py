@@ -38,6 +38,10 @@ class RequestRecord:
     client_request_id: str | None = None
     # The id the client's answer carried (chatcmpl-..., msg_..., resp_...), if any.
     response_id: str | None = None
+    # LiteLLM's end user (customer): the request's `user`, billed its cost.
+    end_user: str | None = None
+    # The organization of the key's team, billed its cost.
+    organization_id: str | None = None
 
 
 class RecordSink(Protocol):

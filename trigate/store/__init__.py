@@ -49,6 +49,7 @@ JSON_COLUMNS = {
     "input_items",
     "litellm_params",
     "model_info",
+    "model_max_budget",
 }
 BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client", "native"}
 # The columns keys, teams and users share. Each table accepts from callers only its
@@ -107,14 +108,38 @@ KEYS = Owner(
 )  # fmt: skip
 TEAMS = Owner(
     "teams", "trigate_teams", "team_id", "team_id",
-    _LIMIT_COLUMNS | {"team_id", "team_alias", "model_aliases"},
+    _LIMIT_COLUMNS | {"team_id", "team_alias", "model_aliases", "organization_id"},
 )  # fmt: skip
 USERS = Owner(
     "users", "trigate_users", "user_id", "user_id",
     _LIMIT_COLUMNS | {"user_id", "user_email", "user_role"},
 )  # fmt: skip
-OWNERS = (KEYS, TEAMS, USERS)
-OWNER_OF_KIND = {owner.kind: owner for owner in OWNERS}
+# LiteLLM's customers (end users): named by a request's `user`, not by a key. Their limit
+# columns are a copy of their budget's (`budget_id`), written with it.
+CUSTOMERS = Owner(
+    "customers", "trigate_customers", "user_id", "end_user",
+    _LIMIT_COLUMNS | {"user_id", "alias", "budget_id", "allowed_model_region", "default_model"},
+)  # fmt: skip
+# LiteLLM's organizations: they own teams, and their limits bind every key of those teams.
+ORGANIZATIONS = Owner(
+    "organizations", "trigate_organizations", "organization_id", "organization_id",
+    _LIMIT_COLUMNS | {"organization_id", "organization_alias", "budget_id", "created_by",
+                      "updated_by"},
+)  # fmt: skip
+OWNERS = (KEYS, TEAMS, USERS, CUSTOMERS, ORGANIZATIONS)
+# LiteLLM's budget table: limits, and no spend of their own; customers and organizations
+# link to one. Reached through the same calls as owners (`insert`, `get`, ...), it is
+# no owner: nothing is billed to it.
+BUDGET_LIMITS = ("max_budget", "soft_budget", "max_parallel_requests", "tpm_limit", "rpm_limit",
+                 "budget_duration")  # fmt: skip
+BUDGETS = Owner(
+    "budgets", "trigate_budgets", "budget_id", "",
+    frozenset({"budget_id", *BUDGET_LIMITS, "model_max_budget", "budget_reset_at", "created_by",
+               "updated_by", "created_at", "updated_at"}),
+)  # fmt: skip
+# What links to a budget: the kinds whose rows carry a copy of its limits.
+BUDGETED = (CUSTOMERS, ORGANIZATIONS)
+OWNER_OF_KIND = {owner.kind: owner for owner in (*OWNERS, BUDGETS)}
 OWNER_KINDS = tuple(OWNER_OF_KIND)
 # The kind a write of a stored deployment is reported as (`Store.watch`).
 MODELS = "models"
@@ -126,6 +151,7 @@ SPEND_COLUMNS = (
     "model", "prompt_tokens", "completion_tokens", "cost", "status", "stream",
     "cancelled_by_client", "start_time", "end_time", "ttft_ms", "client_request_id",
     "response_id",
+    "end_user", "organization_id",
 )  # fmt: skip
 
 
@@ -140,6 +166,9 @@ MAX_RESPONSE_CHAIN = 1000
 # A team member's roles, LiteLLM's: an `admin` manages the team's members.
 MEMBER_ROLES = ("admin", "user")
 MEMBER_COLUMNS = ("team_id", "user_id", "user_email", "role", "created_at")
+ORGANIZATION_MEMBER_COLUMNS = (
+    "organization_id", "user_id", "user_email", "user_role", "created_at", "updated_at",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +392,108 @@ class Store:
     async def set_member_role(self, team_id: str, user_id: str, role: str) -> bool:
         sql = "UPDATE trigate_team_members SET role = ? WHERE team_id = ? AND user_id = ?"
         return bool(await self._run(lambda cursor: cursor.execute(sql, [role, team_id, user_id])))
+
+    # Budgets, organizations and their members (LiteLLM's tables).
+
+    async def update_budget(self, budget_id: str, fields: Row, copied: Row) -> bool:
+        """Write `fields` to a budget and, in the same transaction, `copied` (its limits as
+        its customers and organizations carry them) to every row linked to it, so that no
+        request is admitted under a mix of the old limits and the new. False if there is
+        no such budget."""
+        columns = _checked(BUDGETS, fields)
+        assignments = ", ".join(f"{c} = ?" for c in columns)
+        values = [*(_encode(c, fields[c]) for c in columns), budget_id]
+        linked_columns = list(copied)
+        linked = ", ".join(f"{c} = ?" for c in linked_columns)
+
+        def work(cursor: Cursor) -> dict[str, list[str]] | None:
+            sql = f"UPDATE {BUDGETS.table} SET {assignments} WHERE budget_id = ?"
+            if not cursor.execute(sql, values):
+                return None
+            changed: dict[str, list[str]] = {}
+            for owner in BUDGETED:
+                _checked(owner, copied)
+                rows = cursor.query(
+                    f"SELECT {owner.primary} FROM {owner.table} WHERE budget_id = ?", [budget_id]
+                )
+                if rows and linked_columns:
+                    cursor.execute(
+                        f"UPDATE {owner.table} SET {linked} WHERE budget_id = ?",
+                        [*(_encode(c, copied[c]) for c in linked_columns), budget_id],
+                    )
+                changed[owner.kind] = [row[owner.primary] for row in rows]
+            return changed
+
+        changed = await self._run(work)
+        if changed is None:
+            return False
+        self._changed(BUDGETS.kind, [budget_id])
+        for kind, keys in changed.items():
+            self._changed(kind, keys)
+        return True
+
+    async def delete_organizations(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Delete organizations with their memberships, their teams, and those teams' keys
+        and members, in one transaction, as LiteLLM's `/organization/delete` does: a team
+        outliving its organization would escape the organization's limits. Returns the
+        ids of the teams and the hashes of the keys deleted."""
+        marks = ", ".join("?" * len(ids))
+        values = list(ids)
+
+        def work(cursor: Cursor) -> tuple[list[str], list[str]]:
+            teams = [
+                row["team_id"]
+                for row in cursor.query(
+                    f"SELECT team_id FROM {TEAMS.table} WHERE organization_id IN ({marks})", values
+                )
+            ]
+            keys: list[str] = []
+            if teams:
+                team_marks = ", ".join("?" * len(teams))
+                where = f"WHERE team_id IN ({team_marks})"
+                keys = [
+                    row[KEYS.primary]
+                    for row in cursor.query(
+                        f"SELECT {KEYS.primary} FROM {KEYS.table} {where}", teams
+                    )
+                ]
+                cursor.execute(f"DELETE FROM {KEYS.table} {where}", teams)
+                cursor.execute(f"DELETE FROM trigate_team_members {where}", teams)
+                cursor.execute(f"DELETE FROM {TEAMS.table} {where}", teams)
+            where = f"WHERE organization_id IN ({marks})"
+            cursor.execute(f"DELETE FROM trigate_organization_members {where}", values)
+            cursor.execute(f"DELETE FROM {ORGANIZATIONS.table} {where}", values)
+            return teams, keys
+
+        teams, keys = await self._run(work)
+        self._changed(ORGANIZATIONS.kind, ids)
+        self._changed(TEAMS.kind, teams)
+        self._changed(KEYS.kind, keys)
+        return teams, keys
+
+    async def organization_members(self, organization_id: str) -> list[Row]:
+        sql = (
+            "SELECT organization_id, user_id, user_email, user_role, created_at, updated_at "
+            "FROM trigate_organization_members WHERE organization_id = ? "
+            "ORDER BY created_at, user_id"
+        )
+        return await self._read(lambda cursor: cursor.query(sql, [organization_id]))
+
+    async def add_organization_members(self, members: Sequence[Row]) -> None:
+        """Insert memberships in one transaction: all of them, or (a `Conflict`) none."""
+        columns = ORGANIZATION_MEMBER_COLUMNS
+        marks = ", ".join("?" * len(columns))
+        sql = f"INSERT INTO trigate_organization_members ({', '.join(columns)}) VALUES ({marks})"
+
+        def work(cursor: Cursor) -> None:
+            for member in members:
+                cursor.execute(sql, [member.get(c) for c in columns])
+
+        await self._run(work)
+
+    async def remove_organization_member(self, organization_id: str, user_id: str) -> bool:
+        sql = "DELETE FROM trigate_organization_members WHERE organization_id = ? AND user_id = ?"
+        return bool(await self._run(lambda cursor: cursor.execute(sql, [organization_id, user_id])))
 
     # Spend.
 

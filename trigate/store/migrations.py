@@ -163,4 +163,61 @@ MIGRATIONS: list[list[str]] = [
     [
         "ALTER TABLE trigate_users ADD COLUMN user_role TEXT",
     ],
+    # LiteLLM's budget table, customers (end users, named by a request's `user`) and
+    # organizations (which own teams). A budget is the home of the limits that customers
+    # and organizations link to by `budget_id`; each linked row carries a copy of them
+    # (written in the same transaction as the budget), so that a request's admission
+    # reads one row per owner, as it does for keys, teams and users. `model_max_budget`
+    # is kept as LiteLLM's clients send it (JSON). A spend row names its end user and
+    # its key's organization, whose spend it adds to.
+    [
+        """CREATE TABLE trigate_budgets (
+            budget_id TEXT PRIMARY KEY,
+            max_budget DOUBLE PRECISION,
+            soft_budget DOUBLE PRECISION,
+            max_parallel_requests INTEGER,
+            tpm_limit INTEGER,
+            rpm_limit INTEGER,
+            model_max_budget TEXT NOT NULL DEFAULT '{}',
+            budget_duration TEXT,
+            budget_reset_at DOUBLE PRECISION,
+            created_by TEXT,
+            updated_by TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        f"""CREATE TABLE trigate_customers (
+            user_id TEXT PRIMARY KEY,
+            alias TEXT,
+            budget_id TEXT,
+            allowed_model_region TEXT,
+            default_model TEXT,
+            {_ENTITY_LIMITS}
+        )""",
+        "CREATE INDEX trigate_customers_budget ON trigate_customers (budget_id)",
+        f"""CREATE TABLE trigate_organizations (
+            organization_id TEXT PRIMARY KEY,
+            organization_alias TEXT,
+            budget_id TEXT,
+            created_by TEXT,
+            updated_by TEXT,
+            {_ENTITY_LIMITS}
+        )""",
+        "CREATE INDEX trigate_organizations_budget ON trigate_organizations (budget_id)",
+        """CREATE TABLE trigate_organization_members (
+            organization_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            user_email TEXT,
+            user_role TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (organization_id, user_id)
+        )""",
+        "CREATE INDEX trigate_organization_members_user ON trigate_organization_members (user_id)",
+        "ALTER TABLE trigate_teams ADD COLUMN organization_id TEXT",
+        "CREATE INDEX trigate_teams_organization ON trigate_teams (organization_id)",
+        "ALTER TABLE trigate_spend_logs ADD COLUMN end_user TEXT",
+        "ALTER TABLE trigate_spend_logs ADD COLUMN organization_id TEXT",
+        "CREATE INDEX trigate_spend_logs_end_user ON trigate_spend_logs (end_user, start_time)",
+    ],
 ]
