@@ -193,6 +193,32 @@ CASES: list[Case] = [
     Case("PATCH", "/model/nope/update", ADMINS, rule="/model/<model_id>/update"),
     Case("POST", "/model/delete", ADMINS, _fixed({"id": "nope"})),
     Case("POST", "/config/reload", ADMINS),
+    # Organizations, customers and budgets: an admin's to write, a reader of all's to
+    # read. The bodies are refused 400 or 404 past the role check, or make scratch rows.
+    Case("POST", "/organization/new", ADMINS),
+    Case("PATCH", "/organization/update", ADMINS, _fixed({"organization_id": "nope"})),
+    Case("POST", "/organization/delete", ADMINS, _fixed({"organization_ids": ["nope"]})),
+    Case("POST", "/organization/member_add", ADMINS, _fixed({"organization_id": "nope"})),
+    Case("POST", "/organization/member_delete", ADMINS, _fixed({"organization_id": "nope"})),
+    Case("GET", "/organization/list", READERS),
+    Case("GET", "/organization/info?organization_id=nope", READERS, rule="/organization/info"),
+    *(
+        Case("POST", f"/{prefix}/{action}", ADMINS, _fixed({"user_ids": ["nope"]}))
+        for prefix in ("customer", "end_user")
+        for action in ("new", "update", "delete", "block", "unblock")
+    ),
+    *(
+        Case("GET", f"/{prefix}/info?end_user_id=nope", READERS, rule=f"/{prefix}/info")
+        for prefix in ("customer", "end_user")
+    ),
+    Case("GET", "/customer/list", READERS),
+    Case("GET", "/end_user/list", READERS),
+    Case("POST", "/budget/new", ADMINS),
+    Case("POST", "/budget/update", ADMINS, _fixed({"budget_id": "nope"})),
+    Case("POST", "/budget/delete", ADMINS, _fixed({"id": "nope"})),
+    Case("POST", "/budget/info", READERS, _fixed({"budgets": ["nope"]})),
+    Case("GET", "/budget/list", READERS),
+    Case("GET", "/budget/settings?budget_id=nope", READERS, rule="/budget/settings"),
     # Spend, health, metrics.
     Case("GET", "/spend/logs", READERS),
     Case("GET", "/global/spend/report", READERS),
@@ -207,6 +233,9 @@ NOT_ADMIN = {
     "/health/readiness",
     "/v1/models",
     "/models",
+    # LiteLLM's: any valid key reads the readiness details; the route list is public.
+    "/health/readiness/details",
+    "/routes",
     *(
         f"{prefix}/responses/<response_id>{tail}"
         for prefix in ("", "/v1")

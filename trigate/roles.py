@@ -114,6 +114,32 @@ ROUTES: dict[str, Access] = {
     # Spend: every tenant's rows, so a reader of all only.
     "/spend/logs": Access.ADMIN_READ,
     "/global/spend/report": Access.ADMIN_READ,
+    # Organizations, customers (end users) and budgets: an admin's to write, a reader of
+    # all's to read. LiteLLM's `org_admin` powers over its own organization are not
+    # given here: the organization routes are the admins' alone (fail closed).
+    "/organization/new": Access.ADMIN_WRITE,
+    "/organization/update": Access.ADMIN_WRITE,
+    "/organization/delete": Access.ADMIN_WRITE,
+    "/organization/member_add": Access.ADMIN_WRITE,
+    "/organization/member_delete": Access.ADMIN_WRITE,
+    "/organization/list": Access.ADMIN_READ,
+    "/organization/info": Access.ADMIN_READ,
+    **{
+        f"/{prefix}/{action}": Access.ADMIN_WRITE
+        for prefix in ("customer", "end_user")
+        for action in ("new", "update", "delete", "block", "unblock")
+    },
+    **{
+        f"/{prefix}/{action}": Access.ADMIN_READ
+        for prefix in ("customer", "end_user")
+        for action in ("info", "list")
+    },
+    "/budget/new": Access.ADMIN_WRITE,
+    "/budget/update": Access.ADMIN_WRITE,
+    "/budget/delete": Access.ADMIN_WRITE,
+    "/budget/info": Access.ADMIN_READ,
+    "/budget/list": Access.ADMIN_READ,
+    "/budget/settings": Access.ADMIN_READ,
     # Health and metrics: `/health` shows a key only its own models' deployments;
     # `/metrics`, when it needs a key at all, names every tenant.
     "/health": Access.ANY_KEY,
