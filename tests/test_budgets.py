@@ -47,7 +47,7 @@ async def test_budget_routes_speak_litellms_shapes(nursery: trio.Nursery) -> Non
     assert (await ok(gateway, "/budget/delete", {"id": fresh["budget_id"]}))["max_budget"] == 1
     assert (await call(gateway, "/budget/delete", {"id": "nope"})).status_code == 404
     stranger = (await ok(gateway, "/key/generate", {}))["key"]
-    assert (await call(gateway, "/budget/list", key=stranger, method="GET")).status_code == 401
+    assert (await call(gateway, "/budget/list", key=stranger, method="GET")).status_code == 403
 
 
 async def test_a_changed_budget_binds_its_customers_at_once(nursery: trio.Nursery) -> None:

@@ -221,7 +221,7 @@ async def test_customer_routes_speak_litellms_shapes(nursery: trio.Nursery) -> N
     assert deleted["deleted_customers"] == 1
     assert await ok(gateway, "/customer/list") == []
     stranger = (await ok(gateway, "/key/generate", {}))["key"]
-    assert (await call(gateway, "/customer/list", key=stranger, method="GET")).status_code == 401
+    assert (await call(gateway, "/customer/list", key=stranger, method="GET")).status_code == 403
 
 
 def test_the_end_user_is_read_where_litellm_reads_it() -> None:

@@ -339,7 +339,9 @@ class Limits:
     def _binding(self, caller: Caller) -> tuple[list[_Rates], list[tuple[str, Row]]]:
         """The caller's rate limits and budgeted rows, found again only when its rows
         are not the ones they were found from."""
-        rows = (caller.key, caller.team, caller.user)
+        # Every row `_rates_of` and `_budgeted_rows` read: a request's end user and its
+        # key's organization bind it as its key, team and user do.
+        rows = (caller.key, caller.team, caller.user, caller.organization, caller.end_user)
         ident = caller.key_hash or ""
         found = self._bound.get(ident)
         if found is not None and all(a is b for a, b in zip(found[0], rows, strict=True)):
