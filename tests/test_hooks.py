@@ -204,6 +204,9 @@ def test_a_callback_that_cannot_be_loaded_stops_the_start() -> None:
         load_hooks(["hook_examples.no_such_hook"])
     with pytest.raises(ValueError, match="cannot be loaded"):
         load_hooks(["no_such_module.hook"])
+    # One dotted path as a bare string, as LiteLLM's docs write it, is loaded too.
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        load_hooks("no_such_module.hook")
     # LiteLLM's own integrations, by name: not hooks (the start-up warning names them,
     # tests/test_litellm_keys.py).
     assert load_hooks(["langfuse"]) is None

@@ -223,6 +223,12 @@ def test_the_issue_config_warns_and_a_guardrail_refuses() -> None:
         ({"general_settings": {"admin_only_routes": ["/x"]}}, "general_settings.admin_only_routes"),
         ({"litellm_settings": {"guardrails": [{"pii": {}}]}}, "litellm_settings.guardrails"),
         ({"litellm_settings": {"callbacks": ["presidio"]}}, "litellm_settings.callbacks[presidio]"),
+        # One name as a bare string, as LiteLLM's docs write it: read as a list of one.
+        ({"litellm_settings": {"callbacks": "presidio"}}, "litellm_settings.callbacks[presidio]"),
+        (
+            {"litellm_settings": {"success_callback": "presidio"}},
+            "litellm_settings.success_callback[presidio]",
+        ),
         ({"litellm_settings": {"max_budget": 100}}, "litellm_settings.max_budget"),
         ({"include": ["guardrails.yaml"]}, "include"),
     ],

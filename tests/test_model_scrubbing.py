@@ -1,7 +1,8 @@
 """The admin model answers (`/model/info`, `/model_group/info`, `/model/new`) keep
-credentials out by field, never by rewriting text: the placeholder keys local servers
-use (`fake`, `none`, `EMPTY`, `dummy`) left model names such as `openai/fake-4` as
-`openai/[redacted]-4` when every substring equal to a key was replaced."""
+credentials out by field, and by a key's shape, never by rewriting a credential's text
+inside a longer word: the placeholder keys local servers use (`fake`, `none`, `EMPTY`,
+`dummy`) left model names such as `openai/fake-4` as `openai/[redacted]-4` when every
+substring equal to a key was replaced."""
 
 from __future__ import annotations
 
@@ -110,3 +111,35 @@ async def test_error_bodies_redact_a_placeholder_key_only_where_it_stands_alone(
     assert "provided: [redacted]." in message and "fake-upstream-4" in message
     assert "openai/fake" in missing.json()["error"]["message"]
     await gateway.stop()
+
+
+async def test_key_shaped_text_and_dashed_credential_names_are_redacted(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Redacting by field name must not stop redacting what is shaped like a key: one
+    pasted into a description, or under a header name (`x-api-key`) in `extra_body`."""
+    config = {
+        "model_list": [
+            {
+                "model_name": "m",
+                "litellm_params": {
+                    "model": "openai/gpt-4o",
+                    "api_base": upstream.base_url,
+                    "api_key": "realkey-123456",
+                    "extra_body": {"x-api-key": "sk-ant-leakedleaked1234"},
+                },
+                "model_info": {
+                    "description": "auth with sk-proj-leakedsecret99 please",
+                    "x-api-key": "sk-ant-other-leak-12345",
+                },
+            }
+        ],
+    }
+    gateway = await start_gateway(nursery, config)
+    async with gateway.client() as client:
+        made = await client.post("/key/generate", json={"models": ["m"]})
+    async with gateway.client(made.json()["key"]) as client:
+        info = await client.get("/model/info")
+    assert info.status_code == 200
+    assert "leaked" not in info.text and "leak-" not in info.text, info.text
+    assert "auth with [redacted] please" in info.text

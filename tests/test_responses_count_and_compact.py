@@ -150,3 +150,19 @@ async def test_compact_sends_a_conversation_the_upstream_does_not_hold(
     texts = str(received.json["input"])
     assert "Remember the number 42." in texts and "And now?" in texts
     await gateway.stop()
+
+
+async def test_a_bad_field_is_the_clients_400_on_both(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Checked as a response's fields are: a `previous_response_id` that is no string was
+    a 500 (a TypeError echoing it) on `input_tokens`."""
+    gateway = await start_gateway(nursery, _config(upstream))
+    body = {"model": "gpt-test", "input": "hi", "previous_response_id": 5}
+    async with gateway.client() as client:
+        for path in ("/v1/responses/input_tokens", "/v1/responses/compact"):
+            reply = await client.post(path, json=body)
+            assert reply.status_code == 400, (path, reply.text)
+            assert reply.json()["error"]["param"] == "previous_response_id"
+    assert upstream.requests == []
+    await gateway.stop()

@@ -210,14 +210,20 @@ async def test_a_team_admin_manages_the_teams_keys_and_a_member_does_not(
 
     own = await tia.post("/key/generate", {"team_id": "t1"})
     assert own["team_id"] == "t1" and own["user_id"] == "tia"
-    toms = await tia.post("/key/generate", {"team_id": "t1", "user_id": "tom", "max_budget": 9})
+    # A key of another member's would act as that member: the admin makes none
+    # (test_a_team_admin_cannot_make_or_take_a_key_that_acts_as_another_member).
+    await tia.post("/key/generate", {"team_id": "t1", "user_id": "tom"}, status=403)
+    toms = await master.post("/key/generate", {"team_id": "t1", "user_id": "tom", "max_budget": 9})
     service = await tia.post("/key/generate", {"team_id": "t1", "user_id": None})
     assert service["user_id"] is None, "a team's key of no user, LiteLLM's service account"
-    outsider = await tia.post("/key/generate", {"team_id": "t1", "user_id": "out"}, status=400)
+    outsider = await tia.post("/key/generate", {"team_id": "t1", "user_id": "out"}, status=403)
     assert outsider["error"]["param"] == "user_id"
     await tia.post("/key/generate", {"team_id": "t1", "models": ["other"]}, status=403)
     await tia.post("/key/generate", {"team_id": "t1", "max_budget": 51}, status=403)
-    assert (await tia.post("/key/update", {"key": toms["key"], "max_budget": 8}))["max_budget"] == 8
+    await tia.post("/key/update", {"key": toms["key"], "max_budget": 8}, status=403)
+    assert (await tia.post("/key/update", {"key": service["key"], "max_budget": 8}))[
+        "max_budget"
+    ] == 8
     listed = set((await tia.get("/key/list"))["keys"])
     assert {own["token"], toms["token"], service["token"]} <= listed
     assert (await tia.get(f"/key/info?key={toms['token']}"))["info"]["user_id"] == "tom"
@@ -294,3 +300,28 @@ async def test_blocking_a_user_is_refused_not_ignored(nursery: trio.Nursery) -> 
         assert refusal["error"]["param"] == "blocked"
     await master.post("/user/update", {"user_id": "bea", "blocked": False})
     assert (await master.get("/user/info?user_id=bea"))["user_info"]["blocked"] is False
+
+
+async def test_a_team_admin_cannot_make_or_take_a_key_that_acts_as_another_member(
+    nursery: trio.Nursery,
+) -> None:
+    """A key acts with its user's role: a team's admin who could make (or regenerate, or
+    re-assign) a team key for another member, a proxy_admin among them, would act as
+    that member. It may still delete the member's team key."""
+    gateway = await start_gateway(nursery, config())
+    master = Admin(gateway)
+    await user_with_key(master, "boss", user_role="proxy_admin")
+    alice = await user_with_key(master, "alice", user_role="internal_user")
+    await master.post(
+        "/team/new",
+        {"team_id": "t1", "members_with_roles": [{"user_id": "alice", "role": "admin"}]},
+    )
+    await alice.post("/team/member_add", {"team_id": "t1", "member": {"user_id": "boss"}})
+    await alice.post("/key/generate", {"team_id": "t1", "user_id": "boss"}, status=403)
+    bosses = (await master.post("/key/generate", {"team_id": "t1", "user_id": "boss"}))["key"]
+    await alice.post("/key/regenerate", {"key": bosses}, status=403)
+    mine = (await alice.post("/key/generate", {"team_id": "t1"}))["key"]
+    await alice.post("/key/update", {"key": mine, "user_id": "boss"}, status=403)
+    service = await alice.post("/key/generate", {"team_id": "t1", "user_id": None})
+    assert service["user_id"] is None
+    await alice.post("/key/delete", {"keys": [bosses]})

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from trigate.clock import wall_time
 from trigate.errors import GatewayError
+from trigate.litellm_keys import callback_names
 from trigate.relay import END_STREAM
 
 if TYPE_CHECKING:
@@ -193,8 +194,6 @@ def load_hooks(callbacks: Any) -> Hooks | None:
     guardrail that silently did not load would fail open. A name without a dot is one
     of LiteLLM's own integrations (`langfuse`, ...), not loaded here: the config's
     start-up warning names it, or refuses it if it is a guardrail (litellm_keys.py)."""
-    if not isinstance(callbacks, list):
-        return None
     hooks = [as_hook(_load(path), path) for path in hook_paths(callbacks)]
     return Hooks(hooks) if hooks else None
 
@@ -202,11 +201,9 @@ def load_hooks(callbacks: Any) -> Hooks | None:
 def hook_paths(callbacks: Any) -> list[str]:
     """The entries of `litellm_settings.callbacks` that `load_hooks` loads: whether a
     request meets hooks is known from the config, before any pipeline is asked."""
-    if not isinstance(callbacks, list):
-        return []
     return [
         entry
-        for entry in callbacks
+        for entry in callback_names(callbacks)
         if isinstance(entry, str) and entry not in BUILT_IN_CALLBACKS and "." in entry
     ]
 

@@ -239,8 +239,10 @@ class Admission:
     @property
     def settles_at_once(self) -> bool:
         """Whether `settle` finishes without a checkpoint (no Redis, no lease to give
-        back), so that a caller need not shield it from cancellation."""
-        return True
+        back), so that a caller need not shield it from cancellation. False unless a
+        subclass knows better: an admission recorded unshielded that did wait could be
+        cut short by a departing client, and its cost never billed."""
+        return False
 
     async def settle(self, tokens: int, cost: float) -> None:
         """The request ended having used `tokens` and cost `cost`: free its parallel
@@ -250,8 +252,17 @@ class Admission:
 # A key's rows (key, team, user) as read, their rate limits, and their rows with a budget.
 _Binding = tuple[tuple[Row | None, ...], list[_Rates], list[tuple[str, Row]]]
 
+
+class _Unlimited(Admission):
+    """What a caller no limit binds takes: nothing, so there is nothing to wait for."""
+
+    @property
+    def settles_at_once(self) -> bool:
+        return True
+
+
 # A caller no limit binds takes nothing, so one admission serves them all.
-UNLIMITED = Admission()
+UNLIMITED = _Unlimited()
 
 
 class Limits:

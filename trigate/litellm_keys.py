@@ -597,7 +597,7 @@ def present_keys(raw: Mapping[str, Any]) -> Iterator[tuple[str, str, Any, dict[s
     settings = raw.get("litellm_settings")
     if isinstance(settings, Mapping):
         for name in _CALLBACK_LISTS:
-            for entry in _list(settings.get(name)):
+            for entry in callback_names(settings.get(name)):
                 yield from _callback(name, entry)
 
 
@@ -626,6 +626,15 @@ def _callback(name: str, entry: Any) -> Iterator[tuple[str, str, Any, dict[str, 
 
 def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+def callback_names(value: Any) -> list[Any]:
+    """A callbacks setting's entries: LiteLLM's docs also write one name as a bare string
+    (`callbacks: custom_callbacks.proxy_handler_instance`), which LiteLLM wraps in a
+    list; read as no list, a guardrail named so would be neither loaded nor refused."""
+    if isinstance(value, str):
+        return [value]
+    return _list(value)
 
 
 def _inert(value: Any) -> bool:

@@ -10,7 +10,6 @@ only its SHA-256, which doubles as its `token` (and `token_id`) for later calls.
 from __future__ import annotations
 
 import re
-from fnmatch import fnmatchcase
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -39,6 +38,7 @@ from trigate.clock import wall_time
 from trigate.durations import parse_duration
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
+from trigate.limits import Covering, allowed_by
 from trigate.roles import MASTER_USER_ID, reads_all, writes_all
 from trigate.store import Row
 
@@ -228,24 +228,36 @@ async def _may_delete(gateway: Gateway, caller: Caller, token: str) -> None:
     if row is None:
         raise NotPermitted(_NOT_YOURS)
     if caller.user_id is None or row.get("user_id") != caller.user_id:
-        await _may_manage(gateway, caller, row, None)
+        await _may_manage(gateway, caller, row, None, giving_up=True)
 
 
-async def _may_manage(gateway: Gateway, caller: Caller, key: Row, body: KeySettings | None) -> None:
+async def _may_manage(
+    gateway: Gateway,
+    caller: Caller,
+    key: Row,
+    body: KeySettings | None,
+    *,
+    giving_up: bool = False,
+) -> None:
     """Whether a caller that is not an admin may make or hold the key `key` (its
     `user_id` and `team_id`), and set the limits `body` asks for. LiteLLM's self-service:
     a user's own key, bound by the user's own limits; a team's key, by the team's admin,
-    bound by the team's, and given only to the team's members (or to no user)."""
+    bound by the team's. A key acts with its user's role, so a team's admin makes,
+    changes and regenerates only its own team keys and those of no user (a service
+    account): one for another member would act as that member, a `proxy_admin` among
+    them. It may delete any key of the team (`giving_up`): that takes no power from
+    anyone but the key's holder."""
     if writes_all(caller.role):
         return
     team_id, user_id = key.get("team_id"), key.get("user_id")
     if team_id:
         if not await is_team_admin(gateway, caller, team_id):
             raise NotPermitted(f"Only an admin of team `{team_id}` may manage its keys.")
-        members = {m["user_id"] for m in await gateway.store.team_members(team_id)}
-        if user_id is not None and user_id not in members:
-            raise InvalidRequest(
-                f"User `{user_id}` is not a member of team `{team_id}`.", param="user_id"
+        if not giving_up and user_id is not None and user_id != caller.user_id:
+            raise NotPermitted(
+                "A team's admin makes and changes the team's keys for itself or for no "
+                "user: a key of another member's would act with that member's role.",
+                param="user_id",
             )
         owner, whose = await gateway.store.get("teams", team_id), "the team"
     else:
@@ -256,7 +268,7 @@ async def _may_manage(gateway: Gateway, caller: Caller, key: Row, body: KeySetti
         if "blocked" in body.model_fields_set:
             raise NotPermitted("Only an admin blocks or unblocks a key.", param="blocked")
         if owner is not None:
-            _within(owner, body, whose)
+            _within(owner, body, whose, gateway.groups.access.covering)
 
 
 _NOT_YOURS = "This key may manage only its user's own keys, and its teams' as their admin."
@@ -264,13 +276,13 @@ _NOT_YOURS = "This key may manage only its user's own keys, and its teams' as th
 _BOUNDED = ("max_budget", "soft_budget", "rpm_limit", "tpm_limit", "max_parallel_requests")
 
 
-def _within(owner: Row, body: Limits, whose: str) -> None:
+def _within(owner: Row, body: Limits, whose: str, covering: Covering) -> None:
     """A self-service key may not be given more than its owner has: models outside the
     owner's, or a budget or rate above the owner's. (Its owner's limits bind it on every
     request anyway; this says so when the key is made, not at its first request.)"""
     allowed: list[str] = owner.get("models") or []
     if body.models and allowed:
-        beyond = [m for m in body.models if not _model_allowed(allowed, m)]
+        beyond = [m for m in body.models if not _model_allowed(allowed, m, covering)]
         if beyond:
             raise NotPermitted(f"`models`: {whose} may not use {beyond}.", param="models")
     for name in _BOUNDED:
@@ -279,9 +291,10 @@ def _within(owner: Row, body: Limits, whose: str) -> None:
             raise NotPermitted(f"`{name}`: {wanted} is above {whose}'s {mine}.", param=name)
 
 
-def _model_allowed(allowed: list[str], model: str) -> bool:
-    """As the request path reads `models` (trigate/limits.py): a name, or a pattern."""
-    return model in allowed or any("*" in e and fnmatchcase(model, e) for e in allowed)
+def _model_allowed(allowed: list[str], model: str, covering: Covering) -> bool:
+    """As the request path reads `models` (trigate/limits.py): a name, a pattern, or an
+    access group; or the name of a group the owner may use whole."""
+    return allowed_by(allowed, model, covering) or model in allowed
 
 
 async def _reads_key(gateway: Gateway, caller: Caller, row: Row) -> bool:

@@ -38,8 +38,8 @@ from trigate.spend.prices import ModelPrice, PriceTable
 # `extra_headers`, whose values may carry one. Not `key` alone (LiteLLM's `model_info.key`
 # names the price-table entry) nor `*_per_token` (a price).
 _SECRET_NAME = re.compile(
-    r"api_?key|secret|password|passwd|credential|private_key|authorization"
-    r"|(?:access|refresh|session|ad|auth|bearer|id)_token$",
+    r"api[_-]?key|secret|password|passwd|credential|private[_-]key|authorization"
+    r"|(?:access|refresh|session|ad|auth|bearer|id)[_-]token$",
     re.IGNORECASE,
 )
 REDACTED = "[redacted]"
@@ -438,7 +438,9 @@ def _scrubbed(payload: Any) -> Response:
 
 def _without_secrets(value: Any) -> Any:
     """`value` with each field named as a credential, and each whole string that is one
-    of the process's credentials, replaced by `[redacted]`; nothing else changes."""
+    of the process's credentials, replaced by `[redacted]`; in other strings, what
+    `secrets.redact` takes (a credential standing alone, anything shaped like an API
+    key): a key pasted into a description or an `extra_body` header is still a key."""
     if isinstance(value, dict):
         return {
             name: REDACTED
@@ -448,8 +450,8 @@ def _without_secrets(value: Any) -> Any:
         }
     if isinstance(value, list):
         return [_without_secrets(item) for item in value]
-    if isinstance(value, str) and secrets.known(value):
-        return REDACTED
+    if isinstance(value, str):
+        return REDACTED if secrets.known(value) else secrets.redact(value)
     return value
 
 

@@ -136,8 +136,8 @@ class InputTokens:
     ) -> Reply:
         gateway = self._gateway
         body = parse_json_object(raw)
-        model = require_model(body)
-        check_nesting(body)
+        # The same checks as a response's: a bad field is the client's 400, not our 500.
+        model = _validate(body)
         group = caller.model_group(model)
         if not caller.is_master:
             check_access(caller, model, group, gateway.groups.access.covering)
@@ -175,8 +175,7 @@ class CompactSurface:
     async def decode(
         self, gateway: Gateway, caller: Caller, body: dict[str, Any], headers: Mapping[str, str]
     ) -> _CompactExchange:
-        model = require_model(body)
-        check_nesting(body)
+        model = _validate(body)
         members = gateway.groups.deployments(caller.model_group(model))
         if not any(COMPACT.ability(member.abilities) is not None for member in members):
             raise InvalidRequest(
