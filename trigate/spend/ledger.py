@@ -173,4 +173,7 @@ def _row(record: RequestRecord) -> dict[str, Any]:
         "start_time": record.start_time,
         "end_time": record.end_time,
         "ttft_ms": record.ttft_ms,
+        "metadata": record.metadata,
+        "request_tags": record.request_tags,
+        "session_id": record.session_id,
     }

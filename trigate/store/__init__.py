@@ -49,7 +49,9 @@ JSON_COLUMNS = {
     "input_items",
     "litellm_params",
     "model_info",
+    "request_tags",
 }
+_LIST_COLUMNS = {"models", "request_tags"}
 BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client", "native"}
 # The columns keys, teams and users share. Each table accepts from callers only its
 # owner's `columns`; anything else is a programming error.
@@ -124,6 +126,7 @@ SPEND_COLUMNS = (
     "request_id", "key_hash", "key_alias", "team_id", "user_id", "model_group", "deployment",
     "model", "prompt_tokens", "completion_tokens", "cost", "status", "stream",
     "cancelled_by_client", "start_time", "end_time", "ttft_ms", "client_request_id",
+    "metadata", "request_tags", "session_id",
 )  # fmt: skip
 
 
@@ -648,7 +651,7 @@ def _where(owner: Owner, where: dict[str, Any]) -> tuple[str, list[Any]]:
 def _encode(column: str, value: Any) -> Any:
     if column in JSON_COLUMNS:
         return orjson.dumps(
-            value if value is not None else ([] if column == "models" else {})
+            value if value is not None else ([] if column in _LIST_COLUMNS else {})
         ).decode()
     if column in BOOL_COLUMNS and value is not None:
         return int(bool(value))

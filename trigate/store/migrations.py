@@ -151,4 +151,11 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE trigate_responses_owned RENAME TO trigate_responses",
         "CREATE INDEX trigate_responses_expires ON trigate_responses (expires_at)",
     ],
+    # What a client asked to be logged with a request (LiteLLM's `metadata`, `tags` and
+    # `litellm_session_id`), under LiteLLM's spend-log names.
+    [
+        "ALTER TABLE trigate_spend_logs ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE trigate_spend_logs ADD COLUMN request_tags TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE trigate_spend_logs ADD COLUMN session_id TEXT",
+    ],
 ]
