@@ -164,7 +164,10 @@ async def test_no_litellm_field_or_header_reaches_an_openai_upstream(
     )
     assert chat.choices[0].message.content == "hi"
     stream = await client.chat.completions.create(
-        model="gpt-test", messages=MESSAGES, stream=True, **extra  # type: ignore[arg-type]
+        model="gpt-test",
+        messages=MESSAGES,
+        stream=True,
+        **extra,  # type: ignore[arg-type]
     )
     assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == "hi"
     text = await client.completions.create(model="gpt-test", prompt="hi", **extra)
@@ -527,3 +530,33 @@ async def test_openai_sdk_errors_name_the_refused_field(strict: RunningGateway) 
             extra_body={"guardrails": ["aporia-pre-guard"]},
         )
     assert raised.value.param == "guardrails"  # type: ignore[attr-defined]
+
+
+async def test_litellms_key_header_names_the_gateways_key(
+    strict: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """`x-litellm-api-key` is the gateway's key whatever `Authorization` holds, as in
+    LiteLLM; it never travels upstream, not even with client headers forwarded."""
+    async with strict.client() as admin:
+        key = (await admin.post("/key/generate", json={})).json()["key"]
+    body = {"model": "gpt-test", "messages": MESSAGES}
+    async with strict.client("sk-someone-elses-provider-key") as client:
+        reply = await client.post(
+            "/v1/chat/completions", json=body, headers={"x-litellm-api-key": key}
+        )
+        wrong = await client.post(
+            "/v1/chat/completions", json=body, headers={"x-litellm-api-key": "sk-wrong-key-123"}
+        )
+        repeated = await client.post(
+            "/v1/chat/completions",
+            json=body,
+            headers=[("x-litellm-api-key", key), ("x-litellm-api-key", key)],
+        )
+    assert reply.status_code == 200, reply.text
+    assert wrong.status_code == 401
+    assert repeated.status_code == 400
+    assert len(upstream.requests) == 1
+    assert_nothing_leaked(upstream)
+    assert key not in str(upstream.requests[0].headers)
+    records = await strict.records.wait_for(1)
+    assert records[0].key_hash is not None

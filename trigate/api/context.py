@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from trigate.router.router import RouteProgress
 
 MAX_REQUEST_ID_LENGTH = 128
-_CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
+_CREDENTIAL_HEADERS = (b"authorization", b"x-api-key", b"x-litellm-api-key")
 # Routes whose clients expect Anthropic's error envelope.
 _ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 
@@ -263,19 +263,22 @@ def _scan(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | Non
 
 
 def _ambiguous(credentials: list[tuple[bytes, bytes]]) -> bool:
-    """A repeated header is ambiguous; `Authorization: Bearer K` beside `x-api-key: K`
-    (some SDKs send both) is not, unless the two keys differ."""
+    """A repeated header is ambiguous. LiteLLM's `x-litellm-api-key` names the gateway's
+    key whatever else is sent (`trigate.auth.presented_key`). `Authorization: Bearer K`
+    beside `x-api-key: K` (some SDKs send both) is not, unless the two keys differ."""
     names = [name for name, _ in credentials]
     if len(set(names)) != len(names):
         return True
     values = dict(credentials)
+    if b"x-litellm-api-key" in values:
+        return False
     scheme, _, token = values[b"authorization"].partition(b" ")
     return scheme.lower() != b"bearer" or token.strip() != values[b"x-api-key"].strip()
 
 
 AMBIGUOUS_CREDENTIALS = InvalidRequest(
-    "The request carries more than one API key (a repeated `Authorization` or "
-    "`x-api-key` header, or both naming different keys). Send exactly one.",
+    "The request carries more than one API key (a repeated `Authorization`, `x-api-key` "
+    "or `x-litellm-api-key` header, or the first two naming different keys). Send exactly one.",
     code="ambiguous_credentials",
 )
 DISGUISED_PATH = InvalidRequest(
