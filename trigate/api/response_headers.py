@@ -22,7 +22,6 @@ from trigate import __version__
 
 if TYPE_CHECKING:
     from trigate.api.context import RequestContext
-    from trigate.api.litellm_request import LiteLLMRequest
     from trigate.api.pipeline import Call
     from trigate.router.deployments import Deployment
     from trigate.router.router import RouteProgress
@@ -36,8 +35,30 @@ MAX_PREPARED = 4096
 _VERSION = (b"x-litellm-version", __version__.encode())
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
-# Per deployment id: the entry it was prepared from, and its headers.
-_by_deployment: dict[str, tuple[object, Headers]] = {}
+# Small counts (retries, fallbacks), encoded once.
+_COUNTS = [str(n).encode() for n in range(16)]
+
+
+class _Prepared:
+    """A deployment's headers, and its own timeouts (whole, streamed) as LiteLLM shows them."""
+
+    __slots__ = ("entry", "headers", "stream_timeout", "timeout")
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.entry: object = deployment.entry
+        encoded = deployment.id.encode()
+        self.headers = [(b"x-trigate-deployment", encoded), (b"x-litellm-model-id", encoded)]
+        base = _public_base(deployment.params.api_base)
+        if base:
+            self.headers.append((b"x-litellm-model-api-base", base.encode()))
+        params = deployment.params
+        self.timeout = (b"x-litellm-timeout", str(params.timeout).encode())
+        own = params.stream_timeout or params.timeout
+        self.stream_timeout = (b"x-litellm-timeout", str(own).encode())
+
+
+# Per deployment id: what was prepared for it.
+_by_deployment: dict[str, _Prepared] = {}
 # Per model group: LiteLLM's names for the key's remaining requests and tokens in it.
 _remaining_names: dict[str, tuple[bytes, bytes] | None] = {}
 
@@ -79,9 +100,9 @@ def _route_headers(route: RouteProgress, headers: Headers) -> None:
         headers += [(b"x-trigate-model-group", encoded), (b"x-litellm-model-group", encoded)]
     deployment = route.deployment
     if deployment is not None:
-        headers += _deployment_headers(deployment)
-    retries = str(route.retries).encode()
-    fallbacks = str(route.fallbacks).encode()
+        headers += _prepared(deployment).headers
+    retries = _count(route.retries)
+    fallbacks = _count(route.fallbacks)
     headers += [
         (b"x-trigate-attempted-retries", retries),
         (b"x-litellm-attempted-retries", retries),
@@ -90,20 +111,19 @@ def _route_headers(route: RouteProgress, headers: Headers) -> None:
     ]
 
 
-def _deployment_headers(deployment: Deployment) -> Headers:
+def _count(n: int) -> bytes:
+    return _COUNTS[n] if n < len(_COUNTS) else str(n).encode()
+
+
+def _prepared(deployment: Deployment) -> _Prepared:
     """A deployment's headers, encoded once for as long as its entry lasts."""
     prepared = _by_deployment.get(deployment.id)
-    if prepared is not None and prepared[0] is deployment.entry:
-        return prepared[1]
-    encoded = deployment.id.encode()
-    headers = [(b"x-trigate-deployment", encoded), (b"x-litellm-model-id", encoded)]
-    base = _public_base(deployment.params.api_base)
-    if base:
-        headers.append((b"x-litellm-model-api-base", base.encode()))
+    if prepared is not None and prepared.entry is deployment.entry:
+        return prepared
     if len(_by_deployment) >= MAX_PREPARED:
         _by_deployment.clear()
-    _by_deployment[deployment.id] = (deployment.entry, headers)
-    return headers
+    prepared = _by_deployment[deployment.id] = _Prepared(deployment)
+    return prepared
 
 
 def _public_base(api_base: str | None) -> str | None:
@@ -124,11 +144,15 @@ def _call_headers(call: Call, route: RouteProgress | None, headers: Headers) -> 
     retries = call.gateway.router.settings.num_retries
     if request is not None and request.num_retries is not None:
         retries = min(retries, request.num_retries)
-    headers.append((b"x-litellm-max-retries", str(retries).encode()))
+    headers.append((b"x-litellm-max-retries", _count(retries)))
     deployment = route.deployment if route is not None else None
     if deployment is not None:
-        timeout = _timeout(deployment, call.stream, request)
-        headers.append((b"x-litellm-timeout", str(timeout).encode()))
+        if request is None:
+            prepared = _prepared(deployment)
+            headers.append(prepared.stream_timeout if call.stream else prepared.timeout)
+        else:
+            timeout = request.attempt_timeout(deployment, call.stream)
+            headers.append((b"x-litellm-timeout", str(timeout).encode()))
     cost = call.cost
     if cost is not None:
         headers.append((b"x-litellm-response-cost", str(cost).encode()))
@@ -147,13 +171,6 @@ def _call_headers(call: Call, route: RouteProgress | None, headers: Headers) -> 
             headers.append((name, str(value).encode()))
     if route is not None:
         _remaining(call, key, route.model_group, headers)
-
-
-def _timeout(deployment: Deployment, stream: bool, request: LiteLLMRequest | None) -> float:
-    if request is not None:
-        return request.attempt_timeout(deployment, stream)
-    params = deployment.params
-    return (params.stream_timeout or params.timeout) if stream else params.timeout
 
 
 def _remaining(call: Call, key: dict[str, object], group: str, headers: Headers) -> None:
