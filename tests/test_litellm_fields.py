@@ -560,3 +560,20 @@ async def test_litellms_key_header_names_the_gateways_key(
     assert key not in str(upstream.requests[0].headers)
     records = await strict.records.wait_for(1)
     assert records[0].key_hash is not None
+
+
+async def test_fallback_objects_are_refused_where_hooks_would_not_see_them(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A hook (a guardrail, say) sees and may rewrite the request's own body; a fallback
+    object's own messages would reach their model unseen, so they are refused."""
+    config = two_groups(upstream)
+    config["litellm_settings"] = {"callbacks": ["hook_examples.refuse_secrets"]}
+    gateway = await start_gateway(nursery, config)
+    secret = [{"role": "user", "content": "the password is hunter2"}]
+    body = {"mock_testing_fallbacks": True, "fallbacks": [{"model": "b", "messages": secret}]}
+    reply = await post_to(gateway, "a", body)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "fallbacks"
+    assert upstream.requests == []
+    named = await post_to(gateway, "a", {"mock_testing_fallbacks": True, "fallbacks": ["b"]})
+    assert named.status_code == 200

@@ -167,14 +167,16 @@ def consume(body: dict[str, Any], headers: Mapping[str, str], path: str) -> Lite
     when the request carries none (the usual case, decided without a copy)."""
     if BODY_FIELDS.isdisjoint(body) and HEADERS.isdisjoint(headers):
         return None
-    request = LiteLLMRequest()
-    own_metadata = path in _OWN_METADATA_PATHS
+    own_metadata = path.startswith(_OWN_METADATA_PATHS)
     fields = {name: body.pop(name) for name in BODY_FIELDS & body.keys() if name != "metadata"}
     if "metadata" in body and not own_metadata:
         fields["metadata"] = body.pop("metadata")
     for name in _INERT:
         fields.pop(name, None)
+    if not fields and HEADERS.isdisjoint(headers):
+        return None  # only the API's own `metadata`, or fields that ask nothing
     _refuse_what_cannot_be_done(fields)
+    request = LiteLLMRequest()
     _read_fallbacks(request, fields.pop("fallbacks", None))
     _read_logging(request, fields, headers)
     _read_bounds(request, fields, headers)
@@ -470,6 +472,15 @@ class Attempted:
         progress = call.progress
         progress.retry_limit = request.num_retries
         progress.group_failure = request.group_failure(progress.model_group)
+        if self._exchanges and call.hooks is not None:
+            # The hooks (a guardrail among them) see and may rewrite one body; a fallback's
+            # own would reach its model unseen by them.
+            raise InvalidRequest(
+                "Fallback objects with their own fields (`messages`, ...) cannot be used "
+                "while request hooks are configured: the hooks see the request's own body "
+                "only. Name the fallback models alone.",
+                param="fallbacks",
+            )
         if request.credentials:
             for deployment in self._gateway.groups.deployments(progress.model_group):
                 check_credentials(request.credentials, deployment)
