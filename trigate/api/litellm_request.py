@@ -69,6 +69,8 @@ _INERT = frozenset({
     "litellm_logging_obj", "no-log", "proxy_server_request", "secret_fields",
     "disable_add_transform_inline_image_block", "merge_reasoning_content_in_choices",
     "use_litellm_proxy", "mock_tool_calls",
+    # They opt out of guardrails, and the gateway runs none yet.
+    "disable_global_guardrails", "disable_global_guardrail", "opted_out_global_guardrails",
 })  # fmt: skip
 # On these routes `metadata` is the API's own field (as LiteLLM's LITELLM_METADATA_ROUTES
 # say); elsewhere it is LiteLLM's.
