@@ -106,6 +106,11 @@ class HeaderSource(Protocol):
 
 
 def presented_key(headers: HeaderSource) -> str | None:
+    # LiteLLM's own header names the gateway's key whatever else is sent, as in LiteLLM:
+    # clients use it to keep `Authorization` for an upstream's key.
+    litellm_key = headers.get("x-litellm-api-key")
+    if litellm_key and litellm_key.strip():
+        return litellm_key.strip()
     authorization = headers.get("authorization")
     if authorization:
         scheme, _, token = authorization.partition(" ")
@@ -133,7 +138,8 @@ class Authenticator:
         key = presented_key(headers)
         if key is None:
             raise AuthenticationFailed(
-                "No API key provided. Send `Authorization: Bearer <key>` or `x-api-key: <key>`."
+                "No API key provided. Send `Authorization: Bearer <key>` or `x-api-key: <key>`"
+                " (or LiteLLM's `x-litellm-api-key: <key>`)."
             )
         if hmac.compare_digest(key.encode(), self._master):
             return Caller(MASTER_IDENTITY, is_master=True)

@@ -34,7 +34,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import orjson
 
@@ -234,6 +234,8 @@ class UpstreamError(GatewayError):
     upstream_status: int | None
     # Seconds the upstream asked us to wait, from `retry-after-ms` or `retry-after`.
     retry_after: float | None
+    # A failure a client asked for (LiteLLM's `mock_*`): never held against a deployment.
+    simulated: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -189,6 +189,12 @@ class Gateway:
         return self._counter
 
     @property
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """The upstream transport deployments share (a request's own deployment, too)."""
+        assert self._transport is not None, "the gateway has not started"
+        return self._transport
+
+    @property
     def store(self) -> Store:
         assert self._store is not None, "the gateway has not started"
         return self._store

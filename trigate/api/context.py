@@ -1,7 +1,8 @@
 """The per-request context, set by an ASGI layer wrapped around Quart.
 
 Working at the ASGI level lets every response, Quart's own 404s included,
-carry `x-request-id` and `x-trigate-overhead-ms` without per-route code. It
+carry `x-request-id` and the gateway's own headers (`trigate.api.response_headers`)
+without per-route code. It
 also closes a stream that was opened upstream but never started sending (the
 client left between the upstream's first token and our response headers),
 which no response body could do for itself.
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from trigate.api import response_headers
 from trigate.api.envelopes import ANTHROPIC, OPENAI
 from trigate.errors import InvalidRequest
 from trigate.metrics import tally
@@ -34,13 +36,12 @@ if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
     from prometheus_client import Gauge
 
+    from trigate.api.pipeline import Call
     from trigate.relay import StreamRelay
     from trigate.router.router import RouteProgress
 
 MAX_REQUEST_ID_LENGTH = 128
-# How much of a client's model name goes back in `x-trigate-model-group`.
-MAX_ECHOED_MODEL_LENGTH = 256
-_CREDENTIAL_HEADERS = (b"authorization", b"x-api-key")
+_CREDENTIAL_HEADERS = (b"authorization", b"x-api-key", b"x-litellm-api-key")
 # Routes whose clients expect Anthropic's error envelope.
 _ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 
@@ -67,6 +68,8 @@ class RequestContext:
     traceparent: str | None = None
     # Set once the request's metrics (and access line) are recorded.
     accounted: bool = False
+    # The model call the request became, if it did: LiteLLM's response headers read it.
+    call: Call | None = None
 
     def elapsed(self) -> float:
         return trio.current_time() - self.started
@@ -231,7 +234,7 @@ class _ResponseSender:
         if message["type"] == "http.response.start":
             headers = message["headers"]
             self._fixed_length = any(name.lower() == b"content-length" for name, _ in headers)
-            extra = _headers(self._context)
+            extra = response_headers.build(self._context)
             if self._body_pending:
                 extra.append((b"connection", b"close"))
             message = {**message, "headers": [*headers, *extra]}
@@ -302,19 +305,22 @@ def _scan(
 
 
 def _ambiguous(credentials: list[tuple[bytes, bytes]]) -> bool:
-    """A repeated header is ambiguous; `Authorization: Bearer K` beside `x-api-key: K`
-    (some SDKs send both) is not, unless the two keys differ."""
+    """A repeated header is ambiguous. LiteLLM's `x-litellm-api-key` names the gateway's
+    key whatever else is sent (`trigate.auth.presented_key`). `Authorization: Bearer K`
+    beside `x-api-key: K` (some SDKs send both) is not, unless the two keys differ."""
     names = [name for name, _ in credentials]
     if len(set(names)) != len(names):
         return True
     values = dict(credentials)
+    if b"x-litellm-api-key" in values:
+        return False
     scheme, _, token = values[b"authorization"].partition(b" ")
     return scheme.lower() != b"bearer" or token.strip() != values[b"x-api-key"].strip()
 
 
 AMBIGUOUS_CREDENTIALS = InvalidRequest(
-    "The request carries more than one API key (a repeated `Authorization` or "
-    "`x-api-key` header, or both naming different keys). Send exactly one.",
+    "The request carries more than one API key (a repeated `Authorization`, `x-api-key` "
+    "or `x-litellm-api-key` header, or the first two naming different keys). Send exactly one.",
     code="ambiguous_credentials",
 )
 DISGUISED_PATH = InvalidRequest(
@@ -347,27 +353,3 @@ def _disguised_path(raw_path: bytes) -> bool:
         return True
     segments = lowered.replace(b"%2e", b".").split(b"/")
     return b"." in segments or b".." in segments
-
-
-def _headers(context: RequestContext) -> list[tuple[bytes, bytes]]:
-    echoed = context.client_request_id or context.request_id
-    headers = [
-        (b"x-request-id", echoed.encode("latin-1")),
-        (b"x-trigate-request-id", context.request_id.encode()),
-    ]
-    if context.headers:
-        headers += [(name.encode(), value.encode()) for name, value in context.headers.items()]
-    if context.upstream_wait is not None:
-        overhead = max(context.elapsed() - context.upstream_wait, 0.0) * 1000
-        headers.append((b"x-trigate-overhead-ms", f"{overhead:.3f}".encode()))
-    route = context.route
-    if route is not None:
-        group = route.model_group[:MAX_ECHOED_MODEL_LENGTH]
-        # The client chose this name: a control character would make h11 refuse the response.
-        if group.isprintable():
-            headers.append((b"x-trigate-model-group", group.encode()))
-        if route.deployment is not None:
-            headers.append((b"x-trigate-deployment", route.deployment.id.encode()))
-        headers.append((b"x-trigate-attempted-retries", b"%d" % route.retries))
-        headers.append((b"x-trigate-attempted-fallbacks", b"%d" % route.fallbacks))
-    return headers

@@ -36,6 +36,7 @@ import trio
 
 from trigate.api.context import RequestContext, current_request, direct_writer
 from trigate.api.envelopes import JSON_HEADERS, OPENAI, Envelope
+from trigate.api.litellm_request import is_litellm_header
 from trigate.errors import BodyTooLarge, GatewayError, MethodNotAllowed, RequestTimeout
 from trigate.providers.base import forwarded_headers
 from trigate.relay import StreamRelay
@@ -234,13 +235,14 @@ def client_headers_to_forward(headers: Mapping[str, str]) -> dict[str, str]:
     """LiteLLM's allow-list for `forward_client_headers_to_llm_api`: `x-` headers and
     `anthropic-beta`, so tracing ids and provider features reach the upstream; never
     credentials or cookies, nor the SDKs' `x-stainless-*`, which describe the client's
-    SDK, not the gateway's request."""
+    SDK, not the gateway's request, nor LiteLLM's own `x-litellm-*` (its key among them)."""
     return {
         name: value
         for name, value in headers.items()
         if (name.startswith("x-") or name == "anthropic-beta")
         and name not in NEVER_FORWARDED
         and not name.startswith("x-stainless-")
+        and not is_litellm_header(name)
     }
 
 

@@ -2,9 +2,10 @@
 
 1. authenticate: from the request's head, before its body is read (`ModelAPI` calls
    `Pipeline.authenticate` first, so a client with no valid key is answered at once);
-2. decode: the body parsed as JSON, LiteLLM's `fallbacks` popped from it (for every
-   surface alike), then the route's `Surface` validates what the gateway reads and
-   translates the rest into OpenAI's chat shapes (an `Exchange`);
+2. decode: the body parsed as JSON, LiteLLM's own fields and headers consumed
+   (`trigate.api.litellm_request`, for every surface alike: none goes upstream), then
+   the route's `Surface` validates what the gateway reads and translates the rest into
+   OpenAI's chat shapes (an `Exchange`);
 3. resolve: the team's model aliases, then the model group (a wildcard matches a
    name here; an unknown one is a 404), in `Call.__init__`;
 4. admit: model access, rate limits and budgets (`Call.admit`);
@@ -31,9 +32,9 @@ import trio
 
 from trigate.api.context import RequestContext, current_request
 from trigate.api.jsonio import parse_json_object
+from trigate.api.litellm_request import Attempted, consume, prepare
 from trigate.api.model_api import Reply, Route
 from trigate.api.surface import EMBEDDINGS, TEXT_COMPLETIONS, Exchange, Surface
-from trigate.api.validation import pop_fallbacks
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.end_users import end_user_of
@@ -91,15 +92,23 @@ class Pipeline:
     ) -> Reply:
         gateway = self._gateway
         body = parse_json_object(raw)
-        # Read as the client sent it, before a surface translates the body.
+        context = current_request.get()
+        # Read as the client sent it, before LiteLLM's fields are consumed (its
+        # `litellm_metadata.user` names an end user too) or a surface translates it.
         caller.end_user_id = end_user_of(body, headers)
-        # LiteLLM's per-request `fallbacks` are the gateway's, never an upstream's: popped
-        # here, before any surface reads or translates the body.
-        fallbacks = pop_fallbacks(body)
+        # LiteLLM's fields are the gateway's, never an upstream's: popped here, before any
+        # surface reads or translates the body.
+        litellm = consume(body, headers, context.path)
+        attempted = None
+        if litellm is not None:
+            attempted = await prepare(gateway, surface, caller, body, headers, litellm)
         exchange = await surface.decode(gateway, caller, body, headers)
         # The hooks of the live state the request started with (a reload may swap them).
         hooks = gateway.live.hooks
-        call = Call(gateway, current_request.get(), caller, exchange, fallbacks, hooks)
+        fallbacks = litellm.fallbacks if litellm else None
+        call = Call(gateway, context, caller, exchange, fallbacks, hooks)
+        if attempted is not None:
+            attempted.attach(call)
         await call.admit()
         answered = None if hooks is None else await call.before_route(hooks)
         if call.stream:
@@ -178,6 +187,11 @@ class Call:
         self.meter = UsageMeter(gateway.counter, first.upstream_model, body, carried)
         self.ttft: float | None = None
         self.admission: Admission | None = None
+        # What LiteLLM's fields asked of the attempts (`Attempted.attach`), if any.
+        self.attempted: Attempted | None = None
+        # The request's cost once recorded, for LiteLLM's response headers.
+        self.cost: float | None = None
+        context.call = self
 
     @property
     def model_group(self) -> str:
@@ -360,6 +374,8 @@ class Call:
 
     async def run(self, deployment: Deployment) -> Any:
         """One try on `deployment`: a whole completion, or a stream's first chunks."""
+        if self.attempted is not None:
+            return await self.attempted.run(self, deployment)
         if not self.stream:
             return await self.exchange.complete(deployment)
         return await self._open(deployment)
@@ -498,6 +514,9 @@ class Call:
             error=secrets.redact(error.message) if error else None,
             response_id=self.context.response_id,
         )
+        if self.attempted is not None:
+            record = self.attempted.annotated(record)
+        self.cost = cost
         self.telemetry.finished(self.context, caller, record, deployment, error)
         await self.gateway.record(record)
         return usage

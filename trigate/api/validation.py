@@ -87,13 +87,3 @@ def check_stream_fields(body: dict[str, Any]) -> None:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("`stream_options` must be an object.", param="stream_options")
-
-
-def pop_fallbacks(body: dict[str, Any]) -> list[str] | None:
-    """LiteLLM's per-request `fallbacks`: the gateway's to act on, never the upstream's."""
-    fallbacks = body.pop("fallbacks", None)
-    if fallbacks is None:
-        return None
-    if not isinstance(fallbacks, list) or not all(isinstance(f, str) for f in fallbacks):
-        raise InvalidRequest("`fallbacks` must be an array of model names.", param="fallbacks")
-    return fallbacks

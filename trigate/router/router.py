@@ -122,6 +122,10 @@ class RouteProgress:
     # the state a follow-up continues (a Responses API `previous_response_id`).
     preferred: str | None = None
     observer: RouteObserver = field(default=UNOBSERVED, repr=False)
+    # The request's own bound on retries (LiteLLM's `num_retries`), under the router's.
+    retry_limit: int | None = None
+    # A failure the request asked its own group to have (LiteLLM's `mock_testing_*`).
+    group_failure: UpstreamError | None = None
 
 
 class Router:
@@ -161,6 +165,7 @@ class Router:
         while True:
             progress.model_group = current
             try:
+                _fail_as_asked(progress)
                 deployment, result = await self._serve_group(
                     current, attempt, progress, prompt_tokens
                 )
@@ -202,7 +207,10 @@ class Router:
             try:
                 return await self._hedged(group, members, deployment, attempt, tried, progress)
             except UpstreamError as error:
-                if error.kind not in RETRYABLE or retries >= self.settings.retries_for(error.kind):
+                limit = self.settings.retries_for(error.kind)
+                if progress.retry_limit is not None:
+                    limit = min(limit, progress.retry_limit)
+                if error.kind not in RETRYABLE or retries >= limit:
                     raise
                 retries += 1
                 progress.retries += 1
@@ -327,7 +335,8 @@ class Router:
         except UpstreamError as error:
             state.finished()
             cooled_until = state.breaker.cooldown_until
-            state.breaker.failed(error, trio.current_time())
+            if not error.simulated:
+                state.breaker.failed(error, trio.current_time())
             if state.breaker.cooldown_until > cooled_until:
                 observer.cooled(deployment, error)
             observer.attempt_ended(handle, error)
@@ -425,6 +434,13 @@ class _Race(Generic[T]):
         for deployment, result in self._losers:
             await self._attempt.discard(result)
             self._router.release(deployment, 0)
+
+
+def _fail_as_asked(progress: RouteProgress) -> None:
+    """Raise, once, the failure the request asked its own group to have."""
+    failure, progress.group_failure = progress.group_failure, None
+    if failure is not None:
+        raise failure
 
 
 def _anyone(group: str) -> bool:

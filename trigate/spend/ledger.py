@@ -180,6 +180,9 @@ def _row(record: RequestRecord) -> dict[str, Any]:
         "start_time": record.start_time,
         "end_time": record.end_time,
         "ttft_ms": record.ttft_ms,
+        "metadata": record.metadata,
+        "request_tags": record.request_tags,
+        "session_id": record.session_id,
         "end_user": record.end_user,
         "organization_id": record.organization_id,
     }

@@ -7,7 +7,7 @@ fails or is cancelled by its client is still accounted for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(slots=True)
@@ -42,6 +42,11 @@ class RequestRecord:
     end_user: str | None = None
     # The organization of the key's team, billed its cost.
     organization_id: str | None = None
+    # What the client asked to be logged with the request (LiteLLM's `metadata`, `tags`,
+    # `litellm_session_id`), from `trigate.api.litellm_request`.
+    metadata: dict[str, Any] | None = None
+    request_tags: list[str] | None = None
+    session_id: str | None = None
 
 
 class RecordSink(Protocol):

@@ -50,7 +50,9 @@ JSON_COLUMNS = {
     "litellm_params",
     "model_info",
     "model_max_budget",
+    "request_tags",
 }
+_LIST_COLUMNS = {"models", "request_tags"}
 BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client", "native"}
 # The columns keys, teams and users share. Each table accepts from callers only its
 # owner's `columns`; anything else is a programming error.
@@ -152,6 +154,7 @@ SPEND_COLUMNS = (
     "cancelled_by_client", "start_time", "end_time", "ttft_ms", "client_request_id",
     "response_id",
     "end_user", "organization_id",
+    "metadata", "request_tags", "session_id",
 )  # fmt: skip
 
 
@@ -793,7 +796,7 @@ def _where(owner: Owner, where: dict[str, Any]) -> tuple[str, list[Any]]:
 def _encode(column: str, value: Any) -> Any:
     if column in JSON_COLUMNS:
         return orjson.dumps(
-            value if value is not None else ([] if column == "models" else {})
+            value if value is not None else ([] if column in _LIST_COLUMNS else {})
         ).decode()
     if column in BOOL_COLUMNS and value is not None:
         return int(bool(value))

@@ -220,4 +220,11 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE trigate_spend_logs ADD COLUMN organization_id TEXT",
         "CREATE INDEX trigate_spend_logs_end_user ON trigate_spend_logs (end_user, start_time)",
     ],
+    # What a client asked to be logged with a request (LiteLLM's `metadata`, `tags` and
+    # `litellm_session_id`), under LiteLLM's spend-log names.
+    [
+        "ALTER TABLE trigate_spend_logs ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE trigate_spend_logs ADD COLUMN request_tags TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE trigate_spend_logs ADD COLUMN session_id TEXT",
+    ],
 ]

@@ -1,0 +1,134 @@
+"""LiteLLM's response headers beside trigate's own, with LiteLLM's names and formats
+(`trigate.api.response_headers`), on whole answers, streams and errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk
+from helpers import MESSAGES, RunningGateway, start_gateway
+
+from trigate import __version__
+
+USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+
+
+def config(upstream: FakeUpstream, **router: Any) -> dict[str, Any]:
+    base = f"http://user:secret@127.0.0.1:{upstream.port}/v1?sig=hidden"
+    params = {
+        "model": "openai/upstream-model",
+        "api_base": base,
+        "api_key": "k",
+        "timeout": 7,
+        "input_cost_per_token": 1e-6,
+        "output_cost_per_token": 2e-6,
+    }
+    return {
+        "model_list": [
+            {"model_name": "team/gpt:mini", "litellm_params": params, "model_info": {"id": "d-1"}}
+        ],
+        "router_settings": {"num_retries": 2, **router},
+    }
+
+
+async def chat(gateway: RunningGateway, key: str | None = None, **body: Any) -> Any:
+    client = gateway.client(key) if key else gateway.client()
+    async with client:
+        return await client.post(
+            "/v1/chat/completions",
+            json={"model": "team/gpt:mini", "messages": MESSAGES, **body},
+        )
+
+
+@pytest.fixture
+async def priced(nursery: trio.Nursery, upstream: FakeUpstream) -> RunningGateway:
+    upstream.handler = lambda request: (
+        StreamReply([chunk("hi"), chunk(finish="stop"), b"data: [DONE]\n\n"])
+        if request.json.get("stream")
+        else JSONReply(chat_completion("hi", usage=USAGE))
+    )
+    return await start_gateway(nursery, config(upstream))
+
+
+async def test_a_whole_answer_carries_litellms_headers(
+    priced: RunningGateway, upstream: FakeUpstream
+) -> None:
+    async with priced.client() as admin:
+        generated = await admin.post(
+            "/key/generate", json={"max_budget": 10, "rpm_limit": 100, "tpm_limit": 5000}
+        )
+    key = generated.json()["key"]
+    reply = await chat(priced, key)
+    assert reply.status_code == 200, reply.text
+    headers = reply.headers
+    record = (await priced.records.wait_for(1))[0]
+    assert headers["x-litellm-call-id"] == headers["x-trigate-request-id"] == record.request_id
+    assert headers["x-litellm-model-id"] == headers["x-trigate-deployment"] == "d-1"
+    assert headers["x-litellm-model-group"] == headers["x-trigate-model-group"] == "team/gpt:mini"
+    # Without its query and its credentials.
+    assert headers["x-litellm-model-api-base"] == f"http://127.0.0.1:{upstream.port}/v1"
+    assert headers["x-litellm-response-cost"] == str(record.cost)
+    assert record.cost == pytest.approx(10e-6 + 10e-6)
+    assert headers["x-litellm-key-spend"] == str(0.0 + record.cost)
+    assert headers["x-litellm-key-max-budget"] == "10.0"
+    assert headers["x-litellm-key-rpm-limit"] == "100"
+    assert headers["x-litellm-key-tpm-limit"] == "5000"
+    assert headers["x-litellm-key-remaining-requests-team-gpt-mini"] == "99"
+    assert (
+        headers["x-litellm-key-remaining-requests-team-gpt-mini"]
+        == headers["x-ratelimit-remaining-requests"]
+    )
+    assert "x-litellm-key-remaining-tokens-team-gpt-mini" in headers
+    assert headers["x-litellm-attempted-retries"] == headers["x-trigate-attempted-retries"] == "0"
+    assert headers["x-litellm-attempted-fallbacks"] == "0"
+    assert headers["x-litellm-max-retries"] == "2"
+    assert headers["x-litellm-timeout"] == "7.0"
+    assert float(headers["x-litellm-response-duration-ms"]) >= 0
+    assert headers["x-litellm-overhead-duration-ms"] == headers["x-trigate-overhead-ms"]
+    assert headers["x-litellm-version"] == __version__
+    assert "secret" not in str(headers) and "hidden" not in str(headers)
+
+
+async def test_a_stream_has_them_but_the_cost_it_does_not_know_yet(
+    priced: RunningGateway,
+) -> None:
+    async with (
+        priced.client() as client,
+        client.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": "team/gpt:mini", "messages": MESSAGES, "stream": True},
+        ) as response,
+    ):
+        await response.aread()
+    headers = response.headers
+    assert response.status_code == 200
+    assert headers["x-litellm-model-id"] == "d-1"
+    assert headers["x-litellm-key-spend"] == "0.0"
+    assert "x-litellm-response-cost" not in headers
+    assert headers["x-litellm-timeout"] == "7.0"
+
+
+async def test_an_error_carries_the_retries_it_made(
+    nursery: trio.Nursery, upstream: FakeUpstream, virtual_clock: trio.abc.Clock
+) -> None:
+    upstream.handler = lambda request: JSONReply({"error": {"message": "down"}}, status=503)
+    gateway = await start_gateway(nursery, config(upstream, num_retries=1))
+    reply = await chat(gateway)
+    assert reply.status_code == 503
+    headers = reply.headers
+    assert headers["x-litellm-attempted-retries"] == "1"
+    assert headers["x-litellm-max-retries"] == "1"
+    assert headers["x-litellm-model-id"] == "d-1"
+    assert headers["x-litellm-response-cost"] == "0.0"
+    assert headers["x-litellm-call-id"] == headers["x-trigate-request-id"]
+
+
+async def test_a_refusal_before_routing_has_the_ids_only(priced: RunningGateway) -> None:
+    reply = await chat(priced, model="no-such-model")
+    assert reply.status_code == 404
+    assert reply.headers["x-litellm-call-id"] == reply.headers["x-trigate-request-id"]
+    assert reply.headers["x-litellm-version"] == __version__
+    assert "x-litellm-model-id" not in reply.headers
