@@ -13,6 +13,8 @@ memory without bound.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from trigate.errors import UpstreamError
@@ -20,6 +22,14 @@ from trigate.errors import UpstreamError
 # Room for the largest real events (a base64 image inline in one Gemini event is a few
 # MiB), while bounding what one stream may make the gateway hold.
 MAX_LINE_BYTES = 16 * 1024 * 1024
+
+
+# A read that holds whole events only, each a single `data: {...}` line and its blank line
+# (LF only, no comments, names or ids), perhaps ending with OpenAI's `data: [DONE]`: what
+# OpenAI-compatible upstreams send. Group 1 is the events before `[DONE]`; group 2 is
+# `[DONE]`'s, if there.
+_PLAIN_EVENTS = re.compile(rb"((?:data: \{[^\r\n]*\}\n\n)*)(data: \[DONE\]\n\n)?")
+_PLAIN_PREFIX = len(b"data: ")
 
 
 class ServerSentEvent(NamedTuple):
@@ -60,6 +70,17 @@ class SSEDecoder:
             self._held_cr = True
         return self._process(lines)
 
+    def plain(self, chunk: bytes) -> re.Match[bytes] | None:
+        """`chunk` as plain events (`_PLAIN_EVENTS`), when it holds only those and no event
+        is in progress; None otherwise, and `feed` must then take it. One match in C, where
+        `feed` takes each line apart in Python: a relay can pass such a read on as it came."""
+        if self._pending or self._data or self._event:
+            return None
+        match = _PLAIN_EVENTS.fullmatch(chunk)
+        if match is not None and chunk:
+            self.seen_event = True
+        return match
+
     def flush(self) -> list[ServerSentEvent]:
         """End of stream: a last event without its blank line still counts."""
         rest = b"".join(self._pending)
@@ -99,6 +120,13 @@ class SSEDecoder:
             self._data.append(value.decode("utf-8", "replace"))
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
+
+
+def plain_payloads(events: bytes) -> Iterator[bytes]:
+    """The `data` of each plain event (`SSEDecoder.plain`'s group 1): a JSON object each."""
+    for event in events.split(b"\n\n"):
+        if event:
+            yield event[_PLAIN_PREFIX:]
 
 
 def _normalized(buffer: bytes) -> bytes:

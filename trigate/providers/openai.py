@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import orjson
 
 from trigate.errors import UpstreamError
 from trigate.providers.base import (
@@ -25,14 +24,16 @@ from trigate.providers.base import (
     Embeddings,
     NativeEvent,
     NativeResponses,
+    PassedFrames,
     Provider,
     SSEChunkStream,
     StreamRead,
     TextCompletions,
     UpstreamClient,
+    parse_chunk,
     read_json_object,
 )
-from trigate.sse import ServerSentEvent
+from trigate.sse import ServerSentEvent, SSEDecoder
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -119,7 +120,7 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI):
 
     async def open_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
         payload = stream_payload(body, self._model, stream_options=self._stream_options)
-        return OpenAIChunkStream(await self._upstream.post_stream(payload))
+        return OpenAIChunkStream(await self._upstream.post_stream(payload), passes=True)
 
     async def complete_text(self, body: dict[str, Any]) -> Completion:
         """Legacy `/completions`; the body is relayed as it came, like chat's."""
@@ -127,7 +128,7 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI):
 
     async def open_text_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
         payload = stream_payload(body, self._model, stream_options=self._stream_options)
-        return OpenAIChunkStream(await self._text_upstream.post_stream(payload))
+        return OpenAIChunkStream(await self._text_upstream.post_stream(payload), passes=True)
 
     async def embed(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._embeddings_upstream, {**body, "model": self._model})
@@ -186,10 +187,31 @@ def stream_payload(body: dict[str, Any], model: str, *, stream_options: bool) ->
 
 
 class OpenAIChunkStream(SSEChunkStream):
-    """An upstream SSE response, decoded into batches of OpenAI chunk dicts."""
+    """An upstream SSE response, decoded into batches of OpenAI chunk dicts; with
+    `passes`, a read that holds only plain chunks (`SSEDecoder.plain`) with no usage
+    and no error in them is kept as it came, as one `PassedFrames`."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, *, passes: bool = False) -> None:
         super().__init__(response, _parse_events)
+        self._passes = passes
+
+    def _read(self, decoder: SSEDecoder, raw: bytes) -> StreamRead:
+        plain = decoder.plain(raw) if self._passes else None
+        if plain is None or not _passable(raw):
+            return self._translate(decoder.feed(raw))
+        done = plain.start(2) >= 0
+        events = raw if not done else raw[: plain.end(1)]
+        return StreamRead([PassedFrames(events)] if events else [], done=done)
+
+
+def _passable(raw: bytes) -> bool:
+    """Whether plain events carry nothing the gateway must act on: no usage (a
+    `"usage":null`, which OpenAI puts in every chunk of a stream that asks for usage,
+    says none) and no error. A string value that holds either name has its quotes
+    escaped, so only a key matches."""
+    if b'"error"' in raw:
+        return False
+    return b'"usage"' not in raw or raw.count(b'"usage"') == raw.count(b'"usage":null')
 
 
 def _parse_events(events: list[ServerSentEvent]) -> StreamRead:
@@ -198,25 +220,11 @@ def _parse_events(events: list[ServerSentEvent]) -> StreamRead:
         if event.data == DONE:
             return StreamRead(chunks, done=True)
         try:
-            chunks.append(_parse_chunk(event.data))
+            chunks.append(parse_chunk(event.data))
         except UpstreamError as failure:
             # The chunks before the failure still reach the client, and are billed.
             return StreamRead(chunks, failure=failure)
     return StreamRead(chunks)
-
-
-def _parse_chunk(data: str) -> dict[str, Any]:
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("The upstream sent a stream event that is not JSON.") from None
-    if not isinstance(chunk, dict):
-        raise UpstreamError("The upstream sent a stream event that is not a JSON object.")
-    error = chunk.get("error")
-    if error is not None and "choices" not in chunk:
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        raise UpstreamError(f"The upstream failed mid-stream: {message}")
-    return chunk
 
 
 class ResponseEventStream(SSEChunkStream):
@@ -236,7 +244,7 @@ def _response_events(events: list[ServerSentEvent]) -> StreamRead:
     batch: list[Any] = []
     for sse in events:
         try:
-            data = _parse_chunk(sse.data)
+            data = parse_chunk(sse.data)
         except UpstreamError as failure:
             return StreamRead(batch, failure=failure)
         kind = data.get("type")
