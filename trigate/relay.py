@@ -38,7 +38,7 @@ from quart.wrappers.response import ResponseBody
 from trio.lowlevel import RunVar
 
 from trigate.errors import GatewayError, UpstreamError
-from trigate.providers import ChunkStream, NativeEvent, PassedFrames
+from trigate.providers import ChunkStream, NativeEvent, passed_chunks
 from trigate.usage import UsageMeter
 
 CHANNEL_CAPACITY = 100
@@ -126,7 +126,7 @@ class StreamRelay(ResponseBody):
         # The request's chunk hooks (`trigate.hooks`); None, and never called, without.
         self._on_chunk = on_chunk
         self._encoder = encoder or FrameEncoder()
-        # Whether upstream events kept as they came (`PassedFrames`) go to the client so:
+        # Whether upstream events kept as they came (bytes, `ChunkStream`) go to the client so:
         # OpenAI's SSE out, and no chunk hook that must see each chunk.
         self._passes = on_chunk is None and type(self._encoder) is FrameEncoder
         self._chunks = chunks
@@ -138,7 +138,7 @@ class StreamRelay(ResponseBody):
         self._usage_template: dict[str, Any] | None = None
         self._last_chunk: dict[str, Any] | None = None
         # The last events passed on as they came, when they came after `_last_chunk`.
-        self._last_passed: PassedFrames | None = None
+        self._last_passed: bytes | None = None
         # Frames the reader has handed to the channel and the writer not yet taken: the
         # writer takes more than one only when some wait, without failing to.
         self._queued = 0
@@ -337,26 +337,26 @@ class StreamRelay(ResponseBody):
         return b"".join([self._frame(chunk) for chunk in batch])
 
     def _chunks_of(self, batch: list[Any]) -> list[Any]:
-        """The batch with events kept as they came (`PassedFrames`) read as chunks."""
-        if not any(type(item) is PassedFrames for item in batch):
+        """The batch with events kept as they came (bytes) read as chunks."""
+        if not any(type(item) is bytes for item in batch):
             return batch
         chunks: list[Any] = []
         for item in batch:
-            if type(item) is PassedFrames:
-                chunks.extend(item.chunks())
+            if type(item) is bytes:
+                chunks.extend(passed_chunks(item))
             else:
                 chunks.append(item)
         return chunks
 
     def _frame(self, chunk: Any) -> bytes:
-        if type(chunk) is PassedFrames:
+        if type(chunk) is bytes:
             if not self._passes:
-                return b"".join([self._frame(item) for item in chunk.chunks()])
+                return b"".join([self._frame(item) for item in passed_chunks(chunk)])
             # Events with no usage and no error: as they came, their text read only if
             # it must be counted.
-            self._meter.observe_frames(chunk.data)
+            self._meter.observe_frames(chunk)
             self._last_passed = chunk
-            return chunk.data
+            return chunk
         if isinstance(chunk, NativeEvent):
             self._meter.report(chunk.usage)
             return self._encoder.native(chunk)
@@ -387,11 +387,11 @@ class StreamRelay(ResponseBody):
         return chunk
 
 
-def _last_chunk_of(passed: PassedFrames) -> dict[str, Any]:
+def _last_chunk_of(passed: bytes) -> dict[str, Any]:
     """The last chunk of events passed on unread, for the identity of a usage chunk the
     gateway makes; {} if it cannot be read (the client has had it as it came)."""
     try:
-        return passed.chunks()[-1]
+        return passed_chunks(passed)[-1]
     except UpstreamError:
         return {}
 

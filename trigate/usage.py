@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from trigate.spend.prices import TokenCounts
-from trigate.sse import plain_payloads
+from trigate.sse import plain_array, plain_payloads
 from trigate.tokens import TokenCounter
 
 # Passed-through stream events are kept as they came and read only when their text must
@@ -112,15 +112,16 @@ class UsageMeter:
             self._read_frames()
 
     def _read_frames(self) -> None:
-        """The text of the events kept, as `observe_chunk` keeps a chunk's; an event that
-        is not a JSON object (the relay did not check) adds nothing."""
+        """The text of the events kept, as `observe_chunk` keeps a chunk's. Each read's
+        events are read as one JSON array; where that fails, one by one, and an event
+        that is not a JSON object (the relay passed it unchecked) adds nothing."""
         frames, self._frames, self._frames_size = self._frames, [], 0
         for events in frames:
-            for payload in plain_payloads(events):
-                try:
-                    chunk = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    continue
+            try:
+                chunks = orjson.loads(plain_array(events))
+            except orjson.JSONDecodeError:
+                chunks = [_loaded(payload) for payload in plain_payloads(events)]
+            for chunk in chunks:
                 if isinstance(chunk, dict):
                     self._observe_choices(chunk, "delta")
 
@@ -186,6 +187,13 @@ class UsageMeter:
             self._read_frames()
             completion = await self._counter.count_text_async(self.model, "".join(self._pieces))
         return Usage(prompt, completion, "counted")
+
+
+def _loaded(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _priced_parts(usage: dict[str, Any]) -> tuple[int, int, int]:

@@ -11,10 +11,10 @@ from trigate.providers.base import (
     NativeEvent,
     NativeMessages,
     NativeResponses,
-    PassedFrames,
     Provider,
     ProviderFactory,
     TextCompletions,
+    passed_chunks,
 )
 from trigate.providers.bedrock import BedrockConverse
 from trigate.providers.compatible import COMPATIBLE
@@ -46,8 +46,8 @@ __all__ = [
     "NativeEvent",
     "NativeMessages",
     "NativeResponses",
-    "PassedFrames",
     "Provider",
     "ProviderFactory",
     "TextCompletions",
+    "passed_chunks",
 ]

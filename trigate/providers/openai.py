@@ -24,7 +24,6 @@ from trigate.providers.base import (
     Embeddings,
     NativeEvent,
     NativeResponses,
-    PassedFrames,
     Provider,
     SSEChunkStream,
     StreamRead,
@@ -188,30 +187,50 @@ def stream_payload(body: dict[str, Any], model: str, *, stream_options: bool) ->
 
 class OpenAIChunkStream(SSEChunkStream):
     """An upstream SSE response, decoded into batches of OpenAI chunk dicts; with
-    `passes`, a read that holds only plain chunks (`SSEDecoder.plain`) with no usage
-    and no error in them is kept as it came, as one `PassedFrames`."""
+    `passes`, plain events (`SSEDecoder.plain`) with no usage and no error in them are
+    kept as they came, one bytes item for those of one read (`ChunkStream`)."""
 
     def __init__(self, response: httpx.Response, *, passes: bool = False) -> None:
         super().__init__(response, _parse_events)
         self._passes = passes
 
+    def _passable(self, events: bytes) -> bool:
+        return _first_mark(events, len(events)) < 0
+
     def _read(self, decoder: SSEDecoder, raw: bytes) -> StreamRead:
         plain = decoder.plain(raw) if self._passes else None
-        if plain is None or not _passable(raw):
+        if plain is None:
             return self._translate(decoder.feed(raw))
-        done = plain.start(2) >= 0
-        events = raw if not done else raw[: plain.end(1)]
-        return StreamRead([PassedFrames(events)] if events else [], done=done)
+        passed, done = plain
+        rest = b"" if done or passed == len(raw) else raw[passed:]
+        # From the first event that carries usage or an error on, the events are read.
+        if passed and (mark := _first_mark(raw, passed)) >= 0:
+            passed = raw.rfind(b"\n", 0, mark) + 1
+            rest, done = raw[passed:], False
+        chunks: list[Any] = []
+        if passed:
+            chunks.append(raw if passed == len(raw) else raw[:passed])
+        if not rest:
+            return StreamRead(chunks, done=done)
+        read = self._translate(decoder.feed(rest))
+        if not chunks:
+            return read
+        return StreamRead(chunks + read.chunks, read.done, read.failure)
 
 
-def _passable(raw: bytes) -> bool:
-    """Whether plain events carry nothing the gateway must act on: no usage (a
-    `"usage":null`, which OpenAI puts in every chunk of a stream that asks for usage,
-    says none) and no error. A string value that holds either name has its quotes
-    escaped, so only a key matches."""
-    if b'"error"' in raw:
-        return False
-    return b'"usage"' not in raw or raw.count(b'"usage"') == raw.count(b'"usage":null')
+def _first_mark(raw: bytes, end: int) -> int:
+    """Where in plain events `raw[:end]` the first thing the gateway must act on is, or -1:
+    an error, or usage (a `"usage":null`, which OpenAI puts in every chunk of a stream
+    that asks for usage, says none). A string value that holds either name has its
+    quotes escaped, so only a key is found."""
+    error = raw.find(b'"error"', 0, end)
+    usages = raw.count(b'"usage"', 0, end)
+    if not usages or usages == raw.count(b'"usage":null', 0, end):
+        return error
+    usage = raw.find(b'"usage"', 0, end)
+    while raw.startswith(b'"usage":null', usage):
+        usage = raw.find(b'"usage"', usage + 1, end)
+    return usage if error < 0 else min(error, usage)
 
 
 def _parse_events(events: list[ServerSentEvent]) -> StreamRead:
