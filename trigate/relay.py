@@ -38,7 +38,7 @@ from quart.wrappers.response import ResponseBody
 from trio.lowlevel import RunVar
 
 from trigate.errors import GatewayError, UpstreamError
-from trigate.providers import ChunkStream, NativeEvent
+from trigate.providers import ChunkStream, NativeEvent, passed_chunks
 from trigate.usage import UsageMeter
 
 CHANNEL_CAPACITY = 100
@@ -126,6 +126,9 @@ class StreamRelay(ResponseBody):
         # The request's chunk hooks (`trigate.hooks`); None, and never called, without.
         self._on_chunk = on_chunk
         self._encoder = encoder or FrameEncoder()
+        # Whether upstream events kept as they came (bytes, `ChunkStream`) go to the client so:
+        # OpenAI's SSE out, and no chunk hook that must see each chunk.
+        self._passes = on_chunk is None and type(self._encoder) is FrameEncoder
         self._chunks = chunks
         self._first = first
         self._meter = meter
@@ -134,6 +137,11 @@ class StreamRelay(ResponseBody):
         self._on_backpressure = on_backpressure or _no_backpressure
         self._usage_template: dict[str, Any] | None = None
         self._last_chunk: dict[str, Any] | None = None
+        # The last events passed on as they came, when they came after `_last_chunk`.
+        self._last_passed: bytes | None = None
+        # Frames the reader has handed to the channel and the writer not yet taken: the
+        # writer takes more than one only when some wait, without failing to.
+        self._queued = 0
         self._frames: trio.MemoryReceiveChannel[bytes] | None = None
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
@@ -180,13 +188,17 @@ class StreamRelay(ResponseBody):
             frame = await self._frames.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
+        self._queued -= 1
+        if self._queued <= 0:
+            return frame
         batch = [frame]
         try:
-            while len(batch) < MAX_FRAMES_PER_WRITE:
+            while self._queued > 0 and len(batch) < MAX_FRAMES_PER_WRITE:
                 batch.append(self._frames.receive_nowait())
+                self._queued -= 1
         except (trio.WouldBlock, trio.EndOfChannel):
             pass
-        return frame if len(batch) == 1 else b"".join(batch)
+        return b"".join(batch)
 
     async def client_left(self, request: trio.CancelScope) -> None:
         """The client is gone: close the upstream connection now, then cancel `request`
@@ -245,10 +257,22 @@ class StreamRelay(ResponseBody):
             try:
                 if self._first is not None:
                     await self._relay_batch(frames, self._first)
-                async for batch in self._chunks:
-                    await self._relay_batch(frames, batch)
+                if self._on_chunk is None:
+                    async for batch in self._chunks:
+                        # `_relay_batch` without hooks, inline: one call less a read.
+                        data = self._encode(batch)
+                        if data:
+                            self._queued += 1
+                            try:
+                                frames.send_nowait(data)
+                            except trio.WouldBlock:
+                                self._on_backpressure()
+                                await frames.send(data)
+                else:
+                    async for batch in self._chunks:
+                        await self._relay_batch(frames, batch)
                 if self._include_usage:
-                    await frames.send(self._encoder.usage(await self._usage_chunk()))
+                    await self._send(frames, self._encoder.usage(await self._usage_chunk()))
             except _HookEnded:
                 pass  # the stream ends here; the relay's exit closes the upstream
             except GatewayError as error:
@@ -259,19 +283,24 @@ class StreamRelay(ResponseBody):
                     await self._may_unwind.wait()
                     return
                 self.outcome.error = error
-                await frames.send(self._encoder.error(error))
+                await self._send(frames, self._encoder.error(error))
             self.outcome.completed = True
             if end := self._encoder.end():
-                await frames.send(end)
+                await self._send(frames, end)
+
+    async def _send(self, frames: trio.MemorySendChannel[bytes], data: bytes) -> None:
+        self._queued += 1
+        await frames.send(data)
 
     async def _relay_batch(self, frames: trio.MemorySendChannel[bytes], batch: list[Any]) -> None:
         """One upstream read's chunks become one channel item: a burst of tokens costs
         one hand-over between the tasks, not one per token."""
         stop: Exception | None = None
         if self._on_chunk is not None:
-            batch, stop = await self._hooked(batch)
-        data = b"".join([self._frame(chunk) for chunk in batch])
+            batch, stop = await self._hooked(self._chunks_of(batch))
+        data = self._encode(batch)
         if data:
+            self._queued += 1
             try:
                 frames.send_nowait(data)
             except trio.WouldBlock:
@@ -299,7 +328,35 @@ class StreamRelay(ResponseBody):
                 passed.append(result)
         return passed, None
 
+    def _encode(self, batch: list[Any]) -> bytes:
+        """One read's chunks as the client's bytes."""
+        if len(batch) == 1:
+            return self._frame(batch[0])
+        if not self._passes:
+            batch = self._chunks_of(batch)
+        return b"".join([self._frame(chunk) for chunk in batch])
+
+    def _chunks_of(self, batch: list[Any]) -> list[Any]:
+        """The batch with events kept as they came (bytes) read as chunks."""
+        if not any(type(item) is bytes for item in batch):
+            return batch
+        chunks: list[Any] = []
+        for item in batch:
+            if type(item) is bytes:
+                chunks.extend(passed_chunks(item))
+            else:
+                chunks.append(item)
+        return chunks
+
     def _frame(self, chunk: Any) -> bytes:
+        if type(chunk) is bytes:
+            if not self._passes:
+                return b"".join([self._frame(item) for item in passed_chunks(chunk)])
+            # Events with no usage and no error: as they came, their text read only if
+            # it must be counted.
+            self._meter.observe_frames(chunk)
+            self._last_passed = chunk
+            return chunk
         if isinstance(chunk, NativeEvent):
             self._meter.report(chunk.usage)
             return self._encoder.native(chunk)
@@ -314,6 +371,7 @@ class StreamRelay(ResponseBody):
                 self._usage_template = chunk
                 return b""
         self._last_chunk = chunk
+        self._last_passed = None
         return self._encoder.chunk(chunk)
 
     async def _usage_chunk(self) -> dict[str, Any]:
@@ -321,10 +379,21 @@ class StreamRelay(ResponseBody):
         chunk = self._usage_template
         if chunk is None:
             last = self._last_chunk or {}
+            if self._last_passed is not None:
+                last = _last_chunk_of(self._last_passed)
             chunk = {key: last[key] for key in _CHUNK_IDENTITY if key in last}
             chunk.update(object="chat.completion.chunk", choices=[])
         chunk["usage"] = self._meter.reported or (await self._meter.settle()).to_openai()
         return chunk
+
+
+def _last_chunk_of(passed: bytes) -> dict[str, Any]:
+    """The last chunk of events passed on unread, for the identity of a usage chunk the
+    gateway makes; {} if it cannot be read (the client has had it as it came)."""
+    try:
+        return passed_chunks(passed)[-1]
+    except UpstreamError:
+        return {}
 
 
 class _HookEnded(Exception):

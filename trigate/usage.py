@@ -11,8 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from trigate.spend.prices import TokenCounts
+from trigate.sse import plain_array, plain_payloads
 from trigate.tokens import TokenCounter
+
+# Passed-through stream events are kept as they came and read only when their text must
+# be counted; past this many bytes they are read into text, which bounds what a long
+# stream holds.
+FRAMES_HELD = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -52,7 +60,17 @@ class Usage:
 class UsageMeter:
     """Collects what is needed to bill one chat completion."""
 
-    __slots__ = ("_carried", "_counter", "_pieces", "_prompt_counts", "_reported", "body", "model")
+    __slots__ = (
+        "_carried",
+        "_counter",
+        "_frames",
+        "_frames_size",
+        "_pieces",
+        "_prompt_counts",
+        "_reported",
+        "body",
+        "model",
+    )
 
     def __init__(
         self, counter: TokenCounter, model: str, body: dict[str, Any], carried: int = 0
@@ -64,6 +82,9 @@ class UsageMeter:
         # Prompt tokens the upstream holds that `body` does not carry (`Exchange.carried_tokens`).
         self._carried = carried
         self._pieces: list[str] = []
+        # Plain SSE events passed through unread (`observe_frames`), `_frames_size` bytes.
+        self._frames: list[bytes] = []
+        self._frames_size = 0
         self._reported: dict[str, Any] | None = None
         self._prompt_counts: dict[str, int] = {}
 
@@ -78,7 +99,31 @@ class UsageMeter:
     def observe_chunk(self, chunk: dict[str, Any]) -> None:
         """Keep the text a stream chunk adds: content, reasoning and tool-call arguments
         (chat), or `text` (legacy completions)."""
+        if self._frames and chunk.get("choices"):
+            self._read_frames()  # first: the text is counted in the order it came
         self._observe_choices(chunk, "delta")
+
+    def observe_frames(self, events: bytes) -> None:
+        """Keep plain SSE events (`SSEDecoder.plain`) a stream passed on unread: their text
+        is read only if it must be counted, which an upstream that reports usage spares."""
+        self._frames.append(events)
+        self._frames_size += len(events)
+        if self._frames_size > FRAMES_HELD:
+            self._read_frames()
+
+    def _read_frames(self) -> None:
+        """The text of the events kept, as `observe_chunk` keeps a chunk's. Each read's
+        events are read as one JSON array; where that fails, one by one, and an event
+        that is not a JSON object (the relay passed it unchecked) adds nothing."""
+        frames, self._frames, self._frames_size = self._frames, [], 0
+        for events in frames:
+            try:
+                chunks = orjson.loads(plain_array(events))
+            except orjson.JSONDecodeError:
+                chunks = [_loaded(payload) for payload in plain_payloads(events)]
+            for chunk in chunks:
+                if isinstance(chunk, dict):
+                    self._observe_choices(chunk, "delta")
 
     def observe_completion(self, body: dict[str, Any]) -> None:
         self._observe_choices(body, "message")
@@ -139,8 +184,16 @@ class UsageMeter:
         if not isinstance(prompt, int):
             prompt = await self.prompt_tokens()
         if not isinstance(completion, int):
+            self._read_frames()
             completion = await self._counter.count_text_async(self.model, "".join(self._pieces))
         return Usage(prompt, completion, "counted")
+
+
+def _loaded(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def _priced_parts(usage: dict[str, Any]) -> tuple[int, int, int]:

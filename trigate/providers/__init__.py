@@ -14,6 +14,7 @@ from trigate.providers.base import (
     Provider,
     ProviderFactory,
     TextCompletions,
+    passed_chunks,
 )
 from trigate.providers.bedrock import BedrockConverse
 from trigate.providers.compatible import COMPATIBLE
@@ -48,4 +49,5 @@ __all__ = [
     "Provider",
     "ProviderFactory",
     "TextCompletions",
+    "passed_chunks",
 ]

@@ -25,7 +25,7 @@ from trigate.errors import (
     UpstreamUnreachable,
     from_upstream_status,
 )
-from trigate.sse import ServerSentEvent, SSEDecoder
+from trigate.sse import ServerSentEvent, SSEDecoder, plain_array, plain_payloads
 from trigate.transport import ResponseTooLarge, read_whole_body
 
 if TYPE_CHECKING:
@@ -76,8 +76,24 @@ class NativeEvent:
     usage: dict[str, Any] | None = None
 
 
+def passed_chunks(events: bytes) -> list[dict[str, Any]]:
+    """The chunks of plain events kept as they came (`ChunkStream`): read as one JSON
+    array, or one by one to say which is not a JSON object."""
+    try:
+        chunks = orjson.loads(plain_array(events))
+    except orjson.JSONDecodeError:
+        chunks = None
+    if isinstance(chunks, list) and all(isinstance(chunk, dict) for chunk in chunks):
+        return chunks
+    return [parse_chunk(payload) for payload in plain_payloads(events)]
+
+
 class ChunkStream(Protocol):
-    """An open upstream stream, read as batches of OpenAI `chat.completion.chunk` dicts.
+    """An open upstream stream, read as batches of OpenAI `chat.completion.chunk` dicts,
+    or `NativeEvent`s. An item that is bytes is OpenAI chunks as the upstream sent them:
+    whole SSE events, each one `data: {...}` line holding a chunk that carries no usage
+    and no error. A relay whose client speaks OpenAI's API sends them on as they came,
+    with no parse and no re-encoding; anything else reads them (`passed_chunks`).
 
     Each batch holds what one upstream read delivered, so a burst of tokens is
     handled once, not token by token. Iterating ends at the upstream's end of
@@ -109,6 +125,9 @@ class SSEChunkStream:
     says `done`: an API whose streams close with an event of their own was cut short.
     """
 
+    # Whether reads that are plain events only are kept as they came (`_pass`).
+    _passes = False
+
     def __init__(
         self,
         response: httpx.Response,
@@ -123,9 +142,17 @@ class SSEChunkStream:
 
     async def __aiter__(self) -> AsyncIterator[list[Any]]:
         decoder = SSEDecoder()
+        # The transport's byte stream itself: httpx's `aiter_raw` would add a generator, a
+        # chunker and its bookkeeping to every read, and the body is never encoded.
+        body = self._response.stream
+        assert isinstance(body, httpx.AsyncByteStream)
         try:
-            async for raw in self._response.aiter_raw():
-                read = self._translate(decoder.feed(raw))
+            async for raw in body:
+                if self._passes and decoder.whole_plain(raw) and self._passable(raw):
+                    # The common read, from an upstream that speaks OpenAI's API.
+                    yield [raw]
+                    continue
+                read = self._read(decoder, raw)
                 if read.chunks:
                     yield read.chunks
                 if read.failure is not None:
@@ -146,8 +173,32 @@ class SSEChunkStream:
         if self._unfinished is not None and not read.done:
             raise UpstreamError(self._unfinished)
 
+    def _read(self, decoder: SSEDecoder, raw: bytes) -> StreamRead:
+        """What one upstream read holds."""
+        return self._translate(decoder.feed(raw))
+
+    def _passable(self, events: bytes) -> bool:
+        """Whether plain events may be passed on as they came."""
+        return False
+
     async def aclose(self) -> None:
         await self._response.aclose()
+
+
+def parse_chunk(data: str | bytes) -> dict[str, Any]:
+    """One stream event's JSON object; an error event (with no choices) is the upstream's
+    failure mid-stream."""
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The upstream sent a stream event that is not JSON.") from None
+    if not isinstance(chunk, dict):
+        raise UpstreamError("The upstream sent a stream event that is not a JSON object.")
+    error = chunk.get("error")
+    if error is not None and "choices" not in chunk:
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        raise UpstreamError(f"The upstream failed mid-stream: {message}")
+    return chunk
 
 
 # What a provider can do, as types: an adapter class lists the abilities it has among its

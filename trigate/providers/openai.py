@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import orjson
 
 from trigate.errors import UpstreamError
 from trigate.providers.base import (
@@ -30,9 +29,10 @@ from trigate.providers.base import (
     StreamRead,
     TextCompletions,
     UpstreamClient,
+    parse_chunk,
     read_json_object,
 )
-from trigate.sse import ServerSentEvent
+from trigate.sse import ServerSentEvent, SSEDecoder
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -124,7 +124,7 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI):
 
     async def open_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
         payload = stream_payload(body, self._model, stream_options=self._stream_options)
-        return OpenAIChunkStream(await self._upstream.post_stream(payload))
+        return OpenAIChunkStream(await self._upstream.post_stream(payload), passes=True)
 
     async def complete_text(self, body: dict[str, Any]) -> Completion:
         """Legacy `/completions`; the body is relayed as it came, like chat's."""
@@ -132,7 +132,7 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI):
 
     async def open_text_stream(self, body: dict[str, Any]) -> OpenAIChunkStream:
         payload = stream_payload(body, self._model, stream_options=self._stream_options)
-        return OpenAIChunkStream(await self._text_upstream.post_stream(payload))
+        return OpenAIChunkStream(await self._text_upstream.post_stream(payload), passes=True)
 
     async def embed(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._embeddings_upstream, {**body, "model": self._model})
@@ -191,10 +191,51 @@ def stream_payload(body: dict[str, Any], model: str, *, stream_options: bool) ->
 
 
 class OpenAIChunkStream(SSEChunkStream):
-    """An upstream SSE response, decoded into batches of OpenAI chunk dicts."""
+    """An upstream SSE response, decoded into batches of OpenAI chunk dicts; with
+    `passes`, plain events (`SSEDecoder.plain`) with no usage and no error in them are
+    kept as they came, one bytes item for those of one read (`ChunkStream`)."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, *, passes: bool = False) -> None:
         super().__init__(response, _parse_events)
+        self._passes = passes
+
+    def _passable(self, events: bytes) -> bool:
+        return _first_mark(events, len(events)) < 0
+
+    def _read(self, decoder: SSEDecoder, raw: bytes) -> StreamRead:
+        plain = decoder.plain(raw) if self._passes else None
+        if plain is None:
+            return self._translate(decoder.feed(raw))
+        passed, done = plain
+        rest = b"" if done or passed == len(raw) else raw[passed:]
+        # From the first event that carries usage or an error on, the events are read.
+        if passed and (mark := _first_mark(raw, passed)) >= 0:
+            passed = raw.rfind(b"\n", 0, mark) + 1
+            rest, done = raw[passed:], False
+        chunks: list[Any] = []
+        if passed:
+            chunks.append(raw if passed == len(raw) else raw[:passed])
+        if not rest:
+            return StreamRead(chunks, done=done)
+        read = self._translate(decoder.feed(rest))
+        if not chunks:
+            return read
+        return StreamRead(chunks + read.chunks, read.done, read.failure)
+
+
+def _first_mark(raw: bytes, end: int) -> int:
+    """Where in plain events `raw[:end]` the first thing the gateway must act on is, or -1:
+    an error, or usage (a `"usage":null`, which OpenAI puts in every chunk of a stream
+    that asks for usage, says none). A string value that holds either name has its
+    quotes escaped, so only a key is found."""
+    error = raw.find(b'"error"', 0, end)
+    usages = raw.count(b'"usage"', 0, end)
+    if not usages or usages == raw.count(b'"usage":null', 0, end):
+        return error
+    usage = raw.find(b'"usage"', 0, end)
+    while raw.startswith(b'"usage":null', usage):
+        usage = raw.find(b'"usage"', usage + 1, end)
+    return usage if error < 0 else min(error, usage)
 
 
 def _parse_events(events: list[ServerSentEvent]) -> StreamRead:
@@ -203,25 +244,11 @@ def _parse_events(events: list[ServerSentEvent]) -> StreamRead:
         if event.data == DONE:
             return StreamRead(chunks, done=True)
         try:
-            chunks.append(_parse_chunk(event.data))
+            chunks.append(parse_chunk(event.data))
         except UpstreamError as failure:
             # The chunks before the failure still reach the client, and are billed.
             return StreamRead(chunks, failure=failure)
     return StreamRead(chunks)
-
-
-def _parse_chunk(data: str) -> dict[str, Any]:
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("The upstream sent a stream event that is not JSON.") from None
-    if not isinstance(chunk, dict):
-        raise UpstreamError("The upstream sent a stream event that is not a JSON object.")
-    error = chunk.get("error")
-    if error is not None and "choices" not in chunk:
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        raise UpstreamError(f"The upstream failed mid-stream: {message}")
-    return chunk
 
 
 class ResponseEventStream(SSEChunkStream):
@@ -241,7 +268,7 @@ def _response_events(events: list[ServerSentEvent]) -> StreamRead:
     batch: list[Any] = []
     for sse in events:
         try:
-            data = _parse_chunk(sse.data)
+            data = parse_chunk(sse.data)
         except UpstreamError as failure:
             return StreamRead(batch, failure=failure)
         kind = data.get("type")
