@@ -23,7 +23,7 @@ from trigate.changes import Changes
 from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed
 from trigate.roles import Role, role_of
-from trigate.store import OWNER_KINDS, Row, Store, StoreUnavailable
+from trigate.store import MEMBERS, OWNER_KINDS, Row, Store, StoreUnavailable, member_ident
 
 logger = logging.getLogger("trigate")
 
@@ -50,6 +50,8 @@ class Caller:
     key: Row | None = None
     team: Row | None = None
     user: Row | None = None
+    # The key's user's membership of the key's team (its limits in the team), if any.
+    member: Row | None = None
 
     @property
     def role(self) -> Role | None:
@@ -117,7 +119,7 @@ class Authenticator:
         self._outage_until = -float("inf")
         self._changes = changes
         if changes is not None:
-            changes.listen(OWNER_KINDS, self._drop, self._cache.clear)
+            changes.listen((*OWNER_KINDS, MEMBERS), self._drop, self._cache.clear)
 
     async def authenticate(self, headers: HeaderSource) -> Caller:
         key = presented_key(headers)
@@ -155,7 +157,10 @@ class Authenticator:
         if team is not None and team["blocked"]:
             raise AuthenticationFailed("This API key's team has been blocked.", code="team_blocked")
         user = await self._cached("users", row["user_id"]) if row["user_id"] else None
-        return Caller(token_hash[:16], False, token_hash, row, team, user)
+        member = None
+        if team is not None and row["user_id"]:
+            member = await self._cached(MEMBERS, member_ident(row["team_id"], row["user_id"]))
+        return Caller(token_hash[:16], False, token_hash, row, team, user, member)
 
     async def _cached(self, kind: str, key: str) -> Row | None:
         now = wall_time()
@@ -181,6 +186,8 @@ class Authenticator:
         failure: Exception | None = None
         with trio.move_on_after(LOOKUP_TIMEOUT):
             try:
+                if kind == MEMBERS:
+                    return await self._store.member(key)
                 return await self._store.get(kind, key)
             except Exception as error:  # any store failure is an outage to ride out
                 failure = error

@@ -1,7 +1,8 @@
 """Limits checked on every request before any upstream call: models, budgets and rates.
 
 Rates (`rpm_limit`, `tpm_limit`, `max_parallel_requests`) hold for a key, its
-team and its user, in fixed one-minute windows. TPM admits a request on its
+team and its user (and the user's membership of the team: LiteLLM's per-member
+limits), in fixed one-minute windows. TPM admits a request on its
 prompt tokens and settles the actual usage afterwards. Budgets work the same
 way in money: a request reserves the most it may cost when admitted and
 settles its actual cost when it ends.
@@ -35,7 +36,7 @@ from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError
 from trigate.fleet import Fleet, RedisUnavailable
-from trigate.store import OWNER_OF_KIND, Row, next_reset
+from trigate.store import MEMBERS, OWNER_OF_KIND, Row, next_reset
 
 WINDOW = 60.0
 # How long a parallel slot or a budget reservation outlives a worker that died holding
@@ -143,10 +144,12 @@ class _Budget:
 
 def _rates_of(caller: Caller) -> list[_Rates]:
     rates = []
+    member = caller.member
     for kind, row, ident in (
         ("key", caller.key, caller.key_hash),
         ("team", caller.team, caller.team_id),
         ("user", caller.user, caller.user_id),
+        ("team member", member, member["member_id"] if member is not None else None),
     ):
         if row is None or ident is None:
             continue
@@ -161,16 +164,26 @@ def _rates_of(caller: Caller) -> list[_Rates]:
 
 
 def _budgeted_rows(caller: Caller) -> Iterator[tuple[str, Row]]:
-    for kind, row in (("keys", caller.key), ("teams", caller.team), ("users", caller.user)):
+    for kind, row in (
+        ("keys", caller.key),
+        ("teams", caller.team),
+        ("users", caller.user),
+        (MEMBERS, caller.member),
+    ):
         if row is not None and row.get("max_budget") is not None:
             yield kind, row
 
 
 def _budgets_of(caller: Caller, now: float) -> list[_Budget]:
     return [
-        _Budget(kind, row[OWNER_OF_KIND[kind].primary], row, _window_end(row, now))
+        _Budget(kind, _budget_ident(kind, row), row, _window_end(row, now))
         for kind, row in _budgeted_rows(caller)
     ]
+
+
+def _budget_ident(kind: str, row: Row) -> str:
+    """The id a budget is counted under: its owner's, or a membership's (`member_ident`)."""
+    return str(row["member_id"] if kind == MEMBERS else row[OWNER_OF_KIND[kind].primary])
 
 
 def _window_end(row: Row, now: float) -> float | None:
@@ -302,7 +315,7 @@ def _rate_limited(rates: _Rates, what: str, now: float) -> RateLimited:
 
 
 def _budget_exceeded(budget: _Budget, spent: float, reserved: float, now: float) -> BudgetExceeded:
-    owner = budget.kind.removesuffix("s")
+    owner = "team member" if budget.kind == MEMBERS else budget.kind.removesuffix("s")
     in_flight = f" (+{reserved:.6f} reserved by requests in flight)" if reserved > 0 else ""
     reset_at = budget.row.get("budget_reset_at")
     note = f"; it resets in {math.ceil(reset_at - now)} s." if reset_at else "."

@@ -22,7 +22,7 @@ import orjson
 import trio
 
 from trigate.spend.records import RequestRecord
-from trigate.store import OWNERS, Store
+from trigate.store import MEMBERS, OWNERS, Store, member_ident
 
 logger = logging.getLogger("trigate.usage")
 errors = logging.getLogger("trigate.spend")
@@ -150,7 +150,11 @@ class SpendLedger:
 
 
 def _owners(row: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(o.kind, row[o.spend_column]) for o in OWNERS if row.get(o.spend_column)]
+    owners = [(o.kind, row[o.spend_column]) for o in OWNERS if row.get(o.spend_column)]
+    # A key of a user in a team also spends in that user's membership of the team.
+    if row.get("team_id") and row.get("user_id"):
+        owners.append((MEMBERS, member_ident(row["team_id"], row["user_id"])))
+    return owners
 
 
 def _row(record: RequestRecord) -> dict[str, Any]:
