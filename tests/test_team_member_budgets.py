@@ -6,14 +6,20 @@ concurrently naming one new member (its `test_team_new`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 from helpers import MASTER_KEY, RunningGateway, mock_config, start_gateway
+from test_fleet_processes import CHAT, call, start_instance, stop_all, write_config
 
 # A dollar a prompt token: one short chat spends a few dollars.
 PRICED = {"input_cost_per_token": 1.0, "output_cost_per_token": 0.0}
+
+
+def priced(database_url: str = "sqlite://:memory:") -> dict[str, Any]:
+    return {**mock_config(**PRICED), "general_settings": {"database_url": database_url}}
 
 
 def chat(content: str = "hi") -> dict[str, Any]:
@@ -42,11 +48,11 @@ async def user_info(gateway: RunningGateway, user_id: str) -> dict[str, Any]:
     return answer
 
 
-async def test_litellm_users_in_team_budget_flow(nursery: trio.Nursery) -> None:
+async def test_litellm_users_in_team_budget_flow(nursery: trio.Nursery, database_url: str) -> None:
     """LiteLLM's flow: a user made in a team gets the team's key; a budget in the team
     set after lets one request through, tracks its spend on the membership, then
     refuses with LiteLLM's message; `/user/info` shows the membership's budget."""
-    gateway = await start_gateway(nursery, mock_config(**PRICED))
+    gateway = await start_gateway(nursery, priced(database_url))
     team = await ok(gateway, "/team/new", {"team_alias": "t"})
     made = await ok(
         gateway,
@@ -76,7 +82,7 @@ async def test_litellm_users_in_team_budget_flow(nursery: trio.Nursery) -> None:
 
 
 async def test_member_add_with_budget_binds_the_members_keys(nursery: trio.Nursery) -> None:
-    gateway = await start_gateway(nursery, mock_config(**PRICED))
+    gateway = await start_gateway(nursery, priced())
     team = (await ok(gateway, "/team/new", {"team_id": "t1"}))["team_id"]
     added = await ok(
         gateway,
@@ -135,10 +141,12 @@ async def test_member_budget_refused_when_negative(nursery: trio.Nursery) -> Non
     assert "max_budget_in_team" in reply.text
 
 
-async def test_concurrent_team_new_naming_one_new_member(nursery: trio.Nursery) -> None:
+async def test_concurrent_team_new_naming_one_new_member(
+    nursery: trio.Nursery, database_url: str
+) -> None:
     """LiteLLM's `test_team_new`: ten `/team/new` at once, each naming the same user, whom
     none finds made: each makes it or finds it made, and every call succeeds."""
-    gateway = await start_gateway(nursery, mock_config())
+    gateway = await start_gateway(nursery, priced(database_url))
     statuses: list[int] = []
 
     async def one() -> None:
@@ -150,3 +158,33 @@ async def test_concurrent_team_new_naming_one_new_member(nursery: trio.Nursery) 
             calls.start_soon(one)
     assert statuses == [200] * 10
     assert len((await user_info(gateway, "same"))["teams"]) == 10
+
+
+async def test_two_instances_share_a_member_budget(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """Two instances of two workers each, one Redis and one database: a member's budget
+    spent through one instance refuses the member's next request on the other."""
+    config = write_config(tmp_path, redis_prefix)
+    database = tmp_path / "fleet.db"
+    a, b = [await start_instance(config, database, redis_url) for _ in range(2)]
+    try:
+        team = (await call(a, "/team/new", {"team_alias": "t"})).json()["team_id"]
+        made = await call(a, "/user/new", {"user_id": "u", "team_id": team})
+        key = made.json()["key"]
+        for _ in range(4):  # B's workers cache the membership while it has no budget
+            assert (await call(b, "/v1/chat/completions", CHAT, key)).status_code == 200
+        update = {"team_id": team, "user_id": "u", "max_budget_in_team": 100.0}
+        assert (await call(b, "/team/member_update", update)).status_code == 200
+        long = {**CHAT, "messages": [{"role": "user", "content": "word " * 300}]}
+        # The change reaches every worker of both instances within moments; a request it
+        # has not reached yet spends unchecked, as a key's budget change does.
+        with trio.fail_after(10):
+            while (await call(a, "/v1/chat/completions", long, key)).status_code == 200:
+                pass
+        for instance in (a, b, a, b):
+            spent = await call(instance, "/v1/chat/completions", CHAT, key)
+            assert spent.status_code == 400, spent.text
+            assert "Budget has been exceeded" in spent.json()["error"]["message"]
+    finally:
+        await stop_all([a, b])
