@@ -131,6 +131,11 @@ class Authenticator:
             return Caller(MASTER_IDENTITY, is_master=True)
         return await self._virtual_key(hash_key(key))
 
+    async def row(self, kind: str, key: str) -> Row | None:
+        """A key's, team's, user's or membership's row, from the cache as requests read
+        them."""
+        return await self._cached(kind, key)
+
     def forget(self, kind: str, key: str) -> None:
         """A row was written: drop it from the cache, so this process sees the change at
         once, and (with Redis) every other worker of the fleet within moments. The store

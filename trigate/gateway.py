@@ -37,6 +37,8 @@ from trigate.errors import secrets
 from trigate.fleet import Fleet
 from trigate.hooks import Hooks, load_hooks
 from trigate.limits import LEASE_TTL, FleetLimits, Limits
+from trigate.proxy_budget import PROXY_BUDGET_USER, proxy_budget
+from trigate.proxy_budget import install as install_proxy_budget
 from trigate.router.catalog import ModelCatalog
 from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.fleet_sync import FleetSync
@@ -46,7 +48,7 @@ from trigate.router_settings import RouterSettings
 from trigate.sealing import Sealer
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable, TokenCounts, cost
-from trigate.store import MODELS, OWNERS, Store
+from trigate.store import MODELS, OWNERS, Row, Store
 from trigate.telemetry import SAMPLE_INTERVAL, Telemetry
 from trigate.tokens import TokenCounter
 from trigate.transport import HTTP11Transport
@@ -130,6 +132,11 @@ class Gateway:
         # The hooks of the file as read: one that cannot load stops the start here.
         self._hooks = load_hooks(config.litellm_settings.get("callbacks"))
         self._hooks_named = config.litellm_settings.get("callbacks")
+        # LiteLLM's global proxy budget (`litellm_settings.max_budget`); None without one.
+        try:
+            self.proxy_budget = proxy_budget(config.litellm_settings)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         # The deployments served: the file's (`config_path`, re-read on reload) and the store's.
         self.models = ModelCatalog(
             config, config_path, Sealer.from_environ(master_key), self._serve
@@ -207,7 +214,10 @@ class Gateway:
         self._auth = Authenticator(self._master_key, self._store, self.changes)
         # Every admin write reaches the caches, here and (with Redis) fleet-wide.
         self._store.watch(self._written)
-        self._ledger = SpendLedger(self._store)
+        if self.proxy_budget is not None:
+            await install_proxy_budget(self._store, self.proxy_budget)
+        proxy_users = (PROXY_BUDGET_USER,) if self.proxy_budget is not None else ()
+        self._ledger = SpendLedger(self._store, also_users=proxy_users)
         self._transport = self._transport or self._default_transport()
         prices = await trio.to_thread.run_sync(_process_prices)
         groups = await self.models.start(self._store, self._transport, self._counter, prices)
@@ -337,6 +347,12 @@ class Gateway:
     def cost(self, deployment: Deployment, usage: Usage) -> float:
         """What a request cost, at the deployment's prices (configured, else the table's)."""
         return cost(deployment.price, usage.priced_counts())
+
+    async def proxy_budget_row(self) -> Row | None:
+        """The proxy budget's user (cached as a key's user is), or None without one."""
+        if self.proxy_budget is None:
+            return None
+        return await self.auth.row("users", PROXY_BUDGET_USER)
 
     def max_cost(self, group: str, prompt_tokens: int, output_tokens: int | None) -> float:
         """The most a request to `group` may cost: its prompt and `output_tokens` (None:

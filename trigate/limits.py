@@ -36,6 +36,7 @@ from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError
 from trigate.fleet import Fleet, RedisUnavailable
+from trigate.proxy_budget import PROXY_BUDGET_USER
 from trigate.store import MEMBERS, OWNER_OF_KIND, Row, next_reset
 
 WINDOW = 60.0
@@ -271,16 +272,20 @@ class Limits:
         caller: Caller,
         prompt_tokens: Callable[[], Awaitable[int]],
         max_cost: Callable[[], Awaitable[float]],
+        proxy: Row | None = None,
     ) -> Admission:
         """Check and take the caller's rates and budgets in one step, or refuse with
         `rate_limit_exceeded` or `budget_exceeded` having taken nothing. `max_cost` is
-        asked only when a budget binds the caller."""
+        asked only when a budget binds the caller. `proxy` is the proxy budget's user
+        (trigate/proxy_budget.py), whose budget binds every caller."""
         rates = _rates_of(caller)
-        budgeted = next(_budgeted_rows(caller), None) is not None
+        budgeted = proxy is not None or next(_budgeted_rows(caller), None) is not None
         if not rates and not budgeted:
             return UNLIMITED
         now = wall_time()
         budgets = _budgets_of(caller, now) if budgeted else []
+        if proxy is not None and proxy.get("max_budget") is not None:
+            budgets.append(_Budget("users", proxy["user_id"], proxy, _window_end(proxy, now)))
         tokens = await prompt_tokens() if any(r.tpm is not None for r in rates) else 0
         most = await max_cost() if budgets else 0.0
         orphan = None
@@ -316,6 +321,8 @@ def _rate_limited(rates: _Rates, what: str, now: float) -> RateLimited:
 
 def _budget_exceeded(budget: _Budget, spent: float, reserved: float, now: float) -> BudgetExceeded:
     owner = "team member" if budget.kind == MEMBERS else budget.kind.removesuffix("s")
+    if budget.ident == PROXY_BUDGET_USER and budget.kind == "users":
+        owner = "proxy"  # litellm_settings.max_budget
     in_flight = f" (+{reserved:.6f} reserved by requests in flight)" if reserved > 0 else ""
     reset_at = budget.row.get("budget_reset_at")
     note = f"; it resets in {math.ceil(reset_at - now)} s." if reset_at else "."

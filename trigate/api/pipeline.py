@@ -190,15 +190,19 @@ class Call:
 
     async def admit(self) -> None:
         """The caller's model access, budgets and rate limits, before any upstream call.
-        Budgets reserve the request's most expensive outcome; `_record` settles it."""
-        if self.caller.is_master:
+        Budgets reserve the request's most expensive outcome; `_record` settles it. The
+        proxy's budget (LiteLLM's `litellm_settings.max_budget`) binds the master key too."""
+        gateway = self.gateway
+        proxy = await gateway.proxy_budget_row() if gateway.proxy_budget is not None else None
+        if self.caller.is_master and proxy is None:
             return
         try:
-            check_access(self.caller, self.exchange.requested, self.progress.model_group)
-            for fallback in self.fallbacks or ():
-                check_model(self.caller, fallback, param="fallbacks")
-            self.admission = await self.gateway.limits.admit(
-                self.caller, self.meter.prompt_tokens, self._max_cost
+            if not self.caller.is_master:
+                check_access(self.caller, self.exchange.requested, self.progress.model_group)
+                for fallback in self.fallbacks or ():
+                    check_model(self.caller, fallback, param="fallbacks")
+            self.admission = await gateway.limits.admit(
+                self.caller, self.meter.prompt_tokens, self._max_cost, proxy
             )
         except GatewayError as rejection:
             await self._refused(rejection)

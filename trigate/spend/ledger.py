@@ -44,8 +44,11 @@ class SpendLedger:
         batch_size: int = BATCH_SIZE,
         flush_interval: float = FLUSH_INTERVAL,
         max_queued: int = MAX_QUEUED,
+        also_users: tuple[str, ...] = (),
     ) -> None:
         self._store = store
+        # Users every request's cost is added to, whoever made it (the proxy budget's).
+        self._also_users = also_users
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._queue: deque[dict[str, Any]] = deque()
@@ -65,7 +68,7 @@ class SpendLedger:
         if self._store is None:
             return
         row = _row(record)
-        for owner in _owners(row):
+        for owner in self._owners(row):
             self._unflushed[owner] += row["cost"]
         self._queue.append(row)
         self._work.set()
@@ -118,7 +121,7 @@ class SpendLedger:
         while self._queue:
             batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
             try:
-                await self._store.record_spend(batch)
+                await self._store.record_spend(batch, self._also_users)
             except Exception as error:
                 errors.warning(
                     "spend log write failed, %d rows kept for retry: %s", len(self._queue), error
@@ -131,8 +134,13 @@ class SpendLedger:
                 self._settle(row)
         return True
 
+    def _owners(self, row: dict[str, Any]) -> list[tuple[str, str]]:
+        owners = _owners(row)
+        owners += (("users", user) for user in self._also_users)
+        return owners
+
     def _settle(self, row: dict[str, Any]) -> None:
-        for owner in _owners(row):
+        for owner in self._owners(row):
             remaining = self._unflushed[owner] - row["cost"]
             if remaining <= 1e-12:
                 del self._unflushed[owner]

@@ -409,8 +409,9 @@ class Store:
 
     # Spend.
 
-    async def record_spend(self, rows: Sequence[Row]) -> int:
-        """Insert spend-log rows and add their cost to the key, team and user counters.
+    async def record_spend(self, rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
+        """Insert spend-log rows and add their cost to the key, team and user counters,
+        and to each of `also_users` (the proxy budget's user, which every request spends).
 
         One transaction and one INSERT for the batch. A row already present (a batch
         retried after an unknown commit outcome) is not returned by the INSERT and adds
@@ -435,6 +436,8 @@ class Store:
                 for owner in OWNERS:
                     if key := row.get(owner.spend_column):
                         totals[owner, key] = totals.get((owner, key), 0.0) + row["cost"]
+                for user in also_users:
+                    totals[USERS, user] = totals.get((USERS, user), 0.0) + row["cost"]
             for (owner, key), cost in totals.items():
                 cursor.execute(
                     f"UPDATE {owner.table} SET spend = spend + ? WHERE {owner.primary} = ?",

@@ -1,0 +1,92 @@
+"""LiteLLM's global proxy budget (`litellm_settings.max_budget`, `budget_duration`): the
+`litellm-proxy-budget` user every request's cost is added to, which LiteLLM's
+`tests/test_users.py::test_global_proxy_budget_update` reads, and the budget refusing
+every request, the master key's too, once spent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+from helpers import MASTER_KEY, RunningGateway, build_app, mock_config, start_gateway
+
+from trigate.config import ConfigError
+
+PRICED = {"input_cost_per_token": 1.0, "output_cost_per_token": 0.0}
+CHAT = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def config(**settings: Any) -> dict[str, Any]:
+    return {**mock_config(**PRICED), "litellm_settings": settings}
+
+
+async def chat(gateway: RunningGateway, key: str = MASTER_KEY, **extra: Any) -> Any:
+    async with gateway.client(key) as client:
+        return await client.post("/v1/chat/completions", json={**CHAT, **extra})
+
+
+async def proxy_user(gateway: RunningGateway) -> Any:
+    async with gateway.client() as client:
+        return await client.get("/user/info?user_id=litellm-proxy-budget")
+
+
+async def test_every_request_spends_the_proxy_budget_until_refused(nursery: trio.Nursery) -> None:
+    gateway = await start_gateway(nursery, config(max_budget=30.0, budget_duration="30d"))
+    info = (await proxy_user(gateway)).json()["user_info"]
+    assert info["max_budget"] == 30.0 and info["spend"] == 0.0
+    assert info["budget_duration"] == "30d"
+    assert info["budget_reset_at"] is not None
+    # The master key's request spends it (LiteLLM's test), streamed or not.
+    assert (await chat(gateway)).status_code == 200
+    await gateway.gateway.ledger.flush()
+    first = (await proxy_user(gateway)).json()["user_info"]["spend"]
+    assert first > 0
+    assert (await chat(gateway, stream=True)).status_code == 200
+    await gateway.gateway.ledger.flush()
+    assert (await proxy_user(gateway)).json()["user_info"]["spend"] > first
+    # A virtual key's too, and once the budget is spent every caller is refused.
+    async with gateway.client() as client:
+        key = (await client.post("/key/generate", json={})).json()["key"]
+    statuses = [(await chat(gateway, key)).status_code for _ in range(30)]
+    assert 200 in statuses and statuses[-1] == 400
+    refused = await chat(gateway)
+    assert refused.status_code == 400
+    assert "Budget has been exceeded" in refused.json()["error"]["message"]
+    assert "proxy" in refused.json()["error"]["message"]
+
+
+async def test_a_restart_keeps_the_spend_and_takes_the_new_budget(
+    nursery: trio.Nursery, database_url: str
+) -> None:
+    settings = {"database_url": database_url}
+    first = await start_gateway(
+        nursery, {**config(max_budget=1000.0), "general_settings": settings}
+    )
+    assert (await chat(first)).status_code == 200
+    await first.stop()
+    again = await start_gateway(
+        nursery, {**config(max_budget=2000.0), "general_settings": settings}
+    )
+    info = (await proxy_user(again)).json()["user_info"]
+    assert info["max_budget"] == 2000.0 and info["spend"] > 0
+
+
+async def test_without_a_proxy_budget_there_is_no_proxy_user(nursery: trio.Nursery) -> None:
+    gateway = await start_gateway(nursery, config())
+    assert (await proxy_user(gateway)).status_code == 404
+    assert (await chat(gateway)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"max_budget": "lots"}, "max_budget"),
+        ({"max_budget": -1}, "max_budget"),
+        ({"max_budget": 5, "budget_duration": "soon"}, "budget_duration"),
+        ({"budget_duration": "30d"}, "budget_duration"),
+    ],
+)
+def test_a_bad_proxy_budget_stops_start_up(settings: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        build_app(config(**settings))
