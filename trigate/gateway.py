@@ -250,6 +250,7 @@ class Gateway:
         come here. A changed Redis link is connected before the swap."""
         if self._live is None:
             return  # not started: `start` serves what the catalog has then
+        self._warn_if_proxy_budget_changed(config)
         hooks = self._hooks_of(config)
         link = self._link
         if not link.fleet.serves(config.router):
@@ -347,6 +348,19 @@ class Gateway:
     def cost(self, deployment: Deployment, usage: Usage) -> float:
         """What a request cost, at the deployment's prices (configured, else the table's)."""
         return cost(deployment.price, usage.priced_counts())
+
+    def _warn_if_proxy_budget_changed(self, config: GatewayConfig) -> None:
+        """The proxy budget is the start-up's (its user is made then): a reload that
+        changes it is told so, never ignored in silence."""
+        try:
+            changed = proxy_budget(config.litellm_settings) != self.proxy_budget
+        except ValueError:
+            changed = True
+        if changed:
+            logger.warning(
+                "config reload: litellm_settings.max_budget or budget_duration changed; "
+                "the proxy budget changes at restart"
+            )
 
     async def proxy_budget_row(self) -> Row | None:
         """The proxy budget's user (cached as a key's user is), or None without one."""

@@ -151,11 +151,11 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             raise not_found("user", user_id)
         keys = await gateway.store.select("keys", {"user_id": user_id})
         teams = []
-        for membership in await gateway.store.member_teams(user_id):
+        for membership in await gateway.store.memberships(user_id):
             team = await gateway.store.get("teams", membership["team_id"])
             if team is not None:
                 # LiteLLM's: the user's own membership of the team, its spend and budget.
-                own = membership_shape({**membership, "user_id": user_id})
+                own = membership_shape(membership)
                 teams.append({**await with_members(gateway, team), "team_memberships": [own]})
         info = {**shaped(row), "teams": [team["team_id"] for team in teams]}
         return json_response(

@@ -121,7 +121,10 @@ class SpendLedger:
         while self._queue:
             batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
             try:
-                await self._store.record_spend(batch, self._also_users)
+                if self._also_users:
+                    await self._store.record_spend(batch, self._also_users)
+                else:  # the plain call, as stores without a proxy budget are asked
+                    await self._store.record_spend(batch)
             except Exception as error:
                 errors.warning(
                     "spend log write failed, %d rows kept for retry: %s", len(self._queue), error

@@ -350,12 +350,18 @@ class Store:
         return await self._read(lambda cursor: cursor.query(sql, [team_id]))
 
     async def member_teams(self, user_id: str) -> list[Row]:
-        """The teams a user is a member of, each with the user's role, limits and spend
-        in it."""
+        """The teams a user is a member of, each with the user's role in it."""
         sql = (
-            "SELECT team_id, role, spend, max_budget, tpm_limit, rpm_limit "
-            "FROM trigate_team_members WHERE user_id = ? "
+            "SELECT team_id, role FROM trigate_team_members WHERE user_id = ? "
             "ORDER BY created_at, team_id"
+        )
+        return await self._read(lambda cursor: cursor.query(sql, [user_id]))
+
+    async def memberships(self, user_id: str) -> list[Row]:
+        """A user's memberships, each with its role, limits and spend in the team."""
+        sql = (
+            "SELECT team_id, user_id, role, spend, max_budget, tpm_limit, rpm_limit "
+            "FROM trigate_team_members WHERE user_id = ? ORDER BY created_at, team_id"
         )
         return await self._read(lambda cursor: cursor.query(sql, [user_id]))
 
