@@ -5,11 +5,14 @@ every request, the master key's too, once spent."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from helpers import MASTER_KEY, RunningGateway, build_app, mock_config, start_gateway
+from test_fleet_processes import CHAT as FLEET_CHAT
+from test_fleet_processes import call, new_key, start_instance, stop_all, write_config
 
 from trigate.config import ConfigError
 
@@ -90,3 +93,25 @@ async def test_without_a_proxy_budget_there_is_no_proxy_user(nursery: trio.Nurse
 def test_a_bad_proxy_budget_stops_start_up(settings: dict[str, Any], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         build_app(config(**settings))
+
+
+async def test_two_instances_share_the_proxy_budget(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    """Two instances of two workers each, one Redis and one database, both making the
+    proxy budget's user at start: the budget spent through one refuses the other's
+    requests, the master key's included."""
+    config = write_config(tmp_path, redis_prefix)
+    config.write_text(config.read_text() + "litellm_settings: {max_budget: 100.0}\n")
+    database = tmp_path / "fleet.db"
+    a, b = [await start_instance(config, database, redis_url) for _ in range(2)]
+    try:
+        key = await new_key(a)
+        long = {**FLEET_CHAT, "messages": [{"role": "user", "content": "word " * 300}]}
+        assert (await call(b, "/v1/chat/completions", long, key)).status_code == 200
+        for instance in (a, b, a, b):
+            spent = await call(instance, "/v1/chat/completions", FLEET_CHAT)
+            assert spent.status_code == 400, spent.text
+            assert "Budget has been exceeded" in spent.json()["error"]["message"]
+    finally:
+        await stop_all([a, b])
