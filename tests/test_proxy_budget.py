@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import trio
+import yaml
 from helpers import MASTER_KEY, RunningGateway, build_app, mock_config, start_gateway
 from test_fleet_processes import CHAT as FLEET_CHAT
 from test_fleet_processes import call, new_key, start_instance, stop_all, write_config
@@ -115,3 +116,27 @@ async def test_two_instances_share_the_proxy_budget(
             assert "Budget has been exceeded" in spent.json()["error"]["message"]
     finally:
         await stop_all([a, b])
+
+
+async def test_a_reload_that_changes_the_proxy_budget_is_warned_of(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "config.yaml"
+    models = "model_list:\n  - model_name: mock\n    litellm_params: {model: mock/gpt-4o}\n"
+    path.write_text(models + "litellm_settings: {max_budget: 10}\n")
+    raw = yaml.safe_load(path.read_text())
+    gateway = await start_gateway(nursery, raw, config_path=str(path))
+
+    async def reload() -> list[str]:
+        caplog.clear()
+        async with gateway.client() as admin:
+            assert (await admin.post("/config/reload")).status_code == 200
+        return [r.getMessage() for r in caplog.records if "proxy budget" in r.getMessage()]
+
+    assert await reload() == []  # unchanged
+    path.write_text(models + "litellm_settings: {max_budget: 20}\n")
+    assert await reload() == [
+        "config reload: litellm_settings.max_budget or budget_duration changed; "
+        "the proxy budget changes at restart"
+    ]
+    assert (await proxy_user(gateway)).json()["user_info"]["max_budget"] == 10.0
