@@ -140,3 +140,17 @@ async def test_a_reload_that_changes_the_proxy_budget_is_warned_of(
         "the proxy budget changes at restart"
     ]
     assert (await proxy_user(gateway)).json()["user_info"]["max_budget"] == 10.0
+
+
+async def test_deleting_the_proxy_budget_user_does_not_lift_the_budget(
+    nursery: trio.Nursery,
+) -> None:
+    gateway = await start_gateway(nursery, config(max_budget=1.0))
+    async with gateway.client() as admin:
+        deleted = await admin.post("/user/delete", json={"user_ids": ["litellm-proxy-budget"]})
+    assert deleted.status_code == 200
+    assert (await proxy_user(gateway)).status_code == 404
+    assert (await chat(gateway)).status_code == 200  # nothing spent yet: it costs more than 1
+    refused = await chat(gateway)
+    assert refused.status_code == 400
+    assert "Budget has been exceeded" in refused.json()["error"]["message"]

@@ -37,7 +37,7 @@ from trigate.errors import secrets
 from trigate.fleet import Fleet
 from trigate.hooks import Hooks, load_hooks
 from trigate.limits import LEASE_TTL, FleetLimits, Limits
-from trigate.proxy_budget import PROXY_BUDGET_USER, proxy_budget
+from trigate.proxy_budget import PROXY_BUDGET_USER, fallback_row, proxy_budget
 from trigate.proxy_budget import install as install_proxy_budget
 from trigate.router.catalog import ModelCatalog
 from trigate.router.deployments import Deployment, ModelGroups
@@ -137,6 +137,7 @@ class Gateway:
             self.proxy_budget = proxy_budget(config.litellm_settings)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        self._proxy_budget_fallback = fallback_row(self.proxy_budget)
         # The deployments served: the file's (`config_path`, re-read on reload) and the store's.
         self.models = ModelCatalog(
             config, config_path, Sealer.from_environ(master_key), self._serve
@@ -363,10 +364,13 @@ class Gateway:
             )
 
     async def proxy_budget_row(self) -> Row | None:
-        """The proxy budget's user (cached as a key's user is), or None without one."""
+        """The proxy budget's user (cached as a key's user is), or None without one. Its
+        user deleted by an admin, the config's budget still binds (fail closed), counted
+        from the spend this worker still knows of."""
         if self.proxy_budget is None:
             return None
-        return await self.auth.row("users", PROXY_BUDGET_USER)
+        row = await self.auth.row("users", PROXY_BUDGET_USER)
+        return row if row is not None else self._proxy_budget_fallback
 
     def max_cost(self, group: str, prompt_tokens: int, output_tokens: int | None) -> float:
         """The most a request to `group` may cost: its prompt and `output_tokens` (None:

@@ -52,6 +52,15 @@ def proxy_budget(litellm_settings: dict[str, Any]) -> ProxyBudget | None:
     return ProxyBudget(float(given), duration)
 
 
+def fallback_row(budget: ProxyBudget | None) -> Row | None:
+    """The row the budget is enforced by should its user be missing (an admin deleted
+    it): one object for the worker's life, so its spend keeps counting in process."""
+    if budget is None:
+        return None
+    return {"user_id": PROXY_BUDGET_USER, "max_budget": budget.max_budget,
+            "budget_duration": budget.budget_duration, "spend": 0.0}  # fmt: skip
+
+
 async def install(store: Store, budget: ProxyBudget) -> None:
     """Make the proxy budget's user, or set its budget to the config's; its spend stays
     (a restart does not forget what was spent). Workers starting together may race to
