@@ -324,7 +324,7 @@ async def test_member_calls_refuse_bad_input_with_400(nursery: trio.Nursery) -> 
         ("/team/member_add", {"team_id": "t1", "member": {"user_id": "x", "role": "owner"}}),
         (
             "/team/member_add",
-            {"team_id": "t1", "member": {"user_id": "x"}, "max_budget_in_team": 5},
+            {"team_id": "t1", "member": {"user_id": "x"}, "max_budget_in_team": -5},
         ),
         ("/team/member_delete", {"team_id": "t1", "user_id": "eve"}),  # not a member
         ("/team/member_delete", {"team_id": "t1"}),

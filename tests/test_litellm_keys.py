@@ -106,6 +106,9 @@ REFUSED: dict[str, list[str]] = {
         "general_settings.reject_clientside_metadata_tags",
         "general_settings.allowed_routes",
         "general_settings.custom_auth",
+        "general_settings.max_parallel_requests",
+        "general_settings.global_max_parallel_requests",
+        "litellm_settings.redact_user_api_key_info",
         "router_settings.enable_tag_filtering",
     ],
     "enterprise_config.yaml": ["router_settings.enable_tag_filtering"],
@@ -229,7 +232,14 @@ def test_the_issue_config_warns_and_a_guardrail_refuses() -> None:
             {"litellm_settings": {"success_callback": "presidio"}},
             "litellm_settings.success_callback[presidio]",
         ),
-        ({"litellm_settings": {"max_budget": 100}}, "litellm_settings.max_budget"),
+        (
+            {"litellm_settings": {"redact_user_api_key_info": True}},
+            "litellm_settings.redact_user_api_key_info",
+        ),
+        (
+            {"general_settings": {"max_parallel_requests": 10}},
+            "general_settings.max_parallel_requests",
+        ),
         ({"include": ["guardrails.yaml"]}, "include"),
     ],
 )

@@ -23,7 +23,7 @@ from trigate.changes import Changes
 from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed
 from trigate.roles import Role, role_of
-from trigate.store import OWNER_KINDS, Row, Store, StoreUnavailable
+from trigate.store import MEMBERS, OWNER_KINDS, Row, Store, StoreUnavailable, member_ident
 
 logger = logging.getLogger("trigate")
 
@@ -60,6 +60,9 @@ class Caller:
     @property
     def organization_id(self) -> str | None:
         return self.team.get("organization_id") if self.team else None
+
+    # The key's user's membership of the key's team (its limits in the team), if any.
+    member: Row | None = None
 
     @property
     def role(self) -> Role | None:
@@ -132,7 +135,7 @@ class Authenticator:
         self._outage_until = -float("inf")
         self._changes = changes
         if changes is not None:
-            changes.listen(OWNER_KINDS, self._drop, self._cache.clear)
+            changes.listen((*OWNER_KINDS, MEMBERS), self._drop, self._cache.clear)
 
     async def authenticate(self, headers: HeaderSource) -> Caller:
         key = presented_key(headers)
@@ -144,6 +147,11 @@ class Authenticator:
         if hmac.compare_digest(key.encode(), self._master):
             return Caller(MASTER_IDENTITY, is_master=True)
         return await self._virtual_key(hash_key(key))
+
+    async def row(self, kind: str, key: str) -> Row | None:
+        """A key's, team's, user's, membership's, customer's or organization's row, from
+        the cache (and the fleet-wide invalidation) requests read them through."""
+        return await self._cached(kind, key)
 
     def forget(self, kind: str, key: str) -> None:
         """A row was written: drop it from the cache, so this process sees the change at
@@ -172,7 +180,13 @@ class Authenticator:
             raise AuthenticationFailed("This API key's team has been blocked.", code="team_blocked")
         user = await self._cached("users", row["user_id"]) if row["user_id"] else None
         organization = await self._organization(team) if team is not None else None
-        return Caller(token_hash[:16], False, token_hash, row, team, user, organization)
+        member = None
+        if team is not None and row["user_id"]:
+            member = await self._cached(MEMBERS, member_ident(row["team_id"], row["user_id"]))
+        return Caller(
+            token_hash[:16], False, token_hash, row, team, user,
+            organization=organization, member=member,
+        )  # fmt: skip
 
     async def _organization(self, team: Row) -> Row | None:
         """The team's organization, whose models and limits bind the team's keys."""
@@ -190,11 +204,6 @@ class Authenticator:
                 "This API key's organization has been blocked.", code="organization_blocked"
             )
         return organization
-
-    async def row(self, kind: str, key: str) -> Row | None:
-        """A key's, team's, user's, customer's or organization's row, from the same cache
-        (and the same fleet-wide invalidation) as the key check's."""
-        return await self._cached(kind, key)
 
     async def _cached(self, kind: str, key: str) -> Row | None:
         now = wall_time()
@@ -220,6 +229,8 @@ class Authenticator:
         failure: Exception | None = None
         with trio.move_on_after(LOOKUP_TIMEOUT):
             try:
+                if kind == MEMBERS:
+                    return await self._store.member(key)
                 return await self._store.get(kind, key)
             except Exception as error:  # any store failure is an outage to ride out
                 failure = error

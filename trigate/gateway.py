@@ -38,6 +38,8 @@ from trigate.errors import secrets
 from trigate.fleet import Fleet
 from trigate.hooks import Hooks, load_hooks
 from trigate.limits import LEASE_TTL, FleetLimits, Limits
+from trigate.proxy_budget import PROXY_BUDGET_USER, fallback_row, proxy_budget
+from trigate.proxy_budget import install as install_proxy_budget
 from trigate.router.catalog import ModelCatalog
 from trigate.router.deployments import Deployment, ModelGroups
 from trigate.router.fleet_sync import FleetSync
@@ -47,7 +49,7 @@ from trigate.router_settings import RouterSettings
 from trigate.sealing import Sealer
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable, TokenCounts, cost
-from trigate.store import CUSTOMERS, MODELS, OWNERS, Store
+from trigate.store import CUSTOMERS, MODELS, OWNERS, Row, Store
 from trigate.telemetry import SAMPLE_INTERVAL, Telemetry
 from trigate.tokens import TokenCounter
 from trigate.transport import HTTP11Transport
@@ -131,6 +133,12 @@ class Gateway:
         # The hooks of the file as read: one that cannot load stops the start here.
         self._hooks = load_hooks(config.litellm_settings.get("callbacks"))
         self._hooks_named = config.litellm_settings.get("callbacks")
+        # LiteLLM's global proxy budget (`litellm_settings.max_budget`); None without one.
+        try:
+            self.proxy_budget = proxy_budget(config.litellm_settings)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        self._proxy_budget_fallback = fallback_row(self.proxy_budget)
         # The deployments served: the file's (`config_path`, re-read on reload) and the store's.
         self.models = ModelCatalog(
             config, config_path, Sealer.from_environ(master_key), self._serve
@@ -223,7 +231,10 @@ class Gateway:
         self._end_users = EndUsers(self._auth, self._store)
         self._store.watch(self._end_users.written)
         self.changes.listen((CUSTOMERS.kind,), self._end_users.written, self._end_users.resync)
-        self._ledger = SpendLedger(self._store)
+        if self.proxy_budget is not None:
+            await install_proxy_budget(self._store, self.proxy_budget)
+        proxy_users = (PROXY_BUDGET_USER,) if self.proxy_budget is not None else ()
+        self._ledger = SpendLedger(self._store, also_users=proxy_users)
         self._transport = self._transport or self._default_transport()
         prices = await trio.to_thread.run_sync(_process_prices)
         groups = await self.models.start(self._store, self._transport, self._counter, prices)
@@ -256,6 +267,7 @@ class Gateway:
         come here. A changed Redis link is connected before the swap."""
         if self._live is None:
             return  # not started: `start` serves what the catalog has then
+        self._warn_if_proxy_budget_changed(config)
         hooks = self._hooks_of(config)
         link = self._link
         if not link.fleet.serves(config.router):
@@ -361,6 +373,28 @@ class Gateway:
     def cost(self, deployment: Deployment, usage: Usage) -> float:
         """What a request cost, at the deployment's prices (configured, else the table's)."""
         return cost(deployment.price, usage.priced_counts())
+
+    def _warn_if_proxy_budget_changed(self, config: GatewayConfig) -> None:
+        """The proxy budget is the start-up's (its user is made then): a reload that
+        changes it is told so, never ignored in silence."""
+        try:
+            changed = proxy_budget(config.litellm_settings) != self.proxy_budget
+        except ValueError:
+            changed = True
+        if changed:
+            logger.warning(
+                "config reload: litellm_settings.max_budget or budget_duration changed; "
+                "the proxy budget changes at restart"
+            )
+
+    async def proxy_budget_row(self) -> Row | None:
+        """The proxy budget's user (cached as a key's user is), or None without one. Its
+        user deleted by an admin, the config's budget still binds (fail closed), counted
+        from the spend this worker still knows of."""
+        if self.proxy_budget is None:
+            return None
+        row = await self.auth.row("users", PROXY_BUDGET_USER)
+        return row if row is not None else self._proxy_budget_fallback
 
     def max_cost(self, group: str, prompt_tokens: int, output_tokens: int | None) -> float:
         """The most a request to `group` may cost: its prompt and `output_tokens` (None:

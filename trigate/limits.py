@@ -1,7 +1,8 @@
 """Limits checked on every request before any upstream call: models, budgets and rates.
 
 Rates (`rpm_limit`, `tpm_limit`, `max_parallel_requests`) hold for a key, its
-team and its user, in fixed one-minute windows. TPM admits a request on its
+team and its user (and the user's membership of the team: LiteLLM's per-member
+limits), in fixed one-minute windows. TPM admits a request on its
 prompt tokens and settles the actual usage afterwards. Budgets work the same
 way in money: a request reserves the most it may cost when admitted and
 settles its actual cost when it ends.
@@ -35,7 +36,8 @@ from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError, echoed
 from trigate.fleet import Fleet, RedisUnavailable
-from trigate.store import OWNER_OF_KIND, Row, next_reset
+from trigate.proxy_budget import PROXY_BUDGET_USER
+from trigate.store import MEMBERS, OWNER_OF_KIND, Row, next_reset
 
 WINDOW = 60.0
 # How long a parallel slot or a budget reservation outlives a worker that died holding
@@ -173,12 +175,14 @@ class _Budget:
 def _rates_of(caller: Caller) -> list[_Rates]:
     rates = []
     organization = caller.organization
+    member = caller.member
     for kind, row, ident in (
         ("key", caller.key, caller.key_hash),
         ("team", caller.team, caller.team_id),
         ("user", caller.user, caller.user_id),
         ("organization", organization, organization["organization_id"] if organization else None),
         ("customer", caller.end_user, caller.end_user_id),
+        ("team member", member, member["member_id"] if member is not None else None),
     ):
         if row is None or ident is None:
             continue
@@ -199,6 +203,7 @@ def _budgeted_rows(caller: Caller) -> Iterator[tuple[str, Row]]:
         ("users", caller.user),
         ("organizations", caller.organization),
         ("customers", caller.end_user),
+        (MEMBERS, caller.member),
     ):
         if row is not None and row.get("max_budget") is not None:
             yield kind, row
@@ -206,9 +211,14 @@ def _budgeted_rows(caller: Caller) -> Iterator[tuple[str, Row]]:
 
 def _budgets_of(budgeted: list[tuple[str, Row]], now: float) -> list[_Budget]:
     return [
-        _Budget(kind, row[OWNER_OF_KIND[kind].primary], row, _window_end(row, now))
+        _Budget(kind, _budget_ident(kind, row), row, _window_end(row, now))
         for kind, row in budgeted
     ]
+
+
+def _budget_ident(kind: str, row: Row) -> str:
+    """The id a budget is counted under: its owner's, or a membership's (`member_ident`)."""
+    return str(row["member_id"] if kind == MEMBERS else row[OWNER_OF_KIND[kind].primary])
 
 
 def _window_end(row: Row, now: float) -> float | None:
@@ -326,15 +336,19 @@ class Limits:
         caller: Caller,
         prompt_tokens: Callable[[], Awaitable[int]],
         max_cost: Callable[[], Awaitable[float]],
+        proxy: Row | None = None,
     ) -> Admission:
         """Check and take the caller's rates and budgets in one step, or refuse with
         `rate_limit_exceeded` or `budget_exceeded` having taken nothing. `max_cost` is
-        asked only when a budget binds the caller."""
+        asked only when a budget binds the caller. `proxy` is the proxy budget's user
+        (trigate/proxy_budget.py), whose budget binds every caller."""
         rates, budgeted = self._binding(caller)
-        if not rates and not budgeted:
+        if not rates and not budgeted and proxy is None:
             return UNLIMITED
         now = wall_time()
         budgets = _budgets_of(budgeted, now) if budgeted else []
+        if proxy is not None and proxy.get("max_budget") is not None:
+            budgets.append(_Budget("users", proxy["user_id"], proxy, _window_end(proxy, now)))
         tokens = await prompt_tokens() if any(r.tpm is not None for r in rates) else 0
         most = await max_cost() if budgets else 0.0
         orphan = None
@@ -352,7 +366,10 @@ class Limits:
         are not the ones they were found from."""
         # Every row `_rates_of` and `_budgeted_rows` read: a request's end user and its
         # key's organization bind it as its key, team and user do.
-        rows = (caller.key, caller.team, caller.user, caller.organization, caller.end_user)
+        rows = (
+            caller.key, caller.team, caller.user, caller.organization, caller.end_user,
+            caller.member,
+        )  # fmt: skip
         ident = caller.key_hash or ""
         found = self._bound.get(ident)
         if found is not None and all(a is b for a, b in zip(found[0], rows, strict=True)):
@@ -387,7 +404,9 @@ def _rate_limited(rates: _Rates, what: str, now: float) -> RateLimited:
 def _budget_exceeded(budget: _Budget, spent: float, reserved: float, now: float) -> BudgetExceeded:
     if budget.kind == "customers":
         return end_user_over_budget(budget.ident, spent, reserved, budget.row["max_budget"])
-    owner = budget.kind.removesuffix("s")
+    owner = "team member" if budget.kind == MEMBERS else budget.kind.removesuffix("s")
+    if budget.ident == PROXY_BUDGET_USER and budget.kind == "users":
+        owner = "proxy"  # litellm_settings.max_budget
     in_flight = f" (+{reserved:.6f} reserved by requests in flight)" if reserved > 0 else ""
     reset_at = budget.row.get("budget_reset_at")
     note = f"; it resets in {math.ceil(reset_at - now)} s." if reset_at else "."

@@ -277,8 +277,8 @@ LITELLM_SETTINGS: dict[str, Key] = {
     "max_internal_user_budget": _refused("a user budget default trigate does not apply"),
     "internal_user_budget_duration": _refused("a user budget default trigate does not apply"),
     "max_end_user_budget": _refused("an end-user budget trigate does not apply"),
-    "max_budget": _refused("a proxy-wide budget trigate does not enforce"),
-    "budget_duration": _ignored("read only with max_budget, which is refused"),
+    "max_budget": _acted("the proxy's budget, as user litellm-proxy-budget (proxy_budget.py)"),
+    "budget_duration": _acted("the proxy budget's window (proxy_budget.py)"),
     "cache": _ignored(_NO_CACHE),
     "cache_params": _ignored(_NO_CACHE),
     "service_callbacks": _ignored(_LOGGING_ONLY),
@@ -287,7 +287,9 @@ LITELLM_SETTINGS: dict[str, Key] = {
         "trigate logs no message content (traces only with OTEL_INSTRUMENTATION_GENAI_"
         "CAPTURE_MESSAGE_CONTENT)"
     ),
-    "redact_user_api_key_info": _ignored("trigate's logs carry no key hashes or user ids"),
+    # The access log names a key's alias and hash prefix and its team: asked to hide
+    # them, trigate cannot yet, and says so rather than log what was meant to be hidden.
+    "redact_user_api_key_info": _refused("the access log names key aliases and teams"),
     "langfuse_default_tags": _ignored(_LOGGING_ONLY),
     "drop_params": _ignored("each provider adapter decides which parameters it sends"),
     "modify_params": _ignored("requests are translated as given"),
@@ -366,8 +368,9 @@ GENERAL_SETTINGS: dict[str, Key] = {
     "use_client_credentials_pass_through_routes": _ignored("no pass-through routes"),
     "pass_through_endpoints": _ignored("no pass-through routes (they answer 404)"),
     "pass_through_request_timeout": _ignored("no pass-through routes"),
-    "max_parallel_requests": _ignored("set per key (max_parallel_requests) or per deployment"),
-    "global_max_parallel_requests": _ignored("set max_connections and per-deployment caps"),
+    # Caps that protect the upstreams: ignored, they would let through what they bound.
+    "max_parallel_requests": _refused("no proxy-wide cap: set it per key or per deployment"),
+    "global_max_parallel_requests": _refused("no proxy-wide cap: use max_connections"),
     "health_check_details": _ignored(
         "health answers carry no rate-limit details", inert=(True, None)
     ),

@@ -208,20 +208,24 @@ class Call:
 
     async def admit(self) -> None:
         """The caller's model access, budgets and rate limits, before any upstream call.
-        Budgets reserve the request's most expensive outcome; `_record` settles it."""
+        Budgets reserve the request's most expensive outcome; `_record` settles it. The
+        proxy's budget (LiteLLM's `litellm_settings.max_budget`) and a request's end user
+        bind the master key too."""
+        gateway = self.gateway
         caller = self.caller
-        if caller.is_master and caller.end_user_id is None:
+        proxy = await gateway.proxy_budget_row() if gateway.proxy_budget is not None else None
+        if caller.is_master and caller.end_user_id is None and proxy is None:
             return
         try:
             if caller.end_user_id is not None:
-                await self.gateway.end_users.bind(caller)
+                await gateway.end_users.bind(caller)
             if not caller.is_master:
-                covering = self.gateway.groups.access.covering
+                covering = gateway.groups.access.covering
                 check_access(caller, self.exchange.requested, self.progress.model_group, covering)
                 for fallback in self.fallbacks or ():
                     check_model(caller, fallback, covering, param="fallbacks")
-            self.admission = await self.gateway.limits.admit(
-                self.caller, self.meter.prompt_tokens, self._max_cost
+            self.admission = await gateway.limits.admit(
+                caller, self.meter.prompt_tokens, self._max_cost, proxy
             )
         except GatewayError as rejection:
             await self._refused(rejection)

@@ -40,7 +40,7 @@ from trigate.clock import wall_time
 from trigate.errors import InvalidRequest, echoed
 from trigate.gateway import Gateway
 from trigate.roles import MASTER_USER_ID, reads_all, writes_all
-from trigate.store import Row
+from trigate.store import MEMBER_LIMITS, Conflict, Row, member_ident
 
 
 class Member(BaseModel):
@@ -79,25 +79,26 @@ class DeleteTeams(Limits):
 
 
 class MemberChange(BaseModel):
-    """What `/team/member_*` share: the team, and no per-member budget or limits, which
-    trigate does not keep (a member's user and keys carry their own)."""
+    """What `/team/member_*` share: the team, and the member's limits within it
+    (LiteLLM's `max_budget_in_team`, and its `tpm_limit`/`rpm_limit`), which bind the
+    requests of the member's keys in this team beside the key's, team's and user's own."""
 
     model_config = ConfigDict(extra="ignore")
 
     team_id: str
-    max_budget_in_team: float | None = None
-    tpm_limit: int | None = None
-    rpm_limit: int | None = None
+    max_budget_in_team: float | None = Field(default=None, ge=0)
+    tpm_limit: int | None = Field(default=None, ge=0)
+    rpm_limit: int | None = Field(default=None, ge=0)
 
-    @model_validator(mode="after")
-    def _no_member_limits(self) -> MemberChange:
-        for name in ("max_budget_in_team", "tpm_limit", "rpm_limit"):
-            if getattr(self, name) is not None:
-                raise ValueError(
-                    f"`{name}`: trigate keeps no per-member budget or limits; "
-                    "set them on the member's user or keys"
-                )
-        return self
+    def member_limits(self) -> Row:
+        """The membership columns this call sets: those it names (a null clears one)."""
+        names = {"max_budget_in_team": "max_budget", "tpm_limit": "tpm_limit",
+                 "rpm_limit": "rpm_limit"}  # fmt: skip
+        return {
+            column: getattr(self, field)
+            for field, column in names.items()
+            if field in self.model_fields_set
+        }
 
 
 class AddMembers(MemberChange):
@@ -195,7 +196,10 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         _check_unique(members)
         present = {m["user_id"] for m in await gateway.store.team_members(body.team_id)}
         admin = writes_all(caller.role)
-        users = await _add_members(gateway, body.team_id, members, present=present, admin=admin)
+        users = await _add_members(
+            gateway, body.team_id, members, present=present, admin=admin,
+            limits=body.member_limits(),
+        )  # fmt: skip
         team = await _team_shape(gateway, body.team_id)
         # A team's admin is told only what it named and the id it was found by: another
         # user's profile (budget, spend, metadata) is `/user/info`'s, which it may not read.
@@ -203,7 +207,14 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             shaped(user) if admin else _as_named(user, member)
             for user, member in zip(users, members, strict=True)
         ]
-        return json_response({**team, "updated_users": updated, "updated_team_memberships": []})
+        memberships = [
+            membership_shape(row)
+            for user in users
+            if (row := await gateway.store.member(member_ident(body.team_id, user["user_id"])))
+        ]
+        return json_response(
+            {**team, "updated_users": updated, "updated_team_memberships": memberships}
+        )
 
     @app.post("/team/member_delete")
     async def member_delete() -> Response:
@@ -219,14 +230,18 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         user_id = await _member_id(gateway, body)
         if body.role is not None:
             await gateway.store.set_member_role(body.team_id, user_id, body.role)
+        await gateway.store.set_member_limits(body.team_id, user_id, body.member_limits())
+        member = await gateway.store.member(member_ident(body.team_id, user_id))
+        if member is None:  # removed since
+            raise InvalidRequest("User not found in team.", param="user_id")
         return json_response(
             {
                 "team_id": body.team_id,
                 "user_id": user_id,
                 "user_email": body.user_email,
-                "max_budget_in_team": None,
-                "tpm_limit": None,
-                "rpm_limit": None,
+                "max_budget_in_team": member["max_budget"],
+                "tpm_limit": member["tpm_limit"],
+                "rpm_limit": member["rpm_limit"],
             }
         )
 
@@ -290,10 +305,12 @@ async def _add_members(
     *,
     present: set[str] | None = None,
     admin: bool,
+    limits: Row | None = None,
 ) -> list[Row]:
     """Make each member's user as LiteLLM does (a user named only by email is found by
     it, or made with a fresh id), then add the memberships, with the `extra` ones given
-    whole, in one transaction. Returns the members' user rows. Only an `admin` makes
+    whole, in one transaction, each with `limits` (its `MEMBER_LIMITS`). Returns the
+    members' user rows. Only an `admin` makes
     users: a team's admin adds users that exist, and learns of them no more than it
     named."""
     now = wall_time()
@@ -312,6 +329,7 @@ async def _add_members(
                 "user_email": member.user_email or (user.get("user_email") if admin else None),
                 "role": member.role,
                 "created_at": now,
+                **(limits or {}),
             }
         )
     await gateway.store.add_members(rows)
@@ -340,7 +358,15 @@ async def _user_of(gateway: Gateway, member: Member, now: float, *, create: bool
             "created_at": now,
             "updated_at": now,
         }
-        await gateway.store.insert("users", user)
+        try:
+            await gateway.store.insert("users", user)
+        except Conflict:
+            # Another call made the same user meanwhile (LiteLLM's clients create teams
+            # naming one member concurrently): that user is the member.
+            made = await gateway.store.get("users", user["user_id"])
+            if made is None:  # deleted again since
+                raise
+            return made
         user = {**user, "spend": 0.0}
     return user
 
@@ -359,6 +385,19 @@ async def _member_id(gateway: Gateway, body: NamedMember) -> str:
         ):
             return str(member["user_id"])
     raise InvalidRequest("User not found in team.", param="user_id")
+
+
+def membership_shape(row: Row) -> Row:
+    """A membership as LiteLLM's `LiteLLM_TeamMembership`: its spend in the team, and its
+    limits as a `litellm_budget_table` (null when it has none)."""
+    limits = {name: row.get(name) for name in MEMBER_LIMITS}
+    has_limits = any(value is not None for value in limits.values())
+    return {
+        "team_id": row["team_id"],
+        "user_id": row["user_id"],
+        "spend": float(row.get("spend") or 0.0),
+        "litellm_budget_table": limits if has_limits else None,
+    }
 
 
 async def with_members(gateway: Gateway, row: Row) -> Row:

@@ -26,7 +26,7 @@ from trigate.api.admin import (
 )
 from trigate.api.jsonio import json_response
 from trigate.api.keys import key_identity, key_shape
-from trigate.api.teams import with_members
+from trigate.api.teams import membership_shape, with_members
 from trigate.auth import generate_key
 from trigate.clock import wall_time
 from trigate.errors import InvalidRequest
@@ -55,6 +55,8 @@ class UserSettings(UserLimits):
     user_role: Role | None = None
     # LiteLLM's /user/new also issues the user a key unless told not to.
     auto_create_key: bool = True
+    # LiteLLM's: the user joins this team as a `user` member, and its key is the team's.
+    team_id: str | None = None
 
 
 class UpdateUser(UserLimits):
@@ -89,15 +91,22 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "user_email": body.user_email,
             "user_role": _role_name(body.user_role),
         }
+        if body.team_id is not None and await gateway.store.get("teams", body.team_id) is None:
+            raise InvalidRequest(f"Team id={body.team_id} does not exist.", param="team_id")
         await insert_new(gateway, "users", row)
-        answer = shaped(row)
+        if body.team_id is not None:
+            membership = {"team_id": body.team_id, "user_id": row["user_id"], "role": "user"}
+            await gateway.store.add_members(
+                [{**membership, "user_email": body.user_email, "created_at": wall_time()}]
+            )
+        answer = shaped(row) | {"team_id": body.team_id}
         if body.auto_create_key:
             key = generate_key()
             now = wall_time()
             identity = key_identity(key)
+            owners = {"user_id": row["user_id"], "team_id": body.team_id}
             await gateway.store.insert(
-                "keys",
-                {**identity, "user_id": row["user_id"], "created_at": now, "updated_at": now},
+                "keys", {**identity, **owners, "created_at": now, "updated_at": now}
             )
             answer |= {"key": key, "token": identity["token_hash"]}
         return json_response(answer)
@@ -142,10 +151,12 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             raise not_found("user", user_id)
         keys = await gateway.store.select("keys", {"user_id": user_id})
         teams = []
-        for membership in await gateway.store.member_teams(user_id):
+        for membership in await gateway.store.memberships(user_id):
             team = await gateway.store.get("teams", membership["team_id"])
             if team is not None:
-                teams.append(await with_members(gateway, team))
+                # LiteLLM's: the user's own membership of the team, its spend and budget.
+                own = membership_shape(membership)
+                teams.append({**await with_members(gateway, team), "team_memberships": [own]})
         info = {**shaped(row), "teams": [team["team_id"] for team in teams]}
         return json_response(
             {

@@ -227,9 +227,7 @@ class Router:
             return members
         tokens = await prompt_tokens()
         fitting = [
-            d
-            for d, limit in zip(members, limits, strict=True)
-            if limit is None or tokens <= limit
+            d for d, limit in zip(members, limits, strict=True) if limit is None or tokens <= limit
         ]
         if not fitting:
             raise UpstreamError(

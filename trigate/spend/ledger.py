@@ -22,7 +22,7 @@ import orjson
 import trio
 
 from trigate.spend.records import RequestRecord
-from trigate.store import OWNERS, Store
+from trigate.store import MEMBERS, OWNERS, Store, member_ident
 
 logger = logging.getLogger("trigate.usage")
 errors = logging.getLogger("trigate.spend")
@@ -44,8 +44,11 @@ class SpendLedger:
         batch_size: int = BATCH_SIZE,
         flush_interval: float = FLUSH_INTERVAL,
         max_queued: int = MAX_QUEUED,
+        also_users: tuple[str, ...] = (),
     ) -> None:
         self._store = store
+        # Users every request's cost is added to, whoever made it (the proxy budget's).
+        self._also_users = also_users
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._queue: deque[dict[str, Any]] = deque()
@@ -67,7 +70,7 @@ class SpendLedger:
         if self._store is None:
             return
         row = _row(record)
-        for owner in _owners(row):
+        for owner in self._owners(row):
             self._unflushed[owner] += row["cost"]
         self._queue.append(row)
         self._work.set()
@@ -120,7 +123,10 @@ class SpendLedger:
         while self._queue:
             batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
             try:
-                await self._store.record_spend(batch)
+                if self._also_users:
+                    await self._store.record_spend(batch, self._also_users)
+                else:  # the plain call, as stores without a proxy budget are asked
+                    await self._store.record_spend(batch)
             except Exception as error:
                 errors.warning(
                     "spend log write failed, %d rows kept for retry: %s", len(self._queue), error
@@ -133,8 +139,13 @@ class SpendLedger:
                 self._settle(row)
         return True
 
+    def _owners(self, row: dict[str, Any]) -> list[tuple[str, str]]:
+        owners = _owners(row)
+        owners += (("users", user) for user in self._also_users)
+        return owners
+
     def _settle(self, row: dict[str, Any]) -> None:
-        for owner in _owners(row):
+        for owner in self._owners(row):
             remaining = self._unflushed[owner] - row["cost"]
             if remaining <= 1e-12:
                 del self._unflushed[owner]
@@ -156,7 +167,11 @@ _OWNER_COLUMNS = tuple((owner.kind, owner.spend_column) for owner in OWNERS)
 
 
 def _owners(row: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(kind, row[column]) for kind, column in _OWNER_COLUMNS if row.get(column)]
+    owners = [(kind, row[column]) for kind, column in _OWNER_COLUMNS if row.get(column)]
+    # A key of a user in a team also spends in that user's membership of the team.
+    if row.get("team_id") and row.get("user_id"):
+        owners.append((MEMBERS, member_ident(row["team_id"], row["user_id"])))
+    return owners
 
 
 def _row(record: RequestRecord) -> dict[str, Any]:

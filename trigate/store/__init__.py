@@ -168,7 +168,22 @@ MAX_RESPONSE_CHAIN = 1000
 
 # A team member's roles, LiteLLM's: an `admin` manages the team's members.
 MEMBER_ROLES = ("admin", "user")
-MEMBER_COLUMNS = ("team_id", "user_id", "user_email", "role", "created_at")
+MEMBER_COLUMNS = (
+    "team_id", "user_id", "user_email", "role", "created_at", "max_budget", "tpm_limit",
+    "rpm_limit",
+)  # fmt: skip
+# A membership's limits within its team (LiteLLM's `max_budget_in_team`, and the member's
+# `tpm_limit`/`rpm_limit`), which bind the requests of the user's keys in that team.
+MEMBER_LIMITS = ("max_budget", "tpm_limit", "rpm_limit")
+# The kind a membership is cached, announced and budgeted as; its id is `member_ident`.
+MEMBERS = "members"
+
+
+def member_ident(team_id: str, user_id: str) -> str:
+    """One id for a (team, user) membership, unambiguous whatever the two ids hold."""
+    return orjson.dumps([team_id, user_id]).decode()
+
+
 ORGANIZATION_MEMBER_COLUMNS = (
     "organization_id", "user_id", "user_email", "user_role", "created_at", "updated_at",
 )  # fmt: skip
@@ -377,6 +392,39 @@ class Store:
         )
         return await self._read(lambda cursor: cursor.query(sql, [user_id]))
 
+    async def memberships(self, user_id: str) -> list[Row]:
+        """A user's memberships, each with its role, limits and spend in the team."""
+        sql = (
+            "SELECT team_id, user_id, role, spend, max_budget, tpm_limit, rpm_limit "
+            "FROM trigate_team_members WHERE user_id = ? ORDER BY created_at, team_id"
+        )
+        return await self._read(lambda cursor: cursor.query(sql, [user_id]))
+
+    async def member(self, ident: str) -> Row | None:
+        """The membership `member_ident` names, with its limits and spend in the team and
+        `member_id` (the ident); None if the user is not in the team."""
+        team_id, user_id = orjson.loads(ident)
+        sql = (
+            "SELECT team_id, user_id, role, spend, max_budget, tpm_limit, rpm_limit "
+            "FROM trigate_team_members WHERE team_id = ? AND user_id = ?"
+        )
+        rows = await self._read(lambda cursor: cursor.query(sql, [team_id, user_id]))
+        return {**rows[0], "member_id": ident} if rows else None
+
+    async def set_member_limits(self, team_id: str, user_id: str, fields: Row) -> bool:
+        """Change a membership's `MEMBER_LIMITS` (None: no limit)."""
+        unknown = set(fields) - set(MEMBER_LIMITS)
+        if unknown:
+            raise ValueError(f"unknown membership columns: {sorted(unknown)}")
+        if not fields:
+            return True
+        assignments = ", ".join(f"{c} = ?" for c in fields)
+        sql = f"UPDATE trigate_team_members SET {assignments} WHERE team_id = ? AND user_id = ?"
+        values = [*fields.values(), team_id, user_id]
+        updated = bool(await self._run(lambda cursor: cursor.execute(sql, values)))
+        self._changed(MEMBERS, [member_ident(team_id, user_id)])
+        return updated
+
     async def add_members(self, members: Sequence[Row]) -> None:
         """Insert memberships in one transaction: all of them, or (a `Conflict`) none."""
         marks = ", ".join("?" * len(MEMBER_COLUMNS))
@@ -387,10 +435,14 @@ class Store:
                 cursor.execute(sql, [member.get(c) for c in MEMBER_COLUMNS])
 
         await self._run(work)
+        # A key of the user in the team may be cached as having no membership.
+        self._changed(MEMBERS, [member_ident(m["team_id"], m["user_id"]) for m in members])
 
     async def remove_member(self, team_id: str, user_id: str) -> bool:
         sql = "DELETE FROM trigate_team_members WHERE team_id = ? AND user_id = ?"
-        return bool(await self._run(lambda cursor: cursor.execute(sql, [team_id, user_id])))
+        removed = bool(await self._run(lambda cursor: cursor.execute(sql, [team_id, user_id])))
+        self._changed(MEMBERS, [member_ident(team_id, user_id)])
+        return removed
 
     async def set_member_role(self, team_id: str, user_id: str, role: str) -> bool:
         sql = "UPDATE trigate_team_members SET role = ? WHERE team_id = ? AND user_id = ?"
@@ -500,8 +552,9 @@ class Store:
 
     # Spend.
 
-    async def record_spend(self, rows: Sequence[Row]) -> int:
-        """Insert spend-log rows and add their cost to the key, team and user counters.
+    async def record_spend(self, rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
+        """Insert spend-log rows and add their cost to the key, team and user counters,
+        and to each of `also_users` (the proxy budget's user, which every request spends).
 
         One transaction and one INSERT for the batch. A row already present (a batch
         retried after an unknown commit outcome) is not returned by the INSERT and adds
@@ -526,11 +579,14 @@ class Store:
                 for owner in OWNERS:
                     if key := row.get(owner.spend_column):
                         totals[owner, key] = totals.get((owner, key), 0.0) + row["cost"]
+                for user in also_users:
+                    totals[USERS, user] = totals.get((USERS, user), 0.0) + row["cost"]
             for (owner, key), cost in totals.items():
                 cursor.execute(
                     f"UPDATE {owner.table} SET spend = spend + ? WHERE {owner.primary} = ?",
                     [cost, key],
                 )
+            _add_member_spend(cursor, rows, inserted)
             return len(inserted)
 
         return await self._run(work)
@@ -734,6 +790,21 @@ def next_reset(previous: float, duration: str | None, now: float) -> float | Non
     seconds = parse_duration(duration)
     missed = int((now - previous) // seconds) + 1
     return previous + missed * seconds
+
+
+def _add_member_spend(cursor: Cursor, rows: Sequence[Row], inserted: set[str]) -> None:
+    """Add each request's cost to its user's membership of its team (LiteLLM's team
+    member spend): a key bound to both a team and a user spends in that membership."""
+    totals: dict[tuple[str, str], float] = {}
+    for row in rows:
+        team_id, user_id = row.get("team_id"), row.get("user_id")
+        if team_id and user_id and row["request_id"] in inserted:
+            totals[team_id, user_id] = totals.get((team_id, user_id), 0.0) + row["cost"]
+    for (team_id, user_id), cost in totals.items():
+        cursor.execute(
+            "UPDATE trigate_team_members SET spend = spend + ? WHERE team_id = ? AND user_id = ?",
+            [cost, team_id, user_id],
+        )
 
 
 def _migrate(cursor: Cursor) -> None:

@@ -227,4 +227,13 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE trigate_spend_logs ADD COLUMN request_tags TEXT NOT NULL DEFAULT '[]'",
         "ALTER TABLE trigate_spend_logs ADD COLUMN session_id TEXT",
     ],
+    # LiteLLM's per-member limits within a team
+    # (`max_budget_in_team`, the member's `tpm_limit`/`rpm_limit`), and the spend of the
+    # member's requests in the team, which the spend ledger adds to as it does a key's.
+    [
+        "ALTER TABLE trigate_team_members ADD COLUMN spend DOUBLE PRECISION NOT NULL DEFAULT 0",
+        "ALTER TABLE trigate_team_members ADD COLUMN max_budget DOUBLE PRECISION",
+        "ALTER TABLE trigate_team_members ADD COLUMN tpm_limit INTEGER",
+        "ALTER TABLE trigate_team_members ADD COLUMN rpm_limit INTEGER",
+    ],
 ]
