@@ -440,6 +440,9 @@ async def test_metadata_tags_and_session_reach_the_spend_log(
     assert len(logs) == 1
     assert logs[0]["request_tags"] == ["from-body", "ci", "from-metadata", "from-header"]
     assert logs[0]["metadata"]["generation_name"] == "ci-run"
+    # Beside what the client sent, what LiteLLM writes of the key: the gateway's own.
+    assert logs[0]["metadata"]["user_api_key"] == logs[0]["key_hash"]
+    assert logs[0]["metadata"]["user_api_key_org_id"] is None
     assert logs[0]["session_id"] == "sess-42"
     plain = await post(strict, {})
     assert plain.status_code == 200

@@ -148,6 +148,7 @@ LITELLM_PARAMS: dict[str, Key] = {
         "which client-sent credentials a deployment accepts (request fields)"
     ),
     "tags": _ignored("tag routing is not served (see router_settings.enable_tag_filtering)"),
+    "num_retries": _ignored("retries are the router's (router_settings) and each request's"),
     "max_retries": _ignored("retries are the router's: router_settings.num_retries"),
     "region_name": _ignored("no region-restricted routing (allowed_model_region)"),
     "input_cost_per_second": _ignored("per-second prices are not served: priced per token"),

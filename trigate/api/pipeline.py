@@ -54,6 +54,7 @@ from trigate.relay import StreamOutcome, StreamRelay
 from trigate.router.deployments import Deployment
 from trigate.router.router import Routed, RouteProgress
 from trigate.spend import RequestRecord
+from trigate.sse import plain_payloads
 from trigate.usage import Usage, UsageMeter
 
 SSE_HEADERS = {
@@ -543,6 +544,13 @@ def _answer_id(answer: Any) -> str | None:
     a whole answer's own (a chat completion's, a Message's, a Response's), or a stream's,
     from its first chunk or opening event (`message_start`, `response.created`)."""
     data = answer.data if isinstance(answer, NativeEvent) else answer
+    if isinstance(data, bytes):
+        # Plain events passed through unparsed (`SSEDecoder.plain`): the first one's.
+        # Only shaped like JSON objects: an upstream's malformed one names no id.
+        try:
+            data = orjson.loads(next(plain_payloads(data), b"null"))
+        except orjson.JSONDecodeError:
+            return None
     if not isinstance(data, dict):
         return None
     found = data.get("id")

@@ -89,6 +89,20 @@ def _log_shape(row: Row) -> Row:
         "startTime": iso(row["start_time"]),
         "endTime": iso(row["end_time"]),
         "completionStartTime": iso(row["start_time"] + ttft / 1000) if ttft is not None else None,
+        "metadata": {**(row.get("metadata") or {}), **_caller_metadata(row)},
+    }
+
+
+def _caller_metadata(row: Row) -> Row:
+    """What LiteLLM writes into each spend row's `metadata` about the key that made the
+    request (`user_api_key_*`), which its users filter and check on."""
+    return {
+        "user_api_key": row["key_hash"],
+        "user_api_key_alias": row["key_alias"],
+        "user_api_key_team_id": row["team_id"],
+        "user_api_key_org_id": row.get("organization_id"),
+        "user_api_key_user_id": row["user_id"],
+        "user_api_key_end_user_id": row.get("end_user"),
     }
 
 
