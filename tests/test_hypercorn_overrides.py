@@ -9,7 +9,10 @@ which copies or replaces parts of hypercorn and h11:
   (`_WatchedStream`), used as `TCPServer` uses a `SocketStream`;
 - h11's chunked-body reader is replaced by `BoundedChunkedReader`;
 - a streamed body's direct writer (`_DirectBody`) frames as h11's writers do, behind
-  hypercorn's back, under `TCPServer.send_lock`.
+  hypercorn's back, under `TCPServer.send_lock`;
+- `_H11Protocol.stream_send` is H11Protocol's for a response head whose fields it has
+  checked itself, handed to h11 as parsed (`_parsed=True`): it relies on what h11's
+  `normalize_and_validate` still does then (lower the names, read the framing fields).
 
 pyproject.toml bounds both packages above. This test fails when an upgrade changes the
 source of anything overridden, so that the overrides are reviewed before the bound moves:
@@ -24,6 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 import h11
+import h11._events
+import h11._headers
 import h11._readers
 import h11._writers
 import hypercorn.protocol
@@ -35,6 +40,7 @@ import hypercorn.trio.worker_context
 import pytest
 
 from trigate.serving import BoundedChunkedReader, _WatchedStream, bound_chunk_sizes
+from trigate.transport import valid_fields
 
 OVERRIDDEN: dict[str, tuple[Callable[..., Any] | type, str]] = {
     "hypercorn.trio.run.worker_serve": (hypercorn.trio.run.worker_serve, "8dc8347a9fc357ca"),
@@ -63,6 +69,11 @@ OVERRIDDEN: dict[str, tuple[Callable[..., Any] | type, str]] = {
     ),
     "hypercorn.protocol.ProtocolWrapper": (hypercorn.protocol.ProtocolWrapper, "caf949187e9b4a81"),
     "h11._writers.ChunkedWriter": (h11._writers.ChunkedWriter, "816f6bf8247fe299"),
+    "h11._headers.normalize_and_validate": (
+        h11._headers.normalize_and_validate,
+        "82a8fcccb31d27d4",
+    ),
+    "h11._events._ResponseBase": (h11._events._ResponseBase, "8e047330429ae467"),
     "h11._writers.Http10Writer": (h11._writers.Http10Writer, "d25f1706eb4d3f9a"),
 }
 
@@ -105,3 +116,41 @@ def _stream_calls(source: str) -> list[str]:
             name += character
         names.append(name)
     return names
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [],
+        [(b"x-a", b"ok\r\nset-cookie: stolen")],
+        [(b"x-a", b"line\nbreak")],
+        [(b"x-a", b"nul\x00")],
+        [(b"x-a", b" leading space")],
+        [(b"bad name", b"v")],
+        [(b"x-a\nx-b", b"v")],
+        [(b"", b"v")],
+    ],
+)
+def test_a_response_head_h11_would_refuse_is_not_passed_as_parsed(
+    fields: list[tuple[bytes, bytes]],
+) -> None:
+    """`_H11Protocol` hands h11 a head as parsed only when `valid_fields` passes it; one
+    that h11 would refuse (a field splitting the head, a NUL, a bad name) goes h11's
+    own way, to be refused there."""
+    assert not valid_fields(fields)
+    with pytest.raises(h11.LocalProtocolError):
+        h11.Response(headers=fields or [(b"", b"")], status_code=200)
+
+
+def test_a_gateways_head_is_passed_as_parsed_with_its_framing_read() -> None:
+    fields = [
+        (b"content-type", b"application/json"),
+        (b"Content-Length", b"42"),
+        (b"x-litellm-response-cost", b"0.000123"),
+        (b"x-request-id", b"abc\tdef"),
+    ]
+    assert valid_fields(fields)
+    parsed = h11.Response(headers=fields, status_code=200, reason=b"", _parsed=True)
+    checked = h11.Response(headers=fields, status_code=200)
+    assert list(parsed.headers.raw_items()) == list(checked.headers.raw_items())
+    assert h11._headers.get_comma_header(parsed.headers, b"content-length") == [b"42"]
