@@ -410,6 +410,13 @@ def _budget_exceeded(budget: _Budget, spent: float, reserved: float, now: float)
     in_flight = f" (+{reserved:.6f} reserved by requests in flight)" if reserved > 0 else ""
     reset_at = budget.row.get("budget_reset_at")
     note = f"; it resets in {math.ceil(reset_at - now)} s." if reset_at else "."
+    if owner == "key":
+        # Both of LiteLLM's wordings for a key's budget, which clients match on: its
+        # `BudgetExceededError`'s, and the older check's `ExceededTokenBudget`.
+        return BudgetExceeded(
+            f"Budget has been exceeded! ExceededTokenBudget: Current spend for token: "
+            f"{spent:.6f}{in_flight}; Max Budget for Token: {budget.row['max_budget']:.6f}{note}"
+        )
     # LiteLLM's wording leads: clients match on "Budget has been exceeded!".
     return BudgetExceeded(
         f"Budget has been exceeded! Current cost: {spent:.6f}{in_flight}, "
