@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from quart import request
 
 from trigate.api.jsonio import json_body
@@ -53,6 +53,22 @@ class Limits(BaseModel):
     max_parallel_requests: int | None = Field(default=None, ge=0)
     metadata: dict[str, Any] | None = None
     blocked: bool | None = None
+
+
+class NamedUser(BaseModel):
+    """A user named by id or by email, as LiteLLM's member routes (teams' and
+    organizations') take one: at least one of the two."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    user_id: str | None = None
+    user_email: str | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> NamedUser:
+        if self.user_id is None and self.user_email is None:
+            raise ValueError("a member needs a `user_id` or a `user_email`")
+        return self
 
 
 async def authorized(gateway: Gateway) -> Caller:

@@ -20,7 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from quart import Response
 from quart_trio import QuartTrio
 
-from trigate.api.admin import admin_body, iso, not_found, query_arg, require_master, shaped
+from trigate.api.admin import (
+    NamedUser,
+    admin_body,
+    iso,
+    not_found,
+    query_arg,
+    require_master,
+    shaped,
+)
 from trigate.api.budgets import (
     ADMIN_NAME,
     BudgetLimits,
@@ -81,19 +89,9 @@ class OrganizationList(BaseModel):
     organizations: list[str] = Field(min_length=1)
 
 
-class OrgMember(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class OrgMember(NamedUser):
     # LiteLLM's roles an organization member may hold.
     role: Literal["org_admin", "internal_user", "internal_user_viewer"] = "internal_user"
-    user_id: str | None = None
-    user_email: str | None = None
-
-    @model_validator(mode="after")
-    def _named(self) -> OrgMember:
-        if self.user_id is None and self.user_email is None:
-            raise ValueError("a member needs a `user_id` or a `user_email`")
-        return self
 
 
 class AddMembers(BaseModel):
@@ -113,18 +111,8 @@ class AddMembers(BaseModel):
         return self
 
 
-class NamedMember(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class NamedMember(NamedUser):
     organization_id: str
-    user_id: str | None = None
-    user_email: str | None = None
-
-    @model_validator(mode="after")
-    def _named(self) -> NamedMember:
-        if self.user_id is None and self.user_email is None:
-            raise ValueError("Either `user_id` or `user_email` needs to be passed in")
-        return self
 
 
 async def check_team(

@@ -13,12 +13,13 @@ from __future__ import annotations
 import uuid
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from quart import Response
 from quart_trio import QuartTrio
 
 from trigate.api.admin import (
     Limits,
+    NamedUser,
     NotPermitted,
     admin_body,
     admin_call,
@@ -43,20 +44,10 @@ from trigate.roles import MASTER_USER_ID, reads_all, writes_all
 from trigate.store import MEMBER_LIMITS, Conflict, Row, member_ident
 
 
-class Member(BaseModel):
+class Member(NamedUser):
     """LiteLLM's team member: a user named by id or by email, with a role."""
 
-    model_config = ConfigDict(extra="ignore")
-
     role: Literal["admin", "user"] = "user"
-    user_id: str | None = None
-    user_email: str | None = None
-
-    @model_validator(mode="after")
-    def _named(self) -> Member:
-        if self.user_id is None and self.user_email is None:
-            raise ValueError("a member needs a `user_id` or a `user_email`")
-        return self
 
 
 class TeamSettings(Limits):
@@ -105,15 +96,8 @@ class AddMembers(MemberChange):
     member: Member | list[Member]
 
 
-class NamedMember(MemberChange):
-    user_id: str | None = None
-    user_email: str | None = None
-
-    @model_validator(mode="after")
-    def _named(self) -> NamedMember:
-        if self.user_id is None and self.user_email is None:
-            raise ValueError("Either `user_id` or `user_email` needs to be passed in")
-        return self
+class NamedMember(MemberChange, NamedUser):
+    pass
 
 
 class UpdateMember(NamedMember):
