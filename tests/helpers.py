@@ -4,15 +4,19 @@ the gateway. Fixtures live in conftest.py; everything a test imports lives here.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import openai
 import trio
+import trio.testing
 from fakes import FakeUpstream
 from quart_trio import QuartTrio
 
@@ -154,8 +158,26 @@ async def start_gateway(
         finally:
             stopped.set()
 
-    binds = await nursery.start(run)
+    with _real_time():
+        binds = await nursery.start(run)
     return RunningGateway(binds[0], app, gateway, records, shutdown, stopped)
+
+
+@contextlib.contextmanager
+def _real_time() -> Iterator[None]:
+    """Virtual time stands still while the gateway starts: its start-up waits on worker
+    threads (the store's migrations), and on a loaded machine one of those can outlast
+    an autojumping clock's threshold, which would then leap past hypercorn's
+    `startup_timeout` before the app could finish starting."""
+    clock = trio.lowlevel.current_clock()
+    if not isinstance(clock, trio.testing.MockClock):
+        yield
+        return
+    threshold, clock.autojump_threshold = clock.autojump_threshold, math.inf
+    try:
+        yield
+    finally:
+        clock.autojump_threshold = threshold
 
 
 REDIS_URL = os.environ.get("TRIGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

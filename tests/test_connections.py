@@ -10,7 +10,9 @@ import contextlib
 import logging
 import resource
 
+import h11
 import httpx
+import hypercorn.config
 import orjson
 import pytest
 import trio
@@ -18,6 +20,7 @@ import trio.testing
 from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk
 from helpers import MASTER_KEY, RunningGateway, mock_config, openai_config, start_gateway
 
+from trigate import serving
 from trigate.config import parse_config
 from trigate.server import connection_limits, share_open_files
 from trigate.serving import _DirectBody, raise_open_file_limit
@@ -553,18 +556,16 @@ async def test_a_client_leaving_a_stream_written_directly_closes_its_upstream(
 @pytest.fixture
 def answer_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Every write of the gateway's that begins a response (its upstream requests begin
-    otherwise)."""
+    otherwise): each system call's first attempt, whichever path made it."""
     written: list[bytes] = []
-    write = FastStream.write
+    try_send = FastStream.try_send
 
-    async def counted(
-        self: FastStream, data: bytes | bytearray | memoryview, *, shielded: bool = False
-    ) -> None:
+    def counted(self: FastStream, data: bytes | bytearray | memoryview) -> int:
         if bytes(data[:7]) == b"HTTP/1.":
             written.append(bytes(data))
-        await write(self, data, shielded=shielded)
+        return try_send(self, data)
 
-    monkeypatch.setattr(FastStream, "write", counted)
+    monkeypatch.setattr(FastStream, "try_send", counted)
     return written
 
 
@@ -656,4 +657,112 @@ async def test_a_large_answer_to_a_slow_reader_arrives_whole_and_keeps_the_conne
     # Each head was written alone: its body was too long to be copied behind it.
     assert [written.endswith(b"\r\n\r\n") for written in answer_writes] == [True, True]
     await stream.aclose()
+    await running.stop()
+
+
+@pytest.fixture
+def h11_responses(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The status of every response that went through h11's `send`, event by event,
+    rather than whole (`_Connection.send_whole`)."""
+    statuses: list[int] = []
+    send = h11.Connection.send
+
+    def counted(self: h11.Connection, event: h11._events.Event) -> bytes | None:
+        if isinstance(event, h11.Response):
+            statuses.append(event.status_code)
+        return send(self, event)
+
+    monkeypatch.setattr(h11.Connection, "send", counted)
+    return statuses
+
+
+# Fields whose values are the same for the same answer (others carry ids and times).
+_STEADY = (b"content-type", b"content-length", b"server", b"x-litellm-model-group")
+
+
+def _head_shape(head: bytes) -> list[bytes]:
+    """A response head as its status line, then each field's name in order, with the
+    value where it does not vary from answer to answer."""
+    lines = head.split(b"\r\n")
+    shape = [lines[0]]
+    for line in lines[1:]:
+        name = line.partition(b": ")[0]
+        shape.append(line if name.lower() in _STEADY else name)
+    return shape
+
+
+async def _answers(running: RunningGateway, requests: list[bytes]) -> list[bytes]:
+    stream = await _connect(running)
+    heads = []
+    for request_bytes in requests:
+        await stream.send_all(request_bytes)
+        with trio.fail_after(5):
+            heads.append(await _read_response(stream))
+    await stream.aclose()
+    return heads
+
+
+async def test_a_whole_answer_is_written_as_h11_writes_it(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, h11_responses: list[int]
+) -> None:
+    """The same answers, on one kept-alive connection, with and without the shortcut:
+    the same status lines, fields and framing, and only the shortcut skips h11."""
+    running = await start_gateway(nursery, mock_config())
+    requests = [_chat(), _get("/health/liveliness"), _get("/nowhere"), _chat()]
+    whole = await _answers(running, requests)
+    assert h11_responses == []
+
+    async def declined(*_: object) -> bool:
+        return False
+
+    monkeypatch.setattr(serving._Connection, "send_whole", declined)
+    by_events = await _answers(running, requests)
+    assert h11_responses == [200, 200, 404, 200]
+    assert [_head_shape(head) for head in whole] == [_head_shape(head) for head in by_events]
+    await running.stop()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        _chat("1.1", "connection: close"),
+        _chat("1.0"),
+        _get("/health/liveliness", "1.1").replace(b"GET", b"HEAD", 1),
+    ],
+    ids=["Connection: close", "HTTP/1.0", "HEAD"],
+)
+async def test_answers_that_end_or_strip_take_h11s_path(
+    nursery: trio.Nursery, h11_responses: list[int], request_bytes: bytes
+) -> None:
+    """What h11 would rewrite (Connection: close, HTTP/1.0's framing, HEAD's missing
+    body) is left to h11: the shortcut declines, and the answer is h11's."""
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    await stream.send_all(request_bytes)
+    with trio.fail_after(5):
+        answer = await _read_until_closed(stream) if b"HEAD" not in request_bytes else b""
+        if not answer:
+            answer = await stream.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert h11_responses == [200]
+    await running.stop()
+
+
+async def test_the_last_request_a_connection_may_carry_is_answered_with_its_close(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, h11_responses: list[int]
+) -> None:
+    """At hypercorn's `keep_alive_max_requests`, the answer says Connection: close (which
+    only h11's path adds) and the connection ends after it."""
+    monkeypatch.setattr(hypercorn.config.Config, "keep_alive_max_requests", 2)
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    await stream.send_all(_chat())
+    with trio.fail_after(5):
+        first = await _read_response(stream)
+    await stream.send_all(_chat())
+    with trio.fail_after(5):
+        last = await _read_until_closed(stream)
+    assert b"connection: close" not in first.lower()
+    assert b"connection: close" in last.lower()
+    assert h11_responses == [200]
     await running.stop()

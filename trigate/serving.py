@@ -49,6 +49,7 @@ import logging
 import math
 import resource
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
@@ -61,8 +62,9 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.events import Response
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.events import Response, StreamClosed
+from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
+from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
@@ -97,6 +99,13 @@ OnDeparture = Callable[[Departure | None], None]
 # one (`BodyWriter`) once the response's headers have gone out, or None.
 BODY_WRITER_EXTENSION = "trigate.body_writer"
 BodyWriter = Callable[[bytes], Awaitable[None]]
+
+# The ASGI scope extension offering to write a fixed-length response whole: its status,
+# header fields (Content-Length among them) and body in one write, past hypercorn's and
+# h11's path of an event each (`_Connection.send_whole`). It answers False, having
+# written nothing, where that path must be taken instead.
+WHOLE_RESPONSE_EXTENSION = "trigate.whole_response"
+WholeWriter = Callable[[int, list[tuple[bytes, bytes]], bytes], Awaitable[bool]]
 
 # A held response head is joined to a body up to this size; a longer one is written
 # after it, as copying it would cost more than the system call saved.
@@ -200,6 +209,34 @@ class _Connection:
         if isinstance(framing, h11._writers.Http10Writer):
             return _DirectBody(server, self.stream, chunked=False).write
         return None
+
+    async def send_whole(self, status: int, fields: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """Write a fixed-length response in one piece, as h11 would have framed it, and
+        move h11 and hypercorn on as if it had gone event by event; False, with nothing
+        written, where the protocol's state allows no shortcut (`_H11Protocol.whole_head`).
+
+        A plain answer otherwise costs three events through hypercorn and h11 (head,
+        body, end), each built, checked and dispatched: about a tenth of a proxied
+        request's instructions. The checks that matter are kept: the fields' grammar,
+        the framing, keep-alive, and the connection's state."""
+        server = self.server
+        protocol = getattr(getattr(server, "protocol", None), "protocol", None)
+        if server is None or type(protocol) is not _H11Protocol or server.stream.holds_head:
+            return False
+        await checkpoint_if_cancelled()  # a cancel point, as hypercorn's write is
+        head = protocol.whole_head(status, fields, len(body))
+        if head is None:
+            return False
+        try:
+            if len(body) <= MAX_JOINED_BODY:
+                await _send_locked(server.send_lock, self.stream, head + body, try_first=True)
+            else:
+                await _send_locked(server.send_lock, self.stream, body, head=head)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await server.protocol.handle(Closed())
+            return True
+        await protocol.whole_sent()
+        return True
 
     def body_follows(self, data: bytes | bytearray | memoryview) -> bool:
         """Whether `data` is a response head just produced by h11 whose body has a
@@ -320,7 +357,7 @@ class _H11Protocol(H11Protocol):
 
     async def stream_send(self, event: StreamEvent) -> None:
         if isinstance(event, Response) and event.status_code >= 200:
-            headers = [*event.headers, *self.config.response_headers("h11")]
+            headers = [*event.headers, *server_fields(self.config)]
             if self.keep_alive_requests >= self.config.keep_alive_max_requests:
                 headers.append((b"connection", b"close"))
             if valid_fields(headers):
@@ -330,6 +367,98 @@ class _H11Protocol(H11Protocol):
                 await self._send_h11_event(response)
                 return
         await super().stream_send(event)
+
+    def whole_head(
+        self, status: int, fields: list[tuple[bytes, bytes]], length: int
+    ) -> bytes | None:
+        """The head of a response of `length` bytes that goes out whole, with h11's and
+        hypercorn's state moved past the response (`_Connection.send_whole`); None, with
+        nothing changed, unless this is the common case: an HTTP/1.1 request kept alive,
+        not HEAD, no upgrade proposed, nothing of the response sent yet, a status with a
+        body, the fields valid, and one Content-Length that is `length`. Any other case
+        takes hypercorn's path, which knows how to close, strip or refuse."""
+        state = self.connection
+        stream = self.stream
+        if (
+            type(state) is not h11.Connection
+            or state.our_state is not h11.SEND_RESPONSE
+            or state.their_http_version != b"1.1"
+            or state._request_method == b"HEAD"
+            or not state._cstate.keep_alive
+            or state._cstate.pending_switch_proposals
+            or type(stream) is not HTTPStream
+            or stream.state is not ASGIHTTPState.REQUEST
+            or self.keep_alive_requests >= self.config.keep_alive_max_requests
+            or not 200 <= status < 600
+            or status in _BODILESS_STATUSES
+        ):
+            return None
+        fields = [*fields, *server_fields(self.config)]
+        if not _framed_by_length(fields, length) or not valid_fields(fields):
+            return None
+        # h11's `send` for the Response and EndOfMessage events, less the writing.
+        before = dict(state._cstate.states)
+        state._cstate.process_event(h11.SERVER, h11.Response)
+        state._cstate.process_event(h11.SERVER, h11.EndOfMessage)
+        state.client_is_waiting_for_100_continue = False
+        state._respond_to_state_changes(before)
+        # hypercorn's `HTTPStream.app_send` for the start and the last body message.
+        stream.state = ASGIHTTPState.CLOSED
+        stream.response = {"type": "http.response.start", "status": status, "headers": fields}
+        lines = b"".join([b"%b: %b\r\n" % field for field in fields])
+        return b"HTTP/1.1 %d \r\n%b\r\n" % (status, lines)
+
+    async def whole_sent(self) -> None:
+        """The rest of hypercorn's `HTTPStream._send_closed` once a whole response has
+        been written: the access log, and the stream's end, which readies the
+        connection for the next request."""
+        stream = self.stream
+        assert isinstance(stream, HTTPStream)
+        await self.config.log.access(stream.scope, stream.response, time.time() - stream.start_time)
+        await self.stream_send(StreamClosed(stream_id=STREAM_ID))
+
+
+# Statuses whose answers have no body, and so no Content-Length to frame one by.
+_BODILESS_STATUSES = frozenset({204, 304})
+
+
+def _framed_by_length(fields: list[tuple[bytes, bytes]], length: int) -> bool:
+    """Whether `fields` frame a body of `length` bytes as h11 would send it unchanged:
+    one Content-Length of that value, and no Transfer-Encoding or Connection field
+    (either makes h11 rewrite the head, or close the connection after it)."""
+    declared = None
+    for name, value in fields:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            if declared is not None:
+                return False
+            declared = value
+        elif lowered in (b"transfer-encoding", b"connection"):
+            return False
+    return declared == b"%d" % length
+
+
+class _ServerFields:
+    """hypercorn's `Config.response_headers("h11")` (Date and Server), made once a
+    second rather than for every answer: formatting the date is most of its cost."""
+
+    __slots__ = ("_config", "_fields", "_second")
+
+    def __init__(self) -> None:
+        self._config: HypercornConfig | None = None
+        self._second = -1
+        self._fields: list[tuple[bytes, bytes]] = []
+
+    def __call__(self, config: HypercornConfig) -> list[tuple[bytes, bytes]]:
+        second = int(time.time())
+        if second != self._second or config is not self._config:
+            self._fields = config.response_headers("h11")
+            self._second = second
+            self._config = config
+        return self._fields
+
+
+server_fields = _ServerFields()
 
 
 class _Server(TCPServer):
@@ -505,6 +634,10 @@ class _WatchedStream:
         assert server is not None  # set before the server runs
         await _send_locked(server.send_lock, self._stream, data, head=head)
 
+    @property
+    def holds_head(self) -> bool:
+        return self._head is not None
+
     async def flush(self) -> None:
         """Send a held head whose body never came (the app failed after starting)."""
         head, self._head = self._head, None
@@ -561,6 +694,7 @@ class _ConnectionApp:
             extensions = cast("dict[str, Any]", scope["extensions"])
             extensions[DEPARTURE_EXTENSION] = connection.on_departure
             extensions[BODY_WRITER_EXTENSION] = connection.body_writer
+            extensions[WHOLE_RESPONSE_EXTENSION] = connection.send_whole
         try:
             await self._app(scope, receive, send, *rest)
         finally:

@@ -30,7 +30,14 @@ from trigate.api import response_headers
 from trigate.api.envelopes import ANTHROPIC, OPENAI
 from trigate.errors import InvalidRequest
 from trigate.metrics import tally
-from trigate.serving import BODY_WRITER_EXTENSION, DEPARTURE_EXTENSION, BodyWriter, OnDeparture
+from trigate.serving import (
+    BODY_WRITER_EXTENSION,
+    DEPARTURE_EXTENSION,
+    WHOLE_RESPONSE_EXTENSION,
+    BodyWriter,
+    OnDeparture,
+    WholeWriter,
+)
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
@@ -114,6 +121,7 @@ class RequestScope:
         try:
             sender = _ResponseSender(send, receive, context, has_body, length)
             sender.body_writer = extensions.get(BODY_WRITER_EXTENSION)
+            sender.whole_writer = extensions.get(WHOLE_RESPONSE_EXTENSION)
             if ambiguous:
                 await _refuse(AMBIGUOUS_CREDENTIALS, scope["path"], sender)
                 return
@@ -147,7 +155,10 @@ class _ResponseSender:
 
     Quart sends a body as its data and then an empty closing message; each costs
     hypercorn a pass through its protocol stack. With a Content-Length there is
-    nothing to stream, so the two become one. Streams pass through untouched.
+    nothing to stream, so the two become one, and where the server offers it
+    (`trigate.serving.WHOLE_RESPONSE_EXTENSION`) the start is held and goes out with
+    the body in one write, past hypercorn's per-event path. Streams pass through
+    untouched.
 
     An answer that starts before the request's body has all arrived (a refusal that
     never reads it) leaves the connection unable to carry another request: the rest
@@ -177,8 +188,10 @@ class _ResponseSender:
         "_held",
         "_receive",
         "_send",
+        "_start",
         "_unread",
         "body_writer",
+        "whole_writer",
     )
 
     def __init__(
@@ -197,6 +210,10 @@ class _ResponseSender:
         self._ended = False
         # The server's offer of a direct writer for a streamed body (`direct_writer`).
         self.body_writer: Callable[[], BodyWriter | None] | None = None
+        # The server's offer to write a fixed-length response whole, and the start
+        # message held for it until the body comes.
+        self.whole_writer: WholeWriter | None = None
+        self._start: Any = None
         self._fixed_length = False
         self._held: Any = None
         # While the last message is being sent; `_finished` is made only for a disconnect
@@ -238,9 +255,13 @@ class _ResponseSender:
             if self._body_pending:
                 extra.append((b"connection", b"close"))
             message = {**message, "headers": [*headers, *extra]}
+            if self._fixed_length and self.whole_writer is not None:
+                self._start = message  # goes out with the body
+                return
         elif message["type"] == "http.response.body" and self._fixed_length:
             if message.get("more_body", False):
                 if self._held is not None:
+                    await self._send_start()
                     await self._send(self._held)
                 self._held = message
                 return
@@ -250,13 +271,31 @@ class _ResponseSender:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             self._finishing = True
             try:
-                await self._send(message)
+                await self._send_last(message)
             finally:
                 self._finishing = False
                 if self._finished is not None:
                     self._finished.set()
             return
         await self._send(message)
+
+    async def _send_last(self, message: Any) -> None:
+        """A response's last message, with its held start when there is one: both in
+        one write when the server can, else one after the other."""
+        start = self._start
+        if start is not None:
+            assert self.whole_writer is not None  # a start is held only for it
+            body = message.get("body", b"")
+            if await self.whole_writer(start["status"], start["headers"], body):
+                self._start = None
+                return
+            await self._send_start()
+        await self._send(message)
+
+    async def _send_start(self) -> None:
+        start, self._start = self._start, None
+        if start is not None:
+            await self._send(start)
 
 
 def direct_writer(send: ASGISendCallable) -> BodyWriter | None:
