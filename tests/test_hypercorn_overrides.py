@@ -12,7 +12,13 @@ which copies or replaces parts of hypercorn and h11:
   hypercorn's back, under `TCPServer.send_lock`;
 - `_H11Protocol.stream_send` is H11Protocol's for a response head whose fields it has
   checked itself, handed to h11 as parsed (`_parsed=True`): it relies on what h11's
-  `normalize_and_validate` still does then (lower the names, read the framing fields).
+  `normalize_and_validate` still does then (lower the names, read the framing fields);
+- `_H11Protocol._check_protocol` and `_create_stream` are H11Protocol's, reading the
+  request's fields from h11's `Headers._full_items`;
+- a fixed-length response written whole (`_Connection.send_whole`) moves h11's
+  `Connection` and its `ConnectionState` on as `Connection.send` would for a Response
+  and an EndOfMessage, and hypercorn's `HTTPStream` as its `app_send` and
+  `_send_closed` would.
 
 pyproject.toml bounds both packages above. This test fails when an upgrade changes the
 source of anything overridden, so that the overrides are reviewed before the bound moves:
@@ -27,12 +33,15 @@ from collections.abc import Callable
 from typing import Any
 
 import h11
+import h11._connection
 import h11._events
 import h11._headers
 import h11._readers
+import h11._state
 import h11._writers
 import hypercorn.protocol
 import hypercorn.protocol.h11
+import hypercorn.protocol.http_stream
 import hypercorn.trio.run
 import hypercorn.trio.task_group
 import hypercorn.trio.tcp_server
@@ -75,6 +84,13 @@ OVERRIDDEN: dict[str, tuple[Callable[..., Any] | type, str]] = {
     ),
     "h11._events._ResponseBase": (h11._events._ResponseBase, "8e047330429ae467"),
     "h11._writers.Http10Writer": (h11._writers.Http10Writer, "d25f1706eb4d3f9a"),
+    "h11._headers.Headers": (h11._headers.Headers, "e557faefb62564ec"),
+    "h11._connection.Connection": (h11._connection.Connection, "80770c03337ef4fe"),
+    "h11._state.ConnectionState": (h11._state.ConnectionState, "1e7dbeae8f22041f"),
+    "hypercorn.protocol.http_stream.HTTPStream": (
+        hypercorn.protocol.http_stream.HTTPStream,
+        "e0f656feb55ab89c",
+    ),
 }
 
 

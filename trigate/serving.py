@@ -62,6 +62,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import Event as StreamEvent
+from hypercorn.protocol.events import Request as StreamRequest
 from hypercorn.protocol.events import Response, StreamClosed
 from hypercorn.protocol.h11 import STREAM_ID, H11Protocol
 from hypercorn.protocol.http_stream import ASGIHTTPState, HTTPStream
@@ -368,6 +369,46 @@ class _H11Protocol(H11Protocol):
                 return
         await super().stream_send(event)
 
+    async def _check_protocol(self, event: h11.Request) -> None:
+        """hypercorn's, which looks for an h2c upgrade or an HTTP/2 preface, asked only
+        of a request that could be one: it decodes, strips and lowers every field name
+        to find out, where h11 has already lowered them (and a name holds no spaces)."""
+        if event.method == b"PRI" or _has_field(event, b"upgrade"):
+            await super()._check_protocol(event)
+
+    async def _create_stream(self, request: h11.Request) -> None:
+        """hypercorn's for an HTTP request, without its three passes over the fields
+        through h11's `Headers` sequence (each item fetched by index): a websocket
+        upgrade, or raw headers asked for, take hypercorn's own way."""
+        if self.config.h11_pass_raw_headers or (
+            request.method.upper() == b"GET" and _has_field(request, b"upgrade")
+        ):
+            await super()._create_stream(request)
+            return
+        self.stream = HTTPStream(
+            self.app,
+            self.config,
+            self.context,
+            self.task_group,
+            self.ssl,
+            self.client,
+            self.server,
+            self.stream_send,
+            STREAM_ID,
+        )
+        await self.stream.handle(
+            StreamRequest(
+                stream_id=STREAM_ID,
+                headers=[(name, value) for _, name, value in request.headers._full_items],
+                http_version=request.http_version.decode(),
+                method=request.method.decode("ascii").upper(),
+                raw_path=request.target,
+                state=self.connection_state,
+            )
+        )
+        self.keep_alive_requests += 1
+        await self.context.mark_request()
+
     def whole_head(
         self, status: int, fields: list[tuple[bytes, bytes]], length: int
     ) -> bytes | None:
@@ -416,6 +457,11 @@ class _H11Protocol(H11Protocol):
         assert isinstance(stream, HTTPStream)
         await self.config.log.access(stream.scope, stream.response, time.time() - stream.start_time)
         await self.stream_send(StreamClosed(stream_id=STREAM_ID))
+
+
+def _has_field(request: h11.Request, name: bytes) -> bool:
+    """Whether `request` has a field called `name` (lower case, as h11 keeps names)."""
+    return any(field == name for _, field, _ in request.headers._full_items)
 
 
 # Statuses whose answers have no body, and so no Content-Length to frame one by.
