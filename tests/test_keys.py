@@ -18,6 +18,7 @@ from scripted import error as upstream_error
 from trigate.auth import Caller, generate_key, hash_key
 from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed
+from trigate.gateway import UNKNOWN_OUTPUT_ALLOWANCE
 from trigate.spend import RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable
 from trigate.store import SpendFilter
@@ -216,6 +217,33 @@ async def test_concurrent_requests_are_admitted_only_as_far_as_the_budget_goes(
     assert statuses == [400] * 27 + [200] * 3
     await flush(h)
     assert (await h.gateway.store.select("keys", {}))[0]["spend"] == 6 * UNIT
+
+
+async def test_requests_with_no_known_output_limit_run_side_by_side_under_a_budget(
+    nursery: trio.Nursery,
+) -> None:
+    """A priced model without `max_output_tokens`, asked without `max_tokens`: each
+    request reserves its prompt and `UNKNOWN_OUTPUT_ALLOWANCE` tokens of output, not all
+    the budget has left, so others made meanwhile are admitted as far as it goes."""
+    release = trio.Event()
+    h = await outputs_priced(nursery, release)
+    key = await new_key(h, max_budget=3 * UNKNOWN_OUTPUT_ALLOWANCE * UNIT)
+    statuses: list[int] = []
+    refused = trio.Event()
+
+    async def one() -> None:
+        statuses.append((await h.chat(key=key)).status)
+        if statuses == [400]:
+            refused.set()
+
+    async with trio.open_nursery() as burst:
+        for _ in range(4):
+            burst.start_soon(one)
+        with trio.fail_after(10):
+            await refused.wait()
+            await h.upstreams.wait_for(lambda: len(h.upstreams.served) == 3)
+        release.set()
+    assert sorted(statuses) == [200, 200, 200, 400]
 
 
 async def test_a_failed_or_cancelled_request_releases_its_reservation(

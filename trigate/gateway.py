@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -62,6 +61,10 @@ logger = logging.getLogger("trigate")
 BUDGET_RESET_MAX_SLEEP = 60.0
 # How often stored Responses API responses past their retention are deleted.
 RESPONSE_EXPIRY_INTERVAL = 3600.0
+# The output a budget reserves for a request to a priced model whose output limit is
+# unknown (neither the request's `max_tokens` nor the model's `max_output_tokens`): a
+# long answer's worth. Such a request can cost more than it reserved; the README says so.
+UNKNOWN_OUTPUT_ALLOWANCE = 8192
 
 
 @functools.cache
@@ -398,8 +401,10 @@ class Gateway:
 
     def max_cost(self, group: str, prompt_tokens: int, output_tokens: int | None) -> float:
         """The most a request to `group` may cost: its prompt and `output_tokens` (None:
-        the model's output limit) at its priciest deployment. Infinite when a priced
-        deployment's output has no known limit, so a budget reserves all it has left."""
+        the model's output limit) at its priciest deployment. A priced deployment whose
+        output has no known limit is reserved `UNKNOWN_OUTPUT_ALLOWANCE` tokens of
+        output: reserving all a budget has left would refuse every other request made
+        while this one runs."""
         worst = 0.0
         for deployment in self.groups.deployments(group):
             price = deployment.price
@@ -411,9 +416,7 @@ class Gateway:
                     "max_output_tokens"
                 )
             if output is None:
-                if price.output:
-                    return math.inf
-                output = 0
+                output = UNKNOWN_OUTPUT_ALLOWANCE if price.output else 0
             worst = max(worst, cost(price, TokenCounts(prompt_tokens, int(output))))
         return worst
 
