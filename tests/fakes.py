@@ -51,6 +51,9 @@ class StreamReply:
     # Send the frames raw, without chunked framing, and close (no Content-Length).
     close_delimited: bool = False
     content_type: str = "text/event-stream"
+    # Send the last frame and the body's chunked end in one write, so that a reader of
+    # the last frame has the end too.
+    end_with_last_frame: bool = False
 
 
 Reply = JSONReply | StreamReply
@@ -213,7 +216,10 @@ class FakeUpstream:
             await stream.send_all(connection.send(head))
 
             async def send(data: bytes) -> None:
-                await stream.send_all(connection.send(h11.Data(data=data)))
+                written = connection.send(h11.Data(data=data))
+                if reply.end_with_last_frame and data is reply.frames[-1]:
+                    written += connection.send(h11.EndOfMessage())
+                await stream.send_all(written)
 
         client_left = trio.Event()
         finished = False
@@ -227,7 +233,8 @@ class FakeUpstream:
             return False
         if reply.close_delimited:
             return False
-        await stream.send_all(connection.send(h11.EndOfMessage()))
+        if connection.our_state is not h11.DONE:
+            await stream.send_all(connection.send(h11.EndOfMessage()))
         return True
 
 

@@ -766,3 +766,27 @@ async def test_the_last_request_a_connection_may_carry_is_answered_with_its_clos
     assert b"connection: close" in last.lower()
     assert h11_responses == [200]
     await running.stop()
+
+
+async def test_a_streamed_answers_head_is_written_as_h11_writes_it(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, h11_responses: list[int]
+) -> None:
+    """A stream's head, written by the gateway, then by h11 (its shortcut declined for
+    a connection at its last request): the same fields and chunked framing, and the
+    body framed by h11 the same way after either."""
+    running = await start_gateway(nursery, mock_config())
+    stream = await _connect(running)
+    await stream.send_all(_stream_chat())
+    with trio.fail_after(5):
+        head, body = await _read_chunked_response(stream)
+    assert h11_responses == []
+    monkeypatch.setattr(serving._H11Protocol, "_answers_plainly", lambda *_: False)
+    await stream.send_all(_stream_chat())
+    with trio.fail_after(5):
+        by_h11, body_by_h11 = await _read_chunked_response(stream)
+    assert h11_responses == [200]
+    assert _head_shape(head) == _head_shape(by_h11)
+    assert head.lower().endswith(b"transfer-encoding: chunked")
+    assert body.count(b"data: ") == body_by_h11.count(b"data: ") > 2
+    await stream.aclose()
+    await running.stop()

@@ -349,7 +349,13 @@ async def test_a_stream_that_ended_hands_its_upstream_connection_back(
 ) -> None:
     """The reader stops at `data: [DONE]`, one read before the body's own end: the end,
     already arrived, must not cost the next stream a new upstream connection."""
-    upstream.handler = lambda request: stream_of(["Once ", "upon"])
+
+    def ended_with_done(request: object) -> StreamReply:
+        reply = stream_of(["Once ", "upon"])
+        reply.end_with_last_frame = True
+        return reply
+
+    upstream.handler = ended_with_done
     for _ in range(3):
         async with (
             gateway.client() as client,

@@ -345,29 +345,72 @@ async def _send_locked(
 
 
 class _H11Protocol(H11Protocol):
-    """Hypercorn's HTTP/1.1 protocol, with a cheaper check of a response's head.
+    """Hypercorn's HTTP/1.1 protocol, with cheaper response heads.
 
     h11 checks each field it is asked to send with two regular expressions, and a
     gateway's answer carries a score of fields (its own `x-trigate-*`, LiteLLM's
     `x-litellm-*`, rate limits): about 15 thousand instructions each, more than the
-    rest of writing the head. The same grammar is checked here in one match over all
-    the names and one over all the values (`transport.valid_fields`); a head that
-    passes goes to h11 as parsed, which then only lowers the names and reads the
-    framing fields. One that does not goes the usual way, for h11 to refuse. The rest
-    is hypercorn's `stream_send` (tests/test_hypercorn_overrides.py guards it)."""
+    rest of writing the head; a streamed answer's head is checked three times over, as
+    h11 sets its framing fields. The same grammar is checked here in one match over all
+    the names and one over all the values (`transport.valid_fields`).
+
+    In the common case (`_answers_plainly`: HTTP/1.1 kept alive, not HEAD, a status
+    with a body, no framing or Connection field of the app's) the head is written
+    here, as h11 would write it, and h11's state is moved on as its `send` would move
+    it: a streamed answer's head with `Transfer-Encoding: chunked` added (h11 then
+    frames its body), a fixed-length one whole with its body (`whole_head`). Any other
+    head goes to h11 as parsed, if its fields pass, which then only lowers the names
+    and reads the framing fields; one that does not goes the usual way, for h11 to
+    refuse. The rest is hypercorn's `stream_send` (tests/test_hypercorn_overrides.py
+    guards it)."""
 
     async def stream_send(self, event: StreamEvent) -> None:
         if isinstance(event, Response) and event.status_code >= 200:
+            status = int(event.status_code)
             headers = [*event.headers, *server_fields(self.config)]
+            if self._answers_plainly(status) and _unframed(headers) and valid_fields(headers):
+                await self.send(RawData(data=self._start_chunked(status, headers)))
+                return
             if self.keep_alive_requests >= self.config.keep_alive_max_requests:
                 headers.append((b"connection", b"close"))
             if valid_fields(headers):
                 response = h11.Response(
-                    headers=headers, status_code=int(event.status_code), reason=b"", _parsed=True
+                    headers=headers, status_code=status, reason=b"", _parsed=True
                 )
                 await self._send_h11_event(response)
                 return
         await super().stream_send(event)
+
+    def _answers_plainly(self, status: int) -> bool:
+        """Whether h11 would send a response of `status` starting now as it is given:
+        an HTTP/1.1 request kept alive, not HEAD, no upgrade proposed, nothing of the
+        response sent yet, and a status with a body. Anything else is h11's to adjust
+        (close the connection, strip the body, refuse)."""
+        state = self.connection
+        return (
+            type(state) is h11.Connection
+            and state.our_state is h11.SEND_RESPONSE
+            and state.their_http_version == b"1.1"
+            and state._request_method != b"HEAD"
+            and state._cstate.keep_alive
+            and not state._cstate.pending_switch_proposals
+            and self.keep_alive_requests < self.config.keep_alive_max_requests
+            and 200 <= status < 600
+            and status not in _BODILESS_STATUSES
+        )
+
+    def _start_chunked(self, status: int, fields: list[tuple[bytes, bytes]]) -> bytes:
+        """The head of a streamed answer, framed as h11 frames it (`Transfer-Encoding:
+        chunked`, added last and title-cased as h11 adds it), with h11's state moved
+        past its Response event: h11 then frames the body's pieces and its end, as
+        after its own `send`."""
+        state = self.connection
+        assert isinstance(state, h11.Connection)
+        before = dict(state._cstate.states)
+        state._cstate.process_event(h11.SERVER, h11.Response)
+        state.client_is_waiting_for_100_continue = False
+        state._respond_to_state_changes(before, _CHUNKED_FRAMING)
+        return _head(status, [*fields, (b"Transfer-Encoding", b"chunked")])
 
     async def _check_protocol(self, event: h11.Request) -> None:
         """hypercorn's, which looks for an h2c upgrade or an HTTP/2 preface, asked only
@@ -421,19 +464,12 @@ class _H11Protocol(H11Protocol):
         state = self.connection
         stream = self.stream
         if (
-            type(state) is not h11.Connection
-            or state.our_state is not h11.SEND_RESPONSE
-            or state.their_http_version != b"1.1"
-            or state._request_method == b"HEAD"
-            or not state._cstate.keep_alive
-            or state._cstate.pending_switch_proposals
-            or type(stream) is not HTTPStream
+            type(stream) is not HTTPStream
             or stream.state is not ASGIHTTPState.REQUEST
-            or self.keep_alive_requests >= self.config.keep_alive_max_requests
-            or not 200 <= status < 600
-            or status in _BODILESS_STATUSES
+            or not self._answers_plainly(status)
         ):
             return None
+        assert isinstance(state, h11.Connection)
         fields = [*fields, *server_fields(self.config)]
         if not _framed_by_length(fields, length) or not valid_fields(fields):
             return None
@@ -446,8 +482,7 @@ class _H11Protocol(H11Protocol):
         # hypercorn's `HTTPStream.app_send` for the start and the last body message.
         stream.state = ASGIHTTPState.CLOSED
         stream.response = {"type": "http.response.start", "status": status, "headers": fields}
-        lines = b"".join([b"%b: %b\r\n" % field for field in fields])
-        return b"HTTP/1.1 %d \r\n%b\r\n" % (status, lines)
+        return _head(status, fields)
 
     async def whole_sent(self) -> None:
         """The rest of hypercorn's `HTTPStream._send_closed` once a whole response has
@@ -466,6 +501,24 @@ def _has_field(request: h11.Request, name: bytes) -> bool:
 
 # Statuses whose answers have no body, and so no Content-Length to frame one by.
 _BODILESS_STATUSES = frozenset({204, 304})
+# What h11 reads of a Response to choose its body's writer: chunked framing.
+_CHUNKED_FRAMING = h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")])
+
+
+def _head(status: int, fields: list[tuple[bytes, bytes]]) -> bytes:
+    """A response head as h11 writes it (its reason phrase left empty, as hypercorn
+    leaves it), for fields already checked (`valid_fields`)."""
+    lines = b"".join([b"%b: %b\r\n" % field for field in fields])
+    return b"HTTP/1.1 %d \r\n%b\r\n" % (status, lines)
+
+
+def _unframed(fields: list[tuple[bytes, bytes]]) -> bool:
+    """Whether `fields` leave a body's framing and the connection's fate to h11: no
+    Content-Length, Transfer-Encoding or Connection field."""
+    return not any(name.lower() in _FRAMING_FIELDS for name, _ in fields)
+
+
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 def _framed_by_length(fields: list[tuple[bytes, bytes]], length: int) -> bool:
