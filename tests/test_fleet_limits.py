@@ -298,7 +298,12 @@ async def test_a_changed_budget_restarts_its_shared_counter(
     """A team moved to a shorter budget window: the fleet's counter, still counting the
     old window, is dropped with the change, and the next request counts the new one."""
     config = mock_config(input_cost_per_token=1e-6, output_cost_per_token=0.0)
-    config["router_settings"] = {"redis_url": redis_url, "redis_key_prefix": redis_prefix}
+    # Not a test of an outage: a loaded machine must not pass for a Redis that is down.
+    config["router_settings"] = {
+        "redis_url": redis_url,
+        "redis_key_prefix": redis_prefix,
+        "redis_timeout": 2.0,
+    }
     running = await start_gateway(nursery, config)
     async with running.client() as admin:
         team = await admin.post("/team/new", json={"max_budget": 10, "budget_duration": "30d"})
@@ -317,6 +322,10 @@ async def test_a_changed_budget_restarts_its_shared_counter(
                 while await redis.exists([counter]):  # noqa: ASYNC110 - Redis has no event
                     await trio.sleep(0.01)
             assert (await client.post("/v1/chat/completions", json=chat)).status_code == 200
+            # The request's reservation reaches Redis with the worker's next batch.
+            with trio.fail_after(1):
+                while not await redis.hexists(counter, "window"):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
             one_day = float(await redis.hget(counter, "window") or 0)
     assert 0 < one_day < thirty_days
     await running.stop()
