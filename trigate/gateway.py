@@ -24,6 +24,7 @@ import functools
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,6 +36,7 @@ from trigate.clock import wall_time
 from trigate.config import ConfigError, GatewayConfig
 from trigate.end_users import EndUsers
 from trigate.errors import secrets
+from trigate.export.exports import Exports
 from trigate.fleet import Fleet
 from trigate.hooks import Hooks, load_hooks
 from trigate.limits import LEASE_TTL, FleetLimits, Limits
@@ -62,6 +64,10 @@ logger = logging.getLogger("trigate")
 BUDGET_RESET_MAX_SLEEP = 60.0
 # How often stored Responses API responses past their retention are deleted.
 RESPONSE_EXPIRY_INTERVAL = 3600.0
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 @functools.cache
@@ -144,6 +150,17 @@ class Gateway:
             config, config_path, Sealer.from_environ(master_key), self._serve
         )
         self.telemetry = Telemetry(config)
+        # The logging callbacks (sinks) finished requests are exported to.
+        try:
+            self.exports = Exports(
+                config.litellm_settings,
+                _mapping((config.model_extra or {}).get("callback_settings")),
+                self.telemetry.metrics.callbacks,
+            )
+        except ValueError as error:
+            raise ConfigError(f"litellm_settings callbacks: {error}") from None
+        if self.telemetry.tracing is not None:
+            self.exports.adopt(self.telemetry.tracing.outbox)
         # Admin changes, told to every process of the fleet (and heard from them).
         self.changes = Changes(Limits.budget_keys)
         self.changes.listen((MODELS,), self.models.nudge, self.models.nudge)
@@ -251,6 +268,7 @@ class Gateway:
                     await nursery.start(self._run_link, self._link)
                     await self._take_up(self._link)
                     nursery.start_soon(self.ledger.run)
+                    await nursery.start(self.exports.run)
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)
                     nursery.start_soon(self.models.run, lambda: self.fleet.configured)
@@ -361,6 +379,7 @@ class Gateway:
         """Queue the record's spend-log row; without a record sink (tests attach one),
         this reaches no checkpoint (`records_at_once`)."""
         await self.ledger.write(record)
+        self.exports.offer(record)
         if self._observer is not None:
             await self._observer.write(record)
 

@@ -318,6 +318,24 @@ class DeploymentSeries:
         return child
 
 
+class CallbackMetrics:
+    """What the logging callbacks' outboxes count (`trigate.export.outbox`)."""
+
+    def __init__(self, sent_rows: Counter, dropped_rows: Counter, depth: Gauge) -> None:
+        self._sent = sent_rows
+        self._dropped = dropped_rows
+        self._depth = depth
+
+    def sent(self, sink: str, rows: int) -> None:
+        self._sent.labels(sink).inc(rows)
+
+    def dropped(self, sink: str, rows: int) -> None:
+        self._dropped.labels(sink).inc(rows)
+
+    def queued(self, sink: str, rows: int) -> None:
+        self._depth.labels(sink).set(rows)
+
+
 class Metrics:
     """The gateway's metrics. Each gateway has its own registry (so that apps built in
     one process, as tests build them, count apart); under a multiprocess directory the
@@ -485,6 +503,25 @@ class Metrics:
             "trigate_spend_log_dropped_rows",
             "Spend-log rows dropped because the queue was full",
             (),
+        )
+        self.callbacks = CallbackMetrics(
+            counter(
+                "trigate_callback_sent_rows",
+                "Finished requests a logging callback (sink) delivered",
+                ("callback",),
+            ),
+            counter(
+                "trigate_callback_dropped_rows",
+                "Finished requests a logging callback dropped: its queue was full, or it "
+                "failed past its retries",
+                ("callback",),
+            ),
+            gauge(
+                "trigate_callback_queue_depth",
+                "Finished requests waiting in a logging callback's queue",
+                ("callback",),
+                "livesum",
+            ),
         )
         self.redis_fallbacks = counter(
             "trigate_redis_fallbacks",

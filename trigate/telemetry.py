@@ -46,7 +46,7 @@ class Telemetry:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.metrics = Metrics()
-        self.tracing = Tracing.from_environment(config.litellm_settings)
+        self.tracing = Tracing.from_environment(config.litellm_settings, self.metrics.callbacks)
         self.access_log = json_logs(config)
         # What health probes report: only the cooldowns they cause.
         self.probes = ProbeTelemetry(self.metrics)

@@ -66,7 +66,9 @@ class SpendLedger:
         checkpoint: a request is recorded without a shielding scope when nothing else
         its record awaits can block (`Gateway.records_at_once`)."""
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(orjson.dumps(asdict(record)).decode())
+            fields = asdict(record)
+            fields.pop("details", None)  # messages and answers are for sinks, not logs
+            logger.debug(orjson.dumps(fields).decode())
         if self._store is None:
             return
         row = _row(record)
