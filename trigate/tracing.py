@@ -89,9 +89,7 @@ def _headers(environ: Mapping[str, str]) -> dict[str, str] | None:
 class Tracing:
     """Where the gateway's spans go, and what they may record."""
 
-    def __init__(
-        self, endpoint: str, environ: Mapping[str, str], counters: OutboxCounters
-    ) -> None:
+    def __init__(self, endpoint: str, environ: Mapping[str, str], counters: OutboxCounters) -> None:
         self.resource = Resource.create(
             {"service.name": environ.get("OTEL_SERVICE_NAME", "trigate")}
         )
@@ -186,9 +184,7 @@ class Tracing:
     async def _export(self, spans: Sequence[ReadableSpan]) -> None:
         """One batch, in a thread, since the exporter's send blocks. It has retried by
         the time it fails, so its failure is final."""
-        result = await trio.to_thread.run_sync(
-            self._exporter.export, spans, abandon_on_cancel=True
-        )
+        result = await trio.to_thread.run_sync(self._exporter.export, spans, abandon_on_cancel=True)
         if result is not SpanExportResult.SUCCESS:
             raise SinkError("the OTLP receiver did not take the spans", retry=False)
 

@@ -169,9 +169,7 @@ class Exports:
             self._counters.dropped(name, 1)
             return None
         try:
-            send = _build(
-                name, self._client, resolved, self._settings, self._environ, self._redact
-            )
+            send = _build(name, self._client, resolved, self._settings, self._environ, self._redact)
         except ValueError as error:
             logger.warning("a key's or team's logging callback %s is not usable: %s", name, error)
             return None

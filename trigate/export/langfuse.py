@@ -129,9 +129,7 @@ class Langfuse:
                 }
             ),
             "langfuse.observation.cost_details": _json({"total": payload["response_cost"]}),
-            "langfuse.observation.completion_start_time": iso_time(
-                payload["completionStartTime"]
-            ),
+            "langfuse.observation.completion_start_time": iso_time(payload["completionStartTime"]),
             "langfuse.observation.model.parameters": _json(payload["model_parameters"]),
             "langfuse.observation.metadata.model_group": payload["model_group"] or "",
             "langfuse.observation.metadata.model_id": payload["model_id"] or "",

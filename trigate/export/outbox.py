@@ -69,18 +69,19 @@ class Outbox(Generic[T]):
         send: Send[T],
         counters: OutboxCounters,
         *,
-        batch_size: int = BATCH_SIZE,
-        flush_interval: float = FLUSH_INTERVAL,
-        max_queued: int = MAX_QUEUED,
-        send_timeout: float = SEND_TIMEOUT,
+        batch_size: int | None = None,
+        flush_interval: float | None = None,
+        max_queued: int | None = None,
+        send_timeout: float | None = None,
     ) -> None:
+        """Unset bounds are the module's (read when the outbox is made)."""
         self.name = name
         self._send = send
         self._counters = counters
-        self._batch_size = batch_size
-        self._flush_interval = flush_interval
-        self._max_queued = max_queued
-        self._send_timeout = send_timeout
+        self._batch_size = batch_size or BATCH_SIZE
+        self._flush_interval = flush_interval or FLUSH_INTERVAL
+        self._max_queued = max_queued or MAX_QUEUED
+        self._send_timeout = send_timeout or SEND_TIMEOUT
         self._queue: deque[T] = deque()
         self._work = trio.Event()
         self._batch_full = trio.Event()

@@ -30,6 +30,8 @@ def standard_logging_payload(record: RequestRecord, *, redact: bool = False) -> 
     failed = record.status >= 400
     status = "failure" if failed else "success"
     model = record.model or record.model_group
+    if details.provider and model.startswith(details.provider + "/"):
+        model = model[len(details.provider) + 1 :]  # LiteLLM's: the name the provider knows
     latency = record.latency_ms / 1000
     completion_start = record.start_time + (
         record.ttft_ms / 1000 if record.ttft_ms is not None else latency
