@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,12 +31,14 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
+from trigate.alerts.hub import Alerts
+from trigate.alerts.settings import AlertSettings
 from trigate.auth import Authenticator
 from trigate.changes import Changes
 from trigate.clock import wall_time
 from trigate.config import ConfigError, GatewayConfig
 from trigate.end_users import EndUsers
-from trigate.errors import secrets
+from trigate.errors import GatewayError, secrets
 from trigate.export.exports import Exports
 from trigate.fleet import Fleet
 from trigate.hooks import Hooks, load_hooks
@@ -161,6 +164,8 @@ class Gateway:
             raise ConfigError(f"litellm_settings callbacks: {error}") from None
         if self.telemetry.tracing is not None:
             self.exports.adopt(self.telemetry.tracing.outbox)
+        self.alerts = self._alerts_for(config)
+        self.telemetry.alerts = self.alerts
         # Admin changes, told to every process of the fleet (and heard from them).
         self.changes = Changes(Limits.budget_keys)
         self.changes.listen((MODELS,), self.models.nudge, self.models.nudge)
@@ -269,6 +274,9 @@ class Gateway:
                     await self._take_up(self._link)
                     nursery.start_soon(self.ledger.run)
                     await nursery.start(self.exports.run)
+                    if self.alerts is not None:
+                        self.ledger.on_failure = self.alerts.store_failed
+                        await nursery.start(self.alerts.run, self.store)
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)
                     nursery.start_soon(self.models.run, lambda: self.fleet.configured)
@@ -328,9 +336,37 @@ class Gateway:
 
     def _fleet_for(self, settings: RouterSettings) -> Fleet:
         secrets.add(urlsplit(settings.redis or "").password)
-        return Fleet.from_settings(
-            settings, lambda: self.telemetry.metrics.redis_fallback("shared_state")
+        return Fleet.from_settings(settings, self._redis_lost)
+
+    def _redis_lost(self) -> None:
+        self.telemetry.metrics.redis_fallback("shared_state")
+        if self.alerts is not None:
+            self.alerts.redis_lost()
+
+    def _alerts_for(self, config: GatewayConfig) -> Alerts | None:
+        """The alerts `general_settings.alerting` asks for; None without any."""
+        try:
+            settings = AlertSettings.read(config.general_settings.model_extra or {}, os.environ)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if not settings.on:
+            return None
+        metrics = self.telemetry.metrics
+        return Alerts(
+            settings,
+            lambda: self.fleet,
+            metrics.callbacks,
+            lambda kind, ident: self.store.get(kind, ident),
+            lambda kind, ident: self.ledger.unflushed(kind, ident),
+            self._group_members,
+            metrics.alert_counted,
         )
+
+    def _group_members(self, group: str) -> list[Deployment]:
+        try:
+            return list(self.groups.deployments(group))
+        except GatewayError:
+            return []
 
     async def _run_link(self, link: _Link, *, task_status: trio.TaskStatus[None]) -> None:
         """A link's connection (reached, or found unreachable, before this returns) and
@@ -380,6 +416,8 @@ class Gateway:
         this reaches no checkpoint (`records_at_once`)."""
         await self.ledger.write(record)
         self.exports.offer(record)
+        if self.alerts is not None:
+            self.alerts.record(record)
         if self._observer is not None:
             await self._observer.write(record)
 

@@ -523,6 +523,12 @@ class Metrics:
                 "livesum",
             ),
         )
+        self.alerts = counter(
+            "trigate_alerts",
+            "Alerts sent (outcome sent), or held back as duplicates within their window or "
+            "claimed by another process of the fleet (outcome suppressed)",
+            ("alert_type", "outcome"),
+        )
         self.redis_fallbacks = counter(
             "trigate_redis_fallbacks",
             "Times shared state fell back to this process because Redis failed",
@@ -683,6 +689,10 @@ class Metrics:
             str(trigger.status), type(trigger).__name__, model_id,
         )  # fmt: skip
         self._child(metric, labels).inc()
+
+    def alert_counted(self, alert_type: str, sent: bool) -> None:
+        outcome = "sent" if sent else "suppressed"
+        self._child(self.alerts, (alert_type, outcome)).inc()
 
     def redis_fallback(self, operation: str) -> None:
         """Redis failed and this process served `operation` (a bounded name, such as
