@@ -66,7 +66,6 @@ SERVES: dict[str, list[str]] = {
     ],
     "docs_configs_quick_start.yaml": [
         "litellm_settings.drop_params",
-        "general_settings.alerting",
     ],
     "multi_instance_simple_config.yaml": [
         "litellm_settings.cache",
