@@ -231,3 +231,66 @@ async def test_webhook_events_carry_litellms_payload_and_an_hmac_signature(
     assert crossed["event_group"] == "key"
     assert crossed["max_budget"] == 0.015
     assert crossed["spend"] >= 0.015
+
+
+async def test_redis_and_store_outages_alert_db_exceptions(
+    nursery: trio.Nursery, own_redis: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slack = await _slack(nursery)
+    upstream = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE)))
+    await upstream.start(nursery)
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", f"http://127.0.0.1:{slack.port}/hook")
+    config = _config(upstream, {"alerting": ["slack"], "alert_types": ["db_exceptions"]})
+    config["router_settings"].update(redis_url=own_redis.url, redis_timeout=1.0)
+    gateway = await start_gateway(nursery, config)
+    try:
+        key = await _admin(gateway, "/key/generate", {"rpm_limit": 100})
+        await own_redis.kill()
+        # The key's rpm limit asks Redis, which is gone: limits fall back, and it alerts.
+        await sdk(gateway, key["key"]).chat.completions.create(model="gpt-test", messages=MESSAGES)
+        # A spend write the store refuses.
+        gateway.gateway.ledger.on_failure("database is locked")  # type: ignore[misc]
+    finally:
+        await gateway.stop()
+    text = "\n".join(_texts(slack))
+    assert "Redis is unavailable" in text
+    assert "the store is unavailable: database is locked" in text
+
+
+async def test_keys_about_to_expire_and_the_daily_report(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slack = await _slack(nursery)
+    upstream = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE)))
+    await upstream.start(nursery)
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", f"http://127.0.0.1:{slack.port}/hook")
+    config = _config(upstream, {"alerting": ["slack"]}, **PRICED)
+    gateway = await start_gateway(nursery, config)
+    alerts = gateway.gateway.alerts
+    assert alerts is not None
+    try:
+        team = await _admin(gateway, "/team/new", {"team_alias": "research"})
+        key = await _admin(
+            gateway,
+            "/key/generate",
+            {"key_alias": "soon", "duration": "2d", "team_id": team["team_id"]},
+        )
+        await _admin(gateway, "/key/generate", {"key_alias": "later", "duration": "30d"})
+        for _ in range(3):
+            await sdk(gateway, key["key"]).chat.completions.create(
+                model="gpt-test", messages=MESSAGES
+            )
+        await gateway.gateway.ledger.flush()
+        store = gateway.gateway.store
+        await alerts.expiring_keys(store, wall_time())
+        await alerts.expiring_keys(store, wall_time())  # announced once
+        await alerts.daily_report(store, wall_time() + 86400)  # the report of today
+    finally:
+        await gateway.stop()
+    texts = _texts(slack)
+    joined = "\n".join(texts)
+    assert joined.count("key soon expires in") == 1
+    assert "later" not in joined.replace("key was created: later", "")
+    assert "Daily spend report: $0.0300 over 3 requests" in joined
+    assert "research: $0.0300" in joined
+    assert "gpt-test: $0.0300" in joined
