@@ -15,6 +15,7 @@ import openai
 import orjson
 import pytest
 import trio
+import yaml
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion, stream_of
 from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -424,3 +425,31 @@ async def test_an_s3_put_refused_is_dropped_and_counted(
     finally:
         await gateway.stop()
     assert (box.sent, box.dropped) == (0, 1)
+
+
+async def test_a_reload_that_changes_the_callbacks_is_warned_of(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENERIC_LOGGER_ENDPOINT", "http://127.0.0.1:9/logs")
+    path = tmp_path / "config.yaml"
+    models = "model_list:\n  - model_name: mock\n    litellm_params: {model: mock/gpt-4o}\n"
+    path.write_text(models + "litellm_settings: {callbacks: [generic_api]}\n")
+    raw = yaml.safe_load(path.read_text())
+    gateway = await start_gateway(nursery, raw, config_path=str(path))
+    warning = "config reload: logging callbacks or alerting changed; they change at restart"
+
+    async def reload() -> list[str]:
+        caplog.clear()
+        async with httpx.AsyncClient(base_url=gateway.url) as client:
+            assert (await client.post("/config/reload", headers=ADMIN)).status_code == 200
+        return [r.getMessage() for r in caplog.records if "callbacks" in r.getMessage()]
+
+    try:
+        assert await reload() == []  # unchanged
+        path.write_text(models + "litellm_settings: {callbacks: [generic_api, datadog]}\n")
+        assert await reload() == [warning]
+    finally:
+        await gateway.stop()

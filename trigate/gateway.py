@@ -73,6 +73,20 @@ def _mapping(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _export_settings(config: GatewayConfig) -> tuple[Any, ...]:
+    """What the logging callbacks and alerts are built from."""
+    litellm = config.litellm_settings
+    general = config.general_settings.model_extra or {}
+    return (
+        *(litellm.get(name) for name in ("callbacks", "success_callback", "failure_callback")),
+        litellm.get("s3_callback_params"),
+        litellm.get("turn_off_message_logging"),
+        (config.model_extra or {}).get("callback_settings"),
+        *(general.get(name) for name in ("alerting", "alert_types", "alerting_threshold")),
+        general.get("alert_to_webhook_url"),
+    )
+
+
 @functools.cache
 def _process_counter() -> TokenCounter:
     return TokenCounter.load()
@@ -294,6 +308,7 @@ class Gateway:
         if self._live is None:
             return  # not started: `start` serves what the catalog has then
         self._warn_if_proxy_budget_changed(config)
+        self._warn_if_exports_changed(config)
         hooks = self._hooks_of(config)
         link = self._link
         if not link.fleet.serves(config.router):
@@ -442,6 +457,14 @@ class Gateway:
             logger.warning(
                 "config reload: litellm_settings.max_budget or budget_duration changed; "
                 "the proxy budget changes at restart"
+            )
+
+    def _warn_if_exports_changed(self, config: GatewayConfig) -> None:
+        """Logging callbacks and alerts are the start-up's: a reload that changes them is
+        told so, never ignored in silence."""
+        if _export_settings(config) != _export_settings(self._config):
+            logger.warning(
+                "config reload: logging callbacks or alerting changed; they change at restart"
             )
 
     async def proxy_budget_row(self) -> Row | None:
