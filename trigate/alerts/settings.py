@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+logger = logging.getLogger("trigate.alerts")
 
 # LiteLLM's AlertType names for what trigate sends.
 BUDGET = "budget_alerts"
@@ -55,10 +58,12 @@ class AlertSettings:
     def read(cls, general: Mapping[str, Any], environ: Mapping[str, str]) -> AlertSettings:
         """The settings a config asks for; a `ValueError` names what cannot be served."""
         raw = general.get("alerting") or []
-        channels = tuple(raw if isinstance(raw, list) else [raw])
-        unknown = [c for c in channels if c not in CHANNELS]
+        named = raw if isinstance(raw, list) else [raw]
+        unknown = [c for c in named if c not in CHANNELS]
         if unknown:
-            raise ValueError(f"general_settings.alerting: trigate sends no {unknown} alerts")
+            # LiteLLM's `email` (and any other): named, and the rest served.
+            logger.warning("general_settings.alerting: trigate sends no %s alerts", unknown)
+        channels = tuple(c for c in named if c in CHANNELS)
         types = general.get("alert_types")
         chosen = frozenset(types) if isinstance(types, list) else frozenset(ALERT_TYPES)
         threshold = float(general.get("alerting_threshold") or DEFAULT_THRESHOLD)
