@@ -204,13 +204,27 @@ async def test_webhook_events_carry_litellms_payload_and_an_hmac_signature(
     general = {"alerting": ["webhook"]}
     gateway = await start_gateway(nursery, _config(upstream, general, **PRICED))
     try:
-        key = await _admin(gateway, "/key/generate", {"key_alias": "hooked", "max_budget": 0.015})
+        key = await _admin(
+            gateway,
+            "/key/generate",
+            {"key_alias": "hooked", "max_budget": 0.015, "budget_duration": "30d"},
+        )
         for _ in range(2):
             await sdk(gateway, key["key"]).chat.completions.create(
                 model="gpt-test", messages=MESSAGES, max_tokens=3
             )
         with trio.fail_after(30):
             await receiver.wait_for(lambda: len(receiver.requests) >= 2)
+        # The window ends and resets; the next request's spend is under the budget again.
+        store = gateway.gateway.store
+        now = wall_time()
+        await store.update("keys", key["token"], {"budget_reset_at": now - 3600})
+        await store.reset_due_budgets("keys", now)
+        await sdk(gateway, key["key"]).chat.completions.create(
+            model="gpt-test", messages=MESSAGES, max_tokens=3
+        )
+        with trio.fail_after(30):
+            await receiver.wait_for(lambda: len(receiver.requests) >= 3)
     finally:
         await gateway.stop()
     events = {}
@@ -231,6 +245,9 @@ async def test_webhook_events_carry_litellms_payload_and_an_hmac_signature(
     assert crossed["event_group"] == "key"
     assert crossed["max_budget"] == 0.015
     assert crossed["spend"] >= 0.015
+    reset = events["budget_reset"]
+    assert (reset["event_group"], reset["token"]) == ("key", key["token"])
+    assert reset["spend"] < 0.015
 
 
 async def test_redis_and_store_outages_alert_db_exceptions(

@@ -137,17 +137,15 @@ class BudgetWatch:
         subject = f"budget:{kind}:{ident}:{level}:{period}"
         self._alerter.forget(subject)
         await self._alerter.once.release(subject)
-        if level != "hard":
-            return
         group = GROUPS[kind]
-        message = f"{group} {_name(kind, ident, row)}'s budget was reset: spend ${spend:.6f}"
+        what = "soft budget" if level == "soft" else "budget"
+        message = f"{group} {_name(kind, ident, row)}'s {what} was reset: spend ${spend:.6f}"
         event = webhook_event(
             "budget_reset", group, message, spend=spend, max_budget=row.get("max_budget"),
-            **_owner_fields(kind, ident, row),
+            soft_budget=row.get("soft_budget"), **_owner_fields(kind, ident, row),
         )  # fmt: skip
-        self._alerter.fire(
-            Alert(BUDGET, f"budget_reset:{kind}:{ident}:{period}", message, "Low", event)
-        )
+        reset = f"budget_reset:{kind}:{ident}:{level}:{period}"
+        self._alerter.fire(Alert(BUDGET, reset, message, "Low", event))
 
 
 def _name(kind: str, ident: str, row: dict[str, Any]) -> str:
