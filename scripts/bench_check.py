@@ -37,11 +37,13 @@ import bench_client
 from bench_measure import Target, stream_frames
 from bench_systems import (
     SCRIPTS,
+    SINKS,
     Gateway,
     Server,
     ensure_apt_packages,
     limited_key,
     mock_server,
+    sink_environ,
     write_gateway_config,
 )
 
@@ -213,12 +215,16 @@ def run_check(
 # What follows does the counting itself.
 
 
-def measure_all(trigate: Path, workdir: Path) -> tuple[dict[str, int], dict[str, str]]:
+def measure_all(
+    trigate: Path, workdir: Path, *, sinks: bool = False
+) -> tuple[dict[str, int], dict[str, str]]:
     """Every case's instructions per request, and the versions they were counted with.
 
     Two workers count at once, one for the master key's cases and one for the virtual
     key's, each under callgrind in a directory (and database) of its own: on two cores
-    that halves the check's time, and counts do not depend on what else runs."""
+    that halves the check's time, and counts do not depend on what else runs. With
+    `sinks`, two logging callbacks are on (`SINKS`, sent to the mock): the counts then
+    say what they cost a request, beside the budget's without them."""
     groups = {
         "master": [case for case in CASES if not case.virtual_key],
         "limited": [case for case in CASES if case.virtual_key],
@@ -226,8 +232,10 @@ def measure_all(trigate: Path, workdir: Path) -> tuple[dict[str, int], dict[str,
     measured: dict[str, int] = {}
     with mock_server(workdir) as mock:
         config = workdir / "trigate.yaml"
-        write_gateway_config(config, mock.port, UPSTREAM_MODELS, set())
-        gateway = Gateway("trigate", trigate)
+        callbacks = SINKS if sinks else None
+        write_gateway_config(config, mock.port, UPSTREAM_MODELS, set(), callbacks=callbacks)
+        environ = sink_environ(mock.port) if sinks else ()
+        gateway = Gateway("trigate", trigate, environ=environ)
         with ThreadPoolExecutor(len(groups)) as pool:
             futures = [
                 pool.submit(measure_group, gateway, config, cases, workdir / name)
@@ -440,12 +448,16 @@ def log(message: str) -> None:
     print(f"bench --check: {message}", file=sys.stderr, flush=True)
 
 
-def main(trigate: Path, out: Path, *, update: bool) -> int:
-    """The whole check, as `scripts/bench --check [--update]` runs it."""
+def main(trigate: Path, out: Path, *, update: bool, sinks: bool = False) -> int:
+    """The whole check, as `scripts/bench --check [--update] [--sinks]` runs it. With
+    `--sinks` the table's change column is what two logging callbacks cost a request;
+    that run never fails nor updates the budget."""
     installed = ensure_apt_packages(with_valgrind=True)
     if installed:
         log(f"installed Debian packages {installed}")
     with scratch(out) as workdir:
-        code = run_check(lambda: measure_all(trigate, workdir), update=update)
+        code = run_check(lambda: measure_all(trigate, workdir, sinks=sinks), update=update)
+    if sinks:
+        code = 0
     log(f"done in {time.monotonic() - STARTED:.0f} s; dumps and logs in {workdir}")
     return code

@@ -134,6 +134,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="with --check: write the counts measured as the new budget",
     )
     parser.add_argument(
+        "--sinks",
+        action="store_true",
+        help="with --check: count with two logging callbacks on (generic_api and datadog, "
+        "sent to the mock); reports their cost beside the budget, never fails",
+    )
+    parser.add_argument(
         "--trigate",
         type=Path,
         default=ROOT / ".venv" / "bin" / "trigate",
@@ -146,6 +152,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--scenarios takes letters from abcdipr")
     if args.update and not args.check:
         parser.error("--update goes with --check")
+    if args.sinks and (not args.check or args.update):
+        parser.error("--sinks goes with --check, without --update")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     args.out = args.out.resolve()  # servers run in its subfolder, so paths must not be relative
@@ -298,7 +306,7 @@ def render(data: dict[str, Any], rows: list[report.Row], png: Path | None) -> st
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.check:
-        return bench_check.main(args.trigate, args.out, update=args.update)
+        return bench_check.main(args.trigate, args.out, update=args.update, sinks=args.sinks)
     plan = make_plan(args)
     raise_fd_limit()
     tighten_timer_slack()

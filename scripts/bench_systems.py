@@ -82,6 +82,9 @@ http {
             return 200 '{"object":"list","data":[{"id":"bench-model","object":"model"}]}';
         }
         location = /v1/chat/completions { content_by_lua_block { require("bench_mock").chat() } }
+        # Receivers for logging callbacks (`--check --sinks`): generic_api's and Datadog's.
+        location = /sink { default_type application/json; return 200 '{}'; }
+        location = /api/v2/logs { default_type application/json; return 202 '{}'; }
     }
 }
 """
@@ -348,10 +351,12 @@ def write_gateway_config(
     upstream_models: dict[str, str],
     translated: set[str],
     redis: str | None = None,
+    callbacks: list[str] | None = None,
 ) -> None:
     """One LiteLLM-shaped config.yaml that both gateways read unchanged. The `translated`
     model names' deployments do not speak the Responses API (the mock does not). With
-    `redis`, limits are shared through it (under a prefix of this run's own)."""
+    `redis`, limits are shared through it (under a prefix of this run's own); with
+    `callbacks`, finished requests go to those logging callbacks (`sink_environ`)."""
     config: dict[str, Any] = {
         "model_list": [
             {
@@ -370,7 +375,24 @@ def write_gateway_config(
     if redis:
         prefix = f"trigate-bench-{os.getpid()}:"
         config["router_settings"] = {"redis_url": redis, "redis_key_prefix": prefix}
+    if callbacks:
+        config["litellm_settings"] = {"callbacks": callbacks}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+# Two logging callbacks on, sent to the mock's receivers: `scripts/bench --check --sinks`.
+SINKS = ["generic_api", "datadog"]
+
+
+def sink_environ(mock_port: int) -> tuple[tuple[str, str], ...]:
+    """Where `SINKS` send: the mock's /sink and its Datadog-shaped intake."""
+    base = f"http://127.0.0.1:{mock_port}"
+    return (
+        ("GENERIC_LOGGER_ENDPOINT", f"{base}/sink"),
+        ("DD_API_KEY", "bench-datadog-key"),
+        ("DD_SITE", "datadoghq.com"),
+        ("DD_BASE_URL", base),
+    )
 
 
 @dataclass(frozen=True)
@@ -381,6 +403,8 @@ class Gateway:
     exe: Path
     # Where trigate sends its spans; None leaves tracing as the environment has it.
     otlp_endpoint: str | None = None
+    # Variables added to the gateway's environment (the logging callbacks' settings).
+    environ: tuple[tuple[str, str], ...] = ()
 
     def argv(self, config: Path, port: int, workers: int) -> list[str]:
         where = ["--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
@@ -395,6 +419,7 @@ class Gateway:
             env |= {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}
         if self.otlp_endpoint:
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = self.otlp_endpoint
+        env.update(self.environ)
         return env
 
     def version(self) -> str:

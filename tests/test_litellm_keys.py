@@ -27,7 +27,8 @@ MOCK = {"model_name": "mock", "litellm_params": {"model": "mock/mock"}}
 # What the issue found served in silence: a cache, a logging integration, a guardrail.
 SILENTLY_DROPPED: dict[str, Any] = {
     "model_list": [MOCK],
-    "litellm_settings": {"cache": True, "success_callback": ["langfuse"]},
+    # langsmith: a logging integration trigate does not send to (langfuse it does).
+    "litellm_settings": {"cache": True, "success_callback": ["langsmith"]},
 }
 GUARDRAILS = [{"guardrail_name": "pii", "litellm_params": {"guardrail": "presidio"}}]
 
@@ -65,8 +66,6 @@ SERVES: dict[str, list[str]] = {
     ],
     "docs_configs_quick_start.yaml": [
         "litellm_settings.drop_params",
-        "general_settings.alerting",
-        "litellm_settings.success_callback[langfuse]",
     ],
     "multi_instance_simple_config.yaml": [
         "litellm_settings.cache",
@@ -207,11 +206,11 @@ def test_the_issue_config_warns_and_a_guardrail_refuses() -> None:
     findings = parse_config(SILENTLY_DROPPED, {}).litellm_keys
     assert list(findings.ignored) == [
         "litellm_settings.cache",
-        "litellm_settings.success_callback[langfuse]",
+        "litellm_settings.success_callback[langsmith]",
     ]
     assert findings.warning() == (
         "config: LiteLLM keys trigate ignores: litellm_settings.cache, "
-        "litellm_settings.success_callback[langfuse] (README: From LiteLLM)"
+        "litellm_settings.success_callback[langsmith] (README: From LiteLLM)"
     )
     with pytest.raises(ConfigError, match=r"remove them to start: guardrails: trigate runs no"):
         parse_config({**SILENTLY_DROPPED, "guardrails": GUARDRAILS}, {})
@@ -328,7 +327,7 @@ async def test_start_up_names_every_ignored_key_in_one_warning_line(tmp_path: Pa
         await served.stop()
     lines = [line for line in served.output.splitlines() if b"LiteLLM keys" in line]
     assert len(lines) == 1, served.output.decode()
-    assert b"litellm_settings.cache, litellm_settings.success_callback[langfuse]" in lines[0]
+    assert b"litellm_settings.cache, litellm_settings.success_callback[langsmith]" in lines[0]
 
 
 async def test_a_reload_names_ignored_keys_and_refuses_one_it_cannot_honour(

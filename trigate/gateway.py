@@ -22,18 +22,23 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import trio
 
+from trigate.alerts.hub import Alerts
+from trigate.alerts.settings import AlertSettings
 from trigate.auth import Authenticator
 from trigate.changes import Changes
 from trigate.clock import wall_time
 from trigate.config import ConfigError, GatewayConfig
 from trigate.end_users import EndUsers
-from trigate.errors import secrets
+from trigate.errors import GatewayError, secrets
+from trigate.export.exports import Exports
 from trigate.fleet import Fleet
 from trigate.hooks import Hooks, load_hooks
 from trigate.limits import LEASE_TTL, FleetLimits, Limits
@@ -65,6 +70,24 @@ RESPONSE_EXPIRY_INTERVAL = 3600.0
 # unknown (neither the request's `max_tokens` nor the model's `max_output_tokens`): a
 # long answer's worth. Such a request can cost more than it reserved; the README says so.
 UNKNOWN_OUTPUT_ALLOWANCE = 8192
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _export_settings(config: GatewayConfig) -> tuple[Any, ...]:
+    """What the logging callbacks and alerts are built from."""
+    litellm = config.litellm_settings
+    general = config.general_settings.model_extra or {}
+    return (
+        *(litellm.get(name) for name in ("callbacks", "success_callback", "failure_callback")),
+        litellm.get("s3_callback_params"),
+        litellm.get("turn_off_message_logging"),
+        (config.model_extra or {}).get("callback_settings"),
+        *(general.get(name) for name in ("alerting", "alert_types", "alerting_threshold")),
+        general.get("alert_to_webhook_url"),
+    )
 
 
 @functools.cache
@@ -147,6 +170,19 @@ class Gateway:
             config, config_path, Sealer.from_environ(master_key), self._serve
         )
         self.telemetry = Telemetry(config)
+        # The logging callbacks (sinks) finished requests are exported to.
+        try:
+            self.exports = Exports(
+                config.litellm_settings,
+                _mapping((config.model_extra or {}).get("callback_settings")),
+                self.telemetry.metrics.callbacks,
+            )
+        except ValueError as error:
+            raise ConfigError(f"litellm_settings callbacks: {error}") from None
+        if self.telemetry.tracing is not None:
+            self.exports.adopt(self.telemetry.tracing.outbox)
+        self.alerts = self._alerts_for(config)
+        self.telemetry.alerts = self.alerts
         # Admin changes, told to every process of the fleet (and heard from them).
         self.changes = Changes(Limits.budget_keys)
         self.changes.listen((MODELS,), self.models.nudge, self.models.nudge)
@@ -254,6 +290,10 @@ class Gateway:
                     await nursery.start(self._run_link, self._link)
                     await self._take_up(self._link)
                     nursery.start_soon(self.ledger.run)
+                    await nursery.start(self.exports.run)
+                    if self.alerts is not None:
+                        self.ledger.on_failure = self.alerts.store_failed
+                        await nursery.start(self.alerts.run, self.store)
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)
                     nursery.start_soon(self.models.run, lambda: self.fleet.configured)
@@ -271,6 +311,7 @@ class Gateway:
         if self._live is None:
             return  # not started: `start` serves what the catalog has then
         self._warn_if_proxy_budget_changed(config)
+        self._warn_if_exports_changed(config)
         hooks = self._hooks_of(config)
         link = self._link
         if not link.fleet.serves(config.router):
@@ -313,9 +354,37 @@ class Gateway:
 
     def _fleet_for(self, settings: RouterSettings) -> Fleet:
         secrets.add(urlsplit(settings.redis or "").password)
-        return Fleet.from_settings(
-            settings, lambda: self.telemetry.metrics.redis_fallback("shared_state")
+        return Fleet.from_settings(settings, self._redis_lost)
+
+    def _redis_lost(self) -> None:
+        self.telemetry.metrics.redis_fallback("shared_state")
+        if self.alerts is not None:
+            self.alerts.redis_lost()
+
+    def _alerts_for(self, config: GatewayConfig) -> Alerts | None:
+        """The alerts `general_settings.alerting` asks for; None without any."""
+        try:
+            settings = AlertSettings.read(config.general_settings.model_extra or {}, os.environ)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if not settings.on:
+            return None
+        metrics = self.telemetry.metrics
+        return Alerts(
+            settings,
+            lambda: self.fleet,
+            metrics.callbacks,
+            lambda kind, ident: self.store.get(kind, ident),
+            lambda kind, ident: self.ledger.unflushed(kind, ident),
+            self._group_members,
+            metrics.alert_counted,
         )
+
+    def _group_members(self, group: str) -> list[Deployment]:
+        try:
+            return list(self.groups.deployments(group))
+        except GatewayError:
+            return []
 
     async def _run_link(self, link: _Link, *, task_status: trio.TaskStatus[None]) -> None:
         """A link's connection (reached, or found unreachable, before this returns) and
@@ -364,6 +433,9 @@ class Gateway:
         """Queue the record's spend-log row; without a record sink (tests attach one),
         this reaches no checkpoint (`records_at_once`)."""
         await self.ledger.write(record)
+        self.exports.offer(record)
+        if self.alerts is not None:
+            self.alerts.record(record)
         if self._observer is not None:
             await self._observer.write(record)
 
@@ -388,6 +460,14 @@ class Gateway:
             logger.warning(
                 "config reload: litellm_settings.max_budget or budget_duration changed; "
                 "the proxy budget changes at restart"
+            )
+
+    def _warn_if_exports_changed(self, config: GatewayConfig) -> None:
+        """Logging callbacks and alerts are the start-up's: a reload that changes them is
+        told so, never ignored in silence."""
+        if _export_settings(config) != _export_settings(self._config):
+            logger.warning(
+                "config reload: logging callbacks or alerting changed; they change at restart"
             )
 
     async def proxy_budget_row(self) -> Row | None:

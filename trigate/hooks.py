@@ -192,8 +192,10 @@ def load_hooks(callbacks: Any) -> Hooks | None:
     the module found on Python's path), each adapted when it has LiteLLM's methods
     rather than `Hook`'s. A dotted path that cannot be loaded stops the start: a
     guardrail that silently did not load would fail open. A name without a dot is one
-    of LiteLLM's own integrations (`langfuse`, ...), not loaded here: the config's
-    start-up warning names it, or refuses it if it is a guardrail (litellm_keys.py)."""
+    of LiteLLM's own integrations, not loaded here: a logging callback trigate sends to
+    (`langfuse`, `s3`, ...) is the export path's (trigate.export), and any other is
+    named by the config's start-up warning, or refused if it is a guardrail
+    (litellm_keys.py)."""
     hooks = [as_hook(_load(path), path) for path in hook_paths(callbacks)]
     return Hooks(hooks) if hooks else None
 

@@ -96,7 +96,7 @@ TOP_LEVEL: dict[str, Key] = {
     "credential_list": _ignored(
         "no named credentials: a deployment's credentials go in its litellm_params"
     ),
-    "callback_settings": _ignored("settings of LiteLLM's logging integrations, not served"),
+    "callback_settings": _acted("generic_api callbacks by name (export/generic_api.py)"),
     "finetune_settings": _ignored("trigate serves no /fine_tuning endpoints"),
     "files_settings": _ignored("trigate serves no /files endpoints"),
     "assistant_settings": _ignored("trigate serves no /assistants endpoints"),
@@ -265,7 +265,8 @@ LITELLM_SETTINGS: dict[str, Key] = {
             "context_window_fallbacks", "content_policy_fallbacks", "max_fallbacks",
         )
     },
-    "callbacks": _acted("`otel` and dotted hooks, each name is classified (hooks.py)"),
+    "callbacks": _acted("sinks, `otel` and dotted hooks, each name is classified (hooks.py)"),
+    "s3_callback_params": _acted("the `s3` logging callback's bucket (export/s3.py)"),
     "success_callback": _acted("each name is classified: see callbacks"),
     "failure_callback": _acted("each name is classified: see callbacks"),
     "json_logs": _acted("JSON log lines (logs.py)"),
@@ -284,9 +285,8 @@ LITELLM_SETTINGS: dict[str, Key] = {
     "cache_params": _ignored(_NO_CACHE),
     "service_callbacks": _ignored(_LOGGING_ONLY),
     "default_team_settings": _ignored("per-team logging integrations, not served"),
-    "turn_off_message_logging": _ignored(
-        "trigate logs no message content (traces only with OTEL_INSTRUMENTATION_GENAI_"
-        "CAPTURE_MESSAGE_CONTENT)"
+    "turn_off_message_logging": _acted(
+        "logging callbacks get messages and answers as redacted-by-litellm (export/payload.py)"
     ),
     # The access log names a key's alias and hash prefix and its team: asked to hide
     # them, trigate cannot yet, and says so rather than log what was meant to be hidden.
@@ -409,12 +409,12 @@ GENERAL_SETTINGS: dict[str, Key] = {
     "maximum_spend_logs_retention_period": _ignored("the spend log is not purged"),
     "maximum_spend_logs_retention_interval": _ignored("the spend log is not purged"),
     "max_response_size_mb": _ignored("see max_upstream_response_size_mb"),
-    "alerting": _ignored(_NO_ALERTS),
-    "alerting_threshold": _ignored(_NO_ALERTS),
-    "alerting_args": _ignored(_NO_ALERTS),
-    "alert_types": _ignored(_NO_ALERTS),
-    "alert_to_webhook_url": _ignored(_NO_ALERTS),
-    "spend_report_frequency": _ignored(_NO_ALERTS),
+    "alerting": _acted("slack and webhook alerts (alerts/settings.py)"),
+    "alerting_threshold": _acted("seconds past which a request alerts llm_too_slow"),
+    "alerting_args": _ignored("alert windows are trigate's own (README: Alerts)"),
+    "alert_types": _acted("the alerts sent, by LiteLLM's names (alerts/settings.py)"),
+    "alert_to_webhook_url": _acted("a Slack webhook per alert type (alerts/settings.py)"),
+    "spend_report_frequency": _ignored("the spend report is daily (daily_reports)"),
     "ui_access_mode": _ignored(_NO_UI),
     "custom_sso": _ignored(_NO_UI),
     "enable_public_model_hub": _ignored(_NO_UI),
@@ -485,6 +485,10 @@ CALLBACKS: dict[str, Key] = {
     "otel": _acted("OpenTelemetry traces (tracing.py)"),
     "prometheus": _acted("trigate always serves /metrics (metrics.py)"),
     **{
+        name: _acted("a logging callback: the export path's sink (trigate/export)")
+        for name in ("langfuse", "s3", "datadog", "generic_api")
+    },
+    **{
         name: _refused("a LiteLLM guardrail callback: " + _NO_GUARDRAILS)
         for name in (
             "presidio", "lakera_prompt_injection", "hide_secrets", "detect_prompt_injection",
@@ -496,11 +500,11 @@ CALLBACKS: dict[str, Key] = {
     **{
         name: _ignored(_LOGGING_ONLY)
         for name in (
-            "langfuse", "langfuse_otel", "langsmith", "lunary", "helicone", "datadog",
-            "datadog_llm_observability", "s3", "s3_v2", "gcs_bucket", "gcs_pubsub", "sentry",
+            "langfuse_otel", "langsmith", "lunary", "helicone",
+            "datadog_llm_observability", "s3_v2", "gcs_bucket", "gcs_pubsub", "sentry",
             "slack", "posthog", "braintrust", "arize", "arize_phoenix", "logfire", "mlflow",
             "opik", "athina", "traceloop", "openmeter", "dynamodb", "sqs", "supabase",
-            "generic_api", "azure_storage", "cloudzero", "greenscale", "humanloop",
+            "azure_storage", "cloudzero", "greenscale", "humanloop",
             "galileo", "literalai", "weights_biases", "wandb", "argilla", "deepeval",
             "custom_callback_api", "email", "lago", "openmeter",
         )
@@ -599,10 +603,12 @@ def present_keys(raw: Mapping[str, Any]) -> Iterator[tuple[str, str, Any, dict[s
     for name in ("router_settings", "litellm_settings", "general_settings"):
         yield from _section(raw.get(name), name)
     settings = raw.get("litellm_settings")
+    named = raw.get("callback_settings")
+    named = named if isinstance(named, Mapping) else {}
     if isinstance(settings, Mapping):
         for name in _CALLBACK_LISTS:
             for entry in callback_names(settings.get(name)):
-                yield from _callback(name, entry)
+                yield from _callback(name, entry, named)
 
 
 def _section(value: Any, path: str) -> Iterator[tuple[str, str, Any, dict[str, Key]]]:
@@ -612,12 +618,19 @@ def _section(value: Any, path: str) -> Iterator[tuple[str, str, Any, dict[str, K
             yield f"{path}.{key}", str(key), inner, table
 
 
-def _callback(name: str, entry: Any) -> Iterator[tuple[str, str, Any, dict[str, Key]]]:
+def _callback(
+    name: str, entry: Any, named: Mapping[str, Any]
+) -> Iterator[tuple[str, str, Any, dict[str, Key]]]:
     path = f"litellm_settings.{name}[{entry}]"
     if not isinstance(entry, str):
         yield path, "", entry, CALLBACKS
     elif entry in CALLBACKS:
         yield path, entry, True, CALLBACKS
+    elif isinstance(named.get(entry), Mapping) and named[entry].get("callback_type") == (
+        "generic_api"
+    ):
+        # LiteLLM's named generic_api callback, set up under `callback_settings.<name>`.
+        yield path, entry, True, {entry: _acted("a generic_api logging callback")}
     elif "." in entry:
         # A hook by dotted path: loaded from `callbacks` (hooks.py; one that cannot load
         # stops the start), but LiteLLM's success/failure lists only log through it.

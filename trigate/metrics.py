@@ -318,6 +318,24 @@ class DeploymentSeries:
         return child
 
 
+class CallbackMetrics:
+    """What the logging callbacks' outboxes count (`trigate.export.outbox`)."""
+
+    def __init__(self, sent_rows: Counter, dropped_rows: Counter, depth: Gauge) -> None:
+        self._sent = sent_rows
+        self._dropped = dropped_rows
+        self._depth = depth
+
+    def sent(self, sink: str, rows: int) -> None:
+        self._sent.labels(sink).inc(rows)
+
+    def dropped(self, sink: str, rows: int) -> None:
+        self._dropped.labels(sink).inc(rows)
+
+    def queued(self, sink: str, rows: int) -> None:
+        self._depth.labels(sink).set(rows)
+
+
 class Metrics:
     """The gateway's metrics. Each gateway has its own registry (so that apps built in
     one process, as tests build them, count apart); under a multiprocess directory the
@@ -486,6 +504,31 @@ class Metrics:
             "Spend-log rows dropped because the queue was full",
             (),
         )
+        self.callbacks = CallbackMetrics(
+            counter(
+                "trigate_callback_sent_rows",
+                "Finished requests a logging callback (sink) delivered",
+                ("callback",),
+            ),
+            counter(
+                "trigate_callback_dropped_rows",
+                "Finished requests a logging callback dropped: its queue was full, or it "
+                "failed past its retries",
+                ("callback",),
+            ),
+            gauge(
+                "trigate_callback_queue_depth",
+                "Finished requests waiting in a logging callback's queue",
+                ("callback",),
+                "livesum",
+            ),
+        )
+        self.alerts = counter(
+            "trigate_alerts",
+            "Alerts sent (outcome sent), or held back as duplicates within their window or "
+            "claimed by another process of the fleet (outcome suppressed)",
+            ("alert_type", "outcome"),
+        )
         self.redis_fallbacks = counter(
             "trigate_redis_fallbacks",
             "Times shared state fell back to this process because Redis failed",
@@ -646,6 +689,10 @@ class Metrics:
             str(trigger.status), type(trigger).__name__, model_id,
         )  # fmt: skip
         self._child(metric, labels).inc()
+
+    def alert_counted(self, alert_type: str, sent: bool) -> None:
+        outcome = "sent" if sent else "suppressed"
+        self._child(self.alerts, (alert_type, outcome)).inc()
 
     def redis_fallback(self, operation: str) -> None:
         """Redis failed and this process served `operation` (a bounded name, such as

@@ -254,6 +254,11 @@ class OTLPSpanExporter(SpanExporter):
         self._last_status_field = _status(self._last_status)
         self._stopping = threading.Event()
 
+    @property
+    def timeout(self) -> float:
+        """How long one `export` may take, its retries included (seconds)."""
+        return self._timeout
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._stopping.is_set():
             return SpanExportResult.FAILURE

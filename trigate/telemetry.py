@@ -9,7 +9,7 @@ refused before that (a bad key, a bad body, an unknown model) is counted by
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 import trio
 
@@ -33,6 +33,14 @@ SAMPLE_INTERVAL = 5.0
 HASH_PREFIX = 12
 
 
+class DeploymentAlerts(Protocol):
+    """What the alerts hear of deployments (trigate.alerts.hub)."""
+
+    def attempt_failed(self, deployment: Deployment, error: BaseException) -> None: ...
+
+    def cooled(self, deployment: Deployment) -> None: ...
+
+
 class AttemptHandle(NamedTuple):
     """What `attempt_started` hands the router, to be given back when the attempt ends."""
 
@@ -46,11 +54,14 @@ class Telemetry:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.metrics = Metrics()
-        self.tracing = Tracing.from_environment(config.litellm_settings)
+        self.tracing = Tracing.from_environment(config.litellm_settings, self.metrics.callbacks)
         self.access_log = json_logs(config)
         # What health probes report: only the cooldowns they cause.
         self.probes = ProbeTelemetry(self.metrics)
         self._callers: dict[str, tuple[tuple[object, ...], CallerLabels]] = {}
+        # Set by the gateway when alerts are on.
+        self.alerts: DeploymentAlerts | None = None
+        self.probes.telemetry = self
 
     def call(
         self,
@@ -109,9 +120,13 @@ class ProbeTelemetry(Unobserved):
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        self.telemetry: Telemetry | None = None
 
     def cooled(self, deployment: Deployment, error: UpstreamError) -> None:
         self._metrics.cooled(deployment, error.upstream_status or error.status)
+        alerts = self.telemetry.alerts if self.telemetry is not None else None
+        if alerts is not None:
+            alerts.cooled(deployment)
 
 
 class CallTelemetry:
@@ -177,6 +192,8 @@ class CallTelemetry:
             series.total.inc(1)
             exception_status = str(status or failure.status)
             series.failure(exception_status, type(failure).__name__, self._labels).inc(1)
+            if self._telemetry.alerts is not None:
+                self._telemetry.alerts.attempt_failed(deployment, failure)
         if span is not None:
             span.fail(failure, cancelled=not isinstance(failure, GatewayError))
 
@@ -185,6 +202,8 @@ class CallTelemetry:
 
     def cooled(self, deployment: Deployment, error: UpstreamError) -> None:
         self._telemetry.metrics.cooled(deployment, error.upstream_status or error.status)
+        if self._telemetry.alerts is not None:
+            self._telemetry.alerts.cooled(deployment)
 
     def hedge_settled(self, group: str, *, hedge_won: bool) -> None:
         metrics = self._telemetry.metrics

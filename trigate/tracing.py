@@ -15,9 +15,11 @@ The SDK's live `Span` checks and copies every attribute under a lock, some 50 µ
 span, which the request path cannot afford; the gateway knows a span whole only
 when it ends anyway. So an `OpenSpan` holds plain values, and ending it hands a
 finished `ReadableSpan` (the type every exporter takes) to the SDK's
-`BatchSpanProcessor`, whose own thread encodes batches and sends them over OTLP/HTTP
-with trigate.otlp's exporter (the SDK's costs four to five times as much a span):
-the event loop never waits on the receiver.
+outbox of the export path (`trigate.export`, as its sink `otel`): a bounded queue
+whose sender, in the gateway's background nursery, hands each batch to trigate.otlp's
+exporter in a worker thread (it encodes and POSTs; the SDK's exporter costs four to
+five times as much a span). The event loop never waits on the receiver, and a full
+queue's dropped spans are counted as every sink's rows are.
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 import trio
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import (
     SpanContext,
@@ -46,6 +48,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from trigate import __version__
 from trigate.errors import secrets
+from trigate.export.outbox import Outbox, OutboxCounters, SinkError
 from trigate.otlp import OTLPSpanExporter
 
 TRACES_PATH = "/v1/traces"
@@ -54,6 +57,10 @@ CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 OK = Status(StatusCode.UNSET)
 _PROPAGATOR = TraceContextTextMapPropagator()
+# The SDK's BatchSpanProcessor defaults (OTEL_BSP_*): queue, batch, and delay.
+MAX_QUEUED_SPANS = 2048
+SPAN_BATCH_SIZE = 512
+SPAN_FLUSH_INTERVAL = 5.0
 
 
 def traces_endpoint(litellm_settings: Mapping[str, Any], environ: Mapping[str, str]) -> str | None:
@@ -82,23 +89,37 @@ def _headers(environ: Mapping[str, str]) -> dict[str, str] | None:
 class Tracing:
     """Where the gateway's spans go, and what they may record."""
 
-    def __init__(self, endpoint: str, environ: Mapping[str, str]) -> None:
+    def __init__(self, endpoint: str, environ: Mapping[str, str], counters: OutboxCounters) -> None:
         self.resource = Resource.create(
             {"service.name": environ.get("OTEL_SERVICE_NAME", "trigate")}
         )
         self.scope = InstrumentationScope("trigate", __version__)
-        exporter = OTLPSpanExporter(endpoint, _headers(environ), environ)
-        self._processor = BatchSpanProcessor(exporter)
+        self._exporter = OTLPSpanExporter(endpoint, _headers(environ), environ)
+        # Run by the export path's nursery (`Exports.adopt`), as sink `otel`.
+        self.outbox: Outbox[ReadableSpan] = Outbox(
+            "otel",
+            self._export,
+            counters,
+            batch_size=_setting(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", SPAN_BATCH_SIZE),
+            flush_interval=_setting(environ, "OTEL_BSP_SCHEDULE_DELAY", 1000 * SPAN_FLUSH_INTERVAL)
+            / 1000,
+            max_queued=_setting(environ, "OTEL_BSP_MAX_QUEUE_SIZE", MAX_QUEUED_SPANS),
+            # The exporter retries within its own timeout; the outbox's bound is above it.
+            send_timeout=2 * self._exporter.timeout + 1,
+        )
         self.capture_content = environ.get(CAPTURE_CONTENT_ENV, "").lower() == "true"
         # Root requests whose trace id's low 64 bits fall below this are sampled.
         self._sampled_below = round(_sample_ratio(environ) * 2**64)
 
     @classmethod
     def from_environment(
-        cls, litellm_settings: Mapping[str, Any], environ: Mapping[str, str] = os.environ
+        cls,
+        litellm_settings: Mapping[str, Any],
+        counters: OutboxCounters,
+        environ: Mapping[str, str] = os.environ,
     ) -> Tracing | None:
         endpoint = traces_endpoint(litellm_settings, environ)
-        return cls(endpoint, environ) if endpoint else None
+        return cls(endpoint, environ, counters) if endpoint else None
 
     def request_span(
         self,
@@ -157,12 +178,19 @@ class Tracing:
         )  # fmt: skip
 
     def submit(self, span: ReadableSpan) -> None:
-        """Queue a finished span for the processor's thread; never blocks."""
-        self._processor.on_end(span)
+        """Queue a finished span for the outbox's sender; never blocks."""
+        self.outbox.offer(span)
+
+    async def _export(self, spans: Sequence[ReadableSpan]) -> None:
+        """One batch, in a thread, since the exporter's send blocks. It has retried by
+        the time it fails, so its failure is final."""
+        result = await trio.to_thread.run_sync(self._exporter.export, spans, abandon_on_cancel=True)
+        if result is not SpanExportResult.SUCCESS:
+            raise SinkError("the OTLP receiver did not take the spans", retry=False)
 
     async def shutdown(self) -> None:
-        """Flush what is queued; in a thread, since the exporter's send blocks."""
-        await trio.to_thread.run_sync(self._processor.shutdown)
+        """Stop the exporter's waits: the outbox has flushed what it held as it stopped."""
+        self._exporter.shutdown()
 
 
 class OpenSpan:
@@ -220,6 +248,15 @@ class OpenSpan:
             self.attributes["error.type"] = type(failure).__name__
             message = secrets.redact(str(failure))[:200]
         self.end(Status(StatusCode.ERROR, message))
+
+
+def _setting(environ: Mapping[str, str], name: str, default: float) -> int:
+    """A whole-number OTEL_BSP_* setting, as the SDK's processor reads it."""
+    try:
+        value = int(environ.get(name, "") or default)
+    except ValueError:
+        value = int(default)
+    return max(value, 1)
 
 
 def _sample_ratio(environ: Mapping[str, str]) -> float:

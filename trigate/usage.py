@@ -174,6 +174,11 @@ class UsageMeter:
                 total += len(item)
         return total
 
+    def text(self) -> str:
+        """The answer's text as observed so far (a stream's, for export sinks)."""
+        self._read_frames()
+        return "".join(self._pieces)
+
     async def settle(self) -> Usage:
         """The usage to bill: the upstream's numbers, or tiktoken's where it gave none."""
         reported = self._reported or {}

@@ -352,6 +352,8 @@ async def _insert_unique(gateway: Gateway, row: dict[str, Any]) -> None:
     if await gateway.store.get("keys", row["token_hash"]) is not None:
         raise InvalidRequest("That key exists already.", param="key")
     await gateway.store.insert("keys", row)
+    if gateway.alerts is not None:
+        gateway.alerts.key_created(row)
 
 
 async def _row(gateway: Gateway, token: str) -> dict[str, Any]:

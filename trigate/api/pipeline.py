@@ -31,6 +31,7 @@ import orjson
 import trio
 
 from trigate.api.context import RequestContext, current_request
+from trigate.api.export_details import own_logging, record_details
 from trigate.api.jsonio import parse_json_object
 from trigate.api.litellm_request import Attempted, consume, prepare
 from trigate.api.model_api import Reply, Route
@@ -192,6 +193,8 @@ class Call:
         self.attempted: Attempted | None = None
         # The request's cost once recorded, for LiteLLM's response headers.
         self.cost: float | None = None
+        # A whole answer's body, for export sinks (`record_details`).
+        self.answer: Any = None
         context.call = self
 
     @property
@@ -286,6 +289,7 @@ class Call:
                 completion = routed.result
             else:
                 completion = answered
+            self.answer = completion.body
             self.meter.report(completion.usage)
             if completion.usage is None:
                 self.meter.observe_completion(completion.body)
@@ -521,6 +525,11 @@ class Call:
         )
         if self.attempted is not None:
             record = self.attempted.annotated(record)
+        # --- export sinks (trigate.export, issue 28): what they read beyond the row ---
+        own = own_logging(caller)
+        if own is not None or self.gateway.exports.configured:
+            record.details = record_details(self, self.answer, error, own)
+        # ---------------------------------------------------------------------------
         self.cost = cost
         self.telemetry.finished(self.context, caller, record, deployment, error)
         await self.gateway.record(record)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -60,13 +61,17 @@ class SpendLedger:
         # One flush at a time: a batch leaves the queue only after its own write succeeded.
         self._flushing = trio.Lock()
         self.dropped = 0
+        # Told when a write to the store fails (the alerts' `db_exceptions`).
+        self.on_failure: Callable[[str], None] | None = None
 
     async def write(self, record: RequestRecord) -> None:
         """Log the record and queue its row; never waits on the database, nor reaches a
         checkpoint: a request is recorded without a shielding scope when nothing else
         its record awaits can block (`Gateway.records_at_once`)."""
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(orjson.dumps(asdict(record)).decode())
+            fields = asdict(record)
+            fields.pop("details", None)  # messages and answers are for sinks, not logs
+            logger.debug(orjson.dumps(fields).decode())
         if self._store is None:
             return
         row = _row(record)
@@ -131,6 +136,8 @@ class SpendLedger:
                 errors.warning(
                     "spend log write failed, %d rows kept for retry: %s", len(self._queue), error
                 )
+                if self.on_failure is not None:
+                    self.on_failure(str(error))
                 return False
             for row in batch:
                 # A full queue may have dropped the head meanwhile; remove only this batch.

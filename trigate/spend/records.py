@@ -47,6 +47,29 @@ class RequestRecord:
     metadata: dict[str, Any] | None = None
     request_tags: list[str] | None = None
     session_id: str | None = None
+    # What only export sinks read, never stored: set by the record stage when a sink is
+    # on (`trigate.export`), None otherwise.
+    details: RecordDetails | None = None
+
+
+@dataclass(slots=True)
+class RecordDetails:
+    """A request's part of LiteLLM's `StandardLoggingPayload` that its spend row does not
+    hold. A guardrail that masks a record for logging masks `messages` and `response`
+    here: sinks read the record only once it would be stored."""
+
+    call_type: str
+    messages: Any = None
+    response: Any = None
+    model_parameters: dict[str, Any] | None = None
+    provider: str | None = None
+    api_base: str | None = None
+    error_class: str | None = None
+    team_alias: str | None = None
+    user_email: str | None = None
+    route: str | None = None
+    # The key's and team's LiteLLM `logging` callbacks (metadata.logging), key's first.
+    logging: list[dict[str, Any]] | None = None
 
 
 class RecordSink(Protocol):

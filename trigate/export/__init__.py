@@ -1,0 +1,1 @@
+"""The export path of finished requests: LiteLLM's logging callbacks (sinks)."""
