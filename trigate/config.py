@@ -319,6 +319,9 @@ class GatewayConfig(BaseModel):
     router_settings: dict[str, Any] = Field(default_factory=dict)
     litellm_settings: dict[str, Any] = Field(default_factory=dict)
     environment_variables: dict[str, str] = Field(default_factory=dict)
+    # LiteLLM's `guardrails:` list, as written: checked where the gateway builds them
+    # (`trigate.guardrails.registry`), which stops the start or a reload by name.
+    guardrails: Any = None
     # The keys of the file as read that trigate does not act on (litellm_keys.py), named
     # in one warning line where the file is (re)loaded for serving.
     _litellm_keys: Findings = PrivateAttr(default_factory=Findings)

@@ -36,6 +36,10 @@ from trigate.config import ConfigError, GatewayConfig
 from trigate.end_users import EndUsers
 from trigate.errors import secrets
 from trigate.fleet import Fleet
+from trigate.guardrails.hook import GuardrailHook
+from trigate.guardrails.registry import check_config as check_guardrails
+from trigate.guardrails.registry import guardrail_set
+from trigate.guardrails.runner import GuardrailSet
 from trigate.hooks import Hooks, load_hooks
 from trigate.limits import LEASE_TTL, FleetLimits, Limits
 from trigate.proxy_budget import PROXY_BUDGET_USER, fallback_row, proxy_budget
@@ -62,6 +66,8 @@ logger = logging.getLogger("trigate")
 BUDGET_RESET_MAX_SLEEP = 60.0
 # How often stored Responses API responses past their retention are deleted.
 RESPONSE_EXPIRY_INTERVAL = 3600.0
+# What the hooks were loaded from before any were: differs from every config's.
+_NOTHING_LOADED = object()
 
 
 @functools.cache
@@ -130,9 +136,6 @@ class Gateway:
     ) -> None:
         # The config read at start-up: the server's settings come from it.
         self._config = config
-        # The hooks of the file as read: one that cannot load stops the start here.
-        self._hooks = load_hooks(config.litellm_settings.get("callbacks"))
-        self._hooks_named = config.litellm_settings.get("callbacks")
         # LiteLLM's global proxy budget (`litellm_settings.max_budget`); None without one.
         try:
             self.proxy_budget = proxy_budget(config.litellm_settings)
@@ -144,6 +147,13 @@ class Gateway:
             config, config_path, Sealer.from_environ(master_key), self._serve
         )
         self.telemetry = Telemetry(config)
+        # The hooks and guardrails of the file as read: one that cannot load stops the
+        # start here.
+        self._hooks_named: object = _NOTHING_LOADED
+        # The configured guardrails (`/guardrails/list` reads them); None without any.
+        self.guardrails: GuardrailSet | None = None
+        self._hooks: Hooks | None = None
+        self._hooks = self._hooks_of(config)
         # Admin changes, told to every process of the fleet (and heard from them).
         self.changes = Changes(Limits.budget_keys)
         self.changes.listen((MODELS,), self.models.nudge, self.models.nudge)
@@ -289,12 +299,21 @@ class Gateway:
         else loaded anew. One that cannot load is a `ConfigError` before anything is
         swapped: a reload that names a guardrail the gateway cannot run must not serve
         without it."""
-        named = config.litellm_settings.get("callbacks")
+        callbacks = config.litellm_settings.get("callbacks")
+        named = (callbacks, config.guardrails)
         if named != self._hooks_named:
             try:
-                self._hooks = load_hooks(named)
+                configs = check_guardrails(config.guardrails)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+            guardrails = guardrail_set(configs, self.telemetry.metrics)
+            # Guardrails first: no hook (a cache) may answer a request they would block.
+            first = [GuardrailHook(guardrails)] if guardrails is not None else []
+            try:
+                self._hooks = load_hooks(callbacks, first)
             except ValueError as error:
                 raise ConfigError(f"litellm_settings.callbacks: {error}") from None
+            self.guardrails = guardrails
             self._hooks_named = named
         return self._hooks
 
