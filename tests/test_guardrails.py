@@ -64,3 +64,102 @@ async def test_pre_call_masks_and_blocks_on_chat(
     ]
     assert CARD not in orjson.dumps(info).decode()
     await running.stop()
+
+
+async def _stream_events(running: RunningGateway, body: dict[str, Any]) -> list[str]:
+    async with (
+        running.client() as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        text = (await response.aread()).decode()
+    return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
+
+
+WORDS = [f" w{i}" for i in range(1, 6)]
+
+
+async def test_a_stream_blocked_after_its_fifth_chunk(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Checked chunk by chunk (a window of 1 character): the client gets the 5 chunks
+    that passed and one error event, the upstream (which would stream on) sees its
+    connection close, and the spend row bills the 5 chunks."""
+    frames: list[bytes | float] = [chunk(word) for word in WORDS]
+    frames.append(chunk(" forbidden"))
+    upstream.handler = lambda request: StreamReply(frames, tail=chunk(" more"))
+    guard = content_filter("cf", "post_call", stream_window=1)
+    running = await start_gateway(nursery, guarded(upstream, guard))
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    events = await _stream_events(running, body)
+    chunks = [orjson.loads(e) for e in events if e != "[DONE]"]
+    contents = [c["choices"][0]["delta"].get("content") for c in chunks if "choices" in c]
+    assert contents == WORDS
+    [error] = [c for c in chunks if "error" in c]
+    assert "forbidden" in error["error"]["message"] and error["error"]["code"] == "400"
+    assert "forbidden" not in "".join(contents)
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+    [blocked] = await running.records.wait_for(1)
+    assert blocked.status == 400
+    # The same five chunks, streamed whole, are billed the same.
+    upstream.handler = lambda request: StreamReply([*map(chunk, WORDS), DONE])
+    await _stream_events(running, body)
+    [_, whole] = await running.records.wait_for(2)
+    assert blocked.completion_tokens == whole.completion_tokens > 0
+    await running.stop()
+
+
+async def test_a_stream_is_masked_window_by_window(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """An email split across chunks is masked in the window that holds it; every chunk
+    the client gets was checked (a window of 20 characters, and the stream's end)."""
+    pieces = ["Write to ", "ada@exa", "mple.com", " today", ", thanks"]
+    upstream.handler = lambda request: StreamReply(
+        [*map(chunk, pieces), chunk(finish="stop"), usage_chunk(5, 9), DONE]
+    )
+    running = await start_gateway(
+        nursery, guarded(upstream, content_filter("cf", "post_call", stream_window=20))
+    )
+    stream = await sdk(running).chat.completions.create(
+        model="gpt-test",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text = ""
+    usage = None
+    async for part in stream:
+        if part.choices and part.choices[0].delta.content:
+            text += part.choices[0].delta.content
+        usage = part.usage or usage
+    assert text == "Write to [EMAIL_REDACTED] today, thanks"
+    assert usage is not None and usage.completion_tokens == 9
+    await running.stop()
+
+
+async def test_post_call_on_a_whole_answer_masks_and_blocks(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    running = await start_gateway(nursery, guarded(upstream, content_filter("cf", "post_call")))
+    upstream.handler = lambda request: JSONReply(chat_completion(f"Mail {EMAIL}."))
+    answer = await sdk(running).chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": f"I am {EMAIL}"}]
+    )
+    # post_call reads the answer, not the request (that is pre_call's).
+    assert upstream.requests[0].json["messages"][0]["content"] == f"I am {EMAIL}"
+    assert answer.choices[0].message.content == "Mail [EMAIL_REDACTED]."
+    upstream.handler = lambda request: JSONReply(chat_completion(f"Card {CARD}"))
+    claude = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as blocked:
+        await claude.messages.create(
+            model="gpt-test", max_tokens=10, messages=[{"role": "user", "content": "card?"}]
+        )
+    assert "credit_card" in blocked.value.body["error"]["message"]
+    upstream.handler = lambda request: JSONReply(chat_completion(f"Mail {EMAIL}."))
+    message = await claude.messages.create(
+        model="gpt-test", max_tokens=10, messages=[{"role": "user", "content": "mail?"}]
+    )
+    assert message.content[0].text == "Mail [EMAIL_REDACTED]."  # type: ignore[union-attr]
+    await running.stop()
