@@ -163,3 +163,94 @@ async def test_post_call_on_a_whole_answer_masks_and_blocks(
     )
     assert message.content[0].text == "Mail [EMAIL_REDACTED]."  # type: ignore[union-attr]
     await running.stop()
+
+
+def custom(name: str, path: str, mode: Any = "pre_call", **params: Any) -> dict[str, Any]:
+    return {
+        "guardrail_name": name,
+        "litellm_params": {"guardrail": f"guardrail_examples.{path}", "mode": mode,
+                           "default_on": True, **params},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["Broken", "Slow", "Garbage"])
+async def test_a_guardrail_that_fails_blocks_every_time_unless_it_fails_open(
+    nursery: trio.Nursery, upstream: FakeUpstream, kind: str
+) -> None:
+    closed = custom("closed", kind, timeout=0.2)
+    running = await start_gateway(nursery, guarded(upstream, closed))
+    for _ in range(2):
+        with pytest.raises(openai.APIStatusError) as refused:
+            await sdk(running).chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert refused.value.status_code == 503
+        assert "closed" in refused.value.message and "fails closed" in refused.value.message
+    assert upstream.requests == []
+    async with running.client() as client:
+        metrics = (await client.get("/metrics")).text
+    assert 'litellm_guardrail_errors_total{error_type="' in metrics
+    assert 'guardrail_name="closed",hook_type="pre_call",status="guardrail_failed_to_respond"' in (
+        metrics
+    )
+    await running.stop()
+    opened = custom("opened", kind, timeout=0.2, fail_open=True)
+    running = await start_gateway(nursery, guarded(upstream, opened))
+    answer = await sdk(running).chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert answer.choices[0].message.content
+    [record] = await running.records.wait_for(1)
+    [info] = record.metadata["guardrail_information"]
+    assert info["guardrail_status"] == "guardrail_failed_to_respond"
+    await running.stop()
+
+
+async def test_a_litellm_style_custom_guardrail(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("ok"))
+    guard = custom("words", "NoPasswords", ["pre_call", "post_call"], word="secret")
+    running = await start_gateway(nursery, guarded(upstream, guard))
+    await sdk(running).chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "my secret is 42"}]
+    )
+    assert upstream.requests[0].json["messages"][0]["content"] == "my ****** is 42"
+    with pytest.raises(openai.BadRequestError) as blocked:
+        await sdk(running).chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "open sesame"}]
+        )
+    assert "No magic words." in blocked.value.message
+    await running.stop()
+
+
+async def test_each_mode_runs_once_across_retries_and_fallbacks(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    failing = {"n": 0}
+
+    def flaky(request: Any) -> JSONReply:
+        failing["n"] += 1
+        if failing["n"] < 3:
+            return JSONReply({"error": {"message": "busy"}}, status=500)
+        return JSONReply(chat_completion("ok"))
+
+    upstream.handler = flaky
+    config = guarded(
+        upstream, custom("count", "Counting", ["pre_call", "during_call", "post_call"])
+    )
+    config["router_settings"] = {"num_retries": 3, "retry_after": 0}
+    guardrail_examples_runs().clear()
+    running = await start_gateway(nursery, config)
+    await sdk(running).chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert len(upstream.requests) == 3
+    assert sorted(guardrail_examples_runs()) == ["during_call", "post_call", "pre_call"]
+    await running.stop()
+
+
+def guardrail_examples_runs() -> list[str]:
+    import guardrail_examples
+
+    return guardrail_examples.Counting.runs
