@@ -66,3 +66,13 @@ class NoPasswords:
         if "open sesame" in text:
             raise _HTTPException(status_code=400, detail="No magic words.")
         return text.replace(self.word, "*" * len(self.word))
+
+
+class SlowBlock(Guardrail):
+    """A moderation service that takes `delay` seconds, and blocks text saying "card"."""
+
+    async def check(self, texts: list[str], step: Step) -> Verdict:
+        await trio.sleep(float(self.config.settings.get("delay", 0.3)))
+        if any("card" in text for text in texts):
+            return Verdict(blocked="it mentions a card")
+        return Verdict()

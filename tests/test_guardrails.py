@@ -14,6 +14,8 @@ from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, c
 from helpers import MASTER_KEY, RunningGateway, openai_config, sdk, start_gateway
 from test_api import assert_envelope
 
+from trigate.store import SpendFilter
+
 EMAIL = "ada@example.com"
 CARD = "4111 1111 1111 1111"
 
@@ -254,3 +256,75 @@ def guardrail_examples_runs() -> list[str]:
     import guardrail_examples
 
     return guardrail_examples.Counting.runs
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_during_call_blocks_and_cancels_the_upstream_call(
+    nursery: trio.Nursery, upstream: FakeUpstream, stream: bool
+) -> None:
+    """The upstream is slow to answer; the guardrail beside it blocks at once, and the
+    upstream sees its connection close. A request that passes waits for both."""
+    if stream:
+        upstream.handler = lambda request: StreamReply([2.0, chunk("late"), DONE])
+    else:
+        upstream.handler = lambda request: JSONReply(chat_completion("late"), delay=2.0)
+    guard = custom("moderation", "SlowBlock", "during_call", delay=0.3)
+    running = await start_gateway(nursery, guarded(upstream, guard))
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": f"card {CARD}"}]}
+    async with running.client() as client:
+        with trio.fail_after(1.5):
+            response = await client.post("/v1/chat/completions", json={**body, "stream": stream})
+    assert_envelope(response, 400, "invalid_request_error")
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+    [record] = await running.records.wait_for(1)
+    assert record.status == 400
+    if stream:
+        upstream.handler = lambda request: StreamReply([chunk("fine"), DONE])
+    else:
+        upstream.handler = lambda request: JSONReply(chat_completion("fine"))
+    async with running.client() as client:
+        passed = await client.post(
+            "/v1/chat/completions",
+            json={**body, "messages": [{"role": "user", "content": "hi"}], "stream": stream},
+        )
+    assert passed.status_code == 200 and "fine" in passed.text
+    await running.stop()
+
+
+async def test_logging_only_masks_what_is_logged_stored_and_exported_only(
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    collector = FakeUpstream(lambda request: JSONReply({}))
+    await collector.start(nursery)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}")
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    caplog.set_level("DEBUG")
+    upstream.handler = lambda request: JSONReply(chat_completion(f"Noted, {EMAIL}."))
+    config = guarded(upstream, content_filter("log-mask", "logging_only"))
+    config["general_settings"] = {"database_url": database_url}
+    running = await start_gateway(nursery, config)
+    answer = await sdk(running).chat.completions.create(
+        model="gpt-test",
+        messages=[{"role": "user", "content": f"I am {EMAIL}"}],
+        extra_body={"metadata": {"note": f"from {EMAIL}"}},
+    )
+    # What is sent and answered is untouched.
+    assert answer.choices[0].message.content == f"Noted, {EMAIL}."
+    assert EMAIL in upstream.requests[0].body.decode()
+    [record] = await running.records.wait_for(1)
+    assert await running.gateway.ledger.flush()
+    async with running.client() as client:
+        rows = (await client.get("/spend/logs", params={"request_id": record.request_id})).json()
+    stored = await running.gateway.store.spend_logs(SpendFilter(request_id=record.request_id))
+    await running.stop()
+    assert rows and rows[0]["metadata"]["note"] == "from [EMAIL_REDACTED]"
+    assert rows[0]["metadata"]["guardrail_information"][0]["guardrail_mode"] == "logging_only"
+    assert stored and EMAIL not in repr(stored) and EMAIL not in repr(rows)
+    exported = b"".join(request.body for request in collector.requests)
+    assert b"[EMAIL_REDACTED]" in exported and EMAIL.encode() not in exported
+    assert EMAIL not in caplog.text and EMAIL not in repr(record)
