@@ -10,6 +10,14 @@ import openai
 import orjson
 import pytest
 import trio
+from fake_anthropic import (
+    anthropic_config,
+    message_end,
+    message_start,
+    serve,
+    text_block,
+    tool_block,
+)
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, usage_chunk
 from helpers import MASTER_KEY, RunningGateway, openai_config, sdk, start_gateway
 from test_api import assert_envelope
@@ -328,3 +336,122 @@ async def test_logging_only_masks_what_is_logged_stored_and_exported_only(
     exported = b"".join(request.body for request in collector.requests)
     assert b"[EMAIL_REDACTED]" in exported and EMAIL.encode() not in exported
     assert EMAIL not in caplog.text and EMAIL not in repr(record)
+
+
+async def test_a_native_messages_stream_is_masked_in_text_and_tool_use(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Anthropic to Anthropic, events relayed as they came: a post_call mask rewrites
+    the text and tool-input deltas it finds, and their frames."""
+    frames = [
+        message_start(),
+        *text_block(0, "Mail ada@exa", "mple.com now"),
+        *tool_block(1, "toolu_1", "send", '{"to": "ada@', 'example.com"}'),
+        *message_end("tool_use", output_tokens=9),
+    ]
+    serve(upstream, lambda body: StreamReply(frames))
+    config = {
+        **anthropic_config(upstream),
+        "guardrails": [content_filter("cf", "post_call", stream_window=1000)],
+    }
+    running = await start_gateway(nursery, config)
+    claude = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
+    hello = [{"type": "text", "text": "hi"}]
+    async with claude.messages.stream(
+        model="claude", max_tokens=50, messages=[{"role": "user", "content": hello}]
+    ) as stream:
+        final = await stream.get_final_message()
+    assert final.content[0].text == "Mail [EMAIL_REDACTED] now"  # type: ignore[union-attr]
+    assert final.content[1].input == {"to": "[EMAIL_REDACTED]"}  # type: ignore[union-attr]
+    await running.stop()
+
+
+async def test_pre_call_masks_tool_calls_and_tool_results_in_every_shape(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Chat tool calls and tool results, a completion's prompt, embeddings' input, a
+    Responses request's function call and its output, and a Messages request's system,
+    tool use and tool result: each masked where it is, as JSON where it was JSON."""
+    def answer(request: Any) -> JSONReply:
+        if request.target.endswith("/embeddings"):
+            return JSONReply({"object": "list", "data": [{"object": "embedding", "index": 0,
+                              "embedding": [0.1]}], "model": "m",
+                              "usage": {"prompt_tokens": 1, "total_tokens": 1}})  # fmt: skip
+        if request.target.endswith("/completions") and "prompt" in request.json:
+            return JSONReply({"id": "cmpl-1", "object": "text_completion", "created": 1,
+                              "model": "m", "choices": [{"index": 0, "text": "ok",
+                              "finish_reason": "stop"}]})  # fmt: skip
+        return JSONReply(chat_completion("ok"))
+
+    upstream.handler = answer
+    config = guarded(upstream, content_filter("cf", "pre_call"))
+    config["model_list"][0]["litellm_params"]["model"] = "hosted_vllm/upstream-model"
+    running = await start_gateway(nursery, config)
+    client = sdk(running)
+    args = orjson.dumps({"to": EMAIL, "cc": [EMAIL], "n": 1}).decode()
+    await client.chat.completions.create(
+        model="gpt-test",
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": f"write {EMAIL}"}]},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
+             "function": {"name": "send", "arguments": args}}]},  # fmt: skip
+            {"role": "tool", "tool_call_id": "c1", "content": f"sent to {EMAIL}"},
+        ],
+    )
+    await client.completions.create(model="gpt-test", prompt=[f"to {EMAIL}"])
+    await client.embeddings.create(model="gpt-test", input=f"to {EMAIL}")
+    await client.responses.create(
+        model="gpt-test",
+        input=[
+            {"role": "user", "content": f"mail {EMAIL}"},
+            {"type": "function_call", "call_id": "c2", "name": "send", "arguments": args},
+            {"type": "function_call_output", "call_id": "c2", "output": f"sent {EMAIL}"},
+        ],
+    )
+    claude = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
+    await claude.messages.create(
+        model="gpt-test",
+        max_tokens=10,
+        system=f"The user is {EMAIL}",
+        messages=[
+            {"role": "user", "content": "send it"},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "t1", "name": "send", "input": {"to": EMAIL}}]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "t1", "content": f"sent {EMAIL}"}]},
+        ],  # fmt: skip
+    )
+    assert len(upstream.requests) == 5
+    for sent in upstream.requests:
+        assert EMAIL not in sent.body.decode(), sent.body
+        assert b"[EMAIL_REDACTED]" in sent.body
+    first = upstream.requests[0].json["messages"]
+    assert orjson.loads(first[1]["tool_calls"][0]["function"]["arguments"]) == {
+        "to": "[EMAIL_REDACTED]", "cc": ["[EMAIL_REDACTED]"], "n": 1
+    }
+    assert first[2]["content"] == "sent to [EMAIL_REDACTED]"
+    await running.stop()
+
+
+async def test_post_call_on_a_native_responses_answer(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    response = {
+        "id": "resp_1", "object": "response", "created_at": 1, "status": "completed",
+        "model": "upstream-model",
+        "output": [
+            {"type": "message", "id": "m1", "role": "assistant", "status": "completed",
+             "content": [{"type": "output_text", "text": f"Mail {EMAIL}", "annotations": []}]},
+            {"type": "function_call", "id": "f1", "call_id": "c1", "name": "send",
+             "arguments": orjson.dumps({"to": EMAIL}).decode(), "status": "completed"},
+        ],
+        "usage": {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8},
+    }  # fmt: skip
+    upstream.handler = lambda request: JSONReply(response)
+    running = await start_gateway(nursery, guarded(upstream, content_filter("cf", "post_call")))
+    answer = await sdk(running).responses.create(model="gpt-test", input="hi")
+    assert upstream.requests[0].target.endswith("/responses")
+    assert answer.output_text == "Mail [EMAIL_REDACTED]"
+    call = answer.output[1]
+    assert orjson.loads(call.arguments) == {"to": "[EMAIL_REDACTED]"}  # type: ignore[union-attr]
+    await running.stop()
