@@ -22,6 +22,8 @@ from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, c
 from helpers import MASTER_KEY, RunningGateway, openai_config, sdk, start_gateway
 from test_api import assert_envelope
 
+from trigate.config import ConfigError, parse_config
+from trigate.gateway import Gateway
 from trigate.store import SpendFilter
 
 EMAIL = "ada@example.com"
@@ -455,3 +457,86 @@ async def test_post_call_on_a_native_responses_answer(
     call = answer.output[1]
     assert orjson.loads(call.arguments) == {"to": "[EMAIL_REDACTED]"}  # type: ignore[union-attr]
     await running.stop()
+
+
+async def test_guardrails_by_request_key_and_team_and_the_lists(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Not `default_on`: a guardrail runs where the request, its key or its team names
+    it; an unknown name is refused; both lists show it in LiteLLM's shapes."""
+    upstream.handler = lambda request: JSONReply(chat_completion("ok"))
+    optional = content_filter("optional", "pre_call", default_on=False, api_key="sk-guard-secret")
+    optional["guardrail_info"] = {"params": [{"name": "pii", "type": "boolean"}]}
+    running = await start_gateway(nursery, guarded(upstream, optional))
+    card = [{"role": "user", "content": f"card {CARD}"}]
+    assert (await sdk(running).chat.completions.create(model="gpt-test", messages=card)).id
+    for extra in ({"guardrails": ["optional"]}, {"metadata": {"guardrails": ["optional"]}}):
+        with pytest.raises(openai.BadRequestError):
+            await sdk(running).chat.completions.create(
+                model="gpt-test", messages=card, extra_body=extra
+            )
+    with pytest.raises(openai.BadRequestError) as unknown:
+        await sdk(running).chat.completions.create(
+            model="gpt-test", messages=card, extra_body={"guardrails": ["nope"]}
+        )
+    assert "nope" in unknown.value.message
+    async with running.client() as admin:
+        refused = await admin.post("/key/generate", json={"guardrails": ["nope"]})
+        assert refused.status_code == 400
+        key = (await admin.post("/key/generate", json={"guardrails": ["optional"]})).json()
+        team = (await admin.post("/team/new", json={"guardrails": ["optional"]})).json()
+        team_key = (await admin.post("/key/generate", json={"team_id": team["team_id"]})).json()
+        plain = (await admin.post("/key/generate", json={"metadata": {"note": "x"}})).json()
+        changed = await admin.post(
+            "/key/update", json={"key": plain["key"], "guardrails": ["optional"]}
+        )
+        assert changed.json()["metadata"] == {"note": "x", "guardrails": ["optional"]}
+    for named in (key["key"], team_key["key"], plain["key"]):
+        with pytest.raises(openai.BadRequestError):
+            await sdk(running, named).chat.completions.create(model="gpt-test", messages=card)
+    async with running.client(key=key["key"]) as client:
+        v1 = (await client.get("/guardrails/list")).json()
+        v2 = (await client.get("/v2/guardrails/list")).json()
+    assert v1 == {
+        "guardrails": [
+            {
+                "guardrail_name": "optional",
+                "litellm_params": {
+                    "guardrail": "litellm_content_filter",
+                    "mode": "pre_call",
+                    "default_on": False,
+                },
+                "guardrail_info": {"params": [{"name": "pii", "type": "boolean"}]},
+            }
+        ]
+    }
+    [listed] = v2["guardrails"]
+    assert listed["guardrail_definition_location"] == "config"
+    assert listed["litellm_params"]["api_key"] == "[redacted]"
+    assert "sk-guard-secret" not in orjson.dumps(v2).decode()
+    await running.stop()
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"guardrail": "aporia", "mode": "pre_call"}, "type `aporia`"),
+        ({"guardrail": "litellm_content_filter", "mode": "sometimes"}, "`mode`"),
+        ({"guardrail": "litellm_content_filter", "mode": "pre_call", "categories": []},
+         "`categories`"),
+        ({"guardrail": "litellm_content_filter", "mode": "pre_call",
+          "patterns": [{"pattern_name": "zodiac"}]}, "zodiac"),
+        ({"guardrail": "no_such_module.Guard", "mode": "pre_call"}, "cannot be loaded"),
+    ],
+)  # fmt: skip
+def test_what_trigate_cannot_run_stops_the_start_by_name(
+    params: dict[str, Any], named: str
+) -> None:
+    config = {
+        "model_list": [{"model_name": "m", "litellm_params": {"model": "mock/gpt-4o"}}],
+        "guardrails": [{"guardrail_name": "g1", "litellm_params": params}],
+        "general_settings": {"database_url": "sqlite://:memory:"},
+    }
+    with pytest.raises(ConfigError) as stopped:
+        Gateway(parse_config(config, {}), MASTER_KEY)
+    assert "g1" in str(stopped.value) and named in str(stopped.value)

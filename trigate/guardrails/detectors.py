@@ -58,6 +58,11 @@ def ip_address(text: str) -> bool:
     return True
 
 
+def ipv6_address(text: str) -> bool:
+    """An IPv6 address with a digit in it: `add::b` in a program's text is not one."""
+    return any(c.isdigit() for c in text) and ip_address(text)
+
+
 def entropy(text: str) -> float:
     """Shannon entropy in bits per character."""
     counts: dict[str, int] = {}
@@ -111,8 +116,8 @@ PREBUILT: dict[str, Detector] = {
         Detector("ipv4", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), ip_address),
         Detector(
             "ipv6",
-            re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
-            ip_address,
+            re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
+            ipv6_address,
         ),
         Detector("us_ssn", re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")),
         Detector("aws_access_key", re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b")),
