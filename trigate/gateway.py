@@ -37,7 +37,6 @@ from trigate.end_users import EndUsers
 from trigate.errors import secrets
 from trigate.fleet import Fleet
 from trigate.guardrails.hook import GuardrailHook
-from trigate.guardrails.registry import check_config as check_guardrails
 from trigate.guardrails.registry import guardrail_set
 from trigate.guardrails.runner import GuardrailSet
 from trigate.hooks import Hooks, load_hooks
@@ -302,11 +301,11 @@ class Gateway:
         callbacks = config.litellm_settings.get("callbacks")
         named = (callbacks, config.guardrails)
         if named != self._hooks_named:
+            deployments = {e.model_name: e.litellm_params for e in reversed(config.model_list)}
             try:
-                configs = check_guardrails(config.guardrails)
+                guardrails = guardrail_set(config.guardrails, self.telemetry.metrics, deployments)
             except ValueError as error:
                 raise ConfigError(str(error)) from None
-            guardrails = guardrail_set(configs, self.telemetry.metrics)
             # Guardrails first: no hook (a cache) may answer a request they would block.
             first = [GuardrailHook(guardrails)] if guardrails is not None else []
             try:

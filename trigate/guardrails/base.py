@@ -10,7 +10,7 @@ a guardrail type is only its check.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,9 @@ class Step:
     vault: Vault
     model: str
     kinds: Sequence[str] = ()
+    # Who asked, by LiteLLM's names (`user_api_key_hash`, `user_api_key_team_id`, ...,
+    # `litellm_call_id`): what LiteLLM tells a guardrail service of the request.
+    request_data: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

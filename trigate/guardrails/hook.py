@@ -29,7 +29,17 @@ class GuardrailHook(BaseHook):
             return None
         telemetry = getattr(request, "telemetry", None)
         span = getattr(telemetry, "span", None)
-        run = GuardrailRun(chosen, self.guardrails.observer, request.model_group, span)
+        data = {
+            "user_api_key_hash": caller.key_hash,
+            "user_api_key_alias": caller.key_alias,
+            "user_api_key_user_id": caller.user_id,
+            "user_api_key_team_id": caller.team_id,
+            "user_api_key_end_user_id": caller.end_user_id,
+            "user_api_key_org_id": caller.organization_id,
+            "litellm_call_id": request.context.request_id,
+        }
+        observer = self.guardrails.observer
+        run = GuardrailRun(chosen, observer, request.model_group, span, data)
         setattr(request, RUN_ATTRIBUTE, run)
         request.context.headers[APPLIED_HEADER] = ",".join(run.applied)
         await run.pre_call(request.body)

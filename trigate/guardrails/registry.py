@@ -6,22 +6,29 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from trigate.guardrails import content_filter, custom
+from trigate.guardrails import content_filter, custom, generic, presidio, services
 from trigate.guardrails.base import Guardrail
 from trigate.guardrails.config import GuardrailConfig, parse_guardrails
 from trigate.guardrails.observe import Observer
 from trigate.guardrails.runner import GuardrailSet
 from trigate.metrics import Metrics
 
-Build = Callable[[GuardrailConfig], Guardrail]
+Build = Callable[[GuardrailConfig, services.Deployments], Guardrail]
+
+
+def _alone(kind: Callable[[GuardrailConfig], Guardrail]) -> Build:
+    """A type made from its config alone."""
+    return lambda config, deployments: kind(config)
+
 
 TYPES: dict[str, tuple[Build, frozenset[str]]] = {
-    "litellm_content_filter": (content_filter.ContentFilter, content_filter.SETTINGS),
+    "litellm_content_filter": (_alone(content_filter.ContentFilter), content_filter.SETTINGS),
+    "presidio": (_alone(presidio.Presidio), presidio.SETTINGS),
+    "generic_guardrail_api": (_alone(generic.GenericGuardrailAPI), generic.SETTINGS),
+    "lakera_v2": (_alone(services.LakeraV2), services.LAKERA_SETTINGS),
+    "openai_moderation": (services.OpenAIModeration, services.MODERATION_SETTINGS),
+    "bedrock": (_alone(services.BedrockGuardrail), services.BEDROCK_SETTINGS),
 }
-
-
-def register(name: str, build: Build, settings: frozenset[str]) -> None:
-    TYPES[name] = (build, settings)
 
 
 class _Settings(Mapping[str, frozenset[str]]):
@@ -44,22 +51,19 @@ class _Settings(Mapping[str, frozenset[str]]):
         return len(TYPES) + 1
 
 
-def check_config(entries: Any) -> tuple[GuardrailConfig, ...]:
-    """The `guardrails:` list checked and each guardrail built once, so that whatever is
-    wrong with one stops the start by its name."""
+def guardrail_set(
+    entries: Any, metrics: Metrics, deployments: services.Deployments
+) -> GuardrailSet | None:
+    """The `guardrails:` list checked and built; a ValueError names what is wrong with
+    which guardrail, so that it stops the start (or a reload) by its name."""
     configs = parse_guardrails(entries, _Settings())
-    for config in configs:
-        build(config)
-    return configs
-
-
-def build(config: GuardrailConfig) -> Guardrail:
-    if config.type in TYPES:
-        return TYPES[config.type][0](config)
-    return custom.load(config)
-
-
-def guardrail_set(configs: tuple[GuardrailConfig, ...], metrics: Metrics) -> GuardrailSet | None:
     if not configs:
         return None
-    return GuardrailSet(configs, {c.name: build(c) for c in configs}, Observer.of(metrics))
+    built = {config.name: build(config, deployments) for config in configs}
+    return GuardrailSet(configs, built, Observer.of(metrics))
+
+
+def build(config: GuardrailConfig, deployments: services.Deployments) -> Guardrail:
+    if config.type in TYPES:
+        return TYPES[config.type][0](config, deployments)
+    return custom.load(config)

@@ -22,6 +22,7 @@ counted and logged.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,10 +117,16 @@ class GuardrailRun:
     """One request's guardrails and what they did to it."""
 
     def __init__(
-        self, guardrails: list[Guardrail], observer: Observer, model: str, span: Any
+        self,
+        guardrails: list[Guardrail],
+        observer: Observer,
+        model: str,
+        span: Any,
+        request_data: Mapping[str, Any],
     ) -> None:
         self._observer = observer
         self._model = model
+        self._request_data = request_data
         self._span = span
         self._by_mode = {mode: [g for g in guardrails if mode in g.config.modes] for mode in Mode}
         self._vault = Vault()
@@ -187,7 +194,7 @@ class GuardrailRun:
         for slot in chunk_slots(chunk):
             held.parts.append(slot.text)
             held.size += len(slot.text)
-        if held.size < self._window:
+        if held.size < self._window or (self._unmasks and _opens_placeholder(held.parts)):
             return None
         return await self._release()
 
@@ -239,7 +246,8 @@ class GuardrailRun:
         self, guardrail: Guardrail, mode: Mode, slots: Sequence[Slot | _Text], *, reads_input: bool
     ) -> Verdict:
         texts = [slot.text for slot in slots]
-        step = Step(mode, reads_input, self._vault, self._model, [s.kind for s in slots])
+        kinds = [slot.kind for slot in slots]
+        step = Step(mode, reads_input, self._vault, self._model, kinds, self._request_data)
         config = guardrail.config
         started, clock = wall_time(), trio.current_time()
         status, error_type, verdict = "success", None, Verdict()
@@ -313,6 +321,16 @@ class _Text:
 
     def __init__(self, text: str) -> None:
         self.text = text
+
+
+_PLACEHOLDER_START = re.compile(r"<[A-Z_0-9]{0,40}\Z")
+
+
+def _opens_placeholder(parts: list[str]) -> bool:
+    """Whether held text ends in what may be the start of a placeholder (`<EMAIL_AD`):
+    held until it is whole, so that it is given back its value."""
+    tail = "".join(parts[-8:])[-42:]
+    return _PLACEHOLDER_START.search(tail) is not None
 
 
 def _write(slots: Sequence[Slot], verdict: Verdict) -> None:
