@@ -29,20 +29,26 @@ def presidio(request: ReceivedRequest) -> JSONReply:
     body = request.json
     if request.target == "/analyze":
         if body.get("language") != "en":
-            return JSONReply({"error": f"No matching recognizers were found to serve the "
-                              f"request for language {body.get('language')}"}, status=500)  # fmt: skip
+            language = body.get("language")
+            message = f"No matching recognizers were found to serve the request for {language}"
+            return JSONReply({"error": message}, status=500)
         wanted = body.get("entities")
-        results = []
-        for entity, (pattern, score, recognizer) in _RECOGNIZERS.items():
-            if wanted and entity not in wanted:
-                continue
-            for match in pattern.finditer(body["text"]):
-                results.append({
-                    "entity_type": entity, "start": match.start(), "end": match.end(),
-                    "score": score, "analysis_explanation": None,
-                    "recognition_metadata": {"recognizer_name": recognizer,
-                                             "recognizer_identifier": f"{recognizer}_1"},
-                })  # fmt: skip
+        results = [
+            {
+                "entity_type": entity,
+                "start": match.start(),
+                "end": match.end(),
+                "score": score,
+                "analysis_explanation": None,
+                "recognition_metadata": {
+                    "recognizer_name": recognizer,
+                    "recognizer_identifier": f"{recognizer}_1",
+                },
+            }
+            for entity, (pattern, score, recognizer) in _RECOGNIZERS.items()
+            if not wanted or entity in wanted
+            for match in pattern.finditer(body["text"])
+        ]
         return JSONReply(sorted(results, key=lambda r: r["start"]))
     if request.target == "/anonymize":
         text = body["text"]

@@ -374,6 +374,7 @@ async def test_pre_call_masks_tool_calls_and_tool_results_in_every_shape(
     """Chat tool calls and tool results, a completion's prompt, embeddings' input, a
     Responses request's function call and its output, and a Messages request's system,
     tool use and tool result: each masked where it is, as JSON where it was JSON."""
+
     def answer(request: Any) -> JSONReply:
         if request.target.endswith("/embeddings"):
             return JSONReply({"object": "list", "data": [{"object": "embedding", "index": 0,
@@ -395,8 +396,16 @@ async def test_pre_call_masks_tool_calls_and_tool_results_in_every_shape(
         model="gpt-test",
         messages=[
             {"role": "user", "content": [{"type": "text", "text": f"write {EMAIL}"}]},
-            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function",
-             "function": {"name": "send", "arguments": args}}]},  # fmt: skip
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "send", "arguments": args},
+                    }
+                ],
+            },
             {"role": "tool", "tool_call_id": "c1", "content": f"sent to {EMAIL}"},
         ],
     )
@@ -417,11 +426,19 @@ async def test_pre_call_masks_tool_calls_and_tool_results_in_every_shape(
         system=f"The user is {EMAIL}",
         messages=[
             {"role": "user", "content": "send it"},
-            {"role": "assistant", "content": [
-                {"type": "tool_use", "id": "t1", "name": "send", "input": {"to": EMAIL}}]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "t1", "content": f"sent {EMAIL}"}]},
-        ],  # fmt: skip
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "tool_use", "id": "t1", "name": "send", "input": {"to": EMAIL}}
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": f"sent {EMAIL}"}
+                ],
+            },
+        ],
     )
     assert len(upstream.requests) == 5
     for sent in upstream.requests:
@@ -429,7 +446,9 @@ async def test_pre_call_masks_tool_calls_and_tool_results_in_every_shape(
         assert b"[EMAIL_REDACTED]" in sent.body
     first = upstream.requests[0].json["messages"]
     assert orjson.loads(first[1]["tool_calls"][0]["function"]["arguments"]) == {
-        "to": "[EMAIL_REDACTED]", "cc": ["[EMAIL_REDACTED]"], "n": 1
+        "to": "[EMAIL_REDACTED]",
+        "cc": ["[EMAIL_REDACTED]"],
+        "n": 1,
     }
     assert first[2]["content"] == "sent to [EMAIL_REDACTED]"
     await running.stop()

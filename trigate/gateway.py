@@ -448,6 +448,8 @@ class Gateway:
             await self.telemetry.stop()
             if self._transport is not None:
                 await self._transport.aclose()
+            if self.guardrails is not None:  # their services' idle connections
+                await self.guardrails.aclose()
             if self._store is not None:
                 await self._store.close()
 

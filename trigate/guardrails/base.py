@@ -81,5 +81,5 @@ class Guardrail(ABC):
     async def check(self, texts: list[str], step: Step) -> Verdict:
         """The verdict on `texts`; raises `GuardrailFailed` (or anything) when it has none."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 (most guardrails hold nothing)
         """Release what the guardrail holds (an HTTP client)."""

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+class ConfigProblem(ValueError):
+    """What is wrong with a guardrail's config: it stops the start, or a reload."""
+
+
 class Mode(enum.StrEnum):
     """When a guardrail runs (LiteLLM's `mode`, its `GuardrailEventHooks`)."""
 
@@ -66,13 +70,13 @@ def parse_guardrails(entries: Any, known: TypeSettings) -> tuple[GuardrailConfig
     if entries is None:
         return ()
     if not isinstance(entries, list):
-        raise ValueError("guardrails: expected a list of guardrails")
+        raise ConfigProblem("guardrails: expected a list of guardrails")
     parsed: list[GuardrailConfig] = []
     names: set[str] = set()
     for index, entry in enumerate(entries):
         guardrail = _one(entry, index, known)
         if guardrail.name in names:
-            raise ValueError(f"guardrails: `{guardrail.name}` is named twice")
+            raise ConfigProblem(f"guardrails: `{guardrail.name}` is named twice")
         names.add(guardrail.name)
         parsed.append(guardrail)
     return tuple(parsed)
@@ -81,23 +85,23 @@ def parse_guardrails(entries: Any, known: TypeSettings) -> tuple[GuardrailConfig
 def _one(entry: Any, index: int, known: TypeSettings) -> GuardrailConfig:
     where = f"guardrails[{index}]"
     if not isinstance(entry, dict):
-        raise ValueError(f"{where}: expected a mapping")
+        raise ConfigProblem(f"{where}: expected a mapping")
     name = entry.get("guardrail_name")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}: `guardrail_name` must be a non-empty string")
+        raise ConfigProblem(f"{where}: `guardrail_name` must be a non-empty string")
     where = f"guardrails `{name}`"
     params = entry.get("litellm_params")
     if not isinstance(params, dict):
-        raise ValueError(f"{where}: `litellm_params` must be a mapping")
+        raise ConfigProblem(f"{where}: `litellm_params` must be a mapping")
     kind = params.get("guardrail")
     if not isinstance(kind, str) or kind not in known:
-        raise ValueError(
+        raise ConfigProblem(
             f"{where}: trigate does not run guardrails of type `{kind}` (it runs "
             f"{', '.join(sorted(known))}); serving without it would fail open"
         )
     unread = sorted(set(params) - COMMON_SETTINGS - known[kind])
     if unread and known[kind] is not ANY_SETTINGS:
-        raise ValueError(
+        raise ConfigProblem(
             f"{where}: trigate's `{kind}` does not read {', '.join(f'`{k}`' for k in unread)}; "
             "serving without them would do less than the config says"
         )
@@ -122,33 +126,33 @@ def _modes(value: Any, where: str) -> frozenset[Mode]:
     try:
         modes = frozenset(Mode(v) for v in values)
     except ValueError:
-        raise ValueError(
+        raise ConfigProblem(
             f"{where}: `mode` must be one of {', '.join(m.value for m in Mode)}, or a list "
             f"of them; got {value!r}"
         ) from None
     if not modes:
-        raise ValueError(f"{where}: `mode` names no mode")
+        raise ConfigProblem(f"{where}: `mode` names no mode")
     return modes
 
 
 def _flag(params: Mapping[str, Any], key: str, where: str) -> bool:
     value = params.get(key, False)
     if not isinstance(value, bool):
-        raise ValueError(f"{where}: `{key}` must be true or false")
+        raise ConfigProblem(f"{where}: `{key}` must be true or false")
     return value
 
 
 def _positive(params: Mapping[str, Any], key: str, default: float, where: str) -> float:
     value = params.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{where}: `{key}` must be a positive number")
+        raise ConfigProblem(f"{where}: `{key}` must be a positive number")
     return float(value)
 
 
 def _text(params: Mapping[str, Any], key: str, where: str) -> str | None:
     value = params.get(key)
     if value is not None and not isinstance(value, str):
-        raise ValueError(f"{where}: `{key}` must be a string")
+        raise ConfigProblem(f"{where}: `{key}` must be a string")
     return value
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from trigate.guardrails.base import Guardrail, Step, Verdict
-from trigate.guardrails.config import GuardrailConfig
+from trigate.guardrails.config import ConfigProblem, GuardrailConfig
 from trigate.guardrails.detectors import GROUPS, PREBUILT, Detector
 from trigate.guardrails.masking import Span, apply
 
@@ -86,10 +86,10 @@ def rules_of(name: str, settings: Mapping[str, Any]) -> list[Rule]:
     where = f"guardrails `{name}`"
     pattern_format = settings.get("pattern_redaction_format", "[{pattern_name}_REDACTED]")
     if not isinstance(pattern_format, str) or "{pattern_name}" not in pattern_format:
-        raise ValueError(f"{where}: `pattern_redaction_format` must contain {{pattern_name}}")
+        raise ConfigProblem(f"{where}: `pattern_redaction_format` must contain {{pattern_name}}")
     keyword_tag = settings.get("keyword_redaction_tag", "[KEYWORD_REDACTED]")
     if not isinstance(keyword_tag, str):
-        raise ValueError(f"{where}: `keyword_redaction_tag` must be a string")
+        raise ConfigProblem(f"{where}: `keyword_redaction_tag` must be a string")
     rules: list[Rule] = []
     for entry in _list(settings.get("patterns"), "patterns", where):
         action = _action(entry, where)
@@ -103,13 +103,13 @@ def rules_of(name: str, settings: Mapping[str, Any]) -> list[Rule]:
     for entry in words:
         keyword = entry.get("keyword")
         if not isinstance(keyword, str) or not keyword:
-            raise ValueError(f"{where}: each of `blocked_words` needs a `keyword`")
+            raise ConfigProblem(f"{where}: each of `blocked_words` needs a `keyword`")
         detector = Detector(
             f"keyword '{keyword}'", re.compile(rf"(?<!\w){re.escape(keyword)}(?!\w)", re.I)
         )
         rules.append(Rule(detector, _action(entry, where), keyword_tag))
     if not rules:
-        raise ValueError(f"{where}: a content filter needs `patterns` or `blocked_words`")
+        raise ConfigProblem(f"{where}: a content filter needs `patterns` or `blocked_words`")
     # A block is found before a mask is made for nothing.
     return sorted(rules, key=lambda rule: ACTIONS.index(rule.action))
 
@@ -118,14 +118,14 @@ def _list(value: Any, key: str, where: str) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise ValueError(f"{where}: `{key}` must be a list of mappings")
+        raise ConfigProblem(f"{where}: `{key}` must be a list of mappings")
     return value
 
 
 def _action(entry: Mapping[str, Any], where: str) -> str:
     action = str(entry.get("action", "BLOCK")).upper()
     if action not in ACTIONS:
-        raise ValueError(f"{where}: action `{entry.get('action')}` is not one of {ACTIONS}")
+        raise ConfigProblem(f"{where}: action `{entry.get('action')}` is not one of {ACTIONS}")
     return action
 
 
@@ -136,23 +136,23 @@ def _detectors(entry: Mapping[str, Any], where: str) -> list[Detector]:
         names = GROUPS.get(name, (name,)) if isinstance(name, str) else ()
         if not names or any(n not in PREBUILT for n in names):
             known = ", ".join([*sorted(PREBUILT), *sorted(GROUPS)])
-            raise ValueError(f"{where}: no prebuilt pattern `{name}` (there are: {known})")
+            raise ConfigProblem(f"{where}: no prebuilt pattern `{name}` (there are: {known})")
         return [PREBUILT[n] for n in names]
     if kind == "regex":
         pattern, name = entry.get("pattern"), entry.get("name")
         if not isinstance(pattern, str) or not isinstance(name, str):
-            raise ValueError(f"{where}: a regex pattern needs `pattern` and `name`")
+            raise ConfigProblem(f"{where}: a regex pattern needs `pattern` and `name`")
         try:
             return [Detector(name, re.compile(pattern))]
         except re.error as error:
-            raise ValueError(f"{where}: pattern `{name}` is not a regex: {error}") from None
-    raise ValueError(f"{where}: `pattern_type` must be prebuilt or regex, not `{kind}`")
+            raise ConfigProblem(f"{where}: pattern `{name}` is not a regex: {error}") from None
+    raise ConfigProblem(f"{where}: `pattern_type` must be prebuilt or regex, not `{kind}`")
 
 
 def _words_file(path: Any, where: str) -> list[dict[str, Any]]:
     try:
         loaded = yaml.safe_load(Path(str(path)).read_text())
     except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{where}: `blocked_words_file` cannot be read: {error}") from None
+        raise ConfigProblem(f"{where}: `blocked_words_file` cannot be read: {error}") from None
     words = loaded.get("blocked_words") if isinstance(loaded, dict) else None
     return _list(words, "blocked_words_file", where)

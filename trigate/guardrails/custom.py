@@ -19,7 +19,7 @@ import importlib
 from typing import Any
 
 from trigate.guardrails.base import Guardrail, GuardrailBlocked, Step, Verdict
-from trigate.guardrails.config import ANY_SETTINGS, GuardrailConfig
+from trigate.guardrails.config import ANY_SETTINGS, ConfigProblem, GuardrailConfig
 
 __all__ = ["ANY_SETTINGS", "is_dotted", "load"]
 
@@ -34,7 +34,7 @@ def load(config: GuardrailConfig) -> Guardrail:
         return target(config)
     if hasattr(target, "apply_guardrail"):
         return LiteLLMGuardrail(config, target)
-    raise ValueError(
+    raise ConfigProblem(
         f"guardrails `{config.name}`: `{config.type}` is neither a trigate Guardrail nor a "
         "class with LiteLLM's apply_guardrail"
     )
@@ -45,7 +45,7 @@ def _import(path: str, name: str) -> Any:
     try:
         return getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"guardrails `{name}`: `{path}` cannot be loaded: {error}") from None
+        raise ConfigProblem(f"guardrails `{name}`: `{path}` cannot be loaded: {error}") from None
 
 
 class LiteLLMGuardrail(Guardrail):
@@ -62,7 +62,7 @@ class LiteLLMGuardrail(Guardrail):
                 **config.settings,
             )
         except TypeError as error:
-            raise ValueError(
+            raise ConfigProblem(
                 f"guardrails `{config.name}`: `{config.type}` cannot be made: {error}"
             ) from None
 

@@ -135,7 +135,8 @@ PREBUILT: dict[str, Detector] = {
         Detector(
             "private_key",
             re.compile(
-                r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY-----"
+                r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?"
+                r"-----END (?:[A-Z]+ )*PRIVATE KEY-----"
             ),
         ),
         Detector("bearer_token", re.compile(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{16,}=*")),

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from trigate.guardrails.base import Guardrail, Step, Verdict
-from trigate.guardrails.config import GuardrailConfig
+from trigate.guardrails.config import ConfigProblem, GuardrailConfig
 from trigate.guardrails.service import Service, base_url, need
 
 SETTINGS = frozenset({"additional_provider_specific_params"})
@@ -18,7 +18,7 @@ class GenericGuardrailAPI(Guardrail):
         self._url = base_url(config.api_base, None, config.name, "api_base") + PATH
         params = config.settings.get("additional_provider_specific_params") or {}
         if not isinstance(params, dict):
-            raise ValueError(
+            raise ConfigProblem(
                 f"guardrails `{config.name}`: `additional_provider_specific_params` must be a "
                 "mapping"
             )
@@ -38,7 +38,9 @@ class GenericGuardrailAPI(Guardrail):
         action = answer.get("action")
         if action == "BLOCKED":
             reason = answer.get("blocked_reason")
-            return Verdict(blocked=reason if isinstance(reason, str) else "blocked", response=action)
+            return Verdict(
+                blocked=reason if isinstance(reason, str) else "blocked", response=action
+            )
         if action == "NONE":
             return Verdict(response=action)
         if action == "GUARDRAIL_INTERVENED":

@@ -10,11 +10,10 @@ import weakref
 from typing import Any
 
 from opentelemetry.trace import SpanKind
+from prometheus_client import Counter, Histogram
 
 from trigate.metrics import LATENCY_BUCKETS, Metrics
 from trigate.tracing import OpenSpan
-
-from prometheus_client import Counter, Histogram
 
 _made: weakref.WeakKeyDictionary[Metrics, Observer] = weakref.WeakKeyDictionary()
 

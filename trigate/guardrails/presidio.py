@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trigate.guardrails.base import Guardrail, Step, Verdict
-from trigate.guardrails.config import GuardrailConfig
+from trigate.guardrails.config import ConfigProblem, GuardrailConfig
 from trigate.guardrails.masking import Span, apply
 from trigate.guardrails.service import Service, base_url, need
 
@@ -92,7 +92,9 @@ class Presidio(Guardrail):
             entity = need(result.get("entity_type"), str, "entity_type")
             start, end = result.get("start"), result.get("end")
             score = result.get("score", 1.0)
-            if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)):
+            if not (
+                isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(text)
+            ):
                 need(None, int, "span in the text")
             if isinstance(score, int | float) and score < self._threshold(entity):
                 continue
@@ -121,11 +123,11 @@ def _actions(value: Any, name: str) -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ValueError(f"guardrails `{name}`: `pii_entities_config` must be a mapping")
+        raise ConfigProblem(f"guardrails `{name}`: `pii_entities_config` must be a mapping")
     actions = {str(entity): str(action).upper() for entity, action in value.items()}
     wrong = sorted(a for a in actions.values() if a not in ACTIONS)
     if wrong:
-        raise ValueError(f"guardrails `{name}`: actions {wrong} are not MASK or BLOCK")
+        raise ConfigProblem(f"guardrails `{name}`: actions {wrong} are not MASK or BLOCK")
     return actions
 
 
@@ -135,5 +137,5 @@ def _thresholds(value: Any, name: str) -> dict[str, float]:
     if not isinstance(value, dict) or not all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in value.values()
     ):
-        raise ValueError(f"guardrails `{name}`: `presidio_score_thresholds` must map to numbers")
+        raise ConfigProblem(f"guardrails `{name}`: `presidio_score_thresholds` must map to numbers")
     return {str(entity): float(score) for entity, score in value.items()}

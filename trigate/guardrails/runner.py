@@ -31,7 +31,7 @@ import trio
 
 from trigate.clock import wall_time
 from trigate.errors import GatewayError, InvalidRequest
-from trigate.guardrails.base import Guardrail, GuardrailBlocked, Step, Verdict
+from trigate.guardrails.base import Guardrail, GuardrailBlocked, GuardrailFailed, Step, Verdict
 from trigate.guardrails.config import GuardrailConfig, Mode, names_in
 from trigate.guardrails.masking import Vault, replacements
 from trigate.guardrails.observe import Observer
@@ -253,18 +253,14 @@ class GuardrailRun:
         status, error_type, verdict = "success", None, Verdict()
         try:
             with trio.fail_after(config.timeout):
-                verdict = await guardrail.check(texts, step)
-            if verdict.texts is not None and len(verdict.texts) != len(texts):
-                raise TypeError(f"answered {len(verdict.texts)} texts for {len(texts)}")
+                verdict = _checked(await guardrail.check(texts, step), len(texts))
         except GuardrailBlocked as blocked:
             status, verdict = "guardrail_intervened", Verdict(blocked=blocked.message)
         except trio.TooSlowError:
             status, error_type = "guardrail_failed_to_respond", "timeout"
         except Exception as error:
             status, error_type = "guardrail_failed_to_respond", type(error).__name__
-            logger.warning(  # noqa: TRY400 (the reason is enough; a service's failure)
-                "guardrail %s (%s) failed: %s", guardrail.name, mode.value, error
-            )
+            logger.warning("guardrail %s (%s) failed: %s", guardrail.name, mode.value, error)
         if verdict.blocked is not None:
             status = "guardrail_intervened"
         elapsed = trio.current_time() - clock
@@ -321,6 +317,13 @@ class _Text:
 
     def __init__(self, text: str) -> None:
         self.text = text
+
+
+def _checked(verdict: Verdict, count: int) -> Verdict:
+    """A verdict that masks must give one text for each it was given."""
+    if verdict.texts is not None and len(verdict.texts) != count:
+        raise GuardrailFailed(f"answered {len(verdict.texts)} texts for {count}")
+    return verdict
 
 
 _PLACEHOLDER_START = re.compile(r"<[A-Z_0-9]{0,40}\Z")

@@ -15,6 +15,7 @@ import orjson
 
 from trigate.errors import secrets
 from trigate.guardrails.base import GuardrailFailed
+from trigate.guardrails.config import ConfigProblem
 from trigate.transport import HTTP11Transport
 
 # A guardrail service's answer is small; a larger one is garbage.
@@ -72,5 +73,5 @@ def need(value: Any, kind: type | tuple[type, ...], what: str) -> Any:
 def base_url(api_base: str | None, default: str | None, name: str, setting: str) -> str:
     url = api_base or default
     if not url:
-        raise ValueError(f"guardrails `{name}`: `{setting}` is required")
+        raise ConfigProblem(f"guardrails `{name}`: `{setting}` is required")
     return url.rstrip("/")

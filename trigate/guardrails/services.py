@@ -14,7 +14,7 @@ from botocore.credentials import Credentials
 
 from trigate.errors import secrets
 from trigate.guardrails.base import Guardrail, Step, Verdict
-from trigate.guardrails.config import GuardrailConfig
+from trigate.guardrails.config import ConfigProblem, GuardrailConfig
 from trigate.guardrails.service import Service, base_url, need
 from trigate.providers.bedrock import SigV4
 
@@ -39,10 +39,14 @@ class LakeraV2(Guardrail):
     def __init__(self, config: GuardrailConfig) -> None:
         super().__init__(config)
         settings = config.settings
-        self._url = base_url(config.api_base, "https://api.lakera.ai", config.name, "") + "/v2/guard"
+        self._url = (
+            base_url(config.api_base, "https://api.lakera.ai", config.name, "") + "/v2/guard"
+        )
         key = config.api_key or os.environ.get("LAKERA_API_KEY")
         if not key:
-            raise ValueError(f"guardrails `{config.name}`: `api_key` (or LAKERA_API_KEY) is required")
+            raise ConfigProblem(
+                f"guardrails `{config.name}`: `api_key` (or LAKERA_API_KEY) is required"
+            )
         self._headers = {"authorization": f"Bearer {key}"}
         self._options = {
             name: settings[name]
@@ -87,7 +91,9 @@ class OpenAIModeration(Guardrail):
             api_key = api_key or deployment.api_key
             model = deployment.model.split("/", 1)[-1]
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
-        self._url = base_url(api_base, "https://api.openai.com/v1", config.name, "") + "/moderations"
+        self._url = (
+            base_url(api_base, "https://api.openai.com/v1", config.name, "") + "/moderations"
+        )
         self._model = model
         self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._service = Service(f"openai_moderation `{config.name}`", api_key)
@@ -127,20 +133,22 @@ class BedrockGuardrail(Guardrail):
         identifier = settings.get("guardrailIdentifier")
         version = settings.get("guardrailVersion")
         if not isinstance(identifier, str) or not isinstance(version, str | int):
-            raise ValueError(
+            raise ConfigProblem(
                 f"guardrails `{name}`: `guardrailIdentifier` and `guardrailVersion` are required"
             )
         region = str(settings.get("aws_region_name") or os.environ.get("AWS_REGION") or "")
         if not region:
-            raise ValueError(f"guardrails `{name}`: `aws_region_name` is required")
+            raise ConfigProblem(f"guardrails `{name}`: `aws_region_name` is required")
         default = f"https://bedrock-runtime.{region}.amazonaws.com"
-        path = f"/guardrail/{quote(identifier, safe='')}/version/{quote(str(version), safe='')}/apply"
+        path = (
+            f"/guardrail/{quote(identifier, safe='')}/version/{quote(str(version), safe='')}/apply"
+        )
         self._url = base_url(config.api_base, default, name, "api_base") + path
         access = settings.get("aws_access_key_id") or os.environ.get("AWS_ACCESS_KEY_ID")
         secret = settings.get("aws_secret_access_key") or os.environ.get("AWS_SECRET_ACCESS_KEY")
         token = settings.get("aws_session_token") or os.environ.get("AWS_SESSION_TOKEN")
         if not access or not secret:
-            raise ValueError(f"guardrails `{name}`: AWS credentials are required")
+            raise ConfigProblem(f"guardrails `{name}`: AWS credentials are required")
         secrets.extend((secret, token))
         self._sign = SigV4(Credentials(access, secret, token), region)
         self._mask_input = settings.get("mask_request_content") is True
@@ -152,9 +160,7 @@ class BedrockGuardrail(Guardrail):
             "source": "INPUT" if step.reads_input else "OUTPUT",
             "content": [{"text": {"text": text}} for text in texts],
         }
-        answer = need(
-            await self._service.post(self._url, payload, sign=self._sign), dict, "action"
-        )
+        answer = need(await self._service.post(self._url, payload, sign=self._sign), dict, "action")
         action = need(answer.get("action"), str, "action")
         if action == "NONE":
             return Verdict(response={"action": action})

@@ -209,6 +209,12 @@ def chunk_slots(chunk: Any) -> list[Slot]:
     return slots
 
 
+_RESPONSE_DELTAS = {
+    "response.output_text.delta": TEXT,
+    "response.function_call_arguments.delta": TOOL_ARGUMENTS,
+}
+
+
 def _event_slots(data: dict[str, Any]) -> list[Slot]:
     kind = data.get("type")
     if kind == "content_block_delta":
@@ -217,10 +223,8 @@ def _event_slots(data: dict[str, Any]) -> list[Slot]:
             for key, slot_kind in (("text", TEXT), ("partial_json", TOOL_ARGUMENTS)):
                 if isinstance(delta.get(key), str):
                     return [Slot(delta, key, slot_kind)]
-    elif kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
-        if isinstance(data.get("delta"), str):
-            slot_kind = TEXT if kind == "response.output_text.delta" else TOOL_ARGUMENTS
-            return [Slot(data, "delta", slot_kind)]
+    elif kind in _RESPONSE_DELTAS and isinstance(data.get("delta"), str):
+        return [Slot(data, "delta", _RESPONSE_DELTAS[kind])]
     return []
 
 
