@@ -35,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 
+from trigate.guardrails.config import parse_guardrails
+from trigate.guardrails.types import KNOWN_TYPES
 from trigate.litellm_keys import Findings, classify
 from trigate.nesting import MAX_NESTING, deeper_than
 from trigate.provider_names import PROVIDER_PREFIXES, REQUIRES_API_BASE
@@ -386,6 +388,10 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
     findings = classify(resolved)
     if (refusal := findings.refusal()) is not None:
         raise ConfigError(refusal)
+    try:  # a guardrail type, mode or setting trigate cannot run stops it by name
+        parse_guardrails(resolved.get("guardrails"), KNOWN_TYPES)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     for entry in resolved.get("model_list") or []:
         _lift_litellm_spellings(entry)
     _default_timeouts(resolved)

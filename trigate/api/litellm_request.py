@@ -452,7 +452,14 @@ async def prepare(
 ) -> Attempted:
     """Before the body is decoded: each fallback object's own request, decoded by the same
     surface from the body with the object's fields in place (a copy, since decoding may
-    change what it reads)."""
+    change what it reads). A guardrail the request names must be configured: with
+    none configured no guardrail hook runs to refuse it."""
+    if request.guardrails and gateway.guardrails is None:
+        raise InvalidRequest(
+            f"No guardrail named {', '.join(f'`{n}`' for n in request.guardrails)} is "
+            "configured; the request is refused rather than served without it.",
+            param="guardrails",
+        )
     exchanges: dict[str, Exchange] = {}
     for group, changed in (request.overrides or {}).items():
         copy = orjson.loads(orjson.dumps(body))

@@ -60,8 +60,7 @@ class GuardrailConfig:
     raw: Mapping[str, Any] = field(repr=False)
 
 
-# Each type's own settings, beside `COMMON_SETTINGS`; filled by the types' modules
-# (`trigate.guardrails.registry`), so this module knows no type.
+# Each type's own settings, beside `COMMON_SETTINGS` (`trigate.guardrails.types`).
 TypeSettings = Mapping[str, frozenset[str]]
 
 

@@ -34,10 +34,6 @@ from trigate.guardrails.config import ConfigProblem, GuardrailConfig
 from trigate.guardrails.detectors import GROUPS, PREBUILT, Detector
 from trigate.guardrails.masking import Span, apply
 
-SETTINGS = frozenset(
-    {"patterns", "blocked_words", "blocked_words_file", "pattern_redaction_format",
-     "keyword_redaction_tag"}
-)  # fmt: skip
 ACTIONS = ("BLOCK", "MASK", "LOG")
 
 

@@ -19,14 +19,7 @@ import importlib
 from typing import Any
 
 from trigate.guardrails.base import Guardrail, GuardrailBlocked, Step, Verdict
-from trigate.guardrails.config import ANY_SETTINGS, ConfigProblem, GuardrailConfig
-
-__all__ = ["ANY_SETTINGS", "is_dotted", "load"]
-
-
-def is_dotted(kind: str) -> bool:
-    return "." in kind
-
+from trigate.guardrails.config import ConfigProblem, GuardrailConfig
 
 def load(config: GuardrailConfig) -> Guardrail:
     target = _import(config.type, config.name)

@@ -8,7 +8,6 @@ from trigate.guardrails.base import Guardrail, Step, Verdict
 from trigate.guardrails.config import ConfigProblem, GuardrailConfig
 from trigate.guardrails.service import Service, base_url, need
 
-SETTINGS = frozenset({"additional_provider_specific_params"})
 PATH = "/beta/litellm_basic_guardrail_api"
 
 

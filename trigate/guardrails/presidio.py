@@ -27,10 +27,6 @@ from trigate.guardrails.config import ConfigProblem, GuardrailConfig
 from trigate.guardrails.masking import Span, apply
 from trigate.guardrails.service import Service, base_url, need
 
-SETTINGS = frozenset(
-    {"presidio_analyzer_api_base", "presidio_anonymizer_api_base", "presidio_language",
-     "pii_entities_config", "presidio_score_thresholds", "output_parse_pii"}
-)  # fmt: skip
 ACTIONS = ("MASK", "BLOCK")
 
 

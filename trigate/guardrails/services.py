@@ -21,15 +21,6 @@ from trigate.providers.bedrock import SigV4
 # A deployment of the model list, by its group: its litellm_params (api_base, api_key, model).
 Deployments = Mapping[str, Any]
 
-LAKERA_SETTINGS = frozenset(
-    {"project_id", "payload", "breakdown", "metadata", "dev_info", "on_flagged"}
-)
-MODERATION_SETTINGS = frozenset({"model"})
-BEDROCK_SETTINGS = frozenset(
-    {"guardrailIdentifier", "guardrailVersion", "aws_region_name", "aws_access_key_id",
-     "aws_secret_access_key", "aws_session_token", "mask_request_content",
-     "mask_response_content"}
-)  # fmt: skip
 
 
 class LakeraV2(Guardrail):
