@@ -161,11 +161,7 @@ class Hooks:
 
     def beside_route(self, request: HookedRequest) -> Beside | None:
         """What runs beside the upstream call for `request` (None: nothing)."""
-        besides = [
-            found
-            for hook in self._beside
-            if (found := _beside(hook, request)) is not None
-        ]
+        besides = [found for hook in self._beside if (found := _beside(hook, request)) is not None]
         if not besides:
             return None
         if len(besides) == 1:

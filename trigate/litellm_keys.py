@@ -64,7 +64,7 @@ def _refused(why: str) -> Key:
 
 _NO_GUARDRAILS = (
     "trigate runs guardrails from the top-level `guardrails:` list only (README "
-    "\"Guardrails\"), and serving without this one would fail open"
+    '"Guardrails"), and serving without this one would fail open'
 )
 _NO_UI = "trigate has no admin UI"
 _NO_ALERTS = "trigate sends no alerts (see its Prometheus metrics)"

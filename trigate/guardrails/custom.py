@@ -21,6 +21,7 @@ from typing import Any
 from trigate.guardrails.base import Guardrail, GuardrailBlocked, Step, Verdict
 from trigate.guardrails.config import ConfigProblem, GuardrailConfig
 
+
 def load(config: GuardrailConfig) -> Guardrail:
     target = _import(config.type, config.name)
     if isinstance(target, type) and issubclass(target, Guardrail):

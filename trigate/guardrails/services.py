@@ -22,7 +22,6 @@ from trigate.providers.bedrock import SigV4
 Deployments = Mapping[str, Any]
 
 
-
 class LakeraV2(Guardrail):
     """Lakera Guard: the texts as a conversation; `flagged` blocks, or with
     `on_flagged: monitor` is only recorded."""
