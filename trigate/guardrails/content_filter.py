@@ -31,7 +31,7 @@ import yaml
 
 from trigate.guardrails.base import Guardrail, Step, Verdict
 from trigate.guardrails.config import ConfigProblem, GuardrailConfig
-from trigate.guardrails.detectors import GROUPS, PREBUILT, Detector
+from trigate.guardrails.detectors import GROUPS, PREBUILT, Detector, Scanned
 from trigate.guardrails.masking import Span, apply
 
 ACTIONS = ("BLOCK", "MASK", "LOG")
@@ -58,8 +58,9 @@ class ContentFilter(Guardrail):
         masked: list[str] | None = None
         for index, text in enumerate(texts):
             spans: list[Span] = []
+            scanned = Scanned(text)  # what the detectors' gates ask, computed once
             for rule in self.rules:
-                for start, end in rule.detector.find(text):
+                for start, end in rule.detector.find(scanned):
                     counts[rule.detector.name] = counts.get(rule.detector.name, 0) + 1
                     if rule.action == "BLOCK":
                         return Verdict(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
@@ -15,6 +15,7 @@ from prometheus_client import Counter, Histogram
 from trigate.metrics import LATENCY_BUCKETS, Metrics
 from trigate.tracing import OpenSpan
 
+M = TypeVar("M", Counter, Histogram)
 _made: weakref.WeakKeyDictionary[Metrics, Observer] = weakref.WeakKeyDictionary()
 
 
@@ -24,6 +25,7 @@ class Observer:
 
     def __init__(self, metrics: Metrics) -> None:
         registry = metrics.registry
+        self._children: dict[tuple[int, tuple[str, ...]], Counter | Histogram] = {}
         self.requests = Counter(
             "litellm_guardrail_requests_total",
             "Total number of guardrail invocations",
@@ -44,6 +46,15 @@ class Observer:
             buckets=LATENCY_BUCKETS,
         )
 
+    def _child(self, metric: M, labels: tuple[str, ...]) -> M:
+        """A labelled child, found once: `.labels()` validates and hashes its labels
+        under a lock on every call."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return cast(M, found)
+
     @classmethod
     def of(cls, metrics: Metrics) -> Observer:
         found = _made.get(metrics)
@@ -60,10 +71,10 @@ class Observer:
         elapsed: float,
         parent: Any,
     ) -> None:
-        self.requests.labels(name, status, mode).inc()
+        self._child(self.requests, (name, status, mode)).inc()
         if error_type is not None:
-            self.errors.labels(name, error_type, mode).inc()
-        self.latency.labels(name, status, error_type or "", mode).observe(elapsed)
+            self._child(self.errors, (name, error_type, mode)).inc()
+        self._child(self.latency, (name, status, error_type or "", mode)).observe(elapsed)
         if isinstance(parent, OpenSpan):
             _span(parent, name, mode, status, elapsed)
 
