@@ -24,13 +24,17 @@ DATA = Path(__file__).parent / "data" / "litellm_configs"
 README = Path(__file__).parent.parent / "README.md"
 MOCK = {"model_name": "mock", "litellm_params": {"model": "mock/mock"}}
 
-# What the issue found served in silence: a cache, a logging integration, a guardrail.
+# What the issue found served in silence: a cache, a logging integration, a guardrail
+# (one of a type trigate does not run).
 SILENTLY_DROPPED: dict[str, Any] = {
     "model_list": [MOCK],
     # langsmith: a logging integration trigate does not send to (langfuse it does).
     "litellm_settings": {"cache": True, "success_callback": ["langsmith"]},
 }
-GUARDRAILS = [{"guardrail_name": "pii", "litellm_params": {"guardrail": "presidio"}}]
+GUARDRAILS = [
+    {"guardrail_name": "pii", "litellm_params": {"guardrail": "aporia", "mode": "pre_call"}}
+]
+NOT_RUN = "guardrails `pii`: trigate does not run guardrails of type `aporia`"
 
 REFUSAL = "trigate cannot honour these LiteLLM keys"
 
@@ -111,20 +115,21 @@ REFUSED: dict[str, list[str]] = {
         "router_settings.enable_tag_filtering",
     ],
     "enterprise_config.yaml": ["router_settings.enable_tag_filtering"],
-    "guardrails_eu_ai_act.yaml": ["guardrails"],
     "okta_jwt_auth_config.yaml": ["general_settings.enable_jwt_auth"],
-    "otel_test_config.yaml": ["guardrails"],
     "pass_through_config.yaml": ["general_settings.custom_auth"],
     "reject_clientside_metadata_tags_config.yaml": [
         "general_settings.reject_clientside_metadata_tags"
     ],
     "store_model_db_config.yaml": ["general_settings.custom_team_metadata_validate"],
-    "test_pipeline_config.yaml": ["guardrails", "policies", "policy_attachments"],
-    "tool_permission_example.yaml": ["guardrails"],
+    "test_pipeline_config.yaml": ["policies", "policy_attachments"],
 }
 # Stopped by a value trigate does not take (named), before any key is weighed, or by the
 # file itself (two of LiteLLM's examples are not valid YAML).
 INVALID: dict[str, str] = {
+    # A guardrail trigate does not run, or runs without a setting the file gives it.
+    "guardrails_eu_ai_act.yaml": "`litellm_content_filter` does not read `categories`",
+    "otel_test_config.yaml": "does not run guardrails of type `aporia`",
+    "tool_permission_example.yaml": "does not run guardrails of type `tool_permission`",
     "adaptive_router_example.yaml": "model_list[0].litellm_params.model: unknown provider",
     "advisor_interception_config.yaml": "model_list[2].litellm_params.model: unknown provider",
     "china_domestic_free_sources.yaml": "model_list[0].litellm_params.model: unknown provider",
@@ -212,7 +217,7 @@ def test_the_issue_config_warns_and_a_guardrail_refuses() -> None:
         "config: LiteLLM keys trigate ignores: litellm_settings.cache, "
         "litellm_settings.success_callback[langsmith] (README: From LiteLLM)"
     )
-    with pytest.raises(ConfigError, match=r"remove them to start: guardrails: trigate runs no"):
+    with pytest.raises(ConfigError, match=NOT_RUN):
         parse_config({**SILENTLY_DROPPED, "guardrails": GUARDRAILS}, {})
 
 
@@ -312,8 +317,7 @@ def test_the_command_line_refuses_to_start_naming_the_guardrail(
     path.write_text(yaml.safe_dump({**SILENTLY_DROPPED, "guardrails": GUARDRAILS}))
     assert main(["serve", "--config", str(path)]) == 1
     error = capsys.readouterr().err
-    assert error.startswith(f"trigate: {REFUSAL}")
-    assert "guardrails: trigate runs no LiteLLM guardrail" in error
+    assert error.startswith(f"trigate: {NOT_RUN}")
 
 
 async def test_start_up_names_every_ignored_key_in_one_warning_line(tmp_path: Path) -> None:
@@ -348,4 +352,4 @@ async def test_a_reload_names_ignored_keys_and_refuses_one_it_cannot_honour(
     async with gateway.client() as admin:
         refused = await admin.post("/config/reload")
     assert refused.status_code == 400
-    assert "guardrails: trigate runs no LiteLLM guardrail" in refused.json()["error"]["message"]
+    assert NOT_RUN in refused.json()["error"]["message"]

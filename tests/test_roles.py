@@ -224,6 +224,9 @@ CASES: list[Case] = [
     Case("GET", "/global/spend/report", READERS),
     Case("GET", "/health", EVERYONE),
     Case("GET", "/metrics", READERS),
+    # Guardrails: listed to any key, as LiteLLM lists them.
+    Case("GET", "/guardrails/list", EVERYONE),
+    Case("GET", "/v2/guardrails/list", EVERYONE),
 ]
 
 # Routes that are no admin route: open to all, or the model API (a key's own models).

@@ -35,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 
+from trigate.guardrails.config import parse_guardrails
+from trigate.guardrails.types import KNOWN_TYPES
 from trigate.litellm_keys import Findings, classify
 from trigate.nesting import MAX_NESTING, deeper_than
 from trigate.provider_names import PROVIDER_PREFIXES, REQUIRES_API_BASE
@@ -319,6 +321,9 @@ class GatewayConfig(BaseModel):
     router_settings: dict[str, Any] = Field(default_factory=dict)
     litellm_settings: dict[str, Any] = Field(default_factory=dict)
     environment_variables: dict[str, str] = Field(default_factory=dict)
+    # LiteLLM's `guardrails:` list, as written: checked where the gateway builds them
+    # (`trigate.guardrails.registry`), which stops the start or a reload by name.
+    guardrails: Any = None
     # The keys of the file as read that trigate does not act on (litellm_keys.py), named
     # in one warning line where the file is (re)loaded for serving.
     _litellm_keys: Findings = PrivateAttr(default_factory=Findings)
@@ -383,6 +388,10 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
     findings = classify(resolved)
     if (refusal := findings.refusal()) is not None:
         raise ConfigError(refusal)
+    try:  # a guardrail type, mode or setting trigate cannot run stops it by name
+        parse_guardrails(resolved.get("guardrails"), KNOWN_TYPES)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     for entry in resolved.get("model_list") or []:
         _lift_litellm_spellings(entry)
     _default_timeouts(resolved)

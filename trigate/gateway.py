@@ -40,6 +40,9 @@ from trigate.end_users import EndUsers
 from trigate.errors import GatewayError, secrets
 from trigate.export.exports import Exports
 from trigate.fleet import Fleet
+from trigate.guardrails.hook import GuardrailHook
+from trigate.guardrails.registry import guardrail_set
+from trigate.guardrails.runner import GuardrailSet
 from trigate.hooks import Hooks, load_hooks
 from trigate.limits import LEASE_TTL, FleetLimits, Limits
 from trigate.proxy_budget import PROXY_BUDGET_USER, fallback_row, proxy_budget
@@ -88,6 +91,8 @@ def _export_settings(config: GatewayConfig) -> tuple[Any, ...]:
         *(general.get(name) for name in ("alerting", "alert_types", "alerting_threshold")),
         general.get("alert_to_webhook_url"),
     )
+# What the hooks were loaded from before any were: differs from every config's.
+_NOTHING_LOADED = object()
 
 
 @functools.cache
@@ -156,9 +161,6 @@ class Gateway:
     ) -> None:
         # The config read at start-up: the server's settings come from it.
         self._config = config
-        # The hooks of the file as read: one that cannot load stops the start here.
-        self._hooks = load_hooks(config.litellm_settings.get("callbacks"))
-        self._hooks_named = config.litellm_settings.get("callbacks")
         # LiteLLM's global proxy budget (`litellm_settings.max_budget`); None without one.
         try:
             self.proxy_budget = proxy_budget(config.litellm_settings)
@@ -183,6 +185,13 @@ class Gateway:
             self.exports.adopt(self.telemetry.tracing.outbox)
         self.alerts = self._alerts_for(config)
         self.telemetry.alerts = self.alerts
+        # The hooks and guardrails of the file as read: one that cannot load stops the
+        # start here.
+        self._hooks_named: object = _NOTHING_LOADED
+        # The configured guardrails (`/guardrails/list` reads them); None without any.
+        self.guardrails: GuardrailSet | None = None
+        self._hooks: Hooks | None = None
+        self._hooks = self._hooks_of(config)
         # Admin changes, told to every process of the fleet (and heard from them).
         self.changes = Changes(Limits.budget_keys)
         self.changes.listen((MODELS,), self.models.nudge, self.models.nudge)
@@ -333,12 +342,21 @@ class Gateway:
         else loaded anew. One that cannot load is a `ConfigError` before anything is
         swapped: a reload that names a guardrail the gateway cannot run must not serve
         without it."""
-        named = config.litellm_settings.get("callbacks")
+        callbacks = config.litellm_settings.get("callbacks")
+        named = (callbacks, config.guardrails)
         if named != self._hooks_named:
+            deployments = {e.model_name: e.litellm_params for e in reversed(config.model_list)}
             try:
-                self._hooks = load_hooks(named)
+                guardrails = guardrail_set(config.guardrails, self.telemetry.metrics, deployments)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+            # Guardrails first: no hook (a cache) may answer a request they would block.
+            first = [GuardrailHook(guardrails)] if guardrails is not None else []
+            try:
+                self._hooks = load_hooks(callbacks, first)
             except ValueError as error:
                 raise ConfigError(f"litellm_settings.callbacks: {error}") from None
+            self.guardrails = guardrails
             self._hooks_named = named
         return self._hooks
 
@@ -513,6 +531,8 @@ class Gateway:
             await self.telemetry.stop()
             if self._transport is not None:
                 await self._transport.aclose()
+            if self.guardrails is not None:  # their services' idle connections
+                await self.guardrails.aclose()
             if self._store is not None:
                 await self._store.close()
 

@@ -17,6 +17,21 @@ leaves out as pass-throughs):
   out when it ends, so for a stream it hears the final usage only, and a refusal is
   the request's recorded error.
 
+Three more points serve guardrails (`trigate.guardrails`), each optional on a hook:
+
+- `beside_route(request)` returns None, or a coroutine function the pipeline runs beside
+  the upstream call (its retries and fallbacks included); the answer is held until it
+  returns, and its refusal cancels the call (LiteLLM's `during_call`);
+- `watches_stream(request)` says whether this request's stream needs the hook's
+  `on_chunk` at all; `on_chunk` may also return a list of chunks (chunks it held back,
+  released at once), and `on_stream_end(request)` returns the chunks still held when
+  the upstream's stream ends;
+- `redacted(request, record)` returns the spend record as it may be stored and exported
+  (masked by `logging_only` guardrails), before the record stage writes or exports it.
+
+`after_answer` may change the answer in place and return True when it did, so that the
+upstream's own bytes are not sent instead.
+
 Hooks run in their configured order; the first answer before routing wins. A request
 with no hook configured pays nothing for any of this: the pipeline's hooks are None,
 which it tests, and the relay is given no chunk callback.
@@ -37,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from trigate.clock import wall_time
 from trigate.errors import GatewayError
 from trigate.litellm_keys import callback_names
-from trigate.relay import END_STREAM
+from trigate.relay import END_STREAM, STREAM_END
 
 if TYPE_CHECKING:
     from trigate.api.context import RequestContext
@@ -49,7 +64,16 @@ logger = logging.getLogger("trigate")
 # The built-in exporters LiteLLM's `callbacks` name; every other entry is a dotted path.
 BUILT_IN_CALLBACKS = frozenset({"otel"})
 
-__all__ = ["END_STREAM", "BaseHook", "Hook", "HookedRequest", "Hooks", "Refused", "load_hooks"]
+__all__ = [
+    "END_STREAM",
+    "STREAM_END",
+    "BaseHook",
+    "Hook",
+    "HookedRequest",
+    "Hooks",
+    "Refused",
+    "load_hooks",
+]
 
 
 class Refused(GatewayError):
@@ -99,7 +123,7 @@ class Hook(Protocol):
 
     async def after_answer(
         self, request: HookedRequest, answer: dict[str, Any], usage: Usage
-    ) -> None: ...
+    ) -> bool | None: ...
 
 
 class BaseHook:
@@ -114,22 +138,46 @@ class BaseHook:
 
     async def after_answer(
         self, request: HookedRequest, answer: dict[str, Any], usage: Usage
-    ) -> None:
-        pass
+    ) -> bool | None:
+        """Refuse the answer by raising; return True only if it was changed in place."""
+        return None
 
 
 ChunkHook = Callable[[Any], Awaitable[Any]]
+Beside = Callable[[], Awaitable[None]]
 
 
 class Hooks:
     """The configured hooks, in order; never empty: with none configured the pipeline
     holds None instead, and a request asks only `hooks is not None`."""
 
-    __slots__ = ("_all", "_chunk")
+    __slots__ = ("_all", "_beside", "_chunk", "_redacting")
 
     def __init__(self, hooks: Sequence[Hook]) -> None:
         self._all = tuple(hooks)
         self._chunk = tuple(hook for hook in self._all if _sees_chunks(hook))
+        self._beside = tuple(hook for hook in self._all if hasattr(hook, "beside_route"))
+        self._redacting = tuple(hook for hook in self._all if hasattr(hook, "redacted"))
+
+    def beside_route(self, request: HookedRequest) -> Beside | None:
+        """What runs beside the upstream call for `request` (None: nothing)."""
+        besides = [found for hook in self._beside if (found := _beside(hook, request)) is not None]
+        if not besides:
+            return None
+        if len(besides) == 1:
+            return besides[0]
+
+        async def all_of() -> None:
+            for beside in besides:
+                await beside()
+
+        return all_of
+
+    def redacted(self, request: HookedRequest, record: Any) -> Any:
+        """The record as the hooks let it be stored and exported."""
+        for hook in self._redacting:
+            record = getattr(hook, "redacted")(request, record)  # noqa: B009 (no Hook method)
+        return record
 
     async def before_route(self, request: HookedRequest) -> dict[str, Any] | None:
         for hook in self._all:
@@ -146,17 +194,45 @@ class Hooks:
         return None
 
     def chunk_hook(self, request: HookedRequest) -> ChunkHook | None:
-        """The relay's per-chunk callback for `request`; None when no hook reads chunks."""
-        hooks = self._chunk
+        """The relay's per-chunk callback for `request`; None when no hook reads chunks
+        (or none watches this request's stream). Given `STREAM_END`, it returns the
+        chunks hooks still held."""
+        hooks = tuple(hook for hook in self._chunk if _watches(hook, request))
         if not hooks:
             return None
 
+        async def through(chunk: Any, start: int) -> Any:
+            """`chunk` past the hooks from `start` on; a list where one released many."""
+            for index in range(start, len(hooks)):
+                if chunk is STREAM_END:
+                    ending = getattr(hooks[index], "on_stream_end", None)
+                    held = [] if ending is None else await ending(request)
+                    later = await through(STREAM_END, index + 1)
+                    return [*(await _each(held, index + 1)), *later]
+                chunk = await hooks[index].on_chunk(request, chunk)
+                if type(chunk) is list:
+                    return await _each(chunk, index + 1)
+                if chunk is None or chunk is END_STREAM:
+                    return chunk
+            return [] if chunk is STREAM_END else chunk
+
+        async def _each(chunks: list[Any], start: int) -> list[Any]:
+            passed: list[Any] = []
+            for item in chunks:
+                result = await through(item, start)
+                if result is END_STREAM:
+                    raise _EndedInList(passed)
+                if type(result) is list:
+                    passed.extend(result)
+                elif result is not None:
+                    passed.append(result)
+            return passed
+
         async def on_chunk(chunk: Any) -> Any:
             try:
-                for hook in hooks:
-                    chunk = await hook.on_chunk(request, chunk)
-                    if chunk is None or chunk is END_STREAM:
-                        return chunk
+                chunk = await through(chunk, 0)
+            except _EndedInList as ended:
+                return [*ended.passed, END_STREAM]
             except GatewayError:
                 raise
             except Exception as error:
@@ -173,9 +249,29 @@ class Hooks:
 
     async def after_answer(
         self, request: HookedRequest, answer: dict[str, Any], usage: Usage
-    ) -> None:
+    ) -> bool:
+        """The hooks on a whole answer; whether one changed it (and said so)."""
+        changed = False
         for hook in self._all:
-            await hook.after_answer(request, answer, usage)
+            changed = bool(await hook.after_answer(request, answer, usage)) or changed
+        return changed
+
+
+class _EndedInList(Exception):
+    """A hook ended the stream within chunks another hook released together."""
+
+    def __init__(self, passed: list[Any]) -> None:
+        self.passed = passed
+
+
+def _beside(hook: Hook, request: HookedRequest) -> Beside | None:
+    found: Beside | None = getattr(hook, "beside_route")(request)  # noqa: B009 (optional)
+    return found
+
+
+def _watches(hook: Hook, request: HookedRequest) -> bool:
+    watches = getattr(hook, "watches_stream", None)
+    return watches is None or bool(watches(request))
 
 
 def _sees_chunks(hook: Hook) -> bool:
@@ -187,16 +283,17 @@ def _sees_chunks(hook: Hook) -> bool:
 # --- user hooks, by dotted path ------------------------------------------------------
 
 
-def load_hooks(callbacks: Any) -> Hooks | None:
+def load_hooks(callbacks: Any, first: Sequence[Hook] = ()) -> Hooks | None:
     """The hooks `litellm_settings.callbacks` names by dotted path (`module.instance`,
     the module found on Python's path), each adapted when it has LiteLLM's methods
     rather than `Hook`'s. A dotted path that cannot be loaded stops the start: a
-    guardrail that silently did not load would fail open. A name without a dot is one
-    of LiteLLM's own integrations, not loaded here: a logging callback trigate sends to
+    guardrail that silently did not load would fail open. `first` run before them (the
+    configured guardrails, `trigate.guardrails`). A name without a dot is one of
+    LiteLLM's own integrations, not loaded here: a logging callback trigate sends to
     (`langfuse`, `s3`, ...) is the export path's (trigate.export), and any other is
     named by the config's start-up warning, or refused if it is a guardrail
     (litellm_keys.py)."""
-    hooks = [as_hook(_load(path), path) for path in hook_paths(callbacks)]
+    hooks = [*first, *(as_hook(_load(path), path) for path in hook_paths(callbacks))]
     return Hooks(hooks) if hooks else None
 
 

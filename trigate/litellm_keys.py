@@ -63,8 +63,8 @@ def _refused(why: str) -> Key:
 
 
 _NO_GUARDRAILS = (
-    "trigate runs no LiteLLM guardrail, and serving without it would fail open "
-    "(a guardrail of your own can run as a hook: litellm_settings.callbacks)"
+    "trigate runs guardrails from the top-level `guardrails:` list only (README "
+    '"Guardrails"), and serving without this one would fail open'
 )
 _NO_UI = "trigate has no admin UI"
 _NO_ALERTS = "trigate sends no alerts (see its Prometheus metrics)"
@@ -84,7 +84,7 @@ TOP_LEVEL: dict[str, Key] = {
     "router_settings": _acted("see router_settings below"),
     "litellm_settings": _acted("see litellm_settings below"),
     "environment_variables": _acted("read by `os.environ/NAME` (config.py parse_config)"),
-    "guardrails": _refused(_NO_GUARDRAILS),
+    "guardrails": _acted("run at the pipeline's hook points (trigate/guardrails/)"),
     "policies": _refused("guardrail policies: " + _NO_GUARDRAILS),
     "policy_attachments": _refused("guardrail policies: " + _NO_GUARDRAILS),
     "include": _refused(

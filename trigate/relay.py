@@ -57,6 +57,19 @@ _teardown_lane: RunVar[_TeardownLane] = RunVar("teardown_lane")
 DONE_FRAME = b"data: [DONE]\n\n"
 
 
+class _StreamEnd:
+    """What the relay gives its chunk hook once the upstream's stream has ended: the
+    hook answers with the chunks it still held (a list, perhaps empty)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "STREAM_END"
+
+
+STREAM_END: Final = _StreamEnd()
+
+
 class _EndStream:
     """What a chunk hook returns to end the stream after the chunks before it."""
 
@@ -271,6 +284,8 @@ class StreamRelay(ResponseBody):
                 else:
                     async for batch in self._chunks:
                         await self._relay_batch(frames, batch)
+                    # What the hooks held back (a guardrail's unchecked window) goes now.
+                    await self._relay_batch(frames, [STREAM_END])
                 if self._include_usage:
                     await self._send(frames, self._encoder.usage(await self._usage_chunk()))
             except _HookEnded:
@@ -322,9 +337,14 @@ class StreamRelay(ResponseBody):
                 result = await self._on_chunk(chunk)
             except GatewayError as failure:
                 return passed, failure
-            if result is END_STREAM:
+            if type(result) is list:  # chunks a hook held back, released together
+                for item in result:
+                    if item is END_STREAM:
+                        return passed, _HookEnded()
+                    passed.append(item)
+            elif result is END_STREAM:
                 return passed, _HookEnded()
-            if result is not None:
+            elif result is not None:
                 passed.append(result)
         return passed, None
 

@@ -144,6 +144,9 @@ ROUTES: dict[str, Access] = {
     # `/metrics`, when it needs a key at all, names every tenant.
     "/health": Access.ANY_KEY,
     "/metrics": Access.ADMIN_READ,
+    # Guardrails: their names and settings (credentials redacted), as LiteLLM lists them.
+    "/guardrails/list": Access.ANY_KEY,
+    "/v2/guardrails/list": Access.ANY_KEY,
 }
 
 

@@ -32,6 +32,7 @@ from trigate.api.admin import (
     shaped,
     token_hash_of,
 )
+from trigate.api.guardrails import set_guardrails
 from trigate.api.jsonio import json_response
 from trigate.auth import Caller, generate_key, hash_key, key_name
 from trigate.clock import wall_time
@@ -49,6 +50,8 @@ MAX_LISTED = 10_000
 
 class KeySettings(Limits):
     key_alias: str | None = None
+    # LiteLLM's: the guardrails the key's requests run (kept in its metadata).
+    guardrails: list[str] | None = None
     duration: Duration = None
     user_id: str | None = None
     team_id: str | None = None
@@ -97,6 +100,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         not_reserved(fields.get("user_id"))
         await _may_manage(gateway, caller, fields, body)
         row = {**created_fields(body), **fields, **key_identity(key)}
+        set_guardrails(gateway, body.guardrails, row, None)
         await _check_team(gateway, row)
         await _insert_unique(gateway, row)
         return json_response(_generated(key, await _row(gateway, row["token_hash"])))
@@ -109,6 +113,8 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         not_reserved(fields.get("user_id"))
         await _may_change(gateway, caller, token, fields, body)
         await _check_team(gateway, fields)
+        if body.guardrails is not None:
+            set_guardrails(gateway, body.guardrails, fields, await gateway.store.get("keys", token))
         if not await gateway.store.update("keys", token, {**fields, "updated_at": wall_time()}):
             raise not_found("key", key_name(body.key))
         # LiteLLM's answer, the key's fields at the top level; `key` is its token, never

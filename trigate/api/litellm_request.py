@@ -11,12 +11,14 @@ them. Each field's fate is LiteLLM's:
 - acted on: `fallbacks` (names, or objects with their own `messages`), `metadata` and
   `tags` (to the spend log), `litellm_session_id` / `litellm_trace_id` (the spend log's
   session), `num_retries` / `max_retries` and `timeout` / `request_timeout` /
-  `stream_timeout` (bounding this request within its deployment's own limits), the
+  `stream_timeout` (bounding this request within its deployment's own limits),
+  `guardrails` (in the body or in `metadata`: the guardrails to run besides the
+  `default_on` ones, `trigate.guardrails`), the
   `mock_*` testing fields, and a client's own `api_key` / `api_base` where a deployment
   allows them (`configurable_clientside_auth_params`);
 - refused with a 400 naming the field when it asks for what the gateway cannot do yet:
-  `caching` / `cache` (no response cache yet), `guardrails` (no guardrails yet), client
-  credentials that no deployment allows;
+  `caching` / `cache` (no response cache yet), client credentials that no deployment
+  allows;
 - consumed without effect, since they ask nothing of an answer: `drop_params` and the
   others in `_INERT`.
 
@@ -37,6 +39,7 @@ import orjson
 import trio
 
 from trigate.errors import Failure, InvalidRequest, UpstreamError, UpstreamTimeout
+from trigate.guardrails.config import names_in
 from trigate.nesting import deeper_than
 from trigate.providers import PROVIDERS
 from trigate.providers.mock import MockProvider
@@ -69,7 +72,7 @@ _INERT = frozenset({
     "litellm_logging_obj", "no-log", "proxy_server_request", "secret_fields",
     "disable_add_transform_inline_image_block", "merge_reasoning_content_in_choices",
     "use_litellm_proxy", "mock_tool_calls",
-    # They opt out of guardrails, and the gateway runs none yet.
+    # They opt out of `default_on` guardrails, which a client may not (fail closed).
     "disable_global_guardrails", "disable_global_guardrail", "opted_out_global_guardrails",
 })  # fmt: skip
 # On these routes `metadata` is the API's own field (as LiteLLM's LITELLM_METADATA_ROUTES
@@ -143,6 +146,8 @@ class LiteLLMRequest:
     mock_group_failure: Failure | None = None
     mock_rate_limit: bool = False
     credentials: dict[str, str] | None = None
+    # The guardrails the request names (LiteLLM's `guardrails`, in the body or metadata).
+    guardrails: list[str] = dataclasses.field(default_factory=list)
 
     def attempt_timeout(self, deployment: Deployment, stream: bool) -> float:
         """This request's bound on an attempt: its own, never above the deployment's."""
@@ -177,10 +182,14 @@ def consume(body: dict[str, Any], headers: Mapping[str, str], path: str) -> Lite
         fields.pop(name, None)
     if not fields and HEADERS.isdisjoint(headers):
         return None  # only the API's own `metadata`, or fields that ask nothing
+    guardrails = fields.pop("guardrails", None)
     _refuse_what_cannot_be_done(fields)
     request = LiteLLMRequest()
     _read_fallbacks(request, fields.pop("fallbacks", None))
     _read_logging(request, fields, headers)
+    request.guardrails = _guardrails(guardrails, "guardrails")
+    if request.metadata is not None:
+        request.guardrails += _guardrails(request.metadata.get("guardrails"), "metadata.guardrails")
     _read_bounds(request, fields, headers)
     _read_mocks(request, fields)
     credentials = {name: fields.pop(name) for name in CLIENT_CREDENTIALS if name in fields}
@@ -190,8 +199,7 @@ def consume(body: dict[str, Any], headers: Mapping[str, str], path: str) -> Lite
 
 
 def _refuse_what_cannot_be_done(fields: dict[str, Any]) -> None:
-    """`caching`, `cache` and `guardrails` are refused when they ask for a cache or a
-    guardrail: the gateway has neither yet, and an unmet guardrail must fail closed."""
+    """`caching` and `cache` are refused when they ask for a cache: the gateway has none."""
     caching = fields.pop("caching", None)
     if caching is not None and not isinstance(caching, bool):
         raise InvalidRequest("`caching` must be a boolean.", param="caching")
@@ -215,14 +223,6 @@ def _refuse_what_cannot_be_done(fields: dict[str, Any]) -> None:
                 param="cache",
                 code="unsupported_parameter",
             )
-    guardrails = fields.pop("guardrails", None)
-    if guardrails:
-        raise InvalidRequest(
-            "`guardrails` asks for guardrails, which this gateway does not run yet; the "
-            "request is refused rather than served unguarded.",
-            param="guardrails",
-            code="unsupported_parameter",
-        )
 
 
 def _read_fallbacks(request: LiteLLMRequest, fallbacks: Any) -> None:
@@ -302,6 +302,15 @@ def _read_logging(
                 "`litellm_session_id` must be a non-empty string.", param="litellm_session_id"
             )
         request.session_id = session
+
+
+def _guardrails(value: Any, param: str) -> list[str]:
+    """LiteLLM's `guardrails`: a list of names, or a mapping of names to their dynamic
+    parameters. A name mapped to `false` asks to turn a guardrail off, which a client
+    may not: it is read as naming nothing."""
+    if isinstance(value, dict):
+        value = [name for name, given in value.items() if given is not False]
+    return names_in(value, param, lambda message: InvalidRequest(message, param=param))
 
 
 def _tags(value: Any, param: str) -> list[str]:
@@ -443,7 +452,14 @@ async def prepare(
 ) -> Attempted:
     """Before the body is decoded: each fallback object's own request, decoded by the same
     surface from the body with the object's fields in place (a copy, since decoding may
-    change what it reads)."""
+    change what it reads). A guardrail the request names must be configured: with
+    none configured no guardrail hook runs to refuse it."""
+    if request.guardrails and gateway.guardrails is None:
+        raise InvalidRequest(
+            f"No guardrail named {', '.join(f'`{n}`' for n in request.guardrails)} is "
+            "configured; the request is refused rather than served without it.",
+            param="guardrails",
+        )
     exchanges: dict[str, Exchange] = {}
     for group, changed in (request.overrides or {}).items():
         copy = orjson.loads(orjson.dumps(body))

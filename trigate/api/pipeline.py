@@ -41,7 +41,7 @@ from trigate.clock import wall_time
 from trigate.end_users import end_user_of
 from trigate.errors import GatewayError, UpstreamTimeout, secrets
 from trigate.gateway import Gateway
-from trigate.hooks import Hooks
+from trigate.hooks import Beside, Hooks
 from trigate.limits import (
     Admission,
     Covering,
@@ -109,6 +109,8 @@ class Pipeline:
         hooks = gateway.live.hooks
         fallbacks = litellm.fallbacks if litellm else None
         call = Call(gateway, context, caller, exchange, fallbacks, hooks)
+        if litellm is not None:  # guardrails: the request's own `guardrails` (issue 23)
+            call.requested_guardrails = litellm.guardrails
         if attempted is not None:
             attempted.attach(call)
         await call.admit()
@@ -195,6 +197,8 @@ class Call:
         self.cost: float | None = None
         # A whole answer's body, for export sinks (`record_details`).
         self.answer: Any = None
+        # The guardrails the request names (LiteLLM's `guardrails`), for the hooks.
+        self.requested_guardrails: list[str] = []
         context.call = self
 
     @property
@@ -294,8 +298,10 @@ class Call:
             if completion.usage is None:
                 self.meter.observe_completion(completion.body)
             usage = await self.meter.settle()
-            if self.hooks is not None:
-                await self.hooks.after_answer(self, completion.body, usage)
+            if self.hooks is not None and await self.hooks.after_answer(
+                self, completion.body, usage
+            ):
+                completion.raw = None  # a guardrail changed the answer: not the upstream's bytes
             answer = self.exchange.answer(completion, usage)
             if self.context.response_id is None:  # a surface that made its own id set it
                 self.context.response_id = _answer_id(completion.body)
@@ -357,6 +363,48 @@ class Call:
         return Reply(relay, headers=SSE_HEADERS)
 
     async def _route(self) -> Routed[Any]:
+        """Route the request, beside what hooks run during the call (guardrails)."""
+        beside = None if self.hooks is None else self.hooks.beside_route(self)
+        if beside is not None:
+            return await self._route_beside(beside)
+        return await self._route_only()
+
+    async def _route_beside(self, beside: Beside) -> Routed[Any]:
+        """Route while `beside` runs (LiteLLM's during_call guardrails): the answer waits
+        for it, and its refusal cancels the call, or discards an answer that came first."""
+        routed: Routed[Any] | None = None
+        failure: Exception | None = None
+        refusal: Exception | None = None
+
+        async def check(scope: trio.CancelScope) -> None:
+            nonlocal refusal
+            try:
+                await beside()
+            except Exception as error:
+                refusal = error
+                scope.cancel()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(check, nursery.cancel_scope)
+                try:
+                    routed = await self._route_only()
+                except Exception as error:
+                    failure = error
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the client left: Cancelled, as it came
+            raise _first(group) from None
+        if refusal is not None:
+            if routed is not None:
+                await self.discard(routed.result)
+                self.gateway.router.release(routed.deployment, 0)
+            raise refusal
+        if failure is not None:
+            raise failure
+        assert routed is not None
+        return routed
+
+    async def _route_only(self) -> Routed[Any]:
         """Route the request, counting the whole wait as the upstreams', not ours."""
         started = trio.current_time()
         try:
@@ -530,6 +578,10 @@ class Call:
         if own is not None or self.gateway.exports.configured:
             record.details = record_details(self, self.answer, error, own)
         # ---------------------------------------------------------------------------
+        if self.hooks is not None:
+            # Masked by logging_only guardrails, the export details included, before
+            # the record is stored or any sink sees it.
+            record = self.hooks.redacted(self, record)
         self.cost = cost
         self.telemetry.finished(self.context, caller, record, deployment, error)
         await self.gateway.record(record)
@@ -546,6 +598,20 @@ class _AnsweredStream:
 
     async def aclose(self) -> None:
         pass
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The exception a group of one task's stands for: its first failure, else its first
+    cancellation (re-raised, so the scope that was cancelled catches it)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        found = pending.pop(0)
+        if isinstance(found, BaseExceptionGroup):
+            pending.extend(found.exceptions)
+        else:
+            leaves.append(found)
+    return next((e for e in leaves if not isinstance(e, trio.Cancelled)), leaves[0])
 
 
 def _answer_id(answer: Any) -> str | None:

@@ -18,6 +18,7 @@ from trigate.api import (
     budgets,
     customers,
     discovery,
+    guardrails,
     health,
     keys,
     metrics,
@@ -100,6 +101,8 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     # /budget/new, /budget/update, /budget/info, /budget/list, /budget/settings,
     # /budget/delete
     budgets.register,
+    # GET /guardrails/list, /v2/guardrails/list
+    guardrails.register,
     # GET /routes
     functools.partial(
         discovery.register, model_paths=lambda gateway: model_routes(Pipeline(gateway), gateway)

@@ -33,6 +33,7 @@ from trigate.api.admin import (
     query_arg,
     shaped,
 )
+from trigate.api.guardrails import set_guardrails
 from trigate.api.jsonio import json_response
 from trigate.api.keys import key_shape
 from trigate.api.organizations import check_team
@@ -52,6 +53,8 @@ class Member(NamedUser):
 
 class TeamSettings(Limits):
     team_id: str | None = None
+    # LiteLLM's: the guardrails the team's keys' requests run (kept in its metadata).
+    guardrails: list[str] | None = None
     team_alias: str | None = None
     model_aliases: dict[str, str] | None = None
     organization_id: str | None = None
@@ -117,6 +120,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "model_aliases": body.model_aliases or {},
             "organization_id": body.organization_id,
         }
+        set_guardrails(gateway, body.guardrails, row, None)
         await insert_new(gateway, "teams", row)
         creator = _creator(caller, body.members_with_roles, row["team_id"])
         await _add_members(gateway, row["team_id"], body.members_with_roles, creator, admin=True)
@@ -136,6 +140,9 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             organization_id = body.organization_id or current.get("organization_id")
             await check_team(gateway, organization_id, fields.get("models", current.get("models")))
             fields["organization_id"] = organization_id
+        if body.guardrails is not None:
+            current_team = await gateway.store.get("teams", body.team_id)
+            set_guardrails(gateway, body.guardrails, fields, current_team)
         if not await gateway.store.update(
             "teams", body.team_id, {**fields, "updated_at": wall_time()}
         ):

@@ -178,7 +178,7 @@ def _authentication(params: LiteLLMParams, region: str) -> tuple[Sign, dict[str,
     token = _setting(params.aws_session_token, "AWS_SESSION_TOKEN")
     if access_key and secret_key:
         secrets.extend((secret_key, token))
-        return _SigV4(Credentials(access_key, secret_key, token), region), {}
+        return SigV4(Credentials(access_key, secret_key, token), region), {}
     if api_key := os.environ.get("AWS_BEARER_TOKEN_BEDROCK"):
         return _bearer(api_key)
     return _missing_credentials, {}
@@ -197,7 +197,7 @@ class _PayloadSigner(SigV4Auth):
         return hashlib.sha256(request.data or b"").hexdigest()
 
 
-class _SigV4:
+class SigV4:
     """Signs each request as it goes out: the signature covers the time, so it cannot
     be computed once."""
 

@@ -1,0 +1,114 @@
+"""Instructions a guardrail costs a request, counted by callgrind as `scripts/bench
+--check` counts them: `python scripts/bench_guardrails.py`.
+
+The embedded content filter (every prebuilt pattern: PII, secrets, prompt injection,
+and a keyword), run by the guardrail runner as a request meets it (pre_call on the
+request, post_call on the answer, the spend row's `guardrail_information`, LiteLLM's
+metrics), on a chat request of about 2,000 tokens of prose with an email and a phone
+number in it. Each figure is a difference of two runs of one script under callgrind,
+with and without `RUNS` more requests, divided by `RUNS`: start-up, imports and warm-up
+cancel out. Compare it with `scripts/bench-budget.json`, the instructions a whole
+proxied call costs (about 2.2 million for a chat completion with the master key).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RUNS = 20
+ROOT = Path(__file__).resolve().parent.parent
+
+WORKER = r"""
+import sys
+import trio
+from trigate.guardrails.config import Mode
+from trigate.guardrails.content_filter import ContentFilter
+from trigate.guardrails.config import parse_guardrails
+from trigate.guardrails.types import KNOWN_TYPES
+from trigate.guardrails.observe import Observer
+from trigate.guardrails.runner import GuardrailRun
+from trigate.metrics import Metrics
+
+SENTENCE = (
+    "The committee reviewed the quarterly figures and agreed that the migration of the "
+    "billing service should wait until the new storage cluster has been load tested. "
+)
+PROMPT = SENTENCE * 70 + "Reach me at ada@example.com or +44 20 7946 0958. " + SENTENCE * 5
+ENTRY = {
+    "guardrail_name": "cf",
+    "litellm_params": {
+        "guardrail": "litellm_content_filter",
+        "mode": ["pre_call", "post_call"],
+        "patterns": [
+            {"pattern_type": "prebuilt", "pattern_name": name, "action": action}
+            for name, action in (("pii", "MASK"), ("secrets", "BLOCK"),
+                                 ("prompt_injection", "BLOCK"))
+        ],
+        "blocked_words": [{"keyword": "confidential", "action": "BLOCK"}],
+    },
+}
+[config] = parse_guardrails([ENTRY], KNOWN_TYPES)
+guard = ContentFilter(config)
+observer = Observer(Metrics())
+
+
+async def one() -> None:
+    run = GuardrailRun([guard], observer, "gpt-4o", None, {})
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": PROMPT}]}
+    await run.pre_call(body)
+    await run.post_call({"object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": SENTENCE * 3}}]})
+
+
+async def main(count: int) -> None:
+    for _ in range(3):  # warm: regex caches, metric children
+        await one()
+    for _ in range(count):
+        await one()
+
+trio.run(main, int(sys.argv[1]))
+"""
+
+
+def instructions(count: int, workdir: Path) -> int:
+    out = workdir / f"callgrind.{count}"
+    subprocess.run(
+        ["/usr/bin/valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+         "-c", WORKER, str(count)],
+        check=True, capture_output=True, cwd=ROOT, env={"PYTHONHASHSEED": "0", "PATH": ""},
+    )  # fmt: skip
+    for line in out.read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise SystemExit(f"no totals in {out}")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        workdir = Path(directory)
+        base = instructions(0, workdir)
+        more = instructions(RUNS, workdir)
+    sys.path.insert(0, str(ROOT))
+    from trigate.tokens import TokenCounter
+
+    prompt_tokens = _prompt_tokens(TokenCounter)
+    per_request = (more - base) / RUNS
+    print(f"prompt: {prompt_tokens} tokens (o200k)")
+    print(f"content filter, pre_call + post_call, per request: {per_request:,.0f} instructions")
+
+
+def _prompt_tokens(counter_class: type) -> int:
+    sentence = (
+        "The committee reviewed the quarterly figures and agreed that the migration of the "
+        "billing service should wait until the new storage cluster has been load tested. "
+    )
+    prompt = sentence * 70 + "Reach me at ada@example.com or +44 20 7946 0958. " + sentence * 5
+    counter = counter_class.load()
+    return int(counter.count_text("gpt-4o", prompt))
+
+
+if __name__ == "__main__":
+    main()

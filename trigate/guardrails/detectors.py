@@ -1,0 +1,297 @@
+"""The embedded content filter's detectors: patterns that need no service.
+
+PII (email, phone, credit cards checked by Luhn, IBANs checked by mod 97, IP addresses,
+US SSNs), secrets (cloud keys, private keys, bearer tokens, API keys, JWTs, and any long
+high-entropy token), and a prompt-injection heuristic. Each is a regular expression with,
+where the shape alone says too little, a check of the match.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+
+class Scanned:
+    """One text as the detectors scan it, with what their gates ask computed once: its
+    lower case, and the windows around its digits and its `@`s. Scanning a 2,000-token
+    prompt with every regex costs many times a proxied call; most detectors need a
+    digit, an `@` or a literal, which C's string search finds at a fraction of that."""
+
+    __slots__ = ("_lower", "_windows", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._lower: str | None = None
+        self._windows: dict[str, list[tuple[int, int]]] = {}
+
+    @property
+    def lower(self) -> str:
+        if self._lower is None:
+            self._lower = self.text.lower()
+        return self._lower
+
+    def has(self, *needles: str) -> bool:
+        text = self.text
+        return any(needle in text for needle in needles)
+
+    def has_lower(self, *needles: str) -> bool:
+        lower = self.lower
+        return any(needle in lower for needle in needles)
+
+    def windows(self, near: str) -> list[tuple[int, int]]:
+        """The spans of text within `MARGIN` of any of the characters `near`, merged and
+        widened to whitespace, so that a match (and its word boundaries) lies whole in
+        one of them."""
+        found = self._windows.get(near)
+        if found is None:
+            found = self._windows[near] = _windows(self.text, near)
+        return found
+
+
+# How far a detector's match may reach from the character that gates it (an IBAN with
+# its spaces is the longest: 42 characters).
+MARGIN = 48
+DIGITS = "0123456789"
+
+
+def _windows(text: str, near: str) -> list[tuple[int, int]]:
+    positions: list[int] = []
+    for char in near:
+        at = text.find(char)
+        while at != -1:
+            positions.append(at)
+            at = text.find(char, at + MARGIN)
+    if not positions:
+        return []
+    positions.sort()
+    merged: list[tuple[int, int]] = []
+    for at in positions:
+        start, end = max(0, at - MARGIN), min(len(text), at + MARGIN + 1)
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return [_to_whitespace(text, start, end) for start, end in merged]
+
+
+def _to_whitespace(text: str, start: int, end: int) -> tuple[int, int]:
+    """A window widened to the whitespace around it (or the text's ends), so that a
+    regex's word boundaries at its edges are real ones."""
+    before = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start))
+    after = [at for at in (text.find(" ", end), text.find("\n", end)) if at != -1]
+    return before + 1, min(after) if after else len(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Detector:
+    """A pattern, the check of what it matched, and what a text must have for the
+    pattern to be tried at all: `gate` (None: always), and `near`, characters around
+    which alone it can match (None: anywhere)."""
+
+    name: str
+    pattern: re.Pattern[str]
+    # A check of a match's text; None: the shape is enough.
+    valid: Callable[[str], bool] | None = None
+    gate: Callable[[Scanned], bool] | None = None
+    near: str | None = None
+
+    def find(self, text: str | Scanned) -> Iterator[tuple[int, int]]:
+        scanned = text if isinstance(text, Scanned) else Scanned(text)
+        if self.gate is not None and not self.gate(scanned):
+            return
+        whole = scanned.text
+        spans = [(0, len(whole))] if self.near is None else scanned.windows(self.near)
+        valid = self.valid
+        for start, end in spans:
+            for match in self.pattern.finditer(whole, start, end):
+                if valid is None or valid(match.group()):
+                    yield match.start(), match.end()
+
+
+def luhn(text: str) -> bool:
+    digits = [int(c) for c in text if c.isdigit()]
+    if not 13 <= len(digits) <= 19:
+        return False
+    total = 0
+    for index, digit in enumerate(reversed(digits)):
+        if index % 2:
+            digit *= 2
+            if digit > 9:
+                digit -= 9
+        total += digit
+    return total % 10 == 0
+
+
+def iban(text: str) -> bool:
+    compact = text.replace(" ", "").upper()
+    rearranged = compact[4:] + compact[:4]
+    number = "".join(str(int(c, 36)) for c in rearranged)
+    return int(number) % 97 == 1
+
+
+def ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def ipv6_address(text: str) -> bool:
+    """An IPv6 address with a digit in it: `add::b` in a program's text is not one."""
+    return any(c.isdigit() for c in text) and ip_address(text)
+
+
+def entropy(text: str) -> float:
+    """Shannon entropy in bits per character."""
+    counts: dict[str, int] = {}
+    for char in text:
+        counts[char] = counts.get(char, 0) + 1
+    length = len(text)
+    return -sum(n / length * math.log2(n / length) for n in counts.values())
+
+
+def high_entropy(text: str) -> bool:
+    """A token that looks random: long, of letters and digits mixed, and of high entropy
+    (a word, a path or a number is not)."""
+    has_digit = any(c.isdigit() for c in text)
+    has_upper = any(c.isupper() for c in text)
+    has_lower = any(c.islower() for c in text)
+    return has_digit and has_upper and has_lower and entropy(text) >= 4.0
+
+
+_CARD = r"\b(?:\d[ -]?){12,18}\d\b"
+_INJECTION = (
+    r"\b(?:ignore|disregard|forget|override|bypass)\b[\w\s,]{0,30}?\b(?:previous|prior|above|"
+    r"earlier|preceding|all|any|your|system)\b[\w\s]{0,20}?\b(?:instructions?|prompts?|rules|"
+    r"directions|guidelines|context)\b"
+    r"|\byou are now (?:in )?(?:DAN|developer mode|jailbroken|unrestricted)\b"
+    r"|\b(?:reveal|print|show|repeat|output)\b[\w\s]{0,20}?\b(?:your|the) (?:system|hidden|"
+    r"initial) (?:prompt|instructions)\b"
+    r"|\bjailbreak\b|\bdo anything now\b"
+    r"|\bpretend (?:that )?you (?:are|have) no (?:rules|restrictions|guidelines)\b"
+)
+
+# What a high-entropy token is at least: so long a run without a space.
+_LONG_TOKEN = re.compile(r"[^\s]{24}")
+# What any phrasing `_INJECTION` matches contains: none of them, no injection to look for.
+_INJECTION_WORDS = (
+    "ignore", "disregard", "forget", "override", "bypass", "you are now", "system prompt",
+    "hidden prompt", "initial prompt", "instructions", "jailbreak", "do anything now",
+    "pretend",
+)  # fmt: skip
+
+PREBUILT: dict[str, Detector] = {
+    detector.name: detector
+    for detector in (
+        Detector("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b"), near="@"),
+        Detector(
+            "phone",
+            re.compile(
+                r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{2,4}[ .-])\d{3,4}"
+                r"[ .-]\d{3,4}\b"
+            ),
+            near=DIGITS,
+        ),
+        Detector("credit_card", re.compile(_CARD), luhn, near=DIGITS),
+        Detector("visa", re.compile(r"\b4\d{3}(?:[ -]?\d{4}){3}\b"), luhn, near=DIGITS),
+        Detector("mastercard", re.compile(r"\b5[1-5]\d{2}(?:[ -]?\d{4}){3}\b"), luhn, near=DIGITS),
+        Detector("amex", re.compile(r"\b3[47]\d{2}[ -]?\d{6}[ -]?\d{5}\b"), luhn, near=DIGITS),
+        Detector(
+            "iban",
+            re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
+            iban,
+            near=DIGITS,
+        ),
+        Detector("ipv4", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), ip_address, near=DIGITS),
+        Detector(
+            "ipv6",
+            re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
+            ipv6_address,
+            gate=lambda text: text.has(":"),
+            near=DIGITS,
+        ),
+        Detector(
+            "us_ssn",
+            re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"),
+            near=DIGITS,
+        ),
+        Detector(
+            "aws_access_key",
+            re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
+            gate=lambda text: text.has("AKIA", "ASIA", "ABIA", "ACCA"),
+        ),
+        Detector(
+            "aws_secret_key",
+            re.compile(r"(?i)\baws_?secret_?(?:access_?)?key\b[\s\"':=]{1,5}[A-Za-z0-9/+=]{40}\b"),
+            gate=lambda text: text.has_lower("secret"),
+        ),
+        Detector(
+            "github_token",
+            re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_\w{40,})"),
+            gate=lambda text: text.has("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+        ),
+        Detector(
+            "google_api_key",
+            re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),
+            gate=lambda text: text.has("AIza"),
+        ),
+        Detector(
+            "slack_token",
+            re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
+            gate=lambda text: text.has("xox"),
+        ),
+        Detector(
+            "stripe_key",
+            re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}\b"),
+            gate=lambda text: text.has("k_live_", "k_test_"),
+        ),
+        Detector(
+            "api_key",
+            re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{20,}"),
+            gate=lambda text: text.has("sk-"),
+        ),
+        Detector(
+            "private_key",
+            re.compile(
+                r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?"
+                r"-----END (?:[A-Z]+ )*PRIVATE KEY-----"
+            ),
+        ),
+        Detector(
+            "bearer_token",
+            re.compile(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{16,}=*"),
+            gate=lambda text: text.has_lower("bearer"),
+        ),
+        Detector(
+            "jwt",
+            re.compile(r"\beyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}"),
+            gate=lambda text: text.has("eyJ"),
+        ),
+        Detector(
+            "high_entropy",
+            re.compile(r"(?<![\w/+=-])[A-Za-z0-9/+_=-]{24,}(?![\w/+=-])"),
+            high_entropy,
+            gate=lambda text: _LONG_TOKEN.search(text.text) is not None,
+        ),
+        Detector(
+            "prompt_injection",
+            re.compile(_INJECTION, re.IGNORECASE),
+            gate=lambda text: text.has_lower(*_INJECTION_WORDS),
+        ),
+    )
+}
+
+# What `patterns: [{pattern_type: prebuilt, pattern_name: ...}]` may name, grouped so a
+# config can turn a family on by one name.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "pii": ("email", "phone", "credit_card", "iban", "ipv4", "ipv6", "us_ssn"),
+    "secrets": (
+        "aws_access_key", "aws_secret_key", "github_token", "google_api_key", "slack_token",
+        "stripe_key", "api_key", "private_key", "bearer_token", "jwt", "high_entropy",
+    ),
+}  # fmt: skip

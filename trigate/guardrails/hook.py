@@ -1,0 +1,128 @@
+"""The guardrails as one of the pipeline's hooks (`trigate.hooks`): it finds the
+request's guardrails before routing and keeps their run on the request, and each later
+hook point asks that run."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from trigate.guardrails.config import Mode
+from trigate.guardrails.runner import APPLIED_HEADER, RUN_ATTRIBUTE, GuardrailRun, GuardrailSet
+from trigate.hooks import BaseHook, HookedRequest
+from trigate.spend import RequestRecord
+from trigate.usage import Usage
+
+
+class GuardrailHook(BaseHook):
+    def __init__(self, guardrails: GuardrailSet) -> None:
+        self.guardrails = guardrails
+
+    def __repr__(self) -> str:
+        return f"guardrails({', '.join(self.guardrails.guardrails)})"
+
+    async def before_route(self, request: HookedRequest) -> dict[str, Any] | None:
+        caller = request.caller
+        requested = getattr(request, "requested_guardrails", None) or ()
+        chosen = self.guardrails.selected(requested, caller.key, caller.team)
+        if not chosen:
+            return None
+        telemetry = getattr(request, "telemetry", None)
+        span = getattr(telemetry, "span", None)
+        data = {
+            "user_api_key_hash": caller.key_hash,
+            "user_api_key_alias": caller.key_alias,
+            "user_api_key_user_id": caller.user_id,
+            "user_api_key_team_id": caller.team_id,
+            "user_api_key_end_user_id": caller.end_user_id,
+            "user_api_key_org_id": caller.organization_id,
+            "litellm_call_id": request.context.request_id,
+        }
+        observer = self.guardrails.observer
+        run = GuardrailRun(chosen, observer, request.model_group, span, data)
+        setattr(request, RUN_ATTRIBUTE, run)
+        request.context.headers[APPLIED_HEADER] = ",".join(run.applied)
+        await run.pre_call(request.body)
+        await run.log_request(request.body)
+        return None
+
+    def beside_route(self, request: HookedRequest) -> Any:
+        run = _run(request)
+        if run is None or not run.runs(Mode.DURING_CALL):
+            return None
+        body = request.body
+
+        async def during_call() -> None:
+            await run.during_call(body)
+
+        return during_call
+
+    def watches_stream(self, request: HookedRequest) -> bool:
+        run = _run(request)
+        return run is not None and run.watches_stream
+
+    async def on_chunk(self, request: HookedRequest, chunk: Any) -> Any:
+        run = _run(request)
+        return chunk if run is None else await run.on_chunk(chunk)
+
+    async def on_stream_end(self, request: HookedRequest) -> list[Any]:
+        run = _run(request)
+        return [] if run is None else await run.on_stream_end()
+
+    async def after_answer(
+        self, request: HookedRequest, answer: dict[str, Any], usage: Usage
+    ) -> bool:
+        run = _run(request)
+        if run is None or not answer:  # a stream's was checked as it went
+            return False
+        return await run.post_call(answer)
+
+    def redacted(self, request: HookedRequest, record: RequestRecord) -> RequestRecord:
+        run = _run(request)
+        return record if run is None else redact_record(run, record, request)
+
+
+def _run(request: HookedRequest) -> GuardrailRun | None:
+    run: GuardrailRun | None = getattr(request, RUN_ATTRIBUTE, None)
+    return run
+
+
+def redact_record(run: GuardrailRun, record: RequestRecord, request: Any = None) -> RequestRecord:
+    """The record as it may be stored and exported: each text a `logging_only`
+    guardrail found masked in every field (the messages and answers a logging callback
+    may carry included), with the run's `guardrail_information` in its metadata as
+    LiteLLM logs it. The request's span is masked the same way before it is exported."""
+    metadata = dict(record.metadata or {})
+    metadata["guardrail_information"] = run.information
+    record = dataclasses.replace(record, metadata=metadata)
+    redactions = run.redactions
+    if not redactions:
+        return record
+    changed = {
+        f.name: _masked(getattr(record, f.name), redactions) for f in dataclasses.fields(record)
+    }
+    span = getattr(getattr(request, "telemetry", None), "span", None)
+    attributes = getattr(span, "attributes", None)
+    if isinstance(attributes, dict):
+        attributes.update(_masked(attributes, redactions))
+    return dataclasses.replace(record, **changed)
+
+
+def _masked(value: Any, redactions: list[tuple[str, str]]) -> Any:
+    if isinstance(value, str):
+        for original, mask in redactions:
+            if original in value:
+                value = value.replace(original, mask)
+        return value
+    if isinstance(value, dict):
+        return {key: _masked(item, redactions) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_masked(item, redactions) for item in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # The record's export details (`RecordDetails`): the messages and the answer
+        # a logging callback sends.
+        fields = dataclasses.fields(value)
+        return dataclasses.replace(
+            value, **{f.name: _masked(getattr(value, f.name), redactions) for f in fields}
+        )
+    return value

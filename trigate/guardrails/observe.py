@@ -1,0 +1,97 @@
+"""What operators see of each guardrail run: LiteLLM's Prometheus metrics
+(`litellm_guardrail_requests_total`, `litellm_guardrail_errors_total`,
+`litellm_guardrail_latency_seconds`, with LiteLLM's labels) and a span in the request's
+trace."""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any, TypeVar, cast
+
+from opentelemetry.trace import SpanKind
+from prometheus_client import Counter, Histogram
+
+from trigate.metrics import LATENCY_BUCKETS, Metrics
+from trigate.tracing import OpenSpan
+
+M = TypeVar("M", Counter, Histogram)
+_made: weakref.WeakKeyDictionary[Metrics, Observer] = weakref.WeakKeyDictionary()
+
+
+class Observer:
+    """The guardrail metrics of one registry (made once per `Metrics`: a reload's new
+    guardrails count into the same series)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        registry = metrics.registry
+        self._children: dict[tuple[int, tuple[str, ...]], Counter | Histogram] = {}
+        self.requests = Counter(
+            "litellm_guardrail_requests_total",
+            "Total number of guardrail invocations",
+            ("guardrail_name", "status", "hook_type"),
+            registry=registry,
+        )
+        self.errors = Counter(
+            "litellm_guardrail_errors_total",
+            "Total number of errors encountered during guardrail execution",
+            ("guardrail_name", "error_type", "hook_type"),
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "litellm_guardrail_latency_seconds",
+            "Guardrail execution latency in seconds",
+            ("guardrail_name", "status", "error_type", "hook_type"),
+            registry=registry,
+            buckets=LATENCY_BUCKETS,
+        )
+
+    def _child(self, metric: M, labels: tuple[str, ...]) -> M:
+        """A labelled child, found once: `.labels()` validates and hashes its labels
+        under a lock on every call."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return cast(M, found)
+
+    @classmethod
+    def of(cls, metrics: Metrics) -> Observer:
+        found = _made.get(metrics)
+        if found is None:
+            found = _made[metrics] = cls(metrics)
+        return found
+
+    def observed(
+        self,
+        name: str,
+        mode: str,
+        status: str,
+        error_type: str | None,
+        elapsed: float,
+        parent: Any,
+    ) -> None:
+        self._child(self.requests, (name, status, mode)).inc()
+        if error_type is not None:
+            self._child(self.errors, (name, error_type, mode)).inc()
+        self._child(self.latency, (name, status, error_type or "", mode)).observe(elapsed)
+        if isinstance(parent, OpenSpan):
+            _span(parent, name, mode, status, elapsed)
+
+
+def _span(parent: OpenSpan, name: str, mode: str, status: str, elapsed: float) -> None:
+    """A finished child span of the request's, for one guardrail run."""
+    span = OpenSpan(
+        parent._tracing,
+        f"guardrail {name}",
+        SpanKind.INTERNAL,
+        parent.context.trace_id,
+        parent.context,
+        {
+            "trigate.guardrail.name": name,
+            "trigate.guardrail.mode": mode,
+            "trigate.guardrail.status": status,
+        },
+    )
+    span.start = time.time_ns() - int(elapsed * 1e9)
+    span.end()

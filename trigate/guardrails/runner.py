@@ -1,0 +1,346 @@
+"""The guardrails of one request, run at the pipeline's hook points.
+
+- before routing: which guardrails the request meets (`default_on`, the request's own
+  `guardrails`, its key's and its team's), then each `pre_call` one on the request,
+  which may block it or mask it; `logging_only` ones find what is to be masked in what
+  is logged;
+- beside the upstream call: the `during_call` ones (the pipeline holds the answer until
+  they pass, and a block cancels the call);
+- on the answer: the `post_call` ones on a whole answer, or on a stream's text as it
+  grows, a window at a time (`stream_window` characters): the client gets no text that
+  was not checked, and a block ends the stream there; then the masks a guardrail minted
+  (`output_parse_pii`) are given back in the answer;
+- on the record: what `logging_only` guardrails found is masked in the spend row and the
+  trace, and each guardrail's outcome is its `guardrail_information`.
+
+Each guardrail runs once per request and mode: the router's retries and fallbacks happen
+between these points, never around them. A guardrail that fails (an error, its timeout,
+an answer it cannot read) blocks the request unless it is `fail_open`; either way it is
+counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from trigate.clock import wall_time
+from trigate.errors import GatewayError, InvalidRequest
+from trigate.guardrails.base import Guardrail, GuardrailBlocked, GuardrailFailed, Step, Verdict
+from trigate.guardrails.config import GuardrailConfig, Mode, names_in
+from trigate.guardrails.masking import Vault, replacements
+from trigate.guardrails.observe import Observer
+from trigate.guardrails.text import (
+    Slot,
+    answer_slots,
+    chunk_slots,
+    request_slots,
+    rewritten,
+)
+from trigate.guardrails.windows import redistribute
+
+logger = logging.getLogger("trigate")
+
+# Where a request's run is kept, on the request the pipeline hands its hooks.
+RUN_ATTRIBUTE = "guardrail_run"
+APPLIED_HEADER = "x-litellm-applied-guardrails"
+
+
+class GuardrailUnavailable(GatewayError):
+    """A guardrail that fails closed could not check the request: it is not served."""
+
+    status = 503
+    code = "guardrail_unavailable"
+
+
+@dataclass(slots=True)
+class GuardrailSet:
+    """The configured guardrails, by name, built once per configuration."""
+
+    configs: tuple[GuardrailConfig, ...]
+    guardrails: dict[str, Guardrail]
+    observer: Observer
+
+    @property
+    def by_name(self) -> Mapping[str, GuardrailConfig]:
+        return {config.name: config for config in self.configs}
+
+    def selected(self, requested: Sequence[str], key: Any, team: Any) -> list[Guardrail]:
+        """The request's guardrails, in the config's order: every `default_on` one, and
+        each that the request, its key or its team names. A name nobody configured is
+        the client's 400: a guardrail asked for must never silently not run."""
+        names = set(requested)
+        for row, whose in ((key, "key"), (team, "team")):
+            metadata = row.get("metadata") if isinstance(row, Mapping) else None
+            if isinstance(metadata, Mapping):
+                names.update(names_in(metadata.get("guardrails"), f"{whose} guardrails", _bad))
+        missing = sorted(names - self.guardrails.keys())
+        if missing:
+            raise InvalidRequest(
+                f"No guardrail named {', '.join(f'`{n}`' for n in missing)} is configured; "
+                "the request is refused rather than served without it.",
+                param="guardrails",
+            )
+        return [
+            guardrail
+            for config in self.configs
+            if config.default_on or config.name in names
+            for guardrail in (self.guardrails[config.name],)
+        ]
+
+    async def aclose(self) -> None:
+        for guardrail in self.guardrails.values():
+            await guardrail.aclose()
+
+
+def _bad(message: str) -> Exception:
+    return InvalidRequest(message, param="guardrails")
+
+
+@dataclass(slots=True)
+class _Held:
+    """A stream's chunks held back until their window is checked."""
+
+    chunks: list[Any] = field(default_factory=list)
+    # The text the client has been sent so far (after masks), and the held text.
+    sent: str = ""
+    parts: list[str] = field(default_factory=list)
+    size: int = 0
+
+
+class GuardrailRun:
+    """One request's guardrails and what they did to it."""
+
+    def __init__(
+        self,
+        guardrails: list[Guardrail],
+        observer: Observer,
+        model: str,
+        span: Any,
+        request_data: Mapping[str, Any],
+    ) -> None:
+        self._observer = observer
+        self._model = model
+        self._request_data = request_data
+        self._span = span
+        self._by_mode = {mode: [g for g in guardrails if mode in g.config.modes] for mode in Mode}
+        self._vault = Vault()
+        self._unmasks = any(g.unmasks for g in guardrails)
+        self.information: list[dict[str, Any]] = []
+        # (original, mask) pairs that logging_only guardrails found: masked wherever logged.
+        self.redactions: list[tuple[str, str]] = []
+        self._held = _Held()
+        self._window = min(
+            (g.config.stream_window for g in self._by_mode[Mode.POST_CALL]), default=0
+        )
+        # The text of a stream as it was sent, for the logging_only guardrails at its end.
+        self._streamed: list[str] = []
+        self.applied = [g.name for g in guardrails]
+
+    def runs(self, mode: Mode) -> bool:
+        return bool(self._by_mode[mode])
+
+    @property
+    def watches_stream(self) -> bool:
+        """Whether a stream's chunks must pass through this run (held, unmasked, kept)."""
+        return self._unmasks or self.runs(Mode.POST_CALL) or self.runs(Mode.LOGGING_ONLY)
+
+    # --- the request ---------------------------------------------------------------------
+
+    async def pre_call(self, body: dict[str, Any]) -> None:
+        slots = request_slots(body)
+        for guardrail in self._by_mode[Mode.PRE_CALL]:
+            verdict = await self._run(guardrail, Mode.PRE_CALL, slots, reads_input=True)
+            _write(slots, verdict)
+
+    async def log_request(self, body: dict[str, Any]) -> None:
+        await self._log(request_slots(body), reads_input=True)
+
+    async def during_call(self, body: dict[str, Any]) -> None:
+        """The request has gone upstream as it is: a mask cannot be applied any more, so
+        a guardrail that would mask it blocks it."""
+        slots = request_slots(body)
+        for guardrail in self._by_mode[Mode.DURING_CALL]:
+            verdict = await self._run(guardrail, Mode.DURING_CALL, slots, reads_input=True)
+            if verdict.texts is not None and verdict.texts != [s.text for s in slots]:
+                raise self._blocked(guardrail, "it masks content of a request already sent")
+
+    # --- a whole answer ------------------------------------------------------------------
+
+    async def post_call(self, answer: dict[str, Any]) -> bool:
+        """The answer checked, masked and unmasked in place; whether it changed."""
+        slots = answer_slots(answer)
+        before = [slot.text for slot in slots]
+        for guardrail in self._by_mode[Mode.POST_CALL]:
+            verdict = await self._run(guardrail, Mode.POST_CALL, slots, reads_input=False)
+            _write(slots, verdict)
+        if self._unmasks:
+            for slot in slots:
+                slot.replace(self._vault.unmask(slot.text))
+        await self._log(slots, reads_input=False)
+        return [slot.text for slot in slots] != before
+
+    # --- a stream --------------------------------------------------------------------------
+
+    async def on_chunk(self, chunk: Any) -> Any:
+        """The chunk, or None while its window is held, or the held chunks once checked."""
+        held = self._held
+        held.chunks.append(chunk)
+        for slot in chunk_slots(chunk):
+            held.parts.append(slot.text)
+            held.size += len(slot.text)
+        if held.size < self._window or (self._unmasks and _opens_placeholder(held.parts)):
+            return None
+        return await self._release()
+
+    async def on_stream_end(self) -> list[Any]:
+        released = await self._release() if self._held.chunks else []
+        await self._log([_Text("".join(self._streamed))], reads_input=False)
+        return released
+
+    async def _release(self) -> list[Any]:
+        held = self._held
+        chunks, held.chunks = held.chunks, []
+        held.parts, held.size = [], 0
+        slots = [slot for chunk in chunks for slot in chunk_slots(chunk)]
+        original = "".join(slot.text for slot in slots)
+        text = original
+        for guardrail in self._by_mode[Mode.POST_CALL]:
+            whole = [_Text(held.sent + text)]
+            verdict = await self._run(guardrail, Mode.POST_CALL, whole, reads_input=False)
+            if verdict.texts is not None:
+                masked = verdict.texts[0]
+                if masked.startswith(held.sent):
+                    text = masked[len(held.sent) :]
+                else:  # a mask across what was sent already: the window's own
+                    window = [_Text(text)]
+                    again = await self._run(guardrail, Mode.POST_CALL, window, reads_input=False)
+                    text = again.texts[0] if again.texts is not None else text
+        if self._unmasks:
+            text = self._vault.unmask(text)
+        if text != original:
+            for slot, part in zip(slots, redistribute([s.text for s in slots], text), strict=True):
+                slot.replace(part)
+            chunks = [rewritten(chunk) for chunk in chunks]
+        held.sent += text
+        self._streamed.append(text)
+        return chunks
+
+    # --- running one guardrail --------------------------------------------------------------
+
+    async def _log(self, slots: Sequence[Slot | _Text], *, reads_input: bool) -> None:
+        """The logging_only guardrails on `slots`: what they would mask is kept, to be
+        masked in the record and the trace; the request and answer stay as they are."""
+        for guardrail in self._by_mode[Mode.LOGGING_ONLY]:
+            texts = [slot.text for slot in slots]
+            verdict = await self._run(guardrail, Mode.LOGGING_ONLY, slots, reads_input=reads_input)
+            for original, masked in zip(texts, verdict.texts or (), strict=False):
+                self.redactions.extend(replacements(original, masked))
+
+    async def _run(
+        self, guardrail: Guardrail, mode: Mode, slots: Sequence[Slot | _Text], *, reads_input: bool
+    ) -> Verdict:
+        texts = [slot.text for slot in slots]
+        kinds = [slot.kind for slot in slots]
+        step = Step(mode, reads_input, self._vault, self._model, kinds, self._request_data)
+        config = guardrail.config
+        started, clock = wall_time(), trio.current_time()
+        status, error_type, verdict = "success", None, Verdict()
+        try:
+            with trio.fail_after(config.timeout):
+                verdict = _checked(await guardrail.check(texts, step), len(texts))
+        except GuardrailBlocked as blocked:
+            status, verdict = "guardrail_intervened", Verdict(blocked=blocked.message)
+        except trio.TooSlowError:
+            status, error_type = "guardrail_failed_to_respond", "timeout"
+        except Exception as error:
+            status, error_type = "guardrail_failed_to_respond", type(error).__name__
+            logger.warning("guardrail %s (%s) failed: %s", guardrail.name, mode.value, error)
+        if verdict.blocked is not None:
+            status = "guardrail_intervened"
+        elapsed = trio.current_time() - clock
+        self._observe(guardrail, mode, status, error_type, verdict, started, elapsed)
+        if error_type is not None:
+            if config.fail_open:
+                logger.warning(
+                    "guardrail %s failed (%s) and fails open: the request goes on unchecked",
+                    guardrail.name, error_type,
+                )  # fmt: skip
+                return Verdict()
+            raise GuardrailUnavailable(
+                f"Guardrail `{guardrail.name}` could not check this request ({error_type}), "
+                "and it fails closed."
+            )
+        if verdict.blocked is not None:
+            raise self._blocked(guardrail, verdict.blocked)
+        return verdict
+
+    def _observe(
+        self,
+        guardrail: Guardrail,
+        mode: Mode,
+        status: str,
+        error_type: str | None,
+        verdict: Verdict,
+        started: float,
+        elapsed: float,
+    ) -> None:
+        self.information.append(
+            {
+                "guardrail_name": guardrail.name,
+                "guardrail_provider": guardrail.provider,
+                "guardrail_mode": mode.value,
+                "guardrail_status": status,
+                "guardrail_response": verdict.blocked or verdict.response,
+                "start_time": started,
+                "end_time": started + elapsed,
+                "duration": elapsed,
+                "masked_entity_count": verdict.masked_entity_count or None,
+            }
+        )
+        self._observer.observed(guardrail.name, mode.value, status, error_type, elapsed, self._span)
+
+    def _blocked(self, guardrail: Guardrail, reason: str) -> GuardrailBlocked:
+        return GuardrailBlocked(f"Violated guardrail policy `{guardrail.name}`: {reason}")
+
+
+class _Text:
+    """A text that is nowhere in a document (a stream's window): read, never written."""
+
+    __slots__ = ("text",)
+    kind = "text"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _checked(verdict: Verdict, count: int) -> Verdict:
+    """A verdict that masks must give one text for each it was given."""
+    if verdict.texts is not None and len(verdict.texts) != count:
+        raise GuardrailFailed(f"answered {len(verdict.texts)} texts for {count}")
+    return verdict
+
+
+_PLACEHOLDER_START = re.compile(r"<[A-Z_0-9]{0,40}\Z")
+
+
+def _opens_placeholder(parts: list[str]) -> bool:
+    """Whether held text ends in what may be the start of a placeholder (`<EMAIL_AD`):
+    held until it is whole, so that it is given back its value."""
+    tail = "".join(parts[-8:])[-42:]
+    return _PLACEHOLDER_START.search(tail) is not None
+
+
+def _write(slots: Sequence[Slot], verdict: Verdict) -> None:
+    if verdict.texts is not None:
+        for slot, text in zip(slots, verdict.texts, strict=True):
+            slot.replace(text)
+
+
+# What the pipeline's hook points call on a request (`trigate.guardrails.hook`).
+Beside = Callable[[], Awaitable[None]]
