@@ -28,8 +28,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import trio
+from prometheus_client import CollectorRegistry
 
 from trigate.auth import Authenticator
+from trigate.cache import ResponseCache, cache_settings
 from trigate.changes import Changes
 from trigate.clock import wall_time
 from trigate.config import ConfigError, GatewayConfig
@@ -72,6 +74,16 @@ def _process_counter() -> TokenCounter:
 @functools.cache
 def _process_prices() -> PriceTable:
     return PriceTable.load()
+
+
+def response_cache(config: GatewayConfig, registry: CollectorRegistry) -> ResponseCache | None:
+    """The cache `litellm_settings.cache` and `cache_params` ask for (trigate.cache)."""
+    router = config.router
+    settings = cache_settings(config.litellm_settings, router.redis, router.redis_timeout)
+    if settings is None:
+        return None
+    secrets.add(urlsplit(settings.redis_url or "").password)
+    return ResponseCache(settings, registry, router.redis_key_prefix)
 
 
 async def load_token_counter() -> TokenCounter:
@@ -144,6 +156,9 @@ class Gateway:
             config, config_path, Sealer.from_environ(master_key), self._serve
         )
         self.telemetry = Telemetry(config)
+        # The response cache `litellm_settings.cache` switches on; None without one, so
+        # that a request asks only `cache is None`. Its settings apply at start-up.
+        self.cache = response_cache(config, self.telemetry.metrics.registry)
         # Admin changes, told to every process of the fleet (and heard from them).
         self.changes = Changes(Limits.budget_keys)
         self.changes.listen((MODELS,), self.models.nudge, self.models.nudge)
@@ -250,6 +265,8 @@ class Gateway:
                     self._nursery = nursery
                     await nursery.start(self._run_link, self._link)
                     await self._take_up(self._link)
+                    if self.cache is not None:
+                        await nursery.start(self.cache.run)
                     nursery.start_soon(self.ledger.run)
                     nursery.start_soon(self._reset_budgets)
                     nursery.start_soon(self._expire_responses)
