@@ -31,6 +31,8 @@ PRICES = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}
 
 def cached_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
     config = openai_config(upstream, **PRICES)
+    # Responses requests are translated to chat (a native upstream's: see its own test).
+    config["model_list"][0]["model_info"] = {"supports_responses_api": False}
     config["litellm_settings"] = {"cache": True, "cache_params": {"type": "local", **params}}
     return config
 
@@ -99,4 +101,175 @@ async def test_a_repeated_chat_request_is_a_hit_with_its_headers_and_a_free_spen
     assert [(r.cache_hit, r.cache_key) for r in records] == [(False, key), (True, key)]
     assert records[0].cost == pytest.approx(7 * 0.001 + 4 * 0.002)
     assert records[1].cost == 0.0 and records[1].deployment is None
+    await running.stop()
+
+
+def _reasoning_stream() -> StreamReply:
+    """A stream with reasoning, a tool call in two parts, and its finish reason."""
+    call_start = {"index": 0, "id": "call_1", "type": "function",
+                  "function": {"name": "get_weather", "arguments": '{"city":'}}  # fmt: skip
+    call_rest = {"index": 0, "function": {"arguments": ' "Paris"}'}}
+    frames: list[bytes | float] = [
+        chunk(None, choices=[{"index": 0, "delta": {"role": "assistant", "reasoning_content": "Think"}, "finish_reason": None}]),  # noqa: E501
+        chunk(None, choices=[{"index": 0, "delta": {"reasoning_content": "ing."}, "finish_reason": None}]),  # noqa: E501
+        chunk(None, choices=[{"index": 0, "delta": {"tool_calls": [call_start]}, "finish_reason": None}]),  # noqa: E501
+        chunk(None, choices=[{"index": 0, "delta": {"tool_calls": [call_rest]}, "finish_reason": None}]),  # noqa: E501
+        chunk(finish="tool_calls"),
+        usage_chunk(9, 6),
+        DONE,
+    ]
+    return StreamReply(frames)
+
+
+async def test_a_stream_is_kept_whole_and_serves_both_kinds_of_request_with_reasoning_and_tools(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: _reasoning_stream()
+    running = await start_gateway(nursery, cached_config(upstream))
+    client = sdk(running)
+    body = _chat("Weather in Paris?")
+    streamed = await client.chat.completions.create(
+        **body, stream=True, stream_options={"include_usage": True}
+    )
+    async for _ in streamed:
+        pass
+    # A whole request, answered from the stream's entry.
+    whole = await client.chat.completions.with_raw_response.create(**body)
+    assert whole.headers["x-trigate-cache"] == "hit"
+    message = whole.parse().choices[0].message
+    assert whole.parse().choices[0].finish_reason == "tool_calls"
+    assert message.tool_calls[0].function.arguments == '{"city": "Paris"}'  # type: ignore[index]
+    assert message.model_extra["reasoning_content"] == "Thinking."  # type: ignore[index]
+    # A streamed request replayed: the SDK's own accumulation of its chunks.
+    async with client.chat.completions.stream(
+        **body, stream_options={"include_usage": True}
+    ) as replay:
+        final = await replay.get_final_completion()
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert final.choices[0].message.tool_calls[0].function.arguments == '{"city": "Paris"}'  # type: ignore[index]
+    assert final.usage is not None and final.usage.total_tokens == 15
+    _, text = await _stream(running, body)
+    assert text.endswith("data: [DONE]\n\n") and '"reasoning_content":"Thinking."' in text
+    assert len(upstream.requests) == 1
+    await running.stop()
+
+
+async def test_a_whole_answer_is_replayed_as_a_stream_in_each_surface(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream))
+    await _post(running, "/v1/chat/completions", _chat())
+    response, text = await _stream(running, _chat())
+    assert response.headers["x-trigate-cache"] == "hit"
+    assert '"content":"Cached!"' in text and text.endswith("data: [DONE]\n\n")
+    # Anthropic's Messages: its own key (another surface), then its own stream on a hit.
+    messages = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
+    ask = {"model": "gpt-test", "max_tokens": 50, "messages": MESSAGES}
+    first = await messages.messages.create(**ask)  # type: ignore[call-overload]
+    assert first.content[0].text == "Cached!"
+    async with messages.messages.stream(**ask) as stream:  # type: ignore[call-overload]
+        events = [event.type async for event in stream]
+        final = await stream.get_final_message()
+    assert events[-1] == "message_stop" and final.content[0].text == "Cached!"
+    assert final.usage.output_tokens == 4
+    # The Responses API, translated: a hit for a stream ends with response.completed.
+    client = sdk(running)
+    await client.responses.create(model="gpt-test", input="Say hello", store=False)
+    events = [
+        event async for event in await client.responses.create(
+            model="gpt-test", input="Say hello", store=False, stream=True
+        )
+    ]  # fmt: skip
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == "Cached!"  # type: ignore[attr-defined]
+    assert len(upstream.requests) == 3  # chat, Messages, Responses: one call each
+    await running.stop()
+
+
+async def test_text_completions_are_cached(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
+    answer = {
+        "id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "text": "Once upon", "finish_reason": "length", "logprobs": None}],
+        "usage": USAGE,
+    }  # fmt: skip
+    upstream.handler = lambda request: JSONReply(answer)
+    running = await start_gateway(nursery, cached_config(upstream))
+    client = sdk(running)
+    await client.completions.create(model="gpt-test", prompt="Tell me")
+    again = await client.completions.with_raw_response.create(model="gpt-test", prompt="Tell me")
+    assert again.headers["x-trigate-cache"] == "hit"
+    assert again.parse().choices[0].text == "Once upon"
+    streamed = await client.completions.create(model="gpt-test", prompt="Tell me", stream=True)
+    texts = [c.choices[0].text async for c in streamed if c.choices]
+    assert "".join(texts) == "Once upon"
+    assert len(upstream.requests) == 1
+    await running.stop()
+
+
+async def test_request_controls(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream))
+    await _post(running, "/v1/chat/completions", _chat(cache={"no-store": True}))
+    await _post(running, "/v1/chat/completions", _chat())  # nothing was kept: a miss
+    assert len(upstream.requests) == 2
+    fresh = await _post(running, "/v1/chat/completions", _chat(cache={"no-cache": True}))
+    assert fresh.headers["x-trigate-cache"] == "miss" and len(upstream.requests) == 3
+    bypass = await _post(running, "/v1/chat/completions", _chat(caching=False))
+    assert "x-trigate-cache" not in bypass.headers and len(upstream.requests) == 4
+    # A namespace keeps its own entries.
+    spaced = await _post(running, "/v1/chat/completions", _chat(cache={"namespace": "eval"}))
+    assert spaced.headers["x-litellm-cache-key"].startswith("eval:")
+    assert spaced.headers["x-trigate-cache"] == "miss"
+    hit = await _post(running, "/v1/chat/completions", _chat(cache={"s-maxage": 3600}))
+    assert hit.headers["x-trigate-cache"] == "hit"
+    bad = await _post(running, "/v1/chat/completions", _chat(cache={"ttl": "soon"}))
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "cache"
+    await running.stop()
+
+
+async def test_default_off_caches_only_requests_that_opt_in(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream, mode="default_off"))
+    await _post(running, "/v1/chat/completions", _chat())
+    plain = await _post(running, "/v1/chat/completions", _chat())
+    assert "x-trigate-cache" not in plain.headers and len(upstream.requests) == 2
+    await _post(running, "/v1/chat/completions", _chat(cache={"use-cache": True}))
+    hit = await _post(running, "/v1/chat/completions", _chat(caching=True))
+    assert hit.headers["x-trigate-cache"] == "hit" and len(upstream.requests) == 3
+    await running.stop()
+
+
+def _response_object(text: str) -> dict[str, Any]:
+    return {
+        "id": "resp_upstream", "object": "response", "created_at": 1, "status": "completed",
+        "model": "upstream-model", "output": [{
+            "type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }],
+        "usage": {"input_tokens": 7, "output_tokens": 4, "total_tokens": 11},
+    }  # fmt: skip
+
+
+async def test_a_native_responses_answer_is_kept_only_when_the_upstream_does_not_store_it(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(_response_object("Native!"))
+    config = cached_config(upstream)
+    config["model_list"][0]["model_info"] = {"supports_responses_api": True}
+    running = await start_gateway(nursery, config)
+    client = sdk(running)
+    for _ in range(2):
+        answer = await client.responses.with_raw_response.create(
+            model="gpt-test", input="Say hello", store=False
+        )
+    assert answer.headers["x-trigate-cache"] == "hit"
+    assert answer.parse().output_text == "Native!"
+    assert len(upstream.requests) == 1
+    # Stored upstream (store defaults to true): every request goes there.
+    for _ in range(2):
+        await client.responses.create(model="gpt-test", input="Say hi")
+    assert len(upstream.requests) == 3
     await running.stop()

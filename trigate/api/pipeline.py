@@ -375,7 +375,7 @@ class Call:
                 opened = OpenedStream(_AnsweredStream(), None, [_as_chunk(answered.body)])
                 opened.chunks = aiter(opened.stream)
             else:  # the response cache's stream (trigate.cache)
-                opened = OpenedStream(answered, aiter(answered), getattr(answered, "first", None))
+                opened = OpenedStream(answered, aiter(answered), answered.first, answered.native)
         except BaseException as failure:
             error = failure if isinstance(failure, GatewayError) else None
             cancelled = isinstance(failure, trio.Cancelled)

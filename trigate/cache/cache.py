@@ -22,7 +22,7 @@ from trigate.cache.flight import Flight, Subscription, Upstream
 from trigate.cache.keys import cache_key
 from trigate.cache.metrics import CacheMetrics
 from trigate.cache.settings import CacheSettings
-from trigate.cache.shapes import replay_chunks
+from trigate.cache.shapes import native_events, replay_chunks
 from trigate.clock import wall_time
 from trigate.errors import GatewayError
 from trigate.providers import Completion
@@ -79,10 +79,14 @@ class CachedCall(Protocol):
 
 
 class Replay:
-    """A cached answer as a stream: its chunks in one batch, then the end."""
+    """A cached answer as a stream: its chunks in one batch, then the end; a native
+    stream's events as they came."""
 
-    def __init__(self, answer: dict[str, Any]) -> None:
-        self.first: list[Any] = list(replay_chunks(answer))
+    def __init__(self, answer: dict[str, Any] | None, events: list[Any] | None = None) -> None:
+        self.native = events is not None
+        self.first: list[Any] = native_events(events) if events is not None else []
+        if answer is not None:
+            self.first = list(replay_chunks(answer))
 
     def __aiter__(self) -> Replay:
         return self
@@ -92,6 +96,36 @@ class Replay:
 
     async def aclose(self) -> None:
         pass
+
+
+class Entry:
+    """An entry as read: an answer in OpenAI's shape (which serves both kinds of
+    request), or in the client's own API: a native whole answer, or a native stream's
+    events, each serving its own kind only."""
+
+    __slots__ = ("answer", "events", "native", "usage")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        answer, native, events = data.get("answer"), data.get("native"), data.get("events")
+        self.answer = answer if isinstance(answer, dict) else None
+        self.native = native if isinstance(native, dict) else None
+        self.events = events if isinstance(events, list) else None
+        usage = data.get("usage")
+        self.usage = usage if isinstance(usage, dict) else None
+
+    def serve(self, stream: bool) -> Completion | Replay | None:
+        if self.answer is not None:
+            return Replay(self.answer) if stream else Completion(self.answer)
+        if stream:
+            return Replay(None, self.events) if self.events is not None else None
+        if self.native is not None:
+            return Completion(self.native, native=True, native_usage=self.usage)
+        return None
+
+    def tokens(self) -> int:
+        usage = self.usage or (self.answer or {}).get("usage")
+        total = usage.get("total_tokens") if isinstance(usage, dict) else None
+        return total if isinstance(total, int) and total > 0 else 0
 
 
 # What a lookup answers a request with: a whole answer, a stream, or nothing (a miss).
@@ -157,7 +191,8 @@ class ResponseCache:
             return None
         namespace = controls.namespace or settings.namespace
         key = cache_key(surface, call.model_group, self._tenant(call.caller), call.body, namespace)
-        return Ticket(self, key, controls, call.stream)
+        native_allowed = getattr(exchange, "native_cacheable", True) is True
+        return Ticket(self, key, controls, call.stream, native_allowed)
 
     def _tenant(self, caller: Caller) -> str:
         scope = self.settings.scope
@@ -175,12 +210,14 @@ class ResponseCache:
         while True:
             if not ticket.controls.no_read:
                 entry = await self._read(ticket.key, ticket.controls.max_age)
-                if entry is not None:
+                served = entry.serve(call.stream) if entry is not None else None
+                if served is not None and entry is not None:
                     ticket.hit = True
                     headers[CACHE_STATE_HEADER] = "hit"
                     self.metrics.hits.inc()
-                    self._count_tokens(entry)
-                    return Replay(entry) if call.stream else Completion(entry)
+                    if tokens := entry.tokens():
+                        self.metrics.cached_tokens.inc(tokens)
+                    return served
                 flight = self._flights.get(ticket.key)
                 if flight is not None:
                     answer = await self._join(flight, ticket, call.stream)
@@ -218,20 +255,12 @@ class ResponseCache:
             await flight.resolved.wait()
         if (error := flight.failure()) is not None:
             raise error
-        if flight.answer is None:
+        served = Entry(orjson.loads(orjson.dumps(flight.kept() or {}))).serve(stream)
+        if served is None:
             ticket.flight = None
-            return None
-        answer = orjson.loads(orjson.dumps(flight.answer))
-        return Replay(answer) if stream else Completion(answer)
+        return served
 
-    def _count_tokens(self, entry: dict[str, Any]) -> None:
-        usage = entry.get("usage")
-        if isinstance(usage, dict):
-            total = usage.get("total_tokens")
-            if isinstance(total, int) and total > 0:
-                self.metrics.cached_tokens.inc(total)
-
-    async def _read(self, key: str, max_age: float | None) -> dict[str, Any] | None:
+    async def _read(self, key: str, max_age: float | None) -> Entry | None:
         raw = await self.backend.get(key)
         if raw is None:
             return None
@@ -243,12 +272,12 @@ class ResponseCache:
             return None
         if max_age is not None and wall_time() - float(entry.get("at", 0)) > max_age:
             return None
-        answer = entry.get("answer")
-        return answer if isinstance(answer, dict) else None
+        return Entry(entry)
 
-    async def store(self, key: str, answer: dict[str, Any], ttl: float | None) -> None:
-        """Keep `answer` under `key`; one over the entry cap is served, not kept."""
-        value = orjson.dumps({"v": ENTRY_VERSION, "at": wall_time(), "answer": answer})
+    async def store(self, key: str, entry: dict[str, Any], ttl: float | None) -> None:
+        """Keep `entry` (`Entry`'s fields) under `key`; one over the entry cap is served,
+        not kept."""
+        value = orjson.dumps({"v": ENTRY_VERSION, "at": wall_time(), **entry})
         if len(value) + len(key) > self.settings.max_entry_bytes:
             self.metrics.not_stored.inc()
             return
@@ -301,12 +330,20 @@ class Ticket:
     """One request's part in the cache: its key, and what became of its answer."""
 
     def __init__(
-        self, cache: ResponseCache, key: str, controls: CacheControls, stream: bool
+        self,
+        cache: ResponseCache,
+        key: str,
+        controls: CacheControls,
+        stream: bool,
+        native_allowed: bool,
     ) -> None:
         self.cache = cache
         self.key = key
         self.controls = controls
         self.stream = stream
+        # Whether an answer in the client's own API may be kept (not a Response the
+        # upstream stores: a hit would hand out its id again).
+        self.native_allowed = native_allowed
         self.hit = False
         self.flight: Flight | None = None
         self.leads = False
@@ -335,20 +372,26 @@ class Ticket:
     async def _landed(self, flight: Flight) -> None:
         """A shared stream ended: its answer is kept, unless it failed or was cut short."""
         self.cache.landed(flight)
-        if flight.answer is not None and flight.error is None and not self.controls.no_store:
-            await self.cache.store(self.key, flight.answer, self.controls.ttl)
+        entry = flight.kept()
+        if flight.events is not None and not self.native_allowed:
+            entry = None
+        if entry is not None and flight.error is None and not self.controls.no_store:
+            await self.cache.store(self.key, entry, self.controls.ttl)
 
     async def answered(self, completion: Completion) -> None:
         """A whole answer, past the hooks: kept, and given to the requests waiting."""
         if self.hit or not self.leads:
             return
-        answer = None if completion.native else completion.body
+        entry: dict[str, Any] | None = {"answer": completion.body}
+        if completion.native:
+            native = {"native": completion.body, "usage": completion.usage}
+            entry = native if self.native_allowed else None
         flight = self.flight
         if flight is not None and not flight.streamed:
-            flight.resolve(answer, None)
+            flight.resolve(entry, None)
             self.cache.landed(flight)
-        if answer is not None and not self.controls.no_store:
-            await self.cache.store(self.key, answer, self.controls.ttl)
+        if entry is not None and not self.controls.no_store:
+            await self.cache.store(self.key, entry, self.controls.ttl)
 
     def ended(self, error: GatewayError | None) -> None:
         """The request ended without a whole answer given to `answered` (failed, or its

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import orjson
 import trio
 
-from trigate.cache.shapes import Assembler
+from trigate.cache.shapes import Assembler, event_entries
 from trigate.errors import GatewayError
 
 logger = logging.getLogger("trigate")
@@ -78,6 +78,8 @@ class Flight:
         self.native = False
         # The whole answer in OpenAI's shape, once known; None if none can be given.
         self.answer: dict[str, Any] | None = None
+        # A native stream's events, to keep (its answer is then None).
+        self.events: list[Any] | None = None
         self.error: GatewayError | None = None
         self.done = False
         # Set once a stream's first chunk is in (or the flight ended without one).
@@ -113,6 +115,7 @@ class Flight:
                 async for batch in opened.chunks:
                     self._publish(batch)
                 self.answer = self.assembler.answer()
+                self.events = self.assembler.events if self.assembler.storable else None
         except GatewayError as error:
             self.error = error
         except Exception as error:
@@ -167,7 +170,8 @@ class Flight:
     # --- a whole answer ---------------------------------------------------------------
 
     def resolve(self, answer: dict[str, Any] | None, error: GatewayError | None) -> None:
-        """A whole answer's flight ends: answered, failed, or (both None) abandoned."""
+        """A whole answer's flight ends: answered (an entry's fields), failed, or (both
+        None) abandoned."""
         if self.resolved.is_set():
             return
         self.answer, self.error = answer, error
@@ -175,6 +179,14 @@ class Flight:
         self.payer = self.leader
         self.launched.set()
         self.resolved.set()
+
+    def kept(self) -> dict[str, Any] | None:
+        """What an entry keeps of the flight's answer (`cache.Entry`'s fields), if any."""
+        if self.answer is not None:
+            return self.answer if not self.streamed else {"answer": self.answer}
+        if self.events is not None:
+            return {"events": event_entries(self.events)}
+        return None
 
     def failure(self) -> GatewayError | None:
         """The flight's error, as a copy each subscriber raises as its own."""
@@ -189,6 +201,9 @@ class Subscription:
         self._flight = flight
         self._ticket = ticket
         self._closed = False
+        # Whether its events are in the client's own API (`NativeEvent`s).
+        self.native = flight.native
+        self.first: list[Any] | None = None
 
     def __aiter__(self) -> AsyncIterator[list[Any]]:
         return self.batches()

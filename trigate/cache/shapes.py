@@ -23,9 +23,11 @@ class Assembler:
     None when the stream cannot be kept (events in another API, an unreadable chunk,
     or a choice that never finished)."""
 
-    __slots__ = ("_choices", "_identity", "_object", "storable", "usage")
+    __slots__ = ("_choices", "_identity", "_object", "events", "storable", "usage")
 
     def __init__(self) -> None:
+        # A native stream's events (in the client's own API), kept as they came.
+        self.events: list[NativeEvent] | None = None
         self._choices: dict[int, dict[str, Any]] = {}
         self._identity: dict[str, Any] | None = None
         self._object = "chat.completion"
@@ -37,6 +39,13 @@ class Assembler:
             return
         for item in batch:
             if isinstance(item, NativeEvent):
+                if self._identity is not None:
+                    self.storable = False
+                    return
+                self.events = self.events if self.events is not None else []
+                self.events.append(item)
+                continue
+            if self.events is not None:
                 self.storable = False
                 return
             try:
@@ -85,6 +94,16 @@ class Assembler:
         if self.usage is not None:
             answer["usage"] = self.usage
         return answer
+
+
+def native_events(events: list[list[Any]]) -> list[NativeEvent]:
+    """A native stream's events as kept (`event_entries`), to replay."""
+    return [NativeEvent(name, data, frame.encode(), usage) for name, data, frame, usage in events]
+
+
+def event_entries(events: list[NativeEvent]) -> list[list[Any]]:
+    """A native stream's events as an entry keeps them (JSON)."""
+    return [[e.name, e.data, e.frame.decode(), e.usage] for e in events]
 
 
 def _merge_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
