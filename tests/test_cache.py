@@ -273,3 +273,99 @@ async def test_a_native_responses_answer_is_kept_only_when_the_upstream_does_not
         await client.responses.create(model="gpt-test", input="Say hi")
     assert len(upstream.requests) == 3
     await running.stop()
+
+
+async def _read_stream(gateway: RunningGateway, seen: list[str]) -> None:
+    _, text = await _stream(gateway, _chat("Count", stream_options={"include_usage": True}))
+    seen.append(text)
+
+
+async def test_fifty_identical_streams_share_one_upstream_call_billed_once(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    words = [f" w{i}" for i in range(20)]
+    frames: list[bytes | float] = [0.2]  # the upstream thinks while all 50 arrive
+    for word in words:
+        frames += [chunk(word), 0.01]
+    frames += [chunk(finish="stop"), usage_chunk(10, 20), DONE]
+    upstream.handler = lambda request: StreamReply(frames)
+    running = await start_gateway(nursery, cached_config(upstream))
+    seen: list[str] = []
+    async with trio.open_nursery() as clients:
+        for _ in range(50):
+            clients.start_soon(_read_stream, running, seen)
+    assert len(upstream.requests) == 1
+    assert len(set(seen)) == 1 and "".join(words) in "".join(
+        orjson.loads(line[6:])["choices"][0]["delta"].get("content", "")
+        for line in seen[0].split("\n\n")
+        if line.startswith("data: {") and orjson.loads(line[6:])["choices"]
+    )
+    assert seen[0].endswith("data: [DONE]\n\n") and '"total_tokens":30' in seen[0]
+    records = await running.records.wait_for(50)
+    # Billed once: the sum over the group is the upstream's usage priced once.
+    assert sum(r.cost for r in records) == pytest.approx(10 * 0.001 + 20 * 0.002)
+    assert sum(1 for r in records if r.cost > 0) == 1
+    assert sum(1 for r in records if r.cache_hit) == 49
+    await running.stop()
+
+
+async def test_the_shared_upstream_closes_only_when_its_last_subscriber_leaves(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Late subscribers get every chunk from the first; 49 leaving keep it open."""
+    upstream.handler = lambda request: StreamReply([chunk("one")], tail=chunk(" more"))
+    running = await start_gateway(nursery, cached_config(upstream))
+    scopes: list[trio.CancelScope] = []
+    firsts: list[str] = []
+
+    async def subscriber(task_status: trio.TaskStatus[None]) -> None:
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            async with (
+                running.client() as client,
+                client.stream("POST", "/v1/chat/completions", json=_chat("Go", stream=True)) as r,
+            ):
+                lines = r.aiter_lines()
+                firsts.append(await anext(lines))
+                task_status.started()
+                async for _ in lines:
+                    pass
+
+    async with trio.open_nursery() as clients:
+        for _ in range(50):
+            await clients.start(subscriber)
+        assert len(upstream.requests) == 1
+        assert all('"content":"one"' in line for line in firsts)
+        for scope in scopes[:49]:
+            scope.cancel()
+        await trio.sleep(0.3)
+        assert upstream.aborted == 0 and upstream.connections_closed == 0
+        scopes[49].cancel()
+        with trio.fail_after(5):
+            await upstream.wait_for(lambda: upstream.aborted == 1)
+    records = await running.records.wait_for(50)
+    # The last to leave had every chunk the upstream sent, and pays for them.
+    assert sum(1 for r in records if r.cost > 0) <= 1
+    await running.stop()
+
+
+async def test_a_failed_shared_call_fails_every_subscriber_and_is_not_kept(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(
+        {"error": {"message": "overloaded", "type": "server_error"}}, status=500, delay=0.2
+    )
+    running = await start_gateway(nursery, cached_config(upstream))
+    statuses: list[int] = []
+
+    async def ask() -> None:
+        statuses.append((await _post(running, "/v1/chat/completions", _chat())).status_code)
+
+    async with trio.open_nursery() as clients:
+        for _ in range(5):
+            clients.start_soon(ask)
+    assert len(upstream.requests) == 1 and statuses == [502] * 5  # as each had alone
+    upstream.handler = lambda request: JSONReply(chat_completion("Better", USAGE))
+    again = await _post(running, "/v1/chat/completions", _chat())
+    assert again.status_code == 200 and again.headers["x-trigate-cache"] == "miss"
+    await running.stop()

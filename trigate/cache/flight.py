@@ -20,7 +20,6 @@ zero cost.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
@@ -189,8 +188,9 @@ class Flight:
         return None
 
     def failure(self) -> GatewayError | None:
-        """The flight's error, as a copy each subscriber raises as its own."""
-        return copy.copy(self.error) if self.error is not None else None
+        """The flight's error, which each subscriber raises as it would have alone (the
+        error classes cannot be copied: one instance, raised in each request's task)."""
+        return self.error
 
 
 class Subscription:
