@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 
 from trigate.api import (
     budgets,
+    cache_admin,
     customers,
     discovery,
     health,
@@ -100,6 +101,8 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     # /budget/new, /budget/update, /budget/info, /budget/list, /budget/settings,
     # /budget/delete
     budgets.register,
+    # GET /cache/ping, POST /cache/delete, POST /cache/flushall
+    cache_admin.register,
     # GET /routes
     functools.partial(
         discovery.register, model_paths=lambda gateway: model_routes(Pipeline(gateway), gateway)
