@@ -369,3 +369,42 @@ async def test_a_failed_shared_call_fails_every_subscriber_and_is_not_kept(
     again = await _post(running, "/v1/chat/completions", _chat())
     assert again.status_code == 200 and again.headers["x-trigate-cache"] == "miss"
     await running.stop()
+
+
+def _embeddings_answer(request: Any) -> JSONReply:
+    """One vector per input item, [len(item), position]; a token per item."""
+    items = request.json["input"]
+    items = [items] if isinstance(items, str) else items
+    data = [{"object": "embedding", "index": i, "embedding": [float(len(item)), float(i)]}
+            for i, item in enumerate(items)]  # fmt: skip
+    usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
+    return JSONReply({"object": "list", "data": data, "model": "upstream-model", "usage": usage})
+
+
+async def test_embeddings_are_cached_per_item_and_a_batch_pays_only_for_new_items(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = _embeddings_answer
+    running = await start_gateway(nursery, cached_config(upstream))
+    client = sdk(running)
+    await client.embeddings.create(model="gpt-test", input=["a", "bb"])
+    batch = await client.embeddings.with_raw_response.create(
+        model="gpt-test", input=["ccc", "a", "dddd", "bb"]
+    )
+    assert batch.headers["x-trigate-cache"] == "miss"
+    assert upstream.requests[-1].json["input"] == ["ccc", "dddd"]  # only the new items
+    vectors = [(d.index, d.embedding[0]) for d in batch.parse().data]
+    assert vectors == [(0, 3.0), (1, 1.0), (2, 4.0), (3, 2.0)]
+    assert batch.parse().usage.prompt_tokens == 2  # what the upstream was paid for
+    whole = await client.embeddings.with_raw_response.create(
+        model="gpt-test", input=["bb", "dddd"]
+    )
+    assert whole.headers["x-trigate-cache"] == "hit"
+    assert [d.embedding[0] for d in whole.parse().data] == [2.0, 4.0]
+    single = await client.embeddings.with_raw_response.create(model="gpt-test", input="ccc")
+    assert single.headers["x-trigate-cache"] == "hit"
+    assert len(upstream.requests) == 2
+    records = await running.records.wait_for(4)
+    assert [r.cache_hit for r in records] == [False, False, True, True]
+    assert records[2].cost == 0.0 and records[1].cost == pytest.approx(2 * 0.001)
+    await running.stop()

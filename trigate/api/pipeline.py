@@ -337,7 +337,7 @@ class Call:
             if self.hooks is not None:
                 await self.hooks.after_answer(self, completion.body, usage)
             if self.cache_ticket is not None:  # the response cache keeps it (trigate.cache)
-                await self.cache_ticket.answered(completion)
+                completion = await self.cache_ticket.answered(completion)
             answer = self.exchange.answer(completion, usage)
             if self.context.response_id is None:  # a surface that made its own id set it
                 self.context.response_id = _answer_id(completion.body)

@@ -31,6 +31,8 @@ class Backend(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+
     async def set(self, key: str, value: bytes, ttl: float | None) -> None: ...
 
     async def delete(self, keys: Iterable[str]) -> int: ...
@@ -85,6 +87,9 @@ class LocalBackend:
 
     async def get(self, key: str) -> bytes | None:
         return self.read(key)
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self.read(key) for key in keys]
 
     async def set(self, key: str, value: bytes, ttl: float | None) -> None:
         self.write(key, value, ttl)
@@ -148,7 +153,7 @@ class RedisBackend:
             with trio.fail_after(max(self._timeout, 1.0)):
                 await self._client.ping()
         except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as error:
-            self._lose(str(error) or "no answer")
+            self._down(str(error) or "no answer")
             return
         if self._lost.is_set():
             logger.warning("the response cache's Redis is back")
@@ -156,7 +161,12 @@ class RedisBackend:
         self._up = True
 
     def _lose(self, reason: str) -> None:
+        """Redis failed a command: a skipped read or write, counted."""
         self._on_unavailable()
+        self._down(reason)
+
+    def _down(self, reason: str) -> None:
+        """Redis is away: logged once per outage, and probed for until it is back."""
         if not self._up and self._lost.is_set():
             return
         self._up = False
@@ -182,6 +192,19 @@ class RedisBackend:
                 return None
         self._lose(f"no answer within {self._timeout:g} s")
         return None
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        client = self._ready()
+        if client is None:
+            return [None] * len(keys)
+        with trio.move_on_after(self._timeout):
+            try:
+                return list(await client.mget([self._key(key) for key in keys]))
+            except (coredis.exceptions.RedisError, OSError) as error:
+                self._lose(str(error))
+                return [None] * len(keys)
+        self._lose(f"no answer within {self._timeout:g} s")
+        return [None] * len(keys)
 
     async def set(self, key: str, value: bytes, ttl: float | None) -> None:
         client = self._ready()
@@ -259,6 +282,17 @@ class TieredBackend:
             if value is not None:
                 self.front.write(key, value, self._front_ttl)
         return value
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        values = [self.front.read(key) for key in keys]
+        absent = [position for position, value in enumerate(values) if value is None]
+        if absent:
+            found = await self.back.get_many([keys[position] for position in absent])
+            for position, value in zip(absent, found, strict=True):
+                if value is not None:
+                    values[position] = value
+                    self.front.write(keys[position], value, self._front_ttl)
+        return values
 
     async def set(self, key: str, value: bytes, ttl: float | None) -> None:
         front_ttl = self._front_ttl if ttl is None else min(ttl, self._front_ttl)

@@ -18,13 +18,14 @@ import trio
 
 from trigate.cache.backends import Backend, LocalBackend, RedisBackend, TieredBackend
 from trigate.cache.controls import NO_CONTROLS, CacheControls
+from trigate.cache.embeddings import ItemBatch, items_of
 from trigate.cache.flight import Flight, Subscription, Upstream
 from trigate.cache.keys import cache_key
 from trigate.cache.metrics import CacheMetrics
 from trigate.cache.settings import CacheSettings
 from trigate.cache.shapes import native_events, replay_chunks
 from trigate.clock import wall_time
-from trigate.errors import GatewayError
+from trigate.errors import GatewayError, UpstreamError
 from trigate.providers import Completion
 
 if TYPE_CHECKING:
@@ -192,7 +193,13 @@ class ResponseCache:
         namespace = controls.namespace or settings.namespace
         key = cache_key(surface, call.model_group, self._tenant(call.caller), call.body, namespace)
         native_allowed = getattr(exchange, "native_cacheable", True) is True
-        return Ticket(self, key, controls, call.stream, native_allowed)
+        ticket = Ticket(self, key, controls, call.stream, native_allowed)
+        if kind == "embeddings":
+            tenant = self._tenant(call.caller)
+            ticket.items = ItemBatch.of(surface, call.model_group, tenant, call.body, namespace)
+            if ticket.items is None:
+                return None
+        return ticket
 
     def _tenant(self, caller: Caller) -> str:
         scope = self.settings.scope
@@ -207,6 +214,8 @@ class ResponseCache:
         `ticket`, which keeps its answer."""
         headers = call.context.headers
         headers[CACHE_KEY_HEADER] = ticket.key
+        if ticket.items is not None:
+            return await self._embeddings(call, ticket, ticket.items)
         while True:
             if not ticket.controls.no_read:
                 entry = await self._read(ticket.key, ticket.controls.max_age)
@@ -232,6 +241,35 @@ class ResponseCache:
             if ticket.key not in self._flights and self._nursery is not None:
                 ticket.lead(Flight(ticket.key, ticket, call.stream))
             return None
+
+    async def _embeddings(self, call: CachedCall, ticket: Ticket, batch: ItemBatch) -> Answer:
+        """A batch answered whole from its items' entries, or sent upstream with the
+        items no entry answers (the body's `input` replaced, not changed in place: the
+        meter may be counting it in a thread)."""
+        controls = ticket.controls
+        if not controls.no_read:
+            values = await self.backend.get_many(batch.keys)
+            for position, value in enumerate(values):
+                data = self._entry_data(value, controls.max_age)
+                item = data.get("item") if data is not None else None
+                if isinstance(item, dict):
+                    batch.found[position] = item
+        headers = call.context.headers
+        if len(batch.found) == len(batch.keys):
+            ticket.hit = True
+            headers[CACHE_STATE_HEADER] = "hit"
+            self.metrics.hits.inc()
+            answer = batch.answer(call.model_group)
+            self.metrics.cached_tokens.inc(answer["usage"]["total_tokens"])
+            return Completion(answer)
+        headers[CACHE_STATE_HEADER] = "miss"
+        self.metrics.misses.inc()
+        split = items_of(call.body.get("input"))
+        assert split is not None, "an ItemBatch is made only of an input that splits"
+        missing = batch.missing(split[0])
+        if batch.found:
+            call.body["input"] = missing
+        return None
 
     async def _join(self, flight: Flight, ticket: Ticket, stream: bool) -> Answer:
         """Join `flight`: a live subscription for a stream, else its whole answer, once
@@ -261,7 +299,10 @@ class ResponseCache:
         return served
 
     async def _read(self, key: str, max_age: float | None) -> Entry | None:
-        raw = await self.backend.get(key)
+        data = self._entry_data(await self.backend.get(key), max_age)
+        return Entry(data) if data is not None else None
+
+    def _entry_data(self, raw: bytes | None, max_age: float | None) -> dict[str, Any] | None:
         if raw is None:
             return None
         try:
@@ -272,7 +313,7 @@ class ResponseCache:
             return None
         if max_age is not None and wall_time() - float(entry.get("at", 0)) > max_age:
             return None
-        return Entry(entry)
+        return entry
 
     async def store(self, key: str, entry: dict[str, Any], ttl: float | None) -> None:
         """Keep `entry` (`Entry`'s fields) under `key`; one over the entry cap is served,
@@ -347,6 +388,8 @@ class Ticket:
         self.hit = False
         self.flight: Flight | None = None
         self.leads = False
+        # An embeddings request's items, each cached on its own.
+        self.items: ItemBatch | None = None
 
     def lead(self, flight: Flight) -> None:
         self.flight, self.leads = flight, True
@@ -378,10 +421,15 @@ class Ticket:
         if entry is not None and flight.error is None and not self.controls.no_store:
             await self.cache.store(self.key, entry, self.controls.ttl)
 
-    async def answered(self, completion: Completion) -> None:
-        """A whole answer, past the hooks: kept, and given to the requests waiting."""
-        if self.hit or not self.leads:
-            return
+    async def answered(self, completion: Completion) -> Completion:
+        """A whole answer, past the hooks: kept, and given to the requests waiting. The
+        answer the client gets: an embeddings batch's with its cached items put back."""
+        if self.hit:
+            return completion
+        if self.items is not None:
+            return await self._embedded(completion, self.items)
+        if not self.leads:
+            return completion
         entry: dict[str, Any] | None = {"answer": completion.body}
         if completion.native:
             native = {"native": completion.body, "usage": completion.usage}
@@ -392,6 +440,22 @@ class Ticket:
             self.cache.landed(flight)
         if entry is not None and not self.controls.no_store:
             await self.cache.store(self.key, entry, self.controls.ttl)
+        return completion
+
+    async def _embedded(self, completion: Completion, batch: ItemBatch) -> Completion:
+        fresh = batch.entries(completion.body)
+        if fresh is None:
+            if batch.found:  # the cached items cannot be put back among these
+                raise UpstreamError(
+                    "The upstream's embeddings do not match the inputs it was sent."
+                )
+            return completion
+        if not self.controls.no_store:
+            for key, item in fresh:
+                await self.cache.store(key, {"item": item}, self.controls.ttl)
+        if not batch.found:
+            return completion
+        return Completion(batch.merged(completion.body, fresh))
 
     def ended(self, error: GatewayError | None) -> None:
         """The request ended without a whole answer given to `answered` (failed, or its
