@@ -408,3 +408,257 @@ async def test_embeddings_are_cached_per_item_and_a_batch_pays_only_for_new_item
     assert [r.cache_hit for r in records] == [False, False, True, True]
     assert records[2].cost == 0.0 and records[1].cost == pytest.approx(2 * 0.001)
     await running.stop()
+
+
+# --- Redis, shared by two gateways; the store's rows ---------------------------------------
+
+
+def redis_cached_config(
+    upstream: FakeUpstream, url: str, prefix: str, database_url: str | None = None, **params: Any
+) -> dict[str, Any]:
+    config = cached_config(upstream, type="redis", url=url, **params)
+    # The cache's keys live under the router's key prefix: each test has its own.
+    config["router_settings"]["redis_key_prefix"] = prefix
+    if database_url is not None:
+        config["general_settings"] = {"database_url": database_url}
+    return config
+
+
+async def _spend_rows(gateway: RunningGateway, count: int) -> list[dict[str, Any]]:
+    """The store's spend rows (`/spend/logs`), once the ledger has written `count`."""
+    with trio.fail_after(10):
+        while True:
+            async with gateway.client() as client:
+                reply = await client.get("/spend/logs")
+            rows: list[dict[str, Any]] = reply.json()
+            if len(rows) >= count:
+                return rows
+            await trio.sleep(0.1)
+
+
+async def test_two_gateways_share_hits_through_redis_and_their_stores_say_so(
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    redis_url: str,
+    redis_prefix: str,
+    database_url: str,
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Shared!", USAGE))
+    config = redis_cached_config(upstream, redis_url, redis_prefix, database_url)
+    one = await start_gateway(nursery, config)
+    two = await start_gateway(nursery, redis_cached_config(upstream, redis_url, redis_prefix))
+    first = await sdk(one).chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES
+    )
+    assert first.headers["x-trigate-cache"] == "miss"
+    again = await sdk(two).chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES, stream=True
+    )
+    assert again.headers["x-trigate-cache"] == "hit"
+    text = "".join([c.choices[0].delta.content or "" async for c in again.parse() if c.choices])
+    assert text == "Shared!"
+    assert len(upstream.requests) == 1
+    # Gateway one's own hit, spend-logged in its store with LiteLLM's fields.
+    hit = await _post(one, "/v1/chat/completions", {"model": "gpt-test", "messages": MESSAGES})
+    assert hit.headers["x-trigate-cache"] == "hit"
+    rows = sorted(await _spend_rows(one, 2), key=lambda row: row["start_time"])
+    key = first.headers["x-litellm-cache-key"]
+    assert [(r["cache_hit"], r["cache_key"]) for r in rows] == [(False, key), (True, key)]
+    assert rows[0]["spend"] > 0 and rows[1]["spend"] == 0
+    await one.stop()
+    await two.stop()
+
+
+async def test_redis_killed_mid_run_every_request_is_still_served(
+    nursery: trio.Nursery, upstream: FakeUpstream, own_redis: Any
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Fine", USAGE))
+    running = await start_gateway(nursery, redis_cached_config(upstream, own_redis.url, "t:"))
+    assert (await _post(running, "/v1/chat/completions", _chat())).status_code == 200
+    hit = await _post(running, "/v1/chat/completions", _chat())
+    assert hit.headers["x-trigate-cache"] == "hit"
+    await own_redis.kill()
+    for text in ("one", "two", "one"):
+        answer = await _post(running, "/v1/chat/completions", _chat(text))
+        assert answer.status_code == 200 and answer.headers["x-trigate-cache"] == "miss"
+    assert len(upstream.requests) == 4
+    async with running.client() as client:
+        metrics = (await client.get("/metrics")).text
+    assert _metric(metrics, "trigate_cache_unavailable_total") >= 3
+    await own_redis.start()
+    with trio.fail_after(10):  # the probe finds it again; then answers are kept anew
+        while True:
+            await _post(running, "/v1/chat/completions", _chat("back"))
+            if (await _post(running, "/v1/chat/completions", _chat("back"))).headers[
+                "x-trigate-cache"
+            ] == "hit":
+                break
+            await trio.sleep(0.2)
+    await running.stop()
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+# --- operators -------------------------------------------------------------------------------
+
+
+async def test_metrics_and_the_admin_routes(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream))
+    first = await _post(running, "/v1/chat/completions", _chat())
+    await _post(running, "/v1/chat/completions", _chat())
+    async with running.client() as client:
+        text = (await client.get("/metrics")).text
+        assert _metric(text, "litellm_cache_hits_metric_total") == 1
+        assert _metric(text, "litellm_cache_misses_metric_total") == 1
+        assert _metric(text, "litellm_cached_tokens_metric_total") == 11
+        assert _metric(text, "trigate_cache_bytes") > 0
+        ping = await client.get("/cache/ping")
+        assert ping.status_code == 200 and ping.json()["status"] == "healthy"
+        assert ping.json()["cache_type"] == "local"
+        key = first.headers["x-litellm-cache-key"]
+        deleted = await client.post("/cache/delete", json={"keys": [key]})
+        assert deleted.json() == {"status": "success", "deleted": 1}
+        assert (await _post(running, "/v1/chat/completions", _chat())).headers[
+            "x-trigate-cache"
+        ] == "miss"
+        assert (await client.post("/cache/flushall")).json() == {"status": "success"}
+        assert (await _post(running, "/v1/chat/completions", _chat())).headers[
+            "x-trigate-cache"
+        ] == "miss"
+        # An admin's only.
+        made = await client.post("/key/generate", json={})
+        user_key = made.json()["key"]
+    async with running.client(user_key) as client:
+        assert (await client.get("/cache/ping")).status_code == 403
+        assert (await client.post("/cache/flushall")).status_code == 403
+    await running.stop()
+
+
+async def test_without_a_cache_the_admin_routes_answer_503_and_cache_fields_are_refused(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    running = await start_gateway(nursery, openai_config(upstream))
+    async with running.client() as client:
+        assert (await client.get("/cache/ping")).status_code == 503
+    refused = await _post(running, "/v1/chat/completions", _chat(caching=True))
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "caching"
+    asked = await _post(running, "/v1/chat/completions", _chat(cache={"ttl": 5}))
+    assert asked.status_code == 400 and asked.json()["error"]["param"] == "cache"
+    fine = await _post(running, "/v1/chat/completions", _chat(cache={"no-cache": True}))
+    assert fine.status_code == 200 and "x-trigate-cache" not in fine.headers
+    await running.stop()
+
+
+async def test_scope_key_keeps_each_keys_answers_apart(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Mine", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream, scope="key"))
+    async with running.client() as client:
+        keys = [(await client.post("/key/generate", json={})).json()["key"] for _ in range(2)]
+    states = []
+    for key in (*keys, keys[0]):
+        async with running.client(key) as client:
+            reply = await client.post("/v1/chat/completions", json=_chat())
+            states.append(reply.headers["x-trigate-cache"])
+    assert states == ["miss", "miss", "hit"]
+    await running.stop()
+
+
+async def test_an_answer_over_the_entry_cap_is_served_not_kept(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("x" * 5000, USAGE))
+    running = await start_gateway(nursery, cached_config(upstream, max_entry_bytes=2000))
+    for _ in range(2):
+        reply = await _post(running, "/v1/chat/completions", _chat())
+        assert reply.status_code == 200 and reply.headers["x-trigate-cache"] == "miss"
+    async with running.client() as client:
+        assert _metric((await client.get("/metrics")).text, "trigate_cache_too_large_total") == 2
+    await running.stop()
+
+
+# --- settings and the local cache's bounds -------------------------------------------------
+
+
+def test_an_unsupported_cache_type_stops_start_up_naming_it() -> None:
+    from helpers import build_app
+
+    from trigate.config import ConfigError
+
+    for kind in ("redis-semantic", "qdrant-semantic", "s3", "disk"):
+        config = {
+            **openai_config(FakeUpstream()),
+            "litellm_settings": {"cache": True, "cache_params": {"type": kind}},
+        }
+        with pytest.raises(ConfigError, match=f"`{kind}` is not supported"):
+            build_app(config)
+    # `cache: false` asks for nothing: no cache, and no refusal.
+    config = {**openai_config(FakeUpstream()), "litellm_settings": {"cache": False}}
+    assert build_app(config)[1].cache is None
+
+
+def test_cache_params_keys_are_classified() -> None:
+    from trigate.litellm_keys import classify
+
+    raw = {"litellm_settings": {"cache": True, "cache_params": {
+        "type": "redis", "host": "h", "similarity_threshold": 0.8, "ttl": 5, "nonsense": 1,
+    }}}  # fmt: skip
+    findings = classify(raw)
+    assert "litellm_settings.cache_params.similarity_threshold" in findings.ignored
+    assert findings.unknown == ["litellm_settings.cache_params.nonsense"]
+    assert "litellm_settings.cache" not in findings.ignored
+
+
+async def test_the_local_cache_is_an_lru_bounded_in_bytes() -> None:
+    from trigate.cache.backends import LocalBackend
+
+    local = LocalBackend(max_bytes=300, max_entry_bytes=150)
+    for name in "abc":
+        assert local.write(name, b"x" * 99, None)
+    assert local.held_bytes() == 300
+    assert local.read("a") is not None  # a is now the most recently used
+    assert local.write("d", b"x" * 99, None)  # evicts b, the least recently used
+    assert local.read("b") is None and local.read("a") is not None
+    assert local.held_bytes() <= 300
+    assert not local.write("big", b"x" * 200, None)  # over the entry cap: not kept
+    assert local.read("big") is None
+
+
+def test_a_stream_assembled_then_replayed_keeps_reasoning_tools_and_finish() -> None:
+    from trigate.cache.shapes import Assembler, replay_chunks
+
+    chunks = [
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [
+            {"index": 0, "delta": {"role": "assistant", "reasoning_content": "Hm"}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"thinking_blocks": [{"type": "thinking"}]}}]},  # noqa: E501
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": "Hi"}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "t1", "type": "function", "function": {"name": "f", "arguments": "{"}}]}}]},  # noqa: E501
+        {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": "}"}}]}, "finish_reason": "tool_calls"}]},
+        {"id": "c", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}},  # noqa: E501
+    ]  # fmt: skip
+    assembler = Assembler()
+    assembler.add(chunks)
+    answer = assembler.answer()
+    assert answer is not None
+    message = answer["choices"][0]["message"]
+    assert message["reasoning_content"] == "Hm" and message["content"] == "Hi"
+    assert message["thinking_blocks"] == [{"type": "thinking"}]
+    assert message["tool_calls"] == [
+        {"type": "function", "id": "t1", "function": {"name": "f", "arguments": "{}"}}
+    ]
+    again = Assembler()
+    again.add(replay_chunks(answer))
+    assert again.answer() == answer
+    # A stream cut short (no finish reason) is not kept.
+    cut = Assembler()
+    cut.add(chunks[:3])
+    assert cut.answer() is None

@@ -529,6 +529,7 @@ CACHE_PARAMS: dict[str, Key] = {
     "max_bytes": _acted("trigate's own: the local cache's bound (trigate/cache)"),
     "max_entry_bytes": _acted("trigate's own: the largest answer kept (trigate/cache)"),
     "max_connections": _ignored("one Redis connection pool per worker"),
+    "disable_copilot_system_to_assistant": _ignored("deprecated in LiteLLM: no cache setting"),
     "ssl": _ignored("use a rediss:// url"),
     "redis_startup_nodes": _ignored("no Redis Cluster: url or host/port is used"),
     "sentinel_nodes": _ignored("no Redis Sentinel: url or host/port is used"),

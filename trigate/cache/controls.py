@@ -37,7 +37,7 @@ class CacheControls:
     def asks_for_cache(self) -> bool:
         """Whether they ask for what only a cache gives (a gateway without one refuses
         them); `no-cache`, `no-store`, `s-maxage` and `caching: false` ask nothing."""
-        return self.opted_in or self.ttl is not None or self.namespace is not None
+        return self.opted_in or bool(self.ttl) or self.namespace is not None
 
 
 NO_CONTROLS = CacheControls()
