@@ -17,8 +17,6 @@ from fakes import (
     StreamReply,
     chat_completion,
     chunk,
-    stream_of,
-    tool_call_completion,
     usage_chunk,
 )
 from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
@@ -110,10 +108,28 @@ def _reasoning_stream() -> StreamReply:
                   "function": {"name": "get_weather", "arguments": '{"city":'}}  # fmt: skip
     call_rest = {"index": 0, "function": {"arguments": ' "Paris"}'}}
     frames: list[bytes | float] = [
-        chunk(None, choices=[{"index": 0, "delta": {"role": "assistant", "reasoning_content": "Think"}, "finish_reason": None}]),  # noqa: E501
-        chunk(None, choices=[{"index": 0, "delta": {"reasoning_content": "ing."}, "finish_reason": None}]),  # noqa: E501
-        chunk(None, choices=[{"index": 0, "delta": {"tool_calls": [call_start]}, "finish_reason": None}]),  # noqa: E501
-        chunk(None, choices=[{"index": 0, "delta": {"tool_calls": [call_rest]}, "finish_reason": None}]),  # noqa: E501
+        chunk(
+            None,
+            choices=[
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "reasoning_content": "Think"},
+                    "finish_reason": None,
+                }
+            ],
+        ),
+        chunk(
+            None,
+            choices=[{"index": 0, "delta": {"reasoning_content": "ing."}, "finish_reason": None}],
+        ),
+        chunk(
+            None,
+            choices=[{"index": 0, "delta": {"tool_calls": [call_start]}, "finish_reason": None}],
+        ),
+        chunk(
+            None,
+            choices=[{"index": 0, "delta": {"tool_calls": [call_rest]}, "finish_reason": None}],
+        ),
         chunk(finish="tool_calls"),
         usage_chunk(9, 6),
         DONE,
@@ -396,9 +412,7 @@ async def test_embeddings_are_cached_per_item_and_a_batch_pays_only_for_new_item
     vectors = [(d.index, d.embedding[0]) for d in batch.parse().data]
     assert vectors == [(0, 3.0), (1, 1.0), (2, 4.0), (3, 2.0)]
     assert batch.parse().usage.prompt_tokens == 2  # what the upstream was paid for
-    whole = await client.embeddings.with_raw_response.create(
-        model="gpt-test", input=["bb", "dddd"]
-    )
+    whole = await client.embeddings.with_raw_response.create(model="gpt-test", input=["bb", "dddd"])
     assert whole.headers["x-trigate-cache"] == "hit"
     assert [d.embedding[0] for d in whole.parse().data] == [2.0, 4.0]
     single = await client.embeddings.with_raw_response.create(model="gpt-test", input="ccc")
