@@ -348,10 +348,12 @@ def write_gateway_config(
     upstream_models: dict[str, str],
     translated: set[str],
     redis: str | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> None:
     """One LiteLLM-shaped config.yaml that both gateways read unchanged. The `translated`
     model names' deployments do not speak the Responses API (the mock does not). With
-    `redis`, limits are shared through it (under a prefix of this run's own)."""
+    `redis`, limits are shared through it (under a prefix of this run's own); with
+    `cache`, LiteLLM's response cache is on with those `cache_params`."""
     config: dict[str, Any] = {
         "model_list": [
             {
@@ -370,6 +372,8 @@ def write_gateway_config(
     if redis:
         prefix = f"trigate-bench-{os.getpid()}:"
         config["router_settings"] = {"redis_url": redis, "redis_key_prefix": prefix}
+    if cache is not None:
+        config["litellm_settings"] = {"cache": True, "cache_params": cache}
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
