@@ -296,12 +296,30 @@ async def _read_stream(gateway: RunningGateway, seen: list[str]) -> None:
     seen.append(text)
 
 
+async def _subscribers(gateway: RunningGateway, count: int) -> None:
+    """Until `count` requests share the one call in flight (the cache's state, polled)."""
+    cache = gateway.gateway.cache
+    assert cache is not None
+    with trio.fail_after(30):
+        while (
+            not cache._flights
+            or max(  # noqa: ASYNC110
+                len(flight.subscribers) for flight in cache._flights.values()
+            )
+            < count
+        ):
+            await trio.sleep(0.01)
+
+
 async def test_fifty_identical_streams_share_one_upstream_call_billed_once(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
+    """The upstream sends its first chunk, then waits until all 50 have joined: those
+    that came after it get it too, then the rest live."""
     words = [f" w{i}" for i in range(20)]
-    frames: list[bytes | float] = [0.2]  # the upstream thinks while all 50 arrive
-    for word in words:
+    resume = trio.Event()
+    frames: list[bytes | float | trio.Event] = [chunk(words[0]), resume]
+    for word in words[1:]:
         frames += [chunk(word), 0.01]
     frames += [chunk(finish="stop"), usage_chunk(10, 20), DONE]
     upstream.handler = lambda request: StreamReply(frames)
@@ -310,12 +328,16 @@ async def test_fifty_identical_streams_share_one_upstream_call_billed_once(
     async with trio.open_nursery() as clients:
         for _ in range(50):
             clients.start_soon(_read_stream, running, seen)
+        await _subscribers(running, 50)
+        resume.set()
     assert len(upstream.requests) == 1
-    assert len(set(seen)) == 1 and "".join(words) in "".join(
+    assert len(seen) == 50 and len(set(seen)) == 1
+    content = "".join(
         orjson.loads(line[6:])["choices"][0]["delta"].get("content", "")
         for line in seen[0].split("\n\n")
         if line.startswith("data: {") and orjson.loads(line[6:])["choices"]
     )
+    assert content == "".join(words)
     assert seen[0].endswith("data: [DONE]\n\n") and '"total_tokens":30' in seen[0]
     records = await running.records.wait_for(50)
     # Billed once: the sum over the group is the upstream's usage priced once.
@@ -368,8 +390,10 @@ async def test_the_shared_upstream_closes_only_when_its_last_subscriber_leaves(
 async def test_a_failed_shared_call_fails_every_subscriber_and_is_not_kept(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
-    upstream.handler = lambda request: JSONReply(
-        {"error": {"message": "overloaded", "type": "server_error"}}, status=500, delay=0.2
+    resume = trio.Event()
+    failure = orjson.dumps({"error": {"message": "overloaded", "type": "server_error"}})
+    upstream.handler = lambda request: StreamReply(
+        [resume, failure], status=500, content_type="application/json"
     )
     running = await start_gateway(nursery, cached_config(upstream))
     statuses: list[int] = []
@@ -380,6 +404,8 @@ async def test_a_failed_shared_call_fails_every_subscriber_and_is_not_kept(
     async with trio.open_nursery() as clients:
         for _ in range(5):
             clients.start_soon(ask)
+        await _subscribers(running, 4)  # the leader's four followers wait on it
+        resume.set()
     assert len(upstream.requests) == 1 and statuses == [502] * 5  # as each had alone
     upstream.handler = lambda request: JSONReply(chat_completion("Better", USAGE))
     again = await _post(running, "/v1/chat/completions", _chat())
@@ -676,3 +702,65 @@ def test_a_stream_assembled_then_replayed_keeps_reasoning_tools_and_finish() -> 
     cut = Assembler()
     cut.add(chunks[:3])
     assert cut.answer() is None
+
+
+async def test_when_the_first_caller_leaves_the_one_carrying_the_stream_to_its_end_pays(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A stream follower and a whole-answer follower join; the leader leaves mid-stream."""
+    # The upstream pauses mid-stream until both have joined and the leader has left.
+    resume = trio.Event()
+    frames: list[bytes | float | trio.Event] = [
+        chunk("one"), resume, chunk(" two"), chunk(finish="stop"),
+    ]  # fmt: skip
+    upstream.handler = lambda request: StreamReply([*frames, usage_chunk(10, 20), DONE])
+    running = await start_gateway(nursery, cached_config(upstream))
+    texts: dict[str, str] = {}
+    leave = trio.Event()
+
+    async def leader(task_status: trio.TaskStatus[str]) -> None:
+        async with (
+            running.client() as client,
+            client.stream("POST", "/v1/chat/completions", json=_chat("Go", stream=True)) as r,
+        ):
+            assert r.headers["x-trigate-cache"] == "miss"
+            lines = r.aiter_lines()  # held: a dropped one would be closed, and the stream
+            await anext(lines)
+            task_status.started(r.headers["x-litellm-cache-key"])
+            await leave.wait()  # ... and leaves, mid-stream
+
+    async def follower(stream: bool) -> None:
+        async with running.client() as client:
+            reply = await client.post("/v1/chat/completions", json=_chat("Go", stream=stream))
+        assert reply.headers["x-trigate-cache"] == "coalesced"
+        texts["stream" if stream else "whole"] = reply.text
+
+    async with trio.open_nursery() as clients:
+        key = await clients.start(leader)
+        clients.start_soon(follower, True)
+        clients.start_soon(follower, False)
+        cache = running.gateway.cache
+        assert cache is not None
+        with trio.fail_after(10):  # both have joined the leader's call (its state, polled)
+            while len(cache._flights[key].subscribers) < 3:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        leave.set()
+        with trio.fail_after(10):
+            while len(cache._flights[key].subscribers) > 2:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        resume.set()
+    assert len(upstream.requests) == 1
+    assert '"content":"one"' in texts["stream"] and '"content":" two"' in texts["stream"]
+    assert orjson.loads(texts["whole"])["choices"][0]["message"]["content"] == "one two"
+    records = await running.records.wait_for(3)
+    [leader_row] = [r for r in records if r.cancelled_by_client]
+    assert leader_row.cost == 0.0 and leader_row.deployment is not None
+    assert not leader_row.cache_hit
+    # The follower that joined first of those there at the end pays for all of it; the
+    # other's row is a hit at no cost.
+    [paid] = [r for r in records if r.cost > 0]
+    assert not paid.cancelled_by_client and not paid.cache_hit
+    assert paid.cost == pytest.approx(10 * 0.001 + 20 * 0.002)
+    [free] = [r for r in records if r is not paid and r is not leader_row]
+    assert free.cache_hit and free.cost == 0.0
+    await running.stop()

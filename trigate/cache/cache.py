@@ -234,8 +234,8 @@ class ResponseCache:
                         headers[CACHE_STATE_HEADER] = "coalesced"
                         self.metrics.coalesced.inc()
                         return answer
-                    if ticket.flight is None and ticket.key in self._flights:
-                        continue  # a new leader took over: join it
+                    if flight.done and ticket.key in self._flights:
+                        continue  # it ended with nothing to give, and another leads now
             headers[CACHE_STATE_HEADER] = "miss"
             self.metrics.misses.inc()
             if ticket.key not in self._flights and self._nursery is not None:
@@ -274,13 +274,14 @@ class ResponseCache:
     async def _join(self, flight: Flight, ticket: Ticket, stream: bool) -> Answer:
         """Join `flight`: a live subscription for a stream, else its whole answer, once
         known. None: the flight ended without an answer to give (ask again)."""
-        await flight.launched.wait()
+        if flight.streamed:
+            await flight.launched.wait()
         if flight.streamed and not flight.done:
             if stream:
                 ticket.follow(flight)
                 return flight.join(ticket)
             if flight.native:
-                return None
+                return None  # its events are no whole answer: this request goes upstream
             ticket.follow(flight)
             subscription = flight.join(ticket)
             try:
@@ -290,6 +291,7 @@ class ResponseCache:
                     await subscription.aclose()
         else:
             ticket.follow(flight)
+            flight.subscribers.append(ticket)
             await flight.resolved.wait()
         if (error := flight.failure()) is not None:
             raise error

@@ -71,6 +71,8 @@ class Flight:
         self.leader = leader
         self.streamed = streamed
         self.batches: list[list[Any]] = []
+        # The requests it answers, in the order they came: a stream's subscribers (its
+        # leader first), or the requests waiting on a whole answer (its leader apart).
         self.subscribers: list[object] = [leader] if streamed else []
         self.payer: object | None = None
         self.deployment: Any = None
@@ -107,12 +109,14 @@ class Flight:
         return Subscription(self, self.leader)
 
     async def _pump(self, opened: Upstream, on_end: Callable[[Flight], Awaitable[None]]) -> None:
+        read_to_end = False
         try:
             with self._pump_scope:
                 if opened.first:
                     self._publish(opened.first)
                 async for batch in opened.chunks:
                     self._publish(batch)
+                read_to_end = True
                 self.answer = self.assembler.answer()
                 self.events = self.assembler.events if self.assembler.storable else None
         except GatewayError as error:
@@ -124,6 +128,10 @@ class Flight:
             self.error = GatewayError("The gateway failed unexpectedly.")
             self.error.__cause__ = error
         finally:
+            if not read_to_end and self.error is None and self.subscribers:
+                # Cancelled from outside (the worker stops): no subscriber may take a
+                # cut stream for a whole one.
+                self.error = GatewayError("The shared upstream stream ended early.")
             self._end()
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(CLOSE_TIMEOUT):
