@@ -21,6 +21,7 @@ counting only between the spend ledger's timed writes (see `count`).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -74,6 +75,9 @@ class Case:
     name: str
     stream: bool
     virtual_key: bool
+    # A response cache's hit (`local` or `redis`): the gateway runs with that cache, and
+    # every counted request is answered from it (the warm-up's first one was its miss).
+    cache: str | None = None
 
     def model(self) -> str:
         return "bench-burst" if self.stream else "bench"
@@ -84,7 +88,17 @@ CASES = (
     Case("chat stream, master key", stream=True, virtual_key=False),
     Case("chat, virtual key with limits and budget", stream=False, virtual_key=True),
     Case("chat stream, virtual key with limits and budget", stream=True, virtual_key=True),
+    Case("chat, cache hit from local memory, master key", False, False, cache="local"),
+    Case("chat, cache hit from Redis, master key", False, False, cache="redis"),
 )
+REDIS_URL = os.environ.get("TRIGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def cache_params(kind: str) -> dict[str, Any]:
+    """The response cache a cache case's gateway runs with."""
+    if kind == "local":
+        return {"type": "local"}
+    return {"type": "redis", "url": REDIS_URL, "namespace": f"trigate-bench-{os.getpid()}"}
 
 
 @dataclass(frozen=True)
@@ -225,24 +239,34 @@ def measure_all(
     that halves the check's time, and counts do not depend on what else runs. With
     `sinks`, two logging callbacks are on (`SINKS`, sent to the mock): the counts then
     say what they cost a request, beside the budget's without them."""
-    groups = {
-        "master": [case for case in CASES if not case.virtual_key],
-        "limited": [case for case in CASES if case.virtual_key],
-    }
+    # Two at a time: the plain cases, then the response cache's hits (their own configs).
+    rounds = [
+        {
+            "master": [c for c in CASES if not c.virtual_key and c.cache is None],
+            "limited": [c for c in CASES if c.virtual_key],
+        },
+        {f"cached-{c.cache}": [c] for c in CASES if c.cache is not None},
+    ]
     measured: dict[str, int] = {}
     with mock_server(workdir) as mock:
-        config = workdir / "trigate.yaml"
         callbacks = SINKS if sinks else None
-        write_gateway_config(config, mock.port, UPSTREAM_MODELS, set(), callbacks=callbacks)
         environ = sink_environ(mock.port) if sinks else ()
         gateway = Gateway("trigate", trigate, environ=environ)
-        with ThreadPoolExecutor(len(groups)) as pool:
-            futures = [
-                pool.submit(measure_group, gateway, config, cases, workdir / name)
-                for name, cases in groups.items()
-            ]
-            for future in futures:
-                measured |= future.result()
+        for groups in rounds:
+            with ThreadPoolExecutor(len(groups)) as pool:
+                futures = []
+                for name, cases in groups.items():
+                    config = workdir / f"trigate-{name}.yaml"
+                    cache = cases[0].cache
+                    write_gateway_config(
+                        config, mock.port, UPSTREAM_MODELS, set(), callbacks=callbacks,
+                        cache=cache_params(cache) if cache else None,
+                    )  # fmt: skip
+                    futures.append(
+                        pool.submit(measure_group, gateway, config, cases, workdir / name)
+                    )
+                for future in futures:
+                    measured |= future.result()
         versions = {"trigate": gateway.version(), **library_versions(trigate)}
     return {case.name: measured[case.name] for case in CASES}, versions
 

@@ -352,11 +352,13 @@ def write_gateway_config(
     translated: set[str],
     redis: str | None = None,
     callbacks: list[str] | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> None:
     """One LiteLLM-shaped config.yaml that both gateways read unchanged. The `translated`
     model names' deployments do not speak the Responses API (the mock does not). With
     `redis`, limits are shared through it (under a prefix of this run's own); with
-    `callbacks`, finished requests go to those logging callbacks (`sink_environ`)."""
+    `callbacks`, finished requests go to those logging callbacks (`sink_environ`); with
+    `cache`, LiteLLM's response cache is on with those `cache_params`."""
     config: dict[str, Any] = {
         "model_list": [
             {
@@ -375,8 +377,13 @@ def write_gateway_config(
     if redis:
         prefix = f"trigate-bench-{os.getpid()}:"
         config["router_settings"] = {"redis_url": redis, "redis_key_prefix": prefix}
+    litellm: dict[str, Any] = {}
     if callbacks:
-        config["litellm_settings"] = {"callbacks": callbacks}
+        litellm["callbacks"] = callbacks
+    if cache is not None:
+        litellm.update(cache=True, cache_params=cache)
+    if litellm:
+        config["litellm_settings"] = litellm
     path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 

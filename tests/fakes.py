@@ -41,9 +41,10 @@ class JSONReply:
 
 @dataclass
 class StreamReply:
-    """An SSE response. `frames` holds raw bytes to send, or floats: seconds to pause."""
+    """An SSE response. `frames` holds raw bytes to send, floats: seconds to pause, or
+    events to wait for (a test releases the stream when it is ready)."""
 
-    frames: list[bytes | float]
+    frames: list[bytes | float | trio.Event]
     status: int = 200
     # After the frames, keep sending `tail` every `tail_interval` s until the client leaves.
     tail: bytes | None = None
@@ -244,6 +245,8 @@ async def _send_frames(send: Callable[[bytes], Any], reply: StreamReply) -> bool
         for frame in reply.frames:
             if isinstance(frame, float):
                 await trio.sleep(frame)
+            elif isinstance(frame, trio.Event):
+                await frame.wait()
             else:
                 await send(frame)
         while reply.tail is not None:

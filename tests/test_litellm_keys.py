@@ -24,8 +24,8 @@ DATA = Path(__file__).parent / "data" / "litellm_configs"
 README = Path(__file__).parent.parent / "README.md"
 MOCK = {"model_name": "mock", "litellm_params": {"model": "mock/mock"}}
 
-# What the issue found served in silence: a cache, a logging integration, a guardrail
-# (one of a type trigate does not run).
+# What the issue found served in silence: a cache (now served), a logging integration
+# trigate does not send to, a guardrail (one of a type trigate does not run).
 SILENTLY_DROPPED: dict[str, Any] = {
     "model_list": [MOCK],
     # langsmith: a logging integration trigate does not send to (langfuse it does).
@@ -71,10 +71,8 @@ SERVES: dict[str, list[str]] = {
     "docs_configs_quick_start.yaml": [
         "litellm_settings.drop_params",
     ],
-    "multi_instance_simple_config.yaml": [
-        "litellm_settings.cache",
-        "litellm_settings.cache_params",
-    ],
+    # Its cache is served (trigate.cache): nothing to name.
+    "multi_instance_simple_config.yaml": [],
     "oai_misc_config.yaml": [
         "finetune_settings",
         "files_settings",
@@ -88,14 +86,10 @@ SERVES: dict[str, list[str]] = {
         "litellm_settings.drop_params",
         "litellm_settings.default_team_settings",
     ],
-    "prometheus_test_config.yaml": ["litellm_settings.cache"],
+    "prometheus_test_config.yaml": [],
     "queue.yaml": [],
     "simple_config.yaml": [],
-    "spend_tracking_config.yaml": [
-        "litellm_settings.cache",
-        "litellm_settings.cache_params",
-        "general_settings.use_redis_transaction_buffer",
-    ],
+    "spend_tracking_config.yaml": ["general_settings.use_redis_transaction_buffer"],
     "websearch_interception_config.yaml": [
         "search_tools",
         "litellm_settings.websearch_interception_params",
@@ -206,15 +200,12 @@ def test_no_key_of_litellm_docs_or_examples_is_unclassified() -> None:
 
 
 def test_the_issue_config_warns_and_a_guardrail_refuses() -> None:
-    """The config the issue served in silence: the cache and the logging integration
-    are named; a guardrail stops it, named, whatever else is wrong."""
+    """The config the issue served in silence: the logging integration is named (the
+    cache is served now); a guardrail stops it, named, whatever else is wrong."""
     findings = parse_config(SILENTLY_DROPPED, {}).litellm_keys
-    assert list(findings.ignored) == [
-        "litellm_settings.cache",
-        "litellm_settings.success_callback[langsmith]",
-    ]
+    assert list(findings.ignored) == ["litellm_settings.success_callback[langsmith]"]
     assert findings.warning() == (
-        "config: LiteLLM keys trigate ignores: litellm_settings.cache, "
+        "config: LiteLLM keys trigate ignores: "
         "litellm_settings.success_callback[langsmith] (README: From LiteLLM)"
     )
     with pytest.raises(ConfigError, match=NOT_RUN):
@@ -331,7 +322,7 @@ async def test_start_up_names_every_ignored_key_in_one_warning_line(tmp_path: Pa
         await served.stop()
     lines = [line for line in served.output.splitlines() if b"LiteLLM keys" in line]
     assert len(lines) == 1, served.output.decode()
-    assert b"litellm_settings.cache, litellm_settings.success_callback[langsmith]" in lines[0]
+    assert b"ignores: litellm_settings.success_callback[langsmith] (README" in lines[0]
 
 
 async def test_a_reload_names_ignored_keys_and_refuses_one_it_cannot_honour(

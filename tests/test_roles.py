@@ -50,6 +50,8 @@ def config() -> dict[str, Any]:
             "database_url": "sqlite://:memory:",
             "require_auth_for_metrics_endpoint": True,
         },
+        # A response cache, so that its admin routes answer past the role check.
+        "litellm_settings": {"cache": True},
     }
 
 
@@ -219,6 +221,10 @@ CASES: list[Case] = [
     Case("POST", "/budget/info", READERS, _fixed({"budgets": ["nope"]})),
     Case("GET", "/budget/list", READERS),
     Case("GET", "/budget/settings?budget_id=nope", READERS, rule="/budget/settings"),
+    # The response cache: a reader of all sees its state; its entries are an admin's.
+    Case("GET", "/cache/ping", READERS),
+    Case("POST", "/cache/delete", ADMINS, _fixed({"keys": ["nope"]})),
+    Case("POST", "/cache/flushall", ADMINS),
     # Spend, health, metrics.
     Case("GET", "/spend/logs", READERS),
     Case("GET", "/global/spend/report", READERS),

@@ -29,10 +29,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import trio
+from prometheus_client import CollectorRegistry
 
 from trigate.alerts.hub import Alerts
 from trigate.alerts.settings import AlertSettings
 from trigate.auth import Authenticator
+from trigate.cache import ResponseCache, cache_settings
 from trigate.changes import Changes
 from trigate.clock import wall_time
 from trigate.config import ConfigError, GatewayConfig
@@ -103,6 +105,16 @@ def _process_counter() -> TokenCounter:
 @functools.cache
 def _process_prices() -> PriceTable:
     return PriceTable.load()
+
+
+def response_cache(config: GatewayConfig, registry: CollectorRegistry) -> ResponseCache | None:
+    """The cache `litellm_settings.cache` and `cache_params` ask for (trigate.cache)."""
+    router = config.router
+    settings = cache_settings(config.litellm_settings, router.redis, router.redis_timeout)
+    if settings is None:
+        return None
+    secrets.add(urlsplit(settings.redis_url or "").password)
+    return ResponseCache(settings, registry, router.redis_key_prefix)
 
 
 async def load_token_counter() -> TokenCounter:
@@ -192,6 +204,9 @@ class Gateway:
         self.guardrails: GuardrailSet | None = None
         self._hooks: Hooks | None = None
         self._hooks = self._hooks_of(config)
+        # The response cache `litellm_settings.cache` switches on; None without one, so
+        # that a request asks only `cache is None`. Its settings apply at start-up.
+        self.cache = response_cache(config, self.telemetry.metrics.registry)
         # Admin changes, told to every process of the fleet (and heard from them).
         self.changes = Changes(Limits.budget_keys)
         self.changes.listen((MODELS,), self.models.nudge, self.models.nudge)
@@ -298,6 +313,8 @@ class Gateway:
                     self._nursery = nursery
                     await nursery.start(self._run_link, self._link)
                     await self._take_up(self._link)
+                    if self.cache is not None:
+                        await nursery.start(self.cache.run)
                     nursery.start_soon(self.ledger.run)
                     await nursery.start(self.exports.run)
                     if self.alerts is not None:

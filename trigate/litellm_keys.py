@@ -68,7 +68,8 @@ _NO_GUARDRAILS = (
 )
 _NO_UI = "trigate has no admin UI"
 _NO_ALERTS = "trigate sends no alerts (see its Prometheus metrics)"
-_NO_CACHE = "trigate has no response cache yet: every request goes upstream"
+_CACHE = "read with litellm_settings.cache_params (trigate/cache)"
+_NO_CACHE_SETTING = "the response cache is litellm_settings.cache with cache_params"
 _NO_DB_TUNING = "trigate's store manages its own connections"
 _NO_MCP = "trigate serves no MCP gateway (its routes answer 404)"
 _PER_DEPLOYMENT = "set per deployment in litellm_params"
@@ -240,9 +241,9 @@ ROUTER_SETTINGS: dict[str, Key] = {
     "model_group_retry_policy": _ignored("one retry_policy for every group"),
     "default_priority": _ignored("no request queue (scheduler)"),
     "polling_interval": _ignored("no request queue (scheduler)"),
-    "cache_responses": _ignored(_NO_CACHE),
-    "cache_kwargs": _ignored(_NO_CACHE),
-    "caching_groups": _ignored(_NO_CACHE),
+    "cache_responses": _ignored(_NO_CACHE_SETTING),
+    "cache_kwargs": _ignored(_NO_CACHE_SETTING),
+    "caching_groups": _ignored("each model group has its own entries"),
     "client_ttl": _ignored("one upstream connection pool per worker"),
     "debug_level": _ignored("set TRIGATE_LOG_LEVEL"),
     "set_verbose": _ignored("set TRIGATE_LOG_LEVEL"),
@@ -281,8 +282,8 @@ LITELLM_SETTINGS: dict[str, Key] = {
     "max_end_user_budget": _refused("an end-user budget trigate does not apply"),
     "max_budget": _acted("the proxy's budget, as user litellm-proxy-budget (proxy_budget.py)"),
     "budget_duration": _acted("the proxy budget's window (proxy_budget.py)"),
-    "cache": _ignored(_NO_CACHE),
-    "cache_params": _ignored(_NO_CACHE),
+    "cache": _acted("the response cache (trigate/cache)"),
+    "cache_params": _acted("see cache_params below"),
     "service_callbacks": _ignored(_LOGGING_ONLY),
     "default_team_settings": _ignored("per-team logging integrations, not served"),
     "turn_off_message_logging": _acted(
@@ -516,6 +517,41 @@ CALLBACKS: dict[str, Key] = {
 
 _CALLBACK_LISTS = ("callbacks", "success_callback", "failure_callback")
 
+# `litellm_settings.cache_params` (trigate/cache/settings.py; a `type` other than
+# `local` or `redis` stops the start, naming it).
+_SEMANTIC_ONLY = "read only by a semantic, object-store or disk cache, whose types are refused"
+CACHE_PARAMS: dict[str, Key] = {
+    **{
+        name: _acted(_CACHE)
+        for name in (
+            "type", "host", "port", "password", "url", "redis_url", "ttl",
+            "default_in_memory_ttl", "default_in_redis_ttl", "namespace",
+            "supported_call_types", "mode", "socket_timeout",
+        )
+    },
+    "scope": _acted("trigate's own: global, team or key (trigate/cache)"),
+    "max_bytes": _acted("trigate's own: the local cache's bound (trigate/cache)"),
+    "max_entry_bytes": _acted("trigate's own: the largest answer kept (trigate/cache)"),
+    "max_connections": _ignored("one Redis connection pool per worker"),
+    "disable_copilot_system_to_assistant": _ignored("deprecated in LiteLLM: no cache setting"),
+    "ssl": _ignored("use a rediss:// url"),
+    "redis_startup_nodes": _ignored("no Redis Cluster: url or host/port is used"),
+    "sentinel_nodes": _ignored("no Redis Sentinel: url or host/port is used"),
+    "service_name": _ignored("no Redis Sentinel: url or host/port is used"),
+    **{
+        name: _ignored(_SEMANTIC_ONLY)
+        for name in (
+            "similarity_threshold", "redis_semantic_cache_embedding_model",
+            "redis_semantic_cache_index_name", "qdrant_semantic_cache_embedding_model",
+            "qdrant_collection_name", "qdrant_quantization_config", "qdrant_api_base",
+            "qdrant_api_key", "s3_bucket_name", "s3_region_name", "s3_api_version",
+            "s3_endpoint_url", "s3_aws_access_key_id", "s3_aws_secret_access_key",
+            "s3_path", "gcs_bucket_name", "gcs_path_service_account", "gcs_path",
+            "disk_cache_dir", "azure_account_url", "azure_blob_container",
+        )
+    },
+}  # fmt: skip
+
 # The sections whose keys are classified, by the path the warning names them with.
 SECTIONS: dict[str, dict[str, Key]] = {
     "": TOP_LEVEL,
@@ -524,6 +560,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
     "model_list[].model_info": MODEL_INFO,
     "router_settings": ROUTER_SETTINGS,
     "litellm_settings": LITELLM_SETTINGS,
+    "litellm_settings.cache_params": CACHE_PARAMS,
     "general_settings": GENERAL_SETTINGS,
     "litellm_settings.callbacks[]": CALLBACKS,
 }
@@ -606,6 +643,7 @@ def present_keys(raw: Mapping[str, Any]) -> Iterator[tuple[str, str, Any, dict[s
     named = raw.get("callback_settings")
     named = named if isinstance(named, Mapping) else {}
     if isinstance(settings, Mapping):
+        yield from _section(settings.get("cache_params"), "litellm_settings.cache_params")
         for name in _CALLBACK_LISTS:
             for entry in callback_names(settings.get(name)):
                 yield from _callback(name, entry, named)

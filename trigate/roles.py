@@ -111,6 +111,10 @@ ROUTES: dict[str, Access] = {
     "/model/<model_id>/update": Access.ADMIN_WRITE,
     "/model/delete": Access.ADMIN_WRITE,
     "/config/reload": Access.ADMIN_WRITE,
+    # The response cache (trigate.cache): its state and its entries, an admin's.
+    "/cache/ping": Access.ADMIN_READ,
+    "/cache/delete": Access.ADMIN_WRITE,
+    "/cache/flushall": Access.ADMIN_WRITE,
     # Spend: every tenant's rows, so a reader of all only.
     "/spend/logs": Access.ADMIN_READ,
     "/global/spend/report": Access.ADMIN_READ,

@@ -16,9 +16,10 @@ them. Each field's fate is LiteLLM's:
   `default_on` ones, `trigate.guardrails`), the
   `mock_*` testing fields, and a client's own `api_key` / `api_base` where a deployment
   allows them (`configurable_clientside_auth_params`);
+- `cache` / `caching`: the response cache's controls (`trigate.cache.controls`),
+  refused with a 400 where no cache is configured and they ask for one;
 - refused with a 400 naming the field when it asks for what the gateway cannot do yet:
-  `caching` / `cache` (no response cache yet), client credentials that no deployment
-  allows;
+  client credentials that no deployment allows;
 - consumed without effect, since they ask nothing of an answer: `drop_params` and the
   others in `_INERT`.
 
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import orjson
 import trio
 
+from trigate.cache.controls import CacheControls, read_controls
 from trigate.errors import Failure, InvalidRequest, UpstreamError, UpstreamTimeout
 from trigate.guardrails.config import names_in
 from trigate.nesting import deeper_than
@@ -95,8 +97,6 @@ HEADER_PREFIX = "x-litellm-"
 _FIXED_IN_FALLBACK = frozenset({"model", "stream"})
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 256
-# LiteLLM's cache controls that ask for nothing a gateway without a cache cannot give.
-_CACHE_CONTROLS_WITHOUT_CACHE = frozenset({"no-cache", "no-store", "s-maxage"})
 # `mock_response` values LiteLLM raises as errors rather than answers.
 _MOCK_FAILURES = {
     "litellm.RateLimitError": (Failure.RATE_LIMIT, "This is a mock rate limit error."),
@@ -146,8 +146,6 @@ class LiteLLMRequest:
     mock_group_failure: Failure | None = None
     mock_rate_limit: bool = False
     credentials: dict[str, str] | None = None
-    # The guardrails the request names (LiteLLM's `guardrails`, in the body or metadata).
-    guardrails: list[str] = dataclasses.field(default_factory=list)
 
     def attempt_timeout(self, deployment: Deployment, stream: bool) -> float:
         """This request's bound on an attempt: its own, never above the deployment's."""
@@ -183,8 +181,9 @@ def consume(body: dict[str, Any], headers: Mapping[str, str], path: str) -> Lite
     if not fields and HEADERS.isdisjoint(headers):
         return None  # only the API's own `metadata`, or fields that ask nothing
     guardrails = fields.pop("guardrails", None)
-    _refuse_what_cannot_be_done(fields)
     request = LiteLLMRequest()
+    if "cache" in fields or "caching" in fields:
+        request.cache = read_controls(fields.pop("cache", None), fields.pop("caching", None))
     _read_fallbacks(request, fields.pop("fallbacks", None))
     _read_logging(request, fields, headers)
     request.guardrails = _guardrails(guardrails, "guardrails")
@@ -196,33 +195,6 @@ def consume(body: dict[str, Any], headers: Mapping[str, str], path: str) -> Lite
     if credentials:
         request.credentials = _credentials(credentials)
     return request
-
-
-def _refuse_what_cannot_be_done(fields: dict[str, Any]) -> None:
-    """`caching` and `cache` are refused when they ask for a cache: the gateway has none."""
-    caching = fields.pop("caching", None)
-    if caching is not None and not isinstance(caching, bool):
-        raise InvalidRequest("`caching` must be a boolean.", param="caching")
-    if caching:
-        raise InvalidRequest(
-            "`caching: true` asks for a response cache, which this gateway does not have. "
-            "Remove the field.",
-            param="caching",
-            code="unsupported_parameter",
-        )
-    cache = fields.pop("cache", None)
-    if cache is not None:
-        if not isinstance(cache, dict):
-            raise InvalidRequest("`cache` must be an object.", param="cache")
-        asked = sorted(k for k, v in cache.items() if k not in _CACHE_CONTROLS_WITHOUT_CACHE and v)
-        if asked:
-            raise InvalidRequest(
-                f"`cache` asks for {', '.join(f'`{k}`' for k in asked)}, which needs a "
-                "response cache; this gateway does not have one. Only `no-cache`, "
-                "`no-store` and `s-maxage` are accepted.",
-                param="cache",
-                code="unsupported_parameter",
-            )
 
 
 def _read_fallbacks(request: LiteLLMRequest, fallbacks: Any) -> None:
@@ -453,12 +425,23 @@ async def prepare(
     """Before the body is decoded: each fallback object's own request, decoded by the same
     surface from the body with the object's fields in place (a copy, since decoding may
     change what it reads). A guardrail the request names must be configured: with
-    none configured no guardrail hook runs to refuse it."""
+    none configured no guardrail hook runs to refuse it. Cache controls that ask for a
+    cache are refused where there is none (LiteLLM's `no-cache`, `no-store`, `s-maxage`
+    and `caching: false` ask nothing)."""
     if request.guardrails and gateway.guardrails is None:
         raise InvalidRequest(
             f"No guardrail named {', '.join(f'`{n}`' for n in request.guardrails)} is "
             "configured; the request is refused rather than served without it.",
             param="guardrails",
+        )
+    controls = request.cache
+    if gateway.cache is None and controls is not None and controls.asks_for_cache:
+        raise InvalidRequest(
+            "`cache` / `caching` ask for a response cache, which this gateway does not "
+            "have (litellm_settings.cache). Only `no-cache`, `no-store`, `s-maxage` and "
+            "`caching: false` are accepted.",
+            param="cache" if controls.from_cache_field else "caching",
+            code="unsupported_parameter",
         )
     exchanges: dict[str, Exchange] = {}
     for group, changed in (request.overrides or {}).items():

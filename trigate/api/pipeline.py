@@ -9,7 +9,9 @@
 3. resolve: the team's model aliases, then the model group (a wildcard matches a
    name here; an unknown one is a 404), in `Call.__init__`;
 4. admit: model access, rate limits and budgets (`Call.admit`);
-5. hooks before routing, which may answer or refuse the request (`trigate.hooks`);
+5. hooks before routing, which may answer or refuse the request (`trigate.hooks`),
+   then the response cache, which may answer it from an entry or from an identical
+   request's call in flight (`trigate.cache`; `Call.look_up`);
 6. route: attempts, retries, fallbacks and hedges by `trigate.router` (`Call` is the
    router's `Attempt`: a stream's attempt ends at its first chunk, so an upstream that
    fails early is still a real HTTP error and can still be retried);
@@ -33,10 +35,11 @@ import trio
 from trigate.api.context import RequestContext, current_request
 from trigate.api.export_details import own_logging, record_details
 from trigate.api.jsonio import parse_json_object
-from trigate.api.litellm_request import Attempted, consume, prepare
+from trigate.api.litellm_request import Attempted, LiteLLMRequest, consume, prepare
 from trigate.api.model_api import Reply, Route
 from trigate.api.surface import EMBEDDINGS, TEXT_COMPLETIONS, Exchange, Surface
 from trigate.auth import Caller
+from trigate.cache import Replay, ResponseCache, Subscription, Ticket
 from trigate.clock import wall_time
 from trigate.end_users import end_user_of
 from trigate.errors import GatewayError, UpstreamTimeout, secrets
@@ -69,6 +72,15 @@ STREAM_HOOK_TIMEOUT = 5.0
 logger = logging.getLogger("trigate")
 # nginx's status for a request its client abandoned; it never reaches a client.
 CLIENT_CLOSED = 499
+# What answers a request before routing: a hook's or the cache's whole answer, or the
+# cache's stream (a replayed entry, or a share of an identical request's stream).
+Answered = Completion | Replay | Subscription | None
+# The response cache's name of each surface's exchange (others are not cached).
+_CACHED_SURFACES = {
+    "trigate.api.surface.OpenAIExchange": "",
+    "trigate.api.messages.MessagesExchange": "messages",
+    "trigate.api.responses._Exchange": "responses",
+}
 
 
 class Pipeline:
@@ -114,7 +126,11 @@ class Pipeline:
         if attempted is not None:
             attempted.attach(call)
         await call.admit()
-        answered = None if hooks is None else await call.before_route(hooks)
+        answered: Answered = None if hooks is None else await call.before_route(hooks)
+        # --- the response cache (trigate.cache) ---
+        if answered is None and gateway.cache is not None:
+            answered = await call.look_up(gateway.cache, litellm)
+        # --- end of the response cache ---
         if call.stream:
             return await call.relay_stream(answered)
         return await call.complete(answered)
@@ -199,6 +215,8 @@ class Call:
         self.answer: Any = None
         # The guardrails the request names (LiteLLM's `guardrails`), for the hooks.
         self.requested_guardrails: list[str] = []
+        # Its part in the response cache, when that applies to it (`look_up`).
+        self.cache_ticket: Ticket | None = None
         context.call = self
 
     @property
@@ -283,7 +301,32 @@ class Call:
             raise
         return None if answer is None else Completion(answer)
 
-    async def complete(self, answered: Completion | None) -> Reply:
+    async def look_up(self, cache: ResponseCache, litellm: LiteLLMRequest | None) -> Answered:
+        """The response cache's answer (an entry, or a share of an identical request in
+        flight), or None: the request goes upstream, and its ticket keeps its answer. It
+        is recorded as `before_route` records, however it ends here."""
+        if litellm is not None and not litellm.cacheable:
+            return None
+        exchange = self.exchange
+        kind = _CACHED_SURFACES.get(f"{type(exchange).__module__}.{type(exchange).__qualname__}")
+        if kind is None:
+            return None
+        surface = kind or exchange.operation.gen_ai_name
+        controls = litellm.cache if litellm is not None else None
+        ticket = cache.ticket(self, surface, kind or self.call_type, controls)
+        if ticket is None:
+            return None
+        self.cache_ticket = ticket
+        try:
+            return await cache.lookup(self, ticket)
+        except GatewayError as failure:  # the call in flight it joined failed
+            await self._refused(failure)
+            raise
+        except trio.Cancelled:
+            await self._ended_unrouted(CLIENT_CLOSED, None, cancelled=True)
+            raise
+
+    async def complete(self, answered: Answered) -> Reply:
         """Route, or take the hooks' answer, then answer whole and record."""
         status, error, usage, cancelled = 500, None, None, False
         routed: Routed[Completion] | None = None
@@ -292,6 +335,7 @@ class Call:
                 routed = await self._route()
                 completion = routed.result
             else:
+                assert isinstance(answered, Completion), "a whole request is answered whole"
                 completion = answered
             self.answer = completion.body
             self.meter.report(completion.usage)
@@ -302,6 +346,8 @@ class Call:
                 self, completion.body, usage
             ):
                 completion.raw = None  # a guardrail changed the answer: not the upstream's bytes
+            if self.cache_ticket is not None:  # the response cache keeps it (trigate.cache)
+                completion = await self.cache_ticket.answered(completion)
             answer = self.exchange.answer(completion, usage)
             if self.context.response_id is None:  # a surface that made its own id set it
                 self.context.response_id = _answer_id(completion.body)
@@ -313,6 +359,8 @@ class Call:
             status, cancelled = CLIENT_CLOSED, True
             raise
         finally:
+            if self.cache_ticket is not None:  # those waiting on it fail or ask again
+                self.cache_ticket.ended(error)
             if self._record_may_block(usage, cancelled):
                 with _bounded_shield():
                     usage = await self._record(status, error, usage, cancelled=cancelled)
@@ -327,24 +375,34 @@ class Call:
             await self._release_unsettled()
         return Reply(await self.exchange.settled(answer))
 
-    async def relay_stream(self, answered: Completion | None) -> Reply:
-        """Route to a stream's first chunks, or take the hooks' answer, then relay it;
-        the relay records it when it ends."""
+    async def relay_stream(self, answered: Answered) -> Reply:
+        """Route to a stream's first chunks, or take the hooks' or the cache's answer,
+        then relay it; the relay records it when it ends."""
         try:
             if answered is None:
                 opened = (await self._route()).result
-            else:
+            elif isinstance(answered, Completion):
                 opened = OpenedStream(_AnsweredStream(), None, [_as_chunk(answered.body)])
                 opened.chunks = aiter(opened.stream)
+            else:  # the response cache's stream (trigate.cache)
+                opened = OpenedStream(answered, aiter(answered), answered.first, answered.native)
         except BaseException as failure:
             error = failure if isinstance(failure, GatewayError) else None
             cancelled = isinstance(failure, trio.Cancelled)
             status = error.status if error else CLIENT_CLOSED if cancelled else 500
+            if self.cache_ticket is not None:  # those waiting on it fail or ask again
+                self.cache_ticket.ended(error)
             with _bounded_shield():
                 await self._record(status, error, None, cancelled=cancelled)
             await self._release_unsettled()
             raise
         self.ttft = self.context.elapsed()
+        first = opened.first
+        if answered is None and self.cache_ticket is not None:
+            # The response cache (trigate.cache): identical requests share this stream.
+            shared = self.cache_ticket.share(opened, self.progress.deployment)
+            if shared is not None:
+                opened = OpenedStream(shared, aiter(shared), None, opened.native)
         options = self.body.get("stream_options") or {}
         relay = StreamRelay(
             opened.stream,
@@ -358,8 +416,8 @@ class Call:
             on_chunk=None if self.hooks is None else self.hooks.chunk_hook(self),
         )
         self.context.relay = relay
-        if self.context.response_id is None and opened.first:
-            self.context.response_id = _answer_id(opened.first[0])
+        if self.context.response_id is None and first:
+            self.context.response_id = _answer_id(first[0])
         return Reply(relay, headers=SSE_HEADERS)
 
     async def _route(self) -> Routed[Any]:
@@ -535,11 +593,14 @@ class Call:
             # A client that left before the answer is billed the prompt the upstream had.
             prompt = await self.meter.prompt_tokens() if cancelled else 0
             usage = Usage(prompt, 0, "counted" if cancelled else "none")
-        deployment = self.progress.deployment
+        deployment = billed = self.progress.deployment
+        if self.cache_ticket is not None:  # a hit, or a share of another's call, pays nothing
+            billed = self.cache_ticket.billed(deployment)
+            deployment = deployment or billed  # the share's payer names who served it
         caller = self.caller
         elapsed = self.context.elapsed()
         end = wall_time()
-        cost = self.gateway.cost(deployment, usage) if deployment else 0.0
+        cost = self.gateway.cost(billed, usage) if billed else 0.0
         if self.admission is not None:
             # A worker's own budget count has no checkpoint here before the ledger counts
             # the cost as unflushed, as it expects; a shared one is billed in Redis first.
@@ -573,6 +634,8 @@ class Call:
         )
         if self.attempted is not None:
             record = self.attempted.annotated(record)
+        if self.cache_ticket is not None:
+            self.cache_ticket.annotate(record)
         # --- export sinks (trigate.export, issue 28): what they read beyond the row ---
         own = own_logging(caller)
         if own is not None or self.gateway.exports.configured:

@@ -502,6 +502,9 @@ class _Exchange(TranslatedExchange):
         self.carried_tokens = carried or 0
         self._unread = carried is not None
         self.response_id = f"resp_{uuid.uuid4().hex}"
+        # The response cache keeps a native upstream's answer only when the upstream
+        # does not store it: a hit would hand out a stored Response's id again.
+        self.native_cacheable = body.get("store") is False
         self.created_at = int(wall_time())
         self.response: dict[str, Any] | None = None
         self._events: ResponsesEvents | None = None

@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 
 from trigate.api import (
     budgets,
+    cache_admin,
     customers,
     discovery,
     guardrails,
@@ -103,6 +104,8 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     budgets.register,
     # GET /guardrails/list, /v2/guardrails/list
     guardrails.register,
+    # GET /cache/ping, POST /cache/delete, POST /cache/flushall
+    cache_admin.register,
     # GET /routes
     functools.partial(
         discovery.register, model_paths=lambda gateway: model_routes(Pipeline(gateway), gateway)

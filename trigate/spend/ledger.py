@@ -205,6 +205,8 @@ def _row(record: RequestRecord) -> dict[str, Any]:
         "metadata": record.metadata,
         "request_tags": record.request_tags,
         "session_id": record.session_id,
+        "cache_hit": record.cache_hit,
+        "cache_key": record.cache_key,
         "end_user": record.end_user,
         "organization_id": record.organization_id,
     }

@@ -47,6 +47,10 @@ class RequestRecord:
     metadata: dict[str, Any] | None = None
     request_tags: list[str] | None = None
     session_id: str | None = None
+    # The response cache's (trigate.cache): whether the answer came from it at no cost
+    # (a hit, or a share of an identical request's call), and its key (LiteLLM's names).
+    cache_hit: bool = False
+    cache_key: str | None = None
     # What only export sinks read, never stored: set by the record stage when a sink is
     # on (`trigate.export`), None otherwise.
     details: RecordDetails | None = None

@@ -53,7 +53,7 @@ JSON_COLUMNS = {
     "request_tags",
 }
 _LIST_COLUMNS = {"models", "request_tags"}
-BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client", "native"}
+BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client", "native", "cache_hit"}
 # The columns keys, teams and users share. Each table accepts from callers only its
 # owner's `columns`; anything else is a programming error.
 _LIMIT_COLUMNS = frozenset({
@@ -155,6 +155,7 @@ SPEND_COLUMNS = (
     "response_id",
     "end_user", "organization_id",
     "metadata", "request_tags", "session_id",
+    "cache_hit", "cache_key",
 )  # fmt: skip
 
 

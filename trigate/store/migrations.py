@@ -236,4 +236,10 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE trigate_team_members ADD COLUMN tpm_limit INTEGER",
         "ALTER TABLE trigate_team_members ADD COLUMN rpm_limit INTEGER",
     ],
+    # --- branch cache: the response cache's spend-row fields (LiteLLM's `cache_hit`,
+    # `cache_key`): whether the answer came from the cache at no cost, and its key.
+    [
+        "ALTER TABLE trigate_spend_logs ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE trigate_spend_logs ADD COLUMN cache_key TEXT",
+    ],
 ]

@@ -1,0 +1,766 @@
+"""The response cache (issue 22): LiteLLM's `litellm_settings.cache`, hits for each
+surface, streamed replay, coalescing of identical requests in flight, its operators'
+view (headers, spend rows, metrics, admin routes) and Redis's failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+import orjson
+import pytest
+import trio
+from fakes import (
+    DONE,
+    FakeUpstream,
+    JSONReply,
+    StreamReply,
+    chat_completion,
+    chunk,
+    usage_chunk,
+)
+from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
+
+from trigate.cache.keys import cache_key
+
+USAGE = {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}
+PRICES = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}
+
+
+def cached_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
+    config = openai_config(upstream, **PRICES)
+    # Responses requests are translated to chat (a native upstream's: see its own test).
+    config["model_list"][0]["model_info"] = {"supports_responses_api": False}
+    config["litellm_settings"] = {"cache": True, "cache_params": {"type": "local", **params}}
+    return config
+
+
+async def _post(gateway: RunningGateway, path: str, body: dict[str, Any]) -> Any:
+    async with gateway.client() as client:
+        return await client.post(path, json=body)
+
+
+async def _stream(gateway: RunningGateway, body: dict[str, Any]) -> tuple[Any, str]:
+    async with (
+        gateway.client() as client,
+        client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response,
+    ):
+        return response, (await response.aread()).decode()
+
+
+def _chat(text: str = "Say hello", **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-test", "messages": [{"role": "user", "content": text}], **extra}
+
+
+# --- the key ------------------------------------------------------------------------------
+
+
+def test_the_key_is_the_same_however_the_json_keys_are_ordered() -> None:
+    one = orjson.loads(
+        b'{"messages":[{"role":"user","content":"hi"}],"temperature":0.5,'
+        b'"response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{"b":1,"a":2}}}}'
+    )
+    two = orjson.loads(
+        b'{"response_format":{"json_schema":{"schema":{"a":2,"b":1},"name":"a"},"type":"json_schema"},'
+        b'"temperature":0.5,"messages":[{"content":"hi","role":"user"}]}'
+    )
+    assert cache_key("chat", "g", "", one, None) == cache_key("chat", "g", "", two, None)
+    # What does not shape the answer is left out; what does is not.
+    three = {**two, "stream": True, "user": "u1", "metadata": {"a": 1}, "stream_options": {}}
+    assert cache_key("chat", "g", "", three, None) == cache_key("chat", "g", "", one, None)
+    assert cache_key("chat", "g", "", {**one, "temperature": 0.6}, None) != cache_key(
+        "chat", "g", "", one, None
+    )
+    assert cache_key("chat", "h", "", one, None) != cache_key("chat", "g", "", one, None)
+    assert cache_key("messages", "g", "", one, None) != cache_key("chat", "g", "", one, None)
+    assert cache_key("chat", "g", "", one, "ns").startswith("ns:")
+
+
+# --- hits -----------------------------------------------------------------------------------
+
+
+async def test_a_repeated_chat_request_is_a_hit_with_its_headers_and_a_free_spend_row(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream))
+    first = await _post(running, "/v1/chat/completions", _chat())
+    assert first.headers["x-trigate-cache"] == "miss"
+    key = first.headers["x-litellm-cache-key"]
+    # The same request, its JSON keys in another order and another `user`.
+    body = {"messages": [{"content": "Say hello", "role": "user"}], "model": "gpt-test"}
+    second = await _post(running, "/v1/chat/completions", {**body, "user": "someone"})
+    assert second.headers["x-trigate-cache"] == "hit"
+    assert second.headers["x-litellm-cache-key"] == key
+    assert second.json()["choices"][0]["message"]["content"] == "Cached!"
+    assert second.json()["usage"] == USAGE
+    assert len(upstream.requests) == 1
+    records = await running.records.wait_for(2)
+    assert [(r.cache_hit, r.cache_key) for r in records] == [(False, key), (True, key)]
+    assert records[0].cost == pytest.approx(7 * 0.001 + 4 * 0.002)
+    assert records[1].cost == 0.0 and records[1].deployment is None
+    await running.stop()
+
+
+def _reasoning_stream() -> StreamReply:
+    """A stream with reasoning, a tool call in two parts, and its finish reason."""
+    call_start = {"index": 0, "id": "call_1", "type": "function",
+                  "function": {"name": "get_weather", "arguments": '{"city":'}}  # fmt: skip
+    call_rest = {"index": 0, "function": {"arguments": ' "Paris"}'}}
+    frames: list[bytes | float] = [
+        chunk(
+            None,
+            choices=[
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "reasoning_content": "Think"},
+                    "finish_reason": None,
+                }
+            ],
+        ),
+        chunk(
+            None,
+            choices=[{"index": 0, "delta": {"reasoning_content": "ing."}, "finish_reason": None}],
+        ),
+        chunk(
+            None,
+            choices=[{"index": 0, "delta": {"tool_calls": [call_start]}, "finish_reason": None}],
+        ),
+        chunk(
+            None,
+            choices=[{"index": 0, "delta": {"tool_calls": [call_rest]}, "finish_reason": None}],
+        ),
+        chunk(finish="tool_calls"),
+        usage_chunk(9, 6),
+        DONE,
+    ]
+    return StreamReply(frames)
+
+
+async def test_a_stream_is_kept_whole_and_serves_both_kinds_of_request_with_reasoning_and_tools(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: _reasoning_stream()
+    running = await start_gateway(nursery, cached_config(upstream))
+    client = sdk(running)
+    body = _chat("Weather in Paris?")
+    streamed = await client.chat.completions.create(
+        **body, stream=True, stream_options={"include_usage": True}
+    )
+    async for _ in streamed:
+        pass
+    # A whole request, answered from the stream's entry.
+    whole = await client.chat.completions.with_raw_response.create(**body)
+    assert whole.headers["x-trigate-cache"] == "hit"
+    message = whole.parse().choices[0].message
+    assert whole.parse().choices[0].finish_reason == "tool_calls"
+    assert message.tool_calls[0].function.arguments == '{"city": "Paris"}'  # type: ignore[index]
+    assert message.model_extra["reasoning_content"] == "Thinking."  # type: ignore[index]
+    # A streamed request replayed: the SDK's own accumulation of its chunks.
+    async with client.chat.completions.stream(
+        **body, stream_options={"include_usage": True}
+    ) as replay:
+        final = await replay.get_final_completion()
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert final.choices[0].message.tool_calls[0].function.arguments == '{"city": "Paris"}'  # type: ignore[index]
+    assert final.usage is not None and final.usage.total_tokens == 15
+    _, text = await _stream(running, body)
+    assert text.endswith("data: [DONE]\n\n") and '"reasoning_content":"Thinking."' in text
+    assert len(upstream.requests) == 1
+    await running.stop()
+
+
+async def test_a_whole_answer_is_replayed_as_a_stream_in_each_surface(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream))
+    await _post(running, "/v1/chat/completions", _chat())
+    response, text = await _stream(running, _chat())
+    assert response.headers["x-trigate-cache"] == "hit"
+    assert '"content":"Cached!"' in text and text.endswith("data: [DONE]\n\n")
+    # Anthropic's Messages: its own key (another surface), then its own stream on a hit.
+    messages = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
+    ask = {"model": "gpt-test", "max_tokens": 50, "messages": MESSAGES}
+    first = await messages.messages.create(**ask)  # type: ignore[call-overload]
+    assert first.content[0].text == "Cached!"
+    async with messages.messages.stream(**ask) as stream:  # type: ignore[call-overload]
+        events = [event.type async for event in stream]
+        final = await stream.get_final_message()
+    assert events[-1] == "message_stop" and final.content[0].text == "Cached!"
+    assert final.usage.output_tokens == 4
+    # The Responses API, translated: a hit for a stream ends with response.completed.
+    client = sdk(running)
+    await client.responses.create(model="gpt-test", input="Say hello", store=False)
+    events = [
+        event async for event in await client.responses.create(
+            model="gpt-test", input="Say hello", store=False, stream=True
+        )
+    ]  # fmt: skip
+    assert events[-1].type == "response.completed"
+    assert events[-1].response.output_text == "Cached!"  # type: ignore[attr-defined]
+    assert len(upstream.requests) == 3  # chat, Messages, Responses: one call each
+    await running.stop()
+
+
+async def test_text_completions_are_cached(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
+    answer = {
+        "id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "text": "Once upon", "finish_reason": "length", "logprobs": None}],
+        "usage": USAGE,
+    }  # fmt: skip
+    upstream.handler = lambda request: JSONReply(answer)
+    running = await start_gateway(nursery, cached_config(upstream))
+    client = sdk(running)
+    await client.completions.create(model="gpt-test", prompt="Tell me")
+    again = await client.completions.with_raw_response.create(model="gpt-test", prompt="Tell me")
+    assert again.headers["x-trigate-cache"] == "hit"
+    assert again.parse().choices[0].text == "Once upon"
+    streamed = await client.completions.create(model="gpt-test", prompt="Tell me", stream=True)
+    texts = [c.choices[0].text async for c in streamed if c.choices]
+    assert "".join(texts) == "Once upon"
+    assert len(upstream.requests) == 1
+    await running.stop()
+
+
+async def test_request_controls(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream))
+    await _post(running, "/v1/chat/completions", _chat(cache={"no-store": True}))
+    await _post(running, "/v1/chat/completions", _chat())  # nothing was kept: a miss
+    assert len(upstream.requests) == 2
+    fresh = await _post(running, "/v1/chat/completions", _chat(cache={"no-cache": True}))
+    assert fresh.headers["x-trigate-cache"] == "miss" and len(upstream.requests) == 3
+    bypass = await _post(running, "/v1/chat/completions", _chat(caching=False))
+    assert "x-trigate-cache" not in bypass.headers and len(upstream.requests) == 4
+    # A namespace keeps its own entries.
+    spaced = await _post(running, "/v1/chat/completions", _chat(cache={"namespace": "eval"}))
+    assert spaced.headers["x-litellm-cache-key"].startswith("eval:")
+    assert spaced.headers["x-trigate-cache"] == "miss"
+    hit = await _post(running, "/v1/chat/completions", _chat(cache={"s-maxage": 3600}))
+    assert hit.headers["x-trigate-cache"] == "hit"
+    bad = await _post(running, "/v1/chat/completions", _chat(cache={"ttl": "soon"}))
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "cache"
+    await running.stop()
+
+
+async def test_default_off_caches_only_requests_that_opt_in(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream, mode="default_off"))
+    await _post(running, "/v1/chat/completions", _chat())
+    plain = await _post(running, "/v1/chat/completions", _chat())
+    assert "x-trigate-cache" not in plain.headers and len(upstream.requests) == 2
+    await _post(running, "/v1/chat/completions", _chat(cache={"use-cache": True}))
+    hit = await _post(running, "/v1/chat/completions", _chat(caching=True))
+    assert hit.headers["x-trigate-cache"] == "hit" and len(upstream.requests) == 3
+    await running.stop()
+
+
+def _response_object(text: str) -> dict[str, Any]:
+    return {
+        "id": "resp_upstream", "object": "response", "created_at": 1, "status": "completed",
+        "model": "upstream-model", "output": [{
+            "type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}],
+        }],
+        "usage": {"input_tokens": 7, "output_tokens": 4, "total_tokens": 11},
+    }  # fmt: skip
+
+
+async def test_a_native_responses_answer_is_kept_only_when_the_upstream_does_not_store_it(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(_response_object("Native!"))
+    config = cached_config(upstream)
+    config["model_list"][0]["model_info"] = {"supports_responses_api": True}
+    running = await start_gateway(nursery, config)
+    client = sdk(running)
+    for _ in range(2):
+        answer = await client.responses.with_raw_response.create(
+            model="gpt-test", input="Say hello", store=False
+        )
+    assert answer.headers["x-trigate-cache"] == "hit"
+    assert answer.parse().output_text == "Native!"
+    assert len(upstream.requests) == 1
+    # Stored upstream (store defaults to true): every request goes there.
+    for _ in range(2):
+        await client.responses.create(model="gpt-test", input="Say hi")
+    assert len(upstream.requests) == 3
+    await running.stop()
+
+
+async def _read_stream(gateway: RunningGateway, seen: list[str]) -> None:
+    _, text = await _stream(gateway, _chat("Count", stream_options={"include_usage": True}))
+    seen.append(text)
+
+
+async def _subscribers(gateway: RunningGateway, count: int) -> None:
+    """Until `count` requests share the one call in flight (the cache's state, polled)."""
+    cache = gateway.gateway.cache
+    assert cache is not None
+    with trio.fail_after(30):
+        while (
+            not cache._flights
+            or max(  # noqa: ASYNC110
+                len(flight.subscribers) for flight in cache._flights.values()
+            )
+            < count
+        ):
+            await trio.sleep(0.01)
+
+
+async def test_fifty_identical_streams_share_one_upstream_call_billed_once(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """The upstream sends its first chunk, then waits until all 50 have joined: those
+    that came after it get it too, then the rest live."""
+    words = [f" w{i}" for i in range(20)]
+    resume = trio.Event()
+    frames: list[bytes | float | trio.Event] = [chunk(words[0]), resume]
+    for word in words[1:]:
+        frames += [chunk(word), 0.01]
+    frames += [chunk(finish="stop"), usage_chunk(10, 20), DONE]
+    upstream.handler = lambda request: StreamReply(frames)
+    running = await start_gateway(nursery, cached_config(upstream))
+    seen: list[str] = []
+    async with trio.open_nursery() as clients:
+        for _ in range(50):
+            clients.start_soon(_read_stream, running, seen)
+        await _subscribers(running, 50)
+        resume.set()
+    assert len(upstream.requests) == 1
+    assert len(seen) == 50 and len(set(seen)) == 1
+    content = "".join(
+        orjson.loads(line[6:])["choices"][0]["delta"].get("content", "")
+        for line in seen[0].split("\n\n")
+        if line.startswith("data: {") and orjson.loads(line[6:])["choices"]
+    )
+    assert content == "".join(words)
+    assert seen[0].endswith("data: [DONE]\n\n") and '"total_tokens":30' in seen[0]
+    records = await running.records.wait_for(50)
+    # Billed once: the sum over the group is the upstream's usage priced once.
+    assert sum(r.cost for r in records) == pytest.approx(10 * 0.001 + 20 * 0.002)
+    assert sum(1 for r in records if r.cost > 0) == 1
+    assert sum(1 for r in records if r.cache_hit) == 49
+    await running.stop()
+
+
+async def test_the_shared_upstream_closes_only_when_its_last_subscriber_leaves(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Late subscribers get every chunk from the first; 49 leaving keep it open."""
+    upstream.handler = lambda request: StreamReply([chunk("one")], tail=chunk(" more"))
+    running = await start_gateway(nursery, cached_config(upstream))
+    scopes: list[trio.CancelScope] = []
+    firsts: list[str] = []
+
+    async def subscriber(task_status: trio.TaskStatus[None]) -> None:
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            async with (
+                running.client() as client,
+                client.stream("POST", "/v1/chat/completions", json=_chat("Go", stream=True)) as r,
+            ):
+                lines = r.aiter_lines()
+                firsts.append(await anext(lines))
+                task_status.started()
+                async for _ in lines:
+                    pass
+
+    async with trio.open_nursery() as clients:
+        for _ in range(50):
+            await clients.start(subscriber)
+        assert len(upstream.requests) == 1
+        assert all('"content":"one"' in line for line in firsts)
+        for scope in scopes[:49]:
+            scope.cancel()
+        await trio.sleep(0.3)
+        assert upstream.aborted == 0 and upstream.connections_closed == 0
+        scopes[49].cancel()
+        with trio.fail_after(5):
+            await upstream.wait_for(lambda: upstream.aborted == 1)
+    records = await running.records.wait_for(50)
+    # The last to leave had every chunk the upstream sent, and pays for them.
+    assert sum(1 for r in records if r.cost > 0) <= 1
+    await running.stop()
+
+
+async def test_a_failed_shared_call_fails_every_subscriber_and_is_not_kept(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    resume = trio.Event()
+    failure = orjson.dumps({"error": {"message": "overloaded", "type": "server_error"}})
+    upstream.handler = lambda request: StreamReply(
+        [resume, failure], status=500, content_type="application/json"
+    )
+    running = await start_gateway(nursery, cached_config(upstream))
+    statuses: list[int] = []
+
+    async def ask() -> None:
+        statuses.append((await _post(running, "/v1/chat/completions", _chat())).status_code)
+
+    async with trio.open_nursery() as clients:
+        for _ in range(5):
+            clients.start_soon(ask)
+        await _subscribers(running, 4)  # the leader's four followers wait on it
+        resume.set()
+    assert len(upstream.requests) == 1 and statuses == [502] * 5  # as each had alone
+    upstream.handler = lambda request: JSONReply(chat_completion("Better", USAGE))
+    again = await _post(running, "/v1/chat/completions", _chat())
+    assert again.status_code == 200 and again.headers["x-trigate-cache"] == "miss"
+    await running.stop()
+
+
+def _embeddings_answer(request: Any) -> JSONReply:
+    """One vector per input item, [len(item), position]; a token per item."""
+    items = request.json["input"]
+    items = [items] if isinstance(items, str) else items
+    data = [{"object": "embedding", "index": i, "embedding": [float(len(item)), float(i)]}
+            for i, item in enumerate(items)]  # fmt: skip
+    usage = {"prompt_tokens": len(items), "total_tokens": len(items)}
+    return JSONReply({"object": "list", "data": data, "model": "upstream-model", "usage": usage})
+
+
+async def test_embeddings_are_cached_per_item_and_a_batch_pays_only_for_new_items(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = _embeddings_answer
+    running = await start_gateway(nursery, cached_config(upstream))
+    client = sdk(running)
+    await client.embeddings.create(model="gpt-test", input=["a", "bb"])
+    batch = await client.embeddings.with_raw_response.create(
+        model="gpt-test", input=["ccc", "a", "dddd", "bb"]
+    )
+    assert batch.headers["x-trigate-cache"] == "miss"
+    assert upstream.requests[-1].json["input"] == ["ccc", "dddd"]  # only the new items
+    vectors = [(d.index, d.embedding[0]) for d in batch.parse().data]
+    assert vectors == [(0, 3.0), (1, 1.0), (2, 4.0), (3, 2.0)]
+    assert batch.parse().usage.prompt_tokens == 2  # what the upstream was paid for
+    whole = await client.embeddings.with_raw_response.create(model="gpt-test", input=["bb", "dddd"])
+    assert whole.headers["x-trigate-cache"] == "hit"
+    assert [d.embedding[0] for d in whole.parse().data] == [2.0, 4.0]
+    single = await client.embeddings.with_raw_response.create(model="gpt-test", input="ccc")
+    assert single.headers["x-trigate-cache"] == "hit"
+    assert len(upstream.requests) == 2
+    records = await running.records.wait_for(4)
+    assert [r.cache_hit for r in records] == [False, False, True, True]
+    assert records[2].cost == 0.0 and records[1].cost == pytest.approx(2 * 0.001)
+    await running.stop()
+
+
+# --- Redis, shared by two gateways; the store's rows ---------------------------------------
+
+
+def redis_cached_config(
+    upstream: FakeUpstream, url: str, prefix: str, database_url: str | None = None, **params: Any
+) -> dict[str, Any]:
+    config = cached_config(upstream, type="redis", url=url, **params)
+    # The cache's keys live under the router's key prefix: each test has its own.
+    config["router_settings"]["redis_key_prefix"] = prefix
+    if database_url is not None:
+        config["general_settings"] = {"database_url": database_url}
+    return config
+
+
+async def _spend_rows(gateway: RunningGateway, count: int) -> list[dict[str, Any]]:
+    """The store's spend rows (`/spend/logs`), once the ledger has written `count`."""
+    with trio.fail_after(10):
+        while True:
+            async with gateway.client() as client:
+                reply = await client.get("/spend/logs")
+            rows: list[dict[str, Any]] = reply.json()
+            if len(rows) >= count:
+                return rows
+            await trio.sleep(0.1)
+
+
+async def test_two_gateways_share_hits_through_redis_and_their_stores_say_so(
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    redis_url: str,
+    redis_prefix: str,
+    database_url: str,
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Shared!", USAGE))
+    config = redis_cached_config(upstream, redis_url, redis_prefix, database_url)
+    one = await start_gateway(nursery, config)
+    two = await start_gateway(nursery, redis_cached_config(upstream, redis_url, redis_prefix))
+    first = await sdk(one).chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES
+    )
+    assert first.headers["x-trigate-cache"] == "miss"
+    again = await sdk(two).chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES, stream=True
+    )
+    assert again.headers["x-trigate-cache"] == "hit"
+    text = "".join([c.choices[0].delta.content or "" async for c in again.parse() if c.choices])
+    assert text == "Shared!"
+    assert len(upstream.requests) == 1
+    # Gateway one's own hit, spend-logged in its store with LiteLLM's fields.
+    hit = await _post(one, "/v1/chat/completions", {"model": "gpt-test", "messages": MESSAGES})
+    assert hit.headers["x-trigate-cache"] == "hit"
+    rows = sorted(await _spend_rows(one, 2), key=lambda row: row["start_time"])
+    key = first.headers["x-litellm-cache-key"]
+    assert [(r["cache_hit"], r["cache_key"]) for r in rows] == [(False, key), (True, key)]
+    assert rows[0]["spend"] > 0 and rows[1]["spend"] == 0
+    await one.stop()
+    await two.stop()
+
+
+async def test_redis_killed_mid_run_every_request_is_still_served(
+    nursery: trio.Nursery, upstream: FakeUpstream, own_redis: Any
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Fine", USAGE))
+    running = await start_gateway(nursery, redis_cached_config(upstream, own_redis.url, "t:"))
+    assert (await _post(running, "/v1/chat/completions", _chat())).status_code == 200
+    hit = await _post(running, "/v1/chat/completions", _chat())
+    assert hit.headers["x-trigate-cache"] == "hit"
+    await own_redis.kill()
+    for text in ("one", "two", "one"):
+        answer = await _post(running, "/v1/chat/completions", _chat(text))
+        assert answer.status_code == 200 and answer.headers["x-trigate-cache"] == "miss"
+    assert len(upstream.requests) == 4
+    async with running.client() as client:
+        metrics = (await client.get("/metrics")).text
+    assert _metric(metrics, "trigate_cache_unavailable_total") >= 3
+    await own_redis.start()
+    with trio.fail_after(10):  # the probe finds it again; then answers are kept anew
+        while True:
+            await _post(running, "/v1/chat/completions", _chat("back"))
+            if (await _post(running, "/v1/chat/completions", _chat("back"))).headers[
+                "x-trigate-cache"
+            ] == "hit":
+                break
+            await trio.sleep(0.2)
+    await running.stop()
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+# --- operators -------------------------------------------------------------------------------
+
+
+async def test_metrics_and_the_admin_routes(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream))
+    first = await _post(running, "/v1/chat/completions", _chat())
+    await _post(running, "/v1/chat/completions", _chat())
+    async with running.client() as client:
+        text = (await client.get("/metrics")).text
+        assert _metric(text, "litellm_cache_hits_metric_total") == 1
+        assert _metric(text, "litellm_cache_misses_metric_total") == 1
+        assert _metric(text, "litellm_cached_tokens_metric_total") == 11
+        assert _metric(text, "trigate_cache_bytes") > 0
+        ping = await client.get("/cache/ping")
+        assert ping.status_code == 200 and ping.json()["status"] == "healthy"
+        assert ping.json()["cache_type"] == "local"
+        key = first.headers["x-litellm-cache-key"]
+        deleted = await client.post("/cache/delete", json={"keys": [key]})
+        assert deleted.json() == {"status": "success", "deleted": 1}
+        assert (await _post(running, "/v1/chat/completions", _chat())).headers[
+            "x-trigate-cache"
+        ] == "miss"
+        assert (await client.post("/cache/flushall")).json() == {"status": "success"}
+        assert (await _post(running, "/v1/chat/completions", _chat())).headers[
+            "x-trigate-cache"
+        ] == "miss"
+        # An admin's only.
+        made = await client.post("/key/generate", json={})
+        user_key = made.json()["key"]
+    async with running.client(user_key) as client:
+        assert (await client.get("/cache/ping")).status_code == 403
+        assert (await client.post("/cache/flushall")).status_code == 403
+    await running.stop()
+
+
+async def test_without_a_cache_the_admin_routes_answer_503_and_cache_fields_are_refused(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    running = await start_gateway(nursery, openai_config(upstream))
+    async with running.client() as client:
+        assert (await client.get("/cache/ping")).status_code == 503
+    refused = await _post(running, "/v1/chat/completions", _chat(caching=True))
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "caching"
+    asked = await _post(running, "/v1/chat/completions", _chat(cache={"ttl": 5}))
+    assert asked.status_code == 400 and asked.json()["error"]["param"] == "cache"
+    fine = await _post(running, "/v1/chat/completions", _chat(cache={"no-cache": True}))
+    assert fine.status_code == 200 and "x-trigate-cache" not in fine.headers
+    await running.stop()
+
+
+async def test_scope_key_keeps_each_keys_answers_apart(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Mine", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream, scope="key"))
+    async with running.client() as client:
+        keys = [(await client.post("/key/generate", json={})).json()["key"] for _ in range(2)]
+    states = []
+    for key in (*keys, keys[0]):
+        async with running.client(key) as client:
+            reply = await client.post("/v1/chat/completions", json=_chat())
+            states.append(reply.headers["x-trigate-cache"])
+    assert states == ["miss", "miss", "hit"]
+    await running.stop()
+
+
+async def test_an_answer_over_the_entry_cap_is_served_not_kept(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("x" * 5000, USAGE))
+    running = await start_gateway(nursery, cached_config(upstream, max_entry_bytes=2000))
+    for _ in range(2):
+        reply = await _post(running, "/v1/chat/completions", _chat())
+        assert reply.status_code == 200 and reply.headers["x-trigate-cache"] == "miss"
+    async with running.client() as client:
+        assert _metric((await client.get("/metrics")).text, "trigate_cache_too_large_total") == 2
+    await running.stop()
+
+
+# --- settings and the local cache's bounds -------------------------------------------------
+
+
+def test_an_unsupported_cache_type_stops_start_up_naming_it() -> None:
+    from helpers import build_app
+
+    from trigate.config import ConfigError
+
+    for kind in ("redis-semantic", "qdrant-semantic", "s3", "disk"):
+        config = {
+            **openai_config(FakeUpstream()),
+            "litellm_settings": {"cache": True, "cache_params": {"type": kind}},
+        }
+        with pytest.raises(ConfigError, match=f"`{kind}` is not supported"):
+            build_app(config)
+    # `cache: false` asks for nothing: no cache, and no refusal.
+    config = {**openai_config(FakeUpstream()), "litellm_settings": {"cache": False}}
+    assert build_app(config)[1].cache is None
+
+
+def test_cache_params_keys_are_classified() -> None:
+    from trigate.litellm_keys import classify
+
+    raw = {"litellm_settings": {"cache": True, "cache_params": {
+        "type": "redis", "host": "h", "similarity_threshold": 0.8, "ttl": 5, "nonsense": 1,
+    }}}  # fmt: skip
+    findings = classify(raw)
+    assert "litellm_settings.cache_params.similarity_threshold" in findings.ignored
+    assert findings.unknown == ["litellm_settings.cache_params.nonsense"]
+    assert "litellm_settings.cache" not in findings.ignored
+
+
+async def test_the_local_cache_is_an_lru_bounded_in_bytes() -> None:
+    from trigate.cache.backends import LocalBackend
+
+    local = LocalBackend(max_bytes=300, max_entry_bytes=150)
+    for name in "abc":
+        assert local.write(name, b"x" * 99, None)
+    assert local.held_bytes() == 300
+    assert local.read("a") is not None  # a is now the most recently used
+    assert local.write("d", b"x" * 99, None)  # evicts b, the least recently used
+    assert local.read("b") is None and local.read("a") is not None
+    assert local.held_bytes() <= 300
+    assert not local.write("big", b"x" * 200, None)  # over the entry cap: not kept
+    assert local.read("big") is None
+
+
+def test_a_stream_assembled_then_replayed_keeps_reasoning_tools_and_finish() -> None:
+    from trigate.cache.shapes import Assembler, replay_chunks
+
+    chunks = [
+        {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [
+            {"index": 0, "delta": {"role": "assistant", "reasoning_content": "Hm"}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"thinking_blocks": [{"type": "thinking"}]}}]},  # noqa: E501
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": "Hi"}}]},
+        {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "id": "t1", "type": "function", "function": {"name": "f", "arguments": "{"}}]}}]},  # noqa: E501
+        {"id": "c", "choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": "}"}}]}, "finish_reason": "tool_calls"}]},
+        {"id": "c", "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}},  # noqa: E501
+    ]  # fmt: skip
+    assembler = Assembler()
+    assembler.add(chunks)
+    answer = assembler.answer()
+    assert answer is not None
+    message = answer["choices"][0]["message"]
+    assert message["reasoning_content"] == "Hm" and message["content"] == "Hi"
+    assert message["thinking_blocks"] == [{"type": "thinking"}]
+    assert message["tool_calls"] == [
+        {"type": "function", "id": "t1", "function": {"name": "f", "arguments": "{}"}}
+    ]
+    again = Assembler()
+    again.add(replay_chunks(answer))
+    assert again.answer() == answer
+    # A stream cut short (no finish reason) is not kept.
+    cut = Assembler()
+    cut.add(chunks[:3])
+    assert cut.answer() is None
+
+
+async def test_when_the_first_caller_leaves_the_one_carrying_the_stream_to_its_end_pays(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A stream follower and a whole-answer follower join; the leader leaves mid-stream."""
+    # The upstream pauses mid-stream until both have joined and the leader has left.
+    resume = trio.Event()
+    frames: list[bytes | float | trio.Event] = [
+        chunk("one"), resume, chunk(" two"), chunk(finish="stop"),
+    ]  # fmt: skip
+    upstream.handler = lambda request: StreamReply([*frames, usage_chunk(10, 20), DONE])
+    running = await start_gateway(nursery, cached_config(upstream))
+    texts: dict[str, str] = {}
+    leave = trio.Event()
+
+    async def leader(task_status: trio.TaskStatus[str]) -> None:
+        async with (
+            running.client() as client,
+            client.stream("POST", "/v1/chat/completions", json=_chat("Go", stream=True)) as r,
+        ):
+            assert r.headers["x-trigate-cache"] == "miss"
+            lines = r.aiter_lines()  # held: a dropped one would be closed, and the stream
+            await anext(lines)
+            task_status.started(r.headers["x-litellm-cache-key"])
+            await leave.wait()  # ... and leaves, mid-stream
+
+    async def follower(stream: bool) -> None:
+        async with running.client() as client:
+            reply = await client.post("/v1/chat/completions", json=_chat("Go", stream=stream))
+        assert reply.headers["x-trigate-cache"] == "coalesced"
+        texts["stream" if stream else "whole"] = reply.text
+
+    async with trio.open_nursery() as clients:
+        key = await clients.start(leader)
+        clients.start_soon(follower, True)
+        clients.start_soon(follower, False)
+        cache = running.gateway.cache
+        assert cache is not None
+        with trio.fail_after(10):  # both have joined the leader's call (its state, polled)
+            while len(cache._flights[key].subscribers) < 3:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        leave.set()
+        with trio.fail_after(10):
+            while len(cache._flights[key].subscribers) > 2:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        resume.set()
+    assert len(upstream.requests) == 1
+    assert '"content":"one"' in texts["stream"] and '"content":" two"' in texts["stream"]
+    assert orjson.loads(texts["whole"])["choices"][0]["message"]["content"] == "one two"
+    records = await running.records.wait_for(3)
+    [leader_row] = [r for r in records if r.cancelled_by_client]
+    assert leader_row.cost == 0.0 and leader_row.deployment is not None
+    assert not leader_row.cache_hit
+    # The follower that joined first of those there at the end pays for all of it; the
+    # other's row is a hit at no cost.
+    [paid] = [r for r in records if r.cost > 0]
+    assert not paid.cancelled_by_client and not paid.cache_hit
+    assert paid.cost == pytest.approx(10 * 0.001 + 20 * 0.002)
+    [free] = [r for r in records if r is not paid and r is not leader_row]
+    assert free.cache_hit and free.cost == 0.0
+    await running.stop()

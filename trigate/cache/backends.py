@@ -1,0 +1,315 @@
+"""Where answers are kept: this worker's memory (an LRU bounded in bytes), Redis, or
+both with the memory in front (LiteLLM's `default_in_memory_ttl` over Redis).
+
+A backend never fails a request: Redis that does not answer within its timeout, or
+refuses, is a miss on reading and a skipped write, counted (`on_unavailable`) and
+logged once per outage, as the fleet's own link does for limits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import coredis
+import trio
+
+from trigate.clock import wall_time
+
+logger = logging.getLogger("trigate")
+Redis = coredis.Redis[bytes]
+# Keys deleted per command when the cache is flushed.
+FLUSH_BATCH = 500
+
+
+class Backend(Protocol):
+    @property
+    def kind(self) -> str:
+        """LiteLLM's name of the cache type, for `/cache/ping`."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]: ...
+
+    async def set(self, key: str, value: bytes, ttl: float | None) -> None: ...
+
+    async def delete(self, keys: Iterable[str]) -> int: ...
+
+    async def flush(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    def held_bytes(self) -> int:
+        """Bytes this worker holds (its memory's share only)."""
+
+
+class LocalBackend:
+    """An LRU of entries in this worker's memory, bounded by their bytes; an entry larger
+    than `max_entry_bytes` is not kept (it is served, never stored)."""
+
+    kind = "local"
+
+    def __init__(self, max_bytes: int, max_entry_bytes: int) -> None:
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_entry_bytes
+
+    def read(self, key: str) -> bytes | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        value, expires = found
+        if expires <= wall_time():
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def write(self, key: str, value: bytes, ttl: float | None) -> bool:
+        size = len(key) + len(value)
+        if size > min(self.max_entry_bytes, self.max_bytes):
+            return False
+        self._drop(key)
+        expires = wall_time() + ttl if ttl is not None else float("inf")
+        self._entries[key] = (value, expires)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+        return True
+
+    def _drop(self, key: str) -> None:
+        found = self._entries.pop(key, None)
+        if found is not None:
+            self._bytes -= len(key) + len(found[0])
+
+    async def get(self, key: str) -> bytes | None:
+        return self.read(key)
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self.read(key) for key in keys]
+
+    async def set(self, key: str, value: bytes, ttl: float | None) -> None:
+        self.write(key, value, ttl)
+
+    async def delete(self, keys: Iterable[str]) -> int:
+        deleted = 0
+        for key in keys:
+            deleted += key in self._entries
+            self._drop(key)
+        return deleted
+
+    async def flush(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    async def ping(self) -> bool:
+        return True
+
+    def held_bytes(self) -> int:
+        return self._bytes
+
+
+class RedisBackend:
+    """Entries in Redis under `prefix`, each command bounded by `timeout`. While Redis
+    is away, reads are misses at once (no wait per request) and a probe looks for it
+    every `PROBE_INTERVAL` seconds; `run` holds the connection in the cache's nursery."""
+
+    kind = "redis"
+    PROBE_INTERVAL = 0.5
+
+    def __init__(
+        self, url: str, prefix: str, timeout: float, on_unavailable: Callable[[], None]
+    ) -> None:
+        self._url = url
+        self._prefix = prefix
+        self._timeout = timeout
+        self._on_unavailable = on_unavailable
+        self._client: Redis | None = None
+        self._up = False
+        self._lost = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        wait = max(self._timeout, 1.0)
+        client: Redis = coredis.Redis.from_url(self._url, connect_timeout=wait, stream_timeout=wait)
+        try:
+            async with client:
+                self._client = client
+                await self._probe()
+                task_status.started()
+                while True:
+                    await self._lost.wait()
+                    await trio.sleep(self.PROBE_INTERVAL)
+                    await self._probe()
+        finally:
+            self._up = False
+            self._client = None
+
+    async def _probe(self) -> None:
+        assert self._client is not None
+        try:
+            with trio.fail_after(max(self._timeout, 1.0)):
+                await self._client.ping()
+        except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as error:
+            self._down(str(error) or "no answer")
+            return
+        if self._lost.is_set():
+            logger.warning("the response cache's Redis is back")
+        self._lost = trio.Event()
+        self._up = True
+
+    def _lose(self, reason: str) -> None:
+        """Redis failed a command: a skipped read or write, counted."""
+        self._on_unavailable()
+        self._down(reason)
+
+    def _down(self, reason: str) -> None:
+        """Redis is away: logged once per outage, and probed for until it is back."""
+        if not self._up and self._lost.is_set():
+            return
+        self._up = False
+        self._lost.set()
+        logger.warning(
+            "the response cache's Redis is unreachable (%s): requests miss the cache "
+            "and go upstream until it is back",
+            reason,
+        )
+
+    def _key(self, key: str) -> str:
+        return self._prefix + key
+
+    async def get(self, key: str) -> bytes | None:
+        client = self._ready()
+        if client is None:
+            return None
+        with trio.move_on_after(self._timeout):
+            try:
+                return await client.get(self._key(key))
+            except (coredis.exceptions.RedisError, OSError) as error:
+                self._lose(str(error))
+                return None
+        self._lose(f"no answer within {self._timeout:g} s")
+        return None
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        client = self._ready()
+        if client is None:
+            return [None] * len(keys)
+        with trio.move_on_after(self._timeout):
+            try:
+                return list(await client.mget([self._key(key) for key in keys]))
+            except (coredis.exceptions.RedisError, OSError) as error:
+                self._lose(str(error))
+                return [None] * len(keys)
+        self._lose(f"no answer within {self._timeout:g} s")
+        return [None] * len(keys)
+
+    async def set(self, key: str, value: bytes, ttl: float | None) -> None:
+        client = self._ready()
+        if client is None:
+            return
+        px = max(1, round(ttl * 1000)) if ttl is not None else None
+        with trio.move_on_after(self._timeout):
+            try:
+                await client.set(self._key(key), value, px=px)
+            except (coredis.exceptions.RedisError, OSError) as error:
+                self._lose(str(error))
+            return
+        self._lose(f"no answer within {self._timeout:g} s")
+
+    async def delete(self, keys: Iterable[str]) -> int:
+        client = self._required()
+        names = [self._key(key) for key in keys]
+        return await client.delete(names) if names else 0
+
+    async def flush(self) -> None:
+        """Deletes the cache's keys only: the fleet's limits may share this Redis."""
+        client = self._required()
+        cursor: int | None = 0
+        while True:
+            cursor, found = await client.scan(cursor, match=self._prefix + "*", count=FLUSH_BATCH)
+            if found:
+                await client.unlink(list(found))
+            if not cursor:
+                return
+
+    async def ping(self) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            with trio.fail_after(max(self._timeout, 1.0)):
+                await client.ping()
+        except (coredis.exceptions.RedisError, trio.TooSlowError, OSError):
+            return False
+        return True
+
+    def held_bytes(self) -> int:
+        return 0
+
+    def _ready(self) -> Redis | None:
+        """The client while Redis answers; None (a miss, counted) while it is away."""
+        if not self._up or self._client is None:
+            self._on_unavailable()
+            return None
+        return self._client
+
+    def _required(self) -> Redis:
+        """For the admin routes, which report Redis's failure rather than hide it."""
+        if self._client is None:
+            raise coredis.exceptions.ConnectionError("the cache's Redis is not connected")
+        return self._client
+
+
+class TieredBackend:
+    """A local copy in front of Redis, kept `front_ttl` seconds at most (LiteLLM's
+    `default_in_memory_ttl`): a repeated hit costs no round trip, and another worker's
+    write is seen once the local copy expires."""
+
+    kind = "redis"
+
+    def __init__(self, front: LocalBackend, back: RedisBackend, front_ttl: float) -> None:
+        self.front = front
+        self.back = back
+        self._front_ttl = front_ttl
+
+    async def get(self, key: str) -> bytes | None:
+        value = self.front.read(key)
+        if value is None:
+            value = await self.back.get(key)
+            if value is not None:
+                self.front.write(key, value, self._front_ttl)
+        return value
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        values = [self.front.read(key) for key in keys]
+        absent = [position for position, value in enumerate(values) if value is None]
+        if absent:
+            found = await self.back.get_many([keys[position] for position in absent])
+            for position, value in zip(absent, found, strict=True):
+                if value is not None:
+                    values[position] = value
+                    self.front.write(keys[position], value, self._front_ttl)
+        return values
+
+    async def set(self, key: str, value: bytes, ttl: float | None) -> None:
+        front_ttl = self._front_ttl if ttl is None else min(ttl, self._front_ttl)
+        self.front.write(key, value, front_ttl)
+        await self.back.set(key, value, ttl)
+
+    async def delete(self, keys: Iterable[str]) -> int:
+        keys = list(keys)
+        await self.front.delete(keys)
+        return await self.back.delete(keys)
+
+    async def flush(self) -> None:
+        await self.front.flush()
+        await self.back.flush()
+
+    async def ping(self) -> bool:
+        return await self.back.ping()
+
+    def held_bytes(self) -> int:
+        return self.front.held_bytes()

@@ -1,0 +1,486 @@
+"""The response cache: one per worker, asked by the pipeline after the hooks before
+routing (`lookup`), and told by each request's `Ticket` what became of its answer.
+
+A lookup answers a request from an entry (a hit), from an identical request's call in
+flight (coalesced, see `trigate.cache.flight`), or lets it go upstream (a miss) with a
+ticket that keeps its answer once it has one. An entry is the whole answer in OpenAI's
+shape with its usage: a stream's is assembled from its chunks, so either kind of
+request is served by either kind of answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+import trio
+
+from trigate.cache.backends import Backend, LocalBackend, RedisBackend, TieredBackend
+from trigate.cache.controls import NO_CONTROLS, CacheControls
+from trigate.cache.embeddings import ItemBatch, items_of
+from trigate.cache.flight import Flight, Subscription, Upstream
+from trigate.cache.keys import cache_key
+from trigate.cache.metrics import CacheMetrics
+from trigate.cache.settings import CacheSettings
+from trigate.cache.shapes import native_events, replay_chunks
+from trigate.clock import wall_time
+from trigate.errors import GatewayError, UpstreamError
+from trigate.providers import Completion
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from trigate.auth import Caller
+
+logger = logging.getLogger("trigate")
+
+CACHE_KEY_HEADER = "x-litellm-cache-key"
+CACHE_STATE_HEADER = "x-trigate-cache"
+# Bounds a write of an answer after it went to its client.
+WRITE_TIMEOUT = 5.0
+ENTRY_VERSION = 1
+
+
+class Exchanged(Protocol):
+    """What the cache reads of a request's exchange (`trigate.api.surface.Exchange`)."""
+
+    @property
+    def carried_tokens(self) -> int: ...
+
+    @property
+    def preferred(self) -> str | None: ...
+
+
+class Headed(Protocol):
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+
+class CachedCall(Protocol):
+    """What the cache reads of a request (`trigate.api.pipeline.Call`)."""
+
+    @property
+    def caller(self) -> Caller: ...
+
+    @property
+    def model_group(self) -> str: ...
+
+    @property
+    def body(self) -> dict[str, Any]: ...
+
+    @property
+    def stream(self) -> bool: ...
+
+    @property
+    def exchange(self) -> Exchanged: ...
+
+    @property
+    def context(self) -> Headed: ...
+
+
+class Replay:
+    """A cached answer as a stream: its chunks in one batch, then the end; a native
+    stream's events as they came."""
+
+    def __init__(self, answer: dict[str, Any] | None, events: list[Any] | None = None) -> None:
+        self.native = events is not None
+        self.first: list[Any] = native_events(events) if events is not None else []
+        if answer is not None:
+            self.first = list(replay_chunks(answer))
+
+    def __aiter__(self) -> Replay:
+        return self
+
+    async def __anext__(self) -> list[Any]:
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Entry:
+    """An entry as read: an answer in OpenAI's shape (which serves both kinds of
+    request), or in the client's own API: a native whole answer, or a native stream's
+    events, each serving its own kind only."""
+
+    __slots__ = ("answer", "events", "native", "usage")
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        answer, native, events = data.get("answer"), data.get("native"), data.get("events")
+        self.answer = answer if isinstance(answer, dict) else None
+        self.native = native if isinstance(native, dict) else None
+        self.events = events if isinstance(events, list) else None
+        usage = data.get("usage")
+        self.usage = usage if isinstance(usage, dict) else None
+
+    def serve(self, stream: bool) -> Completion | Replay | None:
+        if self.answer is not None:
+            return Replay(self.answer) if stream else Completion(self.answer)
+        if stream:
+            return Replay(None, self.events) if self.events is not None else None
+        if self.native is not None:
+            return Completion(self.native, native=True, native_usage=self.usage)
+        return None
+
+    def tokens(self) -> int:
+        usage = self.usage or (self.answer or {}).get("usage")
+        total = usage.get("total_tokens") if isinstance(usage, dict) else None
+        return total if isinstance(total, int) and total > 0 else 0
+
+
+# What a lookup answers a request with: a whole answer, a stream, or nothing (a miss).
+Answer = Completion | Replay | Subscription | None
+
+
+class ResponseCache:
+    """The worker's cache: its backend, its calls in flight, its counters."""
+
+    def __init__(
+        self, settings: CacheSettings, registry: CollectorRegistry, redis_prefix: str
+    ) -> None:
+        self.settings = settings
+        self.metrics = CacheMetrics(registry)
+        self._flights: dict[str, Flight] = {}
+        self._nursery: trio.Nursery | None = None
+        self._redis: RedisBackend | None = None
+        local = LocalBackend(settings.max_bytes, settings.max_entry_bytes)
+        self.backend: Backend = local
+        if settings.type == "redis":
+            assert settings.redis_url is not None
+            self._redis = RedisBackend(
+                settings.redis_url, redis_prefix + "cache:", settings.timeout,
+                self.metrics.unavailable.inc,
+            )  # fmt: skip
+            front = settings.in_memory_ttl
+            self.backend = (
+                self._redis if front is None else TieredBackend(local, self._redis, front)
+            )
+        self.metrics.bytes.set_function(self.backend.held_bytes)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The cache's tasks, in the worker's background nursery: the Redis connection,
+        and the pumps of shared streams."""
+        async with trio.open_nursery() as nursery:
+            if self._redis is not None:
+                await nursery.start(self._redis.run)
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # --- a request --------------------------------------------------------------------
+
+    def kind_of(self, call_type: str, surface: str) -> str:
+        """LiteLLM's call type family of a request: its surface's, for Messages and
+        Responses (`anthropic_messages`, `responses`), else its call type's."""
+        return surface if surface in ("messages", "responses") else call_type
+
+    def ticket(
+        self, call: CachedCall, surface: str, kind: str, controls: CacheControls | None
+    ) -> Ticket | None:
+        """The request's ticket when the cache applies to it, else None."""
+        controls = controls or NO_CONTROLS
+        settings = self.settings
+        if controls.bypass or kind not in settings.kinds:
+            return None
+        if settings.default_off and not controls.opted_in:
+            return None
+        exchange = call.exchange
+        # A conversation the upstream holds (continued by id) is not in the body: its
+        # answer depends on more than the key could cover.
+        if exchange.carried_tokens or exchange.preferred is not None:
+            return None
+        namespace = controls.namespace or settings.namespace
+        key = cache_key(surface, call.model_group, self._tenant(call.caller), call.body, namespace)
+        native_allowed = getattr(exchange, "native_cacheable", True) is True
+        ticket = Ticket(self, key, controls, call.stream, native_allowed)
+        if kind == "embeddings":
+            tenant = self._tenant(call.caller)
+            ticket.items = ItemBatch.of(surface, call.model_group, tenant, call.body, namespace)
+            if ticket.items is None:
+                return None
+        return ticket
+
+    def _tenant(self, caller: Caller) -> str:
+        scope = self.settings.scope
+        if scope == "global":
+            return ""
+        if scope == "team" and caller.team_id is not None:
+            return f"team:{caller.team_id}"
+        return f"key:{caller.key_hash or 'master'}"
+
+    async def lookup(self, call: CachedCall, ticket: Ticket) -> Answer:
+        """A hit or a coalesced answer for `call`, or None: it goes upstream with
+        `ticket`, which keeps its answer."""
+        headers = call.context.headers
+        headers[CACHE_KEY_HEADER] = ticket.key
+        if ticket.items is not None:
+            return await self._embeddings(call, ticket, ticket.items)
+        while True:
+            if not ticket.controls.no_read:
+                entry = await self._read(ticket.key, ticket.controls.max_age)
+                served = entry.serve(call.stream) if entry is not None else None
+                if served is not None and entry is not None:
+                    ticket.hit = True
+                    headers[CACHE_STATE_HEADER] = "hit"
+                    self.metrics.hits.inc()
+                    if tokens := entry.tokens():
+                        self.metrics.cached_tokens.inc(tokens)
+                    return served
+                flight = self._flights.get(ticket.key)
+                if flight is not None:
+                    answer = await self._join(flight, ticket, call.stream)
+                    if answer is not None:
+                        headers[CACHE_STATE_HEADER] = "coalesced"
+                        self.metrics.coalesced.inc()
+                        return answer
+                    if flight.done and ticket.key in self._flights:
+                        continue  # it ended with nothing to give, and another leads now
+            headers[CACHE_STATE_HEADER] = "miss"
+            self.metrics.misses.inc()
+            if ticket.key not in self._flights and self._nursery is not None:
+                ticket.lead(Flight(ticket.key, ticket, call.stream))
+            return None
+
+    async def _embeddings(self, call: CachedCall, ticket: Ticket, batch: ItemBatch) -> Answer:
+        """A batch answered whole from its items' entries, or sent upstream with the
+        items no entry answers (the body's `input` replaced, not changed in place: the
+        meter may be counting it in a thread)."""
+        controls = ticket.controls
+        if not controls.no_read:
+            values = await self.backend.get_many(batch.keys)
+            for position, value in enumerate(values):
+                data = self._entry_data(value, controls.max_age)
+                item = data.get("item") if data is not None else None
+                if isinstance(item, dict):
+                    batch.found[position] = item
+        headers = call.context.headers
+        if len(batch.found) == len(batch.keys):
+            ticket.hit = True
+            headers[CACHE_STATE_HEADER] = "hit"
+            self.metrics.hits.inc()
+            answer = batch.answer(call.model_group)
+            self.metrics.cached_tokens.inc(answer["usage"]["total_tokens"])
+            return Completion(answer)
+        headers[CACHE_STATE_HEADER] = "miss"
+        self.metrics.misses.inc()
+        split = items_of(call.body.get("input"))
+        assert split is not None, "an ItemBatch is made only of an input that splits"
+        missing = batch.missing(split[0])
+        if batch.found:
+            call.body["input"] = missing
+        return None
+
+    async def _join(self, flight: Flight, ticket: Ticket, stream: bool) -> Answer:
+        """Join `flight`: a live subscription for a stream, else its whole answer, once
+        known. None: the flight ended without an answer to give (ask again)."""
+        if flight.streamed:
+            await flight.launched.wait()
+        if flight.streamed and not flight.done:
+            if stream:
+                ticket.follow(flight)
+                return flight.join(ticket)
+            if flight.native:
+                return None  # its events are no whole answer: this request goes upstream
+            ticket.follow(flight)
+            subscription = flight.join(ticket)
+            try:
+                await flight.resolved.wait()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await subscription.aclose()
+        else:
+            ticket.follow(flight)
+            flight.subscribers.append(ticket)
+            await flight.resolved.wait()
+        if (error := flight.failure()) is not None:
+            raise error
+        served = Entry(orjson.loads(orjson.dumps(flight.kept() or {}))).serve(stream)
+        if served is None:
+            ticket.flight = None
+        return served
+
+    async def _read(self, key: str, max_age: float | None) -> Entry | None:
+        data = self._entry_data(await self.backend.get(key), max_age)
+        return Entry(data) if data is not None else None
+
+    def _entry_data(self, raw: bytes | None, max_age: float | None) -> dict[str, Any] | None:
+        if raw is None:
+            return None
+        try:
+            entry = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(entry, dict) or entry.get("v") != ENTRY_VERSION:
+            return None
+        if max_age is not None and wall_time() - float(entry.get("at", 0)) > max_age:
+            return None
+        return entry
+
+    async def store(self, key: str, entry: dict[str, Any], ttl: float | None) -> None:
+        """Keep `entry` (`Entry`'s fields) under `key`; one over the entry cap is served,
+        not kept."""
+        value = orjson.dumps({"v": ENTRY_VERSION, "at": wall_time(), **entry})
+        if len(value) + len(key) > self.settings.max_entry_bytes:
+            self.metrics.not_stored.inc()
+            return
+        with trio.CancelScope(shield=True), trio.move_on_after(WRITE_TIMEOUT):
+            await self.backend.set(key, value, ttl if ttl is not None else self.settings.ttl)
+
+    def spawn_pump(self) -> trio.Nursery | None:
+        return self._nursery
+
+    def landed(self, flight: Flight) -> None:
+        if self._flights.get(flight.key) is flight:
+            del self._flights[flight.key]
+
+    def register(self, flight: Flight) -> None:
+        self._flights[flight.key] = flight
+
+    # --- the admin routes -------------------------------------------------------------
+
+    async def ping(self) -> dict[str, Any]:
+        return {
+            "status": "healthy" if await self.backend.ping() else "unhealthy",
+            "cache_type": self.backend.kind,
+            "ping_response": await self.backend.ping(),
+            "litellm_cache_params": self.describe(),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The settings, without the Redis URL (which may hold its password)."""
+        settings = self.settings
+        return {
+            "type": settings.type,
+            "ttl": settings.ttl,
+            "default_in_memory_ttl": settings.in_memory_ttl,
+            "namespace": settings.namespace,
+            "supported_call_types": sorted(settings.kinds),
+            "mode": "default_off" if settings.default_off else "default_on",
+            "scope": settings.scope,
+            "max_bytes": settings.max_bytes,
+            "max_entry_bytes": settings.max_entry_bytes,
+        }
+
+    async def delete(self, keys: list[str]) -> int:
+        return await self.backend.delete(keys)
+
+    async def flush(self) -> None:
+        await self.backend.flush()
+
+
+class Ticket:
+    """One request's part in the cache: its key, and what became of its answer."""
+
+    def __init__(
+        self,
+        cache: ResponseCache,
+        key: str,
+        controls: CacheControls,
+        stream: bool,
+        native_allowed: bool,
+    ) -> None:
+        self.cache = cache
+        self.key = key
+        self.controls = controls
+        self.stream = stream
+        # Whether an answer in the client's own API may be kept (not a Response the
+        # upstream stores: a hit would hand out its id again).
+        self.native_allowed = native_allowed
+        self.hit = False
+        self.flight: Flight | None = None
+        self.leads = False
+        # An embeddings request's items, each cached on its own.
+        self.items: ItemBatch | None = None
+
+    def lead(self, flight: Flight) -> None:
+        self.flight, self.leads = flight, True
+        self.cache.register(flight)
+
+    def follow(self, flight: Flight) -> None:
+        self.flight, self.leads = flight, False
+
+    @property
+    def coalesced(self) -> bool:
+        return self.flight is not None and not self.leads
+
+    # --- a leader's answer ---------------------------------------------------------------
+
+    def share(self, opened: Upstream, deployment: Any) -> Subscription | None:
+        """A stream's first chunks are in: its subscription to the flight that now reads
+        it, or None when it leads none (it relays `opened` itself)."""
+        flight, nursery = self.flight, self.cache.spawn_pump()
+        if flight is None or not self.leads or nursery is None or not flight.streamed:
+            return None
+        return flight.launch(opened, deployment, nursery, self._landed)
+
+    async def _landed(self, flight: Flight) -> None:
+        """A shared stream ended: its answer is kept, unless it failed or was cut short."""
+        self.cache.landed(flight)
+        entry = flight.kept()
+        if flight.events is not None and not self.native_allowed:
+            entry = None
+        if entry is not None and flight.error is None and not self.controls.no_store:
+            await self.cache.store(self.key, entry, self.controls.ttl)
+
+    async def answered(self, completion: Completion) -> Completion:
+        """A whole answer, past the hooks: kept, and given to the requests waiting. The
+        answer the client gets: an embeddings batch's with its cached items put back."""
+        if self.hit:
+            return completion
+        if self.items is not None:
+            return await self._embedded(completion, self.items)
+        if not self.leads:
+            return completion
+        entry: dict[str, Any] | None = {"answer": completion.body}
+        if completion.native:
+            native = {"native": completion.body, "usage": completion.usage}
+            entry = native if self.native_allowed else None
+        flight = self.flight
+        if flight is not None and not flight.streamed:
+            flight.resolve(entry, None)
+            self.cache.landed(flight)
+        if entry is not None and not self.controls.no_store:
+            await self.cache.store(self.key, entry, self.controls.ttl)
+        return completion
+
+    async def _embedded(self, completion: Completion, batch: ItemBatch) -> Completion:
+        fresh = batch.entries(completion.body)
+        if fresh is None:
+            if batch.found:  # the cached items cannot be put back among these
+                raise UpstreamError(
+                    "The upstream's embeddings do not match the inputs it was sent."
+                )
+            return completion
+        if not self.controls.no_store:
+            for key, item in fresh:
+                await self.cache.store(key, {"item": item}, self.controls.ttl)
+        if not batch.found:
+            return completion
+        return Completion(batch.merged(completion.body, fresh))
+
+    def ended(self, error: GatewayError | None) -> None:
+        """The request ended without a whole answer given to `answered` (failed, or its
+        client left): the requests waiting on it fail with it, or ask again."""
+        flight = self.flight
+        if flight is None or not self.leads or (flight.launched.is_set() and flight.streamed):
+            return
+        flight.resolve(None, error)
+        self.cache.landed(flight)
+
+    # --- billing ------------------------------------------------------------------------
+
+    def billed(self, own: Any) -> Any:
+        """The deployment whose price this request's row bears (None: no cost): a hit
+        and a coalesced whole answer pay nothing; a shared stream is paid by its payer."""
+        flight = self.flight
+        if self.hit:
+            return None
+        if flight is None or not flight.streamed or not flight.launched.is_set():
+            return own if self.leads or flight is None else None
+        return flight.deployment if flight.payer is self else None
+
+    def annotate(self, record: Any) -> None:
+        """The spend row's cache fields (LiteLLM's `cache_hit`, `cache_key`)."""
+        record.cache_key = self.key
+        record.cache_hit = self.hit or (self.coalesced and self.billed(None) is None)

@@ -1,0 +1,39 @@
+"""The cache key: a stable hash of a canonical form of what shapes an answer.
+
+It covers the surface (chat, text completions, embeddings, Messages, Responses), the
+model group as resolved, the scope's tenant, and the request body in OpenAI's shapes
+(messages, tools, sampling parameters, response format, ...), serialized with sorted
+keys at every depth, so that a client's JSON key order never changes it. It leaves out
+what does not change the answer: `stream` and `stream_options` (a stream and a whole
+answer serve each other), `user`, `metadata` and the request's ids (LiteLLM's own
+fields are gone before this), and the Responses API's `store`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+# Body fields that never shape an answer's content.
+UNKEYED = frozenset({
+    "stream", "stream_options", "user", "metadata", "store", "safety_identifier",
+    "prompt_cache_key", "request_id",
+})  # fmt: skip
+KEY_VERSION = 1
+
+
+def canonical(surface: str, group: str, tenant: str, body: dict[str, Any]) -> bytes:
+    """The canonical form hashed: sorted keys at every depth, no whitespace."""
+    shaped = {name: value for name, value in body.items() if name not in UNKEYED}
+    form = {"v": KEY_VERSION, "surface": surface, "model": group, "scope": tenant, "body": shaped}
+    return orjson.dumps(form, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+def cache_key(
+    surface: str, group: str, tenant: str, body: dict[str, Any], namespace: str | None
+) -> str:
+    """LiteLLM's form of a key: the hash in hex, after `namespace:` when there is one."""
+    digest = hashlib.sha256(canonical(surface, group, tenant, body)).hexdigest()
+    return f"{namespace}:{digest}" if namespace else digest
