@@ -86,6 +86,10 @@ SERVES: dict[str, list[str]] = {
         "litellm_settings.default_team_settings",
     ],
     "prometheus_test_config.yaml": ["litellm_settings.cache"],
+    "advisor_interception_config.yaml": [
+        "litellm_settings.advisor_interception_params",
+        "litellm_settings.callbacks[advisor_interception]",
+    ],
     "queue.yaml": [],
     "simple_config.yaml": [],
     "spend_tracking_config.yaml": [
@@ -127,7 +131,6 @@ REFUSED: dict[str, list[str]] = {
 # file itself (two of LiteLLM's examples are not valid YAML).
 INVALID: dict[str, str] = {
     "adaptive_router_example.yaml": "model_list[0].litellm_params.model: unknown provider",
-    "advisor_interception_config.yaml": "model_list[2].litellm_params.model: unknown provider",
     "china_domestic_free_sources.yaml": "model_list[0].litellm_params.model: unknown provider",
     "docs_configs_load_balancing.yaml": "model_list[0].litellm_params.model: unknown provider",
     "docs_configs_model_params.yaml": "model_list[2].litellm_params.extra_headers: 'AI-Resource",

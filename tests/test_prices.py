@@ -350,6 +350,7 @@ SYNTHETIC_SOURCE = {
     },
     "dall-e-3": {"litellm_provider": "openai", "mode": "image_generation"},
     "cohere/command-r": {"litellm_provider": "cohere_chat", "mode": "chat"},
+    "mistral-ocr": {"litellm_provider": "mistral", "mode": "ocr"},
     "fireworks-ai-default": {"litellm_provider": "fireworks_ai", "input_cost_per_token": 0.0},
 }
 
@@ -364,6 +365,7 @@ EXPECTED_OUTPUT = {
         "cache_creation_input_token_cost": 3.75e-6,
         "output_cost_per_reasoning_token": 1.5e-5,
     },
+    "cohere/command-r": {"litellm_provider": "cohere_chat", "mode": "chat"},
     "gpt-4o": {
         "litellm_provider": "openai",
         "mode": "chat",
@@ -410,7 +412,7 @@ def test_generator_filters_the_source(tmp_path: Path) -> None:
     assert list(json.loads(text)) == list(EXPECTED_OUTPUT)  # sorted, _source first
     assert len(text.splitlines()) == len(EXPECTED_OUTPUT) + 2  # one entry per line
     loaded = PriceTable.from_json(text)
-    assert len(loaded) == 4
+    assert len(loaded) == 5
     assert loaded.lookup("anthropic", "claude-x") == ModelPrice(
         input=3e-6, output=1.5e-5, cache_write=3.75e-6, reasoning=1.5e-5
     )

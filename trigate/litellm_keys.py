@@ -161,9 +161,12 @@ LITELLM_PARAMS: dict[str, Key] = {
     "custom_user_agent": _ignored("use extra_headers: {User-Agent: ...}"),
     "mock_timeout": _ignored("the mock provider does not simulate timeouts"),
     "use_in_pass_through": _ignored("trigate serves no pass-through routes"),
-    "vertex_project": _ignored("no vertex_ai provider"),
-    "vertex_location": _ignored("no vertex_ai provider"),
-    "vertex_credentials": _ignored("no vertex_ai provider"),
+    "vertex_project": _acted("the vertex_ai/ deployment's Google Cloud project"),
+    "vertex_location": _acted("the vertex_ai/ deployment's region (`global` too)"),
+    "vertex_credentials": _acted(
+        "a path or the JSON of a service account or authorized user (else application "
+        "default credentials)"
+    ),
     "s3_bucket_name": _ignored("no batch API"),
     "s3_region_name": _ignored("no batch API"),
     "s3_access_key_id": _ignored("no batch API"),

@@ -11,7 +11,9 @@ a test holds the two to each other.
 from __future__ import annotations
 
 # Adapters of their own (trigate/providers/<name>.py).
-NATIVE_PREFIXES = ("openai", "anthropic", "bedrock", "gemini", "azure", "mock")
+NATIVE_PREFIXES = (
+    "openai", "anthropic", "bedrock", "gemini", "vertex_ai", "azure", "mock",
+)  # fmt: skip
 # LiteLLM's OpenAI-compatible families with a public endpoint (trigate/providers/compatible.py).
 HOSTED_COMPATIBLE_PREFIXES = (
     "groq", "mistral", "deepseek", "together_ai", "fireworks_ai", "openrouter",

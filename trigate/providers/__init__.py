@@ -21,12 +21,14 @@ from trigate.providers.compatible import COMPATIBLE
 from trigate.providers.gemini import GeminiProvider
 from trigate.providers.mock import MockProvider
 from trigate.providers.openai import OpenAICompatible
+from trigate.providers.vertex import vertex_ai
 
 PROVIDERS: dict[str, ProviderFactory] = {
     "openai": OpenAICompatible,
     "anthropic": AnthropicMessages,
     "bedrock": BedrockConverse,
     "gemini": GeminiProvider,
+    "vertex_ai": vertex_ai,
     "azure": AzureOpenAI,
     **COMPATIBLE,
     "mock": MockProvider,

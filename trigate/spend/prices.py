@@ -45,7 +45,17 @@ _FAMILIES: dict[str, frozenset[str]] = {
     # Azure OpenAI bills the OpenAI list price for most models, and the table
     # lists far more of them under the bare OpenAI names than under "azure/".
     "azure": frozenset({"azure", "openai", "text-completion-openai"}),
-    "vertex_ai": frozenset({"vertex_ai-language-models"}),
+    # Vertex AI's own prices (Claude and embeddings on Vertex are listed apart from Anthropic's
+    # and Gemini's), then the table's bare Gemini names, which it lists as Vertex's.
+    "vertex_ai": frozenset(
+        {
+            "vertex_ai",
+            "vertex_ai-language-models",
+            "vertex_ai-anthropic_models",
+            "vertex_ai-embedding-models",
+        }
+    ),
+    "cohere": frozenset({"cohere", "cohere_chat"}),
     "bedrock": frozenset({"bedrock", "bedrock_converse"}),
     "fireworks_ai": frozenset({"fireworks_ai", "fireworks_ai-embedding-models"}),
 }
@@ -265,6 +275,8 @@ def _aliases(provider: str, model: str) -> list[str]:
         names.append(model.replace("gpt-35", "gpt-3.5"))  # Azure's name for gpt-3.5
     elif provider == "anthropic" and "." in model:
         names.append(model.replace(".", "-"))  # "claude-sonnet-4.5", as OpenRouter spells it
+    elif provider == "vertex_ai" and "@" in model:
+        names.append(model.partition("@")[0])  # "claude-sonnet-4-5@20250929", a version pinned
     elif provider == "fireworks_ai" and not model.startswith("accounts/"):
         names.append(f"accounts/fireworks/models/{model}")
     return names
