@@ -254,6 +254,7 @@ def test_cost_accepts_any_object_with_the_counts() -> None:
         cached_tokens = 0
         cache_write_tokens = 0
         reasoning_tokens = 0
+        search_units = 0
 
     assert cost(FULL, GatewayUsage()) == pytest.approx(10 * 2e-6 + 5 * 8e-6)
 

@@ -13,10 +13,12 @@ from trigate.providers.base import (
     NativeResponses,
     Provider,
     ProviderFactory,
+    Rerank,
     TextCompletions,
     passed_chunks,
 )
 from trigate.providers.bedrock import BedrockConverse
+from trigate.providers.cohere import CohereProvider
 from trigate.providers.compatible import COMPATIBLE
 from trigate.providers.gemini import GeminiProvider
 from trigate.providers.mock import MockProvider
@@ -30,6 +32,9 @@ PROVIDERS: dict[str, ProviderFactory] = {
     "gemini": GeminiProvider,
     "vertex_ai": vertex_ai,
     "azure": AzureOpenAI,
+    "cohere": CohereProvider,
+    # LiteLLM's name for Cohere's chat models; one adapter serves both.
+    "cohere_chat": CohereProvider,
     **COMPATIBLE,
     "mock": MockProvider,
 }
@@ -50,6 +55,7 @@ __all__ = [
     "NativeResponses",
     "Provider",
     "ProviderFactory",
+    "Rerank",
     "TextCompletions",
     "passed_chunks",
 ]

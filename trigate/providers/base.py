@@ -245,6 +245,15 @@ class NativeMessages(Protocol):
     ) -> ChunkStream: ...
 
 
+@runtime_checkable
+class Rerank(Protocol):
+    """`/v1/rerank` in Cohere's shape, as LiteLLM serves it: the answer (`id`, `results` of
+    `index` and `relevance_score`, `meta`) in a native `Completion`, whose usage in
+    OpenAI's shape carries the searches billed (`search_units`) and any tokens."""
+
+    async def rerank(self, body: dict[str, Any]) -> Completion: ...
+
+
 # The `model_info` key that says whether a deployment's upstream speaks the Responses
 # API: true for an OpenAI-compatible server that does, false for an `openai/` or `azure/`
 # one that does not.
@@ -283,6 +292,7 @@ class Abilities:
     embeddings: Embeddings | None
     messages: NativeMessages | None
     responses: NativeResponses | None = None
+    rerank: Rerank | None = None
 
     @classmethod
     def of(cls, provider: Provider, model_info: Mapping[str, Any] | None = None) -> Abilities:
@@ -299,6 +309,7 @@ class Abilities:
             embeddings=provider if isinstance(provider, Embeddings) else None,
             messages=provider if isinstance(provider, NativeMessages) else None,
             responses=responses,
+            rerank=provider if isinstance(provider, Rerank) else None,
         )
 
 
