@@ -142,8 +142,10 @@ async def test_a_keys_models_bind_the_model_in_the_body(
     client = anthropic.AsyncAnthropic(
         base_url=f"{gateway.url}/anthropic", api_key=key, max_retries=0
     )
-    with pytest.raises(anthropic.PermissionDeniedError):
+    with pytest.raises(anthropic.PermissionDeniedError) as refused:
         await client.messages.create(model=CLAUDE, max_tokens=10, messages=MESSAGES)
+    # In Anthropic's envelope, which its SDK reads.
+    assert refused.value.body["type"] == "error"  # type: ignore[index]
     assert upstream.requests == []
 
 

@@ -371,7 +371,9 @@ GENERAL_SETTINGS: dict[str, Key] = {
     "allow_client_side_credentials": _ignored(
         "client credentials follow each deployment's configurable_clientside_auth_params"
     ),
-    "use_client_credentials_pass_through_routes": _ignored("pass-through calls always carry the gateway's credentials, never the client's"),
+    "use_client_credentials_pass_through_routes": _ignored(
+        "pass-through calls carry the gateway's credentials, never the client's"
+    ),
     "pass_through_endpoints": _acted(
         "custom pass-through routes: path, target, headers, forward_headers, auth, include_subpath"
     ),

@@ -33,6 +33,7 @@ import orjson
 import trio
 
 from trigate.api.context import current_request
+from trigate.api.envelopes import ANTHROPIC, OPENAI
 from trigate.api.model_api import (
     NEVER_FORWARDED,
     ClientLeft,
@@ -43,6 +44,7 @@ from trigate.api.model_api import (
 )
 from trigate.api.passthrough_targets import (
     ROUTES,
+    VERTEX_ROUTES,
     Upstream,
     custom_headers,
     requested_model,
@@ -158,7 +160,9 @@ class PassThrough:
         await self._app(scope, receive, send)
 
     def _match(self, path: str) -> tuple[str | None, CustomEndpoint | None, str] | None:
-        """(provider route, custom endpoint, upstream path) for a pass-through path."""
+        """(provider route, custom endpoint, upstream path) for a pass-through path. No
+        path reaches here with a `.` or `..` segment (`RequestScope` refuses them), so
+        none climbs out of a custom target's own path."""
         for endpoint in self._custom:
             subpath = endpoint.matches(path)
             if subpath is not None:
@@ -184,6 +188,7 @@ class PassThrough:
         path = raw[len(scope["path"]) - len(path) :] if raw != scope["path"] else path
         query = scope.get("query_string", b"").decode("latin-1")
         call = PassCall(self._gateway, scope["method"], route, custom, path, headers, query)
+        envelope = call.envelope
         call.timeout = self._timeout
         try:
             if custom is None or custom.auth:
@@ -196,10 +201,10 @@ class PassThrough:
             failure = RequestTimeout(
                 f"The request body did not arrive within {self._body_timeout:g} s."
             )
-            await send_reply(send, error_reply(failure))
+            await send_reply(send, error_reply(failure, envelope))
             return
         except GatewayError as error:
-            await send_reply(send, error_reply(error))
+            await send_reply(send, error_reply(error, envelope))
             return
         with trio.CancelScope() as request:
             # The client's departure cancels the call: heard from the server where it can
@@ -256,6 +261,9 @@ class PassCall:
         self.started = wall_time()
         self.ttft: float | None = None
         self.timeout = DEFAULT_TIMEOUT
+        # Anthropic's SDKs (Claude on Vertex's too) read errors in Anthropic's envelope.
+        claude = route == "anthropic" or (route in VERTEX_ROUTES and "/anthropic/" in path)
+        self.envelope = ANTHROPIC if claude else OPENAI
 
     async def authenticate(self) -> None:
         key = _presented_key(self.headers, self.query_key)
@@ -297,7 +305,7 @@ class PassCall:
         except GatewayError as failure:
             status, error = failure.status, failure
             if response is None:
-                await send_reply(send, error_reply(failure))
+                await send_reply(send, error_reply(failure, self.envelope))
         except trio.Cancelled:
             status, cancelled = CLIENT_CLOSED, True
             if reader is not None:
@@ -311,7 +319,7 @@ class PassCall:
             error = unexpected_failure(failure)
             status = error.status
             if response is None:
-                await send_reply(send, error_reply(error))
+                await send_reply(send, error_reply(error, self.envelope))
         finally:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + RECORD_TIMEOUT):
                 if response is not None:
