@@ -25,7 +25,10 @@ from fake_bedrock import (
     REGION,
     SECRET_KEY,
     converse_response,
+    event_stream,
+    metadata,
     signature_problem,
+    text_events,
 )
 from fake_cohere import chat
 from fake_gemini import answer
@@ -332,6 +335,45 @@ async def test_boto3_against_bedrock(gateway: RunningGateway, upstream: FakeUpst
     [record] = await gateway.records.wait_for(1)
     assert (record.prompt_tokens, record.completion_tokens) == (12, 3)
     assert record.model == f"bedrock/{MODEL_ID}" and record.cost > 0
+
+
+async def test_boto3_converse_stream_is_billed_from_its_metadata_frame(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    def handle(request: ReceivedRequest) -> Reply:
+        problem = signature_problem(request)
+        if problem:
+            return JSONReply({"message": problem}, status=403)
+        return event_stream([*text_events("Hel", "lo"), metadata(inputTokens=9, outputTokens=2)])
+
+    upstream.handler = handle
+    key = await _key(gateway)
+
+    def converse_stream() -> str:
+        client = boto3.client(
+            "bedrock-runtime", region_name=REGION, endpoint_url=f"{gateway.url}/bedrock",
+            aws_access_key_id="unused", aws_secret_access_key="unused",
+        )  # fmt: skip
+        client.meta.events.register(
+            "before-send.bedrock-runtime.*",
+            lambda request, **_: request.headers.__setitem__("x-litellm-api-key", key),
+        )
+        reply = client.converse_stream(
+            modelId=MODEL_ID, messages=[{"role": "user", "content": [{"text": "Say hello"}]}]
+        )
+        return "".join(
+            event["contentBlockDelta"]["delta"]["text"]
+            for event in reply["stream"]
+            if "contentBlockDelta" in event
+        )
+
+    assert await trio.to_thread.run_sync(converse_stream) == "Hello"
+    [record] = await gateway.records.wait_for(1)
+    assert (record.prompt_tokens, record.completion_tokens, record.usage_source) == (
+        9,
+        2,
+        "upstream",
+    )
 
 
 async def test_cohere_sdk(gateway: RunningGateway, upstream: FakeUpstream) -> None:

@@ -7,17 +7,23 @@ in its own words, recognised here by their shape, each turned into OpenAI's by t
 provider adapter's own function: Anthropic's messages (`message_start` and the
 cumulative `message_delta`), Gemini's and Vertex's `usageMetadata` and Vertex's
 embedding `statistics`, OpenAI's chat, Responses (`response.completed`) and
-embeddings, Bedrock's converse, and Cohere's `billed_units`. An answer whose usage
+embeddings, Bedrock's converse (whole, and converse-stream's `metadata` frame)
+and invoke (the model's own answer, or the invocation metrics of its stream), and
+Cohere's `billed_units`. An answer whose usage
 cannot be read is billed as unknown, and its spend row says so.
 """
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import orjson
 
+from trigate.errors import UpstreamError
 from trigate.providers import anthropic, bedrock, cohere, gemini
+from trigate.providers.bedrock import EVENT_STREAM
+from trigate.providers.eventstream import EventStreamDecoder
 from trigate.providers.openai import chat_usage
 from trigate.sse import SSEDecoder
 
@@ -31,6 +37,9 @@ class UsageReader:
     def __init__(self, content_type: str) -> None:
         self._stream = "text/event-stream" in content_type
         self._decoder = SSEDecoder() if self._stream else None
+        # Bedrock's streams (`converse-stream`, `invoke-with-response-stream`) are binary
+        # event-stream frames.
+        self._frames = EventStreamDecoder() if EVENT_STREAM in content_type else None
         self._kept = bytearray()
         self._overflowed = False
         self._anthropic: dict[str, Any] = {}
@@ -39,6 +48,10 @@ class UsageReader:
         self.response_id: str | None = None
 
     def feed(self, piece: bytes) -> None:
+        if self._frames is not None:
+            if not self._overflowed:
+                self._feed_frames(piece)
+            return
         if self._decoder is not None:
             for event in self._decoder.feed(piece):
                 self._read(_loaded(event.data))
@@ -48,8 +61,39 @@ class UsageReader:
             return
         self._kept += piece
 
+    def _feed_frames(self, piece: bytes) -> None:
+        """A frame's JSON: converse-stream's `metadata` event names its usage; an invoke
+        stream's chunks carry the model's own events, base64-encoded, the last with
+        Bedrock's `amazon-bedrock-invocationMetrics`. A corrupt frame ends the reading
+        (the client gets the bytes all the same)."""
+        assert self._frames is not None
+        try:
+            for frame in self._frames.feed(piece):
+                data = _loaded(frame.payload)
+                if frame.headers.get(":event-type") == "metadata" and isinstance(data, dict):
+                    self._usage = bedrock.to_usage(data.get("usage")) or self._usage
+                elif isinstance(data, dict) and isinstance(data.get("bytes"), str):
+                    self._read_invoke_chunk(data["bytes"])
+        except UpstreamError:
+            self._overflowed = True
+
+    def _read_invoke_chunk(self, encoded: str) -> None:
+        try:
+            chunk = _loaded(base64.b64decode(encoded))
+        except ValueError:
+            return
+        metrics = chunk.get("amazon-bedrock-invocationMetrics") if isinstance(chunk, dict) else None
+        if isinstance(metrics, dict):
+            usage = {"inputTokens": metrics.get("inputTokenCount"),
+                     "outputTokens": metrics.get("outputTokenCount")}  # fmt: skip
+            self._usage = bedrock.to_usage(usage) or self._usage
+        else:
+            self._read(chunk)
+
     def usage(self) -> dict[str, Any] | None:
         """The answer's usage in OpenAI's shape (with `search_units`), or None: unknown."""
+        if self._frames is not None:
+            return None if self._overflowed else self._usage
         if self._decoder is not None:
             for event in self._decoder.flush():
                 self._read(_loaded(event.data))
