@@ -31,7 +31,7 @@ from fake_bedrock import (
     text_events,
 )
 from fake_cohere import chat
-from fake_gemini import answer
+from fake_gemini import answer, sse
 from fake_vertex import PROJECT, TokenServer, service_account
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply, chat_completion
 from google import genai
@@ -225,6 +225,46 @@ async def test_gemini_key_in_the_query_is_not_sent_on(
         )
     assert reply.status_code == 200
     assert key not in upstream.requests[0].target
+
+
+async def test_gemini_stream_is_billed_from_its_last_usage(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    partial = {"promptTokenCount": 10, "totalTokenCount": 10}
+    upstream.handler = lambda request: sse(
+        answer([{"text": "Hel"}], finish=None, usage=partial), answer([{"text": "lo"}], usage=USAGE)
+    )
+    key = await _key(gateway)
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    async with httpx.AsyncClient() as client:
+        reply = await client.post(
+            f"{gateway.url}/gemini/v1beta/models/{GEMINI}:streamGenerateContent?alt=sse",
+            json=body, headers={"x-goog-api-key": key},
+        )  # fmt: skip
+    assert reply.text.count("data: ") == 2  # the events as Gemini sent them
+    assert upstream.requests[0].target.endswith(":streamGenerateContent?alt=sse")
+    [record] = await gateway.records.wait_for(1)
+    assert record.stream and (record.prompt_tokens, record.completion_tokens) == (10, 4)
+
+
+async def test_a_group_on_one_provider_allows_its_model_there_only(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(answer([{"text": "Hi"}], usage=USAGE))
+    key = await _key(gateway, models=["vertex-gemini"])
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    async with httpx.AsyncClient() as client:
+        gemini = await client.post(
+            f"{gateway.url}/gemini/v1beta/models/{GEMINI}:generateContent",
+            json=body, headers={"x-goog-api-key": key},
+        )  # fmt: skip
+        vertex = await client.post(
+            f"{gateway.url}/vertex_ai/v1/projects/{PROJECT}/locations/us-east5/publishers/"
+            f"google/models/{GEMINI}:generateContent",
+            json=body, headers={"authorization": f"Bearer {key}"},
+        )  # fmt: skip
+    assert gemini.status_code == 403 and vertex.status_code == 200
+    assert len(upstream.requests) == 1
 
 
 async def test_anthropic_vertex_sdk(

@@ -48,6 +48,7 @@ from trigate.api.passthrough_targets import (
     Upstream,
     custom_headers,
     requested_model,
+    route_prefixes,
     serving,
     upstream_for,
 )
@@ -335,9 +336,12 @@ class PassCall:
         covering = self.gateway.groups.access.covering
         model = self.model
         if model is not None:
-            names = [model, *(d.model_group for d in serving(self.gateway, _ANY, model)
-                              if model in (d.upstream_model, d.model_group))]  # fmt: skip
-            if any(allows_model(caller, name, covering) for name in names):
+            # Only the deployments whose credentials the call would use: a key allowed a
+            # `vertex_ai/` group's model is not thereby allowed it on `/gemini`.
+            prefixes = route_prefixes(self.route) if self.route is not None else ()
+            groups = [d.model_group for d in serving(self.gateway, prefixes, model)
+                      if model in (d.upstream_model, d.model_group)]  # fmt: skip
+            if any(allows_model(caller, name, covering) for name in (model, *groups)):
                 return
         try:
             check_model(caller, model or "", covering)
@@ -475,10 +479,6 @@ class PassCall:
             metadata={"pass_through_route": route},
         )
         await self.gateway.record(record)
-
-
-_ANY = ("anthropic", "gemini", "vertex_ai", "openai", "azure", "bedrock", "cohere",
-        "cohere_chat", "mistral", "hosted_vllm")  # fmt: skip
 
 
 def _usage(usage: dict[str, Any] | None) -> Usage:

@@ -83,6 +83,15 @@ BEDROCK = "bedrock"
 ROUTES = frozenset({*PROVIDERS, *VERTEX_ROUTES, BEDROCK})
 
 
+def route_prefixes(route: str) -> tuple[str, ...]:
+    """The provider prefixes of the deployments a provider route's calls are made with."""
+    if route in VERTEX_ROUTES:
+        return ("vertex_ai",)
+    if route == BEDROCK:
+        return ("bedrock",)
+    return PROVIDERS[route].prefixes
+
+
 def requested_model(path: str, body: Any) -> str | None:
     """The model a request names: in its body (`model`), else in its path."""
     if isinstance(body, dict) and isinstance(body.get("model"), str) and body["model"]:
