@@ -7,7 +7,7 @@ the usage the answers reported."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anthropic
@@ -42,13 +42,6 @@ CLAUDE = "claude-sonnet-4-5-20250929"
 GEMINI = "gemini-2.5-flash"
 VERTEX_CLAUDE = "claude-sonnet-4-5@20250929"
 USAGE = {"promptTokenCount": 10, "candidatesTokenCount": 4, "totalTokenCount": 14}
-
-
-@pytest.fixture
-async def tokens(nursery: trio.Nursery) -> TokenServer:
-    fake = FakeUpstream()
-    await fake.start(nursery)
-    return TokenServer(fake)
 
 
 def config(upstream: FakeUpstream, tokens: TokenServer) -> dict[str, Any]:
@@ -340,29 +333,37 @@ async def test_a_call_whose_usage_is_unknown_says_so(
     assert record.usage_source == "unknown"
 
 
-async def test_boto3_against_bedrock(gateway: RunningGateway, upstream: FakeUpstream) -> None:
+def _signed(reply: Callable[[], Reply]) -> Callable[[ReceivedRequest], Reply]:
+    """Bedrock: a request not signed with the deployment's AWS keys is AWS's 403."""
+
     def handle(request: ReceivedRequest) -> Reply:
         problem = signature_problem(request)
-        if problem:
-            return JSONReply({"message": problem}, status=403)
-        return JSONReply(converse_response([{"text": "Hi"}]))
+        return JSONReply({"message": problem}, status=403) if problem else reply()
 
-    upstream.handler = handle
+    return handle
+
+
+def _boto3(gateway: RunningGateway, key: str) -> Any:
+    """boto3 signs with whatever AWS keys it has (none of the gateway's), and sends the
+    virtual key in LiteLLM's header (botocore sends a bearer token only over HTTPS)."""
+    client = boto3.client(
+        "bedrock-runtime", region_name=REGION, endpoint_url=f"{gateway.url}/bedrock",
+        aws_access_key_id="unused", aws_secret_access_key="unused",
+    )  # fmt: skip
+
+    def add_key(request: Any, **_: Any) -> None:
+        request.headers["x-litellm-api-key"] = key
+
+    client.meta.events.register("before-send.bedrock-runtime.*", add_key)
+    return client
+
+
+async def test_boto3_against_bedrock(gateway: RunningGateway, upstream: FakeUpstream) -> None:
+    upstream.handler = _signed(lambda: JSONReply(converse_response([{"text": "Hi"}])))
     key = await _key(gateway)
 
     def converse() -> Any:
-        # boto3 signs with whatever AWS keys it has (none of the gateway's), and sends the
-        # virtual key in LiteLLM's header (botocore sends a bearer token only over HTTPS).
-        client = boto3.client(
-            "bedrock-runtime", region_name=REGION, endpoint_url=f"{gateway.url}/bedrock",
-            aws_access_key_id="unused", aws_secret_access_key="unused",
-        )  # fmt: skip
-
-        def add_key(request: Any, **_: Any) -> None:
-            request.headers["x-litellm-api-key"] = key
-
-        client.meta.events.register("before-send.bedrock-runtime.*", add_key)
-        return client.converse(
+        return _boto3(gateway, key).converse(
             modelId=MODEL_ID, messages=[{"role": "user", "content": [{"text": "Say hello"}]}]
         )
 
@@ -380,24 +381,12 @@ async def test_boto3_against_bedrock(gateway: RunningGateway, upstream: FakeUpst
 async def test_boto3_converse_stream_is_billed_from_its_metadata_frame(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    def handle(request: ReceivedRequest) -> Reply:
-        problem = signature_problem(request)
-        if problem:
-            return JSONReply({"message": problem}, status=403)
-        return event_stream([*text_events("Hel", "lo"), metadata(inputTokens=9, outputTokens=2)])
-
-    upstream.handler = handle
+    events = [*text_events("Hel", "lo"), metadata(inputTokens=9, outputTokens=2)]
+    upstream.handler = _signed(lambda: event_stream(events))
     key = await _key(gateway)
 
     def converse_stream() -> str:
-        client = boto3.client(
-            "bedrock-runtime", region_name=REGION, endpoint_url=f"{gateway.url}/bedrock",
-            aws_access_key_id="unused", aws_secret_access_key="unused",
-        )  # fmt: skip
-        client.meta.events.register(
-            "before-send.bedrock-runtime.*",
-            lambda request, **_: request.headers.__setitem__("x-litellm-api-key", key),
-        )
+        client = _boto3(gateway, key)
         reply = client.converse_stream(
             modelId=MODEL_ID, messages=[{"role": "user", "content": [{"text": "Say hello"}]}]
         )

@@ -26,13 +26,6 @@ CLAUDE = "claude-sonnet-4-5@20250929"
 PREFIX = f"/v1/projects/{PROJECT}/locations/us-east5/publishers"
 
 
-@pytest.fixture
-async def tokens(nursery: trio.Nursery) -> TokenServer:
-    fake = FakeUpstream()
-    await fake.start(nursery)
-    return TokenServer(fake)
-
-
 def vertex_config(upstream: FakeUpstream, credentials: Any) -> dict[str, Any]:
     common = {
         "api_base": f"http://127.0.0.1:{upstream.port}",
