@@ -240,6 +240,28 @@ async def test_gemini_stream_is_billed_from_its_last_usage(
     assert record.stream and (record.prompt_tokens, record.completion_tokens) == (10, 4)
 
 
+async def test_gemini_embeddings_are_counted_as_gemini_reports_none(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply({"embeddings": [{"values": [0.1]}] * 2})
+    key = await _key(gateway)
+    model = "gemini-embedding-001"
+    body = {"requests": [{"model": f"models/{model}", "content": {"parts": [{"text": text}]}}
+                         for text in ("first text", "the second text")]}  # fmt: skip
+    async with httpx.AsyncClient() as client:
+        reply = await client.post(
+            f"{gateway.url}/gemini/v1beta/models/{model}:batchEmbedContents",
+            json=body, headers={"x-goog-api-key": key},
+        )  # fmt: skip
+    assert reply.status_code == 200
+    counter = gateway.gateway.counter
+    expected = counter.count_text(model, "first text") + counter.count_text(
+        model, "the second text"
+    )
+    [record] = await gateway.records.wait_for(1)
+    assert (record.prompt_tokens, record.usage_source) == (expected, "counted")
+
+
 async def test_a_group_on_one_provider_allows_its_model_there_only(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:

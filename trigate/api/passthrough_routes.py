@@ -52,7 +52,7 @@ from trigate.api.passthrough_targets import (
     serving,
     upstream_for,
 )
-from trigate.api.passthrough_usage import UsageReader
+from trigate.api.passthrough_usage import UsageReader, gemini_embedded_texts
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import (
@@ -279,8 +279,8 @@ class PassCall:
         status, error, usage, cancelled, stream = 500, None, None, False, False
         reader: UsageReader | None = None
         response: httpx.Response | None = None
+        parsed = _json(body)
         try:
-            parsed = _json(body)
             self.model = requested_model(self.path, parsed)
             self._check_model()
             await self._admit(parsed)
@@ -325,7 +325,18 @@ class PassCall:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + RECORD_TIMEOUT):
                 if response is not None:
                     await response.aclose()
-                await self._record(status, error, usage, stream, cancelled)
+                counted = None
+                if usage is None and status < 400 and self.route == "gemini":
+                    counted = await self._counted(gemini_embedded_texts(self.path, parsed))
+                await self._record(status, error, usage, stream, cancelled, counted)
+
+    async def _counted(self, texts: list[str] | None) -> Usage | None:
+        """The tokens of `texts`, by the gateway's count, for an answer that reports none."""
+        if texts is None:
+            return None
+        counter, model = self.gateway.counter, self.model or ""
+        prompt = sum([await counter.count_text_async(model, text) for text in texts])
+        return Usage(prompt, 0, "counted")
 
     def _check_model(self) -> None:
         """A key's `models` bind the model the request names, by its own name or by the
@@ -435,9 +446,12 @@ class PassCall:
         usage: dict[str, Any] | None,
         stream: bool,
         cancelled: bool,
+        counted: Usage | None = None,
     ) -> None:
-        counted = _usage(usage)
-        spent = cost(self._price(), counted.priced_counts()) if usage is not None else 0.0
+        if counted is None:
+            counted = _usage(usage)
+        priced = counted.source != "unknown"
+        spent = cost(self._price(), counted.priced_counts()) if priced else 0.0
         if self.admission is not None:
             await self.admission.settle(counted.total_tokens, spent)
         caller = self.caller

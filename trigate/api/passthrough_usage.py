@@ -159,6 +159,25 @@ class UsageReader:
         return anthropic.openai_usage(self._anthropic)
 
 
+def gemini_embedded_texts(path: str, body: Any) -> list[str] | None:
+    """The texts a Gemini API `embedContent` / `batchEmbedContents` request embeds: Gemini
+    reports no usage for them, so the gateway counts them, as its gemini/ adapter does."""
+    if not path.endswith((":embedContent", ":batchEmbedContents")) or not isinstance(body, dict):
+        return None
+    batch = body.get("requests")
+    requests: list[Any] = batch if isinstance(batch, list) else [body]
+    texts: list[str] = []
+    for request in requests:
+        content = request.get("content") if isinstance(request, dict) else None
+        parts = content.get("parts") if isinstance(content, dict) else None
+        texts.extend(
+            part["text"]
+            for part in (parts if isinstance(parts, list) else ())
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return texts
+
+
 def _responses(usage: Any) -> dict[str, Any] | None:
     return chat_usage(usage) if isinstance(usage, dict) else None
 
