@@ -19,7 +19,8 @@ from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply
 from helpers import MASTER_KEY, MESSAGES, RunningGateway, sdk, start_gateway
 
 from trigate.config import LiteLLMParams
-from trigate.providers.vertex import VertexLocation, VertexSettingError
+from trigate.errors import UpstreamError
+from trigate.providers.vertex import VertexLocation
 
 GEMINI = "gemini-2.5-flash"
 CLAUDE = "claude-sonnet-4-5@20250929"
@@ -252,7 +253,7 @@ async def test_credentials_from_a_file(
     assert upstream.requests[0].headers["authorization"] == "Bearer ya29.token-1"
 
 
-def test_locations_and_projects() -> None:
+async def test_locations_and_projects() -> None:
     def where(**params: Any) -> VertexLocation:
         return VertexLocation(LiteLLMParams(model=f"vertex_ai/{GEMINI}", **params))
 
@@ -267,7 +268,31 @@ def test_locations_and_projects() -> None:
     )
     inline = json.dumps({"type": "service_account", "project_id": "from-key"})
     assert where(vertex_credentials=inline).project == "from-key"
-    with pytest.raises(VertexSettingError, match="not valid JSON"):
-        where(vertex_project="p", vertex_credentials="{not json")
-    with pytest.raises(VertexSettingError, match="cannot be read"):
-        where(vertex_project="p", vertex_credentials="/nonexistent/key.json")
+    # A deployment that cannot be served refuses its requests with the reason, unsent.
+    for settings, reason in (
+        ({"vertex_project": "p", "vertex_credentials": "{not json"}, "not valid JSON"),
+        ({"vertex_project": "p", "vertex_credentials": "/nonexistent/key.json"}, "cannot be read"),
+        ({"vertex_credentials": '{"type": "external_account"}'}, "service account"),
+    ):
+        with pytest.raises(UpstreamError, match=reason) as refused:
+            await where(**settings).token.headers()
+        assert refused.value.status == 502
+
+
+async def test_a_deployment_without_a_project_starts_and_answers_502(
+    nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("VERTEXAI_PROJECT", "GOOGLE_CLOUD_PROJECT"):
+        monkeypatch.delenv(name, raising=False)
+    entry = {"model": f"vertex_ai/{GEMINI}", "api_base": f"http://127.0.0.1:{upstream.port}"}
+    config = {"model_list": [{"model_name": "gemini", "litellm_params": entry}]}
+    running = await start_gateway(nursery, config)
+    try:
+        async with running.client() as client:
+            reply = await client.post(
+                "/v1/chat/completions", json={"model": "gemini", "messages": MESSAGES}
+            )
+    finally:
+        await running.stop()
+    assert reply.status_code == 502 and "vertex_project is required" in reply.text
+    assert upstream.requests == []

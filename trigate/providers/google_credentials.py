@@ -32,7 +32,7 @@ import trio
 from google.auth.credentials import Credentials
 from google.oauth2 import service_account
 
-from trigate.errors import from_upstream_status
+from trigate.errors import Failure, UpstreamError, from_upstream_status
 
 SERVICE_ACCOUNT = "service_account"
 CREDENTIAL_TYPES = (SERVICE_ACCOUNT, "authorized_user")
@@ -80,14 +80,24 @@ def credentials_info(source: str | Mapping[str, Any] | None) -> dict[str, Any] |
 class GoogleToken:
     """One deployment's Google credentials, as the `authorization` header of a request."""
 
-    def __init__(self, info: dict[str, Any] | None) -> None:
+    def __init__(self, info: dict[str, Any] | None, problem: str | None = None) -> None:
         self._info = info
+        # Why the deployment's settings cannot give a token: each request is refused so.
+        self._problem = problem
         self._credentials: google.auth.credentials.Credentials | None = None
         self._refreshing = trio.Lock()
         # How many refreshes ran: read by tests, which count the token server's requests too.
         self.refreshes = 0
 
     async def headers(self) -> Mapping[str, str]:
+        if self._problem is not None:
+            raise UpstreamError(
+                f"This Vertex AI deployment is not configured: {self._problem}.",
+                kind=Failure.AUTH,
+                # The gateway's configuration is at fault, not the client's key: not a 401.
+                status=502,
+                code="missing_credentials",
+            )
         credentials = self._credentials
         if credentials is None or not credentials.valid:
             async with self._refreshing:

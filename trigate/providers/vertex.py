@@ -16,6 +16,7 @@ LiteLLM's settings: `vertex_project` (else the credentials' own project, else
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -39,13 +40,10 @@ if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
     from trigate.tokens import TokenCounter
 
+logger = logging.getLogger("trigate")
 DEFAULT_LOCATION = "us-central1"
 # The Messages API version Vertex takes, in the body rather than a header.
 VERTEX_ANTHROPIC_VERSION = "vertex-2023-10-16"
-
-
-class VertexSettingError(ValueError):
-    """A Vertex deployment that cannot be served; the message names the setting."""
 
 
 def vertex_ai(
@@ -61,10 +59,13 @@ class VertexLocation:
     """Where a deployment's models are, and the token that reaches them."""
 
     def __init__(self, params: LiteLLMParams) -> None:
+        # A deployment that cannot be served is said at start-up and answered 502 with the
+        # reason, as a Bedrock deployment without credentials is: the others still serve.
+        self.problem: str | None = None
         try:
             info = credentials_info(params.vertex_credentials)
         except CredentialsError as error:
-            raise VertexSettingError(str(error)) from None
+            info, self.problem = None, str(error)
         project = (
             params.vertex_project
             or (info or {}).get("project_id")
@@ -72,10 +73,13 @@ class VertexLocation:
             or os.environ.get("GOOGLE_CLOUD_PROJECT")
         )
         if not isinstance(project, str) or not project:
-            raise VertexSettingError(
+            project = "-"
+            self.problem = self.problem or (
                 "vertex_project is required for vertex_ai/ deployments (or the credentials' "
                 "project_id, or VERTEXAI_PROJECT / GOOGLE_CLOUD_PROJECT in the environment)"
             )
+        if self.problem is not None:
+            logger.warning("deployment %s cannot be served: %s", params.model, self.problem)
         location = str(
             params.vertex_location or os.environ.get("VERTEXAI_LOCATION") or DEFAULT_LOCATION
         )
@@ -85,7 +89,7 @@ class VertexLocation:
         base = params.api_base or f"https://{host}"
         self.location = location
         self.project = project
-        self.token = GoogleToken(info)
+        self.token = GoogleToken(info, self.problem)
         self._publishers = (
             f"{base.rstrip('/')}/v1/projects/{quote(project, safe='')}"
             f"/locations/{quote(location, safe='')}/publishers"
