@@ -40,6 +40,7 @@ def config(upstream: FakeUpstream) -> dict[str, Any]:
             entry("rerank", "cohere/rerank-v3.5"),
             entry("vllm-rerank", "hosted_vllm/BAAI/bge-reranker-v2-m3", f"{base}/v1"),
             entry("voyage-rerank", "voyage/rerank-2", f"{base}/v1"),
+            entry("gpt", "openai/gpt-4o", f"{base}/v1"),
         ],
         "router_settings": {"num_retries": 0},
     }
@@ -219,14 +220,20 @@ async def test_invalid_rerank_requests_are_400s(
     assert upstream.requests == []
 
 
-async def test_a_chat_model_does_not_rerank(
+async def test_a_model_that_does_not_rerank_is_a_400(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
     async with gateway.client() as client:
-        response = await client.post(
-            "/v1/rerank", json={"model": "mock-less", "query": "q", "documents": DOCUMENTS}
+        unknown = await client.post(
+            "/v1/rerank", json={"model": "no-such-model", "query": "q", "documents": DOCUMENTS}
         )
-    assert response.status_code == 404
+        chat_only = await client.post(
+            "/v1/rerank", json={"model": "gpt", "query": "q", "documents": DOCUMENTS}
+        )
+    assert unknown.status_code == 404
+    assert chat_only.status_code == 400
+    assert chat_only.json()["error"]["code"] == "unsupported_operation"
+    assert upstream.requests == []
 
 
 async def test_hosted_vllm_rerank(gateway: RunningGateway, upstream: FakeUpstream) -> None:
