@@ -466,3 +466,24 @@ async def test_a_custom_pass_through_endpoint(
     assert received.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
     [record] = await gateway.records.wait_for(1)
     assert record.metadata == {"pass_through_route": "/custom/rerank"}
+
+
+async def test_no_call_bypasses_a_configured_hook(
+    nursery: trio.Nursery, upstream: FakeUpstream, tokens: TokenServer
+) -> None:
+    guarded = {
+        **config(upstream, tokens),
+        "litellm_settings": {"callbacks": ["hook_examples.litellm_redact"]},
+    }
+    running = await start_gateway(nursery, guarded)
+    try:
+        async with running.client() as client:
+            body = {"model": CLAUDE, "max_tokens": 10, "messages": MESSAGES}
+            reply = await client.post("/anthropic/v1/messages", json=body)
+    finally:
+        await running.stop()
+    assert reply.status_code == 403
+    # Anthropic's envelope, on Anthropic's route.
+    assert reply.json()["type"] == "error" and reply.json()["error"]["type"] == "permission_error"
+    assert "no call may bypass them" in reply.text
+    assert upstream.requests == []

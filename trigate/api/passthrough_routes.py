@@ -62,6 +62,7 @@ from trigate.errors import (
     secrets,
 )
 from trigate.gateway import Gateway
+from trigate.hooks import Refused
 from trigate.limits import Admission, ModelNotAllowed, allows_model, check_model
 from trigate.providers.base import translate_transport_error
 from trigate.serving import DEPARTURE_EXTENSION
@@ -283,6 +284,7 @@ class PassCall:
         try:
             self.model = requested_model(self.path, parsed)
             self._check_model()
+            self._check_hooks()
             await self._admit(parsed)
             request = await self._request(body)
             try:
@@ -329,6 +331,18 @@ class PassCall:
                 if usage is None and status < 400 and self.route == "gemini":
                     counted = await self._counted(gemini_embedded_texts(self.path, parsed))
                 await self._record(status, error, usage, stream, cancelled, counted)
+
+    def _check_hooks(self) -> None:
+        """Hooks read and rewrite requests in OpenAI's shapes, which a provider's own API
+        is not: rather than let a call bypass a guardrail, none is made while any is set."""
+        if self.gateway.live.hooks is not None:
+            raise Refused(
+                "Pass-through routes are closed while request hooks "
+                "(litellm_settings.callbacks) are configured: they cannot run on a "
+                "provider's own API, and no call may bypass them.",
+                status=403,
+                code="pass_through_closed_by_hooks",
+            )
 
     async def _counted(self, texts: list[str] | None) -> Usage | None:
         """The tokens of `texts`, by the gateway's count, for an answer that reports none."""
