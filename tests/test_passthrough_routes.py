@@ -487,3 +487,22 @@ async def test_no_call_bypasses_a_configured_hook(
     assert reply.json()["type"] == "error" and reply.json()["error"]["type"] == "permission_error"
     assert "no call may bypass them" in reply.text
     assert upstream.requests == []
+
+
+async def test_a_call_in_flight_reserves_its_most_expensive_outcome(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    tail = b'event: ping\ndata: {"type": "ping"}\n\n'
+    upstream.handler = lambda request: StreamReply([message_start()], tail=tail)
+    key = await _key(gateway, max_budget=0.01)
+    # 10,000 output tokens at Claude Sonnet 4.5's $15 a million may cost $0.15: the first
+    # call reserves all of the key's $0.01 while it streams, so the second is refused.
+    body = {"model": CLAUDE, "max_tokens": 10_000, "messages": MESSAGES, "stream": True}
+    headers = {"x-api-key": key}
+    async with httpx.AsyncClient() as client:
+        url = f"{gateway.url}/anthropic/v1/messages"
+        async with client.stream("POST", url, json=body, headers=headers) as first:
+            assert first.status_code == 200
+            second = await client.post(url, json=body, headers=headers)
+    assert second.status_code == 400 and "budget" in second.text.lower()
+    assert len(upstream.requests) == 1

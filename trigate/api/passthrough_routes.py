@@ -67,7 +67,7 @@ from trigate.limits import Admission, ModelNotAllowed, allows_model, check_model
 from trigate.providers.base import translate_transport_error
 from trigate.serving import DEPARTURE_EXTENSION
 from trigate.spend import RequestRecord
-from trigate.spend.prices import TokenCounts, cost, price_for
+from trigate.spend.prices import ModelPrice, TokenCounts, cost, price_for
 from trigate.usage import Usage, UsageMeter
 
 if TYPE_CHECKING:
@@ -437,16 +437,17 @@ class PassCall:
             if name not in NOT_PASSED and not name.startswith("x-litellm-")
         }
 
-    def _price(self) -> Any:
-        upstream = self.upstream
-        if upstream is not None and upstream.deployment is not None:
-            lent = upstream.deployment
-            if self.model in (lent.upstream_model, lent.model_group):
-                return lent.price
-        provider = upstream.provider if upstream is not None else None
-        if provider is None or self.model is None:
+    def _price(self) -> ModelPrice | None:
+        """The model's price: its deployment's (configured prices first), else the price
+        table's for the route's provider; known before the call, so budgets reserve it."""
+        if self.route is None or self.model is None:
             return None
-        return price_for(provider, self.model, None, None, self.gateway.prices)
+        prefixes = route_prefixes(self.route)
+        model = self.model
+        for deployment in serving(self.gateway, prefixes, model):
+            if model in (deployment.upstream_model, deployment.model_group):
+                return deployment.price
+        return price_for(prefixes[0], model, None, None, self.gateway.prices)
 
     def _route_name(self) -> str:
         if self.route is not None:
