@@ -120,7 +120,10 @@ class AnthropicMessages(Provider, NativeMessages):
         self._stream_upstream = stream
 
     def _payload(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A Messages request as this upstream takes it: Anthropic's names the model."""
+        """A Messages request as this upstream takes it: Anthropic's names the model (a
+        translated request already does, and is not copied again)."""
+        if body.get("model") == self._model:
+            return body
         return {**body, "model": self._model}
 
     async def complete(self, body: dict[str, Any]) -> Completion:
