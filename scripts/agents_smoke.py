@@ -1,12 +1,15 @@
 """Run Codex CLI and Claude Code against a real trigate, as their users would, and say
 what each did. Called by `scripts/agents-smoke`, which installs both from npm.
 
-trigate serves three model groups: `mock-agent` (the mock provider, so every request
+trigate serves four model groups: `mock-agent` (the mock provider, so every request
 is translated), `gpt-native` (an `openai/` deployment on a fake upstream that speaks
-the Responses API) and `claude-native` (an `anthropic/` deployment on a fake Messages
-API). Each agent runs once against a translated and once against a native group. For
-each run this prints the agent's exit code and answer, what trigate served (its spend
-log) and what the fake upstream received.
+the Responses API), `claude-native` (an `anthropic/` deployment on a fake Messages
+API) and `claude-vertex` (a `vertex_ai/` Claude deployment: the fake's `rawPredict`,
+with a service account whose token the fake issues). Each agent runs once against a
+translated and once against a native group; Claude Code also against the Vertex
+deployment and through the `/anthropic` pass-through route. For each run this prints
+the agent's exit code and answer, what trigate served (its spend log) and what the
+fake upstream received. `--only claude` (or `codex`) runs one agent's runs.
 """
 
 from __future__ import annotations
@@ -56,10 +59,14 @@ class FakeUpstream:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        if scope["path"] == "/token":  # the service account's token URI (Vertex's)
+            token = {"access_token": "ya29.agents-smoke", "expires_in": 3600}
+            await _reply(send, 200, json.dumps(token).encode(), "application/json")
+            return
         request = json.loads(body or b"{}")
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.seen.append(_summary(scope["path"], headers, request))
-        if scope["path"].endswith("/messages"):
+        if scope["path"].endswith(("/messages", ":rawPredict", ":streamRawPredict")):
             frames = _messages_events(request) if request.get("stream") else _message(request)
         elif scope["path"].endswith("/responses"):
             frames = _response_events(request) if request.get("stream") else _response(request)
@@ -219,6 +226,30 @@ def _free_port() -> int:
 PRICE = {"input_cost_per_token": 3e-06, "output_cost_per_token": 1.5e-05}
 
 
+def _service_account(base: str) -> str:
+    """A service account's key, real enough for google-auth to sign its JWT grant, whose
+    token URI is the fake upstream."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return json.dumps(
+        {
+            "type": "service_account",
+            "project_id": "agents-smoke",
+            "private_key_id": "0",
+            "private_key": pem,
+            "client_email": "smoke@agents-smoke.iam.gserviceaccount.com",
+            "token_uri": f"{base}/token",
+        }
+    )
+
+
 def _config(upstream_port: int) -> str:
     base = f"http://127.0.0.1:{upstream_port}"
     return json.dumps(
@@ -250,6 +281,17 @@ def _config(upstream_port: int) -> str:
                         **PRICE,
                     },
                 },
+                {
+                    "model_name": "claude-vertex",
+                    "litellm_params": {
+                        "model": "vertex_ai/claude-fake@20250101",
+                        "api_base": base,
+                        "vertex_project": "agents-smoke",
+                        "vertex_location": "us-east5",
+                        "vertex_credentials": _service_account(base),
+                        **PRICE,
+                    },
+                },
             ],
             "general_settings": {"master_key": MASTER_KEY},
         }
@@ -278,13 +320,15 @@ class Agents:
         command = [str(self.codex), "exec", "--skip-git-repo-check", "say hi"]
         return _run(command, environ, self.workdir)
 
-    def claude_run(self, model: str) -> subprocess.CompletedProcess[str]:
-        home = self.workdir / f"claude-{model}"
+    def claude_run(self, model: str, route: str = "") -> subprocess.CompletedProcess[str]:
+        """Claude Code on a model group, or (`route` "/anthropic") on the pass-through
+        route, where `model` is the upstream's own name."""
+        home = self.workdir / f"claude-{model}{route.replace('/', '-')}"
         home.mkdir()
         environ = {
             **os.environ,
             "CLAUDE_CONFIG_DIR": str(home),
-            "ANTHROPIC_BASE_URL": self.gateway,
+            "ANTHROPIC_BASE_URL": self.gateway + route,
             "ANTHROPIC_AUTH_TOKEN": MASTER_KEY,
             "ANTHROPIC_MODEL": model,
             "ANTHROPIC_SMALL_FAST_MODEL": model,
@@ -346,7 +390,7 @@ def _report(
     return run.returncode == 0 and bool(served) and all(row.get("status") == 200 for row in served)
 
 
-async def _main(codex: Path, claude: Path) -> int:
+async def _main(codex: Path, claude: Path, only: str | None) -> int:
     upstream = FakeUpstream()
     upstream_port, gateway_port = _free_port(), _free_port()
     config = Config()
@@ -396,7 +440,18 @@ async def _main(codex: Path, claude: Path) -> int:
                     agents.claude_run,
                     "claude-native",
                 ),
+                (
+                    "claude -p -> claude-vertex (vertex_ai/, rawPredict)",
+                    agents.claude_run,
+                    "claude-vertex",
+                ),
+                (
+                    "claude -p -> /anthropic pass-through (claude-fake)",
+                    partial(agents.claude_run, route="/anthropic"),
+                    "claude-fake",
+                ),
             ]
+            runs = [run for run in runs if only is None or run[0].startswith(only)]
             for name, run_agent, model in runs:
                 before, requests = _spend(gateway), len(upstream.seen)
                 run = await trio.to_thread.run_sync(run_agent, model)
@@ -426,8 +481,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--codex", type=Path, required=True)
     parser.add_argument("--claude", type=Path, required=True)
+    parser.add_argument("--only", choices=("codex", "claude"), help="one agent's runs only")
     args = parser.parse_args()
-    return trio.run(_main, args.codex, args.claude)
+    return trio.run(_main, args.codex, args.claude, args.only)
 
 
 if __name__ == "__main__":

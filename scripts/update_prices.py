@@ -37,7 +37,10 @@ PROVIDERS = frozenset(
         "text-completion-openai",
         "anthropic",
         "gemini",
+        "vertex_ai",
         "vertex_ai-language-models",
+        "vertex_ai-anthropic_models",
+        "vertex_ai-embedding-models",
         "azure",
         "azure_ai",
         "bedrock",
@@ -54,9 +57,13 @@ PROVIDERS = frozenset(
         "cerebras",
         "deepinfra",
         "ollama",
+        "cohere",
+        "cohere_chat",
+        "voyage",
+        "jina_ai",
     }
 )
-MODES = frozenset({"chat", "completion", "embedding"})
+MODES = frozenset({"chat", "completion", "embedding", "rerank"})
 # The fields trigate reads, in the order they are written.
 TEXT_FIELDS = ("litellm_provider", "mode")
 NUMBER_FIELDS = (
@@ -67,6 +74,8 @@ NUMBER_FIELDS = (
     "cache_read_input_token_cost",
     "cache_creation_input_token_cost",
     "output_cost_per_reasoning_token",
+    # Rerank: billed per search (Cohere's "search unit"), not per token.
+    "input_cost_per_query",
 )
 BUNDLED_NAME = "model_prices_and_context_window_backup.json"
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "trigate" / "data" / "model_prices.json"

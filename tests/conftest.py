@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from fake_vertex import TokenServer
 from fakes import FakeUpstream
 from helpers import REDIS_URL, RedisServer, RunningGateway, openai_config, start_gateway
 
@@ -28,6 +29,14 @@ async def upstream(nursery: trio.Nursery) -> FakeUpstream:
     fake = FakeUpstream()
     await fake.start(nursery)
     return fake
+
+
+@pytest.fixture
+async def tokens(nursery: trio.Nursery) -> TokenServer:
+    """A fake Google token server, for Vertex AI's service accounts (fake_vertex.py)."""
+    fake = FakeUpstream()
+    await fake.start(nursery)
+    return TokenServer(fake)
 
 
 @pytest.fixture

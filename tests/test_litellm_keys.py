@@ -87,6 +87,10 @@ SERVES: dict[str, list[str]] = {
         "litellm_settings.default_team_settings",
     ],
     "prometheus_test_config.yaml": [],
+    "advisor_interception_config.yaml": [
+        "litellm_settings.advisor_interception_params",
+        "litellm_settings.callbacks[advisor_interception]",
+    ],
     "queue.yaml": [],
     "simple_config.yaml": [],
     "spend_tracking_config.yaml": ["general_settings.use_redis_transaction_buffer"],
@@ -125,7 +129,6 @@ INVALID: dict[str, str] = {
     "otel_test_config.yaml": "does not run guardrails of type `aporia`",
     "tool_permission_example.yaml": "does not run guardrails of type `tool_permission`",
     "adaptive_router_example.yaml": "model_list[0].litellm_params.model: unknown provider",
-    "advisor_interception_config.yaml": "model_list[2].litellm_params.model: unknown provider",
     "china_domestic_free_sources.yaml": "model_list[0].litellm_params.model: unknown provider",
     "docs_configs_load_balancing.yaml": "model_list[0].litellm_params.model: unknown provider",
     "docs_configs_model_params.yaml": "model_list[2].litellm_params.extra_headers: 'AI-Resource",

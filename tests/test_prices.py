@@ -254,6 +254,7 @@ def test_cost_accepts_any_object_with_the_counts() -> None:
         cached_tokens = 0
         cache_write_tokens = 0
         reasoning_tokens = 0
+        search_units = 0
 
     assert cost(FULL, GatewayUsage()) == pytest.approx(10 * 2e-6 + 5 * 8e-6)
 
@@ -350,6 +351,7 @@ SYNTHETIC_SOURCE = {
     },
     "dall-e-3": {"litellm_provider": "openai", "mode": "image_generation"},
     "cohere/command-r": {"litellm_provider": "cohere_chat", "mode": "chat"},
+    "mistral-ocr": {"litellm_provider": "mistral", "mode": "ocr"},
     "fireworks-ai-default": {"litellm_provider": "fireworks_ai", "input_cost_per_token": 0.0},
 }
 
@@ -364,6 +366,7 @@ EXPECTED_OUTPUT = {
         "cache_creation_input_token_cost": 3.75e-6,
         "output_cost_per_reasoning_token": 1.5e-5,
     },
+    "cohere/command-r": {"litellm_provider": "cohere_chat", "mode": "chat"},
     "gpt-4o": {
         "litellm_provider": "openai",
         "mode": "chat",
@@ -410,7 +413,7 @@ def test_generator_filters_the_source(tmp_path: Path) -> None:
     assert list(json.loads(text)) == list(EXPECTED_OUTPUT)  # sorted, _source first
     assert len(text.splitlines()) == len(EXPECTED_OUTPUT) + 2  # one entry per line
     loaded = PriceTable.from_json(text)
-    assert len(loaded) == 4
+    assert len(loaded) == 5
     assert loaded.lookup("anthropic", "claude-x") == ModelPrice(
         input=3e-6, output=1.5e-5, cache_write=3.75e-6, reasoning=1.5e-5
     )

@@ -28,6 +28,8 @@ DEFAULT_BASES = {
     "cerebras": "https://api.cerebras.ai/v1",
     "deepinfra": "https://api.deepinfra.com/v1/openai",
     "ollama": "http://localhost:11434/v1",
+    "jina_ai": "https://api.jina.ai/v1",
+    "voyage": "https://api.voyageai.com/v1",
 }
 SELF_HOSTED = ("hosted_vllm", "lm_studio")
 WITHOUT_STREAM_OPTIONS = {"mistral", "perplexity", "fireworks_ai", "cerebras"}

@@ -124,6 +124,11 @@ class ProviderParams(BaseModel):
     aws_session_token: str | None = Field(default=None, repr=False)
     aws_region_name: str | None = None
     aws_bedrock_runtime_endpoint: str | None = None
+    # Vertex AI: the Google Cloud project and region, and the credentials (a file's path or
+    # the JSON itself; application default credentials without).
+    vertex_project: str | None = None
+    vertex_location: str | None = None
+    vertex_credentials: str | dict[str, Any] | None = Field(default=None, repr=False)
     # Every provider but Bedrock: headers sent with each upstream request, overriding ours.
     extra_headers: dict[str, Text] | None = None
 

@@ -480,6 +480,12 @@ class Gateway:
         and no record sink is attached whose write is awaited."""
         return self._observer is None
 
+    @property
+    def prices(self) -> PriceTable:
+        """The price table, loaded (in a thread) by `start`: what a request that names a
+        model no deployment serves (a pass-through's) is priced by."""
+        return _process_prices()
+
     def cost(self, deployment: Deployment, usage: Usage) -> float:
         """What a request cost, at the deployment's prices (configured, else the table's)."""
         return cost(deployment.price, usage.priced_counts())

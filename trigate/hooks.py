@@ -113,7 +113,8 @@ class HookedRequest(Protocol):
 
     @property
     def call_type(self) -> str:
-        """LiteLLM's name of the call: `completion`, `text_completion` or `embeddings`."""
+        """LiteLLM's name of the call: `completion`, `text_completion`, `embeddings` or
+        `rerank`."""
 
 
 class Hook(Protocol):
@@ -183,8 +184,13 @@ class Hooks:
         for hook in self._all:
             answer: object = await hook.before_route(request)
             if answer is not None:
-                expected = ANSWER_OBJECTS[request.call_type]
-                if not isinstance(answer, dict) or answer.get("object") != expected:
+                # A rerank answer (Cohere's shape) names no `object`: it lists `results`.
+                expected = ANSWER_OBJECTS.get(request.call_type, "results")
+                if not isinstance(answer, dict) or (
+                    answer.get("object") != expected
+                    if expected != "results"
+                    else not isinstance(answer.get("results"), list)
+                ):
                     # The client's SDK could not read it: the hook's bug, a logged 500.
                     raise TypeError(
                         f"{hook!r}.before_route answered a {request.call_type} request "
@@ -463,7 +469,7 @@ def _text_answer(request: HookedRequest, text: str) -> dict[str, Any]:
     """LiteLLM answers a pre-call hook's string as the assistant's reply; an embeddings
     request has no reply to give, so there it is a refusal with that text."""
     call_type = request.call_type
-    if call_type == "embeddings":
+    if call_type in ("embeddings", "rerank"):
         raise Refused(text)
     identity = {"model": request.model_group, "created": int(wall_time())}
     if call_type == "text_completion":

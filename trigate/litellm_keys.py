@@ -161,10 +161,15 @@ LITELLM_PARAMS: dict[str, Key] = {
     "custom_llm_provider": _ignored("the provider comes from the model's prefix"),
     "custom_user_agent": _ignored("use extra_headers: {User-Agent: ...}"),
     "mock_timeout": _ignored("the mock provider does not simulate timeouts"),
-    "use_in_pass_through": _ignored("trigate serves no pass-through routes"),
-    "vertex_project": _ignored("no vertex_ai provider"),
-    "vertex_location": _ignored("no vertex_ai provider"),
-    "vertex_credentials": _ignored("no vertex_ai provider"),
+    "use_in_pass_through": _ignored(
+        "every deployment lends its credentials to its provider's pass-through route"
+    ),
+    "vertex_project": _acted("the vertex_ai/ deployment's Google Cloud project"),
+    "vertex_location": _acted("the vertex_ai/ deployment's region (`global` too)"),
+    "vertex_credentials": _acted(
+        "a path or the JSON of a service account or authorized user (else application "
+        "default credentials)"
+    ),
     "s3_bucket_name": _ignored("no batch API"),
     "s3_region_name": _ignored("no batch API"),
     "s3_access_key_id": _ignored("no batch API"),
@@ -367,9 +372,13 @@ GENERAL_SETTINGS: dict[str, Key] = {
     "allow_client_side_credentials": _ignored(
         "client credentials follow each deployment's configurable_clientside_auth_params"
     ),
-    "use_client_credentials_pass_through_routes": _ignored("no pass-through routes"),
-    "pass_through_endpoints": _ignored("no pass-through routes (they answer 404)"),
-    "pass_through_request_timeout": _ignored("no pass-through routes"),
+    "use_client_credentials_pass_through_routes": _ignored(
+        "pass-through calls carry the gateway's credentials, never the client's"
+    ),
+    "pass_through_endpoints": _acted(
+        "custom pass-through routes: path, target, headers, forward_headers, auth, include_subpath"
+    ),
+    "pass_through_request_timeout": _acted("each pass-through call's upstream timeout"),
     # Caps that protect the upstreams: ignored, they would let through what they bound.
     "max_parallel_requests": _refused("no proxy-wide cap: set it per key or per deployment"),
     "global_max_parallel_requests": _refused("no proxy-wide cap: use max_connections"),

@@ -11,11 +11,14 @@ a test holds the two to each other.
 from __future__ import annotations
 
 # Adapters of their own (trigate/providers/<name>.py).
-NATIVE_PREFIXES = ("openai", "anthropic", "bedrock", "gemini", "azure", "mock")
+NATIVE_PREFIXES = (
+    "openai", "anthropic", "bedrock", "gemini", "vertex_ai", "azure", "cohere", "cohere_chat",
+    "mock",
+)  # fmt: skip
 # LiteLLM's OpenAI-compatible families with a public endpoint (trigate/providers/compatible.py).
 HOSTED_COMPATIBLE_PREFIXES = (
     "groq", "mistral", "deepseek", "together_ai", "fireworks_ai", "openrouter",
-    "perplexity", "xai", "cerebras", "deepinfra", "ollama",
+    "perplexity", "xai", "cerebras", "deepinfra", "ollama", "jina_ai", "voyage",
 )  # fmt: skip
 # OpenAI-compatible servers one runs oneself: no default address.
 SELF_HOSTED_PREFIXES = ("hosted_vllm", "lm_studio")

@@ -33,6 +33,8 @@ class Usage:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    # Rerank's searches, which its upstream bills by (Cohere's `billed_units.search_units`).
+    search_units: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -47,6 +49,7 @@ class Usage:
             cached_tokens=self.cached_tokens,
             cache_write_tokens=self.cache_write_tokens,
             reasoning_tokens=self.reasoning_tokens,
+            search_units=self.search_units,
         )
 
     def to_openai(self) -> dict[str, int]:
@@ -185,7 +188,8 @@ class UsageMeter:
         prompt = reported.get("prompt_tokens")
         completion = reported.get("completion_tokens")
         if isinstance(prompt, int) and isinstance(completion, int):
-            return Usage(prompt, completion, "upstream", *_priced_parts(reported))
+            searches = _count(reported.get("search_units"))
+            return Usage(prompt, completion, "upstream", *_priced_parts(reported), searches)
         if not isinstance(prompt, int):
             prompt = await self.prompt_tokens()
         if not isinstance(completion, int):

@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from trigate.api.context import RequestScope
 from trigate.api.model_api import ModelAPI, error_reply, unexpected_failure
+from trigate.api.passthrough_routes import PassThrough
 from trigate.api.pipeline import Pipeline
 from trigate.api.routes import QUART_ROUTES, model_routes
 from trigate.errors import BodyTooLarge, GatewayError, InvalidRequest, NotFound
@@ -46,8 +47,14 @@ def create_app(gateway: Gateway) -> QuartTrio:
         register(app, gateway)
     _register_error_handlers(app)
     pipeline = Pipeline(gateway)
-    model_api = ModelAPI(
+    passthrough = PassThrough(
         app.asgi_app,
+        gateway,
+        max_body_bytes=gateway.config.max_request_bytes,
+        body_timeout=settings.request_body_timeout,
+    )
+    model_api = ModelAPI(
+        passthrough,
         model_routes(pipeline, gateway),
         pipeline.authenticate,
         max_body_bytes=gateway.config.max_request_bytes,

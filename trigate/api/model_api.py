@@ -83,7 +83,7 @@ class Route:
     envelope: Envelope = OPENAI
 
 
-class _ClientLeft(Exception):
+class ClientLeft(Exception):
     """The client disconnected before its request body arrived."""
 
 
@@ -119,7 +119,7 @@ class ModelAPI:
             await self._app(scope, receive, send)
         elif scope["method"] != "POST":
             error = MethodNotAllowed("This endpoint only accepts POST.", headers={"allow": "POST"})
-            await _send_reply(send, error_reply(error, route.envelope))
+            await send_reply(send, error_reply(error, route.envelope))
         else:
             await self._serve(route, scope, receive, send)
 
@@ -137,7 +137,7 @@ class ModelAPI:
             caller = await self._authenticate(headers)
         except Exception as error:
             reply = self._failed(route, error)
-            await _send_reply(send, error_reply_closing(reply))
+            await send_reply(send, error_reply_closing(reply))
             return
         # One cancel scope for the request: the body's deadline while it is read, then the
         # client's departure, then `response_timeout` while the answer is sent.
@@ -145,8 +145,8 @@ class ModelAPI:
         refusal: GatewayError | None = None
         with trio.CancelScope(deadline=trio.current_time() + self._body_timeout) as request:
             try:
-                body = await self._read_body(headers, receive)
-            except _ClientLeft:
+                body = await read_request_body(headers, receive, self._max_body_bytes)
+            except ClientLeft:
                 return
             except GatewayError as error:
                 refusal = error
@@ -156,7 +156,7 @@ class ModelAPI:
         if body is None:
             timeout = f"The request body did not arrive within {self._body_timeout:g} s."
             failure = refusal or RequestTimeout(timeout)
-            await _send_reply(send, error_reply(failure, route.envelope))
+            await send_reply(send, error_reply(failure, route.envelope))
 
     async def _call(
         self,
@@ -195,25 +195,7 @@ class ModelAPI:
         computing it, as Quart's RESPONSE_TIMEOUT does for Quart's routes."""
         if self._response_timeout is not None:
             request.deadline = trio.current_time() + self._response_timeout
-        await _send_reply(send, reply)
-
-    async def _read_body(
-        self, headers: dict[str, str], receive: ASGIReceiveCallable
-    ) -> bytes | bytearray:
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._max_body_bytes:
-            raise BodyTooLarge()
-        body: bytes | bytearray = b""
-        while True:  # under the request's deadline for its body (`_serve`)
-            message = await receive()
-            if message["type"] != "http.request":  # http.disconnect, HTTP's only other
-                raise _ClientLeft
-            part = message.get("body", b"")
-            if len(body) + len(part) > self._max_body_bytes:
-                raise BodyTooLarge()
-            body = _appended(body, part) if body else part
-            if not message.get("more_body", False):
-                return body
+        await send_reply(send, reply)
 
     async def _answer(
         self, route: Route, caller: Caller, headers: dict[str, str], body: bytes | bytearray
@@ -229,6 +211,27 @@ class ModelAPI:
         failure = error if isinstance(error, GatewayError) else unexpected_failure(error)
         self._unaccounted(current_request.get(), failure)
         return error_reply(failure, route.envelope)
+
+
+async def read_request_body(
+    headers: Mapping[str, str], receive: ASGIReceiveCallable, max_body_bytes: int
+) -> bytes | bytearray:
+    """A request's whole body, refused past `max_body_bytes`; `ClientLeft` if the client
+    left before it all came (the pass-through routes read theirs by it too)."""
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body_bytes:
+        raise BodyTooLarge()
+    body: bytes | bytearray = b""
+    while True:  # under the request's deadline for its body
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect, HTTP's only other
+            raise ClientLeft
+        part = message.get("body", b"")
+        if len(body) + len(part) > max_body_bytes:
+            raise BodyTooLarge()
+        body = _appended(body, part) if body else part
+        if not message.get("more_body", False):
+            return body
 
 
 def client_headers_to_forward(headers: Mapping[str, str]) -> dict[str, str]:
@@ -315,7 +318,7 @@ async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.Cancel
 _JSON_HEADER_LIST = [(name.encode(), value.encode()) for name, value in JSON_HEADERS.items()]
 
 
-async def _send_reply(send: ASGISendCallable, reply: Reply) -> None:
+async def send_reply(send: ASGISendCallable, reply: Reply) -> None:
     if reply.headers is JSON_HEADERS:
         headers = _JSON_HEADER_LIST.copy()  # extended below, and by the sender after
     else:

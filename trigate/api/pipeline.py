@@ -37,7 +37,7 @@ from trigate.api.export_details import own_logging, record_details
 from trigate.api.jsonio import parse_json_object
 from trigate.api.litellm_request import Attempted, LiteLLMRequest, consume, prepare
 from trigate.api.model_api import Reply, Route
-from trigate.api.surface import EMBEDDINGS, TEXT_COMPLETIONS, Exchange, Surface
+from trigate.api.surface import EMBEDDINGS, RERANK, TEXT_COMPLETIONS, Exchange, Surface
 from trigate.auth import Caller
 from trigate.cache import Replay, ResponseCache, Subscription, Ticket
 from trigate.clock import wall_time
@@ -228,6 +228,8 @@ class Call:
         operation = self.exchange.operation
         if operation is EMBEDDINGS:
             return "embeddings"
+        if operation is RERANK:
+            return "rerank"
         return "text_completion" if operation is TEXT_COMPLETIONS else "completion"
 
     # --- admit --------------------------------------------------------------------------
@@ -259,7 +261,9 @@ class Call:
         self.context.headers.update(self.admission.headers)
 
     async def _max_cost(self) -> float:
-        output = 0 if self.exchange.operation is EMBEDDINGS else requested_output_tokens(self.body)
+        operation = self.exchange.operation
+        unanswered = operation is EMBEDDINGS or operation is RERANK  # no tokens come back
+        output = 0 if unanswered else requested_output_tokens(self.body)
         prompt = await self.meter.prompt_tokens()
         return self.gateway.max_cost(self.progress.model_group, prompt, output)
 

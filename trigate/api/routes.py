@@ -37,6 +37,7 @@ from trigate.api.embeddings import EmbeddingsSurface
 from trigate.api.messages import CountTokens, MessagesSurface
 from trigate.api.model_api import Route
 from trigate.api.pipeline import Pipeline
+from trigate.api.rerank import RerankSurface
 from trigate.api.responses import CompactSurface, InputTokens, ResponsesSurface
 from trigate.gateway import Gateway
 
@@ -62,6 +63,10 @@ def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
         "/v1/responses/input_tokens": (input_tokens := InputTokens(gateway).route()),
         "/responses/input_tokens": input_tokens,
         "/v1/messages": pipeline.route(MessagesSurface()),
+        # LiteLLM's rerank, Cohere's shape (and Cohere's own v2 path).
+        "/v1/rerank": (rerank := pipeline.route(RerankSurface())),
+        "/rerank": rerank,
+        "/v2/rerank": rerank,
         "/v1/messages/count_tokens": CountTokens(gateway).route(),
     }
 

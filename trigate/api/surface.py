@@ -30,6 +30,7 @@ from trigate.providers import (
     Completion,
     Embeddings,
     Provider,
+    Rerank,
     TextCompletions,
 )
 from trigate.relay import FrameEncoder, StreamOutcome
@@ -94,6 +95,13 @@ EMBEDDINGS: Operation[Embeddings] = Operation(
     lambda abilities: abilities.embeddings,
     lambda provider, body: provider.embed(body),
     gen_ai_name="embeddings",
+)
+
+RERANK: Operation[Rerank] = Operation(
+    "rerank",
+    lambda abilities: abilities.rerank,
+    lambda provider, body: provider.rerank(body),
+    gen_ai_name="rerank",
 )
 
 

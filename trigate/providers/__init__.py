@@ -13,21 +13,28 @@ from trigate.providers.base import (
     NativeResponses,
     Provider,
     ProviderFactory,
+    Rerank,
     TextCompletions,
     passed_chunks,
 )
 from trigate.providers.bedrock import BedrockConverse
+from trigate.providers.cohere import CohereProvider
 from trigate.providers.compatible import COMPATIBLE
 from trigate.providers.gemini import GeminiProvider
 from trigate.providers.mock import MockProvider
 from trigate.providers.openai import OpenAICompatible
+from trigate.providers.vertex import vertex_ai
 
 PROVIDERS: dict[str, ProviderFactory] = {
     "openai": OpenAICompatible,
     "anthropic": AnthropicMessages,
     "bedrock": BedrockConverse,
     "gemini": GeminiProvider,
+    "vertex_ai": vertex_ai,
     "azure": AzureOpenAI,
+    "cohere": CohereProvider,
+    # LiteLLM's name for Cohere's chat models; one adapter serves both.
+    "cohere_chat": CohereProvider,
     **COMPATIBLE,
     "mock": MockProvider,
 }
@@ -48,6 +55,7 @@ __all__ = [
     "NativeResponses",
     "Provider",
     "ProviderFactory",
+    "Rerank",
     "TextCompletions",
     "passed_chunks",
 ]

@@ -83,11 +83,12 @@ ERROR_STATUSES = {
 class AnthropicMessages(Provider, NativeMessages):
     """Adapter for one Anthropic deployment."""
 
+    # The client's headers that go on with its own Messages body.
+    _client_header_names: tuple[str, ...] = CLIENT_HEADERS
+
     def __init__(
         self, params: LiteLLMParams, transport: httpx.AsyncBaseTransport, counter: TokenCounter
     ) -> None:
-        self._model = params.upstream_model
-        self._max_tokens = params.max_tokens or DEFAULT_MAX_TOKENS
         headers = {
             "content-type": "application/json",
             "accept-encoding": "identity",
@@ -96,27 +97,49 @@ class AnthropicMessages(Provider, NativeMessages):
         if params.api_key:
             headers["x-api-key"] = params.api_key
         headers.update(params.extra_headers or {})
+        upstream = UpstreamClient(
+            transport, messages_url(params.api_base or DEFAULT_API_BASE), headers, params.timeout
+        )
+        self._connect(params, headers, upstream, upstream)
+
+    def _connect(
+        self,
+        params: LiteLLMParams,
+        headers: Mapping[str, str],
+        whole: UpstreamClient,
+        stream: UpstreamClient,
+    ) -> None:
+        """Where the Messages API is: Anthropic's one URL, or Vertex AI's two methods
+        (trigate/providers/vertex.py), whole answers and streams apart."""
+        self._model = params.upstream_model
+        self._max_tokens = params.max_tokens or DEFAULT_MAX_TOKENS
         self._betas = next(
             (value for name, value in headers.items() if name.lower() == "anthropic-beta"), None
         )
-        self._upstream = UpstreamClient(
-            transport, messages_url(params.api_base or DEFAULT_API_BASE), headers, params.timeout
-        )
+        self._upstream = whole
+        self._stream_upstream = stream
+
+    def _payload(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A Messages request as this upstream takes it: Anthropic's names the model (a
+        translated request already does, and is not copied again)."""
+        if body.get("model") == self._model:
+            return body
+        return {**body, "model": self._model}
 
     async def complete(self, body: dict[str, Any]) -> Completion:
-        payload = to_anthropic(body, self._model, self._max_tokens)
+        payload = self._payload(to_anthropic(body, self._model, self._max_tokens))
         _, data = await read_json_object(await self._upstream.post(payload))
         return Completion(body=to_openai(data, json_mode=_json_schema(body) is not None))
 
     async def open_stream(self, body: dict[str, Any]) -> AnthropicChunkStream:
-        payload = {**to_anthropic(body, self._model, self._max_tokens), "stream": True}
-        response = await self._upstream.post_stream(payload)
+        payload = self._payload(to_anthropic(body, self._model, self._max_tokens))
+        response = await self._stream_upstream.post_stream({**payload, "stream": True})
         return AnthropicChunkStream(response, StreamTranslator(_json_schema(body) is not None))
 
     async def messages(self, body: dict[str, Any], headers: Mapping[str, str]) -> Completion:
         """A Messages API request sent as the client wrote it (only `model` is ours),
         answered with the upstream's own message and bytes."""
-        payload = {**body, "model": self._model}
+        payload = self._payload(body)
         raw, data = await read_json_object(
             await self._upstream.post(payload, overrides=self._client_headers(headers))
         )
@@ -128,8 +151,8 @@ class AnthropicMessages(Provider, NativeMessages):
         self, body: dict[str, Any], headers: Mapping[str, str]
     ) -> AnthropicChunkStream:
         """A Messages API stream sent as the client wrote it, read as its own events."""
-        payload = {**body, "model": self._model}
-        response = await self._upstream.post_stream(
+        payload = self._payload(body)
+        response = await self._stream_upstream.post_stream(
             payload, overrides=self._client_headers(headers)
         )
         return AnthropicChunkStream(response, NativeEvents())
@@ -138,7 +161,7 @@ class AnthropicMessages(Provider, NativeMessages):
         """The client's `anthropic-version` over the deployment's (it wrote the body for
         that version), and its `anthropic-beta` beside the deployment's own betas: a beta
         body field (`context_management`, ...) is legal only with its beta named."""
-        headers = {name: client[name] for name in CLIENT_HEADERS if client.get(name)}
+        headers = {name: client[name] for name in self._client_header_names if client.get(name)}
         betas = [*_betas(self._betas), *_betas(headers.get("anthropic-beta"))]
         if betas:
             headers["anthropic-beta"] = ",".join(dict.fromkeys(betas))

@@ -245,6 +245,15 @@ class NativeMessages(Protocol):
     ) -> ChunkStream: ...
 
 
+@runtime_checkable
+class Rerank(Protocol):
+    """`/v1/rerank` in Cohere's shape, as LiteLLM serves it: the answer (`id`, `results` of
+    `index` and `relevance_score`, `meta`) in a native `Completion`, whose usage in
+    OpenAI's shape carries the searches billed (`search_units`) and any tokens."""
+
+    async def rerank(self, body: dict[str, Any]) -> Completion: ...
+
+
 # The `model_info` key that says whether a deployment's upstream speaks the Responses
 # API: true for an OpenAI-compatible server that does, false for an `openai/` or `azure/`
 # one that does not.
@@ -283,6 +292,7 @@ class Abilities:
     embeddings: Embeddings | None
     messages: NativeMessages | None
     responses: NativeResponses | None = None
+    rerank: Rerank | None = None
 
     @classmethod
     def of(cls, provider: Provider, model_info: Mapping[str, Any] | None = None) -> Abilities:
@@ -299,6 +309,7 @@ class Abilities:
             embeddings=provider if isinstance(provider, Embeddings) else None,
             messages=provider if isinstance(provider, NativeMessages) else None,
             responses=responses,
+            rerank=provider if isinstance(provider, Rerank) else None,
         )
 
 
@@ -326,6 +337,7 @@ class UpstreamClient:
         *,
         sign: Callable[[str, dict[str, str], bytes], dict[str, str]] | None = None,
         read_error: Callable[[httpx.Response], Awaitable[UpstreamError]] | None = None,
+        authorize: Callable[[], Awaitable[Mapping[str, str]]] | None = None,
     ) -> None:
         self._transport = transport
         self._url_text = url
@@ -340,8 +352,10 @@ class UpstreamClient:
         self._prepared: httpx.Headers | None = None
         if sign is None and not framing.intersection(name.lower() for name in headers):
             self._prepared = httpx.Request("POST", self._url, headers=headers, content=b"-").headers
-        # Bedrock signs each request (SigV4 covers the date and the body).
+        # Bedrock signs each request (SigV4 covers the date and the body); Vertex AI sends
+        # an OAuth token that lasts an hour, so its headers are asked for per request.
         self._sign = sign
+        self._authorize = authorize
         self._read_error = read_error or error_from_response
         # Each read may take the deployment's whole `timeout`; connecting, at most 10 s.
         connect = min(timeout, 10.0)
@@ -352,6 +366,9 @@ class UpstreamClient:
     ) -> httpx.Response:
         """Send a JSON body; the response is open (streamed) and its status checked.
         `overrides` (lower-case names) replace the deployment's headers for this request."""
+        if self._authorize is not None:
+            # The credential last: nothing the client sends may replace it.
+            overrides = {**(overrides or {}), **(await self._authorize())}
         try:
             content = orjson.dumps(payload)
         except orjson.JSONEncodeError:

@@ -72,15 +72,9 @@ class BedrockConverse(Provider, Embeddings):
         self, params: LiteLLMParams, transport: httpx.AsyncBaseTransport, counter: TokenCounter
     ) -> None:
         self._model = params.upstream_model.removeprefix(ROUTE_PREFIX)
-        region = _setting(
-            params.aws_region_name, "AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION"
-        )
-        region = region or DEFAULT_REGION
-        base = params.api_base or params.aws_bedrock_runtime_endpoint
-        base = (base or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/")
+        base, sign, auth = runtime_access(params)
         # Model ids hold ':' and ARNs hold '/': the id is one path segment.
         model_url = f"{base}/model/{quote(self._model, safe='')}"
-        sign, auth = _authentication(params, region)
 
         def endpoint(path: str, accept: str) -> UpstreamClient:
             url = f"{model_url}/{path}"
@@ -166,6 +160,17 @@ def _setting(value: str | None, *environment: str) -> str | None:
     if value:
         return value
     return next((os.environ[var] for var in environment if os.environ.get(var)), None)
+
+
+def runtime_access(params: LiteLLMParams) -> tuple[str, Sign, dict[str, str]]:
+    """A deployment's Bedrock runtime: its base URL, and how its requests are signed (with
+    the headers that carry a bearer key); the pass-through routes use them too."""
+    region = _setting(params.aws_region_name, "AWS_REGION_NAME", "AWS_REGION", "AWS_DEFAULT_REGION")
+    region = region or DEFAULT_REGION
+    base = params.api_base or params.aws_bedrock_runtime_endpoint
+    base = (base or f"https://bedrock-runtime.{region}.amazonaws.com").rstrip("/")
+    sign, auth = _authentication(params, region)
+    return base, sign, auth
 
 
 def _authentication(params: LiteLLMParams, region: str) -> tuple[Sign, dict[str, str]]:

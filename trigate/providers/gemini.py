@@ -23,7 +23,7 @@ import mimetypes
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
@@ -101,25 +101,55 @@ _CONTEXT_WINDOW = re.compile(r"exceeds the maximum number of tokens|input token 
 _BAD_KEY = re.compile(r"API key (?:not valid|expired)|API_KEY_INVALID", re.I)
 
 
+class GeminiEndpoint(NamedTuple):
+    """Where one model's Gemini API methods are: `{prefix}:generateContent` and so on."""
+
+    model: str
+    prefix: str
+    headers: dict[str, str]
+    timeout: float
+    # Headers asked for per request (Vertex AI's OAuth token); None for a fixed API key.
+    authorize: Callable[[], Awaitable[Mapping[str, str]]] | None = None
+    embed_method: str = "batchEmbedContents"
+
+
 class GeminiProvider(Provider, Embeddings):
     """Adapter for one Gemini API deployment."""
 
     def __init__(
         self, params: LiteLLMParams, transport: httpx.AsyncBaseTransport, counter: TokenCounter
     ) -> None:
-        self._model = params.upstream_model.removeprefix("models/")
+        model = params.upstream_model.removeprefix("models/")
         base = (params.api_base or DEFAULT_API_BASE).rstrip("/").removesuffix("/v1beta")
-        prefix = f"{base}/v1beta/models/{quote(self._model, safe='')}"
         auth = {"x-goog-api-key": params.api_key} if params.api_key else {}
-        headers = upstream_headers(params, auth)
+        self._connect(
+            GeminiEndpoint(
+                model,
+                f"{base}/v1beta/models/{quote(model, safe='')}",
+                upstream_headers(params, auth),
+                params.timeout,
+            ),
+            transport,
+        )
+
+    def _connect(self, endpoint: GeminiEndpoint, transport: httpx.AsyncBaseTransport) -> None:
+        """The upstream's methods under `endpoint.prefix`: Google AI Studio's, or Vertex
+        AI's (trigate/providers/vertex.py), which speak the same `generateContent`."""
+        self._model = endpoint.model
 
         def client(method: str) -> UpstreamClient:
-            url = f"{prefix}:{method}"
-            return UpstreamClient(transport, url, headers, params.timeout, read_error=read_error)
+            return UpstreamClient(
+                transport,
+                f"{endpoint.prefix}:{method}",
+                endpoint.headers,
+                endpoint.timeout,
+                read_error=read_error,
+                authorize=endpoint.authorize,
+            )
 
         self._generate = client("generateContent")
         self._stream = client("streamGenerateContent?alt=sse")
-        self._embed = client("batchEmbedContents")
+        self._embed = client(endpoint.embed_method)
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         try:

@@ -35,6 +35,8 @@ _COST_FIELDS = {
     "cache_read": "cache_read_input_token_cost",
     "cache_write": "cache_creation_input_token_cost",
     "reasoning": "output_cost_per_reasoning_token",
+    # Rerank is billed per search (Cohere's "search unit": a query over up to 100 documents).
+    "query": "input_cost_per_query",
 }
 
 # The litellm_provider values whose entries may price a trigate provider. Without
@@ -45,7 +47,18 @@ _FAMILIES: dict[str, frozenset[str]] = {
     # Azure OpenAI bills the OpenAI list price for most models, and the table
     # lists far more of them under the bare OpenAI names than under "azure/".
     "azure": frozenset({"azure", "openai", "text-completion-openai"}),
-    "vertex_ai": frozenset({"vertex_ai-language-models"}),
+    # Vertex AI's own prices (Claude and embeddings on Vertex are listed apart from Anthropic's
+    # and Gemini's), then the table's bare Gemini names, which it lists as Vertex's.
+    "vertex_ai": frozenset(
+        {
+            "vertex_ai",
+            "vertex_ai-language-models",
+            "vertex_ai-anthropic_models",
+            "vertex_ai-embedding-models",
+        }
+    ),
+    "cohere": frozenset({"cohere", "cohere_chat"}),
+    "cohere_chat": frozenset({"cohere", "cohere_chat"}),
     "bedrock": frozenset({"bedrock", "bedrock_converse"}),
     "fireworks_ai": frozenset({"fireworks_ai", "fireworks_ai-embedding-models"}),
 }
@@ -75,13 +88,14 @@ class ModelPrice:
     cache_read: float | None = None
     cache_write: float | None = None
     reasoning: float | None = None
+    query: float | None = None
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
 
     @property
     def priced(self) -> bool:
         """Whether there is any price at all; a context window alone bills nothing."""
-        return self.input is not None or self.output is not None
+        return self.input is not None or self.output is not None or self.query is not None
 
 
 class TokenUsage(Protocol):
@@ -104,6 +118,8 @@ class TokenUsage(Protocol):
     def cache_write_tokens(self) -> int: ...
     @property
     def reasoning_tokens(self) -> int: ...
+    @property
+    def search_units(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +131,7 @@ class TokenCounts:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    search_units: int = 0
 
 
 class PriceTable:
@@ -240,6 +257,7 @@ def cost(price: ModelPrice | None, usage: TokenUsage) -> float:
         + _count(usage.cache_write_tokens) * _first(price.cache_write, input_price)
         + (completion - reasoning) * output_price
         + reasoning * _first(price.reasoning, output_price)
+        + _count(usage.search_units) * (price.query or 0.0)
     )
 
 
@@ -265,6 +283,8 @@ def _aliases(provider: str, model: str) -> list[str]:
         names.append(model.replace("gpt-35", "gpt-3.5"))  # Azure's name for gpt-3.5
     elif provider == "anthropic" and "." in model:
         names.append(model.replace(".", "-"))  # "claude-sonnet-4.5", as OpenRouter spells it
+    elif provider == "vertex_ai" and "@" in model:
+        names.append(model.partition("@")[0])  # "claude-sonnet-4-5@20250929", a version pinned
     elif provider == "fireworks_ai" and not model.startswith("accounts/"):
         names.append(f"accounts/fireworks/models/{model}")
     return names
