@@ -371,7 +371,10 @@ class Gateway:
         return self._observer is None
 
     def cost(self, deployment: Deployment, usage: Usage) -> float:
-        """What a request cost, at the deployment's prices (configured, else the table's)."""
+        """What a request cost, at the deployment's prices (configured, else the table's);
+        a request billed by the unit was priced by its exchange."""
+        if usage.unit_cost is not None:
+            return usage.unit_cost
         return cost(deployment.price, usage.priced_counts())
 
     def _warn_if_proxy_budget_changed(self, config: GatewayConfig) -> None:

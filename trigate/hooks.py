@@ -135,7 +135,8 @@ class Hooks:
         for hook in self._all:
             answer: object = await hook.before_route(request)
             if answer is not None:
-                expected = ANSWER_OBJECTS[request.call_type]
+                # An image, moderation or speech request has no answer a hook makes.
+                expected = ANSWER_OBJECTS.get(request.call_type)
                 if not isinstance(answer, dict) or answer.get("object") != expected:
                     # The client's SDK could not read it: the hook's bug, a logged 500.
                     raise TypeError(
@@ -362,9 +363,10 @@ def _refusal(error: Exception) -> GatewayError | None:
 
 def _text_answer(request: HookedRequest, text: str) -> dict[str, Any]:
     """LiteLLM answers a pre-call hook's string as the assistant's reply; an embeddings
-    request has no reply to give, so there it is a refusal with that text."""
+    (or image, moderation, speech) request has no reply to give, so there it is a
+    refusal with that text."""
     call_type = request.call_type
-    if call_type == "embeddings":
+    if call_type not in ("completion", "text_completion"):
         raise Refused(text)
     identity = {"model": request.model_group, "created": int(wall_time())}
     if call_type == "text_completion":

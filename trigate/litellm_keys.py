@@ -151,8 +151,8 @@ LITELLM_PARAMS: dict[str, Key] = {
     "num_retries": _ignored("retries are the router's (router_settings) and each request's"),
     "max_retries": _ignored("retries are the router's: router_settings.num_retries"),
     "region_name": _ignored("no region-restricted routing (allowed_model_region)"),
-    "input_cost_per_second": _ignored("per-second prices are not served: priced per token"),
-    "output_cost_per_second": _ignored("per-second prices are not served: priced per token"),
+    "input_cost_per_second": _ignored("per-second prices come from the price table"),
+    "output_cost_per_second": _ignored("per-second prices come from the price table"),
     "litellm_credential_name": _ignored(
         "no named credentials (credential_list): put the credentials here"
     ),
@@ -196,7 +196,7 @@ MODEL_INFO: dict[str, Key] = {
     "supports_responses_api": _acted("native Responses API upstream (providers/base.py)"),
     "access_groups": _acted("model access groups granted to keys and teams"),
     "db_model": _acted("set by trigate on admin-added deployments (api/model_admin.py)"),
-    "base_model": _ignored("prices come from the model name or litellm_params"),
+    "base_model": _acted("the name the price table prices it by (router/deployments.py)"),
     "mode": _ignored("the route says what is asked (chat, embeddings...)"),
     "input_cost_per_token": _acted("the price where litellm_params sets none (config.py)"),
     "output_cost_per_token": _acted("the price where litellm_params sets none (config.py)"),

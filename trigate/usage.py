@@ -33,6 +33,9 @@ class Usage:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    # What a request billed by the unit (images, characters, seconds of audio) cost,
+    # reckoned by its exchange from what the upstream reported; None: priced by tokens.
+    unit_cost: float | None = None
 
     @property
     def total_tokens(self) -> int:

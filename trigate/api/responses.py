@@ -47,7 +47,7 @@ from trigate.api.responses_format import (
     response_object,
     to_chat_request,
 )
-from trigate.api.surface import Operation, TranslatedExchange
+from trigate.api.surface import SSE_HEADERS, Operation, TranslatedExchange
 from trigate.api.validation import (
     check_nesting,
     check_stream_fields,
@@ -199,6 +199,7 @@ class _CompactExchange:
     stream = False
     has_native_path = True
     carried_tokens = 0
+    stream_headers = SSE_HEADERS
 
     def __init__(
         self,
@@ -236,6 +237,9 @@ class _CompactExchange:
 
     def frames(self, native: bool) -> None:
         return None
+
+    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
+        return usage
 
     async def settled(self, answer: bytes) -> bytes:
         return answer

@@ -32,10 +32,13 @@ from trigate.api import (
 from trigate.api.chat import ChatSurface
 from trigate.api.completions import CompletionsSurface
 from trigate.api.embeddings import EmbeddingsSurface
+from trigate.api.images import ImageEditsSurface, ImagesSurface
 from trigate.api.messages import CountTokens, MessagesSurface
 from trigate.api.model_api import Route
+from trigate.api.moderations import ModerationsSurface
 from trigate.api.pipeline import Pipeline
 from trigate.api.responses import CompactSurface, InputTokens, ResponsesSurface
+from trigate.api.speech import SpeechSurface
 from trigate.gateway import Gateway
 
 
@@ -46,6 +49,10 @@ def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
     completions = pipeline.route(CompletionsSurface())
     embeddings = pipeline.route(EmbeddingsSurface())
     responses_ = pipeline.route(ResponsesSurface())
+    images = pipeline.route(ImagesSurface())
+    image_edits = pipeline.form_route(ImageEditsSurface())
+    moderations = pipeline.route(ModerationsSurface())
+    speech = pipeline.route(SpeechSurface())
     return {
         "/v1/chat/completions": chat,
         "/chat/completions": chat,
@@ -59,6 +66,14 @@ def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
         "/responses/compact": compact,
         "/v1/responses/input_tokens": (input_tokens := InputTokens(gateway).route()),
         "/responses/input_tokens": input_tokens,
+        "/v1/images/generations": images,
+        "/images/generations": images,
+        "/v1/images/edits": image_edits,
+        "/images/edits": image_edits,
+        "/v1/moderations": moderations,
+        "/moderations": moderations,
+        "/v1/audio/speech": speech,
+        "/audio/speech": speech,
         "/v1/messages": pipeline.route(MessagesSurface()),
         "/v1/messages/count_tokens": CountTokens(gateway).route(),
     }

@@ -274,6 +274,31 @@ class NativeResponses(Protocol):
         ...
 
 
+@runtime_checkable
+class Images(Protocol):
+    """`/images/generations` (a JSON body) and `/images/edits` (a form, `trigate.forms`):
+    the answer is OpenAI's image list, `url` or `b64_json` as the client asked."""
+
+    async def generate_images(self, body: dict[str, Any]) -> Completion: ...
+
+    async def edit_images(self, form: dict[str, Any]) -> Completion: ...
+
+
+@runtime_checkable
+class Moderations(Protocol):
+    """`/moderations`: OpenAI's moderation result, as it came."""
+
+    async def moderate(self, body: dict[str, Any]) -> Completion: ...
+
+
+@runtime_checkable
+class Speech(Protocol):
+    """`/audio/speech`: the upstream's open response, whose body is the audio as it is
+    produced; the caller reads and closes it."""
+
+    async def open_speech(self, body: dict[str, Any]) -> httpx.Response: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Abilities:
     """What one deployment's provider can do; None where it cannot."""
@@ -283,6 +308,9 @@ class Abilities:
     embeddings: Embeddings | None
     messages: NativeMessages | None
     responses: NativeResponses | None = None
+    images: Images | None = None
+    moderations: Moderations | None = None
+    speech: Speech | None = None
 
     @classmethod
     def of(cls, provider: Provider, model_info: Mapping[str, Any] | None = None) -> Abilities:
@@ -299,7 +327,26 @@ class Abilities:
             embeddings=provider if isinstance(provider, Embeddings) else None,
             messages=provider if isinstance(provider, NativeMessages) else None,
             responses=responses,
+            images=provider if isinstance(provider, Images) else None,
+            moderations=provider if isinstance(provider, Moderations) else None,
+            speech=provider if isinstance(provider, Speech) else None,
         )
+
+    def supported_endpoints(self) -> list[str]:
+        """The OpenAI paths this deployment serves, as LiteLLM's `supported_endpoints`
+        names them (`/model/info`)."""
+        served = {
+            "/v1/chat/completions": True,
+            "/v1/completions": self.text is not None,
+            "/v1/embeddings": self.embeddings is not None,
+            "/v1/messages": True,
+            "/v1/responses": True,
+            "/v1/images/generations": self.images is not None,
+            "/v1/images/edits": self.images is not None,
+            "/v1/moderations": self.moderations is not None,
+            "/v1/audio/speech": self.speech is not None,
+        }
+        return [path for path, serves in served.items() if serves]
 
 
 class ProviderFactory(Protocol):
@@ -371,6 +418,40 @@ class UpstreamClient:
                 content=content,
                 extensions={"timeout": self._timeout},
             )
+        try:
+            response = await self._transport.handle_async_request(request)
+        except httpx.HTTPError as error:
+            raise translate_transport_error(error) from error
+        response.request = request
+        if response.status_code >= 400:
+            try:
+                raise await self._read_error(response)
+            finally:
+                await response.aclose()
+        return response
+
+    async def post_form(
+        self, fields: Mapping[str, str | list[str]], files: list[tuple[str, Any]]
+    ) -> httpx.Response:
+        """Send a multipart/form-data body (`files`: field name and `UploadedFile`); httpx
+        writes the form and its boundary, so the deployment's JSON content-type is not sent."""
+        headers = {
+            name: value
+            for name, value in self._request_headers(None).items()
+            if name.lower() != "content-type"
+        }
+        request = httpx.Request(
+            "POST",
+            self._url,
+            headers=headers,
+            data=dict(fields),
+            files=[(name, (f.filename, f.data, f.content_type)) for name, f in files],
+            extensions={"timeout": self._timeout},
+        )
+        return await self._send(request)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send `request`; the response is open and its status checked, as in `post`."""
         try:
             response = await self._transport.handle_async_request(request)
         except httpx.HTTPError as error:

@@ -19,12 +19,16 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from trigate.errors import UpstreamError
+from trigate.forms import form_parts
 from trigate.providers.base import (
     Completion,
     Embeddings,
+    Images,
+    Moderations,
     NativeEvent,
     NativeResponses,
     Provider,
+    Speech,
     SSEChunkStream,
     StreamRead,
     TextCompletions,
@@ -89,7 +93,33 @@ class ResponsesAPI(NativeResponses):
         return await fetch_response(self._compact_upstream, {**body, "model": self._model})
 
 
-class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI):
+class MediaAPI(Images, Moderations, Speech):
+    """OpenAI's image, moderation and speech endpoints, which OpenAI and Azure serve alike:
+    the body goes with `model` replaced, and the answer comes back as it came. An adapter
+    sets `_model` and an `UpstreamClient` for each path."""
+
+    _model: str
+    _image_upstream: UpstreamClient
+    _image_edit_upstream: UpstreamClient
+    _moderation_upstream: UpstreamClient
+    _speech_upstream: UpstreamClient
+
+    async def generate_images(self, body: dict[str, Any]) -> Completion:
+        return await fetch_completion(self._image_upstream, {**body, "model": self._model})
+
+    async def edit_images(self, form: dict[str, Any]) -> Completion:
+        fields, files = form_parts({**form, "model": self._model})
+        raw, data = await read_json_object(await self._image_edit_upstream.post_form(fields, files))
+        return Completion(body=data, raw=raw)
+
+    async def moderate(self, body: dict[str, Any]) -> Completion:
+        return await fetch_completion(self._moderation_upstream, {**body, "model": self._model})
+
+    async def open_speech(self, body: dict[str, Any]) -> httpx.Response:
+        return await self._speech_upstream.post({**body, "model": self._model})
+
+
+class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI, MediaAPI):
     """Adapter for one OpenAI-compatible deployment; it serves the Responses API natively
     where its dialect (OpenAI's) or its `model_info` says the upstream speaks it."""
 
@@ -118,6 +148,10 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI):
         self._embeddings_upstream = client("embeddings")
         self._responses_upstream = client("responses")
         self._compact_upstream = client("responses/compact")
+        self._image_upstream = client("images/generations")
+        self._image_edit_upstream = client("images/edits")
+        self._moderation_upstream = client("moderations")
+        self._speech_upstream = client("audio/speech")
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._upstream, {**body, "model": self._model})

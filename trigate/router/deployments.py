@@ -75,6 +75,13 @@ class Deployment:
         return self.params.upstream_model
 
     @property
+    def priced_model(self) -> str:
+        """The name the price table knows this deployment by: `model_info.base_model`, as
+        LiteLLM reads it (an Azure deployment's name is its owner's choice), else the
+        upstream model."""
+        return priced_model(self.entry)
+
+    @property
     def weight(self) -> float:
         """simple-shuffle's weight, as LiteLLM reads it: `weight`, else `rpm`, else `tpm`."""
         for value in (self.params.weight, self.params.rpm, self.params.tpm):
@@ -209,7 +216,7 @@ class _Builder:
             state.breaker.reconfigure(fails, cooldown, enabled=enabled)
         price = price_for(
             params.provider,
-            params.upstream_model,
+            priced_model(entry),
             params.input_cost_per_token,
             params.output_cost_per_token,
             self._prices,
@@ -217,6 +224,12 @@ class _Builder:
         return Deployment(
             deployment_id(entry), entry.model_name, entry, provider, state, price, pattern
         )
+
+
+def priced_model(entry: ModelEntry) -> str:
+    """`Deployment.priced_model`, for an entry."""
+    base = entry.model_info.get("base_model")
+    return base if isinstance(base, str) and base else entry.litellm_params.upstream_model
 
 
 class ModelGroups:
