@@ -259,12 +259,15 @@ async def test_speech_client_leaving_closes_the_upstream(
     upstream.handler = lambda request: StreamReply(
         [AUDIO[0]], content_type="audio/mpeg", tail=AUDIO[1], tail_interval=0.01
     )
-    async with httpx.AsyncClient(base_url=gateway.url) as client, client.stream(
-        "POST",
-        "/v1/audio/speech",
-        headers={"authorization": f"Bearer {MASTER_KEY}"},
-        json={"model": "tts-1", "voice": "alloy", "input": "Hello"},
-    ) as response:
+    async with (
+        httpx.AsyncClient(base_url=gateway.url) as client,
+        client.stream(
+            "POST",
+            "/v1/audio/speech",
+            headers={"authorization": f"Bearer {MASTER_KEY}"},
+            json={"model": "tts-1", "voice": "alloy", "input": "Hello"},
+        ) as response,
+    ):
         assert response.status_code == 200
         async for _ in response.aiter_bytes():
             break

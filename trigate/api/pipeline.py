@@ -33,13 +33,13 @@ import trio
 from trigate.api.context import RequestContext, current_request
 from trigate.api.jsonio import parse_json_object
 from trigate.api.litellm_request import Attempted, consume, prepare
-from trigate.api.model_api import Reply, Route
+from trigate.api.model_api import Reply, RequestBody, Route
 from trigate.api.surface import Exchange, Surface
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.end_users import end_user_of
 from trigate.errors import GatewayError, UpstreamTimeout, secrets
-from trigate.forms import parse_form
+from trigate.forms import StreamedForm, boundary_of, parse_form
 from trigate.gateway import Gateway
 from trigate.hooks import Hooks
 from trigate.limits import (
@@ -80,6 +80,12 @@ class Pipeline:
         """The route serving `surface` from a multipart/form-data body (`trigate.forms`)."""
         return Route(functools.partial(self.serve_form, surface), surface.envelope)
 
+    def upload_route(self, surface: Surface) -> Route:
+        """The route serving `surface` from a multipart/form-data body read as it arrives:
+        its text fields first, then its file, sent on as the client uploads it."""
+        handler = functools.partial(self.serve_upload, surface)
+        return Route(handler, surface.envelope, streams_body=True)
+
     def authenticate(self, headers: Mapping[str, str]) -> Awaitable[Caller]:
         """The first stage, which `ModelAPI` runs on the head alone, before the body."""
         return self._gateway.auth.authenticate(headers)
@@ -101,6 +107,16 @@ class Pipeline:
         raw: bytes | bytearray,
     ) -> Reply:
         return await self._serve(surface, caller, headers, parse_form(raw, headers))
+
+    async def serve_upload(
+        self,
+        surface: Surface,
+        caller: Caller,
+        headers: Mapping[str, str],
+        upload: RequestBody,
+    ) -> Reply:
+        form = StreamedForm(upload.read, boundary_of(headers))
+        return await self._serve(surface, caller, headers, await form.fields())
 
     async def _serve(
         self,
@@ -332,7 +348,7 @@ class Call:
                     routed.deployment, usage.total_tokens if usage is not None else 0
                 )
             await self._release_unsettled()
-        return Reply(await self.exchange.settled(answer))
+        return Reply(await self.exchange.settled(answer), headers=self.exchange.answer_headers)
 
     async def relay_stream(self, answered: Completion | None) -> Reply:
         """Route to a stream's first chunks, or take the hooks' answer, then relay it;

@@ -37,7 +37,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from trigate.api.context import RequestContext, current_request
-from trigate.api.envelopes import OPENAI
+from trigate.api.envelopes import JSON_HEADERS, OPENAI
 from trigate.api.jsonio import json_response, parse_json_object
 from trigate.api.model_api import Reply, Route
 from trigate.api.pipeline import check_access
@@ -200,6 +200,7 @@ class _CompactExchange:
     has_native_path = True
     carried_tokens = 0
     stream_headers = SSE_HEADERS
+    answer_headers = JSON_HEADERS
 
     def __init__(
         self,

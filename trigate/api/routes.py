@@ -39,6 +39,7 @@ from trigate.api.moderations import ModerationsSurface
 from trigate.api.pipeline import Pipeline
 from trigate.api.responses import CompactSurface, InputTokens, ResponsesSurface
 from trigate.api.speech import SpeechSurface
+from trigate.api.transcriptions import TranscriptionsSurface
 from trigate.gateway import Gateway
 
 
@@ -53,6 +54,8 @@ def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
     image_edits = pipeline.form_route(ImageEditsSurface())
     moderations = pipeline.route(ModerationsSurface())
     speech = pipeline.route(SpeechSurface())
+    transcriptions = pipeline.upload_route(TranscriptionsSurface("transcriptions"))
+    translations = pipeline.upload_route(TranscriptionsSurface("translations"))
     return {
         "/v1/chat/completions": chat,
         "/chat/completions": chat,
@@ -74,6 +77,10 @@ def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
         "/moderations": moderations,
         "/v1/audio/speech": speech,
         "/audio/speech": speech,
+        "/v1/audio/transcriptions": transcriptions,
+        "/audio/transcriptions": transcriptions,
+        "/v1/audio/translations": translations,
+        "/audio/translations": translations,
         "/v1/messages": pipeline.route(MessagesSurface()),
         "/v1/messages/count_tokens": CountTokens(gateway).route(),
     }

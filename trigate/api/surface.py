@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import orjson
 
-from trigate.api.envelopes import Envelope
+from trigate.api.envelopes import JSON_HEADERS, Envelope
 from trigate.errors import Failure, InvalidRequest, UpstreamError
 from trigate.providers import (
     Abilities,
@@ -34,6 +34,7 @@ from trigate.providers import (
     Provider,
     Speech,
     TextCompletions,
+    Transcriptions,
 )
 from trigate.relay import FrameEncoder, StreamOutcome
 from trigate.router.deployments import Deployment
@@ -137,6 +138,22 @@ SPEECH: Operation[Speech] = Operation(
     call_type="speech",
     has_output_tokens=False,
 )
+TRANSCRIPTIONS: Operation[Transcriptions] = Operation(
+    "transcription",
+    lambda abilities: abilities.transcriptions,
+    lambda provider, body: provider.transcribe(body, "transcriptions"),
+    gen_ai_name="generate_content",
+    call_type="transcription",
+    has_output_tokens=False,
+)
+TRANSLATIONS: Operation[Transcriptions] = Operation(
+    "translation",
+    lambda abilities: abilities.transcriptions,
+    lambda provider, body: provider.transcribe(body, "translations"),
+    gen_ai_name="generate_content",
+    call_type="translation",
+    has_output_tokens=False,
+)
 MODERATIONS: Operation[Moderations] = Operation(
     "moderation",
     lambda abilities: abilities.moderations,
@@ -207,6 +224,10 @@ class Exchange(Protocol):
         """A streamed answer's headers: SSE's, unless the stream is something else
         (speech's audio)."""
 
+    @property
+    def answer_headers(self) -> Mapping[str, str]:
+        """A whole answer's headers: JSON's, unless the answer is text (a transcription's)."""
+
     def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
         """The usage to bill for an answer `deployment` gave (None: a stream's): as metered
         by tokens, or priced by the unit (images, characters, seconds)."""
@@ -235,6 +256,7 @@ class OpenAIExchange:
 
     __slots__ = ("body", "operation", "requested", "stream")
     stream_headers: Mapping[str, str] = SSE_HEADERS
+    answer_headers: Mapping[str, str] = JSON_HEADERS
     preferred: ClassVar[str | None] = None
     has_native_path: ClassVar[bool] = False
     carried_tokens: ClassVar[int] = 0
@@ -296,6 +318,7 @@ class TranslatedExchange(ABC):
     has_native_path = True
     carried_tokens: int = 0
     stream_headers: Mapping[str, str] = SSE_HEADERS
+    answer_headers: Mapping[str, str] = JSON_HEADERS
 
     def __init__(
         self,

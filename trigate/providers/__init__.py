@@ -17,6 +17,7 @@ from trigate.providers.base import (
     ProviderFactory,
     Speech,
     TextCompletions,
+    Transcriptions,
     passed_chunks,
 )
 from trigate.providers.bedrock import BedrockConverse
@@ -55,5 +56,6 @@ __all__ = [
     "ProviderFactory",
     "Speech",
     "TextCompletions",
+    "Transcriptions",
     "passed_chunks",
 ]

@@ -77,6 +77,8 @@ class AzureOpenAI(Provider, Embeddings, ResponsesAPI, MediaAPI):
         self._image_edit_upstream = client("images/edits")
         self._moderation_upstream = client("moderations")
         self._speech_upstream = client("audio/speech")
+        self._transcription_upstream = client("audio/transcriptions")
+        self._translation_upstream = client("audio/translations")
         responses_version = version if version >= FIRST_RESPONSES_VERSION else RESPONSES_API_VERSION
         responses_query = f"?api-version={quote(responses_version, safe='')}"
         responses = f"{params.api_base.rstrip('/')}/openai/responses"

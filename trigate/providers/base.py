@@ -56,6 +56,8 @@ class Completion:
     # OpenAI's; its usage for metering is then `native_usage`, in OpenAI's shape.
     native: bool = False
     native_usage: dict[str, Any] | None = None
+    # The answer's media type where it need not be JSON (a transcription as text or SRT).
+    media_type: str | None = None
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -299,6 +301,15 @@ class Speech(Protocol):
     async def open_speech(self, body: dict[str, Any]) -> httpx.Response: ...
 
 
+@runtime_checkable
+class Transcriptions(Protocol):
+    """`/audio/transcriptions` and `/audio/translations` (`task`): a form whose file is a
+    `StreamedFile` (`trigate.forms`), sent on as the client uploads it. The answer is
+    JSON or, as the client's `response_format` asks, text (`Completion.media_type`)."""
+
+    async def transcribe(self, form: dict[str, Any], task: str) -> Completion: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Abilities:
     """What one deployment's provider can do; None where it cannot."""
@@ -311,6 +322,7 @@ class Abilities:
     images: Images | None = None
     moderations: Moderations | None = None
     speech: Speech | None = None
+    transcriptions: Transcriptions | None = None
 
     @classmethod
     def of(cls, provider: Provider, model_info: Mapping[str, Any] | None = None) -> Abilities:
@@ -330,6 +342,7 @@ class Abilities:
             images=provider if isinstance(provider, Images) else None,
             moderations=provider if isinstance(provider, Moderations) else None,
             speech=provider if isinstance(provider, Speech) else None,
+            transcriptions=provider if isinstance(provider, Transcriptions) else None,
         )
 
     def supported_endpoints(self) -> list[str]:
@@ -345,6 +358,8 @@ class Abilities:
             "/v1/images/edits": self.images is not None,
             "/v1/moderations": self.moderations is not None,
             "/v1/audio/speech": self.speech is not None,
+            "/v1/audio/transcriptions": self.transcriptions is not None,
+            "/v1/audio/translations": self.transcriptions is not None,
         }
         return [path for path, serves in served.items() if serves]
 
@@ -446,6 +461,26 @@ class UpstreamClient:
             headers=headers,
             data=dict(fields),
             files=[(name, (f.filename, f.data, f.content_type)) for name, f in files],
+            extensions={"timeout": self._timeout},
+        )
+        return await self._send(request)
+
+    async def post_streamed(
+        self, content: AsyncIterator[bytes], content_type: str
+    ) -> httpx.Response:
+        """Send a body made as it is sent (an upload relayed as it arrives), chunked: its
+        length is not known until it has all been read."""
+        headers = {
+            name: value
+            for name, value in self._request_headers(None).items()
+            if name.lower() != "content-type"
+        }
+        headers["content-type"] = content_type
+        request = httpx.Request(
+            "POST",
+            self._url,
+            headers=headers,
+            content=content,
             extensions={"timeout": self._timeout},
         )
         return await self._send(request)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from trigate.errors import UpstreamError
-from trigate.forms import form_parts
+from trigate.forms import StreamedFile, form_boundary, form_parts, streamed_form
 from trigate.providers.base import (
     Completion,
     Embeddings,
@@ -32,11 +32,14 @@ from trigate.providers.base import (
     SSEChunkStream,
     StreamRead,
     TextCompletions,
+    Transcriptions,
     UpstreamClient,
     parse_chunk,
     read_json_object,
+    translate_transport_error,
 )
 from trigate.sse import ServerSentEvent, SSEDecoder
+from trigate.transport import read_whole_body
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -93,7 +96,7 @@ class ResponsesAPI(NativeResponses):
         return await fetch_response(self._compact_upstream, {**body, "model": self._model})
 
 
-class MediaAPI(Images, Moderations, Speech):
+class MediaAPI(Images, Moderations, Speech, Transcriptions):
     """OpenAI's image, moderation and speech endpoints, which OpenAI and Azure serve alike:
     the body goes with `model` replaced, and the answer comes back as it came. An adapter
     sets `_model` and an `UpstreamClient` for each path."""
@@ -103,6 +106,8 @@ class MediaAPI(Images, Moderations, Speech):
     _image_edit_upstream: UpstreamClient
     _moderation_upstream: UpstreamClient
     _speech_upstream: UpstreamClient
+    _transcription_upstream: UpstreamClient
+    _translation_upstream: UpstreamClient
 
     async def generate_images(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._image_upstream, {**body, "model": self._model})
@@ -117,6 +122,22 @@ class MediaAPI(Images, Moderations, Speech):
 
     async def open_speech(self, body: dict[str, Any]) -> httpx.Response:
         return await self._speech_upstream.post({**body, "model": self._model})
+
+    async def transcribe(self, form: dict[str, Any], task: str) -> Completion:
+        upstream = (
+            self._translation_upstream if task == "translations" else self._transcription_upstream
+        )
+        fields = {**form, "model": self._model}
+        name, upload = next(
+            (name, value) for name, value in fields.items() if isinstance(value, StreamedFile)
+        )
+        del fields[name]
+        boundary = form_boundary()
+        content = streamed_form(fields, name, upload, boundary)
+        response = await upstream.post_streamed(
+            content, f"multipart/form-data; boundary={boundary.decode()}"
+        )
+        return await read_answer(response)
 
 
 class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI, MediaAPI):
@@ -152,6 +173,8 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI, Medi
         self._image_edit_upstream = client("images/edits")
         self._moderation_upstream = client("moderations")
         self._speech_upstream = client("audio/speech")
+        self._transcription_upstream = client("audio/transcriptions")
+        self._translation_upstream = client("audio/translations")
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._upstream, {**body, "model": self._model})
@@ -183,6 +206,22 @@ async def fetch_completion(upstream: UpstreamClient, payload: dict[str, Any]) ->
     """POST a request and keep the upstream's bytes for relaying."""
     raw, data = await read_json_object(await upstream.post(payload))
     return Completion(body=data, raw=raw)
+
+
+async def read_answer(response: httpx.Response) -> Completion:
+    """An answer that is JSON, or text (a transcription's `text`, `srt` or `vtt` format):
+    its bytes and media type kept for relaying, its JSON object read where it is one."""
+    media_type = response.headers.get("content-type", "application/json")
+    if media_type.partition(";")[0].strip().lower() == "application/json":
+        raw, data = await read_json_object(response)
+        return Completion(body=data, raw=raw, media_type=media_type)
+    try:
+        raw = await read_whole_body(response)
+    except httpx.HTTPError as error:
+        raise translate_transport_error(error) from error
+    finally:
+        await response.aclose()
+    return Completion(body={}, raw=raw, media_type=media_type)
 
 
 async def fetch_response(upstream: UpstreamClient, payload: dict[str, Any]) -> Completion:
