@@ -286,3 +286,53 @@ async def test_unsupported_deployment_is_a_400(nursery: trio.Nursery) -> None:
         with pytest.raises(openai.BadRequestError, match="image generation"):
             await client.images.generate(model="claude", prompt="An otter")
     await running.stop()
+
+
+async def test_gemini_imagen(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
+    """Imagen on the Gemini API: `predict` with the prompt, sample count and aspect ratio;
+    its base64 images as OpenAI's `b64_json`; priced per image answered."""
+    upstream.handler = lambda request: JSONReply(
+        {
+            "predictions": [
+                {"bytesBase64Encoded": PNG, "mimeType": "image/png"},
+                {"bytesBase64Encoded": PNG, "mimeType": "image/png"},
+            ]
+        }
+    )
+    params = {
+        "model": "gemini/imagen-3.0-generate-001",
+        "api_key": UPSTREAM_KEY,
+        "api_base": f"http://127.0.0.1:{upstream.port}",
+    }
+    running = await start_gateway(nursery, deployment_config("imagen", params))
+    async with sdk(running) as client:
+        result = await client.images.generate(
+            model="imagen", prompt="An otter", n=2, size="1792x1024"
+        )
+        with pytest.raises(openai.BadRequestError, match="image edit"):
+            await client.images.edit(
+                model="imagen", image=("a.png", b"\x89PNG", "image/png"), prompt="A hat"
+            )
+    assert [image.b64_json for image in result.data] == [PNG, PNG]
+    [received] = upstream.requests
+    assert received.target == "/v1beta/models/imagen-3.0-generate-001:predict"
+    assert received.headers["x-goog-api-key"] == UPSTREAM_KEY
+    assert received.json == {
+        "instances": [{"prompt": "An otter"}],
+        "parameters": {"sampleCount": 2, "aspectRatio": "16:9"},
+    }
+    [record, _] = await running.records.wait_for(2)
+    assert record.cost == pytest.approx(0.04 * 2)
+    await running.stop()
+
+
+async def test_model_info_says_what_each_deployment_serves(gateway: RunningGateway) -> None:
+    async with gateway.client() as client:
+        info = (await client.get("/model/info")).json()["data"]
+        listed = (await client.get("/v1/models")).json()["data"]
+    by_name = {row["model_name"]: row["model_info"] for row in info}
+    assert "/v1/audio/speech" in by_name["tts-1"]["supported_endpoints"]
+    assert "/v1/images/edits" in by_name["azure-dalle"]["supported_endpoints"]
+    assert by_name["tts-1"]["input_cost_per_character"] == 1.5e-05
+    models = {model["id"]: model for model in listed}
+    assert "/v1/audio/transcriptions" in models["dall-e-2"]["supported_endpoints"]

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from trigate.api.envelopes import OPENAI
 from trigate.api.surface import IMAGE_EDITS, IMAGES, OpenAIExchange, Operation
 from trigate.api.validation import check_nesting, require_model
@@ -44,7 +46,7 @@ class ImageExchange(OpenAIExchange):
         self._prices = prices
 
     def answer(self, completion: Completion, usage: Usage) -> bytes:
-        return completion.raw or b""
+        return completion.raw or orjson.dumps(completion.body)
 
     def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
         answer = completion.body if completion is not None else {}

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
+
 from trigate.api.envelopes import OPENAI
 from trigate.api.surface import MODERATIONS, OpenAIExchange
 from trigate.api.validation import check_nesting
@@ -29,7 +31,7 @@ class ModerationExchange(OpenAIExchange):
     __slots__ = ()
 
     def answer(self, completion: Completion, usage: Usage) -> bytes:
-        return completion.raw or b""
+        return completion.raw or orjson.dumps(completion.body)
 
 
 class ModerationsSurface:

@@ -29,6 +29,7 @@ from trigate.providers import (
     ChunkStream,
     Completion,
     Embeddings,
+    ImageEdits,
     Images,
     Moderations,
     Provider,
@@ -121,9 +122,9 @@ IMAGES: Operation[Images] = Operation(
     call_type="image_generation",
     has_output_tokens=False,
 )
-IMAGE_EDITS: Operation[Images] = Operation(
+IMAGE_EDITS: Operation[ImageEdits] = Operation(
     "image edit",
-    lambda abilities: abilities.images,
+    lambda abilities: abilities.image_edits,
     lambda provider, body: provider.edit_images(body),
     gen_ai_name="generate_content",
     call_type="image_edit",

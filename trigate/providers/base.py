@@ -278,10 +278,15 @@ class NativeResponses(Protocol):
 
 @runtime_checkable
 class Images(Protocol):
-    """`/images/generations` (a JSON body) and `/images/edits` (a form, `trigate.forms`):
-    the answer is OpenAI's image list, `url` or `b64_json` as the client asked."""
+    """`/images/generations`: the answer is OpenAI's image list, `url` or `b64_json` as
+    the client asked (where the upstream can give both)."""
 
     async def generate_images(self, body: dict[str, Any]) -> Completion: ...
+
+
+@runtime_checkable
+class ImageEdits(Protocol):
+    """`/images/edits`: a form (`trigate.forms`) with its image files; OpenAI's image list."""
 
     async def edit_images(self, form: dict[str, Any]) -> Completion: ...
 
@@ -320,6 +325,7 @@ class Abilities:
     messages: NativeMessages | None
     responses: NativeResponses | None = None
     images: Images | None = None
+    image_edits: ImageEdits | None = None
     moderations: Moderations | None = None
     speech: Speech | None = None
     transcriptions: Transcriptions | None = None
@@ -340,6 +346,7 @@ class Abilities:
             messages=provider if isinstance(provider, NativeMessages) else None,
             responses=responses,
             images=provider if isinstance(provider, Images) else None,
+            image_edits=provider if isinstance(provider, ImageEdits) else None,
             moderations=provider if isinstance(provider, Moderations) else None,
             speech=provider if isinstance(provider, Speech) else None,
             transcriptions=provider if isinstance(provider, Transcriptions) else None,
@@ -355,7 +362,7 @@ class Abilities:
             "/v1/messages": True,
             "/v1/responses": True,
             "/v1/images/generations": self.images is not None,
-            "/v1/images/edits": self.images is not None,
+            "/v1/images/edits": self.image_edits is not None,
             "/v1/moderations": self.moderations is not None,
             "/v1/audio/speech": self.speech is not None,
             "/v1/audio/transcriptions": self.transcriptions is not None,

@@ -23,6 +23,7 @@ from trigate.forms import StreamedFile, form_boundary, form_parts, streamed_form
 from trigate.providers.base import (
     Completion,
     Embeddings,
+    ImageEdits,
     Images,
     Moderations,
     NativeEvent,
@@ -96,7 +97,7 @@ class ResponsesAPI(NativeResponses):
         return await fetch_response(self._compact_upstream, {**body, "model": self._model})
 
 
-class MediaAPI(Images, Moderations, Speech, Transcriptions):
+class MediaAPI(Images, ImageEdits, Moderations, Speech, Transcriptions):
     """OpenAI's image, moderation and speech endpoints, which OpenAI and Azure serve alike:
     the body goes with `model` replaced, and the answer comes back as it came. An adapter
     sets `_model` and an `UpstreamClient` for each path."""

@@ -107,6 +107,8 @@ class ModelPrice:
             or self.per_character is not None
             or self.per_second is not None
             or self.per_image is not None
+            or self.per_output_image is not None
+            or self.per_pixel is not None
         )
 
 
