@@ -13,7 +13,17 @@ import openai
 import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, StreamReply
-from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, deployment_config, sdk, start_gateway
+from helpers import (
+    MASTER_KEY,
+    MOCK_DEPLOYMENT,
+    UPSTREAM_KEY,
+    RunningGateway,
+    deployment_config,
+    sdk,
+    start_gateway,
+)
+
+from trigate.audio import wav_seconds
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake-image").decode()
 
@@ -336,3 +346,25 @@ async def test_model_info_says_what_each_deployment_serves(gateway: RunningGatew
     assert by_name["tts-1"]["input_cost_per_character"] == 1.5e-05
     models = {model["id"]: model for model in listed}
     assert "/v1/audio/transcriptions" in models["dall-e-2"]["supported_endpoints"]
+
+
+async def test_mock_serves_the_media_endpoints(nursery: trio.Nursery) -> None:
+    """The quick start's `mock` model, as the README's recipes use it."""
+    running = await start_gateway(nursery, {"model_list": [MOCK_DEPLOYMENT]})
+    async with sdk(running) as client:
+        image = await client.images.generate(model="mock", prompt="An otter", n=2)
+        moderation = await client.moderations.create(model="mock", input=["a", "b"])
+        async with client.audio.speech.with_streaming_response.create(
+            model="mock", voice="alloy", input="Hello"
+        ) as speech:
+            audio = await speech.read()
+        text = await client.audio.transcriptions.create(
+            model="mock", file=("hello.wav", audio, "audio/wav")
+        )
+    assert len(image.data) == 2 and image.data[0].url.startswith("data:image/png;base64,")
+    assert [result.flagged for result in moderation.results] == [False, False]
+    assert audio[:4] == b"RIFF" and wav_seconds(audio, len(audio)) == pytest.approx(0.5)
+    assert text.text.startswith("This is a mock response")
+    records = await running.records.wait_for(4)
+    assert [record.status for record in records] == [200] * 4
+    await running.stop()

@@ -14,16 +14,9 @@ import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest
 from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, deployment_config, sdk, start_gateway
 
-from trigate.api.transcriptions import wav_seconds
+from trigate.audio import wav_seconds
+from trigate.audio import wav_silence as wav
 from trigate.forms import parse_form
-
-
-def wav(seconds: float, rate: int = 8000) -> bytes:
-    """A mono 16-bit PCM WAV file of silence."""
-    data = bytes(int(seconds * rate) * 2)
-    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
-    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data))
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks) + len(data)) + b"WAVE" + chunks + data
 
 
 def config(upstream: FakeUpstream, **general: object) -> dict:

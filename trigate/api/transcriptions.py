@@ -12,13 +12,15 @@ that reports tokens (gpt-4o-transcribe's `usage` of type `tokens`) is billed by 
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from trigate.api.envelopes import OPENAI
 from trigate.api.surface import TRANSCRIPTIONS, TRANSLATIONS, OpenAIExchange, Operation
 from trigate.api.validation import require_model
+from trigate.audio import wav_seconds
 from trigate.auth import Caller
 from trigate.errors import InvalidRequest
 from trigate.forms import StreamedFile
@@ -47,7 +49,7 @@ class TranscriptionExchange(OpenAIExchange):
         return completion
 
     def answer(self, completion: Completion, usage: Usage) -> bytes:
-        return completion.raw or b""
+        return completion.raw or orjson.dumps(completion.body)
 
     def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
         answer = completion.body if completion is not None else {}
@@ -79,28 +81,6 @@ def _reported_seconds(answer: dict[str, Any]) -> float | None:
             return float(seconds)
     duration = answer.get("duration")
     return float(duration) if isinstance(duration, int | float) else None
-
-
-def wav_seconds(head: bytes, size: int) -> float:
-    """A WAV file's duration from its header: its data chunk's length (or, for a header
-    written before the length was known, the rest of the file) over its byte rate; 0 for
-    a file that is not WAV, whose length its header does not say."""
-    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return 0.0
-    offset, byte_rate = 12, 0
-    while offset + 8 <= len(head):
-        chunk, length = head[offset : offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
-        if chunk == b"fmt " and offset + 20 <= len(head):
-            byte_rate = struct.unpack_from("<I", head, offset + 16)[0]
-        elif chunk == b"data":
-            if not byte_rate:
-                return 0.0
-            data = size - offset - 8
-            if 0 < length < 0xFFFFFFFF:
-                data = min(length, data)
-            return max(data, 0) / byte_rate
-        offset += 8 + length + (length & 1)
-    return 0.0
 
 
 class TranscriptionsSurface:
