@@ -87,6 +87,8 @@ NUMBER_FIELDS = (
     "input_cost_per_character",
     "input_cost_per_second",
     "output_cost_per_second",
+    "input_cost_per_token_batches",
+    "output_cost_per_token_batches",
 )
 BUNDLED_NAME = "model_prices_and_context_window_backup.json"
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "trigate" / "data" / "model_prices.json"

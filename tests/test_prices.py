@@ -378,6 +378,7 @@ EXPECTED_OUTPUT = {
         "input_cost_per_token": 2.5e-6,
         "output_cost_per_token": 1e-5,
         "cache_read_input_token_cost": 1.25e-6,
+        "input_cost_per_token_batches": 1.25e-6,
     },
     "hd/1024-x-1024/dall-e-3": {
         "litellm_provider": "openai",

@@ -18,6 +18,7 @@ from trigate.api import (
     budgets,
     customers,
     discovery,
+    files,
     health,
     keys,
     metrics,
@@ -111,6 +112,10 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     responses.register,
     # GET /metrics
     metrics.register,
+    # POST and GET /v1/files, GET /v1/files/{id}, GET /v1/files/{id}/content,
+    # DELETE /v1/files/{id}; POST and GET /v1/batches, GET /v1/batches/{id},
+    # POST /v1/batches/{id}/cancel (each also without /v1)
+    files.register,
     # /organization/new, /organization/update, /organization/delete, /organization/list,
     # /organization/info, /organization/member_add, /organization/member_delete
     organizations.register,

@@ -5,6 +5,7 @@ from trigate.providers.anthropic import AnthropicMessages
 from trigate.providers.azure import AzureOpenAI
 from trigate.providers.base import (
     Abilities,
+    Batches,
     ChunkStream,
     Completion,
     Embeddings,
@@ -45,6 +46,7 @@ __all__ = [
     "PROVIDER_PREFIXES",
     "REQUIRES_API_BASE",
     "Abilities",
+    "Batches",
     "ChunkStream",
     "Completion",
     "Embeddings",

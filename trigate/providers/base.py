@@ -315,6 +315,26 @@ class Transcriptions(Protocol):
     async def transcribe(self, form: dict[str, Any], task: str) -> Completion: ...
 
 
+@runtime_checkable
+class Batches(Protocol):
+    """OpenAI's Files and Batch APIs on the deployment's upstream: each answer is the
+    upstream's object, as it came; a file's content is the open response."""
+
+    async def upload_file(self, form: dict[str, Any]) -> Completion: ...
+
+    async def retrieve_file(self, file_id: str) -> Completion: ...
+
+    async def file_content(self, file_id: str) -> httpx.Response: ...
+
+    async def delete_file(self, file_id: str) -> Completion: ...
+
+    async def create_batch(self, body: dict[str, Any]) -> Completion: ...
+
+    async def retrieve_batch(self, batch_id: str) -> Completion: ...
+
+    async def cancel_batch(self, batch_id: str) -> Completion: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Abilities:
     """What one deployment's provider can do; None where it cannot."""
@@ -329,6 +349,7 @@ class Abilities:
     moderations: Moderations | None = None
     speech: Speech | None = None
     transcriptions: Transcriptions | None = None
+    batches: Batches | None = None
 
     @classmethod
     def of(cls, provider: Provider, model_info: Mapping[str, Any] | None = None) -> Abilities:
@@ -350,6 +371,7 @@ class Abilities:
             moderations=provider if isinstance(provider, Moderations) else None,
             speech=provider if isinstance(provider, Speech) else None,
             transcriptions=provider if isinstance(provider, Transcriptions) else None,
+            batches=provider if isinstance(provider, Batches) else None,
         )
 
     def supported_endpoints(self) -> list[str]:
@@ -367,6 +389,8 @@ class Abilities:
             "/v1/audio/speech": self.speech is not None,
             "/v1/audio/transcriptions": self.transcriptions is not None,
             "/v1/audio/translations": self.transcriptions is not None,
+            "/v1/files": self.batches is not None,
+            "/v1/batches": self.batches is not None,
         }
         return [path for path, serves in served.items() if serves]
 
@@ -520,6 +544,23 @@ class UpstreamClient:
         )
         request.read()  # holds the body as bytes: the transport may resend it
         return request
+
+    async def send(
+        self, method: str, *segments: str, payload: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        """`method` on a resource under this client's URL (`segments` appended to its path,
+        each quoted, its query kept), with a JSON body if given; the response is open and
+        its status checked, as in `post`."""
+        path = "/".join([self._url.path.rstrip("/"), *(quote(s, safe="") for s in segments)])
+        url = self._url.copy_with(path=path)
+        content = orjson.dumps(payload) if payload is not None else None
+        headers = self._request_headers(None)
+        if content is None:
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        request = httpx.Request(
+            method, url, headers=headers, content=content, extensions={"timeout": self._timeout}
+        )
+        return await self._send(request)
 
     async def delete(self, name: str) -> None:
         """DELETE the resource `name` under this client's URL (a stored response, say);

@@ -13,6 +13,7 @@ body and events as they came, where the upstream speaks it (`fetch_response`,
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ import httpx
 from trigate.errors import UpstreamError
 from trigate.forms import StreamedFile, form_boundary, form_parts, streamed_form
 from trigate.providers.base import (
+    Batches,
     Completion,
     Embeddings,
     ImageEdits,
@@ -141,7 +143,42 @@ class MediaAPI(Images, ImageEdits, Moderations, Speech, Transcriptions):
         return await read_answer(response)
 
 
-class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI, MediaAPI):
+class BatchAPI(Batches):
+    """OpenAI's Files and Batch APIs, which OpenAI and Azure serve alike. An adapter sets
+    `_files_upstream` and `_batches_upstream`."""
+
+    _files_upstream: UpstreamClient
+    _batches_upstream: UpstreamClient
+
+    async def upload_file(self, form: dict[str, Any]) -> Completion:
+        fields, files = form_parts(form)
+        return await _read(self._files_upstream.post_form(fields, files))
+
+    async def retrieve_file(self, file_id: str) -> Completion:
+        return await _read(self._files_upstream.send("GET", file_id))
+
+    async def file_content(self, file_id: str) -> httpx.Response:
+        return await self._files_upstream.send("GET", file_id, "content")
+
+    async def delete_file(self, file_id: str) -> Completion:
+        return await _read(self._files_upstream.send("DELETE", file_id))
+
+    async def create_batch(self, body: dict[str, Any]) -> Completion:
+        return await _read(self._batches_upstream.send("POST", payload=body))
+
+    async def retrieve_batch(self, batch_id: str) -> Completion:
+        return await _read(self._batches_upstream.send("GET", batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> Completion:
+        return await _read(self._batches_upstream.send("POST", batch_id, "cancel"))
+
+
+async def _read(sent: Awaitable[httpx.Response]) -> Completion:
+    raw, data = await read_json_object(await sent)
+    return Completion(body=data, raw=raw)
+
+
+class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI, MediaAPI, BatchAPI):
     """Adapter for one OpenAI-compatible deployment; it serves the Responses API natively
     where its dialect (OpenAI's) or its `model_info` says the upstream speaks it."""
 
@@ -176,6 +213,8 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI, Medi
         self._speech_upstream = client("audio/speech")
         self._transcription_upstream = client("audio/transcriptions")
         self._translation_upstream = client("audio/translations")
+        self._files_upstream = client("files")
+        self._batches_upstream = client("batches")
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._upstream, {**body, "model": self._model})

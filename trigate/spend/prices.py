@@ -44,6 +44,9 @@ _COST_FIELDS = {
     "per_character": "input_cost_per_character",
     "per_second": "input_cost_per_second",
     "per_output_second": "output_cost_per_second",
+    # The Batch API's prices (`batch_cost`).
+    "input_batches": "input_cost_per_token_batches",
+    "output_batches": "output_cost_per_token_batches",
 }
 
 # The litellm_provider values whose entries may price a trigate provider. Without
@@ -95,6 +98,8 @@ class ModelPrice:
     per_character: float | None = None
     per_second: float | None = None
     per_output_second: float | None = None
+    input_batches: float | None = None
+    output_batches: float | None = None
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
 
@@ -292,6 +297,20 @@ def image_cost(price: ModelPrice, width: int, height: int, images: int) -> float
     if price.per_output_image is not None:
         return price.per_output_image * images
     return (price.per_pixel or 0.0) * width * height * images
+
+
+# OpenAI's Batch API costs half its list price, where the table names no batch price.
+BATCH_DISCOUNT = 0.5
+
+
+def batch_cost(price: ModelPrice | None, usage: TokenUsage) -> float:
+    """A batch's tokens at the table's batch prices, else at half the list prices."""
+    if price is None:
+        return 0.0
+    prompt, completion = _count(usage.prompt_tokens), _count(usage.completion_tokens)
+    given = _first(price.input_batches, (price.input or 0.0) * BATCH_DISCOUNT)
+    made = _first(price.output_batches, (price.output or 0.0) * BATCH_DISCOUNT)
+    return prompt * given + completion * made
 
 
 def _candidate_keys(provider: str, model: str) -> Iterator[str]:
