@@ -181,3 +181,18 @@ async def test_openai_sdk_error_shape_for_unknown_model(gateway: RunningGateway)
             await client.audio.transcriptions.create(
                 model="nope", file=("a.wav", wav(0.1), "audio/wav")
             )
+
+
+async def test_configured_price_per_second(nursery: trio.Nursery, upstream: FakeUpstream) -> None:
+    """LiteLLM's `input_cost_per_second` in `litellm_params` prices over the table's."""
+    raw = config(upstream)
+    raw["model_list"][0]["litellm_params"]["input_cost_per_second"] = 0.01
+    running = await start_gateway(nursery, raw)
+    upstream.handler = lambda request: JSONReply({"text": "Hi.", "duration": 2.0})
+    async with sdk(running) as client:
+        await client.audio.transcriptions.create(
+            model="whisper-1", file=("a.wav", wav(0.1), "audio/wav"), response_format="verbose_json"
+        )
+    [record] = await running.records.wait_for(1)
+    assert record.cost == pytest.approx(0.02)
+    await running.stop()

@@ -98,7 +98,9 @@ TOP_LEVEL: dict[str, Key] = {
     ),
     "callback_settings": _ignored("settings of LiteLLM's logging integrations, not served"),
     "finetune_settings": _ignored("trigate serves no /fine_tuning endpoints"),
-    "files_settings": _ignored("trigate serves no /files endpoints"),
+    "files_settings": _ignored(
+        "/v1/files and /v1/batches go to the model group's deployments (target_model_names)"
+    ),
     "assistant_settings": _ignored("trigate serves no /assistants endpoints"),
     "search_tools": _ignored("trigate serves no /search endpoints"),
     "sandbox_tools": _ignored("trigate runs no code sandbox"),
@@ -151,8 +153,8 @@ LITELLM_PARAMS: dict[str, Key] = {
     "num_retries": _ignored("retries are the router's (router_settings) and each request's"),
     "max_retries": _ignored("retries are the router's: router_settings.num_retries"),
     "region_name": _ignored("no region-restricted routing (allowed_model_region)"),
-    "input_cost_per_second": _ignored("per-second prices come from the price table"),
-    "output_cost_per_second": _ignored("per-second prices come from the price table"),
+    "input_cost_per_second": _acted("per second of audio transcribed (api/transcriptions.py)"),
+    "output_cost_per_second": _acted("per second of audio, if no input price (transcriptions)"),
     "litellm_credential_name": _ignored(
         "no named credentials (credential_list): put the credentials here"
     ),
@@ -164,11 +166,11 @@ LITELLM_PARAMS: dict[str, Key] = {
     "vertex_project": _ignored("no vertex_ai provider"),
     "vertex_location": _ignored("no vertex_ai provider"),
     "vertex_credentials": _ignored("no vertex_ai provider"),
-    "s3_bucket_name": _ignored("no batch API"),
-    "s3_region_name": _ignored("no batch API"),
-    "s3_access_key_id": _ignored("no batch API"),
-    "s3_secret_access_key": _ignored("no batch API"),
-    "aws_batch_role_arn": _ignored("no batch API"),
+    "s3_bucket_name": _ignored("no bedrock/ batch API: batches run on openai/ and azure/"),
+    "s3_region_name": _ignored("no bedrock/ batch API: batches run on openai/ and azure/"),
+    "s3_access_key_id": _ignored("no bedrock/ batch API: batches run on openai/ and azure/"),
+    "s3_secret_access_key": _ignored("no bedrock/ batch API: batches run on openai/ and azure/"),
+    "aws_batch_role_arn": _ignored("no bedrock/ batch API: batches run on openai/ and azure/"),
     "adaptive_router_config": _ignored("no auto_router deployments"),
     "oracle_router_config": _ignored("no auto_router deployments"),
     "drop_params": _ignored("each provider adapter decides which parameters it sends"),

@@ -14,7 +14,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 import orjson
@@ -221,9 +221,21 @@ class _Builder:
             params.output_cost_per_token,
             self._prices,
         )
+        per_second = (params.input_cost_per_second, params.output_cost_per_second)
+        if per_second != (None, None):
+            base = price or ModelPrice()
+            price = replace(
+                base,
+                per_second=_given(per_second[0], base.per_second),
+                per_output_second=_given(per_second[1], base.per_output_second),
+            )
         return Deployment(
             deployment_id(entry), entry.model_name, entry, provider, state, price, pattern
         )
+
+
+def _given(configured: float | None, table: float | None) -> float | None:
+    return table if configured is None else configured
 
 
 def priced_model(entry: ModelEntry) -> str:
