@@ -7,7 +7,8 @@ the same keys. The full map is about 3 MB and covers providers, modes (images,
 audio, rerank...) and fields trigate never uses, so this script keeps only:
 
 * entries of providers trigate can route to,
-* chat, completion and embedding modes,
+* chat, completion and embedding modes, and the image, speech, transcription and
+  moderation ones priced per image, character or second,
 * the handful of fields the gateway reads.
 
 The output is one entry per line, sorted by key, so a price update shows up as
@@ -63,7 +64,19 @@ PROVIDERS = frozenset(
         "jina_ai",
     }
 )
-MODES = frozenset({"chat", "completion", "embedding", "rerank"})
+MODES = frozenset(
+    {
+        "chat",
+        "completion",
+        "embedding",
+        "rerank",
+        # Priced per image, per character or per second (`trigate.spend.prices.UnitPrice`).
+        "image_generation",
+        "audio_speech",
+        "audio_transcription",
+        "moderation",
+    }
+)
 # The fields trigate reads, in the order they are written.
 TEXT_FIELDS = ("litellm_provider", "mode")
 NUMBER_FIELDS = (
@@ -76,6 +89,16 @@ NUMBER_FIELDS = (
     "output_cost_per_reasoning_token",
     # Rerank: billed per search (Cohere's "search unit"), not per token.
     "input_cost_per_query",
+    "input_cost_per_image",
+    "input_cost_per_pixel",
+    "output_cost_per_image",
+    "input_cost_per_image_token",
+    "output_cost_per_image_token",
+    "input_cost_per_character",
+    "input_cost_per_second",
+    "output_cost_per_second",
+    "input_cost_per_token_batches",
+    "output_cost_per_token_batches",
 )
 BUNDLED_NAME = "model_prices_and_context_window_backup.json"
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "trigate" / "data" / "model_prices.json"

@@ -43,7 +43,6 @@ REFUSAL = "trigate cannot honour these LiteLLM keys"
 SERVES: dict[str, list[str]] = {
     "_health_check_test_config.yaml": [
         "model_list[].model_info.mode",
-        "model_list[].model_info.base_model",
         "litellm_settings.set_verbose",
     ],
     "agentcore_websearch_config.yaml": [

@@ -349,7 +349,13 @@ SYNTHETIC_SOURCE = {
         "input_cost_per_token": 0,
         "max_input_tokens": "4096",
     },
-    "dall-e-3": {"litellm_provider": "openai", "mode": "image_generation"},
+    "hd/1024-x-1024/dall-e-3": {
+        "litellm_provider": "openai",
+        "mode": "image_generation",
+        "input_cost_per_pixel": 7.6e-8,
+        "output_cost_per_token": 0.0,
+    },
+    "rerank-english-v3.0": {"litellm_provider": "openai", "mode": "rerank"},
     "cohere/command-r": {"litellm_provider": "cohere_chat", "mode": "chat"},
     "mistral-ocr": {"litellm_provider": "mistral", "mode": "ocr"},
     "fireworks-ai-default": {"litellm_provider": "fireworks_ai", "input_cost_per_token": 0.0},
@@ -375,6 +381,13 @@ EXPECTED_OUTPUT = {
         "input_cost_per_token": 2.5e-6,
         "output_cost_per_token": 1e-5,
         "cache_read_input_token_cost": 1.25e-6,
+        "input_cost_per_token_batches": 1.25e-6,
+    },
+    "hd/1024-x-1024/dall-e-3": {
+        "litellm_provider": "openai",
+        "mode": "image_generation",
+        "output_cost_per_token": 0.0,
+        "input_cost_per_pixel": 7.6e-8,
     },
     "ollama/llama2": {
         "litellm_provider": "ollama",
@@ -414,6 +427,9 @@ def test_generator_filters_the_source(tmp_path: Path) -> None:
     assert len(text.splitlines()) == len(EXPECTED_OUTPUT) + 2  # one entry per line
     loaded = PriceTable.from_json(text)
     assert len(loaded) == 5
+    image = loaded.image_price("openai", "dall-e-3", "1024x1024", "hd")
+    assert image is not None and image.per_pixel == 7.6e-8
+    assert "hd/1024-x-1024/dall-e-3" not in loaded.models_of("openai")
     assert loaded.lookup("anthropic", "claude-x") == ModelPrice(
         input=3e-6, output=1.5e-5, cache_write=3.75e-6, reasoning=1.5e-5
     )

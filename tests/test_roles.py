@@ -250,6 +250,19 @@ NOT_ADMIN = {
         for prefix in ("", "/v1")
         for tail in ("", "/input_items", "/cancel")
     ),
+    # Files and batches: any key's own (trigate/api/files.py).
+    *(
+        f"{prefix}{path}"
+        for prefix in ("", "/v1")
+        for path in (
+            "/files",
+            "/files/<file_id>",
+            "/files/<file_id>/content",
+            "/batches",
+            "/batches/<batch_id>",
+            "/batches/<batch_id>/cancel",
+        )
+    ),
 }
 
 

@@ -150,6 +150,9 @@ class LiteLLMParams(ProviderParams):
     max_parallel_requests: int | None = Field(default=None, ge=1)
     input_cost_per_token: float | None = Field(default=None, ge=0)
     output_cost_per_token: float | None = Field(default=None, ge=0)
+    # Per second of audio (transcriptions), over the price table's.
+    input_cost_per_second: float | None = Field(default=None, ge=0)
+    output_cost_per_second: float | None = Field(default=None, ge=0)
     tags: list[str] = Field(default_factory=list)
     mock_response: str | None = None
     mock_delay: float = Field(default=0.0, ge=0)

@@ -487,7 +487,10 @@ class Gateway:
         return _process_prices()
 
     def cost(self, deployment: Deployment, usage: Usage) -> float:
-        """What a request cost, at the deployment's prices (configured, else the table's)."""
+        """What a request cost, at the deployment's prices (configured, else the table's);
+        a request billed by the unit was priced by its exchange."""
+        if usage.unit_cost is not None:
+            return usage.unit_cost
         return cost(deployment.price, usage.priced_counts())
 
     def _warn_if_proxy_budget_changed(self, config: GatewayConfig) -> None:

@@ -184,17 +184,11 @@ class Hooks:
         for hook in self._all:
             answer: object = await hook.before_route(request)
             if answer is not None:
-                # A rerank answer (Cohere's shape) names no `object`: it lists `results`.
-                expected = ANSWER_OBJECTS.get(request.call_type, "results")
-                if not isinstance(answer, dict) or (
-                    answer.get("object") != expected
-                    if expected != "results"
-                    else not isinstance(answer.get("results"), list)
-                ):
+                if not _client_reads(request.call_type, answer):
                     # The client's SDK could not read it: the hook's bug, a logged 500.
                     raise TypeError(
                         f"{hook!r}.before_route answered a {request.call_type} request "
-                        f"with other than a `{expected}` object"
+                        "with other than the object its API answers with"
                     )
                 return answer
         return None
@@ -278,6 +272,18 @@ def _beside(hook: Hook, request: HookedRequest) -> Beside | None:
 def _watches(hook: Hook, request: HookedRequest) -> bool:
     watches = getattr(hook, "watches_stream", None)
     return watches is None or bool(watches(request))
+
+
+def _client_reads(call_type: str, answer: object) -> bool:
+    """Whether a hook's `answer` is what a client of `call_type` reads: a rerank answer
+    (Cohere's shape) names no `object` but lists `results`; an image, moderation or
+    speech request has no answer a hook makes."""
+    if not isinstance(answer, dict):
+        return False
+    if call_type == "rerank":
+        return isinstance(answer.get("results"), list)
+    expected = ANSWER_OBJECTS.get(call_type)
+    return expected is not None and answer.get("object") == expected
 
 
 def _sees_chunks(hook: Hook) -> bool:
@@ -467,9 +473,10 @@ def _refusal(error: Exception) -> GatewayError | None:
 
 def _text_answer(request: HookedRequest, text: str) -> dict[str, Any]:
     """LiteLLM answers a pre-call hook's string as the assistant's reply; an embeddings
-    request has no reply to give, so there it is a refusal with that text."""
+    (or image, moderation, speech) request has no reply to give, so there it is a
+    refusal with that text."""
     call_type = request.call_type
-    if call_type in ("embeddings", "rerank"):
+    if call_type not in ("completion", "text_completion"):
         raise Refused(text)
     identity = {"model": request.model_group, "created": int(wall_time())}
     if call_type == "text_completion":

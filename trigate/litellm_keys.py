@@ -99,7 +99,9 @@ TOP_LEVEL: dict[str, Key] = {
     ),
     "callback_settings": _acted("generic_api callbacks by name (export/generic_api.py)"),
     "finetune_settings": _ignored("trigate serves no /fine_tuning endpoints"),
-    "files_settings": _ignored("trigate serves no /files endpoints"),
+    "files_settings": _ignored(
+        "/v1/files and /v1/batches go to the model group's deployments (target_model_names)"
+    ),
     "assistant_settings": _ignored("trigate serves no /assistants endpoints"),
     "search_tools": _ignored("trigate serves no /search endpoints"),
     "sandbox_tools": _ignored("trigate runs no code sandbox"),
@@ -152,8 +154,8 @@ LITELLM_PARAMS: dict[str, Key] = {
     "num_retries": _ignored("retries are the router's (router_settings) and each request's"),
     "max_retries": _ignored("retries are the router's: router_settings.num_retries"),
     "region_name": _ignored("no region-restricted routing (allowed_model_region)"),
-    "input_cost_per_second": _ignored("per-second prices are not served: priced per token"),
-    "output_cost_per_second": _ignored("per-second prices are not served: priced per token"),
+    "input_cost_per_second": _acted("per second of audio transcribed (api/transcriptions.py)"),
+    "output_cost_per_second": _acted("per second of audio, if no input price (transcriptions)"),
     "litellm_credential_name": _ignored(
         "no named credentials (credential_list): put the credentials here"
     ),
@@ -170,11 +172,11 @@ LITELLM_PARAMS: dict[str, Key] = {
         "a path or the JSON of a service account or authorized user (else application "
         "default credentials)"
     ),
-    "s3_bucket_name": _ignored("no batch API"),
-    "s3_region_name": _ignored("no batch API"),
-    "s3_access_key_id": _ignored("no batch API"),
-    "s3_secret_access_key": _ignored("no batch API"),
-    "aws_batch_role_arn": _ignored("no batch API"),
+    "s3_bucket_name": _ignored("no bedrock/ batch API: batches run on openai/ and azure/"),
+    "s3_region_name": _ignored("no bedrock/ batch API: batches run on openai/ and azure/"),
+    "s3_access_key_id": _ignored("no bedrock/ batch API: batches run on openai/ and azure/"),
+    "s3_secret_access_key": _ignored("no bedrock/ batch API: batches run on openai/ and azure/"),
+    "aws_batch_role_arn": _ignored("no bedrock/ batch API: batches run on openai/ and azure/"),
     "adaptive_router_config": _ignored("no auto_router deployments"),
     "oracle_router_config": _ignored("no auto_router deployments"),
     "drop_params": _ignored("each provider adapter decides which parameters it sends"),
@@ -202,7 +204,7 @@ MODEL_INFO: dict[str, Key] = {
     "supports_responses_api": _acted("native Responses API upstream (providers/base.py)"),
     "access_groups": _acted("model access groups granted to keys and teams"),
     "db_model": _acted("set by trigate on admin-added deployments (api/model_admin.py)"),
-    "base_model": _ignored("prices come from the model name or litellm_params"),
+    "base_model": _acted("the name the price table prices it by (router/deployments.py)"),
     "mode": _ignored("the route says what is asked (chat, embeddings...)"),
     "input_cost_per_token": _acted("the price where litellm_params sets none (config.py)"),
     "output_cost_per_token": _acted("the price where litellm_params sets none (config.py)"),

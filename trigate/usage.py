@@ -35,6 +35,9 @@ class Usage:
     reasoning_tokens: int = 0
     # Rerank's searches, which its upstream bills by (Cohere's `billed_units.search_units`).
     search_units: int = 0
+    # What a request billed by the unit (images, characters, seconds of audio) cost,
+    # reckoned by its exchange from what the upstream reported; None: priced by tokens.
+    unit_cost: float | None = None
 
     @property
     def total_tokens(self) -> int:

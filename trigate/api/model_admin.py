@@ -249,6 +249,22 @@ def _public_params(entry: ModelEntry, *, master: bool) -> dict[str, Any]:
     }
 
 
+def _unit_prices(price: ModelPrice | None) -> dict[str, float]:
+    """The prices by the unit (image, pixel, character, second) the deployment has, under
+    the price table's names."""
+    if price is None:
+        return {}
+    given = {
+        "input_cost_per_image": price.per_image,
+        "input_cost_per_pixel": price.per_pixel,
+        "output_cost_per_image": price.per_output_image,
+        "input_cost_per_character": price.per_character,
+        "input_cost_per_second": price.per_second,
+        "output_cost_per_second": price.per_output_second,
+    }
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _deployment_info(
     entry: ModelEntry, deployment: Deployment | None, stored: bool, master: bool
 ) -> dict[str, Any]:
@@ -269,6 +285,8 @@ def _deployment_info(
         "output_cost_per_token": price.output if price else None,
         "cache_read_input_token_cost": price.cache_read if price else None,
         "cache_creation_input_token_cost": price.cache_write if price else None,
+        **_unit_prices(price),
+        "supported_endpoints": deployment.abilities.supported_endpoints() if deployment else [],
         "rpm": params.rpm,
         "tpm": params.tpm,
         **entry.model_info,

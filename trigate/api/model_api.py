@@ -71,16 +71,70 @@ class Reply:
 
 
 # A route's handler: the authenticated caller, the request's headers (lower-case names)
-# and its whole body, which the handler parses and drops.
-Handler = Callable[["Caller", Mapping[str, str], bytes | bytearray], Awaitable[Reply]]
+# and its whole body, which the handler parses and drops; or, for a route that streams its
+# body (`Route.streams_body`), a `RequestBody` to read it from as it arrives.
+Handler = Callable[["Caller", Mapping[str, str], Any], Awaitable[Reply]]
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A POST endpoint of the model API, and the envelope its client expects errors in."""
+    """A POST endpoint of the model API, and the envelope its client expects errors in.
+    `streams_body`: the handler reads the body as it arrives (an audio upload, sent on
+    to the upstream as it comes) rather than whole."""
 
     handler: Handler
     envelope: Envelope = OPENAI
+    streams_body: bool = False
+
+
+class RequestBody:
+    """A request body read part by part as the client sends it: the size cap is enforced
+    as it is read, and so is the deadline for the whole body (`body_timeout`). Read by
+    one task at a time; `done` is set once the body has ended (or failed), after which
+    the request's other reader (the departure watch) may take the ASGI channel."""
+
+    def __init__(self, receive: ASGIReceiveCallable, max_bytes: int, timeout: float) -> None:
+        self._receive = receive
+        self._left = max_bytes
+        self._timeout = timeout
+        self._deadline: float | None = None
+        self.done = trio.Event()
+        # The request's cancel scope, cancelled when the client leaves mid-body.
+        self.scope: trio.CancelScope | None = None
+
+    async def read(self) -> bytes:
+        """The next part; b"" once the body has ended."""
+        if self.done.is_set():
+            return b""
+        if self._deadline is None:
+            self._deadline = trio.current_time() + self._timeout
+        try:
+            with trio.fail_at(self._deadline):
+                message = await self._receive()
+        except trio.TooSlowError:
+            self.done.set()
+            raise RequestTimeout(
+                f"The request body did not arrive within {self._timeout:g} s."
+            ) from None
+        if message["type"] != "http.request":  # http.disconnect: the client left
+            self.done.set()
+            if self.scope is not None:
+                self.scope.cancel()
+                await trio.lowlevel.checkpoint()  # raises the cancellation
+            raise _ClientLeft
+        part: bytes = message.get("body", b"")
+        self._left -= len(part)
+        if self._left < 0:
+            self.done.set()
+            raise BodyTooLarge()
+        if not message.get("more_body", False):
+            self.done.set()
+        return part
+
+    async def receive_after(self) -> Any:
+        """The ASGI channel for the departure watch, once the body has been read."""
+        await self.done.wait()
+        return await self._receive()
 
 
 class ClientLeft(Exception):
@@ -139,6 +193,9 @@ class ModelAPI:
             reply = self._failed(route, error)
             await send_reply(send, error_reply_closing(reply))
             return
+        if route.streams_body:
+            await self._serve_streaming(route, scope, caller, headers, receive, send)
+            return
         # One cancel scope for the request: the body's deadline while it is read, then the
         # client's departure, then `response_timeout` while the answer is sent.
         body: bytes | bytearray | None = None
@@ -158,13 +215,41 @@ class ModelAPI:
             failure = refusal or RequestTimeout(timeout)
             await send_reply(send, error_reply(failure, route.envelope))
 
+    async def _serve_streaming(
+        self,
+        route: Route,
+        scope: HTTPScope,
+        caller: Caller,
+        headers: dict[str, str],
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+    ) -> None:
+        """A route that reads its own body (`Route.streams_body`): the handler is given a
+        `RequestBody` at once, under the request's cancel scope, so the client's
+        departure mid-upload cancels the call (and its upstream upload) as it does any
+        other; the size cap and the body's deadline are the `RequestBody`'s."""
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_body_bytes:
+            refusal = error_reply(BodyTooLarge(), route.envelope)
+            await _send_reply(send, error_reply_closing(refusal))
+            return
+        body = RequestBody(receive, self._max_body_bytes, self._body_timeout)
+        with trio.CancelScope() as request:
+            body.scope = request
+            try:
+                await self._call(
+                    route, scope, caller, headers, body, body.receive_after, send, request
+                )
+            except _ClientLeft:
+                return
+
     async def _call(
         self,
         route: Route,
         scope: HTTPScope,
         caller: Caller,
         headers: dict[str, str],
-        body: bytes | bytearray,
+        body: bytes | bytearray | RequestBody,
         receive: ASGIReceiveCallable,
         send: ASGISendCallable,
         request: trio.CancelScope,
@@ -198,10 +283,16 @@ class ModelAPI:
         await send_reply(send, reply)
 
     async def _answer(
-        self, route: Route, caller: Caller, headers: dict[str, str], body: bytes | bytearray
+        self,
+        route: Route,
+        caller: Caller,
+        headers: dict[str, str],
+        body: bytes | bytearray | RequestBody,
     ) -> Reply:
         try:
             return await route.handler(caller, headers, body)
+        except _ClientLeft:
+            raise
         except Exception as error:
             return self._failed(route, error)
 

@@ -55,7 +55,8 @@ def _model(name: str, created: int) -> dict[str, Any]:
 
 def _listed(name: str, groups: ModelGroups, created: int) -> dict[str, Any]:
     """A model group in OpenAI's list, with the context window and output limit every one
-    of its deployments can take, where they are known."""
+    of its deployments can take, where they are known, and the endpoints any of them
+    serves (`supported_endpoints`, as LiteLLM's price table names them)."""
     model = _model(name, created)
     try:
         deployments = groups.deployments(name)
@@ -65,4 +66,6 @@ def _listed(name: str, groups: ModelGroups, created: int) -> dict[str, Any]:
         known = [value for d in deployments if (value := getattr(d, limit)) is not None]
         if known and len(known) == len(deployments):
             model[limit] = min(known)
+    served = {path for d in deployments for path in d.abilities.supported_endpoints()}
+    model["supported_endpoints"] = sorted(served)
     return model

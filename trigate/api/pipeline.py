@@ -36,13 +36,14 @@ from trigate.api.context import RequestContext, current_request
 from trigate.api.export_details import own_logging, record_details
 from trigate.api.jsonio import parse_json_object
 from trigate.api.litellm_request import Attempted, LiteLLMRequest, consume, prepare
-from trigate.api.model_api import Reply, Route
-from trigate.api.surface import EMBEDDINGS, RERANK, TEXT_COMPLETIONS, Exchange, Surface
+from trigate.api.model_api import Reply, RequestBody, Route
+from trigate.api.surface import Exchange, Surface
 from trigate.auth import Caller
 from trigate.cache import Replay, ResponseCache, Subscription, Ticket
 from trigate.clock import wall_time
 from trigate.end_users import end_user_of
 from trigate.errors import GatewayError, UpstreamTimeout, secrets
+from trigate.forms import StreamedForm, boundary_of, parse_form
 from trigate.gateway import Gateway
 from trigate.hooks import Beside, Hooks
 from trigate.limits import (
@@ -61,11 +62,6 @@ from trigate.spend import RequestRecord
 from trigate.sse import plain_payloads
 from trigate.usage import Usage, UsageMeter
 
-SSE_HEADERS = {
-    "content-type": "text/event-stream; charset=utf-8",
-    "cache-control": "no-cache",
-    "x-accel-buffering": "no",
-}
 RECORD_TIMEOUT = 10.0
 # A stream's after_answer hooks run in the relay's finishing time, before its record.
 STREAM_HOOK_TIMEOUT = 5.0
@@ -93,6 +89,16 @@ class Pipeline:
         """The route serving `surface`: its handler and its error envelope."""
         return Route(functools.partial(self.serve, surface), surface.envelope)
 
+    def form_route(self, surface: Surface) -> Route:
+        """The route serving `surface` from a multipart/form-data body (`trigate.forms`)."""
+        return Route(functools.partial(self.serve_form, surface), surface.envelope)
+
+    def upload_route(self, surface: Surface) -> Route:
+        """The route serving `surface` from a multipart/form-data body read as it arrives:
+        its text fields first, then its file, sent on as the client uploads it."""
+        handler = functools.partial(self.serve_upload, surface)
+        return Route(handler, surface.envelope, streams_body=True)
+
     def authenticate(self, headers: Mapping[str, str]) -> Awaitable[Caller]:
         """The first stage, which `ModelAPI` runs on the head alone, before the body."""
         return self._gateway.auth.authenticate(headers)
@@ -104,8 +110,35 @@ class Pipeline:
         headers: Mapping[str, str],
         raw: bytes | bytearray,
     ) -> Reply:
+        return await self._serve(surface, caller, headers, parse_json_object(raw))
+
+    async def serve_form(
+        self,
+        surface: Surface,
+        caller: Caller,
+        headers: Mapping[str, str],
+        raw: bytes | bytearray,
+    ) -> Reply:
+        return await self._serve(surface, caller, headers, parse_form(raw, headers))
+
+    async def serve_upload(
+        self,
+        surface: Surface,
+        caller: Caller,
+        headers: Mapping[str, str],
+        upload: RequestBody,
+    ) -> Reply:
+        form = StreamedForm(upload.read, boundary_of(headers))
+        return await self._serve(surface, caller, headers, await form.fields())
+
+    async def _serve(
+        self,
+        surface: Surface,
+        caller: Caller,
+        headers: Mapping[str, str],
+        body: dict[str, Any],
+    ) -> Reply:
         gateway = self._gateway
-        body = parse_json_object(raw)
         context = current_request.get()
         # Read as the client sent it, before LiteLLM's fields are consumed (its
         # `litellm_metadata.user` names an end user too) or a surface translates it.
@@ -225,12 +258,7 @@ class Call:
 
     @property
     def call_type(self) -> str:
-        operation = self.exchange.operation
-        if operation is EMBEDDINGS:
-            return "embeddings"
-        if operation is RERANK:
-            return "rerank"
-        return "text_completion" if operation is TEXT_COMPLETIONS else "completion"
+        return self.exchange.operation.call_type
 
     # --- admit --------------------------------------------------------------------------
 
@@ -261,9 +289,8 @@ class Call:
         self.context.headers.update(self.admission.headers)
 
     async def _max_cost(self) -> float:
-        operation = self.exchange.operation
-        unanswered = operation is EMBEDDINGS or operation is RERANK  # no tokens come back
-        output = 0 if unanswered else requested_output_tokens(self.body)
+        has_output = self.exchange.operation.has_output_tokens
+        output = requested_output_tokens(self.body) if has_output else 0
         prompt = await self.meter.prompt_tokens()
         return self.gateway.max_cost(self.progress.model_group, prompt, output)
 
@@ -346,6 +373,8 @@ class Call:
             if completion.usage is None:
                 self.meter.observe_completion(completion.body)
             usage = await self.meter.settle()
+            if routed is not None:
+                usage = self.exchange.bill(routed.deployment, completion, usage)
             if self.hooks is not None and await self.hooks.after_answer(
                 self, completion.body, usage
             ):
@@ -377,7 +406,7 @@ class Call:
                     routed.deployment, usage.total_tokens if usage is not None else 0
                 )
             await self._release_unsettled()
-        return Reply(await self.exchange.settled(answer))
+        return Reply(await self.exchange.settled(answer), headers=self.exchange.answer_headers)
 
     async def relay_stream(self, answered: Answered) -> Reply:
         """Route to a stream's first chunks, or take the hooks' or the cache's answer,
@@ -422,7 +451,7 @@ class Call:
         self.context.relay = relay
         if self.context.response_id is None and first:
             self.context.response_id = _answer_id(first[0])
-        return Reply(relay, headers=SSE_HEADERS)
+        return Reply(relay, headers=self.exchange.stream_headers)
 
     async def _route(self) -> Routed[Any]:
         """Route the request, beside what hooks run during the call (guardrails)."""
@@ -529,6 +558,8 @@ class Call:
 
     async def _finish_stream(self, outcome: StreamOutcome) -> None:
         usage = await self.meter.settle()
+        if self.progress.deployment is not None:
+            usage = self.exchange.bill(self.progress.deployment, None, usage)
         if self.hooks is not None and outcome.error is None:
             outcome.error = await self._stream_refusal(self.hooks, usage)
         status = 200

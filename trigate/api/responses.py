@@ -37,7 +37,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from trigate.api.context import RequestContext, current_request
-from trigate.api.envelopes import OPENAI
+from trigate.api.envelopes import JSON_HEADERS, OPENAI
 from trigate.api.jsonio import json_response, parse_json_object
 from trigate.api.model_api import Reply, Route
 from trigate.api.pipeline import check_access
@@ -47,7 +47,7 @@ from trigate.api.responses_format import (
     response_object,
     to_chat_request,
 )
-from trigate.api.surface import Operation, TranslatedExchange
+from trigate.api.surface import SSE_HEADERS, Operation, TranslatedExchange
 from trigate.api.validation import (
     check_nesting,
     check_stream_fields,
@@ -199,6 +199,8 @@ class _CompactExchange:
     stream = False
     has_native_path = True
     carried_tokens = 0
+    stream_headers = SSE_HEADERS
+    answer_headers = JSON_HEADERS
 
     def __init__(
         self,
@@ -236,6 +238,9 @@ class _CompactExchange:
 
     def frames(self, native: bool) -> None:
         return None
+
+    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
+        return usage
 
     async def settled(self, answer: bytes) -> bytes:
         return answer

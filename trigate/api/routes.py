@@ -19,6 +19,7 @@ from trigate.api import (
     cache_admin,
     customers,
     discovery,
+    files,
     guardrails,
     health,
     keys,
@@ -34,11 +35,15 @@ from trigate.api import (
 from trigate.api.chat import ChatSurface
 from trigate.api.completions import CompletionsSurface
 from trigate.api.embeddings import EmbeddingsSurface
+from trigate.api.images import ImageEditsSurface, ImagesSurface
 from trigate.api.messages import CountTokens, MessagesSurface
 from trigate.api.model_api import Route
+from trigate.api.moderations import ModerationsSurface
 from trigate.api.pipeline import Pipeline
 from trigate.api.rerank import RerankSurface
 from trigate.api.responses import CompactSurface, InputTokens, ResponsesSurface
+from trigate.api.speech import SpeechSurface
+from trigate.api.transcriptions import TranscriptionsSurface
 from trigate.gateway import Gateway
 
 
@@ -49,6 +54,12 @@ def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
     completions = pipeline.route(CompletionsSurface())
     embeddings = pipeline.route(EmbeddingsSurface())
     responses_ = pipeline.route(ResponsesSurface())
+    images = pipeline.route(ImagesSurface())
+    image_edits = pipeline.form_route(ImageEditsSurface())
+    moderations = pipeline.route(ModerationsSurface())
+    speech = pipeline.route(SpeechSurface())
+    transcriptions = pipeline.upload_route(TranscriptionsSurface("transcriptions"))
+    translations = pipeline.upload_route(TranscriptionsSurface("translations"))
     return {
         "/v1/chat/completions": chat,
         "/chat/completions": chat,
@@ -62,6 +73,18 @@ def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
         "/responses/compact": compact,
         "/v1/responses/input_tokens": (input_tokens := InputTokens(gateway).route()),
         "/responses/input_tokens": input_tokens,
+        "/v1/images/generations": images,
+        "/images/generations": images,
+        "/v1/images/edits": image_edits,
+        "/images/edits": image_edits,
+        "/v1/moderations": moderations,
+        "/moderations": moderations,
+        "/v1/audio/speech": speech,
+        "/audio/speech": speech,
+        "/v1/audio/transcriptions": transcriptions,
+        "/audio/transcriptions": transcriptions,
+        "/v1/audio/translations": translations,
+        "/audio/translations": translations,
         "/v1/messages": pipeline.route(MessagesSurface()),
         # LiteLLM's rerank, Cohere's shape (and Cohere's own v2 path).
         "/v1/rerank": (rerank := pipeline.route(RerankSurface())),
@@ -96,6 +119,10 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     responses.register,
     # GET /metrics
     metrics.register,
+    # POST and GET /v1/files, GET /v1/files/{id}, GET /v1/files/{id}/content,
+    # DELETE /v1/files/{id}; POST and GET /v1/batches, GET /v1/batches/{id},
+    # POST /v1/batches/{id}/cancel (each also without /v1)
+    files.register,
     # /organization/new, /organization/update, /organization/delete, /organization/list,
     # /organization/info, /organization/member_add, /organization/member_delete
     organizations.register,

@@ -22,16 +22,21 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 import orjson
 
-from trigate.api.envelopes import Envelope
+from trigate.api.envelopes import JSON_HEADERS, Envelope
 from trigate.errors import Failure, InvalidRequest, UpstreamError
 from trigate.providers import (
     Abilities,
     ChunkStream,
     Completion,
     Embeddings,
+    ImageEdits,
+    Images,
+    Moderations,
     Provider,
     Rerank,
+    Speech,
     TextCompletions,
+    Transcriptions,
 )
 from trigate.relay import FrameEncoder, StreamOutcome
 from trigate.router.deployments import Deployment
@@ -40,6 +45,12 @@ from trigate.usage import Usage
 if TYPE_CHECKING:
     from trigate.auth import Caller
     from trigate.gateway import Gateway
+
+SSE_HEADERS: Mapping[str, str] = {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+}
 
 # The provider ability an operation is served by (a protocol of `trigate.providers`).
 A = TypeVar("A")
@@ -56,6 +67,11 @@ class Operation(Generic[A]):
     open_stream: Callable[[A, dict[str, Any]], Awaitable[ChunkStream]] | None = None
     # Its `gen_ai.operation.name` in OpenTelemetry's GenAI conventions.
     gen_ai_name: str = "chat"
+    # LiteLLM's `call_type` for it, in spend logs.
+    call_type: str = "completion"
+    # Whether it is billed by output tokens at all (an embedding or an image has none
+    # to reserve a budget for).
+    has_output_tokens: bool = True
 
     def served_by(self, deployment: Deployment) -> A:
         """The deployment's ability; a provider without it cannot take the request, which
@@ -89,19 +105,78 @@ TEXT_COMPLETIONS: Operation[TextCompletions] = Operation(
     lambda provider, body: provider.complete_text(body),
     lambda provider, body: provider.open_text_stream(body),
     "text_completion",
+    "text_completion",
 )
 EMBEDDINGS: Operation[Embeddings] = Operation(
     "embeddings",
     lambda abilities: abilities.embeddings,
     lambda provider, body: provider.embed(body),
     gen_ai_name="embeddings",
+    call_type="embeddings",
+    has_output_tokens=False,
 )
+IMAGES: Operation[Images] = Operation(
+    "image generation",
+    lambda abilities: abilities.images,
+    lambda provider, body: provider.generate_images(body),
+    gen_ai_name="generate_content",
+    call_type="image_generation",
+    has_output_tokens=False,
+)
+IMAGE_EDITS: Operation[ImageEdits] = Operation(
+    "image edit",
+    lambda abilities: abilities.image_edits,
+    lambda provider, body: provider.edit_images(body),
+    gen_ai_name="generate_content",
+    call_type="image_edit",
+    has_output_tokens=False,
+)
+# Speech streams through `SpeechExchange.open_stream`, which reads the ability itself.
+SPEECH: Operation[Speech] = Operation(
+    "speech",
+    lambda abilities: abilities.speech,
+    lambda provider, body: _not_whole(),
+    gen_ai_name="generate_content",
+    call_type="speech",
+    has_output_tokens=False,
+)
+TRANSCRIPTIONS: Operation[Transcriptions] = Operation(
+    "transcription",
+    lambda abilities: abilities.transcriptions,
+    lambda provider, body: provider.transcribe(body, "transcriptions"),
+    gen_ai_name="generate_content",
+    call_type="transcription",
+    has_output_tokens=False,
+)
+TRANSLATIONS: Operation[Transcriptions] = Operation(
+    "translation",
+    lambda abilities: abilities.transcriptions,
+    lambda provider, body: provider.transcribe(body, "translations"),
+    gen_ai_name="generate_content",
+    call_type="translation",
+    has_output_tokens=False,
+)
+MODERATIONS: Operation[Moderations] = Operation(
+    "moderation",
+    lambda abilities: abilities.moderations,
+    lambda provider, body: provider.moderate(body),
+    gen_ai_name="moderation",
+    call_type="moderation",
+    has_output_tokens=False,
+)
+
+
+async def _not_whole() -> Completion:
+    """Speech is never answered whole; reaching this is a bug."""
+    raise TypeError("speech requests always stream")
 
 RERANK: Operation[Rerank] = Operation(
     "rerank",
     lambda abilities: abilities.rerank,
     lambda provider, body: provider.rerank(body),
     gen_ai_name="rerank",
+    call_type="rerank",
+    has_output_tokens=False,
 )
 
 
@@ -155,6 +230,19 @@ class Exchange(Protocol):
     def frames(self, native: bool) -> FrameEncoder | None:
         """How a stream's chunks become the client's bytes (None: OpenAI's SSE)."""
 
+    @property
+    def stream_headers(self) -> Mapping[str, str]:
+        """A streamed answer's headers: SSE's, unless the stream is something else
+        (speech's audio)."""
+
+    @property
+    def answer_headers(self) -> Mapping[str, str]:
+        """A whole answer's headers: JSON's, unless the answer is text (a transcription's)."""
+
+    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
+        """The usage to bill for an answer `deployment` gave (None: a stream's): as metered
+        by tokens, or priced by the unit (images, characters, seconds)."""
+
     async def settled(self, answer: bytes) -> bytes:
         """Hears a successful whole answer after its record, and returns what the client
         gets: the Responses API stores it, and says `"store": false` if it could not."""
@@ -178,6 +266,8 @@ class OpenAIExchange:
     """A request in OpenAI's own API: sent as it came, answered as the upstream answered."""
 
     __slots__ = ("body", "operation", "requested", "stream")
+    stream_headers: Mapping[str, str] = SSE_HEADERS
+    answer_headers: Mapping[str, str] = JSON_HEADERS
     preferred: ClassVar[str | None] = None
     has_native_path: ClassVar[bool] = False
     carried_tokens: ClassVar[int] = 0
@@ -214,6 +304,9 @@ class OpenAIExchange:
     def frames(self, native: bool) -> FrameEncoder | None:
         return None
 
+    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
+        return usage
+
     def translate_only(self) -> None:
         """Every deployment is sent `body` already."""
 
@@ -235,6 +328,8 @@ class TranslatedExchange(ABC):
     operation: Operation[Any] = CHAT
     has_native_path = True
     carried_tokens: int = 0
+    stream_headers: Mapping[str, str] = SSE_HEADERS
+    answer_headers: Mapping[str, str] = JSON_HEADERS
 
     def __init__(
         self,
@@ -263,6 +358,9 @@ class TranslatedExchange(ABC):
     @abstractmethod
     def frames(self, native: bool) -> FrameEncoder | None:
         """The client's stream encoder; `native` when the events are already its own."""
+
+    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
+        return usage
 
     async def settled(self, answer: bytes) -> bytes:
         """Hears a whole answer, as `Exchange.settled` does; kept nowhere by default."""

@@ -28,6 +28,8 @@ from trigate.providers.base import (
     UpstreamClient,
 )
 from trigate.providers.openai import (
+    BatchAPI,
+    MediaAPI,
     OpenAIChunkStream,
     ResponsesAPI,
     fetch_completion,
@@ -47,7 +49,7 @@ FIRST_RESPONSES_VERSION = "2025-03-01"
 FILTERED = "content_filter"
 
 
-class AzureOpenAI(Provider, Embeddings, ResponsesAPI):
+class AzureOpenAI(Provider, Embeddings, ResponsesAPI, MediaAPI, BatchAPI):
     """Adapter for one Azure OpenAI deployment; the upstream model is the deployment name.
     The Responses API (`/openai/responses`) is served natively, at the configured
     `api_version` when it has the API, else at RESPONSES_API_VERSION."""
@@ -72,6 +74,20 @@ class AzureOpenAI(Provider, Embeddings, ResponsesAPI):
 
         self._upstream = client("chat/completions")
         self._embeddings_upstream = client("embeddings")
+        self._image_upstream = client("images/generations")
+        self._image_edit_upstream = client("images/edits")
+        self._moderation_upstream = client("moderations")
+        self._speech_upstream = client("audio/speech")
+        self._transcription_upstream = client("audio/transcriptions")
+        self._translation_upstream = client("audio/translations")
+        # Files and batches are the resource's, not a deployment's.
+        resource = params.api_base.rstrip("/")
+        self._files_upstream = UpstreamClient(
+            transport, f"{resource}/openai/files{query}", headers, params.timeout
+        )
+        self._batches_upstream = UpstreamClient(
+            transport, f"{resource}/openai/batches{query}", headers, params.timeout
+        )
         responses_version = version if version >= FIRST_RESPONSES_VERSION else RESPONSES_API_VERSION
         responses_query = f"?api-version={quote(responses_version, safe='')}"
         responses = f"{params.api_base.rstrip('/')}/openai/responses"

@@ -56,6 +56,8 @@ class Completion:
     # OpenAI's; its usage for metering is then `native_usage`, in OpenAI's shape.
     native: bool = False
     native_usage: dict[str, Any] | None = None
+    # The answer's media type where it need not be JSON (a transcription as text or SRT).
+    media_type: str | None = None
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -283,6 +285,65 @@ class NativeResponses(Protocol):
         ...
 
 
+@runtime_checkable
+class Images(Protocol):
+    """`/images/generations`: the answer is OpenAI's image list, `url` or `b64_json` as
+    the client asked (where the upstream can give both)."""
+
+    async def generate_images(self, body: dict[str, Any]) -> Completion: ...
+
+
+@runtime_checkable
+class ImageEdits(Protocol):
+    """`/images/edits`: a form (`trigate.forms`) with its image files; OpenAI's image list."""
+
+    async def edit_images(self, form: dict[str, Any]) -> Completion: ...
+
+
+@runtime_checkable
+class Moderations(Protocol):
+    """`/moderations`: OpenAI's moderation result, as it came."""
+
+    async def moderate(self, body: dict[str, Any]) -> Completion: ...
+
+
+@runtime_checkable
+class Speech(Protocol):
+    """`/audio/speech`: the upstream's open response, whose body is the audio as it is
+    produced; the caller reads and closes it."""
+
+    async def open_speech(self, body: dict[str, Any]) -> httpx.Response: ...
+
+
+@runtime_checkable
+class Transcriptions(Protocol):
+    """`/audio/transcriptions` and `/audio/translations` (`task`): a form whose file is a
+    `StreamedFile` (`trigate.forms`), sent on as the client uploads it. The answer is
+    JSON or, as the client's `response_format` asks, text (`Completion.media_type`)."""
+
+    async def transcribe(self, form: dict[str, Any], task: str) -> Completion: ...
+
+
+@runtime_checkable
+class Batches(Protocol):
+    """OpenAI's Files and Batch APIs on the deployment's upstream: each answer is the
+    upstream's object, as it came; a file's content is the open response."""
+
+    async def upload_file(self, form: dict[str, Any]) -> Completion: ...
+
+    async def retrieve_file(self, file_id: str) -> Completion: ...
+
+    async def file_content(self, file_id: str) -> httpx.Response: ...
+
+    async def delete_file(self, file_id: str) -> Completion: ...
+
+    async def create_batch(self, body: dict[str, Any]) -> Completion: ...
+
+    async def retrieve_batch(self, batch_id: str) -> Completion: ...
+
+    async def cancel_batch(self, batch_id: str) -> Completion: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Abilities:
     """What one deployment's provider can do; None where it cannot."""
@@ -293,6 +354,12 @@ class Abilities:
     messages: NativeMessages | None
     responses: NativeResponses | None = None
     rerank: Rerank | None = None
+    images: Images | None = None
+    image_edits: ImageEdits | None = None
+    moderations: Moderations | None = None
+    speech: Speech | None = None
+    transcriptions: Transcriptions | None = None
+    batches: Batches | None = None
 
     @classmethod
     def of(cls, provider: Provider, model_info: Mapping[str, Any] | None = None) -> Abilities:
@@ -310,7 +377,33 @@ class Abilities:
             messages=provider if isinstance(provider, NativeMessages) else None,
             responses=responses,
             rerank=provider if isinstance(provider, Rerank) else None,
+            images=provider if isinstance(provider, Images) else None,
+            image_edits=provider if isinstance(provider, ImageEdits) else None,
+            moderations=provider if isinstance(provider, Moderations) else None,
+            speech=provider if isinstance(provider, Speech) else None,
+            transcriptions=provider if isinstance(provider, Transcriptions) else None,
+            batches=provider if isinstance(provider, Batches) else None,
         )
+
+    def supported_endpoints(self) -> list[str]:
+        """The OpenAI paths this deployment serves, as LiteLLM's `supported_endpoints`
+        names them (`/model/info`)."""
+        served = {
+            "/v1/chat/completions": True,
+            "/v1/completions": self.text is not None,
+            "/v1/embeddings": self.embeddings is not None,
+            "/v1/messages": True,
+            "/v1/responses": True,
+            "/v1/images/generations": self.images is not None,
+            "/v1/images/edits": self.image_edits is not None,
+            "/v1/moderations": self.moderations is not None,
+            "/v1/audio/speech": self.speech is not None,
+            "/v1/audio/transcriptions": self.transcriptions is not None,
+            "/v1/audio/translations": self.transcriptions is not None,
+            "/v1/files": self.batches is not None,
+            "/v1/batches": self.batches is not None,
+        }
+        return [path for path, serves in served.items() if serves]
 
 
 class ProviderFactory(Protocol):
@@ -400,6 +493,60 @@ class UpstreamClient:
                 await response.aclose()
         return response
 
+    async def post_form(
+        self, fields: Mapping[str, str | list[str]], files: list[tuple[str, Any]]
+    ) -> httpx.Response:
+        """Send a multipart/form-data body (`files`: field name and `UploadedFile`); httpx
+        writes the form and its boundary, so the deployment's JSON content-type is not sent."""
+        headers = {
+            name: value
+            for name, value in self._request_headers(None).items()
+            if name.lower() != "content-type"
+        }
+        request = httpx.Request(
+            "POST",
+            self._url,
+            headers=headers,
+            data=dict(fields),
+            files=[(name, (f.filename, f.data, f.content_type)) for name, f in files],
+            extensions={"timeout": self._timeout},
+        )
+        return await self._send(request)
+
+    async def post_streamed(
+        self, content: AsyncIterator[bytes], content_type: str
+    ) -> httpx.Response:
+        """Send a body made as it is sent (an upload relayed as it arrives), chunked: its
+        length is not known until it has all been read."""
+        headers = {
+            name: value
+            for name, value in self._request_headers(None).items()
+            if name.lower() != "content-type"
+        }
+        headers["content-type"] = content_type
+        request = httpx.Request(
+            "POST",
+            self._url,
+            headers=headers,
+            content=content,
+            extensions={"timeout": self._timeout},
+        )
+        return await self._send(request)
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send `request`; the response is open and its status checked, as in `post`."""
+        try:
+            response = await self._transport.handle_async_request(request)
+        except httpx.HTTPError as error:
+            raise translate_transport_error(error) from error
+        response.request = request
+        if response.status_code >= 400:
+            try:
+                raise await self._read_error(response)
+            finally:
+                await response.aclose()
+        return response
+
     def _prepared_request(self, content: bytes) -> httpx.Request:
         """The request httpx would build from the deployment's headers and `content`."""
         assert self._prepared is not None
@@ -414,6 +561,23 @@ class UpstreamClient:
         )
         request.read()  # holds the body as bytes: the transport may resend it
         return request
+
+    async def send(
+        self, method: str, *segments: str, payload: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        """`method` on a resource under this client's URL (`segments` appended to its path,
+        each quoted, its query kept), with a JSON body if given; the response is open and
+        its status checked, as in `post`."""
+        path = "/".join([self._url.path.rstrip("/"), *(quote(s, safe="") for s in segments)])
+        url = self._url.copy_with(path=path)
+        content = orjson.dumps(payload) if payload is not None else None
+        headers = self._request_headers(None)
+        if content is None:
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        request = httpx.Request(
+            method, url, headers=headers, content=content, extensions={"timeout": self._timeout}
+        )
+        return await self._send(request)
 
     async def delete(self, name: str) -> None:
         """DELETE the resource `name` under this client's URL (a stored response, say);

@@ -19,6 +19,7 @@ drops it, Google's documented placeholder stands in.
 
 from __future__ import annotations
 
+import math
 import mimetypes
 import re
 import time
@@ -34,6 +35,7 @@ from trigate.errors import Failure, InvalidRequest, UpstreamError, from_upstream
 from trigate.providers.base import (
     Completion,
     Embeddings,
+    Images,
     Provider,
     SSEChunkStream,
     StreamRead,
@@ -113,8 +115,9 @@ class GeminiEndpoint(NamedTuple):
     embed_method: str = "batchEmbedContents"
 
 
-class GeminiProvider(Provider, Embeddings):
-    """Adapter for one Gemini API deployment."""
+class GeminiProvider(Provider, Embeddings, Images):
+    """Adapter for one Gemini API deployment; an Imagen model's serves image generation
+    (`predict`)."""
 
     def __init__(
         self, params: LiteLLMParams, transport: httpx.AsyncBaseTransport, counter: TokenCounter
@@ -150,6 +153,31 @@ class GeminiProvider(Provider, Embeddings):
         self._generate = client("generateContent")
         self._stream = client("streamGenerateContent?alt=sse")
         self._embed = client(endpoint.embed_method)
+        self._predict = client("predict")
+
+    async def generate_images(self, body: dict[str, Any]) -> Completion:
+        """Imagen's `predict`: the prompt as its one instance, `n` as its sample count, the
+        size as its aspect ratio where Imagen has it. Imagen answers base64 images only,
+        so each is `b64_json`, whatever `response_format` asked (as LiteLLM answers)."""
+        parameters: dict[str, Any] = {}
+        count = body.get("n")
+        if isinstance(count, int) and count > 0:
+            parameters["sampleCount"] = count
+        ratio = _aspect_ratio(body.get("size"))
+        if ratio is not None:
+            parameters["aspectRatio"] = ratio
+        payload = {"instances": [{"prompt": body.get("prompt")}], "parameters": parameters}
+        try:
+            answer = await fetch_completion(self._predict, payload)
+        except UpstreamError as error:
+            raise reclassified(error) from None
+        predictions = answer.body.get("predictions")
+        images = [
+            {"b64_json": item["bytesBase64Encoded"]}
+            for item in (predictions if isinstance(predictions, list) else ())
+            if isinstance(item, dict) and isinstance(item.get("bytesBase64Encoded"), str)
+        ]
+        return Completion(body={"created": int(time.time()), "data": images})
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         try:
@@ -196,6 +224,21 @@ class GeminiProvider(Provider, Embeddings):
                 "model": self._model,
             }
         )
+
+
+# The aspect ratios Imagen takes.
+_ASPECT_RATIOS = {"1:1": 1.0, "3:4": 0.75, "4:3": 4 / 3, "9:16": 9 / 16, "16:9": 16 / 9}
+
+
+def _aspect_ratio(size: Any) -> str | None:
+    """The Imagen aspect ratio nearest an OpenAI size ("1792x1024" is 16:9)."""
+    if not isinstance(size, str):
+        return None
+    width, _, height = size.partition("x")
+    if not (width.isdigit() and height.isdigit()) or not int(width) or not int(height):
+        return None
+    wanted = math.log(int(width) / int(height))
+    return min(_ASPECT_RATIOS, key=lambda name: abs(math.log(_ASPECT_RATIOS[name]) - wanted))
 
 
 async def read_error(response: httpx.Response) -> UpstreamError:

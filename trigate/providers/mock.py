@@ -1,7 +1,10 @@
 """`mock/`: a deterministic built-in provider that needs no network.
 
 It serves the no-config start and lets users try the gateway before wiring a
-real upstream. Usage is counted with the same tiktoken encodings the gateway
+real upstream: chat, completions and embeddings, and OpenAI's media endpoints
+(images of one pixel, moderations that flag nothing, speech as WAV silence a
+tenth of a second a character, transcriptions that read the whole upload and
+answer `mock_response`). Usage is counted with the same tiktoken encodings the gateway
 bills with, so a mock answer is billed exactly like a real one.
 `mock_delay` is the time to first token, `mock_chunk_delay` the pause between
 chunks; a request may carry its own `mock_response`, as with LiteLLM.
@@ -20,7 +23,19 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
-from trigate.providers.base import Completion, Embeddings, Provider, TextCompletions
+from trigate.audio import wav_seconds, wav_silence
+from trigate.forms import StreamedFile
+from trigate.providers.base import (
+    Completion,
+    Embeddings,
+    ImageEdits,
+    Images,
+    Moderations,
+    Provider,
+    Speech,
+    TextCompletions,
+    Transcriptions,
+)
 from trigate.usage import UsageMeter
 
 if TYPE_CHECKING:
@@ -28,12 +43,42 @@ if TYPE_CHECKING:
     from trigate.tokens import TokenCounter
 
 EMBEDDING_DIMENSIONS = 16
+# A 1x1 transparent PNG: every mock image.
+PIXEL_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
+)
+MODERATION_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/instructions",
+    "self-harm/intent",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+SPEECH_SECONDS_PER_CHARACTER = 0.1
 DEFAULT_RESPONSE = "This is a mock response from trigate. It streams one word at a time."
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
 
 
-class MockProvider(Provider, TextCompletions, Embeddings):
-    """Adapter for one `mock/` deployment: chat, legacy completions and embeddings."""
+class MockProvider(
+    Provider,
+    TextCompletions,
+    Embeddings,
+    Images,
+    ImageEdits,
+    Moderations,
+    Speech,
+    Transcriptions,
+):
+    """Adapter for one `mock/` deployment: chat, legacy completions, embeddings and the
+    media endpoints."""
 
     def __init__(
         self, params: LiteLLMParams, transport: httpx.AsyncBaseTransport, counter: TokenCounter
@@ -72,6 +117,61 @@ class MockProvider(Provider, TextCompletions, Embeddings):
                 "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
             }
         )
+
+    async def generate_images(self, body: dict[str, Any]) -> Completion:
+        """`n` one-pixel images, as `b64_json` or as a data URL, as the request asks."""
+        await trio.sleep(self._first_token_delay)
+        count = body.get("n")
+        count = count if isinstance(count, int) and 0 < count <= 10 else 1
+        if body.get("response_format") == "b64_json":
+            item = {"b64_json": PIXEL_PNG}
+        else:
+            item = {"url": f"data:image/png;base64,{PIXEL_PNG}"}
+        return Completion(body={"created": int(time.time()), "data": [dict(item)] * count})
+
+    async def edit_images(self, form: dict[str, Any]) -> Completion:
+        return await self.generate_images(form)
+
+    async def moderate(self, body: dict[str, Any]) -> Completion:
+        """Nothing flagged, one result per input."""
+        value = body.get("input")
+        count = len(value) if isinstance(value, list) and value else 1
+        result = {
+            "flagged": False,
+            "categories": dict.fromkeys(MODERATION_CATEGORIES, False),
+            "category_scores": dict.fromkeys(MODERATION_CATEGORIES, 0.0),
+        }
+        return Completion(
+            body={
+                "id": f"modr-{uuid.uuid4().hex}",
+                "model": self._model,
+                "results": [result] * count,
+            }
+        )
+
+    async def open_speech(self, body: dict[str, Any]) -> httpx.Response:
+        """WAV silence, a tenth of a second for each character, in paced parts."""
+        text = body.get("input")
+        seconds = len(text) * SPEECH_SECONDS_PER_CHARACTER if isinstance(text, str) else 0.0
+        audio = wav_silence(seconds)
+        parts = [audio[start : start + 8192] for start in range(0, len(audio), 8192)]
+        stream = _PacedBytes(parts, self._first_token_delay, self._chunk_delay)
+        return httpx.Response(200, headers={"content-type": "audio/wav"}, stream=stream)
+
+    async def transcribe(self, form: dict[str, Any], task: str) -> Completion:
+        """Reads the whole upload, as an upstream would, and answers `mock_response`, with
+        the duration the file's WAV header says (0 for other files)."""
+        upload = next(value for value in form.values() if isinstance(value, StreamedFile))
+        async for _ in upload.chunks():
+            pass
+        async for _ in upload.trailing():
+            pass
+        await trio.sleep(self._first_token_delay)
+        text = self._text_for(form)
+        if form.get("response_format") in ("text", "srt", "vtt"):
+            return Completion(body={}, raw=text.encode(), media_type="text/plain; charset=utf-8")
+        seconds = wav_seconds(upload.head, upload.size)
+        return Completion(body={"text": text, "usage": {"type": "duration", "seconds": seconds}})
 
     async def open_stream(self, body: dict[str, Any]) -> MockChunkStream:
         text = self._text_for(body)
@@ -145,6 +245,22 @@ class MockChunkStream:
 
     async def aclose(self) -> None:
         """Nothing to release: the mock holds no connection."""
+
+
+class _PacedBytes(httpx.AsyncByteStream):
+    """A mock response body: its parts paced as `MockChunkStream` paces chunks."""
+
+    def __init__(self, parts: list[bytes], first_delay: float, delay: float) -> None:
+        self._parts = parts
+        self._first_delay = first_delay
+        self._delay = delay
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        await trio.sleep(self._first_delay)
+        for index, part in enumerate(self._parts):
+            if index and self._delay:
+                await trio.sleep(self._delay)
+            yield part
 
 
 def _frame(kind: str, prefix: str, model: str) -> dict[str, Any]:

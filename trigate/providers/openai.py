@@ -13,26 +13,36 @@ body and events as they came, where the upstream speaks it (`fetch_response`,
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from trigate.errors import UpstreamError
+from trigate.forms import StreamedFile, form_boundary, form_parts, streamed_form
 from trigate.providers.base import (
+    Batches,
     Completion,
     Embeddings,
+    ImageEdits,
+    Images,
+    Moderations,
     NativeEvent,
     NativeResponses,
     Provider,
+    Speech,
     SSEChunkStream,
     StreamRead,
     TextCompletions,
+    Transcriptions,
     UpstreamClient,
     parse_chunk,
     read_json_object,
+    translate_transport_error,
 )
 from trigate.sse import ServerSentEvent, SSEDecoder
+from trigate.transport import read_whole_body
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -89,7 +99,86 @@ class ResponsesAPI(NativeResponses):
         return await fetch_response(self._compact_upstream, {**body, "model": self._model})
 
 
-class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI):
+class MediaAPI(Images, ImageEdits, Moderations, Speech, Transcriptions):
+    """OpenAI's image, moderation and speech endpoints, which OpenAI and Azure serve alike:
+    the body goes with `model` replaced, and the answer comes back as it came. An adapter
+    sets `_model` and an `UpstreamClient` for each path."""
+
+    _model: str
+    _image_upstream: UpstreamClient
+    _image_edit_upstream: UpstreamClient
+    _moderation_upstream: UpstreamClient
+    _speech_upstream: UpstreamClient
+    _transcription_upstream: UpstreamClient
+    _translation_upstream: UpstreamClient
+
+    async def generate_images(self, body: dict[str, Any]) -> Completion:
+        return await fetch_completion(self._image_upstream, {**body, "model": self._model})
+
+    async def edit_images(self, form: dict[str, Any]) -> Completion:
+        fields, files = form_parts({**form, "model": self._model})
+        raw, data = await read_json_object(await self._image_edit_upstream.post_form(fields, files))
+        return Completion(body=data, raw=raw)
+
+    async def moderate(self, body: dict[str, Any]) -> Completion:
+        return await fetch_completion(self._moderation_upstream, {**body, "model": self._model})
+
+    async def open_speech(self, body: dict[str, Any]) -> httpx.Response:
+        return await self._speech_upstream.post({**body, "model": self._model})
+
+    async def transcribe(self, form: dict[str, Any], task: str) -> Completion:
+        upstream = (
+            self._translation_upstream if task == "translations" else self._transcription_upstream
+        )
+        fields = {**form, "model": self._model}
+        name, upload = next(
+            (name, value) for name, value in fields.items() if isinstance(value, StreamedFile)
+        )
+        del fields[name]
+        boundary = form_boundary()
+        content = streamed_form(fields, name, upload, boundary)
+        response = await upstream.post_streamed(
+            content, f"multipart/form-data; boundary={boundary.decode()}"
+        )
+        return await read_answer(response)
+
+
+class BatchAPI(Batches):
+    """OpenAI's Files and Batch APIs, which OpenAI and Azure serve alike. An adapter sets
+    `_files_upstream` and `_batches_upstream`."""
+
+    _files_upstream: UpstreamClient
+    _batches_upstream: UpstreamClient
+
+    async def upload_file(self, form: dict[str, Any]) -> Completion:
+        fields, files = form_parts(form)
+        return await _read(self._files_upstream.post_form(fields, files))
+
+    async def retrieve_file(self, file_id: str) -> Completion:
+        return await _read(self._files_upstream.send("GET", file_id))
+
+    async def file_content(self, file_id: str) -> httpx.Response:
+        return await self._files_upstream.send("GET", file_id, "content")
+
+    async def delete_file(self, file_id: str) -> Completion:
+        return await _read(self._files_upstream.send("DELETE", file_id))
+
+    async def create_batch(self, body: dict[str, Any]) -> Completion:
+        return await _read(self._batches_upstream.send("POST", payload=body))
+
+    async def retrieve_batch(self, batch_id: str) -> Completion:
+        return await _read(self._batches_upstream.send("GET", batch_id))
+
+    async def cancel_batch(self, batch_id: str) -> Completion:
+        return await _read(self._batches_upstream.send("POST", batch_id, "cancel"))
+
+
+async def _read(sent: Awaitable[httpx.Response]) -> Completion:
+    raw, data = await read_json_object(await sent)
+    return Completion(body=data, raw=raw)
+
+
+class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI, MediaAPI, BatchAPI):
     """Adapter for one OpenAI-compatible deployment; it serves the Responses API natively
     where its dialect (OpenAI's) or its `model_info` says the upstream speaks it."""
 
@@ -118,6 +207,14 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI):
         self._embeddings_upstream = client("embeddings")
         self._responses_upstream = client("responses")
         self._compact_upstream = client("responses/compact")
+        self._image_upstream = client("images/generations")
+        self._image_edit_upstream = client("images/edits")
+        self._moderation_upstream = client("moderations")
+        self._speech_upstream = client("audio/speech")
+        self._transcription_upstream = client("audio/transcriptions")
+        self._translation_upstream = client("audio/translations")
+        self._files_upstream = client("files")
+        self._batches_upstream = client("batches")
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._upstream, {**body, "model": self._model})
@@ -149,6 +246,22 @@ async def fetch_completion(upstream: UpstreamClient, payload: dict[str, Any]) ->
     """POST a request and keep the upstream's bytes for relaying."""
     raw, data = await read_json_object(await upstream.post(payload))
     return Completion(body=data, raw=raw)
+
+
+async def read_answer(response: httpx.Response) -> Completion:
+    """An answer that is JSON, or text (a transcription's `text`, `srt` or `vtt` format):
+    its bytes and media type kept for relaying, its JSON object read where it is one."""
+    media_type = response.headers.get("content-type", "application/json")
+    if media_type.partition(";")[0].strip().lower() == "application/json":
+        raw, data = await read_json_object(response)
+        return Completion(body=data, raw=raw, media_type=media_type)
+    try:
+        raw = await read_whole_body(response)
+    except httpx.HTTPError as error:
+        raise translate_transport_error(error) from error
+    finally:
+        await response.aclose()
+    return Completion(body={}, raw=raw, media_type=media_type)
 
 
 async def fetch_response(upstream: UpstreamClient, payload: dict[str, Any]) -> Completion:

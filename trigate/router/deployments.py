@@ -14,7 +14,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 import orjson
@@ -73,6 +73,13 @@ class Deployment:
     @property
     def upstream_model(self) -> str:
         return self.params.upstream_model
+
+    @property
+    def priced_model(self) -> str:
+        """The name the price table knows this deployment by: `model_info.base_model`, as
+        LiteLLM reads it (an Azure deployment's name is its owner's choice), else the
+        upstream model."""
+        return priced_model(self.entry)
 
     @property
     def weight(self) -> float:
@@ -209,14 +216,32 @@ class _Builder:
             state.breaker.reconfigure(fails, cooldown, enabled=enabled)
         price = price_for(
             params.provider,
-            params.upstream_model,
+            priced_model(entry),
             params.input_cost_per_token,
             params.output_cost_per_token,
             self._prices,
         )
+        per_second = (params.input_cost_per_second, params.output_cost_per_second)
+        if per_second != (None, None):
+            base = price or ModelPrice()
+            price = replace(
+                base,
+                per_second=_given(per_second[0], base.per_second),
+                per_output_second=_given(per_second[1], base.per_output_second),
+            )
         return Deployment(
             deployment_id(entry), entry.model_name, entry, provider, state, price, pattern
         )
+
+
+def _given(configured: float | None, table: float | None) -> float | None:
+    return table if configured is None else configured
+
+
+def priced_model(entry: ModelEntry) -> str:
+    """`Deployment.priced_model`, for an entry."""
+    base = entry.model_info.get("base_model")
+    return base if isinstance(base, str) and base else entry.litellm_params.upstream_model
 
 
 class ModelGroups:

@@ -37,6 +37,18 @@ _COST_FIELDS = {
     "reasoning": "output_cost_per_reasoning_token",
     # Rerank is billed per search (Cohere's "search unit": a query over up to 100 documents).
     "query": "input_cost_per_query",
+    # What is billed by the unit rather than the token (`unit_cost`, `image_cost`).
+    "per_image": "input_cost_per_image",
+    "per_pixel": "input_cost_per_pixel",
+    "per_output_image": "output_cost_per_image",
+    "image_input_token": "input_cost_per_image_token",
+    "image_output_token": "output_cost_per_image_token",
+    "per_character": "input_cost_per_character",
+    "per_second": "input_cost_per_second",
+    "per_output_second": "output_cost_per_second",
+    # The Batch API's prices (`batch_cost`).
+    "input_batches": "input_cost_per_token_batches",
+    "output_batches": "output_cost_per_token_batches",
 }
 
 # The litellm_provider values whose entries may price a trigate provider. Without
@@ -75,6 +87,9 @@ _OPENROUTER_VENDORS = {
     "deepseek": "deepseek",
 }
 
+# A price entry for one size (and quality) of image: "hd/1024-x-1024/dall-e-3".
+_SIZED = re.compile(r"(?:^|/)\d+-x-\d+/")
+
 # A dated snapshot name ("gpt-4o-2024-08-06", "claude-3-5-sonnet-20241022").
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8})$")
 
@@ -89,13 +104,32 @@ class ModelPrice:
     cache_write: float | None = None
     reasoning: float | None = None
     query: float | None = None
+    per_image: float | None = None
+    per_pixel: float | None = None
+    per_output_image: float | None = None
+    image_input_token: float | None = None
+    image_output_token: float | None = None
+    per_character: float | None = None
+    per_second: float | None = None
+    per_output_second: float | None = None
+    input_batches: float | None = None
+    output_batches: float | None = None
     max_input_tokens: int | None = None
     max_output_tokens: int | None = None
 
     @property
     def priced(self) -> bool:
         """Whether there is any price at all; a context window alone bills nothing."""
-        return self.input is not None or self.output is not None or self.query is not None
+        return (
+            self.input is not None
+            or self.output is not None
+            or self.query is not None
+            or self.per_character is not None
+            or self.per_second is not None
+            or self.per_image is not None
+            or self.per_output_image is not None
+            or self.per_pixel is not None
+        )
 
 
 class TokenUsage(Protocol):
@@ -191,8 +225,21 @@ class PriceTable:
         family.add(provider)
         prefix = f"{provider}/"
         return [
-            key.removeprefix(prefix) for key, (owner, _) in self._entries.items() if owner in family
+            key.removeprefix(prefix)
+            for key, (owner, _) in self._entries.items()
+            if owner in family and not _SIZED.search(key)
         ]
+
+    def image_price(self, provider: str, model: str, size: str, quality: str) -> ModelPrice | None:
+        """The price of one image of `size` ("1024x1024") and `quality` from `model`, as
+        LiteLLM keys it: "<quality>/<W>-x-<H>/<model>", then "<W>-x-<H>/<model>", each
+        with the provider's prefix first; None where the table has neither."""
+        sized = size.replace("x", "-x-")
+        for key in (f"{quality}/{sized}/{model}", f"{sized}/{model}"):
+            found = self.lookup(provider, key)
+            if found is not None:
+                return found
+        return None
 
     def _openrouter_upstream(self, model: str) -> ModelPrice | None:
         vendor, _, name = model.partition("/")
@@ -259,6 +306,30 @@ def cost(price: ModelPrice | None, usage: TokenUsage) -> float:
         + reasoning * _first(price.reasoning, output_price)
         + _count(usage.search_units) * (price.query or 0.0)
     )
+
+
+def image_cost(price: ModelPrice, width: int, height: int, images: int) -> float:
+    """`images` images of `width` by `height` at one size's price: per image where the
+    table says so, else per pixel (DALL-E's entries), as LiteLLM reckons it."""
+    if price.per_image is not None:
+        return price.per_image * images
+    if price.per_output_image is not None:
+        return price.per_output_image * images
+    return (price.per_pixel or 0.0) * width * height * images
+
+
+# OpenAI's Batch API costs half its list price, where the table names no batch price.
+BATCH_DISCOUNT = 0.5
+
+
+def batch_cost(price: ModelPrice | None, usage: TokenUsage) -> float:
+    """A batch's tokens at the table's batch prices, else at half the list prices."""
+    if price is None:
+        return 0.0
+    prompt, completion = _count(usage.prompt_tokens), _count(usage.completion_tokens)
+    given = _first(price.input_batches, (price.input or 0.0) * BATCH_DISCOUNT)
+    made = _first(price.output_batches, (price.output or 0.0) * BATCH_DISCOUNT)
+    return prompt * given + completion * made
 
 
 def _candidate_keys(provider: str, model: str) -> Iterator[str]:

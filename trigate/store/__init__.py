@@ -721,6 +721,62 @@ class Store:
         sql = "DELETE FROM trigate_responses WHERE expires_at <= ?"
         return await self._run(lambda cursor: cursor.execute(sql, [now]))
 
+    # Files and batches (trigate_managed_objects): each its owner's and its team's.
+
+    async def save_managed(self, row: Row) -> None:
+        """Store (or refresh) a file or batch: `kind`, `object_id`, `owner` (the key hash,
+        `MASTER_OWNER` for the master key), `team_id`, who it bills (`key_identity`,
+        `key_alias`, `user_id`, `organization_id`), `model_group`, `deployment_id`,
+        `object` (the upstream's, as JSON) and `created_at`."""
+        columns = [*MANAGED_COLUMNS, "object", "created_at"]
+        values = [row[c] for c in MANAGED_COLUMNS]
+        values += [orjson.dumps(row["object"]).decode(), row["created_at"]]
+        marks = ", ".join("?" * len(columns))
+        sql = (
+            f"INSERT INTO trigate_managed_objects ({', '.join(columns)}) "
+            f"VALUES ({marks}) ON CONFLICT (kind, object_id) "
+            "DO UPDATE SET object = excluded.object"
+        )
+        await self._run(lambda cursor: cursor.execute(sql, values))
+
+    async def managed(self, kind: str, object_id: str, viewer: ResponseViewer | None) -> Row | None:
+        """A file or batch `viewer` may see (its key's or its team's; None: any), or None."""
+        clause, values = _managed_clause(viewer)
+        sql = f"SELECT * FROM trigate_managed_objects WHERE kind = ? AND object_id = ?{clause}"
+        rows = await self._read(lambda cursor: cursor.query(sql, [kind, object_id, *values]))
+        return _managed_row(rows[0]) if rows else None
+
+    async def list_managed(
+        self, kind: str, viewer: ResponseViewer | None, limit: int, after: str | None
+    ) -> list[Row]:
+        """`viewer`'s files or batches, newest first, up to `limit`, after the one named."""
+        clause, values = _managed_clause(viewer)
+        since = ""
+        if after is not None:
+            since = (
+                " AND created_at < (SELECT created_at FROM trigate_managed_objects "
+                "WHERE kind = ? AND object_id = ?)"
+            )
+            values = [*values, kind, after]
+        sql = (
+            f"SELECT * FROM trigate_managed_objects WHERE kind = ?{clause}{since} "
+            "ORDER BY created_at DESC LIMIT ?"
+        )
+        rows = await self._read(lambda cursor: cursor.query(sql, [kind, *values, limit]))
+        return [_managed_row(row) for row in rows]
+
+    async def claim_billing(self, kind: str, object_id: str) -> bool:
+        """Mark a batch billed; True for the one caller (of a whole fleet) that did."""
+        sql = (
+            "UPDATE trigate_managed_objects SET billed = 1 "
+            "WHERE kind = ? AND object_id = ? AND billed = 0"
+        )
+        return bool(await self._run(lambda cursor: cursor.execute(sql, [kind, object_id])))
+
+    async def delete_managed(self, kind: str, object_id: str) -> None:
+        sql = "DELETE FROM trigate_managed_objects WHERE kind = ? AND object_id = ?"
+        await self._run(lambda cursor: cursor.execute(sql, [kind, object_id]))
+
     # Deployments added through the admin API.
 
     async def stored_models(self) -> tuple[int, list[Row]]:
@@ -884,6 +940,28 @@ def _viewer_clause(viewer: ResponseViewer | None) -> tuple[str, list[Any]]:
     if viewer.team_id is None:
         return " AND owner = ? ORDER BY created_at DESC", [owner]
     return f" AND (owner = ? OR team_id = ?) ORDER BY {mine}", [owner, viewer.team_id, owner]
+
+
+MANAGED_COLUMNS = (
+    "kind", "object_id", "owner", "team_id", "key_identity", "key_alias", "user_id",
+    "organization_id", "model_group", "deployment_id",
+)  # fmt: skip
+
+
+def _managed_clause(viewer: ResponseViewer | None) -> tuple[str, list[Any]]:
+    """The WHERE of the files and batches `viewer` may see: its key's, and its team's."""
+    if viewer is None:
+        return "", []
+    owner = viewer.key_hash or MASTER_OWNER
+    if viewer.team_id is None:
+        return " AND owner = ?", [owner]
+    return " AND (owner = ? OR team_id = ?)", [owner, viewer.team_id]
+
+
+def _managed_row(row: Row) -> Row:
+    if isinstance(row["object"], str):
+        row["object"] = orjson.loads(row["object"])
+    return row
 
 
 def _stored_size(row: Row) -> int:

@@ -242,4 +242,31 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE trigate_spend_logs ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE trigate_spend_logs ADD COLUMN cache_key TEXT",
     ],
+    # --- openai-api: files and batches (issue 26) ---
+    # The files and batches a key uploaded or created through the gateway: on which
+    # deployment the upstream holds each, and whose it is (its key, and its key's team),
+    # so that no other key can read, use or delete it; a batch's `billed` is set once,
+    # when its cost is recorded at its completion.
+    [
+        """CREATE TABLE trigate_managed_objects (
+            kind TEXT NOT NULL,
+            object_id TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            team_id TEXT,
+            key_identity TEXT NOT NULL,
+            key_alias TEXT,
+            user_id TEXT,
+            organization_id TEXT,
+            model_group TEXT NOT NULL,
+            deployment_id TEXT NOT NULL,
+            object TEXT NOT NULL,
+            billed INTEGER NOT NULL DEFAULT 0,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (kind, object_id)
+        )""",
+        "CREATE INDEX trigate_managed_objects_owner ON trigate_managed_objects "
+        "(kind, owner, created_at)",
+        "CREATE INDEX trigate_managed_objects_team ON trigate_managed_objects "
+        "(kind, team_id, created_at)",
+    ],
 ]

@@ -1,0 +1,422 @@
+"""OpenAI's Files and Batch APIs through the gateway, for `openai/` and `azure/` deployments,
+as LiteLLM's proxy serves them: `/v1/files` (upload, list, retrieve, content, delete)
+and `/v1/batches` (create, retrieve, list, cancel), each also without `/v1`.
+
+A file goes to a deployment of the model group that `target_model_names` names (LiteLLM's
+form field), or, for a batch file, the group its requests' `model` names; each
+request's `model` is rewritten to that deployment's upstream model, as LiteLLM's
+managed files do. The key's model access applies. A batch runs where its input file
+is. Who uploaded or created each id is kept (`trigate_managed_objects`): another key,
+outside the owner's team, gets a 404 for it, as for an id that does not exist.
+
+A batch is billed once, when it is first seen completed (a retrieve, or the list's
+refresh of one still running): its tokens, from the batch's `usage` or, where the
+upstream gives none, summed from its output file, at the table's batch prices (else
+half the list price, OpenAI's batch discount), as a spend row of its owner's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from trigate.api.jsonio import json_body, json_response
+from trigate.api.pipeline import check_access
+from trigate.auth import Caller
+from trigate.errors import (
+    Failure,
+    GatewayError,
+    InvalidRequest,
+    NotFound,
+    UpstreamError,
+    echoed,
+)
+from trigate.forms import UploadedFile, parse_form
+from trigate.gateway import Gateway
+from trigate.providers import Batches, Completion
+from trigate.router.deployments import Deployment
+from trigate.spend import RequestRecord
+from trigate.spend.prices import TokenCounts, batch_cost
+from trigate.store import MASTER_OWNER, ResponseViewer, Row
+
+logger = logging.getLogger("trigate")
+
+FILE, BATCH = "file", "batch"
+DEFAULT_PAGE, MAX_PAGE = 20, 10_000
+# A batch's states after which it changes no more; `completed` is the one that is billed.
+FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+# Failures worth trying the group's next deployment for.
+_NEXT_DEPLOYMENT = frozenset(
+    {Failure.RATE_LIMIT, Failure.TIMEOUT, Failure.SERVER, Failure.CONNECTION, Failure.AUTH}
+)
+
+
+def register(app: QuartTrio, gateway: Gateway) -> None:
+    """The files' and batches' routes."""
+
+    @app.post("/v1/files")
+    @app.post("/files")
+    async def upload_file() -> Response:
+        caller = await gateway.auth.authenticate(request.headers)
+        raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+        form = parse_form(raw, {"content-type": request.headers.get("content-type", "")})
+        upload = form.get("file")
+        if not isinstance(upload, UploadedFile):
+            raise InvalidRequest("`file` is required: the file to upload.", param="file")
+        purpose = form.get("purpose")
+        if not isinstance(purpose, str) or not purpose:
+            raise InvalidRequest("`purpose` is required.", param="purpose")
+        requested = _target(form.pop("target_model_names", None), upload, purpose)
+        deployments = _routable(gateway, caller, requested)
+
+        async def attempt(deployment: Deployment, batches: Batches) -> Completion:
+            sent = dict(form)
+            if purpose == "batch":
+                sent["file"] = _retargeted(upload, deployment.upstream_model)
+            return await batches.upload_file(sent)
+
+        deployment, answer = await _first_answer(deployments, attempt)
+        await _save(gateway, caller, FILE, deployment, answer.body)
+        return json_response(answer.body)
+
+    @app.get("/v1/files")
+    @app.get("/files")
+    async def list_files() -> Response:
+        caller = await gateway.auth.authenticate(request.headers)
+        rows = await _listed(gateway, caller, FILE)
+        purpose = request.args.get("purpose")
+        data = [row["object"] for row in rows if purpose in (None, row["object"].get("purpose"))]
+        return json_response({"object": "list", "data": data, "has_more": False})
+
+    @app.get("/v1/files/<file_id>")
+    @app.get("/files/<file_id>")
+    async def retrieve_file(file_id: str) -> Response:
+        _, batches = await _owned(gateway, FILE, file_id)
+        answer = await batches.retrieve_file(file_id)
+        return json_response(answer.body)
+
+    @app.get("/v1/files/<file_id>/content")
+    @app.get("/files/<file_id>/content")
+    async def file_content(file_id: str) -> Response:
+        _, batches = await _owned(gateway, FILE, file_id)
+        upstream = await batches.file_content(file_id)
+        media_type = upstream.headers.get("content-type", "application/octet-stream")
+        return Response(_relayed(upstream), content_type=media_type)
+
+    @app.delete("/v1/files/<file_id>")
+    @app.delete("/files/<file_id>")
+    async def delete_file(file_id: str) -> Response:
+        _, batches = await _owned(gateway, FILE, file_id)
+        answer = await batches.delete_file(file_id)
+        await gateway.store.delete_managed(FILE, file_id)
+        return json_response(answer.body)
+
+    @app.post("/v1/batches")
+    @app.post("/batches")
+    async def create_batch() -> Response:
+        caller = await gateway.auth.authenticate(request.headers)
+        body = await json_body()
+        file_id = body.get("input_file_id")
+        if not isinstance(file_id, str) or not file_id:
+            raise InvalidRequest("`input_file_id` is required.", param="input_file_id")
+        row, batches = await _owned(gateway, FILE, file_id, caller)
+        deployment = _deployment(gateway, row)
+        if not caller.is_master:
+            covering = gateway.groups.access.covering
+            check_access(caller, row["model_group"], row["model_group"], covering)
+            await _admitted(gateway, caller)
+        sent = {name: value for name, value in body.items() if name != "model"}
+        answer = await batches.create_batch(sent)
+        assert deployment is not None
+        await _save(gateway, caller, BATCH, deployment, answer.body)
+        return json_response(answer.body)
+
+    @app.get("/v1/batches")
+    @app.get("/batches")
+    async def list_batches() -> Response:
+        caller = await gateway.auth.authenticate(request.headers)
+        rows = await _listed(gateway, caller, BATCH)
+        data = [row["object"] for row in rows]
+        return json_response({"object": "list", "data": data, "has_more": False})
+
+    @app.get("/v1/batches/<batch_id>")
+    @app.get("/batches/<batch_id>")
+    async def retrieve_batch(batch_id: str) -> Response:
+        row, batches = await _owned(gateway, BATCH, batch_id)
+        answer = await batches.retrieve_batch(batch_id)
+        await _settle(gateway, row, batches, answer.body)
+        return json_response(answer.body)
+
+    @app.post("/v1/batches/<batch_id>/cancel")
+    @app.post("/batches/<batch_id>/cancel")
+    async def cancel_batch(batch_id: str) -> Response:
+        row, batches = await _owned(gateway, BATCH, batch_id)
+        answer = await batches.cancel_batch(batch_id)
+        await gateway.store.save_managed({**row, "object": answer.body})
+        return json_response(answer.body)
+
+
+def _target(given: Any, upload: UploadedFile, purpose: str) -> str:
+    """The model group a file goes to: LiteLLM's `target_model_names`, else, for a batch
+    file, the one `model` its requests name."""
+    if isinstance(given, str) and given.strip():
+        names = [name.strip() for name in given.split(",") if name.strip()]
+        if len(names) > 1:
+            raise InvalidRequest(
+                "`target_model_names` names more than one model group; this gateway puts a "
+                "file on one.",
+                param="target_model_names",
+            )
+        return names[0]
+    if purpose == "batch":
+        models = {_request_model(line) for line in upload.data.splitlines() if line.strip()}
+        if len(models) == 1 and (model := models.pop()) is not None:
+            return model
+    raise InvalidRequest(
+        "Name the model group the file is for: `target_model_names`, or one `model` in "
+        "every request of a batch file.",
+        param="target_model_names",
+    )
+
+
+def _request_model(line: bytes) -> str | None:
+    try:
+        request_line = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    body = request_line.get("body") if isinstance(request_line, dict) else None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
+def _retargeted(upload: UploadedFile, model: str) -> UploadedFile:
+    """A batch file with each request's `model` replaced by the deployment's upstream one;
+    a line that is not a request object goes as it came, for the upstream to judge."""
+    lines = []
+    for line in upload.data.splitlines():
+        try:
+            request_line = orjson.loads(line) if line.strip() else None
+        except orjson.JSONDecodeError:
+            request_line = None
+        body = request_line.get("body") if isinstance(request_line, dict) else None
+        if isinstance(body, dict):
+            body["model"] = model
+            line = orjson.dumps(request_line)
+        lines.append(line)
+    return UploadedFile(upload.filename, upload.content_type, b"\n".join(lines) + b"\n")
+
+
+def _routable(gateway: Gateway, caller: Caller, requested: str) -> list[tuple[Deployment, Batches]]:
+    """The group's deployments that serve files and batches, after the key's model access."""
+    group = caller.model_group(requested)
+    deployments = gateway.groups.deployments(group)  # a 404 for an unknown group
+    if not caller.is_master:
+        check_access(caller, requested, group, gateway.groups.access.covering)
+    served = [(d, d.abilities.batches) for d in deployments if d.abilities.batches is not None]
+    if not served:
+        raise InvalidRequest(
+            f"No deployment of `{echoed(group)}` serves files and batches "
+            "(`openai/` and `azure/` ones do).",
+            code="unsupported_operation",
+        )
+    return served
+
+
+async def _first_answer(
+    deployments: list[tuple[Deployment, Batches]], attempt: Any
+) -> tuple[Deployment, Completion]:
+    """The first deployment's answer, trying the next on a failure another may not have."""
+    for index, (deployment, batches) in enumerate(deployments):
+        try:
+            return deployment, await attempt(deployment, batches)
+        except UpstreamError as error:
+            if error.kind not in _NEXT_DEPLOYMENT or index == len(deployments) - 1:
+                raise
+            logger.warning(
+                "files: deployment %s failed (%s); trying the next", deployment.id, error.kind
+            )
+    raise AssertionError("no deployments")  # `_routable` gives at least one
+
+
+async def _save(
+    gateway: Gateway, caller: Caller, kind: str, deployment: Deployment, answer: dict[str, Any]
+) -> None:
+    object_id = answer.get("id")
+    if not isinstance(object_id, str) or not object_id:
+        raise UpstreamError(f"The upstream's {kind} has no id.")
+    await gateway.store.save_managed(
+        {
+            "kind": kind,
+            "object_id": object_id,
+            "owner": caller.key_hash or MASTER_OWNER,
+            "team_id": caller.team_id,
+            "key_identity": caller.identity,
+            "key_alias": caller.key_alias,
+            "user_id": caller.user_id,
+            "organization_id": caller.organization_id,
+            "model_group": deployment.model_group,
+            "deployment_id": deployment.id,
+            "object": answer,
+            "created_at": time.time(),
+        }
+    )
+
+
+def _viewer(caller: Caller) -> ResponseViewer | None:
+    return None if caller.is_master else ResponseViewer(caller.key_hash, caller.team_id)
+
+
+async def _owned(
+    gateway: Gateway, kind: str, object_id: str, caller: Caller | None = None
+) -> tuple[Row, Batches]:
+    """The file or batch the caller may use (its key's or its team's), and the ability of
+    the deployment that holds it; a 404 for anyone else's, as for one that is not."""
+    if caller is None:
+        caller = await gateway.auth.authenticate(request.headers)
+    row = await gateway.store.managed(kind, object_id, _viewer(caller))
+    if row is None:
+        raise NotFound(f"No {kind} with id `{echoed(object_id)}` exists.", code=f"{kind}_not_found")
+    deployment = _deployment(gateway, row)
+    if deployment is None or deployment.abilities.batches is None:
+        raise NotFound(
+            f"The deployment that holds {kind} `{echoed(object_id)}` is no longer served.",
+            code=f"{kind}_not_found",
+        )
+    return row, deployment.abilities.batches
+
+
+def _deployment(gateway: Gateway, row: Row) -> Deployment | None:
+    try:
+        deployments = gateway.groups.deployments(row["model_group"])
+    except GatewayError:  # the group is no longer served
+        return None
+    return next((d for d in deployments if d.id == row["deployment_id"]), None)
+
+
+async def _listed(gateway: Gateway, caller: Caller, kind: str) -> list[Row]:
+    limit = request.args.get("limit", type=int) or DEFAULT_PAGE
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest(f"`limit` must be 1 to {MAX_PAGE}.", param="limit")
+    return await gateway.store.list_managed(kind, _viewer(caller), limit, request.args.get("after"))
+
+
+async def _admitted(gateway: Gateway, caller: Caller) -> None:
+    """The key's budgets and rate limits, as a model request's: a key over its budget
+    starts no batch (its cost is known only when it completes)."""
+
+    async def nothing() -> int:
+        return 0
+
+    async def free() -> float:
+        return 0.0
+
+    admission = await gateway.limits.admit(caller, nothing, free)
+    await admission.settle(0, 0.0)
+
+
+async def _settle(gateway: Gateway, row: Row, batches: Batches, batch: dict[str, Any]) -> None:
+    """Keep the batch's latest state; bill it once, the first time it is seen completed."""
+    await gateway.store.save_managed({**row, "object": batch})
+    if batch.get("status") != "completed" or row["billed"]:
+        return
+    counts = _reported_tokens(batch)
+    if counts is None:
+        counts = await _output_tokens(batches, batch.get("output_file_id"))
+    if not await gateway.store.claim_billing(BATCH, row["object_id"]):
+        return  # another request (or worker) billed it first
+    deployment = _deployment(gateway, row)
+    price = deployment.price if deployment is not None else None
+    cost = batch_cost(price, counts)
+    now = time.time()
+    created = batch.get("created_at")
+    started = float(created) if isinstance(created, int | float) else row["created_at"]
+    record = RequestRecord(
+        request_id=uuid.uuid4().hex,
+        key_identity=row["key_identity"],
+        key_hash=row["owner"] or None,
+        key_alias=row["key_alias"],
+        team_id=row["team_id"],
+        user_id=row["user_id"],
+        organization_id=row["organization_id"],
+        model_group=row["model_group"],
+        deployment=row["deployment_id"],
+        model=deployment.params.model if deployment is not None else None,
+        status=200,
+        stream=False,
+        prompt_tokens=counts.prompt_tokens,
+        completion_tokens=counts.completion_tokens,
+        usage_source="upstream",
+        cost=cost,
+        start_time=started,
+        end_time=now,
+        latency_ms=round((now - started) * 1000, 3),
+        ttft_ms=None,
+        cancelled_by_client=False,
+        response_id=row["object_id"],
+    )
+    with trio.CancelScope(shield=True):
+        await gateway.record(record)
+
+
+def _reported_tokens(batch: dict[str, Any]) -> TokenCounts | None:
+    usage = batch.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    given, made = usage.get("input_tokens"), usage.get("output_tokens")
+    if isinstance(given, int) and isinstance(made, int):
+        return TokenCounts(given, made)
+    return None
+
+
+async def _output_tokens(batches: Batches, output_file_id: Any) -> TokenCounts:
+    """The tokens of a batch's answers, summed from its output file's lines."""
+    prompt = completion = 0
+    if not isinstance(output_file_id, str) or not output_file_id:
+        return TokenCounts()
+    response = await batches.file_content(output_file_id)
+    try:
+        buffer = b""
+        async for piece in response.aiter_bytes():
+            buffer += piece
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                given, made = _line_tokens(line)
+                prompt, completion = prompt + given, completion + made
+        given, made = _line_tokens(buffer)
+    finally:
+        await response.aclose()
+    return TokenCounts(prompt + given, completion + made)
+
+
+def _line_tokens(line: bytes) -> tuple[int, int]:
+    try:
+        answer = orjson.loads(line) if line.strip() else None
+    except orjson.JSONDecodeError:
+        return 0, 0
+    response = answer.get("response") if isinstance(answer, dict) else None
+    body = response.get("body") if isinstance(response, dict) else None
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return 0, 0
+    given = usage.get("prompt_tokens", usage.get("input_tokens"))
+    made = usage.get("completion_tokens", usage.get("output_tokens"))
+    return (given if isinstance(given, int) else 0), (made if isinstance(made, int) else 0)
+
+
+async def _relayed(upstream: httpx.Response) -> AsyncIterator[bytes]:
+    """A file's content as the upstream sends it, never held whole."""
+    try:
+        async for piece in upstream.aiter_raw():
+            yield piece
+    finally:
+        with trio.CancelScope(shield=True):
+            await upstream.aclose()
