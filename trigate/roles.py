@@ -111,6 +111,9 @@ ROUTES: dict[str, Access] = {
     "/model/<model_id>/update": Access.ADMIN_WRITE,
     "/model/delete": Access.ADMIN_WRITE,
     "/config/reload": Access.ADMIN_WRITE,
+    # MCP servers: any key reads those it may use; the handlers let only an admin write.
+    "/v1/mcp/server": Access.ANY_KEY,
+    "/v1/mcp/server/<server_id>": Access.ANY_KEY,
     # Spend: every tenant's rows, so a reader of all only.
     "/spend/logs": Access.ADMIN_READ,
     "/global/spend/report": Access.ADMIN_READ,

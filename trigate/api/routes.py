@@ -20,6 +20,7 @@ from trigate.api import (
     discovery,
     health,
     keys,
+    mcp_admin,
     metrics,
     model_admin,
     models,
@@ -100,6 +101,10 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     # /budget/new, /budget/update, /budget/info, /budget/list, /budget/settings,
     # /budget/delete
     budgets.register,
+    # GET, POST and PUT /v1/mcp/server, GET and DELETE /v1/mcp/server/{id}
+    # (the MCP endpoint itself, /mcp and /mcp/{server}, is trigate.mcp_gateway.endpoint,
+    # in front of the app)
+    mcp_admin.register,
     # GET /routes
     functools.partial(
         discovery.register, model_paths=lambda gateway: model_routes(Pipeline(gateway), gateway)

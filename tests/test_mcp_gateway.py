@@ -1,0 +1,284 @@
+"""The MCP gateway (trigate.mcp_gateway): the mcp SDK's client against `/mcp`, over two
+real MCP servers written with the SDK, one over streamable HTTP on a socket
+(tests/fake_mcp.py) and one over stdio (tests/mcp_stdio_server.py), with keys that may
+and may not see each tool."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx2
+import mcp_types as types
+import pytest
+import trio
+from fake_mcp import FakeMCP, start_fake_mcp
+from helpers import MASTER_KEY, RunningGateway, start_gateway
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+STDIO_SERVER = str(Path(__file__).with_name("mcp_stdio_server.py"))
+UPSTREAM_TOKEN = "weather-upstream-token-123"
+
+
+def mcp_config(weather: FakeMCP, **extra: Any) -> dict[str, Any]:
+    return {
+        "model_list": [],
+        "mcp_servers": {
+            "weather": {
+                "url": weather.url,
+                "transport": "http",
+                "auth_type": "bearer_token",
+                "auth_value": UPSTREAM_TOKEN,
+                "description": "The weather",
+                "extra_headers": ["x-tenant"],
+                "disallowed_tools": ["fail"],
+                "access_groups": ["outdoors"],
+                "mcp_info": {"mcp_server_cost_info": {
+                    "default_cost_per_query": 0.01,
+                    "tool_name_to_cost_per_query": {"alerts": 0.5},
+                }},
+            },
+            "local": {
+                "command": sys.executable,
+                "args": [STDIO_SERVER],
+                "env": {"LOCAL_SECRET": "from-config"},
+            },
+        },
+        **extra,
+    }  # fmt: skip
+
+
+@pytest.fixture
+async def weather(nursery: trio.Nursery) -> FakeMCP:
+    return await start_fake_mcp(nursery)
+
+
+@pytest.fixture
+async def gateway(nursery: trio.Nursery, weather: FakeMCP) -> AsyncIterator[RunningGateway]:
+    running = await start_gateway(nursery, mcp_config(weather))
+    yield running
+    await running.stop()
+
+
+@asynccontextmanager
+async def mcp_session(
+    url: str, key: str = MASTER_KEY, **headers: str
+) -> AsyncIterator[ClientSession]:
+    """The mcp SDK's client over streamable HTTP, with a virtual key."""
+    client = httpx2.AsyncClient(headers={"authorization": f"Bearer {key}", **headers})
+    async with (
+        client,
+        streamable_http_client(url, http_client=client) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+async def tool_names(
+    gateway: RunningGateway, key: str = MASTER_KEY, path: str = "/mcp"
+) -> set[str]:
+    async with mcp_session(gateway.url + path, key) as session:
+        return {tool.name for tool in (await session.list_tools()).tools}
+
+
+async def new_key(gateway: RunningGateway, **fields: Any) -> str:
+    async with gateway.client() as client:
+        reply = await client.post("/key/generate", json=fields)
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["key"])
+
+
+def text_of(result: types.CallToolResult) -> str:
+    block = result.content[0]
+    assert isinstance(block, types.TextContent)
+    return block.text
+
+
+async def test_the_master_key_sees_every_server_s_tools_prefixed_and_calls_them(
+    gateway: RunningGateway, weather: FakeMCP
+) -> None:
+    async with mcp_session(gateway.url + "/mcp", **{"x-tenant": "acme"}) as session:
+        tools = {tool.name for tool in (await session.list_tools()).tools}
+        # `fail` is the server's `disallowed_tools`: nobody sees it.
+        assert tools == {
+            "weather-forecast", "weather-alerts",
+            "local-echo", "local-pid", "local-hang", "local-env",
+        }  # fmt: skip
+        forecast = await session.call_tool("weather-forecast", {"city": "Oslo"})
+        echoed = await session.call_tool("local-echo", {"text": "hi"})
+        secret = await session.call_tool("local-env", {"name": "LOCAL_SECRET"})
+        prompts = await session.list_prompts()
+        resources = await session.list_resources()
+        stations = await session.read_resource("weather://stations")
+    assert text_of(forecast) == "sunny in Oslo"
+    assert text_of(echoed) == "echo: hi"
+    assert text_of(secret) == "from-config"
+    assert [p.name for p in prompts.prompts] == ["weather-brief"]
+    assert [str(r.uri) for r in resources.resources] == ["weather://stations"]
+    content = stations.contents[0]
+    assert isinstance(content, types.TextResourceContents) and content.text == "north, south"
+    # The upstream got the configured credential and the named client header, and never
+    # the gateway's key.
+    heard = weather.calls["forecast"][0]
+    assert heard["authorization"] == f"Bearer {UPSTREAM_TOKEN}"
+    assert heard["x-tenant"] == "acme"
+    assert MASTER_KEY not in str(weather.calls)
+
+
+async def test_a_key_sees_and_calls_only_the_tools_it_may(
+    gateway: RunningGateway, weather: FakeMCP
+) -> None:
+    key = await new_key(
+        gateway,
+        object_permission={
+            "mcp_servers": ["weather"],
+            "mcp_tool_permissions": {"weather": ["forecast"]},
+        },
+    )
+    assert await tool_names(gateway, key) == {"weather-forecast"}
+    async with mcp_session(gateway.url + "/mcp", key) as session:
+        assert text_of(await session.call_tool("weather-forecast", {"city": "Rome"})) == (
+            "sunny in Rome"
+        )
+        for refused in ("weather-alerts", "local-echo", "weather-fail"):
+            with pytest.raises(MCPError, match="not available to this key"):
+                await session.call_tool(refused, {"text": "x"})
+    # Refused before it reached the server.
+    assert "alerts" not in weather.calls and "fail" not in weather.calls
+
+
+async def test_a_team_s_permissions_bind_its_keys_team_and_key_intersect(
+    gateway: RunningGateway,
+) -> None:
+    async with gateway.client() as client:
+        team = await client.post(
+            "/team/new", json={"object_permission": {"mcp_access_groups": ["outdoors"]}}
+        )
+    assert team.status_code == 200, team.text
+    team_id = team.json()["team_id"]
+    both = await new_key(
+        gateway, team_id=team_id, object_permission={"mcp_servers": ["weather", "local"]}
+    )
+    assert await tool_names(gateway, both) == {"weather-forecast", "weather-alerts"}
+    unrestricted = await new_key(gateway, team_id=team_id)
+    assert await tool_names(gateway, unrestricted) == {"weather-forecast", "weather-alerts"}
+
+
+async def test_a_key_update_grant_takes_effect_at_once(gateway: RunningGateway) -> None:
+    key = await new_key(gateway, object_permission={"mcp_servers": ["weather"]})
+    assert "local-echo" not in await tool_names(gateway, key)
+    async with gateway.client() as client:
+        reply = await client.post(
+            "/key/update",
+            json={"key": key, "object_permission": {"mcp_servers": ["weather", "local"]}},
+        )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["object_permission"] == {"mcp_servers": ["weather", "local"]}
+    assert "local-echo" in await tool_names(gateway, key)
+
+
+async def test_a_key_with_no_tool_is_told_so_not_given_an_empty_list(
+    gateway: RunningGateway,
+) -> None:
+    key = await new_key(gateway, object_permission={"mcp_servers": ["no_such_server"]})
+    async with mcp_session(gateway.url + "/mcp", key) as session:
+        with pytest.raises(MCPError, match="No MCP tools are available to this key"):
+            await session.list_tools()
+    partial = await new_key(
+        gateway, object_permission={"mcp_tool_permissions": {"weather": [], "local": []}}
+    )
+    async with mcp_session(gateway.url + "/mcp", partial) as session:
+        with pytest.raises(MCPError, match="may call none of their tools"):
+            await session.list_tools()
+
+
+async def test_one_server_by_path_or_header_and_a_caller_credential_for_it_alone(
+    gateway: RunningGateway, weather: FakeMCP
+) -> None:
+    assert await tool_names(gateway, path="/mcp/local") == {
+        "local-echo", "local-pid", "local-hang", "local-env",
+    }  # fmt: skip
+    async with mcp_session(gateway.url + "/mcp", **{"x-mcp-servers": "weather"}) as session:
+        assert {t.name for t in (await session.list_tools()).tools} == {
+            "weather-forecast", "weather-alerts",
+        }  # fmt: skip
+    async with mcp_session(
+        gateway.url + "/mcp/weather", **{"x-mcp-weather-authorization": "Bearer callers-own"}
+    ) as session:
+        await session.call_tool("weather-alerts", {})
+    assert weather.calls["alerts"][-1]["authorization"] == "Bearer callers-own"
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        unknown = await client.post(
+            "/mcp/nowhere", headers={"authorization": f"Bearer {MASTER_KEY}"}, json={}
+        )
+        anonymous = await client.post("/mcp", json={})
+    assert unknown.status_code == 404
+    assert anonymous.status_code == 401
+
+
+async def test_each_tool_call_is_a_spend_row_billed_at_the_server_s_price(
+    gateway: RunningGateway,
+) -> None:
+    key = await new_key(gateway)
+    async with mcp_session(gateway.url + "/mcp", key) as session:
+        await session.call_tool("weather-forecast", {"city": "Lima"})
+        await session.call_tool("weather-alerts", {})
+        with pytest.raises(MCPError):
+            await session.call_tool("weather-fail", {})
+    records = await gateway.records.wait_for(3)
+    rows = [(r.model_group, r.model, r.status, r.cost) for r in records]
+    assert rows == [
+        ("weather", "forecast", 200, 0.01),
+        ("weather", "alerts", 200, 0.5),
+        ("weather", "fail", 403, 0.0),
+    ]
+    assert all(r.key_hash is not None and r.request_tags == ["mcp"] for r in records)
+    async with gateway.client() as client:
+        metrics = (await client.get("/metrics")).text
+    assert 'trigate_mcp_tool_calls_total{mcp_server="weather",status="success"} 2.0' in metrics
+    assert 'trigate_mcp_tool_calls_total{mcp_server="weather",status="refused"} 1.0' in metrics
+
+
+def _stdio_children() -> set[int]:
+    """The processes of tests/mcp_stdio_server.py that this process started."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except (OSError, ValueError):
+            continue
+        if parent == os.getpid() and STDIO_SERVER.encode() in command:
+            found.add(int(entry))
+    return found
+
+
+async def test_a_client_that_leaves_mid_call_has_its_stdio_server_reaped(
+    gateway: RunningGateway,
+) -> None:
+    assert _stdio_children() == set()
+    async with trio.open_nursery() as nursery:
+
+        async def call_and_hang() -> None:
+            async with mcp_session(gateway.url + "/mcp/local") as session:
+                await session.call_tool("local-hang", {})
+
+        nursery.start_soon(call_and_hang)
+        while not _stdio_children():  # noqa: ASYNC110 - another process's pace
+            await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    with trio.fail_after(30):
+        while _stdio_children():  # noqa: ASYNC110 - another process's pace
+            await trio.sleep(0.05)

@@ -1,0 +1,191 @@
+"""`/mcp` and `/mcp/{server}`: MCP over streamable HTTP, served in front of the app.
+
+Stateless, on purpose: every HTTP request is a whole client session to the gateway (the
+SDK's stateless streamable HTTP mode, JSON answers), authenticated by its own virtual
+key (`Authorization: Bearer` or `x-litellm-api-key`), its permissions read afresh, and
+its upstream sessions opened in a nursery the request owns and closed when it ends.
+Nothing of a session lives in a process between requests, so a client's next request
+may reach any worker of any instance (`--workers N`, a load balancer) and be served the
+same: no session store to keep, expire or lose, and no upstream process outlives the
+request that needed it. The cost is that each request opens the upstream sessions it
+uses (a stdio server is spawned per request that calls it).
+
+`/mcp` aggregates every server the key may use; `/mcp/{server}` serves one, and the
+`x-mcp-servers` header (comma-separated names) narrows `/mcp` to those it names. The
+client's `x-mcp-{server}-authorization` goes to that server alone.
+
+The client's departure cancels the request: its body is read first, then the
+connection is watched for the disconnect, which cancels the upstream sessions and reaps
+stdio processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+from trigate.clock import wall_time
+from trigate.errors import GatewayError, InvalidRequest, NotFound
+from trigate.mcp_gateway.accounting import tool_record
+from trigate.mcp_gateway.aggregate import Aggregate, ToolCall
+from trigate.mcp_gateway.permissions import grant_of
+from trigate.mcp_gateway.servers import MCPServer
+from trigate.mcp_gateway.upstream import Upstreams
+
+if TYPE_CHECKING:
+    from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+
+    from trigate.auth import Caller
+    from trigate.gateway import Gateway
+
+logger = logging.getLogger("trigate")
+
+PATH = "/mcp"
+
+RenderError = Callable[[GatewayError], tuple[int, Mapping[str, str], bytes]]
+
+
+class MCPEndpoint:
+    """ASGI app serving `/mcp` and `/mcp/{server}`, passing every other request to `app`."""
+
+    def __init__(self, app: ASGIFramework, gateway: Gateway, render_error: RenderError) -> None:
+        self._app = app
+        self._gateway = gateway
+        self._render_error = render_error
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] != "http" or (selected := _selected(scope["path"])) is None:
+            await self._app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            caller = await self._gateway.auth.authenticate(headers)
+            servers = await self._servers(caller, selected, headers)
+            body = await _body(receive, self._gateway.config.max_request_bytes)
+        except GatewayError as error:
+            await self._refuse(send, error)
+            return
+        await self._serve(scope, body, receive, send, caller, servers, headers)
+
+    async def _servers(
+        self, caller: Caller, selected: str, headers: Mapping[str, str]
+    ) -> list[MCPServer]:
+        """The servers this request may use: those it asks for, that the caller may use."""
+        servers = await self._gateway.mcp.servers(self._gateway.store)
+        if selected:
+            if selected not in servers:
+                raise NotFound(f"No MCP server `{selected}` exists.", code="mcp_server_not_found")
+            wanted = [servers[selected]]
+        elif named := headers.get("x-mcp-servers"):
+            names = [n.strip() for n in named.split(",") if n.strip()]
+            unknown = [n for n in names if n not in servers]
+            if unknown:
+                raise InvalidRequest(
+                    f"`x-mcp-servers` names unknown MCP servers: {', '.join(unknown)}.",
+                    param="x-mcp-servers",
+                )
+            wanted = [servers[n] for n in names]
+        else:
+            wanted = list(servers.values())
+        return grant_of(caller).servers(wanted)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        body: bytes,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        caller: Caller,
+        servers: list[MCPServer],
+        headers: Mapping[str, str],
+    ) -> None:
+        """One client session: the SDK's stateless transport over `Aggregate`, in a
+        nursery that holds its upstream sessions and ends with the request."""
+        async with trio.open_nursery() as nursery:
+            upstreams = Upstreams(nursery, headers)
+            view = Aggregate(
+                servers, grant_of(caller), upstreams, self._recorder(caller), wall_time
+            )
+            manager = StreamableHTTPSessionManager(
+                view.server(), stateless=True, json_response=True
+            )
+            try:
+                async with trio.open_nursery() as request:
+                    request.start_soon(_cancel_on_disconnect, receive, request.cancel_scope)
+                    async with manager.run():
+                        await manager.handle_request(scope, _replay(body), send)  # type: ignore[arg-type]
+                    request.cancel_scope.cancel()
+            finally:
+                upstreams.close()
+
+    def _recorder(self, caller: Caller) -> Callable[[ToolCall], Awaitable[None]]:
+        gateway = self._gateway
+
+        async def record(call: ToolCall) -> None:
+            gateway.telemetry.metrics.mcp_tool_call(
+                str(call.server.name), call.status, call.end - call.start
+            )
+            await gateway.record(tool_record(caller, call))
+
+        return record
+
+    async def _refuse(self, send: ASGISendCallable, error: GatewayError) -> None:
+        status, headers, body = self._render_error(error)
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _selected(path: str) -> str | None:
+    """The server a path names: "" for `/mcp` (all), its name for `/mcp/{server}`, None
+    for a path that is not the MCP endpoint's."""
+    if path in (PATH, PATH + "/"):
+        return ""
+    rest = path.removeprefix(PATH + "/").rstrip("/")
+    if path.startswith(PATH + "/") and rest and "/" not in rest:
+        return rest
+    return None
+
+
+async def _body(receive: ASGIReceiveCallable, limit: int) -> bytes:
+    body = bytearray()
+    while True:
+        message: Any = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("The client left before its request arrived.")
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise InvalidRequest(f"The request body is larger than {limit} bytes.")
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+def _replay(body: bytes) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """A `receive` that gives the SDK the body already read, then waits (the client's
+    departure is watched by `_cancel_on_disconnect`, which cancels the request)."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+async def _cancel_on_disconnect(receive: ASGIReceiveCallable, scope: trio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
