@@ -282,3 +282,120 @@ async def test_a_client_that_leaves_mid_call_has_its_stdio_server_reaped(
     with trio.fail_after(30):
         while _stdio_children():  # noqa: ASYNC110 - another process's pace
             await trio.sleep(0.05)
+
+
+class Alternating(httpx2.AsyncBaseTransport):
+    """Sends each request to the next of `urls` in turn, as a load balancer over two
+    instances would: a session's requests land on both."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self._urls = [httpx2.URL(url) for url in urls]
+        self._turn = 0
+        self._inner = httpx2.AsyncHTTPTransport()
+        self.served: list[str] = []
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        target = self._urls[self._turn % len(self._urls)]
+        self._turn += 1
+        request.url = request.url.copy_with(host=target.host, port=target.port)
+        self.served.append(f"{target.host}:{target.port}")
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_a_server_added_through_the_api_is_served_by_every_instance_sealed_at_rest(
+    nursery: trio.Nursery, weather: FakeMCP, database_url: str
+) -> None:
+    config = {"model_list": [], "general_settings": {"database_url": database_url}}
+    first = await start_gateway(nursery, dict(config))
+    second = await start_gateway(nursery, dict(config))
+    async with first.client() as client:
+        added = await client.post(
+            "/v1/mcp/server",
+            json={
+                "server_name": "forecasts",
+                "url": weather.url,
+                "transport": "http",
+                "auth_type": "api_key",
+                "credentials": {"auth_value": "stored-upstream-secret"},
+                "mcp_access_groups": ["outdoors"],
+                "allowed_tools": ["forecast"],
+            },
+        )
+        assert added.status_code == 200, added.text
+        server_id = added.json()["server_id"]
+        listed = (await client.get("/v1/mcp/server")).json()
+    assert [s["server_name"] for s in listed] == ["forecasts"]
+    assert "stored-upstream-secret" not in str(listed)
+    rows = await first.gateway.store.mcp_servers()
+    assert "stored-upstream-secret" not in str(rows)
+    assert rows[0]["definition"]["auth_value"].startswith("sealed:v1:")
+
+    # One client session, its requests alternating between the two instances.
+    balancer = Alternating([first.url, second.url])
+    http = httpx2.AsyncClient(transport=balancer, headers={"authorization": f"Bearer {MASTER_KEY}"})
+    async with (
+        http,
+        streamable_http_client(first.url + "/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        tools = {tool.name for tool in (await session.list_tools()).tools}
+        forecast = await session.call_tool("forecasts-forecast", {"city": "Lyon"})
+    assert tools == {"forecasts-forecast"}
+    assert text_of(forecast) == "sunny in Lyon"
+    assert len(set(balancer.served)) == 2
+    assert weather.calls["forecast"][-1]["x-api-key"] == "stored-upstream-secret"
+
+    # Changed on one instance, then deleted: the other serves the change, then nothing.
+    async with second.client() as client:
+        changed = await client.put(
+            "/v1/mcp/server",
+            json={"server_id": server_id, "server_name": "forecasts", "url": weather.url},
+        )
+        assert changed.status_code == 200, changed.text
+    # Without Redis, another instance's change is seen within `STALE_AFTER` (1 s).
+    everything = {"forecasts-forecast", "forecasts-alerts", "forecasts-fail"}
+    with trio.fail_after(10):
+        while await tool_names(first) != everything:
+            await trio.sleep(0.1)
+    async with first.client() as client:
+        assert (await client.delete(f"/v1/mcp/server/{server_id}")).status_code == 202
+        assert (await client.get(f"/v1/mcp/server/{server_id}")).status_code == 404
+    async with mcp_session(second.url + "/mcp") as session:
+        with trio.fail_after(10):
+            while True:
+                try:
+                    await session.list_tools()
+                except MCPError as error:
+                    assert "none of the gateway's MCP servers" in error.message
+                    break
+                await trio.sleep(0.1)
+    await first.stop()
+    await second.stop()
+
+
+async def test_only_an_admin_adds_servers_and_a_stdio_one_only_with_an_allowed_command(
+    gateway: RunningGateway,
+) -> None:
+    key = await new_key(gateway, object_permission={"mcp_servers": ["weather"]})
+    async with gateway.client(key) as client:
+        refused = await client.post("/v1/mcp/server", json={"server_name": "x", "url": "http://x"})
+        visible = (await client.get("/v1/mcp/server")).json()
+    assert refused.status_code == 403
+    assert [s["server_name"] for s in visible] == ["weather"]
+    assert "env" not in str(visible) or "from-config" not in str(visible)
+    async with gateway.client() as client:
+        shell = await client.post(
+            "/v1/mcp/server",
+            json={"server_name": "shell", "transport": "stdio", "command": "/bin/sh", "args": []},
+        )
+        hyphen = await client.post("/v1/mcp/server", json={"server_name": "a-b", "url": "http://x"})
+        taken = await client.post(
+            "/v1/mcp/server", json={"server_name": "weather", "url": "http://x"}
+        )
+    assert shell.status_code == 400 and "may run only" in shell.text
+    assert hyphen.status_code == 400
+    assert taken.status_code == 400

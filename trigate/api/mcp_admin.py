@@ -91,7 +91,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         if not await gateway.store.delete_mcp_server(server_id):
             raise not_found("MCP server", server_id)
         # LiteLLM answers 202 with no body.
-        return Response(status=202)
+        return Response(b"", status=202)
 
 
 async def _writer(gateway: Gateway) -> Caller:
