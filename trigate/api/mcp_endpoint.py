@@ -28,19 +28,19 @@ from typing import TYPE_CHECKING, Any
 import trio
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
+from trigate.api.context import current_request
+from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError, InvalidRequest, NotFound
+from trigate.gateway import Gateway
 from trigate.mcp_gateway.accounting import tool_record
 from trigate.mcp_gateway.aggregate import Aggregate, ToolCall
 from trigate.mcp_gateway.permissions import grant_of
 from trigate.mcp_gateway.servers import MCPServer
-from trigate.mcp_gateway.upstream import Upstreams
+from trigate.mcp_gateway.upstream import upstream_sessions
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
-
-    from trigate.auth import Caller
-    from trigate.gateway import Gateway
 
 logger = logging.getLogger("trigate")
 
@@ -107,33 +107,21 @@ class MCPEndpoint:
     ) -> None:
         """One client session: the SDK's stateless transport over `Aggregate`, in a
         nursery that holds its upstream sessions and ends with the request."""
-        async with trio.open_nursery() as nursery:
-            upstreams = Upstreams(nursery, headers)
+        async with upstream_sessions(headers) as upstreams:
             view = Aggregate(
                 servers, grant_of(caller), upstreams, self._recorder(caller), wall_time
             )
             manager = StreamableHTTPSessionManager(
                 view.server(), stateless=True, json_response=True
             )
-            try:
-                async with trio.open_nursery() as request:
-                    request.start_soon(_cancel_on_disconnect, receive, request.cancel_scope)
-                    async with manager.run():
-                        await manager.handle_request(scope, _replay(body), send)  # type: ignore[arg-type]
-                    request.cancel_scope.cancel()
-            finally:
-                upstreams.close()
+            async with trio.open_nursery() as request:
+                request.start_soon(_cancel_on_disconnect, receive, request.cancel_scope)
+                async with manager.run():
+                    await manager.handle_request(scope, _replay(body), send)  # type: ignore[arg-type]
+                request.cancel_scope.cancel()
 
     def _recorder(self, caller: Caller) -> Callable[[ToolCall], Awaitable[None]]:
-        gateway = self._gateway
-
-        async def record(call: ToolCall) -> None:
-            gateway.telemetry.metrics.mcp_tool_call(
-                str(call.server.name), call.status, call.end - call.start
-            )
-            await gateway.record(tool_record(caller, call))
-
-        return record
+        return tool_recorder(self._gateway, caller)
 
     async def _refuse(self, send: ASGISendCallable, error: GatewayError) -> None:
         status, headers, body = self._render_error(error)
@@ -143,6 +131,28 @@ class MCPEndpoint:
             "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
         })  # fmt: skip
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def tool_recorder(gateway: Gateway, caller: Caller) -> Callable[[ToolCall], Awaitable[None]]:
+    """How a tool call is accounted, whichever route made it: its metrics, its span
+    (when tracing is on), and its spend-log row, billed to the caller."""
+    traceparent = current_request.get().traceparent
+
+    async def record(call: ToolCall) -> None:
+        name = str(call.server.name)
+        gateway.telemetry.metrics.mcp_tool_call(name, call.status, call.end - call.start)
+        tracing = gateway.telemetry.tracing
+        if tracing is not None and (
+            span := tracing.tool_span(traceparent, name, call.tool, call.start)
+        ):
+            span.attributes["trigate.mcp_status"] = call.status
+            if call.status == "success":
+                span.end()
+            else:
+                span.fail(RuntimeError(call.error or call.status))
+        await gateway.record(tool_record(caller, call))
+
+    return record
 
 
 def _selected(path: str) -> str | None:

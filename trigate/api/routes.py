@@ -33,6 +33,7 @@ from trigate.api import (
 from trigate.api.chat import ChatSurface
 from trigate.api.completions import CompletionsSurface
 from trigate.api.embeddings import EmbeddingsSurface
+from trigate.api.mcp_responses import MCPResponses
 from trigate.api.messages import CountTokens, MessagesSurface
 from trigate.api.model_api import Route
 from trigate.api.pipeline import Pipeline
@@ -46,7 +47,8 @@ def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
     chat = pipeline.route(ChatSurface())
     completions = pipeline.route(CompletionsSurface())
     embeddings = pipeline.route(EmbeddingsSurface())
-    responses_ = pipeline.route(ResponsesSurface())
+    # MCP tools (`"type": "mcp"`) run by the gateway around the Responses surface.
+    responses_ = MCPResponses(pipeline.route(ResponsesSurface()), gateway).route()
     return {
         "/v1/chat/completions": chat,
         "/chat/completions": chat,

@@ -74,6 +74,32 @@ async def _streamable_http(url: str, headers: dict[str, str]) -> AsyncIterator[A
         yield streams
 
 
+@asynccontextmanager
+async def upstream_sessions(client_headers: Mapping[str, str]) -> AsyncIterator[Upstreams]:
+    """A client session's upstream sessions, all closed when the block ends. What the
+    block raises comes out as it was raised, not inside the nursery's exception group
+    (the sessions' own tasks never raise: they log what ends them)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            upstreams = Upstreams(nursery, client_headers)
+            try:
+                yield upstreams
+            finally:
+                upstreams.close()
+    except BaseExceptionGroup as group:
+        raise _alone(group) from None
+
+
+def _alone(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception a group holds (however nested), or the group itself."""
+    while len(group.exceptions) == 1:
+        inner = group.exceptions[0]
+        if not isinstance(inner, BaseExceptionGroup):
+            return inner
+        group = inner
+    return group
+
+
 class Upstreams:
     """The upstream sessions of one client session, held in its `nursery`."""
 
