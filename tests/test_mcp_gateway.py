@@ -20,6 +20,7 @@ import trio
 from fake_mcp import FakeMCP, start_fake_mcp
 from helpers import MASTER_KEY, RunningGateway, start_gateway
 from mcp import ClientSession
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
@@ -399,3 +400,58 @@ async def test_only_an_admin_adds_servers_and_a_stdio_one_only_with_an_allowed_c
     assert shell.status_code == 400 and "may run only" in shell.text
     assert hyphen.status_code == 400
     assert taken.status_code == 400
+
+
+class PostsTo(httpx2.AsyncBaseTransport):
+    """Sends every POST to `url`'s instance and everything else where it was going: an
+    SSE client's stream on one instance, its messages landing on another."""
+
+    def __init__(self, url: str) -> None:
+        self._target = httpx2.URL(url)
+        self._inner = httpx2.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "POST":
+            request.url = request.url.copy_with(host=self._target.host, port=self._target.port)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def test_an_older_sse_client_s_messages_are_answered_on_its_stream_from_any_instance(
+    nursery: trio.Nursery, weather: FakeMCP, redis_url: str, redis_prefix: str
+) -> None:
+    fleet = {"redis_url": redis_url, "redis_key_prefix": redis_prefix, "redis_timeout": 2.0}
+    config = {**mcp_config(weather), "router_settings": fleet}
+    first = await start_gateway(nursery, dict(config))
+    second = await start_gateway(nursery, dict(config))
+    auth = {"authorization": f"Bearer {MASTER_KEY}"}
+
+    def via_second(
+        headers: dict[str, str] | None = None,
+        timeout: httpx2.Timeout | None = None,
+        auth: httpx2.Auth | None = None,
+    ) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(headers=headers, timeout=timeout, transport=PostsTo(second.url))
+
+    for factory in (None, via_second):
+        extra = {"httpx_client_factory": factory} if factory else {}
+        async with (
+            sse_client(first.url + "/mcp/sse", headers=auth, **extra) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            tools = {tool.name for tool in (await session.list_tools()).tools}
+            echoed = await session.call_tool("local-echo", {"text": "over sse"})
+        assert "weather-forecast" in tools and "local-echo" in tools
+        assert text_of(echoed) == "echo: over sse"
+    async with httpx.AsyncClient() as client:
+        lost = await client.post(
+            f"{second.url}/mcp/sse/messages?session_id=nope",
+            headers=auth,
+            json={"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        )
+    assert lost.status_code == 404
+    await first.stop()
+    await second.stop()

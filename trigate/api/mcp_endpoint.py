@@ -22,8 +22,10 @@ stdio processes.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import trio
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
@@ -37,14 +39,25 @@ from trigate.mcp_gateway.accounting import tool_record
 from trigate.mcp_gateway.aggregate import Aggregate, ToolCall
 from trigate.mcp_gateway.permissions import grant_of
 from trigate.mcp_gateway.servers import MCPServer
+from trigate.mcp_gateway.sse_hub import SSEHub
 from trigate.mcp_gateway.upstream import upstream_sessions
 
 if TYPE_CHECKING:
-    from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+    from hypercorn.typing import (
+        ASGIFramework,
+        ASGIReceiveCallable,
+        ASGISendCallable,
+        HTTPScope,
+        Scope,
+    )
 
 logger = logging.getLogger("trigate")
 
 PATH = "/mcp"
+# MCP's older SSE transport: the stream, and where its messages are posted (LiteLLM's).
+SSE = "sse"
+SSE_MESSAGES = "sse/messages"
+SSE_MESSAGES_PATH = f"{PATH}/{SSE_MESSAGES}"
 
 RenderError = Callable[[GatewayError], tuple[int, Mapping[str, str], bytes]]
 
@@ -56,6 +69,7 @@ class MCPEndpoint:
         self._app = app
         self._gateway = gateway
         self._render_error = render_error
+        self._hub = SSEHub()
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -64,14 +78,76 @@ class MCPEndpoint:
             await self._app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        sse_stream = selected == SSE and scope["method"] == "GET"
         try:
             caller = await self._gateway.auth.authenticate(headers)
-            servers = await self._servers(caller, selected, headers)
+            if sse_stream:
+                await self._sse_stream(receive, send, caller)
+                return
+            servers = await self._servers(
+                caller, "" if selected == SSE_MESSAGES else selected, headers
+            )
             body = await _body(receive, self._gateway.config.max_request_bytes)
         except GatewayError as error:
             await self._refuse(send, error)
             return
-        await self._serve(scope, body, receive, send, caller, servers, headers)
+        if selected == SSE_MESSAGES:
+            await self._sse_message(scope, body, receive, send, caller, servers, headers)
+        else:
+            await self._serve(scope, body, receive, send, caller, servers, headers)
+
+    async def _sse_stream(
+        self, receive: ASGIReceiveCallable, send: ASGISendCallable, caller: Caller
+    ) -> None:
+        """MCP's older SSE transport: the stream of a session's answers, its first event
+        naming where the client posts its messages (trigate/mcp_gateway/sse_hub.py)."""
+        session_id = secrets.token_hex(16)
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream"),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+            ],
+        })  # fmt: skip
+        endpoint = f"event: endpoint\ndata: {SSE_MESSAGES_PATH}?session_id={session_id}\n\n"
+        await send({"type": "http.response.body", "body": endpoint.encode(), "more_body": True})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_cancel_on_disconnect, receive, nursery.cancel_scope)
+            fleet = self._gateway.fleet
+            async with self._hub.stream(fleet, caller.identity, session_id) as answers:
+                async for answer in answers:
+                    event = b"event: message\ndata: " + answer + b"\n\n"
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+
+    async def _sse_message(
+        self,
+        scope: HTTPScope,
+        body: bytes,
+        receive: ASGIReceiveCallable,
+        send: ASGISendCallable,
+        caller: Caller,
+        servers: list[MCPServer],
+        headers: Mapping[str, str],
+    ) -> None:
+        """One message of an SSE session, served here as `/mcp` serves a request; its
+        answer goes to the session's stream, wherever that is held."""
+        query = parse_qs(scope["query_string"].decode("latin-1"))
+        session_id = (query.get("session_id") or [""])[0]
+        if not session_id:
+            await self._refuse(send, InvalidRequest("`session_id` is missing.", param="session_id"))
+            return
+        answered = _Captured()
+        await self._serve(_as_streamable(scope), body, receive, answered, caller, servers, headers)
+        if answered.body and not await self._hub.deliver(
+            self._gateway.fleet, caller.identity, session_id, bytes(answered.body)
+        ):
+            error = NotFound("No MCP SSE session has that id.", code="mcp_session_not_found")
+            await self._refuse(send, error)
+            return
+        await send({"type": "http.response.start", "status": 202, "headers": []})
+        await send({"type": "http.response.body", "body": b"Accepted", "more_body": False})
 
     async def _servers(
         self, caller: Caller, selected: str, headers: Mapping[str, str]
@@ -155,11 +231,44 @@ def tool_recorder(gateway: Gateway, caller: Caller) -> Callable[[ToolCall], Awai
     return record
 
 
+class _Captured:
+    """An ASGI `send` that keeps the answer instead of sending it."""
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+
+    async def __call__(self, message: Any) -> None:
+        if message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+
+
+def _as_streamable(scope: HTTPScope) -> Any:
+    """An SSE session's message as a streamable HTTP request of its own."""
+    kept = [
+        (name, value)
+        for name, value in scope["headers"]
+        if name.lower() not in (b"accept", b"content-type", b"mcp-session-id")
+    ]
+    return {
+        **scope,
+        "path": PATH,
+        "raw_path": PATH.encode(),
+        "query_string": b"",
+        "headers": [
+            *kept,
+            (b"accept", b"application/json, text/event-stream"),
+            (b"content-type", b"application/json"),
+        ],
+    }
+
+
 def _selected(path: str) -> str | None:
     """The server a path names: "" for `/mcp` (all), its name for `/mcp/{server}`, None
     for a path that is not the MCP endpoint's."""
     if path in (PATH, PATH + "/"):
         return ""
+    if path == SSE_MESSAGES_PATH:
+        return SSE_MESSAGES
     rest = path.removeprefix(PATH + "/").rstrip("/")
     if path.startswith(PATH + "/") and rest and "/" not in rest:
         return rest
