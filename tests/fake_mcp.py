@@ -5,6 +5,7 @@ with, so a test asserts on what the upstream actually received."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 from hypercorn.config import Config
@@ -17,6 +18,8 @@ class FakeMCP:
     url: str
     # The headers of each tool call, by tool.
     calls: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    # How many `tools/list` requests it answered.
+    listings: int = 0
 
 
 def weather_server(seen: FakeMCP) -> MCPServer:
@@ -59,7 +62,17 @@ def weather_server(seen: FakeMCP) -> MCPServer:
 async def start_fake_mcp(nursery: trio.Nursery) -> FakeMCP:
     """The weather server at http://127.0.0.1:{port}/mcp, running in `nursery`."""
     seen = FakeMCP("")
-    app = weather_server(seen).streamable_http_app(stateless_http=True, json_response=True)
+    inner = weather_server(seen).streamable_http_app(stateless_http=True, json_response=True)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        async def counting() -> Any:
+            message = await receive()
+            if b'"tools/list"' in message.get("body", b""):
+                seen.listings += 1
+            return message
+
+        await inner(scope, counting, send)
+
     config = Config()
     config.bind = ["127.0.0.1:0"]
     config.accesslog = None

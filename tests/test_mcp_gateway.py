@@ -134,6 +134,23 @@ async def test_the_master_key_sees_every_server_s_tools_prefixed_and_calls_them(
     assert MASTER_KEY not in str(weather.calls)
 
 
+async def test_a_server_s_tool_list_is_kept_a_while_and_permissions_apply_per_caller(
+    gateway: RunningGateway, weather: FakeMCP
+) -> None:
+    key = await new_key(
+        gateway, object_permission={"mcp_tool_permissions": {"weather": ["alerts"]}}
+    )
+    assert "weather-forecast" in await tool_names(gateway, path="/mcp/weather")
+    assert await tool_names(gateway, key, path="/mcp/weather") == {"weather-alerts"}
+    assert weather.listings == 1
+    # A caller's own credential for the server is another listing.
+    async with mcp_session(
+        gateway.url + "/mcp/weather", **{"x-mcp-weather-authorization": "Bearer mine"}
+    ) as session:
+        await session.list_tools()
+    assert weather.listings == 2
+
+
 async def test_a_key_sees_and_calls_only_the_tools_it_may(
     gateway: RunningGateway, weather: FakeMCP
 ) -> None:

@@ -52,6 +52,10 @@ if TYPE_CHECKING:
     )
 
 logger = logging.getLogger("trigate")
+# The SDK logs each session manager's start and stop and each transport's end at INFO:
+# here a session is a request, and its lines would outnumber the access log's.
+for _name in ("mcp.server.streamable_http_manager", "mcp.server.streamable_http"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 PATH = "/mcp"
 # MCP's older SSE transport: the stream, and where its messages are posted (LiteLLM's).
@@ -185,7 +189,12 @@ class MCPEndpoint:
         nursery that holds its upstream sessions and ends with the request."""
         async with upstream_sessions(headers) as upstreams:
             view = Aggregate(
-                servers, grant_of(caller), upstreams, self._recorder(caller), wall_time
+                servers,
+                grant_of(caller),
+                upstreams,
+                self._recorder(caller),
+                wall_time,
+                self._gateway.mcp.listings,
             )
             manager = StreamableHTTPSessionManager(
                 view.server(), stateless=True, json_response=True

@@ -172,7 +172,8 @@ class MCPResponses:
         grant = grant_of(caller)
         visible = grant.servers(server for server, _ in named.values())
         recorder = tool_recorder(self._gateway, caller)
-        aggregate = Aggregate(visible, grant, upstreams, recorder, wall_time)
+        listings = self._gateway.mcp.listings
+        aggregate = Aggregate(visible, grant, upstreams, recorder, wall_time, listings)
         tools = _Tools(aggregate, [])
         tools.servers = {
             name: str(spec.get("server_label") or name) for name, (_, spec) in named.items()

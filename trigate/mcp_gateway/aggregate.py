@@ -22,6 +22,7 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
 
+from trigate.mcp_gateway.listing import ToolListings
 from trigate.mcp_gateway.permissions import Grant
 from trigate.mcp_gateway.servers import SEPARATOR, MCPServer
 from trigate.mcp_gateway.upstream import UpstreamFailed, Upstreams
@@ -72,8 +73,10 @@ class Aggregate:
         upstreams: Upstreams,
         on_call: OnCall,
         clock: Callable[[], float],
+        listings: ToolListings | None = None,
     ) -> None:
         self._servers = {str(s.name): s for s in servers}
+        self._listings = listings
         self._grant = grant
         self._upstreams = upstreams
         self._on_call = on_call
@@ -184,15 +187,26 @@ class Aggregate:
     # Listing each server.
 
     async def _tools_of(self, server: MCPServer) -> list[types.Tool]:
+        """The server's tools the caller may call, prefixed."""
+        if self._listings is None:
+            listed = await self._listed(server)
+        else:
+            headers = self._upstreams.headers_for(server)
+            listed = await self._listings.tools(server, headers, lambda: self._listed(server))
+        return [
+            t.model_copy(update={"name": prefixed(server, t.name)})
+            for t in listed
+            if self._grant.may_call(server, t.name)
+        ]
+
+    async def _listed(self, server: MCPServer) -> list[types.Tool]:
+        """Every tool the server lists, from the server."""
         session = await self._session(server)
-        tools, cursor = [], None
+        tools: list[types.Tool] = []
+        cursor = None
         for _ in range(MAX_PAGES):
             page = await session.list_tools(params=_page(cursor))
-            tools += [
-                t.model_copy(update={"name": prefixed(server, t.name)})
-                for t in page.tools
-                if self._grant.may_call(server, t.name)
-            ]
+            tools += page.tools
             if (cursor := page.next_cursor) is None:
                 break
         return tools

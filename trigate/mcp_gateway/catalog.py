@@ -14,6 +14,7 @@ import logging
 
 import trio
 
+from trigate.mcp_gateway.listing import ToolListings
 from trigate.mcp_gateway.servers import MCPServer
 from trigate.sealing import Sealer, SealError
 from trigate.store import Row, Store
@@ -31,6 +32,8 @@ class MCPCatalog:
         self._stored: dict[str, MCPServer] = {}
         self._read_at = -float("inf")
         self._lock = trio.Lock()
+        # Each server's tool list, kept a short while (trigate/mcp_gateway/listing.py).
+        self.listings = ToolListings()
 
     @property
     def sealer(self) -> Sealer:

@@ -110,6 +110,10 @@ class Upstreams:
         self._opening: dict[str, trio.Event] = {}
         self._closed = trio.Event()
 
+    def headers_for(self, server: MCPServer) -> dict[str, str]:
+        """The headers this client session's requests send `server`."""
+        return server.headers(dict(self._client_headers))
+
     async def session(self, server: MCPServer) -> ClientSession:
         """The session to `server`, opened now if it is not open yet (once, however many
         of the client's calls ask at the same time)."""
