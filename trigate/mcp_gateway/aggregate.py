@@ -188,11 +188,7 @@ class Aggregate:
 
     async def _tools_of(self, server: MCPServer) -> list[types.Tool]:
         """The server's tools the caller may call, prefixed."""
-        if self._listings is None:
-            listed = await self._listed(server)
-        else:
-            headers = self._upstreams.headers_for(server)
-            listed = await self._listings.tools(server, headers, lambda: self._listed(server))
+        listed = await self._kept("tools", server, self._listed)
         return [
             t.model_copy(update={"name": prefixed(server, t.name)})
             for t in listed
@@ -212,13 +208,26 @@ class Aggregate:
         return tools
 
     async def _prompts_of(self, server: MCPServer) -> list[types.Prompt]:
-        session = await self._session(server)
-        page = await session.list_prompts()
-        return [p.model_copy(update={"name": prefixed(server, p.name)}) for p in page.prompts]
+        async def fetch(server: MCPServer) -> list[types.Prompt]:
+            return list((await (await self._session(server)).list_prompts()).prompts)
+
+        listed = await self._kept("prompts", server, fetch)
+        return [p.model_copy(update={"name": prefixed(server, p.name)}) for p in listed]
 
     async def _resources_of(self, server: MCPServer) -> list[types.Resource]:
-        session = await self._session(server)
-        return list((await session.list_resources()).resources)
+        async def fetch(server: MCPServer) -> list[types.Resource]:
+            return list((await (await self._session(server)).list_resources()).resources)
+
+        return list(await self._kept("resources", server, fetch))
+
+    async def _kept(
+        self, kind: str, server: MCPServer, fetch: Callable[[MCPServer], Awaitable[list[T]]]
+    ) -> Sequence[T]:
+        """A listing of the server's, kept a while (trigate/mcp_gateway/listing.py)."""
+        if self._listings is None:
+            return await fetch(server)
+        headers = self._upstreams.headers_for(server)
+        return await self._listings.listed(kind, server, headers, lambda: fetch(server))
 
     async def _gather(self, each: Callable[[MCPServer], Awaitable[list[T]]]) -> list[list[T]]:
         """`each` of every server at once. A server that fails is left out (and logged):
