@@ -30,9 +30,7 @@ NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 # The commands a stdio server added through the admin API may run (LiteLLM's
 # `MCP_STDIO_ALLOWED_COMMANDS`): the admin API is not a shell on the host. The config
 # file may run any.
-ADMIN_STDIO_COMMANDS = frozenset(
-    {"npx", "uvx", "uv", "node", "python", "python3", "docker", "deno", "bun", "bunx"}
-)
+ADMIN_STDIO_COMMANDS = frozenset({"npx", "uvx", "node", "python", "python3", "docker", "deno"})
 
 Transport = Literal["http", "sse", "stdio"]
 # LiteLLM's `auth_type`s and the header each puts `auth_value` in.
