@@ -6,6 +6,7 @@ and may not see each tool."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,11 +19,15 @@ import mcp_types as types
 import pytest
 import trio
 from fake_mcp import FakeMCP, start_fake_mcp
+from fakes import FakeUpstream, JSONReply
 from helpers import MASTER_KEY, RunningGateway, start_gateway
 from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from trigate.config import ConfigError, parse_config
 
 STDIO_SERVER = str(Path(__file__).with_name("mcp_stdio_server.py"))
 UPSTREAM_TOKEN = "weather-upstream-token-123"
@@ -472,3 +477,66 @@ async def test_an_older_sse_client_s_messages_are_answered_on_its_stream_from_an
     assert lost.status_code == 404
     await first.stop()
     await second.stop()
+
+
+async def test_a_tool_call_is_a_span_continuing_the_client_s_trace(
+    nursery: trio.Nursery, weather: FakeMCP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector = FakeUpstream(lambda request: JSONReply({}))
+    await collector.start(nursery)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}")
+    running = await start_gateway(nursery, mcp_config(weather))
+    trace, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    try:
+        async with mcp_session(
+            running.url + "/mcp/weather", traceparent=f"00-{trace}-{parent}-01"
+        ) as session:
+            await session.call_tool("weather-forecast", {"city": "Bergen"})
+    finally:
+        await running.stop()  # flushes the batch processor
+    spans = [
+        span
+        for request in collector.requests
+        for resource in ExportTraceServiceRequest.FromString(request.body).resource_spans
+        for scope in resource.scope_spans
+        for span in scope.spans
+    ]
+    [span] = [s for s in spans if s.name == "execute_tool forecast"]
+    assert span.trace_id.hex() == trace and span.parent_span_id.hex() == parent
+    attributes = {a.key: a.value.string_value for a in span.attributes}
+    assert attributes["gen_ai.tool.name"] == "forecast"
+    assert attributes["trigate.mcp_server"] == "weather"
+    assert attributes["trigate.mcp_status"] == "success"
+
+
+@pytest.mark.parametrize(
+    ("servers", "message"),
+    [
+        ({"git-hub": {"url": "http://x/mcp"}}, "no `-`"),
+        (
+            {"github": {"url": "http://x/mcp", "auth_type": "oauth2"}},
+            "mcp_servers.github.auth_type",
+        ),
+        ({"local": {"transport": "stdio"}}, "stdio needs a `command`"),
+        ({"remote": {"transport": "http"}}, "needs an http(s) `url`"),
+    ],
+)
+def test_a_server_the_gateway_cannot_serve_stops_start_up(
+    servers: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config({"model_list": [], "mcp_servers": servers}, {})
+
+
+async def test_object_permissions_trigate_cannot_enforce_are_refused(
+    gateway: RunningGateway,
+) -> None:
+    async with gateway.client() as client:
+        key = await client.post(
+            "/key/generate", json={"object_permission": {"vector_stores": ["docs"]}}
+        )
+        team = await client.post(
+            "/team/new", json={"object_permission": {"blocked_tools": ["weather-forecast"]}}
+        )
+    assert key.status_code == 400 and "`vector_stores`" in key.json()["error"]["message"]
+    assert team.status_code == 400 and "`blocked_tools`" in team.json()["error"]["message"]
