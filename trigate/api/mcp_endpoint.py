@@ -62,6 +62,7 @@ PATH = "/mcp"
 SSE = "sse"
 SSE_MESSAGES = "sse/messages"
 SSE_MESSAGES_PATH = f"{PATH}/{SSE_MESSAGES}"
+_UNDER = PATH + "/"
 
 RenderError = Callable[[GatewayError], tuple[int, Mapping[str, str], bytes]]
 
@@ -202,6 +203,8 @@ class MCPEndpoint:
             async with trio.open_nursery() as request:
                 request.start_soon(_cancel_on_disconnect, receive, request.cancel_scope)
                 async with manager.run():
+                    # The SDK types ASGI with Starlette's aliases, hypercorn's differ in name
+                    # only.
                     await manager.handle_request(scope, _replay(body), send)  # type: ignore[arg-type]
                 request.cancel_scope.cancel()
 
@@ -273,13 +276,15 @@ def _as_streamable(scope: HTTPScope) -> Any:
 
 def _selected(path: str) -> str | None:
     """The server a path names: "" for `/mcp` (all), its name for `/mcp/{server}`, None
-    for a path that is not the MCP endpoint's."""
-    if path in (PATH, PATH + "/"):
+    for a path that is not the MCP endpoint's (every other request: one prefix check)."""
+    if not path.startswith(PATH):
+        return None
+    if path in (PATH, _UNDER):
         return ""
     if path == SSE_MESSAGES_PATH:
         return SSE_MESSAGES
-    rest = path.removeprefix(PATH + "/").rstrip("/")
-    if path.startswith(PATH + "/") and rest and "/" not in rest:
+    rest = path.removeprefix(_UNDER).rstrip("/")
+    if path.startswith(_UNDER) and rest and "/" not in rest:
         return rest
     return None
 
