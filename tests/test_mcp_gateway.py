@@ -43,7 +43,7 @@ def mcp_config(weather: FakeMCP, **extra: Any) -> dict[str, Any]:
                 "auth_type": "bearer_token",
                 "auth_value": UPSTREAM_TOKEN,
                 "description": "The weather",
-                "extra_headers": ["x-tenant"],
+                "extra_headers": ["x-tenant", "authorization"],
                 "disallowed_tools": ["fail"],
                 "access_groups": ["outdoors"],
                 "mcp_info": {"mcp_server_cost_info": {
@@ -132,7 +132,7 @@ async def test_the_master_key_sees_every_server_s_tools_prefixed_and_calls_them(
     content = stations.contents[0]
     assert isinstance(content, types.TextResourceContents) and content.text == "north, south"
     # The upstream got the configured credential and the named client header, and never
-    # the gateway's key.
+    # the gateway's key (though `extra_headers` names the header that carried it).
     heard = weather.calls["forecast"][0]
     assert heard["authorization"] == f"Bearer {UPSTREAM_TOKEN}"
     assert heard["x-tenant"] == "acme"
@@ -238,6 +238,21 @@ async def test_one_server_by_path_or_header_and_a_caller_credential_for_it_alone
     ) as session:
         await session.call_tool("weather-alerts", {})
     assert weather.calls["alerts"][-1]["authorization"] == "Bearer callers-own"
+    # With the gateway's key in `x-litellm-api-key`, `Authorization` is the client's own,
+    # forwarded where `extra_headers` names it; the server's configured credential wins.
+    client = httpx2.AsyncClient(
+        headers={"x-litellm-api-key": MASTER_KEY, "authorization": "Bearer for-upstream"}
+    )
+    async with (
+        client,
+        streamable_http_client(gateway.url + "/mcp/weather", http_client=client) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        await session.call_tool("weather-alerts", {})
+    heard = weather.calls["alerts"][-1]
+    assert heard["authorization"] == f"Bearer {UPSTREAM_TOKEN}"
+    assert MASTER_KEY not in str(heard)
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         unknown = await client.post(
             "/mcp/nowhere", headers={"authorization": f"Bearer {MASTER_KEY}"}, json={}

@@ -139,19 +139,20 @@ class MCPServer(BaseModel):
         return "sse" if (self.url or "").rstrip("/").endswith("/sse") else "http"
 
     def headers(self, client_headers: dict[str, str]) -> dict[str, str]:
-        """The headers sent to this server: its static ones, its credential, the client
-        headers it names (`extra_headers`), and the caller's own credential for it
-        (`x-mcp-{name}-authorization`), which replaces the configured one."""
-        headers = dict(self.static_headers)
-        if self.auth_value and self.auth_type not in (None, "none"):
-            headers.update(auth_header(self.auth_type, self.auth_value))
+        """The headers sent to this server (lower-case names), each over the one before:
+        its static ones, the client headers it names (`extra_headers`), its configured
+        credential, and the caller's own credential for it (`x-mcp-{name}-authorization`),
+        which replaces the configured one."""
+        headers = {name.lower(): value for name, value in self.static_headers.items()}
         for name in self.extra_headers:
             if (value := client_headers.get(name.lower())) is not None:
-                headers[name] = value
+                headers[name.lower()] = value
+        if self.auth_value and self.auth_type not in (None, "none"):
+            headers.update(auth_header(self.auth_type, self.auth_value))
         own = client_headers.get(f"x-mcp-{str(self.name).lower()}-authorization")
         if own is not None:
-            headers.pop("X-API-Key", None)
-            headers["Authorization"] = own
+            headers.pop("x-api-key", None)
+            headers["authorization"] = own
         return headers
 
     def may_call(self, tool: str) -> bool:
@@ -212,14 +213,14 @@ ACCEPTED = frozenset(MCPServer.model_fields) | {"credentials", "mcp_access_group
 def auth_header(auth_type: str, value: str) -> dict[str, str]:
     """LiteLLM's header for each `auth_type`."""
     if auth_type == "api_key":
-        return {"X-API-Key": value}
+        return {"x-api-key": value}
     if auth_type == "bearer_token":
-        return {"Authorization": f"Bearer {value}"}
+        return {"authorization": f"Bearer {value}"}
     if auth_type == "basic":
         # A `user:password` pair is encoded; an already encoded one is sent as it is.
         encoded = base64.b64encode(value.encode()).decode() if ":" in value else value
-        return {"Authorization": f"Basic {encoded}"}
-    return {"Authorization": value}
+        return {"authorization": f"Basic {encoded}"}
+    return {"authorization": value}
 
 
 def from_config(raw: Any) -> dict[str, MCPServer]:

@@ -24,6 +24,7 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from trigate.auth import presented_key
 from trigate.mcp_gateway.servers import MCPServer
 
 logger = logging.getLogger("trigate")
@@ -81,13 +82,25 @@ async def upstream_sessions(client_headers: Mapping[str, str]) -> AsyncIterator[
     (the sessions' own tasks never raise: they log what ends them)."""
     try:
         async with trio.open_nursery() as nursery:
-            upstreams = Upstreams(nursery, client_headers)
+            upstreams = Upstreams(nursery, without_gateway_key(client_headers))
             try:
                 yield upstreams
             finally:
                 upstreams.close()
     except BaseExceptionGroup as group:
         raise _alone(group) from None
+
+
+def without_gateway_key(headers: Mapping[str, str]) -> dict[str, str]:
+    """The client's headers without the one that carried its key for the gateway (and
+    cookies): a server's `extra_headers` may name `Authorization` for a client that
+    sends its gateway key in `x-litellm-api-key`, never forward the gateway key itself."""
+    key = presented_key(headers)
+    return {
+        name: value
+        for name, value in headers.items()
+        if name not in ("cookie", "x-litellm-api-key") and not (key and key in value)
+    }
 
 
 def _alone(group: BaseExceptionGroup[BaseException]) -> BaseException:
