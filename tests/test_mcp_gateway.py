@@ -555,3 +555,20 @@ async def test_object_permissions_trigate_cannot_enforce_are_refused(
         )
     assert key.status_code == 400 and "`vector_stores`" in key.json()["error"]["message"]
     assert team.status_code == 400 and "`blocked_tools`" in team.json()["error"]["message"]
+
+
+async def test_many_sessions_starting_at_once_are_each_served(
+    gateway: RunningGateway, weather: FakeMCP
+) -> None:
+    answers: list[str] = []
+
+    async def one(city: str) -> None:
+        async with mcp_session(gateway.url + "/mcp/weather") as session:
+            await session.list_tools()
+            answers.append(text_of(await session.call_tool("weather-forecast", {"city": city})))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(one, f"city{i}")
+    assert sorted(answers) == sorted(f"sunny in city{i}" for i in range(20))
+    assert len(weather.calls["forecast"]) == 20
