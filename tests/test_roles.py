@@ -195,6 +195,13 @@ CASES: list[Case] = [
     Case("PATCH", "/model/nope/update", ADMINS, rule="/model/<model_id>/update"),
     Case("POST", "/model/delete", ADMINS, _fixed({"id": "nope"})),
     Case("POST", "/config/reload", ADMINS),
+    # MCP servers: every key reads those it may use; writes are an admin's (refused 400
+    # or 404 past the role check).
+    Case("GET", "/v1/mcp/server", EVERYONE),
+    Case("GET", "/v1/mcp/server/nope", EVERYONE, rule="/v1/mcp/server/<server_id>"),
+    Case("POST", "/v1/mcp/server", ADMINS),
+    Case("PUT", "/v1/mcp/server", ADMINS),
+    Case("DELETE", "/v1/mcp/server/nope", ADMINS, rule="/v1/mcp/server/<server_id>"),
     # Organizations, customers and budgets: an admin's to write, a reader of all's to
     # read. The bodies are refused 400 or 404 past the role check, or make scratch rows.
     Case("POST", "/organization/new", ADMINS),

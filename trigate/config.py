@@ -38,6 +38,8 @@ from pydantic import (
 from trigate.guardrails.config import parse_guardrails
 from trigate.guardrails.types import KNOWN_TYPES
 from trigate.litellm_keys import Findings, classify
+from trigate.mcp_gateway.servers import MCPServer
+from trigate.mcp_gateway.servers import from_config as mcp_servers_from_config
 from trigate.nesting import MAX_NESTING, deeper_than
 from trigate.provider_names import PROVIDER_PREFIXES, REQUIRES_API_BASE
 from trigate.router_settings import RouterSettings
@@ -332,6 +334,8 @@ class GatewayConfig(BaseModel):
     # LiteLLM's `guardrails:` list, as written: checked where the gateway builds them
     # (`trigate.guardrails.registry`), which stops the start or a reload by name.
     guardrails: Any = None
+    # LiteLLM's MCP servers, by name (trigate.mcp_gateway.servers); `mcp` is them parsed.
+    mcp_servers: dict[str, Any] | None = None
     # The keys of the file as read that trigate does not act on (litellm_keys.py), named
     # in one warning line where the file is (re)loaded for serving.
     _litellm_keys: Findings = PrivateAttr(default_factory=Findings)
@@ -364,6 +368,11 @@ class GatewayConfig(BaseModel):
             self.litellm_settings,
             self.general_settings.model_extra or {},
         )
+
+    @functools.cached_property
+    def mcp(self) -> dict[str, MCPServer]:
+        """The file's MCP servers, by name."""
+        return mcp_servers_from_config(self.mcp_servers)
 
     @property
     def database_url(self) -> str:
@@ -415,6 +424,10 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
         config.router  # noqa: B018 - validated now, so a bad setting fails start-up
     except ValidationError as error:
         raise ConfigError(_describe(error, "router_settings")) from None
+    try:
+        config.mcp  # noqa: B018 - validated now, so a bad server fails start-up
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if master_key := environ.get("TRIGATE_MASTER_KEY"):
         config.general_settings.master_key = master_key
     if database_url := environ.get("TRIGATE_DATABASE_URL"):

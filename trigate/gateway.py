@@ -47,6 +47,7 @@ from trigate.guardrails.registry import guardrail_set
 from trigate.guardrails.runner import GuardrailSet
 from trigate.hooks import Hooks, load_hooks
 from trigate.limits import LEASE_TTL, FleetLimits, Limits
+from trigate.mcp_gateway.catalog import MCPCatalog
 from trigate.proxy_budget import PROXY_BUDGET_USER, fallback_row, proxy_budget
 from trigate.proxy_budget import install as install_proxy_budget
 from trigate.router.catalog import ModelCatalog
@@ -58,7 +59,7 @@ from trigate.router_settings import RouterSettings
 from trigate.sealing import Sealer
 from trigate.spend import RecordSink, RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable, TokenCounts, cost
-from trigate.store import CUSTOMERS, MODELS, OWNERS, Row, Store
+from trigate.store import CUSTOMERS, MCP_SERVERS, MODELS, OWNERS, Row, Store
 from trigate.telemetry import SAMPLE_INTERVAL, Telemetry
 from trigate.tokens import TokenCounter
 from trigate.transport import HTTP11Transport
@@ -180,9 +181,10 @@ class Gateway:
             raise ConfigError(str(error)) from None
         self._proxy_budget_fallback = fallback_row(self.proxy_budget)
         # The deployments served: the file's (`config_path`, re-read on reload) and the store's.
-        self.models = ModelCatalog(
-            config, config_path, Sealer.from_environ(master_key), self._serve
-        )
+        sealer = Sealer.from_environ(master_key)
+        self.models = ModelCatalog(config, config_path, sealer, self._serve)
+        # The MCP servers served (trigate.mcp_gateway): the file's and the store's.
+        self.mcp = MCPCatalog(config.mcp, sealer)
         self.telemetry = Telemetry(config)
         # The logging callbacks (sinks) finished requests are exported to.
         try:
@@ -210,6 +212,7 @@ class Gateway:
         # Admin changes, told to every process of the fleet (and heard from them).
         self.changes = Changes(Limits.budget_keys)
         self.changes.listen((MODELS,), self.models.nudge, self.models.nudge)
+        self.changes.listen((MCP_SERVERS,), self.mcp.nudge, self.mcp.nudge)
         fleet = self._fleet_for(config.router)
         self.limits = Limits(fleet, lambda kind, key: self.ledger.unflushed(kind, key))
         self._link = _Link(fleet, self.limits.fleet_limits, FleetSync(fleet))
@@ -339,6 +342,7 @@ class Gateway:
         self._warn_if_proxy_budget_changed(config)
         self._warn_if_exports_changed(config)
         hooks = self._hooks_of(config)
+        self.mcp.reload(config.mcp)
         link = self._link
         if not link.fleet.serves(config.router):
             link = _Link(
@@ -457,6 +461,9 @@ class Gateway:
     def _written(self, kind: str, key: str) -> None:
         """The store wrote a row: drop it from caches here, and tell the fleet."""
         if kind == MODELS:
+            self.changes.announce(kind, key)
+        elif kind == MCP_SERVERS:
+            self.mcp.nudge()
             self.changes.announce(kind, key)
         else:
             self.auth.forget(kind, key)

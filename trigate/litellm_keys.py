@@ -71,7 +71,7 @@ _NO_ALERTS = "trigate sends no alerts (see its Prometheus metrics)"
 _CACHE = "read with litellm_settings.cache_params (trigate/cache)"
 _NO_CACHE_SETTING = "the response cache is litellm_settings.cache with cache_params"
 _NO_DB_TUNING = "trigate's store manages its own connections"
-_NO_MCP = "trigate serves no MCP gateway (its routes answer 404)"
+_NO_MCP = "not part of trigate's MCP gateway (README: MCP gateway)"
 _PER_DEPLOYMENT = "set per deployment in litellm_params"
 _DEFAULT_PARAM = (
     "LiteLLM sends it as a default request parameter: trigate sends the client's request"
@@ -91,7 +91,7 @@ TOP_LEVEL: dict[str, Key] = {
     "include": _refused(
         "trigate reads one file, an included one (which may hold guardrails) would be skipped"
     ),
-    "mcp_servers": _ignored(_NO_MCP),
+    "mcp_servers": _acted("the MCP gateway's servers at /mcp (trigate/mcp_gateway/servers.py)"),
     "mcp_builtin_servers": _ignored(_NO_MCP),
     "mcp_tools": _ignored(_NO_MCP),
     "credential_list": _ignored(

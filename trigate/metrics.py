@@ -534,6 +534,18 @@ class Metrics:
             "Times shared state fell back to this process because Redis failed",
             ("operation",),
         )
+        # The MCP gateway's tool calls: servers are named by the operator, statuses are
+        # three; tool names (an upstream's to choose) are no label, the spend log has them.
+        self.mcp_tool_calls = counter(
+            "trigate_mcp_tool_calls",
+            "MCP tool calls through the gateway, by server and status (success, error, refused)",
+            ("mcp_server", "status"),
+        )
+        self.mcp_tool_call_latency = self._histogram(
+            "trigate_mcp_tool_call_latency_seconds",
+            "Time an MCP tool call took upstream, by server",
+            ("mcp_server",),
+        )
         self._dropped_seen = 0
 
     # --- Definitions -----------------------------------------------------------------
@@ -699,6 +711,12 @@ class Metrics:
         `rate_limit` or `router_state`) from its own memory instead: for the shared-state
         layer to call."""
         self._child(self.redis_fallbacks, (operation,)).inc()
+
+    def mcp_tool_call(self, server: str, status: str, seconds: float) -> None:
+        """One MCP tool call (trigate.mcp_gateway): counted, and timed unless refused."""
+        self._child(self.mcp_tool_calls, (server, status)).inc()
+        if status != "refused":
+            self._child(self.mcp_tool_call_latency, (server,)).observe(seconds)
 
     def _child(self, metric: M, labels: tuple[str, ...]) -> M:
         key = (metric, labels)

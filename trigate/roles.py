@@ -115,6 +115,9 @@ ROUTES: dict[str, Access] = {
     "/cache/ping": Access.ADMIN_READ,
     "/cache/delete": Access.ADMIN_WRITE,
     "/cache/flushall": Access.ADMIN_WRITE,
+    # MCP servers: any key reads those it may use; the handlers let only an admin write.
+    "/v1/mcp/server": Access.ANY_KEY,
+    "/v1/mcp/server/<server_id>": Access.ANY_KEY,
     # Spend: every tenant's rows, so a reader of all only.
     "/spend/logs": Access.ADMIN_READ,
     "/global/spend/report": Access.ADMIN_READ,

@@ -155,6 +155,22 @@ class Tracing:
         name = f"{operation} {model_group}"
         return OpenSpan(self, name, SpanKind.SERVER, trace_id, parent, attributes)
 
+    def tool_span(
+        self, traceparent: str | None, server: str, tool: str, start: float
+    ) -> OpenSpan | None:
+        """An MCP tool call's span (GenAI's `execute_tool`), begun at `start` (epoch
+        seconds); a child of the client's `traceparent`, as a request's span is."""
+        span = self.request_span("execute_tool", tool, traceparent, "", {})
+        if span is not None:
+            span.kind = SpanKind.INTERNAL
+            span.start = int(start * 1e9)
+            span.attributes = {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": tool,
+                "trigate.mcp_server": server,
+            }
+        return span
+
     def attempt_span(
         self,
         parent: OpenSpan,

@@ -16,6 +16,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from trigate.api.context import RequestScope
+from trigate.api.mcp_endpoint import MCPEndpoint
 from trigate.api.model_api import ModelAPI, error_reply, unexpected_failure
 from trigate.api.passthrough_routes import PassThrough
 from trigate.api.pipeline import Pipeline
@@ -65,8 +66,17 @@ def create_app(gateway: Gateway) -> QuartTrio:
     )
     in_flight = gateway.telemetry.metrics.in_flight
     # Replacing the method is Quart's documented way to wrap its app in ASGI middleware.
-    app.asgi_app = RequestScope(model_api, in_flight)  # type: ignore[method-assign]
+    # The MCP endpoint (`/mcp`, `/mcp/{server}`) in front of both: trigate.mcp_gateway.
+    mcp = MCPEndpoint(model_api, gateway, _rendered)
+    app.asgi_app = RequestScope(mcp, in_flight)  # type: ignore[method-assign]
     return app
+
+
+def _rendered(error: GatewayError) -> tuple[int, dict[str, str], bytes]:
+    """An error as the MCP endpoint sends it: `error_reply`'s status, headers and body."""
+    reply = error_reply(error)
+    assert isinstance(reply.body, bytes)
+    return reply.status, dict(reply.headers), reply.body
 
 
 def _register_error_handlers(app: QuartTrio) -> None:

@@ -40,6 +40,7 @@ from trigate.durations import parse_duration
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
 from trigate.limits import Covering, allowed_by
+from trigate.mcp_gateway.permissions import ObjectPermission
 from trigate.roles import MASTER_USER_ID, reads_all, writes_all
 from trigate.store import Row
 
@@ -56,6 +57,8 @@ class KeySettings(Limits):
     user_id: str | None = None
     team_id: str | None = None
     organization_id: str | None = None
+    # LiteLLM's MCP permissions (trigate.mcp_gateway.permissions).
+    object_permission: ObjectPermission | None = None
 
     @field_validator("organization_id")
     @classmethod
@@ -339,6 +342,8 @@ def _key_fields(body: KeySettings) -> dict[str, Any]:
         for name in ("key_alias", "user_id", "team_id")
         if name in body.model_fields_set
     }
+    if body.object_permission is not None:
+        fields["object_permission"] = body.object_permission.stored()
     if "duration" in body.model_fields_set:
         fields["expires"] = wall_time() + parse_duration(body.duration) if body.duration else None
     return fields

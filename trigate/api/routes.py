@@ -23,6 +23,7 @@ from trigate.api import (
     guardrails,
     health,
     keys,
+    mcp_admin,
     metrics,
     model_admin,
     models,
@@ -36,6 +37,7 @@ from trigate.api.chat import ChatSurface
 from trigate.api.completions import CompletionsSurface
 from trigate.api.embeddings import EmbeddingsSurface
 from trigate.api.images import ImageEditsSurface, ImagesSurface
+from trigate.api.mcp_responses import MCPResponses
 from trigate.api.messages import CountTokens, MessagesSurface
 from trigate.api.model_api import Route
 from trigate.api.moderations import ModerationsSurface
@@ -53,7 +55,8 @@ def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
     chat = pipeline.route(ChatSurface())
     completions = pipeline.route(CompletionsSurface())
     embeddings = pipeline.route(EmbeddingsSurface())
-    responses_ = pipeline.route(ResponsesSurface())
+    # MCP tools (`"type": "mcp"`) run by the gateway around the Responses surface.
+    responses_ = MCPResponses(pipeline.route(ResponsesSurface()), gateway).route()
     images = pipeline.route(ImagesSurface())
     image_edits = pipeline.form_route(ImageEditsSurface())
     moderations = pipeline.route(ModerationsSurface())
@@ -138,6 +141,10 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     guardrails.register,
     # GET /cache/ping, POST /cache/delete, POST /cache/flushall
     cache_admin.register,
+    # GET, POST and PUT /v1/mcp/server, GET and DELETE /v1/mcp/server/{id}
+    # (the MCP endpoint itself, /mcp and /mcp/{server}, is trigate.mcp_gateway.endpoint,
+    # in front of the app)
+    mcp_admin.register,
     # GET /routes
     functools.partial(
         discovery.register, model_paths=lambda gateway: model_routes(Pipeline(gateway), gateway)

@@ -41,6 +41,7 @@ from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import InvalidRequest, echoed
 from trigate.gateway import Gateway
+from trigate.mcp_gateway.permissions import ObjectPermission
 from trigate.roles import MASTER_USER_ID, reads_all, writes_all
 from trigate.store import MEMBER_LIMITS, Conflict, Row, member_ident
 
@@ -58,6 +59,8 @@ class TeamSettings(Limits):
     team_alias: str | None = None
     model_aliases: dict[str, str] | None = None
     organization_id: str | None = None
+    # LiteLLM's MCP permissions (trigate.mcp_gateway.permissions).
+    object_permission: ObjectPermission | None = None
 
 
 class NewTeam(TeamSettings):
@@ -119,6 +122,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             "team_alias": body.team_alias,
             "model_aliases": body.model_aliases or {},
             "organization_id": body.organization_id,
+            "object_permission": _permission(body),
         }
         set_guardrails(gateway, body.guardrails, row, None)
         await insert_new(gateway, "teams", row)
@@ -135,6 +139,8 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         # A null, as LiteLLM's clients send for fields they leave alone, changes nothing.
         if body.model_aliases is not None:
             fields["model_aliases"] = body.model_aliases
+        if body.object_permission is not None:
+            fields["object_permission"] = _permission(body)
         if body.organization_id is not None or "models" in fields:
             current = await gateway.store.get("teams", body.team_id) or {}
             organization_id = body.organization_id or current.get("organization_id")
@@ -407,3 +413,7 @@ async def _team_info(gateway: Gateway, team_id: str) -> dict[str, Any]:
     team = await _team_shape(gateway, team_id)
     keys = await gateway.store.select("keys", {"team_id": team_id})
     return {"team_id": team_id, "team_info": team, "keys": [key_shape(k) for k in keys]}
+
+
+def _permission(body: TeamSettings) -> dict[str, Any]:
+    return body.object_permission.stored() if body.object_permission is not None else {}

@@ -51,6 +51,8 @@ JSON_COLUMNS = {
     "model_info",
     "model_max_budget",
     "request_tags",
+    "object_permission",
+    "definition",
 }
 _LIST_COLUMNS = {"models", "request_tags"}
 BOOL_COLUMNS = {"blocked", "stream", "cancelled_by_client", "native", "cache_hit"}
@@ -106,11 +108,13 @@ class Owner:
 
 KEYS = Owner(
     "keys", "trigate_keys", "token_hash", "key_hash",
-    _LIMIT_COLUMNS | {"token_hash", "key_alias", "key_name", "user_id", "team_id", "expires"},
+    _LIMIT_COLUMNS
+    | {"token_hash", "key_alias", "key_name", "user_id", "team_id", "expires", "object_permission"},
 )  # fmt: skip
 TEAMS = Owner(
     "teams", "trigate_teams", "team_id", "team_id",
-    _LIMIT_COLUMNS | {"team_id", "team_alias", "model_aliases", "organization_id"},
+    _LIMIT_COLUMNS
+    | {"team_id", "team_alias", "model_aliases", "organization_id", "object_permission"},
 )  # fmt: skip
 USERS = Owner(
     "users", "trigate_users", "user_id", "user_id",
@@ -145,6 +149,8 @@ OWNER_OF_KIND = {owner.kind: owner for owner in (*OWNERS, BUDGETS)}
 OWNER_KINDS = tuple(OWNER_OF_KIND)
 # The kind a write of a stored deployment is reported as (`Store.watch`).
 MODELS = "models"
+# The kind a write of a stored MCP server is reported as.
+MCP_SERVERS = "mcp_servers"
 # Told of each row an admin write changed: `(kind, its primary key)`.
 Watcher = Callable[[str, str], None]
 
@@ -821,7 +827,40 @@ class Store:
             self._changed(MODELS, [model_id])
         return bool(changed)
 
+    # MCP servers added through the admin API (trigate.mcp_gateway).
 
+    async def mcp_servers(self) -> list[Row]:
+        sql = "SELECT * FROM trigate_mcp_servers ORDER BY created_at, server_id"
+        return [_decode(row) for row in await self._read(lambda cursor: cursor.query(sql))]
+
+    async def insert_mcp_server(self, row: Row) -> None:
+        values = [_encode(c, row[c]) for c in MCP_SERVER_COLUMNS]
+        marks = ", ".join("?" * len(MCP_SERVER_COLUMNS))
+        sql = f"INSERT INTO trigate_mcp_servers ({', '.join(MCP_SERVER_COLUMNS)}) VALUES ({marks})"
+        await self._run(lambda cursor: cursor.execute(sql, values))
+        self._changed(MCP_SERVERS, [row["server_id"]])
+
+    async def update_mcp_server(self, row: Row) -> bool:
+        columns = ("name", "definition", "updated_by", "updated_at")
+        values = [*(_encode(c, row[c]) for c in columns), row["server_id"]]
+        assignments = ", ".join(f"{c} = ?" for c in columns)
+        sql = f"UPDATE trigate_mcp_servers SET {assignments} WHERE server_id = ?"
+        changed = bool(await self._run(lambda cursor: cursor.execute(sql, values)))
+        if changed:
+            self._changed(MCP_SERVERS, [row["server_id"]])
+        return changed
+
+    async def delete_mcp_server(self, server_id: str) -> bool:
+        sql = "DELETE FROM trigate_mcp_servers WHERE server_id = ?"
+        changed = bool(await self._run(lambda cursor: cursor.execute(sql, [server_id])))
+        if changed:
+            self._changed(MCP_SERVERS, [server_id])
+        return changed
+
+
+MCP_SERVER_COLUMNS = (
+    "server_id", "name", "definition", "created_by", "updated_by", "created_at", "updated_at",
+)  # fmt: skip
 MODEL_COLUMNS = (
     "model_id", "model_name", "litellm_params", "model_info", "created_at", "updated_at",
 )  # fmt: skip

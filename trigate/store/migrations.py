@@ -269,4 +269,21 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX trigate_managed_objects_team ON trigate_managed_objects "
         "(kind, team_id, created_at)",
     ],
+    # --- branch mcp ---
+    # The MCP gateway: servers added through `/v1/mcp/server` (the whole definition as
+    # JSON, its secrets sealed), and the MCP permissions of keys and teams (LiteLLM's
+    # `object_permission`: `mcp_servers`, `mcp_access_groups`, `mcp_tool_permissions`).
+    [
+        """CREATE TABLE trigate_mcp_servers (
+            server_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            definition TEXT NOT NULL,
+            created_by TEXT,
+            updated_by TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL
+        )""",
+        "ALTER TABLE trigate_keys ADD COLUMN object_permission TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE trigate_teams ADD COLUMN object_permission TEXT NOT NULL DEFAULT '{}'",
+    ],
 ]
