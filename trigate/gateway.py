@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from trigate.auth import Authenticator
+from trigate.auth import Authenticator, TokenVerifier
 from trigate.changes import Changes
 from trigate.clock import wall_time
 from trigate.config import ConfigError, GatewayConfig
@@ -158,6 +158,9 @@ class Gateway:
         self._store: Store | None = None
         self._ledger: SpendLedger | None = None
         self._auth: Authenticator | None = None
+        # Verifiers of bearer tokens that are not keys (the UI's sessions, JWTs), given
+        # to the authenticator when it is made at start.
+        self.token_verifiers: list[TokenVerifier] = []
         self._end_users: EndUsers | None = None
         self._background: trio.CancelScope | None = None
         self._background_done = trio.Event()
@@ -208,6 +211,12 @@ class Gateway:
         return self._store
 
     @property
+    def master_key(self) -> str:
+        """The master key: the UI derives its session key from it, and takes it as the
+        admin's password when `UI_PASSWORD` is unset (LiteLLM's default)."""
+        return self._master_key
+
+    @property
     def auth(self) -> Authenticator:
         assert self._auth is not None, "the gateway has not started"
         return self._auth
@@ -226,6 +235,7 @@ class Gateway:
         self._counter = await load_token_counter()
         self._store = await Store.open(self._config.database_url)
         self._auth = Authenticator(self._master_key, self._store, self.changes)
+        self._auth.verifiers = self.token_verifiers
         # Every admin write reaches the caches, here and (with Redis) fleet-wide.
         self._store.watch(self._written)
         self._end_users = EndUsers(self._auth, self._store)

