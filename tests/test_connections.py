@@ -141,8 +141,10 @@ async def test_a_body_sent_in_pieces_is_read_whole_and_the_connection_kept(
     assert b" 200 " in answer
     assert b"connection: close" not in answer.lower()
     bad = b"{not json"
-    bad_head = _chat().partition(b"\r\n\r\n")[0].replace(
-        f"content-length: {len(CHAT)}".encode(), f"content-length: {len(bad)}".encode()
+    bad_head = (
+        _chat()
+        .partition(b"\r\n\r\n")[0]
+        .replace(f"content-length: {len(CHAT)}".encode(), f"content-length: {len(bad)}".encode())
     )
     for request_bytes, status in ((bad_head + b"\r\n\r\n" + bad, b"400"), (_chat(), b"200")):
         await stream.send_all(request_bytes)
@@ -636,8 +638,10 @@ async def test_a_large_answer_to_a_slow_reader_arrives_whole_and_keeps_the_conne
     upstream.handler = lambda request: JSONReply(chat_completion(content))
     running = await start_gateway(nursery, openai_config(upstream))
     stream = await _connect(running)
-    request = _chat().replace(b'"mock"', b'"gpt-test"').replace(
-        b"content-length: 66", b"content-length: 70"
+    request = (
+        _chat()
+        .replace(b'"mock"', b'"gpt-test"')
+        .replace(b"content-length: 66", b"content-length: 70")
     )
     for _ in range(2):
         await stream.send_all(request)

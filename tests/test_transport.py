@@ -787,7 +787,7 @@ def test_a_burst_of_chunks_reads_the_same_however_the_reads_split_it() -> None:
     """The chunked reader walks its buffer by position: every split of a burst of
     chunks (with extensions and a trailer) gives the same body and leaves what follows
     it in the buffer."""
-    frames = [b"data: {\"n\": %d}\n\n" % n for n in range(12)]
+    frames = [b'data: {"n": %d}\n\n' % n for n in range(12)]
     body = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(frame), frame) for frame in frames)
     wire = body + b"0\r\nx-trailer: 1\r\n\r\nNEXT"
     for cut in range(1, len(wire)):

@@ -100,9 +100,13 @@ async def test_an_admin_makes_uses_watches_and_blocks_a_key(served: RunningGatew
 
         # Block it from the Keys page: the next call is refused.
         page.goto(f"{url}/ui/keys")
-        page.locator("#keys tbody tr", has_text="gpt-test").get_by_role("button", name="Block").click()
+        page.locator("#keys tbody tr", has_text="gpt-test").get_by_role(
+            "button", name="Block"
+        ).click()
         expect(page.locator(".notice")).to_have_text("Key blocked.")
-        expect(page.locator("#keys tbody tr", has_text="gpt-test").locator("td.state")).to_have_text("blocked")
+        expect(
+            page.locator("#keys tbody tr", has_text="gpt-test").locator("td.state")
+        ).to_have_text("blocked")
         with pytest.raises(openai.AuthenticationError):
             client.chat.completions.create(
                 model="gpt-test", messages=[{"role": "user", "content": "Again"}]
@@ -113,7 +117,9 @@ async def test_an_admin_makes_uses_watches_and_blocks_a_key(served: RunningGatew
         page.select_option("#chat-model", "gpt-test")
         page.fill("#chat-message", "Hello?")
         page.click("#chat-send")
-        expect(page.locator(".turn.assistant.done")).to_have_text("assistant: Hello from the playground")
+        expect(page.locator(".turn.assistant.done")).to_have_text(
+            "assistant: Hello from the playground"
+        )
         screenshot(page, "playground")
 
         # Teams: make one and add a member; users and models pages.

@@ -13,21 +13,24 @@ the gateway's own `/v1/chat/completions`, billed to the signed-in user.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import orjson
 import trio
+from hypercorn.typing import ConnectionState
 from quart.wrappers.response import ResponseBody
 
-# An ASGI app, as Quart's `app.asgi_app` is.
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[
-    [dict[str, Any], Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
-    Awaitable[None],
-]
+if TYPE_CHECKING:
+    from hypercorn.typing import (
+        ASGIFramework,
+        ASGIReceiveEvent,
+        ASGISendEvent,
+        HTTPScope,
+    )
 
 
 class ApiRefused(Exception):
@@ -42,7 +45,7 @@ class ApiRefused(Exception):
 class AdminClient:
     """The admin API, called as the holder of `token` (a session's)."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIFramework, token: str) -> None:
         self._app = app
         self._token = token
 
@@ -65,7 +68,7 @@ class AdminClient:
         status = 500
         chunks: list[bytes] = []
 
-        async def send(message: Message) -> None:
+        async def send(message: ASGISendEvent) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -78,7 +81,7 @@ class AdminClient:
         done.set()
         return status, b"".join(chunks)
 
-    def scope(self, method: str, path: str, query: bytes, body: bytes) -> dict[str, Any]:
+    def scope(self, method: str, path: str, query: bytes, body: bytes) -> HTTPScope:
         headers = [
             (b"host", b"trigate-ui"),
             (b"authorization", b"Bearer " + self._token.encode()),
@@ -100,6 +103,7 @@ class AdminClient:
             "client": ("127.0.0.1", 0),
             "server": ("trigate-ui", 0),
             "extensions": {},
+            "state": ConnectionState({}),
         }
 
     def stream(self, path: str, body: dict[str, Any]) -> ProxiedStream:
@@ -108,12 +112,12 @@ class AdminClient:
         return ProxiedStream(self._app, self.scope("POST", path, b"", encoded), encoded)
 
 
-def _receiver(body: bytes, done: trio.Event) -> Callable[[], Awaitable[Message]]:
+def _receiver(body: bytes, done: trio.Event) -> Callable[[], Awaitable[ASGIReceiveEvent]]:
     """The request's body once, then (as a client that stays) nothing until the answer
     is complete: a route watching for the client's departure sees none."""
     sent = False
 
-    async def receive() -> Message:
+    async def receive() -> ASGIReceiveEvent:
         nonlocal sent
         if not sent:
             sent = True
@@ -129,26 +133,26 @@ class ProxiedStream(ResponseBody):
     route runs in this body's own nursery (entered and left as Quart drives a body), so
     a browser that leaves cancels the route, and with it the upstream request."""
 
-    def __init__(self, app: ASGIApp, scope: dict[str, Any], body: bytes) -> None:
+    def __init__(self, app: ASGIFramework, scope: HTTPScope, body: bytes) -> None:
         self._app = app
         self._scope = scope
         self._body = body
-        self._nursery_manager: trio.NurseryManager | None = None
+        self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
-        self._messages: trio.MemoryReceiveChannel[Message] | None = None
+        self._messages: trio.MemoryReceiveChannel[ASGISendEvent] | None = None
 
     async def __aenter__(self) -> ProxiedStream:
-        send, self._messages = trio.open_memory_channel[Message](math.inf)
+        send, self._messages = trio.open_memory_channel[ASGISendEvent](math.inf)
         self._nursery_manager = trio.open_nursery()
         self._nursery = await self._nursery_manager.__aenter__()
         self._nursery.start_soon(self._run, send)
         return self
 
-    async def _run(self, channel: trio.MemorySendChannel[Message]) -> None:
+    async def _run(self, channel: trio.MemorySendChannel[ASGISendEvent]) -> None:
         done = trio.Event()
         async with channel:
 
-            async def send(message: Message) -> None:
+            async def send(message: ASGISendEvent) -> None:
                 if message["type"] == "http.response.body" and not message.get("more_body"):
                     done.set()
                 await channel.send(message)
@@ -174,7 +178,7 @@ class ProxiedStream(ResponseBody):
         assert self._messages is not None
         async for message in self._messages:
             if message["type"] == "http.response.body" and message.get("body"):
-                yield bytes(message["body"])
+                yield bytes(message.get("body", b""))
 
 
 def _error_message(payload: Any, status: int) -> str:

@@ -49,7 +49,8 @@ async def key_action(ui: UI, token: str, action: str) -> Response:
         await ui.attempt(ui.api.post("/key/delete", {"keys": [token]}), "Key deleted.")
     elif action == "regenerate":
         secret = await ui.attempt(
-            ui.api.post("/key/regenerate", {"key": token}), "Key regenerated: the old one no longer works."
+            ui.api.post("/key/regenerate", {"key": token}),
+            "Key regenerated: the old one no longer works.",
         )
     elif action == "update":
         form = await request.form
@@ -78,7 +79,7 @@ def _settings(ui: UI, form: Any) -> dict[str, Any] | None:
         except orjson.JSONDecodeError:
             parsed = None
         if not isinstance(parsed, dict):
-            ui.errors.append("Metadata must be a JSON object, such as {\"env\": \"prod\"}.")
+            ui.errors.append('Metadata must be a JSON object, such as {"env": "prod"}.')
             return None
         body["metadata"] = parsed
     return body

@@ -62,7 +62,9 @@ def _entry(ui: UI, form: Any) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         params = None
     if not isinstance(params, dict):
-        ui.errors.append('litellm_params must be a JSON object, such as {"model": "openai/gpt-4o"}.')
+        ui.errors.append(
+            'litellm_params must be a JSON object, such as {"model": "openai/gpt-4o"}.'
+        )
         return None
     return {"model_name": name, "litellm_params": params}
 
@@ -74,9 +76,7 @@ async def _models(ui: UI) -> Response:
         entry["deployment"]: entry
         for entry in health["healthy_endpoints"] + health["unhealthy_endpoints"]
     }
-    rows = [
-        {"entry": entry, "live": live.get(entry["model_info"]["id"])} for entry in info["data"]
-    ]
+    rows = [{"entry": entry, "live": live.get(entry["model_info"]["id"])} for entry in info["data"]]
     return await ui.render("models.html", models=rows)
 
 
@@ -96,6 +96,8 @@ async def playground_chat(ui: UI) -> Response:
     body = {name: sent[name] for name in CHAT_FIELDS if name in sent}
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
-    response = Response(ui.api.stream("/v1/chat/completions", body), content_type="text/event-stream")
+    response = Response(
+        ui.api.stream("/v1/chat/completions", body), content_type="text/event-stream"
+    )
     response.headers["Cache-Control"] = "no-store"
     return response

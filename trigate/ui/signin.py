@@ -25,7 +25,7 @@ from quart import Response, current_app, redirect, render_template, request
 
 from trigate.roles import Role
 from trigate.ui.admin_client import AdminClient, ApiRefused
-from trigate.ui.sessions import COOKIE, Session, Sessions, check_csrf
+from trigate.ui.sessions import COOKIE, Session, check_csrf
 from trigate.ui.sso import CALLBACK_PATH, Attempt, Identity, OidcClient, SsoFailed
 from trigate.ui.web import blueprint, page_response, sessions
 

@@ -34,7 +34,9 @@ from trigate.errors import AuthenticationFailed
 
 DEFAULT_SCOPE = "openid email profile"
 GOOGLE_DISCOVERY = "https://accounts.google.com/.well-known/openid-configuration"
-MICROSOFT_DISCOVERY = "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
+MICROSOFT_DISCOVERY = (
+    "https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration"
+)
 # LiteLLM's callback path, so a provider's registered redirect URI keeps working.
 CALLBACK_PATH = "/sso/callback"
 HTTP_TIMEOUT = 10.0
@@ -226,6 +228,8 @@ class OidcClient:
         self, token: str, attempt: Attempt, endpoints: Endpoints
     ) -> dict[str, Any]:
         assert endpoints.jwks_uri is not None
+        if not endpoints.issuer:
+            raise SsoFailed("The provider's discovery document names no `issuer`.")
         keys = KeySet.import_key_set(await self._get_json(endpoints.jwks_uri))  # type: ignore[arg-type]
         try:
             decoded = jwt.decode(token, keys)

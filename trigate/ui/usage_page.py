@@ -24,7 +24,10 @@ TOP_KEYS = 10
 
 def _dates() -> tuple[str, str]:
     today = datetime.datetime.now(datetime.UTC).date()
-    start = request.args.get("start_date") or (today - datetime.timedelta(days=DEFAULT_DAYS - 1)).isoformat()
+    start = (
+        request.args.get("start_date")
+        or (today - datetime.timedelta(days=DEFAULT_DAYS - 1)).isoformat()
+    )
     end = request.args.get("end_date") or today.isoformat()
     return start, end
 
@@ -85,7 +88,9 @@ def usage_summary(rows: list[dict[str, Any]], start: str, end: str) -> dict[str,
     }
     return {
         "days": days,
-        "spend_by_model": {model: [per_day[d] for d in days] for model, per_day in by_day_model.items()},
+        "spend_by_model": {
+            model: [per_day[d] for d in days] for model, per_day in by_day_model.items()
+        },
         "prompt_tokens": [tokens_by_day[d][0] for d in days],
         "completion_tokens": [tokens_by_day[d][1] for d in days],
         "top_keys": [[name, entry["spend"]] for name, entry in tables["key"][:TOP_KEYS]],

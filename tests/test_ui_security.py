@@ -1,0 +1,180 @@
+"""The web UI's security, over plain HTTP (no browser needed): sign-in and its cookie,
+CSRF on every form, one user's session never acting as another, stored text escaped,
+and the UI holding no more power than its user's role through the admin API."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import trio
+from helpers import MASTER_KEY, RunningGateway, mock_config, start_gateway
+
+from trigate.ui.sessions import COOKIE, Sessions
+
+
+@pytest.fixture
+async def served(nursery: trio.Nursery) -> Any:
+    running = await start_gateway(nursery, mock_config())
+    yield running
+    await running.stop()
+
+
+def browser(gateway: RunningGateway) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=gateway.url, follow_redirects=False)
+
+
+async def signed_in_admin(client: httpx.AsyncClient) -> str:
+    """Sign in with the password form, as a browser does; the session's CSRF token."""
+    form = await client.get("/ui/login")
+    login_csrf = _csrf(form.text)
+    answer = await client.post(
+        "/ui/login",
+        data={"username": "admin", "password": MASTER_KEY, "csrf_token": login_csrf},
+    )
+    assert answer.status_code == 303 and answer.headers["location"] == "/ui/keys"
+    page = await client.get("/ui/keys")
+    return _csrf(page.text)
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)
+
+
+def as_user(gateway: RunningGateway, client: httpx.AsyncClient, user_id: str) -> str:
+    """A session for `user_id`, as SSO signs one; its CSRF token."""
+    session = gateway.app.extensions["trigate_ui_sessions"].sign(user_id)
+    client.cookies.set(COOKIE, session.token)
+    return str(session.csrf)
+
+
+async def keys_of(gateway: RunningGateway) -> list[dict[str, Any]]:
+    async with gateway.client() as admin:
+        listed = await admin.get("/key/list", params={"return_full_object": "true"})
+    return list(listed.json()["keys"])
+
+
+async def test_the_session_cookie_is_httponly_samesite_and_expiring(served: RunningGateway) -> None:
+    async with browser(served) as client:
+        form = await client.get("/ui/login")
+        answer = await client.post(
+            "/ui/login",
+            data={"username": "admin", "password": MASTER_KEY, "csrf_token": _csrf(form.text)},
+        )
+    cookie = next(c for c in answer.headers.get_list("set-cookie") if c.startswith(COOKIE))
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Max-Age=28800" in cookie
+
+
+async def test_a_wrong_password_or_a_forged_sign_in_form_is_refused(
+    served: RunningGateway,
+) -> None:
+    async with browser(served) as client:
+        form = await client.get("/ui/login")
+        wrong = await client.post(
+            "/ui/login",
+            data={"username": "admin", "password": "nope", "csrf_token": _csrf(form.text)},
+        )
+        assert wrong.status_code == 401 and COOKIE not in wrong.cookies
+    async with browser(served) as elsewhere:
+        # A cross-site form has no sign-in cookie to match its token.
+        forged = await elsewhere.post(
+            "/ui/login", data={"username": "admin", "password": MASTER_KEY, "csrf_token": "x"}
+        )
+        assert forged.status_code == 403 and COOKIE not in forged.cookies
+
+
+async def test_every_form_needs_the_sessions_csrf_token(served: RunningGateway) -> None:
+    async with browser(served) as client:
+        csrf = await signed_in_admin(client)
+        missing = await client.post("/ui/keys", data={"key_alias": "a"})
+        wrong = await client.post("/ui/keys", data={"key_alias": "b", "csrf_token": "x" + csrf})
+        assert (missing.status_code, wrong.status_code) == (403, 403)
+        assert await keys_of(served) == []
+        # Sign-out is a form too.
+        assert (await client.post("/ui/logout")).status_code == 403
+        made = await client.post("/ui/keys", data={"key_alias": "c", "csrf_token": csrf})
+        assert made.status_code == 200
+        assert [key["key_alias"] for key in await keys_of(served)] == ["c"]
+
+
+async def test_a_users_session_cannot_act_as_another(served: RunningGateway) -> None:
+    async with served.client() as admin:
+        for user in ("alice", "bob"):
+            made = await admin.post(
+                "/user/new", json={"user_id": user, "user_role": "internal_user"}
+            )
+            assert made.status_code == 200
+        bob_key = (await admin.post("/key/generate", json={"user_id": "bob"})).json()
+    async with browser(served) as alice:
+        csrf = as_user(served, alice, "alice")
+        page = await alice.get("/ui/keys")
+        assert bob_key["token"] not in page.text
+        refused = await alice.post(f"/ui/keys/{bob_key['token']}/delete", data={"csrf_token": csrf})
+        assert "may not" in refused.text or "own" in refused.text
+        assert bob_key["token"] in [key["token"] for key in await keys_of(served)]
+        # Her CSRF token does not go with another session.
+        as_user(served, alice, "bob")
+        assert (
+            await alice.post(f"/ui/keys/{bob_key['token']}/delete", data={"csrf_token": csrf})
+        ).status_code == 403
+    async with browser(served) as forger:
+        # Alice's token with its subject changed to bob's: the signature no longer holds.
+        token = served.app.extensions["trigate_ui_sessions"].sign("alice").token
+        head, payload, signature = token.split(".")
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=="))
+        claims["sub"] = "bob"
+        forged = base64.urlsafe_b64encode(orjson.dumps(claims)).rstrip(b"=").decode()
+        forger.cookies.set(COOKIE, f"{head}.{forged}.{signature}")
+        answer = await forger.get("/ui/keys")
+        assert answer.status_code == 302 and answer.headers["location"].startswith("/ui/login")
+        # Nor does the API take it.
+        api = await forger.get(
+            "/key/list", headers={"authorization": f"Bearer {head}.{forged}.{signature}"}
+        )
+        assert api.status_code == 401
+
+
+async def test_an_expired_session_signs_in_again(served: RunningGateway) -> None:
+    expired = Sessions(MASTER_KEY, seconds=-1).sign(None)
+    async with browser(served) as client:
+        client.cookies.set(COOKIE, expired.token)
+        answer = await client.get("/ui/usage")
+        assert answer.status_code == 302 and "/ui/login" in answer.headers["location"]
+
+
+async def test_the_ui_has_only_its_users_role(served: RunningGateway) -> None:
+    async with served.client() as admin:
+        made = await admin.post(
+            "/user/new", json={"user_id": "viv", "user_role": "internal_user_viewer"}
+        )
+        assert made.status_code == 200
+    async with browser(served) as viewer:
+        csrf = as_user(served, viewer, "viv")
+        page = await viewer.get("/ui/keys")
+        assert 'id="create-key"' not in page.text  # a viewer is shown no forms
+        # Posting the form anyway: the admin API refuses, with its own message.
+        refused = await viewer.post("/ui/keys", data={"csrf_token": csrf, "key_alias": "v"})
+        assert "may not call /key/generate" in refused.text
+        assert "v" not in [key["key_alias"] for key in await keys_of(served)]
+        teams = await viewer.post("/ui/teams", data={"csrf_token": csrf, "team_id": "t"})
+        assert "may not call /team/new" in teams.text
+        # Pages that need a reader of all are refused as the API refuses them.
+        assert "may not call /spend/logs" in (await viewer.get("/ui/logs")).text
+
+
+async def test_stored_text_is_always_escaped(served: RunningGateway) -> None:
+    async with served.client() as admin:
+        await admin.post("/key/generate", json={"key_alias": "<script>alert(1)</script>"})
+        await admin.post("/team/new", json={"team_id": "t1", "team_alias": "<img src=x onerror=1>"})
+    async with browser(served) as client:
+        await signed_in_admin(client)
+        keys = (await client.get("/ui/keys")).text
+        teams = (await client.get("/ui/teams")).text
+    assert "<script>alert(1)" not in keys and "&lt;script&gt;alert(1)&lt;/script&gt;" in keys
+    assert "<img src=x" not in teams and "&lt;img src=x onerror=1&gt;" in teams
