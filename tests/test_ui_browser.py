@@ -16,6 +16,7 @@ import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, StreamReply, chat_completion, stream_of
 from helpers import MASTER_KEY, RunningGateway, openai_config, start_gateway
+from oidc_provider_mock import User, run_server_in_thread
 from playwright.sync_api import Page, expect
 from ui_browser import in_browser, screenshot
 
@@ -150,3 +151,48 @@ async def test_an_admin_makes_uses_watches_and_blocks_a_key(served: RunningGatew
         expect(page).to_have_url(re.compile(r"/ui/login"))
 
     await in_browser(scenario)
+
+
+async def test_sso_signs_a_new_user_in_through_a_real_openid_provider(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole redirect flow in the browser: the UI's SSO button, the provider's own
+    sign-in form, the callback; the user is made on its first sign-in with the default
+    role, joined to the team its claims name, and sees only what that role may."""
+    claims = {"email": "dana@example.com", "groups": ["research", "no-such-team"]}
+    with run_server_in_thread(user_claims=[User(sub="dana", claims=claims)]) as provider:
+        issuer = f"http://localhost:{provider.server_port}"
+        monkeypatch.setenv("GENERIC_CLIENT_ID", "trigate-ui")
+        monkeypatch.setenv("GENERIC_CLIENT_SECRET", "not-checked-by-the-mock")
+        monkeypatch.setenv("GENERIC_DISCOVERY_URL", f"{issuer}/.well-known/openid-configuration")
+        monkeypatch.setenv("GENERIC_USER_TEAMS_ATTRIBUTE", "groups")
+        upstream = FakeUpstream(_answer)
+        await upstream.start(nursery)
+        running = await start_gateway(nursery, openai_config(upstream))
+        async with running.client() as admin:
+            assert (await admin.post("/team/new", json={"team_id": "research"})).status_code == 200
+        url = running.url
+
+        def scenario(page: Page) -> None:
+            page.goto(f"{url}/ui/usage")
+            expect(page).to_have_url(re.compile(r"/ui/login"))
+            page.click("#sso")
+            expect(page).to_have_url(re.compile(f"^{issuer}/oauth2/authorize"))
+            screenshot(page, "sso-provider")
+            page.fill("input[name=sub]", "dana")
+            page.get_by_role("button", name="Authorize").first.click()
+            # Back where the user was going, signed in as itself.
+            expect(page).to_have_url(re.compile(r"/ui/usage"))
+            expect(page.locator(".who")).to_contain_text("dana (internal_user_viewer)")
+            # A viewer's usage needs a reader of all: the API's refusal, shown.
+            expect(page.locator(".error")).to_contain_text("may not call /spend/logs")
+            page.goto(f"{url}/ui/keys")
+            expect(page.locator("#create-key")).to_have_count(0)
+
+        await in_browser(scenario)
+        async with running.client() as admin:
+            info = (await admin.get("/user/info", params={"user_id": "dana"})).json()
+        assert info["user_info"]["user_role"] == "internal_user_viewer"
+        assert info["user_info"]["user_email"] == "dana@example.com"
+        assert info["user_info"]["teams"] == ["research"]
+        await running.stop()
