@@ -37,6 +37,7 @@ from trigate.end_users import EndUsers
 from trigate.errors import secrets
 from trigate.fleet import Fleet
 from trigate.hooks import Hooks, load_hooks
+from trigate.jwt_auth import JwtVerifier
 from trigate.limits import LEASE_TTL, FleetLimits, Limits
 from trigate.proxy_budget import PROXY_BUDGET_USER, fallback_row, proxy_budget
 from trigate.proxy_budget import install as install_proxy_budget
@@ -236,6 +237,11 @@ class Gateway:
         self._store = await Store.open(self._config.database_url)
         self._auth = Authenticator(self._master_key, self._store, self.changes)
         self._auth.verifiers = self.token_verifiers
+        if self._config.general_settings.enable_jwt_auth and not any(
+            isinstance(verifier, JwtVerifier) for verifier in self.token_verifiers
+        ):
+            jwt_settings = self._config.general_settings.litellm_jwtauth
+            self.token_verifiers.append(JwtVerifier(jwt_settings, self._store))
         # Every admin write reaches the caches, here and (with Redis) fleet-wide.
         self._store.watch(self._written)
         self._end_users = EndUsers(self._auth, self._store)

@@ -66,7 +66,7 @@ _NO_GUARDRAILS = (
     "trigate runs no LiteLLM guardrail, and serving without it would fail open "
     "(a guardrail of your own can run as a hook: litellm_settings.callbacks)"
 )
-_NO_UI = "trigate has no admin UI"
+_NO_UI = "trigate's web UI (/ui) does not offer it"
 _NO_ALERTS = "trigate sends no alerts (see its Prometheus metrics)"
 _NO_CACHE = "trigate has no response cache yet: every request goes upstream"
 _NO_DB_TUNING = "trigate's store manages its own connections"
@@ -343,8 +343,11 @@ GENERAL_SETTINGS: dict[str, Key] = {
             "max_connections", "responses_retention_days", "admin_model_env_vars",
         )
     },
-    "enable_jwt_auth": _refused("JWT authentication (and its role and team rules) is not served"),
-    "litellm_jwtauth": _ignored("read only with enable_jwt_auth, which is refused"),
+    "enable_jwt_auth": _acted("JWTs verified against JWT_PUBLIC_KEY_URL's JWKS (jwt_auth.py)"),
+    "litellm_jwtauth": _acted(
+        "the claims naming a token's user, team and admin scope (jwt_auth.py), and a key"
+        " of it trigate does not act on stops start-up"
+    ),
     "enable_oauth2_auth": _refused("OAuth2 authentication is not served"),
     "enable_oauth2_proxy_auth": _refused("OAuth2 proxy authentication is not served"),
     "oauth2_config_mappings": _ignored("read only with OAuth2 auth, which is refused"),
@@ -415,7 +418,7 @@ GENERAL_SETTINGS: dict[str, Key] = {
     "alert_types": _ignored(_NO_ALERTS),
     "alert_to_webhook_url": _ignored(_NO_ALERTS),
     "spend_report_frequency": _ignored(_NO_ALERTS),
-    "ui_access_mode": _ignored(_NO_UI),
+    "ui_access_mode": _acted("`admin_only` lets only admins and admin viewers in (ui/web.py)"),
     "custom_sso": _ignored(_NO_UI),
     "enable_public_model_hub": _ignored(_NO_UI),
     "allow_user_auth": _ignored("deprecated in LiteLLM"),
