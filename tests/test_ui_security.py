@@ -178,3 +178,19 @@ async def test_stored_text_is_always_escaped(served: RunningGateway) -> None:
         teams = (await client.get("/ui/teams")).text
     assert "<script>alert(1)" not in keys and "&lt;script&gt;alert(1)&lt;/script&gt;" in keys
     assert "<img src=x" not in teams and "&lt;img src=x onerror=1&gt;" in teams
+
+
+async def test_ui_access_mode_admin_only_lets_only_admins_in(nursery: trio.Nursery) -> None:
+    config = {**mock_config(), "general_settings": {"ui_access_mode": "admin_only"}}
+    running = await start_gateway(nursery, config)
+    async with running.client() as admin:
+        for user, role in (("ivy", "internal_user"), ("vic", "proxy_admin_viewer")):
+            made = await admin.post("/user/new", json={"user_id": user, "user_role": role})
+            assert made.status_code == 200
+    async with browser(running) as client:
+        as_user(running, client, "ivy")
+        refused = await client.get("/ui/keys")
+        assert refused.status_code == 403 and "admins only" in refused.text
+        as_user(running, client, "vic")
+        assert (await client.get("/ui/keys")).status_code == 200
+    await running.stop()

@@ -21,6 +21,7 @@ import httpx
 from quart import Response, redirect
 from quart_trio import QuartTrio
 
+from trigate.config import ConfigError
 from trigate.gateway import Gateway
 from trigate.ui import keys_page, models_page, teams_page, usage_page  # noqa: F401  (routes)
 from trigate.ui.sessions import Sessions
@@ -45,6 +46,7 @@ def register(app: QuartTrio, gateway: Gateway, environ: Mapping[str, str] | None
     app.extensions["trigate_ui_sessions"] = sessions
     app.extensions["trigate_ui_passwords"] = Passwords.from_environ(env, gateway.master_key)
     app.extensions["trigate_ui_sso"] = sso
+    app.extensions["trigate_ui_admin_only"] = _admin_only(gateway)
     app.register_blueprint(blueprint)
     static = _static_files()
 
@@ -65,6 +67,18 @@ def register(app: QuartTrio, gateway: Gateway, environ: Mapping[str, str] | None
 
     app.add_url_rule("/sso/key/generate", "ui_sso_start", sso_start, methods=["GET"])
     app.add_url_rule(CALLBACK_PATH, "ui_sso_callback", sso_callback, methods=["GET"])
+
+
+def _admin_only(gateway: Gateway) -> bool:
+    """LiteLLM's `general_settings.ui_access_mode`: `admin_only` lets only admins and
+    admin viewers use the UI. Its other form (a restricted SSO group) is refused rather
+    than ignored: ignoring it would open the UI to everyone."""
+    mode = (gateway.config.general_settings.model_extra or {}).get("ui_access_mode")
+    if mode in (None, "all", "admin_only"):
+        return mode == "admin_only"
+    raise ConfigError(
+        f"general_settings.ui_access_mode: {mode!r} is not served; use `admin_only` or `all`"
+    )
 
 
 def _static_files() -> dict[str, tuple[bytes, str]]:

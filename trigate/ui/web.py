@@ -36,6 +36,8 @@ PAGES = (
 # Roles that may change nothing through the admin API; their pages hide the forms.
 READ_ONLY_ROLES = frozenset({"proxy_admin_viewer", "internal_user_viewer"})
 ADMIN_ROLES = frozenset({"proxy_admin"})
+# Who may use the UI under LiteLLM's `ui_access_mode: admin_only`.
+ADMIN_VIEWERS = frozenset({"proxy_admin", "proxy_admin_viewer"})
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 
@@ -116,6 +118,9 @@ def page(
             check_csrf(session, sent)
         ui = UI(session, AdminClient(current_app.asgi_app, session.token))
         ui.role = await _role(ui)
+        if current_app.extensions["trigate_ui_admin_only"] and ui.role not in ADMIN_VIEWERS:
+            refused = ApiRefused(403, "This UI is open to admins only (ui_access_mode).")
+            return await ui.render("refused.html", 403, refused=refused)
         try:
             return await handler(ui, *args, **kwargs)
         except ApiRefused as refused:
