@@ -8,7 +8,9 @@ SSO through a real OpenID provider (`oidc-provider-mock`), the whole redirect fl
 
 from __future__ import annotations
 
+import json
 import re
+import warnings
 from typing import Any
 
 import openai
@@ -16,7 +18,6 @@ import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, StreamReply, chat_completion, stream_of
 from helpers import MASTER_KEY, RunningGateway, openai_config, start_gateway
-from oidc_provider_mock import User, run_server_in_thread
 from playwright.sync_api import Page, expect
 from ui_browser import in_browser, screenshot
 
@@ -33,7 +34,9 @@ def _answer(request: ReceivedRequest) -> JSONReply | StreamReply:
 async def served(nursery: trio.Nursery) -> Any:
     upstream = FakeUpstream(_answer)
     await upstream.start(nursery)
-    running = await start_gateway(nursery, openai_config(upstream))
+    # A priced model, so that the usage page has spend to show.
+    running = await start_gateway(nursery, openai_config(upstream, model="openai/gpt-4o-mini"))
+    running.upstream = upstream  # type: ignore[attr-defined]
     yield running
     await running.stop()
 
@@ -49,8 +52,10 @@ def sign_in(page: Page, url: str, username: str = "admin", password: str = MASTE
 
 async def test_an_admin_makes_uses_watches_and_blocks_a_key(served: RunningGateway) -> None:
     url = served.url
+    upstream_base = served.upstream.base_url  # type: ignore[attr-defined]
 
     def scenario(page: Page) -> None:
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
         page.goto(f"{url}/ui")
         screenshot(page, "login")
         sign_in(page, url)
@@ -62,13 +67,17 @@ async def test_an_admin_makes_uses_watches_and_blocks_a_key(served: RunningGatew
         page.click("#create")
         secret = page.inner_text("#secret-value").strip()
         assert secret.startswith("sk-")
+        page.click("button.copy")
+        assert page.evaluate("navigator.clipboard.readText()") == secret
         row = page.locator("#keys tbody tr", has_text="gpt-test")
         expect(row.locator("td.alias")).to_have_text(ALIAS)
         screenshot(page, "keys")
 
         client = openai.OpenAI(base_url=f"{url}/v1", api_key=secret, max_retries=0)
         answer = client.chat.completions.create(
-            model="gpt-test", messages=[{"role": "user", "content": "Say hi"}]
+            model="gpt-test",
+            messages=[{"role": "user", "content": "Say hi"}],
+            extra_body={"metadata": {"tags": ["ui-test"]}},
         )
         assert answer.choices[0].message.content == "Hi there"
 
@@ -86,6 +95,8 @@ async def test_an_admin_makes_uses_watches_and_blocks_a_key(served: RunningGatew
         expect(page.locator("#total-requests")).to_have_text("1")
         expect(page.locator("#usage-key")).to_contain_text(ALIAS)
         expect(page.locator("#usage-model")).to_contain_text("gpt-test")
+        expect(page.locator("#usage-tag")).to_contain_text("ui-test")
+        assert float(page.inner_text("#total-spend").lstrip("$")) > 0
         page.wait_for_function("document.getElementById('spend-chart').width > 0")
         screenshot(page, "usage")
 
@@ -123,6 +134,13 @@ async def test_an_admin_makes_uses_watches_and_blocks_a_key(served: RunningGatew
         )
         screenshot(page, "playground")
 
+        # Regenerate: a new secret, shown once; the old one no longer works.
+        page.goto(f"{url}/ui/keys")
+        row = page.locator("#keys tbody tr", has_text="gpt-test")
+        row.get_by_role("button", name="Regenerate").click()
+        fresh = page.inner_text("#secret-value").strip()
+        assert fresh.startswith("sk-") and fresh != secret
+
         # Teams: make one and add a member; users and models pages.
         page.goto(f"{url}/ui/users")
         page.fill("form.grid input[name=user_id]", "alice")
@@ -142,7 +160,16 @@ async def test_an_admin_makes_uses_watches_and_blocks_a_key(served: RunningGatew
         screenshot(page, "teams")
         page.goto(f"{url}/ui/models")
         expect(page.locator("#models")).to_contain_text("gpt-test")
+        params = {"model": "openai/gpt-4o", "api_base": upstream_base, "api_key": "sk-upstream"}
+        page.fill("#add-model input[name=model_name]", "added-model")
+        page.fill("#add-model textarea[name=litellm_params]", json.dumps(params))
+        page.click("text=Add model")
+        expect(page.locator(".notice")).to_have_text("Model added.")
+        added = page.locator("#models tbody tr", has_text="added-model")
+        expect(added).to_contain_text("healthy")
         screenshot(page, "models")
+        added.get_by_role("button", name="Remove").click()
+        expect(page.locator("#models tbody tr", has_text="added-model")).to_have_count(0)
 
         # Sign out: the pages ask to sign in again.
         page.click("#sign-out")
@@ -159,6 +186,10 @@ async def test_sso_signs_a_new_user_in_through_a_real_openid_provider(
     """The whole redirect flow in the browser: the UI's SSO button, the provider's own
     sign-in form, the callback; the user is made on its first sign-in with the default
     role, joined to the team its claims name, and sees only what that role may."""
+    with warnings.catch_warnings():
+        # It imports authlib's older module, which warns of its deprecation.
+        warnings.simplefilter("ignore", Warning)
+        from oidc_provider_mock import User, run_server_in_thread
     claims = {"email": "dana@example.com", "groups": ["research", "no-such-team"]}
     with run_server_in_thread(user_claims=[User(sub="dana", claims=claims)]) as provider:
         issuer = f"http://localhost:{provider.server_port}"

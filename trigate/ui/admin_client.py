@@ -16,21 +16,19 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 import trio
-from hypercorn.typing import ConnectionState
+from hypercorn.typing import (
+    ASGIFramework,
+    ASGIReceiveEvent,
+    ASGISendEvent,
+    ConnectionState,
+    HTTPScope,
+)
 from quart.wrappers.response import ResponseBody
-
-if TYPE_CHECKING:
-    from hypercorn.typing import (
-        ASGIFramework,
-        ASGIReceiveEvent,
-        ASGISendEvent,
-        HTTPScope,
-    )
 
 
 class ApiRefused(Exception):
