@@ -31,12 +31,10 @@ def _answer(request: ReceivedRequest) -> JSONReply | StreamReply:
 
 
 @pytest.fixture
-async def served(nursery: trio.Nursery) -> Any:
-    upstream = FakeUpstream(_answer)
-    await upstream.start(nursery)
+async def served(nursery: trio.Nursery, upstream: FakeUpstream) -> Any:
+    upstream.handler = _answer
     # A priced model, so that the usage page has spend to show.
     running = await start_gateway(nursery, openai_config(upstream, model="openai/gpt-4o-mini"))
-    running.upstream = upstream  # type: ignore[attr-defined]
     yield running
     await running.stop()
 
@@ -50,9 +48,11 @@ def sign_in(page: Page, url: str, username: str = "admin", password: str = MASTE
     expect(page).to_have_url(re.compile(r"/ui/keys"))
 
 
-async def test_an_admin_makes_uses_watches_and_blocks_a_key(served: RunningGateway) -> None:
+async def test_an_admin_makes_uses_watches_and_blocks_a_key(
+    served: RunningGateway, upstream: FakeUpstream
+) -> None:
     url = served.url
-    upstream_base = served.upstream.base_url  # type: ignore[attr-defined]
+    upstream_base = upstream.base_url
 
     def scenario(page: Page) -> None:
         page.context.grant_permissions(["clipboard-read", "clipboard-write"])
@@ -105,6 +105,13 @@ async def test_an_admin_makes_uses_watches_and_blocks_a_key(served: RunningGatew
         log_row = page.locator("#logs tbody tr", has_text=ALIAS)
         expect(log_row).to_have_count(1)
         expect(log_row).to_contain_text("200")
+        # The filters swap the table in place (htmx).
+        page.fill("form.filters input[name=model]", "no-such-model")
+        page.press("form.filters input[name=model]", "Enter")
+        expect(page.locator("#logs")).to_contain_text("No requests match.")
+        page.fill("form.filters input[name=model]", "gpt-test")
+        page.select_option("form.filters select[name=status]", "success")
+        expect(log_row).to_have_count(1)
         screenshot(page, "logs")
         log_row.get_by_role("link", name="Detail").click()
         expect(page.locator("#detail-status")).to_have_text("200")

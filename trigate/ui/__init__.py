@@ -17,7 +17,6 @@ import os
 from collections.abc import Mapping
 from importlib import resources
 
-import httpx
 from quart import Response, redirect
 from quart_trio import QuartTrio
 
@@ -26,7 +25,7 @@ from trigate.gateway import Gateway
 from trigate.ui import keys_page, models_page, teams_page, usage_page  # noqa: F401  (routes)
 from trigate.ui.sessions import Sessions
 from trigate.ui.signin import Passwords, sso_callback, sso_start
-from trigate.ui.sso import CALLBACK_PATH, HTTP_TIMEOUT, OidcClient, Provider
+from trigate.ui.sso import CALLBACK_PATH, OidcClient, Provider
 from trigate.ui.web import blueprint
 
 _TYPES = {".js": "text/javascript", ".css": "text/css", ".md": "text/plain", "": "text/plain"}
@@ -40,9 +39,7 @@ def register(app: QuartTrio, gateway: Gateway, environ: Mapping[str, str] | None
     sessions = Sessions(gateway.master_key)
     gateway.token_verifiers.insert(0, sessions)
     provider = Provider.from_environ(env)
-    sso = None
-    if provider is not None:
-        sso = OidcClient(provider, httpx.AsyncClient(timeout=HTTP_TIMEOUT))
+    sso = OidcClient(provider) if provider is not None else None
     app.extensions["trigate_ui_sessions"] = sessions
     app.extensions["trigate_ui_passwords"] = Passwords.from_environ(env, gateway.master_key)
     app.extensions["trigate_ui_sso"] = sso

@@ -148,9 +148,8 @@ class Identity:
 class OidcClient:
     """The relying party's side of the code flow for one provider."""
 
-    def __init__(self, provider: Provider, client: httpx.AsyncClient) -> None:
+    def __init__(self, provider: Provider) -> None:
         self.provider = provider
-        self._http = client
         self._endpoints: Endpoints | None = None
 
     async def endpoints(self) -> Endpoints:
@@ -196,18 +195,19 @@ class OidcClient:
         """Exchange the code, then verify who signed in."""
         endpoints = await self.endpoints()
         try:
-            response = await self._http.post(
-                endpoints.token,
-                data={
-                    "grant_type": "authorization_code",
-                    "code": code,
-                    "redirect_uri": redirect_uri,
-                    "client_id": self.provider.client_id,
-                    "client_secret": self.provider.client_secret,
-                    "code_verifier": attempt.verifier,
-                },
-                headers={"accept": "application/json"},
-            )
+            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
+                response = await http.post(
+                    endpoints.token,
+                    data={
+                        "grant_type": "authorization_code",
+                        "code": code,
+                        "redirect_uri": redirect_uri,
+                        "client_id": self.provider.client_id,
+                        "client_secret": self.provider.client_secret,
+                        "code_verifier": attempt.verifier,
+                    },
+                    headers={"accept": "application/json"},
+                )
         except httpx.HTTPError as error:
             raise SsoFailed(f"The identity provider did not answer: {error}.") from None
         if response.status_code != 200:
@@ -263,7 +263,8 @@ class OidcClient:
 
     async def _get_json(self, url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
         try:
-            response = await self._http.get(url, headers=headers)
+            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as http:
+                response = await http.get(url, headers=headers)
             response.raise_for_status()
             found = response.json()
         except (httpx.HTTPError, ValueError) as error:

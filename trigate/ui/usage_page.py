@@ -20,6 +20,8 @@ DEFAULT_DAYS = 7
 # The most rows one page reads (the API's own cap).
 MAX_ROWS = 10_000
 TOP_KEYS = 10
+# The most rows the Logs page reads before filtering by key, model and status.
+LOG_ROWS = 1000
 
 
 def _dates() -> tuple[str, str]:
@@ -111,7 +113,13 @@ def _days(start: str, end: str) -> list[str]:
 @page
 async def usage(ui: UI) -> Response:
     start, end = _dates()
-    summary = usage_summary(await _rows(ui, start, end), start, end)
+    rows = await _rows(ui, start, end)
+    if len(rows) == MAX_ROWS:
+        ui.notices.append(
+            f"The range holds more than {MAX_ROWS:,} requests: these figures sum the "
+            f"latest {MAX_ROWS:,}. Narrow the dates for whole figures."
+        )
+    summary = usage_summary(rows, start, end)
     return await ui.render("usage.html", start=start, end=end, summary=summary)
 
 
@@ -120,7 +128,13 @@ async def usage(ui: UI) -> Response:
 async def logs(ui: UI) -> Response:
     start, end = _dates()
     wanted = {name: (request.args.get(name) or "").strip() for name in ("key", "model", "status")}
-    rows = [row for row in await _rows(ui, start, end, limit=1000) if _kept(row, wanted)]
+    read = await _rows(ui, start, end, limit=LOG_ROWS)
+    if len(read) == LOG_ROWS:
+        ui.notices.append(
+            f"Showing the latest {LOG_ROWS:,} requests of the range, filtered: "
+            "narrow the dates to see older ones."
+        )
+    rows = [row for row in read if _kept(row, wanted)]
     return await ui.render("logs.html", rows=rows, start=start, end=end, wanted=wanted,
                            key_label=_key_label)  # fmt: skip
 
