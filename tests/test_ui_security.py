@@ -19,7 +19,9 @@ from trigate.ui.sessions import COOKIE, Sessions
 
 @pytest.fixture
 async def served(nursery: trio.Nursery) -> Any:
-    running = await start_gateway(nursery, mock_config())
+    config = mock_config()
+    config["model_list"].append({"model_name": "other", "litellm_params": {"model": "mock/x"}})
+    running = await start_gateway(nursery, config)
     yield running
     await running.stop()
 
@@ -194,3 +196,29 @@ async def test_ui_access_mode_admin_only_lets_only_admins_in(nursery: trio.Nurse
         as_user(running, client, "vic")
         assert (await client.get("/ui/keys")).status_code == 200
     await running.stop()
+
+
+async def test_the_playground_chats_as_the_user_within_its_models(served: RunningGateway) -> None:
+    async with served.client() as admin:
+        made = await admin.post(
+            "/user/new",
+            json={"user_id": "pia", "user_role": "internal_user", "models": ["mock"]},
+        )
+        assert made.status_code == 200
+    async with browser(served) as client:
+        csrf = as_user(served, client, "pia")
+        page = await client.get("/ui/playground")
+        assert "<option>mock</option>" in page.text and "<option>other</option>" not in page.text
+        headers = {"X-CSRF-Token": csrf}
+        body = {"model": "mock", "messages": [{"role": "user", "content": "Hi"}]}
+        chat = await client.post("/ui/playground/chat", json=body, headers=headers)
+        assert chat.status_code == 200 and "data: [DONE]" in chat.text
+        [record] = await served.records.wait_for(1)
+        assert (record.user_id, record.key_hash, record.stream) == ("pia", None, True)
+        # A model the user may not use: the chat route's own refusal.
+        other = await client.post(
+            "/ui/playground/chat", json={**body, "model": "other"}, headers=headers
+        )
+        assert "This user may not use model `other`" in other.text
+        # And no chat without the session's CSRF token.
+        assert (await client.post("/ui/playground/chat", json=body)).status_code == 403
