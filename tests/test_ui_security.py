@@ -222,3 +222,18 @@ async def test_the_playground_chats_as_the_user_within_its_models(served: Runnin
         assert "This user may not use model `other`" in other.text
         # And no chat without the session's CSRF token.
         assert (await client.post("/ui/playground/chat", json=body)).status_code == 403
+
+
+async def test_a_deleted_users_session_ends(served: RunningGateway) -> None:
+    async with served.client() as admin:
+        made = await admin.post("/user/new", json={"user_id": "gone", "user_role": "internal_user"})
+        assert made.status_code == 200
+        async with browser(served) as client:
+            as_user(served, client, "gone")
+            assert (await client.get("/ui/keys")).status_code == 200
+            deleted = await admin.post("/user/delete", json={"user_ids": ["gone"]})
+            assert deleted.status_code == 200
+            # The authenticator's cache keeps a row a few seconds; the store is the truth.
+            served.gateway.auth.forget("users", "gone")
+            answer = await client.get("/ui/keys")
+            assert answer.status_code == 302 and "/ui/login" in answer.headers["location"]

@@ -64,6 +64,12 @@ def safe_next(target: str | None) -> str:
     return target if not parts.scheme and not parts.netloc else "/ui/keys"
 
 
+def served_over_https() -> bool:
+    """Cookies are `Secure` over HTTPS: this request's, or `PROXY_BASE_URL`'s when TLS
+    ends at a proxy in front."""
+    return request.scheme == "https" or os.environ.get("PROXY_BASE_URL", "").startswith("https:")
+
+
 def set_session_cookie(response: Response, session: Session) -> None:
     response.set_cookie(
         COOKIE,
@@ -71,7 +77,7 @@ def set_session_cookie(response: Response, session: Session) -> None:
         max_age=sessions().seconds,
         httponly=True,
         samesite="Lax",
-        secure=request.scheme == "https",
+        secure=served_over_https(),
         path="/",
     )
 
@@ -87,7 +93,7 @@ async def _login_page(error: str | None = None, status: int = 200) -> Response:
     )
     response = page_response(body, status)
     response.set_cookie(
-        LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=request.scheme == "https",
+        LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=served_over_https(),
         path="/ui/login",
     )  # fmt: skip
     return response
@@ -148,7 +154,7 @@ async def sso_start() -> Response:
     signed = sessions().sign_value(orjson.dumps(_attempt_dict(attempt)), SSO_SECONDS)
     response.set_cookie(
         SSO_COOKIE, signed, max_age=SSO_SECONDS, httponly=True, samesite="Lax",
-        secure=request.scheme == "https", path=CALLBACK_PATH,
+        secure=served_over_https(), path=CALLBACK_PATH,
     )  # fmt: skip
     return response
 

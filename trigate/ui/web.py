@@ -109,24 +109,36 @@ def page(
     async def wrapped(*args: P.args, **kwargs: P.kwargs) -> Response:
         session = sessions().read(request.cookies.get(COOKIE))
         if session is None:
-            target = request.full_path if request.method == "GET" else "/ui"
-            return redirect(f"/ui/login?next={quote(target.rstrip('?'))}")  # type: ignore[return-value]
+            return _to_sign_in()
         if request.method != "GET":
             sent = request.headers.get("X-CSRF-Token")
             if request.mimetype in FORM_TYPES:
                 sent = (await request.form).get("csrf_token") or sent
             check_csrf(session, sent)
         ui = UI(session, AdminClient(current_app.asgi_app, session.token))
-        ui.role = await _role(ui)
+        try:
+            ui.role = await _role(ui)
+        except ApiRefused as gone:
+            if gone.status != 401:
+                raise
+            return _to_sign_in()  # its user was deleted since it signed in
         if current_app.extensions["trigate_ui_admin_only"] and ui.role not in ADMIN_VIEWERS:
-            refused = ApiRefused(403, "This UI is open to admins only (ui_access_mode).")
-            return await ui.render("refused.html", 403, refused=refused)
+            closed = ApiRefused(403, "This UI is open to admins only (ui_access_mode).")
+            return await ui.render("refused.html", 403, refused=closed)
         try:
             return await handler(ui, *args, **kwargs)
         except ApiRefused as refused:
             return await ui.render("refused.html", refused.status, refused=refused)
 
     return wrapped
+
+
+def _to_sign_in() -> Response:
+    """Off to the sign-in page, back here afterwards; an unusable cookie is dropped."""
+    target = request.full_path if request.method == "GET" else "/ui"
+    response: Response = redirect(f"/ui/login?next={quote(target.rstrip('?'))}")  # type: ignore[assignment]
+    response.delete_cookie(COOKIE, path="/")
+    return response
 
 
 async def _role(ui: UI) -> str | None:
