@@ -12,7 +12,8 @@ import httpx
 import orjson
 import pytest
 import trio
-from helpers import MASTER_KEY, RunningGateway, mock_config, start_gateway
+from fakes import FakeUpstream, StreamReply, chunk
+from helpers import MASTER_KEY, RunningGateway, mock_config, openai_config, start_gateway
 
 from trigate.ui.sessions import COOKIE, Sessions
 
@@ -237,3 +238,24 @@ async def test_a_deleted_users_session_ends(served: RunningGateway) -> None:
             served.gateway.auth.forget("users", "gone")
             answer = await client.get("/ui/keys")
             assert answer.status_code == 302 and "/ui/login" in answer.headers["location"]
+
+
+async def test_leaving_the_playground_cancels_the_upstream_request(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    # A stream that goes on until its client leaves.
+    upstream.handler = lambda request: StreamReply([chunk("Hi")], tail=chunk(" more"))
+    running = await start_gateway(nursery, openai_config(upstream))
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "Hi"}]}
+    async with browser(running) as client:
+        csrf = await signed_in_admin(client)
+        async with client.stream(
+            "POST", "/ui/playground/chat", json=body, headers={"X-CSRF-Token": csrf}
+        ) as answer:
+            async for _ in answer.aiter_bytes():
+                break  # the first frames arrived: the browser leaves
+    with trio.fail_after(10):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+    [record] = await running.records.wait_for(1)
+    assert record.cancelled_by_client
+    await running.stop()
