@@ -259,3 +259,19 @@ async def test_leaving_the_playground_cancels_the_upstream_request(
     [record] = await running.records.wait_for(1)
     assert record.cancelled_by_client
     await running.stop()
+
+
+async def test_bad_form_input_is_shown_not_stored(served: RunningGateway) -> None:
+    async with browser(served) as client:
+        csrf = await signed_in_admin(client)
+        metadata = await client.post(
+            "/ui/keys", data={"csrf_token": csrf, "key_alias": "m", "metadata": "not json"}
+        )
+        assert "Metadata must be a JSON object" in metadata.text
+        budget = await client.post(
+            "/ui/teams", data={"csrf_token": csrf, "team_id": "t", "max_budget": "lots"}
+        )
+        assert "`max_budget`" in budget.text  # the admin API's own message
+    assert await keys_of(served) == []
+    async with served.client() as admin:
+        assert (await admin.get("/team/list")).json() == []

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from quart import Response, request
 
-from trigate.ui.web import UI, blueprint, form_list, form_text, page
-
-# The fields a key's create and update forms send, as the admin API names them.
-LIMIT_FIELDS = ("max_budget", "budget_duration", "rpm_limit", "tpm_limit", "max_parallel_requests")
+from trigate.ui.web import UI, blueprint, form_text, limits_from_form, page
 
 
 @blueprint.get("/keys")
@@ -27,7 +23,7 @@ async def keys(ui: UI) -> Response:
 @page
 async def create_key(ui: UI) -> Response:
     form = await request.form
-    body = _settings(ui, form)
+    body = limits_from_form(ui, form)
     if body is None:
         return await _render(ui)
     for name in ("key_alias", "team_id", "user_id", "duration"):
@@ -54,7 +50,7 @@ async def key_action(ui: UI, token: str, action: str) -> Response:
         )
     elif action == "update":
         form = await request.form
-        body = _settings(ui, form)
+        body = limits_from_form(ui, form)
         if body is not None:
             if alias := form_text(form, "key_alias"):
                 body["key_alias"] = alias
@@ -62,27 +58,6 @@ async def key_action(ui: UI, token: str, action: str) -> Response:
     else:
         ui.errors.append(f"No such action: {action}.")
     return await _render(ui, secret=secret)
-
-
-def _settings(ui: UI, form: Any) -> dict[str, Any] | None:
-    """The limits a form sets; None (with the error shown) for metadata that is not a
-    JSON object. Numbers go as typed: the API checks them and says what is wrong."""
-    body: dict[str, Any] = {}
-    if (models := form_list(form, "models")) is not None:
-        body["models"] = models
-    for name in LIMIT_FIELDS:
-        if (value := form_text(form, name)) is not None:
-            body[name] = value
-    if (metadata := form_text(form, "metadata")) is not None:
-        try:
-            parsed = orjson.loads(metadata)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            ui.errors.append('Metadata must be a JSON object, such as {"env": "prod"}.')
-            return None
-        body["metadata"] = parsed
-    return body
 
 
 async def _render(ui: UI, secret: dict[str, Any] | None = None) -> Response:

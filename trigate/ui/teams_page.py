@@ -6,23 +6,10 @@ team's admin may manage its team's members here and nothing else, as through the
 
 from __future__ import annotations
 
-from typing import Any
-
 from quart import Response, request
 
 from trigate.ui.admin_client import ApiRefused
-from trigate.ui.keys_page import LIMIT_FIELDS
-from trigate.ui.web import UI, blueprint, form_list, form_text, page
-
-
-def _limits(form: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {}
-    if (models := form_list(form, "models")) is not None:
-        body["models"] = models
-    for name in LIMIT_FIELDS:
-        if (value := form_text(form, name)) is not None:
-            body[name] = value
-    return body
+from trigate.ui.web import UI, blueprint, form_text, limits_from_form, page
 
 
 @blueprint.get("/teams")
@@ -35,10 +22,12 @@ async def teams(ui: UI) -> Response:
 @page
 async def new_team(ui: UI) -> Response:
     form = await request.form
-    body = {"team_alias": form_text(form, "team_alias"), **_limits(form)}
-    if team_id := form_text(form, "team_id"):
-        body["team_id"] = team_id
-    await ui.attempt(ui.api.post("/team/new", body), "Team created.")
+    limits = limits_from_form(ui, form)
+    if limits is not None:
+        body = {"team_alias": form_text(form, "team_alias"), **limits}
+        if team_id := form_text(form, "team_id"):
+            body["team_id"] = team_id
+        await ui.attempt(ui.api.post("/team/new", body), "Team created.")
     return await _teams(ui)
 
 
@@ -47,8 +36,10 @@ async def new_team(ui: UI) -> Response:
 async def team_action(ui: UI, team_id: str, action: str) -> Response:
     form = await request.form
     if action == "update":
-        await ui.attempt(ui.api.post("/team/update", {"team_id": team_id, **_limits(form)}),
-                         "Team updated.")  # fmt: skip
+        if (limits := limits_from_form(ui, form)) is not None:
+            await ui.attempt(
+                ui.api.post("/team/update", {"team_id": team_id, **limits}), "Team updated."
+            )
     elif action == "member_add":
         member = {"user_id": form_text(form, "user_id"), "role": form_text(form, "role") or "user"}
         await ui.attempt(ui.api.post("/team/member_add", {"team_id": team_id, "member": member}),
@@ -82,10 +73,12 @@ async def users(ui: UI) -> Response:
 @page
 async def new_user(ui: UI) -> Response:
     form = await request.form
-    body = {"user_id": form_text(form, "user_id"), "user_email": form_text(form, "user_email"),
-            "user_role": form_text(form, "user_role"), **_limits(form)}  # fmt: skip
-    await ui.attempt(ui.api.post("/user/new", {k: v for k, v in body.items() if v is not None}),
-                     "User created.")  # fmt: skip
+    limits = limits_from_form(ui, form)
+    if limits is not None:
+        body = {"user_id": form_text(form, "user_id"), "user_email": form_text(form, "user_email"),
+                "user_role": form_text(form, "user_role"), **limits}  # fmt: skip
+        given = {k: v for k, v in body.items() if v is not None}
+        await ui.attempt(ui.api.post("/user/new", given), "User created.")
     return await _users(ui)
 
 
@@ -93,10 +86,12 @@ async def new_user(ui: UI) -> Response:
 @page
 async def update_user(ui: UI, user_id: str) -> Response:
     form = await request.form
-    body = {"user_id": user_id, **_limits(form)}
-    if role := form_text(form, "user_role"):
-        body["user_role"] = role
-    await ui.attempt(ui.api.post("/user/update", body), "User updated.")
+    limits = limits_from_form(ui, form)
+    if limits is not None:
+        body = {"user_id": user_id, **limits}
+        if role := form_text(form, "user_role"):
+            body["user_role"] = role
+        await ui.attempt(ui.api.post("/user/update", body), "User updated.")
     return await _users(ui)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec
 from urllib.parse import quote
 
+import orjson
 from quart import Blueprint, Response, current_app, redirect, render_template, request
 
 from trigate.ui.admin_client import AdminClient, ApiRefused
@@ -148,6 +149,32 @@ async def _role(ui: UI) -> str | None:
     info = await ui.api.get("/user/info", user_id=ui.session.user_id)
     role = info.get("user_info", {}).get("user_role")
     return role if isinstance(role, str) else None
+
+
+# The limit fields the create and update forms send, as the admin API names them.
+LIMIT_FIELDS = ("max_budget", "budget_duration", "rpm_limit", "tpm_limit", "max_parallel_requests")
+
+
+def limits_from_form(ui: UI, form: Any) -> dict[str, Any] | None:
+    """The models, limits and metadata a key's, team's or user's form sets; None (with
+    the error shown) for metadata that is not a JSON object. Numbers go as typed: the
+    API checks them and says what is wrong."""
+    body: dict[str, Any] = {}
+    if (models := form_list(form, "models")) is not None:
+        body["models"] = models
+    for name in LIMIT_FIELDS:
+        if (value := form_text(form, name)) is not None:
+            body[name] = value
+    if (metadata := form_text(form, "metadata")) is not None:
+        try:
+            parsed = orjson.loads(metadata)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            ui.errors.append('Metadata must be a JSON object, such as {"env": "prod"}.')
+            return None
+        body["metadata"] = parsed
+    return body
 
 
 def form_text(form: Any, name: str) -> str | None:
