@@ -22,6 +22,7 @@ from helpers import MASTER_KEY, RunningGateway, openai_config, sdk, start_gatewa
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
+from trigate.config import ConfigError, parse_config
 from trigate.jwt_auth import JWKS_REFETCH_SECONDS
 
 ISSUER = "https://idp.example.test"
@@ -191,3 +192,21 @@ async def test_an_admin_scope_grants_the_admin_api_and_a_user_only_its_role(
         assert refused.status_code == 403
         made = await as_user.post("/key/generate", json={"key_alias": "ada-own"})
         assert made.status_code == 200 and made.json()["user_id"] == "ada"
+
+
+@pytest.mark.parametrize(
+    ("settings", "environ", "refusal"),
+    [
+        ({"enable_jwt_auth": True}, {}, "needs JWT_PUBLIC_KEY_URL"),
+        (
+            {"enable_jwt_auth": True, "litellm_jwtauth": {"team_allowed_routes": ["/x"]}},
+            {"JWT_PUBLIC_KEY_URL": "http://127.0.0.1:9/jwks"},
+            "trigate does not act on team_allowed_routes",
+        ),
+    ],
+)
+def test_jwt_auth_that_cannot_be_honoured_stops_start_up(
+    settings: dict[str, Any], environ: dict[str, str], refusal: str
+) -> None:
+    with pytest.raises(ConfigError, match=refusal):
+        parse_config({"general_settings": settings}, environ)

@@ -370,6 +370,20 @@ class JwtAuthSettings(BaseModel):
     audience: str | None = None
     issuer: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _acted_on(cls, data: Any) -> Any:
+        """Name LiteLLM's keys trigate does not act on (route and scope rules, org and
+        end-user claims...) as what they are, rather than as unknown input."""
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"trigate does not act on {', '.join(unknown)}, and without it a token "
+                    "could do more than the file means: remove it to start"
+                )
+        return data
+
 
 _STRICT_BOOL = TypeAdapter(bool)
 
