@@ -210,3 +210,38 @@ def test_jwt_auth_that_cannot_be_honoured_stops_start_up(
 ) -> None:
     with pytest.raises(ConfigError, match=refusal):
         parse_config({"general_settings": settings}, environ)
+
+
+async def test_upserts_and_role_mappings(
+    nursery: trio.Nursery, idp: IdentityProvider, upstream: FakeUpstream
+) -> None:
+    config = openai_config(upstream)
+    config["environment_variables"] = {"JWT_PUBLIC_KEY_URL": idp.jwks_url}
+    config["general_settings"] = {
+        "enable_jwt_auth": True,
+        "litellm_jwtauth": {
+            "user_id_jwt_field": "sub",
+            "user_email_jwt_field": "email",
+            "team_id_jwt_field": "client_id",
+            "user_id_upsert": True,
+            "team_id_upsert": True,
+            "roles_jwt_field": "realm.roles",
+            "role_mappings": [{"role": "llm-admins", "internal_role": "proxy_admin"}],
+            "enforce_rbac": True,
+            "audience": AUDIENCE,
+            "issuer": ISSUER,
+        },
+    }
+    running = await start_gateway(nursery, config)
+    user = idp.token(sub="newbie", email="n@x.test", client_id="fresh", realm={"roles": ["x"]})
+    # enforce_rbac: no mapped role, no entry.
+    with pytest.raises(openai.AuthenticationError, match="no role"):
+        await chat(running, user)
+    admin = idp.token(sub="newbie", client_id="fresh", realm={"roles": ["llm-admins"]})
+    assert (await chat(running, admin)).choices
+    async with running.client(admin) as as_admin:
+        assert (await as_admin.post("/team/new", json={"team_id": "by-jwt"})).status_code == 200
+        made = (await as_admin.get("/user/info", params={"user_id": "newbie"})).json()
+        team = (await as_admin.get("/team/info", params={"team_id": "fresh"})).json()
+    assert made["user_info"]["user_id"] == "newbie" and team["team_id"] == "fresh"
+    await running.stop()

@@ -190,8 +190,8 @@ class JwtVerifier:
             granted = Role.PROXY_ADMIN
         user_id = _text(claim(claims, s.user_id_jwt_field))
         if user_id is not None:
-            await self._user(user_id, email)
-        team_id = await self._team(claims)
+            await self._user(auth, user_id, email)
+        team_id = await self._team(auth, claims)
         if user_id is None and team_id is None and granted is None:
             raise InvalidToken("The token names no user or team this gateway knows.")
         identity = f"jwt:{(user_id or team_id or 'admin')[:32]}"
@@ -207,8 +207,9 @@ class JwtVerifier:
             raise InvalidToken("The token holds no role this gateway maps.")
         return role
 
-    async def _user(self, user_id: str, email: str | None) -> Row:
-        row = await self._store.get("users", user_id)
+    async def _user(self, auth: Authenticator, user_id: str, email: str | None) -> Row:
+        """The token's user, read through the authenticator's cache as a key's is."""
+        row = await auth.row("users", user_id)
         if row is not None:
             return row
         if not self.settings.user_id_upsert:
@@ -217,18 +218,20 @@ class JwtVerifier:
         row = {"user_id": user_id, "user_email": email, "models": [], "metadata": {},
                "created_at": now, "updated_at": now}  # fmt: skip
         await self._store.insert("users", row)
+        auth.forget("users", user_id)
         return row
 
-    async def _team(self, claims: dict[str, Any]) -> str | None:
+    async def _team(self, auth: Authenticator, claims: dict[str, Any]) -> str | None:
         s = self.settings
         if (team_id := _text(claim(claims, s.team_id_jwt_field))) is not None:
-            if s.team_id_upsert and await self._store.get("teams", team_id) is None:
+            if s.team_id_upsert and await auth.row("teams", team_id) is None:
                 now = wall_time()
                 await self._store.insert("teams", {"team_id": team_id, "models": [],
                     "metadata": {}, "created_at": now, "updated_at": now})  # fmt: skip
+                auth.forget("teams", team_id)
             return team_id
         for candidate in _listed(claim(claims, s.team_ids_jwt_field)):
-            if await self._store.get("teams", candidate) is not None:
+            if await auth.row("teams", candidate) is not None:
                 return candidate
         return None
 
