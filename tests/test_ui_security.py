@@ -1,6 +1,8 @@
-"""The web UI's security, over plain HTTP (no browser needed): sign-in and its cookie,
+"""The web UI over plain HTTP (no browser needed): its security (sign-in and its cookie,
 CSRF on every form, one user's session never acting as another, stored text escaped,
-and the UI holding no more power than its user's role through the admin API."""
+the UI holding no more power than its user's role through the admin API), and the
+round trips the browser test leaves out (edit forms, bad input, the playground's
+refusals and its cancellation)."""
 
 from __future__ import annotations
 
@@ -275,3 +277,19 @@ async def test_bad_form_input_is_shown_not_stored(served: RunningGateway) -> Non
     assert await keys_of(served) == []
     async with served.client() as admin:
         assert (await admin.get("/team/list")).json() == []
+
+
+async def test_the_edit_form_updates_a_key(served: RunningGateway) -> None:
+    async with served.client() as admin:
+        made = (await admin.post("/key/generate", json={"key_alias": "before"})).json()
+    async with browser(served) as client:
+        csrf = await signed_in_admin(client)
+        answer = await client.post(
+            f"/ui/keys/{made['token']}/update",
+            data={"csrf_token": csrf, "key_alias": "after", "max_budget": "5",
+                  "budget_duration": "7d", "models": "mock", "metadata": '{"env": "ci"}'},
+        )  # fmt: skip
+        assert "Key updated." in answer.text
+    [key] = await keys_of(served)
+    assert (key["key_alias"], key["max_budget"], key["budget_duration"]) == ("after", 5.0, "7d")
+    assert (key["models"], key["metadata"]) == (["mock"], {"env": "ci"})
