@@ -105,7 +105,8 @@ async def test_an_admin_makes_uses_watches_and_blocks_a_key(
         log_row = page.locator("#logs tbody tr", has_text=ALIAS)
         expect(log_row).to_have_count(1)
         expect(log_row).to_contain_text("200")
-        # The filters swap the table in place (htmx).
+        # The filters swap the table in place (htmx, loaded under the pages' CSP).
+        assert page.evaluate("typeof htmx") == "object"
         page.fill("form.filters input[name=model]", "no-such-model")
         page.press("form.filters input[name=model]", "Enter")
         expect(page.locator("#logs")).to_contain_text("No requests match.")

@@ -47,7 +47,21 @@ async def in_browser(scenario: Callable[[Page], Any]) -> Any:
                 context.set_default_timeout(STEP_TIMEOUT_MS)
                 page = context.new_page()
                 page.on("dialog", lambda dialog: pytest.fail(f"a dialog opened: {dialog.message}"))
-                return scenario(page)
+                # Script errors and Content-Security-Policy violations; a page answered
+                # with a refusal's status is logged too, and is no error of the page's.
+                errors: list[str] = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                page.on(
+                    "console",
+                    lambda message: (
+                        errors.append(message.text)
+                        if message.type == "error" and "Failed to load resource" not in message.text
+                        else None
+                    ),
+                )
+                result = scenario(page)
+                assert errors == []
+                return result
             finally:
                 browser.close()
 
