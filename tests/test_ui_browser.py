@@ -195,7 +195,10 @@ async def test_sso_signs_a_new_user_in_through_a_real_openid_provider(
     sign-in form, the callback; the user is made on its first sign-in with the default
     role, joined to the team its claims name, and sees only what that role may."""
     with warnings.catch_warnings():
-        # It imports authlib's older module, which warns of its deprecation.
+        # It imports authlib's older module, which warns of its deprecation; authlib puts
+        # an "always" filter for its warnings first on import, so ours goes after it.
+        import authlib.deprecate  # noqa: F401
+
         warnings.simplefilter("ignore", Warning)
         from oidc_provider_mock import User, run_server_in_thread
     claims = {"email": "dana@example.com", "groups": ["research", "no-such-team"]}
