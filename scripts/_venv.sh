@@ -13,3 +13,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".${extra:+[$extra]}"
   touch "$stamp"
 fi
+# The web UI's browser tests drive Debian's chromium through Playwright (its own browser
+# download cannot reach its host): install it when it is missing, as root.
+if [ "$extra" = "test" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "note: /usr/bin/chromium is missing and this is not root: the browser tests will skip (and fail with CI=true); run: sudo apt-get install -y chromium" >&2
+  fi
+fi

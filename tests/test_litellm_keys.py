@@ -41,6 +41,8 @@ REFUSAL = "trigate cannot honour these LiteLLM keys"
 # Each example config's outcome: the keys named in the warning (it serves), or the
 # start of what stops it (a refusal naming its keys, or the first invalid value).
 SERVES: dict[str, list[str]] = {
+    # LiteLLM's Okta example: every key of its `litellm_jwtauth` is acted on.
+    "okta_jwt_auth_config.yaml": [],
     "_health_check_test_config.yaml": [
         "model_list[].model_info.mode",
         "litellm_settings.set_verbose",
@@ -101,7 +103,6 @@ SERVES: dict[str, list[str]] = {
 }
 REFUSED: dict[str, list[str]] = {
     "docs_all_settings.yaml": [
-        "general_settings.enable_jwt_auth",
         "general_settings.enforce_user_param",
         "general_settings.reject_clientside_metadata_tags",
         "general_settings.allowed_routes",
@@ -112,7 +113,6 @@ REFUSED: dict[str, list[str]] = {
         "router_settings.enable_tag_filtering",
     ],
     "enterprise_config.yaml": ["router_settings.enable_tag_filtering"],
-    "okta_jwt_auth_config.yaml": ["general_settings.enable_jwt_auth"],
     "pass_through_config.yaml": ["general_settings.custom_auth"],
     "reject_clientside_metadata_tags_config.yaml": [
         "general_settings.reject_clientside_metadata_tags"
@@ -217,7 +217,6 @@ def test_the_issue_config_warns_and_a_guardrail_refuses() -> None:
 @pytest.mark.parametrize(
     ("raw", "path"),
     [
-        ({"general_settings": {"enable_jwt_auth": True}}, "general_settings.enable_jwt_auth"),
         ({"general_settings": {"allowed_ips": ["10.0.0.1"]}}, "general_settings.allowed_ips"),
         ({"general_settings": {"allowed_routes": ["/v1/*"]}}, "general_settings.allowed_routes"),
         ({"general_settings": {"admin_only_routes": ["/x"]}}, "general_settings.admin_only_routes"),

@@ -63,10 +63,15 @@ class Caller:
 
     # The key's user's membership of the key's team (its limits in the team), if any.
     member: Row | None = None
+    # A role a verified token grants beyond its user's (a JWT's admin scope,
+    # `trigate.jwt_auth`); None for keys, whose role is their user's.
+    granted_role: Role | None = None
 
     @property
     def role(self) -> Role | None:
         """The caller's LiteLLM role (trigate/roles.py): read only by admin routes."""
+        if self.granted_role is not None:
+            return self.granted_role
         return role_of(self.is_master, self.user)
 
     @property
@@ -75,11 +80,17 @@ class Caller:
 
     @property
     def team_id(self) -> str | None:
-        return self.key.get("team_id") if self.key else None
+        """The key's team; without a key (a verified token), the token's team."""
+        if self.key is not None:
+            return self.key.get("team_id")
+        return self.team.get("team_id") if self.team else None
 
     @property
     def user_id(self) -> str | None:
-        return self.key.get("user_id") if self.key else None
+        """The key's user; without a key (a verified token), the token's user."""
+        if self.key is not None:
+            return self.key.get("user_id")
+        return self.user.get("user_id") if self.user else None
 
     def model_group(self, requested: str) -> str:
         """The model group a request naming `requested` goes to: the key's team's
@@ -123,6 +134,23 @@ def presented_key(headers: HeaderSource) -> str | None:
     return key.strip() if key else None
 
 
+def looks_like_jwt(token: str) -> bool:
+    """A bearer token in a JWT's compact form (three dot-separated parts), never a key:
+    keys are `sk-` and URL-safe characters, with no dots."""
+    return not token.startswith(KEY_PREFIX) and token.count(".") == 2
+
+
+class TokenVerifier(Protocol):
+    """A verifier of bearer tokens that are not keys: JWTs from an identity provider
+    (`trigate.jwt_auth`) and the web UI's own sessions (`trigate.ui.sessions`)."""
+
+    async def caller(self, token: str, auth: Authenticator) -> Caller | None:
+        """The caller `token` names, or None when the token is another verifier's (its
+        issuer is not this one's). Raises `AuthenticationFailed` for a token of this
+        verifier's that fails its checks (signature, expiry, audience)."""
+        ...
+
+
 class Authenticator:
     def __init__(
         self, master_key: str, store: Store | None = None, changes: Changes | None = None
@@ -134,6 +162,9 @@ class Authenticator:
         self._cache: dict[tuple[str, str], tuple[Row | None, float]] = {}
         self._outage_until = -float("inf")
         self._changes = changes
+        # Tried in order for a bearer token in a JWT's form; empty unless JWT auth or the
+        # UI is on, so a key pays nothing for them.
+        self.verifiers: list[TokenVerifier] = []
         if changes is not None:
             changes.listen((*OWNER_KINDS, MEMBERS), self._drop, self._cache.clear)
 
@@ -146,7 +177,38 @@ class Authenticator:
             )
         if hmac.compare_digest(key.encode(), self._master):
             return Caller(MASTER_IDENTITY, is_master=True)
+        if self.verifiers and looks_like_jwt(key):
+            for verifier in self.verifiers:
+                caller = await verifier.caller(key, self)
+                if caller is not None:
+                    return caller
+            raise AuthenticationFailed("The token provided is not valid.", code="invalid_token")
         return await self._virtual_key(hash_key(key))
+
+    async def identified(
+        self,
+        identity: str,
+        user_id: str | None,
+        team_id: str | None,
+        granted_role: Role | None = None,
+    ) -> Caller:
+        """A caller without a key, named by a verified token: its user's and team's rows
+        (and the team's organization's, and the user's membership of the team) bind it
+        as a key's do, and a blocked or missing team refuses it as it refuses a key."""
+        team = await self._cached("teams", team_id) if team_id else None
+        if team_id and team is None:
+            raise AuthenticationFailed(f"No team `{team_id}` exists.", code="team_not_found")
+        if team is not None and team["blocked"]:
+            raise AuthenticationFailed("This team has been blocked.", code="team_blocked")
+        user = await self._cached("users", user_id) if user_id else None
+        organization = await self._organization(team) if team is not None else None
+        member = None
+        if team_id and user_id:
+            member = await self._cached(MEMBERS, member_ident(team_id, user_id))
+        return Caller(
+            identity, False, team=team, user=user, organization=organization, member=member,
+            granted_role=granted_role,
+        )  # fmt: skip
 
     async def row(self, kind: str, key: str) -> Row | None:
         """A key's, team's, user's, membership's, customer's or organization's row, from

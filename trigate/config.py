@@ -17,7 +17,7 @@ import re
 from collections.abc import Collection, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import httpx
 import orjson
@@ -316,6 +316,85 @@ class GeneralSettings(BaseModel):
     # variable (the master key, the database URL, cloud credentials) could be sent to an
     # `api_base` of the admin's choosing. The config file itself may name any.
     admin_model_env_vars: list[str] = Field(default_factory=list)
+    # LiteLLM's JWT auth (trigate.jwt_auth): bearer tokens from an identity provider,
+    # verified against its JWKS (`JWT_PUBLIC_KEY_URL`), as callers beside keys.
+    enable_jwt_auth: bool = False
+    litellm_jwtauth: JwtAuthSettings = Field(default_factory=lambda: JwtAuthSettings())
+
+
+class JwtIssuer(BaseModel):
+    """One trusted issuer of `litellm_jwtauth.issuers` (LiteLLM's per-issuer entry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str
+    audience: str | None = None
+
+
+class JwtRoleMapping(BaseModel):
+    """A role the token's roles claim may hold, and the LiteLLM role it grants."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: str
+    internal_role: Literal[
+        "proxy_admin", "proxy_admin_viewer", "org_admin", "internal_user",
+        "internal_user_viewer", "team", "customer",
+    ]  # fmt: skip
+
+
+class JwtAuthSettings(BaseModel):
+    """`general_settings.litellm_jwtauth`: which claims name a token's user, team and
+    admin power. A key of LiteLLM's that trigate does not act on is refused (extra
+    "forbid"): each restricts access (routes, roles, scopes), and a token must never
+    get more than its owner configured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The scope (in `scope` or `scp`, a list or a space-separated string) that makes a
+    # token a proxy admin's.
+    admin_jwt_scope: str = "litellm_proxy_admin"
+    user_id_jwt_field: str | None = None
+    user_email_jwt_field: str | None = None
+    team_id_jwt_field: str | None = None
+    # A list claim of team ids: the first that names an existing team is the token's.
+    team_ids_jwt_field: str | None = None
+    # Make the token's user (team) on its first call, as LiteLLM's `*_upsert`.
+    user_id_upsert: bool = False
+    team_id_upsert: bool = False
+    # A claim with the token's roles, mapped to LiteLLM's; with `enforce_rbac`, a token
+    # holding no mapped role is refused.
+    roles_jwt_field: str | None = None
+    role_mappings: list[JwtRoleMapping] = Field(default_factory=list)
+    enforce_rbac: bool = False
+    # Only tokens whose email claim is in this domain are let in.
+    user_allowed_email_domain: str | None = None
+    # A claim with the token's roles, and the roles let in (LiteLLM's pair).
+    user_roles_jwt_field: str | None = None
+    user_allowed_roles: list[str] | None = None
+    # How long the JWKS is kept before it is fetched again (an unknown `kid` fetches
+    # it at once, at most once a `JWKS_REFETCH_SECONDS`).
+    public_key_ttl: float = Field(default=600.0, gt=0)
+    issuers: list[JwtIssuer] = Field(default_factory=list)
+    # The JWKS (or the OpenID discovery document naming it), the audience and the
+    # issuer: here, or LiteLLM's `JWT_PUBLIC_KEY_URL`, `JWT_AUDIENCE` (`parse_config`).
+    public_key_url: str | None = None
+    audience: str | None = None
+    issuer: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _acted_on(cls, data: Any) -> Any:
+        """Name LiteLLM's keys trigate does not act on (route and scope rules, org and
+        end-user claims...) as what they are, rather than as unknown input."""
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(
+                    f"trigate does not act on {', '.join(unknown)}, and without it a token "
+                    "could do more than the file means: remove it to start"
+                )
+        return data
 
 
 _STRICT_BOOL = TypeAdapter(bool)
@@ -395,6 +474,21 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
     return parse_config(raw, environ)
 
 
+def _jwt_environment(config: GatewayConfig, environ: Mapping[str, str]) -> None:
+    """LiteLLM's `JWT_PUBLIC_KEY_URL` and `JWT_AUDIENCE` (the environment or the file's
+    `environment_variables`). JWT auth without a key set to verify against stops
+    start-up: it would let no token in, or, worse, be mistaken for working."""
+    settings = config.general_settings
+    jwt = settings.litellm_jwtauth
+    jwt.public_key_url = jwt.public_key_url or environ.get("JWT_PUBLIC_KEY_URL") or None
+    jwt.audience = jwt.audience or environ.get("JWT_AUDIENCE") or None
+    if settings.enable_jwt_auth and not jwt.public_key_url:
+        raise ConfigError(
+            "general_settings.enable_jwt_auth needs JWT_PUBLIC_KEY_URL: the identity "
+            "provider's JWKS endpoint, which tokens are verified against"
+        )
+
+
 def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConfig:
     """Resolve `os.environ/` references in an already-parsed config, then validate it."""
     variables = raw.get("environment_variables") or {}
@@ -428,6 +522,7 @@ def parse_config(raw: dict[str, Any], environ: Mapping[str, str]) -> GatewayConf
         config.mcp  # noqa: B018 - validated now, so a bad server fails start-up
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    _jwt_environment(config, {**{k: str(v) for k, v in variables.items()}, **environ})
     if master_key := environ.get("TRIGATE_MASTER_KEY"):
         config.general_settings.master_key = master_key
     if database_url := environ.get("TRIGATE_DATABASE_URL"):

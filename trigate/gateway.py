@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 
 from trigate.alerts.hub import Alerts
 from trigate.alerts.settings import AlertSettings
-from trigate.auth import Authenticator
+from trigate.auth import Authenticator, TokenVerifier
 from trigate.cache import ResponseCache, cache_settings
 from trigate.changes import Changes
 from trigate.clock import wall_time
@@ -46,6 +46,7 @@ from trigate.guardrails.hook import GuardrailHook
 from trigate.guardrails.registry import guardrail_set
 from trigate.guardrails.runner import GuardrailSet
 from trigate.hooks import Hooks, load_hooks
+from trigate.jwt_auth import JwtVerifier
 from trigate.limits import LEASE_TTL, FleetLimits, Limits
 from trigate.mcp_gateway.catalog import MCPCatalog
 from trigate.proxy_budget import PROXY_BUDGET_USER, fallback_row, proxy_budget
@@ -224,6 +225,9 @@ class Gateway:
         self._store: Store | None = None
         self._ledger: SpendLedger | None = None
         self._auth: Authenticator | None = None
+        # Verifiers of bearer tokens that are not keys (the UI's sessions, JWTs), given
+        # to the authenticator when it is made at start.
+        self.token_verifiers: list[TokenVerifier] = []
         self._end_users: EndUsers | None = None
         self._background: trio.CancelScope | None = None
         self._background_done = trio.Event()
@@ -274,6 +278,12 @@ class Gateway:
         return self._store
 
     @property
+    def master_key(self) -> str:
+        """The master key: the UI derives its session key from it, and takes it as the
+        admin's password when `UI_PASSWORD` is unset (LiteLLM's default)."""
+        return self._master_key
+
+    @property
     def auth(self) -> Authenticator:
         assert self._auth is not None, "the gateway has not started"
         return self._auth
@@ -292,6 +302,12 @@ class Gateway:
         self._counter = await load_token_counter()
         self._store = await Store.open(self._config.database_url)
         self._auth = Authenticator(self._master_key, self._store, self.changes)
+        self._auth.verifiers = self.token_verifiers
+        if self._config.general_settings.enable_jwt_auth and not any(
+            isinstance(verifier, JwtVerifier) for verifier in self.token_verifiers
+        ):
+            jwt_settings = self._config.general_settings.litellm_jwtauth
+            self.token_verifiers.append(JwtVerifier(jwt_settings, self._store))
         # Every admin write reaches the caches, here and (with Redis) fleet-wide.
         self._store.watch(self._written)
         self._end_users = EndUsers(self._auth, self._store)

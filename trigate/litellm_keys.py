@@ -66,8 +66,8 @@ _NO_GUARDRAILS = (
     "trigate runs guardrails from the top-level `guardrails:` list only (README "
     '"Guardrails"), and serving without this one would fail open'
 )
-_NO_UI = "trigate has no admin UI"
-_NO_ALERTS = "trigate sends no alerts (see its Prometheus metrics)"
+_NO_UI = "trigate's web UI (/ui) does not offer it"
+_NO_ALERTS = "per-router alerting is not served: alerts are general_settings.alerting's"
 _CACHE = "read with litellm_settings.cache_params (trigate/cache)"
 _NO_CACHE_SETTING = "the response cache is litellm_settings.cache with cache_params"
 _NO_DB_TUNING = "trigate's store manages its own connections"
@@ -351,8 +351,11 @@ GENERAL_SETTINGS: dict[str, Key] = {
             "max_connections", "responses_retention_days", "admin_model_env_vars",
         )
     },
-    "enable_jwt_auth": _refused("JWT authentication (and its role and team rules) is not served"),
-    "litellm_jwtauth": _ignored("read only with enable_jwt_auth, which is refused"),
+    "enable_jwt_auth": _acted("JWTs verified against JWT_PUBLIC_KEY_URL's JWKS (jwt_auth.py)"),
+    "litellm_jwtauth": _acted(
+        "the claims naming a token's user, team and admin scope (jwt_auth.py), and a key"
+        " of it trigate does not act on stops start-up"
+    ),
     "enable_oauth2_auth": _refused("OAuth2 authentication is not served"),
     "enable_oauth2_proxy_auth": _refused("OAuth2 proxy authentication is not served"),
     "oauth2_config_mappings": _ignored("read only with OAuth2 auth, which is refused"),
@@ -427,7 +430,7 @@ GENERAL_SETTINGS: dict[str, Key] = {
     "alert_types": _acted("the alerts sent, by LiteLLM's names (alerts/settings.py)"),
     "alert_to_webhook_url": _acted("a Slack webhook per alert type (alerts/settings.py)"),
     "spend_report_frequency": _ignored("the spend report is daily (daily_reports)"),
-    "ui_access_mode": _ignored(_NO_UI),
+    "ui_access_mode": _acted("`admin_only` lets only admins and admin viewers in (ui/web.py)"),
     "custom_sso": _ignored(_NO_UI),
     "enable_public_model_hub": _ignored(_NO_UI),
     "allow_user_auth": _ignored("deprecated in LiteLLM"),

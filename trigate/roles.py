@@ -102,6 +102,7 @@ ROUTES: dict[str, Access] = {
     "/user/update": Access.ADMIN_WRITE,
     "/user/delete": Access.ADMIN_WRITE,
     "/user/info": Access.OWN_READ,
+    "/user/list": Access.ADMIN_READ,
     # Models.
     "/model/info": Access.ANY_KEY,
     "/v1/model/info": Access.ANY_KEY,

@@ -47,6 +47,7 @@ from trigate.api.responses import CompactSurface, InputTokens, ResponsesSurface
 from trigate.api.speech import SpeechSurface
 from trigate.api.transcriptions import TranscriptionsSurface
 from trigate.gateway import Gateway
+from trigate.ui import register as register_ui
 
 
 def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
@@ -113,7 +114,7 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     # /team/new, /team/update, /team/delete, /team/info, /team/list,
     # /team/member_add, /team/member_delete, /team/member_update
     teams.register,
-    # /user/new, /user/update, /user/delete, /user/info
+    # /user/new, /user/update, /user/delete, /user/info, /user/list
     users.register,
     # /spend/logs, /global/spend/report
     spend.register,
@@ -145,6 +146,13 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     # (the MCP endpoint itself, /mcp and /mcp/{server}, is trigate.mcp_gateway.endpoint,
     # in front of the app)
     mcp_admin.register,
+    # The web UI (path parameters as {id}): GET /ui, /ui/static/{id}, /ui/login,
+    # /ui/keys, /ui/teams, /ui/users, /ui/usage, /ui/logs, /ui/logs/{id}, /ui/models,
+    # /ui/playground; POST /ui/login, /ui/logout, /ui/keys, /ui/keys/{id}/{id},
+    # /ui/teams, /ui/teams/{id}/{id}, /ui/users, /ui/users/{id}/update, /ui/models,
+    # /ui/models/{id}/{id}, /ui/playground/chat; LiteLLM's SSO paths
+    # GET /sso/key/generate, /sso/callback
+    register_ui,
     # GET /routes
     functools.partial(
         discovery.register, model_paths=lambda gateway: model_routes(Pipeline(gateway), gateway)

@@ -138,6 +138,28 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             {"deleted_users": body.user_ids, "count": deleted, "deleted_keys": keys}
         )
 
+    @app.get("/user/list")
+    async def list_users() -> Response:
+        """LiteLLM's `/user/list`: every user (a reader of all's), filtered by `role`
+        and `user_ids` (comma-separated), in pages of `page_size` (25 by default)."""
+        await authorized(gateway)
+        where = {"user_role": role} if (role := query_arg("role")) else {}
+        rows = await gateway.store.select("users", where, limit=MAX_LISTED_USERS)
+        if wanted := query_arg("user_ids"):
+            named = set(wanted.split(","))
+            rows = [row for row in rows if row["user_id"] in named]
+        page, size = _page_arg("page", 1), _page_arg("page_size", 25)
+        shown = rows[(page - 1) * size : page * size]
+        return json_response(
+            {
+                "users": [shaped(row) for row in shown],
+                "total": len(rows),
+                "page": page,
+                "page_size": size,
+                "total_pages": max(1, -(-len(rows) // size)),
+            }
+        )
+
     @app.get("/user/info")
     async def user_info() -> Response:
         caller = await authorized(gateway)
@@ -166,6 +188,17 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
                 "teams": teams,
             }
         )
+
+
+# The most users `/user/list` reads.
+MAX_LISTED_USERS = 10_000
+
+
+def _page_arg(name: str, default: int) -> int:
+    value = query_arg(name) or str(default)
+    if not (value.isascii() and value.isdigit() and 0 < len(value) <= 5 and int(value) > 0):
+        raise InvalidRequest(f"`{name}` must be a whole number from 1.", param=name)
+    return int(value)
 
 
 def _role_name(role: Role | None) -> str | None:

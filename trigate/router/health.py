@@ -92,4 +92,12 @@ def _describe(deployment: Deployment, now: float) -> dict[str, Any]:
         "cooling_down_for": round(cooling_for, 3),
         "last_probe_ok": state.last_probe_ok,
         "in_flight": state.in_flight,
+        # The router's smoothed latencies (whole answers; streams' first token), as the
+        # latency-based strategy reads them; None before the first request.
+        "latency_ms": _ms(state.latency),
+        "ttft_ms": _ms(state.ttft),
     }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 1) if seconds is not None else None
