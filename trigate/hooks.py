@@ -47,7 +47,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 from trigate.clock import wall_time
 from trigate.errors import GatewayError
@@ -183,14 +183,15 @@ class Hooks:
     async def before_route(self, request: HookedRequest) -> dict[str, Any] | None:
         for hook in self._all:
             answer: object = await hook.before_route(request)
-            if answer is not None:
-                if not _client_reads(request.call_type, answer):
-                    # The client's SDK could not read it: the hook's bug, a logged 500.
-                    raise TypeError(
-                        f"{hook!r}.before_route answered a {request.call_type} request "
-                        "with other than the object its API answers with"
-                    )
+            if answer is None:
+                continue
+            if _client_reads(request.call_type, answer):
                 return answer
+            # The client's SDK could not read it: the hook's bug, a logged 500.
+            raise TypeError(
+                f"{hook!r}.before_route answered a {request.call_type} request "
+                "with other than the object its API answers with"
+            )
         return None
 
     def chunk_hook(self, request: HookedRequest) -> ChunkHook | None:
@@ -274,7 +275,7 @@ def _watches(hook: Hook, request: HookedRequest) -> bool:
     return watches is None or bool(watches(request))
 
 
-def _client_reads(call_type: str, answer: object) -> bool:
+def _client_reads(call_type: str, answer: object) -> TypeGuard[dict[str, Any]]:
     """Whether a hook's `answer` is what a client of `call_type` reads: a rerank answer
     (Cohere's shape) names no `object` but lists `results`; an image, moderation or
     speech request has no answer a hook makes."""

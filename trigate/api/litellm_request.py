@@ -146,6 +146,19 @@ class LiteLLMRequest:
     mock_group_failure: Failure | None = None
     mock_rate_limit: bool = False
     credentials: dict[str, str] | None = None
+    # The guardrails the request names (LiteLLM's `guardrails`, in the body or metadata).
+    guardrails: list[str] = dataclasses.field(default_factory=list)
+    # LiteLLM's `cache` / `caching` controls (`trigate.cache.controls`).
+    cache: CacheControls | None = None
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether the answer may be cached and shared: not one a client mocked, or got
+        with its own credentials or a fallback's own body."""
+        return not (
+            self.mock_response or self.mock_timeout or self.mock_group_failure
+            or self.mock_rate_limit or self.credentials or self.overrides
+        )  # fmt: skip
 
     def attempt_timeout(self, deployment: Deployment, stream: bool) -> float:
         """This request's bound on an attempt: its own, never above the deployment's."""

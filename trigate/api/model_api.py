@@ -121,7 +121,7 @@ class RequestBody:
             if self.scope is not None:
                 self.scope.cancel()
                 await trio.lowlevel.checkpoint()  # raises the cancellation
-            raise _ClientLeft
+            raise ClientLeft
         part: bytes = message.get("body", b"")
         self._left -= len(part)
         if self._left < 0:
@@ -231,7 +231,7 @@ class ModelAPI:
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self._max_body_bytes:
             refusal = error_reply(BodyTooLarge(), route.envelope)
-            await _send_reply(send, error_reply_closing(refusal))
+            await send_reply(send, error_reply_closing(refusal))
             return
         body = RequestBody(receive, self._max_body_bytes, self._body_timeout)
         with trio.CancelScope() as request:
@@ -240,7 +240,7 @@ class ModelAPI:
                 await self._call(
                     route, scope, caller, headers, body, body.receive_after, send, request
                 )
-            except _ClientLeft:
+            except ClientLeft:
                 return
 
     async def _call(
@@ -291,7 +291,7 @@ class ModelAPI:
     ) -> Reply:
         try:
             return await route.handler(caller, headers, body)
-        except _ClientLeft:
+        except ClientLeft:
             raise
         except Exception as error:
             return self._failed(route, error)
