@@ -185,7 +185,7 @@ class Hooks:
             answer: object = await hook.before_route(request)
             if answer is None:
                 continue
-            if _client_reads(request.call_type, answer):
+            if _client_reads(answer, request.call_type):
                 return answer
             # The client's SDK could not read it: the hook's bug, a logged 500.
             raise TypeError(
@@ -275,7 +275,7 @@ def _watches(hook: Hook, request: HookedRequest) -> bool:
     return watches is None or bool(watches(request))
 
 
-def _client_reads(call_type: str, answer: object) -> TypeGuard[dict[str, Any]]:
+def _client_reads(answer: object, call_type: str) -> TypeGuard[dict[str, Any]]:
     """Whether a hook's `answer` is what a client of `call_type` reads: a rerank answer
     (Cohere's shape) names no `object` but lists `results`; an image, moderation or
     speech request has no answer a hook makes."""
