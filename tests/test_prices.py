@@ -355,7 +355,7 @@ SYNTHETIC_SOURCE = {
         "input_cost_per_pixel": 7.6e-8,
         "output_cost_per_token": 0.0,
     },
-    "rerank-english-v3.0": {"litellm_provider": "openai", "mode": "rerank"},
+    "sora-2": {"litellm_provider": "openai", "mode": "video_generation"},
     "cohere/command-r": {"litellm_provider": "cohere_chat", "mode": "chat"},
     "mistral-ocr": {"litellm_provider": "mistral", "mode": "ocr"},
     "fireworks-ai-default": {"litellm_provider": "fireworks_ai", "input_cost_per_token": 0.0},
