@@ -426,7 +426,7 @@ def test_generator_filters_the_source(tmp_path: Path) -> None:
     assert list(json.loads(text)) == list(EXPECTED_OUTPUT)  # sorted, _source first
     assert len(text.splitlines()) == len(EXPECTED_OUTPUT) + 2  # one entry per line
     loaded = PriceTable.from_json(text)
-    assert len(loaded) == 5
+    assert len(loaded) == 6
     image = loaded.image_price("openai", "dall-e-3", "1024x1024", "hd")
     assert image is not None and image.per_pixel == 7.6e-8
     assert "hd/1024-x-1024/dall-e-3" not in loaded.models_of("openai")
