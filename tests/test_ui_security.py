@@ -293,3 +293,16 @@ async def test_the_edit_form_updates_a_key(served: RunningGateway) -> None:
     [key] = await keys_of(served)
     assert (key["key_alias"], key["max_budget"], key["budget_duration"]) == ("after", 5.0, "7d")
     assert (key["models"], key["metadata"]) == (["mock"], {"env": "ci"})
+
+
+async def test_the_keys_page_filters_and_searches(served: RunningGateway) -> None:
+    async with served.client() as admin:
+        for alias, user in (("alpha", "u1"), ("beta", "u2"), ("gamma", "u2")):
+            made = await admin.post("/key/generate", json={"key_alias": alias, "user_id": user})
+            assert made.status_code == 200
+    async with browser(served) as client:
+        await signed_in_admin(client)
+        by_user = (await client.get("/ui/keys", params={"user_id": "u2"})).text
+        searched = (await client.get("/ui/keys", params={"q": "alp"})).text
+    assert "beta" in by_user and "gamma" in by_user and "alpha" not in by_user
+    assert "alpha" in searched and "beta" not in searched
