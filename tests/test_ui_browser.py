@@ -176,8 +176,14 @@ async def test_an_admin_makes_uses_watches_and_blocks_a_key(
         added = page.locator("#models tbody tr", has_text="added-model")
         expect(added).to_contain_text("healthy")
         screenshot(page, "models")
+        added.locator("summary", has_text="Edit").click()
+        added.locator("input[name=model_name]").fill("renamed-model")
+        added.locator("textarea[name=litellm_params]").fill('{"rpm": 100}')
+        added.get_by_role("button", name="Save").click()
+        expect(page.locator(".notice")).to_have_text("Model updated.")
+        added = page.locator("#models tbody tr", has_text="renamed-model")
         added.get_by_role("button", name="Remove").click()
-        expect(page.locator("#models tbody tr", has_text="added-model")).to_have_count(0)
+        expect(page.locator("#models tbody tr", has_text="renamed-model")).to_have_count(0)
 
         # Sign out: the pages ask to sign in again.
         page.click("#sign-out")

@@ -18,6 +18,7 @@ from fakes import FakeUpstream, StreamReply, chunk
 from helpers import MASTER_KEY, RunningGateway, mock_config, openai_config, start_gateway
 
 from trigate.ui.sessions import COOKIE, Sessions
+from trigate.ui.signin import SignInThrottle
 
 
 @pytest.fixture
@@ -293,3 +294,32 @@ async def test_the_edit_form_updates_a_key(served: RunningGateway) -> None:
     [key] = await keys_of(served)
     assert (key["key_alias"], key["max_budget"], key["budget_duration"]) == ("after", 5.0, "7d")
     assert (key["models"], key["metadata"]) == (["mock"], {"env": "ci"})
+
+
+async def test_the_keys_page_filters_and_searches(served: RunningGateway) -> None:
+    async with served.client() as admin:
+        for alias, user in (("alpha", "u1"), ("beta", "u2"), ("gamma", "u2")):
+            made = await admin.post("/key/generate", json={"key_alias": alias, "user_id": user})
+            assert made.status_code == 200
+    async with browser(served) as client:
+        await signed_in_admin(client)
+        by_user = (await client.get("/ui/keys", params={"user_id": "u2"})).text
+        searched = (await client.get("/ui/keys", params={"q": "alp"})).text
+    assert "beta" in by_user and "gamma" in by_user and "alpha" not in by_user
+    assert "alpha" in searched and "beta" not in searched
+
+
+async def test_password_guessing_is_throttled(served: RunningGateway) -> None:
+    now = [1000.0]
+    served.app.extensions["trigate_ui_throttle"] = SignInThrottle(clock=lambda: now[0])
+    async with browser(served) as client:
+        form = await client.get("/ui/login")
+        guess = {"username": "admin", "csrf_token": _csrf(form.text)}
+        for n in range(SignInThrottle.MAX_FAILURES):
+            wrong = await client.post("/ui/login", data={**guess, "password": f"guess-{n}"})
+            assert wrong.status_code == 401
+        # Even the right password waits out the window.
+        right = {**guess, "password": MASTER_KEY}
+        assert (await client.post("/ui/login", data=right)).status_code == 429
+        now[0] += SignInThrottle.WINDOW_SECONDS + 1
+        assert (await client.post("/ui/login", data=right)).status_code == 303

@@ -24,7 +24,7 @@ from trigate.config import ConfigError
 from trigate.gateway import Gateway
 from trigate.ui import keys_page, models_page, teams_page, usage_page  # noqa: F401  (routes)
 from trigate.ui.sessions import Sessions
-from trigate.ui.signin import Passwords, sso_callback, sso_start
+from trigate.ui.signin import Passwords, SignInThrottle, sso_callback, sso_start
 from trigate.ui.sso import CALLBACK_PATH, OidcClient, Provider
 from trigate.ui.web import blueprint
 
@@ -43,6 +43,7 @@ def register(app: QuartTrio, gateway: Gateway, environ: Mapping[str, str] | None
     app.extensions["trigate_ui_sessions"] = sessions
     app.extensions["trigate_ui_passwords"] = Passwords.from_environ(env, gateway.master_key)
     app.extensions["trigate_ui_sso"] = sso
+    app.extensions["trigate_ui_throttle"] = SignInThrottle()
     app.extensions["trigate_ui_admin_only"] = _admin_only(gateway)
     app.register_blueprint(blueprint)
     static = _static_files()

@@ -63,10 +63,13 @@ async def key_action(ui: UI, token: str, action: str) -> Response:
 async def _render(ui: UI, secret: dict[str, Any] | None = None) -> Response:
     query = (request.args.get("q") or "").strip().lower()
     team = request.args.get("team_id") or None
-    listed = await ui.api.get("/key/list", return_full_object="true", team_id=team)
+    user = request.args.get("user_id") or None
+    listed = await ui.api.get("/key/list", return_full_object="true", team_id=team, user_id=user)
     rows = [row for row in listed["keys"] if _matches(row, query)]
     rows.sort(key=lambda row: row.get("created_at") or "", reverse=True)
-    return await ui.render("keys.html", keys=rows, secret=secret, q=query, team_id=team or "")
+    return await ui.render(
+        "keys.html", keys=rows, secret=secret, q=query, team_id=team or "", user_id=user or ""
+    )
 
 
 def _matches(row: dict[str, Any], query: str) -> bool:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import orjson
+import trio
 from quart import Response, current_app, redirect, render_template, request
 
 from trigate.roles import Role
@@ -54,6 +55,34 @@ class Passwords:
         name_ok = hmac.compare_digest(username.encode(), self.username.encode())
         password_ok = hmac.compare_digest(password.encode(), self.password.encode())
         return name_ok and password_ok
+
+
+class SignInThrottle:
+    """Guessing the password is slowed: after `MAX_FAILURES` failed sign-ins from one
+    address within `WINDOW_SECONDS`, that address's next ones are refused (429) until
+    the window has passed. Per worker process: a fleet of N workers allows N times as
+    many guesses, still far too few to matter against a master key."""
+
+    MAX_FAILURES = 10
+    WINDOW_SECONDS = 300.0
+    # Addresses remembered at most; the oldest are forgotten first.
+    MAX_ADDRESSES = 10_000
+
+    def __init__(self, clock: Callable[[], float] = trio.current_time) -> None:
+        self._clock = clock
+        self._failures: dict[str, list[float]] = {}
+
+    def refused(self, address: str) -> bool:
+        return len(self._recent(address)) >= self.MAX_FAILURES
+
+    def failed(self, address: str) -> None:
+        if len(self._failures) >= self.MAX_ADDRESSES and address not in self._failures:
+            self._failures.pop(next(iter(self._failures)))
+        self._failures[address] = [*self._recent(address), self._clock()]
+
+    def _recent(self, address: str) -> list[float]:
+        since = self._clock() - self.WINDOW_SECONDS
+        return [moment for moment in self._failures.get(address, []) if moment > since]
 
 
 def safe_next(target: str | None) -> str:
@@ -112,7 +141,12 @@ async def login() -> Response:
     if not expected or not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
         return await _login_page("The sign-in form expired; try again.", 403)
     passwords: Passwords = current_app.extensions["trigate_ui_passwords"]
+    throttle: SignInThrottle = current_app.extensions["trigate_ui_throttle"]
+    address = request.remote_addr or "unknown"
+    if throttle.refused(address):
+        return await _login_page("Too many failed sign-ins: try again in a few minutes.", 429)
     if not passwords.check(form.get("username", ""), form.get("password", "")):
+        throttle.failed(address)
         return await _login_page("Wrong username or password.", 401)
     response: Response = redirect(safe_next(form.get("next")), 303)  # type: ignore[assignment]
     set_session_cookie(response, sessions().sign(None))
