@@ -75,6 +75,8 @@ MODES = frozenset(
         "audio_speech",
         "audio_transcription",
         "moderation",
+        # The Realtime API's models, priced per token (trigate.api.realtime).
+        "realtime",
     }
 )
 # The fields trigate reads, in the order they are written.

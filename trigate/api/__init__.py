@@ -20,7 +20,7 @@ from trigate.api.mcp_endpoint import MCPEndpoint
 from trigate.api.model_api import ModelAPI, error_reply, unexpected_failure
 from trigate.api.passthrough_routes import PassThrough
 from trigate.api.pipeline import Pipeline
-from trigate.api.routes import QUART_ROUTES, model_routes
+from trigate.api.routes import QUART_ROUTES, model_routes, websocket_routes
 from trigate.errors import BodyTooLarge, GatewayError, InvalidRequest, NotFound
 from trigate.gateway import Gateway
 from trigate.store import Conflict
@@ -63,6 +63,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
         response_timeout=settings.response_timeout,
         forward_client_headers=settings.forward_client_headers_to_llm_api,
         unaccounted=gateway.telemetry.unaccounted,
+        websockets=websocket_routes(gateway),
     )
     in_flight = gateway.telemetry.metrics.in_flight
     # Replacing the method is Quart's documented way to wrap its app in ASGI middleware.

@@ -155,8 +155,11 @@ class ModelAPI:
         response_timeout: float | None,
         forward_client_headers: bool = False,
         unaccounted: Callable[[RequestContext, GatewayError], None] | None = None,
+        websockets: Mapping[str, ASGIFramework] | None = None,
     ) -> None:
         self._app = app
+        # WebSocket routes (the Realtime API), each an ASGI app of its own.
+        self._websockets = websockets or {}
         # Hears the errors of requests that failed before a call accounted for them.
         self._unaccounted = unaccounted or _ignore
         self._forward_client_headers = forward_client_headers
@@ -169,7 +172,9 @@ class ModelAPI:
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
     ) -> None:
-        if scope["type"] != "http" or (route := self._routes.get(scope["path"])) is None:
+        if scope["type"] == "websocket" and (socket := self._websockets.get(scope["path"])):
+            await socket(scope, receive, send)
+        elif scope["type"] != "http" or (route := self._routes.get(scope["path"])) is None:
             await self._app(scope, receive, send)
         elif scope["method"] != "POST":
             error = MethodNotAllowed("This endpoint only accepts POST.", headers={"allow": "POST"})

@@ -2,7 +2,8 @@
 
 1. authenticate: from the request's head, before its body is read (`ModelAPI` calls
    `Pipeline.authenticate` first, so a client with no valid key is answered at once);
-2. decode: the body parsed as JSON, LiteLLM's own fields and headers consumed
+2. decode: the body parsed as JSON (or a multipart form's fields: `trigate.forms`; an
+   upload's file is then read as it is sent on), LiteLLM's own fields and headers consumed
    (`trigate.api.litellm_request`, for every surface alike: none goes upstream), then
    the route's `Surface` validates what the gateway reads and translates the rest into
    OpenAI's chat shapes (an `Exchange`);
@@ -103,15 +104,6 @@ class Pipeline:
         """The first stage, which `ModelAPI` runs on the head alone, before the body."""
         return self._gateway.auth.authenticate(headers)
 
-    async def serve(
-        self,
-        surface: Surface,
-        caller: Caller,
-        headers: Mapping[str, str],
-        raw: bytes | bytearray,
-    ) -> Reply:
-        return await self._serve(surface, caller, headers, parse_json_object(raw))
-
     async def serve_form(
         self,
         surface: Surface,
@@ -119,7 +111,7 @@ class Pipeline:
         headers: Mapping[str, str],
         raw: bytes | bytearray,
     ) -> Reply:
-        return await self._serve(surface, caller, headers, parse_form(raw, headers))
+        return await self.serve(surface, caller, headers, parse_form(raw, headers))
 
     async def serve_upload(
         self,
@@ -129,15 +121,18 @@ class Pipeline:
         upload: RequestBody,
     ) -> Reply:
         form = StreamedForm(upload.read, boundary_of(headers))
-        return await self._serve(surface, caller, headers, await form.fields())
+        return await self.serve(surface, caller, headers, await form.fields())
 
-    async def _serve(
+    async def serve(
         self,
         surface: Surface,
         caller: Caller,
         headers: Mapping[str, str],
-        body: dict[str, Any],
+        raw: bytes | bytearray | dict[str, Any],
     ) -> Reply:
+        """The stages after authentication; `raw` is the body, or a form's fields already
+        read (`serve_form`, `serve_upload`)."""
+        body = raw if isinstance(raw, dict) else parse_json_object(raw)
         gateway = self._gateway
         context = current_request.get()
         # Read as the client sent it, before LiteLLM's fields are consumed (its

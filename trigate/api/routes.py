@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 from quart_trio import QuartTrio
 
@@ -43,6 +44,7 @@ from trigate.api.model_api import Route
 from trigate.api.moderations import ModerationsSurface
 from trigate.api.pipeline import Pipeline
 from trigate.api.rerank import RerankSurface
+from trigate.api.realtime import RealtimeRoute
 from trigate.api.responses import CompactSurface, InputTokens, ResponsesSurface
 from trigate.api.speech import SpeechSurface
 from trigate.api.transcriptions import TranscriptionsSurface
@@ -96,6 +98,13 @@ def model_routes(pipeline: Pipeline, gateway: Gateway) -> dict[str, Route]:
         "/v2/rerank": rerank,
         "/v1/messages/count_tokens": CountTokens(gateway).route(),
     }
+
+
+def websocket_routes(gateway: Gateway) -> dict[str, Any]:
+    """The WebSocket routes, served in front of Quart as the model routes are: OpenAI's
+    Realtime API, with and without `/v1`."""
+    realtime = RealtimeRoute(gateway)
+    return {"/v1/realtime": realtime, "/realtime": realtime}
 
 
 # Quart's routes, by the module that registers them.

@@ -25,6 +25,8 @@ from trigate.providers.base import (
     Completion,
     Embeddings,
     Provider,
+    Realtime,
+    RealtimeEndpoint,
     UpstreamClient,
 )
 from trigate.providers.openai import (
@@ -33,8 +35,10 @@ from trigate.providers.openai import (
     OpenAIChunkStream,
     ResponsesAPI,
     fetch_completion,
+    realtime_headers,
     stream_payload,
     upstream_headers,
+    websocket_url,
 )
 
 if TYPE_CHECKING:
@@ -46,10 +50,13 @@ DEFAULT_API_VERSION = "2024-10-21"
 # The Responses API came with 2025-03-01-preview; an older configured version is chat's.
 RESPONSES_API_VERSION = "2025-04-01-preview"
 FIRST_RESPONSES_VERSION = "2025-03-01"
+# The Realtime API came with 2024-10-01-preview.
+REALTIME_API_VERSION = "2024-10-01-preview"
+FIRST_REALTIME_VERSION = "2024-10-01"
 FILTERED = "content_filter"
 
 
-class AzureOpenAI(Provider, Embeddings, ResponsesAPI, MediaAPI, BatchAPI):
+class AzureOpenAI(Provider, Embeddings, ResponsesAPI, MediaAPI, BatchAPI, Realtime):
     """Adapter for one Azure OpenAI deployment; the upstream model is the deployment name.
     The Responses API (`/openai/responses`) is served natively, at the configured
     `api_version` when it has the API, else at RESPONSES_API_VERSION."""
@@ -88,6 +95,14 @@ class AzureOpenAI(Provider, Embeddings, ResponsesAPI, MediaAPI, BatchAPI):
         self._batches_upstream = UpstreamClient(
             transport, f"{resource}/openai/batches{query}", headers, params.timeout
         )
+        realtime_version = version if version >= FIRST_REALTIME_VERSION else REALTIME_API_VERSION
+        realtime_query = (
+            f"?api-version={quote(realtime_version, safe='')}"
+            f"&deployment={quote(self._model, safe='')}"
+        )
+        self._realtime = RealtimeEndpoint(
+            f"{websocket_url(resource)}/openai/realtime{realtime_query}", realtime_headers(headers)
+        )
         responses_version = version if version >= FIRST_RESPONSES_VERSION else RESPONSES_API_VERSION
         responses_query = f"?api-version={quote(responses_version, safe='')}"
         responses = f"{params.api_base.rstrip('/')}/openai/responses"
@@ -97,6 +112,9 @@ class AzureOpenAI(Provider, Embeddings, ResponsesAPI, MediaAPI, BatchAPI):
         self._compact_upstream = UpstreamClient(
             transport, f"{responses}/compact{responses_query}", headers, params.timeout
         )
+
+    def realtime_endpoint(self) -> RealtimeEndpoint:
+        return self._realtime
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         completion = await fetch_completion(self._upstream, {**body, "model": self._model})

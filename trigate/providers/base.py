@@ -345,6 +345,21 @@ class Batches(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class RealtimeEndpoint:
+    """Where a deployment's Realtime API WebSocket is, and the head to open it with."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...]
+
+
+@runtime_checkable
+class Realtime(Protocol):
+    """OpenAI's Realtime API (`/v1/realtime`, a WebSocket); None where the upstream has none."""
+
+    def realtime_endpoint(self) -> RealtimeEndpoint | None: ...
+
+
+@dataclass(frozen=True, slots=True)
 class Abilities:
     """What one deployment's provider can do; None where it cannot."""
 
@@ -360,6 +375,7 @@ class Abilities:
     speech: Speech | None = None
     transcriptions: Transcriptions | None = None
     batches: Batches | None = None
+    realtime: Realtime | None = None
 
     @classmethod
     def of(cls, provider: Provider, model_info: Mapping[str, Any] | None = None) -> Abilities:
@@ -383,6 +399,7 @@ class Abilities:
             speech=provider if isinstance(provider, Speech) else None,
             transcriptions=provider if isinstance(provider, Transcriptions) else None,
             batches=provider if isinstance(provider, Batches) else None,
+            realtime=_realtime(provider),
         )
 
     def supported_endpoints(self) -> list[str]:
@@ -402,8 +419,16 @@ class Abilities:
             "/v1/audio/translations": self.transcriptions is not None,
             "/v1/files": self.batches is not None,
             "/v1/batches": self.batches is not None,
+            "/v1/realtime": self.realtime is not None,
         }
         return [path for path, serves in served.items() if serves]
+
+
+def _realtime(provider: Provider) -> Realtime | None:
+    """The provider's Realtime API, where its upstream has one."""
+    if isinstance(provider, Realtime) and provider.realtime_endpoint() is not None:
+        return provider
+    return None
 
 
 class ProviderFactory(Protocol):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -31,6 +32,7 @@ from trigate.providers.base import (
     NativeEvent,
     NativeResponses,
     Provider,
+    RealtimeEndpoint,
     Speech,
     SSEChunkStream,
     StreamRead,
@@ -66,6 +68,8 @@ class Dialect:
     model_namespace: str = ""
     # Whether the upstream speaks the Responses API unless `model_info` says otherwise.
     responses: bool = False
+    # Whether the upstream serves the Realtime API (`/realtime`, a WebSocket).
+    realtime: bool = False
 
     def model_name(self, name: str) -> str:
         if self.model_namespace and "/" not in name:
@@ -73,7 +77,7 @@ class Dialect:
         return name
 
 
-OPENAI = Dialect(responses=True)
+OPENAI = Dialect(responses=True, realtime=True)
 
 
 class ResponsesAPI(NativeResponses):
@@ -215,6 +219,13 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI, Medi
         self._translation_upstream = client("audio/translations")
         self._files_upstream = client("files")
         self._batches_upstream = client("batches")
+        self._realtime: RealtimeEndpoint | None = None
+        if dialect.realtime:
+            url = f"{websocket_url(base)}/realtime?model={quote(self._model, safe='')}"
+            self._realtime = RealtimeEndpoint(url, realtime_headers(headers))
+
+    def realtime_endpoint(self) -> RealtimeEndpoint | None:
+        return self._realtime
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._upstream, {**body, "model": self._model})
@@ -233,6 +244,18 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI, Medi
 
     async def embed(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._embeddings_upstream, {**body, "model": self._model})
+
+
+def websocket_url(base: str) -> str:
+    """An HTTP base URL as its WebSocket one (https to wss, http to ws)."""
+    scheme, _, rest = base.partition("://")
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}"
+
+
+def realtime_headers(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The deployment's credentials and own headers, without those of a JSON request."""
+    dropped = {"content-type", "accept-encoding"}
+    return tuple((name, value) for name, value in headers.items() if name.lower() not in dropped)
 
 
 def upstream_headers(params: LiteLLMParams, auth: dict[str, str]) -> dict[str, str]:
