@@ -572,3 +572,23 @@ async def test_many_sessions_starting_at_once_are_each_served(
             nursery.start_soon(one, f"city{i}")
     assert sorted(answers) == sorted(f"sunny in city{i}" for i in range(20))
     assert len(weather.calls["forecast"]) == 20
+
+
+async def test_a_priced_tool_call_is_held_to_the_key_s_budget(
+    gateway: RunningGateway, weather: FakeMCP
+) -> None:
+    key = await new_key(gateway, max_budget=0.5)
+    async with mcp_session(gateway.url + "/mcp/weather", key) as session:
+        await session.call_tool("weather-alerts", {})  # 0.5: the budget is spent
+        with pytest.raises(MCPError, match="Budget has been exceeded"):
+            await session.call_tool("weather-alerts", {})
+    async with mcp_session(gateway.url + "/mcp/local", key) as session:
+        # A tool without a price is no spend to hold back.
+        assert text_of(await session.call_tool("local-echo", {"text": "free"})) == "echo: free"
+    assert len(weather.calls["alerts"]) == 1
+    records = await gateway.records.wait_for(3)
+    assert [(r.model, r.status, r.cost) for r in records] == [
+        ("alerts", 200, 0.5),
+        ("alerts", 403, 0.0),
+        ("echo", 200, 0.0),
+    ]
