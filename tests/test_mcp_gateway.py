@@ -31,6 +31,7 @@ from trigate.config import ConfigError, parse_config
 
 STDIO_SERVER = str(Path(__file__).with_name("mcp_stdio_server.py"))
 UPSTREAM_TOKEN = "weather-upstream-token-123"
+SDK_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
 
 
 def mcp_config(weather: FakeMCP, **extra: Any) -> dict[str, Any]:
@@ -77,8 +78,11 @@ async def gateway(nursery: trio.Nursery, weather: FakeMCP) -> AsyncIterator[Runn
 async def mcp_session(
     url: str, key: str = MASTER_KEY, **headers: str
 ) -> AsyncIterator[ClientSession]:
-    """The mcp SDK's client over streamable HTTP, with a virtual key."""
-    client = httpx2.AsyncClient(headers={"authorization": f"Bearer {key}", **headers})
+    """The mcp SDK's client over streamable HTTP, with a virtual key (and the SDK's own
+    timeouts: a busy machine answers twenty sessions in more than httpx's 5 s)."""
+    client = httpx2.AsyncClient(
+        headers={"authorization": f"Bearer {key}", **headers}, timeout=SDK_TIMEOUT
+    )
     async with (
         client,
         streamable_http_client(url, http_client=client) as (read, write),
@@ -241,7 +245,8 @@ async def test_one_server_by_path_or_header_and_a_caller_credential_for_it_alone
     # With the gateway's key in `x-litellm-api-key`, `Authorization` is the client's own,
     # forwarded where `extra_headers` names it; the server's configured credential wins.
     client = httpx2.AsyncClient(
-        headers={"x-litellm-api-key": MASTER_KEY, "authorization": "Bearer for-upstream"}
+        headers={"x-litellm-api-key": MASTER_KEY, "authorization": "Bearer for-upstream"},
+        timeout=SDK_TIMEOUT,
     )
     async with (
         client,
@@ -373,7 +378,9 @@ async def test_a_server_added_through_the_api_is_served_by_every_instance_sealed
 
     # One client session, its requests alternating between the two instances.
     balancer = Alternating([first.url, second.url])
-    http = httpx2.AsyncClient(transport=balancer, headers={"authorization": f"Bearer {MASTER_KEY}"})
+    http = httpx2.AsyncClient(
+        transport=balancer, headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=SDK_TIMEOUT
+    )
     async with (
         http,
         streamable_http_client(first.url + "/mcp", http_client=http) as (read, write),
@@ -572,3 +579,23 @@ async def test_many_sessions_starting_at_once_are_each_served(
             nursery.start_soon(one, f"city{i}")
     assert sorted(answers) == sorted(f"sunny in city{i}" for i in range(20))
     assert len(weather.calls["forecast"]) == 20
+
+
+async def test_a_priced_tool_call_is_held_to_the_key_s_budget(
+    gateway: RunningGateway, weather: FakeMCP
+) -> None:
+    key = await new_key(gateway, max_budget=0.5)
+    async with mcp_session(gateway.url + "/mcp/weather", key) as session:
+        await session.call_tool("weather-alerts", {})  # 0.5: the budget is spent
+        with pytest.raises(MCPError, match="Budget has been exceeded"):
+            await session.call_tool("weather-alerts", {})
+    async with mcp_session(gateway.url + "/mcp/local", key) as session:
+        # A tool without a price is no spend to hold back.
+        assert text_of(await session.call_tool("local-echo", {"text": "free"})) == "echo: free"
+    assert len(weather.calls["alerts"]) == 1
+    records = await gateway.records.wait_for(3)
+    assert [(r.model, r.status, r.cost) for r in records] == [
+        ("alerts", 200, 0.5),
+        ("alerts", 403, 0.0),
+        ("echo", 200, 0.0),
+    ]

@@ -35,8 +35,9 @@ from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import GatewayError, InvalidRequest, NotFound
 from trigate.gateway import Gateway
+from trigate.limits import Admission
 from trigate.mcp_gateway.accounting import tool_record
-from trigate.mcp_gateway.aggregate import Aggregate, ToolCall
+from trigate.mcp_gateway.aggregate import Aggregate, Finish, ToolCall, ToolRefused
 from trigate.mcp_gateway.permissions import grant_of
 from trigate.mcp_gateway.servers import MCPServer
 from trigate.mcp_gateway.sse_hub import SSEHub
@@ -193,7 +194,7 @@ class MCPEndpoint:
                 servers,
                 grant_of(caller),
                 upstreams,
-                self._recorder(caller),
+                GatewayMeter(self._gateway, caller),
                 wall_time,
                 self._gateway.mcp.listings,
             )
@@ -208,9 +209,6 @@ class MCPEndpoint:
                     await manager.handle_request(scope, _replay(body), send)  # type: ignore[arg-type]
                 request.cancel_scope.cancel()
 
-    def _recorder(self, caller: Caller) -> Callable[[ToolCall], Awaitable[None]]:
-        return tool_recorder(self._gateway, caller)
-
     async def _refuse(self, send: ASGISendCallable, error: GatewayError) -> None:
         status, headers, body = self._render_error(error)
         await send({
@@ -221,26 +219,62 @@ class MCPEndpoint:
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def tool_recorder(gateway: Gateway, caller: Caller) -> Callable[[ToolCall], Awaitable[None]]:
-    """How a tool call is accounted, whichever route made it: its metrics, its span
-    (when tracing is on), and its spend-log row, billed to the caller."""
-    traceparent = current_request.get().traceparent
+class GatewayMeter:
+    """How the gateway admits and accounts a caller's tool calls, whichever route made
+    them. A priced tool (`mcp_info`) is admitted as a request is: the caller's budgets
+    (and rate limits) checked, its price reserved, then settled; a free one passes.
+    Every call is counted in the metrics, is a span when tracing is on, and a
+    spend-log row billed to the caller."""
 
-    async def record(call: ToolCall) -> None:
+    def __init__(self, gateway: Gateway, caller: Caller) -> None:
+        self._gateway = gateway
+        self._caller = caller
+        self._traceparent = current_request.get().traceparent
+
+    async def admit(self, server: MCPServer, tool: str) -> Finish:
+        admission = await self._admission(server.cost(tool))
+
+        async def finish(call: ToolCall) -> None:
+            if admission is not None:
+                await admission.settle(0, call.cost)
+            await self.account(call)
+
+        return finish
+
+    async def _admission(self, price: float) -> Admission | None:
+        gateway, caller = self._gateway, self._caller
+        if price <= 0:
+            return None
+        proxy = await gateway.proxy_budget_row() if gateway.proxy_budget is not None else None
+        if caller.is_master and proxy is None:
+            return None
+
+        async def no_tokens() -> int:
+            return 0
+
+        async def most() -> float:
+            return price
+
+        try:
+            return await gateway.limits.admit(caller, no_tokens, most, proxy)
+        except GatewayError as refusal:
+            raise ToolRefused(refusal.message) from None
+
+    async def account(self, call: ToolCall) -> None:
+        """Account `call` (refused, or made and settled): metrics, span, spend row."""
+        gateway = self._gateway
         name = str(call.server.name)
         gateway.telemetry.metrics.mcp_tool_call(name, call.status, call.end - call.start)
         tracing = gateway.telemetry.tracing
-        if tracing is not None and (
-            span := tracing.tool_span(traceparent, name, call.tool, call.start)
-        ):
-            span.attributes["trigate.mcp_status"] = call.status
-            if call.status == "success":
-                span.end()
-            else:
-                span.fail(RuntimeError(call.error or call.status))
-        await gateway.record(tool_record(caller, call))
-
-    return record
+        if tracing is not None:
+            span = tracing.tool_span(self._traceparent, name, call.tool, call.start)
+            if span is not None:
+                span.attributes["trigate.mcp_status"] = call.status
+                if call.status == "success":
+                    span.end()
+                else:
+                    span.fail(RuntimeError(call.error or call.status))
+        await gateway.record(tool_record(self._caller, call))
 
 
 class _Captured:

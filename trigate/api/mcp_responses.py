@@ -34,7 +34,7 @@ from mcp.shared.exceptions import MCPError
 
 from trigate.api.context import current_request
 from trigate.api.jsonio import parse_json_object
-from trigate.api.mcp_endpoint import tool_recorder
+from trigate.api.mcp_endpoint import GatewayMeter
 from trigate.api.model_api import Reply, Route
 from trigate.auth import Caller
 from trigate.clock import wall_time
@@ -171,9 +171,9 @@ class MCPResponses:
                 named.setdefault(str(server.name), (server, spec))
         grant = grant_of(caller)
         visible = grant.servers(server for server, _ in named.values())
-        recorder = tool_recorder(self._gateway, caller)
+        meter = GatewayMeter(self._gateway, caller)
         listings = self._gateway.mcp.listings
-        aggregate = Aggregate(visible, grant, upstreams, recorder, wall_time, listings)
+        aggregate = Aggregate(visible, grant, upstreams, meter, wall_time, listings)
         tools = _Tools(aggregate, [])
         tools.servers = {
             name: str(spec.get("server_label") or name) for name, (_, spec) in named.items()

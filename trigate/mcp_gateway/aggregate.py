@@ -6,7 +6,8 @@ two servers' `search` stay apart and a call finds its server by its name. A call
 only the tools it may call (trigate.mcp_gateway.permissions); a call to any other is
 refused here, before any upstream session is opened. A caller left with no tool at all
 is answered with an error that says why, never an empty list a model would work around.
-Every tool call, refused or made, is reported to `on_call` (the spend log, metrics).
+Every tool call is admitted by a `ToolMeter` (a priced one under the caller's budgets)
+and, refused or made, accounted by it (the spend log, metrics, a span).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import mcp_types as types
 import trio
@@ -51,7 +52,25 @@ class ToolCall:
         return self.server.cost(self.tool) if self.status != "refused" else 0.0
 
 
-OnCall = Callable[[ToolCall], Awaitable[None]]
+# How a call that was made is accounted once it ends (its admission settled, its row
+# written): what `ToolMeter.admit` gives back.
+Finish = Callable[[ToolCall], Awaitable[None]]
+
+
+class ToolRefused(Exception):
+    """The caller may not make this call now (a budget): the meter's refusal."""
+
+
+class ToolMeter(Protocol):
+    """Where tool calls are admitted and accounted (trigate/api/mcp_endpoint.py)."""
+
+    async def admit(self, server: MCPServer, tool: str) -> Finish:
+        """Let the call in (a priced tool under the caller's budgets), or `ToolRefused`."""
+        ...
+
+    async def account(self, call: ToolCall) -> None:
+        """Account a call refused before it left (a made one is its `Finish`'s)."""
+        ...
 
 
 class NoTools(MCPError):
@@ -71,7 +90,7 @@ class Aggregate:
         servers: Sequence[MCPServer],
         grant: Grant,
         upstreams: Upstreams,
-        on_call: OnCall,
+        meter: ToolMeter,
         clock: Callable[[], float],
         listings: ToolListings | None = None,
     ) -> None:
@@ -79,7 +98,7 @@ class Aggregate:
         self._listings = listings
         self._grant = grant
         self._upstreams = upstreams
-        self._on_call = on_call
+        self._meter = meter
         self._clock = clock
 
     def server(self) -> Server[Any]:
@@ -120,8 +139,14 @@ class Aggregate:
         start = self._clock()
         if server is None or not self._grant.may_call(server, tool):
             if server is not None:
-                await self._on_call(ToolCall(server, tool, "refused", start, self._clock()))
+                await self._meter.account(ToolCall(server, tool, "refused", start, self._clock()))
             raise MCPError(types.INVALID_PARAMS, f"Tool `{name}` is not available to this key.")
+        try:
+            finish = await self._meter.admit(server, tool)
+        except ToolRefused as refusal:
+            why = str(refusal)
+            await self._meter.account(ToolCall(server, tool, "refused", start, self._clock(), why))
+            raise MCPError(types.INVALID_REQUEST, why) from None
         status, error = "error", None
         try:
             result = await (await self._session(server)).call_tool(tool, arguments)
@@ -136,7 +161,7 @@ class Aggregate:
             return result
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
-                await self._on_call(ToolCall(server, tool, status, start, self._clock(), error))
+                await finish(ToolCall(server, tool, status, start, self._clock(), error))
 
     # The SDK's handlers.
 
