@@ -33,8 +33,11 @@ from trigate.spend import RequestRecord
 
 logger = logging.getLogger("trigate.export")
 
-# The sinks built from a name alone (and the environment or their settings).
-SINKS = frozenset({"langfuse", "s3", "datadog", "generic_api"})
+# The sinks built from a name alone (and the environment or their settings), and LiteLLM's
+# other names for the same: `langfuse_otel` (Langfuse over OTLP, which `langfuse` is here)
+# and `s3_v2` (its batched S3 logger, with the same key layout).
+ALIASES = {"langfuse_otel": "langfuse", "s3_v2": "s3"}
+SINKS = frozenset({"langfuse", "s3", "datadog", "generic_api", *ALIASES})
 # Per-key and per-team sinks kept at once: each holds a queue, so they are bounded too.
 MAX_OWN_SINKS = 64
 EXPORT_TIMEOUT = 10.0
@@ -49,7 +52,7 @@ def _build(
     redact: bool,
 ) -> Send[RequestRecord]:
     """The send function of sink `name`; a `ValueError` says what it lacks."""
-    kind = settings.get("callback_type") or name
+    kind = settings.get("callback_type") or ALIASES.get(name, name)
     if kind == "langfuse":
         return Langfuse.from_settings(client, settings, environ, redact=redact).send
     if kind == "generic_api":
@@ -98,9 +101,10 @@ class Exports:
             ("success_callback", True, False),
             ("failure_callback", False, True),
         ):
-            for name in callback_names(litellm_settings.get(setting)):
-                if not isinstance(name, str) or not is_sink(name, callback_settings):
+            for given in callback_names(litellm_settings.get(setting)):
+                if not isinstance(given, str) or not is_sink(given, callback_settings):
                     continue
+                name = ALIASES.get(given, given)
                 outbox = built.get(name)
                 if outbox is None:
                     entry = callback_settings.get(name)
@@ -144,17 +148,20 @@ class Exports:
             sink = self._own_outbox(entry, record.status < 400)
             if sink is not None:
                 sink.offer(record)
-                replaced.add(entry.get("callback_name"))
+                replaced.add(
+                    ALIASES.get(str(entry.get("callback_name")), entry.get("callback_name"))
+                )
         for outbox in outboxes:
             if outbox.name not in replaced:
                 outbox.offer(record)
 
     def _own_outbox(self, entry: Mapping[str, Any], success: bool) -> Outbox[RequestRecord] | None:
         """A key's or team's sink for `entry` of its `logging` list, made on first use."""
-        name = entry.get("callback_name")
+        given = entry.get("callback_name")
         kind = str(entry.get("callback_type") or "success_and_failure")
-        if not isinstance(name, str) or name not in SINKS:
+        if not isinstance(given, str) or given not in SINKS:
             return None
+        name = ALIASES.get(given, given)
         if kind != "success_and_failure" and (kind == "success") != success:
             return None
         variables = entry.get("callback_vars") or {}
