@@ -30,6 +30,7 @@ from trigate.export.outbox import Outbox, OutboxCounters, Send
 from trigate.export.s3 import S3
 from trigate.litellm_keys import callback_names
 from trigate.spend import RequestRecord
+from trigate.transport import HTTP11Transport
 
 logger = logging.getLogger("trigate.export")
 
@@ -41,6 +42,14 @@ SINKS = frozenset({"langfuse", "s3", "datadog", "generic_api", *ALIASES})
 # Per-key and per-team sinks kept at once: each holds a queue, so they are bounded too.
 MAX_OWN_SINKS = 64
 EXPORT_TIMEOUT = 10.0
+MAX_CONNECTIONS = 16
+
+
+def export_client() -> httpx.AsyncClient:
+    """The HTTP client sinks (and alerts) send with: trigate's own HTTP/1.1 transport,
+    which costs a fraction of httpcore's per request (it does not read HTTPS_PROXY)."""
+    transport = HTTP11Transport(max_connections=MAX_CONNECTIONS)
+    return httpx.AsyncClient(transport=transport, timeout=EXPORT_TIMEOUT)
 
 
 def _build(
@@ -89,7 +98,7 @@ class Exports:
         self._environ = environ
         self._counters = counters
         self._redact = litellm_settings.get("turn_off_message_logging") is True
-        self._client = httpx.AsyncClient(timeout=EXPORT_TIMEOUT)
+        self._client = export_client()
         self._success: list[Outbox[RequestRecord]] = []
         self._failure: list[Outbox[RequestRecord]] = []
         self._outboxes: list[Outbox[Any]] = []
