@@ -501,7 +501,7 @@ CALLBACKS: dict[str, Key] = {
     "prometheus": _acted("trigate always serves /metrics (metrics.py)"),
     **{
         name: _acted("a logging callback: the export path's sink (trigate/export)")
-        for name in ("langfuse", "s3", "datadog", "generic_api")
+        for name in ("langfuse", "langfuse_otel", "s3", "s3_v2", "datadog", "generic_api")
     },
     **{
         name: _refused("a LiteLLM guardrail callback: " + _NO_GUARDRAILS)
@@ -515,8 +515,8 @@ CALLBACKS: dict[str, Key] = {
     **{
         name: _ignored(_LOGGING_ONLY)
         for name in (
-            "langfuse_otel", "langsmith", "lunary", "helicone",
-            "datadog_llm_observability", "s3_v2", "gcs_bucket", "gcs_pubsub", "sentry",
+            "langsmith", "lunary", "helicone",
+            "datadog_llm_observability", "gcs_bucket", "gcs_pubsub", "sentry",
             "slack", "posthog", "braintrust", "arize", "arize_phoenix", "logfire", "mlflow",
             "opik", "athina", "traceloop", "openmeter", "dynamodb", "sqs", "supabase",
             "azure_storage", "cloudzero", "greenscale", "humanloop",

@@ -20,12 +20,12 @@ import logging
 import math
 from collections.abc import Callable
 
-import httpx
 import trio
 from coredis.tokens import PureToken
 
 from trigate.alerts.channels import Alert, Slack, Webhook
 from trigate.alerts.settings import AlertSettings
+from trigate.export.exports import export_client
 from trigate.export.outbox import Outbox, OutboxCounters
 from trigate.fleet import Fleet, RedisUnavailable
 
@@ -86,7 +86,7 @@ class Alerter:
         self.settings = settings
         self.once = Once(fleet)
         self._on_sent = on_sent
-        self._client = httpx.AsyncClient(timeout=10.0)
+        self._client = export_client()
         self._recent: dict[str, float] = {}
         self._pending, self._incoming = trio.open_memory_channel[tuple[Alert, float]](MAX_PENDING)
         self._slack: dict[tuple[str, ...], Outbox[Alert]] = {}

@@ -30,14 +30,26 @@ from trigate.export.outbox import Outbox, OutboxCounters, Send
 from trigate.export.s3 import S3
 from trigate.litellm_keys import callback_names
 from trigate.spend import RequestRecord
+from trigate.transport import HTTP11Transport
 
 logger = logging.getLogger("trigate.export")
 
-# The sinks built from a name alone (and the environment or their settings).
-SINKS = frozenset({"langfuse", "s3", "datadog", "generic_api"})
+# The sinks built from a name alone (and the environment or their settings), and LiteLLM's
+# other names for the same: `langfuse_otel` (Langfuse over OTLP, which `langfuse` is here)
+# and `s3_v2` (its batched S3 logger, with the same key layout).
+ALIASES = {"langfuse_otel": "langfuse", "s3_v2": "s3"}
+SINKS = frozenset({"langfuse", "s3", "datadog", "generic_api", *ALIASES})
 # Per-key and per-team sinks kept at once: each holds a queue, so they are bounded too.
 MAX_OWN_SINKS = 64
 EXPORT_TIMEOUT = 10.0
+MAX_CONNECTIONS = 16
+
+
+def export_client() -> httpx.AsyncClient:
+    """The HTTP client sinks (and alerts) send with: trigate's own HTTP/1.1 transport,
+    which costs a fraction of httpcore's per request (it does not read HTTPS_PROXY)."""
+    transport = HTTP11Transport(max_connections=MAX_CONNECTIONS)
+    return httpx.AsyncClient(transport=transport, timeout=EXPORT_TIMEOUT)
 
 
 def _build(
@@ -49,7 +61,7 @@ def _build(
     redact: bool,
 ) -> Send[RequestRecord]:
     """The send function of sink `name`; a `ValueError` says what it lacks."""
-    kind = settings.get("callback_type") or name
+    kind = settings.get("callback_type") or ALIASES.get(name, name)
     if kind == "langfuse":
         return Langfuse.from_settings(client, settings, environ, redact=redact).send
     if kind == "generic_api":
@@ -86,7 +98,7 @@ class Exports:
         self._environ = environ
         self._counters = counters
         self._redact = litellm_settings.get("turn_off_message_logging") is True
-        self._client = httpx.AsyncClient(timeout=EXPORT_TIMEOUT)
+        self._client = export_client()
         self._success: list[Outbox[RequestRecord]] = []
         self._failure: list[Outbox[RequestRecord]] = []
         self._outboxes: list[Outbox[Any]] = []
@@ -98,9 +110,10 @@ class Exports:
             ("success_callback", True, False),
             ("failure_callback", False, True),
         ):
-            for name in callback_names(litellm_settings.get(setting)):
-                if not isinstance(name, str) or not is_sink(name, callback_settings):
+            for given in callback_names(litellm_settings.get(setting)):
+                if not isinstance(given, str) or not is_sink(given, callback_settings):
                     continue
+                name = ALIASES.get(given, given)
                 outbox = built.get(name)
                 if outbox is None:
                     entry = callback_settings.get(name)
@@ -144,17 +157,20 @@ class Exports:
             sink = self._own_outbox(entry, record.status < 400)
             if sink is not None:
                 sink.offer(record)
-                replaced.add(entry.get("callback_name"))
+                replaced.add(
+                    ALIASES.get(str(entry.get("callback_name")), entry.get("callback_name"))
+                )
         for outbox in outboxes:
             if outbox.name not in replaced:
                 outbox.offer(record)
 
     def _own_outbox(self, entry: Mapping[str, Any], success: bool) -> Outbox[RequestRecord] | None:
         """A key's or team's sink for `entry` of its `logging` list, made on first use."""
-        name = entry.get("callback_name")
+        given = entry.get("callback_name")
         kind = str(entry.get("callback_type") or "success_and_failure")
-        if not isinstance(name, str) or name not in SINKS:
+        if not isinstance(given, str) or given not in SINKS:
             return None
+        name = ALIASES.get(given, given)
         if kind != "success_and_failure" and (kind == "success") != success:
             return None
         variables = entry.get("callback_vars") or {}

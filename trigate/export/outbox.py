@@ -28,8 +28,9 @@ logger = logging.getLogger("trigate.export")
 
 T = TypeVar("T")
 
+# LiteLLM's batch loggers send every 5 s (DEFAULT_FLUSH_INTERVAL_SECONDS) or when full.
 BATCH_SIZE = 100
-FLUSH_INTERVAL = 1.0
+FLUSH_INTERVAL = 5.0
 MAX_QUEUED = 10_000
 SEND_TIMEOUT = 10.0
 FIRST_BACKOFF = 0.5

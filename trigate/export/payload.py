@@ -25,8 +25,19 @@ CALL_TYPES = {
 
 def standard_logging_payload(record: RequestRecord, *, redact: bool = False) -> dict[str, Any]:
     """The record as LiteLLM's `StandardLoggingPayload`; `redact` leaves messages and
-    answers out (LiteLLM's `turn_off_message_logging`)."""
-    details = record.details or RecordDetails("completion")
+    answers out (LiteLLM's `turn_off_message_logging`). Made once per record: sinks read
+    it, never change it."""
+    details = record.details
+    if details is None:
+        record.details = details = RecordDetails("completion")
+    elif details.payload is not None and details.payload[0] is redact:
+        return details.payload[1]
+    payload = _payload(record, details, redact)
+    details.payload = (redact, payload)
+    return payload
+
+
+def _payload(record: RequestRecord, details: RecordDetails, redact: bool) -> dict[str, Any]:
     failed = record.status >= 400
     status = "failure" if failed else "success"
     model = record.model or record.model_group

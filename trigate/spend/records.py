@@ -74,6 +74,9 @@ class RecordDetails:
     route: str | None = None
     # The key's and team's LiteLLM `logging` callbacks (metadata.logging), key's first.
     logging: list[dict[str, Any]] | None = None
+    # The payload once made, and whether it was redacted (trigate.export.payload): every
+    # sink of the record shares it.
+    payload: tuple[bool, dict[str, Any]] | None = None
 
 
 class RecordSink(Protocol):
