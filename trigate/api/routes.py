@@ -43,8 +43,8 @@ from trigate.api.messages import CountTokens, MessagesSurface
 from trigate.api.model_api import Route
 from trigate.api.moderations import ModerationsSurface
 from trigate.api.pipeline import Pipeline
-from trigate.api.rerank import RerankSurface
 from trigate.api.realtime import RealtimeRoute
+from trigate.api.rerank import RerankSurface
 from trigate.api.responses import CompactSurface, InputTokens, ResponsesSurface
 from trigate.api.speech import SpeechSurface
 from trigate.api.transcriptions import TranscriptionsSurface
