@@ -79,7 +79,9 @@ MASTER_OWNER = ""
 
 @dataclass(frozen=True, slots=True)
 class ResponseViewer:
-    """Whose stored responses a reader may see: its key's, and its team's."""
+    """Whose stored responses, files and batches a reader may see: its own (`key_hash`
+    is its owner, `trigate.auth.Caller.owner`: a key's hash or a keyless user's
+    `user:{id}`), and its team's."""
 
     key_hash: str | None
     team_id: str | None

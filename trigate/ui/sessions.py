@@ -29,6 +29,7 @@ from joserfc.jwk import OctKey
 
 from trigate.auth import Authenticator, Caller
 from trigate.errors import AuthenticationFailed
+from trigate.roles import Role
 
 COOKIE = "trigate_ui_session"
 ISSUER = "trigate-ui"
@@ -44,6 +45,14 @@ class CsrfFailed(AuthenticationFailed):
     status = 403
     type = "permission_error"
     code = "csrf_failed"
+
+
+class AdminsOnly(AuthenticationFailed):
+    """A non-admin's session under `ui_access_mode: admin_only`."""
+
+    status = 403
+    type = "permission_error"
+    code = "ui_admins_only"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +72,14 @@ class Session:
 class Sessions:
     """Signs and reads session tokens; a `TokenVerifier` for the admin API."""
 
-    def __init__(self, master_key: str, seconds: int = SESSION_SECONDS) -> None:
+    def __init__(
+        self, master_key: str, seconds: int = SESSION_SECONDS, *, admin_only: bool = False
+    ) -> None:
         derived = hmac.new(master_key.encode(), b"trigate ui session v1", hashlib.sha256)
         self._key = OctKey.import_key(derived.digest())
         self.seconds = seconds
+        # LiteLLM's `ui_access_mode: admin_only`: a session is then an admin's or nothing.
+        self.admin_only = admin_only
 
     def sign(self, user_id: str | None) -> Session:
         """A fresh session (and CSRF token) for `user_id`, or the password admin."""
@@ -125,6 +138,9 @@ class Sessions:
         caller = await auth.identified(f"ui:{session.user_id[:32]}", session.user_id, None)
         if caller.user is None:
             raise AuthenticationFailed("This user no longer exists.", code="user_not_found")
+        if self.admin_only and caller.role not in (Role.PROXY_ADMIN, Role.PROXY_ADMIN_VIEWER):
+            # The token is a bearer credential: closing only the pages would leave it open.
+            raise AdminsOnly("This gateway's UI sessions are open to admins only (ui_access_mode).")
         return caller
 
 
