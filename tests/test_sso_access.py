@@ -117,9 +117,7 @@ async def test_a_new_sso_user_has_no_model_or_mcp_server_until_an_admin_grants_t
     async with running.client() as admin:
         # Through a team, the team's models.
         await admin.post("/team/new", json={"team_id": "lab", "models": ["mock"]})
-        await admin.post(
-            "/team/member_add", json={"team_id": "lab", "member": {"user_id": "gus"}}
-        )
+        await admin.post("/team/member_add", json={"team_id": "lab", "member": {"user_id": "gus"}})
         made = await admin.post("/key/generate", json={"team_id": "lab", "user_id": "gus"})
     assert (await chat(running, made.json()["key"])).choices
     # On its own, once an admin grants it a model.

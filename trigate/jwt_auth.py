@@ -7,7 +7,8 @@ public one), its expiry and not-before, its audience (`JWT_AUDIENCE`, or its iss
 entry in `issuers`; one is required, unlike LiteLLM) and its issuer (when `issuers`
 names them). The key set is cached for `public_key_ttl` seconds; a token naming a key
 id the cached set does not hold fetches it again at once (the provider has rotated its
-keys), at most once every `JWKS_REFETCH_SECONDS`, so a flood of made-up key ids cannot flood the provider.
+keys), at most once every `JWKS_REFETCH_SECONDS`, so a flood of made-up key ids cannot
+flood the provider.
 
 The claims `litellm_jwtauth` names make the caller: its user (`user_id_jwt_field`,
 made on first use with `user_id_upsert`), its team (`team_id_jwt_field`, or the first
