@@ -23,7 +23,7 @@ from quart_trio import QuartTrio
 from trigate.config import ConfigError
 from trigate.gateway import Gateway
 from trigate.ui import keys_page, models_page, teams_page, usage_page  # noqa: F401  (routes)
-from trigate.ui.sessions import Sessions
+from trigate.ui.sessions import SessionEpochs, Sessions
 from trigate.ui.signin import (
     Passwords,
     email_domains,
@@ -43,12 +43,18 @@ def register(app: QuartTrio, gateway: Gateway, environ: Mapping[str, str] | None
     a session token is read as one before any JWT verifier sees it."""
     env = os.environ if environ is None else environ
     admin_only = _admin_only(gateway)
-    sessions = Sessions(gateway.master_key, admin_only=admin_only)
+    passwords = Passwords.from_environ(env, gateway.master_key)
+    sessions = Sessions(
+        gateway.master_key,
+        admin_only=admin_only,
+        admin_login=(passwords.username, passwords.password),
+        epochs=SessionEpochs(lambda: gateway.store, gateway.changes),
+    )
     gateway.token_verifiers.insert(0, sessions)
     provider = Provider.from_environ(env)
     sso = OidcClient(provider) if provider is not None else None
     app.extensions["trigate_ui_sessions"] = sessions
-    app.extensions["trigate_ui_passwords"] = Passwords.from_environ(env, gateway.master_key)
+    app.extensions["trigate_ui_passwords"] = passwords
     app.extensions["trigate_ui_sso"] = sso
     app.extensions["trigate_ui_admin_only"] = admin_only
     app.extensions["trigate_ui_email_domains"] = email_domains(env)

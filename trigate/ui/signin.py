@@ -128,7 +128,7 @@ async def login() -> Response:
     if not passwords.check(form.get("username", ""), form.get("password", "")):
         return await _login_page("Wrong username or password.", 401)
     response: Response = redirect(safe_next(form.get("next")), 303)  # type: ignore[assignment]
-    set_session_cookie(response, sessions().sign(None))
+    set_session_cookie(response, await sessions().start(None))
     return response
 
 
@@ -138,6 +138,8 @@ async def logout() -> Response:
     if session is not None:
         form = await request.form
         check_csrf(session, form.get("csrf_token") or request.headers.get("X-CSRF-Token"))
+        # Every session of its user ends, in every browser, not only this cookie.
+        await sessions().end(session)
     response: Response = redirect("/ui/login", 303)  # type: ignore[assignment]
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -203,7 +205,7 @@ async def sso_callback() -> Response:
         return await _login_page(f"Single sign-on failed: {failure}", 401)
     response: Response = redirect(attempt.next_path, 303)  # type: ignore[assignment]
     response.delete_cookie(SSO_COOKIE, path=CALLBACK_PATH)
-    set_session_cookie(response, sessions().sign(identity.user_id))
+    set_session_cookie(response, await sessions().start(identity.user_id))
     return response
 
 
@@ -255,7 +257,7 @@ async def provision(identity: Identity) -> None:
     """Make the user on its first sign-in, and bring its role and teams in line with its
     claims, through the admin API as the gateway's own admin (the user, not yet signed
     in, could not)."""
-    system = AdminClient(current_app.asgi_app, sessions().sign(None).token)
+    system = AdminClient(current_app.asgi_app, (await sessions().start(None)).token)
     role = identity.role if identity.role in _ROLE_NAMES else None
     try:
         info = await system.get("/user/info", user_id=identity.user_id)

@@ -109,7 +109,7 @@ def page(
     @functools.wraps(handler)
     async def wrapped(*args: P.args, **kwargs: P.kwargs) -> Response:
         session = sessions().read(request.cookies.get(COOKIE))
-        if session is None:
+        if session is None or not await sessions().is_current(session):
             return _to_sign_in()
         if request.method != "GET":
             sent = request.headers.get("X-CSRF-Token")
