@@ -203,6 +203,22 @@ async def test_an_admin_scope_grants_the_admin_api_and_a_user_only_its_role(
             {"JWT_PUBLIC_KEY_URL": "http://127.0.0.1:9/jwks"},
             "trigate does not act on team_allowed_routes",
         ),
+        # No audience: a token the provider signed for any of its apps would be let in.
+        (
+            {"enable_jwt_auth": True},
+            {"JWT_PUBLIC_KEY_URL": "http://127.0.0.1:9/jwks"},
+            "needs an audience: set JWT_AUDIENCE",
+        ),
+        (
+            {
+                "enable_jwt_auth": True,
+                "litellm_jwtauth": {
+                    "issuers": [{"issuer": ISSUER, "audience": AUDIENCE}, {"issuer": "b"}]
+                },
+            },
+            {"JWT_PUBLIC_KEY_URL": "http://127.0.0.1:9/jwks"},
+            "needs an audience",
+        ),
     ],
 )
 def test_jwt_auth_that_cannot_be_honoured_stops_start_up(
@@ -210,6 +226,24 @@ def test_jwt_auth_that_cannot_be_honoured_stops_start_up(
 ) -> None:
     with pytest.raises(ConfigError, match=refusal):
         parse_config({"general_settings": settings}, environ)
+
+
+@pytest.mark.parametrize(
+    ("jwtauth", "environ"),
+    [
+        ({}, {"JWT_AUDIENCE": AUDIENCE}),
+        ({"audience": AUDIENCE}, {}),
+        ({"issuers": [{"issuer": ISSUER, "audience": AUDIENCE}]}, {}),
+    ],
+    ids=["JWT_AUDIENCE", "audience", "each-issuers-audience"],
+)
+def test_any_of_the_audience_settings_lets_jwt_auth_start(
+    jwtauth: dict[str, Any], environ: dict[str, str]
+) -> None:
+    settings = {"enable_jwt_auth": True, "litellm_jwtauth": jwtauth}
+    environ = {"JWT_PUBLIC_KEY_URL": "http://127.0.0.1:9/jwks", **environ}
+    parsed = parse_config({"general_settings": settings}, environ)
+    assert parsed.general_settings.enable_jwt_auth
 
 
 async def test_upserts_and_role_mappings(

@@ -23,11 +23,21 @@ from trigate.changes import Changes
 from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed
 from trigate.roles import Role, role_of
-from trigate.store import MEMBERS, OWNER_KINDS, Row, Store, StoreUnavailable, member_ident
+from trigate.store import (
+    MASTER_OWNER,
+    MEMBERS,
+    OWNER_KINDS,
+    Row,
+    Store,
+    StoreUnavailable,
+    member_ident,
+)
 
 logger = logging.getLogger("trigate")
 
 MASTER_IDENTITY = "master"
+# How a caller without a key (a JWT's or a UI session's user) owns what it stores.
+USER_OWNER_PREFIX = "user:"
 KEY_PREFIX = "sk-"
 # How stale a cached key, team or user may be; LiteLLM users expect changes within seconds.
 CACHE_TTL = 5.0
@@ -92,11 +102,50 @@ class Caller:
             return self.key.get("user_id")
         return self.user.get("user_id") if self.user else None
 
+    @property
+    def owner(self) -> str | None:
+        """Who owns the files, batches, stored responses and key-scoped cache entries
+        this caller makes, and may read them back: a key's hash; the master key's
+        `MASTER_OWNER`; a caller without a key (a verified token's or a UI session's), its
+        user, as `user:{user_id}`, never the master's. None for a keyless caller with no
+        user, which owns nothing (`owner_of` refuses it)."""
+        if self.key_hash is not None:
+            return self.key_hash
+        if self.is_master:
+            return MASTER_OWNER
+        user_id = self.user_id
+        return USER_OWNER_PREFIX + user_id if user_id is not None else None
+
     def model_group(self, requested: str) -> str:
         """The model group a request naming `requested` goes to: the key's team's
         `model_aliases` (LiteLLM's) may map the name to another group."""
         aliases = self.team.get("model_aliases") if self.team else None
         return aliases.get(requested, requested) if aliases else requested
+
+
+class NoOwner(AuthenticationFailed):
+    """A caller with neither a key nor a user: nothing it stored could be told apart
+    from another's, so it stores and reads nothing."""
+
+    status = 403
+    type = "permission_error"
+    code = "no_owner"
+
+
+def owner_of(caller: Caller) -> str:
+    """`caller.owner`, or `NoOwner`."""
+    owner = caller.owner
+    if owner is None:
+        raise NoOwner("This token names no user or key that could own stored files or results.")
+    return owner
+
+
+def key_hash_of_owner(owner: str) -> str | None:
+    """The key hash an owner is (what spend is billed to), None for the master's or a
+    user's."""
+    if owner == MASTER_OWNER or owner.startswith(USER_OWNER_PREFIX):
+        return None
+    return owner
 
 
 def generate_key() -> str:

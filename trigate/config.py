@@ -477,7 +477,9 @@ def load_config(path: str | os.PathLike[str] | None, environ: Mapping[str, str])
 def _jwt_environment(config: GatewayConfig, environ: Mapping[str, str]) -> None:
     """LiteLLM's `JWT_PUBLIC_KEY_URL` and `JWT_AUDIENCE` (the environment or the file's
     `environment_variables`). JWT auth without a key set to verify against stops
-    start-up: it would let no token in, or, worse, be mistaken for working."""
+    start-up: it would let no token in, or, worse, be mistaken for working. So does JWT
+    auth without an audience (LiteLLM's is optional): every token the provider signs,
+    for any of its apps, would be let in."""
     settings = config.general_settings
     jwt = settings.litellm_jwtauth
     jwt.public_key_url = jwt.public_key_url or environ.get("JWT_PUBLIC_KEY_URL") or None
@@ -486,6 +488,14 @@ def _jwt_environment(config: GatewayConfig, environ: Mapping[str, str]) -> None:
         raise ConfigError(
             "general_settings.enable_jwt_auth needs JWT_PUBLIC_KEY_URL: the identity "
             "provider's JWKS endpoint, which tokens are verified against"
+        )
+    every_issuer_has_one = bool(jwt.issuers) and all(i.audience for i in jwt.issuers)
+    if settings.enable_jwt_auth and not jwt.audience and not every_issuer_has_one:
+        raise ConfigError(
+            "general_settings.enable_jwt_auth needs an audience: set JWT_AUDIENCE (or "
+            "litellm_jwtauth.audience, or an audience on each of litellm_jwtauth.issuers) "
+            "to this gateway's client id, or tokens the identity provider signs for its "
+            "other apps are let in"
         )
 
 

@@ -4,10 +4,11 @@ bearer tokens from an identity provider, callers beside virtual keys.
 A token is verified against the provider's JWKS (`JWT_PUBLIC_KEY_URL`): its signature
 by an asymmetric algorithm only (never `none` or an HMAC, whose "key" would be the
 public one), its expiry and not-before, its audience (`JWT_AUDIENCE`, or its issuer's
-entry in `issuers`) and its issuer (when `issuers` names them). The key set is cached
-for `public_key_ttl` seconds; a token naming a key id the cached set does not hold
-fetches it again at once (the provider has rotated its keys), at most once every
-`JWKS_REFETCH_SECONDS`, so a flood of made-up key ids cannot flood the provider.
+entry in `issuers`; one is required, unlike LiteLLM) and its issuer (when `issuers`
+names them). The key set is cached for `public_key_ttl` seconds; a token naming a key
+id the cached set does not hold fetches it again at once (the provider has rotated its
+keys), at most once every `JWKS_REFETCH_SECONDS`, so a flood of made-up key ids cannot
+flood the provider.
 
 The claims `litellm_jwtauth` names make the caller: its user (`user_id_jwt_field`,
 made on first use with `user_id_upsert`), its team (`team_id_jwt_field`, or the first
@@ -170,8 +171,9 @@ class JwtVerifier:
                 raise InvalidToken("The token's issuer is not one this gateway trusts.")
             options["iss"] = {"essential": True, "value": issuer.issuer}
             audience = issuer.audience or audience
-        if audience:
-            options["aud"] = {"essential": True, "value": audience}
+        if not audience:  # start-up refuses such a config: fail closed all the same
+            raise InvalidToken("No audience is configured to check the token's against.")
+        options["aud"] = {"essential": True, "value": audience}
         return jwt.JWTClaimsRegistry(leeway=LEEWAY_SECONDS, **options)
 
     async def _caller_of(self, claims: dict[str, Any], auth: Authenticator) -> Caller:

@@ -82,6 +82,11 @@ class BudgetExceeded(GatewayError):
 Covering = Callable[[str], frozenset[str]]
 
 
+# LiteLLM's entry in a user's `models` that allows no model outside a team: a user made
+# by SSO sign-in gets it unless `default_internal_user_params` names models.
+NO_DEFAULT_MODELS = "no-default-models"
+
+
 def check_model(caller: Caller, group: str, covering: Covering, param: str = "model") -> None:
     """A key's, its team's, its user's and its organization's `models`; an empty list
     allows every model."""
@@ -91,17 +96,19 @@ def check_model(caller: Caller, group: str, covering: Covering, param: str = "mo
         ("user", caller.user),
         ("organization", caller.organization),
     ):
-        allowed = (row or {}).get("models") or []
+        allowed = binding_models(caller, row)
         if not allowed_by(allowed, group, covering):
+            granted = ", ".join(m for m in allowed if m != NO_DEFAULT_MODELS)
             raise ModelNotAllowed(
-                f"This {owner} may not use model `{group}`. Allowed: {', '.join(allowed)}.",
+                f"This {owner} may not use model `{group}`. Allowed: "
+                f"{granted or 'none outside a team, until an admin grants models'}.",
                 param=param,
             )
 
 
 def allows_model(caller: Caller, group: str, covering: Covering) -> bool:
     return all(
-        allowed_by((row or {}).get("models") or [], group, covering)
+        allowed_by(binding_models(caller, row), group, covering)
         for row in (caller.key, caller.team, caller.user, caller.organization)
     )
 
@@ -112,10 +119,23 @@ def allows_access_group(caller: Caller, access_group: str) -> bool:
     return all(
         not allowed or access_group in allowed or "*" in allowed
         for allowed in (
-            (row or {}).get("models") or []
+            binding_models(caller, row)
             for row in (caller.key, caller.team, caller.user, caller.organization)
         )
     )
+
+
+def binding_models(caller: Caller, row: Row | None) -> list[str]:
+    """The `models` of `row` that bind `caller` (empty: every model). With LiteLLM's
+    `no-default-models`, a caller in a team is bound by its other entries only (the
+    team's list governs), and one outside a team by them, or by nothing allowed."""
+    allowed: list[str] = (row or {}).get("models") or []
+    if NO_DEFAULT_MODELS not in allowed:
+        return allowed
+    others = [m for m in allowed if m != NO_DEFAULT_MODELS]
+    if caller.team is not None or others:
+        return others
+    return [NO_DEFAULT_MODELS]  # names no model group: nothing is allowed
 
 
 def allowed_by(allowed: list[str], group: str, covering: Covering) -> bool:

@@ -283,7 +283,9 @@ LITELLM_SETTINGS: dict[str, Key] = {
     "key_generation_settings": _refused("who may generate keys is not restricted"),
     "upperbound_key_generate_params": _refused("its caps on generated keys are not enforced"),
     "default_key_generate_params": _refused("defaults (budgets, models) for new keys"),
-    "default_internal_user_params": _refused("defaults (budgets, models) for new users"),
+    "default_internal_user_params": _acted(
+        "given to users SSO sign-in makes, else no model outside a team (ui/signin.py)"
+    ),
     "max_internal_user_budget": _refused("a user budget default trigate does not apply"),
     "internal_user_budget_duration": _refused("a user budget default trigate does not apply"),
     "max_end_user_budget": _refused("an end-user budget trigate does not apply"),

@@ -31,7 +31,7 @@ from quart_trio import QuartTrio
 
 from trigate.api.jsonio import json_body, json_response
 from trigate.api.pipeline import check_access
-from trigate.auth import Caller
+from trigate.auth import Caller, key_hash_of_owner, owner_of
 from trigate.errors import (
     Failure,
     GatewayError,
@@ -46,7 +46,7 @@ from trigate.providers import Batches, Completion
 from trigate.router.deployments import Deployment
 from trigate.spend import RequestRecord
 from trigate.spend.prices import TokenCounts, batch_cost
-from trigate.store import MASTER_OWNER, ResponseViewer, Row
+from trigate.store import ResponseViewer, Row
 
 logger = logging.getLogger("trigate")
 
@@ -257,7 +257,7 @@ async def _save(
         {
             "kind": kind,
             "object_id": object_id,
-            "owner": caller.key_hash or MASTER_OWNER,
+            "owner": owner_of(caller),
             "team_id": caller.team_id,
             "key_identity": caller.identity,
             "key_alias": caller.key_alias,
@@ -272,7 +272,7 @@ async def _save(
 
 
 def _viewer(caller: Caller) -> ResponseViewer | None:
-    return None if caller.is_master else ResponseViewer(caller.key_hash, caller.team_id)
+    return None if caller.is_master else ResponseViewer(owner_of(caller), caller.team_id)
 
 
 async def _owned(
@@ -342,7 +342,7 @@ async def _settle(gateway: Gateway, row: Row, batches: Batches, batch: dict[str,
     record = RequestRecord(
         request_id=uuid.uuid4().hex,
         key_identity=row["key_identity"],
-        key_hash=row["owner"] or None,
+        key_hash=key_hash_of_owner(row["owner"]),
         key_alias=row["key_alias"],
         team_id=row["team_id"],
         user_id=row["user_id"],

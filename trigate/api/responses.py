@@ -54,7 +54,7 @@ from trigate.api.validation import (
     check_tool_fields,
     require_model,
 )
-from trigate.auth import Caller
+from trigate.auth import Caller, owner_of
 from trigate.clock import wall_time
 from trigate.errors import Failure, InvalidRequest, NotFound, UpstreamError, echoed
 from trigate.gateway import Gateway
@@ -593,6 +593,8 @@ class _Exchange(TranslatedExchange):
         response_id = response.get("id")
         if not isinstance(response_id, str):
             return True
+        if self._caller.owner is None:
+            return False  # a caller no one could read it back as: not stored
         try:
             replaced = await self._gateway.store.save_response(
                 self._row(response_id, response, native)
@@ -622,7 +624,8 @@ class _Exchange(TranslatedExchange):
             "input_items": _with_ids(input_items(self._body)),
             "model_group": self._model,
             "deployment": deployment.id if deployment is not None else None,
-            "key_hash": self._caller.key_hash,
+            # Its owner (`Caller.owner`): a key's hash, a keyless user's `user:{id}`.
+            "key_hash": self._caller.owner or None,
             "team_id": self._caller.team_id,
             "previous_response_id": self._body.get("previous_response_id"),
             "native": native,
@@ -700,13 +703,13 @@ async def _visible(gateway: Gateway, response_id: str) -> Row:
 def _viewer(caller: Caller) -> ResponseViewer | None:
     """Whose stored responses the caller reads: the master key, anyone's. An upstream may
     reuse a response id for several keys; each key reads its own (or its team's)."""
-    return None if caller.is_master else ResponseViewer(caller.key_hash, caller.team_id)
+    return None if caller.is_master else ResponseViewer(owner_of(caller), caller.team_id)
 
 
 def _may_see(caller: Caller, row: Row) -> bool:
     if caller.is_master:
         return True
-    if row["key_hash"] is not None and row["key_hash"] == caller.key_hash:
+    if row["key_hash"] is not None and row["key_hash"] == caller.owner:
         return True
     return row["team_id"] is not None and row["team_id"] == caller.team_id
 

@@ -190,24 +190,30 @@ class ResponseCache:
         # answer depends on more than the key could cover.
         if exchange.carried_tokens or exchange.preferred is not None:
             return None
+        tenant = self._tenant(call.caller)
+        if tenant is None:
+            return None
         namespace = controls.namespace or settings.namespace
-        key = cache_key(surface, call.model_group, self._tenant(call.caller), call.body, namespace)
+        key = cache_key(surface, call.model_group, tenant, call.body, namespace)
         native_allowed = getattr(exchange, "native_cacheable", True) is True
         ticket = Ticket(self, key, controls, call.stream, native_allowed)
         if kind == "embeddings":
-            tenant = self._tenant(call.caller)
             ticket.items = ItemBatch.of(surface, call.model_group, tenant, call.body, namespace)
             if ticket.items is None:
                 return None
         return ticket
 
-    def _tenant(self, caller: Caller) -> str:
+    def _tenant(self, caller: Caller) -> str | None:
         scope = self.settings.scope
         if scope == "global":
             return ""
         if scope == "team" and caller.team_id is not None:
             return f"team:{caller.team_id}"
-        return f"key:{caller.key_hash or 'master'}"
+        # A caller's own entries: its key's, the master's, or a keyless caller's user's.
+        owner = caller.owner
+        if owner is None:
+            return None  # no one to keep its answers apart from another's: not cached
+        return f"key:{owner or 'master'}"
 
     async def lookup(self, call: CachedCall, ticket: Ticket) -> Answer:
         """A hit or a coalesced answer for `call`, or None: it goes upstream with

@@ -7,7 +7,9 @@ those tools of that server). A key or team that names no server and no group is 
 limited to some (as an empty `models` list allows every model); one that names any is
 limited to them. A key of a team gets what both allow (team ∩ key), as for models, and
 a server's own `allowed_tools` and `disallowed_tools` bind everyone. The master key
-may use everything.
+(and a proxy admin's token or session) may use everything; a caller with neither a key
+nor a team (a JWT's or a UI session's user alone) nothing, until it calls through a
+team or a key an admin gave it.
 
 LiteLLM's other `object_permission` fields (vector stores, agents, toolsets, blocked
 tools, models) are refused, not ignored: each would be a restriction trigate does not
@@ -24,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from trigate.auth import Caller
 from trigate.mcp_gateway.servers import MCPServer
+from trigate.roles import Role
 
 _UNSERVED = (
     "mcp_toolsets", "blocked_tools", "vector_stores", "agents", "agent_access_groups", "models",
@@ -117,4 +120,10 @@ class Grant:
 
 def grant_of(caller: Caller) -> Grant:
     """What `caller` may use: its key's and team's permissions, as authenticated."""
+    if caller.key is None and caller.team is None and not caller.is_master:
+        # Nothing names what it may use: a proxy admin everything, anyone else nothing.
+        return Grant(()) if caller.role is Role.PROXY_ADMIN else Grant((_NOTHING,))
     return Grant.of(caller.is_master, caller.key, caller.team)
+
+
+_NOTHING = _Side(frozenset(), {})

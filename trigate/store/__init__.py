@@ -79,7 +79,9 @@ MASTER_OWNER = ""
 
 @dataclass(frozen=True, slots=True)
 class ResponseViewer:
-    """Whose stored responses a reader may see: its key's, and its team's."""
+    """Whose stored responses, files and batches a reader may see: its own (`key_hash`
+    is its owner, `trigate.auth.Caller.owner`: a key's hash or a keyless user's
+    `user:{id}`), and its team's."""
 
     key_hash: str | None
     team_id: str | None
@@ -826,6 +828,28 @@ class Store:
         if changed:
             self._changed(MODELS, [model_id])
         return bool(changed)
+
+    # The UI's session epochs (trigate.ui.sessions).
+
+    async def session_epoch(self, identity: str) -> int:
+        """The epoch `identity`'s current UI sessions carry: 0 until it first signs out."""
+        sql = "SELECT epoch FROM trigate_ui_session_epochs WHERE identity = ?"
+        rows = await self._read(lambda cursor: cursor.query(sql, [identity]))
+        return int(rows[0]["epoch"]) if rows else 0
+
+    async def end_sessions(self, identity: str) -> int:
+        """Move `identity`'s epoch on, which ends every session it holds; the new one."""
+        upsert = (
+            "INSERT INTO trigate_ui_session_epochs (identity, epoch) VALUES (?, 1) "
+            "ON CONFLICT (identity) DO UPDATE SET epoch = trigate_ui_session_epochs.epoch + 1"
+        )
+        read = "SELECT epoch FROM trigate_ui_session_epochs WHERE identity = ?"
+
+        def work(cursor: Cursor) -> int:
+            cursor.execute(upsert, [identity])
+            return int(cursor.query(read, [identity])[0]["epoch"])
+
+        return await self._run(work)
 
     # MCP servers added through the admin API (trigate.mcp_gateway).
 

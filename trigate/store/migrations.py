@@ -286,4 +286,14 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE trigate_keys ADD COLUMN object_permission TEXT NOT NULL DEFAULT '{}'",
         "ALTER TABLE trigate_teams ADD COLUMN object_permission TEXT NOT NULL DEFAULT '{}'",
     ],
+    # --- fix-auth ---
+    # Each UI sign-in identity's session epoch (a user id, or the password admin's): a
+    # session carries the epoch it was signed in, and signing out moves it on, which
+    # ends every session signed before, in every worker.
+    [
+        """CREATE TABLE trigate_ui_session_epochs (
+            identity TEXT PRIMARY KEY,
+            epoch INTEGER NOT NULL
+        )""",
+    ],
 ]

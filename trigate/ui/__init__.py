@@ -23,8 +23,15 @@ from quart_trio import QuartTrio
 from trigate.config import ConfigError
 from trigate.gateway import Gateway
 from trigate.ui import keys_page, models_page, teams_page, usage_page  # noqa: F401  (routes)
-from trigate.ui.sessions import Sessions
-from trigate.ui.signin import Passwords, SignInThrottle, sso_callback, sso_start
+from trigate.ui.sessions import SessionEpochs, Sessions
+from trigate.ui.signin import (
+    Passwords,
+    SignInThrottle,
+    email_domains,
+    new_user_defaults,
+    sso_callback,
+    sso_start,
+)
 from trigate.ui.sso import CALLBACK_PATH, OidcClient, Provider
 from trigate.ui.web import blueprint
 
@@ -36,15 +43,24 @@ def register(app: QuartTrio, gateway: Gateway, environ: Mapping[str, str] | None
     `/sso/callback`. The session verifier joins the gateway's authenticator, first, so
     a session token is read as one before any JWT verifier sees it."""
     env = os.environ if environ is None else environ
-    sessions = Sessions(gateway.master_key)
+    admin_only = _admin_only(gateway)
+    passwords = Passwords.from_environ(env, gateway.master_key)
+    sessions = Sessions(
+        gateway.master_key,
+        admin_only=admin_only,
+        admin_login=(passwords.username, passwords.password),
+        epochs=SessionEpochs(lambda: gateway.store, gateway.changes),
+    )
     gateway.token_verifiers.insert(0, sessions)
     provider = Provider.from_environ(env)
     sso = OidcClient(provider) if provider is not None else None
     app.extensions["trigate_ui_sessions"] = sessions
-    app.extensions["trigate_ui_passwords"] = Passwords.from_environ(env, gateway.master_key)
+    app.extensions["trigate_ui_passwords"] = passwords
     app.extensions["trigate_ui_sso"] = sso
     app.extensions["trigate_ui_throttle"] = SignInThrottle()
-    app.extensions["trigate_ui_admin_only"] = _admin_only(gateway)
+    app.extensions["trigate_ui_admin_only"] = admin_only
+    app.extensions["trigate_ui_email_domains"] = email_domains(env)
+    app.extensions["trigate_ui_new_user"] = new_user_defaults(gateway.config.litellm_settings)
     app.register_blueprint(blueprint)
     static = _static_files()
 

@@ -4,8 +4,14 @@ The password sign-in is LiteLLM's: `UI_USERNAME` (default `admin`) and `UI_PASSW
 (default: the master key); it acts as the master key does. An SSO user signs in as
 its own user, made on its first sign-in with the default role (or the role its
 token's role claim names), and joined to the teams its teams claim names that exist;
-there is no cap on how many. Both leave a session cookie (`trigate.ui.sessions`):
-HttpOnly, SameSite=Lax, Secure over HTTPS, expiring with the session.
+there is no cap on how many. Who may sign in: an email in LiteLLM's
+`ALLOWED_EMAIL_DOMAINS` when set, and an admin or admin viewer only under
+`ui_access_mode: admin_only`. A new user gets LiteLLM's
+`litellm_settings.default_internal_user_params`, and without them no model outside a
+team (LiteLLM's `no-default-models`) until an admin grants some: any account of a
+public provider (Google's) may sign in, and must not get the gateway's models with it.
+Both leave a session cookie (`trigate.ui.sessions`): HttpOnly, SameSite=Lax, Secure
+over HTTPS, expiring with the session.
 
 The sign-in form is protected from cross-site posts by a double-submit token (a
 cookie and a hidden field that must match), since no session exists yet.
@@ -18,17 +24,20 @@ import os
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 import trio
 from quart import Response, current_app, redirect, render_template, request
 
+from trigate.config import ConfigError
+from trigate.limits import NO_DEFAULT_MODELS
 from trigate.roles import Role
 from trigate.ui.admin_client import AdminClient, ApiRefused
 from trigate.ui.sessions import COOKIE, Session, check_csrf
 from trigate.ui.sso import CALLBACK_PATH, Attempt, Identity, OidcClient, SsoFailed
-from trigate.ui.web import blueprint, page_response, sessions
+from trigate.ui.web import ADMIN_VIEWERS, blueprint, page_response, sessions
 
 LOGIN_COOKIE = "trigate_ui_login"
 SSO_COOKIE = "trigate_ui_sso"
@@ -36,6 +45,10 @@ SSO_COOKIE = "trigate_ui_sso"
 SSO_SECONDS = 600
 # A user made by SSO: LiteLLM's most restricted UI role unless a claim names another.
 DEFAULT_SSO_ROLE = Role.INTERNAL_USER_VIEWER.value
+# The fields of LiteLLM's `default_internal_user_params` a new SSO user is given.
+NEW_USER_FIELDS = frozenset(
+    {"user_role", "models", "max_budget", "budget_duration", "rpm_limit", "tpm_limit"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +162,7 @@ async def login() -> Response:
         throttle.failed(address)
         return await _login_page("Wrong username or password.", 401)
     response: Response = redirect(safe_next(form.get("next")), 303)  # type: ignore[assignment]
-    set_session_cookie(response, sessions().sign(None))
+    set_session_cookie(response, await sessions().start(None))
     return response
 
 
@@ -159,6 +172,8 @@ async def logout() -> Response:
     if session is not None:
         form = await request.form
         check_csrf(session, form.get("csrf_token") or request.headers.get("X-CSRF-Token"))
+        # Every session of its user ends, in every browser, not only this cookie.
+        await sessions().end(session)
     response: Response = redirect("/ui/login", 303)  # type: ignore[assignment]
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -218,37 +233,89 @@ async def sso_callback() -> Response:
         return await _login_page(f"The identity provider refused: {error}", 400)
     try:
         identity = await _oidc().identity(attempt, code, _redirect_uri())
+        check_email_domain(identity, current_app.extensions["trigate_ui_email_domains"])
         await provision(identity)
     except (SsoFailed, ApiRefused) as failure:
         return await _login_page(f"Single sign-on failed: {failure}", 401)
     response: Response = redirect(attempt.next_path, 303)  # type: ignore[assignment]
     response.delete_cookie(SSO_COOKIE, path=CALLBACK_PATH)
-    set_session_cookie(response, sessions().sign(identity.user_id))
+    set_session_cookie(response, await sessions().start(identity.user_id))
     return response
+
+
+def email_domains(env: Mapping[str, str]) -> frozenset[str]:
+    """LiteLLM's `ALLOWED_EMAIL_DOMAINS` (`example.com,example.org`); empty: any."""
+    listed = env.get("ALLOWED_EMAIL_DOMAINS", "").split(",")
+    return frozenset(d.strip().lstrip("@").lower() for d in listed if d.strip())
+
+
+def check_email_domain(identity: Identity, domains: frozenset[str]) -> None:
+    """Refuse an SSO sign-in whose email is outside `ALLOWED_EMAIL_DOMAINS` (or that
+    has no email) before anything is made for it."""
+    if not domains:
+        return
+    _, at, domain = (identity.email or "").rpartition("@")
+    if not at or domain.lower() not in domains:
+        raise SsoFailed("this account's email is not in a domain allowed to sign in")
+
+
+def new_user_defaults(litellm_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """LiteLLM's `litellm_settings.default_internal_user_params`, checked at start: a
+    field trigate would not give a new user stops it, rather than be dropped. Without
+    `models`, a new user gets LiteLLM's `no-default-models`: none outside a team."""
+    given = litellm_settings.get("default_internal_user_params") or {}
+    where = "litellm_settings.default_internal_user_params"
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"{where}: expected a mapping")
+    unknown = sorted(set(given) - NEW_USER_FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}: trigate does not act on {', '.join(unknown)}; remove it")
+    if "user_role" in given and given["user_role"] not in _ROLE_NAMES:
+        raise ConfigError(f"{where}.user_role: {given['user_role']!r} is not a LiteLLM role")
+    models = given.get("models")
+    if "models" in given and (
+        not isinstance(models, list) or not all(isinstance(m, str) for m in models)
+    ):
+        raise ConfigError(f"{where}.models: expected a list of model names")
+    return {"models": [NO_DEFAULT_MODELS], **given}
+
+
+def _admitted(role: str | None) -> None:
+    """`ui_access_mode: admin_only`: only an admin or admin viewer signs in (and is
+    made), whatever its session could otherwise reach."""
+    if current_app.extensions["trigate_ui_admin_only"] and role not in ADMIN_VIEWERS:
+        raise SsoFailed("this UI is open to admins only (ui_access_mode)")
 
 
 async def provision(identity: Identity) -> None:
     """Make the user on its first sign-in, and bring its role and teams in line with its
     claims, through the admin API as the gateway's own admin (the user, not yet signed
     in, could not)."""
-    system = AdminClient(current_app.asgi_app, sessions().sign(None).token)
+    system = AdminClient(current_app.asgi_app, (await sessions().start(None)).token)
     role = identity.role if identity.role in _ROLE_NAMES else None
     try:
         info = await system.get("/user/info", user_id=identity.user_id)
     except ApiRefused as refused:
         if refused.status != 404:
             raise
+        defaults: dict[str, Any] = current_app.extensions["trigate_ui_new_user"]
+        new_role = role or defaults.get("user_role") or DEFAULT_SSO_ROLE
+        _admitted(new_role)
         await system.post(
             "/user/new",
             {
+                **defaults,
                 "user_id": identity.user_id,
                 "user_email": identity.email,
-                "user_role": role or DEFAULT_SSO_ROLE,
+                "user_role": new_role,
+                # Its sessions are its credential; a key no one is shown is not made.
+                "auto_create_key": False,
             },
         )
         info = {"teams": []}
     else:
         stored_role = info.get("user_info", {}).get("user_role")
+        _admitted(role or stored_role)
         if role is not None and role != stored_role:
             await system.post("/user/update", {"user_id": identity.user_id, "user_role": role})
     joined = {team["team_id"] for team in info.get("teams", [])}

@@ -109,7 +109,7 @@ def page(
     @functools.wraps(handler)
     async def wrapped(*args: P.args, **kwargs: P.kwargs) -> Response:
         session = sessions().read(request.cookies.get(COOKIE))
-        if session is None:
+        if session is None or not await sessions().is_current(session):
             return _to_sign_in()
         if request.method != "GET":
             sent = request.headers.get("X-CSRF-Token")
@@ -120,6 +120,8 @@ def page(
         try:
             ui.role = await _role(ui)
         except ApiRefused as gone:
+            if gone.status == 403:  # `ui_access_mode: admin_only` refuses its session
+                return await ui.render("refused.html", 403, refused=gone)
             if gone.status != 401:
                 raise
             return _to_sign_in()  # its user was deleted since it signed in
