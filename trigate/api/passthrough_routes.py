@@ -16,7 +16,10 @@ the client's departure cancels the call and closes the upstream connection.
 
 Each call is one spend row, with its model and the usage its answer reports
 (passthrough_usage.py), priced as the unified routes price it; an answer whose usage
-cannot be read is recorded with `usage_source` "unknown", never as a free call.
+cannot be read is recorded with `usage_source` "unknown" and costs what admission
+reserved for it, never nothing. OpenAI's chat streams are asked for their usage.
+Only the paths that call a model are open to every key: the rest act on the
+provider's account (its files, batches, fine-tuning), and need an admin.
 """
 
 from __future__ import annotations
@@ -46,18 +49,20 @@ from trigate.api.passthrough_targets import (
     ROUTES,
     VERTEX_ROUTES,
     Upstream,
+    calls_model,
     custom_headers,
     requested_model,
     route_prefixes,
     serving,
     upstream_for,
 )
-from trigate.api.passthrough_usage import UsageReader, gemini_embedded_texts
+from trigate.api.passthrough_usage import UsageChunkDropper, UsageReader, gemini_embedded_texts
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import (
     AuthenticationFailed,
     GatewayError,
+    InvalidRequest,
     RequestTimeout,
     secrets,
 )
@@ -65,6 +70,7 @@ from trigate.gateway import Gateway
 from trigate.hooks import Refused
 from trigate.limits import Admission, ModelNotAllowed, allows_model, check_model
 from trigate.providers.base import translate_transport_error
+from trigate.roles import NotPermitted, Role
 from trigate.serving import DEPARTURE_EXTENSION
 from trigate.spend import RequestRecord
 from trigate.spend.prices import ModelPrice, TokenCounts, cost, price_for
@@ -87,6 +93,8 @@ NOT_PASSED = frozenset(
 # The upstream's framing, which the server redoes.
 NOT_RETURNED = frozenset({"connection", "transfer-encoding", "keep-alive", "content-length"})
 DEFAULT_TIMEOUT = 600.0
+# The routes whose chat and completion streams take `stream_options.include_usage`.
+USAGE_ASKED_ROUTES = frozenset({"openai", "vllm"})
 RECORD_TIMEOUT = 10.0
 CLIENT_CLOSED = 499
 
@@ -148,6 +156,13 @@ class PassThrough:
         self._custom = [
             CustomEndpoint.of(entry) for entry in extra.get("pass_through_endpoints") or ()
         ]
+        unauthenticated = [endpoint.path for endpoint in self._custom if not endpoint.auth]
+        if unauthenticated:
+            logger.warning(
+                "pass_through_endpoints without `auth: true` are open to anyone who reaches "
+                "the gateway, with their configured headers: %s",
+                ", ".join(unauthenticated),
+            )
         timeout = extra.get("pass_through_request_timeout")
         self._timeout = float(timeout) if isinstance(timeout, int | float) else DEFAULT_TIMEOUT
 
@@ -184,15 +199,17 @@ class PassThrough:
         path: str,
     ) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        # The client's own encoding of the path goes on (Bedrock's model ids hold `:`, which
-        # SigV4 signs as sent): the raw path after the route's prefix.
-        raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-        path = raw[len(scope["path"]) - len(path) :] if raw != scope["path"] else path
+        raw = _raw_subpath(scope, path)
         query = scope.get("query_string", b"").decode("latin-1")
-        call = PassCall(self._gateway, scope["method"], route, custom, path, headers, query)
+        call = PassCall(self._gateway, scope["method"], route, custom, raw or path, headers, query)
         envelope = call.envelope
         call.timeout = self._timeout
         try:
+            if raw is None:
+                raise InvalidRequest(
+                    "A pass-through route's prefix may not be percent-encoded.",
+                    code="encoded_route_prefix",
+                )
             if custom is None or custom.auth:
                 await call.authenticate()
             with trio.fail_after(self._body_timeout):
@@ -219,6 +236,22 @@ class PassThrough:
                 nursery.start_soon(_cancel_on_disconnect, receive, request)
                 await call.run(bytes(body), send)
                 nursery.cancel_scope.cancel()
+
+
+def _raw_subpath(scope: HTTPScope, path: str) -> str | None:
+    """The client's own encoding of `path`, the decoded path after the route's prefix
+    (Bedrock's model ids hold `:`, which SigV4 signs as sent): the raw path after that
+    prefix, which must be spelled out in it as it is. An encoded prefix (`/%6fpenai/`)
+    would put the cut elsewhere in the raw path (None: refused)."""
+    decoded = scope["path"]
+    raw = (scope.get("raw_path") or decoded.encode()).decode("latin-1")
+    if raw == decoded:
+        return path
+    prefix = decoded[: len(decoded) - len(path)]
+    subpath = raw[len(prefix) :]
+    if not raw.startswith(prefix) or (subpath and not subpath.startswith("/")):
+        return None
+    return subpath
 
 
 async def _cancel(scope: trio.CancelScope) -> None:
@@ -250,6 +283,7 @@ class PassCall:
         self.custom = custom
         self.path = path
         self.headers = headers
+        self.body: Any = None
         # Gemini's SDKs may send the key as `?key=`: taken out, never sent on.
         pairs = parse_qsl(query, keep_blank_values=True)
         self.query_key = next((value for name, value in pairs if name == "key"), None)
@@ -258,6 +292,10 @@ class PassCall:
         )
         self.caller: Caller | None = None
         self.admission: Admission | None = None
+        self.meter: UsageMeter | None = None
+        self.reserved: float | None = None
+        # Whether the gateway asked the stream for its usage, which the client did not.
+        self.usage_asked = False
         self.model: str | None = None
         self.upstream: Upstream | None = None
         self.started = wall_time()
@@ -279,14 +317,18 @@ class PassCall:
     async def run(self, body: bytes, send: ASGISendCallable) -> None:
         status, error, usage, cancelled, stream = 500, None, None, False, False
         reader: UsageReader | None = None
+        dropper: UsageChunkDropper | None = None
         response: httpx.Response | None = None
-        parsed = _json(body)
+        sent = False
+        parsed = self.body = _json(body)
         try:
+            self._check_path()
             self.model = requested_model(self.path, parsed)
             self._check_model()
             self._check_hooks()
             await self._admit(parsed)
-            request = await self._request(body)
+            request = await self._request(self._asking_usage(parsed, body))
+            sent = True
             try:
                 response = await self.gateway.transport.handle_async_request(request)
             except httpx.HTTPError as failure:
@@ -295,6 +337,7 @@ class PassCall:
             content_type = response.headers.get("content-type", "")
             stream = "text/event-stream" in content_type
             reader = UsageReader(content_type)
+            dropper = UsageChunkDropper() if stream and self.usage_asked else None
             await send(_start(response))
             upstream = response.stream
             assert isinstance(upstream, httpx.AsyncByteStream)
@@ -302,8 +345,11 @@ class PassCall:
                 if self.ttft is None:
                     self.ttft = wall_time() - self.started
                 reader.feed(piece)
+                if dropper is not None:
+                    piece = dropper.feed(piece)
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            rest = dropper.end() if dropper is not None else b""
+            await send({"type": "http.response.body", "body": rest, "more_body": False})
             usage = reader.usage()
         except GatewayError as failure:
             status, error = failure.status, failure
@@ -330,7 +376,43 @@ class PassCall:
                 counted = None
                 if usage is None and status < 400 and self.route == "gemini":
                     counted = await self._counted(gemini_embedded_texts(self.path, parsed))
-                await self._record(status, error, usage, stream, cancelled, counted)
+                # A call the upstream may have served (it did not refuse it) is billed.
+                billed = sent and (response is None or response.status_code < 400)
+                await self._record(status, error, usage, stream, cancelled, counted, billed)
+
+    def _check_path(self) -> None:
+        """A provider route's paths other than its model calls reach the provider's
+        account itself (its files, batches, fine-tuning jobs, a project's resources):
+        an admin's only. A custom endpoint's target is the admin's own choice."""
+        caller = self.caller
+        if self.custom is not None or caller is None or calls_model(self.method, self.path):
+            return
+        if caller.is_master or caller.role is Role.PROXY_ADMIN:
+            return
+        raise NotPermitted(
+            f"{self.method} /{self.route}{self.path} does not call a model: on the "
+            "pass-through routes only an admin (the master key or a proxy_admin) may "
+            "reach the rest of a provider's API, which holds the whole account's files, "
+            "batches and jobs.",
+            code="pass_through_admin_only",
+        )
+
+    def _asking_usage(self, parsed: Any, body: bytes) -> bytes:
+        """An OpenAI chat or completion stream reports its usage only when asked: the
+        body sent asks for it, so that the call is billed what it used."""
+        if (
+            self.route not in USAGE_ASKED_ROUTES
+            or not self.path.endswith("/completions")
+            or not isinstance(parsed, dict)
+            or parsed.get("stream") is not True
+        ):
+            return body
+        options = parsed.get("stream_options")
+        options = options if isinstance(options, dict) else {}
+        if options.get("include_usage") is True:
+            return body
+        self.usage_asked = True
+        return orjson.dumps({**parsed, "stream_options": {**options, "include_usage": True}})
 
     def _check_hooks(self) -> None:
         """Hooks read and rewrite requests in OpenAI's shapes, which a provider's own API
@@ -385,18 +467,29 @@ class PassCall:
         proxy = await gateway.proxy_budget_row() if gateway.proxy_budget is not None else None
         if caller.is_master and proxy is None:
             return
-        meter = UsageMeter(
-            gateway.counter, self.model or "", body if isinstance(body, dict) else {}
+        meter = self._meter(body)
+        self.admission = await gateway.limits.admit(
+            caller, meter.prompt_tokens, functools.partial(self._max_cost, body), proxy
         )
 
-        async def max_cost() -> float:
-            output = body.get("max_tokens") if isinstance(body, dict) else None
-            counts = TokenCounts(
-                await meter.prompt_tokens(), output if isinstance(output, int) else 0
+    def _meter(self, body: Any) -> UsageMeter:
+        if self.meter is None:
+            self.meter = UsageMeter(
+                self.gateway.counter, self.model or "", body if isinstance(body, dict) else {}
             )
-            return cost(self._price(), counts)
+        return self.meter
 
-        self.admission = await gateway.limits.admit(caller, meter.prompt_tokens, max_cost, proxy)
+    async def _max_cost(self, body: Any) -> float:
+        """The most the call may cost: its prompt and its `max_tokens` (or
+        `max_completion_tokens`) at the model's price. Admission reserves it, and a call
+        whose usage stays unknown is billed it."""
+        if self.reserved is None:
+            named = body if isinstance(body, dict) else {}
+            limits = [named.get(name) for name in ("max_tokens", "max_completion_tokens")]
+            limit = next((value for value in limits if isinstance(value, int)), 0)
+            counts = TokenCounts(await self._meter(body).prompt_tokens(), limit)
+            self.reserved = cost(self._price(), counts)
+        return self.reserved
 
     async def _request(self, body: bytes) -> httpx.Request:
         custom = self.custom
@@ -461,12 +554,19 @@ class PassCall:
         usage: dict[str, Any] | None,
         stream: bool,
         cancelled: bool,
-        counted: Usage | None = None,
+        counted: Usage | None,
+        billed: bool,
     ) -> None:
         if counted is None:
             counted = _usage(usage)
-        priced = counted.source != "unknown"
-        spent = cost(self._price(), counted.priced_counts()) if priced else 0.0
+        if counted.source != "unknown":
+            spent = cost(self._price(), counted.priced_counts())
+        elif billed:
+            # Failing closed: a call whose usage cannot be read costs what was reserved
+            # for it, its most expensive outcome; its row says its usage is unknown.
+            spent = await self._max_cost(self.body)
+        else:
+            spent = 0.0
         if self.admission is not None:
             await self.admission.settle(counted.total_tokens, spent)
         caller = self.caller
