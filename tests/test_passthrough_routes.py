@@ -363,27 +363,35 @@ async def test_a_call_whose_usage_is_unknown_costs_its_reservation(
     upstream.handler = lambda request: JSONReply(answer)
     # 1,000 output tokens at $10 a million reserve $0.01 and more: the key's $0.01 pays one.
     key = await _key(gateway, max_budget=0.01)
-    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/openai/v1", api_key=key, max_retries=0)
-    await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000)  # type: ignore[arg-type]
-    [record] = await gateway.records.wait_for(1)
-    prompt = await UsageMeter(
-        gateway.gateway.counter, "gpt-4o", {"model": "gpt-4o", "messages": MESSAGES}
-    ).prompt_tokens()
-    assert prompt > 0 and record.usage_source == "unknown"
-    assert record.cost == pytest.approx(prompt * 2.5e-6 + 1000 * 1e-5)
-    with pytest.raises(openai.BadRequestError, match=r"(?i)budget"):
+    url = f"{gateway.url}/openai/v1"
+    async with openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0) as client:
         await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000)  # type: ignore[arg-type]
+        [record] = await gateway.records.wait_for(1)
+        prompt = await UsageMeter(
+            gateway.gateway.counter, "gpt-4o", {"model": "gpt-4o", "messages": MESSAGES}
+        ).prompt_tokens()
+        assert prompt > 0 and record.usage_source == "unknown"
+        assert record.cost == pytest.approx(prompt * 2.5e-6 + 1000 * 1e-5)
+        with pytest.raises(openai.BadRequestError, match=r"(?i)budget"):
+            await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000)  # type: ignore[arg-type]
     assert len(upstream.requests) == 1
     # A call the upstream refused cost nothing.
     upstream.handler = lambda request: JSONReply({"error": {"message": "no"}}, status=400)
-    admin = openai.AsyncOpenAI(
-        base_url=f"{gateway.url}/openai/v1", api_key=MASTER_KEY, max_retries=0
-    )
-    with pytest.raises(openai.BadRequestError):
-        await admin.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=10)  # type: ignore[arg-type]
+    async with openai.AsyncOpenAI(base_url=url, api_key=MASTER_KEY, max_retries=0) as admin:
+        with pytest.raises(openai.BadRequestError):
+            await admin.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=10)  # type: ignore[arg-type]
     *_, over_budget, refused = await gateway.records.wait_for(3)
     assert over_budget.cost == 0 and (refused.status, refused.cost) == (400, 0)
     assert refused.usage_source == "unknown"
+    # Token counting, which Anthropic does not charge for, costs nothing either.
+    upstream.handler = lambda request: JSONReply({"input_tokens": 12})
+    async with anthropic.AsyncAnthropic(
+        base_url=f"{gateway.url}/anthropic", api_key=await _key(gateway), max_retries=0
+    ) as counter:
+        counted = await counter.messages.count_tokens(model=CLAUDE, messages=MESSAGES)
+    assert counted.input_tokens == 12
+    *_, free = await gateway.records.wait_for(4)
+    assert (free.status, free.usage_source, free.cost) == (200, "unknown", 0)
 
 
 async def test_an_openai_stream_is_asked_for_its_usage(
@@ -399,15 +407,21 @@ async def test_an_openai_stream_is_asked_for_its_usage(
 
     upstream.handler = reply
     key = await _key(gateway, max_budget=1.0)
-    client = openai.AsyncOpenAI(base_url=f"{gateway.url}/openai/v1", api_key=key, max_retries=0)
-    stream = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True)  # type: ignore[arg-type]
-    # The client that did not ask for usage gets no usage-only chunk (`choices` empty).
-    assert "".join([c.choices[0].delta.content or "" async for c in stream]) == "Hello"
-    asking = await client.chat.completions.create(
-        model="gpt-4o", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
-        stream_options={"include_usage": True, "continuous_usage_stats": False},
-    )  # fmt: skip
-    chunks = [piece async for piece in asking]
+    url = f"{gateway.url}/openai/v1"
+    async with openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
+        )  # fmt: skip
+        async with stream:
+            # The client that did not ask for usage gets no usage-only chunk (no choices).
+            text = "".join([c.choices[0].delta.content or "" async for c in stream])
+        assert text == "Hello"
+        asking = await client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True, "continuous_usage_stats": False},
+        )  # fmt: skip
+        async with asking:
+            chunks = [piece async for piece in asking]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
     assert chunks[-1].usage.prompt_tokens == 40
     first, second = upstream.requests

@@ -95,6 +95,8 @@ NOT_RETURNED = frozenset({"connection", "transfer-encoding", "keep-alive", "cont
 DEFAULT_TIMEOUT = 600.0
 # The routes whose chat and completion streams take `stream_options.include_usage`.
 USAGE_ASKED_ROUTES = frozenset({"openai", "vllm"})
+# Token counting, which the providers do not charge for (Anthropic's, Gemini's, Vertex's).
+FREE_PATHS = ("/messages/count_tokens", ":countTokens")
 RECORD_TIMEOUT = 10.0
 CLIENT_CLOSED = 499
 
@@ -377,7 +379,11 @@ class PassCall:
                 if usage is None and status < 400 and self.route == "gemini":
                     counted = await self._counted(gemini_embedded_texts(self.path, parsed))
                 # A call the upstream may have served (it did not refuse it) is billed.
-                billed = sent and (response is None or response.status_code < 400)
+                billed = (
+                    sent
+                    and (response is None or response.status_code < 400)
+                    and not self.path.endswith(FREE_PATHS)
+                )
                 await self._record(status, error, usage, stream, cancelled, counted, billed)
 
     def _check_path(self) -> None:
