@@ -7,6 +7,7 @@ the usage the answers reported."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -33,10 +34,22 @@ from fake_bedrock import (
 from fake_cohere import chat
 from fake_gemini import answer, sse
 from fake_vertex import PROJECT, TokenServer, service_account
-from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply, chat_completion
+from fakes import (
+    DONE,
+    FakeUpstream,
+    JSONReply,
+    ReceivedRequest,
+    Reply,
+    StreamReply,
+    chat_completion,
+    chunk,
+    usage_chunk,
+)
 from google import genai
 from google.genai import types as genai_types
-from helpers import MESSAGES, UPSTREAM_KEY, RunningGateway, start_gateway
+from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, start_gateway
+
+from trigate.usage import UsageMeter
 
 CLAUDE = "claude-sonnet-4-5-20250929"
 GEMINI = "gemini-2.5-flash"
@@ -341,18 +354,178 @@ async def test_openai_sdk(gateway: RunningGateway, upstream: FakeUpstream) -> No
     assert record.cost == pytest.approx(7 * 2.5e-6 + 2 * 1e-5)
 
 
-async def test_a_call_whose_usage_is_unknown_says_so(
+async def test_a_call_whose_usage_is_unknown_costs_its_reservation(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    # An answer with no usage in it: billed its prompt and its `max_tokens` at gpt-4o's
+    # price, what admission reserved, never nothing.
+    answer = {k: v for k, v in chat_completion("Hi").items() if k != "usage"}
+    upstream.handler = lambda request: JSONReply(answer)
+    # 1,000 output tokens at $10 a million reserve $0.01 and more: the key's $0.01 pays one.
+    key = await _key(gateway, max_budget=0.01)
+    url = f"{gateway.url}/openai/v1"
+    async with openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0) as client:
+        await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000)  # type: ignore[arg-type]
+        [record] = await gateway.records.wait_for(1)
+        prompt = await UsageMeter(
+            gateway.gateway.counter, "gpt-4o", {"model": "gpt-4o", "messages": MESSAGES}
+        ).prompt_tokens()
+        assert prompt > 0 and record.usage_source == "unknown"
+        assert record.cost == pytest.approx(prompt * 2.5e-6 + 1000 * 1e-5)
+        with pytest.raises(openai.BadRequestError, match=r"(?i)budget"):
+            await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000)  # type: ignore[arg-type]
+    assert len(upstream.requests) == 1
+    # A call the upstream refused cost nothing.
+    upstream.handler = lambda request: JSONReply({"error": {"message": "no"}}, status=400)
+    async with openai.AsyncOpenAI(base_url=url, api_key=MASTER_KEY, max_retries=0) as admin:
+        with pytest.raises(openai.BadRequestError):
+            await admin.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=10)  # type: ignore[arg-type]
+    *_, over_budget, refused = await gateway.records.wait_for(3)
+    assert over_budget.cost == 0 and (refused.status, refused.cost) == (400, 0)
+    assert refused.usage_source == "unknown"
+    # Token counting, which Anthropic does not charge for, costs nothing either.
+    upstream.handler = lambda request: JSONReply({"input_tokens": 12})
+    async with anthropic.AsyncAnthropic(
+        base_url=f"{gateway.url}/anthropic", api_key=await _key(gateway), max_retries=0
+    ) as counter:
+        counted = await counter.messages.count_tokens(model=CLAUDE, messages=MESSAGES)
+    assert counted.input_tokens == 12
+    *_, free = await gateway.records.wait_for(4)
+    assert (free.status, free.usage_source, free.cost) == (200, "unknown", 0)
+
+
+async def test_an_openai_stream_is_asked_for_its_usage(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    def reply(request: ReceivedRequest) -> Reply:
+        asked = (request.json.get("stream_options") or {}).get("include_usage")
+        extra = {"usage": None} if asked else {}
+        frames = [chunk("Hel", **extra), chunk("lo", **extra), chunk(finish="stop", **extra)]
+        # The usage-only chunk, as OpenAI sends it: split across two reads.
+        counted = usage_chunk(40, 2) if asked else b""
+        return StreamReply([*frames, counted[:30], counted[30:], DONE])
+
+    upstream.handler = reply
+    key = await _key(gateway, max_budget=1.0)
+    url = f"{gateway.url}/openai/v1"
+    async with openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
+        )  # fmt: skip
+        async with stream:
+            # The client that did not ask for usage gets no usage-only chunk (no choices).
+            text = "".join([c.choices[0].delta.content or "" async for c in stream])
+        assert text == "Hello"
+        asking = await client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True, "continuous_usage_stats": False},
+        )  # fmt: skip
+        async with asking:
+            chunks = [piece async for piece in asking]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.prompt_tokens == 40
+    first, second = upstream.requests
+    assert first.json["stream_options"] == {"include_usage": True}
+    assert second.json["stream_options"] == {"include_usage": True, "continuous_usage_stats": False}
+    assert first.json["messages"] == MESSAGES
+    records = await gateway.records.wait_for(2)
+    for record in records:
+        assert (record.prompt_tokens, record.completion_tokens) == (40, 2)
+        assert record.usage_source == "upstream"
+        assert record.cost == pytest.approx(40 * 2.5e-6 + 2 * 1e-5)
+
+
+async def test_only_an_admin_reaches_a_providers_account(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
     upstream.handler = lambda request: JSONReply({"object": "list", "data": []})
     key = await _key(gateway)
+    async with gateway.client() as master:
+        made = await master.post("/user/new", json={"user_id": "ada", "user_role": "proxy_admin"})
+        assert made.status_code == 200, made.text
+    admins_key = await _key(gateway, user_id="ada")
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        for method, path in [("GET", "/openai/v1/files"), ("GET", "/openai/v1/files/f/content"),
+                             ("POST", "/openai/v1/fine_tuning/jobs"),
+                             ("POST", "/anthropic/v1/messages/batches"),
+                             ("GET", "/openai/v1/chat/completions"),
+                             ("POST", "/openai/v1/threads/t/messages"),
+                             ("GET", f"/vertex_ai/v1/projects/{PROJECT}/locations/us-east5/"
+                                     "endpoints")]:  # fmt: skip
+            body = {"model": "gpt-4o"} if method == "POST" else None
+            refused = await client.request(
+                method, path, json=body, headers={"authorization": f"Bearer {key}"}
+            )
+            assert refused.status_code == 403, (path, refused.text)
+            assert "does not call a model" in refused.text
+        assert upstream.requests == []
+        for admin in (MASTER_KEY, admins_key):
+            listed = await client.get(
+                "/openai/v1/files", headers={"authorization": f"Bearer {admin}"}
+            )
+            assert listed.status_code == 200
+    assert [request.target for request in upstream.requests] == ["/v1/files"] * 2
+    records = await gateway.records.wait_for(9)
+    # Not a model call: its usage unknown, and no model to price it by.
+    assert records[-1].usage_source == "unknown" and records[-1].cost == 0
+
+
+async def test_the_path_names_the_model(gateway: RunningGateway, upstream: FakeUpstream) -> None:
+    upstream.handler = lambda request: JSONReply(answer([{"text": "Hi"}], usage=USAGE))
+    key = await _key(gateway)
+    url = f"{gateway.url}/gemini/v1beta/models/gemini-2.5-pro:generateContent"
+    contents = [{"role": "user", "parts": [{"text": "hi"}]}]
+    async with httpx.AsyncClient(headers={"x-goog-api-key": key}) as client:
+        mismatched = await client.post(url, json={"model": GEMINI, "contents": contents})
+        same = await client.post(url, json={"model": "models/gemini-2.5-pro", "contents": contents})
+    assert mismatched.status_code == 400
+    assert mismatched.json()["error"]["code"] == "model_mismatch"
+    assert same.status_code == 200 and len(upstream.requests) == 1
+    records = await gateway.records.wait_for(2)
+    assert records[-1].model == "gemini/gemini-2.5-pro"
+    # A key allowed the body's model is not thereby allowed the path's.
+    flash_only = await _key(gateway, models=["gemini"])
     async with httpx.AsyncClient() as client:
-        reply = await client.get(
-            f"{gateway.url}/openai/v1/files", headers={"authorization": f"Bearer {key}"}
+        refused = await client.post(
+            url, json={"contents": contents}, headers={"x-goog-api-key": flash_only}
         )
-    assert reply.status_code == 200 and upstream.requests[0].method == "GET"
-    [record] = await gateway.records.wait_for(1)
-    assert record.usage_source == "unknown"
+    assert refused.status_code == 403 and len(upstream.requests) == 1
+
+
+async def test_an_encoded_route_prefix_is_refused(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply({"results": [], "usage": {"total_tokens": 1}})
+    key = await _key(gateway)
+    async with httpx.AsyncClient(
+        base_url=gateway.url, headers={"authorization": f"Bearer {key}"}
+    ) as client:
+        for path in ("/%63ustom/rerank", "/custom/reran%6b", "/%6fpenai/v1/chat/completions"):
+            refused = await client.post(path, json={"model": "gpt-4o"})
+            assert refused.status_code == 400, (path, refused.text)
+            assert refused.json()["error"]["code"] == "encoded_route_prefix"
+        assert upstream.requests == []
+        passed = await client.post("/custom/rerank", json={"query": "q"})
+    assert passed.status_code == 200
+    assert [request.target for request in upstream.requests] == ["/v1/rerank"]
+
+
+async def test_an_open_custom_endpoint_is_named_at_start(
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    tokens: TokenServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    open_one = {"path": "/open/rerank", "target": f"http://127.0.0.1:{upstream.port}/v1/rerank"}
+    configured = config(upstream, tokens)
+    configured["general_settings"]["pass_through_endpoints"].append(open_one)
+    with caplog.at_level(logging.WARNING, logger="trigate"):
+        running = await start_gateway(nursery, configured)
+        await running.stop()
+    [warning] = [r for r in caplog.records if "pass_through_endpoints" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "/open/rerank" in warning.getMessage()
+    assert "/custom/rerank" not in warning.getMessage()
 
 
 def _signed(reply: Callable[[], Reply]) -> Callable[[ReceivedRequest], Reply]:

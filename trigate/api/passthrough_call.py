@@ -6,11 +6,15 @@ limits and budgets, a budget reserving the call's most expensive outcome at the
 model's price. The request goes to its upstream (passthrough_targets.py) with the
 provider's credential in place of the key; the answer goes back as it came, its
 usage read as it passes (passthrough_usage.py). However the call ends it is one
-spend row, written shielded under a bound, that settles what the admission held.
+spend row, written shielded under a bound, that settles what the admission held: at
+the usage read, else (failing closed) at what was reserved. Only the paths that call
+a model are open to every key; the rest, which act on the provider's account, need
+an admin.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
@@ -25,12 +29,13 @@ from trigate.api.model_api import NEVER_FORWARDED, error_reply, send_reply, unex
 from trigate.api.passthrough_targets import (
     VERTEX_ROUTES,
     Upstream,
+    calls_model,
     requested_model,
     route_prefixes,
     serving,
     upstream_for,
 )
-from trigate.api.passthrough_usage import UsageReader, gemini_embedded_texts
+from trigate.api.passthrough_usage import UsageChunkDropper, UsageReader, gemini_embedded_texts
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed, GatewayError, secrets
@@ -38,6 +43,7 @@ from trigate.gateway import Gateway
 from trigate.hooks import Refused
 from trigate.limits import Admission, ModelNotAllowed, allows_model, check_model
 from trigate.providers.base import translate_transport_error
+from trigate.roles import NotPermitted, Role
 from trigate.spend import RequestRecord
 from trigate.spend.prices import ModelPrice, TokenCounts, cost, price_for
 from trigate.usage import Usage, UsageMeter
@@ -59,6 +65,10 @@ NOT_PASSED = frozenset(
 # The upstream's framing, which the server redoes.
 NOT_RETURNED = frozenset({"connection", "transfer-encoding", "keep-alive", "content-length"})
 DEFAULT_TIMEOUT = 600.0
+# The routes whose chat and completion streams take `stream_options.include_usage`.
+USAGE_ASKED_ROUTES = frozenset({"openai", "vllm"})
+# Token counting, which the providers do not charge for (Anthropic's, Gemini's, Vertex's).
+FREE_PATHS = ("/messages/count_tokens", ":countTokens")
 RECORD_TIMEOUT = 10.0
 CLIENT_CLOSED = 499
 
@@ -82,6 +92,7 @@ class PassCall:
         self.custom = custom
         self.path = path
         self.headers = headers
+        self.body: Any = None
         # Gemini's SDKs may send the key as `?key=`: taken out, never sent on.
         pairs = parse_qsl(query, keep_blank_values=True)
         self.query_key = next((value for name, value in pairs if name == "key"), None)
@@ -90,6 +101,10 @@ class PassCall:
         )
         self.caller: Caller | None = None
         self.admission: Admission | None = None
+        self.meter: UsageMeter | None = None
+        self.reserved: float | None = None
+        # Whether the gateway asked the stream for its usage, which the client did not.
+        self.usage_asked = False
         self.model: str | None = None
         self.upstream: Upstream | None = None
         self.started = wall_time()
@@ -111,14 +126,18 @@ class PassCall:
     async def run(self, body: bytes, send: ASGISendCallable) -> None:
         status, error, usage, cancelled, stream = 500, None, None, False, False
         reader: UsageReader | None = None
+        dropper: UsageChunkDropper | None = None
         response: httpx.Response | None = None
-        parsed = _json(body)
+        sent = False
+        parsed = self.body = _json(body)
         try:
+            self._check_path()
             self.model = requested_model(self.path, parsed)
             self._check_model()
             self._check_hooks()
             await self._admit(parsed)
-            request = await self._request(body)
+            request = await self._request(self._asking_usage(parsed, body))
+            sent = True
             try:
                 response = await self.gateway.transport.handle_async_request(request)
             except httpx.HTTPError as failure:
@@ -127,6 +146,7 @@ class PassCall:
             content_type = response.headers.get("content-type", "")
             stream = "text/event-stream" in content_type
             reader = UsageReader(content_type)
+            dropper = UsageChunkDropper() if stream and self.usage_asked else None
             await send(_start(response))
             upstream = response.stream
             assert isinstance(upstream, httpx.AsyncByteStream)
@@ -134,8 +154,11 @@ class PassCall:
                 if self.ttft is None:
                     self.ttft = wall_time() - self.started
                 reader.feed(piece)
+                if dropper is not None:
+                    piece = dropper.feed(piece)
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            rest = dropper.end() if dropper is not None else b""
+            await send({"type": "http.response.body", "body": rest, "more_body": False})
             usage = reader.usage()
         except GatewayError as failure:
             status, error = failure.status, failure
@@ -162,7 +185,47 @@ class PassCall:
                 counted = None
                 if usage is None and status < 400 and self.route == "gemini":
                     counted = await self._counted(gemini_embedded_texts(self.path, parsed))
-                await self._record(status, error, usage, stream, cancelled, counted)
+                # A call the upstream may have served (it did not refuse it) is billed.
+                billed = (
+                    sent
+                    and (response is None or response.status_code < 400)
+                    and not self.path.endswith(FREE_PATHS)
+                )
+                await self._record(status, error, usage, stream, cancelled, counted, billed)
+
+    def _check_path(self) -> None:
+        """A provider route's paths other than its model calls reach the provider's
+        account itself (its files, batches, fine-tuning jobs, a project's resources):
+        an admin's only. A custom endpoint's target is the admin's own choice."""
+        caller = self.caller
+        if self.custom is not None or caller is None or calls_model(self.method, self.path):
+            return
+        if caller.is_master or caller.role is Role.PROXY_ADMIN:
+            return
+        raise NotPermitted(
+            f"{self.method} /{self.route}{self.path} does not call a model: on the "
+            "pass-through routes only an admin (the master key or a proxy_admin) may "
+            "reach the rest of a provider's API, which holds the whole account's files, "
+            "batches and jobs.",
+            code="pass_through_admin_only",
+        )
+
+    def _asking_usage(self, parsed: Any, body: bytes) -> bytes:
+        """An OpenAI chat or completion stream reports its usage only when asked: the
+        body sent asks for it, so that the call is billed what it used."""
+        if (
+            self.route not in USAGE_ASKED_ROUTES
+            or not self.path.endswith("/completions")
+            or not isinstance(parsed, dict)
+            or parsed.get("stream") is not True
+        ):
+            return body
+        options = parsed.get("stream_options")
+        options = options if isinstance(options, dict) else {}
+        if options.get("include_usage") is True:
+            return body
+        self.usage_asked = True
+        return orjson.dumps({**parsed, "stream_options": {**options, "include_usage": True}})
 
     def _check_hooks(self) -> None:
         """Hooks read and rewrite requests in OpenAI's shapes, which a provider's own API
@@ -217,18 +280,29 @@ class PassCall:
         proxy = await gateway.proxy_budget_row() if gateway.proxy_budget is not None else None
         if caller.is_master and proxy is None:
             return
-        meter = UsageMeter(
-            gateway.counter, self.model or "", body if isinstance(body, dict) else {}
+        meter = self._meter(body)
+        self.admission = await gateway.limits.admit(
+            caller, meter.prompt_tokens, functools.partial(self._max_cost, body), proxy
         )
 
-        async def max_cost() -> float:
-            output = body.get("max_tokens") if isinstance(body, dict) else None
-            counts = TokenCounts(
-                await meter.prompt_tokens(), output if isinstance(output, int) else 0
+    def _meter(self, body: Any) -> UsageMeter:
+        if self.meter is None:
+            self.meter = UsageMeter(
+                self.gateway.counter, self.model or "", body if isinstance(body, dict) else {}
             )
-            return cost(self._price(), counts)
+        return self.meter
 
-        self.admission = await gateway.limits.admit(caller, meter.prompt_tokens, max_cost, proxy)
+    async def _max_cost(self, body: Any) -> float:
+        """The most the call may cost: its prompt and its `max_tokens` (or
+        `max_completion_tokens`) at the model's price. Admission reserves it, and a call
+        whose usage stays unknown is billed it."""
+        if self.reserved is None:
+            named = body if isinstance(body, dict) else {}
+            limits = [named.get(name) for name in ("max_tokens", "max_completion_tokens")]
+            limit = next((value for value in limits if isinstance(value, int)), 0)
+            counts = TokenCounts(await self._meter(body).prompt_tokens(), limit)
+            self.reserved = cost(self._price(), counts)
+        return self.reserved
 
     async def _request(self, body: bytes) -> httpx.Request:
         custom = self.custom
@@ -293,12 +367,19 @@ class PassCall:
         usage: dict[str, Any] | None,
         stream: bool,
         cancelled: bool,
-        counted: Usage | None = None,
+        counted: Usage | None,
+        billed: bool,
     ) -> None:
         if counted is None:
             counted = _usage(usage)
-        priced = counted.source != "unknown"
-        spent = cost(self._price(), counted.priced_counts()) if priced else 0.0
+        if counted.source != "unknown":
+            spent = cost(self._price(), counted.priced_counts())
+        elif billed:
+            # Failing closed: a call whose usage cannot be read costs what was reserved
+            # for it, its most expensive outcome; its row says its usage is unknown.
+            spent = await self._max_cost(self.body)
+        else:
+            spent = 0.0
         if self.admission is not None:
             await self.admission.settle(counted.total_tokens, spent)
         caller = self.caller

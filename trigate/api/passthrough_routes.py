@@ -16,7 +16,10 @@ the client's departure cancels the call and closes the upstream connection.
 
 Each call is one spend row, with its model and the usage its answer reports
 (passthrough_usage.py), priced as the unified routes price it; an answer whose usage
-cannot be read is recorded with `usage_source` "unknown", never as a free call.
+cannot be read is recorded with `usage_source` "unknown" and costs what admission
+reserved for it, never nothing. OpenAI's chat streams are asked for their usage.
+Only the paths that call a model are open to every key: the rest act on the
+provider's account (its files, batches, fine-tuning), and need an admin.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import trio
 from trigate.api.model_api import ClientLeft, error_reply, read_request_body, send_reply
 from trigate.api.passthrough_call import DEFAULT_TIMEOUT, PassCall
 from trigate.api.passthrough_targets import ROUTES, custom_headers
-from trigate.errors import GatewayError, RequestTimeout
+from trigate.errors import GatewayError, InvalidRequest, RequestTimeout
 from trigate.gateway import Gateway
 from trigate.serving import DEPARTURE_EXTENSION
 
@@ -99,6 +102,13 @@ class PassThrough:
         self._custom = [
             CustomEndpoint.of(entry) for entry in extra.get("pass_through_endpoints") or ()
         ]
+        unauthenticated = [endpoint.path for endpoint in self._custom if not endpoint.auth]
+        if unauthenticated:
+            logger.warning(
+                "pass_through_endpoints without `auth: true` are open to anyone who reaches "
+                "the gateway, with their configured headers: %s",
+                ", ".join(unauthenticated),
+            )
         timeout = extra.get("pass_through_request_timeout")
         self._timeout = float(timeout) if isinstance(timeout, int | float) else DEFAULT_TIMEOUT
 
@@ -135,15 +145,17 @@ class PassThrough:
         path: str,
     ) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        # The client's own encoding of the path goes on (Bedrock's model ids hold `:`, which
-        # SigV4 signs as sent): the raw path after the route's prefix.
-        raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-        path = raw[len(scope["path"]) - len(path) :] if raw != scope["path"] else path
+        raw = _raw_subpath(scope, path)
         query = scope.get("query_string", b"").decode("latin-1")
-        call = PassCall(self._gateway, scope["method"], route, custom, path, headers, query)
+        call = PassCall(self._gateway, scope["method"], route, custom, raw or path, headers, query)
         envelope = call.envelope
         call.timeout = self._timeout
         try:
+            if raw is None:
+                raise InvalidRequest(
+                    "A pass-through route's prefix may not be percent-encoded.",
+                    code="encoded_route_prefix",
+                )
             if custom is None or custom.auth:
                 await call.authenticate()
             with trio.fail_after(self._body_timeout):
@@ -170,6 +182,22 @@ class PassThrough:
                 nursery.start_soon(_cancel_on_disconnect, receive, request)
                 await call.run(bytes(body), send)
                 nursery.cancel_scope.cancel()
+
+
+def _raw_subpath(scope: HTTPScope, path: str) -> str | None:
+    """The client's own encoding of `path`, the decoded path after the route's prefix
+    (Bedrock's model ids hold `:`, which SigV4 signs as sent): the raw path after that
+    prefix, which must be spelled out in it as it is. An encoded prefix (`/%6fpenai/`)
+    would put the cut elsewhere in the raw path (None: refused)."""
+    decoded = scope["path"]
+    raw = (scope.get("raw_path") or decoded.encode()).decode("latin-1")
+    if raw == decoded:
+        return path
+    prefix = decoded[: len(decoded) - len(path)]
+    subpath = raw[len(prefix) :]
+    if not raw.startswith(prefix) or (subpath and not subpath.startswith("/")):
+        return None
+    return subpath
 
 
 async def _cancel(scope: trio.CancelScope) -> None:

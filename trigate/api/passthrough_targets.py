@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from trigate.config import LiteLLMParams
-from trigate.errors import UpstreamError
+from trigate.errors import InvalidRequest, UpstreamError, echoed
 from trigate.gateway import Gateway
 from trigate.providers.bedrock import runtime_access
 from trigate.router.deployments import Deployment
@@ -31,6 +31,18 @@ from trigate.router.deployments import Deployment
 # `/model/{id}/converse`, Azure's `/deployments/{name}/...`.
 _PATH_MODEL = re.compile(r"/(?:models|model|deployments)/([^/:]+)")
 _VERTEX_PLACE = re.compile(r"/projects/([^/]+)/locations/([^/]+)/")
+# The paths that call a model, the only ones a key that is not an admin's may use: the
+# rest (files, batches, fine-tuning, a project's resources) reach the provider's account
+# itself. OpenAI-style, Anthropic's and Cohere's endpoints; Gemini's and Vertex's model
+# methods; Bedrock's runtime calls.
+_MODEL_CALL = re.compile(
+    r"^(?:/openai)?(?:/v\d+\w*)?(?:/openai)?(?:/deployments/[^/]+)?"
+    r"/(?:chat/completions|completions|embeddings|responses|messages|messages/count_tokens"
+    r"|chat|embed|rerank)$"
+    r"|/models/[^/:]+:(?:generateContent|streamGenerateContent|embedContent|batchEmbedContents"
+    r"|countTokens|predict|rawPredict|streamRawPredict)$"
+    r"|^/model/[^/]+/(?:converse|converse-stream|invoke|invoke-with-response-stream)$"
+)
 
 Sign = Callable[[str, dict[str, str], bytes], dict[str, str]]
 
@@ -92,12 +104,27 @@ def route_prefixes(route: str) -> tuple[str, ...]:
     return PROVIDERS[route].prefixes
 
 
+def calls_model(method: str, path: str) -> bool:
+    """Whether the request calls a model (a POST to one of `_MODEL_CALL`'s paths)."""
+    return method == "POST" and _MODEL_CALL.search(path) is not None
+
+
 def requested_model(path: str, body: Any) -> str | None:
-    """The model a request names: in its body (`model`), else in its path."""
-    if isinstance(body, dict) and isinstance(body.get("model"), str) and body["model"]:
-        return str(body["model"])
+    """The model a request names: in its path, which picks the model the upstream runs,
+    else in its body (`model`). A body naming another model than its path is refused: the
+    key's `models` and the price would bind one model while the upstream ran the other."""
     found = _PATH_MODEL.search(path)
-    return unquote(found.group(1)) if found else None
+    in_path = unquote(found.group(1)) if found else None
+    named = body.get("model") if isinstance(body, dict) else None
+    in_body = named if isinstance(named, str) and named else None
+    if in_path is not None and in_body is not None and in_body.removeprefix("models/") != in_path:
+        raise InvalidRequest(
+            f"The path names the model {echoed(in_path)!r} and the body {echoed(in_body)!r}: "
+            "a pass-through request may name one model only.",
+            param="model",
+            code="model_mismatch",
+        )
+    return in_path or in_body
 
 
 def serving(gateway: Gateway, prefixes: tuple[str, ...], model: str | None) -> list[Deployment]:

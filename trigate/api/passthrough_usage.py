@@ -16,6 +16,7 @@ cannot be read is billed as unknown, and its spend row says so.
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 import orjson
@@ -210,3 +211,51 @@ def _loaded(data: str | bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         return None
+
+
+# The end of an SSE event: a blank line.
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+# Held back waiting for an event's end, at most: past it the stream passes unfiltered.
+_MAX_HELD = 1024 * 1024
+
+
+class UsageChunkDropper:
+    """Takes out of an OpenAI stream the usage-only chunk (`choices: []`) that
+    `stream_options.include_usage` adds, for a client that did not ask for it: the
+    gateway asked, to bill the call, and the client gets the stream it asked for, as
+    LiteLLM's pass-through (which does not ask) gives it. Events pass whole, as each
+    ends; `feed` each piece, then `end`."""
+
+    def __init__(self) -> None:
+        self._held = b""
+        self._passing = False
+
+    def feed(self, piece: bytes) -> bytes:
+        buffer = self._held + piece if self._held else piece
+        if self._passing:
+            self._held = b""
+            return buffer
+        passed, start = [], 0
+        for found in _EVENT_END.finditer(buffer):
+            event = buffer[start : found.end()]
+            if not _usage_only(event):
+                passed.append(event)
+            start = found.end()
+        self._held = buffer[start:]
+        if len(self._held) > _MAX_HELD:
+            self._passing = True
+            passed.append(self._held)
+            self._held = b""
+        return b"".join(passed)
+
+    def end(self) -> bytes:
+        held, self._held = self._held, b""
+        return held
+
+
+def _usage_only(event: bytes) -> bool:
+    if b'"usage"' not in event or b"[]" not in event:
+        return False
+    data = b"\n".join(line[5:].strip() for line in event.splitlines() if line.startswith(b"data:"))
+    chunk = _loaded(data)
+    return isinstance(chunk, dict) and chunk.get("choices") == [] and bool(chunk.get("usage"))
