@@ -143,3 +143,32 @@ async def test_a_server_s_sessions_past_its_bound_wait_their_turn_then_are_refus
         while _stdio_children():  # noqa: ASYNC110 - another process's pace
             await trio.sleep(0.05)
     await gateway.stop()
+
+
+async def test_a_key_past_its_own_bound_waits_then_is_refused_while_another_key_is_served(
+    nursery: trio.Nursery, weather: FakeMCP
+) -> None:
+    config = capacity_config(weather, mcp_max_concurrent_sessions_per_key=1)
+    gateway = await start_gateway(nursery, config)
+    busy, other = await new_key(gateway), await new_key(gateway)
+    short_wait(gateway, 1.0)
+    async with trio.open_nursery() as tasks:
+        tasks.start_soon(hang, gateway, busy)
+        with trio.fail_after(30):
+            while not _stdio_children():  # noqa: ASYNC110 - another process's pace
+                await trio.sleep(0.05)
+        # Its session to another server waits for the key's one slot, then is refused...
+        async with mcp_session(gateway.url + "/mcp/weather", busy) as session:
+            with pytest.raises(MCPError) as refused:
+                await session.call_tool("weather-forecast", {"city": "Oslo"})
+            with pytest.raises(MCPError) as unlisted:
+                await session.list_tools()
+        # ... while another key's is served.
+        async with mcp_session(gateway.url + "/mcp/weather", other) as session:
+            served = await session.call_tool("weather-forecast", {"city": "Oslo"})
+        tasks.cancel_scope.cancel()
+    assert "This key has 1 MCP server sessions open at once" in refused.value.message
+    assert "mcp_max_concurrent_sessions_per_key" in unlisted.value.message
+    assert text_of(served) == "sunny in Oslo"
+    assert weather.calls["forecast"] and len(weather.calls["forecast"]) == 1
+    await gateway.stop()
