@@ -47,7 +47,7 @@ def views_config(weather: FakeMCP, database_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def gateway(nursery: trio.Nursery, database_url: str) -> Any:
+async def gateway(nursery: trio.Nursery, database_url: str) -> AsyncIterator[RunningGateway]:
     weather = await start_fake_mcp(nursery)
     running = await start_gateway(nursery, views_config(weather, database_url))
     yield running
