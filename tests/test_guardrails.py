@@ -530,9 +530,13 @@ async def test_guardrails_by_request_key_and_team_and_the_lists(
         ]
     }
     [listed] = v2["guardrails"]
+    assert listed["litellm_params"] == v1["guardrails"][0]["litellm_params"]
+    async with running.client() as admin:
+        whole = (await admin.get("/v2/guardrails/list")).json()
+    [listed] = whole["guardrails"]
     assert listed["guardrail_definition_location"] == "config"
     assert listed["litellm_params"]["api_key"] == "[redacted]"
-    assert "sk-guard-secret" not in orjson.dumps(v2).decode()
+    assert "sk-guard-secret" not in orjson.dumps(whole).decode()
     await running.stop()
 
 

@@ -157,6 +157,11 @@ async def test_an_internal_user_manages_its_own_keys_within_its_limits(
     await ivy.post("/key/update", {"key": made["key"], "max_budget": 11}, status=403)
     await ivy.post("/key/update", {"key": made["key"], "user_id": "someone"}, status=403)
     await ivy.post("/key/update", {"key": made["key"], "blocked": False}, status=403)
+    # What restricts a key (its MCP permissions, its guardrails) is an admin's to set.
+    for lifted in ({"object_permission": {}}, {"guardrails": []}):
+        refusal = await ivy.post("/key/update", {"key": made["key"], **lifted}, status=403)
+        assert refusal["error"]["param"] == next(iter(lifted))
+        await ivy.post("/key/generate", lifted, status=403)
     await ivy.post("/key/update", {"key": others["key"], "max_budget": 1}, status=403)
     await ivy.post("/key/block", {"key": made["key"]}, status=403)
     fresh = await ivy.post("/key/regenerate", {"key": made["key"]})

@@ -38,6 +38,7 @@ from pydantic import (
 from trigate.guardrails.config import parse_guardrails
 from trigate.guardrails.types import KNOWN_TYPES
 from trigate.litellm_keys import Findings, classify
+from trigate.mcp_gateway.capacity import PER_KEY, PER_SERVER, SessionLimits
 from trigate.mcp_gateway.servers import MCPServer
 from trigate.mcp_gateway.servers import from_config as mcp_servers_from_config
 from trigate.nesting import MAX_NESTING, deeper_than
@@ -316,6 +317,11 @@ class GeneralSettings(BaseModel):
     # variable (the master key, the database URL, cloud credentials) could be sent to an
     # `api_base` of the admin's choosing. The config file itself may name any.
     admin_model_env_vars: list[str] = Field(default_factory=list)
+    # How many upstream MCP sessions may be open at once, per worker: to each server
+    # (unless its `max_concurrent_sessions` says), and for each key, across servers
+    # (trigate/mcp_gateway/capacity.py). A stdio server's session is a process.
+    mcp_max_concurrent_sessions: int = Field(default=PER_SERVER, ge=1)
+    mcp_max_concurrent_sessions_per_key: int = Field(default=PER_KEY, ge=1)
     # LiteLLM's JWT auth (trigate.jwt_auth): bearer tokens from an identity provider,
     # verified against its JWKS (`JWT_PUBLIC_KEY_URL`), as callers beside keys.
     enable_jwt_auth: bool = False
@@ -446,6 +452,14 @@ class GatewayConfig(BaseModel):
             self.router_settings,
             self.litellm_settings,
             self.general_settings.model_extra or {},
+        )
+
+    @property
+    def mcp_limits(self) -> SessionLimits:
+        """The bounds on open upstream MCP sessions (trigate/mcp_gateway/capacity.py)."""
+        settings = self.general_settings
+        return SessionLimits(
+            settings.mcp_max_concurrent_sessions, settings.mcp_max_concurrent_sessions_per_key
         )
 
     @functools.cached_property

@@ -185,7 +185,7 @@ class Gateway:
         sealer = Sealer.from_environ(master_key)
         self.models = ModelCatalog(config, config_path, sealer, self._serve)
         # The MCP servers served (trigate.mcp_gateway): the file's and the store's.
-        self.mcp = MCPCatalog(config.mcp, sealer)
+        self.mcp = MCPCatalog(config.mcp, sealer, config.mcp_limits)
         self.telemetry = Telemetry(config)
         # The logging callbacks (sinks) finished requests are exported to.
         try:
@@ -358,7 +358,7 @@ class Gateway:
         self._warn_if_proxy_budget_changed(config)
         self._warn_if_exports_changed(config)
         hooks = self._hooks_of(config)
-        self.mcp.reload(config.mcp)
+        self.mcp.reload(config.mcp, config.mcp_limits)
         link = self._link
         if not link.fleet.serves(config.router):
             link = _Link(

@@ -351,6 +351,7 @@ GENERAL_SETTINGS: dict[str, Key] = {
             "request_body_timeout", "response_timeout", "graceful_timeout",
             "keep_alive_timeout", "max_upstream_connections", "max_upstream_response_size_mb",
             "max_connections", "responses_retention_days", "admin_model_env_vars",
+            "mcp_max_concurrent_sessions", "mcp_max_concurrent_sessions_per_key",
         )
     },
     "enable_jwt_auth": _acted("JWTs verified against JWT_PUBLIC_KEY_URL's JWKS (jwt_auth.py)"),

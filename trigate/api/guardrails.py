@@ -1,11 +1,14 @@
 """`GET /guardrails/list` and `GET /v2/guardrails/list`: the configured guardrails, in
 LiteLLM's shapes, for any key (as LiteLLM lists them to any key). The first lists each
-one's name, type, mode and `default_on` and its `guardrail_info`; the second its whole
-`litellm_params`, every credential-like setting redacted, and where it is defined."""
+one's name, type, mode and `default_on` and its `guardrail_info`. The second shows a key
+the same public fields (and `guardrail_info.description`): a guardrail's settings hold
+its service's URL, headers and credentials, and what it looks for, which are no key
+holder's to read. An admin or admin viewer gets its whole `litellm_params`, every
+credential in it redacted however deep (trigate/redaction.py: fields named as one, the
+values of `headers`, a URL's password and query values), and where it is defined."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from quart import Response
@@ -16,9 +19,13 @@ from trigate.api.jsonio import json_response
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
 from trigate.guardrails.config import GuardrailConfig
+from trigate.redaction import without_secrets
+from trigate.roles import reads_all
 from trigate.store import Row
 
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential", "authorization")
+# Settings that are, or whose values may each carry, a credential beyond the names
+# trigate/redaction.py knows.
+_HEADERS = frozenset({"headers", "extra_headers", "default_headers", "token", "key"})
 
 
 def register(app: QuartTrio, gateway: Gateway) -> None:
@@ -29,8 +36,9 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get("/v2/guardrails/list")
     async def list_guardrails_v2() -> Response:
-        await authorized(gateway)
-        return json_response({"guardrails": [_v2(config) for config in _configs(gateway)]})
+        caller = await authorized(gateway)
+        shown = _v2 if reads_all(caller.role) else _v2_public
+        return json_response({"guardrails": [shown(config) for config in _configs(gateway)]})
 
 
 def set_guardrails(
@@ -58,16 +66,28 @@ def _configs(gateway: Gateway) -> tuple[GuardrailConfig, ...]:
     return () if guardrails is None else guardrails.configs
 
 
-def _v1(config: GuardrailConfig) -> dict[str, Any]:
+def _public_params(config: GuardrailConfig) -> dict[str, Any]:
+    """LiteLLM's public fields of a guardrail's `litellm_params`."""
     raw = config.raw.get("litellm_params") or {}
+    return {"guardrail": config.type, "mode": raw.get("mode"), "default_on": config.default_on}
+
+
+def _v1(config: GuardrailConfig) -> dict[str, Any]:
     return {
         "guardrail_name": config.name,
-        "litellm_params": {
-            "guardrail": config.type,
-            "mode": raw.get("mode"),
-            "default_on": config.default_on,
-        },
+        "litellm_params": _public_params(config),
         "guardrail_info": config.raw.get("guardrail_info"),
+    }
+
+
+def _v2_public(config: GuardrailConfig) -> dict[str, Any]:
+    info = config.raw.get("guardrail_info")
+    description = info.get("description") if isinstance(info, dict) else None
+    return {
+        "guardrail_id": config.name,
+        "guardrail_name": config.name,
+        "litellm_params": _public_params(config),
+        "guardrail_info": {"description": description} if description is not None else None,
     }
 
 
@@ -75,18 +95,11 @@ def _v2(config: GuardrailConfig) -> dict[str, Any]:
     return {
         "guardrail_id": config.name,
         "guardrail_name": config.name,
-        "litellm_params": _redacted(config.raw.get("litellm_params") or {}),
-        "guardrail_info": config.raw.get("guardrail_info"),
+        "litellm_params": without_secrets(
+            config.raw.get("litellm_params") or {}, _HEADERS, urls=True
+        ),
+        "guardrail_info": without_secrets(config.raw.get("guardrail_info"), urls=True),
         "created_at": None,
         "updated_at": None,
         "guardrail_definition_location": "config",
-    }
-
-
-def _redacted(params: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        name: "[redacted]"
-        if any(word in name.lower() for word in _SECRET_WORDS) and value is not None
-        else value
-        for name, value in params.items()
     }

@@ -276,10 +276,17 @@ async def _may_manage(
     if body is not None:
         if "blocked" in body.model_fields_set:
             raise NotPermitted("Only an admin blocks or unblocks a key.", param="blocked")
+        for name in _ADMINS_ONLY:
+            if name in body.model_fields_set:
+                # What restricts a key is an admin's to set: its holder could otherwise
+                # lift the MCP permissions or the guardrails an admin gave it.
+                raise NotPermitted(f"Only an admin sets a key's `{name}`.", param=name)
         if owner is not None:
             _within(owner, body, whose, gateway.groups.access.covering)
 
 
+# What a key holder may not set on a key, even its own: what restricts it.
+_ADMINS_ONLY = ("object_permission", "guardrails")
 _NOT_YOURS = "This key may manage only its user's own keys, and its teams' as their admin."
 # The numeric limits a key may not set above its owner's (user's or team's).
 _BOUNDED = ("max_budget", "soft_budget", "rpm_limit", "tpm_limit", "max_parallel_requests")

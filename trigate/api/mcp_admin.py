@@ -4,13 +4,15 @@ An admin adds (`POST`), changes (`PUT`, the whole definition) and deletes (`DELE
 /v1/mcp/server/{server_id}`) servers; they are stored, their secrets sealed as model
 credentials are, and every worker serves them within a second (trigate/mcp_gateway/
 catalog.py). Any key lists (`GET /v1/mcp/server`) and reads (`GET .../{server_id}`) the
-servers it may use; an admin or admin viewer reads all. The config file's servers are
-listed too, and cannot be changed here (they change with the file).
+servers it may use, each as what it offers (`MCPServer.public`), never where it is or how
+it is reached; an admin or admin viewer reads all, whole, every credential redacted. The
+config file's servers are listed too, and cannot be changed here (they change with the
+file); nor can a stdio server be added here (it runs a command on the host: the config
+file's alone).
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from typing import Any
 
@@ -24,7 +26,7 @@ from trigate.clock import wall_time
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
 from trigate.mcp_gateway.permissions import grant_of
-from trigate.mcp_gateway.servers import ADMIN_STDIO_COMMANDS, MCPServer
+from trigate.mcp_gateway.servers import MCPServer
 from trigate.roles import NotPermitted, reads_all, writes_all
 
 
@@ -33,6 +35,8 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def list_servers() -> Response:
         caller = await authorized(gateway)
         servers = await _visible(gateway, caller)
+        if not reads_all(caller.role):
+            return json_response([server.public() for server in servers])
         rows = {row["server_id"]: row for row in await gateway.store.mcp_servers()}
         return json_response([_shown(s, rows.get(s.ident)) for s in servers])
 
@@ -41,6 +45,8 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         caller = await authorized(gateway)
         for server in await _visible(gateway, caller):
             if server.ident == server_id or server.name == server_id:
+                if not reads_all(caller.role):
+                    return json_response(server.public())
                 rows = {row["server_id"]: row for row in await gateway.store.mcp_servers()}
                 return json_response(_shown(server, rows.get(server.ident)))
         raise not_found("MCP server", server_id)
@@ -108,16 +114,18 @@ async def _visible(gateway: Gateway, caller: Caller) -> list[MCPServer]:
 
 
 def _definition(body: dict[str, Any], server_id: str) -> MCPServer:
-    """The body as a server; a stdio one may run only LiteLLM's allowed commands."""
+    """The body as a server, never a stdio one: a stdio server runs a command on the
+    gateway's host, and `python`, `node` or `docker` with any arguments is a shell there,
+    which no admin credential (a JWT's scope, an SSO role) is to grant. Those are the
+    config file's alone."""
     server = validated(MCPServer, {**body, "server_id": server_id})
     if server.kind == "stdio":
-        command = os.path.basename(server.command or "")
-        if command not in ADMIN_STDIO_COMMANDS:
-            raise InvalidRequest(
-                f"`command`: a stdio MCP server added through the API may run only "
-                f"{', '.join(sorted(ADMIN_STDIO_COMMANDS))}; others go in the config file.",
-                param="command",
-            )
+        raise InvalidRequest(
+            "A stdio MCP server runs a command on the gateway's host, so it is defined in "
+            "the config file's `mcp_servers:` only; this API adds and changes http and "
+            "sse servers (a `url`).",
+            param="transport" if server.transport == "stdio" else "command",
+        )
     return server
 
 

@@ -41,7 +41,7 @@ from trigate.mcp_gateway.aggregate import Aggregate, Finish, ToolCall, ToolRefus
 from trigate.mcp_gateway.permissions import grant_of
 from trigate.mcp_gateway.servers import MCPServer
 from trigate.mcp_gateway.sse_hub import SSEHub
-from trigate.mcp_gateway.upstream import upstream_sessions
+from trigate.mcp_gateway.upstream import holder_of, upstream_sessions
 
 if TYPE_CHECKING:
     from hypercorn.typing import (
@@ -189,7 +189,8 @@ class MCPEndpoint:
     ) -> None:
         """One client session: the SDK's stateless transport over `Aggregate`, in a
         nursery that holds its upstream sessions and ends with the request."""
-        async with upstream_sessions(headers) as upstreams:
+        capacity = self._gateway.mcp.capacity
+        async with upstream_sessions(headers, capacity, holder_of(caller)) as upstreams:
             view = Aggregate(
                 servers,
                 grant_of(caller),

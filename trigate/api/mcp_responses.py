@@ -43,7 +43,7 @@ from trigate.gateway import Gateway
 from trigate.mcp_gateway.aggregate import Aggregate, NoTools
 from trigate.mcp_gateway.permissions import grant_of
 from trigate.mcp_gateway.servers import MCPServer
-from trigate.mcp_gateway.upstream import Upstreams, upstream_sessions
+from trigate.mcp_gateway.upstream import Upstreams, holder_of, upstream_sessions
 
 # LiteLLM's name for the gateway's own MCP servers in a tool's `server_url`.
 PROXY_URL = "litellm_proxy"
@@ -110,7 +110,8 @@ class MCPResponses:
                 "MCP tools run by the gateway answer whole: send `stream: false`.",
                 param="stream",
             )
-        async with upstream_sessions(headers) as upstreams:
+        capacity = self._gateway.mcp.capacity
+        async with upstream_sessions(headers, capacity, holder_of(caller)) as upstreams:
             return await self._loop(caller, headers, body, specs, upstreams)
 
     async def _loop(

@@ -26,23 +26,17 @@ from trigate.api.jsonio import JSON
 from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.config import WILDCARD, ConfigError, ModelEntry
-from trigate.errors import InvalidRequest, NotFound, echoed, secrets
+from trigate.errors import InvalidRequest, NotFound, echoed
 from trigate.gateway import Gateway
 from trigate.limits import allows_model
+from trigate.redaction import is_secret_field, without_secrets
 from trigate.roles import reads_all
 from trigate.router.deployments import Deployment, ModelGroups, deployment_id
 from trigate.sealing import SECRET_PARAMS
 from trigate.spend.prices import ModelPrice, PriceTable
 
-# Besides SECRET_PARAMS: any other field whose name says it holds a credential, and
-# `extra_headers`, whose values may carry one. Not `key` alone (LiteLLM's `model_info.key`
-# names the price-table entry) nor `*_per_token` (a price).
-_SECRET_NAME = re.compile(
-    r"api[_-]?key|secret|password|passwd|credential|private[_-]key|authorization"
-    r"|(?:access|refresh|session|ad|auth|bearer|id)[_-]token$",
-    re.IGNORECASE,
-)
-REDACTED = "[redacted]"
+# Besides SECRET_PARAMS and any field named as a credential (trigate/redaction.py):
+# `extra_headers`, whose values may carry one.
 _HIDDEN_PARAMS = SECRET_PARAMS | {"extra_headers"}
 # What a virtual key is not told: where the gateway's upstreams are.
 _LOCATION_PARAMS = frozenset({"api_base", "aws_bedrock_runtime_endpoint"})
@@ -245,7 +239,7 @@ def _public_params(entry: ModelEntry, *, master: bool) -> dict[str, Any]:
     return {
         name: value
         for name, value in given.items()
-        if not _is_secret_field(name) and (master or name not in _LOCATION_PARAMS)
+        if not is_secret_field(name, _HIDDEN_PARAMS) and (master or name not in _LOCATION_PARAMS)
     }
 
 
@@ -451,27 +445,6 @@ def _scrubbed(payload: Any) -> Response:
     slipped into a field of its own (say, `model_info.api_key`) never leaves. Only the
     secret's own field is touched: a model name that happens to contain a placeholder
     key (`fake`, `none`, `EMPTY`) comes out as it is."""
-    return Response(orjson.dumps(_without_secrets(payload)), status=200, content_type=JSON)
-
-
-def _without_secrets(value: Any) -> Any:
-    """`value` with each field named as a credential, and each whole string that is one
-    of the process's credentials, replaced by `[redacted]`; in other strings, what
-    `secrets.redact` takes (a credential standing alone, anything shaped like an API
-    key): a key pasted into a description or an `extra_body` header is still a key."""
-    if isinstance(value, dict):
-        return {
-            name: REDACTED
-            if _is_secret_field(name) and field is not None
-            else _without_secrets(field)
-            for name, field in value.items()
-        }
-    if isinstance(value, list):
-        return [_without_secrets(item) for item in value]
-    if isinstance(value, str):
-        return REDACTED if secrets.known(value) else secrets.redact(value)
-    return value
-
-
-def _is_secret_field(name: Any) -> bool:
-    return isinstance(name, str) and (name in _HIDDEN_PARAMS or bool(_SECRET_NAME.search(name)))
+    return Response(
+        orjson.dumps(without_secrets(payload, _HIDDEN_PARAMS)), status=200, content_type=JSON
+    )

@@ -118,8 +118,12 @@ class Aggregate:
 
     async def tools(self) -> list[types.Tool]:
         """Every tool the caller may call, prefixed; `NoTools` when there is none."""
-        listed = await self._gather(self._tools_of)
+        failed: dict[str, str] = {}
+        listed = await self._gather(self._tools_of, failed)
         tools = [tool for batch in listed for tool in batch]
+        if not tools and failed:
+            # Say why (a server down, or at its bound of sessions), not "no tools".
+            raise MCPError(types.INTERNAL_ERROR, " ".join(failed.values()))
         if not tools:
             raise NoTools(
                 types.INVALID_REQUEST,
@@ -254,9 +258,12 @@ class Aggregate:
         headers = self._upstreams.headers_for(server)
         return await self._listings.listed(kind, server, headers, lambda: fetch(server))
 
-    async def _gather(self, each: Callable[[MCPServer], Awaitable[list[T]]]) -> list[list[T]]:
-        """`each` of every server at once. A server that fails is left out (and logged):
-        one server down must not take every other's tools away."""
+    async def _gather(
+        self, each: Callable[[MCPServer], Awaitable[list[T]]], failed: dict[str, str] | None = None
+    ) -> list[list[T]]:
+        """`each` of every server at once. A server that fails is left out (logged, and
+        its error kept in `failed`): one server down must not take every other's tools
+        away."""
         results: dict[str, list[T]] = {}
 
         async def one(server: MCPServer) -> None:
@@ -264,6 +271,10 @@ class Aggregate:
                 results[str(server.name)] = await each(server)
             except (MCPError, UpstreamFailed) as error:
                 logger.warning("MCP server %s left out of a listing: %s", server.name, error)
+                if failed is not None:
+                    failed[str(server.name)] = str(
+                        error.message if isinstance(error, MCPError) else error
+                    )
 
         async with trio.open_nursery() as nursery:
             for server in self._servers.values():

@@ -5,7 +5,8 @@ A worker reads the stored servers when it first needs them, again as soon as a c
 announced (trigate/changes.py: at once here, and with Redis fleet-wide), and in any case
 when its copy is older than `STALE_AFTER`, which bounds how long another process's change
 goes unseen without Redis. A stored server whose secrets this gateway cannot open (sealed
-under another key) is skipped, with a warning, never served with garbage credentials.
+under another key) is skipped, with a warning, never served with garbage credentials; so
+is a stored stdio server (the API refuses them: a command on the host is the file's).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 
 import trio
 
+from trigate.mcp_gateway.capacity import SessionCapacity, SessionLimits
 from trigate.mcp_gateway.listing import ToolListings
 from trigate.mcp_gateway.servers import MCPServer
 from trigate.sealing import Sealer, SealError
@@ -26,7 +28,9 @@ STALE_AFTER = 1.0
 
 
 class MCPCatalog:
-    def __init__(self, file_servers: dict[str, MCPServer], sealer: Sealer) -> None:
+    def __init__(
+        self, file_servers: dict[str, MCPServer], sealer: Sealer, limits: SessionLimits
+    ) -> None:
         self._file = file_servers
         self._sealer = sealer
         self._stored: dict[str, MCPServer] = {}
@@ -34,14 +38,17 @@ class MCPCatalog:
         self._lock = trio.Lock()
         # Each server's tool list, kept a short while (trigate/mcp_gateway/listing.py).
         self.listings = ToolListings()
+        # How many upstream sessions may be open at once (trigate/mcp_gateway/capacity.py).
+        self.capacity = SessionCapacity(limits)
 
     @property
     def sealer(self) -> Sealer:
         return self._sealer
 
-    def reload(self, file_servers: dict[str, MCPServer]) -> None:
+    def reload(self, file_servers: dict[str, MCPServer], limits: SessionLimits) -> None:
         """The config file was read again."""
         self._file = file_servers
+        self.capacity.limits = limits
 
     def nudge(self, kind: str = "", ident: str = "") -> None:
         """A stored server changed (here or elsewhere): read them again before the next use."""
@@ -67,6 +74,13 @@ class MCPCatalog:
                 server = MCPServer.unsealed(row["definition"], self._sealer)
             except (SealError, ValueError) as error:
                 logger.warning("MCP server %s is not served: %s", row["server_id"], error)
+                continue
+            if server.kind == "stdio":
+                # Stored before the API refused stdio servers: it runs a command on the
+                # host, which only the config file may name.
+                logger.warning(
+                    "MCP server %s is not served: stdio, not from the config file", row["server_id"]
+                )
                 continue
             servers[str(server.name)] = server
         return servers

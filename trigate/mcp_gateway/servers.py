@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trigate.redaction import args_without_secrets, url_without_credentials, without_secrets
 from trigate.sealing import Sealer
 
 logger = logging.getLogger("trigate")
@@ -27,10 +28,6 @@ logger = logging.getLogger("trigate")
 # LiteLLM's separator between a server's name and its tools' (`MCP_TOOL_PREFIX_SEPARATOR`).
 SEPARATOR = "-"
 NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
-# The commands a stdio server added through the admin API may run (LiteLLM's
-# `MCP_STDIO_ALLOWED_COMMANDS`): the admin API is not a shell on the host. The config
-# file may run any.
-ADMIN_STDIO_COMMANDS = frozenset({"npx", "uvx", "node", "python", "python3", "docker", "deno"})
 
 Transport = Literal["http", "sse", "stdio"]
 # LiteLLM's `auth_type`s and the header each puts `auth_value` in.
@@ -80,6 +77,9 @@ class MCPServer(BaseModel):
     disallowed_tools: list[str] = Field(default_factory=list)
     access_groups: list[str] = Field(default_factory=list)
     mcp_info: MCPInfo | None = None
+    # trigate's own: how many sessions to it may be open at once, per worker (a stdio
+    # server's are processes); None: `general_settings.mcp_max_concurrent_sessions`.
+    max_concurrent_sessions: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -184,25 +184,38 @@ class MCPServer(BaseModel):
             opened[mapping] = {k: sealer.unseal(v) for k, v in (opened.get(mapping) or {}).items()}
         return cls.model_validate(opened)
 
-    def shown(self) -> dict[str, Any]:
-        """LiteLLM's `LiteLLM_MCPServerTable` shape, without a secret in it."""
+    def public(self) -> dict[str, Any]:
+        """What any key that may use the server is shown (LiteLLM's
+        `LiteLLM_MCPServerTable` shape, in part): what it is and what it offers, never
+        where or how it is reached (a URL's query, a command line, an environment and
+        headers can each hold a token)."""
         return {
             "server_id": self.ident,
             "server_name": self.server_name or self.name,
             "alias": self.alias,
             "description": self.description,
-            "url": self.url,
             "transport": self.kind,
+            "allowed_tools": self.allowed_tools,
+            "mcp_access_groups": self.access_groups,
+        }
+
+    def shown(self) -> dict[str, Any]:
+        """What an admin is shown: the whole definition, each credential in it redacted
+        as a model's are (trigate/redaction.py): `auth_value` left out, the values of
+        `env` and `static_headers`, a URL's password and query values, the values of a
+        command line's credential flags."""
+        mcp_info = self.mcp_info.model_dump(exclude_none=True) if self.mcp_info else None
+        return {
+            **self.public(),
+            "url": url_without_credentials(self.url) if self.url else None,
             "auth_type": self.auth_type,
             "command": self.command,
-            "args": self.args,
+            "args": args_without_secrets(self.args),
             "env": dict.fromkeys(self.env, "********"),
             "extra_headers": self.extra_headers,
             "static_headers": dict.fromkeys(self.static_headers, "********"),
-            "allowed_tools": self.allowed_tools,
             "disallowed_tools": self.disallowed_tools,
-            "mcp_access_groups": self.access_groups,
-            "mcp_info": self.mcp_info.model_dump(exclude_none=True) if self.mcp_info else None,
+            "mcp_info": without_secrets(mcp_info),
         }
 
 

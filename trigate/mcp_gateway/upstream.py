@@ -8,6 +8,9 @@ are task groups, which must be left by the task that entered them), started in t
 client session's nursery: when the client session ends, or its client leaves and the
 request is cancelled, the nursery closes every upstream session, and a stdio server's
 process is stopped and reaped (the SDK's `stdio_client` does so shielded, bounded).
+Each session holds a slot of its server and of the caller's key while it is open
+(trigate/mcp_gateway/capacity.py), so that no key opens sessions, nor spawns processes,
+without bound.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from trigate.auth import presented_key
+from trigate.auth import Caller, presented_key
+from trigate.mcp_gateway.capacity import CapacityFull, SessionCapacity, Slot
 from trigate.mcp_gateway.servers import MCPServer
 
 logger = logging.getLogger("trigate")
@@ -76,19 +80,29 @@ async def _streamable_http(url: str, headers: dict[str, str]) -> AsyncIterator[A
 
 
 @asynccontextmanager
-async def upstream_sessions(client_headers: Mapping[str, str]) -> AsyncIterator[Upstreams]:
-    """A client session's upstream sessions, all closed when the block ends. What the
+async def upstream_sessions(
+    client_headers: Mapping[str, str], capacity: SessionCapacity, holder: str
+) -> AsyncIterator[Upstreams]:
+    """A client session's upstream sessions, all closed when the block ends, each under
+    `capacity` for its server and for the key `holder`. What the
     block raises comes out as it was raised, not inside the nursery's exception group
     (the sessions' own tasks never raise: they log what ends them)."""
     try:
         async with trio.open_nursery() as nursery:
-            upstreams = Upstreams(nursery, without_gateway_key(client_headers))
+            headers = without_gateway_key(client_headers)
+            upstreams = Upstreams(nursery, headers, capacity, holder)
             try:
                 yield upstreams
             finally:
                 upstreams.close()
     except BaseExceptionGroup as group:
         raise _alone(group) from None
+
+
+def holder_of(caller: Caller) -> str:
+    """Whose slots a caller's sessions take (trigate/mcp_gateway/capacity.py): its key's,
+    else (a verified token, a UI session) its identity's."""
+    return caller.key_hash or caller.identity
 
 
 def without_gateway_key(headers: Mapping[str, str]) -> dict[str, str]:
@@ -116,9 +130,17 @@ def _alone(group: BaseExceptionGroup[BaseException]) -> BaseException:
 class Upstreams:
     """The upstream sessions of one client session, held in its `nursery`."""
 
-    def __init__(self, nursery: trio.Nursery, client_headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        client_headers: Mapping[str, str],
+        capacity: SessionCapacity,
+        holder: str,
+    ) -> None:
         self._nursery = nursery
         self._client_headers = client_headers
+        self._capacity = capacity
+        self._holder = holder
         self._sessions: dict[str, ClientSession] = {}
         self._opening: dict[str, trio.Event] = {}
         self._closed = trio.Event()
@@ -137,8 +159,15 @@ class Upstreams:
             return existing
         self._opening[name] = trio.Event()
         try:
-            with trio.fail_after(OPEN_TIMEOUT):
-                opened: ClientSession = await self._nursery.start(self._hold, server)
+            slot = await self._capacity.take(server, self._holder)
+            try:
+                with trio.fail_after(OPEN_TIMEOUT):
+                    opened: ClientSession = await self._nursery.start(self._hold, server, slot)
+            except BaseException:
+                slot.release()  # never started, or failed to open (`_hold` gave it back)
+                raise
+        except CapacityFull as full:
+            raise UpstreamFailed(str(full)) from None
         except trio.TooSlowError:
             raise UpstreamFailed(f"MCP server `{name}` did not answer in time") from None
         except Exception as failed:  # whatever the transport raised (often a group)
@@ -150,7 +179,7 @@ class Upstreams:
         return opened
 
     async def _hold(
-        self, server: MCPServer, *, task_status: trio.TaskStatus[ClientSession]
+        self, server: MCPServer, slot: Slot, *, task_status: trio.TaskStatus[ClientSession]
     ) -> None:
         name = str(server.name)
         started = False
@@ -166,6 +195,7 @@ class Upstreams:
             logger.warning("MCP server %s session ended: %r", name, lost)
         finally:
             self._sessions.pop(name, None)
+            slot.release()
 
     def close(self) -> None:
         """End every upstream session (their tasks leave the nursery as they close)."""
