@@ -984,7 +984,14 @@ def _where(owner: Owner, where: dict[str, Any]) -> tuple[str, list[Any]]:
     return " WHERE " + " AND ".join(f"{c} = ?" for c in columns), [where[c] for c in columns]
 
 
+# What a row that leaves out a NOT NULL column holds: a spend row from before the
+# response cache, or from a path that has no cache, was no hit.
+_DEFAULTS = {"cache_hit": 0}
+
+
 def _encode(column: str, value: Any) -> Any:
+    if value is None and column in _DEFAULTS:
+        return _DEFAULTS[column]
     if column in JSON_COLUMNS:
         return orjson.dumps(
             value if value is not None else ([] if column in _LIST_COLUMNS else {})
