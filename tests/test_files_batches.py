@@ -26,6 +26,8 @@ class FakeBatchAPI:
         self.contents: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1)
+        # A batch's output, when each batch is to be created already completed.
+        self.at_once: bytes | None = None
 
     def __call__(self, request: ReceivedRequest) -> JSONReply:
         path = request.target.partition("?")[0].removeprefix("/v1")
@@ -70,6 +72,8 @@ class FakeBatchAPI:
                 "created_at": 1700000000,
                 "request_counts": {"total": 0, "completed": 0, "failed": 0},
             }
+            if self.at_once is not None:
+                self.finish(batch_id, {"input_tokens": 10, "output_tokens": 4}, self.at_once)
             return JSONReply(self.batches[batch_id])
         batch = self.batches[rest[0]]
         if rest[1:] == ["cancel"]:
@@ -345,5 +349,34 @@ async def test_the_list_refreshes_and_bills_a_completed_batch_once(
         await client.batches.retrieve(done.id)
         assert batch_reads(upstream, done.id) == reads + 1  # the retrieve's; not the list's
         assert batch_reads(upstream, running.id) == 2  # the list asks for one still running
+    assert len(gateway.records.records) == 1
+    await gateway.stop()
+
+
+async def test_a_batch_created_completed(
+    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
+) -> None:
+    """An upstream that answers the create already completed: its output file is the
+    owner's at once, and the list bills it (once)."""
+    gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
+    fake.at_once = ANSWER
+    async with gateway.client() as admin:
+        owner, stranger = [(await admin.post("/key/generate", json={})).json()["key"] for _ in "ab"]
+    async with sdk(gateway, owner) as client:
+        uploaded = await client.files.create(
+            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
+        )
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert batch.status == "completed" and batch.output_file_id is not None
+        assert (await client.files.content(batch.output_file_id)).content == ANSWER
+        for _ in range(2):
+            assert [b.status async for b in client.batches.list()] == ["completed"]
+    async with sdk(gateway, stranger) as client:
+        with pytest.raises(openai.NotFoundError):
+            await client.files.content(batch.output_file_id)
+    [record] = await gateway.records.wait_for(1)
+    assert (record.response_id, record.prompt_tokens, record.completion_tokens) == (batch.id, 10, 4)
     assert len(gateway.records.records) == 1
     await gateway.stop()

@@ -243,14 +243,18 @@ async def test_json_and_text_asked_of_the_upstream_as_verbose_json(
     assert record.usage_source == "upstream"
 
 
-@pytest.mark.parametrize("asked", ["srt", "vtt"])
+@pytest.mark.parametrize(
+    ("asked", "audio"), [("srt", MP3), ("vtt", MP3), ("srt", wav(1.0))], ids=["srt", "vtt", "wav"]
+)
 async def test_subtitles_billed_by_their_last_timestamp(
-    gateway: RunningGateway, upstream: FakeUpstream, asked: str
+    gateway: RunningGateway, upstream: FakeUpstream, asked: str, audio: bytes
 ) -> None:
+    """SRT and VTT say no duration: their last timestamp does (LiteLLM's reading), or,
+    past a WAV header that says less, the header is not believed."""
     upstream.handler = whisper
     async with sdk(gateway) as client:
         result = await client.audio.transcriptions.create(
-            model="whisper-1", file=("hello.mp3", MP3, "audio/mpeg"), response_format=asked
+            model="whisper-1", file=("hello", audio, "audio/mpeg"), response_format=asked
         )
     assert result == {"srt": SRT, "vtt": VTT}[asked].decode()
     assert received_form(upstream.requests[0])["response_format"] == asked

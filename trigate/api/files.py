@@ -262,22 +262,23 @@ async def _save(
     object_id = answer.get("id")
     if not isinstance(object_id, str) or not object_id:
         raise UpstreamError(f"The upstream's {kind} has no id.")
-    await gateway.store.save_managed(
-        {
-            "kind": kind,
-            "object_id": object_id,
-            "owner": caller.key_hash or MASTER_OWNER,
-            "team_id": caller.team_id,
-            "key_identity": caller.identity,
-            "key_alias": caller.key_alias,
-            "user_id": caller.user_id,
-            "organization_id": caller.organization_id,
-            "model_group": deployment.model_group,
-            "deployment_id": deployment.id,
-            "object": answer,
-            "created_at": time.time(),
-        }
-    )
+    row = {
+        "kind": kind,
+        "object_id": object_id,
+        "owner": caller.key_hash or MASTER_OWNER,
+        "team_id": caller.team_id,
+        "key_identity": caller.identity,
+        "key_alias": caller.key_alias,
+        "user_id": caller.user_id,
+        "organization_id": caller.organization_id,
+        "model_group": deployment.model_group,
+        "deployment_id": deployment.id,
+        "object": answer,
+        "created_at": time.time(),
+    }
+    if kind == BATCH:  # one that answers already finished names its result files
+        await _register_results(gateway, {**row, "object": {}}, answer)
+    await gateway.store.save_managed(row)
 
 
 def _viewer(caller: Caller) -> ResponseViewer | None:

@@ -97,11 +97,13 @@ class TranscriptionExchange(OpenAIExchange):
         return Usage(usage.prompt_tokens, 0, source, unit_cost=seconds * per_second)
 
     def _counted_seconds(self, answer: bytes | None) -> tuple[float, str]:
-        """The duration the file's WAV header says, else an SRT or VTT answer's last
-        timestamp; else 0, "unknown": the row says it was not priced."""
-        seconds = wav_length(self.upload.head, self.upload.size)
-        if seconds is None and self.asked in ("srt", "vtt") and answer:
-            seconds = _subtitles_end(answer)
+        """The longer of what the file's WAV header says and an SRT or VTT answer's last
+        timestamp (a header may understate what the upstream heard); else 0, "unknown":
+        the row says it was not priced."""
+        counted = [wav_length(self.upload.head, self.upload.size)]
+        if self.asked in ("srt", "vtt") and answer:
+            counted.append(_subtitles_end(answer))
+        seconds = max((s for s in counted if s is not None), default=None)
         return (0.0, "unknown") if seconds is None else (seconds, "counted")
 
 
