@@ -309,3 +309,26 @@ async def test_gpt_4o_transcribe_is_asked_json_and_billed_by_tokens(
         assert record.cost == pytest.approx(100 * 2.5e-06 + 20 * 1e-05)
         assert record.usage_source == "upstream"
     await running.stop()
+
+
+@pytest.mark.parametrize(("priced", "sent"), [(False, "text"), (True, "verbose_json")])
+async def test_only_a_deployment_priced_by_the_second_is_asked_verbose_json(
+    nursery: trio.Nursery, upstream: FakeUpstream, priced: bool, sent: str
+) -> None:
+    """A model the table does not know (an Azure deployment's name, a local server) is
+    asked as the client asked, unless its own `input_cost_per_second` prices it by the
+    second: then its duration is asked for."""
+    params = {"api_key": UPSTREAM_KEY, "api_base": upstream.base_url, "model": "openai/house"}
+    if priced:
+        params["input_cost_per_second"] = 0.01
+    running = await start_gateway(nursery, deployment_config("house", params))
+    upstream.handler = whisper
+    async with sdk(running) as client:
+        text = await client.audio.transcriptions.create(
+            model="house", file=("hello.mp3", MP3, "audio/mpeg"), response_format="text"
+        )
+    assert text == "Hello there.\n"
+    assert received_form(upstream.requests[0])["response_format"] == sent
+    [record] = await running.records.wait_for(1)
+    assert record.cost == pytest.approx(0.0725 if priced else 0.0)
+    await running.stop()

@@ -34,6 +34,7 @@ from trigate.forms import StreamedFile
 from trigate.gateway import Gateway
 from trigate.providers import Completion
 from trigate.router.deployments import Deployment
+from trigate.spend.prices import ModelPrice
 from trigate.usage import Usage
 
 # SRT's `00:01:02,500` and VTT's `00:01:02.500` (or `01:02.500`), as LiteLLM reads them.
@@ -86,12 +87,7 @@ class TranscriptionExchange(OpenAIExchange):
         if seconds is None:
             subtitles = completion.raw if completion is not None else None
             seconds, source = self._counted_seconds(subtitles)
-        price = deployment.price
-        per_second = None
-        if price is not None:
-            per_second = (
-                price.per_second if price.per_second is not None else price.per_output_second
-            )
+        per_second = _per_second(deployment.price) if deployment.price is not None else None
         if per_second is None:
             return usage
         return Usage(usage.prompt_tokens, 0, source, unit_cost=seconds * per_second)
@@ -108,13 +104,19 @@ class TranscriptionExchange(OpenAIExchange):
 
 
 def _format_with_usage(asked: str, deployment: Deployment) -> str:
-    """The format to ask the upstream for, so that its answer says what it cost."""
-    if asked not in ("json", "text"):
+    """The format to ask the upstream for, so that its answer says what it cost: asked
+    of a deployment with a price only, and `verbose_json` only of one priced by the
+    second alone (whisper's kind), lest a model that takes no `verbose_json` (an Azure
+    deployment's name says nothing of its model) be refused for the gateway's asking."""
+    price = deployment.price
+    if asked not in ("json", "text") or price is None:
         return asked
-    return "json" if _reports_tokens(deployment) else "verbose_json"
+    if price.input is not None or _named_for_tokens(deployment):
+        return "json"
+    return "verbose_json" if _per_second(price) is not None else asked
 
 
-def _reports_tokens(deployment: Deployment) -> bool:
+def _named_for_tokens(deployment: Deployment) -> bool:
     """gpt-4o-transcribe's family (`gpt-…transcribe…`), which reports its tokens in
     `json` and takes no `verbose_json`; Azure's by `model_info.base_model`."""
     for name in (deployment.upstream_model, deployment.priced_model):
@@ -122,6 +124,10 @@ def _reports_tokens(deployment: Deployment) -> bool:
         if model.startswith("gpt-") and "transcribe" in model:
             return True
     return False
+
+
+def _per_second(price: ModelPrice) -> float | None:
+    return price.per_second if price.per_second is not None else price.per_output_second
 
 
 def _as_asked(completion: Completion, asked: str) -> Completion:
