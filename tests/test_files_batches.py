@@ -380,3 +380,28 @@ async def test_a_batch_created_completed(
     assert (record.response_id, record.prompt_tokens, record.completion_tokens) == (batch.id, 10, 4)
     assert len(gateway.records.records) == 1
     await gateway.stop()
+
+
+async def test_a_failed_refresh_lists_the_batch_as_last_seen(
+    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
+) -> None:
+    """The list does not fail for one upstream that does: the batch is listed as last
+    seen, unbilled, and refreshed (and billed) by the next list."""
+    gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
+    async with sdk(gateway) as client:
+        uploaded = await client.files.create(
+            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
+        )
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        fake.finish(batch.id, {"input_tokens": 10, "output_tokens": 4})
+        down = JSONReply({"error": {"message": "overloaded"}}, status=503)
+        upstream.handler = lambda request: down if "/batches/" in request.target else fake(request)
+        assert [b.status async for b in client.batches.list()] == ["validating"]
+        assert gateway.records.records == []
+        upstream.handler = fake
+        assert [b.status async for b in client.batches.list()] == ["completed"]
+    [record] = await gateway.records.wait_for(1)
+    assert record.response_id == batch.id
+    await gateway.stop()
