@@ -26,6 +26,8 @@ class FakeBatchAPI:
         self.contents: dict[str, bytes] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self._ids = itertools.count(1)
+        # A batch's output, when each batch is to be created already completed.
+        self.at_once: bytes | None = None
 
     def __call__(self, request: ReceivedRequest) -> JSONReply:
         path = request.target.partition("?")[0].removeprefix("/v1")
@@ -70,22 +72,27 @@ class FakeBatchAPI:
                 "created_at": 1700000000,
                 "request_counts": {"total": 0, "completed": 0, "failed": 0},
             }
+            if self.at_once is not None:
+                self.finish(batch_id, {"input_tokens": 10, "output_tokens": 4}, self.at_once)
             return JSONReply(self.batches[batch_id])
         batch = self.batches[rest[0]]
         if rest[1:] == ["cancel"]:
             batch["status"] = "cancelling"
         return JSONReply(batch)
 
-    def finish(self, batch_id: str, usage: dict[str, int] | None, output: bytes = b"") -> None:
+    def finish(
+        self, batch_id: str, usage: dict[str, int] | None, output: bytes = b"", errors: bytes = b""
+    ) -> None:
         batch = self.batches[batch_id]
         batch["status"] = "completed"
         if usage is not None:
             batch["usage"] = usage
-        if output:
-            output_id = f"file-{next(self._ids)}"
-            self.contents[output_id] = output
-            self.files[output_id] = {"id": output_id, "object": "file", "purpose": "batch_output"}
-            batch["output_file_id"] = output_id
+        for field, content in (("output_file_id", output), ("error_file_id", errors)):
+            if content:
+                file_id = f"file-{next(self._ids)}"
+                self.contents[file_id] = content
+                self.files[file_id] = {"id": file_id, "object": "file", "purpose": "batch_output"}
+                batch[field] = file_id
 
 
 def batch_file(model: str, count: int = 2) -> bytes:
@@ -246,4 +253,155 @@ async def test_model_access_and_an_unknown_group(
         with pytest.raises(openai.BadRequestError, match="target_model_names"):
             await client.files.create(file=("notes.txt", b"hello"), purpose="assistants")
     assert fake.files == {}
+    await gateway.stop()
+
+
+ANSWER = b'{"custom_id": "request-0", "response": {"status_code": 200, "body": {}}}\n'
+FAILURE = b'{"custom_id": "request-1", "error": {"code": "invalid", "message": "bad"}}\n'
+
+
+async def test_a_batchs_result_files_are_its_owners(
+    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI, database_url: str
+) -> None:
+    """The output and error files the upstream made for a batch are its owner's and its
+    team's, as the batch is: the owner reads them, another key gets 404."""
+    gateway = await start(nursery, upstream, fake, database_url)
+    async with gateway.client() as admin:
+        await admin.post("/team/new", json={"team_id": "team-a"})
+        made = [
+            (await admin.post("/key/generate", json=body)).json()["key"]
+            for body in ({"team_id": "team-a"}, {"team_id": "team-a"}, {})
+        ]
+    owner, teammate, stranger = made
+    async with sdk(gateway, owner) as client:
+        uploaded = await client.files.create(
+            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
+        )
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        fake.finish(batch.id, {"input_tokens": 10, "output_tokens": 4}, ANSWER, FAILURE)
+        done = await client.batches.retrieve(batch.id)
+        assert done.output_file_id and done.error_file_id
+        assert (await client.files.content(done.output_file_id)).content == ANSWER
+        assert (await client.files.content(done.error_file_id)).content == FAILURE
+        assert (await client.files.retrieve(done.output_file_id)).purpose == "batch_output"
+        listed = {f.id async for f in client.files.list(purpose="batch_output")}
+        assert listed == {done.output_file_id, done.error_file_id}
+    async with sdk(gateway, teammate) as client:
+        assert (await client.files.content(done.output_file_id)).content == ANSWER
+    async with sdk(gateway, stranger) as client:
+        for file_id in (done.output_file_id, done.error_file_id):
+            with pytest.raises(openai.NotFoundError):
+                await client.files.content(file_id)
+            with pytest.raises(openai.NotFoundError):
+                await client.files.retrieve(file_id)
+            with pytest.raises(openai.NotFoundError):
+                await client.files.delete(file_id)
+        assert [f async for f in client.files.list()] == []
+    assert done.output_file_id in fake.files  # the stranger's delete never reached it
+    async with sdk(gateway, owner) as client:
+        assert (await client.files.delete(done.output_file_id)).deleted
+        await client.batches.retrieve(batch.id)  # a deleted result file stays deleted
+        with pytest.raises(openai.NotFoundError):
+            await client.files.content(done.output_file_id)
+    await gateway.stop()
+
+
+def batch_reads(upstream: FakeUpstream, batch_id: str) -> int:
+    return sum(r.target.endswith(f"/batches/{batch_id}") for r in upstream.requests)
+
+
+async def test_the_list_refreshes_and_bills_a_completed_batch_once(
+    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
+) -> None:
+    """A batch seen completed only through the list is billed, once, and its output
+    file is its owner's; a billed batch is not asked of its upstream again."""
+    gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
+    async with gateway.client() as admin:
+        key = (await admin.post("/key/generate", json={})).json()["key"]
+    async with sdk(gateway, key) as client:
+        uploaded = await client.files.create(
+            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
+        )
+        running, done = [
+            await client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            for _ in range(2)
+        ]
+        fake.finish(done.id, {"input_tokens": 1000, "output_tokens": 400}, ANSWER)
+        listed = {b.id: b async for b in client.batches.list()}
+        assert listed[done.id].status == "completed"
+        assert listed[running.id].status == "validating"
+        [record] = await gateway.records.wait_for(1)
+        assert record.response_id == done.id and record.key_hash is not None
+        assert record.cost == pytest.approx(1000 * 7.5e-08 + 400 * 3e-07)
+        output = listed[done.id].output_file_id
+        assert output is not None
+        assert (await client.files.content(output)).content == ANSWER
+
+        reads = batch_reads(upstream, done.id)
+        assert {b.id: b.status async for b in client.batches.list()} == {
+            running.id: "validating",
+            done.id: "completed",
+        }
+        await client.batches.retrieve(done.id)
+        assert batch_reads(upstream, done.id) == reads + 1  # the retrieve's; not the list's
+        assert batch_reads(upstream, running.id) == 2  # the list asks for one still running
+    assert len(gateway.records.records) == 1
+    await gateway.stop()
+
+
+async def test_a_batch_created_completed(
+    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
+) -> None:
+    """An upstream that answers the create already completed: its output file is the
+    owner's at once, and the list bills it (once)."""
+    gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
+    fake.at_once = ANSWER
+    async with gateway.client() as admin:
+        owner, stranger = [(await admin.post("/key/generate", json={})).json()["key"] for _ in "ab"]
+    async with sdk(gateway, owner) as client:
+        uploaded = await client.files.create(
+            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
+        )
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        assert batch.status == "completed" and batch.output_file_id is not None
+        assert (await client.files.content(batch.output_file_id)).content == ANSWER
+        for _ in range(2):
+            assert [b.status async for b in client.batches.list()] == ["completed"]
+    async with sdk(gateway, stranger) as client:
+        with pytest.raises(openai.NotFoundError):
+            await client.files.content(batch.output_file_id)
+    [record] = await gateway.records.wait_for(1)
+    assert (record.response_id, record.prompt_tokens, record.completion_tokens) == (batch.id, 10, 4)
+    assert len(gateway.records.records) == 1
+    await gateway.stop()
+
+
+async def test_a_failed_refresh_lists_the_batch_as_last_seen(
+    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
+) -> None:
+    """The list does not fail for one upstream that does: the batch is listed as last
+    seen, unbilled, and refreshed (and billed) by the next list."""
+    gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
+    async with sdk(gateway) as client:
+        uploaded = await client.files.create(
+            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
+        )
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        fake.finish(batch.id, {"input_tokens": 10, "output_tokens": 4})
+        down = JSONReply({"error": {"message": "overloaded"}}, status=503)
+        upstream.handler = lambda request: down if "/batches/" in request.target else fake(request)
+        assert [b.status async for b in client.batches.list()] == ["validating"]
+        assert gateway.records.records == []
+        upstream.handler = fake
+        assert [b.status async for b in client.batches.list()] == ["completed"]
+    [record] = await gateway.records.wait_for(1)
+    assert record.response_id == batch.id
     await gateway.stop()

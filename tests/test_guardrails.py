@@ -563,3 +563,32 @@ def test_what_trigate_cannot_run_stops_the_start_by_name(
     with pytest.raises(ConfigError) as stopped:
         Gateway(parse_config(config, {}), MASTER_KEY)
     assert "g1" in str(stopped.value) and named in str(stopped.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/rerank", {"model": "rerank", "query": "a forbidden word", "documents": ["a"]}),
+        ("/v1/rerank", {"model": "rerank", "query": "q", "documents": ["one", "forbidden"]}),
+        ("/v1/rerank", {"model": "rerank", "query": "q", "documents": [{"text": "forbidden"}]}),
+        ("/v1/images/generations", {"model": "gpt-test", "prompt": "a forbidden cat"}),
+        ("/v1/moderations", {"model": "gpt-test", "input": ["fine", "forbidden"]}),
+        ("/v1/audio/speech", {"model": "gpt-test", "input": "forbidden", "voice": "alloy"}),
+    ],
+    ids=["rerank query", "rerank document", "rerank document object", "image", "mod", "speech"],
+)
+async def test_pre_call_reads_every_surfaces_text(
+    nursery: trio.Nursery, upstream: FakeUpstream, path: str, body: dict[str, Any]
+) -> None:
+    """Every text a client sends passes the pre_call guardrails, whatever the surface:
+    a blocked word is refused before any upstream call."""
+    config = guarded(upstream, content_filter("cf", "pre_call"))
+    rerank = {"model": "cohere/rerank-v3.5", "api_base": upstream.base_url, "api_key": "k"}
+    config["model_list"].append({"model_name": "rerank", "litellm_params": rerank})
+    running = await start_gateway(nursery, config)
+    async with running.client() as client:
+        refused = await client.post(path, json=body)
+    assert refused.status_code == 400, refused.text
+    assert "forbidden" not in refused.text or "cf" in refused.text
+    assert upstream.requests == []
+    await running.stop()

@@ -196,3 +196,139 @@ async def test_configured_price_per_second(nursery: trio.Nursery, upstream: Fake
     [record] = await running.records.wait_for(1)
     assert record.cost == pytest.approx(0.02)
     await running.stop()
+
+
+MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(4000)  # a header that says no duration
+SRT = b"1\n00:00:00,000 --> 00:00:04,200\nHello\n\n2\n00:00:04,200 --> 00:00:07,250\nthere.\n\n"
+VTT = b"WEBVTT\n\n00:00.000 --> 00:04.200\nHello\n\n00:04.200 --> 00:07.250\nthere.\n\n"
+
+
+def whisper(request: ReceivedRequest) -> JSONReply:
+    """whisper-1 as OpenAI's reference has it: each `response_format` its own shape,
+    only `verbose_json` saying the audio's duration."""
+    answer = received_form(request).get("response_format", "json")
+    if answer == "verbose_json":
+        return JSONReply(
+            {"task": "transcribe", "language": "english", "duration": 7.25, "text": "Hello there."}
+        )
+    if answer == "json":
+        return JSONReply({"text": "Hello there."})
+    subtitles = {"text": b"Hello there.\n", "srt": SRT, "vtt": VTT}[answer]
+    return JSONReply(subtitles, headers={"content-type": "text/plain; charset=utf-8"})
+
+
+@pytest.mark.parametrize("asked", [None, "json", "text"])
+async def test_json_and_text_asked_of_the_upstream_as_verbose_json(
+    gateway: RunningGateway, upstream: FakeUpstream, asked: str | None
+) -> None:
+    """A non-WAV upload whose `json` or `text` answer would say no duration: the
+    upstream is asked `verbose_json`, the client gets the shape it asked for, and the
+    row is priced by the duration the upstream reported."""
+    upstream.handler = whisper
+    chosen = {} if asked is None else {"response_format": asked}
+    async with sdk(gateway) as client:
+        result = await client.audio.transcriptions.create(
+            model="whisper-1", file=("hello.mp3", MP3, "audio/mpeg"), **chosen
+        )
+    if asked == "text":
+        assert result == "Hello there.\n"
+    else:
+        assert result.text == "Hello there."
+        assert result.usage is not None and result.usage.seconds == 7.25
+        assert set(result.model_dump(exclude_none=True)) == {"text", "usage"}
+    [received] = upstream.requests
+    assert received_form(received)["response_format"] == "verbose_json"
+    [record] = await gateway.records.wait_for(1)
+    assert record.cost == pytest.approx(7.25 * 0.0001)
+    assert record.usage_source == "upstream"
+
+
+@pytest.mark.parametrize(
+    ("asked", "audio"), [("srt", MP3), ("vtt", MP3), ("srt", wav(1.0))], ids=["srt", "vtt", "wav"]
+)
+async def test_subtitles_billed_by_their_last_timestamp(
+    gateway: RunningGateway, upstream: FakeUpstream, asked: str, audio: bytes
+) -> None:
+    """SRT and VTT say no duration: their last timestamp does (LiteLLM's reading), or,
+    past a WAV header that says less, the header is not believed."""
+    upstream.handler = whisper
+    async with sdk(gateway) as client:
+        result = await client.audio.transcriptions.create(
+            model="whisper-1", file=("hello", audio, "audio/mpeg"), response_format=asked
+        )
+    assert result == {"srt": SRT, "vtt": VTT}[asked].decode()
+    assert received_form(upstream.requests[0])["response_format"] == asked
+    [record] = await gateway.records.wait_for(1)
+    assert record.cost == pytest.approx(7.25 * 0.0001)
+    assert record.usage_source == "counted"
+
+
+@pytest.mark.parametrize("asked", ["json", "srt"])
+async def test_a_duration_nobody_says_is_marked_unknown(
+    gateway: RunningGateway, upstream: FakeUpstream, asked: str
+) -> None:
+    """An upstream that ignores `verbose_json` (its `json` has no duration), or subtitles
+    with no timestamp, for a file whose header says no length: the row is not priced and
+    says so, `usage_source` "unknown", never a counted 0."""
+    upstream.handler = lambda request: (
+        JSONReply({"text": ""})
+        if asked == "json"
+        else JSONReply(b"", headers={"content-type": "text/plain; charset=utf-8"})
+    )
+    async with sdk(gateway) as client:
+        await client.audio.transcriptions.create(
+            model="whisper-1", file=("hush.mp3", MP3, "audio/mpeg"), response_format=asked
+        )
+    [record] = await gateway.records.wait_for(1)
+    assert (record.status, record.cost, record.usage_source) == (200, 0.0, "unknown")
+
+
+async def test_gpt_4o_transcribe_is_asked_json_and_billed_by_tokens(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """gpt-4o-transcribe takes no `verbose_json`; its `json` reports tokens, so `text` is
+    asked of it as `json` and answered bare."""
+    base = {"api_key": UPSTREAM_KEY, "api_base": upstream.base_url}
+    running = await start_gateway(
+        nursery, deployment_config("scribe", {**base, "model": "openai/gpt-4o-transcribe"})
+    )
+    tokens = {"type": "tokens", "input_tokens": 100, "output_tokens": 20, "total_tokens": 120}
+    upstream.handler = lambda request: JSONReply({"text": "Hello there.", "usage": tokens})
+    async with sdk(running) as client:
+        text = await client.audio.transcriptions.create(
+            model="scribe", file=("hello.mp3", MP3, "audio/mpeg"), response_format="text"
+        )
+        result = await client.audio.transcriptions.create(
+            model="scribe", file=("hello.mp3", MP3, "audio/mpeg"), response_format="json"
+        )
+    assert text == "Hello there.\n" and result.text == "Hello there."
+    assert [received_form(r)["response_format"] for r in upstream.requests] == ["json"] * 2
+    records = await running.records.wait_for(2)
+    for record in records:
+        # gpt-4o-transcribe: 2.5e-06 a token in, 1e-05 out.
+        assert record.cost == pytest.approx(100 * 2.5e-06 + 20 * 1e-05)
+        assert record.usage_source == "upstream"
+    await running.stop()
+
+
+@pytest.mark.parametrize(("priced", "sent"), [(False, "text"), (True, "verbose_json")])
+async def test_only_a_deployment_priced_by_the_second_is_asked_verbose_json(
+    nursery: trio.Nursery, upstream: FakeUpstream, priced: bool, sent: str
+) -> None:
+    """A model the table does not know (an Azure deployment's name, a local server) is
+    asked as the client asked, unless its own `input_cost_per_second` prices it by the
+    second: then its duration is asked for."""
+    params = {"api_key": UPSTREAM_KEY, "api_base": upstream.base_url, "model": "openai/house"}
+    if priced:
+        params["input_cost_per_second"] = 0.01
+    running = await start_gateway(nursery, deployment_config("house", params))
+    upstream.handler = whisper
+    async with sdk(running) as client:
+        text = await client.audio.transcriptions.create(
+            model="house", file=("hello.mp3", MP3, "audio/mpeg"), response_format="text"
+        )
+    assert text == "Hello there.\n"
+    assert received_form(upstream.requests[0])["response_format"] == sent
+    [record] = await running.records.wait_for(1)
+    assert record.cost == pytest.approx(0.0725 if priced else 0.0)
+    await running.stop()

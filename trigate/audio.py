@@ -7,11 +7,16 @@ import struct
 
 
 def wav_seconds(head: bytes, size: int) -> float:
+    """A WAV file's duration from its header; 0 for a file whose header does not say."""
+    return wav_length(head, size) or 0.0
+
+
+def wav_length(head: bytes, size: int) -> float | None:
     """A WAV file's duration from its header: its data chunk's length (or, for a header
-    written before the length was known, the rest of the file) over its byte rate; 0 for
-    a file that is not WAV, whose length its header does not say."""
+    written before the length was known, the rest of the file) over its byte rate; None
+    for a file that is not WAV, or whose header (in `head`) does not say."""
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return 0.0
+        return None
     offset, byte_rate = 12, 0
     while offset + 8 <= len(head):
         chunk, length = head[offset : offset + 4], struct.unpack_from("<I", head, offset + 4)[0]
@@ -19,13 +24,13 @@ def wav_seconds(head: bytes, size: int) -> float:
             byte_rate = struct.unpack_from("<I", head, offset + 16)[0]
         elif chunk == b"data":
             if not byte_rate:
-                return 0.0
+                return None
             data = size - offset - 8
             if 0 < length < 0xFFFFFFFF:
                 data = min(length, data)
             return max(data, 0) / byte_rate
         offset += 8 + length + (length & 1)
-    return 0.0
+    return None
 
 
 def wav_silence(seconds: float, rate: int = 8000) -> bytes:

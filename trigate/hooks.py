@@ -152,13 +152,21 @@ class Hooks:
     """The configured hooks, in order; never empty: with none configured the pipeline
     holds None instead, and a request asks only `hooks is not None`."""
 
-    __slots__ = ("_all", "_beside", "_chunk", "_redacting")
+    __slots__ = ("_all", "_beside", "_chunk", "_personal", "_redacting")
 
     def __init__(self, hooks: Sequence[Hook]) -> None:
         self._all = tuple(hooks)
         self._chunk = tuple(hook for hook in self._all if _sees_chunks(hook))
         self._beside = tuple(hook for hook in self._all if hasattr(hook, "beside_route"))
         self._redacting = tuple(hook for hook in self._all if hasattr(hook, "redacted"))
+        self._personal = tuple(hook for hook in self._all if hasattr(hook, "personalises"))
+
+    def personalises(self, request: HookedRequest) -> bool:
+        """Whether a hook makes `request`'s answer its own, so that it may be neither
+        cached nor shared with an identical request: a guardrail that puts back what it
+        masked (Presidio's `output_parse_pii`) answers each caller with its own text,
+        where the cache would see only the placeholders all of them share."""
+        return any(getattr(hook, "personalises")(request) for hook in self._personal)  # noqa: B009
 
     def beside_route(self, request: HookedRequest) -> Beside | None:
         """What runs beside the upstream call for `request` (None: nothing)."""

@@ -10,9 +10,11 @@ is. Who uploaded or created each id is kept (`trigate_managed_objects`): another
 outside the owner's team, gets a 404 for it, as for an id that does not exist.
 
 A batch is billed once, when it is first seen completed (a retrieve, or the list's
-refresh of one still running): its tokens, from the batch's `usage` or, where the
+refresh of one not yet billed): its tokens, from the batch's `usage` or, where the
 upstream gives none, summed from its output file, at the table's batch prices (else
-half the list price, OpenAI's batch discount), as a spend row of its owner's.
+half the list price, OpenAI's batch discount), as a spend row of its owner's. The
+output and error files a batch names are its owner's (and its team's) as soon as it
+names them: the upstream made them, so no upload recorded them.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ FILE, BATCH = "file", "batch"
 DEFAULT_PAGE, MAX_PAGE = 20, 10_000
 # A batch's states after which it changes no more; `completed` is the one that is billed.
 FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+# A batch's states after which it is never billed: the list refreshes no such batch.
+UNBILLED_END = FINAL - {"completed"}
+# The batch file fields that name files the upstream made for the batch's owner.
+RESULT_FILES = ("output_file_id", "error_file_id")
+# How many of a list's batches are refreshed from their upstreams at once.
+REFRESHES_AT_ONCE = 8
 # Failures worth trying the group's next deployment for.
 _NEXT_DEPLOYMENT = frozenset(
     {Failure.RATE_LIMIT, Failure.TIMEOUT, Failure.SERVER, Failure.CONNECTION, Failure.AUTH}
@@ -145,7 +153,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def list_batches() -> Response:
         caller = await gateway.auth.authenticate(request.headers)
         rows = await _listed(gateway, caller, BATCH)
-        data = [row["object"] for row in rows]
+        data = await _refreshed(gateway, rows)
         return json_response({"object": "list", "data": data, "has_more": False})
 
     @app.get("/v1/batches/<batch_id>")
@@ -161,6 +169,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def cancel_batch(batch_id: str) -> Response:
         row, batches = await _owned(gateway, BATCH, batch_id)
         answer = await batches.cancel_batch(batch_id)
+        await _register_results(gateway, row, answer.body)
         await gateway.store.save_managed({**row, "object": answer.body})
         return json_response(answer.body)
 
@@ -253,22 +262,23 @@ async def _save(
     object_id = answer.get("id")
     if not isinstance(object_id, str) or not object_id:
         raise UpstreamError(f"The upstream's {kind} has no id.")
-    await gateway.store.save_managed(
-        {
-            "kind": kind,
-            "object_id": object_id,
-            "owner": owner_of(caller),
-            "team_id": caller.team_id,
-            "key_identity": caller.identity,
-            "key_alias": caller.key_alias,
-            "user_id": caller.user_id,
-            "organization_id": caller.organization_id,
-            "model_group": deployment.model_group,
-            "deployment_id": deployment.id,
-            "object": answer,
-            "created_at": time.time(),
-        }
-    )
+    row = {
+        "kind": kind,
+        "object_id": object_id,
+        "owner": owner_of(caller),
+        "team_id": caller.team_id,
+        "key_identity": caller.identity,
+        "key_alias": caller.key_alias,
+        "user_id": caller.user_id,
+        "organization_id": caller.organization_id,
+        "model_group": deployment.model_group,
+        "deployment_id": deployment.id,
+        "object": answer,
+        "created_at": time.time(),
+    }
+    if kind == BATCH:  # one that answers already finished names its result files
+        await _register_results(gateway, {**row, "object": {}}, answer)
+    await gateway.store.save_managed(row)
 
 
 def _viewer(caller: Caller) -> ResponseViewer | None:
@@ -323,8 +333,41 @@ async def _admitted(gateway: Gateway, caller: Caller) -> None:
     await admission.settle(0, 0.0)
 
 
+async def _refreshed(gateway: Gateway, rows: list[Row]) -> list[dict[str, Any]]:
+    """The listed batches, each not yet billed (nor failed, expired or cancelled) asked
+    of its upstream and settled as a retrieve settles it, a few at a time; one whose
+    upstream fails, or whose deployment is no longer served, is listed as last seen."""
+    data = [row["object"] for row in rows]
+    limiter = trio.CapacityLimiter(REFRESHES_AT_ONCE)
+
+    async def refresh(index: int, row: Row) -> None:
+        deployment = _deployment(gateway, row)
+        if deployment is None or deployment.abilities.batches is None:
+            return
+        async with limiter:
+            try:
+                answer = await deployment.abilities.batches.retrieve_batch(row["object_id"])
+                await _settle(gateway, row, deployment.abilities.batches, answer.body)
+            except UpstreamError as error:
+                logger.warning(
+                    "batches: refreshing %s failed (%s); listed as last seen",
+                    row["object_id"],
+                    error.kind,
+                )
+                return
+        data[index] = answer.body
+
+    async with trio.open_nursery() as nursery:
+        for index, row in enumerate(rows):
+            if not row["billed"] and row["object"].get("status") not in UNBILLED_END:
+                nursery.start_soon(refresh, index, row)
+    return data
+
+
 async def _settle(gateway: Gateway, row: Row, batches: Batches, batch: dict[str, Any]) -> None:
-    """Keep the batch's latest state; bill it once, the first time it is seen completed."""
+    """Keep the batch's latest state, its result files its owner's; bill it once, the
+    first time it is seen completed."""
+    await _register_results(gateway, row, batch)
     await gateway.store.save_managed({**row, "object": batch})
     if batch.get("status") != "completed" or row["billed"]:
         return
@@ -365,6 +408,29 @@ async def _settle(gateway: Gateway, row: Row, batches: Batches, batch: dict[str,
     )
     with trio.CancelScope(shield=True):
         await gateway.record(record)
+
+
+async def _register_results(gateway: Gateway, row: Row, batch: dict[str, Any]) -> None:
+    """Record the output and error files a batch names as its owner's, on its deployment,
+    the first time it names each (before the batch is saved naming them, so that a
+    failure between the two is made good on the next look). An id already recorded
+    keeps its record: one its owner deleted stays deleted, another's stays theirs."""
+    for field in RESULT_FILES:
+        file_id = batch.get(field)
+        if not isinstance(file_id, str) or not file_id or row["object"].get(field) == file_id:
+            continue
+        if await gateway.store.managed(FILE, file_id, None) is not None:
+            continue
+        described = {"id": file_id, "object": "file", "purpose": "batch_output"}
+        await gateway.store.save_managed(
+            {
+                **row,
+                "kind": FILE,
+                "object_id": file_id,
+                "object": described,
+                "created_at": time.time(),
+            }
+        )
 
 
 def _reported_tokens(batch: dict[str, Any]) -> TokenCounts | None:

@@ -333,6 +333,8 @@ class Call:
         is recorded as `before_route` records, however it ends here."""
         if litellm is not None and not litellm.cacheable:
             return None
+        if self.hooks is not None and self.hooks.personalises(self):
+            return None  # an answer made the caller's own is neither kept nor shared
         exchange = self.exchange
         kind = _CACHED_SURFACES.get(f"{type(exchange).__module__}.{type(exchange).__qualname__}")
         if kind is None:

@@ -77,6 +77,11 @@ class GuardrailHook(BaseHook):
             return False
         return await run.post_call(answer)
 
+    def personalises(self, request: HookedRequest) -> bool:
+        """A run that unmasks answers each caller with what it masked of its own request."""
+        run = _run(request)
+        return run is not None and run.unmasks
+
     def redacted(self, request: HookedRequest, record: RequestRecord) -> RequestRecord:
         run = _run(request)
         return record if run is None else redact_record(run, record, request)

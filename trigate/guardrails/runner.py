@@ -146,6 +146,11 @@ class GuardrailRun:
         return bool(self._by_mode[mode])
 
     @property
+    def unmasks(self) -> bool:
+        """Whether a guardrail of the run puts back in the answer what it masked."""
+        return self._unmasks
+
+    @property
     def watches_stream(self) -> bool:
         """Whether a stream's chunks must pass through this run (held, unmasked, kept)."""
         return self._unmasks or self.runs(Mode.POST_CALL) or self.runs(Mode.LOGGING_ONLY)

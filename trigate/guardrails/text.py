@@ -60,16 +60,30 @@ class Slot:
 
 def request_slots(body: dict[str, Any]) -> list[Slot]:
     """The text of a request in OpenAI's shapes: chat messages (with tool calls and tool
-    results), a completion's prompt, or embeddings' input."""
+    results), a completion's or an image's prompt, embeddings', moderations' or speech's
+    input, and a rerank's query and documents."""
     slots: list[Slot] = []
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, dict):
                 slots.extend(_message_slots(message))
-    for key in ("prompt", "input"):
+    for key in ("prompt", "input", "query"):
         slots.extend(_strings(body, key))
+    slots.extend(_documents(body))
     return slots
+
+
+def _documents(body: dict[str, Any]) -> Iterator[Slot]:
+    """A rerank request's documents: strings, or objects with their `text`."""
+    documents = body.get("documents")
+    if not isinstance(documents, list):
+        return
+    for index, document in enumerate(documents):
+        if isinstance(document, str):
+            yield Slot(documents, index)
+        elif isinstance(document, dict) and isinstance(document.get("text"), str):
+            yield Slot(document, "text")
 
 
 def _message_slots(message: dict[str, Any]) -> Iterator[Slot]:
