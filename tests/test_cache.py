@@ -503,7 +503,8 @@ async def test_two_gateways_share_hits_through_redis_and_their_stores_say_so(
     assert hit.headers["x-trigate-cache"] == "hit"
     rows = sorted(await _spend_rows(one, 2), key=lambda row: row["start_time"])
     key = first.headers["x-litellm-cache-key"]
-    assert [(r["cache_hit"], r["cache_key"]) for r in rows] == [(False, key), (True, key)]
+    # LiteLLM's spend-log shapes: strings.
+    assert [(r["cache_hit"], r["cache_key"]) for r in rows] == [("False", key), ("True", key)]
     assert rows[0]["spend"] > 0 and rows[1]["spend"] == 0
     await one.stop()
     await two.stop()
@@ -763,4 +764,34 @@ async def test_when_the_first_caller_leaves_the_one_carrying_the_stream_to_its_e
     assert paid.cost == pytest.approx(10 * 0.001 + 20 * 0.002)
     [free] = [r for r in records if r is not paid and r is not leader_row]
     assert free.cache_hit and free.cost == 0.0
+    await running.stop()
+
+
+async def test_a_reload_that_changes_the_cache_is_warned_of_and_the_cache_goes_on(
+    nursery: trio.Nursery, upstream: FakeUpstream, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import yaml
+
+    upstream.handler = lambda request: JSONReply(chat_completion("Kept", USAGE))
+    config = cached_config(upstream, ttl=600)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    running = await start_gateway(nursery, yaml.safe_load(path.read_text()), config_path=str(path))
+    await _post(running, "/v1/chat/completions", _chat())
+
+    async def reload() -> list[str]:
+        caplog.clear()
+        async with running.client() as admin:
+            assert (await admin.post("/config/reload")).status_code == 200
+        return [r.getMessage() for r in caplog.records if "response cache" in r.getMessage()]
+
+    assert await reload() == []  # unchanged
+    config["litellm_settings"]["cache_params"]["ttl"] = 5
+    path.write_text(yaml.safe_dump(config))
+    assert await reload() == [
+        "config reload: litellm_settings.cache or cache_params changed; the response cache "
+        "changes at restart"
+    ]
+    hit = await _post(running, "/v1/chat/completions", _chat())
+    assert hit.headers["x-trigate-cache"] == "hit"
     await running.stop()

@@ -285,6 +285,7 @@ class Gateway:
         if self._live is None:
             return  # not started: `start` serves what the catalog has then
         self._warn_if_proxy_budget_changed(config)
+        self._warn_if_cache_changed(config)
         hooks = self._hooks_of(config)
         link = self._link
         if not link.fleet.serves(config.router):
@@ -402,6 +403,22 @@ class Gateway:
             logger.warning(
                 "config reload: litellm_settings.max_budget or budget_duration changed; "
                 "the proxy budget changes at restart"
+            )
+
+    def _warn_if_cache_changed(self, config: GatewayConfig) -> None:
+        """The response cache is the start-up's (its entries and calls in flight live
+        on): a reload that changes its settings is told so, never ignored in silence."""
+        router = config.router
+        current = self.cache.settings if self.cache is not None else None
+        try:
+            wanted = cache_settings(config.litellm_settings, router.redis, router.redis_timeout)
+            changed = wanted != current
+        except ConfigError:
+            changed = True
+        if changed:
+            logger.warning(
+                "config reload: litellm_settings.cache or cache_params changed; the "
+                "response cache changes at restart"
             )
 
     async def proxy_budget_row(self) -> Row | None:
