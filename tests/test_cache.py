@@ -303,7 +303,7 @@ async def _subscribers(gateway: RunningGateway, count: int) -> None:
     with trio.fail_after(30):
         while (
             not cache._flights
-            or max(  # noqa: ASYNC110
+            or max(
                 len(flight.subscribers) for flight in cache._flights.values()
             )
             < count
