@@ -300,14 +300,12 @@ async def _subscribers(gateway: RunningGateway, count: int) -> None:
     """Until `count` requests share the one call in flight (the cache's state, polled)."""
     cache = gateway.gateway.cache
     assert cache is not None
+
+    def most() -> int:
+        return max((len(flight.subscribers) for flight in cache._flights.values()), default=0)
+
     with trio.fail_after(30):
-        while (
-            not cache._flights
-            or max(
-                len(flight.subscribers) for flight in cache._flights.values()
-            )
-            < count
-        ):
+        while most() < count:  # noqa: ASYNC110
             await trio.sleep(0.01)
 
 
