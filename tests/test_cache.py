@@ -793,3 +793,57 @@ async def test_a_reload_that_changes_the_cache_is_warned_of_and_the_cache_goes_o
     hit = await _post(running, "/v1/chat/completions", _chat())
     assert hit.headers["x-trigate-cache"] == "hit"
     await running.stop()
+
+
+async def test_a_native_messages_upstream_is_cached_whole_and_streamed_as_it_came(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    from fake_anthropic import (
+        anthropic_config,
+        message,
+        message_end,
+        message_start,
+        serve,
+        text_block,
+    )
+
+    def reply(body: dict[str, Any]) -> JSONReply | StreamReply:
+        if body.get("stream"):
+            end = message_end("end_turn", output_tokens=6)
+            frames = [message_start(), *text_block(0, "Nat", "ive"), *end]
+            return StreamReply(frames)
+        return JSONReply(message([{"type": "text", "text": "Native"}]))
+
+    serve(upstream, reply)
+    config = anthropic_config(upstream)
+    config["litellm_settings"] = {"cache": True}
+    running = await start_gateway(nursery, config)
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
+    said = [{"role": "user", "content": [{"type": "text", "text": "Say hello"}]}]
+    ask = {"model": "claude", "max_tokens": 50, "messages": said}
+    for _ in range(2):
+        whole = await client.messages.with_raw_response.create(**ask)  # type: ignore[call-overload]
+    assert whole.headers["x-trigate-cache"] == "hit"
+    assert (await whole.parse()).content[0].text == "Native"
+    # A native whole answer serves whole requests only: the first stream goes upstream,
+    # and its events, kept as they came, answer the next.
+    texts = []
+    for _ in range(2):
+        async with client.messages.stream(**ask) as stream:  # type: ignore[call-overload]
+            texts.append((await stream.get_final_message()).content[0].text)
+    assert texts == ["Native", "Native"]
+    assert len(upstream.requests) == 2
+    await running.stop()
+
+
+async def test_a_local_copy_in_front_of_redis_answers_while_redis_is_away(
+    nursery: trio.Nursery, upstream: FakeUpstream, own_redis: Any
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Front", USAGE))
+    config = redis_cached_config(upstream, own_redis.url, "t:", default_in_memory_ttl=60)
+    running = await start_gateway(nursery, config)
+    await _post(running, "/v1/chat/completions", _chat())
+    await own_redis.kill()
+    hit = await _post(running, "/v1/chat/completions", _chat())
+    assert hit.headers["x-trigate-cache"] == "hit" and len(upstream.requests) == 1
+    await running.stop()
