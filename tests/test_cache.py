@@ -36,13 +36,14 @@ def cached_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
 
 
 async def _post(gateway: RunningGateway, path: str, body: dict[str, Any]) -> Any:
-    async with gateway.client() as client:
+    async with gateway.client(timeout=30) as client:
         return await client.post(path, json=body)
 
 
 async def _stream(gateway: RunningGateway, body: dict[str, Any]) -> tuple[Any, str]:
+    # A long read timeout: shared streams wait, on a loaded machine, for all to join.
     async with (
-        gateway.client() as client,
+        gateway.client(timeout=30) as client,
         client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response,
     ):
         return response, (await response.aread()).decode()
