@@ -848,3 +848,14 @@ async def test_a_local_copy_in_front_of_redis_answers_while_redis_is_away(
     hit = await _post(running, "/v1/chat/completions", _chat())
     assert hit.headers["x-trigate-cache"] == "hit" and len(upstream.requests) == 1
     await running.stop()
+
+
+async def test_a_mocked_answer_is_never_cached(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    running = await start_gateway(nursery, cached_config(upstream))
+    for text in ("first", "second"):
+        reply = await _post(running, "/v1/chat/completions", _chat(mock_response=text))
+        assert reply.json()["choices"][0]["message"]["content"] == text
+        assert "x-trigate-cache" not in reply.headers
+    await running.stop()
