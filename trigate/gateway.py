@@ -357,6 +357,7 @@ class Gateway:
             return  # not started: `start` serves what the catalog has then
         self._warn_if_proxy_budget_changed(config)
         self._warn_if_exports_changed(config)
+        self._warn_if_cache_changed(config)
         hooks = self._hooks_of(config)
         self.mcp.reload(config.mcp, config.mcp_limits)
         link = self._link
@@ -535,6 +536,22 @@ class Gateway:
         if _export_settings(config) != _export_settings(self._config):
             logger.warning(
                 "config reload: logging callbacks or alerting changed; they change at restart"
+            )
+
+    def _warn_if_cache_changed(self, config: GatewayConfig) -> None:
+        """The response cache is the start-up's (its entries and calls in flight live
+        on): a reload that changes its settings is told so, never ignored in silence."""
+        router = config.router
+        current = self.cache.settings if self.cache is not None else None
+        try:
+            wanted = cache_settings(config.litellm_settings, router.redis, router.redis_timeout)
+            changed = wanted != current
+        except ConfigError:
+            changed = True
+        if changed:
+            logger.warning(
+                "config reload: litellm_settings.cache or cache_params changed; the "
+                "response cache changes at restart"
             )
 
     async def proxy_budget_row(self) -> Row | None:

@@ -90,6 +90,9 @@ def _log_shape(row: Row) -> Row:
         "endTime": iso(row["end_time"]),
         "completionStartTime": iso(row["start_time"] + ttft / 1000) if ttft is not None else None,
         "metadata": {**(row.get("metadata") or {}), **_caller_metadata(row)},
+        # LiteLLM's spend logs hold these as strings ("True"/"False", "" without a key).
+        "cache_hit": "True" if row.get("cache_hit") else "False",
+        "cache_key": row.get("cache_key") or "",
     }
 
 
