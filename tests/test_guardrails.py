@@ -11,6 +11,7 @@ import orjson
 import pytest
 import trio
 from fake_anthropic import (
+    PING,
     anthropic_config,
     message_end,
     message_start,
@@ -337,6 +338,7 @@ async def test_logging_only_masks_what_is_logged_stored_and_exported_only(
     assert stored and EMAIL not in repr(stored) and EMAIL not in repr(rows)
     exported = b"".join(request.body for request in collector.requests)
     assert b"[EMAIL_REDACTED]" in exported and EMAIL.encode() not in exported
+    assert b"guardrail log-mask" in exported  # a span per guardrail run
     assert EMAIL not in caplog.text and EMAIL not in repr(record)
 
 
@@ -559,3 +561,36 @@ def test_what_trigate_cannot_run_stops_the_start_by_name(
     with pytest.raises(ConfigError) as stopped:
         Gateway(parse_config(config, {}), MASTER_KEY)
     assert "g1" in str(stopped.value) and named in str(stopped.value)
+
+
+async def test_a_native_messages_stream_blocked_mid_way_ends_with_anthropics_error_event(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    frames = [
+        message_start(),
+        *text_block(0, "one ", "two ", "forbidden ", "three"),
+        *message_end("end_turn", output_tokens=4),
+    ]
+    serve(upstream, lambda body: StreamReply(frames, tail=PING))
+    config = {
+        **anthropic_config(upstream),
+        "guardrails": [content_filter("cf", "post_call", stream_window=1)],
+    }
+    running = await start_gateway(nursery, config)
+    body = {"model": "claude", "max_tokens": 20, "stream": True,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}  # fmt: skip
+    async with (
+        running.client() as client,
+        client.stream("POST", "/v1/messages", json=body) as response,
+    ):
+        text = (await response.aread()).decode()
+    events = [line[7:] for line in text.split("\n") if line.startswith("event: ")]
+    assert events[-1] == "error" and events.count("error") == 1
+    assert '"text":"one "' in text and '"text":"two "' in text
+    assert "forbidden" in text.split("event: error", 1)[1]  # named in the error only
+    assert '"text":"forbidden ' not in text and "three" not in text
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+    [record] = await running.records.wait_for(1)
+    assert record.status == 400
+    await running.stop()

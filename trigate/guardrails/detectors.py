@@ -34,10 +34,6 @@ class Scanned:
             self._lower = self.text.lower()
         return self._lower
 
-    def has(self, *needles: str) -> bool:
-        text = self.text
-        return any(needle in text for needle in needles)
-
     def has_lower(self, *needles: str) -> bool:
         lower = self.lower
         return any(needle in lower for needle in needles)
@@ -176,13 +172,13 @@ _INJECTION = (
     r"|\bpretend (?:that )?you (?:are|have) no (?:rules|restrictions|guidelines)\b"
 )
 
-# What a high-entropy token is at least: so long a run without a space.
-_LONG_TOKEN = re.compile(r"[^\s]{24}")
+# Gates found by one search with a literal prefix, which is cheaper than several `in`.
+_AWS_KEY_PREFIX = re.compile(r"A(?:KIA|SIA|BIA|CCA)")
+_GITHUB_PREFIX = re.compile(r"gh(?:[pousr]_|ithub_pat_)")
 # What any phrasing `_INJECTION` matches contains: none of them, no injection to look for.
 _INJECTION_WORDS = (
-    "ignore", "disregard", "forget", "override", "bypass", "you are now", "system prompt",
-    "hidden prompt", "initial prompt", "instructions", "jailbreak", "do anything now",
-    "pretend",
+    "instruction", "prompt", "rule", "direction", "guideline", "context", "you are now",
+    "jailbreak", "do anything now", "pretend",
 )  # fmt: skip
 
 PREBUILT: dict[str, Detector] = {
@@ -212,7 +208,7 @@ PREBUILT: dict[str, Detector] = {
             "ipv6",
             re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
             ipv6_address,
-            gate=lambda text: text.has(":"),
+            gate=lambda text: ":" in text.text,
             near=DIGITS,
         ),
         Detector(
@@ -223,37 +219,39 @@ PREBUILT: dict[str, Detector] = {
         Detector(
             "aws_access_key",
             re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
-            gate=lambda text: text.has("AKIA", "ASIA", "ABIA", "ACCA"),
+            gate=lambda text: _AWS_KEY_PREFIX.search(text.text) is not None,
         ),
         Detector(
             "aws_secret_key",
             re.compile(r"(?i)\baws_?secret_?(?:access_?)?key\b[\s\"':=]{1,5}[A-Za-z0-9/+=]{40}\b"),
-            gate=lambda text: text.has_lower("secret"),
+            gate=lambda text: "secret" in text.lower,
         ),
         Detector(
             "github_token",
             re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_\w{40,})"),
-            gate=lambda text: text.has("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+            gate=lambda text: "_" in text.text and _GITHUB_PREFIX.search(text.text) is not None,
         ),
         Detector(
             "google_api_key",
             re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),
-            gate=lambda text: text.has("AIza"),
+            gate=lambda text: "AIza" in text.text,
         ),
         Detector(
             "slack_token",
             re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
-            gate=lambda text: text.has("xox"),
+            gate=lambda text: "xox" in text.text,
         ),
         Detector(
             "stripe_key",
             re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}\b"),
-            gate=lambda text: text.has("k_live_", "k_test_"),
+            gate=lambda text: (
+                "_" in text.text and ("k_live_" in text.text or "k_test_" in text.text)
+            ),
         ),
         Detector(
             "api_key",
             re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{20,}"),
-            gate=lambda text: text.has("sk-"),
+            gate=lambda text: "-" in text.text and "sk-" in text.text,
         ),
         Detector(
             "private_key",
@@ -265,18 +263,18 @@ PREBUILT: dict[str, Detector] = {
         Detector(
             "bearer_token",
             re.compile(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{16,}=*"),
-            gate=lambda text: text.has_lower("bearer"),
+            gate=lambda text: "bearer" in text.lower,
         ),
         Detector(
             "jwt",
             re.compile(r"\beyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}"),
-            gate=lambda text: text.has("eyJ"),
+            gate=lambda text: "J" in text.text and "eyJ" in text.text,
         ),
         Detector(
             "high_entropy",
             re.compile(r"(?<![\w/+=-])[A-Za-z0-9/+_=-]{24,}(?![\w/+=-])"),
             high_entropy,
-            gate=lambda text: _LONG_TOKEN.search(text.text) is not None,
+            near=DIGITS,  # it has a digit, and windows widen to whitespace: it is whole
         ),
         Detector(
             "prompt_injection",
