@@ -577,8 +577,9 @@ async def test_a_native_messages_stream_blocked_mid_way_ends_with_anthropics_err
         "guardrails": [content_filter("cf", "post_call", stream_window=1)],
     }
     running = await start_gateway(nursery, config)
-    body = {"model": "claude", "max_tokens": 20, "stream": True,
-            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}  # fmt: skip
+    hello = [{"type": "text", "text": "hi"}]
+    body = {"model": "claude", "max_tokens": 20, "stream": True, "messages": [
+        {"role": "user", "content": hello}]}  # fmt: skip
     async with (
         running.client() as client,
         client.stream("POST", "/v1/messages", json=body) as response,
