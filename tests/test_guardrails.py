@@ -126,14 +126,15 @@ async def test_a_stream_blocked_after_its_fifth_chunk(
 async def test_a_stream_is_masked_window_by_window(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
-    """An email split across chunks is masked in the window that holds it; every chunk
-    the client gets was checked (a window of 20 characters, and the stream's end)."""
+    """An email split across chunks, and across a window's edge, is masked: every chunk
+    the client gets was checked (a window of 10 characters, the last 9 held until more
+    came, and the stream's end)."""
     pieces = ["Write to ", "ada@exa", "mple.com", " today", ", thanks"]
     upstream.handler = lambda request: StreamReply(
         [*map(chunk, pieces), chunk(finish="stop"), usage_chunk(5, 9), DONE]
     )
     running = await start_gateway(
-        nursery, guarded(upstream, content_filter("cf", "post_call", stream_window=20))
+        nursery, guarded(upstream, content_filter("cf", "post_call", stream_window=10))
     )
     stream = await sdk(running).chat.completions.create(
         model="gpt-test",
@@ -594,4 +595,26 @@ async def test_a_native_messages_stream_blocked_mid_way_ends_with_anthropics_err
         await upstream.wait_for(lambda: upstream.aborted == 1)
     [record] = await running.records.wait_for(1)
     assert record.status == 400
+    await running.stop()
+
+
+async def test_a_responses_stream_is_masked_on_a_translating_deployment(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """The Responses API over a chat deployment: the chat chunks are masked before they
+    become Responses events, so the events and the final response agree."""
+    pieces = ["Mail ", "ada@exa", "mple.com", " now"]
+    upstream.handler = lambda request: StreamReply([*map(chunk, pieces), DONE])
+    config = guarded(upstream, content_filter("cf", "post_call"))
+    config["model_list"][0]["litellm_params"]["model"] = "hosted_vllm/upstream-model"
+    running = await start_gateway(nursery, config)
+    stream = await sdk(running).responses.create(model="gpt-test", input="hi", stream=True)
+    deltas, final = "", None
+    async for event in stream:
+        if event.type == "response.output_text.delta":
+            deltas += event.delta
+        if event.type == "response.completed":
+            final = event.response
+    assert deltas == "Mail [EMAIL_REDACTED] now"
+    assert final is not None and final.output_text == deltas
     await running.stop()
