@@ -26,7 +26,7 @@ class Scanned:
     def __init__(self, text: str) -> None:
         self.text = text
         self._lower: str | None = None
-        self._windows: dict[str, list[tuple[int, int]]] = {}
+        self._windows: dict[Near, list[tuple[int, int]]] = {}
 
     @property
     def lower(self) -> str:
@@ -34,17 +34,14 @@ class Scanned:
             self._lower = self.text.lower()
         return self._lower
 
-    def has_lower(self, *needles: str) -> bool:
-        lower = self.lower
-        return any(needle in lower for needle in needles)
-
-    def windows(self, near: str) -> list[tuple[int, int]]:
-        """The spans of text within `MARGIN` of any of the characters `near`, merged and
-        widened to whitespace, so that a match (and its word boundaries) lies whole in
-        one of them."""
+    def windows(self, near: Near, margin: int) -> list[tuple[int, int]]:
+        """The spans of text within `margin` of any of the characters `near` (or of the
+        places `near` finds), merged and widened to whitespace, so that a match (and its
+        word boundaries) lies whole in one of them."""
         found = self._windows.get(near)
         if found is None:
-            found = self._windows[near] = _windows(self.text, near)
+            places = _places(self.text, near) if isinstance(near, str) else near(self)
+            found = self._windows[near] = _windows(self.text, places, margin)
         return found
 
 
@@ -54,19 +51,28 @@ MARGIN = 48
 DIGITS = "0123456789"
 
 
-def _windows(text: str, near: str) -> list[tuple[int, int]]:
+# Where a detector may match: near some characters, or near the places a function finds.
+Near = str | Callable[[Scanned], list[int]]
+
+
+def _places(text: str, chars: str) -> list[int]:
+    """Where the characters are (one in each `MARGIN`: a window covers the rest)."""
     positions: list[int] = []
-    for char in near:
+    for char in chars:
         at = text.find(char)
         while at != -1:
             positions.append(at)
             at = text.find(char, at + MARGIN)
+    return positions
+
+
+def _windows(text: str, positions: list[int], margin: int) -> list[tuple[int, int]]:
     if not positions:
         return []
     positions.sort()
     merged: list[tuple[int, int]] = []
     for at in positions:
-        start, end = max(0, at - MARGIN), min(len(text), at + MARGIN + 1)
+        start, end = max(0, at - margin), min(len(text), at + margin + 1)
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], end))
         else:
@@ -93,14 +99,16 @@ class Detector:
     # A check of a match's text; None: the shape is enough.
     valid: Callable[[str], bool] | None = None
     gate: Callable[[Scanned], bool] | None = None
-    near: str | None = None
+    near: Near | None = None
+    margin: int = MARGIN
 
     def find(self, text: str | Scanned) -> Iterator[tuple[int, int]]:
         scanned = text if isinstance(text, Scanned) else Scanned(text)
         if self.gate is not None and not self.gate(scanned):
             return
         whole = scanned.text
-        spans = [(0, len(whole))] if self.near is None else scanned.windows(self.near)
+        near = self.near
+        spans = [(0, len(whole))] if near is None else scanned.windows(near, self.margin)
         valid = self.valid
         for start, end in spans:
             for match in self.pattern.finditer(whole, start, end):
@@ -175,11 +183,29 @@ _INJECTION = (
 # Gates found by one search with a literal prefix, which is cheaper than several `in`.
 _AWS_KEY_PREFIX = re.compile(r"A(?:KIA|SIA|BIA|CCA)")
 _GITHUB_PREFIX = re.compile(r"gh(?:[pousr]_|ithub_pat_)")
-# What any phrasing `_INJECTION` matches contains: none of them, no injection to look for.
-_INJECTION_WORDS = (
-    "instruction", "prompt", "rule", "direction", "guideline", "context", "you are now",
-    "jailbreak", "do anything now", "pretend",
-)  # fmt: skip
+# What any phrasing `_INJECTION` matches but a bare "jailbreak" holds, after a space: one
+# search with a literal prefix (the space) finds any of them in one pass over the text,
+# where a test per word would pass over it once per word.
+_INJECTION_WORDS = re.compile(
+    r" (?:instruction|prompt|rule|direction|guideline|context|dan\b|developer mode|"
+    r"jailbroken|unrestricted|anything now|restriction)"
+)
+
+# How far an injection's phrasing reaches from the word that gates it (`_INJECTION`'s
+# longest, its verb up to 30 + 20 characters and two words before its noun).
+INJECTION_MARGIN = 128
+
+
+def _injection_places(text: Scanned) -> list[int]:
+    """Where a phrasing `_INJECTION` matches may be: its gating words."""
+    lower = text.lower
+    places = [match.start() for match in _INJECTION_WORDS.finditer(" " + lower)]
+    at = lower.find("jailbreak")
+    while at != -1:
+        places.append(at)
+        at = lower.find("jailbreak", at + 1)
+    return places
+
 
 PREBUILT: dict[str, Detector] = {
     detector.name: detector
@@ -279,7 +305,8 @@ PREBUILT: dict[str, Detector] = {
         Detector(
             "prompt_injection",
             re.compile(_INJECTION, re.IGNORECASE),
-            gate=lambda text: text.has_lower(*_INJECTION_WORDS),
+            near=_injection_places,
+            margin=INJECTION_MARGIN,
         ),
     )
 }
