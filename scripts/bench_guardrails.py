@@ -18,12 +18,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-RUNS = 20
+# Enough requests that what else differs between two runs (start-up) is a rounding error.
+RUNS = 200
 ROOT = Path(__file__).resolve().parent.parent
 
 WORKER = r"""
+import random
 import sys
 import trio
+from bench_counted import seed_scheduler
 from trigate.guardrails.config import Mode
 from trigate.guardrails.content_filter import ContentFilter
 from trigate.guardrails.config import parse_guardrails
@@ -37,6 +40,10 @@ SENTENCE = (
     "billing service should wait until the new storage cluster has been load tested. "
 )
 PROMPT = SENTENCE * 70 + "Reach me at ada@example.com or +44 20 7946 0958. " + SENTENCE * 5
+PATTERNS = {
+    "all": (("pii", "MASK"), ("secrets", "BLOCK"), ("prompt_injection", "BLOCK")),
+    "pii": (("pii", "MASK"),),
+}
 ENTRY = {
     "guardrail_name": "cf",
     "litellm_params": {
@@ -44,8 +51,7 @@ ENTRY = {
         "mode": ["pre_call", "post_call"],
         "patterns": [
             {"pattern_type": "prebuilt", "pattern_name": name, "action": action}
-            for name, action in (("pii", "MASK"), ("secrets", "BLOCK"),
-                                 ("prompt_injection", "BLOCK"))
+            for name, action in PATTERNS[sys.argv[2]]
         ],
         "blocked_words": [{"keyword": "confidential", "action": "BLOCK"}],
     },
@@ -69,16 +75,22 @@ async def main(count: int) -> None:
     for _ in range(count):
         await one()
 
+seed_scheduler()
+random.seed(20)
 trio.run(main, int(sys.argv[1]))
 """
 
 
-def instructions(count: int, workdir: Path) -> int:
-    out = workdir / f"callgrind.{count}"
+def instructions(count: int, patterns: str, workdir: Path) -> int:
+    out = workdir / f"callgrind.{patterns}.{count}"
+    env = {"PYTHONHASHSEED": "0", "PATH": "", "PYTHONPATH": str(ROOT / "scripts")}
+    # Once outside callgrind first: any module not yet compiled is, and its .pyc written,
+    # so that neither counted run pays for it.
+    subprocess.run([sys.executable, "-c", WORKER, "0", patterns], check=True, cwd=ROOT, env=env)
     subprocess.run(
         ["/usr/bin/valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-         "-c", WORKER, str(count)],
-        check=True, capture_output=True, cwd=ROOT, env={"PYTHONHASHSEED": "0", "PATH": ""},
+         "-c", WORKER, str(count), patterns],
+        check=True, capture_output=True, cwd=ROOT, env=env,
     )  # fmt: skip
     for line in out.read_text(errors="replace").splitlines():
         if line.startswith("totals:"):
@@ -87,17 +99,21 @@ def instructions(count: int, workdir: Path) -> int:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as directory:
-        workdir = Path(directory)
-        base = instructions(0, workdir)
-        more = instructions(RUNS, workdir)
     sys.path.insert(0, str(ROOT))
     from trigate.tokens import TokenCounter
 
-    prompt_tokens = _prompt_tokens(TokenCounter)
-    per_request = (more - base) / RUNS
-    print(f"prompt: {prompt_tokens} tokens (o200k)")
-    print(f"content filter, pre_call + post_call, per request: {per_request:,.0f} instructions")
+    print(f"prompt: {_prompt_tokens(TokenCounter)} tokens (o200k)")
+    with tempfile.TemporaryDirectory() as directory:
+        workdir = Path(directory)
+        for patterns, what in (
+            ("all", "every prebuilt pattern (PII, secrets, prompt injection) and a keyword"),
+            ("pii", "the PII patterns and a keyword"),
+        ):
+            base = instructions(0, patterns, workdir)
+            more = instructions(RUNS, patterns, workdir)
+            per_request = (more - base) / RUNS
+            print(f"content filter, {what}, pre_call + post_call: {per_request:,.0f} "
+                  "instructions per request")  # fmt: skip
 
 
 def _prompt_tokens(counter_class: type) -> int:

@@ -11,6 +11,7 @@ import orjson
 import pytest
 import trio
 from fake_anthropic import (
+    PING,
     anthropic_config,
     message_end,
     message_start,
@@ -125,14 +126,15 @@ async def test_a_stream_blocked_after_its_fifth_chunk(
 async def test_a_stream_is_masked_window_by_window(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
-    """An email split across chunks is masked in the window that holds it; every chunk
-    the client gets was checked (a window of 20 characters, and the stream's end)."""
+    """An email split across chunks, and across a window's edge, is masked: every chunk
+    the client gets was checked (a window of 10 characters, the last 9 held until more
+    came, and the stream's end)."""
     pieces = ["Write to ", "ada@exa", "mple.com", " today", ", thanks"]
     upstream.handler = lambda request: StreamReply(
         [*map(chunk, pieces), chunk(finish="stop"), usage_chunk(5, 9), DONE]
     )
     running = await start_gateway(
-        nursery, guarded(upstream, content_filter("cf", "post_call", stream_window=20))
+        nursery, guarded(upstream, content_filter("cf", "post_call", stream_window=10))
     )
     stream = await sdk(running).chat.completions.create(
         model="gpt-test",
@@ -337,6 +339,7 @@ async def test_logging_only_masks_what_is_logged_stored_and_exported_only(
     assert stored and EMAIL not in repr(stored) and EMAIL not in repr(rows)
     exported = b"".join(request.body for request in collector.requests)
     assert b"[EMAIL_REDACTED]" in exported and EMAIL.encode() not in exported
+    assert b"guardrail log-mask" in exported  # a span per guardrail run
     assert EMAIL not in caplog.text and EMAIL not in repr(record)
 
 
@@ -591,4 +594,38 @@ async def test_pre_call_reads_every_surfaces_text(
     assert refused.status_code == 400, refused.text
     assert "forbidden" not in refused.text or "cf" in refused.text
     assert upstream.requests == []
+    await running.stop()
+
+
+async def test_a_native_messages_stream_blocked_mid_way_ends_with_anthropics_error_event(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    frames = [
+        message_start(),
+        *text_block(0, "one ", "two ", "forbidden ", "three"),
+        *message_end("end_turn", output_tokens=4),
+    ]
+    serve(upstream, lambda body: StreamReply(frames, tail=PING))
+    config = {
+        **anthropic_config(upstream),
+        "guardrails": [content_filter("cf", "post_call", stream_window=1)],
+    }
+    running = await start_gateway(nursery, config)
+    hello = [{"type": "text", "text": "hi"}]
+    body = {"model": "claude", "max_tokens": 20, "stream": True, "messages": [
+        {"role": "user", "content": hello}]}  # fmt: skip
+    async with (
+        running.client() as client,
+        client.stream("POST", "/v1/messages", json=body) as response,
+    ):
+        text = (await response.aread()).decode()
+    events = [line[7:] for line in text.split("\n") if line.startswith("event: ")]
+    assert events[-1] == "error" and events.count("error") == 1
+    assert '"text":"one "' in text and '"text":"two "' in text
+    assert "forbidden" in text.split("event: error", 1)[1]  # named in the error only
+    assert '"text":"forbidden ' not in text and "three" not in text
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+    [record] = await running.records.wait_for(1)
+    assert record.status == 400
     await running.stop()

@@ -22,7 +22,7 @@ the request's `guardrail_information`. A prebuilt name may be a family: `pii`, `
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,13 +102,20 @@ def rules_of(name: str, settings: Mapping[str, Any]) -> list[Rule]:
         if not isinstance(keyword, str) or not keyword:
             raise ConfigProblem(f"{where}: each of `blocked_words` needs a `keyword`")
         detector = Detector(
-            f"keyword '{keyword}'", re.compile(rf"(?<!\w){re.escape(keyword)}(?!\w)", re.I)
+            f"keyword '{keyword}'",
+            re.compile(rf"(?<!\w){re.escape(keyword)}(?!\w)", re.I),
+            gate=_has_word(keyword.lower()),
         )
         rules.append(Rule(detector, _action(entry, where), keyword_tag))
     if not rules:
         raise ConfigProblem(f"{where}: a content filter needs `patterns` or `blocked_words`")
     # A block is found before a mask is made for nothing.
     return sorted(rules, key=lambda rule: ACTIONS.index(rule.action))
+
+
+def _has_word(lowered: str) -> Callable[[Scanned], bool]:
+    """A keyword's gate: the text, in lower case, holds it (C's string search)."""
+    return lambda scanned: lowered in scanned.lower
 
 
 def _list(value: Any, key: str, where: str) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ class Scanned:
     def __init__(self, text: str) -> None:
         self.text = text
         self._lower: str | None = None
-        self._windows: dict[str, list[tuple[int, int]]] = {}
+        self._windows: dict[Near, list[tuple[int, int]]] = {}
 
     @property
     def lower(self) -> str:
@@ -34,21 +34,14 @@ class Scanned:
             self._lower = self.text.lower()
         return self._lower
 
-    def has(self, *needles: str) -> bool:
-        text = self.text
-        return any(needle in text for needle in needles)
-
-    def has_lower(self, *needles: str) -> bool:
-        lower = self.lower
-        return any(needle in lower for needle in needles)
-
-    def windows(self, near: str) -> list[tuple[int, int]]:
-        """The spans of text within `MARGIN` of any of the characters `near`, merged and
-        widened to whitespace, so that a match (and its word boundaries) lies whole in
-        one of them."""
+    def windows(self, near: Near, margin: int) -> list[tuple[int, int]]:
+        """The spans of text within `margin` of any of the characters `near` (or of the
+        places `near` finds), merged and widened to whitespace, so that a match (and its
+        word boundaries) lies whole in one of them."""
         found = self._windows.get(near)
         if found is None:
-            found = self._windows[near] = _windows(self.text, near)
+            places = _places(self.text, near) if isinstance(near, str) else near(self)
+            found = self._windows[near] = _windows(self.text, places, margin)
         return found
 
 
@@ -58,19 +51,28 @@ MARGIN = 48
 DIGITS = "0123456789"
 
 
-def _windows(text: str, near: str) -> list[tuple[int, int]]:
+# Where a detector may match: near some characters, or near the places a function finds.
+Near = str | Callable[[Scanned], list[int]]
+
+
+def _places(text: str, chars: str) -> list[int]:
+    """Where the characters are (one in each `MARGIN`: a window covers the rest)."""
     positions: list[int] = []
-    for char in near:
+    for char in chars:
         at = text.find(char)
         while at != -1:
             positions.append(at)
             at = text.find(char, at + MARGIN)
+    return positions
+
+
+def _windows(text: str, positions: list[int], margin: int) -> list[tuple[int, int]]:
     if not positions:
         return []
     positions.sort()
     merged: list[tuple[int, int]] = []
     for at in positions:
-        start, end = max(0, at - MARGIN), min(len(text), at + MARGIN + 1)
+        start, end = max(0, at - margin), min(len(text), at + margin + 1)
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], end))
         else:
@@ -97,14 +99,16 @@ class Detector:
     # A check of a match's text; None: the shape is enough.
     valid: Callable[[str], bool] | None = None
     gate: Callable[[Scanned], bool] | None = None
-    near: str | None = None
+    near: Near | None = None
+    margin: int = MARGIN
 
     def find(self, text: str | Scanned) -> Iterator[tuple[int, int]]:
         scanned = text if isinstance(text, Scanned) else Scanned(text)
         if self.gate is not None and not self.gate(scanned):
             return
         whole = scanned.text
-        spans = [(0, len(whole))] if self.near is None else scanned.windows(self.near)
+        near = self.near
+        spans = [(0, len(whole))] if near is None else scanned.windows(near, self.margin)
         valid = self.valid
         for start, end in spans:
             for match in self.pattern.finditer(whole, start, end):
@@ -176,14 +180,32 @@ _INJECTION = (
     r"|\bpretend (?:that )?you (?:are|have) no (?:rules|restrictions|guidelines)\b"
 )
 
-# What a high-entropy token is at least: so long a run without a space.
-_LONG_TOKEN = re.compile(r"[^\s]{24}")
-# What any phrasing `_INJECTION` matches contains: none of them, no injection to look for.
-_INJECTION_WORDS = (
-    "ignore", "disregard", "forget", "override", "bypass", "you are now", "system prompt",
-    "hidden prompt", "initial prompt", "instructions", "jailbreak", "do anything now",
-    "pretend",
-)  # fmt: skip
+# Gates found by one search with a literal prefix, which is cheaper than several `in`.
+_AWS_KEY_PREFIX = re.compile(r"A(?:KIA|SIA|BIA|CCA)")
+_GITHUB_PREFIX = re.compile(r"gh(?:[pousr]_|ithub_pat_)")
+# What any phrasing `_INJECTION` matches but a bare "jailbreak" holds, after a space: one
+# search with a literal prefix (the space) finds any of them in one pass over the text,
+# where a test per word would pass over it once per word.
+_INJECTION_WORDS = re.compile(
+    r" (?:instruction|prompt|rule|direction|guideline|context|dan\b|developer mode|"
+    r"jailbroken|unrestricted|anything now|restriction)"
+)
+
+# How far an injection's phrasing reaches from the word that gates it (`_INJECTION`'s
+# longest, its verb up to 30 + 20 characters and two words before its noun).
+INJECTION_MARGIN = 128
+
+
+def _injection_places(text: Scanned) -> list[int]:
+    """Where a phrasing `_INJECTION` matches may be: its gating words."""
+    lower = text.lower
+    places = [match.start() for match in _INJECTION_WORDS.finditer(" " + lower)]
+    at = lower.find("jailbreak")
+    while at != -1:
+        places.append(at)
+        at = lower.find("jailbreak", at + 1)
+    return places
+
 
 PREBUILT: dict[str, Detector] = {
     detector.name: detector
@@ -212,7 +234,7 @@ PREBUILT: dict[str, Detector] = {
             "ipv6",
             re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
             ipv6_address,
-            gate=lambda text: text.has(":"),
+            gate=lambda text: ":" in text.text,
             near=DIGITS,
         ),
         Detector(
@@ -223,37 +245,39 @@ PREBUILT: dict[str, Detector] = {
         Detector(
             "aws_access_key",
             re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
-            gate=lambda text: text.has("AKIA", "ASIA", "ABIA", "ACCA"),
+            gate=lambda text: _AWS_KEY_PREFIX.search(text.text) is not None,
         ),
         Detector(
             "aws_secret_key",
             re.compile(r"(?i)\baws_?secret_?(?:access_?)?key\b[\s\"':=]{1,5}[A-Za-z0-9/+=]{40}\b"),
-            gate=lambda text: text.has_lower("secret"),
+            gate=lambda text: "secret" in text.lower,
         ),
         Detector(
             "github_token",
             re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_\w{40,})"),
-            gate=lambda text: text.has("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+            gate=lambda text: "_" in text.text and _GITHUB_PREFIX.search(text.text) is not None,
         ),
         Detector(
             "google_api_key",
             re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),
-            gate=lambda text: text.has("AIza"),
+            gate=lambda text: "AIza" in text.text,
         ),
         Detector(
             "slack_token",
             re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
-            gate=lambda text: text.has("xox"),
+            gate=lambda text: "xox" in text.text,
         ),
         Detector(
             "stripe_key",
             re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}\b"),
-            gate=lambda text: text.has("k_live_", "k_test_"),
+            gate=lambda text: (
+                "_" in text.text and ("k_live_" in text.text or "k_test_" in text.text)
+            ),
         ),
         Detector(
             "api_key",
             re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{20,}"),
-            gate=lambda text: text.has("sk-"),
+            gate=lambda text: "-" in text.text and "sk-" in text.text,
         ),
         Detector(
             "private_key",
@@ -265,23 +289,24 @@ PREBUILT: dict[str, Detector] = {
         Detector(
             "bearer_token",
             re.compile(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{16,}=*"),
-            gate=lambda text: text.has_lower("bearer"),
+            gate=lambda text: "bearer" in text.lower,
         ),
         Detector(
             "jwt",
             re.compile(r"\beyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}"),
-            gate=lambda text: text.has("eyJ"),
+            gate=lambda text: "J" in text.text and "eyJ" in text.text,
         ),
         Detector(
             "high_entropy",
             re.compile(r"(?<![\w/+=-])[A-Za-z0-9/+_=-]{24,}(?![\w/+=-])"),
             high_entropy,
-            gate=lambda text: _LONG_TOKEN.search(text.text) is not None,
+            near=DIGITS,  # it has a digit, and windows widen to whitespace: it is whole
         ),
         Detector(
             "prompt_injection",
             re.compile(_INJECTION, re.IGNORECASE),
-            gate=lambda text: text.has_lower(*_INJECTION_WORDS),
+            near=_injection_places,
+            margin=INJECTION_MARGIN,
         ),
     )
 }

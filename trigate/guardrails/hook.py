@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import orjson
+
 from trigate.guardrails.config import Mode
 from trigate.guardrails.runner import APPLIED_HEADER, RUN_ATTRIBUTE, GuardrailRun, GuardrailSet
 from trigate.hooks import BaseHook, HookedRequest
@@ -100,7 +102,7 @@ def redact_record(run: GuardrailRun, record: RequestRecord, request: Any = None)
     metadata = dict(record.metadata or {})
     metadata["guardrail_information"] = run.information
     record = dataclasses.replace(record, metadata=metadata)
-    redactions = run.redactions
+    redactions = _with_json_forms(run.redactions)
     if not redactions:
         return record
     changed = {
@@ -111,6 +113,18 @@ def redact_record(run: GuardrailRun, record: RequestRecord, request: Any = None)
     if isinstance(attributes, dict):
         attributes.update(_masked(attributes, redactions))
     return dataclasses.replace(record, **changed)
+
+
+def _with_json_forms(redactions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each (original, mask) pair, and the pair as it reads inside a JSON string (the
+    span's `gen_ai.input.messages` is one), where that differs; longest first, so that a
+    text inside another is masked as part of it."""
+    pairs = set(redactions)
+    for original, mask in redactions:
+        escaped = orjson.dumps(original).decode()[1:-1]
+        if escaped != original:
+            pairs.add((escaped, orjson.dumps(mask).decode()[1:-1]))
+    return sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
 
 
 def _masked(value: Any, redactions: list[tuple[str, str]]) -> Any:

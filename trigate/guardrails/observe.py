@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 
-from trigate.metrics import LATENCY_BUCKETS, Metrics
+from trigate.metrics import LATENCY_BUCKETS, Metrics, Tally, Timing, tally
 from trigate.tracing import OpenSpan
 
-M = TypeVar("M", Counter, Histogram)
 _made: weakref.WeakKeyDictionary[Metrics, Observer] = weakref.WeakKeyDictionary()
 
 
@@ -25,7 +24,8 @@ class Observer:
 
     def __init__(self, metrics: Metrics) -> None:
         registry = metrics.registry
-        self._children: dict[tuple[int, tuple[str, ...]], Counter | Histogram] = {}
+        self._tallies: dict[tuple[int, tuple[str, ...]], Tally] = {}
+        self._timings: dict[tuple[str, ...], Timing] = {}
         self.requests = Counter(
             "litellm_guardrail_requests_total",
             "Total number of guardrail invocations",
@@ -46,14 +46,21 @@ class Observer:
             buckets=LATENCY_BUCKETS,
         )
 
-    def _child(self, metric: M, labels: tuple[str, ...]) -> M:
-        """A labelled child, found once: `.labels()` validates and hashes its labels
-        under a lock on every call."""
+    def _tally(self, metric: Counter, labels: tuple[str, ...]) -> Tally:
+        """A labelled child's value, found once and counted into directly, as the
+        request path's metrics are (`trigate.metrics.tally`): `.labels()` validates and
+        hashes its labels under a lock on every call."""
         key = (id(metric), labels)
-        found = self._children.get(key)
+        found = self._tallies.get(key)
         if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return cast(M, found)
+            found = self._tallies[key] = tally(metric.labels(*labels))
+        return found
+
+    def _timing(self, labels: tuple[str, ...]) -> Timing:
+        found = self._timings.get(labels)
+        if found is None:
+            found = self._timings[labels] = Timing(self.latency.labels(*labels))
+        return found
 
     @classmethod
     def of(cls, metrics: Metrics) -> Observer:
@@ -71,10 +78,10 @@ class Observer:
         elapsed: float,
         parent: Any,
     ) -> None:
-        self._child(self.requests, (name, status, mode)).inc()
+        self._tally(self.requests, (name, status, mode)).inc(1)
         if error_type is not None:
-            self._child(self.errors, (name, error_type, mode)).inc()
-        self._child(self.latency, (name, status, error_type or "", mode)).observe(elapsed)
+            self._tally(self.errors, (name, error_type, mode)).inc(1)
+        self._timing((name, status, error_type or "", mode)).observe(elapsed)
         if isinstance(parent, OpenSpan):
             _span(parent, name, mode, status, elapsed)
 

@@ -107,10 +107,18 @@ class _Held:
     """A stream's chunks held back until their window is checked."""
 
     chunks: list[Any] = field(default_factory=list)
-    # The text the client has been sent so far (after masks), and the held text.
+    # The text the client has been sent so far, as the guardrails passed it (masked, not
+    # yet unmasked): what the next check reads before the held text.
     sent: str = ""
-    parts: list[str] = field(default_factory=list)
-    size: int = 0
+    # Characters that arrived since the last check.
+    fresh: int = 0
+
+
+# What stays held after a window is checked: the text a pattern may still be growing in,
+# so that none of one goes out before it is seen whole (longer than any PII or key the
+# content filter knows, and than a placeholder). A smaller window holds less (its size
+# less one): a window of 1 releases every chunk as soon as it is checked.
+TAIL = 64
 
 
 class GuardrailRun:
@@ -138,6 +146,7 @@ class GuardrailRun:
         self._window = min(
             (g.config.stream_window for g in self._by_mode[Mode.POST_CALL]), default=0
         )
+        self._tail = min(TAIL, max(self._window - 1, 0))
         # The text of a stream as it was sent, for the logging_only guardrails at its end.
         self._streamed: list[str] = []
         self.applied = [g.name for g in guardrails]
@@ -193,48 +202,57 @@ class GuardrailRun:
     # --- a stream --------------------------------------------------------------------------
 
     async def on_chunk(self, chunk: Any) -> Any:
-        """The chunk, or None while its window is held, or the held chunks once checked."""
+        """None while the chunk's window is held, or the chunks released once checked."""
         held = self._held
         held.chunks.append(chunk)
-        for slot in chunk_slots(chunk):
-            held.parts.append(slot.text)
-            held.size += len(slot.text)
-        if held.size < self._window or (self._unmasks and _opens_placeholder(held.parts)):
+        held.fresh += sum(len(slot.text) for slot in chunk_slots(chunk))
+        if held.fresh < self._window:
             return None
-        return await self._release()
+        return await self._release(final=False)
 
     async def on_stream_end(self) -> list[Any]:
-        released = await self._release() if self._held.chunks else []
+        released = await self._release(final=True) if self._held.chunks else []
         await self._log([_Text("".join(self._streamed))], reads_input=False)
         return released
 
-    async def _release(self) -> list[Any]:
+    async def _release(self, *, final: bool) -> list[Any]:
+        """Check the held text after what was sent, mask it where a guardrail masks, and
+        release the chunks before the last `TAIL` characters (all of them at the end),
+        their placeholders given back their values."""
         held = self._held
-        chunks, held.chunks = held.chunks, []
-        held.parts, held.size = [], 0
-        slots = [slot for chunk in chunks for slot in chunk_slots(chunk)]
-        original = "".join(slot.text for slot in slots)
+        held.fresh = 0
+        chunks = await self._checked(held.chunks, held.sent)
+        lengths = [sum(len(slot.text) for slot in chunk_slots(chunk)) for chunk in chunks]
+        go = len(chunks) if final else _before_tail(lengths, self._tail)
+        if self._unmasks and not final:
+            while go and _opens_placeholder([_text_of(chunk) for chunk in chunks[:go]]):
+                go -= 1  # a placeholder cut by the release: it goes out whole, later
+        released, held.chunks = chunks[:go], chunks[go:]
+        held.sent += "".join(_text_of(chunk) for chunk in released)
+        if self._unmasks:
+            released = _rewrite(released, self._vault.unmask)
+        self._streamed.append("".join(_text_of(chunk) for chunk in released))
+        held.fresh = sum(lengths[go:])
+        return released
+
+    async def _checked(self, chunks: list[Any], sent: str) -> list[Any]:
+        """The held chunks as the post_call guardrails pass them (a block raises)."""
+        original = "".join(_text_of(chunk) for chunk in chunks)
         text = original
         for guardrail in self._by_mode[Mode.POST_CALL]:
-            whole = [_Text(held.sent + text)]
+            whole = [_Text(sent + text)]
             verdict = await self._run(guardrail, Mode.POST_CALL, whole, reads_input=False)
             if verdict.texts is not None:
                 masked = verdict.texts[0]
-                if masked.startswith(held.sent):
-                    text = masked[len(held.sent) :]
-                else:  # a mask across what was sent already: the window's own
+                if masked.startswith(sent):
+                    text = masked[len(sent) :]
+                else:  # a mask across what was sent already: the held text's own
                     window = [_Text(text)]
                     again = await self._run(guardrail, Mode.POST_CALL, window, reads_input=False)
                     text = again.texts[0] if again.texts is not None else text
-        if self._unmasks:
-            text = self._vault.unmask(text)
-        if text != original:
-            for slot, part in zip(slots, redistribute([s.text for s in slots], text), strict=True):
-                slot.replace(part)
-            chunks = [rewritten(chunk) for chunk in chunks]
-        held.sent += text
-        self._streamed.append(text)
-        return chunks
+        if text == original:
+            return chunks
+        return _rewrite(chunks, lambda _: text)
 
     # --- running one guardrail --------------------------------------------------------------
 
@@ -322,6 +340,37 @@ class _Text:
 
     def __init__(self, text: str) -> None:
         self.text = text
+
+
+def _text_of(chunk: Any) -> str:
+    return "".join(slot.text for slot in chunk_slots(chunk))
+
+
+def _rewrite(chunks: list[Any], change: Callable[[str], str]) -> list[Any]:
+    """`chunks` with their joined text changed by `change`, cut back into the chunks it
+    came in (`redistribute`); a native event's frame made anew."""
+    slots = [slot for chunk in chunks for slot in chunk_slots(chunk)]
+    parts = [slot.text for slot in slots]
+    joined = "".join(parts)
+    changed = change(joined)
+    if changed == joined:
+        return chunks
+    for slot, part in zip(slots, redistribute(parts, changed), strict=True):
+        slot.replace(part)
+    return [rewritten(chunk) for chunk in chunks]
+
+
+def _before_tail(lengths: list[int], tail: int) -> int:
+    """How many of the chunks (of these text lengths) end before the last `tail`
+    characters."""
+    limit = sum(lengths) - tail
+    count = total = 0
+    for length in lengths:
+        if total + length > limit:
+            break
+        total += length
+        count += 1
+    return count
 
 
 def _checked(verdict: Verdict, count: int) -> Verdict:
