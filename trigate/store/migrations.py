@@ -239,7 +239,7 @@ MIGRATIONS: list[list[str]] = [
     # --- branch cache: the response cache's spend-row fields (LiteLLM's `cache_hit`,
     # `cache_key`): whether the answer came from the cache at no cost, and its key.
     [
-        "ALTER TABLE trigate_spend_logs ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE trigate_spend_logs ADD COLUMN cache_hit INTEGER DEFAULT 0",
         "ALTER TABLE trigate_spend_logs ADD COLUMN cache_key TEXT",
     ],
     # --- openai-api: files and batches (issue 26) ---
