@@ -74,8 +74,14 @@ async def start_instance(config: Path, database: Path, redis: str | None) -> Ser
     if redis is not None:
         env["TRIGATE_REDIS_URL"] = redis
     served = await serve("--workers", "2", "--config", str(config), env=env)
-    with trio.fail_after(60):
-        await served.wait_ready(workers=2)
+    try:
+        with trio.fail_after(60):
+            await served.wait_ready(workers=2)
+    except BaseException:
+        # An instance that never came up is stopped here: no test may leave one running.
+        with trio.CancelScope(shield=True):
+            await served.stop()
+        raise
     return served
 
 
@@ -121,8 +127,10 @@ async def test_two_instances_share_rate_limits(
     await upstream.start(nursery)
     config = write_config(tmp_path, redis_prefix, upstream.base_url)
     database = tmp_path / "fleet.db"
-    instances = [await start_instance(config, database, redis_url) for _ in range(2)]
+    instances: list[Served] = []
     try:
+        for _ in range(2):
+            instances.append(await start_instance(config, database, redis_url))  # noqa: PERF401 - one by one, each listed for stopping as it starts
         await minute_with_room()
         key = await new_key(instances[0], rpm_limit=10)
         answers = await statuses(instances, key, 40)
@@ -151,8 +159,11 @@ async def test_two_instances_share_key_changes_and_budgets(
 ) -> None:
     config = write_config(tmp_path, redis_prefix)
     database = tmp_path / "fleet.db"
-    a, b = [await start_instance(config, database, redis_url) for _ in range(2)]
+    instances: list[Served] = []
     try:
+        for _ in range(2):
+            instances.append(await start_instance(config, database, redis_url))  # noqa: PERF401 - one by one, each listed for stopping as it starts
+        a, b = instances
         await blocked_everywhere(a, b)
 
         # A dollar a prompt token: "hi" costs a few dollars, the long prompt hundreds.
@@ -166,7 +177,7 @@ async def test_two_instances_share_key_changes_and_budgets(
         assert spent.status_code == 400, spent.text
         assert spent.json()["error"]["type"] == "budget_exceeded"
     finally:
-        await stop_all([a, b])
+        await stop_all(instances)
 
 
 async def test_redis_killed_mid_run(
