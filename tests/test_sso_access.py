@@ -109,7 +109,7 @@ async def test_a_new_sso_user_has_no_model_or_mcp_server_until_an_admin_grants_t
     assert info["user_info"]["user_role"] == "internal_user_viewer"
     assert info["keys"] == []  # its session is its credential: no key is made for it
     # The session used as an API bearer: no model, none listed, no MCP server.
-    with pytest.raises(openai.PermissionDeniedError, match="none outside a team"):
+    with pytest.raises(openai.PermissionDeniedError, match="no model outside a team"):
         await chat(running, token)
     async with running.client(token) as as_gus:
         assert (await as_gus.get("/v1/models")).json()["data"] == []

@@ -101,7 +101,7 @@ def check_model(caller: Caller, group: str, covering: Covering, param: str = "mo
             granted = ", ".join(m for m in allowed if m != NO_DEFAULT_MODELS)
             raise ModelNotAllowed(
                 f"This {owner} may not use model `{group}`. Allowed: "
-                f"{granted or 'none outside a team, until an admin grants models'}.",
+                f"{granted or 'no model outside a team, until an admin grants models'}.",
                 param=param,
             )
 
