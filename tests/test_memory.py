@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from trigate import tokens
+from trigate.read_deadlines import ReadDeadlines
 from trigate.tokens import TokenCounter, count_ordinary
 from trigate.transport import _Connection, _send_request
 
@@ -95,7 +96,12 @@ async def test_a_large_upstream_body_goes_out_without_a_copy() -> None:
     body = HUGE_TEXT.encode()
     request = httpx.Request("POST", "http://upstream.test/v1/chat/completions", content=body)
     wire = _Wire()
-    conn = _Connection(("http", "upstream.test", 80), wire, sock=None)  # type: ignore[arg-type]
+    conn = _Connection(
+        ("http", "upstream.test", 80),
+        wire,  # type: ignore[arg-type]
+        sock=None,  # type: ignore[arg-type]
+        deadlines=ReadDeadlines(),
+    )
     tracemalloc.start()
     try:
         await _send_request(conn, request, body, write_timeout=10.0, retryable=False)

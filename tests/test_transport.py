@@ -413,6 +413,86 @@ async def test_read_timeout_closes_the_socket(
     await observed(gave_up)
 
 
+def kept_client(nursery: trio.Nursery, **kwargs: Any) -> httpx.AsyncClient:
+    """A client whose transport's read deadlines are kept by a task, as in the gateway."""
+    transport = HTTP11Transport(**kwargs)
+    nursery.start_soon(transport.read_deadlines.run)
+    return httpx.AsyncClient(transport=transport)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_kept_read_deadline_times_out_a_silent_server(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, scheme: str, ca: trustme.CA
+) -> None:
+    gave_up = trio.Event()
+
+    async def never_answer(peer: Peer) -> None:
+        await peer.request()
+        await peer.wait_closed()
+        gave_up.set()
+
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    server = await serve(nursery, never_answer, server_context if scheme == "https" else None)
+    async with kept_client(nursery, ssl_context=client_context) as c:
+        started = trio.current_time()
+        with pytest.raises(httpx.ReadTimeout):
+            await c.get(server.url(scheme=scheme), timeout=httpx.Timeout(5.0, read=2.0))
+        assert 2.0 <= trio.current_time() - started < 2.1
+    await observed(gave_up)
+
+
+async def test_kept_read_deadline_bounds_each_wait_not_the_whole_body(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """A stream whose pieces come 1.5 s apart, under a 2 s read timeout, arrives whole
+    however long it lasts; one that then falls silent times out 2 s after its last piece,
+    also while a read with a longer timeout is waiting on another connection (the task
+    sleeping until the later deadline is woken for the earlier one)."""
+    closed = trio.Event()
+
+    async def paced_then_silent(peer: Peer) -> None:
+        got = await peer.request()
+        assert got is not None
+        if got[0] == b"/slow":
+            await trio.sleep(60)
+            await peer.respond(b"late")
+            return
+        headers = [("transfer-encoding", "chunked")]
+        await peer.send(h11.Response(status_code=200, headers=headers))
+        for piece in range(5):
+            await trio.sleep(1.5)
+            await peer.send(h11.Data(data=b"%d" % piece))
+        await peer.wait_closed()
+        closed.set()
+
+    server = await serve(nursery, paced_then_silent)
+    async with kept_client(nursery) as c:
+        slow = trio.Event()
+
+        async def slow_request() -> None:
+            response = await c.get(server.url("/slow"), timeout=httpx.Timeout(5.0, read=100.0))
+            assert response.content == b"late"
+            slow.set()
+
+        nursery.start_soon(slow_request)
+        await trio.sleep(0.1)
+        request = c.build_request("GET", server.url("/paced"), timeout=httpx.Timeout(5.0, read=2.0))
+        response = await c.send(request, stream=True)
+        received = b""
+        with pytest.raises(httpx.ReadTimeout):
+            async for piece in response.aiter_raw():
+                received += piece
+                last = trio.current_time()
+        assert received == b"01234"
+        assert 2.0 <= trio.current_time() - last < 2.1
+        await observed(closed)
+        with trio.fail_after(100):
+            await slow.wait()
+
+
 async def test_write_timeout(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
     async def never_read(peer: Peer) -> None:
         await trio.sleep_forever()

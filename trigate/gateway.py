@@ -335,6 +335,8 @@ class Gateway:
                     if self.cache is not None:
                         await nursery.start(self.cache.run)
                     nursery.start_soon(self.ledger.run)
+                    if isinstance(self._transport, HTTP11Transport):
+                        await nursery.start(self._transport.read_deadlines.run)
                     await nursery.start(self.exports.run)
                     if self.alerts is not None:
                         self.ledger.on_failure = self.alerts.store_failed

@@ -83,7 +83,8 @@ class FastStream(trio.abc.HalfCloseableStream):
 
     async def receive_when_ready(self, max_bytes: int) -> bytes:
         """Wait until the socket is readable, then read: for a caller whose own
-        `try_receive` just found nothing (no second read to find nothing again)."""
+        `try_receive` just found nothing, or who expects it to (no read to find
+        nothing first)."""
         while True:
             await wait_readable(self._fd())
             data = self.try_receive(max_bytes)

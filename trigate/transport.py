@@ -20,12 +20,13 @@ import math
 import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import httpx
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
+from trigate.read_deadlines import ReadDeadlines
 from trigate.sockets import FastStream
 
 _CHUNK_SIZE = 64 * 1024
@@ -88,24 +89,46 @@ class _Connection:
     """One socket, the bytes read from it and not yet parsed, and whether it may carry
     another exchange after the current one."""
 
-    __slots__ = ("buffer", "keep_alive", "origin", "reused", "sock", "stream")
+    __slots__ = (
+        "buffer", "deadlines", "expects_wait", "keep_alive", "origin", "reused", "sock",
+        "stream", "timed_out",
+    )  # fmt: skip
 
-    def __init__(self, origin: Origin, stream: trio.abc.Stream, sock: trio.socket.SocketType):
+    def __init__(
+        self,
+        origin: Origin,
+        stream: trio.abc.Stream,
+        sock: trio.socket.SocketType,
+        deadlines: ReadDeadlines,
+    ) -> None:
         self.origin = origin
         self.stream = stream
         # The raw socket, also under TLS: closing it needs no await and it answers the
         # idle-liveness check.
         self.sock = sock
+        self.deadlines = deadlines
         self.buffer = bytearray()
         # False once either side asked to close, or the body is delimited by the close.
         self.keep_alive = True
         self.reused = False
+        # Set when a read waited past its deadline (`ReadDeadlines`), which closed the socket.
+        self.timed_out = False
+        # Whether the next read will most likely find nothing yet, so that trying it before
+        # waiting would cost a failed system call: just after sending a request, and, in a
+        # body, after a read that had to wait for what it got (a stream's tokens, one at a
+        # time).
+        self.expects_wait = True
 
     def close(self) -> None:
         # A synchronous close of the raw socket cannot be interrupted by the cancellation that
         # often triggers it, and the peer sees EOF at once. Skipping TLS close_notify is what
         # HTTPS clients do anyway (https_compatible).
         self.sock.close()
+
+    def time_out(self) -> None:
+        """A read waited too long: closing the socket wakes it (`_receive` reads why)."""
+        self.timed_out = True
+        self.close()
 
 
 class _Head:
@@ -204,6 +227,7 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         self._open = 0
         self._waiters = trio.lowlevel.ParkingLot()
         self._closed = False
+        self.read_deadlines = ReadDeadlines()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         origin = _origin(request)
@@ -302,7 +326,7 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             except OSError as exc:
                 raise httpx.ConnectError(str(exc), request=request) from exc
             plain = FastStream.of(tcp)
-            conn = _Connection(origin, plain, tcp.socket)
+            conn = _Connection(origin, plain, tcp.socket, self.read_deadlines)
             if scheme == "https":
                 try:
                     conn.stream = await self._handshake(plain, host, request)
@@ -335,7 +359,10 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         retryable = self._retries_on_stale and conn.reused and body is not None
         try:
             await _send_request(conn, request, body, _seconds(timeouts.get("write")), retryable)
+            conn.expects_wait = True
             head = await _receive_head(conn, request, _seconds(timeouts.get("read")), retryable)
+            # The body often follows its head closely: its first read tries first.
+            conn.expects_wait = False
             return head, _body_reader(conn, request, head)
         except BaseException:
             self._discard(conn)
@@ -914,22 +941,46 @@ async def _receive(conn: _Connection, request: httpx.Request, read_timeout: floa
     stream = conn.stream
     try:
         if type(stream) is FastStream:
-            # As in _write: the read timeout's scope only around a wait for the server.
+            # As in _write: the read timeout only bounds a wait for the server.
             await checkpoint_if_cancelled()
-            data = stream.try_receive(_CHUNK_SIZE)
-            if data is not None:
-                if stream.count_success():
-                    await cancel_shielded_checkpoint()
-                return data
-            with trio.move_on_after(read_timeout):
-                return await stream.receive_when_ready(_CHUNK_SIZE)
-            raise httpx.ReadTimeout("timed out waiting for the server", request=request)
-        with trio.move_on_after(read_timeout):
-            received = await stream.receive_some(_CHUNK_SIZE)
-            # Trio's TLS streams give bytes; any other stream may give a bytearray.
-            return received if isinstance(received, bytes) else bytes(received)
+            if not conn.expects_wait:
+                data = stream.try_receive(_CHUNK_SIZE)
+                if data is not None:
+                    if stream.count_success():
+                        await cancel_shielded_checkpoint()
+                    return data
+            waited = await _bounded(conn, stream.receive_when_ready, read_timeout, request)
+            # Unless the read filled the buffer (the rest is then likely there already),
+            # what comes next comes later too.
+            conn.expects_wait = len(waited) < _CHUNK_SIZE
+            return bytes(waited)
+        received = await _bounded(conn, stream.receive_some, read_timeout, request)
+        # Trio's TLS streams give bytes; any other stream may give a bytearray.
+        return received if isinstance(received, bytes) else bytes(received)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        if conn.timed_out:
+            raise httpx.ReadTimeout("timed out waiting for the server", request=request) from None
         raise httpx.ReadError(_describe(exc), request=request) from exc
+
+
+async def _bounded(
+    conn: _Connection,
+    receive: Callable[[int], Awaitable[bytes | bytearray]],
+    read_timeout: float,
+    request: httpx.Request,
+) -> bytes | bytearray:
+    """`receive`, bounded by the read timeout: through the transport's `ReadDeadlines`
+    when a task keeps them (a timed-out read then fails as its socket is closed), else
+    in a cancel scope of its own."""
+    deadlines = conn.deadlines
+    if deadlines.kept:
+        deadlines.park(conn, read_timeout)
+        try:
+            return await receive(_CHUNK_SIZE)
+        finally:
+            deadlines.unpark(conn)
+    with trio.move_on_after(read_timeout):
+        return await receive(_CHUNK_SIZE)
     raise httpx.ReadTimeout("timed out waiting for the server", request=request)
 
 
