@@ -9,19 +9,17 @@ managed files do. The key's model access applies. A batch runs where its input f
 is. Who uploaded or created each id is kept (`trigate_managed_objects`): another key,
 outside the owner's team, gets a 404 for it, as for an id that does not exist.
 
-A batch is billed once, when it is first seen completed (a retrieve, or the list's
-refresh of one not yet billed): its tokens, from the batch's `usage` or, where the
-upstream gives none, summed from its output file, at the table's batch prices (else
-half the list price, OpenAI's batch discount), as a spend row of its owner's. The
-output and error files a batch names are its owner's (and its team's) as soon as it
-names them: the upstream made them, so no upload recorded them.
+A batch is billed once, for what it completed, when it is first seen ended (completed,
+failed, expired or cancelled) by a retrieve, a cancel or the list's refresh of one not
+yet billed: trigate.api.batch_billing. The output and error files a batch names are its
+owner's (and its team's) as soon as it names them: the upstream made them, so no upload
+recorded them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,9 +29,10 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from trigate.api.batch_billing import BATCH, bill_once
 from trigate.api.jsonio import json_body, json_response
 from trigate.api.pipeline import check_access
-from trigate.auth import Caller, key_hash_of_owner, owner_of
+from trigate.auth import Caller, owner_of
 from trigate.errors import (
     Failure,
     GatewayError,
@@ -46,18 +45,12 @@ from trigate.forms import UploadedFile, parse_form
 from trigate.gateway import Gateway
 from trigate.providers import Batches, Completion
 from trigate.router.deployments import Deployment
-from trigate.spend import RequestRecord
-from trigate.spend.prices import TokenCounts, batch_cost
 from trigate.store import ResponseViewer, Row
 
 logger = logging.getLogger("trigate")
 
-FILE, BATCH = "file", "batch"
+FILE = "file"
 DEFAULT_PAGE, MAX_PAGE = 20, 10_000
-# A batch's states after which it changes no more; `completed` is the one that is billed.
-FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-# A batch's states after which it is never billed: the list refreshes no such batch.
-UNBILLED_END = FINAL - {"completed"}
 # The batch file fields that name files the upstream made for the batch's owner.
 RESULT_FILES = ("output_file_id", "error_file_id")
 # How many of a list's batches are refreshed from their upstreams at once.
@@ -169,8 +162,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     async def cancel_batch(batch_id: str) -> Response:
         row, batches = await _owned(gateway, BATCH, batch_id)
         answer = await batches.cancel_batch(batch_id)
-        await _register_results(gateway, row, answer.body)
-        await gateway.store.save_managed({**row, "object": answer.body})
+        await _settle(gateway, row, batches, answer.body)
         return json_response(answer.body)
 
 
@@ -334,9 +326,10 @@ async def _admitted(gateway: Gateway, caller: Caller) -> None:
 
 
 async def _refreshed(gateway: Gateway, rows: list[Row]) -> list[dict[str, Any]]:
-    """The listed batches, each not yet billed (nor failed, expired or cancelled) asked
-    of its upstream and settled as a retrieve settles it, a few at a time; one whose
-    upstream fails, or whose deployment is no longer served, is listed as last seen."""
+    """The listed batches, each not yet billed asked of its upstream and settled as a
+    retrieve settles it, a few at a time; one whose upstream fails, or whose deployment
+    is no longer served, is listed as last seen. A billed batch has ended: its state
+    changes no more."""
     data = [row["object"] for row in rows]
     limiter = trio.CapacityLimiter(REFRESHES_AT_ONCE)
 
@@ -359,55 +352,17 @@ async def _refreshed(gateway: Gateway, rows: list[Row]) -> list[dict[str, Any]]:
 
     async with trio.open_nursery() as nursery:
         for index, row in enumerate(rows):
-            if not row["billed"] and row["object"].get("status") not in UNBILLED_END:
+            if not row["billed"]:
                 nursery.start_soon(refresh, index, row)
     return data
 
 
 async def _settle(gateway: Gateway, row: Row, batches: Batches, batch: dict[str, Any]) -> None:
     """Keep the batch's latest state, its result files its owner's; bill it once, the
-    first time it is seen completed."""
+    first time it is seen ended."""
     await _register_results(gateway, row, batch)
     await gateway.store.save_managed({**row, "object": batch})
-    if batch.get("status") != "completed" or row["billed"]:
-        return
-    counts = _reported_tokens(batch)
-    if counts is None:
-        counts = await _output_tokens(batches, batch.get("output_file_id"))
-    if not await gateway.store.claim_billing(BATCH, row["object_id"]):
-        return  # another request (or worker) billed it first
-    deployment = _deployment(gateway, row)
-    price = deployment.price if deployment is not None else None
-    cost = batch_cost(price, counts)
-    now = time.time()
-    created = batch.get("created_at")
-    started = float(created) if isinstance(created, int | float) else row["created_at"]
-    record = RequestRecord(
-        request_id=uuid.uuid4().hex,
-        key_identity=row["key_identity"],
-        key_hash=key_hash_of_owner(row["owner"]),
-        key_alias=row["key_alias"],
-        team_id=row["team_id"],
-        user_id=row["user_id"],
-        organization_id=row["organization_id"],
-        model_group=row["model_group"],
-        deployment=row["deployment_id"],
-        model=deployment.params.model if deployment is not None else None,
-        status=200,
-        stream=False,
-        prompt_tokens=counts.prompt_tokens,
-        completion_tokens=counts.completion_tokens,
-        usage_source="upstream",
-        cost=cost,
-        start_time=started,
-        end_time=now,
-        latency_ms=round((now - started) * 1000, 3),
-        ttft_ms=None,
-        cancelled_by_client=False,
-        response_id=row["object_id"],
-    )
-    with trio.CancelScope(shield=True):
-        await gateway.record(record)
+    await bill_once(gateway, row, _deployment(gateway, row), batches, batch)
 
 
 async def _register_results(gateway: Gateway, row: Row, batch: dict[str, Any]) -> None:
@@ -431,51 +386,6 @@ async def _register_results(gateway: Gateway, row: Row, batch: dict[str, Any]) -
                 "created_at": time.time(),
             }
         )
-
-
-def _reported_tokens(batch: dict[str, Any]) -> TokenCounts | None:
-    usage = batch.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    given, made = usage.get("input_tokens"), usage.get("output_tokens")
-    if isinstance(given, int) and isinstance(made, int):
-        return TokenCounts(given, made)
-    return None
-
-
-async def _output_tokens(batches: Batches, output_file_id: Any) -> TokenCounts:
-    """The tokens of a batch's answers, summed from its output file's lines."""
-    prompt = completion = 0
-    if not isinstance(output_file_id, str) or not output_file_id:
-        return TokenCounts()
-    response = await batches.file_content(output_file_id)
-    try:
-        buffer = b""
-        async for piece in response.aiter_bytes():
-            buffer += piece
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                given, made = _line_tokens(line)
-                prompt, completion = prompt + given, completion + made
-        given, made = _line_tokens(buffer)
-    finally:
-        await response.aclose()
-    return TokenCounts(prompt + given, completion + made)
-
-
-def _line_tokens(line: bytes) -> tuple[int, int]:
-    try:
-        answer = orjson.loads(line) if line.strip() else None
-    except orjson.JSONDecodeError:
-        return 0, 0
-    response = answer.get("response") if isinstance(answer, dict) else None
-    body = response.get("body") if isinstance(response, dict) else None
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return 0, 0
-    given = usage.get("prompt_tokens", usage.get("input_tokens"))
-    made = usage.get("completion_tokens", usage.get("output_tokens"))
-    return (given if isinstance(given, int) else 0), (made if isinstance(made, int) else 0)
 
 
 async def _relayed(upstream: httpx.Response) -> AsyncIterator[bytes]:
