@@ -15,6 +15,9 @@ import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest
 from helpers import UPSTREAM_KEY, RunningGateway, deployment_config, sdk, start_gateway
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from test_metrics import scrape
+from test_tracing import _attributes, _spans
 
 from trigate.forms import parse_form
 
@@ -514,3 +517,93 @@ async def test_an_ended_batch_is_billed_once_for_what_it_completed(
         info = (await admin.get("/key/info", params={"key": key})).json()["info"]
     assert info["spend"] == pytest.approx(sum(r.cost for r in gateway.records.records))
     await gateway.stop()
+
+
+async def test_files_and_batches_are_counted_and_traced(
+    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI, receiver: FakeUpstream
+) -> None:
+    """Every request is in LiteLLM's metrics by its route's pattern (never an id) and
+    status, and a span with a child per upstream call; a batch seen ended is one LLM call
+    of the key that made it, with its tokens and spend, whoever looked."""
+    upstream.handler = fake
+    params = {"model": "openai/gpt-4o-mini", "api_base": upstream.base_url, "api_key": UPSTREAM_KEY}
+    config = deployment_config("gpt-batch", params)
+    config["model_list"][0]["model_info"] = {"id": "batch-1"}
+    gateway = await start_gateway(nursery, config)
+    async with gateway.client() as admin:
+        await admin.post("/team/new", json={"team_id": "t1", "team_alias": "Team One"})
+        made = await admin.post("/key/generate", json={"team_id": "t1", "key_alias": "maker"})
+        owner, owner_hash = made.json()["key"], made.json()["token"]
+        teammate = (await admin.post("/key/generate", json={"team_id": "t1"})).json()["key"]
+    async with sdk(gateway, owner) as client:
+        uploaded = await client.files.create(
+            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
+        )
+        assert [f.id async for f in client.files.list()] == [uploaded.id]
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        with pytest.raises(openai.NotFoundError):
+            await client.batches.retrieve("batch_nobody")
+    with pytest.raises(openai.AuthenticationError):
+        await sdk(gateway, "sk-wrong").files.list()
+    fake.finish(batch.id, {"input_tokens": 1000, "output_tokens": 400})
+    async with sdk(gateway, teammate) as client:  # the teammate sees it ended
+        assert (await client.batches.retrieve(batch.id)).status == "completed"
+    [record] = await gateway.records.wait_for(1)
+    scraped = await scrape(gateway.url)
+    await gateway.stop()  # flushes the spans
+
+    owner_labels = {
+        "hashed_api_key": owner_hash,
+        "api_key_alias": "maker",
+        "team_alias": "Team One",
+    }
+    total = "litellm_proxy_total_requests_metric_total"
+    for route, calls in [
+        ("/v1/files", 2),
+        ("/v1/batches", 1),
+        ("/v1/batches/<batch_id>", 1),
+    ]:
+        assert scraped.value(total, route=route, status_code="200") == calls, route
+    assert scraped.value(total, route="/v1/files", requested_model="gpt-batch", **owner_labels) == 1
+    failed = "litellm_proxy_failed_requests_metric_total"
+    assert scraped.value(failed, route="/v1/batches/<batch_id>", exception_status="404") == 1
+    assert scraped.value(
+        failed, route="/v1/files", exception_status="401", exception_class="AuthenticationFailed"
+    ) == 1  # fmt: skip
+    latency = "litellm_request_total_latency_metric_count"
+    assert scraped.value(latency) == scraped.value(total) == 6
+    # The one spend row: its owner's, not the teammate's who saw the batch end.
+    assert scraped.value("litellm_requests_metric_total") == 1
+    assert scraped.value("litellm_requests_metric_total", **owner_labels) == 1
+    assert scraped.value("litellm_spend_metric_total", **owner_labels) == pytest.approx(record.cost)
+    assert scraped.value("litellm_input_tokens_metric_total", model_id="batch-1") == 1000
+    assert scraped.value("litellm_output_tokens_metric_total", model_id="batch-1") == 400
+    # Upstream calls: upload, create, retrieve.
+    assert scraped.value("litellm_deployment_success_responses_total", model_id="batch-1") == 3
+    assert uploaded.id not in scraped.text and batch.id not in scraped.text
+
+    spans = _spans(receiver)
+    servers = {s.name: s for s in spans if s.kind == Span.SPAN_KIND_SERVER}
+    assert set(servers) == {
+        "create_file gpt-batch", "list_files", "create_batch gpt-batch", "retrieve_batch",
+        "retrieve_batch gpt-batch",
+    }  # fmt: skip
+    billed = _attributes(servers["retrieve_batch gpt-batch"])
+    assert (billed["gen_ai.usage.input_tokens"], billed["gen_ai.usage.output_tokens"]) == (
+        1000,
+        400,
+    )
+    assert billed["trigate.cost"] == pytest.approx(record.cost)
+    assert billed["http.route"] == "/v1/batches/<batch_id>"
+    assert servers["retrieve_batch"].status.code == Status.STATUS_CODE_ERROR  # the 404
+    clients = [s for s in spans if s.kind == Span.SPAN_KIND_CLIENT]
+    parents = {s.span_id: s for s in servers.values()}
+    assert sorted(parents[s.parent_span_id].name for s in clients) == [
+        "create_batch gpt-batch", "create_file gpt-batch", "retrieve_batch gpt-batch",
+    ]  # fmt: skip
+    assert all(_attributes(s)["trigate.deployment"] == "batch-1" for s in clients)
+    # Each upstream call carried its own span's context.
+    sent = {r.headers["traceparent"].split("-")[2] for r in upstream.requests}
+    assert sent == {s.span_id.hex() for s in clients}

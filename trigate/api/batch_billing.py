@@ -23,8 +23,9 @@ import orjson
 import trio
 
 from trigate.auth import key_hash_of_owner
+from trigate.exchanges import Exchange
 from trigate.gateway import Gateway
-from trigate.providers import Batches
+from trigate.metrics import ANONYMOUS, CallerLabels
 from trigate.router.deployments import Deployment
 from trigate.spend import RequestRecord
 from trigate.spend.prices import TokenCounts, batch_cost
@@ -36,20 +37,18 @@ ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
 async def bill_once(
-    gateway: Gateway,
-    row: Row,
-    deployment: Deployment | None,
-    batches: Batches,
-    batch: dict[str, Any],
+    gateway: Gateway, exchange: Exchange, row: Row, deployment: Deployment, batch: dict[str, Any]
 ) -> RequestRecord | None:
     """Bill `batch` (its latest state, as its upstream answered) if it has ended and was
-    not billed yet; the spend row written, or None when none was (not ended, billed
-    already, by this process or another, or nothing completed)."""
+    not billed yet; the spend row written (and counted, as its owner's LLM call, by the
+    request's `exchange`), or None when none was (not ended, billed already, by this
+    process or another, or nothing completed)."""
     if batch.get("status") not in ENDED or row["billed"]:
         return None
     counts = _reported_tokens(batch)
     if counts is None:
-        counts = await _output_tokens(batches, batch.get("output_file_id"))
+        async with exchange.attempt(deployment):
+            counts = await _output_tokens(deployment, batch.get("output_file_id"))
     if not await gateway.store.claim_billing(BATCH, row["object_id"]):
         return None  # another request (or worker) billed it first
     if counts == TokenCounts() and not _completed_requests(batch):
@@ -57,13 +56,33 @@ async def bill_once(
     record = _record(row, deployment, batch, counts)
     with trio.CancelScope(shield=True):
         await gateway.record(record)
+        exchange.billed(record, await owner_labels(gateway, row), deployment)
     return record
 
 
+async def owner_labels(gateway: Gateway, row: Row) -> CallerLabels:
+    """The metric labels of the key that made a file or batch, as its own requests are
+    labelled (`CallerLabels.of`): its team's alias and its user's email read as they
+    are now."""
+    key_hash = key_hash_of_owner(row["owner"])
+    if key_hash is None:  # the master key, or a caller without a key
+        return ANONYMOUS
+    team = await gateway.auth.row("teams", row["team_id"]) if row["team_id"] else None
+    user = await gateway.auth.row("users", row["user_id"]) if row["user_id"] else None
+    labels = CallerLabels(
+        key_hash,
+        row["key_alias"] or "",
+        row["team_id"] or "",
+        (team or {}).get("team_alias") or "",
+        row["user_id"] or "",
+        (user or {}).get("user_email") or "",
+    )
+    return gateway.telemetry.interned(labels)
+
+
 def _record(
-    row: Row, deployment: Deployment | None, batch: dict[str, Any], counts: TokenCounts
+    row: Row, deployment: Deployment, batch: dict[str, Any], counts: TokenCounts
 ) -> RequestRecord:
-    price = deployment.price if deployment is not None else None
     now = time.time()
     created = batch.get("created_at")
     started = float(created) if isinstance(created, int | float) else row["created_at"]
@@ -77,13 +96,13 @@ def _record(
         organization_id=row["organization_id"],
         model_group=row["model_group"],
         deployment=row["deployment_id"],
-        model=deployment.params.model if deployment is not None else None,
+        model=deployment.params.model,
         status=200,
         stream=False,
         prompt_tokens=counts.prompt_tokens,
         completion_tokens=counts.completion_tokens,
         usage_source="upstream",
-        cost=batch_cost(price, counts),
+        cost=batch_cost(deployment.price, counts),
         start_time=started,
         end_time=now,
         latency_ms=round((now - started) * 1000, 3),
@@ -109,11 +128,12 @@ def _reported_tokens(batch: dict[str, Any]) -> TokenCounts | None:
     return None
 
 
-async def _output_tokens(batches: Batches, output_file_id: Any) -> TokenCounts:
+async def _output_tokens(deployment: Deployment, output_file_id: Any) -> TokenCounts:
     """The tokens of a batch's answers, summed from its output file's lines (the answers
     of the requests it completed: those that failed are in its error file)."""
     prompt = completion = 0
-    if not isinstance(output_file_id, str) or not output_file_id:
+    batches = deployment.abilities.batches
+    if not isinstance(output_file_id, str) or not output_file_id or batches is None:
         return TokenCounts()
     response = await batches.file_content(output_file_id)
     try:
