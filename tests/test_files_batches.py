@@ -607,3 +607,29 @@ async def test_files_and_batches_are_counted_and_traced(
     # Each upstream call carried its own span's context.
     sent = {r.headers["traceparent"].split("-")[2] for r in upstream.requests}
     assert sent == {s.span_id.hex() for s in clients}
+
+
+async def test_an_upload_over_the_size_cap_is_counted_as_its_413(
+    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
+) -> None:
+    """An error Quart raises itself (the body cap) is counted by its status and class, as
+    the client is answered."""
+    upstream.handler = fake
+    params = {"model": "openai/gpt-4o-mini", "api_base": upstream.base_url, "api_key": UPSTREAM_KEY}
+    config = deployment_config("gpt-batch", params)
+    config["general_settings"] = {"max_request_size_mb": 0.001}
+    gateway = await start_gateway(nursery, config)
+    with pytest.raises(openai.APIStatusError) as refused:
+        await sdk(gateway).files.create(
+            file=("in.jsonl", batch_file("gpt-batch", 50)), purpose="batch"
+        )
+    assert refused.value.status_code == 413
+    scraped = await scrape(gateway.url)
+    await gateway.stop()
+    assert scraped.value(
+        "litellm_proxy_failed_requests_metric_total",
+        route="/v1/files",
+        exception_status="413",
+        exception_class="BodyTooLarge",
+    ) == 1  # fmt: skip
+    assert fake.files == {}

@@ -13,8 +13,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from quart import Response, request
+from werkzeug.exceptions import HTTPException
 
 from trigate.api.context import current_request
+from trigate.api.model_api import from_http_exception
 from trigate.errors import GatewayError
 from trigate.exchanges import CLIENT_CLOSED, Exchange
 from trigate.gateway import Gateway
@@ -36,6 +38,10 @@ def observed(
                 response = await handler(exchange, **arguments)
             except GatewayError as error:
                 exchange.finished(error.status, error)
+                raise
+            except HTTPException as error:  # Quart's own (a body over the size cap: 413)
+                failure = from_http_exception(error)
+                exchange.finished(failure.status, failure)
                 raise
             except Exception:
                 exchange.finished(500, None)  # the app's handler logs it, and answers 500
