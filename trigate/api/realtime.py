@@ -101,6 +101,9 @@ class RealtimeRoute:
             failure = await session.run(
                 deployments, REALTIME_PROTOCOL if REALTIME_PROTOCOL in offered else None
             )
+        except Exception:
+            exchange.finished(500, None)  # a bug, or the upstream's socket failed mid-session
+            raise
         except BaseException:
             exchange.finished(CLIENT_CLOSED, None, cancelled=True)
             raise
