@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 from fake_vertex import TokenServer
-from fakes import FakeUpstream
+from fakes import FakeUpstream, JSONReply
 from helpers import REDIS_URL, RedisServer, RunningGateway, openai_config, start_gateway
 
 
@@ -29,6 +29,16 @@ async def upstream(nursery: trio.Nursery) -> FakeUpstream:
     fake = FakeUpstream()
     await fake.start(nursery)
     return fake
+
+
+@pytest.fixture
+async def receiver(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> FakeUpstream:
+    """An OTLP/HTTP receiver on a real socket, where a gateway started after it exports
+    its spans (`tests/test_tracing.py` decodes them)."""
+    collector = FakeUpstream(lambda request: JSONReply({}))
+    await collector.start(nursery)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}")
+    return collector
 
 
 @pytest.fixture

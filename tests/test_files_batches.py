@@ -1,7 +1,8 @@
 """Files and batches through the gateway: the OpenAI SDK against a fake OpenAI Files and
 Batch API on a real socket (shapes from OpenAI's API reference); routing by the batch
 file's `model` or `target_model_names`, ownership (another key's ids are 404), and a
-batch's cost recorded once, at its completion, at the batch price."""
+batch's cost recorded once, when it is first seen ended (completed, or failed, expired
+or cancelled for the part it ran), at the batch price."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest
 from helpers import UPSTREAM_KEY, RunningGateway, deployment_config, sdk, start_gateway
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from test_metrics import scrape
+from test_tracing import _attributes, _spans
 
 from trigate.forms import parse_form
 
@@ -28,6 +32,8 @@ class FakeBatchAPI:
         self._ids = itertools.count(1)
         # A batch's output, when each batch is to be created already completed.
         self.at_once: bytes | None = None
+        # A batch's usage, when a cancel is to end it at once (cancelled, partly run).
+        self.cancelled_at_once: dict[str, int] | None = None
 
     def __call__(self, request: ReceivedRequest) -> JSONReply:
         path = request.target.partition("?")[0].removeprefix("/v1")
@@ -78,13 +84,36 @@ class FakeBatchAPI:
         batch = self.batches[rest[0]]
         if rest[1:] == ["cancel"]:
             batch["status"] = "cancelling"
+            if self.cancelled_at_once is not None:
+                self.end(rest[0], "cancelled", self.cancelled_at_once, completed=1)
         return JSONReply(batch)
 
     def finish(
         self, batch_id: str, usage: dict[str, int] | None, output: bytes = b"", errors: bytes = b""
     ) -> None:
+        self.end(batch_id, "completed", usage, output, errors)
+
+    def end(
+        self,
+        batch_id: str,
+        status: str,
+        usage: dict[str, int] | None,
+        output: bytes = b"",
+        errors: bytes = b"",
+        *,
+        completed: int = 2,
+        total: int = 2,
+    ) -> None:
+        """End the batch in `status`, `completed` of its `total` requests run (their
+        answers in `output`, the others' errors in `errors`), as OpenAI's batch object
+        tells it: `request_counts`, and the result files by id."""
         batch = self.batches[batch_id]
-        batch["status"] = "completed"
+        batch["status"] = status
+        batch["request_counts"] = {
+            "total": total,
+            "completed": completed,
+            "failed": total - completed,
+        }
         if usage is not None:
             batch["usage"] = usage
         for field, content in (("output_file_id", output), ("error_file_id", errors)):
@@ -405,3 +434,202 @@ async def test_a_failed_refresh_lists_the_batch_as_last_seen(
     [record] = await gateway.records.wait_for(1)
     assert record.response_id == batch.id
     await gateway.stop()
+
+
+def answered(*usages: tuple[int, int]) -> bytes:
+    """An output file: one answer per request run, each with its usage."""
+    lines = [
+        {
+            "custom_id": f"request-{i}",
+            "response": {
+                "status_code": 200,
+                "body": {"usage": {"prompt_tokens": given, "completion_tokens": made}},
+            },
+        }
+        for i, (given, made) in enumerate(usages)
+    ]
+    return b"\n".join(orjson.dumps(line) for line in lines) + b"\n"
+
+
+EXPIRED = b'{"custom_id": "request-2", "error": {"code": "batch_expired", "message": "expired"}}\n'
+
+
+async def test_an_ended_batch_is_billed_once_for_what_it_completed(
+    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
+) -> None:
+    """A batch that ends failed, expired or cancelled is billed for the requests it ran
+    (OpenAI keeps their answers in its output file), at the batch price, once: whether a
+    retrieve, the list or the cancel itself first sees it ended. One that ran nothing
+    writes no spend row, and is no more asked of its upstream."""
+    gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
+    async with gateway.client() as admin:
+        key = (await admin.post("/key/generate", json={})).json()["key"]
+    async with sdk(gateway, key) as client:
+        uploaded = await client.files.create(
+            file=("in.jsonl", batch_file("gpt-batch", count=3)), purpose="batch"
+        )
+        cancelled, expired, failed, cut_short = [
+            await client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+            for _ in range(4)
+        ]
+        # Cancelled: partial results in its output file, no `usage`; seen by a retrieve.
+        assert (await client.batches.cancel(cancelled.id)).status == "cancelling"
+        assert gateway.records.records == []
+        fake.end(cancelled.id, "cancelled", None, answered((10, 5)), completed=1, total=3)
+        assert (await client.batches.retrieve(cancelled.id)).status == "cancelled"
+        [first] = await gateway.records.wait_for(1)
+        assert (first.response_id, first.prompt_tokens, first.completion_tokens) == (
+            cancelled.id, 10, 5,
+        )  # fmt: skip
+        assert first.cost == pytest.approx(10 * 7.5e-08 + 5 * 3e-07)
+        assert first.key_hash is not None
+        # Expired, with its upstream's `usage`; failed, having run nothing: both seen by
+        # the list.
+        fake.end(expired.id, "expired", {"input_tokens": 300, "output_tokens": 120},
+                 answered((150, 60), (150, 60)), EXPIRED, completed=2, total=3)  # fmt: skip
+        fake.end(failed.id, "failed", None, completed=0, total=3)
+        statuses = {b.id: b.status async for b in client.batches.list()}
+        assert statuses[expired.id] == "expired" and statuses[failed.id] == "failed"
+        [_, second] = await gateway.records.wait_for(2)
+        assert (second.response_id, second.prompt_tokens, second.completion_tokens) == (
+            expired.id, 300, 120,
+        )  # fmt: skip
+        # A cancel that answers the batch already cancelled bills it there.
+        fake.cancelled_at_once = {"input_tokens": 40, "output_tokens": 8}
+        assert (await client.batches.cancel(cut_short.id)).status == "cancelled"
+        [*_, third] = await gateway.records.wait_for(3)
+        assert (third.response_id, third.prompt_tokens) == (cut_short.id, 40)
+
+        # Seen again, by every route: billed once each, and nothing ended is asked of its
+        # upstream by the list any more.
+        reads = {b: batch_reads(upstream, b) for b in (cancelled.id, expired.id, failed.id)}
+        for batch in (cancelled, expired, failed, cut_short):
+            await client.batches.retrieve(batch.id)
+        assert {b.id async for b in client.batches.list()} == {
+            cancelled.id, expired.id, failed.id, cut_short.id,
+        }  # fmt: skip
+        assert {b: batch_reads(upstream, b) for b in reads} == {b: n + 1 for b, n in reads.items()}
+    assert len(gateway.records.records) == 3
+    assert await gateway.gateway.ledger.flush()
+    async with gateway.client() as admin:
+        info = (await admin.get("/key/info", params={"key": key})).json()["info"]
+    assert info["spend"] == pytest.approx(sum(r.cost for r in gateway.records.records))
+    await gateway.stop()
+
+
+async def test_files_and_batches_are_counted_and_traced(
+    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI, receiver: FakeUpstream
+) -> None:
+    """Every request is in LiteLLM's metrics by its route's pattern (never an id) and
+    status, and a span with a child per upstream call; a batch seen ended is one LLM call
+    of the key that made it, with its tokens and spend, whoever looked."""
+    upstream.handler = fake
+    params = {"model": "openai/gpt-4o-mini", "api_base": upstream.base_url, "api_key": UPSTREAM_KEY}
+    config = deployment_config("gpt-batch", params)
+    config["model_list"][0]["model_info"] = {"id": "batch-1"}
+    gateway = await start_gateway(nursery, config)
+    async with gateway.client() as admin:
+        await admin.post("/team/new", json={"team_id": "t1", "team_alias": "Team One"})
+        made = await admin.post("/key/generate", json={"team_id": "t1", "key_alias": "maker"})
+        owner, owner_hash = made.json()["key"], made.json()["token"]
+        teammate = (await admin.post("/key/generate", json={"team_id": "t1"})).json()["key"]
+    async with sdk(gateway, owner) as client:
+        uploaded = await client.files.create(
+            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
+        )
+        assert [f.id async for f in client.files.list()] == [uploaded.id]
+        batch = await client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        with pytest.raises(openai.NotFoundError):
+            await client.batches.retrieve("batch_nobody")
+    with pytest.raises(openai.AuthenticationError):
+        await sdk(gateway, "sk-wrong").files.list()
+    fake.finish(batch.id, {"input_tokens": 1000, "output_tokens": 400})
+    async with sdk(gateway, teammate) as client:  # the teammate sees it ended
+        assert (await client.batches.retrieve(batch.id)).status == "completed"
+    [record] = await gateway.records.wait_for(1)
+    scraped = await scrape(gateway.url)
+    await gateway.stop()  # flushes the spans
+
+    owner_labels = {
+        "hashed_api_key": owner_hash,
+        "api_key_alias": "maker",
+        "team_alias": "Team One",
+    }
+    total = "litellm_proxy_total_requests_metric_total"
+    for route, calls in [
+        ("/v1/files", 2),
+        ("/v1/batches", 1),
+        ("/v1/batches/<batch_id>", 1),
+    ]:
+        assert scraped.value(total, route=route, status_code="200") == calls, route
+    assert scraped.value(total, route="/v1/files", requested_model="gpt-batch", **owner_labels) == 1
+    failed = "litellm_proxy_failed_requests_metric_total"
+    assert scraped.value(failed, route="/v1/batches/<batch_id>", exception_status="404") == 1
+    assert scraped.value(
+        failed, route="/v1/files", exception_status="401", exception_class="AuthenticationFailed"
+    ) == 1  # fmt: skip
+    latency = "litellm_request_total_latency_metric_count"
+    assert scraped.value(latency) == scraped.value(total) == 6
+    # The one spend row: its owner's, not the teammate's who saw the batch end.
+    assert scraped.value("litellm_requests_metric_total") == 1
+    assert scraped.value("litellm_requests_metric_total", **owner_labels) == 1
+    assert scraped.value("litellm_spend_metric_total", **owner_labels) == pytest.approx(record.cost)
+    assert scraped.value("litellm_input_tokens_metric_total", model_id="batch-1") == 1000
+    assert scraped.value("litellm_output_tokens_metric_total", model_id="batch-1") == 400
+    # Upstream calls: upload, create, retrieve.
+    assert scraped.value("litellm_deployment_success_responses_total", model_id="batch-1") == 3
+    assert uploaded.id not in scraped.text and batch.id not in scraped.text
+
+    spans = _spans(receiver)
+    servers = {s.name: s for s in spans if s.kind == Span.SPAN_KIND_SERVER}
+    assert set(servers) == {
+        "create_file gpt-batch", "list_files", "create_batch gpt-batch", "retrieve_batch",
+        "retrieve_batch gpt-batch",
+    }  # fmt: skip
+    billed = _attributes(servers["retrieve_batch gpt-batch"])
+    assert (billed["gen_ai.usage.input_tokens"], billed["gen_ai.usage.output_tokens"]) == (
+        1000,
+        400,
+    )
+    assert billed["trigate.cost"] == pytest.approx(record.cost)
+    assert billed["http.route"] == "/v1/batches/<batch_id>"
+    assert servers["retrieve_batch"].status.code == Status.STATUS_CODE_ERROR  # the 404
+    clients = [s for s in spans if s.kind == Span.SPAN_KIND_CLIENT]
+    parents = {s.span_id: s for s in servers.values()}
+    assert sorted(parents[s.parent_span_id].name for s in clients) == [
+        "create_batch gpt-batch", "create_file gpt-batch", "retrieve_batch gpt-batch",
+    ]  # fmt: skip
+    assert all(_attributes(s)["trigate.deployment"] == "batch-1" for s in clients)
+    # Each upstream call carried its own span's context.
+    sent = {r.headers["traceparent"].split("-")[2] for r in upstream.requests}
+    assert sent == {s.span_id.hex() for s in clients}
+
+
+async def test_an_upload_over_the_size_cap_is_counted_as_its_413(
+    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
+) -> None:
+    """An error Quart raises itself (the body cap) is counted by its status and class, as
+    the client is answered."""
+    upstream.handler = fake
+    params = {"model": "openai/gpt-4o-mini", "api_base": upstream.base_url, "api_key": UPSTREAM_KEY}
+    config = deployment_config("gpt-batch", params)
+    config["general_settings"] = {"max_request_size_mb": 0.001}
+    gateway = await start_gateway(nursery, config)
+    with pytest.raises(openai.APIStatusError) as refused:
+        await sdk(gateway).files.create(
+            file=("in.jsonl", batch_file("gpt-batch", 50)), purpose="batch"
+        )
+    assert refused.value.status_code == 413
+    scraped = await scrape(gateway.url)
+    await gateway.stop()
+    assert scraped.value(
+        "litellm_proxy_failed_requests_metric_total",
+        route="/v1/files",
+        exception_status="413",
+        exception_class="BodyTooLarge",
+    ) == 1  # fmt: skip
+    assert fake.files == {}

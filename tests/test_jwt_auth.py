@@ -51,6 +51,13 @@ class IdentityProvider:
         return jwt.encode({"alg": alg, "kid": signer.kid or "none"}, body, signer)
 
 
+def jwt_config(config: dict[str, Any], idp: IdentityProvider, **jwtauth: Any) -> dict[str, Any]:
+    """`config` with JWT auth on, against `idp`'s key set and this test's audience."""
+    config["environment_variables"] = {"JWT_PUBLIC_KEY_URL": idp.jwks_url, "JWT_AUDIENCE": AUDIENCE}
+    config["general_settings"] = {"enable_jwt_auth": True, "litellm_jwtauth": jwtauth}
+    return config
+
+
 @pytest.fixture
 async def idp(nursery: trio.Nursery) -> IdentityProvider:
     provider = IdentityProvider()
@@ -60,16 +67,13 @@ async def idp(nursery: trio.Nursery) -> IdentityProvider:
 
 @pytest.fixture
 async def served(nursery: trio.Nursery, idp: IdentityProvider, upstream: FakeUpstream) -> Any:
-    config = openai_config(upstream, model="openai/gpt-4o-mini")
-    config["environment_variables"] = {"JWT_PUBLIC_KEY_URL": idp.jwks_url, "JWT_AUDIENCE": AUDIENCE}
-    config["general_settings"] = {
-        "enable_jwt_auth": True,
-        "litellm_jwtauth": {
-            "user_id_jwt_field": "sub",
-            "team_ids_jwt_field": "groups",
-            "issuers": [{"issuer": ISSUER}],
-        },
-    }
+    config = jwt_config(
+        openai_config(upstream, model="openai/gpt-4o-mini"),
+        idp,
+        user_id_jwt_field="sub",
+        team_ids_jwt_field="groups",
+        issuers=[{"issuer": ISSUER}],
+    )
     running = await start_gateway(nursery, config)
     async with running.client() as admin:
         for body in (
@@ -278,4 +282,71 @@ async def test_upserts_and_role_mappings(
         made = (await as_admin.get("/user/info", params={"user_id": "newbie"})).json()
         team = (await as_admin.get("/team/info", params={"team_id": "fresh"})).json()
     assert made["user_info"]["user_id"] == "newbie" and team["team_id"] == "fresh"
+    await running.stop()
+
+
+def _upserting(idp: IdentityProvider, upstream: FakeUpstream, **litellm: Any) -> dict[str, Any]:
+    config = jwt_config(
+        openai_config(upstream),
+        idp,
+        user_id_jwt_field="sub",
+        user_email_jwt_field="email",
+        team_ids_jwt_field="groups",
+        user_id_upsert=True,
+        issuer=ISSUER,
+    )
+    config["litellm_settings"] = litellm
+    config["model_list"].append(
+        {"model_name": "other-model", "litellm_params": config["model_list"][0]["litellm_params"]}
+    )
+    return config
+
+
+async def test_an_upserted_user_gets_the_default_internal_user_params(
+    nursery: trio.Nursery, idp: IdentityProvider, upstream: FakeUpstream
+) -> None:
+    """LiteLLM's `get_user_object` makes a JWT's new user with
+    `default_internal_user_params`: its models, budget and limits then bind the token."""
+    defaults = {
+        "user_role": "internal_user",
+        "models": ["gpt-test"],
+        "max_budget": 4.5,
+        "budget_duration": "30d",
+        "rpm_limit": 1,
+    }
+    running = await start_gateway(
+        nursery, _upserting(idp, upstream, default_internal_user_params=defaults)
+    )
+    token = idp.token(sub="newbie", email="newbie@x.test")
+    client = sdk(running, token)
+    with pytest.raises(openai.PermissionDeniedError, match="user may not use model"):
+        await client.chat.completions.create(model="other-model", messages=MESSAGES)
+    assert (await chat(running, token)).choices
+    with pytest.raises(openai.RateLimitError):  # the default rpm_limit, the user's own
+        await chat(running, token)
+    async with running.client() as admin:
+        info = (await admin.get("/user/info", params={"user_id": "newbie"})).json()["user_info"]
+    assert (info["models"], info["max_budget"], info["rpm_limit"], info["user_role"]) == (
+        ["gpt-test"], 4.5, 1, "internal_user",
+    )  # fmt: skip
+    assert (info["user_email"], info["budget_duration"]) == ("newbie@x.test", "30d")
+    assert info["budget_reset_at"] is not None
+    await running.stop()
+
+
+async def test_an_upserted_user_without_default_models_uses_its_teams(
+    nursery: trio.Nursery, idp: IdentityProvider, upstream: FakeUpstream
+) -> None:
+    """Without `models` in the defaults, a new user gets LiteLLM's `no-default-models`,
+    as SSO's does: no model on its own, its team's through a team."""
+    running = await start_gateway(nursery, _upserting(idp, upstream))
+    async with running.client() as admin:
+        made = await admin.post("/team/new", json={"team_id": "research", "models": ["gpt-test"]})
+        assert made.status_code == 200
+    with pytest.raises(openai.PermissionDeniedError, match="no model outside a team"):
+        await chat(running, idp.token(sub="loner"))
+    assert (await chat(running, idp.token(sub="loner", groups=["research"]))).choices
+    async with running.client() as admin:
+        info = (await admin.get("/user/info", params={"user_id": "loner"})).json()["user_info"]
+    assert info["models"] == ["no-default-models"] and info["user_role"] is None
     await running.stop()

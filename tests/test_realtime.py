@@ -13,7 +13,11 @@ from typing import Any
 import openai
 import pytest
 import trio
+from fakes import FakeUpstream
 from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, deployment_config, start_gateway
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from test_metrics import scrape
+from test_tracing import _attributes, _spans
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
@@ -180,3 +184,74 @@ async def test_budget_spent_mid_session_closes_it(
         await fake.closed.wait()
     [record] = await gateway.records.wait_for(1)
     assert record.cost > 0.001
+
+
+async def test_sessions_are_counted_and_traced(
+    nursery: trio.Nursery, fake: FakeRealtime, receiver: FakeUpstream
+) -> None:
+    """A session is one request to the proxy (200 once accepted, a refusal's status
+    otherwise), each response it bills one LLM call with its tokens and spend, counted
+    as it passes; its span has a child for the upstream session, whose context the
+    upstream is sent."""
+    params = {
+        "model": "openai/gpt-realtime",
+        "api_base": f"http://127.0.0.1:{fake.port}/v1",
+        "api_key": UPSTREAM_KEY,
+    }
+    config = deployment_config("realtime", params)
+    config["model_list"][0]["model_info"] = {"id": "rt-1"}
+    running = await start_gateway(nursery, config)
+    async with running.client() as admin:
+        made = await admin.post("/key/generate", json={"key_alias": "talker"})
+        key, key_hash = made.json()["key"], made.json()["token"]
+        barred = (await admin.post("/key/generate", json={"models": ["other"]})).json()["key"]
+    headers = [(b"authorization", f"Bearer {key}".encode())]
+    async with open_websocket_url(ws_url(running), extra_headers=headers) as socket:
+        for _ in range(2):
+            await socket.send_message(json.dumps({"type": "response.create"}))
+            while json.loads(await socket.get_message())["type"] != "response.done":
+                pass
+        records = await running.records.wait_for(2)
+        live = await scrape(running.url)  # while the session is still open
+    with pytest.raises(ConnectionRejected):
+        barred_headers = [(b"authorization", f"Bearer {barred}".encode())]
+        async with open_websocket_url(ws_url(running), extra_headers=barred_headers):
+            pass
+    total = "litellm_proxy_total_requests_metric_total"
+    # The session is counted once the gateway has closed its upstream after the client's
+    # close: nothing the test holds tells when, so /metrics is read until it shows.
+    with trio.fail_after(10):
+        while (scraped := await scrape(running.url)).value(total, status_code="200") < 1:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    await running.stop()
+
+    labels = {"hashed_api_key": key_hash, "api_key_alias": "talker"}
+    cost = sum(r.cost for r in records)
+    assert live.value("litellm_spend_metric_total", **labels) == pytest.approx(cost)
+    assert live.value(total) == 0
+    route = {"route": "/v1/realtime", "requested_model": "realtime"}
+    assert scraped.value(total, status_code="200", **route, **labels) == 1
+    assert scraped.value(total, status_code="403", **route) == 1
+    assert scraped.value(
+        "litellm_proxy_failed_requests_metric_total", exception_class="ModelNotAllowed"
+    ) == 1  # fmt: skip
+    assert scraped.value("litellm_requests_metric_total", **labels) == 2
+    assert scraped.value("litellm_input_tokens_metric_total", model_id="rt-1", **labels) == 2000
+    assert scraped.value("litellm_output_tokens_metric_total", model_id="rt-1") == 1000
+    assert scraped.value("litellm_deployment_success_responses_total", model_id="rt-1") == 1
+    latency = "litellm_request_total_latency_metric_count"
+    assert scraped.value(latency, requested_model="realtime") == 2
+
+    spans = _spans(receiver)
+    sessions = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
+    [session] = [s for s in sessions if s.status.code != Status.STATUS_CODE_ERROR]
+    assert session.name == "realtime realtime" and len(sessions) == 2  # and the refused one
+    [upstream] = [s for s in spans if s.kind == Span.SPAN_KIND_CLIENT]
+    assert upstream.parent_span_id == session.span_id
+    attributes = _attributes(session)
+    assert (attributes["gen_ai.usage.input_tokens"], attributes["gen_ai.usage.output_tokens"]) == (
+        2000, 1000,
+    )  # fmt: skip
+    assert attributes["trigate.cost"] == pytest.approx(cost)
+    assert _attributes(upstream)["trigate.deployment"] == "rt-1"
+    assert fake.headers[-1]["traceparent"].split("-")[2] == upstream.span_id.hex()

@@ -156,6 +156,9 @@ async def test_default_internal_user_params_are_a_new_sso_users(
         ({"teams": ["a"]}, "does not act on teams"),
         ({"user_role": "wizard"}, "is not a LiteLLM role"),
         ({"models": "mock"}, "expected a list of model names"),
+        ({"max_budget": -1}, "max_budget: expected a number of at least 0"),
+        ({"rpm_limit": 2.5}, "rpm_limit: expected a whole number"),
+        ({"budget_duration": "soon"}, "budget_duration: invalid duration"),
     ],
 )
 def test_default_internal_user_params_trigate_would_not_give_stop_start(

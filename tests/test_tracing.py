@@ -51,14 +51,6 @@ def _entry(name: str, upstream: FakeUpstream, model_id: str, **params: Any) -> d
     }
 
 
-@pytest.fixture
-async def receiver(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> FakeUpstream:
-    collector = FakeUpstream(lambda request: JSONReply({}))
-    await collector.start(nursery)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.port}")
-    return collector
-
-
 async def test_a_request_is_a_span_with_a_child_per_attempt(
     nursery: trio.Nursery, receiver: FakeUpstream
 ) -> None:

@@ -49,6 +49,7 @@ from trigate.hooks import Hooks, load_hooks
 from trigate.jwt_auth import JwtVerifier
 from trigate.limits import LEASE_TTL, FleetLimits, Limits
 from trigate.mcp_gateway.catalog import MCPCatalog
+from trigate.new_users import new_user_defaults
 from trigate.proxy_budget import PROXY_BUDGET_USER, fallback_row, proxy_budget
 from trigate.proxy_budget import install as install_proxy_budget
 from trigate.router.catalog import ModelCatalog
@@ -181,6 +182,8 @@ class Gateway:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         self._proxy_budget_fallback = fallback_row(self.proxy_budget)
+        # What a user SSO sign-in or a JWT's `user_id_upsert` makes starts with.
+        self.new_user_defaults = new_user_defaults(config.litellm_settings)
         # The deployments served: the file's (`config_path`, re-read on reload) and the store's.
         sealer = Sealer.from_environ(master_key)
         self.models = ModelCatalog(config, config_path, sealer, self._serve)
@@ -307,7 +310,9 @@ class Gateway:
             isinstance(verifier, JwtVerifier) for verifier in self.token_verifiers
         ):
             jwt_settings = self._config.general_settings.litellm_jwtauth
-            self.token_verifiers.append(JwtVerifier(jwt_settings, self._store))
+            self.token_verifiers.append(
+                JwtVerifier(jwt_settings, self._store, self.new_user_defaults)
+            )
         # Every admin write reaches the caches, here and (with Redis) fleet-wide.
         self._store.watch(self._written)
         self._end_users = EndUsers(self._auth, self._store)

@@ -11,7 +11,8 @@ keys), at most once every `JWKS_REFETCH_SECONDS`, so a flood of made-up key ids 
 flood the provider.
 
 The claims `litellm_jwtauth` names make the caller: its user (`user_id_jwt_field`,
-made on first use with `user_id_upsert`), its team (`team_id_jwt_field`, or the first
+made on first use with `user_id_upsert`, with LiteLLM's `default_internal_user_params`
+as SSO sign-in makes one: trigate.new_users), its team (`team_id_jwt_field`, or the first
 existing team of `team_ids_jwt_field`), and proxy-admin power for a token holding
 `admin_jwt_scope`. The caller is bound as a key would be by its user's and team's
 rows: their models, budgets and rate limits apply, and its spend is billed to them
@@ -21,6 +22,7 @@ rows: their models, budgets and rate limits apply, and its spend is billed to th
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -33,6 +35,7 @@ from trigate.auth import Authenticator, Caller
 from trigate.clock import wall_time
 from trigate.config import JwtAuthSettings
 from trigate.errors import AuthenticationFailed
+from trigate.new_users import new_user_row
 from trigate.roles import Role
 from trigate.store import Row, Store
 
@@ -127,11 +130,17 @@ class JwtVerifier:
     """The `TokenVerifier` for identity providers' JWTs."""
 
     def __init__(
-        self, settings: JwtAuthSettings, store: Store, client: httpx.AsyncClient | None = None
+        self,
+        settings: JwtAuthSettings,
+        store: Store,
+        new_user: Mapping[str, Any],
+        client: httpx.AsyncClient | None = None,
     ) -> None:
         assert settings.public_key_url is not None  # checked when the config was read
         self.settings = settings
         self._store = store
+        # LiteLLM's `default_internal_user_params`, checked (trigate.new_users).
+        self._new_user = new_user
         self._jwks = JwksCache(settings.public_key_url, settings.public_key_ttl, client)
 
     async def caller(self, token: str, auth: Authenticator) -> Caller | None:
@@ -210,15 +219,15 @@ class JwtVerifier:
         return role
 
     async def _user(self, auth: Authenticator, user_id: str, email: str | None) -> Row:
-        """The token's user, read through the authenticator's cache as a key's is."""
+        """The token's user, read through the authenticator's cache as a key's is; made
+        with LiteLLM's `default_internal_user_params` when `user_id_upsert` allows, as
+        LiteLLM's `get_user_object` makes it (and as SSO sign-in does here)."""
         row = await auth.row("users", user_id)
         if row is not None:
             return row
         if not self.settings.user_id_upsert:
             raise InvalidToken(f"No user `{user_id}` exists (set user_id_upsert to make it).")
-        now = wall_time()
-        row = {"user_id": user_id, "user_email": email, "models": [], "metadata": {},
-               "created_at": now, "updated_at": now}  # fmt: skip
+        row = new_user_row(self._new_user, user_id, email, wall_time())
         await self._store.insert("users", row)
         auth.forget("users", user_id)
         return row

@@ -284,7 +284,8 @@ LITELLM_SETTINGS: dict[str, Key] = {
     "upperbound_key_generate_params": _refused("its caps on generated keys are not enforced"),
     "default_key_generate_params": _refused("defaults (budgets, models) for new keys"),
     "default_internal_user_params": _acted(
-        "given to users SSO sign-in makes, else no model outside a team (ui/signin.py)"
+        "given to users SSO sign-in and JWT upserts make, else no model outside a team "
+        "(new_users.py)"
     ),
     "max_internal_user_budget": _refused("a user budget default trigate does not apply"),
     "internal_user_budget_duration": _refused("a user budget default trigate does not apply"),

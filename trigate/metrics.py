@@ -615,20 +615,11 @@ class Metrics:
         api_latency: float | None,
         upstream_wait: float | None,
     ) -> None:
-        """Everything one request adds, once, from its spend record."""
-        status = record.status
-        series.total(status).inc(1)
-        if status >= 400:
-            series.failure(status, _exception_class(error, record)).inc(1)
-        series.requests.inc(1)
-        if record.cost:
-            series.spend.inc(record.cost)
-        if record.prompt_tokens or record.completion_tokens:
-            series.input_tokens.inc(record.prompt_tokens)
-            series.output_tokens.inc(record.completion_tokens)
-            series.total_tokens.inc(record.prompt_tokens + record.completion_tokens)
+        """Everything one request adds, once, from its spend record: a model call is one
+        request answered and one call billed."""
         latency = record.latency_ms / 1000
-        series.total_latency.observe(latency)
+        self.answered(series, record.status, error, latency, record.cancelled_by_client)
+        self.billed(series, record.prompt_tokens, record.completion_tokens, record.cost)
         if api_latency is not None:
             series.api_latency.observe(api_latency)
         if record.ttft_ms is not None and record.stream:
@@ -642,6 +633,34 @@ class Metrics:
                 self.cancelled_streams.labels(
                     series.requested_model, series.deployment.label_id
                 ).inc()
+
+    def answered(
+        self,
+        series: Series,
+        status: int,
+        error: GatewayError | None,
+        latency: float,
+        cancelled: bool = False,
+    ) -> None:
+        """A request to the proxy answered (a Realtime session ended): its status, and
+        how long it took."""
+        series.total(status).inc(1)
+        if status >= 400:
+            series.failure(status, _exception_class(error, cancelled)).inc(1)
+        series.total_latency.observe(latency)
+
+    def billed(
+        self, series: Series, prompt_tokens: int, completion_tokens: int, cost: float
+    ) -> None:
+        """One LLM call's spend row (LiteLLM's `litellm_requests_metric` counts calls):
+        its tokens and cost."""
+        series.requests.inc(1)
+        if cost:
+            series.spend.inc(cost)
+        if prompt_tokens or completion_tokens:
+            series.input_tokens.inc(prompt_tokens)
+            series.output_tokens.inc(completion_tokens)
+            series.total_tokens.inc(prompt_tokens + completion_tokens)
 
     def budgets_left(self, caller: Caller, cost: float) -> None:
         """The key's and team's budget left after a request, as LiteLLM reports it: the
@@ -770,7 +789,7 @@ def deployment_state(deployment: Deployment, now: float) -> int:
     return HEALTHY
 
 
-def _exception_class(error: GatewayError | None, record: RequestRecord) -> str:
+def _exception_class(error: GatewayError | None, cancelled: bool) -> str:
     if error is not None:
         return type(error).__name__
-    return "ClientDisconnected" if record.cancelled_by_client else "UnexpectedError"
+    return "ClientDisconnected" if cancelled else "UnexpectedError"

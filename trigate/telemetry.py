@@ -59,6 +59,7 @@ class Telemetry:
         # What health probes report: only the cooldowns they cause.
         self.probes = ProbeTelemetry(self.metrics)
         self._callers: dict[str, tuple[tuple[object, ...], CallerLabels]] = {}
+        self._interned: dict[CallerLabels, CallerLabels] = {}
         # Set by the gateway when alerts are on.
         self.alerts: DeploymentAlerts | None = None
         self.probes.telemetry = self
@@ -93,6 +94,12 @@ class Telemetry:
         self._callers[caller.key_hash] = (rows, labels)
         return labels
 
+    def interned(self, labels: CallerLabels) -> CallerLabels:
+        """One object for equal labels made apart (a batch owner's, from its stored row):
+        the metrics cache series by the labels' identity, so fresh ones each time would
+        grow that cache without end. Bounded by the keys that exist."""
+        return self._interned.setdefault(labels, labels)
+
     def unaccounted(self, context: RequestContext, error: GatewayError) -> None:
         """A model API request that ended with `error` before any call accounted for it."""
         if context.accounted:
@@ -106,7 +113,7 @@ class Telemetry:
                 "%s %d",
                 context.path,
                 error.status,
-                extra={"access": _access_fields(context, error.status)},
+                extra={"access": access_fields(context, error.status)},
             )
 
     async def stop(self) -> None:
@@ -241,7 +248,7 @@ class CallTelemetry:
         if self.span is not None:
             self._end_span(record, deployment, error)
         if telemetry.access_log:
-            fields = _access_fields(context, record.status)
+            fields = access_fields(context, record.status)
             fields.update(
                 key_alias=record.key_alias,
                 key_hash=record.key_hash[:HASH_PREFIX] if record.key_hash else None,
@@ -285,7 +292,7 @@ class CallTelemetry:
             span.end()
 
 
-def _access_fields(context: RequestContext, status: int) -> dict[str, Any]:
+def access_fields(context: RequestContext, status: int) -> dict[str, Any]:
     """An access line's fields; what the request never got to (a key, a deployment) is
     null, so that every line has the same fields."""
     return {

@@ -17,11 +17,11 @@ from werkzeug.exceptions import HTTPException
 
 from trigate.api.context import RequestScope
 from trigate.api.mcp_endpoint import MCPEndpoint
-from trigate.api.model_api import ModelAPI, error_reply, unexpected_failure
+from trigate.api.model_api import ModelAPI, error_reply, from_http_exception, unexpected_failure
 from trigate.api.passthrough_routes import PassThrough
 from trigate.api.pipeline import Pipeline
 from trigate.api.routes import QUART_ROUTES, model_routes, websocket_routes
-from trigate.errors import BodyTooLarge, GatewayError, InvalidRequest, NotFound
+from trigate.errors import GatewayError, InvalidRequest
 from trigate.gateway import Gateway
 from trigate.store import Conflict
 
@@ -89,7 +89,7 @@ def _register_error_handlers(app: QuartTrio) -> None:
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
-        return _error_response(_from_http_exception(error))
+        return _error_response(from_http_exception(error))
 
     @app.errorhandler(Conflict)
     async def conflict(error: Conflict) -> Response:
@@ -101,16 +101,6 @@ def _register_error_handlers(app: QuartTrio) -> None:
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:
         return _error_response(unexpected_failure(error))
-
-
-def _from_http_exception(error: HTTPException) -> GatewayError:
-    status = error.code or 500
-    if status == 404:
-        return NotFound("No such endpoint.", code="not_found")
-    if status == 413:
-        return BodyTooLarge()
-    kind = "invalid_request_error" if status < 500 else "api_error"
-    return GatewayError(error.description or error.name, status=status, type=kind)
 
 
 def _error_response(error: GatewayError) -> Response:

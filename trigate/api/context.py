@@ -40,7 +40,13 @@ from trigate.serving import (
 )
 
 if TYPE_CHECKING:
-    from hypercorn.typing import ASGIFramework, ASGIReceiveCallable, ASGISendCallable, Scope
+    from hypercorn.typing import (
+        ASGIFramework,
+        ASGIReceiveCallable,
+        ASGISendCallable,
+        Scope,
+        WebsocketScope,
+    )
     from prometheus_client import Gauge
 
     from trigate.api.pipeline import Call
@@ -138,6 +144,16 @@ class RequestScope:
                 await relay.close()
             if in_flight is not None:
                 in_flight.inc(-1)
+
+
+def websocket_context(scope: WebsocketScope) -> RequestContext:
+    """A WebSocket session's context (`RequestScope` gives HTTP requests theirs): its id,
+    the client's `x-request-id` and `traceparent`, its path."""
+    client_id, traceparent, *_ = _scan(scope["headers"])
+    context = RequestContext(os.urandom(16).hex(), trio.current_time(), client_id)
+    context.path = scope["path"]
+    context.traceparent = traceparent
+    return context
 
 
 async def _departed(context: RequestContext) -> None:

@@ -9,20 +9,18 @@ managed files do. The key's model access applies. A batch runs where its input f
 is. Who uploaded or created each id is kept (`trigate_managed_objects`): another key,
 outside the owner's team, gets a 404 for it, as for an id that does not exist.
 
-A batch is billed once, when it is first seen completed (a retrieve, or the list's
-refresh of one not yet billed): its tokens, from the batch's `usage` or, where the
-upstream gives none, summed from its output file, at the table's batch prices (else
-half the list price, OpenAI's batch discount), as a spend row of its owner's. The
-output and error files a batch names are its owner's (and its team's) as soon as it
-names them: the upstream made them, so no upload recorded them.
+A batch is billed once, for what it completed, when it is first seen ended (completed,
+failed, expired or cancelled) by a retrieve, a cancel or the list's refresh of one not
+yet billed: trigate.api.batch_billing. The output and error files a batch names are its
+owner's (and its team's) as soon as it names them: the upstream made them, so no upload
+recorded them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -31,9 +29,11 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from trigate.api.batch_billing import BATCH, bill_once
 from trigate.api.jsonio import json_body, json_response
+from trigate.api.observed import observed
 from trigate.api.pipeline import check_access
-from trigate.auth import Caller, key_hash_of_owner, owner_of
+from trigate.auth import Caller, owner_of
 from trigate.errors import (
     Failure,
     GatewayError,
@@ -42,22 +42,17 @@ from trigate.errors import (
     UpstreamError,
     echoed,
 )
+from trigate.exchanges import Exchange
 from trigate.forms import UploadedFile, parse_form
 from trigate.gateway import Gateway
 from trigate.providers import Batches, Completion
 from trigate.router.deployments import Deployment
-from trigate.spend import RequestRecord
-from trigate.spend.prices import TokenCounts, batch_cost
 from trigate.store import ResponseViewer, Row
 
 logger = logging.getLogger("trigate")
 
-FILE, BATCH = "file", "batch"
+FILE = "file"
 DEFAULT_PAGE, MAX_PAGE = 20, 10_000
-# A batch's states after which it changes no more; `completed` is the one that is billed.
-FINAL = frozenset({"completed", "failed", "expired", "cancelled"})
-# A batch's states after which it is never billed: the list refreshes no such batch.
-UNBILLED_END = FINAL - {"completed"}
 # The batch file fields that name files the upstream made for the batch's owner.
 RESULT_FILES = ("output_file_id", "error_file_id")
 # How many of a list's batches are refreshed from their upstreams at once.
@@ -69,12 +64,13 @@ _NEXT_DEPLOYMENT = frozenset(
 
 
 def register(app: QuartTrio, gateway: Gateway) -> None:
-    """The files' and batches' routes."""
+    """The files' and batches' routes, each observed (trigate.api.observed)."""
 
     @app.post("/v1/files")
     @app.post("/files")
-    async def upload_file() -> Response:
-        caller = await gateway.auth.authenticate(request.headers)
+    @observed(gateway, "create_file")
+    async def upload_file(exchange: Exchange) -> Response:
+        caller = await _caller(gateway, exchange)
         raw = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         form = parse_form(raw, {"content-type": request.headers.get("content-type", "")})
         upload = form.get("file")
@@ -84,7 +80,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         if not isinstance(purpose, str) or not purpose:
             raise InvalidRequest("`purpose` is required.", param="purpose")
         requested = _target(form.pop("target_model_names", None), upload, purpose)
-        deployments = _routable(gateway, caller, requested)
+        deployments = _routable(gateway, exchange, caller, requested)
 
         async def attempt(deployment: Deployment, batches: Batches) -> Completion:
             sent = dict(form)
@@ -92,14 +88,15 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
                 sent["file"] = _retargeted(upload, deployment.upstream_model)
             return await batches.upload_file(sent)
 
-        deployment, answer = await _first_answer(deployments, attempt)
+        deployment, answer = await _first_answer(exchange, deployments, attempt)
         await _save(gateway, caller, FILE, deployment, answer.body)
         return json_response(answer.body)
 
     @app.get("/v1/files")
     @app.get("/files")
-    async def list_files() -> Response:
-        caller = await gateway.auth.authenticate(request.headers)
+    @observed(gateway, "list_files")
+    async def list_files(exchange: Exchange) -> Response:
+        caller = await _caller(gateway, exchange)
         rows = await _listed(gateway, caller, FILE)
         purpose = request.args.get("purpose")
         data = [row["object"] for row in rows if purpose in (None, row["object"].get("purpose"))]
@@ -107,71 +104,93 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.get("/v1/files/<file_id>")
     @app.get("/files/<file_id>")
-    async def retrieve_file(file_id: str) -> Response:
-        _, batches = await _owned(gateway, FILE, file_id)
-        answer = await batches.retrieve_file(file_id)
+    @observed(gateway, "retrieve_file")
+    async def retrieve_file(exchange: Exchange, file_id: str) -> Response:
+        _, deployment, batches = await _owned(gateway, exchange, FILE, file_id)
+        async with exchange.attempt(deployment):
+            answer = await batches.retrieve_file(file_id)
         return json_response(answer.body)
 
     @app.get("/v1/files/<file_id>/content")
     @app.get("/files/<file_id>/content")
-    async def file_content(file_id: str) -> Response:
-        _, batches = await _owned(gateway, FILE, file_id)
-        upstream = await batches.file_content(file_id)
+    @observed(gateway, "file_content")
+    async def file_content(exchange: Exchange, file_id: str) -> Response:
+        _, deployment, batches = await _owned(gateway, exchange, FILE, file_id)
+        async with exchange.attempt(deployment):
+            upstream = await batches.file_content(file_id)
         media_type = upstream.headers.get("content-type", "application/octet-stream")
         return Response(_relayed(upstream), content_type=media_type)
 
     @app.delete("/v1/files/<file_id>")
     @app.delete("/files/<file_id>")
-    async def delete_file(file_id: str) -> Response:
-        _, batches = await _owned(gateway, FILE, file_id)
-        answer = await batches.delete_file(file_id)
+    @observed(gateway, "delete_file")
+    async def delete_file(exchange: Exchange, file_id: str) -> Response:
+        _, deployment, batches = await _owned(gateway, exchange, FILE, file_id)
+        async with exchange.attempt(deployment):
+            answer = await batches.delete_file(file_id)
         await gateway.store.delete_managed(FILE, file_id)
         return json_response(answer.body)
 
     @app.post("/v1/batches")
     @app.post("/batches")
-    async def create_batch() -> Response:
-        caller = await gateway.auth.authenticate(request.headers)
+    @observed(gateway, "create_batch")
+    async def create_batch(exchange: Exchange) -> Response:
+        caller = await _caller(gateway, exchange)
         body = await json_body()
         file_id = body.get("input_file_id")
         if not isinstance(file_id, str) or not file_id:
             raise InvalidRequest("`input_file_id` is required.", param="input_file_id")
-        row, batches = await _owned(gateway, FILE, file_id, caller)
-        deployment = _deployment(gateway, row)
+        row, deployment, batches = await _owned(gateway, exchange, FILE, file_id, caller)
         if not caller.is_master:
             covering = gateway.groups.access.covering
             check_access(caller, row["model_group"], row["model_group"], covering)
             await _admitted(gateway, caller)
         sent = {name: value for name, value in body.items() if name != "model"}
-        answer = await batches.create_batch(sent)
-        assert deployment is not None
+        async with exchange.attempt(deployment):
+            answer = await batches.create_batch(sent)
         await _save(gateway, caller, BATCH, deployment, answer.body)
         return json_response(answer.body)
 
     @app.get("/v1/batches")
     @app.get("/batches")
-    async def list_batches() -> Response:
-        caller = await gateway.auth.authenticate(request.headers)
+    @observed(gateway, "list_batches")
+    async def list_batches(exchange: Exchange) -> Response:
+        caller = await _caller(gateway, exchange)
         rows = await _listed(gateway, caller, BATCH)
-        data = await _refreshed(gateway, rows)
+        data = await _refreshed(gateway, exchange, rows)
         return json_response({"object": "list", "data": data, "has_more": False})
 
     @app.get("/v1/batches/<batch_id>")
     @app.get("/batches/<batch_id>")
-    async def retrieve_batch(batch_id: str) -> Response:
-        row, batches = await _owned(gateway, BATCH, batch_id)
-        answer = await batches.retrieve_batch(batch_id)
-        await _settle(gateway, row, batches, answer.body)
-        return json_response(answer.body)
+    @observed(gateway, "retrieve_batch")
+    async def retrieve_batch(exchange: Exchange, batch_id: str) -> Response:
+        return await _asked(gateway, exchange, batch_id, lambda b: b.retrieve_batch(batch_id))
 
     @app.post("/v1/batches/<batch_id>/cancel")
     @app.post("/batches/<batch_id>/cancel")
-    async def cancel_batch(batch_id: str) -> Response:
-        row, batches = await _owned(gateway, BATCH, batch_id)
-        answer = await batches.cancel_batch(batch_id)
-        await _register_results(gateway, row, answer.body)
-        await gateway.store.save_managed({**row, "object": answer.body})
-        return json_response(answer.body)
+    @observed(gateway, "cancel_batch")
+    async def cancel_batch(exchange: Exchange, batch_id: str) -> Response:
+        return await _asked(gateway, exchange, batch_id, lambda b: b.cancel_batch(batch_id))
+
+
+async def _asked(
+    gateway: Gateway,
+    exchange: Exchange,
+    batch_id: str,
+    ask: Callable[[Batches], Awaitable[Completion]],
+) -> Response:
+    """A batch's upstream asked (retrieve, cancel), and the batch settled by its answer."""
+    row, deployment, batches = await _owned(gateway, exchange, BATCH, batch_id)
+    async with exchange.attempt(deployment):
+        answer = await ask(batches)
+    await _settle(gateway, exchange, row, deployment, answer.body)
+    return json_response(answer.body)
+
+
+async def _caller(gateway: Gateway, exchange: Exchange) -> Caller:
+    caller = await gateway.auth.authenticate(request.headers)
+    exchange.identify(caller)
+    return caller
 
 
 def _target(given: Any, upload: UploadedFile, purpose: str) -> str:
@@ -224,10 +243,13 @@ def _retargeted(upload: UploadedFile, model: str) -> UploadedFile:
     return UploadedFile(upload.filename, upload.content_type, b"\n".join(lines) + b"\n")
 
 
-def _routable(gateway: Gateway, caller: Caller, requested: str) -> list[tuple[Deployment, Batches]]:
+def _routable(
+    gateway: Gateway, exchange: Exchange, caller: Caller, requested: str
+) -> list[tuple[Deployment, Batches]]:
     """The group's deployments that serve files and batches, after the key's model access."""
     group = caller.model_group(requested)
     deployments = gateway.groups.deployments(group)  # a 404 for an unknown group
+    exchange.concerns(group)
     if not caller.is_master:
         check_access(caller, requested, group, gateway.groups.access.covering)
     served = [(d, d.abilities.batches) for d in deployments if d.abilities.batches is not None]
@@ -241,18 +263,22 @@ def _routable(gateway: Gateway, caller: Caller, requested: str) -> list[tuple[De
 
 
 async def _first_answer(
-    deployments: list[tuple[Deployment, Batches]], attempt: Any
+    exchange: Exchange, deployments: list[tuple[Deployment, Batches]], attempt: Any
 ) -> tuple[Deployment, Completion]:
     """The first deployment's answer, trying the next on a failure another may not have."""
     for index, (deployment, batches) in enumerate(deployments):
         try:
-            return deployment, await attempt(deployment, batches)
+            async with exchange.attempt(deployment):
+                answer = await attempt(deployment, batches)
         except UpstreamError as error:
             if error.kind not in _NEXT_DEPLOYMENT or index == len(deployments) - 1:
                 raise
             logger.warning(
                 "files: deployment %s failed (%s); trying the next", deployment.id, error.kind
             )
+        else:
+            exchange.concerns(deployment.model_group, deployment)
+            return deployment, answer
     raise AssertionError("no deployments")  # `_routable` gives at least one
 
 
@@ -286,12 +312,13 @@ def _viewer(caller: Caller) -> ResponseViewer | None:
 
 
 async def _owned(
-    gateway: Gateway, kind: str, object_id: str, caller: Caller | None = None
-) -> tuple[Row, Batches]:
-    """The file or batch the caller may use (its key's or its team's), and the ability of
-    the deployment that holds it; a 404 for anyone else's, as for one that is not."""
+    gateway: Gateway, exchange: Exchange, kind: str, object_id: str, caller: Caller | None = None
+) -> tuple[Row, Deployment, Batches]:
+    """The file or batch the caller may use (its key's or its team's), the deployment
+    that holds it and that deployment's ability; a 404 for anyone else's, as for one
+    that is not."""
     if caller is None:
-        caller = await gateway.auth.authenticate(request.headers)
+        caller = await _caller(gateway, exchange)
     row = await gateway.store.managed(kind, object_id, _viewer(caller))
     if row is None:
         raise NotFound(f"No {kind} with id `{echoed(object_id)}` exists.", code=f"{kind}_not_found")
@@ -301,7 +328,8 @@ async def _owned(
             f"The deployment that holds {kind} `{echoed(object_id)}` is no longer served.",
             code=f"{kind}_not_found",
         )
-    return row, deployment.abilities.batches
+    exchange.concerns(row["model_group"], deployment)
+    return row, deployment, deployment.abilities.batches
 
 
 def _deployment(gateway: Gateway, row: Row) -> Deployment | None:
@@ -333,10 +361,11 @@ async def _admitted(gateway: Gateway, caller: Caller) -> None:
     await admission.settle(0, 0.0)
 
 
-async def _refreshed(gateway: Gateway, rows: list[Row]) -> list[dict[str, Any]]:
-    """The listed batches, each not yet billed (nor failed, expired or cancelled) asked
-    of its upstream and settled as a retrieve settles it, a few at a time; one whose
-    upstream fails, or whose deployment is no longer served, is listed as last seen."""
+async def _refreshed(gateway: Gateway, exchange: Exchange, rows: list[Row]) -> list[dict[str, Any]]:
+    """The listed batches, each not yet billed asked of its upstream and settled as a
+    retrieve settles it, a few at a time; one whose upstream fails, or whose deployment
+    is no longer served, is listed as last seen. A billed batch has ended: its state
+    changes no more."""
     data = [row["object"] for row in rows]
     limiter = trio.CapacityLimiter(REFRESHES_AT_ONCE)
 
@@ -346,8 +375,9 @@ async def _refreshed(gateway: Gateway, rows: list[Row]) -> list[dict[str, Any]]:
             return
         async with limiter:
             try:
-                answer = await deployment.abilities.batches.retrieve_batch(row["object_id"])
-                await _settle(gateway, row, deployment.abilities.batches, answer.body)
+                async with exchange.attempt(deployment):
+                    answer = await deployment.abilities.batches.retrieve_batch(row["object_id"])
+                await _settle(gateway, exchange, row, deployment, answer.body)
             except UpstreamError as error:
                 logger.warning(
                     "batches: refreshing %s failed (%s); listed as last seen",
@@ -359,55 +389,19 @@ async def _refreshed(gateway: Gateway, rows: list[Row]) -> list[dict[str, Any]]:
 
     async with trio.open_nursery() as nursery:
         for index, row in enumerate(rows):
-            if not row["billed"] and row["object"].get("status") not in UNBILLED_END:
+            if not row["billed"]:
                 nursery.start_soon(refresh, index, row)
     return data
 
 
-async def _settle(gateway: Gateway, row: Row, batches: Batches, batch: dict[str, Any]) -> None:
+async def _settle(
+    gateway: Gateway, exchange: Exchange, row: Row, deployment: Deployment, batch: dict[str, Any]
+) -> None:
     """Keep the batch's latest state, its result files its owner's; bill it once, the
-    first time it is seen completed."""
+    first time it is seen ended."""
     await _register_results(gateway, row, batch)
     await gateway.store.save_managed({**row, "object": batch})
-    if batch.get("status") != "completed" or row["billed"]:
-        return
-    counts = _reported_tokens(batch)
-    if counts is None:
-        counts = await _output_tokens(batches, batch.get("output_file_id"))
-    if not await gateway.store.claim_billing(BATCH, row["object_id"]):
-        return  # another request (or worker) billed it first
-    deployment = _deployment(gateway, row)
-    price = deployment.price if deployment is not None else None
-    cost = batch_cost(price, counts)
-    now = time.time()
-    created = batch.get("created_at")
-    started = float(created) if isinstance(created, int | float) else row["created_at"]
-    record = RequestRecord(
-        request_id=uuid.uuid4().hex,
-        key_identity=row["key_identity"],
-        key_hash=key_hash_of_owner(row["owner"]),
-        key_alias=row["key_alias"],
-        team_id=row["team_id"],
-        user_id=row["user_id"],
-        organization_id=row["organization_id"],
-        model_group=row["model_group"],
-        deployment=row["deployment_id"],
-        model=deployment.params.model if deployment is not None else None,
-        status=200,
-        stream=False,
-        prompt_tokens=counts.prompt_tokens,
-        completion_tokens=counts.completion_tokens,
-        usage_source="upstream",
-        cost=cost,
-        start_time=started,
-        end_time=now,
-        latency_ms=round((now - started) * 1000, 3),
-        ttft_ms=None,
-        cancelled_by_client=False,
-        response_id=row["object_id"],
-    )
-    with trio.CancelScope(shield=True):
-        await gateway.record(record)
+    await bill_once(gateway, exchange, row, deployment, batch)
 
 
 async def _register_results(gateway: Gateway, row: Row, batch: dict[str, Any]) -> None:
@@ -431,51 +425,6 @@ async def _register_results(gateway: Gateway, row: Row, batch: dict[str, Any]) -
                 "created_at": time.time(),
             }
         )
-
-
-def _reported_tokens(batch: dict[str, Any]) -> TokenCounts | None:
-    usage = batch.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    given, made = usage.get("input_tokens"), usage.get("output_tokens")
-    if isinstance(given, int) and isinstance(made, int):
-        return TokenCounts(given, made)
-    return None
-
-
-async def _output_tokens(batches: Batches, output_file_id: Any) -> TokenCounts:
-    """The tokens of a batch's answers, summed from its output file's lines."""
-    prompt = completion = 0
-    if not isinstance(output_file_id, str) or not output_file_id:
-        return TokenCounts()
-    response = await batches.file_content(output_file_id)
-    try:
-        buffer = b""
-        async for piece in response.aiter_bytes():
-            buffer += piece
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                given, made = _line_tokens(line)
-                prompt, completion = prompt + given, completion + made
-        given, made = _line_tokens(buffer)
-    finally:
-        await response.aclose()
-    return TokenCounts(prompt + given, completion + made)
-
-
-def _line_tokens(line: bytes) -> tuple[int, int]:
-    try:
-        answer = orjson.loads(line) if line.strip() else None
-    except orjson.JSONDecodeError:
-        return 0, 0
-    response = answer.get("response") if isinstance(answer, dict) else None
-    body = response.get("body") if isinstance(response, dict) else None
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return 0, 0
-    given = usage.get("prompt_tokens", usage.get("input_tokens"))
-    made = usage.get("completion_tokens", usage.get("output_tokens"))
-    return (given if isinstance(given, int) else 0), (made if isinstance(made, int) else 0)
 
 
 async def _relayed(upstream: httpx.Response) -> AsyncIterator[bytes]:

@@ -33,11 +33,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
+from werkzeug.exceptions import HTTPException
 
 from trigate.api.context import RequestContext, current_request, direct_writer
 from trigate.api.envelopes import JSON_HEADERS, OPENAI, Envelope
 from trigate.api.litellm_request import is_litellm_header
-from trigate.errors import BodyTooLarge, GatewayError, MethodNotAllowed, RequestTimeout
+from trigate.errors import (
+    BodyTooLarge,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    RequestTimeout,
+)
 from trigate.providers.base import forwarded_headers
 from trigate.relay import StreamRelay
 from trigate.serving import DEPARTURE_EXTENSION, OnDeparture
@@ -441,3 +448,15 @@ async def send_reply(send: ASGISendCallable, reply: Reply) -> None:
 
 def _start(status: int, headers: list[tuple[bytes, bytes]]) -> Any:
     return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+def from_http_exception(error: HTTPException) -> GatewayError:
+    """One of Quart's own errors (werkzeug's: an unknown path, a body over the size cap)
+    as the gateway's, to be answered and counted as every error is."""
+    status = error.code or 500
+    if status == 404:
+        return NotFound("No such endpoint.", code="not_found")
+    if status == 413:
+        return BodyTooLarge()
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    return GatewayError(error.description or error.name, status=status, type=kind)

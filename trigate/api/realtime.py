@@ -12,6 +12,10 @@ ends the other, and the upstream's connection is closed with the session. Events
 through as they came; each `response.done` is billed as it passes (its `usage`, at the
 deployment's token prices, one spend row per response), and a key whose budget that
 exhausts has its session closed with code 1008 and the budget's reason.
+
+The session is one `Exchange` (trigate.exchanges): one request to the proxy when it
+ends, each billed response an LLM call counted as it passes, each upstream session an
+attempt with its own span, whose context the upstream is sent in `traceparent`.
 """
 
 from __future__ import annotations
@@ -33,12 +37,15 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from trigate.api.context import websocket_context
 from trigate.api.envelopes import OPENAI
 from trigate.api.pipeline import check_access
 from trigate.auth import Caller
 from trigate.errors import GatewayError, InvalidRequest, UpstreamUnreachable
+from trigate.exchanges import CLIENT_CLOSED, Exchange
 from trigate.gateway import Gateway
 from trigate.limits import Admission
+from trigate.providers.base import forwarded_headers
 from trigate.router.deployments import Deployment
 from trigate.spend import RequestRecord
 from trigate.usage import Usage
@@ -59,6 +66,8 @@ POLICY_VIOLATION = 1008
 UPSTREAM_FAILED = 1011
 # A close frame's reason holds at most 123 bytes.
 MAX_REASON = 123
+# A session the upstream accepted counts as answered 200, as a model call's success.
+ACCEPTED = 200
 # Seconds to open an upstream session, and to close one.
 CONNECT_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 5.0
@@ -76,21 +85,34 @@ class RealtimeRoute:
         if (await receive())["type"] != "websocket.connect":
             return
         offered = [str(p) for p in scope.get("subprotocols") or ()]
+        telemetry = self._gateway.telemetry
+        exchange = Exchange(telemetry, websocket_context(scope), scope["path"], "realtime")
         try:
-            caller, group, deployments, admission = await self._admitted(scope, offered)
+            caller, group, deployments, admission = await self._admitted(scope, offered, exchange)
         except GatewayError as refusal:
+            exchange.finished(refusal.status, refusal)
             await _deny(scope, cast(Sender, send), refusal)
             return
-        session = Session(self._gateway, caller, group, receive, cast(Sender, send), admission)
+        session = Session(
+            self._gateway, caller, group, receive, cast(Sender, send), admission, exchange
+        )
+        failure: GatewayError | None = None
         try:
-            await session.run(
+            failure = await session.run(
                 deployments, REALTIME_PROTOCOL if REALTIME_PROTOCOL in offered else None
             )
+        except Exception:
+            exchange.finished(500, None)  # a bug, or the upstream's socket failed mid-session
+            raise
+        except BaseException:
+            exchange.finished(CLIENT_CLOSED, None, cancelled=True)
+            raise
         finally:
             await session.release()
+        exchange.finished(failure.status if failure is not None else ACCEPTED, failure)
 
     async def _admitted(
-        self, scope: WebsocketScope, offered: list[str]
+        self, scope: WebsocketScope, offered: list[str], exchange: Exchange
     ) -> tuple[Caller, str, list[Deployment], Admission | None]:
         gateway = self._gateway
         headers = {
@@ -101,6 +123,7 @@ class RealtimeRoute:
         if key is not None and "authorization" not in headers:
             headers["authorization"] = f"Bearer {key}"
         caller = await gateway.auth.authenticate(headers)
+        exchange.identify(caller)
         query = parse_qs(scope["query_string"].decode("latin-1"))
         # OpenAI's clients name the model; Azure's, the deployment.
         requested = (query.get("model") or query.get("deployment") or [""])[0]
@@ -108,6 +131,7 @@ class RealtimeRoute:
             raise InvalidRequest("Name the model: `?model=`.", param="model")
         group = caller.model_group(requested)
         deployments = gateway.groups.deployments(group)
+        exchange.concerns(group)
         if not caller.is_master:
             check_access(caller, requested, group, gateway.groups.access.covering)
         served = [d for d in deployments if d.abilities.realtime is not None]
@@ -131,9 +155,12 @@ class Session:
         receive: ASGIReceiveCallable,
         send: Sender,
         admission: Admission | None,
+        exchange: Exchange,
     ) -> None:
         self._gateway = gateway
         self._caller = caller
+        # The session's metrics and span; each response billed is counted by it.
+        self._exchange = exchange
         # What the next response is admitted under: settled with its cost when it is done.
         self._admission = admission
         self._group = group
@@ -141,34 +168,50 @@ class Session:
         self._send = send
         self._closed = False
 
-    async def run(self, deployments: list[Deployment], subprotocol: str | None) -> None:
+    async def run(
+        self, deployments: list[Deployment], subprotocol: str | None
+    ) -> UpstreamUnreachable | None:
         """Open the first deployment that answers (the next on a failure to connect), accept
-        the client, and relay until either side closes."""
+        the client, and relay until either side closes; the failure if none opened. Each
+        upstream session is an attempt of the session's exchange."""
         for index, deployment in enumerate(deployments):
-            endpoint = deployment.abilities.realtime.realtime_endpoint()  # type: ignore[union-attr]
-            assert endpoint is not None
-            opened = False
             try:
-                async with open_websocket_url(
-                    endpoint.url,
-                    extra_headers=[(n.encode(), v.encode()) for n, v in endpoint.headers],
-                    connect_timeout=min(deployment.params.timeout, CONNECT_TIMEOUT),
-                    disconnect_timeout=CLOSE_TIMEOUT,
-                ) as upstream:
-                    opened = True
-                    await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
-                    await self._relay(deployment, upstream)
-            except (OSError, HandshakeError, ConnectionTimeout) as error:
-                if opened:
-                    raise
-                logger.warning("realtime: deployment %s did not open (%r)", deployment.id, error)
+                async with self._exchange.attempt(deployment):
+                    await self._open(deployment, subprotocol)
+            except UpstreamUnreachable as failure:
+                logger.warning("realtime: deployment %s did not open (%s)", deployment.id, failure)
                 if index == len(deployments) - 1:
-                    failure = UpstreamUnreachable(
-                        "The upstream's Realtime API could not be reached."
-                    )
                     await _refuse_unopened(self._send, failure)
+                    return failure
             else:
-                return
+                return None
+        return None
+
+    async def _open(self, deployment: Deployment, subprotocol: str | None) -> None:
+        endpoint = deployment.abilities.realtime.realtime_endpoint()  # type: ignore[union-attr]
+        assert endpoint is not None
+        headers = list(endpoint.headers)
+        # The attempt's span context, as every provider sends it: the upstream joins the trace.
+        if traceparent := forwarded_headers.get().get("traceparent"):
+            headers.append(("traceparent", traceparent))
+        opened = False
+        try:
+            async with open_websocket_url(
+                endpoint.url,
+                extra_headers=[(n.encode(), v.encode()) for n, v in headers],
+                connect_timeout=min(deployment.params.timeout, CONNECT_TIMEOUT),
+                disconnect_timeout=CLOSE_TIMEOUT,
+            ) as upstream:
+                opened = True
+                self._exchange.concerns(deployment.model_group, deployment)
+                await self._send({"type": "websocket.accept", "subprotocol": subprotocol})
+                await self._relay(deployment, upstream)
+        except (OSError, HandshakeError, ConnectionTimeout) as error:
+            if opened:
+                raise
+            raise UpstreamUnreachable(
+                f"The upstream's Realtime API could not be reached ({type(error).__name__})."
+            ) from error
 
     async def release(self) -> None:
         """Give back what the session's unfinished response was admitted with."""
@@ -233,44 +276,44 @@ class Session:
             admission, self._admission = self._admission, None
             if admission is not None:
                 await admission.settle(usage.total_tokens, cost)
-            await self._record(deployment, usage, cost, response.get("id"))
+            record = self._record(deployment, usage, cost, response.get("id"))
+            await self._gateway.record(record)
+            self._exchange.billed(record, self._exchange.labels, deployment)
         try:
             self._admission = await _admit(self._gateway, self._caller)
         except GatewayError as refusal:
             return refusal
         return None
 
-    async def _record(
+    def _record(
         self, deployment: Deployment, usage: Usage, cost: float, response_id: Any
-    ) -> None:
+    ) -> RequestRecord:
         caller = self._caller
         now = time.time()
-        await self._gateway.record(
-            RequestRecord(
-                request_id=uuid.uuid4().hex,
-                key_identity=caller.identity,
-                key_hash=caller.key_hash,
-                key_alias=caller.key_alias,
-                team_id=caller.team_id,
-                user_id=caller.user_id,
-                organization_id=caller.organization_id,
-                end_user=caller.end_user_id,
-                model_group=self._group,
-                deployment=deployment.id,
-                model=deployment.params.model,
-                status=200,
-                stream=True,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                usage_source=usage.source,
-                cost=cost,
-                start_time=now,
-                end_time=now,
-                latency_ms=0.0,
-                ttft_ms=None,
-                cancelled_by_client=False,
-                response_id=response_id if isinstance(response_id, str) else None,
-            )
+        return RequestRecord(
+            request_id=uuid.uuid4().hex,
+            key_identity=caller.identity,
+            key_hash=caller.key_hash,
+            key_alias=caller.key_alias,
+            team_id=caller.team_id,
+            user_id=caller.user_id,
+            organization_id=caller.organization_id,
+            end_user=caller.end_user_id,
+            model_group=self._group,
+            deployment=deployment.id,
+            model=deployment.params.model,
+            status=200,
+            stream=True,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            usage_source=usage.source,
+            cost=cost,
+            start_time=now,
+            end_time=now,
+            latency_ms=0.0,
+            ttft_ms=None,
+            cancelled_by_client=False,
+            response_id=response_id if isinstance(response_id, str) else None,
         )
 
     async def _close(self, code: int, reason: str) -> None:

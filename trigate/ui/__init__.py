@@ -28,7 +28,6 @@ from trigate.ui.signin import (
     Passwords,
     SignInThrottle,
     email_domains,
-    new_user_defaults,
     sso_callback,
     sso_start,
 )
@@ -60,7 +59,7 @@ def register(app: QuartTrio, gateway: Gateway, environ: Mapping[str, str] | None
     app.extensions["trigate_ui_throttle"] = SignInThrottle()
     app.extensions["trigate_ui_admin_only"] = admin_only
     app.extensions["trigate_ui_email_domains"] = email_domains(env)
-    app.extensions["trigate_ui_new_user"] = new_user_defaults(gateway.config.litellm_settings)
+    app.extensions["trigate_ui_new_user"] = gateway.new_user_defaults
     app.register_blueprint(blueprint)
     static = _static_files()
 

@@ -7,9 +7,10 @@ token's role claim names), and joined to the teams its teams claim names that ex
 there is no cap on how many. Who may sign in: an email in LiteLLM's
 `ALLOWED_EMAIL_DOMAINS` when set, and an admin or admin viewer only under
 `ui_access_mode: admin_only`. A new user gets LiteLLM's
-`litellm_settings.default_internal_user_params`, and without them no model outside a
-team (LiteLLM's `no-default-models`) until an admin grants some: any account of a
-public provider (Google's) may sign in, and must not get the gateway's models with it.
+`litellm_settings.default_internal_user_params` (trigate/new_users.py), and without them
+no model outside a team (LiteLLM's `no-default-models`) until an admin grants some: any
+account of a public provider (Google's) may sign in, and must not get the gateway's
+models with it.
 Both leave a session cookie (`trigate.ui.sessions`): HttpOnly, SameSite=Lax, Secure
 over HTTPS, expiring with the session.
 
@@ -31,8 +32,6 @@ import orjson
 import trio
 from quart import Response, current_app, redirect, render_template, request
 
-from trigate.config import ConfigError
-from trigate.limits import NO_DEFAULT_MODELS
 from trigate.roles import Role
 from trigate.ui.admin_client import AdminClient, ApiRefused
 from trigate.ui.sessions import COOKIE, Session, check_csrf
@@ -45,10 +44,6 @@ SSO_COOKIE = "trigate_ui_sso"
 SSO_SECONDS = 600
 # A user made by SSO: LiteLLM's most restricted UI role unless a claim names another.
 DEFAULT_SSO_ROLE = Role.INTERNAL_USER_VIEWER.value
-# The fields of LiteLLM's `default_internal_user_params` a new SSO user is given.
-NEW_USER_FIELDS = frozenset(
-    {"user_role", "models", "max_budget", "budget_duration", "rpm_limit", "tpm_limit"}
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,27 +252,6 @@ def check_email_domain(identity: Identity, domains: frozenset[str]) -> None:
     _, at, domain = (identity.email or "").rpartition("@")
     if not at or domain.lower() not in domains:
         raise SsoFailed("this account's email is not in a domain allowed to sign in")
-
-
-def new_user_defaults(litellm_settings: Mapping[str, Any]) -> dict[str, Any]:
-    """LiteLLM's `litellm_settings.default_internal_user_params`, checked at start: a
-    field trigate would not give a new user stops it, rather than be dropped. Without
-    `models`, a new user gets LiteLLM's `no-default-models`: none outside a team."""
-    given = litellm_settings.get("default_internal_user_params") or {}
-    where = "litellm_settings.default_internal_user_params"
-    if not isinstance(given, Mapping):
-        raise ConfigError(f"{where}: expected a mapping")
-    unknown = sorted(set(given) - NEW_USER_FIELDS)
-    if unknown:
-        raise ConfigError(f"{where}: trigate does not act on {', '.join(unknown)}; remove it")
-    if "user_role" in given and given["user_role"] not in _ROLE_NAMES:
-        raise ConfigError(f"{where}.user_role: {given['user_role']!r} is not a LiteLLM role")
-    models = given.get("models")
-    if "models" in given and (
-        not isinstance(models, list) or not all(isinstance(m, str) for m in models)
-    ):
-        raise ConfigError(f"{where}.models: expected a list of model names")
-    return {"models": [NO_DEFAULT_MODELS], **given}
 
 
 def _admitted(role: str | None) -> None:
