@@ -15,6 +15,9 @@ which copies or replaces parts of hypercorn and h11:
   `normalize_and_validate` still does then (lower the names, read the framing fields);
 - `_H11Protocol._check_protocol` and `_create_stream` are H11Protocol's, reading the
   request's fields from h11's `Headers._full_items`;
+- h11's reader of a request head is replaced in its table by
+  `request_head.read_request_head`, which gives the same `Request` (the equivalence is
+  tested in tests/test_request_head.py);
 - a fixed-length response written whole (`_Connection.send_whole`) moves h11's
   `Connection` and its `ConnectionState` on as `Connection.send` would for a Response
   and an EndOfMessage, and hypercorn's `HTTPStream` as its `app_send` and
@@ -91,6 +94,14 @@ OVERRIDDEN: dict[str, tuple[Callable[..., Any] | type, str]] = {
         hypercorn.protocol.http_stream.HTTPStream,
         "e0f656feb55ab89c",
     ),
+    # `request_head.read_request_head` is this reader, reading the field lines as
+    # `_decode_header_lines` does with h11's grammar, then building the `Request`.
+    "h11._readers.maybe_read_from_IDLE_client": (
+        h11._readers.maybe_read_from_IDLE_client,
+        "b0ae12d92b2c4db9",
+    ),
+    "h11._readers._decode_header_lines": (h11._readers._decode_header_lines, "5ec92fa74cf22741"),
+    "h11._events.Request": (h11._events.Request, "b6dd14de07295a01"),
 }
 
 

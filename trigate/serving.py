@@ -74,6 +74,7 @@ from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr, repr_socket_addr, wrap_app
 from trio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
 
+from trigate.request_head import read_request_heads
 from trigate.sockets import FastStream
 from trigate.transport import valid_fields
 
@@ -897,6 +898,7 @@ async def serve(
 ) -> None:
     """Serve `app` until `shutdown_trigger` returns, then drain and shut the app down."""
     bound_chunk_sizes()
+    read_request_heads()
     wrapped = wrap_app(app, config.wsgi_max_body_size, None)
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)

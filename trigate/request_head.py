@@ -1,0 +1,84 @@
+"""h11's reader of a request head, with the field lines checked in one pass.
+
+h11 reads a request's field lines one at a time: a generator step, a regular
+expression and a `groupdict` per line, then a second loop as its `Request` lowers each
+name and reads the framing fields. The OpenAI SDK sends some eighteen fields with
+every request, and that reading cost more than any other single step of taking a
+request in (about 30 µs).
+
+`read_request_head` takes the head from h11's buffer as h11's reader does and gives
+the same `Request`, or raises the same `LocalProtocolError`: all the field lines are
+read by one `findall` of h11's own `header_field` expression, and the names lowered in
+one comprehension. Whatever that path does not decide
+exactly as h11 would (a folded line, a line the grammar refuses, a Transfer-Encoding,
+a Content-Length that is not one plain number) goes through h11's own functions.
+`read_request_heads` installs it in h11's table of readers for this process, as
+`serving.bound_chunk_sizes` installs the chunked-body reader; the h11 upper bound in
+pyproject.toml and tests/test_hypercorn_overrides.py guard both.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, cast
+
+import h11
+import h11._abnf
+import h11._readers
+from h11._headers import Headers, normalize_and_validate
+from h11._receivebuffer import ReceiveBuffer
+from h11._util import validate
+
+# h11's grammar of one field line, matched only where a line starts (the lines are joined
+# by newlines, which no field may hold): a line that does not match whole is left out.
+_FIELD_LINE = re.compile(("^" + h11._abnf.header_field + r"\n").encode("ascii"), re.MULTILINE)
+# h11's `_headers.CONTENT_LENGTH_MAX_DIGITS` and `_content_length_re`, in one expression.
+_PLAIN_LENGTH = re.compile(rb"[0-9]{1,20}")
+
+
+def read_request_head(buf: ReceiveBuffer) -> h11.Request | None:
+    """h11's `maybe_read_from_IDLE_client`: the request whose head `buf` holds whole,
+    None while it holds only part of one."""
+    lines = buf.maybe_extract_lines()
+    if lines is None:
+        if buf.is_next_line_obviously_invalid_request_line():
+            raise h11.LocalProtocolError("illegal request line")
+        return None
+    if not lines:
+        raise h11.LocalProtocolError("no request line received")
+    # h11 reads its lines as bytearrays, and names them so in its errors (its types say bytes).
+    line = cast(bytes, lines[0])
+    matches = validate(h11._readers.request_line_re, line, "illegal request line: {!r}", line)
+    return h11.Request(headers=_headers(lines[1:]), _parsed=True, **matches)
+
+
+def _headers(lines: list[bytearray]) -> Headers:
+    """The head's fields as h11 reads and normalizes them."""
+    if not lines:
+        return Headers([])
+    # Each match is (name, value, the value's inner group): h11 reads the first two.
+    fields = _FIELD_LINE.findall(b"\n".join(lines) + b"\n")
+    if len(fields) != len(lines):
+        # A line the grammar refuses, or one folded onto the line before: h11's own
+        # reading folds the lines, or raises the error it raises.
+        return _as_h11_reads(lines)
+    items = [(name, name.lower(), value) for name, value, _ in fields]
+    lengths = [value for _, lowered, value in items if lowered == b"content-length"]
+    if (
+        len(lengths) > 1
+        or (lengths and _PLAIN_LENGTH.fullmatch(lengths[0]) is None)
+        or any(lowered == b"transfer-encoding" for _, lowered, _ in items)
+    ):
+        return normalize_and_validate([(name, value) for name, _, value in items], _parsed=True)
+    return Headers(items)
+
+
+def _as_h11_reads(lines: list[bytearray]) -> Headers:
+    decoded = list(h11._readers._decode_header_lines(cast("list[bytes]", lines)))
+    return normalize_and_validate(decoded, _parsed=True)
+
+
+def read_request_heads() -> None:
+    """Make h11 read every request head, in this process, with `read_request_head`."""
+    readers = cast("dict[Any, Any]", h11._readers.READERS)
+    readers[h11.CLIENT, h11.IDLE] = read_request_head
