@@ -107,77 +107,65 @@ TEXT_COMPLETIONS: Operation[TextCompletions] = Operation(
     "text_completion",
     "text_completion",
 )
-EMBEDDINGS: Operation[Embeddings] = Operation(
-    "embeddings",
-    lambda abilities: abilities.embeddings,
-    lambda provider, body: provider.embed(body),
-    gen_ai_name="embeddings",
-    call_type="embeddings",
-    has_output_tokens=False,
-)
-IMAGES: Operation[Images] = Operation(
-    "image generation",
-    lambda abilities: abilities.images,
+
+
+def _unmetered(
+    name: str,
+    call_type: str,
+    ability: Callable[[Abilities], A | None],
+    complete: Callable[[A, dict[str, Any]], Awaitable[Completion]],
+    gen_ai_name: str = "generate_content",
+) -> Operation[A]:
+    """An operation answered whole, with no output tokens to bill or reserve a budget for:
+    what it is billed for is its input's tokens (an embedding) or its units (an image, a
+    character of speech, a second of audio)."""
+    return Operation(
+        name,
+        ability,
+        complete,
+        gen_ai_name=gen_ai_name,
+        call_type=call_type,
+        has_output_tokens=False,
+    )
+
+
+EMBEDDINGS: Operation[Embeddings] = _unmetered(
+    "embeddings", "embeddings", lambda abilities: abilities.embeddings,
+    lambda provider, body: provider.embed(body), gen_ai_name="embeddings",
+)  # fmt: skip
+IMAGES: Operation[Images] = _unmetered(
+    "image generation", "image_generation", lambda abilities: abilities.images,
     lambda provider, body: provider.generate_images(body),
-    gen_ai_name="generate_content",
-    call_type="image_generation",
-    has_output_tokens=False,
-)
-IMAGE_EDITS: Operation[ImageEdits] = Operation(
-    "image edit",
-    lambda abilities: abilities.image_edits,
+)  # fmt: skip
+IMAGE_EDITS: Operation[ImageEdits] = _unmetered(
+    "image edit", "image_edit", lambda abilities: abilities.image_edits,
     lambda provider, body: provider.edit_images(body),
-    gen_ai_name="generate_content",
-    call_type="image_edit",
-    has_output_tokens=False,
-)
+)  # fmt: skip
 # Speech streams through `SpeechExchange.open_stream`, which reads the ability itself.
-SPEECH: Operation[Speech] = Operation(
-    "speech",
-    lambda abilities: abilities.speech,
-    lambda provider, body: _not_whole(),
-    gen_ai_name="generate_content",
-    call_type="speech",
-    has_output_tokens=False,
+SPEECH: Operation[Speech] = _unmetered(
+    "speech", "speech", lambda abilities: abilities.speech, lambda provider, body: _not_whole()
 )
-TRANSCRIPTIONS: Operation[Transcriptions] = Operation(
-    "transcription",
-    lambda abilities: abilities.transcriptions,
+TRANSCRIPTIONS: Operation[Transcriptions] = _unmetered(
+    "transcription", "transcription", lambda abilities: abilities.transcriptions,
     lambda provider, body: provider.transcribe(body, "transcriptions"),
-    gen_ai_name="generate_content",
-    call_type="transcription",
-    has_output_tokens=False,
-)
-TRANSLATIONS: Operation[Transcriptions] = Operation(
-    "translation",
-    lambda abilities: abilities.transcriptions,
+)  # fmt: skip
+TRANSLATIONS: Operation[Transcriptions] = _unmetered(
+    "translation", "translation", lambda abilities: abilities.transcriptions,
     lambda provider, body: provider.transcribe(body, "translations"),
-    gen_ai_name="generate_content",
-    call_type="translation",
-    has_output_tokens=False,
-)
-MODERATIONS: Operation[Moderations] = Operation(
-    "moderation",
-    lambda abilities: abilities.moderations,
-    lambda provider, body: provider.moderate(body),
-    gen_ai_name="moderation",
-    call_type="moderation",
-    has_output_tokens=False,
-)
+)  # fmt: skip
+MODERATIONS: Operation[Moderations] = _unmetered(
+    "moderation", "moderation", lambda abilities: abilities.moderations,
+    lambda provider, body: provider.moderate(body), gen_ai_name="moderation",
+)  # fmt: skip
+RERANK: Operation[Rerank] = _unmetered(
+    "rerank", "rerank", lambda abilities: abilities.rerank,
+    lambda provider, body: provider.rerank(body), gen_ai_name="rerank",
+)  # fmt: skip
 
 
 async def _not_whole() -> Completion:
     """Speech is never answered whole; reaching this is a bug."""
     raise TypeError("speech requests always stream")
-
-RERANK: Operation[Rerank] = Operation(
-    "rerank",
-    lambda abilities: abilities.rerank,
-    lambda provider, body: provider.rerank(body),
-    gen_ai_name="rerank",
-    call_type="rerank",
-    has_output_tokens=False,
-)
 
 
 class Exchange(Protocol):
