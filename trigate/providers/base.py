@@ -658,14 +658,19 @@ def translate_transport_error(error: httpx.HTTPError) -> UpstreamError:
     return UpstreamError(f"The upstream connection failed ({type(error).__name__}).")
 
 
-async def read_json_object(response: httpx.Response) -> tuple[bytes, dict[str, Any]]:
-    """A non-stream answer's bytes and its JSON object; the response is closed either way."""
+async def read_body(response: httpx.Response) -> bytes:
+    """A non-stream answer's bytes; the response is closed either way."""
     try:
-        raw = await read_whole_body(response)
+        return await read_whole_body(response)
     except httpx.HTTPError as error:
         raise translate_transport_error(error) from error
     finally:
         await response.aclose()
+
+
+async def read_json_object(response: httpx.Response) -> tuple[bytes, dict[str, Any]]:
+    """A non-stream answer's bytes and its JSON object; the response is closed either way."""
+    raw = await read_body(response)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

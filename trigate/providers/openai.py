@@ -40,11 +40,10 @@ from trigate.providers.base import (
     Transcriptions,
     UpstreamClient,
     parse_chunk,
+    read_body,
     read_json_object,
-    translate_transport_error,
 )
 from trigate.sse import ServerSentEvent, SSEDecoder
-from trigate.transport import read_whole_body
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -278,13 +277,7 @@ async def read_answer(response: httpx.Response) -> Completion:
     if media_type.partition(";")[0].strip().lower() == "application/json":
         raw, data = await read_json_object(response)
         return Completion(body=data, raw=raw, media_type=media_type)
-    try:
-        raw = await read_whole_body(response)
-    except httpx.HTTPError as error:
-        raise translate_transport_error(error) from error
-    finally:
-        await response.aclose()
-    return Completion(body={}, raw=raw, media_type=media_type)
+    return Completion(body={}, raw=await read_body(response), media_type=media_type)
 
 
 async def fetch_response(upstream: UpstreamClient, payload: dict[str, Any]) -> Completion:
