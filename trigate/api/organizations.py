@@ -293,20 +293,9 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
 async def _user_of(gateway: Gateway, member: OrgMember, now: float) -> Row:
     """The member's user, found by id or email, or made as LiteLLM makes it."""
-    if member.user_id is not None:
-        user = await gateway.store.get(USERS.kind, member.user_id)
-    else:
-        found = await gateway.store.select(USERS.kind, {"user_email": member.user_email}, limit=1)
-        user = found[0] if found else None
+    user = await member.user(gateway)
     if user is None:
-        user = {
-            "user_id": member.user_id or str(uuid.uuid4()),
-            "user_email": member.user_email,
-            "models": [],
-            "metadata": {},
-            "created_at": now,
-            "updated_at": now,
-        }
+        user = member.new_user(now)
         await gateway.store.insert(USERS.kind, user)
         user = {**user, "spend": 0.0}
     return user
