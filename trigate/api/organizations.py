@@ -157,12 +157,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             )
         limits = limit_values(body)
         if body.budget_id is not None:
-            if limits:
-                raise InvalidRequest(
-                    "Pass either `budget_id` or budget fields (`max_budget`, ...), not both.",
-                    param="budget_id",
-                )
-            budget = await linked_budget(gateway, body.budget_id)
+            budget = await linked_budget(gateway, body.budget_id, limits)
         else:
             # Every organization has a budget, as in LiteLLM: made from the fields given.
             budget = await create_budget(gateway, limits)
@@ -192,12 +187,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         fields: Row = {}
         limits = limit_values(body)
         if body.budget_id is not None:
-            if limits:
-                raise InvalidRequest(
-                    "Pass either `budget_id` or budget fields (`max_budget`, ...), not both.",
-                    param="budget_id",
-                )
-            budget = await linked_budget(gateway, body.budget_id)
+            budget = await linked_budget(gateway, body.budget_id, limits)
             fields |= {"budget_id": body.budget_id, **linked_limits(budget)}
         elif limits:
             await change_budget(gateway, current["budget_id"], limits)
