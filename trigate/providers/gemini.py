@@ -196,10 +196,7 @@ class GeminiProvider(Provider, Embeddings, Images):
     async def embed(self, body: dict[str, Any]) -> Completion:
         """`batchEmbedContents`, one request per input. Gemini reports no token usage for
         embeddings, so the gateway counts the input, as for any silent upstream."""
-        value = body.get("input")
-        texts = value if isinstance(value, list) else [value]
-        if not all(isinstance(text, str) for text in texts):
-            raise to_gemini_error("Gemini embeds text only, not token ids.")
+        texts = texts_to_embed(body, "Gemini")
         dimensions = body.get("dimensions")
         requests = [
             {
@@ -267,6 +264,16 @@ def retry_delay(body: bytes) -> float | None:
         if match := _DURATION.fullmatch(str(detail.get("retryDelay", ""))):
             return float(match.group(1))
     return None
+
+
+def texts_to_embed(body: dict[str, Any], upstream: str) -> list[str]:
+    """An embeddings request's `input` as the texts it must be: `upstream` (Gemini,
+    Vertex AI) embeds no token ids."""
+    value = body.get("input")
+    texts: list[Any] = value if isinstance(value, list) else [value]
+    if not all(isinstance(text, str) for text in texts):
+        raise to_gemini_error(f"{upstream} embeds text only, not token ids.")
+    return texts
 
 
 def to_gemini_error(message: str) -> UpstreamError:
