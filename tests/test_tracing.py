@@ -26,10 +26,11 @@ def _attributes(span: Span) -> dict[str, Any]:
     return {attribute.key: _value(attribute.value) for attribute in span.attributes}
 
 
-def _spans(receiver: FakeUpstream) -> list[Span]:
+def received_spans(receiver: FakeUpstream, path: str = "/v1/traces") -> list[Span]:
+    """Every span of the OTLP/HTTP protobuf exports `receiver` was sent at `path`."""
     spans = []
     for request in receiver.requests:
-        assert request.target == "/v1/traces"
+        assert request.target == path
         assert request.headers["content-type"] == "application/x-protobuf"
         export = ExportTraceServiceRequest.FromString(request.body)
         for resource in export.resource_spans:
@@ -85,7 +86,7 @@ async def test_a_request_is_a_span_with_a_child_per_attempt(
     finally:
         await gateway.stop()  # flushes the batch processor
 
-    spans = _spans(receiver)
+    spans = received_spans(receiver)
     [request] = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
     attempts = [s for s in spans if s.kind == Span.SPAN_KIND_CLIENT]
     assert len(spans) == 4, "one request, a try and a retry at primary, one at backup"
@@ -137,7 +138,7 @@ async def test_a_hedge_loser_ends_cancelled(
         await sdk(gateway).chat.completions.create(model="g", messages=MESSAGES)
     finally:
         await gateway.stop()
-    spans = _spans(receiver)
+    spans = received_spans(receiver)
     [request] = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
     assert "Say hello" in _attributes(request)["gen_ai.input.messages"]
     attempts = {_attributes(s)["trigate.deployment"]: s for s in spans if s is not request}
@@ -190,6 +191,6 @@ async def test_sampling_follows_the_caller_then_the_configured_ratio(
             )
     finally:
         await gateway.stop()
-    spans = _spans(receiver)
+    spans = received_spans(receiver)
     assert len(spans) == 2, "only the sampled request, and its one attempt"
     assert {span.trace_id.hex() for span in spans} == {other_trace}
