@@ -117,6 +117,14 @@ async def streamed_events(gateway: RunningGateway, model: str) -> list[str]:
     return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
 
 
+async def new_key(gateway: RunningGateway, **fields: Any) -> str:
+    """A virtual key made through the admin API, with `fields`."""
+    async with gateway.client() as admin:
+        reply = await admin.post("/key/generate", json=fields)
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["key"])
+
+
 def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> openai.AsyncOpenAI:
     """The OpenAI SDK pointed at the gateway, retrying nothing itself."""
     return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, chat_completion
-from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, start_gateway
+from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, new_key, start_gateway
 
 import trigate.router.catalog
 from trigate.sealing import Sealer, SealError
@@ -40,13 +40,6 @@ def _config(upstream: FakeUpstream, database_url: str = "sqlite://:memory:") -> 
         "general_settings": {"database_url": database_url},
         "router_settings": {"num_retries": 0},
     }
-
-
-async def _key(gateway: RunningGateway, models: list[str]) -> str:
-    async with gateway.client() as client:
-        reply = await client.post("/key/generate", json={"models": models})
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["key"])
 
 
 def _new_model(upstream: FakeUpstream, **info: Any) -> dict[str, Any]:
@@ -81,7 +74,7 @@ async def test_model_info_shows_deployments_prices_and_limits_never_credentials(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
     gateway = await start_gateway(nursery, _config(upstream))
-    plain = await _key(gateway, ["gpt-test"])
+    plain = await new_key(gateway, models=["gpt-test"])
     table = PriceTable.load().lookup("openai", "gpt-4o")
     assert table is not None
     for path in ("/model/info", "/v1/model/info"):
@@ -123,7 +116,7 @@ async def test_model_group_info_in_litellms_shape(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
     gateway = await start_gateway(nursery, _config(upstream))
-    plain = await _key(gateway, ["gpt-test"])
+    plain = await new_key(gateway, models=["gpt-test"])
     table = PriceTable.load().lookup("openai", "gpt-4o")
     assert table is not None
     async with gateway.client() as client:
@@ -162,7 +155,7 @@ async def test_new_update_and_delete_a_deployment_without_a_restart(
 ) -> None:
     upstream.handler = lambda request: JSONReply(chat_completion(f"from {request.json['model']}"))
     gateway = await start_gateway(nursery, _config(upstream))
-    plain = await _key(gateway, [])
+    plain = await new_key(gateway, models=[])
     assert (await _chat(gateway, "added")).status_code == 404
 
     # A key without an admin's role is refused 403; one that is not a key, 401.

@@ -28,6 +28,7 @@ from helpers import (
     RunningGateway,
     deployment_config,
     mock_config,
+    new_key,
     sdk,
     start_gateway,
 )
@@ -59,14 +60,6 @@ async def mock(nursery: trio.Nursery) -> AsyncIterator[RunningGateway]:
     running = await start_gateway(nursery, mock_config(mock_response="Hello from mock."))
     yield running
     await running.stop()
-
-
-async def new_key(gateway: RunningGateway, **fields: Any) -> str:
-    async with gateway.client() as admin:
-        response = await admin.post("/key/generate", json=fields)
-    assert response.status_code == 200, response.text
-    key: str = response.json()["key"]
-    return key
 
 
 async def test_create_with_string_input_is_translated_and_accounted(
