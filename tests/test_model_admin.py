@@ -218,13 +218,11 @@ async def test_new_update_and_delete_a_deployment_without_a_restart(
     assert (await _chat(gateway, "gpt-test")).status_code == 200
 
 
-async def test_a_deployment_added_on_one_instance_is_served_by_another(
-    nursery: trio.Nursery, upstream: FakeUpstream, database_url: str
+async def _added_and_deleted(
+    first: RunningGateway, second: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    """Two instances sharing one database (SQLite and PostgreSQL): the second serves the
-    first's new deployment within a few polls, and stops once it is deleted."""
-    first = await start_gateway(nursery, _config(upstream, database_url))
-    second = await start_gateway(nursery, _config(upstream, database_url))
+    """A deployment added on `first` is served by `second`, and deleted on `first` is
+    not served by `second` any more."""
     async with first.client() as client:
         assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
     await _answers(second, "added", 200)
@@ -234,6 +232,16 @@ async def test_a_deployment_added_on_one_instance_is_served_by_another(
         deleted = await client.post("/model/delete", json={"id": row["model_info"]["id"]})
     assert deleted.status_code == 200
     await _answers(second, "added", 404)
+
+
+async def test_a_deployment_added_on_one_instance_is_served_by_another(
+    nursery: trio.Nursery, upstream: FakeUpstream, database_url: str
+) -> None:
+    """Two instances sharing one database (SQLite and PostgreSQL): the second serves the
+    first's new deployment within a few polls, and stops once it is deleted."""
+    first = await start_gateway(nursery, _config(upstream, database_url))
+    second = await start_gateway(nursery, _config(upstream, database_url))
+    await _added_and_deleted(first, second, upstream)
 
 
 async def test_with_redis_model_changes_travel_over_it_and_no_process_polls(
@@ -268,15 +276,7 @@ async def test_with_redis_model_changes_travel_over_it_and_no_process_polls(
     assert reads <= 1
     # Any change the second hears now came over Redis: a poll would take an hour.
     monkeypatch.setattr(trigate.router.catalog, "POLL_INTERVAL", 3600.0)
-    async with first.client() as client:
-        assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
-    await _answers(second, "added", 200)
-    async with second.client() as client:
-        [row] = (await client.get("/model/info")).json()["data"][2:]
-    async with first.client() as client:
-        deleted = await client.post("/model/delete", json={"id": row["model_info"]["id"]})
-    assert deleted.status_code == 200
-    await _answers(second, "added", 404)
+    await _added_and_deleted(first, second, upstream)
     assert reads >= 2  # one read per change heard
 
 
