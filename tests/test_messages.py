@@ -29,6 +29,7 @@ from fakes import (
     Reply,
     StreamReply,
     chat_completion,
+    delta_frame,
     stream_of,
     tool_call_completion,
     usage_chunk,
@@ -47,17 +48,6 @@ WEATHER_TOOL = {
 
 def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(base_url=gateway.url, api_key=key, max_retries=0)
-
-
-def delta_frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    payload = {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion.chunk",
-        "created": 1700000000,
-        "model": "upstream-model",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 async def test_non_stream_translates_request_and_answer(
