@@ -104,10 +104,12 @@ def openai_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
     return deployment_config("gpt-test", {"api_key": UPSTREAM_KEY, **params})
 
 
-async def streamed_events(gateway: RunningGateway, model: str) -> list[str]:
+async def streamed_events(
+    gateway: RunningGateway, model: str, messages: list[dict[str, Any]] = MESSAGES
+) -> list[str]:
     """The `data:` payloads of a streamed chat completion, read raw: the SDKs raise at an
     error frame, and what comes before and after one is what such tests look at."""
-    body = {"model": model, "messages": MESSAGES, "stream": True}
+    body = {"model": model, "messages": messages, "stream": True}
     async with (
         gateway.client() as client,
         client.stream("POST", "/v1/chat/completions", json=body) as response,
