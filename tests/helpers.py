@@ -127,6 +127,24 @@ async def new_key(gateway: RunningGateway, **fields: Any) -> str:
     return str(reply.json()["key"])
 
 
+async def left_mid_stream(
+    gateway: RunningGateway, upstream: FakeUpstream, path: str, body: dict[str, Any], seen: str
+) -> RequestRecord:
+    """Stream `body` to `path` and leave at the first line holding `seen`; the request's
+    record, once `upstream` has seen its connection closed."""
+    async with (
+        gateway.client() as client,
+        client.stream("POST", path, json=body) as response,
+    ):
+        async for line in response.aiter_lines():
+            if seen in line:
+                break
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+        [record] = await gateway.records.wait_for(1)
+    return record
+
+
 def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> openai.AsyncOpenAI:
     """The OpenAI SDK pointed at the gateway, retrying nothing itself."""
     return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)

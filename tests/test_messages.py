@@ -34,7 +34,14 @@ from fakes import (
     tool_call_completion,
     usage_chunk,
 )
-from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, mock_config, start_gateway
+from helpers import (
+    MASTER_KEY,
+    UPSTREAM_KEY,
+    RunningGateway,
+    left_mid_stream,
+    mock_config,
+    start_gateway,
+)
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello"}]
 # The `anthropic-version` this SDK sends with every request.
@@ -452,16 +459,7 @@ async def test_native_stream_client_disconnect_closes_the_upstream(
     start = message_start(input_tokens=25, output_tokens=1)
     native(upstream, StreamReply([start, *text_block(0, "Once")], tail=PING))
     body = {"model": "claude", "max_tokens": 32, "messages": MESSAGES, "stream": True}
-    async with (
-        claude.client() as client,
-        client.stream("POST", "/v1/messages", json=body) as response,
-    ):
-        async for line in response.aiter_lines():
-            if "content_block_delta" in line:
-                break
-    with trio.fail_after(5):
-        await upstream.wait_for(lambda: upstream.aborted == 1)
-        [record] = await claude.records.wait_for(1)
+    record = await left_mid_stream(claude, upstream, "/v1/messages", body, "content_block_delta")
     assert record.cancelled_by_client and record.status == 499
     assert (record.prompt_tokens, record.completion_tokens) == (25, 1)
 

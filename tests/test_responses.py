@@ -27,6 +27,7 @@ from helpers import (
     UPSTREAM_KEY,
     RunningGateway,
     deployment_config,
+    left_mid_stream,
     mock_config,
     new_key,
     sdk,
@@ -282,16 +283,9 @@ async def test_client_disconnect_mid_stream_closes_the_upstream(
 ) -> None:
     upstream.handler = lambda request: StreamReply([chunk("Once")], tail=chunk(" more"))
     body = {"model": "gpt-test", "input": "Tell a story", "stream": True}
-    async with (
-        compat.client() as client,
-        client.stream("POST", "/v1/responses", json=body) as response,
-    ):
-        async for line in response.aiter_lines():
-            if "response.output_text.delta" in line:
-                break
-    with trio.fail_after(5):
-        await upstream.wait_for(lambda: upstream.aborted == 1)
-        [record] = await compat.records.wait_for(1)
+    record = await left_mid_stream(
+        compat, upstream, "/v1/responses", body, "response.output_text.delta"
+    )
     assert record.cancelled_by_client and record.status == 499
 
 
@@ -516,16 +510,7 @@ async def test_native_stream_client_disconnect_closes_the_upstream(
     upstream.handler = lambda request: StreamReply([start], tail=b": keep-alive\n\n")
     running = await native_gateway(nursery, upstream, "openai/upstream-model")
     body = {"model": "gpt-test", "input": "Tell a story", "stream": True}
-    async with (
-        running.client() as client,
-        client.stream("POST", "/v1/responses", json=body) as response,
-    ):
-        async for line in response.aiter_lines():
-            if "response.created" in line:
-                break
-    with trio.fail_after(5):
-        await upstream.wait_for(lambda: upstream.aborted == 1)
-        [record] = await running.records.wait_for(1)
+    record = await left_mid_stream(running, upstream, "/v1/responses", body, "response.created")
     assert record.cancelled_by_client and record.status == 499
     await running.stop()
 
