@@ -776,6 +776,20 @@ async def test_an_unknown_names_error_does_not_echo_it_whole(mock: RunningGatewa
         assert "(100000 characters)" in reply.text or "(8000 characters)" in reply.text
 
 
+async def _a_megabyte_of_conversation(gateway: RunningGateway, model: str) -> str:
+    """A conversation of four 300 KB inputs, more than a `max_request_size_mb` of 1 in
+    all: its last response's id."""
+    previous = None
+    async with gateway.client() as client:
+        for _ in range(4):
+            body = {"model": model, "input": "x" * 300_000, "previous_response_id": previous}
+            reply = await client.post("/v1/responses", json=body)
+            assert reply.status_code == 200, reply.text[:300]
+            previous = reply.json()["id"]
+    assert previous is not None
+    return previous
+
+
 async def test_a_conversation_too_large_to_rebuild_is_a_clear_400(nursery: trio.Nursery) -> None:
     """A chain holding more than `max_request_size_mb` of stored JSON is not loaded to
     be rebuilt: a 400 naming the limit. Another key is told nothing of it (404)."""
@@ -783,14 +797,9 @@ async def test_a_conversation_too_large_to_rebuild_is_a_clear_400(nursery: trio.
     config["general_settings"] = {"max_request_size_mb": 1}
     gateway = await start_gateway(nursery, config)
     stranger = await new_key(gateway)
-    previous = None
+    previous = await _a_megabyte_of_conversation(gateway, "mock")
+    follow_up = {"model": "mock", "input": "and?", "previous_response_id": previous}
     async with gateway.client() as client:
-        for _ in range(4):
-            body = {"model": "mock", "input": "x" * 300_000, "previous_response_id": previous}
-            reply = await client.post("/v1/responses", json=body)
-            assert reply.status_code == 200, reply.text[:300]
-            previous = reply.json()["id"]
-        follow_up = {"model": "mock", "input": "and?", "previous_response_id": previous}
         refused = await client.post("/v1/responses", json=follow_up)
     assert refused.status_code == 400, refused.text[:300]
     assert refused.json()["error"]["code"] == "conversation_too_large"
@@ -916,14 +925,9 @@ async def test_its_holder_continues_a_conversation_larger_than_the_gateway_rebui
     config = deployment_config("gpt-test", {**params, "api_key": UPSTREAM_KEY})
     config["general_settings"] = {"max_request_size_mb": 1}
     running = await start_gateway(nursery, config)
-    previous = None
+    previous = await _a_megabyte_of_conversation(running, "gpt-test")
+    follow_up = {"model": "gpt-test", "input": "and?", "previous_response_id": previous}
     async with running.client() as client:
-        for _ in range(4):
-            body = {"model": "gpt-test", "input": "x" * 300_000, "previous_response_id": previous}
-            reply = await client.post("/v1/responses", json=body)
-            assert reply.status_code == 200, reply.text[:300]
-            previous = reply.json()["id"]
-        follow_up = {"model": "gpt-test", "input": "and?", "previous_response_id": previous}
         reply = await client.post("/v1/responses", json=follow_up)
     assert reply.status_code == 200, reply.text[:300]
     assert upstream.requests[-1].json["previous_response_id"] == previous
