@@ -13,7 +13,7 @@ import orjson
 import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest
-from helpers import UPSTREAM_KEY, RunningGateway, deployment_config, sdk, start_gateway
+from helpers import UPSTREAM_KEY, RunningGateway, deployment_config, new_key, sdk, start_gateway
 from openai.types import Batch, FileObject
 
 from trigate.forms import parse_form
@@ -137,22 +137,19 @@ async def create_batch(client: openai.AsyncOpenAI, input_file_id: str) -> Batch:
     )
 
 
-async def three_keys(gateway: RunningGateway) -> list[str]:
+async def three_keys(gateway: RunningGateway) -> tuple[str, str, str]:
     """Keys of an owner, of a teammate in its team `team-a`, and of a stranger."""
     async with gateway.client() as admin:
         await admin.post("/team/new", json={"team_id": "team-a"})
-        return [
-            (await admin.post("/key/generate", json=body)).json()["key"]
-            for body in ({"team_id": "team-a"}, {"team_id": "team-a"}, {})
-        ]
+    team = {"team_id": "team-a"}
+    return await new_key(gateway, **team), await new_key(gateway, **team), await new_key(gateway)
 
 
 async def test_files_and_a_batch_billed_once_at_completion(
     nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
 ) -> None:
     gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
-    async with gateway.client() as admin:
-        key = (await admin.post("/key/generate", json={"models": ["gpt-batch"]})).json()["key"]
+    key = await new_key(gateway, models=["gpt-batch"])
     async with sdk(gateway, key) as client:
         uploaded = await upload(client, name="requests.jsonl")
         # Each request's model is the deployment's upstream one, as LiteLLM rewrites it.
@@ -248,8 +245,7 @@ async def test_model_access_and_an_unknown_group(
     nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
 ) -> None:
     gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
-    async with gateway.client() as admin:
-        key = (await admin.post("/key/generate", json={"models": ["other"]})).json()["key"]
+    key = await new_key(gateway, models=["other"])
     async with sdk(gateway, key) as client:
         with pytest.raises(openai.PermissionDeniedError):
             await upload(client)
@@ -314,8 +310,7 @@ async def test_the_list_refreshes_and_bills_a_completed_batch_once(
     """A batch seen completed only through the list is billed, once, and its output
     file is its owner's; a billed batch is not asked of its upstream again."""
     gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
-    async with gateway.client() as admin:
-        key = (await admin.post("/key/generate", json={})).json()["key"]
+    key = await new_key(gateway)
     async with sdk(gateway, key) as client:
         uploaded = await upload(client)
         running, done = [await create_batch(client, uploaded.id) for _ in range(2)]
@@ -349,8 +344,7 @@ async def test_a_batch_created_completed(
     owner's at once, and the list bills it (once)."""
     gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
     fake.at_once = ANSWER
-    async with gateway.client() as admin:
-        owner, stranger = [(await admin.post("/key/generate", json={})).json()["key"] for _ in "ab"]
+    owner, stranger = await new_key(gateway), await new_key(gateway)
     async with sdk(gateway, owner) as client:
         uploaded = await upload(client)
         batch = await create_batch(client, uploaded.id)
