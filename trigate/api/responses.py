@@ -40,7 +40,7 @@ from trigate.api.context import RequestContext, current_request
 from trigate.api.envelopes import JSON_HEADERS, OPENAI
 from trigate.api.jsonio import json_response, parse_json_object
 from trigate.api.model_api import Reply, Route
-from trigate.api.pipeline import check_access
+from trigate.api.pipeline import counted_model
 from trigate.api.responses_format import (
     ResponsesEvents,
     input_items,
@@ -137,11 +137,7 @@ class InputTokens:
         gateway = self._gateway
         body = parse_json_object(raw)
         # The same checks as a response's: a bad field is the client's 400, not our 500.
-        model = _validate(body)
-        group = caller.model_group(model)
-        if not caller.is_master:
-            check_access(caller, model, group, gateway.groups.access.covering)
-        upstream_model = gateway.groups.deployments(group)[0].upstream_model
+        upstream_model = counted_model(gateway, caller, _validate(body))
         previous = body.get("previous_response_id")
         conversation = await _Conversation.opened(gateway, caller, previous)
         translated = _translated(body, await conversation.load())
