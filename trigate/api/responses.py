@@ -37,7 +37,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from trigate.api.context import RequestContext, current_request
-from trigate.api.envelopes import JSON_HEADERS, OPENAI
+from trigate.api.envelopes import OPENAI
 from trigate.api.jsonio import json_response, parse_json_object
 from trigate.api.model_api import Reply, Route
 from trigate.api.pipeline import counted_model
@@ -47,7 +47,7 @@ from trigate.api.responses_format import (
     response_object,
     to_chat_request,
 )
-from trigate.api.surface import SSE_HEADERS, Operation, TranslatedExchange
+from trigate.api.surface import Operation, PlainExchange, TranslatedExchange
 from trigate.api.validation import (
     check_nesting,
     check_stream_fields,
@@ -188,15 +188,13 @@ class CompactSurface:
         return _CompactExchange(model, translated.chat, body, conversation.chain, history)
 
 
-class _CompactExchange:
+class _CompactExchange(PlainExchange):
     """One compaction: sent as the client sent it, answered as the upstream answered."""
 
     operation = COMPACT
     stream = False
     has_native_path = True
     carried_tokens = 0
-    stream_headers = SSE_HEADERS
-    answer_headers = JSON_HEADERS
 
     def __init__(
         self,
@@ -233,15 +231,6 @@ class _CompactExchange:
         return completion.raw or orjson.dumps(completion.body)
 
     def frames(self, native: bool) -> None:
-        return None
-
-    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
-        return usage
-
-    async def settled(self, answer: bytes) -> bytes:
-        return answer
-
-    async def finished(self, outcome: StreamOutcome) -> None:
         return None
 
 

@@ -250,12 +250,30 @@ class Surface(Protocol):
         """Validate what the gateway reads of `body` (a 400 otherwise) and translate it."""
 
 
-class OpenAIExchange:
+class PlainExchange:
+    """What an exchange does unless it says otherwise: streams in SSE, answers in JSON,
+    bills the usage as metered, and keeps its answer nowhere."""
+
+    __slots__ = ()
+    stream_headers: Mapping[str, str] = SSE_HEADERS
+    answer_headers: Mapping[str, str] = JSON_HEADERS
+
+    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
+        return usage
+
+    async def settled(self, answer: bytes) -> bytes:
+        """Hears a whole answer, as `Exchange.settled` does."""
+        return answer
+
+    async def finished(self, outcome: StreamOutcome) -> None:
+        """Hears a stream's end, as `Exchange.finished` does."""
+        return None
+
+
+class OpenAIExchange(PlainExchange):
     """A request in OpenAI's own API: sent as it came, answered as the upstream answered."""
 
     __slots__ = ("body", "operation", "requested", "stream")
-    stream_headers: Mapping[str, str] = SSE_HEADERS
-    answer_headers: Mapping[str, str] = JSON_HEADERS
     preferred: ClassVar[str | None] = None
     has_native_path: ClassVar[bool] = False
     carried_tokens: ClassVar[int] = 0
@@ -292,20 +310,11 @@ class OpenAIExchange:
     def frames(self, native: bool) -> FrameEncoder | None:
         return None
 
-    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
-        return usage
-
     def translate_only(self) -> None:
         """Every deployment is sent `body` already."""
 
-    async def settled(self, answer: bytes) -> bytes:
-        return answer
 
-    async def finished(self, outcome: StreamOutcome) -> None:
-        pass
-
-
-class TranslatedExchange(ABC):
+class TranslatedExchange(PlainExchange, ABC):
     """A request in another API (Anthropic's Messages, OpenAI's Responses): translated to
     a chat completion for most deployments, but sent as it came (`native_body`) to one
     with the `native` operation's ability, whose answer then goes back as it came.
@@ -316,8 +325,6 @@ class TranslatedExchange(ABC):
     operation: Operation[Any] = CHAT
     has_native_path = True
     carried_tokens: int = 0
-    stream_headers: Mapping[str, str] = SSE_HEADERS
-    answer_headers: Mapping[str, str] = JSON_HEADERS
 
     def __init__(
         self,
@@ -346,17 +353,6 @@ class TranslatedExchange(ABC):
     @abstractmethod
     def frames(self, native: bool) -> FrameEncoder | None:
         """The client's stream encoder; `native` when the events are already its own."""
-
-    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
-        return usage
-
-    async def settled(self, answer: bytes) -> bytes:
-        """Hears a whole answer, as `Exchange.settled` does; kept nowhere by default."""
-        return answer
-
-    async def finished(self, outcome: StreamOutcome) -> None:
-        """Hears a stream's end, as `Exchange.finished` does; kept nowhere by default."""
-        return None
 
     def translate_only(self) -> None:
         failure = self.untranslatable
