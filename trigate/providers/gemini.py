@@ -43,7 +43,14 @@ from trigate.providers.base import (
     error_from_body,
     read_error_body,
 )
-from trigate.providers.fields import a_list, an_object, objects, optional_string, strings
+from trigate.providers.fields import (
+    a_list,
+    an_object,
+    objects,
+    optional_string,
+    requested_format,
+    strings,
+)
 from trigate.providers.openai import fetch_completion, upstream_headers
 from trigate.sse import ServerSentEvent
 
@@ -553,12 +560,10 @@ def thinking_config(effort: Any, model: str) -> dict[str, Any]:
 
 
 def _response_format(response_format: Any) -> dict[str, Any]:
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    kind, schema = requested_format(response_format)
     if kind == "json_object":
         return {"responseMimeType": "application/json"}
     if kind == "json_schema":
-        json_schema = response_format.get("json_schema")
-        schema = json_schema.get("schema") if isinstance(json_schema, dict) else None
         config: dict[str, Any] = {"responseMimeType": "application/json"}
         if isinstance(schema, dict):
             config["responseSchema"] = gemini_schema(schema)
