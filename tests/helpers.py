@@ -127,6 +127,15 @@ async def new_key(gateway: RunningGateway, **fields: Any) -> str:
     return str(reply.json()["key"])
 
 
+async def streamed_chunks(gateway: RunningGateway, model: str, **options: Any) -> list[Any]:
+    """Every chunk of one chat completion streamed through the OpenAI SDK, of `MESSAGES`
+    unless `options` name other messages."""
+    options.setdefault("messages", MESSAGES)
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(model=model, stream=True, **options)
+        return [chunk async for chunk in stream]
+
+
 async def left_mid_stream(
     gateway: RunningGateway, upstream: FakeUpstream, path: str, body: dict[str, Any], seen: str
 ) -> RequestRecord:
