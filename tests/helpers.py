@@ -98,6 +98,22 @@ def deployment_config(
     }
 
 
+def deployment_entry(
+    name: str, upstream: FakeUpstream, model_id: str, **params: Any
+) -> dict[str, Any]:
+    """A `model_list` entry: group `name`'s deployment `model_id`, on the fake upstream."""
+    return {
+        "model_name": name,
+        "litellm_params": {
+            "model": "openai/upstream-model",
+            "api_base": upstream.base_url,
+            "api_key": UPSTREAM_KEY,
+            **params,
+        },
+        "model_info": {"id": model_id},
+    }
+
+
 def openai_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
     """One deployment on the fake upstream."""
     params = {"model": "openai/upstream-model", "api_base": upstream.base_url, **params}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
-from helpers import MESSAGES, UPSTREAM_KEY, sdk, start_gateway
+from helpers import MESSAGES, deployment_entry, sdk, start_gateway
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -39,19 +39,6 @@ def received_spans(receiver: FakeUpstream, path: str = "/v1/traces") -> list[Spa
     return spans
 
 
-def _entry(name: str, upstream: FakeUpstream, model_id: str, **params: Any) -> dict[str, Any]:
-    return {
-        "model_name": name,
-        "litellm_params": {
-            "model": "openai/upstream-model",
-            "api_base": upstream.base_url,
-            "api_key": UPSTREAM_KEY,
-            **params,
-        },
-        "model_info": {"id": model_id},
-    }
-
-
 @pytest.fixture
 async def receiver(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> FakeUpstream:
     collector = FakeUpstream(lambda request: JSONReply({}))
@@ -72,8 +59,8 @@ async def test_a_request_is_a_span_with_a_child_per_attempt(
         await fake.start(nursery)
     config = {
         "model_list": [
-            _entry("primary", failing, "primary-1"),
-            _entry("backup", backup, "backup-1"),
+            deployment_entry("primary", failing, "primary-1"),
+            deployment_entry("backup", backup, "backup-1"),
         ],
         "router_settings": {"num_retries": 1, "fallbacks": [{"primary": ["backup"]}]},
     }
@@ -130,7 +117,10 @@ async def test_a_hedge_loser_ends_cancelled(
     for fake in (slow, fast):
         await fake.start(nursery)
     config = {
-        "model_list": [_entry("g", slow, "slow", order=1), _entry("g", fast, "fast", order=2)],
+        "model_list": [
+            deployment_entry("g", slow, "slow", order=1),
+            deployment_entry("g", fast, "fast", order=2),
+        ],
         "router_settings": {"hedge_after_ms": 100},
     }
     gateway = await start_gateway(nursery, config)
@@ -156,7 +146,7 @@ async def test_without_an_endpoint_nothing_is_traced(
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
     upstream = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE)))
     await upstream.start(nursery)
-    gateway = await start_gateway(nursery, {"model_list": [_entry("g", upstream, "d")]})
+    gateway = await start_gateway(nursery, {"model_list": [deployment_entry("g", upstream, "d")]})
     try:
         await sdk(gateway).chat.completions.create(
             model="g",
@@ -176,7 +166,7 @@ async def test_sampling_follows_the_caller_then_the_configured_ratio(
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
     upstream = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE)))
     await upstream.start(nursery)
-    gateway = await start_gateway(nursery, {"model_list": [_entry("g", upstream, "d")]})
+    gateway = await start_gateway(nursery, {"model_list": [deployment_entry("g", upstream, "d")]})
     other_trace = "0af7651916cd43dd8448eb211c80319c"
     try:
         client = sdk(gateway)
