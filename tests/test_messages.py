@@ -480,6 +480,13 @@ BETA_FIELDS = {
     "output_config": {"effort": "medium"},
     "thinking": {"type": "adaptive"},
 }
+# A request as Claude Code makes it, in the Anthropic SDK's words: its betas, `?beta=true`.
+AS_CLAUDE_CODE: dict[str, Any] = {
+    "max_tokens": 64,
+    "messages": CLAUDE_CODE_MESSAGES,
+    "extra_headers": {"anthropic-beta": CLAUDE_CODE_BETAS},
+    "extra_query": {"beta": "true"},
+}
 
 
 async def test_claude_code_request_reaches_anthropic_untouched_with_its_headers(
@@ -499,20 +506,9 @@ async def test_claude_code_request_reaches_anthropic_untouched_with_its_headers(
     upstream.handler = handle
     async with sdk(claude) as client:
         reply = await client.messages.create(
-            model="claude",
-            max_tokens=64,
-            messages=CLAUDE_CODE_MESSAGES,
-            extra_headers={"anthropic-beta": CLAUDE_CODE_BETAS},
-            extra_query={"beta": "true"},
-            extra_body=BETA_FIELDS,
+            model="claude", **AS_CLAUDE_CODE, extra_body=BETA_FIELDS
         )
-        async with client.messages.stream(
-            model="claude",
-            max_tokens=64,
-            messages=CLAUDE_CODE_MESSAGES,
-            extra_headers={"anthropic-beta": CLAUDE_CODE_BETAS},
-            extra_query={"beta": "true"},
-        ) as stream:
+        async with client.messages.stream(model="claude", **AS_CLAUDE_CODE) as stream:
             final = await stream.get_final_message()
     assert reply.content[0].type == "text" and reply.content[0].text == "Hi"
     assert final.content[0].type == "text" and final.content[0].text == "Hi"
@@ -557,13 +553,7 @@ async def test_a_mid_conversation_system_message_is_a_system_message_when_transl
 ) -> None:
     upstream.handler = lambda request: JSONReply(chat_completion("Hi"))
     async with sdk(gateway) as client:
-        reply = await client.messages.create(
-            model="gpt-test",
-            max_tokens=64,
-            messages=CLAUDE_CODE_MESSAGES,
-            extra_headers={"anthropic-beta": CLAUDE_CODE_BETAS},
-            extra_query={"beta": "true"},
-        )
+        reply = await client.messages.create(model="gpt-test", **AS_CLAUDE_CODE)
     assert reply.content[0].type == "text" and reply.content[0].text == "Hi"
     [received] = upstream.requests
     assert received.json["messages"] == [
