@@ -33,6 +33,8 @@ from typing import IO
 import orjson
 import trio
 import yaml
+from bench_streams import read_request, serve_command, wait_listening
+from bench_systems import free_port
 
 MASTER_KEY = "sk-paced-bench"
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,21 +72,8 @@ async def _paced_upstream(stream: trio.SocketStream, pace: float = PACE) -> None
     """Every request on the connection gets a paced 21-chunk stream."""
     buffer = b""
     try:
-        while True:
-            while b"\r\n\r\n" not in buffer:
-                part = await stream.receive_some(65536)
-                if not part:
-                    return
-                buffer += part
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":", 1)[1])
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"content-length:")
-            )
-            while len(buffer) < length:
-                buffer += await stream.receive_some(65536)
-            buffer = buffer[length:]
+        while (read := await read_request(stream, buffer)) is not None:
+            _, buffer = read
             await stream.send_all(_HEAD + _FRAMES[0])
             for frame in _FRAMES[1:]:
                 await trio.sleep(pace)
@@ -147,37 +136,18 @@ def _cpu_seconds(pid: int, thread: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _wait_ready(port: int) -> None:
-    with trio.fail_after(600):
-        while True:
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.2)
-                continue
-            await stream.aclose()
-            return
-
-
 def _start_gateway(
     args: argparse.Namespace, config: Path, port: int, log: IO[str]
 ) -> subprocess.Popen[bytes]:
+    serve, env = serve_command(config, port, MASTER_KEY)
     if args.callgrind:
-        argv = [
+        wrapper = [
             "valgrind", "--tool=callgrind", "--instr-atstart=no",
             f"--callgrind-out-file={args.callgrind}", str(ROOT / ".venv/bin/python"),
-            str(ROOT / ".venv/bin/trigate"), "serve",
-            "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
-        env = {**os.environ, "TRIGATE_MASTER_KEY": MASTER_KEY}
-        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    argv = [
-        "nice", "-n", str(args.nice), "taskset", "-c", args.gateway_core,
-        str(ROOT / ".venv/bin/trigate"), "serve",
-        "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    env = {**os.environ, "TRIGATE_MASTER_KEY": MASTER_KEY}
-    return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    else:
+        wrapper = ["nice", "-n", str(args.nice), "taskset", "-c", args.gateway_core]
+    return subprocess.Popen([*wrapper, *serve], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 async def _count_instructions(args: argparse.Namespace, port: int, pid: int) -> None:
@@ -218,14 +188,6 @@ def _start_upstream(args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], 
     return upstream, int(upstream.stdout.readline())
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 async def main(args: argparse.Namespace) -> None:
     upstream, upstream_port = _start_upstream(args)
     with tempfile.TemporaryDirectory() as workdir:
@@ -242,11 +204,11 @@ async def main(args: argparse.Namespace) -> None:
         config.write_text(
             yaml.safe_dump({"model_list": [deployment], "general_settings": settings})
         )
-        port = _free_port()
+        port = free_port()
         log = (Path(workdir) / "gateway.log").open("w")
         gateway = _start_gateway(args, config, port, log)
         try:
-            await _wait_ready(port)
+            await wait_listening(port, 600)
             await _run_streams(port, args.warmup, args.concurrency)
             profiler = None
             if args.profile:

@@ -27,7 +27,6 @@ import gc
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from typing import IO
 import orjson
 import trio
 import yaml
+from bench_streams import read_request, serve_command, wait_listening
+from bench_systems import free_port
 
 MASTER_KEY = "sk-teardown-bench"
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,20 +60,10 @@ class Upstream:
         self.opened = 0
 
     async def serve(self, stream: trio.SocketStream) -> None:
-        data = b""
-        while b"\r\n\r\n" not in data:
-            part = await stream.receive_some(65536)
-            if not part:
-                return
-            data += part
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = next(
-            int(line.split(b":", 1)[1])
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"content-length:")
-        )
-        while len(body) < length:
-            body += await stream.receive_some(65536)
+        read = await read_request(stream)
+        if read is None:
+            return
+        body, _ = read
         tag = orjson.loads(body)["messages"][0]["content"]
         await stream.send_all(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
@@ -152,18 +143,6 @@ def _summary(name: str, latencies: list[float]) -> str:
     )
 
 
-async def _wait_ready(port: int) -> None:
-    with trio.fail_after(60):
-        while True:
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.2)
-                continue
-            await stream.aclose()
-            return
-
-
 class RemoteUpstream:
     """The upstream, run as a process of its own (this script with `--upstream`) so that
     the clients' work here never delays its noticing a close."""
@@ -215,7 +194,7 @@ async def serve_upstream(args: argparse.Namespace) -> None:
 async def bench(
     args: argparse.Namespace, gateway_port: int, gateway_pid: int, upstream: RemoteUpstream
 ) -> None:
-    await _wait_ready(gateway_port)
+    await wait_listening(gateway_port, 60)
     clients = [Client(f"stream-{i}") for i in range(args.streams)]
     async with trio.open_nursery() as nursery:
         limiter = trio.CapacityLimiter(50)
@@ -295,7 +274,7 @@ async def main(args: argparse.Namespace) -> None:
                 }
             )
         )
-        gateway_port = _free_port()
+        gateway_port = free_port()
         log = (Path(workdir) / "gateway.log").open("w")
         gateway = _start_gateway(args, config, gateway_port, log)
         try:
@@ -316,13 +295,9 @@ def _start_gateway(
     args: argparse.Namespace, config: Path, port: int, log: IO[str]
 ) -> subprocess.Popen[bytes]:
     realtime = ["chrt", "--fifo", str(args.realtime)] if args.realtime else []
-    argv = [
-        *realtime, "nice", "-n", str(args.nice), "taskset", "-c", args.gateway_core,
-        str(ROOT / ".venv/bin/trigate"), "serve",
-        "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    env = {**os.environ, "TRIGATE_MASTER_KEY": MASTER_KEY}
-    return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wrapper = [*realtime, "nice", "-n", str(args.nice), "taskset", "-c", args.gateway_core]
+    serve, env = serve_command(config, port, MASTER_KEY)
+    return subprocess.Popen([*wrapper, *serve], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _profile(path: str, pid: int) -> subprocess.Popen[bytes]:
@@ -335,12 +310,6 @@ def _cpu_seconds(pid: int) -> float:
     """The process's user and system CPU time so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _arguments() -> argparse.Namespace:

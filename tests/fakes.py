@@ -99,7 +99,11 @@ def tool_call_completion(usage: dict[str, int]) -> dict[str, Any]:
 
 
 def chunk(content: str | None = None, *, finish: str | None = None, **extra: Any) -> bytes:
-    delta = {} if content is None else {"content": content}
+    return delta_frame({} if content is None else {"content": content}, finish, **extra)
+
+
+def delta_frame(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    """A chat completion chunk's SSE frame, its one choice carrying `delta`."""
     payload = {
         "id": "chatcmpl-fake",
         "object": "chat.completion.chunk",

@@ -98,16 +98,34 @@ def deployment_config(
     }
 
 
+def deployment_entry(
+    name: str, upstream: FakeUpstream, model_id: str, **params: Any
+) -> dict[str, Any]:
+    """A `model_list` entry: group `name`'s deployment `model_id`, on the fake upstream."""
+    return {
+        "model_name": name,
+        "litellm_params": {
+            "model": "openai/upstream-model",
+            "api_base": upstream.base_url,
+            "api_key": UPSTREAM_KEY,
+            **params,
+        },
+        "model_info": {"id": model_id},
+    }
+
+
 def openai_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
     """One deployment on the fake upstream."""
     params = {"model": "openai/upstream-model", "api_base": upstream.base_url, **params}
     return deployment_config("gpt-test", {"api_key": UPSTREAM_KEY, **params})
 
 
-async def streamed_events(gateway: RunningGateway, model: str) -> list[str]:
+async def streamed_events(
+    gateway: RunningGateway, model: str, messages: list[dict[str, Any]] = MESSAGES
+) -> list[str]:
     """The `data:` payloads of a streamed chat completion, read raw: the SDKs raise at an
     error frame, and what comes before and after one is what such tests look at."""
-    body = {"model": model, "messages": MESSAGES, "stream": True}
+    body = {"model": model, "messages": messages, "stream": True}
     async with (
         gateway.client() as client,
         client.stream("POST", "/v1/chat/completions", json=body) as response,
@@ -115,6 +133,41 @@ async def streamed_events(gateway: RunningGateway, model: str) -> list[str]:
         assert response.status_code == 200
         text = (await response.aread()).decode()
     return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
+
+
+async def new_key(gateway: RunningGateway, **fields: Any) -> str:
+    """A virtual key made through the admin API, with `fields`."""
+    async with gateway.client() as admin:
+        reply = await admin.post("/key/generate", json=fields)
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["key"])
+
+
+async def streamed_chunks(gateway: RunningGateway, model: str, **options: Any) -> list[Any]:
+    """Every chunk of one chat completion streamed through the OpenAI SDK, of `MESSAGES`
+    unless `options` name other messages."""
+    options.setdefault("messages", MESSAGES)
+    async with sdk(gateway) as client:
+        stream = await client.chat.completions.create(model=model, stream=True, **options)
+        return [chunk async for chunk in stream]
+
+
+async def left_mid_stream(
+    gateway: RunningGateway, upstream: FakeUpstream, path: str, body: dict[str, Any], seen: str
+) -> RequestRecord:
+    """Stream `body` to `path` and leave at the first line holding `seen`; the request's
+    record, once `upstream` has seen its connection closed."""
+    async with (
+        gateway.client() as client,
+        client.stream("POST", path, json=body) as response,
+    ):
+        async for line in response.aiter_lines():
+            if seen in line:
+                break
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+        [record] = await gateway.records.wait_for(1)
+    return record
 
 
 def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> openai.AsyncOpenAI:

@@ -12,7 +12,15 @@ import openai
 import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, chat_completion
-from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, sdk, start_gateway
+from helpers import (
+    MASTER_KEY,
+    MESSAGES,
+    UPSTREAM_KEY,
+    RunningGateway,
+    new_key,
+    sdk,
+    start_gateway,
+)
 
 from trigate.spend.prices import PriceTable
 
@@ -42,13 +50,6 @@ def _config(upstream: FakeUpstream) -> dict[str, Any]:
     }
 
 
-async def _key(gateway: RunningGateway, **body: Any) -> str:
-    async with gateway.client() as client:
-        reply = await client.post("/key/generate", json=body)
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["key"])
-
-
 async def _status(gateway: RunningGateway, key: str, model: str) -> int:
     async with gateway.client(key) as client:
         reply = await client.post(
@@ -68,7 +69,7 @@ async def test_a_key_granted_an_access_group_uses_every_model_of_it_and_no_other
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
     gateway = await start_gateway(nursery, _config(upstream))
-    key = await _key(gateway, models=["beta-models"])
+    key = await new_key(gateway, models=["beta-models"])
     async with sdk(gateway, key) as client:
         for model in ("gpt-4", "llama-70b"):
             completion = await client.chat.completions.create(model=model, messages=MESSAGES)
@@ -89,7 +90,7 @@ async def test_a_team_granted_an_access_group_passes_it_to_its_keys(
     async with gateway.client() as client:
         team = await client.post("/team/new", json={"models": ["open-models"]})
     assert team.status_code == 200, team.text
-    key = await _key(gateway, team_id=team.json()["team_id"])
+    key = await new_key(gateway, team_id=team.json()["team_id"])
     assert await _status(gateway, key, "llama-70b") == 200
     assert await _status(gateway, key, "gpt-4") == 403
     assert await _status(gateway, key, "gpt-4o") == 403
@@ -102,16 +103,16 @@ async def test_only_model_access_groups_lists_the_groups_the_caller_may_use(
     gateway = await start_gateway(nursery, _config(upstream))
     master = await _listed(gateway, MASTER_KEY, only_model_access_groups="True")
     assert master == ["beta-models", "open-models"]
-    unrestricted = await _key(gateway)
+    unrestricted = await new_key(gateway)
     assert await _listed(gateway, unrestricted, only_model_access_groups="True") == master
-    beta = await _key(gateway, models=["beta-models"])
+    beta = await new_key(gateway, models=["beta-models"])
     assert await _listed(gateway, beta, only_model_access_groups="true") == ["beta-models"]
     assert await _listed(gateway, beta, include_model_access_groups="True") == [
         "gpt-4",
         "llama-70b",
         "beta-models",
     ]
-    one_model = await _key(gateway, models=["gpt-4o"])
+    one_model = await new_key(gateway, models=["gpt-4o"])
     assert await _listed(gateway, one_model, only_model_access_groups="True") == []
     # Without the flag (or with it false), models as before.
     assert await _listed(gateway, beta, only_model_access_groups="False") == ["gpt-4", "llama-70b"]
@@ -122,7 +123,7 @@ async def test_a_model_added_through_the_api_joins_its_access_groups_at_once(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
     gateway = await start_gateway(nursery, _config(upstream))
-    key = await _key(gateway, models=["beta-models"])
+    key = await new_key(gateway, models=["beta-models"])
     assert await _status(gateway, key, "added") in (400, 403, 404)
     added = _deployment(upstream, "added", "openai/added", ["beta-models"])
     async with gateway.client() as client:
@@ -153,8 +154,8 @@ async def test_a_wildcard_name_belongs_to_the_group_of_the_pattern_it_is_routed_
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
     gateway = await start_gateway(nursery, _wildcards(upstream))
-    default = await _key(gateway, models=["default-models"])
-    restricted = await _key(gateway, models=["restricted-models"])
+    default = await new_key(gateway, models=["default-models"])
+    restricted = await new_key(gateway, models=["restricted-models"])
     assert await _status(gateway, default, "openai/gpt-4") == 200
     assert await _status(gateway, default, "openai/o1-mini") == 403
     assert await _status(gateway, restricted, "openai/o1-mini") == 200
@@ -193,7 +194,7 @@ async def test_model_group_info_lists_the_models_a_wildcard_stands_for(
     # A pattern the table knows no models under is listed as itself.
     assert "local/*" in groups
     assert {"gpt-4", "llama-70b", "gpt-4o"} <= set(groups)
-    opus = await _key(gateway, models=["opus"])
+    opus = await new_key(gateway, models=["opus"])
     async with gateway.client(opus) as client:
         mine = await client.get("/model_group/info")
     names = {group["model_group"] for group in mine.json()["data"]}

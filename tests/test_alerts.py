@@ -15,7 +15,7 @@ import openai
 import orjson
 import pytest
 import trio
-from fakes import FakeUpstream, JSONReply, chat_completion
+from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
 from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
 
 from trigate.alerts.channels import SIGNATURE_HEADER, WEBHOOK_FIELDS
@@ -27,10 +27,17 @@ ADMIN = {"authorization": f"Bearer {MASTER_KEY}"}
 PRICED = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.001}
 
 
-async def _slack(nursery: trio.Nursery) -> FakeUpstream:
+@pytest.fixture
+async def slack(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> FakeUpstream:
+    """A Slack incoming webhook, named by SLACK_WEBHOOK_URL as LiteLLM reads it."""
     fake = FakeUpstream(lambda request: JSONReply({"ok": True}))
     await fake.start(nursery)
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", f"http://127.0.0.1:{fake.port}/hook")
     return fake
+
+
+def _answered(request: ReceivedRequest) -> JSONReply:
+    return JSONReply(chat_completion(usage=USAGE))
 
 
 def _texts(slack: FakeUpstream) -> list[str]:
@@ -55,12 +62,10 @@ async def test_a_budget_crossed_by_two_instances_alerts_once_and_again_after_its
     tmp_path: Path,
     redis_url: str,
     redis_prefix: str,
-    monkeypatch: pytest.MonkeyPatch,
+    slack: FakeUpstream,
+    upstream: FakeUpstream,
 ) -> None:
-    slack = await _slack(nursery)
-    upstream = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE)))
-    await upstream.start(nursery)
-    monkeypatch.setenv("SLACK_WEBHOOK_URL", f"http://127.0.0.1:{slack.port}/hook")
+    upstream.handler = _answered
     general = {
         "database_url": f"sqlite:///{tmp_path}/shared.db",
         "alerting": ["slack"],
@@ -117,17 +122,14 @@ async def test_a_budget_crossed_by_two_instances_alerts_once_and_again_after_its
 
 
 async def test_a_storm_of_failures_makes_one_alert(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, slack: FakeUpstream, upstream: FakeUpstream
 ) -> None:
-    slack = await _slack(nursery)
-    failing = FakeUpstream(lambda request: JSONReply({"error": {"message": "down"}}, 500))
-    await failing.start(nursery)
-    monkeypatch.setenv("SLACK_WEBHOOK_URL", f"http://127.0.0.1:{slack.port}/hook")
+    upstream.handler = lambda request: JSONReply({"error": {"message": "down"}}, 500)
     general = {
         "alerting": ["slack"],
         "alert_types": ["llm_exceptions", "cooldown_deployment", "outage_alerts"],
     }
-    config = _config(failing, general)
+    config = _config(upstream, general)
     config["router_settings"].update(allowed_fails=1000)
     gateway = await start_gateway(nursery, config)
     alerter = gateway.gateway.alerts.alerter  # type: ignore[union-attr]
@@ -150,14 +152,11 @@ async def test_a_storm_of_failures_makes_one_alert(
 
 
 async def test_a_group_whose_deployments_all_cool_down_is_an_outage(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, slack: FakeUpstream, upstream: FakeUpstream
 ) -> None:
-    slack = await _slack(nursery)
-    failing = FakeUpstream(lambda request: JSONReply({"error": {"message": "down"}}, 503))
-    await failing.start(nursery)
-    monkeypatch.setenv("SLACK_WEBHOOK_URL", f"http://127.0.0.1:{slack.port}/hook")
+    upstream.handler = lambda request: JSONReply({"error": {"message": "down"}}, 503)
     general = {"alerting": ["slack"], "alert_types": ["cooldown_deployment", "outage_alerts"]}
-    config = _config(failing, general)
+    config = _config(upstream, general)
     # Two deployments, both failing, each tried once: both cool down.
     config["model_list"].append({**config["model_list"][0], "model_info": {"id": "second"}})
     config["router_settings"].update(allowed_fails=0, cooldown_time=60, num_retries=1)
@@ -177,14 +176,11 @@ async def test_a_group_whose_deployments_all_cool_down_is_an_outage(
 
 
 async def test_a_request_slower_than_the_threshold_alerts(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, slack: FakeUpstream, upstream: FakeUpstream
 ) -> None:
-    slack = await _slack(nursery)
-    slow = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE), delay=0.3))
-    await slow.start(nursery)
-    monkeypatch.setenv("SLACK_WEBHOOK_URL", f"http://127.0.0.1:{slack.port}/hook")
+    upstream.handler = lambda request: JSONReply(chat_completion(usage=USAGE), delay=0.3)
     general = {"alerting": ["slack"], "alerting_threshold": 0.1}
-    gateway = await start_gateway(nursery, _config(slow, general))
+    gateway = await start_gateway(nursery, _config(upstream, general))
     try:
         await sdk(gateway).chat.completions.create(model="gpt-test", messages=MESSAGES)
     finally:
@@ -194,12 +190,11 @@ async def test_a_request_slower_than_the_threshold_alerts(
 
 
 async def test_webhook_events_carry_litellms_payload_and_an_hmac_signature(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     receiver = FakeUpstream(lambda request: JSONReply({}))
     await receiver.start(nursery)
-    upstream = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE)))
-    await upstream.start(nursery)
+    upstream.handler = _answered
     monkeypatch.setenv("WEBHOOK_URL", f"http://127.0.0.1:{receiver.port}/events")
     monkeypatch.setenv("WEBHOOK_SECRET", "whsec-test-secret")
     general = {"alerting": ["webhook"]}
@@ -252,12 +247,9 @@ async def test_webhook_events_carry_litellms_payload_and_an_hmac_signature(
 
 
 async def test_redis_and_store_outages_alert_db_exceptions(
-    nursery: trio.Nursery, own_redis: Any, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, own_redis: Any, slack: FakeUpstream, upstream: FakeUpstream
 ) -> None:
-    slack = await _slack(nursery)
-    upstream = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE)))
-    await upstream.start(nursery)
-    monkeypatch.setenv("SLACK_WEBHOOK_URL", f"http://127.0.0.1:{slack.port}/hook")
+    upstream.handler = _answered
     config = _config(upstream, {"alerting": ["slack"], "alert_types": ["db_exceptions"]})
     config["router_settings"].update(redis_url=own_redis.url, redis_timeout=1.0)
     gateway = await start_gateway(nursery, config)
@@ -276,12 +268,9 @@ async def test_redis_and_store_outages_alert_db_exceptions(
 
 
 async def test_keys_about_to_expire_and_the_daily_report(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, slack: FakeUpstream, upstream: FakeUpstream
 ) -> None:
-    slack = await _slack(nursery)
-    upstream = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE)))
-    await upstream.start(nursery)
-    monkeypatch.setenv("SLACK_WEBHOOK_URL", f"http://127.0.0.1:{slack.port}/hook")
+    upstream.handler = _answered
     config = _config(upstream, {"alerting": ["slack"]}, **PRICED)
     gateway = await start_gateway(nursery, config)
     alerts = gateway.gateway.alerts

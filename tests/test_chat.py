@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import openai
 import orjson
 import pytest
@@ -26,16 +24,9 @@ from helpers import (
     openai_config,
     sdk,
     start_gateway,
+    streamed_chunks,
     streamed_events,
 )
-
-
-async def streamed(client: openai.AsyncOpenAI, **options: Any) -> list[Any]:
-    """Every chunk of one streamed chat completion of `MESSAGES` from gpt-test."""
-    stream = await client.chat.completions.create(
-        model="gpt-test", messages=MESSAGES, stream=True, **options
-    )
-    return [chunk async for chunk in stream]
 
 
 async def test_sdk_non_stream(gateway: RunningGateway, upstream: FakeUpstream) -> None:
@@ -107,8 +98,7 @@ async def test_sdk_stream_with_usage_gets_exactly_one_usage_chunk(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
     upstream.handler = lambda request: stream_of(["a", "b"], usage=(4, 2))
-    async with sdk(gateway) as client:
-        chunks = await streamed(client, stream_options={"include_usage": True})
+    chunks = await streamed_chunks(gateway, "gpt-test", stream_options={"include_usage": True})
     with_usage = [c for c in chunks if c.usage is not None]
     assert len(with_usage) == 1 and with_usage[0] is chunks[-1]
     assert with_usage[0].usage.prompt_tokens == 4 and with_usage[0].usage.completion_tokens == 2
@@ -126,8 +116,7 @@ async def test_usage_on_every_chunk_is_reduced_to_one(
         DONE,
     ]
     upstream.handler = lambda request: StreamReply(frames)
-    async with sdk(gateway) as client:
-        chunks = await streamed(client, stream_options={"include_usage": True})
+    chunks = await streamed_chunks(gateway, "gpt-test", stream_options={"include_usage": True})
     usages = [c.usage for c in chunks if c.usage is not None]
     assert len(usages) == 1 and usages[0].completion_tokens == 2
     [record] = await gateway.records.wait_for(1)
@@ -138,8 +127,7 @@ async def test_stream_without_upstream_usage_is_counted_with_tiktoken(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
     upstream.handler = lambda request: stream_of(["Hello", " world"], usage=None)
-    async with sdk(gateway) as client:
-        chunks = await streamed(client, stream_options={"include_usage": True})
+    chunks = await streamed_chunks(gateway, "gpt-test", stream_options={"include_usage": True})
     counter = gateway.gateway.counter
     expected_prompt = counter.count_prompt("upstream-model", MESSAGES)
     expected_completion = counter.count_text("upstream-model", "Hello world")
@@ -183,8 +171,7 @@ async def test_tool_call_arguments_are_counted(
             },
         }
     ]
-    async with sdk(gateway) as client:
-        chunks = await streamed(client, tools=tools)
+    chunks = await streamed_chunks(gateway, "gpt-test", tools=tools)
     arguments = "".join(
         c.choices[0].delta.tool_calls[0].function.arguments or ""
         for c in chunks
@@ -201,8 +188,7 @@ async def test_reported_zero_usage_is_a_real_zero(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
     upstream.handler = lambda request: stream_of(["cached"], usage=(0, 0))
-    async with sdk(gateway) as client:
-        chunks = await streamed(client, stream_options={"include_usage": True})
+    chunks = await streamed_chunks(gateway, "gpt-test", stream_options={"include_usage": True})
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 0
     [record] = await gateway.records.wait_for(1)
     assert (record.prompt_tokens, record.completion_tokens, record.usage_source) == (

@@ -59,17 +59,21 @@ async def _read_until_closed(stream: trio.SocketStream) -> bytes:
     return data
 
 
+def _declared_length(head: bytes) -> int:
+    return next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+
+
 async def _read_response(stream: trio.SocketStream) -> bytes:
     """One whole fixed-length response, leaving the connection open."""
     data = b""
     while b"\r\n\r\n" not in data:
         data += await stream.receive_some(65536)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
+    length = _declared_length(head)
     while len(body) < length:
         body += await stream.receive_some(65536)
     return head
@@ -569,14 +573,6 @@ def answer_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
     monkeypatch.setattr(FastStream, "try_send", counted)
     return written
-
-
-def _declared_length(head: bytes) -> int:
-    return next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ import trio
 import yaml
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion, stream_of
 from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from test_tracing import received_spans
 
 import trigate.export.outbox as outbox
 import trigate.gateway as gateway_module
@@ -144,18 +144,11 @@ async def test_turn_off_message_logging_redacts_messages_and_answers(
 
 
 def _langfuse_spans(receiver: FakeUpstream, public: str, secret: str) -> list[Span]:
-    spans = []
     token = base64.b64encode(f"{public}:{secret}".encode()).decode()
     for request in receiver.requests:
-        assert request.target == "/api/public/otel/v1/traces"
         assert request.headers["authorization"] == f"Basic {token}"
         assert request.headers["x-langfuse-ingestion-version"] == "4"
-        assert request.headers["content-type"] == "application/x-protobuf"
-        export = ExportTraceServiceRequest.FromString(request.body)
-        for resource in export.resource_spans:
-            for scope in resource.scope_spans:
-                spans.extend(scope.spans)
-    return spans
+    return received_spans(receiver, "/api/public/otel/v1/traces")
 
 
 def _attributes(span: Span) -> dict[str, Any]:

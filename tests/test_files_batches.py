@@ -14,7 +14,8 @@ import orjson
 import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest
-from helpers import UPSTREAM_KEY, RunningGateway, deployment_config, sdk, start_gateway
+from helpers import UPSTREAM_KEY, RunningGateway, deployment_config, new_key, sdk, start_gateway
+from openai.types import Batch, FileObject
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from test_metrics import scrape
 from test_tracing import _attributes, _spans
@@ -152,16 +153,34 @@ async def start(
     return await start_gateway(nursery, config)
 
 
+async def upload(
+    client: openai.AsyncOpenAI, model: str = "gpt-batch", name: str = "in.jsonl"
+) -> FileObject:
+    """A batch file of two requests to `model`."""
+    return await client.files.create(file=(name, batch_file(model)), purpose="batch")
+
+
+async def create_batch(client: openai.AsyncOpenAI, input_file_id: str) -> Batch:
+    return await client.batches.create(
+        input_file_id=input_file_id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+
+async def three_keys(gateway: RunningGateway) -> tuple[str, str, str]:
+    """Keys of an owner, of a teammate in its team `team-a`, and of a stranger."""
+    async with gateway.client() as admin:
+        await admin.post("/team/new", json={"team_id": "team-a"})
+    team = {"team_id": "team-a"}
+    return await new_key(gateway, **team), await new_key(gateway, **team), await new_key(gateway)
+
+
 async def test_files_and_a_batch_billed_once_at_completion(
     nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
 ) -> None:
     gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
-    async with gateway.client() as admin:
-        key = (await admin.post("/key/generate", json={"models": ["gpt-batch"]})).json()["key"]
+    key = await new_key(gateway, models=["gpt-batch"])
     async with sdk(gateway, key) as client:
-        uploaded = await client.files.create(
-            file=("requests.jsonl", batch_file("gpt-batch")), purpose="batch"
-        )
+        uploaded = await upload(client, name="requests.jsonl")
         # Each request's model is the deployment's upstream one, as LiteLLM rewrites it.
         sent = fake.contents[uploaded.id].splitlines()
         assert [orjson.loads(line)["body"]["model"] for line in sent] == ["gpt-4o-mini"] * 2
@@ -170,9 +189,7 @@ async def test_files_and_a_batch_billed_once_at_completion(
         content = await client.files.content(uploaded.id)
         assert content.content == fake.contents[uploaded.id]
 
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = await create_batch(client, uploaded.id)
         assert batch.status == "validating"
         assert (await client.batches.retrieve(batch.id)).status == "validating"
         assert gateway.records.records == []
@@ -216,9 +233,7 @@ async def test_cost_summed_from_the_output_file(
             purpose="batch",
             extra_body={"target_model_names": "gpt-batch"},
         )
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        batch = await create_batch(client, uploaded.id)
         fake.finish(batch.id, None, b"\n".join(orjson.dumps(a) for a in answers))
         await client.batches.retrieve(batch.id)
     [record] = await gateway.records.wait_for(1)
@@ -231,20 +246,10 @@ async def test_another_keys_ids_are_404(
     nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI, database_url: str
 ) -> None:
     gateway = await start(nursery, upstream, fake, database_url)
-    async with gateway.client() as admin:
-        await admin.post("/team/new", json={"team_id": "team-a"})
-        made = [
-            (await admin.post("/key/generate", json=body)).json()["key"]
-            for body in ({"team_id": "team-a"}, {"team_id": "team-a"}, {})
-        ]
-    owner, teammate, stranger = made
+    owner, teammate, stranger = await three_keys(gateway)
     async with sdk(gateway, owner) as client:
-        uploaded = await client.files.create(
-            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
-        )
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        uploaded = await upload(client)
+        batch = await create_batch(client, uploaded.id)
     async with sdk(gateway, stranger) as client:
         for call in (
             client.files.retrieve(uploaded.id),
@@ -252,9 +257,7 @@ async def test_another_keys_ids_are_404(
             client.files.delete(uploaded.id),
             client.batches.retrieve(batch.id),
             client.batches.cancel(batch.id),
-            client.batches.create(
-                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-            ),
+            create_batch(client, uploaded.id),
         ):
             with pytest.raises(openai.NotFoundError):
                 await call
@@ -271,14 +274,13 @@ async def test_model_access_and_an_unknown_group(
     nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
 ) -> None:
     gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
-    async with gateway.client() as admin:
-        key = (await admin.post("/key/generate", json={"models": ["other"]})).json()["key"]
+    key = await new_key(gateway, models=["other"])
     async with sdk(gateway, key) as client:
         with pytest.raises(openai.PermissionDeniedError):
-            await client.files.create(file=("in.jsonl", batch_file("gpt-batch")), purpose="batch")
+            await upload(client)
     async with sdk(gateway) as client:
         with pytest.raises(openai.NotFoundError):
-            await client.files.create(file=("in.jsonl", batch_file("nope")), purpose="batch")
+            await upload(client, "nope")
         with pytest.raises(openai.BadRequestError, match="target_model_names"):
             await client.files.create(file=("notes.txt", b"hello"), purpose="assistants")
     assert fake.files == {}
@@ -295,20 +297,10 @@ async def test_a_batchs_result_files_are_its_owners(
     """The output and error files the upstream made for a batch are its owner's and its
     team's, as the batch is: the owner reads them, another key gets 404."""
     gateway = await start(nursery, upstream, fake, database_url)
-    async with gateway.client() as admin:
-        await admin.post("/team/new", json={"team_id": "team-a"})
-        made = [
-            (await admin.post("/key/generate", json=body)).json()["key"]
-            for body in ({"team_id": "team-a"}, {"team_id": "team-a"}, {})
-        ]
-    owner, teammate, stranger = made
+    owner, teammate, stranger = await three_keys(gateway)
     async with sdk(gateway, owner) as client:
-        uploaded = await client.files.create(
-            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
-        )
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        uploaded = await upload(client)
+        batch = await create_batch(client, uploaded.id)
         fake.finish(batch.id, {"input_tokens": 10, "output_tokens": 4}, ANSWER, FAILURE)
         done = await client.batches.retrieve(batch.id)
         assert done.output_file_id and done.error_file_id
@@ -347,18 +339,10 @@ async def test_the_list_refreshes_and_bills_a_completed_batch_once(
     """A batch seen completed only through the list is billed, once, and its output
     file is its owner's; a billed batch is not asked of its upstream again."""
     gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
-    async with gateway.client() as admin:
-        key = (await admin.post("/key/generate", json={})).json()["key"]
+    key = await new_key(gateway)
     async with sdk(gateway, key) as client:
-        uploaded = await client.files.create(
-            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
-        )
-        running, done = [
-            await client.batches.create(
-                input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-            )
-            for _ in range(2)
-        ]
+        uploaded = await upload(client)
+        running, done = [await create_batch(client, uploaded.id) for _ in range(2)]
         fake.finish(done.id, {"input_tokens": 1000, "output_tokens": 400}, ANSWER)
         listed = {b.id: b async for b in client.batches.list()}
         assert listed[done.id].status == "completed"
@@ -389,15 +373,10 @@ async def test_a_batch_created_completed(
     owner's at once, and the list bills it (once)."""
     gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
     fake.at_once = ANSWER
-    async with gateway.client() as admin:
-        owner, stranger = [(await admin.post("/key/generate", json={})).json()["key"] for _ in "ab"]
+    owner, stranger = await new_key(gateway), await new_key(gateway)
     async with sdk(gateway, owner) as client:
-        uploaded = await client.files.create(
-            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
-        )
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        uploaded = await upload(client)
+        batch = await create_batch(client, uploaded.id)
         assert batch.status == "completed" and batch.output_file_id is not None
         assert (await client.files.content(batch.output_file_id)).content == ANSWER
         for _ in range(2):
@@ -418,12 +397,8 @@ async def test_a_failed_refresh_lists_the_batch_as_last_seen(
     seen, unbilled, and refreshed (and billed) by the next list."""
     gateway = await start(nursery, upstream, fake, "sqlite://:memory:")
     async with sdk(gateway) as client:
-        uploaded = await client.files.create(
-            file=("in.jsonl", batch_file("gpt-batch")), purpose="batch"
-        )
-        batch = await client.batches.create(
-            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-        )
+        uploaded = await upload(client)
+        batch = await create_batch(client, uploaded.id)
         fake.finish(batch.id, {"input_tokens": 10, "output_tokens": 4})
         down = JSONReply({"error": {"message": "overloaded"}}, status=503)
         upstream.handler = lambda request: down if "/batches/" in request.target else fake(request)

@@ -20,7 +20,7 @@ from fake_anthropic import (
     tool_block,
 )
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, usage_chunk
-from helpers import MASTER_KEY, RunningGateway, openai_config, sdk, start_gateway
+from helpers import MASTER_KEY, openai_config, sdk, start_gateway, streamed_events
 from test_api import assert_envelope
 
 from trigate.config import ConfigError, parse_config
@@ -79,16 +79,6 @@ async def test_pre_call_masks_and_blocks_on_chat(
     await running.stop()
 
 
-async def _stream_events(running: RunningGateway, body: dict[str, Any]) -> list[str]:
-    async with (
-        running.client() as client,
-        client.stream("POST", "/v1/chat/completions", json=body) as response,
-    ):
-        assert response.status_code == 200
-        text = (await response.aread()).decode()
-    return [line[6:] for line in text.split("\n") if line.startswith("data: ")]
-
-
 WORDS = [f" w{i}" for i in range(1, 6)]
 
 
@@ -103,8 +93,8 @@ async def test_a_stream_blocked_after_its_fifth_chunk(
     upstream.handler = lambda request: StreamReply(frames, tail=chunk(" more"))
     guard = content_filter("cf", "post_call", stream_window=1)
     running = await start_gateway(nursery, guarded(upstream, guard))
-    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    events = await _stream_events(running, body)
+    messages = [{"role": "user", "content": "hi"}]
+    events = await streamed_events(running, "gpt-test", messages)
     chunks = [orjson.loads(e) for e in events if e != "[DONE]"]
     contents = [c["choices"][0]["delta"].get("content") for c in chunks if "choices" in c]
     assert contents == WORDS
@@ -117,7 +107,7 @@ async def test_a_stream_blocked_after_its_fifth_chunk(
     assert blocked.status == 400
     # The same five chunks, streamed whole, are billed the same.
     upstream.handler = lambda request: StreamReply([*map(chunk, WORDS), DONE])
-    await _stream_events(running, body)
+    await streamed_events(running, "gpt-test", messages)
     [_, whole] = await running.records.wait_for(2)
     assert blocked.completion_tokens == whole.completion_tokens > 0
     await running.stop()

@@ -29,11 +29,19 @@ from fakes import (
     Reply,
     StreamReply,
     chat_completion,
+    delta_frame,
     stream_of,
     tool_call_completion,
     usage_chunk,
 )
-from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, mock_config, start_gateway
+from helpers import (
+    MASTER_KEY,
+    UPSTREAM_KEY,
+    RunningGateway,
+    left_mid_stream,
+    mock_config,
+    start_gateway,
+)
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello"}]
 # The `anthropic-version` this SDK sends with every request.
@@ -47,17 +55,6 @@ WEATHER_TOOL = {
 
 def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> anthropic.AsyncAnthropic:
     return anthropic.AsyncAnthropic(base_url=gateway.url, api_key=key, max_retries=0)
-
-
-def delta_frame(delta: dict[str, Any], finish: str | None = None) -> bytes:
-    payload = {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion.chunk",
-        "created": 1700000000,
-        "model": "upstream-model",
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 async def test_non_stream_translates_request_and_answer(
@@ -462,16 +459,7 @@ async def test_native_stream_client_disconnect_closes_the_upstream(
     start = message_start(input_tokens=25, output_tokens=1)
     native(upstream, StreamReply([start, *text_block(0, "Once")], tail=PING))
     body = {"model": "claude", "max_tokens": 32, "messages": MESSAGES, "stream": True}
-    async with (
-        claude.client() as client,
-        client.stream("POST", "/v1/messages", json=body) as response,
-    ):
-        async for line in response.aiter_lines():
-            if "content_block_delta" in line:
-                break
-    with trio.fail_after(5):
-        await upstream.wait_for(lambda: upstream.aborted == 1)
-        [record] = await claude.records.wait_for(1)
+    record = await left_mid_stream(claude, upstream, "/v1/messages", body, "content_block_delta")
     assert record.cancelled_by_client and record.status == 499
     assert (record.prompt_tokens, record.completion_tokens) == (25, 1)
 
@@ -492,6 +480,13 @@ BETA_FIELDS = {
     "output_config": {"effort": "medium"},
     "thinking": {"type": "adaptive"},
 }
+# A request as Claude Code makes it, in the Anthropic SDK's words: its betas, `?beta=true`.
+AS_CLAUDE_CODE: dict[str, Any] = {
+    "max_tokens": 64,
+    "messages": CLAUDE_CODE_MESSAGES,
+    "extra_headers": {"anthropic-beta": CLAUDE_CODE_BETAS},
+    "extra_query": {"beta": "true"},
+}
 
 
 async def test_claude_code_request_reaches_anthropic_untouched_with_its_headers(
@@ -511,20 +506,9 @@ async def test_claude_code_request_reaches_anthropic_untouched_with_its_headers(
     upstream.handler = handle
     async with sdk(claude) as client:
         reply = await client.messages.create(
-            model="claude",
-            max_tokens=64,
-            messages=CLAUDE_CODE_MESSAGES,
-            extra_headers={"anthropic-beta": CLAUDE_CODE_BETAS},
-            extra_query={"beta": "true"},
-            extra_body=BETA_FIELDS,
+            model="claude", **AS_CLAUDE_CODE, extra_body=BETA_FIELDS
         )
-        async with client.messages.stream(
-            model="claude",
-            max_tokens=64,
-            messages=CLAUDE_CODE_MESSAGES,
-            extra_headers={"anthropic-beta": CLAUDE_CODE_BETAS},
-            extra_query={"beta": "true"},
-        ) as stream:
+        async with client.messages.stream(model="claude", **AS_CLAUDE_CODE) as stream:
             final = await stream.get_final_message()
     assert reply.content[0].type == "text" and reply.content[0].text == "Hi"
     assert final.content[0].type == "text" and final.content[0].text == "Hi"
@@ -569,13 +553,7 @@ async def test_a_mid_conversation_system_message_is_a_system_message_when_transl
 ) -> None:
     upstream.handler = lambda request: JSONReply(chat_completion("Hi"))
     async with sdk(gateway) as client:
-        reply = await client.messages.create(
-            model="gpt-test",
-            max_tokens=64,
-            messages=CLAUDE_CODE_MESSAGES,
-            extra_headers={"anthropic-beta": CLAUDE_CODE_BETAS},
-            extra_query={"beta": "true"},
-        )
+        reply = await client.messages.create(model="gpt-test", **AS_CLAUDE_CODE)
     assert reply.content[0].type == "text" and reply.content[0].text == "Hi"
     [received] = upstream.requests
     assert received.json["messages"] == [

@@ -23,6 +23,7 @@ from helpers import (
     UPSTREAM_KEY,
     RunningGateway,
     build_app,
+    deployment_entry,
     openai_config,
     sdk,
     start_gateway,
@@ -94,17 +95,8 @@ async def _virtual_key(gateway: RunningGateway, **fields: Any) -> tuple[str, str
 
 def _config(primary: FakeUpstream, backup: FakeUpstream, slow: FakeUpstream) -> dict[str, Any]:
     def entry(name: str, upstream: FakeUpstream, model_id: str) -> dict[str, Any]:
-        return {
-            "model_name": name,
-            "litellm_params": {
-                "model": "openai/upstream-model",
-                "api_base": upstream.base_url,
-                "api_key": UPSTREAM_KEY,
-                "input_cost_per_token": 0.001,
-                "output_cost_per_token": 0.002,
-            },
-            "model_info": {"id": model_id},
-        }
+        prices = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}
+        return deployment_entry(name, upstream, model_id, **prices)
 
     return {
         "model_list": [

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, chat_completion
-from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, start_gateway
+from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, new_key, start_gateway
 
 import trigate.router.catalog
 from trigate.sealing import Sealer, SealError
@@ -40,13 +40,6 @@ def _config(upstream: FakeUpstream, database_url: str = "sqlite://:memory:") -> 
         "general_settings": {"database_url": database_url},
         "router_settings": {"num_retries": 0},
     }
-
-
-async def _key(gateway: RunningGateway, models: list[str]) -> str:
-    async with gateway.client() as client:
-        reply = await client.post("/key/generate", json={"models": models})
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["key"])
 
 
 def _new_model(upstream: FakeUpstream, **info: Any) -> dict[str, Any]:
@@ -81,7 +74,7 @@ async def test_model_info_shows_deployments_prices_and_limits_never_credentials(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
     gateway = await start_gateway(nursery, _config(upstream))
-    plain = await _key(gateway, ["gpt-test"])
+    plain = await new_key(gateway, models=["gpt-test"])
     table = PriceTable.load().lookup("openai", "gpt-4o")
     assert table is not None
     for path in ("/model/info", "/v1/model/info"):
@@ -123,7 +116,7 @@ async def test_model_group_info_in_litellms_shape(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
     gateway = await start_gateway(nursery, _config(upstream))
-    plain = await _key(gateway, ["gpt-test"])
+    plain = await new_key(gateway, models=["gpt-test"])
     table = PriceTable.load().lookup("openai", "gpt-4o")
     assert table is not None
     async with gateway.client() as client:
@@ -162,7 +155,7 @@ async def test_new_update_and_delete_a_deployment_without_a_restart(
 ) -> None:
     upstream.handler = lambda request: JSONReply(chat_completion(f"from {request.json['model']}"))
     gateway = await start_gateway(nursery, _config(upstream))
-    plain = await _key(gateway, [])
+    plain = await new_key(gateway, models=[])
     assert (await _chat(gateway, "added")).status_code == 404
 
     # A key without an admin's role is refused 403; one that is not a key, 401.
@@ -225,13 +218,11 @@ async def test_new_update_and_delete_a_deployment_without_a_restart(
     assert (await _chat(gateway, "gpt-test")).status_code == 200
 
 
-async def test_a_deployment_added_on_one_instance_is_served_by_another(
-    nursery: trio.Nursery, upstream: FakeUpstream, database_url: str
+async def _added_and_deleted(
+    first: RunningGateway, second: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    """Two instances sharing one database (SQLite and PostgreSQL): the second serves the
-    first's new deployment within a few polls, and stops once it is deleted."""
-    first = await start_gateway(nursery, _config(upstream, database_url))
-    second = await start_gateway(nursery, _config(upstream, database_url))
+    """A deployment added on `first` is served by `second`, and deleted on `first` is
+    not served by `second` any more."""
     async with first.client() as client:
         assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
     await _answers(second, "added", 200)
@@ -241,6 +232,16 @@ async def test_a_deployment_added_on_one_instance_is_served_by_another(
         deleted = await client.post("/model/delete", json={"id": row["model_info"]["id"]})
     assert deleted.status_code == 200
     await _answers(second, "added", 404)
+
+
+async def test_a_deployment_added_on_one_instance_is_served_by_another(
+    nursery: trio.Nursery, upstream: FakeUpstream, database_url: str
+) -> None:
+    """Two instances sharing one database (SQLite and PostgreSQL): the second serves the
+    first's new deployment within a few polls, and stops once it is deleted."""
+    first = await start_gateway(nursery, _config(upstream, database_url))
+    second = await start_gateway(nursery, _config(upstream, database_url))
+    await _added_and_deleted(first, second, upstream)
 
 
 async def test_with_redis_model_changes_travel_over_it_and_no_process_polls(
@@ -275,15 +276,7 @@ async def test_with_redis_model_changes_travel_over_it_and_no_process_polls(
     assert reads <= 1
     # Any change the second hears now came over Redis: a poll would take an hour.
     monkeypatch.setattr(trigate.router.catalog, "POLL_INTERVAL", 3600.0)
-    async with first.client() as client:
-        assert (await client.post("/model/new", json=_new_model(upstream))).status_code == 200
-    await _answers(second, "added", 200)
-    async with second.client() as client:
-        [row] = (await client.get("/model/info")).json()["data"][2:]
-    async with first.client() as client:
-        deleted = await client.post("/model/delete", json={"id": row["model_info"]["id"]})
-    assert deleted.status_code == 200
-    await _answers(second, "added", 404)
+    await _added_and_deleted(first, second, upstream)
     assert reads >= 2  # one read per change heard
 
 

@@ -59,6 +59,14 @@ async def test_organization_routes_speak_litellms_shapes(nursery: trio.Nursery) 
     assert updated.status_code == 200, updated.text
     assert updated.json()["organization_alias"] == "acme2"
     assert updated.json()["litellm_budget_table"]["max_budget"] == 20
+    # A budget to link to and budget fields at once: which would bind is ambiguous.
+    both_at_once = {"budget_id": made["budget_id"], "max_budget": 1}
+    for route, named in (
+        ("/organization/new", {"organization_alias": "other"}),
+        ("/organization/update", {"organization_id": org}),
+    ):
+        both = await call(gateway, route, {**named, **both_at_once})
+        assert both.status_code == 400 and both.json()["error"]["param"] == "budget_id", both.text
 
     removed = await call(
         gateway,

@@ -8,7 +8,7 @@ import orjson
 import pytest
 import trio
 from fakes import DONE, FakeUpstream, StreamReply, chunk, sse_lines, usage_chunk
-from helpers import MESSAGES, RunningGateway, sdk, streamed_events
+from helpers import MESSAGES, RunningGateway, streamed_chunks, streamed_events
 
 from trigate.sse import SSEDecoder
 
@@ -27,14 +27,7 @@ async def test_usage_comes_exactly_once_and_last_when_asked(
     """OpenAI puts `"usage":null` in every chunk of a stream that asks for usage."""
     frames = [chunk("a", **NULL_USAGE), chunk("b", **NULL_USAGE), usage_chunk(4, 2), DONE]
     upstream.handler = lambda request: one_read(*frames) if together else StreamReply(frames)
-    async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-test",
-            messages=MESSAGES,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        chunks = [c async for c in stream]
+    chunks = await streamed_chunks(gateway, "gpt-test", stream_options={"include_usage": True})
     with_usage = [c for c in chunks if c.usage is not None]
     assert len(with_usage) == 1 and with_usage[0] is chunks[-1]
     assert (with_usage[0].usage.prompt_tokens, with_usage[0].usage.completion_tokens) == (4, 2)
@@ -67,14 +60,7 @@ async def test_a_stream_without_usage_is_counted_from_what_passed(
 ) -> None:
     frames = [chunk("Hello"), chunk(" world"), chunk(finish="stop"), DONE]
     upstream.handler = lambda request: one_read(*frames) if together else StreamReply(frames)
-    async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-test",
-            messages=MESSAGES,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        chunks = [c async for c in stream]
+    chunks = await streamed_chunks(gateway, "gpt-test", stream_options={"include_usage": True})
     counter = gateway.gateway.counter
     expected = counter.count_text("upstream-model", "Hello world")
     usage = chunks[-1].usage

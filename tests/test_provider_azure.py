@@ -15,7 +15,15 @@ from fake_azure import (
     azure_config,
 )
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chunk, usage_chunk
-from helpers import MESSAGES, UPSTREAM_KEY, RunningGateway, sdk, start_gateway, streamed_events
+from helpers import (
+    MESSAGES,
+    UPSTREAM_KEY,
+    RunningGateway,
+    sdk,
+    start_gateway,
+    streamed_chunks,
+    streamed_events,
+)
 
 from trigate.config import ConfigError, parse_config
 from trigate.errors import Failure
@@ -83,14 +91,7 @@ async def test_stream_starting_with_prompt_filter_results(
             DONE,
         ]
     )
-    async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="azure-test",
-            messages=MESSAGES,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        chunks = [c async for c in stream]
+    chunks = await streamed_chunks(gateway, "azure-test", stream_options={"include_usage": True})
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
     assert chunks[0].choices == [] and chunks[0].model_extra["prompt_filter_results"]  # type: ignore[index]
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 6

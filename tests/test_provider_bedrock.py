@@ -39,7 +39,15 @@ from fake_bedrock import (
     text_events,
 )
 from fakes import FakeUpstream, JSONReply
-from helpers import MESSAGES, WEATHER_TOOL, RunningGateway, sdk, start_gateway, streamed_events
+from helpers import (
+    MESSAGES,
+    WEATHER_TOOL,
+    RunningGateway,
+    sdk,
+    start_gateway,
+    streamed_chunks,
+    streamed_events,
+)
 
 from trigate.errors import Failure, InvalidRequest, UpstreamError
 from trigate.providers.bedrock import (
@@ -58,13 +66,6 @@ async def gateway(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterato
     running = await start_gateway(nursery, bedrock_config(upstream))
     yield running
     await running.stop()
-
-
-async def streamed(gateway: RunningGateway, **options: Any) -> list[Any]:
-    options.setdefault("messages", MESSAGES)
-    async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(model="claude", stream=True, **options)
-        return [chunk async for chunk in stream]
 
 
 # --- end to end through the OpenAI SDK ---------------------------------------------------
@@ -302,7 +303,7 @@ async def test_stream_split_at_awkward_offsets(
     # Mid-prelude, right after the prelude CRC, mid-header, mid-payload, mid-final-CRC.
     offsets = [1, 5, 12, 13, 40, 100, 101, 150, 230, 231, 232, len(data) - 2]
     upstream.handler = bedrock(lambda r: event_stream(split_at(data, offsets)))
-    chunks = await streamed(gateway, stream_options={"include_usage": True})
+    chunks = await streamed_chunks(gateway, "claude", stream_options={"include_usage": True})
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello wörld"
@@ -340,7 +341,7 @@ async def test_streamed_tool_calls(gateway: RunningGateway, upstream: FakeUpstre
         metadata(inputTokens=30, outputTokens=20),
     ]
     upstream.handler = bedrock(lambda r: event_stream([*frames]))
-    chunks = await streamed(gateway, tools=[WEATHER_TOOL])
+    chunks = await streamed_chunks(gateway, "claude", tools=[WEATHER_TOOL])
     calls: dict[int, dict[str, str]] = {}
     for chunk in chunks:
         for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
@@ -364,7 +365,7 @@ async def test_stream_usage_with_cache_tokens(
         inputTokens=4, outputTokens=2, cacheReadInputTokens=300, cacheWriteInputTokens=0
     )
     upstream.handler = bedrock(lambda r: event_stream([*text_events("ok"), usage]))
-    chunks = await streamed(gateway, stream_options={"include_usage": True})
+    chunks = await streamed_chunks(gateway, "claude", stream_options={"include_usage": True})
     final = chunks[-1].usage
     assert final is not None
     assert (final.prompt_tokens, final.completion_tokens, final.total_tokens) == (304, 2, 306)

@@ -86,6 +86,29 @@ async def test_chat_v2(gateway: RunningGateway, upstream: FakeUpstream) -> None:
     assert record.cost == pytest.approx(11 * 2.5e-6 + 5 * 1e-5)
 
 
+async def test_chat_response_format_is_coheres_json_object(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """OpenAI's JSON modes as Cohere's one `json_object`, holding the schema if any."""
+    upstream.handler = lambda request: JSONReply(chat('{"city": "Paris"}'))
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    formats: list[Any] = [
+        {"type": "json_object"},
+        {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+        {"type": "text"},
+    ]
+    async with sdk(gateway) as client:
+        for response_format in formats:
+            await client.chat.completions.create(
+                model="command", messages=MESSAGES, response_format=response_format
+            )
+    assert [received.json.get("response_format") for received in upstream.requests] == [
+        {"type": "json_object"},
+        {"type": "json_object", "json_schema": schema},
+        None,
+    ]
+
+
 async def test_chat_tool_call_and_its_result(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:

@@ -19,6 +19,7 @@ from helpers import (
     RunningGateway,
     sdk,
     start_gateway,
+    streamed_chunks,
     streamed_events,
 )
 
@@ -118,14 +119,7 @@ def _text_stream(request: ReceivedRequest) -> StreamReply:
 
 async def test_stream_with_usage(gateway: RunningGateway, upstream: FakeUpstream) -> None:
     upstream.handler = _text_stream
-    async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="gemini-test",
-            messages=MESSAGES,
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-        chunks = [chunk async for chunk in stream]
+    chunks = await streamed_chunks(gateway, "gemini-test", stream_options={"include_usage": True})
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello!"
     assert chunks[0].choices[0].delta.role == "assistant"

@@ -27,7 +27,9 @@ from helpers import (
     UPSTREAM_KEY,
     RunningGateway,
     deployment_config,
+    left_mid_stream,
     mock_config,
+    new_key,
     sdk,
     start_gateway,
 )
@@ -59,14 +61,6 @@ async def mock(nursery: trio.Nursery) -> AsyncIterator[RunningGateway]:
     running = await start_gateway(nursery, mock_config(mock_response="Hello from mock."))
     yield running
     await running.stop()
-
-
-async def new_key(gateway: RunningGateway, **fields: Any) -> str:
-    async with gateway.client() as admin:
-        response = await admin.post("/key/generate", json=fields)
-    assert response.status_code == 200, response.text
-    key: str = response.json()["key"]
-    return key
 
 
 async def test_create_with_string_input_is_translated_and_accounted(
@@ -289,16 +283,9 @@ async def test_client_disconnect_mid_stream_closes_the_upstream(
 ) -> None:
     upstream.handler = lambda request: StreamReply([chunk("Once")], tail=chunk(" more"))
     body = {"model": "gpt-test", "input": "Tell a story", "stream": True}
-    async with (
-        compat.client() as client,
-        client.stream("POST", "/v1/responses", json=body) as response,
-    ):
-        async for line in response.aiter_lines():
-            if "response.output_text.delta" in line:
-                break
-    with trio.fail_after(5):
-        await upstream.wait_for(lambda: upstream.aborted == 1)
-        [record] = await compat.records.wait_for(1)
+    record = await left_mid_stream(
+        compat, upstream, "/v1/responses", body, "response.output_text.delta"
+    )
     assert record.cancelled_by_client and record.status == 499
 
 
@@ -523,16 +510,7 @@ async def test_native_stream_client_disconnect_closes_the_upstream(
     upstream.handler = lambda request: StreamReply([start], tail=b": keep-alive\n\n")
     running = await native_gateway(nursery, upstream, "openai/upstream-model")
     body = {"model": "gpt-test", "input": "Tell a story", "stream": True}
-    async with (
-        running.client() as client,
-        client.stream("POST", "/v1/responses", json=body) as response,
-    ):
-        async for line in response.aiter_lines():
-            if "response.created" in line:
-                break
-    with trio.fail_after(5):
-        await upstream.wait_for(lambda: upstream.aborted == 1)
-        [record] = await running.records.wait_for(1)
+    record = await left_mid_stream(running, upstream, "/v1/responses", body, "response.created")
     assert record.cancelled_by_client and record.status == 499
     await running.stop()
 
@@ -798,6 +776,20 @@ async def test_an_unknown_names_error_does_not_echo_it_whole(mock: RunningGatewa
         assert "(100000 characters)" in reply.text or "(8000 characters)" in reply.text
 
 
+async def _a_megabyte_of_conversation(gateway: RunningGateway, model: str) -> str:
+    """A conversation of four 300 KB inputs, more than a `max_request_size_mb` of 1 in
+    all: its last response's id."""
+    previous = None
+    async with gateway.client() as client:
+        for _ in range(4):
+            body = {"model": model, "input": "x" * 300_000, "previous_response_id": previous}
+            reply = await client.post("/v1/responses", json=body)
+            assert reply.status_code == 200, reply.text[:300]
+            previous = reply.json()["id"]
+    assert previous is not None
+    return previous
+
+
 async def test_a_conversation_too_large_to_rebuild_is_a_clear_400(nursery: trio.Nursery) -> None:
     """A chain holding more than `max_request_size_mb` of stored JSON is not loaded to
     be rebuilt: a 400 naming the limit. Another key is told nothing of it (404)."""
@@ -805,14 +797,9 @@ async def test_a_conversation_too_large_to_rebuild_is_a_clear_400(nursery: trio.
     config["general_settings"] = {"max_request_size_mb": 1}
     gateway = await start_gateway(nursery, config)
     stranger = await new_key(gateway)
-    previous = None
+    previous = await _a_megabyte_of_conversation(gateway, "mock")
+    follow_up = {"model": "mock", "input": "and?", "previous_response_id": previous}
     async with gateway.client() as client:
-        for _ in range(4):
-            body = {"model": "mock", "input": "x" * 300_000, "previous_response_id": previous}
-            reply = await client.post("/v1/responses", json=body)
-            assert reply.status_code == 200, reply.text[:300]
-            previous = reply.json()["id"]
-        follow_up = {"model": "mock", "input": "and?", "previous_response_id": previous}
         refused = await client.post("/v1/responses", json=follow_up)
     assert refused.status_code == 400, refused.text[:300]
     assert refused.json()["error"]["code"] == "conversation_too_large"
@@ -938,14 +925,9 @@ async def test_its_holder_continues_a_conversation_larger_than_the_gateway_rebui
     config = deployment_config("gpt-test", {**params, "api_key": UPSTREAM_KEY})
     config["general_settings"] = {"max_request_size_mb": 1}
     running = await start_gateway(nursery, config)
-    previous = None
+    previous = await _a_megabyte_of_conversation(running, "gpt-test")
+    follow_up = {"model": "gpt-test", "input": "and?", "previous_response_id": previous}
     async with running.client() as client:
-        for _ in range(4):
-            body = {"model": "gpt-test", "input": "x" * 300_000, "previous_response_id": previous}
-            reply = await client.post("/v1/responses", json=body)
-            assert reply.status_code == 200, reply.text[:300]
-            previous = reply.json()["id"]
-        follow_up = {"model": "gpt-test", "input": "and?", "previous_response_id": previous}
         reply = await client.post("/v1/responses", json=follow_up)
     assert reply.status_code == 200, reply.text[:300]
     assert upstream.requests[-1].json["previous_response_id"] == previous

@@ -11,7 +11,7 @@ import openai
 import pytest
 import trio
 from fakes import FakeUpstream, JSONReply
-from helpers import UPSTREAM_KEY, RunningGateway, sdk, start_gateway
+from helpers import UPSTREAM_KEY, new_key, sdk, start_gateway
 
 COMPACTION = {
     "id": "resp_compaction_0001",
@@ -52,13 +52,6 @@ def _config(upstream: FakeUpstream) -> dict[str, Any]:
     }
 
 
-async def _key(gateway: RunningGateway, models: list[str]) -> str:
-    async with gateway.client() as client:
-        reply = await client.post("/key/generate", json={"models": models})
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["key"])
-
-
 async def test_input_tokens_counts_the_input_and_its_stored_conversation(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
@@ -85,7 +78,7 @@ async def test_input_tokens_counts_the_input_and_its_stored_conversation(
             await client.responses.input_tokens.count(input="Hi")
         assert missing.value.body["param"] == "model"  # type: ignore[index]
     # A key limited to another model may not count on this one; nothing went upstream.
-    async with sdk(gateway, await _key(gateway, ["gpt-test"])) as client:
+    async with sdk(gateway, await new_key(gateway, models=["gpt-test"])) as client:
         with pytest.raises(openai.PermissionDeniedError):
             await client.responses.input_tokens.count(model="mock", input="Hi")
         counted = await client.responses.input_tokens.count(model="gpt-test", input="Hi")

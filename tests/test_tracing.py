@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
-from helpers import MESSAGES, UPSTREAM_KEY, sdk, start_gateway
+from helpers import MESSAGES, deployment_entry, sdk, start_gateway
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
@@ -26,10 +26,11 @@ def _attributes(span: Span) -> dict[str, Any]:
     return {attribute.key: _value(attribute.value) for attribute in span.attributes}
 
 
-def _spans(receiver: FakeUpstream) -> list[Span]:
+def received_spans(receiver: FakeUpstream, path: str = "/v1/traces") -> list[Span]:
+    """Every span of the OTLP/HTTP protobuf exports `receiver` was sent at `path`."""
     spans = []
     for request in receiver.requests:
-        assert request.target == "/v1/traces"
+        assert request.target == path
         assert request.headers["content-type"] == "application/x-protobuf"
         export = ExportTraceServiceRequest.FromString(request.body)
         for resource in export.resource_spans:
@@ -38,17 +39,6 @@ def _spans(receiver: FakeUpstream) -> list[Span]:
     return spans
 
 
-def _entry(name: str, upstream: FakeUpstream, model_id: str, **params: Any) -> dict[str, Any]:
-    return {
-        "model_name": name,
-        "litellm_params": {
-            "model": "openai/upstream-model",
-            "api_base": upstream.base_url,
-            "api_key": UPSTREAM_KEY,
-            **params,
-        },
-        "model_info": {"id": model_id},
-    }
 
 
 async def test_a_request_is_a_span_with_a_child_per_attempt(
@@ -63,8 +53,8 @@ async def test_a_request_is_a_span_with_a_child_per_attempt(
         await fake.start(nursery)
     config = {
         "model_list": [
-            _entry("primary", failing, "primary-1"),
-            _entry("backup", backup, "backup-1"),
+            deployment_entry("primary", failing, "primary-1"),
+            deployment_entry("backup", backup, "backup-1"),
         ],
         "router_settings": {"num_retries": 1, "fallbacks": [{"primary": ["backup"]}]},
     }
@@ -77,7 +67,7 @@ async def test_a_request_is_a_span_with_a_child_per_attempt(
     finally:
         await gateway.stop()  # flushes the batch processor
 
-    spans = _spans(receiver)
+    spans = received_spans(receiver)
     [request] = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
     attempts = [s for s in spans if s.kind == Span.SPAN_KIND_CLIENT]
     assert len(spans) == 4, "one request, a try and a retry at primary, one at backup"
@@ -121,7 +111,10 @@ async def test_a_hedge_loser_ends_cancelled(
     for fake in (slow, fast):
         await fake.start(nursery)
     config = {
-        "model_list": [_entry("g", slow, "slow", order=1), _entry("g", fast, "fast", order=2)],
+        "model_list": [
+            deployment_entry("g", slow, "slow", order=1),
+            deployment_entry("g", fast, "fast", order=2),
+        ],
         "router_settings": {"hedge_after_ms": 100},
     }
     gateway = await start_gateway(nursery, config)
@@ -129,7 +122,7 @@ async def test_a_hedge_loser_ends_cancelled(
         await sdk(gateway).chat.completions.create(model="g", messages=MESSAGES)
     finally:
         await gateway.stop()
-    spans = _spans(receiver)
+    spans = received_spans(receiver)
     [request] = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
     assert "Say hello" in _attributes(request)["gen_ai.input.messages"]
     attempts = {_attributes(s)["trigate.deployment"]: s for s in spans if s is not request}
@@ -147,7 +140,7 @@ async def test_without_an_endpoint_nothing_is_traced(
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
     upstream = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE)))
     await upstream.start(nursery)
-    gateway = await start_gateway(nursery, {"model_list": [_entry("g", upstream, "d")]})
+    gateway = await start_gateway(nursery, {"model_list": [deployment_entry("g", upstream, "d")]})
     try:
         await sdk(gateway).chat.completions.create(
             model="g",
@@ -167,7 +160,7 @@ async def test_sampling_follows_the_caller_then_the_configured_ratio(
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
     upstream = FakeUpstream(lambda request: JSONReply(chat_completion(usage=USAGE)))
     await upstream.start(nursery)
-    gateway = await start_gateway(nursery, {"model_list": [_entry("g", upstream, "d")]})
+    gateway = await start_gateway(nursery, {"model_list": [deployment_entry("g", upstream, "d")]})
     other_trace = "0af7651916cd43dd8448eb211c80319c"
     try:
         client = sdk(gateway)
@@ -182,6 +175,6 @@ async def test_sampling_follows_the_caller_then_the_configured_ratio(
             )
     finally:
         await gateway.stop()
-    spans = _spans(receiver)
+    spans = received_spans(receiver)
     assert len(spans) == 2, "only the sampled request, and its one attempt"
     assert {span.trace_id.hex() for span in spans} == {other_trace}

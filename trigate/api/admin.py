@@ -10,6 +10,7 @@ before anything else a handler does.
 from __future__ import annotations
 
 import datetime
+import uuid
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -23,7 +24,7 @@ from trigate.errors import InvalidRequest, NotFound
 from trigate.gateway import Gateway
 from trigate.roles import MASTER_USER_ID, access_of, reads_all, require
 from trigate.roles import NotPermitted as NotPermitted
-from trigate.store import OWNER_OF_KIND, Row
+from trigate.store import OWNER_OF_KIND, USERS, Row
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -69,6 +70,24 @@ class NamedUser(BaseModel):
         if self.user_id is None and self.user_email is None:
             raise ValueError("a member needs a `user_id` or a `user_email`")
         return self
+
+    async def user(self, gateway: Gateway) -> Row | None:
+        """The user this names: by its id, else by its email."""
+        if self.user_id is not None:
+            return await gateway.store.get(USERS.kind, self.user_id)
+        found = await gateway.store.select(USERS.kind, {"user_email": self.user_email}, limit=1)
+        return found[0] if found else None
+
+    def new_user(self, now: float) -> Row:
+        """The user to make for a member who is none yet, as LiteLLM makes one."""
+        return {
+            "user_id": self.user_id or str(uuid.uuid4()),
+            "user_email": self.user_email,
+            "models": [],
+            "metadata": {},
+            "created_at": now,
+            "updated_at": now,
+        }
 
 
 async def authorized(gateway: Gateway) -> Caller:

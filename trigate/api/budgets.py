@@ -133,8 +133,15 @@ async def create_budget(gateway: Gateway, fields: Row, budget_id: str | None = N
     return row
 
 
-async def linked_budget(gateway: Gateway, budget_id: str) -> Row:
-    """The budget a customer or organization is to be linked to: it must exist."""
+async def linked_budget(gateway: Gateway, budget_id: str, limits: Row) -> Row:
+    """The budget a customer or organization is to be linked to: it must exist, and
+    `limits`, the budget fields of the same request, must be none: which would be the
+    owner's limits is ambiguous."""
+    if limits:
+        raise InvalidRequest(
+            "Pass either `budget_id` or budget fields (`max_budget`, ...), not both.",
+            param="budget_id",
+        )
     budget = await gateway.store.get(BUDGETS.kind, budget_id)
     if budget is None:
         raise InvalidRequest(f"No budget `{budget_id}` exists.", param="budget_id")

@@ -216,15 +216,10 @@ async def _budget_link(gateway: Gateway, body: CustomerFields, current: Row | No
     change the customer's budget (made for it when it has none), `budget_id` links it to
     another; both at once are ambiguous."""
     limits = limit_values(body)
-    if limits and body.budget_id is not None:
-        raise InvalidRequest(
-            "Pass either `budget_id` or budget fields (`max_budget`, ...), not both.",
-            param="budget_id",
-        )
     if body.budget_id is not None:
         return {
             "budget_id": body.budget_id,
-            **linked_limits(await linked_budget(gateway, body.budget_id)),
+            **linked_limits(await linked_budget(gateway, body.budget_id, limits)),
         }
     if not limits:
         return {} if current is not None else {"budget_id": None}

@@ -110,11 +110,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.post("/key/update")
     async def update() -> Response:
-        caller, body = await admin_call(gateway, NamedKey)
-        token = token_hash_of(body.key)
-        fields = {**limit_fields(body), **_key_fields(body)}
-        not_reserved(fields.get("user_id"))
-        await _may_change(gateway, caller, token, fields, body)
+        body, token, fields = await _change(gateway)
         await _check_team(gateway, fields)
         if body.guardrails is not None:
             set_guardrails(gateway, body.guardrails, fields, await gateway.store.get("keys", token))
@@ -179,11 +175,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
     @app.post("/key/regenerate")
     async def regenerate() -> Response:
-        caller, body = await admin_call(gateway, NamedKey)
-        token = token_hash_of(body.key)
-        fields = {**limit_fields(body), **_key_fields(body)}
-        not_reserved(fields.get("user_id"))
-        await _may_change(gateway, caller, token, fields, body)
+        body, token, fields = await _change(gateway)
         row = await gateway.store.get("keys", token)
         if row is None:
             raise not_found("key", key_name(body.key))
@@ -208,6 +200,17 @@ def _blocker(gateway: Gateway, blocked: bool) -> Any:
         return json_response(key_shape(await _row(gateway, token)))
 
     return set_blocked
+
+
+async def _change(gateway: Gateway) -> tuple[NamedKey, str, Row]:
+    """A `/key/update` or `/key/regenerate` call: its body, the token of the key it names,
+    and the fields it changes, a change the caller may make."""
+    caller, body = await admin_call(gateway, NamedKey)
+    token = token_hash_of(body.key)
+    fields = {**limit_fields(body), **_key_fields(body)}
+    not_reserved(fields.get("user_id"))
+    await _may_change(gateway, caller, token, fields, body)
+    return body, token, fields
 
 
 # --- Self-service: what a caller that is not an admin may do to keys --------------------

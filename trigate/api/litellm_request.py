@@ -32,9 +32,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import orjson
 import trio
@@ -54,6 +54,9 @@ if TYPE_CHECKING:
     from trigate.auth import Caller
     from trigate.config import LiteLLMParams
     from trigate.gateway import Gateway
+
+# What a field is read as (`_bound`).
+T = TypeVar("T")
 
 # --- the fields and headers -----------------------------------------------------------
 
@@ -311,22 +314,32 @@ def _read_bounds(
 ) -> None:
     """Retries and timeouts this request allows itself: bounds under the deployment's
     and the router's own, which they can lower and never raise."""
-    retries = None
-    for name in ("num_retries", "max_retries"):
-        if name in fields:
-            retries = _count(fields.pop(name), name)
-    if retries is None and RETRIES_HEADER in headers:
-        retries = _count(_number(headers[RETRIES_HEADER], RETRIES_HEADER), RETRIES_HEADER)
-    request.num_retries = retries
-    timeout = None
-    for name in ("request_timeout", "timeout"):
-        if name in fields:
-            timeout = _seconds(fields.pop(name), name)
-    if timeout is None and TIMEOUT_HEADER in headers:
-        timeout = _seconds(_number(headers[TIMEOUT_HEADER], TIMEOUT_HEADER), TIMEOUT_HEADER)
-    request.timeout = timeout
+    request.num_retries = _bound(
+        fields, headers, ("num_retries", "max_retries"), RETRIES_HEADER, _count
+    )
+    request.timeout = _bound(
+        fields, headers, ("request_timeout", "timeout"), TIMEOUT_HEADER, _seconds
+    )
     if "stream_timeout" in fields:
         request.stream_timeout = _seconds(fields.pop("stream_timeout"), "stream_timeout")
+
+
+def _bound(
+    fields: dict[str, Any],
+    headers: Mapping[str, str],
+    names: tuple[str, ...],
+    header: str,
+    read: Callable[[Any, str], T],
+) -> T | None:
+    """A bound given in the body under any of `names` (each taken out of it and read, the
+    last one given counting), else in `header`; None where neither gives it."""
+    value = None
+    for name in names:
+        if name in fields:
+            value = read(fields.pop(name), name)
+    if value is None and header in headers:
+        value = read(_number(headers[header], header), header)
+    return value
 
 
 def _number(text: str, name: str) -> float:

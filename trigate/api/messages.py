@@ -24,7 +24,7 @@ from trigate.api.anthropic_format import AnthropicFrames, to_chat_request, to_me
 from trigate.api.envelopes import ANTHROPIC
 from trigate.api.jsonio import parse_json_object
 from trigate.api.model_api import Reply, Route
-from trigate.api.pipeline import check_access
+from trigate.api.pipeline import counted_model
 from trigate.api.surface import Operation, TranslatedExchange
 from trigate.api.validation import (
     check_nesting,
@@ -131,11 +131,7 @@ class CountTokens:
         self, caller: Caller, headers: Mapping[str, str], raw: bytes | bytearray
     ) -> Reply:
         body = parse_json_object(raw)
-        model = validate(body)
-        group = caller.model_group(model)
-        if not caller.is_master:
-            check_access(caller, model, group, self._gateway.groups.access.covering)
-        upstream_model = self._gateway.groups.deployments(group)[0].upstream_model
+        upstream_model = counted_model(self._gateway, caller, validate(body))
         chat = to_chat_request(body)
         check_tool_fields(chat)
         meter = UsageMeter(self._gateway.counter, upstream_model, chat)

@@ -157,12 +157,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
             )
         limits = limit_values(body)
         if body.budget_id is not None:
-            if limits:
-                raise InvalidRequest(
-                    "Pass either `budget_id` or budget fields (`max_budget`, ...), not both.",
-                    param="budget_id",
-                )
-            budget = await linked_budget(gateway, body.budget_id)
+            budget = await linked_budget(gateway, body.budget_id, limits)
         else:
             # Every organization has a budget, as in LiteLLM: made from the fields given.
             budget = await create_budget(gateway, limits)
@@ -192,12 +187,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         fields: Row = {}
         limits = limit_values(body)
         if body.budget_id is not None:
-            if limits:
-                raise InvalidRequest(
-                    "Pass either `budget_id` or budget fields (`max_budget`, ...), not both.",
-                    param="budget_id",
-                )
-            budget = await linked_budget(gateway, body.budget_id)
+            budget = await linked_budget(gateway, body.budget_id, limits)
             fields |= {"budget_id": body.budget_id, **linked_limits(budget)}
         elif limits:
             await change_budget(gateway, current["budget_id"], limits)
@@ -293,20 +283,9 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
 
 async def _user_of(gateway: Gateway, member: OrgMember, now: float) -> Row:
     """The member's user, found by id or email, or made as LiteLLM makes it."""
-    if member.user_id is not None:
-        user = await gateway.store.get(USERS.kind, member.user_id)
-    else:
-        found = await gateway.store.select(USERS.kind, {"user_email": member.user_email}, limit=1)
-        user = found[0] if found else None
+    user = await member.user(gateway)
     if user is None:
-        user = {
-            "user_id": member.user_id or str(uuid.uuid4()),
-            "user_email": member.user_email,
-            "models": [],
-            "metadata": {},
-            "created_at": now,
-            "updated_at": now,
-        }
+        user = member.new_user(now)
         await gateway.store.insert(USERS.kind, user)
         user = {**user, "spend": 0.0}
     return user

@@ -182,6 +182,15 @@ def check_access(caller: Caller, requested: str, group: str, covering: Covering)
             raise
 
 
+def counted_model(gateway: Gateway, caller: Caller, requested: str) -> str:
+    """The upstream model a token count for `requested` is made with (its group's first
+    deployment's), once the caller's access to it is checked as a request's would be."""
+    group = caller.model_group(requested)
+    if not caller.is_master:
+        check_access(caller, requested, group, gateway.groups.access.covering)
+    return gateway.groups.deployments(group)[0].upstream_model
+
+
 @dataclass(slots=True)
 class OpenedStream:
     """An upstream stream whose first chunks have arrived (None: it ended at once);

@@ -37,17 +37,17 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from trigate.api.context import RequestContext, current_request
-from trigate.api.envelopes import JSON_HEADERS, OPENAI
+from trigate.api.envelopes import OPENAI
 from trigate.api.jsonio import json_response, parse_json_object
 from trigate.api.model_api import Reply, Route
-from trigate.api.pipeline import check_access
+from trigate.api.pipeline import counted_model
 from trigate.api.responses_format import (
     ResponsesEvents,
     input_items,
     response_object,
     to_chat_request,
 )
-from trigate.api.surface import SSE_HEADERS, Operation, TranslatedExchange
+from trigate.api.surface import Operation, PlainExchange, TranslatedExchange
 from trigate.api.validation import (
     check_nesting,
     check_stream_fields,
@@ -137,11 +137,7 @@ class InputTokens:
         gateway = self._gateway
         body = parse_json_object(raw)
         # The same checks as a response's: a bad field is the client's 400, not our 500.
-        model = _validate(body)
-        group = caller.model_group(model)
-        if not caller.is_master:
-            check_access(caller, model, group, gateway.groups.access.covering)
-        upstream_model = gateway.groups.deployments(group)[0].upstream_model
+        upstream_model = counted_model(gateway, caller, _validate(body))
         previous = body.get("previous_response_id")
         conversation = await _Conversation.opened(gateway, caller, previous)
         translated = _translated(body, await conversation.load())
@@ -192,15 +188,13 @@ class CompactSurface:
         return _CompactExchange(model, translated.chat, body, conversation.chain, history)
 
 
-class _CompactExchange:
+class _CompactExchange(PlainExchange):
     """One compaction: sent as the client sent it, answered as the upstream answered."""
 
     operation = COMPACT
     stream = False
     has_native_path = True
     carried_tokens = 0
-    stream_headers = SSE_HEADERS
-    answer_headers = JSON_HEADERS
 
     def __init__(
         self,
@@ -237,15 +231,6 @@ class _CompactExchange:
         return completion.raw or orjson.dumps(completion.body)
 
     def frames(self, native: bool) -> None:
-        return None
-
-    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
-        return usage
-
-    async def settled(self, answer: bytes) -> bytes:
-        return answer
-
-    async def finished(self, outcome: StreamOutcome) -> None:
         return None
 
 

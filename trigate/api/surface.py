@@ -107,77 +107,65 @@ TEXT_COMPLETIONS: Operation[TextCompletions] = Operation(
     "text_completion",
     "text_completion",
 )
-EMBEDDINGS: Operation[Embeddings] = Operation(
-    "embeddings",
-    lambda abilities: abilities.embeddings,
-    lambda provider, body: provider.embed(body),
-    gen_ai_name="embeddings",
-    call_type="embeddings",
-    has_output_tokens=False,
-)
-IMAGES: Operation[Images] = Operation(
-    "image generation",
-    lambda abilities: abilities.images,
+
+
+def _unmetered(
+    name: str,
+    call_type: str,
+    ability: Callable[[Abilities], A | None],
+    complete: Callable[[A, dict[str, Any]], Awaitable[Completion]],
+    gen_ai_name: str = "generate_content",
+) -> Operation[A]:
+    """An operation answered whole, with no output tokens to bill or reserve a budget for:
+    what it is billed for is its input's tokens (an embedding) or its units (an image, a
+    character of speech, a second of audio)."""
+    return Operation(
+        name,
+        ability,
+        complete,
+        gen_ai_name=gen_ai_name,
+        call_type=call_type,
+        has_output_tokens=False,
+    )
+
+
+EMBEDDINGS: Operation[Embeddings] = _unmetered(
+    "embeddings", "embeddings", lambda abilities: abilities.embeddings,
+    lambda provider, body: provider.embed(body), gen_ai_name="embeddings",
+)  # fmt: skip
+IMAGES: Operation[Images] = _unmetered(
+    "image generation", "image_generation", lambda abilities: abilities.images,
     lambda provider, body: provider.generate_images(body),
-    gen_ai_name="generate_content",
-    call_type="image_generation",
-    has_output_tokens=False,
-)
-IMAGE_EDITS: Operation[ImageEdits] = Operation(
-    "image edit",
-    lambda abilities: abilities.image_edits,
+)  # fmt: skip
+IMAGE_EDITS: Operation[ImageEdits] = _unmetered(
+    "image edit", "image_edit", lambda abilities: abilities.image_edits,
     lambda provider, body: provider.edit_images(body),
-    gen_ai_name="generate_content",
-    call_type="image_edit",
-    has_output_tokens=False,
-)
+)  # fmt: skip
 # Speech streams through `SpeechExchange.open_stream`, which reads the ability itself.
-SPEECH: Operation[Speech] = Operation(
-    "speech",
-    lambda abilities: abilities.speech,
-    lambda provider, body: _not_whole(),
-    gen_ai_name="generate_content",
-    call_type="speech",
-    has_output_tokens=False,
+SPEECH: Operation[Speech] = _unmetered(
+    "speech", "speech", lambda abilities: abilities.speech, lambda provider, body: _not_whole()
 )
-TRANSCRIPTIONS: Operation[Transcriptions] = Operation(
-    "transcription",
-    lambda abilities: abilities.transcriptions,
+TRANSCRIPTIONS: Operation[Transcriptions] = _unmetered(
+    "transcription", "transcription", lambda abilities: abilities.transcriptions,
     lambda provider, body: provider.transcribe(body, "transcriptions"),
-    gen_ai_name="generate_content",
-    call_type="transcription",
-    has_output_tokens=False,
-)
-TRANSLATIONS: Operation[Transcriptions] = Operation(
-    "translation",
-    lambda abilities: abilities.transcriptions,
+)  # fmt: skip
+TRANSLATIONS: Operation[Transcriptions] = _unmetered(
+    "translation", "translation", lambda abilities: abilities.transcriptions,
     lambda provider, body: provider.transcribe(body, "translations"),
-    gen_ai_name="generate_content",
-    call_type="translation",
-    has_output_tokens=False,
-)
-MODERATIONS: Operation[Moderations] = Operation(
-    "moderation",
-    lambda abilities: abilities.moderations,
-    lambda provider, body: provider.moderate(body),
-    gen_ai_name="moderation",
-    call_type="moderation",
-    has_output_tokens=False,
-)
+)  # fmt: skip
+MODERATIONS: Operation[Moderations] = _unmetered(
+    "moderation", "moderation", lambda abilities: abilities.moderations,
+    lambda provider, body: provider.moderate(body), gen_ai_name="moderation",
+)  # fmt: skip
+RERANK: Operation[Rerank] = _unmetered(
+    "rerank", "rerank", lambda abilities: abilities.rerank,
+    lambda provider, body: provider.rerank(body), gen_ai_name="rerank",
+)  # fmt: skip
 
 
 async def _not_whole() -> Completion:
     """Speech is never answered whole; reaching this is a bug."""
     raise TypeError("speech requests always stream")
-
-RERANK: Operation[Rerank] = Operation(
-    "rerank",
-    lambda abilities: abilities.rerank,
-    lambda provider, body: provider.rerank(body),
-    gen_ai_name="rerank",
-    call_type="rerank",
-    has_output_tokens=False,
-)
 
 
 class Exchange(Protocol):
@@ -262,12 +250,30 @@ class Surface(Protocol):
         """Validate what the gateway reads of `body` (a 400 otherwise) and translate it."""
 
 
-class OpenAIExchange:
+class PlainExchange:
+    """What an exchange does unless it says otherwise: streams in SSE, answers in JSON,
+    bills the usage as metered, and keeps its answer nowhere."""
+
+    __slots__ = ()
+    stream_headers: Mapping[str, str] = SSE_HEADERS
+    answer_headers: Mapping[str, str] = JSON_HEADERS
+
+    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
+        return usage
+
+    async def settled(self, answer: bytes) -> bytes:
+        """Hears a whole answer, as `Exchange.settled` does."""
+        return answer
+
+    async def finished(self, outcome: StreamOutcome) -> None:
+        """Hears a stream's end, as `Exchange.finished` does."""
+        return None
+
+
+class OpenAIExchange(PlainExchange):
     """A request in OpenAI's own API: sent as it came, answered as the upstream answered."""
 
     __slots__ = ("body", "operation", "requested", "stream")
-    stream_headers: Mapping[str, str] = SSE_HEADERS
-    answer_headers: Mapping[str, str] = JSON_HEADERS
     preferred: ClassVar[str | None] = None
     has_native_path: ClassVar[bool] = False
     carried_tokens: ClassVar[int] = 0
@@ -304,20 +310,11 @@ class OpenAIExchange:
     def frames(self, native: bool) -> FrameEncoder | None:
         return None
 
-    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
-        return usage
-
     def translate_only(self) -> None:
         """Every deployment is sent `body` already."""
 
-    async def settled(self, answer: bytes) -> bytes:
-        return answer
 
-    async def finished(self, outcome: StreamOutcome) -> None:
-        pass
-
-
-class TranslatedExchange(ABC):
+class TranslatedExchange(PlainExchange, ABC):
     """A request in another API (Anthropic's Messages, OpenAI's Responses): translated to
     a chat completion for most deployments, but sent as it came (`native_body`) to one
     with the `native` operation's ability, whose answer then goes back as it came.
@@ -328,8 +325,6 @@ class TranslatedExchange(ABC):
     operation: Operation[Any] = CHAT
     has_native_path = True
     carried_tokens: int = 0
-    stream_headers: Mapping[str, str] = SSE_HEADERS
-    answer_headers: Mapping[str, str] = JSON_HEADERS
 
     def __init__(
         self,
@@ -358,17 +353,6 @@ class TranslatedExchange(ABC):
     @abstractmethod
     def frames(self, native: bool) -> FrameEncoder | None:
         """The client's stream encoder; `native` when the events are already its own."""
-
-    def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
-        return usage
-
-    async def settled(self, answer: bytes) -> bytes:
-        """Hears a whole answer, as `Exchange.settled` does; kept nowhere by default."""
-        return answer
-
-    async def finished(self, outcome: StreamOutcome) -> None:
-        """Hears a stream's end, as `Exchange.finished` does; kept nowhere by default."""
-        return None
 
     def translate_only(self) -> None:
         failure = self.untranslatable

@@ -334,11 +334,7 @@ async def _add_members(
 
 
 async def _user_of(gateway: Gateway, member: Member, now: float, *, create: bool) -> Row:
-    if member.user_id is not None:
-        user = await gateway.store.get("users", member.user_id)
-    else:
-        found = await gateway.store.select("users", {"user_email": member.user_email}, limit=1)
-        user = found[0] if found else None
+    user = await member.user(gateway)
     if user is None and not create:
         raise InvalidRequest(
             f"No user `{echoed(member.user_id or member.user_email or '')}` exists; only an "
@@ -347,14 +343,7 @@ async def _user_of(gateway: Gateway, member: Member, now: float, *, create: bool
             code="user_not_found",
         )
     if user is None:
-        user = {
-            "user_id": member.user_id or str(uuid.uuid4()),
-            "user_email": member.user_email,
-            "models": [],
-            "metadata": {},
-            "created_at": now,
-            "updated_at": now,
-        }
+        user = member.new_user(now)
         try:
             await gateway.store.insert("users", user)
         except Conflict:

@@ -32,7 +32,7 @@ from trigate.providers.base import (
     UpstreamClient,
     read_json_object,
 )
-from trigate.providers.fields import a_list, an_object, objects
+from trigate.providers.fields import a_list, an_object, objects, requested_format
 from trigate.sse import ServerSentEvent
 
 if TYPE_CHECKING:
@@ -382,16 +382,11 @@ def _tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
 
 def _json_schema(body: dict[str, Any]) -> dict[str, Any] | None:
     """The schema a `response_format` asks for, or None when it asks for plain text."""
-    response_format = body.get("response_format")
-    if not isinstance(response_format, dict):
-        return None
-    kind = response_format.get("type")
+    kind, schema = requested_format(body.get("response_format"))
     if kind == "json_object":
         return OPEN_OBJECT_SCHEMA
     if kind != "json_schema":
         return None
-    spec = response_format.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
     return schema if isinstance(schema, dict) else OPEN_OBJECT_SCHEMA
 
 

@@ -81,12 +81,7 @@ class AzureOpenAI(Provider, Embeddings, ResponsesAPI, MediaAPI, BatchAPI, Realti
 
         self._upstream = client("chat/completions")
         self._embeddings_upstream = client("embeddings")
-        self._image_upstream = client("images/generations")
-        self._image_edit_upstream = client("images/edits")
-        self._moderation_upstream = client("moderations")
-        self._speech_upstream = client("audio/speech")
-        self._transcription_upstream = client("audio/transcriptions")
-        self._translation_upstream = client("audio/translations")
+        self._connect_media(client)
         # Files and batches are the resource's, not a deployment's.
         resource = params.api_base.rstrip("/")
         self._files_upstream = UpstreamClient(

@@ -506,32 +506,17 @@ class UpstreamClient:
                 content=content,
                 extensions={"timeout": self._timeout},
             )
-        try:
-            response = await self._transport.handle_async_request(request)
-        except httpx.HTTPError as error:
-            raise translate_transport_error(error) from error
-        response.request = request
-        if response.status_code >= 400:
-            try:
-                raise await self._read_error(response)
-            finally:
-                await response.aclose()
-        return response
+        return await self._send(request)
 
     async def post_form(
         self, fields: Mapping[str, str | list[str]], files: list[tuple[str, Any]]
     ) -> httpx.Response:
         """Send a multipart/form-data body (`files`: field name and `UploadedFile`); httpx
         writes the form and its boundary, so the deployment's JSON content-type is not sent."""
-        headers = {
-            name: value
-            for name, value in self._request_headers(None).items()
-            if name.lower() != "content-type"
-        }
         request = httpx.Request(
             "POST",
             self._url,
-            headers=headers,
+            headers=self._headers_but_content_type(),
             data=dict(fields),
             files=[(name, (f.filename, f.data, f.content_type)) for name, f in files],
             extensions={"timeout": self._timeout},
@@ -543,23 +528,18 @@ class UpstreamClient:
     ) -> httpx.Response:
         """Send a body made as it is sent (an upload relayed as it arrives), chunked: its
         length is not known until it has all been read."""
-        headers = {
-            name: value
-            for name, value in self._request_headers(None).items()
-            if name.lower() != "content-type"
-        }
-        headers["content-type"] = content_type
         request = httpx.Request(
             "POST",
             self._url,
-            headers=headers,
+            headers={**self._headers_but_content_type(), "content-type": content_type},
             content=content,
             extensions={"timeout": self._timeout},
         )
         return await self._send(request)
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
-        """Send `request`; the response is open and its status checked, as in `post`."""
+        """Send `request`; the response is open, unless its status (400 or more) is the
+        upstream's refusal, raised as the client's error with the response closed."""
         try:
             response = await self._transport.handle_async_request(request)
         except httpx.HTTPError as error:
@@ -596,9 +576,10 @@ class UpstreamClient:
         path = "/".join([self._url.path.rstrip("/"), *(quote(s, safe="") for s in segments)])
         url = self._url.copy_with(path=path)
         content = orjson.dumps(payload) if payload is not None else None
-        headers = self._request_headers(None)
         if content is None:
-            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            headers = self._headers_but_content_type()
+        else:
+            headers = self._request_headers(None)
         request = httpx.Request(
             method, url, headers=headers, content=content, extensions={"timeout": self._timeout}
         )
@@ -611,16 +592,8 @@ class UpstreamClient:
         request = httpx.Request(
             "DELETE", url, headers=self._headers, extensions={"timeout": self._timeout}
         )
-        try:
-            response = await self._transport.handle_async_request(request)
-        except httpx.HTTPError as error:
-            raise translate_transport_error(error) from error
-        response.request = request
-        try:
-            if response.status_code >= 400:
-                raise await self._read_error(response)
-        finally:
-            await response.aclose()
+        response = await self._send(request)
+        await response.aclose()
 
     def _request_headers(self, overrides: Mapping[str, str] | None) -> dict[str, str]:
         """The headers of one request: the client's forwarded ones under the deployment's
@@ -632,6 +605,15 @@ class UpstreamClient:
             return self._raw_headers
         own = {name.lower(): value for name, value in self._raw_headers.items()}
         return {**forwarded, **own, **(overrides or {})}
+
+    def _headers_but_content_type(self) -> dict[str, str]:
+        """A request's headers without the deployment's JSON content-type, for a body
+        that is not JSON (a form, a relayed upload) or no body at all."""
+        return {
+            name: value
+            for name, value in self._request_headers(None).items()
+            if name.lower() != "content-type"
+        }
 
     async def post_stream(
         self,
@@ -676,14 +658,19 @@ def translate_transport_error(error: httpx.HTTPError) -> UpstreamError:
     return UpstreamError(f"The upstream connection failed ({type(error).__name__}).")
 
 
-async def read_json_object(response: httpx.Response) -> tuple[bytes, dict[str, Any]]:
-    """A non-stream answer's bytes and its JSON object; the response is closed either way."""
+async def read_body(response: httpx.Response) -> bytes:
+    """A non-stream answer's bytes; the response is closed either way."""
     try:
-        raw = await read_whole_body(response)
+        return await read_whole_body(response)
     except httpx.HTTPError as error:
         raise translate_transport_error(error) from error
     finally:
         await response.aclose()
+
+
+async def read_json_object(response: httpx.Response) -> tuple[bytes, dict[str, Any]]:
+    """A non-stream answer's bytes and its JSON object; the response is closed either way."""
+    raw = await read_body(response)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -35,13 +35,13 @@ from trigate.errors import (
     secrets,
 )
 from trigate.providers.base import (
-    ERROR_BODY_LIMIT,
     ERROR_MESSAGE_LIMIT,
     Completion,
     Embeddings,
     Provider,
     StreamRead,
     UpstreamClient,
+    read_error_body,
     read_json_object,
     translate_transport_error,
 )
@@ -253,11 +253,7 @@ _MODEL_FAULTS = {"ModelErrorException", "ModelStreamErrorException"}
 
 async def _error_from_response(response: httpx.Response) -> UpstreamError:
     """Bedrock's `{"message"}` body and `x-amzn-errortype` header, as the client's error."""
-    body = b""
-    async for piece in response.aiter_bytes():
-        body += piece
-        if len(body) >= ERROR_BODY_LIMIT:
-            break
+    body = await read_error_body(response)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -30,7 +30,7 @@ from trigate.providers.base import (
     UpstreamClient,
     read_json_object,
 )
-from trigate.providers.fields import objects
+from trigate.providers.fields import objects, requested_format
 from trigate.providers.openai import upstream_headers
 from trigate.providers.rerank import COHERE_V2, RerankClient
 from trigate.sse import ServerSentEvent
@@ -169,12 +169,10 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _response_format(value: Any) -> dict[str, Any] | None:
-    kind = value.get("type") if isinstance(value, dict) else None
+    kind, schema = requested_format(value)
     if kind == "json_object":
         return {"type": "json_object"}
     if kind == "json_schema":
-        spec = value.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
         return {"type": "json_object", **({"json_schema": schema} if schema else {})}
     return None
 

@@ -50,6 +50,16 @@ def optional_string(value: Any, where: str, param: str = "messages") -> str | No
     return value
 
 
+def requested_format(response_format: Any) -> tuple[Any, Any]:
+    """OpenAI's `response_format` as a translator reads it: its `type`, and for a
+    `json_schema` one the schema it holds (None where it holds none)."""
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind != "json_schema":
+        return kind, None
+    spec = response_format.get("json_schema")
+    return kind, spec.get("schema") if isinstance(spec, dict) else None
+
+
 def strings(value: Any, where: str, param: str) -> list[str]:
     """A string or a list of strings, as a list (OpenAI's `stop`)."""
     if isinstance(value, str):

@@ -43,7 +43,14 @@ from trigate.providers.base import (
     error_from_body,
     read_error_body,
 )
-from trigate.providers.fields import a_list, an_object, objects, optional_string, strings
+from trigate.providers.fields import (
+    a_list,
+    an_object,
+    objects,
+    optional_string,
+    requested_format,
+    strings,
+)
 from trigate.providers.openai import fetch_completion, upstream_headers
 from trigate.sse import ServerSentEvent
 
@@ -196,10 +203,7 @@ class GeminiProvider(Provider, Embeddings, Images):
     async def embed(self, body: dict[str, Any]) -> Completion:
         """`batchEmbedContents`, one request per input. Gemini reports no token usage for
         embeddings, so the gateway counts the input, as for any silent upstream."""
-        value = body.get("input")
-        texts = value if isinstance(value, list) else [value]
-        if not all(isinstance(text, str) for text in texts):
-            raise to_gemini_error("Gemini embeds text only, not token ids.")
+        texts = texts_to_embed(body, "Gemini")
         dimensions = body.get("dimensions")
         requests = [
             {
@@ -267,6 +271,16 @@ def retry_delay(body: bytes) -> float | None:
         if match := _DURATION.fullmatch(str(detail.get("retryDelay", ""))):
             return float(match.group(1))
     return None
+
+
+def texts_to_embed(body: dict[str, Any], upstream: str) -> list[str]:
+    """An embeddings request's `input` as the texts it must be: `upstream` (Gemini,
+    Vertex AI) embeds no token ids."""
+    value = body.get("input")
+    texts: list[Any] = value if isinstance(value, list) else [value]
+    if not all(isinstance(text, str) for text in texts):
+        raise to_gemini_error(f"{upstream} embeds text only, not token ids.")
+    return texts
 
 
 def to_gemini_error(message: str) -> UpstreamError:
@@ -546,12 +560,10 @@ def thinking_config(effort: Any, model: str) -> dict[str, Any]:
 
 
 def _response_format(response_format: Any) -> dict[str, Any]:
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    kind, schema = requested_format(response_format)
     if kind == "json_object":
         return {"responseMimeType": "application/json"}
     if kind == "json_schema":
-        json_schema = response_format.get("json_schema")
-        schema = json_schema.get("schema") if isinstance(json_schema, dict) else None
         config: dict[str, Any] = {"responseMimeType": "application/json"}
         if isinstance(schema, dict):
             config["responseSchema"] = gemini_schema(schema)

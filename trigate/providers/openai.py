@@ -13,7 +13,7 @@ body and events as they came, where the upstream speaks it (`fetch_response`,
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -40,11 +40,10 @@ from trigate.providers.base import (
     Transcriptions,
     UpstreamClient,
     parse_chunk,
+    read_body,
     read_json_object,
-    translate_transport_error,
 )
 from trigate.sse import ServerSentEvent, SSEDecoder
-from trigate.transport import read_whole_body
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -106,7 +105,7 @@ class ResponsesAPI(NativeResponses):
 class MediaAPI(Images, ImageEdits, Moderations, Speech, Transcriptions):
     """OpenAI's image, moderation and speech endpoints, which OpenAI and Azure serve alike:
     the body goes with `model` replaced, and the answer comes back as it came. An adapter
-    sets `_model` and an `UpstreamClient` for each path."""
+    sets `_model` and calls `_connect_media`."""
 
     _model: str
     _image_upstream: UpstreamClient
@@ -115,6 +114,15 @@ class MediaAPI(Images, ImageEdits, Moderations, Speech, Transcriptions):
     _speech_upstream: UpstreamClient
     _transcription_upstream: UpstreamClient
     _translation_upstream: UpstreamClient
+
+    def _connect_media(self, client: Callable[[str], UpstreamClient]) -> None:
+        """Each endpoint's `UpstreamClient`, made by `client` for its path."""
+        self._image_upstream = client("images/generations")
+        self._image_edit_upstream = client("images/edits")
+        self._moderation_upstream = client("moderations")
+        self._speech_upstream = client("audio/speech")
+        self._transcription_upstream = client("audio/transcriptions")
+        self._translation_upstream = client("audio/translations")
 
     async def generate_images(self, body: dict[str, Any]) -> Completion:
         return await fetch_completion(self._image_upstream, {**body, "model": self._model})
@@ -211,12 +219,7 @@ class OpenAICompatible(Provider, TextCompletions, Embeddings, ResponsesAPI, Medi
         self._embeddings_upstream = client("embeddings")
         self._responses_upstream = client("responses")
         self._compact_upstream = client("responses/compact")
-        self._image_upstream = client("images/generations")
-        self._image_edit_upstream = client("images/edits")
-        self._moderation_upstream = client("moderations")
-        self._speech_upstream = client("audio/speech")
-        self._transcription_upstream = client("audio/transcriptions")
-        self._translation_upstream = client("audio/translations")
+        self._connect_media(client)
         self._files_upstream = client("files")
         self._batches_upstream = client("batches")
         self._realtime: RealtimeEndpoint | None = None
@@ -278,13 +281,7 @@ async def read_answer(response: httpx.Response) -> Completion:
     if media_type.partition(";")[0].strip().lower() == "application/json":
         raw, data = await read_json_object(response)
         return Completion(body=data, raw=raw, media_type=media_type)
-    try:
-        raw = await read_whole_body(response)
-    except httpx.HTTPError as error:
-        raise translate_transport_error(error) from error
-    finally:
-        await response.aclose()
-    return Completion(body={}, raw=raw, media_type=media_type)
+    return Completion(body={}, raw=await read_body(response), media_type=media_type)
 
 
 async def fetch_response(upstream: UpstreamClient, payload: dict[str, Any]) -> Completion:

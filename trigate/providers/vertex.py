@@ -31,7 +31,7 @@ from trigate.providers.gemini import (
     GeminiProvider,
     read_error,
     reclassified,
-    to_gemini_error,
+    texts_to_embed,
 )
 from trigate.providers.google_credentials import CredentialsError, GoogleToken, credentials_info
 from trigate.providers.openai import upstream_headers
@@ -121,10 +121,7 @@ class VertexGemini(GeminiProvider):
     async def embed(self, body: dict[str, Any]) -> Completion:
         """`predict` with one instance per input; its token counts are the usage.
         `task_type` (RETRIEVAL_QUERY, ...) and `dimensions` are Vertex's parameters."""
-        value = body.get("input")
-        texts = value if isinstance(value, list) else [value]
-        if not all(isinstance(text, str) for text in texts):
-            raise to_gemini_error("Vertex AI embeds text only, not token ids.")
+        texts = texts_to_embed(body, "Vertex AI")
         task = body.get("task_type")
         instances = [
             {"content": text, **({"task_type": task} if isinstance(task, str) else {})}

@@ -293,7 +293,7 @@ class Store:
     async def insert(self, kind: str, row: Row) -> None:
         owner = OWNER_OF_KIND[kind]
         columns = _checked(owner, row)
-        sql = _insert(owner, columns)
+        sql = _insert(owner.table, columns)
         values = [_encode(c, row[c]) for c in columns]
         await self._run(lambda cursor: cursor.execute(sql, values))
         self._changed(kind, [row[owner.primary]])
@@ -369,7 +369,7 @@ class Store:
     async def replace_key(self, old_hash: str, row: Row) -> bool:
         """Swap a key's hash for a new one in one transaction (regeneration)."""
         columns = _checked(KEYS, row)
-        insert = _insert(KEYS, columns)
+        insert = _insert(KEYS.table, columns)
         values = [_encode(c, row[c]) for c in columns]
 
         def work(cursor: Cursor) -> bool:
@@ -436,14 +436,7 @@ class Store:
 
     async def add_members(self, members: Sequence[Row]) -> None:
         """Insert memberships in one transaction: all of them, or (a `Conflict`) none."""
-        marks = ", ".join("?" * len(MEMBER_COLUMNS))
-        sql = f"INSERT INTO trigate_team_members ({', '.join(MEMBER_COLUMNS)}) VALUES ({marks})"
-
-        def work(cursor: Cursor) -> None:
-            for member in members:
-                cursor.execute(sql, [member.get(c) for c in MEMBER_COLUMNS])
-
-        await self._run(work)
+        await self._insert_all("trigate_team_members", MEMBER_COLUMNS, members)
         # A key of the user in the team may be cached as having no membership.
         self._changed(MEMBERS, [member_ident(m["team_id"], m["user_id"]) for m in members])
 
@@ -545,13 +538,15 @@ class Store:
 
     async def add_organization_members(self, members: Sequence[Row]) -> None:
         """Insert memberships in one transaction: all of them, or (a `Conflict`) none."""
-        columns = ORGANIZATION_MEMBER_COLUMNS
-        marks = ", ".join("?" * len(columns))
-        sql = f"INSERT INTO trigate_organization_members ({', '.join(columns)}) VALUES ({marks})"
+        await self._insert_all("trigate_organization_members", ORGANIZATION_MEMBER_COLUMNS, members)
+
+    async def _insert_all(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+        """Insert `rows` in one transaction: all of them, or (a `Conflict`) none."""
+        sql = _insert(table, columns)
 
         def work(cursor: Cursor) -> None:
-            for member in members:
-                cursor.execute(sql, [member.get(c) for c in columns])
+            for row in rows:
+                cursor.execute(sql, [row.get(c) for c in columns])
 
         await self._run(work)
 
@@ -804,8 +799,7 @@ class Store:
 
     async def insert_model(self, row: Row) -> None:
         values = [_encode(c, row[c]) for c in MODEL_COLUMNS]
-        marks = ", ".join("?" * len(MODEL_COLUMNS))
-        sql = f"INSERT INTO trigate_models ({', '.join(MODEL_COLUMNS)}) VALUES ({marks})"
+        sql = _insert("trigate_models", MODEL_COLUMNS)
         await self._run(_bumping(lambda cursor: cursor.execute(sql, values)))
         self._changed(MODELS, [row["model_id"]])
 
@@ -859,8 +853,7 @@ class Store:
 
     async def insert_mcp_server(self, row: Row) -> None:
         values = [_encode(c, row[c]) for c in MCP_SERVER_COLUMNS]
-        marks = ", ".join("?" * len(MCP_SERVER_COLUMNS))
-        sql = f"INSERT INTO trigate_mcp_servers ({', '.join(MCP_SERVER_COLUMNS)}) VALUES ({marks})"
+        sql = _insert("trigate_mcp_servers", MCP_SERVER_COLUMNS)
         await self._run(lambda cursor: cursor.execute(sql, values))
         self._changed(MCP_SERVERS, [row["server_id"]])
 
@@ -972,9 +965,9 @@ def _checked(owner: Owner, row: Row) -> list[str]:
     return list(row)
 
 
-def _insert(owner: Owner, columns: list[str]) -> str:
+def _insert(table: str, columns: Sequence[str]) -> str:
     marks = ", ".join("?" * len(columns))
-    return f"INSERT INTO {owner.table} ({', '.join(columns)}) VALUES ({marks})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
 
 
 def _where(owner: Owner, where: dict[str, Any]) -> tuple[str, list[Any]]:
