@@ -18,7 +18,7 @@ from helpers import UPSTREAM_KEY, RunningGateway, deployment_config, new_key, sd
 from openai.types import Batch, FileObject
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from test_metrics import scrape
-from test_tracing import _attributes, _spans
+from test_tracing import _attributes, received_spans
 
 from trigate.forms import parse_form
 
@@ -559,7 +559,7 @@ async def test_files_and_batches_are_counted_and_traced(
     assert scraped.value("litellm_deployment_success_responses_total", model_id="batch-1") == 3
     assert uploaded.id not in scraped.text and batch.id not in scraped.text
 
-    spans = _spans(receiver)
+    spans = received_spans(receiver)
     servers = {s.name: s for s in spans if s.kind == Span.SPAN_KIND_SERVER}
     assert set(servers) == {
         "create_file gpt-batch", "list_files", "create_batch gpt-batch", "retrieve_batch",

@@ -17,7 +17,7 @@ from fakes import FakeUpstream
 from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, deployment_config, start_gateway
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from test_metrics import scrape
-from test_tracing import _attributes, _spans
+from test_tracing import _attributes, received_spans
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
@@ -242,7 +242,7 @@ async def test_sessions_are_counted_and_traced(
     latency = "litellm_request_total_latency_metric_count"
     assert scraped.value(latency, requested_model="realtime") == 2
 
-    spans = _spans(receiver)
+    spans = received_spans(receiver)
     sessions = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]
     [session] = [s for s in sessions if s.status.code != Status.STATUS_CODE_ERROR]
     assert session.name == "realtime realtime" and len(sessions) == 2  # and the refused one
