@@ -158,3 +158,27 @@ async def test_an_organizations_models_bind_its_keys(nursery: trio.Nursery) -> N
     refused = await call(gateway, "/v1/chat/completions", chat, key)
     assert refused.status_code == 403, refused.text
     assert "This organization may not use model `mock`" in refused.json()["error"]["message"]
+
+
+async def test_two_organizations_adding_one_new_user_at_once_share_it(
+    nursery: trio.Nursery,
+) -> None:
+    """Two member_add calls naming the same user nobody has made yet: both succeed, and
+    the user made by one is the member of both (the other call's insert conflicts)."""
+    gateway = await start_gateway(nursery, config())
+    orgs = [
+        (await ok(gateway, "/organization/new", {"organization_alias": alias}))["organization_id"]
+        for alias in ("one", "two")
+    ]
+    statuses: list[int] = []
+
+    async def add(org: str) -> None:
+        body = {"organization_id": org, "member": {"user_id": "new-user"}}
+        statuses.append((await call(gateway, "/organization/member_add", body)).status_code)
+
+    async with trio.open_nursery() as adding:
+        for org in orgs:
+            adding.start_soon(add, org)
+    assert statuses == [200, 200]
+    users = await ok(gateway, "/user/list")
+    assert [u["user_id"] for u in users["users"]].count("new-user") == 1

@@ -24,7 +24,7 @@ from trigate.errors import InvalidRequest, NotFound
 from trigate.gateway import Gateway
 from trigate.roles import MASTER_USER_ID, access_of, reads_all, require
 from trigate.roles import NotPermitted as NotPermitted
-from trigate.store import OWNER_OF_KIND, USERS, Row
+from trigate.store import OWNER_OF_KIND, USERS, Conflict, Row
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -77,6 +77,23 @@ class NamedUser(BaseModel):
             return await gateway.store.get(USERS.kind, self.user_id)
         found = await gateway.store.select(USERS.kind, {"user_email": self.user_email}, limit=1)
         return found[0] if found else None
+
+    async def made_user(self, gateway: Gateway, now: float) -> Row:
+        """The user this names, made (`new_user`) if it is none yet. Another call may make
+        the same user meanwhile (LiteLLM's clients create teams and organizations naming
+        one new member concurrently): that user is the one named."""
+        user = await self.user(gateway)
+        if user is not None:
+            return user
+        user = self.new_user(now)
+        try:
+            await gateway.store.insert(USERS.kind, user)
+        except Conflict:
+            made = await gateway.store.get(USERS.kind, user["user_id"])
+            if made is None:  # deleted again since
+                raise
+            return made
+        return {**user, "spend": 0.0}
 
     def new_user(self, now: float) -> Row:
         """The user to make for a member who is none yet, as LiteLLM makes one."""

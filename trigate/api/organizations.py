@@ -44,7 +44,7 @@ from trigate.clock import wall_time
 from trigate.errors import InvalidRequest, echoed
 from trigate.gateway import Gateway
 from trigate.limits import allowed_by
-from trigate.store import ORGANIZATIONS, TEAMS, USERS, Row
+from trigate.store import ORGANIZATIONS, TEAMS, Row
 
 
 class OrganizationFields(BudgetLimits):
@@ -238,7 +238,7 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         now = wall_time()
         users, memberships = [], []
         for member in members:
-            user = await _user_of(gateway, member, now)
+            user = await member.made_user(gateway, now)
             if user["user_id"] in present:
                 raise InvalidRequest(
                     f"User `{user['user_id']}` is already a member of this organization.",
@@ -279,16 +279,6 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
                 )
                 return json_response(_membership(member))
         raise InvalidRequest("User not found in organization.", param="user_id")
-
-
-async def _user_of(gateway: Gateway, member: OrgMember, now: float) -> Row:
-    """The member's user, found by id or email, or made as LiteLLM makes it."""
-    user = await member.user(gateway)
-    if user is None:
-        user = member.new_user(now)
-        await gateway.store.insert(USERS.kind, user)
-        user = {**user, "spend": 0.0}
-    return user
 
 
 def _membership(row: Row) -> Row:

@@ -43,7 +43,7 @@ from trigate.errors import InvalidRequest, echoed
 from trigate.gateway import Gateway
 from trigate.mcp_gateway.permissions import ObjectPermission
 from trigate.roles import MASTER_USER_ID, reads_all, writes_all
-from trigate.store import MEMBER_LIMITS, Conflict, Row, member_ident
+from trigate.store import MEMBER_LIMITS, Row, member_ident
 
 
 class Member(NamedUser):
@@ -334,26 +334,16 @@ async def _add_members(
 
 
 async def _user_of(gateway: Gateway, member: Member, now: float, *, create: bool) -> Row:
+    if create:
+        return await member.made_user(gateway, now)
     user = await member.user(gateway)
-    if user is None and not create:
+    if user is None:
         raise InvalidRequest(
             f"No user `{echoed(member.user_id or member.user_email or '')}` exists; only an "
             "admin makes users (`/user/new`, or adding a new member itself).",
             param="member",
             code="user_not_found",
         )
-    if user is None:
-        user = member.new_user(now)
-        try:
-            await gateway.store.insert("users", user)
-        except Conflict:
-            # Another call made the same user meanwhile (LiteLLM's clients create teams
-            # naming one member concurrently): that user is the member.
-            made = await gateway.store.get("users", user["user_id"])
-            if made is None:  # deleted again since
-                raise
-            return made
-        user = {**user, "spend": 0.0}
     return user
 
 
