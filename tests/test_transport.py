@@ -23,6 +23,7 @@ import trio
 import trio.testing
 import trustme
 
+from trigate.read_deadlines import ReadDeadlines, TimedOut
 from trigate.transport import (
     _MORE,
     HTTP11Transport,
@@ -413,11 +414,35 @@ async def test_read_timeout_closes_the_socket(
     await observed(gave_up)
 
 
-def kept_client(nursery: trio.Nursery, **kwargs: Any) -> httpx.AsyncClient:
+class KeptDeadlines(ReadDeadlines):
+    """Read deadlines that count what they did: the reads parked with them, and the
+    reads they timed out (a read that opened a cancel scope would do neither)."""
+
+    __slots__ = ("parked", "timed_out")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parked = 0
+        self.timed_out = 0
+
+    def park(self, waiter: TimedOut, timeout: float) -> None:
+        self.parked += 1
+        super().park(waiter, timeout)
+
+    def _expire(self, now: float) -> None:
+        before = len(self._parked)
+        super()._expire(now)
+        self.timed_out += before - len(self._parked)
+
+
+async def kept_client(
+    nursery: trio.Nursery, **kwargs: Any
+) -> tuple[httpx.AsyncClient, KeptDeadlines]:
     """A client whose transport's read deadlines are kept by a task, as in the gateway."""
     transport = HTTP11Transport(**kwargs)
-    nursery.start_soon(transport.read_deadlines.run)
-    return httpx.AsyncClient(transport=transport)
+    transport.read_deadlines = kept = KeptDeadlines()
+    await nursery.start(kept.run)
+    return httpx.AsyncClient(transport=transport), kept
 
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
@@ -436,11 +461,13 @@ async def test_kept_read_deadline_times_out_a_silent_server(
     client_context = ssl.create_default_context()
     ca.configure_trust(client_context)
     server = await serve(nursery, never_answer, server_context if scheme == "https" else None)
-    async with kept_client(nursery, ssl_context=client_context) as c:
+    c, kept = await kept_client(nursery, ssl_context=client_context)
+    async with c:
         started = trio.current_time()
         with pytest.raises(httpx.ReadTimeout):
             await c.get(server.url(scheme=scheme), timeout=httpx.Timeout(5.0, read=2.0))
         assert 2.0 <= trio.current_time() - started < 2.1
+    assert kept.parked >= 1 and kept.timed_out == 1
     await observed(gave_up)
 
 
@@ -469,7 +496,8 @@ async def test_kept_read_deadline_bounds_each_wait_not_the_whole_body(
         closed.set()
 
     server = await serve(nursery, paced_then_silent)
-    async with kept_client(nursery) as c:
+    c, kept = await kept_client(nursery)
+    async with c:
         slow = trio.Event()
 
         async def slow_request() -> None:
@@ -491,6 +519,7 @@ async def test_kept_read_deadline_bounds_each_wait_not_the_whole_body(
         await observed(closed)
         with trio.fail_after(100):
             await slow.wait()
+    assert kept.parked >= 6 and kept.timed_out == 1
 
 
 async def test_write_timeout(nursery: trio.Nursery, autojump_clock: trio.abc.Clock) -> None:
