@@ -529,6 +529,16 @@ class Metrics:
             "claimed by another process of the fleet (outcome suppressed)",
             ("alert_type", "outcome"),
         )
+        # A batch's bill that could not be made when it was seen ended (left for a later
+        # look), or that never can be (its upstream no longer knows the batch or its
+        # output file: settled unbilled); `reason` is an upstream failure's kind, `store`
+        # or `internal`.
+        self.batch_billing_failures = counter(
+            "trigate_batch_billing_failures",
+            "Batches seen ended whose bill failed (left unbilled for a later look), or that "
+            "were settled unbilled because their upstream no longer knows them",
+            ("reason", "outcome"),
+        )
         self.redis_fallbacks = counter(
             "trigate_redis_fallbacks",
             "Times shared state fell back to this process because Redis failed",
@@ -730,6 +740,11 @@ class Metrics:
         `rate_limit` or `router_state`) from its own memory instead: for the shared-state
         layer to call."""
         self._child(self.redis_fallbacks, (operation,)).inc()
+
+    def batch_billing_failed(self, reason: str, settled: bool) -> None:
+        """A batch's bill failed: left for a later look, or, `settled`, never to be made."""
+        outcome = "settled_unbilled" if settled else "retried_later"
+        self._child(self.batch_billing_failures, (reason, outcome)).inc()
 
     def mcp_tool_call(self, server: str, status: str, seconds: float) -> None:
         """One MCP tool call (trigate.mcp_gateway): counted, and timed unless refused."""

@@ -45,6 +45,10 @@ DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 # Streams are relayed as they come, never held whole: their bodies are not capped.
 _STREAM_MEDIA_TYPES = frozenset({"text/event-stream", "application/vnd.amazon.eventstream"})
 _NO_TIMEOUTS: Mapping[str, float | None] = {}
+# A request extension: its caller reads the answer piece by piece, never holding it
+# whole (a file's content, relayed or summed line by line), so its body is not capped
+# whatever its media type.
+READ_AS_STREAM = "trigate.read_as_stream"
 
 # RFC 9110/9112's grammar, as h11 writes it (h11/_abnf.py). A field value has no NUL and
 # no whitespace but single spaces and tabs between its visible characters.
@@ -196,7 +200,8 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             or waits for one up to the pool timeout (``httpx.PoolTimeout``).
         ssl_context: Used for https origins; defaults to ``ssl.create_default_context()``.
         max_response_bytes: Cap on a response body that is not a stream (SSE or AWS's
-            event stream); past it, reading raises ``ResponseTooLarge``.
+            event stream, or any body of a request with the ``READ_AS_STREAM``
+            extension); past it, reading raises ``ResponseTooLarge``.
         retries_on_stale: Resend a request once, on a fresh connection, when the pooled
             connection it went out on turns out to have been closed by the server while
             idle and nothing of the response arrived. Only bodies given as bytes are
@@ -239,7 +244,8 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         except _StaleConnection:
             conn = await self._checkout(origin, request, timeouts, fresh=True)
             head, reader = await self._exchange(conn, request, body, timeouts)
-        cap = None if _is_stream(head) else self._max_response_bytes
+        uncapped = _is_stream(head) or request.extensions.get(READ_AS_STREAM, False)
+        cap = None if uncapped else self._max_response_bytes
         read_timeout = _seconds(timeouts.get("read"))
         stream = _ResponseStream(self, conn, request, read_timeout, cap, reader)
         return httpx.Response(

@@ -15,21 +15,27 @@ the same, so that nothing asks its upstream about it again. The claim on the sto
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any
 
+import httpx
 import orjson
 import trio
 
 from trigate.auth import key_hash_of_owner
+from trigate.errors import Failure, UpstreamError
 from trigate.exchanges import Exchange
 from trigate.gateway import Gateway
 from trigate.metrics import ANONYMOUS, CallerLabels
+from trigate.providers.base import translate_transport_error
 from trigate.router.deployments import Deployment
 from trigate.spend import RequestRecord
 from trigate.spend.prices import TokenCounts, batch_cost
-from trigate.store import Row
+from trigate.store import Row, StoreUnavailable
+
+logger = logging.getLogger("trigate")
 
 BATCH = "batch"
 # A batch's states after which it changes no more: each is billed for what it completed.
@@ -42,9 +48,55 @@ async def bill_once(
     """Bill `batch` (its latest state, as its upstream answered) if it has ended and was
     not billed yet; the spend row written (and counted, as its owner's LLM call, by the
     request's `exchange`), or None when none was (not ended, billed already, by this
-    process or another, or nothing completed)."""
+    process or another, nothing completed, or the bill failed).
+
+    A failure of the bill never fails the request that saw the batch end: its upstream
+    call succeeded, and the batch is already saved ended. It is logged and counted, and
+    the batch stays unbilled, for the next retrieve, cancel or list to bill; one whose
+    output file its upstream no longer has (404) can never be billed, and is settled
+    unbilled, so that nothing asks about it again."""
     if batch.get("status") not in ENDED or row["billed"]:
         return None
+    try:
+        return await _bill(gateway, exchange, row, deployment, batch)
+    except UpstreamError as error:
+        gone = error.kind is Failure.NOT_FOUND
+        await _failed(gateway, row, str(error.kind), settle=gone)
+    except StoreUnavailable:
+        await _failed(gateway, row, "store", settle=False)
+    except Exception:
+        logger.exception("batches: billing %s failed unexpectedly", row["object_id"])
+        await _failed(gateway, row, "internal", settle=False)
+    return None
+
+
+async def settle_unbilled(gateway: Gateway, row: Row, reason: str) -> None:
+    """Settle a batch its upstream no longer knows without a bill, logged and counted:
+    no later look could bill it, so none asks its upstream about it again."""
+    await _failed(gateway, row, reason, settle=True)
+
+
+async def _failed(gateway: Gateway, row: Row, reason: str, *, settle: bool) -> None:
+    gateway.telemetry.metrics.batch_billing_failed(reason, settle)
+    if not settle:
+        logger.warning(
+            "batches: billing %s failed (%s); left unbilled for a later look",
+            row["object_id"], reason,
+        )  # fmt: skip
+        return
+    logger.error(
+        "batches: %s is settled unbilled: its upstream no longer has it (%s)",
+        row["object_id"], reason,
+    )  # fmt: skip
+    try:
+        await gateway.store.settle_unbilled(BATCH, row["object_id"])
+    except StoreUnavailable:  # the next look settles it
+        logger.warning("batches: settling %s failed (store unavailable)", row["object_id"])
+
+
+async def _bill(
+    gateway: Gateway, exchange: Exchange, row: Row, deployment: Deployment, batch: dict[str, Any]
+) -> RequestRecord | None:
     counts = _reported_tokens(batch)
     if counts is None:
         async with exchange.attempt(deployment):
@@ -130,23 +182,31 @@ def _reported_tokens(batch: dict[str, Any]) -> TokenCounts | None:
 
 async def _output_tokens(deployment: Deployment, output_file_id: Any) -> TokenCounts:
     """The tokens of a batch's answers, summed from its output file's lines (the answers
-    of the requests it completed: those that failed are in its error file)."""
-    prompt = completion = 0
+    of the requests it completed: those that failed are in its error file), read as a
+    stream: the file may be far larger than a whole answer the gateway would hold."""
     batches = deployment.abilities.batches
     if not isinstance(output_file_id, str) or not output_file_id or batches is None:
         return TokenCounts()
     response = await batches.file_content(output_file_id)
     try:
-        buffer = b""
-        async for piece in response.aiter_bytes():
-            buffer += piece
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                given, made = _line_tokens(line)
-                prompt, completion = prompt + given, completion + made
-        given, made = _line_tokens(buffer)
+        return await _summed(response)
+    except httpx.HTTPError as error:  # a read broken off, a read timed out
+        raise translate_transport_error(error) from error
     finally:
-        await response.aclose()
+        with trio.CancelScope(shield=True):
+            await response.aclose()
+
+
+async def _summed(response: httpx.Response) -> TokenCounts:
+    """The usage of a JSONL answer's lines, one line held at a time."""
+    prompt = completion = 0
+    rest = b""
+    async for piece in response.aiter_bytes():
+        *lines, rest = (rest + piece).split(b"\n")
+        for line in lines:
+            given, made = _line_tokens(line)
+            prompt, completion = prompt + given, completion + made
+    given, made = _line_tokens(rest)
     return TokenCounts(prompt + given, completion + made)
 
 

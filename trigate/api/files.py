@@ -11,9 +11,13 @@ outside the owner's team, gets a 404 for it, as for an id that does not exist.
 
 A batch is billed once, for what it completed, when it is first seen ended (completed,
 failed, expired or cancelled) by a retrieve, a cancel or the list's refresh of one not
-yet billed: trigate.api.batch_billing. The output and error files a batch names are its
-owner's (and its team's) as soon as it names them: the upstream made them, so no upload
-recorded them.
+yet billed: trigate.api.batch_billing; a bill that fails fails no request, and is made
+by a later look. The output and error files a batch names are its owner's (and its
+team's) as soon as it names them: the upstream made them, so no upload recorded them.
+Neither is deleted through the gateway before its batch is billed: the delete bills the
+batch first, and answers 409 if it cannot, since the output file may be what the bill
+is summed from. A batch its upstream answers 404 for is settled unbilled, and not asked
+about again.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from trigate.api.batch_billing import BATCH, bill_once
+from trigate.api.batch_billing import BATCH, ENDED, bill_once, settle_unbilled
 from trigate.api.jsonio import json_body, json_response
 from trigate.api.observed import observed
 from trigate.api.pipeline import check_access
@@ -47,7 +51,7 @@ from trigate.forms import UploadedFile, parse_form
 from trigate.gateway import Gateway
 from trigate.providers import Batches, Completion
 from trigate.router.deployments import Deployment
-from trigate.store import ResponseViewer, Row
+from trigate.store import ResponseViewer, Row, StoreUnavailable
 
 logger = logging.getLogger("trigate")
 
@@ -125,7 +129,9 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
     @app.delete("/files/<file_id>")
     @observed(gateway, "delete_file")
     async def delete_file(exchange: Exchange, file_id: str) -> Response:
-        _, deployment, batches = await _owned(gateway, exchange, FILE, file_id)
+        row, deployment, batches = await _owned(gateway, exchange, FILE, file_id)
+        if row["batch_id"] is not None:
+            await _billed_before_deleting(gateway, exchange, file_id, row["batch_id"])
         async with exchange.attempt(deployment):
             answer = await batches.delete_file(file_id)
         await gateway.store.delete_managed(FILE, file_id)
@@ -181,10 +187,57 @@ async def _asked(
 ) -> Response:
     """A batch's upstream asked (retrieve, cancel), and the batch settled by its answer."""
     row, deployment, batches = await _owned(gateway, exchange, BATCH, batch_id)
-    async with exchange.attempt(deployment):
-        answer = await ask(batches)
+    try:
+        async with exchange.attempt(deployment):
+            answer = await ask(batches)
+    except UpstreamError as error:
+        await _maybe_gone(gateway, row, error)
+        raise
     await _settle(gateway, exchange, row, deployment, answer.body)
     return json_response(answer.body)
+
+
+async def _maybe_gone(gateway: Gateway, row: Row, error: UpstreamError) -> None:
+    """A batch not yet billed that its upstream answers 404 for is settled unbilled: no
+    later look could bill it, and the list would ask about it on every page."""
+    if error.kind is Failure.NOT_FOUND and not row["billed"]:
+        await settle_unbilled(gateway, row, "batch_not_found")
+
+
+async def _billed_before_deleting(
+    gateway: Gateway, exchange: Exchange, file_id: str, batch_id: str
+) -> None:
+    """Bill the batch that made a result file before the file is deleted: the bill of
+    a batch whose upstream gives no `usage` (Azure) is summed from its output file, and
+    once that is gone it never could be. A batch still unbilled after this look (not
+    ended, its bill failed, its upstream not answering) keeps the file: a 409 saying why."""
+    row = await gateway.store.managed(BATCH, batch_id, None)
+    deployment = None if row is None else _deployment(gateway, row)
+    if row is None or row["billed"] or deployment is None or deployment.abilities.batches is None:
+        return  # settled, or no longer anything this gateway could bill
+    try:
+        async with exchange.attempt(deployment):
+            answer = await deployment.abilities.batches.retrieve_batch(batch_id)
+    except UpstreamError as error:
+        await _maybe_gone(gateway, row, error)
+        if error.kind is Failure.NOT_FOUND:
+            return
+        why = f"its upstream could not be asked about it ({error.kind})"
+    else:
+        await _settle(gateway, exchange, row, deployment, answer.body)
+        settled = await gateway.store.managed(BATCH, batch_id, None)
+        if settled is None or settled["billed"]:
+            return
+        status = answer.body.get("status")
+        ended = status in ENDED
+        why = "its bill could not be made now" if ended else f"it is `{echoed(str(status))}`"
+    raise InvalidRequest(
+        f"File `{echoed(file_id)}` is a result of batch `{echoed(batch_id)}`, which is not "
+        f"billed yet: {why}. The file can be deleted once the batch is billed; try again "
+        "later.",
+        status=409,
+        code="batch_not_billed",
+    )
 
 
 async def _caller(gateway: Gateway, exchange: Exchange) -> Caller:
@@ -364,8 +417,8 @@ async def _admitted(gateway: Gateway, caller: Caller) -> None:
 async def _refreshed(gateway: Gateway, exchange: Exchange, rows: list[Row]) -> list[dict[str, Any]]:
     """The listed batches, each not yet billed asked of its upstream and settled as a
     retrieve settles it, a few at a time; one whose upstream fails, or whose deployment
-    is no longer served, is listed as last seen. A billed batch has ended: its state
-    changes no more."""
+    is no longer served, is listed as last seen (and one its upstream no longer knows
+    is settled, not asked again). A billed batch has ended: its state changes no more."""
     data = [row["object"] for row in rows]
     limiter = trio.CapacityLimiter(REFRESHES_AT_ONCE)
 
@@ -384,6 +437,9 @@ async def _refreshed(gateway: Gateway, exchange: Exchange, rows: list[Row]) -> l
                     row["object_id"],
                     error.kind,
                 )
+                await _maybe_gone(gateway, row, error)
+                return
+            except StoreUnavailable:  # listed as last seen; the next list settles it
                 return
         data[index] = answer.body
 
@@ -406,9 +462,10 @@ async def _settle(
 
 async def _register_results(gateway: Gateway, row: Row, batch: dict[str, Any]) -> None:
     """Record the output and error files a batch names as its owner's, on its deployment,
-    the first time it names each (before the batch is saved naming them, so that a
-    failure between the two is made good on the next look). An id already recorded
-    keeps its record: one its owner deleted stays deleted, another's stays theirs."""
+    and as the batch's (which keeps them from deletion until it is billed), the first
+    time it names each (before the batch is saved naming them, so that a failure between
+    the two is made good on the next look). An id already recorded keeps its record: one
+    its owner deleted stays deleted, another's stays theirs."""
     for field in RESULT_FILES:
         file_id = batch.get(field)
         if not isinstance(file_id, str) or not file_id or row["object"].get(field) == file_id:
@@ -421,6 +478,7 @@ async def _register_results(gateway: Gateway, row: Row, batch: dict[str, Any]) -
                 **row,
                 "kind": FILE,
                 "object_id": file_id,
+                "batch_id": row["object_id"],
                 "object": described,
                 "created_at": time.time(),
             }

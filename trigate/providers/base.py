@@ -26,7 +26,7 @@ from trigate.errors import (
     from_upstream_status,
 )
 from trigate.sse import ServerSentEvent, SSEDecoder, plain_array, plain_payloads
-from trigate.transport import ResponseTooLarge, read_whole_body
+from trigate.transport import READ_AS_STREAM, ResponseTooLarge, read_whole_body
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -568,11 +568,16 @@ class UpstreamClient:
         return request
 
     async def send(
-        self, method: str, *segments: str, payload: dict[str, Any] | None = None
+        self,
+        method: str,
+        *segments: str,
+        payload: dict[str, Any] | None = None,
+        read_as_stream: bool = False,
     ) -> httpx.Response:
         """`method` on a resource under this client's URL (`segments` appended to its path,
         each quoted, its query kept), with a JSON body if given; the response is open and
-        its status checked, as in `post`."""
+        its status checked, as in `post`. `read_as_stream`: the caller reads the answer
+        piece by piece, so the transport does not cap it as a whole answer."""
         path = "/".join([self._url.path.rstrip("/"), *(quote(s, safe="") for s in segments)])
         url = self._url.copy_with(path=path)
         content = orjson.dumps(payload) if payload is not None else None
@@ -580,8 +585,11 @@ class UpstreamClient:
             headers = self._headers_but_content_type()
         else:
             headers = self._request_headers(None)
+        extensions: dict[str, Any] = {"timeout": self._timeout}
+        if read_as_stream:
+            extensions[READ_AS_STREAM] = True
         request = httpx.Request(
-            method, url, headers=headers, content=content, extensions={"timeout": self._timeout}
+            method, url, headers=headers, content=content, extensions=extensions
         )
         return await self._send(request)
 

@@ -170,7 +170,9 @@ class BatchAPI(Batches):
         return await _read(self._files_upstream.send("GET", file_id))
 
     async def file_content(self, file_id: str) -> httpx.Response:
-        return await self._files_upstream.send("GET", file_id, "content")
+        # Relayed to the client, or summed line by line for a batch's bill: never held
+        # whole, so a file larger than a whole answer may be is read all the same.
+        return await self._files_upstream.send("GET", file_id, "content", read_as_stream=True)
 
     async def delete_file(self, file_id: str) -> Completion:
         return await _read(self._files_upstream.send("DELETE", file_id))

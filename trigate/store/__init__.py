@@ -21,7 +21,7 @@ from trigate.durations import parse_duration
 from trigate.errors import GatewayError
 from trigate.store.backends import Backend, Conflict, Cursor, Unavailable, connect
 from trigate.store.backends import Row as Row
-from trigate.store.migrations import MIGRATIONS
+from trigate.store.migrations import BILLED, MIGRATIONS, SETTLED_UNBILLED, UNBILLED
 
 __all__ = ["ChainTooLarge", "Conflict", "ResponseViewer", "Row", "Store", "StoreUnavailable"]
 
@@ -730,9 +730,10 @@ class Store:
         """Store (or refresh) a file or batch: `kind`, `object_id`, `owner` (the key hash,
         `MASTER_OWNER` for the master key), `team_id`, who it bills (`key_identity`,
         `key_alias`, `user_id`, `organization_id`), `model_group`, `deployment_id`,
-        `object` (the upstream's, as JSON) and `created_at`."""
+        `object` (the upstream's, as JSON) and `created_at`; a batch's output or error
+        file, the `batch_id` it came from."""
         columns = [*MANAGED_COLUMNS, "object", "created_at"]
-        values = [row[c] for c in MANAGED_COLUMNS]
+        values = [row.get(c) for c in MANAGED_COLUMNS]
         values += [orjson.dumps(row["object"]).decode(), row["created_at"]]
         marks = ", ".join("?" * len(columns))
         sql = (
@@ -771,10 +772,21 @@ class Store:
     async def claim_billing(self, kind: str, object_id: str) -> bool:
         """Mark a batch billed; True for the one caller (of a whole fleet) that did."""
         sql = (
-            "UPDATE trigate_managed_objects SET billed = 1 "
-            "WHERE kind = ? AND object_id = ? AND billed = 0"
+            "UPDATE trigate_managed_objects SET billed = ? "
+            "WHERE kind = ? AND object_id = ? AND billed = ?"
         )
-        return bool(await self._run(lambda cursor: cursor.execute(sql, [kind, object_id])))
+        values = [BILLED, kind, object_id, UNBILLED]
+        return bool(await self._run(lambda cursor: cursor.execute(sql, values)))
+
+    async def settle_unbilled(self, kind: str, object_id: str) -> bool:
+        """Mark a batch settled without a bill (its upstream no longer knows it), so that
+        nothing asks about it again; True for the one caller that did."""
+        sql = (
+            "UPDATE trigate_managed_objects SET billed = ? "
+            "WHERE kind = ? AND object_id = ? AND billed = ?"
+        )
+        values = [SETTLED_UNBILLED, kind, object_id, UNBILLED]
+        return bool(await self._run(lambda cursor: cursor.execute(sql, values)))
 
     async def delete_managed(self, kind: str, object_id: str) -> None:
         sql = "DELETE FROM trigate_managed_objects WHERE kind = ? AND object_id = ?"
@@ -927,8 +939,11 @@ def _migrate(cursor: Cursor) -> None:
     for version, statements in enumerate(MIGRATIONS, start=1):
         if version <= current:
             continue
-        for statement in statements:
-            cursor.execute(statement)
+        for step in statements:
+            if isinstance(step, str):
+                cursor.execute(step)
+            else:
+                step(cursor)
         cursor.execute("INSERT INTO trigate_schema (version) VALUES (?)", [version])
 
 
@@ -1007,7 +1022,7 @@ def _viewer_clause(viewer: ResponseViewer | None) -> tuple[str, list[Any]]:
 
 MANAGED_COLUMNS = (
     "kind", "object_id", "owner", "team_id", "key_identity", "key_alias", "user_id",
-    "organization_id", "model_group", "deployment_id",
+    "organization_id", "model_group", "deployment_id", "batch_id",
 )  # fmt: skip
 
 

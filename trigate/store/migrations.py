@@ -7,6 +7,42 @@ Migrations only ever append: a released one is never edited.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import orjson
+
+from trigate.store.backends import Cursor
+
+# A migration's step: SQL both databases run, or, where the change depends on what the
+# JSON kept as TEXT holds (which the two read with different functions), a function of
+# the migration's cursor.
+Step = str | Callable[[Cursor], None]
+# What `trigate_managed_objects.billed` holds for a batch: not yet settled; billed (or
+# found to have run nothing); settled without a bill (its upstream no longer knows it,
+# or it ended before this gateway billed batches that ended so).
+UNBILLED, BILLED, SETTLED_UNBILLED = 0, 1, 2
+# The states of an ended batch that versions before the `batch_id` migration did not bill.
+_ENDED_UNBILLED_BEFORE = frozenset({"failed", "expired", "cancelled"})
+
+
+def _settle_batches_ended_before(cursor: Cursor) -> None:
+    """Mark settled, without a bill, the batches last seen failed, expired or cancelled
+    by a version that billed only completed ones: billing them now, at today's prices,
+    for what ran long ago, is a surprise bill, not a correction."""
+    rows = cursor.query(
+        "SELECT object_id, object FROM trigate_managed_objects WHERE kind = 'batch' AND billed = ?",
+        [UNBILLED],
+    )
+    for row in rows:
+        batch = orjson.loads(row["object"])
+        if isinstance(batch, dict) and batch.get("status") in _ENDED_UNBILLED_BEFORE:
+            cursor.execute(
+                "UPDATE trigate_managed_objects SET billed = ? "
+                "WHERE kind = 'batch' AND object_id = ? AND billed = ?",
+                [SETTLED_UNBILLED, row["object_id"], UNBILLED],
+            )
+
+
 _ENTITY_LIMITS = """
     models TEXT NOT NULL DEFAULT '[]',
     max_budget DOUBLE PRECISION,
@@ -23,7 +59,7 @@ _ENTITY_LIMITS = """
     updated_at DOUBLE PRECISION NOT NULL
 """
 
-MIGRATIONS: list[list[str]] = [
+MIGRATIONS: list[list[Step]] = [
     [
         f"""CREATE TABLE trigate_keys (
             token_hash TEXT PRIMARY KEY,
@@ -295,5 +331,13 @@ MIGRATIONS: list[list[str]] = [
             identity TEXT PRIMARY KEY,
             epoch INTEGER NOT NULL
         )""",
+    ],
+    # --- billfix: batch billing that cannot lose a bill ---
+    # The batch whose output or error file a file is (null for an upload): the gateway
+    # deletes no such file before that batch is billed. And the batches older versions
+    # saw end failed, expired or cancelled, which they did not bill, are settled unbilled.
+    [
+        "ALTER TABLE trigate_managed_objects ADD COLUMN batch_id TEXT",
+        _settle_batches_ended_before,
     ],
 ]
