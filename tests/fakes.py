@@ -55,6 +55,8 @@ class StreamReply:
     # Send the last frame and the body's chunked end in one write, so that a reader of
     # the last frame has the end too.
     end_with_last_frame: bool = False
+    # Close the connection after the frames, the body unfinished: a read broken off.
+    cut_off: bool = False
 
 
 Reply = JSONReply | StreamReply
@@ -236,7 +238,7 @@ class FakeUpstream:
             self.aborted += 1
             await self._changed_notify()
             return False
-        if reply.close_delimited:
+        if reply.close_delimited or reply.cut_off:
             return False
         if connection.our_state is not h11.DONE:
             await stream.send_all(connection.send(h11.EndOfMessage()))

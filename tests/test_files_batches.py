@@ -82,6 +82,8 @@ class FakeBatchAPI:
             if self.at_once is not None:
                 self.finish(batch_id, {"input_tokens": 10, "output_tokens": 4}, self.at_once)
             return JSONReply(self.batches[batch_id])
+        if rest[0] not in self.batches:
+            return JSONReply({"error": {"message": "No such batch"}}, status=404)
         batch = self.batches[rest[0]]
         if rest[1:] == ["cancel"]:
             batch["status"] = "cancelling"
