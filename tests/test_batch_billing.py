@@ -13,7 +13,6 @@ import openai
 import pytest
 import trio
 from fakes import FakeUpstream, ReceivedRequest, Reply, StreamReply
-from helpers import UPSTREAM_KEY, RunningGateway, deployment_config, start_gateway
 from test_files_batches import (
     FakeBatchAPI,
     answered,
@@ -36,16 +35,6 @@ FAILURES = "trigate_batch_billing_failures_total"
 CAP_MB = 10 / 1024
 
 
-async def start_capped(
-    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
-) -> RunningGateway:
-    upstream.handler = fake
-    params = {"model": "openai/gpt-4o-mini", "api_base": upstream.base_url, "api_key": UPSTREAM_KEY}
-    config = deployment_config("gpt-batch", params)
-    config["general_settings"] = {"max_upstream_response_size_mb": CAP_MB}
-    return await start_gateway(nursery, config)
-
-
 def broken_off(fake: FakeBatchAPI, file_id: str) -> Any:
     """The fake, but the content of `file_id` breaks off after its first kilobyte."""
 
@@ -65,7 +54,9 @@ async def test_a_failed_bill_fails_no_request_and_keeps_the_output_file(
     gateway holds) breaks off mid-read: retrieves and lists answer, unbilled, the
     failure counted; the output file cannot be deleted (409) while the bill cannot be
     made; once it can, the delete bills the batch first, summed from all its lines."""
-    gateway = await start_capped(nursery, upstream, fake)
+    gateway = await start(
+        nursery, upstream, fake, "sqlite://:memory:", max_upstream_response_size_mb=CAP_MB
+    )
     usages = [(100 + i, 10 + i % 7) for i in range(300)]
     output = answered(*usages)
     assert len(output) > CAP_MB * 1024 * 1024 * 3

@@ -146,12 +146,17 @@ async def fake() -> FakeBatchAPI:
 
 
 async def start(
-    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI, database_url: str
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    fake: FakeBatchAPI,
+    database_url: str,
+    **settings: Any,
 ) -> RunningGateway:
+    """The gateway, its `gpt-batch` group on the fake; `settings` are general_settings'."""
     upstream.handler = fake
     params = {"model": "openai/gpt-4o-mini", "api_base": upstream.base_url, "api_key": UPSTREAM_KEY}
     config = deployment_config("gpt-batch", params)
-    config["general_settings"] = {"database_url": database_url}
+    config["general_settings"] = {"database_url": database_url, **settings}
     return await start_gateway(nursery, config)
 
 
