@@ -39,8 +39,6 @@ def received_spans(receiver: FakeUpstream, path: str = "/v1/traces") -> list[Spa
     return spans
 
 
-
-
 async def test_a_request_is_a_span_with_a_child_per_attempt(
     nursery: trio.Nursery, receiver: FakeUpstream
 ) -> None:
