@@ -294,6 +294,34 @@ async def test_during_call_blocks_and_cancels_the_upstream_call(
     await running.stop()
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_a_client_leaving_while_a_during_call_guardrail_checks_releases_the_upstream(
+    nursery: trio.Nursery, upstream: FakeUpstream, stream: bool
+) -> None:
+    """The upstream has answered (a stream its head and first chunk, a whole answer all of
+    it) while the guardrail beside it is still checking, and the client leaves: the
+    upstream's connection is closed, not left in the pool half-read or open, and the
+    deployment no longer counts the request as in flight."""
+    if stream:
+        upstream.handler = lambda request: StreamReply([chunk("first"), 30.0, chunk("late"), DONE])
+    else:
+        upstream.handler = lambda request: JSONReply(chat_completion("fine"))
+    guard = custom("moderation", "SlowBlock", "during_call", delay=3.0)
+    running = await start_gateway(nursery, guarded(upstream, guard))
+    body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    async with running.client() as client:
+        with trio.move_on_after(1.0) as left:
+            await client.post("/v1/chat/completions", json=body)
+    assert left.cancelled_caught
+    [deployment] = running.gateway.groups.deployments("gpt-test")
+    with trio.fail_after(5):
+        if stream:
+            await upstream.wait_for(lambda: upstream.aborted == 1)
+        while deployment.state.in_flight:  # noqa: ASYNC110 - no event to wait for
+            await trio.sleep(0.05)
+    await running.stop()
+
+
 async def test_logging_only_masks_what_is_logged_stored_and_exported_only(
     nursery: trio.Nursery,
     upstream: FakeUpstream,

@@ -64,6 +64,8 @@ from trigate.sse import plain_payloads
 from trigate.usage import Usage, UsageMeter
 
 RECORD_TIMEOUT = 10.0
+# Releasing an answer whose client has left must not hold the request's task forever.
+DISCARD_TIMEOUT = 5.0
 # A stream's after_answer hooks run in the relay's finishing time, before its record.
 STREAM_HOOK_TIMEOUT = 5.0
 logger = logging.getLogger("trigate")
@@ -490,16 +492,26 @@ class Call:
                     failure = error
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:  # the client left: Cancelled, as it came
+            if routed is not None:  # the upstream answered while the check still ran
+                with trio.CancelScope(shield=True), trio.move_on_after(DISCARD_TIMEOUT):
+                    await self._abandon(routed)
             raise _first(group) from None
         if refusal is not None:
             if routed is not None:
-                await self.discard(routed.result)
-                self.gateway.router.release(routed.deployment, 0)
+                await self._abandon(routed)
             raise refusal
         if failure is not None:
             raise failure
         assert routed is not None
         return routed
+
+    async def _abandon(self, routed: Routed[Any]) -> None:
+        """Release an answer nobody will be sent: its upstream, and its deployment's
+        count of requests in flight."""
+        try:
+            await self.discard(routed.result)
+        finally:
+            self.gateway.router.release(routed.deployment, 0)
 
     async def _route_only(self) -> Routed[Any]:
         """Route the request, counting the whole wait as the upstreams', not ours."""
