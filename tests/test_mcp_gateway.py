@@ -21,7 +21,7 @@ import pytest
 import trio
 from fake_mcp import FakeMCP, start_fake_mcp
 from fakes import FakeUpstream, JSONReply
-from helpers import MASTER_KEY, RunningGateway, start_gateway
+from helpers import CLIENT_TLS, MASTER_KEY, RunningGateway, start_gateway
 from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -82,7 +82,9 @@ async def mcp_session(
     """The mcp SDK's client over streamable HTTP, with a virtual key (and the SDK's own
     timeouts: a busy machine answers twenty sessions in more than httpx's 5 s)."""
     client = httpx2.AsyncClient(
-        headers={"authorization": f"Bearer {key}", **headers}, timeout=SDK_TIMEOUT
+        headers={"authorization": f"Bearer {key}", **headers},
+        timeout=SDK_TIMEOUT,
+        verify=CLIENT_TLS,
     )
     async with (
         client,
