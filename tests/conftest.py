@@ -4,6 +4,7 @@ The plumbing they use, and that tests import, is in helpers.py."""
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,14 @@ import trio.testing
 from fake_vertex import TokenServer
 from fakes import FakeUpstream, JSONReply
 from helpers import REDIS_URL, RedisServer, RunningGateway, openai_config, start_gateway
+
+# Bytecode is written and read, whatever PYTHONDONTWRITEBYTECODE says: without it every
+# interpreter a test spawns (each `trigate serve` process, probes, stdio MCP servers)
+# compiles trigate's modules anew, a quarter of a second of CPU each, some 150 times a
+# run, and this process rewrites every test module's assertions. It goes to __pycache__,
+# which git ignores.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 @pytest.fixture

@@ -35,8 +35,10 @@ class JSONReply:
     body: Any
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
-    # Seconds to "think" before answering; a client leaving meanwhile is counted as aborted.
+    # Seconds to "think" before answering, or an event to wait for (a test releases the
+    # answer when it is ready); a client leaving meanwhile is counted as aborted.
     delay: float = 0.0
+    gate: trio.Event | None = None
 
 
 @dataclass
@@ -199,7 +201,8 @@ class FakeUpstream:
         await self._changed_notify()
         reply = self.handler(request)
         if isinstance(reply, JSONReply):
-            if reply.delay and not await _wait_unless_client_leaves(stream, reply.delay):
+            waits = reply.delay or reply.gate is not None
+            if waits and not await _wait_unless_client_leaves(stream, reply.delay, reply.gate):
                 self.aborted += 1
                 await self._changed_notify()
                 return False
@@ -263,12 +266,17 @@ async def _send_frames(send: Callable[[bytes], Any], reply: StreamReply) -> bool
     return True
 
 
-async def _wait_unless_client_leaves(stream: trio.SocketStream, seconds: float) -> bool:
-    """Sleep, watching the connection; False if the client left meanwhile."""
+async def _wait_unless_client_leaves(
+    stream: trio.SocketStream, seconds: float, gate: trio.Event | None = None
+) -> bool:
+    """Sleep (then wait for `gate`), watching the connection; False if the client left
+    meanwhile."""
     client_left = trio.Event()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_for_close, stream, client_left, nursery.cancel_scope)
         await trio.sleep(seconds)
+        if gate is not None:
+            await gate.wait()
         nursery.cancel_scope.cancel()
     return not client_left.is_set()
 

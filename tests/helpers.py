@@ -8,11 +8,13 @@ import contextlib
 import math
 import os
 import socket
+import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import certifi
 import httpx
 import openai
 import trio
@@ -28,6 +30,10 @@ from trigate.serving import serve
 from trigate.spend import RequestRecord
 
 MASTER_KEY = "sk-test-master-key-0123456789"
+# One TLS context for the tests' clients, built as httpx builds its default one. Each
+# client would otherwise parse certifi's bundle anew, tens of milliseconds: most of a
+# short test's time, for clients that speak plain HTTP to the gateway.
+CLIENT_TLS = ssl.create_default_context(cafile=certifi.where())
 UPSTREAM_KEY = "sk-upstream-secret-abcdefghij"
 
 
@@ -65,6 +71,7 @@ class RunningGateway:
         await self._stopped.wait()
 
     def client(self, key: str = MASTER_KEY, **kwargs: Any) -> httpx.AsyncClient:
+        kwargs.setdefault("verify", CLIENT_TLS)
         return httpx.AsyncClient(
             base_url=self.url, headers={"authorization": f"Bearer {key}"}, **kwargs
         )
@@ -172,7 +179,12 @@ async def left_mid_stream(
 
 def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> openai.AsyncOpenAI:
     """The OpenAI SDK pointed at the gateway, retrying nothing itself."""
-    return openai.AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0)
+    return openai.AsyncOpenAI(
+        base_url=f"{gateway.url}/v1",
+        api_key=key,
+        max_retries=0,
+        http_client=openai.DefaultAsyncHttpxClient(verify=CLIENT_TLS),
+    )
 
 
 def mock_config(**params: Any) -> dict[str, Any]:
@@ -214,6 +226,18 @@ async def start_gateway(
     with _real_time():
         binds = await nursery.start(run)
     return RunningGateway(binds[0], app, gateway, records, shutdown, stopped)
+
+
+async def pass_time(clock: trio.testing.MockClock, seconds: float) -> None:
+    """Let `seconds` of virtual time pass while the test waits for nothing but time (a
+    budget window or a key's duration ending). All but the last few seconds are one
+    jump: sleeping through them would wake each of the gateway's periodic tasks at every
+    round (a poll every 2 s) and wait 20 ms of real idleness at each (`virtual_clock`),
+    some 15 s of real time for an hour. The last seconds pass as a sleep, so what falls
+    due at the end (a window's reset) runs in its usual order."""
+    last = min(seconds, 5.0)
+    clock.jump(seconds - last)
+    await trio.sleep(last)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import openai
 import orjson
 import pytest
 import trio
+import trio.testing
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
 from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
 
@@ -190,8 +191,12 @@ async def test_a_request_slower_than_the_threshold_alerts(
 
 
 async def test_webhook_events_carry_litellms_payload_and_an_hmac_signature(
-    nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    virtual_clock: trio.testing.MockClock,
 ) -> None:
+    """Virtual time: the webhook's outbox sends every 5 s, as LiteLLM's batch loggers do."""
     receiver = FakeUpstream(lambda request: JSONReply({}))
     await receiver.start(nursery)
     upstream.handler = _answered

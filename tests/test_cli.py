@@ -144,6 +144,19 @@ async def test_bad_config_stops_startup_with_one_clear_line(
     assert line.startswith("trigate: ") and message in line
 
 
+def test_the_command_line_and_supervisor_import_no_part_of_the_app() -> None:
+    """`trigate serve --workers N`'s supervisor runs trigate.cli and trigate.server; the
+    app's modules (the HTTP surface, the gateway) are the workers' alone, and importing
+    them too would hold up every worker's start by about as long again."""
+    code = "import sys, trigate.cli; print([m for m in sys.modules if m.startswith(APP)])"
+    app = "('trigate.api', 'trigate.gateway', 'quart')"
+    done = subprocess.run(
+        [sys.executable, "-c", code.replace("APP", app)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 async def test_sigterm_drains_and_flushes_spend(tmp_path: Path) -> None:
     """What `docker stop` or systemd sends: a graceful stop that writes the spend log."""
     database = tmp_path / "spend.db"

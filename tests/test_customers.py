@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 from asgi_driver import harness
-from helpers import MASTER_KEY, RunningGateway, start_gateway
+from helpers import MASTER_KEY, RunningGateway, pass_time, start_gateway
 
 from trigate.end_users import RECHECK, end_user_of
 from trigate.errors import InvalidRequest
@@ -252,6 +252,6 @@ async def test_a_customers_budget_window_resets(
     assert made.status == 200, made.body
     assert (await h.chat("mock", user="w")).status == 200
     assert (await h.chat("mock", user="w")).status == 400
-    await trio.sleep(3600)
+    await pass_time(virtual_clock, 3600)
     assert (await h.chat("mock", user="w")).status == 200, "a new window, a fresh budget"
     assert (await h.chat("mock", user="w")).status == 400

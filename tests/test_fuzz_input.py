@@ -368,8 +368,9 @@ def no_server_error(status: int, body: bytes, what: Any) -> None:
 
 async def test_model_routes_answer_any_body_without_a_5xx(nursery: trio.Nursery) -> None:
     app = await fuzzed_app(nursery)
+    examples = drawn(st.tuples(BODY, DEPTH), EXAMPLES)  # the same for every route
     for path in MODEL_ROUTES:
-        for body, deep in drawn(st.tuples(BODY, DEPTH), EXAMPLES):
+        for body, deep in examples:
             status, answer = await send(nursery, app, path, encoded(body, deep))
             no_server_error(status, answer, (path, body, deep))
 
@@ -570,12 +571,14 @@ async def test_admin_routes_answer_any_body_and_query_without_a_5xx(
     nursery: trio.Nursery,
 ) -> None:
     app = await fuzzed_app(nursery)
+    bodies = drawn(st.tuples(ADMIN_BODY, ADMIN_DEPTH), 60)  # the same for every route
     for path in ADMIN_POSTS:
-        for body, deep in drawn(st.tuples(ADMIN_BODY, ADMIN_DEPTH), 60):
+        for body, deep in bodies:
             status, answer = await send(nursery, app, path, encoded(body, deep))
             no_server_error(status, answer, (path, body, deep))
+    queries = drawn(QUERY, 40)
     for path in ADMIN_GETS:
-        for args in drawn(QUERY, 40):
+        for args in queries:
             query = "&".join(f"{quote(k)}={quote(v)}" for k, v in args.items())
             status, answer = await send(nursery, app, path, None, query)
             no_server_error(status, answer, (path, args))

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 from asgi_driver import Harness, chat_request, harness
 from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
-from helpers import openai_config, sdk, start_gateway
+from helpers import openai_config, pass_time, sdk, start_gateway
 from scripted import Step, group_config
 from scripted import error as upstream_error
 
@@ -130,7 +130,7 @@ async def test_invalid_expired_and_blocked_keys_are_401(
     assert (await h.chat(key="sk-" + "z" * 40)).status == 401
     short = await new_key(h, duration="1h")
     assert (await h.chat(key=short)).status == 200
-    await trio.sleep(3601)
+    await pass_time(virtual_clock, 3601)
     expired = await h.chat(key=short)
     assert expired.status == 401 and expired.json["error"]["code"] == "key_expired"
     key = await new_key(h)
@@ -161,7 +161,7 @@ async def test_budget_exhausted_by_real_spend_then_reset_by_its_window(
     await flush(h)
     info = await h.admin(f"/key/info?key={key}")
     assert info.json["info"]["spend"] == pytest.approx(1.4e-5)
-    await trio.sleep(3600)
+    await pass_time(virtual_clock, 3600)
     assert (await h.chat(key=key)).status == 200, "a new window, a fresh budget"
 
 

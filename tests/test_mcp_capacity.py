@@ -14,7 +14,7 @@ import httpx2
 import pytest
 import trio
 from fake_mcp import FakeMCP, start_fake_mcp
-from helpers import RunningGateway, start_gateway
+from helpers import CLIENT_TLS, RunningGateway, start_gateway
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -25,7 +25,9 @@ from test_mcp_gateway import STDIO_SERVER, _stdio_children, new_key, text_of
 async def mcp_session(url: str, key: str) -> AsyncIterator[ClientSession]:
     """The mcp SDK's client, with the SDK's own timeouts: a session here may wait."""
     client = httpx2.AsyncClient(
-        headers={"authorization": f"Bearer {key}"}, timeout=httpx2.Timeout(30.0, read=300.0)
+        headers={"authorization": f"Bearer {key}"},
+        timeout=httpx2.Timeout(30.0, read=300.0),
+        verify=CLIENT_TLS,
     )
     async with (
         client,

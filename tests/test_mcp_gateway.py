@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ import pytest
 import trio
 from fake_mcp import FakeMCP, start_fake_mcp
 from fakes import FakeUpstream, JSONReply
-from helpers import MASTER_KEY, RunningGateway, start_gateway
+from helpers import CLIENT_TLS, MASTER_KEY, RunningGateway, start_gateway
 from mcp import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -81,7 +82,9 @@ async def mcp_session(
     """The mcp SDK's client over streamable HTTP, with a virtual key (and the SDK's own
     timeouts: a busy machine answers twenty sessions in more than httpx's 5 s)."""
     client = httpx2.AsyncClient(
-        headers={"authorization": f"Bearer {key}", **headers}, timeout=SDK_TIMEOUT
+        headers={"authorization": f"Bearer {key}", **headers},
+        timeout=SDK_TIMEOUT,
+        verify=CLIENT_TLS,
     )
     async with (
         client,
@@ -600,3 +603,12 @@ async def test_a_priced_tool_call_is_held_to_the_key_s_budget(
         ("alerts", 403, 0.0),
         ("echo", 200, 0.0),
     ]
+
+
+def test_a_worker_loads_the_sdk_at_its_first_mcp_request_never_at_start() -> None:
+    """The SDK's imports are most of a worker's start (trigate/api/mcp_endpoint.py): in a
+    fresh interpreter, a gateway that serves a chat completion and a Responses request
+    has none of its modules loaded, and its first `/mcp` session loads them."""
+    probe = Path(__file__).with_name("mcp_sdk_probe.py")
+    run = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["before", "False", "after", "True"]

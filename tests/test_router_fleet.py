@@ -138,14 +138,15 @@ async def test_one_half_open_probe_across_the_fleet(
     nursery: trio.Nursery, redis_url: str, redis_prefix: str
 ) -> None:
     ups = await upstreams(nursery, "one", "two")
+    probe_held = trio.Event()
 
-    def fails_then_answers_slowly(request: ReceivedRequest) -> JSONReply:
+    def fails_then_answers_when_released(request: ReceivedRequest) -> JSONReply:
         if len(ups["one"].requests) == 1:
             return SERVER_ERROR
-        # Slow enough that the other nineteen are routed while it runs, on a busy machine too.
-        return JSONReply(chat_completion(), delay=5.0)
+        # Held until the other nineteen have been routed while it runs.
+        return JSONReply(chat_completion(), gate=probe_held)
 
-    ups["one"].handler = fails_then_answers_slowly
+    ups["one"].handler = fails_then_answers_when_released
     router = {"allowed_fails": 0, "cooldown_time": 1}
     a = await start_gateway(nursery, fleet_config(redis_url, redis_prefix, ups, router=router))
     b = await start_gateway(nursery, fleet_config(redis_url, redis_prefix, ups, router=router))
@@ -159,6 +160,7 @@ async def test_one_half_open_probe_across_the_fleet(
         # Every other request goes on to `two` while the one probe is still running.
         await until(lambda: len(statuses) >= 19, seconds=10)
         assert len(ups["one"].requests) == 2 and len(ups["two"].requests) == 19
+        probe_held.set()
     assert statuses == [200] * 20
     # The probe's success closed the circuit for B too.
     await until(lambda: not deployment(b, "one").state.breaker.half_open(trio.current_time()))

@@ -26,3 +26,14 @@ def test_the_route_table_names_every_path() -> None:
         if path not in table and path.removeprefix("/v1") not in table and f"/v1{path}" not in table
     )
     assert missing == []
+
+
+def test_urls_are_built_though_their_builders_are_compiled_only_when_used() -> None:
+    """trigate/api/url_rules.py: a rule compiles its URL builder at its first use."""
+    app, _ = build_app(mock_config())
+    urls = app.url_map.bind("gateway.test")
+    assert urls.build("model_patch", {"model_id": "a b"}) == "/model/a%20b/update"
+    assert urls.build("model_patch", {"model_id": "c", "x": "1"}) == "/model/c/update?x=1"
+    assert urls.build("model_patch", {"model_id": "d"}, force_external=True) == (
+        "http://gateway.test/model/d/update"
+    )

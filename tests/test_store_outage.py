@@ -20,7 +20,7 @@ import trio
 from helpers import RunningGateway, mock_config, start_gateway
 
 from trigate.auth import StoreUnavailable
-from trigate.store import Store
+from trigate.store import Store, backends
 
 RESPONSE = {"model": "mock", "input": "hi"}
 
@@ -117,8 +117,14 @@ async def test_a_postgres_outage_answers_every_route_fast(
         assert events[-1] == "event: response.completed"
 
 
+@pytest.fixture
+def short_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite's busy timeout at 0.2 s, not 2 s: the tests wait it out for each write."""
+    monkeypatch.setattr(backends, "SQLITE_BUSY_TIMEOUT_MS", 200)
+
+
 async def test_a_sqlite_lock_makes_admin_writes_a_503(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, tmp_path: Path, short_busy_timeout: None
 ) -> None:
     """Another process holds SQLite's write lock: a write waits its busy timeout, then is
     a 503 the admin may retry; reads go on (WAL), and the gateway serves."""
@@ -140,7 +146,7 @@ async def test_a_sqlite_lock_makes_admin_writes_a_503(
 
 
 async def test_a_locked_write_is_store_unavailable_and_leaves_no_transaction_open(
-    tmp_path: Path,
+    tmp_path: Path, short_busy_timeout: None
 ) -> None:
     path = tmp_path / "trigate.db"
     store = await Store.open(f"sqlite:///{path}")

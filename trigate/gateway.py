@@ -63,6 +63,7 @@ from trigate.spend import RecordSink, RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable, TokenCounts, cost
 from trigate.store import CUSTOMERS, MCP_SERVERS, MODELS, OWNERS, Row, Store
 from trigate.telemetry import SAMPLE_INTERVAL, Telemetry
+from trigate.tls import client_context
 from trigate.tokens import TokenCounter
 from trigate.transport import HTTP11Transport
 from trigate.usage import Usage
@@ -643,5 +644,7 @@ class Gateway:
         # a client disconnect would leave the upstream generating (and billing) tokens.
         limit = self.config.general_settings.max_upstream_connections
         return HTTP11Transport(
-            max_connections=limit, max_response_bytes=self.config.max_upstream_response_bytes
+            max_connections=limit,
+            ssl_context=client_context(),
+            max_response_bytes=self.config.max_upstream_response_bytes,
         )

@@ -21,18 +21,21 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from quart_trio import QuartTrio
 
-from trigate.api import create_app
 from trigate.config import ConfigError, GatewayConfig, load_config
-from trigate.gateway import Gateway
 from trigate.litellm_keys import log_unhonoured
 from trigate.logs import configure_logging
 from trigate.serving import ConnectionLimits, listening_sockets, raise_open_file_limit, serve
 from trigate.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from quart_trio import QuartTrio
+
+    from trigate.gateway import Gateway
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4000
@@ -209,6 +212,12 @@ def worker_app(
 ) -> tuple[QuartTrio, Gateway]:
     """The app of one worker process, configured from the environment; `adjust` sees the
     configuration before the gateway is built from it."""
+    # The app's modules are imported here, in the worker: the supervisor of `--workers
+    # N` imports this module too, and without them it starts in half the time, before
+    # any worker can.
+    from trigate.api import create_app
+    from trigate.gateway import Gateway
+
     config = load_config(os.environ.get("TRIGATE_CONFIG"), os.environ)
     if adjust is not None:
         adjust(config)

@@ -21,6 +21,7 @@ from trigate.api.model_api import ModelAPI, error_reply, from_http_exception, un
 from trigate.api.passthrough_routes import PassThrough
 from trigate.api.pipeline import Pipeline
 from trigate.api.routes import QUART_ROUTES, model_routes, websocket_routes
+from trigate.api.url_rules import LazyBuilderRule
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.gateway import Gateway
 from trigate.store import Conflict
@@ -29,6 +30,7 @@ from trigate.store import Conflict
 def create_app(gateway: Gateway) -> QuartTrio:
     """The ASGI app serving `gateway`; its lifespan starts and stops the gateway."""
     app = QuartTrio("trigate")
+    app.url_rule_class = LazyBuilderRule
     settings = gateway.config.general_settings
     app.config.update(
         MAX_CONTENT_LENGTH=gateway.config.max_request_bytes,

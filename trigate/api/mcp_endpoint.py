@@ -17,31 +17,30 @@ client's `x-mcp-{server}-authorization` goes to that server alone.
 The client's departure cancels the request: its body is read first, then the
 connection is watched for the disconnect, which cancels the upstream sessions and reaps
 stdio processes.
+
+The `mcp` SDK is not imported with this module: its modules and protocol types take
+about a second to import, most of a worker's start. `load_sdk` imports the modules that
+use it (trigate/api/mcp_session.py, trigate/api/mcp_tool_loop.py) in a worker thread at
+the first MCP session or Responses MCP tool, so a worker that serves neither never
+loads it, and one that does loads it once without stalling its event loop.
 """
 
 from __future__ import annotations
 
-import logging
+import importlib
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import trio
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
-from trigate.api.context import current_request
 from trigate.auth import Caller
-from trigate.clock import wall_time
 from trigate.errors import GatewayError, InvalidRequest, NotFound
 from trigate.gateway import Gateway
-from trigate.limits import Admission
-from trigate.mcp_gateway.accounting import tool_record
-from trigate.mcp_gateway.aggregate import Aggregate, Finish, ToolCall, ToolRefused
 from trigate.mcp_gateway.permissions import grant_of
 from trigate.mcp_gateway.servers import MCPServer
 from trigate.mcp_gateway.sse_hub import SSEHub
-from trigate.mcp_gateway.upstream import holder_of, upstream_sessions
 
 if TYPE_CHECKING:
     from hypercorn.typing import (
@@ -52,18 +51,16 @@ if TYPE_CHECKING:
         Scope,
     )
 
-logger = logging.getLogger("trigate")
-# The SDK logs each session manager's start and stop and each transport's end at INFO:
-# here a session is a request, and its lines would outnumber the access log's.
-for _name in ("mcp.server.streamable_http_manager", "mcp.server.streamable_http"):
-    logging.getLogger(_name).setLevel(logging.WARNING)
-
 PATH = "/mcp"
 # MCP's older SSE transport: the stream, and where its messages are posted (LiteLLM's).
 SSE = "sse"
 SSE_MESSAGES = "sse/messages"
 SSE_MESSAGES_PATH = f"{PATH}/{SSE_MESSAGES}"
 _UNDER = PATH + "/"
+
+# The modules that import the SDK, loaded by `load_sdk`.
+_SDK_MODULES = ("trigate.api.mcp_session", "trigate.api.mcp_tool_loop")
+_sdk_loaded = False
 
 RenderError = Callable[[GatewayError], tuple[int, Mapping[str, str], bytes]]
 
@@ -187,28 +184,20 @@ class MCPEndpoint:
         servers: list[MCPServer],
         headers: Mapping[str, str],
     ) -> None:
-        """One client session: the SDK's stateless transport over `Aggregate`, in a
-        nursery that holds its upstream sessions and ends with the request."""
-        capacity = self._gateway.mcp.capacity
-        async with upstream_sessions(headers, capacity, holder_of(caller)) as upstreams:
-            view = Aggregate(
-                servers,
-                grant_of(caller),
-                upstreams,
-                GatewayMeter(self._gateway, caller),
-                wall_time,
-                self._gateway.mcp.listings,
-            )
-            manager = StreamableHTTPSessionManager(
-                view.server(), stateless=True, json_response=True
-            )
-            async with trio.open_nursery() as request:
-                request.start_soon(_cancel_on_disconnect, receive, request.cancel_scope)
-                async with manager.run():
-                    # The SDK types ASGI with Starlette's aliases, hypercorn's differ in name
-                    # only.
-                    await manager.handle_request(scope, _replay(body), send)  # type: ignore[arg-type]
-                request.cancel_scope.cancel()
+        """One client session: the SDK's stateless transport over the caller's view, in
+        a nursery that holds its upstream sessions and ends with the request."""
+        await load_sdk()
+        from trigate.api.mcp_session import session_manager
+
+        async with (
+            session_manager(self._gateway, caller, servers, headers) as manager,
+            trio.open_nursery() as request,
+        ):
+            request.start_soon(_cancel_on_disconnect, receive, request.cancel_scope)
+            async with manager.run():
+                # The SDK types ASGI with Starlette's aliases, hypercorn's differ in name only.
+                await manager.handle_request(scope, _replay(body), send)  # type: ignore[arg-type]
+            request.cancel_scope.cancel()
 
     async def _refuse(self, send: ASGISendCallable, error: GatewayError) -> None:
         status, headers, body = self._render_error(error)
@@ -218,64 +207,6 @@ class MCPEndpoint:
             "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
         })  # fmt: skip
         await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-class GatewayMeter:
-    """How the gateway admits and accounts a caller's tool calls, whichever route made
-    them. A priced tool (`mcp_info`) is admitted as a request is: the caller's budgets
-    (and rate limits) checked, its price reserved, then settled; a free one passes.
-    Every call is counted in the metrics, is a span when tracing is on, and a
-    spend-log row billed to the caller."""
-
-    def __init__(self, gateway: Gateway, caller: Caller) -> None:
-        self._gateway = gateway
-        self._caller = caller
-        self._traceparent = current_request.get().traceparent
-
-    async def admit(self, server: MCPServer, tool: str) -> Finish:
-        admission = await self._admission(server.cost(tool))
-
-        async def finish(call: ToolCall) -> None:
-            if admission is not None:
-                await admission.settle(0, call.cost)
-            await self.account(call)
-
-        return finish
-
-    async def _admission(self, price: float) -> Admission | None:
-        gateway, caller = self._gateway, self._caller
-        if price <= 0:
-            return None
-        proxy = await gateway.proxy_budget_row() if gateway.proxy_budget is not None else None
-        if caller.is_master and proxy is None:
-            return None
-
-        async def no_tokens() -> int:
-            return 0
-
-        async def most() -> float:
-            return price
-
-        try:
-            return await gateway.limits.admit(caller, no_tokens, most, proxy)
-        except GatewayError as refusal:
-            raise ToolRefused(refusal.message) from None
-
-    async def account(self, call: ToolCall) -> None:
-        """Account `call` (refused, or made and settled): metrics, span, spend row."""
-        gateway = self._gateway
-        name = str(call.server.name)
-        gateway.telemetry.metrics.mcp_tool_call(name, call.status, call.end - call.start)
-        tracing = gateway.telemetry.tracing
-        if tracing is not None:
-            span = tracing.tool_span(self._traceparent, name, call.tool, call.start)
-            if span is not None:
-                span.attributes["trigate.mcp_status"] = call.status
-                if call.status == "success":
-                    span.end()
-                else:
-                    span.fail(RuntimeError(call.error or call.status))
-        await gateway.record(tool_record(self._caller, call))
 
 
 class _Captured:
@@ -307,6 +238,21 @@ def _as_streamable(scope: HTTPScope) -> Any:
             (b"content-type", b"application/json"),
         ],
     }
+
+
+async def load_sdk() -> None:
+    """Import the modules that use the MCP SDK, once per process, in a worker thread.
+    Two first sessions at once both wait for it; the second thread's import waits on
+    the first's module lock, off the event loop."""
+    global _sdk_loaded
+    if not _sdk_loaded:
+        await trio.to_thread.run_sync(_import_sdk_modules)
+        _sdk_loaded = True
+
+
+def _import_sdk_modules() -> None:
+    for name in _SDK_MODULES:
+        importlib.import_module(name)
 
 
 def _selected(path: str) -> str | None:

@@ -30,6 +30,7 @@ from trigate.export.outbox import Outbox, OutboxCounters, Send
 from trigate.export.s3 import S3
 from trigate.litellm_keys import callback_names
 from trigate.spend import RequestRecord
+from trigate.tls import client_context
 from trigate.transport import HTTP11Transport
 
 logger = logging.getLogger("trigate.export")
@@ -48,7 +49,7 @@ MAX_CONNECTIONS = 16
 def export_client() -> httpx.AsyncClient:
     """The HTTP client sinks (and alerts) send with: trigate's own HTTP/1.1 transport,
     which costs a fraction of httpcore's per request (it does not read HTTPS_PROXY)."""
-    transport = HTTP11Transport(max_connections=MAX_CONNECTIONS)
+    transport = HTTP11Transport(max_connections=MAX_CONNECTIONS, ssl_context=client_context())
     return httpx.AsyncClient(transport=transport, timeout=EXPORT_TIMEOUT)
 
 

@@ -16,6 +16,7 @@ import orjson
 from trigate.errors import secrets
 from trigate.guardrails.base import GuardrailFailed
 from trigate.guardrails.config import ConfigProblem
+from trigate.tls import client_context
 from trigate.transport import HTTP11Transport
 
 # A guardrail service's answer is small; a larger one is garbage.
@@ -29,7 +30,9 @@ class Service:
 
     def __init__(self, name: str, api_key: str | None = None) -> None:
         self._name = name
-        self._transport = HTTP11Transport(max_connections=100, max_response_bytes=MAX_ANSWER_BYTES)
+        self._transport = HTTP11Transport(
+            max_connections=100, ssl_context=client_context(), max_response_bytes=MAX_ANSWER_BYTES
+        )
         secrets.add(api_key)
 
     async def post(

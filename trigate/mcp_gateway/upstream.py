@@ -15,7 +15,9 @@ without bound.
 
 from __future__ import annotations
 
+import functools
 import logging
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -65,15 +67,38 @@ def _transport(server: MCPServer, headers: dict[str, str]) -> AbstractAsyncConte
         )
     assert server.url is not None
     if server.kind == "sse":
-        return sse_client(server.url, headers=headers, sse_read_timeout=READ_TIMEOUT)
+        return sse_client(
+            server.url,
+            headers=headers,
+            sse_read_timeout=READ_TIMEOUT,
+            httpx_client_factory=_sse_http_client,
+        )
     return _streamable_http(server.url, headers)
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """httpx2's default TLS context, made once per process: a client makes its own by
+    default, parsing the CA bundle (tens of milliseconds) for every upstream session,
+    so for every MCP request."""
+    return httpx2.create_ssl_context()
+
+
+def _sse_http_client(
+    headers: dict[str, str] | None = None,
+    timeout: httpx2.Timeout | None = None,
+    auth: httpx2.Auth | None = None,
+) -> httpx2.AsyncClient:
+    """The SDK's client for the SSE transport (its `create_mcp_http_client`), on `_tls`."""
+    timeout = timeout or httpx2.Timeout(OPEN_TIMEOUT, read=READ_TIMEOUT)
+    return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, verify=_tls())
 
 
 @asynccontextmanager
 async def _streamable_http(url: str, headers: dict[str, str]) -> AsyncIterator[Any]:
     timeout = httpx2.Timeout(OPEN_TIMEOUT, read=READ_TIMEOUT)
     async with (
-        httpx2.AsyncClient(headers=headers, timeout=timeout) as client,
+        httpx2.AsyncClient(headers=headers, timeout=timeout, verify=_tls()) as client,
         streamable_http_client(url, http_client=client) as streams,
     ):
         yield streams
