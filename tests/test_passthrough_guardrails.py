@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
+import google.oauth2.credentials
 import httpx
 import openai
 import orjson
@@ -17,6 +18,7 @@ import pytest
 import trio
 from fake_anthropic import PING, message, message_end, message_start, text_block, tool_block
 from fake_gemini import answer, sse
+from fake_vertex import PROJECT, TokenServer
 from fakes import (
     DONE,
     FakeUpstream,
@@ -33,7 +35,8 @@ from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, start_gateway
 from test_guardrails import CARD, EMAIL, content_filter  # emails masked; cards, "forbidden" blocked
-from test_passthrough_routes import CLAUDE, GEMINI, USAGE, _key
+from test_passthrough_routes import CLAUDE, GEMINI, USAGE, VERTEX_CLAUDE, _key
+from test_passthrough_routes import config as routes_config
 
 
 def config(upstream: FakeUpstream, *guardrails: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -591,3 +594,48 @@ async def test_an_answer_the_guardrails_cannot_read_goes_no_further(
     assert events[2:] == ["[DONE]"]
     with trio.fail_after(5):
         await upstream.wait_for(lambda: upstream.aborted == 1)
+
+
+# --- Vertex AI ---------------------------------------------------------------------------
+
+
+async def test_claude_and_gemini_on_vertex_are_guarded_in_their_own_apis(
+    nursery: trio.Nursery, upstream: FakeUpstream, tokens: TokenServer
+) -> None:
+    """Claude on Vertex (`streamRawPredict`): a stream blocked mid-way, in Anthropic's
+    format; Gemini on Vertex: its request masked where its text is."""
+    guarded = {**routes_config(upstream, tokens),
+               "guardrails": [content_filter("in", "pre_call"),
+                              content_filter("out", "post_call", stream_window=1)]}  # fmt: skip
+    gateway = await start_gateway(nursery, guarded)
+    frames = [message_start(), *text_block(0, "one ", "forbidden ", "two")]
+    upstream.handler = lambda request: StreamReply(frames, tail=PING)
+    claude_ = anthropic.AsyncAnthropicVertex(
+        region="us-east5", project_id=PROJECT, access_token=MASTER_KEY,
+        base_url=f"{gateway.url}/vertex_ai/v1", max_retries=0,
+    )  # fmt: skip
+    text = ""
+    with pytest.raises(anthropic.APIStatusError) as blocked:
+        async with claude_.messages.stream(
+            model=VERTEX_CLAUDE, max_tokens=50, messages=[{"role": "user", "content": "count"}]
+        ) as stream:
+            async for piece in stream.text_stream:
+                text += piece
+    assert text == "one " and "forbidden" in blocked.value.message
+    assert upstream.requests[0].target.endswith(f"{VERTEX_CLAUDE}:streamRawPredict")
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+    upstream.handler = lambda request: JSONReply(answer([{"text": "Hi"}], usage=USAGE))
+    client = genai.Client(
+        vertexai=True, project=PROJECT, location="us-east5",
+        credentials=google.oauth2.credentials.Credentials(token=MASTER_KEY),  # type: ignore[no-untyped-call]
+        http_options=genai_types.HttpOptions(base_url=f"{gateway.url}/vertex_ai"),
+    )  # fmt: skip
+    reply = await trio.to_thread.run_sync(
+        lambda: client.models.generate_content(model=GEMINI, contents=f"Mail {EMAIL}")
+    )
+    assert reply.text == "Hi"
+    sent = upstream.requests[1]
+    assert sent.target.endswith(f"/publishers/google/models/{GEMINI}:generateContent")
+    assert sent.json["contents"][0]["parts"] == [{"text": "Mail [EMAIL_REDACTED]"}]
+    await gateway.stop()

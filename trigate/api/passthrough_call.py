@@ -3,9 +3,10 @@
 The virtual key is read where the client's SDK put it and checked as on the unified
 routes: the key's `models` against the model the body or path names, then its rate
 limits and budgets, a budget reserving the call's most expensive outcome at the
-model's price. The request goes to its upstream (passthrough_targets.py) with the
-provider's credential in place of the key; the answer goes back as it came, its
-usage read as it passes (passthrough_usage.py). However the call ends it is one
+model's price. The hooks that apply to the call run on it in the provider's own API
+(passthrough_guard.py). The request goes to its upstream (passthrough_targets.py) with
+the provider's credential in place of the key; the answer goes back as it came (or as
+the hooks let it), its usage read as it passes (passthrough_usage.py). However the call ends it is one
 spend row, written shielded under a bound, that settles what the admission held: at
 the usage read, else (failing closed) at what was reserved. Only the paths that call
 a model are open to every key; the rest, which act on the provider's account, need
