@@ -6,11 +6,11 @@ limits and budgets, a budget reserving the call's most expensive outcome at the
 model's price. The hooks that apply to the call run on it in the provider's own API
 (passthrough_guard.py). The request goes to its upstream (passthrough_targets.py) with
 the provider's credential in place of the key; the answer goes back as it came (or as
-the hooks let it), its usage read as it passes (passthrough_usage.py). However the call ends it is one
-spend row, written shielded under a bound, that settles what the admission held: at
-the usage read, else (failing closed) at what was reserved. Only the paths that call
-a model are open to every key; the rest, which act on the provider's account, need
-an admin.
+the hooks let it), its usage read as it passes (passthrough_usage.py). However the
+call ends it is one spend row, written shielded under a bound, that settles what the
+admission held: at the usage read, else (failing closed) at what was reserved. Only
+the paths that call a model are open to every key; the rest, which act on the
+provider's account, need an admin.
 """
 
 from __future__ import annotations
@@ -240,9 +240,12 @@ class PassCall:
         assert isinstance(upstream, httpx.AsyncByteStream)
         guard = self.guard
 
-        def seen(piece: bytes) -> None:
+        def arrived() -> None:
             if self.ttft is None:
                 self.ttft = wall_time() - self.started
+
+        def seen(piece: bytes) -> None:
+            arrived()
             reader.feed(piece)
 
         async def write(data: bytes) -> None:
@@ -255,11 +258,13 @@ class PassCall:
                 await self._reply_start(send, response)
                 await send({"type": "http.response.body", "body": answer, "more_body": False})
                 return
-            watched = self.watched = guard.stream(drop_usage=self.usage_asked)
+            # A watched stream's codec decodes its events once, for the reader too.
+            watched = guard.stream(drop_usage=self.usage_asked, heard=reader.read_event)
+            self.watched = watched
             if watched is not None:
                 await self._reply_start(send, response)
                 try:
-                    await watched.relay(upstream, seen, write)
+                    await watched.relay(upstream, arrived, write)
                 except GatewayError:
                     # Ended by its error event: the stream closes cleanly after it.
                     await send({"type": "http.response.body", "body": b"", "more_body": False})

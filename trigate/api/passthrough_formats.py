@@ -126,6 +126,8 @@ class EventCodec:
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
         self.drop_usage = False
+        # Hears each event's data as it is decoded (the call's usage reader).
+        self.heard: Callable[[dict[str, Any]], None] = _ignored
 
     def feed(self, piece: bytes) -> list[Any]:
         return [chunk for event in self._decoder.feed(piece) if (chunk := self._chunk(event))]
@@ -146,18 +148,23 @@ class EventCodec:
     def end(self) -> bytes:
         return b""
 
+    def _data(self, event: ServerSentEvent) -> dict[str, Any]:
+        """An event's JSON object, which `heard` hears; any other is unreadable."""
+        try:
+            data = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise UnreadableAnswer(
+                "The provider's stream sent an event that is not a JSON object, which the "
+                "guardrails cannot read: the stream ends here."
+            )
+        self.heard(data)
+        return data
 
-def _data(event: ServerSentEvent) -> dict[str, Any]:
-    try:
-        data = orjson.loads(event.data)
-    except orjson.JSONDecodeError:
-        data = None
-    if not isinstance(data, dict):
-        raise UnreadableAnswer(
-            "The provider's stream sent an event that is not a JSON object, which the "
-            "guardrails cannot read: the stream ends here."
-        )
-    return data
+
+def _ignored(data: dict[str, Any]) -> None:
+    pass
 
 
 def _frame_of(event: ServerSentEvent) -> bytes:
@@ -176,7 +183,7 @@ class NamedEvents(EventCodec):
         self._sequence = 0
 
     def _chunk(self, event: ServerSentEvent) -> Any:
-        data = _data(event)
+        data = self._data(event)
         sequence = data.get("sequence_number")
         if isinstance(sequence, int):
             self._sequence = sequence
@@ -274,7 +281,7 @@ class DataEvents(EventCodec):
     def _chunk(self, event: ServerSentEvent) -> Any:
         if self._done and event.data.strip() == "[DONE]":
             return None
-        data = _data(event)
+        data = self._data(event)
         if self.drop_usage and data.get("choices") == [] and data.get("usage"):
             return None
         return data

@@ -147,13 +147,17 @@ class PassGuard:
         """What runs beside the upstream call (`during_call` guardrails)."""
         return self._hooks.beside_route(self.request)
 
-    def stream(self, *, drop_usage: bool) -> WatchedStream | None:
-        """The stream's watch, when a hook reads its events (None: it goes as it came)."""
+    def stream(
+        self, *, drop_usage: bool, heard: Callable[[dict[str, Any]], None]
+    ) -> WatchedStream | None:
+        """The stream's watch, when a hook reads its events (None: it goes as it came);
+        `heard` hears each event's data as it is decoded."""
         on_chunk = self._hooks.chunk_hook(self.request)
         if on_chunk is None:
             return None
         codec = self.api.events()
         codec.drop_usage = drop_usage
+        codec.heard = heard
         return WatchedStream(on_chunk, codec)
 
     async def answer(self, raw: bytes, usage: Usage) -> bytes:
@@ -208,14 +212,15 @@ class WatchedStream:
     cut_short: bool = False
 
     async def relay(
-        self, upstream: httpx.AsyncByteStream, seen: Callable[[bytes], None], send: Send
+        self, upstream: httpx.AsyncByteStream, seen: Callable[[], None], send: Send
     ) -> None:
-        """Relay the stream, each upstream piece `seen` first. A block (a `GatewayError`)
-        is sent as the API's error event, then raised, for the call's record."""
+        """Relay the stream, `seen` called as each upstream piece arrives. A block (a
+        `GatewayError`) is sent as the API's error event, then raised, for the call's
+        record."""
         codec = self.codec
         try:
             async for piece in upstream:
-                seen(piece)
+                seen()
                 if await self._pass(codec.feed(piece), send):
                     self.cut_short = True
                     break
