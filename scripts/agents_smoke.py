@@ -10,6 +10,9 @@ translated and once against a native group; Claude Code also against the Vertex
 deployment and through the `/anthropic` pass-through route. For each run this prints
 the agent's exit code and answer, what trigate served (its spend log) and what the
 fake upstream received. `--only claude` (or `codex`) runs one agent's runs.
+`--guardrail` adds a content filter that masks emails before and after every call
+(pass-through ones included): the prompt and the fake's answer name one, and each run
+must show it masked, and the fake must never receive it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,18 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 MASTER_KEY = "sk-agents-smoke-master-0123456789"
-ANSWER = "Hi from the fake upstream."
+EMAIL = "ada@example.com"
+ANSWER = f"Hi from the fake upstream; Ada is at {EMAIL}."
+PROMPT = f"say hi to {EMAIL}"
+GUARDRAIL = {
+    "guardrail_name": "mask-emails",
+    "litellm_params": {
+        "guardrail": "litellm_content_filter",
+        "mode": ["pre_call", "post_call"],
+        "default_on": True,
+        "patterns": [{"pattern_type": "prebuilt", "pattern_name": "email", "action": "MASK"}],
+    },
+}
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -88,6 +102,7 @@ def _summary(path: str, headers: dict[str, str], request: dict[str, Any]) -> dic
         "tools": len(request.get("tools") or ()),
         "anthropic-beta": headers.get("anthropic-beta", "")[:60],
         "anthropic-version": headers.get("anthropic-version"),
+        "email": EMAIL in json.dumps(request),
     }
 
 
@@ -250,7 +265,7 @@ def _service_account(base: str) -> str:
     )
 
 
-def _config(upstream_port: int) -> str:
+def _config(upstream_port: int, guardrail: bool) -> str:
     base = f"http://127.0.0.1:{upstream_port}"
     return json.dumps(
         {
@@ -294,6 +309,7 @@ def _config(upstream_port: int) -> str:
                 },
             ],
             "general_settings": {"master_key": MASTER_KEY},
+            "guardrails": [GUARDRAIL] if guardrail else [],
         }
     )
 
@@ -317,7 +333,7 @@ class Agents:
             'wire_api = "responses"\n'
         )
         environ = {**os.environ, "CODEX_HOME": str(home), "TRIGATE_API_KEY": MASTER_KEY}
-        command = [str(self.codex), "exec", "--skip-git-repo-check", "say hi"]
+        command = [str(self.codex), "exec", "--skip-git-repo-check", PROMPT]
         return _run(command, environ, self.workdir)
 
     def claude_run(self, model: str, route: str = "") -> subprocess.CompletedProcess[str]:
@@ -337,7 +353,7 @@ class Agents:
             "DISABLE_AUTOUPDATER": "1",
         }
         environ.pop("ANTHROPIC_API_KEY", None)
-        return _run([str(self.claude), "-p", "say hi"], environ, self.workdir)
+        return _run([str(self.claude), "-p", PROMPT], environ, self.workdir)
 
 
 def _run(
@@ -371,6 +387,7 @@ def _report(
     run: subprocess.CompletedProcess[str],
     served: list[dict[str, Any]],
     seen: list[dict[str, Any]],
+    guardrail: bool,
 ) -> bool:
     answer = run.stdout.strip().splitlines()
     print(f"\n=== {name}: exit {run.returncode}")
@@ -387,10 +404,15 @@ def _report(
         )
     for request in seen:
         print(f"upstream: {json.dumps(request)}")
-    return run.returncode == 0 and bool(served) and all(row.get("status") == 200 for row in served)
+    answered = run.returncode == 0 and bool(served)
+    masked = not guardrail or (EMAIL not in run.stdout and not any(r["email"] for r in seen))
+    if guardrail:
+        print("guardrail: " + ("the email reached neither the fake nor the answer" if masked
+                               else "FAILED: the email went through unmasked"))  # fmt: skip
+    return answered and masked and all(row.get("status") == 200 for row in served)
 
 
-async def _main(codex: Path, claude: Path, only: str | None) -> int:
+async def _main(codex: Path, claude: Path, only: str | None, guardrail: bool) -> int:
     upstream = FakeUpstream()
     upstream_port, gateway_port = _free_port(), _free_port()
     config = Config()
@@ -401,7 +423,7 @@ async def _main(codex: Path, claude: Path, only: str | None) -> int:
     with tempfile.TemporaryDirectory(prefix="trigate-agents-") as scratch:
         workdir = Path(scratch)
         config_path = workdir / "config.yaml"
-        config_path.write_text(_config(upstream_port))  # JSON is YAML
+        config_path.write_text(_config(upstream_port, guardrail))  # JSON is YAML
         environ = {
             **os.environ,
             "TRIGATE_DATABASE_URL": f"sqlite:///{workdir}/trigate.db",
@@ -457,7 +479,7 @@ async def _main(codex: Path, claude: Path, only: str | None) -> int:
                 run = await trio.to_thread.run_sync(run_agent, model)
                 await trio.sleep(1.2)  # the spend ledger writes in batches
                 served = [row for rid, row in _spend(gateway).items() if rid not in before]
-                ok &= _report(name, run, served, upstream.seen[requests:])
+                ok &= _report(name, run, served, upstream.seen[requests:], guardrail)
             gateway_process.terminate()
             await gateway_process.wait()
             nursery.cancel_scope.cancel()
@@ -482,8 +504,9 @@ def main() -> int:
     parser.add_argument("--codex", type=Path, required=True)
     parser.add_argument("--claude", type=Path, required=True)
     parser.add_argument("--only", choices=("codex", "claude"), help="one agent's runs only")
+    parser.add_argument("--guardrail", action="store_true", help="mask emails, and check it")
     args = parser.parse_args()
-    return trio.run(_main, args.codex, args.claude, args.only)
+    return trio.run(_main, args.codex, args.claude, args.only, args.guardrail)
 
 
 if __name__ == "__main__":

@@ -479,7 +479,10 @@ async def test_the_path_names_the_model(gateway: RunningGateway, upstream: FakeU
         mismatched = await client.post(url, json={"model": GEMINI, "contents": contents})
         same = await client.post(url, json={"model": "models/gemini-2.5-pro", "contents": contents})
     assert mismatched.status_code == 400
-    assert mismatched.json()["error"]["code"] == "model_mismatch"
+    # Google's envelope, which google-genai reads, the gateway's code its ErrorInfo reason.
+    error = mismatched.json()["error"]
+    assert (error["code"], error["status"]) == (400, "INVALID_ARGUMENT")
+    assert error["details"][0]["reason"] == "model_mismatch"
     assert same.status_code == 200 and len(upstream.requests) == 1
     records = await gateway.records.wait_for(2)
     assert records[-1].model == "gemini/gemini-2.5-pro"
@@ -644,6 +647,8 @@ async def test_a_custom_pass_through_endpoint(
 async def test_no_call_bypasses_a_configured_hook(
     nursery: trio.Nursery, upstream: FakeUpstream, tokens: TokenServer
 ) -> None:
+    """A hook reads the provider APIs the gateway knows (test_passthrough_guardrails.py);
+    any other call is refused while the hook applies, in the route's own envelope."""
     guarded = {
         **config(upstream, tokens),
         "litellm_settings": {"callbacks": ["hook_examples.litellm_redact"]},
@@ -651,14 +656,14 @@ async def test_no_call_bypasses_a_configured_hook(
     running = await start_gateway(nursery, guarded)
     try:
         async with running.client() as client:
-            body = {"model": CLAUDE, "max_tokens": 10, "messages": MESSAGES}
-            reply = await client.post("/anthropic/v1/messages", json=body)
+            reply = await client.get("/anthropic/v1/models")
     finally:
         await running.stop()
     assert reply.status_code == 403
     # Anthropic's envelope, on Anthropic's route.
     assert reply.json()["type"] == "error" and reply.json()["error"]["type"] == "permission_error"
-    assert "no call may bypass them" in reply.text
+    assert "no call may bypass them" in reply.text.lower()
+    assert "a GET request is not a model call" in reply.text
     assert upstream.requests == []
 
 

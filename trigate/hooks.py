@@ -17,7 +17,7 @@ leaves out as pass-throughs):
   out when it ends, so for a stream it hears the final usage only, and a refusal is
   the request's recorded error.
 
-Three more points serve guardrails (`trigate.guardrails`), each optional on a hook:
+Four more points serve guardrails (`trigate.guardrails`), each optional on a hook:
 
 - `beside_route(request)` returns None, or a coroutine function the pipeline runs beside
   the upstream call (its retries and fallbacks included); the answer is held until it
@@ -27,7 +27,9 @@ Three more points serve guardrails (`trigate.guardrails`), each optional on a ho
   released at once), and `on_stream_end(request)` returns the chunks still held when
   the upstream's stream ends;
 - `redacted(request, record)` returns the spend record as it may be stored and exported
-  (masked by `logging_only` guardrails), before the record stage writes or exports it.
+  (masked by `logging_only` guardrails), before the record stage writes or exports it;
+- `applies(request)` says whether the hook acts on the request at all (a pass-through
+  call the gateway cannot read is refused only while a hook applies to it).
 
 `after_answer` may change the answer in place and return True when it did, so that the
 upstream's own bytes are not sent instead.
@@ -47,7 +49,9 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar
+
+import trio
 
 from trigate.clock import wall_time
 from trigate.errors import GatewayError
@@ -148,6 +152,66 @@ ChunkHook = Callable[[Any], Awaitable[Any]]
 Beside = Callable[[], Awaitable[None]]
 
 
+T = TypeVar("T")
+# Releasing a result whose client has left must not hold the request's task forever.
+DISCARD_TIMEOUT = 5.0
+
+
+async def run_beside(
+    call: Callable[[], Awaitable[T]],
+    beside: Beside,
+    discard: Callable[[T | None], Awaitable[None]],
+) -> T:
+    """`call`'s result, while `beside` runs (LiteLLM's during_call guardrails): it waits
+    for `beside` to pass. A refusal cancels `call`, or has `discard` release its result
+    if it came first (None if it did not), and is raised as it came."""
+    results: list[T] = []
+    failure: Exception | None = None
+    refusal: Exception | None = None
+
+    async def check(scope: trio.CancelScope) -> None:
+        nonlocal refusal
+        try:
+            await beside()
+        except Exception as error:
+            refusal = error
+            scope.cancel()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(check, nursery.cancel_scope)
+            try:
+                results.append(await call())
+            except Exception as error:
+                failure = error
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the client left: Cancelled, as it came
+        if results:  # the call's result came while the check still ran: nobody takes it
+            with trio.CancelScope(shield=True), trio.move_on_after(DISCARD_TIMEOUT):
+                await discard(results[0])
+        raise _first(group) from None
+    if refusal is not None:
+        await discard(results[0] if results else None)
+        raise refusal
+    if failure is not None:
+        raise failure
+    return results[0]
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception a group of one task's stands for: its first failure, else its first
+    cancellation (re-raised, so the scope that was cancelled catches it)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        found = pending.pop(0)
+        if isinstance(found, BaseExceptionGroup):
+            pending.extend(found.exceptions)
+        else:
+            leaves.append(found)
+    return next((e for e in leaves if not isinstance(e, trio.Cancelled)), leaves[0])
+
+
 class Hooks:
     """The configured hooks, in order; never empty: with none configured the pipeline
     holds None instead, and a request asks only `hooks is not None`."""
@@ -167,6 +231,15 @@ class Hooks:
         masked (Presidio's `output_parse_pii`) answers each caller with its own text,
         where the cache would see only the placeholders all of them share."""
         return any(getattr(hook, "personalises")(request) for hook in self._personal)  # noqa: B009
+
+    def applies(self, request: HookedRequest) -> bool:
+        """Whether any hook acts on `request`: a hook with an `applies` of its own says
+        (the guardrails' hook, by the guardrails the request meets); any other does."""
+        for hook in self._all:
+            applies = getattr(hook, "applies", None)
+            if applies is None or applies(request):
+                return True
+        return False
 
     def beside_route(self, request: HookedRequest) -> Beside | None:
         """What runs beside the upstream call for `request` (None: nothing)."""

@@ -202,9 +202,10 @@ def consume(body: dict[str, Any], headers: Mapping[str, str], path: str) -> Lite
         request.cache = read_controls(fields.pop("cache", None), fields.pop("caching", None))
     _read_fallbacks(request, fields.pop("fallbacks", None))
     _read_logging(request, fields, headers)
-    request.guardrails = _guardrails(guardrails, "guardrails")
+    request.guardrails = guardrail_names(guardrails, "guardrails")
     if request.metadata is not None:
-        request.guardrails += _guardrails(request.metadata.get("guardrails"), "metadata.guardrails")
+        named = request.metadata.get("guardrails")
+        request.guardrails += guardrail_names(named, "metadata.guardrails")
     _read_bounds(request, fields, headers)
     _read_mocks(request, fields)
     credentials = {name: fields.pop(name) for name in CLIENT_CREDENTIALS if name in fields}
@@ -292,7 +293,7 @@ def _read_logging(
         request.session_id = session
 
 
-def _guardrails(value: Any, param: str) -> list[str]:
+def guardrail_names(value: Any, param: str) -> list[str]:
     """LiteLLM's `guardrails`: a list of names, or a mapping of names to their dynamic
     parameters. A name mapped to `false` asks to turn a guardrail off, which a client
     may not: it is read as naming nothing."""

@@ -3,13 +3,14 @@
 The virtual key is read where the client's SDK put it and checked as on the unified
 routes: the key's `models` against the model the body or path names, then its rate
 limits and budgets, a budget reserving the call's most expensive outcome at the
-model's price. The request goes to its upstream (passthrough_targets.py) with the
-provider's credential in place of the key; the answer goes back as it came, its
-usage read as it passes (passthrough_usage.py). However the call ends it is one
-spend row, written shielded under a bound, that settles what the admission held: at
-the usage read, else (failing closed) at what was reserved. Only the paths that call
-a model are open to every key; the rest, which act on the provider's account, need
-an admin.
+model's price. The hooks that apply to the call run on it in the provider's own API
+(passthrough_guard.py). The request goes to its upstream (passthrough_targets.py) with
+the provider's credential in place of the key; the answer goes back as it came (or as
+the hooks let it), its usage read as it passes (passthrough_usage.py). However the
+call ends it is one spend row, written shielded under a bound, that settles what the
+admission held: at the usage read, else (failing closed) at what was reserved. Only
+the paths that call a model are open to every key; the rest, which act on the
+provider's account, need an admin.
 """
 
 from __future__ import annotations
@@ -24,8 +25,18 @@ import orjson
 import trio
 
 from trigate.api.context import current_request
-from trigate.api.envelopes import ANTHROPIC, OPENAI
+from trigate.api.envelopes import ANTHROPIC, GOOGLE, OPENAI
 from trigate.api.model_api import NEVER_FORWARDED, error_reply, send_reply, unexpected_failure
+from trigate.api.passthrough_formats import native_api, unreadable_reason
+from trigate.api.passthrough_guard import (
+    PassGuard,
+    PassRequest,
+    WatchedStream,
+    guard_for,
+    read_whole,
+    refuse_unconfigured,
+    requested_guardrails,
+)
 from trigate.api.passthrough_targets import (
     VERTEX_ROUTES,
     Upstream,
@@ -40,7 +51,8 @@ from trigate.auth import Caller
 from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed, GatewayError, secrets
 from trigate.gateway import Gateway
-from trigate.hooks import Refused
+from trigate.guardrails.text import request_slots
+from trigate.hooks import run_beside
 from trigate.limits import Admission, ModelNotAllowed, allows_model, check_model
 from trigate.providers.base import translate_transport_error
 from trigate.roles import NotPermitted, Role
@@ -110,9 +122,19 @@ class PassCall:
         self.started = wall_time()
         self.ttft: float | None = None
         self.timeout = DEFAULT_TIMEOUT
-        # Anthropic's SDKs (Claude on Vertex's too) read errors in Anthropic's envelope.
+        # Anthropic's SDKs (Claude on Vertex's too) read errors in Anthropic's envelope,
+        # Google's (Gemini's, Vertex's) in Google's.
         claude = route == "anthropic" or (route in VERTEX_ROUTES and "/anthropic/" in path)
-        self.envelope = ANTHROPIC if claude else OPENAI
+        google = route == "gemini" or route in VERTEX_ROUTES
+        self.envelope = ANTHROPIC if claude else GOOGLE if google else OPENAI
+        # The hooks on the call, when any applies to it (passthrough_guard.py).
+        self.guard: PassGuard | None = None
+        self.watched: WatchedStream | None = None
+        # Whether the client's answer has started (an error is then the stream's own).
+        self.replied = False
+        # What the client got of an answer a hook cut short (None: none was): it and the
+        # prompt are what is billed.
+        self.cut_short: list[str] | None = None
 
     async def authenticate(self) -> None:
         key = _presented_key(self.headers, self.query_key)
@@ -126,7 +148,6 @@ class PassCall:
     async def run(self, body: bytes, send: ASGISendCallable) -> None:
         status, error, usage, cancelled, stream = 500, None, None, False, False
         reader: UsageReader | None = None
-        dropper: UsageChunkDropper | None = None
         response: httpx.Response | None = None
         sent = False
         parsed = self.body = _json(body)
@@ -134,35 +155,28 @@ class PassCall:
             self._check_path()
             self.model = requested_model(self.path, parsed)
             self._check_model()
-            self._check_hooks()
+            named, popped = requested_guardrails(parsed)
+            self.guard = self._guard(parsed, named)
             await self._admit(parsed)
+            if self.guard is not None:
+                body = await self.guard.before(body, changed=popped)
+            elif popped:
+                body = orjson.dumps(parsed)
             request = await self._request(self._asking_usage(parsed, body))
             sent = True
-            try:
-                response = await self.gateway.transport.handle_async_request(request)
-            except httpx.HTTPError as failure:
-                raise translate_transport_error(failure) from failure
+            response = await self._call(request)
             status = response.status_code
             content_type = response.headers.get("content-type", "")
             stream = "text/event-stream" in content_type
             reader = UsageReader(content_type)
-            dropper = UsageChunkDropper() if stream and self.usage_asked else None
-            await send(_start(response))
-            upstream = response.stream
-            assert isinstance(upstream, httpx.AsyncByteStream)
-            async for piece in upstream:
-                if self.ttft is None:
-                    self.ttft = wall_time() - self.started
-                reader.feed(piece)
-                if dropper is not None:
-                    piece = dropper.feed(piece)
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-            rest = dropper.end() if dropper is not None else b""
-            await send({"type": "http.response.body", "body": rest, "more_body": False})
+            await self._relay(response, reader, stream, send)
             usage = reader.usage()
+            if self.guard is not None and stream and status < 400:
+                await self.guard.stream_ended(_usage(usage))
         except GatewayError as failure:
             status, error = failure.status, failure
-            if response is None:
+            usage = reader.usage() if reader is not None else None
+            if not self.replied:
                 await send_reply(send, error_reply(failure, self.envelope))
         except trio.Cancelled:
             status, cancelled = CLIENT_CLOSED, True
@@ -176,14 +190,16 @@ class PassCall:
         except Exception as failure:
             error = unexpected_failure(failure)
             status = error.status
-            if response is None:
+            if not self.replied:
                 await send_reply(send, error_reply(error, self.envelope))
         finally:
             with trio.CancelScope(shield=True, deadline=trio.current_time() + RECORD_TIMEOUT):
                 if response is not None:
                     await response.aclose()
                 counted = None
-                if usage is None and status < 400 and self.route == "gemini":
+                if self.cut_short is not None:
+                    counted = await self._cut_short_usage(usage, parsed)
+                elif usage is None and status < 400 and self.route == "gemini":
                     counted = await self._counted(gemini_embedded_texts(self.path, parsed))
                 # A call the upstream may have served (it did not refuse it) is billed.
                 billed = (
@@ -192,6 +208,85 @@ class PassCall:
                     and not self.path.endswith(FREE_PATHS)
                 )
                 await self._record(status, error, usage, stream, cancelled, counted, billed)
+
+    async def _call(self, request: httpx.Request) -> httpx.Response:
+        """The upstream's answer (its head), beside what hooks run during the call."""
+        beside = self.guard.beside() if self.guard is not None else None
+        if beside is None:
+            return await self._upstream(request)
+
+        async def refused(response: httpx.Response | None) -> None:
+            self.cut_short = []  # the upstream read the prompt: it is billed that
+            if response is not None:
+                await response.aclose()
+
+        return await run_beside(functools.partial(self._upstream, request), beside, refused)
+
+    async def _upstream(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self.gateway.transport.handle_async_request(request)
+        except httpx.HTTPError as failure:
+            raise translate_transport_error(failure) from failure
+
+    async def _relay(
+        self,
+        response: httpx.Response,
+        reader: UsageReader,
+        stream: bool,
+        send: ASGISendCallable,
+    ) -> None:
+        """The answer to the client: past the hooks where they read it, else as it came."""
+        upstream = response.stream
+        assert isinstance(upstream, httpx.AsyncByteStream)
+        guard = self.guard
+
+        def arrived() -> None:
+            if self.ttft is None:
+                self.ttft = wall_time() - self.started
+
+        def seen(piece: bytes) -> None:
+            arrived()
+            reader.feed(piece)
+
+        async def write(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        if guard is not None and response.status_code < 400:
+            if not stream:
+                raw = await read_whole(upstream, seen)
+                answer = await guard.answer(raw, _usage(reader.usage()))
+                await self._reply_start(send, response)
+                await send({"type": "http.response.body", "body": answer, "more_body": False})
+                return
+            # A watched stream's codec decodes its events once, for the reader too.
+            watched = guard.stream(drop_usage=self.usage_asked, heard=reader.read_event)
+            self.watched = watched
+            if watched is not None:
+                await self._reply_start(send, response)
+                try:
+                    await watched.relay(upstream, arrived, write)
+                except GatewayError:
+                    # Ended by its error event: the stream closes cleanly after it.
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    raise
+                finally:
+                    if watched.cut_short:
+                        self.cut_short = watched.text
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+        dropper = UsageChunkDropper() if stream and self.usage_asked else None
+        await self._reply_start(send, response)
+        async for piece in upstream:
+            seen(piece)
+            if dropper is not None:
+                piece = dropper.feed(piece)
+            await write(piece)
+        rest = dropper.end() if dropper is not None else b""
+        await send({"type": "http.response.body", "body": rest, "more_body": False})
+
+    async def _reply_start(self, send: ASGISendCallable, response: httpx.Response) -> None:
+        self.replied = True
+        await send(_start(response))
 
     def _check_path(self) -> None:
         """A provider route's paths other than its model calls reach the provider's
@@ -227,17 +322,40 @@ class PassCall:
         self.usage_asked = True
         return orjson.dumps({**parsed, "stream_options": {**options, "include_usage": True}})
 
-    def _check_hooks(self) -> None:
-        """Hooks read and rewrite requests in OpenAI's shapes, which a provider's own API
-        is not: rather than let a call bypass a guardrail, none is made while any is set."""
-        if self.gateway.live.hooks is not None:
-            raise Refused(
-                "Pass-through routes are closed while request hooks "
-                "(litellm_settings.callbacks) are configured: they cannot run on a "
-                "provider's own API, and no call may bypass them.",
-                status=403,
-                code="pass_through_closed_by_hooks",
+    def _guard(self, parsed: Any, named: list[str]) -> PassGuard | None:
+        """The hooks on this call (passthrough_guard.py); None when none applies to it."""
+        hooks = self.gateway.live.hooks
+        if hooks is None:
+            refuse_unconfigured(named)
+            return None
+        request = None
+        if self.caller is not None:
+            body = parsed if isinstance(parsed, dict) else {}
+            model = self.model or self._route_name()
+            request = PassRequest(self.caller, model, body, current_request.get(), named)
+        api = native_api(self.route, self.method, self.path, self.query)
+        if api is None:
+            return guard_for(
+                hooks, request, None, unreadable_reason(self.route, self.method, self.path)
             )
+        return guard_for(
+            hooks,
+            request,
+            api if isinstance(parsed, dict) else None,
+            "its body is not a JSON object",
+        )
+
+    async def _cut_short_usage(self, usage: dict[str, Any] | None, parsed: Any) -> Usage:
+        """What a call a hook cut short is billed: its prompt (as the upstream reported
+        it, else counted) and what the client got of the answer, counted."""
+        reported = _usage(usage).prompt_tokens
+        prompt = reported
+        if not reported and isinstance(parsed, dict):
+            counted = await self._counted([slot.text for slot in request_slots(parsed)])
+            prompt = counted.prompt_tokens if counted is not None else 0
+        text = "".join(self.cut_short or ())
+        completion = await self.gateway.counter.count_text_async(self.model or "", text)
+        return Usage(prompt, completion, "counted")
 
     async def _counted(self, texts: list[str] | None) -> Usage | None:
         """The tokens of `texts`, by the gateway's count, for an answer that reports none."""
@@ -420,6 +538,9 @@ class PassCall:
             error=secrets.redact(error.message) if error else None,
             metadata={"pass_through_route": route},
         )
+        if self.guard is not None:
+            # Masked by logging_only guardrails, with each guardrail's outcome.
+            record = self.guard.redacted(record)
         await self.gateway.record(record)
 
 

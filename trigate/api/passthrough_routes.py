@@ -11,8 +11,10 @@ The client sends its virtual key as its provider's SDK sends the provider's own:
 (the rest), or LiteLLM's `x-litellm-api-key`. The key is checked as on the unified
 routes: its `models` (the model named in the body or the path), its, its team's and its
 user's rate limits and budgets. The key never goes on: the provider's credential
-replaces it. The body and the answer pass unchanged, the answer streamed as it comes;
-the client's departure cancels the call and closes the upstream connection.
+replaces it. The body and the answer pass unchanged, the answer streamed as it comes,
+unless hooks or guardrails apply to the call (passthrough_guard.py): they read it in the
+provider's own API, and may refuse it or mask it. The client's departure cancels the
+call and closes the upstream connection.
 
 Each call is one spend row, with its model and the usage its answer reports
 (passthrough_usage.py), priced as the unified routes price it; an answer whose usage

@@ -105,6 +105,11 @@ class UsageReader:
                 self._read(item)
         return self._usage
 
+    def read_event(self, data: Any) -> None:
+        """An SSE event's data, already decoded by whoever relays the stream (a watched
+        pass-through stream's codec), in place of `feed`ing its bytes."""
+        self._read(data)
+
     def _read(self, data: Any) -> None:
         if not isinstance(data, dict):
             return

@@ -46,7 +46,7 @@ from trigate.end_users import end_user_of
 from trigate.errors import GatewayError, UpstreamTimeout, secrets
 from trigate.forms import StreamedForm, boundary_of, parse_form
 from trigate.gateway import Gateway
-from trigate.hooks import Beside, Hooks
+from trigate.hooks import Beside, Hooks, run_beside
 from trigate.limits import (
     Admission,
     Covering,
@@ -64,8 +64,6 @@ from trigate.sse import plain_payloads
 from trigate.usage import Usage, UsageMeter
 
 RECORD_TIMEOUT = 10.0
-# Releasing an answer whose client has left must not hold the request's task forever.
-DISCARD_TIMEOUT = 5.0
 # A stream's after_answer hooks run in the relay's finishing time, before its record.
 STREAM_HOOK_TIMEOUT = 5.0
 logger = logging.getLogger("trigate")
@@ -471,39 +469,12 @@ class Call:
     async def _route_beside(self, beside: Beside) -> Routed[Any]:
         """Route while `beside` runs (LiteLLM's during_call guardrails): the answer waits
         for it, and its refusal cancels the call, or discards an answer that came first."""
-        routed: Routed[Any] | None = None
-        failure: Exception | None = None
-        refusal: Exception | None = None
 
-        async def check(scope: trio.CancelScope) -> None:
-            nonlocal refusal
-            try:
-                await beside()
-            except Exception as error:
-                refusal = error
-                scope.cancel()
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(check, nursery.cancel_scope)
-                try:
-                    routed = await self._route_only()
-                except Exception as error:
-                    failure = error
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:  # the client left: Cancelled, as it came
-            if routed is not None:  # the upstream answered while the check still ran
-                with trio.CancelScope(shield=True), trio.move_on_after(DISCARD_TIMEOUT):
-                    await self._abandon(routed)
-            raise _first(group) from None
-        if refusal is not None:
+        async def discard(routed: Routed[Any] | None) -> None:
             if routed is not None:
                 await self._abandon(routed)
-            raise refusal
-        if failure is not None:
-            raise failure
-        assert routed is not None
-        return routed
+
+        return await run_beside(self._route_only, beside, discard)
 
     async def _abandon(self, routed: Routed[Any]) -> None:
         """Release an answer nobody will be sent: its upstream, and its deployment's
@@ -714,20 +685,6 @@ class _AnsweredStream:
 
     async def aclose(self) -> None:
         pass
-
-
-def _first(group: BaseExceptionGroup) -> BaseException:
-    """The exception a group of one task's stands for: its first failure, else its first
-    cancellation (re-raised, so the scope that was cancelled catches it)."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        found = pending.pop(0)
-        if isinstance(found, BaseExceptionGroup):
-            pending.extend(found.exceptions)
-        else:
-            leaves.append(found)
-    return next((e for e in leaves if not isinstance(e, trio.Cancelled)), leaves[0])
 
 
 def _answer_id(answer: Any) -> str | None:

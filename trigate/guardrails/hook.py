@@ -23,6 +23,13 @@ class GuardrailHook(BaseHook):
     def __repr__(self) -> str:
         return f"guardrails({', '.join(self.guardrails.guardrails)})"
 
+    def applies(self, request: HookedRequest) -> bool:
+        """Whether the request meets any guardrail (`default_on`, its own, its key's or
+        its team's)."""
+        caller = request.caller
+        requested = getattr(request, "requested_guardrails", None) or ()
+        return bool(self.guardrails.selected(requested, caller.key, caller.team))
+
     async def before_route(self, request: HookedRequest) -> dict[str, Any] | None:
         caller = request.caller
         requested = getattr(request, "requested_guardrails", None) or ()

@@ -4,7 +4,11 @@ The pipeline hands hooks the request in OpenAI's shapes (a Messages or Responses
 translated: its system prompt, content blocks, tool uses and tool results are messages,
 content parts and tool calls there), so one reader covers every surface's request. An
 answer or a chunk may also be in the client's own API (a native Anthropic message or
-Responses object, their stream events), and those are read here too.
+Responses object, their stream events), and those are read here too. The pass-through
+routes hand hooks a provider's own request, answer and stream events as they came:
+Anthropic's Messages (its `system`, tool uses' input, text documents), OpenAI's
+Responses (`instructions`, input items) and Gemini's `generateContent` (contents and
+system instruction, candidates, embedding requests) are read in their own shapes.
 
 A `Slot` is one piece of text and the place it came from: a guardrail reads `text`, and
 a mask is written back by `replace`, in the shape it was read from. Tool-call arguments
@@ -61,8 +65,12 @@ class Slot:
 def request_slots(body: dict[str, Any]) -> list[Slot]:
     """The text of a request in OpenAI's shapes: chat messages (with tool calls and tool
     results), a completion's or an image's prompt, embeddings', moderations' or speech's
-    input, and a rerank's query and documents."""
+    input, and a rerank's query and documents; and in a provider's own (the pass-through
+    routes'): Anthropic's `system`, Responses' `instructions` and input items, Gemini's
+    contents, system instruction and embedding requests."""
     slots: list[Slot] = []
+    slots.extend(_content(body, "system"))
+    slots.extend(_strings(body, "instructions"))
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in messages:
@@ -70,7 +78,9 @@ def request_slots(body: dict[str, Any]) -> list[Slot]:
                 slots.extend(_message_slots(message))
     for key in ("prompt", "input", "query"):
         slots.extend(_strings(body, key))
+    slots.extend(_input_items(body.get("input")))
     slots.extend(_documents(body))
+    slots.extend(_gemini_request(body))
     return slots
 
 
@@ -100,7 +110,8 @@ def _message_slots(message: dict[str, Any]) -> Iterator[Slot]:
 
 def _content(holder: dict[str, Any], key: str, kind: str = TEXT) -> Iterator[Slot]:
     """A message's content: a string, or a list of parts whose text parts are read (and
-    a tool result's own nested content)."""
+    a tool result's own nested content); Anthropic's own blocks as they came: a tool
+    use's input, a text document's data, a search result's content."""
     content = holder.get(key)
     if isinstance(content, str):
         yield Slot(holder, key, kind)
@@ -110,8 +121,41 @@ def _content(holder: dict[str, Any], key: str, kind: str = TEXT) -> Iterator[Slo
                 continue
             if isinstance(part.get("text"), str):
                 yield Slot(part, "text", kind)
-            if part.get("type") == "tool_result":
+            kind_of_part = part.get("type")
+            if kind_of_part == "tool_result":
                 yield from _content(part, "content", TOOL_RESULT)
+            elif kind_of_part == "tool_use" and isinstance(part.get("input"), dict | list):
+                yield from leaves(part["input"])
+            elif kind_of_part == "search_result":
+                yield from _content(part, "content", kind)
+            elif kind_of_part == "document" and isinstance(part.get("source"), dict):
+                yield from _document_source(part["source"], kind)
+
+
+def _document_source(source: dict[str, Any], kind: str) -> Iterator[Slot]:
+    """An Anthropic document's text: a plain-text source's data, or its content blocks."""
+    if source.get("type") == "text" and isinstance(source.get("data"), str):
+        yield Slot(source, "data", kind)
+    elif source.get("type") == "content":
+        yield from _content(source, "content", kind)
+
+
+def _input_items(items: Any) -> Iterator[Slot]:
+    """A Responses request's input items: messages, tool calls and their outputs."""
+    if not isinstance(items, list):
+        return
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind in ("function_call_output", "custom_tool_call_output"):
+            yield from _content(item, "output", TOOL_RESULT)
+        elif kind == "custom_tool_call" and isinstance(item.get("input"), str):
+            yield Slot(item, "input", TOOL_ARGUMENTS)
+        elif kind == "function_call":
+            yield from json_slots(item, "arguments")
+        elif kind in (None, "message"):
+            yield from _content(item, "content")
 
 
 def _strings(holder: dict[str, Any], key: str) -> Iterator[Slot]:
@@ -144,14 +188,16 @@ def json_slots(holder: dict[str, Any], key: str) -> list[Slot]:
     return list(leaves(parsed, commit))
 
 
-def leaves(value: Any, commit: Callable[[], None] | None = None) -> Iterator[Slot]:
-    """Every string in a JSON value, keys aside, as tool arguments."""
+def leaves(
+    value: Any, commit: Callable[[], None] | None = None, kind: str = TOOL_ARGUMENTS
+) -> Iterator[Slot]:
+    """Every string in a JSON value, keys aside, as tool arguments (or `kind`)."""
     items: Any = value.items() if isinstance(value, dict) else enumerate(value)
     for key, item in items:
         if isinstance(item, str):
-            yield Slot(value, key, TOOL_ARGUMENTS, commit)
+            yield Slot(value, key, kind, commit)
         elif isinstance(item, dict | list):
-            yield from leaves(item, commit)
+            yield from leaves(item, commit, kind)
 
 
 # --- answers ----------------------------------------------------------------------------
@@ -175,6 +221,7 @@ def answer_slots(answer: dict[str, Any]) -> list[Slot]:
             slots.extend(_message_slots(message))
         if isinstance(choice.get("text"), str):
             slots.append(Slot(choice, "text"))
+    slots.extend(_candidates(answer))
     return slots
 
 
@@ -196,17 +243,65 @@ def _response_item(item: dict[str, Any]) -> Iterator[Slot]:
         yield from json_slots(item, "arguments")
 
 
+# --- Gemini's own API (the pass-through routes) ------------------------------------------
+
+
+def _gemini_request(body: dict[str, Any]) -> Iterator[Slot]:
+    """A `generateContent` request's system instruction and contents (also inside a
+    `countTokens` request's `generateContentRequest`), an `embedContent` request's
+    content, and a `batchEmbedContents` request's."""
+    inner = body.get("generateContentRequest")
+    for request in (body, inner) if isinstance(inner, dict) else (body,):
+        for key in ("systemInstruction", "system_instruction", "content"):
+            if isinstance(request.get(key), dict):
+                yield from _gemini_parts(request[key])
+        contents = request.get("contents")
+        for content in contents if isinstance(contents, list) else ():
+            if isinstance(content, dict):
+                yield from _gemini_parts(content)
+    requests = body.get("requests")
+    for request in requests if isinstance(requests, list) else ():
+        if isinstance(request, dict) and isinstance(request.get("content"), dict):
+            yield from _gemini_parts(request["content"])
+
+
+def _candidates(answer: dict[str, Any]) -> Iterator[Slot]:
+    """A `GenerateContentResponse`'s candidates (a whole answer, or a stream event)."""
+    candidates = answer.get("candidates")
+    for candidate in candidates if isinstance(candidates, list) else ():
+        if isinstance(candidate, dict) and isinstance(candidate.get("content"), dict):
+            yield from _gemini_parts(candidate["content"])
+
+
+def _gemini_parts(content: dict[str, Any]) -> Iterator[Slot]:
+    """A Gemini content's parts: text (a thought, whose signature covers it, is not
+    read), a function call's arguments and a function response's result."""
+    parts = content.get("parts")
+    for part in parts if isinstance(parts, list) else ():
+        if not isinstance(part, dict):
+            continue
+        if isinstance(part.get("text"), str) and not part.get("thought"):
+            yield Slot(part, "text")
+        call = part.get("functionCall") or part.get("function_call")
+        if isinstance(call, dict) and isinstance(call.get("args"), dict):
+            yield from leaves(call["args"])
+        response = part.get("functionResponse") or part.get("function_response")
+        if isinstance(response, dict) and isinstance(response.get("response"), dict):
+            yield from leaves(response["response"], kind=TOOL_RESULT)
+
+
 # --- stream chunks -------------------------------------------------------------------------
 
 
 def chunk_slots(chunk: Any) -> list[Slot]:
     """The text a stream chunk adds: a chat chunk's delta (content, tool-call argument
-    fragments), a text completion chunk's text, or a native event's delta."""
+    fragments), a text completion chunk's text, a native event's delta, or a Gemini
+    stream event's candidates."""
     if isinstance(chunk, NativeEvent):
         return _event_slots(chunk.data)
     if not isinstance(chunk, dict):
         return []
-    slots: list[Slot] = []
+    slots: list[Slot] = list(_candidates(chunk))
     for choice in chunk.get("choices") or ():
         if not isinstance(choice, dict):
             continue
