@@ -80,6 +80,12 @@ _CACHED_SURFACES = {
 }
 
 
+@functools.cache
+def _cached_surface(exchange: type) -> str | None:
+    """The response cache's name of an exchange's surface, or None: not cached."""
+    return _CACHED_SURFACES.get(f"{exchange.__module__}.{exchange.__qualname__}")
+
+
 class Pipeline:
     """The stages every model route shares; a route is a surface on this pipeline."""
 
@@ -336,7 +342,7 @@ class Call:
         if self.hooks is not None and self.hooks.personalises(self):
             return None  # an answer made the caller's own is neither kept nor shared
         exchange = self.exchange
-        kind = _CACHED_SURFACES.get(f"{type(exchange).__module__}.{type(exchange).__qualname__}")
+        kind = _cached_surface(type(exchange))
         if kind is None:
             return None
         surface = kind or exchange.operation.gen_ai_name
