@@ -26,6 +26,7 @@ from trigate.cache.resp import (
     RedisAddress,
     RedisReader,
     RedisReadError,
+    RedisTimeout,
     command,
 )
 
@@ -83,7 +84,11 @@ class ScriptedRedis:
                 self.last = index
                 answer = await self.script(words)
                 if answer is not None:
-                    await stream.send_all(answer)
+                    try:
+                        await stream.send_all(answer)
+                    except trio.BrokenResourceError:  # the client gave up on it
+                        self.closed_by_client[index] = True
+                        return
                 if answer is None or isinstance(answer, Closing):
                     return
 
@@ -110,9 +115,11 @@ def _bulk(value: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-async def _reader(nursery: trio.Nursery, address: RedisAddress) -> RedisReader:
-    """A reader whose pool has its first connection."""
-    reader = RedisReader(address, connect_timeout=5.0)
+async def _reader(
+    nursery: trio.Nursery, address: RedisAddress, deadline: float = 60.0
+) -> RedisReader:
+    """A reader (its reads answered within `deadline` s) whose pool has its first connection."""
+    reader = RedisReader(address, deadline, connect_timeout=5.0)
     await nursery.start(reader.run)
     await _pooled(reader)
     return reader
@@ -164,7 +171,7 @@ async def test_a_password_and_a_database_are_sent_as_coredis_reads_them_from_the
             reader = await _reader(nursery, address)
             assert await reader.get("k") == b"in db 3"
         # A wrong password: no connection is pooled, and every read says so at once.
-        wrong = RedisReader(RedisAddress(host="127.0.0.1", port=server.port, password="no"), 5)
+        wrong = RedisReader(RedisAddress(host="127.0.0.1", port=server.port, password="no"), 5, 5)
         assert not await wrong._add()
         with pytest.raises(NoConnection):
             await wrong.get("k")
@@ -225,6 +232,38 @@ async def test_a_read_cancelled_mid_reply_closes_its_connection_and_the_next_get
     assert server.connections[1] == [[b"GET", b"k"]]
 
 
+async def test_a_read_not_answered_in_time_fails_and_its_connection_is_closed(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    answers = [b"$3\r\nab", _bulk(b"late"), _bulk(b"on time")]
+
+    async def script(words: list[bytes]) -> bytes | None:
+        answer = answers.pop(0)
+        if answer.startswith(b"$4"):
+            await trio.sleep(1000)  # past the deadline: this one is never read
+        return answer
+
+    server = ScriptedRedis(script)
+    await server.start(nursery)
+    reader = await _reader(nursery, server.address, deadline=2.0)
+    started = trio.current_time()
+    with trio.fail_after(30), pytest.raises(RedisTimeout):  # part of a reply, then nothing
+        await reader.get("a")
+    assert trio.current_time() - started == pytest.approx(2.0)
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.closed_by_client == [True] and reader.connections == 0
+    with pytest.raises(NoConnection):
+        await reader.get("b")
+    await _pooled(reader)
+    with trio.fail_after(30), pytest.raises(RedisTimeout):  # no reply at all
+        await reader.get("b")
+    with pytest.raises(NoConnection):
+        await reader.get("c")
+    await _pooled(reader)
+    assert await reader.get("c") == b"on time"
+    assert [len(commands) for commands in server.connections] == [1, 1, 1]
+
+
 async def test_garbage_and_a_connection_closed_mid_reply_fail_the_read_and_are_dropped(
     nursery: trio.Nursery,
 ) -> None:
@@ -272,7 +311,7 @@ async def test_a_connection_redis_closed_while_idle_is_replaced_without_failing_
 
     server = ScriptedRedis(script)
     await server.start(nursery)
-    reader = RedisReader(server.address, connect_timeout=5.0)
+    reader = RedisReader(server.address, 60.0, connect_timeout=5.0)
     await nursery.start(reader.run)
     await _pooled(reader)
     reader._wanted.set()  # a second connection

@@ -8,12 +8,11 @@ logged once per outage, as the fleet's own link does for limits.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol, TypeVar
 
 import coredis
 import trio
@@ -23,6 +22,7 @@ from trigate.clock import wall_time
 
 logger = logging.getLogger("trigate")
 Redis = coredis.Redis[bytes]
+T = TypeVar("T")
 # What a read may fail with: a miss, counted, never a failed request.
 _READ_ERRORS = (
     RedisReadError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
@@ -154,7 +154,7 @@ class RedisBackend:
             async with client, trio.open_nursery() as nursery:
                 self._client = client
                 if address is not None:
-                    self._reader = RedisReader(address, wait)
+                    self._reader = RedisReader(address, self._timeout, wait)
                     await nursery.start(self._reader.run)
                 await self._probe()
                 task_status.started()
@@ -208,18 +208,15 @@ class RedisBackend:
             return None
         name = self._prefix + key
         reader = self._reader
-        # A scope with a deadline, as `move_on_after` makes, without its generator.
-        with trio.CancelScope(deadline=trio.current_time() + self._timeout):
+        if reader is not None:
             try:
-                if reader is not None:
-                    with contextlib.suppress(NoConnection):
-                        return await reader.get(name)
-                return await client.get(name)
+                return await reader.get(name)  # within the timeout, the reader's own
+            except NoConnection:
+                pass
             except _READ_ERRORS as error:
                 self._lose(str(error))
                 return None
-        self._lose(f"no answer within {self._timeout:g} s")
-        return None
+        return await self._bounded(lambda: client.get(name), None)
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         client = self._ready()
@@ -227,17 +224,30 @@ class RedisBackend:
             return [None] * len(keys)
         names = [self._prefix + key for key in keys]
         reader = self._reader
-        with trio.CancelScope(deadline=trio.current_time() + self._timeout):
+        if reader is not None:
             try:
-                if reader is not None:
-                    with contextlib.suppress(NoConnection):
-                        return await reader.mget(names)
-                return list(await client.mget(names))
+                return await reader.mget(names)
+            except NoConnection:
+                pass
             except _READ_ERRORS as error:
                 self._lose(str(error))
                 return [None] * len(keys)
+
+        async def read() -> list[bytes | None]:
+            return list(await client.mget(names))
+
+        return await self._bounded(read, [None] * len(keys))
+
+    async def _bounded(self, read: Callable[[], Awaitable[T]], failed: T) -> T:
+        """A read through coredis, within the timeout; `failed` if Redis fails it."""
+        with trio.move_on_after(self._timeout):
+            try:
+                return await read()
+            except _READ_ERRORS as error:
+                self._lose(str(error))
+                return failed
         self._lose(f"no answer within {self._timeout:g} s")
-        return [None] * len(keys)
+        return failed
 
     async def set(self, key: str, value: bytes, ttl: float | None) -> None:
         client = self._ready()

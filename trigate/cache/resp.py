@@ -7,8 +7,9 @@ hand-off to its connection's writer and reader tasks, each a pass of Trio's sche
 That is more than a proxied call's whole upstream exchange, so a Redis hit cost more than
 a miss. Here a read is one write and one read on a socket the request's task holds for
 that time (`FastStream`: no schedule point unless the socket must be waited for), and a
-reply parsed where it landed. coredis keeps everything else: writes, the
-probe while Redis is away, the admin routes.
+reply parsed where it landed; its deadline is kept by the reader's own task, not by a
+cancel scope per read. coredis keeps everything else: writes, the probe while Redis is
+away, the admin routes, and the reads that find no idle connection.
 
 The connection's settings are coredis's own, read from the pool it made of the same URL
 (`RedisAddress.of_pool`): the host and port or Unix socket, the username and password,
@@ -16,16 +17,17 @@ the database, the TLS context of `rediss://`; a URL coredis reads into something
 leaves reads to coredis.
 
 A connection is reused only after a whole reply was read from it. Any failure or
-cancellation while it is in use (a timeout, the client leaving, a broken socket, a reply
-that is not RESP) closes it on the spot, so no later command can read the rest of an
-earlier reply. A pooled connection that Redis closed while it sat idle fails its next
-command at once; that command is sent again, once, on a new connection.
+cancellation while it is in use (its deadline, the client leaving, a broken socket, a
+reply that is not RESP) closes it on the spot, so no later command can read the rest of
+an earlier reply. A pooled connection that Redis closed while it sat idle fails its next
+command at once, before any reply; that command goes on the next idle connection.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,9 +119,13 @@ def command(*words: bytes) -> bytes:
 
 class RedisReader:
     """GET and MGET on a pool of connections to one Redis, each held by one request's
-    task for the length of a command. The caller bounds a command's time (its cancel
-    scope); this class makes sure a command cut short leaves no connection behind that is
-    half-read.
+    task for the length of a command, which makes sure a command cut short leaves no
+    connection behind that is half-read.
+
+    A command that gets no whole reply within `timeout` fails (`RedisTimeout`): a task
+    of the reader's own (`_Watch`) closes its connection under it. A cancel scope with a
+    deadline around each command cost about as much as the command itself (trio registers
+    and removes its deadline through a context manager each time).
 
     Connections are opened by `run`, in the background, never on a request's task: a
     connect (a TLS handshake, a distant Redis) would otherwise count against a read's
@@ -130,10 +136,12 @@ class RedisReader:
     def __init__(
         self,
         address: RedisAddress,
+        timeout: float,
         connect_timeout: float,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.address = address
+        self._watch = _Watch(timeout)
         self._connect_timeout = connect_timeout
         self._handshake = address.handshake()
         self._handshake_replies = bool(address.password) + bool(address.db)
@@ -149,18 +157,21 @@ class RedisReader:
         return self._open
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Open connections as reads ask for them, one at a time; after a failed connect,
-        wait `RECONNECT_DELAY` before the next. The idle ones are closed when this ends."""
+        """Keep the commands' deadlines, and open connections as reads ask for them, one
+        at a time; after a failed connect, wait `RECONNECT_DELAY` before the next. The
+        idle ones are closed when this ends."""
         self._wanted.set()  # one at once, for the first read
-        task_status.started()
         try:
-            while True:
-                await self._wanted.wait()
-                self._wanted = trio.Event()
-                if self._open >= self._max:
-                    continue
-                if not await self._add():
-                    await trio.sleep(RECONNECT_DELAY)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch.run)
+                task_status.started()
+                while True:
+                    await self._wanted.wait()
+                    self._wanted = trio.Event()
+                    if self._open >= self._max:
+                        continue
+                    if not await self._add():
+                        await trio.sleep(RECONNECT_DELAY)
         finally:
             self.close_idle()
 
@@ -201,11 +212,13 @@ class RedisReader:
         raise NoConnection
 
     async def _on(self, connection: _Connection, payload: bytes) -> Any:
+        self._watch.start(connection)
         try:
             reply = await connection.exchange(payload)
         except BaseException:
             self._discard(connection)
             raise
+        connection.command = 0
         connection.used = True
         self._idle.append(connection)
         return _value(reply)
@@ -239,12 +252,60 @@ class RedisReader:
         return True
 
     def _discard(self, connection: _Connection) -> None:
+        connection.command = 0
         connection.close()
         self._open -= 1
 
 
+class _Watch:
+    """The deadlines of the reader's commands, kept by one task (`run`), which closes the
+    connection of a command still waiting at its deadline. Commands start in the order of
+    their deadlines (one timeout for all), so they wait in a queue in that order; the
+    task sleeps until the first, and only while commands have started since it last
+    found the queue empty: a command costs a clock reading and an append."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._pending: deque[tuple[float, int, _Connection]] = deque()
+        self._serial = 0
+        # While `run` waits for a command to watch, `_started` wakes it.
+        self._waiting = False
+        self._started = trio.Event()
+
+    def start(self, connection: _Connection) -> None:
+        """A command starts on `connection`: it must be answered within the timeout."""
+        self._serial += 1
+        connection.command = self._serial
+        self._pending.append((trio.current_time() + self.timeout, self._serial, connection))
+        if self._waiting:
+            self._waiting = False
+            self._started.set()
+
+    async def run(self) -> None:
+        pending = self._pending
+        while True:
+            if not pending:
+                self._started = trio.Event()
+                self._waiting = True
+                await self._started.wait()
+                continue
+            deadline, serial, connection = pending[0]
+            if connection.command != serial:  # answered, or dropped
+                pending.popleft()
+                continue
+            await trio.sleep_until(deadline)
+            if connection.command == serial:
+                connection.command = 0
+                connection.timed_out = True
+                connection.close()  # its task, waiting on it, fails at once
+
+
 class NoConnection(Exception):
     """No idle connection for this read: the caller reads some other way."""
+
+
+class RedisTimeout(RedisReadError):
+    """A command not answered whole within the reader's timeout."""
 
 
 class _Stale(RedisReadError):
@@ -274,7 +335,7 @@ class _Connection:
     already there when it is read costs no pass of the scheduler); a TLS one through
     `trio.SSLStream` over it."""
 
-    __slots__ = ("_buffer", "_socket", "_stream", "used")
+    __slots__ = ("_buffer", "_socket", "_stream", "command", "timed_out", "used")
 
     def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType) -> None:
         self._stream = stream
@@ -282,6 +343,10 @@ class _Connection:
         self._buffer = bytearray()
         # Whether a command has had its whole reply on it (it has been pooled since).
         self.used = False
+        # The command under way (`_Watch`'s serial number), 0 between commands; and
+        # whether its deadline passed, which closed the connection.
+        self.command = 0
+        self.timed_out = False
 
     @classmethod
     async def open(cls, address: RedisAddress) -> _Connection:
@@ -309,6 +374,8 @@ class _Connection:
                 return await self._reply()
             return [await self._reply() for _ in range(replies)]
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            if self.timed_out:
+                raise RedisTimeout("no answer in time") from None
             if self.used and not self._buffer:
                 raise _Stale(str(error) or type(error).__name__) from error
             raise RedisReadError(str(error) or type(error).__name__) from error
