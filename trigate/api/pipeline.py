@@ -383,7 +383,7 @@ class Call:
             ):
                 completion.raw = None  # a guardrail changed the answer: not the upstream's bytes
             if self.cache_ticket is not None:  # the response cache keeps it (trigate.cache)
-                completion = await self.cache_ticket.answered(completion)
+                completion = await self.cache_ticket.answered(completion, usage)
             answer = self.exchange.answer(completion, usage)
             if self.context.response_id is None:  # a surface that made its own id set it
                 self.context.response_id = _answer_id(completion.body)

@@ -26,6 +26,7 @@ from trigate.cache.metrics import CacheMetrics
 from trigate.cache.settings import CacheSettings
 from trigate.errors import GatewayError, UpstreamError
 from trigate.providers import Completion
+from trigate.usage import Usage
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -362,18 +363,25 @@ class Ticket:
         if entry is not None and flight.error is None and not self.controls.no_store:
             await self.cache.store(self.key, entry, self.controls.ttl)
 
-    async def answered(self, completion: Completion) -> Completion:
-        """A whole answer, past the hooks: kept, and given to the requests waiting. The
-        answer the client gets: an embeddings batch's with its cached items put back."""
+    async def answered(self, completion: Completion, usage: Usage) -> Completion:
+        """A whole answer, past the hooks, and its usage as billed: kept, and given to the
+        requests waiting. The answer the client gets: an embeddings batch's with its
+        cached items put back. An answer kept without the upstream's usage keeps the
+        usage the client was told (counted), so that no hit counts its tokens again."""
         if self.hit:
             return completion
         if self.items is not None:
             return await self._embedded(completion, self.items)
         if not self.leads:
             return completion
-        entry: dict[str, Any] | None = {"answer": completion.body}
+        reported = completion.usage
+        body = completion.body
+        if reported is None:
+            reported = usage.to_openai()
+            body = body if completion.native else {**body, "usage": reported}
+        entry: dict[str, Any] | None = {"answer": body}
         if completion.native:
-            native = {"native": completion.body, "usage": completion.usage}
+            native = {"native": body, "usage": reported}
             entry = native if self.native_allowed else None
         flight = self.flight
         if flight is not None and not flight.streamed:
