@@ -263,16 +263,20 @@ REDIS_URL = os.environ.get("TRIGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 class RedisServer:
     """A redis-server of the test's own on a free port, for tests that kill Redis."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self._process: trio.Process | None = None
 
     async def start(self) -> None:
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
         command += ["--save", "", "--appendonly", "no"]
+        if self.password:
+            command += ["--requirepass", self.password]
         self._process = await trio.lowlevel.open_process(command, stdout=subprocess.DEVNULL)
         for _ in range(100):
             try:

@@ -103,6 +103,27 @@ async def test_a_repeated_chat_request_is_a_hit_with_its_headers_and_a_free_spen
     await running.stop()
 
 
+async def test_an_answer_without_usage_is_kept_with_the_usage_counted_once(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    # An upstream that reports no usage: the miss counts its tokens; its entry keeps
+    # what the client was told, so a hit answers with the same usage and counts nothing.
+    upstream.handler = lambda request: JSONReply(chat_completion("Uncounted upstream"))
+    running = await start_gateway(nursery, cached_config(upstream))
+    first = await _post(running, "/v1/chat/completions", _chat())
+    counted = first.json()["usage"]
+    assert counted["prompt_tokens"] > 0 and counted["completion_tokens"] > 0
+    second = await _post(running, "/v1/chat/completions", _chat())
+    assert second.headers["x-trigate-cache"] == "hit"
+    assert second.json()["usage"] == counted
+    records = await running.records.wait_for(2)
+    assert [r.usage_source for r in records] == ["counted", "upstream"]
+    assert [(r.prompt_tokens, r.completion_tokens) for r in records] == 2 * [
+        (counted["prompt_tokens"], counted["completion_tokens"])
+    ]
+    await running.stop()
+
+
 def _reasoning_stream() -> StreamReply:
     """A stream with reasoning, a tool call in two parts, and its finish reason."""
     call_start = {"index": 0, "id": "call_1", "type": "function",

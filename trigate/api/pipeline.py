@@ -80,6 +80,12 @@ _CACHED_SURFACES = {
 }
 
 
+@functools.cache
+def _cached_surface(exchange: type) -> str | None:
+    """The response cache's name of an exchange's surface, or None: not cached."""
+    return _CACHED_SURFACES.get(f"{exchange.__module__}.{exchange.__qualname__}")
+
+
 class Pipeline:
     """The stages every model route shares; a route is a surface on this pipeline."""
 
@@ -345,7 +351,7 @@ class Call:
         if self.hooks is not None and self.hooks.personalises(self):
             return None  # an answer made the caller's own is neither kept nor shared
         exchange = self.exchange
-        kind = _CACHED_SURFACES.get(f"{type(exchange).__module__}.{type(exchange).__qualname__}")
+        kind = _cached_surface(type(exchange))
         if kind is None:
             return None
         surface = kind or exchange.operation.gen_ai_name
@@ -386,7 +392,7 @@ class Call:
             ):
                 completion.raw = None  # a guardrail changed the answer: not the upstream's bytes
             if self.cache_ticket is not None:  # the response cache keeps it (trigate.cache)
-                completion = await self.cache_ticket.answered(completion)
+                completion = await self.cache_ticket.answered(completion, usage)
             answer = self.exchange.answer(completion, usage)
             if self.context.response_id is None:  # a surface that made its own id set it
                 self.context.response_id = _answer_id(completion.body)

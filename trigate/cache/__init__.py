@@ -5,11 +5,11 @@ replay and request coalescing. It never imports `trigate.api`: the pipeline asks
 from trigate.cache.cache import (
     CACHE_KEY_HEADER,
     CACHE_STATE_HEADER,
-    Replay,
     ResponseCache,
     Ticket,
 )
 from trigate.cache.controls import CacheControls, read_controls
+from trigate.cache.entries import Replay
 from trigate.cache.flight import Subscription
 from trigate.cache.settings import CacheSettings, cache_settings
 

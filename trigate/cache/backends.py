@@ -9,17 +9,25 @@ logged once per outage, as the fleet's own link does for limits.
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol, TypeVar
 
 import coredis
 import trio
 
+from trigate.cache.resp import NoConnection, RedisAddress, RedisReader, RedisReadError
 from trigate.clock import wall_time
 
 logger = logging.getLogger("trigate")
 Redis = coredis.Redis[bytes]
+T = TypeVar("T")
+# What a read may fail with: a miss, counted, never a failed request.
+_READ_ERRORS = (
+    RedisReadError, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+    coredis.exceptions.RedisError,
+)  # fmt: skip
 # Keys deleted per command when the cache is flushed.
 FLUSH_BATCH = 500
 
@@ -62,7 +70,7 @@ class LocalBackend:
         if found is None:
             return None
         value, expires = found
-        if expires <= wall_time():
+        if expires != math.inf and expires <= wall_time():
             self._drop(key)
             return None
         self._entries.move_to_end(key)
@@ -73,7 +81,7 @@ class LocalBackend:
         if size > min(self.max_entry_bytes, self.max_bytes):
             return False
         self._drop(key)
-        expires = wall_time() + ttl if ttl is not None else float("inf")
+        expires = wall_time() + ttl if ttl is not None else math.inf
         self._entries[key] = (value, expires)
         self._bytes += size
         while self._bytes > self.max_bytes:
@@ -115,7 +123,10 @@ class LocalBackend:
 class RedisBackend:
     """Entries in Redis under `prefix`, each command bounded by `timeout`. While Redis
     is away, reads are misses at once (no wait per request) and a probe looks for it
-    every `PROBE_INTERVAL` seconds; `run` holds the connection in the cache's nursery."""
+    every `PROBE_INTERVAL` seconds; `run` holds the connection in the cache's nursery.
+    Reads, a hit's whole cost in Redis, go through `RedisReader` on the request's own task
+    (`trigate.cache.resp`), or through coredis when it has no idle connection; writes, the
+    probe and the admin routes through coredis."""
 
     kind = "redis"
     PROBE_INTERVAL = 0.5
@@ -128,15 +139,23 @@ class RedisBackend:
         self._timeout = timeout
         self._on_unavailable = on_unavailable
         self._client: Redis | None = None
+        # The read path: coredis's own settings for this URL, on sockets of its own.
+        self._reader: RedisReader | None = None
         self._up = False
         self._lost = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         wait = max(self._timeout, 1.0)
         client: Redis = coredis.Redis.from_url(self._url, connect_timeout=wait, stream_timeout=wait)
+        address = RedisAddress.of_pool(client.connection_pool)
+        if address is None:
+            logger.info("the response cache reads Redis through coredis (its URL's settings)")
         try:
-            async with client:
+            async with client, trio.open_nursery() as nursery:
                 self._client = client
+                if address is not None:
+                    self._reader = RedisReader(address, self._timeout, wait)
+                    await nursery.start(self._reader.run)
                 await self._probe()
                 task_status.started()
                 while True:
@@ -146,6 +165,7 @@ class RedisBackend:
         finally:
             self._up = False
             self._client = None
+            self._reader = None
 
     async def _probe(self) -> None:
         assert self._client is not None
@@ -171,6 +191,8 @@ class RedisBackend:
             return
         self._up = False
         self._lost.set()
+        if self._reader is not None:
+            self._reader.close_idle()  # dead, or soon to be: reads start afresh once it is back
         logger.warning(
             "the response cache's Redis is unreachable (%s): requests miss the cache "
             "and go upstream until it is back",
@@ -184,27 +206,48 @@ class RedisBackend:
         client = self._ready()
         if client is None:
             return None
-        with trio.move_on_after(self._timeout):
+        name = self._prefix + key
+        reader = self._reader
+        if reader is not None:
             try:
-                return await client.get(self._key(key))
-            except (coredis.exceptions.RedisError, OSError) as error:
+                return await reader.get(name)  # within the timeout, the reader's own
+            except NoConnection:
+                pass
+            except _READ_ERRORS as error:
                 self._lose(str(error))
                 return None
-        self._lose(f"no answer within {self._timeout:g} s")
-        return None
+        return await self._bounded(lambda: client.get(name), None)
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         client = self._ready()
         if client is None:
             return [None] * len(keys)
-        with trio.move_on_after(self._timeout):
+        names = [self._prefix + key for key in keys]
+        reader = self._reader
+        if reader is not None:
             try:
-                return list(await client.mget([self._key(key) for key in keys]))
-            except (coredis.exceptions.RedisError, OSError) as error:
+                return await reader.mget(names)
+            except NoConnection:
+                pass
+            except _READ_ERRORS as error:
                 self._lose(str(error))
                 return [None] * len(keys)
+
+        async def read() -> list[bytes | None]:
+            return list(await client.mget(names))
+
+        return await self._bounded(read, [None] * len(keys))
+
+    async def _bounded(self, read: Callable[[], Awaitable[T]], failed: T) -> T:
+        """A read through coredis, within the timeout; `failed` if Redis fails it."""
+        with trio.move_on_after(self._timeout):
+            try:
+                return await read()
+            except _READ_ERRORS as error:
+                self._lose(str(error))
+                return failed
         self._lose(f"no answer within {self._timeout:g} s")
-        return [None] * len(keys)
+        return failed
 
     async def set(self, key: str, value: bytes, ttl: float | None) -> None:
         client = self._ready()

@@ -19,14 +19,14 @@ import trio
 from trigate.cache.backends import Backend, LocalBackend, RedisBackend, TieredBackend
 from trigate.cache.controls import NO_CONTROLS, CacheControls
 from trigate.cache.embeddings import ItemBatch, items_of
+from trigate.cache.entries import Entry, Replay, decode, encode
 from trigate.cache.flight import Flight, Subscription, Upstream
 from trigate.cache.keys import cache_key
 from trigate.cache.metrics import CacheMetrics
 from trigate.cache.settings import CacheSettings
-from trigate.cache.shapes import native_events, replay_chunks
-from trigate.clock import wall_time
 from trigate.errors import GatewayError, UpstreamError
 from trigate.providers import Completion
+from trigate.usage import Usage
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -39,7 +39,6 @@ CACHE_KEY_HEADER = "x-litellm-cache-key"
 CACHE_STATE_HEADER = "x-trigate-cache"
 # Bounds a write of an answer after it went to its client.
 WRITE_TIMEOUT = 5.0
-ENTRY_VERSION = 1
 
 
 class Exchanged(Protocol):
@@ -79,56 +78,6 @@ class CachedCall(Protocol):
     def context(self) -> Headed: ...
 
 
-class Replay:
-    """A cached answer as a stream: its chunks in one batch, then the end; a native
-    stream's events as they came."""
-
-    def __init__(self, answer: dict[str, Any] | None, events: list[Any] | None = None) -> None:
-        self.native = events is not None
-        self.first: list[Any] = native_events(events) if events is not None else []
-        if answer is not None:
-            self.first = list(replay_chunks(answer))
-
-    def __aiter__(self) -> Replay:
-        return self
-
-    async def __anext__(self) -> list[Any]:
-        raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        pass
-
-
-class Entry:
-    """An entry as read: an answer in OpenAI's shape (which serves both kinds of
-    request), or in the client's own API: a native whole answer, or a native stream's
-    events, each serving its own kind only."""
-
-    __slots__ = ("answer", "events", "native", "usage")
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        answer, native, events = data.get("answer"), data.get("native"), data.get("events")
-        self.answer = answer if isinstance(answer, dict) else None
-        self.native = native if isinstance(native, dict) else None
-        self.events = events if isinstance(events, list) else None
-        usage = data.get("usage")
-        self.usage = usage if isinstance(usage, dict) else None
-
-    def serve(self, stream: bool) -> Completion | Replay | None:
-        if self.answer is not None:
-            return Replay(self.answer) if stream else Completion(self.answer)
-        if stream:
-            return Replay(None, self.events) if self.events is not None else None
-        if self.native is not None:
-            return Completion(self.native, native=True, native_usage=self.usage)
-        return None
-
-    def tokens(self) -> int:
-        usage = self.usage or (self.answer or {}).get("usage")
-        total = usage.get("total_tokens") if isinstance(usage, dict) else None
-        return total if isinstance(total, int) and total > 0 else 0
-
-
 # What a lookup answers a request with: a whole answer, a stream, or nothing (a miss).
 Answer = Completion | Replay | Subscription | None
 
@@ -150,7 +99,7 @@ class ResponseCache:
             assert settings.redis_url is not None
             self._redis = RedisBackend(
                 settings.redis_url, redis_prefix + "cache:", settings.timeout,
-                self.metrics.unavailable.inc,
+                self.metrics.count_unavailable,
             )  # fmt: skip
             front = settings.in_memory_ttl
             self.backend = (
@@ -229,7 +178,7 @@ class ResponseCache:
                 if served is not None and entry is not None:
                     ticket.hit = True
                     headers[CACHE_STATE_HEADER] = "hit"
-                    self.metrics.hits.inc()
+                    self.metrics.hits.inc(1)
                     if tokens := entry.tokens():
                         self.metrics.cached_tokens.inc(tokens)
                     return served
@@ -238,12 +187,12 @@ class ResponseCache:
                     answer = await self._join(flight, ticket, call.stream)
                     if answer is not None:
                         headers[CACHE_STATE_HEADER] = "coalesced"
-                        self.metrics.coalesced.inc()
+                        self.metrics.coalesced.inc(1)
                         return answer
                     if flight.done and ticket.key in self._flights:
                         continue  # it ended with nothing to give, and another leads now
             headers[CACHE_STATE_HEADER] = "miss"
-            self.metrics.misses.inc()
+            self.metrics.misses.inc(1)
             if ticket.key not in self._flights and self._nursery is not None:
                 ticket.lead(Flight(ticket.key, ticket, call.stream))
             return None
@@ -256,20 +205,19 @@ class ResponseCache:
         if not controls.no_read:
             values = await self.backend.get_many(batch.keys)
             for position, value in enumerate(values):
-                data = self._entry_data(value, controls.max_age)
-                item = data.get("item") if data is not None else None
-                if isinstance(item, dict):
-                    batch.found[position] = item
+                entry = decode(value, controls.max_age)
+                if entry is not None and entry.item is not None:
+                    batch.found[position] = entry.item
         headers = call.context.headers
         if len(batch.found) == len(batch.keys):
             ticket.hit = True
             headers[CACHE_STATE_HEADER] = "hit"
-            self.metrics.hits.inc()
+            self.metrics.hits.inc(1)
             answer = batch.answer(call.model_group)
             self.metrics.cached_tokens.inc(answer["usage"]["total_tokens"])
             return Completion(answer)
         headers[CACHE_STATE_HEADER] = "miss"
-        self.metrics.misses.inc()
+        self.metrics.misses.inc(1)
         split = items_of(call.body.get("input"))
         assert split is not None, "an ItemBatch is made only of an input that splits"
         missing = batch.missing(split[0])
@@ -307,28 +255,14 @@ class ResponseCache:
         return served
 
     async def _read(self, key: str, max_age: float | None) -> Entry | None:
-        data = self._entry_data(await self.backend.get(key), max_age)
-        return Entry(data) if data is not None else None
-
-    def _entry_data(self, raw: bytes | None, max_age: float | None) -> dict[str, Any] | None:
-        if raw is None:
-            return None
-        try:
-            entry = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(entry, dict) or entry.get("v") != ENTRY_VERSION:
-            return None
-        if max_age is not None and wall_time() - float(entry.get("at", 0)) > max_age:
-            return None
-        return entry
+        return decode(await self.backend.get(key), max_age)
 
     async def store(self, key: str, entry: dict[str, Any], ttl: float | None) -> None:
         """Keep `entry` (`Entry`'s fields) under `key`; one over the entry cap is served,
         not kept."""
-        value = orjson.dumps({"v": ENTRY_VERSION, "at": wall_time(), **entry})
+        value = encode(entry)
         if len(value) + len(key) > self.settings.max_entry_bytes:
-            self.metrics.not_stored.inc()
+            self.metrics.not_stored.inc(1)
             return
         with trio.CancelScope(shield=True), trio.move_on_after(WRITE_TIMEOUT):
             await self.backend.set(key, value, ttl if ttl is not None else self.settings.ttl)
@@ -429,18 +363,25 @@ class Ticket:
         if entry is not None and flight.error is None and not self.controls.no_store:
             await self.cache.store(self.key, entry, self.controls.ttl)
 
-    async def answered(self, completion: Completion) -> Completion:
-        """A whole answer, past the hooks: kept, and given to the requests waiting. The
-        answer the client gets: an embeddings batch's with its cached items put back."""
+    async def answered(self, completion: Completion, usage: Usage) -> Completion:
+        """A whole answer, past the hooks, and its usage as billed: kept, and given to the
+        requests waiting. The answer the client gets: an embeddings batch's with its
+        cached items put back. An answer kept without the upstream's usage keeps the
+        usage the client was told (counted), so that no hit counts its tokens again."""
         if self.hit:
             return completion
         if self.items is not None:
             return await self._embedded(completion, self.items)
         if not self.leads:
             return completion
-        entry: dict[str, Any] | None = {"answer": completion.body}
+        reported = completion.usage
+        body = completion.body
+        if reported is None:
+            reported = usage.to_openai()
+            body = body if completion.native else {**body, "usage": reported}
+        entry: dict[str, Any] | None = {"answer": body}
         if completion.native:
-            native = {"native": completion.body, "usage": completion.usage}
+            native = {"native": body, "usage": reported}
             entry = native if self.native_allowed else None
         flight = self.flight
         if flight is not None and not flight.streamed:
