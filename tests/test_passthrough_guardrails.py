@@ -582,8 +582,9 @@ async def test_an_answer_the_guardrails_cannot_read_goes_no_further(
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     async with gateway.client() as client:
         whole = await client.post("/openai/v1/chat/completions", json=body)
+        # In one read: what was decoded before the unreadable event still goes out.
         upstream.handler = lambda request: StreamReply(
-            [chunk("fine"), b"data: {not json\n\n"], tail=chunk(" more")
+            [chunk("fine") + b"data: {not json\n\n"], tail=chunk(" more")
         )
         streamed = await client.post("/openai/v1/chat/completions", json={**body, "stream": True})
     assert whole.status_code == 502 and "not an object" not in whole.text

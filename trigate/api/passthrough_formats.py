@@ -121,19 +121,34 @@ class EventCodec:
     """One SSE stream's events as the chunks hooks see, and back: `feed` the upstream's
     bytes (then `flush` at its end) for chunks, `frame` each chunk released, `error` for
     the event that ends the stream with a failure, `end` for what closes it.
-    `drop_usage`: leave out the usage-only chunk the gateway asked for, not the client."""
+    `drop_usage`: leave out the usage-only chunk the gateway asked for, not the client.
+    An event that cannot be read stops the decoding: the chunks before it are returned,
+    and `failure` says why the stream must end after them."""
 
     def __init__(self) -> None:
         self._decoder = SSEDecoder()
         self.drop_usage = False
         # Hears each event's data as it is decoded (the call's usage reader).
         self.heard: Callable[[dict[str, Any]], None] = _ignored
+        self.failure: UnreadableAnswer | None = None
 
     def feed(self, piece: bytes) -> list[Any]:
-        return [chunk for event in self._decoder.feed(piece) if (chunk := self._chunk(event))]
+        return self._chunks(self._decoder.feed(piece))
 
     def flush(self) -> list[Any]:
-        return [chunk for event in self._decoder.flush() if (chunk := self._chunk(event))]
+        return self._chunks(self._decoder.flush())
+
+    def _chunks(self, events: list[ServerSentEvent]) -> list[Any]:
+        chunks = []
+        for event in events:
+            try:
+                chunk = self._chunk(event)
+            except UnreadableAnswer as failure:
+                self.failure = failure
+                break
+            if chunk is not None:
+                chunks.append(chunk)
+        return chunks
 
     def _chunk(self, event: ServerSentEvent) -> Any:
         """The chunk an event stands for (None: none to relay)."""

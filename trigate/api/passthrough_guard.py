@@ -221,11 +221,18 @@ class WatchedStream:
         try:
             async for piece in upstream:
                 seen()
-                if await self._pass(codec.feed(piece), send):
+                ended = await self._pass(codec.feed(piece), send)
+                if codec.failure is not None:
+                    raise codec.failure
+                if ended:
                     self.cut_short = True
                     break
             else:
-                await self._pass([*codec.flush(), STREAM_END], send)
+                chunks = codec.flush()
+                if codec.failure is not None:
+                    await self._pass(chunks, send)
+                    raise codec.failure
+                await self._pass([*chunks, STREAM_END], send)
         except GatewayError as error:
             self.cut_short = True
             await send(codec.error(error))
