@@ -194,6 +194,10 @@ def test_the_address_is_coredis_own_reading_of_each_kind_of_url(tmp_path: Path) 
     handshake = RedisAddress(host="h", username="user", password="pw", db=2).handshake()
     assert handshake == command(b"AUTH", b"user", b"pw") + command(b"SELECT", b"2")
     assert RedisAddress(host="h").handshake() == b""
+    assert RedisAddress(host="h", password="pw").handshake() == command(b"AUTH", b"pw")
+    # A client name, or coredis's connection modes, are coredis's: it reads them itself.
+    named = coredis.Redis.from_url("redis://h:6379/0?client_name=worker").connection_pool
+    assert RedisAddress.of_pool(named) is None
 
 
 def _absent() -> RedisAddress:

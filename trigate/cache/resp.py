@@ -40,6 +40,9 @@ logger = logging.getLogger("trigate")
 MAX_CONNECTIONS = 32
 # Seconds between attempts to open a connection after one failed.
 RECONNECT_DELAY = 1.0
+# coredis's connection options the reader does not reproduce: a URL or client with any of
+# them set is read through coredis.
+_COREDIS_OWN = ("credential_provider", "client_name", "noreply", "noevict", "notouch")
 # Redis's own cap on a bulk string (`proto-max-bulk-len`): a longer one is not Redis.
 MAX_BULK = 512 * 1024 * 1024
 # A reply line (type, length, simple string or error) longer than this is not Redis.
@@ -85,8 +88,8 @@ class RedisAddress:
             return None
         username, password = options.get("username"), options.get("password")
         context = options.get("ssl_context")
-        if options.get("credential_provider") is not None or options.get("client_name"):
-            return None  # credentials or a name of coredis's own making
+        if any(options.get(name) for name in _COREDIS_OWN):
+            return None  # credentials, a name or a connection mode of coredis's own
         return cls(
             host=address.host,
             port=address.port,
@@ -97,11 +100,17 @@ class RedisAddress:
             ssl_context=context if isinstance(context, ssl.SSLContext) else None,
         )
 
+    @property
+    def authenticates(self) -> bool:
+        """Whether a connection authenticates first, as coredis's does: with a password or
+        a username (without a password, an empty one)."""
+        return bool(self.username or self.password)
+
     def handshake(self) -> bytes:
         """The commands a new connection sends before any other: AUTH, SELECT."""
         commands = b""
-        if self.password:
-            auth = [b"AUTH", self.password.encode()]
+        if self.authenticates:
+            auth = [b"AUTH", (self.password or "").encode()]
             if self.username:
                 auth.insert(1, self.username.encode())
             commands += command(*auth)
@@ -144,7 +153,7 @@ class RedisReader:
         self._watch = _Watch(timeout)
         self._connect_timeout = connect_timeout
         self._handshake = address.handshake()
-        self._handshake_replies = bool(address.password) + bool(address.db)
+        self._handshake_replies = address.authenticates + bool(address.db)
         self._max = max_connections
         self._idle: list[_Connection] = []
         self._open = 0
