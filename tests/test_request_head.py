@@ -65,7 +65,7 @@ def _read(reader: object, head: bytes) -> tuple[object, ...]:
     )
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(heads())
 def test_any_head_reads_as_h11_reads_it(head: bytes) -> None:
     assert _read(read_request_head, head) == _read(h11._readers.maybe_read_from_IDLE_client, head)
