@@ -76,24 +76,18 @@ class RedisAddress:
         this reader does not (a location of another kind, settings it does not know)."""
         location = getattr(pool, "location", None)
         options = getattr(pool, "connection_kwargs", None)
-        if not isinstance(options, dict):
-            return None
+        if not isinstance(options, dict) or any(options.get(name) for name in _COREDIS_OWN):
+            return None  # credentials, a name or a connection mode of coredis's own
         host, port = getattr(location, "host", None), getattr(location, "port", None)
         path = getattr(location, "path", None)
-        if isinstance(host, str) and isinstance(port, int):
-            address = cls(host=host, port=port)
-        elif isinstance(path, str):
-            address = cls(path=path)
-        else:
+        if not (isinstance(host, str) and isinstance(port, int)) and not isinstance(path, str):
             return None
         username, password = options.get("username"), options.get("password")
         context = options.get("ssl_context")
-        if any(options.get(name) for name in _COREDIS_OWN):
-            return None  # credentials, a name or a connection mode of coredis's own
         return cls(
-            host=address.host,
-            port=address.port,
-            path=address.path,
+            host=host if path is None else None,
+            port=port if isinstance(port, int) else 6379,
+            path=path,
             username=str(username) if username else None,
             password=str(password) if password else None,
             db=int(options.get("db") or 0),
