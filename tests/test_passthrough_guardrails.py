@@ -33,7 +33,7 @@ from fakes import (
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
-from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, start_gateway
+from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, openai_config, start_gateway
 from test_guardrails import CARD, EMAIL, content_filter  # emails masked; cards, "forbidden" blocked
 from test_passthrough_routes import CLAUDE, GEMINI, USAGE, VERTEX_CLAUDE, _key
 from test_passthrough_routes import config as routes_config
@@ -595,6 +595,30 @@ async def test_an_answer_the_guardrails_cannot_read_goes_no_further(
     assert events[2:] == ["[DONE]"]
     with trio.fail_after(5):
         await upstream.wait_for(lambda: upstream.aborted == 1)
+
+
+async def test_the_unified_responses_route_repeats_the_masked_text_too(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """`/v1/responses` on an `openai/` deployment relays the upstream's own events: there
+    too, the closing events and the stored Response repeat the deltas as masked."""
+    upstream.handler = lambda request: _response_events("Write to ada@exa", "mple.com", " today")
+    config = {**openai_config(upstream),
+              "guardrails": [content_filter("out", "post_call", stream_window=8)]}  # fmt: skip
+    running = await start_gateway(nursery, config)
+    try:
+        async with running.client() as client:
+            body = {"model": "gpt-test", "input": "hi", "stream": True}
+            events = (await client.post("/v1/responses", json=body)).text
+            response_id = orjson.loads(
+                next(line for line in events.split("\n") if "response.completed" in line
+                     and line.startswith("data: "))[6:]
+            )["response"]["id"]  # fmt: skip
+            stored = (await client.get(f"/v1/responses/{response_id}")).text
+    finally:
+        await running.stop()
+    assert EMAIL not in events and events.count("[EMAIL_REDACTED]") == 5
+    assert EMAIL not in stored and "Write to [EMAIL_REDACTED] today" in stored
 
 
 # --- Vertex AI ---------------------------------------------------------------------------

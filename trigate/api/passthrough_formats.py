@@ -34,7 +34,7 @@ import orjson
 from trigate.api.anthropic_format import event_frame as anthropic_frame
 from trigate.api.envelopes import anthropic_error_body, google_error_body
 from trigate.api.passthrough_targets import VERTEX_ROUTES
-from trigate.api.responses_format import FINAL_EVENTS
+from trigate.api.responses_format import StreamedText
 from trigate.api.responses_format import event_frame as responses_frame
 from trigate.errors import GatewayError, secrets
 from trigate.providers import NativeEvent
@@ -214,72 +214,17 @@ class NamedEvents(EventCodec):
 
 
 class ResponsesEvents(NamedEvents):
-    """The Responses API's stream, whose closing events repeat the text its deltas
-    streamed (`response.output_text.done`, `response.content_part.done`,
-    `response.output_item.done`, the final Response, and function calls' arguments):
-    each repeats what the client was sent of the deltas, as the hooks released them, so
-    that a mask in the deltas is not undone by the text repeated whole."""
+    """The Responses API's stream, whose closing events repeat what its deltas streamed
+    as the hooks released it (`StreamedText`), masks included."""
 
     def __init__(self) -> None:
         super().__init__(_responses_error)
-        # What was sent of each output text (item id, content index) and each call's
-        # arguments (item id).
-        self._texts: dict[tuple[Any, Any], str] = {}
-        self._arguments: dict[Any, str] = {}
+        self._streamed = StreamedText()
 
     def frame(self, chunk: Any) -> bytes:
-        data = chunk.data
-        kind = data.get("type")
-        delta = data.get("delta")
-        if kind == "response.output_text.delta" and isinstance(delta, str):
-            key = (data.get("item_id"), data.get("content_index"))
-            self._texts[key] = self._texts.get(key, "") + delta
-        elif kind == "response.function_call_arguments.delta" and isinstance(delta, str):
-            item = data.get("item_id")
-            self._arguments[item] = self._arguments.get(item, "") + delta
-        elif self._settled(kind, data):
-            return responses_frame(chunk.name, data)
+        if self._streamed.settled(chunk.data):
+            return responses_frame(chunk.name, chunk.data)
         return super().frame(chunk)
-
-    def _settled(self, kind: Any, data: dict[str, Any]) -> bool:
-        """Whether a closing event's repeated text was set to what was streamed."""
-        key = (data.get("item_id"), data.get("content_index"))
-        if kind == "response.output_text.done":
-            return _set(data, "text", self._texts.get(key))
-        if kind == "response.content_part.done" and isinstance(data.get("part"), dict):
-            return _set(data["part"], "text", self._texts.get(key))
-        if kind == "response.function_call_arguments.done":
-            return _set(data, "arguments", self._arguments.get(data.get("item_id")))
-        if kind == "response.output_item.done" and isinstance(data.get("item"), dict):
-            return self._settle_item(data["item"])
-        response = data.get("response")
-        if kind in FINAL_EVENTS and isinstance(response, dict):
-            output = response.get("output")
-            items = (
-                [item for item in output if isinstance(item, dict)]
-                if isinstance(output, list)
-                else []
-            )
-            return any([self._settle_item(item) for item in items])
-        return False
-
-    def _settle_item(self, item: dict[str, Any]) -> bool:
-        if item.get("type") == "function_call":
-            return _set(item, "arguments", self._arguments.get(item.get("id")))
-        content = item.get("content")
-        parts = content if item.get("type") == "message" and isinstance(content, list) else []
-        return any(
-            [_set(part, "text", self._texts.get((item.get("id"), index)))
-             for index, part in enumerate(parts) if isinstance(part, dict)]
-        )  # fmt: skip
-
-
-def _set(holder: dict[str, Any], key: str, streamed: str | None) -> bool:
-    """Set `holder[key]` to what was streamed, if it differs; whether it did."""
-    if streamed is None or holder.get(key) == streamed:
-        return False
-    holder[key] = streamed
-    return True
 
 
 class DataEvents(EventCodec):

@@ -473,6 +473,65 @@ def event_frame(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
+class StreamedText:
+    """What a Responses stream's deltas sent of each output text and each call's
+    arguments, as they went out, which its closing events repeat whole
+    (`response.output_text.done`, `response.content_part.done`,
+    `response.function_call_arguments.done`, `response.output_item.done`, the final
+    Response): a guardrail that masked the deltas must not see the text given back
+    whole. `settled` is given every event in order."""
+
+    def __init__(self) -> None:
+        # By (item id, content index), and by item id.
+        self._texts: dict[tuple[Any, Any], str] = {}
+        self._arguments: dict[Any, str] = {}
+
+    def settled(self, data: dict[str, Any]) -> bool:
+        """Whether a closing event's repetition was set to what was streamed (a delta is
+        kept; any other event is left as it is)."""
+        kind = data.get("type")
+        delta = data.get("delta")
+        key = (data.get("item_id"), data.get("content_index"))
+        if kind == "response.output_text.delta" and isinstance(delta, str):
+            self._texts[key] = self._texts.get(key, "") + delta
+            return False
+        if kind == "response.function_call_arguments.delta" and isinstance(delta, str):
+            item = data.get("item_id")
+            self._arguments[item] = self._arguments.get(item, "") + delta
+            return False
+        if kind == "response.output_text.done":
+            return _set(data, "text", self._texts.get(key))
+        if kind == "response.content_part.done" and isinstance(data.get("part"), dict):
+            return _set(data["part"], "text", self._texts.get(key))
+        if kind == "response.function_call_arguments.done":
+            return _set(data, "arguments", self._arguments.get(data.get("item_id")))
+        if kind == "response.output_item.done" and isinstance(data.get("item"), dict):
+            return self._item(data["item"])
+        response = data.get("response")
+        output = response.get("output") if isinstance(response, dict) else None
+        if kind in FINAL_EVENTS and isinstance(output, list):
+            return any([self._item(item) for item in output if isinstance(item, dict)])
+        return False
+
+    def _item(self, item: dict[str, Any]) -> bool:
+        if item.get("type") == "function_call":
+            return _set(item, "arguments", self._arguments.get(item.get("id")))
+        content = item.get("content")
+        parts = content if item.get("type") == "message" and isinstance(content, list) else []
+        return any(
+            [_set(part, "text", self._texts.get((item.get("id"), index)))
+             for index, part in enumerate(parts) if isinstance(part, dict)]
+        )  # fmt: skip
+
+
+def _set(holder: dict[str, Any], key: str, streamed: str | None) -> bool:
+    """Set `holder[key]` to what was streamed, if it differs; whether it did."""
+    if streamed is None or holder.get(key) == streamed:
+        return False
+    holder[key] = streamed
+    return True
+
+
 class _Item:
     """An output item being streamed: its Response item, and the text or arguments so far."""
 
@@ -511,6 +570,7 @@ class ResponsesEvents(FrameEncoder):
         self._finish_reason: Any = None
         self._usage: dict[str, Any] = {}
         self._final: dict[str, Any] | None = None
+        self._streamed = StreamedText()
 
     @property
     def response(self) -> dict[str, Any] | None:
@@ -518,8 +578,12 @@ class ResponsesEvents(FrameEncoder):
         return self._final
 
     def native(self, event: NativeEvent) -> bytes:
-        """A Responses upstream's event, as it came; its Response is kept."""
+        """A Responses upstream's event, as it came (its closing events repeating what
+        was streamed, as hooks released it); its Response is kept."""
         self._native = self._started = True
+        frame = event.frame
+        if self._streamed.settled(event.data):
+            frame = event_frame(event.name, event.data)
         sequence = event.data.get("sequence_number")
         if isinstance(sequence, int):
             self._sequence = sequence + 1
@@ -529,7 +593,7 @@ class ResponsesEvents(FrameEncoder):
             if event.data.get("type") in FINAL_EVENTS:
                 self._final = response
                 self._done = True
-        return event.frame
+        return frame
 
     def chunk(self, chunk: dict[str, Any]) -> bytes:
         out = [self._start()]
