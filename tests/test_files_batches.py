@@ -615,3 +615,34 @@ async def test_an_upload_over_the_size_cap_is_counted_as_its_413(
         exception_class="BodyTooLarge",
     ) == 1  # fmt: skip
     assert fake.files == {}
+
+
+async def test_a_batch_is_refused_while_a_guardrail_applies_to_the_key(
+    nursery: trio.Nursery, upstream: FakeUpstream, fake: FakeBatchAPI
+) -> None:
+    """A batch's requests sit in a file no guardrail reads: while a guardrail applies to
+    the key (its own, here), the batch is refused (403) and the upstream never asked."""
+    upstream.handler = fake
+    params = {"model": "openai/gpt-4o-mini", "api_base": upstream.base_url, "api_key": UPSTREAM_KEY}
+    guardrail = {
+        "guardrail_name": "cf",
+        "litellm_params": {
+            "guardrail": "litellm_content_filter",
+            "mode": "pre_call",
+            "default_on": False,
+            "blocked_words": [{"keyword": "forbidden", "action": "BLOCK"}],
+        },
+    }
+    config = {**deployment_config("gpt-batch", params), "guardrails": [guardrail]}
+    gateway = await start_gateway(nursery, config)
+    guarded = await new_key(gateway, models=["gpt-batch"], guardrails=["cf"])
+    free = await new_key(gateway, models=["gpt-batch"])
+    async with sdk(gateway, guarded) as client:
+        uploaded = await upload(client)
+        with pytest.raises(openai.PermissionDeniedError) as refused:
+            await create_batch(client, uploaded.id)
+    assert refused.value.code == "closed_by_hooks"
+    assert not any(request.target.endswith("/batches") for request in upstream.requests)
+    async with sdk(gateway, free) as client:
+        assert (await create_batch(client, (await upload(client)).id)).status == "validating"
+    await gateway.stop()

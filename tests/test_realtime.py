@@ -255,3 +255,34 @@ async def test_sessions_are_counted_and_traced(
     assert attributes["trigate.cost"] == pytest.approx(cost)
     assert _attributes(upstream)["trigate.deployment"] == "rt-1"
     assert fake.headers[-1]["traceparent"].split("-")[2] == upstream.span_id.hex()
+
+
+async def test_refused_while_a_guardrail_applies_to_the_key(
+    nursery: trio.Nursery, fake: FakeRealtime
+) -> None:
+    """A Realtime session's events pass no guardrail: while one applies to the key (here
+    `default_on`), the session is refused before the upstream is opened."""
+    params = {
+        "model": "openai/gpt-realtime",
+        "api_base": f"http://127.0.0.1:{fake.port}/v1",
+        "api_key": UPSTREAM_KEY,
+    }
+    guardrail = {
+        "guardrail_name": "cf",
+        "litellm_params": {
+            "guardrail": "litellm_content_filter",
+            "mode": "pre_call",
+            "default_on": True,
+            "blocked_words": [{"keyword": "forbidden", "action": "BLOCK"}],
+        },
+    }
+    config = {**deployment_config("realtime", params), "guardrails": [guardrail]}
+    running = await start_gateway(nursery, config)
+    headers = [(b"authorization", f"Bearer {MASTER_KEY}".encode())]
+    with pytest.raises(ConnectionRejected) as rejected:
+        async with open_websocket_url(ws_url(running), extra_headers=headers):
+            pass
+    assert rejected.value.status_code == 403
+    assert b"closed_by_hooks" in (rejected.value.body or b"")
+    assert fake.paths == []
+    await running.stop()

@@ -49,7 +49,7 @@ import importlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, TypeVar, cast
 
 import trio
 
@@ -198,6 +198,17 @@ async def run_beside(
     return results[0]
 
 
+class _Unread:
+    """What `Hooks.applies` asks of a call no hook can read: its caller and model."""
+
+    call_type = "unread"
+    requested_guardrails = ()
+
+    def __init__(self, caller: Caller, model_group: str) -> None:
+        self.caller = caller
+        self.model_group = model_group
+
+
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The exception a group of one task's stands for: its first failure, else its first
     cancellation (re-raised, so the scope that was cancelled catches it)."""
@@ -240,6 +251,20 @@ class Hooks:
             if applies is None or applies(request):
                 return True
         return False
+
+    def refuse_unread(self, caller: Caller, model_group: str, what: str) -> None:
+        """Refuse a call whose content no hook reads (a Realtime session, a batch of
+        requests in a file) while any hook applies to `caller`'s calls to `model_group`:
+        guardrails fail closed, and no call may bypass them."""
+        # `applies` reads a request's caller and the guardrails it names, all there is of
+        # a call no hook can read.
+        if self.applies(cast(HookedRequest, _Unread(caller, model_group))):
+            raise Refused(
+                f"{what} is refused: request hooks or guardrails apply to this key's calls, "
+                "and they cannot read it. No call may bypass them.",
+                status=403,
+                code="closed_by_hooks",
+            )
 
     def beside_route(self, request: HookedRequest) -> Beside | None:
         """What runs beside the upstream call for `request` (None: nothing)."""

@@ -150,6 +150,9 @@ def register(app: QuartTrio, gateway: Gateway) -> None:
         if not caller.is_master:
             covering = gateway.groups.access.covering
             check_access(caller, row["model_group"], row["model_group"], covering)
+        if (hooks := gateway.live.hooks) is not None:
+            hooks.refuse_unread(caller, row["model_group"], "A batch (its requests in a file)")
+        if not caller.is_master:
             await _admitted(gateway, caller)
         sent = {name: value for name, value in body.items() if name != "model"}
         async with exchange.attempt(deployment):

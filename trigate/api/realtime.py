@@ -134,6 +134,8 @@ class RealtimeRoute:
         exchange.concerns(group)
         if not caller.is_master:
             check_access(caller, requested, group, gateway.groups.access.covering)
+        if (hooks := gateway.live.hooks) is not None:
+            hooks.refuse_unread(caller, group, "A Realtime session")
         served = [d for d in deployments if d.abilities.realtime is not None]
         if not served:
             raise InvalidRequest(
