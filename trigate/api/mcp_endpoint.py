@@ -19,10 +19,11 @@ connection is watched for the disconnect, which cancels the upstream sessions an
 stdio processes.
 
 The `mcp` SDK is not imported with this module: its modules and protocol types take
-about a second to import, most of a worker's start. `load_sdk` imports the modules that
-use it (trigate/api/mcp_session.py, trigate/api/mcp_tool_loop.py) in a worker thread at
-the first MCP session or Responses MCP tool, so a worker that serves neither never
-loads it, and one that does loads it once without stalling its event loop.
+half a second of CPU to import, 40% of a worker's imports. `load_sdk` imports the
+modules that use it (trigate/api/mcp_session.py, trigate/api/mcp_tool_loop.py) in a
+worker thread at the first MCP session or Responses MCP tool, so a worker that serves
+neither never loads it, and one that does loads it once without stalling its event
+loop.
 """
 
 from __future__ import annotations
