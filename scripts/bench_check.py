@@ -54,6 +54,8 @@ WARM_UP_REQUESTS = 30
 WINDOWS = 8
 RUN_SECONDS = 0.4
 OUTLIER = 1.15
+# Runs a spend write may overlap, and be left out, before the check gives up.
+MAX_OVERLAPPED = 10 * WINDOWS
 STREAM_CHUNKS = 21
 # Model names the check's config defines, and what the mock makes of each.
 UPSTREAM_MODELS = {"bench": "bench-model", "bench-burst": f"mock-s{STREAM_CHUNKS}-i0"}
@@ -335,7 +337,10 @@ def count(server: Server, target: Target, case: Case, workdir: Path) -> int:
                 requests.append(sent)
             else:
                 overlapped += 1  # the write came before the requests were done
-                if overlapped > 3 * WINDOWS:
+                # A loaded machine (another process's callgrind) slows the worker enough
+                # that many runs meet a write; only a run that never ends between two is
+                # a failure of the setup.
+                if overlapped > MAX_OVERLAPPED:
                     raise RuntimeError(f"{case.name}: spend writes keep overlapping the runs")
             settled(database, state)
     per_run = [n / sent for n, sent in zip(counts, requests, strict=True)]
