@@ -64,7 +64,18 @@ _FRAMES = [
     *[_chunk({"content": f" word{i}"}) for i in range(CHUNKS - 2)],
     _chunk({}, "stop"),
 ]
-_DONE = b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
+# OpenAI's usage chunk (the gateway asks every upstream for it), then the terminator.
+_USAGE = _frame(
+    {
+        "id": "chatcmpl-paced",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [],
+        "usage": {"prompt_tokens": 9, "completion_tokens": CHUNKS - 1, "total_tokens": CHUNKS + 8},
+    }
+)
+_DONE = _USAGE + b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"
 _HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 
 

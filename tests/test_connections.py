@@ -17,7 +17,7 @@ import orjson
 import pytest
 import trio
 import trio.testing
-from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk
+from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, usage_chunk
 from helpers import MASTER_KEY, RunningGateway, mock_config, openai_config, start_gateway
 
 from trigate import serving
@@ -474,12 +474,20 @@ def direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Every piece of a streamed body written by the server's direct writer."""
     written: list[bytes] = []
     write = _DirectBody.write
+    try_write = _DirectBody.try_write
 
     async def counted(self: _DirectBody, data: bytes) -> None:
         written.append(data)
         await write(self, data)
 
+    def tried(self: _DirectBody, data: bytes, *, last: bool = False) -> bytes | None:
+        rest = try_write(self, data, last=last)
+        if rest is not None:
+            written.append(data)
+        return rest
+
     monkeypatch.setattr(_DirectBody, "write", counted)
+    monkeypatch.setattr(_DirectBody, "try_write", tried)
     return written
 
 
@@ -538,6 +546,102 @@ async def test_a_stream_written_directly_to_an_http_1_0_client_ends_with_the_con
     assert frames[-1] == b"[DONE]"
     assert all(orjson.loads(frame)["object"] == "chat.completion.chunk" for frame in frames[:-1])
     assert direct_writes and not any(piece.endswith(b"\r\n") for piece in direct_writes)
+    await running.stop()
+
+
+@pytest.fixture
+def tried_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bool, bytes | None]]:
+    """Every piece the relay's reader offered the connection itself (`try_write`): the
+    piece, whether it was the last, and what was left of it (None: nothing written)."""
+    tried: list[tuple[bytes, bool, bytes | None]] = []
+    try_write = _DirectBody.try_write
+
+    def recorded(self: _DirectBody, data: bytes, *, last: bool = False) -> bytes | None:
+        rest = try_write(self, data, last=last)
+        tried.append((data, last, rest))
+        return rest
+
+    monkeypatch.setattr(_DirectBody, "try_write", recorded)
+    return tried
+
+
+def _trickle(words: list[str], pause: float, size: int = 0) -> StreamReply:
+    """A stream whose chunks come one at a time, `pause` seconds apart, as a model's do."""
+    frames: list[bytes | float | trio.Event] = []
+    for word in words:
+        frames += [chunk(word + "x" * size), pause]
+    frames += [chunk(finish="stop"), usage_chunk(5, len(words)), DONE]
+    return StreamReply(frames)
+
+
+async def test_a_trickling_stream_is_written_by_its_reader_and_ends_with_its_last_write(
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    tried_writes: list[tuple[bytes, bool, bytes | None]],
+) -> None:
+    """Each chunk that arrives on its own goes to the client from the reader, without
+    waking the writer; the last write carries the body's end, which hypercorn then does
+    not write again: the next requests on the connection read cleanly."""
+    words = ["Once ", "upon ", "a ", "time"]
+    upstream.handler = lambda request: _trickle(words, 0.02)
+    running = await start_gateway(nursery, openai_config(upstream))
+    stream = await _connect(running)
+    for _ in range(2):
+        tried_writes.clear()
+        await stream.send_all(_stream_chat(model="gpt-test"))
+        with trio.fail_after(5):
+            _, body = await _read_chunked_response(stream)
+        contents = [
+            orjson.loads(frame)["choices"][0]["delta"].get("content")
+            for frame in _frames(body)[:-1]
+        ]
+        assert "".join(filter(None, contents)) == "".join(words)
+        written = [data for data, _, rest in tried_writes if rest == b""]
+        assert [data for data in written if b'"content"' in data] == [
+            chunk(word) for word in words
+        ], "each chunk went out on its own, written by the reader"
+        *_, (last, is_last, rest) = tried_writes
+        assert is_last and rest == b"" and last.endswith(DONE)
+    # A plain request next (its model unknown here): the answer is the first bytes read.
+    await stream.send_all(_chat())
+    with trio.fail_after(5):
+        assert (await _read_response(stream)).startswith(b"HTTP/1.1 404 ")
+    await stream.aclose()
+    await running.stop()
+
+
+async def test_a_trickling_stream_to_a_client_that_stops_reading_arrives_whole(
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    tried_writes: list[tuple[bytes, bool, bytes | None]],
+) -> None:
+    """A piece the client's socket takes only in part: its rest goes out through the
+    writer before anything else, so the framing holds, and nothing is lost."""
+    words = [f"w{index} " for index in range(200)]
+    upstream.handler = lambda request: _trickle(words, 0.002, size=8 * 1024)
+    running = await start_gateway(nursery, openai_config(upstream))
+    url = httpx.URL(running.url)
+    sock = trio.socket.socket()
+    # A small receive window: the gateway's socket fills after a few pieces.
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 8 * 1024)
+    await sock.connect((url.host, url.port))
+    stream = trio.SocketStream(sock)
+    try:
+        await stream.send_all(_stream_chat(model="gpt-test"))
+        with trio.fail_after(10):
+            while not any(rest for _, _, rest in tried_writes):
+                await trio.sleep(0.01)  # the client reads nothing until a piece went in part
+            _, body = await _read_chunked_response(stream)
+        contents = [
+            orjson.loads(frame)["choices"][0]["delta"].get("content")
+            for frame in _frames(body)[:-1]
+        ]
+        assert "".join(filter(None, contents)) == "".join(word + "x" * 8 * 1024 for word in words)
+        await stream.send_all(_chat())
+        with trio.fail_after(5):
+            assert (await _read_response(stream)).startswith(b"HTTP/1.1 404 ")
+    finally:
+        await stream.aclose()
     await running.stop()
 
 

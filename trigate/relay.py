@@ -19,6 +19,14 @@ channel of capacity 100; the client writer is the task iterating the body.
   written after it has left the lane.
 - A slow client blocks the writer; the channel fills to 100 frames and then
   blocks the reader, which stops reading the upstream: memory stays bounded.
+- While the writer waits for frames (nothing queued, no write under way), the
+  reader writes a frame to the client's connection itself when the upstream trickles
+  (its next batch has yet to arrive, `ChunkStream.waits_next`) or the stream is ending, and the
+  socket takes it at once (`write_to`): a chunk that arrives on its own, as a model's
+  tokens do, then costs no wake-up of the writer. Batches that follow one another at
+  once go through the channel, where the writer joins them into one write; whatever
+  the socket does not take goes through it too, so the writer alone waits on a slow
+  client.
 - Accounting runs in `__aexit__` under a shield with a time bound, so a record
   is written however the stream ended.
 """
@@ -30,7 +38,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import trio
@@ -40,6 +48,9 @@ from trio.lowlevel import RunVar
 from trigate.errors import GatewayError, UpstreamError
 from trigate.providers import ChunkStream, NativeEvent, passed_chunks
 from trigate.usage import UsageMeter
+
+if TYPE_CHECKING:
+    from trigate.serving import BodyWriter
 
 CHANNEL_CAPACITY = 100
 # The writer sends whatever frames are waiting in one write, up to this many.
@@ -55,6 +66,13 @@ TEARDOWN_MAX_HOLD = 0.05
 _teardown_lane: RunVar[_TeardownLane] = RunVar("teardown_lane")
 
 DONE_FRAME = b"data: [DONE]\n\n"
+
+
+class _FramedRest(bytes):
+    """The rest of a frame the reader began writing to the client (`BodyWriter.try_write`):
+    the writer writes it as it is, before anything else."""
+
+    __slots__ = ()
 
 
 class _StreamEnd:
@@ -136,6 +154,7 @@ class StreamRelay(ResponseBody):
         on_chunk: Callable[[Any], Awaitable[Any]] | None = None,
     ) -> None:
         self._stream = stream
+        self._waits_next = stream.waits_next
         # The request's chunk hooks (`trigate.hooks`); None, and never called, without.
         self._on_chunk = on_chunk
         self._encoder = encoder or FrameEncoder()
@@ -155,6 +174,9 @@ class StreamRelay(ResponseBody):
         # Frames the reader has handed to the channel and the writer not yet taken: the
         # writer takes more than one only when some wait, without failing to.
         self._queued = 0
+        # The client's connection, when the writer writes to it directly (`write_to`).
+        self._writer: BodyWriter | None = None
+
         self._frames: trio.MemoryReceiveChannel[bytes] | None = None
         self._nursery_manager: AbstractAsyncContextManager[trio.Nursery] | None = None
         self._nursery: trio.Nursery | None = None
@@ -202,7 +224,7 @@ class StreamRelay(ResponseBody):
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
         self._queued -= 1
-        if self._queued <= 0:
+        if self._queued <= 0 or type(frame) is _FramedRest:
             return frame
         batch = [frame]
         try:
@@ -212,6 +234,16 @@ class StreamRelay(ResponseBody):
         except (trio.WouldBlock, trio.EndOfChannel):
             pass
         return b"".join(batch)
+
+    async def write_to(self, writer: BodyWriter) -> None:
+        """The client writer: every frame to `writer`, the client's connection. While it
+        waits for frames, the reader may write a frame itself (`_deliver`)."""
+        self._writer = writer
+        async for frame in self:
+            if type(frame) is _FramedRest:
+                await writer.write_framed(frame)
+            else:
+                await writer.write(frame)
 
     async def client_left(self, request: trio.CancelScope) -> None:
         """The client is gone: close the upstream connection now, then cancel `request`
@@ -267,27 +299,25 @@ class StreamRelay(ResponseBody):
 
     async def _read_upstream(self, frames: trio.MemorySendChannel[bytes]) -> None:
         async with frames:
+            # What ends the stream (the usage chunk or an error, then the terminator), in
+            # one delivery.
+            tail = b""
             try:
                 if self._first is not None:
-                    await self._relay_batch(frames, self._first)
+                    await self._relay_batch(frames, self._first, at_once=True)
                 if self._on_chunk is None:
                     async for batch in self._chunks:
                         # `_relay_batch` without hooks, inline: one call less a read.
                         data = self._encode(batch)
                         if data:
-                            self._queued += 1
-                            try:
-                                frames.send_nowait(data)
-                            except trio.WouldBlock:
-                                self._on_backpressure()
-                                await frames.send(data)
+                            await self._deliver(frames, data)
                 else:
                     async for batch in self._chunks:
                         await self._relay_batch(frames, batch)
                     # What the hooks held back (a guardrail's unchecked window) goes now.
                     await self._relay_batch(frames, [STREAM_END])
                 if self._include_usage:
-                    await self._send(frames, self._encoder.usage(await self._usage_chunk()))
+                    tail = self._encoder.usage(await self._usage_chunk())
             except _HookEnded:
                 pass  # the stream ends here; the relay's exit closes the upstream
             except GatewayError as error:
@@ -298,16 +328,44 @@ class StreamRelay(ResponseBody):
                     await self._may_unwind.wait()
                     return
                 self.outcome.error = error
-                await self._send(frames, self._encoder.error(error))
+                tail = self._encoder.error(error)
             self.outcome.completed = True
-            if end := self._encoder.end():
-                await self._send(frames, end)
+            tail += self._encoder.end()
+            if tail:
+                await self._deliver(frames, tail, at_once=True, last=True)
 
-    async def _send(self, frames: trio.MemorySendChannel[bytes], data: bytes) -> None:
+    async def _deliver(
+        self,
+        frames: trio.MemorySendChannel[bytes],
+        data: bytes,
+        *,
+        at_once: bool = False,
+        last: bool = False,
+    ) -> None:
+        """`data` to the client: written here when the writer waits for frames (it has
+        taken every frame queued, and `try_write` finds no write of its under way), the
+        upstream's next batch is not here yet or `data` must go `at_once` (the first
+        batch, which the client waits on; the end), and the socket takes it at once;
+        else through the channel (the rest of a frame begun here first), waiting for
+        room only when it is full."""
+        writer = self._writer
+        if writer is not None and self._queued == 0 and (at_once or self._waits_next()):
+            rest = writer.try_write(data, last=last)
+            if rest is not None:
+                if not rest:
+                    return
+                data = _FramedRest(rest)
         self._queued += 1
-        await frames.send(data)
+        try:
+            frames.send_nowait(data)
+        except trio.WouldBlock:
+            # The client reads slower than the upstream writes: wait for it.
+            self._on_backpressure()
+            await frames.send(data)
 
-    async def _relay_batch(self, frames: trio.MemorySendChannel[bytes], batch: list[Any]) -> None:
+    async def _relay_batch(
+        self, frames: trio.MemorySendChannel[bytes], batch: list[Any], *, at_once: bool = False
+    ) -> None:
         """One upstream read's chunks become one channel item: a burst of tokens costs
         one hand-over between the tasks, not one per token."""
         stop: Exception | None = None
@@ -315,13 +373,7 @@ class StreamRelay(ResponseBody):
             batch, stop = await self._hooked(self._chunks_of(batch))
         data = self._encode(batch)
         if data:
-            self._queued += 1
-            try:
-                frames.send_nowait(data)
-            except trio.WouldBlock:
-                # The client reads slower than the upstream writes: wait for it.
-                self._on_backpressure()
-                await frames.send(data)
+            await self._deliver(frames, data, at_once=at_once)
         if stop is not None:
             raise stop
 

@@ -414,6 +414,12 @@ class _ResponseStream(httpx.AsyncByteStream):
         # What may still be read before the body counts as too large; None: no cap.
         self._left = cap
 
+    def waits_next(self) -> bool:
+        """Whether the body's next bytes are not here yet: its last read had to wait for
+        the server, and nothing read is left over."""
+        conn = self._conn
+        return conn is not None and conn.expects_wait and not conn.buffer
+
     def __aiter__(self) -> _ResponseStream:
         # The stream is its own iterator, not an async generator: a reader that stops at
         # its API's end (OpenAI's `data: [DONE]`) abandons its iterator, and trio closes an
@@ -941,6 +947,17 @@ async def _write(
             raise _StaleConnection from exc
         raise httpx.WriteError(_describe(exc), request=request) from exc
     raise httpx.WriteTimeout("timed out sending the request", request=request)
+
+
+def waits_next_of(response: httpx.Response) -> Callable[[], bool]:
+    """Whether the next read of `response`'s body will wait for the server, as far as the
+    transport can tell: always False for a body this transport does not read."""
+    stream = response.stream
+    return stream.waits_next if type(stream) is _ResponseStream else _cannot_tell
+
+
+def _cannot_tell() -> bool:
+    return False
 
 
 async def _receive(conn: _Connection, request: httpx.Request, read_timeout: float) -> bytes:

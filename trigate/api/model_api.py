@@ -433,16 +433,15 @@ async def send_reply(send: ASGISendCallable, reply: Reply) -> None:
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return
     await send(_start(reply.status, headers))
+    # Once the headers are out, a frame can go straight to the connection: hypercorn's
+    # path for each message was most of the writer's work.
+    writer = direct_writer(send)
     async with body as frames:
-        # Once the headers are out, a frame can go straight to the connection: hypercorn's
-        # path for each message was most of the writer's work.
-        write = direct_writer(send)
-        if write is None:
+        if writer is None:
             async for frame in frames:
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
         else:
-            async for frame in frames:
-                await write(frame)
+            await frames.write_to(writer)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -689,6 +689,9 @@ class _AnsweredStream:
         return
         yield
 
+    def waits_next(self) -> bool:
+        return False
+
     async def aclose(self) -> None:
         pass
 

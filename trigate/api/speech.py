@@ -8,7 +8,7 @@ the table says so (tts-1), else by tokens.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -23,6 +23,7 @@ from trigate.providers import ChunkStream, Completion, NativeEvent
 from trigate.providers.base import translate_transport_error
 from trigate.relay import FrameEncoder
 from trigate.router.deployments import Deployment
+from trigate.transport import waits_next_of
 from trigate.usage import Usage
 
 AUDIO = "audio/mpeg"
@@ -32,8 +33,12 @@ class AudioStream:
     """An upstream's audio body, read as it arrives: each read one `NativeEvent` whose frame
     is the bytes as they came."""
 
+    # `ChunkStream.waits_next`, the transport's own.
+    waits_next: Callable[[], bool]
+
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
+        self.waits_next = waits_next_of(response)
 
     async def __aiter__(self) -> AsyncIterator[list[Any]]:
         body = self._response.stream

@@ -40,6 +40,9 @@ class Replay:
     async def __anext__(self) -> list[Any]:
         raise StopAsyncIteration
 
+    def waits_next(self) -> bool:
+        return False
+
     async def aclose(self) -> None:
         pass
 

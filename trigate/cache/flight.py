@@ -232,6 +232,10 @@ class Subscription:
                 return
             await flight.changed()
 
+    def waits_next(self) -> bool:
+        """Not told: a subscriber's batches go through its relay's writer, joined."""
+        return False
+
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True

@@ -166,6 +166,9 @@ class AzureChunkStream:
         if held:
             yield held
 
+    def waits_next(self) -> bool:
+        return self._inner.waits_next()
+
     async def aclose(self) -> None:
         await self._inner.aclose()
 

@@ -26,7 +26,12 @@ from trigate.errors import (
     from_upstream_status,
 )
 from trigate.sse import ServerSentEvent, SSEDecoder, plain_array, plain_payloads
-from trigate.transport import READ_AS_STREAM, ResponseTooLarge, read_whole_body
+from trigate.transport import (
+    READ_AS_STREAM,
+    ResponseTooLarge,
+    read_whole_body,
+    waits_next_of,
+)
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -105,6 +110,13 @@ class ChunkStream(Protocol):
 
     def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]: ...
 
+    def waits_next(self) -> bool:
+        """Whether the next batch has yet to arrive, as far as the stream can tell (the
+        upstream trickles, as a model's tokens do): a relay then writes each batch to the
+        client as it comes, where batches that follow one another at once are better
+        written together. False when it cannot tell."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -129,6 +141,8 @@ class SSEChunkStream:
 
     # Whether reads that are plain events only are kept as they came (`_pass`).
     _passes = False
+    # `ChunkStream.waits_next`, the transport's own.
+    waits_next: Callable[[], bool]
 
     def __init__(
         self,
@@ -138,6 +152,7 @@ class SSEChunkStream:
         unfinished: str | None = None,
     ) -> None:
         self._response = response
+        self.waits_next = waits_next_of(response)
         self._translate = translate
         self._tail = tail
         self._unfinished = unfinished

@@ -47,6 +47,7 @@ from trigate.providers.base import (
 )
 from trigate.providers.eventstream import EventStreamDecoder, Frame
 from trigate.providers.fields import a_string, an_object, objects, strings
+from trigate.transport import waits_next_of
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -571,8 +572,12 @@ class ConverseChunkStream:
     """A ConverseStream response, decoded into batches of OpenAI chunk dicts: one batch
     per upstream read."""
 
+    # `ChunkStream.waits_next`, the transport's own.
+    waits_next: Callable[[], bool]
+
     def __init__(self, response: httpx.Response, model: str) -> None:
         self._response = response
+        self.waits_next = waits_next_of(response)
         self._model = model
 
     async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:

@@ -243,6 +243,10 @@ class MockChunkStream:
                 await trio.sleep(self._chunk_delay)
             yield [chunk]
 
+    def waits_next(self) -> bool:
+        """Paced chunks come one at a time, as a model's do."""
+        return bool(self._chunk_delay)
+
     async def aclose(self) -> None:
         """Nothing to release: the mock holds no connection."""
 
