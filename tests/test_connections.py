@@ -19,6 +19,7 @@ import trio
 import trio.testing
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, usage_chunk
 from helpers import MASTER_KEY, RunningGateway, mock_config, openai_config, start_gateway
+from hypercorn.typing import ASGIReceiveEvent, HTTPDisconnectEvent, HTTPRequestEvent
 
 from trigate import serving
 from trigate.config import parse_config
@@ -611,12 +612,20 @@ async def test_a_trickling_stream_is_written_by_its_reader_and_ends_with_its_las
 
 
 async def test_a_trickling_stream_to_a_client_that_stops_reading_arrives_whole(
-    nursery: trio.Nursery,
-    upstream: FakeUpstream,
-    tried_writes: list[tuple[bytes, bool, bytes | None]],
+    nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A piece the client's socket takes only in part: its rest goes out through the
     writer before anything else, so the framing holds, and nothing is lost."""
+    written_in_part = trio.Event()
+    try_write = _DirectBody.try_write
+
+    def watched(self: _DirectBody, data: bytes, *, last: bool = False) -> bytes | None:
+        rest = try_write(self, data, last=last)
+        if rest:
+            written_in_part.set()
+        return rest
+
+    monkeypatch.setattr(_DirectBody, "try_write", watched)
     words = [f"w{index} " for index in range(200)]
     upstream.handler = lambda request: _trickle(words, 0.002, size=8 * 1024)
     running = await start_gateway(nursery, openai_config(upstream))
@@ -629,8 +638,7 @@ async def test_a_trickling_stream_to_a_client_that_stops_reading_arrives_whole(
     try:
         await stream.send_all(_stream_chat(model="gpt-test"))
         with trio.fail_after(10):
-            while not any(rest for _, _, rest in tried_writes):
-                await trio.sleep(0.01)  # the client reads nothing until a piece went in part
+            await written_in_part.wait()  # the client reads nothing until then
             _, body = await _read_chunked_response(stream)
         contents = [
             orjson.loads(frame)["choices"][0]["delta"].get("content")
@@ -894,3 +902,38 @@ async def test_a_streamed_answers_head_is_written_as_h11_writes_it(
     assert body.count(b"data: ") == body_by_h11.count(b"data: ") > 2
     await stream.aclose()
     await running.stop()
+
+
+async def test_the_app_queue_waits_for_events_and_for_room_in_order() -> None:
+    """A request's ASGI events: a get waits for the next put, a put waits while the
+    queue is full, and a cancelled wait leaves the queue as it was."""
+    queue = serving._AppQueue(2)
+    got: list[object] = []
+
+    async def get_three() -> None:
+        got.extend([await queue.get() for _ in range(3)])
+
+    events: list[ASGIReceiveEvent] = [
+        HTTPRequestEvent(type="http.request", body=b"%d" % index, more_body=True)
+        for index in range(5)
+    ]
+    gone = HTTPDisconnectEvent(type="http.disconnect")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(get_three)
+        await trio.testing.wait_all_tasks_blocked()
+        for event in events[:3]:
+            await queue.put(event)
+    assert got == events[:3]
+    await queue.put(events[3])
+    await queue.put(events[4])
+    with trio.move_on_after(0.05) as waited:
+        await queue.put(gone)
+    assert waited.cancelled_caught, "a full queue made room for a third event"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(queue.put, gone)
+        await trio.testing.wait_all_tasks_blocked()
+        assert await queue.get() == events[3]
+    assert [await queue.get(), await queue.get()] == [events[4], gone]
+    with trio.move_on_after(0.05) as waited:
+        await queue.get()
+    assert waited.cancelled_caught
