@@ -923,3 +923,20 @@ async def test_a_redis_password_that_needs_encoding_reaches_redis_whole(
         await running.stop()
     finally:
         await server.kill()
+
+
+async def test_a_hit_sends_the_upstreams_own_bytes_as_the_miss_did(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """An entry keeps the upstream's bytes as they came (indented here, keys in its own
+    order), not an encoding of its own: the hit's body is the miss's, byte for byte."""
+    answer = chat_completion("Kept as sent!", USAGE)
+    sent = orjson.dumps(answer, option=orjson.OPT_INDENT_2)
+    upstream.handler = lambda request: JSONReply(sent)
+    running = await start_gateway(nursery, cached_config(upstream))
+    body = {"model": "gpt-test", "messages": MESSAGES}
+    miss = await _post(running, "/v1/chat/completions", body)
+    hit = await _post(running, "/v1/chat/completions", body)
+    assert (miss.headers["x-trigate-cache"], hit.headers["x-trigate-cache"]) == ("miss", "hit")
+    assert miss.content == hit.content == sent
+    await running.stop()
