@@ -109,6 +109,14 @@ BodyWriter = Callable[[bytes], Awaitable[None]]
 WHOLE_RESPONSE_EXTENSION = "trigate.whole_response"
 WholeWriter = Callable[[int, list[tuple[bytes, bytes]], bytes], Awaitable[bool]]
 
+# The ASGI scope extension handing the app a request event the server already holds:
+# a callable returning the next one without waiting (no checkpoint either), or None when
+# it would have to wait. A body that came with its head is then read with no deadline
+# registered for it (`trigate.api.model_api`), which costs trio a context manager and a
+# heap entry to add and another to remove.
+QUEUED_EVENT_EXTENSION = "trigate.queued_event"
+QueuedEvent = Callable[[], "ASGIReceiveEvent | None"]
+
 # A held response head is joined to a body up to this size; a longer one is written
 # after it, as copying it would cost more than the system call saved.
 MAX_JOINED_BODY = 64 * 1024
@@ -653,6 +661,8 @@ class _TaskGroup(TaskGroup):
         send: Callable[[ASGISendEvent | None], Awaitable[None]],
     ) -> Callable[[ASGIReceiveEvent], Awaitable[None]]:
         queue = _AppQueue(config.max_app_queue_size)
+        if scope["type"] == "http":
+            cast("dict[str, Any]", scope["extensions"])[QUEUED_EVENT_EXTENSION] = queue.queued
         assert self._nursery is not None  # entered
         self._nursery.start_soon(
             _handle,
@@ -693,6 +703,13 @@ class _AppQueue:
             return self._receive.receive_nowait()
         except trio.WouldBlock:
             return await self._receive.receive()
+
+    def queued(self) -> ASGIReceiveEvent | None:
+        """The next event if it is here already, else None (`QUEUED_EVENT_EXTENSION`)."""
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            return None
 
 
 class _WatchedStream:
