@@ -520,9 +520,14 @@ _CHUNKED_FRAMING = h11.Response(status_code=200, headers=[(b"transfer-encoding",
 
 def _head(status: int, fields: list[tuple[bytes, bytes]]) -> bytes:
     """A response head as h11 writes it (its reason phrase left empty, as hypercorn
-    leaves it), for fields already checked (`field_names`)."""
-    lines = b"".join([b"%b: %b\r\n" % field for field in fields])
-    return b"HTTP/1.1 %d \r\n%b\r\n" % (status, lines)
+    leaves it), for fields already checked (`field_names`): each field joined in C, not
+    formatted one by one."""
+    if not fields:
+        return b"HTTP/1.1 %d \r\n\r\n" % status
+    return b"HTTP/1.1 %d \r\n%b\r\n\r\n" % (status, b"\r\n".join(map(_FIELD_LINE, fields)))
+
+
+_FIELD_LINE = b": ".join
 
 
 def _checked_names(fields: list[tuple[bytes, bytes]]) -> list[bytes] | None:
