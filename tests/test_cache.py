@@ -19,7 +19,15 @@ from fakes import (
     chunk,
     usage_chunk,
 )
-from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
+from helpers import (
+    MASTER_KEY,
+    MESSAGES,
+    RedisServer,
+    RunningGateway,
+    openai_config,
+    sdk,
+    start_gateway,
+)
 
 from trigate.cache.keys import cache_key
 
@@ -879,4 +887,56 @@ async def test_a_mocked_answer_is_never_cached(
         reply = await _post(running, "/v1/chat/completions", _chat(mock_response=text))
         assert reply.json()["choices"][0]["message"]["content"] == text
         assert "x-trigate-cache" not in reply.headers
+    await running.stop()
+
+
+# A password with characters a URL must percent-encode: `cache_settings` and
+# `router_settings` encode it into the URL they build, which coredis must decode.
+AWKWARD_PASSWORD = "p@ss:w/rd%25 #?"
+
+
+@pytest.mark.parametrize("where", ["cache_params", "router_settings"])
+async def test_a_redis_password_that_needs_encoding_reaches_redis_whole(
+    nursery: trio.Nursery, upstream: FakeUpstream, where: str
+) -> None:
+    server = RedisServer(password=AWKWARD_PASSWORD)
+    await server.start()
+    try:
+        upstream.handler = lambda request: JSONReply(chat_completion("Kept!", USAGE))
+        parts = {"host": "127.0.0.1", "port": server.port, "password": AWKWARD_PASSWORD}
+        config = cached_config(upstream, type="redis", **parts if where == "cache_params" else {})
+        config["router_settings"]["redis_key_prefix"] = "awkward:"
+        if where == "router_settings":  # the fleet's Redis, which the cache then uses too
+            config["router_settings"].update({f"redis_{name}": v for name, v in parts.items()})
+        running = await start_gateway(nursery, config)
+        body = {"model": "gpt-test", "messages": MESSAGES}
+        assert (await _post(running, "/v1/chat/completions", body)).headers[
+            "x-trigate-cache"
+        ] == "miss"
+        hit = await _post(running, "/v1/chat/completions", body)
+        assert hit.headers["x-trigate-cache"] == "hit"
+        assert hit.json()["choices"][0]["message"]["content"] == "Kept!"
+        if where == "router_settings":
+            async with running.client() as client:
+                ready = (await client.get("/health/readiness")).json()
+            assert ready["fleet"]["state"] == "shared"
+        await running.stop()
+    finally:
+        await server.kill()
+
+
+async def test_a_hit_sends_the_upstreams_own_bytes_as_the_miss_did(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """An entry keeps the upstream's bytes as they came (indented here, keys in its own
+    order), not an encoding of its own: the hit's body is the miss's, byte for byte."""
+    answer = chat_completion("Kept as sent!", USAGE)
+    sent = orjson.dumps(answer, option=orjson.OPT_INDENT_2)
+    upstream.handler = lambda request: JSONReply(sent)
+    running = await start_gateway(nursery, cached_config(upstream))
+    body = {"model": "gpt-test", "messages": MESSAGES}
+    miss = await _post(running, "/v1/chat/completions", body)
+    hit = await _post(running, "/v1/chat/completions", body)
+    assert (miss.headers["x-trigate-cache"], hit.headers["x-trigate-cache"]) == ("miss", "hit")
+    assert miss.content == hit.content == sent
     await running.stop()

@@ -170,8 +170,11 @@ class Fleet:
             task_status.started()
             return
         logger.info("fleet state shared through Redis at %s", _redacted(self.url))
+        wait = max(self.timeout, 1.0)
+        # A password the URL holds percent-encoded (as `router_settings`' own makes it) is
+        # decoded, as redis-py does; coredis sends it as written unless told.
         client: Redis = coredis.Redis.from_url(
-            self.url, connect_timeout=max(self.timeout, 1.0), stream_timeout=max(self.timeout, 1.0)
+            self.url, connect_timeout=wait, stream_timeout=wait, decode_components=True
         )
         try:
             async with client:

@@ -77,7 +77,7 @@ from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_
 
 from trigate.request_head import read_request_heads
 from trigate.sockets import FastStream
-from trigate.transport import valid_fields
+from trigate.transport import field_names
 
 if TYPE_CHECKING:
     from hypercorn.typing import (
@@ -124,6 +124,14 @@ class BodyWriter(Protocol):
 # written nothing, where that path must be taken instead.
 WHOLE_RESPONSE_EXTENSION = "trigate.whole_response"
 WholeWriter = Callable[[int, list[tuple[bytes, bytes]], bytes], Awaitable[bool]]
+
+# The ASGI scope extension handing the app a request event the server already holds:
+# a callable returning the next one without waiting (no checkpoint either), or None when
+# it would have to wait. A body that came with its head is then read with no deadline
+# registered for it (`trigate.api.model_api`), which costs trio a context manager and a
+# heap entry to add and another to remove.
+QUEUED_EVENT_EXTENSION = "trigate.queued_event"
+QueuedEvent = Callable[[], "ASGIReceiveEvent | None"]
 
 # A held response head is joined to a body up to this size; a longer one is written
 # after it, as copying it would cost more than the system call saved.
@@ -408,8 +416,9 @@ class _H11Protocol(H11Protocol):
     gateway's answer carries a score of fields (its own `x-trigate-*`, LiteLLM's
     `x-litellm-*`, rate limits): about 15 thousand instructions each, more than the
     rest of writing the head; a streamed answer's head is checked three times over, as
-    h11 sets its framing fields. The same grammar is checked here in one match over all
-    the names and one over all the values (`transport.valid_fields`).
+    h11 sets its framing fields. The same grammar is checked here with a few passes over
+    all the app's names and values at once (`transport.field_names`), whose names then
+    tell the framing; hypercorn's own fields (Date, Server) once, as they are made.
 
     In the common case (`_answers_plainly`: HTTP/1.1 kept alive, not HEAD, a status
     with a body, no framing or Connection field of the app's) the head is written
@@ -441,12 +450,13 @@ class _H11Protocol(H11Protocol):
         if isinstance(event, Response) and event.status_code >= 200:
             status = int(event.status_code)
             headers = [*event.headers, *server_fields(self.config)]
-            if self._answers_plainly(status) and _unframed(headers) and valid_fields(headers):
+            names = _checked_names(event.headers)
+            if names is not None and self._answers_plainly(status) and _unframed(names):
                 await self.send(RawData(data=self._start_chunked(status, headers)))
                 return
             if self.keep_alive_requests >= self.config.keep_alive_max_requests:
                 headers.append((b"connection", b"close"))
-            if valid_fields(headers):
+            if names is not None:
                 response = h11.Response(
                     headers=headers, status_code=status, reason=b"", _parsed=True
                 )
@@ -543,9 +553,11 @@ class _H11Protocol(H11Protocol):
         ):
             return None
         assert isinstance(state, h11.Connection)
-        fields = [*fields, *server_fields(self.config)]
-        if not _framed_by_length(fields, length) or not valid_fields(fields):
+        served = server_fields(self.config)
+        names = _checked_names(fields)
+        if names is None or not _framed_by_length(names, fields, length):
             return None
+        fields = [*fields, *served]
         # h11's `send` for the Response and EndOfMessage events, less the writing.
         before = dict(state._cstate.states)
         state._cstate.process_event(h11.SERVER, h11.Response)
@@ -580,46 +592,59 @@ _CHUNKED_FRAMING = h11.Response(status_code=200, headers=[(b"transfer-encoding",
 
 def _head(status: int, fields: list[tuple[bytes, bytes]]) -> bytes:
     """A response head as h11 writes it (its reason phrase left empty, as hypercorn
-    leaves it), for fields already checked (`valid_fields`)."""
-    lines = b"".join([b"%b: %b\r\n" % field for field in fields])
-    return b"HTTP/1.1 %d \r\n%b\r\n" % (status, lines)
+    leaves it), for fields already checked (`field_names`): each field joined in C, not
+    formatted one by one."""
+    if not fields:
+        return b"HTTP/1.1 %d \r\n\r\n" % status
+    return b"HTTP/1.1 %d \r\n%b\r\n\r\n" % (status, b"\r\n".join(map(_FIELD_LINE, fields)))
 
 
-def _unframed(fields: list[tuple[bytes, bytes]]) -> bool:
-    """Whether `fields` leave a body's framing and the connection's fate to h11: no
-    Content-Length, Transfer-Encoding or Connection field."""
-    return not any(name.lower() in _FRAMING_FIELDS for name, _ in fields)
+_FIELD_LINE = b": ".join
 
 
-_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+def _checked_names(fields: list[tuple[bytes, bytes]]) -> list[bytes] | None:
+    """The app's `fields`' names, lower-cased, when they and hypercorn's own fields
+    (`server_fields`, checked as they were made) are all valid; else None."""
+    if not server_fields.valid:
+        return None
+    return field_names(fields) if fields else []
 
 
-def _framed_by_length(fields: list[tuple[bytes, bytes]], length: int) -> bool:
-    """Whether `fields` frame a body of `length` bytes as h11 would send it unchanged:
-    one Content-Length of that value, and no Transfer-Encoding or Connection field
-    (either makes h11 rewrite the head, or close the connection after it)."""
-    declared = None
-    for name, value in fields:
-        lowered = name.lower()
-        if lowered == b"content-length":
-            if declared is not None:
-                return False
-            declared = value
-        elif lowered in (b"transfer-encoding", b"connection"):
-            return False
-    return declared == b"%d" % length
+def _unframed(names: list[bytes]) -> bool:
+    """Whether fields of these (lower-cased) `names` leave a body's framing and the
+    connection's fate to h11: no Content-Length, Transfer-Encoding or Connection field.
+    (hypercorn's own fields, `server_fields`, are none of them.)"""
+    return (
+        b"content-length" not in names
+        and b"transfer-encoding" not in names
+        and b"connection" not in names
+    )
+
+
+def _framed_by_length(names: list[bytes], fields: list[tuple[bytes, bytes]], length: int) -> bool:
+    """Whether `fields`, of these (lower-cased) `names`, frame a body of `length` bytes as
+    h11 would send it unchanged: one Content-Length of that value, and no
+    Transfer-Encoding or Connection field (either makes h11 rewrite the head, or close
+    the connection after it)."""
+    if names.count(b"content-length") != 1:
+        return False
+    if b"transfer-encoding" in names or b"connection" in names:
+        return False
+    return fields[names.index(b"content-length")][1] == b"%d" % length
 
 
 class _ServerFields:
     """hypercorn's `Config.response_headers("h11")` (Date and Server), made once a
-    second rather than for every answer: formatting the date is most of its cost."""
+    second rather than for every answer: formatting the date is most of its cost.
+    Checked as they are made (`valid`), not with every answer's own fields."""
 
-    __slots__ = ("_config", "_fields", "_second")
+    __slots__ = ("_config", "_fields", "_second", "valid")
 
     def __init__(self) -> None:
         self._config: HypercornConfig | None = None
         self._second = -1
         self._fields: list[tuple[bytes, bytes]] = []
+        self.valid = True
 
     def __call__(self, config: HypercornConfig) -> list[tuple[bytes, bytes]]:
         second = int(time.time())
@@ -627,6 +652,7 @@ class _ServerFields:
             self._fields = config.response_headers("h11")
             self._second = second
             self._config = config
+            self.valid = not self._fields or field_names(self._fields) is not None
         return self._fields
 
 
@@ -718,6 +744,8 @@ class _TaskGroup(TaskGroup):
         send: Callable[[ASGISendEvent | None], Awaitable[None]],
     ) -> Callable[[ASGIReceiveEvent], Awaitable[None]]:
         queue = _AppQueue(config.max_app_queue_size)
+        if scope["type"] == "http":
+            cast("dict[str, Any]", scope["extensions"])[QUEUED_EVENT_EXTENSION] = queue.queued
         assert self._nursery is not None  # entered
         self._nursery.start_soon(
             _handle,
@@ -771,6 +799,13 @@ class _AppQueue:
         if self._for_room:
             self._for_room.unpark()
         return event
+
+    def queued(self) -> ASGIReceiveEvent | None:
+        """The next event if it is here already, else None (`QUEUED_EVENT_EXTENSION`)."""
+        try:
+            return self._receive.receive_nowait()
+        except trio.WouldBlock:
+            return None
 
 
 class _WatchedStream:

@@ -33,9 +33,11 @@ from trigate.metrics import tally
 from trigate.serving import (
     BODY_WRITER_EXTENSION,
     DEPARTURE_EXTENSION,
+    QUEUED_EVENT_EXTENSION,
     WHOLE_RESPONSE_EXTENSION,
     BodyWriter,
     OnDeparture,
+    QueuedEvent,
     WholeWriter,
 )
 
@@ -128,6 +130,7 @@ class RequestScope:
             sender = _ResponseSender(send, receive, context, has_body, length)
             sender.body_writer = extensions.get(BODY_WRITER_EXTENSION)
             sender.whole_writer = extensions.get(WHOLE_RESPONSE_EXTENSION)
+            sender.queued_event = extensions.get(QUEUED_EVENT_EXTENSION)
             if ambiguous:
                 await _refuse(AMBIGUOUS_CREDENTIALS, scope["path"], sender)
                 return
@@ -207,6 +210,7 @@ class _ResponseSender:
         "_start",
         "_unread",
         "body_writer",
+        "queued_event",
         "whole_writer",
     )
 
@@ -229,6 +233,8 @@ class _ResponseSender:
         # The server's offer to write a fixed-length response whole, and the start
         # message held for it until the body comes.
         self.whole_writer: WholeWriter | None = None
+        # The server's offer of the request's next event when it holds it (`queued`).
+        self.queued_event: QueuedEvent | None = None
         self._start: Any = None
         self._fixed_length = False
         self._held: Any = None
@@ -246,22 +252,41 @@ class _ResponseSender:
                         self._finished = trio.Event()
                     await self._finished.wait()
                 return message
-            if not message.get("more_body", False):
-                self._body_pending = False
-                if self._ended:
-                    continue  # the server's closing part of a body already handed over whole
+            part = self._part(message)
+            if part is not None:
+                return part
+
+    def queued(self) -> Any:
+        """What `receive` would return next, when the server holds it already; else
+        None, having waited for nothing (for a body that came with its head, read with
+        no deadline of its own: `trigate.api.model_api`)."""
+        take = self.queued_event
+        while take is not None:
+            message: Any = take()
+            if message is None or message["type"] == "http.disconnect":
                 return message
-            unread = self._unread
-            if unread is not None:
-                unread -= len(message.get("body", b""))
-                self._unread = unread
-                if unread <= 0:
-                    # The declared Content-Length is all here, so this part ends the body:
-                    # the app need not wait for the server's empty closing part.
-                    self._ended = True
-                    self._body_pending = False
-                    return {**message, "more_body": False}
-            return message
+            part = self._part(message)
+            if part is not None:
+                return part
+        return None
+
+    def _part(self, message: Any) -> Any:
+        """A part of the request's body as the app gets it, or None: the server's closing
+        part of a body already handed over whole."""
+        if not message.get("more_body", False):
+            self._body_pending = False
+            return None if self._ended else message
+        unread = self._unread
+        if unread is not None:
+            unread -= len(message.get("body", b""))
+            self._unread = unread
+            if unread <= 0:
+                # The declared Content-Length is all here, so this part ends the body:
+                # the app need not wait for the server's empty closing part.
+                self._ended = True
+                self._body_pending = False
+                return {**message, "more_body": False}
+        return message
 
     async def __call__(self, message: Any) -> None:
         if message["type"] == "http.response.start":
@@ -312,6 +337,14 @@ class _ResponseSender:
         start, self._start = self._start, None
         if start is not None:
             await self._send(start)
+
+
+def queued_reader(send: ASGISendCallable) -> Callable[[], Any] | None:
+    """The request's next event when the server holds it already (`_ResponseSender.queued`),
+    for an app that sends through this sender; None where the server offers no such read."""
+    if isinstance(send, _ResponseSender) and send.queued_event is not None:
+        return send.queued
+    return None
 
 
 def direct_writer(send: ASGISendCallable) -> BodyWriter | None:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from werkzeug.exceptions import HTTPException
 
-from trigate.api.context import RequestContext, current_request, direct_writer
+from trigate.api.context import RequestContext, current_request, direct_writer, queued_reader
 from trigate.api.envelopes import JSON_HEADERS, OPENAI, Envelope
 from trigate.api.litellm_request import is_litellm_header
 from trigate.errors import (
@@ -209,18 +209,26 @@ class ModelAPI:
             await self._serve_streaming(route, scope, caller, headers, receive, send)
             return
         # One cancel scope for the request: the body's deadline while it is read, then the
-        # client's departure, then `response_timeout` while the answer is sent.
+        # client's departure, then `response_timeout` while the answer is sent. The body's
+        # deadline is set only once a part of it must be waited for: most bodies came with
+        # their head, and are read from the server's queue with no deadline to register
+        # and remove (trio's context manager and heap, for each).
         body: bytes | bytearray | None = None
         refusal: GatewayError | None = None
-        with trio.CancelScope(deadline=trio.current_time() + self._body_timeout) as request:
+        deadline = trio.current_time() + self._body_timeout
+        with trio.CancelScope() as request:
+            waited = functools.partial(_received_by, deadline, request, receive)
             try:
-                body = await read_request_body(headers, receive, self._max_body_bytes)
+                body = await read_request_body(
+                    headers, waited, self._max_body_bytes, queued_reader(send)
+                )
             except ClientLeft:
                 return
             except GatewayError as error:
                 refusal = error
             else:
-                request.deadline = math.inf
+                if request.deadline != math.inf:
+                    request.deadline = math.inf
                 await self._call(route, scope, caller, headers, body, receive, send, request)
         if body is None:
             timeout = f"The request body did not arrive within {self._body_timeout:g} s."
@@ -317,16 +325,23 @@ class ModelAPI:
 
 
 async def read_request_body(
-    headers: Mapping[str, str], receive: ASGIReceiveCallable, max_body_bytes: int
+    headers: Mapping[str, str],
+    receive: ASGIReceiveCallable,
+    max_body_bytes: int,
+    queued: Callable[[], Any] | None = None,
 ) -> bytes | bytearray:
     """A request's whole body, refused past `max_body_bytes`; `ClientLeft` if the client
-    left before it all came (the pass-through routes read theirs by it too)."""
+    left before it all came (the pass-through routes read theirs by it too). Each part
+    is taken from `queued` (the server's, `queued_reader`) while it has one, else from
+    `receive`, which may wait."""
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_body_bytes:
         raise BodyTooLarge()
     body: bytes | bytearray = b""
-    while True:  # under the request's deadline for its body
-        message = await receive()
+    while True:  # under the request's deadline for its body, once one must be waited for
+        message: Any = queued() if queued is not None else None
+        if message is None:
+            message = await receive()
         if message["type"] != "http.request":  # http.disconnect, HTTP's only other
             raise ClientLeft
         part = message.get("body", b"")
@@ -335,6 +350,16 @@ async def read_request_body(
         body = _appended(body, part) if body else part
         if not message.get("more_body", False):
             return body
+
+
+async def _received_by(
+    deadline: float, request: trio.CancelScope, receive: ASGIReceiveCallable
+) -> Any:
+    """`receive`, waited for under the body's `deadline` (the request's scope keeps it
+    until the whole body is in)."""
+    if request.deadline != deadline:
+        request.deadline = deadline
+    return await receive()
 
 
 def client_headers_to_forward(headers: Mapping[str, str]) -> dict[str, str]:

@@ -146,7 +146,11 @@ class RedisBackend:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         wait = max(self._timeout, 1.0)
-        client: Redis = coredis.Redis.from_url(self._url, connect_timeout=wait, stream_timeout=wait)
+        # Percent-encoded parts decoded (the password `cache_settings` encodes into the URL
+        # it makes), as redis-py does; coredis sends them as written unless told.
+        client: Redis = coredis.Redis.from_url(
+            self._url, connect_timeout=wait, stream_timeout=wait, decode_components=True
+        )
         address = RedisAddress.of_pool(client.connection_pool)
         if address is None:
             logger.info("the response cache reads Redis through coredis (its URL's settings)")

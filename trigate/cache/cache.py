@@ -257,10 +257,12 @@ class ResponseCache:
     async def _read(self, key: str, max_age: float | None) -> Entry | None:
         return decode(await self.backend.get(key), max_age)
 
-    async def store(self, key: str, entry: dict[str, Any], ttl: float | None) -> None:
-        """Keep `entry` (`Entry`'s fields) under `key`; one over the entry cap is served,
-        not kept."""
-        value = encode(entry)
+    async def store(
+        self, key: str, entry: dict[str, Any], ttl: float | None, raw: bytes | None = None
+    ) -> None:
+        """Keep `entry` (`Entry`'s fields) under `key`, with its whole answer's own bytes
+        when there are some (`encode`); one over the entry cap is served, not kept."""
+        value = encode(entry, raw)
         if len(value) + len(key) > self.settings.max_entry_bytes:
             self.metrics.not_stored.inc(1)
             return
@@ -376,9 +378,12 @@ class Ticket:
             return completion
         reported = completion.usage
         body = completion.body
+        # The upstream's bytes are the answer's while it is kept as it came.
+        raw = completion.raw
         if reported is None:
             reported = usage.to_openai()
-            body = body if completion.native else {**body, "usage": reported}
+            if not completion.native:
+                body, raw = {**body, "usage": reported}, None
         entry: dict[str, Any] | None = {"answer": body}
         if completion.native:
             native = {"native": body, "usage": reported}
@@ -388,7 +393,7 @@ class Ticket:
             flight.resolve(entry, None)
             self.cache.landed(flight)
         if entry is not None and not self.controls.no_store:
-            await self.cache.store(self.key, entry, self.controls.ttl)
+            await self.cache.store(self.key, entry, self.controls.ttl, raw)
         return completion
 
     async def _embedded(self, completion: Completion, batch: ItemBatch) -> Completion:

@@ -78,15 +78,17 @@ class Entry:
         return total if isinstance(total, int) and total > 0 else 0
 
 
-def encode(fields: dict[str, Any]) -> bytes:
-    """An entry of `fields` (`Entry`'s), as kept now."""
+def encode(fields: dict[str, Any], raw: bytes | None = None) -> bytes:
+    """An entry of `fields` (`Entry`'s), as kept now; a whole answer's `raw` bytes, when
+    given (the upstream's own, of that very answer), are kept as they are, not encoded
+    again: a hit then sends what the miss sent."""
     body = next((name for name in _BODIES if name in fields), None)
     head: dict[str, Any] = {"v": ENTRY_VERSION, "at": wall_time()}
     head.update((name, value) for name, value in fields.items() if name != body)
     if body is None:
         return orjson.dumps(head)
     head["body"] = body
-    return orjson.dumps(head) + b"\n" + orjson.dumps(fields[body])
+    return orjson.dumps(head) + b"\n" + (raw if raw is not None else orjson.dumps(fields[body]))
 
 
 def decode(value: bytes | None, max_age: float | None) -> Entry | None:
