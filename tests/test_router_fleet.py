@@ -235,21 +235,45 @@ async def test_least_busy_counts_requests_in_flight_on_other_instances(
     assert len(ups["one"].requests) == 2 and len(ups["two"].requests) == 2
 
 
-async def test_latency_measured_on_one_instance_guides_another(
+async def test_latency_measured_on_other_instances_guides_another(
     nursery: trio.Nursery, redis_url: str, redis_prefix: str
 ) -> None:
     ups = await upstreams(nursery, "slow", "fast")
-    ups["slow"].handler = lambda request: JSONReply(chat_completion(), delay=0.2)
-    router_a = {"routing_strategy": "round-robin"}
-    config = fleet_config(redis_url, redis_prefix, ups, router=router_a, ordered=False)
-    a = await start_gateway(nursery, config)
+    slow_held = trio.Event()
+    ups["slow"].handler = lambda request: JSONReply(chat_completion(), gate=slow_held)
+    # One instance serves only `slow`, another only `fast`; B balances by latency.
+    a_slow = await start_gateway(
+        nursery, fleet_config(redis_url, redis_prefix, {"slow": ups["slow"]})
+    )
+    a_fast = await start_gateway(
+        nursery, fleet_config(redis_url, redis_prefix, {"fast": ups["fast"]})
+    )
     router_b = {"routing_strategy": "latency-based-routing"}
     config = fleet_config(redis_url, redis_prefix, ups, router=router_b, ordered=False)
     b = await start_gateway(nursery, config)
-    assert [await chat(a) for _ in range(4)] == [200] * 4
-    assert len(ups["slow"].requests) == 2
+    slow_statuses: list[int] = []
+    async with trio.open_nursery() as requests:
+        requests.start_soon(chat_all, [a_slow, a_slow], slow_statuses)
+        await until(lambda: len(ups["slow"].requests) == 2)
+        # Both `fast` requests begin after the `slow` ones began and end before they end,
+        # so every `slow` sample is longer than every `fast` one, however loaded the
+        # machine: no margin of seconds decides which deployment is the faster.
+        assert await chat_all([a_fast, a_fast]) == [200, 200]
+        slow_held.set()
+    assert slow_statuses == [200, 200]
     await until(lambda: all(deployment(b, name).state.latency for name in ups))
-    assert [await chat(b) for _ in range(4)] == [200] * 4
+    # B's four requests are all routed before any is answered, so B's own samples
+    # cannot reorder the two: each choice is the fleet's figures alone.
+    routed = trio.Event()
+
+    def held_until_all_routed(request: ReceivedRequest) -> JSONReply:
+        if len(ups["slow"].requests) + len(ups["fast"].requests) == 8:
+            routed.set()
+        return JSONReply(chat_completion(), gate=routed)
+
+    for upstream in ups.values():
+        upstream.handler = held_until_all_routed
+    assert await chat_all([b] * 4) == [200] * 4
     assert len(ups["slow"].requests) == 2 and len(ups["fast"].requests) == 6
 
 
