@@ -34,6 +34,15 @@ def virtual_clock() -> trio.testing.MockClock:
 
 
 @pytest.fixture
+def still_clock() -> trio.testing.MockClock:
+    """Virtual time that moves only when the test jumps it, for a test whose point is
+    that some time has *not* passed (a window not yet over). `virtual_clock` leaps to the
+    next timer whenever a worker thread outlasts its threshold, as on a loaded machine,
+    and enough leaps run out a window, or a store call's timeout, with nobody waiting."""
+    return trio.testing.MockClock()
+
+
+@pytest.fixture
 async def upstream(nursery: trio.Nursery) -> FakeUpstream:
     fake = FakeUpstream()
     await fake.start(nursery)

@@ -151,7 +151,12 @@ async def test_the_first_customer_binds_the_other_instance_at_once(
     assert refused.json()["error"]["code"] == "end_user_blocked"
 
 
-async def test_a_customers_rate_limit_and_block(nursery: trio.Nursery) -> None:
+async def test_a_customers_rate_limit_and_block(
+    nursery: trio.Nursery, still_clock: trio.testing.MockClock
+) -> None:
+    # rpm windows are the wall clock's minutes: with time standing still, the three
+    # requests cannot straddle two windows, as they could on a loaded machine near a
+    # minute's end (and be answered 200, 200, 200).
     gateway = await start_gateway(nursery, config())
     await ok(gateway, "/customer/new", {"user_id": "u2", "rpm_limit": 2})
     chat = {"model": "mock", "messages": MESSAGES, "user": "u2"}

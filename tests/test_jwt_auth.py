@@ -165,7 +165,7 @@ def _segment(value: dict[str, Any]) -> str:
 
 
 async def test_a_rotated_key_set_is_fetched_again(
-    served: RunningGateway, idp: IdentityProvider, virtual_clock: trio.testing.MockClock
+    served: RunningGateway, idp: IdentityProvider, still_clock: trio.testing.MockClock
 ) -> None:
     assert (await chat(served, idp.token(sub="ada"))).choices
     fetched = len(idp.server.requests)
@@ -177,7 +177,7 @@ async def test_a_rotated_key_set_is_fetched_again(
     with pytest.raises(openai.AuthenticationError):
         await chat(served, new_token)
     assert len(idp.server.requests) == fetched
-    virtual_clock.jump(JWKS_REFETCH_SECONDS + 1)
+    still_clock.jump(JWKS_REFETCH_SECONDS + 1)
     assert (await chat(served, new_token)).choices
     assert len(idp.server.requests) == fetched + 1
     # The retired key is gone from the set: its tokens no longer verify.

@@ -59,8 +59,11 @@ def fleet_config(
             "num_retries": 0,
             "redis_url": redis_url,
             "redis_key_prefix": prefix,
-            # Generous, so that a loaded test machine does not send a worker local.
-            "redis_timeout": 1.0,
+            # Past any stall of a test's event loop, so that Redis always answers in time
+            # and no instance goes local (routing alone, probing alone) unless a test kills
+            # Redis: on a loaded machine a full garbage collection (0.2 s of CPU) took 2.3 s,
+            # and at 1 s the half-open test's instances each sent a probe.
+            "redis_timeout": 30.0,
             **(router or {}),
         },
     }
@@ -100,8 +103,9 @@ def deployment(gateway: RunningGateway, name: str) -> Deployment:
     return next(d for d in gateway.gateway.groups.deployments("g") if d.id == name)
 
 
-async def until(predicate: Callable[[], bool], seconds: float = 3.0) -> None:
-    """Wait for another instance's news: it arrives with a sync, a fraction of a second."""
+async def until(predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Wait for another instance's news: it arrives with a sync, a fraction of a second
+    (the bound is for a loaded machine's stalls, not a measure of speed)."""
     with trio.fail_after(seconds):
         while not predicate():  # noqa: ASYNC110 - the sync's own pace
             await trio.sleep(0.02)
@@ -158,7 +162,7 @@ async def test_one_half_open_probe_across_the_fleet(
     async with trio.open_nursery() as requests:
         requests.start_soon(chat_all, [a, b] * 10, statuses)
         # Every other request goes on to `two` while the one probe is still running.
-        await until(lambda: len(statuses) >= 19, seconds=10)
+        await until(lambda: len(statuses) >= 19)
         assert len(ups["one"].requests) == 2 and len(ups["two"].requests) == 19
         probe_held.set()
     assert statuses == [200] * 20
@@ -235,21 +239,45 @@ async def test_least_busy_counts_requests_in_flight_on_other_instances(
     assert len(ups["one"].requests) == 2 and len(ups["two"].requests) == 2
 
 
-async def test_latency_measured_on_one_instance_guides_another(
+async def test_latency_measured_on_other_instances_guides_another(
     nursery: trio.Nursery, redis_url: str, redis_prefix: str
 ) -> None:
     ups = await upstreams(nursery, "slow", "fast")
-    ups["slow"].handler = lambda request: JSONReply(chat_completion(), delay=0.2)
-    router_a = {"routing_strategy": "round-robin"}
-    config = fleet_config(redis_url, redis_prefix, ups, router=router_a, ordered=False)
-    a = await start_gateway(nursery, config)
+    slow_held = trio.Event()
+    ups["slow"].handler = lambda request: JSONReply(chat_completion(), gate=slow_held)
+    # One instance serves only `slow`, another only `fast`; B balances by latency.
+    a_slow = await start_gateway(
+        nursery, fleet_config(redis_url, redis_prefix, {"slow": ups["slow"]})
+    )
+    a_fast = await start_gateway(
+        nursery, fleet_config(redis_url, redis_prefix, {"fast": ups["fast"]})
+    )
     router_b = {"routing_strategy": "latency-based-routing"}
     config = fleet_config(redis_url, redis_prefix, ups, router=router_b, ordered=False)
     b = await start_gateway(nursery, config)
-    assert [await chat(a) for _ in range(4)] == [200] * 4
-    assert len(ups["slow"].requests) == 2
+    slow_statuses: list[int] = []
+    async with trio.open_nursery() as requests:
+        requests.start_soon(chat_all, [a_slow, a_slow], slow_statuses)
+        await until(lambda: len(ups["slow"].requests) == 2)
+        # Both `fast` requests begin after the `slow` ones began and end before they end,
+        # so every `slow` sample is longer than every `fast` one, however loaded the
+        # machine: no margin of seconds decides which deployment is the faster.
+        assert await chat_all([a_fast, a_fast]) == [200, 200]
+        slow_held.set()
+    assert slow_statuses == [200, 200]
     await until(lambda: all(deployment(b, name).state.latency for name in ups))
-    assert [await chat(b) for _ in range(4)] == [200] * 4
+    # B's four requests are all routed before any is answered, so B's own samples
+    # cannot reorder the two: each choice is the fleet's figures alone.
+    routed = trio.Event()
+
+    def held_until_all_routed(request: ReceivedRequest) -> JSONReply:
+        if len(ups["slow"].requests) + len(ups["fast"].requests) == 8:
+            routed.set()
+        return JSONReply(chat_completion(), gate=routed)
+
+    for upstream in ups.values():
+        upstream.handler = held_until_all_routed
+    assert await chat_all([b] * 4) == [200] * 4
     assert len(ups["slow"].requests) == 2 and len(ups["fast"].requests) == 6
 
 
@@ -272,7 +300,7 @@ async def test_routing_goes_on_without_redis_and_shares_again_when_it_returns(
     assert [await chat(b) for _ in range(3)] == [200] * 3
 
     await own_redis.start()
-    await until(lambda: a.gateway.fleet.reachable and b.gateway.fleet.reachable, seconds=5)
+    await until(lambda: a.gateway.fleet.reachable and b.gateway.fleet.reachable)
     # A new cooldown on A reaches B through Redis again; B's own has long to run, so
     # clear it to see whose news B acts on.
     deployment(b, "one").state.breaker.succeeded()

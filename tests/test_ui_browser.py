@@ -3,8 +3,9 @@
 One scenario signs in as the admin, makes a key and calls the gateway with it through
 the OpenAI SDK, finds the call's spend on the Usage page and its row in the Logs,
 blocks the key and sees the next call refused, chats in the playground, and visits
-the other pages; each page's screenshot is saved for the README. A second signs in by
-SSO through a real OpenID provider (`oidc-provider-mock`), the whole redirect flow."""
+the other pages; with TRIGATE_SCREENSHOTS=1, each page's screenshot is saved for the
+README. A second signs in by SSO through a real OpenID provider (`oidc-provider-mock`),
+the whole redirect flow."""
 
 from __future__ import annotations
 

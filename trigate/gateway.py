@@ -97,6 +97,8 @@ def _export_settings(config: GatewayConfig) -> tuple[Any, ...]:
         *(general.get(name) for name in ("alerting", "alert_types", "alerting_threshold")),
         general.get("alert_to_webhook_url"),
     )
+
+
 # What the hooks were loaded from before any were: differs from every config's.
 _NOTHING_LOADED = object()
 
