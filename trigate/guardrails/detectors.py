@@ -88,6 +88,19 @@ def _to_whitespace(text: str, start: int, end: int) -> tuple[int, int]:
     return before + 1, min(after) if after else len(text)
 
 
+def starts_near(text: str, char: str, prefixes: tuple[str, ...], offset: int = 0) -> bool:
+    """Whether one of `prefixes` starts `offset` characters before an occurrence of
+    `char` in `text` (the prefixes hold it there). A search for one character is C's
+    `memchr`, several times faster than a search for a string, and the character is
+    chosen rare in prose: an uppercase letter, `x`, `-`, `_`."""
+    at = text.find(char)
+    while at != -1:
+        if text.startswith(prefixes, at - offset if at >= offset else 0):
+            return True
+        at = text.find(char, at + 1)
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Detector:
     """A pattern, the check of what it matched, and what a text must have for the
@@ -180,16 +193,16 @@ _INJECTION = (
     r"|\bpretend (?:that )?you (?:are|have) no (?:rules|restrictions|guidelines)\b"
 )
 
-# Gates found by one search with a literal prefix, which is cheaper than several `in`.
-_AWS_KEY_PREFIX = re.compile(r"A(?:KIA|SIA|BIA|CCA)")
+# A gate found by one search with a literal prefix, which is cheaper than several `in`.
 _GITHUB_PREFIX = re.compile(r"gh(?:[pousr]_|ithub_pat_)")
-# What any phrasing `_INJECTION` matches but a bare "jailbreak" holds, after a space: one
-# search with a literal prefix (the space) finds any of them in one pass over the text,
-# where a test per word would pass over it once per word.
-_INJECTION_WORDS = re.compile(
-    r" (?:instruction|prompt|rule|direction|guideline|context|dan\b|developer mode|"
-    r"jailbroken|unrestricted|anything now|restriction)"
-)
+# A word or phrase that any phrasing `_INJECTION` matches holds (in lower case): one of
+# the first phrasing's nouns (the third's are among them), the second's and fifth's
+# `... now`, "jailbreak", the sixth's "pretend". Each is found by C's string search in the
+# lowered text: a regex over the whole text costs several times more.
+INJECTION_WORDS = (
+    "instruction", "prompt", "rules", "directions", "guidelines", "context",
+    "you are now", "jailbreak", "anything now", "pretend",
+)  # fmt: skip
 
 # How far an injection's phrasing reaches from the word that gates it (`_INJECTION`'s
 # longest, its verb up to 30 + 20 characters and two words before its noun).
@@ -199,12 +212,26 @@ INJECTION_MARGIN = 128
 def _injection_places(text: Scanned) -> list[int]:
     """Where a phrasing `_INJECTION` matches may be: its gating words."""
     lower = text.lower
-    places = [match.start() for match in _INJECTION_WORDS.finditer(" " + lower)]
-    at = lower.find("jailbreak")
-    while at != -1:
-        places.append(at)
-        at = lower.find("jailbreak", at + 1)
+    places: list[int] = []
+    for word in INJECTION_WORDS:
+        at = lower.find(word)
+        while at != -1:
+            places.append(at)
+            at = lower.find(word, at + 1)
     return places
+
+
+def _has_key(text: Scanned) -> bool:
+    """Whether the text says "key" in any case (an AWS secret key's name ends so): its `k`
+    is rare in prose, and found without lowering the text; a text that is not ASCII is
+    lowered (a Kelvin sign is a `k` to a regex that ignores case)."""
+    whole = text.text
+    if not whole.isascii():
+        return "key" in text.lower
+    return starts_near(whole, "k", _KEY_CASES) or starts_near(whole, "K", _KEY_CASES)
+
+
+_KEY_CASES = tuple(a + b + c for a in "kK" for b in "eE" for c in "yY")
 
 
 PREBUILT: dict[str, Detector] = {
@@ -245,12 +272,12 @@ PREBUILT: dict[str, Detector] = {
         Detector(
             "aws_access_key",
             re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
-            gate=lambda text: _AWS_KEY_PREFIX.search(text.text) is not None,
+            gate=lambda text: starts_near(text.text, "A", ("AKIA", "ASIA", "ABIA", "ACCA")),
         ),
         Detector(
             "aws_secret_key",
             re.compile(r"(?i)\baws_?secret_?(?:access_?)?key\b[\s\"':=]{1,5}[A-Za-z0-9/+=]{40}\b"),
-            gate=lambda text: "secret" in text.lower,
+            gate=lambda text: _has_key(text) and "secret" in text.lower,
         ),
         Detector(
             "github_token",
@@ -260,24 +287,22 @@ PREBUILT: dict[str, Detector] = {
         Detector(
             "google_api_key",
             re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),
-            gate=lambda text: "AIza" in text.text,
+            gate=lambda text: starts_near(text.text, "A", ("AIza",)),
         ),
         Detector(
             "slack_token",
             re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
-            gate=lambda text: "xox" in text.text,
+            gate=lambda text: starts_near(text.text, "x", ("xox",)),
         ),
         Detector(
             "stripe_key",
             re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}\b"),
-            gate=lambda text: (
-                "_" in text.text and ("k_live_" in text.text or "k_test_" in text.text)
-            ),
+            gate=lambda text: starts_near(text.text, "_", ("k_live_", "k_test_"), 1),
         ),
         Detector(
             "api_key",
             re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{20,}"),
-            gate=lambda text: "-" in text.text and "sk-" in text.text,
+            gate=lambda text: starts_near(text.text, "-", ("sk-",), 2),
         ),
         Detector(
             "private_key",
@@ -285,6 +310,7 @@ PREBUILT: dict[str, Detector] = {
                 r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?"
                 r"-----END (?:[A-Z]+ )*PRIVATE KEY-----"
             ),
+            gate=lambda text: starts_near(text.text, "-", ("-----BEGIN ",)),
         ),
         Detector(
             "bearer_token",

@@ -275,8 +275,11 @@ class GuardrailRun:
         started, clock = wall_time(), trio.current_time()
         status, error_type, verdict = "success", None, Verdict()
         try:
-            with trio.fail_after(config.timeout):
-                verdict = _checked(await guardrail.check(texts, step), len(texts))
+            if guardrail.immediate:
+                verdict = _checked(guardrail.check_now(texts, step), len(texts))
+            else:
+                with trio.fail_after(config.timeout):
+                    verdict = _checked(await guardrail.check(texts, step), len(texts))
         except GuardrailBlocked as blocked:
             status, verdict = "guardrail_intervened", Verdict(blocked=blocked.message)
         except trio.TooSlowError:
