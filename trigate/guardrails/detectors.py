@@ -40,8 +40,13 @@ class Scanned:
         word boundaries) lies whole in one of them."""
         found = self._windows.get(near)
         if found is None:
-            places = _places(self.text, near) if isinstance(near, str) else near(self)
-            found = self._windows[near] = _windows(self.text, places, margin)
+            if isinstance(near, str):
+                # One place stands for the characters up to `MARGIN` after it: its
+                # window reaches that much further.
+                places, reach = _places(self.text, near), margin + MARGIN
+            else:
+                places, reach = near(self), margin
+            found = self._windows[near] = _windows(self.text, places, margin, reach)
         return found
 
 
@@ -56,7 +61,8 @@ Near = str | Callable[[Scanned], list[int]]
 
 
 def _places(text: str, chars: str) -> list[int]:
-    """Where the characters are (one in each `MARGIN`: a window covers the rest)."""
+    """Where the characters are: one in each `MARGIN` of each, the rest lying within
+    `MARGIN` after it (its window reaches that much further)."""
     positions: list[int] = []
     for char in chars:
         at = text.find(char)
@@ -66,13 +72,14 @@ def _places(text: str, chars: str) -> list[int]:
     return positions
 
 
-def _windows(text: str, positions: list[int], margin: int) -> list[tuple[int, int]]:
+def _windows(text: str, positions: list[int], margin: int, reach: int) -> list[tuple[int, int]]:
+    """The text from `margin` before each position to `reach` after it, merged."""
     if not positions:
         return []
     positions.sort()
     merged: list[tuple[int, int]] = []
     for at in positions:
-        start, end = max(0, at - margin), min(len(text), at + margin + 1)
+        start, end = max(0, at - margin), min(len(text), at + reach + 1)
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], end))
         else:
@@ -193,12 +200,21 @@ _INJECTION = (
     r"|\bpretend (?:that )?you (?:are|have) no (?:rules|restrictions|guidelines)\b"
 )
 
-# A gate found by one search with a literal prefix, which is cheaper than several `in`.
-_GITHUB_PREFIX = re.compile(r"gh(?:[pousr]_|ithub_pat_)")
+
+def _has_github_prefix(text: Scanned) -> bool:
+    """`ghp_` (and its kin) or `github_pat_`, found at their first `_`."""
+    whole = text.text
+    return starts_near(whole, "_", _GITHUB_PREFIXES, 3) or starts_near(
+        whole, "_", ("github_pat_",), 6
+    )
+
+
+_GITHUB_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")
+
 # A word or phrase that any phrasing `_INJECTION` matches holds (in lower case): one of
 # the first phrasing's nouns (the third's are among them), the second's and fifth's
 # `... now`, "jailbreak", the sixth's "pretend". Each is found by C's string search in the
-# lowered text: a regex over the whole text costs several times more.
+# lowered text: one regex over the whole text costs more than all of them.
 INJECTION_WORDS = (
     "instruction", "prompt", "rules", "directions", "guidelines", "context",
     "you are now", "jailbreak", "anything now", "pretend",
@@ -282,7 +298,7 @@ PREBUILT: dict[str, Detector] = {
         Detector(
             "github_token",
             re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_\w{40,})"),
-            gate=lambda text: "_" in text.text and _GITHUB_PREFIX.search(text.text) is not None,
+            gate=_has_github_prefix,
         ),
         Detector(
             "google_api_key",
