@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -122,18 +122,22 @@ class Detector:
     near: Near | None = None
     margin: int = MARGIN
 
-    def find(self, text: str | Scanned) -> Iterator[tuple[int, int]]:
+    def find(self, text: str | Scanned) -> list[tuple[int, int]]:
+        """The spans it matches (a list, not a generator: most texts give none, and a
+        generator costs its frame even then)."""
         scanned = text if isinstance(text, Scanned) else Scanned(text)
         if self.gate is not None and not self.gate(scanned):
-            return
+            return []
         whole = scanned.text
         near = self.near
         spans = [(0, len(whole))] if near is None else scanned.windows(near, self.margin)
         valid = self.valid
-        for start, end in spans:
-            for match in self.pattern.finditer(whole, start, end):
-                if valid is None or valid(match.group()):
-                    yield match.start(), match.end()
+        return [
+            (match.start(), match.end())
+            for start, end in spans
+            for match in self.pattern.finditer(whole, start, end)
+            if valid is None or valid(match.group())
+        ]
 
 
 def luhn(text: str) -> bool:
