@@ -21,12 +21,13 @@ class Scanned:
     prompt with every regex costs many times a proxied call; most detectors need a
     digit, an `@` or a literal, which C's string search finds at a fraction of that."""
 
-    __slots__ = ("_lower", "_windows", "text")
+    __slots__ = ("_lower", "_places", "_windows", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self._lower: str | None = None
-        self._windows: dict[Near, list[tuple[int, int]]] = {}
+        self._places: dict[Near, tuple[list[int], int]] = {}
+        self._windows: dict[tuple[Near, int], list[tuple[int, int]]] = {}
 
     @property
     def lower(self) -> str:
@@ -38,21 +39,27 @@ class Scanned:
         """The spans of text within `margin` of any of the characters `near` (or of the
         places `near` finds), merged and widened to whitespace, so that a match (and its
         word boundaries) lies whole in one of them."""
-        found = self._windows.get(near)
+        found = self._windows.get((near, margin))
         if found is None:
-            if isinstance(near, str):
-                # One place stands for the characters up to `MARGIN` after it: its
-                # window reaches that much further.
-                places, reach = _places(self.text, near), margin + MARGIN
-            else:
-                places, reach = near(self), margin
-            found = self._windows[near] = _windows(self.text, places, margin, reach)
+            places = self._places.get(near)
+            if places is None:
+                # One place found for characters stands for those up to `STRIDE` after
+                # it: its window reaches that much further.
+                places = self._places[near] = (
+                    (_places(self.text, near), STRIDE) if isinstance(near, str) else (near(self), 0)
+                )
+            positions, stride = places
+            found = _windows(self.text, positions, margin, margin + stride)
+            self._windows[(near, margin)] = found
         return found
 
 
-# How far a detector's match may reach from the character that gates it (an IBAN with
-# its spaces is the longest: 42 characters).
+# How far a detector's match may reach from the character that gates it, by default
+# (an IBAN with its spaces is the longest: 44 characters). A match without whitespace
+# needs none: its window is widened to the whitespace around it.
 MARGIN = 48
+# Characters found one in each `STRIDE` of each: a window covers the rest.
+STRIDE = 16
 DIGITS = "0123456789"
 
 
@@ -61,30 +68,39 @@ Near = str | Callable[[Scanned], list[int]]
 
 
 def _places(text: str, chars: str) -> list[int]:
-    """Where the characters are: one in each `MARGIN` of each, the rest lying within
-    `MARGIN` after it (its window reaches that much further)."""
+    """Where the characters are: one in each `STRIDE` of each, the rest lying within
+    `STRIDE` after it (its window reaches that much further)."""
     positions: list[int] = []
     for char in chars:
         at = text.find(char)
         while at != -1:
             positions.append(at)
-            at = text.find(char, at + MARGIN)
+            at = text.find(char, at + STRIDE)
     return positions
 
 
 def _windows(text: str, positions: list[int], margin: int, reach: int) -> list[tuple[int, int]]:
-    """The text from `margin` before each position to `reach` after it, merged."""
+    """The text from `margin` before each position to `reach` after it, widened to
+    whitespace, then merged (windows merged before widening may overlap after it, and
+    a match in both would be found twice)."""
     if not positions:
         return []
-    positions.sort()
     merged: list[tuple[int, int]] = []
-    for at in positions:
-        start, end = max(0, at - margin), min(len(text), at + reach + 1)
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+    last = -1
+    for at in sorted(positions):
+        if at < last:  # within the window before: it reaches far enough
+            start, end = merged[-1][0], min(len(text), at + reach + 1)
+            if end <= last:
+                continue
+            merged.pop()
         else:
-            merged.append((start, end))
-    return [_to_whitespace(text, start, end) for start, end in merged]
+            start, end = max(0, at - margin), min(len(text), at + reach + 1)
+        start, end = _to_whitespace(text, start, end)
+        if merged and start <= merged[-1][1]:
+            start = merged.pop()[0]
+        merged.append((start, end))
+        last = end
+    return merged
 
 
 def _to_whitespace(text: str, start: int, end: int) -> tuple[int, int]:
@@ -257,7 +273,12 @@ _KEY_CASES = tuple(a + b + c for a in "kK" for b in "eE" for c in "yY")
 PREBUILT: dict[str, Detector] = {
     detector.name: detector
     for detector in (
-        Detector("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b"), near="@"),
+        Detector(
+            "email",
+            re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b"),
+            near="@",
+            margin=0,
+        ),
         Detector(
             "phone",
             re.compile(
@@ -265,29 +286,43 @@ PREBUILT: dict[str, Detector] = {
                 r"[ .-]\d{3,4}\b"
             ),
             near=DIGITS,
+            margin=21,
         ),
-        Detector("credit_card", re.compile(_CARD), luhn, near=DIGITS),
-        Detector("visa", re.compile(r"\b4\d{3}(?:[ -]?\d{4}){3}\b"), luhn, near=DIGITS),
-        Detector("mastercard", re.compile(r"\b5[1-5]\d{2}(?:[ -]?\d{4}){3}\b"), luhn, near=DIGITS),
-        Detector("amex", re.compile(r"\b3[47]\d{2}[ -]?\d{6}[ -]?\d{5}\b"), luhn, near=DIGITS),
+        Detector("credit_card", re.compile(_CARD), luhn, near=DIGITS, margin=37),
+        Detector("visa", re.compile(r"\b4\d{3}(?:[ -]?\d{4}){3}\b"), luhn, near=DIGITS, margin=19),
+        Detector(
+            "mastercard",
+            re.compile(r"\b5[1-5]\d{2}(?:[ -]?\d{4}){3}\b"),
+            luhn,
+            near=DIGITS,
+            margin=19,
+        ),
+        Detector(
+            "amex", re.compile(r"\b3[47]\d{2}[ -]?\d{6}[ -]?\d{5}\b"), luhn, near=DIGITS, margin=17
+        ),
         Detector(
             "iban",
             re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
             iban,
             near=DIGITS,
+            margin=44,
         ),
-        Detector("ipv4", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), ip_address, near=DIGITS),
+        Detector(
+            "ipv4", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), ip_address, near=DIGITS, margin=0
+        ),
         Detector(
             "ipv6",
             re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
             ipv6_address,
             gate=lambda text: ":" in text.text,
             near=DIGITS,
+            margin=0,
         ),
         Detector(
             "us_ssn",
             re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"),
             near=DIGITS,
+            margin=0,
         ),
         Detector(
             "aws_access_key",
@@ -347,6 +382,7 @@ PREBUILT: dict[str, Detector] = {
             re.compile(r"(?<![\w/+=-])[A-Za-z0-9/+_=-]{24,}(?![\w/+=-])"),
             high_entropy,
             near=DIGITS,  # it has a digit, and windows widen to whitespace: it is whole
+            margin=0,
         ),
         Detector(
             "prompt_injection",
