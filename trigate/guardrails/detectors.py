@@ -21,11 +21,12 @@ class Scanned:
     prompt with every regex costs many times a proxied call; most detectors need a
     digit, an `@` or a literal, which C's string search finds at a fraction of that."""
 
-    __slots__ = ("_lower", "_places", "_windows", "text")
+    __slots__ = ("_found", "_lower", "_places", "_windows", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self._lower: str | None = None
+        self._found: dict[str, list[int]] = {}
         self._places: dict[Near, tuple[list[int], int]] = {}
         self._windows: dict[tuple[Near, int], list[tuple[int, int]]] = {}
 
@@ -34,6 +35,17 @@ class Scanned:
         if self._lower is None:
             self._lower = self.text.lower()
         return self._lower
+
+    def found(self, char: str) -> list[int]:
+        """Where `char` is, found once for every gate that asks (`starts_near`)."""
+        found = self._found.get(char)
+        if found is None:
+            found = self._found[char] = []
+            at = self.text.find(char)
+            while at != -1:
+                found.append(at)
+                at = self.text.find(char, at + 1)
+        return found
 
     def windows(self, near: Near, margin: int) -> list[tuple[int, int]]:
         """The spans of text within `margin` of any of the characters `near` (or of the
@@ -111,16 +123,15 @@ def _to_whitespace(text: str, start: int, end: int) -> tuple[int, int]:
     return before + 1, min(after) if after else len(text)
 
 
-def starts_near(text: str, char: str, prefixes: tuple[str, ...], offset: int = 0) -> bool:
+def starts_near(text: Scanned, char: str, prefixes: tuple[str, ...], offset: int = 0) -> bool:
     """Whether one of `prefixes` starts `offset` characters before an occurrence of
     `char` in `text` (the prefixes hold it there). A search for one character is C's
     `memchr`, several times faster than a search for a string, and the character is
     chosen rare in prose: an uppercase letter, `x`, `-`, `_`."""
-    at = text.find(char)
-    while at != -1:
-        if text.startswith(prefixes, at - offset if at >= offset else 0):
+    whole = text.text
+    for at in text.found(char):  # noqa: SIM110 (any() over a generator costs its frame)
+        if at >= offset and whole.startswith(prefixes, at - offset):
             return True
-        at = text.find(char, at + 1)
     return False
 
 
@@ -223,9 +234,8 @@ _INJECTION = (
 
 def _has_github_prefix(text: Scanned) -> bool:
     """`ghp_` (and its kin) or `github_pat_`, found at their first `_`."""
-    whole = text.text
-    return starts_near(whole, "_", _GITHUB_PREFIXES, 3) or starts_near(
-        whole, "_", ("github_pat_",), 6
+    return starts_near(text, "_", _GITHUB_PREFIXES, 3) or starts_near(
+        text, "_", ("github_pat_",), 6
     )
 
 
@@ -233,11 +243,14 @@ _GITHUB_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")
 
 # A word or phrase that any phrasing `_INJECTION` matches holds (in lower case): one of
 # the first phrasing's nouns (the third's are among them), the second's and fifth's
-# `... now`, "jailbreak", the sixth's "pretend". Each is found by C's string search in the
-# lowered text: one regex over the whole text costs more than all of them.
+# `... now`, "jailbreak", the sixth's "pretend"; with a letter of it that is rare in
+# prose, found by `memchr` (several times cheaper than a search for the word), or ""
+# where it has none and the word is searched for. Either search is C's, in the lowered
+# text: one regex over the whole text costs more than all of them.
 INJECTION_WORDS = (
-    "instruction", "prompt", "rules", "directions", "guidelines", "context",
-    "you are now", "jailbreak", "anything now", "pretend",
+    ("instruction", ""), ("prompt", ""), ("rules", ""), ("directions", ""),
+    ("guidelines", ""), ("context", "x"), ("you are now", ""), ("jailbreak", "j"),
+    ("anything now", ""), ("pretend", ""),
 )  # fmt: skip
 
 # How far an injection's phrasing reaches from the word that gates it (`_INJECTION`'s
@@ -249,11 +262,19 @@ def _injection_places(text: Scanned) -> list[int]:
     """Where a phrasing `_INJECTION` matches may be: its gating words."""
     lower = text.lower
     places: list[int] = []
-    for word in INJECTION_WORDS:
-        at = lower.find(word)
-        while at != -1:
-            places.append(at)
-            at = lower.find(word, at + 1)
+    for word, rare in INJECTION_WORDS:
+        if rare:
+            offset = word.index(rare)
+            at = lower.find(rare, offset)
+            while at != -1:
+                if lower.startswith(word, at - offset):
+                    places.append(at - offset)
+                at = lower.find(rare, at + 1)
+        else:
+            at = lower.find(word)
+            while at != -1:
+                places.append(at)
+                at = lower.find(word, at + 1)
     return places
 
 
@@ -264,7 +285,7 @@ def _has_key(text: Scanned) -> bool:
     whole = text.text
     if not whole.isascii():
         return "key" in text.lower
-    return starts_near(whole, "k", _KEY_CASES) or starts_near(whole, "K", _KEY_CASES)
+    return starts_near(text, "k", _KEY_CASES) or starts_near(text, "K", _KEY_CASES)
 
 
 _KEY_CASES = tuple(a + b + c for a in "kK" for b in "eE" for c in "yY")
@@ -327,7 +348,7 @@ PREBUILT: dict[str, Detector] = {
         Detector(
             "aws_access_key",
             re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
-            gate=lambda text: starts_near(text.text, "A", ("AKIA", "ASIA", "ABIA", "ACCA")),
+            gate=lambda text: starts_near(text, "A", ("AKIA", "ASIA", "ABIA", "ACCA")),
         ),
         Detector(
             "aws_secret_key",
@@ -342,22 +363,22 @@ PREBUILT: dict[str, Detector] = {
         Detector(
             "google_api_key",
             re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),
-            gate=lambda text: starts_near(text.text, "A", ("AIza",)),
+            gate=lambda text: starts_near(text, "A", ("AIza",)),
         ),
         Detector(
             "slack_token",
             re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
-            gate=lambda text: starts_near(text.text, "x", ("xox",)),
+            gate=lambda text: starts_near(text, "x", ("xox",)),
         ),
         Detector(
             "stripe_key",
             re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}\b"),
-            gate=lambda text: starts_near(text.text, "_", ("k_live_", "k_test_"), 1),
+            gate=lambda text: starts_near(text, "_", ("k_live_", "k_test_"), 1),
         ),
         Detector(
             "api_key",
             re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{20,}"),
-            gate=lambda text: starts_near(text.text, "-", ("sk-",), 2),
+            gate=lambda text: starts_near(text, "-", ("sk-",), 2),
         ),
         Detector(
             "private_key",
@@ -365,7 +386,7 @@ PREBUILT: dict[str, Detector] = {
                 r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?"
                 r"-----END (?:[A-Z]+ )*PRIVATE KEY-----"
             ),
-            gate=lambda text: starts_near(text.text, "-", ("-----BEGIN ",)),
+            gate=lambda text: starts_near(text, "-", ("-----BEGIN ",)),
         ),
         Detector(
             "bearer_token",
