@@ -118,9 +118,14 @@ def _windows(text: str, positions: list[int], margin: int, reach: int) -> list[t
 def _to_whitespace(text: str, start: int, end: int) -> tuple[int, int]:
     """A window widened to the whitespace around it (or the text's ends), so that a
     regex's word boundaries at its edges are real ones."""
-    before = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start))
-    after = [at for at in (text.find(" ", end), text.find("\n", end)) if at != -1]
-    return before + 1, min(after) if after else len(text)
+    # A newline is looked for only up to the nearest space: a text without one is not
+    # searched from end to end for each window.
+    space = text.rfind(" ", 0, start)
+    before = max(space, text.rfind("\n", space + 1, start))
+    space = text.find(" ", end)
+    newline = text.find("\n", end, len(text) if space == -1 else space)
+    after = newline if newline != -1 else space
+    return before + 1, len(text) if after == -1 else after
 
 
 def starts_near(text: Scanned, char: str, prefixes: tuple[str, ...], offset: int = 0) -> bool:
