@@ -13,7 +13,6 @@ proxied call costs (about 2.2 million for a chat completion with the master key)
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -81,25 +80,11 @@ trio.run(main, int(sys.argv[1]))
 """
 
 
-def instructions(count: int, patterns: str, workdir: Path) -> int:
-    out = workdir / f"callgrind.{patterns}.{count}"
-    env = {"PYTHONHASHSEED": "0", "PATH": "", "PYTHONPATH": str(ROOT / "scripts")}
-    # Once outside callgrind first: any module not yet compiled is, and its .pyc written,
-    # so that neither counted run pays for it.
-    subprocess.run([sys.executable, "-c", WORKER, "0", patterns], check=True, cwd=ROOT, env=env)
-    subprocess.run(
-        ["/usr/bin/valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-         "-c", WORKER, str(count), patterns],
-        check=True, capture_output=True, cwd=ROOT, env=env,
-    )  # fmt: skip
-    for line in out.read_text(errors="replace").splitlines():
-        if line.startswith("totals:"):
-            return int(line.split()[1])
-    raise SystemExit(f"no totals in {out}")
-
-
 def main() -> None:
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_callgrind import per_request
+
     from trigate.tokens import TokenCounter
 
     print(f"prompt: {_prompt_tokens(TokenCounter)} tokens (o200k)")
@@ -109,10 +94,8 @@ def main() -> None:
             ("all", "every prebuilt pattern (PII, secrets, prompt injection) and a keyword"),
             ("pii", "the PII patterns and a keyword"),
         ):
-            base = instructions(0, patterns, workdir)
-            more = instructions(RUNS, patterns, workdir)
-            per_request = (more - base) / RUNS
-            print(f"content filter, {what}, pre_call + post_call: {per_request:,.0f} "
+            cost = per_request(WORKER, RUNS, [patterns], workdir)
+            print(f"content filter, {what}, pre_call + post_call: {cost:,.0f} "
                   "instructions per request")  # fmt: skip
 
 

@@ -16,7 +16,6 @@ difference of two runs under callgrind, with and without `RUNS` more calls, divi
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -144,26 +143,10 @@ trio.run(main, int(sys.argv[1]))
 """
 
 
-def instructions(count: int, guardrail: str, shape: str, tree: Path, workdir: Path) -> int:
-    """The instructions of one run of `count` calls, with `tree`'s trigate (the worker runs
-    in it, so its `trigate` is the one imported)."""
-    out = workdir / f"callgrind.{guardrail}.{shape}.{count}"
-    env = {"PYTHONHASHSEED": "0", "PATH": "", "PYTHONPATH": str(ROOT / "scripts"),
-           "PYTHONDONTWRITEBYTECODE": "1" if tree != ROOT else ""}  # fmt: skip
-    args = [sys.executable, "-c", WORKER, str(count), guardrail, shape]
-    # Once outside callgrind first: any module not yet compiled is, and its .pyc written.
-    subprocess.run([*args[:3], "0", guardrail, shape], check=True, cwd=tree, env=env)
-    subprocess.run(
-        ["/usr/bin/valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *args],
-        check=True, capture_output=True, cwd=tree, env=env,
-    )  # fmt: skip
-    for line in out.read_text(errors="replace").splitlines():
-        if line.startswith("totals:"):
-            return int(line.split()[1])
-    raise SystemExit(f"no totals in {out}")
-
-
 def main() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_callgrind import per_request
+
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tree", type=Path, default=ROOT, help="the trigate checkout to count")
     parser.add_argument("--only", choices=("none", "unselected", "guarded"))
@@ -179,10 +162,9 @@ def main() -> None:
             for guardrail, what in cases:
                 if args.only not in (None, guardrail):
                     continue
-                base = instructions(0, guardrail, shape, args.tree, workdir)
-                more = instructions(RUNS, guardrail, shape, args.tree, workdir)
+                cost = per_request(WORKER, RUNS, [guardrail, shape], workdir, args.tree)
                 print(f"/anthropic/v1/messages, {shape}, {what}: "
-                      f"{(more - base) / RUNS:,.0f} instructions per call")  # fmt: skip
+                      f"{cost:,.0f} instructions per call")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -65,6 +65,10 @@ class Guardrail(ABC):
     (Presidio's `output_parse_pii`)."""
 
     unmasks = False
+    # Whether `check_now` gives the verdict without waiting on anything (an in-process
+    # check, which has no checkpoint): the runner calls it directly, with no timeout,
+    # which could never fire, and whose cancel scope costs more than the filter's scan.
+    immediate = False
 
     def __init__(self, config: GuardrailConfig) -> None:
         self.config = config
@@ -80,6 +84,10 @@ class Guardrail(ABC):
     @abstractmethod
     async def check(self, texts: list[str], step: Step) -> Verdict:
         """The verdict on `texts`; raises `GuardrailFailed` (or anything) when it has none."""
+
+    def check_now(self, texts: list[str], step: Step) -> Verdict:
+        """The verdict at once, for an `immediate` guardrail."""
+        raise NotImplementedError(f"{type(self).__name__} is not immediate")
 
     async def aclose(self) -> None:  # noqa: B027 (most guardrails hold nothing)
         """Release what the guardrail holds (an HTTP client)."""

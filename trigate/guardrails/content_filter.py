@@ -45,11 +45,16 @@ class Rule:
 
 
 class ContentFilter(Guardrail):
+    immediate = True
+
     def __init__(self, config: GuardrailConfig) -> None:
         super().__init__(config)
         self.rules = rules_of(config.name, config.settings)
 
     async def check(self, texts: list[str], step: Step) -> Verdict:
+        return self.verdict(texts, step)
+
+    def check_now(self, texts: list[str], step: Step) -> Verdict:
         return self.verdict(texts, step)
 
     def verdict(self, texts: list[str], step: Step | None = None) -> Verdict:

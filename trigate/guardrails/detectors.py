@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -21,12 +21,14 @@ class Scanned:
     prompt with every regex costs many times a proxied call; most detectors need a
     digit, an `@` or a literal, which C's string search finds at a fraction of that."""
 
-    __slots__ = ("_lower", "_windows", "text")
+    __slots__ = ("_found", "_lower", "_places", "_windows", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
         self._lower: str | None = None
-        self._windows: dict[Near, list[tuple[int, int]]] = {}
+        self._found: dict[str, list[int]] = {}
+        self._places: dict[Near, tuple[list[int], int]] = {}
+        self._windows: dict[tuple[Near, int], list[tuple[int, int]]] = {}
 
     @property
     def lower(self) -> str:
@@ -34,20 +36,42 @@ class Scanned:
             self._lower = self.text.lower()
         return self._lower
 
+    def found(self, char: str) -> list[int]:
+        """Where `char` is, found once for every gate that asks (`starts_near`)."""
+        found = self._found.get(char)
+        if found is None:
+            found = self._found[char] = []
+            at = self.text.find(char)
+            while at != -1:
+                found.append(at)
+                at = self.text.find(char, at + 1)
+        return found
+
     def windows(self, near: Near, margin: int) -> list[tuple[int, int]]:
         """The spans of text within `margin` of any of the characters `near` (or of the
         places `near` finds), merged and widened to whitespace, so that a match (and its
         word boundaries) lies whole in one of them."""
-        found = self._windows.get(near)
+        found = self._windows.get((near, margin))
         if found is None:
-            places = _places(self.text, near) if isinstance(near, str) else near(self)
-            found = self._windows[near] = _windows(self.text, places, margin)
+            places = self._places.get(near)
+            if places is None:
+                # One place found for characters stands for those up to `STRIDE` after
+                # it: its window reaches that much further.
+                places = self._places[near] = (
+                    (_places(self.text, near), STRIDE) if isinstance(near, str) else (near(self), 0)
+                )
+            positions, stride = places
+            found = _windows(self.text, positions, margin, margin + stride)
+            self._windows[(near, margin)] = found
         return found
 
 
-# How far a detector's match may reach from the character that gates it (an IBAN with
-# its spaces is the longest: 42 characters).
+# How far a detector's match may reach from the character that gates it, by default
+# (an IBAN with its spaces is the longest: 44 characters). A match without whitespace
+# needs none: its window is widened to the whitespace around it.
 MARGIN = 48
+# Characters found one in each `STRIDE` of each: a window covers the rest.
+STRIDE = 16
 DIGITS = "0123456789"
 
 
@@ -56,36 +80,64 @@ Near = str | Callable[[Scanned], list[int]]
 
 
 def _places(text: str, chars: str) -> list[int]:
-    """Where the characters are (one in each `MARGIN`: a window covers the rest)."""
+    """Where the characters are: one in each `STRIDE` of each, the rest lying within
+    `STRIDE` after it (its window reaches that much further)."""
     positions: list[int] = []
     for char in chars:
         at = text.find(char)
         while at != -1:
             positions.append(at)
-            at = text.find(char, at + MARGIN)
+            at = text.find(char, at + STRIDE)
     return positions
 
 
-def _windows(text: str, positions: list[int], margin: int) -> list[tuple[int, int]]:
+def _windows(text: str, positions: list[int], margin: int, reach: int) -> list[tuple[int, int]]:
+    """The text from `margin` before each position to `reach` after it, widened to
+    whitespace, then merged (windows merged before widening may overlap after it, and
+    a match in both would be found twice)."""
     if not positions:
         return []
-    positions.sort()
     merged: list[tuple[int, int]] = []
-    for at in positions:
-        start, end = max(0, at - margin), min(len(text), at + margin + 1)
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+    last = -1
+    for at in sorted(positions):
+        if at < last:  # within the window before: it reaches far enough
+            start, end = merged[-1][0], min(len(text), at + reach + 1)
+            if end <= last:
+                continue
+            merged.pop()
         else:
-            merged.append((start, end))
-    return [_to_whitespace(text, start, end) for start, end in merged]
+            start, end = max(0, at - margin), min(len(text), at + reach + 1)
+        start, end = _to_whitespace(text, start, end)
+        if merged and start <= merged[-1][1]:
+            start = merged.pop()[0]
+        merged.append((start, end))
+        last = end
+    return merged
 
 
 def _to_whitespace(text: str, start: int, end: int) -> tuple[int, int]:
     """A window widened to the whitespace around it (or the text's ends), so that a
     regex's word boundaries at its edges are real ones."""
-    before = max(text.rfind(" ", 0, start), text.rfind("\n", 0, start))
-    after = [at for at in (text.find(" ", end), text.find("\n", end)) if at != -1]
-    return before + 1, min(after) if after else len(text)
+    # A newline is looked for only up to the nearest space: a text without one is not
+    # searched from end to end for each window.
+    space = text.rfind(" ", 0, start)
+    before = max(space, text.rfind("\n", space + 1, start))
+    space = text.find(" ", end)
+    newline = text.find("\n", end, len(text) if space == -1 else space)
+    after = newline if newline != -1 else space
+    return before + 1, len(text) if after == -1 else after
+
+
+def starts_near(text: Scanned, char: str, prefixes: tuple[str, ...], offset: int = 0) -> bool:
+    """Whether one of `prefixes` starts `offset` characters before an occurrence of
+    `char` in `text` (the prefixes hold it there). A search for one character is C's
+    `memchr`, several times faster than a search for a string, and the character is
+    chosen rare in prose: an uppercase letter, `x`, `-`, `_`."""
+    whole = text.text
+    for at in text.found(char):  # noqa: SIM110 (any() over a generator costs its frame)
+        if at >= offset and whole.startswith(prefixes, at - offset):
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,18 +154,22 @@ class Detector:
     near: Near | None = None
     margin: int = MARGIN
 
-    def find(self, text: str | Scanned) -> Iterator[tuple[int, int]]:
+    def find(self, text: str | Scanned) -> list[tuple[int, int]]:
+        """The spans it matches (a list, not a generator: most texts give none, and a
+        generator costs its frame even then)."""
         scanned = text if isinstance(text, Scanned) else Scanned(text)
         if self.gate is not None and not self.gate(scanned):
-            return
+            return []
         whole = scanned.text
         near = self.near
         spans = [(0, len(whole))] if near is None else scanned.windows(near, self.margin)
         valid = self.valid
-        for start, end in spans:
-            for match in self.pattern.finditer(whole, start, end):
-                if valid is None or valid(match.group()):
-                    yield match.start(), match.end()
+        return [
+            (match.start(), match.end())
+            for start, end in spans
+            for match in self.pattern.finditer(whole, start, end)
+            if valid is None or valid(match.group())
+        ]
 
 
 def luhn(text: str) -> bool:
@@ -180,16 +236,27 @@ _INJECTION = (
     r"|\bpretend (?:that )?you (?:are|have) no (?:rules|restrictions|guidelines)\b"
 )
 
-# Gates found by one search with a literal prefix, which is cheaper than several `in`.
-_AWS_KEY_PREFIX = re.compile(r"A(?:KIA|SIA|BIA|CCA)")
-_GITHUB_PREFIX = re.compile(r"gh(?:[pousr]_|ithub_pat_)")
-# What any phrasing `_INJECTION` matches but a bare "jailbreak" holds, after a space: one
-# search with a literal prefix (the space) finds any of them in one pass over the text,
-# where a test per word would pass over it once per word.
-_INJECTION_WORDS = re.compile(
-    r" (?:instruction|prompt|rule|direction|guideline|context|dan\b|developer mode|"
-    r"jailbroken|unrestricted|anything now|restriction)"
-)
+
+def _has_github_prefix(text: Scanned) -> bool:
+    """`ghp_` (and its kin) or `github_pat_`, found at their first `_`."""
+    return starts_near(text, "_", _GITHUB_PREFIXES, 3) or starts_near(
+        text, "_", ("github_pat_",), 6
+    )
+
+
+_GITHUB_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")
+
+# A word or phrase that any phrasing `_INJECTION` matches holds (in lower case): one of
+# the first phrasing's nouns (the third's are among them), the second's and fifth's
+# `... now`, "jailbreak", the sixth's "pretend"; with a letter of it that is rare in
+# prose, found by `memchr` (several times cheaper than a search for the word), or ""
+# where it has none and the word is searched for. Either search is C's, in the lowered
+# text: one regex over the whole text costs more than all of them.
+INJECTION_WORDS = (
+    ("instruction", ""), ("prompt", ""), ("rules", ""), ("directions", ""),
+    ("guidelines", ""), ("context", "x"), ("you are now", ""), ("jailbreak", "j"),
+    ("anything now", ""), ("pretend", ""),
+)  # fmt: skip
 
 # How far an injection's phrasing reaches from the word that gates it (`_INJECTION`'s
 # longest, its verb up to 30 + 20 characters and two words before its noun).
@@ -199,18 +266,45 @@ INJECTION_MARGIN = 128
 def _injection_places(text: Scanned) -> list[int]:
     """Where a phrasing `_INJECTION` matches may be: its gating words."""
     lower = text.lower
-    places = [match.start() for match in _INJECTION_WORDS.finditer(" " + lower)]
-    at = lower.find("jailbreak")
-    while at != -1:
-        places.append(at)
-        at = lower.find("jailbreak", at + 1)
+    places: list[int] = []
+    for word, rare in INJECTION_WORDS:
+        if rare:
+            offset = word.index(rare)
+            at = lower.find(rare, offset)
+            while at != -1:
+                if lower.startswith(word, at - offset):
+                    places.append(at - offset)
+                at = lower.find(rare, at + 1)
+        else:
+            at = lower.find(word)
+            while at != -1:
+                places.append(at)
+                at = lower.find(word, at + 1)
     return places
+
+
+def _has_key(text: Scanned) -> bool:
+    """Whether the text says "key" in any case (an AWS secret key's name ends so): its `k`
+    is rare in prose, and found without lowering the text; a text that is not ASCII is
+    lowered (a Kelvin sign is a `k` to a regex that ignores case)."""
+    whole = text.text
+    if not whole.isascii():
+        return "key" in text.lower
+    return starts_near(text, "k", _KEY_CASES) or starts_near(text, "K", _KEY_CASES)
+
+
+_KEY_CASES = tuple(a + b + c for a in "kK" for b in "eE" for c in "yY")
 
 
 PREBUILT: dict[str, Detector] = {
     detector.name: detector
     for detector in (
-        Detector("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b"), near="@"),
+        Detector(
+            "email",
+            re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b"),
+            near="@",
+            margin=0,
+        ),
         Detector(
             "phone",
             re.compile(
@@ -218,66 +312,78 @@ PREBUILT: dict[str, Detector] = {
                 r"[ .-]\d{3,4}\b"
             ),
             near=DIGITS,
+            margin=21,
         ),
-        Detector("credit_card", re.compile(_CARD), luhn, near=DIGITS),
-        Detector("visa", re.compile(r"\b4\d{3}(?:[ -]?\d{4}){3}\b"), luhn, near=DIGITS),
-        Detector("mastercard", re.compile(r"\b5[1-5]\d{2}(?:[ -]?\d{4}){3}\b"), luhn, near=DIGITS),
-        Detector("amex", re.compile(r"\b3[47]\d{2}[ -]?\d{6}[ -]?\d{5}\b"), luhn, near=DIGITS),
+        Detector("credit_card", re.compile(_CARD), luhn, near=DIGITS, margin=37),
+        Detector("visa", re.compile(r"\b4\d{3}(?:[ -]?\d{4}){3}\b"), luhn, near=DIGITS, margin=19),
+        Detector(
+            "mastercard",
+            re.compile(r"\b5[1-5]\d{2}(?:[ -]?\d{4}){3}\b"),
+            luhn,
+            near=DIGITS,
+            margin=19,
+        ),
+        Detector(
+            "amex", re.compile(r"\b3[47]\d{2}[ -]?\d{6}[ -]?\d{5}\b"), luhn, near=DIGITS, margin=17
+        ),
         Detector(
             "iban",
             re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
             iban,
             near=DIGITS,
+            margin=44,
         ),
-        Detector("ipv4", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), ip_address, near=DIGITS),
+        Detector(
+            "ipv4", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), ip_address, near=DIGITS, margin=0
+        ),
         Detector(
             "ipv6",
             re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
             ipv6_address,
             gate=lambda text: ":" in text.text,
             near=DIGITS,
+            margin=0,
         ),
         Detector(
             "us_ssn",
             re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"),
             near=DIGITS,
+            margin=0,
         ),
         Detector(
             "aws_access_key",
             re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
-            gate=lambda text: _AWS_KEY_PREFIX.search(text.text) is not None,
+            gate=lambda text: starts_near(text, "A", ("AKIA", "ASIA", "ABIA", "ACCA")),
         ),
         Detector(
             "aws_secret_key",
             re.compile(r"(?i)\baws_?secret_?(?:access_?)?key\b[\s\"':=]{1,5}[A-Za-z0-9/+=]{40}\b"),
-            gate=lambda text: "secret" in text.lower,
+            gate=lambda text: _has_key(text) and "secret" in text.lower,
         ),
         Detector(
             "github_token",
             re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_\w{40,})"),
-            gate=lambda text: "_" in text.text and _GITHUB_PREFIX.search(text.text) is not None,
+            gate=_has_github_prefix,
         ),
         Detector(
             "google_api_key",
             re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),
-            gate=lambda text: "AIza" in text.text,
+            gate=lambda text: starts_near(text, "A", ("AIza",)),
         ),
         Detector(
             "slack_token",
             re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
-            gate=lambda text: "xox" in text.text,
+            gate=lambda text: starts_near(text, "x", ("xox",)),
         ),
         Detector(
             "stripe_key",
             re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}\b"),
-            gate=lambda text: (
-                "_" in text.text and ("k_live_" in text.text or "k_test_" in text.text)
-            ),
+            gate=lambda text: starts_near(text, "_", ("k_live_", "k_test_"), 1),
         ),
         Detector(
             "api_key",
             re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{20,}"),
-            gate=lambda text: "-" in text.text and "sk-" in text.text,
+            gate=lambda text: starts_near(text, "-", ("sk-",), 2),
         ),
         Detector(
             "private_key",
@@ -285,6 +391,7 @@ PREBUILT: dict[str, Detector] = {
                 r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY-----[\s\S]*?"
                 r"-----END (?:[A-Z]+ )*PRIVATE KEY-----"
             ),
+            gate=lambda text: starts_near(text, "-", ("-----BEGIN ",)),
         ),
         Detector(
             "bearer_token",
@@ -301,6 +408,7 @@ PREBUILT: dict[str, Detector] = {
             re.compile(r"(?<![\w/+=-])[A-Za-z0-9/+_=-]{24,}(?![\w/+=-])"),
             high_entropy,
             near=DIGITS,  # it has a digit, and windows widen to whitespace: it is whole
+            margin=0,
         ),
         Detector(
             "prompt_injection",

@@ -120,6 +120,9 @@ class _Held:
 # less one): a window of 1 releases every chunk as soon as it is checked.
 TAIL = 64
 
+# The modes, listed once: iterating an enum runs Python on every request.
+MODES = tuple(Mode)
+
 
 class GuardrailRun:
     """One request's guardrails and what they did to it."""
@@ -136,7 +139,7 @@ class GuardrailRun:
         self._model = model
         self._request_data = request_data
         self._span = span
-        self._by_mode = {mode: [g for g in guardrails if mode in g.config.modes] for mode in Mode}
+        self._by_mode = {mode: [g for g in guardrails if mode in g.config.modes] for mode in MODES}
         self._vault = Vault()
         self._unmasks = any(g.unmasks for g in guardrails)
         self.information: list[dict[str, Any]] = []
@@ -275,8 +278,11 @@ class GuardrailRun:
         started, clock = wall_time(), trio.current_time()
         status, error_type, verdict = "success", None, Verdict()
         try:
-            with trio.fail_after(config.timeout):
-                verdict = _checked(await guardrail.check(texts, step), len(texts))
+            if guardrail.immediate:
+                verdict = _checked(guardrail.check_now(texts, step), len(texts))
+            else:
+                with trio.fail_after(config.timeout):
+                    verdict = _checked(await guardrail.check(texts, step), len(texts))
         except GuardrailBlocked as blocked:
             status, verdict = "guardrail_intervened", Verdict(blocked=blocked.message)
         except trio.TooSlowError:

@@ -69,19 +69,34 @@ def request_slots(body: dict[str, Any]) -> list[Slot]:
     routes'): Anthropic's `system`, Responses' `instructions` and input items, Gemini's
     contents, system instruction and embedding requests."""
     slots: list[Slot] = []
-    slots.extend(_content(body, "system"))
-    slots.extend(_strings(body, "instructions"))
+    # Each reader is asked only about a body that has its keys: a chat request has
+    # only `messages`, and a reader asked for nothing still costs its generator.
+    if "system" in body:
+        slots.extend(_content(body, "system"))
+    if "instructions" in body:
+        slots.extend(_strings(body, "instructions"))
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, dict):
                 slots.extend(_message_slots(message))
     for key in ("prompt", "input", "query"):
-        slots.extend(_strings(body, key))
-    slots.extend(_input_items(body.get("input")))
-    slots.extend(_documents(body))
-    slots.extend(_gemini_request(body))
+        if key in body:
+            slots.extend(_strings(body, key))
+    if "input" in body:
+        slots.extend(_input_items(body["input"]))
+    if "documents" in body:
+        slots.extend(_documents(body))
+    if not _GEMINI_REQUEST_KEYS.isdisjoint(body):
+        slots.extend(_gemini_request(body))
     return slots
+
+
+# What `_gemini_request` reads of a body.
+_GEMINI_REQUEST_KEYS = frozenset(
+    {"generateContentRequest", "systemInstruction", "system_instruction", "content",
+     "contents", "requests"}
+)  # fmt: skip
 
 
 def _documents(body: dict[str, Any]) -> Iterator[Slot]:

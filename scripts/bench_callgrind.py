@@ -1,0 +1,43 @@
+"""What the guardrail benches share (`scripts/bench_guardrails.py`,
+`scripts/bench_passthrough_guard.py`): the instructions a worker script's requests cost,
+counted by callgrind as `scripts/bench --check` counts them.
+
+A worker is a `python -c` script whose first argument is how many requests to make
+after its warm-up. A figure is the difference of two runs under callgrind, with `runs`
+requests and with none, divided by `runs`: start-up, imports and warm-up cancel out.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def instructions(worker: str, count: int, args: list[str], workdir: Path, tree: Path = ROOT) -> int:
+    """The instructions of one run of `worker` making `count` requests, in `tree` (its
+    `trigate` is the one imported); a tree other than this one writes no `.pyc`."""
+    out = workdir / f"callgrind.{'.'.join(args)}.{count}"
+    env = {"PYTHONHASHSEED": "0", "PATH": "", "PYTHONPATH": str(ROOT / "scripts"),
+           "PYTHONDONTWRITEBYTECODE": "1" if tree != ROOT else ""}  # fmt: skip
+    # Once outside callgrind first: any module not yet compiled is, and its .pyc written,
+    # so that neither counted run pays for it.
+    subprocess.run([sys.executable, "-c", worker, "0", *args], check=True, cwd=tree, env=env)
+    subprocess.run(
+        ["/usr/bin/valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+         "-c", worker, str(count), *args],
+        check=True, capture_output=True, cwd=tree, env=env,
+    )  # fmt: skip
+    for line in out.read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1])
+    raise SystemExit(f"no totals in {out}")
+
+
+def per_request(worker: str, runs: int, args: list[str], workdir: Path, tree: Path = ROOT) -> float:
+    """The instructions one request costs: two runs' difference, over `runs`."""
+    base = instructions(worker, 0, args, workdir, tree)
+    more = instructions(worker, runs, args, workdir, tree)
+    return (more - base) / runs
