@@ -664,3 +664,27 @@ async def test_claude_and_gemini_on_vertex_are_guarded_in_their_own_apis(
     assert sent.target.endswith(f"/publishers/google/models/{GEMINI}:generateContent")
     assert sent.json["contents"][0]["parts"] == [{"text": "Mail [EMAIL_REDACTED]"}]
     await gateway.stop()
+
+
+# --- what the guardrails read is what the provider is sent --------------------------------
+
+
+async def test_a_body_with_duplicate_keys_goes_as_the_guardrails_read_it(
+    start: Any, upstream: FakeUpstream
+) -> None:
+    """JSON with a key twice: the gateway reads the last, another parser may read the
+    first. The provider is sent the body as the guardrails read it, never the raw one
+    the guardrails may not have seen, even when they changed nothing."""
+    upstream.handler = _anthropic_reply
+    gateway = await start(content_filter("cf", "pre_call"))
+    raw = (
+        b'{"model": "%s", "max_tokens": 5, "messages": [{"role": "user",'
+        b' "content": "card %s", "content": "hello"}]}' % (CLAUDE.encode(), CARD.encode())
+    )
+    async with gateway.client() as client:
+        reply = await client.post("/anthropic/v1/messages", content=raw,
+                                  headers={"content-type": "application/json"})  # fmt: skip
+    assert reply.status_code == 200
+    [sent] = upstream.requests
+    assert CARD not in sent.body.decode() and sent.body.count(b'"content"') == 1
+    assert sent.json["messages"] == [{"role": "user", "content": "hello"}]

@@ -159,7 +159,7 @@ class PassCall:
             self.guard = self._guard(parsed, named)
             await self._admit(parsed)
             if self.guard is not None:
-                body = await self.guard.before(body, changed=popped)
+                body = await self.guard.before()
             elif popped:
                 body = orjson.dumps(parsed)
             request = await self._request(self._asking_usage(parsed, body))

@@ -134,14 +134,16 @@ class PassGuard:
         self.api = api
         self.request = request
 
-    async def before(self, raw: bytes, *, changed: bool) -> bytes:
-        """The hooks before the call; the body to send: as it came, unless a hook (or the
-        gateway, `changed`) rewrote it."""
-        body = self.request.body
-        before = orjson.dumps(body)
+    async def before(self) -> bytes:
+        """The hooks before the call; the body to send: always the body as the hooks read
+        it (and may have rewritten it), serialised anew, never the client's bytes. JSON
+        the client wrote with a key twice is read here by its last; the provider's parser
+        may read the first, which no hook saw. Refusing such a body (400) would need a
+        second, slower parse that reports duplicates, and would still leave any other
+        difference between two parsers (escapes, numbers) open; what is sent as read has
+        none by construction, at the cost of one serialisation the hooks needed anyway."""
         await self._hooks.before_route(self.request)
-        after = orjson.dumps(body)
-        return after if changed or after != before else raw
+        return orjson.dumps(self.request.body)
 
     def beside(self) -> Beside | None:
         """What runs beside the upstream call (`during_call` guardrails)."""
