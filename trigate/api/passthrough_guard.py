@@ -34,7 +34,7 @@ import trio
 
 from trigate.api.context import RequestContext
 from trigate.api.litellm_request import guardrail_names
-from trigate.api.passthrough_formats import EventCodec, NativeAPI, UnreadableAnswer
+from trigate.api.passthrough_formats import EventCodec, NativeAPI, UnreadableAnswer, unread_answer
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.guardrails.text import chunk_slots
 from trigate.hooks import END_STREAM, STREAM_END, Beside, Hooks, Refused
@@ -141,7 +141,15 @@ class PassGuard:
         may read the first, which no hook saw. Refusing such a body (400) would need a
         second, slower parse that reports duplicates, and would still leave any other
         difference between two parsers (escapes, numbers) open; what is sent as read has
-        none by construction, at the cost of one serialisation the hooks needed anyway."""
+        none by construction, at the cost of one serialisation the hooks needed anyway.
+        A body holding a part, block or item the guardrails do not read is refused."""
+        unknown = self.api.unknown_in_request(self.request.body)
+        if unknown is not None:
+            raise InvalidRequest(
+                f"This request holds {unknown}, which the guardrails on this call do not "
+                "read: it is refused rather than sent past them.",
+                code="pass_through_unread_content",
+            )
         await self._hooks.before_route(self.request)
         return orjson.dumps(self.request.body)
 
@@ -160,6 +168,7 @@ class PassGuard:
         codec = self.api.events()
         codec.drop_usage = drop_usage
         codec.heard = heard
+        codec.unknown = self.api.unknown_in_event
         return WatchedStream(on_chunk, codec)
 
     async def answer(self, raw: bytes, usage: Usage) -> bytes:
@@ -172,6 +181,9 @@ class PassGuard:
             raise UnreadableAnswer(
                 "The provider's answer is not a JSON object, which the hooks cannot read."
             )
+        unknown = self.api.unknown_in_answer(answer)
+        if unknown is not None:
+            raise UnreadableAnswer(unread_answer(unknown))
         changed = await self._hooks.after_answer(self.request, answer, usage)
         return orjson.dumps(answer) if changed else raw
 
