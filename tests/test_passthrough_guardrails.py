@@ -688,3 +688,28 @@ async def test_a_body_with_duplicate_keys_goes_as_the_guardrails_read_it(
     [sent] = upstream.requests
     assert CARD not in sent.body.decode() and sent.body.count(b'"content"') == 1
     assert sent.json["messages"] == [{"role": "user", "content": "hello"}]
+
+
+async def test_a_whole_answer_is_held_only_while_a_hook_reads_answers(
+    start: Any, upstream: FakeUpstream
+) -> None:
+    """Met only by a `pre_call` guardrail, a whole answer goes to the client as it comes:
+    its first bytes arrive while the provider still holds the rest. (A `post_call` one
+    holds it until it is checked whole: the OpenAI SDK's test above.)"""
+    whole = orjson.dumps(message([{"type": "text", "text": "Noted."}]))
+    released = trio.Event()
+    upstream.handler = lambda request: StreamReply(
+        [whole[:20], released, whole[20:]], content_type="application/json"
+    )
+    gateway = await start(content_filter("in", "pre_call"))
+    body = {"model": CLAUDE, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        gateway.client() as client,
+        client.stream("POST", "/anthropic/v1/messages", json=body) as reply,
+    ):
+        pieces = reply.aiter_raw()
+        with trio.fail_after(5):
+            first = await anext(pieces)
+        released.set()
+        rest = b"".join([piece async for piece in pieces])
+    assert first == whole[:20] and first + rest == whole

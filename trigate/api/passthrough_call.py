@@ -29,6 +29,7 @@ from trigate.api.envelopes import ANTHROPIC, GOOGLE, OPENAI
 from trigate.api.model_api import NEVER_FORWARDED, error_reply, send_reply, unexpected_failure
 from trigate.api.passthrough_formats import native_api, unreadable_reason
 from trigate.api.passthrough_guard import (
+    MAX_ANSWER_BYTES,
     PassGuard,
     PassRequest,
     WatchedStream,
@@ -52,7 +53,7 @@ from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed, GatewayError, secrets
 from trigate.gateway import Gateway
 from trigate.guardrails.text import request_slots
-from trigate.hooks import run_beside
+from trigate.hooks import hook_paths, run_beside
 from trigate.limits import Admission, ModelNotAllowed, allows_model, check_model
 from trigate.providers.base import translate_transport_error
 from trigate.roles import NotPermitted, Role
@@ -252,14 +253,18 @@ class PassCall:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
         if guard is not None and response.status_code < 400:
-            if not stream:
+            if not stream and guard.holds_answer():
                 raw = await read_whole(upstream, seen)
                 answer = await guard.answer(raw, _usage(reader.usage()))
                 await self._reply_start(send, response)
                 await send({"type": "http.response.body", "body": answer, "more_body": False})
                 return
             # A watched stream's codec decodes its events once, for the reader too.
-            watched = guard.stream(drop_usage=self.usage_asked, heard=reader.read_event)
+            watched = (
+                guard.stream(drop_usage=self.usage_asked, heard=reader.read_event)
+                if stream
+                else None
+            )
             self.watched = watched
             if watched is not None:
                 await self._reply_start(send, response)
@@ -275,14 +280,20 @@ class PassCall:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
         dropper = UsageChunkDropper() if stream and self.usage_asked else None
+        # A whole answer that logging_only guardrails read once it went (bounded).
+        logged = bytearray() if guard is not None and not stream and guard.logs_answer() else None
         await self._reply_start(send, response)
         async for piece in upstream:
             seen(piece)
+            if logged is not None and len(logged) <= MAX_ANSWER_BYTES:
+                logged += piece
             if dropper is not None:
                 piece = dropper.feed(piece)
             await write(piece)
         rest = dropper.end() if dropper is not None else b""
         await send({"type": "http.response.body", "body": rest, "more_body": False})
+        if guard is not None and logged is not None and len(logged) <= MAX_ANSWER_BYTES:
+            await guard.answer_went(bytes(logged), _usage(reader.usage()))
 
     async def _reply_start(self, send: ASGISendCallable, response: httpx.Response) -> None:
         self.replied = True
@@ -338,11 +349,13 @@ class PassCall:
             return guard_for(
                 hooks, request, None, unreadable_reason(self.route, self.method, self.path)
             )
+        callbacks = self.gateway.live.config.litellm_settings.get("callbacks")
         return guard_for(
             hooks,
             request,
             api if isinstance(parsed, dict) else None,
             "its body is not a JSON object",
+            user_hooks=bool(hook_paths(callbacks)),
         )
 
     async def _cut_short_usage(self, usage: dict[str, Any] | None, parsed: Any) -> Usage:

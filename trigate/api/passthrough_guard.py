@@ -36,6 +36,8 @@ from trigate.api.context import RequestContext
 from trigate.api.litellm_request import guardrail_names
 from trigate.api.passthrough_formats import EventCodec, NativeAPI, UnreadableAnswer, unread_answer
 from trigate.errors import GatewayError, InvalidRequest
+from trigate.guardrails.config import Mode
+from trigate.guardrails.runner import RUN_ATTRIBUTE, GuardrailRun
 from trigate.guardrails.text import chunk_slots
 from trigate.hooks import END_STREAM, STREAM_END, Beside, Hooks, Refused
 from trigate.spend import RequestRecord
@@ -105,13 +107,19 @@ def refuse_unconfigured(named: list[str]) -> None:
 
 
 def guard_for(
-    hooks: Hooks, request: PassRequest | None, api: NativeAPI | None, unreadable: str
+    hooks: Hooks,
+    request: PassRequest | None,
+    api: NativeAPI | None,
+    unreadable: str,
+    *,
+    user_hooks: bool = True,
 ) -> PassGuard | None:
     """The hooks on a call, when any applies to it: on a call in an API the gateway reads
     (`api`); any other (`unreadable` says why) is refused rather than let through unseen.
     A call without a virtual key (a custom endpoint's without `auth`) has no key or team
     to choose its guardrails by: refused while any hook is configured. None: no hook
-    applies, and the call goes as it came."""
+    applies, and the call goes as it came. `user_hooks`: whether hooks of the user's own
+    are configured besides the guardrails."""
     if request is not None and not hooks.applies(request):
         return None
     if request is None:
@@ -123,16 +131,49 @@ def guard_for(
             status=403,
             code="pass_through_closed_by_hooks",
         )
-    return PassGuard(hooks, api, request)
+    return PassGuard(hooks, api, request, user_hooks=user_hooks)
 
 
 class PassGuard:
     """The hooks on one pass-through call the gateway reads."""
 
-    def __init__(self, hooks: Hooks, api: NativeAPI, request: PassRequest) -> None:
+    def __init__(
+        self, hooks: Hooks, api: NativeAPI, request: PassRequest, *, user_hooks: bool = True
+    ) -> None:
         self._hooks = hooks
         self.api = api
         self.request = request
+        self._user_hooks = user_hooks
+
+    def holds_answer(self) -> bool:
+        """Whether a whole answer must be held until the hooks have read it, before the
+        client has any of it: a user's hook may refuse or rewrite it (whether it reads
+        answers the gateway cannot tell), a `post_call` guardrail checks and masks it, and
+        one that masked the request may put back in it what it masked. `during_call`
+        holds the answer's head, not its body, until it passes (`run_beside`); a call met
+        only by `pre_call` or `logging_only` guardrails has its answer relayed as it
+        comes, as when no guardrail applies (`logs_answer`)."""
+        run = self._run()
+        return self._user_hooks or run is None or run.runs(Mode.POST_CALL) or run.unmasks
+
+    def logs_answer(self) -> bool:
+        """Whether a `logging_only` guardrail reads the answer once it went out."""
+        run = self._run()
+        return run is not None and run.runs(Mode.LOGGING_ONLY)
+
+    async def answer_went(self, raw: bytes, usage: Usage) -> None:
+        """An answer relayed as it came (`holds_answer` False), past the hooks, which only
+        log it: its record masked as they found."""
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(answer, dict):
+            await self._hooks.after_answer(self.request, answer, usage)
+
+    def _run(self) -> GuardrailRun | None:
+        run: GuardrailRun | None = getattr(self.request, RUN_ATTRIBUTE, None)
+        return run
 
     async def before(self) -> bytes:
         """The hooks before the call; the body to send: always the body as the hooks read
