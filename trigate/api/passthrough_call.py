@@ -15,6 +15,7 @@ provider's account, need an admin.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -133,8 +134,8 @@ class PassCall:
         self.watched: WatchedStream | None = None
         # Whether the client's answer has started (an error is then the stream's own).
         self.replied = False
-        # What the client got of an answer a hook cut short (None: none was): it and the
-        # prompt are what is billed.
+        # What the provider streamed of an answer cut short (None: none was): it and the
+        # prompt are what is billed, at least.
         self.cut_short: list[str] | None = None
 
     async def authenticate(self) -> None:
@@ -198,6 +199,10 @@ class PassCall:
                 if response is not None:
                     await response.aclose()
                 counted = None
+                if stream and reader is not None and (cancelled or error is not None):
+                    # A stream cut short (a block, the client gone, the upstream broken
+                    # off): at least what the provider streamed, however little it reported.
+                    self.cut_short = reader.streamed
                 if self.cut_short is not None:
                     counted = await self._cut_short_usage(usage, parsed)
                 elif usage is None and status < 400 and self.route == "gemini":
@@ -276,7 +281,7 @@ class PassCall:
                     raise
                 finally:
                     if watched.cut_short:
-                        self.cut_short = watched.text
+                        self.cut_short = reader.streamed
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
         dropper = UsageChunkDropper() if stream and self.usage_asked else None
@@ -359,16 +364,23 @@ class PassCall:
         )
 
     async def _cut_short_usage(self, usage: dict[str, Any] | None, parsed: Any) -> Usage:
-        """What a call a hook cut short is billed: its prompt (as the upstream reported
-        it, else counted) and what the client got of the answer, counted."""
-        reported = _usage(usage).prompt_tokens
-        prompt = reported
-        if not reported and isinstance(parsed, dict):
+        """What a call cut short is billed: its prompt (as the upstream reported it, else
+        counted), and the larger of the completion the upstream reported so far and the
+        count of the text it streamed (a stream cut off before its usage reports a
+        fraction of it, or none)."""
+        reported = _usage(usage)
+        prompt = reported.prompt_tokens
+        if not prompt and isinstance(parsed, dict):
             counted = await self._counted([slot.text for slot in request_slots(parsed)])
             prompt = counted.prompt_tokens if counted is not None else 0
         text = "".join(self.cut_short or ())
         completion = await self.gateway.counter.count_text_async(self.model or "", text)
-        return Usage(prompt, completion, "counted")
+        if completion <= reported.completion_tokens and prompt == reported.prompt_tokens:
+            return reported
+        completion = max(completion, reported.completion_tokens)
+        return dataclasses.replace(
+            reported, prompt_tokens=prompt, completion_tokens=completion, source="counted"
+        )
 
     async def _counted(self, texts: list[str] | None) -> Usage | None:
         """The tokens of `texts`, by the gateway's count, for an answer that reports none."""

@@ -25,7 +25,7 @@ provider's place. A call the gateway cannot read is refused while a hook applies
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -38,7 +38,6 @@ from trigate.api.passthrough_formats import EventCodec, NativeAPI, UnreadableAns
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.guardrails.config import Mode
 from trigate.guardrails.runner import RUN_ATTRIBUTE, GuardrailRun
-from trigate.guardrails.text import chunk_slots
 from trigate.hooks import END_STREAM, STREAM_END, Beside, Hooks, Refused
 from trigate.spend import RequestRecord
 from trigate.usage import Usage
@@ -257,13 +256,11 @@ async def read_whole(upstream: httpx.AsyncByteStream, seen: Callable[[bytes], No
 
 @dataclass(slots=True)
 class WatchedStream:
-    """One stream's events past the chunk hooks. `text`: what the client was sent (the
-    text hooks read, as they released it); `cut_short`: the stream ended before the
-    upstream's did (a block, or a hook's end)."""
+    """One stream's events past the chunk hooks. `cut_short`: the stream ended before
+    the upstream's did (a block, or a hook's end)."""
 
     on_chunk: Callable[[Any], Awaitable[Any]]
     codec: EventCodec
-    text: list[str] = field(default_factory=list)
     cut_short: bool = False
 
     async def relay(
@@ -302,9 +299,7 @@ class WatchedStream:
         try:
             for chunk in chunks:
                 released, ended = _released(await self.on_chunk(chunk))
-                for item in released:
-                    frames.append(self.codec.frame(item))
-                    self.text.append("".join(slot.text for slot in chunk_slots(item)))
+                frames.extend(self.codec.frame(item) for item in released)
                 if ended:
                     break
         except GatewayError:

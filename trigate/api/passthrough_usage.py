@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from trigate.errors import UpstreamError
+from trigate.guardrails.text import event_text
 from trigate.providers import anthropic, bedrock, cohere, gemini
 from trigate.providers.bedrock import EVENT_STREAM
 from trigate.providers.eventstream import EventStreamDecoder
@@ -47,6 +48,9 @@ class UsageReader:
         self._usage: dict[str, Any] | None = None
         # The response's id, where its format names one (for the spend row).
         self.response_id: str | None = None
+        # The text an SSE stream's events added, as the provider sent it: what a stream
+        # cut short (a block, a client gone) is billed at least.
+        self.streamed: list[str] = []
 
     def feed(self, piece: bytes) -> None:
         if self._frames is not None:
@@ -55,7 +59,7 @@ class UsageReader:
             return
         if self._decoder is not None:
             for event in self._decoder.feed(piece):
-                self._read(_loaded(event.data))
+                self.read_event(_loaded(event.data))
             return
         if self._overflowed or len(self._kept) + len(piece) > KEPT_BYTES:
             self._overflowed = True
@@ -97,7 +101,7 @@ class UsageReader:
             return None if self._overflowed else self._usage
         if self._decoder is not None:
             for event in self._decoder.flush():
-                self._read(_loaded(event.data))
+                self.read_event(_loaded(event.data))
         elif self._kept and not self._overflowed:
             data = _loaded(bytes(self._kept))
             # Vertex's streamGenerateContent without `alt=sse`: one JSON array of answers.
@@ -108,6 +112,8 @@ class UsageReader:
     def read_event(self, data: Any) -> None:
         """An SSE event's data, already decoded by whoever relays the stream (a watched
         pass-through stream's codec), in place of `feed`ing its bytes."""
+        if isinstance(data, dict):
+            self.streamed.append(event_text(data))
         self._read(data)
 
     def _read(self, data: Any) -> None:

@@ -419,6 +419,13 @@ def _event_slots(data: dict[str, Any]) -> list[Slot]:
     return []
 
 
+def event_text(data: dict[str, Any]) -> str:
+    """The text a stream event's data adds, in whichever API's shape (Anthropic's or the
+    Responses API's named events, an OpenAI chunk, a Gemini response): what a stream cut
+    short is counted by."""
+    return "".join(slot.text for slot in (*_event_slots(data), *chunk_slots(data)))
+
+
 def rewritten(chunk: Any) -> Any:
     """A chunk after its slots were replaced: a native event's frame made anew from its
     data (it is otherwise relayed as the upstream's bytes)."""
