@@ -151,7 +151,7 @@ class PassCall:
         status, error, usage, cancelled, stream = 500, None, None, False, False
         reader: UsageReader | None = None
         response: httpx.Response | None = None
-        sent = False
+        sent = relayed = False
         parsed = self.body = _json(body)
         try:
             self._check_path()
@@ -172,6 +172,7 @@ class PassCall:
             stream = "text/event-stream" in content_type
             reader = UsageReader(content_type)
             await self._relay(response, reader, stream, send)
+            relayed = True
             usage = reader.usage()
             if self.guard is not None and stream and status < 400:
                 await self.guard.stream_ended(_usage(usage))
@@ -199,7 +200,7 @@ class PassCall:
                 if response is not None:
                     await response.aclose()
                 counted = None
-                if stream and reader is not None and (cancelled or error is not None):
+                if stream and reader is not None and not relayed and _status_ok(response):
                     # A stream cut short (a block, the client gone, the upstream broken
                     # off): at least what the provider streamed, however little it reported.
                     self.cut_short = reader.streamed
@@ -567,6 +568,11 @@ class PassCall:
             # Masked by logging_only guardrails, with each guardrail's outcome.
             record = self.guard.redacted(record)
         await self.gateway.record(record)
+
+
+def _status_ok(response: httpx.Response | None) -> bool:
+    """Whether the upstream answered, and did not refuse."""
+    return response is not None and response.status_code < 400
 
 
 def _usage(usage: dict[str, Any] | None) -> Usage:
