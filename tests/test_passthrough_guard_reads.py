@@ -266,3 +266,28 @@ async def test_a_whole_answer_holding_an_unknown_kind_is_never_the_clients(
     with trio.fail_after(5):
         [record] = await gateway.records.wait_for(1)
     assert record.status == 502
+
+
+async def test_the_text_anthropic_citations_quote_is_read(
+    start: Any, upstream: FakeUpstream
+) -> None:
+    citation = {"type": "char_location", "cited_text": f"write to {EMAIL}",
+                "document_index": 0, "document_title": "notes",
+                "start_char_index": 0, "end_char_index": 24}  # fmt: skip
+    block = {"type": "text", "text": "As noted.", "citations": [citation]}
+    upstream.handler = lambda request: JSONReply(message([block]))
+    gateway = await start(content_filter("out", "post_call", stream_window=8))
+    body = {"model": CLAUDE, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    whole = (await _post(gateway, "/anthropic/v1/messages", body)).json()
+    assert whole["content"][0]["citations"][0]["cited_text"] == f"write to {MASKED}"
+    frames: list[bytes | float] = [
+        message_start(),
+        event({"type": "content_block_start", "index": 0,
+               "content_block": {"type": "text", "text": "", "citations": []}}),
+        event({"type": "content_block_delta", "index": 0,
+               "delta": {"type": "citations_delta", "citation": citation}}),
+        event({"type": "content_block_stop", "index": 0}),
+    ]  # fmt: skip
+    upstream.handler = lambda request: StreamReply(frames)
+    streamed = (await _post(gateway, "/anthropic/v1/messages", {**body, "stream": True})).text
+    assert EMAIL not in streamed and MASKED in streamed

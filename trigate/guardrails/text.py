@@ -148,11 +148,16 @@ def _part(part: dict[str, Any], kind: str) -> Iterator[Slot]:
     """One content part or block: its text, a refusal, a model's thinking (Anthropic's
     `thinking` block, Mistral's list of thinking parts); Anthropic's own blocks as they
     came: a tool use's input, a tool result's content, a document's title, context and
-    text, a search result's title and content, a web search's results' titles."""
+    text, a search result's title and content, a web search's results' titles; the text
+    a block's citations quote."""
     for key in ("text", "refusal", "title", "context"):
         if isinstance(part.get(key), str):
             yield Slot(part, key, kind)
     yield from _content(part, "thinking", kind)
+    citations = part.get("citations")
+    for citation in citations if isinstance(citations, list) else ():
+        if isinstance(citation, dict) and isinstance(citation.get("cited_text"), str):
+            yield Slot(citation, "cited_text", kind)
     kind_of_part = part.get("type")
     if kind_of_part in _TOOL_RESULTS:
         yield from _content(part, "content", TOOL_RESULT)
@@ -407,6 +412,9 @@ def _event_slots(data: dict[str, Any]) -> list[Slot]:
             for key, slot_kind in ANTHROPIC_DELTAS:
                 if isinstance(delta.get(key), str):
                     return [Slot(delta, key, slot_kind)]
+            citation = delta.get("citation")  # a `citations_delta`: the text it quotes
+            if isinstance(citation, dict) and isinstance(citation.get("cited_text"), str):
+                return [Slot(citation, "cited_text")]
     elif kind == "content_block_start" and isinstance(data.get("content_block"), dict):
         # A block that comes whole (a server tool's result), or starts with text.
         return list(_part(data["content_block"], TEXT))
