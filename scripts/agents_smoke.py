@@ -6,8 +6,9 @@ is translated), `gpt-native` (an `openai/` deployment on a fake upstream that sp
 the Responses API), `claude-native` (an `anthropic/` deployment on a fake Messages
 API) and `claude-vertex` (a `vertex_ai/` Claude deployment: the fake's `rawPredict`,
 with a service account whose token the fake issues). Each agent runs once against a
-translated and once against a native group; Claude Code also against the Vertex
-deployment and through the `/anthropic` pass-through route. For each run this prints
+translated and once against a native group, and once through its provider's
+pass-through route (`/openai`, `/anthropic`); Claude Code also against the Vertex
+deployment. For each run this prints
 the agent's exit code and answer, what trigate served (its spend log) and what the
 fake upstream received. `--only claude` (or `codex`) runs one agent's runs.
 `--guardrail` adds a content filter that masks emails before and after every call
@@ -321,14 +322,16 @@ class Agents:
     gateway: str
     workdir: Path
 
-    def codex_run(self, model: str) -> subprocess.CompletedProcess[str]:
-        home = self.workdir / f"codex-{model}"
+    def codex_run(self, model: str, route: str = "") -> subprocess.CompletedProcess[str]:
+        """Codex on a model group, or (`route` "/openai") on the pass-through route, where
+        `model` is the upstream's own name."""
+        home = self.workdir / f"codex-{model}{route.replace('/', '-')}"
         home.mkdir()
         (home / "config.toml").write_text(
             f'model = "{model}"\nmodel_provider = "trigate"\n\n'
             "[model_providers.trigate]\n"
             'name = "trigate"\n'
-            f'base_url = "{self.gateway}/v1"\n'
+            f'base_url = "{self.gateway}{route}/v1"\n'
             'env_key = "TRIGATE_API_KEY"\n'
             'wire_api = "responses"\n'
         )
@@ -455,6 +458,11 @@ async def _main(codex: Path, claude: Path, only: str | None, guardrail: bool) ->
                     "codex exec -> gpt-native (openai/, native Responses API)",
                     agents.codex_run,
                     "gpt-native",
+                ),
+                (
+                    "codex exec -> /openai pass-through (gpt-fake, Responses API)",
+                    partial(agents.codex_run, route="/openai"),
+                    "gpt-fake",
                 ),
                 ("claude -p -> mock-agent (translated)", agents.claude_run, "mock-agent"),
                 (

@@ -161,8 +161,9 @@ async def test_anthropic_stream_blocked_mid_way_closes_the_upstream(
 ) -> None:
     """A block at the third delta: the SDK has the text before it, then Anthropic's
     error event; the upstream (which would stream on) sees its connection close, and
-    the call is billed its prompt and what was streamed."""
-    frames = [message_start(), *text_block(0, "one ", "two ", "forbidden ", "three")]
+    the call is billed its prompt and what the provider streamed (more than it reported
+    so far)."""
+    frames = [message_start(output_tokens=1), *text_block(0, "one ", "two ", "forbidden ", "three")]
     upstream.handler = lambda request: StreamReply(frames, tail=PING)
     gateway = await start(content_filter("cf", "post_call", stream_window=1))
     text = ""
@@ -178,7 +179,7 @@ async def test_anthropic_stream_blocked_mid_way_closes_the_upstream(
     with trio.fail_after(5):
         await upstream.wait_for(lambda: upstream.aborted == 1)
     [record] = await gateway.records.wait_for(1)
-    counted = gateway.gateway.counter.count_text(CLAUDE, "one two ")
+    counted = gateway.gateway.counter.count_text(CLAUDE, "one two forbidden ")
     assert record.status == 400 and record.stream
     assert (record.prompt_tokens, record.completion_tokens) == (12, counted)
 
@@ -247,7 +248,8 @@ async def test_openai_stream_blocked_mid_way_closes_the_upstream(
         await upstream.wait_for(lambda: upstream.aborted == 1)
     [record] = await gateway.records.wait_for(1)
     assert record.status == 400
-    assert record.completion_tokens == gateway.gateway.counter.count_text("gpt-4o", text)
+    streamed = text + " forbidden"
+    assert record.completion_tokens == gateway.gateway.counter.count_text("gpt-4o", streamed)
     # A stream that passes: the client did not ask for usage, and is not sent it.
     upstream.handler = lambda request: StreamReply(
         [*map(chunk, words), chunk(finish="stop"), usage_chunk(5, 3), DONE]
@@ -664,3 +666,81 @@ async def test_claude_and_gemini_on_vertex_are_guarded_in_their_own_apis(
     assert sent.target.endswith(f"/publishers/google/models/{GEMINI}:generateContent")
     assert sent.json["contents"][0]["parts"] == [{"text": "Mail [EMAIL_REDACTED]"}]
     await gateway.stop()
+
+
+# --- what the guardrails read is what the provider is sent --------------------------------
+
+
+async def test_a_body_with_duplicate_keys_goes_as_the_guardrails_read_it(
+    start: Any, upstream: FakeUpstream
+) -> None:
+    """JSON with a key twice: the gateway reads the last, another parser may read the
+    first. The provider is sent the body as the guardrails read it, never the raw one
+    the guardrails may not have seen, even when they changed nothing."""
+    upstream.handler = _anthropic_reply
+    gateway = await start(content_filter("cf", "pre_call"))
+    raw = (
+        b'{"model": "%s", "max_tokens": 5, "messages": [{"role": "user",'
+        b' "content": "card %s", "content": "hello"}]}' % (CLAUDE.encode(), CARD.encode())
+    )
+    async with gateway.client() as client:
+        reply = await client.post("/anthropic/v1/messages", content=raw,
+                                  headers={"content-type": "application/json"})  # fmt: skip
+    assert reply.status_code == 200
+    [sent] = upstream.requests
+    assert CARD not in sent.body.decode() and sent.body.count(b'"content"') == 1
+    assert sent.json["messages"] == [{"role": "user", "content": "hello"}]
+
+
+async def test_a_whole_answer_is_held_only_while_a_hook_reads_answers(
+    start: Any, upstream: FakeUpstream
+) -> None:
+    """Met only by a `pre_call` guardrail, a whole answer goes to the client as it comes:
+    its first bytes arrive while the provider still holds the rest. (A `post_call` one
+    holds it until it is checked whole: the OpenAI SDK's test above.)"""
+    whole = orjson.dumps(message([{"type": "text", "text": "Noted."}]))
+    released = trio.Event()
+    upstream.handler = lambda request: StreamReply(
+        [whole[:20], released, whole[20:]], content_type="application/json"
+    )
+    gateway = await start(content_filter("in", "pre_call"))
+    body = {"model": CLAUDE, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        gateway.client() as client,
+        client.stream("POST", "/anthropic/v1/messages", json=body) as reply,
+    ):
+        pieces = reply.aiter_raw()
+        with trio.fail_after(5):
+            first = await anext(pieces)
+        released.set()
+        rest = b"".join([piece async for piece in pieces])
+    assert first == whole[:20] and first + rest == whole
+
+
+async def test_a_stream_cut_short_is_billed_what_the_provider_streamed(
+    start: Any, upstream: FakeUpstream
+) -> None:
+    """A client that leaves mid-stream, no guardrail meeting the call: Anthropic has
+    reported one output token so far and streamed many; the call is billed the tokens
+    of the text streamed, the larger."""
+    words = [f" word{n}" for n in range(30)]
+    frames = [message_start(output_tokens=1), *text_block(0, *words)[:-1]]
+    upstream.handler = lambda request: StreamReply(frames, tail=PING)
+    gateway = await start(content_filter("pii", "pre_call", default_on=False))
+    body = {"model": CLAUDE, "max_tokens": 99, "stream": True,
+            "messages": [{"role": "user", "content": "count"}]}  # fmt: skip
+    got = b""
+    async with (
+        gateway.client() as client,
+        client.stream("POST", "/anthropic/v1/messages", json=body) as reply,
+    ):
+        async for piece in reply.aiter_raw():
+            got += piece
+            if b"word29" in got:
+                break
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+    [record] = await gateway.records.wait_for(1)
+    counted = gateway.gateway.counter.count_text(CLAUDE, "".join(words))
+    assert record.cancelled_by_client and counted > 1
+    assert (record.prompt_tokens, record.completion_tokens) == (12, counted)

@@ -15,6 +15,7 @@ provider's account, need an admin.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from trigate.api.envelopes import ANTHROPIC, GOOGLE, OPENAI
 from trigate.api.model_api import NEVER_FORWARDED, error_reply, send_reply, unexpected_failure
 from trigate.api.passthrough_formats import native_api, unreadable_reason
 from trigate.api.passthrough_guard import (
+    MAX_ANSWER_BYTES,
     PassGuard,
     PassRequest,
     WatchedStream,
@@ -52,7 +54,7 @@ from trigate.clock import wall_time
 from trigate.errors import AuthenticationFailed, GatewayError, secrets
 from trigate.gateway import Gateway
 from trigate.guardrails.text import request_slots
-from trigate.hooks import run_beside
+from trigate.hooks import hook_paths, run_beside
 from trigate.limits import Admission, ModelNotAllowed, allows_model, check_model
 from trigate.providers.base import translate_transport_error
 from trigate.roles import NotPermitted, Role
@@ -132,8 +134,8 @@ class PassCall:
         self.watched: WatchedStream | None = None
         # Whether the client's answer has started (an error is then the stream's own).
         self.replied = False
-        # What the client got of an answer a hook cut short (None: none was): it and the
-        # prompt are what is billed.
+        # What the provider streamed of an answer cut short (None: none was): it and the
+        # prompt are what is billed, at least.
         self.cut_short: list[str] | None = None
 
     async def authenticate(self) -> None:
@@ -149,7 +151,7 @@ class PassCall:
         status, error, usage, cancelled, stream = 500, None, None, False, False
         reader: UsageReader | None = None
         response: httpx.Response | None = None
-        sent = False
+        sent = relayed = False
         parsed = self.body = _json(body)
         try:
             self._check_path()
@@ -159,7 +161,7 @@ class PassCall:
             self.guard = self._guard(parsed, named)
             await self._admit(parsed)
             if self.guard is not None:
-                body = await self.guard.before(body, changed=popped)
+                body = await self.guard.before()
             elif popped:
                 body = orjson.dumps(parsed)
             request = await self._request(self._asking_usage(parsed, body))
@@ -170,6 +172,7 @@ class PassCall:
             stream = "text/event-stream" in content_type
             reader = UsageReader(content_type)
             await self._relay(response, reader, stream, send)
+            relayed = True
             usage = reader.usage()
             if self.guard is not None and stream and status < 400:
                 await self.guard.stream_ended(_usage(usage))
@@ -197,6 +200,10 @@ class PassCall:
                 if response is not None:
                     await response.aclose()
                 counted = None
+                if stream and reader is not None and not relayed and _status_ok(response):
+                    # A stream cut short (a block, the client gone, the upstream broken
+                    # off): at least what the provider streamed, however little it reported.
+                    self.cut_short = reader.streamed
                 if self.cut_short is not None:
                     counted = await self._cut_short_usage(usage, parsed)
                 elif usage is None and status < 400 and self.route == "gemini":
@@ -252,14 +259,18 @@ class PassCall:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
         if guard is not None and response.status_code < 400:
-            if not stream:
+            if not stream and guard.holds_answer():
                 raw = await read_whole(upstream, seen)
                 answer = await guard.answer(raw, _usage(reader.usage()))
                 await self._reply_start(send, response)
                 await send({"type": "http.response.body", "body": answer, "more_body": False})
                 return
             # A watched stream's codec decodes its events once, for the reader too.
-            watched = guard.stream(drop_usage=self.usage_asked, heard=reader.read_event)
+            watched = (
+                guard.stream(drop_usage=self.usage_asked, heard=reader.read_event)
+                if stream
+                else None
+            )
             self.watched = watched
             if watched is not None:
                 await self._reply_start(send, response)
@@ -271,18 +282,24 @@ class PassCall:
                     raise
                 finally:
                     if watched.cut_short:
-                        self.cut_short = watched.text
+                        self.cut_short = reader.streamed
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
         dropper = UsageChunkDropper() if stream and self.usage_asked else None
+        # A whole answer that logging_only guardrails read once it went (bounded).
+        logged = bytearray() if guard is not None and not stream and guard.logs_answer() else None
         await self._reply_start(send, response)
         async for piece in upstream:
             seen(piece)
+            if logged is not None and len(logged) <= MAX_ANSWER_BYTES:
+                logged += piece
             if dropper is not None:
                 piece = dropper.feed(piece)
             await write(piece)
         rest = dropper.end() if dropper is not None else b""
         await send({"type": "http.response.body", "body": rest, "more_body": False})
+        if guard is not None and logged is not None and len(logged) <= MAX_ANSWER_BYTES:
+            await guard.answer_went(bytes(logged), _usage(reader.usage()))
 
     async def _reply_start(self, send: ASGISendCallable, response: httpx.Response) -> None:
         self.replied = True
@@ -338,24 +355,33 @@ class PassCall:
             return guard_for(
                 hooks, request, None, unreadable_reason(self.route, self.method, self.path)
             )
+        callbacks = self.gateway.live.config.litellm_settings.get("callbacks")
         return guard_for(
             hooks,
             request,
             api if isinstance(parsed, dict) else None,
             "its body is not a JSON object",
+            user_hooks=bool(hook_paths(callbacks)),
         )
 
     async def _cut_short_usage(self, usage: dict[str, Any] | None, parsed: Any) -> Usage:
-        """What a call a hook cut short is billed: its prompt (as the upstream reported
-        it, else counted) and what the client got of the answer, counted."""
-        reported = _usage(usage).prompt_tokens
-        prompt = reported
-        if not reported and isinstance(parsed, dict):
+        """What a call cut short is billed: its prompt (as the upstream reported it, else
+        counted), and the larger of the completion the upstream reported so far and the
+        count of the text it streamed (a stream cut off before its usage reports a
+        fraction of it, or none)."""
+        reported = _usage(usage)
+        prompt = reported.prompt_tokens
+        if not prompt and isinstance(parsed, dict):
             counted = await self._counted([slot.text for slot in request_slots(parsed)])
             prompt = counted.prompt_tokens if counted is not None else 0
         text = "".join(self.cut_short or ())
         completion = await self.gateway.counter.count_text_async(self.model or "", text)
-        return Usage(prompt, completion, "counted")
+        if completion <= reported.completion_tokens and prompt == reported.prompt_tokens:
+            return reported
+        completion = max(completion, reported.completion_tokens)
+        return dataclasses.replace(
+            reported, prompt_tokens=prompt, completion_tokens=completion, source="counted"
+        )
 
     async def _counted(self, texts: list[str] | None) -> Usage | None:
         """The tokens of `texts`, by the gateway's count, for an answer that reports none."""
@@ -542,6 +568,11 @@ class PassCall:
             # Masked by logging_only guardrails, with each guardrail's outcome.
             record = self.guard.redacted(record)
         await self.gateway.record(record)
+
+
+def _status_ok(response: httpx.Response | None) -> bool:
+    """Whether the upstream answered, and did not refuse."""
+    return response is not None and response.status_code < 400
 
 
 def _usage(usage: dict[str, Any] | None) -> Usage:

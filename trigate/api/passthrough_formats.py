@@ -31,8 +31,10 @@ from typing import Any
 
 import orjson
 
+from trigate.api import passthrough_kinds as kinds
 from trigate.api.anthropic_format import event_frame as anthropic_frame
 from trigate.api.envelopes import anthropic_error_body, google_error_body
+from trigate.api.passthrough_repeats import StreamedRest
 from trigate.api.passthrough_targets import VERTEX_ROUTES
 from trigate.api.responses_format import StreamedText
 from trigate.api.responses_format import event_frame as responses_frame
@@ -67,13 +69,22 @@ class UnreadableAnswer(GatewayError):
     code = "pass_through_unreadable_answer"
 
 
+# What a request, an answer or an event holds that the guardrails do not read (None:
+# nothing), described for the refusal (passthrough_kinds.py).
+Unknown = Callable[[dict[str, Any]], str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class NativeAPI:
-    """A provider API the gateway reads on a pass-through route: its name, and its
-    streams' codec. (Its errors' envelope is the route's: `PassCall.envelope`.)"""
+    """A provider API the gateway reads on a pass-through route: its name, its streams'
+    codec, and what in its requests, answers and stream events the guardrails do not
+    know. (Its errors' envelope is the route's: `PassCall.envelope`.)"""
 
     name: str
     events: Callable[[], EventCodec]
+    unknown_in_request: Unknown
+    unknown_in_answer: Unknown
+    unknown_in_event: Unknown
 
 
 def native_api(route: str | None, method: str, path: str, query: str) -> NativeAPI | None:
@@ -130,6 +141,8 @@ class EventCodec:
         self.drop_usage = False
         # Hears each event's data as it is decoded (the call's usage reader).
         self.heard: Callable[[dict[str, Any]], None] = _ignored
+        # What an event holds that the guardrails do not read: it ends the stream.
+        self.unknown: Unknown = _nothing
         self.failure: UnreadableAnswer | None = None
 
     def feed(self, piece: bytes) -> list[Any]:
@@ -175,11 +188,26 @@ class EventCodec:
                 "guardrails cannot read: the stream ends here."
             )
         self.heard(data)
+        unknown = self.unknown(data)
+        if unknown is not None:
+            raise UnreadableAnswer(unread_answer(unknown) + " The stream ends here.")
         return data
+
+
+def unread_answer(unknown: str) -> str:
+    """Why an answer holding `unknown` goes no further."""
+    return (
+        f"The provider's answer holds {unknown}, which the guardrails do not read: it goes "
+        "no further unseen."
+    )
 
 
 def _ignored(data: dict[str, Any]) -> None:
     pass
+
+
+def _nothing(data: dict[str, Any]) -> str | None:
+    return None
 
 
 def _frame_of(event: ServerSentEvent) -> bytes:
@@ -215,14 +243,16 @@ class NamedEvents(EventCodec):
 
 class ResponsesEvents(NamedEvents):
     """The Responses API's stream, whose closing events repeat what its deltas streamed
-    as the hooks released it (`StreamedText`), masks included."""
+    as the hooks released it (`StreamedText`, `StreamedRest`), masks included."""
 
     def __init__(self) -> None:
         super().__init__(_responses_error)
         self._streamed = StreamedText()
+        self._rest = StreamedRest()
 
     def frame(self, chunk: Any) -> bytes:
-        if self._streamed.settled(chunk.data):
+        # Both see every event: `|`, not `or`.
+        if self._streamed.settled(chunk.data) | self._rest.settled(chunk.data):
             return responses_frame(chunk.name, chunk.data)
         return super().frame(chunk)
 
@@ -276,7 +306,19 @@ def _openai_error(error: GatewayError) -> bytes:
     return sse_frame(error.to_dict())
 
 
-ANTHROPIC_MESSAGES = NativeAPI("anthropic_messages", lambda: NamedEvents(_anthropic_error))
-OPENAI_CHAT = NativeAPI("openai", lambda: DataEvents(_openai_error, done=True))
-OPENAI_RESPONSES = NativeAPI("openai_responses", ResponsesEvents)
-GEMINI = NativeAPI("gemini", lambda: DataEvents(_gemini_error, done=False))
+ANTHROPIC_MESSAGES = NativeAPI(
+    "anthropic_messages", lambda: NamedEvents(_anthropic_error),
+    kinds.anthropic_request, kinds.anthropic_answer, kinds.anthropic_event,
+)  # fmt: skip
+OPENAI_CHAT = NativeAPI(
+    "openai", lambda: DataEvents(_openai_error, done=True),
+    kinds.chat_request, kinds.chat_answer, kinds.chat_event,
+)  # fmt: skip
+OPENAI_RESPONSES = NativeAPI(
+    "openai_responses", ResponsesEvents,
+    kinds.responses_request, kinds.responses_answer, kinds.responses_event,
+)  # fmt: skip
+GEMINI = NativeAPI(
+    "gemini", lambda: DataEvents(_gemini_error, done=False),
+    kinds.gemini_request, kinds.gemini_answer, kinds.gemini_answer,
+)  # fmt: skip

@@ -25,7 +25,7 @@ provider's place. A call the gateway cannot read is refused while a hook applies
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -34,9 +34,10 @@ import trio
 
 from trigate.api.context import RequestContext
 from trigate.api.litellm_request import guardrail_names
-from trigate.api.passthrough_formats import EventCodec, NativeAPI, UnreadableAnswer
+from trigate.api.passthrough_formats import EventCodec, NativeAPI, UnreadableAnswer, unread_answer
 from trigate.errors import GatewayError, InvalidRequest
-from trigate.guardrails.text import chunk_slots
+from trigate.guardrails.config import Mode
+from trigate.guardrails.runner import RUN_ATTRIBUTE, GuardrailRun
 from trigate.hooks import END_STREAM, STREAM_END, Beside, Hooks, Refused
 from trigate.spend import RequestRecord
 from trigate.usage import Usage
@@ -105,13 +106,19 @@ def refuse_unconfigured(named: list[str]) -> None:
 
 
 def guard_for(
-    hooks: Hooks, request: PassRequest | None, api: NativeAPI | None, unreadable: str
+    hooks: Hooks,
+    request: PassRequest | None,
+    api: NativeAPI | None,
+    unreadable: str,
+    *,
+    user_hooks: bool = True,
 ) -> PassGuard | None:
     """The hooks on a call, when any applies to it: on a call in an API the gateway reads
     (`api`); any other (`unreadable` says why) is refused rather than let through unseen.
     A call without a virtual key (a custom endpoint's without `auth`) has no key or team
     to choose its guardrails by: refused while any hook is configured. None: no hook
-    applies, and the call goes as it came."""
+    applies, and the call goes as it came. `user_hooks`: whether hooks of the user's own
+    are configured besides the guardrails."""
     if request is not None and not hooks.applies(request):
         return None
     if request is None:
@@ -123,25 +130,68 @@ def guard_for(
             status=403,
             code="pass_through_closed_by_hooks",
         )
-    return PassGuard(hooks, api, request)
+    return PassGuard(hooks, api, request, user_hooks=user_hooks)
 
 
 class PassGuard:
     """The hooks on one pass-through call the gateway reads."""
 
-    def __init__(self, hooks: Hooks, api: NativeAPI, request: PassRequest) -> None:
+    def __init__(
+        self, hooks: Hooks, api: NativeAPI, request: PassRequest, *, user_hooks: bool = True
+    ) -> None:
         self._hooks = hooks
         self.api = api
         self.request = request
+        self._user_hooks = user_hooks
 
-    async def before(self, raw: bytes, *, changed: bool) -> bytes:
-        """The hooks before the call; the body to send: as it came, unless a hook (or the
-        gateway, `changed`) rewrote it."""
-        body = self.request.body
-        before = orjson.dumps(body)
+    def holds_answer(self) -> bool:
+        """Whether a whole answer must be held until the hooks have read it, before the
+        client has any of it: a user's hook may refuse or rewrite it (whether it reads
+        answers the gateway cannot tell), a `post_call` guardrail checks and masks it, and
+        one that masked the request may put back in it what it masked. `during_call`
+        holds the answer's head, not its body, until it passes (`run_beside`); a call met
+        only by `pre_call` or `logging_only` guardrails has its answer relayed as it
+        comes, as when no guardrail applies (`logs_answer`)."""
+        run = self._run()
+        return self._user_hooks or run is None or run.runs(Mode.POST_CALL) or run.unmasks
+
+    def logs_answer(self) -> bool:
+        """Whether a `logging_only` guardrail reads the answer once it went out."""
+        run = self._run()
+        return run is not None and run.runs(Mode.LOGGING_ONLY)
+
+    async def answer_went(self, raw: bytes, usage: Usage) -> None:
+        """An answer relayed as it came (`holds_answer` False), past the hooks, which only
+        log it: its record masked as they found."""
+        try:
+            answer = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(answer, dict):
+            await self._hooks.after_answer(self.request, answer, usage)
+
+    def _run(self) -> GuardrailRun | None:
+        run: GuardrailRun | None = getattr(self.request, RUN_ATTRIBUTE, None)
+        return run
+
+    async def before(self) -> bytes:
+        """The hooks before the call; the body to send: always the body as the hooks read
+        it (and may have rewritten it), serialised anew, never the client's bytes. JSON
+        the client wrote with a key twice is read here by its last; the provider's parser
+        may read the first, which no hook saw. Refusing such a body (400) would need a
+        second, slower parse that reports duplicates, and would still leave any other
+        difference between two parsers (escapes, numbers) open; what is sent as read has
+        none by construction, at the cost of one serialisation the hooks needed anyway.
+        A body holding a part, block or item the guardrails do not read is refused."""
+        unknown = self.api.unknown_in_request(self.request.body)
+        if unknown is not None:
+            raise InvalidRequest(
+                f"This request holds {unknown}, which the guardrails on this call do not "
+                "read: it is refused rather than sent past them.",
+                code="pass_through_unread_content",
+            )
         await self._hooks.before_route(self.request)
-        after = orjson.dumps(body)
-        return after if changed or after != before else raw
+        return orjson.dumps(self.request.body)
 
     def beside(self) -> Beside | None:
         """What runs beside the upstream call (`during_call` guardrails)."""
@@ -158,6 +208,7 @@ class PassGuard:
         codec = self.api.events()
         codec.drop_usage = drop_usage
         codec.heard = heard
+        codec.unknown = self.api.unknown_in_event
         return WatchedStream(on_chunk, codec)
 
     async def answer(self, raw: bytes, usage: Usage) -> bytes:
@@ -170,6 +221,9 @@ class PassGuard:
             raise UnreadableAnswer(
                 "The provider's answer is not a JSON object, which the hooks cannot read."
             )
+        unknown = self.api.unknown_in_answer(answer)
+        if unknown is not None:
+            raise UnreadableAnswer(unread_answer(unknown))
         changed = await self._hooks.after_answer(self.request, answer, usage)
         return orjson.dumps(answer) if changed else raw
 
@@ -202,13 +256,11 @@ async def read_whole(upstream: httpx.AsyncByteStream, seen: Callable[[bytes], No
 
 @dataclass(slots=True)
 class WatchedStream:
-    """One stream's events past the chunk hooks. `text`: what the client was sent (the
-    text hooks read, as they released it); `cut_short`: the stream ended before the
-    upstream's did (a block, or a hook's end)."""
+    """One stream's events past the chunk hooks. `cut_short`: the stream ended before
+    the upstream's did (a block, or a hook's end)."""
 
     on_chunk: Callable[[Any], Awaitable[Any]]
     codec: EventCodec
-    text: list[str] = field(default_factory=list)
     cut_short: bool = False
 
     async def relay(
@@ -247,9 +299,7 @@ class WatchedStream:
         try:
             for chunk in chunks:
                 released, ended = _released(await self.on_chunk(chunk))
-                for item in released:
-                    frames.append(self.codec.frame(item))
-                    self.text.append("".join(slot.text for slot in chunk_slots(item)))
+                frames.extend(self.codec.frame(item) for item in released)
                 if ended:
                     break
         except GatewayError:

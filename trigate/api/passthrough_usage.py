@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from trigate.errors import UpstreamError
+from trigate.guardrails.text import event_text
 from trigate.providers import anthropic, bedrock, cohere, gemini
 from trigate.providers.bedrock import EVENT_STREAM
 from trigate.providers.eventstream import EventStreamDecoder
@@ -47,6 +48,13 @@ class UsageReader:
         self._usage: dict[str, Any] | None = None
         # The response's id, where its format names one (for the spend row).
         self.response_id: str | None = None
+        # The text an SSE stream's events added, as the provider sent it: what a stream
+        # cut short (a block, a client gone) is billed at least (`streamed`). A stream
+        # fed as bytes keeps them, to be read only if it is (reading each event's text as
+        # it passes would cost every stream, most of which end whole).
+        self._texts: list[str] = []
+        self._unread = bytearray()
+        self._text_decoder = SSEDecoder()
 
     def feed(self, piece: bytes) -> None:
         if self._frames is not None:
@@ -54,6 +62,9 @@ class UsageReader:
                 self._feed_frames(piece)
             return
         if self._decoder is not None:
+            self._unread += piece
+            if len(self._unread) > KEPT_BYTES:
+                self._read_texts()
             for event in self._decoder.feed(piece):
                 self._read(_loaded(event.data))
             return
@@ -108,7 +119,24 @@ class UsageReader:
     def read_event(self, data: Any) -> None:
         """An SSE event's data, already decoded by whoever relays the stream (a watched
         pass-through stream's codec), in place of `feed`ing its bytes."""
+        if isinstance(data, dict):
+            self._texts.append(event_text(data))
         self._read(data)
+
+    @property
+    def streamed(self) -> list[str]:
+        """The text the stream's events added so far, as the provider sent it."""
+        self._read_texts()
+        return self._texts
+
+    def _read_texts(self) -> None:
+        """The text of the events kept as bytes (those decoded, a partial one held)."""
+        if self._unread:
+            for event in self._text_decoder.feed(bytes(self._unread)):
+                data = _loaded(event.data)
+                if isinstance(data, dict):
+                    self._texts.append(event_text(data))
+            self._unread.clear()
 
     def _read(self, data: Any) -> None:
         if not isinstance(data, dict):

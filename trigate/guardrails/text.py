@@ -80,11 +80,13 @@ def request_slots(body: dict[str, Any]) -> list[Slot]:
         for message in messages:
             if isinstance(message, dict):
                 slots.extend(_message_slots(message))
-    for key in ("prompt", "input", "query"):
+    for key in ("prompt", "input", "query", "suffix"):
         if key in body:
             slots.extend(_strings(body, key))
     if "input" in body:
         slots.extend(_input_items(body["input"]))
+    if "prompt" in body:
+        slots.extend(_prompt_variables(body["prompt"]))
     if "documents" in body:
         slots.extend(_documents(body))
     if not _GEMINI_REQUEST_KEYS.isdisjoint(body):
@@ -111,9 +113,20 @@ def _documents(body: dict[str, Any]) -> Iterator[Slot]:
             yield Slot(document, "text")
 
 
+def _prompt_variables(prompt: Any) -> Iterator[Slot]:
+    """A Responses request's stored prompt's variables: strings, or input parts."""
+    variables = prompt.get("variables") if isinstance(prompt, dict) else None
+    for name, value in variables.items() if isinstance(variables, dict) else ():
+        if isinstance(value, str):
+            yield Slot(variables, name)
+        elif isinstance(value, dict) and isinstance(value.get("text"), str):
+            yield Slot(value, "text")
+
+
 def _message_slots(message: dict[str, Any]) -> Iterator[Slot]:
     kind = TOOL_RESULT if message.get("role") in ("tool", "function") else TEXT
     yield from _content(message, "content", kind)
+    yield from _said(message)
     for call in message.get("tool_calls") or ():
         function = call.get("function") if isinstance(call, dict) else None
         if isinstance(function, dict):
@@ -123,28 +136,55 @@ def _message_slots(message: dict[str, Any]) -> Iterator[Slot]:
         yield from json_slots(function_call, "arguments")
 
 
+def _said(message: dict[str, Any]) -> Iterator[Slot]:
+    """A chat message's (or delta's) text besides its content: a reasoning model's
+    thinking (`reasoning_content`, `reasoning`), and a refusal."""
+    for key in ("reasoning_content", "reasoning", "refusal"):
+        if isinstance(message.get(key), str):
+            yield Slot(message, key)
+
+
 def _content(holder: dict[str, Any], key: str, kind: str = TEXT) -> Iterator[Slot]:
-    """A message's content: a string, or a list of parts whose text parts are read (and
-    a tool result's own nested content); Anthropic's own blocks as they came: a tool
-    use's input, a text document's data, a search result's content."""
+    """A message's content: a string, or a list of parts (`_part`)."""
     content = holder.get(key)
     if isinstance(content, str):
         yield Slot(holder, key, kind)
     elif isinstance(content, list):
         for part in content:
-            if not isinstance(part, dict):
-                continue
-            if isinstance(part.get("text"), str):
-                yield Slot(part, "text", kind)
-            kind_of_part = part.get("type")
-            if kind_of_part == "tool_result":
-                yield from _content(part, "content", TOOL_RESULT)
-            elif kind_of_part == "tool_use" and isinstance(part.get("input"), dict | list):
-                yield from leaves(part["input"])
-            elif kind_of_part == "search_result":
-                yield from _content(part, "content", kind)
-            elif kind_of_part == "document" and isinstance(part.get("source"), dict):
-                yield from _document_source(part["source"], kind)
+            if isinstance(part, dict):
+                yield from _part(part, kind)
+
+
+# Anthropic's blocks that call a tool: a client's, a server tool's, an MCP server's.
+_TOOL_USES = frozenset({"tool_use", "server_tool_use", "mcp_tool_use"})
+_TOOL_RESULTS = frozenset({"tool_result", "mcp_tool_result"})
+
+
+def _part(part: dict[str, Any], kind: str) -> Iterator[Slot]:
+    """One content part or block: its text, a refusal, a model's thinking (Anthropic's
+    `thinking` block, Mistral's list of thinking parts); Anthropic's own blocks as they
+    came: a tool use's input, a tool result's content, a document's title, context and
+    text, a search result's title and content, a web search's results' titles; the text
+    a block's citations quote."""
+    for key in ("text", "refusal", "title", "context"):
+        if isinstance(part.get(key), str):
+            yield Slot(part, key, kind)
+    yield from _content(part, "thinking", kind)
+    citations = part.get("citations")
+    for citation in citations if isinstance(citations, list) else ():
+        if isinstance(citation, dict) and isinstance(citation.get("cited_text"), str):
+            yield Slot(citation, "cited_text", kind)
+    kind_of_part = part.get("type")
+    if kind_of_part in _TOOL_RESULTS:
+        yield from _content(part, "content", TOOL_RESULT)
+    elif kind_of_part in _TOOL_USES and isinstance(part.get("input"), dict | list):
+        yield from leaves(part["input"])
+    elif kind_of_part == "search_result":
+        yield from _content(part, "content", kind)
+    elif kind_of_part == "web_search_tool_result":
+        yield from _content(part, "content", TOOL_RESULT)
+    elif kind_of_part == "document" and isinstance(part.get("source"), dict):
+        yield from _document_source(part["source"], kind)
 
 
 def _document_source(source: dict[str, Any], kind: str) -> Iterator[Slot]:
@@ -160,17 +200,51 @@ def _input_items(items: Any) -> Iterator[Slot]:
     if not isinstance(items, list):
         return
     for item in items:
-        if not isinstance(item, dict):
+        if isinstance(item, dict):
+            yield from _response_item(item)
+
+
+# The Responses API's items whose text is in fields of their own (a shell's command and
+# output, a patch, an MCP call's arguments and output, a web search's query): every
+# string of the item is read but those that name or identify it.
+TOOL_ITEMS = frozenset({
+    "local_shell_call", "local_shell_call_output", "shell_call", "shell_call_output",
+    "apply_patch_call", "apply_patch_call_output", "mcp_call", "mcp_list_tools",
+    "mcp_approval_request", "mcp_approval_response", "web_search_call", "file_search_call",
+    "computer_call", "computer_call_output", "code_interpreter_call", "image_generation_call",
+})  # fmt: skip
+_NOT_TEXT = frozenset({"type", "id", "call_id", "status", "approval_request_id", "server_label",
+                       "name", "encrypted_content", "container_id"})  # fmt: skip
+
+
+def _response_item(item: dict[str, Any]) -> Iterator[Slot]:
+    """A Responses item (of a request's input, or an answer's output)."""
+    kind = item.get("type")
+    if kind in ("function_call_output", "custom_tool_call_output"):
+        yield from _content(item, "output", TOOL_RESULT)
+    elif kind == "custom_tool_call" and isinstance(item.get("input"), str):
+        yield Slot(item, "input", TOOL_ARGUMENTS)
+    elif kind == "function_call":
+        yield from json_slots(item, "arguments")
+    elif kind in (None, "message"):
+        yield from _content(item, "content")
+    elif kind == "reasoning":
+        yield from _content(item, "summary")
+        yield from _content(item, "content")
+    elif kind in TOOL_ITEMS:
+        yield from _tool_item(item)
+
+
+def _tool_item(item: dict[str, Any]) -> Iterator[Slot]:
+    for key, value in item.items():
+        if key in _NOT_TEXT:
             continue
-        kind = item.get("type")
-        if kind in ("function_call_output", "custom_tool_call_output"):
-            yield from _content(item, "output", TOOL_RESULT)
-        elif kind == "custom_tool_call" and isinstance(item.get("input"), str):
-            yield Slot(item, "input", TOOL_ARGUMENTS)
-        elif kind == "function_call":
-            yield from json_slots(item, "arguments")
-        elif kind in (None, "message"):
-            yield from _content(item, "content")
+        if key == "arguments":
+            yield from json_slots(item, key)
+        elif isinstance(value, str):
+            yield Slot(item, key, TOOL_ARGUMENTS)
+        elif isinstance(value, dict | list):
+            yield from leaves(value)
 
 
 def _strings(holder: dict[str, Any], key: str) -> Iterator[Slot]:
@@ -242,20 +316,8 @@ def answer_slots(answer: dict[str, Any]) -> list[Slot]:
 
 def _anthropic_blocks(blocks: list[Any]) -> Iterator[Slot]:
     for block in blocks:
-        if not isinstance(block, dict):
-            continue
-        if block.get("type") == "text" and isinstance(block.get("text"), str):
-            yield Slot(block, "text")
-        elif block.get("type") == "tool_use" and isinstance(block.get("input"), dict):
-            yield from leaves(block["input"])
-
-
-def _response_item(item: dict[str, Any]) -> Iterator[Slot]:
-    kind = item.get("type")
-    if kind == "message":
-        yield from _content(item, "content")
-    elif kind == "function_call":
-        yield from json_slots(item, "arguments")
+        if isinstance(block, dict):
+            yield from _part(block, TEXT)
 
 
 # --- Gemini's own API (the pass-through routes) ------------------------------------------
@@ -280,6 +342,12 @@ def _gemini_request(body: dict[str, Any]) -> Iterator[Slot]:
             yield from _gemini_parts(request["content"])
 
 
+_GEMINI_CODE = (
+    ("executableCode", "code"), ("executable_code", "code"),
+    ("codeExecutionResult", "output"), ("code_execution_result", "output"),
+)  # fmt: skip
+
+
 def _candidates(answer: dict[str, Any]) -> Iterator[Slot]:
     """A `GenerateContentResponse`'s candidates (a whole answer, or a stream event)."""
     candidates = answer.get("candidates")
@@ -289,14 +357,19 @@ def _candidates(answer: dict[str, Any]) -> Iterator[Slot]:
 
 
 def _gemini_parts(content: dict[str, Any]) -> Iterator[Slot]:
-    """A Gemini content's parts: text (a thought, whose signature covers it, is not
-    read), a function call's arguments and a function response's result."""
+    """A Gemini content's parts: text (a thought's too: it is text the client reads, or
+    the model is given), code the model wrote and its run's output, a function call's
+    arguments and a function response's result."""
     parts = content.get("parts")
     for part in parts if isinstance(parts, list) else ():
         if not isinstance(part, dict):
             continue
-        if isinstance(part.get("text"), str) and not part.get("thought"):
+        if isinstance(part.get("text"), str):
             yield Slot(part, "text")
+        for name, key in _GEMINI_CODE:
+            code = part.get(name)
+            if isinstance(code, dict) and isinstance(code.get(key), str):
+                yield Slot(code, key, TOOL_ARGUMENTS if key == "code" else TOOL_RESULT)
         call = part.get("functionCall") or part.get("function_call")
         if isinstance(call, dict) and isinstance(call.get("args"), dict):
             yield from leaves(call["args"])
@@ -322,8 +395,8 @@ def chunk_slots(chunk: Any) -> list[Slot]:
             continue
         delta = choice.get("delta")
         if isinstance(delta, dict):
-            if isinstance(delta.get("content"), str):
-                slots.append(Slot(delta, "content"))
+            slots.extend(_content(delta, "content"))
+            slots.extend(_said(delta))
             for call in delta.get("tool_calls") or ():
                 function = call.get("function") if isinstance(call, dict) else None
                 if isinstance(function, dict) and isinstance(function.get("arguments"), str):
@@ -333,10 +406,18 @@ def chunk_slots(chunk: Any) -> list[Slot]:
     return slots
 
 
-_RESPONSE_DELTAS = {
+# The Responses stream's events that add text, by the kind of text they add. (Their
+# closing events repeat it whole: the client's codec sets them to what was streamed.)
+RESPONSE_DELTAS = {
     "response.output_text.delta": TEXT,
+    "response.refusal.delta": TEXT,
+    "response.reasoning_summary_text.delta": TEXT,
+    "response.reasoning_text.delta": TEXT,
     "response.function_call_arguments.delta": TOOL_ARGUMENTS,
+    "response.custom_tool_call_input.delta": TOOL_ARGUMENTS,
 }
+# Anthropic's deltas' text: a text block's, a tool use's input, a thinking block's.
+ANTHROPIC_DELTAS = (("text", TEXT), ("partial_json", TOOL_ARGUMENTS), ("thinking", TEXT))
 
 
 def _event_slots(data: dict[str, Any]) -> list[Slot]:
@@ -344,12 +425,29 @@ def _event_slots(data: dict[str, Any]) -> list[Slot]:
     if kind == "content_block_delta":
         delta = data.get("delta")
         if isinstance(delta, dict):
-            for key, slot_kind in (("text", TEXT), ("partial_json", TOOL_ARGUMENTS)):
+            for key, slot_kind in ANTHROPIC_DELTAS:
                 if isinstance(delta.get(key), str):
                     return [Slot(delta, key, slot_kind)]
-    elif kind in _RESPONSE_DELTAS and isinstance(data.get("delta"), str):
-        return [Slot(data, "delta", _RESPONSE_DELTAS[kind])]
+            citation = delta.get("citation")  # a `citations_delta`: the text it quotes
+            if isinstance(citation, dict) and isinstance(citation.get("cited_text"), str):
+                return [Slot(citation, "cited_text")]
+    elif kind == "content_block_start" and isinstance(data.get("content_block"), dict):
+        # A block that comes whole (a server tool's result), or starts with text.
+        return list(_part(data["content_block"], TEXT))
+    elif kind in RESPONSE_DELTAS and isinstance(data.get("delta"), str):
+        return [Slot(data, "delta", RESPONSE_DELTAS[kind])]
+    elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
+        # A tool's item comes whole, its text in no delta.
+        item = data["item"]
+        return list(_tool_item(item)) if item.get("type") in TOOL_ITEMS else []
     return []
+
+
+def event_text(data: dict[str, Any]) -> str:
+    """The text a stream event's data adds, in whichever API's shape (Anthropic's or the
+    Responses API's named events, an OpenAI chunk, a Gemini response): what a stream cut
+    short is counted by."""
+    return "".join(slot.text for slot in (*_event_slots(data), *chunk_slots(data)))
 
 
 def rewritten(chunk: Any) -> Any:
