@@ -795,17 +795,17 @@ class _AppQueue:
             if self._for_events is None:
                 self._for_events = ParkingLot()
             await self._for_events.park()
+        return self._take()
+
+    def queued(self) -> ASGIReceiveEvent | None:
+        """The next event if it is here already, else None (`QUEUED_EVENT_EXTENSION`)."""
+        return self._take() if self._events else None
+
+    def _take(self) -> ASGIReceiveEvent:
         event = self._events.popleft()
         if self._for_room:
             self._for_room.unpark()
         return event
-
-    def queued(self) -> ASGIReceiveEvent | None:
-        """The next event if it is here already, else None (`QUEUED_EVENT_EXTENSION`)."""
-        try:
-            return self._receive.receive_nowait()
-        except trio.WouldBlock:
-            return None
 
 
 class _WatchedStream:
