@@ -481,8 +481,8 @@ def direct_writes(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         written.append(data)
         await write(self, data)
 
-    def tried(self: _DirectBody, data: bytes, *, last: bool = False) -> bytes | None:
-        rest = try_write(self, data, last=last)
+    def tried(self: _DirectBody, data: bytes) -> bytes | None:
+        rest = try_write(self, data)
         if rest is not None:
             written.append(data)
         return rest
@@ -551,15 +551,15 @@ async def test_a_stream_written_directly_to_an_http_1_0_client_ends_with_the_con
 
 
 @pytest.fixture
-def tried_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bool, bytes | None]]:
-    """Every piece the relay's reader offered the connection itself (`try_write`): the
-    piece, whether it was the last, and what was left of it (None: nothing written)."""
-    tried: list[tuple[bytes, bool, bytes | None]] = []
+def tried_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes | None]]:
+    """Every piece the relay's reader offered the connection itself (`try_write`), and
+    what was left of it (None: nothing written)."""
+    tried: list[tuple[bytes, bytes | None]] = []
     try_write = _DirectBody.try_write
 
-    def recorded(self: _DirectBody, data: bytes, *, last: bool = False) -> bytes | None:
-        rest = try_write(self, data, last=last)
-        tried.append((data, last, rest))
+    def recorded(self: _DirectBody, data: bytes) -> bytes | None:
+        rest = try_write(self, data)
+        tried.append((data, rest))
         return rest
 
     monkeypatch.setattr(_DirectBody, "try_write", recorded)
@@ -575,14 +575,14 @@ def _trickle(words: list[str], pause: float, size: int = 0) -> StreamReply:
     return StreamReply(frames)
 
 
-async def test_a_trickling_stream_is_written_by_its_reader_and_ends_with_its_last_write(
+async def test_a_trickling_stream_is_written_by_its_reader(
     nursery: trio.Nursery,
     upstream: FakeUpstream,
-    tried_writes: list[tuple[bytes, bool, bytes | None]],
+    tried_writes: list[tuple[bytes, bytes | None]],
 ) -> None:
     """Each chunk that arrives on its own goes to the client from the reader, without
-    waking the writer; the last write carries the body's end, which hypercorn then does
-    not write again: the next requests on the connection read cleanly."""
+    waking the writer; the stream's end (the usage chunk, `[DONE]`) in one write; the
+    next requests on the connection read cleanly."""
     words = ["Once ", "upon ", "a ", "time"]
     upstream.handler = lambda request: _trickle(words, 0.02)
     running = await start_gateway(nursery, openai_config(upstream))
@@ -597,12 +597,12 @@ async def test_a_trickling_stream_is_written_by_its_reader_and_ends_with_its_las
             for frame in _frames(body)[:-1]
         ]
         assert "".join(filter(None, contents)) == "".join(words)
-        written = [data for data, _, rest in tried_writes if rest == b""]
+        written = [data for data, rest in tried_writes if rest == b""]
         assert [data for data in written if b'"content"' in data] == [
             chunk(word) for word in words
         ], "each chunk went out on its own, written by the reader"
-        *_, (last, is_last, rest) = tried_writes
-        assert is_last and rest == b"" and last.endswith(DONE)
+        *_, (last, rest) = tried_writes
+        assert rest == b"" and last.endswith(DONE)
     # A plain request next (its model unknown here): the answer is the first bytes read.
     await stream.send_all(_chat())
     with trio.fail_after(5):
@@ -619,8 +619,8 @@ async def test_a_trickling_stream_to_a_client_that_stops_reading_arrives_whole(
     written_in_part = trio.Event()
     try_write = _DirectBody.try_write
 
-    def watched(self: _DirectBody, data: bytes, *, last: bool = False) -> bytes | None:
-        rest = try_write(self, data, last=last)
+    def watched(self: _DirectBody, data: bytes) -> bytes | None:
+        rest = try_write(self, data)
         if rest:
             written_in_part.set()
         return rest

@@ -30,6 +30,7 @@ from trigate.transport import (
     ResponseTooLarge,
     _ChunkedReader,
     read_whole_body,
+    waits_next_of,
 )
 
 Handler = Callable[["Peer"], Awaitable[None]]
@@ -469,6 +470,43 @@ async def test_kept_read_deadline_times_out_a_silent_server(
         assert 2.0 <= trio.current_time() - started < 2.1
     assert kept.parked >= 1 and kept.timed_out == 1
     await observed(gave_up)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_a_body_whose_pieces_come_apart_tells_its_next_read_waits(
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, scheme: str, ca: trustme.CA
+) -> None:
+    """A relay writes each piece of a trickling body as it comes (`waits_next_of`), over
+    TLS as over plain TCP; a body that came whole with its head is not trickling."""
+
+    async def paced(peer: Peer) -> None:
+        while (got := await peer.request()) is not None:
+            if got[0] == b"/whole":
+                await peer.respond(b"all at once")
+                continue
+            headers = [("transfer-encoding", "chunked")]
+            await peer.send(h11.Response(status_code=200, headers=headers))
+            for piece in range(3):
+                await trio.sleep(0.5)
+                await peer.send(h11.Data(data=b"%d" % piece))
+            await peer.send(h11.EndOfMessage())
+
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    server = await serve(nursery, paced, server_context if scheme == "https" else None)
+    # Straight through the transport, as the gateway's upstream client sends (httpx's
+    # client would wrap the body in a stream of its own).
+    async with HTTP11Transport(ssl_context=client_context) as transport:
+        get = partial(httpx.Request, "GET")
+        response = await transport.handle_async_request(get(server.url("/paced", scheme=scheme)))
+        waits_next = waits_next_of(response)
+        told = [(piece, waits_next()) async for piece in response.aiter_raw()]
+        response = await transport.handle_async_request(get(server.url("/whole", scheme=scheme)))
+        assert not waits_next_of(response)()
+        assert await response.aread() == b"all at once"
+    assert told == [(b"0", True), (b"1", True), (b"2", True)]
 
 
 async def test_kept_read_deadline_bounds_each_wait_not_the_whole_body(

@@ -332,7 +332,7 @@ class StreamRelay(ResponseBody):
             self.outcome.completed = True
             tail += self._encoder.end()
             if tail:
-                await self._deliver(frames, tail, at_once=True, last=True)
+                await self._deliver(frames, tail, at_once=True)
 
     async def _deliver(
         self,
@@ -340,7 +340,6 @@ class StreamRelay(ResponseBody):
         data: bytes,
         *,
         at_once: bool = False,
-        last: bool = False,
     ) -> None:
         """`data` to the client: written here when the writer waits for frames (it has
         taken every frame queued, and `try_write` finds no write of its under way), the
@@ -350,7 +349,7 @@ class StreamRelay(ResponseBody):
         room only when it is full."""
         writer = self._writer
         if writer is not None and self._queued == 0 and (at_once or self._waits_next()):
-            rest = writer.try_write(data, last=last)
+            rest = writer.try_write(data)
             if rest is not None:
                 if not rest:
                     return

@@ -71,7 +71,7 @@ from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.task_group import TaskGroup, _handle
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
-from hypercorn.typing import ConnectionState, H11SendableEvent, LifespanState
+from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr, repr_socket_addr, wrap_app
 from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
 
@@ -109,11 +109,11 @@ class BodyWriter(Protocol):
     async def write(self, data: bytes) -> None:
         """`data` as the body's next piece, framed, once the connection takes it."""
 
-    def try_write(self, data: bytes, *, last: bool = False) -> bytes | None:
+    def try_write(self, data: bytes) -> bytes | None:
         """`data` as the body's next piece if the connection takes it now, without
         waiting: None when none of it was written (`write` it later), else what is left
         of the framed piece (b"" when all of it went), which `write_framed` must write
-        before anything else. The `last` piece may carry the body's end with it."""
+        before anything else."""
 
     async def write_framed(self, data: bytes) -> None:
         """The rest of a piece `try_write` began, as it is."""
@@ -231,8 +231,7 @@ class _Connection:
             return None
         framing = state._writer
         if isinstance(framing, h11._writers.ChunkedWriter):
-            ends = protocol.protocol if type(protocol.protocol) is _H11Protocol else None
-            return _DirectBody(server, self.stream, chunked=True, ends=ends)
+            return _DirectBody(server, self.stream, chunked=True)
         if isinstance(framing, h11._writers.Http10Writer):
             return _DirectBody(server, self.stream, chunked=False)
         return None
@@ -313,21 +312,12 @@ class _DirectBody:
     has broken is handed to hypercorn as hypercorn's own send would, and later pieces are
     dropped, as hypercorn drops a closed stream's."""
 
-    __slots__ = ("_broken", "_chunked", "_ends", "_server", "_stream")
+    __slots__ = ("_broken", "_chunked", "_server", "_stream")
 
-    def __init__(
-        self,
-        server: TCPServer,
-        stream: FastStream,
-        *,
-        chunked: bool,
-        ends: _H11Protocol | None = None,
-    ) -> None:
+    def __init__(self, server: TCPServer, stream: FastStream, *, chunked: bool) -> None:
         self._server = server
         self._stream = stream
         self._chunked = chunked
-        # The protocol whose chunked body's end may go with the last piece (`try_write`).
-        self._ends = ends
         self._broken = False
 
     async def write(self, data: bytes) -> None:
@@ -337,26 +327,20 @@ class _DirectBody:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         await self.write_framed(data)
 
-    def try_write(self, data: bytes, *, last: bool = False) -> bytes | None:
+    def try_write(self, data: bytes) -> bytes | None:
         """One non-blocking write of the framed piece, only while no other write is under
         way (the lock is free); None, with nothing written, when the socket took none
-        of it or failed (`write` then meets the failure as it would have). The `last`
-        piece of a chunked body goes with the body's end (h11's last chunk), which the
-        protocol then does not write again (`_H11Protocol.end_written`): one system
-        call less a stream."""
+        of it or failed (`write` then meets the failure as it would have)."""
         if not data or self._broken or self._server.send_lock.locked():
             return None
-        ends = self._ends if last else None
         if self._chunked:
-            data = b"%x\r\n%b\r\n%b" % (len(data), data, _LAST_CHUNK if ends else b"")
+            data = b"%x\r\n%b\r\n" % (len(data), data)
         try:
             sent = self._stream.try_send(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
             return None
         if sent == 0:
             return None
-        if ends is not None:
-            ends.end_written = True
         return data[sent:]
 
     async def write_framed(self, data: bytes) -> None:
@@ -405,10 +389,6 @@ async def _send_locked(
         lock.release()
 
 
-# h11's end of a chunked body with no trailers.
-_LAST_CHUNK = b"0\r\n\r\n"
-
-
 class _H11Protocol(H11Protocol):
     """Hypercorn's HTTP/1.1 protocol, with cheaper response heads.
 
@@ -429,22 +409,6 @@ class _H11Protocol(H11Protocol):
     and reads the framing fields; one that does not goes the usual way, for h11 to
     refuse. The rest is hypercorn's `stream_send` (tests/test_hypercorn_overrides.py
     guards it)."""
-
-    # Whether the body's end went out with its last piece (`_DirectBody.try_write`).
-    end_written = False
-
-    async def _send_h11_event(self, event: H11SendableEvent) -> None:
-        """Hypercorn's, but a body's end that went out with its last piece moves h11's
-        state on without being written again."""
-        if self.end_written and type(event) is h11.EndOfMessage:
-            self.end_written = False
-            try:
-                self.connection.send(event)
-            except h11.LocalProtocolError:
-                if self.connection.their_state != h11.ERROR:
-                    raise
-            return
-        await super()._send_h11_event(event)
 
     async def stream_send(self, event: StreamEvent) -> None:
         if isinstance(event, Response) and event.status_code >= 200:

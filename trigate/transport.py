@@ -31,6 +31,8 @@ from trigate.read_deadlines import ReadDeadlines
 from trigate.sockets import FastStream
 
 _CHUNK_SIZE = 64 * 1024
+# The most plaintext one TLS record holds (RFC 8446, section 5.1).
+_TLS_RECORD_SIZE = 2**14
 # A request body up to this size goes out in one write with its head; a larger one is
 # written on its own, in slices of this size: copying it behind the head would double
 # it in memory, and TLS encrypts all of one write into a buffer before sending any.
@@ -1010,6 +1012,9 @@ async def _receive(conn: _Connection, request: httpx.Request, read_timeout: floa
             conn.expects_wait = len(waited) < _CHUNK_SIZE
             return bytes(waited)
         received = await _bounded(conn, stream.receive_some, read_timeout, request)
+        # Whether a TLS read waited is not told; a read short of a whole record (a
+        # record holds up to 16 KiB) is all there was, and what comes next comes later.
+        conn.expects_wait = len(received) < _TLS_RECORD_SIZE
         # Trio's TLS streams give bytes; any other stream may give a bytearray.
         return received if isinstance(received, bytes) else bytes(received)
     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
