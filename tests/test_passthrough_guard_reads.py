@@ -98,6 +98,19 @@ async def test_responses_variables_shell_and_mcp_items_are_read(
     assert EMAIL not in sent and sent.count(MASKED) == 7
 
 
+async def test_responses_instructions_given_as_items_are_read(
+    start: Any, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(_response("ok"))
+    gateway = await start(content_filter("in", "pre_call"))
+    instructions = [{"type": "message", "role": "developer", "content": [
+        {"type": "input_text", "text": f"Write to {EMAIL}"}]}]  # fmt: skip
+    body = {"model": "gpt-4o", "input": "hi", "instructions": instructions}
+    assert (await _post(gateway, "/openai/v1/responses", body)).status_code == 200
+    sent = upstream.requests[0].body.decode()
+    assert EMAIL not in sent and sent.count(MASKED) == 1
+
+
 async def test_gemini_thoughts_code_and_its_output_and_a_completions_suffix_are_read(
     start: Any, upstream: FakeUpstream
 ) -> None:

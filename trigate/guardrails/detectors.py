@@ -32,8 +32,15 @@ class Scanned:
 
     @property
     def lower(self) -> str:
+        """The text in lower case, character for character: a position in it is the same
+        position in the text, which the gates' windows rely on."""
         if self._lower is None:
-            self._lower = self.text.lower()
+            lowered = self.text.lower()
+            if len(lowered) != len(self.text):
+                # A character whose lower case is longer (Turkish "İ" lowers to "i" and a
+                # dot) would shift every position after it: each keeps its first letter.
+                lowered = "".join([char.lower()[0] for char in self.text])
+            self._lower = lowered
         return self._lower
 
     def found(self, char: str) -> list[int]:

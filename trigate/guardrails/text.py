@@ -75,6 +75,8 @@ def request_slots(body: dict[str, Any]) -> list[Slot]:
         slots.extend(_content(body, "system"))
     if "instructions" in body:
         slots.extend(_strings(body, "instructions"))
+        # Responses' instructions may also be input items (as a stored prompt gives them).
+        slots.extend(_input_items(body["instructions"]))
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in messages:
