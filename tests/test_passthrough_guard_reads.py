@@ -265,6 +265,28 @@ async def test_responses_reasoning_summaries_and_custom_tool_input_masked_where_
     assert EMAIL not in ended and "event: error" in ended and "response.new_thing.delta" in ended
 
 
+async def test_responses_text_sent_only_in_closing_events_is_read(
+    start: Any, upstream: FakeUpstream
+) -> None:
+    """An upstream may send a part's or an item's text whole, in the events that close
+    them, with no delta before: the guardrails read it there too."""
+    text = f"mail {EMAIL} now"
+    part = {"type": "output_text", "text": text, "annotations": []}
+    message = {"type": "message", "id": "m1", "role": "assistant", "status": "completed",
+               "content": [part]}  # fmt: skip
+    at = {"item_id": "m1", "output_index": 0, "content_index": 0}
+    upstream.handler = lambda request: _responses_stream(
+        {"type": "response.output_text.done", **at, "text": text},
+        {"type": "response.content_part.done", **at, "part": part},
+        {"type": "response.output_item.done", "output_index": 0, "item": message},
+        {"type": "response.completed", "response": {**_response(""), "output": [message]}},
+    )
+    gateway = await start(content_filter("out", "post_call"))
+    body = {"model": "gpt-4o", "input": "hi", "stream": True}
+    streamed = (await _post(gateway, "/openai/v1/responses", body)).text
+    assert "ada@" not in streamed and streamed.count(MASKED) == 4
+
+
 async def test_a_whole_answer_holding_an_unknown_kind_is_never_the_clients(
     start: Any, upstream: FakeUpstream
 ) -> None:

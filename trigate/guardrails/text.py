@@ -388,7 +388,7 @@ def chunk_slots(chunk: Any) -> list[Slot]:
     fragments), a text completion chunk's text, a native event's delta, or a Gemini
     stream event's candidates."""
     if isinstance(chunk, NativeEvent):
-        return _event_slots(chunk.data)
+        return [*_event_slots(chunk.data), *_repeated_slots(chunk.data)]
     if not isinstance(chunk, dict):
         return []
     slots: list[Slot] = list(_candidates(chunk))
@@ -442,6 +442,40 @@ def _event_slots(data: dict[str, Any]) -> list[Slot]:
         # A tool's item comes whole, its text in no delta.
         item = data["item"]
         return list(_tool_item(item)) if item.get("type") in TOOL_ITEMS else []
+    return []
+
+
+# A Responses stream's events that close a part and repeat its text: where the text is.
+RESPONSE_CLOSINGS = {
+    "response.output_text.done": (None, "text"),
+    "response.refusal.done": (None, "refusal"),
+    "response.reasoning_summary_text.done": (None, "text"),
+    "response.reasoning_text.done": (None, "text"),
+    "response.content_part.done": ("part", None),
+    "response.reasoning_summary_part.done": ("part", None),
+}
+RESPONSE_FINALS = ("response.completed", "response.incomplete", "response.failed")
+
+
+def _repeated_slots(data: dict[str, Any]) -> list[Slot]:
+    """The text a Responses stream's closing events hold: a part's, an item's, the final
+    Response's. Each repeats what the deltas carried, but an upstream may send text in
+    them alone, so the guardrails read them as well (and the client's codec then sets
+    what was streamed in their place, `passthrough_repeats`)."""
+    kind = data.get("type")
+    if kind in RESPONSE_CLOSINGS:
+        inner, key = RESPONSE_CLOSINGS[kind]
+        holder = data.get(inner) if inner else data
+        if not isinstance(holder, dict):
+            return []
+        return list(_part(holder, TEXT)) if key is None else list(_strings(holder, key))
+    if kind == "response.output_item.done" and isinstance(data.get("item"), dict):
+        item = data["item"]  # a tool's item is read by `_event_slots`
+        return [] if item.get("type") in TOOL_ITEMS else list(_response_item(item))
+    if kind in RESPONSE_FINALS and isinstance(data.get("response"), dict):
+        output = data["response"].get("output")
+        items = output if isinstance(output, list) else ()
+        return [slot for item in items if isinstance(item, dict) for slot in _response_item(item)]
     return []
 
 
