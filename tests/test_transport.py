@@ -13,6 +13,7 @@ import ssl
 import struct
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -181,13 +182,27 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-async def test_tls_with_trusted_certificate(nursery: trio.Nursery, ca: trustme.CA) -> None:
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    server = await serve(nursery, answer, server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    async with client(ssl_context=client_context) as c:
+@dataclass(frozen=True)
+class TLS:
+    """A test server's TLS context with a certificate for 127.0.0.1, and a client's
+    context that trusts it."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+@pytest.fixture(scope="module")
+def tls(ca: trustme.CA) -> TLS:
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return TLS(server, client)
+
+
+async def test_tls_with_trusted_certificate(nursery: trio.Nursery, tls: TLS) -> None:
+    server = await serve(nursery, answer, tls.server)
+    async with client(ssl_context=tls.client) as c:
         first = await c.get(server.url("/a", scheme="https"))
         second = await c.get(server.url("/b", scheme="https"))
     assert (first.content, second.content) == (b"ok /a", b"ok /b")
@@ -195,11 +210,9 @@ async def test_tls_with_trusted_certificate(nursery: trio.Nursery, ca: trustme.C
 
 
 async def test_tls_with_untrusted_certificate_is_connect_error(
-    nursery: trio.Nursery, ca: trustme.CA
+    nursery: trio.Nursery, tls: TLS
 ) -> None:
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    server = await serve(nursery, answer, server_context)
+    server = await serve(nursery, answer, tls.server)
     async with client() as c:
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             await c.get(server.url(scheme="https"))
@@ -448,7 +461,7 @@ async def kept_client(
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
 async def test_kept_read_deadline_times_out_a_silent_server(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, scheme: str, ca: trustme.CA
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, scheme: str, tls: TLS
 ) -> None:
     gave_up = trio.Event()
 
@@ -457,12 +470,8 @@ async def test_kept_read_deadline_times_out_a_silent_server(
         await peer.wait_closed()
         gave_up.set()
 
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    server = await serve(nursery, never_answer, server_context if scheme == "https" else None)
-    c, kept = await kept_client(nursery, ssl_context=client_context)
+    server = await serve(nursery, never_answer, tls.server if scheme == "https" else None)
+    c, kept = await kept_client(nursery, ssl_context=tls.client)
     async with c:
         started = trio.current_time()
         with pytest.raises(httpx.ReadTimeout):
@@ -474,7 +483,7 @@ async def test_kept_read_deadline_times_out_a_silent_server(
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
 async def test_a_body_whose_pieces_come_apart_tells_its_next_read_waits(
-    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, scheme: str, ca: trustme.CA
+    nursery: trio.Nursery, autojump_clock: trio.abc.Clock, scheme: str, tls: TLS
 ) -> None:
     """A relay writes each piece of a trickling body as it comes (`waits_next_of`), over
     TLS as over plain TCP; a body that came whole with its head is not trickling."""
@@ -491,14 +500,10 @@ async def test_a_body_whose_pieces_come_apart_tells_its_next_read_waits(
                 await peer.send(h11.Data(data=b"%d" % piece))
             await peer.send(h11.EndOfMessage())
 
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    server = await serve(nursery, paced, server_context if scheme == "https" else None)
+    server = await serve(nursery, paced, tls.server if scheme == "https" else None)
     # Straight through the transport, as the gateway's upstream client sends (httpx's
     # client would wrap the body in a stream of its own).
-    async with HTTP11Transport(ssl_context=client_context) as transport:
+    async with HTTP11Transport(ssl_context=tls.client) as transport:
         get = partial(httpx.Request, "GET")
         response = await transport.handle_async_request(get(server.url("/paced", scheme=scheme)))
         waits_next = waits_next_of(response)
