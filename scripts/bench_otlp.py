@@ -8,7 +8,12 @@ Run as `python scripts/bench_otlp.py PORT`.
 from __future__ import annotations
 
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+# Handlers run on the server's threads; print() writes a line and its end separately, so
+# two exports noted at once could interleave into a joined line and an empty one.
+_NOTE = threading.Lock()
 
 
 class Receiver(BaseHTTPRequestHandler):
@@ -17,7 +22,9 @@ class Receiver(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         size = int(self.headers.get("content-length") or 0)
         self.rfile.read(size)
-        print(f"{self.path} {size} bytes", flush=True)
+        with _NOTE:
+            sys.stdout.write(f"{self.path} {size} bytes\n")
+            sys.stdout.flush()
         self._answer()
 
     def do_GET(self) -> None:
@@ -33,5 +40,18 @@ class Receiver(BaseHTTPRequestHandler):
         pass
 
 
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """An exporter that drops its connection as the gateway stops is no error of the
+        bench's: only other failures are printed, as a line that names them."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, ConnectionError):
+            with _NOTE:
+                sys.stdout.write(f"receiver error: {error!r}\n")
+                sys.stdout.flush()
+
+
 if __name__ == "__main__":
-    ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
+    QuietServer(("127.0.0.1", int(sys.argv[1])), Receiver).serve_forever()
