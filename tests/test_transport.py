@@ -960,3 +960,33 @@ def test_a_malformed_chunk_end_is_refused() -> None:
     reader = _ChunkedReader()
     with pytest.raises(httpx.RemoteProtocolError, match="malformed chunk footer"):
         reader.extract(bytearray(b"3\r\nabcXY"))
+
+
+def test_chunks_that_arrive_one_a_read_each_read_whole() -> None:
+    """A paced stream's reads each hold one whole chunk (`_one_whole_chunk`'s case), in
+    upper- and lower-case hex, and the body's end after them."""
+    frames = [b'data: {"n": %d}\n\n' % n + b"x" * n for n in range(0, 40, 7)]
+    reader = _ChunkedReader()
+    buffer = bytearray()
+    for frame in frames:
+        buffer += b"%X\r\n%s\r\n" % (len(frame), frame)
+        assert reader.extract(buffer) == frame
+        assert buffer == b""
+        assert reader.extract(buffer) is _MORE
+    buffer += b"0\r\n\r\n"
+    assert reader.extract(buffer) is None
+
+
+@pytest.mark.parametrize("header", [b"+1a", b"1_a", b" 1a", b"1a ", b"-1a", b"1g", b"\xd9\xa1"])
+def test_a_chunk_header_that_is_not_hex_digits_alone_is_refused(header: bytes) -> None:
+    """What `int(header, 16)` reads leniently (a sign, `_`, spaces, Unicode digits) is no
+    chunk size: a one-chunk read is refused as any other, never read by `int`'s rules.
+    (A header that is hex with spaces after it is HTTP's; see the burst test.)"""
+    reader = _ChunkedReader()
+    frame = b"x" * 26
+    buffer = bytearray(header + b"\r\n" + frame + b"\r\n")
+    if header == b"1a ":
+        assert reader.extract(buffer) == frame  # trailing whitespace is allowed
+        return
+    with pytest.raises(httpx.RemoteProtocolError, match="illegal chunk header"):
+        reader.extract(buffer)

@@ -118,6 +118,7 @@ class BodyWriter(Protocol):
     async def write_framed(self, data: bytes) -> None:
         """The rest of a piece `try_write` began, as it is."""
 
+
 # The ASGI scope extension offering to write a fixed-length response whole: its status,
 # header fields (Content-Length among them) and body in one write, past hypercorn's and
 # h11's path of an event each (`_Connection.send_whole`). It answers False, having

@@ -142,12 +142,14 @@ def is_plain(chunk: bytes, end: int) -> bool:
     """Whether `chunk[:end]` is whole plain events: it starts with `data: {`, ends with `}`
     and a blank line, and has no line breaks (`\\r` is one too) but the blank lines after
     each event, every one between a `}` and the next `data: {`."""
+    if not (chunk.startswith(b"data: {") and chunk.endswith(b"}\n\n", 0, end)):
+        return False
+    breaks = chunk.count(b"\n", 0, end)
+    # Two breaks are one event's (a read of one event, as a paced stream's are): no
+    # search for the boundaries between events.
     return (
-        chunk.startswith(b"data: {")
-        and chunk.endswith(b"}\n\n", 0, end)
-        and chunk.count(b"\n", 0, end) == 2 * chunk.count(b"}\n\ndata: {", 0, end) + 2
-        and b"\r" not in chunk
-    )
+        breaks == 2 or breaks == 2 * chunk.count(b"}\n\ndata: {", 0, end) + 2
+    ) and b"\r" not in chunk
 
 
 def plain_payloads(events: bytes) -> Iterator[bytes]:

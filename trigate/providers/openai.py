@@ -335,6 +335,8 @@ class OpenAIChunkStream(SSEChunkStream):
         self._passes = passes
 
     def _passable(self, events: bytes) -> bool:
+        if b'"usage"' not in events and b'"error"' not in events:
+            return True  # two searches where `_first_mark` counts and finds
         return _first_mark(events, len(events)) < 0
 
     def _read(self, decoder: SSEDecoder, raw: bytes) -> StreamRead:
