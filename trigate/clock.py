@@ -16,11 +16,12 @@ from trio.lowlevel import RunVar
 _offset: RunVar[float] = RunVar("trigate_epoch_offset")
 
 
-def wall_time() -> float:
-    """Seconds since the epoch, advancing with Trio's clock."""
+def wall_time(now: float | None = None) -> float:
+    """Seconds since the epoch, advancing with Trio's clock; `now`, when given, is Trio's
+    clock as the caller read it (one reading then serves both)."""
     try:
         offset = _offset.get()
     except LookupError:
         offset = time.time() - trio.current_time()
         _offset.set(offset)
-    return offset + trio.current_time()
+    return offset + (trio.current_time() if now is None else now)

@@ -21,6 +21,8 @@ _CONTENT = ("messages", "input", "prompt")
 
 def own_logging(caller: Caller) -> list[dict[str, Any]] | None:
     """The key's, then the team's, LiteLLM `logging` callbacks (their metadata's)."""
+    if caller.key is None and caller.team is None:
+        return None  # the master key's, on every request it makes: no rows to read
     found: list[dict[str, Any]] = []
     for row in (caller.key, caller.team):
         metadata = row.get("metadata") if row else None

@@ -381,8 +381,9 @@ class Call:
                 assert isinstance(answered, Completion), "a whole request is answered whole"
                 completion = answered
             self.answer = completion.body
-            self.meter.report(completion.usage)
-            if completion.usage is None:
+            reported = completion.usage
+            self.meter.report(reported)
+            if reported is None:
                 self.meter.observe_completion(completion.body)
             usage = await self.meter.settle()
             if routed is not None:
@@ -628,8 +629,10 @@ class Call:
             billed = self.cache_ticket.billed(deployment)
             deployment = deployment or billed  # the share's payer names who served it
         caller = self.caller
-        elapsed = self.context.elapsed()
-        end = wall_time()
+        # One reading of the clock for both: the row's end is its start plus its latency.
+        now = trio.current_time()
+        elapsed = now - self.context.started
+        end = wall_time(now)
         cost = self.gateway.cost(billed, usage) if billed else 0.0
         if self.admission is not None:
             # A worker's own budget count has no checkpoint here before the ledger counts

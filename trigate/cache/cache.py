@@ -168,19 +168,23 @@ class ResponseCache:
         """A hit or a coalesced answer for `call`, or None: it goes upstream with
         `ticket`, which keeps its answer."""
         headers = call.context.headers
-        headers[CACHE_KEY_HEADER] = ticket.key
+        key = ticket.key
+        headers[CACHE_KEY_HEADER] = key
         if ticket.items is not None:
             return await self._embeddings(call, ticket, ticket.items)
+        controls = ticket.controls
         while True:
-            if not ticket.controls.no_read:
-                entry = await self._read(ticket.key, ticket.controls.max_age)
+            if not controls.no_read:
+                entry = decode(await self.backend.get(key), controls.max_age)
                 served = entry.serve(call.stream) if entry is not None else None
-                if served is not None and entry is not None:
+                if served is not None:
+                    assert entry is not None
                     ticket.hit = True
                     headers[CACHE_STATE_HEADER] = "hit"
-                    self.metrics.hits.inc(1)
+                    metrics = self.metrics
+                    metrics.hits.inc(1)
                     if tokens := entry.tokens():
-                        self.metrics.cached_tokens.inc(tokens)
+                        metrics.cached_tokens.inc(tokens)
                     return served
                 flight = self._flights.get(ticket.key)
                 if flight is not None:
@@ -253,9 +257,6 @@ class ResponseCache:
         if served is None:
             ticket.flight = None
         return served
-
-    async def _read(self, key: str, max_age: float | None) -> Entry | None:
-        return decode(await self.backend.get(key), max_age)
 
     async def store(
         self, key: str, entry: dict[str, Any], ttl: float | None, raw: bytes | None = None

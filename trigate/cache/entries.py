@@ -108,4 +108,20 @@ def decode(value: bytes | None, max_age: float | None) -> Entry | None:
         return None
     if max_age is not None and wall_time() - float(head.get("at", 0)) > max_age:
         return None
+    if body == "answer":
+        return _whole_answer(head, rest)
     return Entry(head, rest if body in _BODIES else None)
+
+
+def _whole_answer(head: dict[str, Any], raw: bytes) -> Entry:
+    """The entry of a whole answer in OpenAI's shape, what most hits read: `Entry`'s
+    fields set straight, for a hit costs what its reading does (an answer kept that is
+    not a JSON object is none at all, as `Entry` reads it)."""
+    entry = Entry.__new__(Entry)
+    answer = head["answer"]
+    entry.answer = answer if isinstance(answer, dict) else None
+    entry.native = entry.events = entry.item = None
+    usage = head.get("usage")
+    entry.usage = usage if isinstance(usage, dict) else None
+    entry.raw = raw
+    return entry
