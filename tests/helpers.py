@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -285,6 +286,18 @@ class RedisServer:
             except OSError:
                 await trio.sleep(0.02)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def pause(self) -> None:
+        """Stop the server (SIGSTOP): a Redis that neither answers nor refuses, for as
+        long as the test wants, and that runs what it was sent once `resume`d. A test of
+        a timeout needs no tight deadline on a live Redis, which a loaded machine's
+        stall could run out."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     async def kill(self) -> None:
         if self._process is not None:

@@ -185,9 +185,13 @@ class LiteLLMRejectString:
 
 
 class SlowGuardrail(BaseHook):
-    """A guardrail that calls a slow moderation service."""
+    """A guardrail that calls a slow moderation service. `entered` counts the requests
+    that reached it, so a test can leave while one is checked."""
+
+    entered = 0
 
     async def before_route(self, request: HookedRequest) -> dict[str, Any] | None:
+        SlowGuardrail.entered += 1
         await trio.sleep(2)
         return None
 

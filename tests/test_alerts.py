@@ -256,7 +256,9 @@ async def test_redis_and_store_outages_alert_db_exceptions(
 ) -> None:
     upstream.handler = _answered
     config = _config(upstream, {"alerting": ["slack"], "alert_types": ["db_exceptions"]})
-    config["router_settings"].update(redis_url=own_redis.url, redis_timeout=1.0)
+    # Killed, Redis refuses at once; a generous timeout keeps a loaded machine's stall
+    # before the kill from passing for the outage this test makes.
+    config["router_settings"].update(redis_url=own_redis.url, redis_timeout=30.0)
     gateway = await start_gateway(nursery, config)
     try:
         key = await _admin(gateway, "/key/generate", {"rpm_limit": 100})

@@ -217,7 +217,11 @@ async def test_readiness_fails_from_the_moment_draining_starts(nursery: trio.Nur
         client.stream("POST", "/v1/chat/completions", json=body) as stream,
     ):
         nursery.start_soon(running.stop)
-        await trio.sleep(0.05)
+        # Draining starts when the stop reaches the server, a few steps of the loop away:
+        # a fixed sleep could end first on a loaded machine.
+        with trio.fail_after(30):  # against a hang, not a timing assertion
+            while not running.gateway.draining:  # noqa: ASYNC110 - no event to wait for
+                await trio.sleep(0.01)
         response = await in_process.get("/health/readiness")
         assert response.status_code == 503
         assert response.json()["status"] == "draining"
@@ -286,19 +290,27 @@ async def test_a_full_worker_closes_its_longest_idle_connection_for_a_new_one(
 async def test_a_worker_full_of_busy_connections_accepts_once_one_ends(
     nursery: trio.Nursery,
 ) -> None:
-    slow = {"model_name": "slow", "litellm_params": {"model": "mock/m", "mock_delay": 0.5}}
-    config = {"model_list": [slow], "general_settings": {"max_connections": 2}}
+    # The two busy connections' answers wait for the test, not for a delay a loaded
+    # machine could outlast (or the gateway take longer than to accept them).
+    release = trio.Event()
+    upstream = FakeUpstream(lambda request: JSONReply(chat_completion(), gate=release))
+    await upstream.start(nursery)
+    config = openai_config(upstream)
+    config["model_list"][0]["model_name"] = "slow"
+    config["general_settings"] = {"max_connections": 2}
     running = await start_gateway(nursery, config)
     busy = [await _connect(running) for _ in range(2)]
     for stream in busy:
         await stream.send_all(_chat().replace(b'"mock"', b'"slow"'))
-    await trio.sleep(0.1)
+    with trio.fail_after(30):  # both accepted, and busy upstream
+        await upstream.wait_for(lambda: len(upstream.requests) == 2)
     waiting = await _connect(running)  # the kernel's backlog takes it
     await waiting.send_all(_get("/health/liveliness"))
     with trio.move_on_after(0.2):
         await waiting.receive_some(1)
         raise AssertionError("a third connection was served while two were busy")
-    with trio.fail_after(5):
+    release.set()
+    with trio.fail_after(30):
         for stream in busy:
             assert b" 200 " in await _read_response(stream)
         assert b" 200 " in await _read_response(waiting)

@@ -87,20 +87,22 @@ async def test_redis_lost_and_found(
 
     caplog.set_level(logging.INFO, "trigate.fleet")
     fallbacks: list[None] = []
-    fleet = Fleet(own_redis.url, timeout=0.2, on_fallback=lambda: fallbacks.append(None))
+    # Killed, Redis refuses at once: a generous timeout (a loaded machine's stall must
+    # not fail the first probe), and calls that would wait for it fail the bound below.
+    fleet = Fleet(own_redis.url, timeout=30.0, on_fallback=lambda: fallbacks.append(None))
     fleet.on_restore(rebuild)
     async with trio.open_nursery() as nursery:
         await nursery.start(fleet.run)
         assert fleet.reachable and restored == 1
         await own_redis.kill()
         for _ in range(3):
-            with trio.fail_after(1):
+            with trio.fail_after(10):
                 with pytest.raises(RedisUnavailable):
                     await fleet.call(lambda redis: redis.ping())
         assert not fleet.reachable
         assert fleet.status()["state"] == "local (redis unreachable)"
         await own_redis.start()
-        with trio.fail_after(5):
+        with trio.fail_after(30):  # against a hang: a probe comes every half second
             while not fleet.reachable:  # noqa: ASYNC110 - the probe's own pace
                 await trio.sleep(0.05)
         assert restored == 2
@@ -116,7 +118,7 @@ async def test_redis_absent_at_start_up() -> None:
     server = RedisServer()  # never started: nothing listens on its port
     fleet = Fleet(server.url, timeout=0.1)
     async with trio.open_nursery() as nursery:
-        with trio.fail_after(3):
+        with trio.fail_after(10):  # start-up does not wait for an absent Redis
             await nursery.start(fleet.run)
         assert not fleet.reachable
         nursery.cancel_scope.cancel()

@@ -19,6 +19,10 @@ from trigate.fleet import Fleet
 from trigate.limits import BudgetExceeded, Limits, RateLimited
 
 TEAM = "team-a"
+# Far past a loaded machine's stalls (a full garbage collection has taken 2.3 s), so
+# that a Redis that is up always answers in time: an outage is one a test makes, by
+# killing Redis (refused at once) or stopping it (`RedisServer.pause`).
+REDIS_TIMEOUT = 30.0
 
 
 def caller(
@@ -48,7 +52,11 @@ FREE = cost(0.0)
 
 
 async def workers(
-    nursery: trio.Nursery, url: str, prefix: str, count: int = 2, redis_timeout: float = 2.0
+    nursery: trio.Nursery,
+    url: str,
+    prefix: str,
+    count: int = 2,
+    redis_timeout: float = REDIS_TIMEOUT,
 ) -> list[Limits]:
     """`count` workers' limits over one Redis, each with its own connection."""
     limits = []
@@ -142,14 +150,16 @@ async def test_parallel_slots_are_given_back_when_requests_end(fleet: list[Limit
 
 
 async def test_a_dead_workers_slots_expire_by_themselves(
-    fleet: list[Limits], monkeypatch: pytest.MonkeyPatch
+    fleet: list[Limits], monkeypatch: pytest.MonkeyPatch, still_clock: trio.testing.MockClock
 ) -> None:
+    # Time (the leases' wall-clock expiry follows Trio's clock) passes only as the test
+    # jumps it: a loaded machine's stall cannot expire the leases before the first check.
     monkeypatch.setattr(trigate.limits, "LEASE_TTL", 0.3)
     who = caller({"max_parallel_requests": 2})
     for limits in fleet:  # taken and never settled: their worker "died"
         await limits.admit(who, tokens(0), FREE)
     assert not await admitted(fleet[0], who)
-    await trio.sleep(0.4)
+    still_clock.jump(0.4)
     assert await admitted(fleet[0], who)
 
 
@@ -249,7 +259,8 @@ async def test_redis_lost_and_found_falls_back_to_shares_and_back(
     nursery: trio.Nursery, own_redis: RedisServer, redis_prefix: str
 ) -> None:
     await minute_with_room(10)
-    fleet = await workers(nursery, own_redis.url, redis_prefix, redis_timeout=0.2)
+    # Killed, Redis refuses at once: no short timeout is needed to see it gone.
+    fleet = await workers(nursery, own_redis.url, redis_prefix)
     who = caller({"rpm_limit": 10})
     held = [await fleet[0].admit(who, tokens(0), FREE) for _ in range(4)]
     await own_redis.kill()
@@ -258,10 +269,10 @@ async def test_redis_lost_and_found_falls_back_to_shares_and_back(
     assert local.count(True) == 10
     assert not fleet[0].fleet.reachable and not fleet[1].fleet.reachable
     for admission in held:  # settling against a Redis that is gone neither waits nor fails
-        with trio.fail_after(1):
+        with trio.fail_after(REDIS_TIMEOUT / 2):  # less than a wait on Redis would take
             await admission.settle(0, 0.0)
     await own_redis.start()  # an empty Redis: its window starts over
-    with trio.fail_after(5):
+    with trio.fail_after(30):  # against a hang: a probe comes every half second
         for limits in fleet:
             await limits.fleet.wait_reachable()
     shared = [await admitted(fleet[i % 2], who) for i in range(14)]
@@ -275,16 +286,23 @@ async def test_what_a_worker_did_while_redis_paused_reaches_it_once(
     again, a worker settles what it could not (once, though Redis may have run it
     late), gives back what an unconfirmed admission may have reserved, and bills what
     its local admissions spent meanwhile."""
-    [limits] = await workers(nursery, own_redis.url, redis_prefix, count=1, redis_timeout=0.1)
+    # A stopped Redis is the outage; the timeout, shorter than the default only to
+    # keep the test short, is still past any stall of the live Redis before it.
+    [limits] = await workers(nursery, own_redis.url, redis_prefix, count=1, redis_timeout=5.0)
     who = caller({}, {"team_id": TEAM, "max_budget": 1.0, "spend": 0.0})
     held = await limits.admit(who, tokens(0), cost(0.5))  # 0.5 reserved in Redis
-    async with coredis.Redis.from_url(own_redis.url) as admin:
-        await admin.client_pause(600)
-    # Unconfirmed, and run by Redis once the pause ends: it reserves 0.2 there.
+    own_redis.pause()
+    # Unconfirmed, and run by Redis once it resumes: it reserves 0.2 there.
     local = await limits.admit(who, tokens(0), cost(0.2))
+    # The admission gave up at its timeout; the link's call, timed alike, flips the
+    # worker to local shares a moment later: the settles below are never sent.
+    with trio.fail_after(30):  # against a hang, not a timing assertion
+        while limits.fleet.reachable:  # noqa: ASYNC110 - the link's own pace
+            await trio.sleep(0.01)
     await held.settle(0, 0.3)  # never sent: kept for Redis's return
     await local.settle(0, 0.1)  # billed here, and to Redis on its return
-    with trio.fail_after(5):
+    own_redis.resume()
+    with trio.fail_after(30):  # against a hang: a probe comes every half second
         await limits.fleet.wait_reachable()
     # Spent 0.3 + 0.1, nothing reserved: an admission may reserve the 0.6 left.
     assert await admitted(limits, who, most=0.9)
@@ -302,7 +320,7 @@ async def test_a_changed_budget_restarts_its_shared_counter(
     config["router_settings"] = {
         "redis_url": redis_url,
         "redis_key_prefix": redis_prefix,
-        "redis_timeout": 2.0,
+        "redis_timeout": REDIS_TIMEOUT,
     }
     running = await start_gateway(nursery, config)
     async with running.client() as admin:
@@ -318,12 +336,12 @@ async def test_a_changed_budget_restarts_its_shared_counter(
                 "/team/update", json={"team_id": team_id, "budget_duration": "1d"}
             )
             assert changed.status_code == 200
-            with trio.fail_after(1):
+            with trio.fail_after(10):  # against a hang, not a timing assertion
                 while await redis.exists([counter]):  # noqa: ASYNC110 - Redis has no event
                     await trio.sleep(0.01)
             assert (await client.post("/v1/chat/completions", json=chat)).status_code == 200
             # The request's reservation reaches Redis with the worker's next batch.
-            with trio.fail_after(1):
+            with trio.fail_after(10):  # against a hang, not a timing assertion
                 while not await redis.hexists(counter, "window"):  # noqa: ASYNC110
                     await trio.sleep(0.01)
             one_day = float(await redis.hget(counter, "window") or 0)

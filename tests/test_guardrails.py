@@ -3,6 +3,7 @@ each mode, on each surface, streamed and not, failing closed."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import anthropic
@@ -264,20 +265,23 @@ def guardrail_examples_runs() -> list[str]:
 async def test_during_call_blocks_and_cancels_the_upstream_call(
     nursery: trio.Nursery, upstream: FakeUpstream, stream: bool
 ) -> None:
-    """The upstream is slow to answer; the guardrail beside it blocks at once, and the
-    upstream sees its connection close. A request that passes waits for both."""
+    """The upstream holds its answer; the guardrail beside it blocks without waiting for
+    it, and the upstream sees its connection close. A request that passes waits for both.
+    (Held until the test says, never here: a deadline raced against an upstream's delay
+    could be lost on a loaded machine.)"""
+    held = trio.Event()
     if stream:
-        upstream.handler = lambda request: StreamReply([2.0, chunk("late"), DONE])
+        upstream.handler = lambda request: StreamReply([held, chunk("late"), DONE])
     else:
-        upstream.handler = lambda request: JSONReply(chat_completion("late"), delay=2.0)
+        upstream.handler = lambda request: JSONReply(chat_completion("late"), gate=held)
     guard = custom("moderation", "SlowBlock", "during_call", delay=0.3)
     running = await start_gateway(nursery, guarded(upstream, guard))
     body = {"model": "gpt-test", "messages": [{"role": "user", "content": f"card {CARD}"}]}
-    async with running.client() as client:
-        with trio.fail_after(1.5):
+    async with running.client(timeout=30) as client:
+        with trio.fail_after(30):  # against a hang: answered, the upstream still holding
             response = await client.post("/v1/chat/completions", json={**body, "stream": stream})
     assert_envelope(response, 400, "invalid_request_error")
-    with trio.fail_after(5):
+    with trio.fail_after(30):  # against a hang, not a timing assertion
         await upstream.wait_for(lambda: upstream.aborted == 1)
     [record] = await running.records.wait_for(1)
     assert record.status == 400
@@ -306,15 +310,18 @@ async def test_a_client_leaving_while_a_during_call_guardrail_checks_releases_th
         upstream.handler = lambda request: StreamReply([chunk("first"), 30.0, chunk("late"), DONE])
     else:
         upstream.handler = lambda request: JSONReply(chat_completion("fine"))
-    guard = custom("moderation", "SlowBlock", "during_call", delay=3.0)
+    # Checking for longer than the test runs: the client leaves while it does.
+    guard = custom("moderation", "SlowBlock", "during_call", delay=600.0)
     running = await start_gateway(nursery, guarded(upstream, guard))
     body = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
-    async with running.client() as client:
-        with trio.move_on_after(1.0) as left:
-            await client.post("/v1/chat/completions", json=body)
-    assert left.cancelled_caught
+    async with running.client() as client, trio.open_nursery() as asking:
+        asking.start_soon(partial(client.post, "/v1/chat/completions", json=body))
+        with trio.fail_after(30):  # the upstream has the call (a fixed wait could end first)
+            await upstream.wait_for(lambda: len(upstream.requests) == 1)
+        await trio.sleep(0.5)  # its answer (or first chunk) arrives; no assert hangs on it
+        asking.cancel_scope.cancel()
     [deployment] = running.gateway.groups.deployments("gpt-test")
-    with trio.fail_after(5):
+    with trio.fail_after(30):  # against a hang, not a timing assertion
         if stream:
             await upstream.wait_for(lambda: upstream.aborted == 1)
         while deployment.state.in_flight:  # noqa: ASYNC110 - no event to wait for

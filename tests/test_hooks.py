@@ -4,6 +4,7 @@ answer (refuse), and a LiteLLM `CustomLogger`'s proxy hooks adapted onto them.""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -221,9 +222,15 @@ async def test_a_client_leaving_while_a_hook_runs_is_recorded_and_frees_its_slot
     async with running.client() as admin:
         key = (await admin.post("/key/generate", json={"max_parallel_requests": 1})).json()["key"]
     body = {"model": "gpt-test", "messages": MESSAGES}
-    async with running.client(key=key) as client:
-        with trio.move_on_after(0.5):
-            await client.post("/v1/chat/completions", json=body)
+    entered = hook_examples.SlowGuardrail.entered
+    async with running.client(key=key) as client, trio.open_nursery() as asking:
+        asking.start_soon(partial(client.post, "/v1/chat/completions", json=body))
+        # Left once the guardrail has it (a fixed wait could end before admission on a
+        # loaded machine, and test a different departure).
+        with trio.fail_after(30):
+            while hook_examples.SlowGuardrail.entered == entered:  # noqa: ASYNC110 - no event
+                await trio.sleep(0.01)
+        asking.cancel_scope.cancel()
     with trio.fail_after(10):
         [left] = await running.records.wait_for(1)
     assert (left.status, left.cancelled_by_client) == (499, True)

@@ -392,19 +392,23 @@ async def test_gemini_function_calls_results_and_embeddings_masked_where_they_ar
 async def test_during_call_blocks_and_closes_the_upstream_call(
     start: Any, upstream: FakeUpstream
 ) -> None:
-    """The provider is slow to answer; the guardrail beside it blocks first, and the
-    provider's connection is closed. A call that passes waits for both."""
+    """The provider holds its answer; the guardrail beside it blocks without waiting for
+    it, and the provider's connection is closed. A call that passes waits for both. (Held
+    until the test says, never here: a deadline raced against a provider's delay could
+    be lost on a loaded machine.)"""
+    held = trio.Event()
     upstream.handler = lambda request: JSONReply(message([{"type": "text", "text": "late"}]),
-                                                 delay=2.0)  # fmt: skip
+                                                 gate=held)  # fmt: skip
     moderation = {"guardrail_name": "moderation", "litellm_params": {
         "guardrail": "guardrail_examples.SlowBlock", "mode": "during_call", "default_on": True,
         "delay": 0.3}}  # fmt: skip
     gateway = await start(moderation)
-    with trio.fail_after(1.5), pytest.raises(anthropic.BadRequestError):
+    # Against a hang: answered, the provider still holding.
+    with trio.fail_after(30), pytest.raises(anthropic.BadRequestError):
         await claude(gateway).messages.create(
             model=CLAUDE, max_tokens=10, messages=[{"role": "user", "content": "my card"}]
         )
-    with trio.fail_after(5):
+    with trio.fail_after(30):  # against a hang, not a timing assertion
         await upstream.wait_for(lambda: upstream.aborted == 1)
     [record] = await gateway.records.wait_for(1)
     assert record.status == 400 and record.completion_tokens == 0 and record.prompt_tokens > 0

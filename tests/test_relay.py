@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -198,10 +199,14 @@ async def test_client_leaving_a_non_stream_request_closes_the_upstream(
     """Each surface's whole-answer call is cancelled by its client's departure (chat,
     Messages and Responses all translated to a chat deployment here)."""
     upstream.handler = lambda request: JSONReply(chat_completion("late"), delay=30.0)
-    async with gateway.client() as client:
-        with trio.move_on_after(0.2):  # the client gives up, closing its connection
-            await client.post(path, json=body)
-    with trio.fail_after(5):
+    async with gateway.client() as client, trio.open_nursery() as asking:
+        asking.start_soon(partial(client.post, path, json=body))
+        # The call has reached the upstream (a fixed wait could end first on a loaded
+        # machine, and leave nothing to close) ...
+        with trio.fail_after(30):
+            await upstream.wait_for(lambda: len(upstream.requests) == 1)
+        asking.cancel_scope.cancel()  # ... and the client gives up, closing its connection
+    with trio.fail_after(30):  # against a hang, not a timing assertion
         await upstream.wait_for(lambda: upstream.aborted == 1)
         [record] = await gateway.records.wait_for(1)
     assert record.cancelled_by_client and record.status == 499
@@ -410,9 +415,13 @@ async def test_a_client_leaving_an_http2_request_closes_its_upstream(
     upstream.handler = lambda request: JSONReply(chat_completion("late"), delay=30.0)
     async with gateway.client(http1=False, http2=True) as client:
         assert (await client.get("/health/liveliness")).http_version == "HTTP/2"
-        with trio.move_on_after(0.2):
-            await client.post("/v1/chat/completions", json={**STREAM_BODY, "stream": False})
-    with trio.fail_after(5):
+        body = {**STREAM_BODY, "stream": False}
+        async with trio.open_nursery() as asking:
+            asking.start_soon(partial(client.post, "/v1/chat/completions", json=body))
+            with trio.fail_after(30):  # the call has reached the upstream; then it leaves
+                await upstream.wait_for(lambda: len(upstream.requests) == 1)
+            asking.cancel_scope.cancel()
+    with trio.fail_after(30):  # against a hang, not a timing assertion
         await upstream.wait_for(lambda: upstream.aborted == 1)
         [record] = await gateway.records.wait_for(1)
     assert record.cancelled_by_client and record.status == 499

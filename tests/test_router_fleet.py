@@ -355,7 +355,7 @@ async def test_workers_of_one_instance_share_a_cooldown(
             # New connections land on either worker, though not evenly: wait until a run
             # of answers says cooling, then a few syncs more, so that a worker the run
             # happened to miss has heard of it too if it ever will.
-            with trio.fail_after(5):
+            with trio.fail_after(30):  # against a hang: twelve answers of a loaded process pair
                 streak = 0
                 while streak < 12:
                     streak = streak + 1 if await reports_one_cooling() else 0
