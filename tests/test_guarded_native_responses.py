@@ -372,3 +372,24 @@ async def test_a_compaction_is_sent_masked_and_its_kept_turns_come_back_unmasked
     kept = compacted.output[0]
     assert kept.content[0].text == f"mail {EMAIL} today"  # type: ignore[union-attr]
     await running.stop()
+
+
+async def test_a_during_call_guardrail_reads_a_request_with_no_chat_form(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """Beside the call, a guardrail that would mask what was sent blocks: it reads the
+    Responses request a native upstream was sent, even one with no chat form."""
+    upstream.handler = responses_only(lambda request: "ok")
+    running = await guarded_gateway(nursery, upstream, {**content_filter(), "mode": "during_call"})
+    content = [
+        {"type": "input_text", "text": f"who is {EMAIL}?"},
+        {"type": "input_image", "file_id": "file-abc"},
+    ]
+    async with running.client() as client:
+        refused = await client.post(
+            "/v1/responses",
+            json={"model": "gpt-test", "input": [{"role": "user", "content": content}]},
+        )
+    assert refused.status_code == 400
+    assert "guard" in refused.json()["error"]["message"]
+    await running.stop()
