@@ -270,6 +270,11 @@ class Call:
     def call_type(self) -> str:
         return self.exchange.operation.call_type
 
+    def native_request(self) -> dict[str, Any] | None:
+        """The request in the client's own API, for a hook that reads it as well as `body`
+        and changes both alike (`Exchange.native_request`); None on most surfaces."""
+        return self.exchange.native_request()
+
     # --- admit --------------------------------------------------------------------------
 
     async def admit(self) -> None:
@@ -325,11 +330,14 @@ class Call:
         not keep its parallel slot or budget reservation."""
         exchange = self.exchange
         # Hooks rewrite the request in OpenAI's shapes; whether they did decides what a
-        # deployment that speaks the client's own API may be sent (`translate_only`).
+        # deployment that speaks the client's own API may be sent: the client's request
+        # as hooks that read it changed it alike (a guardrail's masks), or else only the
+        # rewrite (`translate_only`), so no change can be bypassed.
         before = orjson.dumps(self.body) if exchange.has_native_path else None
         try:
             answer = await hooks.before_route(self)
-            if before is not None and orjson.dumps(self.body) != before:
+            changed = before is not None and orjson.dumps(self.body) != before
+            if changed and not exchange.native_in_step():
                 exchange.translate_only()
         except GatewayError as refusal:
             await self._refused(refusal)

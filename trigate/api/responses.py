@@ -7,11 +7,12 @@ Codex CLI, the OpenAI Agents SDK and LangChain speak this API. A request takes t
 one request pipeline (auth, limits, budgets, routing, spend). A deployment whose
 upstream speaks the API itself (`openai/`, `azure/`, or `model_info`'s
 `supports_responses_api: true`) is sent the client's body as it came, `model`
-replaced, and its answer or events go back as they came, metered from the Response's
-usage. Every other deployment is sent the request translated to a chat completion
-(`responses_format`), and its answer and stream are rendered as a Response; built-in
-tools it cannot run (`web_search`, `file_search`, ...) are dropped, never sent to an
-upstream that would refuse the whole request, and named in `x-trigate-dropped-tools`.
+replaced (a guardrail's masks written into it, `_Offered`), and its answer or events go
+back as they came, metered from the Response's usage. Every other deployment is sent
+the request translated to a chat completion (`responses_format`), and its answer and
+stream are rendered as a Response; built-in tools it cannot run (`web_search`,
+`file_search`, ...) are dropped, never sent to an upstream that would refuse the whole
+request, and named in `x-trigate-dropped-tools`.
 
 `store` defaults to true, as OpenAI's does: a stored response (its request's input
 items and its Response object) is kept in the gateway's store for
@@ -210,10 +211,21 @@ class _CompactExchange(PlainExchange):
         self._chain = chain
         self._history = history
         self.preferred = _holder(chain)
+        self._offered: _Offered | None = None
+
+    def native_request(self) -> dict[str, Any]:
+        """The compaction as `_Offered` offers it to hooks."""
+        if self._offered is None:
+            self._offered = _Offered(self._body, self._history)
+        return self._offered.request
+
+    def native_in_step(self) -> bool:
+        return self._offered is not None and self._offered.translates_to(self.body)
 
     def translate_only(self) -> None:
-        """A hook changed the request: a compaction has no form but the client's own, so
-        it cannot go changed, nor go unchanged past the hook."""
+        """A hook changed the request, not as it changed the client's own (a guardrail
+        does): a compaction has no form but the client's own, so it cannot go changed,
+        nor go unchanged past the hook."""
         raise InvalidRequest(
             "A request hook changed this request, and a compaction can only be sent as "
             "the client sent it.",
@@ -221,7 +233,10 @@ class _CompactExchange(PlainExchange):
         )
 
     async def complete(self, deployment: Deployment) -> Completion:
-        body = _native_body(self._body, self._chain, self._history, deployment)
+        if self._offered is not None:  # as hooks left it (a guardrail's masks)
+            body = self._offered.native_body(self._chain, deployment)
+        else:
+            body = _native_body(self._body, self._chain, self._history, deployment)
         return await COMPACT.complete(COMPACT.served_by(deployment), body)
 
     async def open_stream(self, deployment: Deployment) -> tuple[ChunkStream, bool]:
@@ -318,6 +333,44 @@ def _translated(body: dict[str, Any], history: list[Any]) -> _Translated:
         accounted = {"stream": body.get("stream"), "max_tokens": body.get("max_output_tokens")}
         return _Translated({k: v for k, v in accounted.items() if v is not None}, [], failure)
     return _Translated(chat, dropped)
+
+
+class _Offered:
+    """A Responses request as hooks are offered it (`Exchange.native_request`): a copy of
+    the client's body, its `input` preceded by the conversation it continues, so that a
+    hook (a guardrail) reads, and masks, what a deployment that does not hold the
+    conversation is sent too; such a deployment is then sent it as hooks left it. The
+    client's own body stays as it came: it is what is stored, and what a Response
+    echoes."""
+
+    __slots__ = ("_earlier", "request")
+
+    def __init__(self, body: dict[str, Any], history: list[Any]) -> None:
+        request: dict[str, Any] = orjson.loads(orjson.dumps(body))
+        if history:
+            request["input"] = [*orjson.loads(orjson.dumps(history)), *input_items(request)]
+        self.request = request
+        self._earlier = len(history)
+
+    def parts(self) -> tuple[dict[str, Any], list[Any]]:
+        """The request as hooks left it: the client's body, and the conversation."""
+        request, earlier = self.request, self._earlier
+        if not earlier:
+            return request, []
+        items = request["input"]
+        return {**request, "input": items[earlier:]}, items[:earlier]
+
+    def native_body(self, chain: list[Row], deployment: Deployment) -> dict[str, Any]:
+        body, history = self.parts()
+        return _native_body(body, chain, history, deployment)
+
+    def translates_to(self, chat: dict[str, Any]) -> bool:
+        """Whether the request, as hooks left it, translates to `chat` as they left it:
+        each text a hook changed in one it changed in the other alike. Anything else (a
+        hook that changed `chat` alone, a mask only one of them could hold) is not."""
+        body, history = self.parts()
+        translated = _translated(body, history)
+        return translated.failure is None and translated.chat == chat
 
 
 def _native_body(
@@ -499,10 +552,26 @@ class _Exchange(TranslatedExchange):
         self.response: dict[str, Any] | None = None
         self._events: ResponsesEvents | None = None
         self._native_stream = False
+        # The request offered to hooks (`native_request`), once one asked for it.
+        self._offered: _Offered | None = None
 
     def native_body(self, deployment: Deployment) -> dict[str, Any]:
         conversation = self._conversation
+        if self._offered is not None:  # as hooks left it (a guardrail's masks)
+            return self._offered.native_body(conversation.chain, deployment)
         return _native_body(self._body, conversation.chain, conversation.history or [], deployment)
+
+    def native_request(self) -> dict[str, Any] | None:
+        """The request as `_Offered` offers it; None while the conversation is unread
+        (no hook ran when the request was decoded)."""
+        if self._unread:
+            return None
+        if self._offered is None:
+            self._offered = _Offered(self._body, self._conversation.history or [])
+        return self._offered.request
+
+    def native_in_step(self) -> bool:
+        return self._offered is not None and self._offered.translates_to(self.body)
 
     async def complete(self, deployment: Deployment) -> Completion:
         await self._rebuilt_for(deployment)

@@ -196,6 +196,17 @@ class Exchange(Protocol):
         """Whether a deployment that speaks the client's own API is sent the client's
         own body rather than `body`."""
 
+    def native_request(self) -> dict[str, Any] | None:
+        """The request in the client's own API, as a deployment that speaks it is sent it
+        (a Responses request with the conversation it continues), for a hook that reads
+        that API too (a guardrail): what the hook changes there is what that deployment
+        is sent. None when the surface has no such request to offer."""
+
+    def native_in_step(self) -> bool:
+        """Whether `native_request`, as hooks left it, is still the request `body` is the
+        translation of: hooks that changed `body` changed it alike, so a deployment that
+        speaks the client's API may still be sent it (no `translate_only`)."""
+
     def translate_only(self) -> None:
         """A hook rewrote `body`: from now on every deployment is sent `body`, never the
         client's own, so a guardrail's change (masked PII) cannot be bypassed by a
@@ -252,7 +263,8 @@ class Surface(Protocol):
 
 class PlainExchange:
     """What an exchange does unless it says otherwise: streams in SSE, answers in JSON,
-    bills the usage as metered, and keeps its answer nowhere."""
+    bills the usage as metered, keeps its answer nowhere, and offers hooks no request
+    but `body`."""
 
     __slots__ = ()
     stream_headers: Mapping[str, str] = SSE_HEADERS
@@ -268,6 +280,14 @@ class PlainExchange:
     async def finished(self, outcome: StreamOutcome) -> None:
         """Hears a stream's end, as `Exchange.finished` does."""
         return None
+
+    def native_request(self) -> dict[str, Any] | None:
+        """No request but `body` is offered to hooks (`Exchange.native_request`): a hook's
+        change to `body` sends every deployment the translation."""
+        return None
+
+    def native_in_step(self) -> bool:
+        return False
 
 
 class OpenAIExchange(PlainExchange):

@@ -51,7 +51,9 @@ class GuardrailHook(BaseHook):
         run = GuardrailRun(chosen, observer, request.model_group, span, data)
         setattr(request, RUN_ATTRIBUTE, run)
         request.context.headers[APPLIED_HEADER] = ",".join(run.applied)
-        await run.pre_call(request.body)
+        # The client's own request is read only where a guardrail may mask it.
+        native = _native(request) if run.runs(Mode.PRE_CALL) else None
+        await run.pre_call(request.body, native)
         await run.log_request(request.body)
         return None
 
@@ -59,10 +61,10 @@ class GuardrailHook(BaseHook):
         run = _run(request)
         if run is None or not run.runs(Mode.DURING_CALL):
             return None
-        body = request.body
+        body, native = request.body, _native(request)
 
         async def during_call() -> None:
-            await run.during_call(body)
+            await run.during_call(body, native)
 
         return during_call
 
@@ -94,6 +96,15 @@ class GuardrailHook(BaseHook):
     def redacted(self, request: HookedRequest, record: RequestRecord) -> RequestRecord:
         run = _run(request)
         return record if run is None else redact_record(run, record, request)
+
+
+def _native(request: HookedRequest) -> dict[str, Any] | None:
+    """The request in the client's own API, where the surface offers it (a Responses
+    request a deployment speaking that API is sent): masked alike with `body`, so such a
+    deployment may still be sent it (`Exchange.native_request`)."""
+    offered = getattr(request, "native_request", None)
+    native: dict[str, Any] | None = offered() if offered is not None else None
+    return native
 
 
 def _run(request: HookedRequest) -> GuardrailRun | None:

@@ -169,8 +169,11 @@ class GuardrailRun:
 
     # --- the request ---------------------------------------------------------------------
 
-    async def pre_call(self, body: dict[str, Any]) -> None:
-        slots = request_slots(body)
+    async def pre_call(self, body: dict[str, Any], native: dict[str, Any] | None = None) -> None:
+        """`body` checked and masked in place; and `native`, the same request in the
+        client's own API (`GuardrailHook`), alike: each text is checked once, and its
+        verdict written wherever it is, in whichever shape."""
+        slots = _both(body, native)
         for guardrail in self._by_mode[Mode.PRE_CALL]:
             verdict = await self._run(guardrail, Mode.PRE_CALL, slots, reads_input=True)
             _write(slots, verdict)
@@ -178,10 +181,10 @@ class GuardrailRun:
     async def log_request(self, body: dict[str, Any]) -> None:
         await self._log(request_slots(body), reads_input=True)
 
-    async def during_call(self, body: dict[str, Any]) -> None:
+    async def during_call(self, body: dict[str, Any], native: dict[str, Any] | None = None) -> None:
         """The request has gone upstream as it is: a mask cannot be applied any more, so
         a guardrail that would mask it blocks it."""
-        slots = request_slots(body)
+        slots = _both(body, native)
         for guardrail in self._by_mode[Mode.DURING_CALL]:
             verdict = await self._run(guardrail, Mode.DURING_CALL, slots, reads_input=True)
             if verdict.texts is not None and verdict.texts != [s.text for s in slots]:
@@ -259,7 +262,7 @@ class GuardrailRun:
 
     # --- running one guardrail --------------------------------------------------------------
 
-    async def _log(self, slots: Sequence[Slot | _Text], *, reads_input: bool) -> None:
+    async def _log(self, slots: Sequence[Slot | _Copies | _Text], *, reads_input: bool) -> None:
         """The logging_only guardrails on `slots`: what they would mask is kept, to be
         masked in the record and the trace; the request and answer stay as they are."""
         for guardrail in self._by_mode[Mode.LOGGING_ONLY]:
@@ -269,7 +272,12 @@ class GuardrailRun:
                 self.redactions.extend(replacements(original, masked))
 
     async def _run(
-        self, guardrail: Guardrail, mode: Mode, slots: Sequence[Slot | _Text], *, reads_input: bool
+        self,
+        guardrail: Guardrail,
+        mode: Mode,
+        slots: Sequence[Slot | _Copies | _Text],
+        *,
+        reads_input: bool,
     ) -> Verdict:
         texts = [slot.text for slot in slots]
         kinds = [slot.kind for slot in slots]
@@ -338,6 +346,49 @@ class GuardrailRun:
         return GuardrailBlocked(f"Violated guardrail policy `{guardrail.name}`: {reason}")
 
 
+class _Copies:
+    """One text that a request's two forms both hold (its chat form and the client's own
+    API's), of one kind: checked once, a mask written to each place it is."""
+
+    __slots__ = ("kind", "slots")
+
+    def __init__(self, slot: Slot) -> None:
+        self.kind = slot.kind
+        self.slots = [slot]
+
+    @property
+    def text(self) -> str:
+        return self.slots[0].text
+
+    def replace(self, text: str) -> None:
+        for slot in self.slots:
+            slot.replace(text)
+
+
+def _both(body: dict[str, Any], native: dict[str, Any] | None) -> Sequence[Slot | _Copies]:
+    """The slots of `body`, as a guardrail reads them alone; then those of `native` that
+    hold a text (of a kind) `body` does not, each other one joined to the first of
+    `body`'s that holds it: the masks of a text both hold are counted once, and a
+    guardrail's service is asked once."""
+    alone = request_slots(body)
+    if native is None:
+        return alone
+    slots: list[Slot | _Copies] = list(alone)
+    first: dict[tuple[str, str], int] = {}
+    for index, slot in enumerate(slots):
+        first.setdefault((slot.text, slot.kind), index)
+    for slot in request_slots(native):
+        index = first.setdefault((slot.text, slot.kind), len(slots))
+        if index == len(slots):
+            slots.append(slot)
+            continue
+        held = slots[index]
+        if isinstance(held, Slot):
+            held = slots[index] = _Copies(held)
+        held.slots.append(slot)
+    return slots
+
+
 class _Text:
     """A text that is nowhere in a document (a stream's window): read, never written."""
 
@@ -396,7 +447,7 @@ def _opens_placeholder(parts: list[str]) -> bool:
     return _PLACEHOLDER_START.search(tail) is not None
 
 
-def _write(slots: Sequence[Slot], verdict: Verdict) -> None:
+def _write(slots: Sequence[Slot | _Copies], verdict: Verdict) -> None:
     if verdict.texts is not None:
         for slot, text in zip(slots, verdict.texts, strict=True):
             slot.replace(text)

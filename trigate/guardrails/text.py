@@ -294,13 +294,19 @@ def leaves(
 # --- answers ----------------------------------------------------------------------------
 
 
+# The Responses API's objects whose `output` holds items: a Response, and a compaction
+# (`/v1/responses/compact`: the turns it keeps, and its opaque summary).
+_RESPONSES = ("response", "response.compaction")
+
+
 def answer_slots(answer: dict[str, Any]) -> list[Slot]:
     """The text of a whole answer: a chat or text completion's, a native Anthropic
-    message's (text blocks and tool uses' input) or a Responses object's output."""
+    message's (text blocks and tool uses' input) or a Responses object's output (a
+    compaction's too)."""
     slots: list[Slot] = []
     if answer.get("type") == "message" and isinstance(answer.get("content"), list):
         slots.extend(_anthropic_blocks(answer["content"]))
-    elif answer.get("object") == "response" and isinstance(answer.get("output"), list):
+    elif answer.get("object") in _RESPONSES and isinstance(answer.get("output"), list):
         for item in answer["output"]:
             if isinstance(item, dict):
                 slots.extend(_response_item(item))
