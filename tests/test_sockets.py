@@ -150,6 +150,50 @@ async def test_a_socket_closed_by_another_task_wakes_a_waiting_receive(
         await stream.receive_some(100)
 
 
+async def test_a_socket_closed_is_never_taken_for_the_one_that_reuses_its_descriptor(
+    pair: tuple[FastStream, socket.socket],
+) -> None:
+    """The descriptor is asked for each call, so a socket closed by its other owner (the
+    trio socket's own `close`, as hypercorn closes a connection) fails the stream's calls,
+    and a socket opened since under the same number never gets its bytes."""
+    stream, _ = pair
+    number = stream.socket.fileno()
+    stream.socket.close()
+    reused, other_end = socket.socketpair()
+    try:
+        assert number in (reused.fileno(), other_end.fileno())
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.send_all(b"for the closed socket")
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.receive_some(100)
+        for end in (reused, other_end):
+            end.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                end.recv(100)
+    finally:
+        reused.close()
+        other_end.close()
+
+
+async def test_the_descriptor_is_read_from_the_socket_trio_wraps(
+    pair: tuple[FastStream, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relayed chunk reads the descriptor three times: from the standard socket trio
+    wraps, in C, not through the trio socket's method (two Python frames). Fails when
+    a trio release no longer wraps one, and the stream falls back to the method."""
+    stream, peer = pair
+
+    def asked(self: trio.socket.SocketType) -> int:
+        raise AssertionError("the trio socket's fileno was called")
+
+    monkeypatch.setattr(type(stream.socket), "fileno", asked)
+    stream = FastStream(stream.socket)
+    peer.sendall(b"hello")
+    assert await stream.receive_some(100) == b"hello"
+    await stream.send_all(b"back")
+    assert peer.recv(100) == b"back"
+
+
 async def _drain(peer: socket.socket, size: int, received: bytearray, done: trio.Event) -> None:
     while len(received) < size:
         received.extend(await trio.to_thread.run_sync(peer.recv, 1 << 20))

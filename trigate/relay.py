@@ -298,7 +298,9 @@ class StreamRelay(ResponseBody):
                 await on_finish(self.outcome)
 
     async def _read_upstream(self, frames: trio.MemorySendChannel[bytes]) -> None:
-        async with frames:
+        # Closed without `aclose`'s checkpoint: the reader is done, and a schedule point
+        # here is a trip through the run loop a stream for nothing.
+        with frames:
             # What ends the stream (the usage chunk or an error, then the terminator), in
             # one delivery.
             tail = b""

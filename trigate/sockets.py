@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import os
 import socket as stdlib_socket
+from collections.abc import Callable
 
 import trio
 from trio.lowlevel import (
@@ -48,16 +49,24 @@ class FastStream(trio.abc.HalfCloseableStream):
     guard against two tasks sending at once, minus the schedule point after each call
     that did not have to wait.
 
-    Reads and writes go through `os.read`/`os.write` on the descriptor, asked of the trio
+    Reads and writes go through `os.read`/`os.write` on the descriptor, asked of the
     socket each time: once the socket is closed (possibly by another task, which wakes a
     parked call with `ClosedResourceError`) it is -1, never a descriptor since reused.
     A write to a connection the peer reset fails with EPIPE rather than killing the
     process, as Python ignores SIGPIPE from start-up (trigate never restores it)."""
 
-    __slots__ = ("_in_a_row", "_sending", "socket")
+    __slots__ = ("_fileno", "_in_a_row", "_sending", "socket")
 
     def __init__(self, socket: trio.socket.SocketType) -> None:
         self.socket = socket
+        # The descriptor as the trio socket's own `fileno` reads it, from the standard
+        # socket trio wraps (which trio's `close` closes): one call in C where the trio
+        # socket's method adds two Python frames, and three reads a relayed chunk ask.
+        # A socket of another kind is asked itself.
+        inner = getattr(socket, "_sock", None)
+        self._fileno: Callable[[], int] = (
+            inner.fileno if isinstance(inner, stdlib_socket.socket) else socket.fileno
+        )
         self._in_a_row = 0
         # True while a send_all waits for room mid-write: another send would interleave.
         self._sending = False
@@ -184,7 +193,7 @@ class FastStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
 
     def _fd(self) -> int:
-        fd = self.socket.fileno()
+        fd = self._fileno()
         if fd < 0:
             raise trio.ClosedResourceError("this socket was already closed")
         return fd

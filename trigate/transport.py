@@ -1032,9 +1032,10 @@ async def _receive(conn: _Connection, request: httpx.Request, read_timeout: floa
     stream = conn.stream
     try:
         if type(stream) is FastStream:
-            # As in _write: the read timeout only bounds a wait for the server.
-            await checkpoint_if_cancelled()
+            # As in _write: the read timeout only bounds a wait for the server. A read
+            # that waits first is a cancel point by its wait.
             if not conn.expects_wait:
+                await checkpoint_if_cancelled()
                 data = stream.try_receive(_CHUNK_SIZE)
                 if data is not None:
                     if stream.count_success():
