@@ -68,7 +68,7 @@ class Scanned:
 
 
 # The letters other than their own that a regex ignoring case takes for an ASCII one,
-# and whose lower case is not it: dotless "ı" is an `i` to it, long "ſ" an `s`.
+# and whose lower case is not it: dotless i (U+0131) is an `i` to it, long s (U+017F) an `s`.
 _FOLDS = str.maketrans({"\u0131": "i", "\u017f": "s"})
 
 
