@@ -31,7 +31,7 @@ import yaml
 
 from trigate.guardrails.base import Guardrail, Step, Verdict
 from trigate.guardrails.config import ConfigProblem, GuardrailConfig
-from trigate.guardrails.detectors import GROUPS, PREBUILT, Detector, Scanned
+from trigate.guardrails.detectors import GROUPS, PREBUILT, Detector, Scanned, fold
 from trigate.guardrails.masking import Span, apply
 
 ACTIONS = ("BLOCK", "MASK", "LOG")
@@ -109,7 +109,7 @@ def rules_of(name: str, settings: Mapping[str, Any]) -> list[Rule]:
         detector = Detector(
             f"keyword '{keyword}'",
             re.compile(rf"(?<!\w){re.escape(keyword)}(?!\w)", re.I),
-            gate=_has_word(keyword.lower()),
+            gate=_has_word(fold(keyword)),
         )
         rules.append(Rule(detector, _action(entry, where), keyword_tag))
     if not rules:
@@ -119,7 +119,8 @@ def rules_of(name: str, settings: Mapping[str, Any]) -> list[Rule]:
 
 
 def _has_word(lowered: str) -> Callable[[Scanned], bool]:
-    """A keyword's gate: the text, in lower case, holds it (C's string search)."""
+    """A keyword's gate: the text, folded as its regex reads it, holds it (C's string
+    search)."""
     return lambda scanned: lowered in scanned.lower
 
 

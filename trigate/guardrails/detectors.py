@@ -32,15 +32,9 @@ class Scanned:
 
     @property
     def lower(self) -> str:
-        """The text in lower case, character for character: a position in it is the same
-        position in the text, which the gates' windows rely on."""
+        """The text in lower case as a regex that ignores case reads it (`fold`)."""
         if self._lower is None:
-            lowered = self.text.lower()
-            if len(lowered) != len(self.text):
-                # A character whose lower case is longer (Turkish "İ" lowers to "i" and a
-                # dot) would shift every position after it: each keeps its first letter.
-                lowered = "".join([char.lower()[0] for char in self.text])
-            self._lower = lowered
+            self._lower = fold(self.text)
         return self._lower
 
     def found(self, char: str) -> list[int]:
@@ -71,6 +65,26 @@ class Scanned:
             found = _windows(self.text, positions, margin, margin + stride)
             self._windows[(near, margin)] = found
         return found
+
+
+# The letters other than their own that a regex ignoring case takes for an ASCII one,
+# and whose lower case is not it: dotless i (U+0131) is an `i` to it, long s (U+017F) an `s`.
+_FOLDS = str.maketrans({"\u0131": "i", "\u017f": "s"})
+
+
+def fold(text: str) -> str:
+    """`text` in lower case, character for character (a position in it is the same
+    position in the text, which the gates' windows rely on), with each letter a regex
+    ignoring case matches an ASCII letter by made that letter: a gate searching the
+    folded text for a word finds every spelling the detector's regex would match."""
+    lowered = text.lower()
+    if lowered.isascii():
+        return lowered
+    if len(lowered) != len(text):
+        # A character whose lower case is longer (Turkish "İ" lowers to "i" and a dot)
+        # would shift every position after it: each keeps its first letter.
+        lowered = "".join([char.lower()[0] for char in text])
+    return lowered.translate(_FOLDS)
 
 
 # How far a detector's match may reach from the character that gates it, by default
