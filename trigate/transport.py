@@ -1041,11 +1041,23 @@ async def _receive(conn: _Connection, request: httpx.Request, read_timeout: floa
                     if stream.count_success():
                         await cancel_shielded_checkpoint()
                     return data
-            waited = await _bounded(conn, stream.receive_when_ready, read_timeout, request)
+            deadlines = conn.deadlines
+            if deadlines.kept:
+                # `_bounded` inline: a coroutine less a wait, and a paced stream's every
+                # chunk waits.
+                deadlines.park(conn, read_timeout)
+                try:
+                    waited = await stream.receive_when_ready(_CHUNK_SIZE)
+                finally:
+                    deadlines.unpark(conn)
+            else:
+                waited = bytes(
+                    await _bounded(conn, stream.receive_when_ready, read_timeout, request)
+                )
             # Unless the read filled the buffer (the rest is then likely there already),
             # what comes next comes later too.
             conn.expects_wait = len(waited) < _CHUNK_SIZE
-            return bytes(waited)
+            return waited
         received = await _bounded(conn, stream.receive_some, read_timeout, request)
         # Whether a TLS read waited is not told; a read short of a whole record (a
         # record holds up to 16 KiB) is all there was, and what comes next comes later.
