@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -33,6 +33,7 @@ from helpers import (
 
 from trigate import relay
 from trigate.api import pipeline
+from trigate.providers.base import ChunkStream
 from trigate.relay import (
     CHANNEL_CAPACITY,
     MAX_FRAMES_PER_WRITE,
@@ -41,6 +42,7 @@ from trigate.relay import (
     TEARDOWN_QUIET,
 )
 from trigate.spend.records import RequestRecord
+from trigate.usage import UsageMeter
 
 STREAM_BODY = {
     "model": "gpt-test",
@@ -425,3 +427,47 @@ async def test_a_client_leaving_an_http2_request_closes_its_upstream(
         await upstream.wait_for(lambda: upstream.aborted == 1)
         [record] = await gateway.records.wait_for(1)
     assert record.cancelled_by_client and record.status == 499
+
+
+class _UnclosableStream:
+    """An upstream stream whose close never ends, as an upstream that never answers it."""
+
+    def waits_next(self) -> bool:
+        return False
+
+    async def aclose(self) -> None:
+        await trio.sleep_forever()
+
+
+async def _no_batches() -> AsyncGenerator[list[Any], None]:
+    return
+    yield
+
+
+async def test_a_relays_close_runs_under_cancellation_each_step_bounded(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """`StreamRelay.close` in a cancelled scope, as a departed client's stream closes:
+    releasing the upstream and writing the record each run shielded, each under its own
+    bound, so an upstream that never closes neither hangs the stream nor costs its
+    record, and a record that never ends is cut off too."""
+    recorded: list[bool] = []
+
+    async def on_finish(outcome: relay.StreamOutcome) -> None:
+        recorded.append(outcome.completed)
+        await trio.sleep_forever()
+
+    stream = relay.StreamRelay(
+        cast(ChunkStream, _UnclosableStream()),
+        _no_batches(),
+        None,
+        cast(UsageMeter, None),
+        include_usage=False,
+        on_finish=on_finish,
+    )
+    start = trio.current_time()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await stream.close()
+    assert recorded == [False], "the record was not written under cancellation"
+    assert trio.current_time() - start == relay.CLOSE_TIMEOUT + relay.FINISH_TIMEOUT

@@ -286,16 +286,17 @@ class StreamRelay(ResponseBody):
 
     async def close(self) -> None:
         """Release the upstream and write the record; safe to call more than once."""
-        with trio.CancelScope(shield=True):
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await self._chunks.aclose()
-                await self._stream.aclose()
-            self._unwound.set()
-            self._may_unwind.set()
-            self._leave_lane()
-            on_finish, self._on_finish = self._on_finish, _finished
-            with trio.move_on_after(FINISH_TIMEOUT):
-                await on_finish(self.outcome)
+        # Each step shielded under its own bound, in one scope each: a shielded scope with
+        # a deadline is a shield with `move_on_after` inside it, at one scope's cost.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+            await self._chunks.aclose()
+            await self._stream.aclose()
+        self._unwound.set()
+        self._may_unwind.set()
+        self._leave_lane()
+        on_finish, self._on_finish = self._on_finish, _finished
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + FINISH_TIMEOUT):
+            await on_finish(self.outcome)
 
     async def _read_upstream(self, frames: trio.MemorySendChannel[bytes]) -> None:
         # Closed without `aclose`'s checkpoint: the reader is done, and a schedule point
