@@ -977,11 +977,13 @@ def test_chunks_that_arrive_one_a_read_each_read_whole() -> None:
     assert reader.extract(buffer) is None
 
 
-@pytest.mark.parametrize("header", [b"+1a", b"1_a", b" 1a", b"1a ", b"-1a", b"1g", b"\xd9\xa1"])
+@pytest.mark.parametrize(
+    "header", [b"+1a", b"1_a", b" 1a", b"1a ", b"-1a", b"1g", b"\xd9\xa1", b"0x1a", b"0X1a"]
+)
 def test_a_chunk_header_that_is_not_hex_digits_alone_is_refused(header: bytes) -> None:
-    """What `int(header, 16)` reads leniently (a sign, `_`, spaces, Unicode digits) is no
-    chunk size: a one-chunk read is refused as any other, never read by `int`'s rules.
-    (A header that is hex with spaces after it is HTTP's; see the burst test.)"""
+    """What `int(header, 16)` reads leniently (a sign, `_`, spaces, Unicode digits, a
+    `0x` prefix) is no chunk size: a one-chunk read is refused as any other, never read
+    by `int`'s rules. (Hex with spaces after it is HTTP's; see the burst test.)"""
     reader = _ChunkedReader()
     frame = b"x" * 26
     buffer = bytearray(header + b"\r\n" + frame + b"\r\n")

@@ -687,13 +687,14 @@ def _one_whole_chunk(buffer: bytearray) -> bytes | None:
     a paced chunk). None, with the buffer untouched, for anything else, which the walk
     reads: more chunks or part of one, the last (empty) chunk, a header with an extension
     or whitespace. A header of hex digits only (`isalnum` admits no sign, space or `_`,
-    which `int` would) that `int` refuses is left to the walk to reject."""
+    which `int` would, and a `0x` prefix is refused apart) that `int` refuses is left
+    to the walk to reject."""
     end = buffer.find(b"\r\n", 0, _MAX_QUICK_HEADER)
     if end <= 0:
         return None
     header = buffer[:end]
-    if not header.isalnum():
-        return None
+    if not header.isalnum() or header.startswith((b"0x", b"0X")):
+        return None  # `int` reads a `0x` prefix in base 16 too
     try:
         size = int(header, 16)
     except ValueError:
