@@ -21,7 +21,7 @@ from trigate.cache.controls import NO_CONTROLS, CacheControls
 from trigate.cache.embeddings import ItemBatch, items_of
 from trigate.cache.entries import Entry, Replay, decode, encode
 from trigate.cache.flight import Flight, Subscription, Upstream
-from trigate.cache.keys import cache_key
+from trigate.cache.keys import cache_key, responses_form
 from trigate.cache.metrics import CacheMetrics
 from trigate.cache.settings import CacheSettings
 from trigate.errors import GatewayError, UpstreamError
@@ -49,6 +49,8 @@ class Exchanged(Protocol):
 
     @property
     def preferred(self) -> str | None: ...
+
+    def native_request(self) -> dict[str, Any] | None: ...
 
 
 class Headed(Protocol):
@@ -143,7 +145,12 @@ class ResponseCache:
         if tenant is None:
             return None
         namespace = controls.namespace or settings.namespace
-        key = cache_key(surface, call.model_group, tenant, call.body, namespace)
+        keyed: dict[str, Any] | None = call.body
+        if surface == "responses":
+            keyed = self._responses_keyed(exchange, call.body)
+        if keyed is None:
+            return None
+        key = cache_key(surface, call.model_group, tenant, keyed, namespace)
         native_allowed = getattr(exchange, "native_cacheable", True) is True
         ticket = Ticket(self, key, controls, call.stream, native_allowed)
         if kind == "embeddings":
@@ -151,6 +158,18 @@ class ResponseCache:
             if ticket.items is None:
                 return None
         return ticket
+
+    def _responses_keyed(self, exchange: Exchanged, chat: dict[str, Any]) -> dict[str, Any] | None:
+        """What keys a Responses request (`responses_form`), or None: not cached. Its chat
+        form alone would not do: a request without one (an image by `file_id`) has only
+        its accounted fields there, and what the translation drops is not there either.
+        The native request is None while the conversation is unread (continued upstream,
+        which `ticket` declines already); one naming a `conversation` continues one the
+        upstream holds, whose state no key covers."""
+        native = exchange.native_request()
+        if native is None or native.get("conversation") is not None:
+            return None
+        return responses_form(native, chat)
 
     def _tenant(self, caller: Caller) -> str | None:
         scope = self.settings.scope

@@ -22,6 +22,11 @@ UNKEYED = frozenset({
     "prompt_cache_key", "request_id",
 })  # fmt: skip
 KEY_VERSION = 1
+# What a Responses request's own form leaves out: only the stream flag, since a stream
+# and a whole answer serve each other. A native upstream's Response echoes the rest
+# (`metadata`, `user`, `store`, `safety_identifier`, `prompt_cache_key`), and a native
+# entry is served as it came: another request's values would be handed out with it.
+RESPONSES_UNKEYED = frozenset({"stream", "stream_options"})
 
 
 def canonical(surface: str, group: str, tenant: str, body: dict[str, Any]) -> bytes:
@@ -29,6 +34,15 @@ def canonical(surface: str, group: str, tenant: str, body: dict[str, Any]) -> by
     shaped = {name: value for name, value in body.items() if name not in UNKEYED}
     form = {"v": KEY_VERSION, "surface": surface, "model": group, "scope": tenant, "body": shaped}
     return orjson.dumps(form, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+def responses_form(native: dict[str, Any], chat: dict[str, Any]) -> dict[str, Any]:
+    """What keys a Responses request: the request in the client's own API with the
+    conversation it continues (what a native upstream is sent, as hooks left it), and
+    its chat form as hooks left it (what any other deployment is sent: a hook may have
+    changed it alone)."""
+    request = {name: value for name, value in native.items() if name not in RESPONSES_UNKEYED}
+    return {"responses": request, "chat": {n: v for n, v in chat.items() if n not in UNKEYED}}
 
 
 def cache_key(
