@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import fake_guardrails
 import orjson
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
@@ -18,12 +19,9 @@ from test_guarded_native_responses import response
 USAGE = {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}
 
 
-async def _gateway(
-    nursery: trio.Nursery, upstream: FakeUpstream, *, native: bool
-) -> RunningGateway:
-    """A cached gateway whose one deployment speaks the Responses API (`native`) or is
-    sent each request translated to a chat completion; each upstream call's answer is
-    numbered, so a test tells which call an answer came from."""
+def _numbered(upstream: FakeUpstream, *, native: bool) -> None:
+    """Each upstream call's answer is numbered, so a test tells which call made it: a
+    Response (`native`) or a chat completion."""
     calls: list[ReceivedRequest] = []
 
     def handle(request: ReceivedRequest) -> JSONReply:
@@ -32,10 +30,22 @@ async def _gateway(
         return JSONReply(response(text) if native else chat_completion(text, USAGE))
 
     upstream.handler = handle
+
+
+def _config(upstream: FakeUpstream, *, native: bool) -> dict[str, Any]:
+    """A cached gateway whose one deployment speaks the Responses API (`native`) or is
+    sent each request translated to a chat completion."""
+    _numbered(upstream, native=native)
     config = openai_config(upstream)
     config["model_list"][0]["model_info"] = {"supports_responses_api": native}
     config["litellm_settings"] = {"cache": True, "cache_params": {"type": "local"}}
-    return await start_gateway(nursery, config)
+    return config
+
+
+async def _gateway(
+    nursery: trio.Nursery, upstream: FakeUpstream, *, native: bool
+) -> RunningGateway:
+    return await start_gateway(nursery, _config(upstream, native=native))
 
 
 async def _ask(running: RunningGateway, body: dict[str, Any] | bytes) -> tuple[str, str, str]:
@@ -207,4 +217,35 @@ async def test_a_follow_up_is_keyed_on_the_conversation_it_continues(
     again = await _ask(running, {**follow, "previous_response_id": ids[0]})
     assert again == ("hit", first[1], "answer #3")
     assert len(upstream.requests) == 4
+    await running.stop()
+
+
+async def test_masked_prompts_two_callers_share_still_share_an_answer(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A guardrail masks the request as the client sent it as well as its chat form: the
+    key is the masked request's, not each caller's own address."""
+    presidio = FakeUpstream(fake_guardrails.presidio)
+    await presidio.start(nursery)
+    base = f"http://127.0.0.1:{presidio.port}"
+    config = _config(upstream, native=True)
+    config["guardrails"] = [{"guardrail_name": "pii", "litellm_params": {
+        "default_on": True, "guardrail": "presidio", "mode": "pre_call",
+        "presidio_analyzer_api_base": base, "presidio_anonymizer_api_base": base,
+        "pii_entities_config": {"EMAIL_ADDRESS": "MASK"},
+    }}]  # fmt: skip
+    running = await start_gateway(nursery, config)
+    async with running.client() as admin:
+        keys = [(await admin.post("/key/generate", json={})).json()["key"] for _ in range(2)]
+    answers = []
+    for key, email in zip(keys, ("ada@example.com", "bob@other.org"), strict=True):
+        body = {"model": "gpt-test", "store": False, "input": f"my email is {email}"}
+        async with running.client(key=key) as client:
+            answer = await client.post("/v1/responses", json=body)
+        assert answer.status_code == 200, answer.text
+        answers.append((answer.headers["x-trigate-cache"], answer.headers["x-litellm-cache-key"]))
+    assert answers[0][0] == "miss" and answers[1] == ("hit", answers[0][1])
+    sent = upstream.requests[0].json["input"]
+    assert "ada@" not in orjson.dumps(sent).decode()
+    assert len(upstream.requests) == 1
     await running.stop()

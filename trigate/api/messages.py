@@ -93,6 +93,14 @@ class MessagesExchange(TranslatedExchange):
     def native_body(self, deployment: Deployment) -> dict[str, Any]:
         return self._original
 
+    @property
+    def keyed_request(self) -> dict[str, Any] | None:
+        """The client's own request, for the response cache's key while a deployment that
+        speaks Messages may be sent it: the translation lacks some of it (`top_k`, an
+        image by file, a tool result's `is_error`, server tools' blocks). None once a hook
+        rewrote the translation (`translate_only`): every deployment is sent that alone."""
+        return self._original if self._native_allowed else None
+
     def render(self, completion: dict[str, Any]) -> bytes:
         return orjson.dumps(to_message(completion, self.requested))
 

@@ -21,7 +21,7 @@ from trigate.cache.controls import NO_CONTROLS, CacheControls
 from trigate.cache.embeddings import ItemBatch, items_of
 from trigate.cache.entries import Entry, Replay, decode, encode
 from trigate.cache.flight import Flight, Subscription, Upstream
-from trigate.cache.keys import cache_key, responses_form
+from trigate.cache.keys import cache_key, native_form
 from trigate.cache.metrics import CacheMetrics
 from trigate.cache.settings import CacheSettings
 from trigate.errors import GatewayError, UpstreamError
@@ -148,6 +148,8 @@ class ResponseCache:
         keyed: dict[str, Any] | None = call.body
         if surface == "responses":
             keyed = self._responses_keyed(exchange, call.body)
+        elif surface == "messages":
+            keyed = self._messages_keyed(exchange, call.body)
         if keyed is None:
             return None
         key = cache_key(surface, call.model_group, tenant, keyed, namespace)
@@ -169,7 +171,16 @@ class ResponseCache:
         native = exchange.native_request()
         if native is None or native.get("conversation") is not None:
             return None
-        return responses_form(native, chat)
+        return native_form("responses", native, chat)
+
+    def _messages_keyed(self, exchange: Exchanged, chat: dict[str, Any]) -> dict[str, Any]:
+        """What keys a Messages request: its chat form, and the client's own request
+        while an `anthropic/` deployment may still be sent it (`MessagesExchange.
+        keyed_request`); once a hook rewrote the chat form, every deployment is sent that
+        alone, which is then the whole key (a guardrail's masks shared by two callers
+        still share an answer)."""
+        original = getattr(exchange, "keyed_request", None)
+        return chat if original is None else native_form("messages", original, chat)
 
     def _tenant(self, caller: Caller) -> str | None:
         scope = self.settings.scope

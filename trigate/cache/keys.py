@@ -5,8 +5,14 @@ model group as resolved, the scope's tenant, and the request body in OpenAI's sh
 (messages, tools, sampling parameters, response format, ...), serialized with sorted
 keys at every depth, so that a client's JSON key order never changes it. It leaves out
 what does not change the answer: `stream` and `stream_options` (a stream and a whole
-answer serve each other), `user`, `metadata` and the request's ids (LiteLLM's own
-fields are gone before this), and the Responses API's `store`.
+answer serve each other), `user`, `metadata`, `store` and the request's ids (LiteLLM's
+own fields are gone before this).
+
+A Responses or Messages request is keyed on more than its chat form (`native_form`): a
+native upstream is sent the request as its client sent it, and much of that has no
+chat form (an image given by `file_id`, reasoning items, custom tools' calls, Anthropic's
+`top_k` or a tool result's `is_error`), so two requests that differ only there must not
+share an answer.
 """
 
 from __future__ import annotations
@@ -36,13 +42,14 @@ def canonical(surface: str, group: str, tenant: str, body: dict[str, Any]) -> by
     return orjson.dumps(form, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
 
 
-def responses_form(native: dict[str, Any], chat: dict[str, Any]) -> dict[str, Any]:
-    """What keys a Responses request: the request in the client's own API with the
-    conversation it continues (what a native upstream is sent, as hooks left it), and
-    its chat form as hooks left it (what any other deployment is sent: a hook may have
-    changed it alone)."""
-    request = {name: value for name, value in native.items() if name not in RESPONSES_UNKEYED}
-    return {"responses": request, "chat": {n: v for n, v in chat.items() if n not in UNKEYED}}
+def native_form(surface: str, native: dict[str, Any], chat: dict[str, Any]) -> dict[str, Any]:
+    """What keys a request in another API: the request in the client's own API (what a
+    native upstream is sent; a Responses request's with the conversation it continues,
+    as hooks left it), and its chat form as hooks left it (what any other deployment is
+    sent: a hook may have changed it alone)."""
+    unkeyed = RESPONSES_UNKEYED if surface == "responses" else UNKEYED
+    request = {name: value for name, value in native.items() if name not in unkeyed}
+    return {surface: request, "chat": {n: v for n, v in chat.items() if n not in UNKEYED}}
 
 
 def cache_key(
