@@ -63,7 +63,7 @@ import h11._readers
 import h11._writers
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import Request as StreamRequest
@@ -683,6 +683,10 @@ class _Server(TCPServer):
             await self._close()
 
     async def protocol_send(self, event: Event) -> None:
+        if type(event) is Updated and type(self.idle_task) is _NoIdleTimer:
+            # Only restarts or stops hypercorn's keep-alive timer, which `_NoIdleTimer`
+            # stands in for: a request's start and end then cost nothing here.
+            return
         if not isinstance(event, RawData):
             await super().protocol_send(event)
             return
