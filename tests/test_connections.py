@@ -118,6 +118,34 @@ async def test_an_idle_keep_alive_connection_closes_at_keep_alive_timeout(
     await running.stop()
 
 
+async def test_each_idle_connection_closes_keep_alive_timeout_after_its_last_request(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    """The worker's one idle watch closes connections in the order their time comes: a
+    request on a connection that was idle gives it a new keep-alive period, and the
+    connection idle longer than it closes first."""
+    config = {**mock_config(), "general_settings": {"keep_alive_timeout": 30}}
+    running = await start_gateway(nursery, config)
+    first, second = await _connect(running), await _connect(running)
+    started = trio.current_time()
+    closed: dict[str, float] = {}
+
+    async def served(name: str, stream: trio.SocketStream, at: tuple[float, ...]) -> None:
+        for offset in at:
+            await trio.sleep_until(started + offset)
+            await stream.send_all(_chat())
+            assert b" 200 " in await _read_response(stream)
+        assert await _read_until_closed(stream) == b""
+        closed[name] = trio.current_time() - started
+
+    async with trio.open_nursery() as clients:
+        clients.start_soon(served, "first", first, (0, 20))
+        clients.start_soon(served, "second", second, (10,))
+    assert 40 <= closed["second"] < 41
+    assert 50 <= closed["first"] < 51
+    await running.stop()
+
+
 async def test_a_kept_alive_connection_serves_the_next_request(nursery: trio.Nursery) -> None:
     running = await start_gateway(nursery, mock_config())
     stream = await _connect(running)

@@ -8,9 +8,12 @@ them. Here each worker holds at most `max_connections` client connections:
 when it is full, the connection idle the longest is closed to make room (as
 nginx reuses keep-alive connections); only if none is idle does accepting
 pause, one new connection waiting unread and the rest in the kernel's backlog.
-A connection must begin a request within `first_request_timeout`, and is
-closed once idle for `keep_alive_timeout` (a deadline on its scope, where
-hypercorn would start a timer task per request). Hypercorn still speaks HTTP
+A connection must begin a request within `first_request_timeout` (a deadline on
+its scope, lifted by its first request), and is closed once idle for
+`keep_alive_timeout` by one task watching the worker's idle connections in the
+order they went idle (`Connections.watch_idle`), where hypercorn would start a
+timer task per request; a request marks its connection busy and idle again at
+the cost of a dictionary entry, not two moves of its scope's deadline. Hypercorn still speaks HTTP
 on each connection (`TCPServer`), lifespan included.
 
 A client's departure is heard where it happens: the connection's stream reports
@@ -60,7 +63,7 @@ import h11._readers
 import h11._writers
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.events import Closed, Event, RawData
+from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.events import Event as StreamEvent
 from hypercorn.protocol.events import Request as StreamRequest
@@ -207,13 +210,24 @@ def listening_sockets(config: HypercornConfig) -> list[socket.socket]:
 class _Connection:
     """One client connection, and whether a request is being served on it."""
 
-    __slots__ = ("active", "departure", "head_of", "idle_since", "scope", "server", "stream")
+    __slots__ = (
+        "active",
+        "departure",
+        "head_of",
+        "idle_since",
+        "scope",
+        "served",
+        "server",
+        "stream",
+    )
 
     def __init__(self, scope: trio.CancelScope, now: float, stream: FastStream) -> None:
         self.scope = scope
         self.stream = stream
         self.active = 0
         self.idle_since = now
+        # Whether a request has begun, which lifts the deadline for beginning one.
+        self.served = False
         # What the request being served wants done the moment its client goes.
         self.departure: Departure | None = None
         self.server: TCPServer | None = None
@@ -669,6 +683,10 @@ class _Server(TCPServer):
             await self._close()
 
     async def protocol_send(self, event: Event) -> None:
+        if type(event) is Updated and type(self.idle_task) is _NoIdleTimer:
+            # Only restarts or stops hypercorn's keep-alive timer, which `_NoIdleTimer`
+            # stands in for: a request's start and end then cost nothing here.
+            return
         if not isinstance(event, RawData):
             await super().protocol_send(event)
             return
@@ -887,7 +905,7 @@ class _ConnectionApp:
     ) -> None:
         connection = self._connection
         connection.active += 1
-        connection.scope.deadline = math.inf
+        self._connections.went_busy(connection)
         if scope["type"] == "http":
             extensions = cast("dict[str, Any]", scope["extensions"])
             extensions[DEPARTURE_EXTENSION] = connection.on_departure
@@ -904,7 +922,8 @@ class _ConnectionApp:
 
 class _NoIdleTimer(TrioSingleTask):
     """Stands in for hypercorn's keep-alive timer, which starts a task for every request;
-    a connection's deadline (`_ConnectionApp`) does the same job for the cost of a number."""
+    the worker's one watch over its idle connections (`Connections.watch_idle`) does the
+    same job for the cost of a dictionary entry."""
 
     async def restart(self, *_: Any) -> None:
         pass
@@ -921,19 +940,54 @@ class Connections:
         self._open: set[_Connection] = set()
         self._changed = trio.Event()
         self._draining = False
+        # The connections idle now, in the order they went idle (so by `idle_since`), and
+        # the event `watch_idle` waits on while there are none.
+        self._idle_order: dict[_Connection, None] = {}
+        self._first_idle: trio.Event | None = None
 
     def __len__(self) -> int:
         return len(self._open)
 
+    def went_busy(self, connection: _Connection) -> None:
+        """A request began on `connection`: it is no longer idle, and the deadline for
+        beginning one is lifted (once; moving a deadline costs trio a context manager)."""
+        self._idle_order.pop(connection, None)
+        if not connection.served:
+            connection.served = True
+            connection.scope.deadline = math.inf
+
     def went_idle(self, connection: _Connection) -> None:
-        """A connection's last request ended: it may idle for `keep_alive_timeout`, unless
-        the worker is draining."""
-        connection.idle_since = now = trio.current_time()
+        """A connection's last request ended: it may idle for `keep_alive_timeout`
+        (`watch_idle`), unless the worker is draining."""
+        connection.idle_since = trio.current_time()
         if self._draining:
             connection.scope.cancel()
         else:
-            connection.scope.deadline = now + self._limits.keep_alive_timeout
+            self._idle_order[connection] = None
+            first_idle = self._first_idle
+            if first_idle is not None:
+                self._first_idle = None
+                first_idle.set()
         self.changed()
+
+    async def watch_idle(self) -> None:
+        """Close each connection that has been idle for `keep_alive_timeout`, as its time
+        comes: the one idle the longest is the first whose time comes, so this sleeps
+        until then (and wakes for nothing while connections come and go busy)."""
+        keep_alive = self._limits.keep_alive_timeout
+        idle_order = self._idle_order
+        while True:
+            if not idle_order:
+                self._first_idle = first_idle = trio.Event()
+                await first_idle.wait()
+                continue
+            oldest = next(iter(idle_order))
+            expires = oldest.idle_since + keep_alive
+            if trio.current_time() < expires:
+                await trio.sleep_until(expires)
+                continue  # it may have gone busy (and idle again) meanwhile
+            del idle_order[oldest]
+            oldest.scope.cancel()
 
     def changed(self) -> None:
         """A connection closed or went idle: a paused accept loop may go on."""
@@ -979,6 +1033,7 @@ class Connections:
                 await tcp_server.run()
             finally:
                 self._open.discard(connection)
+                self._idle_order.pop(connection, None)
                 self.changed()
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
@@ -1018,6 +1073,8 @@ async def serve(
             async with trio.open_nursery() as accepting:
                 for listener in listeners:
                     accepting.start_soon(_accept, listener, connections, server, server_nursery)
+                # Stops with accepting: a draining worker closes idle connections itself.
+                accepting.start_soon(connections.watch_idle)
                 task_status.started(_announce(sockets))
                 await shutdown_trigger()
                 accepting.cancel_scope.cancel()
