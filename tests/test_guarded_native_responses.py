@@ -436,7 +436,7 @@ async def test_every_text_of_a_native_request_is_read_before_it_goes(
     body = {
         "model": "gpt-test", "store": False,
         "instructions": f"Help {EMAIL}",
-        "metadata": {"owner": EMAIL},
+        "metadata": {"owner": EMAIL, "name": f"{EMAIL} too"},
         "input": [
             {"type": "message", "role": "user", "content": [
                 {"type": "input_text", "text": "read these"},
@@ -454,13 +454,13 @@ async def test_every_text_of_a_native_request_is_read_before_it_goes(
         reply = await client.post("/v1/responses", json=body)
     assert reply.status_code == 200, reply.text
     assert reply.json()["instructions"] == f"Help {EMAIL}"
-    assert reply.json()["metadata"] == {"owner": EMAIL}
+    assert reply.json()["metadata"] == body["metadata"]
     [received] = upstream.requests
     assert received.target == "/v1/responses"
     assert EMAIL not in received.body.decode()
     sent = received.json
     mask = "[EMAIL_REDACTED]"
-    assert sent["metadata"] == {"owner": mask}
+    assert sent["metadata"] == {"owner": mask, "name": f"{mask} too"}
     assert sent["tools"] == [{"type": "custom", "name": "apply_patch",
                               "description": f"Patches files; questions to {mask}"}]  # fmt: skip
     said, answered, unknown = sent["input"]

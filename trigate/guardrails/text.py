@@ -111,7 +111,17 @@ def every_slot(body: dict[str, Any]) -> list[Slot]:
         if isinstance(commit, _Rewrite):  # tool-call arguments: read leaf by leaf
             read.add((id(commit.holder), commit.key))
     slots.extend(_unread(body, read))
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict):  # the client's own keys: each value is read, any key
+        slots.extend(_opaque_named(metadata))
     return slots
+
+
+def _opaque_named(metadata: dict[str, Any]) -> Iterator[Slot]:
+    """Metadata's values under a key `_unread` passes by (`name`, `id`): read still."""
+    for key, value in metadata.items():
+        if key in _OPAQUE and isinstance(value, str) and not _binary(value):
+            yield Slot(metadata, key)
 
 
 # A request's strings that name, identify, point at or configure, which a model is not
@@ -120,7 +130,7 @@ _OPAQUE = frozenset({
     "type", "id", "call_id", "tool_call_id", "item_id", "status", "model", "role", "name",
     "encrypted_content", "file_id", "file_data", "previous_response_id",
     "approval_request_id", "server_label", "container_id", "vector_store_ids",
-    "prompt_cache_key", "safety_identifier", "service_tier", "truncation", "include",
+    "service_tier", "truncation", "include",
     "tool_choice", "reasoning_effort", "effort", "detail", "voice", "modalities",
 })  # fmt: skip
 
@@ -300,7 +310,7 @@ _READ_ITEMS = frozenset({
 
 def _tool_item(item: dict[str, Any]) -> Iterator[Slot]:
     for key, value in item.items():
-        if key in _NOT_TEXT:
+        if key in _NOT_TEXT and not isinstance(value, dict | list):  # those may hold text
             continue
         if key == "arguments":
             yield from json_slots(item, key)
