@@ -13,9 +13,12 @@ from typing import Any
 
 import fake_guardrails
 import orjson
+import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, StreamReply
 from helpers import RunningGateway, openai_config, sdk, start_gateway
+
+from trigate.api import responses
 
 EMAIL = "ada@example.com"
 OTHER = "bob@example.org"
@@ -392,4 +395,257 @@ async def test_a_during_call_guardrail_reads_a_request_with_no_chat_form(
         )
     assert refused.status_code == 400
     assert "guard" in refused.json()["error"]["message"]
+    await running.stop()
+
+
+def echoing(answer: Callable[[dict[str, Any]], str]) -> Callable[[ReceivedRequest], Reply]:
+    """`responses_only`, its Response echoing the request's `instructions` and `metadata`
+    as OpenAI's does (what it was sent: masked, when a guardrail masked them)."""
+    plain = responses_only(answer)
+
+    def handle(request: ReceivedRequest) -> Reply:
+        reply = plain(request)
+        if isinstance(reply, JSONReply) and reply.status == 200:
+            echo = {key: request.json.get(key) for key in ("instructions", "metadata")}
+            return JSONReply({**reply.body, **echo})
+        return reply
+
+    return handle
+
+
+async def test_every_text_of_a_native_request_is_read_before_it_goes(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """What a chat request has no place for goes natively as the client sent it, so the
+    guardrail reads it too: metadata, a custom tool's description (Codex's apply_patch
+    has one), an annotation's title, a file's name and URL, an item of a kind the
+    gateway does not know. Binary data (a file's base64, an image's data URL) is not
+    text and goes as it came; the Response echoes the client's own values, not the
+    masks the upstream was sent."""
+    upstream.handler = echoing(lambda request: "ok")
+    running = await guarded_gateway(nursery, upstream, content_filter())
+    file_data = "data:application/pdf;base64," + "JVBERi0xLjQK" * 40
+    image = "data:image/png;base64,iVBORw0KGgo="
+    annotation = {
+        "type": "url_citation",
+        "url": "https://example.net/a",
+        "title": f"Written by {EMAIL}",
+        "start_index": 0,
+        "end_index": 2,
+    }
+    body = {
+        "model": "gpt-test", "store": False,
+        "instructions": f"Help {EMAIL}",
+        "metadata": {"owner": EMAIL, "name": f"{EMAIL} too"},
+        "input": [
+            {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "read these"},
+                {"type": "input_file", "filename": "notes.pdf", "file_data": file_data},
+                {"type": "input_file", "file_url": f"https://files.example.net/{EMAIL}"},
+                {"type": "input_image", "image_url": image}]},
+            {"type": "message", "role": "assistant", "content": [
+                {"type": "output_text", "text": "ok", "annotations": [annotation]}]},
+            {"type": "tool_search_output", "call_id": "t1", "tools": [{"note": EMAIL}]},
+        ],
+        "tools": [{"type": "custom", "name": "apply_patch",
+                   "description": f"Patches files; questions to {EMAIL}"}],
+    }  # fmt: skip
+    async with running.client() as client:
+        reply = await client.post("/v1/responses", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["instructions"] == f"Help {EMAIL}"
+    assert reply.json()["metadata"] == body["metadata"]
+    [received] = upstream.requests
+    assert received.target == "/v1/responses"
+    assert EMAIL not in received.body.decode()
+    sent = received.json
+    mask = "[EMAIL_REDACTED]"
+    assert sent["metadata"] == {"owner": mask, "name": f"{mask} too"}
+    assert sent["tools"] == [{"type": "custom", "name": "apply_patch",
+                              "description": f"Patches files; questions to {mask}"}]  # fmt: skip
+    said, answered, unknown = sent["input"]
+    assert said["content"][1] == body["input"][0]["content"][1]  # type: ignore[index]
+    assert said["content"][2]["file_url"] == f"https://files.example.net/{mask}"
+    assert said["content"][3] == {"type": "input_image", "image_url": image}
+    assert answered["content"][0]["annotations"][0]["title"] == f"Written by {mask}"
+    assert unknown == {"type": "tool_search_output", "call_id": "t1", "tools": [{"note": mask}]}
+    await running.stop()
+
+
+def tool_events(text: str) -> StreamReply:
+    """A Responses stream of a custom tool's call (its input in two deltas), a code
+    interpreter's code, an MCP call's arguments and a delta of a kind the gateway does
+    not know, each with its closing event repeating it, each holding `text`."""
+    half = len(text) // 2
+    item = {
+        "type": "custom_tool_call",
+        "id": "ctc_1",
+        "call_id": "c1",
+        "name": "apply_patch",
+        "status": "completed",
+        "input": text,
+    }
+    final = response("")
+    final["output"] = [item]
+    at = {"item_id": "ctc_1", "output_index": 0}
+    code = {"item_id": "ci_1", "output_index": 1}
+    mcp = {"item_id": "mcp_1", "output_index": 2}
+    arguments = orjson.dumps({"q": text}).decode()
+    payloads: list[dict[str, Any]] = [
+        {"type": "response.created", "response": response("", "in_progress")},
+        {"type": "response.output_item.added", "output_index": 0,
+         "item": {**item, "input": "", "status": "in_progress"}},
+        {"type": "response.custom_tool_call_input.delta", **at, "delta": text[:half]},
+        {"type": "response.custom_tool_call_input.delta", **at, "delta": text[half:]},
+        {"type": "response.custom_tool_call_input.done", **at, "input": text},
+        {"type": "response.code_interpreter_call_code.delta", **code, "delta": f"print({text!r})"},
+        {"type": "response.code_interpreter_call_code.done", **code, "code": f"print({text!r})"},
+        {"type": "response.mcp_call_arguments.delta", **mcp, "delta": arguments},
+        {"type": "response.mcp_call_arguments.done", **mcp, "arguments": arguments},
+        {"type": "response.future_text.delta", **mcp, "delta": f"later {text}"},
+        {"type": "response.future_text.done", **mcp, "text": f"later {text}"},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": "response.completed", "response": final},
+    ]  # fmt: skip
+    return StreamReply(
+        [
+            b"event: %s\ndata: %s\n\n"
+            % (p["type"].encode(), orjson.dumps({**p, "sequence_number": n}))
+            for n, p in enumerate(payloads)
+        ]
+    )
+
+
+def tools_streamed(repeat: Callable[[str], str]) -> Callable[[ReceivedRequest], Reply]:
+    """A Responses-only upstream whose stream (`tool_events`) holds `repeat` of what the
+    user said."""
+
+    def handle(request: ReceivedRequest) -> Reply:
+        if request.target != "/v1/responses":
+            return JSONReply({"error": {"message": "only v1/responses"}}, status=404)
+        return tool_events(repeat(str(request.json["input"])))
+
+    return handle
+
+
+def streamed_texts(text: str) -> list[str]:
+    """Every tool text and delta a client got of a stream, by event."""
+    keys = ("delta", "input", "code", "arguments", "text")
+    found = []
+    for line in text.splitlines():
+        if line.startswith("data:"):
+            data = orjson.loads(line[5:])
+            found.extend(f"{data['type']}: {data[key]}" for key in keys if key in data)
+    return found
+
+
+async def test_a_native_streams_tool_texts_are_masked(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A custom tool's input, a code interpreter's code, an MCP call's arguments and a
+    delta of a kind the gateway does not know are read in a native stream: an email the
+    upstream wrote in any of them (deltas and their closing events) is masked."""
+    upstream.handler = tools_streamed(lambda said: f"*** patch for {EMAIL} ***")
+    running = await guarded_gateway(nursery, upstream, content_filter())
+    async with running.client() as client:
+        reply = await client.post("/v1/responses", json={
+            "model": "gpt-test", "input": "patch it", "stream": True, "store": False})  # fmt: skip
+    assert reply.status_code == 200
+    assert EMAIL not in reply.text
+    texts = streamed_texts(reply.text)
+    for kind in ("custom_tool_call_input", "code_interpreter_call_code", "mcp_call_arguments",
+                 "future_text"):  # fmt: skip
+        for end in ("delta", "done"):
+            assert any(t.startswith(f"response.{kind}.{end}: ") for t in texts), (kind, end)
+    # Each but the custom tool's second delta, which the mask's end falls before.
+    assert sum("[EMAIL_REDACTED]" in t for t in texts) == 8
+    await running.stop()
+
+
+async def test_presidio_placeholders_in_a_native_streams_tool_texts_come_back(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """The placeholder a request was sent with, repeated by the upstream in a custom
+    tool's input, code, an MCP call's arguments or a newer delta, reaches the client as
+    the email it stands for."""
+    presidio = FakeUpstream(fake_guardrails.presidio)
+    await presidio.start(nursery)
+    base = f"http://127.0.0.1:{presidio.port}"
+    guardrail = {
+        "guardrail": "presidio", "mode": "pre_call", "default_on": True,
+        "presidio_analyzer_api_base": base, "presidio_anonymizer_api_base": base,
+        "pii_entities_config": {"EMAIL_ADDRESS": "MASK"}, "output_parse_pii": True,
+    }  # fmt: skip
+    upstream.handler = tools_streamed(lambda said: f"*** patch for {said} ***")
+    running = await guarded_gateway(nursery, upstream, guardrail)
+    async with running.client() as client:
+        said = {"model": "gpt-test", "input": f"mail {EMAIL}", "stream": True, "store": False}
+        reply = await client.post("/v1/responses", json=said)
+    assert reply.status_code == 200
+    [received] = upstream.requests
+    assert received.json["input"] == "mail <EMAIL_ADDRESS_1>"
+    assert "<EMAIL_ADDRESS" not in reply.text
+    texts = streamed_texts(reply.text)
+    assert sum(EMAIL in t for t in texts) == 8
+    await running.stop()
+
+
+async def test_a_streamed_native_response_echoes_the_clients_own_instructions(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """The Response a native stream opens and closes with echoes the client's own
+    instructions, not the masked ones the upstream was sent."""
+
+    def handle(request: ReceivedRequest) -> Reply:
+        stream = response_events("ok")
+        echo = b'"instructions":' + orjson.dumps(request.json["instructions"]) + b","
+        return StreamReply(
+            [
+                f.replace(b'"model":', echo + b'"model":')
+                for f in stream.frames
+                if isinstance(f, bytes)
+            ]
+        )
+
+    upstream.handler = handle
+    running = await guarded_gateway(nursery, upstream, content_filter())
+    events = [
+        event
+        async for event in await sdk(running).responses.create(
+            model="gpt-test", instructions=f"Help {EMAIL}", input="hi", stream=True, store=False
+        )
+    ]
+    responses = [e.response for e in events if e.type in ("response.created", "response.completed")]
+    assert [r.instructions for r in responses] == [f"Help {EMAIL}"] * 2
+    [received] = upstream.requests
+    assert received.json["instructions"] == "Help [EMAIL_REDACTED]"
+    await running.stop()
+
+
+async def test_a_conversation_read_after_hooks_ran_is_never_sent(
+    nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hardening: with hooks, the conversation is read before they run. Were it not (a
+    bug, forced here), a fallback that must be sent the conversation would get a fresh
+    translation no guardrail read, its masks undone: it is refused, a logged 500, and
+    the fallback is sent nothing."""
+    from test_responses import fallback_config, native_chain, numbered_responses
+
+    monkeypatch.setattr(responses, "_hooked", lambda gateway: False)
+    made: list[str] = []
+    upstream.handler = numbered_responses(made)
+    translated = FakeUpstream()
+    await translated.start(nursery)
+    translated.handler = lambda request: JSONReply({"error": {"message": "not to be called"}})
+    config = fallback_config(upstream, translated)
+    config["guardrails"] = [{"guardrail_name": "guard", "litellm_params": content_filter()}]
+    running = await start_gateway(nursery, config)
+    async with running.client() as client:
+        head = await native_chain(client, 2)
+        upstream.handler = lambda request: JSONReply({"error": {"message": "down"}}, status=500)
+        body = {"model": "gpt-test", "input": f"mail {EMAIL}", "previous_response_id": head}
+        reply = await client.post("/v1/responses", json=body)
+    assert reply.status_code == 500, reply.text[:300]
+    assert translated.requests == []
+    assert all(EMAIL not in r.body.decode() for r in upstream.requests)
     await running.stop()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trigate.api.responses_format import FINAL_EVENTS
+from trigate.guardrails.text import RESPONSE_FINALS as FINAL_EVENTS
 from trigate.guardrails.text import TOOL_ITEMS
 
 # A delta's event: the text it adds to (the key it is kept by), and the index naming
@@ -23,6 +23,9 @@ DELTAS = {
     "response.reasoning_summary_text.delta": ("summary", "summary_index"),
     "response.reasoning_text.delta": ("reasoning", "content_index"),
     "response.custom_tool_call_input.delta": ("input", None),
+    "response.code_interpreter_call_code.delta": ("code", None),
+    "response.mcp_call_arguments.delta": ("mcp_arguments", None),
+    "response.audio.transcript.delta": ("transcript", None),
 }
 # An event that closes a part: the text it repeats, the index, and where it holds the
 # text (in itself or in its `part`, and under which key).
@@ -32,6 +35,9 @@ CLOSINGS = {
     "response.reasoning_summary_part.done": ("summary", "summary_index", "part", "text"),
     "response.reasoning_text.done": ("reasoning", "content_index", None, "text"),
     "response.custom_tool_call_input.done": ("input", None, None, "input"),
+    "response.code_interpreter_call_code.done": ("code", None, None, "code"),
+    "response.mcp_call_arguments.done": ("mcp_arguments", None, None, "arguments"),
+    "response.audio.transcript.done": ("transcript", None, None, "transcript"),
 }
 
 

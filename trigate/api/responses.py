@@ -57,7 +57,7 @@ from trigate.api.validation import (
 )
 from trigate.auth import Caller, owner_of
 from trigate.clock import wall_time
-from trigate.errors import Failure, InvalidRequest, NotFound, UpstreamError, echoed
+from trigate.errors import Failure, GatewayError, InvalidRequest, NotFound, UpstreamError, echoed
 from trigate.gateway import Gateway
 from trigate.nesting import MAX_NESTING, deeper_than
 from trigate.providers import ChunkStream, Completion, NativeResponses
@@ -343,14 +343,28 @@ class _Offered:
     client's own body stays as it came: it is what is stored, and what a Response
     echoes."""
 
-    __slots__ = ("_earlier", "request")
+    __slots__ = ("_client", "_earlier", "request")
 
     def __init__(self, body: dict[str, Any], history: list[Any]) -> None:
         request: dict[str, Any] = orjson.loads(orjson.dumps(body))
         if history:
             request["input"] = [*orjson.loads(orjson.dumps(history)), *input_items(request)]
         self.request = request
+        self._client = body
         self._earlier = len(history)
+
+    def restore_echo(self, response: dict[str, Any]) -> bool:
+        """Put the client's own values back in what a native Response echoes of the
+        request (`instructions`, `prompt`, `metadata`, `tools`) where hooks changed them
+        (a guardrail's masks): the client reads, and the store keeps, its own request,
+        not the masks it was sent upstream with. Whether anything was put back."""
+        sent, _ = self.parts()
+        changed = False
+        for key, value in self._client.items():
+            if key != "input" and key in response and sent.get(key) != value:
+                response[key] = value
+                changed = True
+        return changed
 
     def parts(self) -> tuple[dict[str, Any], list[Any]]:
         """The request as hooks left it: the client's body, and the conversation."""
@@ -554,6 +568,8 @@ class _Exchange(TranslatedExchange):
         self._native_stream = False
         # The request offered to hooks (`native_request`), once one asked for it.
         self._offered: _Offered | None = None
+        # Whether hooks ran (read or changed `body`) while the conversation was unread.
+        self._hooked_unread = False
 
     def native_body(self, deployment: Deployment) -> dict[str, Any]:
         conversation = self._conversation
@@ -565,6 +581,7 @@ class _Exchange(TranslatedExchange):
         """The request as `_Offered` offers it; None while the conversation is unread
         (no hook ran when the request was decoded)."""
         if self._unread:
+            self._hooked_unread = True  # `_add_history` must not replace what they read
             return None
         if self._offered is None:
             self._offered = _Offered(self._body, self._conversation.history or [])
@@ -589,9 +606,22 @@ class _Exchange(TranslatedExchange):
         if self._unread and not _sent_by_id(self._conversation.chain, deployment):
             self._add_history(await self._conversation.load())
 
+    def translate_only(self) -> None:
+        self._hooked_unread = self._hooked_unread or self._unread
+        super().translate_only()
+
     def _add_history(self, history: list[Any]) -> None:
         if not self._unread:
             return  # another attempt, which read it at the same time, added it
+        if self._hooked_unread:
+            # Hooks read (and may have masked) `body` without the conversation, which
+            # `decode` reads first whenever hooks run: a fresh translation would send
+            # what they never read, or undo their masks. Our bug; never sent.
+            logger.error("responses: hooks ran before the conversation was read")
+            raise GatewayError(
+                "The gateway could not rebuild this conversation after its request hooks "
+                "ran; the request is not sent.",
+            )
         self._unread = False
         translated = _translated(self._body, history)
         self.body, self.untranslatable = translated.chat, translated.failure
@@ -612,8 +642,12 @@ class _Exchange(TranslatedExchange):
             self._name_dropped()
             self._context.response_id = self.response_id
         self._native_stream = native
+        offered = self._offered
         self._events = ResponsesEvents(
-            response_id=self.response_id, request=self._body, created_at=self.created_at
+            response_id=self.response_id,
+            request=self._body,
+            created_at=self.created_at,
+            echoed=offered.restore_echo if offered is not None else None,
         )
         return self._events
 
@@ -630,7 +664,11 @@ class _Exchange(TranslatedExchange):
         client is handed an id it could not continue from."""
         native = self.response is None
         response = orjson.loads(answer) if native else self.response
-        if not isinstance(response, dict) or await self.save(response, native=native):
+        if not isinstance(response, dict):
+            return answer
+        if native and self._offered is not None and self._offered.restore_echo(response):
+            answer = orjson.dumps(response)
+        if await self.save(response, native=native):
             return answer
         return orjson.dumps({**response, "store": False})
 

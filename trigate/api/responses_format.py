@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from trigate.api.passthrough_repeats import StreamedRest
 from trigate.errors import GatewayError, InvalidRequest, secrets
 from trigate.providers import NativeEvent
 from trigate.providers.fields import a_string
@@ -553,7 +555,17 @@ class ResponsesEvents(FrameEncoder):
     A Responses upstream's own events pass as they came; the encoder only follows their
     numbering and their Response, so that a failure after them still fits the stream."""
 
-    def __init__(self, *, response_id: str, request: dict[str, Any], created_at: float) -> None:
+    def __init__(
+        self,
+        *,
+        response_id: str,
+        request: dict[str, Any],
+        created_at: float,
+        echoed: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> None:
+        # Puts the client's own values back in a native Response's echo of the request
+        # (`_Offered.restore_echo`), where a guardrail masked what went upstream.
+        self._echoed = echoed
         self._response = base_response(
             response_id=response_id, request=request, created_at=created_at
         )
@@ -571,6 +583,9 @@ class ResponsesEvents(FrameEncoder):
         self._usage: dict[str, Any] = {}
         self._final: dict[str, Any] | None = None
         self._streamed = StreamedText()
+        # A native stream's other repeated texts: refusals, reasoning, a custom tool's
+        # input, a code interpreter's code, an MCP call's arguments, a tool's item.
+        self._rest = StreamedRest()
 
     @property
     def response(self) -> dict[str, Any] | None:
@@ -582,13 +597,16 @@ class ResponsesEvents(FrameEncoder):
         was streamed, as hooks released it); its Response is kept."""
         self._native = self._started = True
         frame = event.frame
-        if self._streamed.settled(event.data):
+        # Both see every event: `|`, not `or` (as the pass-through's codec does).
+        if self._streamed.settled(event.data) | self._rest.settled(event.data):
             frame = event_frame(event.name, event.data)
         sequence = event.data.get("sequence_number")
         if isinstance(sequence, int):
             self._sequence = sequence + 1
         response = event.data.get("response")
         if isinstance(response, dict):
+            if self._echoed is not None and self._echoed(response):
+                frame = event_frame(event.name, event.data)
             self._response = response
             if event.data.get("type") in FINAL_EVENTS:
                 self._final = response

@@ -39,6 +39,7 @@ from trigate.guardrails.text import (
     Slot,
     answer_slots,
     chunk_slots,
+    every_slot,
     request_slots,
     rewritten,
 )
@@ -369,15 +370,19 @@ def _both(body: dict[str, Any], native: dict[str, Any] | None) -> Sequence[Slot 
     """The slots of `body`, as a guardrail reads them alone; then those of `native` that
     hold a text (of a kind) `body` does not, each other one joined to the first of
     `body`'s that holds it: the masks of a text both hold are counted once, and a
-    guardrail's service is asked once."""
-    alone = request_slots(body)
+    guardrail's service is asked once.
+
+    With `native`, every text of each form is read (`every_slot`), not only what a
+    guardrail reads of a chat request: the client's own form goes upstream as it is, its
+    metadata, tools' descriptions and items of any kind included, and a text both forms
+    hold (a tool's description) is masked alike in both."""
     if native is None:
-        return alone
-    slots: list[Slot | _Copies] = list(alone)
+        return request_slots(body)
+    slots: list[Slot | _Copies] = list(every_slot(body))
     first: dict[tuple[str, str], int] = {}
     for index, slot in enumerate(slots):
         first.setdefault((slot.text, slot.kind), index)
-    for slot in request_slots(native):
+    for slot in every_slot(native):
         index = first.setdefault((slot.text, slot.kind), len(slots))
         if index == len(slots):
             slots.append(slot)

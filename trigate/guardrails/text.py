@@ -18,6 +18,7 @@ as JSON, so a mask never breaks the arguments a tool is called with.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -94,6 +95,67 @@ def request_slots(body: dict[str, Any]) -> list[Slot]:
     if not _GEMINI_REQUEST_KEYS.isdisjoint(body):
         slots.extend(_gemini_request(body))
     return slots
+
+
+def every_slot(body: dict[str, Any]) -> list[Slot]:
+    """Every text of a request a deployment is sent as it is (a Responses request sent
+    natively, and its chat form beside it): `request_slots`, then every other string
+    of it but those that name, identify or configure (`_OPAQUE`) and binary data
+    (`_binary`): its metadata, tools' descriptions and schemas, a file's name and URL,
+    an annotation's title, an item of a kind no reader knows. What no guardrail reads
+    never goes upstream."""
+    slots = request_slots(body)
+    read = {(id(slot.container), slot.key) for slot in slots}
+    for slot in slots:
+        commit = slot._commit
+        if isinstance(commit, _Rewrite):  # tool-call arguments: read leaf by leaf
+            read.add((id(commit.holder), commit.key))
+    slots.extend(_unread(body, read))
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict):  # the client's own keys: each value is read, any key
+        slots.extend(_opaque_named(metadata))
+    return slots
+
+
+def _opaque_named(metadata: dict[str, Any]) -> Iterator[Slot]:
+    """Metadata's values under a key `_unread` passes by (`name`, `id`): read still."""
+    for key, value in metadata.items():
+        if key in _OPAQUE and isinstance(value, str) and not _binary(value):
+            yield Slot(metadata, key)
+
+
+# A request's strings that name, identify, point at or configure, which a model is not
+# given as text to read (and a mask would break): never read by `every_slot`.
+_OPAQUE = frozenset({
+    "type", "id", "call_id", "tool_call_id", "item_id", "status", "model", "role", "name",
+    "encrypted_content", "file_id", "file_data", "previous_response_id",
+    "approval_request_id", "server_label", "container_id", "vector_store_ids",
+    "service_tier", "truncation", "include",
+    "tool_choice", "reasoning_effort", "effort", "detail", "voice", "modalities",
+})  # fmt: skip
+
+
+def _unread(value: Any, read: set[tuple[int, Any]]) -> Iterator[Slot]:
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if key in _OPAQUE and not isinstance(item, dict):  # a dict may hold text still
+            continue
+        if isinstance(item, str):
+            if (id(value), key) not in read and not _binary(item):
+                yield Slot(value, key)
+        elif isinstance(item, dict | list):
+            yield from _unread(item, read)
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/=_\-\n]+")
+
+
+def _binary(text: str) -> bool:
+    """Whether a string is binary data (a data URL, or a long run of base64), which is
+    no text to read: an image's, an audio clip's or a file's bytes."""
+    if text.startswith("data:"):
+        return ";base64," in text[:200]
+    return len(text) >= 256 and _BASE64.fullmatch(text) is not None
 
 
 # What `_gemini_request` reads of a body.
@@ -233,13 +295,22 @@ def _response_item(item: dict[str, Any]) -> Iterator[Slot]:
     elif kind == "reasoning":
         yield from _content(item, "summary")
         yield from _content(item, "content")
-    elif kind in TOOL_ITEMS:
+    elif kind in TOOL_ITEMS or kind not in _READ_ITEMS:
+        # A tool's item, or a kind of item this reader does not know (a newer API's):
+        # every string of it but those that name or identify it, never none of it.
         yield from _tool_item(item)
+
+
+# The items `_response_item` reads by their own shape.
+_READ_ITEMS = frozenset({
+    None, "message", "reasoning", "function_call", "function_call_output", "custom_tool_call",
+    "custom_tool_call_output",
+})  # fmt: skip
 
 
 def _tool_item(item: dict[str, Any]) -> Iterator[Slot]:
     for key, value in item.items():
-        if key in _NOT_TEXT:
+        if key in _NOT_TEXT and not isinstance(value, dict | list):  # those may hold text
             continue
         if key == "arguments":
             yield from json_slots(item, key)
@@ -272,11 +343,20 @@ def json_slots(holder: dict[str, Any], key: str) -> list[Slot]:
         return [Slot(holder, key, TOOL_ARGUMENTS)]
     if not isinstance(parsed, dict | list):
         return [Slot(holder, key, TOOL_ARGUMENTS)]
+    return list(leaves(parsed, _Rewrite(holder, key, parsed)))
 
-    def commit() -> None:
-        holder[key] = orjson.dumps(parsed).decode()
 
-    return list(leaves(parsed, commit))
+class _Rewrite:
+    """Writes parsed tool-call arguments back, as JSON, where they came from: what a
+    leaf's mask commits; and it names that place (`every_slot` reads it no more)."""
+
+    __slots__ = ("holder", "key", "parsed")
+
+    def __init__(self, holder: dict[str, Any], key: str, parsed: Any) -> None:
+        self.holder, self.key, self.parsed = holder, key, parsed
+
+    def __call__(self) -> None:
+        self.holder[self.key] = orjson.dumps(self.parsed).decode()
 
 
 def leaves(
@@ -423,7 +503,13 @@ RESPONSE_DELTAS = {
     "response.reasoning_text.delta": TEXT,
     "response.function_call_arguments.delta": TOOL_ARGUMENTS,
     "response.custom_tool_call_input.delta": TOOL_ARGUMENTS,
+    "response.code_interpreter_call_code.delta": TOOL_ARGUMENTS,
+    "response.mcp_call_arguments.delta": TOOL_ARGUMENTS,
+    "response.audio.transcript.delta": TEXT,
 }
+# Deltas that carry bytes, not text (an audio clip's, in base64): never read. Any other
+# `response.*.delta` whose delta is a string is read as text, known or not.
+BINARY_DELTAS = frozenset({"response.audio.delta"})
 # Anthropic's deltas' text: a text block's, a tool use's input, a thinking block's.
 ANTHROPIC_DELTAS = (("text", TEXT), ("partial_json", TOOL_ARGUMENTS), ("thinking", TEXT))
 
@@ -442,13 +528,21 @@ def _event_slots(data: dict[str, Any]) -> list[Slot]:
     elif kind == "content_block_start" and isinstance(data.get("content_block"), dict):
         # A block that comes whole (a server tool's result), or starts with text.
         return list(_part(data["content_block"], TEXT))
-    elif kind in RESPONSE_DELTAS and isinstance(data.get("delta"), str):
-        return [Slot(data, "delta", RESPONSE_DELTAS[kind])]
+    elif isinstance(kind, str) and isinstance(data.get("delta"), str) and _read_delta(kind):
+        return [Slot(data, "delta", RESPONSE_DELTAS.get(kind, TEXT))]
     elif kind == "response.output_item.done" and isinstance(data.get("item"), dict):
         # A tool's item comes whole, its text in no delta.
         item = data["item"]
         return list(_tool_item(item)) if item.get("type") in TOOL_ITEMS else []
     return []
+
+
+def _read_delta(kind: str) -> bool:
+    """Whether a delta event's string is text a guardrail reads: a known one's, or any
+    other Responses delta's but for bytes (a newer event is read, not let through)."""
+    if kind in RESPONSE_DELTAS:
+        return True
+    return kind.startswith("response.") and kind.endswith(".delta") and kind not in BINARY_DELTAS
 
 
 # A Responses stream's events that close a part and repeat its text: where the text is.
@@ -459,7 +553,15 @@ RESPONSE_CLOSINGS = {
     "response.reasoning_text.done": (None, "text"),
     "response.content_part.done": ("part", None),
     "response.reasoning_summary_part.done": ("part", None),
+    "response.function_call_arguments.done": (None, "arguments"),
+    "response.custom_tool_call_input.done": (None, "input"),
+    "response.code_interpreter_call_code.done": (None, "code"),
+    "response.mcp_call_arguments.done": (None, "arguments"),
+    "response.audio.transcript.done": (None, "transcript"),
 }
+# Closing events that hold no text of their own to read (an item's is read by
+# `_event_slots`; the final Response's below).
+_NO_REPEAT = frozenset({"response.output_item.done", "response.audio.done"})
 RESPONSE_FINALS = ("response.completed", "response.incomplete", "response.failed")
 
 
@@ -482,6 +584,10 @@ def _repeated_slots(data: dict[str, Any]) -> list[Slot]:
         output = data["response"].get("output")
         items = output if isinstance(output, list) else ()
         return [slot for item in items if isinstance(item, dict) for slot in _response_item(item)]
+    if isinstance(kind, str) and kind.startswith("response.") and kind.endswith(".done"):
+        # A closing event this reader does not know: its every string but those that
+        # name or identify, read rather than let through unread.
+        return [] if kind in _NO_REPEAT else list(_unread(data, set()))
     return []
 
 
