@@ -748,3 +748,35 @@ async def test_a_stream_cut_short_is_billed_what_the_provider_streamed(
     counted = gateway.gateway.counter.count_text(CLAUDE, "".join(words))
     assert record.cancelled_by_client and counted > 1
     assert (record.prompt_tokens, record.completion_tokens) == (12, counted)
+
+
+async def test_every_text_of_a_pass_through_request_is_read(
+    start: Any, upstream: FakeUpstream
+) -> None:
+    """A pass-through body goes upstream as it is, so every text of it is read, not only
+    what a guardrail reads of a chat request: metadata, a custom tool's description;
+    binary data, names and ids go unchanged. (An item of a
+    kind no reader knows is refused: see the test of calls they cannot read.)"""
+    upstream.handler = lambda request: JSONReply(_response("ok"))
+    gateway = await start(content_filter("in", "pre_call"))
+    image = "data:image/png;base64," + "iVBORw0KGgo" * 40
+    body = {
+        "model": "gpt-4o",
+        "metadata": {"who": EMAIL, "name": EMAIL},
+        "tools": [{"type": "custom", "name": "apply_patch", "description": f"ask {EMAIL}"}],
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "hi"},
+                                         {"type": "input_image", "image_url": image}]},
+            {"type": "function_call", "call_id": "c1", "name": "look", "arguments": "{}",
+             "id": "fc_1", "status": "completed"},
+        ],
+    }  # fmt: skip
+    async with gateway.client() as raw:
+        answered = await raw.post("/openai/v1/responses", json=body)
+    assert answered.status_code == 200, answered.text
+    sent = upstream.requests[0].json
+    assert EMAIL not in orjson.dumps(sent).decode()
+    assert sent["metadata"] == {"who": "[EMAIL_REDACTED]", "name": "[EMAIL_REDACTED]"}
+    assert sent["tools"][0]["description"] == "ask [EMAIL_REDACTED]"
+    assert sent["input"][0]["content"][1]["image_url"] == image
+    assert sent["input"][1]["id"] == "fc_1" and sent["input"][1]["name"] == "look"

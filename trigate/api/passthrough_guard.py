@@ -77,6 +77,13 @@ class PassRequest:
         self.context = context
         self.requested_guardrails = requested_guardrails
 
+    def native_request(self) -> dict[str, Any]:
+        """The request in the client's own API, as a deployment is sent it: the body
+        itself, which goes upstream as it is, so guardrails read every text of it
+        (metadata, tools' descriptions and items of any kind included), not only what
+        they read of a chat request (`trigate.guardrails.text.every_slot`)."""
+        return self.body
+
 
 def requested_guardrails(body: Any) -> tuple[list[str], bool]:
     """The guardrails the request names by LiteLLM's `guardrails` (in the body, or in its

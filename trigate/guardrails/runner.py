@@ -375,9 +375,12 @@ def _both(body: dict[str, Any], native: dict[str, Any] | None) -> Sequence[Slot 
     With `native`, every text of each form is read (`every_slot`), not only what a
     guardrail reads of a chat request: the client's own form goes upstream as it is, its
     metadata, tools' descriptions and items of any kind included, and a text both forms
-    hold (a tool's description) is masked alike in both."""
+    hold (a tool's description) is masked alike in both. A `native` that is `body`
+    itself (a pass-through call's) is read once, whole."""
     if native is None:
         return request_slots(body)
+    if native is body:  # the body is the client's own form (a pass-through call)
+        return every_slot(body)
     slots: list[Slot | _Copies] = list(every_slot(body))
     first: dict[tuple[str, str], int] = {}
     for index, slot in enumerate(slots):
