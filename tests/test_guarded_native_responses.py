@@ -160,6 +160,19 @@ def assert_masked_natively(received: ReceivedRequest, mask: str) -> None:
     assert sent["tools"] == REQUEST["tools"]
 
 
+async def presidio_masking(nursery: trio.Nursery) -> tuple[FakeUpstream, dict[str, Any]]:
+    """A fake Presidio on a real socket, and the guardrail that masks emails through it
+    before the call and gives them back in the answer (`output_parse_pii`)."""
+    presidio = FakeUpstream(fake_guardrails.presidio)
+    await presidio.start(nursery)
+    base = f"http://127.0.0.1:{presidio.port}"
+    return presidio, {
+        "guardrail": "presidio", "mode": "pre_call", "default_on": True,
+        "presidio_analyzer_api_base": base, "presidio_anonymizer_api_base": base,
+        "pii_entities_config": {"EMAIL_ADDRESS": "MASK"}, "output_parse_pii": True,
+    }  # fmt: skip
+
+
 async def test_a_content_filters_masks_go_to_a_responses_only_upstream_in_its_shapes(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
@@ -190,14 +203,7 @@ async def test_presidio_placeholders_go_natively_and_come_back_in_the_native_ans
     the email, and the upstream's answer, which repeats it, reaches the client with the
     email given back: whole, and streamed with the placeholder cut between deltas (the
     deltas, each closing event and the final Response alike)."""
-    presidio = FakeUpstream(fake_guardrails.presidio)
-    await presidio.start(nursery)
-    base = f"http://127.0.0.1:{presidio.port}"
-    guardrail = {
-        "guardrail": "presidio", "mode": "pre_call", "default_on": True,
-        "presidio_analyzer_api_base": base, "presidio_anonymizer_api_base": base,
-        "pii_entities_config": {"EMAIL_ADDRESS": "MASK"}, "output_parse_pii": True,
-    }  # fmt: skip
+    presidio, guardrail = await presidio_masking(nursery)
     upstream.handler = responses_only(lambda request: f"Noted: {user_text(request)}!")
     running = await guarded_gateway(nursery, upstream, guardrail)
     client = sdk(running)
@@ -342,14 +348,7 @@ async def test_a_compaction_is_sent_masked_and_its_kept_turns_come_back_unmasked
     """Codex's remote compaction (`/v1/responses/compact`) has no form but the Responses
     API's: it is sent with Presidio's placeholders, and the turns the upstream keeps come
     back to the client with the email given back."""
-    presidio = FakeUpstream(fake_guardrails.presidio)
-    await presidio.start(nursery)
-    base = f"http://127.0.0.1:{presidio.port}"
-    guardrail = {
-        "guardrail": "presidio", "mode": "pre_call", "default_on": True,
-        "presidio_analyzer_api_base": base, "presidio_anonymizer_api_base": base,
-        "pii_entities_config": {"EMAIL_ADDRESS": "MASK"}, "output_parse_pii": True,
-    }  # fmt: skip
+    _, guardrail = await presidio_masking(nursery)
 
     def compact(request: ReceivedRequest) -> JSONReply:
         kept = [
@@ -568,14 +567,7 @@ async def test_presidio_placeholders_in_a_native_streams_tool_texts_come_back(
     """The placeholder a request was sent with, repeated by the upstream in a custom
     tool's input, code, an MCP call's arguments or a newer delta, reaches the client as
     the email it stands for."""
-    presidio = FakeUpstream(fake_guardrails.presidio)
-    await presidio.start(nursery)
-    base = f"http://127.0.0.1:{presidio.port}"
-    guardrail = {
-        "guardrail": "presidio", "mode": "pre_call", "default_on": True,
-        "presidio_analyzer_api_base": base, "presidio_anonymizer_api_base": base,
-        "pii_entities_config": {"EMAIL_ADDRESS": "MASK"}, "output_parse_pii": True,
-    }  # fmt: skip
+    _, guardrail = await presidio_masking(nursery)
     upstream.handler = tools_streamed(lambda said: f"*** patch for {said} ***")
     running = await guarded_gateway(nursery, upstream, guardrail)
     async with running.client() as client:
