@@ -542,6 +542,33 @@ async def test_a_team_alias_grants_no_model_the_caller_may_not_use(nursery: trio
 # Spend, on both backends.
 
 
+async def test_a_spend_row_whose_metadata_cannot_be_stored_is_written_still(
+    nursery: trio.Nursery, database_url: str
+) -> None:
+    """A client's metadata nested deeper than JSON is written (orjson's 254 levels): its
+    row is written with a note in its place, and every row after it too. It used to fail
+    its batch, be kept for retry with every row behind it, and fail again: no spend was
+    recorded again."""
+    gateway = await start_gateway(nursery, config(database_url))
+    deep: Any = "x"
+    for _ in range(600):
+        deep = {"a": deep}
+    ids = []
+    async with gateway.client() as client:
+        for metadata in ({"deep": deep}, {"plain": "yes"}):
+            body = {"model": "good", "messages": MESSAGES, "metadata": metadata}
+            reply = await client.post("/v1/chat/completions", json=body)
+            assert reply.status_code < 500, reply.text
+            ids.append(reply.headers["x-trigate-request-id"])
+    await gateway.records.wait_for(2)
+    assert await gateway.gateway.ledger.flush()
+    async with gateway.client() as client:
+        rows = [(await client.get(f"/spend/logs?request_id={id_}")).json() for id_ in ids]
+    [[deep_row], [plain_row]] = rows
+    assert "trigate_not_stored" in deep_row["metadata"]
+    assert plain_row["metadata"]["plain"] == "yes"
+
+
 async def test_spend_logs_and_reports_in_litellms_shapes(
     nursery: trio.Nursery, database_url: str
 ) -> None:

@@ -1024,8 +1024,24 @@ def _spend_values(row: Row) -> list[Any]:
     otherwise cost a Python call per column)."""
     values = list(map(row.get, SPEND_COLUMNS))
     for index, column in _ENCODED_SPEND_COLUMNS:
-        values[index] = _encode(column, values[index])
+        try:
+            values[index] = _encode(column, values[index])
+        except orjson.JSONEncodeError as error:
+            values[index] = _unstorable(row, column, error)
     return values
+
+
+def _unstorable(row: Row, column: str, error: orjson.JSONEncodeError) -> str:
+    """What a spend row holds in place of a JSON field that cannot be written (a client's
+    metadata nested deeper than orjson writes, 254 levels), which says why: the row, its
+    tokens and its cost are written still. A row that failed its batch would be kept for
+    retry and fail it again, and every row queued behind it with it: no spend would be
+    recorded again."""
+    logger.warning(
+        "spend row %s: its `%s` is stored as a note, not as sent: %s",
+        row.get("request_id"), column, error,
+    )  # fmt: skip
+    return orjson.dumps({"trigate_not_stored": f"not storable as JSON: {error}"}).decode()
 
 
 def _viewer_clause(viewer: ResponseViewer | None) -> tuple[str, list[Any]]:
