@@ -569,31 +569,6 @@ async def test_a_spend_row_whose_metadata_cannot_be_stored_is_written_still(
     assert plain_row["metadata"]["plain"] == "yes"
 
 
-async def test_a_spend_row_the_database_refuses_does_not_hold_back_the_rows_after_it(
-    nursery: trio.Nursery, database_url: str
-) -> None:
-    """PostgreSQL's text holds no NUL, which a client's `user` may carry: the batch that
-    row is in is refused, and its rows are written one by one, the refused one with the
-    NUL made U+FFFD. It used to be kept for retry with every row behind it, failing at
-    each retry: no spend was recorded again. (SQLite takes the NUL as it is.)"""
-    gateway = await start_gateway(nursery, config(database_url))
-    ids = []
-    async with gateway.client() as client:
-        for user in ("ada\u0000", "grace"):
-            body = {"model": "good", "messages": MESSAGES, "user": user}
-            reply = await client.post("/v1/chat/completions", json=body)
-            assert reply.status_code == 200, reply.text
-            ids.append(reply.headers["x-trigate-request-id"])
-    await gateway.records.wait_for(2)
-    assert await gateway.gateway.ledger.flush()
-    async with gateway.client() as client:
-        rows = [(await client.get(f"/spend/logs?request_id={id_}")).json() for id_ in ids]
-    [[refused], [after]] = rows
-    assert refused["end_user"] in ("ada\u0000", "ada\ufffd") and after["end_user"] == "grace"
-    assert refused["spend"] > 0 and after["spend"] > 0
-    assert gateway.gateway.ledger.dropped == 0
-
-
 async def test_spend_logs_and_reports_in_litellms_shapes(
     nursery: trio.Nursery, database_url: str
 ) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import openai
@@ -587,34 +586,6 @@ async def test_the_spend_writer_backs_off_however_many_rows_wait(
             await trio.sleep(0.1)
         writer.cancel_scope.cancel()
     assert attempts <= 9 and ledger.queued == 10_600
-
-
-async def test_a_row_no_store_takes_is_dropped_once_the_next_is_written() -> None:
-    """A batch the store refuses (not an outage) is written row by row; a row refused
-    alone and again made storable is dropped, counted, once the row after it is written,
-    so it never holds back the rows queued behind it. Refusals of two rows in a row, or
-    of a batch's last row, are an outage's: the rows are kept for retry."""
-    written: list[str] = []
-
-    class PickyStore:
-        async def record_spend(self, rows: list[dict[str, Any]]) -> int:
-            if any(row["key_alias"] == "poison" for row in rows):
-                raise ValueError("the database refuses this row")
-            written.extend(row["request_id"] for row in rows)
-            return len(rows)
-
-    def record(request_id: str, alias: str) -> RequestRecord:
-        return dataclasses.replace(spend_record(), request_id=request_id, key_alias=alias)
-
-    ledger = SpendLedger(PickyStore())  # type: ignore[arg-type]
-    await ledger.write(record("r1", "ok"))
-    await ledger.write(record("r2", "poison"))
-    assert not await ledger.flush()  # r1 written, r2 the batch's last: kept
-    assert written == ["r1"] and ledger.queued == 1 and ledger.dropped == 0
-    await ledger.write(record("r3", "ok"))
-    assert await ledger.flush()
-    assert written == ["r1", "r3"] and ledger.queued == 0 and ledger.dropped == 1
-    assert ledger.unflushed("keys", "hash") == 0
 
 
 async def test_models_lists_only_what_a_key_may_use(nursery: trio.Nursery) -> None:

@@ -23,8 +23,7 @@ import orjson
 import trio
 
 from trigate.spend.records import RequestRecord
-from trigate.store import MEMBERS, OWNERS, Store, StoreUnavailable, member_ident
-from trigate.store.backends import Unavailable
+from trigate.store import MEMBERS, OWNERS, Store, member_ident
 
 logger = logging.getLogger("trigate.usage")
 errors = logging.getLogger("trigate.spend")
@@ -35,9 +34,6 @@ BATCH_SIZE = 500
 FLUSH_INTERVAL = 0.5
 MAX_QUEUED = 100_000
 MAX_BACKOFF = 30.0
-# What says the store is down, not that a row is wrong: its rows are kept for retry.
-_OUTAGES = (StoreUnavailable, Unavailable, OSError)
-_OUTAGE = StoreUnavailable("the store is down")
 SHUTDOWN_FLUSH_TIMEOUT = 10.0
 
 
@@ -132,92 +128,23 @@ class SpendLedger:
         while self._queue:
             batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
             try:
-                await self._record(batch)
-            except _OUTAGES as error:
-                self._failed("spend log write failed, %d rows kept for retry: %s",
-                             len(self._queue), error)  # fmt: skip
-                return False
+                if self._also_users:
+                    await self._store.record_spend(batch, self._also_users)
+                else:  # the plain call, as stores without a proxy budget are asked
+                    await self._store.record_spend(batch)
             except Exception as error:
-                # Not an outage: a row the database refuses (PostgreSQL's text holds no
-                # NUL, which a client's `user` may carry) would fail its batch at every
-                # retry, and every row queued behind it with it. Each is written alone.
-                self._failed("spend log batch refused, written row by row: %s", error)
-                if not await self._record_one_by_one(batch):
-                    return False
-                continue
+                errors.warning(
+                    "spend log write failed, %d rows kept for retry: %s", len(self._queue), error
+                )
+                if self.on_failure is not None:
+                    self.on_failure(str(error))
+                return False
             for row in batch:
-                self._written(row)
+                # A full queue may have dropped the head meanwhile; remove only this batch.
+                if self._queue and self._queue[0] is row:
+                    self._queue.popleft()
+                self._settle(row)
         return True
-
-    def _written(self, row: dict[str, Any]) -> None:
-        """`row` is in the store (or dropped): out of the queue, out of `unflushed`."""
-        # A full queue may have dropped the head meanwhile; remove only this row.
-        if self._queue and self._queue[0] is row:
-            self._queue.popleft()
-        self._settle(row)
-
-    async def _record(self, batch: list[dict[str, Any]]) -> None:
-        assert self._store is not None  # `write` queues nothing without a store
-        if self._also_users:
-            await self._store.record_spend(batch, self._also_users)
-        else:  # the plain call, as stores without a proxy budget are asked
-            await self._store.record_spend(batch)
-
-    async def _record_one_by_one(self, batch: list[dict[str, Any]]) -> bool:
-        """The rows of a refused batch one by one: a row refused alone, and again with its
-        text made storable (`storable`), is dropped (an error, counted) once the row after
-        it is written, which shows the store takes rows; two refused in a row are an
-        outage's, not the rows': the rest of the batch stays queued (False). Each row
-        written leaves the queue at once."""
-        suspect: dict[str, Any] | None = None
-        for row in batch:
-            refused = await self._refused(row)
-            if refused is _OUTAGE:
-                return False
-            if refused is None:
-                if suspect is not None:
-                    self._drop_refused(suspect)
-                    suspect = None
-                self._written(row)
-                continue
-            if suspect is not None:
-                self._failed("spend log write failed, rows kept for retry: %s", refused)
-                return False
-            suspect = row
-        if suspect is not None:  # the batch's last row: kept until a later row is written
-            self._failed("spend log write failed, rows kept for retry: %s", "last row refused")
-            return False
-        return True
-
-    async def _refused(self, row: dict[str, Any]) -> Exception | None:
-        """None once `row` is written (as it is, or made storable); the error otherwise,
-        or `_OUTAGE`."""
-        for attempt in (row, storable(row)):
-            try:
-                await self._record([attempt])
-            except _OUTAGES:
-                return _OUTAGE
-            except Exception as error:
-                refused = error
-                continue
-            if attempt is not row:
-                logger.warning(
-                    "spend row %s refused (%s); written with its text made storable",
-                    row.get("request_id"), refused,
-                )  # fmt: skip
-            return None
-        return refused
-
-    def _drop_refused(self, row: dict[str, Any]) -> None:
-        self.dropped += 1
-        errors.error("spend row %s dropped: the database refuses it", row.get("request_id"))
-        self._written(row)
-
-    def _failed(self, message: str, *args: object) -> None:
-        """A failed write: logged, and told to the alerts (its error, the last argument)."""
-        errors.warning(message, *args)
-        if self.on_failure is not None:
-            self.on_failure(str(args[-1]))
 
     def _owners(self, row: dict[str, Any]) -> list[tuple[str, str]]:
         owners = _owners(row)
@@ -283,16 +210,3 @@ def _row(record: RequestRecord) -> dict[str, Any]:
         "end_user": record.end_user,
         "organization_id": record.organization_id,
     }
-
-
-def storable(value: Any) -> Any:
-    """`value` (a spend row, or any JSON in it) with every NUL character in its text made
-    U+FFFD: PostgreSQL's text and JSON hold none, and a client's `user`, tags or metadata
-    may carry one."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, dict):
-        return {storable(key): storable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [storable(item) for item in value]
-    return value
