@@ -569,6 +569,32 @@ async def test_a_spend_row_whose_metadata_cannot_be_stored_is_written_still(
     assert plain_row["metadata"]["plain"] == "yes"
 
 
+@pytest.mark.parametrize("user", ["ada\u0000", "ada" + "\u4e00" * 2000])
+async def test_a_spend_row_holds_what_a_client_names_as_the_database_takes_it(
+    nursery: trio.Nursery, database_url: str, user: str
+) -> None:
+    """PostgreSQL's text holds no NUL, and its index entries no more than 2,704 bytes,
+    while a client's `user` may carry a NUL or run to kilobytes: the row holds it made
+    storable (NUL as U+FFFD, cut at 512 characters), and the rows after it are written.
+    Such a row used to fail its batch at every retry, with every row queued behind it:
+    no spend was recorded again."""
+    gateway = await start_gateway(nursery, config(database_url))
+    ids = []
+    async with gateway.client() as client:
+        for name in (user, "grace"):
+            body = {"model": "good", "messages": MESSAGES, "user": name}
+            reply = await client.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 200, reply.text
+            ids.append(reply.headers["x-trigate-request-id"])
+    await gateway.records.wait_for(2)
+    assert await gateway.gateway.ledger.flush()
+    async with gateway.client() as client:
+        rows = [(await client.get(f"/spend/logs?request_id={id_}")).json() for id_ in ids]
+    [[named], [after]] = rows
+    assert named["end_user"] == user[:512].replace("\u0000", "\ufffd")
+    assert after["end_user"] == "grace" and named["spend"] > 0
+
+
 async def test_spend_logs_and_reports_in_litellms_shapes(
     nursery: trio.Nursery, database_url: str
 ) -> None:

@@ -184,7 +184,7 @@ def _owners(row: dict[str, Any]) -> list[tuple[str, str]]:
 def _row(record: RequestRecord) -> dict[str, Any]:
     return {
         "request_id": record.request_id,
-        "client_request_id": record.client_request_id,
+        "client_request_id": _storable(record.client_request_id),
         "response_id": record.response_id,
         "key_hash": record.key_hash,
         "key_alias": record.key_alias,
@@ -204,9 +204,25 @@ def _row(record: RequestRecord) -> dict[str, Any]:
         "ttft_ms": record.ttft_ms,
         "metadata": record.metadata,
         "request_tags": record.request_tags,
-        "session_id": record.session_id,
+        "session_id": _storable(record.session_id),
         "cache_hit": record.cache_hit,
         "cache_key": record.cache_key,
-        "end_user": record.end_user,
+        "end_user": _storable(record.end_user),
         "organization_id": record.organization_id,
     }
+
+
+# The most of a text a client names (its end user, session, request id) a spend row
+# keeps: PostgreSQL refuses an index entry over 2,704 bytes (`end_user` is indexed), and
+# this many characters are at most 2,048 bytes.
+MAX_CLIENT_TEXT = 512
+
+
+def _storable(text: str | None) -> str | None:
+    """A text a client names, as every database takes it: PostgreSQL's text holds no NUL
+    (made U+FFFD), nor an index entry past its limit (cut at `MAX_CLIENT_TEXT`). A row
+    the database refused would fail its batch at every retry, and every row queued
+    behind it with it: no spend would be recorded again."""
+    if text is None or (len(text) <= MAX_CLIENT_TEXT and "\x00" not in text):
+        return text
+    return text[:MAX_CLIENT_TEXT].replace("\x00", "\ufffd")
