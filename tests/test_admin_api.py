@@ -542,6 +542,22 @@ async def test_a_team_alias_grants_no_model_the_caller_may_not_use(nursery: trio
 # Spend, on both backends.
 
 
+async def _spend_rows(gateway: RunningGateway, extras: list[dict[str, Any]]) -> list[Any]:
+    """A chat request with each of `extras` in its body, one after the other, then the
+    spend logs of each, once the ledger has written them."""
+    ids = []
+    async with gateway.client() as client:
+        for extra in extras:
+            body = {"model": "good", "messages": MESSAGES, **extra}
+            reply = await client.post("/v1/chat/completions", json=body)
+            assert reply.status_code < 500, reply.text
+            ids.append(reply.headers["x-trigate-request-id"])
+    await gateway.records.wait_for(len(extras))
+    assert await gateway.gateway.ledger.flush()
+    async with gateway.client() as client:
+        return [(await client.get(f"/spend/logs?request_id={id_}")).json() for id_ in ids]
+
+
 async def test_a_spend_row_whose_metadata_cannot_be_stored_is_written_still(
     nursery: trio.Nursery, database_url: str
 ) -> None:
@@ -549,22 +565,12 @@ async def test_a_spend_row_whose_metadata_cannot_be_stored_is_written_still(
     row is written with a note in its place, and every row after it too. It used to fail
     its batch, be kept for retry with every row behind it, and fail again: no spend was
     recorded again."""
-    gateway = await start_gateway(nursery, config(database_url))
     deep: Any = "x"
     for _ in range(600):
         deep = {"a": deep}
-    ids = []
-    async with gateway.client() as client:
-        for metadata in ({"deep": deep}, {"plain": "yes"}):
-            body = {"model": "good", "messages": MESSAGES, "metadata": metadata}
-            reply = await client.post("/v1/chat/completions", json=body)
-            assert reply.status_code < 500, reply.text
-            ids.append(reply.headers["x-trigate-request-id"])
-    await gateway.records.wait_for(2)
-    assert await gateway.gateway.ledger.flush()
-    async with gateway.client() as client:
-        rows = [(await client.get(f"/spend/logs?request_id={id_}")).json() for id_ in ids]
-    [[deep_row], [plain_row]] = rows
+    gateway = await start_gateway(nursery, config(database_url))
+    extras = [{"metadata": {"deep": deep}}, {"metadata": {"plain": "yes"}}]
+    [[deep_row], [plain_row]] = await _spend_rows(gateway, extras)
     assert "trigate_not_stored" in deep_row["metadata"]
     assert plain_row["metadata"]["plain"] == "yes"
 
@@ -579,18 +585,7 @@ async def test_a_spend_row_holds_what_a_client_names_as_the_database_takes_it(
     Such a row used to fail its batch at every retry, with every row queued behind it:
     no spend was recorded again."""
     gateway = await start_gateway(nursery, config(database_url))
-    ids = []
-    async with gateway.client() as client:
-        for name in (user, "grace"):
-            body = {"model": "good", "messages": MESSAGES, "user": name}
-            reply = await client.post("/v1/chat/completions", json=body)
-            assert reply.status_code == 200, reply.text
-            ids.append(reply.headers["x-trigate-request-id"])
-    await gateway.records.wait_for(2)
-    assert await gateway.gateway.ledger.flush()
-    async with gateway.client() as client:
-        rows = [(await client.get(f"/spend/logs?request_id={id_}")).json() for id_ in ids]
-    [[named], [after]] = rows
+    [[named], [after]] = await _spend_rows(gateway, [{"user": user}, {"user": "grace"}])
     assert named["end_user"] == user[:512].replace("\u0000", "\ufffd")
     assert after["end_user"] == "grace" and named["spend"] > 0
 
