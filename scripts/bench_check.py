@@ -314,7 +314,8 @@ def count(server: Server, target: Target, case: Case, workdir: Path) -> int:
     run starts right after a write, sends requests for RUN_SECONDS after the first answer
     (well within the 0.5 s), stops counting, and waits for the write of its rows (the
     database file changes) before the next run. A run that a write overlapped anyway is
-    left out, as are runs beyond OUTLIER times the median (metrics sampling, every 5 s).
+    left out, as are runs beyond OUTLIER times the median (a pass of the garbage collector,
+    say: bench_counted.py puts off the periodic duties).
     """
     request = target.request(case.model(), stream=case.stream)
     database = workdir / "trigate.db"
