@@ -20,7 +20,8 @@ import trio
 from helpers import RunningGateway, mock_config, start_gateway
 
 from trigate.auth import StoreUnavailable
-from trigate.store import Store, backends
+from trigate.spend import RequestRecord, SpendLedger
+from trigate.store import SpendFilter, Store, backends
 
 RESPONSE = {"model": "mock", "input": "hi"}
 
@@ -28,14 +29,14 @@ RESPONSE = {"model": "mock", "input": "hi"}
 class Relay:
     """A TCP relay to the real database that can be cut."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], port: int = 0) -> None:
         self._target = target
         self._scope = trio.CancelScope()
-        self.port = 0
+        self.port = port  # 0: any free port
 
     async def run(self, task_status: trio.TaskStatus[None]) -> None:
         with self._scope:
-            [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            [listener] = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
             self.port = listener.socket.getsockname()[1]
             task_status.started()
             await trio.serve_listeners(self._relay, [listener])
@@ -60,6 +61,12 @@ class Relay:
     def cut(self) -> None:
         """Every relayed connection closes, and the port refuses new ones."""
         self._scope.cancel()
+
+    async def restored(self, nursery: trio.Nursery) -> Relay:
+        """A relay again, on the port this one was cut from: the database is back."""
+        relay = Relay(self._target, self.port)
+        await nursery.start(relay.run)
+        return relay
 
 
 @pytest.fixture
@@ -194,4 +201,71 @@ async def test_a_failed_statement_is_no_outage(database_url: str) -> None:
         await store._run(cancelled_statement)
     await store.insert("users", {"user_id": "u2", "created_at": 1.0, "updated_at": 1.0})
     assert await store.get("users", "u2") is not None
+    await store.close()
+
+
+def _spend_record(request_id: str, prompt_tokens: int = 5) -> RequestRecord:
+    return RequestRecord(
+        request_id, "k", "hash", None, None, None, "g", "d0", "m", 200, False,
+        prompt_tokens, 2, "reported", 1.0, 0.0, 0.0, 1.0, None, False,
+    )  # fmt: skip
+
+
+async def _queue_with_a_refused_row(store: Store) -> SpendLedger:
+    """A ledger with three rows queued, the middle one past what a database column holds
+    (an integer past 64 bits: SQLite's driver and PostgreSQL's INTEGER refuse it)."""
+    ledger = SpendLedger(store)
+    for request_id, tokens in (("r0", 5), ("r1", 2**63), ("r2", 5)):
+        await ledger.write(_spend_record(request_id, tokens))
+    return ledger
+
+
+async def _written_once_back(store: Store, ledger: SpendLedger) -> None:
+    """Once the database is back (a lost connection is remembered for 2 s), the rows it
+    takes are written and the refused one is dropped."""
+    for _ in range(60):  # the writer's retries, 0.5 s apart: at most 30 s
+        if await ledger.flush():
+            break
+        await trio.sleep(0.5)
+    assert ledger.queued == 0 and ledger.refused == 1
+    rows = await store.spend_logs(SpendFilter())
+    assert {row["request_id"] for row in rows} == {"r0", "r2"}
+
+
+async def test_a_postgres_outage_drops_no_spend_row_not_even_a_refused_one(
+    nursery: trio.Nursery, relayed_postgres: tuple[str, Relay]
+) -> None:
+    """The database is down (connections lost, then refused): a batch holding a row the
+    database would refuse fails as an outage, every row of it kept; none is dropped for
+    the outage's errors."""
+    database_url, relay = relayed_postgres
+    store = await Store.open(database_url)
+    ledger = await _queue_with_a_refused_row(store)
+    relay.cut()
+    for _ in range(3):
+        assert not await ledger.flush()
+        await trio.sleep(0.1)
+    assert ledger.queued == 3 and ledger.refused == 0
+    relay = await relay.restored(nursery)
+    await _written_once_back(store, ledger)
+    await store.close()
+
+
+async def test_a_sqlite_lock_drops_no_spend_row_not_even_a_refused_one(
+    tmp_path: Path, short_busy_timeout: None
+) -> None:
+    """Another process holds SQLite's write lock: a batch holding a row the database
+    would refuse fails as an outage, every row of it kept; none is dropped for it."""
+    path = tmp_path / "trigate.db"
+    store = await Store.open(f"sqlite:///{path}")
+    ledger = await _queue_with_a_refused_row(store)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        assert not await ledger.flush()
+        assert ledger.queued == 3 and ledger.refused == 0
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    await _written_once_back(store, ledger)
     await store.close()

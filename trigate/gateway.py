@@ -597,7 +597,8 @@ class Gateway:
     def sample_state(self) -> None:
         """Refresh the metrics that are read, not counted: deployment health, the spend log."""
         ledger = self.ledger
-        self.telemetry.metrics.sample(self.groups.all(), ledger.queued, ledger.dropped)
+        metrics = self.telemetry.metrics
+        metrics.sample(self.groups.all(), ledger.queued, ledger.dropped, ledger.refused)
 
     async def stop(self) -> None:
         with trio.CancelScope(shield=True):

@@ -504,6 +504,12 @@ class Metrics:
             "Spend-log rows dropped because the queue was full",
             (),
         )
+        self.spend_rows_refused = counter(
+            "trigate_spend_log_refused_rows",
+            "Spend-log rows dropped because the database refuses what they hold (each "
+            "logged as an error with its request id)",
+            (),
+        )
         self.callbacks = CallbackMetrics(
             counter(
                 "trigate_callback_sent_rows",
@@ -556,7 +562,9 @@ class Metrics:
             "Time an MCP tool call took upstream, by server",
             ("mcp_server",),
         )
+        # The ledger's totals of dropped and refused rows these counters last caught up to.
         self._dropped_seen = 0
+        self._refused_seen = 0
 
     # --- Definitions -----------------------------------------------------------------
 
@@ -761,7 +769,9 @@ class Metrics:
 
     # --- Sampled state ---------------------------------------------------------------
 
-    def sample(self, deployments: Iterable[Deployment], queued: int, dropped: int) -> None:
+    def sample(
+        self, deployments: Iterable[Deployment], queued: int, dropped: int, refused: int
+    ) -> None:
         """State that is read rather than counted: each deployment's health, the spend
         log's queue, the deployments' rpm and tpm headroom. Run before each scrape and
         every few seconds in every worker."""
@@ -775,6 +785,9 @@ class Metrics:
         if dropped > self._dropped_seen:
             self.spend_rows_dropped.inc(dropped - self._dropped_seen)
             self._dropped_seen = dropped
+        if refused > self._refused_seen:
+            self.spend_rows_refused.inc(refused - self._refused_seen)
+            self._refused_seen = refused
 
     async def render(self) -> bytes:
         """The text exposition; under a multiprocess directory, every worker's values,

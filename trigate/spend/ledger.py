@@ -6,6 +6,9 @@ by the app writes batches to the store every `flush_interval` seconds or
 rows stay queued (up to `max_queued` of them) and the writer retries with
 backoff. Past that bound the oldest rows are dropped, each drop logged; the
 in-memory spend that budgets read still counts them until the process ends.
+A batch the database refuses for what a row holds (`Refused`, not an outage)
+is written in halves, so that only a row refused alone is dropped, as a
+logged error, and never holds back the rows queued behind it.
 
 Until a row is flushed, its cost is "unflushed" spend, which budget checks add
 to the store's counters, so a budget holds even before the database has heard.
@@ -16,14 +19,14 @@ from __future__ import annotations
 import logging
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 import trio
 
 from trigate.spend.records import RequestRecord
-from trigate.store import MEMBERS, OWNERS, Store, member_ident
+from trigate.store import MEMBERS, OWNERS, Refused, Store, StoreUnavailable, member_ident
 
 logger = logging.getLogger("trigate.usage")
 errors = logging.getLogger("trigate.spend")
@@ -60,7 +63,10 @@ class SpendLedger:
         self._batch_full = trio.Event()
         # One flush at a time: a batch leaves the queue only after its own write succeeded.
         self._flushing = trio.Lock()
+        # Rows dropped from a full queue, and rows dropped because the database refuses
+        # what they hold.
         self.dropped = 0
+        self.refused = 0
         # Told when a write to the store fails (the alerts' `db_exceptions`).
         self.on_failure: Callable[[str], None] | None = None
 
@@ -125,26 +131,106 @@ class SpendLedger:
     async def _flush_batches(self) -> bool:
         if self._store is None:  # `write` queues nothing without a store
             return True
-        while self._queue:
-            batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
-            try:
-                if self._also_users:
-                    await self._store.record_spend(batch, self._also_users)
-                else:  # the plain call, as stores without a proxy budget are asked
-                    await self._store.record_spend(batch)
-            except Exception as error:
-                errors.warning(
-                    "spend log write failed, %d rows kept for retry: %s", len(self._queue), error
-                )
-                if self.on_failure is not None:
-                    self.on_failure(str(error))
-                return False
-            for row in batch:
-                # A full queue may have dropped the head meanwhile; remove only this batch.
-                if self._queue and self._queue[0] is row:
-                    self._queue.popleft()
-                self._settle(row)
+        flush = _Flush()
+        try:
+            while self._queue:
+                batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
+                if not await self._write(batch, flush):
+                    return False
+        finally:
+            # Rows refused alone while the store took no other row: back at the queue's
+            # head, whatever ended the flush (a cancellation too), to be tried again.
+            self._queue.extendleft(reversed([row for row, _ in flush.held]))
+        if flush.held:
+            held, refusal = len(flush.held), flush.held[0][1]
+            doing = f"{held} rows refused alone, and no other row written"
+            self._failed(doing, refusal, len(self._queue))
+            return False
         return True
+
+    async def _write(self, rows: list[dict[str, Any]], flush: _Flush) -> bool:
+        """Write `rows` (the queue's head, in order) and take them out of the queue. A batch
+        the database refuses for what a row holds (`Refused`) is written in halves, and
+        those in halves, so that its other rows are written and only a row refused alone
+        is dropped (`_refused_alone`). False when anything else stopped it (an outage, or
+        a bug of ours): every row not yet written stays queued, for the writer to retry."""
+        try:
+            await self._record(rows)
+        except Refused as refusal:
+            if len(rows) == 1:
+                self._refused_alone(rows[0], refusal, flush)
+                return True
+            if not flush.halved:
+                flush.halved = True
+                errors.warning(
+                    "spend log batch of %d rows refused (%s): written in halves to find "
+                    "the rows refused", len(rows), refusal,
+                )  # fmt: skip
+            middle = len(rows) // 2
+            return await self._write(rows[:middle], flush) and await self._write(
+                rows[middle:], flush
+            )
+        except Exception as error:
+            self._failed("spend log write failed", error, len(self._queue) + len(flush.held))
+            return False
+        # The store takes rows: a row refused alone is refused for what it holds.
+        flush.stored = True
+        for row, held_refusal in flush.held:
+            self._drop_refused(row, held_refusal)
+        flush.held.clear()
+        for row in rows:
+            self._dequeue(row)
+            self._settle(row)
+        return True
+
+    async def _record(self, rows: list[dict[str, Any]]) -> None:
+        assert self._store is not None  # `write` queues nothing without a store
+        if self._also_users:
+            await self._store.record_spend(rows, self._also_users)
+        else:  # the plain call, as stores without a proxy budget are asked
+            await self._store.record_spend(rows)
+
+    def _refused_alone(self, row: dict[str, Any], refusal: Refused, flush: _Flush) -> None:
+        """A row the database refused written alone: dropped once the store has taken
+        another row of this flush, which shows the refusal is the row's; held until then,
+        since a store that refuses every row (a schema its rows no longer fit) is not the
+        rows' fault, and dropping them all would lose every request's spend."""
+        if not self._dequeue(row):
+            return  # dropped meanwhile from a full queue
+        if flush.stored:
+            self._drop_refused(row, refusal)
+        else:
+            flush.held.append((row, refusal))
+
+    def _drop_refused(self, row: dict[str, Any], refusal: Refused) -> None:
+        """Drop a row the database refuses, which would fail its batch at every retry and
+        hold back every row queued behind it: an error naming its request and what refused
+        it, never what it holds (a client's text, which may be a secret), and counted."""
+        # Not settled: as for a row dropped from a full queue, the budgets this process
+        # checks count its spend still, which the store's counters never had.
+        self.refused += 1
+        errors.error(
+            "spend row %s dropped: the database refuses it (%s); %d refused so far",
+            row.get("request_id"), refusal, self.refused,
+        )  # fmt: skip
+
+    def _dequeue(self, row: dict[str, Any]) -> bool:
+        """Take `row`, the queue's head, out of it; False if a full queue dropped it."""
+        if self._queue and self._queue[0] is row:
+            self._queue.popleft()
+            return True
+        return False
+
+    def _failed(self, doing: str, error: Exception, kept: int) -> None:
+        """A write the store did not take: its rows, and every row after them (`kept` in
+        all), stay queued. An outage is to be expected; anything else is a bug of ours,
+        logged as an error with its traceback, and never a reason to drop a row."""
+        if isinstance(error, (StoreUnavailable, Refused, OSError)):
+            errors.warning("%s, %d rows kept for retry: %s", doing, kept, error)
+        else:
+            errors.error("%s, %d rows kept for retry: %r", doing, kept, error, exc_info=error)
+        if self.on_failure is not None:
+            self.on_failure(str(error))
 
     def _owners(self, row: dict[str, Any]) -> list[tuple[str, str]]:
         owners = _owners(row)
@@ -167,6 +253,17 @@ class SpendLedger:
             self._max_queued,
             self.dropped,
         )
+
+
+@dataclass(slots=True)
+class _Flush:
+    """What one flush has learnt of the store: whether it took a row (`stored`), and the
+    rows it refused alone before it did (`held`, with their refusals, out of the queue
+    until the flush ends)."""
+
+    stored: bool = False
+    halved: bool = False  # a batch was refused: written in halves (logged once)
+    held: list[tuple[dict[str, Any], Refused]] = field(default_factory=list)
 
 
 # Each owner's kind and the spend-log column naming it, read once rather than per row.

@@ -19,11 +19,13 @@ import trio
 
 from trigate.durations import parse_duration
 from trigate.errors import GatewayError
-from trigate.store.backends import Backend, Conflict, Cursor, Unavailable, connect
+from trigate.store.backends import Backend, Conflict, Cursor, Refused, Unavailable, connect
 from trigate.store.backends import Row as Row
 from trigate.store.migrations import BILLED, MIGRATIONS, SETTLED_UNBILLED, UNBILLED
 
-__all__ = ["ChainTooLarge", "Conflict", "ResponseViewer", "Row", "Store", "StoreUnavailable"]
+__all__ = [
+    "ChainTooLarge", "Conflict", "Refused", "ResponseViewer", "Row", "Store", "StoreUnavailable",
+]  # fmt: skip
 
 T = TypeVar("T")
 logger = logging.getLogger("trigate")
@@ -562,7 +564,8 @@ class Store:
 
         One transaction and one INSERT for the batch. A row already present (a batch
         retried after an unknown commit outcome) is not returned by the INSERT and adds
-        nothing to the counters, so retrying is always safe.
+        nothing to the counters, so retrying is always safe. A value the database refuses
+        fails the whole batch as a `Refused`, and writes nothing.
         """
         if not rows:
             return 0

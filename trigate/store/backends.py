@@ -39,9 +39,32 @@ class Unavailable(Exception):
         self.lasting = lasting
 
 
-class Conflict(Exception):
+class Refused(Exception):
+    """The database refuses a value a statement was given: past its column's range, not
+    in its encoding, or breaking a constraint. The data's fault, neither an outage nor a
+    fault of the statement: the same values are refused at every try. The message names
+    only the driver's error class and code (SQLSTATE, or SQLite's result code), never
+    the values (PostgreSQL's message and detail quote them, and a client's may be a
+    secret)."""
+
+    def __init__(self, error: BaseException) -> None:
+        # psycopg's SQLSTATE, or the name of SQLite's extended result code; Python's own
+        # errors (a number past 64 bits, text with no encoding) have neither.
+        code = getattr(error, "sqlstate", None) or getattr(error, "sqlite_errorname", None)
+        super().__init__(f"{type(error).__name__} {code}" if code else type(error).__name__)
+
+
+class Conflict(Refused):
     """A write would break a uniqueness rule (a key alias taken, a primary key reused):
     the caller's input, not a failure of the store."""
+
+
+# What sqlite3 raises for a value the database refuses (a constraint, a value too big)
+# or cannot be handed at all: an integer past 64 bits, text with a lone surrogate,
+# which has no UTF-8. Raised by the driver's call only: the same Python errors raised
+# elsewhere are bugs of ours. (A value of a type it does not bind is a ProgrammingError,
+# as is a wrong count of parameters: a bug of the statement's caller.)
+_SQLITE_REFUSALS = (sqlite3.IntegrityError, sqlite3.DataError, OverflowError, UnicodeEncodeError)
 
 
 class Cursor(Protocol):
@@ -70,10 +93,15 @@ class _SqliteCursor:
         try:
             return self._connection.execute(sql, params).rowcount
         except sqlite3.IntegrityError as error:
-            raise Conflict(str(error)) from None
+            raise Conflict(error) from None
+        except _SQLITE_REFUSALS as error:
+            raise Refused(error) from None
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        cursor = self._connection.execute(sql, params)
+        try:
+            cursor = self._connection.execute(sql, params)
+        except _SQLITE_REFUSALS as error:
+            raise Refused(error) from None
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
@@ -128,17 +156,28 @@ class _PostgresCursor:
         self._cursor = cursor
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        from psycopg.errors import UniqueViolation
-
-        try:
-            self._cursor.execute(sql.replace("?", "%s"), params)
-        except UniqueViolation as error:
-            raise Conflict(str(error)) from None
+        self._run(sql, params, Conflict)
         return int(self._cursor.rowcount)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        self._cursor.execute(sql.replace("?", "%s"), params)
+        self._run(sql, params, Refused)
         return list(self._cursor.fetchall())
+
+    def _run(self, sql: str, params: Sequence[Any], unique: type[Refused]) -> None:
+        """Run a statement; a value refused is a `Refused` (`unique` for a uniqueness
+        rule broken, SQLSTATE 23505): a DataError (class 22: out of range, too long, not
+        of the column's type; or text with a NUL, which psycopg refuses itself), an
+        IntegrityError (class 23: a constraint), or text with a lone surrogate, which
+        has no UTF-8. Not a ProgrammingError: its SQLSTATEs (class 42 and the like) say
+        the statement or schema is wrong, for every row alike, and psycopg's own (a type
+        it cannot adapt, a wrong count of parameters) are bugs of the caller's."""
+        from psycopg import DataError, IntegrityError
+
+        try:
+            self._cursor.execute(sql.replace("?", "%s"), params)
+        except (DataError, IntegrityError, UnicodeEncodeError) as error:
+            refusal = unique if getattr(error, "sqlstate", None) == "23505" else Refused
+            raise refusal(error) from None
 
 
 class PostgresBackend:

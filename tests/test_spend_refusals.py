@@ -1,0 +1,218 @@
+"""Spend rows the database refuses for what they hold, on both backends: the refused row
+is dropped (an error in the log, counted) and no other row is held back; an outage, or
+a bug of ours, keeps every row queued."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import pytest
+import trio
+from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
+from helpers import start_gateway
+
+from trigate.spend import RequestRecord, SpendLedger
+from trigate.store import SpendFilter, Store, StoreUnavailable
+
+# Past 64 bits' signed range: SQLite's driver refuses it (OverflowError), and PostgreSQL
+# refuses it for an INTEGER column (SQLSTATE 22003, numeric value out of range).
+UNSTORABLE_TOKENS = 2**63
+# What the refused row holds, which no log line may repeat.
+SECRET_USER = "s3cret-customer"
+USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+
+
+def record(request_id: str, *, prompt_tokens: int = 5, model: Any = "m") -> RequestRecord:
+    return RequestRecord(
+        request_id, "k", "hash", None, None, None, "g", "d0", model, 200, False,
+        prompt_tokens, 2, "reported", 1.0, 0.0, 0.0, 1.0, None, False, end_user=SECRET_USER,
+    )  # fmt: skip
+
+
+async def stored_ids(store: Store) -> set[str]:
+    return {row["request_id"] for row in await store.spend_logs(SpendFilter())}
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> str:
+    """Every line logged, with any traceback."""
+    handler = caplog.handler
+    return "\n".join(handler.format(record) for record in caplog.records)
+
+
+async def test_a_row_the_database_refuses_is_dropped_and_holds_back_no_other(
+    nursery: trio.Nursery,
+    database_url: str,
+    upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An upstream reports more prompt tokens than a database column holds: that request's
+    row is dropped, an error naming its request id and what refused it (not the row), and
+    counted; the rows before and after it are written. It used to fail its batch at every
+    retry, with every row queued behind it: no spend was recorded again."""
+
+    def answer(request: ReceivedRequest) -> JSONReply:
+        huge = request.json["messages"][0]["content"] == "huge"
+        usage = {**USAGE, "prompt_tokens": UNSTORABLE_TOKENS} if huge else USAGE
+        return JSONReply(chat_completion(usage=usage))
+
+    upstream.handler = answer
+    params = {
+        "model": "openai/upstream-model", "api_base": upstream.base_url, "api_key": "k",
+        "input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6,
+    }  # fmt: skip
+    config = {
+        "model_list": [{"model_name": "g", "litellm_params": params}],
+        "general_settings": {"database_url": database_url},
+    }
+    gateway = await start_gateway(nursery, config)
+    caplog.set_level(logging.INFO, logger="trigate")  # not the usage log's DEBUG records
+    ids = []
+    async with gateway.client() as client:
+        for content in ("hi", "huge", "hi", "hi"):
+            body = {"model": "g", "messages": [{"role": "user", "content": content}]}
+            reply = await client.post("/v1/chat/completions", json={**body, "user": SECRET_USER})
+            assert reply.status_code == 200, reply.text
+            ids.append(reply.headers["x-trigate-request-id"])
+    await gateway.records.wait_for(len(ids))
+    ledger = gateway.gateway.ledger
+    assert await ledger.flush()
+    assert ledger.queued == 0 and ledger.refused == 1 and ledger.dropped == 0
+    async with gateway.client() as client:
+        rows = [(await client.get(f"/spend/logs?request_id={id_}")).json() for id_ in ids]
+        metrics = (await client.get("/metrics")).text
+    assert [len(found) for found in rows] == [1, 0, 1, 1]
+    assert "trigate_spend_log_refused_rows_total 1.0" in metrics
+    [dropped] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert dropped.name == "trigate.spend" and ids[1] in dropped.getMessage()
+    postgresql = database_url.startswith("postgresql")
+    refusal = "NumericValueOutOfRange 22003" if postgresql else "OverflowError"
+    assert f"the database refuses it ({refusal})" in dropped.getMessage()
+    text = logged(caplog)
+    assert SECRET_USER not in text and str(UNSTORABLE_TOKENS) not in text
+
+
+async def test_a_refused_batch_is_written_in_halves_down_to_the_rows_refused(
+    database_url: str,
+) -> None:
+    """Two refused rows among five the store takes, in one batch: one flush writes the
+    five and drops the two; the rows after them are written as ever."""
+    store = await Store.open(database_url)
+    ledger = SpendLedger(store)
+    refused = {"r2", "r5"}
+    for n in range(7):
+        tokens = UNSTORABLE_TOKENS if f"r{n}" in refused else 5
+        await ledger.write(record(f"r{n}", prompt_tokens=tokens))
+    assert await ledger.flush()
+    assert await stored_ids(store) == {"r0", "r1", "r3", "r4", "r6"}
+    assert ledger.queued == 0 and ledger.refused == 2
+    await ledger.write(record("r7"))
+    assert await ledger.flush()
+    assert "r7" in await stored_ids(store) and ledger.refused == 2
+    await store.close()
+
+
+async def test_a_row_refused_alone_is_kept_until_the_store_takes_another(
+    database_url: str,
+) -> None:
+    """A row refused alone, with no other row written, may be refused for a fault that is
+    not its own (a schema no row fits): it is kept, until a row after it is written."""
+    store = await Store.open(database_url)
+    ledger = SpendLedger(store)
+    await ledger.write(record("bad", prompt_tokens=UNSTORABLE_TOKENS))
+    assert not await ledger.flush()
+    assert ledger.queued == 1 and ledger.refused == 0
+    assert not await ledger.flush(), "kept again"
+    await ledger.write(record("good"))
+    assert await ledger.flush()
+    assert ledger.queued == 0 and ledger.refused == 1
+    assert await stored_ids(store) == {"good"}
+    await store.close()
+
+
+async def test_an_outage_met_while_halving_keeps_every_row_not_written(
+    database_url: str,
+) -> None:
+    """The store goes down while a refused batch is being written in halves: the rows it
+    took are written, every other row (the refused one too) stays queued, and all are
+    written, the refused one dropped, once the store is back."""
+    store = await Store.open(database_url)
+    real = store.record_spend
+    calls = 0
+
+    async def going_down(rows: list[dict[str, Any]]) -> int:
+        nonlocal calls
+        calls += 1
+        if calls >= 4:  # the whole batch, its first half, its first quarter; then down
+            raise StoreUnavailable("the store is down")
+        return await real(rows)
+
+    store.record_spend = going_down  # type: ignore[method-assign]
+    ledger = SpendLedger(store)
+    for n in range(8):
+        tokens = UNSTORABLE_TOKENS if n == 3 else 5
+        await ledger.write(record(f"r{n}", prompt_tokens=tokens))
+    assert not await ledger.flush()
+    assert await stored_ids(store) == {"r0", "r1"}
+    assert ledger.queued == 6 and ledger.refused == 0
+    store.record_spend = real  # type: ignore[method-assign]
+    assert await ledger.flush()
+    assert await stored_ids(store) == {f"r{n}" for n in range(8)} - {"r3"}
+    assert ledger.queued == 0 and ledger.refused == 1
+    await store.close()
+
+
+async def test_an_outage_keeps_a_row_refused_alone_at_the_head_of_the_queue(
+    database_url: str,
+) -> None:
+    """A row refused alone, held until the store takes another, when the store goes down
+    instead: it is kept, in its place, with every row after it."""
+    store = await Store.open(database_url)
+    real = store.record_spend
+    calls = 0
+
+    async def going_down(rows: list[dict[str, Any]]) -> int:
+        nonlocal calls
+        calls += 1
+        if calls >= 3:  # the batch, its refused first row alone; then down
+            raise StoreUnavailable("the store is down")
+        return await real(rows)
+
+    store.record_spend = going_down  # type: ignore[method-assign]
+    ledger = SpendLedger(store, batch_size=2)
+    for n in range(4):
+        await ledger.write(record(f"r{n}", prompt_tokens=UNSTORABLE_TOKENS if n == 0 else 5))
+    assert not await ledger.flush()
+    assert ledger.queued == 4 and ledger.refused == 0
+    store.record_spend = real  # type: ignore[method-assign]
+    written: list[list[str]] = []
+
+    async def recording(rows: list[dict[str, Any]]) -> int:
+        written.append([row["request_id"] for row in rows])
+        return await real(rows)
+
+    store.record_spend = recording  # type: ignore[method-assign]
+    assert await ledger.flush()
+    assert written[0] == ["r0", "r1"], "the queue's order kept"
+    assert await stored_ids(store) == {"r1", "r2", "r3"}
+    assert ledger.queued == 0 and ledger.refused == 1
+    await store.close()
+
+
+async def test_a_bug_of_ours_drops_no_row(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value no driver binds (a dict where text goes) is a bug of ours, not a refusal of
+    the database's: every row stays queued, and the error is logged as one."""
+    store = await Store.open(database_url)
+    ledger = SpendLedger(store)
+    await ledger.write(record("r0"))
+    await ledger.write(dataclasses.replace(record("r1"), model={"not": "text"}))
+    await ledger.write(record("r2"))
+    assert not await ledger.flush()
+    assert ledger.queued == 3 and ledger.refused == 0 and ledger.dropped == 0
+    assert await stored_ids(store) == set()
+    [failed] = [r for r in caplog.records if r.name == "trigate.spend"]
+    assert failed.levelno == logging.ERROR and failed.exc_info is not None
+    await store.close()
