@@ -19,8 +19,7 @@ import pytest
 import trio
 from helpers import RunningGateway, mock_config, start_gateway
 
-from trigate.auth import StoreUnavailable
-from trigate.store import Store, backends
+from trigate.store import Store, StoreUnavailable, backends
 
 RESPONSE = {"model": "mock", "input": "hi"}
 
