@@ -20,8 +20,8 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 async def start_lifespan(nursery: trio.Nursery, app: Any) -> None:
     """Run the app's lifespan startup, as hypercorn would, in `nursery`."""
-    to_app, app_inbox = trio.open_memory_channel[dict](1)
-    app_outbox, from_app = trio.open_memory_channel[dict](1)
+    to_app, app_inbox = trio.open_memory_channel[dict[str, Any]](1)
+    app_outbox, from_app = trio.open_memory_channel[dict[str, Any]](1)
     scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
     nursery.start_soon(app, scope, app_inbox.receive, app_outbox.send)
     await to_app.send({"type": "lifespan.startup"})
@@ -35,23 +35,23 @@ class Exchange:
     def __init__(self, body: bytes) -> None:
         self._body: bytes | None = body
         self.disconnected = trio.Event()
-        self._to_test, self._messages = trio.open_memory_channel[dict](0)
+        self._to_test, self._messages = trio.open_memory_channel[dict[str, Any]](0)
         self.done = trio.Event()
 
-    async def receive(self) -> dict:
+    async def receive(self) -> dict[str, Any]:
         if self._body is not None:
             body, self._body = self._body, None
             return {"type": "http.request", "body": body, "more_body": False}
         await self.disconnected.wait()
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict) -> None:
+    async def send(self, message: dict[str, Any]) -> None:
         await self._to_test.send(message)
 
-    async def next_message(self) -> dict:
+    async def next_message(self) -> dict[str, Any]:
         return await self._messages.receive()
 
-    async def start(self) -> dict:
+    async def start(self) -> dict[str, Any]:
         message = await self.next_message()
         assert message["type"] == "http.response.start"
         return message
@@ -60,7 +60,8 @@ class Exchange:
         body = b""
         while True:
             message = await self.next_message()
-            body += message.get("body", b"")
+            part: bytes = message.get("body", b"")
+            body += part
             if not message.get("more_body"):
                 return body
 
@@ -131,7 +132,9 @@ class Reply:
 
 
 class Harness:
-    def __init__(self, nursery: trio.Nursery, config: dict, upstreams: ScriptedUpstreams) -> None:
+    def __init__(
+        self, nursery: trio.Nursery, config: dict[str, Any], upstreams: ScriptedUpstreams
+    ) -> None:
         self.nursery = nursery
         self.upstreams = upstreams
         self.records = MemoryRecords()
@@ -153,8 +156,8 @@ class Harness:
         payload = {"model": model, "messages": MESSAGES, **extra}
         exchange = chat_request(self.nursery, self.app, payload, key=key, headers=headers)
         start = await exchange.start()
-        headers = {k.decode(): v.decode() for k, v in start["headers"]}
-        return Reply(start["status"], headers, await exchange.read_body())
+        reply_headers = {k.decode(): v.decode() for k, v in start["headers"]}
+        return Reply(start["status"], reply_headers, await exchange.read_body())
 
     async def admin(self, path: str, payload: dict[str, Any] | None = None) -> Reply:
         """A master-key admin call: POST with a body, or GET without one."""
@@ -168,5 +171,7 @@ class Harness:
         return Reply(start["status"], headers, await exchange.read_body())
 
 
-async def harness(nursery: trio.Nursery, config: dict, scripts: dict[str, list[Step]]) -> Harness:
+async def harness(
+    nursery: trio.Nursery, config: dict[str, Any], scripts: dict[str, list[Step]]
+) -> Harness:
     return await Harness(nursery, config, ScriptedUpstreams(scripts)).start()

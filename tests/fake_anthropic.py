@@ -112,7 +112,8 @@ def event(payload: dict[str, Any]) -> bytes:
 
 
 def message_start(**usage: int) -> bytes:
-    skeleton = message([], **usage) | {"stop_reason": None}
+    # `stop_reason` named, so that no usage key can be taken for it; a start's is None.
+    skeleton = message([], stop_reason="end_turn", **usage) | {"stop_reason": None}
     return event({"type": "message_start", "message": skeleton})
 
 

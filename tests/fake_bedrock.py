@@ -15,14 +15,14 @@ import itertools
 import re
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
 import orjson
 from botocore.exceptions import ParamValidationError
 from botocore.loaders import Loader
-from botocore.model import ServiceModel
+from botocore.model import ServiceModel, Shape, StructureShape
 from botocore.validate import validate_parameters
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply
 from helpers import deployment_config
@@ -35,9 +35,20 @@ SESSION_TOKEN = "FwoGZXIvYXdzEXAMPLE//////////wEaDsessiontoken"
 REGION = "eu-west-3"
 MODEL_ID = "anthropic.claude-3-5-sonnet-20240620-v1:0"
 
+
+def _structure(shape: Shape | None) -> StructureShape:
+    """botocore types a shape as optional or as any kind; the ones checked here are structures."""
+    assert isinstance(shape, StructureShape), shape
+    return shape
+
+
 _SERVICE = ServiceModel(Loader().load_service_model("bedrock-runtime", "service-2"))
 CONVERSE = _SERVICE.operation_model("Converse")
-STREAM_EVENTS = _SERVICE.operation_model("ConverseStream").output_shape.members["stream"]
+CONVERSE_INPUT = _structure(CONVERSE.input_shape)
+CONVERSE_OUTPUT = _structure(CONVERSE.output_shape)
+STREAM_EVENTS = _structure(
+    _structure(_SERVICE.operation_model("ConverseStream").output_shape).members["stream"]
+)
 
 
 def bedrock_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
@@ -51,7 +62,7 @@ def bedrock_config(upstream: FakeUpstream, **params: Any) -> dict[str, Any]:
     return deployment_config("claude", {**model, **params})
 
 
-def event_stream(frames: list[bytes | float]) -> StreamReply:
+def event_stream(frames: Sequence[bytes | float]) -> StreamReply:
     """A ConverseStream answer, with the content-type Bedrock gives one."""
     return StreamReply(frames, content_type=EVENT_STREAM)
 
@@ -129,7 +140,7 @@ def converse_problem(request: ReceivedRequest) -> str | None:
     """What Bedrock's ValidationException would say about this Converse body, if anything."""
     body = request.json
     try:
-        validate_parameters({**body, "modelId": model_id(request)}, CONVERSE.input_shape)
+        validate_parameters({**body, "modelId": model_id(request)}, CONVERSE_INPUT)
     except ParamValidationError as error:
         return str(error)
     roles = [message["role"] for message in body["messages"]]
@@ -159,7 +170,7 @@ def converse_response(
         "usage": usage,
         "metrics": {"latencyMs": 321},
     }
-    validate_parameters(body, CONVERSE.output_shape)
+    validate_parameters(body, CONVERSE_OUTPUT)
     return body
 
 

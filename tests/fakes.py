@@ -8,7 +8,7 @@ actually saw rather than on flags inside the gateway.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -46,7 +46,7 @@ class StreamReply:
     """An SSE response. `frames` holds raw bytes to send, floats: seconds to pause, or
     events to wait for (a test releases the stream when it is ready)."""
 
-    frames: list[bytes | float | trio.Event]
+    frames: Sequence[bytes | float | trio.Event]
     status: int = 200
     # After the frames, keep sending `tail` every `tail_interval` s until the client leaves.
     tail: bytes | None = None
@@ -65,7 +65,7 @@ Reply = JSONReply | StreamReply
 Handler = Callable[[ReceivedRequest], Reply]
 
 
-def chat_completion(content: str = "Hello!", usage: dict[str, int] | None = None) -> dict:
+def chat_completion(content: str = "Hello!", usage: dict[str, int] | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -214,6 +214,7 @@ class FakeUpstream:
         self, stream: trio.SocketStream, connection: h11.Connection, reply: StreamReply
     ) -> bool:
         headers = [("content-type", reply.content_type)]
+        send: Callable[[bytes], Awaitable[None]]
         if reply.close_delimited:
             headers.append(("connection", "close"))
             await stream.send_all(
@@ -225,11 +226,13 @@ class FakeUpstream:
             head = h11.Response(status_code=reply.status, headers=headers)
             await stream.send_all(connection.send(head))
 
-            async def send(data: bytes) -> None:
+            async def send_chunk(data: bytes) -> None:
                 written = connection.send(h11.Data(data=data))
                 if reply.end_with_last_frame and data is reply.frames[-1]:
                     written += connection.send(h11.EndOfMessage())
                 await stream.send_all(written)
+
+            send = send_chunk
 
         client_left = trio.Event()
         finished = False

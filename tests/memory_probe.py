@@ -65,7 +65,7 @@ async def post_parts(
 ) -> int:
     """POST the body `parts` make, one ASGI message each, made as they are sent."""
     headers = [(b"authorization", f"Bearer {MASTER_KEY}".encode()), (b"host", b"gw"), *extra]
-    scope = {"type": "http", "method": "POST", "path": path, "headers": headers}
+    scope: dict[str, Any] = {"type": "http", "method": "POST", "path": path, "headers": headers}
     scope |= {"asgi": {"version": "3.0"}, "http_version": "1.1", "query_string": b""}
     answered = trio.Event()
     statuses: list[int] = []

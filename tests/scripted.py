@@ -122,7 +122,7 @@ def group_config(
 
 def deployment(
     host: str, group: str, model_info: dict[str, Any] | None = None, **params: Any
-) -> dict:
+) -> dict[str, Any]:
     return {
         "model_name": group,
         "litellm_params": {

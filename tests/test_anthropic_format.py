@@ -10,10 +10,10 @@ import pytest
 from trigate.api.anthropic_format import (
     AnthropicFrames,
     anthropic_usage,
-    error_body,
     to_chat_request,
     to_message,
 )
+from trigate.api.envelopes import anthropic_error_body as error_body
 from trigate.errors import GatewayError, InvalidRequest, NoDeploymentAvailable
 
 

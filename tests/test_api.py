@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 import httpx
 import openai
@@ -11,15 +12,16 @@ import pytest
 import trio
 from fakes import FakeUpstream
 from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, openai_config, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 
-MESSAGES = [{"role": "user", "content": "hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 
 
-def assert_envelope(response: httpx.Response, status: int, error_type: str) -> dict:
+def assert_envelope(response: httpx.Response, status: int, error_type: str) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
+    error: dict[str, Any] = response.json()["error"]
     assert set(error) == ENVELOPE_KEYS
     assert error["type"] == error_type
     return error
@@ -35,7 +37,7 @@ def assert_envelope(response: httpx.Response, status: int, error_type: str) -> d
         {"authorization": "Bearer"},
     ],
 )
-async def test_bad_or_missing_key_is_401(gateway: RunningGateway, headers: dict) -> None:
+async def test_bad_or_missing_key_is_401(gateway: RunningGateway, headers: dict[str, str]) -> None:
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         for path in ("/v1/models", "/v1/chat/completions"):
             method = "GET" if path.endswith("models") else "POST"

@@ -49,6 +49,7 @@ def _get(path: str, version: str = "1.1", *extra: str) -> bytes:
 
 async def _connect(gateway: RunningGateway) -> trio.SocketStream:
     url = httpx.URL(gateway.url)
+    assert url.port is not None, url
     return await trio.open_tcp_stream(url.host, url.port)
 
 
@@ -236,7 +237,10 @@ async def test_readiness_fails_from_the_moment_draining_starts(nursery: trio.Nur
     slow = {"model_name": "slow", "litellm_params": {"model": "mock/m", "mock_chunk_delay": 0.2}}
     running = await start_gateway(nursery, {"model_list": [slow]})
     in_process = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=running.app), base_url="http://x"
+        # One ASGI app, typed two ways: Quart's call takes hypercorn's TypedDicts, httpx's
+        # transport plain mappings.
+        transport=httpx.ASGITransport(app=running.app),  # type: ignore[arg-type]
+        base_url="http://x",
     )
     assert (await in_process.get("/health/readiness")).status_code == 200
     body = {"model": "slow", "messages": [{"role": "user", "content": "a b c d e"}], "stream": True}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import given, settings
@@ -55,7 +56,7 @@ SEEDS = [
 
 SEPARATORS = [" ", "", "\n", "\t", ", ", ". ", "-", "_", ":", "/", "=", "'", '"', "  "]
 
-_CASES = [str, str.upper, str.lower, str.title, str.swapcase]
+_CASES: list[Callable[[str], str]] = [str, str.upper, str.lower, str.title, str.swapcase]
 
 _noise = st.text(
     alphabet=string.ascii_letters + string.digits + " \n\t.,:;-_@/+=()'\"", max_size=60

@@ -8,7 +8,7 @@ import base64
 import gzip
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -18,6 +18,7 @@ import trio
 import yaml
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion, stream_of
 from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from test_tracing import received_spans
 
@@ -30,6 +31,8 @@ FIELDS = json.loads(
 )
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 ADMIN = {"authorization": f"Bearer {MASTER_KEY}"}
+# helpers.MESSAGES as the OpenAI SDK types it (helpers keeps plain dicts, for every SDK).
+CHAT_MESSAGES = cast(list[ChatCompletionMessageParam], MESSAGES)
 
 
 def _config(upstream: FakeUpstream, **litellm_settings: Any) -> dict[str, Any]:
@@ -58,7 +61,8 @@ async def _admin(gateway: RunningGateway, path: str, body: dict[str, Any]) -> di
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         response = await client.post(path, json=body, headers=ADMIN)
     assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
+    answer: dict[str, Any] = response.json()
+    return answer
 
 
 async def test_generic_api_sends_litellm_standard_logging_payload(
@@ -72,12 +76,14 @@ async def test_generic_api_sends_litellm_standard_logging_payload(
     gateway = await start_gateway(nursery, config)
     try:
         await sdk(gateway).chat.completions.create(
-            model="gpt-test", messages=MESSAGES, temperature=0.2,
+            model="gpt-test", messages=CHAT_MESSAGES, temperature=0.2,
             extra_body={"metadata": {"spend_logs_metadata": {"job": "nightly"}}, "tags": ["t1"]},
         )  # fmt: skip
         # Refused before any model call: not a finished request, so not exported.
         with pytest.raises(openai.NotFoundError):
-            await sdk(gateway).chat.completions.create(model="no-such-model", messages=MESSAGES)
+            await sdk(gateway).chat.completions.create(
+                model="no-such-model", messages=CHAT_MESSAGES
+            )
     finally:
         await gateway.stop()  # the outboxes flush as the gateway stops
 
@@ -114,7 +120,7 @@ async def test_a_failure_goes_to_failure_callbacks_only(
     gateway = await start_gateway(nursery, _config(failing, failure_callback=["generic_api"]))
     try:
         with pytest.raises(Exception, match="400"):
-            await sdk(gateway).chat.completions.create(model="gpt-test", messages=MESSAGES)
+            await sdk(gateway).chat.completions.create(model="gpt-test", messages=CHAT_MESSAGES)
     finally:
         await gateway.stop()
     [row] = _rows(receiver)
@@ -135,7 +141,7 @@ async def test_turn_off_message_logging_redacts_messages_and_answers(
     config = _config(upstream, callbacks=["generic_api"], turn_off_message_logging=True)
     gateway = await start_gateway(nursery, config)
     try:
-        await sdk(gateway).chat.completions.create(model="gpt-test", messages=MESSAGES)
+        await sdk(gateway).chat.completions.create(model="gpt-test", messages=CHAT_MESSAGES)
     finally:
         await gateway.stop()
     [row] = _rows(receiver)
@@ -174,7 +180,7 @@ async def test_langfuse_gets_a_trace_and_generation_per_request(
     gateway = await start_gateway(nursery, _config(upstream, success_callback=["langfuse"]))
     try:
         stream = await sdk(gateway).chat.completions.create(
-            model="gpt-test", messages=MESSAGES, stream=True, user="customer-9",
+            model="gpt-test", messages=CHAT_MESSAGES, stream=True, user="customer-9",
             extra_body={"litellm_session_id": "session-1"},
         )  # fmt: skip
         async for _ in stream:
@@ -226,8 +232,8 @@ async def test_a_teams_logging_metadata_sends_its_keys_traffic_to_its_langfuse_p
             }]},
         })  # fmt: skip
         key = (await _admin(gateway, "/key/generate", {"team_id": team["team_id"]}))["key"]
-        await sdk(gateway, key).chat.completions.create(model="gpt-test", messages=MESSAGES)
-        await sdk(gateway).chat.completions.create(model="gpt-test", messages=MESSAGES)
+        await sdk(gateway, key).chat.completions.create(model="gpt-test", messages=CHAT_MESSAGES)
+        await sdk(gateway).chat.completions.create(model="gpt-test", messages=CHAT_MESSAGES)
     finally:
         await gateway.stop()
 
@@ -248,7 +254,7 @@ async def test_datadog_gets_gzipped_logs_at_its_intake(
     monkeypatch.setenv("DD_SERVICE", "gateway")
     gateway = await start_gateway(nursery, _config(upstream, callbacks=["datadog"]))
     try:
-        await sdk(gateway).chat.completions.create(model="gpt-test", messages=MESSAGES)
+        await sdk(gateway).chat.completions.create(model="gpt-test", messages=CHAT_MESSAGES)
     finally:
         await gateway.stop()
     [request] = intake.requests
@@ -291,7 +297,7 @@ async def test_a_sink_down_then_slow_then_back(
 
     async def burst(count: int) -> None:
         for _ in range(count):
-            answer = await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+            answer = await client.chat.completions.create(model="gpt-test", messages=CHAT_MESSAGES)
             assert answer.choices[0].message.content == "Hi there"
             assert box.queued <= 5, "a sink's queue is bounded"
 
@@ -364,6 +370,11 @@ def _s3_client(url: str) -> Any:
     )  # fmt: skip
 
 
+def _object_body(client: Any, bucket: str, key: str) -> bytes:
+    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body
+
+
 async def test_s3_gets_one_object_per_request_under_litellms_key_layout(
     nursery: trio.Nursery, s3_server: str
 ) -> None:
@@ -382,7 +393,7 @@ async def test_s3_gets_one_object_per_request_under_litellms_key_layout(
     gateway = await start_gateway(nursery, config)
     try:
         for _ in range(2):
-            await sdk(gateway).chat.completions.create(model="gpt-test", messages=MESSAGES)
+            await sdk(gateway).chat.completions.create(model="gpt-test", messages=CHAT_MESSAGES)
     finally:
         await gateway.stop()
     records = gateway.records.records
@@ -394,9 +405,7 @@ async def test_s3_gets_one_object_per_request_under_litellms_key_layout(
         day, name = key.removeprefix("gateway/logs/").split("/")
         assert len(day) == 10 and day[4] == day[7] == "-"
         assert name.startswith("time-")
-        body = await trio.to_thread.run_sync(
-            lambda key=key: client.get_object(Bucket="llm-logs", Key=key)["Body"].read()
-        )
+        body = await trio.to_thread.run_sync(_object_body, client, "llm-logs", key)
         payload = orjson.loads(body)
         assert payload["id"] == record.request_id
         assert sorted(payload) == sorted(FIELDS["StandardLoggingPayload"])
@@ -419,7 +428,7 @@ async def test_an_s3_put_refused_is_dropped_and_counted(
     )
     [box] = gateway.gateway.exports.outboxes
     try:
-        await sdk(gateway).chat.completions.create(model="gpt-test", messages=MESSAGES)
+        await sdk(gateway).chat.completions.create(model="gpt-test", messages=CHAT_MESSAGES)
     finally:
         await gateway.stop()
     assert (box.sent, box.dropped) == (0, 1)

@@ -32,7 +32,8 @@ async def gateway(nursery: trio.Nursery, table: str = "fallbacks", stream: bool 
 async def key_for(h: Harness, models: list[str], **fields: Any) -> str:
     reply = await h.admin("/key/generate", {"models": models, **fields})
     assert reply.status == 200, reply.body
-    return reply.json["key"]
+    key: str = reply.json["key"]
+    return key
 
 
 @pytest.mark.parametrize("table", sorted(FAILURES))

@@ -111,7 +111,7 @@ async def test_client_headers_stay_behind_unless_forwarding_is_on(
     await gateway.stop()
 
 
-MODEL_ROUTES = {
+MODEL_ROUTES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {"messages": MESSAGES},
     "/chat/completions": {"messages": MESSAGES},
     "/v1/completions": {"prompt": "Say hello"},

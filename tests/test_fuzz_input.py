@@ -63,7 +63,7 @@ def _sse(*events: dict[str, Any]) -> bytes:
 
 
 def _anthropic(stream: bool) -> httpx.Response:
-    message = {
+    message: dict[str, Any] = {
         "id": "msg_1",
         "type": "message",
         "role": "assistant",
@@ -74,7 +74,7 @@ def _anthropic(stream: bool) -> httpx.Response:
     }
     if not stream:
         return httpx.Response(200, json=message)
-    events = [
+    events: list[dict[str, Any]] = [
         {"type": "message_start", "message": {**message, "content": []}},
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}},
@@ -404,7 +404,7 @@ def readers(case: str, model: str) -> tuple[str, ...]:
 
 ECHOED_CASES = ("metadata nested 300 deep", "text nested 300 deep", "user nested 300 deep")
 # The security review's cases, each through every model route and every family.
-NAMED = {
+NAMED: dict[str, dict[str, Any]] = {
     "tools as a number": {"tools": 5},
     "parameters as a list": {
         "tools": [{"type": "function", "function": {"name": "f", "parameters": [1]}}]

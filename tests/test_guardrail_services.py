@@ -14,6 +14,7 @@ import pytest
 import trio
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk
 from helpers import MASTER_KEY, RunningGateway, openai_config, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageFunctionToolCall, ChatCompletionMessageParam
 
 EMAIL = "ada@example.com"
 
@@ -34,7 +35,11 @@ async def _gateway(
     return await start_gateway(nursery, config)
 
 
-def _ask(text: str) -> list[dict[str, str]]:
+def _ask(text: str) -> list[ChatCompletionMessageParam]:
+    return [{"role": "user", "content": text}]
+
+
+def _ask_claude(text: str) -> list[anthropic.types.MessageParam]:
     return [{"role": "user", "content": text}]
 
 
@@ -71,8 +76,10 @@ async def test_presidio_masks_blocks_and_gives_back_in_the_answer(
     sent = upstream.requests[0].json["messages"][0]["content"]
     assert sent == "<PERSON_1> at <EMAIL_ADDRESS_1>"
     assert answer.choices[0].message.content == f"Hello {said}"
-    tool = answer.choices[0].message.tool_calls[0]  # type: ignore[index]
-    assert orjson.loads(tool.function.arguments) == {"to": said}  # type: ignore[union-attr]
+    assert answer.choices[0].message.tool_calls is not None
+    tool = answer.choices[0].message.tool_calls[0]
+    assert isinstance(tool, ChatCompletionMessageFunctionToolCall)
+    assert orjson.loads(tool.function.arguments) == {"to": said}
     stream = await sdk(running).chat.completions.create(
         model="gpt-test", messages=_ask(said), stream=True
     )
@@ -97,7 +104,9 @@ async def test_presidio_anonymizes_through_its_anonymizer_and_fails_closed(
         presidio_analyzer_api_base=base, presidio_anonymizer_api_base=base,
     )  # fmt: skip
     claude = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
-    await claude.messages.create(model="gpt-test", max_tokens=5, messages=_ask(f"mail {EMAIL}"))
+    await claude.messages.create(
+        model="gpt-test", max_tokens=5, messages=_ask_claude(f"mail {EMAIL}")
+    )
     assert upstream.requests[0].json["messages"][0]["content"] == "mail <EMAIL_ADDRESS>"
     assert "/anonymize" in [r.target for r in fake.requests]
     await running.stop()
@@ -111,7 +120,7 @@ async def test_presidio_anonymizes_through_its_anonymizer_and_fails_closed(
         )  # fmt: skip
         with pytest.raises(anthropic.APIStatusError) as refused:
             await claude.with_options(base_url=running.url).messages.create(
-                model="gpt-test", max_tokens=5, messages=_ask(f"mail {EMAIL}")
+                model="gpt-test", max_tokens=5, messages=_ask_claude(f"mail {EMAIL}")
             )
         assert refused.value.status_code == 503
         await running.stop()

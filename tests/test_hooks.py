@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import hook_examples
@@ -16,9 +16,14 @@ import yaml
 from fake_anthropic import anthropic_config, message
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chunk, stream_of, usage_chunk
 from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 from test_api import assert_envelope
 
 from trigate.hooks import Hooks, load_hooks
+
+# helpers.MESSAGES as each SDK types it (helpers keeps plain dicts, for every SDK).
+CHAT_MESSAGES = cast(list[ChatCompletionMessageParam], MESSAGES)
+CLAUDE_MESSAGES = cast(list[anthropic.types.MessageParam], MESSAGES)
 
 
 def _with_hooks(upstream: FakeUpstream, *names: str) -> dict[str, Any]:
@@ -56,6 +61,7 @@ async def test_a_hook_that_refuses_answers_4xx_in_each_envelope_and_never_calls_
         await client.messages.create(
             model="gpt-test", max_tokens=10, messages=[{"role": "user", "content": "a secret"}]
         )
+    assert isinstance(refused.value.body, dict)
     assert refused.value.body["error"]["message"] == "Blocked by the secrets guardrail."
     assert upstream.requests == []
     records = await running.records.wait_for(2)
@@ -70,13 +76,16 @@ async def test_a_hook_that_answers_serves_without_upstream_and_records_spend(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
     running = await start_gateway(nursery, _with_hooks(upstream, "canned_answer"))
-    answer = await sdk(running).chat.completions.create(model="gpt-test", messages=MESSAGES)
+    answer = await sdk(running).chat.completions.create(model="gpt-test", messages=CHAT_MESSAGES)
     assert answer.choices[0].message.content == "From the cache."
     text = await _stream_text(running)
     assert "From the cache." in text and text.endswith("data: [DONE]\n\n")
     client = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
-    message = await client.messages.create(model="gpt-test", max_tokens=10, messages=MESSAGES)
-    assert message.content[0].text == "From the cache."  # type: ignore[union-attr]
+    message = await client.messages.create(
+        model="gpt-test", max_tokens=10, messages=CLAUDE_MESSAGES
+    )
+    first_block = message.content[0]
+    assert first_block.type == "text" and first_block.text == "From the cache."
     assert upstream.requests == []
     records = await running.records.wait_for(3)
     assert [(r.status, r.deployment, r.cost) for r in records] == [(200, None, 0.0)] * 3
@@ -197,6 +206,7 @@ def test_no_hook_configured_is_no_hooks() -> None:
     assert load_hooks(["otel"]) is None
     assert load_hooks(None) is None
     hooks = Hooks([hook_examples.refuse_secrets])
+    # No hook reads chunks, so the request is never looked at: None stands in for one.
     assert hooks.chunk_hook(None) is None  # type: ignore[arg-type]
 
 

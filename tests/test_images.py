@@ -83,6 +83,7 @@ async def test_generation_url_priced_per_image(
         result = await client.images.generate(
             model="gpt-image-1", prompt="A cute baby sea otter", n=2, quality="medium"
         )
+    assert result.data is not None
     assert [image.url for image in result.data] == ["https://images.example/1.png"] * 2
     assert result.data[0].revised_prompt == "A cute baby sea otter, floating"
     [received] = upstream.requests
@@ -125,6 +126,7 @@ async def test_generation_b64_json_and_default_size(
         result = await client.images.generate(
             model="dall-e-2", prompt="An otter", response_format="b64_json"
         )
+    assert result.data is not None
     assert result.data[0].b64_json == PNG and result.data[0].url is None
     assert upstream.requests[0].json["response_format"] == "b64_json"
 
@@ -159,7 +161,7 @@ async def test_edit_is_a_form_sent_on(gateway: RunningGateway, upstream: FakeUps
             prompt="Add a hat",
             quality="low",
         )
-    assert result.data[0].b64_json == PNG
+    assert result.data is not None and result.data[0].b64_json == PNG
     [received] = upstream.requests
     assert received.target == "/v1/images/edits"
     assert received.headers["content-type"].startswith("multipart/form-data; boundary=")
@@ -323,6 +325,7 @@ async def test_gemini_imagen(nursery: trio.Nursery, upstream: FakeUpstream) -> N
             await client.images.edit(
                 model="imagen", image=("a.png", b"\x89PNG", "image/png"), prompt="A hat"
             )
+    assert result.data is not None
     assert [image.b64_json for image in result.data] == [PNG, PNG]
     [received] = upstream.requests
     assert received.target == "/v1beta/models/imagen-3.0-generate-001:predict"
@@ -361,7 +364,9 @@ async def test_mock_serves_the_media_endpoints(nursery: trio.Nursery) -> None:
         text = await client.audio.transcriptions.create(
             model="mock", file=("hello.wav", audio, "audio/wav")
         )
-    assert len(image.data) == 2 and image.data[0].url.startswith("data:image/png;base64,")
+    assert image.data is not None and len(image.data) == 2
+    assert image.data[0].url is not None
+    assert image.data[0].url.startswith("data:image/png;base64,")
     assert [result.flagged for result in moderation.results] == [False, False]
     assert audio[:4] == b"RIFF" and wav_seconds(audio, len(audio)) == pytest.approx(0.5)
     assert text.text.startswith("This is a mock response")

@@ -4,7 +4,7 @@ does what it does in LiteLLM (`trigate.api.litellm_request`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import openai
@@ -12,6 +12,7 @@ import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, StreamReply, chat_completion, chunk
 from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 
 from trigate.spend import RequestRecord
 from trigate.store import SpendFilter
@@ -38,6 +39,8 @@ _RESPONSES = {
     "service_tier", "store", "stream", "stream_options", "temperature", "text", "tool_choice",
     "tools", "top_logprobs", "top_p", "truncation", "user",
 }  # fmt: skip
+# helpers.MESSAGES as the OpenAI SDK types it (helpers keeps plain dicts, for every SDK).
+CHAT_MESSAGES = cast(list[ChatCompletionMessageParam], MESSAGES)
 DOCUMENTED = {
     "/v1/chat/completions": _CHAT,
     "/v1/completions": _COMPLETIONS,
@@ -130,7 +133,7 @@ def strict_openai(request: ReceivedRequest) -> JSONReply | StreamReply:
 async def strict_gateway(nursery: trio.Nursery, upstream: FakeUpstream) -> RunningGateway:
     upstream.handler = strict_openai
     params = {"model": "openai/upstream-model", "api_base": upstream.base_url}
-    config = {
+    config: dict[str, Any] = {
         "model_list": [{"model_name": "gpt-test", "litellm_params": {**params}}],
         "router_settings": {"num_retries": 0},
         # LiteLLM's `x-litellm-*` headers must stay home even when client headers travel.
@@ -158,16 +161,16 @@ async def test_no_litellm_field_or_header_reaches_an_openai_upstream(
     with_metadata = {**LITELLM_FIELDS, "metadata": {"run": "1"}}
     chat = await client.chat.completions.create(
         model="gpt-test",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=CHAT_MESSAGES,
         extra_body=with_metadata,
         extra_headers=LITELLM_HEADERS,
     )
     assert chat.choices[0].message.content == "hi"
     stream = await client.chat.completions.create(
         model="gpt-test",
-        messages=MESSAGES,
+        messages=CHAT_MESSAGES,
         stream=True,
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
     assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == "hi"
     text = await client.completions.create(model="gpt-test", prompt="hi", **extra)
@@ -176,9 +179,13 @@ async def test_no_litellm_field_or_header_reaches_an_openai_upstream(
     assert vectors.data[0].embedding == [0.1, 0.2]
     # On the Responses and Messages APIs `metadata` is the API's own, and LiteLLM's is
     # `litellm_metadata`.
-    own = {"extra_body": {**LITELLM_FIELDS, "litellm_metadata": {"run": "1"}}}
+    own = {**LITELLM_FIELDS, "litellm_metadata": {"run": "1"}}
     response = await client.responses.create(
-        model="gpt-test", input="hi", metadata={"api": "own"}, extra_headers=LITELLM_HEADERS, **own
+        model="gpt-test",
+        input="hi",
+        metadata={"api": "own"},
+        extra_headers=LITELLM_HEADERS,
+        extra_body=own,
     )
     assert response.output_text == "hi"
     assert upstream.requests[-1].json["metadata"] == {"api": "own"}
@@ -188,9 +195,10 @@ async def test_no_litellm_field_or_header_reaches_an_openai_upstream(
         max_tokens=10,
         messages=[{"role": "user", "content": "hi"}],
         extra_headers=LITELLM_HEADERS,
-        **own,  # type: ignore[arg-type]
+        extra_body=own,
     )
-    assert message.content[0].text == "hi"  # type: ignore[union-attr]
+    first_block = message.content[0]
+    assert first_block.type == "text" and first_block.text == "hi"
     assert_nothing_leaked(upstream)
     assert len(upstream.requests) == 6
 
@@ -269,14 +277,14 @@ async def test_mock_response_answers_without_the_upstream_whole_and_streamed(
     client = sdk(gateway)
     whole = await client.chat.completions.with_raw_response.create(
         model="a",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=CHAT_MESSAGES,
         extra_body={"mock_response": "It's simple to use and easy to get started"},
     )
     assert whole.parse().choices[0].message.content == "It's simple to use and easy to get started"
     assert whole.headers["x-litellm-model-group"] == "a"
     stream = await client.chat.completions.create(
         model="a",
-        messages=MESSAGES,  # type: ignore[arg-type]
+        messages=CHAT_MESSAGES,
         stream=True,
         extra_body={"mock_response": "streamed mock"},
     )
@@ -529,10 +537,10 @@ async def test_openai_sdk_errors_name_the_refused_field(strict: RunningGateway) 
     with pytest.raises(openai.BadRequestError) as raised:
         await sdk(strict).chat.completions.create(
             model="gpt-test",
-            messages=MESSAGES,  # type: ignore[arg-type]
+            messages=CHAT_MESSAGES,
             extra_body={"guardrails": ["aporia-pre-guard"]},
         )
-    assert raised.value.param == "guardrails"  # type: ignore[attr-defined]
+    assert raised.value.param == "guardrails"
 
 
 async def test_litellms_key_header_names_the_gateways_key(

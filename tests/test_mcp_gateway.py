@@ -247,13 +247,13 @@ async def test_one_server_by_path_or_header_and_a_caller_credential_for_it_alone
     assert weather.calls["alerts"][-1]["authorization"] == "Bearer callers-own"
     # With the gateway's key in `x-litellm-api-key`, `Authorization` is the client's own,
     # forwarded where `extra_headers` names it; the server's configured credential wins.
-    client = httpx2.AsyncClient(
+    caller = httpx2.AsyncClient(
         headers={"x-litellm-api-key": MASTER_KEY, "authorization": "Bearer for-upstream"},
         timeout=SDK_TIMEOUT,
     )
     async with (
-        client,
-        streamable_http_client(gateway.url + "/mcp/weather", http_client=client) as (read, write),
+        caller,
+        streamable_http_client(gateway.url + "/mcp/weather", http_client=caller) as (read, write),
         ClientSession(read, write) as session,
     ):
         await session.initialize()
@@ -485,7 +485,7 @@ async def test_an_older_sse_client_s_messages_are_answered_on_its_stream_from_an
         return httpx2.AsyncClient(headers=headers, timeout=timeout, transport=PostsTo(second.url))
 
     for factory in (None, via_second):
-        extra = {"httpx_client_factory": factory} if factory else {}
+        extra: dict[str, Any] = {"httpx_client_factory": factory} if factory else {}
         async with (
             sse_client(first.url + "/mcp/sse", headers=auth, **extra) as (read, write),
             ClientSession(read, write) as session,

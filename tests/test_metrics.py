@@ -7,7 +7,7 @@ on real sockets; every count is read back through prometheus-client's own parser
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from helpers import (
     sdk,
     start_gateway,
 )
+from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from scripted import Step, error, group_config
@@ -45,8 +46,9 @@ from trigate.metrics import (
     TOKENS,
     TOTAL_LATENCY,
 )
+from trigate.store import Row
 
-MESSAGES = [{"role": "user", "content": "Say hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 
 
@@ -461,9 +463,10 @@ async def test_health_probe_cooldowns_and_the_spend_queue(
     h = await harness(nursery, config, {"d0": [error(500)], "d1": [Step(), Step()]})
     await trio.sleep(1)  # each deployment probed once; d0's failure cools it
 
-    async def down(rows: list[dict[str, Any]]) -> int:
+    async def down(rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
         raise ConnectionError("database is down")
 
+    # The database goes down for this one store: its method is replaced on the instance.
     h.gateway.store.record_spend = down  # type: ignore[method-assign]
     assert (await h.chat()).status == 200
     scraped = await _scrape_in_process(nursery, h.app)

@@ -202,8 +202,8 @@ async def test_new_update_and_delete_a_deployment_without_a_restart(
     answer = await _chat(gateway, "added")
     assert answer.json()["choices"][0]["message"]["content"] == "from renamed"
     async with gateway.client() as client:
-        patch = {"litellm_params": {"model": "openai/patched"}}
-        patched = await client.patch("/model/api-1/update", json=patch)
+        change = {"litellm_params": {"model": "openai/patched"}}
+        patched = await client.patch("/model/api-1/update", json=change)
         assert patched.status_code == 200, patched.text
     answer = await _chat(gateway, "added")
     assert answer.json()["choices"][0]["message"]["content"] == "from patched"

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import anthropic
-import boto3
+
+# boto3 ships no types, and its stubs (boto3-stubs) are not among the dev dependencies.
+import boto3  # type: ignore[import-untyped]
 import cohere
 import google.oauth2.credentials
 import httpx
@@ -48,8 +50,13 @@ from fakes import (
 from google import genai
 from google.genai import types as genai_types
 from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, start_gateway
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionStreamOptionsParam
 
 from trigate.usage import UsageMeter
+
+# helpers.MESSAGES as each SDK types it (helpers keeps plain dicts, for every SDK).
+CLAUDE_MESSAGES = cast(list[anthropic.types.MessageParam], MESSAGES)
+CHAT_MESSAGES = cast(list[ChatCompletionMessageParam], MESSAGES)
 
 CLAUDE = "claude-sonnet-4-5-20250929"
 GEMINI = "gemini-2.5-flash"
@@ -123,11 +130,14 @@ async def test_anthropic_sdk_with_a_virtual_key(
         base_url=f"{gateway.url}/anthropic", api_key=key, max_retries=0
     )
     reply = await client.messages.create(
-        model=CLAUDE, max_tokens=100, messages=MESSAGES,
+        model=CLAUDE, max_tokens=100, messages=CLAUDE_MESSAGES,
         extra_headers={"anthropic-beta": "context-management-2025-06-27"},
     )  # fmt: skip
-    assert reply.content[0].text == "Hello"  # type: ignore[union-attr]
-    async with client.messages.stream(model=CLAUDE, max_tokens=100, messages=MESSAGES) as stream:
+    first_block = reply.content[0]
+    assert first_block.type == "text" and first_block.text == "Hello"
+    async with client.messages.stream(
+        model=CLAUDE, max_tokens=100, messages=CLAUDE_MESSAGES
+    ) as stream:
         assert "".join([piece async for piece in stream.text_stream]) == "Hello"
     whole, streamed = upstream.requests
     assert whole.target == streamed.target == "/v1/messages" and streamed.json["stream"]
@@ -152,9 +162,9 @@ async def test_a_keys_models_bind_the_model_in_the_body(
         base_url=f"{gateway.url}/anthropic", api_key=key, max_retries=0
     )
     with pytest.raises(anthropic.PermissionDeniedError) as refused:
-        await client.messages.create(model=CLAUDE, max_tokens=10, messages=MESSAGES)
+        await client.messages.create(model=CLAUDE, max_tokens=10, messages=CLAUDE_MESSAGES)
     # In Anthropic's envelope, which its SDK reads.
-    assert refused.value.body["type"] == "error"  # type: ignore[index]
+    assert isinstance(refused.value.body, dict) and refused.value.body["type"] == "error"
     assert upstream.requests == []
 
 
@@ -167,7 +177,7 @@ async def test_a_budget_binds_pass_through_calls(
         base_url=f"{gateway.url}/anthropic", api_key=key, max_retries=0
     )
     with pytest.raises(anthropic.APIStatusError) as refused:
-        await client.messages.create(model=CLAUDE, max_tokens=10, messages=MESSAGES)
+        await client.messages.create(model=CLAUDE, max_tokens=10, messages=CLAUDE_MESSAGES)
     assert "budget" in str(refused.value).lower()
     assert upstream.requests == []
 
@@ -304,8 +314,11 @@ async def test_anthropic_vertex_sdk(
         region="us-east5", project_id=PROJECT, access_token=key,
         base_url=f"{gateway.url}/vertex_ai/v1", max_retries=0,
     )  # fmt: skip
-    reply = await client.messages.create(model=VERTEX_CLAUDE, max_tokens=50, messages=MESSAGES)
-    assert reply.content[0].text == "Hello"  # type: ignore[union-attr]
+    reply = await client.messages.create(
+        model=VERTEX_CLAUDE, max_tokens=50, messages=CLAUDE_MESSAGES
+    )
+    first_block = reply.content[0]
+    assert first_block.type == "text" and first_block.text == "Hello"
     [received] = upstream.requests
     assert received.target == (
         f"/v1/projects/{PROJECT}/locations/us-east5/publishers/anthropic/models/"
@@ -325,6 +338,7 @@ async def test_google_genai_in_vertex_mode(
     key = await _key(gateway)
     client = genai.Client(
         vertexai=True, project=PROJECT, location="us-east5",
+        # google-auth's Credentials constructor has no annotations.
         credentials=google.oauth2.credentials.Credentials(token=key),  # type: ignore[no-untyped-call]
         http_options=genai_types.HttpOptions(base_url=f"{gateway.url}/vertex_ai"),
     )  # fmt: skip
@@ -344,7 +358,7 @@ async def test_openai_sdk(gateway: RunningGateway, upstream: FakeUpstream) -> No
     upstream.handler = lambda request: JSONReply(chat_completion("Hi", usage))
     key = await _key(gateway)
     client = openai.AsyncOpenAI(base_url=f"{gateway.url}/openai/v1", api_key=key, max_retries=0)
-    reply = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)  # type: ignore[arg-type]
+    reply = await client.chat.completions.create(model="gpt-4o", messages=CHAT_MESSAGES)
     assert reply.choices[0].message.content == "Hi"
     [received] = upstream.requests
     assert received.target == "/v1/chat/completions"
@@ -365,7 +379,9 @@ async def test_a_call_whose_usage_is_unknown_costs_its_reservation(
     key = await _key(gateway, max_budget=0.01)
     url = f"{gateway.url}/openai/v1"
     async with openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0) as client:
-        await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000)  # type: ignore[arg-type]
+        await client.chat.completions.create(
+            model="gpt-4o", messages=CHAT_MESSAGES, max_tokens=1000
+        )
         [record] = await gateway.records.wait_for(1)
         prompt = await UsageMeter(
             gateway.gateway.counter, "gpt-4o", {"model": "gpt-4o", "messages": MESSAGES}
@@ -373,13 +389,17 @@ async def test_a_call_whose_usage_is_unknown_costs_its_reservation(
         assert prompt > 0 and record.usage_source == "unknown"
         assert record.cost == pytest.approx(prompt * 2.5e-6 + 1000 * 1e-5)
         with pytest.raises(openai.BadRequestError, match=r"(?i)budget"):
-            await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=1000)  # type: ignore[arg-type]
+            await client.chat.completions.create(
+                model="gpt-4o", messages=CHAT_MESSAGES, max_tokens=1000
+            )
     assert len(upstream.requests) == 1
     # A call the upstream refused cost nothing.
     upstream.handler = lambda request: JSONReply({"error": {"message": "no"}}, status=400)
     async with openai.AsyncOpenAI(base_url=url, api_key=MASTER_KEY, max_retries=0) as admin:
         with pytest.raises(openai.BadRequestError):
-            await admin.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=10)  # type: ignore[arg-type]
+            await admin.chat.completions.create(
+                model="gpt-4o", messages=CHAT_MESSAGES, max_tokens=10
+            )
     *_, over_budget, refused = await gateway.records.wait_for(3)
     assert over_budget.cost == 0 and (refused.status, refused.cost) == (400, 0)
     assert refused.usage_source == "unknown"
@@ -388,7 +408,7 @@ async def test_a_call_whose_usage_is_unknown_costs_its_reservation(
     async with anthropic.AsyncAnthropic(
         base_url=f"{gateway.url}/anthropic", api_key=await _key(gateway), max_retries=0
     ) as counter:
-        counted = await counter.messages.count_tokens(model=CLAUDE, messages=MESSAGES)
+        counted = await counter.messages.count_tokens(model=CLAUDE, messages=CLAUDE_MESSAGES)
     assert counted.input_tokens == 12
     *_, free = await gateway.records.wait_for(4)
     assert (free.status, free.usage_source, free.cost) == (200, "unknown", 0)
@@ -410,15 +430,17 @@ async def test_an_openai_stream_is_asked_for_its_usage(
     url = f"{gateway.url}/openai/v1"
     async with openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0) as client:
         stream = await client.chat.completions.create(
-            model="gpt-4o", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
+            model="gpt-4o", messages=CHAT_MESSAGES, stream=True,
         )  # fmt: skip
         async with stream:
             # The client that did not ask for usage gets no usage-only chunk (no choices).
             text = "".join([c.choices[0].delta.content or "" async for c in stream])
         assert text == "Hello"
         asking = await client.chat.completions.create(
-            model="gpt-4o", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
-            stream_options={"include_usage": True, "continuous_usage_stats": False},
+            model="gpt-4o", messages=CHAT_MESSAGES, stream=True,
+            # `continuous_usage_stats` is vLLM's, not in OpenAI's type: it must pass through.
+            stream_options=cast(ChatCompletionStreamOptionsParam,
+                                {"include_usage": True, "continuous_usage_stats": False}),
         )  # fmt: skip
         async with asking:
             chunks = [piece async for piece in asking]
@@ -611,9 +633,11 @@ async def test_cohere_sdk(gateway: RunningGateway, upstream: FakeUpstream) -> No
             api_key=key, base_url=f"{gateway.url}/cohere", httpx_client=http
         )
         reply = await client.chat(
-            model="command-a-03-2025", messages=[{"role": "user", "content": "hi"}]
+            model="command-a-03-2025", messages=[cohere.UserChatMessageV2(content="hi")]
         )
-    assert reply.message.content[0].text == "Hello!"  # type: ignore[index,union-attr]
+    assert reply.message.content is not None
+    first_item = reply.message.content[0]
+    assert first_item.type == "text" and first_item.text == "Hello!"
     [received] = upstream.requests
     assert (
         received.target == "/v2/chat"

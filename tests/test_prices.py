@@ -50,7 +50,9 @@ def shipped() -> PriceTable:
 
 @pytest.fixture(scope="module")
 def shipped_raw() -> dict[str, Any]:
-    return json.loads(resources.files("trigate.data").joinpath("model_prices.json").read_text())
+    raw = resources.files("trigate.data").joinpath("model_prices.json").read_text()
+    table: dict[str, Any] = json.loads(raw)
+    return table
 
 
 def entry(provider: str, input_cost: float | None = None, **fields: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import cast
 
 import openai
 import pytest
@@ -24,10 +25,14 @@ from helpers import (
     streamed_chunks,
     streamed_events,
 )
+from openai.types.chat import ChatCompletionMessageParam
 
 from trigate.config import ConfigError, parse_config
 from trigate.errors import Failure
 from trigate.providers.azure import DEFAULT_API_VERSION
+
+# helpers.MESSAGES as the OpenAI SDK types it (helpers keeps plain dicts, for every SDK).
+CHAT_MESSAGES = cast(list[ChatCompletionMessageParam], MESSAGES)
 
 
 @pytest.fixture
@@ -43,7 +48,7 @@ async def test_non_stream_path_query_header(
     upstream.handler = lambda request: JSONReply(azure_completion("Hello there"))
     async with sdk(gateway) as client:
         completion = await client.chat.completions.create(
-            model="azure-test", messages=MESSAGES, temperature=0.1
+            model="azure-test", messages=CHAT_MESSAGES, temperature=0.1
         )
     assert completion.choices[0].message.content == "Hello there"
     assert completion.usage is not None and completion.usage.prompt_tokens == 14
@@ -70,7 +75,7 @@ async def test_api_version_and_entra_token_from_params(
     )
     running = await start_gateway(nursery, config)
     async with sdk(running) as client:
-        await client.chat.completions.create(model="azure-test", messages=MESSAGES)
+        await client.chat.completions.create(model="azure-test", messages=CHAT_MESSAGES)
     [received] = upstream.requests
     assert received.target.endswith("?api-version=2025-04-01-preview")
     assert received.headers["authorization"] == "Bearer entra-token-123"
@@ -93,7 +98,7 @@ async def test_stream_starting_with_prompt_filter_results(
     )
     chunks = await streamed_chunks(gateway, "azure-test", stream_options={"include_usage": True})
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
-    assert chunks[0].choices == [] and chunks[0].model_extra["prompt_filter_results"]  # type: ignore[index]
+    assert chunks[0].choices == [] and chunks[0].model_extra["prompt_filter_results"]
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 6
     assert [c for c in chunks if c.usage is not None] == [chunks[-1]]
     sent = upstream.requests[0].json
@@ -109,12 +114,14 @@ async def test_filtered_answer_takes_the_content_policy_fallback(
     running = await start_gateway(nursery, config)
     upstream.handler = lambda request: JSONReply(azure_completion(None, finish="content_filter"))
     async with sdk(running) as client:
-        completion = await client.chat.completions.create(model="azure-test", messages=MESSAGES)
+        completion = await client.chat.completions.create(
+            model="azure-test", messages=CHAT_MESSAGES
+        )
         upstream.handler = lambda request: StreamReply(
             [PROMPT_FILTER_CHUNK, chunk(finish="content_filter"), DONE]
         )
         stream = await client.chat.completions.create(
-            model="azure-test", messages=MESSAGES, stream=True
+            model="azure-test", messages=CHAT_MESSAGES, stream=True
         )
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert (completion.choices[0].message.content or "").startswith("This is a mock response")
@@ -130,7 +137,7 @@ async def test_filtered_answer_without_fallback_is_400(
     )
     async with sdk(gateway) as client:
         with pytest.raises(openai.BadRequestError) as caught:
-            await client.chat.completions.create(model="azure-test", messages=MESSAGES)
+            await client.chat.completions.create(model="azure-test", messages=CHAT_MESSAGES)
     assert caught.value.code == "content_policy_violation"
 
 
@@ -155,7 +162,7 @@ async def test_a_missing_deployment_is_a_404(
         for stream in (False, True):
             with pytest.raises(openai.NotFoundError) as caught:
                 await client.chat.completions.create(
-                    model="azure-test", messages=MESSAGES, stream=stream
+                    model="azure-test", messages=CHAT_MESSAGES, stream=stream
                 )
             assert caught.value.status_code == 404
             assert error["message"] in caught.value.message
@@ -171,7 +178,9 @@ def test_api_base_is_required() -> None:
 def test_content_filter_classification_in_errors_module() -> None:
     from trigate.errors import from_upstream_status
 
-    error = from_upstream_status(400, FILTERED_PROMPT["error"]["message"], {}, "content_filter")
+    message = FILTERED_PROMPT["error"]["message"]
+    assert isinstance(message, str)
+    error = from_upstream_status(400, message, {}, "content_filter")
     assert error.kind is Failure.CONTENT_POLICY and error.code == "content_policy_violation"
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import openai
@@ -20,7 +20,7 @@ import trio
 from botocore.validate import validate_parameters
 from fake_bedrock import (
     ACCESS_KEY,
-    CONVERSE,
+    CONVERSE_INPUT,
     MODEL_ID,
     REGION,
     SECRET_KEY,
@@ -48,6 +48,12 @@ from helpers import (
     streamed_chunks,
     streamed_events,
 )
+from openai.types.chat import (
+    ChatCompletionAssistantMessageParam,
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageParam,
+)
 
 from trigate.errors import Failure, InvalidRequest, UpstreamError
 from trigate.providers.bedrock import (
@@ -59,6 +65,11 @@ from trigate.providers.bedrock import (
     to_usage,
 )
 from trigate.providers.eventstream import EventStreamDecoder
+
+# helpers' MESSAGES and WEATHER_TOOL as the OpenAI SDK types them (helpers keeps plain
+# dicts, for every SDK).
+CHAT_MESSAGES = cast(list[ChatCompletionMessageParam], MESSAGES)
+CHAT_WEATHER_TOOL = cast(ChatCompletionFunctionToolParam, WEATHER_TOOL)
 
 
 @pytest.fixture
@@ -86,7 +97,7 @@ async def test_non_stream_translates_both_ways(
     async with sdk(gateway) as client:
         completion = await client.chat.completions.create(
             model="claude",
-            messages=[{"role": "system", "content": "Be brief."}, *MESSAGES],
+            messages=[{"role": "system", "content": "Be brief."}, *CHAT_MESSAGES],
             max_tokens=50,
             temperature=0.2,
             stop="END",
@@ -126,14 +137,15 @@ async def test_cache_tokens_count_as_prompt_tokens(
         lambda r: JSONReply(converse_response([{"text": "ok"}], usage=usage))
     )
     async with sdk(gateway) as client:
-        completion = await client.chat.completions.create(model="claude", messages=MESSAGES)
+        completion = await client.chat.completions.create(model="claude", messages=CHAT_MESSAGES)
     assert completion.usage is not None
     assert completion.usage.prompt_tokens == 125 and completion.usage.total_tokens == 132
     [record] = await gateway.records.wait_for(1)
     assert (record.prompt_tokens, record.completion_tokens) == (125, 7)
     # Cache reads and writes reached billing, each at its own price.
     price = gateway.gateway.router.groups.deployments("claude")[0].price
-    assert price is not None and price.cache_read and price.cache_write
+    assert price is not None and price.input is not None and price.output is not None
+    assert price.cache_read and price.cache_write
     assert price.cache_read != price.input
     expected = 5 * price.input + 100 * price.cache_read + 20 * price.cache_write + 7 * price.output
     assert record.cost == pytest.approx(expected)
@@ -149,7 +161,7 @@ async def test_session_token_is_sent_and_signed(
         nursery, bedrock_config(upstream, aws_session_token=SESSION_TOKEN)
     )
     async with sdk(running) as client:
-        completion = await client.chat.completions.create(model="claude", messages=MESSAGES)
+        completion = await client.chat.completions.create(model="claude", messages=CHAT_MESSAGES)
     assert completion.choices[0].message.content == "ok"
     [received] = upstream.requests
     assert received.headers["x-amz-security-token"] == SESSION_TOKEN
@@ -173,7 +185,7 @@ async def test_credentials_fall_back_to_the_aws_environment(
         del params[name]
     running = await start_gateway(nursery, config)
     async with sdk(running) as client:
-        await client.chat.completions.create(model="claude", messages=MESSAGES)
+        await client.chat.completions.create(model="claude", messages=CHAT_MESSAGES)
     assert signature_problem(upstream.requests[0], SESSION_TOKEN) is None
     await running.stop()
 
@@ -187,7 +199,7 @@ async def test_converse_route_prefix_and_an_arn_model_id(
         nursery, bedrock_config(upstream, model=f"bedrock/converse/{arn}")
     )
     async with sdk(running) as client:
-        completion = await client.chat.completions.create(model="claude", messages=MESSAGES)
+        completion = await client.chat.completions.create(model="claude", messages=CHAT_MESSAGES)
     [received] = upstream.requests
     assert received.target == f"/model/{quote(arn, safe='')}/converse"
     assert model_id(received) == arn and completion.model == arn
@@ -206,7 +218,7 @@ async def test_bedrock_api_key_is_a_bearer_token(
     del params["aws_access_key_id"], params["aws_secret_access_key"]
     running = await start_gateway(nursery, config)
     async with sdk(running) as client:
-        await client.chat.completions.create(model="claude", messages=MESSAGES)
+        await client.chat.completions.create(model="claude", messages=CHAT_MESSAGES)
     [received] = upstream.requests
     assert received.headers["authorization"] == "Bearer bedrock-api-key-0123456789"
     assert "x-amz-date" not in received.headers
@@ -224,7 +236,7 @@ async def test_no_credentials_fail_without_calling_bedrock(
     running = await start_gateway(nursery, config)
     async with sdk(running) as client:
         with pytest.raises(openai.APIStatusError) as caught:
-            await client.chat.completions.create(model="claude", messages=MESSAGES)
+            await client.chat.completions.create(model="claude", messages=CHAT_MESSAGES)
     assert caught.value.status_code == 502
     assert "aws_access_key_id" in caught.value.message
     assert upstream.requests == []
@@ -232,20 +244,24 @@ async def test_no_credentials_fail_without_calling_bedrock(
 
 
 async def test_tool_round_trip_non_stream(gateway: RunningGateway, upstream: FakeUpstream) -> None:
-    content = [
+    content: list[dict[str, Any]] = [
         {"text": "Let me check."},
         {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Paris"}}},
     ]
     upstream.handler = bedrock(lambda r: JSONReply(converse_response(content, "tool_use")))
     async with sdk(gateway) as client:
         completion = await client.chat.completions.create(
-            model="claude", messages=MESSAGES, tools=[WEATHER_TOOL], tool_choice="required"
+            model="claude",
+            messages=CHAT_MESSAGES,
+            tools=[CHAT_WEATHER_TOOL],
+            tool_choice="required",
         )
         message = completion.choices[0].message
         assert completion.choices[0].finish_reason == "tool_calls"
         assert message.content == "Let me check."
         assert message.tool_calls is not None
         [call] = message.tool_calls
+        assert isinstance(call, ChatCompletionMessageFunctionToolCall)
         assert (call.id, call.function.name) == ("tooluse_1", "get_weather")
         assert orjson.loads(call.function.arguments) == {"city": "Paris"}
         # The answer goes back with the tool's result; Bedrock checks the shape of both.
@@ -253,11 +269,12 @@ async def test_tool_round_trip_non_stream(gateway: RunningGateway, upstream: Fak
         answer = await client.chat.completions.create(
             model="claude",
             messages=[
-                *MESSAGES,
-                message.model_dump(exclude_none=True),
+                *CHAT_MESSAGES,
+                # The SDK's answer, dumped, is the assistant message the API takes back.
+                cast(ChatCompletionAssistantMessageParam, message.model_dump(exclude_none=True)),
                 {"role": "tool", "tool_call_id": "tooluse_1", "content": "22C, sunny"},
             ],
-            tools=[WEATHER_TOOL],
+            tools=[CHAT_WEATHER_TOOL],
         )
     assert answer.choices[0].message.content == "Sunny."
     first, second = (request.json for request in upstream.requests)
@@ -267,7 +284,7 @@ async def test_tool_round_trip_non_stream(gateway: RunningGateway, upstream: Fak
                 "toolSpec": {
                     "name": "get_weather",
                     "description": "The weather in a city",
-                    "inputSchema": {"json": WEATHER_TOOL["function"]["parameters"]},
+                    "inputSchema": {"json": CHAT_WEATHER_TOOL["function"]["parameters"]},
                 }
             }
         ],
@@ -446,7 +463,7 @@ async def test_errors_before_the_answer(
         for stream in (False, True):
             with pytest.raises(exception_class) as caught:
                 await client.chat.completions.create(
-                    model="claude", messages=MESSAGES, stream=stream
+                    model="claude", messages=CHAT_MESSAGES, stream=stream
                 )
             assert caught.value.status_code == client_status
             assert isinstance(caught.value.body, dict)
@@ -467,7 +484,7 @@ async def test_secrets_never_reach_the_logs(
         nursery, bedrock_config(upstream, aws_session_token=SESSION_TOKEN)
     )
     async with sdk(running) as client:
-        await client.chat.completions.create(model="claude", messages=MESSAGES)
+        await client.chat.completions.create(model="claude", messages=CHAT_MESSAGES)
     await running.stop()
     assert caplog.records, "DEBUG logging was on"
     assert SECRET_KEY not in caplog.text and SESSION_TOKEN not in caplog.text
@@ -584,7 +601,7 @@ def test_request_translation() -> None:
         "toolConfig",
         "additionalModelRequestFields",
     }
-    validate_parameters({**request, "modelId": MODEL_ID}, CONVERSE.input_shape)
+    validate_parameters({**request, "modelId": MODEL_ID}, CONVERSE_INPUT)
 
 
 @pytest.mark.parametrize(

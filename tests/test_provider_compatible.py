@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 import trio
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
 from helpers import MESSAGES, UPSTREAM_KEY, deployment_config, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 
 from trigate.config import ConfigError, LiteLLMParams, parse_config
 from trigate.provider_names import PROVIDER_PREFIXES, REQUIRES_API_BASE
 from trigate.providers import PROVIDERS
 from trigate.providers.compatible import COMPATIBLE, DIALECTS
 from trigate.tokens import TokenCounter
+
+# helpers.MESSAGES as the OpenAI SDK types it (helpers keeps plain dicts, for every SDK).
+CHAT_MESSAGES = cast(list[ChatCompletionMessageParam], MESSAGES)
 
 DEFAULT_BASES = {
     "groq": "https://api.groq.com/openai/v1",
@@ -66,9 +70,12 @@ async def test_prefix_reaches_chat_completions(
         )
     )
     async with sdk(running) as client:
-        completion = await client.chat.completions.create(model="compat", messages=MESSAGES)
+        completion = await client.chat.completions.create(model="compat", messages=CHAT_MESSAGES)
         stream = await client.chat.completions.create(
-            model="compat", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            model="compat",
+            messages=CHAT_MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         chunks = [c async for c in stream]
     assert completion.choices[0].message.content == "Hi!"
@@ -132,7 +139,10 @@ async def test_usage_in_the_last_content_chunk_without_stream_options(
     running = await start_gateway(nursery, family_config(upstream, "mistral", "mistral-small"))
     async with sdk(running) as client:
         stream = await client.chat.completions.create(
-            model="compat", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            model="compat",
+            messages=CHAT_MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
         )
         chunks = [c async for c in stream]
     assert "stream_options" not in upstream.requests[0].json

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import openai
 import orjson
@@ -22,6 +22,8 @@ from helpers import (
     streamed_chunks,
     streamed_events,
 )
+from openai.types import ReasoningEffort
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from trigate.errors import Failure, InvalidRequest, UpstreamError, from_upstream_status
 from trigate.providers.gemini import (
@@ -33,7 +35,9 @@ from trigate.providers.gemini import (
     to_openai,
 )
 
-WEATHER_TOOL = {
+# helpers.MESSAGES as the OpenAI SDK types it (helpers keeps plain dicts, for every SDK).
+CHAT_MESSAGES = cast(list[ChatCompletionMessageParam], MESSAGES)
+WEATHER_TOOL: ChatCompletionFunctionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -70,7 +74,7 @@ async def test_non_stream(gateway: RunningGateway, upstream: FakeUpstream) -> No
     async with sdk(gateway) as client:
         completion = await client.chat.completions.create(
             model="gemini-test",
-            messages=[{"role": "system", "content": "Be brief."}, *MESSAGES],
+            messages=[{"role": "system", "content": "Be brief."}, *CHAT_MESSAGES],
             temperature=0.2,
             max_tokens=50,
             stop="END",
@@ -79,8 +83,10 @@ async def test_non_stream(gateway: RunningGateway, upstream: FakeUpstream) -> No
     assert completion.choices[0].finish_reason == "stop"
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (12, 23)
-    assert completion.usage.prompt_tokens_details.cached_tokens == 8  # type: ignore[union-attr]
-    assert completion.usage.completion_tokens_details.reasoning_tokens == 20  # type: ignore[union-attr]
+    prompt_details = completion.usage.prompt_tokens_details
+    assert prompt_details is not None and prompt_details.cached_tokens == 8
+    completion_details = completion.usage.completion_tokens_details
+    assert completion_details is not None and completion_details.reasoning_tokens == 20
     [received] = upstream.requests
     assert received.target == f"/v1beta/models/{MODEL}:generateContent"
     assert received.headers["x-goog-api-key"] == UPSTREAM_KEY
@@ -128,8 +134,8 @@ async def test_stream_with_usage(gateway: RunningGateway, upstream: FakeUpstream
     assert len(with_usage) == 1 and with_usage[0] is chunks[-1] and chunks[-1].choices == []
     usage = chunks[-1].usage
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (9, 7)
-    assert usage.prompt_tokens_details.cached_tokens == 2  # type: ignore[union-attr]
-    assert usage.completion_tokens_details.reasoning_tokens == 4  # type: ignore[union-attr]
+    assert usage.prompt_tokens_details.cached_tokens == 2
+    assert usage.completion_tokens_details.reasoning_tokens == 4
     assert upstream.requests[0].target == f"/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"
     assert "stream" not in upstream.requests[0].json
     [record] = await gateway.records.wait_for(1)
@@ -156,8 +162,8 @@ async def test_streamed_tool_call_and_its_result(
     async with sdk(gateway) as client:
         stream = await client.chat.completions.create(
             model="gemini-test",
-            messages=MESSAGES,
-            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            messages=CHAT_MESSAGES,
+            tools=[WEATHER_TOOL],
             tool_choice="required",
             stream=True,
         )
@@ -165,17 +171,20 @@ async def test_streamed_tool_call_and_its_result(
         [delta] = [
             c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.tool_calls
         ]
-        [tool_call] = delta.tool_calls  # type: ignore[misc]
+        assert delta.tool_calls is not None
+        [tool_call] = delta.tool_calls
         assert tool_call.id and tool_call.id.startswith("call_") and tool_call.index == 0
-        assert tool_call.function.name == "get_weather"  # type: ignore[union-attr]
-        assert orjson.loads(tool_call.function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+        assert tool_call.function is not None and tool_call.function.name == "get_weather"
+        assert tool_call.function.arguments is not None
+        assert orjson.loads(tool_call.function.arguments) == {"city": "Paris"}
         assert chunks[-1].choices[0].finish_reason == "tool_calls"
-        signature = tool_call.model_extra["extra_content"]["google"]["thought_signature"]  # type: ignore[index]
+        assert tool_call.model_extra is not None
+        signature = tool_call.model_extra["extra_content"]["google"]["thought_signature"]
         assert signature == "c2lnbmF0dXJl"
 
         upstream.handler = lambda request: JSONReply(answer([{"text": "Sunny."}]))
         history = [
-            *MESSAGES,
+            *CHAT_MESSAGES,
             {
                 "role": "assistant",
                 "content": None,
@@ -185,8 +194,10 @@ async def test_streamed_tool_call_and_its_result(
         ]
         completion = await client.chat.completions.create(
             model="gemini-test",
-            messages=history,  # type: ignore[arg-type]
-            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            # The tool call goes back as the SDK dumped it, with Gemini's `extra_content`,
+            # which the SDK's message type has no field for.
+            messages=cast(list[ChatCompletionMessageParam], history),
+            tools=[WEATHER_TOOL],
         )
     assert completion.choices[0].message.content == "Sunny."
     first, second = (request.json for request in upstream.requests)
@@ -242,7 +253,7 @@ async def test_refused_credentials_are_a_401(
         for stream in (False, True):
             with pytest.raises(openai.AuthenticationError) as caught:
                 await client.chat.completions.create(
-                    model="gemini-test", messages=MESSAGES, stream=stream
+                    model="gemini-test", messages=CHAT_MESSAGES, stream=stream
                 )
             assert caught.value.status_code == 401
             body = caught.value.body
@@ -267,7 +278,7 @@ async def test_a_rate_limits_retry_delay_reaches_the_client(
     upstream.handler = lambda request: quota_exceeded("36.5s")
     async with sdk(gateway) as client:
         with pytest.raises(openai.RateLimitError) as caught:
-            await client.chat.completions.create(model="gemini-test", messages=MESSAGES)
+            await client.chat.completions.create(model="gemini-test", messages=CHAT_MESSAGES)
     assert caught.value.response.headers["retry-after"] == "37"
 
 
@@ -283,7 +294,7 @@ async def test_the_router_waits_out_a_rate_limits_retry_delay(
 
     upstream.handler = handler
     async with sdk(running) as client:
-        await client.chat.completions.create(model="gemini-test", messages=MESSAGES)
+        await client.chat.completions.create(model="gemini-test", messages=CHAT_MESSAGES)
     assert len(arrivals) == 2 and arrivals[1] - arrivals[0] >= 20
     await running.stop()
 
@@ -296,7 +307,7 @@ async def test_blocked_prompt_takes_the_content_policy_fallback(
     upstream.handler = lambda request: sse(BLOCKED)
     async with sdk(running) as client:
         stream = await client.chat.completions.create(
-            model="gemini-test", messages=MESSAGES, stream=True
+            model="gemini-test", messages=CHAT_MESSAGES, stream=True
         )
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text.startswith("This is a mock response")
@@ -311,7 +322,7 @@ async def test_safety_stop_mid_answer_is_content_filter(
     )
     async with sdk(gateway) as client:
         stream = await client.chat.completions.create(
-            model="gemini-test", messages=MESSAGES, stream=True
+            model="gemini-test", messages=CHAT_MESSAGES, stream=True
         )
         chunks = [chunk async for chunk in stream]
     assert chunks[-1].choices[0].finish_reason == "content_filter"
@@ -478,7 +489,7 @@ def test_schema_is_cut_to_gemini_subset() -> None:
 
 def test_function_without_parameters_sends_none() -> None:
     tool = {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}
-    native = {"googleSearch": {}}
+    native: dict[str, dict[str, Any]] = {"googleSearch": {}}
     assert to_gemini({"messages": MESSAGES, "tools": [tool, native]})["tools"] == [
         {"functionDeclarations": [{"name": "now"}]},
         native,
@@ -533,7 +544,7 @@ def test_json_schema_response_format() -> None:
     ],
 )
 def test_reasoning_effort_becomes_a_thinking_config(
-    model: str, effort: str, thinking: dict
+    model: str, effort: str, thinking: dict[str, Any]
 ) -> None:
     """As LiteLLM maps it: a thinking level from Gemini 3 on, a token budget before."""
     body = {"messages": MESSAGES, "reasoning_effort": effort, "max_tokens": 100}
@@ -547,7 +558,10 @@ async def test_an_unknown_reasoning_effort_is_the_clients_400(
     async with sdk(gateway) as client:
         with pytest.raises(openai.BadRequestError) as caught:
             await client.chat.completions.create(
-                model="gemini-test", messages=MESSAGES, reasoning_effort="extreme"
+                model="gemini-test",
+                messages=CHAT_MESSAGES,
+                # Not an effort the API knows: the gateway's answer to one is the test.
+                reasoning_effort=cast(ReasoningEffort, "extreme"),
             )
     assert "reasoning_effort" in caught.value.message
     assert upstream.requests == []
@@ -559,7 +573,7 @@ async def test_reasoning_effort_reaches_gemini(
     upstream.handler = lambda request: JSONReply(answer([{"text": "hi"}]))
     async with sdk(gateway) as client:
         await client.chat.completions.create(
-            model="gemini-test", messages=MESSAGES, reasoning_effort="high"
+            model="gemini-test", messages=CHAT_MESSAGES, reasoning_effort="high"
         )
     [request] = upstream.requests
     thinking = orjson.loads(request.body)["generationConfig"]["thinkingConfig"]

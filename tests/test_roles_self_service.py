@@ -12,8 +12,9 @@ import httpx
 import openai
 import trio
 from helpers import MASTER_KEY, RunningGateway, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 
-MESSAGES = [{"role": "user", "content": "hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
 
 
 def config(database_url: str = "sqlite://:memory:") -> dict[str, Any]:
@@ -123,7 +124,7 @@ async def test_an_internal_user_manages_its_own_keys_within_its_limits(
     made = await ivy.post("/key/generate", {"key_alias": "ivy-ci", "max_budget": 5})
     assert made["user_id"] == "ivy", "a user's key is its own, as LiteLLM makes it"
     client = openai.AsyncOpenAI(api_key=made["key"], base_url=f"{gateway.url}/v1")
-    answer = await client.chat.completions.create(model="good", messages=MESSAGES)  # type: ignore[arg-type]
+    answer = await client.chat.completions.create(model="good", messages=MESSAGES)
     assert answer.choices[0].message.content
     with_sdk_refusal = openai.AsyncOpenAI(api_key=made["key"], base_url=gateway.url)
     try:
@@ -158,7 +159,8 @@ async def test_an_internal_user_manages_its_own_keys_within_its_limits(
     await ivy.post("/key/update", {"key": made["key"], "user_id": "someone"}, status=403)
     await ivy.post("/key/update", {"key": made["key"], "blocked": False}, status=403)
     # What restricts a key (its MCP permissions, its guardrails) is an admin's to set.
-    for lifted in ({"object_permission": {}}, {"guardrails": []}):
+    restrictions: tuple[dict[str, Any], ...] = ({"object_permission": {}}, {"guardrails": []})
+    for lifted in restrictions:
         refusal = await ivy.post("/key/update", {"key": made["key"], **lifted}, status=403)
         assert refusal["error"]["param"] == next(iter(lifted))
         await ivy.post("/key/generate", lifted, status=403)

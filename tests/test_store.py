@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from trigate.store import Conflict, SpendFilter, Store, next_reset
+from trigate.store import Conflict, Row, SpendFilter, Store, next_reset
 
 
-def key_row(token_hash: str, **fields: object) -> dict:
+async def stored(store: Store, kind: str, key: str) -> Row:
+    """The row the test expects to be there."""
+    row = await store.get(kind, key)
+    assert row is not None, (kind, key)
+    return row
+
+
+def key_row(token_hash: str, **fields: object) -> dict[str, Any]:
     return {
         "token_hash": token_hash,
         "key_name": "sk-...abcd",
@@ -21,7 +30,7 @@ def key_row(token_hash: str, **fields: object) -> dict:
     }
 
 
-def spend_row(request_id: str, cost: float, **fields: object) -> dict:
+def spend_row(request_id: str, cost: float, **fields: object) -> dict[str, Any]:
     return {
         "request_id": request_id,
         "key_hash": "h1",
@@ -48,7 +57,7 @@ async def test_migrations_are_idempotent(database_url: str) -> None:
     await store.close()
     store = await Store.open(database_url)  # a second start finds the schema current
     await store.insert("keys", key_row("h1"))
-    assert (await store.get("keys", "h1"))["key_name"] == "sk-...abcd"
+    assert (await stored(store, "keys", "h1"))["key_name"] == "sk-...abcd"
     await store.close()
 
 
@@ -58,11 +67,11 @@ async def test_rows_round_trip_with_json_and_booleans(database_url: str) -> None
         "keys",
         key_row("h1", models=["gpt-4o"], metadata={"team": "ml"}, blocked=True, max_budget=2.5),
     )
-    row = await store.get("keys", "h1")
+    row = await stored(store, "keys", "h1")
     assert row["models"] == ["gpt-4o"] and row["metadata"] == {"team": "ml"}
     assert row["blocked"] is True and row["max_budget"] == 2.5 and row["spend"] == 0
     assert await store.update("keys", "h1", {"blocked": False, "rpm_limit": 5})
-    assert (await store.get("keys", "h1"))["rpm_limit"] == 5
+    assert (await stored(store, "keys", "h1"))["rpm_limit"] == 5
     assert not await store.update("keys", "nope", {"rpm_limit": 1})
     assert await store.delete("keys", "token_hash", ["h1", "h2"]) == 1
     assert await store.get("keys", "h1") is None
@@ -79,7 +88,7 @@ async def test_a_uniqueness_conflict_is_the_callers_not_a_store_failure(
         await store.insert("keys", key_row("h1"))
     with pytest.raises(Conflict):
         await store.update("keys", "h2", {"key_alias": "one"})
-    assert (await store.get("keys", "h2"))["key_alias"] == "two"
+    assert (await stored(store, "keys", "h2"))["key_alias"] == "two"
     await store.close()
 
 
@@ -99,7 +108,7 @@ async def test_spend_is_recorded_once_and_counted_atomically(database_url: str) 
     assert await store.record_spend(rows) == 2
     assert await store.record_spend(rows) == 0, "a retried batch adds nothing"
     for table, key in (("keys", "h1"), ("teams", "t1"), ("users", "u1")):
-        assert (await store.get(table, key))["spend"] == pytest.approx(0.75)
+        assert (await stored(store, table, key))["spend"] == pytest.approx(0.75)
     logs = await store.spend_logs(SpendFilter(key_hash="h1"))
     assert {log["request_id"] for log in logs} == {"r1", "r2"}
     assert logs[0]["stream"] is False
@@ -115,7 +124,10 @@ async def test_spend_log_filters(database_url: str) -> None:
             spend_row("c", 1, start_time=300.0, user_id="u9"),
         ]
     )
-    ids = lambda rows: sorted(r["request_id"] for r in rows)  # noqa: E731
+
+    def ids(rows: Iterable[Row]) -> list[str]:
+        return sorted(r["request_id"] for r in rows)
+
     assert ids(await store.spend_logs(SpendFilter(team_id="t2"))) == ["b"]
     assert ids(await store.spend_logs(SpendFilter(user_id="u9"))) == ["c"]
     assert ids(await store.spend_logs(SpendFilter(start=150.0, end=300.0))) == ["b"]
@@ -157,7 +169,7 @@ async def test_team_members_and_model_aliases(database_url: str) -> None:
         "teams",
         {"team_id": "t1", "model_aliases": {"fast": "gpt"}, "created_at": 0.0, "updated_at": 0.0},
     )
-    assert (await store.get("teams", "t1"))["model_aliases"] == {"fast": "gpt"}
+    assert (await stored(store, "teams", "t1"))["model_aliases"] == {"fast": "gpt"}
     member = {"team_id": "t1", "user_id": "u1", "role": "admin", "created_at": 1.0}
     await store.add_members([member, {**member, "user_id": "u2", "role": "user"}])
     with pytest.raises(Conflict):
@@ -192,7 +204,7 @@ async def test_budget_windows_reset_on_schedule(database_url: str) -> None:
     )
     assert await store.reset_due_budgets("keys", now=3599.0) == 0
     assert await store.reset_due_budgets("keys", now=3600.0 * 3.5) == 1
-    row = await store.get("keys", "h1")
+    row = await stored(store, "keys", "h1")
     assert row["spend"] == 0 and row["budget_reset_at"] == 3600.0 * 4
     await store.close()
 
@@ -215,14 +227,14 @@ async def test_sqlite_reads_do_not_wait_on_another_writer(tmp_path: Path) -> Non
         # A read that waited on the lock would fail with "database is locked" once
         # SQLite's busy timeout ran out; the deadline only guards against a hang.
         with trio.fail_after(10):
-            assert (await store.get("keys", "h1"))["token_hash"] == "h1"
+            assert (await stored(store, "keys", "h1"))["token_hash"] == "h1"
     finally:
         writer.execute("ROLLBACK")
         writer.close()
         await store.close()
 
 
-def _stored_response(response_id: str, previous: str | None, expires_at: float) -> dict:
+def _stored_response(response_id: str, previous: str | None, expires_at: float) -> dict[str, Any]:
     return {
         "response_id": response_id,
         "response": {"id": response_id, "output": [{"type": "message", "role": "assistant"}]},

@@ -19,9 +19,8 @@ import pytest
 import trio
 from helpers import RunningGateway, mock_config, start_gateway
 
-from trigate.auth import StoreUnavailable
 from trigate.spend import RequestRecord, SpendLedger
-from trigate.store import SpendFilter, Store, backends
+from trigate.store import SpendFilter, Store, StoreUnavailable, backends
 
 RESPONSE = {"model": "mock", "input": "hi"}
 

@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import struct
 from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 import openai
 import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest
 from helpers import MASTER_KEY, UPSTREAM_KEY, RunningGateway, deployment_config, sdk, start_gateway
+from openai.types.audio.transcription import Transcription, UsageDuration
 
 from trigate.audio import wav_seconds
 from trigate.audio import wav_silence as wav
 from trigate.forms import parse_form
 
 
-def config(upstream: FakeUpstream, **general: object) -> dict:
+def config(upstream: FakeUpstream, **general: object) -> dict[str, Any]:
     base = {"api_key": UPSTREAM_KEY, "api_base": upstream.base_url}
     raw = deployment_config("whisper-1", {**base, "model": "openai/whisper-1"})
     raw["general_settings"] = general
@@ -33,7 +35,7 @@ async def gateway(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterato
     await running.stop()
 
 
-def received_form(request: ReceivedRequest) -> dict:
+def received_form(request: ReceivedRequest) -> dict[str, Any]:
     return parse_form(request.body, request.headers)
 
 
@@ -219,22 +221,24 @@ def whisper(request: ReceivedRequest) -> JSONReply:
 
 @pytest.mark.parametrize("asked", [None, "json", "text"])
 async def test_json_and_text_asked_of_the_upstream_as_verbose_json(
-    gateway: RunningGateway, upstream: FakeUpstream, asked: str | None
+    gateway: RunningGateway, upstream: FakeUpstream, asked: Literal["json", "text"] | None
 ) -> None:
     """A non-WAV upload whose `json` or `text` answer would say no duration: the
     upstream is asked `verbose_json`, the client gets the shape it asked for, and the
     row is priced by the duration the upstream reported."""
     upstream.handler = whisper
-    chosen = {} if asked is None else {"response_format": asked}
     async with sdk(gateway) as client:
         result = await client.audio.transcriptions.create(
-            model="whisper-1", file=("hello.mp3", MP3, "audio/mpeg"), **chosen
+            model="whisper-1",
+            file=("hello.mp3", MP3, "audio/mpeg"),
+            response_format=openai.omit if asked is None else asked,
         )
     if asked == "text":
         assert result == "Hello there.\n"
     else:
+        assert isinstance(result, Transcription)
         assert result.text == "Hello there."
-        assert result.usage is not None and result.usage.seconds == 7.25
+        assert isinstance(result.usage, UsageDuration) and result.usage.seconds == 7.25
         assert set(result.model_dump(exclude_none=True)) == {"text", "usage"}
     [received] = upstream.requests
     assert received_form(received)["response_format"] == "verbose_json"
@@ -247,7 +251,7 @@ async def test_json_and_text_asked_of_the_upstream_as_verbose_json(
     ("asked", "audio"), [("srt", MP3), ("vtt", MP3), ("srt", wav(1.0))], ids=["srt", "vtt", "wav"]
 )
 async def test_subtitles_billed_by_their_last_timestamp(
-    gateway: RunningGateway, upstream: FakeUpstream, asked: str, audio: bytes
+    gateway: RunningGateway, upstream: FakeUpstream, asked: Literal["srt", "vtt"], audio: bytes
 ) -> None:
     """SRT and VTT say no duration: their last timestamp does (LiteLLM's reading), or,
     past a WAV header that says less, the header is not believed."""
@@ -265,7 +269,7 @@ async def test_subtitles_billed_by_their_last_timestamp(
 
 @pytest.mark.parametrize("asked", ["json", "srt"])
 async def test_a_duration_nobody_says_is_marked_unknown(
-    gateway: RunningGateway, upstream: FakeUpstream, asked: str
+    gateway: RunningGateway, upstream: FakeUpstream, asked: Literal["json", "srt"]
 ) -> None:
     """An upstream that ignores `verbose_json` (its `json` has no duration), or subtitles
     with no timestamp, for a file whose header says no length: the row is not priced and
@@ -318,7 +322,11 @@ async def test_only_a_deployment_priced_by_the_second_is_asked_verbose_json(
     """A model the table does not know (an Azure deployment's name, a local server) is
     asked as the client asked, unless its own `input_cost_per_second` prices it by the
     second: then its duration is asked for."""
-    params = {"api_key": UPSTREAM_KEY, "api_base": upstream.base_url, "model": "openai/house"}
+    params: dict[str, Any] = {
+        "api_key": UPSTREAM_KEY,
+        "api_base": upstream.base_url,
+        "model": "openai/house",
+    }
     if priced:
         params["input_cost_per_second"] = 0.01
     running = await start_gateway(nursery, deployment_config("house", params))

@@ -60,7 +60,7 @@ class Peer:
     async def receive(self) -> bytes:
         """Next bytes from the client; b"" once it closed or reset the connection."""
         try:
-            return await self.stream.receive_some(65536)
+            return bytes(await self.stream.receive_some(65536))
         except trio.BrokenResourceError:
             return b""
 
@@ -83,7 +83,12 @@ class Peer:
                 return None
 
     async def send(self, *events: h11.Event) -> None:
-        await self.stream.send_all(b"".join(self.h11.send(event) for event in events))
+        data = b""
+        for event in events:
+            written = self.h11.send(event)
+            assert written is not None, event  # h11 writes nothing only for ConnectionClosed
+            data += written
+        await self.stream.send_all(data)
 
     async def respond(
         self, body: bytes = b"ok", headers: list[tuple[str, str]] | None = None
@@ -97,8 +102,12 @@ class Peer:
 
     async def hang_up(self, reset: bool = False) -> None:
         if reset:
-            # Linger 0 makes close() send RST instead of FIN.
-            self.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # Linger 0 makes close() send RST instead of FIN, on the TCP stream under any TLS.
+            tcp = self.stream
+            if isinstance(tcp, trio.SSLStream):
+                tcp = tcp.transport_stream
+            assert isinstance(tcp, trio.SocketStream)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         await self.stream.aclose()
 
     async def wait_closed(self) -> None:

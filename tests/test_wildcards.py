@@ -3,15 +3,19 @@ show which model they were asked for."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
 from fake_anthropic import message, serve
 from fakes import FakeUpstream, JSONReply, chat_completion
 from helpers import MESSAGES, UPSTREAM_KEY, RunningGateway, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 
 from trigate.config import ConfigError, parse_config
+
+# helpers.MESSAGES as the OpenAI SDK types it (helpers keeps plain dicts, for every SDK).
+CHAT_MESSAGES = cast(list[ChatCompletionMessageParam], MESSAGES)
 
 
 def _config(anthropic: FakeUpstream, openai: FakeUpstream, **router: Any) -> dict[str, Any]:
@@ -51,7 +55,7 @@ async def _upstreams(nursery: trio.Nursery) -> tuple[FakeUpstream, FakeUpstream]
 
 
 async def _answer(gateway: RunningGateway, model: str) -> str:
-    completion = await sdk(gateway).chat.completions.create(model=model, messages=MESSAGES)
+    completion = await sdk(gateway).chat.completions.create(model=model, messages=CHAT_MESSAGES)
     return str(completion.choices[0].message.content)
 
 
