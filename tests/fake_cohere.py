@@ -4,9 +4,11 @@ what Cohere sends."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
+import trio
 from cohere import EmbedByTypeResponse, V2ChatResponse
 from cohere.v2 import V2ChatStreamResponse, V2RerankResponse
 from fakes import StreamReply
@@ -19,7 +21,7 @@ USAGE = {
 }
 
 
-def chat(text: str, *, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def chat(text: str, *, tool_calls: Sequence[Mapping[str, object]] | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": [{"type": "text", "text": text}]}
     if tool_calls:
         message = {
@@ -43,7 +45,7 @@ def event(payload: dict[str, Any]) -> bytes:
 
 
 def text_stream(*pieces: str) -> StreamReply:
-    frames: list[bytes | float] = [
+    frames: list[bytes | float | trio.Event] = [
         event(
             {
                 "type": "message-start",
@@ -70,7 +72,7 @@ def text_stream(*pieces: str) -> StreamReply:
 def tool_stream() -> StreamReply:
     call = {"id": "get_weather_1byjy32y4hvq", "type": "function",
             "function": {"name": "get_weather", "arguments": ""}}  # fmt: skip
-    frames: list[bytes | float] = [
+    frames: list[bytes | float | trio.Event] = [
         event({"type": "message-start", "id": "m1", "delta": {"message": {"role": "assistant"}}}),
         event({"type": "tool-plan-delta", "delta": {"message": {"tool_plan": "I will look."}}}),
         event({"type": "tool-call-start", "index": 0,

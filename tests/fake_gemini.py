@@ -19,7 +19,7 @@ def gemini_config(upstream: FakeUpstream, **router: Any) -> dict[str, Any]:
 
 
 def answer(
-    parts: list[dict[str, Any]], finish: str | None = "STOP", usage: dict | None = None
+    parts: list[dict[str, Any]], finish: str | None = "STOP", usage: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """A `GenerateContentResponse` as Gemini sends it (zero counts and index 0 left out)."""
     candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}

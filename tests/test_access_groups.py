@@ -6,7 +6,7 @@ deployment stands for, not the pattern."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import openai
 import pytest
@@ -21,8 +21,12 @@ from helpers import (
     sdk,
     start_gateway,
 )
+from openai.types.chat import ChatCompletionMessageParam
 
 from trigate.spend.prices import PriceTable
+
+# MESSAGES as the OpenAI SDK types a chat's messages (helpers.py leaves it a list of dicts).
+CHAT = cast("list[ChatCompletionMessageParam]", MESSAGES)
 
 
 def _deployment(
@@ -72,10 +76,10 @@ async def test_a_key_granted_an_access_group_uses_every_model_of_it_and_no_other
     key = await new_key(gateway, models=["beta-models"])
     async with sdk(gateway, key) as client:
         for model in ("gpt-4", "llama-70b"):
-            completion = await client.chat.completions.create(model=model, messages=MESSAGES)
+            completion = await client.chat.completions.create(model=model, messages=CHAT)
             assert completion.choices[0].message.content is not None
         with pytest.raises(openai.PermissionDeniedError):
-            await client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+            await client.chat.completions.create(model="gpt-4o", messages=CHAT)
         listed = [model.id async for model in client.models.list()]
     assert listed == ["gpt-4", "llama-70b"]
     # A group name is no model: a request naming it is not routed anywhere.

@@ -3,6 +3,8 @@ nothing a virtual key should not see."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 import trio
@@ -15,7 +17,7 @@ async def gateway(nursery: trio.Nursery) -> Harness:
     return await harness(nursery, config, {"d0": [Step()], "d1": [Step()]})
 
 
-async def get(h: Harness, path: str, key: str) -> tuple[int, dict]:
+async def get(h: Harness, path: str, key: str) -> tuple[int, dict[str, Any]]:
     exchange = chat_request(h.nursery, h.app, None, path=path, method="GET", key=key)
     status = (await exchange.start())["status"]
     return status, orjson.loads(await exchange.read_body())

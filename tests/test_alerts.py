@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -18,9 +18,14 @@ import trio
 import trio.testing
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
 from helpers import MASTER_KEY, MESSAGES, RunningGateway, openai_config, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 
+from trigate.alerts.alerter import Alerter
 from trigate.alerts.channels import SIGNATURE_HEADER, WEBHOOK_FIELDS
 from trigate.clock import wall_time
+
+# MESSAGES as the OpenAI SDK types a chat's messages (helpers.py leaves it a list of dicts).
+CHAT = cast("list[ChatCompletionMessageParam]", MESSAGES)
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 ADMIN = {"authorization": f"Bearer {MASTER_KEY}"}
@@ -45,11 +50,18 @@ def _texts(slack: FakeUpstream) -> list[str]:
     return [orjson.loads(request.body)["text"] for request in slack.requests]
 
 
+def _alerter(gateway: RunningGateway) -> Alerter:
+    alerts = gateway.gateway.alerts
+    assert alerts is not None, "the config turns alerting on"
+    return alerts.alerter
+
+
 async def _admin(gateway: RunningGateway, path: str, body: dict[str, Any]) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=gateway.url) as client:
         response = await client.post(path, json=body, headers=ADMIN)
     assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
+    payload: dict[str, Any] = response.json()
+    return payload
 
 
 def _config(upstream: FakeUpstream, general: dict[str, Any], **params: Any) -> dict[str, Any]:
@@ -84,19 +96,18 @@ async def test_a_budget_crossed_by_two_instances_alerts_once_and_again_after_its
     key = await _admin(first, "/key/generate", {
         "key_alias": "ci", "soft_budget": 0.005, "budget_duration": "30d",
     })  # fmt: skip
-    alerters = [instance.gateway.alerts.alerter for instance in instances]  # type: ignore[union-attr]
+    alerters = [_alerter(instance) for instance in instances]
 
     def decided() -> int:
         return sum(a.sent + a.suppressed for a in alerters)
 
+    async def ask(instance: RunningGateway) -> None:
+        await sdk(instance, key["key"]).chat.completions.create(model="gpt-test", messages=CHAT)
+
     try:
         async with trio.open_nursery() as both:
             for instance in instances:
-                both.start_soon(
-                    lambda i=instance: sdk(i, key["key"]).chat.completions.create(
-                        model="gpt-test", messages=MESSAGES
-                    )
-                )
+                both.start_soon(ask, instance)
         with trio.fail_after(30):
             # Two gateways' background tasks decide: polled, as nothing awaits both.
             while decided() < 2:  # noqa: ASYNC110
@@ -109,7 +120,7 @@ async def test_a_budget_crossed_by_two_instances_alerts_once_and_again_after_its
         now = wall_time()
         await store.update("keys", key["token"], {"budget_reset_at": now - 3600})
         await store.reset_due_budgets("keys", now)
-        await sdk(second, key["key"]).chat.completions.create(model="gpt-test", messages=MESSAGES)
+        await sdk(second, key["key"]).chat.completions.create(model="gpt-test", messages=CHAT)
         with trio.fail_after(30):
             while decided() < 3:  # noqa: ASYNC110
                 await trio.sleep(0.05)
@@ -133,14 +144,14 @@ async def test_a_storm_of_failures_makes_one_alert(
     config = _config(upstream, general)
     config["router_settings"].update(allowed_fails=1000)
     gateway = await start_gateway(nursery, config)
-    alerter = gateway.gateway.alerts.alerter  # type: ignore[union-attr]
+    alerter = _alerter(gateway)
     try:
         for _ in range(100):
             with pytest.raises(openai.InternalServerError):
                 await (
                     sdk(gateway)
                     .with_options(max_retries=0)
-                    .chat.completions.create(model="gpt-test", messages=MESSAGES)
+                    .chat.completions.create(model="gpt-test", messages=CHAT)
                 )
         async with httpx.AsyncClient(base_url=gateway.url) as client:
             metrics = (await client.get("/metrics")).text
@@ -167,7 +178,7 @@ async def test_a_group_whose_deployments_all_cool_down_is_an_outage(
             await (
                 sdk(gateway)
                 .with_options(max_retries=0)
-                .chat.completions.create(model="gpt-test", messages=MESSAGES)
+                .chat.completions.create(model="gpt-test", messages=CHAT)
             )
     finally:
         await gateway.stop()
@@ -183,7 +194,7 @@ async def test_a_request_slower_than_the_threshold_alerts(
     general = {"alerting": ["slack"], "alerting_threshold": 0.1}
     gateway = await start_gateway(nursery, _config(upstream, general))
     try:
-        await sdk(gateway).chat.completions.create(model="gpt-test", messages=MESSAGES)
+        await sdk(gateway).chat.completions.create(model="gpt-test", messages=CHAT)
     finally:
         await gateway.stop()
     [text] = _texts(slack)
@@ -212,7 +223,7 @@ async def test_webhook_events_carry_litellms_payload_and_an_hmac_signature(
         )
         for _ in range(2):
             await sdk(gateway, key["key"]).chat.completions.create(
-                model="gpt-test", messages=MESSAGES, max_tokens=3
+                model="gpt-test", messages=CHAT, max_tokens=3
             )
         with trio.fail_after(30):
             await receiver.wait_for(lambda: len(receiver.requests) >= 2)
@@ -222,7 +233,7 @@ async def test_webhook_events_carry_litellms_payload_and_an_hmac_signature(
         await store.update("keys", key["token"], {"budget_reset_at": now - 3600})
         await store.reset_due_budgets("keys", now)
         await sdk(gateway, key["key"]).chat.completions.create(
-            model="gpt-test", messages=MESSAGES, max_tokens=3
+            model="gpt-test", messages=CHAT, max_tokens=3
         )
         with trio.fail_after(30):
             await receiver.wait_for(lambda: len(receiver.requests) >= 3)
@@ -264,9 +275,11 @@ async def test_redis_and_store_outages_alert_db_exceptions(
         key = await _admin(gateway, "/key/generate", {"rpm_limit": 100})
         await own_redis.kill()
         # The key's rpm limit asks Redis, which is gone: limits fall back, and it alerts.
-        await sdk(gateway, key["key"]).chat.completions.create(model="gpt-test", messages=MESSAGES)
+        await sdk(gateway, key["key"]).chat.completions.create(model="gpt-test", messages=CHAT)
         # A spend write the store refuses.
-        gateway.gateway.ledger.on_failure("database is locked")  # type: ignore[misc]
+        on_failure = gateway.gateway.ledger.on_failure
+        assert on_failure is not None, "alerting watches the spend writer"
+        on_failure("database is locked")
     finally:
         await gateway.stop()
     text = "\n".join(_texts(slack))
@@ -291,9 +304,7 @@ async def test_keys_about_to_expire_and_the_daily_report(
         )
         await _admin(gateway, "/key/generate", {"key_alias": "later", "duration": "30d"})
         for _ in range(3):
-            await sdk(gateway, key["key"]).chat.completions.create(
-                model="gpt-test", messages=MESSAGES
-            )
+            await sdk(gateway, key["key"]).chat.completions.create(model="gpt-test", messages=CHAT)
         await gateway.gateway.ledger.flush()
         store = gateway.gateway.store
         await alerts.expiring_keys(store, wall_time())

@@ -32,6 +32,7 @@ def token_counter_loaded() -> None:
 
 async def _open(gateway: RunningGateway) -> trio.SocketStream:
     url = httpx.URL(gateway.url)
+    assert url.port is not None  # the gateway's URL names the port it listens on
     return await trio.open_tcp_stream(url.host, url.port)
 
 

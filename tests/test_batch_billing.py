@@ -13,13 +13,13 @@ import openai
 import pytest
 import trio
 from fakes import FakeUpstream, ReceivedRequest, Reply, StreamReply
+from helpers import sdk
 from test_files_batches import (
     FakeBatchAPI,
     answered,
     batch_reads,
     create_batch,
     fake,
-    sdk,
     start,
     upload,
 )
@@ -174,8 +174,8 @@ async def test_batches_ended_before_the_upgrade_are_settled_not_billed(
     fake.finish(running.id, {"input_tokens": 70, "output_tokens": 7})
     backend = connect(database_url)
     try:
-        old = {failed.id: "failed", cancelled.id: "cancelled"}
-        await trio.to_thread.run_sync(backend.transaction, _as_before_the_upgrade(old))
+        ended = {failed.id: "failed", cancelled.id: "cancelled"}
+        await trio.to_thread.run_sync(backend.transaction, _as_before_the_upgrade(ended))
     finally:
         backend.close()
     reads = {b.id: batch_reads(upstream, b.id) for b in (failed, cancelled)}

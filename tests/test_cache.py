@@ -4,12 +4,13 @@ view (headers, spend rows, metrics, admin routes) and Redis's failures."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import orjson
 import pytest
 import trio
+from anthropic.types import MessageParam
 from fakes import (
     DONE,
     FakeUpstream,
@@ -28,8 +29,14 @@ from helpers import (
     sdk,
     start_gateway,
 )
+from openai.types.chat import ChatCompletionMessageParam
 
 from trigate.cache.keys import cache_key
+
+# MESSAGES as the OpenAI SDK types a chat's messages (helpers.py leaves it a list of dicts).
+CHAT = cast("list[ChatCompletionMessageParam]", MESSAGES)
+# And as Anthropic's SDK types them.
+ASK = cast("list[MessageParam]", MESSAGES)
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 4, "total_tokens": 11}
 PRICES = {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}
@@ -137,7 +144,7 @@ def _reasoning_stream() -> StreamReply:
     call_start = {"index": 0, "id": "call_1", "type": "function",
                   "function": {"name": "get_weather", "arguments": '{"city":'}}  # fmt: skip
     call_rest = {"index": 0, "function": {"arguments": ' "Paris"}'}}
-    frames: list[bytes | float] = [
+    frames: list[bytes | float | trio.Event] = [
         chunk(
             None,
             choices=[
@@ -184,15 +191,17 @@ async def test_a_stream_is_kept_whole_and_serves_both_kinds_of_request_with_reas
     assert whole.headers["x-trigate-cache"] == "hit"
     message = whole.parse().choices[0].message
     assert whole.parse().choices[0].finish_reason == "tool_calls"
-    assert message.tool_calls[0].function.arguments == '{"city": "Paris"}'  # type: ignore[index]
-    assert message.model_extra["reasoning_content"] == "Thinking."  # type: ignore[index]
+    assert message.tool_calls[0].function.arguments == '{"city": "Paris"}'
+    assert message.model_extra["reasoning_content"] == "Thinking."
     # A streamed request replayed: the SDK's own accumulation of its chunks.
     async with client.chat.completions.stream(
         **body, stream_options={"include_usage": True}
     ) as replay:
         final = await replay.get_final_completion()
     assert final.choices[0].finish_reason == "tool_calls"
-    assert final.choices[0].message.tool_calls[0].function.arguments == '{"city": "Paris"}'  # type: ignore[index]
+    replayed_calls = final.choices[0].message.tool_calls
+    assert replayed_calls is not None
+    assert replayed_calls[0].function.arguments == '{"city": "Paris"}'
     assert final.usage is not None and final.usage.total_tokens == 15
     _, text = await _stream(running, body)
     assert text.endswith("data: [DONE]\n\n") and '"reasoning_content":"Thinking."' in text
@@ -211,13 +220,14 @@ async def test_a_whole_answer_is_replayed_as_a_stream_in_each_surface(
     assert '"content":"Cached!"' in text and text.endswith("data: [DONE]\n\n")
     # Anthropic's Messages: its own key (another surface), then its own stream on a hit.
     messages = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
-    ask = {"model": "gpt-test", "max_tokens": 50, "messages": MESSAGES}
-    first = await messages.messages.create(**ask)  # type: ignore[call-overload]
-    assert first.content[0].text == "Cached!"
-    async with messages.messages.stream(**ask) as stream:  # type: ignore[call-overload]
-        events = [event.type async for event in stream]
+    first = await messages.messages.create(model="gpt-test", max_tokens=50, messages=ASK)
+    block = first.content[0]
+    assert block.type == "text" and block.text == "Cached!"
+    async with messages.messages.stream(model="gpt-test", max_tokens=50, messages=ASK) as stream:
+        kinds = [event.type async for event in stream]
         final = await stream.get_final_message()
-    assert events[-1] == "message_stop" and final.content[0].text == "Cached!"
+    block = final.content[0]
+    assert kinds[-1] == "message_stop" and block.type == "text" and block.text == "Cached!"
     assert final.usage.output_tokens == 4
     # The Responses API, translated: a hit for a stream ends with response.completed.
     client = sdk(running)
@@ -227,8 +237,9 @@ async def test_a_whole_answer_is_replayed_as_a_stream_in_each_surface(
             model="gpt-test", input="Say hello", store=False, stream=True
         )
     ]  # fmt: skip
-    assert events[-1].type == "response.completed"
-    assert events[-1].response.output_text == "Cached!"  # type: ignore[attr-defined]
+    last = events[-1]
+    assert last.type == "response.completed"
+    assert last.response.output_text == "Cached!"
     assert len(upstream.requests) == 3  # chat, Messages, Responses: one call each
     await running.stop()
 
@@ -516,11 +527,11 @@ async def test_two_gateways_share_hits_through_redis_and_their_stores_say_so(
     one = await start_gateway(nursery, config)
     two = await start_gateway(nursery, redis_cached_config(upstream, redis_url, redis_prefix))
     first = await sdk(one).chat.completions.with_raw_response.create(
-        model="gpt-test", messages=MESSAGES
+        model="gpt-test", messages=CHAT
     )
     assert first.headers["x-trigate-cache"] == "miss"
     again = await sdk(two).chat.completions.with_raw_response.create(
-        model="gpt-test", messages=MESSAGES, stream=True
+        model="gpt-test", messages=CHAT, stream=True
     )
     assert again.headers["x-trigate-cache"] == "hit"
     text = "".join([c.choices[0].delta.content or "" async for c in again.parse() if c.choices])
@@ -840,8 +851,7 @@ async def test_a_native_messages_upstream_is_cached_whole_and_streamed_as_it_cam
     def reply(body: dict[str, Any]) -> JSONReply | StreamReply:
         if body.get("stream"):
             end = message_end("end_turn", output_tokens=6)
-            frames = [message_start(), *text_block(0, "Nat", "ive"), *end]
-            return StreamReply(frames)
+            return StreamReply([message_start(), *text_block(0, "Nat", "ive"), *end])
         return JSONReply(message([{"type": "text", "text": "Native"}]))
 
     serve(upstream, reply)
@@ -849,18 +859,24 @@ async def test_a_native_messages_upstream_is_cached_whole_and_streamed_as_it_cam
     config["litellm_settings"] = {"cache": True}
     running = await start_gateway(nursery, config)
     client = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
-    said = [{"role": "user", "content": [{"type": "text", "text": "Say hello"}]}]
-    ask = {"model": "claude", "max_tokens": 50, "messages": said}
+    said: list[MessageParam] = [
+        {"role": "user", "content": [{"type": "text", "text": "Say hello"}]}
+    ]
     for _ in range(2):
-        whole = await client.messages.with_raw_response.create(**ask)  # type: ignore[call-overload]
+        whole = await client.messages.with_raw_response.create(
+            model="claude", max_tokens=50, messages=said
+        )
     assert whole.headers["x-trigate-cache"] == "hit"
-    assert (await whole.parse()).content[0].text == "Native"
+    block = (await whole.parse()).content[0]
+    assert block.type == "text" and block.text == "Native"
     # A native whole answer serves whole requests only: the first stream goes upstream,
     # and its events, kept as they came, answer the next.
     texts = []
     for _ in range(2):
-        async with client.messages.stream(**ask) as stream:  # type: ignore[call-overload]
-            texts.append((await stream.get_final_message()).content[0].text)
+        async with client.messages.stream(model="claude", max_tokens=50, messages=said) as stream:
+            streamed = (await stream.get_final_message()).content[0]
+            assert streamed.type == "text"
+            texts.append(streamed.text)
     assert texts == ["Native", "Native"]
     assert len(upstream.requests) == 2
     await running.stop()

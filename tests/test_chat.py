@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import openai
 import orjson
 import pytest
@@ -27,6 +29,10 @@ from helpers import (
     streamed_chunks,
     streamed_events,
 )
+from openai.types.chat import ChatCompletionMessageParam
+
+# MESSAGES as the OpenAI SDK types a chat's messages (helpers.py leaves it a list of dicts).
+CHAT = cast("list[ChatCompletionMessageParam]", MESSAGES)
 
 
 async def test_sdk_non_stream(gateway: RunningGateway, upstream: FakeUpstream) -> None:
@@ -36,7 +42,7 @@ async def test_sdk_non_stream(gateway: RunningGateway, upstream: FakeUpstream) -
         )
     )
     async with sdk(gateway) as client:
-        completion = await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        completion = await client.chat.completions.create(model="gpt-test", messages=CHAT)
     assert completion.choices[0].message.content == "Hello there"
     assert completion.usage is not None
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (11, 2)
@@ -59,7 +65,7 @@ async def test_upstream_sees_its_own_key_model_and_untouched_fields(
     async with sdk(gateway) as client:
         await client.chat.completions.create(
             model="gpt-test",
-            messages=MESSAGES,
+            messages=CHAT,
             temperature=0.3,
             extra_body={"future_field": {"nested": [1, 2, 3]}, "seed": 7},
         )
@@ -79,9 +85,7 @@ async def test_sdk_stream_without_usage_request(
 ) -> None:
     upstream.handler = lambda request: stream_of(["Hel", "lo", "!"], usage=(9, 3))
     async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-test", messages=MESSAGES, stream=True
-        )
+        stream = await client.chat.completions.create(model="gpt-test", messages=CHAT, stream=True)
         chunks = [c async for c in stream]
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Hello!"
@@ -109,7 +113,7 @@ async def test_usage_on_every_chunk_is_reduced_to_one(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
     """Some OpenAI-compatible servers repeat cumulative usage on each chunk."""
-    frames: list[bytes | float] = [
+    frames: list[bytes | float | trio.Event] = [
         chunk("one ", usage={"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}),
         chunk("two", usage={"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}),
         chunk(finish="stop", usage={"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9}),
@@ -153,7 +157,7 @@ async def test_tool_call_arguments_are_counted(
     }
     more = {"index": 0, "function": {"arguments": '"Paris"}'}}
 
-    def tool_chunk(tool_call: dict) -> bytes:
+    def tool_chunk(tool_call: dict[str, Any]) -> bytes:
         return chunk(None).replace(
             b'"delta":{}', b'"delta":{"tool_calls":[%s]}' % orjson.dumps(tool_call)
         )
@@ -203,7 +207,7 @@ async def test_non_stream_without_usage_is_counted_and_returned(
 ) -> None:
     upstream.handler = lambda request: JSONReply(chat_completion("Bonjour tout le monde"))
     async with sdk(gateway) as client:
-        completion = await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        completion = await client.chat.completions.create(model="gpt-test", messages=CHAT)
     counter = gateway.gateway.counter
     assert completion.usage is not None
     assert completion.usage.completion_tokens == counter.count_text(
@@ -234,9 +238,7 @@ async def test_upstream_dropping_mid_stream_becomes_error_frame(
     # A close-delimited body cut short: the upstream just goes away.
     upstream.handler = lambda request: StreamReply([chunk("x")], close_delimited=True)
     async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-test", messages=MESSAGES, stream=True
-        )
+        stream = await client.chat.completions.create(model="gpt-test", messages=CHAT, stream=True)
         chunks = [c async for c in stream]
     # Ending without [DONE] on a close-delimited body is a normal end for lenient upstreams.
     assert [c.choices[0].delta.content for c in chunks] == ["x"]
@@ -260,7 +262,7 @@ async def test_upstream_errors_before_the_stream_are_real_statuses(
     upstream: FakeUpstream,
     upstream_status: int,
     client_status: int,
-    exception: type[Exception],
+    exception: type[openai.APIStatusError],
 ) -> None:
     upstream.handler = lambda request: JSONReply(
         {"error": {"message": f"Incorrect API key provided: {UPSTREAM_KEY}", "type": "x"}},
@@ -269,12 +271,10 @@ async def test_upstream_errors_before_the_stream_are_real_statuses(
     async with sdk(gateway) as client:
         for stream in (False, True):
             with pytest.raises(exception) as caught:
-                await client.chat.completions.create(
-                    model="gpt-test", messages=MESSAGES, stream=stream
-                )
-            assert caught.value.status_code == client_status  # type: ignore[attr-defined]
-            body = caught.value.body  # type: ignore[attr-defined]
-            assert set(body) == {"message", "type", "param", "code"}
+                await client.chat.completions.create(model="gpt-test", messages=CHAT, stream=stream)
+            assert caught.value.status_code == client_status
+            body = caught.value.body
+            assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}
             assert UPSTREAM_KEY not in str(body) and "[redacted]" in body["message"]
 
 
@@ -302,9 +302,10 @@ async def test_unreachable_upstream_is_502(nursery: trio.Nursery, upstream: Fake
     running = await start_gateway(nursery, config)
     async with sdk(running) as client:
         with pytest.raises(openai.APIStatusError) as caught:
-            await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+            await client.chat.completions.create(model="gpt-test", messages=CHAT)
     assert caught.value.status_code == 502
-    assert caught.value.body["code"] == "upstream_unreachable"  # type: ignore[index]
+    body = caught.value.body
+    assert isinstance(body, dict) and body["code"] == "upstream_unreachable"
     await running.stop()
 
 
@@ -313,7 +314,7 @@ async def test_stalled_first_token_is_504(nursery: trio.Nursery, upstream: FakeU
     running = await start_gateway(nursery, openai_config(upstream, stream_timeout=0.2))
     async with sdk(running) as client:
         with pytest.raises(openai.APIStatusError) as caught:
-            await client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True)
+            await client.chat.completions.create(model="gpt-test", messages=CHAT, stream=True)
     assert caught.value.status_code == 504
     with trio.fail_after(5):
         await upstream.wait_for(lambda: upstream.aborted == 1)
@@ -323,9 +324,9 @@ async def test_stalled_first_token_is_504(nursery: trio.Nursery, upstream: FakeU
 async def test_mock_provider_streams_and_counts(nursery: trio.Nursery) -> None:
     running = await start_gateway(nursery, mock_config(mock_response="Hi from the mock"))
     async with sdk(running) as client:
-        completion = await client.chat.completions.create(model="mock", messages=MESSAGES)
+        completion = await client.chat.completions.create(model="mock", messages=CHAT)
         stream = await client.chat.completions.create(
-            model="mock", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            model="mock", messages=CHAT, stream=True, stream_options={"include_usage": True}
         )
         chunks = [c async for c in stream]
     counter = running.gateway.counter

@@ -148,7 +148,7 @@ def test_defaults_are_deliberate() -> None:
         ),
     ],
 )
-def test_bad_configs_name_the_key(litellm_params: dict, message: str) -> None:
+def test_bad_configs_name_the_key(litellm_params: dict[str, Any], message: str) -> None:
     raw = {"model_list": [{"model_name": "m", "litellm_params": litellm_params}]}
     with pytest.raises(ConfigError) as caught:
         parse_config(raw, {})
@@ -177,7 +177,7 @@ def test_bad_configs_name_the_key(litellm_params: dict, message: str) -> None:
     ],
 )
 def test_provider_params_of_the_wrong_type_fail_start_up(
-    litellm_params: dict, message: str
+    litellm_params: dict[str, Any], message: str
 ) -> None:
     """A provider's own params are typed: a wrong type is one line naming the key, not a
     value the provider would silently ignore."""

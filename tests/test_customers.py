@@ -91,12 +91,11 @@ def refused_for_budget(reply: httpx.Response, path: str) -> bool:
     if reply.status_code != 400:
         return False
     error = reply.json()["error"]
+    kind: str = error["type"]
+    message: str = error["message"]
     if path == "/v1/messages":  # Anthropic's envelope
-        return (
-            error["type"] == "invalid_request_error"
-            and "End User=u1 over budget" in error["message"]
-        )
-    return error["type"] == "budget_exceeded" and error["message"].startswith(
+        return kind == "invalid_request_error" and "End User=u1 over budget" in message
+    return kind == "budget_exceeded" and message.startswith(
         "ExceededBudget: End User=u1 over budget."
     )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import openai
 import pytest
 import trio
@@ -65,7 +67,7 @@ async def test_embeddings(mock_gateway: RunningGateway) -> None:
     ],
 )
 async def test_bad_requests(
-    mock_gateway: RunningGateway, path: str, body: dict, param: str
+    mock_gateway: RunningGateway, path: str, body: dict[str, Any], param: str
 ) -> None:
     async with mock_gateway.client() as client:
         response = await client.post(path, json=body)
@@ -97,7 +99,7 @@ async def test_openai_upstream_serves_completions_and_embeddings(
             )
         if request.json.get("stream"):
             text = b'{"id":"c","object":"text_completion","choices":[{"text":"Hi","index":0}]}'
-            frames: list[bytes | float] = [b"data: " + text + b"\n\n", DONE]
+            frames: list[bytes | float | trio.Event] = [b"data: " + text + b"\n\n", DONE]
             return StreamReply(frames)
         return JSONReply(
             {

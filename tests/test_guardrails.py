@@ -11,6 +11,7 @@ import openai
 import orjson
 import pytest
 import trio
+from anthropic.types import TextBlockParam
 from fake_anthropic import (
     PING,
     anthropic_config,
@@ -22,6 +23,7 @@ from fake_anthropic import (
 )
 from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, usage_chunk
 from helpers import MASTER_KEY, openai_config, sdk, start_gateway, streamed_events
+from openai.types.chat import ChatCompletionMessageParam
 from test_api import assert_envelope
 
 from trigate.config import ConfigError, parse_config
@@ -72,7 +74,9 @@ async def test_pre_call_masks_and_blocks_on_chat(
     assert "cf" in blocked.value.message and "credit_card" in blocked.value.message
     assert len(upstream.requests) == 1
     records = await running.records.wait_for(2)
-    info = records[1].metadata["guardrail_information"]
+    metadata = records[1].metadata
+    assert metadata is not None
+    info = metadata["guardrail_information"]
     assert [(i["guardrail_name"], i["guardrail_status"]) for i in info] == [
         ("cf", "guardrail_intervened")
     ]
@@ -89,7 +93,7 @@ async def test_a_stream_blocked_after_its_fifth_chunk(
     """Checked chunk by chunk (a window of 1 character): the client gets the 5 chunks
     that passed and one error event, the upstream (which would stream on) sees its
     connection close, and the spend row bills the 5 chunks."""
-    frames: list[bytes | float] = [chunk(word) for word in WORDS]
+    frames: list[bytes | float | trio.Event] = [chunk(word) for word in WORDS]
     frames.append(chunk(" forbidden"))
     upstream.handler = lambda request: StreamReply(frames, tail=chunk(" more"))
     guard = content_filter("cf", "post_call", stream_window=1)
@@ -161,12 +165,14 @@ async def test_post_call_on_a_whole_answer_masks_and_blocks(
         await claude.messages.create(
             model="gpt-test", max_tokens=10, messages=[{"role": "user", "content": "card?"}]
         )
-    assert "credit_card" in blocked.value.body["error"]["message"]
+    body = blocked.value.body
+    assert isinstance(body, dict) and "credit_card" in body["error"]["message"]
     upstream.handler = lambda request: JSONReply(chat_completion(f"Mail {EMAIL}."))
     message = await claude.messages.create(
         model="gpt-test", max_tokens=10, messages=[{"role": "user", "content": "mail?"}]
     )
-    assert message.content[0].text == "Mail [EMAIL_REDACTED]."  # type: ignore[union-attr]
+    block = message.content[0]
+    assert block.type == "text" and block.text == "Mail [EMAIL_REDACTED]."
     await running.stop()
 
 
@@ -206,6 +212,7 @@ async def test_a_guardrail_that_fails_blocks_every_time_unless_it_fails_open(
     )
     assert answer.choices[0].message.content
     [record] = await running.records.wait_for(1)
+    assert record.metadata is not None
     [info] = record.metadata["guardrail_information"]
     assert info["guardrail_status"] == "guardrail_failed_to_respond"
     await running.stop()
@@ -373,7 +380,7 @@ async def test_a_native_messages_stream_is_masked_in_text_and_tool_use(
 ) -> None:
     """Anthropic to Anthropic, events relayed as they came: a post_call mask rewrites
     the text and tool-input deltas it finds, and their frames."""
-    frames = [
+    frames: list[bytes | float | trio.Event] = [
         message_start(),
         *text_block(0, "Mail ada@exa", "mple.com now"),
         *tool_block(1, "toolu_1", "send", '{"to": "ada@', 'example.com"}'),
@@ -386,13 +393,15 @@ async def test_a_native_messages_stream_is_masked_in_text_and_tool_use(
     }
     running = await start_gateway(nursery, config)
     claude = anthropic.AsyncAnthropic(base_url=running.url, api_key=MASTER_KEY, max_retries=0)
-    hello = [{"type": "text", "text": "hi"}]
+    hello: list[TextBlockParam] = [{"type": "text", "text": "hi"}]
     async with claude.messages.stream(
         model="claude", max_tokens=50, messages=[{"role": "user", "content": hello}]
     ) as stream:
         final = await stream.get_final_message()
-    assert final.content[0].text == "Mail [EMAIL_REDACTED] now"  # type: ignore[union-attr]
-    assert final.content[1].input == {"to": "[EMAIL_REDACTED]"}  # type: ignore[union-attr]
+    block = final.content[0]
+    assert block.type == "text" and block.text == "Mail [EMAIL_REDACTED] now"
+    tool = final.content[1]
+    assert tool.type == "tool_use" and tool.input == {"to": "[EMAIL_REDACTED]"}
     await running.stop()
 
 
@@ -502,7 +511,8 @@ async def test_post_call_on_a_native_responses_answer(
     assert upstream.requests[0].target.endswith("/responses")
     assert answer.output_text == "Mail [EMAIL_REDACTED]"
     call = answer.output[1]
-    assert orjson.loads(call.arguments) == {"to": "[EMAIL_REDACTED]"}  # type: ignore[union-attr]
+    assert call.type == "function_call"
+    assert orjson.loads(call.arguments) == {"to": "[EMAIL_REDACTED]"}
     await running.stop()
 
 
@@ -515,7 +525,7 @@ async def test_guardrails_by_request_key_and_team_and_the_lists(
     optional = content_filter("optional", "pre_call", default_on=False, api_key="sk-guard-secret")
     optional["guardrail_info"] = {"params": [{"name": "pii", "type": "boolean"}]}
     running = await start_gateway(nursery, guarded(upstream, optional))
-    card = [{"role": "user", "content": f"card {CARD}"}]
+    card: list[ChatCompletionMessageParam] = [{"role": "user", "content": f"card {CARD}"}]
     assert (await sdk(running).chat.completions.create(model="gpt-test", messages=card)).id
     for extra in ({"guardrails": ["optional"]}, {"metadata": {"guardrails": ["optional"]}}):
         with pytest.raises(openai.BadRequestError):
@@ -625,7 +635,7 @@ async def test_pre_call_reads_every_surfaces_text(
 async def test_a_native_messages_stream_blocked_mid_way_ends_with_anthropics_error_event(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:
-    frames = [
+    frames: list[bytes | float | trio.Event] = [
         message_start(),
         *text_block(0, "one ", "two ", "forbidden ", "three"),
         *message_end("end_turn", output_tokens=4),

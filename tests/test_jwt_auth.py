@@ -20,14 +20,15 @@ import trio.testing
 from fakes import FakeUpstream, JSONReply
 from helpers import MASTER_KEY, RunningGateway, openai_config, sdk, start_gateway
 from joserfc import jwt
-from joserfc.jwk import ECKey, KeySet, RSAKey
+from joserfc.jwk import ECKey, Key, KeySet, RSAKey
+from openai.types.chat import ChatCompletionMessageParam
 
 from trigate.config import ConfigError, parse_config
 from trigate.jwt_auth import JWKS_REFETCH_SECONDS
 
 ISSUER = "https://idp.example.test"
 AUDIENCE = "trigate-api"
-MESSAGES = [{"role": "user", "content": "Hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 
 
 class IdentityProvider:
@@ -35,7 +36,7 @@ class IdentityProvider:
 
     def __init__(self) -> None:
         self.key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
-        self.published = [self.key]
+        self.published: list[Key] = [self.key]
         self.server = FakeUpstream(
             lambda request: JSONReply(KeySet(self.published).as_dict(private=False))
         )

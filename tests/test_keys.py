@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import openai
 import orjson
@@ -12,6 +13,7 @@ import trio.testing
 from asgi_driver import Harness, chat_request, harness
 from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk, stream_of
 from helpers import openai_config, pass_time, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 from scripted import Step, group_config
 from scripted import error as upstream_error
 
@@ -23,9 +25,9 @@ from trigate.spend import RequestRecord, SpendLedger
 from trigate.spend.prices import PriceTable
 from trigate.store import SpendFilter
 
-MESSAGES = [{"role": "user", "content": "hello"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
 # $1 per million tokens each way: 5 prompt + 2 completion tokens cost 7e-6.
-PRICED = {"input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6}
+PRICED: dict[str, Any] = {"input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6}
 USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
 
 
@@ -37,7 +39,8 @@ async def priced(nursery: trio.Nursery, **router: Any) -> Harness:
 async def new_key(h: Harness, **fields: Any) -> str:
     reply = await h.admin("/key/generate", fields)
     assert reply.status == 200, reply.body
-    return reply.json["key"]
+    key: str = reply.json["key"]
+    return key
 
 
 async def test_a_taken_alias_is_a_400_however_it_is_asked_for(nursery: trio.Nursery) -> None:
@@ -463,7 +466,8 @@ async def test_spend_rows_and_counters(
     total = sum(r["cost"] for r in rows)
     key_row = (await running.gateway.store.select("keys", {"team_id": team}))[0]
     assert key_row["spend"] == pytest.approx(total)
-    assert (await running.gateway.store.get("teams", team))["spend"] == pytest.approx(total)
+    team_row = await running.gateway.store.get("teams", team)
+    assert team_row is not None and team_row["spend"] == pytest.approx(total)
     async with running.client() as admin:
         report = (await admin.get("/global/spend/report")).json()
         logs = (await admin.get("/spend/logs", params={"api_key": key})).json()
@@ -480,16 +484,18 @@ async def test_a_database_outage_loses_no_spend_rows(nursery: trio.Nursery) -> N
     real = store.record_spend
     failures = 0
 
-    async def failing(rows: list[dict]) -> int:
+    async def failing(rows: Sequence[dict[str, Any]], also_users: Sequence[str] = ()) -> int:
         nonlocal failures
         failures += 1
         raise ConnectionError("database is down")
 
+    # The store's writer replaced by one that fails (mypy: a method reassigned).
     store.record_spend = failing  # type: ignore[method-assign]
     for _ in range(3):
         assert (await h.chat(key=key)).status == 200, "serving goes on without the database"
     assert not await h.gateway.ledger.flush()
     assert h.gateway.ledger.queued == 3 and failures >= 1
+    # The database is back (mypy: a method reassigned).
     store.record_spend = real  # type: ignore[method-assign]
     assert await h.gateway.ledger.flush()
     assert h.gateway.ledger.queued == 0
@@ -521,11 +527,12 @@ async def test_a_store_outage_serves_known_keys_and_fails_unknown_ones_fast(
     assert (await h.chat(key=key)).status == 200, "the last good lookup"
     lookups = 0
 
-    async def unreachable(table: str, key: str) -> None:
+    async def unreachable(kind: str, key: str) -> dict[str, Any] | None:
         nonlocal lookups
         lookups += 1
         raise ConnectionError("connection refused")
 
+    # The store's lookup replaced by one that fails (mypy: a method reassigned).
     h.gateway.store.get = unreachable  # type: ignore[method-assign]
     await trio.sleep(10)  # the cached row is past its TTL
     for _ in range(20):
@@ -546,9 +553,10 @@ async def test_a_hanging_store_does_not_stall_requests(
     key = await new_key(h)
     assert (await h.chat(key=key)).status == 200
 
-    async def hanging(table: str, key: str) -> None:
+    async def hanging(kind: str, key: str) -> dict[str, Any] | None:
         await trio.sleep_forever()
 
+    # The store's lookup replaced by one that never answers (mypy: a method reassigned).
     h.gateway.store.get = hanging  # type: ignore[method-assign]
     await trio.sleep(10)
     with trio.fail_after(2.5):
@@ -571,11 +579,14 @@ async def test_the_spend_writer_backs_off_however_many_rows_wait(
     attempts = 0
 
     class DownStore:
-        async def record_spend(self, rows: list[dict]) -> int:
+        async def record_spend(
+            self, rows: Sequence[dict[str, Any]], also_users: Sequence[str] = ()
+        ) -> int:
             nonlocal attempts
             attempts += 1
             raise ConnectionError("database is down")
 
+    # DownStore has only the one method the ledger calls, not a whole Store.
     ledger = SpendLedger(DownStore())  # type: ignore[arg-type]
     async with trio.open_nursery() as writer:
         writer.start_soon(ledger.run)
@@ -601,12 +612,16 @@ async def test_models_lists_only_what_a_key_may_use(nursery: trio.Nursery) -> No
 
 async def test_cost_comes_from_the_price_table(nursery: trio.Nursery) -> None:
     """No configured prices: gpt-4o is priced from LiteLLM's table, cached tokens cheaper."""
-    usage = {
-        "prompt_tokens": 1000,
-        "completion_tokens": 100,
-        "total_tokens": 1100,
-        "prompt_tokens_details": {"cached_tokens": 400},
-    }
+    # Cast: OpenAI's usage nests its cached tokens, where chat_completion takes flat counts.
+    usage = cast(
+        "dict[str, int]",
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 100,
+            "total_tokens": 1100,
+            "prompt_tokens_details": {"cached_tokens": 400},
+        },
+    )
     config = {
         "model_list": [
             {
@@ -619,7 +634,8 @@ async def test_cost_comes_from_the_price_table(nursery: trio.Nursery) -> None:
     h = await harness(nursery, config, {"d0": [Step(body=chat_completion("hi", usage))]})
     assert (await h.chat()).status == 200
     price = PriceTable.load().lookup("openai", "gpt-4o")
-    assert price is not None and price.cache_read is not None and price.cache_read < price.input
+    assert price is not None and price.input is not None and price.output is not None
+    assert price.cache_read is not None and price.cache_read < price.input
     expected = 600 * price.input + 400 * price.cache_read + 100 * price.output
     [record] = h.records.records
     assert record.cost == pytest.approx(expected)
@@ -641,9 +657,11 @@ async def test_every_write_to_a_key_team_or_user_is_seen_at_once(nursery: trio.N
         return failure.value.code
 
     key = await new_key(h, key_alias="written")
-    assert (await caller(key)).key["rpm_limit"] is None  # cached from here on
+    written = (await caller(key)).key
+    assert written is not None and written["rpm_limit"] is None  # cached from here on
     await store.update("keys", hash_key(key), {"rpm_limit": 7})
-    assert (await caller(key)).key["rpm_limit"] == 7
+    written = (await caller(key)).key
+    assert written is not None and written["rpm_limit"] == 7
     fresh = generate_key()
     await refused(fresh)  # cached as absent
     row = await store.get("keys", hash_key(key))
@@ -669,6 +687,7 @@ async def test_every_write_to_a_key_team_or_user_is_seen_at_once(nursery: trio.N
     await store.insert("users", {**user, "created_at": now, "updated_at": now})
     assert (await caller(own)).user is not None
     await store.update("users", "written-user", {"rpm_limit": 3})
-    assert (await caller(own)).user["rpm_limit"] == 3
+    user_row = (await caller(own)).user
+    assert user_row is not None and user_row["rpm_limit"] == 3
     await store.delete_with_keys("users", ["written-user"])
     assert await refused(own) == "invalid_api_key"

@@ -4,12 +4,13 @@ OpenAI-speaking fake upstream and the built-in mock provider."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import orjson
 import pytest
 import trio
+from anthropic.types import MessageParam, TextBlockParam, ToolParam
 from fake_anthropic import (
     MODEL,
     PING,
@@ -43,10 +44,10 @@ from helpers import (
     start_gateway,
 )
 
-MESSAGES: list[Any] = [{"role": "user", "content": "Say hello"}]
+MESSAGES: list[MessageParam] = [{"role": "user", "content": "Say hello"}]
 # The `anthropic-version` this SDK sends with every request.
 SDK_VERSION = anthropic.Anthropic(api_key="unused").default_headers["anthropic-version"]
-WEATHER_TOOL = {
+WEATHER_TOOL: ToolParam = {
     "name": "get_weather",
     "description": "The weather in a city.",
     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
@@ -60,12 +61,16 @@ def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> anthropic.AsyncAnthro
 async def test_non_stream_translates_request_and_answer(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    usage = {
-        "prompt_tokens": 30,
-        "completion_tokens": 4,
-        "total_tokens": 34,
-        "prompt_tokens_details": {"cached_tokens": 10},
-    }
+    # Cast: OpenAI's usage nests its cached tokens, where chat_completion takes flat counts.
+    usage = cast(
+        "dict[str, int]",
+        {
+            "prompt_tokens": 30,
+            "completion_tokens": 4,
+            "total_tokens": 34,
+            "prompt_tokens_details": {"cached_tokens": 10},
+        },
+    )
     upstream.handler = lambda request: JSONReply(chat_completion("Hello there", usage))
     async with sdk(gateway) as client:
         message = await client.messages.create(
@@ -77,7 +82,8 @@ async def test_non_stream_translates_request_and_answer(
             stop_sequences=["END"],
             metadata={"user_id": "user-7"},
         )
-    assert message.type == "message" and message.role == "assistant"
+    assert message.type == "message"
+    assert message.role == "assistant"
     assert message.model == "gpt-test"
     assert message.content[0].type == "text" and message.content[0].text == "Hello there"
     assert message.stop_reason == "end_turn"
@@ -210,7 +216,7 @@ async def test_streamed_tool_use_sends_input_json_deltas(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
     call = {"index": 0, "id": "call_1", "type": "function"}
-    frames: list[bytes | float] = [
+    frames: list[bytes | float | trio.Event] = [
         delta_frame({"role": "assistant", "content": "Checking."}),
         delta_frame(
             {"tool_calls": [{**call, "function": {"name": "get_weather", "arguments": ""}}]}
@@ -275,9 +281,11 @@ async def test_bad_key_is_an_authentication_error(gateway: RunningGateway) -> No
     async with sdk(gateway, key="sk-wrong-key-0000000000") as client:
         with pytest.raises(anthropic.AuthenticationError) as raised:
             await client.messages.create(model="gpt-test", max_tokens=8, messages=MESSAGES)
-    assert raised.value.body == {
+    body = raised.value.body
+    assert isinstance(body, dict)
+    assert body == {
         "type": "error",
-        "error": {"type": "authentication_error", "message": raised.value.body["error"]["message"]},
+        "error": {"type": "authentication_error", "message": body["error"]["message"]},
     }
 
 
@@ -310,7 +318,8 @@ async def test_upstream_rate_limit_keeps_retry_after(
         with pytest.raises(anthropic.RateLimitError) as raised:
             await client.messages.create(model="gpt-test", max_tokens=8, messages=MESSAGES)
     assert raised.value.response.headers["retry-after"] == "7"
-    assert raised.value.body["error"]["type"] == "rate_limit_error"
+    body = raised.value.body
+    assert isinstance(body, dict) and body["error"]["type"] == "rate_limit_error"
 
 
 async def test_mid_stream_failure_is_one_error_event(
@@ -351,7 +360,9 @@ async def claude(nursery: trio.Nursery, upstream: FakeUpstream) -> AsyncIterator
     await running.stop()
 
 
-CACHED_SYSTEM = [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]
+CACHED_SYSTEM: list[TextBlockParam] = [
+    {"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}
+]
 
 
 def native(upstream: FakeUpstream, reply: Reply) -> None:
@@ -373,8 +384,13 @@ def native(upstream: FakeUpstream, reply: Reply) -> None:
 async def test_native_non_stream_passes_body_and_answer_through(
     claude: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    usage = {"cache_read_input_tokens": 100, "cache_creation_input_tokens": 20}
-    answer = message([{"type": "text", "text": "Hi"}], input_tokens=10, output_tokens=5, **usage)
+    answer = message(
+        [{"type": "text", "text": "Hi"}],
+        input_tokens=10,
+        output_tokens=5,
+        cache_read_input_tokens=100,
+        cache_creation_input_tokens=20,
+    )
     native(upstream, JSONReply(answer))
     async with sdk(claude) as client:
         reply = await client.messages.create(
@@ -405,7 +421,7 @@ async def test_native_non_stream_passes_body_and_answer_through(
 async def test_native_stream_relays_the_upstream_events(
     claude: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    frames = [
+    frames: list[bytes | float | trio.Event] = [
         message_start(input_tokens=25, output_tokens=1, cache_read_input_tokens=40),
         PING,
         *text_block(0, "Hel", "lo"),
@@ -413,8 +429,8 @@ async def test_native_stream_relays_the_upstream_events(
     ]
     native(upstream, StreamReply(frames))
     body = {"model": "claude", "max_tokens": 32, "messages": MESSAGES, "stream": True}
-    async with claude.client() as client:
-        response = await client.post("/v1/messages", json=body)
+    async with claude.client() as http:
+        response = await http.post("/v1/messages", json=body)
     assert response.content == b"".join(f for f in frames if isinstance(f, bytes))
     assert upstream.requests[0].json == {**body, "model": MODEL}
     async with (
@@ -432,7 +448,7 @@ async def test_native_stream_relays_the_upstream_events(
 
 
 async def test_native_streamed_tool_use(claude: RunningGateway, upstream: FakeUpstream) -> None:
-    frames = [
+    frames: list[bytes | float | trio.Event] = [
         message_start(input_tokens=400, output_tokens=1, cache_creation_input_tokens=30),
         *tool_block(0, "toolu_01A", "get_weather", '{"city": ', '"Paris"}'),
         *message_end("tool_use", output_tokens=89),
@@ -581,7 +597,8 @@ async def test_a_body_only_anthropic_can_read_is_refused_only_by_a_translated_de
     )
     gateway = await start_gateway(nursery, config)
     upstream.handler = lambda request: JSONReply(message([{"type": "text", "text": "Hi"}]))
-    turns = [*MESSAGES, {"role": "critic", "content": "Shorter."}]
+    # Cast: a role Anthropic's API does not have, to see which routes refuse it.
+    turns = cast("list[MessageParam]", [*MESSAGES, {"role": "critic", "content": "Shorter."}])
     async with sdk(gateway) as client:
         await client.messages.create(model="claude", max_tokens=8, messages=turns)
         with pytest.raises(anthropic.BadRequestError) as refused:
@@ -618,7 +635,8 @@ async def test_a_messages_requests_fallbacks_are_the_gateways_not_the_upstreams(
         reply = await client.messages.create(
             model="claude", max_tokens=16, messages=MESSAGES, extra_body={"fallbacks": ["backup"]}
         )
-    assert reply.content[0].text == "Hi"  # type: ignore[union-attr]
+    block = reply.content[0]
+    assert block.type == "text" and block.text == "Hi"
     assert "fallbacks" not in upstream.requests[0].json
     assert "fallbacks" not in second.requests[0].json
     await running.stop()

@@ -22,6 +22,7 @@ CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 
 async def _open(gateway: RunningGateway) -> trio.SocketStream:
     url = httpx.URL(gateway.url)
+    assert url.port is not None  # the gateway's URL names the port it listens on
     return await trio.open_tcp_stream(url.host, url.port)
 
 

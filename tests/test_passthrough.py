@@ -26,7 +26,7 @@ async def test_usage_comes_exactly_once_and_last_when_asked(
 ) -> None:
     """OpenAI puts `"usage":null` in every chunk of a stream that asks for usage."""
     frames = [chunk("a", **NULL_USAGE), chunk("b", **NULL_USAGE), usage_chunk(4, 2), DONE]
-    upstream.handler = lambda request: one_read(*frames) if together else StreamReply(frames)
+    upstream.handler = lambda request: one_read(*frames) if together else StreamReply([*frames])
     chunks = await streamed_chunks(gateway, "gpt-test", stream_options={"include_usage": True})
     with_usage = [c for c in chunks if c.usage is not None]
     assert len(with_usage) == 1 and with_usage[0] is chunks[-1]
@@ -59,7 +59,7 @@ async def test_a_stream_without_usage_is_counted_from_what_passed(
     gateway: RunningGateway, upstream: FakeUpstream, together: bool
 ) -> None:
     frames = [chunk("Hello"), chunk(" world"), chunk(finish="stop"), DONE]
-    upstream.handler = lambda request: one_read(*frames) if together else StreamReply(frames)
+    upstream.handler = lambda request: one_read(*frames) if together else StreamReply([*frames])
     chunks = await streamed_chunks(gateway, "gpt-test", stream_options={"include_usage": True})
     counter = gateway.gateway.counter
     expected = counter.count_text("upstream-model", "Hello world")

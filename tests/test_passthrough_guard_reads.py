@@ -180,7 +180,7 @@ async def test_anthropic_thinking_is_read_whole_and_streamed(
     whole = await _post(gateway, "/anthropic/v1/messages", body)
     assert whole.json()["content"][0]["thinking"] == f"reply to {MASKED}"
     start_block = {"type": "thinking", "thinking": "", "signature": ""}
-    frames: list[bytes | float] = [
+    frames: list[bytes | float | trio.Event] = [
         message_start(),
         event({"type": "content_block_start", "index": 0, "content_block": start_block}),
         *[event({"type": "content_block_delta", "index": 0,
@@ -208,7 +208,7 @@ async def test_chat_reasoning_and_list_content_are_read(start: Any, upstream: Fa
     whole = (await _post(gateway, "/openai/v1/chat/completions", body)).json()
     assert whole["choices"][0]["message"]["reasoning_content"] == f"mail {MASKED}"
     pieces = _pieces(f"mail {EMAIL} now")
-    frames: list[bytes | float] = [
+    frames: list[bytes | float | trio.Event] = [
         *[delta_frame({"reasoning_content": piece}) for piece in pieces],
         *[delta_frame({"content": [{"type": "text", "text": piece}]}) for piece in pieces],
         delta_frame({}, "stop"), DONE,
@@ -315,7 +315,7 @@ async def test_the_text_anthropic_citations_quote_is_read(
     body = {"model": CLAUDE, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
     whole = (await _post(gateway, "/anthropic/v1/messages", body)).json()
     assert whole["content"][0]["citations"][0]["cited_text"] == f"write to {MASKED}"
-    frames: list[bytes | float] = [
+    frames: list[bytes | float | trio.Event] = [
         message_start(),
         event({"type": "content_block_start", "index": 0,
                "content_block": {"type": "text", "text": "", "citations": []}}),

@@ -8,7 +8,7 @@ owes (errors, usage chunk, tool calls, disconnects) is in test_provider_contract
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import openai
 import orjson
@@ -40,6 +40,12 @@ from helpers import (
     start_gateway,
     streamed_events,
 )
+from openai.types.chat import (
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCallParam,
+    ChatCompletionMessageParam,
+)
+from openai.types.shared_params import ResponseFormatJSONSchema
 
 from trigate.errors import Failure, UpstreamError
 from trigate.providers.anthropic import (
@@ -50,6 +56,11 @@ from trigate.providers.anthropic import (
     to_openai,
 )
 from trigate.sse import ServerSentEvent
+
+# MESSAGES as the OpenAI SDK types a chat's messages (helpers.py leaves it a list of dicts).
+CHAT = cast("list[ChatCompletionMessageParam]", MESSAGES)
+# WEATHER_TOOL as the OpenAI SDK types a function tool.
+TOOL = cast("ChatCompletionFunctionToolParam", WEATHER_TOOL)
 
 
 @pytest.fixture
@@ -71,16 +82,22 @@ async def streamed(client: openai.AsyncOpenAI, **options: Any) -> list[Any]:
 async def test_non_stream_request_and_answer(
     claude: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    usage = {"cache_read_input_tokens": 100, "cache_creation_input_tokens": 20}
-    content = [{"type": "text", "text": "Hello", "citations": None}, {"type": "text", "text": "!"}]
-    serve(
-        upstream,
-        lambda body: JSONReply(message(content, input_tokens=10, output_tokens=5, **usage)),
+    content: list[dict[str, Any]] = [
+        {"type": "text", "text": "Hello", "citations": None},
+        {"type": "text", "text": "!"},
+    ]
+    answer = message(
+        content,
+        input_tokens=10,
+        output_tokens=5,
+        cache_read_input_tokens=100,
+        cache_creation_input_tokens=20,
     )
+    serve(upstream, lambda body: JSONReply(answer))
     async with sdk(claude) as client:
         completion = await client.chat.completions.create(
             model="claude",
-            messages=[{"role": "system", "content": "Be brief."}, *MESSAGES],
+            messages=[{"role": "system", "content": "Be brief."}, *CHAT],
             temperature=0.2,
             top_p=0.9,
             stop="END",
@@ -134,9 +151,9 @@ async def test_deployment_settings_reach_the_upstream(
     running = await start_gateway(nursery, config)
     serve(upstream, lambda body: JSONReply(message([{"type": "text", "text": "ok"}])))
     async with sdk(running) as client:
-        await client.chat.completions.create(model="claude", messages=MESSAGES)
+        await client.chat.completions.create(model="claude", messages=CHAT)
         await client.chat.completions.create(
-            model="claude", messages=MESSAGES, max_completion_tokens=50
+            model="claude", messages=CHAT, max_completion_tokens=50
         )
     first, second = upstream.requests
     assert first.target == "/v1/messages"  # an api_base ending in /v1 is not doubled
@@ -146,7 +163,7 @@ async def test_deployment_settings_reach_the_upstream(
 
 
 async def test_stream_of_text(claude: RunningGateway, upstream: FakeUpstream) -> None:
-    frames = [
+    frames: list[bytes | float | trio.Event] = [
         message_start(input_tokens=25, output_tokens=1, cache_read_input_tokens=0),
         PING,
         *text_block(0, "Hel", "lo", " there"),
@@ -176,7 +193,7 @@ async def test_stream_of_text(claude: RunningGateway, upstream: FakeUpstream) ->
 
 
 async def test_stream_of_tool_calls(claude: RunningGateway, upstream: FakeUpstream) -> None:
-    frames = [
+    frames: list[bytes | float | trio.Event] = [
         message_start(input_tokens=400, output_tokens=1),
         *text_block(0, "Let me check."),
         *tool_block(1, "toolu_01A", "get_weather", '{"city": ', '"Paris"}'),
@@ -186,14 +203,14 @@ async def test_stream_of_tool_calls(claude: RunningGateway, upstream: FakeUpstre
     serve(upstream, lambda body: StreamReply(frames))
     async with sdk(claude) as client:
         chunks = await streamed(
-            client, tools=[WEATHER_TOOL], tool_choice="required", parallel_tool_calls=False
+            client, tools=[TOOL], tool_choice="required", parallel_tool_calls=False
         )
     sent = upstream.requests[0].json
     assert sent["tools"] == [
         {
             "name": "get_weather",
             "description": "The weather in a city",
-            "input_schema": WEATHER_TOOL["function"]["parameters"],
+            "input_schema": TOOL["function"]["parameters"],
         }
     ]
     assert sent["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
@@ -219,16 +236,16 @@ async def test_stream_of_tool_calls(claude: RunningGateway, upstream: FakeUpstre
 async def test_tool_conversation_and_tool_call_answer(
     claude: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    answer = [
+    answer: list[dict[str, Any]] = [
         {"type": "text", "text": "Checking."},
         {"type": "tool_use", "id": "toolu_02", "name": "get_weather", "input": {"city": "Rome"}},
     ]
     serve(upstream, lambda body: JSONReply(message(answer, stop_reason="tool_use")))
-    calls = [
+    calls: list[ChatCompletionMessageFunctionToolCallParam] = [
         {"id": f"call_{c}", "type": "function", "function": {"name": "get_weather", "arguments": a}}
         for c, a in (("1", '{"city": "Paris"}'), ("2", '{"city": "Oslo"}'))
     ]
-    conversation = [
+    conversation: list[ChatCompletionMessageParam] = [
         {"role": "user", "content": "Weather in Paris and Oslo?"},
         {"role": "assistant", "content": None, "tool_calls": calls},
         {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
@@ -237,7 +254,7 @@ async def test_tool_conversation_and_tool_call_answer(
     ]
     async with sdk(claude) as client:
         completion = await client.chat.completions.create(
-            model="claude", messages=conversation, tools=[WEATHER_TOOL], tool_choice="auto"
+            model="claude", messages=conversation, tools=[TOOL], tool_choice="auto"
         )
     sent = upstream.requests[0].json
     assert sent["messages"] == [
@@ -276,13 +293,14 @@ async def test_tool_conversation_and_tool_call_answer(
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content == "Checking."
     [call] = choice.message.tool_calls or []
-    assert (call.id, call.type, call.function.name) == ("toolu_02", "function", "get_weather")
+    assert call.type == "function"
+    assert (call.id, call.function.name) == ("toolu_02", "get_weather")
     assert orjson.loads(call.function.arguments) == {"city": "Rome"}
 
 
 async def test_thinking(claude: RunningGateway, upstream: FakeUpstream) -> None:
     thought = {"type": "thinking", "thinking": "Hmm, greet.", "signature": "EqQBCgIYAhIM"}
-    frames = [
+    frames: list[bytes | float | trio.Event] = [
         message_start(input_tokens=30, output_tokens=1),
         block_start(0, {"type": "thinking", "thinking": "", "signature": ""}),
         block_delta(0, {"type": "thinking_delta", "thinking": "Hmm, "}),
@@ -302,7 +320,7 @@ async def test_thinking(claude: RunningGateway, upstream: FakeUpstream) -> None:
     )
     async with sdk(claude) as client:
         completion = await client.chat.completions.create(
-            model="claude", messages=MESSAGES, reasoning_effort="low"
+            model="claude", messages=CHAT, reasoning_effort="low"
         )
         chunks = await streamed(
             client, reasoning_effort="high", stream_options={"include_usage": True}
@@ -326,14 +344,18 @@ async def test_thinking(claude: RunningGateway, upstream: FakeUpstream) -> None:
 
 
 async def test_json_mode_is_a_forced_tool(claude: RunningGateway, upstream: FakeUpstream) -> None:
-    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    schema: dict[str, object] = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+        "required": ["name"],
+    }
     tool_use = {
         "type": "tool_use",
         "id": "toolu_03",
         "name": "json_tool_call",
         "input": {"name": "Ada"},
     }
-    frames = [
+    frames: list[bytes | float | trio.Event] = [
         message_start(),
         *tool_block(0, "toolu_03", "json_tool_call", '{"name": ', '"Ada"}'),
         *message_end("tool_use", output_tokens=9),
@@ -346,10 +368,13 @@ async def test_json_mode_is_a_forced_tool(claude: RunningGateway, upstream: Fake
             else JSONReply(message([tool_use], stop_reason="tool_use"))
         ),
     )
-    response_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    response_format: ResponseFormatJSONSchema = {
+        "type": "json_schema",
+        "json_schema": {"name": "person", "schema": schema},
+    }
     async with sdk(claude) as client:
         completion = await client.chat.completions.create(
-            model="claude", messages=MESSAGES, response_format=response_format
+            model="claude", messages=CHAT, response_format=response_format
         )
         chunks = await streamed(client, response_format=response_format)
     for request in upstream.requests:
@@ -366,7 +391,11 @@ async def test_json_mode_is_a_forced_tool(claude: RunningGateway, upstream: Fake
 
 async def test_mid_stream_error_event(claude: RunningGateway, upstream: FakeUpstream) -> None:
     overloaded = event(error_body("overloaded_error", "Overloaded"))
-    frames = [message_start(), *text_block(0, "partial")[:-1], overloaded]
+    frames: list[bytes | float | trio.Event] = [
+        message_start(),
+        *text_block(0, "partial")[:-1],
+        overloaded,
+    ]
     serve(upstream, lambda body: StreamReply(frames))
     events = await streamed_events(claude, "claude")
     assert events[-1] == "[DONE]"
@@ -381,12 +410,20 @@ async def test_mid_stream_error_event(claude: RunningGateway, upstream: FakeUpst
 async def test_untranslatable_request_is_a_400_that_never_leaves(
     claude: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    call = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
-    conversation = [*MESSAGES, {"role": "assistant", "tool_calls": [call]}]
+    call: ChatCompletionMessageFunctionToolCallParam = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "f", "arguments": "{oops"},
+    }
+    conversation: list[ChatCompletionMessageParam] = [
+        *CHAT,
+        {"role": "assistant", "tool_calls": [call]},
+    ]
     async with sdk(claude) as client:
         with pytest.raises(openai.BadRequestError) as caught:
             await client.chat.completions.create(model="claude", messages=conversation)
-    assert "JSON object" in caught.value.body["message"]  # type: ignore[index]
+    body = caught.value.body
+    assert isinstance(body, dict) and "JSON object" in body["message"]
     assert upstream.requests == []
 
 

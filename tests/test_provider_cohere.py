@@ -5,7 +5,7 @@ behind it (fake_cohere.py checks Cohere's answers against its SDK's types)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import cohere
 import httpx
@@ -22,6 +22,16 @@ from helpers import (
     sdk,
     start_gateway,
 )
+from openai.types.chat import (
+    ChatCompletionFunctionToolParam,
+    ChatCompletionMessageFunctionToolCallParam,
+    ChatCompletionMessageParam,
+)
+
+# MESSAGES as the OpenAI SDK types a chat's messages (helpers.py leaves it a list of dicts).
+CHAT = cast("list[ChatCompletionMessageParam]", MESSAGES)
+# WEATHER_TOOL as the OpenAI SDK types a function tool.
+TOOL = cast("ChatCompletionFunctionToolParam", WEATHER_TOOL)
 
 DOCUMENTS = ["Carson City is the capital of Nevada.", "Washington, D.C. is the US capital."]
 
@@ -58,11 +68,11 @@ async def test_chat_v2(gateway: RunningGateway, upstream: FakeUpstream) -> None:
     async with sdk(gateway) as client:
         completion = await client.chat.completions.create(
             model="command",
-            messages=[{"role": "developer", "content": "Be brief."}, *MESSAGES],
+            messages=[{"role": "developer", "content": "Be brief."}, *CHAT],
             top_p=0.5,
             stop="END",
             max_tokens=20,
-            tools=[WEATHER_TOOL],  # type: ignore[list-item]
+            tools=[TOOL],
             tool_choice="required",
         )
     assert completion.choices[0].message.content == "Hello!"
@@ -100,7 +110,7 @@ async def test_chat_response_format_is_coheres_json_object(
     async with sdk(gateway) as client:
         for response_format in formats:
             await client.chat.completions.create(
-                model="command", messages=MESSAGES, response_format=response_format
+                model="command", messages=CHAT, response_format=response_format
             )
     assert [received.json.get("response_format") for received in upstream.requests] == [
         {"type": "json_object"},
@@ -112,7 +122,7 @@ async def test_chat_response_format_is_coheres_json_object(
 async def test_chat_tool_call_and_its_result(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    call = {
+    call: ChatCompletionMessageFunctionToolCallParam = {
         "id": "get_weather_1",
         "type": "function",
         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
@@ -122,13 +132,16 @@ async def test_chat_tool_call_and_its_result(
         completion = await client.chat.completions.create(
             model="command",
             messages=[
-                *MESSAGES,
-                {"role": "assistant", "content": None, "tool_calls": [call]},  # type: ignore[list-item]
+                *CHAT,
+                {"role": "assistant", "content": None, "tool_calls": [call]},
                 {"role": "tool", "tool_call_id": "get_weather_1", "content": "Sunny"},
             ],
         )
     assert completion.choices[0].finish_reason == "tool_calls"
-    assert completion.choices[0].message.tool_calls[0].function.name == "get_weather"  # type: ignore[index,union-attr]
+    tool_calls = completion.choices[0].message.tool_calls
+    assert tool_calls is not None
+    first = tool_calls[0]
+    assert first.type == "function" and first.function.name == "get_weather"
     messages = upstream.requests[0].json["messages"]
     assert messages[1] == {"role": "assistant", "tool_calls": [call]}
     assert messages[2] == {"role": "tool", "tool_call_id": "get_weather_1", "content": "Sunny"}
@@ -138,7 +151,7 @@ async def test_chat_stream(gateway: RunningGateway, upstream: FakeUpstream) -> N
     upstream.handler = lambda request: text_stream("Hel", "lo")
     async with sdk(gateway) as client:
         stream = await client.chat.completions.create(
-            model="command", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            model="command", messages=CHAT, stream=True, stream_options={"include_usage": True}
         )
         chunks = [chunk async for chunk in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
@@ -152,13 +165,13 @@ async def test_chat_stream(gateway: RunningGateway, upstream: FakeUpstream) -> N
 async def test_streamed_tool_call(gateway: RunningGateway, upstream: FakeUpstream) -> None:
     upstream.handler = lambda request: tool_stream()
     async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="command", messages=MESSAGES, stream=True
-        )
+        stream = await client.chat.completions.create(model="command", messages=CHAT, stream=True)
         chunks = [chunk async for chunk in stream]
     calls = [call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or ()]
-    assert calls[0].id == "get_weather_1byjy32y4hvq" and calls[0].function.name == "get_weather"  # type: ignore[union-attr]
-    assert "".join(c.function.arguments or "" for c in calls) == '{"city": "Paris"}'  # type: ignore[union-attr]
+    functions = [c.function for c in calls if c.function is not None]
+    assert len(functions) == len(calls), "every tool call delta carries its function"
+    assert calls[0].id == "get_weather_1byjy32y4hvq" and functions[0].name == "get_weather"
+    assert "".join(f.arguments or "" for f in functions) == '{"city": "Paris"}'
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
 
@@ -298,4 +311,5 @@ def test_usage_is_cohere_billed_units() -> None:
     from trigate.providers.cohere import openai_usage
 
     assert openai_usage(USAGE) == {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
-    assert openai_usage({"tokens": {"input_tokens": 3, "output_tokens": 1}})["prompt_tokens"] == 3  # type: ignore[index]
+    counted = openai_usage({"tokens": {"input_tokens": 3, "output_tokens": 1}})
+    assert counted is not None and counted["prompt_tokens"] == 3

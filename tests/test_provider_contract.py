@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import fake_anthropic as anthropic_wire
 import fake_azure as azure_wire
@@ -37,8 +37,14 @@ from fakes import (
     usage_chunk,
 )
 from helpers import MESSAGES, WEATHER_TOOL, RunningGateway, openai_config, sdk, start_gateway
+from openai.types.chat import ChatCompletionFunctionToolParam, ChatCompletionMessageParam
 
 from trigate.providers.bedrock import EVENT_STREAM
+
+# MESSAGES as the OpenAI SDK types a chat's messages (helpers.py leaves it a list of dicts).
+CHAT = cast("list[ChatCompletionMessageParam]", MESSAGES)
+# WEATHER_TOOL as the OpenAI SDK types a function tool.
+TOOL = cast("ChatCompletionFunctionToolParam", WEATHER_TOOL)
 
 CITY = {"city": "Paris"}
 
@@ -153,7 +159,7 @@ def _openai_text_stream(first: list[bytes | float]) -> Callable[[bytes | None], 
 
 def _openai_tool_answer() -> Reply:
     body = chat_completion()
-    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather"}}
+    call: dict[str, Any] = {"id": "call_1", "type": "function", "function": {"name": "get_weather"}}
     call["function"]["arguments"] = orjson.dumps(CITY).decode()
     body["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
     body["choices"][0]["finish_reason"] = "tool_calls"
@@ -334,7 +340,7 @@ def _gemini_family() -> Family:
 def _bedrock_text_stream(tail: bytes | None) -> StreamReply:
     events = bedrock_wire.text_events("Hel", "lo")
     if tail is not None:
-        return StreamReply(events[:3], content_type=EVENT_STREAM, tail=tail)
+        return StreamReply([*events[:3]], content_type=EVENT_STREAM, tail=tail)
     usage = bedrock_wire.metadata(inputTokens=9, outputTokens=3)
     return bedrock_wire.event_stream([*events, usage])
 
@@ -448,10 +454,15 @@ async def provider(
         yield running
 
 
+def _always(reply: Reply) -> Callable[[ReceivedRequest], Reply]:
+    """A handler that answers every request with `reply`."""
+    return lambda request: reply
+
+
 async def _streamed(provider: Provider, **options: Any) -> list[Any]:
     async with provider.client() as client:
         stream = await client.chat.completions.create(
-            model=provider.family.group, messages=MESSAGES, stream=True, **options
+            model=provider.family.group, messages=CHAT, stream=True, **options
         )
         return [c async for c in stream]
 
@@ -502,10 +513,10 @@ async def test_upstream_errors_reach_the_client_in_openai_terms(
         async with provider.client() as client:
             for stream in (False, True):
                 reply, text = family.errors[case](stream)
-                provider.answer(lambda request, reply=reply: reply)
+                provider.answer(_always(reply))
                 with pytest.raises(openai.APIStatusError) as caught:
                     await client.chat.completions.create(
-                        model=family.group, messages=MESSAGES, stream=stream
+                        model=family.group, messages=CHAT, stream=stream
                     )
                 assert caught.value.status_code == status
                 body = caught.value.body
@@ -527,7 +538,7 @@ async def test_a_tool_call_answer(provider: Provider) -> None:
     provider.answer(lambda request: provider.family.tool_answer())
     async with provider.client() as client:
         completion = await client.chat.completions.create(
-            model=provider.family.group, messages=MESSAGES, tools=[WEATHER_TOOL]
+            model=provider.family.group, messages=CHAT, tools=[TOOL]
         )
     choice = completion.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -538,7 +549,7 @@ async def test_a_tool_call_answer(provider: Provider) -> None:
 
 async def test_a_streamed_tool_call(provider: Provider) -> None:
     provider.answer(lambda request: provider.family.tool_stream())
-    chunks = await _streamed(provider, tools=[WEATHER_TOOL])
+    chunks = await _streamed(provider, tools=[TOOL])
     calls = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or ()]
     assert {t.index for t in calls} == {0}
     assert [t.id for t in calls if t.id][:1] and len({t.id for t in calls if t.id}) == 1
@@ -585,7 +596,7 @@ async def test_a_client_leaving_mid_stream_closes_the_upstream(provider: Provide
     with trio.fail_after(10):
         async with provider.client() as client:
             stream = await client.chat.completions.create(
-                model=provider.family.group, messages=MESSAGES, stream=True
+                model=provider.family.group, messages=CHAT, stream=True
             )
             async for part in stream:
                 if part.choices and part.choices[0].delta.content:

@@ -7,20 +7,27 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import pytest
 import trio
+from anthropic.types import MessageParam
 from fake_anthropic import message, message_end, message_start, text_block
 from fake_gemini import answer, sse
 from fake_vertex import PROJECT, TokenServer, service_account
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, Reply, StreamReply
 from helpers import MASTER_KEY, MESSAGES, RunningGateway, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 
 from trigate.config import LiteLLMParams
 from trigate.errors import UpstreamError
 from trigate.providers.vertex import VertexLocation
+
+# MESSAGES as the OpenAI SDK types a chat's messages (helpers.py leaves it a list of dicts).
+CHAT = cast("list[ChatCompletionMessageParam]", MESSAGES)
+# And as Anthropic's SDK types them.
+ASK = cast("list[MessageParam]", MESSAGES)
 
 GEMINI = "gemini-2.5-flash"
 CLAUDE = "claude-sonnet-4-5@20250929"
@@ -65,7 +72,7 @@ async def test_gemini_over_generate_content_with_a_service_account(
 ) -> None:
     upstream.handler = lambda request: JSONReply(answer([{"text": "Hi"}], usage=USAGE))
     async with sdk(gateway) as client:
-        completion = await client.chat.completions.create(model="gemini", messages=MESSAGES)
+        completion = await client.chat.completions.create(model="gemini", messages=CHAT)
     assert completion.choices[0].message.content == "Hi"
     [received] = upstream.requests
     assert received.target == f"{PREFIX}/google/models/{GEMINI}:generateContent"
@@ -87,9 +94,7 @@ async def test_gemini_stream(
         answer([{"text": "Hel"}], finish=None), answer([{"text": "lo"}], usage=USAGE)
     )
     async with sdk(gateway) as client:
-        stream = await client.chat.completions.create(
-            model="gemini", messages=MESSAGES, stream=True
-        )
+        stream = await client.chat.completions.create(model="gemini", messages=CHAT, stream=True)
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     assert text == "Hello"
     [received] = upstream.requests
@@ -105,7 +110,7 @@ async def test_concurrent_requests_share_one_token_refresh(
     async with sdk(gateway) as client, trio.open_nursery() as requests:
         for _ in range(8):
             requests.start_soon(
-                lambda: client.chat.completions.create(model="gemini", messages=MESSAGES)
+                lambda: client.chat.completions.create(model="gemini", messages=CHAT)
             )
     assert len(upstream.requests) == 8
     assert tokens.issued == 1
@@ -121,7 +126,7 @@ async def test_a_token_near_its_expiry_is_refreshed_before_use(
     upstream.handler = lambda request: JSONReply(answer([{"text": "Hi"}], usage=USAGE))
     async with sdk(gateway) as client:
         for _ in range(2):
-            await client.chat.completions.create(model="gemini", messages=MESSAGES)
+            await client.chat.completions.create(model="gemini", messages=CHAT)
     assert tokens.issued == 2
     assert [r.headers["authorization"] for r in upstream.requests] == [
         "Bearer ya29.token-1",
@@ -135,7 +140,7 @@ async def test_a_refused_service_account_is_an_authentication_error(
     tokens.refuse = True
     async with sdk(gateway) as client:
         with pytest.raises(Exception) as failure:
-            await client.chat.completions.create(model="gemini", messages=MESSAGES)
+            await client.chat.completions.create(model="gemini", messages=CHAT)
     assert "Vertex AI credentials could not be refreshed" in str(failure.value)
     assert "PRIVATE KEY" not in str(failure.value)
     assert upstream.requests == []
@@ -163,11 +168,12 @@ async def test_claude_over_raw_predict_with_the_clients_messages_body(
     answer_ = await client.messages.create(
         model="claude",
         max_tokens=100,
-        messages=MESSAGES,
+        messages=ASK,
         extra_headers={"anthropic-beta": "context-management-2025-06-27"},
     )
-    assert answer_.content[0].text == "Hello"  # type: ignore[union-attr]
-    async with client.messages.stream(model="claude", max_tokens=100, messages=MESSAGES) as stream:
+    block = answer_.content[0]
+    assert block.type == "text" and block.text == "Hello"
+    async with client.messages.stream(model="claude", max_tokens=100, messages=ASK) as stream:
         text = "".join([piece async for piece in stream.text_stream])
     assert text == "Hello"
     whole, streamed = upstream.requests
@@ -195,7 +201,7 @@ async def test_openai_chat_to_claude_on_vertex(
 ) -> None:
     upstream.handler = _claude_reply
     async with sdk(gateway) as client:
-        completion = await client.chat.completions.create(model="claude", messages=MESSAGES)
+        completion = await client.chat.completions.create(model="claude", messages=CHAT)
     assert completion.choices[0].message.content == "Hello"
     [received] = upstream.requests
     assert received.target.endswith(":rawPredict")
@@ -246,7 +252,7 @@ async def test_credentials_from_a_file(
     upstream.handler = lambda request: JSONReply(answer([{"text": "Hi"}], usage=USAGE))
     try:
         async with sdk(running) as client:
-            await client.chat.completions.create(model="gemini", messages=MESSAGES)
+            await client.chat.completions.create(model="gemini", messages=CHAT)
     finally:
         await running.stop()
     assert tokens.issued == 1

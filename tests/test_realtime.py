@@ -102,7 +102,7 @@ def ws_url(gateway: RunningGateway, model: str = "realtime") -> str:
 def sdk_session(url: str, key: str) -> list[str]:
     """The openai SDK's (sync) realtime client: one response, its event types in order."""
     client = openai.OpenAI(base_url=url, api_key=key, max_retries=0)
-    seen = []
+    seen: list[str] = []
     with client.realtime.connect(model="realtime") as connection:
         connection.send({"type": "response.create"})
         for event in connection:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from scripted import Step, deployment, error, group_config, ok_stream
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
-def tiers(config: dict) -> dict:
+def tiers(config: dict[str, Any]) -> dict[str, Any]:
     """Give the deployments orders 1, 2, ... so the first pick is deterministic."""
     for order, entry in enumerate(config["model_list"], start=1):
         entry["litellm_params"]["order"] = order
@@ -337,10 +338,13 @@ async def test_least_busy_routing(nursery: trio.Nursery) -> None:
     async def one() -> None:
         replies.append(await h.chat())
 
+    def served(count: int) -> Callable[[], bool]:
+        return lambda: len(h.upstreams.served) == count
+
     async with trio.open_nursery() as burst:
         for started in range(1, 5):
             burst.start_soon(one)
-            await h.upstreams.wait_for(lambda started=started: len(h.upstreams.served) == started)
+            await h.upstreams.wait_for(served(started))
         release.set()
     assert Counter(r.served_by for r in replies) == {"d0": 2, "d1": 2}
 
@@ -392,10 +396,11 @@ async def test_hedging_cancels_the_loser_and_bills_the_winner(
     assert h.gateway.groups.deployments("g")[1].state.in_flight == 0
 
 
-async def health(h: Harness) -> dict:
+async def health(h: Harness) -> dict[str, Any]:
     exchange = chat_request(h.nursery, h.app, None, path="/health", method="GET")
     assert (await exchange.start())["status"] == 200
-    return orjson.loads(await exchange.read_body())
+    report: dict[str, Any] = orjson.loads(await exchange.read_body())
+    return report
 
 
 async def test_health_report(nursery: trio.Nursery, virtual_clock: Any) -> None:

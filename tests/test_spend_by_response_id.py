@@ -7,12 +7,16 @@ row too, and an upstream that reuses an id merges no rows."""
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import trio
 from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk
 from helpers import MASTER_KEY, MESSAGES, UPSTREAM_KEY, RunningGateway, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
+
+# MESSAGES as the OpenAI SDK types a chat's messages (helpers.py leaves it a list of dicts).
+CHAT = cast("list[ChatCompletionMessageParam]", MESSAGES)
 
 CHAT_IDS = (f"chatcmpl-upstream-{n}" for n in itertools.count())
 
@@ -64,11 +68,9 @@ async def test_spend_rows_are_found_by_the_id_the_client_received(
     gateway = await start_gateway(nursery, _config(upstream, database_url))
     seen: dict[str, str] = {}
     async with sdk(gateway) as client:
-        completion = await client.chat.completions.create(model="gpt-test", messages=MESSAGES)
+        completion = await client.chat.completions.create(model="gpt-test", messages=CHAT)
         seen[completion.id] = "gpt-test"
-        stream = await client.chat.completions.create(
-            model="gpt-test", messages=MESSAGES, stream=True
-        )
+        stream = await client.chat.completions.create(model="gpt-test", messages=CHAT, stream=True)
         streamed = [part async for part in stream]
         seen[streamed[0].id] = "gpt-test"
         native = await client.responses.create(model="gpt-test", input="hi")
@@ -77,7 +79,9 @@ async def test_spend_rows_are_found_by_the_id_the_client_received(
         seen[translated.id] = "mock"
         translated_stream = await client.responses.create(model="mock", input="hi", stream=True)
         events = [event async for event in translated_stream]
-        seen[events[0].response.id] = "mock"  # type: ignore[union-attr]
+        first = events[0]
+        assert first.type == "response.created"
+        seen[first.response.id] = "mock"
         reused = [
             await client.chat.completions.with_raw_response.create(
                 model="gpt-test", messages=[{"role": "user", "content": "again"}]

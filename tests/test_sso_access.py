@@ -16,11 +16,12 @@ import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest
 from helpers import RunningGateway, build_app, mock_config, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 
 from trigate.config import ConfigError
 from trigate.ui.sessions import COOKIE
 
-MESSAGES = [{"role": "user", "content": "Hi"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hi"}]
 
 
 class Provider:

@@ -3,14 +3,18 @@ port decodes what the gateway exported and checks the span tree and its attribut
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
 from helpers import MESSAGES, deployment_entry, sdk, start_gateway
+from openai.types.chat import ChatCompletionMessageParam
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+
+# MESSAGES as the OpenAI SDK types a chat's messages (helpers.py leaves it a list of dicts).
+CHAT = cast("list[ChatCompletionMessageParam]", MESSAGES)
 
 USAGE = {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -60,7 +64,7 @@ async def test_a_request_is_a_span_with_a_child_per_attempt(
     traceparent = f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"
     try:
         await sdk(gateway).chat.completions.create(
-            model="primary", messages=MESSAGES, extra_headers={"traceparent": traceparent}
+            model="primary", messages=CHAT, extra_headers={"traceparent": traceparent}
         )
     finally:
         await gateway.stop()  # flushes the batch processor
@@ -117,7 +121,7 @@ async def test_a_hedge_loser_ends_cancelled(
     }
     gateway = await start_gateway(nursery, config)
     try:
-        await sdk(gateway).chat.completions.create(model="g", messages=MESSAGES)
+        await sdk(gateway).chat.completions.create(model="g", messages=CHAT)
     finally:
         await gateway.stop()
     spans = received_spans(receiver)
@@ -142,7 +146,7 @@ async def test_without_an_endpoint_nothing_is_traced(
     try:
         await sdk(gateway).chat.completions.create(
             model="g",
-            messages=MESSAGES,
+            messages=CHAT,
             extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"},
         )
         assert gateway.gateway.telemetry.tracing is None
@@ -168,9 +172,7 @@ async def test_sampling_follows_the_caller_then_the_configured_ratio(
             None,  # a root request, at a ratio of 0
         ):
             headers = {"traceparent": traceparent} if traceparent else {}
-            await client.chat.completions.create(
-                model="g", messages=MESSAGES, extra_headers=headers
-            )
+            await client.chat.completions.create(model="g", messages=CHAT, extra_headers=headers)
     finally:
         await gateway.stop()
     spans = received_spans(receiver)

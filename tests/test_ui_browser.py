@@ -204,10 +204,12 @@ async def test_sso_signs_a_new_user_in_through_a_real_openid_provider(
     with warnings.catch_warnings():
         # It imports authlib's older module, which warns of its deprecation; authlib puts
         # an "always" filter for its warnings first on import, so ours goes after it.
-        import authlib.deprecate  # noqa: F401
+        # authlib's stubs (types-Authlib) are not in the test extra; only imported here.
+        import authlib.deprecate  # type: ignore[import-untyped]  # noqa: F401
 
         warnings.simplefilter("ignore", Warning)
-        from oidc_provider_mock import User, run_server_in_thread
+        # oidc_provider_mock ships no py.typed marker (nor stubs): a test-only mock.
+        from oidc_provider_mock import User, run_server_in_thread  # type: ignore[import-untyped]
     claims = {"email": "dana@example.com", "groups": ["research", "no-such-team"]}
     with run_server_in_thread(user_claims=[User(sub="dana", claims=claims)]) as provider:
         issuer = f"http://localhost:{provider.server_port}"
