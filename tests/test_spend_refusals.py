@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import pytest
 import trio
@@ -14,7 +15,7 @@ from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
 from helpers import start_gateway
 
 from trigate.spend import RequestRecord, SpendLedger
-from trigate.store import SpendFilter, Store, StoreUnavailable
+from trigate.store import Row, SpendFilter, Store, StoreUnavailable
 
 # Past 64 bits' signed range: SQLite's driver refuses it (OverflowError), and PostgreSQL
 # refuses it for an INTEGER column (SQLSTATE 22003, numeric value out of range).
@@ -141,12 +142,12 @@ async def test_an_outage_met_while_halving_keeps_every_row_not_written(
     real = store.record_spend
     calls = 0
 
-    async def going_down(rows: list[dict[str, Any]]) -> int:
+    async def going_down(rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
         nonlocal calls
         calls += 1
         if calls >= 4:  # the whole batch, its first half, its first quarter; then down
             raise StoreUnavailable("the store is down")
-        return await real(rows)
+        return await real(rows, also_users)
 
     store.record_spend = going_down  # type: ignore[method-assign]
     ledger = SpendLedger(store)
@@ -172,12 +173,12 @@ async def test_an_outage_keeps_a_row_refused_alone_at_the_head_of_the_queue(
     real = store.record_spend
     calls = 0
 
-    async def going_down(rows: list[dict[str, Any]]) -> int:
+    async def going_down(rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
         nonlocal calls
         calls += 1
         if calls >= 3:  # the batch, its refused first row alone; then down
             raise StoreUnavailable("the store is down")
-        return await real(rows)
+        return await real(rows, also_users)
 
     store.record_spend = going_down  # type: ignore[method-assign]
     ledger = SpendLedger(store, batch_size=2)
@@ -188,9 +189,9 @@ async def test_an_outage_keeps_a_row_refused_alone_at_the_head_of_the_queue(
     store.record_spend = real  # type: ignore[method-assign]
     written: list[list[str]] = []
 
-    async def recording(rows: list[dict[str, Any]]) -> int:
+    async def recording(rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
         written.append([row["request_id"] for row in rows])
-        return await real(rows)
+        return await real(rows, also_users)
 
     store.record_spend = recording  # type: ignore[method-assign]
     assert await ledger.flush()
@@ -208,7 +209,8 @@ async def test_a_bug_of_ours_drops_no_row(
     store = await Store.open(database_url)
     ledger = SpendLedger(store)
     await ledger.write(record("r0"))
-    await ledger.write(dataclasses.replace(record("r1"), model={"not": "text"}))
+    # Off-type on purpose: a dict where the record holds text.
+    await ledger.write(dataclasses.replace(record("r1"), model=cast(str, {"not": "text"})))
     await ledger.write(record("r2"))
     assert not await ledger.flush()
     assert ledger.queued == 3 and ledger.refused == 0 and ledger.dropped == 0
