@@ -169,13 +169,37 @@ async def test_a_tool_the_key_may_not_call_is_not_offered_to_the_model(
     # The model asked for the forecast anyway: refused before it reached the server.
     call = answer.output[1]
     assert call.type == "mcp_call"
-    # The gateway sends the error as text (as LiteLLM does); the SDK now types it as an
-    # object (type, code, message), so it is read here as what arrived.
-    error: object = call.error
-    assert isinstance(error, str) and "not available to this key" in error
+    # The Responses API's protocol error: the call was answered with a JSON-RPC error.
+    assert call.error is not None and call.error.type == "mcp_protocol_error"
+    assert call.error.code == -32602 and "not available to this key" in call.error.message
     assert "forecast" not in weather.calls
     sent = upstream.requests[0].json["tools"]
     assert [t.get("name") or t["function"]["name"] for t in sent] == ["weather-alerts"]
+
+
+async def test_a_tool_that_fails_is_an_execution_error_the_model_is_told_of(
+    nursery: trio.Nursery, upstream: FakeUpstream, weather: FakeMCP
+) -> None:
+    def failing_model(request: ReceivedRequest) -> JSONReply:
+        outputs = [i for i in request.json["input"] if i.get("type") == "function_call_output"]
+        if outputs:
+            return JSONReply(response([message(f"Sorry: {outputs[0]['output']}")]))
+        return JSONReply(response([{**FUNCTION_CALL, "name": "weather-fail", "arguments": "{}"}]))
+
+    upstream.handler = failing_model
+    running = await gateway_for(nursery, upstream, weather, "openai/upstream-model")
+    async with sdk(running) as client:
+        answer = await client.responses.create(
+            model="gpt-test", input="Weather in Oslo?", tools=[MCP_TOOL]
+        )
+    call = answer.output[1]
+    assert call.type == "mcp_call" and call.name == "weather-fail"
+    # The Responses API's execution error: the tool ran, and its content says why it failed.
+    assert call.error is not None and call.error.type == "mcp_tool_execution_error"
+    # (The MCP SDK's server says which tool failed, never the exception's own text.)
+    assert call.error.content == [{"type": "text", "text": "Error executing tool fail"}]
+    assert answer.output_text == "Sorry: Error executing tool fail"
+    await running.stop()
 
 
 async def test_a_call_needing_approval_is_handed_to_the_client_then_made_once_approved(

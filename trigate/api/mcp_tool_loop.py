@@ -230,7 +230,10 @@ class ToolLoop:
 
 
 async def _run(tools: _Tools, name: str, arguments: Any) -> tuple[str, dict[str, Any]]:
-    """Call a tool the model asked for: its output for the model, and its `mcp_call`."""
+    """Call a tool the model asked for: its output for the model, and its `mcp_call`,
+    whose `error` is one of the Responses API's MCP errors: `mcp_protocol_error` (the
+    server, or the gateway for it, answered the call with an error: its JSON-RPC code)
+    or `mcp_tool_execution_error` (the tool ran and failed: its content blocks)."""
     parsed = orjson.loads(arguments) if isinstance(arguments, str) and arguments else arguments
     item: dict[str, Any] = {
         "type": "mcp_call",
@@ -244,12 +247,17 @@ async def _run(tools: _Tools, name: str, arguments: Any) -> tuple[str, dict[str,
     try:
         result = await tools.aggregate.call(name, parsed if isinstance(parsed, dict) else None)
     except MCPError as error:
-        item["error"] = error.message
+        item["error"] = {"type": "mcp_protocol_error", "code": error.code, "message": error.message}
         return f"Error: {error.message}", item
     output = _text(result)
     item["output"] = output
     if result.is_error:
-        item["error"] = output
+        item["error"] = {
+            "type": "mcp_tool_execution_error",
+            "content": [
+                block.model_dump(mode="json", exclude_none=True) for block in result.content
+            ],
+        }
     return output, item
 
 
