@@ -128,7 +128,7 @@ class SpendLedger:
                     self._work = trio.Event()
                 failed_wait = min(2 * (backoff or self._flush_interval), MAX_BACKOFF)
                 # Rows kept only because the store had no other row to take are no store
-                # failure: the writer waits for the next row (`_flush_batches`), as ever.
+                # failure: tried again with the next row, at the usual pace (`_kept`).
                 backoff = failed_wait if outcome is _Outcome.FAILED else None
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT):
@@ -156,7 +156,9 @@ class SpendLedger:
                 if flush.held and not flush.stored:
                     # A whole batch written, and no row of it taken: the store may refuse
                     # every row (a schema they no longer fit). Trying the rest row by row
-                    # would take two transactions a row, for the same news.
+                    # would take two transactions a row, for the same news. (Rows behind
+                    # a batch short of full came while it was written: not cut short.)
+                    flush.cut_short = len(batch) == self._batch_size and bool(self._queue)
                     break
         finally:
             # Rows refused alone while the store took no other row: back at the queue's
@@ -171,22 +173,26 @@ class SpendLedger:
     def _kept(self, flush: _Flush) -> _Outcome:
         """How a flush that met no outage ended: every row written (or refused and dropped),
         or rows kept, refused alone with no other row written (`flush.kept`, at the
-        queue's head). Kept with rows behind them not tried, or rows refused that the last
-        flush had not kept, it is a failure of the store's, for all it can tell: backed off
-        and told. Kept rows that are all the queue holds and were kept before are no news:
-        the writer waits for the next row, which shows whether the store takes any."""
+        queue's head). A lone row refused, or rows the last flush kept refused again, tell
+        nothing of the store: the writer tries again once another row is queued, which
+        shows whether the store takes any, with no back-off and no alert. Rows behind not
+        tried (`cut_short`), or more than one row newly refused with none taken, are a
+        failure of the store's, for all it can tell (a schema no row fits): backed off,
+        and told."""
         kept_ids = frozenset(row.get("request_id") or "" for row, _ in flush.kept)
         last_kept, self._kept_ids = self._kept_ids, kept_ids
         if not flush.kept:
             return _Outcome.WRITTEN
         refusal = flush.kept[0][1]
         doing = f"{len(flush.kept)} rows refused alone, and no other row written"
-        if len(self._queue) > len(flush.kept) or not kept_ids <= last_kept:
+        newly_refused = not kept_ids <= last_kept
+        if flush.cut_short or (newly_refused and len(flush.kept) > 1):
             self._failed(doing, refusal, len(self._queue))
             return _Outcome.FAILED
-        # No checkpoint since the queue was read: a row written meanwhile set `_work`, and
-        # is tried at once; otherwise the writer sleeps until one is.
-        self._work = trio.Event()
+        if len(self._queue) <= len(flush.kept):
+            # No checkpoint since the queue was read: a row written meanwhile has set
+            # `_work`, and is tried at the writer's usual pace; else it sleeps until one is.
+            self._work = trio.Event()
         errors.warning("%s, kept until another is (%s)", doing, refusal)
         return _Outcome.KEPT
 
@@ -312,6 +318,8 @@ class _Flush:
 
     stored: bool = False
     halved: bool = False  # a batch was refused: written in halves (logged once)
+    # Ended after a full batch with none of it taken, rows queued behind it not tried.
+    cut_short: bool = False
     held: list[tuple[dict[str, Any], Refused]] = field(default_factory=list)
     # The rows held when the flush ended, back in the queue: kept for the next flush.
     kept: list[tuple[dict[str, Any], Refused]] = field(default_factory=list)
@@ -321,7 +329,7 @@ class _Outcome(enum.Enum):
     """How a flush ended, which tells the writer when to try again."""
 
     WRITTEN = "every row written, or refused and dropped"
-    KEPT = "rows refused alone kept, all that is queued, as the last flush kept them"
+    KEPT = "rows refused alone kept, to try again with the next row queued"
     FAILED = "the store failed: rows kept for retry"
 
 
