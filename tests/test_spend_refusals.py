@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import secrets
 from collections.abc import Sequence
 from typing import Any, cast
 
 import pytest
 import trio
+import trio.lowlevel
+import trio.testing
 from fakes import FakeUpstream, JSONReply, ReceivedRequest, chat_completion
-from helpers import start_gateway
+from helpers import RunningGateway, start_gateway
 
 from trigate.spend import RequestRecord, SpendLedger
-from trigate.store import Row, SpendFilter, Store, StoreUnavailable
+from trigate.spend.ledger import _row
+from trigate.store import Refused, Row, SpendFilter, Store, StoreUnavailable
 
 # Past 64 bits' signed range: SQLite's driver refuses it (OverflowError), and PostgreSQL
 # refuses it for an INTEGER column (SQLSTATE 22003, numeric value out of range).
@@ -217,4 +221,225 @@ async def test_a_bug_of_ours_drops_no_row(
     assert await stored_ids(store) == set()
     [failed] = [r for r in caplog.records if r.name == "trigate.spend"]
     assert failed.levelno == logging.ERROR and failed.exc_info is not None
+    await store.close()
+
+
+def _gateway_config(database_url: str, upstream: FakeUpstream) -> dict[str, Any]:
+    params = {
+        "model": "openai/upstream-model", "api_base": upstream.base_url, "api_key": "k",
+        "input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6,
+    }  # fmt: skip
+    return {
+        "model_list": [{"model_name": "g", "litellm_params": params}],
+        "general_settings": {"database_url": database_url},
+    }
+
+
+async def _chat(gateway: RunningGateway, contents: Sequence[str]) -> list[dict[str, Any]]:
+    """Each content asked in turn; every row then flushed, and each request's row."""
+    ids = []
+    async with gateway.client() as client:
+        for content in contents:
+            body = {"model": "g", "messages": [{"role": "user", "content": content}]}
+            reply = await client.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 200, reply.text
+            ids.append(reply.headers["x-trigate-request-id"])
+    await gateway.records.wait_for(len(ids))
+    ledger = gateway.gateway.ledger
+    assert await ledger.flush(), "every row written"
+    assert ledger.queued == 0 and ledger.refused == 0
+    async with gateway.client() as client:
+        found = [(await client.get(f"/spend/logs?request_id={id_}")).json() for id_ in ids]
+    assert [len(rows) for rows in found] == [1] * len(ids)
+    return [rows[0] for rows in found]
+
+
+async def test_an_upstream_id_of_any_length_is_stored_cut(
+    nursery: trio.Nursery, database_url: str, upstream: FakeUpstream
+) -> None:
+    """An upstream answers with a 4 KB id: its row is written with the id cut to 512
+    characters, as a client's texts are. PostgreSQL refuses an index entry past 2,704
+    bytes (`response_id` is indexed) with SQLSTATE 54000, which psycopg files under
+    OperationalError: it was taken for an outage, and no spend was written again."""
+    long_id = "chatcmpl-" + secrets.token_urlsafe(3072)  # 4 KB, which no compression fits
+
+    def answer(request: ReceivedRequest) -> JSONReply:
+        body = chat_completion(usage=USAGE)
+        if request.json["messages"][0]["content"] == "long":
+            body["id"] = long_id
+        return JSONReply(body)
+
+    upstream.handler = answer
+    gateway = await start_gateway(nursery, _gateway_config(database_url, upstream))
+    rows = await _chat(gateway, ["hi", "long", "hi"])
+    assert rows[1]["response_id"] == long_id[:512]
+
+
+async def test_a_value_past_postgresqls_index_limit_is_refused_not_an_outage(
+    database_url: str,
+) -> None:
+    """SQLSTATE 54000 (an index entry too long) is the row's fault, at every try: a
+    `Refused`, which the ledger drops, not an outage it retries for ever."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's index entry limit")
+    store = await Store.open(database_url)
+    row = {**_row(record("r0")), "response_id": secrets.token_urlsafe(3072)}
+    with pytest.raises(Refused) as refused:
+        await store.record_spend([row])
+    assert str(refused.value) == "ProgramLimitExceeded 54000"
+    await store.close()
+
+
+async def test_an_upstreams_boolean_token_count_is_no_count(
+    nursery: trio.Nursery, database_url: str, upstream: FakeUpstream
+) -> None:
+    """An upstream reports `"prompt_tokens": true`: no count (a bool is an int to
+    isinstance), so the prompt is counted, and its row written. PostgreSQL refused a
+    boolean for an INTEGER column (SQLSTATE 42804), taken for a bug of ours: the batch
+    was retried for ever, and no spend was written again."""
+
+    def answer(request: ReceivedRequest) -> JSONReply:
+        bad = request.json["messages"][0]["content"] == "bad"
+        return JSONReply(chat_completion(usage={**USAGE, "prompt_tokens": bad or 5}))
+
+    upstream.handler = answer
+    gateway = await start_gateway(nursery, _gateway_config(database_url, upstream))
+    rows = await _chat(gateway, ["hi", "bad", "hi"])
+    assert [row["prompt_tokens"] for row in rows[::2]] == [5, 5]
+    assert rows[1]["prompt_tokens"] > 1, "counted, not the bool's 1"
+
+
+async def test_a_boolean_count_in_a_record_is_written_as_an_integer(database_url: str) -> None:
+    """Whatever made a record's count a bool, its row is written, as 0 or 1."""
+    store = await Store.open(database_url)
+    ledger = SpendLedger(store)
+    await ledger.write(record("r0", prompt_tokens=True))
+    assert await ledger.flush()
+    [row] = await store.spend_logs(SpendFilter())
+    assert row["prompt_tokens"] == 1 and type(row["prompt_tokens"]) is int
+    await store.close()
+
+
+class RefusingStore:
+    """A stand-in store that refuses every row given in `refused` (all, if None), as a
+    schema no row fits would, and takes the others."""
+
+    def __init__(self, refused: set[str] | None = None) -> None:
+        self.refused = refused
+        self.calls = 0
+        self.stored: list[str] = []
+
+    async def record_spend(self, rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
+        self.calls += 1
+        await trio.lowlevel.checkpoint()
+        ids = [row["request_id"] for row in rows]
+        if self.refused is None or self.refused & set(ids):
+            raise Refused(ValueError("refused"))
+        self.stored += ids
+        return len(ids)
+
+
+def _ledger(store: RefusingStore, **options: Any) -> SpendLedger:
+    return SpendLedger(cast(Store, store), **options)
+
+
+async def test_a_store_refusing_every_row_costs_a_flush_one_batch_of_tries() -> None:
+    """A store that refuses every row: a flush writes one batch, in halves down to each
+    row, and ends there, every row kept. It went on through the whole queue, two
+    transactions a row (2,000 rows: 4,000 transactions per attempt)."""
+    store = RefusingStore()
+    ledger = _ledger(store, batch_size=50)
+    for n in range(2000):
+        await ledger.write(record(f"r{n}"))
+    assert not await ledger.flush()
+    assert store.calls < 2 * 50
+    assert ledger.queued == 2000 and ledger.refused == 0 and store.stored == []
+
+
+async def test_the_queue_bound_holds_while_a_store_refuses_every_row() -> None:
+    """While a flush holds rows refused alone out of the queue, they are still queued
+    (the depth gauge reads them) and the queue's bound counts them: the oldest rows are
+    dropped, and the bound holds once they are back. They were dropped one per append
+    only once the queue alone was past its bound: it stayed past it for ever."""
+    release = trio.Event()
+
+    class Gated(RefusingStore):
+        async def record_spend(self, rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
+            if [row["request_id"] for row in rows] == ["a99"]:
+                await release.wait()
+            return await super().record_spend(rows, also_users)
+
+    ledger = _ledger(Gated(), max_queued=100)
+    for n in range(100):
+        await ledger.write(record(f"a{n}"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ledger.flush)
+        await trio.testing.wait_all_tasks_blocked()
+        assert ledger.queued == 100, "rows held out of the queue still wait"
+        for n in range(100):
+            await ledger.write(record(f"b{n}"))
+            assert ledger.queued == 100
+        release.set()
+    assert ledger.queued == 100 and ledger.dropped == 100
+    assert [row["request_id"] for row in ledger._queue] == [f"b{n}" for n in range(100)]
+    await ledger.write(record("c"))
+    assert ledger.queued == 100
+
+
+async def test_a_lone_refused_row_neither_backs_the_writer_off_nor_alerts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A row refused alone, with no other row to write, is kept; tried again, it is no
+    news of the store: the writer waits for the next row, at its usual pace, and nothing
+    tells of a store failing. It backed off up to 30 s, an alert at every try."""
+    store = RefusingStore(refused={"bad"})
+    ledger = _ledger(store)
+    failures: list[str] = []
+    ledger.on_failure = failures.append
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ledger.run)
+        await ledger.write(record("bad"))
+        await trio.sleep(300)
+        assert store.calls == 1 and failures == []
+        await ledger.write(record("good"))
+        await trio.sleep(1)
+        assert store.stored == ["good"] and ledger.refused == 1 and ledger.queued == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_store_refusing_every_row_is_told_under_light_traffic(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A store that refuses every row, one request at a time: a lone row refused tells
+    nothing, but the next row refused with it, and none taken, is a failure of the
+    store's, told (the alerts' `db_exceptions`) and backed off from."""
+    store = RefusingStore()
+    ledger = _ledger(store)
+    failures: list[str] = []
+    ledger.on_failure = failures.append
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ledger.run)
+        await ledger.write(record("r0"))
+        await trio.sleep(60)
+        assert failures == []
+        await ledger.write(record("r1"))
+        await trio.sleep(60)
+        assert failures and ledger.queued == 2 and ledger.refused == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_dropped_rows_cost_is_no_longer_counted_against_budgets(
+    database_url: str,
+) -> None:
+    """A row the database refuses is dropped, and its cost with it: the store will never
+    count it. A wild one (an upstream's 2**63 tokens) counted against the key's budget
+    in this worker until it restarted, turning the key's every request away."""
+    store = await Store.open(database_url)
+    ledger = SpendLedger(store)
+    await ledger.write(record("good"))
+    wild = dataclasses.replace(record("bad", prompt_tokens=UNSTORABLE_TOKENS), cost=1e13)
+    await ledger.write(wild)
+    assert ledger.unflushed("keys", "hash") == 1e13 + 1.0
+    assert await ledger.flush()
+    assert ledger.refused == 1 and ledger.unflushed("keys", "hash") == 0.0
     await store.close()

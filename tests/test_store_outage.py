@@ -20,6 +20,7 @@ import trio
 from helpers import RunningGateway, mock_config, start_gateway
 
 from trigate.spend import RequestRecord, SpendLedger
+from trigate.spend.ledger import _row
 from trigate.store import SpendFilter, Store, StoreUnavailable, backends
 
 RESPONSE = {"model": "mock", "input": "hi"}
@@ -184,6 +185,23 @@ async def test_outage_memory_fails_at_once(relayed_postgres: tuple[str, Relay]) 
     await store.close()
 
 
+async def test_a_write_to_a_read_only_database_is_an_outage(database_url: str) -> None:
+    """A write PostgreSQL refuses as the transaction is read-only (SQLSTATE 25006, as
+    on a standby after a failover: an InternalError) is an outage, a 503: not a bug of
+    ours, a 500 with a traceback logged at every retry."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL's read-only transactions")
+
+    def read_only_write(cursor: Any) -> int:
+        cursor.execute("SET TRANSACTION READ ONLY")
+        return int(cursor.execute("INSERT INTO trigate_users (user_id) VALUES ('u1')"))
+
+    store = await Store.open(database_url)
+    with pytest.raises(StoreUnavailable):
+        await store._run(read_only_write)
+    await store.close()
+
+
 async def test_a_failed_statement_is_no_outage(database_url: str) -> None:
     """A statement PostgreSQL cancels (as it fails a deadlock or a serialization
     conflict: all `OperationalError`s) fails its own call as a 503; the next call is
@@ -245,6 +263,10 @@ async def test_a_postgres_outage_drops_no_spend_row_not_even_a_refused_one(
         assert not await ledger.flush()
         await trio.sleep(0.1)
     assert ledger.queued == 3 and ledger.refused == 0
+    # An outage, not a refusal: the ledger would keep rows refused by a store refusing
+    # every row too, so only the store's own answer shows which this is.
+    with pytest.raises(StoreUnavailable):
+        await store.record_spend([_row(_spend_record("probe"))])
     relay = await relay.restored(nursery)
     await _written_once_back(store, ledger)
     await store.close()
@@ -263,6 +285,9 @@ async def test_a_sqlite_lock_drops_no_spend_row_not_even_a_refused_one(
     try:
         assert not await ledger.flush()
         assert ledger.queued == 3 and ledger.refused == 0
+        # An outage, not a refusal (which the ledger would keep too, with nothing taken).
+        with pytest.raises(StoreUnavailable):
+            await store.record_spend([_row(_spend_record("probe"))])
     finally:
         holder.execute("ROLLBACK")
         holder.close()

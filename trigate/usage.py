@@ -190,12 +190,14 @@ class UsageMeter:
         reported = self._reported or {}
         prompt = reported.get("prompt_tokens")
         completion = reported.get("completion_tokens")
-        if isinstance(prompt, int) and isinstance(completion, int):
+        # `type(...) is int`: a JSON `true` is a Python bool, an int to isinstance, and no
+        # count (PostgreSQL refuses a boolean for an INTEGER column, at every retry).
+        if type(prompt) is int and type(completion) is int:
             searches = _count(reported.get("search_units"))
             return Usage(prompt, completion, "upstream", *_priced_parts(reported), searches)
-        if not isinstance(prompt, int):
+        if type(prompt) is not int:
             prompt = await self.prompt_tokens()
-        if not isinstance(completion, int):
+        if type(completion) is not int:
             self._read_frames()
             completion = await self._counter.count_text_async(self.model, "".join(self._pieces))
         return Usage(prompt, completion, "counted")
@@ -221,7 +223,8 @@ def _priced_parts(usage: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) else 0
+    """A count the upstream reported, or 0: a bool (JSON `true`) is none."""
+    return value if type(value) is int else 0
 
 
 def _is_token_ids(value: list[Any]) -> bool:

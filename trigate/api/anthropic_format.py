@@ -253,7 +253,7 @@ def anthropic_usage(usage: dict[str, Any]) -> dict[str, int]:
 
 
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) else 0
+    return value if type(value) is int else 0  # a bool (JSON `true`) is no count
 
 
 # --- OpenAI chunks -> Anthropic stream events -------------------------------------------

@@ -484,7 +484,7 @@ def openai_usage(usage: dict[str, Any]) -> dict[str, Any]:
 
 
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) else 0
+    return value if type(value) is int else 0  # a bool (JSON `true`) is no count
 
 
 # --- Anthropic stream -> OpenAI chunks ---------------------------------------------------

@@ -738,7 +738,7 @@ def openai_usage(metadata: Any) -> dict[str, Any] | None:
 
 def _count(metadata: dict[str, Any], key: str) -> int:
     value = metadata.get(key)
-    return value if isinstance(value, int) else 0
+    return value if type(value) is int else 0  # a bool (JSON `true`) is no count
 
 
 # --- Gemini stream -> OpenAI chunks ---------------------------------------------------

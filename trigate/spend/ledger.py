@@ -8,7 +8,8 @@ backoff. Past that bound the oldest rows are dropped, each drop logged; the
 in-memory spend that budgets read still counts them until the process ends.
 A batch the database refuses for what a row holds (`Refused`, not an outage)
 is written in halves, so that only a row refused alone is dropped, as a
-logged error, and never holds back the rows queued behind it.
+logged error (its cost settled: it will never reach the store's counters), and
+never holds back the rows queued behind it.
 
 Until a row is flushed, its cost is "unflushed" spend, which budget checks add
 to the store's counters, so a budget holds even before the database has heard.
@@ -16,6 +17,7 @@ to the store's counters, so a budget holds even before the database has heard.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -67,6 +69,12 @@ class SpendLedger:
         # what they hold.
         self.dropped = 0
         self.refused = 0
+        # Rows refused alone and taken out of the queue by the flush under way, until it
+        # ends (`_Flush.held`): still waiting, so counted as queued.
+        self._held: list[tuple[dict[str, Any], Refused]] = []
+        # The request ids of the rows the last flush kept, refused alone with no other row
+        # written: refused again with nothing new tried, they are no news of the store.
+        self._kept_ids: frozenset[str] = frozenset()
         # Told when a write to the store fails (the alerts' `db_exceptions`).
         self.on_failure: Callable[[str], None] | None = None
 
@@ -85,7 +93,8 @@ class SpendLedger:
             self._unflushed[owner] += row["cost"]
         self._queue.append(row)
         self._work.set()
-        if len(self._queue) > self._max_queued:
+        # `while`: rows a flush held out of the queue come back to its head at once.
+        while self.queued > self._max_queued:
             self._drop_oldest()
         if len(self._queue) >= self._batch_size:
             self._batch_full.set()
@@ -96,7 +105,8 @@ class SpendLedger:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Rows waiting for the store: queued, or held by the flush under way."""
+        return len(self._queue) + len(self._held)
 
     async def run(self) -> None:
         """The writer: once rows wait, flush after `flush_interval` or a full batch,
@@ -113,40 +123,78 @@ class SpendLedger:
                     # meanwhile must not bring the next attempt forward.
                     await trio.sleep(backoff)
                 self._batch_full = trio.Event()
-                written = await self.flush()
+                outcome = await self._flush()
                 if not self._queue:
                     self._work = trio.Event()
                 failed_wait = min(2 * (backoff or self._flush_interval), MAX_BACKOFF)
-                backoff = None if written else failed_wait
+                # Rows kept only because the store had no other row to take are no store
+                # failure: tried again with the next row, at the usual pace (`_kept`).
+                backoff = failed_wait if outcome is _Outcome.FAILED else None
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT):
                 while self._queue and await self.flush():
                     pass
 
     async def flush(self) -> bool:
-        """Write what is queued, batch by batch; False if the store failed."""
+        """Write what is queued, batch by batch; False if any row is still queued for
+        the store's fault (it failed) or a row's (refused alone, no other row written)."""
+        return await self._flush() is _Outcome.WRITTEN
+
+    async def _flush(self) -> _Outcome:
         async with self._flushing:
             return await self._flush_batches()
 
-    async def _flush_batches(self) -> bool:
+    async def _flush_batches(self) -> _Outcome:
         if self._store is None:  # `write` queues nothing without a store
-            return True
-        flush = _Flush()
+            return _Outcome.WRITTEN
+        flush = _Flush(held=self._held)
         try:
             while self._queue:
                 batch = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
                 if not await self._write(batch, flush):
-                    return False
+                    return _Outcome.FAILED
+                if flush.held and not flush.stored:
+                    # A whole batch written, and no row of it taken: the store may refuse
+                    # every row (a schema they no longer fit). Trying the rest row by row
+                    # would take two transactions a row, for the same news. (Rows behind
+                    # a batch short of full came while it was written: not cut short.)
+                    flush.cut_short = len(batch) == self._batch_size and bool(self._queue)
+                    break
         finally:
             # Rows refused alone while the store took no other row: back at the queue's
             # head, whatever ended the flush (a cancellation too), to be tried again.
             self._queue.extendleft(reversed([row for row, _ in flush.held]))
-        if flush.held:
-            held, refusal = len(flush.held), flush.held[0][1]
-            doing = f"{held} rows refused alone, and no other row written"
+            flush.kept = flush.held.copy()
+            flush.held.clear()
+            while len(self._queue) > self._max_queued:
+                self._drop_oldest()
+        return self._kept(flush)
+
+    def _kept(self, flush: _Flush) -> _Outcome:
+        """How a flush that met no outage ended: every row written (or refused and dropped),
+        or rows kept, refused alone with no other row written (`flush.kept`, at the
+        queue's head). A lone row refused, or rows the last flush kept refused again, tell
+        nothing of the store: the writer tries again once another row is queued, which
+        shows whether the store takes any, with no back-off and no alert. Rows behind not
+        tried (`cut_short`), or more than one row newly refused with none taken, are a
+        failure of the store's, for all it can tell (a schema no row fits): backed off,
+        and told."""
+        kept_ids = frozenset(row.get("request_id") or "" for row, _ in flush.kept)
+        last_kept, self._kept_ids = self._kept_ids, kept_ids
+        if not flush.kept:
+            return _Outcome.WRITTEN
+        refusal = flush.kept[0][1]
+        doing = f"{len(flush.kept)} rows refused alone, and no other row written"
+        newly_refused = not kept_ids <= last_kept
+        if flush.cut_short or (newly_refused and len(flush.kept) > 1):
             self._failed(doing, refusal, len(self._queue))
-            return False
-        return True
+            return _Outcome.FAILED
+        if len(self._queue) <= len(flush.kept):
+            # No checkpoint since the queue was read: a row written meanwhile has set
+            # `_work`, and is tried at the writer's usual pace; else it sleeps until one is.
+            self._work = trio.Event()
+        errors.warning("%s, kept until another is (%s)", doing, refusal)
+        return _Outcome.KEPT
 
     async def _write(self, rows: list[dict[str, Any]], flush: _Flush) -> bool:
         """Write `rows` (the queue's head, in order) and take them out of the queue. A batch
@@ -206,11 +254,14 @@ class SpendLedger:
         """Drop a row the database refuses, which would fail its batch at every retry and
         hold back every row queued behind it: an error naming its request and what refused
         it, never what it holds (a client's text, which may be a secret), and counted."""
-        # Not settled: as for a row dropped from a full queue, the budgets this process
-        # checks count its spend still, which the store's counters never had.
+        # Settled: its cost is dropped from the unflushed spend budgets read, as the store
+        # will never count it; else a wild cost (an upstream's 2**63 tokens) would bust a
+        # key's or the proxy's budget, turning every request away, until a restart.
+        self._settle(row)
         self.refused += 1
         errors.error(
-            "spend row %s dropped: the database refuses it (%s); %d refused so far",
+            "spend row %s dropped: the database refuses it (%s); %d refused so far; "
+            "its cost is not counted against budgets",
             row.get("request_id"), refusal, self.refused,
         )  # fmt: skip
 
@@ -240,13 +291,17 @@ class SpendLedger:
     def _settle(self, row: dict[str, Any]) -> None:
         for owner in self._owners(row):
             remaining = self._unflushed[owner] - row["cost"]
-            if remaining <= 1e-12:
+            if not remaining > 1e-12:  # not: a NaN (an infinite cost settled) is none
                 del self._unflushed[owner]
             else:
                 self._unflushed[owner] = remaining
 
     def _drop_oldest(self) -> None:
-        self._queue.popleft()
+        # Rows a flush holds out of the queue came before every row in it.
+        if self._held:
+            del self._held[0]
+        else:
+            self._queue.popleft()
         self.dropped += 1
         errors.error(
             "spend log queue full (%d rows): dropped the oldest row (%d dropped so far)",
@@ -263,7 +318,19 @@ class _Flush:
 
     stored: bool = False
     halved: bool = False  # a batch was refused: written in halves (logged once)
+    # Ended after a full batch with none of it taken, rows queued behind it not tried.
+    cut_short: bool = False
     held: list[tuple[dict[str, Any], Refused]] = field(default_factory=list)
+    # The rows held when the flush ended, back in the queue: kept for the next flush.
+    kept: list[tuple[dict[str, Any], Refused]] = field(default_factory=list)
+
+
+class _Outcome(enum.Enum):
+    """How a flush ended, which tells the writer when to try again."""
+
+    WRITTEN = "every row written, or refused and dropped"
+    KEPT = "rows refused alone kept, to try again with the next row queued"
+    FAILED = "the store failed: rows kept for retry"
 
 
 # Each owner's kind and the spend-log column naming it, read once rather than per row.
@@ -282,7 +349,7 @@ def _row(record: RequestRecord) -> dict[str, Any]:
     return {
         "request_id": record.request_id,
         "client_request_id": _storable(record.client_request_id),
-        "response_id": record.response_id,
+        "response_id": _storable(record.response_id),
         "key_hash": record.key_hash,
         "key_alias": record.key_alias,
         "team_id": record.team_id,
@@ -290,10 +357,10 @@ def _row(record: RequestRecord) -> dict[str, Any]:
         "model_group": record.model_group,
         "deployment": record.deployment,
         "model": record.model,
-        "prompt_tokens": record.prompt_tokens,
-        "completion_tokens": record.completion_tokens,
+        "prompt_tokens": _integer(record.prompt_tokens),
+        "completion_tokens": _integer(record.completion_tokens),
         "cost": record.cost,
-        "status": record.status,
+        "status": _integer(record.status),
         "stream": record.stream,
         "cancelled_by_client": record.cancelled_by_client,
         "start_time": record.start_time,
@@ -309,17 +376,24 @@ def _row(record: RequestRecord) -> dict[str, Any]:
     }
 
 
-# The most of a text a client names (its end user, session, request id) a spend row
-# keeps: PostgreSQL refuses an index entry over 2,704 bytes (`end_user` is indexed), and
-# this many characters are at most 2,048 bytes.
+# The most of a text a client or an upstream names (its end user, session, request id;
+# the upstream's response id) a spend row keeps: PostgreSQL refuses an index entry over
+# 2,704 bytes (`end_user` and `response_id` are indexed), and this many characters are at
+# most 2,048 bytes.
 MAX_CLIENT_TEXT = 512
 
 
+def _integer(count: int) -> int:
+    """An integer column's value as every database takes it: a bool (an upstream's JSON
+    `true` for a count) as 0 or 1, which PostgreSQL refuses for an INTEGER at every try."""
+    return int(count) if isinstance(count, bool) else count
+
+
 def _storable(text: str | None) -> str | None:
-    """A text a client names, as every database takes it: PostgreSQL's text holds no NUL
-    (made U+FFFD), nor an index entry past its limit (cut at `MAX_CLIENT_TEXT`). A row
-    the database refused would fail its batch at every retry, and every row queued
-    behind it with it: no spend would be recorded again."""
+    """A text a client or an upstream names, as every database takes it: PostgreSQL's
+    text holds no NUL (made U+FFFD), nor an index entry past its limit (cut at
+    `MAX_CLIENT_TEXT`). A row the database refused would be dropped (`_drop_refused`),
+    and its spend with it."""
     if text is None or (len(text) <= MAX_CLIENT_TEXT and "\x00" not in text):
         return text
     return text[:MAX_CLIENT_TEXT].replace("\x00", "\ufffd")

@@ -167,15 +167,19 @@ class _PostgresCursor:
         """Run a statement; a value refused is a `Refused` (`unique` for a uniqueness
         rule broken, SQLSTATE 23505): a DataError (class 22: out of range, too long, not
         of the column's type; or text with a NUL, which psycopg refuses itself), an
-        IntegrityError (class 23: a constraint), or text with a lone surrogate, which
-        has no UTF-8. Not a ProgrammingError: its SQLSTATEs (class 42 and the like) say
-        the statement or schema is wrong, for every row alike, and psycopg's own (a type
-        it cannot adapt, a wrong count of parameters) are bugs of the caller's."""
+        IntegrityError (class 23: a constraint), a value past a limit of the server's
+        (SQLSTATE 54000: a text too long for an index entry, 2,704 bytes; psycopg files it
+        under OperationalError, which would make it an outage, at every retry), or text
+        with a lone surrogate, which has no UTF-8. Not a ProgrammingError: its SQLSTATEs
+        (class 42 and the like) say the statement or schema is wrong, for every row alike,
+        and psycopg's own (a type it cannot adapt, a wrong count of parameters) are bugs
+        of the caller's."""
         from psycopg import DataError, IntegrityError
+        from psycopg.errors import ProgramLimitExceeded
 
         try:
             self._cursor.execute(sql.replace("?", "%s"), params)
-        except (DataError, IntegrityError, UnicodeEncodeError) as error:
+        except (DataError, IntegrityError, ProgramLimitExceeded, UnicodeEncodeError) as error:
             refusal = unique if getattr(error, "sqlstate", None) == "23505" else Refused
             raise refusal(error) from None
 
@@ -200,6 +204,7 @@ class PostgresBackend:
 
     def transaction(self, work: Callable[[Cursor], T]) -> T:
         from psycopg import OperationalError
+        from psycopg.errors import ReadOnlySqlTransaction
 
         try:
             with (
@@ -215,6 +220,11 @@ class PostgresBackend:
             state = error.sqlstate
             lasting = state is None or state.startswith("08")
             raise Unavailable(f"PostgreSQL: {type(error).__name__}", lasting=lasting) from None
+        except ReadOnlySqlTransaction:
+            # SQLSTATE 25006, an InternalError: a write reached a standby, as after a
+            # failover while the pool still holds connections to the old primary. The
+            # database cannot take writes now, for the next calls too: an outage.
+            raise Unavailable("PostgreSQL: ReadOnlySqlTransaction", lasting=True) from None
 
     def read(self, work: Callable[[Cursor], T]) -> T:
         return self.transaction(work)
