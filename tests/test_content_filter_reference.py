@@ -185,3 +185,16 @@ def test_letters_a_regex_ignoring_case_reads_as_ascii_are_gated_as_those_letters
     ):
         found = _KEYWORD_DETECTOR.find(text)
         assert found == reference_find(_KEYWORD_DETECTOR, text) != [], text
+
+
+KELVIN = "\u212a"  # a `k` to a regex that ignores case
+
+
+def test_an_aws_secret_key_spelt_with_a_kelvin_sign_is_found() -> None:
+    """The filter skips a detector whose characters a text lacks; a regex ignoring case
+    reads a Kelvin sign as `k`, so the AWS secret key's `key` may be spelt with one."""
+    detector = PREBUILT["aws_secret_key"]
+    text = f"aws_secret_access_{KELVIN}ey = wJalrXUtnFEMI/x7MDENG/bPxRfiCYEXAMPLExEY"  # no k
+    assert detector.find(text) == reference_find(detector, text) != []
+    verdict = _filter({"email": "LOG", "aws_secret_key": "BLOCK"}).verdict([text])
+    assert verdict.blocked == "Content blocked: aws_secret_key detected"

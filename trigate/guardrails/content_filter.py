@@ -50,6 +50,13 @@ class ContentFilter(Guardrail):
     def __init__(self, config: GuardrailConfig) -> None:
         super().__init__(config)
         self.rules = rules_of(config.name, config.settings)
+        # What the detectors need (`Detector.needs`), each distinct one by a bit of a
+        # text's mask; and the rules worth running on a text with that mask, in order
+        # (one tuple for each mask met, of at most 2 ** 9: nine sets of characters).
+        needs = dict.fromkeys(rule.detector.needs for rule in self.rules if rule.detector.needs)
+        self._bits = {chars: 1 << bit for bit, chars in enumerate(needs)}
+        self._needs = [(bit, chars) for chars, bit in self._bits.items()]
+        self._plans: dict[int, tuple[Rule, ...]] = {}
 
     async def check(self, texts: list[str], step: Step) -> Verdict:
         return self.verdict(texts, step)
@@ -64,8 +71,8 @@ class ContentFilter(Guardrail):
         for index, text in enumerate(texts):
             spans: list[Span] = []
             scanned = Scanned(text)  # what the detectors' gates ask, computed once
-            for rule in self.rules:
-                for start, end in rule.detector.find(scanned):
+            for rule in self._plan(scanned):
+                for start, end in rule.detector.scan(scanned):
                     counts[rule.detector.name] = counts.get(rule.detector.name, 0) + 1
                     if rule.action == "BLOCK":
                         return Verdict(
@@ -81,6 +88,26 @@ class ContentFilter(Guardrail):
                 vault = step.vault if step is not None and self.unmasks else None
                 masked[index] = apply(text, spans, vault)
         return Verdict(texts=masked, masked_entity_count=counts, response={"detected": counts})
+
+    def _plan(self, scanned: Scanned) -> tuple[Rule, ...]:
+        """The rules whose detectors may match the text: those whose `needs` it has (a
+        search for a character each, where each detector's own gate is a call or more
+        of Python), in their order."""
+        text, mask = scanned.text, 0
+        for bit, chars in self._needs:
+            for char in chars:  # `Scanned.has`, inlined: its call costs more than a search
+                if char in text:
+                    mask |= bit
+                    break
+        plan = self._plans.get(mask)
+        if plan is None:
+            bits = self._bits
+            plan = self._plans[mask] = tuple(
+                rule
+                for rule in self.rules
+                if not rule.detector.needs or bits[rule.detector.needs] & mask
+            )
+        return plan
 
 
 def rules_of(name: str, settings: Mapping[str, Any]) -> list[Rule]:
