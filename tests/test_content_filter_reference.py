@@ -3,7 +3,7 @@
 The filter runs each detector only where a cheap search says it can match (near a digit,
 an `@`, a literal prefix, an injection word; after a gate on the whole text). The
 reference here runs every detector's regex over the whole text and checks each match:
-over ASCII text seeded with what the detectors look for (emails, phones, cards, IBANs,
+over text seeded with what the detectors look for (emails, phones, cards, IBANs,
 IP addresses, keys and tokens, injection phrasings, a keyword, in any case), both give
 the same matches, and the filter the same verdict.
 """
@@ -58,8 +58,12 @@ SEPARATORS = [" ", "", "\n", "\t", ", ", ". ", "-", "_", ":", "/", "=", "'", '"'
 
 _CASES: list[Callable[[str], str]] = [str, str.upper, str.lower, str.title, str.swapcase]
 
+# Beside ASCII: digits of other scripts (Arabic-Indic, fullwidth, Devanagari), which `\d`
+# matches; a no-break and an ideographic space, which `\s` matches; a Kelvin sign.
+_NON_ASCII = "\u0661\u0664\uff11\uff14\u0967\u00a0\u3000\u212a"
 _noise = st.text(
-    alphabet=string.ascii_letters + string.digits + " \n\t.,:;-_@/+=()'\"", max_size=60
+    alphabet=string.ascii_letters + string.digits + " \n\t.,:;-_@/+=()'\"" + _NON_ASCII,
+    max_size=60,
 )
 _piece = st.one_of(
     st.sampled_from(SEEDS),
@@ -198,3 +202,36 @@ def test_an_aws_secret_key_spelt_with_a_kelvin_sign_is_found() -> None:
     assert detector.find(text) == reference_find(detector, text) != []
     verdict = _filter({"email": "LOG", "aws_secret_key": "BLOCK"}).verdict([text])
     assert verdict.blocked == "Content blocked: aws_secret_key detected"
+
+
+def _fullwidth(text: str) -> str:
+    """`text` with its ASCII digits written as fullwidth ones (`\\d` matches both)."""
+    return text.translate({ord(d): 0xFF10 + int(d) for d in string.digits})
+
+
+def test_pii_written_in_other_scripts_digits_is_found() -> None:
+    """A detector's `\\d` matches any script's digits, while the gates search for ASCII
+    ones: an SSN, a card or a phone number in fullwidth or Arabic-Indic digits was never
+    scanned, and passed a filter set to block it."""
+    arabic = str.maketrans({d: chr(0x0660 + int(d)) for d in string.digits})
+    for name, text in (
+        ("us_ssn", _fullwidth("ssn 123-45-6789")),
+        ("credit_card", _fullwidth("card 4111-1111-1111-1111")),
+        ("phone", _fullwidth("call (415) 555-0123")),
+        ("credit_card", "card 4111 1111 1111 1111".translate(arabic)),
+    ):
+        detector = PREBUILT[name]
+        assert detector.find(text) == reference_find(detector, text) != [], (name, text)
+        verdict = _filter({"email": "LOG", name: "BLOCK"}).verdict([text])
+        assert verdict.blocked == f"Content blocked: {name} detected", text
+
+
+def test_a_card_after_a_run_of_other_digits_is_found_where_a_whole_scan_finds_it() -> None:
+    """A window cut into a run of Arabic-Indic digits started the card's regex inside the
+    run, where it took the real card's first digits, and the card was missed."""
+    text = "My card: " + " ".join(["\u0661" * 5] * 8) + " \u0661\u0661\u0661 4111111111111111"
+    for name in ("credit_card", "visa"):
+        detector = PREBUILT[name]
+        assert detector.find(text) == reference_find(detector, text) != [], name
+    text = "ref 12 " + "x" * 39 + " " + _fullwidth("4111 1111 1111 1111 111") + " ok"
+    assert PREBUILT["credit_card"].find(text) == reference_find(PREBUILT["credit_card"], text)

@@ -93,7 +93,7 @@ class ContentFilter(Guardrail):
         """The rules whose detectors may match the text: those whose `needs` it has (a
         search for a character each, where each detector's own gate is a call or more
         of Python), in their order."""
-        text, mask = scanned.text, 0
+        text, mask = scanned.gated, 0
         for bit, chars in self._needs:
             for char in chars:  # `Scanned.has`, inlined: its call costs more than a search
                 if char in text:

@@ -21,10 +21,11 @@ class Scanned:
     prompt with every regex costs many times a proxied call; most detectors need a
     digit, an `@` or a literal, which C's string search finds at a fraction of that."""
 
-    __slots__ = ("_found", "_lower", "_places", "_windows", "text")
+    __slots__ = ("_found", "_gated", "_lower", "_places", "_windows", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
+        self._gated: str | None = None
         self._lower: str | None = None
         self._found: dict[str, list[int]] = {}
         self._places: dict[Near, tuple[list[int], int]] = {}
@@ -37,9 +38,22 @@ class Scanned:
             self._lower = fold(self.text)
         return self._lower
 
+    @property
+    def gated(self) -> str:
+        """The text as the gates and the windows search it: each decimal digit that is not
+        ASCII made a `0`, character for character. A detector's `\\d` matches every
+        script's digits (Arabic-Indic, fullwidth...), while the gates search for ASCII
+        ones: without this, a card or an SSN written in other digits had no window, and
+        a window cut into a run of them could start a match where a whole-text scan
+        would not."""
+        if self._gated is None:
+            text = self.text
+            self._gated = text if text.isascii() else _DIGIT.sub("0", text)
+        return self._gated
+
     def has(self, chars: str) -> bool:
         """Whether any of `chars` is in the text (C's `memchr` for each)."""
-        text = self.text
+        text = self.gated
         return any(char in text for char in chars)
 
     def found(self, char: str) -> list[int]:
@@ -64,7 +78,9 @@ class Scanned:
                 # One place found for characters stands for those up to `STRIDE` after
                 # it: its window reaches that much further.
                 places = self._places[near] = (
-                    (_places(self.text, near), STRIDE) if isinstance(near, str) else (near(self), 0)
+                    (_places(self.gated, near), STRIDE)
+                    if isinstance(near, str)
+                    else (near(self), 0)
                 )
                 places[0].sort()  # once, for every margin's windows
             positions, stride = places
@@ -103,6 +119,8 @@ MARGIN = 48
 # Characters found one in each `STRIDE` of each: a window covers the rest.
 STRIDE = 16
 DIGITS = "0123456789"
+# Any script's decimal digit, as `\d` matches in a str pattern (`Scanned.gated`).
+_DIGIT = re.compile(r"\d")
 
 
 # Where a detector may match: near some characters, or near the places a function finds.
