@@ -27,8 +27,10 @@ from trigate.cache.resp import (
     RedisReader,
     RedisReadError,
     RedisTimeout,
+    _Connection,
     command,
 )
+from trigate.sockets import FastStream, descriptor_of
 
 # --- a scripted server ---------------------------------------------------------------------
 
@@ -205,6 +207,33 @@ def _absent() -> RedisAddress:
 
 
 # --- a server that misbehaves ------------------------------------------------------------------
+
+
+async def test_a_reply_there_when_it_is_read_costs_no_checkpoint_and_no_watched_deadline() -> None:
+    """A near Redis has often answered by the time the reader looks for its reply: then the
+    command is written and its reply read in one step, as a read of the worker's own
+    memory is, with no deadline to watch (none can pass) and no checkpoint; a reply that
+    is not whole at once is waited for under the deadline, as before."""
+    reader = RedisReader(RedisAddress(host="127.0.0.1"), 60.0, connect_timeout=5.0)
+    ours, redis = trio.socket.socketpair()
+    reader._idle.append(_Connection(FastStream(ours), ours, descriptor_of(ours)))
+    reader._open = 1
+    for answer, value in ((b"$8\r\none\r\ntwo\r\n", b"one\r\ntwo"), (b"$-1\r\n", None)):
+        await redis.send(answer)  # there before the command is even sent
+        with trio.testing.assert_no_checkpoints():
+            assert await reader.get("k") == value
+        assert await redis.recv(100) == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+        assert not reader._watch._pending
+    await redis.send(b"$3\r\nab")  # part of it: the rest is waited for, watched
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader.get, "k")
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(reader._watch._pending) == 1
+            await redis.send(b"c\r\n")
+    assert reader.connections == 1 and len(reader._idle) == 1
+    ours.close()
+    redis.close()
 
 
 async def test_a_read_cancelled_mid_reply_closes_its_connection_and_the_next_gets_a_new_one(

@@ -59,14 +59,7 @@ class FastStream(trio.abc.HalfCloseableStream):
 
     def __init__(self, socket: trio.socket.SocketType) -> None:
         self.socket = socket
-        # The descriptor as the trio socket's own `fileno` reads it, from the standard
-        # socket trio wraps (which trio's `close` closes): one call in C where the trio
-        # socket's method adds two Python frames, and three reads a relayed chunk ask.
-        # A socket of another kind is asked itself.
-        inner = getattr(socket, "_sock", None)
-        self._fileno: Callable[[], int] = (
-            inner.fileno if isinstance(inner, stdlib_socket.socket) else socket.fileno
-        )
+        self._fileno = descriptor_of(socket)
         self._in_a_row = 0
         # True while a send_all waits for room mid-write: another send would interleave.
         self._sending = False
@@ -110,7 +103,7 @@ class FastStream(trio.abc.HalfCloseableStream):
         except BlockingIOError:
             return None
         except OSError as error:
-            raise _stream_error(error) from error
+            raise stream_error(error) from error
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await checkpoint_if_cancelled()
@@ -143,7 +136,7 @@ class FastStream(trio.abc.HalfCloseableStream):
         except BlockingIOError:
             return 0
         except OSError as error:
-            raise _stream_error(error) from error
+            raise stream_error(error) from error
 
     def count_success(self) -> bool:
         """Count a call that did not park; True when the caller must now yield
@@ -166,7 +159,7 @@ class FastStream(trio.abc.HalfCloseableStream):
                     except BlockingIOError:
                         continue
                     except OSError as error:
-                        raise _stream_error(error) from error
+                        raise stream_error(error) from error
                     rest = rest[sent:]
         finally:
             self._sending = False
@@ -186,7 +179,7 @@ class FastStream(trio.abc.HalfCloseableStream):
         try:
             self.socket.shutdown(stdlib_socket.SHUT_WR)
         except OSError as error:
-            raise _stream_error(error) from error
+            raise stream_error(error) from error
 
     async def aclose(self) -> None:
         self.socket.close()
@@ -199,7 +192,16 @@ class FastStream(trio.abc.HalfCloseableStream):
         return fd
 
 
-def _stream_error(error: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
+def descriptor_of(socket: trio.socket.SocketType) -> Callable[[], int]:
+    """What reads `socket`'s descriptor as the trio socket's own `fileno` does, from the
+    standard socket trio wraps (which trio's `close` closes, so it reads -1 after): one
+    call in C where the trio socket's method adds two Python frames, and three reads a
+    relayed chunk ask. A socket of another kind is asked itself."""
+    inner = getattr(socket, "_sock", None)
+    return inner.fileno if isinstance(inner, stdlib_socket.socket) else socket.fileno
+
+
+def stream_error(error: OSError) -> trio.ClosedResourceError | trio.BrokenResourceError:
     """The stream error for a failed system call, as trio's SocketStream raises them."""
     if error.errno in _CLOSED_ERRNOS:
         return trio.ClosedResourceError("this socket was already closed")

@@ -207,12 +207,9 @@ class RedisBackend:
         return self._prefix + key
 
     async def get(self, key: str) -> bytes | None:
-        client = self._ready()
-        if client is None:
-            return None
         name = self._prefix + key
         reader = self._reader
-        if reader is not None:
+        if reader is not None and self._up:
             try:
                 return await reader.get(name)  # within the timeout, the reader's own
             except NoConnection:
@@ -220,6 +217,9 @@ class RedisBackend:
             except _READ_ERRORS as error:
                 self._lose(str(error))
                 return None
+        client = self._ready()
+        if client is None:
+            return None
         return await self._bounded(lambda: client.get(name), None)
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:

@@ -8,8 +8,11 @@ That is more than a proxied call's whole upstream exchange, so a Redis hit cost 
 a miss. Here a read is one write and one read on a socket the request's task holds for
 that time (`FastStream`: no schedule point unless the socket must be waited for), and a
 reply parsed where it landed; its deadline is kept by the reader's own task, not by a
-cancel scope per read. coredis keeps everything else: writes, the probe while Redis is
-away, the admin routes, and the reads that find no idle connection.
+cancel scope per read, and only for a reply that must be waited for. A near Redis has
+often answered by the time the reader looks: then the command is written and its reply
+read in one step (`_Connection.at_once`), with no deadline to note and no checkpoint, as
+a read of the worker's own memory has none. coredis keeps everything else: writes, the
+probe while Redis is away, the admin routes, and the reads that find no idle connection.
 
 The connection's settings are coredis's own, read from the pool it made of the same URL
 (`RedisAddress.of_pool`): the host and port or Unix socket, the username and password,
@@ -26,14 +29,16 @@ command at once, before any reply; that command goes on the next idle connection
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from trigate.sockets import FastStream
+from trigate.sockets import FastStream, descriptor_of, stream_error
 
 logger = logging.getLogger("trigate")
 # Connections per worker; reads beyond this many at once go the caller's other way.
@@ -125,8 +130,9 @@ class RedisReader:
     task for the length of a command, which makes sure a command cut short leaves no
     connection behind that is half-read.
 
-    A command that gets no whole reply within `timeout` fails (`RedisTimeout`): a task
-    of the reader's own (`_Watch`) closes its connection under it. A cancel scope with a
+    A command that gets no whole reply within `timeout` of its first wait for one fails
+    (`RedisTimeout`): a task of the reader's own (`_Watch`) closes its connection under
+    it. (Before that wait the command took no time: its task did not yield.) A cancel scope with a
     deadline around each command cost about as much as the command itself (trio registers
     and removes its deadline through a context manager each time).
 
@@ -179,7 +185,9 @@ class RedisReader:
             self.close_idle()
 
     async def get(self, key: str) -> bytes | None:
-        reply = await self._command(command(b"GET", key.encode()))
+        name = key.encode()
+        # `command`'s form, made in one step: a hit reads one key.
+        reply = await self._command(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(name), name))
         if reply is None or isinstance(reply, bytes):
             return reply
         raise RedisReadError(f"GET answered with {type(reply).__name__}")
@@ -204,27 +212,31 @@ class RedisReader:
 
     async def _command(self, payload: bytes) -> Any:
         """One command's reply on an idle connection; one that Redis closed while idle is
-        dropped for the next. `NoConnection` when none is left."""
+        dropped for the next. `NoConnection` when none is left. The command's deadline is
+        watched only once its reply must be waited for: a reply read at once took no time
+        (nothing else ran meanwhile)."""
         while self._idle:
+            connection = self._idle.pop()
             try:
-                return await self._on(self._idle.pop(), payload)
+                reply = connection.at_once(payload)
+                if reply is _INCOMPLETE:
+                    self._watch.start(connection)
+                    reply = await connection.finish()
             except _Stale:
+                self._discard(connection)
                 continue
+            except BaseException:
+                self._discard(connection)
+                raise
+            connection.command = 0
+            connection.used = True
+            self._idle.append(connection)  # the list now: `close_idle` may have replaced it
+            if reply.__class__ is _ErrorReply:
+                raise RedisReadError(f"Redis answered {reply.message}")
+            return reply
         if self._open < self._max:
             self._wanted.set()
         raise NoConnection
-
-    async def _on(self, connection: _Connection, payload: bytes) -> Any:
-        self._watch.start(connection)
-        try:
-            reply = await connection.exchange(payload)
-        except BaseException:
-            self._discard(connection)
-            raise
-        connection.command = 0
-        connection.used = True
-        self._idle.append(connection)
-        return _value(reply)
 
     async def _add(self) -> bool:
         """One more idle connection, authenticated and on its database; False if it could
@@ -334,16 +346,26 @@ def _value(reply: Any) -> Any:
 
 class _Connection:
     """One socket to Redis and what has been read from it past the last reply. A plain
-    socket goes through `FastStream`, which parks only when a call would block (a reply
-    already there when it is read costs no pass of the scheduler); a TLS one through
-    `trio.SSLStream` over it."""
+    socket is written and read by `at_once` itself, and through `FastStream` when it must
+    be waited for (which parks only then); a TLS one through `trio.SSLStream` over it."""
 
-    __slots__ = ("_buffer", "_socket", "_stream", "command", "timed_out", "used")
+    __slots__ = (
+        "_buffer", "_fileno", "_socket", "_stream", "_unsent", "command", "timed_out", "used",
+    )  # fmt: skip
 
-    def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        socket: trio.socket.SocketType,
+        fileno: Callable[[], int] | None = None,
+    ) -> None:
         self._stream = stream
         self._socket = socket
+        # A plain socket's descriptor, as `at_once` reads and writes it (None: TLS).
+        self._fileno = fileno
         self._buffer = bytearray()
+        # What `at_once` could not send of its command, for `finish` to send.
+        self._unsent = b""
         # Whether a command has had its whole reply on it (it has been pooled since).
         self.used = False
         # The command under way (`_Watch`'s serial number), 0 between commands; and
@@ -360,7 +382,7 @@ class _Connection:
             plain = await trio.open_tcp_stream(address.host, address.port)
         fast = FastStream.of(plain)
         if address.ssl_context is None:
-            return cls(fast, plain.socket)
+            return cls(fast, plain.socket, descriptor_of(plain.socket))
         tls = trio.SSLStream(fast, address.ssl_context, server_hostname=address.host)
         try:
             await tls.do_handshake()
@@ -377,15 +399,72 @@ class _Connection:
                 return await self._reply()
             return [await self._reply() for _ in range(replies)]
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
-            if self.timed_out:
-                raise RedisTimeout("no answer in time") from None
-            if self.used and not self._buffer:
-                raise _Stale(str(error) or type(error).__name__) from error
-            raise RedisReadError(str(error) or type(error).__name__) from error
+            raise self._failure(error) from error
 
-    async def _reply(self) -> Any:
-        """The next reply, read whole. A reply that comes in one read, as most do, is
-        parsed where it landed, without going through the buffer."""
+    def at_once(self, payload: bytes) -> Any:
+        """Send `payload` and read its reply without waiting, as a plain connection to a
+        near Redis mostly allows: one write and one read, the reply taken where it landed
+        (a bulk string, a hit's, without `_parse`). `_INCOMPLETE` when the rest must be
+        waited for (`finish`), the reply's first part kept, or any part of `payload` not
+        sent. No cancel point, as no read from the worker's own memory has one: a reply
+        there at once is as quick as that read."""
+        fileno = self._fileno
+        if fileno is None or self._buffer:  # TLS; or a pipeline's later reply is there
+            self._unsent = payload
+            return _INCOMPLETE
+        try:
+            descriptor = fileno()  # -1 once closed: the write fails
+            sent = os.write(descriptor, payload)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            raise self._failure(stream_error(error)) from error
+        if sent < len(payload):  # no room for all of it: Redis is not reading
+            self._unsent = payload[sent:]
+            return _INCOMPLETE
+        try:
+            data = os.read(descriptor, RECEIVE_SIZE)
+        except BlockingIOError:
+            return _INCOMPLETE  # not there yet
+        except OSError as error:
+            raise self._failure(stream_error(error)) from error
+        if not data:
+            raise self._ended()
+        reply = _bulk(data)
+        if reply is _INCOMPLETE:
+            self._buffer += data  # any other reply: `finish` parses it (no wait if whole)
+        return reply
+
+    async def finish(self) -> Any:
+        """The reply to the command `at_once` began: the rest of it sent, then read (on a
+        plain socket `at_once` found empty, once it is readable: no read to fail first)."""
+        unsent, self._unsent = self._unsent, b""
+        try:
+            if unsent:
+                await self._stream.send_all(unsent)
+            return await self._reply(waits=self._fileno is not None and not unsent)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as error:
+            raise self._failure(error) from error
+
+    def _failure(self, error: Exception) -> RedisReadError:
+        """What a command failed with when its connection broke or was closed under it."""
+        if self.timed_out:
+            return RedisTimeout("no answer in time")
+        if self.used and not self._buffer:
+            return _Stale(str(error) or type(error).__name__)
+        return RedisReadError(str(error) or type(error).__name__)
+
+    def _ended(self) -> RedisReadError:
+        """What a command failed with when Redis closed the connection before its reply
+        was whole: before any of it, on a pooled connection, Redis closed it while idle."""
+        if self.used and not self._buffer:
+            return _Stale("Redis closed the connection")
+        return RedisReadError("Redis closed the connection mid-reply")
+
+    async def _reply(self, waits: bool = False) -> Any:
+        """The next reply, read whole; with `waits`, the socket was just found empty, so
+        it is waited for before it is read. A reply that comes in one read, as most do,
+        is parsed where it landed, without going through the buffer."""
         buffer = self._buffer
         while True:
             if buffer:
@@ -393,12 +472,16 @@ class _Connection:
                 if reply is not _INCOMPLETE:
                     del buffer[:end]
                     return reply
+            if waits:
+                waits = False
+                await trio.lowlevel.wait_readable(self._socket)
             data = await self._stream.receive_some(RECEIVE_SIZE)
             if not data:
-                if self.used and not buffer:
-                    raise _Stale("Redis closed the connection")
-                raise RedisReadError("Redis closed the connection mid-reply")
+                raise self._ended()
             if not buffer:
+                reply = _bulk(data)
+                if reply is not _INCOMPLETE:
+                    return reply
                 reply, end = _parse(data, 0)
                 if reply is not _INCOMPLETE:
                     buffer += data[end:]  # the next replies of a pipeline, if any
@@ -408,6 +491,19 @@ class _Connection:
     def close(self) -> None:
         """Close the socket now, whatever was being read or written on it."""
         self._socket.close()
+
+
+def _bulk(data: bytes | bytearray) -> Any:
+    """The value of `data` when it is one whole bulk string or a null one, a GET's reply,
+    read in a few calls in C; else `_INCOMPLETE` (`_parse` reads what it is)."""
+    end = data.find(_CRLF)
+    if data[:1] == b"$" and end > 0:
+        size = data[1:end]
+        if size.isdigit() and end + 4 + int(size) == len(data) and data[-2:] == _CRLF:
+            return bytes(data[end + 2 : -2])  # the slice itself, when `data` is bytes
+        if size == b"-1" and end + 2 == len(data):
+            return None
+    return _INCOMPLETE
 
 
 def _parse(buffer: bytes | bytearray, start: int) -> tuple[Any, int]:
