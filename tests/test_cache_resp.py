@@ -432,3 +432,52 @@ async def test_the_backend_reads_through_coredis_while_the_pool_has_no_connectio
     assert await backend.get("k") == b"kept"
     assert unavailable == []
     await backend.delete(["k"])
+
+
+async def test_bytes_beyond_a_reply_drop_the_connection_never_answer_the_next_command(
+    nursery: trio.Nursery,
+) -> None:
+    """One command is sent at a time, so bytes after its reply cannot be the next one's:
+    served as if they were, every later read on the connection would get the value of
+    the key read before it, another tenant's cached answer among them."""
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[1] == b"extra":
+            return _bulk(b"A") + _bulk(b"LEAKED")  # one reply too many
+        return _bulk(b"v:" + words[1])
+
+    server = ScriptedRedis(script)
+    await server.start(nursery)
+    reader = await _reader(nursery, server.address)
+    assert await reader.get("extra") == b"A"
+    assert reader.connections == 0  # closed, not pooled
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.closed_by_client == [True]
+    with pytest.raises(NoConnection):  # the next read asks for a new one
+        await reader.get("g")
+    await _pooled(reader)
+    assert await reader.get("g") == b"v:g"
+    assert await reader.get("h") == b"v:h"
+
+
+async def test_a_reply_waited_for_is_not_counted_as_a_read_that_did_not_wait() -> None:
+    """The stream yields after a run of reads that found data at once; a read after a wait
+    is no such read. Counted as one, every sixteenth waited-for GET yielded after its
+    reply was read, long enough for its deadline to close the connection, which went back
+    to the pool closed and failed the next, unrelated read as Redis down."""
+    reader = RedisReader(RedisAddress(host="127.0.0.1"), 60.0, connect_timeout=5.0)
+    ours, redis = trio.socket.socketpair()
+    stream = FastStream(ours)
+    reader._idle.append(_Connection(stream, ours, descriptor_of(ours)))
+    reader._open = 1
+    with trio.fail_after(5):
+        for n in range(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader.get, "k")
+                await trio.testing.wait_all_tasks_blocked()  # parked: the reply must wait
+                assert await redis.recv(100) == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+                await redis.send(_bulk(b"%d" % n))
+            assert stream._in_a_row == 0, n
+    assert reader.connections == 1 and len(reader._idle) == 1
+    ours.close()
+    redis.close()

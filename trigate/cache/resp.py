@@ -230,7 +230,10 @@ class RedisReader:
                 raise
             connection.command = 0
             connection.used = True
-            self._idle.append(connection)  # the list now: `close_idle` may have replaced it
+            if connection.reusable:
+                self._idle.append(connection)  # the list now: `close_idle` may replace it
+            else:
+                self._discard(connection)
             if reply.__class__ is _ErrorReply:
                 raise RedisReadError(f"Redis answered {reply.message}")
             return reply
@@ -263,6 +266,9 @@ class RedisReader:
                 connection.close()
             self._open -= 1
             raise
+        if not connection.reusable:  # more replies than the handshake's: not Redis
+            self._discard(connection)
+            return False
         self._idle.append(connection)
         return True
 
@@ -391,6 +397,15 @@ class _Connection:
             raise
         return cls(tls, plain.socket)
 
+    @property
+    def reusable(self) -> bool:
+        """Whether the connection may serve the next command: its deadline did not close
+        it (it may have passed while the reply's read yielded), and it holds no bytes
+        beyond the replies read. One command is sent at a time, so such bytes cannot be
+        the next command's reply; served as if they were, each later command would get
+        the reply of the one before it, another tenant's cached answer among them."""
+        return not self.timed_out and not self._buffer
+
     async def exchange(self, payload: bytes, replies: int = 0) -> Any:
         """Send `payload`, then read one reply (or, with `replies`, that many, as a list)."""
         try:
@@ -472,10 +487,17 @@ class _Connection:
                 if reply is not _INCOMPLETE:
                     del buffer[:end]
                     return reply
+            data: bytes | bytearray
             if waits:
                 waits = False
-                await trio.lowlevel.wait_readable(self._socket)
-            data = await self._stream.receive_some(RECEIVE_SIZE)
+                stream = self._stream
+                assert isinstance(stream, FastStream)  # `waits` only on a plain socket
+                # Its read after the wait resets the stream's count of reads in a row that
+                # did not wait; a plain `receive_some` would count it and yield after
+                # every sixteenth, with the reply read, long enough for the deadline.
+                data = await stream.receive_when_ready(RECEIVE_SIZE)
+            else:
+                data = await self._stream.receive_some(RECEIVE_SIZE)
             if not data:
                 raise self._ended()
             if not buffer:
