@@ -7,7 +7,8 @@ import orjson
 import pytest
 import trio
 from asgi_driver import Harness, chat_request, harness
-from helpers import mock_config, start_gateway
+from fakes import FakeUpstream
+from helpers import mock_config, openai_config, start_gateway
 from scripted import Step, deployment
 
 
@@ -132,4 +133,21 @@ async def test_model_routes_look_up_a_nul_as_matching_nothing(
             reply = await client.post(path, json=follow_up)
             assert reply.status_code == 404, (path, reply.text)
             assert reply.json()["error"]["param"] == "previous_response_id"
+    await running.stop()
+
+
+async def test_a_pass_through_model_with_a_nul_is_recorded_and_spend_goes_on(
+    nursery: trio.Nursery, upstream: FakeUpstream, database_url: str
+) -> None:
+    """A pass-through call's spend row names the model its body names: one with a NUL
+    failed the ledger's batch on PostgreSQL at every retry, and no spend was recorded
+    again. The NUL is stored as U+FFFD, as the ledger keeps every text a client names."""
+    config = {**openai_config(upstream), "general_settings": {"database_url": database_url}}
+    running = await start_gateway(nursery, config)
+    async with running.client() as client:
+        body = {"model": "upstream-model\x00", "messages": [{"role": "user", "content": "hi"}]}
+        reply = await client.post("/openai/v1/chat/completions", json=body)
+        assert reply.status_code == 200, reply.text
+    await running.records.wait_for(1)
+    assert await running.gateway.ledger.flush()
     await running.stop()
