@@ -558,20 +558,22 @@ async def _spend_rows(gateway: RunningGateway, extras: list[dict[str, Any]]) -> 
         return [(await client.get(f"/spend/logs?request_id={id_}")).json() for id_ in ids]
 
 
-async def test_a_spend_row_whose_metadata_cannot_be_stored_is_written_still(
+async def test_metadata_nested_too_deep_is_refused_and_spend_is_recorded_after(
     nursery: trio.Nursery, database_url: str
 ) -> None:
-    """A client's metadata nested deeper than JSON is written (orjson's 254 levels): its
-    row is written with a note in its place, and every row after it too. It used to fail
-    its batch, be kept for retry with every row behind it, and fail again: no spend was
-    recorded again."""
+    """A client's metadata nested deeper than JSON is written (orjson's 254 levels) used
+    to fail its spend batch, kept for retry with every row behind it: no spend was
+    recorded again. It is now refused where the body is decoded (64 levels a field,
+    trigate.nesting), and the rows after it are written."""
     deep: Any = "x"
     for _ in range(600):
         deep = {"a": deep}
     gateway = await start_gateway(nursery, config(database_url))
-    extras = [{"metadata": {"deep": deep}}, {"metadata": {"plain": "yes"}}]
-    [[deep_row], [plain_row]] = await _spend_rows(gateway, extras)
-    assert "trigate_not_stored" in deep_row["metadata"]
+    async with gateway.client() as client:
+        body = {"model": "good", "messages": MESSAGES, "metadata": {"deep": deep}}
+        reply = await client.post("/v1/chat/completions", json=body)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "metadata"
+    [[plain_row]] = await _spend_rows(gateway, [{"metadata": {"plain": "yes"}}])
     assert plain_row["metadata"]["plain"] == "yes"
 
 

@@ -20,7 +20,7 @@ import trio
 from asgi_driver import chat_request, start_lifespan
 from fake_bedrock import metadata, text_events
 from fakes import DONE, chat_completion, chunk, usage_chunk
-from helpers import MemoryRecords, build_app
+from helpers import MemoryRecords, build_app, start_gateway
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -631,3 +631,77 @@ async def test_the_named_admin_cases_are_4xx_and_the_gateway_serves_on(
         {"model": "x", "messages": [{"role": "user", "content": "hi"}]}
     ))  # fmt: skip
     assert status == 200, answer[:300]
+
+
+# --- one nesting bound, where a body is decoded ----------------------------------------
+
+EMAIL_MASK = {"pattern_type": "prebuilt", "pattern_name": "email", "action": "MASK"}
+GUARDED_CACHED = {
+    **CONFIG,
+    "guardrails": [
+        {
+            "guardrail_name": f"filter-{mode}",
+            "litellm_params": {
+                "guardrail": "litellm_content_filter",
+                "mode": mode,
+                "default_on": True,
+                "patterns": [EMAIL_MASK],
+            },
+        }
+        for mode in ("pre_call", "post_call")
+    ],
+    "litellm_settings": {"cache": True, "cache_params": {"type": "local"}},
+}
+CHAT = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": DEEP}}
+TOOL_TURN = [
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": None, "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+]
+# Fields no surface checked, each walked (the cache key, a Response's rendering, a
+# stored row) past Python's stack or orjson's 254 levels: 500s, each now the 400 below.
+TOO_DEEP = [
+    ("/v1/chat/completions", {**CHAT, "top_p": DEEP}, "top_p"),
+    ("/v1/chat/completions", {**CHAT, "metadata": {"a": DEEP}}, "metadata"),
+    ("/v1/responses", {"model": "mock", "input": "hi", "temperature": DEEP}, "temperature"),
+    ("/v1/messages", {**CHAT, "max_tokens": 5, "top_k": DEEP}, "top_k"),
+    ("/team/new", {"metadata": {"a": DEEP}}, "metadata"),
+    ("/openai/v1/chat/completions", {**CHAT, "model": "m", "seed": DEEP}, None),
+]
+
+
+async def test_a_field_nested_past_the_bound_is_a_400_naming_it_on_every_route(
+    nursery: trio.Nursery,
+) -> None:
+    running = await start_gateway(nursery, GUARDED_CACHED, transport=httpx.MockTransport(upstream))
+    async with running.client() as client:
+        for path, body, field in TOO_DEEP:
+            raw = orjson.dumps(body).replace(orjson.dumps(DEEP), nested(1000))
+            reply = await client.post(path, content=raw)
+            assert reply.status_code == 400, (path, field, reply.text[:300])
+            assert "nested more than 64 levels deep" in reply.text, (path, reply.text[:300])
+            if field is not None and path != "/v1/messages":
+                assert reply.json()["error"]["param"] == field
+        # 64 levels a field is still served, through the guardrails and the cache.
+        raw = orjson.dumps({**CHAT, "top_p": DEEP}).replace(orjson.dumps(DEEP), nested(63))
+        assert (await client.post("/v1/chat/completions", content=raw)).status_code == 200
+
+
+async def test_tool_call_arguments_nested_past_the_bound_are_read_whole_or_refused(
+    nursery: trio.Nursery,
+) -> None:
+    """JSON in a string is past the body's bound: a guardrail reads such arguments as one
+    text (its walk of them ran out of stack: a 500), and a translation that must send
+    them as JSON refuses them (orjson could not write them: a 500)."""
+    running = await start_gateway(nursery, GUARDED_CACHED, transport=httpx.MockTransport(upstream))
+    async with running.client() as client:
+        for model, depth, status in (("mock", 1000, 200), ("gem", 300, 400), ("bed", 300, 400),
+                                     ("claude", 300, 400)):  # fmt: skip
+            body = {"model": model, "messages": TOOL_TURN, "max_tokens": 5}
+            inner = orjson.dumps(nested(depth).decode())  # the arguments, as a JSON string
+            raw = orjson.dumps(body).replace(orjson.dumps(DEEP), inner)
+            reply = await client.post("/v1/chat/completions", content=raw)
+            assert reply.status_code == status, (model, reply.text[:300])
+            if status == 400:
+                assert "nested more than 64 levels deep" in reply.text, reply.text[:300]

@@ -104,9 +104,10 @@ class EndUsers:
     async def bind(self, caller: Caller) -> None:
         """Attach the customer row of the caller's end user (`caller.end_user_id`, named
         by `end_user_of`) when one is configured; a blocked customer is refused here,
-        before anything is admitted."""
+        before anything is admitted. An id with a NUL is no customer's (`/customer/new`
+        refuses one) and one PostgreSQL could not be asked for."""
         end_user_id = caller.end_user_id
-        if end_user_id is None or not await self._any_configured():
+        if end_user_id is None or "\x00" in end_user_id or not await self._any_configured():
             return
         row = await self._auth.row(CUSTOMERS.kind, end_user_id)
         if row is None:

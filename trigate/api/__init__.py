@@ -11,7 +11,7 @@ it to the app.
 
 from __future__ import annotations
 
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -21,6 +21,7 @@ from trigate.api.model_api import ModelAPI, error_reply, from_http_exception, un
 from trigate.api.passthrough_routes import PassThrough
 from trigate.api.pipeline import Pipeline
 from trigate.api.routes import QUART_ROUTES, model_routes, websocket_routes
+from trigate.api.stored_text import check_parameters
 from trigate.api.url_rules import LazyBuilderRule
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.gateway import Gateway
@@ -49,6 +50,7 @@ def create_app(gateway: Gateway) -> QuartTrio:
     for register in QUART_ROUTES:
         register(app, gateway)
     _register_error_handlers(app)
+    app.before_request(_no_nul_in_parameters)
     pipeline = Pipeline(gateway)
     passthrough = PassThrough(
         app.asgi_app,
@@ -80,6 +82,15 @@ def _rendered(error: GatewayError) -> tuple[int, dict[str, str], bytes]:
     reply = error_reply(error)
     assert isinstance(reply.body, bytes)
     return reply.status, dict(reply.headers), reply.body
+
+
+async def _no_nul_in_parameters() -> None:
+    """A Quart route's query string, path and form hold no NUL (`stored_text`): each is
+    something it stores or looks up by."""
+    check_parameters(request.args.items(multi=True))
+    check_parameters((request.view_args or {}).items())
+    if request.mimetype == "application/x-www-form-urlencoded":
+        check_parameters((await request.form).items(multi=True))
 
 
 def _register_error_handlers(app: QuartTrio) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 from trigate.api.envelopes import OPENAI
 from trigate.api.surface import CHAT, OpenAIExchange
 from trigate.api.validation import (
-    check_nesting,
     check_stream_fields,
     check_tool_fields,
     require_messages,
@@ -33,5 +32,4 @@ class ChatSurface:
         require_messages(body)
         check_stream_fields(body)
         check_tool_fields(body)
-        check_nesting(body)
         return OpenAIExchange(model, body, CHAT, bool(body.get("stream")))

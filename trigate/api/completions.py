@@ -7,7 +7,7 @@ from typing import Any
 
 from trigate.api.envelopes import OPENAI
 from trigate.api.surface import TEXT_COMPLETIONS, OpenAIExchange
-from trigate.api.validation import check_nesting, check_stream_fields, require_model
+from trigate.api.validation import check_stream_fields, require_model
 from trigate.auth import Caller
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
@@ -26,7 +26,6 @@ class CompletionsSurface:
                 param="prompt",
             )
         check_stream_fields(body)
-        check_nesting(body)
         stream = bool(body.get("stream"))
         return OpenAIExchange(model, body, TEXT_COMPLETIONS, stream)
 

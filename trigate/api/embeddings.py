@@ -8,7 +8,7 @@ from typing import Any
 
 from trigate.api.envelopes import OPENAI
 from trigate.api.surface import EMBEDDINGS, OpenAIExchange
-from trigate.api.validation import check_nesting, require_model
+from trigate.api.validation import require_model
 from trigate.auth import Caller
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
@@ -32,5 +32,4 @@ class EmbeddingsSurface:
                 "`input` is required: a non-empty string, array of strings, or token ids.",
                 param="input",
             )
-        check_nesting(body)
         return OpenAIExchange(model, body, EMBEDDINGS, False)

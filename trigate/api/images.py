@@ -18,7 +18,7 @@ import orjson
 
 from trigate.api.envelopes import OPENAI
 from trigate.api.surface import IMAGE_EDITS, IMAGES, OpenAIExchange, Operation
-from trigate.api.validation import check_nesting, require_model
+from trigate.api.validation import require_model
 from trigate.auth import Caller
 from trigate.errors import InvalidRequest
 from trigate.forms import UploadedFile
@@ -118,7 +118,6 @@ class ImagesSurface:
     ) -> ImageExchange:
         model = require_model(body)
         _require_prompt(body)
-        check_nesting(body)
         return ImageExchange(model, body, IMAGES, gateway.models.prices)
 
 

@@ -27,7 +27,6 @@ from trigate.api.model_api import Reply, Route
 from trigate.api.pipeline import counted_model
 from trigate.api.surface import Operation, TranslatedExchange
 from trigate.api.validation import (
-    check_nesting,
     check_stream_fields,
     check_tool_fields,
     require_messages,
@@ -152,7 +151,6 @@ def validate(body: dict[str, Any]) -> str:
     model = require_model(body)
     require_messages(body)
     check_stream_fields(body)
-    check_nesting(body)
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise InvalidRequest("`tools` must be an array of objects.", param="tools")

@@ -14,7 +14,6 @@ import orjson
 
 from trigate.api.envelopes import OPENAI
 from trigate.api.surface import MODERATIONS, OpenAIExchange
-from trigate.api.validation import check_nesting
 from trigate.auth import Caller
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
@@ -49,5 +48,4 @@ class ModerationsSurface:
                 "`input` is required: a string, an array of strings, or of text and image inputs.",
                 param="input",
             )
-        check_nesting(body)
         return ModerationExchange(model, body, MODERATIONS, False)

@@ -27,6 +27,7 @@ import trio
 
 from trigate.api.context import current_request
 from trigate.api.envelopes import ANTHROPIC, GOOGLE, OPENAI
+from trigate.api.jsonio import check_nesting
 from trigate.api.model_api import NEVER_FORWARDED, error_reply, send_reply, unexpected_failure
 from trigate.api.passthrough_formats import native_api, unreadable_reason
 from trigate.api.passthrough_guard import (
@@ -155,6 +156,7 @@ class PassCall:
         parsed = self.body = _json(body)
         try:
             self._check_path()
+            check_nesting(parsed, body)  # guardrails and hooks walk it
             self.model = requested_model(self.path, parsed)
             self._check_model()
             named, popped = requested_guardrails(parsed)

@@ -13,7 +13,7 @@ from typing import Any
 
 from trigate.api.envelopes import OPENAI
 from trigate.api.surface import RERANK, OpenAIExchange
-from trigate.api.validation import check_nesting, require_model
+from trigate.api.validation import require_model
 from trigate.auth import Caller
 from trigate.errors import InvalidRequest
 from trigate.gateway import Gateway
@@ -41,5 +41,4 @@ class RerankSurface:
         top_n = body.get("top_n")
         if top_n is not None and (not isinstance(top_n, int) or top_n < 1):
             raise InvalidRequest("`top_n` must be a positive integer.", param="top_n")
-        check_nesting(body)
         return OpenAIExchange(model, body, RERANK, False)

@@ -50,7 +50,6 @@ from trigate.api.responses_format import (
 )
 from trigate.api.surface import Operation, PlainExchange, TranslatedExchange
 from trigate.api.validation import (
-    check_nesting,
     check_stream_fields,
     check_tool_fields,
     require_model,
@@ -59,7 +58,6 @@ from trigate.auth import Caller, owner_of
 from trigate.clock import wall_time
 from trigate.errors import Failure, GatewayError, InvalidRequest, NotFound, UpstreamError, echoed
 from trigate.gateway import Gateway
-from trigate.nesting import MAX_NESTING, deeper_than
 from trigate.providers import ChunkStream, Completion, NativeResponses
 from trigate.relay import StreamOutcome
 from trigate.router.deployments import Deployment
@@ -477,7 +475,6 @@ def _validate(body: dict[str, Any]) -> str:
     """What the gateway itself reads; the rest is the translation's, or the upstream's."""
     model = require_model(body)
     check_stream_fields(body)
-    check_nesting(body)
     _check_echoed(body)
     if body.get("background"):
         raise InvalidRequest(
@@ -499,20 +496,10 @@ def _validate(body: dict[str, Any]) -> str:
     return model
 
 
-# The request's fields a Response object echoes (`base_response`), besides those
-# `check_nesting` bounds already: each rendered back, so each bounded before admission,
-# lest an answer the upstream was paid for fail to render.
-_ECHOED = ("instructions", "metadata", "text", "reasoning", "user", "truncation")
-
-
 def _check_echoed(body: dict[str, Any]) -> None:
-    """The echoed fields in the shapes OpenAI's API gives them, nested no deeper than
-    `MAX_NESTING`: `user` a string, `metadata` an object of strings."""
-    for field in _ECHOED:
-        if deeper_than(body.get(field), MAX_NESTING):
-            raise InvalidRequest(
-                f"`{field}` is nested more than {MAX_NESTING} levels deep.", param=field
-            )
+    """The echoed fields (`base_response`) in the shapes OpenAI's API gives them: `user`
+    a string, `metadata` an object of strings; each is rendered back, so each is checked
+    before admission, lest an answer the upstream was paid for fail to render."""
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise InvalidRequest("`user` must be a string.", param="user")
@@ -739,9 +726,14 @@ def _with_ids(items: list[Any]) -> list[Any]:
 async def _head(gateway: Gateway, caller: Caller, response_id: str) -> Row:
     """The stored response a follow-up continues, if the caller may see it; read alone
     and first, so that whether another key's conversation exists, or how large it is,
-    is never told."""
+    is never told. An id with a NUL is none the gateway made, and one PostgreSQL could
+    not be asked for."""
     viewer = _viewer(caller)
-    head = await gateway.store.response_chain(response_id, wall_time(), depth=1, viewer=viewer)
+    head = (
+        []
+        if "\x00" in response_id
+        else await gateway.store.response_chain(response_id, wall_time(), depth=1, viewer=viewer)
+    )
     if not head or not _may_see(caller, head[0]):
         raise NotFound(
             f"Previous response with id '{echoed(response_id)}' not found.",

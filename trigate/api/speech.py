@@ -15,7 +15,7 @@ import httpx
 
 from trigate.api.envelopes import OPENAI
 from trigate.api.surface import SPEECH, OpenAIExchange
-from trigate.api.validation import check_nesting, require_model
+from trigate.api.validation import require_model
 from trigate.auth import Caller
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.gateway import Gateway
@@ -102,6 +102,5 @@ class SpeechSurface:
         text = body.get("input")
         if not isinstance(text, str) or not text:
             raise InvalidRequest("`input` is required: the text to speak.", param="input")
-        check_nesting(body)
         body.pop("stream", None)  # speech always streams; OpenAI's API has no such field
         return SpeechExchange(model, body)

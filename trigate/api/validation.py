@@ -2,7 +2,8 @@
 
 Only the fields the gateway decides on or walks are validated here (the model, the
 messages, streaming, the shapes of tools); every other field is the upstream's to judge.
-A field that fails is the client's 400, naming the field.
+A field that fails is the client's 400, naming the field. How deep fields nest is
+checked where the body is decoded (`trigate.api.jsonio`), for every field alike.
 """
 
 from __future__ import annotations
@@ -10,9 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from trigate.errors import InvalidRequest
-from trigate.nesting import MAX_NESTING, deeper_than
-
-READ_FIELDS = ("messages", "tools", "tool_choice", "response_format", "prompt", "input", "system")
 
 
 def require_model(body: dict[str, Any]) -> str:
@@ -32,17 +30,6 @@ def require_messages(body: dict[str, Any]) -> None:
         )
     if not all(isinstance(message, dict) for message in messages):
         raise InvalidRequest("Every entry of `messages` must be an object.", param="messages")
-
-
-def check_nesting(body: dict[str, Any]) -> None:
-    """The fields the gateway itself walks (to count tokens, to translate for another
-    provider's API) are at most MAX_NESTING levels deep, so no walk of them can run out
-    of stack; fields it only forwards are the upstream's to judge."""
-    for field in READ_FIELDS:
-        if field in body and deeper_than(body[field]):
-            raise InvalidRequest(
-                f"`{field}` is nested more than {MAX_NESTING} levels deep.", param=field
-            )
 
 
 def check_tool_fields(body: dict[str, Any]) -> None:

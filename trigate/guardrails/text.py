@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from trigate.nesting import loads_bounded
 from trigate.providers import NativeEvent
 
 TEXT = "text"
@@ -333,13 +334,14 @@ def _strings(holder: dict[str, Any], key: str) -> Iterator[Slot]:
 
 def json_slots(holder: dict[str, Any], key: str) -> list[Slot]:
     """Tool-call arguments: each string of the JSON they hold, written back as JSON; as
-    one text when they are not a JSON object or array (a stream's fragment, say)."""
+    one text when they are not a JSON object or array (a stream's fragment, say), or
+    nest deeper than `MAX_NESTING` (which `leaves` could not walk)."""
     raw = holder.get(key)
     if not isinstance(raw, str):
         return []
     try:
-        parsed = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        parsed = loads_bounded(raw)
+    except orjson.JSONDecodeError:  # TooDeep too: read whole, as the text it is
         return [Slot(holder, key, TOOL_ARGUMENTS)]
     if not isinstance(parsed, dict | list):
         return [Slot(holder, key, TOOL_ARGUMENTS)]

@@ -22,6 +22,7 @@ import httpx
 import orjson
 
 from trigate.errors import Failure, UpstreamError, from_upstream_status
+from trigate.nesting import TooDeep, loads_bounded
 from trigate.providers.base import (
     Completion,
     NativeEvent,
@@ -297,7 +298,9 @@ def _tool_use(call: Any) -> dict[str, Any]:
         raise _rejected("Every assistant `tool_calls` entry needs a `function`.")
     arguments = function.get("arguments") or "{}"
     try:
-        parsed = orjson.loads(arguments)
+        parsed = loads_bounded(arguments)
+    except TooDeep as error:
+        raise _rejected(f"Tool call `arguments` are {error.msg}.") from None
     except (orjson.JSONDecodeError, TypeError):
         parsed = None
     if not isinstance(parsed, dict):

@@ -34,6 +34,7 @@ from trigate.errors import (
     from_upstream_status,
     secrets,
 )
+from trigate.nesting import TooDeep, loads_bounded
 from trigate.providers.base import (
     ERROR_MESSAGE_LIMIT,
     Completion,
@@ -391,7 +392,11 @@ def _assistant_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
         call_id = a_string(call.get("id"), "messages[].tool_calls[].id")
         name = a_string(function.get("name"), "messages[].tool_calls[].function.name")
         try:
-            arguments = orjson.loads(function.get("arguments") or "{}")
+            arguments = loads_bounded(function.get("arguments") or "{}")
+        except TooDeep as error:
+            raise InvalidRequest(
+                f"The arguments of tool call {call_id!r} are {error.msg}.", param="messages"
+            ) from None
         except orjson.JSONDecodeError:
             raise InvalidRequest(
                 f"The arguments of tool call {call_id!r} are not JSON.", param="messages"

@@ -32,6 +32,7 @@ import httpx
 import orjson
 
 from trigate.errors import Failure, InvalidRequest, UpstreamError, from_upstream_status
+from trigate.nesting import TooDeep, loads_bounded
 from trigate.providers.base import (
     Completion,
     Embeddings,
@@ -432,7 +433,12 @@ def _function_call(call: dict[str, Any], names: dict[str, str], *, first: bool) 
 def _arguments(function: dict[str, Any]) -> dict[str, Any]:
     text = function.get("arguments") or "{}"
     try:
-        arguments = orjson.loads(text) if isinstance(text, str) else text
+        arguments = loads_bounded(text) if isinstance(text, str) else text
+    except TooDeep as error:
+        raise InvalidRequest(
+            f"The arguments of tool call {function.get('name')!r} are {error.msg}.",
+            param="messages",
+        ) from None
     except orjson.JSONDecodeError:
         raise InvalidRequest(
             f"The arguments of tool call {function.get('name')!r} are not valid JSON.",
@@ -458,8 +464,8 @@ def _function_response(message: dict[str, Any], names: dict[str, str]) -> dict[s
     content = message.get("content")
     text = content if isinstance(content, str) else "".join(p["text"] for p in _text_parts(content))
     try:
-        result = orjson.loads(text)
-    except orjson.JSONDecodeError:
+        result = loads_bounded(text)
+    except orjson.JSONDecodeError:  # TooDeep too: sent as the text it is
         result = None
     # Gemini wants an object; anything else is the function's `output`, as Google documents.
     response = result if isinstance(result, dict) else {"output": text}

@@ -354,9 +354,10 @@ def _row(record: RequestRecord) -> dict[str, Any]:
         "key_alias": record.key_alias,
         "team_id": record.team_id,
         "user_id": record.user_id,
-        "model_group": record.model_group,
+        # A pass-through call's model is the one its body names, as the client sent it.
+        "model_group": _storable(record.model_group) or "",
         "deployment": record.deployment,
-        "model": record.model,
+        "model": _storable(record.model),
         "prompt_tokens": _integer(record.prompt_tokens),
         "completion_tokens": _integer(record.completion_tokens),
         "cost": record.cost,
@@ -390,10 +391,10 @@ def _integer(count: int) -> int:
 
 
 def _storable(text: str | None) -> str | None:
-    """A text a client or an upstream names, as every database takes it: PostgreSQL's
-    text holds no NUL (made U+FFFD), nor an index entry past its limit (cut at
-    `MAX_CLIENT_TEXT`). A row the database refused would be dropped (`_drop_refused`),
-    and its spend with it."""
+    """A text a client or an upstream names (a pass-through's model too), as every
+    database takes it: PostgreSQL's text holds no NUL (made U+FFFD), nor an index entry
+    past its limit (cut at `MAX_CLIENT_TEXT`). A row the database refused would be
+    dropped (`_drop_refused`), and its spend with it."""
     if text is None or (len(text) <= MAX_CLIENT_TEXT and "\x00" not in text):
         return text
     return text[:MAX_CLIENT_TEXT].replace("\x00", "\ufffd")
