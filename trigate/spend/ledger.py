@@ -156,8 +156,16 @@ class SpendLedger:
                 if flush.held and not flush.stored:
                     # A whole batch written, and no row of it taken: the store may refuse
                     # every row (a schema they no longer fit). Trying the rest row by row
-                    # would take two transactions a row, for the same news. (Rows behind
-                    # a batch short of full came while it was written: not cut short.)
+                    # would take two transactions a row, for the same news: one row is
+                    # tried, the newest (`_probe`). Taken, the rows held are the rows'
+                    # fault, dropped, and the flush goes on; else it ends. Without it a
+                    # batch of rows refused alone would be read again at every attempt,
+                    # and every row behind it never tried. (Rows behind a batch short of
+                    # full came while it was written: not cut short.)
+                    if self._queue and not await self._probe(flush):
+                        return _Outcome.FAILED
+                    if flush.stored:
+                        continue
                     flush.cut_short = len(batch) == self._batch_size and bool(self._queue)
                     break
         finally:
@@ -221,15 +229,39 @@ class SpendLedger:
         except Exception as error:
             self._failed("spend log write failed", error, len(self._queue) + len(flush.held))
             return False
-        # The store takes rows: a row refused alone is refused for what it holds.
+        for row in rows:
+            self._dequeue(row)
+        self._stored(rows, flush)
+        return True
+
+    async def _probe(self, flush: _Flush) -> bool:
+        """Write the newest row queued, alone, out of turn, after a batch whose every row
+        was refused alone: whether the store takes any row. The newest, as a run of rows
+        refused (a burst of an upstream's wild counts) longer than a batch would be met
+        again by a row nearer the head. Refused, it stays queued in its place, for its
+        turn. False, as `_write`, when anything else stopped it."""
+        row = self._queue[-1]
+        try:
+            await self._record([row])
+        except Refused:
+            return True
+        except Exception as error:
+            self._failed("spend log write failed", error, len(self._queue) + len(flush.held))
+            return False
+        self._take(row)
+        self._stored([row], flush)
+        return True
+
+    def _stored(self, rows: list[dict[str, Any]], flush: _Flush) -> None:
+        """`rows`, out of the queue, are in the store: their cost settled (the store's
+        counters hold it). The store takes rows: a row refused alone is refused for what
+        it holds, dropped."""
         flush.stored = True
         for row, held_refusal in flush.held:
             self._drop_refused(row, held_refusal)
         flush.held.clear()
         for row in rows:
-            self._dequeue(row)
             self._settle(row)
-        return True
 
     async def _record(self, rows: list[dict[str, Any]]) -> None:
         assert self._store is not None  # `write` queues nothing without a store
@@ -271,6 +303,14 @@ class SpendLedger:
             self._queue.popleft()
             return True
         return False
+
+    def _take(self, row: dict[str, Any]) -> None:
+        """Take `row` out of the queue wherever it is, from its newest end (rows queued
+        since it came after it); nothing if a full queue dropped it."""
+        for index in range(len(self._queue) - 1, -1, -1):
+            if self._queue[index] is row:
+                del self._queue[index]
+                return
 
     def _failed(self, doing: str, error: Exception, kept: int) -> None:
         """A write the store did not take: its rows, and every row after them (`kept` in
