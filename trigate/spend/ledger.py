@@ -164,7 +164,7 @@ class SpendLedger:
                     # full came while it was written: not cut short.)
                     if self._queue and not await self._probe(flush):
                         return _Outcome.FAILED
-                    if flush.stored:
+                    if not flush.held:  # the row taken: the held ones dropped
                         continue
                     flush.cut_short = len(batch) == self._batch_size and bool(self._queue)
                     break
