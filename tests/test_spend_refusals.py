@@ -476,3 +476,24 @@ async def test_a_run_of_refused_rows_longer_than_a_batch_holds_back_no_row() -> 
     assert await ledger.flush()
     assert sorted(store.stored) == [f"good{n}" for n in range(5)]
     assert ledger.queued == 0 and ledger.refused == 45
+
+
+async def test_a_flush_from_outside_leaves_the_writer_awake_to_new_rows(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A row refused alone is kept, and the writer waits for the next row; a flush called
+    from outside (a test's, a shutdown's) that keeps it too leaves the writer waiting on
+    what a new row sets. That flush replaced the Event the writer waits on, and the
+    writer, waiting on the old one, never wrote a row again."""
+    store = RefusingStore(refused={"bad"})
+    ledger = _ledger(store)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ledger.run)
+        await ledger.write(record("bad"))
+        await trio.sleep(5)
+        assert store.calls == 1, "kept; the writer waits for another row"
+        assert not await ledger.flush()
+        await ledger.write(record("good"))
+        await trio.sleep(60)
+        assert store.stored == ["good"] and ledger.refused == 1 and ledger.queued == 0
+        nursery.cancel_scope.cancel()

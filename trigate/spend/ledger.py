@@ -124,7 +124,11 @@ class SpendLedger:
                     await trio.sleep(backoff)
                 self._batch_full = trio.Event()
                 outcome = await self._flush()
-                if not self._queue:
+                # No checkpoint since the flush read the queue: a row written meanwhile
+                # has set `_work`, and is tried at the usual pace. Only the writer
+                # replaces the Event it waits on: replaced by another caller's flush, it
+                # would wait on the old one for ever.
+                if not self._queue or outcome is _Outcome.KEPT:
                     self._work = trio.Event()
                 failed_wait = min(2 * (backoff or self._flush_interval), MAX_BACKOFF)
                 # Rows kept only because the store had no other row to take are no store
@@ -197,11 +201,9 @@ class SpendLedger:
         if flush.cut_short or (newly_refused and len(flush.kept) > 1):
             self._failed(doing, refusal, len(self._queue))
             return _Outcome.FAILED
-        if len(self._queue) <= len(flush.kept):
-            # No checkpoint since the queue was read: a row written meanwhile has set
-            # `_work`, and is tried at the writer's usual pace; else it sleeps until one is.
-            self._work = trio.Event()
         errors.warning("%s, kept until another is (%s)", doing, refusal)
+        if len(self._queue) > len(flush.kept):
+            return _Outcome.RETRY  # rows written while it flushed: tried next
         return _Outcome.KEPT
 
     async def _write(self, rows: list[dict[str, Any]], flush: _Flush) -> bool:
@@ -369,7 +371,8 @@ class _Outcome(enum.Enum):
     """How a flush ended, which tells the writer when to try again."""
 
     WRITTEN = "every row written, or refused and dropped"
-    KEPT = "rows refused alone kept, to try again with the next row queued"
+    KEPT = "rows refused alone kept, none behind them: tried again once a row is queued"
+    RETRY = "rows refused alone kept, rows queued behind them: tried at the usual pace"
     FAILED = "the store failed: rows kept for retry"
 
 
