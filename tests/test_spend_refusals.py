@@ -497,3 +497,23 @@ async def test_a_flush_from_outside_leaves_the_writer_awake_to_new_rows(
         await trio.sleep(60)
         assert store.stored == ["good"] and ledger.refused == 1 and ledger.queued == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_long_upstream_id_finds_its_row(
+    nursery: trio.Nursery, database_url: str, upstream: FakeUpstream
+) -> None:
+    """`/spend/logs?request_id=` with the id the client's answer carried, longer than a
+    row keeps (609 characters): its row is found, the id matched as stored (cut to 512).
+    It found none, the id compared whole."""
+    long_id = "chatcmpl-" + "x" * 600
+    upstream.handler = lambda request: JSONReply({**chat_completion(usage=USAGE), "id": long_id})
+    gateway = await start_gateway(nursery, _gateway_config(database_url, upstream))
+    async with gateway.client() as client:
+        body = {"model": "g", "messages": [{"role": "user", "content": "hi"}]}
+        reply = await client.post("/v1/chat/completions", json=body)
+        assert reply.status_code == 200 and reply.json()["id"] == long_id
+    await gateway.records.wait_for(1)
+    assert await gateway.gateway.ledger.flush()
+    async with gateway.client() as client:
+        found = (await client.get("/spend/logs", params={"request_id": long_id})).json()
+    assert [row["response_id"] for row in found] == [long_id[:512]]

@@ -28,7 +28,15 @@ import orjson
 import trio
 
 from trigate.spend.records import RequestRecord
-from trigate.store import MEMBERS, OWNERS, Refused, Store, StoreUnavailable, member_ident
+from trigate.store import (
+    MEMBERS,
+    OWNERS,
+    Refused,
+    Store,
+    StoreUnavailable,
+    member_ident,
+    storable_text,
+)
 
 logger = logging.getLogger("trigate.usage")
 errors = logging.getLogger("trigate.spend")
@@ -391,8 +399,8 @@ def _owners(row: dict[str, Any]) -> list[tuple[str, str]]:
 def _row(record: RequestRecord) -> dict[str, Any]:
     return {
         "request_id": record.request_id,
-        "client_request_id": _storable(record.client_request_id),
-        "response_id": _storable(record.response_id),
+        "client_request_id": storable_text(record.client_request_id),
+        "response_id": storable_text(record.response_id),
         "key_hash": record.key_hash,
         "key_alias": record.key_alias,
         "team_id": record.team_id,
@@ -411,32 +419,15 @@ def _row(record: RequestRecord) -> dict[str, Any]:
         "ttft_ms": record.ttft_ms,
         "metadata": record.metadata,
         "request_tags": record.request_tags,
-        "session_id": _storable(record.session_id),
+        "session_id": storable_text(record.session_id),
         "cache_hit": record.cache_hit,
         "cache_key": record.cache_key,
-        "end_user": _storable(record.end_user),
+        "end_user": storable_text(record.end_user),
         "organization_id": record.organization_id,
     }
-
-
-# The most of a text a client or an upstream names (its end user, session, request id;
-# the upstream's response id) a spend row keeps: PostgreSQL refuses an index entry over
-# 2,704 bytes (`end_user` and `response_id` are indexed), and this many characters are at
-# most 2,048 bytes.
-MAX_CLIENT_TEXT = 512
 
 
 def _integer(count: int) -> int:
     """An integer column's value as every database takes it: a bool (an upstream's JSON
     `true` for a count) as 0 or 1, which PostgreSQL refuses for an INTEGER at every try."""
     return int(count) if isinstance(count, bool) else count
-
-
-def _storable(text: str | None) -> str | None:
-    """A text a client or an upstream names, as every database takes it: PostgreSQL's
-    text holds no NUL (made U+FFFD), nor an index entry past its limit (cut at
-    `MAX_CLIENT_TEXT`). A row the database refused would be dropped (`_drop_refused`),
-    and its spend with it."""
-    if text is None or (len(text) <= MAX_CLIENT_TEXT and "\x00" not in text):
-        return text
-    return text[:MAX_CLIENT_TEXT].replace("\x00", "\ufffd")
