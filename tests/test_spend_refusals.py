@@ -517,3 +517,41 @@ async def test_a_long_upstream_id_finds_its_row(
     async with gateway.client() as client:
         found = (await client.get("/spend/logs", params={"request_id": long_id})).json()
     assert [row["response_id"] for row in found] == [long_id[:512]]
+
+
+async def test_a_refused_row_the_queue_bound_drops_no_longer_counts_against_budgets() -> None:
+    """A row refused alone, kept at the queue's head or held by a flush under way, that
+    the queue's bound drops: its cost is settled, as a row dropped as refused is (it may
+    be what the database refuses, a wild cost). It counted against the key's budget in
+    this worker until it restarted."""
+    release = trio.Event()
+
+    class Gated(RefusingStore):
+        async def record_spend(self, rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
+            if [row["request_id"] for row in rows] == ["held"]:
+                await release.wait()
+            return await super().record_spend(rows, also_users)
+
+    ledger = _ledger(Gated(refused={"kept", "held", "x"}), max_queued=2)
+    await ledger.write(dataclasses.replace(record("kept"), cost=1e13))
+    assert not await ledger.flush()
+    assert ledger.queued == 1 and ledger.unflushed("keys", "hash") == 1e13
+    await ledger.write(record("a"))
+    await ledger.write(record("b"))
+    assert ledger.dropped == 1 and ledger.unflushed("keys", "hash") == 2.0, "kept: settled"
+    await ledger.write(record("c"))
+    assert ledger.dropped == 2 and ledger.unflushed("keys", "hash") == 3.0, "a: still counts"
+    assert await ledger.flush()
+    assert ledger.unflushed("keys", "hash") == 1.0, "a's, the spend made"
+
+    await ledger.write(record("x"))
+    await ledger.write(dataclasses.replace(record("held"), cost=1e13))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ledger.flush)
+        await trio.testing.wait_all_tasks_blocked()
+        assert [row["request_id"] for row, _ in ledger._held] == ["x"]
+        await ledger.write(record("d"))
+        assert ledger.dropped == 3 and not ledger._held
+        assert ledger.unflushed("keys", "hash") == 1e13 + 2.0, "x: settled"
+        release.set()
+    assert ledger.queued == 0 and ledger.unflushed("keys", "hash") == 1.0

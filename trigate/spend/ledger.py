@@ -5,7 +5,8 @@ by the app writes batches to the store every `flush_interval` seconds or
 `batch_size` rows, and once more at shutdown. While the database is down,
 rows stay queued (up to `max_queued` of them) and the writer retries with
 backoff. Past that bound the oldest rows are dropped, each drop logged; the
-in-memory spend that budgets read still counts them until the process ends.
+in-memory spend that budgets read still counts them until the process ends (but
+a row refused alone, settled as a row dropped as refused is).
 A batch the database refuses for what a row holds (`Refused`, not an outage)
 is written in halves, so that only a row refused alone is dropped, as a
 logged error (its cost settled: it will never reach the store's counters), and
@@ -186,6 +187,7 @@ class SpendLedger:
             self._queue.extendleft(reversed([row for row, _ in flush.held]))
             flush.kept = flush.held.copy()
             flush.held.clear()
+            flush.last_kept_ids, self._kept_ids = self._kept_ids, _request_ids(flush.kept)
             while len(self._queue) > self._max_queued:
                 self._drop_oldest()
         return self._kept(flush)
@@ -199,13 +201,11 @@ class SpendLedger:
         tried (`cut_short`), or more than one row newly refused with none taken, are a
         failure of the store's, for all it can tell (a schema no row fits): backed off,
         and told."""
-        kept_ids = frozenset(row.get("request_id") or "" for row, _ in flush.kept)
-        last_kept, self._kept_ids = self._kept_ids, kept_ids
         if not flush.kept:
             return _Outcome.WRITTEN
         refusal = flush.kept[0][1]
         doing = f"{len(flush.kept)} rows refused alone, and no other row written"
-        newly_refused = not kept_ids <= last_kept
+        newly_refused = not self._kept_ids <= flush.last_kept_ids
         if flush.cut_short or (newly_refused and len(flush.kept) > 1):
             self._failed(doing, refusal, len(self._queue))
             return _Outcome.FAILED
@@ -347,11 +347,19 @@ class SpendLedger:
                 self._unflushed[owner] = remaining
 
     def _drop_oldest(self) -> None:
+        """Drop the oldest row waiting. Its cost still counts against budgets (the spend
+        was made), unless it was refused alone (held, or kept at the queue's head): such
+        a row's cost may be what the database refuses (an upstream's 2**63 tokens), which
+        would bust a budget until a restart, as a row dropped as refused would."""
         # Rows a flush holds out of the queue came before every row in it.
         if self._held:
-            del self._held[0]
+            row = self._held.pop(0)[0]
+            refused_alone = True
         else:
-            self._queue.popleft()
+            row = self._queue.popleft()
+            refused_alone = (row.get("request_id") or "") in self._kept_ids
+        if refused_alone:
+            self._settle(row)
         self.dropped += 1
         errors.error(
             "spend log queue full (%d rows): dropped the oldest row (%d dropped so far)",
@@ -373,6 +381,8 @@ class _Flush:
     held: list[tuple[dict[str, Any], Refused]] = field(default_factory=list)
     # The rows held when the flush ended, back in the queue: kept for the next flush.
     kept: list[tuple[dict[str, Any], Refused]] = field(default_factory=list)
+    # The request ids of the rows the flush before kept.
+    last_kept_ids: frozenset[str] = frozenset()
 
 
 class _Outcome(enum.Enum):
@@ -382,6 +392,10 @@ class _Outcome(enum.Enum):
     KEPT = "rows refused alone kept, none behind them: tried again once a row is queued"
     RETRY = "rows refused alone kept, rows queued behind them: tried at the usual pace"
     FAILED = "the store failed: rows kept for retry"
+
+
+def _request_ids(rows: list[tuple[dict[str, Any], Refused]]) -> frozenset[str]:
+    return frozenset(row.get("request_id") or "" for row, _ in rows)
 
 
 # Each owner's kind and the spend-log column naming it, read once rather than per row.
