@@ -21,7 +21,7 @@ from helpers import RunningGateway, mock_config, start_gateway
 
 from trigate.spend import RequestRecord, SpendLedger
 from trigate.spend.ledger import _row
-from trigate.store import SpendFilter, Store, StoreUnavailable, backends
+from trigate.store import MAX_CONCURRENT_CALLS, SpendFilter, Store, StoreUnavailable, backends
 
 RESPONSE = {"model": "mock", "input": "hi"}
 
@@ -188,17 +188,32 @@ async def test_outage_memory_fails_at_once(relayed_postgres: tuple[str, Relay]) 
 async def test_a_write_to_a_read_only_database_is_an_outage(database_url: str) -> None:
     """A write PostgreSQL refuses as the transaction is read-only (SQLSTATE 25006, as
     on a standby after a failover: an InternalError) is an outage, a 503: not a bug of
-    ours, a 500 with a traceback logged at every retry."""
+    ours, a 500 with a traceback logged at every retry. That call's alone: the next is
+    served at once, on a new connection (the old one may be to the standby). It turned
+    every call away for the outage memory's 2 s, and the pool kept the connection."""
     if database_url.startswith("sqlite"):
         pytest.skip("PostgreSQL's read-only transactions")
+    connections: list[int] = []
+
+    def backend_pid(cursor: Any) -> int:
+        pid = int(cursor.query("SELECT pg_backend_pid() AS pid")[0]["pid"])
+        connections.append(pid)
+        return pid
 
     def read_only_write(cursor: Any) -> int:
+        backend_pid(cursor)
         cursor.execute("SET TRANSACTION READ ONLY")
         return int(cursor.execute("INSERT INTO trigate_users (user_id) VALUES ('u1')"))
 
     store = await Store.open(database_url)
     with pytest.raises(StoreUnavailable):
         await store._run(read_only_write)
+    assert await store.get("users", "u1") is None, "served, not turned away"
+    # More calls than the pool holds connections, each borrowing the idle one returned
+    # longest ago: the old connection would be met again.
+    for _ in range(2 * MAX_CONCURRENT_CALLS):
+        await store._run(backend_pid)
+    assert connections[0] not in connections[1:], "the old connection replaced"
     await store.close()
 
 

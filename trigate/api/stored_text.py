@@ -6,7 +6,7 @@ body, query string and path (the admin API, files and batches, stored responses,
 web UI's forms) are refused with a 400 naming the field when any text in them holds
 one, on every database alike. The model routes forward what they are sent; what of it
 the gateway stores is made storable where it is written (the spend ledger's
-`_storable`), and what it looks up by (a customer's id, a stored response's) is found
+`storable_text`), and what it looks up by (a customer's id, a stored response's) is found
 to match nothing.
 """
 

@@ -5,7 +5,8 @@ by the app writes batches to the store every `flush_interval` seconds or
 `batch_size` rows, and once more at shutdown. While the database is down,
 rows stay queued (up to `max_queued` of them) and the writer retries with
 backoff. Past that bound the oldest rows are dropped, each drop logged; the
-in-memory spend that budgets read still counts them until the process ends.
+in-memory spend that budgets read still counts them until the process ends (but
+a row refused alone, settled as a row dropped as refused is).
 A batch the database refuses for what a row holds (`Refused`, not an outage)
 is written in halves, so that only a row refused alone is dropped, as a
 logged error (its cost settled: it will never reach the store's counters), and
@@ -28,7 +29,15 @@ import orjson
 import trio
 
 from trigate.spend.records import RequestRecord
-from trigate.store import MEMBERS, OWNERS, Refused, Store, StoreUnavailable, member_ident
+from trigate.store import (
+    MEMBERS,
+    OWNERS,
+    Refused,
+    Store,
+    StoreUnavailable,
+    member_ident,
+    storable_text,
+)
 
 logger = logging.getLogger("trigate.usage")
 errors = logging.getLogger("trigate.spend")
@@ -124,7 +133,11 @@ class SpendLedger:
                     await trio.sleep(backoff)
                 self._batch_full = trio.Event()
                 outcome = await self._flush()
-                if not self._queue:
+                # No checkpoint since the flush read the queue: a row written meanwhile
+                # has set `_work`, and is tried at the usual pace. Only the writer
+                # replaces the Event it waits on: replaced by another caller's flush, it
+                # would wait on the old one for ever.
+                if not self._queue or outcome is _Outcome.KEPT:
                     self._work = trio.Event()
                 failed_wait = min(2 * (backoff or self._flush_interval), MAX_BACKOFF)
                 # Rows kept only because the store had no other row to take are no store
@@ -156,8 +169,16 @@ class SpendLedger:
                 if flush.held and not flush.stored:
                     # A whole batch written, and no row of it taken: the store may refuse
                     # every row (a schema they no longer fit). Trying the rest row by row
-                    # would take two transactions a row, for the same news. (Rows behind
-                    # a batch short of full came while it was written: not cut short.)
+                    # would take two transactions a row, for the same news: one row is
+                    # tried, the newest (`_probe`). Taken, the rows held are the rows'
+                    # fault, dropped, and the flush goes on; else it ends. Without it a
+                    # batch of rows refused alone would be read again at every attempt,
+                    # and every row behind it never tried. (Rows behind a batch short of
+                    # full came while it was written: not cut short.)
+                    if self._queue and not await self._probe(flush):
+                        return _Outcome.FAILED
+                    if not flush.held:  # the row taken: the held ones dropped
+                        continue
                     flush.cut_short = len(batch) == self._batch_size and bool(self._queue)
                     break
         finally:
@@ -166,6 +187,7 @@ class SpendLedger:
             self._queue.extendleft(reversed([row for row, _ in flush.held]))
             flush.kept = flush.held.copy()
             flush.held.clear()
+            flush.last_kept_ids, self._kept_ids = self._kept_ids, _request_ids(flush.kept)
             while len(self._queue) > self._max_queued:
                 self._drop_oldest()
         return self._kept(flush)
@@ -179,21 +201,17 @@ class SpendLedger:
         tried (`cut_short`), or more than one row newly refused with none taken, are a
         failure of the store's, for all it can tell (a schema no row fits): backed off,
         and told."""
-        kept_ids = frozenset(row.get("request_id") or "" for row, _ in flush.kept)
-        last_kept, self._kept_ids = self._kept_ids, kept_ids
         if not flush.kept:
             return _Outcome.WRITTEN
         refusal = flush.kept[0][1]
         doing = f"{len(flush.kept)} rows refused alone, and no other row written"
-        newly_refused = not kept_ids <= last_kept
+        newly_refused = not self._kept_ids <= flush.last_kept_ids
         if flush.cut_short or (newly_refused and len(flush.kept) > 1):
             self._failed(doing, refusal, len(self._queue))
             return _Outcome.FAILED
-        if len(self._queue) <= len(flush.kept):
-            # No checkpoint since the queue was read: a row written meanwhile has set
-            # `_work`, and is tried at the writer's usual pace; else it sleeps until one is.
-            self._work = trio.Event()
         errors.warning("%s, kept until another is (%s)", doing, refusal)
+        if len(self._queue) > len(flush.kept):
+            return _Outcome.RETRY  # rows written while it flushed: tried next
         return _Outcome.KEPT
 
     async def _write(self, rows: list[dict[str, Any]], flush: _Flush) -> bool:
@@ -221,15 +239,39 @@ class SpendLedger:
         except Exception as error:
             self._failed("spend log write failed", error, len(self._queue) + len(flush.held))
             return False
-        # The store takes rows: a row refused alone is refused for what it holds.
+        for row in rows:
+            self._dequeue(row)
+        self._stored(rows, flush)
+        return True
+
+    async def _probe(self, flush: _Flush) -> bool:
+        """Write the newest row queued, alone, out of turn, after a batch whose every row
+        was refused alone: whether the store takes any row. The newest, as a run of rows
+        refused (a burst of an upstream's wild counts) longer than a batch would be met
+        again by a row nearer the head. Refused, it stays queued in its place, for its
+        turn. False, as `_write`, when anything else stopped it."""
+        row = self._queue[-1]
+        try:
+            await self._record([row])
+        except Refused:
+            return True
+        except Exception as error:
+            self._failed("spend log write failed", error, len(self._queue) + len(flush.held))
+            return False
+        self._take(row)
+        self._stored([row], flush)
+        return True
+
+    def _stored(self, rows: list[dict[str, Any]], flush: _Flush) -> None:
+        """`rows`, out of the queue, are in the store: their cost settled (the store's
+        counters hold it). The store takes rows: a row refused alone is refused for what
+        it holds, dropped."""
         flush.stored = True
         for row, held_refusal in flush.held:
             self._drop_refused(row, held_refusal)
         flush.held.clear()
         for row in rows:
-            self._dequeue(row)
             self._settle(row)
-        return True
 
     async def _record(self, rows: list[dict[str, Any]]) -> None:
         assert self._store is not None  # `write` queues nothing without a store
@@ -272,6 +314,14 @@ class SpendLedger:
             return True
         return False
 
+    def _take(self, row: dict[str, Any]) -> None:
+        """Take `row` out of the queue wherever it is, from its newest end (rows queued
+        since it came after it); nothing if a full queue dropped it."""
+        for index in range(len(self._queue) - 1, -1, -1):
+            if self._queue[index] is row:
+                del self._queue[index]
+                return
+
     def _failed(self, doing: str, error: Exception, kept: int) -> None:
         """A write the store did not take: its rows, and every row after them (`kept` in
         all), stay queued. An outage is to be expected; anything else is a bug of ours,
@@ -297,11 +347,19 @@ class SpendLedger:
                 self._unflushed[owner] = remaining
 
     def _drop_oldest(self) -> None:
+        """Drop the oldest row waiting. Its cost still counts against budgets (the spend
+        was made), unless it was refused alone (held, or kept at the queue's head): such
+        a row's cost may be what the database refuses (an upstream's 2**63 tokens), which
+        would bust a budget until a restart, as a row dropped as refused would."""
         # Rows a flush holds out of the queue came before every row in it.
         if self._held:
-            del self._held[0]
+            row = self._held.pop(0)[0]
+            refused_alone = True
         else:
-            self._queue.popleft()
+            row = self._queue.popleft()
+            refused_alone = (row.get("request_id") or "") in self._kept_ids
+        if refused_alone:
+            self._settle(row)
         self.dropped += 1
         errors.error(
             "spend log queue full (%d rows): dropped the oldest row (%d dropped so far)",
@@ -323,14 +381,21 @@ class _Flush:
     held: list[tuple[dict[str, Any], Refused]] = field(default_factory=list)
     # The rows held when the flush ended, back in the queue: kept for the next flush.
     kept: list[tuple[dict[str, Any], Refused]] = field(default_factory=list)
+    # The request ids of the rows the flush before kept.
+    last_kept_ids: frozenset[str] = frozenset()
 
 
 class _Outcome(enum.Enum):
     """How a flush ended, which tells the writer when to try again."""
 
     WRITTEN = "every row written, or refused and dropped"
-    KEPT = "rows refused alone kept, to try again with the next row queued"
+    KEPT = "rows refused alone kept, none behind them: tried again once a row is queued"
+    RETRY = "rows refused alone kept, rows queued behind them: tried at the usual pace"
     FAILED = "the store failed: rows kept for retry"
+
+
+def _request_ids(rows: list[tuple[dict[str, Any], Refused]]) -> frozenset[str]:
+    return frozenset(row.get("request_id") or "" for row, _ in rows)
 
 
 # Each owner's kind and the spend-log column naming it, read once rather than per row.
@@ -348,16 +413,16 @@ def _owners(row: dict[str, Any]) -> list[tuple[str, str]]:
 def _row(record: RequestRecord) -> dict[str, Any]:
     return {
         "request_id": record.request_id,
-        "client_request_id": _storable(record.client_request_id),
-        "response_id": _storable(record.response_id),
+        "client_request_id": storable_text(record.client_request_id),
+        "response_id": storable_text(record.response_id),
         "key_hash": record.key_hash,
         "key_alias": record.key_alias,
         "team_id": record.team_id,
         "user_id": record.user_id,
         # A pass-through call's model is the one its body names, as the client sent it.
-        "model_group": _storable(record.model_group) or "",
+        "model_group": storable_text(record.model_group) or "",
         "deployment": record.deployment,
-        "model": _storable(record.model),
+        "model": storable_text(record.model),
         "prompt_tokens": _integer(record.prompt_tokens),
         "completion_tokens": _integer(record.completion_tokens),
         "cost": record.cost,
@@ -369,32 +434,15 @@ def _row(record: RequestRecord) -> dict[str, Any]:
         "ttft_ms": record.ttft_ms,
         "metadata": record.metadata,
         "request_tags": record.request_tags,
-        "session_id": _storable(record.session_id),
+        "session_id": storable_text(record.session_id),
         "cache_hit": record.cache_hit,
         "cache_key": record.cache_key,
-        "end_user": _storable(record.end_user),
+        "end_user": storable_text(record.end_user),
         "organization_id": record.organization_id,
     }
-
-
-# The most of a text a client or an upstream names (its end user, session, request id;
-# the upstream's response id) a spend row keeps: PostgreSQL refuses an index entry over
-# 2,704 bytes (`end_user` and `response_id` are indexed), and this many characters are at
-# most 2,048 bytes.
-MAX_CLIENT_TEXT = 512
 
 
 def _integer(count: int) -> int:
     """An integer column's value as every database takes it: a bool (an upstream's JSON
     `true` for a count) as 0 or 1, which PostgreSQL refuses for an INTEGER at every try."""
     return int(count) if isinstance(count, bool) else count
-
-
-def _storable(text: str | None) -> str | None:
-    """A text a client or an upstream names (a pass-through's model too), as every
-    database takes it: PostgreSQL's text holds no NUL (made U+FFFD), nor an index entry
-    past its limit (cut at `MAX_CLIENT_TEXT`). A row the database refused would be
-    dropped (`_drop_refused`), and its spend with it."""
-    if text is None or (len(text) <= MAX_CLIENT_TEXT and "\x00" not in text):
-        return text
-    return text[:MAX_CLIENT_TEXT].replace("\x00", "\ufffd")

@@ -195,6 +195,24 @@ def member_ident(team_id: str, user_id: str) -> str:
     return orjson.dumps([team_id, user_id]).decode()
 
 
+# The most of a text a client or an upstream names (its end user, session, request id;
+# the upstream's response id) a spend row keeps: PostgreSQL refuses an index entry over
+# 2,704 bytes (`end_user` and `response_id` are indexed), and this many characters are at
+# most 2,048 bytes.
+MAX_CLIENT_TEXT = 512
+
+
+def storable_text(text: str | None) -> str | None:
+    """A text a client or an upstream names (a pass-through's model too), as every
+    database takes it in a spend row: PostgreSQL's text holds no NUL (made U+FFFD), nor
+    an index entry past its limit (cut at `MAX_CLIENT_TEXT`). A row the database refused
+    would be dropped, and its spend with it. A spend-log query matches the value as
+    stored (`_spend_where`)."""
+    if text is None or (len(text) <= MAX_CLIENT_TEXT and "\x00" not in text):
+        return text
+    return text[:MAX_CLIENT_TEXT].replace("\x00", "\ufffd")
+
+
 ORGANIZATION_MEMBER_COLUMNS = (
     "organization_id", "user_id", "user_email", "user_role", "created_at", "updated_at",
 )  # fmt: skip
@@ -956,9 +974,10 @@ def _spend_where(query: SpendFilter, prefix: str) -> tuple[str, list[str | float
     values: list[str | float] = []
     if query.request_id is not None:
         # LiteLLM's `request_id` is the id the client's answer carried (chatcmpl-...,
-        # msg_..., resp_...); the gateway's own id finds the row too.
+        # msg_..., resp_...), stored as every database takes it (`storable_text`: a long
+        # one cut); the gateway's own id finds the row too.
         clauses.append(f"({prefix}request_id = ? OR {prefix}response_id = ?)")
-        values += [query.request_id, query.request_id]
+        values += [query.request_id, storable_text(query.request_id) or ""]
     for column, value in (
         ("key_hash", query.key_hash),
         ("team_id", query.team_id),

@@ -223,8 +223,12 @@ class PostgresBackend:
         except ReadOnlySqlTransaction:
             # SQLSTATE 25006, an InternalError: a write reached a standby, as after a
             # failover while the pool still holds connections to the old primary. The
-            # database cannot take writes now, for the next calls too: an outage.
-            raise Unavailable("PostgreSQL: ReadOnlySqlTransaction", lasting=True) from None
+            # pool's connections are replaced (those in use once returned), to reach
+            # whichever server the URL names now; this call alone fails, a 503. Not a
+            # lasting outage: reads are served meanwhile, and a write retried on a new
+            # connection reaches the new primary.
+            self._pool.drain()
+            raise Unavailable("PostgreSQL: ReadOnlySqlTransaction", lasting=False) from None
 
     def read(self, work: Callable[[Cursor], T]) -> T:
         return self.transaction(work)
