@@ -202,6 +202,29 @@ async def test_a_tool_that_fails_is_an_execution_error_the_model_is_told_of(
     await running.stop()
 
 
+async def test_arguments_the_model_wrote_that_are_not_json_are_a_protocol_error(
+    nursery: trio.Nursery, upstream: FakeUpstream, weather: FakeMCP
+) -> None:
+    def garbling_model(request: ReceivedRequest) -> JSONReply:
+        outputs = [i for i in request.json["input"] if i.get("type") == "function_call_output"]
+        if outputs:
+            return JSONReply(response([message(f"Sorry: {outputs[0]['output']}")]))
+        return JSONReply(response([{**FUNCTION_CALL, "arguments": '{"city": "Os'}]))
+
+    upstream.handler = garbling_model
+    running = await gateway_for(nursery, upstream, weather, "openai/upstream-model")
+    async with sdk(running) as client:
+        answer = await client.responses.create(
+            model="gpt-test", input="Weather in Oslo?", tools=[MCP_TOOL]
+        )
+    call = answer.output[1]
+    assert call.type == "mcp_call" and call.error is not None
+    assert call.error.type == "mcp_protocol_error" and call.error.code == -32602
+    assert answer.output_text == "Sorry: Error: The tool's arguments are not JSON."
+    assert "forecast" not in weather.calls
+    await running.stop()
+
+
 async def test_a_call_needing_approval_is_handed_to_the_client_then_made_once_approved(
     running: RunningGateway, upstream: FakeUpstream, weather: FakeMCP
 ) -> None:

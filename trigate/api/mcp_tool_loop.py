@@ -234,7 +234,6 @@ async def _run(tools: _Tools, name: str, arguments: Any) -> tuple[str, dict[str,
     whose `error` is one of the Responses API's MCP errors: `mcp_protocol_error` (the
     server, or the gateway for it, answered the call with an error: its JSON-RPC code)
     or `mcp_tool_execution_error` (the tool ran and failed: its content blocks)."""
-    parsed = orjson.loads(arguments) if isinstance(arguments, str) and arguments else arguments
     item: dict[str, Any] = {
         "type": "mcp_call",
         "id": _id("mcp_"),
@@ -245,6 +244,7 @@ async def _run(tools: _Tools, name: str, arguments: Any) -> tuple[str, dict[str,
         "error": None,
     }
     try:
+        parsed = _arguments(arguments)
         result = await tools.aggregate.call(name, parsed if isinstance(parsed, dict) else None)
     except MCPError as error:
         item["error"] = {"type": "mcp_protocol_error", "code": error.code, "message": error.message}
@@ -259,6 +259,18 @@ async def _run(tools: _Tools, name: str, arguments: Any) -> tuple[str, dict[str,
             ],
         }
     return output, item
+
+
+def _arguments(arguments: Any) -> Any:
+    """The arguments the model wrote for a tool, decoded; what is not JSON (a model's
+    slip, the upstream's data) is the call's protocol error, told to the model as any
+    failed call is, never the gateway's 500."""
+    if not isinstance(arguments, str) or not arguments:
+        return arguments
+    try:
+        return orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        raise MCPError(types.INVALID_PARAMS, "The tool's arguments are not JSON.") from None
 
 
 def _servers_of(spec: dict[str, Any], served: dict[str, MCPServer]) -> list[MCPServer]:
