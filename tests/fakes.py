@@ -8,7 +8,7 @@ actually saw rather than on flags inside the gateway.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -65,7 +65,9 @@ Reply = JSONReply | StreamReply
 Handler = Callable[[ReceivedRequest], Reply]
 
 
-def chat_completion(content: str = "Hello!", usage: dict[str, int] | None = None) -> dict[str, Any]:
+def chat_completion(
+    content: str = "Hello!", usage: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": "chatcmpl-fake",
         "object": "chat.completion",

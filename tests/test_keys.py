@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import openai
 import orjson
@@ -612,16 +612,12 @@ async def test_models_lists_only_what_a_key_may_use(nursery: trio.Nursery) -> No
 
 async def test_cost_comes_from_the_price_table(nursery: trio.Nursery) -> None:
     """No configured prices: gpt-4o is priced from LiteLLM's table, cached tokens cheaper."""
-    # Cast: OpenAI's usage nests its cached tokens, where chat_completion takes flat counts.
-    usage = cast(
-        "dict[str, int]",
-        {
-            "prompt_tokens": 1000,
-            "completion_tokens": 100,
-            "total_tokens": 1100,
-            "prompt_tokens_details": {"cached_tokens": 400},
-        },
-    )
+    usage = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 100,
+        "total_tokens": 1100,
+        "prompt_tokens_details": {"cached_tokens": 400},
+    }
     config = {
         "model_list": [
             {

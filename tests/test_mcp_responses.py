@@ -6,7 +6,7 @@ asks again with the result, on a native and on a translated deployment; with
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -68,6 +68,19 @@ def native_model(request: ReceivedRequest) -> JSONReply:
     if outputs:
         return JSONReply(response([message(f"Forecast: {outputs[0]['output']}")]))
     return JSONReply(response([FUNCTION_CALL]))
+
+
+def apologising(call: dict[str, Any]) -> Callable[[ReceivedRequest], JSONReply]:
+    """A Responses upstream that makes `call`, then answers "Sorry: " and what the tool
+    (or the gateway for it) said."""
+
+    def model(request: ReceivedRequest) -> JSONReply:
+        outputs = [i for i in request.json["input"] if i.get("type") == "function_call_output"]
+        if outputs:
+            return JSONReply(response([message(f"Sorry: {outputs[0]['output']}")]))
+        return JSONReply(response([call]))
+
+    return model
 
 
 def chat_model(request: ReceivedRequest) -> JSONReply:
@@ -180,13 +193,7 @@ async def test_a_tool_the_key_may_not_call_is_not_offered_to_the_model(
 async def test_a_tool_that_fails_is_an_execution_error_the_model_is_told_of(
     nursery: trio.Nursery, upstream: FakeUpstream, weather: FakeMCP
 ) -> None:
-    def failing_model(request: ReceivedRequest) -> JSONReply:
-        outputs = [i for i in request.json["input"] if i.get("type") == "function_call_output"]
-        if outputs:
-            return JSONReply(response([message(f"Sorry: {outputs[0]['output']}")]))
-        return JSONReply(response([{**FUNCTION_CALL, "name": "weather-fail", "arguments": "{}"}]))
-
-    upstream.handler = failing_model
+    upstream.handler = apologising({**FUNCTION_CALL, "name": "weather-fail", "arguments": "{}"})
     running = await gateway_for(nursery, upstream, weather, "openai/upstream-model")
     async with sdk(running) as client:
         answer = await client.responses.create(
@@ -205,13 +212,7 @@ async def test_a_tool_that_fails_is_an_execution_error_the_model_is_told_of(
 async def test_arguments_the_model_wrote_that_are_not_json_are_a_protocol_error(
     nursery: trio.Nursery, upstream: FakeUpstream, weather: FakeMCP
 ) -> None:
-    def garbling_model(request: ReceivedRequest) -> JSONReply:
-        outputs = [i for i in request.json["input"] if i.get("type") == "function_call_output"]
-        if outputs:
-            return JSONReply(response([message(f"Sorry: {outputs[0]['output']}")]))
-        return JSONReply(response([{**FUNCTION_CALL, "arguments": '{"city": "Os'}]))
-
-    upstream.handler = garbling_model
+    upstream.handler = apologising({**FUNCTION_CALL, "arguments": '{"city": "Os'})
     running = await gateway_for(nursery, upstream, weather, "openai/upstream-model")
     async with sdk(running) as client:
         answer = await client.responses.create(

@@ -61,16 +61,12 @@ def sdk(gateway: RunningGateway, key: str = MASTER_KEY) -> anthropic.AsyncAnthro
 async def test_non_stream_translates_request_and_answer(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
-    # Cast: OpenAI's usage nests its cached tokens, where chat_completion takes flat counts.
-    usage = cast(
-        "dict[str, int]",
-        {
-            "prompt_tokens": 30,
-            "completion_tokens": 4,
-            "total_tokens": 34,
-            "prompt_tokens_details": {"cached_tokens": 10},
-        },
-    )
+    usage = {
+        "prompt_tokens": 30,
+        "completion_tokens": 4,
+        "total_tokens": 34,
+        "prompt_tokens_details": {"cached_tokens": 10},
+    }
     upstream.handler = lambda request: JSONReply(chat_completion("Hello there", usage))
     async with sdk(gateway) as client:
         message = await client.messages.create(

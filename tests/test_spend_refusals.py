@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol, cast
 
 import pytest
 import trio
@@ -44,6 +44,32 @@ def logged(caplog: pytest.LogCaptureFixture) -> str:
     """Every line logged, with any traceback."""
     handler = caplog.handler
     return "\n".join(handler.format(record) for record in caplog.records)
+
+
+class RecordSpend(Protocol):
+    """The store's writer of spend rows, as `Store.record_spend` is called."""
+
+    def __call__(
+        self, rows: Sequence[Row], also_users: Sequence[str] = ()
+    ) -> Coroutine[Any, Any, int]: ...
+
+
+def down_after(store: Store, writes: int) -> RecordSpend:
+    """Make `store` go down (StoreUnavailable) after `writes` writes of spend rows;
+    returns its real writer, to put back when it is up again."""
+    real = store.record_spend
+    calls = 0
+
+    async def going_down(rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
+        nonlocal calls
+        calls += 1
+        if calls > writes:
+            raise StoreUnavailable("the store is down")
+        return await real(rows, also_users)
+
+    # The store's writer replaced on this one store, as an outage would stop it.
+    store.record_spend = going_down  # type: ignore[method-assign]
+    return real
 
 
 async def test_a_row_the_database_refuses_is_dropped_and_holds_back_no_other(
@@ -143,17 +169,8 @@ async def test_an_outage_met_while_halving_keeps_every_row_not_written(
     took are written, every other row (the refused one too) stays queued, and all are
     written, the refused one dropped, once the store is back."""
     store = await Store.open(database_url)
-    real = store.record_spend
-    calls = 0
-
-    async def going_down(rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
-        nonlocal calls
-        calls += 1
-        if calls >= 4:  # the whole batch, its first half, its first quarter; then down
-            raise StoreUnavailable("the store is down")
-        return await real(rows, also_users)
-
-    store.record_spend = going_down  # type: ignore[method-assign]
+    # The whole batch, its first half, its first quarter; then down.
+    real = down_after(store, 3)
     ledger = SpendLedger(store)
     for n in range(8):
         tokens = UNSTORABLE_TOKENS if n == 3 else 5
@@ -174,17 +191,7 @@ async def test_an_outage_keeps_a_row_refused_alone_at_the_head_of_the_queue(
     """A row refused alone, held until the store takes another, when the store goes down
     instead: it is kept, in its place, with every row after it."""
     store = await Store.open(database_url)
-    real = store.record_spend
-    calls = 0
-
-    async def going_down(rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
-        nonlocal calls
-        calls += 1
-        if calls >= 3:  # the batch, its refused first row alone; then down
-            raise StoreUnavailable("the store is down")
-        return await real(rows, also_users)
-
-    store.record_spend = going_down  # type: ignore[method-assign]
+    real = down_after(store, 2)  # the batch, its refused first row alone; then down
     ledger = SpendLedger(store, batch_size=2)
     for n in range(4):
         await ledger.write(record(f"r{n}", prompt_tokens=UNSTORABLE_TOKENS if n == 0 else 5))
@@ -339,6 +346,21 @@ class RefusingStore:
         return len(ids)
 
 
+class GatedStore(RefusingStore):
+    """A RefusingStore whose write of the row `gate` alone waits for `release`: a flush
+    held there, under way, while the test writes more."""
+
+    def __init__(self, gate: str, refused: set[str] | None = None) -> None:
+        super().__init__(refused)
+        self.gate = gate
+        self.release = trio.Event()
+
+    async def record_spend(self, rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
+        if [row["request_id"] for row in rows] == [self.gate]:
+            await self.release.wait()
+        return await super().record_spend(rows, also_users)
+
+
 def _ledger(store: RefusingStore, **options: Any) -> SpendLedger:
     return SpendLedger(cast(Store, store), **options)
 
@@ -361,15 +383,8 @@ async def test_the_queue_bound_holds_while_a_store_refuses_every_row() -> None:
     (the depth gauge reads them) and the queue's bound counts them: the oldest rows are
     dropped, and the bound holds once they are back. They were dropped one per append
     only once the queue alone was past its bound: it stayed past it for ever."""
-    release = trio.Event()
-
-    class Gated(RefusingStore):
-        async def record_spend(self, rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
-            if [row["request_id"] for row in rows] == ["a99"]:
-                await release.wait()
-            return await super().record_spend(rows, also_users)
-
-    ledger = _ledger(Gated(), max_queued=100)
+    store = GatedStore(gate="a99")
+    ledger = _ledger(store, max_queued=100)
     for n in range(100):
         await ledger.write(record(f"a{n}"))
     async with trio.open_nursery() as nursery:
@@ -379,7 +394,7 @@ async def test_the_queue_bound_holds_while_a_store_refuses_every_row() -> None:
         for n in range(100):
             await ledger.write(record(f"b{n}"))
             assert ledger.queued == 100
-        release.set()
+        store.release.set()
     assert ledger.queued == 100 and ledger.dropped == 100
     assert [row["request_id"] for row in ledger._queue] == [f"b{n}" for n in range(100)]
     await ledger.write(record("c"))
@@ -524,15 +539,8 @@ async def test_a_refused_row_the_queue_bound_drops_no_longer_counts_against_budg
     the queue's bound drops: its cost is settled, as a row dropped as refused is (it may
     be what the database refuses, a wild cost). It counted against the key's budget in
     this worker until it restarted."""
-    release = trio.Event()
-
-    class Gated(RefusingStore):
-        async def record_spend(self, rows: Sequence[Row], also_users: Sequence[str] = ()) -> int:
-            if [row["request_id"] for row in rows] == ["held"]:
-                await release.wait()
-            return await super().record_spend(rows, also_users)
-
-    ledger = _ledger(Gated(refused={"kept", "held", "x"}), max_queued=2)
+    store = GatedStore(gate="held", refused={"kept", "held", "x"})
+    ledger = _ledger(store, max_queued=2)
     await ledger.write(dataclasses.replace(record("kept"), cost=1e13))
     assert not await ledger.flush()
     assert ledger.queued == 1 and ledger.unflushed("keys", "hash") == 1e13
@@ -553,5 +561,5 @@ async def test_a_refused_row_the_queue_bound_drops_no_longer_counts_against_budg
         await ledger.write(record("d"))
         assert ledger.dropped == 3 and not ledger._held
         assert ledger.unflushed("keys", "hash") == 1e13 + 2.0, "x: settled"
-        release.set()
+        store.release.set()
     assert ledger.queued == 0 and ledger.unflushed("keys", "hash") == 1.0
