@@ -3,6 +3,7 @@ The plumbing they use, and that tests import, is in helpers.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -89,13 +90,11 @@ def _postgres_schema(action: str, schema: str) -> None:
             connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
-    """A fresh database on each backend. Without PostgreSQL the test skips, except in CI,
-    where a missing service must fail the run rather than hide it."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/trigate.db"
-        return
+@contextlib.asynccontextmanager
+async def _fresh_postgres() -> AsyncIterator[str]:
+    """A PostgreSQL database of its own (a schema, dropped after). Without PostgreSQL the
+    test skips, except in CI, where a missing service must fail the run rather than
+    hide it."""
     schema = f"t_{uuid.uuid4().hex[:12]}"
     try:
         await trio.to_thread.run_sync(_postgres_schema, "create", schema)
@@ -105,6 +104,24 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIt
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error}")
     yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
     await trio.to_thread.run_sync(_postgres_schema, "drop", schema)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
+    """A fresh database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/trigate.db"
+        return
+    async with _fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database alone: for what only PostgreSQL does (its limits, its
+    errors, an outage of its server)."""
+    async with _fresh_postgres() as url:
+        yield url
 
 
 @pytest.fixture

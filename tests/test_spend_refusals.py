@@ -283,13 +283,11 @@ async def test_an_upstream_id_of_any_length_is_stored_cut(
 
 
 async def test_a_value_past_postgresqls_index_limit_is_refused_not_an_outage(
-    database_url: str,
+    postgres_url: str,
 ) -> None:
     """SQLSTATE 54000 (an index entry too long) is the row's fault, at every try: a
     `Refused`, which the ledger drops, not an outage it retries for ever."""
-    if database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's index entry limit")
-    store = await Store.open(database_url)
+    store = await Store.open(postgres_url)
     row = {**_row(record("r0")), "response_id": secrets.token_urlsafe(3072)}
     with pytest.raises(Refused) as refused:
         await store.record_spend([row])

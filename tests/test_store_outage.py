@@ -71,11 +71,9 @@ class Relay:
 
 @pytest.fixture
 async def relayed_postgres(
-    nursery: trio.Nursery, database_url: str
+    nursery: trio.Nursery, postgres_url: str
 ) -> AsyncIterator[tuple[str, Relay]]:
-    if database_url.startswith("sqlite"):
-        pytest.skip("a PostgreSQL outage")
-    parts = urlsplit(database_url)
+    parts = urlsplit(postgres_url)
     relay = Relay((parts.hostname or "127.0.0.1", parts.port or 5432))
     await nursery.start(relay.run)
     netloc = f"{parts.username}@127.0.0.1:{relay.port}"
@@ -185,14 +183,12 @@ async def test_outage_memory_fails_at_once(relayed_postgres: tuple[str, Relay]) 
     await store.close()
 
 
-async def test_a_write_to_a_read_only_database_is_an_outage(database_url: str) -> None:
+async def test_a_write_to_a_read_only_database_is_an_outage(postgres_url: str) -> None:
     """A write PostgreSQL refuses as the transaction is read-only (SQLSTATE 25006, as
     on a standby after a failover: an InternalError) is an outage, a 503: not a bug of
     ours, a 500 with a traceback logged at every retry. That call's alone: the next is
     served at once, on a new connection (the old one may be to the standby). It turned
     every call away for the outage memory's 2 s, and the pool kept the connection."""
-    if database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's read-only transactions")
     connections: list[int] = []
 
     def backend_pid(cursor: Any) -> int:
@@ -205,7 +201,7 @@ async def test_a_write_to_a_read_only_database_is_an_outage(database_url: str) -
         cursor.execute("SET TRANSACTION READ ONLY")
         return int(cursor.execute("INSERT INTO trigate_users (user_id) VALUES ('u1')"))
 
-    store = await Store.open(database_url)
+    store = await Store.open(postgres_url)
     with pytest.raises(StoreUnavailable):
         await store._run(read_only_write)
     assert await store.get("users", "u1") is None, "served, not turned away"
@@ -217,18 +213,16 @@ async def test_a_write_to_a_read_only_database_is_an_outage(database_url: str) -
     await store.close()
 
 
-async def test_a_failed_statement_is_no_outage(database_url: str) -> None:
+async def test_a_failed_statement_is_no_outage(postgres_url: str) -> None:
     """A statement PostgreSQL cancels (as it fails a deadlock or a serialization
     conflict: all `OperationalError`s) fails its own call as a 503; the next call is
     served, not turned away for the outage memory's 2 s."""
-    if database_url.startswith("sqlite"):
-        pytest.skip("PostgreSQL's statement errors")
 
     def cancelled_statement(cursor: Any) -> int:
         cursor.execute("SET LOCAL statement_timeout = 1")
         return int(cursor.execute("SELECT pg_sleep(1)"))
 
-    store = await Store.open(database_url)
+    store = await Store.open(postgres_url)
     with pytest.raises(StoreUnavailable):
         await store._run(cancelled_statement)
     await store.insert("users", {"user_id": "u2", "created_at": 1.0, "updated_at": 1.0})
