@@ -3,6 +3,7 @@ nothing a virtual key should not see."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import orjson
@@ -152,4 +153,22 @@ async def test_a_pass_through_model_with_a_nul_is_recorded_and_spend_goes_on(
         assert reply.status_code == 200, reply.text
     await running.records.wait_for(1)
     assert await running.gateway.ledger.flush()
+    await running.stop()
+
+
+async def test_a_value_the_database_refuses_is_the_clients_400(
+    nursery: trio.Nursery, postgres_url: str
+) -> None:
+    """An alias past PostgreSQL's index entry limit (2,704 bytes; random text, which its
+    compression cannot shrink under it) is refused at every try: the client's to change,
+    a 400, where it was a 500 (and before that a 503, an outage to retry for ever)."""
+    running = await start_gateway(nursery, {**mock_config(), "general_settings": {
+        "database_url": postgres_url}})  # fmt: skip
+    async with running.client() as client:
+        reply = await client.post("/key/generate", json={"key_alias": secrets.token_hex(3000)})
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert error["type"] == "invalid_request_error" and "54000" in error["message"]
+        reply = await client.post("/key/generate", json={"key_alias": "fine"})
+        assert reply.status_code == 200, reply.text
     await running.stop()

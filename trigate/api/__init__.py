@@ -11,6 +11,8 @@ it to the app.
 
 from __future__ import annotations
 
+import logging
+
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -25,7 +27,9 @@ from trigate.api.stored_text import check_parameters
 from trigate.api.url_rules import LazyBuilderRule
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.gateway import Gateway
-from trigate.store import Conflict
+from trigate.store import Conflict, Refused
+
+logger = logging.getLogger("trigate.api")
 
 
 def create_app(gateway: Gateway) -> QuartTrio:
@@ -109,6 +113,20 @@ def _register_error_handlers(app: QuartTrio) -> None:
         # Two admin calls racing for one alias or id both pass the route's own check.
         return _error_response(
             InvalidRequest("That conflicts with an existing entry: an alias or id is taken.")
+        )
+
+    @app.errorhandler(Refused)
+    async def refused(error: Refused) -> Response:
+        # A value this request would store, which the database refuses at every try (an
+        # alias past PostgreSQL's index entry limit, a number out of its column's range):
+        # the client's to change, not an outage to retry. Logged, in case it is ours.
+        logger.warning("%s %s: the database refuses a value (%s)", request.method,
+                       request.path, error)  # fmt: skip
+        return _error_response(
+            InvalidRequest(
+                f"The database refuses a value this request would store ({error}): "
+                "a text too long, or a number out of range."
+            )
         )
 
     @app.errorhandler(Exception)
