@@ -226,6 +226,11 @@ async def test_the_playground_chats_as_the_user_within_its_models(served: Runnin
         assert "This user may not use model `other`" in other.text
         # And no chat without the session's CSRF token.
         assert (await client.post("/ui/playground/chat", json=body)).status_code == 403
+        # A body that is not a JSON object is refused as the chat route refuses one.
+        for sent in (b"not json", b"[1, 2]"):
+            bad = await client.post("/ui/playground/chat", content=sent, headers=headers)
+            assert bad.status_code == 400, bad.text
+            assert bad.json()["error"]["type"] == "invalid_request_error"
 
 
 async def test_a_deleted_users_session_ends(served: RunningGateway) -> None:

@@ -92,7 +92,12 @@ async def playground(ui: UI) -> Response:
 @page
 async def playground_chat(ui: UI) -> Response:
     """The chat, relayed as it streams from the gateway's own chat route."""
-    sent = orjson.loads(await request.get_data())
+    try:
+        sent = orjson.loads(await request.get_data())
+    except orjson.JSONDecodeError:
+        sent = None
+    if not isinstance(sent, dict):  # the page sends an object; anything else is not its
+        return _refused_chat("The playground sends a chat request as a JSON object.")
     body = {name: sent[name] for name in CHAT_FIELDS if name in sent}
     body["stream"] = True
     body["stream_options"] = {"include_usage": True}
@@ -101,3 +106,10 @@ async def playground_chat(ui: UI) -> Response:
     )
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _refused_chat(message: str) -> Response:
+    """A chat the playground's route refuses before it reaches the chat route, in the
+    chat route's own error shape (the page shows the message it reads there)."""
+    body = {"error": {"message": message, "type": "invalid_request_error"}}
+    return Response(orjson.dumps(body), status=400, content_type="application/json")
