@@ -193,7 +193,7 @@ class UsageMeter:
         # `type(...) is int`: a JSON `true` is a Python bool, an int to isinstance, and no
         # count (PostgreSQL refuses a boolean for an INTEGER column, at every retry).
         if type(prompt) is int and type(completion) is int:
-            searches = _count(reported.get("search_units"))
+            searches = reported_count(reported.get("search_units"))
             return Usage(prompt, completion, "upstream", *_priced_parts(reported), searches)
         if type(prompt) is not int:
             prompt = await self.prompt_tokens()
@@ -219,11 +219,12 @@ def _priced_parts(usage: dict[str, Any]) -> tuple[int, int, int]:
         completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else None
     )
     written = usage.get("cache_creation_input_tokens")
-    return _count(cached), _count(written), _count(reasoning)
+    return reported_count(cached), reported_count(written), reported_count(reasoning)
 
 
-def _count(value: Any) -> int:
-    """A count the upstream reported, or 0: a bool (JSON `true`) is none."""
+def reported_count(value: Any) -> int:
+    """A count an upstream reported, or 0: a bool (JSON `true`, an int to isinstance) is
+    none, and would be refused as one by PostgreSQL's INTEGER columns."""
     return value if type(value) is int else 0
 
 

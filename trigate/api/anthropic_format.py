@@ -19,6 +19,7 @@ from trigate.api.envelopes import anthropic_error_body as error_body
 from trigate.errors import GatewayError, InvalidRequest
 from trigate.providers import NativeEvent
 from trigate.relay import FrameEncoder
+from trigate.usage import reported_count
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -242,18 +243,14 @@ def anthropic_usage(usage: dict[str, Any]) -> dict[str, int]:
     """Anthropic counts cache reads and writes apart from `input_tokens`; OpenAI's
     prompt count includes them."""
     details = usage.get("prompt_tokens_details")
-    reads = _count(details.get("cached_tokens") if isinstance(details, dict) else None)
-    writes = _count(usage.get("cache_creation_input_tokens"))
+    reads = reported_count(details.get("cached_tokens") if isinstance(details, dict) else None)
+    writes = reported_count(usage.get("cache_creation_input_tokens"))
     return {
-        "input_tokens": max(_count(usage.get("prompt_tokens")) - reads - writes, 0),
-        "output_tokens": _count(usage.get("completion_tokens")),
+        "input_tokens": max(reported_count(usage.get("prompt_tokens")) - reads - writes, 0),
+        "output_tokens": reported_count(usage.get("completion_tokens")),
         "cache_read_input_tokens": reads,
         "cache_creation_input_tokens": writes,
     }
-
-
-def _count(value: Any) -> int:
-    return value if type(value) is int else 0  # a bool (JSON `true`) is no count
 
 
 # --- OpenAI chunks -> Anthropic stream events -------------------------------------------

@@ -35,6 +35,7 @@ from trigate.providers.base import (
 )
 from trigate.providers.fields import a_list, an_object, objects, requested_format
 from trigate.sse import ServerSentEvent
+from trigate.usage import reported_count
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -463,7 +464,7 @@ def _finish_reason(stop_reason: Any, has_tool_calls: bool) -> str:
 def openai_usage(usage: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's usage: the prompt counts every input token, cache reads and writes included."""
     plain, reads, writes, output = (
-        _count(usage.get(key))
+        reported_count(usage.get(key))
         for key in (
             "input_tokens",
             "cache_read_input_tokens",
@@ -484,10 +485,6 @@ def openai_usage(usage: dict[str, Any]) -> dict[str, Any]:
     if isinstance(thinking, int):
         result["completion_tokens_details"] = {"reasoning_tokens": thinking}
     return result
-
-
-def _count(value: Any) -> int:
-    return value if type(value) is int else 0  # a bool (JSON `true`) is no count
 
 
 # --- Anthropic stream -> OpenAI chunks ---------------------------------------------------

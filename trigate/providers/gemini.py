@@ -54,6 +54,7 @@ from trigate.providers.fields import (
 )
 from trigate.providers.openai import fetch_completion, upstream_headers
 from trigate.sse import ServerSentEvent
+from trigate.usage import reported_count
 
 if TYPE_CHECKING:
     from trigate.config import LiteLLMParams
@@ -743,8 +744,7 @@ def openai_usage(metadata: Any) -> dict[str, Any] | None:
 
 
 def _count(metadata: dict[str, Any], key: str) -> int:
-    value = metadata.get(key)
-    return value if type(value) is int else 0  # a bool (JSON `true`) is no count
+    return reported_count(metadata.get(key))
 
 
 # --- Gemini stream -> OpenAI chunks ---------------------------------------------------
