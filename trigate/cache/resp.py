@@ -424,7 +424,7 @@ class _Connection:
         sent. No cancel point, as no read from the worker's own memory has one: a reply
         there at once is as quick as that read."""
         fileno = self._fileno
-        if fileno is None or self._buffer:  # TLS; or a pipeline's later reply is there
+        if fileno is None or self._buffer:  # TLS; (bytes left over: never pooled, `reusable`)
             self._unsent = payload
             return _INCOMPLETE
         try:
