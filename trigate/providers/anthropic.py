@@ -32,6 +32,7 @@ from trigate.providers.base import (
     StreamRead,
     UpstreamClient,
     read_json_object,
+    upstream_json,
 )
 from trigate.providers.fields import a_list, an_object, objects, requested_format
 from trigate.sse import ServerSentEvent
@@ -657,7 +658,7 @@ def _choice(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
 
 def _event_data(data: str) -> dict[str, Any]:
     try:
-        parsed = orjson.loads(data)
+        parsed = upstream_json(data)
     except orjson.JSONDecodeError:
         raise UpstreamError("The upstream sent a stream event that is not JSON.") from None
     if not isinstance(parsed, dict):

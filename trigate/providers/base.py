@@ -25,6 +25,7 @@ from trigate.errors import (
     UpstreamUnreachable,
     from_upstream_status,
 )
+from trigate.nesting import deeper_than, may_nest_deeper
 from trigate.sse import ServerSentEvent, SSEDecoder, plain_array, plain_payloads
 from trigate.transport import (
     READ_AS_STREAM,
@@ -83,11 +84,31 @@ class NativeEvent:
     usage: dict[str, Any] | None = None
 
 
+# The deepest an upstream's JSON may nest. orjson reads 1024 levels but writes only 254,
+# and an answer is written again (to the client, a stored response, a spend row, a
+# cache entry) inside a few levels of its own: an answer deeper than that would be a 500
+# of ours, where it is the upstream's fault. No model's answer nests near this.
+UPSTREAM_NESTING = 128
+
+
+def upstream_json(raw: bytes | bytearray | str) -> Any:
+    """An upstream's JSON text, decoded as orjson does (its JSONDecodeError for text that
+    is not JSON), or the upstream's error (a 502) for JSON nested deeper than
+    `UPSTREAM_NESTING`. Two bracket counts in C for a usual answer; a walk only for one
+    with more brackets than the bound."""
+    value = orjson.loads(raw)
+    if may_nest_deeper(raw, UPSTREAM_NESTING) and deeper_than(value, UPSTREAM_NESTING):
+        raise UpstreamError(
+            f"The upstream answered with JSON nested more than {UPSTREAM_NESTING} levels deep."
+        )
+    return value
+
+
 def passed_chunks(events: bytes) -> list[dict[str, Any]]:
     """The chunks of plain events kept as they came (`ChunkStream`): read as one JSON
     array, or one by one to say which is not a JSON object."""
     try:
-        chunks = orjson.loads(plain_array(events))
+        chunks = upstream_json(plain_array(events))
     except orjson.JSONDecodeError:
         chunks = None
     if isinstance(chunks, list) and all(isinstance(chunk, dict) for chunk in chunks):
@@ -206,7 +227,7 @@ def parse_chunk(data: str | bytes) -> dict[str, Any]:
     """One stream event's JSON object; an error event (with no choices) is the upstream's
     failure mid-stream."""
     try:
-        chunk = orjson.loads(data)
+        chunk = upstream_json(data)
     except orjson.JSONDecodeError:
         raise UpstreamError("The upstream sent a stream event that is not JSON.") from None
     if not isinstance(chunk, dict):
@@ -695,7 +716,7 @@ async def read_json_object(response: httpx.Response) -> tuple[bytes, dict[str, A
     """A non-stream answer's bytes and its JSON object; the response is closed either way."""
     raw = await read_body(response)
     try:
-        data = orjson.loads(raw)
+        data = upstream_json(raw)
     except orjson.JSONDecodeError:
         raise UpstreamError("The upstream answered with a body that is not JSON.") from None
     if not isinstance(data, dict):

@@ -45,6 +45,7 @@ from trigate.providers.base import (
     read_error_body,
     read_json_object,
     translate_transport_error,
+    upstream_json,
 )
 from trigate.providers.eventstream import EventStreamDecoder, Frame
 from trigate.providers.fields import a_string, an_object, objects, strings
@@ -639,7 +640,7 @@ class StreamTranslator:
         if message_type != "event":
             raise _stream_failure(headers, frame.payload)
         try:
-            event = orjson.loads(frame.payload)
+            event = upstream_json(frame.payload)
         except orjson.JSONDecodeError:
             raise UpstreamError("The upstream sent a stream event that is not JSON.") from None
         if not isinstance(event, dict):

@@ -29,6 +29,7 @@ from trigate.providers.base import (
     StreamRead,
     UpstreamClient,
     read_json_object,
+    upstream_json,
 )
 from trigate.providers.fields import objects, requested_format
 from trigate.providers.openai import upstream_headers
@@ -254,9 +255,11 @@ class StreamTranslator:
         chunks: list[dict[str, Any]] = []
         for event in events:
             try:
-                data = orjson.loads(event.data)
+                data = upstream_json(event.data)
             except orjson.JSONDecodeError:
                 return StreamRead(chunks, failure=UpstreamError("Cohere sent an event not JSON."))
+            except UpstreamError as failure:  # nested too deep
+                return StreamRead(chunks, failure=failure)
             if not isinstance(data, dict):
                 continue
             kind = data.get("type")

@@ -43,6 +43,7 @@ from trigate.providers.base import (
     UpstreamClient,
     error_from_body,
     read_error_body,
+    upstream_json,
 )
 from trigate.providers.fields import (
     a_list,
@@ -824,7 +825,7 @@ class StreamTranslator:
 
 def _event_data(data: str) -> dict[str, Any]:
     try:
-        event = orjson.loads(data)
+        event = upstream_json(data)
     except orjson.JSONDecodeError:
         raise UpstreamError("The upstream sent a stream event that is not JSON.") from None
     if not isinstance(event, dict):
