@@ -24,6 +24,7 @@ from trigate.cache.resp import (
     MAX_CONNECTIONS,
     NoConnection,
     RedisAddress,
+    RedisErrorReply,
     RedisReader,
     RedisReadError,
     RedisTimeout,
@@ -397,3 +398,122 @@ async def test_a_reply_waited_for_is_not_counted_as_a_read_that_did_not_wait() -
     assert reader.connections == 1 and len(reader._idle) == 1
     ours.close()
     redis.close()
+
+
+# --- connections Redis closed while idle; one deadline per command -------------------------
+
+
+def _port_of(connection: _Connection) -> int:
+    """The local port of a pooled connection: the server's stream with it as its peer."""
+    port: int = connection._socket.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("reset", [False, True])
+async def test_a_pooled_connection_closed_before_its_first_command_is_no_broken_reply(
+    nursery: trio.Nursery, reset: bool
+) -> None:
+    """The pool opens connections ahead of the reads that need them: one may sit there
+    unused until Redis's `timeout`, a restart or a proxy's idle cut closes it. Its first
+    command then reads the end of the connection (or is reset) before any byte of a
+    reply: Redis closed it while idle, not mid-reply, and the read goes on the next."""
+
+    async def script(words: list[bytes]) -> bytes | None:
+        return bulk(b"fine")
+
+    server = ScriptedRedis(script)
+    await server.start(nursery)
+    reader = await _reader(nursery, server.address)
+    reader._wanted.set()  # a second connection
+    await _pooled(reader, 2)
+    server.drop(_port_of(reader._idle[-1]), reset)  # the one read first
+    await trio.testing.wait_all_tasks_blocked()
+    assert await reader.get("k") == b"fine"
+    assert reader.connections == 1
+
+
+async def test_two_connections_closed_while_idle_in_a_row_empty_the_pool(
+    nursery: trio.Nursery,
+) -> None:
+    """The command is tried once more, not on every connection: a second closed in a row
+    says the pool is older than what closed them (a restart cuts every connection, an idle
+    timeout the least recently used first), so the rest are closed and the caller reads
+    another way while `run` opens new ones."""
+
+    async def script(words: list[bytes]) -> bytes | None:
+        return bulk(b"fine")
+
+    server = ScriptedRedis(script)
+    await server.start(nursery)
+    reader = await _reader(nursery, server.address)
+    for count in (2, 3):
+        reader._wanted.set()
+        await _pooled(reader, count)
+    for connection in reader._idle[1:]:  # the two used first
+        server.drop(_port_of(connection))
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(NoConnection) as none:
+        await reader.get("k")
+    assert none.value.deadline is None  # it did not wait: the caller has the whole timeout
+    assert reader.connections == 0
+    await _pooled(reader)
+    assert await reader.get("k") == b"fine"
+
+
+async def test_a_retried_read_has_what_is_left_of_its_deadline_not_a_new_one(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    """A read whose connection Redis closes with no reply after a wait (closed while idle,
+    as the command reached it) is tried on another connection, within the same deadline:
+    `redis_timeout` bounds the lookup, not each connection it tries."""
+    attempts: list[float] = []
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[1] == b"warm":
+            await hold.wait()
+            return bulk(b"warm")
+        attempts.append(trio.current_time())
+        if len(attempts) == 1:
+            await trio.sleep(1.5)
+            return None  # closed, no reply
+        await trio.sleep(1000)  # the retry is never answered
+        return None
+
+    hold = trio.Event()
+    server = ScriptedRedis(script)
+    await server.start(nursery)
+    reader = await _reader(nursery, server.address, deadline=2.0)
+    reader._wanted.set()
+    await _pooled(reader, 2)
+    async with trio.open_nursery() as both:  # each connection has served a command
+        for _ in range(2):
+            both.start_soon(reader.get, "warm")
+        await trio.testing.wait_all_tasks_blocked()
+        hold.set()
+    started = trio.current_time()
+    with trio.fail_after(30), pytest.raises(RedisTimeout):
+        await reader.get("k")
+    assert len(attempts) == 2 and attempts[1] - started == pytest.approx(1.5)
+    assert trio.current_time() - started == pytest.approx(2.0)
+    assert reader.connections == 0
+
+
+# --- error replies -----------------------------------------------------------------------
+
+
+async def test_an_error_reply_says_its_code_and_keeps_the_connection(
+    nursery: trio.Nursery,
+) -> None:
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[1] == b"loading":
+            return b"-LOADING Redis is loading the dataset in memory\r\n"
+        return bulk(b"fine")
+
+    server = ScriptedRedis(script)
+    await server.start(nursery)
+    reader = await _reader(nursery, server.address)
+    with pytest.raises(RedisErrorReply) as refused:
+        await reader.get("loading")
+    assert refused.value.code == "LOADING"
+    assert await reader.get("k") == b"fine"
+    assert len(server.connections) == 1

@@ -212,15 +212,20 @@ class RedisBackend:
         if reader is not None and self._up:
             try:
                 return await reader.get(name)  # within the timeout, the reader's own
-            except NoConnection:
-                pass
+            except NoConnection as none:
+                return await self._get_by_coredis(name, none.deadline)
             except _READ_ERRORS as error:
                 self._lose(str(error))
                 return None
+        return await self._get_by_coredis(name, None)
+
+    async def _get_by_coredis(self, name: str, deadline: float | None) -> bytes | None:
+        """A GET the reader could not make: by `deadline` if it waited already (what is
+        left of the lookup's timeout), else within a timeout of its own."""
         client = self._ready()
         if client is None:
             return None
-        return await self._bounded(lambda: client.get(name), None)
+        return await self._bounded(lambda: client.get(name), None, deadline)
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         client = self._ready()
@@ -228,11 +233,12 @@ class RedisBackend:
             return [None] * len(keys)
         names = [self._prefix + key for key in keys]
         reader = self._reader
+        deadline = None
         if reader is not None:
             try:
                 return await reader.mget(names)
-            except NoConnection:
-                pass
+            except NoConnection as none:
+                deadline = none.deadline
             except _READ_ERRORS as error:
                 self._lose(str(error))
                 return [None] * len(keys)
@@ -240,11 +246,16 @@ class RedisBackend:
         async def read() -> list[bytes | None]:
             return list(await client.mget(names))
 
-        return await self._bounded(read, [None] * len(keys))
+        return await self._bounded(read, [None] * len(keys), deadline)
 
-    async def _bounded(self, read: Callable[[], Awaitable[T]], failed: T) -> T:
-        """A read through coredis, within the timeout; `failed` if Redis fails it."""
-        with trio.move_on_after(self._timeout):
+    async def _bounded(
+        self, read: Callable[[], Awaitable[T]], failed: T, deadline: float | None
+    ) -> T:
+        """A read through coredis, by `deadline` (the lookup's, when the reader already
+        waited on it) or within the timeout; `failed` if Redis fails it."""
+        if deadline is None:
+            deadline = trio.current_time() + self._timeout
+        with trio.move_on_at(deadline):
             try:
                 return await read()
             except _READ_ERRORS as error:
