@@ -335,7 +335,9 @@ async def test_the_backend_reads_through_coredis_while_the_pool_has_no_connectio
     from trigate.cache.backends import RedisBackend
 
     unavailable: list[int] = []
-    backend = RedisBackend(redis_url, redis_prefix, 2.0, lambda: unavailable.append(1))
+    backend = RedisBackend(
+        redis_url, redis_prefix, 2.0, lambda: unavailable.append(1), lambda code, op: None
+    )
     await nursery.start(backend.run)
     await backend.set("k", b"kept", None)
     reader = backend._reader
