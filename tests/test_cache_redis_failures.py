@@ -10,6 +10,7 @@ itself can be made to refuse (a key of another type, memory full, connections ki
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import pytest
@@ -248,4 +249,36 @@ async def test_connections_redis_killed_while_idle_leave_the_cache_up(
         hit = await _post(running, "/v1/chat/completions", _chat(text))
         assert hit.headers["x-trigate-cache"] == "hit"
     assert _count(await _metrics(running), UNAVAILABLE) == 0
+    await running.stop()
+
+
+async def test_a_redis_busy_with_a_script_is_backed_off_from_until_it_is_free(
+    nursery: trio.Nursery, upstream: FakeUpstream, own_redis: RedisServer
+) -> None:
+    """A script running past `busy-reply-threshold` makes Redis answer every other command
+    `-BUSY`: it cannot serve anyone, so the cache misses at once until its probe is
+    answered again, and is counted both ways (the reply, and the outage's misses)."""
+    upstream.handler = lambda request: JSONReply(chat_completion("Fine", USAGE))
+    running = await start_gateway(nursery, redis_cached_config(upstream, own_redis.url, "t:"))
+    await _post(running, "/v1/chat/completions", _chat("kept"))
+    await _redis(own_redis, "CONFIG", "SET", "busy-reply-threshold", "10")
+    script = ["redis-cli", "-p", str(own_redis.port), "EVAL", "while true do end", "0"]
+    nursery.start_soon(partial(trio.run_process, script, capture_stdout=True, check=False))
+    with trio.fail_after(10):
+        while True:  # Redis says BUSY once the script has run past the threshold
+            if (await _redis(own_redis, "PING")).startswith("BUSY"):
+                break
+            await trio.sleep(0.02)
+    busy = await _post(running, "/v1/chat/completions", _chat("kept"))
+    assert busy.status_code == 200 and busy.headers["x-trigate-cache"] == "miss"
+    metrics = await _metrics(running)
+    assert _count(metrics, 'trigate_cache_redis_errors_total{code="BUSY",operation="read"}') == 1
+    assert _count(metrics, UNAVAILABLE) >= 1
+    await _redis(own_redis, "SCRIPT", "KILL")
+    with trio.fail_after(10):  # the probe finds it free: the kept answer is a hit again
+        while True:
+            hit = await _post(running, "/v1/chat/completions", _chat("kept"))
+            if hit.headers["x-trigate-cache"] == "hit":
+                break
+            await trio.sleep(0.2)
     await running.stop()
