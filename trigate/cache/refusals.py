@@ -84,15 +84,17 @@ def describe(error: BaseException) -> str:
 
 class Episodes:
     """When an error reply of a kind starts an episode, worth a log line: none of its code
-    for `EPISODE_GAP` seconds. Only refusals call it, never a command Redis served."""
+    for `EPISODE_GAP` seconds. Only refusals call it, never a command Redis served; codes
+    are kept by their label, so a server inventing codes cannot grow it."""
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
 
     def starts(self, code: str) -> bool:
         now = trio.current_time()
-        last = self._last.get(code)
-        self._last[code] = now
+        kind = label(code)
+        last = self._last.get(kind)
+        self._last[kind] = now
         return last is None or now - last > EPISODE_GAP
 
 
