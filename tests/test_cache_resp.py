@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import coredis
@@ -18,12 +17,14 @@ import pytest
 import trio
 import trio.testing
 import trustme
+from fake_redis import Closing, ScriptedRedis, bulk
 from helpers import RedisServer
 
 from trigate.cache.resp import (
     MAX_CONNECTIONS,
     NoConnection,
     RedisAddress,
+    RedisErrorReply,
     RedisReader,
     RedisReadError,
     RedisTimeout,
@@ -31,90 +32,6 @@ from trigate.cache.resp import (
     command,
 )
 from trigate.sockets import FastStream, descriptor_of
-
-# --- a scripted server ---------------------------------------------------------------------
-
-# What the server does with each command it reads: the bytes it answers with, or those
-# and then it closes the connection (`Closing`), or None: it closes without a word.
-Script = Callable[[list[bytes]], Awaitable["bytes | Closing | None"]]
-
-
-class Closing(bytes):
-    """An answer after which the server closes the connection."""
-
-
-class ScriptedRedis:
-    """A TCP server that reads RESP commands and answers as its script says, recording
-    each connection's commands and whether the client closed it."""
-
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.connections: list[list[list[bytes]]] = []
-        self.closed_by_client: list[bool] = []
-        self.streams: list[trio.SocketStream] = []
-        # The connection that read the last command.
-        self.last = -1
-        self.port = 0
-
-    async def start(self, nursery: trio.Nursery) -> None:
-        listeners = await nursery.start(trio.serve_tcp, self._serve, 0)
-        self.port = listeners[0].socket.getsockname()[1]
-
-    @property
-    def address(self) -> RedisAddress:
-        return RedisAddress(host="127.0.0.1", port=self.port)
-
-    async def _serve(self, stream: trio.SocketStream) -> None:
-        commands: list[list[bytes]] = []
-        index = len(self.connections)
-        self.connections.append(commands)
-        self.closed_by_client.append(False)
-        self.streams.append(stream)
-        buffer = b""
-        async with stream:
-            while True:
-                parsed = _command(buffer)
-                if parsed is None:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        self.closed_by_client[index] = True
-                        return
-                    buffer += data
-                    continue
-                words, buffer = parsed
-                commands.append(words)
-                self.last = index
-                answer = await self.script(words)
-                if answer is not None:
-                    try:
-                        await stream.send_all(answer)
-                    except trio.BrokenResourceError:  # the client gave up on it
-                        self.closed_by_client[index] = True
-                        return
-                if answer is None or isinstance(answer, Closing):
-                    return
-
-
-def _command(buffer: bytes) -> tuple[list[bytes], bytes] | None:
-    """One RESP array of bulk strings from the front of `buffer`, and the rest."""
-    if b"\r\n" not in buffer:
-        return None
-    head, rest = buffer.split(b"\r\n", 1)
-    words: list[bytes] = []
-    for _ in range(int(head[1:])):
-        if b"\r\n" not in rest:
-            return None
-        size_line, rest = rest.split(b"\r\n", 1)
-        size = int(size_line[1:])
-        if len(rest) < size + 2:
-            return None
-        words.append(rest[:size])
-        rest = rest[size + 2 :]
-    return words, rest
-
-
-def _bulk(value: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
 async def _reader(
@@ -244,7 +161,7 @@ async def test_a_read_cancelled_mid_reply_closes_its_connection_and_the_next_get
     async def script(words: list[bytes]) -> bytes | None:
         if words[0] == b"GET" and stalls:
             return b"$10\r\nhalf"  # then silence: the rest never comes
-        return _bulk(b"0123456789")
+        return bulk(b"0123456789")
 
     server = ScriptedRedis(script)
     await server.start(nursery)
@@ -268,7 +185,7 @@ async def test_a_read_cancelled_mid_reply_closes_its_connection_and_the_next_get
 async def test_a_read_not_answered_in_time_fails_and_its_connection_is_closed(
     nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
 ) -> None:
-    answers = [b"$3\r\nab", _bulk(b"late"), _bulk(b"on time")]
+    answers = [b"$3\r\nab", bulk(b"late"), bulk(b"on time")]
 
     async def script(words: list[bytes]) -> bytes | None:
         answer = answers.pop(0)
@@ -325,7 +242,7 @@ async def test_an_error_reply_fails_the_read_and_the_connection_is_used_again(
     async def script(words: list[bytes]) -> bytes | None:
         if words[1] == b"list":
             return b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
-        return _bulk(b"fine")
+        return bulk(b"fine")
 
     server = ScriptedRedis(script)
     await server.start(nursery)
@@ -340,7 +257,7 @@ async def test_a_connection_redis_closed_while_idle_is_replaced_without_failing_
     nursery: trio.Nursery,
 ) -> None:
     async def script(words: list[bytes]) -> bytes | None:
-        return _bulk(b"on %d" % server.last)  # which connection answered
+        return bulk(b"on %d" % server.last)  # which connection answered
 
     server = ScriptedRedis(script)
     await server.start(nursery)
@@ -365,7 +282,7 @@ async def test_reads_beyond_the_pool_say_so_and_it_grows_to_its_cap(
 
     async def script(words: list[bytes]) -> bytes | None:
         await release.wait()
-        return _bulk(b"x")
+        return bulk(b"x")
 
     server = ScriptedRedis(script)
     await server.start(nursery)
@@ -397,7 +314,7 @@ async def test_tls_as_a_rediss_url_configures_it(nursery: trio.Nursery, tmp_path
         async with secure:
             data = await secure.receive_some(1000)
             assert data == command(b"GET", b"k")
-            await secure.send_all(_bulk(b"over tls"))
+            await secure.send_all(bulk(b"over tls"))
             await secure.receive_some(1000)
 
     listeners = await nursery.start(trio.serve_tcp, serve, 0)
@@ -418,7 +335,9 @@ async def test_the_backend_reads_through_coredis_while_the_pool_has_no_connectio
     from trigate.cache.backends import RedisBackend
 
     unavailable: list[int] = []
-    backend = RedisBackend(redis_url, redis_prefix, 2.0, lambda: unavailable.append(1))
+    backend = RedisBackend(
+        redis_url, redis_prefix, 2.0, lambda: unavailable.append(1), lambda code, op: None
+    )
     await nursery.start(backend.run)
     await backend.set("k", b"kept", None)
     reader = backend._reader
@@ -443,8 +362,8 @@ async def test_bytes_beyond_a_reply_drop_the_connection_never_answer_the_next_co
 
     async def script(words: list[bytes]) -> bytes | None:
         if words[1] == b"extra":
-            return _bulk(b"A") + _bulk(b"LEAKED")  # one reply too many
-        return _bulk(b"v:" + words[1])
+            return bulk(b"A") + bulk(b"LEAKED")  # one reply too many
+        return bulk(b"v:" + words[1])
 
     server = ScriptedRedis(script)
     await server.start(nursery)
@@ -476,8 +395,127 @@ async def test_a_reply_waited_for_is_not_counted_as_a_read_that_did_not_wait() -
                 nursery.start_soon(reader.get, "k")
                 await trio.testing.wait_all_tasks_blocked()  # parked: the reply must wait
                 assert await redis.recv(100) == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
-                await redis.send(_bulk(b"%d" % n))
+                await redis.send(bulk(b"%d" % n))
             assert stream._in_a_row == 0, n
     assert reader.connections == 1 and len(reader._idle) == 1
     ours.close()
     redis.close()
+
+
+# --- connections Redis closed while idle; one deadline per command -------------------------
+
+
+def _port_of(connection: _Connection) -> int:
+    """The local port of a pooled connection: the server's stream with it as its peer."""
+    port: int = connection._socket.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("reset", [False, True])
+async def test_a_pooled_connection_closed_before_its_first_command_is_no_broken_reply(
+    nursery: trio.Nursery, reset: bool
+) -> None:
+    """The pool opens connections ahead of the reads that need them: one may sit there
+    unused until Redis's `timeout`, a restart or a proxy's idle cut closes it. Its first
+    command then reads the end of the connection (or is reset) before any byte of a
+    reply: Redis closed it while idle, not mid-reply, and the read goes on the next."""
+
+    async def script(words: list[bytes]) -> bytes | None:
+        return bulk(b"fine")
+
+    server = ScriptedRedis(script)
+    await server.start(nursery)
+    reader = await _reader(nursery, server.address)
+    reader._wanted.set()  # a second connection
+    await _pooled(reader, 2)
+    server.drop(_port_of(reader._idle[-1]), reset)  # the one read first
+    await trio.testing.wait_all_tasks_blocked()
+    assert await reader.get("k") == b"fine"
+    assert reader.connections == 1
+
+
+async def test_two_connections_closed_while_idle_in_a_row_empty_the_pool(
+    nursery: trio.Nursery,
+) -> None:
+    """The command is tried once more, not on every connection: a second closed in a row
+    says the pool is older than what closed them (a restart cuts every connection, an idle
+    timeout the least recently used first), so the rest are closed and the caller reads
+    another way while `run` opens new ones."""
+
+    async def script(words: list[bytes]) -> bytes | None:
+        return bulk(b"fine")
+
+    server = ScriptedRedis(script)
+    await server.start(nursery)
+    reader = await _reader(nursery, server.address)
+    for count in (2, 3):
+        reader._wanted.set()
+        await _pooled(reader, count)
+    for connection in reader._idle[1:]:  # the two used first
+        server.drop(_port_of(connection))
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(NoConnection) as none:
+        await reader.get("k")
+    assert none.value.deadline is None  # it did not wait: the caller has the whole timeout
+    assert reader.connections == 0
+    await _pooled(reader)
+    assert await reader.get("k") == b"fine"
+
+
+async def test_a_retried_read_has_what_is_left_of_its_deadline_not_a_new_one(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    """A read whose connection Redis closes with no reply after a wait (closed while idle,
+    as the command reached it) is tried on another connection, within the same deadline:
+    `redis_timeout` bounds the lookup, not each connection it tries."""
+    attempts: list[float] = []
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[1] == b"warm":
+            await hold.wait()
+            return bulk(b"warm")
+        attempts.append(trio.current_time())
+        if len(attempts) == 1:
+            await trio.sleep(1.5)
+            return None  # closed, no reply
+        await trio.sleep(1000)  # the retry is never answered
+        return None
+
+    hold = trio.Event()
+    server = ScriptedRedis(script)
+    await server.start(nursery)
+    reader = await _reader(nursery, server.address, deadline=2.0)
+    reader._wanted.set()
+    await _pooled(reader, 2)
+    async with trio.open_nursery() as both:  # each connection has served a command
+        for _ in range(2):
+            both.start_soon(reader.get, "warm")
+        await trio.testing.wait_all_tasks_blocked()
+        hold.set()
+    started = trio.current_time()
+    with trio.fail_after(30), pytest.raises(RedisTimeout):
+        await reader.get("k")
+    assert len(attempts) == 2 and attempts[1] - started == pytest.approx(1.5)
+    assert trio.current_time() - started == pytest.approx(2.0)
+    assert reader.connections == 0
+
+
+# --- error replies -----------------------------------------------------------------------
+
+
+async def test_an_error_reply_says_its_code_and_keeps_the_connection(
+    nursery: trio.Nursery,
+) -> None:
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[1] == b"loading":
+            return b"-LOADING Redis is loading the dataset in memory\r\n"
+        return bulk(b"fine")
+
+    server = ScriptedRedis(script)
+    await server.start(nursery)
+    reader = await _reader(nursery, server.address)
+    with pytest.raises(RedisErrorReply) as refused:
+        await reader.get("loading")
+    assert refused.value.code == "LOADING"
+    assert await reader.get("k") == b"fine"
+    assert len(server.connections) == 1

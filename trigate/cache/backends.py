@@ -1,9 +1,11 @@
 """Where answers are kept: this worker's memory (an LRU bounded in bytes), Redis, or
 both with the memory in front (LiteLLM's `default_in_memory_ttl` over Redis).
 
-A backend never fails a request: Redis that does not answer within its timeout, or
-refuses, is a miss on reading and a skipped write, counted (`on_unavailable`) and
-logged once per outage, as the fleet's own link does for limits.
+A backend never fails a request: Redis that does not answer within its timeout is a
+miss on reading and a skipped write, counted (`on_unavailable`) and logged once per
+outage, as the fleet's own link does for limits. An error reply is Redis answering: what
+the cache makes of it depends on its kind (`trigate.cache.refusals`), counted by its code
+(`on_error`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Protocol, TypeVar
 import coredis
 import trio
 
+from trigate.cache import refusals
 from trigate.cache.resp import NoConnection, RedisAddress, RedisReader, RedisReadError
 from trigate.clock import wall_time
 
@@ -132,12 +135,20 @@ class RedisBackend:
     PROBE_INTERVAL = 0.5
 
     def __init__(
-        self, url: str, prefix: str, timeout: float, on_unavailable: Callable[[], None]
+        self,
+        url: str,
+        prefix: str,
+        timeout: float,
+        on_unavailable: Callable[[], None],
+        on_error: Callable[[str, str], None],
     ) -> None:
         self._url = url
         self._prefix = prefix
         self._timeout = timeout
         self._on_unavailable = on_unavailable
+        # An error reply's code (its label) and the operation, `read` or `write`.
+        self._on_error = on_error
+        self._episodes = refusals.Episodes()
         self._client: Redis | None = None
         # The read path: coredis's own settings for this URL, on sockets of its own.
         self._reader: RedisReader | None = None
@@ -177,17 +188,40 @@ class RedisBackend:
             with trio.fail_after(max(self._timeout, 1.0)):
                 await self._client.ping()
         except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as error:
-            self._down(str(error) or "no answer")
+            self._down(self._unanswered(error))
             return
         if self._lost.is_set():
             logger.warning("the response cache's Redis is back")
         self._lost = trio.Event()
         self._up = True
 
+    def _unanswered(self, error: BaseException) -> str:
+        """Why the probe found no Redis to use; a refusal of the cache's credentials is
+        logged as the configuration error it is, which no later probe will mend."""
+        code = refusals.error_code(error)
+        if code is None:
+            return str(error) or "no answer"
+        if code in refusals.CREDENTIALS and self._episodes.starts(code):
+            refusals.log_refusal(code, "read", error)
+        return refusals.describe(error)
+
     def _lose(self, reason: str) -> None:
         """Redis failed a command: a skipped read or write, counted."""
         self._on_unavailable()
         self._down(reason)
+
+    def _failed(self, error: BaseException, operation: str) -> None:
+        """A read or write that got no value from Redis: Redis away, or an error reply,
+        dealt with by its kind (`refusals`); counted either way."""
+        code = refusals.error_code(error)
+        if code is None:
+            self._lose(str(error) or type(error).__name__)
+            return
+        self._on_error(refusals.label(code), operation)
+        if code in refusals.UNAVAILABLE:
+            self._lose(refusals.describe(error))  # back off until the probe is answered
+        elif self._episodes.starts(code):
+            refusals.log_refusal(code, operation, error)
 
     def _down(self, reason: str) -> None:
         """Redis is away: logged once per outage, and probed for until it is back."""
@@ -212,15 +246,20 @@ class RedisBackend:
         if reader is not None and self._up:
             try:
                 return await reader.get(name)  # within the timeout, the reader's own
-            except NoConnection:
-                pass
+            except NoConnection as none:
+                return await self._get_by_coredis(name, none.deadline)
             except _READ_ERRORS as error:
-                self._lose(str(error))
+                self._failed(error, "read")
                 return None
+        return await self._get_by_coredis(name, None)
+
+    async def _get_by_coredis(self, name: str, deadline: float | None) -> bytes | None:
+        """A GET the reader could not make: by `deadline` if it waited already (what is
+        left of the lookup's timeout), else within a timeout of its own."""
         client = self._ready()
         if client is None:
             return None
-        return await self._bounded(lambda: client.get(name), None)
+        return await self._bounded(lambda: client.get(name), None, deadline)
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
         client = self._ready()
@@ -228,27 +267,33 @@ class RedisBackend:
             return [None] * len(keys)
         names = [self._prefix + key for key in keys]
         reader = self._reader
+        deadline = None
         if reader is not None:
             try:
                 return await reader.mget(names)
-            except NoConnection:
-                pass
+            except NoConnection as none:
+                deadline = none.deadline
             except _READ_ERRORS as error:
-                self._lose(str(error))
+                self._failed(error, "read")
                 return [None] * len(keys)
 
         async def read() -> list[bytes | None]:
             return list(await client.mget(names))
 
-        return await self._bounded(read, [None] * len(keys))
+        return await self._bounded(read, [None] * len(keys), deadline)
 
-    async def _bounded(self, read: Callable[[], Awaitable[T]], failed: T) -> T:
-        """A read through coredis, within the timeout; `failed` if Redis fails it."""
-        with trio.move_on_after(self._timeout):
+    async def _bounded(
+        self, read: Callable[[], Awaitable[T]], failed: T, deadline: float | None
+    ) -> T:
+        """A read through coredis, by `deadline` (the lookup's, when the reader already
+        waited on it) or within the timeout; `failed` if Redis fails it."""
+        if deadline is None:
+            deadline = trio.current_time() + self._timeout
+        with trio.move_on_at(deadline):
             try:
                 return await read()
             except _READ_ERRORS as error:
-                self._lose(str(error))
+                self._failed(error, "read")
                 return failed
         self._lose(f"no answer within {self._timeout:g} s")
         return failed
@@ -262,7 +307,7 @@ class RedisBackend:
             try:
                 await client.set(self._key(key), value, px=px)
             except (coredis.exceptions.RedisError, OSError) as error:
-                self._lose(str(error))
+                self._failed(error, "write")
             return
         self._lose(f"no answer within {self._timeout:g} s")
 

@@ -101,7 +101,7 @@ class ResponseCache:
             assert settings.redis_url is not None
             self._redis = RedisBackend(
                 settings.redis_url, redis_prefix + "cache:", settings.timeout,
-                self.metrics.count_unavailable,
+                self.metrics.count_unavailable, self.metrics.count_redis_error,
             )  # fmt: skip
             front = settings.in_memory_ttl
             self.backend = (

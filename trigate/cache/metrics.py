@@ -34,6 +34,14 @@ class CacheMetrics:
             "Cache reads and writes skipped because its Redis failed or did not answer in time",
             (), registry=registry,
         ))  # fmt: skip
+        # Bounded labels: the codes `trigate.cache.refusals` names (else `other`), and
+        # `read` or `write`.
+        self.redis_errors = Counter(
+            "trigate_cache_redis_errors",
+            "Cache reads and writes Redis answered with an error reply, by its code "
+            "(WRONGTYPE, LOADING, OOM, NOAUTH, ...): each a miss or a skipped write",
+            ("code", "operation"), registry=registry,
+        )  # fmt: skip
         self.not_stored: Tally = tally(Counter(
             "trigate_cache_too_large",
             "Answers served but not cached because they exceed the entry size cap", (),
@@ -47,3 +55,7 @@ class CacheMetrics:
     def count_unavailable(self) -> None:
         """A read or write Redis failed or did not answer in time."""
         self.unavailable.inc(1)
+
+    def count_redis_error(self, code: str, operation: str) -> None:
+        """A read or write Redis refused with an error reply (rare: `labels` per call)."""
+        self.redis_errors.labels(code, operation).inc()

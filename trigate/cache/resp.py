@@ -22,8 +22,11 @@ leaves reads to coredis.
 A connection is reused only after a whole reply was read from it. Any failure or
 cancellation while it is in use (its deadline, the client leaving, a broken socket, a
 reply that is not RESP) closes it on the spot, so no later command can read the rest of
-an earlier reply. A pooled connection that Redis closed while it sat idle fails its next
-command at once, before any reply; that command goes on the next idle connection.
+an earlier reply. A pooled connection that Redis closed while it sat idle (its `timeout`,
+a restart, a proxy's idle cut) ends before any byte of a reply: it is dropped and the
+command tried once more on the next idle one; a second such in a row says the pool is
+older than whatever closed them, so the rest of it is closed too and the caller reads
+another way. Every attempt of a command shares one deadline, from its first wait.
 """
 
 from __future__ import annotations
@@ -60,7 +63,18 @@ _INCOMPLETE: Any = object()
 
 class RedisReadError(Exception):
     """A command that got no usable reply: the connection broke, the reply was not RESP,
-    or Redis answered with an error (`-ERR ...`)."""
+    or Redis answered with an error (`-ERR ...`, `RedisErrorReply`)."""
+
+
+class RedisErrorReply(RedisReadError):
+    """Redis answered the command with an error (`-WRONGTYPE ...`): it is up and the
+    connection is sound (the reply was read whole); `code` is the reply's first word,
+    which says what kind of refusal it is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"Redis answered {message}")
+        self.message = message
+        self.code = message.split(" ", 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,35 +225,44 @@ class RedisReader:
             self._discard(connection)
 
     async def _command(self, payload: bytes) -> Any:
-        """One command's reply on an idle connection; one that Redis closed while idle is
-        dropped for the next. `NoConnection` when none is left. The command's deadline is
-        watched only once its reply must be waited for: a reply read at once took no time
-        (nothing else ran meanwhile)."""
+        """One command's reply on an idle connection. One that Redis closed while idle is
+        dropped and the command tried once more on the next; `NoConnection` when none is
+        left (with the deadline it had, if it waited). The deadline is watched only once
+        the reply must be waited for (a reply read at once took no time: nothing else ran
+        meanwhile), and is the command's, not each attempt's: a retry has what is left."""
+        deadline: float | None = None
+        retried = False
         while self._idle:
             connection = self._idle.pop()
             try:
                 reply = connection.at_once(payload)
                 if reply is _INCOMPLETE:
-                    self._watch.start(connection)
-                    reply = await connection.finish()
+                    if deadline is None:
+                        deadline = self._watch.start(connection)
+                        reply = await connection.finish()
+                    else:
+                        reply = await _finished_by(connection, deadline)
             except _Stale:
                 self._discard(connection)
+                if retried:  # two in a row: the rest are as old, most likely as dead
+                    self.close_idle()
+                    break
+                retried = True
                 continue
             except BaseException:
                 self._discard(connection)
                 raise
             connection.command = 0
-            connection.used = True
             if connection.reusable:
                 self._idle.append(connection)  # the list now: `close_idle` may replace it
             else:
                 self._discard(connection)
             if reply.__class__ is _ErrorReply:
-                raise RedisReadError(f"Redis answered {reply.message}")
+                raise RedisErrorReply(reply.message)
             return reply
         if self._open < self._max:
             self._wanted.set()
-        raise NoConnection
+        raise NoConnection(deadline)
 
     async def _add(self) -> bool:
         """One more idle connection, authenticated and on its database; False if it could
@@ -269,6 +292,7 @@ class RedisReader:
         if not connection.reusable:  # more replies than the handshake's: not Redis
             self._discard(connection)
             return False
+        connection.pooled = True
         self._idle.append(connection)
         return True
 
@@ -293,14 +317,17 @@ class _Watch:
         self._waiting = False
         self._started = trio.Event()
 
-    def start(self, connection: _Connection) -> None:
-        """A command starts on `connection`: it must be answered within the timeout."""
+    def start(self, connection: _Connection) -> float:
+        """A command starts on `connection`: it must be answered within the timeout, by
+        the deadline returned."""
         self._serial += 1
         connection.command = self._serial
-        self._pending.append((trio.current_time() + self.timeout, self._serial, connection))
+        deadline = trio.current_time() + self.timeout
+        self._pending.append((deadline, self._serial, connection))
         if self._waiting:
             self._waiting = False
             self._started.set()
+        return deadline
 
     async def run(self) -> None:
         pending = self._pending
@@ -322,7 +349,22 @@ class _Watch:
 
 
 class NoConnection(Exception):
-    """No idle connection for this read: the caller reads some other way."""
+    """No idle connection for this read: the caller reads some other way, by `deadline`
+    when the read already waited (a connection Redis had closed), else within a timeout
+    of its own."""
+
+    def __init__(self, deadline: float | None = None) -> None:
+        super().__init__("no idle connection")
+        self.deadline = deadline
+
+
+async def _finished_by(connection: _Connection, deadline: float) -> Any:
+    """A retried command's reply, by the deadline its first attempt started: under a
+    cancel scope of its own, as a retry is rare (the watch keeps one timeout for all,
+    so its queue is in the order of their deadlines, which a retry's would break)."""
+    with trio.move_on_at(deadline):
+        return await connection.finish()
+    raise RedisTimeout("no answer in time")
 
 
 class RedisTimeout(RedisReadError):
@@ -346,7 +388,7 @@ class _ErrorReply:
 def _value(reply: Any) -> Any:
     """A reply's value; an error reply is raised (after it was read whole)."""
     if isinstance(reply, _ErrorReply):
-        raise RedisReadError(f"Redis answered {reply.message}")
+        raise RedisErrorReply(reply.message)
     return reply
 
 
@@ -356,7 +398,7 @@ class _Connection:
     be waited for (which parks only then); a TLS one through `trio.SSLStream` over it."""
 
     __slots__ = (
-        "_buffer", "_fileno", "_socket", "_stream", "_unsent", "command", "timed_out", "used",
+        "_buffer", "_fileno", "_socket", "_stream", "_unsent", "command", "pooled", "timed_out",
     )  # fmt: skip
 
     def __init__(
@@ -372,8 +414,9 @@ class _Connection:
         self._buffer = bytearray()
         # What `at_once` could not send of its command, for `finish` to send.
         self._unsent = b""
-        # Whether a command has had its whole reply on it (it has been pooled since).
-        self.used = False
+        # Whether it was put in the pool (its handshake done): it may have sat idle there
+        # long enough for Redis, or a proxy, to close it.
+        self.pooled = False
         # The command under way (`_Watch`'s serial number), 0 between commands; and
         # whether its deadline passed, which closed the connection.
         self.command = 0
@@ -465,14 +508,15 @@ class _Connection:
         """What a command failed with when its connection broke or was closed under it."""
         if self.timed_out:
             return RedisTimeout("no answer in time")
-        if self.used and not self._buffer:
+        if self.pooled and not self._buffer:
             return _Stale(str(error) or type(error).__name__)
         return RedisReadError(str(error) or type(error).__name__)
 
     def _ended(self) -> RedisReadError:
         """What a command failed with when Redis closed the connection before its reply
-        was whole: before any of it, on a pooled connection, Redis closed it while idle."""
-        if self.used and not self._buffer:
+        was whole: before any of it, on a pooled connection, Redis closed it while idle
+        (whether or not a command had been sent on it before)."""
+        if self.pooled and not self._buffer:
             return _Stale("Redis closed the connection")
         return RedisReadError("Redis closed the connection mid-reply")
 

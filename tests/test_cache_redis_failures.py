@@ -1,0 +1,284 @@
+"""The response cache's Redis misbehaving (issue 22: "a cache that does not answer within
+`redis_timeout` is a miss, never a failed request; it is counted"): error replies, each
+dealt with by its kind; a lookup bounded by one timeout however many connections it
+tries; connections Redis closed while they sat in the pool.
+
+The cache's backend against a scripted Redis on a real socket where the reply must be
+exact (`fake_redis`), and the gateway against a Redis of the test's own where Redis
+itself can be made to refuse (a key of another type, memory full, connections killed)."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from fake_redis import ScriptedRedis
+from fakes import FakeUpstream, JSONReply, chat_completion
+from helpers import RedisServer, RunningGateway, start_gateway
+from test_cache import USAGE, _chat, _post, redis_cached_config
+
+from trigate.cache.backends import RedisBackend
+
+# --- the backend against a scripted Redis ----------------------------------------------------
+
+
+class Counts:
+    """What the backend counted: its metrics' callbacks."""
+
+    def __init__(self) -> None:
+        self.unavailable = 0
+        self.errors: list[tuple[str, str]] = []
+
+    def count_unavailable(self) -> None:
+        self.unavailable += 1
+
+    def count_error(self, code: str, operation: str) -> None:
+        self.errors.append((code, operation))
+
+
+async def _backend(
+    nursery: trio.Nursery, server: ScriptedRedis, redis_timeout: float = 0.5
+) -> tuple[RedisBackend, Counts]:
+    """A backend on `server` (keys under `t:`), up, its reader with a pooled connection."""
+    counts = Counts()
+    url = f"redis://127.0.0.1:{server.port}/0"
+    backend = RedisBackend(url, "t:", redis_timeout, counts.count_unavailable, counts.count_error)
+    await nursery.start(backend.run)
+    reader = backend._reader
+    assert reader is not None and backend._up
+    with trio.fail_after(5):  # over real sockets, which only polling sees
+        while True:
+            if reader._idle:
+                return backend, counts
+            await trio.sleep(0.01)
+
+
+# Error replies to a GET (read through the reader) or a SET (written through coredis): the
+# code counted, and whether Redis is still up for the cache (no probe, reads go on).
+REFUSALS = [
+    ("GET", b"-WRONGTYPE Operation against a key holding the wrong kind of value", True),
+    ("GET", b"-LOADING Redis is loading the dataset in memory", False),
+    ("GET", b"-BUSY Redis is busy running a script. You can only call SCRIPT KILL", False),
+    ("GET", b"-NOAUTH Authentication required.", True),
+    ("GET", b"-NOPERM User cache has no permissions to access the 't:k' key", True),
+    ("GET", b"-ERR something Redis-like servers say", True),
+    ("SET", b"-OOM command not allowed when used memory > 'maxmemory'.", True),
+    ("SET", b"-MISCONF Redis is configured to save RDB snapshots, but it's currently unable", True),
+    ("SET", b"-READONLY You can't write against a read only replica.", True),
+]
+
+
+@pytest.mark.parametrize(("command", "reply", "stays_up"), REFUSALS)
+async def test_an_error_reply_is_a_miss_or_a_skipped_write_dealt_with_by_its_kind(
+    nursery: trio.Nursery, command: str, reply: bytes, stays_up: bool
+) -> None:
+    """Only a Redis that cannot serve anyone for now (LOADING, BUSY) is backed off from;
+    a refusal of one key, of writes, or of the cache's credentials leaves it up: the other
+    reads go on, each request served either way."""
+    refusing = True
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[0] == command.encode() and words[1] == b"t:k" and refusing:
+            return reply + b"\r\n"
+        if words[0] == b"SET":
+            return b"+OK\r\n"
+        return b"$4\r\nkept\r\n"
+
+    server = ScriptedRedis(script, coredis=True)
+    await server.start(nursery)
+    backend, counts = await _backend(nursery, server)
+    if command == "GET":
+        assert await backend.get("k") is None  # a miss: nothing served from it
+    else:
+        await backend.set("k", b"answer", None)  # skipped, and no failure
+    code = reply[1:].split(b" ", 1)[0].decode()
+    assert counts.errors == [(code, "read" if command == "GET" else "write")]
+    assert backend._up is stays_up
+    assert counts.unavailable == (0 if stays_up else 1)
+    refusing = False
+    if stays_up:  # the next read goes to Redis at once
+        assert await backend.get("other") == b"kept"
+        assert counts.unavailable == 0
+
+
+async def test_a_refusal_is_logged_once_per_episode_and_never_with_what_redis_quotes(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock, caplog: Any
+) -> None:
+    """Redis quotes a command's arguments back in some errors (`unknown command`, as when
+    SET is renamed away): the logged message leaves them out, the value among them. A run
+    of the same refusal is one line; the credentials' is an error, the rest warnings."""
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[0] == b"SET":
+            return b"-ERR unknown command 'SET', with args beginning with: 't:k' 'SECRET' \r\n"
+        return b"-NOAUTH Authentication required.\r\n"
+
+    server = ScriptedRedis(script, coredis=True)
+    await server.start(nursery)
+    backend, counts = await _backend(nursery, server)
+    caplog.set_level(logging.WARNING, "trigate")
+    for _ in range(3):
+        await backend.set("k", b"SECRET", None)
+        assert await backend.get("k") is None
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in lines] == [logging.WARNING, logging.ERROR]
+    assert "unknown command" in lines[0][1] and "SECRET" not in lines[0][1]
+    assert "NOAUTH" in lines[1][1]
+    assert counts.errors == [("ERR", "write"), ("NOAUTH", "read")] * 3
+    await trio.sleep(120)  # a quiet spell ends the episode: the next is logged again
+    await backend.set("k", b"SECRET", None)
+    assert len(caplog.records) == 3
+
+
+async def test_a_lookup_is_bounded_by_one_timeout_through_the_reader_and_coredis(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock
+) -> None:
+    """The reader's only connection is closed, without a reply, after most of the timeout
+    (Redis closed it while idle as the GET reached it): the lookup goes on through coredis
+    with what is left of the timeout, not a timeout of its own."""
+    reader_gets: list[float] = []
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[0] == b"GET" and server.connections[server.last][0][0] != b"HELLO":
+            reader_gets.append(trio.current_time())
+            await trio.sleep(0.4)
+            return None  # closed, no reply
+        await trio.sleep(1000)  # coredis's GET: never answered
+        return None
+
+    server = ScriptedRedis(script, coredis=True)
+    await server.start(nursery)
+    backend, counts = await _backend(nursery, server, redis_timeout=0.5)
+    started = trio.current_time()
+    assert await backend.get("k") is None
+    assert reader_gets == [started]
+    assert trio.current_time() - started == pytest.approx(0.5)
+    assert counts.unavailable == 1  # no answer in time: Redis is down for the cache
+
+
+# --- through the gateway, against a Redis of the test's own ----------------------------------
+
+
+async def _redis(server: RedisServer, *command: str) -> str:
+    """A command to the test's Redis, as its operator would type it; its reply's text."""
+    done = await trio.run_process(
+        ["redis-cli", "-p", str(server.port), *command], capture_stdout=True
+    )
+    return done.stdout.decode()
+
+
+async def _metrics(running: RunningGateway) -> str:
+    async with running.client() as client:
+        text: str = (await client.get("/metrics")).text
+    return text
+
+
+def _count(text: str, sample: str) -> float:
+    """A sample's value in /metrics, by its name and labels as written; 0 if absent."""
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+WRONGTYPE_READS = 'trigate_cache_redis_errors_total{code="WRONGTYPE",operation="read"}'
+OOM_WRITES = 'trigate_cache_redis_errors_total{code="OOM",operation="write"}'
+UNAVAILABLE = "trigate_cache_unavailable_total"
+
+
+async def test_a_value_of_another_type_under_a_key_is_a_miss_and_replaced(
+    nursery: trio.Nursery, upstream: FakeUpstream, own_redis: RedisServer
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Fine", USAGE))
+    running = await start_gateway(nursery, redis_cached_config(upstream, own_redis.url, "t:"))
+    first = await _post(running, "/v1/chat/completions", _chat())
+    key = "t:cache:" + first.headers["x-litellm-cache-key"]
+    await _redis(own_redis, "DEL", key)
+    await _redis(own_redis, "RPUSH", key, "not an answer")  # another writer's list
+    refused = await _post(running, "/v1/chat/completions", _chat())
+    assert refused.status_code == 200 and refused.headers["x-trigate-cache"] == "miss"
+    assert refused.json()["choices"][0]["message"]["content"] == "Fine"
+    text = await _metrics(running)
+    assert _count(text, WRONGTYPE_READS) == 1 and _count(text, UNAVAILABLE) == 0
+    # Redis stayed up for the cache: the answer's write replaced the list, and hits.
+    hit = await _post(running, "/v1/chat/completions", _chat())
+    assert hit.headers["x-trigate-cache"] == "hit"
+    assert len(upstream.requests) == 2
+    await running.stop()
+
+
+async def test_redis_out_of_memory_skips_writes_and_reads_go_on(
+    nursery: trio.Nursery, upstream: FakeUpstream, own_redis: RedisServer
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Fine", USAGE))
+    running = await start_gateway(nursery, redis_cached_config(upstream, own_redis.url, "t:"))
+    await _post(running, "/v1/chat/completions", _chat("kept"))
+    await _redis(own_redis, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+    await _redis(own_redis, "CONFIG", "SET", "maxmemory", "1")  # full: writes refused
+    for text in ("one", "one"):  # served; its write refused, so the second is a miss too
+        answer = await _post(running, "/v1/chat/completions", _chat(text))
+        assert answer.status_code == 200 and answer.headers["x-trigate-cache"] == "miss"
+    hit = await _post(running, "/v1/chat/completions", _chat("kept"))  # reads go on
+    assert hit.headers["x-trigate-cache"] == "hit"
+    metrics = await _metrics(running)
+    assert _count(metrics, OOM_WRITES) == 2 and _count(metrics, UNAVAILABLE) == 0
+    await running.stop()
+
+
+async def test_connections_redis_killed_while_idle_leave_the_cache_up(
+    nursery: trio.Nursery, upstream: FakeUpstream, own_redis: RedisServer
+) -> None:
+    """Redis closes idle connections (its `timeout`, a restart, `CLIENT KILL`, a proxy's
+    idle cut): the next lookup finds its pooled connection ended before any reply, and is
+    no outage: it reads on a fresh connection, and the answer is kept."""
+    upstream.handler = lambda request: JSONReply(chat_completion("Fine", USAGE))
+    running = await start_gateway(nursery, redis_cached_config(upstream, own_redis.url, "t:"))
+    with trio.fail_after(10):  # the reader's first connection, opened in the background
+        while True:  # it, coredis's and redis-cli's own
+            if len((await _redis(own_redis, "CLIENT", "LIST")).splitlines()) >= 3:
+                break
+            await trio.sleep(0.05)
+    for text in ("before any read", "after a read"):
+        await _redis(own_redis, "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        miss = await _post(running, "/v1/chat/completions", _chat(text))
+        assert miss.status_code == 200 and miss.headers["x-trigate-cache"] == "miss"
+        hit = await _post(running, "/v1/chat/completions", _chat(text))
+        assert hit.headers["x-trigate-cache"] == "hit"
+    assert _count(await _metrics(running), UNAVAILABLE) == 0
+    await running.stop()
+
+
+async def test_a_redis_busy_with_a_script_is_backed_off_from_until_it_is_free(
+    nursery: trio.Nursery, upstream: FakeUpstream, own_redis: RedisServer
+) -> None:
+    """A script running past `busy-reply-threshold` makes Redis answer every other command
+    `-BUSY`: it cannot serve anyone, so the cache misses at once until its probe is
+    answered again, and is counted both ways (the reply, and the outage's misses)."""
+    upstream.handler = lambda request: JSONReply(chat_completion("Fine", USAGE))
+    running = await start_gateway(nursery, redis_cached_config(upstream, own_redis.url, "t:"))
+    await _post(running, "/v1/chat/completions", _chat("kept"))
+    await _redis(own_redis, "CONFIG", "SET", "busy-reply-threshold", "10")
+    script = ["redis-cli", "-p", str(own_redis.port), "EVAL", "while true do end", "0"]
+    nursery.start_soon(partial(trio.run_process, script, capture_stdout=True, check=False))
+    with trio.fail_after(10):
+        while True:  # Redis says BUSY once the script has run past the threshold
+            if (await _redis(own_redis, "PING")).startswith("BUSY"):
+                break
+            await trio.sleep(0.02)
+    busy = await _post(running, "/v1/chat/completions", _chat("kept"))
+    assert busy.status_code == 200 and busy.headers["x-trigate-cache"] == "miss"
+    metrics = await _metrics(running)
+    assert _count(metrics, 'trigate_cache_redis_errors_total{code="BUSY",operation="read"}') == 1
+    assert _count(metrics, UNAVAILABLE) >= 1
+    await _redis(own_redis, "SCRIPT", "KILL")
+    with trio.fail_after(10):  # the probe finds it free: the kept answer is a hit again
+        while True:
+            hit = await _post(running, "/v1/chat/completions", _chat("kept"))
+            if hit.headers["x-trigate-cache"] == "hit":
+                break
+            await trio.sleep(0.2)
+    await running.stop()
