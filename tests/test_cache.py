@@ -90,6 +90,11 @@ def test_the_key_is_the_same_however_the_json_keys_are_ordered() -> None:
     assert cache_key("chat", "h", "", one, None) != cache_key("chat", "g", "", one, None)
     assert cache_key("messages", "g", "", one, None) != cache_key("chat", "g", "", one, None)
     assert cache_key("chat", "g", "", one, "ns").startswith("ns:")
+    # A key that is no string (a hook may put one) is keyed as its JSON string.
+    biased = {**one, "logit_bias": {50256: -100}}
+    assert cache_key("chat", "g", "", biased, None) == cache_key(
+        "chat", "g", "", {**one, "logit_bias": {"50256": -100}}, None
+    )
 
 
 # --- hits -----------------------------------------------------------------------------------
