@@ -90,6 +90,11 @@ def test_the_key_is_the_same_however_the_json_keys_are_ordered() -> None:
     assert cache_key("chat", "h", "", one, None) != cache_key("chat", "g", "", one, None)
     assert cache_key("messages", "g", "", one, None) != cache_key("chat", "g", "", one, None)
     assert cache_key("chat", "g", "", one, "ns").startswith("ns:")
+    # A key that is no string (a hook may put one) is keyed as its JSON string.
+    biased = {**one, "logit_bias": {50256: -100}}
+    assert cache_key("chat", "g", "", biased, None) == cache_key(
+        "chat", "g", "", {**one, "logit_bias": {"50256": -100}}, None
+    )
 
 
 # --- hits -----------------------------------------------------------------------------------
@@ -115,7 +120,32 @@ async def test_a_repeated_chat_request_is_a_hit_with_its_headers_and_a_free_spen
     assert [(r.cache_hit, r.cache_key) for r in records] == [(False, key), (True, key)]
     assert records[0].cost == pytest.approx(7 * 0.001 + 4 * 0.002)
     assert records[1].cost == 0.0 and records[1].deployment is None
+    # The hit's row names the answer it gave, read from its entry's fields.
+    assert records[1].response_id == records[0].response_id == first.json()["id"]
     await running.stop()
+
+
+async def test_a_kept_whole_answer_is_parsed_only_once_something_reads_it() -> None:
+    from trigate.cache.entries import ENTRY_VERSION, KeptCompletion, decode, encode
+
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [], "usage": USAGE}
+    raw = orjson.dumps(answer, option=orjson.OPT_INDENT_2)  # the upstream's own bytes
+    entry = decode(encode({"answer": answer}, raw), None)
+    assert entry is not None and entry.tokens() == 11
+    served = entry.serve(False)
+    # What a hit reads comes from the entry's fields: its bytes go out as they were kept.
+    assert isinstance(served, KeptCompletion)
+    assert (served.raw, served.usage, served.answer_id) == (raw, USAGE, "chatcmpl-1")
+    assert served.body == answer  # parsed when read, as a hook reads it
+    served.body["usage"] = {**USAGE, "total_tokens": 12}  # and changed, the usage with it
+    assert served.usage == {**USAGE, "total_tokens": 12}
+    replayed = entry.serve(True)
+    assert replayed is not None and not isinstance(replayed, KeptCompletion)
+    # Bytes that are no JSON object are no answer: a miss, never sent as one.
+    assert decode(encode({"answer": answer}, b"[1]"), None) is None
+    # An older gateway's entry (its answer without these fields) is a miss, then kept anew.
+    older = orjson.dumps({"v": ENTRY_VERSION - 1, "at": 0, "body": "answer"}) + b"\n" + raw
+    assert decode(older, None) is None
 
 
 async def test_an_answer_without_usage_is_kept_with_the_usage_counted_once(

@@ -40,7 +40,7 @@ from trigate.api.litellm_request import Attempted, LiteLLMRequest, consume, prep
 from trigate.api.model_api import Reply, RequestBody, Route
 from trigate.api.surface import Exchange, Surface
 from trigate.auth import Caller
-from trigate.cache import Replay, ResponseCache, Subscription, Ticket
+from trigate.cache import KeptCompletion, Replay, ResponseCache, Subscription, Ticket
 from trigate.clock import wall_time
 from trigate.end_users import end_user_of
 from trigate.errors import GatewayError, UpstreamTimeout, secrets
@@ -254,8 +254,9 @@ class Call:
         self.attempted: Attempted | None = None
         # The request's cost once recorded, for LiteLLM's response headers.
         self.cost: float | None = None
-        # A whole answer's body, for export sinks (`record_details`).
-        self.answer: Any = None
+        # A whole answer, for export sinks (`record_details`): its body is read only for
+        # them (a cache hit's is parsed from its bytes only when read: `KeptCompletion`).
+        self.answered: Completion | None = None
         # The guardrails the request names (LiteLLM's `guardrails`), for the hooks.
         self.requested_guardrails: list[str] = []
         # Its part in the response cache, when that applies to it (`look_up`).
@@ -388,7 +389,7 @@ class Call:
             else:
                 assert isinstance(answered, Completion), "a whole request is answered whole"
                 completion = answered
-            self.answer = completion.body
+            self.answered = completion
             reported = completion.usage
             self.meter.report(reported)
             if reported is None:
@@ -404,7 +405,11 @@ class Call:
                 completion = await self.cache_ticket.answered(completion, usage)
             answer = self.exchange.answer(completion, usage)
             if self.context.response_id is None:  # a surface that made its own id set it
-                self.context.response_id = _answer_id(completion.body)
+                self.context.response_id = (
+                    completion.answer_id
+                    if isinstance(completion, KeptCompletion)
+                    else _answer_id(completion.body)
+                )
             status = 200
         except GatewayError as failure:
             status, error = failure.status, failure
@@ -680,7 +685,8 @@ class Call:
         # --- export sinks (trigate.export, issue 28): what they read beyond the row ---
         own = own_logging(caller)
         if own is not None or self.gateway.exports.configured:
-            record.details = record_details(self, self.answer, error, own)
+            answer = self.answered.body if self.answered is not None else None
+            record.details = record_details(self, answer, error, own)
         # ---------------------------------------------------------------------------
         if self.hooks is not None:
             # Masked by logging_only guardrails, the export details included, before

@@ -9,7 +9,7 @@ from trigate.cache.cache import (
     Ticket,
 )
 from trigate.cache.controls import CacheControls, read_controls
-from trigate.cache.entries import Replay
+from trigate.cache.entries import KeptCompletion, Replay
 from trigate.cache.flight import Subscription
 from trigate.cache.settings import CacheSettings, cache_settings
 
@@ -18,6 +18,7 @@ __all__ = [
     "CACHE_STATE_HEADER",
     "CacheControls",
     "CacheSettings",
+    "KeptCompletion",
     "Replay",
     "ResponseCache",
     "Subscription",

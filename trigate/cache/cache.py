@@ -345,6 +345,10 @@ class ResponseCache:
 class Ticket:
     """One request's part in the cache: its key, and what became of its answer."""
 
+    __slots__ = (
+        "cache", "controls", "flight", "hit", "items", "key", "leads", "native_allowed", "stream",
+    )  # fmt: skip
+
     def __init__(
         self,
         cache: ResponseCache,

@@ -6,6 +6,11 @@ serving its own kind only), or one embeddings item. It is kept as its fields in 
 one line, then, for a whole answer, the answer's JSON as it was encoded when kept: a hit
 sends those bytes as they are (`Completion.raw`), with no encoding of its own. orjson
 writes no raw newline, so the first one ends the fields.
+
+A whole answer in OpenAI's shape also has its usage and id on the fields' line: what a
+hit reads of it (its metrics, its spend row, its headers), so that the answer itself is
+parsed only when something reads more (a hook, a stream's replay, another surface's
+rendering: `KeptCompletion`). Parsing it was a hit's largest piece of work of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from trigate.clock import wall_time
 from trigate.providers import Completion
 
 # Entries of another version (an older gateway's) are misses, then kept anew.
-ENTRY_VERSION = 2
+ENTRY_VERSION = 3
 # The fields that hold a whole answer, kept after the line of the other fields.
 _BODIES = ("answer", "native")
 
@@ -47,11 +52,54 @@ class Replay:
         pass
 
 
+class KeptCompletion(Completion):
+    """A whole answer in OpenAI's shape served from its entry: its bytes go to the client
+    as they are (`raw`), its usage and id come from the entry's fields, and its body is
+    parsed from the bytes only once something reads it."""
+
+    __slots__ = ("_parsed", "_usage", "answer_id")
+
+    def __init__(self, raw: bytes, usage: dict[str, Any] | None, answer_id: str | None) -> None:
+        self._parsed: dict[str, Any] | None = None
+        self._usage = usage
+        self.answer_id = answer_id
+        self.raw = raw
+        self.native = False
+        self.native_usage = None
+        self.media_type = None
+
+    @property
+    def body(self) -> dict[str, Any]:
+        parsed = self._parsed
+        if parsed is None:
+            assert self.raw is not None, "kept with its bytes"
+            parsed = self._parsed = _answer_of(self.raw)
+        return parsed
+
+    @body.setter
+    def body(self, value: dict[str, Any]) -> None:
+        self._parsed = value
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self._usage if self._parsed is None else super().usage
+
+
+def _answer_of(raw: bytes) -> dict[str, Any]:
+    """A kept answer's body; `decode` let in only bytes shaped as a JSON object, which
+    the gateway wrote (an entry's bytes that are not one are read as an empty answer)."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
 class Entry:
     """An entry as read, from its fields (`encode`'s) and, for a whole answer, the
-    answer's own bytes."""
+    answer's own bytes (`unread` while they are not parsed: `KeptCompletion`)."""
 
-    __slots__ = ("answer", "events", "item", "native", "raw", "usage")
+    __slots__ = ("answer", "answer_id", "events", "item", "native", "raw", "unread", "usage")
 
     def __init__(self, data: dict[str, Any], raw: bytes | None = None) -> None:
         answer, native, events = data.get("answer"), data.get("native"), data.get("events")
@@ -62,8 +110,15 @@ class Entry:
         self.usage = usage if isinstance(usage, dict) else None
         self.item = item if isinstance(item, dict) else None
         self.raw = raw
+        self.unread = False
+        self.answer_id: str | None = None
 
     def serve(self, stream: bool) -> Completion | Replay | None:
+        if self.unread:
+            assert self.raw is not None, "an unread answer is its bytes"
+            if stream:
+                return Replay(_answer_of(self.raw))
+            return KeptCompletion(self.raw, self.usage, self.answer_id)
         if self.answer is not None:
             return Replay(self.answer) if stream else Completion(self.answer, self.raw)
         if stream:
@@ -88,7 +143,21 @@ def encode(fields: dict[str, Any], raw: bytes | None = None) -> bytes:
     if body is None:
         return orjson.dumps(head)
     head["body"] = body
+    if body == "answer":
+        head.update(_read_of(fields[body]))
     return orjson.dumps(head) + b"\n" + (raw if raw is not None else orjson.dumps(fields[body]))
+
+
+def _read_of(answer: Any) -> dict[str, Any]:
+    """What a hit reads of a whole answer in OpenAI's shape, kept beside it: its usage,
+    and its id (the spend row's `response_id`, as `pipeline._answer_id` reads one)."""
+    if not isinstance(answer, dict):
+        return {}
+    usage, found = answer.get("usage"), answer.get("id")
+    read: dict[str, Any] = {"usage": usage} if isinstance(usage, dict) else {}
+    if isinstance(found, str) and found:
+        read["id"] = found
+    return read
 
 
 def decode(value: bytes | None, max_age: float | None) -> Entry | None:
@@ -102,7 +171,7 @@ def decode(value: bytes | None, max_age: float | None) -> Entry | None:
         if not isinstance(head, dict) or head.get("v") != ENTRY_VERSION:
             return None
         body = head.get("body")
-        if body in _BODIES:
+        if body == "native":
             head[body] = orjson.loads(rest)
     except orjson.JSONDecodeError:
         return None
@@ -113,15 +182,17 @@ def decode(value: bytes | None, max_age: float | None) -> Entry | None:
     return Entry(head, rest if body in _BODIES else None)
 
 
-def _whole_answer(head: dict[str, Any], raw: bytes) -> Entry:
+def _whole_answer(head: dict[str, Any], raw: bytes) -> Entry | None:
     """The entry of a whole answer in OpenAI's shape, what most hits read: `Entry`'s
-    fields set straight, for a hit costs what its reading does (an answer kept that is
-    not a JSON object is none at all, as `Entry` reads it)."""
+    fields set straight, for a hit costs what its reading does, and its answer left
+    unparsed. Bytes not shaped as a JSON object are no answer at all: a miss."""
+    if not (raw.startswith(b"{") and raw.endswith(b"}")):
+        return None
     entry = Entry.__new__(Entry)
-    answer = head["answer"]
-    entry.answer = answer if isinstance(answer, dict) else None
-    entry.native = entry.events = entry.item = None
-    usage = head.get("usage")
+    entry.answer = entry.native = entry.events = entry.item = None
+    usage, found = head.get("usage"), head.get("id")
     entry.usage = usage if isinstance(usage, dict) else None
+    entry.answer_id = found if isinstance(found, str) and found else None
     entry.raw = raw
+    entry.unread = True
     return entry

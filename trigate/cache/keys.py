@@ -37,9 +37,18 @@ RESPONSES_UNKEYED = frozenset({"stream", "stream_options"})
 
 def canonical(surface: str, group: str, tenant: str, body: dict[str, Any]) -> bytes:
     """The canonical form hashed: sorted keys at every depth, no whitespace."""
-    shaped = {name: value for name, value in body.items() if name not in UNKEYED}
+    shaped = body if UNKEYED.isdisjoint(body) else _keyed(body, UNKEYED)
     form = {"v": KEY_VERSION, "surface": surface, "model": group, "scope": tenant, "body": shaped}
-    return orjson.dumps(form, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(form, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # A key that is not a string (a hook's): written as one, by orjson's slower
+        # option, which writes string keys alike (so a body's key is the same either way).
+        return orjson.dumps(form, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+def _keyed(body: dict[str, Any], unkeyed: frozenset[str]) -> dict[str, Any]:
+    return {name: value for name, value in body.items() if name not in unkeyed}
 
 
 def native_form(surface: str, native: dict[str, Any], chat: dict[str, Any]) -> dict[str, Any]:
@@ -48,8 +57,7 @@ def native_form(surface: str, native: dict[str, Any], chat: dict[str, Any]) -> d
     as hooks left it), and its chat form as hooks left it (what any other deployment is
     sent: a hook may have changed it alone)."""
     unkeyed = RESPONSES_UNKEYED if surface == "responses" else UNKEYED
-    request = {name: value for name, value in native.items() if name not in unkeyed}
-    return {surface: request, "chat": {n: v for n, v in chat.items() if n not in UNKEYED}}
+    return {surface: _keyed(native, unkeyed), "chat": _keyed(chat, UNKEYED)}
 
 
 def cache_key(
