@@ -130,22 +130,82 @@ async def test_a_kept_whole_answer_is_parsed_only_once_something_reads_it() -> N
 
     answer = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [], "usage": USAGE}
     raw = orjson.dumps(answer, option=orjson.OPT_INDENT_2)  # the upstream's own bytes
-    entry = decode(encode({"answer": answer}, raw), None)
+    kept = encode({"answer": answer}, raw)
+    # Still the version a gateway without these fields reads (it parses the answer).
+    assert orjson.loads(kept.partition(b"\n")[0])["v"] == ENTRY_VERSION == 2
+    entry = decode(kept, None)
     assert entry is not None and entry.tokens() == 11
     served = entry.serve(False)
     # What a hit reads comes from the entry's fields: its bytes go out as they were kept.
-    assert isinstance(served, KeptCompletion)
+    assert isinstance(served, KeptCompletion) and served.unread
     assert (served.raw, served.usage, served.answer_id) == (raw, USAGE, "chatcmpl-1")
     assert served.body == answer  # parsed when read, as a hook reads it
     served.body["usage"] = {**USAGE, "total_tokens": 12}  # and changed, the usage with it
     assert served.usage == {**USAGE, "total_tokens": 12}
     replayed = entry.serve(True)
     assert replayed is not None and not isinstance(replayed, KeptCompletion)
-    # Bytes that are no JSON object are no answer: a miss, never sent as one.
-    assert decode(encode({"answer": answer}, b"[1]"), None) is None
-    # An older gateway's entry (its answer without these fields) is a miss, then kept anew.
-    older = orjson.dumps({"v": ENTRY_VERSION - 1, "at": 0, "body": "answer"}) + b"\n" + raw
-    assert decode(older, None) is None
+
+
+@pytest.mark.parametrize(
+    "kept",
+    [b'{"id": garbage}', b'{"a":1}{"b":2}', b"[1]", b"", b'{"id": "chatcmpl-1"'],
+)
+async def test_kept_bytes_that_are_no_answer_are_a_miss(kept: bytes) -> None:
+    """Bytes the entry's writer did not keep (damaged, or another writer's), that are no
+    JSON object, are never served as an answer."""
+    from trigate.cache.entries import decode, encode
+
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [], "usage": USAGE}
+    line = encode({"answer": answer}).partition(b"\n")[0]
+    assert decode(line + b"\n" + kept, None) is None
+
+
+async def test_an_older_gateways_entry_is_a_hit_parsed_at_once() -> None:
+    """An entry written before its whole answers had their usage and id beside them (a
+    gateway still running the older code in a rolling deploy, or its entries in Redis)
+    is served as it was then: its answer parsed from its bytes."""
+    from trigate.cache.entries import KeptCompletion, decode
+    from trigate.providers import Completion
+
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [], "usage": USAGE}
+    raw = orjson.dumps(answer, option=orjson.OPT_INDENT_2) + b"\n"
+    older = orjson.dumps({"v": 2, "at": 0, "body": "answer"}) + b"\n" + raw
+    entry = decode(older, None)
+    assert entry is not None and entry.tokens() == 11
+    served = entry.serve(False)
+    assert isinstance(served, Completion) and not isinstance(served, KeptCompletion)
+    assert (served.body, served.raw, served.usage) == (answer, raw, USAGE)
+
+
+async def test_a_whole_answers_usage_and_id_are_those_of_the_bytes_kept() -> None:
+    """A hook may change an answer in place without saying so (LiteLLM's
+    `async_post_call_success_hook`): the client got the upstream's bytes, which the entry
+    keeps, so the usage and id a hit reads are theirs, not the changed body's."""
+    from trigate.cache.entries import KeptCompletion, decode, encode
+
+    sent = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [], "usage": USAGE}
+    raw = orjson.dumps(sent)
+    changed = {**sent, "id": "chatcmpl-2", "usage": {**USAGE, "total_tokens": 111}}
+    entry = decode(encode({"answer": changed}, raw), None)
+    assert entry is not None and entry.tokens() == 11
+    served = entry.serve(False)
+    assert isinstance(served, KeptCompletion) and served.raw == raw
+    assert (served.usage, served.answer_id) == (USAGE, "chatcmpl-1")
+
+
+@pytest.mark.parametrize("tail", [b"\n", b"\r\n", b"  ", b"\n\t "])
+async def test_an_upstreams_answer_ending_in_whitespace_is_a_hit(
+    nursery: trio.Nursery, upstream: FakeUpstream, tail: bytes
+) -> None:
+    """OpenAI's bodies are indented and end in a newline: kept as sent, they are hits."""
+    sent = orjson.dumps(chat_completion("Indented!", USAGE), option=orjson.OPT_INDENT_2) + tail
+    upstream.handler = lambda request: JSONReply(sent)
+    running = await start_gateway(nursery, cached_config(upstream))
+    answers = [await _post(running, "/v1/chat/completions", _chat()) for _ in range(3)]
+    assert [a.headers["x-trigate-cache"] for a in answers] == ["miss", "hit", "hit"]
+    assert [a.content for a in answers] == 3 * [sent]
+    assert len(upstream.requests) == 1
+    await running.stop()
 
 
 async def test_an_answer_without_usage_is_kept_with_the_usage_counted_once(

@@ -7,14 +7,19 @@ one line, then, for a whole answer, the answer's JSON as it was encoded when kep
 sends those bytes as they are (`Completion.raw`), with no encoding of its own. orjson
 writes no raw newline, so the first one ends the fields.
 
-A whole answer in OpenAI's shape also has its usage and id on the fields' line: what a
-hit reads of it (its metrics, its spend row, its headers), so that the answer itself is
-parsed only when something reads more (a hook, a stream's replay, another surface's
-rendering: `KeptCompletion`). Parsing it was a hit's largest piece of work of its own.
+A whole answer in OpenAI's shape also has its usage and id on the fields' line, read
+from its bytes when kept: what a hit reads of it (its metrics, its spend row, its
+headers), so that the answer itself is parsed only when something reads more (a hook, a
+stream's replay, another surface's rendering: `KeptCompletion`). Parsing it was a hit's
+largest piece of work of its own. With them goes the bytes' CRC-32: bytes that do not
+match it (damaged, or kept by another writer) are parsed as before, never sent unread.
+An entry without these fields (a gateway's from before them) is parsed at once, as then;
+one with them is read alike by such a gateway (it parses the answer and ignores them).
 """
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import orjson
@@ -23,8 +28,10 @@ from trigate.cache.shapes import native_events, replay_chunks
 from trigate.clock import wall_time
 from trigate.providers import Completion
 
-# Entries of another version (an older gateway's) are misses, then kept anew.
-ENTRY_VERSION = 3
+# Entries of another version (an older gateway's) are misses, then kept anew. A whole
+# answer's usage, id and CRC-32 are optional fields of this version: gateways with and
+# without them share entries (Redis, a fleet in a rolling deploy) and serve them alike.
+ENTRY_VERSION = 2
 # The fields that hold a whole answer, kept after the line of the other fields.
 _BODIES = ("answer", "native")
 
@@ -84,10 +91,15 @@ class KeptCompletion(Completion):
     def usage(self) -> dict[str, Any] | None:
         return self._usage if self._parsed is None else super().usage
 
+    @property
+    def unread(self) -> bool:
+        """Its body not parsed yet: nothing read it, so nothing changed it."""
+        return self._parsed is None
+
 
 def _answer_of(raw: bytes) -> dict[str, Any]:
-    """A kept answer's body; `decode` let in only bytes shaped as a JSON object, which
-    the gateway wrote (an entry's bytes that are not one are read as an empty answer)."""
+    """A kept answer's body; `decode` let in unread only the bytes `encode` kept, which
+    it had read as a JSON object (others are read as an empty answer)."""
     try:
         answer = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -144,20 +156,33 @@ def encode(fields: dict[str, Any], raw: bytes | None = None) -> bytes:
         return orjson.dumps(head)
     head["body"] = body
     if body == "answer":
-        head.update(_read_of(fields[body]))
+        raw = _kept_answer(head, fields[body], raw)
     return orjson.dumps(head) + b"\n" + (raw if raw is not None else orjson.dumps(fields[body]))
 
 
-def _read_of(answer: Any) -> dict[str, Any]:
-    """What a hit reads of a whole answer in OpenAI's shape, kept beside it: its usage,
-    and its id (the spend row's `response_id`, as `pipeline._answer_id` reads one)."""
+def _kept_answer(head: dict[str, Any], answer: Any, raw: bytes | None) -> bytes | None:
+    """A whole answer's bytes as kept (its `raw` bytes, else None: its own encoding), with
+    what a hit reads of them put in `head`: their usage and id (the spend row's
+    `response_id`) and CRC-32. Read from the bytes kept, not from `answer`: a hook may
+    have changed the body in place without saying so while the client got `raw`, which
+    a hit sends again, so it must report what they say. Bytes that are no JSON object
+    (none the upstream sent: it was read as one) are not kept: the body's encoding is."""
+    if raw is not None:
+        try:
+            sent = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            sent = None
+        answer, raw = (sent, raw) if isinstance(sent, dict) else (answer, None)
     if not isinstance(answer, dict):
-        return {}
+        return raw
+    kept = raw if raw is not None else orjson.dumps(answer)
     usage, found = answer.get("usage"), answer.get("id")
-    read: dict[str, Any] = {"usage": usage} if isinstance(usage, dict) else {}
+    if isinstance(usage, dict):
+        head["usage"] = usage
     if isinstance(found, str) and found:
-        read["id"] = found
-    return read
+        head["id"] = found
+    head["crc"] = zlib.crc32(kept)
+    return kept
 
 
 def decode(value: bytes | None, max_age: float | None) -> Entry | None:
@@ -185,9 +210,11 @@ def decode(value: bytes | None, max_age: float | None) -> Entry | None:
 def _whole_answer(head: dict[str, Any], raw: bytes) -> Entry | None:
     """The entry of a whole answer in OpenAI's shape, what most hits read: `Entry`'s
     fields set straight, for a hit costs what its reading does, and its answer left
-    unparsed. Bytes not shaped as a JSON object are no answer at all: a miss."""
-    if not (raw.startswith(b"{") and raw.endswith(b"}")):
-        return None
+    unparsed, when its bytes are those `encode` kept (their CRC-32 is the one it wrote
+    beside them: a JSON object, as it read them, and whitespace about them kept as the
+    upstream sent it). Other bytes are parsed, as a gateway without these fields did."""
+    if head.get("crc") != zlib.crc32(raw):
+        return _parsed_answer(raw)
     entry = Entry.__new__(Entry)
     entry.answer = entry.native = entry.events = entry.item = None
     usage, found = head.get("usage"), head.get("id")
@@ -196,3 +223,14 @@ def _whole_answer(head: dict[str, Any], raw: bytes) -> Entry | None:
     entry.raw = raw
     entry.unread = True
     return entry
+
+
+def _parsed_answer(raw: bytes) -> Entry | None:
+    """A whole answer's entry read from its bytes alone (an older gateway's, or bytes
+    that are not what the writer kept, whose fields would not be theirs): no JSON
+    object, no answer, a miss."""
+    try:
+        answer = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return Entry({"answer": answer}, raw) if isinstance(answer, dict) else None
