@@ -201,3 +201,20 @@ litellm_buggy_pre = LiteLLMBuggyPre()
 litellm_redact = LiteLLMRedact()
 litellm_reject_string = LiteLLMRejectString()
 slow_guardrail = SlowGuardrail()
+
+
+class RenumberAnswers(BaseHook):
+    """Gives each answer an id of its own, and says it changed the answer."""
+
+    def __init__(self) -> None:
+        self.given = 0
+
+    async def after_answer(
+        self, request: HookedRequest, answer: dict[str, Any], usage: Usage
+    ) -> bool:
+        self.given += 1
+        answer["id"] = f"chatcmpl-renumbered-{self.given}"
+        return True
+
+
+renumber_answers = RenumberAnswers()

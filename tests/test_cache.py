@@ -208,6 +208,22 @@ async def test_an_upstreams_answer_ending_in_whitespace_is_a_hit(
     await running.stop()
 
 
+async def test_a_hits_spend_row_names_the_id_a_hook_gave_its_answer(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    config = cached_config(upstream)
+    config["litellm_settings"]["callbacks"] = ["hook_examples.renumber_answers"]
+    running = await start_gateway(nursery, config)
+    miss = await _post(running, "/v1/chat/completions", _chat())
+    hit = await _post(running, "/v1/chat/completions", _chat())
+    assert hit.headers["x-trigate-cache"] == "hit"
+    assert miss.json()["id"] != hit.json()["id"]
+    records = await running.records.wait_for(2)
+    assert [r.response_id for r in records] == [miss.json()["id"], hit.json()["id"]]
+    await running.stop()
+
+
 async def test_an_answer_without_usage_is_kept_with_the_usage_counted_once(
     nursery: trio.Nursery, upstream: FakeUpstream
 ) -> None:

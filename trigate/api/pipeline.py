@@ -405,11 +405,7 @@ class Call:
                 completion = await self.cache_ticket.answered(completion, usage)
             answer = self.exchange.answer(completion, usage)
             if self.context.response_id is None:  # a surface that made its own id set it
-                self.context.response_id = (
-                    completion.answer_id
-                    if isinstance(completion, KeptCompletion)
-                    else _answer_id(completion.body)
-                )
+                self.context.response_id = _completion_id(completion)
             status = 200
         except GatewayError as failure:
             status, error = failure.status, failure
@@ -711,6 +707,16 @@ class _AnsweredStream:
 
     async def aclose(self) -> None:
         pass
+
+
+def _completion_id(completion: Completion) -> str | None:
+    """A whole answer's id (`_answer_id`): a cache hit's as its entry kept it while its
+    body is unread, for then nothing (no hook) can have changed it."""
+    if isinstance(completion, KeptCompletion) and completion.unread:
+        kept = completion.answer_id
+        if kept is not None:
+            return kept
+    return _answer_id(completion.body)
 
 
 def _answer_id(answer: Any) -> str | None:
