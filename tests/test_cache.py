@@ -97,6 +97,27 @@ def test_the_key_is_the_same_however_the_json_keys_are_ordered() -> None:
     )
 
 
+_GOLDEN_BODY = {
+    "model": "gpt-test",
+    "messages": [{"role": "user", "content": "h\u00e9llo \U0001f600"}],
+    "temperature": 0.7,
+    "logit_bias": {"50256": -100},
+    "user": "u",
+    "stream": True,
+}
+
+
+def test_the_keys_value_is_what_it_was() -> None:
+    """The key's very digest, pinned: entries in Redis outlive the gateway that wrote
+    them, and a key computed differently (another canonical form, another escaping of
+    text past ASCII) would turn every one of them into a miss without any test noticing."""
+    golden = "0d2da33be67c90b5f30bed17abac9db6e1669af43f5a47259f91fd040f606a3b"
+    assert cache_key("chat", "gpt-test", "", _GOLDEN_BODY, None) == golden
+    # A key that is no string (a hook may put one) is keyed as its JSON string.
+    biased = {**_GOLDEN_BODY, "logit_bias": {50256: -100}}
+    assert cache_key("chat", "gpt-test", "", biased, None) == golden
+
+
 # --- hits -----------------------------------------------------------------------------------
 
 
