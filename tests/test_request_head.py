@@ -12,11 +12,21 @@ from hypothesis import strategies as st
 
 from trigate.request_head import read_request_head
 
-_NAMES = st.sampled_from(
-    [b"Host", b"host", b"Content-Length", b"content-length", b"Transfer-Encoding",
-     b"Connection", b"Authorization", b"x-stainless-os", b"Accept", b"bad name", b"",
-     b"X-\xff", b"a:b"]
+# A name's bytes: h11's token characters, and each separator and control byte the
+# grammar refuses in a name (RFC 9110's delimiters, space, tab, DEL, bytes past ASCII).
+_NAME_BYTES = list(b"aZ09-!#$%&'*+.^_`|~" + b'@/(),;=?{}"[]\\<>' + b" \t\x00\x0b\x7f\x80\xff")
+_NAMES = st.one_of(
+    st.sampled_from(
+        [b"Host", b"host", b"Content-Length", b"content-length", b"Transfer-Encoding",
+         b"Connection", b"Authorization", b"x-stainless-os", b"Accept", b"bad name", b"",
+         b"X-\xff", b"a:b"]
+    ),
+    st.lists(st.sampled_from(_NAME_BYTES), max_size=6).map(bytes),
 )  # fmt: skip
+# A value's bytes: those the grammar refuses (NUL, CR, and the whitespace other than space
+# and tab that a bytes pattern's `\s` holds: VT, FF) and near misses it lets through (the
+# \x1c-\x1f, NEL and NBSP that a str pattern's `\s` would hold, DEL, bytes past ASCII).
+_VALUE_BYTES = list(b"a0 \t,\x00\r\x0b\x0c\x1c\x1f\x85\xa0\x7f\x80\xff")
 _VALUES = st.one_of(
     st.sampled_from(
         [b"", b"80", b"0", b"080", b"80, 80", b"80,81", b" 12 ", b"chunked", b"Chunked",
@@ -24,6 +34,7 @@ _VALUES = st.one_of(
          b"1" * 21, b"\xff\xfe", b"x\ry"]
     ),
     st.binary(max_size=12),
+    st.lists(st.sampled_from(_VALUE_BYTES), max_size=8).map(bytes),
 )  # fmt: skip
 _LINE_ENDS = st.sampled_from([b"\r\n", b"\n", b"\r\r\n"])
 _REQUEST_LINES = st.sampled_from(
@@ -69,6 +80,32 @@ def _read(reader: object, head: bytes) -> tuple[object, ...]:
 @given(heads())
 def test_any_head_reads_as_h11_reads_it(head: bytes) -> None:
     assert _read(read_request_head, head) == _read(h11._readers.maybe_read_from_IDLE_client, head)
+
+
+# Where one byte goes in a field line: at the start, in the middle and at the end of its
+# name, then of its value (whose ends are stripped of spaces and tabs, so a byte there is
+# read differently from one in the middle).
+_PLACES = [b"%sx-b: v", b"x-%sb: v", b"x-b%s: v", b"x-b: %sab", b"x-b: a%sb", b"x-b: ab%s"]
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\n"])
+@pytest.mark.parametrize("place", _PLACES)
+def test_each_byte_in_each_place_of_a_field_line_reads_as_h11_reads_it(
+    place: bytes, end: bytes
+) -> None:
+    """Every byte, not a sample: the translation tables that check names and values
+    decide per byte, so one wrong entry shows only where that very byte is sent."""
+    differing = []
+    for byte in range(256):
+        line = place.replace(b"%s", bytes([byte])) + end
+        for head in (
+            b"GET / HTTP/1.1\r\nHost: a\r\n" + line + b"\r\n",
+            b"GET / HTTP/1.1" + end + line + b"Host: a\r\n\r\n",
+        ):
+            ours = _read(read_request_head, head)
+            if ours != _read(h11._readers.maybe_read_from_IDLE_client, head):
+                differing.append((byte, head, ours))
+    assert differing == []
 
 
 @pytest.mark.parametrize(
