@@ -199,6 +199,24 @@ class SlowGuardrail(BaseHook):
 broken_after_answer = BrokenAfterAnswer()
 litellm_buggy_pre = LiteLLMBuggyPre()
 litellm_redact = LiteLLMRedact()
+
+
+class LiteLLMRewrite:
+    """A LiteLLM success hook that changes the answer as LiteLLM's own guardrails do: in
+    place when the request's messages say "in place", else by returning a copy."""
+
+    async def async_post_call_success_hook(
+        self, data: dict[str, Any], user_api_key_dict: Any, response: Any
+    ) -> Any:
+        if "in place" in str(data.get("messages")):
+            response["choices"][0]["message"]["content"] = "rewritten in place"
+            return None
+        copy = {**response, "choices": [dict(response["choices"][0])]}
+        copy["choices"][0]["message"] = {"role": "assistant", "content": "rewritten copy"}
+        return copy
+
+
+litellm_rewrite = LiteLLMRewrite()
 litellm_reject_string = LiteLLMRejectString()
 slow_guardrail = SlowGuardrail()
 

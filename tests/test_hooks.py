@@ -306,3 +306,23 @@ async def test_a_hooks_string_answer_takes_each_apis_own_shape(
         "Blocked by policy."
     )
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize("cached", [False, True])
+@pytest.mark.parametrize(
+    ("in_place", "content"), [(True, "rewritten in place"), (False, "rewritten copy")]
+)
+async def test_a_litellm_success_hooks_change_is_what_the_client_gets(
+    nursery: trio.Nursery, upstream: FakeUpstream, in_place: bool, content: str, cached: bool
+) -> None:
+    """LiteLLM sends the answer its `async_post_call_success_hook` changed, in place or
+    returned; with a response cache on, the upstream's own bytes were sent instead of the
+    change (they are kept for the cache's hits)."""
+    config = _with_hooks(upstream, "litellm_rewrite")
+    if cached:
+        config["litellm_settings"] |= {"cache": True, "cache_params": {"type": "local"}}
+    running = await start_gateway(nursery, config)
+    for _ in range(2):  # with the cache, a miss and then a hit
+        answer = await _chat(running, "change it in place" if in_place else "change a copy")
+        assert answer.status_code == 200
+        assert answer.json()["choices"][0]["message"]["content"] == content

@@ -505,7 +505,8 @@ class LiteLLMHook(BaseHook):
       returned dict replaces the chunk, a returned string ends the stream with an error
       event, None passes the chunk.
     - `async_post_call_success_hook(data, user_api_key_dict, response)` after the answer:
-      it may raise to refuse it.
+      it may raise to refuse it, change `response` in place, or return a changed dict;
+      either change is what the client gets, as LiteLLM sends it.
 
     LiteLLM's `async_post_call_streaming_iterator_hook`, which wraps the whole chunk
     iterator, has no per-chunk equivalent here and is not called (LiteLLM's own base
@@ -549,15 +550,22 @@ class LiteLLMHook(BaseHook):
 
     async def after_answer(
         self, request: HookedRequest, answer: dict[str, Any], usage: Usage
-    ) -> None:
+    ) -> bool:
+        """True whenever the success hook ran: LiteLLM's hooks change `response` in place
+        without saying so (its guardrails mask that way), so the answer is written from
+        the dict the hook saw, never from the upstream's bytes."""
         if self._success is None:
-            return
+            return False
         try:
-            await self._success(request.body, UserAPIKeyAuth.of(request.caller), answer)
+            changed = await self._success(request.body, UserAPIKeyAuth.of(request.caller), answer)
         except Exception as error:
             if (refusal := _refusal(error)) is None:
                 raise
             raise refusal from error
+        if isinstance(changed, dict) and changed is not answer:
+            answer.clear()
+            answer.update(changed)
+        return True
 
 
 def _refusal(error: Exception) -> GatewayError | None:
