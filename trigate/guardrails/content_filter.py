@@ -33,8 +33,11 @@ from trigate.guardrails.base import Guardrail, Step, Verdict
 from trigate.guardrails.config import ConfigProblem, GuardrailConfig
 from trigate.guardrails.detectors import GROUPS, PREBUILT, Detector, Scanned, fold
 from trigate.guardrails.masking import Span, apply
+from trigate.guardrails.prefilter import Prefilter, caseless
 
 ACTIONS = ("BLOCK", "MASK", "LOG")
+# How many of the prefilter's masks a filter keeps the plan of.
+PLANS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +53,9 @@ class ContentFilter(Guardrail):
     def __init__(self, config: GuardrailConfig) -> None:
         super().__init__(config)
         self.rules = rules_of(config.name, config.settings)
-        # What the detectors need (`Detector.needs`), each distinct one by a bit of a
-        # text's mask; and the rules worth running on a text with that mask, in order
-        # (one tuple for each mask met, of at most 2 ** 9: nine sets of characters).
-        needs = dict.fromkeys(rule.detector.needs for rule in self.rules if rule.detector.needs)
-        self._bits = {chars: 1 << bit for bit, chars in enumerate(needs)}
-        self._needs = [(bit, chars) for chars, bit in self._bits.items()]
+        self._prefilter = Prefilter([rule.detector.prefilter for rule in self.rules])
+        # The rules worth running on a text, in order, by the prefilter's mask of it: the
+        # masks met (few: most texts fire none or the same few) up to `PLANS` of them.
         self._plans: dict[int, tuple[Rule, ...]] = {}
 
     async def check(self, texts: list[str], step: Step) -> Verdict:
@@ -69,9 +69,16 @@ class ContentFilter(Guardrail):
         counts: dict[str, int] = {}
         masked: list[str] | None = None
         for index, text in enumerate(texts):
+            fired = self._prefilter.fired(text)
+            plan = self._plans.get(fired)
+            if plan is None:
+                plan = self._plan(fired)
+            if not plan:
+                continue
             spans: list[Span] = []
-            scanned = Scanned(text)  # what the detectors' gates ask, computed once
-            for rule in self._plan(scanned):
+            # What the detectors' gates ask, computed once for them all.
+            scanned = Scanned(text, foreign_digits=bool(fired & 1))
+            for rule in plan:
                 for start, end in rule.detector.scan(scanned):
                     counts[rule.detector.name] = counts.get(rule.detector.name, 0) + 1
                     if rule.action == "BLOCK":
@@ -89,24 +96,11 @@ class ContentFilter(Guardrail):
                 masked[index] = apply(text, spans, vault)
         return Verdict(texts=masked, masked_entity_count=counts, response={"detected": counts})
 
-    def _plan(self, scanned: Scanned) -> tuple[Rule, ...]:
-        """The rules whose detectors may match the text: those whose `needs` it has (a
-        search for a character each, where each detector's own gate is a call or more
-        of Python), in their order."""
-        text, mask = scanned.gated, 0
-        for bit, chars in self._needs:
-            for char in chars:  # `Scanned.has`, inlined: its call costs more than a search
-                if char in text:
-                    mask |= bit
-                    break
-        plan = self._plans.get(mask)
-        if plan is None:
-            bits = self._bits
-            plan = self._plans[mask] = tuple(
-                rule
-                for rule in self.rules
-                if not rule.detector.needs or bits[rule.detector.needs] & mask
-            )
+    def _plan(self, fired: int) -> tuple[Rule, ...]:
+        """The rules whose prefilter `fired` (bit i + 1 for the i-th rule), in order."""
+        plan = tuple(rule for index, rule in enumerate(self.rules) if fired >> (index + 1) & 1)
+        if len(self._plans) < PLANS:  # a text crafted for a new mask each grows nothing
+            self._plans[fired] = plan
         return plan
 
 
@@ -137,6 +131,7 @@ def rules_of(name: str, settings: Mapping[str, Any]) -> list[Rule]:
             f"keyword '{keyword}'",
             re.compile(rf"(?<!\w){re.escape(keyword)}(?!\w)", re.I),
             gate=_has_word(fold(keyword)),
+            prefilter=caseless(keyword),
         )
         rules.append(Rule(detector, _action(entry, where), keyword_tag))
     if not rules:

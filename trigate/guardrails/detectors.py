@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from trigate.guardrails.prefilter import caseless, prefilter_of
+
 
 class Scanned:
     """One text as the detectors scan it, with what their gates ask computed once: its
@@ -23,9 +25,10 @@ class Scanned:
 
     __slots__ = ("_found", "_gated", "_lower", "_places", "_windows", "text")
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, foreign_digits: bool = True) -> None:
         self.text = text
-        self._gated: str | None = None
+        # Without a digit that is not ASCII (the prefilter says), the text is its own.
+        self._gated: str | None = None if foreign_digits else text
         self._lower: str | None = None
         self._found: dict[str, list[int]] = {}
         self._places: dict[Near, tuple[list[int], int]] = {}
@@ -50,11 +53,6 @@ class Scanned:
             text = self.text
             self._gated = text if text.isascii() else _DIGIT.sub("0", text)
         return self._gated
-
-    def has(self, chars: str) -> bool:
-        """Whether any of `chars` is in the text (C's `memchr` for each)."""
-        text = self.gated
-        return any(char in text for char in chars)
 
     def found(self, char: str) -> list[int]:
         """Where `char` is, found once for every gate that asks (`starts_near`)."""
@@ -198,9 +196,8 @@ def starts_near(text: Scanned, char: str, prefixes: tuple[str, ...], offset: int
 @dataclass(frozen=True, slots=True)
 class Detector:
     """A pattern, the check of what it matched, and what a text must have for the
-    pattern to be tried at all: `needs`, characters of which every match it finds holds
-    one (""; none known), `gate` (None: always), and `near`, characters around which
-    alone it can match (None: anywhere)."""
+    pattern to be tried at all: `prefilter` (None: none known), `gate` (None: always),
+    and `near`, characters around which alone it can match (None: anywhere)."""
 
     name: str
     pattern: re.Pattern[str]
@@ -209,7 +206,10 @@ class Detector:
     gate: Callable[[Scanned], bool] | None = None
     near: Near | None = None
     margin: int = MARGIN
-    needs: str = ""
+    # A Hyperscan pattern over the text's UTF-8 that matches wherever `pattern` can
+    # (`trigate.guardrails.prefilter`): the content filter scans a text once for all its
+    # detectors' and runs only those whose prefilter matched.
+    prefilter: bytes | None = None
     # The same regex written to start with what its match starts with, a literal or a
     # set, so that `re` skips to each candidate in C, where a leading `\b` makes it try
     # a match at every position of a window: what `scan` runs. A `\b` before a word
@@ -217,17 +217,17 @@ class Detector:
     # tests/test_content_filter_reference.py checks it finds what `pattern` finds.
     fast: re.Pattern[str] | None = None
 
-    def find(self, text: str | Scanned) -> list[tuple[int, int]]:
-        """The spans it matches (a list, not a generator: most texts give none, and a
-        generator costs its frame even then)."""
-        scanned = text if isinstance(text, Scanned) else Scanned(text)
-        if self.needs and not scanned.has(self.needs):
+    def find(self, text: str) -> list[tuple[int, int]]:
+        """The spans it matches, run alone (a list, not a generator: most texts give none,
+        and a generator costs its frame even then)."""
+        fired = 3 if self.prefilter is None else prefilter_of(self.prefilter).fired(text)
+        if not fired & 2:
             return []
-        return self.scan(scanned)
+        return self.scan(Scanned(text, foreign_digits=bool(fired & 1)))
 
     def scan(self, scanned: Scanned) -> list[tuple[int, int]]:
-        """The spans it matches in a text known to have what it `needs` (the content
-        filter asks that once for all its detectors)."""
+        """The spans it matches in a text its prefilter matched (the content filter scans
+        a text once for all its detectors')."""
         if self.gate is not None and not self.gate(scanned):
             return []
         whole = scanned.text
@@ -370,8 +370,10 @@ def _has_key(text: Scanned) -> bool:
 
 
 _KEY_CASES = tuple(a + b + c for a in "kK" for b in "eE" for c in "yY")
-# What a regex ignoring case reads as a `k`: the Kelvin sign too.
-_KEY_LETTERS = "kK\u212a"
+
+# The cards' prefilter: any match of theirs is 13 digits or more, each after the last or
+# after a space or a dash.
+_CARD_PREFILTER = rb"\d(?:[ \-]?\d){12}"
 
 
 PREBUILT: dict[str, Detector] = {
@@ -382,7 +384,7 @@ PREBUILT: dict[str, Detector] = {
             re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b"),
             near="@",
             margin=0,
-            needs="@",
+            prefilter=rb"@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2}",
         ),
         Detector(
             "phone",
@@ -392,7 +394,7 @@ PREBUILT: dict[str, Detector] = {
             ),
             near=DIGITS,
             margin=21,
-            needs=DIGITS,
+            prefilter=rb"\d{3}[ .\-]\d{3}",
         ),
         Detector(
             "credit_card",
@@ -401,7 +403,7 @@ PREBUILT: dict[str, Detector] = {
             near=DIGITS,
             margin=44,
             fast=re.compile(r"\d(?<!\w\d)(?:[ -]?\d){12,18}\b"),
-            needs=DIGITS,
+            prefilter=_CARD_PREFILTER,
         ),
         Detector(
             "visa",
@@ -410,7 +412,7 @@ PREBUILT: dict[str, Detector] = {
             near=DIGITS,
             margin=21,
             fast=re.compile(r"4(?<!\w4)\d{3}(?:[ -]?\d{4}){3}\b"),
-            needs=DIGITS,
+            prefilter=_CARD_PREFILTER,
         ),
         Detector(
             "mastercard",
@@ -419,7 +421,7 @@ PREBUILT: dict[str, Detector] = {
             near=DIGITS,
             margin=21,
             fast=re.compile(r"5(?<!\w5)[1-5]\d{2}(?:[ -]?\d{4}){3}\b"),
-            needs=DIGITS,
+            prefilter=_CARD_PREFILTER,
         ),
         Detector(
             "amex",
@@ -428,7 +430,7 @@ PREBUILT: dict[str, Detector] = {
             near=DIGITS,
             margin=21,
             fast=re.compile(r"3(?<!\w3)[47]\d{2}[ -]?\d{6}[ -]?\d{5}\b"),
-            needs=DIGITS,
+            prefilter=_CARD_PREFILTER,
         ),
         Detector(
             "iban",
@@ -439,7 +441,7 @@ PREBUILT: dict[str, Detector] = {
             fast=re.compile(
                 r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"
             ),
-            needs=DIGITS,
+            prefilter=rb"[A-Z]{2}\d{2}",
         ),
         Detector(
             "ipv4",
@@ -448,7 +450,7 @@ PREBUILT: dict[str, Detector] = {
             near=DIGITS,
             margin=0,
             fast=re.compile(r"\d(?<!\w\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}\b"),
-            needs=DIGITS,
+            prefilter=rb"\d\.\d",
         ),
         Detector(
             "ipv6",
@@ -456,56 +458,56 @@ PREBUILT: dict[str, Detector] = {
             ipv6_address,
             near=DIGITS,
             margin=0,
-            needs=":",
+            prefilter=rb":[0-9A-Fa-f]{0,4}:",
         ),
         Detector(
             "us_ssn",
             re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"),
             near=DIGITS,
             margin=0,
-            needs=DIGITS,
+            prefilter=rb"\d-\d{2}-\d",
         ),
         Detector(
             "aws_access_key",
             re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
             gate=lambda text: starts_near(text, "A", ("AKIA", "ASIA", "ABIA", "ACCA")),
-            needs="A",
+            prefilter=rb"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}",
         ),
         Detector(
             "aws_secret_key",
             re.compile(r"(?i)\baws_?secret_?(?:access_?)?key\b[\s\"':=]{1,5}[A-Za-z0-9/+=]{40}\b"),
             gate=lambda text: _has_key(text) and "secret" in text.lower,
-            needs=_KEY_LETTERS,
+            prefilter=rb"(?i)aws_?secret_?(?:access_?)?key",
         ),
         Detector(
             "github_token",
             re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_\w{40,})"),
             gate=_has_github_prefix,
-            needs="_",
+            prefilter=rb"gh[pousr]_|github_pat_",
         ),
         Detector(
             "google_api_key",
             re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),
             gate=lambda text: starts_near(text, "A", ("AIza",)),
-            needs="A",
+            prefilter=rb"AIza",
         ),
         Detector(
             "slack_token",
             re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
             gate=lambda text: starts_near(text, "x", ("xox",)),
-            needs="x",
+            prefilter=rb"xox[abposr]-",
         ),
         Detector(
             "stripe_key",
             re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}\b"),
             gate=lambda text: starts_near(text, "_", ("k_live_", "k_test_"), 1),
-            needs="_",
+            prefilter=rb"[rs]k_(?:live|test)_",
         ),
         Detector(
             "api_key",
             re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{20,}"),
             gate=lambda text: starts_near(text, "-", ("sk-",), 2),
-            needs="-",
+            prefilter=rb"sk-",
         ),
         Detector(
             "private_key",
@@ -514,18 +516,19 @@ PREBUILT: dict[str, Detector] = {
                 r"-----END (?:[A-Z]+ )*PRIVATE KEY-----"
             ),
             gate=lambda text: starts_near(text, "-", ("-----BEGIN ",)),
-            needs="-",
+            prefilter=rb"-----BEGIN ",
         ),
         Detector(
             "bearer_token",
             re.compile(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]{16,}=*"),
             gate=lambda text: "bearer" in text.lower,
+            prefilter=caseless("bearer"),
         ),
         Detector(
             "jwt",
             re.compile(r"\beyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}"),
             gate=lambda text: "eyJ" in text.text,
-            needs="J",
+            prefilter=rb"eyJ[\w-]{8,}\.eyJ",
         ),
         Detector(
             "high_entropy",
@@ -533,13 +536,14 @@ PREBUILT: dict[str, Detector] = {
             high_entropy,
             near=DIGITS,  # it has a digit, and windows widen to whitespace: it is whole
             margin=0,
-            needs=DIGITS,
+            prefilter=rb"[0-9]",
         ),
         Detector(
             "prompt_injection",
             re.compile(_INJECTION, re.IGNORECASE),
             near=_injection_places,
             margin=INJECTION_MARGIN,
+            prefilter=caseless(*(word for word, _ in INJECTION_WORDS)),
         ),
     )
 }

@@ -1,0 +1,141 @@
+"""Which of the content filter's detectors may match a text, found in one pass in C.
+
+Each detector has a prefilter: a Hyperscan pattern over the text's UTF-8 bytes that
+matches wherever the detector's own regex could (a necessary condition, looser than the
+regex: no word boundary, no lookaround, often only the literal the regex holds). One scan
+of a text by all of them (Hyperscan's literal matcher, a few instructions a byte, where
+each detector's search in Python cost more than the scan) says which detectors to run;
+those run their own regex and checks as before, so what matches is what the regex matches.
+
+A prefilter is written as a regex of bytes in which:
+- `\\d` is an ASCII digit: a text with a decimal digit of another script (which a str
+  regex's `\\d` matches) fires every prefilter with a `\\d`;
+- `(?i)` at its start ignores the case of ASCII letters only: a text with a letter that
+  is not ASCII which a regex ignoring case reads as an ASCII one (`CASE_FOLDS`) fires
+  every such prefilter;
+- `\\w` and `[\\w-]` match a byte of any character that is not ASCII as well (which may
+  be a word's), each of them: a count of them is written `{m,}`.
+Literals and classes of ASCII, and these, keep Hyperscan on its literal matcher: a
+pattern without a literal (a run of digits, of letters) is run as an automaton over the
+whole text, several times the cost of all the literals.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+
+import hyperscan
+
+WORD = rb"[0-9A-Za-z_\x80-\xff]"  # \w
+WORD_OR_DASH = rb"[0-9A-Za-z_\x80-\xff\-]"  # [\w-]
+IGNORE_CASE = b"(?i)"
+
+# The characters that are not ASCII which a regex ignoring case takes for an ASCII one
+# (tests/test_content_filter_reference.py finds them all among every code point): dotted
+# capital I and dotless i are an `i`, long s an `s`, the Kelvin sign a `k`.
+CASE_FOLDS = {"i": "\u0130\u0131", "s": "\u017f", "k": "\u212a"}
+
+
+def caseless(*literals: str) -> bytes:
+    """A pattern that matches any of `literals` wherever a regex of it that ignores case
+    does (Python's `re.I`: one character for each)."""
+    if all(literal.isascii() for literal in literals):
+        return IGNORE_CASE + b"|".join(_escaped(literal) for literal in literals)
+    return b"|".join(b"".join(map(_caseless_char, literal)) for literal in literals)
+
+
+def _caseless_char(char: str) -> bytes:
+    if not char.isascii():
+        # Whatever it matches that is not ASCII is some bytes of those; an ASCII letter it
+        # matches (the Kelvin sign matches `k`) is named.
+        ascii_ = "".join(c for c in map(chr, range(128)) if _same_ignoring_case(char, c))
+        return b"(?:" + b"".join(_escaped(c) + b"|" for c in ascii_) + rb"[\x80-\xff]+)"
+    variants = {char, char.lower(), char.upper(), *CASE_FOLDS.get(char.lower(), "")}
+    return b"(?:" + b"|".join(_escaped(v) for v in sorted(variants)) + b")"
+
+
+def _same_ignoring_case(pattern_char: str, char: str) -> bool:
+    return re.fullmatch(re.escape(pattern_char), char, re.IGNORECASE) is not None
+
+
+def _escaped(text: str) -> bytes:
+    """`text`'s UTF-8, each byte but a letter or a digit escaped (a metacharacter too)."""
+    return b"".join(
+        bytes([byte]) if chr(byte).isalnum() and byte < 128 else b"\\x%02x" % byte
+        for byte in text.encode("utf-8")
+    )
+
+
+@functools.cache
+def foreign_digits() -> bytes:
+    """Every decimal digit that is not ASCII (a `\\d` of a str regex, Python's own list),
+    as an alternation of their UTF-8 bytes: a text without one is scanned for ASCII
+    digits alone (`Scanned.gated`)."""
+    digits = [char for char in map(chr, range(0x80, 0x110000)) if char.isdecimal()]
+    return b"|".join(_escaped(digit) for digit in digits)
+
+
+class Prefilter:
+    """One Hyperscan database of the prefilters of a list of detectors (None: one
+    without a prefilter, always run). `fired` is a mask: bit 0, the text has a digit
+    that is not ASCII; bit i + 1, the i-th detector may match."""
+
+    def __init__(self, prefilters: Sequence[bytes | None]) -> None:
+        self.always = 0
+        by_digits, by_case = 1, 0  # what a foreign digit fires, and a folding letter
+        patterns: dict[tuple[bytes, int], int] = {}
+        for index, prefilter in enumerate(prefilters):
+            bit = 1 << (index + 1)
+            if prefilter is None:
+                self.always |= bit
+                continue
+            if rb"\d" in prefilter:
+                by_digits |= bit
+            flags = hyperscan.HS_FLAG_SINGLEMATCH  # once it matched, not looked for again
+            if prefilter.startswith(IGNORE_CASE):
+                by_case |= bit
+                prefilter = prefilter.removeprefix(IGNORE_CASE)
+                flags |= hyperscan.HS_FLAG_CASELESS
+            key = (_over_bytes(prefilter), flags)
+            patterns[key] = patterns.get(key, 0) | bit
+        single = hyperscan.HS_FLAG_SINGLEMATCH
+        patterns[(foreign_digits(), single)] = by_digits
+        if by_case:
+            folding = "".join(CASE_FOLDS.values())
+            patterns[(b"|".join(map(_escaped, folding)), single)] = by_case
+        self._masks = list(patterns.values())
+        self._database = hyperscan.Database()
+        self._database.compile(
+            expressions=[pattern for pattern, _ in patterns],
+            ids=list(range(len(patterns))),
+            flags=[flags for _, flags in patterns],
+        )
+
+    def fired(self, text: str) -> int:
+        hits: list[int] = []
+        if text:  # (Hyperscan refuses no data)
+            data = text.encode("utf-8", "surrogatepass")  # a lone surrogate is 3 bytes
+            self._database.scan(data, match_event_handler=_hit, context=hits)
+        mask = self.always
+        for hit in hits:
+            mask |= self._masks[hit]
+        return mask
+
+
+def _over_bytes(pattern: bytes) -> bytes:
+    """A prefilter as Hyperscan reads it (`\\d`, `\\w` and `[\\w-]` as above)."""
+    return pattern.replace(rb"[\w-]", WORD_OR_DASH).replace(rb"\w", WORD).replace(rb"\d", b"[0-9]")
+
+
+def _hit(pattern: int, start: int, end: int, flags: int, hits: object) -> None:
+    """Hyperscan's callback on a prefilter's match: its id noted (`fired`'s list)."""
+    if isinstance(hits, list):
+        hits.append(pattern)
+
+
+@functools.cache
+def prefilter_of(pattern: bytes) -> Prefilter:
+    """One pattern's prefilter, for a detector run alone (`Detector.find`)."""
+    return Prefilter([pattern])
