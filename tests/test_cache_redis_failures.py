@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from fake_redis import ScriptedRedis
+from fake_redis import ScriptedRedis, bulk
 from fakes import FakeUpstream, JSONReply, chat_completion
 from helpers import RedisServer, RunningGateway, start_gateway
 from test_cache import USAGE, _chat, _post, redis_cached_config
@@ -103,6 +103,32 @@ async def test_an_error_reply_is_a_miss_or_a_skipped_write_dealt_with_by_its_kin
     if stays_up:  # the next read goes to Redis at once
         assert await backend.get("other") == b"kept"
         assert counts.unavailable == 0
+
+
+async def test_an_error_sent_unasked_never_makes_the_next_read_get_another_keys_value(
+    nursery: trio.Nursery,
+) -> None:
+    """A server or proxy that is not quite Redis sends an error line on an idle connection
+    and keeps it open; the GET of tenant A's key reads it as its reply, and the GET's own
+    reply (A's answer) arrives after. Had the connection gone back to the pool (the error
+    was read whole, nothing left in its buffer), tenant B's GET would read A's answer."""
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[0] == b"GET" and words[1] == b"t:a":
+            await server.streams[server.last].send_all(b"-ERR unsolicited notice\r\n")
+            await trio.sleep(0.05)
+            return bulk(b"tenant A's answer")
+        if words[0] == b"GET":
+            return bulk(b"value of " + words[1])
+        return b"+OK\r\n"
+
+    server = ScriptedRedis(script, coredis=True)
+    await server.start(nursery)
+    backend, counts = await _backend(nursery, server)
+    assert await backend.get("a") is None
+    await trio.sleep(0.2)  # A's answer lands on the connection the error came on
+    assert await backend.get("b") == b"value of t:b"
+    assert counts.errors == [("ERR", "read")] and backend._up
 
 
 async def test_a_refusal_is_logged_once_per_episode_and_never_with_what_redis_quotes(
