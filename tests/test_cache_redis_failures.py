@@ -57,6 +57,9 @@ async def _backend(
             await trio.sleep(0.01)
 
 
+# The key the backend's probe reads: a Redis that serves reads answers it.
+PROBE = b"t:" + RedisBackend.PROBE_KEY.encode()
+
 # Error replies to a GET (read through the reader) or a SET (written through coredis): the
 # code counted, and whether Redis is still up for the cache (no probe, reads go on).
 REFUSALS = [
@@ -141,7 +144,9 @@ async def test_a_refusal_is_logged_once_per_episode_and_never_with_what_redis_qu
     async def script(words: list[bytes]) -> bytes | None:
         if words[0] == b"SET":
             return b"-ERR unknown command 'SET', with args beginning with: 't:k' 'SECRET' \r\n"
-        return b"-NOAUTH Authentication required.\r\n"
+        if words[1] == PROBE:  # an ACL of some keys only: the probe's is among them
+            return b"$-1\r\n"
+        return b"-NOPERM User cache has no permissions to access the 't:k' key\r\n"
 
     server = ScriptedRedis(script, coredis=True)
     await server.start(nursery)
@@ -153,11 +158,84 @@ async def test_a_refusal_is_logged_once_per_episode_and_never_with_what_redis_qu
     lines = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert [level for level, _ in lines] == [logging.WARNING, logging.ERROR]
     assert "unknown command" in lines[0][1] and "SECRET" not in lines[0][1]
-    assert "NOAUTH" in lines[1][1]
-    assert counts.errors == [("ERR", "write"), ("NOAUTH", "read")] * 3
+    assert "NOPERM" in lines[1][1] and "t:k" not in lines[1][1]
+    assert counts.errors == [("ERR", "write"), ("NOPERM", "read")] * 3
     await trio.sleep(120)  # a quiet spell ends the episode: the next is logged again
     await backend.set("k", b"SECRET", None)
     assert len(caplog.records) == 3
+
+
+async def _read_every_tenth_of_a_second(backend: RedisBackend, seconds: float) -> None:
+    for _ in range(round(seconds * 10)):
+        await backend.get("k")
+        await trio.sleep(0.1)
+
+
+def _warnings(caplog: Any) -> list[str]:
+    return [record.getMessage().split(" (", 1)[0] for record in caplog.records]
+
+
+MASTERDOWN = (
+    b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n"
+)
+UNREACHABLE = "the response cache's Redis is unreachable"
+BACK = "the response cache's Redis is back"
+
+
+async def test_a_redis_answering_ping_but_refusing_reads_stays_one_outage(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock, caplog: Any
+) -> None:
+    """A replica cut from its primary answers PING but every GET `-MASTERDOWN` (as Redis
+    does with replica-serve-stale-data no): the probe reads a key as the cache does, so
+    the outage lasts as long as the refusal, one warning and one "back", and the cache's
+    reads stay off Redis meanwhile."""
+    refusing = False
+    reads: list[bytes] = []
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[0] == b"GET" and words[1] != PROBE:
+            reads.append(words[1])
+        if words[0] == b"GET" and refusing:
+            return MASTERDOWN
+        return b"$-1\r\n"
+
+    server = ScriptedRedis(script, coredis=True)  # PING answered PONG throughout
+    await server.start(nursery)
+    backend, counts = await _backend(nursery, server, redis_timeout=10)
+    caplog.set_level(logging.WARNING, "trigate")
+    refusing = True  # the replica loses its primary
+    await _read_every_tenth_of_a_second(backend, 5)
+    assert _warnings(caplog) == [UNREACHABLE] and reads == [b"t:k"]
+    refusing = False
+    await _read_every_tenth_of_a_second(backend, 1)
+    assert _warnings(caplog) == [UNREACHABLE, BACK] and backend._up
+    assert len(reads) > 1 and counts.errors == [("MASTERDOWN", "read")]
+
+
+async def test_a_refusal_of_the_cache_keys_only_is_one_warning_until_the_probe_fails_too(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock, caplog: Any
+) -> None:
+    """A cluster serving some slots only (`-CLUSTERDOWN Hash slot not served`): the probe's
+    key may be served while the cache's are not, so the probe passes and the next read is
+    refused again, over and over. That is one episode, one warning and its "back", until
+    the probe is refused too: Redis is then away, and that is logged."""
+    probe_refused = False
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[0] == b"GET" and (words[1] != PROBE or probe_refused):
+            return b"-CLUSTERDOWN Hash slot not served\r\n"
+        return b"$-1\r\n"
+
+    server = ScriptedRedis(script, coredis=True)
+    await server.start(nursery)
+    backend, counts = await _backend(nursery, server, redis_timeout=10)
+    caplog.set_level(logging.WARNING, "trigate")
+    await _read_every_tenth_of_a_second(backend, 5)
+    assert _warnings(caplog) == [UNREACHABLE, BACK]
+    assert len(counts.errors) > 2  # refused again after each probe passed
+    probe_refused = True
+    await _read_every_tenth_of_a_second(backend, 2)
+    assert _warnings(caplog) == [UNREACHABLE, BACK, UNREACHABLE]
 
 
 async def test_a_lookup_is_bounded_by_one_timeout_through_the_reader_and_coredis(
@@ -173,7 +251,9 @@ async def test_a_lookup_is_bounded_by_one_timeout_through_the_reader_and_coredis
             reader_gets.append(trio.current_time())
             await trio.sleep(0.4)
             return None  # closed, no reply
-        await trio.sleep(1000)  # coredis's GET: never answered
+        if words[1] == PROBE:
+            return b"$-1\r\n"
+        await trio.sleep(1000)  # coredis's GET of the key: never answered
         return None
 
     server = ScriptedRedis(script, coredis=True)

@@ -5,7 +5,8 @@ What it refused says what the cache should do, and none of it fails a request:
 
 - `UNAVAILABLE`: Redis cannot serve anyone for now (loading its data after a restart, a
   script running past its time, a replica cut from its primary). A miss, and the cache
-  backs off as from a Redis that is away: no command until the probe's PING is answered.
+  backs off as from a Redis that is away: no command until the probe's GET is answered
+  (a PING may be answered all the while), its warning logged once per episode.
 - `WRITES_REFUSED`: memory full under `noeviction`, a failed snapshot that stops writes, a
   replica. The write is skipped (the answer is served, not kept); reads go on.
 - `CREDENTIALS`: no password, a wrong one, or an ACL user without the right to the command
