@@ -9,8 +9,10 @@ itself can be made to refuse (a key of another type, memory full, connections ki
 
 from __future__ import annotations
 
+import itertools
 import logging
 from functools import partial
+from string import ascii_uppercase
 from typing import Any
 
 import pytest
@@ -19,9 +21,12 @@ import trio.testing
 from fake_redis import ScriptedRedis, bulk
 from fakes import FakeUpstream, JSONReply, chat_completion
 from helpers import RedisServer, RunningGateway, start_gateway
+from prometheus_client import CollectorRegistry
 from test_cache import USAGE, _chat, _post, redis_cached_config
 
+from trigate.cache import refusals
 from trigate.cache.backends import RedisBackend
+from trigate.cache.metrics import CacheMetrics
 
 # --- the backend against a scripted Redis ----------------------------------------------------
 
@@ -163,6 +168,41 @@ async def test_a_refusal_is_logged_once_per_episode_and_never_with_what_redis_qu
     await trio.sleep(120)  # a quiet spell ends the episode: the next is logged again
     await backend.set("k", b"SECRET", None)
     assert len(caplog.records) == 3
+
+
+async def test_a_server_inventing_codes_grows_neither_the_episodes_nor_the_metric(
+    nursery: trio.Nursery, caplog: Any
+) -> None:
+    """A Redis-like server answering each read and write with a code of its own making:
+    they share the label `other`, so the metric has one series per operation, the map of
+    episodes one entry, and the log one line, however many codes it invents."""
+    codes = iter("Z" + "".join(letters) for letters in itertools.product(ascii_uppercase, repeat=3))
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[0] == b"GET" and words[1] == PROBE:
+            return b"$-1\r\n"
+        return b"-%s made up by the server\r\n" % next(codes).encode()
+
+    server = ScriptedRedis(script, coredis=True)
+    await server.start(nursery)
+    registry = CollectorRegistry()
+    metrics = CacheMetrics(registry)
+    url = f"redis://127.0.0.1:{server.port}/0"
+    backend = RedisBackend(url, "t:", 5, metrics.count_unavailable, metrics.count_redis_error)
+    await nursery.start(backend.run)
+    caplog.set_level(logging.WARNING, "trigate")
+    for _ in range(500):  # 1,000 codes: reads through the reader or coredis, writes
+        assert await backend.get("k") is None
+        await backend.set("k", b"answer", None)
+    series = {
+        (sample.labels["code"], sample.labels["operation"]): sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == "trigate_cache_redis_errors_total"
+    }
+    assert series == {("other", "read"): 500, ("other", "write"): 500}
+    assert len(backend._episodes._last) <= len(refusals.CODES) + 1
+    assert len(caplog.records) == 1 and backend._up
 
 
 async def _read_every_tenth_of_a_second(backend: RedisBackend, seconds: float) -> None:
