@@ -9,19 +9,25 @@ itself can be made to refuse (a key of another type, memory full, connections ki
 
 from __future__ import annotations
 
+import itertools
 import logging
 from functools import partial
+from string import ascii_uppercase
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
-from fake_redis import ScriptedRedis
+from fake_redis import ScriptedRedis, bulk
 from fakes import FakeUpstream, JSONReply, chat_completion
 from helpers import RedisServer, RunningGateway, start_gateway
+from prometheus_client import CollectorRegistry
 from test_cache import USAGE, _chat, _post, redis_cached_config
 
+from trigate.cache import refusals
 from trigate.cache.backends import RedisBackend
+from trigate.cache.metrics import CacheMetrics
+from trigate.cache.resp import RedisReader
 
 # --- the backend against a scripted Redis ----------------------------------------------------
 
@@ -50,12 +56,21 @@ async def _backend(
     await nursery.start(backend.run)
     reader = backend._reader
     assert reader is not None and backend._up
+    await _pooled(reader)
+    return backend, counts
+
+
+async def _pooled(reader: RedisReader) -> None:
+    """Until the reader has an idle connection: it opens them in the background."""
     with trio.fail_after(5):  # over real sockets, which only polling sees
         while True:
             if reader._idle:
-                return backend, counts
+                return
             await trio.sleep(0.01)
 
+
+# The key the backend's probe reads: a Redis that serves reads answers it.
+PROBE = b"t:" + RedisBackend.PROBE_KEY.encode()
 
 # Error replies to a GET (read through the reader) or a SET (written through coredis): the
 # code counted, and whether Redis is still up for the cache (no probe, reads go on).
@@ -66,6 +81,7 @@ REFUSALS = [
     ("GET", b"-NOAUTH Authentication required.", True),
     ("GET", b"-NOPERM User cache has no permissions to access the 't:k' key", True),
     ("GET", b"-ERR something Redis-like servers say", True),
+    ("SET", b"-ERR DB index is out of range", True),  # coredis cuts `ERR ` from its message
     ("SET", b"-OOM command not allowed when used memory > 'maxmemory'.", True),
     ("SET", b"-MISCONF Redis is configured to save RDB snapshots, but it's currently unable", True),
     ("SET", b"-READONLY You can't write against a read only replica.", True),
@@ -105,6 +121,32 @@ async def test_an_error_reply_is_a_miss_or_a_skipped_write_dealt_with_by_its_kin
         assert counts.unavailable == 0
 
 
+async def test_an_error_sent_unasked_never_makes_the_next_read_get_another_keys_value(
+    nursery: trio.Nursery,
+) -> None:
+    """A server or proxy that is not quite Redis sends an error line on an idle connection
+    and keeps it open; the GET of tenant A's key reads it as its reply, and the GET's own
+    reply (A's answer) arrives after. Had the connection gone back to the pool (the error
+    was read whole, nothing left in its buffer), tenant B's GET would read A's answer."""
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[0] == b"GET" and words[1] == b"t:a":
+            await server.streams[server.last].send_all(b"-ERR unsolicited notice\r\n")
+            await trio.sleep(0.05)
+            return bulk(b"tenant A's answer")
+        if words[0] == b"GET":
+            return bulk(b"value of " + words[1])
+        return b"+OK\r\n"
+
+    server = ScriptedRedis(script, coredis=True)
+    await server.start(nursery)
+    backend, counts = await _backend(nursery, server)
+    assert await backend.get("a") is None
+    await trio.sleep(0.2)  # A's answer lands on the connection the error came on
+    assert await backend.get("b") == b"value of t:b"
+    assert counts.errors == [("ERR", "read")] and backend._up
+
+
 async def test_a_refusal_is_logged_once_per_episode_and_never_with_what_redis_quotes(
     nursery: trio.Nursery, virtual_clock: trio.testing.MockClock, caplog: Any
 ) -> None:
@@ -115,7 +157,9 @@ async def test_a_refusal_is_logged_once_per_episode_and_never_with_what_redis_qu
     async def script(words: list[bytes]) -> bytes | None:
         if words[0] == b"SET":
             return b"-ERR unknown command 'SET', with args beginning with: 't:k' 'SECRET' \r\n"
-        return b"-NOAUTH Authentication required.\r\n"
+        if words[1] == PROBE:  # an ACL of some keys only: the probe's is among them
+            return b"$-1\r\n"
+        return b"-NOPERM User cache has no permissions to access the 't:k' key\r\n"
 
     server = ScriptedRedis(script, coredis=True)
     await server.start(nursery)
@@ -127,11 +171,125 @@ async def test_a_refusal_is_logged_once_per_episode_and_never_with_what_redis_qu
     lines = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert [level for level, _ in lines] == [logging.WARNING, logging.ERROR]
     assert "unknown command" in lines[0][1] and "SECRET" not in lines[0][1]
-    assert "NOAUTH" in lines[1][1]
-    assert counts.errors == [("ERR", "write"), ("NOAUTH", "read")] * 3
+    assert "NOPERM" in lines[1][1] and "t:k" not in lines[1][1]
+    assert counts.errors == [("ERR", "write"), ("NOPERM", "read")] * 3
     await trio.sleep(120)  # a quiet spell ends the episode: the next is logged again
     await backend.set("k", b"SECRET", None)
     assert len(caplog.records) == 3
+
+
+async def test_a_server_inventing_codes_grows_neither_the_episodes_nor_the_metric(
+    nursery: trio.Nursery, caplog: Any
+) -> None:
+    """A Redis-like server answering each read and write with a code of its own making:
+    they share a label, so the metric keeps a few series, the map of episodes a few
+    entries and the log a line or two, however many codes it invents. The reader labels
+    them `other`; through coredis (writes, reads while the pool reopens) a code it does
+    not know reads as an `ERR`'s message, which coredis cuts `ERR ` from."""
+    codes = iter("Z" + "".join(letters) for letters in itertools.product(ascii_uppercase, repeat=3))
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[0] == b"GET" and words[1] == PROBE:
+            return b"$-1\r\n"
+        return b"-%s made up by the server\r\n" % next(codes).encode()
+
+    server = ScriptedRedis(script, coredis=True)
+    await server.start(nursery)
+    registry = CollectorRegistry()
+    metrics = CacheMetrics(registry)
+    url = f"redis://127.0.0.1:{server.port}/0"
+    backend = RedisBackend(url, "t:", 5, metrics.count_unavailable, metrics.count_redis_error)
+    await nursery.start(backend.run)
+    assert backend._reader is not None
+    await _pooled(backend._reader)
+    caplog.set_level(logging.WARNING, "trigate")
+    for _ in range(500):  # 1,000 codes: reads through the reader or coredis, writes
+        assert await backend.get("k") is None
+        await backend.set("k", b"answer", None)
+    series = {
+        (sample.labels["code"], sample.labels["operation"]): sample.value
+        for metric in registry.collect()
+        for sample in metric.samples
+        if sample.name == "trigate_cache_redis_errors_total"
+    }
+    assert set(series) <= {("other", "read"), ("ERR", "read"), ("ERR", "write")}
+    assert series[("other", "read")] >= 1 and series[("ERR", "write")] == 500
+    assert series[("other", "read")] + series.get(("ERR", "read"), 0) == 500
+    assert len(backend._episodes._last) <= len(refusals.CODES) + 1
+    assert len(caplog.records) == 2 and backend._up
+
+
+async def _read_every_tenth_of_a_second(backend: RedisBackend, seconds: float) -> None:
+    for _ in range(round(seconds * 10)):
+        await backend.get("k")
+        await trio.sleep(0.1)
+
+
+def _warnings(caplog: Any) -> list[str]:
+    return [record.getMessage().split(" (", 1)[0] for record in caplog.records]
+
+
+MASTERDOWN = (
+    b"-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n"
+)
+UNREACHABLE = "the response cache's Redis is unreachable"
+BACK = "the response cache's Redis is back"
+
+
+async def test_a_redis_answering_ping_but_refusing_reads_stays_one_outage(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock, caplog: Any
+) -> None:
+    """A replica cut from its primary answers PING but every GET `-MASTERDOWN` (as Redis
+    does with replica-serve-stale-data no): the probe reads a key as the cache does, so
+    the outage lasts as long as the refusal, one warning and one "back", and the cache's
+    reads stay off Redis meanwhile."""
+    refusing = False
+    reads: list[bytes] = []
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[0] == b"GET" and words[1] != PROBE:
+            reads.append(words[1])
+        if words[0] == b"GET" and refusing:
+            return MASTERDOWN
+        return b"$-1\r\n"
+
+    server = ScriptedRedis(script, coredis=True)  # PING answered PONG throughout
+    await server.start(nursery)
+    backend, counts = await _backend(nursery, server, redis_timeout=10)
+    caplog.set_level(logging.WARNING, "trigate")
+    refusing = True  # the replica loses its primary
+    await _read_every_tenth_of_a_second(backend, 5)
+    assert _warnings(caplog) == [UNREACHABLE] and reads == [b"t:k"]
+    refusing = False
+    await _read_every_tenth_of_a_second(backend, 1)
+    assert _warnings(caplog) == [UNREACHABLE, BACK] and backend._up
+    assert len(reads) > 1 and counts.errors == [("MASTERDOWN", "read")]
+
+
+async def test_a_refusal_of_the_cache_keys_only_is_one_warning_until_the_probe_fails_too(
+    nursery: trio.Nursery, virtual_clock: trio.testing.MockClock, caplog: Any
+) -> None:
+    """A cluster serving some slots only (`-CLUSTERDOWN Hash slot not served`): the probe's
+    key may be served while the cache's are not, so the probe passes and the next read is
+    refused again, over and over. That is one episode, one warning and its "back", until
+    the probe is refused too: Redis is then away, and that is logged."""
+    probe_refused = False
+
+    async def script(words: list[bytes]) -> bytes | None:
+        if words[0] == b"GET" and (words[1] != PROBE or probe_refused):
+            return b"-CLUSTERDOWN Hash slot not served\r\n"
+        return b"$-1\r\n"
+
+    server = ScriptedRedis(script, coredis=True)
+    await server.start(nursery)
+    backend, counts = await _backend(nursery, server, redis_timeout=10)
+    caplog.set_level(logging.WARNING, "trigate")
+    await _read_every_tenth_of_a_second(backend, 5)
+    assert _warnings(caplog) == [UNREACHABLE, BACK]
+    assert len(counts.errors) > 2  # refused again after each probe passed
+    probe_refused = True
+    await _read_every_tenth_of_a_second(backend, 2)
+    assert _warnings(caplog) == [UNREACHABLE, BACK, UNREACHABLE]
 
 
 async def test_a_lookup_is_bounded_by_one_timeout_through_the_reader_and_coredis(
@@ -147,7 +305,9 @@ async def test_a_lookup_is_bounded_by_one_timeout_through_the_reader_and_coredis
             reader_gets.append(trio.current_time())
             await trio.sleep(0.4)
             return None  # closed, no reply
-        await trio.sleep(1000)  # coredis's GET: never answered
+        if words[1] == PROBE:
+            return b"$-1\r\n"
+        await trio.sleep(1000)  # coredis's GET of the key: never answered
         return None
 
     server = ScriptedRedis(script, coredis=True)

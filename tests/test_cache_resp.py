@@ -236,9 +236,12 @@ async def test_garbage_and_a_connection_closed_mid_reply_fail_the_read_and_are_d
     assert reader.connections == 0
 
 
-async def test_an_error_reply_fails_the_read_and_the_connection_is_used_again(
+async def test_an_error_reply_fails_the_read_and_its_connection_is_replaced(
     nursery: trio.Nursery,
 ) -> None:
+    """The error may not be the command's own reply (one sent unasked, the command's
+    after it): its connection is closed, and the pool opens another at once."""
+
     async def script(words: list[bytes]) -> bytes | None:
         if words[1] == b"list":
             return b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
@@ -249,8 +252,11 @@ async def test_an_error_reply_fails_the_read_and_the_connection_is_used_again(
     reader = await _reader(nursery, server.address)
     with pytest.raises(RedisReadError, match="WRONGTYPE"):
         await reader.get("list")
+    assert reader.connections == 0
+    await _pooled(reader)  # asked for by the refusal, not by a read that found none
     assert await reader.get("string") == b"fine"
-    assert len(server.connections) == 1
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.closed_by_client[0] and len(server.connections) == 2
 
 
 async def test_a_connection_redis_closed_while_idle_is_replaced_without_failing_the_read(
@@ -503,7 +509,7 @@ async def test_a_retried_read_has_what_is_left_of_its_deadline_not_a_new_one(
 # --- error replies -----------------------------------------------------------------------
 
 
-async def test_an_error_reply_says_its_code_and_keeps_the_connection(
+async def test_an_error_reply_says_its_code_and_its_connection_is_not_used_again(
     nursery: trio.Nursery,
 ) -> None:
     async def script(words: list[bytes]) -> bytes | None:
@@ -517,5 +523,6 @@ async def test_an_error_reply_says_its_code_and_keeps_the_connection(
     with pytest.raises(RedisErrorReply) as refused:
         await reader.get("loading")
     assert refused.value.code == "LOADING"
+    await _pooled(reader)
     assert await reader.get("k") == b"fine"
-    assert len(server.connections) == 1
+    assert server.connections[1] == [[b"GET", b"k"]]

@@ -133,6 +133,9 @@ class RedisBackend:
 
     kind = "redis"
     PROBE_INTERVAL = 0.5
+    # The key the probe reads (under the prefix): never written, and no cache key (those are
+    # 64 hex digits, after a namespace and a colon when there is one).
+    PROBE_KEY = "probe"
 
     def __init__(
         self,
@@ -154,6 +157,8 @@ class RedisBackend:
         self._reader: RedisReader | None = None
         self._up = False
         self._lost = trio.Event()
+        # Whether this outage's warning was logged (its "back" is logged only then).
+        self._warned = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         wait = max(self._timeout, 1.0)
@@ -183,14 +188,18 @@ class RedisBackend:
             self._reader = None
 
     async def _probe(self) -> None:
+        """Whether Redis serves the cache's reads: a GET of a key under its prefix, not a
+        PING, which a Redis refusing reads for now answers all the same (a replica cut from
+        its primary, MASTERDOWN; a cluster without a quorum): a probe it passed would end
+        the outage only for the next read to start another."""
         assert self._client is not None
         try:
             with trio.fail_after(max(self._timeout, 1.0)):
-                await self._client.ping()
+                await self._client.get(self._prefix + self.PROBE_KEY)
         except (coredis.exceptions.RedisError, trio.TooSlowError, OSError) as error:
             self._down(self._unanswered(error))
             return
-        if self._lost.is_set():
+        if self._lost.is_set() and self._warned:
             logger.warning("the response cache's Redis is back")
         self._lost = trio.Event()
         self._up = True
@@ -205,10 +214,10 @@ class RedisBackend:
             refusals.log_refusal(code, "read", error)
         return refusals.describe(error)
 
-    def _lose(self, reason: str) -> None:
+    def _lose(self, reason: str, warn: bool = True) -> None:
         """Redis failed a command: a skipped read or write, counted."""
         self._on_unavailable()
-        self._down(reason)
+        self._down(reason, warn)
 
     def _failed(self, error: BaseException, operation: str) -> None:
         """A read or write that got no value from Redis: Redis away, or an error reply,
@@ -218,19 +227,31 @@ class RedisBackend:
             self._lose(str(error) or type(error).__name__)
             return
         self._on_error(refusals.label(code), operation)
-        if code in refusals.UNAVAILABLE:
-            self._lose(refusals.describe(error))  # back off until the probe is answered
+        if code in refusals.UNAVAILABLE:  # back off until the probe is answered
+            # The warning once per episode: a relapse soon after the probe passed (a
+            # cluster refusing some slots only, which the probe's key may not be in) is
+            # logged only if the probe finds Redis still refusing.
+            self._lose(refusals.describe(error), self._episodes.starts(code))
         elif self._episodes.starts(code):
             refusals.log_refusal(code, operation, error)
 
-    def _down(self, reason: str) -> None:
-        """Redis is away: logged once per outage, and probed for until it is back."""
+    def _down(self, reason: str, warn: bool = True) -> None:
+        """Redis is away: probed for until it is back, and logged once per outage, unless
+        told not to `warn`, when only a failure that does (the probe's) logs it."""
         if not self._up and self._lost.is_set():
+            if warn and not self._warned:
+                self._warn(reason)
             return
         self._up = False
         self._lost.set()
         if self._reader is not None:
             self._reader.close_idle()  # dead, or soon to be: reads start afresh once it is back
+        self._warned = False
+        if warn:
+            self._warn(reason)
+
+    def _warn(self, reason: str) -> None:
+        self._warned = True
         logger.warning(
             "the response cache's Redis is unreachable (%s): requests miss the cache "
             "and go upstream until it is back",

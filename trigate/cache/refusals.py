@@ -1,11 +1,13 @@
 """What the response cache makes of Redis's error replies, by their kind.
 
-An error reply (`-LOADING ...`) is Redis answering: it is up, and the connection sound.
+An error reply (`-LOADING ...`) is Redis answering: it is up (the reader closes the
+connection all the same, `trigate.cache.resp`: the reply may not be the command's own).
 What it refused says what the cache should do, and none of it fails a request:
 
 - `UNAVAILABLE`: Redis cannot serve anyone for now (loading its data after a restart, a
   script running past its time, a replica cut from its primary). A miss, and the cache
-  backs off as from a Redis that is away: no command until the probe's PING is answered.
+  backs off as from a Redis that is away: no command until the probe's GET is answered
+  (a PING may be answered all the while), its warning logged once per episode.
 - `WRITES_REFUSED`: memory full under `noeviction`, a failed snapshot that stops writes, a
   replica. The write is skipped (the answer is served, not kept); reads go on.
 - `CREDENTIALS`: no password, a wrong one, or an ACL user without the right to the command
@@ -14,9 +16,11 @@ What it refused says what the cache should do, and none of it fails a request:
   served from it), Redis stays up, and the answer's SET replaces the value.
 - Any other (`ERR ...`): that read a miss, that write skipped, Redis stays up.
 
-Each is counted by its code (`trigate_cache_redis_errors`) and logged once per episode
-of its kind: Redis's message, never a value or a secret (the arguments Redis quotes back,
-as `unknown command` does, are cut out).
+Each is counted by its code (`trigate_cache_redis_errors`; a code not in `CODES` as
+`other`) and logged once per episode of its label (none of it for `EPISODE_GAP`), so codes
+not named share one; `UNAVAILABLE`'s through the outage's warning. What is logged is
+Redis's message, never a value or a secret (the arguments Redis quotes back, as `unknown
+command` does, are cut out).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ _COREDIS_CODES: tuple[tuple[type[Exception], str], ...] = (
     (coredis.exceptions.TryAgainError, "TRYAGAIN"),
     (coredis.exceptions.ClusterDownError, "CLUSTERDOWN"),
 )
+# coredis's classes for an `ERR ...` reply, or one of a code it does not know.
+_COREDIS_ERR = (coredis.exceptions.ResponseError, coredis.exceptions.UnknownCommandError)
 _QUOTED = re.compile(r"'[^']*'|`[^`]*`|\"[^\"]*\"")
 
 
@@ -65,9 +71,20 @@ def error_code(error: BaseException) -> str | None:
         if isinstance(error, kind):
             return code
     if isinstance(error, coredis.exceptions.ResponseError):
-        first = str(error).split(" ", 1)[0]  # a code coredis does not map stays in it
-        return first if first.isupper() and first.isalpha() else "ERR"
+        return _coredis_code(error)
     return None
+
+
+def _coredis_code(error: coredis.exceptions.ResponseError) -> str:
+    """The code of an error reply coredis raised. coredis cuts a code it knows from the
+    message (`ERR ` among them) and keeps one it does not, so `DB index is out of range`
+    (from `ERR DB index ...`) and `DB index ...` (a code `DB`) read the same: a first word
+    the cache names is taken for the code, any other message is an `ERR`'s. Another class
+    of coredis's is a code it knows and the cache does not name (`MOVED`), `other`."""
+    if type(error) not in _COREDIS_ERR:
+        return type(error).__name__
+    first = str(error).split(" ", 1)[0]
+    return first if first in CODES else "ERR"
 
 
 def label(code: str) -> str:
@@ -104,9 +121,10 @@ def log_refusal(code: str, operation: str, error: BaseException) -> None:
     message = describe(error)
     if code in CREDENTIALS:
         logger.error(
-            "the response cache's Redis refuses its credentials or permissions (%s): every "
-            "request misses the cache and no answer is kept; check the cache's Redis "
-            "password, user and ACL (cache_params, router_settings)",
+            "the response cache's Redis refuses its credentials or permissions (%s): each "
+            "read it refuses so is a miss and each write skipped (every one, if it refuses "
+            "the credentials or every cache key); check the cache's Redis password, user "
+            "and ACL (cache_params, router_settings)",
             message,
         )
     elif code in WRITES_REFUSED:

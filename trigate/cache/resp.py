@@ -19,7 +19,9 @@ The connection's settings are coredis's own, read from the pool it made of the s
 the database, the TLS context of `rediss://`; a URL coredis reads into something else
 leaves reads to coredis.
 
-A connection is reused only after a whole reply was read from it. Any failure or
+A connection is reused only after a whole reply, not an error, was read from it. An error
+reply closes it: it may have been sent unasked, ahead of the command's own reply (a server
+or proxy that is not quite Redis), which the next command would then read. Any failure or
 cancellation while it is in use (its deadline, the client leaving, a broken socket, a
 reply that is not RESP) closes it on the spot, so no later command can read the rest of
 an earlier reply. A pooled connection that Redis closed while it sat idle (its `timeout`,
@@ -67,8 +69,8 @@ class RedisReadError(Exception):
 
 
 class RedisErrorReply(RedisReadError):
-    """Redis answered the command with an error (`-WRONGTYPE ...`): it is up and the
-    connection is sound (the reply was read whole); `code` is the reply's first word,
+    """Redis answered the command with an error (`-WRONGTYPE ...`): it is up (the reply
+    was read whole, its connection closed nonetheless); `code` is the reply's first word,
     which says what kind of refusal it is."""
 
     def __init__(self, message: str) -> None:
@@ -253,12 +255,13 @@ class RedisReader:
                 self._discard(connection)
                 raise
             connection.command = 0
+            if reply.__class__ is _ErrorReply:
+                self._refused(connection)
+                raise RedisErrorReply(reply.message)
             if connection.reusable:
                 self._idle.append(connection)  # the list now: `close_idle` may replace it
             else:
                 self._discard(connection)
-            if reply.__class__ is _ErrorReply:
-                raise RedisErrorReply(reply.message)
             return reply
         if self._open < self._max:
             self._wanted.set()
@@ -295,6 +298,16 @@ class RedisReader:
         connection.pooled = True
         self._idle.append(connection)
         return True
+
+    def _refused(self, connection: _Connection) -> None:
+        """A command answered with an error reply: its connection is closed, never pooled
+        again. The error may not be this command's reply: a server or proxy that is not
+        quite Redis may send one unasked on an idle connection, and the command's own reply
+        come after it; pooled, the connection would give the next command (another key,
+        another tenant's) that late reply as its own. Error replies are rare, and the pool
+        opens another connection in the background."""
+        self._discard(connection)
+        self._wanted.set()
 
     def _discard(self, connection: _Connection) -> None:
         connection.command = 0
@@ -377,7 +390,8 @@ class _Stale(RedisReadError):
 
 
 class _ErrorReply:
-    """Redis's error reply (`-ERR ...`), read whole, so the connection stays usable."""
+    """Redis's error reply (`-ERR ...`), read whole; its connection is closed all the same
+    (`RedisReader._refused`)."""
 
     __slots__ = ("message",)
 
