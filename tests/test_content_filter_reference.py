@@ -16,6 +16,8 @@ import string
 from collections.abc import Callable
 from typing import Any
 
+import hyperscan
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -374,3 +376,23 @@ def test_a_prefilter_matches_by_the_bytes_of_any_character() -> None:
     assert prefilter.fired("k") == 0b1100
     assert prefilter.fired("\u0661") == 0b1101
     assert prefilter.fired("plain text, 42") == 0b1000
+
+
+class _FailingDatabase:
+    """A database whose scans Hyperscan cannot finish (its scratch in use, a limit)."""
+
+    def scan(self, data: bytes, **handlers: object) -> None:
+        raise hyperscan.ScratchInUseError("scratch in use")
+
+
+def test_a_scan_hyperscan_cannot_finish_runs_every_detector(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failed scan fails closed: every detector runs on the text, as without a
+    prefilter, and it is a keyword the filter then finds, never a text let through."""
+    prefilter = Prefilter([caseless("naive"), caseless("\u212a"), None])
+    monkeypatch.setattr(prefilter, "_database", _FailingDatabase())
+    assert prefilter.fired("plain text") == 0b1111
+    guard = _filter({"email": "BLOCK"})
+    monkeypatch.setattr(guard._prefilter, "_database", _FailingDatabase())
+    assert guard.verdict(["write to ada@example.com"]).blocked

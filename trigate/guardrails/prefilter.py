@@ -23,6 +23,7 @@ whole text, several times the cost of all the literals.
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from collections.abc import Sequence
 
@@ -106,6 +107,8 @@ class Prefilter:
             folding = "".join(CASE_FOLDS.values())
             patterns[(b"|".join(map(_escaped, folding)), single)] = by_case
         self._masks = list(patterns.values())
+        # What a scan that failed fires: every detector, and the digits' bit (fail closed).
+        self._every = functools.reduce(operator.or_, self._masks, self.always | 1)
         self._database = hyperscan.Database()
         self._database.compile(
             expressions=[pattern for pattern, _ in patterns],
@@ -114,10 +117,17 @@ class Prefilter:
         )
 
     def fired(self, text: str) -> int:
+        """The detectors that may match `text`. A database's scratch space serves one
+        scan at a time: scans run on the Trio thread only (a filter built in a worker
+        thread, as a config check may, is never scanned there). A scan Hyperscan cannot
+        finish runs every detector: the filter is slower then, never blind."""
         hits: list[int] = []
         if text:  # (Hyperscan refuses no data)
             data = text.encode("utf-8", "surrogatepass")  # a lone surrogate is 3 bytes
-            self._database.scan(data, match_event_handler=_hit, context=hits)
+            try:
+                self._database.scan(data, match_event_handler=_hit, context=hits)
+            except hyperscan.error:
+                return self._every
         mask = self.always
         for hit in hits:
             mask |= self._masks[hit]
