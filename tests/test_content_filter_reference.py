@@ -396,3 +396,18 @@ def test_a_scan_hyperscan_cannot_finish_runs_every_detector(
     guard = _filter({"email": "BLOCK"})
     monkeypatch.setattr(guard._prefilter, "_database", _FailingDatabase())
     assert guard.verdict(["write to ada@example.com"]).blocked
+
+
+def test_filters_with_the_same_detectors_share_one_database() -> None:
+    """Hyperscan's compile is paid once for a set of detectors; each filter still maps
+    the shared database's matches to its own detectors, whatever their order (rules are
+    ordered by action, so the same detectors with other actions come in another order)."""
+    first = _filter({"email": "BLOCK", "us_ssn": "MASK"})
+    second = _filter({"email": "MASK", "us_ssn": "BLOCK"})
+    assert first._prefilter._database is second._prefilter._database
+    text = ["write to ada@example.com"]
+    assert first.verdict(text).blocked == "Content blocked: email detected"
+    assert second.verdict(text).texts == ["write to [EMAIL_REDACTED]"]
+    text = ["my SSN is 123-45-6789"]
+    assert first.verdict(text).texts == ["my SSN is [US_SSN_REDACTED]"]
+    assert second.verdict(text).blocked == "Content blocked: us_ssn detected"
