@@ -100,11 +100,17 @@ class KeptCompletion(Completion):
 def _answer_of(raw: bytes) -> dict[str, Any]:
     """A kept answer's body; `decode` let in unread only the bytes `encode` kept, which
     it had read as a JSON object (others are read as an empty answer)."""
+    answer = _json_object(raw)
+    return answer if answer is not None else {}
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """`raw` read as JSON, if it is an object."""
     try:
-        answer = orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return {}
-    return answer if isinstance(answer, dict) else {}
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class Entry:
@@ -168,11 +174,8 @@ def _kept_answer(head: dict[str, Any], answer: Any, raw: bytes | None) -> bytes 
     a hit sends again, so it must report what they say. Bytes that are no JSON object
     (none the upstream sent: it was read as one) are not kept: the body's encoding is."""
     if raw is not None:
-        try:
-            sent = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            sent = None
-        answer, raw = (sent, raw) if isinstance(sent, dict) else (answer, None)
+        sent = _json_object(raw)
+        answer, raw = (sent, raw) if sent is not None else (answer, None)
     if not isinstance(answer, dict):
         return raw
     kept = raw if raw is not None else orjson.dumps(answer)
@@ -229,8 +232,5 @@ def _parsed_answer(raw: bytes) -> Entry | None:
     """A whole answer's entry read from its bytes alone (an older gateway's, or bytes
     that are not what the writer kept, whose fields would not be theirs): no JSON
     object, no answer, a miss."""
-    try:
-        answer = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return Entry({"answer": answer}, raw) if isinstance(answer, dict) else None
+    answer = _json_object(raw)
+    return Entry({"answer": answer}, raw) if answer is not None else None
