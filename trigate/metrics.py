@@ -11,7 +11,8 @@ The request path is hot, and `.labels(...)` is costly (it validates and hashes
 the label tuple under a lock), so each request finds its labelled children in a
 `Series` cached per (key, model group, deployment) and records everything once,
 where its spend record is written. It counts straight into the children's values
-(`tally`, `Timing`): the wrappers' `inc` and `observe` re-check on every call what a
+(`tally`, `Timing`; a worker's own without their locks, `Unlocked`): the wrappers'
+`inc` and `observe` re-check on every call what a
 labelled child and the gateway's non-negative counts always satisfy, and a histogram's
 bucket is found by bisection rather than a loop in Python.
 
@@ -99,8 +100,9 @@ HEALTHY, PARTIAL_OUTAGE, COMPLETE_OUTAGE = 0, 1, 2
 
 
 class Tally(Protocol):
-    """A value prometheus-client keeps for a labelled child: a float under a lock, or in
-    multiprocess mode a slot in the worker's file. The exposition reads it as it is."""
+    """A value prometheus-client keeps for a labelled child: a float (counted into without
+    its lock: `Unlocked`), or in multiprocess mode a slot in the worker's file. The
+    exposition reads it as it is."""
 
     def inc(self, amount: float) -> None: ...
 
