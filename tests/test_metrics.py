@@ -29,6 +29,7 @@ from helpers import (
     start_gateway,
 )
 from openai.types.chat import ChatCompletionMessageParam
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from scripted import Step, error, group_config
@@ -40,11 +41,15 @@ from trigate.metrics import (
     DEPLOYMENT_FAILURES,
     DEPLOYMENT_REQUESTS,
     FALLBACKS,
+    LATENCY_BUCKETS,
     PROXY_FAILED,
     PROXY_TOTAL,
     SPEND,
     TOKENS,
     TOTAL_LATENCY,
+    Timing,
+    Unlocked,
+    tally,
 )
 from trigate.store import Row
 
@@ -499,3 +504,22 @@ async def test_names_a_wildcard_matches_are_labelled_by_its_pattern(
     ids = {s.labels["model_id"] for s in scraped.samples("litellm_deployment_total_requests_total")}
     assert len(ids) == 1
     await gateway.stop()
+
+
+def test_a_workers_own_counts_skip_the_values_lock_and_read_back_the_same() -> None:
+    """A worker without a multiprocess directory counts into its values' floats without
+    taking their locks (`Unlocked`, on the Trio thread alone); the exposition reads the
+    same sums and buckets that `inc` and `observe` would have made."""
+    registry = CollectorRegistry(auto_describe=False)
+    counter = Counter("counted", "c", ("model",), registry=registry)
+    histogram = Histogram("timed", "t", ("model",), registry=registry, buckets=LATENCY_BUCKETS)
+    counted = tally(counter.labels("m"))
+    assert isinstance(counted, Unlocked)
+    counted.inc(2)
+    counted.inc(0.5)
+    Timing(histogram.labels("m")).observe(0.3)
+    scrape = Scrape(generate_latest(registry).decode())
+    assert scrape.value("counted_total", model="m") == 2.5
+    assert scrape.value("timed_sum", model="m") == 0.3
+    assert scrape.value("timed_bucket", model="m", le="0.1") == 0
+    assert scrape.value("timed_bucket", model="m", le="0.5") == 1

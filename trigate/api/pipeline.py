@@ -647,32 +647,35 @@ class Call:
             # A worker's own budget count has no checkpoint here before the ledger counts
             # the cost as unflushed, as it expects; a shared one is billed in Redis first.
             await self.admission.settle(usage.total_tokens, cost)
+        context = self.context
+        # Positional, in the fields' order (`RECORD_FIELDS`): a class called with 25
+        # keywords costs some 13,000 instructions more than with its arguments in order.
         record = RequestRecord(
-            request_id=self.context.request_id,
-            client_request_id=self.context.client_request_id,
-            key_identity=caller.identity,
-            key_hash=caller.key_hash,
-            key_alias=caller.key_alias,
-            team_id=caller.team_id,
-            user_id=caller.user_id,
-            end_user=caller.end_user_id,
-            organization_id=caller.organization_id,
-            model_group=self.progress.model_group,
-            deployment=deployment.id if deployment else None,
-            model=deployment.params.model if deployment else None,
-            status=status,
-            stream=self.stream,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            usage_source=usage.source,
-            cost=cost,
-            start_time=end - elapsed,
-            end_time=end,
-            latency_ms=round(elapsed * 1000, 3),
-            ttft_ms=round(self.ttft * 1000, 3) if self.ttft is not None else None,
-            cancelled_by_client=cancelled,
-            error=secrets.redact(error.message) if error else None,
-            response_id=self.context.response_id,
+            context.request_id,
+            caller.identity,
+            caller.key_hash,
+            caller.key_alias,
+            caller.team_id,
+            caller.user_id,
+            self.progress.model_group,
+            deployment.id if deployment else None,
+            deployment.params.model if deployment else None,
+            status,
+            self.stream,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.source,
+            cost,
+            end - elapsed,  # start_time
+            end,
+            round(elapsed * 1000, 3),  # latency_ms
+            round(self.ttft * 1000, 3) if self.ttft is not None else None,
+            cancelled,
+            secrets.redact(error.message) if error else None,
+            context.client_request_id,
+            context.response_id,
+            caller.end_user_id,
+            caller.organization_id,
         )
         if self.attempted is not None:
             record = self.attempted.annotated(record)
