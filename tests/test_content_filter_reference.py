@@ -25,7 +25,7 @@ from trigate.guardrails.config import parse_guardrails
 from trigate.guardrails.content_filter import ContentFilter
 from trigate.guardrails.detectors import PREBUILT, Detector
 from trigate.guardrails.masking import Span, apply
-from trigate.guardrails.prefilter import CASE_FOLDS, Prefilter, caseless
+from trigate.guardrails.prefilter import CASE_FOLDS, Prefilter, _hit, caseless
 from trigate.guardrails.types import KNOWN_TYPES
 
 SEEDS = [
@@ -415,15 +415,11 @@ def test_an_ascii_text_fires_what_the_whole_database_fires(text: str) -> None:
     prefilter = _filter({name: "LOG" for name in PREBUILT})._prefilter
     assert text.isascii()
     whole: list[int] = []
-    prefilter._database.scan(text.encode() or b" ", match_event_handler=_noted, context=whole)
+    prefilter._database.scan(text.encode() or b" ", match_event_handler=_hit, context=whole)
     expected = prefilter.always
     for hit in whole:
         expected |= prefilter._masks[hit]
     assert prefilter.fired(text or " ") == expected
-
-
-def _noted(pattern: int, start: int, end: int, flags: int, hits: list[int]) -> None:
-    hits.append(pattern)
 
 
 def test_filters_with_the_same_detectors_share_one_database() -> None:
