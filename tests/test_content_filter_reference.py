@@ -25,7 +25,7 @@ from trigate.guardrails.config import parse_guardrails
 from trigate.guardrails.content_filter import ContentFilter
 from trigate.guardrails.detectors import PREBUILT, Detector
 from trigate.guardrails.masking import Span, apply
-from trigate.guardrails.prefilter import CASE_FOLDS, Prefilter, caseless
+from trigate.guardrails.prefilter import CASE_FOLDS, Prefilter, _hit, caseless
 from trigate.guardrails.types import KNOWN_TYPES
 
 SEEDS = [
@@ -391,11 +391,35 @@ def test_a_scan_hyperscan_cannot_finish_runs_every_detector(
     """A failed scan fails closed: every detector runs on the text, as without a
     prefilter, and it is a keyword the filter then finds, never a text let through."""
     prefilter = Prefilter([caseless("naive"), caseless("\u212a"), None])
+    # Both databases: the one for any text, and the one for ASCII text.
     monkeypatch.setattr(prefilter, "_database", _FailingDatabase())
+    monkeypatch.setattr(prefilter, "_ascii_database", _FailingDatabase())
     assert prefilter.fired("plain text") == 0b1111
+    assert prefilter.fired("plain text\u2019") == 0b1111
     guard = _filter({"email": "BLOCK"})
     monkeypatch.setattr(guard._prefilter, "_database", _FailingDatabase())
+    monkeypatch.setattr(guard._prefilter, "_ascii_database", _FailingDatabase())
     assert guard.verdict(["write to ada@example.com"]).blocked
+    assert guard.verdict(["write to ada@example.com \u2019"]).blocked
+
+
+_ascii_texts = texts.map(lambda text: text.encode("ascii", "replace").decode("ascii"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ascii_texts)
+def test_an_ascii_text_fires_what_the_whole_database_fires(text: str) -> None:
+    """An ASCII text is scanned by a database without the patterns of bytes that are not
+    ASCII (a foreign digit, a folding letter); it fires the same detectors as the whole
+    database, which every other text is scanned by."""
+    prefilter = _filter({name: "LOG" for name in PREBUILT})._prefilter
+    assert text.isascii()
+    whole: list[int] = []
+    prefilter._database.scan(text.encode() or b" ", match_event_handler=_hit, context=whole)
+    expected = prefilter.always
+    for hit in whole:
+        expected |= prefilter._masks[hit]
+    assert prefilter.fired(text or " ") == expected
 
 
 def test_filters_with_the_same_detectors_share_one_database() -> None:

@@ -26,6 +26,9 @@ class Observer:
         registry = metrics.registry
         self._tallies: dict[tuple[int, tuple[str, ...]], Tally] = {}
         self._timings: dict[tuple[str, ...], Timing] = {}
+        # What one run counts into, by (name, mode, status, error type): found by one
+        # lookup on every run, where each series' own key was built and looked up apart.
+        self._series: dict[tuple[str, str, str, str | None], _Series] = {}
         self.requests = Counter(
             "litellm_guardrail_requests_total",
             "Total number of guardrail invocations",
@@ -78,12 +81,28 @@ class Observer:
         elapsed: float,
         parent: Any,
     ) -> None:
-        self._tally(self.requests, (name, status, mode)).inc(1)
-        if error_type is not None:
-            self._tally(self.errors, (name, error_type, mode)).inc(1)
-        self._timing((name, status, error_type or "", mode)).observe(elapsed)
+        key = (name, mode, status, error_type)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self._series_of(name, mode, status, error_type)
+        requests, errors, timing = series
+        requests.inc(1)
+        if errors is not None:
+            errors.inc(1)
+        timing.observe(elapsed)
         if isinstance(parent, OpenSpan):
             _span(parent, name, mode, status, elapsed)
+
+    def _series_of(self, name: str, mode: str, status: str, error_type: str | None) -> _Series:
+        errors = None
+        if error_type is not None:
+            errors = self._tally(self.errors, (name, error_type, mode))
+        timing = self._timing((name, status, error_type or "", mode))
+        return self._tally(self.requests, (name, status, mode)), errors, timing
+
+
+# A run's request count, error count (None: no error) and latency.
+_Series = tuple[Tally, Tally | None, Timing]
 
 
 def _span(parent: OpenSpan, name: str, mode: str, status: str, elapsed: float) -> None:

@@ -101,11 +101,17 @@ class Prefilter:
                 flags |= hyperscan.HS_FLAG_CASELESS
             key = (_over_bytes(prefilter), flags)
             patterns[key] = patterns.get(key, 0) | bit
+        # An ASCII text cannot match the two patterns of bytes that are not ASCII (a
+        # foreign digit, a folding letter): it is scanned by a database without them,
+        # whose literal matcher has hundreds fewer literals (about half the scan's cost).
+        ascii_patterns = dict(patterns)
         single = hyperscan.HS_FLAG_SINGLEMATCH
-        patterns[(foreign_digits(), single)] = by_digits
+        extra = {(foreign_digits(), single): by_digits}
         if by_case:
             folding = "".join(CASE_FOLDS.values())
-            patterns[(b"|".join(map(_escaped, folding)), single)] = by_case
+            extra[(b"|".join(map(_escaped, folding)), single)] = by_case
+        for key, mask in extra.items():
+            patterns[key] = patterns.get(key, 0) | mask
         # The database's pattern ids in one order for every list of the same patterns:
         # filters with the same detectors (in any order, with any actions) share one.
         compiled = tuple(sorted(patterns))
@@ -113,22 +119,34 @@ class Prefilter:
         # What a scan that failed fires: every detector, and the digits' bit (fail closed).
         self._every = functools.reduce(operator.or_, self._masks, self.always | 1)
         self._database = _database(compiled)
+        ascii_compiled = tuple(sorted(ascii_patterns))
+        self._ascii_masks = [ascii_patterns[key] for key in ascii_compiled]
+        # (None: no detector has a prefilter, and Hyperscan compiles no empty database.)
+        self._ascii_database = _database(ascii_compiled) if ascii_compiled else None
 
     def fired(self, text: str) -> int:
         """The detectors that may match `text`. A database's scratch space serves one
         scan at a time: scans run on the Trio thread only (a filter built in a worker
         thread, as a config check may, is never scanned there). A scan Hyperscan cannot
         finish runs every detector: the filter is slower then, never blind."""
+        if not text:  # (Hyperscan refuses no data)
+            return self.always
         hits: list[int] = []
-        if text:  # (Hyperscan refuses no data)
+        if text.isascii():
+            database, masks = self._ascii_database, self._ascii_masks
+            if database is None:
+                return self.always
+            data = text.encode("ascii")
+        else:
+            database, masks = self._database, self._masks
             data = text.encode("utf-8", "surrogatepass")  # a lone surrogate is 3 bytes
-            try:
-                self._database.scan(data, match_event_handler=_hit, context=hits)
-            except hyperscan.error:
-                return self._every
+        try:
+            database.scan(data, match_event_handler=_hit, context=hits)
+        except hyperscan.error:
+            return self._every
         mask = self.always
         for hit in hits:
-            mask |= self._masks[hit]
+            mask |= masks[hit]
         return mask
 
 

@@ -21,6 +21,7 @@ counted and logged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -125,6 +126,34 @@ TAIL = 64
 MODES = tuple(Mode)
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a list of guardrails makes of every request that meets it: each mode's
+    guardrails in the request's order, whether any unmasks, a stream's window and tail,
+    their names."""
+
+    by_mode: dict[Mode, tuple[Guardrail, ...]]
+    unmasks: bool
+    window: int
+    tail: int
+    applied: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_of(guardrails: tuple[Guardrail, ...]) -> _Plan:
+    """The plan of a list of guardrails, made once for every request that meets the same
+    ones (most meet one list, their config's `default_on` guardrails), not on each."""
+    by_mode = {mode: tuple(g for g in guardrails if mode in g.config.modes) for mode in MODES}
+    window = min((g.config.stream_window for g in by_mode[Mode.POST_CALL]), default=0)
+    return _Plan(
+        by_mode,
+        any(g.unmasks for g in guardrails),
+        window,
+        min(TAIL, max(window - 1, 0)),
+        tuple(g.name for g in guardrails),
+    )
+
+
 class GuardrailRun:
     """One request's guardrails and what they did to it."""
 
@@ -140,25 +169,19 @@ class GuardrailRun:
         self._model = model
         self._request_data = request_data
         self._span = span
-        # Each mode's guardrails, in the request's order (a loop over the few guardrails:
-        # a comprehension for each mode costs a frame each on every request).
-        self._by_mode: dict[Mode, list[Guardrail]] = {mode: [] for mode in MODES}
-        for guardrail in guardrails:
-            for mode in guardrail.config.modes:
-                self._by_mode[mode].append(guardrail)
+        plan = _plan_of(tuple(guardrails))
+        self._by_mode = plan.by_mode
+        self._unmasks = plan.unmasks
+        self._window = plan.window
+        self._tail = plan.tail
+        self.applied = plan.applied
         self._vault = Vault()
-        self._unmasks = any(g.unmasks for g in guardrails)
         self.information: list[dict[str, Any]] = []
         # (original, mask) pairs that logging_only guardrails found: masked wherever logged.
         self.redactions: list[tuple[str, str]] = []
         self._held = _Held()
-        self._window = min(
-            (g.config.stream_window for g in self._by_mode[Mode.POST_CALL]), default=0
-        )
-        self._tail = min(TAIL, max(self._window - 1, 0))
         # The text of a stream as it was sent, for the logging_only guardrails at its end.
         self._streamed: list[str] = []
-        self.applied = [g.name for g in guardrails]
 
     def runs(self, mode: Mode) -> bool:
         return bool(self._by_mode[mode])
