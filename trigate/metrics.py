@@ -127,7 +127,9 @@ class Unlocked:
     instructions a count, and a request makes a dozen or more. Only the Trio thread
     counts into these, and the exposition reads them on it too (a worker without a
     multiprocess directory renders on the Trio thread), so no other thread ever races
-    a count; a float read while one is made is the value before or after it."""
+    a count; a float read while one is made is the value before or after it. Code
+    run in a worker thread (`trio.to_thread`) must not count through these: a `+=`
+    raced by another thread can lose a count."""
 
     __slots__ = ("_value",)
 

@@ -11,7 +11,8 @@ from typing import Any, Protocol
 
 # The fields a model call's record is made with, in order: the pipeline passes them by
 # position (`Call._record`, on every request), which costs a fraction of keywords, so
-# `RequestRecord` keeps them first and in this order (a test holds it to it).
+# `RequestRecord` keeps them first and in this order; a new field goes after them, with a
+# default (tests/test_request_record.py holds the order and what the call passes each).
 RECORD_FIELDS = (
     "request_id", "key_identity", "key_hash", "key_alias", "team_id", "user_id",
     "model_group", "deployment", "model", "status", "stream", "prompt_tokens",
