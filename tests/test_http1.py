@@ -1,0 +1,303 @@
+"""The lean HTTP/1.1 path (`trigate.http1`) against hypercorn's, over real sockets.
+
+The same raw requests (plain, odd and invalid) go to a server taking the lean path and
+to one that leaves every connection to hypercorn and h11: the app must be handed the
+same scopes and events, and the client must read the same bytes (the Date field's value
+aside). A request the lean path cannot decide exactly as h11 would is handed over to
+hypercorn, so the odd cases exercise the hand-over too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import hypothesis
+import hypothesis.strategies as st
+import pytest
+import trio
+import trio.testing
+from fakes import FakeUpstream, StreamReply, chunk
+from helpers import MASTER_KEY, openai_config, start_gateway
+from hypercorn.config import Config as HypercornConfig
+
+from trigate import http1
+from trigate.serving import ConnectionLimits, serve
+
+LIMITS = ConnectionLimits(max_connections=100, first_request_timeout=10, keep_alive_timeout=10)
+
+
+class Recorder:
+    """An ASGI app that records what it is handed and answers as the path asks:
+    `/stream` in chunks, `/fail` by raising, `/fail-late` by raising after its start,
+    `/empty` with 204, anything else with a fixed-length echo of the body's size."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (message := await receive())["type"] != "lifespan.shutdown":
+                scope["state"]["lifespan"] = "yes"
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        unsteady = ("extensions", "client", "server")
+        record = {key: value for key, value in scope.items() if key not in unsteady}
+        record["extensions"] = sorted(scope["extensions"])
+        # The ports differ from server to server.
+        record["hosts"] = (scope["client"][0], scope["server"][0])
+        self.seen.append(record)
+        size = 0
+        while True:
+            message = await receive()
+            self.seen.append(message)
+            size += len(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        path = scope["path"]
+        if path == "/fail":
+            raise RuntimeError("the app failed")
+        if path == "/empty":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b"ignored"})
+            return
+        if path == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"x-a", b"1")]})
+            for piece in (b"one", b"", b"two"):
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = b"size %d" % size
+        fields = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": fields})
+        if path == "/fail-late":
+            raise RuntimeError("the app failed after starting")
+        await send({"type": "http.response.body", "body": body})
+
+
+def _config(**settings: Any) -> HypercornConfig:
+    config = HypercornConfig()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = None
+    for name, value in settings.items():
+        setattr(config, name, value)
+    return config
+
+
+async def _exchange(
+    lean: bool, pieces: list[bytes], monkeypatch: pytest.MonkeyPatch, **settings: Any
+) -> tuple[list[Any], bytes]:
+    """What the app was handed and what the client read, for `pieces` sent one by one
+    (a short pause between) on one connection to a fresh server."""
+    with monkeypatch.context() as patch:
+        if not lean:
+            patch.setattr(http1.LeanConnection, "serves", staticmethod(lambda config: False))
+        app = Recorder()
+        shutdown = trio.Event()
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                lambda task_status: serve(
+                    app,
+                    _config(**settings),
+                    LIMITS,
+                    shutdown_trigger=shutdown.wait,
+                    task_status=task_status,
+                )
+            )
+            host, port = binds[0].removeprefix("http://").split(":")
+            stream = await trio.open_tcp_stream(host, int(port))
+            for piece in pieces:
+                await stream.send_all(piece)
+                await trio.sleep(0.02)
+            read = await _read_until_quiet(stream)
+            await stream.aclose()
+            shutdown.set()
+    return app.seen, re.sub(rb"date: [^\r]*", b"date: -", read)
+
+
+async def _read_until_quiet(stream: trio.SocketStream) -> bytes:
+    """What the server sends until it closes the connection or is quiet for a moment."""
+    read = b""
+    while True:
+        with trio.move_on_after(0.15):
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return read + b"<reset>"
+            if not data:
+                return read + b"<closed>"
+            read += data
+            continue
+        return read
+
+
+def _request(
+    target: bytes = b"/",
+    *fields: bytes,
+    method: bytes = b"GET",
+    body: bytes = b"",
+    version: bytes = b"1.1",
+) -> bytes:
+    head = [b"%s %s HTTP/%s" % (method, target, version), b"host: example", *fields]
+    if body:
+        head.append(b"content-length: %d" % len(body))
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+CASES: dict[str, list[bytes]] = {
+    "plain GET": [_request()],
+    "POST with a body": [_request(b"/echo?a=1&b=%20", method=b"POST", body=b"x" * 100)],
+    "a body split across reads": [
+        _request(method=b"POST", body=b"y" * 50)[:-30],
+        b"y" * 10,
+        b"y" * 20,
+    ],
+    "a head split across reads": [_request(b"/a")[:10], _request(b"/a")[10:]],
+    "pipelined pair": [_request(b"/one") + _request(b"/two", method=b"POST", body=b"zz")],
+    "three on one connection": [_request(b"/1"), _request(b"/2"), _request(b"/stream")],
+    "a streamed answer": [_request(b"/stream")],
+    "an app failing before its start": [_request(b"/fail"), _request(b"/after")],
+    "an app failing after its start": [_request(b"/fail-late")],
+    "a 204 with a body": [_request(b"/empty"), _request()],
+    "HEAD": [_request(b"/stream", method=b"HEAD"), _request(method=b"HEAD")],
+    "percent-encoded path": [_request(b"/a%2Fb%20c/%C3%A9?q=%41")],
+    "HTTP/1.0": [_request(version=b"1.0")],
+    "missing Host": [b"GET / HTTP/1.1\r\naccept: */*\r\n\r\n"],
+    "two Hosts": [_request(b"/", b"host: other")],
+    "duplicate Content-Length": [
+        _request(b"/", b"content-length: 2", b"content-length: 2", method=b"POST") + b"ab"
+    ],
+    "differing Content-Lengths": [
+        _request(b"/", b"content-length: 2", b"content-length: 3", method=b"POST") + b"abc"
+    ],
+    "invalid Content-Length": [_request(b"/", b"content-length: +2", method=b"POST") + b"ab"],
+    "Content-Length with a comma": [_request(b"/", b"content-length: 2, 2") + b"ab"],
+    "chunked body": [
+        _request(b"/", b"transfer-encoding: chunked", method=b"POST") + b"3\r\nabc\r\n0\r\n\r\n"
+    ],
+    "obs-fold": [_request(b"/", b"x-folded: a", b" b")],
+    "bare LF": [b"GET / HTTP/1.1\nhost: example\n\n"],
+    "a CR alone in a value": [_request(b"/", b"x-a: b\rc")],
+    "space before the colon": [_request(b"/", b"x-a : b")],
+    "empty field name": [_request(b"/", b": b")],
+    "NUL in a value": [_request(b"/", b"x-a: b\x00c")],
+    "lower-case method": [_request(method=b"get")],
+    "Connection: close": [_request(b"/", b"connection: close"), _request()],
+    "Connection: keep-alive": [_request(b"/", b"connection: keep-alive"), _request()],
+    "Expect: 100-continue": [
+        _request(b"/", b"expect: 100-continue", b"content-length: 2", method=b"POST"),
+        b"ab",
+    ],
+    "leading CRLF": [b"\r\n" + _request()],
+    "garbage": [b"\x16\x03\x01hello"],
+    "h2c upgrade": [_request(b"/", b"connection: upgrade, http2-settings", b"upgrade: h2c")],
+    "a head cut short": [b"GET / HTTP/1.1\r\nhost: exa"],
+    "a body cut short": [_request(b"/", b"content-length: 10", method=b"POST") + b"abc"],
+    "huge head": [_request(b"/", b"x-big: " + b"b" * 20_000)],
+    "a plain request, then a chunked one": [
+        _request(b"/first"),
+        _request(b"/", b"transfer-encoding: chunked", method=b"POST") + b"2\r\nab\r\n0\r\n\r\n",
+        _request(b"/third"),
+    ],
+}
+
+
+@pytest.mark.parametrize("pieces", list(CASES.values()), ids=list(CASES))
+async def test_the_lean_path_answers_as_hypercorn(
+    pieces: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lean = await _exchange(True, pieces, monkeypatch)
+    by_hypercorn = await _exchange(False, pieces, monkeypatch)
+    assert lean == by_hypercorn
+
+
+async def test_keep_alive_max_requests_closes_as_hypercorn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pieces = [_request(b"/1"), _request(b"/stream"), _request(b"/3")]
+    lean = await _exchange(True, pieces, monkeypatch, keep_alive_max_requests=2)
+    by_hypercorn = await _exchange(False, pieces, monkeypatch, keep_alive_max_requests=2)
+    assert lean == by_hypercorn
+    assert lean[1].count(b"HTTP/1.1 200") == 2 and lean[1].endswith(b"<closed>")
+
+
+_NAMES = st.sampled_from(
+    [b"host", b"content-length", b"x-a", b"connection", b"x a", b"", b"transfer-encoding"]
+)
+_VALUES = st.sampled_from([b"example", b"3", b" 3", b"03", b"close", b"a\tb", b"", b"-1", b"x"])
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(
+    fields=st.lists(st.tuples(_NAMES, _VALUES), max_size=4),
+    method=st.sampled_from([b"GET", b"POST", b"HEAD", b"get"]),
+    version=st.sampled_from([b"1.1", b"1.0"]),
+)
+def test_random_heads_are_read_as_h11_reads_them(
+    fields: list[tuple[bytes, bytes]], method: bytes, version: bytes
+) -> None:
+    """Random heads: the scope, events and bytes are the same on either path."""
+    head = [b"%s / HTTP/%s" % (method, version)]
+    head += [name + b": " + value for name, value in fields]
+    raw = b"\r\n".join(head) + b"\r\n\r\nabc"
+
+    async def both() -> None:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            lean = await _exchange(True, [raw], monkeypatch)
+            by_hypercorn = await _exchange(False, [raw], monkeypatch)
+        assert lean == by_hypercorn
+
+    trio.run(both)
+
+
+def test_only_plain_heads_take_the_lean_path() -> None:
+    assert http1.plain_head(_request(b"/x", b"x-a: 1")) is not None
+    for odd in [
+        _request(version=b"1.0"),
+        _request(b"/", b"transfer-encoding: chunked"),
+        _request(b"/", b"upgrade: websocket"),
+        _request(b"/", b"expect: 100-continue"),
+        _request(b"/", b"connection: keep-alive, Close"),
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\nhost: a\r\n\r\n",
+        _request(method=b"CONNECT"),
+    ]:
+        assert http1.plain_head(odd) is None, odd
+
+
+async def test_a_client_leaving_mid_request_closes_its_upstream_request(
+    nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that leaves while its request waits on the upstream (no byte of the
+    answer yet): the lean path hears the departure, and the upstream sees its request's
+    connection close."""
+    served: list[bytes] = []
+    plain_head = http1.plain_head
+
+    def counted(head: bytes) -> http1.PlainHead | None:
+        served.append(head)
+        return plain_head(head)
+
+    monkeypatch.setattr(http1, "plain_head", counted)
+    never = trio.Event()
+    upstream.handler = lambda request: StreamReply([never, chunk("late")])
+    running = await start_gateway(nursery, openai_config(upstream))
+    host, port = running.url.removeprefix("http://").split(":")
+    body = b'{"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+    request = _request(
+        b"/v1/chat/completions",
+        b"authorization: Bearer " + MASTER_KEY.encode(),
+        b"content-type: application/json",
+        method=b"POST",
+        body=body,
+    )
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(request)
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: len(upstream.requests) >= 1)
+    await stream.aclose()
+    with trio.fail_after(5):
+        await upstream.wait_for(lambda: upstream.aborted == 1)
+    assert served, "the request took the lean path"
+    await running.stop()

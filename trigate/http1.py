@@ -1,0 +1,930 @@
+"""A lean HTTP/1.1 connection: plain requests served without hypercorn's or h11's layers.
+
+Hypercorn serves each request through a stack of layers: h11's state machine and an
+event object for each part of the exchange, hypercorn's `H11Protocol`, `HTTPStream`,
+`ProtocolWrapper`, its app wrappers and task group, and a memory channel of ASGI
+events. Together they were about half of a proxied request's instructions, and most of
+a cached answer's. `LeanConnection` serves the plain case itself:
+
+- an HTTP/1.1 request whose head is whole within hypercorn's `h11_max_incomplete_size`,
+  every line ending CRLF, its method upper-case (not CONNECT), its fields passing h11's
+  grammar (the same one-pass check as `trigate.request_head`), one Host, at most one
+  Content-Length of plain digits, and no Transfer-Encoding, Upgrade, Expect or
+  `Connection: close`;
+- its body by Content-Length, handed to the app as h11 and hypercorn hand it (a
+  `more_body` event for each read, then an empty closing one);
+- the app's answer written as h11 would write it: a plain head (a status with a body,
+  valid fields, no framing or Connection field of the app's, or one Content-Length)
+  written here, anything else framed by an h11 connection made for that answer alone
+  (`_H11Answer`), so h11 still decides every odd response (HEAD, 204, 1xx, the app's
+  own framing fields, `Connection: close`).
+
+The scope is the one hypercorn builds, with trigate's extensions (`DEPARTURE_EXTENSION`,
+`BODY_WRITER_EXTENSION`, `WHOLE_RESPONSE_EXTENSION`, `QUEUED_EVENT_EXTENSION`); the app
+runs in a task of its own, as under hypercorn, while the connection's task reads on:
+the body, then the client's departure (its end-of-file reported to the request before
+anything else, then `http.disconnect`), or the next request's bytes, held until the
+answer is done. Keep-alive, `keep_alive_max_requests`, a draining worker
+(`context.terminated`), the access log and the Date and Server fields are hypercorn's.
+
+A request that is not plain, at a request boundary before any of it is consumed, hands
+the connection (with the bytes already read) to hypercorn for the rest of its life
+(`LeanConnection.run` returns them): h11 answers 400s and 431s as before, WebSocket
+upgrades and h2c work as before.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote
+
+import h11
+import h11._readers
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.protocol.http_stream import ASGIHTTPState as _Answer
+from hypercorn.utils import UnexpectedMessageError, build_and_validate_headers, suppress_body
+from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
+
+from trigate.request_head import NAME_TABLE, PLAIN_LENGTH, VALUE_TABLE
+from trigate.sockets import FastStream
+from trigate.transport import field_names
+
+if TYPE_CHECKING:
+    from hypercorn.trio.worker_context import WorkerContext
+    from hypercorn.typing import ASGIReceiveEvent, HTTPScope
+
+# The ASGI scope extension through which a request learns its client has gone: a callable
+# taking the request's async departure callback (or None, when the request is over).
+DEPARTURE_EXTENSION = "trigate.departure"
+Departure = Callable[[], Awaitable[None]]
+OnDeparture = Callable[[Departure | None], None]
+
+# The ASGI scope extension offering a streamed body's direct writer: a callable returning
+# one (`BodyWriter`) once the response's headers have gone out, or None.
+BODY_WRITER_EXTENSION = "trigate.body_writer"
+
+# The ASGI scope extension offering to write a fixed-length response whole: its status,
+# header fields (Content-Length among them) and body in one write. It answers False,
+# having written nothing, where the usual path must be taken instead.
+WHOLE_RESPONSE_EXTENSION = "trigate.whole_response"
+WholeWriter = Callable[[int, list[tuple[bytes, bytes]], bytes], Awaitable[bool]]
+
+# The ASGI scope extension handing the app a request event the server already holds:
+# a callable returning the next one without waiting (no checkpoint either), or None when
+# it would have to wait.
+QUEUED_EVENT_EXTENSION = "trigate.queued_event"
+QueuedEvent = Callable[[], "ASGIReceiveEvent | None"]
+
+# A held response head is joined to a body up to this size; a longer one is written
+# after it, as copying it would cost more than the system call saved.
+MAX_JOINED_BODY = 64 * 1024
+# What one read asks of the socket (hypercorn's MAX_RECV).
+MAX_RECV = 2**16
+
+
+class BodyWriter(Protocol):
+    """Writes a streamed body's pieces straight to the client's connection."""
+
+    async def write(self, data: bytes) -> None:
+        """`data` as the body's next piece, framed, once the connection takes it."""
+
+    def try_write(self, data: bytes) -> bytes | None:
+        """`data` as the body's next piece if the connection takes it now, without
+        waiting: None when none of it was written (`write` it later), else what is left
+        of the framed piece (b"" when all of it went), which `write_framed` must write
+        before anything else."""
+
+    async def write_framed(self, data: bytes) -> None:
+        """The rest of a piece `try_write` began, as it is."""
+
+
+class ConnectionHooks(Protocol):
+    """What the worker keeps of a connection: whether a request is in flight on it (for
+    the idle watch and the drain), and the request's departure callback."""
+
+    departure: Departure | None
+
+    def request_began(self) -> None: ...
+
+    def request_ended(self) -> None: ...
+
+    def on_departure(self, departure: Departure | None) -> None: ...
+
+    async def client_gone(self) -> None: ...
+
+
+async def send_locked(
+    lock: trio.Lock,
+    stream: FastStream,
+    data: bytes | bytearray | memoryview,
+    *,
+    try_first: bool = False,
+    head: bytes | None = None,
+) -> None:
+    """`data` (after `head`, if given) written whole under `lock`, the waits for room
+    shielded from cancellation.
+
+    The lock is taken without a schedule point when it is free (trio's `acquire` yields
+    even then). With `try_first`, a free lock is not taken at all for a write the socket
+    takes whole at once: no other write can be under way, and none can start before it
+    is done."""
+    if lock.locked():
+        await lock.acquire()
+    elif try_first:
+        sent = stream.try_send(data)
+        if sent == len(data):
+            if stream.count_success():
+                await cancel_shielded_checkpoint()
+            return
+        # Still free: nothing was awaited since `locked()`.
+        lock.acquire_nowait()
+        data = memoryview(data)[sent:]
+    else:
+        lock.acquire_nowait()
+    try:
+        if head is not None:
+            await stream.write(head, shielded=True)
+        await stream.write(data, shielded=True)
+    finally:
+        lock.release()
+
+
+def response_head(status: int, fields: list[tuple[bytes, bytes]]) -> bytes:
+    """A response head as h11 writes it (its reason phrase left empty, as hypercorn
+    leaves it), for fields already checked (`field_names`): each field joined in C, not
+    formatted one by one."""
+    if not fields:
+        return b"HTTP/1.1 %d \r\n\r\n" % status
+    return b"HTTP/1.1 %d \r\n%b\r\n\r\n" % (status, b"\r\n".join(map(_FIELD_LINE, fields)))
+
+
+_FIELD_LINE = b": ".join
+
+
+class _ServerFields:
+    """hypercorn's `Config.response_headers("h11")` (Date and Server), made once a
+    second rather than for every answer: formatting the date is most of its cost.
+    Checked as they are made (`valid`), not with every answer's own fields."""
+
+    __slots__ = ("_config", "_fields", "_second", "valid")
+
+    def __init__(self) -> None:
+        self._config: HypercornConfig | None = None
+        self._second = -1
+        self._fields: list[tuple[bytes, bytes]] = []
+        self.valid = True
+
+    def __call__(self, config: HypercornConfig) -> list[tuple[bytes, bytes]]:
+        second = int(time.time())
+        if second != self._second or config is not self._config:
+            self._fields = config.response_headers("h11")
+            self._second = second
+            self._config = config
+            self.valid = not self._fields or field_names(self._fields) is not None
+        return self._fields
+
+
+server_fields = _ServerFields()
+
+
+class AppQueue:
+    """The ASGI events one request's app is handed (the request, its body, the
+    disconnect), as hypercorn's memory channel holds them, minus what a channel costs
+    a request that never waits: making one (about 40 thousand instructions), and the
+    schedule point after a put or a get that did not have to wait. Both stay cancel
+    points; a put waits while `size` events are queued, a get while none is."""
+
+    __slots__ = ("_events", "_for_events", "_for_room", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._events: deque[ASGIReceiveEvent] = deque()
+        self._size = size
+        # Tasks waiting for an event, and for room; made only when one must wait.
+        self._for_events: ParkingLot | None = None
+        self._for_room: ParkingLot | None = None
+
+    async def put(self, event: ASGIReceiveEvent) -> None:
+        await checkpoint_if_cancelled()
+        while len(self._events) >= self._size:
+            if self._for_room is None:
+                self._for_room = ParkingLot()
+            await self._for_room.park()
+        self.put_nowait(event)
+
+    def put_nowait(self, event: ASGIReceiveEvent) -> None:
+        """`event` queued whatever the queue holds (the disconnect, which ends it)."""
+        self._events.append(event)
+        if self._for_events:
+            self._for_events.unpark()
+
+    async def get(self) -> ASGIReceiveEvent:
+        await checkpoint_if_cancelled()
+        while not self._events:
+            if self._for_events is None:
+                self._for_events = ParkingLot()
+            await self._for_events.park()
+        return self._take()
+
+    def queued(self) -> ASGIReceiveEvent | None:
+        """The next event if it is here already, else None (`QUEUED_EVENT_EXTENSION`)."""
+        return self._take() if self._events else None
+
+    def _take(self) -> ASGIReceiveEvent:
+        event = self._events.popleft()
+        if self._for_room:
+            self._for_room.unpark()
+        return event
+
+
+class PlainHead:
+    """A request head the lean path serves: its request line's parts, its fields as
+    hypercorn gives them (lower-cased names, stripped values), its body's length."""
+
+    __slots__ = ("fields", "head", "length", "method", "target")
+
+    def __init__(
+        self,
+        head: bytes,
+        method: bytes,
+        target: bytes,
+        fields: list[tuple[bytes, bytes]],
+        length: int,
+    ) -> None:
+        self.head = head
+        self.method = method
+        self.target = target
+        self.fields = fields
+        self.length = length
+
+
+_REQUEST_LINE = h11._readers.request_line_re
+# Where h11 ends a head (`ReceiveBuffer.maybe_extract_lines`): its first blank line.
+_BLANK_LINE = re.compile(b"\n\r?\n")
+# Field names whose presence leaves the request to hypercorn and h11: a body framed
+# otherwise than by length, a protocol switch, a 100-continue.
+_NOT_PLAIN_FIELDS = frozenset({b"transfer-encoding", b"upgrade", b"expect"})
+
+
+def plain_head(head: bytes) -> PlainHead | None:
+    """`head` (a request head through its blank line) read as h11 reads it, when h11
+    would take it and the request is plain (see the module's docstring); else None,
+    for h11 to decide. Every check is one h11 makes, or stricter."""
+    if head.count(b"\n") != head.count(b"\r\n"):
+        return None  # a bare LF: h11 splits lines otherwise
+    lines = head[:-4].split(b"\r\n")
+    match = _REQUEST_LINE.fullmatch(lines[0])
+    if match is None or match["http_version"] != b"1.1":
+        return None
+    method: bytes = match["method"]
+    if not method.isupper() or method == b"CONNECT":
+        return None  # hypercorn upper-cases the method h11 frames by: not the same then
+    names = []
+    fields = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            return None
+        names.append(name)
+        fields.append((name.lower(), value.strip(b" \t")))
+    joined_names = b"\n".join(names)
+    if (
+        not all(names)
+        or b"\x00" in joined_names.translate(NAME_TABLE)
+        or b"\x00" in b"\n".join([value for _, value in fields]).translate(VALUE_TABLE)
+    ):
+        return None  # folded, empty or refused: h11's own reading decides
+    hosts = 0
+    length = -1
+    for name, value in fields:
+        if name == b"host":
+            hosts += 1
+        elif name == b"content-length":
+            if length >= 0 or PLAIN_LENGTH.fullmatch(value) is None:
+                return None
+            length = int(value)
+        elif name in _NOT_PLAIN_FIELDS or (name == b"connection" and b"close" in value.lower()):
+            return None
+    if hosts != 1:
+        return None
+    return PlainHead(head, method, match["target"], fields, max(length, 0))
+
+
+# Statuses whose answers have no body, and so no Content-Length to frame one by.
+_BODILESS_STATUSES = frozenset({204, 304})
+
+
+class _H11Answer:
+    """An answer h11 frames: an h11 connection that has read the request's head alone,
+    so that it frames the answer (and decides whether the connection may carry another
+    request) as hypercorn's h11 connection would have. Made only for an answer that is
+    not plain."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, head: bytes) -> None:
+        self._connection = h11.Connection(h11.SERVER)
+        self._connection.receive_data(head)
+        request = self._connection.next_event()
+        assert isinstance(request, h11.Request)  # a plain head, read before
+
+    def send(self, event: Any) -> bytes:
+        data: bytes | None = self._connection.send(event)
+        assert data is not None  # not a ConnectionClosed
+        return data
+
+    @property
+    def keeps_alive(self) -> bool:
+        return self._connection.our_state is h11.DONE
+
+
+class _ProtocolBroken(Exception):
+    """The answer broke h11's rules (too much or too little body for its length)."""
+
+
+class LeanConnection:
+    """One client connection's plain requests (see the module's docstring)."""
+
+    __slots__ = (
+        "_app",
+        "_client",
+        "_config",
+        "_context",
+        "_hooks",
+        "_lock",
+        "_nursery",
+        "_requests",
+        "_server",
+        "_state",
+        "_stream",
+        "requests",
+    )
+
+    def __init__(
+        self,
+        app: Any,
+        config: HypercornConfig,
+        context: WorkerContext,
+        state: dict[str, Any],
+        stream: FastStream,
+        hooks: ConnectionHooks,
+        client: tuple[str, int] | None,
+        server: tuple[str, int] | None,
+    ) -> None:
+        self._app = app
+        self._config = config
+        self._context = context
+        self._state = state
+        self._stream = stream
+        self._hooks = hooks
+        self._client = client
+        self._server = server
+        self._lock = trio.Lock()
+        # Requests served: hypercorn's `keep_alive_requests`, carried over at a hand-over.
+        self.requests = 0
+
+    @staticmethod
+    def serves(config: HypercornConfig) -> bool:
+        """Whether a server with `config` may take the lean path at all: no read
+        timeout, no server names to check, raw header names not asked for."""
+        return (
+            config.read_timeout is None
+            and not config.server_names
+            and not config.h11_pass_raw_headers
+        )
+
+    async def run(self) -> bytes | None:
+        """Serve the connection's plain requests; the bytes read of one that is not (for
+        hypercorn to serve the connection from), or None once the connection is over."""
+        async with trio.open_nursery() as nursery:
+            return await self._serve(nursery)
+
+    async def _serve(self, nursery: trio.Nursery) -> bytes | None:
+        limit = self._config.h11_max_incomplete_size
+        buffer = b""
+        wait_first = False
+        while True:
+            blank = _BLANK_LINE.search(buffer)
+            while blank is None:
+                if buffer and (buffer[0] < 0x21 or len(buffer) > limit):
+                    return buffer  # h11 refuses it, or reads it otherwise
+                data = await self._read(wait_first=wait_first)
+                if data is None:
+                    return None
+                if not data:
+                    return buffer or None  # a head cut short: h11 answers it
+                searched = max(0, len(buffer) - 3)
+                buffer += data
+                blank = _BLANK_LINE.search(buffer, searched)
+                wait_first = False
+            end = blank.end()
+            if end > limit or buffer[end - 4 : end] != b"\r\n\r\n":
+                return buffer  # too long, or a bare LF ends it: h11 decides
+            head = plain_head(buffer[:end])
+            if head is None:
+                return buffer
+            exchange = _Exchange(self, head)
+            self.requests += 1
+            nursery.start_soon(exchange.run)
+            rest = await exchange.read_body(buffer[end:])
+            if rest is None:
+                return None
+            after = await exchange.watch(rest)
+            if after is None:
+                return None
+            buffer = after
+            # The answer is whole and the connection kept: the next request's head,
+            # when none of it is here yet, is waited for before any read.
+            wait_first = not buffer
+
+    async def _read(self, *, wait_first: bool = False) -> bytes | None:
+        """The client's next bytes (empty at its end), or None once the socket is
+        closed or broken (the client's departure is reported by the caller)."""
+        try:
+            if wait_first:
+                return await self._stream.receive_when_ready(MAX_RECV)
+            return await self._stream.receive_some(MAX_RECV)
+        except trio.ClosedResourceError:
+            return None
+        except trio.BrokenResourceError:
+            return b""
+
+    async def close(self) -> None:
+        """End the connection after an answer: shut the sending side (the client reads
+        the answer's end) and close the socket, which wakes the reader."""
+        socket = self._stream.socket
+        try:
+            if not socket.did_shutdown_SHUT_WR and socket.fileno() >= 0:
+                socket.shutdown(trio.socket.SHUT_WR)
+        except OSError:
+            pass
+        await self._stream.aclose()
+
+
+class _Exchange:
+    """One request and its answer on a `LeanConnection`: the app's task, its ASGI
+    `receive` and `send`, and the connection's reading while the app runs."""
+
+    __slots__ = (
+        "_body_done",
+        "_broken",
+        "_chunked",
+        "_closing",
+        "_connection",
+        "_done",
+        "_finished",
+        "_h11",
+        "_head",
+        "_held",
+        "_unsent",
+        "closed",
+        "queue",
+        "response",
+        "scope",
+        "start_time",
+        "state",
+    )
+
+    def __init__(self, connection: LeanConnection, head: PlainHead) -> None:
+        self._connection = connection
+        self._head = head
+        config = connection._config
+        self.start_time = time.time()
+        path, _, query_string = head.target.partition(b"?")
+        self.queue = AppQueue(config.max_app_queue_size)
+        hooks = connection._hooks
+        self.scope: HTTPScope = {
+            "type": "http",
+            "http_version": "1.1",
+            "asgi": {"spec_version": "2.1", "version": "3.0"},
+            "method": head.method.decode("ascii"),
+            "scheme": "http",
+            "path": _unquote(path),
+            "raw_path": path,
+            "query_string": query_string,
+            "root_path": config.root_path,
+            "headers": head.fields,
+            "client": connection._client,
+            "server": connection._server,
+            "state": connection._state.copy(),  # type: ignore[typeddict-item]
+            "extensions": {
+                DEPARTURE_EXTENSION: hooks.on_departure,  # type: ignore[dict-item]
+                BODY_WRITER_EXTENSION: self.body_writer,  # type: ignore[dict-item]
+                WHOLE_RESPONSE_EXTENSION: self.send_whole,  # type: ignore[dict-item]
+                QUEUED_EVENT_EXTENSION: self.queue.queued,  # type: ignore[dict-item]
+            },
+        }
+        self.state = _Answer.REQUEST
+        self.response: Any = None
+        # Whether the stream is closed (answered, or the client gone): hypercorn's
+        # `HTTPStream.closed`.
+        self.closed = False
+        # Whether the request's body has all been read, the answer is done, and the
+        # connection must close after it.
+        self._body_done = False
+        self._done = False
+        self._closing = False
+        # Whether the connection broke under a write, or the answer broke h11's rules.
+        self._broken = False
+        # The answer's framing: h11's for an odd one, else chunked or by length.
+        self._h11: _H11Answer | None = None
+        self._chunked = False
+        self._unsent = 0  # bytes of a fixed-length body still to come
+        self._held: bytes | None = None  # a fixed-length head awaiting its body
+        # Made only for a reader waiting on the answer's end with the next request here.
+        self._finished: trio.Event | None = None
+
+    # The connection's reading.
+
+    async def read_body(self, rest: bytes) -> bytes | None:
+        """Hand the app the body, as h11 and hypercorn hand it; the bytes after it, or
+        None if the client left before the body was whole."""
+        put = self.queue.put
+        remaining = self._head.length
+        if remaining:
+            while True:
+                if rest:
+                    piece, rest = rest[:remaining], rest[remaining:]
+                    remaining -= len(piece)
+                    await put({"type": "http.request", "body": piece, "more_body": True})
+                    if not remaining:
+                        break
+                if self._done:
+                    return None  # answered already (without the body): closing
+                data = await self._connection._read()
+                if not data:
+                    if data is not None:
+                        await self._cut_short()
+                    return None
+                rest = data
+        await put({"type": "http.request", "body": b"", "more_body": False})
+        self._body_done = True
+        return rest
+
+    async def watch(self, rest: bytes) -> bytes | None:
+        """Wait for the answer's end, hearing the client's departure meanwhile; the bytes
+        the next request begins with, or None when the connection is over."""
+        connection = self._connection
+        while not self._done:
+            if rest:
+                # The next request came before this answer ended (pipelined): it waits,
+                # unread past what came, as h11 pauses.
+                if self._finished is None:
+                    self._finished = trio.Event()
+                await self._finished.wait()
+                break
+            data = await connection._read(wait_first=True)
+            if data is None:
+                return None
+            if not data:
+                await self._client_left()
+                return None
+            rest = data
+        if self._closing:
+            return None
+        return rest
+
+    async def _client_left(self) -> None:
+        """The client's end-of-file (or reset), read while its request is served: the
+        request hears it first, then the app is handed `http.disconnect`."""
+        await self._connection._hooks.client_gone()
+        await self._stream_closed()
+
+    async def _cut_short(self) -> None:
+        """The client ended the connection within the body: h11's 400, as hypercorn
+        sends it, if nothing of the answer was; then the client's departure."""
+        hooks = self._connection._hooks
+        await hooks.client_gone()
+        if self.state is _Answer.REQUEST and not self._done:
+            answer = _H11Answer(self._head.head)
+            fields = [(b"content-length", b"0"), (b"connection", b"close")]
+            data = answer.send(
+                h11.Response(
+                    status_code=400, headers=[*fields, *server_fields(self._connection._config)]
+                )
+            )
+            await self._write(data)
+            self._done = self._closing = True
+        await self._stream_closed()
+
+    # The app's task.
+
+    async def run(self) -> None:
+        """The app on this request: hypercorn's `_handle`, with the connection marked
+        busy for as long as it runs."""
+        connection = self._connection
+        hooks = connection._hooks
+        hooks.request_began()
+        config = connection._config
+        try:
+            try:
+                await connection._app(
+                    self.scope,
+                    self.queue.get,
+                    self.send,
+                    trio.to_thread.run_sync,
+                    trio.from_thread.run,
+                )
+            except trio.Cancelled:
+                raise
+            except BaseExceptionGroup as error:
+                _, other_errors = error.split(trio.Cancelled)
+                if other_errors is None:
+                    raise
+                await config.log.exception("Error in ASGI Framework")
+            except Exception:
+                await config.log.exception("Error in ASGI Framework")
+            finally:
+                await self._app_ended()
+        finally:
+            hooks.departure = None
+            hooks.request_ended()
+
+    async def _app_ended(self) -> None:
+        """hypercorn's `app_send(None)`: a 500 if nothing was answered, then the end."""
+        if not self.closed:
+            if self.state is _Answer.REQUEST and not self._broken:
+                await self._error_response(500)
+            elif self._held is not None:
+                # Started with a length, failed before its body: the head alone.
+                head, self._held = self._held, None
+                await self._write(head)
+            await self._stream_closed()
+            if not self._done:
+                # Started, never finished: the connection cannot carry another request.
+                self._done = self._closing = True
+                await self._end()
+
+    async def _error_response(self, status: int) -> None:
+        fields = [(b"content-length", b"0"), (b"connection", b"close")]
+        await self._start(status, fields)
+        await self._finish()
+        await self._connection._config.log.access(
+            self.scope, {"status": status, "headers": []}, time.time() - self.start_time
+        )
+
+    async def _stream_closed(self) -> None:
+        """hypercorn's `HTTPStream` handling `StreamClosed`: the access log of an answer
+        that never ended, and `http.disconnect` for the app."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.state is not _Answer.CLOSED:
+            await self._connection._config.log.access(
+                self.scope,
+                None,  # type: ignore[arg-type]  # as hypercorn logs it
+                time.time() - self.start_time,
+            )
+        self.queue.put_nowait({"type": "http.disconnect"})
+
+    async def send(self, message: Any) -> None:
+        """hypercorn's `HTTPStream.app_send` for HTTP/1.1."""
+        kind = message["type"]
+        state = self.state
+        if kind == "http.response.start" and state is _Answer.REQUEST:
+            self.response = message
+            fields = build_and_validate_headers(message.get("headers", []))
+            await self._start(int(message["status"]), fields)
+            self.state = _Answer.RESPONSE
+        elif kind == "http.response.body" and state is _Answer.RESPONSE:
+            body = message.get("body", b"")
+            if body != b"" and not suppress_body(
+                self.scope["method"], int(self.response["status"])
+            ):
+                await self._send_body(bytes(body))
+            if not message.get("more_body", False):
+                if self.response.get("trailers", False):
+                    self.state = _Answer.TRAILERS
+                else:
+                    await self._send_closed()
+        else:
+            raise UnexpectedMessageError(state, kind)
+
+    async def send_whole(self, status: int, fields: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """`WHOLE_RESPONSE_EXTENSION`: the start and the last body message in one call."""
+        if self.state is not _Answer.REQUEST:
+            return False
+        await self.send({"type": "http.response.start", "status": status, "headers": fields})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        return True
+
+    async def _send_closed(self) -> None:
+        await self._finish()
+        self.state = _Answer.CLOSED
+        await self._connection._config.log.access(
+            self.scope, self.response, time.time() - self.start_time
+        )
+        await self._stream_closed()
+        await self._end()
+
+    async def _end(self) -> None:
+        """The answer is done: the connection carries the next request, or closes (as
+        hypercorn's `_maybe_recycle`): once the body was whole, h11 kept the connection
+        alive, and the worker is not draining."""
+        self._done = True
+        connection = self._connection
+        if (
+            self._closing
+            or self._broken
+            or not self._body_done
+            or connection._context.terminated.is_set()
+        ):
+            self._closing = True
+            await connection.close()
+        if self._finished is not None:
+            self._finished.set()
+
+    # Writing the answer.
+
+    async def _start(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+        """The answer's head, as hypercorn's `_H11Protocol.stream_send` and h11 write it."""
+        if self._broken:
+            raise h11.LocalProtocolError("Can't send data when our state is ERROR")
+        connection = self._connection
+        config = connection._config
+        served = server_fields(config)
+        names = field_names(fields) if fields else []
+        if (
+            names is not None
+            and server_fields.valid
+            and 200 <= status < 600
+            and status not in _BODILESS_STATUSES
+            and self.scope["method"] != "HEAD"
+            and connection.requests < config.keep_alive_max_requests
+            and b"transfer-encoding" not in names
+            and b"connection" not in names
+        ):
+            lengths = names.count(b"content-length")
+            if lengths == 0:
+                self._chunked = True
+                await self._write(
+                    response_head(status, [*fields, *served, (b"Transfer-Encoding", b"chunked")])
+                )
+                return
+            length = fields[names.index(b"content-length")][1]
+            if lengths == 1 and PLAIN_LENGTH.fullmatch(length) is not None:
+                head = response_head(status, [*fields, *served])
+                self._unsent = int(length)
+                if self._unsent:
+                    self._held = head  # goes out with the body's first bytes
+                else:
+                    await self._write(head)
+                return
+        headers = [*fields, *served]
+        if connection.requests >= config.keep_alive_max_requests:
+            headers.append((b"connection", b"close"))
+        self._h11 = answer = _H11Answer(self._head.head)
+        event: Any
+        if status >= 200:
+            event = h11.Response(status_code=status, headers=headers, reason=b"")
+        else:
+            event = h11.InformationalResponse(status_code=status, headers=headers, reason=b"")
+        await self._write(self._framed(answer, event))
+
+    def _framed(self, answer: _H11Answer, event: Any) -> bytes:
+        try:
+            return answer.send(event)
+        except h11.LocalProtocolError:
+            self._broken = True
+            raise
+
+    async def _send_body(self, body: bytes) -> None:
+        if self._broken:
+            raise h11.LocalProtocolError("Can't send data when our state is ERROR")
+        answer = self._h11
+        if answer is not None:
+            await self._write(self._framed(answer, h11.Data(data=body)))
+        elif self._chunked:
+            await self._write(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            if len(body) > self._unsent:
+                self._broken = True
+                raise h11.LocalProtocolError("Too much data for declared Content-Length")
+            self._unsent -= len(body)
+            head, self._held = self._held, None
+            if head is None:
+                await self._write(body)
+            elif len(body) <= MAX_JOINED_BODY:
+                await self._write(head + body)
+            else:
+                await self._write(body, head=head)
+
+    async def _finish(self) -> None:
+        """The answer's end: a chunked body's last chunk, a fixed-length body checked."""
+        if self._broken:
+            raise h11.LocalProtocolError("Can't send data when our state is ERROR")
+        answer = self._h11
+        if answer is not None:
+            data = self._framed(answer, h11.EndOfMessage())
+            if not answer.keeps_alive:
+                self._closing = True
+            if data:
+                await self._write(data)
+        elif self._chunked:
+            await self._write(b"0\r\n\r\n")
+        else:
+            head, self._held = self._held, None
+            if head is not None:
+                await self._write(head)  # the app failed after starting: its head alone
+            if self._unsent:
+                self._broken = True
+                raise h11.LocalProtocolError("Too little data for declared Content-Length")
+
+    async def _write(self, data: bytes, *, head: bytes | None = None) -> None:
+        """`data` written under the connection's lock, shielded (a piece cut halfway
+        would break the framing of all that follows); a connection that broke under it
+        ends the request's stream, as hypercorn's `Closed`, and later writes are dropped."""
+        if self.closed and self._done:
+            return
+        try:
+            await checkpoint_if_cancelled()
+            connection = self._connection
+            await send_locked(
+                connection._lock, connection._stream, data, try_first=head is None, head=head
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._write_broke()
+
+    def body_writer(self) -> BodyWriter | None:
+        """`BODY_WRITER_EXTENSION`: a direct writer for a chunked body whose head is out."""
+        if self.state is not _Answer.RESPONSE or not self._chunked or self._broken:
+            return None
+        connection = self._connection
+        return DirectBody(connection._lock, connection._stream, self._write_broke, chunked=True)
+
+    async def _write_broke(self) -> None:
+        self._done = self._closing = True
+        await self._stream_closed()
+
+
+class DirectBody:
+    """Writes a streamed body's pieces straight to the connection, framed as h11 frames
+    them, under the connection's send lock.
+
+    A piece goes out in one non-blocking write when the socket takes it whole, as it
+    nearly always does: no lock is taken (no other write can be under way when the lock
+    is free) and the writer does not go back to the scheduler for the piece (`FastStream`
+    yields once every `YIELD_EVERY` pieces written in a row, for fairness). What the
+    socket does not take is written under the lock, shielded as hypercorn's writes are (a
+    piece cut halfway would break the framing of everything after it). A connection that
+    has broken is reported (`on_broken`: hypercorn's `Closed`, or the lean path's end of
+    the request's stream), and later pieces are dropped, as hypercorn drops a closed
+    stream's."""
+
+    __slots__ = ("_broken", "_chunked", "_lock", "_on_broken", "_stream")
+
+    def __init__(
+        self,
+        lock: trio.Lock,
+        stream: FastStream,
+        on_broken: Callable[[], Awaitable[None]],
+        *,
+        chunked: bool,
+    ) -> None:
+        self._lock = lock
+        self._stream = stream
+        self._on_broken = on_broken
+        self._chunked = chunked
+        self._broken = False
+
+    async def write(self, data: bytes) -> None:
+        if not data or self._broken:
+            return  # an empty chunk would read as the body's end
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        await self.write_framed(data)
+
+    def try_write(self, data: bytes) -> bytes | None:
+        """One non-blocking write of the framed piece, only while no other write is under
+        way (the lock is free); None, with nothing written, when the socket took none
+        of it or failed (`write` then meets the failure as it would have)."""
+        if not data or self._broken or self._lock.locked():
+            return None
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        try:
+            sent = self._stream.try_send(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            return None
+        if sent == 0:
+            return None
+        return data[sent:]
+
+    async def write_framed(self, data: bytes) -> None:
+        if not data or self._broken:
+            return
+        try:
+            await send_locked(self._lock, self._stream, data, try_first=True)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._broken = True
+            await self._on_broken()
+
+
+def _unquote(path: bytes) -> str:
+    """hypercorn's `unquote(path.decode("ascii"))`, skipped for a path with no escape."""
+    text = path.decode("ascii")
+    return unquote(text) if "%" in text else text
