@@ -24,13 +24,16 @@ from hypercorn.config import Config as HypercornConfig
 from trigate import http1
 from trigate.serving import ConnectionLimits, serve
 
+# In a list of pieces: the client shuts its side of the connection here.
+EOF = b"<eof>"
 LIMITS = ConnectionLimits(max_connections=100, first_request_timeout=10, keep_alive_timeout=10)
 
 
 class Recorder:
     """An ASGI app that records what it is handed and answers as the path asks:
-    `/stream` in chunks, `/fail` by raising, `/fail-late` by raising after its start,
-    `/empty` with 204, anything else with a fixed-length echo of the body's size."""
+    `/wait` once its client has gone, `/stream` in chunks, `/fail` by raising,
+    `/fail-late` by raising after its start, `/empty` with 204, anything else with a
+    fixed-length echo of the body's size."""
 
     def __init__(self) -> None:
         self.seen: list[Any] = []
@@ -56,6 +59,8 @@ class Recorder:
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
         path = scope["path"]
+        if path == "/wait":
+            self.seen.append(await receive())  # the client's departure
         if path == "/fail":
             raise RuntimeError("the app failed")
         if path == "/empty":
@@ -108,7 +113,10 @@ async def _exchange(
             host, port = binds[0].removeprefix("http://").split(":")
             stream = await trio.open_tcp_stream(host, int(port))
             for piece in pieces:
-                await stream.send_all(piece)
+                if piece is EOF:
+                    await stream.send_eof()
+                else:
+                    await stream.send_all(piece)
                 await trio.sleep(0.02)
             read = await _read_until_quiet(stream)
             await stream.aclose()
@@ -194,6 +202,14 @@ CASES: dict[str, list[bytes]] = {
     "h2c upgrade": [_request(b"/", b"connection: upgrade, http2-settings", b"upgrade: h2c")],
     "a head cut short": [b"GET / HTTP/1.1\r\nhost: exa"],
     "a body cut short": [_request(b"/", b"content-length: 10", method=b"POST") + b"abc"],
+    "a body cut short by the client's end": [
+        _request(b"/", b"content-length: 10", method=b"POST") + b"abc",
+        EOF,
+    ],
+    "a head cut short by the client's end": [b"GET / HTTP/1.1\r\nhost: exa", EOF],
+    "the client's end after a request": [_request(b"/stream"), EOF],
+    "the client's end while the app waits": [_request(b"/wait"), EOF],
+    "the client's end at once": [_request(b"/") + _request(b"/stream"), EOF],
     "huge head": [_request(b"/", b"x-big: " + b"b" * 20_000)],
     "a plain request, then a chunked one": [
         _request(b"/first"),

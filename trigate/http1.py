@@ -105,17 +105,11 @@ class BodyWriter(Protocol):
 
 class ConnectionHooks(Protocol):
     """What the worker keeps of a connection: whether a request is in flight on it (for
-    the idle watch and the drain), and the request's departure callback."""
-
-    departure: Departure | None
+    the idle watch and the drain)."""
 
     def request_began(self) -> None: ...
 
     def request_ended(self) -> None: ...
-
-    def on_departure(self, departure: Departure | None) -> None: ...
-
-    async def client_gone(self) -> None: ...
 
 
 async def send_locked(
@@ -199,28 +193,37 @@ class AppQueue:
     schedule point after a put or a get that did not have to wait. Both stay cancel
     points; a put waits while `size` events are queued, a get while none is."""
 
-    __slots__ = ("_events", "_for_events", "_for_room", "_size")
+    __slots__ = ("_events", "_for_events", "_for_room", "_size", "ended")
 
     def __init__(self, size: int) -> None:
         self._events: deque[ASGIReceiveEvent] = deque()
         self._size = size
+        # Once the disconnect is queued, a put no longer waits for room: the app may
+        # never read again, and the reader must not wait on it for ever.
+        self.ended = False
         # Tasks waiting for an event, and for room; made only when one must wait.
         self._for_events: ParkingLot | None = None
         self._for_room: ParkingLot | None = None
 
     async def put(self, event: ASGIReceiveEvent) -> None:
         await checkpoint_if_cancelled()
-        while len(self._events) >= self._size:
+        while len(self._events) >= self._size and not self.ended:
             if self._for_room is None:
                 self._for_room = ParkingLot()
             await self._for_room.park()
         self.put_nowait(event)
 
     def put_nowait(self, event: ASGIReceiveEvent) -> None:
-        """`event` queued whatever the queue holds (the disconnect, which ends it)."""
         self._events.append(event)
         if self._for_events:
             self._for_events.unpark()
+
+    def end(self) -> None:
+        """Queue the disconnect, whatever the queue holds; later puts wait for nothing."""
+        self.ended = True
+        self.put_nowait({"type": "http.disconnect"})
+        if self._for_room:
+            self._for_room.unpark_all()
 
     async def get(self) -> ASGIReceiveEvent:
         await checkpoint_if_cancelled()
@@ -267,7 +270,7 @@ _REQUEST_LINE = h11._readers.request_line_re
 _BLANK_LINE = re.compile(b"\n\r?\n")
 # Field names whose presence leaves the request to hypercorn and h11: a body framed
 # otherwise than by length, a protocol switch, a 100-continue.
-_NOT_PLAIN_FIELDS = frozenset({b"transfer-encoding", b"upgrade", b"expect"})
+_NOT_PLAIN = (b"transfer-encoding", b"upgrade", b"expect")
 
 
 def plain_head(head: bytes) -> PlainHead | None:
@@ -283,35 +286,34 @@ def plain_head(head: bytes) -> PlainHead | None:
     method: bytes = match["method"]
     if not method.isupper() or method == b"CONNECT":
         return None  # hypercorn upper-cases the method h11 frames by: not the same then
-    names = []
-    fields = []
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon:
-            return None
-        names.append(name)
-        fields.append((name.lower(), value.strip(b" \t")))
-    joined_names = b"\n".join(names)
+    parts = [line.partition(b":") for line in lines[1:]]
+    names = [name for name, _, _ in parts]
+    values = [value.strip(b" \t") for _, _, value in parts]
+    lowered = b"\n".join(names).lower()
     if (
         not all(names)
-        or b"\x00" in joined_names.translate(NAME_TABLE)
-        or b"\x00" in b"\n".join([value for _, value in fields]).translate(VALUE_TABLE)
+        or not all([colon for _, colon, _ in parts])
+        or b"\x00" in lowered.translate(NAME_TABLE)
+        or b"\x00" in b"\n".join(values).translate(VALUE_TABLE)
     ):
         return None  # folded, empty or refused: h11's own reading decides
-    hosts = 0
-    length = -1
-    for name, value in fields:
-        if name == b"host":
-            hosts += 1
-        elif name == b"content-length":
-            if length >= 0 or PLAIN_LENGTH.fullmatch(value) is None:
-                return None
-            length = int(value)
-        elif name in _NOT_PLAIN_FIELDS or (name == b"connection" and b"close" in value.lower()):
-            return None
-    if hosts != 1:
+    lowered_names = lowered.split(b"\n") if names else []
+    # The fields that decide are found by the list's own searches, in C.
+    if lowered_names.count(b"host") != 1 or any([name in lowered_names for name in _NOT_PLAIN]):
         return None
-    return PlainHead(head, method, match["target"], fields, max(length, 0))
+    fields = list(zip(lowered_names, values, strict=True))
+    length = 0
+    lengths = lowered_names.count(b"content-length")
+    if lengths:
+        value = values[lowered_names.index(b"content-length")]
+        if lengths > 1 or PLAIN_LENGTH.fullmatch(value) is None:
+            return None
+        length = int(value)
+    if b"connection" in lowered_names and any(
+        [b"close" in value.lower() for name, value in fields if name == b"connection"]
+    ):
+        return None
+    return PlainHead(head, method, match["target"], fields, length)
 
 
 # Statuses whose answers have no body, and so no Content-Length to frame one by.
@@ -482,6 +484,7 @@ class _Exchange:
         "_held",
         "_unsent",
         "closed",
+        "departure",
         "queue",
         "response",
         "scope",
@@ -496,7 +499,6 @@ class _Exchange:
         self.start_time = time.time()
         path, _, query_string = head.target.partition(b"?")
         self.queue = AppQueue(config.max_app_queue_size)
-        hooks = connection._hooks
         self.scope: HTTPScope = {
             "type": "http",
             "http_version": "1.1",
@@ -512,7 +514,7 @@ class _Exchange:
             "server": connection._server,
             "state": connection._state.copy(),  # type: ignore[typeddict-item]
             "extensions": {
-                DEPARTURE_EXTENSION: hooks.on_departure,  # type: ignore[dict-item]
+                DEPARTURE_EXTENSION: self.on_departure,  # type: ignore[dict-item]
                 BODY_WRITER_EXTENSION: self.body_writer,  # type: ignore[dict-item]
                 WHOLE_RESPONSE_EXTENSION: self.send_whole,  # type: ignore[dict-item]
                 QUEUED_EVENT_EXTENSION: self.queue.queued,  # type: ignore[dict-item]
@@ -520,6 +522,7 @@ class _Exchange:
         }
         self.state = _Answer.REQUEST
         self.response: Any = None
+        self.departure: Departure | None = None
         # Whether the stream is closed (answered, or the client gone): hypercorn's
         # `HTTPStream.closed`.
         self.closed = False
@@ -591,14 +594,13 @@ class _Exchange:
     async def _client_left(self) -> None:
         """The client's end-of-file (or reset), read while its request is served: the
         request hears it first, then the app is handed `http.disconnect`."""
-        await self._connection._hooks.client_gone()
+        await self._depart()
         await self._stream_closed()
 
     async def _cut_short(self) -> None:
         """The client ended the connection within the body: h11's 400, as hypercorn
         sends it, if nothing of the answer was; then the client's departure."""
-        hooks = self._connection._hooks
-        await hooks.client_gone()
+        await self._depart()
         if self.state is _Answer.REQUEST and not self._done:
             answer = _H11Answer(self._head.head)
             fields = [(b"content-length", b"0"), (b"connection", b"close")]
@@ -610,6 +612,17 @@ class _Exchange:
             await self._write(data)
             self._done = self._closing = True
         await self._stream_closed()
+
+    def on_departure(self, departure: Departure | None) -> None:
+        """`DEPARTURE_EXTENSION`: what this request wants done the moment its client
+        goes (kept by the request, not the connection: the next request on the
+        connection may begin before this one's task ends)."""
+        self.departure = departure
+
+    async def _depart(self) -> None:
+        departure, self.departure = self.departure, None
+        if departure is not None:
+            await departure()
 
     # The app's task.
 
@@ -641,7 +654,7 @@ class _Exchange:
             finally:
                 await self._app_ended()
         finally:
-            hooks.departure = None
+            self.departure = None
             hooks.request_ended()
 
     async def _app_ended(self) -> None:
@@ -679,7 +692,7 @@ class _Exchange:
                 None,  # type: ignore[arg-type]  # as hypercorn logs it
                 time.time() - self.start_time,
             )
-        self.queue.put_nowait({"type": "http.disconnect"})
+        self.queue.end()
 
     async def send(self, message: Any) -> None:
         """hypercorn's `HTTPStream.app_send` for HTTP/1.1."""
@@ -687,7 +700,9 @@ class _Exchange:
         state = self.state
         if kind == "http.response.start" and state is _Answer.REQUEST:
             self.response = message
-            fields = build_and_validate_headers(message.get("headers", []))
+            fields = message.get("headers", [])
+            if type(fields) is not list:
+                fields = list(fields)
             await self._start(int(message["status"]), fields)
             self.state = _Answer.RESPONSE
         elif kind == "http.response.body" and state is _Answer.RESPONSE:
@@ -747,7 +762,11 @@ class _Exchange:
         connection = self._connection
         config = connection._config
         served = server_fields(config)
+        # Fields that pass are as hypercorn's `build_and_validate_headers` would leave
+        # them (no value begins or ends with a space); others are stripped as it strips.
         names = field_names(fields) if fields else []
+        if names is None:
+            fields = build_and_validate_headers(fields)
         if (
             names is not None
             and server_fields.valid

@@ -1,4 +1,17 @@
-"""One worker's HTTP server: hypercorn's protocols on trigate's own accept loop.
+"""One worker's HTTP server: trigate's own accept loop, its lean HTTP/1.1 path for
+plain requests, and hypercorn's protocols for everything else.
+
+Each plain-socket connection is first served by `trigate.http1.LeanConnection`: a
+plain HTTP/1.1 request (Content-Length body or none, one Host, fields h11's grammar
+accepts, no Transfer-Encoding, Upgrade, Expect or `Connection: close`) is read and
+answered there, past h11's state machine and hypercorn's protocol, stream and task
+group, with the scope, events and bytes hypercorn would give. The first request
+that is not plain hands the connection, with the bytes already read, to hypercorn
+(`_Server`, below) for the rest of its life, at a request boundary: h11 decides every
+odd case as before (400s, 431s, chunked bodies, HTTP/1.0, WebSocket and h2c
+upgrades). A config with a read timeout, server names or raw header names leaves
+every connection to hypercorn. The rest of this docstring is about hypercorn's path
+and what both paths share (the connection cap, idle watch, departure and drain).
 
 Hypercorn's `worker_serve` accepts every connection it is offered and lets a
 connection that never sends a request live as long as its keep-alive timer
