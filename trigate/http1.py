@@ -20,12 +20,22 @@ a cached answer's. `LeanConnection` serves the plain case itself:
   own framing fields, `Connection: close`).
 
 The scope is the one hypercorn builds, with trigate's extensions (`DEPARTURE_EXTENSION`,
-`BODY_WRITER_EXTENSION`, `WHOLE_RESPONSE_EXTENSION`, `QUEUED_EVENT_EXTENSION`); the app
-runs in a task of its own, as under hypercorn, while the connection's task reads on:
-the body, then the client's departure (its end-of-file reported to the request before
-anything else, then `http.disconnect`), or the next request's bytes, held until the
-answer is done. Keep-alive, `keep_alive_max_requests`, a draining worker
-(`context.terminated`), the access log and the Date and Server fields are hypercorn's.
+`BODY_WRITER_EXTENSION`, `WHOLE_RESPONSE_EXTENSION`, `QUEUED_EVENT_EXTENSION`). A
+request whose body came whole with its head (nearly every API call) has its app run on
+the connection's own task (`_Exchange.run_inline`): starting a task for it, and the
+trip through Trio's scheduler to run it, cost some 80 thousand instructions, more than
+a cached answer's own work. The app is stepped by hand (`_on_this_task`), in a context
+of its own, so that the first time it waits (for its upstream, say) the connection's
+pump starts (`LeanConnection.pump`): from then on a task of the connection's reads the
+socket as bytes come, so a client's end-of-file, read while an app runs, is still that
+request's departure (reported to the request before anything else, then
+`http.disconnect`), and the next request's bytes wait for the connection to take them.
+An app that never waits (a cached answer) needs no reader meanwhile: nothing of its
+work can outlive its client. A request whose body is still coming has its app run in a
+task of its own, as under hypercorn, while the connection's task reads on: the body,
+then the client's departure, or the next request's bytes, held until the answer is
+done. Keep-alive, `keep_alive_max_requests`, a draining worker (`context.terminated`),
+the access log and the Date and Server fields are hypercorn's.
 
 A request that is not plain, at a request boundary before any of it is consumed, hands
 the connection (with the bytes already read) to hypercorn for the rest of its life
@@ -35,10 +45,12 @@ upgrades and h2c work as before.
 
 from __future__ import annotations
 
+import contextvars
 import re
 import time
+import types
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
@@ -265,6 +277,10 @@ class PlainHead:
         self.length = length
 
 
+# The pump's reading: going on, ended by the client (b"" read), or the socket closed.
+_READING, _READ_END, _CLOSED = 0, 1, 2
+# What the pump holds, read and not yet taken, before it stops reading for a while.
+_INBOX_ROOM = 4 * MAX_RECV
 _REQUEST_LINE = h11._readers.request_line_re
 # Where h11 ends a head (`ReceiveBuffer.maybe_extract_lines`): its first blank line.
 _BLANK_LINE = re.compile(b"\n\r?\n")
@@ -356,10 +372,16 @@ class LeanConnection:
         "_client",
         "_config",
         "_context",
+        "_ended",
+        "_for_inbox",
+        "_for_room",
         "_hooks",
+        "_inbox",
+        "_inline",
         "_lock",
         "_nursery",
-        "_requests",
+        "_pump_scope",
+        "_pumping",
         "_server",
         "_state",
         "_stream",
@@ -388,6 +410,19 @@ class LeanConnection:
         self._lock = trio.Lock()
         # Requests served: hypercorn's `keep_alive_requests`, carried over at a hand-over.
         self.requests = 0
+        self._nursery: trio.Nursery | None = None
+        # The request whose app runs on the connection's task now, if one does.
+        self._inline: _Exchange | None = None
+        # Once an app run on the connection's task has waited, the pump (`_pump`) reads
+        # the socket from then on: what it read and the connection has not taken, whether
+        # it met the end (b"" read) or the socket closed (None), and the two waits.
+        self._pumping = False
+        self._inbox = b""
+        self._ended = _READING
+        self._for_inbox = ParkingLot()
+        self._for_room = ParkingLot()
+        self._pump_scope = trio.CancelScope()
+        self._pump_scope = trio.CancelScope()
 
     @staticmethod
     def serves(config: HypercornConfig) -> bool:
@@ -403,7 +438,14 @@ class LeanConnection:
         """Serve the connection's plain requests; the bytes read of one that is not (for
         hypercorn to serve the connection from), or None once the connection is over."""
         async with trio.open_nursery() as nursery:
-            return await self._serve(nursery)
+            self._nursery = nursery
+            read = await self._serve(nursery)
+            # The pump's reading ends with the lean path's: what it read and nobody
+            # took goes to hypercorn after the rest.
+            self._pump_scope.cancel()
+        if read is not None and self._inbox:
+            read += self._inbox
+        return read
 
     async def _serve(self, nursery: trio.Nursery) -> bytes | None:
         limit = self._config.h11_max_incomplete_size
@@ -431,11 +473,14 @@ class LeanConnection:
                 return buffer
             exchange = _Exchange(self, head)
             self.requests += 1
-            nursery.start_soon(exchange.run)
-            rest = await exchange.read_body(buffer[end:])
-            if rest is None:
-                return None
-            after = await exchange.watch(rest)
+            after: bytes | None
+            if len(buffer) - end >= head.length:
+                after = await exchange.run_inline(buffer[end:])
+            else:
+                nursery.start_soon(exchange.run)
+                after = await exchange.read_body(buffer[end:])
+                if after is not None:
+                    after = await exchange.watch(after)
             if after is None:
                 return None
             buffer = after
@@ -446,6 +491,8 @@ class LeanConnection:
     async def _read(self, *, wait_first: bool = False) -> bytes | None:
         """The client's next bytes (empty at its end), or None once the socket is
         closed or broken (the client's departure is reported by the caller)."""
+        if self._pumping:
+            return await self._take_inbox()
         try:
             if wait_first:
                 return await self._stream.receive_when_ready(MAX_RECV)
@@ -455,9 +502,64 @@ class LeanConnection:
         except trio.BrokenResourceError:
             return b""
 
+    def pump(self) -> None:
+        """An app run on the connection's task waits (for its upstream, say): from now
+        on the pump reads the socket, so that the client's departure is heard while an
+        app runs. Once started, it reads for the rest of the connection's life."""
+        if not self._pumping and self._nursery is not None:
+            self._pumping = True
+            self._nursery.start_soon(self._pump, self._pump_scope)
+
+    async def _pump(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._pump_bytes()
+
+    async def _pump_bytes(self) -> None:
+        """Read the client's bytes as they come, for the connection to take; the end of
+        the connection, read while an app runs on the connection's task, is that
+        request's departure. Reading pauses while a few reads' worth wait untaken."""
+        stream = self._stream
+        while True:
+            if len(self._inbox) >= _INBOX_ROOM:
+                await self._for_room.park()
+                continue
+            try:
+                data = await stream.receive_when_ready(MAX_RECV)
+            except trio.ClosedResourceError:
+                self._end_of_reading(_CLOSED)
+                return
+            except trio.BrokenResourceError:
+                data = b""
+            if not data:
+                exchange = self._inline
+                if exchange is not None and not exchange.done:
+                    await exchange.client_left()
+                self._end_of_reading(_READ_END)
+                return
+            self._inbox += data
+            self._for_inbox.unpark_all()
+
+    def _end_of_reading(self, ended: int) -> None:
+        self._ended = ended
+        self._for_inbox.unpark_all()
+
+    async def _take_inbox(self) -> bytes | None:
+        """What the pump read, once there is something (b"" at the end, None once the
+        socket is closed)."""
+        await checkpoint_if_cancelled()
+        while not self._inbox:
+            if self._ended is not _READING:
+                return b"" if self._ended is _READ_END else None
+            await self._for_inbox.park()
+        data, self._inbox = self._inbox, b""
+        self._for_room.unpark_all()
+        return data
+
     async def close(self) -> None:
         """End the connection after an answer: shut the sending side (the client reads
         the answer's end) and close the socket, which wakes the reader."""
+        if self._pumping:
+            self._end_of_reading(_CLOSED)
         socket = self._stream.socket
         try:
             if not socket.did_shutdown_SHUT_WR and socket.fileno() >= 0:
@@ -590,6 +692,35 @@ class _Exchange:
         if self._closing:
             return None
         return rest
+
+    async def run_inline(self, data: bytes) -> bytes | None:
+        """The request, its body whole in `data`, served with its app on the
+        connection's own task (no task of its own to start, nor a trip through the
+        scheduler to run it); the bytes after the body, or None when the connection
+        is over. Should the app wait, the connection's pump starts reading, so that
+        the client's departure is still heard."""
+        length = self._head.length
+        queue = self.queue
+        if length:
+            queue.put_nowait({"type": "http.request", "body": data[:length], "more_body": True})
+        queue.put_nowait({"type": "http.request", "body": b"", "more_body": False})
+        self._body_done = True
+        connection = self._connection
+        connection._inline = self
+        try:
+            await _on_this_task(self.run(), connection.pump)
+        finally:
+            connection._inline = None
+        if self._closing or (self.closed and not self._done):
+            return None
+        return data[length:]
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    async def client_left(self) -> None:
+        await self._client_left()
 
     async def _client_left(self) -> None:
         """The client's end-of-file (or reset), read while its request is served: the
@@ -941,6 +1072,48 @@ class DirectBody:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._broken = True
             await self._on_broken()
+
+
+@types.coroutine
+def _on_this_task(coro: Coroutine[Any, Any, None], on_wait: Callable[[], None]) -> Any:
+    """Run `coro` as part of the awaiting task, as `await coro` would, calling `on_wait`
+    the first time it yields to Trio to wait for something (not a mere reschedule:
+    `cancel_shielded_checkpoint`), and stepping it in a copy of the task's context,
+    as a task of its own would have (a context variable it sets stays its own)."""
+    context = contextvars.copy_context()
+    waited = False
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            if error is None:
+                trap = context.run(coro.send, value)
+            else:
+                trap = context.run(coro.throw, error)
+        except StopIteration:
+            return None
+        error = None
+        if not waited and trap is not _RESCHEDULE:
+            waited = True
+            on_wait()
+        try:
+            value = yield trap
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as thrown:
+            error = thrown
+
+
+def _reschedule_trap() -> object:
+    """What `cancel_shielded_checkpoint` yields to Trio: a reschedule, not a wait."""
+    step = trio.lowlevel.cancel_shielded_checkpoint()  # noqa: ASYNC105 (stepped by hand)
+    trap = step.send(None)
+    step.close()
+    return trap
+
+
+_RESCHEDULE = _reschedule_trap()
 
 
 def _unquote(path: bytes) -> str:
