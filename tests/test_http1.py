@@ -9,6 +9,7 @@ hypercorn, so the odd cases exercise the hand-over too.
 
 from __future__ import annotations
 
+import contextvars
 import re
 from typing import Any
 
@@ -31,9 +32,9 @@ LIMITS = ConnectionLimits(max_connections=100, first_request_timeout=10, keep_al
 
 class Recorder:
     """An ASGI app that records what it is handed and answers as the path asks:
-    `/wait` once its client has gone, `/stream` in chunks, `/fail` by raising,
-    `/fail-late` by raising after its start, `/empty` with 204, anything else with a
-    fixed-length echo of the body's size."""
+    `/wait` once its client has gone, `/sleep` after a pause, `/stream` in chunks,
+    `/fail` by raising, `/fail-late` by raising after its start, `/empty` with 204,
+    anything else with a fixed-length echo of the body's size."""
 
     def __init__(self) -> None:
         self.seen: list[Any] = []
@@ -61,6 +62,8 @@ class Recorder:
         path = scope["path"]
         if path == "/wait":
             self.seen.append(await receive())  # the client's departure
+        if path == "/sleep":
+            await trio.sleep(0.05)  # an app that waits: the lean path's pump reads meanwhile
         if path == "/fail":
             raise RuntimeError("the app failed")
         if path == "/empty":
@@ -209,6 +212,18 @@ CASES: dict[str, list[bytes]] = {
     "a head cut short by the client's end": [b"GET / HTTP/1.1\r\nhost: exa", EOF],
     "the client's end after a request": [_request(b"/stream"), EOF],
     "the client's end while the app waits": [_request(b"/wait"), EOF],
+    "an app that waits, the next request pipelined": [
+        _request(b"/sleep") + _request(b"/two", method=b"POST", body=b"ab")
+    ],
+    "apps that wait, one request after another": [
+        _request(b"/sleep"),
+        _request(b"/sleep", method=b"POST", body=b"abc"),
+        _request(b"/stream"),
+        _request(b"/sleep")
+        + _request(b"/", b"transfer-encoding: chunked", method=b"POST")
+        + b"1\r\na\r\n0\r\n\r\n",
+    ],
+    "an app that waits, then the client's end": [_request(b"/sleep"), EOF],
     "the client's end at once": [_request(b"/") + _request(b"/stream"), EOF],
     "huge head": [_request(b"/", b"x-big: " + b"b" * 20_000)],
     "a plain request, then a chunked one": [
@@ -317,3 +332,42 @@ async def test_a_client_leaving_mid_request_closes_its_upstream_request(
         await upstream.wait_for(lambda: upstream.aborted == 1)
     assert served, "the request took the lean path"
     await running.stop()
+
+
+_SEEN_BEFORE: contextvars.ContextVar[str] = contextvars.ContextVar("seen_before", default="")
+
+
+async def test_each_request_runs_in_a_context_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An app run on the connection's task (a body that came with its head) still gets
+    a context of its own, as a task of its own would: what one request sets, the next
+    on the connection does not see, whether or not the app waited."""
+    seen: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan")  # hypercorn goes on without it
+        seen.append(_SEEN_BEFORE.get())
+        _SEEN_BEFORE.set(scope["path"])
+        if scope["path"] == "/sleep":
+            await trio.sleep(0.01)
+        fields = [(b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 200, "headers": fields})
+        await send({"type": "http.response.body", "body": b""})
+
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(
+            lambda task_status: serve(
+                app, _config(), LIMITS, shutdown_trigger=shutdown.wait, task_status=task_status
+            )
+        )
+        host, port = binds[0].removeprefix("http://").split(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        for target in (b"/one", b"/sleep", b"/two", b"/sleep"):
+            await stream.send_all(_request(target))
+            assert (await _read_until_quiet(stream)).startswith(b"HTTP/1.1 200 ")
+        await stream.aclose()
+        shutdown.set()
+    assert seen == ["", "", "", ""]
