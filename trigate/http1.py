@@ -25,11 +25,11 @@ request whose body came whole with its head (nearly every API call) has its app 
 the connection's own task (`_Exchange.run_inline`): starting a task for it, and the
 trip through Trio's scheduler to run it, cost some 80 thousand instructions, more than
 a cached answer's own work. The app is stepped by hand (`_on_this_task`), in a context
-of its own, so that the first time it waits (for its upstream, say) the connection's
-pump starts (`LeanConnection.pump`): from then on a task of the connection's reads the
-socket as bytes come, so a client's end-of-file, read while an app runs, is still that
-request's departure (reported to the request before anything else, then
-`http.disconnect`), and the next request's bytes wait for the connection to take them.
+of its own, so that the first time it waits (for its upstream, say) its socket is
+handed to the worker's `DepartureWatch` until it returns: a client's end-of-file, seen
+while an app waits, is still that request's departure (reported to the request before
+anything else, then `http.disconnect`), at the cost of two `epoll_ctl` calls, where a
+reading task per connection cost a trip through Trio's scheduler per request.
 An app that never waits (a cached answer) needs no reader meanwhile: nothing of its
 work can outlive its client. A request whose body is still coming has its app run in a
 task of its own, as under hypercorn, while the connection's task reads on: the body,
@@ -45,8 +45,11 @@ upgrades and h2c work as before.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import re
+import select
+import socket
 import time
 import types
 from collections import deque
@@ -277,10 +280,8 @@ class PlainHead:
         self.length = length
 
 
-# The pump's reading: going on, ended by the client (b"" read), or the socket closed.
-_READING, _READ_END, _CLOSED = 0, 1, 2
-# What the pump holds, read and not yet taken, before it stops reading for a while.
-_INBOX_ROOM = 4 * MAX_RECV
+# A look at the socket's next byte, leaving it there, without waiting.
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _REQUEST_LINE = h11._readers.request_line_re
 # Where h11 ends a head (`ReceiveBuffer.maybe_extract_lines`): its first blank line.
 _BLANK_LINE = re.compile(b"\n\r?\n")
@@ -364,6 +365,50 @@ class _ProtocolBroken(Exception):
     """The answer broke h11's rules (too much or too little body for its length)."""
 
 
+class DepartureWatch:
+    """The worker's one look-out for clients leaving while their apps wait, where a
+    task per connection reading its socket would cost a trip through the scheduler
+    for every request that reaches its upstream.
+
+    A connection whose app (run on the connection's own task) waits registers its
+    socket here (`watch`) until the app returns (`unwatch`): one `epoll_ctl` each, in
+    an epoll set of the watch's own, whose descriptor this task waits on through
+    Trio. A socket found readable is looked at no more, and its connection is told
+    (`LeanConnection.readable`)."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._watched: dict[int, LeanConnection] = {}
+
+    def watch(self, fd: int, connection: LeanConnection) -> None:
+        if fd < 0 or fd in self._watched:
+            return
+        self._epoll.register(fd, select.EPOLLIN)
+        self._watched[fd] = connection
+
+    def unwatch(self, fd: int, connection: LeanConnection) -> None:
+        """Stop looking at `connection`'s socket (and only its: a descriptor closed
+        while watched may have been reused by another connection since)."""
+        if self._watched.get(fd) is connection:
+            del self._watched[fd]
+            # Closed since, maybe: the kernel then dropped it from the set itself.
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(self._epoll.fileno())
+                for fd, _ in self._epoll.poll(0):
+                    connection = self._watched.pop(fd, None)
+                    with contextlib.suppress(OSError):
+                        self._epoll.unregister(fd)
+                    if connection is not None:
+                        connection.readable()
+        finally:
+            self._epoll.close()
+
+
 class LeanConnection:
     """One client connection's plain requests (see the module's docstring)."""
 
@@ -372,19 +417,15 @@ class LeanConnection:
         "_client",
         "_config",
         "_context",
-        "_ended",
-        "_for_inbox",
-        "_for_room",
+        "_departures",
         "_hooks",
-        "_inbox",
         "_inline",
         "_lock",
         "_nursery",
-        "_pump_scope",
-        "_pumping",
         "_server",
         "_state",
         "_stream",
+        "_watched",
         "requests",
     )
 
@@ -398,6 +439,7 @@ class LeanConnection:
         hooks: ConnectionHooks,
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
+        departures: DepartureWatch,
     ) -> None:
         self._app = app
         self._config = config
@@ -413,16 +455,9 @@ class LeanConnection:
         self._nursery: trio.Nursery | None = None
         # The request whose app runs on the connection's task now, if one does.
         self._inline: _Exchange | None = None
-        # Once an app run on the connection's task has waited, the pump (`_pump`) reads
-        # the socket from then on: what it read and the connection has not taken, whether
-        # it met the end (b"" read) or the socket closed (None), and the two waits.
-        self._pumping = False
-        self._inbox = b""
-        self._ended = _READING
-        self._for_inbox = ParkingLot()
-        self._for_room = ParkingLot()
-        self._pump_scope = trio.CancelScope()
-        self._pump_scope = trio.CancelScope()
+        # Whether the worker's departure watch looks at the socket for that app.
+        self._departures = departures
+        self._watched = False
 
     @staticmethod
     def serves(config: HypercornConfig) -> bool:
@@ -439,13 +474,7 @@ class LeanConnection:
         hypercorn to serve the connection from), or None once the connection is over."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            read = await self._serve(nursery)
-            # The pump's reading ends with the lean path's: what it read and nobody
-            # took goes to hypercorn after the rest.
-            self._pump_scope.cancel()
-        if read is not None and self._inbox:
-            read += self._inbox
-        return read
+            return await self._serve(nursery)
 
     async def _serve(self, nursery: trio.Nursery) -> bytes | None:
         limit = self._config.h11_max_incomplete_size
@@ -491,8 +520,6 @@ class LeanConnection:
     async def _read(self, *, wait_first: bool = False) -> bytes | None:
         """The client's next bytes (empty at its end), or None once the socket is
         closed or broken (the client's departure is reported by the caller)."""
-        if self._pumping:
-            return await self._take_inbox()
         try:
             if wait_first:
                 return await self._stream.receive_when_ready(MAX_RECV)
@@ -502,68 +529,49 @@ class LeanConnection:
         except trio.BrokenResourceError:
             return b""
 
-    def pump(self) -> None:
-        """An app run on the connection's task waits (for its upstream, say): from now
-        on the pump reads the socket, so that the client's departure is heard while an
-        app runs. Once started, it reads for the rest of the connection's life."""
-        if not self._pumping and self._nursery is not None:
-            self._pumping = True
-            self._nursery.start_soon(self._pump, self._pump_scope)
+    def watch_departure(self) -> None:
+        """An app run on the connection's task waits (for its upstream, say): the
+        worker's `DepartureWatch` looks at the socket for it from now until the app
+        returns, so that a client leaving meanwhile is that request's departure."""
+        if not self._watched:
+            self._watched = True
+            self._departures.watch(self._stream.socket.fileno(), self)
 
-    async def _pump(self, scope: trio.CancelScope) -> None:
-        with scope:
-            await self._pump_bytes()
+    def unwatch_departure(self) -> None:
+        if self._watched:
+            self._watched = False
+            self._departures.unwatch(self._stream.socket.fileno(), self)
 
-    async def _pump_bytes(self) -> None:
-        """Read the client's bytes as they come, for the connection to take; the end of
-        the connection, read while an app runs on the connection's task, is that
-        request's departure. Reading pauses while a few reads' worth wait untaken."""
-        stream = self._stream
-        while True:
-            if len(self._inbox) >= _INBOX_ROOM:
-                await self._for_room.park()
-                continue
-            try:
-                data = await stream.receive_when_ready(MAX_RECV)
-            except trio.ClosedResourceError:
-                self._end_of_reading(_CLOSED)
-                return
-            except trio.BrokenResourceError:
-                data = b""
-            if not data:
-                exchange = self._inline
-                if exchange is not None and not exchange.done:
-                    await exchange.client_left()
-                self._end_of_reading(_READ_END)
-                return
-            self._inbox += data
-            self._for_inbox.unpark_all()
-
-    def _end_of_reading(self, ended: int) -> None:
-        self._ended = ended
-        self._for_inbox.unpark_all()
-
-    async def _take_inbox(self) -> bytes | None:
-        """What the pump read, once there is something (b"" at the end, None once the
-        socket is closed)."""
-        await checkpoint_if_cancelled()
-        while not self._inbox:
-            if self._ended is not _READING:
-                return b"" if self._ended is _READ_END else None
-            await self._for_inbox.park()
-        data, self._inbox = self._inbox, b""
-        self._for_room.unpark_all()
-        return data
+    def readable(self) -> None:
+        """The socket became readable while an app ran on the connection's task (the
+        watch looks no more): the client's end (or a reset) is its request's
+        departure, heard in a task of its own; bytes are the next request's, read once
+        the app is done."""
+        self._watched = False
+        exchange = self._inline
+        if exchange is None or exchange.done:
+            return
+        inner = getattr(self._stream.socket, "_sock", None)
+        if not isinstance(inner, socket.socket):
+            return  # not a socket that can be looked at: the app's end decides
+        try:
+            peeked = inner.recv(1, _PEEK)
+        except BlockingIOError:
+            self.watch_departure()  # nothing after all: look again
+            return
+        except OSError:
+            peeked = b""
+        if not peeked and self._nursery is not None:
+            self._nursery.start_soon(exchange.client_left)
 
     async def close(self) -> None:
         """End the connection after an answer: shut the sending side (the client reads
         the answer's end) and close the socket, which wakes the reader."""
-        if self._pumping:
-            self._end_of_reading(_CLOSED)
-        socket = self._stream.socket
+        self.unwatch_departure()
+        sock = self._stream.socket
         try:
-            if not socket.did_shutdown_SHUT_WR and socket.fileno() >= 0:
-                socket.shutdown(trio.socket.SHUT_WR)
+            if not sock.did_shutdown_SHUT_WR and sock.fileno() >= 0:
+                sock.shutdown(trio.socket.SHUT_WR)
         except OSError:
             pass
         await self._stream.aclose()
@@ -697,8 +705,8 @@ class _Exchange:
         """The request, its body whole in `data`, served with its app on the
         connection's own task (no task of its own to start, nor a trip through the
         scheduler to run it); the bytes after the body, or None when the connection
-        is over. Should the app wait, the connection's pump starts reading, so that
-        the client's departure is still heard."""
+        is over. Should the app wait, the worker's departure watch looks at the
+        socket until it returns, so that the client's departure is still heard."""
         length = self._head.length
         queue = self.queue
         if length:
@@ -708,9 +716,10 @@ class _Exchange:
         connection = self._connection
         connection._inline = self
         try:
-            await _on_this_task(self.run(), connection.pump)
+            await _on_this_task(self.run(), connection.watch_departure)
         finally:
             connection._inline = None
+            connection.unwatch_departure()
         if self._closing or (self.closed and not self._done):
             return None
         return data[length:]

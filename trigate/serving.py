@@ -112,12 +112,13 @@ from trigate.http1 import (
 from trigate.http1 import (
     Departure as Departure,
 )
-from trigate.http1 import DirectBody as _DirectBody
 from trigate.http1 import (
+    DepartureWatch,
     LeanConnection,
     response_head,
     server_fields,
 )
+from trigate.http1 import DirectBody as _DirectBody
 from trigate.http1 import (
     OnDeparture as OnDeparture,
 )
@@ -935,6 +936,7 @@ async def serve(
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
     connections = Connections(limits)
+    departures = DepartureWatch()
 
     def server(wrap: Callable[[AppWrapper], AppWrapper], stream: _WatchedStream) -> TCPServer:
         state = ConnectionState(lifespan_state.copy())
@@ -955,11 +957,14 @@ async def serve(
             connection,
             parse_socket_addr(sock.family, sock.getpeername()),
             parse_socket_addr(sock.family, sock.getsockname()),
+            departures,
         )
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
+        # Until the very end: requests still running while the worker drains need it.
+        lifespan_nursery.start_soon(departures.run)
         sockets = sockets if sockets is not None else listening_sockets(config)
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
         async with trio.open_nursery() as server_nursery:
