@@ -816,9 +816,7 @@ class _Exchange:
         fields = [(b"content-length", b"0"), (b"connection", b"close")]
         await self._start(status, fields)
         await self._finish()
-        await self._connection._config.log.access(
-            self.scope, {"status": status, "headers": []}, time.time() - self.start_time
-        )
+        await self._access({"status": status, "headers": []})
 
     async def _stream_closed(self) -> None:
         """hypercorn's `HTTPStream` handling `StreamClosed`: the access log of an answer
@@ -827,11 +825,7 @@ class _Exchange:
             return
         self.closed = True
         if self.state is not _Answer.CLOSED:
-            await self._connection._config.log.access(
-                self.scope,
-                None,  # type: ignore[arg-type]  # as hypercorn logs it
-                time.time() - self.start_time,
-            )
+            await self._access(None)
         self.queue.end()
 
     async def send(self, message: Any) -> None:
@@ -863,16 +857,26 @@ class _Exchange:
         """`WHOLE_RESPONSE_EXTENSION`: the start and the last body message in one call."""
         if self.state is not _Answer.REQUEST:
             return False
-        await self.send({"type": "http.response.start", "status": status, "headers": fields})
-        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        # `send` of the two messages, less building and dispatching them.
+        self.response = {"type": "http.response.start", "status": status, "headers": fields}
+        await self._start(status, fields)
+        self.state = _Answer.RESPONSE
+        if body and not suppress_body(self.scope["method"], status):
+            await self._send_body(bytes(body))
+        await self._send_closed()
         return True
+
+    async def _access(self, response: Any) -> None:
+        """hypercorn's access log line for the request (None: no answer was finished),
+        skipped where no access log is kept (as hypercorn's own `access` skips it)."""
+        log = self._connection._config.log
+        if getattr(log, "access_logger", log) is not None:
+            await log.access(self.scope, response, time.time() - self.start_time)
 
     async def _send_closed(self) -> None:
         await self._finish()
         self.state = _Answer.CLOSED
-        await self._connection._config.log.access(
-            self.scope, self.response, time.time() - self.start_time
-        )
+        await self._access(self.response)
         await self._stream_closed()
         await self._end()
 
