@@ -94,13 +94,21 @@ def _config(**settings: Any) -> HypercornConfig:
 
 
 async def _exchange(
-    lean: bool, pieces: list[bytes], monkeypatch: pytest.MonkeyPatch, **settings: Any
+    lean: bool,
+    pieces: list[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    inline: bool = True,
+    **settings: Any,
 ) -> tuple[list[Any], bytes]:
     """What the app was handed and what the client read, for `pieces` sent one by one
-    (a short pause between) on one connection to a fresh server."""
+    (a short pause between) on one connection to a fresh server (`inline`: whether the
+    lean path may run an app on the connection's task, which needs epoll)."""
     with monkeypatch.context() as patch:
         if not lean:
             patch.setattr(http1.LeanConnection, "serves", staticmethod(lambda config: False))
+        if not inline:
+            patch.setattr(http1.DepartureWatch, "made", classmethod(lambda cls: None))
         app = Recorder()
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -238,11 +246,12 @@ CASES: dict[str, list[bytes]] = {
 }
 
 
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
 @pytest.mark.parametrize("pieces", list(CASES.values()), ids=list(CASES))
 async def test_the_lean_path_answers_as_hypercorn(
-    pieces: list[bytes], monkeypatch: pytest.MonkeyPatch
+    pieces: list[bytes], inline: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lean = await _exchange(True, pieces, monkeypatch)
+    lean = await _exchange(True, pieces, monkeypatch, inline=inline)
     by_hypercorn = await _exchange(False, pieces, monkeypatch)
     assert lean == by_hypercorn
 

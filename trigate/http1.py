@@ -380,6 +380,12 @@ class DepartureWatch:
         self._epoll = select.epoll()
         self._watched: dict[int, LeanConnection] = {}
 
+    @classmethod
+    def made(cls) -> DepartureWatch | None:
+        """The worker's watch, where the system has epoll (Linux); elsewhere None, and
+        every app runs in a task of its own while its connection's task reads."""
+        return cls() if hasattr(select, "epoll") else None
+
     def watch(self, fd: int, connection: LeanConnection) -> None:
         if fd < 0 or fd in self._watched:
             return
@@ -439,7 +445,7 @@ class LeanConnection:
         hooks: ConnectionHooks,
         client: tuple[str, int] | None,
         server: tuple[str, int] | None,
-        departures: DepartureWatch,
+        departures: DepartureWatch | None,
     ) -> None:
         self._app = app
         self._config = config
@@ -503,7 +509,7 @@ class LeanConnection:
             exchange = _Exchange(self, head)
             self.requests += 1
             after: bytes | None
-            if len(buffer) - end >= head.length:
+            if len(buffer) - end >= head.length and self._departures is not None:
                 after = await exchange.run_inline(buffer[end:])
             else:
                 nursery.start_soon(exchange.run)
@@ -533,12 +539,12 @@ class LeanConnection:
         """An app run on the connection's task waits (for its upstream, say): the
         worker's `DepartureWatch` looks at the socket for it from now until the app
         returns, so that a client leaving meanwhile is that request's departure."""
-        if not self._watched:
+        if not self._watched and self._departures is not None:
             self._watched = True
             self._departures.watch(self._stream.socket.fileno(), self)
 
     def unwatch_departure(self) -> None:
-        if self._watched:
+        if self._watched and self._departures is not None:
             self._watched = False
             self._departures.unwatch(self._stream.socket.fileno(), self)
 

@@ -936,7 +936,7 @@ async def serve(
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
     connections = Connections(limits)
-    departures = DepartureWatch()
+    departures = DepartureWatch.made()
 
     def server(wrap: Callable[[AppWrapper], AppWrapper], stream: _WatchedStream) -> TCPServer:
         state = ConnectionState(lifespan_state.copy())
@@ -963,8 +963,9 @@ async def serve(
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
-        # Until the very end: requests still running while the worker drains need it.
-        lifespan_nursery.start_soon(departures.run)
+        if departures is not None:
+            # Until the very end: requests still running while the worker drains need it.
+            lifespan_nursery.start_soon(departures.run)
         sockets = sockets if sockets is not None else listening_sockets(config)
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
         async with trio.open_nursery() as server_nursery:
