@@ -10,9 +10,15 @@ hypercorn, so the odd cases exercise the hand-over too.
 from __future__ import annotations
 
 import contextvars
+import errno
+import logging
 import re
+import select
+import socket
+import struct
 from typing import Any
 
+import hypercorn.logging
 import hypothesis
 import hypothesis.strategies as st
 import pytest
@@ -99,6 +105,7 @@ async def _exchange(
     monkeypatch: pytest.MonkeyPatch,
     *,
     inline: bool = True,
+    app: Any = None,
     **settings: Any,
 ) -> tuple[list[Any], bytes]:
     """What the app was handed and what the client read, for `pieces` sent one by one
@@ -109,7 +116,7 @@ async def _exchange(
             patch.setattr(http1.LeanConnection, "serves", staticmethod(lambda config: False))
         if not inline:
             patch.setattr(http1.DepartureWatch, "made", classmethod(lambda cls: None))
-        app = Recorder()
+        app = app or Recorder()
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(
@@ -136,7 +143,7 @@ async def _exchange(
     if read.startswith(b"HTTP/1.1 101 "):
         # HTTP/2 after the switch (hypercorn's on both paths): its frames' order varies.
         read = read.partition(b"\r\n\r\n")[0]
-    return app.seen, read
+    return getattr(app, "seen", []), read
 
 
 async def _read_until_quiet(stream: trio.SocketStream) -> bytes:
@@ -384,3 +391,232 @@ async def test_each_request_runs_in_a_context_of_its_own(
         await stream.aclose()
         shutdown.set()
     assert seen == ["", "", "", ""]
+
+
+async def _serving(
+    app: Any, nursery: trio.Nursery, shutdown: trio.Event, **settings: Any
+) -> tuple[str, int]:
+    """A server for `app` on the lean path, running until `shutdown` is set."""
+    binds = await nursery.start(
+        lambda task_status: serve(
+            app,
+            _config(**settings),
+            LIMITS,
+            shutdown_trigger=shutdown.wait,
+            task_status=task_status,
+        )
+    )
+    host, port = binds[0].removeprefix("http://").split(":")
+    return host, int(port)
+
+
+async def test_a_client_reset_before_it_is_served_ends_only_its_connection() -> None:
+    """A client that connects and resets (an RST) before its connection is served: its
+    addresses cannot be looked up, which ends that connection, not the worker."""
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        host, port = await _serving(Recorder(), nursery, shutdown)
+        # Connected and reset before the server's accepting task runs again.
+        client = socket.socket()
+        client.connect((host, port))
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        await trio.sleep(0.05)
+        stream = await trio.open_tcp_stream(host, port)
+        await stream.send_all(_request())
+        assert (await _read_until_quiet(stream)).startswith(b"HTTP/1.1 200 ")
+        await stream.aclose()
+        shutdown.set()
+
+
+class Departing:
+    """An ASGI app as trigate's model API is: it registers a departure callback
+    (`trigate.departure`) that cancels its call, then waits (for its upstream)."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan")  # hypercorn goes on without it
+        await receive()
+        with trio.CancelScope() as call:
+
+            async def departed() -> None:
+                self.seen.append(("departed", scope["path"]))
+                call.cancel()
+
+            on_departure = scope["extensions"].get(http1.DEPARTURE_EXTENSION)
+            if on_departure is not None:
+                on_departure(departed)
+            await trio.sleep(0.05)  # the upstream call
+            body = b"answer " + scope["path"].encode()
+            fields = [(b"content-length", b"%d" % len(body))]
+            await send({"type": "http.response.start", "status": 200, "headers": fields})
+            await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
+async def test_the_clients_end_after_pipelined_requests_is_not_the_first_ones_departure(
+    inline: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests in one write, then the client's end (it has sent all it will), while
+    the first one's app waits: the end is read once the first is answered (as the
+    second's departure, as hypercorn hears it when the second waits too), never as the
+    first's, which is answered."""
+    pieces = [_request(b"/one") + _request(b"/two"), EOF]
+    app = Departing()
+    seen, read = await _exchange(True, pieces, monkeypatch, inline=inline, app=app)
+    assert ("departed", "/one") not in seen
+    assert read.startswith(b"HTTP/1.1 200 ") and b"\r\n\r\nanswer /one" in read
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
+async def test_a_failed_app_is_logged_once_as_hypercorn_logs_it(
+    inline: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logged: list[tuple[str, Any]] = []
+
+    async def access(self: Any, request: Any, response: Any, request_time: float) -> None:
+        logged.append((request["path"], response and response["status"]))
+
+    monkeypatch.setattr(hypercorn.logging.Logger, "access", access)
+    pieces = [_request(b"/fail"), _request(b"/after")]
+    access_log = logging.getLogger("test-access")
+    await _exchange(True, pieces, monkeypatch, inline=inline, accesslog=access_log)
+    lean, logged[:] = logged[:], []
+    await _exchange(False, pieces, monkeypatch, accesslog=access_log)
+    # The 500 closes the connection: the second request is never read.
+    assert lean == logged == [("/fail", 500)]
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
+async def test_a_body_cut_short_closes_the_connection_after_its_400_at_once(
+    inline: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client ends its side within the body: the 400 goes out and the connection
+    closes then (as hypercorn closes it), not once the app, still busy, returns."""
+    if not inline:
+        monkeypatch.setattr(http1.DepartureWatch, "made", classmethod(lambda cls: None))
+    released = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan")
+        await released.wait()
+
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        host, port = await _serving(app, nursery, shutdown)
+        stream = await trio.open_tcp_stream(host, port)
+        await stream.send_all(_request(b"/", b"content-length: 10", method=b"POST") + b"abc")
+        await stream.send_eof()
+        read = b""
+        with trio.fail_after(5):
+            while data := await stream.receive_some(65536):
+                read += data
+        assert read.startswith(b"HTTP/1.1 400 ")
+        released.set()
+        await stream.aclose()
+        shutdown.set()
+
+
+class CancelledMidBody:
+    """An app whose send of a fixed-length body's first piece is cancelled (before it
+    went out), which then sends the whole body: `/cut` so, anything else plainly."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan")
+        await receive()
+        fields = [(b"content-length", b"10")]
+        await send({"type": "http.response.start", "status": 200, "headers": fields})
+        if scope["path"] == "/cut":
+            with trio.move_on_after(0):
+                await send({"type": "http.response.body", "body": b"AAAA", "more_body": True})
+        await send({"type": "http.response.body", "body": b"0123456789"})
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
+async def test_a_send_cancelled_before_it_went_out_keeps_the_framing(
+    inline: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send cancelled (as Trio's cancel points are) did nothing: the answer goes on
+    whole and framed, and the connection carries the next request. (hypercorn counts
+    the cancelled piece as sent, and fails the answer for its length.)"""
+    pieces = [_request(b"/cut"), _request(b"/next")]
+    _, read = await _exchange(True, pieces, monkeypatch, inline=inline, app=CancelledMidBody())
+    assert read.count(b"\r\n\r\n0123456789HTTP/1.1 200 ") == 1
+    assert read.endswith(b"\r\n\r\n0123456789")
+
+
+async def test_a_failure_in_the_departure_watch_is_its_connections_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's one departure watch failing on one connection (its report raising):
+    logged, and that connection's alone; the worker goes on serving."""
+    failures: list[int] = []
+
+    def readable(self: http1.LeanConnection) -> None:
+        failures.append(1)
+        raise RuntimeError("a report that fails")
+
+    monkeypatch.setattr(http1.LeanConnection, "readable", readable)
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        host, port = await _serving(Recorder(), nursery, shutdown)
+        leaving = await trio.open_tcp_stream(host, port)
+        await leaving.send_all(_request(b"/sleep"))
+        await trio.sleep(0.01)
+        await leaving.send_eof()  # readable while its app waits: the report fails
+        assert (await _read_until_quiet(leaving)).startswith(b"HTTP/1.1 200 ")
+        await leaving.aclose()
+        stream = await trio.open_tcp_stream(host, port)
+        await stream.send_all(_request(b"/sleep"))
+        assert (await _read_until_quiet(stream)).startswith(b"HTTP/1.1 200 ")
+        await stream.aclose()
+        shutdown.set()
+    assert failures
+
+
+_EPOLL: type[select.epoll] | None = getattr(select, "epoll", None)
+
+
+class _FullEpoll:
+    """An epoll set with no room left (`max_user_watches` reached)."""
+
+    def __init__(self) -> None:
+        assert _EPOLL is not None
+        self._epoll: select.epoll = _EPOLL()
+
+    def fileno(self) -> int:
+        return self._epoll.fileno()
+
+    def register(self, fd: int, mask: int) -> None:
+        raise OSError(errno.ENOSPC, "no room")
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return self._epoll.poll(timeout)
+
+    def unregister(self, fd: int) -> None:
+        self._epoll.unregister(fd)
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
+async def test_a_connection_the_watch_cannot_take_is_still_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The departure watch failing to take a socket (at an app's first wait) leaves
+    that request unwatched, served as any other, and the worker unharmed."""
+    monkeypatch.setattr(select, "epoll", _FullEpoll)  # the module http1 reads
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        host, port = await _serving(Recorder(), nursery, shutdown)
+        stream = await trio.open_tcp_stream(host, port)
+        for target in (b"/sleep", b"/sleep"):
+            await stream.send_all(_request(target))
+            assert (await _read_until_quiet(stream)).startswith(b"HTTP/1.1 200 ")
+        await stream.aclose()
+        shutdown.set()

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import re
 import select
 import socket
@@ -62,7 +63,12 @@ import h11._readers
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.protocol.http_stream import ASGIHTTPState as _Answer
-from hypercorn.utils import UnexpectedMessageError, build_and_validate_headers, suppress_body
+from hypercorn.utils import (
+    UnexpectedMessageError,
+    build_and_validate_headers,
+    parse_socket_addr,
+    suppress_body,
+)
 from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
 
 from trigate.request_head import NAME_TABLE, PLAIN_LENGTH, VALUE_TABLE
@@ -94,6 +100,8 @@ WholeWriter = Callable[[int, list[tuple[bytes, bytes]], bytes], Awaitable[bool]]
 # it would have to wait.
 QUEUED_EVENT_EXTENSION = "trigate.queued_event"
 QueuedEvent = Callable[[], "ASGIReceiveEvent | None"]
+
+logger = logging.getLogger(__name__)
 
 # A held response head is joined to a body up to this size; a longer one is written
 # after it, as copying it would cost more than the system call saved.
@@ -134,6 +142,7 @@ async def send_locked(
     *,
     try_first: bool = False,
     head: bytes | None = None,
+    dropped: Callable[[], bool] | None = None,
 ) -> None:
     """`data` (after `head`, if given) written whole under `lock`, the waits for room
     shielded from cancellation.
@@ -141,9 +150,13 @@ async def send_locked(
     The lock is taken without a schedule point when it is free (trio's `acquire` yields
     even then). With `try_first`, a free lock is not taken at all for a write the socket
     takes whole at once: no other write can be under way, and none can start before it
-    is done."""
+    is done. `dropped`, asked once a lock that was held is had, says the write is no
+    longer wanted."""
     if lock.locked():
         await lock.acquire()
+        if dropped is not None and dropped():
+            lock.release()
+            return
     elif try_first:
         sent = stream.try_send(data)
         if sent == len(data):
@@ -386,11 +399,25 @@ class DepartureWatch:
         every app runs in a task of its own while its connection's task reads."""
         return cls() if hasattr(select, "epoll") else None
 
-    def watch(self, fd: int, connection: LeanConnection) -> None:
-        if fd < 0 or fd in self._watched:
-            return
-        self._epoll.register(fd, select.EPOLLIN)
+    def watch(self, fd: int, connection: LeanConnection) -> bool:
+        """Look at `connection`'s socket, `fd`, from now on; whether it is looked at.
+        Never raises: it is called from an app's first wait (`_on_this_task`), where a
+        raise would leave the task waiting on a trap it never yielded. A descriptor
+        still listed is one closed while watched and reused since: it is now this
+        connection's."""
+        if fd < 0:
+            return False
+        try:
+            try:
+                self._epoll.register(fd, select.EPOLLIN)
+            except FileExistsError:
+                self._epoll.modify(fd, select.EPOLLIN)
+        except (OSError, ValueError):
+            # No room in the set (ENOSPC, ENOMEM), or the watch closed (ValueError).
+            logger.warning("cannot watch a connection for its client's departure", exc_info=True)
+            return False
         self._watched[fd] = connection
+        return True
 
     def unwatch(self, fd: int, connection: LeanConnection) -> None:
         """Stop looking at `connection`'s socket (and only its: a descriptor closed
@@ -410,9 +437,20 @@ class DepartureWatch:
                     with contextlib.suppress(OSError):
                         self._epoll.unregister(fd)
                     if connection is not None:
-                        connection.readable()
+                        self._tell(connection)
         finally:
             self._epoll.close()
+
+    def _tell(self, connection: LeanConnection) -> None:
+        """`connection.readable()`: a failure there is that connection's (logged, and the
+        connection looked at no more), never the worker's, whose every connection this
+        one task watches."""
+        try:
+            connection.readable()
+        except Exception:
+            logger.exception("the departure watch failed on a connection")
+            with contextlib.suppress(Exception):
+                connection.unwatch_departure()
 
 
 class LeanConnection:
@@ -443,8 +481,6 @@ class LeanConnection:
         state: dict[str, Any],
         stream: FastStream,
         hooks: ConnectionHooks,
-        client: tuple[str, int] | None,
-        server: tuple[str, int] | None,
         departures: DepartureWatch | None,
     ) -> None:
         self._app = app
@@ -453,8 +489,9 @@ class LeanConnection:
         self._state = state
         self._stream = stream
         self._hooks = hooks
-        self._client = client
-        self._server = server
+        # The client's and the server's addresses, looked up once the connection runs.
+        self._client: tuple[str, int] | None = None
+        self._server: tuple[str, int] | None = None
         self._lock = trio.Lock()
         # Requests served: hypercorn's `keep_alive_requests`, carried over at a hand-over.
         self.requests = 0
@@ -478,6 +515,13 @@ class LeanConnection:
     async def run(self) -> bytes | None:
         """Serve the connection's plain requests; the bytes read of one that is not (for
         hypercorn to serve the connection from), or None once the connection is over."""
+        sock = self._stream.socket
+        try:
+            self._client = parse_socket_addr(sock.family, sock.getpeername())
+            self._server = parse_socket_addr(sock.family, sock.getsockname())
+        except OSError:
+            # Reset before it was served (ENOTCONN): over, as hypercorn's `run` ends it.
+            return None
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             return await self._serve(nursery)
@@ -540,8 +584,9 @@ class LeanConnection:
         worker's `DepartureWatch` looks at the socket for it from now until the app
         returns, so that a client leaving meanwhile is that request's departure."""
         if not self._watched and self._departures is not None:
-            self._watched = True
-            self._departures.watch(self._stream.socket.fileno(), self)
+            # Not watched (`watch` could not): this request's departure is then heard
+            # only once its app returns, as for an app that never waits.
+            self._watched = self._departures.watch(self._stream.socket.fileno(), self)
 
     def unwatch_departure(self) -> None:
         if self._watched and self._departures is not None:
@@ -721,8 +766,13 @@ class _Exchange:
         self._body_done = True
         connection = self._connection
         connection._inline = self
+        # With the next request's bytes here already, the socket's being readable says
+        # nothing, and the client's end after them is no departure of this request: it
+        # is read once this answer is done, as the task-per-request path reads it
+        # (`watch` does not read while pipelined bytes wait).
+        on_wait = connection.watch_departure if len(data) == length else _unwatched
         try:
-            await _on_this_task(self.run(), connection.watch_departure)
+            await _on_this_task(self.run(), on_wait)
         finally:
             connection._inline = None
             connection.unwatch_departure()
@@ -735,7 +785,10 @@ class _Exchange:
         return self._done
 
     async def client_left(self) -> None:
-        await self._client_left()
+        """The watch's report, heard in a task of its own: nothing to do if the answer
+        ended meanwhile (the next request's reading hears the end)."""
+        if not self._done:
+            await self._client_left()
 
     async def _client_left(self) -> None:
         """The client's end-of-file (or reset), read while its request is served: the
@@ -756,8 +809,11 @@ class _Exchange:
                 )
             )
             await self._write(data)
-            self._done = self._closing = True
+        # Over, whatever was answered (hypercorn's `Closed` after h11's error): closed
+        # now, not once the app's task ends; any later write is dropped.
+        self._done = self._closing = True
         await self._stream_closed()
+        await self._connection.close()
 
     def on_departure(self, departure: Departure | None) -> None:
         """`DEPARTURE_EXTENSION`: what this request wants done the moment its client
@@ -822,6 +878,8 @@ class _Exchange:
         fields = [(b"content-length", b"0"), (b"connection", b"close")]
         await self._start(status, fields)
         await self._finish()
+        # Answered: `_stream_closed` logs no second line (hypercorn's `_send_error_response`).
+        self.state = _Answer.CLOSED
         await self._access({"status": status, "headers": []})
 
     async def _stream_closed(self) -> None:
@@ -907,6 +965,9 @@ class _Exchange:
 
     async def _start(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         """The answer's head, as hypercorn's `_H11Protocol.stream_send` and h11 write it."""
+        # The cancel point comes before any state changes (here and in `_send_body` and
+        # `_finish`): a send cancelled here has done nothing, and the framing holds.
+        await checkpoint_if_cancelled()
         if self._broken:
             raise h11.LocalProtocolError("Can't send data when our state is ERROR")
         connection = self._connection
@@ -944,8 +1005,8 @@ class _Exchange:
                     await self._write(head)
                 return
         headers = [*fields, *served]
-        if connection.requests >= config.keep_alive_max_requests:
-            headers.append((b"connection", b"close"))
+        if status >= 200 and connection.requests >= config.keep_alive_max_requests:
+            headers.append((b"connection", b"close"))  # not on a 1xx, as hypercorn's
         self._h11 = answer = _H11Answer(self._head.head)
         event: Any
         if status >= 200:
@@ -962,6 +1023,7 @@ class _Exchange:
             raise
 
     async def _send_body(self, body: bytes) -> None:
+        await checkpoint_if_cancelled()
         if self._broken:
             raise h11.LocalProtocolError("Can't send data when our state is ERROR")
         answer = self._h11
@@ -984,6 +1046,7 @@ class _Exchange:
 
     async def _finish(self) -> None:
         """The answer's end: a chunked body's last chunk, a fixed-length body checked."""
+        await checkpoint_if_cancelled()
         if self._broken:
             raise h11.LocalProtocolError("Can't send data when our state is ERROR")
         answer = self._h11
@@ -1006,17 +1069,32 @@ class _Exchange:
     async def _write(self, data: bytes, *, head: bytes | None = None) -> None:
         """`data` written under the connection's lock, shielded (a piece cut halfway
         would break the framing of all that follows); a connection that broke under it
-        ends the request's stream, as hypercorn's `Closed`, and later writes are dropped."""
+        ends the request's stream, as hypercorn's `Closed`, and later writes are dropped
+        (looked at again once the lock is had: a 500 may queue behind a 400).
+
+        The caller's cancel point came before it changed any state. Cancelled still
+        (waiting for the lock), the answer's framing is no longer sure: the connection
+        closes after it."""
         if self.closed and self._done:
             return
         try:
-            await checkpoint_if_cancelled()
             connection = self._connection
             await send_locked(
-                connection._lock, connection._stream, data, try_first=head is None, head=head
+                connection._lock,
+                connection._stream,
+                data,
+                try_first=head is None,
+                head=head,
+                dropped=self._dropped,
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self._write_broke()
+        except trio.Cancelled:
+            self._closing = True
+            raise
+
+    def _dropped(self) -> bool:
+        return self.closed and self._done
 
     def body_writer(self) -> BodyWriter | None:
         """`BODY_WRITER_EXTENSION`: a direct writer for a chunked body whose head is out."""
@@ -1118,10 +1196,14 @@ def _on_this_task(coro: Coroutine[Any, Any, None], on_wait: Callable[[], None]) 
         try:
             value = yield trap
         except GeneratorExit:
-            coro.close()
+            context.run(coro.close)  # its `finally` blocks run in its own context
             raise
         except BaseException as thrown:
             error = thrown
+
+
+def _unwatched() -> None:
+    """An app's first wait with the next request already read: nothing to look for."""
 
 
 def _reschedule_trap() -> object:

@@ -936,7 +936,8 @@ async def serve(
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
     connections = Connections(limits)
-    departures = DepartureWatch.made()
+    # Made once the app has started (none to close if it fails to); None without epoll.
+    departures: DepartureWatch | None = None
 
     def server(wrap: Callable[[AppWrapper], AppWrapper], stream: _WatchedStream) -> TCPServer:
         state = ConnectionState(lifespan_state.copy())
@@ -947,7 +948,6 @@ async def serve(
     def lean(stream: FastStream, connection: _Connection) -> LeanConnection | None:
         if not LeanConnection.serves(config):
             return None
-        sock = stream.socket
         return LeanConnection(
             wrapped,
             config,
@@ -955,14 +955,13 @@ async def serve(
             ConnectionState(lifespan_state.copy()),
             stream,
             connection,
-            parse_socket_addr(sock.family, sock.getpeername()),
-            parse_socket_addr(sock.family, sock.getsockname()),
             departures,
         )
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
+        departures = DepartureWatch.made()
         if departures is not None:
             # Until the very end: requests still running while the worker drains need it.
             lifespan_nursery.start_soon(departures.run)
