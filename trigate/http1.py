@@ -31,11 +31,19 @@ while an app waits, is still that request's departure (reported to the request b
 anything else, then `http.disconnect`), at the cost of two `epoll_ctl` calls, where a
 reading task per connection cost a trip through Trio's scheduler per request.
 An app that never waits (a cached answer) needs no reader meanwhile: nothing of its
-work can outlive its client. A request whose body is still coming has its app run in a
-task of its own, as under hypercorn, while the connection's task reads on: the body,
-then the client's departure, or the next request's bytes, held until the answer is
-done. Keep-alive, `keep_alive_max_requests`, a draining worker (`context.terminated`),
-the access log and the Date and Server fields are hypercorn's.
+work can outlive its client.
+
+The connection's next request is read once an app run on its task returns, not once
+its answer ends as hypercorn reads it (a task waiting in a trap cannot hand over):
+an app's waits after its answer delay its client's next request. trigate's model API
+has none (a call is recorded before its answer ends); the pass-through routes
+record after theirs (`PassthroughCall.run`).
+
+A request whose body is still coming has its app run in a task of its own, as under
+hypercorn, while the connection's task reads on: the body, then the client's
+departure, or the next request's bytes, held until the answer is done. Keep-alive,
+`keep_alive_max_requests`, a draining worker (`context.terminated`), the access log
+and the Date and Server fields are hypercorn's.
 
 A request that is not plain, at a request boundary before any of it is consumed, hands
 the connection (with the bytes already read) to hypercorn for the rest of its life
