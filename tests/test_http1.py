@@ -620,3 +620,45 @@ async def test_a_connection_the_watch_cannot_take_is_still_served(
             assert (await _read_until_quiet(stream)).startswith(b"HTTP/1.1 200 ")
         await stream.aclose()
         shutdown.set()
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
+async def test_a_write_that_finds_the_client_gone_is_its_departure(
+    inline: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that resets while its answer streams, the break found by a write before
+    any read sees it: the request hears its departure (a relayed stream closes its
+    upstream by it; it hears no `http.disconnect`), as it would from a read."""
+    if not inline:
+        monkeypatch.setattr(http1.DepartureWatch, "made", classmethod(lambda cls: None))
+    departed = trio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan")
+        await receive()
+
+        async def gone() -> None:
+            departed.set()
+
+        scope["extensions"][http1.DEPARTURE_EXTENSION](gone)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        give_up = trio.current_time() + 5
+        # Never waits (a reschedule each time): nothing but a write hears the client.
+        while not departed.is_set() and trio.current_time() < give_up:
+            await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+            await trio.lowlevel.checkpoint()
+        await send({"type": "http.response.body", "body": b""})
+
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        host, port = await _serving(app, nursery, shutdown)
+        client = socket.socket()
+        client.connect((host, port))
+        client.sendall(_request())
+        await trio.sleep(0.05)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # with unread bytes: a reset
+        with trio.fail_after(10):  # against a hang, not a timing assertion
+            await departed.wait()
+        shutdown.set()

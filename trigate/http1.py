@@ -1112,7 +1112,11 @@ class _Exchange:
         return DirectBody(connection._lock, connection._stream, self._write_broke, chunked=True)
 
     async def _write_broke(self) -> None:
+        """The connection broke under a write: the client is gone, which is this
+        request's departure. Heard here, as the stream is over (`_done`): neither the
+        departure watch nor the reader reports a departure once it is."""
         self._done = self._closing = True
+        await self._depart()
         await self._stream_closed()
 
 
