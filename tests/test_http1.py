@@ -662,3 +662,31 @@ async def test_a_write_that_finds_the_client_gone_is_its_departure(
         with trio.fail_after(10):  # against a hang, not a timing assertion
             await departed.wait()
         shutdown.set()
+
+
+class EarlyHints:
+    """An ASGI app answering with a 103, then trying a 200 (which hypercorn refuses:
+    one start per answer), as an app may that takes ASGI for HTTP."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan")
+        await receive()
+        await send({"type": "http.response.start", "status": 103, "headers": [(b"link", b"</a>")]})
+        fields = [(b"content-length", b"2")]
+        await send({"type": "http.response.start", "status": 200, "headers": fields})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def test_a_1xx_at_the_last_request_is_not_marked_closing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At `keep_alive_max_requests`, hypercorn adds `connection: close` to an answer of
+    status 200 or above only, not to a 1xx."""
+    pieces = [_request(b"/")]
+    lean = await _exchange(True, pieces, monkeypatch, app=EarlyHints(), keep_alive_max_requests=1)
+    by_hypercorn = await _exchange(
+        False, pieces, monkeypatch, app=EarlyHints(), keep_alive_max_requests=1
+    )
+    assert lean == by_hypercorn
+    assert lean[1].startswith(b"HTTP/1.1 103 ") and b"connection: close" not in lean[1]
