@@ -21,10 +21,11 @@ from fakes import DONE, FakeUpstream, JSONReply, StreamReply, chat_completion, c
 from helpers import MASTER_KEY, RunningGateway, mock_config, openai_config, start_gateway
 from hypercorn.typing import ASGIReceiveEvent, HTTPDisconnectEvent, HTTPRequestEvent
 
-from trigate import serving
+from trigate import http1, serving
 from trigate.config import parse_config
+from trigate.http1 import DirectBody as _DirectBody
 from trigate.server import connection_limits, share_open_files
-from trigate.serving import _DirectBody, raise_open_file_limit
+from trigate.serving import raise_open_file_limit
 from trigate.sockets import FastStream
 
 CHAT = b'{"model": "mock", "messages": [{"role": "user", "content": "hi"}]}'
@@ -861,8 +862,9 @@ async def _answers(running: RunningGateway, requests: list[bytes]) -> list[bytes
 async def test_a_whole_answer_is_written_as_h11_writes_it(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, h11_responses: list[int]
 ) -> None:
-    """The same answers, on one kept-alive connection, with and without the shortcut:
-    the same status lines, fields and framing, and only the shortcut skips h11."""
+    """The same answers, on one kept-alive connection, from the lean path and from
+    hypercorn's without the shortcut: the same status lines, fields and framing, and
+    only hypercorn's path goes through h11."""
     running = await start_gateway(nursery, mock_config())
     requests = [_chat(), _get("/health/liveliness"), _get("/nowhere"), _chat()]
     whole = await _answers(running, requests)
@@ -872,6 +874,7 @@ async def test_a_whole_answer_is_written_as_h11_writes_it(
         return False
 
     monkeypatch.setattr(serving._Connection, "send_whole", declined)
+    monkeypatch.setattr(http1.LeanConnection, "serves", staticmethod(lambda config: False))
     by_events = await _answers(running, requests)
     assert h11_responses == [200, 200, 404, 200]
     assert [_head_shape(head) for head in whole] == [_head_shape(head) for head in by_events]
@@ -929,7 +932,9 @@ async def test_a_streamed_answers_head_is_written_as_h11_writes_it(
 ) -> None:
     """A stream's head, written by the gateway, then by h11 (its shortcut declined for
     a connection at its last request): the same fields and chunked framing, and the
-    body framed by h11 the same way after either."""
+    body framed by h11 the same way after either (hypercorn's path: the lean one never
+    asks h11 for a plain answer)."""
+    monkeypatch.setattr(http1.LeanConnection, "serves", staticmethod(lambda config: False))
     running = await start_gateway(nursery, mock_config())
     stream = await _connect(running)
     await stream.send_all(_stream_chat())
@@ -951,7 +956,7 @@ async def test_a_streamed_answers_head_is_written_as_h11_writes_it(
 async def test_the_app_queue_waits_for_events_and_for_room_in_order() -> None:
     """A request's ASGI events: a get waits for the next put, a put waits while the
     queue is full, and a cancelled wait leaves the queue as it was."""
-    queue = serving._AppQueue(2)
+    queue = http1.AppQueue(2)
     got: list[object] = []
 
     async def get_three() -> None:

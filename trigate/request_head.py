@@ -41,6 +41,10 @@ _NAME_TABLE = bytes(byte if byte in _TOKEN_BYTES + b"\n" else 0 for byte in rang
 _VALUE_TABLE = bytes(0 if byte in b"\x00\r\x0b\x0c" else byte for byte in range(256))
 # h11's `_headers.CONTENT_LENGTH_MAX_DIGITS` and `_content_length_re`, in one expression.
 _PLAIN_LENGTH = re.compile(rb"[0-9]{1,20}")
+# The same tables and expression, for the lean path's reading (`trigate.http1`).
+NAME_TABLE = _NAME_TABLE
+VALUE_TABLE = _VALUE_TABLE
+PLAIN_LENGTH = _PLAIN_LENGTH
 
 
 def read_request_head(buf: ReceiveBuffer) -> h11.Request | None:

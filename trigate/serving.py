@@ -1,4 +1,17 @@
-"""One worker's HTTP server: hypercorn's protocols on trigate's own accept loop.
+"""One worker's HTTP server: trigate's own accept loop, its lean HTTP/1.1 path for
+plain requests, and hypercorn's protocols for everything else.
+
+Each plain-socket connection is first served by `trigate.http1.LeanConnection`: a
+plain HTTP/1.1 request (Content-Length body or none, one Host, fields h11's grammar
+accepts, no Transfer-Encoding, Upgrade, Expect or `Connection: close`) is read and
+answered there, past h11's state machine and hypercorn's protocol, stream and task
+group, with the scope, events and bytes hypercorn would give. The first request
+that is not plain hands the connection, with the bytes already read, to hypercorn
+(`_Server`, below) for the rest of its life, at a request boundary: h11 decides every
+odd case as before (400s, 431s, chunked bodies, HTTP/1.0, WebSocket and h2c
+upgrades). A config with a read timeout, server names or raw header names leaves
+every connection to hypercorn. The rest of this docstring is about hypercorn's path
+and what both paths share (the connection cap, idle watch, departure and drain).
 
 Hypercorn's `worker_serve` accepts every connection it is offered and lets a
 connection that never sends a request live as long as its keep-alive timer
@@ -53,10 +66,9 @@ import math
 import resource
 import socket
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import h11
 import h11._readers
@@ -76,8 +88,47 @@ from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import TrioSingleTask, WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr, repr_socket_addr, wrap_app
-from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
+from trio.lowlevel import checkpoint_if_cancelled
 
+from trigate.http1 import (
+    BODY_WRITER_EXTENSION as BODY_WRITER_EXTENSION,
+)
+from trigate.http1 import (
+    DEPARTURE_EXTENSION as DEPARTURE_EXTENSION,
+)
+from trigate.http1 import (
+    MAX_JOINED_BODY as MAX_JOINED_BODY,
+)
+from trigate.http1 import (
+    QUEUED_EVENT_EXTENSION as QUEUED_EVENT_EXTENSION,
+)
+from trigate.http1 import (
+    WHOLE_RESPONSE_EXTENSION as WHOLE_RESPONSE_EXTENSION,
+)
+from trigate.http1 import AppQueue as _AppQueue
+from trigate.http1 import (
+    BodyWriter as BodyWriter,
+)
+from trigate.http1 import (
+    Departure as Departure,
+)
+from trigate.http1 import (
+    DepartureWatch,
+    LeanConnection,
+    response_head,
+    server_fields,
+)
+from trigate.http1 import DirectBody as _DirectBody
+from trigate.http1 import (
+    OnDeparture as OnDeparture,
+)
+from trigate.http1 import (
+    QueuedEvent as QueuedEvent,
+)
+from trigate.http1 import (
+    WholeWriter as WholeWriter,
+)
+from trigate.http1 import send_locked as _send_locked
 from trigate.request_head import read_request_heads
 from trigate.sockets import FastStream
 from trigate.transport import field_names
@@ -94,52 +145,6 @@ if TYPE_CHECKING:
     )
 
 logger = logging.getLogger("trigate")
-
-# The ASGI scope extension through which a request learns its client has gone: a callable
-# taking the request's async departure callback (or None, when the request is over).
-DEPARTURE_EXTENSION = "trigate.departure"
-Departure = Callable[[], Awaitable[None]]
-OnDeparture = Callable[[Departure | None], None]
-
-# The ASGI scope extension offering a streamed body's direct writer: a callable returning
-# one (`BodyWriter`) once the response's headers have gone out, or None.
-BODY_WRITER_EXTENSION = "trigate.body_writer"
-
-
-class BodyWriter(Protocol):
-    """Writes a streamed body's pieces straight to the client's connection."""
-
-    async def write(self, data: bytes) -> None:
-        """`data` as the body's next piece, framed, once the connection takes it."""
-
-    def try_write(self, data: bytes) -> bytes | None:
-        """`data` as the body's next piece if the connection takes it now, without
-        waiting: None when none of it was written (`write` it later), else what is left
-        of the framed piece (b"" when all of it went), which `write_framed` must write
-        before anything else."""
-
-    async def write_framed(self, data: bytes) -> None:
-        """The rest of a piece `try_write` began, as it is."""
-
-
-# The ASGI scope extension offering to write a fixed-length response whole: its status,
-# header fields (Content-Length among them) and body in one write, past hypercorn's and
-# h11's path of an event each (`_Connection.send_whole`). It answers False, having
-# written nothing, where that path must be taken instead.
-WHOLE_RESPONSE_EXTENSION = "trigate.whole_response"
-WholeWriter = Callable[[int, list[tuple[bytes, bytes]], bytes], Awaitable[bool]]
-
-# The ASGI scope extension handing the app a request event the server already holds:
-# a callable returning the next one without waiting (no checkpoint either), or None when
-# it would have to wait. A body that came with its head is then read with no deadline
-# registered for it (`trigate.api.model_api`), which costs trio a context manager and a
-# heap entry to add and another to remove.
-QUEUED_EVENT_EXTENSION = "trigate.queued_event"
-QueuedEvent = Callable[[], "ASGIReceiveEvent | None"]
-
-# A held response head is joined to a body up to this size; a longer one is written
-# after it, as copying it would cost more than the system call saved.
-MAX_JOINED_BODY = 64 * 1024
 
 # Accept errors that mean "out of descriptors or memory for now": wait and try again.
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -212,6 +217,7 @@ class _Connection:
 
     __slots__ = (
         "active",
+        "connections",
         "departure",
         "head_of",
         "idle_since",
@@ -221,9 +227,16 @@ class _Connection:
         "stream",
     )
 
-    def __init__(self, scope: trio.CancelScope, now: float, stream: FastStream) -> None:
+    def __init__(
+        self,
+        scope: trio.CancelScope,
+        now: float,
+        stream: FastStream,
+        connections: Connections | None = None,
+    ) -> None:
         self.scope = scope
         self.stream = stream
+        self.connections = connections
         self.active = 0
         self.idle_since = now
         # Whether a request has begun, which lifts the deadline for beginning one.
@@ -246,9 +259,9 @@ class _Connection:
             return None
         framing = state._writer
         if isinstance(framing, h11._writers.ChunkedWriter):
-            return _DirectBody(server, self.stream, chunked=True)
+            return _DirectBody(server.send_lock, self.stream, _closer(server), chunked=True)
         if isinstance(framing, h11._writers.Http10Writer):
-            return _DirectBody(server, self.stream, chunked=False)
+            return _DirectBody(server.send_lock, self.stream, _closer(server), chunked=False)
         return None
 
     async def send_whole(self, status: int, fields: list[tuple[bytes, bytes]], body: bytes) -> bool:
@@ -306,6 +319,18 @@ class _Connection:
     def on_departure(self, departure: Departure | None) -> None:
         self.departure = departure
 
+    def request_began(self) -> None:
+        """A request began on the lean path (`trigate.http1`): the connection is busy."""
+        self.active += 1
+        assert self.connections is not None  # set for every served connection
+        self.connections.went_busy(self)
+
+    def request_ended(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            assert self.connections is not None
+            self.connections.went_idle(self)
+
     async def client_gone(self) -> None:
         """Run the request's departure callback; it may wait (for the app's teardown
         lane) before hypercorn goes on to process the end of the connection."""
@@ -314,94 +339,10 @@ class _Connection:
             await departure()
 
 
-class _DirectBody:
-    """Writes a streamed body's pieces straight to the connection, framed as h11 frames
-    them, under the TCPServer's send lock.
-
-    A piece goes out in one non-blocking write when the socket takes it whole, as it
-    nearly always does: no lock is taken (no other write can be under way when the lock
-    is free) and the writer does not go back to the scheduler for the piece (`FastStream`
-    yields once every `YIELD_EVERY` pieces written in a row, for fairness). What the
-    socket does not take is written under the lock, shielded as hypercorn's writes are (a
-    piece cut halfway would break the framing of everything after it). A connection that
-    has broken is handed to hypercorn as hypercorn's own send would, and later pieces are
-    dropped, as hypercorn drops a closed stream's."""
-
-    __slots__ = ("_broken", "_chunked", "_server", "_stream")
-
-    def __init__(self, server: TCPServer, stream: FastStream, *, chunked: bool) -> None:
-        self._server = server
-        self._stream = stream
-        self._chunked = chunked
-        self._broken = False
-
-    async def write(self, data: bytes) -> None:
-        if not data or self._broken:
-            return  # an empty chunk would read as the body's end
-        if self._chunked:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
-        await self.write_framed(data)
-
-    def try_write(self, data: bytes) -> bytes | None:
-        """One non-blocking write of the framed piece, only while no other write is under
-        way (the lock is free); None, with nothing written, when the socket took none
-        of it or failed (`write` then meets the failure as it would have)."""
-        if not data or self._broken or self._server.send_lock.locked():
-            return None
-        if self._chunked:
-            data = b"%x\r\n%b\r\n" % (len(data), data)
-        try:
-            sent = self._stream.try_send(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-            return None
-        if sent == 0:
-            return None
-        return data[sent:]
-
-    async def write_framed(self, data: bytes) -> None:
-        if not data or self._broken:
-            return
-        try:
-            await _send_locked(self._server.send_lock, self._stream, data, try_first=True)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._broken = True
-            await self._server.protocol.handle(Closed())
-
-
-async def _send_locked(
-    lock: trio.Lock,
-    stream: FastStream,
-    data: bytes | bytearray | memoryview,
-    *,
-    try_first: bool = False,
-    head: bytes | None = None,
-) -> None:
-    """`data` (after `head`, if given) written whole under `lock`, the waits for room
-    shielded from cancellation.
-
-    The lock is taken without a schedule point when it is free (trio's `acquire` yields
-    even then). With `try_first`, a free lock is not taken at all for a write the socket
-    takes whole at once: no other write can be under way, and none can start before it
-    is done."""
-    if lock.locked():
-        await lock.acquire()
-    elif try_first:
-        sent = stream.try_send(data)
-        if sent == len(data):
-            if stream.count_success():
-                await cancel_shielded_checkpoint()
-            return
-        # Still free: nothing was awaited since `locked()`.
-        lock.acquire_nowait()
-        data = memoryview(data)[sent:]
-    else:
-        lock.acquire_nowait()
-    try:
-        if head is not None:
-            await stream.write(head, shielded=True)
-        await stream.write(data, shielded=True)
-    finally:
-        lock.release()
+def _closer(server: TCPServer) -> Callable[[], Awaitable[None]]:
+    """What a direct writer does when the connection breaks under it: hand hypercorn
+    its `Closed`, as hypercorn's own send would."""
+    return lambda: server.protocol.handle(Closed())
 
 
 class _H11Protocol(H11Protocol):
@@ -472,7 +413,7 @@ class _H11Protocol(H11Protocol):
         state._cstate.process_event(h11.SERVER, h11.Response)
         state.client_is_waiting_for_100_continue = False
         state._respond_to_state_changes(before, _CHUNKED_FRAMING)
-        return _head(status, [*fields, (b"Transfer-Encoding", b"chunked")])
+        return response_head(status, [*fields, (b"Transfer-Encoding", b"chunked")])
 
     async def _check_protocol(self, event: h11.Request) -> None:
         """hypercorn's, which looks for an h2c upgrade or an HTTP/2 preface, asked only
@@ -546,7 +487,7 @@ class _H11Protocol(H11Protocol):
         # hypercorn's `HTTPStream.app_send` for the start and the last body message.
         stream.state = ASGIHTTPState.CLOSED
         stream.response = {"type": "http.response.start", "status": status, "headers": fields}
-        return _head(status, fields)
+        return response_head(status, fields)
 
     async def whole_sent(self) -> None:
         """The rest of hypercorn's `HTTPStream._send_closed` once a whole response has
@@ -567,18 +508,6 @@ def _has_field(request: h11.Request, name: bytes) -> bool:
 _BODILESS_STATUSES = frozenset({204, 304})
 # What h11 reads of a Response to choose its body's writer: chunked framing.
 _CHUNKED_FRAMING = h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")])
-
-
-def _head(status: int, fields: list[tuple[bytes, bytes]]) -> bytes:
-    """A response head as h11 writes it (its reason phrase left empty, as hypercorn
-    leaves it), for fields already checked (`field_names`): each field joined in C, not
-    formatted one by one."""
-    if not fields:
-        return b"HTTP/1.1 %d \r\n\r\n" % status
-    return b"HTTP/1.1 %d \r\n%b\r\n\r\n" % (status, b"\r\n".join(map(_FIELD_LINE, fields)))
-
-
-_FIELD_LINE = b": ".join
 
 
 def _checked_names(fields: list[tuple[bytes, bytes]]) -> list[bytes] | None:
@@ -612,32 +541,6 @@ def _framed_by_length(names: list[bytes], fields: list[tuple[bytes, bytes]], len
     return fields[names.index(b"content-length")][1] == b"%d" % length
 
 
-class _ServerFields:
-    """hypercorn's `Config.response_headers("h11")` (Date and Server), made once a
-    second rather than for every answer: formatting the date is most of its cost.
-    Checked as they are made (`valid`), not with every answer's own fields."""
-
-    __slots__ = ("_config", "_fields", "_second", "valid")
-
-    def __init__(self) -> None:
-        self._config: HypercornConfig | None = None
-        self._second = -1
-        self._fields: list[tuple[bytes, bytes]] = []
-        self.valid = True
-
-    def __call__(self, config: HypercornConfig) -> list[tuple[bytes, bytes]]:
-        second = int(time.time())
-        if second != self._second or config is not self._config:
-            self._fields = config.response_headers("h11")
-            self._second = second
-            self._config = config
-            self.valid = not self._fields or field_names(self._fields) is not None
-        return self._fields
-
-
-server_fields = _ServerFields()
-
-
 class _Server(TCPServer):
     """Hypercorn's `TCPServer` with a cheaper path for each write and each read.
 
@@ -651,6 +554,9 @@ class _Server(TCPServer):
     `read_timeout` is set."""
 
     stream: _WatchedStream  # type: ignore[assignment]
+    # What the lean path read of the request it handed over, and how many it served
+    # before (`Connections.serve`).
+    taken_over: tuple[bytes, int] = (b"", 0)
 
     async def run(self) -> None:
         """Hypercorn's `run` for a plain (never TLS) stream, with `_TaskGroup`."""
@@ -676,6 +582,11 @@ class _Server(TCPServer):
                     self.protocol.protocol.__class__ = _H11Protocol
                 await self.protocol.initiate()
                 await self.idle_task.restart(self._task_group, self._idle_timeout)
+                read, served = self.taken_over
+                if served and isinstance(self.protocol.protocol, H11Protocol):
+                    self.protocol.protocol.keep_alive_requests = served
+                if read:
+                    await self.protocol.handle(RawData(read))
                 await self._read_data()
         except OSError:
             pass
@@ -741,54 +652,6 @@ class _TaskGroup(TaskGroup):
             trio.from_thread.run,
         )
         return queue.put
-
-
-class _AppQueue:
-    """The ASGI events hypercorn hands one request's app (the request, its body, the
-    disconnect), as hypercorn's memory channel holds them, minus what a channel costs
-    a request that never waits: making one (about 40 thousand instructions), and the
-    schedule point after a put or a get that did not have to wait (a request made three
-    puts and two gets). Both stay cancel points; a put waits while `size` events are
-    queued, a get while none is. Neither loops on its own: the puts come from the
-    connection's reader, which parks on its socket; the gets, from the app reading a
-    body of a bounded number of events."""
-
-    __slots__ = ("_events", "_for_events", "_for_room", "_size")
-
-    def __init__(self, size: int) -> None:
-        self._events: deque[ASGIReceiveEvent] = deque()
-        self._size = size
-        # Tasks waiting for an event, and for room; made only when one must wait.
-        self._for_events: ParkingLot | None = None
-        self._for_room: ParkingLot | None = None
-
-    async def put(self, event: ASGIReceiveEvent) -> None:
-        await checkpoint_if_cancelled()
-        while len(self._events) >= self._size:
-            if self._for_room is None:
-                self._for_room = ParkingLot()
-            await self._for_room.park()
-        self._events.append(event)
-        if self._for_events:
-            self._for_events.unpark()
-
-    async def get(self) -> ASGIReceiveEvent:
-        await checkpoint_if_cancelled()
-        while not self._events:
-            if self._for_events is None:
-                self._for_events = ParkingLot()
-            await self._for_events.park()
-        return self._take()
-
-    def queued(self) -> ASGIReceiveEvent | None:
-        """The next event if it is here already, else None (`QUEUED_EVENT_EXTENSION`)."""
-        return self._take() if self._events else None
-
-    def _take(self) -> ASGIReceiveEvent:
-        event = self._events.popleft()
-        if self._for_room:
-            self._for_room.unpark()
-        return event
 
 
 class _WatchedStream:
@@ -1018,19 +881,35 @@ class Connections:
     def _idle(self) -> list[_Connection]:
         return [c for c in self._open if c.idle and not c.scope.cancel_called]
 
-    async def serve(self, stream: trio.SocketStream, server: Callable[..., TCPServer]) -> None:
+    async def serve(
+        self,
+        stream: trio.SocketStream,
+        server: Callable[..., TCPServer],
+        lean: Callable[[FastStream, _Connection], LeanConnection | None] | None = None,
+    ) -> None:
+        """Serve one connection: its plain requests on the lean path (`trigate.http1`),
+        and from the first request that is not plain on, hypercorn's."""
         now = trio.current_time()
         with trio.CancelScope(deadline=now + self._limits.first_request_timeout) as scope:
             fast = FastStream.of(stream)
-            connection = _Connection(scope, now, fast)
+            connection = _Connection(scope, now, fast, self)
             self._open.add(connection)
             self.make_room(connection)
             try:
-                app = lambda wrapped: _ConnectionApp(wrapped, connection, self)  # noqa: E731
-                tcp_server = server(app, _WatchedStream(fast, connection))
-                connection.server = tcp_server
-                tcp_server.idle_task = _NoIdleTimer()
-                await tcp_server.run()
+                served = 0
+                read: bytes | None = b""
+                plain = lean(fast, connection) if lean is not None else None
+                if plain is not None:
+                    read = await plain.run()
+                    served = plain.requests
+                if read is not None:
+                    app = lambda wrapped: _ConnectionApp(wrapped, connection, self)  # noqa: E731
+                    tcp_server = server(app, _WatchedStream(fast, connection))
+                    connection.server = tcp_server
+                    tcp_server.idle_task = _NoIdleTimer()
+                    if isinstance(tcp_server, _Server):
+                        tcp_server.taken_over = (read, served)
+                    await tcp_server.run()
             finally:
                 self._open.discard(connection)
                 self._idle_order.pop(connection, None)
@@ -1057,6 +936,8 @@ async def serve(
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
     connections = Connections(limits)
+    # Made once the app has started (none to close if it fails to); None without epoll.
+    departures: DepartureWatch | None = None
 
     def server(wrap: Callable[[AppWrapper], AppWrapper], stream: _WatchedStream) -> TCPServer:
         state = ConnectionState(lifespan_state.copy())
@@ -1064,15 +945,34 @@ async def serve(
         # well, which its own `serve` hands it for a listener without TLS.
         return _Server(wrap(wrapped), config, context, state, stream)  # type: ignore[arg-type]
 
+    def lean(stream: FastStream, connection: _Connection) -> LeanConnection | None:
+        if not LeanConnection.serves(config):
+            return None
+        return LeanConnection(
+            wrapped,
+            config,
+            context,
+            ConnectionState(lifespan_state.copy()),
+            stream,
+            connection,
+            departures,
+        )
+
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
+        departures = DepartureWatch.made()
+        if departures is not None:
+            # Until the very end: requests still running while the worker drains need it.
+            lifespan_nursery.start_soon(departures.run)
         sockets = sockets if sockets is not None else listening_sockets(config)
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
         async with trio.open_nursery() as server_nursery:
             async with trio.open_nursery() as accepting:
                 for listener in listeners:
-                    accepting.start_soon(_accept, listener, connections, server, server_nursery)
+                    accepting.start_soon(
+                        _accept, listener, connections, server, lean, server_nursery
+                    )
                 # Stops with accepting: a draining worker closes idle connections itself.
                 accepting.start_soon(connections.watch_idle)
                 task_status.started(_announce(sockets))
@@ -1094,6 +994,7 @@ async def _accept(
     listener: trio.SocketListener,
     connections: Connections,
     server: Callable[..., TCPServer],
+    lean: Callable[[FastStream, _Connection], LeanConnection | None],
     nursery: trio.Nursery,
 ) -> None:
     """Accept connections, one at a time: a connection that finds the worker full of busy
@@ -1113,7 +1014,7 @@ async def _accept(
             with trio.CancelScope(shield=True):
                 await stream.aclose()
             raise
-        nursery.start_soon(connections.serve, stream, server)
+        nursery.start_soon(connections.serve, stream, server, lean)
 
 
 def _announce(sockets: list[socket.socket]) -> list[str]:
