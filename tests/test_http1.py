@@ -119,17 +119,8 @@ async def _exchange(
         app = app or Recorder()
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
-            binds = await nursery.start(
-                lambda task_status: serve(
-                    app,
-                    _config(**settings),
-                    LIMITS,
-                    shutdown_trigger=shutdown.wait,
-                    task_status=task_status,
-                )
-            )
-            host, port = binds[0].removeprefix("http://").split(":")
-            stream = await trio.open_tcp_stream(host, int(port))
+            host, port = await _serving(app, nursery, shutdown, **settings)
+            stream = await trio.open_tcp_stream(host, port)
             for piece in pieces:
                 if piece is EOF:
                     await stream.send_eof()
