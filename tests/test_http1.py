@@ -28,7 +28,7 @@ from fakes import FakeUpstream, StreamReply, chunk
 from helpers import MASTER_KEY, openai_config, start_gateway
 from hypercorn.config import Config as HypercornConfig
 
-from trigate import http1
+from trigate import departures, http1
 from trigate.serving import ConnectionLimits, serve
 
 # In a list of pieces: the client shuts its side of the connection here.
@@ -115,7 +115,7 @@ async def _exchange(
         if not lean:
             patch.setattr(http1.LeanConnection, "serves", staticmethod(lambda config: False))
         if not inline:
-            patch.setattr(http1.DepartureWatch, "made", classmethod(lambda cls: None))
+            patch.setattr(departures.DepartureWatch, "made", classmethod(lambda cls: None))
         app = app or Recorder()
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -488,7 +488,7 @@ async def test_a_body_cut_short_closes_the_connection_after_its_400_at_once(
     """The client ends its side within the body: the 400 goes out and the connection
     closes then (as hypercorn closes it), not once the app, still busy, returns."""
     if not inline:
-        monkeypatch.setattr(http1.DepartureWatch, "made", classmethod(lambda cls: None))
+        monkeypatch.setattr(departures.DepartureWatch, "made", classmethod(lambda cls: None))
     released = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -621,7 +621,7 @@ async def test_a_write_that_finds_the_client_gone_is_its_departure(
     any read sees it: the request hears its departure (a relayed stream closes its
     upstream by it; it hears no `http.disconnect`), as it would from a read."""
     if not inline:
-        monkeypatch.setattr(http1.DepartureWatch, "made", classmethod(lambda cls: None))
+        monkeypatch.setattr(departures.DepartureWatch, "made", classmethod(lambda cls: None))
     departed = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:

@@ -24,7 +24,7 @@ The scope is the one hypercorn builds, with trigate's extensions (`DEPARTURE_EXT
 request whose body came whole with its head (nearly every API call) has its app run on
 the connection's own task (`_Exchange.run_inline`): starting a task for it, and the
 trip through Trio's scheduler to run it, cost some 80 thousand instructions, more than
-a cached answer's own work. The app is stepped by hand (`_on_this_task`), in a context
+a cached answer's own work. The app is stepped by hand (`trigate.stepping`), in a context
 of its own, so that the first time it waits (for its upstream, say) its socket is
 handed to the worker's `DepartureWatch` until it returns: a client's end-of-file, seen
 while an app waits, is still that request's departure (reported to the request before
@@ -53,16 +53,12 @@ upgrades and h2c work as before.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import re
-import select
 import socket
 import time
-import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
@@ -79,8 +75,10 @@ from hypercorn.utils import (
 )
 from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
 
+from trigate.departures import DepartureWatch
 from trigate.request_head import NAME_TABLE, PLAIN_LENGTH, VALUE_TABLE
 from trigate.sockets import FastStream
+from trigate.stepping import on_this_task
 from trigate.transport import field_names
 
 if TYPE_CHECKING:
@@ -384,81 +382,6 @@ class _H11Answer:
 
 class _ProtocolBroken(Exception):
     """The answer broke h11's rules (too much or too little body for its length)."""
-
-
-class DepartureWatch:
-    """The worker's one look-out for clients leaving while their apps wait, where a
-    task per connection reading its socket would cost a trip through the scheduler
-    for every request that reaches its upstream.
-
-    A connection whose app (run on the connection's own task) waits registers its
-    socket here (`watch`) until the app returns (`unwatch`): one `epoll_ctl` each, in
-    an epoll set of the watch's own, whose descriptor this task waits on through
-    Trio. A socket found readable is looked at no more, and its connection is told
-    (`LeanConnection.readable`)."""
-
-    def __init__(self) -> None:
-        self._epoll = select.epoll()
-        self._watched: dict[int, LeanConnection] = {}
-
-    @classmethod
-    def made(cls) -> DepartureWatch | None:
-        """The worker's watch, where the system has epoll (Linux); elsewhere None, and
-        every app runs in a task of its own while its connection's task reads."""
-        return cls() if hasattr(select, "epoll") else None
-
-    def watch(self, fd: int, connection: LeanConnection) -> bool:
-        """Look at `connection`'s socket, `fd`, from now on; whether it is looked at.
-        Never raises: it is called from an app's first wait (`_on_this_task`), where a
-        raise would leave the task waiting on a trap it never yielded. A descriptor
-        still listed is one closed while watched and reused since: it is now this
-        connection's."""
-        if fd < 0:
-            return False
-        try:
-            try:
-                self._epoll.register(fd, select.EPOLLIN)
-            except FileExistsError:
-                self._epoll.modify(fd, select.EPOLLIN)
-        except (OSError, ValueError):
-            # No room in the set (ENOSPC, ENOMEM), or the watch closed (ValueError).
-            logger.warning("cannot watch a connection for its client's departure", exc_info=True)
-            return False
-        self._watched[fd] = connection
-        return True
-
-    def unwatch(self, fd: int, connection: LeanConnection) -> None:
-        """Stop looking at `connection`'s socket (and only its: a descriptor closed
-        while watched may have been reused by another connection since)."""
-        if self._watched.get(fd) is connection:
-            del self._watched[fd]
-            # Closed since, maybe: the kernel then dropped it from the set itself.
-            with contextlib.suppress(OSError):
-                self._epoll.unregister(fd)
-
-    async def run(self) -> None:
-        try:
-            while True:
-                await trio.lowlevel.wait_readable(self._epoll.fileno())
-                for fd, _ in self._epoll.poll(0):
-                    connection = self._watched.pop(fd, None)
-                    with contextlib.suppress(OSError):
-                        self._epoll.unregister(fd)
-                    if connection is not None:
-                        self._tell(connection)
-        finally:
-            self._epoll.close()
-
-    def _tell(self, connection: LeanConnection) -> None:
-        """`connection.readable()`: a failure there is that connection's (logged, and the
-        connection looked at no more), never the worker's, whose every connection this
-        one task watches."""
-        try:
-            connection.readable()
-        except Exception:
-            logger.exception("the departure watch failed on a connection")
-            with contextlib.suppress(Exception):
-                connection.unwatch_departure()
 
 
 class LeanConnection:
@@ -780,7 +703,7 @@ class _Exchange:
         # (`watch` does not read while pipelined bytes wait).
         on_wait = connection.watch_departure if len(data) == length else _unwatched
         try:
-            await _on_this_task(self.run(), on_wait)
+            await on_this_task(self.run(), on_wait)
         finally:
             connection._inline = None
             connection.unwatch_departure()
@@ -1183,50 +1106,8 @@ class DirectBody:
             await self._on_broken()
 
 
-@types.coroutine
-def _on_this_task(coro: Coroutine[Any, Any, None], on_wait: Callable[[], None]) -> Any:
-    """Run `coro` as part of the awaiting task, as `await coro` would, calling `on_wait`
-    the first time it yields to Trio to wait for something (not a mere reschedule:
-    `cancel_shielded_checkpoint`), and stepping it in a copy of the task's context,
-    as a task of its own would have (a context variable it sets stays its own)."""
-    context = contextvars.copy_context()
-    waited = False
-    value: Any = None
-    error: BaseException | None = None
-    while True:
-        try:
-            if error is None:
-                trap = context.run(coro.send, value)
-            else:
-                trap = context.run(coro.throw, error)
-        except StopIteration:
-            return None
-        error = None
-        if not waited and trap is not _RESCHEDULE:
-            waited = True
-            on_wait()
-        try:
-            value = yield trap
-        except GeneratorExit:
-            context.run(coro.close)  # its `finally` blocks run in its own context
-            raise
-        except BaseException as thrown:
-            error = thrown
-
-
 def _unwatched() -> None:
     """An app's first wait with the next request already read: nothing to look for."""
-
-
-def _reschedule_trap() -> object:
-    """What `cancel_shielded_checkpoint` yields to Trio: a reschedule, not a wait."""
-    step = trio.lowlevel.cancel_shielded_checkpoint()  # noqa: ASYNC105 (stepped by hand)
-    trap = step.send(None)
-    step.close()
-    return trap
-
-
-_RESCHEDULE = _reschedule_trap()
 
 
 def _unquote(path: bytes) -> str:

@@ -90,6 +90,7 @@ from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import parse_socket_addr, repr_socket_addr, wrap_app
 from trio.lowlevel import checkpoint_if_cancelled
 
+from trigate.departures import DepartureWatch
 from trigate.http1 import (
     BODY_WRITER_EXTENSION as BODY_WRITER_EXTENSION,
 )
@@ -112,13 +113,12 @@ from trigate.http1 import (
 from trigate.http1 import (
     Departure as Departure,
 )
+from trigate.http1 import DirectBody as _DirectBody
 from trigate.http1 import (
-    DepartureWatch,
     LeanConnection,
     response_head,
     server_fields,
 )
-from trigate.http1 import DirectBody as _DirectBody
 from trigate.http1 import (
     OnDeparture as OnDeparture,
 )
