@@ -8,7 +8,8 @@ model's price. The hooks that apply to the call run on it in the provider's own 
 the provider's credential in place of the key; the answer goes back as it came (or as
 the hooks let it), its usage read as it passes (passthrough_usage.py). However the
 call ends it is one spend row, written shielded under a bound, that settles what the
-admission held: at the usage read, else (failing closed) at what was reserved. Only
+admission held: at the usage read, else (failing closed) at what was reserved; an
+answer that came whole ends only once its row is written, as on the model API. Only
 the paths that call a model are open to every key; the rest, which act on the
 provider's account, need an admin.
 """
