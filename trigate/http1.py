@@ -36,8 +36,9 @@ work can outlive its client.
 The connection's next request is read once an app run on its task returns, not once
 its answer ends as hypercorn reads it (a task waiting in a trap cannot hand over):
 an app's waits after its answer delay its client's next request. trigate's model API
-has none (a call is recorded before its answer ends); the pass-through routes
-record after theirs (`PassthroughCall.run`).
+and pass-through routes have none: a call is recorded before its answer ends
+(`PassCall.run` holds the answer's last message until then, but for an error reply or
+an answer cut short).
 
 A request whose body is still coming has its app run in a task of its own, as under
 hypercorn, while the connection's task reads on: the body, then the client's

@@ -8,7 +8,8 @@ model's price. The hooks that apply to the call run on it in the provider's own 
 the provider's credential in place of the key; the answer goes back as it came (or as
 the hooks let it), its usage read as it passes (passthrough_usage.py). However the
 call ends it is one spend row, written shielded under a bound, that settles what the
-admission held: at the usage read, else (failing closed) at what was reserved. Only
+admission held: at the usage read, else (failing closed) at what was reserved; an
+answer that came whole ends only once its row is written, as on the model API. Only
 the paths that call a model are open to every key; the rest, which act on the
 provider's account, need an admin.
 """
@@ -138,6 +139,9 @@ class PassCall:
         # What the provider streamed of an answer cut short (None: none was): it and the
         # prompt are what is billed, at least.
         self.cut_short: list[str] | None = None
+        # The body of the answer's last message, held back until the call is recorded
+        # (None: the answer did not come whole, or went as an error reply).
+        self.last_body: bytes | None = None
 
     async def authenticate(self) -> None:
         key = _presented_key(self.headers, self.query_key)
@@ -149,6 +153,10 @@ class PassCall:
         self.caller = await self.gateway.auth.authenticate({"authorization": f"Bearer {key}"})
 
     async def run(self, body: bytes, send: ASGISendCallable) -> None:
+        """The call, recorded before its answer ends: the answer's last message goes once
+        the `finally` has recorded it, so that a kept-alive client's next request, read at
+        the answer's end (trigate/http1.py), waits for none of it. An answer cut short
+        (the client gone, the upstream broken off) has no last message to hold."""
         status, error, usage, cancelled, stream = 500, None, None, False, False
         reader: UsageReader | None = None
         response: httpx.Response | None = None
@@ -217,6 +225,8 @@ class PassCall:
                     and not self.path.endswith(FREE_PATHS)
                 )
                 await self._record(status, error, usage, stream, cancelled, counted, billed)
+        if self.last_body is not None:
+            await send({"type": "http.response.body", "body": self.last_body, "more_body": False})
 
     async def _call(self, request: httpx.Request) -> httpx.Response:
         """The upstream's answer (its head), beside what hooks run during the call."""
@@ -244,7 +254,8 @@ class PassCall:
         stream: bool,
         send: ASGISendCallable,
     ) -> None:
-        """The answer to the client: past the hooks where they read it, else as it came."""
+        """The answer to the client: past the hooks where they read it, else as it came;
+        its last message held in `last_body`, sent once the call is recorded (`run`)."""
         upstream = response.stream
         assert isinstance(upstream, httpx.AsyncByteStream)
         guard = self.guard
@@ -265,7 +276,7 @@ class PassCall:
                 raw = await read_whole(upstream, seen)
                 answer = await guard.answer(raw, _usage(reader.usage()))
                 await self._reply_start(send, response)
-                await send({"type": "http.response.body", "body": answer, "more_body": False})
+                self.last_body = answer
                 return
             # A watched stream's codec decodes its events once, for the reader too.
             watched = (
@@ -280,12 +291,12 @@ class PassCall:
                     await watched.relay(upstream, arrived, write)
                 except GatewayError:
                     # Ended by its error event: the stream closes cleanly after it.
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    self.last_body = b""
                     raise
                 finally:
                     if watched.cut_short:
                         self.cut_short = reader.streamed
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                self.last_body = b""
                 return
         dropper = UsageChunkDropper() if stream and self.usage_asked else None
         # A whole answer that logging_only guardrails read once it went (bounded).
@@ -298,8 +309,7 @@ class PassCall:
             if dropper is not None:
                 piece = dropper.feed(piece)
             await write(piece)
-        rest = dropper.end() if dropper is not None else b""
-        await send({"type": "http.response.body", "body": rest, "more_body": False})
+        self.last_body = dropper.end() if dropper is not None else b""
         if guard is not None and logged is not None and len(logged) <= MAX_ANSWER_BYTES:
             await guard.answer_went(bytes(logged), _usage(reader.usage()))
 

@@ -235,8 +235,9 @@ class PassGuard:
         return orjson.dumps(answer) if changed else raw
 
     async def stream_ended(self, usage: Usage) -> None:
-        """A stream's `after_answer` hooks, with its usage, once it went out: a refusal
-        is the call's recorded error. Bounded, so that the record always follows."""
+        """A stream's `after_answer` hooks, with its usage, once its events went out (its
+        last message waits for the record): a refusal is the call's recorded error.
+        Bounded, so that the record always follows."""
         try:
             with trio.fail_after(STREAM_HOOK_TIMEOUT):
                 await self._hooks.after_answer(self.request, {}, usage)
