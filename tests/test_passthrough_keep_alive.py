@@ -128,6 +128,9 @@ async def _two_calls(
     assert recorded_when_answered == [1, 2]
     first, second = gateway.records.records
     assert [answer.status_code for answer in answers] == [200, 200]
+    # Whole calls, not ones the client left: an answer ended before its accounting let
+    # the server hear the client's end while a slow `stream_ended` still ran (a 499).
+    assert [(r.status, r.cancelled_by_client) for r in (first, second)] == [(200, False)] * 2
     # One connection, kept alive (the client may open no other).
     assert all(a.http_version == "HTTP/1.1" and "connection" not in a.headers for a in answers)
     assert (first.prompt_tokens, first.completion_tokens, first.stream) == (12, 6, stream)
