@@ -99,6 +99,16 @@ def _config(**settings: Any) -> HypercornConfig:
     return config
 
 
+# Each test so marked runs with apps on their connection's task (where the system has
+# epoll for the departure watch) and with a task per request (where it has not).
+BOTH_WAYS = pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
+
+
+def _tasks_per_request(patch: pytest.MonkeyPatch) -> None:
+    """Serve as on a system without epoll: every app in a task of its own."""
+    patch.setattr(departures.DepartureWatch, "made", classmethod(lambda cls: None))
+
+
 async def _exchange(
     lean: bool,
     pieces: list[bytes],
@@ -115,7 +125,7 @@ async def _exchange(
         if not lean:
             patch.setattr(http1.LeanConnection, "serves", staticmethod(lambda config: False))
         if not inline:
-            patch.setattr(departures.DepartureWatch, "made", classmethod(lambda cls: None))
+            _tasks_per_request(patch)
         app = app or Recorder()
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -244,7 +254,7 @@ CASES: dict[str, list[bytes]] = {
 }
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
+@BOTH_WAYS
 @pytest.mark.parametrize("pieces", list(CASES.values()), ids=list(CASES))
 async def test_the_lean_path_answers_as_hypercorn(
     pieces: list[bytes], inline: bool, monkeypatch: pytest.MonkeyPatch
@@ -447,7 +457,7 @@ class Departing:
             await send({"type": "http.response.body", "body": body})
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
+@BOTH_WAYS
 async def test_the_clients_end_after_pipelined_requests_is_not_the_first_ones_departure(
     inline: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -462,7 +472,7 @@ async def test_the_clients_end_after_pipelined_requests_is_not_the_first_ones_de
     assert read.startswith(b"HTTP/1.1 200 ") and b"\r\n\r\nanswer /one" in read
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
+@BOTH_WAYS
 async def test_a_failed_app_is_logged_once_as_hypercorn_logs_it(
     inline: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -481,14 +491,14 @@ async def test_a_failed_app_is_logged_once_as_hypercorn_logs_it(
     assert lean == logged == [("/fail", 500)]
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
+@BOTH_WAYS
 async def test_a_body_cut_short_closes_the_connection_after_its_400_at_once(
     inline: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The client ends its side within the body: the 400 goes out and the connection
     closes then (as hypercorn closes it), not once the app, still busy, returns."""
     if not inline:
-        monkeypatch.setattr(departures.DepartureWatch, "made", classmethod(lambda cls: None))
+        _tasks_per_request(monkeypatch)
     released = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -528,7 +538,7 @@ class CancelledMidBody:
         await send({"type": "http.response.body", "body": b"0123456789"})
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
+@BOTH_WAYS
 async def test_a_send_cancelled_before_it_went_out_keeps_the_framing(
     inline: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -613,7 +623,7 @@ async def test_a_connection_the_watch_cannot_take_is_still_served(
         shutdown.set()
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "a task per request"])
+@BOTH_WAYS
 async def test_a_write_that_finds_the_client_gone_is_its_departure(
     inline: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -621,7 +631,7 @@ async def test_a_write_that_finds_the_client_gone_is_its_departure(
     any read sees it: the request hears its departure (a relayed stream closes its
     upstream by it; it hears no `http.disconnect`), as it would from a read."""
     if not inline:
-        monkeypatch.setattr(departures.DepartureWatch, "made", classmethod(lambda cls: None))
+        _tasks_per_request(monkeypatch)
     departed = trio.Event()
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
