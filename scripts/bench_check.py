@@ -134,10 +134,15 @@ class Verdict:
 
 
 def compare(measured: dict[str, int], budget: dict[str, Any]) -> list[Verdict]:
-    """Every measured case against the budget file's figure for it."""
+    """Every measured case against the budget file's figure for it, within the case's own
+    tolerance where the file gives one (`tolerances`), else the file's `tolerance`."""
     tolerance = float(budget.get("tolerance", TOLERANCE))
+    own: dict[str, float] = budget.get("tolerances", {})
     limits: dict[str, int] = budget.get("instructions_per_request", {})
-    return [Verdict(case, count, limits.get(case), tolerance) for case, count in measured.items()]
+    return [
+        Verdict(case, count, limits.get(case), float(own.get(case, tolerance)))
+        for case, count in measured.items()
+    ]
 
 
 def render(verdicts: list[Verdict]) -> str:
@@ -156,16 +161,16 @@ def render(verdicts: list[Verdict]) -> str:
             + f" | {verdict_word(verdict)} |"
         )
     failed = [v for v in verdicts if not v.passed]
-    tolerance = verdicts[0].tolerance if verdicts else TOLERANCE
     if failed:
         lines.append(
-            f"\n{len(failed)} case(s) without a budget or over it by more than "
-            f"{tolerance:.0%}. If the increase is deliberate, run `scripts/bench --check "
+            f"\n{len(failed)} case(s) without a budget or over it by more than their "
+            "tolerance. If the increase is deliberate, run `scripts/bench --check "
             "--update` and commit the new budget with the change, saying why."
         )
     else:
-        lines.append(f"\nEvery case within {tolerance:.0%} of its budget.")
-        gains = [v for v in verdicts if (v.change or 0.0) < -tolerance]
+        tolerances = sorted({f"{v.tolerance:.0%}" for v in verdicts})
+        lines.append(f"\nEvery case within its tolerance ({', '.join(tolerances)}) of its budget.")
+        gains = [v for v in verdicts if (v.change or 0.0) < -v.tolerance]
         if gains:
             lines.append(
                 "Some counts are well under budget: `scripts/bench --check --update` locks "
@@ -184,9 +189,11 @@ def updated_budget(
     measured: dict[str, int], previous: dict[str, Any], versions: dict[str, str]
 ) -> dict[str, Any]:
     """The budget file rewritten with the counts measured now."""
+    kept = {key: previous[key] for key in ("tolerances", "tolerances_why") if key in previous}
     return {
         "comment": HOW_TO_UPDATE,
         "tolerance": float(previous.get("tolerance", TOLERANCE)),
+        **kept,
         "requests_counted": f"{WINDOWS} runs of {RUN_SECONDS} s between spend writes",
         "measured_with": versions,
         "instructions_per_request": dict(measured),
@@ -248,13 +255,18 @@ def measure_all(
     that halves the check's time, and counts do not depend on what else runs. With
     `sinks`, two logging callbacks are on (`SINKS`, sent to the mock): the counts then
     say what they cost a request, beside the budget's without them."""
-    # Two at a time: the plain cases, then the response cache's hits (their own configs).
+    # Two at a time: the plain cases, then the local cache's hits (a config of their own).
+    # The Redis hits count alone, with a core free for Redis: a reply not yet there when
+    # the worker reads (Redis waiting for a core the two workers hold) costs a wait and a
+    # pass of the scheduler, so with both cores busy their count followed the machine's
+    # load (0.71 to 0.77 million a hit in one day's runs).
     rounds = [
         {
             "master": [c for c in CASES if not c.virtual_key and c.cache is None],
             "limited": [c for c in CASES if c.virtual_key],
         },
-        {f"cached-{c.cache}": [c] for c in CASES if c.cache is not None},
+        {f"cached-{c.cache}": [c] for c in CASES if c.cache == "local"},
+        {f"cached-{c.cache}": [c] for c in CASES if c.cache == "redis"},
     ]
     measured: dict[str, int] = {}
     with mock_server(workdir) as mock:
