@@ -781,6 +781,7 @@ class _Exchange:
         hooks = connection._hooks
         hooks.request_began()
         config = connection._config
+        cancelled = False
         try:
             try:
                 await connection._app(
@@ -791,19 +792,21 @@ class _Exchange:
                     trio.from_thread.run,
                 )
             except trio.Cancelled:
+                cancelled = True
                 raise
             except BaseExceptionGroup as error:
                 _, other_errors = error.split(trio.Cancelled)
                 if other_errors is None:
+                    cancelled = True
                     raise
                 await config.log.exception("Error in ASGI Framework")
             except Exception:
                 await config.log.exception("Error in ASGI Framework")
             finally:
-                if connection._inline is self and hooks.scope.cancel_called:
-                    # The app's scope was the connection's (`REQUEST_SCOPE_EXTENSION`),
-                    # cancelled: its end is answered all the same, as it would be had the
-                    # app's own scope caught the cancellation.
+                if cancelled and connection._inline is self:
+                    # Run on the connection's task, the app's scope was the connection's
+                    # (`REQUEST_SCOPE_EXTENSION`), cancelled: its end is answered all the
+                    # same, as it would be had a scope of the app's own caught it.
                     with trio.CancelScope(shield=True):
                         await self._app_ended()
                 else:
