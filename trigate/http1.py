@@ -715,7 +715,7 @@ class _Exchange:
         # is read once this answer is done, as the task-per-request path reads it
         # (`watch` does not read while pipelined bytes wait).
         on_wait = connection.watch_departure if len(data) == length else _unwatched
-        extensions: dict[str, Any] = self.scope["extensions"]  # type: ignore[assignment]
+        extensions: dict[str, Any] = self.scope["extensions"]
         extensions[REQUEST_SCOPE_EXTENSION] = connection._hooks.scope
         try:
             await on_this_task(self.run(), on_wait)
