@@ -165,6 +165,13 @@ async def test_a_kept_whole_answer_is_parsed_only_once_something_reads_it() -> N
     assert served.usage == {**USAGE, "total_tokens": 12}
     replayed = entry.serve(True)
     assert replayed is not None and not isinstance(replayed, KeptCompletion)
+    # An entry decoded once serves every hit of its value (`ResponseCache._read`): each
+    # hit's answer is its own, whatever the one before did to its own.
+    first = entry.serve(False)
+    assert isinstance(first, KeptCompletion) and first.usage is not None
+    first.usage["total_tokens"] = 13
+    again = entry.serve(False)
+    assert isinstance(again, KeptCompletion) and again.unread and again.usage == USAGE
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,8 @@ class Recorder:
             return
         unsteady = ("extensions", "client", "server")
         record = {key: value for key, value in scope.items() if key not in unsteady}
-        record["extensions"] = sorted(scope["extensions"])
+        # The connection's scope is handed only to an app run on the connection's task.
+        record["extensions"] = sorted(set(scope["extensions"]) - {http1.REQUEST_SCOPE_EXTENSION})
         # The ports differ from server to server.
         record["hosts"] = (scope["client"][0], scope["server"][0])
         self.seen.append(record)

@@ -104,6 +104,9 @@ from trigate.http1 import (
     QUEUED_EVENT_EXTENSION as QUEUED_EVENT_EXTENSION,
 )
 from trigate.http1 import (
+    REQUEST_SCOPE_EXTENSION as REQUEST_SCOPE_EXTENSION,
+)
+from trigate.http1 import (
     WHOLE_RESPONSE_EXTENSION as WHOLE_RESPONSE_EXTENSION,
 )
 from trigate.http1 import AppQueue as _AppQueue

@@ -401,8 +401,9 @@ class Call:
                 self, completion.body, usage
             ):
                 completion.raw = None  # a guardrail changed the answer: not the upstream's bytes
-            if self.cache_ticket is not None:  # the response cache keeps it (trigate.cache)
-                completion = await self.cache_ticket.answered(completion, usage)
+            ticket = self.cache_ticket
+            if ticket is not None and not ticket.hit:  # the cache keeps it (trigate.cache)
+                completion = await ticket.answered(completion, usage)
             answer = self.exchange.answer(completion, usage)
             if self.context.response_id is None:  # a surface that made its own id set it
                 self.context.response_id = _completion_id(completion)

@@ -64,6 +64,8 @@ class LocalBackend:
 
     def __init__(self, max_bytes: int, max_entry_bytes: int) -> None:
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        # What a reader made of a value (`note`), kept with it and dropped with it.
+        self._notes: dict[str, tuple[bytes, object]] = {}
         self._bytes = 0
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
@@ -95,6 +97,19 @@ class LocalBackend:
         found = self._entries.pop(key, None)
         if found is not None:
             self._bytes -= len(key) + len(found[0])
+            self._notes.pop(key, None)
+
+    def note(self, key: str, value: bytes, note: object) -> None:
+        """Keep what a reader made of `value` (the cache's decoded entry) with it, while
+        `key` holds that very value: a later read of it need not be made again."""
+        found = self._entries.get(key)
+        if found is not None and found[0] is value:
+            self._notes[key] = (value, note)
+
+    def noted(self, key: str, value: bytes) -> object | None:
+        """The note kept with `value` under `key`, if any."""
+        found = self._notes.get(key)
+        return found[1] if found is not None and found[0] is value else None
 
     async def get(self, key: str) -> bytes | None:
         return self.read(key)
@@ -114,6 +129,7 @@ class LocalBackend:
 
     async def flush(self) -> None:
         self._entries.clear()
+        self._notes.clear()
         self._bytes = 0
 
     async def ping(self) -> bool:

@@ -117,9 +117,12 @@ class Entry:
     """An entry as read, from its fields (`encode`'s) and, for a whole answer, the
     answer's own bytes (`unread` while they are not parsed: `KeptCompletion`)."""
 
-    __slots__ = ("answer", "answer_id", "events", "item", "native", "raw", "unread", "usage")
+    __slots__ = ("answer", "answer_id", "at", "events", "item", "native", "raw", "unread", "usage")
 
     def __init__(self, data: dict[str, Any], raw: bytes | None = None) -> None:
+        at = data.get("at")
+        # When it was kept (0: unknown, as old as can be), for a request's `max_age`.
+        self.at = float(at) if isinstance(at, int | float) else 0.0
         answer, native, events = data.get("answer"), data.get("native"), data.get("events")
         self.answer = answer if isinstance(answer, dict) else None
         self.native = native if isinstance(native, dict) else None
@@ -136,7 +139,10 @@ class Entry:
             assert self.raw is not None, "an unread answer is its bytes"
             if stream:
                 return Replay(_answer_of(self.raw))
-            return KeptCompletion(self.raw, self.usage, self.answer_id)
+            # Its own usage: an entry may serve many hits (`ResponseCache`'s decoded
+            # entries), and nothing one does to its answer may reach the next.
+            usage = dict(self.usage) if self.usage is not None else None
+            return KeptCompletion(self.raw, usage, self.answer_id)
         if self.answer is not None:
             return Replay(self.answer) if stream else Completion(self.answer, self.raw)
         if stream:
@@ -144,6 +150,17 @@ class Entry:
         if self.native is not None:
             return Completion(self.native, self.raw, native=True, native_usage=self.usage)
         return None
+
+    def fresh(self, max_age: float | None) -> bool:
+        """Whether it is no older than `max_age` seconds (any age, for None)."""
+        return max_age is None or wall_time() - self.at <= max_age
+
+    @property
+    def shareable(self) -> bool:
+        """Whether it may serve many hits as it is: a whole answer left unread, whose every
+        hit serves its own `KeptCompletion` of its bytes. A parsed answer is a dict a hook
+        may change in place, so each hit reads its own."""
+        return self.unread
 
     def tokens(self) -> int:
         usage = self.usage or (self.answer or {}).get("usage")
@@ -203,11 +220,16 @@ def decode(value: bytes | None, max_age: float | None) -> Entry | None:
             head[body] = orjson.loads(rest)
     except orjson.JSONDecodeError:
         return None
-    if max_age is not None and wall_time() - float(head.get("at", 0)) > max_age:
+    if max_age is not None and wall_time() - _kept_at(head) > max_age:
         return None
     if body == "answer":
         return _whole_answer(head, rest)
     return Entry(head, rest if body in _BODIES else None)
+
+
+def _kept_at(head: dict[str, Any]) -> float:
+    at = head.get("at")
+    return float(at) if isinstance(at, int | float) else 0.0
 
 
 def _whole_answer(head: dict[str, Any], raw: bytes) -> Entry | None:
@@ -223,6 +245,7 @@ def _whole_answer(head: dict[str, Any], raw: bytes) -> Entry | None:
     usage, found = head.get("usage"), head.get("id")
     entry.usage = usage if isinstance(usage, dict) else None
     entry.answer_id = found if isinstance(found, str) and found else None
+    entry.at = _kept_at(head)
     entry.raw = raw
     entry.unread = True
     return entry
