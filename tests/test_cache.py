@@ -205,6 +205,73 @@ async def test_an_older_gateways_entry_is_a_hit_parsed_at_once() -> None:
     assert (served.body, served.raw, served.usage) == (answer, raw, USAGE)
 
 
+async def test_an_older_gateways_entry_is_judged_by_when_it_was_kept() -> None:
+    """Parsed at once, an older gateway's entry still carries when it was kept: a request's
+    `s-maxage` serves it while it is young enough, and only then."""
+    from trigate.cache.entries import decode
+    from trigate.clock import wall_time
+
+    answer = {"id": "chatcmpl-1", "object": "chat.completion", "choices": [], "usage": USAGE}
+    now = wall_time()
+    older = orjson.dumps({"v": 2, "at": now - 100, "body": "answer"}) + b"\n" + orjson.dumps(answer)
+    assert decode(older, 3600) is not None
+    entry = decode(older, None)
+    assert entry is not None and entry.fresh(3600) and not entry.fresh(10)
+
+
+async def test_a_decoded_entry_counts_in_the_bytes_the_cache_holds() -> None:
+    """A local entry decoded once for its later hits keeps a copy of its answer beside the
+    value: that copy counts towards `max_bytes`, and makes room as a value would."""
+    from trigate.cache.backends import LocalBackend
+    from trigate.cache.cache import ResponseCache
+    from trigate.cache.entries import encode
+
+    values = {}
+    for n in range(3):
+        answer = chat_completion("y" * 100_000 + str(n), USAGE)
+        values[f"k{n}"] = encode({"answer": answer}, orjson.dumps(answer))
+    size = len(values["k0"]) + 2
+    memory = LocalBackend(max_bytes=4 * size, max_entry_bytes=4 * size)
+    cache = ResponseCache.__new__(ResponseCache)  # its reading alone, over this memory
+    cache._memory = memory
+    for key, value in values.items():
+        assert memory.write(key, value, None)
+    held = memory.held_bytes()
+    assert cache._read("k0", memory.read("k0"), None) is not None
+    noted = memory.held_bytes() - held
+    assert 100_000 < noted < size  # the answer's copy, counted
+    # A second hit reads the note: nothing more held. A third entry's note makes room.
+    assert cache._read("k0", memory.read("k0"), None) is not None
+    assert memory.held_bytes() == held + noted
+    assert cache._read("k1", memory.read("k1"), None) is not None
+    assert memory.held_bytes() <= memory.max_bytes
+    assert memory.read("k2") is None  # the least recently used went, to make room
+    await memory.flush()
+    assert memory.held_bytes() == 0
+
+
+async def test_a_changed_entry_is_read_afresh_not_from_its_note(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A hit's decoded entry serves the value it was read from, never the one that
+    replaced it: deleted and kept again with another answer, the key serves the new one."""
+    answers = iter(["First!", "Second!"])
+    upstream.handler = lambda request: JSONReply(chat_completion(next(answers), USAGE))
+    running = await start_gateway(nursery, cached_config(upstream))
+    first = await _post(running, "/v1/chat/completions", _chat())
+    hit = await _post(running, "/v1/chat/completions", _chat())  # decoded, and noted
+    assert hit.json()["choices"][0]["message"]["content"] == "First!"
+    async with running.client() as client:
+        key = first.headers["x-litellm-cache-key"]
+        assert (await client.post("/cache/delete", json={"keys": [key]})).status_code == 200
+    again = await _post(running, "/v1/chat/completions", _chat())
+    assert again.headers["x-trigate-cache"] == "miss"
+    after = await _post(running, "/v1/chat/completions", _chat())
+    assert after.headers["x-trigate-cache"] == "hit"
+    assert after.json()["choices"][0]["message"]["content"] == "Second!"
+    await running.stop()
+
+
 async def test_a_whole_answers_usage_and_id_are_those_of_the_bytes_kept() -> None:
     """A hook may change an answer in place without saying so (LiteLLM's
     `async_post_call_success_hook`): the client got the upstream's bytes, which the entry

@@ -110,11 +110,11 @@ QueuedEvent = Callable[[], "ASGIReceiveEvent | None"]
 
 # The ASGI scope extension handing a request whose app runs on the connection's own task
 # (`_Exchange.run_inline`), its body whole in its queue, the cancel scope it runs in: the
-# connection's. An app may cancel it (its client left) or give it a deadline (to bound
-# its answer) where it would enter a scope of its own, which costs trio some 45 thousand
-# instructions to enter and leave, a sixteenth of a cached answer's. Its cancellation
-# ends the request and then the connection (the request's end is still answered, as
-# under a scope of the app's own); a deadline the app sets it lifts before it returns.
+# connection's. An app may cancel it where it would enter a scope of its own to cancel
+# (trio's scope costs some 45 thousand instructions to enter and leave, a fourteenth of
+# a cached answer's), when its client has left: that ends the request and then the
+# connection, whose stream the departure has closed already. It never sets it a deadline:
+# one that passed while a shielded write waited would cancel the connection's next request.
 REQUEST_SCOPE_EXTENSION = "trigate.request_scope"
 
 logger = logging.getLogger(__name__)
@@ -781,7 +781,6 @@ class _Exchange:
         hooks = connection._hooks
         hooks.request_began()
         config = connection._config
-        cancelled = False
         try:
             try:
                 await connection._app(
@@ -792,25 +791,16 @@ class _Exchange:
                     trio.from_thread.run,
                 )
             except trio.Cancelled:
-                cancelled = True
                 raise
             except BaseExceptionGroup as error:
                 _, other_errors = error.split(trio.Cancelled)
                 if other_errors is None:
-                    cancelled = True
                     raise
                 await config.log.exception("Error in ASGI Framework")
             except Exception:
                 await config.log.exception("Error in ASGI Framework")
             finally:
-                if cancelled and connection._inline is self:
-                    # Run on the connection's task, the app's scope was the connection's
-                    # (`REQUEST_SCOPE_EXTENSION`), cancelled: its end is answered all the
-                    # same, as it would be had a scope of the app's own caught it.
-                    with trio.CancelScope(shield=True):
-                        await self._app_ended()
-                else:
-                    await self._app_ended()
+                await self._app_ended()
         finally:
             self.departure = None
             hooks.request_ended()

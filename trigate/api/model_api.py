@@ -210,7 +210,7 @@ class ModelAPI:
             return
         extensions: dict[str, Any] = scope.get("extensions") or {}
         given: trio.CancelScope | None = extensions.get(REQUEST_SCOPE_EXTENSION)
-        if given is not None:
+        if given is not None and self._response_timeout is None:
             await self._serve_in(given, route, scope, caller, headers, receive, send)
             return
         # One cancel scope for the request: the body's deadline while it is read, then the
@@ -252,9 +252,11 @@ class ModelAPI:
     ) -> None:
         """`_serve` in the scope the server gives the request (`REQUEST_SCOPE_EXTENSION`:
         the lean connection's, its body whole in the queue, so read with no deadline),
-        not one of its own: entering one is some 45 thousand instructions, a sixteenth
-        of a cached answer's. The client's departure cancels it, ending the connection
-        too, as the departure does anyway."""
+        not one of its own: entering one is some 45 thousand instructions, a fourteenth
+        of a cached answer's. Only the client's departure cancels it, ending the
+        connection too, as the departure does anyway. Not under a `response_timeout`:
+        a deadline that passed while a shielded write waited would leave the connection's
+        scope cancelled after a whole answer, and cut off its next request."""
         try:
             body = await read_request_body(
                 headers, receive, self._max_body_bytes, queued_reader(send)
@@ -329,15 +331,9 @@ class ModelAPI:
     async def _send(self, send: ASGISendCallable, reply: Reply, request: trio.CancelScope) -> None:
         """`response_timeout`, when set, cuts off sending an answer (a stream included), not
         computing it, as Quart's RESPONSE_TIMEOUT does for Quart's routes."""
-        if self._response_timeout is None:
-            await send_reply(send, reply)
-            return
-        request.deadline = trio.current_time() + self._response_timeout
-        try:
-            await send_reply(send, reply)
-        finally:
-            # Lifted: a scope the server gave (`_serve_in`) goes on to its next request.
-            request.deadline = math.inf
+        if self._response_timeout is not None:
+            request.deadline = trio.current_time() + self._response_timeout
+        await send_reply(send, reply)
 
     async def _answer(
         self,

@@ -64,8 +64,9 @@ class LocalBackend:
 
     def __init__(self, max_bytes: int, max_entry_bytes: int) -> None:
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-        # What a reader made of a value (`note`), kept with it and dropped with it.
-        self._notes: dict[str, tuple[bytes, object]] = {}
+        # What a reader made of a value (`note`), kept with it, counted in the bytes held
+        # with it, and dropped with it: (the value, the note, the bytes it holds).
+        self._notes: dict[str, tuple[bytes, object, int]] = {}
         self._bytes = 0
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_entry_bytes
@@ -97,14 +98,26 @@ class LocalBackend:
         found = self._entries.pop(key, None)
         if found is not None:
             self._bytes -= len(key) + len(found[0])
-            self._notes.pop(key, None)
+            self._forget(key)
 
-    def note(self, key: str, value: bytes, note: object) -> None:
-        """Keep what a reader made of `value` (the cache's decoded entry) with it, while
-        `key` holds that very value: a later read of it need not be made again."""
+    def _forget(self, key: str) -> None:
+        noted = self._notes.pop(key, None)
+        if noted is not None:
+            self._bytes -= noted[2]
+
+    def note(self, key: str, value: bytes, note: object, size: int) -> None:
+        """Keep what a reader made of `value` (the cache's decoded entry, holding `size`
+        bytes of its own) with it, while `key` holds that very value: a later read of it
+        need not be made again. Its bytes count towards `max_bytes` as the value's do,
+        and may make room by dropping the least recently used entries (itself last)."""
         found = self._entries.get(key)
-        if found is not None and found[0] is value:
-            self._notes[key] = (value, note)
+        if found is None or found[0] is not value:
+            return
+        self._forget(key)
+        self._notes[key] = (value, note, size)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
 
     def noted(self, key: str, value: bytes) -> object | None:
         """The note kept with `value` under `key`, if any."""

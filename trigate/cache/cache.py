@@ -254,7 +254,7 @@ class ResponseCache:
         if entry is None:
             return None
         if entry.shareable:
-            memory.note(key, value, entry)
+            memory.note(key, value, entry, entry.held_bytes())
         return entry if entry.fresh(max_age) else None
 
     async def _embeddings(self, call: CachedCall, ticket: Ticket, batch: ItemBatch) -> Answer:

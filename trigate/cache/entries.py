@@ -162,6 +162,10 @@ class Entry:
         may change in place, so each hit reads its own."""
         return self.unread
 
+    def held_bytes(self) -> int:
+        """Bytes it holds apart from the value it was read from: its answer's, a copy."""
+        return len(self.raw) if self.raw is not None else 0
+
     def tokens(self) -> int:
         usage = self.usage or (self.answer or {}).get("usage")
         total = usage.get("total_tokens") if isinstance(usage, dict) else None
@@ -239,7 +243,7 @@ def _whole_answer(head: dict[str, Any], raw: bytes) -> Entry | None:
     beside them: a JSON object, as it read them, and whitespace about them kept as the
     upstream sent it). Other bytes are parsed, as a gateway without these fields did."""
     if head.get("crc") != zlib.crc32(raw):
-        return _parsed_answer(raw)
+        return _parsed_answer(raw, head)
     entry = Entry.__new__(Entry)
     entry.answer = entry.native = entry.events = entry.item = None
     usage, found = head.get("usage"), head.get("id")
@@ -251,9 +255,10 @@ def _whole_answer(head: dict[str, Any], raw: bytes) -> Entry | None:
     return entry
 
 
-def _parsed_answer(raw: bytes) -> Entry | None:
+def _parsed_answer(raw: bytes, head: dict[str, Any]) -> Entry | None:
     """A whole answer's entry read from its bytes alone (an older gateway's, or bytes
-    that are not what the writer kept, whose fields would not be theirs): no JSON
-    object, no answer, a miss."""
+    that are not what the writer kept, whose fields would not be theirs) and when it was
+    kept (`at`, which every version wrote, for a request's `s-maxage`): no JSON object,
+    no answer, a miss."""
     answer = _json_object(raw)
-    return Entry({"answer": answer}, raw) if answer is not None else None
+    return Entry({"answer": answer, "at": head.get("at")}, raw) if answer is not None else None
