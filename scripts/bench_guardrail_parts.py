@@ -1,0 +1,118 @@
+"""Where the content filter's instructions go, piece by piece:
+`python scripts/bench_guardrail_parts.py [piece ...]`.
+
+`scripts/bench_guardrails.py` gives one figure for a request; this splits it. Each piece
+(the Hyperscan scan alone, the prefilter, the detectors, the mask, a whole verdict) runs
+`RUNS` times inside `itertools.starmap`, and callgrind counts only what runs inside
+`starmap_next` (`--collect-atstart=no --toggle-collect`): start-up, imports and the
+databases' compile are never counted, so one run per piece is enough (no difference of
+two). Python 3.11 shows callgrind no Python function names: this is how a Python piece is
+named to it. Same prompt as `bench_guardrails.py`, every prebuilt pattern and a keyword.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RUNS = 100
+ROOT = Path(__file__).resolve().parent.parent
+
+WORKER = r"""
+import itertools
+import sys
+
+from trigate.guardrails.config import parse_guardrails
+from trigate.guardrails.content_filter import ContentFilter
+from trigate.guardrails.detectors import DIGITS, Scanned, _places
+from trigate.guardrails.masking import Span, apply
+from trigate.guardrails.types import KNOWN_TYPES
+
+SENTENCE = (
+    "The committee reviewed the quarterly figures and agreed that the migration of the "
+    "billing service should wait until the new storage cluster has been load tested. "
+)
+PROMPT = SENTENCE * 70 + "Reach me at ada@example.com or +44 20 7946 0958. " + SENTENCE * 5
+ANSWER = SENTENCE * 3
+ENTRY = {
+    "guardrail_name": "cf",
+    "litellm_params": {
+        "guardrail": "litellm_content_filter",
+        "mode": ["pre_call", "post_call"],
+        "patterns": [
+            {"pattern_type": "prebuilt", "pattern_name": name, "action": action}
+            for name, action in (("pii", "MASK"), ("secrets", "BLOCK"),
+                                 ("prompt_injection", "BLOCK"))
+        ],
+        "blocked_words": [{"keyword": "confidential", "action": "BLOCK"}],
+    },
+}
+[config] = parse_guardrails([ENTRY], KNOWN_TYPES)
+guard = ContentFilter(config)
+prefilter = guard._prefilter
+plan = guard._plan(prefilter.fired(PROMPT))
+data = PROMPT.encode("ascii")
+database = prefilter._ascii_database
+at = PROMPT.index("ada@")
+spans = [Span(at, at + 15, "EMAIL", "[EMAIL_REDACTED]")]
+
+
+def _ignore(*_: object) -> None:
+    pass
+
+
+def _rules() -> None:
+    scanned = Scanned(PROMPT, foreign_digits=False)
+    for rule in plan:
+        rule.detector.scan(scanned)
+
+
+PIECES = {
+    "hs_scan_prompt": lambda: database.scan(data, match_event_handler=_ignore),
+    "fired_prompt": lambda: prefilter.fired(PROMPT),
+    "fired_answer": lambda: prefilter.fired(ANSWER),
+    "digit_places": lambda: _places(PROMPT, DIGITS),
+    "digit_windows": lambda: Scanned(PROMPT, foreign_digits=False).windows(DIGITS, 0),
+    "detectors_prompt": _rules,
+    "mask_prompt": lambda: apply(PROMPT, spans),
+    "verdict_prompt": lambda: guard.verdict([PROMPT]),
+    "verdict_answer": lambda: guard.verdict([ANSWER]),
+}
+piece = PIECES[sys.argv[1]]
+for _ in range(3):  # warm: regex caches, the filter's plans
+    piece()
+list(itertools.starmap(piece, [()] * int(sys.argv[2])))
+"""
+
+PIECES = (
+    "hs_scan_prompt", "fired_prompt", "fired_answer", "digit_places", "digit_windows",
+    "detectors_prompt", "mask_prompt", "verdict_prompt", "verdict_answer",
+)  # fmt: skip
+
+
+def instructions(piece: str, workdir: Path) -> float:
+    """What one run of `piece` costs, counted inside `starmap_next` alone."""
+    out = workdir / f"callgrind.{piece}"
+    env = {"PYTHONHASHSEED": "0", "PATH": "", "PYTHONPATH": str(ROOT / "scripts")}
+    subprocess.run(
+        ["/usr/bin/valgrind", "--tool=callgrind", "--collect-atstart=no",
+         "--toggle-collect=starmap_next", f"--callgrind-out-file={out}", sys.executable,
+         "-c", WORKER, piece, str(RUNS)],
+        check=True, capture_output=True, cwd=ROOT, env=env,
+    )  # fmt: skip
+    for line in out.read_text(errors="replace").splitlines():
+        if line.startswith("totals:"):
+            return int(line.split()[1]) / RUNS
+    raise SystemExit(f"no totals in {out}")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        for piece in sys.argv[1:] or PIECES:
+            print(f"{piece}: {instructions(piece, Path(directory)):,.0f} instructions")
+
+
+if __name__ == "__main__":
+    main()
