@@ -8,7 +8,7 @@ metrics), on a chat request of about 2,000 tokens of prose with an email and a p
 number in it. Each figure is a difference of two runs of one script under callgrind,
 with and without `RUNS` more requests, divided by `RUNS`: start-up, imports and warm-up
 cancel out. Compare it with `scripts/bench-budget.json`, the instructions a whole
-proxied call costs (about 1.61 million for a chat completion with the master key, by
+proxied call costs (about 1.14 million for a chat completion with the master key, by
 `scripts/bench --check`): issue 23 asks for the filter to cost less than a tenth of that.
 """
 
