@@ -434,10 +434,11 @@ def _disguised_path(raw_path: bytes) -> bool:
     encoded. A fronting proxy matches its path rules against the path as sent, and
     would not recognise the route such a path decodes to. No route of the gateway needs
     either."""
-    if b"%" not in raw_path and b"/." not in raw_path:
+    # `find`, not `in`: see `trigate.request_head`.
+    if raw_path.find(b"%") < 0 and raw_path.find(b"/.") < 0:
         return False
     lowered = raw_path.lower()
-    if b"%2f" in lowered or b"%5c" in lowered:
+    if lowered.find(b"%2f") >= 0 or lowered.find(b"%5c") >= 0:
         return True
     segments = lowered.replace(b"%2e", b".").split(b"/")
     return b"." in segments or b".." in segments
