@@ -4,6 +4,7 @@ view (headers, spend rows, metrics, admin routes) and Redis's failures."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, cast
 
 import anthropic
@@ -31,6 +32,7 @@ from helpers import (
 )
 from openai.types.chat import ChatCompletionMessageParam
 
+from trigate.cache import keys
 from trigate.cache.keys import cache_key
 
 # MESSAGES as the OpenAI SDK types a chat's messages (helpers.py leaves it a list of dicts).
@@ -116,6 +118,37 @@ def test_the_keys_value_is_what_it_was() -> None:
     # A key that is no string (a hook may put one) is keyed as its JSON string.
     biased = {**_GOLDEN_BODY, "logit_bias": {50256: -100}}
     assert cache_key("chat", "gpt-test", "", biased, None) == golden
+
+
+def test_a_repeated_requests_key_is_hashed_once_and_the_digests_kept_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hit is a request made again: its key's digest is remembered, not hashed anew
+    (OpenSSL's setup per call was a sixtieth of a hit), in a memory bounded in bytes, and
+    a large form is hashed each time, never kept."""
+    hashed: list[int] = []
+    sha256 = hashlib.sha256
+
+    def counted(data: bytes) -> Any:
+        hashed.append(len(data))
+        return sha256(data)
+
+    monkeypatch.setattr(keys.hashlib, "sha256", counted)
+    body = {"messages": [{"role": "user", "content": "hashed once"}]}
+    first = cache_key("chat", "g", "", body, None)
+    assert cache_key("chat", "g", "", orjson.loads(orjson.dumps(body)), None) == first
+    assert len(hashed) == 1
+    assert cache_key("chat", "g", "", body, "ns") == f"ns:{first}"
+    assert len(hashed) == 1
+    large = {"messages": [{"role": "user", "content": "x" * keys.LARGEST_FORM_KEPT}]}
+    assert cache_key("chat", "g", "", large, None) == cache_key("chat", "g", "", large, None)
+    assert len(hashed) == 3
+    monkeypatch.setattr(keys, "DIGESTS_KEPT_BYTES", 1000)
+    digests = keys._Digests()
+    for n in range(50):
+        form = b"%03d" % n * 33
+        assert digests.hexdigest(form) == sha256(form).hexdigest()
+        assert sum(map(len, digests._kept)) <= 1000
 
 
 # --- hits -----------------------------------------------------------------------------------
