@@ -77,7 +77,7 @@ from hypercorn.utils import (
 from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
 
 from trigate.departures import DepartureWatch
-from trigate.request_head import NAME_TABLE, PLAIN_LENGTH, VALUE_TABLE
+from trigate.request_head import LOWERED_NAME_TABLE, PLAIN_LENGTH, VALUE_TABLE
 from trigate.sockets import FastStream
 from trigate.stepping import on_this_task
 from trigate.transport import field_names
@@ -338,11 +338,12 @@ def plain_head(head: bytes) -> PlainHead | None:
     parts = [line.partition(b":") for line in lines[1:]]
     names = [name for name, _, _ in parts]
     values = [value.strip(b" \t") for _, _, value in parts]
-    lowered = b"\n".join(names).lower()
+    # Lower-cased as h11 keeps them, and any byte no name may hold made NUL, in one pass.
+    lowered = b"\n".join(names).translate(LOWERED_NAME_TABLE)
     if (
         not all(names)
         or not all([colon for _, colon, _ in parts])
-        or lowered.translate(NAME_TABLE).find(b"\x00") >= 0  # `find`: see `request_head`
+        or lowered.find(b"\x00") >= 0  # `find`: see `request_head`
         or b"\n".join(values).translate(VALUE_TABLE).find(b"\x00") >= 0
     ):
         return None  # folded, empty or refused: h11's own reading decides
