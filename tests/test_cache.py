@@ -133,7 +133,7 @@ def test_a_repeated_requests_key_is_hashed_once_and_the_digests_kept_are_bounded
         hashed.append(len(data))
         return sha256(data)
 
-    monkeypatch.setattr(keys.hashlib, "sha256", counted)
+    monkeypatch.setattr(hashlib, "sha256", counted)
     body = {"messages": [{"role": "user", "content": "hashed once"}]}
     first = cache_key("chat", "g", "", body, None)
     assert cache_key("chat", "g", "", orjson.loads(orjson.dumps(body)), None) == first

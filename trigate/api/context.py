@@ -291,7 +291,11 @@ class _ResponseSender:
     async def __call__(self, message: Any) -> None:
         if message["type"] == "http.response.start":
             headers = message["headers"]
-            self._fixed_length = any(name.lower() == b"content-length" for name, _ in headers)
+            # A loop, not `any` of a generator: that is a function and a generator made.
+            for name, _ in headers:
+                if name.lower() == b"content-length":
+                    self._fixed_length = True
+                    break
             extra = response_headers.build(self._context)
             if self._body_pending:
                 extra.append((b"connection", b"close"))
