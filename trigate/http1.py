@@ -60,6 +60,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
@@ -317,9 +318,6 @@ _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _REQUEST_LINE = h11._readers.request_line_re
 # Where h11 ends a head (`ReceiveBuffer.maybe_extract_lines`): its first blank line.
 _BLANK_LINE = re.compile(b"\n\r?\n")
-# Field names whose presence leaves the request to hypercorn and h11: a body framed
-# otherwise than by length, a protocol switch, a 100-continue.
-_NOT_PLAIN = (b"transfer-encoding", b"upgrade", b"expect")
 
 
 def plain_head(head: bytes) -> PlainHead | None:
@@ -335,11 +333,11 @@ def plain_head(head: bytes) -> PlainHead | None:
     method: bytes = match["method"]
     if not method.isupper() or method == b"CONNECT":
         return None  # hypercorn upper-cases the method h11 frames by: not the same then
-    parts = [line.partition(b":") for line in lines[1:]]
-    # Each part's name, colon and value, by a transposition in C (no comprehension: in
-    # Python 3.11 each is a function made and called).
+    # By C's map and zip, not comprehensions: in Python 3.11 each of those is a function
+    # made and called. Each line's name, colon and value, transposed.
+    parts = list(map(bytes.partition, lines[1:], repeat(b":")))
     names, colons, raw_values = zip(*parts, strict=True) if parts else ((), (), ())
-    values = [value.strip(b" \t") for value in raw_values]
+    values = list(map(bytes.strip, raw_values, repeat(b" \t")))
     # Lower-cased as h11 keeps them, and any byte no name may hold made NUL, in one pass.
     lowered = b"\n".join(names).translate(LOWERED_NAME_TABLE)
     if (
@@ -350,8 +348,15 @@ def plain_head(head: bytes) -> PlainHead | None:
     ):
         return None  # folded, empty or refused: h11's own reading decides
     lowered_names = lowered.split(b"\n") if names else []
-    # The fields that decide are found by the list's own searches, in C.
-    if lowered_names.count(b"host") != 1 or any([name in lowered_names for name in _NOT_PLAIN]):
+    # The fields that decide are found by the list's own searches, in C. Those that leave
+    # the request to hypercorn and h11: a body framed otherwise than by length, a protocol
+    # switch, a 100-continue.
+    if (
+        lowered_names.count(b"host") != 1
+        or b"transfer-encoding" in lowered_names
+        or b"upgrade" in lowered_names
+        or b"expect" in lowered_names
+    ):
         return None
     fields = list(zip(lowered_names, values, strict=True))
     length = 0
