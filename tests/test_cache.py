@@ -4,7 +4,9 @@ view (headers, spend rows, metrics, admin routes) and Redis's failures."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import weakref
 from typing import Any, cast
 
 import anthropic
@@ -176,6 +178,39 @@ async def test_a_repeated_chat_request_is_a_hit_with_its_headers_and_a_free_spen
     assert records[1].cost == 0.0 and records[1].deployment is None
     # The hit's row names the answer it gave, read from its entry's fields.
     assert records[1].response_id == records[0].response_id == first.json()["id"]
+    await running.stop()
+
+
+async def test_a_hits_call_is_freed_as_it_ends_not_left_to_the_collector(
+    nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request's context and its call refer to each other; parted as the request ends,
+    the call (and all it holds) is freed then, not left for the cyclic collector, whose
+    passes come the more often the more cycles requests leave."""
+    from trigate.api import pipeline
+
+    calls: list[weakref.ref[Any]] = []
+    made = pipeline.Call.__init__
+
+    def noted(self: Any, *args: Any) -> None:
+        made(self, *args)
+        calls.append(weakref.ref(self))
+
+    monkeypatch.setattr(pipeline.Call, "__init__", noted)
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream))
+    assert (await _post(running, "/v1/chat/completions", _chat())).status_code == 200
+    gc.collect()
+    gc.disable()
+    try:
+        hit = await _post(running, "/v1/chat/completions", _chat())
+        assert hit.headers["x-trigate-cache"] == "hit"
+        await running.records.wait_for(2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(calls) == 2
+        assert calls[1]() is None
+    finally:
+        gc.enable()
     await running.stop()
 
 
