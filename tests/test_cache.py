@@ -4,6 +4,9 @@ view (headers, spend rows, metrics, admin routes) and Redis's failures."""
 
 from __future__ import annotations
 
+import gc
+import hashlib
+import weakref
 from typing import Any, cast
 
 import anthropic
@@ -31,6 +34,7 @@ from helpers import (
 )
 from openai.types.chat import ChatCompletionMessageParam
 
+from trigate.cache import keys
 from trigate.cache.keys import cache_key
 
 # MESSAGES as the OpenAI SDK types a chat's messages (helpers.py leaves it a list of dicts).
@@ -118,6 +122,37 @@ def test_the_keys_value_is_what_it_was() -> None:
     assert cache_key("chat", "gpt-test", "", biased, None) == golden
 
 
+def test_a_repeated_requests_key_is_hashed_once_and_the_digests_kept_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hit is a request made again: its key's digest is remembered, not hashed anew
+    (OpenSSL's setup per call was a sixtieth of a hit), in a memory bounded in bytes, and
+    a large form is hashed each time, never kept."""
+    hashed: list[int] = []
+    sha256 = hashlib.sha256
+
+    def counted(data: bytes) -> Any:
+        hashed.append(len(data))
+        return sha256(data)
+
+    monkeypatch.setattr(hashlib, "sha256", counted)
+    body = {"messages": [{"role": "user", "content": "hashed once"}]}
+    first = cache_key("chat", "g", "", body, None)
+    assert cache_key("chat", "g", "", orjson.loads(orjson.dumps(body)), None) == first
+    assert len(hashed) == 1
+    assert cache_key("chat", "g", "", body, "ns") == f"ns:{first}"
+    assert len(hashed) == 1
+    large = {"messages": [{"role": "user", "content": "x" * keys.LARGEST_FORM_KEPT}]}
+    assert cache_key("chat", "g", "", large, None) == cache_key("chat", "g", "", large, None)
+    assert len(hashed) == 3
+    monkeypatch.setattr(keys, "DIGESTS_KEPT_BYTES", 1000)
+    digests = keys._Digests()
+    for n in range(50):
+        form = b"%03d" % n * 33
+        assert digests.hexdigest(form) == sha256(form).hexdigest()
+        assert sum(map(len, digests._kept)) <= 1000
+
+
 # --- hits -----------------------------------------------------------------------------------
 
 
@@ -143,6 +178,39 @@ async def test_a_repeated_chat_request_is_a_hit_with_its_headers_and_a_free_spen
     assert records[1].cost == 0.0 and records[1].deployment is None
     # The hit's row names the answer it gave, read from its entry's fields.
     assert records[1].response_id == records[0].response_id == first.json()["id"]
+    await running.stop()
+
+
+async def test_a_hits_call_is_freed_as_it_ends_not_left_to_the_collector(
+    nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request's context and its call refer to each other; parted as the request ends,
+    the call (and all it holds) is freed then, not left for the cyclic collector, whose
+    passes come the more often the more cycles requests leave."""
+    from trigate.api import pipeline
+
+    calls: list[weakref.ref[Any]] = []
+    made = pipeline.Call.__init__
+
+    def noted(self: Any, *args: Any) -> None:
+        made(self, *args)
+        calls.append(weakref.ref(self))
+
+    monkeypatch.setattr(pipeline.Call, "__init__", noted)
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream))
+    assert (await _post(running, "/v1/chat/completions", _chat())).status_code == 200
+    gc.collect()
+    gc.disable()
+    try:
+        hit = await _post(running, "/v1/chat/completions", _chat())
+        assert hit.headers["x-trigate-cache"] == "hit"
+        await running.records.wait_for(2)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(calls) == 2
+        assert calls[1]() is None
+    finally:
+        gc.enable()
     await running.stop()
 
 

@@ -60,6 +60,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
@@ -77,7 +78,7 @@ from hypercorn.utils import (
 from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
 
 from trigate.departures import DepartureWatch
-from trigate.request_head import NAME_TABLE, PLAIN_LENGTH, VALUE_TABLE
+from trigate.request_head import LOWERED_NAME_TABLE, PLAIN_LENGTH, VALUE_TABLE
 from trigate.sockets import FastStream
 from trigate.stepping import on_this_task
 from trigate.transport import field_names
@@ -317,9 +318,6 @@ _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _REQUEST_LINE = h11._readers.request_line_re
 # Where h11 ends a head (`ReceiveBuffer.maybe_extract_lines`): its first blank line.
 _BLANK_LINE = re.compile(b"\n\r?\n")
-# Field names whose presence leaves the request to hypercorn and h11: a body framed
-# otherwise than by length, a protocol switch, a 100-continue.
-_NOT_PLAIN = (b"transfer-encoding", b"upgrade", b"expect")
 
 
 def plain_head(head: bytes) -> PlainHead | None:
@@ -335,20 +333,30 @@ def plain_head(head: bytes) -> PlainHead | None:
     method: bytes = match["method"]
     if not method.isupper() or method == b"CONNECT":
         return None  # hypercorn upper-cases the method h11 frames by: not the same then
-    parts = [line.partition(b":") for line in lines[1:]]
-    names = [name for name, _, _ in parts]
-    values = [value.strip(b" \t") for _, _, value in parts]
-    lowered = b"\n".join(names).lower()
+    # By C's map and zip, not comprehensions: in Python 3.11 each of those is a function
+    # made and called. Each line's name, colon and value, transposed.
+    parts = list(map(bytes.partition, lines[1:], repeat(b":")))
+    names, colons, raw_values = zip(*parts, strict=True) if parts else ((), (), ())
+    values = list(map(bytes.strip, raw_values, repeat(b" \t")))
+    # Lower-cased as h11 keeps them, and any byte no name may hold made NUL, in one pass.
+    lowered = b"\n".join(names).translate(LOWERED_NAME_TABLE)
     if (
         not all(names)
-        or not all([colon for _, colon, _ in parts])
-        or b"\x00" in lowered.translate(NAME_TABLE)
-        or b"\x00" in b"\n".join(values).translate(VALUE_TABLE)
+        or not all(colons)
+        or lowered.find(b"\x00") >= 0  # `find`: see `request_head`
+        or b"\n".join(values).translate(VALUE_TABLE).find(b"\x00") >= 0
     ):
         return None  # folded, empty or refused: h11's own reading decides
     lowered_names = lowered.split(b"\n") if names else []
-    # The fields that decide are found by the list's own searches, in C.
-    if lowered_names.count(b"host") != 1 or any([name in lowered_names for name in _NOT_PLAIN]):
+    # The fields that decide are found by the list's own searches, in C. Those that leave
+    # the request to hypercorn and h11: a body framed otherwise than by length, a protocol
+    # switch, a 100-continue.
+    if (
+        lowered_names.count(b"host") != 1
+        or b"transfer-encoding" in lowered_names
+        or b"upgrade" in lowered_names
+        or b"expect" in lowered_names
+    ):
         return None
     fields = list(zip(lowered_names, values, strict=True))
     length = 0
@@ -359,7 +367,7 @@ def plain_head(head: bytes) -> PlainHead | None:
             return None
         length = int(value)
     if b"connection" in lowered_names and any(
-        [b"close" in value.lower() for name, value in fields if name == b"connection"]
+        [value.lower().find(b"close") >= 0 for name, value in fields if name == b"connection"]
     ):
         return None
     return PlainHead(head, method, match["target"], fields, length)

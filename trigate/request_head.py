@@ -18,6 +18,11 @@ a Content-Length that is not one plain number) goes through h11's own functions.
 `read_request_heads` installs it in h11's table of readers for this process, as
 `serving.bound_chunk_sizes` installs the chunked-body reader; the h11 upper bound in
 pyproject.toml and tests/test_hypercorn_overrides.py guard both.
+
+A search of bytes on the request path is `find(...) >= 0`, not `in`: Python 3.11's
+`bytes.__contains__` first tries its operand as an integer (a byte's value), and a bytes
+operand fails that with a formatted `TypeError`, raised and cleared: some 2,400
+instructions a search where `find` costs 1,300 (eight such searches a request).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ _VALUE_TABLE = bytes(0 if byte in b"\x00\r\x0b\x0c" else byte for byte in range(
 _PLAIN_LENGTH = re.compile(rb"[0-9]{1,20}")
 # The same tables and expression, for the lean path's reading (`trigate.http1`).
 NAME_TABLE = _NAME_TABLE
+# `NAME_TABLE` that also lower-cases, as h11 keeps names: one pass for both.
+LOWERED_NAME_TABLE = _NAME_TABLE.lower()
 VALUE_TABLE = _VALUE_TABLE
 PLAIN_LENGTH = _PLAIN_LENGTH
 
@@ -76,7 +83,10 @@ def _headers(lines: list[bytearray]) -> Headers:
         items.append((name, name.lower(), value.strip(b" \t")))
     names = b"\n".join([name for name, _, _ in items])
     values = b"\n".join([value for _, _, value in items])
-    if b"\x00" in names.translate(_NAME_TABLE) or b"\x00" in values.translate(_VALUE_TABLE):
+    if (
+        names.translate(_NAME_TABLE).find(b"\x00") >= 0
+        or values.translate(_VALUE_TABLE).find(b"\x00") >= 0
+    ):
         # A line the grammar refuses: h11's own reading raises the error it raises.
         return _as_h11_reads(lines)
     lengths = [value for _, lowered, value in items if lowered == b"content-length"]

@@ -51,7 +51,8 @@ class SSEDecoder:
         self.seen_event = False
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
-        if not self._held_cr and b"\n" not in chunk and b"\r" not in chunk:
+        # `find`, not `in`: see `trigate.request_head`.
+        if not self._held_cr and chunk.find(b"\n") < 0 and chunk.find(b"\r") < 0:
             self._hold(chunk)
             return []
         buffer = b"".join([*self._pending, chunk]) if self._pending else chunk
@@ -147,9 +148,9 @@ def is_plain(chunk: bytes, end: int) -> bool:
     breaks = chunk.count(b"\n", 0, end)
     # Two breaks are one event's (a read of one event, as a paced stream's are): no
     # search for the boundaries between events.
-    return (
-        breaks == 2 or breaks == 2 * chunk.count(b"}\n\ndata: {", 0, end) + 2
-    ) and b"\r" not in chunk
+    return (breaks == 2 or breaks == 2 * chunk.count(b"}\n\ndata: {", 0, end) + 2) and chunk.find(
+        b"\r"
+    ) < 0
 
 
 def plain_payloads(events: bytes) -> Iterator[bytes]:
@@ -167,7 +168,7 @@ def plain_array(events: bytes) -> bytes:
 
 def _normalized(buffer: bytes) -> bytes:
     """CRLF and lone CR line endings as LF."""
-    if b"\r" not in buffer:
+    if buffer.find(b"\r") < 0:
         return buffer
     return buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 

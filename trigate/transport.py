@@ -65,6 +65,8 @@ _FIELD_VALUE = rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?"
 # spaces and tabs inside a value) to NUL, spaces and tabs to a tab, the rest to `a`.
 _TOKEN_BYTES = b"-!#$%&'*+.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _NAME_TABLE = bytes(byte if byte in _TOKEN_BYTES + b"\n" else 0 for byte in range(256))
+# `_NAME_TABLE` that also lower-cases, as h11 keeps names: one pass for both.
+_LOWERED_NAME_TABLE = _NAME_TABLE.lower()
 _VALUE_TABLE = bytes(
     0 if byte in b"\x00\r\x0b\x0c" else 9 if byte in b" \t" else byte if byte == 10 else 97
     for byte in range(256)
@@ -855,22 +857,26 @@ def field_names(fields: Sequence[tuple[bytes, bytes]]) -> list[bytes] | None:
     names = b"\n".join(map(_name, fields))
     values = b"\n".join(map(_value, fields)).translate(_VALUE_TABLE)
     joints = len(fields) - 1
+    lowered = names.translate(_LOWERED_NAME_TABLE)
     if (
         not names
         or names.count(b"\n") != joints
         or values.count(b"\n") != joints
-        or b"\x00" in names.translate(_NAME_TABLE)
-        or b"\n\n" in names
+        or lowered.find(b"\x00") >= 0  # `find`: see `request_head`
+        or names.find(b"\n\n") >= 0
         or names.startswith(b"\n")
         or names.endswith(b"\n")
-        or b"\x00" in values
+        or values.find(b"\x00") >= 0
     ):
         return None
-    if b"\t" in values and (
-        values.startswith(b"\t") or values.endswith(b"\t") or b"\n\t" in values or b"\t\n" in values
+    if values.find(b"\t") >= 0 and (
+        values.startswith(b"\t")
+        or values.endswith(b"\t")
+        or values.find(b"\n\t") >= 0
+        or values.find(b"\t\n") >= 0
     ):
         return None  # a space or tab begins or ends a value
-    return names.lower().split(b"\n")
+    return lowered.split(b"\n")
 
 
 _name = operator.itemgetter(0)
@@ -1145,7 +1151,11 @@ def _parse_head(buffer: bytearray) -> _Head | None:
         raise httpx.RemoteProtocolError(f"illegal status line: {status_line!r}")
     head = _Head(int(match[2]), match[1], match[3] or b"")
     fields = block[status_end + 1 :]
-    if b"\n " in fields or b"\n\t" in fields or _FIELD_LINES.fullmatch(fields) is None:
+    if (
+        fields.find(b"\n ") >= 0
+        or fields.find(b"\n\t") >= 0
+        or _FIELD_LINES.fullmatch(fields) is None
+    ):
         # A folded or malformed field: line by line, to join it or to say which it is.
         head.headers = _fields(fields.split(b"\n")[:-1])
     else:

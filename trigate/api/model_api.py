@@ -196,9 +196,9 @@ class ModelAPI:
         with no valid key is answered, and its connection closed, before a byte of its
         body is read, so it can neither hold the connection nor fill memory with a body
         (`Pipeline.serve` runs the stages after)."""
-        headers = {
-            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
-        }
+        headers = {}  # a loop, not a comprehension: in Python 3.11 that is a function made
+        for name, value in scope["headers"]:
+            headers[name.decode("latin-1")] = value.decode("latin-1")
         try:
             caller = await self._authenticate(headers)
         except Exception as error:

@@ -73,8 +73,9 @@ def build(context: RequestContext) -> Headers:
         (b"x-litellm-call-id", request_id),
         _VERSION,
     ]
-    if context.headers:
-        headers += [(name.encode(), value.encode()) for name, value in context.headers.items()]
+    # A loop, not a comprehension: in Python 3.11 that is a function made and called.
+    for name, value in context.headers.items():
+        headers.append((name.encode(), value.encode()))
     wait = context.upstream_wait
     if wait is not None:
         overhead = f"{max(context.elapsed() - wait, 0.0) * 1000:.3f}".encode()

@@ -28,8 +28,9 @@ def require_messages(body: dict[str, Any]) -> None:
         raise InvalidRequest(
             "`messages` is required and must be a non-empty array.", param="messages"
         )
-    if not all(isinstance(message, dict) for message in messages):
-        raise InvalidRequest("Every entry of `messages` must be an object.", param="messages")
+    for message in messages:  # a loop, not `all` of a generator: no function made
+        if not isinstance(message, dict):
+            raise InvalidRequest("Every entry of `messages` must be an object.", param="messages")
 
 
 def check_tool_fields(body: dict[str, Any]) -> None:

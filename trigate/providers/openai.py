@@ -335,7 +335,7 @@ class OpenAIChunkStream(SSEChunkStream):
         self._passes = passes
 
     def _passable(self, events: bytes) -> bool:
-        if b'"usage"' not in events and b'"error"' not in events:
+        if events.find(b'"usage"') < 0 and events.find(b'"error"') < 0:
             return True  # two searches where `_first_mark` counts and finds
         return _first_mark(events, len(events)) < 0
 
