@@ -150,7 +150,29 @@ def test_a_repeated_requests_key_is_hashed_once_and_the_digests_kept_are_bounded
     for n in range(50):
         form = b"%03d" % n * 33
         assert digests.hexdigest(form) == sha256(form).hexdigest()
-        assert sum(map(len, digests._kept)) <= 1000
+        assert sum(len(form) + keys.KEPT_OVERHEAD for form in digests._kept) <= 1000
+
+
+def test_the_digests_kept_hold_the_memory_they_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound is on memory held, not only on the forms' lengths: a form is kept as a
+    copy of its own size (orjson's bytes keep the buffer they were written in, some
+    4 KiB for a small form), and each one's digest and slot are counted too."""
+    import tracemalloc
+
+    bound = 256 << 10
+    monkeypatch.setattr(keys, "DIGESTS_KEPT_BYTES", bound)
+    digests = keys._Digests()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(3000):  # each form made as a request's key makes it, then let go
+            body = {"messages": [{"role": "user", "content": f"q{n}"}]}
+            digests.hexdigest(keys.canonical("chat", "g", "", body))
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    kept = len(digests._kept)
+    assert kept > 0 and held <= bound * 1.25, (kept, held)
 
 
 # --- hits -----------------------------------------------------------------------------------

@@ -46,9 +46,8 @@ _NAME_TABLE = bytes(byte if byte in _TOKEN_BYTES + b"\n" else 0 for byte in rang
 _VALUE_TABLE = bytes(0 if byte in b"\x00\r\x0b\x0c" else byte for byte in range(256))
 # h11's `_headers.CONTENT_LENGTH_MAX_DIGITS` and `_content_length_re`, in one expression.
 _PLAIN_LENGTH = re.compile(rb"[0-9]{1,20}")
-# The same tables and expression, for the lean path's reading (`trigate.http1`).
-NAME_TABLE = _NAME_TABLE
-# `NAME_TABLE` that also lower-cases, as h11 keeps names: one pass for both.
+# The same tables and expression, for the lean path's reading (`trigate.http1`): the
+# name table that also lower-cases, as h11 keeps names, one pass for both.
 LOWERED_NAME_TABLE = _NAME_TABLE.lower()
 VALUE_TABLE = _VALUE_TABLE
 PLAIN_LENGTH = _PLAIN_LENGTH

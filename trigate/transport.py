@@ -850,7 +850,7 @@ def field_names(fields: Sequence[tuple[bytes, bytes]]) -> list[bytes] | None:
     as RFC 9110 (and h11) allows; else None.
 
     All the names are checked at once, joined by a newline, and so are all the values:
-    a few passes of C over each (`_NAME_TABLE`, `_VALUE_TABLE`, the count of newlines),
+    a few passes of C over each (`_LOWERED_NAME_TABLE`, `_VALUE_TABLE`, the count of newlines),
     where h11 runs two regular expressions per field, and one expression over all the
     fields still cost some 4 thousand instructions a field (a gateway's answer carries a
     score of them)."""

@@ -60,10 +60,14 @@ def native_form(surface: str, native: dict[str, Any], chat: dict[str, Any]) -> d
     return {surface: _keyed(native, unkeyed), "chat": _keyed(chat, UNKEYED)}
 
 
-# The canonical forms whose digests are kept (`_Digests`), in bytes all told, and the
-# largest one kept: a larger form's hashing is mostly its length, not its setup.
+# The canonical forms whose digests are kept (`_Digests`), in bytes all told (each form's
+# own, its digest's and its place in the dictionary: `KEPT_OVERHEAD`), and the largest
+# one kept: a larger form's hashing is mostly its length, not its setup.
 DIGESTS_KEPT_BYTES = 1 << 20
 LARGEST_FORM_KEPT = 16 << 10
+# What a kept form costs beyond its length: the bytes object's header, the digest's
+# 64-character string, and the dictionary's slot (measured: some 280 bytes).
+KEPT_OVERHEAD = 300
 
 
 class _Digests:
@@ -71,7 +75,10 @@ class _Digests:
     again, so its form has been hashed before: a look-up (one pass of the interpreter's
     hash over the form) replaces OpenSSL's SHA-256, whose setup for each call costs a
     small request's key some 10 thousand instructions, a sixtieth of the whole hit.
-    Bounded in bytes; once full it starts over, which costs a hashing each."""
+    Bounded in bytes; once full it starts over, which costs a hashing each. A form is
+    kept as a copy of its own length: orjson's bytes keep the buffer they were written
+    in, some 4 KiB for a form of a hundred bytes. The forms hold requests' text, in
+    this worker's memory only, as the requests themselves did."""
 
     __slots__ = ("_bytes", "_kept")
 
@@ -83,12 +90,13 @@ class _Digests:
         digest = self._kept.get(form)
         if digest is None:
             digest = hashlib.sha256(form).hexdigest()
+            size = len(form) + KEPT_OVERHEAD
             if len(form) <= LARGEST_FORM_KEPT:
-                if self._bytes + len(form) > DIGESTS_KEPT_BYTES:
+                if self._bytes + size > DIGESTS_KEPT_BYTES:
                     self._kept.clear()
                     self._bytes = 0
-                self._kept[form] = digest
-                self._bytes += len(form)
+                self._kept[bytes(memoryview(form))] = digest
+                self._bytes += size
         return digest
 
 
