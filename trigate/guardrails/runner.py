@@ -21,7 +21,6 @@ counted and logged.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -139,10 +138,30 @@ class _Plan:
     applied: tuple[str, ...]
 
 
-@functools.lru_cache(maxsize=64)
-def _plan_of(guardrails: tuple[Guardrail, ...]) -> _Plan:
+# How many lists of guardrails a guardrail keeps the plans of (a request meets one list
+# per combination of its own, its key's and its team's guardrails: few).
+PLANS = 64
+
+
+def _plan_of(guardrails: list[Guardrail]) -> _Plan:
     """The plan of a list of guardrails, made once for every request that meets the same
-    ones (most meet one list, their config's `default_on` guardrails), not on each."""
+    ones (most meet one list, their config's `default_on` guardrails), not on each. It is
+    kept on the list's first guardrail, so that it lives as long as the configuration it
+    belongs to: a cache of its own would keep a reloaded configuration's guardrails (and
+    the content filter's compiled databases) alive."""
+    key = tuple(guardrails)
+    if not key:
+        return _make_plan(key)
+    plans = guardrails[0].plans
+    plan = plans.get(key)
+    if plan is None:
+        plan = _make_plan(key)
+        if len(plans) < PLANS:
+            plans[key] = plan
+    return plan
+
+
+def _make_plan(guardrails: tuple[Guardrail, ...]) -> _Plan:
     by_mode = {mode: tuple(g for g in guardrails if mode in g.config.modes) for mode in MODES}
     window = min((g.config.stream_window for g in by_mode[Mode.POST_CALL]), default=0)
     return _Plan(
@@ -169,7 +188,7 @@ class GuardrailRun:
         self._model = model
         self._request_data = request_data
         self._span = span
-        plan = _plan_of(tuple(guardrails))
+        plan = _plan_of(guardrails)
         self._by_mode = plan.by_mode
         self._unmasks = plan.unmasks
         self._window = plan.window
@@ -312,7 +331,8 @@ class GuardrailRun:
         kinds = [slot.kind for slot in slots]
         step = Step(mode, reads_input, self._vault, self._model, kinds, self._request_data)
         config = guardrail.config
-        started, clock = wall_time(), trio.current_time()
+        clock = trio.current_time()
+        started = wall_time(clock)  # one reading of the clock serves both
         status, error_type, verdict = "success", None, Verdict()
         try:
             if guardrail.immediate:
