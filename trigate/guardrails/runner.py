@@ -227,7 +227,8 @@ class GuardrailRun:
             _write(slots, verdict)
 
     async def log_request(self, body: dict[str, Any]) -> None:
-        await self._log(request_slots(body), reads_input=True)
+        if self._by_mode[Mode.LOGGING_ONLY]:  # the request's texts are read only for them
+            await self._log(request_slots(body), reads_input=True)
 
     async def during_call(self, body: dict[str, Any], native: dict[str, Any] | None = None) -> None:
         """The request has gone upstream as it is: a mask cannot be applied any more, so
@@ -250,7 +251,8 @@ class GuardrailRun:
         if self._unmasks:
             for slot in slots:
                 slot.replace(self._vault.unmask(slot.text))
-        await self._log(slots, reads_input=False)
+        if self._by_mode[Mode.LOGGING_ONLY]:  # (a coroutine that does nothing still costs)
+            await self._log(slots, reads_input=False)
         return [slot.text for slot in slots] != before
 
     # --- a stream --------------------------------------------------------------------------
@@ -333,7 +335,8 @@ class GuardrailRun:
         config = guardrail.config
         clock = trio.current_time()
         started = wall_time(clock)  # one reading of the clock serves both
-        status, error_type, verdict = "success", None, Verdict()
+        # (A verdict is made here only for a failure: a dataclass made on every run costs.)
+        status, error_type = "success", None
         try:
             if guardrail.immediate:
                 verdict = _checked(guardrail.check_now(texts, step), len(texts))
@@ -343,9 +346,10 @@ class GuardrailRun:
         except GuardrailBlocked as blocked:
             status, verdict = "guardrail_intervened", Verdict(blocked=blocked.message)
         except trio.TooSlowError:
-            status, error_type = "guardrail_failed_to_respond", "timeout"
+            status, error_type, verdict = "guardrail_failed_to_respond", "timeout", Verdict()
         except Exception as error:
             status, error_type = "guardrail_failed_to_respond", type(error).__name__
+            verdict = Verdict()
             logger.warning("guardrail %s (%s) failed: %s", guardrail.name, mode.value, error)
         if verdict.blocked is not None:
             status = "guardrail_intervened"
