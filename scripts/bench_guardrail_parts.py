@@ -2,7 +2,8 @@
 `python scripts/bench_guardrail_parts.py [piece ...]`.
 
 `scripts/bench_guardrails.py` gives one figure for a request; this splits it. Each piece
-(the Hyperscan scan alone, the prefilter, the detectors, the mask, a whole verdict) runs
+(the Hyperscan scan alone, the prefilter, the detectors, the mask, a whole verdict, a
+whole request through the runner, the runner alone with a guardrail that passes all) runs
 `RUNS` times inside `itertools.starmap`, and callgrind counts only what runs inside
 `starmap_next` (`--collect-atstart=no --toggle-collect`): start-up, imports and the
 databases' compile are never counted, so one run per piece is enough (no difference of
@@ -24,11 +25,17 @@ WORKER = r"""
 import itertools
 import sys
 
+import trio
+
+from trigate.guardrails.base import Guardrail, Verdict
 from trigate.guardrails.config import parse_guardrails
 from trigate.guardrails.content_filter import ContentFilter
 from trigate.guardrails.detectors import DIGITS, Scanned, _places
 from trigate.guardrails.masking import Span, apply
+from trigate.guardrails.observe import Observer
+from trigate.guardrails.runner import GuardrailRun
 from trigate.guardrails.types import KNOWN_TYPES
+from trigate.metrics import Metrics
 
 SENTENCE = (
     "The committee reviewed the quarterly figures and agreed that the migration of the "
@@ -69,6 +76,39 @@ def _rules() -> None:
         rule.detector.scan(scanned)
 
 
+observer = Observer(Metrics())
+
+
+class Passing(Guardrail):
+    # What the runner costs alone: an immediate guardrail that passes every text.
+    immediate = True
+
+    async def check(self, texts, step):
+        return Verdict()
+
+    def check_now(self, texts, step):
+        return Verdict(response={"detected": {}})
+
+
+passing = Passing(config)
+
+
+# One request as bench_guardrails.py runs it: the runner's pre_call and post_call. The
+# guardrail is immediate, so neither coroutine ever suspends: each is driven to its end
+# here, inside `trio.run` (the runner reads Trio's clock).
+def _request(guardrail: Guardrail = guard) -> None:
+    run = GuardrailRun([guardrail], observer, "gpt-4o", None, {})
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": PROMPT}]}
+    answer = {"object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": ANSWER}}]}
+    for step in (run.pre_call(body), run.post_call(answer)):
+        try:
+            step.send(None)
+        except StopIteration:
+            continue
+        raise RuntimeError("a guardrail step suspended")
+
+
 PIECES = {
     "hs_scan_prompt": lambda: database.scan(data, match_event_handler=_ignore),
     "fired_prompt": lambda: prefilter.fired(PROMPT),
@@ -79,16 +119,25 @@ PIECES = {
     "mask_prompt": lambda: apply(PROMPT, spans),
     "verdict_prompt": lambda: guard.verdict([PROMPT]),
     "verdict_answer": lambda: guard.verdict([ANSWER]),
+    "request": _request,
+    "runner": lambda: _request(passing),
 }
 piece = PIECES[sys.argv[1]]
-for _ in range(3):  # warm: regex caches, the filter's plans
-    piece()
-list(itertools.starmap(piece, [()] * int(sys.argv[2])))
+
+
+async def _all() -> None:
+    for _ in range(3):  # warm: regex caches, the filter's plans, metric children
+        piece()
+    list(itertools.starmap(piece, [()] * int(sys.argv[2])))
+
+
+trio.run(_all)
 """
 
 PIECES = (
     "hs_scan_prompt", "fired_prompt", "fired_answer", "digit_places", "digit_windows",
-    "detectors_prompt", "mask_prompt", "verdict_prompt", "verdict_answer",
+    "detectors_prompt", "mask_prompt", "verdict_prompt", "verdict_answer", "request",
+    "runner",
 )  # fmt: skip
 
 

@@ -5,8 +5,10 @@ state, and a bad file changes nothing."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -273,3 +275,37 @@ async def test_a_reload_swaps_the_hooks_and_refuses_one_that_cannot_load(
     assert refused.status_code == 400
     assert "no_such_hook" in refused.json()["error"]["message"]
     assert await status() == 400
+
+
+async def test_a_reload_releases_the_guardrails_it_replaced(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A guardrail a reload replaced is let go once its requests are done: nothing the
+    runner keeps of the requests it served (the plan of their guardrails) holds it, nor
+    the content filter's compiled databases, however many reloads there are."""
+    path = tmp_path / "config.yaml"
+    models = [_mock("gpt", "gpt-1", mock_response="fine")]
+
+    def guarded(word: str) -> dict[str, Any]:
+        params = {
+            "guardrail": "litellm_content_filter",
+            "mode": ["pre_call", "post_call"],
+            "default_on": True,
+            "blocked_words": [{"keyword": word, "action": "BLOCK"}],
+        }
+        return {
+            "model_list": models,
+            "guardrails": [{"guardrail_name": "cf", "litellm_params": params}],
+        }
+
+    path.write_text(yaml.safe_dump(guarded("forbidden")))
+    gateway = await _from_file(nursery, path)
+    assert gateway.gateway.guardrails is not None
+    old = weakref.ref(gateway.gateway.guardrails.guardrails["cf"])
+    assert (await _chat(gateway, "gpt")).status_code == 200
+    path.write_text(yaml.safe_dump(guarded("secret")))
+    async with gateway.client() as admin:
+        assert (await admin.post("/config/reload")).status_code == 200
+    assert (await _chat(gateway, "gpt")).status_code == 200
+    gc.collect()
+    assert old() is None

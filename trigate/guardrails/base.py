@@ -72,6 +72,9 @@ class Guardrail(ABC):
 
     def __init__(self, config: GuardrailConfig) -> None:
         self.config = config
+        # The runner's plans of the lists of guardrails this one starts
+        # (`trigate.guardrails.runner`): kept here, they go when the configuration does.
+        self.plans: dict[tuple[Guardrail, ...], Any] = {}
 
     @property
     def name(self) -> str:

@@ -21,7 +21,6 @@ counted and logged.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -139,10 +138,30 @@ class _Plan:
     applied: tuple[str, ...]
 
 
-@functools.lru_cache(maxsize=64)
-def _plan_of(guardrails: tuple[Guardrail, ...]) -> _Plan:
+# How many lists of guardrails a guardrail keeps the plans of (a request meets one list
+# per combination of its own, its key's and its team's guardrails: few).
+PLANS = 64
+
+
+def _plan_of(guardrails: list[Guardrail]) -> _Plan:
     """The plan of a list of guardrails, made once for every request that meets the same
-    ones (most meet one list, their config's `default_on` guardrails), not on each."""
+    ones (most meet one list, their config's `default_on` guardrails), not on each. It is
+    kept on the list's first guardrail, so that it lives as long as the configuration it
+    belongs to: a cache of its own would keep a reloaded configuration's guardrails (and
+    the content filter's compiled databases) alive."""
+    key = tuple(guardrails)
+    if not key:
+        return _make_plan(key)
+    plans = guardrails[0].plans
+    plan = plans.get(key)
+    if plan is None:
+        plan = _make_plan(key)
+        if len(plans) < PLANS:
+            plans[key] = plan
+    return plan
+
+
+def _make_plan(guardrails: tuple[Guardrail, ...]) -> _Plan:
     by_mode = {mode: tuple(g for g in guardrails if mode in g.config.modes) for mode in MODES}
     window = min((g.config.stream_window for g in by_mode[Mode.POST_CALL]), default=0)
     return _Plan(
@@ -169,7 +188,7 @@ class GuardrailRun:
         self._model = model
         self._request_data = request_data
         self._span = span
-        plan = _plan_of(tuple(guardrails))
+        plan = _plan_of(guardrails)
         self._by_mode = plan.by_mode
         self._unmasks = plan.unmasks
         self._window = plan.window
@@ -208,7 +227,8 @@ class GuardrailRun:
             _write(slots, verdict)
 
     async def log_request(self, body: dict[str, Any]) -> None:
-        await self._log(request_slots(body), reads_input=True)
+        if self._by_mode[Mode.LOGGING_ONLY]:  # the request's texts are read only for them
+            await self._log(request_slots(body), reads_input=True)
 
     async def during_call(self, body: dict[str, Any], native: dict[str, Any] | None = None) -> None:
         """The request has gone upstream as it is: a mask cannot be applied any more, so
@@ -231,7 +251,8 @@ class GuardrailRun:
         if self._unmasks:
             for slot in slots:
                 slot.replace(self._vault.unmask(slot.text))
-        await self._log(slots, reads_input=False)
+        if self._by_mode[Mode.LOGGING_ONLY]:  # (a coroutine that does nothing still costs)
+            await self._log(slots, reads_input=False)
         return [slot.text for slot in slots] != before
 
     # --- a stream --------------------------------------------------------------------------
@@ -312,8 +333,10 @@ class GuardrailRun:
         kinds = [slot.kind for slot in slots]
         step = Step(mode, reads_input, self._vault, self._model, kinds, self._request_data)
         config = guardrail.config
-        started, clock = wall_time(), trio.current_time()
-        status, error_type, verdict = "success", None, Verdict()
+        clock = trio.current_time()
+        started = wall_time(clock)  # one reading of the clock serves both
+        # (A verdict is made here only for a failure: a dataclass made on every run costs.)
+        status, error_type = "success", None
         try:
             if guardrail.immediate:
                 verdict = _checked(guardrail.check_now(texts, step), len(texts))
@@ -323,9 +346,10 @@ class GuardrailRun:
         except GuardrailBlocked as blocked:
             status, verdict = "guardrail_intervened", Verdict(blocked=blocked.message)
         except trio.TooSlowError:
-            status, error_type = "guardrail_failed_to_respond", "timeout"
+            status, error_type, verdict = "guardrail_failed_to_respond", "timeout", Verdict()
         except Exception as error:
             status, error_type = "guardrail_failed_to_respond", type(error).__name__
+            verdict = Verdict()
             logger.warning("guardrail %s (%s) failed: %s", guardrail.name, mode.value, error)
         if verdict.blocked is not None:
             status = "guardrail_intervened"

@@ -83,7 +83,7 @@ def request_slots(body: dict[str, Any]) -> list[Slot]:
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, dict):
-                slots.extend(_message_slots(message))
+                _add_message(slots, message)
     for key in ("prompt", "input", "query", "suffix"):
         if key in body:
             slots.extend(_strings(body, key))
@@ -188,8 +188,25 @@ def _prompt_variables(prompt: Any) -> Iterator[Slot]:
             yield Slot(value, "text")
 
 
+def _add_message(slots: list[Slot], message: dict[str, Any]) -> None:
+    """A chat message's slots added to `slots`. Most messages are a role and a string
+    alone: their one slot is added at once, as `_message_slots` would yield it, without
+    the four generators that read a message of any shape (some 5,000 instructions
+    each time, on every request and answer a guardrail reads)."""
+    content = message.get("content")
+    if len(message) == 2 and type(content) is str and "role" in message:
+        role = message["role"]
+        slots.append(Slot(message, "content", TOOL_RESULT if role in _TOOL_ROLES else TEXT))
+    else:
+        slots.extend(_message_slots(message))
+
+
+# The roles whose message's content is a tool's result.
+_TOOL_ROLES = ("tool", "function")
+
+
 def _message_slots(message: dict[str, Any]) -> Iterator[Slot]:
-    kind = TOOL_RESULT if message.get("role") in ("tool", "function") else TEXT
+    kind = TOOL_RESULT if message.get("role") in _TOOL_ROLES else TEXT
     yield from _content(message, "content", kind)
     yield from _said(message)
     for call in message.get("tool_calls") or ():
@@ -397,10 +414,11 @@ def answer_slots(answer: dict[str, Any]) -> list[Slot]:
             continue
         message = choice.get("message")
         if isinstance(message, dict):
-            slots.extend(_message_slots(message))
+            _add_message(slots, message)
         if isinstance(choice.get("text"), str):
             slots.append(Slot(choice, "text"))
-    slots.extend(_candidates(answer))
+    if "candidates" in answer:  # (Gemini's: a generator asked for nothing still costs)
+        slots.extend(_candidates(answer))
     return slots
 
 
