@@ -53,7 +53,9 @@ TOLERANCE = 0.03
 WARM_UP_REQUESTS = 30
 WINDOWS = 8
 RUN_SECONDS = 0.4
-OUTLIER = 1.15
+# A pass of the cyclic collector adds some 14% to a run (about 5.8 million instructions
+# over its requests); runs of one case otherwise differ by 2% or less.
+OUTLIER = 1.08
 # Runs a spend write may overlap, and be left out, before the check gives up.
 MAX_OVERLAPPED = 10 * WINDOWS
 STREAM_CHUNKS = 21
