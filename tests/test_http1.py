@@ -692,3 +692,38 @@ async def test_a_1xx_at_the_last_request_is_not_marked_closing(
     )
     assert lean == by_hypercorn
     assert lean[1].startswith(b"HTTP/1.1 103 ") and b"connection: close" not in lean[1]
+
+
+class _Vouching:
+    """An app answering with fields whose tail it vouches for (`http1.CheckedTail`),
+    then, if `tampered`, a field from outside appended after: one that would inject
+    another field."""
+
+    def __init__(self, tampered: bool) -> None:
+        self._tampered = tampered
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await Recorder()(scope, receive, send)
+            return
+        await receive()
+        own = [(b"x-own", b"1")]
+        fields = http1.vouched([(b"content-length", b"2"), *own], own)
+        if self._tampered:
+            fields.append((b"x-outside", b"a\r\nx-injected: yes"))
+        await send({"type": "http.response.start", "status": 200, "headers": fields})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("tampered", [False, True], ids=["as made", "tampered"])
+async def test_a_vouched_tail_is_written_as_hypercorn_writes_it(
+    tampered: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lean server checks all but a `CheckedTail`'s own fields, and all of them once
+    that tail is not the last any more: an injected field is refused as h11 refuses it."""
+    pieces = [_request(b"/")]
+    lean = await _exchange(True, pieces, monkeypatch, app=_Vouching(tampered))
+    by_hypercorn = await _exchange(False, pieces, monkeypatch, app=_Vouching(tampered))
+    assert lean == by_hypercorn
+    assert (b"x-injected" in lean[1]) is False
+    assert (b"x-own: 1" in lean[1]) is not tampered

@@ -11,6 +11,8 @@ from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk
 from helpers import MESSAGES, RunningGateway, start_gateway
 
 from trigate import __version__
+from trigate.api import response_headers
+from trigate.api.context import RequestContext
 
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
 
@@ -132,3 +134,43 @@ async def test_a_refusal_before_routing_has_the_ids_only(priced: RunningGateway)
     assert reply.headers["x-litellm-call-id"] == reply.headers["x-trigate-request-id"]
     assert reply.headers["x-litellm-version"] == __version__
     assert "x-litellm-model-id" not in reply.headers
+
+
+async def test_a_deployment_id_that_would_inject_a_field_is_still_refused(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """A deployment's headers are the gateway's own only once they pass h11's checks
+    (`_Prepared.checked`): one from config that would smuggle in a field of its own is
+    checked with every answer, as h11 checks it, and never written."""
+    upstream.handler = lambda request: JSONReply(chat_completion("hi", usage=USAGE))
+    settings = config(upstream)
+    settings["model_list"][0]["model_info"]["id"] = "d-1\r\nx-injected: yes"
+    gateway = await start_gateway(nursery, settings)
+    async with gateway.client() as client:
+        try:
+            reply = await client.post(
+                "/v1/chat/completions", json={"model": "team/gpt:mini", "messages": MESSAGES}
+            )
+        except Exception as error:  # h11 refused the head: the connection ended unanswered
+            assert "x-injected" not in repr(error)
+        else:
+            assert reply.status_code == 500
+            assert "x-injected" not in reply.headers
+
+
+def test_only_values_the_gateway_made_are_its_own() -> None:
+    """`build_parts`: the ids it made and its version are its own (unchecked by the lean
+    server); the client's `x-request-id` and model name, and hooks' headers, are not."""
+    context = RequestContext("ab" * 16, 0.0, client_request_id="client's id")
+    context.headers["x-hook"] = "set by a hook"
+    outside, own = response_headers.build_parts(context)
+    assert dict(outside) == {b"x-request-id": b"client's id", b"x-hook": b"set by a hook"}
+    assert dict(own) == {
+        b"x-trigate-request-id": b"ab" * 16,
+        b"x-litellm-call-id": b"ab" * 16,
+        b"x-litellm-version": __version__.encode(),
+    }
+    assert response_headers.build(context) == [*outside, *own]
+    mine = RequestContext("cd" * 16, 0.0)
+    outside, own = response_headers.build_parts(mine)
+    assert outside == [] and (b"x-request-id", b"cd" * 16) in own

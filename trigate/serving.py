@@ -113,6 +113,7 @@ from trigate.http1 import AppQueue as _AppQueue
 from trigate.http1 import (
     BodyWriter as BodyWriter,
 )
+from trigate.http1 import CheckedTail as CheckedTail
 from trigate.http1 import (
     Departure as Departure,
 )
@@ -132,6 +133,7 @@ from trigate.http1 import (
     WholeWriter as WholeWriter,
 )
 from trigate.http1 import send_locked as _send_locked
+from trigate.http1 import vouched as vouched
 from trigate.request_head import read_request_heads
 from trigate.sockets import FastStream
 from trigate.transport import field_names

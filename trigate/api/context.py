@@ -39,6 +39,7 @@ from trigate.serving import (
     OnDeparture,
     QueuedEvent,
     WholeWriter,
+    vouched,
 )
 
 if TYPE_CHECKING:
@@ -300,10 +301,11 @@ class _ResponseSender:
                 if name.lower() == b"content-length":
                     self._fixed_length = True
                     break
-            extra = response_headers.build(self._context)
+            outside, own = response_headers.build_parts(self._context)
             if self._body_pending:
-                extra.append((b"connection", b"close"))
-            message = {**message, "headers": [*headers, *extra]}
+                outside.append((b"connection", b"close"))
+            # The gateway's own fields last, vouched for: the lean server checks the rest.
+            message = {**message, "headers": vouched([*headers, *outside, *own], own)}
             if self._fixed_length and self.whole_writer is not None:
                 self._start = message  # goes out with the body
                 return

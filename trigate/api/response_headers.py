@@ -10,6 +10,13 @@ and what is left of them, the durations, the version. A value the gateway does n
 
 Every response pays for these, so what depends only on a deployment (its ids, its API
 base) is encoded once per deployment and kept.
+
+`build_parts` tells apart the gateway's own fields (`own`: constant names, values it
+formats itself from its ids and numbers, or a deployment's, checked once as prepared)
+from those carrying a value from outside (`outside`: the client's `x-request-id` and
+model name, a hook's or the rate limiter's headers, a key's limits as stored). The lean
+HTTP/1.1 server checks the latter as h11 would with every answer, and not the former
+(`trigate.http1.CheckedTail`).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from trigate import __version__
+from trigate.transport import field_names
 
 if TYPE_CHECKING:
     from trigate.api.context import RequestContext
@@ -40,9 +48,10 @@ _COUNTS = [str(n).encode() for n in range(16)]
 
 
 class _Prepared:
-    """A deployment's headers, and its own timeouts (whole, streamed) as LiteLLM shows them."""
+    """A deployment's headers, and its own timeouts (whole, streamed) as LiteLLM shows them;
+    `checked` when all of them pass h11's checks (its ids and API base come from config)."""
 
-    __slots__ = ("entry", "headers", "stream_timeout", "timeout")
+    __slots__ = ("checked", "entry", "headers", "stream_timeout", "timeout")
 
     def __init__(self, deployment: Deployment) -> None:
         self.entry: object = deployment.entry
@@ -55,6 +64,8 @@ class _Prepared:
         self.timeout = (b"x-litellm-timeout", str(params.timeout).encode())
         own = params.stream_timeout or params.timeout
         self.stream_timeout = (b"x-litellm-timeout", str(own).encode())
+        every = [*self.headers, self.timeout, self.stream_timeout]
+        self.checked = field_names(every) is not None
 
 
 # Per deployment id: what was prepared for it.
@@ -65,46 +76,58 @@ _remaining_names: dict[str, tuple[bytes, bytes] | None] = {}
 
 def build(context: RequestContext) -> Headers:
     """The headers every response of the request gets."""
-    request_id = context.request_id.encode()
+    outside, own = build_parts(context)
+    return [*outside, *own]
+
+
+def build_parts(context: RequestContext) -> tuple[Headers, Headers]:
+    """The headers every response of the request gets: those carrying a value from
+    outside the gateway, and its own (never a framing field), which need no check."""
+    request_id = context.request_id.encode()  # hex of random bytes
     echoed = context.client_request_id
-    headers = [
-        (b"x-request-id", echoed.encode("latin-1") if echoed is not None else request_id),
+    outside: Headers = []
+    own: Headers = [
         (b"x-trigate-request-id", request_id),
         (b"x-litellm-call-id", request_id),
         _VERSION,
     ]
+    if echoed is not None:
+        outside.append((b"x-request-id", echoed.encode("latin-1")))
+    else:
+        own.append((b"x-request-id", request_id))
     # A loop, not a comprehension: in Python 3.11 that is a function made and called.
     for name, value in context.headers.items():
-        headers.append((name.encode(), value.encode()))
+        outside.append((name.encode(), value.encode()))
     wait = context.upstream_wait
     if wait is not None:
         overhead = f"{max(context.elapsed() - wait, 0.0) * 1000:.3f}".encode()
-        headers += [
+        own += [
             (b"x-trigate-overhead-ms", overhead),
             (b"x-litellm-overhead-duration-ms", overhead),
             (b"x-litellm-response-duration-ms", f"{wait * 1000:.3f}".encode()),
         ]
     route = context.route
     if route is not None:
-        _route_headers(route, headers)
+        _route_headers(route, outside, own)
     call = context.call
     if call is not None:
-        _call_headers(call, route, headers)
-    return headers
+        _call_headers(call, route, outside, own)
+    return outside, own
 
 
-def _route_headers(route: RouteProgress, headers: Headers) -> None:
+def _route_headers(route: RouteProgress, outside: Headers, own: Headers) -> None:
     group = route.model_group[:MAX_ECHOED_MODEL_LENGTH]
     # The client chose this name: a control character would make h11 refuse the response.
     if group.isprintable():
         encoded = group.encode()
-        headers += [(b"x-trigate-model-group", encoded), (b"x-litellm-model-group", encoded)]
+        outside += [(b"x-trigate-model-group", encoded), (b"x-litellm-model-group", encoded)]
     deployment = route.deployment
     if deployment is not None:
-        headers += _prepared(deployment).headers
+        prepared = _prepared(deployment)
+        (own if prepared.checked else outside).extend(prepared.headers)
     retries = _count(route.retries)
     fallbacks = _count(route.fallbacks)
-    headers += [
+    own += [
         (b"x-trigate-attempted-retries", retries),
         (b"x-litellm-attempted-retries", retries),
         (b"x-trigate-attempted-fallbacks", fallbacks),
@@ -137,7 +160,7 @@ def _public_base(api_base: str | None) -> str | None:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _call_headers(call: Call, route: RouteProgress | None, headers: Headers) -> None:
+def _call_headers(call: Call, route: RouteProgress | None, outside: Headers, own: Headers) -> None:
     """What depends on the call: the retries and timeout it was allowed, its cost, and the
     key's spend and limits."""
     attempted = call.attempted
@@ -145,21 +168,22 @@ def _call_headers(call: Call, route: RouteProgress | None, headers: Headers) -> 
     retries = call.gateway.router.settings.num_retries
     if request is not None and request.num_retries is not None:
         retries = min(retries, request.num_retries)
-    headers.append((b"x-litellm-max-retries", _count(retries)))
+    own.append((b"x-litellm-max-retries", _count(retries)))
     deployment = route.deployment if route is not None else None
     if deployment is not None:
         if request is None:
             prepared = _prepared(deployment)
-            headers.append(prepared.stream_timeout if call.stream else prepared.timeout)
+            timeout = prepared.stream_timeout if call.stream else prepared.timeout
+            (own if prepared.checked else outside).append(timeout)
         else:
-            timeout = request.attempt_timeout(deployment, call.stream)
-            headers.append((b"x-litellm-timeout", str(timeout).encode()))
+            seconds = request.attempt_timeout(deployment, call.stream)
+            _number(b"x-litellm-timeout", seconds, outside, own)
     cost = call.cost
     if cost is not None:
-        headers.append((b"x-litellm-response-cost", str(cost).encode()))
+        _number(b"x-litellm-response-cost", cost, outside, own)
     key = call.caller.key
     spend = float(key.get("spend") or 0.0) if key is not None else 0.0
-    headers.append((b"x-litellm-key-spend", str(spend + (cost or 0.0)).encode()))
+    _number(b"x-litellm-key-spend", spend + (cost or 0.0), outside, own)
     if key is None:
         return
     for column, name in (
@@ -169,9 +193,17 @@ def _call_headers(call: Call, route: RouteProgress | None, headers: Headers) -> 
     ):
         value = key.get(column)
         if value is not None:
-            headers.append((name, str(value).encode()))
+            outside.append((name, str(value).encode()))  # as stored, whatever it is
     if route is not None:
-        _remaining(call, key, route.model_group, headers)
+        _remaining(call, key, route.model_group, outside)
+
+
+def _number(name: bytes, value: float, outside: Headers, own: Headers) -> None:
+    """A number as LiteLLM shows it (`str`). That of a float or an int has no space or
+    control character, so it is one of the gateway's own fields; anything else that
+    came here (a subclass, a Decimal) is checked as a value from outside."""
+    kind = type(value)
+    (own if kind is float or kind is int else outside).append((name, str(value).encode()))
 
 
 def _remaining(call: Call, key: dict[str, object], group: str, headers: Headers) -> None:
