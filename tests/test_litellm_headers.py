@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 import trio
 from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, chunk
-from helpers import MESSAGES, RunningGateway, start_gateway
+from helpers import MESSAGES, RunningGateway, new_key, start_gateway
 
 from trigate import __version__
 from trigate.api import response_headers
 from trigate.api.context import RequestContext
+from trigate.transport import field_names
 
 USAGE = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
 
@@ -174,3 +175,42 @@ def test_only_values_the_gateway_made_are_its_own() -> None:
     mine = RequestContext("cd" * 16, 0.0)
     outside, own = response_headers.build_parts(mine)
     assert outside == [] and (b"x-request-id", b"cd" * 16) in own
+
+
+async def test_the_gateways_own_fields_pass_h11s_checks_on_every_kind_of_answer(
+    priced: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the lean server does not check (`build_parts`' own fields) would pass the
+    check, and frames nothing, on the answers that carry the most: a routed, priced call
+    with a virtual key with limits and a budget, whole and streamed, and an error. A field
+    carrying a value from outside, put among the gateway's own by a later change, fails
+    here (the client's request id, the key's limits as stored, a hook's header)."""
+    seen: list[tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]] = []
+    build_parts = response_headers.build_parts
+
+    def watched(context: RequestContext) -> Any:
+        outside, own = build_parts(context)
+        seen.append((list(outside), list(own)))
+        return outside, own
+
+    key = await new_key(priced, rpm_limit=100, tpm_limit=100_000, max_budget=10.0)
+    monkeypatch.setattr(response_headers, "build_parts", watched)
+    tricky = {"x-request-id": "client id"}
+    async with priced.client(key) as client:
+        for body in ({}, {"stream": True}, {"model": "no-such-model"}):
+            json = {"model": "team/gpt:mini", "messages": MESSAGES, **body}
+            reply = await client.post("/v1/chat/completions", json=json, headers=tricky)
+            assert reply.status_code in (200, 400, 404), reply.text
+    assert len(seen) == 3
+    framing = {b"content-length", b"transfer-encoding", b"connection"}
+    for outside, own in seen:
+        assert field_names(own) is not None, own
+        names = {name for name, _ in own}
+        assert not names & framing and all(name.startswith(b"x-") for name in names)
+        assert (b"x-request-id", b"client id") in outside
+    whole_outside = dict(seen[0][0])
+    # What the whole answer carried from outside: the key's limits as stored, the model
+    # group the client named, the limiter's counts.
+    for name in (b"x-litellm-key-rpm-limit", b"x-litellm-key-max-budget", b"x-litellm-model-group"):
+        assert name in whole_outside
+    assert b"x-ratelimit-remaining-requests" in whole_outside
