@@ -12,8 +12,40 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The prompt the content filter is counted on (`bench_guardrails.py` and
+# `bench_guardrail_parts.py` import it in their workers): some 2,000 tokens of prose with
+# an email and a phone number in it, issue 23's "2,000-token prompt".
+SENTENCE = (
+    "The committee reviewed the quarterly figures and agreed that the migration of the "
+    "billing service should wait until the new storage cluster has been load tested. "
+)
+PROMPT = SENTENCE * 70 + "Reach me at ada@example.com or +44 20 7946 0958. " + SENTENCE * 5
+# The filter's prebuilt patterns and their actions: every one, or the PII ones alone.
+PATTERNS = {
+    "all": (("pii", "MASK"), ("secrets", "BLOCK"), ("prompt_injection", "BLOCK")),
+    "pii": (("pii", "MASK"),),
+}
+
+
+def content_filter_entry(patterns: str) -> dict[str, Any]:
+    """The config entry of the content filter counted: `PATTERNS[patterns]` and a keyword,
+    on the request and its answer."""
+    return {
+        "guardrail_name": "cf",
+        "litellm_params": {
+            "guardrail": "litellm_content_filter",
+            "mode": ["pre_call", "post_call"],
+            "patterns": [
+                {"pattern_type": "prebuilt", "pattern_name": name, "action": action}
+                for name, action in PATTERNS[patterns]
+            ],
+            "blocked_words": [{"keyword": "confidential", "action": "BLOCK"}],
+        },
+    }
 
 
 def instructions(worker: str, count: int, args: list[str], workdir: Path, tree: Path = ROOT) -> int:

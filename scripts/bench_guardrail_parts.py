@@ -26,6 +26,7 @@ import itertools
 import sys
 
 import trio
+from bench_callgrind import PROMPT, SENTENCE, content_filter_entry
 
 from trigate.guardrails.base import Guardrail, Verdict
 from trigate.guardrails.config import parse_guardrails
@@ -37,26 +38,8 @@ from trigate.guardrails.runner import GuardrailRun
 from trigate.guardrails.types import KNOWN_TYPES
 from trigate.metrics import Metrics
 
-SENTENCE = (
-    "The committee reviewed the quarterly figures and agreed that the migration of the "
-    "billing service should wait until the new storage cluster has been load tested. "
-)
-PROMPT = SENTENCE * 70 + "Reach me at ada@example.com or +44 20 7946 0958. " + SENTENCE * 5
 ANSWER = SENTENCE * 3
-ENTRY = {
-    "guardrail_name": "cf",
-    "litellm_params": {
-        "guardrail": "litellm_content_filter",
-        "mode": ["pre_call", "post_call"],
-        "patterns": [
-            {"pattern_type": "prebuilt", "pattern_name": name, "action": action}
-            for name, action in (("pii", "MASK"), ("secrets", "BLOCK"),
-                                 ("prompt_injection", "BLOCK"))
-        ],
-        "blocked_words": [{"keyword": "confidential", "action": "BLOCK"}],
-    },
-}
-[config] = parse_guardrails([ENTRY], KNOWN_TYPES)
+[config] = parse_guardrails([content_filter_entry("all")], KNOWN_TYPES)
 guard = ContentFilter(config)
 prefilter = guard._prefilter
 plan = guard._plan(prefilter.fired(PROMPT))

@@ -26,6 +26,7 @@ WORKER = r"""
 import random
 import sys
 import trio
+from bench_callgrind import PROMPT, SENTENCE, content_filter_entry
 from bench_counted import seed_scheduler
 from trigate.guardrails.config import Mode
 from trigate.guardrails.content_filter import ContentFilter
@@ -35,28 +36,7 @@ from trigate.guardrails.observe import Observer
 from trigate.guardrails.runner import GuardrailRun
 from trigate.metrics import Metrics
 
-SENTENCE = (
-    "The committee reviewed the quarterly figures and agreed that the migration of the "
-    "billing service should wait until the new storage cluster has been load tested. "
-)
-PROMPT = SENTENCE * 70 + "Reach me at ada@example.com or +44 20 7946 0958. " + SENTENCE * 5
-PATTERNS = {
-    "all": (("pii", "MASK"), ("secrets", "BLOCK"), ("prompt_injection", "BLOCK")),
-    "pii": (("pii", "MASK"),),
-}
-ENTRY = {
-    "guardrail_name": "cf",
-    "litellm_params": {
-        "guardrail": "litellm_content_filter",
-        "mode": ["pre_call", "post_call"],
-        "patterns": [
-            {"pattern_type": "prebuilt", "pattern_name": name, "action": action}
-            for name, action in PATTERNS[sys.argv[2]]
-        ],
-        "blocked_words": [{"keyword": "confidential", "action": "BLOCK"}],
-    },
-}
-[config] = parse_guardrails([ENTRY], KNOWN_TYPES)
+[config] = parse_guardrails([content_filter_entry(sys.argv[2])], KNOWN_TYPES)
 guard = ContentFilter(config)
 observer = Observer(Metrics())
 
@@ -101,13 +81,10 @@ def main() -> None:
 
 
 def _prompt_tokens(counter_class: type) -> int:
-    sentence = (
-        "The committee reviewed the quarterly figures and agreed that the migration of the "
-        "billing service should wait until the new storage cluster has been load tested. "
-    )
-    prompt = sentence * 70 + "Reach me at ada@example.com or +44 20 7946 0958. " + sentence * 5
+    from bench_callgrind import PROMPT
+
     counter = counter_class.load()
-    return int(counter.count_text("gpt-4o", prompt))
+    return int(counter.count_text("gpt-4o", PROMPT))
 
 
 if __name__ == "__main__":
