@@ -114,10 +114,11 @@ class Target:
                 payload |= {"stream": True, "stream_options": {"include_usage": True}}
         return json.dumps(payload, separators=(",", ":")).encode()
 
-    def request(self, model: str, *, stream: bool = False) -> bytes:
+    def request(self, model: str, *, stream: bool = False, body: bytes | None = None) -> bytes:
+        """The raw request: `body` if given, else the bench's own for `model`."""
         return bench_client.http_request(
             self.path,
-            self.body(model, stream=stream),
+            self.body(model, stream=stream) if body is None else body,
             self.auth,
             stream=stream,
             headers=self.headers,
@@ -165,11 +166,13 @@ def wrk(
     *,
     stream: bool = False,
     threads: int = 1,
+    body: bytes | None = None,
 ) -> Figures:
-    """One closed-loop wrk run: successful req/s, latency percentiles, errors."""
+    """One closed-loop wrk run: successful req/s, latency percentiles, errors. Every
+    request carries `body` if given (a long prompt), else the bench's own for `model`."""
     env = {
         **os.environ,
-        "BENCH_BODY": target.body(model, stream=stream).decode(),
+        "BENCH_BODY": (target.body(model, stream=stream) if body is None else body).decode(),
         "BENCH_AUTH": f"Bearer {target.auth}",
         "BENCH_HEADERS": "".join(f"{name}: {value}\n" for name, value in target.headers),
     }
@@ -188,7 +191,7 @@ def wrk(
         f"http://127.0.0.1:{target.port}{target.path}",
     ]
     out = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
-    settle(target, model, stream=stream)
+    settle(target, model, stream=stream, body=body)
     line = next(line for line in out.splitlines() if line.startswith("BENCH_JSON "))
     raw = json.loads(line.removeprefix("BENCH_JSON "))
     errors = sum(
@@ -207,10 +210,12 @@ def wrk(
     }
 
 
-def settle(target: Target, model: str, *, stream: bool = False) -> None:
+def settle(target: Target, model: str, *, stream: bool = False, body: bytes | None = None) -> None:
     """wrk stops with requests still in flight and the server keeps working on them; one more
-    request, waited for, lets that backlog drain before the next step starts."""
-    bench_client.closed_loop(target.port, target.request(model, stream=stream), 1, 0.001)
+    request (the run's own kind), waited for, lets that backlog drain before the next step
+    starts."""
+    request = target.request(model, stream=stream, body=body)
+    bench_client.closed_loop(target.port, request, 1, 0.001)
 
 
 def _errors(outcomes: list[bench_client.Outcome]) -> Figures:

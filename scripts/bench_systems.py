@@ -571,14 +571,44 @@ def raise_fd_limit() -> None:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """CPU time (user + system) the processes have used, with that of their reaped children:
-    fields 14-17 of /proc/PID/stat, in clock ticks. A process gone since is skipped."""
-    ticks = 0
+@dataclass(frozen=True)
+class CpuTimes:
+    """CPU seconds spent in user space and in the kernel (on the processes' behalf)."""
+
+    user: float
+    system: float
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+    def __sub__(self, earlier: CpuTimes) -> CpuTimes:
+        return CpuTimes(self.user - earlier.user, self.system - earlier.system)
+
+
+def stat_ticks(stat: str) -> tuple[int, int]:
+    """(user, system) clock ticks of one /proc/PID/stat line, its reaped children's
+    included: utime + cutime and stime + cstime, fields 14 and 16, 15 and 17. The fields
+    are counted after the command's closing parenthesis, since a command may hold spaces."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[13]), int(fields[12]) + int(fields[14])
+
+
+def cpu_times(pids: list[int]) -> CpuTimes:
+    """CPU time the processes have used, with that of their reaped children, split into
+    user and system time. A process gone since is skipped."""
+    user = system = 0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        ticks += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
-    return ticks / CLOCK_TICKS
+        ticks = stat_ticks(stat)
+        user += ticks[0]
+        system += ticks[1]
+    return CpuTimes(user / CLOCK_TICKS, system / CLOCK_TICKS)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the processes have used, with that of their reaped children."""
+    return cpu_times(pids).total

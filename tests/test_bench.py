@@ -242,3 +242,51 @@ def test_percore_targets_are_ratios_to_portkey() -> None:
     assert bench_report.percore_verdict(1.4, 1.31, False, 1.0)[2] == "FAIL"
     assert bench_report.percore_verdict(1.0, None, True, 2.0) == ("-", "n/a", "")
     assert bench_report.percore_verdict(1.0, 2.0, False, None) == ("0.50x", "", "")
+
+
+# scripts/bench_pair.py: its figures are read from /proc and /metrics and set side by side.
+
+
+def test_cpu_time_splits_user_from_system() -> None:
+    """utime + cutime and stime + cstime, counted after the command's closing parenthesis
+    (a command may hold spaces and parentheses)."""
+    from bench_systems import stat_ticks
+
+    stat = "4242 (trigate (w) 1) S 1 4242 4242 0 -1 4194560 100 0 0 0 700 80 5 3 20 0 3 0 9"
+    assert stat_ticks(stat) == (705, 83)
+
+
+def test_pair_counts_only_the_asked_samples() -> None:
+    """The tally that shows every measured request met the filter: its hook's samples of
+    its guardrail, whatever their status, and none of another's or another hook's."""
+    import bench_pair
+
+    guardrail = "litellm_guardrail_requests_total"
+    metrics = "\n".join([
+        f"# HELP {guardrail} Total number of guardrail invocations",
+        f"# TYPE {guardrail} counter",
+        guardrail + '{guardrail_name="cf",hook_type="pre_call",status="success"} 40.0',
+        guardrail + '{guardrail_name="cf",hook_type="pre_call",status="blocked"} 2.0',
+        guardrail + '{guardrail_name="cf",hook_type="post_call",status="success"} 40.0',
+        guardrail + '{guardrail_name="other",hook_type="pre_call",status="success"} 7.0',
+        "litellm_cache_hits_metric_total 12.0",
+        "litellm_cache_hits_metric_created 1.7e9",
+    ])  # fmt: skip
+    guard = bench_pair.PAIRS["guard"].tally
+    assert bench_pair.sample_sum(metrics, guard) == 42.0
+    assert bench_pair.sample_sum(metrics, bench_pair.PAIRS["hit"].tally) == 12.0
+
+
+def test_pair_compares_means_and_rounds() -> None:
+    """The ratio and difference are of the means; their ranges and medians are round by
+    round (a disturbed round moves the median least)."""
+    import bench_pair
+
+    compared = bench_pair.compare([1.0, 2.0, 1.0], [0.5, 1.2, 0.9])
+    assert compared["ratio"] == pytest.approx(2.6 / 4)
+    ratios = (compared["ratio_min"], compared["ratio_median"], compared["ratio_max"])
+    assert ratios == pytest.approx((0.5, 0.6, 0.9))
+    assert compared["difference_ms"] == pytest.approx(-1.4 / 3)
+    differences = [compared[f"difference_ms_{key}"] for key in ("min", "median", "max")]
+    assert differences == pytest.approx([-0.8, -0.5, -0.1])
+    assert compared["difference_fraction"] == pytest.approx(-1.4 / 4)
