@@ -414,10 +414,10 @@ def test_an_ascii_text_fires_what_the_whole_database_fires(text: str) -> None:
     database, which every other text is scanned by."""
     prefilter = _filter({name: "LOG" for name in PREBUILT})._prefilter
     assert text.isascii()
-    whole: list[int] = []
+    whole: list[tuple[int, int]] = []
     prefilter._database.scan(text.encode() or b" ", match_event_handler=_hit, context=whole)
     expected = prefilter.always
-    for hit in whole:
+    for hit, _ in whole:
         expected |= prefilter._masks[hit]
     assert prefilter.fired(text or " ") == expected
 
@@ -435,3 +435,25 @@ def test_filters_with_the_same_detectors_share_one_database() -> None:
     text = ["my SSN is 123-45-6789"]
     assert first.verdict(text).texts == ["my SSN is [US_SSN_REDACTED]"]
     assert second.verdict(text).blocked == "Content blocked: us_ssn detected"
+
+
+def test_an_ascii_texts_anchors_are_the_last_characters_of_each_prefilter_match() -> None:
+    """An anchored detector's prefilter reports every match, not the first alone: each
+    email here holds an anchor, two places apart, and the detector finds both there (a
+    detector not anchored, the high-entropy one, has none). A text that is not ASCII has
+    no anchors (Hyperscan's offsets are its bytes')."""
+    guard = _filter({name: "LOG" for name in PREBUILT})
+    prefilter = guard._prefilter
+    text = "write to ada@example.com" + " filler" * 400 + " or to bob@example.org, 42"
+    fired, anchors = prefilter.scan(text)
+    index = {rule.detector.name: i for i, rule in enumerate(guard.rules)}
+    email = prefilter.anchor_of[index["email"]]
+    assert email is not None and prefilter.anchor_of[index["high_entropy"]] is None
+    places = anchors[email]
+    for at in (text.index("ada@"), text.index("bob@")):
+        assert any(at < place < at + 15 for place in places), places
+    assert all(text[place].isalpha() for place in places)
+    assert PREBUILT["email"].find(text) == reference_find(PREBUILT["email"], text)
+    assert len(PREBUILT["email"].find(text)) == 2
+    assert prefilter.scan(text + "\u2019")[1] == {}
+    assert fired == prefilter.scan(text + "\u2019")[0]

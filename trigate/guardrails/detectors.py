@@ -23,7 +23,7 @@ class Scanned:
     prompt with every regex costs many times a proxied call; most detectors need a
     digit, an `@` or a literal, which C's string search finds at a fraction of that."""
 
-    __slots__ = ("_found", "_gated", "_lower", "_places", "_windows", "text")
+    __slots__ = ("_around", "_found", "_gated", "_lower", "_places", "_windows", "text")
 
     def __init__(self, text: str, *, foreign_digits: bool = True) -> None:
         self.text = text
@@ -33,6 +33,7 @@ class Scanned:
         self._found: dict[str, list[int]] = {}
         self._places: dict[Near, tuple[list[int], int]] = {}
         self._windows: dict[tuple[Near, int], list[tuple[int, int]]] = {}
+        self._around: dict[tuple[int, int], list[tuple[int, int]]] = {}
 
     @property
     def lower(self) -> str:
@@ -84,6 +85,15 @@ class Scanned:
             positions, stride = places
             found = _windows(self.text, positions, margin, margin + stride)
             self._windows[(near, margin)] = found
+        return found
+
+    def around(self, anchors: list[int], margin: int) -> list[tuple[int, int]]:
+        """The windows within `margin` of the anchors (sorted), as `windows` makes them:
+        found once for the detectors that share a prefilter (the cards) and a margin."""
+        key = (id(anchors), margin)  # (the scan's anchors outlive this text's scan)
+        found = self._around.get(key)
+        if found is None:
+            found = self._around[key] = _windows(self.text, anchors, margin, margin)
         return found
 
 
@@ -197,7 +207,8 @@ def starts_near(text: Scanned, char: str, prefixes: tuple[str, ...], offset: int
 class Detector:
     """A pattern, the check of what it matched, and what a text must have for the
     pattern to be tried at all: `prefilter` (None: none known), `gate` (None: always),
-    and `near`, characters around which alone it can match (None: anywhere)."""
+    and `near`, characters around which alone it can match (None: anywhere); or, where
+    `anchored`, the places of its prefilter's matches."""
 
     name: str
     pattern: re.Pattern[str]
@@ -216,26 +227,37 @@ class Detector:
     # character X is written `X(?<!\wX)` (the character before X is not a word's).
     # tests/test_content_filter_reference.py checks it finds what `pattern` finds.
     fast: re.Pattern[str] | None = None
+    # Whether each of its matches holds a match of its prefilter and lies within `margin`
+    # of that match's last character (its prefilter is a part of its regex; a match
+    # without whitespace has a margin of 0, its window widened to the whitespace around):
+    # it then runs only around its prefilter's matches in an ASCII text (`Prefilter.scan`).
+    anchored: bool = False
 
     def find(self, text: str) -> list[tuple[int, int]]:
         """The spans it matches, run alone (a list, not a generator: most texts give none,
         and a generator costs its frame even then)."""
-        fired = 3 if self.prefilter is None else prefilter_of(self.prefilter).fired(text)
+        if self.prefilter is None:
+            return self.scan(Scanned(text))
+        prefilter = prefilter_of(self.prefilter, self.anchored)
+        fired, anchors = prefilter.scan(text)
         if not fired & 2:
             return []
-        return self.scan(Scanned(text, foreign_digits=bool(fired & 1)))
+        scanned = Scanned(text, foreign_digits=bool(fired & 1))
+        pattern = prefilter.anchor_of[0]
+        return self.scan(scanned, None if pattern is None else anchors.get(pattern))
 
-    def scan(self, scanned: Scanned) -> list[tuple[int, int]]:
+    def scan(self, scanned: Scanned, anchors: list[int] | None = None) -> list[tuple[int, int]]:
         """The spans it matches in a text its prefilter matched (the content filter scans
-        a text once for all its detectors')."""
-        if self.gate is not None and not self.gate(scanned):
-            return []
+        a text once for all its detectors'), around `anchors` where the scan found them."""
         whole = scanned.text
-        near = self.near
-        if near is None:
+        if anchors is not None:
+            spans = scanned.around(anchors, self.margin)
+        elif self.gate is not None and not self.gate(scanned):
+            return []
+        elif self.near is None:
             spans = [(0, len(whole))]
         else:
-            spans = scanned.windows(near, self.margin)
+            spans = scanned.windows(self.near, self.margin)
             if not spans:
                 return []
         valid = self.valid
@@ -334,8 +356,9 @@ INJECTION_WORDS = (
     ("anything now", ""), ("pretend", ""),
 )  # fmt: skip
 
-# How far an injection's phrasing reaches from the word that gates it (`_INJECTION`'s
-# longest, its verb up to 30 + 20 characters and two words before its noun).
+# How far an injection's phrasing reaches from the word that gates it, from its first
+# or its last letter (`_INJECTION`'s longest, its verb up to 30 + 20 characters and two
+# words before its noun).
 INJECTION_MARGIN = 128
 
 
@@ -385,6 +408,7 @@ PREBUILT: dict[str, Detector] = {
             near="@",
             margin=0,
             prefilter=rb"@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2}",
+            anchored=True,
         ),
         Detector(
             "phone",
@@ -395,6 +419,7 @@ PREBUILT: dict[str, Detector] = {
             near=DIGITS,
             margin=21,
             prefilter=rb"\d{3}[ .\-]\d{3}",
+            anchored=True,
         ),
         Detector(
             "credit_card",
@@ -404,6 +429,7 @@ PREBUILT: dict[str, Detector] = {
             margin=44,
             fast=re.compile(r"\d(?<!\w\d)(?:[ -]?\d){12,18}\b"),
             prefilter=_CARD_PREFILTER,
+            anchored=True,
         ),
         Detector(
             "visa",
@@ -413,6 +439,7 @@ PREBUILT: dict[str, Detector] = {
             margin=21,
             fast=re.compile(r"4(?<!\w4)\d{3}(?:[ -]?\d{4}){3}\b"),
             prefilter=_CARD_PREFILTER,
+            anchored=True,
         ),
         Detector(
             "mastercard",
@@ -422,6 +449,7 @@ PREBUILT: dict[str, Detector] = {
             margin=21,
             fast=re.compile(r"5(?<!\w5)[1-5]\d{2}(?:[ -]?\d{4}){3}\b"),
             prefilter=_CARD_PREFILTER,
+            anchored=True,
         ),
         Detector(
             "amex",
@@ -431,6 +459,7 @@ PREBUILT: dict[str, Detector] = {
             margin=21,
             fast=re.compile(r"3(?<!\w3)[47]\d{2}[ -]?\d{6}[ -]?\d{5}\b"),
             prefilter=_CARD_PREFILTER,
+            anchored=True,
         ),
         Detector(
             "iban",
@@ -442,6 +471,7 @@ PREBUILT: dict[str, Detector] = {
                 r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"
             ),
             prefilter=rb"[A-Z]{2}\d{2}",
+            anchored=True,
         ),
         Detector(
             "ipv4",
@@ -451,6 +481,7 @@ PREBUILT: dict[str, Detector] = {
             margin=0,
             fast=re.compile(r"\d(?<!\w\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}\b"),
             prefilter=rb"\d\.\d",
+            anchored=True,
         ),
         Detector(
             "ipv6",
@@ -459,6 +490,7 @@ PREBUILT: dict[str, Detector] = {
             near=DIGITS,
             margin=0,
             prefilter=rb":[0-9A-Fa-f]{0,4}:",
+            anchored=True,
         ),
         Detector(
             "us_ssn",
@@ -466,48 +498,64 @@ PREBUILT: dict[str, Detector] = {
             near=DIGITS,
             margin=0,
             prefilter=rb"\d-\d{2}-\d",
+            anchored=True,
         ),
         Detector(
             "aws_access_key",
             re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
             gate=lambda text: starts_near(text, "A", ("AKIA", "ASIA", "ABIA", "ACCA")),
             prefilter=rb"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "aws_secret_key",
             re.compile(r"(?i)\baws_?secret_?(?:access_?)?key\b[\s\"':=]{1,5}[A-Za-z0-9/+=]{40}\b"),
             gate=lambda text: _has_key(text) and "secret" in text.lower,
             prefilter=rb"(?i)aws_?secret_?(?:access_?)?key",
+            # Its name's 21 characters before the anchor, 5 and the key's 40 after it.
+            margin=48,
+            anchored=True,
         ),
         Detector(
             "github_token",
             re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_\w{40,})"),
             gate=_has_github_prefix,
             prefilter=rb"gh[pousr]_|github_pat_",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "google_api_key",
             re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),
             gate=lambda text: starts_near(text, "A", ("AIza",)),
             prefilter=rb"AIza",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "slack_token",
             re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
             gate=lambda text: starts_near(text, "x", ("xox",)),
             prefilter=rb"xox[abposr]-",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "stripe_key",
             re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}\b"),
             gate=lambda text: starts_near(text, "_", ("k_live_", "k_test_"), 1),
             prefilter=rb"[rs]k_(?:live|test)_",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "api_key",
             re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{20,}"),
             gate=lambda text: starts_near(text, "-", ("sk-",), 2),
             prefilter=rb"sk-",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "private_key",
@@ -529,6 +577,8 @@ PREBUILT: dict[str, Detector] = {
             re.compile(r"\beyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}"),
             gate=lambda text: "eyJ" in text.text,
             prefilter=rb"eyJ[\w-]{8,}\.eyJ",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "high_entropy",
@@ -544,6 +594,7 @@ PREBUILT: dict[str, Detector] = {
             near=_injection_places,
             margin=INJECTION_MARGIN,
             prefilter=caseless(*(word for word, _ in INJECTION_WORDS)),
+            anchored=True,
         ),
     )
 }

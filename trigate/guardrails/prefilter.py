@@ -18,6 +18,13 @@ A prefilter is written as a regex of bytes in which:
 Literals and classes of ASCII, and these, keep Hyperscan on its literal matcher: a
 pattern without a literal (a run of digits, of letters) is run as an automaton over the
 whole text, several times the cost of all the literals.
+
+An anchored detector's prefilter reports every match (not the first alone), and in an
+ASCII text (where a byte's offset is its character's) the last character of each is an
+anchor: the detector's regex runs only in windows around its anchors. This costs the scan
+nothing measurable (Hyperscan looks for the literals either way), where finding the same
+places again in Python (a search for each digit, lowering the text for an injection word)
+cost more than the scan.
 """
 
 from __future__ import annotations
@@ -80,36 +87,41 @@ def foreign_digits() -> bytes:
 
 class Prefilter:
     """One Hyperscan database of the prefilters of a list of detectors (None: one
-    without a prefilter, always run). `fired` is a mask: bit 0, the text has a digit
-    that is not ASCII; bit i + 1, the i-th detector may match."""
+    without a prefilter, always run). A scan's mask: bit 0, the text has a digit that is
+    not ASCII; bit i + 1, the i-th detector may match. `anchored[i]`: the i-th
+    detector's prefilter reports its matches' places (`anchor_of`)."""
 
-    def __init__(self, prefilters: Sequence[bytes | None]) -> None:
+    def __init__(self, prefilters: Sequence[bytes | None], anchored: Sequence[bool] = ()) -> None:
         self.always = 0
         by_digits, by_case = 1, 0  # what a foreign digit fires, and a folding letter
         patterns: dict[tuple[bytes, int], int] = {}
+        keys: list[tuple[bytes, int] | None] = []
         for index, prefilter in enumerate(prefilters):
             bit = 1 << (index + 1)
             if prefilter is None:
                 self.always |= bit
+                keys.append(None)
                 continue
             if rb"\d" in prefilter:
                 by_digits |= bit
-            flags = hyperscan.HS_FLAG_SINGLEMATCH  # once it matched, not looked for again
+            # Once it matched, a pattern is not looked for again, unless its every match
+            # is an anchor.
+            flags = 0 if index < len(anchored) and anchored[index] else SINGLE
             if prefilter.startswith(IGNORE_CASE):
                 by_case |= bit
                 prefilter = prefilter.removeprefix(IGNORE_CASE)
                 flags |= hyperscan.HS_FLAG_CASELESS
             key = (_over_bytes(prefilter), flags)
             patterns[key] = patterns.get(key, 0) | bit
+            keys.append(key if not flags & SINGLE else None)
         # An ASCII text cannot match the two patterns of bytes that are not ASCII (a
         # foreign digit, a folding letter): it is scanned by a database without them,
         # whose literal matcher has hundreds fewer literals (about half the scan's cost).
         ascii_patterns = dict(patterns)
-        single = hyperscan.HS_FLAG_SINGLEMATCH
-        extra = {(foreign_digits(), single): by_digits}
+        extra = {(foreign_digits(), SINGLE): by_digits}
         if by_case:
             folding = "".join(CASE_FOLDS.values())
-            extra[(b"|".join(map(_escaped, folding)), single)] = by_case
+            extra[(b"|".join(map(_escaped, folding)), SINGLE)] = by_case
         for key, mask in extra.items():
             patterns[key] = patterns.get(key, 0) | mask
         # The database's pattern ids in one order for every list of the same patterns:
@@ -123,19 +135,30 @@ class Prefilter:
         self._ascii_masks = [ascii_patterns[key] for key in ascii_compiled]
         # (None: no detector has a prefilter, and Hyperscan compiles no empty database.)
         self._ascii_database = _database(ascii_compiled) if ascii_compiled else None
+        # Each detector's anchors in a scan of an ASCII text: its pattern's id there.
+        ids = {key: id_ for id_, key in enumerate(ascii_compiled)}
+        self.anchor_of: tuple[int | None, ...] = tuple(
+            None if key is None else ids[key] for key in keys
+        )
 
     def fired(self, text: str) -> int:
-        """The detectors that may match `text`. A database's scratch space serves one
-        scan at a time: scans run on the Trio thread only (a filter built in a worker
-        thread, as a config check may, is never scanned there). A scan Hyperscan cannot
-        finish runs every detector: the filter is slower then, never blind."""
+        """The detectors that may match `text` (`scan`'s mask)."""
+        return self.scan(text)[0]
+
+    def scan(self, text: str) -> tuple[int, dict[int, list[int]]]:
+        """The detectors that may match `text`, and, if it is ASCII, the anchors of those
+        anchored (by their pattern's id, `anchor_of`): the offsets of the last
+        characters of its matches, in order. A database's scratch space serves one scan
+        at a time: scans run on the Trio thread only (a filter built in a worker thread,
+        as a config check may, is never scanned there). A scan Hyperscan cannot finish
+        runs every detector, without anchors: the filter is slower then, never blind."""
         if not text:  # (Hyperscan refuses no data)
-            return self.always
-        hits: list[int] = []
+            return self.always, NO_ANCHORS
+        hits: list[tuple[int, int]] = []
         if text.isascii():
             database, masks = self._ascii_database, self._ascii_masks
             if database is None:
-                return self.always
+                return self.always, NO_ANCHORS
             data = text.encode("ascii")
         else:
             database, masks = self._database, self._masks
@@ -143,11 +166,28 @@ class Prefilter:
         try:
             database.scan(data, match_event_handler=_hit, context=hits)
         except hyperscan.error:
-            return self._every
+            return self._every, NO_ANCHORS
         mask = self.always
-        for hit in hits:
-            mask |= masks[hit]
-        return mask
+        if masks is not self._ascii_masks:  # offsets of bytes, not of characters
+            for pattern, _ in hits:
+                mask |= masks[pattern]
+            return mask, NO_ANCHORS
+        anchors: dict[int, list[int]] = {}
+        for pattern, end in hits:
+            mask |= masks[pattern]
+            places = anchors.get(pattern)
+            if places is None:
+                anchors[pattern] = [end - 1]
+            else:
+                places.append(end - 1)
+        for places in anchors.values():
+            places.sort()  # (Hyperscan reports by end offset, mostly: made certain)
+        return mask, anchors
+
+
+# A scan's anchors when it has none (read only).
+NO_ANCHORS: dict[int, list[int]] = {}
+SINGLE = hyperscan.HS_FLAG_SINGLEMATCH
 
 
 @functools.lru_cache(maxsize=64)
@@ -170,12 +210,13 @@ def _over_bytes(pattern: bytes) -> bytes:
 
 
 def _hit(pattern: int, start: int, end: int, flags: int, hits: object) -> None:
-    """Hyperscan's callback on a prefilter's match: its id noted (`fired`'s list)."""
+    """Hyperscan's callback on a prefilter's match: its id and end noted (`scan`'s
+    list)."""
     if isinstance(hits, list):
-        hits.append(pattern)
+        hits.append((pattern, end))
 
 
 @functools.cache
-def prefilter_of(pattern: bytes) -> Prefilter:
+def prefilter_of(pattern: bytes, anchored: bool) -> Prefilter:
     """One pattern's prefilter, for a detector run alone (`Detector.find`)."""
-    return Prefilter([pattern])
+    return Prefilter([pattern], [anchored])
