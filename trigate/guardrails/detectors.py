@@ -33,7 +33,7 @@ class Scanned:
         self._found: dict[str, list[int]] = {}
         self._places: dict[Near, tuple[list[int], int]] = {}
         self._windows: dict[tuple[Near, int], list[tuple[int, int]]] = {}
-        self._around: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        self._around: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
 
     @property
     def lower(self) -> str:
@@ -87,13 +87,14 @@ class Scanned:
             self._windows[(near, margin)] = found
         return found
 
-    def around(self, anchors: list[int], margin: int) -> list[tuple[int, int]]:
-        """The windows within `margin` of the anchors (sorted), as `windows` makes them:
-        found once for the detectors that share a prefilter (the cards) and a margin."""
-        key = (id(anchors), margin)  # (the scan's anchors outlive this text's scan)
+    def around(self, anchors: list[int], before: int, after: int) -> list[tuple[int, int]]:
+        """The windows from `before` characters before each anchor (they are sorted) to
+        `after` after it, as `windows` makes them: found once for the detectors that
+        share a prefilter (the cards) and their reach."""
+        key = (id(anchors), before, after)  # (the scan's anchors outlive this text's scan)
         found = self._around.get(key)
         if found is None:
-            found = self._around[key] = _windows(self.text, anchors, margin, margin)
+            found = self._around[key] = _windows(self.text, anchors, before, after)
         return found
 
 
@@ -232,6 +233,9 @@ class Detector:
     # without whitespace has a margin of 0, its window widened to the whitespace around):
     # it then runs only around its prefilter's matches in an ASCII text (`Prefilter.scan`).
     anchored: bool = False
+    # How far before and after an anchor its match may reach, where that differs from
+    # `margin` either way (a phrasing that starts at its gating word).
+    around: tuple[int, int] | None = None
 
     def find(self, text: str) -> list[tuple[int, int]]:
         """The spans it matches, run alone (a list, not a generator: most texts give none,
@@ -251,7 +255,8 @@ class Detector:
         a text once for all its detectors'), around `anchors` where the scan found them."""
         whole = scanned.text
         if anchors is not None:
-            spans = scanned.around(anchors, self.margin)
+            before, after = self.around or (self.margin, self.margin)
+            spans = scanned.around(anchors, before, after)
         elif self.gate is not None and not self.gate(scanned):
             return []
         elif self.near is None:
@@ -323,16 +328,23 @@ def high_entropy(text: str) -> bool:
 
 
 _CARD = r"\b(?:\d[ -]?){12,18}\d\b"
-_INJECTION = (
-    r"\b(?:ignore|disregard|forget|override|bypass)\b[\w\s,]{0,30}?\b(?:previous|prior|above|"
+# The prompt-injection heuristic's phrasings, each a regex that starts at a word.
+_INJECTION_PHRASINGS = (
+    r"(?:ignore|disregard|forget|override|bypass)\b[\w\s,]{0,30}?\b(?:previous|prior|above|"
     r"earlier|preceding|all|any|your|system)\b[\w\s]{0,20}?\b(?:instructions?|prompts?|rules|"
-    r"directions|guidelines|context)\b"
-    r"|\byou are now (?:in )?(?:DAN|developer mode|jailbroken|unrestricted)\b"
-    r"|\b(?:reveal|print|show|repeat|output)\b[\w\s]{0,20}?\b(?:your|the) (?:system|hidden|"
-    r"initial) (?:prompt|instructions)\b"
-    r"|\bjailbreak\b|\bdo anything now\b"
-    r"|\bpretend (?:that )?you (?:are|have) no (?:rules|restrictions|guidelines)\b"
+    r"directions|guidelines|context)\b",
+    r"you are now (?:in )?(?:DAN|developer mode|jailbroken|unrestricted)\b",
+    r"(?:reveal|print|show|repeat|output)\b[\w\s]{0,20}?\b(?:your|the) (?:system|hidden|"
+    r"initial) (?:prompt|instructions)\b",
+    r"jailbreak\b",
+    r"do anything now\b",
+    r"pretend (?:that )?you (?:are|have) no (?:rules|restrictions|guidelines)\b",
 )
+_INJECTION = "|".join(rf"\b{phrasing}" for phrasing in _INJECTION_PHRASINGS)
+# The same, tried only where a word starts with a letter one of them starts with: a
+# regex ignoring case has no literal to skip to, and tried every phrasing at every
+# character of a window (some 950 instructions a character).
+_INJECTION_FAST = rf"\b(?=[bdfijoprsy])(?:{'|'.join(_INJECTION_PHRASINGS)})"
 
 
 def _has_github_prefix(text: Scanned) -> bool:
@@ -349,17 +361,28 @@ _GITHUB_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")
 # `... now`, "jailbreak", the sixth's "pretend"; with a letter of it that is rare in
 # prose, found by `memchr` (several times cheaper than a search for the word), or ""
 # where it has none and the word is searched for. Either search is C's, in the lowered
-# text: one regex over the whole text costs more than all of them.
+# text: one regex over the whole text costs more than all of them. (Where a text is not
+# ASCII: an ASCII one's phrasings are found around `INJECTION_STARTERS`, its anchors.)
 INJECTION_WORDS = (
     ("instruction", ""), ("prompt", ""), ("rules", ""), ("directions", ""),
     ("guidelines", ""), ("context", "x"), ("you are now", ""), ("jailbreak", "j"),
     ("anything now", ""), ("pretend", ""),
 )  # fmt: skip
 
-# How far an injection's phrasing reaches from the word that gates it, from its first
-# or its last letter (`_INJECTION`'s longest, its verb up to 30 + 20 characters and two
-# words before its noun).
+# How far an injection's phrasing reaches from the word that gates it (`_INJECTION`'s
+# longest, its verb up to 30 + 20 characters and two words before its noun).
 INJECTION_MARGIN = 128
+
+# The words every phrasing starts with (its prefilter): an anchor, the last letter of
+# one, is at most `INJECTION_BEFORE` characters after its match's start (the longest
+# word's length less one), and its match ends at most `INJECTION_AFTER` after it (the
+# first phrasing's longest: 30 + 9 + 20 + 12 characters after its verb, and a margin).
+INJECTION_STARTERS = (
+    "ignore", "disregard", "forget", "override", "bypass", "you are now", "reveal", "print",
+    "show", "repeat", "output", "jailbreak", "do anything now", "pretend",
+)  # fmt: skip
+INJECTION_BEFORE = max(map(len, INJECTION_STARTERS)) - 1
+INJECTION_AFTER = 80
 
 
 def _injection_places(text: Scanned) -> list[int]:
@@ -591,10 +614,12 @@ PREBUILT: dict[str, Detector] = {
         Detector(
             "prompt_injection",
             re.compile(_INJECTION, re.IGNORECASE),
+            fast=re.compile(_INJECTION_FAST, re.IGNORECASE),
             near=_injection_places,
             margin=INJECTION_MARGIN,
-            prefilter=caseless(*(word for word, _ in INJECTION_WORDS)),
+            prefilter=caseless(*INJECTION_STARTERS),
             anchored=True,
+            around=(INJECTION_BEFORE, INJECTION_AFTER),
         ),
     )
 }
