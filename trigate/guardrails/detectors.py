@@ -236,6 +236,9 @@ class Detector:
     # How far before and after an anchor its match may reach, where that differs from
     # `margin` either way (a phrasing that starts at its gating word).
     around: tuple[int, int] | None = None
+    # How long its shortest match is: a window shorter cannot hold one (a window of
+    # margin 0 is a word, most words are short, and a regex costs a call each).
+    shortest: int = 0
 
     def find(self, text: str) -> list[tuple[int, int]]:
         """The spans it matches, run alone (a list, not a generator: most texts give none,
@@ -265,6 +268,8 @@ class Detector:
             spans = scanned.windows(self.near, self.margin)
             if not spans:
                 return []
+        if self.shortest:
+            spans = [span for span in spans if span[1] - span[0] >= self.shortest]
         valid = self.valid
         pattern = self.fast or self.pattern
         return [
@@ -609,6 +614,7 @@ PREBUILT: dict[str, Detector] = {
             high_entropy,
             near=DIGITS,  # it has a digit, and windows widen to whitespace: it is whole
             margin=0,
+            shortest=24,
             prefilter=rb"[0-9]",
         ),
         Detector(
