@@ -31,7 +31,7 @@ from bench_callgrind import PROMPT, SENTENCE, content_filter_entry
 from trigate.guardrails.base import Guardrail, Verdict
 from trigate.guardrails.config import parse_guardrails
 from trigate.guardrails.content_filter import ContentFilter
-from trigate.guardrails.detectors import DIGITS, Scanned, _places
+from trigate.guardrails.detectors import DIGITS, Scanned, _places, anchored
 from trigate.guardrails.masking import Span, apply
 from trigate.guardrails.observe import Observer
 from trigate.guardrails.runner import GuardrailRun
@@ -57,7 +57,7 @@ def _ignore(*_: object) -> None:
 def _rules() -> None:
     scanned = Scanned(PROMPT, foreign_digits=False)
     for rule, pattern in plan:
-        rule.detector.scan(scanned, None if pattern is None else anchors.get(pattern))
+        rule.detector.scan(scanned, anchored(anchors, pattern))
 
 
 observer = Observer(Metrics())

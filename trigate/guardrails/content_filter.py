@@ -31,7 +31,7 @@ import yaml
 
 from trigate.guardrails.base import Guardrail, Step, Verdict
 from trigate.guardrails.config import ConfigProblem, GuardrailConfig
-from trigate.guardrails.detectors import GROUPS, PREBUILT, Detector, Scanned, fold
+from trigate.guardrails.detectors import GROUPS, PREBUILT, Detector, Scanned, anchored, fold
 from trigate.guardrails.masking import Span, apply
 from trigate.guardrails.prefilter import Prefilter, caseless
 
@@ -55,7 +55,7 @@ class ContentFilter(Guardrail):
         self.rules = rules_of(config.name, config.settings)
         self._prefilter = Prefilter(
             [rule.detector.prefilter for rule in self.rules],
-            [rule.detector.anchored for rule in self.rules],
+            [rule.detector.anchors for rule in self.rules],
         )
         # The rules worth running on a text, in order, each with its anchors' pattern id,
         # by the prefilter's mask of it: the masks met (few: most texts fire none or the
@@ -83,8 +83,7 @@ class ContentFilter(Guardrail):
             # What the detectors' gates ask, computed once for them all.
             scanned = Scanned(text, foreign_digits=bool(fired & 1))
             for rule, pattern in plan:
-                places = None if pattern is None else anchors.get(pattern)
-                for start, end in rule.detector.scan(scanned, places):
+                for start, end in rule.detector.scan(scanned, anchored(anchors, pattern)):
                     counts[rule.detector.name] = counts.get(rule.detector.name, 0) + 1
                     if rule.action == "BLOCK":
                         return Verdict(

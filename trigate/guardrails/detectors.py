@@ -172,24 +172,36 @@ def _windows(text: str, positions: list[int], margin: int, reach: int) -> list[t
 
 def _add_window(merged: list[tuple[int, int]], text: str, start: int, end: int) -> None:
     """A span widened to whitespace after the windows before it, joined to the last of
-    them where the two meet."""
-    start, end = _to_whitespace(text, max(0, start), end)
+    them where the two meet. A span that starts within the last is widened to the right
+    alone: a text without whitespace is searched end to end once, not once for each of
+    many windows (an anchor at every few characters)."""
+    start = max(0, start)
+    if merged and start <= merged[-1][1]:
+        last_start, last_end = merged[-1]
+        if end > last_end:  # (else it ends where the last does: the ends grow in order)
+            merged[-1] = (last_start, _right_edge(text, end))
+        return
+    start, end = _left_edge(text, start), _right_edge(text, end)
     if merged and start <= merged[-1][1]:
         start = merged.pop()[0]
     merged.append((start, end))
 
 
-def _to_whitespace(text: str, start: int, end: int) -> tuple[int, int]:
-    """A window widened to the whitespace around it (or the text's ends), so that a
-    regex's word boundaries at its edges are real ones."""
-    # A newline is looked for only up to the nearest space: a text without one is not
-    # searched from end to end for each window.
+def _left_edge(text: str, start: int) -> int:
+    """Where the window that starts at `start` starts once widened to the whitespace
+    before it (or the text's start), so that a regex's word boundary there is a real one.
+    A newline is looked for only back to the nearest space."""
     space = text.rfind(" ", 0, start)
-    before = max(space, text.rfind("\n", space + 1, start))
+    return max(space, text.rfind("\n", space + 1, start)) + 1
+
+
+def _right_edge(text: str, end: int) -> int:
+    """Where the window that ends at `end` ends once widened to the whitespace after it
+    (or the text's end). A newline is looked for only up to the nearest space."""
     space = text.find(" ", end)
     newline = text.find("\n", end, len(text) if space == -1 else space)
     after = newline if newline != -1 else space
-    return before + 1, len(text) if after == -1 else after
+    return len(text) if after == -1 else after
 
 
 def starts_near(text: Scanned, char: str, prefixes: tuple[str, ...], offset: int = 0) -> bool:
@@ -233,6 +245,10 @@ class Detector:
     # without whitespace has a margin of 0, its window widened to the whitespace around):
     # it then runs only around its prefilter's matches in an ASCII text (`Prefilter.scan`).
     anchored: bool = False
+    # Where anchored: a pattern other than its prefilter whose matches anchor it (None:
+    # its prefilter), which each of its matches holds (the words an injection's phrasing
+    # starts with, where its prefilter is the words they end with).
+    anchor: bytes | None = None
     # How far before and after an anchor its match may reach, where that differs from
     # `margin` either way (a phrasing that starts at its gating word).
     around: tuple[int, int] | None = None
@@ -240,18 +256,22 @@ class Detector:
     # margin 0 is a word, most words are short, and a regex costs a call each).
     shortest: int = 0
 
+    @property
+    def anchors(self) -> bytes | None:
+        """The pattern whose matches anchor it (None: it is not anchored)."""
+        return (self.anchor or self.prefilter) if self.anchored else None
+
     def find(self, text: str) -> list[tuple[int, int]]:
         """The spans it matches, run alone (a list, not a generator: most texts give none,
         and a generator costs its frame even then)."""
         if self.prefilter is None:
             return self.scan(Scanned(text))
-        prefilter = prefilter_of(self.prefilter, self.anchored)
+        prefilter = prefilter_of(self.prefilter, self.anchors)
         fired, anchors = prefilter.scan(text)
         if not fired & 2:
             return []
         scanned = Scanned(text, foreign_digits=bool(fired & 1))
-        pattern = prefilter.anchor_of[0]
-        return self.scan(scanned, None if pattern is None else anchors.get(pattern))
+        return self.scan(scanned, anchored(anchors, prefilter.anchor_of[0]))
 
     def scan(self, scanned: Scanned, anchors: list[int] | None = None) -> list[tuple[int, int]]:
         """The spans it matches in a text its prefilter matched (the content filter scans
@@ -278,6 +298,18 @@ class Detector:
             for match in pattern.finditer(whole, start, end)
             if valid is None or valid(match.group())
         ]
+
+
+# The anchors of a pattern without a match in an ASCII text (read only).
+NO_PLACES: list[int] = []
+
+
+def anchored(anchors: dict[int, list[int]] | None, pattern: int | None) -> list[int] | None:
+    """A detector's anchors from a scan's (`Prefilter.scan`), by its anchor pattern's id:
+    None where it has none to go by (not anchored; a text not ASCII; a failed scan)."""
+    if pattern is None or anchors is None:
+        return None
+    return anchors.get(pattern, NO_PLACES)
 
 
 def luhn(text: str) -> bool:
@@ -623,8 +655,9 @@ PREBUILT: dict[str, Detector] = {
             fast=re.compile(_INJECTION_FAST, re.IGNORECASE),
             near=_injection_places,
             margin=INJECTION_MARGIN,
-            prefilter=caseless(*INJECTION_STARTERS),
+            prefilter=caseless(*(word for word, _ in INJECTION_WORDS)),
             anchored=True,
+            anchor=caseless(*INJECTION_STARTERS),
             around=(INJECTION_BEFORE, INJECTION_AFTER),
         ),
     )

@@ -88,36 +88,40 @@ def foreign_digits() -> bytes:
 class Prefilter:
     """One Hyperscan database of the prefilters of a list of detectors (None: one
     without a prefilter, always run). A scan's mask: bit 0, the text has a digit that is
-    not ASCII; bit i + 1, the i-th detector may match. `anchored[i]`: the i-th
-    detector's prefilter reports its matches' places (`anchor_of`)."""
+    not ASCII; bit i + 1, the i-th detector may match. `anchors[i]`: the pattern whose
+    matches anchor the i-th detector (None: none; most often its prefilter itself)."""
 
-    def __init__(self, prefilters: Sequence[bytes | None], anchored: Sequence[bool] = ()) -> None:
+    def __init__(
+        self, prefilters: Sequence[bytes | None], anchors: Sequence[bytes | None] = ()
+    ) -> None:
         self.always = 0
         by_digits, by_case = 1, 0  # what a foreign digit fires, and a folding letter
         patterns: dict[tuple[bytes, int], int] = {}
-        keys: list[tuple[bytes, int] | None] = []
+        anchor_keys: list[tuple[bytes, int] | None] = []
         for index, prefilter in enumerate(prefilters):
             bit = 1 << (index + 1)
+            anchor = anchors[index] if index < len(anchors) else None
             if prefilter is None:
                 self.always |= bit
-                keys.append(None)
+                anchor_keys.append(None)
                 continue
             if rb"\d" in prefilter:
                 by_digits |= bit
-            # Once it matched, a pattern is not looked for again, unless its every match
-            # is an anchor.
-            flags = 0 if index < len(anchored) and anchored[index] else SINGLE
             if prefilter.startswith(IGNORE_CASE):
                 by_case |= bit
-                prefilter = prefilter.removeprefix(IGNORE_CASE)
-                flags |= hyperscan.HS_FLAG_CASELESS
-            key = (_over_bytes(prefilter), flags)
+            # Once it matched, a pattern is not looked for again, unless its every
+            # match is an anchor.
+            key = _key(prefilter, single=anchor != prefilter)
             patterns[key] = patterns.get(key, 0) | bit
-            keys.append(key if not flags & SINGLE else None)
+            anchor_keys.append(None if anchor is None else _key(anchor, single=False))
         # An ASCII text cannot match the two patterns of bytes that are not ASCII (a
         # foreign digit, a folding letter): it is scanned by a database without them,
         # whose literal matcher has hundreds fewer literals (about half the scan's cost).
+        # It alone has the anchors that are not a prefilter (they fire nothing).
         ascii_patterns = dict(patterns)
+        for anchor_key in anchor_keys:
+            if anchor_key is not None:
+                ascii_patterns.setdefault(anchor_key, 0)
         extra = {(foreign_digits(), SINGLE): by_digits}
         if by_case:
             folding = "".join(CASE_FOLDS.values())
@@ -138,40 +142,42 @@ class Prefilter:
         # Each detector's anchors in a scan of an ASCII text: its pattern's id there.
         ids = {key: id_ for id_, key in enumerate(ascii_compiled)}
         self.anchor_of: tuple[int | None, ...] = tuple(
-            None if key is None else ids[key] for key in keys
+            None if key is None else ids[key] for key in anchor_keys
         )
 
     def fired(self, text: str) -> int:
         """The detectors that may match `text` (`scan`'s mask)."""
         return self.scan(text)[0]
 
-    def scan(self, text: str) -> tuple[int, dict[int, list[int]]]:
-        """The detectors that may match `text`, and, if it is ASCII, the anchors of those
-        anchored (by their pattern's id, `anchor_of`): the offsets of the last
-        characters of its matches, in order. A database's scratch space serves one scan
-        at a time: scans run on the Trio thread only (a filter built in a worker thread,
-        as a config check may, is never scanned there). A scan Hyperscan cannot finish
-        runs every detector, without anchors: the filter is slower then, never blind."""
+    def scan(self, text: str) -> tuple[int, dict[int, list[int]] | None]:
+        """The detectors that may match `text`, and, if it is ASCII, the anchors found in
+        it (by their pattern's id, `anchor_of`): the offsets of the last characters of
+        the anchor patterns' matches, in order (a pattern without a match has none).
+        A database's scratch space serves one scan at a time: scans run on the Trio
+        thread only (a filter built in a worker thread, as a config check may, is never
+        scanned there). A scan Hyperscan cannot finish, or that finds too many matches
+        (`_Hits`), runs every detector without anchors: the filter is slower then,
+        never blind."""
         if not text:  # (Hyperscan refuses no data)
-            return self.always, NO_ANCHORS
-        hits: list[tuple[int, int]] = []
+            return self.always, None
         if text.isascii():
             database, masks = self._ascii_database, self._ascii_masks
             if database is None:
-                return self.always, NO_ANCHORS
+                return self.always, None
             data = text.encode("ascii")
         else:
             database, masks = self._database, self._masks
             data = text.encode("utf-8", "surrogatepass")  # a lone surrogate is 3 bytes
+        hits = _Hits(HITS + len(data) // HITS_BYTES)
         try:
             database.scan(data, match_event_handler=_hit, context=hits)
-        except hyperscan.error:
-            return self._every, NO_ANCHORS
+        except hyperscan.error:  # (a scan stopped at its limit too: ScanTerminated)
+            return self._every, None
         mask = self.always
         if masks is not self._ascii_masks:  # offsets of bytes, not of characters
             for pattern, _ in hits:
                 mask |= masks[pattern]
-            return mask, NO_ANCHORS
+            return mask, None
         anchors: dict[int, list[int]] = {}
         for pattern, end in hits:
             mask |= masks[pattern]
@@ -185,9 +191,33 @@ class Prefilter:
         return mask, anchors
 
 
-# A scan's anchors when it has none (read only).
-NO_ANCHORS: dict[int, list[int]] = {}
 SINGLE = hyperscan.HS_FLAG_SINGLEMATCH
+# How many matches a scan notes before it stops: some, and one for each `HITS_BYTES` of
+# the text (a prompt's few dozen; a text of code's every version number, and `print`,
+# an injection's starting word, on each line).
+HITS = 64
+HITS_BYTES = 8
+
+
+class _Hits(list[tuple[int, int]]):
+    """A scan's matches (pattern id, end), up to `limit` of them: a text dense with
+    them (a run of digits, which a card's prefilter matches at each from the 13th) stops
+    its scan rather than hold a tuple and an anchor for each."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+
+def _key(pattern: bytes, *, single: bool) -> tuple[bytes, int]:
+    """A prefilter as it is compiled: its pattern over bytes and its flags."""
+    flags = SINGLE if single else 0
+    if pattern.startswith(IGNORE_CASE):
+        pattern = pattern.removeprefix(IGNORE_CASE)
+        flags |= hyperscan.HS_FLAG_CASELESS
+    return _over_bytes(pattern), flags
 
 
 @functools.lru_cache(maxsize=64)
@@ -209,14 +239,17 @@ def _over_bytes(pattern: bytes) -> bytes:
     return pattern.replace(rb"[\w-]", WORD_OR_DASH).replace(rb"\w", WORD).replace(rb"\d", b"[0-9]")
 
 
-def _hit(pattern: int, start: int, end: int, flags: int, hits: object) -> None:
+def _hit(pattern: int, start: int, end: int, flags: int, hits: object) -> bool:
     """Hyperscan's callback on a prefilter's match: its id and end noted (`scan`'s
-    list)."""
-    if isinstance(hits, list):
-        hits.append((pattern, end))
+    list); true, which stops the scan, once they are more than its limit."""
+    if not isinstance(hits, list):
+        return False
+    hits.append((pattern, end))
+    return isinstance(hits, _Hits) and len(hits) > hits.limit
 
 
 @functools.cache
-def prefilter_of(pattern: bytes, anchored: bool) -> Prefilter:
-    """One pattern's prefilter, for a detector run alone (`Detector.find`)."""
-    return Prefilter([pattern], [anchored])
+def prefilter_of(pattern: bytes, anchor: bytes | None) -> Prefilter:
+    """One pattern's prefilter (and its anchors'), for a detector run alone
+    (`Detector.find`)."""
+    return Prefilter([pattern], [anchor])
