@@ -24,6 +24,15 @@ SENTENCE = (
     "billing service should wait until the new storage cluster has been load tested. "
 )
 PROMPT = SENTENCE * 70 + "Reach me at ada@example.com or +44 20 7946 0958. " + SENTENCE * 5
+# A prompt of the same length as an agent's or a system prompt reads: the words the
+# prompt-injection phrasings end with (rules, system prompt, context, instructions) and a
+# key's prefix (`sk-`), again and again, and no phrasing nor key.
+AGENT_PROMPT = (
+    SENTENCE
+    * 10
+    + "You are a coding agent. Follow the rules in the system prompt and keep the context "
+    "short; the instructions below are the user's. Set OPENAI_API_KEY to your sk- key first. "
+) * 7
 # The filter's prebuilt patterns and their actions: every one, or the PII ones alone.
 PATTERNS = {
     "all": (("pii", "MASK"), ("secrets", "BLOCK"), ("prompt_injection", "BLOCK")),

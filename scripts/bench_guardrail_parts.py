@@ -31,7 +31,7 @@ from bench_callgrind import PROMPT, SENTENCE, content_filter_entry
 from trigate.guardrails.base import Guardrail, Verdict
 from trigate.guardrails.config import parse_guardrails
 from trigate.guardrails.content_filter import ContentFilter
-from trigate.guardrails.detectors import DIGITS, Scanned, _places
+from trigate.guardrails.detectors import DIGITS, Scanned, _places, anchored
 from trigate.guardrails.masking import Span, apply
 from trigate.guardrails.observe import Observer
 from trigate.guardrails.runner import GuardrailRun
@@ -42,7 +42,8 @@ ANSWER = SENTENCE * 3
 [config] = parse_guardrails([content_filter_entry("all")], KNOWN_TYPES)
 guard = ContentFilter(config)
 prefilter = guard._prefilter
-plan = guard._plan(prefilter.fired(PROMPT))
+fired, anchors = prefilter.scan(PROMPT)
+plan = guard._plan(fired)
 data = PROMPT.encode("ascii")
 database = prefilter._ascii_database
 at = PROMPT.index("ada@")
@@ -55,8 +56,8 @@ def _ignore(*_: object) -> None:
 
 def _rules() -> None:
     scanned = Scanned(PROMPT, foreign_digits=False)
-    for rule in plan:
-        rule.detector.scan(scanned)
+    for rule, pattern in plan:
+        rule.detector.scan(scanned, anchored(anchors, pattern))
 
 
 observer = Observer(Metrics())
@@ -94,8 +95,8 @@ def _request(guardrail: Guardrail = guard) -> None:
 
 PIECES = {
     "hs_scan_prompt": lambda: database.scan(data, match_event_handler=_ignore),
-    "fired_prompt": lambda: prefilter.fired(PROMPT),
-    "fired_answer": lambda: prefilter.fired(ANSWER),
+    "fired_prompt": lambda: prefilter.scan(PROMPT),
+    "fired_answer": lambda: prefilter.scan(ANSWER),
     "digit_places": lambda: _places(PROMPT, DIGITS),
     "digit_windows": lambda: Scanned(PROMPT, foreign_digits=False).windows(DIGITS, 0),
     "detectors_prompt": _rules,

@@ -31,7 +31,7 @@ import yaml
 
 from trigate.guardrails.base import Guardrail, Step, Verdict
 from trigate.guardrails.config import ConfigProblem, GuardrailConfig
-from trigate.guardrails.detectors import GROUPS, PREBUILT, Detector, Scanned, fold
+from trigate.guardrails.detectors import GROUPS, PREBUILT, Detector, Scanned, anchored, fold
 from trigate.guardrails.masking import Span, apply
 from trigate.guardrails.prefilter import Prefilter, caseless
 
@@ -53,10 +53,14 @@ class ContentFilter(Guardrail):
     def __init__(self, config: GuardrailConfig) -> None:
         super().__init__(config)
         self.rules = rules_of(config.name, config.settings)
-        self._prefilter = Prefilter([rule.detector.prefilter for rule in self.rules])
-        # The rules worth running on a text, in order, by the prefilter's mask of it: the
-        # masks met (few: most texts fire none or the same few) up to `PLANS` of them.
-        self._plans: dict[int, tuple[Rule, ...]] = {}
+        self._prefilter = Prefilter(
+            [rule.detector.prefilter for rule in self.rules],
+            [rule.detector.anchors for rule in self.rules],
+        )
+        # The rules worth running on a text, in order, each with its anchors' pattern id,
+        # by the prefilter's mask of it: the masks met (few: most texts fire none or the
+        # same few) up to `PLANS` of them.
+        self._plans: dict[int, tuple[tuple[Rule, int | None], ...]] = {}
 
     async def check(self, texts: list[str], step: Step) -> Verdict:
         return self.verdict(texts, step)
@@ -69,7 +73,7 @@ class ContentFilter(Guardrail):
         counts: dict[str, int] = {}
         masked: list[str] | None = None
         for index, text in enumerate(texts):
-            fired = self._prefilter.fired(text)
+            fired, anchors = self._prefilter.scan(text)
             plan = self._plans.get(fired)
             if plan is None:
                 plan = self._plan(fired)
@@ -78,8 +82,8 @@ class ContentFilter(Guardrail):
             spans: list[Span] = []
             # What the detectors' gates ask, computed once for them all.
             scanned = Scanned(text, foreign_digits=bool(fired & 1))
-            for rule in plan:
-                for start, end in rule.detector.scan(scanned):
+            for rule, pattern in plan:
+                for start, end in rule.detector.scan(scanned, anchored(anchors, pattern)):
                     counts[rule.detector.name] = counts.get(rule.detector.name, 0) + 1
                     if rule.action == "BLOCK":
                         return Verdict(
@@ -96,9 +100,15 @@ class ContentFilter(Guardrail):
                 masked[index] = apply(text, spans, vault)
         return Verdict(texts=masked, masked_entity_count=counts, response={"detected": counts})
 
-    def _plan(self, fired: int) -> tuple[Rule, ...]:
-        """The rules whose prefilter `fired` (bit i + 1 for the i-th rule), in order."""
-        plan = tuple(rule for index, rule in enumerate(self.rules) if fired >> (index + 1) & 1)
+    def _plan(self, fired: int) -> tuple[tuple[Rule, int | None], ...]:
+        """The rules whose prefilter `fired` (bit i + 1 for the i-th rule), in order, each
+        with the id its anchors are found by (None: it has none)."""
+        anchor_of = self._prefilter.anchor_of
+        plan = tuple(
+            (rule, anchor_of[index])
+            for index, rule in enumerate(self.rules)
+            if fired >> (index + 1) & 1
+        )
         if len(self._plans) < PLANS:  # a text crafted for a new mask each grows nothing
             self._plans[fired] = plan
         return plan
@@ -131,7 +141,10 @@ def rules_of(name: str, settings: Mapping[str, Any]) -> list[Rule]:
             f"keyword '{keyword}'",
             re.compile(rf"(?<!\w){re.escape(keyword)}(?!\w)", re.I),
             gate=_has_word(fold(keyword)),
+            # Its match is as long as it is, and holds its prefilter's.
+            margin=len(keyword),
             prefilter=caseless(keyword),
+            anchored=True,
         )
         rules.append(Rule(detector, _action(entry, where), keyword_tag))
     if not rules:

@@ -23,7 +23,7 @@ class Scanned:
     prompt with every regex costs many times a proxied call; most detectors need a
     digit, an `@` or a literal, which C's string search finds at a fraction of that."""
 
-    __slots__ = ("_found", "_gated", "_lower", "_places", "_windows", "text")
+    __slots__ = ("_around", "_found", "_gated", "_lower", "_places", "_windows", "text")
 
     def __init__(self, text: str, *, foreign_digits: bool = True) -> None:
         self.text = text
@@ -33,6 +33,7 @@ class Scanned:
         self._found: dict[str, list[int]] = {}
         self._places: dict[Near, tuple[list[int], int]] = {}
         self._windows: dict[tuple[Near, int], list[tuple[int, int]]] = {}
+        self._around: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
 
     @property
     def lower(self) -> str:
@@ -84,6 +85,16 @@ class Scanned:
             positions, stride = places
             found = _windows(self.text, positions, margin, margin + stride)
             self._windows[(near, margin)] = found
+        return found
+
+    def around(self, anchors: list[int], before: int, after: int) -> list[tuple[int, int]]:
+        """The windows from `before` characters before each anchor (they are sorted) to
+        `after` after it, as `windows` makes them: found once for the detectors that
+        share a prefilter (the cards) and their reach."""
+        key = (id(anchors), before, after)  # (the scan's anchors outlive this text's scan)
+        found = self._around.get(key)
+        if found is None:
+            found = self._around[key] = _windows(self.text, anchors, before, after)
         return found
 
 
@@ -161,24 +172,36 @@ def _windows(text: str, positions: list[int], margin: int, reach: int) -> list[t
 
 def _add_window(merged: list[tuple[int, int]], text: str, start: int, end: int) -> None:
     """A span widened to whitespace after the windows before it, joined to the last of
-    them where the two meet."""
-    start, end = _to_whitespace(text, max(0, start), end)
+    them where the two meet. A span that starts within the last is widened to the right
+    alone: a text without whitespace is searched end to end once, not once for each of
+    many windows (an anchor at every few characters)."""
+    start = max(0, start)
+    if merged and start <= merged[-1][1]:
+        last_start, last_end = merged[-1]
+        if end > last_end:  # (else it ends where the last does: the ends grow in order)
+            merged[-1] = (last_start, _right_edge(text, end))
+        return
+    start, end = _left_edge(text, start), _right_edge(text, end)
     if merged and start <= merged[-1][1]:
         start = merged.pop()[0]
     merged.append((start, end))
 
 
-def _to_whitespace(text: str, start: int, end: int) -> tuple[int, int]:
-    """A window widened to the whitespace around it (or the text's ends), so that a
-    regex's word boundaries at its edges are real ones."""
-    # A newline is looked for only up to the nearest space: a text without one is not
-    # searched from end to end for each window.
+def _left_edge(text: str, start: int) -> int:
+    """Where the window that starts at `start` starts once widened to the whitespace
+    before it (or the text's start), so that a regex's word boundary there is a real one.
+    A newline is looked for only back to the nearest space."""
     space = text.rfind(" ", 0, start)
-    before = max(space, text.rfind("\n", space + 1, start))
+    return max(space, text.rfind("\n", space + 1, start)) + 1
+
+
+def _right_edge(text: str, end: int) -> int:
+    """Where the window that ends at `end` ends once widened to the whitespace after it
+    (or the text's end). A newline is looked for only up to the nearest space."""
     space = text.find(" ", end)
     newline = text.find("\n", end, len(text) if space == -1 else space)
     after = newline if newline != -1 else space
-    return before + 1, len(text) if after == -1 else after
+    return len(text) if after == -1 else after
 
 
 def starts_near(text: Scanned, char: str, prefixes: tuple[str, ...], offset: int = 0) -> bool:
@@ -197,7 +220,8 @@ def starts_near(text: Scanned, char: str, prefixes: tuple[str, ...], offset: int
 class Detector:
     """A pattern, the check of what it matched, and what a text must have for the
     pattern to be tried at all: `prefilter` (None: none known), `gate` (None: always),
-    and `near`, characters around which alone it can match (None: anywhere)."""
+    and `near`, characters around which alone it can match (None: anywhere); or, where
+    `anchored`, the places of its prefilter's matches."""
 
     name: str
     pattern: re.Pattern[str]
@@ -216,28 +240,56 @@ class Detector:
     # character X is written `X(?<!\wX)` (the character before X is not a word's).
     # tests/test_content_filter_reference.py checks it finds what `pattern` finds.
     fast: re.Pattern[str] | None = None
+    # Whether each of its matches holds a match of its prefilter and lies within `margin`
+    # of that match's last character (its prefilter is a part of its regex; a match
+    # without whitespace has a margin of 0, its window widened to the whitespace around):
+    # it then runs only around its prefilter's matches in an ASCII text (`Prefilter.scan`).
+    anchored: bool = False
+    # Where anchored: a pattern other than its prefilter whose matches anchor it (None:
+    # its prefilter), which each of its matches holds (the words an injection's phrasing
+    # starts with, where its prefilter is the words they end with).
+    anchor: bytes | None = None
+    # How far before and after an anchor its match may reach, where that differs from
+    # `margin` either way (a phrasing that starts at its gating word).
+    around: tuple[int, int] | None = None
+    # How long its shortest match is: a window shorter cannot hold one (a window of
+    # margin 0 is a word, most words are short, and a regex costs a call each).
+    shortest: int = 0
+
+    @property
+    def anchors(self) -> bytes | None:
+        """The pattern whose matches anchor it (None: it is not anchored)."""
+        return (self.anchor or self.prefilter) if self.anchored else None
 
     def find(self, text: str) -> list[tuple[int, int]]:
         """The spans it matches, run alone (a list, not a generator: most texts give none,
         and a generator costs its frame even then)."""
-        fired = 3 if self.prefilter is None else prefilter_of(self.prefilter).fired(text)
+        if self.prefilter is None:
+            return self.scan(Scanned(text))
+        prefilter = prefilter_of(self.prefilter, self.anchors)
+        fired, anchors = prefilter.scan(text)
         if not fired & 2:
             return []
-        return self.scan(Scanned(text, foreign_digits=bool(fired & 1)))
+        scanned = Scanned(text, foreign_digits=bool(fired & 1))
+        return self.scan(scanned, anchored(anchors, prefilter.anchor_of[0]))
 
-    def scan(self, scanned: Scanned) -> list[tuple[int, int]]:
+    def scan(self, scanned: Scanned, anchors: list[int] | None = None) -> list[tuple[int, int]]:
         """The spans it matches in a text its prefilter matched (the content filter scans
-        a text once for all its detectors')."""
-        if self.gate is not None and not self.gate(scanned):
-            return []
+        a text once for all its detectors'), around `anchors` where the scan found them."""
         whole = scanned.text
-        near = self.near
-        if near is None:
+        if anchors is not None:
+            before, after = self.around or (self.margin, self.margin)
+            spans = scanned.around(anchors, before, after)
+        elif self.gate is not None and not self.gate(scanned):
+            return []
+        elif self.near is None:
             spans = [(0, len(whole))]
         else:
-            spans = scanned.windows(near, self.margin)
+            spans = scanned.windows(self.near, self.margin)
             if not spans:
                 return []
+        if self.shortest:
+            spans = [span for span in spans if span[1] - span[0] >= self.shortest]
         valid = self.valid
         pattern = self.fast or self.pattern
         return [
@@ -246,6 +298,18 @@ class Detector:
             for match in pattern.finditer(whole, start, end)
             if valid is None or valid(match.group())
         ]
+
+
+# The anchors of a pattern without a match in an ASCII text (read only).
+NO_PLACES: list[int] = []
+
+
+def anchored(anchors: dict[int, list[int]] | None, pattern: int | None) -> list[int] | None:
+    """A detector's anchors from a scan's (`Prefilter.scan`), by its anchor pattern's id:
+    None where it has none to go by (not anchored; a text not ASCII; a failed scan)."""
+    if pattern is None or anchors is None:
+        return None
+    return anchors.get(pattern, NO_PLACES)
 
 
 def luhn(text: str) -> bool:
@@ -301,16 +365,23 @@ def high_entropy(text: str) -> bool:
 
 
 _CARD = r"\b(?:\d[ -]?){12,18}\d\b"
-_INJECTION = (
-    r"\b(?:ignore|disregard|forget|override|bypass)\b[\w\s,]{0,30}?\b(?:previous|prior|above|"
+# The prompt-injection heuristic's phrasings, each a regex that starts at a word.
+_INJECTION_PHRASINGS = (
+    r"(?:ignore|disregard|forget|override|bypass)\b[\w\s,]{0,30}?\b(?:previous|prior|above|"
     r"earlier|preceding|all|any|your|system)\b[\w\s]{0,20}?\b(?:instructions?|prompts?|rules|"
-    r"directions|guidelines|context)\b"
-    r"|\byou are now (?:in )?(?:DAN|developer mode|jailbroken|unrestricted)\b"
-    r"|\b(?:reveal|print|show|repeat|output)\b[\w\s]{0,20}?\b(?:your|the) (?:system|hidden|"
-    r"initial) (?:prompt|instructions)\b"
-    r"|\bjailbreak\b|\bdo anything now\b"
-    r"|\bpretend (?:that )?you (?:are|have) no (?:rules|restrictions|guidelines)\b"
+    r"directions|guidelines|context)\b",
+    r"you are now (?:in )?(?:DAN|developer mode|jailbroken|unrestricted)\b",
+    r"(?:reveal|print|show|repeat|output)\b[\w\s]{0,20}?\b(?:your|the) (?:system|hidden|"
+    r"initial) (?:prompt|instructions)\b",
+    r"jailbreak\b",
+    r"do anything now\b",
+    r"pretend (?:that )?you (?:are|have) no (?:rules|restrictions|guidelines)\b",
 )
+_INJECTION = "|".join(rf"\b{phrasing}" for phrasing in _INJECTION_PHRASINGS)
+# The same, tried only where a word starts with a letter one of them starts with: a
+# regex ignoring case has no literal to skip to, and tried every phrasing at every
+# character of a window (some 950 instructions a character).
+_INJECTION_FAST = rf"\b(?=[bdfijoprsy])(?:{'|'.join(_INJECTION_PHRASINGS)})"
 
 
 def _has_github_prefix(text: Scanned) -> bool:
@@ -327,7 +398,8 @@ _GITHUB_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")
 # `... now`, "jailbreak", the sixth's "pretend"; with a letter of it that is rare in
 # prose, found by `memchr` (several times cheaper than a search for the word), or ""
 # where it has none and the word is searched for. Either search is C's, in the lowered
-# text: one regex over the whole text costs more than all of them.
+# text: one regex over the whole text costs more than all of them. (Where a text is not
+# ASCII: an ASCII one's phrasings are found around `INJECTION_STARTERS`, its anchors.)
 INJECTION_WORDS = (
     ("instruction", ""), ("prompt", ""), ("rules", ""), ("directions", ""),
     ("guidelines", ""), ("context", "x"), ("you are now", ""), ("jailbreak", "j"),
@@ -337,6 +409,17 @@ INJECTION_WORDS = (
 # How far an injection's phrasing reaches from the word that gates it (`_INJECTION`'s
 # longest, its verb up to 30 + 20 characters and two words before its noun).
 INJECTION_MARGIN = 128
+
+# The words every phrasing starts with (its prefilter): an anchor, the last letter of
+# one, is at most `INJECTION_BEFORE` characters after its match's start (the longest
+# word's length less one), and its match ends at most `INJECTION_AFTER` after it (the
+# first phrasing's longest: 30 + 9 + 20 + 12 characters after its verb, and a margin).
+INJECTION_STARTERS = (
+    "ignore", "disregard", "forget", "override", "bypass", "you are now", "reveal", "print",
+    "show", "repeat", "output", "jailbreak", "do anything now", "pretend",
+)  # fmt: skip
+INJECTION_BEFORE = max(map(len, INJECTION_STARTERS)) - 1
+INJECTION_AFTER = 80
 
 
 def _injection_places(text: Scanned) -> list[int]:
@@ -385,6 +468,7 @@ PREBUILT: dict[str, Detector] = {
             near="@",
             margin=0,
             prefilter=rb"@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2}",
+            anchored=True,
         ),
         Detector(
             "phone",
@@ -395,6 +479,7 @@ PREBUILT: dict[str, Detector] = {
             near=DIGITS,
             margin=21,
             prefilter=rb"\d{3}[ .\-]\d{3}",
+            anchored=True,
         ),
         Detector(
             "credit_card",
@@ -404,6 +489,7 @@ PREBUILT: dict[str, Detector] = {
             margin=44,
             fast=re.compile(r"\d(?<!\w\d)(?:[ -]?\d){12,18}\b"),
             prefilter=_CARD_PREFILTER,
+            anchored=True,
         ),
         Detector(
             "visa",
@@ -413,6 +499,7 @@ PREBUILT: dict[str, Detector] = {
             margin=21,
             fast=re.compile(r"4(?<!\w4)\d{3}(?:[ -]?\d{4}){3}\b"),
             prefilter=_CARD_PREFILTER,
+            anchored=True,
         ),
         Detector(
             "mastercard",
@@ -422,6 +509,7 @@ PREBUILT: dict[str, Detector] = {
             margin=21,
             fast=re.compile(r"5(?<!\w5)[1-5]\d{2}(?:[ -]?\d{4}){3}\b"),
             prefilter=_CARD_PREFILTER,
+            anchored=True,
         ),
         Detector(
             "amex",
@@ -431,6 +519,7 @@ PREBUILT: dict[str, Detector] = {
             margin=21,
             fast=re.compile(r"3(?<!\w3)[47]\d{2}[ -]?\d{6}[ -]?\d{5}\b"),
             prefilter=_CARD_PREFILTER,
+            anchored=True,
         ),
         Detector(
             "iban",
@@ -442,6 +531,7 @@ PREBUILT: dict[str, Detector] = {
                 r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"
             ),
             prefilter=rb"[A-Z]{2}\d{2}",
+            anchored=True,
         ),
         Detector(
             "ipv4",
@@ -451,6 +541,7 @@ PREBUILT: dict[str, Detector] = {
             margin=0,
             fast=re.compile(r"\d(?<!\w\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}\b"),
             prefilter=rb"\d\.\d",
+            anchored=True,
         ),
         Detector(
             "ipv6",
@@ -459,6 +550,7 @@ PREBUILT: dict[str, Detector] = {
             near=DIGITS,
             margin=0,
             prefilter=rb":[0-9A-Fa-f]{0,4}:",
+            anchored=True,
         ),
         Detector(
             "us_ssn",
@@ -466,48 +558,64 @@ PREBUILT: dict[str, Detector] = {
             near=DIGITS,
             margin=0,
             prefilter=rb"\d-\d{2}-\d",
+            anchored=True,
         ),
         Detector(
             "aws_access_key",
             re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
             gate=lambda text: starts_near(text, "A", ("AKIA", "ASIA", "ABIA", "ACCA")),
             prefilter=rb"(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "aws_secret_key",
             re.compile(r"(?i)\baws_?secret_?(?:access_?)?key\b[\s\"':=]{1,5}[A-Za-z0-9/+=]{40}\b"),
             gate=lambda text: _has_key(text) and "secret" in text.lower,
             prefilter=rb"(?i)aws_?secret_?(?:access_?)?key",
+            # Its name's 21 characters before the anchor, 5 and the key's 40 after it.
+            margin=48,
+            anchored=True,
         ),
         Detector(
             "github_token",
             re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_\w{40,})"),
             gate=_has_github_prefix,
             prefilter=rb"gh[pousr]_|github_pat_",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "google_api_key",
             re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),
             gate=lambda text: starts_near(text, "A", ("AIza",)),
             prefilter=rb"AIza",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "slack_token",
             re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
             gate=lambda text: starts_near(text, "x", ("xox",)),
             prefilter=rb"xox[abposr]-",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "stripe_key",
             re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}\b"),
             gate=lambda text: starts_near(text, "_", ("k_live_", "k_test_"), 1),
             prefilter=rb"[rs]k_(?:live|test)_",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "api_key",
             re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{20,}"),
             gate=lambda text: starts_near(text, "-", ("sk-",), 2),
             prefilter=rb"sk-",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "private_key",
@@ -529,6 +637,8 @@ PREBUILT: dict[str, Detector] = {
             re.compile(r"\beyJ[\w-]{8,}\.eyJ[\w-]{8,}\.[\w-]{8,}"),
             gate=lambda text: "eyJ" in text.text,
             prefilter=rb"eyJ[\w-]{8,}\.eyJ",
+            margin=0,
+            anchored=True,
         ),
         Detector(
             "high_entropy",
@@ -536,14 +646,19 @@ PREBUILT: dict[str, Detector] = {
             high_entropy,
             near=DIGITS,  # it has a digit, and windows widen to whitespace: it is whole
             margin=0,
+            shortest=24,
             prefilter=rb"[0-9]",
         ),
         Detector(
             "prompt_injection",
             re.compile(_INJECTION, re.IGNORECASE),
+            fast=re.compile(_INJECTION_FAST, re.IGNORECASE),
             near=_injection_places,
             margin=INJECTION_MARGIN,
             prefilter=caseless(*(word for word, _ in INJECTION_WORDS)),
+            anchored=True,
+            anchor=caseless(*INJECTION_STARTERS),
+            around=(INJECTION_BEFORE, INJECTION_AFTER),
         ),
     )
 }

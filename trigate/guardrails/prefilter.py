@@ -18,6 +18,13 @@ A prefilter is written as a regex of bytes in which:
 Literals and classes of ASCII, and these, keep Hyperscan on its literal matcher: a
 pattern without a literal (a run of digits, of letters) is run as an automaton over the
 whole text, several times the cost of all the literals.
+
+An anchored detector's prefilter reports every match (not the first alone), and in an
+ASCII text (where a byte's offset is its character's) the last character of each is an
+anchor: the detector's regex runs only in windows around its anchors. This costs the scan
+nothing measurable (Hyperscan looks for the literals either way), where finding the same
+places again in Python (a search for each digit, lowering the text for an injection word)
+cost more than the scan.
 """
 
 from __future__ import annotations
@@ -80,36 +87,45 @@ def foreign_digits() -> bytes:
 
 class Prefilter:
     """One Hyperscan database of the prefilters of a list of detectors (None: one
-    without a prefilter, always run). `fired` is a mask: bit 0, the text has a digit
-    that is not ASCII; bit i + 1, the i-th detector may match."""
+    without a prefilter, always run). A scan's mask: bit 0, the text has a digit that is
+    not ASCII; bit i + 1, the i-th detector may match. `anchors[i]`: the pattern whose
+    matches anchor the i-th detector (None: none; most often its prefilter itself)."""
 
-    def __init__(self, prefilters: Sequence[bytes | None]) -> None:
+    def __init__(
+        self, prefilters: Sequence[bytes | None], anchors: Sequence[bytes | None] = ()
+    ) -> None:
         self.always = 0
         by_digits, by_case = 1, 0  # what a foreign digit fires, and a folding letter
         patterns: dict[tuple[bytes, int], int] = {}
+        anchor_keys: list[tuple[bytes, int] | None] = []
         for index, prefilter in enumerate(prefilters):
             bit = 1 << (index + 1)
+            anchor = anchors[index] if index < len(anchors) else None
             if prefilter is None:
                 self.always |= bit
+                anchor_keys.append(None)
                 continue
             if rb"\d" in prefilter:
                 by_digits |= bit
-            flags = hyperscan.HS_FLAG_SINGLEMATCH  # once it matched, not looked for again
             if prefilter.startswith(IGNORE_CASE):
                 by_case |= bit
-                prefilter = prefilter.removeprefix(IGNORE_CASE)
-                flags |= hyperscan.HS_FLAG_CASELESS
-            key = (_over_bytes(prefilter), flags)
+            # Once it matched, a pattern is not looked for again, unless its every
+            # match is an anchor.
+            key = _key(prefilter, single=anchor != prefilter)
             patterns[key] = patterns.get(key, 0) | bit
+            anchor_keys.append(None if anchor is None else _key(anchor, single=False))
         # An ASCII text cannot match the two patterns of bytes that are not ASCII (a
         # foreign digit, a folding letter): it is scanned by a database without them,
         # whose literal matcher has hundreds fewer literals (about half the scan's cost).
+        # It alone has the anchors that are not a prefilter (they fire nothing).
         ascii_patterns = dict(patterns)
-        single = hyperscan.HS_FLAG_SINGLEMATCH
-        extra = {(foreign_digits(), single): by_digits}
+        for anchor_key in anchor_keys:
+            if anchor_key is not None:
+                ascii_patterns.setdefault(anchor_key, 0)
+        extra = {(foreign_digits(), SINGLE): by_digits}
         if by_case:
             folding = "".join(CASE_FOLDS.values())
-            extra[(b"|".join(map(_escaped, folding)), single)] = by_case
+            extra[(b"|".join(map(_escaped, folding)), SINGLE)] = by_case
         for key, mask in extra.items():
             patterns[key] = patterns.get(key, 0) | mask
         # The database's pattern ids in one order for every list of the same patterns:
@@ -123,31 +139,85 @@ class Prefilter:
         self._ascii_masks = [ascii_patterns[key] for key in ascii_compiled]
         # (None: no detector has a prefilter, and Hyperscan compiles no empty database.)
         self._ascii_database = _database(ascii_compiled) if ascii_compiled else None
+        # Each detector's anchors in a scan of an ASCII text: its pattern's id there.
+        ids = {key: id_ for id_, key in enumerate(ascii_compiled)}
+        self.anchor_of: tuple[int | None, ...] = tuple(
+            None if key is None else ids[key] for key in anchor_keys
+        )
 
     def fired(self, text: str) -> int:
-        """The detectors that may match `text`. A database's scratch space serves one
-        scan at a time: scans run on the Trio thread only (a filter built in a worker
-        thread, as a config check may, is never scanned there). A scan Hyperscan cannot
-        finish runs every detector: the filter is slower then, never blind."""
+        """The detectors that may match `text` (`scan`'s mask)."""
+        return self.scan(text)[0]
+
+    def scan(self, text: str) -> tuple[int, dict[int, list[int]] | None]:
+        """The detectors that may match `text`, and, if it is ASCII, the anchors found in
+        it (by their pattern's id, `anchor_of`): the offsets of the last characters of
+        the anchor patterns' matches, in order (a pattern without a match has none).
+        A database's scratch space serves one scan at a time: scans run on the Trio
+        thread only (a filter built in a worker thread, as a config check may, is never
+        scanned there). A scan Hyperscan cannot finish, or that finds too many matches
+        (`_Hits`), runs every detector without anchors: the filter is slower then,
+        never blind."""
         if not text:  # (Hyperscan refuses no data)
-            return self.always
-        hits: list[int] = []
+            return self.always, None
         if text.isascii():
             database, masks = self._ascii_database, self._ascii_masks
             if database is None:
-                return self.always
+                return self.always, None
             data = text.encode("ascii")
         else:
             database, masks = self._database, self._masks
             data = text.encode("utf-8", "surrogatepass")  # a lone surrogate is 3 bytes
+        hits = _Hits(HITS + len(data) // HITS_BYTES)
         try:
             database.scan(data, match_event_handler=_hit, context=hits)
-        except hyperscan.error:
-            return self._every
+        except hyperscan.error:  # (a scan stopped at its limit too: ScanTerminated)
+            return self._every, None
         mask = self.always
-        for hit in hits:
-            mask |= masks[hit]
-        return mask
+        if masks is not self._ascii_masks:  # offsets of bytes, not of characters
+            for pattern, _ in hits:
+                mask |= masks[pattern]
+            return mask, None
+        anchors: dict[int, list[int]] = {}
+        for pattern, end in hits:
+            mask |= masks[pattern]
+            places = anchors.get(pattern)
+            if places is None:
+                anchors[pattern] = [end - 1]
+            else:
+                places.append(end - 1)
+        for places in anchors.values():
+            places.sort()  # (Hyperscan reports by end offset, mostly: made certain)
+        return mask, anchors
+
+
+SINGLE = hyperscan.HS_FLAG_SINGLEMATCH
+# How many matches a scan notes before it stops: some, and one for each `HITS_BYTES` of
+# the text (a prompt's few dozen; a text of code's every version number, and `print`,
+# an injection's starting word, on each line).
+HITS = 64
+HITS_BYTES = 8
+
+
+class _Hits(list[tuple[int, int]]):
+    """A scan's matches (pattern id, end), up to `limit` of them: a text dense with
+    them (a run of digits, which a card's prefilter matches at each from the 13th) stops
+    its scan rather than hold a tuple and an anchor for each."""
+
+    __slots__ = ("limit",)
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+
+def _key(pattern: bytes, *, single: bool) -> tuple[bytes, int]:
+    """A prefilter as it is compiled: its pattern over bytes and its flags."""
+    flags = SINGLE if single else 0
+    if pattern.startswith(IGNORE_CASE):
+        pattern = pattern.removeprefix(IGNORE_CASE)
+        flags |= hyperscan.HS_FLAG_CASELESS
+    return _over_bytes(pattern), flags
 
 
 @functools.lru_cache(maxsize=64)
@@ -169,13 +239,17 @@ def _over_bytes(pattern: bytes) -> bytes:
     return pattern.replace(rb"[\w-]", WORD_OR_DASH).replace(rb"\w", WORD).replace(rb"\d", b"[0-9]")
 
 
-def _hit(pattern: int, start: int, end: int, flags: int, hits: object) -> None:
-    """Hyperscan's callback on a prefilter's match: its id noted (`fired`'s list)."""
-    if isinstance(hits, list):
-        hits.append(pattern)
+def _hit(pattern: int, start: int, end: int, flags: int, hits: object) -> bool:
+    """Hyperscan's callback on a prefilter's match: its id and end noted (`scan`'s
+    list); true, which stops the scan, once they are more than its limit."""
+    if not isinstance(hits, list):
+        return False
+    hits.append((pattern, end))
+    return isinstance(hits, _Hits) and len(hits) > hits.limit
 
 
 @functools.cache
-def prefilter_of(pattern: bytes) -> Prefilter:
-    """One pattern's prefilter, for a detector run alone (`Detector.find`)."""
-    return Prefilter([pattern])
+def prefilter_of(pattern: bytes, anchor: bytes | None) -> Prefilter:
+    """One pattern's prefilter (and its anchors'), for a detector run alone
+    (`Detector.find`)."""
+    return Prefilter([pattern], [anchor])
