@@ -5,6 +5,7 @@ hook point asks that run."""
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import orjson
@@ -38,23 +39,16 @@ class GuardrailHook(BaseHook):
             return None
         telemetry = getattr(request, "telemetry", None)
         span = getattr(telemetry, "span", None)
-        data = {
-            "user_api_key_hash": caller.key_hash,
-            "user_api_key_alias": caller.key_alias,
-            "user_api_key_user_id": caller.user_id,
-            "user_api_key_team_id": caller.team_id,
-            "user_api_key_end_user_id": caller.end_user_id,
-            "user_api_key_org_id": caller.organization_id,
-            "litellm_call_id": request.context.request_id,
-        }
         observer = self.guardrails.observer
-        run = GuardrailRun(chosen, observer, request.model_group, span, data)
+        # Who asked is read only for a guardrail given a `Step` (most are given none).
+        run = GuardrailRun(chosen, observer, request.model_group, span, partial(_asker, request))
         setattr(request, RUN_ATTRIBUTE, run)
-        request.context.headers[APPLIED_HEADER] = ",".join(run.applied)
-        # The client's own request is read only where a guardrail may mask it.
-        native = _native(request) if run.runs(Mode.PRE_CALL) else None
-        await run.pre_call(request.body, native)
-        await run.log_request(request.body)
+        request.context.headers[APPLIED_HEADER] = run.header
+        if run.runs(Mode.PRE_CALL):
+            # The client's own request is read only where a guardrail may mask it.
+            await run.pre_call(request.body, _native(request))
+        if run.runs(Mode.LOGGING_ONLY):  # (a coroutine that does nothing still costs)
+            await run.log_request(request.body)
         return None
 
     def beside_route(self, request: HookedRequest) -> Any:
@@ -96,6 +90,20 @@ class GuardrailHook(BaseHook):
     def redacted(self, request: HookedRequest, record: RequestRecord) -> RequestRecord:
         run = _run(request)
         return record if run is None else redact_record(run, record, request)
+
+
+def _asker(request: HookedRequest) -> dict[str, Any]:
+    """Who asked, by LiteLLM's names: what a guardrail service is told of the request."""
+    caller = request.caller
+    return {
+        "user_api_key_hash": caller.key_hash,
+        "user_api_key_alias": caller.key_alias,
+        "user_api_key_user_id": caller.user_id,
+        "user_api_key_team_id": caller.team_id,
+        "user_api_key_end_user_id": caller.end_user_id,
+        "user_api_key_org_id": caller.organization_id,
+        "litellm_call_id": request.context.request_id,
+    }
 
 
 def _native(request: HookedRequest) -> dict[str, Any] | None:
