@@ -5,6 +5,7 @@ hook point asks that run."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -141,7 +142,7 @@ def redact_record(run: GuardrailRun, record: RequestRecord, request: Any = None)
     return dataclasses.replace(record, **changed)
 
 
-def _with_json_forms(redactions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _with_json_forms(redactions: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     """Each (original, mask) pair, and the pair as it reads inside a JSON string (the
     span's `gen_ai.input.messages` is one), where that differs; longest first, so that a
     text inside another is masked as part of it."""

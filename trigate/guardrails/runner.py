@@ -169,6 +169,9 @@ class _Plan:
     their names."""
 
     by_mode: dict[Mode, tuple[_Entry, ...]]
+    # Two of them, as every request reads them.
+    pre_call: tuple[_Entry, ...]
+    post_call: tuple[_Entry, ...]
     unmasks: bool
     window: int
     tail: int
@@ -216,6 +219,8 @@ def _make_plan(guardrails: tuple[Guardrail, ...], observer: Observer) -> _Plan:
     applied = tuple(g.name for g in guardrails)
     return _Plan(
         by_mode,
+        by_mode[Mode.PRE_CALL],
+        by_mode[Mode.POST_CALL],
         unmasks,
         window,
         min(TAIL, max(window - 1, 0)),
@@ -249,6 +254,15 @@ RequestData = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 class GuardrailRun:
     """One request's guardrails and what they did to it."""
 
+    # (original, mask) pairs that logging_only guardrails found: masked wherever logged.
+    redactions: Sequence[tuple[str, str]] = ()
+    # Made when first needed: most requests mint no placeholder and stream nothing.
+    _vault: Vault | None = None
+    _held: _Held | None = None
+    # Trio's clock, and the wall clock's offset from it, read at the first run.
+    _time: Callable[[], float] | None = None
+    _epoch = 0.0
+
     def __init__(
         self,
         guardrails: Sequence[Guardrail],
@@ -257,20 +271,16 @@ class GuardrailRun:
         span: Any,
         request_data: RequestData,
     ) -> None:
-        self._plan = plan = _plan_of(guardrails, observer)
+        self._plan = _plan_of(guardrails, observer)
         self._model = model
         self._request_data = request_data
         self._span = span
-        self.applied = plan.applied
         self.information: list[dict[str, Any]] = []
-        # (original, mask) pairs that logging_only guardrails found: masked wherever logged.
-        self.redactions: list[tuple[str, str]] = []
-        # Made when first needed: most requests mint no placeholder and stream nothing.
-        self._vault: Vault | None = None
-        self._held: _Held | None = None
-        # Trio's clock, and the wall clock's offset from it, read at the first run.
-        self._time: Callable[[], float] | None = None
-        self._epoch = 0.0
+
+    @property
+    def applied(self) -> tuple[str, ...]:
+        """The run's guardrails' names, in order."""
+        return self._plan.applied
 
     @property
     def header(self) -> str:
@@ -304,7 +314,7 @@ class GuardrailRun:
         client's own API (`GuardrailHook`), alike: each text is checked once, and its
         verdict written wherever it is, in whichever shape."""
         plan = self._plan
-        entries = plan.by_mode[Mode.PRE_CALL]
+        entries = plan.pre_call
         if not entries:
             return
         if native is None and plan.pre_call_lean:
@@ -340,7 +350,7 @@ class GuardrailRun:
     async def post_call(self, answer: dict[str, Any]) -> bool:
         """The answer checked, masked and unmasked in place; whether it changed."""
         plan = self._plan
-        entries = plan.by_mode[Mode.POST_CALL]
+        entries = plan.post_call
         if plan.post_call_lean:
             before = plain_answer_texts(answer)
             if before is not None:  # (the slots are read only to write a mask)
@@ -433,7 +443,7 @@ class GuardrailRun:
             texts = [slot.text for slot in slots]
             verdict = await self._run(entry, Mode.LOGGING_ONLY, slots, reads_input=reads_input)
             for original, masked in zip(texts, verdict.texts or (), strict=False):
-                self.redactions.extend(replacements(original, masked))
+                self.redactions = [*self.redactions, *replacements(original, masked)]
 
     async def _run(
         self,
