@@ -3,7 +3,8 @@
 
 `scripts/bench_guardrails.py` gives one figure for a request; this splits it. Each piece
 (the Hyperscan scan alone, the prefilter, the detectors, the mask, a whole verdict, a
-whole request through the runner, the runner alone with a guardrail that passes all) runs
+whole request through the runner, the runner alone with a guardrail that passes all,
+and the pipeline's hook around it) runs
 `RUNS` times inside `itertools.starmap`, and callgrind counts only what runs inside
 `starmap_next` (`--collect-atstart=no --toggle-collect`): start-up, imports and the
 databases' compile are never counted, so one run per piece is enough (no difference of
@@ -22,8 +23,10 @@ RUNS = 100
 ROOT = Path(__file__).resolve().parent.parent
 
 WORKER = r"""
+import dataclasses
 import itertools
 import sys
+import types
 
 import trio
 from bench_callgrind import PROMPT, SENTENCE, content_filter_entry
@@ -34,7 +37,8 @@ from trigate.guardrails.content_filter import ContentFilter
 from trigate.guardrails.detectors import DIGITS, Scanned, _places, anchored
 from trigate.guardrails.masking import Span, apply
 from trigate.guardrails.observe import Observer
-from trigate.guardrails.runner import GuardrailRun
+from trigate.guardrails.hook import GuardrailHook
+from trigate.guardrails.runner import GuardrailRun, GuardrailSet
 from trigate.guardrails.types import KNOWN_TYPES
 from trigate.metrics import Metrics
 
@@ -93,6 +97,39 @@ def _request(guardrail: Guardrail = guard) -> None:
         raise RuntimeError("a guardrail step suspended")
 
 
+# One request as the pipeline's hook meets it (`GuardrailHook`): the request's guardrails
+# chosen (`default_on`: nothing named), its run made, pre_call, the answer's post_call.
+on = Passing(dataclasses.replace(config, default_on=True))
+guardrail_set = GuardrailSet((on.config,), {config.name: on}, observer)
+hook = GuardrailHook(guardrail_set)
+caller = types.SimpleNamespace(
+    key=None, team=None, key_hash="h", key_alias=None, user_id=None, team_id=None,
+    end_user_id=None, organization_id=None)
+
+
+telemetry = types.SimpleNamespace(span=None)
+
+
+def _no_native() -> None:  # a chat request's surface offers no other form
+    return None
+
+
+def _hooked() -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": PROMPT}]}
+    answer = {"object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": ANSWER}}]}
+    context = types.SimpleNamespace(headers={}, request_id="req-1")
+    request = types.SimpleNamespace(
+        caller=caller, body=body, context=context, model_group="gpt-4o",
+        requested_guardrails=[], telemetry=telemetry, native_request=_no_native)
+    for step in (hook.before_route(request), hook.after_answer(request, answer, None)):
+        try:
+            step.send(None)
+        except StopIteration:
+            continue
+        raise RuntimeError("a guardrail step suspended")
+
+
 PIECES = {
     "hs_scan_prompt": lambda: database.scan(data, match_event_handler=_ignore),
     "fired_prompt": lambda: prefilter.scan(PROMPT),
@@ -105,6 +142,7 @@ PIECES = {
     "verdict_answer": lambda: guard.verdict([ANSWER]),
     "request": _request,
     "runner": lambda: _request(passing),
+    "hook": _hooked,
 }
 piece = PIECES[sys.argv[1]]
 
@@ -121,7 +159,7 @@ trio.run(_all)
 PIECES = (
     "hs_scan_prompt", "fired_prompt", "fired_answer", "digit_places", "digit_windows",
     "detectors_prompt", "mask_prompt", "verdict_prompt", "verdict_answer", "request",
-    "runner",
+    "runner", "hook",
 )  # fmt: skip
 
 

@@ -69,6 +69,11 @@ class Guardrail(ABC):
     # check, which has no checkpoint): the runner calls it directly, with no timeout,
     # which could never fire, and whose cancel scope costs more than the filter's scan.
     immediate = False
+    # Whether an `immediate` guardrail's `check_now` reads its `Step` (the mode, the
+    # request's vault, who asked): one is made for it only then, or when it `unmasks`
+    # (its masks mint placeholders in the request's vault). Most read only the texts,
+    # and making a step on every run costs more than a pass of the runner does.
+    reads_step = False
 
     def __init__(self, config: GuardrailConfig) -> None:
         self.config = config
@@ -88,8 +93,9 @@ class Guardrail(ABC):
     async def check(self, texts: list[str], step: Step) -> Verdict:
         """The verdict on `texts`; raises `GuardrailFailed` (or anything) when it has none."""
 
-    def check_now(self, texts: list[str], step: Step) -> Verdict:
-        """The verdict at once, for an `immediate` guardrail."""
+    def check_now(self, texts: list[str], step: Step | None) -> Verdict:
+        """The verdict at once, for an `immediate` guardrail; `step` is None unless it
+        `reads_step` or `unmasks`."""
         raise NotImplementedError(f"{type(self).__name__} is not immediate")
 
     async def aclose(self) -> None:  # noqa: B027 (most guardrails hold nothing)

@@ -65,7 +65,7 @@ class ContentFilter(Guardrail):
     async def check(self, texts: list[str], step: Step) -> Verdict:
         return self.verdict(texts, step)
 
-    def check_now(self, texts: list[str], step: Step) -> Verdict:
+    def check_now(self, texts: list[str], step: Step | None) -> Verdict:
         return self.verdict(texts, step)
 
     def verdict(self, texts: list[str], step: Step | None = None) -> Verdict:

@@ -5,6 +5,8 @@ hook point asks that run."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import orjson
@@ -38,23 +40,16 @@ class GuardrailHook(BaseHook):
             return None
         telemetry = getattr(request, "telemetry", None)
         span = getattr(telemetry, "span", None)
-        data = {
-            "user_api_key_hash": caller.key_hash,
-            "user_api_key_alias": caller.key_alias,
-            "user_api_key_user_id": caller.user_id,
-            "user_api_key_team_id": caller.team_id,
-            "user_api_key_end_user_id": caller.end_user_id,
-            "user_api_key_org_id": caller.organization_id,
-            "litellm_call_id": request.context.request_id,
-        }
         observer = self.guardrails.observer
-        run = GuardrailRun(chosen, observer, request.model_group, span, data)
+        # Who asked is read only for a guardrail given a `Step` (most are given none).
+        run = GuardrailRun(chosen, observer, request.model_group, span, partial(_asker, request))
         setattr(request, RUN_ATTRIBUTE, run)
-        request.context.headers[APPLIED_HEADER] = ",".join(run.applied)
-        # The client's own request is read only where a guardrail may mask it.
-        native = _native(request) if run.runs(Mode.PRE_CALL) else None
-        await run.pre_call(request.body, native)
-        await run.log_request(request.body)
+        request.context.headers[APPLIED_HEADER] = run.header
+        if run.runs(Mode.PRE_CALL):
+            # The client's own request is read only where a guardrail may mask it.
+            await run.pre_call(request.body, _native(request))
+        if run.runs(Mode.LOGGING_ONLY):  # (a coroutine that does nothing still costs)
+            await run.log_request(request.body)
         return None
 
     def beside_route(self, request: HookedRequest) -> Any:
@@ -98,6 +93,20 @@ class GuardrailHook(BaseHook):
         return record if run is None else redact_record(run, record, request)
 
 
+def _asker(request: HookedRequest) -> dict[str, Any]:
+    """Who asked, by LiteLLM's names: what a guardrail service is told of the request."""
+    caller = request.caller
+    return {
+        "user_api_key_hash": caller.key_hash,
+        "user_api_key_alias": caller.key_alias,
+        "user_api_key_user_id": caller.user_id,
+        "user_api_key_team_id": caller.team_id,
+        "user_api_key_end_user_id": caller.end_user_id,
+        "user_api_key_org_id": caller.organization_id,
+        "litellm_call_id": request.context.request_id,
+    }
+
+
 def _native(request: HookedRequest) -> dict[str, Any] | None:
     """The request in the client's own API, where the surface offers it (a Responses
     request a deployment speaking that API is sent): masked alike with `body`, so such a
@@ -133,7 +142,7 @@ def redact_record(run: GuardrailRun, record: RequestRecord, request: Any = None)
     return dataclasses.replace(record, **changed)
 
 
-def _with_json_forms(redactions: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def _with_json_forms(redactions: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     """Each (original, mask) pair, and the pair as it reads inside a JSON string (the
     span's `gen_ai.input.messages` is one), where that differs; longest first, so that a
     text inside another is masked as part of it."""

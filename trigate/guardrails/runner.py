@@ -34,12 +34,14 @@ from trigate.errors import GatewayError, InvalidRequest
 from trigate.guardrails.base import Guardrail, GuardrailBlocked, GuardrailFailed, Step, Verdict
 from trigate.guardrails.config import GuardrailConfig, Mode, names_in
 from trigate.guardrails.masking import Vault, replacements
-from trigate.guardrails.observe import Observer
+from trigate.guardrails.observe import Observer, Series
 from trigate.guardrails.text import (
     Slot,
     answer_slots,
     chunk_slots,
     every_slot,
+    plain_answer_texts,
+    plain_request_texts,
     request_slots,
     rewritten,
 )
@@ -66,15 +68,22 @@ class GuardrailSet:
     configs: tuple[GuardrailConfig, ...]
     guardrails: dict[str, Guardrail]
     observer: Observer
+    # What most requests meet, found once: the `default_on` guardrails, in order.
+    default_on: list[Guardrail] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.default_on = [self.guardrails[c.name] for c in self.configs if c.default_on]
 
     @property
     def by_name(self) -> Mapping[str, GuardrailConfig]:
         return {config.name: config for config in self.configs}
 
-    def selected(self, requested: Sequence[str], key: Any, team: Any) -> list[Guardrail]:
+    def selected(self, requested: Sequence[str], key: Any, team: Any) -> Sequence[Guardrail]:
         """The request's guardrails, in the config's order: every `default_on` one, and
         each that the request, its key or its team names. A name nobody configured is
         the client's 400: a guardrail asked for must never silently not run."""
+        if not requested and _names_none(key) and _names_none(team):
+            return self.default_on  # most requests: nothing named, nothing to look up
         names = set(requested)
         for row, whose in ((key, "key"), (team, "team")):
             metadata = row.get("metadata") if isinstance(row, Mapping) else None
@@ -99,6 +108,14 @@ class GuardrailSet:
             await guardrail.aclose()
 
 
+def _names_none(row: Any) -> bool:
+    """Whether a key's or team's row names no guardrail (as `selected` reads it)."""
+    if row is None:
+        return True
+    metadata = row.get("metadata") if isinstance(row, Mapping) else None
+    return not isinstance(metadata, Mapping) or metadata.get("guardrails") is None
+
+
 def _bad(message: str) -> Exception:
     return InvalidRequest(message, param="guardrails")
 
@@ -113,6 +130,8 @@ class _Held:
     sent: str = ""
     # Characters that arrived since the last check.
     fresh: int = 0
+    # The text of the stream as it was sent, for the logging_only guardrails at its end.
+    streamed: list[str] = field(default_factory=list)
 
 
 # What stays held after a window is checked: the text a pattern may still be growing in,
@@ -123,6 +142,24 @@ TAIL = 64
 
 # The modes, listed once: iterating an enum runs Python on every request.
 MODES = tuple(Mode)
+INTERVENED = "guardrail_intervened"
+FAILED = "guardrail_failed_to_respond"
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """One guardrail in one mode, as each of its runs reports it: its names, the mode's
+    (`hook`), and the metrics a successful run counts into, found once."""
+
+    guardrail: Guardrail
+    name: str
+    provider: str
+    hook: str
+    success: Series
+    # Whether it is run on the texts alone, at once (`immediate`, and it is given no
+    # `Step`): no step is made for it, and a plain chat request's or answer's texts are
+    # read without their slots.
+    lean: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +168,22 @@ class _Plan:
     guardrails in the request's order, whether any unmasks, a stream's window and tail,
     their names."""
 
-    by_mode: dict[Mode, tuple[Guardrail, ...]]
+    by_mode: dict[Mode, tuple[_Entry, ...]]
+    # Two of them, as every request reads them.
+    pre_call: tuple[_Entry, ...]
+    post_call: tuple[_Entry, ...]
     unmasks: bool
     window: int
     tail: int
     applied: tuple[str, ...]
+    # `applied` as the response's header gives it.
+    header: str
+    observer: Observer
+    # Whether a plain chat request's pre_call, and a plain chat answer's post_call, read
+    # its texts alone (`_Entry.lean`): every guardrail of the mode is lean, and (an
+    # answer) none unmasks and none only logs, which read its slots.
+    pre_call_lean: bool
+    post_call_lean: bool
 
 
 # How many lists of guardrails a guardrail keeps the plans of (a request meets one list
@@ -143,7 +191,7 @@ class _Plan:
 PLANS = 64
 
 
-def _plan_of(guardrails: list[Guardrail]) -> _Plan:
+def _plan_of(guardrails: Sequence[Guardrail], observer: Observer) -> _Plan:
     """The plan of a list of guardrails, made once for every request that meets the same
     ones (most meet one list, their config's `default_on` guardrails), not on each. It is
     kept on the list's first guardrail, so that it lives as long as the configuration it
@@ -151,69 +199,113 @@ def _plan_of(guardrails: list[Guardrail]) -> _Plan:
     the content filter's compiled databases) alive."""
     key = tuple(guardrails)
     if not key:
-        return _make_plan(key)
+        return _make_plan(key, observer)
     plans = guardrails[0].plans
     plan = plans.get(key)
-    if plan is None:
-        plan = _make_plan(key)
-        if len(plans) < PLANS:
+    if plan is None or plan.observer is not observer:
+        plan = _make_plan(key, observer)
+        if len(plans) < PLANS or key in plans:
             plans[key] = plan
     return plan
 
 
-def _make_plan(guardrails: tuple[Guardrail, ...]) -> _Plan:
-    by_mode = {mode: tuple(g for g in guardrails if mode in g.config.modes) for mode in MODES}
-    window = min((g.config.stream_window for g in by_mode[Mode.POST_CALL]), default=0)
+def _make_plan(guardrails: tuple[Guardrail, ...], observer: Observer) -> _Plan:
+    by_mode = {
+        mode: tuple(_entry(g, mode, observer) for g in guardrails if mode in g.config.modes)
+        for mode in MODES
+    }
+    window = min((e.guardrail.config.stream_window for e in by_mode[Mode.POST_CALL]), default=0)
+    unmasks = any(g.unmasks for g in guardrails)
+    applied = tuple(g.name for g in guardrails)
     return _Plan(
         by_mode,
-        any(g.unmasks for g in guardrails),
+        by_mode[Mode.PRE_CALL],
+        by_mode[Mode.POST_CALL],
+        unmasks,
         window,
         min(TAIL, max(window - 1, 0)),
-        tuple(g.name for g in guardrails),
+        applied,
+        ",".join(applied),
+        observer,
+        all(e.lean for e in by_mode[Mode.PRE_CALL]),
+        all(e.lean for e in by_mode[Mode.POST_CALL])
+        and not unmasks
+        and not by_mode[Mode.LOGGING_ONLY],
     )
+
+
+def _entry(guardrail: Guardrail, mode: Mode, observer: Observer) -> _Entry:
+    hook = mode.value
+    return _Entry(
+        guardrail,
+        guardrail.name,
+        guardrail.provider,
+        hook,
+        observer.series(guardrail.name, hook, "success", None),
+        guardrail.immediate and not (guardrail.reads_step or guardrail.unmasks),
+    )
+
+
+# Who asked, by LiteLLM's names, for a guardrail's `Step`: given, or read when a step is
+# first made (most runs make none).
+RequestData = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
 
 class GuardrailRun:
     """One request's guardrails and what they did to it."""
 
+    # (original, mask) pairs that logging_only guardrails found: masked wherever logged.
+    redactions: Sequence[tuple[str, str]] = ()
+    # Made when first needed: most requests mint no placeholder and stream nothing.
+    _vault: Vault | None = None
+    _held: _Held | None = None
+    # Trio's clock, and the wall clock's offset from it, read at the first run.
+    _time: Callable[[], float] | None = None
+    _epoch = 0.0
+
     def __init__(
         self,
-        guardrails: list[Guardrail],
+        guardrails: Sequence[Guardrail],
         observer: Observer,
         model: str,
         span: Any,
-        request_data: Mapping[str, Any],
+        request_data: RequestData,
     ) -> None:
-        self._observer = observer
+        self._plan = _plan_of(guardrails, observer)
         self._model = model
         self._request_data = request_data
         self._span = span
-        plan = _plan_of(guardrails)
-        self._by_mode = plan.by_mode
-        self._unmasks = plan.unmasks
-        self._window = plan.window
-        self._tail = plan.tail
-        self.applied = plan.applied
-        self._vault = Vault()
         self.information: list[dict[str, Any]] = []
-        # (original, mask) pairs that logging_only guardrails found: masked wherever logged.
-        self.redactions: list[tuple[str, str]] = []
-        self._held = _Held()
-        # The text of a stream as it was sent, for the logging_only guardrails at its end.
-        self._streamed: list[str] = []
+
+    @property
+    def applied(self) -> tuple[str, ...]:
+        """The run's guardrails' names, in order."""
+        return self._plan.applied
+
+    @property
+    def header(self) -> str:
+        """The run's guardrails' names, as `x-litellm-applied-guardrails` gives them."""
+        return self._plan.header
 
     def runs(self, mode: Mode) -> bool:
-        return bool(self._by_mode[mode])
+        return bool(self._plan.by_mode[mode])
 
     @property
     def unmasks(self) -> bool:
         """Whether a guardrail of the run puts back in the answer what it masked."""
-        return self._unmasks
+        return self._plan.unmasks
 
     @property
     def watches_stream(self) -> bool:
         """Whether a stream's chunks must pass through this run (held, unmasked, kept)."""
-        return self._unmasks or self.runs(Mode.POST_CALL) or self.runs(Mode.LOGGING_ONLY)
+        return self.unmasks or self.runs(Mode.POST_CALL) or self.runs(Mode.LOGGING_ONLY)
+
+    @property
+    def vault(self) -> Vault:
+        """The request's placeholders and what they stand for."""
+        if self._vault is None:
+            self._vault = Vault()
+        return self._vault
 
     # --- the request ---------------------------------------------------------------------
 
@@ -221,37 +313,65 @@ class GuardrailRun:
         """`body` checked and masked in place; and `native`, the same request in the
         client's own API (`GuardrailHook`), alike: each text is checked once, and its
         verdict written wherever it is, in whichever shape."""
+        plan = self._plan
+        entries = plan.pre_call
+        if not entries:
+            return
+        if native is None and plan.pre_call_lean:
+            texts = plain_request_texts(body)
+            if texts is not None:  # (the slots are read only to write a mask)
+                for entry in entries:
+                    verdict = self._run_now(entry, texts)
+                    if verdict.texts is not None:
+                        written = request_slots(body)
+                        _write(written, verdict)
+                        texts = [slot.text for slot in written]
+                return
         slots = _both(body, native)
-        for guardrail in self._by_mode[Mode.PRE_CALL]:
-            verdict = await self._run(guardrail, Mode.PRE_CALL, slots, reads_input=True)
+        for entry in entries:
+            verdict = await self._run(entry, Mode.PRE_CALL, slots, reads_input=True)
             _write(slots, verdict)
 
     async def log_request(self, body: dict[str, Any]) -> None:
-        if self._by_mode[Mode.LOGGING_ONLY]:  # the request's texts are read only for them
+        if self._plan.by_mode[Mode.LOGGING_ONLY]:  # the request's texts are read only for them
             await self._log(request_slots(body), reads_input=True)
 
     async def during_call(self, body: dict[str, Any], native: dict[str, Any] | None = None) -> None:
         """The request has gone upstream as it is: a mask cannot be applied any more, so
         a guardrail that would mask it blocks it."""
         slots = _both(body, native)
-        for guardrail in self._by_mode[Mode.DURING_CALL]:
-            verdict = await self._run(guardrail, Mode.DURING_CALL, slots, reads_input=True)
+        for entry in self._plan.by_mode[Mode.DURING_CALL]:
+            verdict = await self._run(entry, Mode.DURING_CALL, slots, reads_input=True)
             if verdict.texts is not None and verdict.texts != [s.text for s in slots]:
-                raise self._blocked(guardrail, "it masks content of a request already sent")
+                raise self._blocked(entry.guardrail, "it masks content of a request already sent")
 
     # --- a whole answer ------------------------------------------------------------------
 
     async def post_call(self, answer: dict[str, Any]) -> bool:
         """The answer checked, masked and unmasked in place; whether it changed."""
+        plan = self._plan
+        entries = plan.post_call
+        if plan.post_call_lean:
+            before = plain_answer_texts(answer)
+            if before is not None:  # (the slots are read only to write a mask)
+                texts, slots = before, None
+                for entry in entries:
+                    verdict = self._run_now(entry, texts)
+                    if verdict.texts is not None:
+                        slots = slots or answer_slots(answer)
+                        _write(slots, verdict)
+                        texts = [slot.text for slot in slots]
+                return texts != before
         slots = answer_slots(answer)
         before = [slot.text for slot in slots]
-        for guardrail in self._by_mode[Mode.POST_CALL]:
-            verdict = await self._run(guardrail, Mode.POST_CALL, slots, reads_input=False)
+        for entry in entries:
+            verdict = await self._run(entry, Mode.POST_CALL, slots, reads_input=False)
             _write(slots, verdict)
-        if self._unmasks:
+        if plan.unmasks:
+            vault = self.vault
             for slot in slots:
-                slot.replace(self._vault.unmask(slot.text))
-        if self._by_mode[Mode.LOGGING_ONLY]:  # (a coroutine that does nothing still costs)
+                slot.replace(vault.unmask(slot.text))
+        if plan.by_mode[Mode.LOGGING_ONLY]:  # (a coroutine that does nothing still costs)
             await self._log(slots, reads_input=False)
         return [slot.text for slot in slots] != before
 
@@ -260,34 +380,38 @@ class GuardrailRun:
     async def on_chunk(self, chunk: Any) -> Any:
         """None while the chunk's window is held, or the chunks released once checked."""
         held = self._held
+        if held is None:
+            held = self._held = _Held()
         held.chunks.append(chunk)
         held.fresh += sum(len(slot.text) for slot in chunk_slots(chunk))
-        if held.fresh < self._window:
+        if held.fresh < self._plan.window:
             return None
-        return await self._release(final=False)
+        return await self._release(held, final=False)
 
     async def on_stream_end(self) -> list[Any]:
-        released = await self._release(final=True) if self._held.chunks else []
-        await self._log([_Text("".join(self._streamed))], reads_input=False)
+        held = self._held
+        released = await self._release(held, final=True) if held and held.chunks else []
+        streamed = "".join(held.streamed) if held else ""
+        await self._log([_Text(streamed)], reads_input=False)
         return released
 
-    async def _release(self, *, final: bool) -> list[Any]:
+    async def _release(self, held: _Held, *, final: bool) -> list[Any]:
         """Check the held text after what was sent, mask it where a guardrail masks, and
         release the chunks before the last `TAIL` characters (all of them at the end),
         their placeholders given back their values."""
-        held = self._held
         held.fresh = 0
         chunks = await self._checked(held.chunks, held.sent)
         lengths = [sum(len(slot.text) for slot in chunk_slots(chunk)) for chunk in chunks]
-        go = len(chunks) if final else _before_tail(lengths, self._tail)
-        if self._unmasks and not final:
+        go = len(chunks) if final else _before_tail(lengths, self._plan.tail)
+        unmasks = self._plan.unmasks
+        if unmasks and not final:
             while go and _opens_placeholder([_text_of(chunk) for chunk in chunks[:go]]):
                 go -= 1  # a placeholder cut by the release: it goes out whole, later
         released, held.chunks = chunks[:go], chunks[go:]
         held.sent += "".join(_text_of(chunk) for chunk in released)
-        if self._unmasks:
-            released = _rewrite(released, self._vault.unmask)
-        self._streamed.append("".join(_text_of(chunk) for chunk in released))
+        if unmasks:
+            released = _rewrite(released, self.vault.unmask)
+        held.streamed.append("".join(_text_of(chunk) for chunk in released))
         held.fresh = sum(lengths[go:])
         return released
 
@@ -295,16 +419,16 @@ class GuardrailRun:
         """The held chunks as the post_call guardrails pass them (a block raises)."""
         original = "".join(_text_of(chunk) for chunk in chunks)
         text = original
-        for guardrail in self._by_mode[Mode.POST_CALL]:
+        for entry in self._plan.by_mode[Mode.POST_CALL]:
             whole = [_Text(sent + text)]
-            verdict = await self._run(guardrail, Mode.POST_CALL, whole, reads_input=False)
+            verdict = await self._run(entry, Mode.POST_CALL, whole, reads_input=False)
             if verdict.texts is not None:
                 masked = verdict.texts[0]
                 if masked.startswith(sent):
                     text = masked[len(sent) :]
                 else:  # a mask across what was sent already: the held text's own
                     window = [_Text(text)]
-                    again = await self._run(guardrail, Mode.POST_CALL, window, reads_input=False)
+                    again = await self._run(entry, Mode.POST_CALL, window, reads_input=False)
                     text = again.texts[0] if again.texts is not None else text
         if text == original:
             return chunks
@@ -315,77 +439,111 @@ class GuardrailRun:
     async def _log(self, slots: Sequence[Slot | _Copies | _Text], *, reads_input: bool) -> None:
         """The logging_only guardrails on `slots`: what they would mask is kept, to be
         masked in the record and the trace; the request and answer stay as they are."""
-        for guardrail in self._by_mode[Mode.LOGGING_ONLY]:
+        for entry in self._plan.by_mode[Mode.LOGGING_ONLY]:
             texts = [slot.text for slot in slots]
-            verdict = await self._run(guardrail, Mode.LOGGING_ONLY, slots, reads_input=reads_input)
+            verdict = await self._run(entry, Mode.LOGGING_ONLY, slots, reads_input=reads_input)
             for original, masked in zip(texts, verdict.texts or (), strict=False):
-                self.redactions.extend(replacements(original, masked))
+                self.redactions = [*self.redactions, *replacements(original, masked)]
 
     async def _run(
         self,
-        guardrail: Guardrail,
+        entry: _Entry,
         mode: Mode,
         slots: Sequence[Slot | _Copies | _Text],
         *,
         reads_input: bool,
     ) -> Verdict:
         texts = [slot.text for slot in slots]
+        if entry.lean:
+            return self._run_now(entry, texts)
+        guardrail = entry.guardrail
         kinds = [slot.kind for slot in slots]
-        step = Step(mode, reads_input, self._vault, self._model, kinds, self._request_data)
-        config = guardrail.config
-        clock = trio.current_time()
-        started = wall_time(clock)  # one reading of the clock serves both
-        # (A verdict is made here only for a failure: a dataclass made on every run costs.)
-        status, error_type = "success", None
+        data = self._request_data
+        if callable(data):
+            data = self._request_data = data()
+        step = Step(mode, reads_input, self.vault, self._model, kinds, data)
+        time = self._time or self._start_clock()
+        begun = time()
         try:
             if guardrail.immediate:
                 verdict = _checked(guardrail.check_now(texts, step), len(texts))
             else:
-                with trio.fail_after(config.timeout):
+                with trio.fail_after(guardrail.config.timeout):
                     verdict = _checked(await guardrail.check(texts, step), len(texts))
-        except GuardrailBlocked as blocked:
-            status, verdict = "guardrail_intervened", Verdict(blocked=blocked.message)
-        except trio.TooSlowError:
-            status, error_type, verdict = "guardrail_failed_to_respond", "timeout", Verdict()
         except Exception as error:
-            status, error_type = "guardrail_failed_to_respond", type(error).__name__
-            verdict = Verdict()
-            logger.warning("guardrail %s (%s) failed: %s", guardrail.name, mode.value, error)
-        if verdict.blocked is not None:
-            status = "guardrail_intervened"
-        elapsed = trio.current_time() - clock
-        self._observe(guardrail, mode, status, error_type, verdict, started, elapsed)
-        if error_type is not None:
-            if config.fail_open:
-                logger.warning(
-                    "guardrail %s failed (%s) and fails open: the request goes on unchecked",
-                    guardrail.name, error_type,
-                )  # fmt: skip
-                return Verdict()
-            raise GuardrailUnavailable(
-                f"Guardrail `{guardrail.name}` could not check this request ({error_type}), "
-                "and it fails closed."
-            )
-        if verdict.blocked is not None:
-            raise self._blocked(guardrail, verdict.blocked)
-        return verdict
+            failure = error
+        else:
+            return self._finished(entry, verdict, begun, time() - begun)
+        return self._failed(entry, failure, begun, time() - begun)
 
-    def _observe(
-        self,
-        guardrail: Guardrail,
-        mode: Mode,
-        status: str,
-        error_type: str | None,
-        verdict: Verdict,
-        started: float,
-        elapsed: float,
+    def _run_now(self, entry: _Entry, texts: list[str]) -> Verdict:
+        """A lean guardrail's run (`_Entry.lean`): its verdict at once, with no step, no
+        timeout (which could never fire) and no coroutine."""
+        time = self._time or self._start_clock()
+        begun = time()
+        try:
+            verdict = entry.guardrail.check_now(texts, None)
+            if verdict.texts is not None:
+                verdict = _checked(verdict, len(texts))
+        except Exception as error:
+            failure = error
+        else:
+            return self._finished(entry, verdict, begun, time() - begun)
+        return self._failed(entry, failure, begun, time() - begun)
+
+    def _start_clock(self) -> Callable[[], float]:
+        """Trio's clock, found once for the request's runs (`trio.current_time` finds it
+        on each reading), and the wall clock's offset from it (`wall_time`)."""
+        time = self._time = trio.lowlevel.current_clock().current_time
+        self._epoch = wall_time(0.0)
+        return time
+
+    def _finished(self, entry: _Entry, verdict: Verdict, begun: float, elapsed: float) -> Verdict:
+        """A run that gave a verdict, reported; a block raised."""
+        if verdict.blocked is None:
+            self._inform(entry, "success", verdict, begun, elapsed)
+            entry.success.count(elapsed)
+            if self._span is not None:
+                Observer.traced(self._span, entry.name, entry.hook, "success", elapsed)
+            return verdict
+        self._observe(entry, INTERVENED, None, verdict, begun, elapsed)
+        raise self._blocked(entry.guardrail, verdict.blocked)
+
+    def _failed(self, entry: _Entry, error: Exception, begun: float, elapsed: float) -> Verdict:
+        """A run that raised: a block, or the guardrail's failure (its timeout, an error),
+        which blocks the request unless it fails open."""
+        guardrail = entry.guardrail
+        if isinstance(error, GuardrailBlocked):
+            verdict = Verdict(blocked=error.message)
+            self._observe(entry, INTERVENED, None, verdict, begun, elapsed)
+            raise self._blocked(guardrail, error.message)
+        if isinstance(error, trio.TooSlowError):
+            error_type = "timeout"
+        else:
+            error_type = type(error).__name__
+            logger.warning("guardrail %s (%s) failed: %s", guardrail.name, entry.hook, error)
+        self._observe(entry, FAILED, error_type, Verdict(), begun, elapsed)
+        if guardrail.config.fail_open:
+            logger.warning(
+                "guardrail %s failed (%s) and fails open: the request goes on unchecked",
+                guardrail.name, error_type,
+            )  # fmt: skip
+            return Verdict()
+        raise GuardrailUnavailable(
+            f"Guardrail `{guardrail.name}` could not check this request ({error_type}), "
+            "and it fails closed."
+        )
+
+    def _inform(
+        self, entry: _Entry, status: str, verdict: Verdict, begun: float, elapsed: float
     ) -> None:
-        hook = str(mode)  # the mode's value (`.value` is a property in Python)
+        """The run's `guardrail_information` entry, as LiteLLM logs it."""
+        started = self._epoch + begun
         self.information.append(
             {
-                "guardrail_name": guardrail.name,
-                "guardrail_provider": guardrail.provider,
-                "guardrail_mode": hook,
+                "guardrail_name": entry.name,
+                "guardrail_provider": entry.provider,
+                "guardrail_mode": entry.hook,
                 "guardrail_status": status,
                 "guardrail_response": verdict.blocked or verdict.response,
                 "start_time": started,
@@ -394,7 +552,20 @@ class GuardrailRun:
                 "masked_entity_count": verdict.masked_entity_count or None,
             }
         )
-        self._observer.observed(guardrail.name, hook, status, error_type, elapsed, self._span)
+
+    def _observe(
+        self,
+        entry: _Entry,
+        status: str,
+        error_type: str | None,
+        verdict: Verdict,
+        begun: float,
+        elapsed: float,
+    ) -> None:
+        self._inform(entry, status, verdict, begun, elapsed)
+        self._plan.observer.observed(
+            entry.name, entry.hook, status, error_type, elapsed, self._span
+        )
 
     def _blocked(self, guardrail: Guardrail, reason: str) -> GuardrailBlocked:
         return GuardrailBlocked(f"Violated guardrail policy `{guardrail.name}`: {reason}")

@@ -390,6 +390,84 @@ def leaves(
             yield from leaves(item, commit, kind)
 
 
+# --- plain chat: the texts alone -----------------------------------------------------------
+
+
+def plain_request_texts(body: dict[str, Any]) -> list[str] | None:
+    """The texts `request_slots` reads of `body`, in its order, when it is a plain chat
+    request (its messages' contents, each a string and the message's only text, and no
+    other key a reader reads); None for any other shape. Most requests are plain: their
+    texts are read without a slot made for each (slots are made only to write a mask)."""
+    messages = body.get("messages")
+    if type(messages) is not list or not _NOT_CHAT_KEYS.isdisjoint(body):
+        return None
+    texts: list[str] = []
+    for message in messages:
+        text = _plain_content(message)
+        if text is None:
+            return None
+        texts.append(text)
+    return texts
+
+
+def plain_answer_texts(answer: dict[str, Any]) -> list[str] | None:
+    """The texts `answer_slots` reads of `answer`, in its order, when it is a plain chat
+    or text completion (each choice's message a plain one, `_plain_content`, or its
+    text a string); None for any other shape."""
+    if answer.get("type") == "message" or answer.get("object") in _RESPONSES:
+        return None
+    if "candidates" in answer:
+        return None
+    choices = answer.get("choices") or []
+    if type(choices) is not list:
+        return None
+    texts: list[str] = []
+    for choice in choices:
+        if type(choice) is not dict:
+            return None
+        message = choice.get("message")
+        if message is not None:
+            text = _plain_content(message)
+            if text is None:
+                return None
+            texts.append(text)
+        text = choice.get("text")
+        if text is not None:
+            if type(text) is not str:
+                return None
+            texts.append(text)
+    return texts
+
+
+def _plain_content(message: Any) -> str | None:
+    """A chat message's content, when it is a string and the message holds no other
+    text (`_message_slots` reads nothing else of it); None otherwise."""
+    if type(message) is not dict:
+        return None
+    content = message.get("content")
+    if type(content) is not str:
+        return None
+    if _MESSAGE_TEXT_KEYS.isdisjoint(message):
+        return content
+    for key in ("reasoning_content", "reasoning", "refusal"):
+        if isinstance(message.get(key), str):
+            return None
+    if message.get("tool_calls") or isinstance(message.get("function_call"), dict):
+        return None
+    return content
+
+
+# What a chat message may hold text in besides its content (`_message_slots`).
+_MESSAGE_TEXT_KEYS = frozenset(
+    {"reasoning_content", "reasoning", "refusal", "tool_calls", "function_call"}
+)
+# What `request_slots` reads of a request besides its messages.
+_NOT_CHAT_KEYS = (
+    frozenset({"system", "instructions", "prompt", "input", "query", "suffix", "documents"})
+    | _GEMINI_REQUEST_KEYS
+)
+
+
 # --- answers ----------------------------------------------------------------------------
 
 
