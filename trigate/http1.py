@@ -55,6 +55,7 @@ upgrades and h2c work as before.
 from __future__ import annotations
 
 import logging
+import operator
 import re
 import socket
 import time
@@ -352,10 +353,11 @@ _NOT_PLAIN_NAMES = frozenset({b"transfer-encoding", b"upgrade", b"expect"})
 MAX_LENGTH_DIGITS = 20
 
 
-def plain_head(head: bytes) -> PlainHead | None:
+def plain_head(head: bytes, known: KnownLines | None = None) -> PlainHead | None:
     """`head` (a request head through its blank line) read as h11 reads it, when h11
     would take it and the request is plain (see the module's docstring); else None,
-    for h11 to decide. Every check is one h11 makes, or stricter."""
+    for h11 to decide. Every check is one h11 makes, or stricter. Its field lines are
+    looked up in `known` (the connection's, when given) before they are read."""
     lines = head[:-4].split(b"\r\n")
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
@@ -364,6 +366,34 @@ def plain_head(head: bytes) -> PlainHead | None:
     if version != b"1.1" or not method.isupper() or method == b"CONNECT":
         return None  # hypercorn upper-cases the method h11 frames by: not the same then
     del lines[0]
+    read = read_fields(lines) if known is None else known.read(lines)
+    if read is None:
+        return None  # folded, empty or refused: h11's own reading decides
+    fields, names = read
+    # The fields that decide are found by the list's own searches and a set's, in C.
+    if names.count(b"host") != 1 or not _NOT_PLAIN_NAMES.isdisjoint(names):
+        return None
+    length = 0
+    lengths = names.count(b"content-length")
+    if lengths:
+        value = fields[names.index(b"content-length")][1]
+        if lengths > 1 or not plain_length(value):
+            return None
+        length = int(value)
+    if b"connection" in names and any(
+        [value.lower().find(b"close") >= 0 for name, value in fields if name == b"connection"]
+    ):
+        return None
+    return PlainHead(head, method, target, fields, length)
+
+
+Fields = tuple[list[tuple[bytes, bytes]], list[bytes]]
+
+
+def read_fields(lines: list[bytes]) -> Fields | None:
+    """Field lines read as h11 reads them (each its lower-cased name and its value
+    stripped), and their names; None where h11 would refuse one, or read it otherwise.
+    Each line is read alone: what it is read as depends on no other line."""
     # By C's map and zip, not comprehensions: in Python 3.11 each of those is a function
     # made and called. Each line's name, colon and value, transposed. Not `strict`: the
     # tuples are partitions, of one length, and a keyword costs `zip` a dict per call.
@@ -381,28 +411,43 @@ def plain_head(head: bytes) -> PlainHead | None:
         or _NUL in lowered
         or _NUL in b"".join(values).translate(_VALUE_BYTES)
     ):
-        return None  # folded, empty or refused: h11's own reading decides
+        return None
     lowered_names = lowered.split(b"\n") if names else []
-    # The fields that decide are found by the list's own searches and a set's, in C.
-    if (
-        len(lowered_names) != len(names)
-        or lowered_names.count(b"host") != 1
-        or not _NOT_PLAIN_NAMES.isdisjoint(lowered_names)
-    ):
+    if len(lowered_names) != len(names):
         return None
-    fields = list(zip(lowered_names, values))  # noqa: B905 (one length: checked above)
-    length = 0
-    lengths = lowered_names.count(b"content-length")
-    if lengths:
-        value = values[lowered_names.index(b"content-length")]
-        if lengths > 1 or not plain_length(value):
-            return None
-        length = int(value)
-    if b"connection" in lowered_names and any(
-        [value.lower().find(b"close") >= 0 for name, value in fields if name == b"connection"]
-    ):
-        return None
-    return PlainHead(head, method, target, fields, length)
+    return list(zip(lowered_names, values)), lowered_names  # noqa: B905 (one length)
+
+
+class KnownLines:
+    """A connection's field lines as its last head's reading left them: a client sends
+    much the same lines with every request on a connection (its host, credentials,
+    content type, its SDK's own fields), and a line read once is read alike again
+    (`read_fields` reads each alone), so that only the lines that changed (a body's
+    length, say) are read again. HPACK keeps a connection's fields so in HTTP/2.
+    Reading a head's four lines cost some 25 thousand instructions, looking them up
+    here some 3 thousand. At most one head's lines are kept (the last one that had
+    new lines), so a connection holds no more than a head's worth."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self) -> None:
+        self._fields: dict[bytes, tuple[bytes, bytes]] = {}
+
+    def read(self, lines: list[bytes]) -> Fields | None:
+        """`read_fields` of `lines`, those known looked up rather than read again."""
+        found: list[Any] = list(map(self._fields.get, lines))
+        if not all(found):  # a field is a tuple of two, never false
+            missing = [line for line, field in zip(lines, found, strict=True) if field is None]
+            read = read_fields(missing)
+            if read is None:
+                return None
+            new = iter(read[0])
+            found = [field or next(new) for field in found]
+            self._fields = dict(zip(lines, found, strict=True))
+        return found, list(map(_FIELD_NAME, found))
+
+
+_FIELD_NAME = operator.itemgetter(0)
 
 
 def plain_length(value: bytes) -> bool:
@@ -454,6 +499,7 @@ class LeanConnection:
         "_departures",
         "_hooks",
         "_inline",
+        "_known",
         "_lock",
         "_nursery",
         "_server",
@@ -491,6 +537,8 @@ class LeanConnection:
         # Whether the worker's departure watch looks at the socket for that app.
         self._departures = departures
         self._watched = False
+        # The field lines of the connection's last head, as they were read.
+        self._known = KnownLines()
 
     @staticmethod
     def serves(config: HypercornConfig) -> bool:
@@ -537,7 +585,7 @@ class LeanConnection:
             end = blank.end()
             if end > limit or buffer[end - 4 : end] != b"\r\n\r\n":
                 return buffer  # too long, or a bare LF ends it: h11 decides
-            head = plain_head(buffer[:end])
+            head = plain_head(buffer[:end], self._known)
             if head is None:
                 return buffer
             exchange = _Exchange(self, head)
