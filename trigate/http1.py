@@ -217,29 +217,35 @@ async def send_locked(
         lock.release()
 
 
-def response_head(status: int, fields: list[tuple[bytes, bytes]]) -> bytes:
+def response_head(status: int, fields: list[tuple[bytes, bytes]], lines: bytes = b"") -> bytes:
     """A response head as h11 writes it (its reason phrase left empty, as hypercorn
     leaves it), for fields already checked (`field_names`): each field joined in C, not
-    formatted one by one."""
+    formatted one by one; then `lines`, fields already written as lines (each ending
+    CRLF: the server's own, `_ServerFields.lines`)."""
     if not fields:
-        return b"HTTP/1.1 %d \r\n\r\n" % status
-    return b"HTTP/1.1 %d \r\n%b\r\n\r\n" % (status, b"\r\n".join(map(_FIELD_LINE, fields)))
+        return b"HTTP/1.1 %d \r\n%b\r\n" % (status, lines)
+    joined = b"\r\n".join(map(_FIELD_LINE, fields))
+    return b"HTTP/1.1 %d \r\n%b\r\n%b\r\n" % (status, joined, lines)
 
 
 _FIELD_LINE = b": ".join
+# The field a chunked answer's head ends with, as a line.
+_CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
 
 
 class _ServerFields:
     """hypercorn's `Config.response_headers("h11")` (Date and Server), made once a
     second rather than for every answer: formatting the date is most of its cost.
-    Checked as they are made (`valid`), not with every answer's own fields."""
+    Checked as they are made (`valid`), not with every answer's own fields, and written
+    as lines then (`lines`), not joined with every answer's head."""
 
-    __slots__ = ("_config", "_fields", "_second", "valid")
+    __slots__ = ("_config", "_fields", "_second", "lines", "valid")
 
     def __init__(self) -> None:
         self._config: HypercornConfig | None = None
         self._second = -1
         self._fields: list[tuple[bytes, bytes]] = []
+        self.lines = b""
         self.valid = True
 
     def __call__(self, config: HypercornConfig) -> list[tuple[bytes, bytes]]:
@@ -249,6 +255,7 @@ class _ServerFields:
             self._second = second
             self._config = config
             self.valid = not self._fields or field_names(self._fields) is not None
+            self.lines = b"".join(b"%b: %b\r\n" % field for field in self._fields)
         return self._fields
 
 
@@ -965,7 +972,12 @@ class _Exchange:
         self.response = {"type": "http.response.start", "status": status, "headers": fields}
         await self._start(status, fields)
         self.state = _Answer.RESPONSE
-        if body and not suppress_body(self.scope["method"], status):
+        if body and self._held is not None:
+            # `_start` held a plain head (no HEAD request's, a status with a body) and
+            # awaited nothing since its cancel point: no cancellation can have come, so
+            # the body goes without another (some 2 thousand instructions an answer).
+            await self._send_length(bytes(body))
+        elif body and not suppress_body(self.scope["method"], status):
             await self._send_body(bytes(body))
         await self._send_closed()
         return True
@@ -1038,13 +1050,12 @@ class _Exchange:
             lengths = names.count(b"content-length")
             if lengths == 0:
                 self._chunked = True
-                await self._write(
-                    response_head(status, [*fields, *served, (b"Transfer-Encoding", b"chunked")])
-                )
+                lines = server_fields.lines + _CHUNKED_LINE
+                await self._write(response_head(status, fields, lines))
                 return
             length = fields[names.index(b"content-length")][1]
             if lengths == 1 and plain_length(length):
-                head = response_head(status, [*fields, *served])
+                head = response_head(status, fields, server_fields.lines)
                 self._unsent = int(length)
                 if self._unsent:
                     self._held = head  # goes out with the body's first bytes
@@ -1079,17 +1090,21 @@ class _Exchange:
         elif self._chunked:
             await self._write(b"%x\r\n%b\r\n" % (len(body), body))
         else:
-            if len(body) > self._unsent:
-                self._broken = True
-                raise h11.LocalProtocolError("Too much data for declared Content-Length")
-            self._unsent -= len(body)
-            head, self._held = self._held, None
-            if head is None:
-                await self._write(body)
-            elif len(body) <= MAX_JOINED_BODY:
-                await self._write(head + body)
-            else:
-                await self._write(body, head=head)
+            await self._send_length(body)
+
+    async def _send_length(self, body: bytes) -> None:
+        """A piece of a body framed by its length, after its head while that is held."""
+        if len(body) > self._unsent:
+            self._broken = True
+            raise h11.LocalProtocolError("Too much data for declared Content-Length")
+        self._unsent -= len(body)
+        head, self._held = self._held, None
+        if head is None:
+            await self._write(body)
+        elif len(body) <= MAX_JOINED_BODY:
+            await self._write(head + body)
+        else:
+            await self._write(body, head=head)
 
     async def _finish(self) -> None:
         """The answer's end: a chunked body's last chunk, a fixed-length body checked."""
