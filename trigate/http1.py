@@ -10,7 +10,8 @@ a cached answer's. `LeanConnection` serves the plain case itself:
   every line ending CRLF, its method upper-case (not CONNECT), its fields passing h11's
   grammar (the same one-pass check as `trigate.request_head`), one Host, at most one
   Content-Length of plain digits, and no Transfer-Encoding, Upgrade, Expect or
-  `Connection: close`;
+  `Connection: close` (the field lines a connection's last head had are looked up
+  as they were read then, not read again: `KnownLines`);
 - its body by Content-Length, handed to the app as h11 and hypercorn hand it (a
   `more_body` event for each read, then an empty closing one);
 - the app's answer written as h11 would write it: a plain head (a status with a body,
