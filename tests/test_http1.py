@@ -319,6 +319,58 @@ def test_only_plain_heads_take_the_lean_path() -> None:
         assert http1.plain_head(odd) is None, odd
 
 
+def _read(head: bytes, known: http1.KnownLines | None = None) -> object:
+    read = http1.plain_head(head, known)
+    return None if read is None else (read.method, read.target, read.fields, read.length)
+
+
+def test_known_lines_read_heads_as_they_are_read_afresh() -> None:
+    """One connection's heads, its known lines looked up: each is read as it is alone,
+    whatever lines the heads before it had (refused ones among them)."""
+    heads = [
+        _request(b"/", b"content-length: 2", b"x-a: 1", method=b"POST"),
+        _request(b"/", b"content-length: 2", b"x-a: 1", method=b"POST"),
+        _request(b"/b", b"content-length: 3", b"x-a: 1", method=b"POST"),
+        _request(b"/", b"x-a: 1", b"x-b:  two\t"),
+        _request(b"/", b"x-a: 1", b"x-b: b\rc"),
+        _request(b"/", b"x-a: 1", b"x-b: b\nc"),
+        _request(b"/", b"x-a: 1", b"x\nb: c"),
+        _request(b"/", b"x-a: 1", b"x-folded: a", b" b"),
+        _request(b"/", b"x-a: 1", b": b"),
+        _request(b"/", b"x-a: 1", b"no colon"),
+        _request(b"/", b"x-a: 1", b"host: other"),
+        _request(b"/", b"x-a: 1", b"connection: close"),
+        _request(b"/", b"x-a: 1", b"transfer-encoding: chunked"),
+        _request(b"/", b"x-a: 1", b"content-length: 2", b"content-length: 2"),
+        _request(b"/", b"X-A: 1", b"x-b:  two\t"),
+        _request(b"/"),
+    ]
+    known = http1.KnownLines()
+    for head in heads:
+        assert _read(head, known) == _read(head), head
+
+
+def test_known_lines_are_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection's lines are read once: a head like the one before has only its new
+    lines read."""
+    read: list[list[bytes]] = []
+    read_fields = http1.read_fields
+
+    def counted(lines: list[bytes]) -> http1.Fields | None:
+        read.append(list(lines))
+        return read_fields(lines)
+
+    monkeypatch.setattr(http1, "read_fields", counted)
+    known = http1.KnownLines()
+    first = _request(b"/", b"content-length: 2", b"x-a: 1", method=b"POST")
+    again = _request(b"/", b"content-length: 3", b"x-a: 1", method=b"POST")
+    assert _read(first, known) is not None
+    assert _read(first, known) == _read(first)
+    read.clear()
+    assert _read(again, known) is not None
+    assert read == [[b"content-length: 3"]]
+
+
 async def test_a_client_leaving_mid_request_closes_its_upstream_request(
     nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -328,9 +380,9 @@ async def test_a_client_leaving_mid_request_closes_its_upstream_request(
     served: list[bytes] = []
     plain_head = http1.plain_head
 
-    def counted(head: bytes) -> http1.PlainHead | None:
+    def counted(head: bytes, known: http1.KnownLines | None = None) -> http1.PlainHead | None:
         served.append(head)
-        return plain_head(head)
+        return plain_head(head, known)
 
     monkeypatch.setattr(http1, "plain_head", counted)
     never = trio.Event()

@@ -10,7 +10,8 @@ a cached answer's. `LeanConnection` serves the plain case itself:
   every line ending CRLF, its method upper-case (not CONNECT), its fields passing h11's
   grammar (the same one-pass check as `trigate.request_head`), one Host, at most one
   Content-Length of plain digits, and no Transfer-Encoding, Upgrade, Expect or
-  `Connection: close`;
+  `Connection: close` (the field lines a connection's last head had are looked up
+  as they were read then, not read again: `KnownLines`);
 - its body by Content-Length, handed to the app as h11 and hypercorn hand it (a
   `more_body` event for each read, then an empty closing one);
 - the app's answer written as h11 would write it: a plain head (a status with a body,
@@ -55,6 +56,7 @@ upgrades and h2c work as before.
 from __future__ import annotations
 
 import logging
+import operator
 import re
 import socket
 import time
@@ -78,7 +80,7 @@ from hypercorn.utils import (
 from trio.lowlevel import ParkingLot, cancel_shielded_checkpoint, checkpoint_if_cancelled
 
 from trigate.departures import DepartureWatch
-from trigate.request_head import LOWERED_NAME_TABLE, PLAIN_LENGTH, VALUE_TABLE
+from trigate.request_head import LOWERED_NAME_TABLE, VALUE_TABLE
 from trigate.sockets import FastStream
 from trigate.stepping import on_this_task
 from trigate.transport import field_names
@@ -216,29 +218,35 @@ async def send_locked(
         lock.release()
 
 
-def response_head(status: int, fields: list[tuple[bytes, bytes]]) -> bytes:
+def response_head(status: int, fields: list[tuple[bytes, bytes]], lines: bytes = b"") -> bytes:
     """A response head as h11 writes it (its reason phrase left empty, as hypercorn
     leaves it), for fields already checked (`field_names`): each field joined in C, not
-    formatted one by one."""
+    formatted one by one; then `lines`, fields already written as lines (each ending
+    CRLF: the server's own, `_ServerFields.lines`)."""
     if not fields:
-        return b"HTTP/1.1 %d \r\n\r\n" % status
-    return b"HTTP/1.1 %d \r\n%b\r\n\r\n" % (status, b"\r\n".join(map(_FIELD_LINE, fields)))
+        return b"HTTP/1.1 %d \r\n%b\r\n" % (status, lines)
+    joined = b"\r\n".join(map(_FIELD_LINE, fields))
+    return b"HTTP/1.1 %d \r\n%b\r\n%b\r\n" % (status, joined, lines)
 
 
 _FIELD_LINE = b": ".join
+# The field a chunked answer's head ends with, as a line.
+_CHUNKED_LINE = b"Transfer-Encoding: chunked\r\n"
 
 
 class _ServerFields:
     """hypercorn's `Config.response_headers("h11")` (Date and Server), made once a
     second rather than for every answer: formatting the date is most of its cost.
-    Checked as they are made (`valid`), not with every answer's own fields."""
+    Checked as they are made (`valid`), not with every answer's own fields, and written
+    as lines then (`lines`), not joined with every answer's head."""
 
-    __slots__ = ("_config", "_fields", "_second", "valid")
+    __slots__ = ("_config", "_fields", "_second", "lines", "valid")
 
     def __init__(self) -> None:
         self._config: HypercornConfig | None = None
         self._second = -1
         self._fields: list[tuple[bytes, bytes]] = []
+        self.lines = b""
         self.valid = True
 
     def __call__(self, config: HypercornConfig) -> list[tuple[bytes, bytes]]:
@@ -248,6 +256,7 @@ class _ServerFields:
             self._second = second
             self._config = config
             self.valid = not self._fields or field_names(self._fields) is not None
+            self.lines = b"".join(b"%b: %b\r\n" % field for field in self._fields)
         return self._fields
 
 
@@ -338,59 +347,121 @@ _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 _REQUEST_LINE = h11._readers.request_line_re
 # Where h11 ends a head (`ReceiveBuffer.maybe_extract_lines`): its first blank line.
 _BLANK_LINE = re.compile(b"\n\r?\n")
+# `VALUE_TABLE` that also makes a newline NUL: the values are checked joined by nothing.
+_VALUE_BYTES = bytes(0 if byte == 10 else VALUE_TABLE[byte] for byte in range(256))
+# Looked for as the byte's value (`0 in data`): Python 3.11's `bytes.__contains__` takes
+# an integer straight to `memchr`, where a search for b"\x00" (`find`) parses its
+# arguments as a tuple (some 1,200 instructions against 250), and `b"\x00" in data`
+# first fails to read its operand as an integer (some 2,400).
+_NUL = 0
+# Names that leave a request to hypercorn and h11: a body framed otherwise than by its
+# length, a protocol switch, a 100-continue.
+_NOT_PLAIN_NAMES = frozenset({b"transfer-encoding", b"upgrade", b"expect"})
+# h11's `_headers.CONTENT_LENGTH_MAX_DIGITS` (`PLAIN_LENGTH`'s bound).
+MAX_LENGTH_DIGITS = 20
 
 
-def plain_head(head: bytes) -> PlainHead | None:
+def plain_head(head: bytes, known: KnownLines | None = None) -> PlainHead | None:
     """`head` (a request head through its blank line) read as h11 reads it, when h11
     would take it and the request is plain (see the module's docstring); else None,
-    for h11 to decide. Every check is one h11 makes, or stricter."""
-    if head.count(b"\n") != head.count(b"\r\n"):
-        return None  # a bare LF: h11 splits lines otherwise
+    for h11 to decide. Every check is one h11 makes, or stricter. Its field lines are
+    looked up in `known` (the connection's, when given) before they are read."""
     lines = head[:-4].split(b"\r\n")
     match = _REQUEST_LINE.fullmatch(lines[0])
-    if match is None or match["http_version"] != b"1.1":
+    if match is None:
         return None
-    method: bytes = match["method"]
-    if not method.isupper() or method == b"CONNECT":
+    method, target, version = match.groups()
+    if version != b"1.1" or not method.isupper() or method == b"CONNECT":
         return None  # hypercorn upper-cases the method h11 frames by: not the same then
+    del lines[0]
+    read = read_fields(lines) if known is None else known.read(lines)
+    if read is None:
+        return None  # folded, empty or refused: h11's own reading decides
+    fields, names = read
+    # The fields that decide are found by the list's own searches and a set's, in C.
+    if names.count(b"host") != 1 or not _NOT_PLAIN_NAMES.isdisjoint(names):
+        return None
+    length = 0
+    lengths = names.count(b"content-length")
+    if lengths:
+        value = fields[names.index(b"content-length")][1]
+        if lengths > 1 or not plain_length(value):
+            return None
+        length = int(value)
+    if b"connection" in names and any(
+        [value.lower().find(b"close") >= 0 for name, value in fields if name == b"connection"]
+    ):
+        return None
+    return PlainHead(head, method, target, fields, length)
+
+
+Fields = tuple[list[tuple[bytes, bytes]], list[bytes]]
+
+
+def read_fields(lines: list[bytes]) -> Fields | None:
+    """Field lines read as h11 reads them (each its lower-cased name and its value
+    stripped), and their names; None where h11 would refuse one, or read it otherwise.
+    Each line is read alone: what it is read as depends on no other line."""
     # By C's map and zip, not comprehensions: in Python 3.11 each of those is a function
-    # made and called. Each line's name, colon and value, transposed.
-    parts = list(map(bytes.partition, lines[1:], repeat(b":")))
-    names, colons, raw_values = zip(*parts, strict=True) if parts else ((), (), ())
+    # made and called. Each line's name, colon and value, transposed. Not `strict`: the
+    # tuples are partitions, of one length, and a keyword costs `zip` a dict per call.
+    parts = list(map(bytes.partition, lines, repeat(b":")))
+    names, colons, raw_values = zip(*parts) if parts else ((), (), ())  # noqa: B905
     values = list(map(bytes.strip, raw_values, repeat(b" \t")))
     # Lower-cased as h11 keeps them, and any byte no name may hold made NUL, in one pass.
+    # A bare LF (h11 splits lines otherwise) is in a name, where it splits the names
+    # once more, or in a value, where `_VALUE_BYTES` makes it NUL; the request line's
+    # expression refuses one. `0 in`, not a search for b"\x00": see `_NUL`.
     lowered = b"\n".join(names).translate(LOWERED_NAME_TABLE)
     if (
         not all(names)
         or not all(colons)
-        or lowered.find(b"\x00") >= 0  # `find`: see `request_head`
-        or b"\n".join(values).translate(VALUE_TABLE).find(b"\x00") >= 0
+        or _NUL in lowered
+        or _NUL in b"".join(values).translate(_VALUE_BYTES)
     ):
-        return None  # folded, empty or refused: h11's own reading decides
+        return None
     lowered_names = lowered.split(b"\n") if names else []
-    # The fields that decide are found by the list's own searches, in C. Those that leave
-    # the request to hypercorn and h11: a body framed otherwise than by length, a protocol
-    # switch, a 100-continue.
-    if (
-        lowered_names.count(b"host") != 1
-        or b"transfer-encoding" in lowered_names
-        or b"upgrade" in lowered_names
-        or b"expect" in lowered_names
-    ):
+    if len(lowered_names) != len(names):
         return None
-    fields = list(zip(lowered_names, values, strict=True))
-    length = 0
-    lengths = lowered_names.count(b"content-length")
-    if lengths:
-        value = values[lowered_names.index(b"content-length")]
-        if lengths > 1 or PLAIN_LENGTH.fullmatch(value) is None:
-            return None
-        length = int(value)
-    if b"connection" in lowered_names and any(
-        [value.lower().find(b"close") >= 0 for name, value in fields if name == b"connection"]
-    ):
-        return None
-    return PlainHead(head, method, match["target"], fields, length)
+    return list(zip(lowered_names, values)), lowered_names  # noqa: B905 (one length)
+
+
+class KnownLines:
+    """A connection's field lines as its last head's reading left them: a client sends
+    much the same lines with every request on a connection (its host, credentials,
+    content type, its SDK's own fields), and a line read once is read alike again
+    (`read_fields` reads each alone), so that only the lines that changed (a body's
+    length, say) are read again. HPACK keeps a connection's fields so in HTTP/2.
+    Reading a head's four lines cost some 25 thousand instructions, looking them up
+    here some 3 thousand. At most one head's lines are kept (the last one that had
+    new lines), so a connection holds no more than a head's worth."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self) -> None:
+        self._fields: dict[bytes, tuple[bytes, bytes]] = {}
+
+    def read(self, lines: list[bytes]) -> Fields | None:
+        """`read_fields` of `lines`, those known looked up rather than read again."""
+        found: list[Any] = list(map(self._fields.get, lines))
+        if not all(found):  # a field is a tuple of two, never false
+            missing = [line for line, field in zip(lines, found, strict=True) if field is None]
+            read = read_fields(missing)
+            if read is None:
+                return None
+            new = iter(read[0])
+            found = [field or next(new) for field in found]
+            self._fields = dict(zip(lines, found, strict=True))
+        return found, list(map(_FIELD_NAME, found))
+
+
+_FIELD_NAME = operator.itemgetter(0)
+
+
+def plain_length(value: bytes) -> bool:
+    """`PLAIN_LENGTH.fullmatch(value)` (one to twenty ASCII digits), without the
+    expression's call: some 1,600 instructions an answer less."""
+    return value.isdigit() and len(value) <= MAX_LENGTH_DIGITS
 
 
 # Statuses whose answers have no body, and so no Content-Length to frame one by.
@@ -436,6 +507,7 @@ class LeanConnection:
         "_departures",
         "_hooks",
         "_inline",
+        "_known",
         "_lock",
         "_nursery",
         "_server",
@@ -473,6 +545,8 @@ class LeanConnection:
         # Whether the worker's departure watch looks at the socket for that app.
         self._departures = departures
         self._watched = False
+        # The field lines of the connection's last head, as they were read.
+        self._known = KnownLines()
 
     @staticmethod
     def serves(config: HypercornConfig) -> bool:
@@ -519,7 +593,7 @@ class LeanConnection:
             end = blank.end()
             if end > limit or buffer[end - 4 : end] != b"\r\n\r\n":
                 return buffer  # too long, or a bare LF ends it: h11 decides
-            head = plain_head(buffer[:end])
+            head = plain_head(buffer[:end], self._known)
             if head is None:
                 return buffer
             exchange = _Exchange(self, head)
@@ -899,7 +973,12 @@ class _Exchange:
         self.response = {"type": "http.response.start", "status": status, "headers": fields}
         await self._start(status, fields)
         self.state = _Answer.RESPONSE
-        if body and not suppress_body(self.scope["method"], status):
+        if body and self._held is not None:
+            # `_start` held a plain head (no HEAD request's, a status with a body) and
+            # awaited nothing since its cancel point: no cancellation can have come, so
+            # the body goes without another (some 2 thousand instructions an answer).
+            await self._send_length(bytes(body))
+        elif body and not suppress_body(self.scope["method"], status):
             await self._send_body(bytes(body))
         await self._send_closed()
         return True
@@ -972,13 +1051,12 @@ class _Exchange:
             lengths = names.count(b"content-length")
             if lengths == 0:
                 self._chunked = True
-                await self._write(
-                    response_head(status, [*fields, *served, (b"Transfer-Encoding", b"chunked")])
-                )
+                lines = server_fields.lines + _CHUNKED_LINE
+                await self._write(response_head(status, fields, lines))
                 return
             length = fields[names.index(b"content-length")][1]
-            if lengths == 1 and PLAIN_LENGTH.fullmatch(length) is not None:
-                head = response_head(status, [*fields, *served])
+            if lengths == 1 and plain_length(length):
+                head = response_head(status, fields, server_fields.lines)
                 self._unsent = int(length)
                 if self._unsent:
                     self._held = head  # goes out with the body's first bytes
@@ -1013,17 +1091,21 @@ class _Exchange:
         elif self._chunked:
             await self._write(b"%x\r\n%b\r\n" % (len(body), body))
         else:
-            if len(body) > self._unsent:
-                self._broken = True
-                raise h11.LocalProtocolError("Too much data for declared Content-Length")
-            self._unsent -= len(body)
-            head, self._held = self._held, None
-            if head is None:
-                await self._write(body)
-            elif len(body) <= MAX_JOINED_BODY:
-                await self._write(head + body)
-            else:
-                await self._write(body, head=head)
+            await self._send_length(body)
+
+    async def _send_length(self, body: bytes) -> None:
+        """A piece of a body framed by its length, after its head while that is held."""
+        if len(body) > self._unsent:
+            self._broken = True
+            raise h11.LocalProtocolError("Too much data for declared Content-Length")
+        self._unsent -= len(body)
+        head, self._held = self._held, None
+        if head is None:
+            await self._write(body)
+        elif len(body) <= MAX_JOINED_BODY:
+            await self._write(head + body)
+        else:
+            await self._write(body, head=head)
 
     async def _finish(self) -> None:
         """The answer's end: a chunked body's last chunk, a fixed-length body checked."""

@@ -58,6 +58,10 @@ if TYPE_CHECKING:
 
 MAX_REQUEST_ID_LENGTH = 128
 _CREDENTIAL_HEADERS = (b"authorization", b"x-api-key", b"x-litellm-api-key")
+# Every name `_scan` reads a field of.
+_SCANNED = frozenset(
+    {*_CREDENTIAL_HEADERS, b"x-request-id", b"traceparent", b"content-length", b"transfer-encoding"}
+)
 # Routes whose clients expect Anthropic's error envelope.
 _ANTHROPIC_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 
@@ -383,6 +387,8 @@ def _scan(
     declared = b""
     credentials: list[tuple[bytes, bytes]] = []
     for name, value in headers:
+        if name not in _SCANNED:
+            continue  # one look-up in a set, where the tests below compare it six times
         if name in _CREDENTIAL_HEADERS:
             credentials.append((name, value))
         elif name == b"x-request-id" and not seen_id:
@@ -438,14 +444,18 @@ async def _refuse(error: InvalidRequest, path: str, send: _ResponseSender) -> No
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+_PERCENT = ord("%")
+
+
 def _disguised_path(raw_path: bytes) -> bool:
     """Whether the path, as sent, hides a separator or a dot segment: an encoded `/` or
     `\\` (`%2fkey%2finfo` decodes to `/key/info`), or a `.` or `..` segment, plain or
     encoded. A fronting proxy matches its path rules against the path as sent, and
     would not recognise the route such a path decodes to. No route of the gateway needs
     either."""
-    # `find`, not `in`: see `trigate.request_head`.
-    if raw_path.find(b"%") < 0 and raw_path.find(b"/.") < 0:
+    # `find`, not `in`: see `trigate.request_head`; but a byte by its value (`_PERCENT
+    # in`), which goes straight to `memchr` with no arguments to parse.
+    if _PERCENT not in raw_path and raw_path.find(b"/.") < 0:
         return False
     lowered = raw_path.lower()
     if lowered.find(b"%2f") >= 0 or lowered.find(b"%5c") >= 0:

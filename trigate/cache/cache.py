@@ -249,6 +249,8 @@ class ResponseCache:
         memory = self._memory
         noted = memory.noted(key, value)
         if isinstance(noted, Entry):
+            if max_age is None:  # any age (`fresh`), without the call
+                return noted
             return noted if noted.fresh(max_age) else None
         entry = decode(value, None)
         if entry is None:
