@@ -371,6 +371,19 @@ def test_known_lines_are_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None
     assert read == [[b"content-length: 3"]]
 
 
+def test_a_head_of_many_lines_is_not_kept() -> None:
+    """A head of more lines than `KNOWN_LINES` (thousands of short ones fit 16 KiB) is
+    read, and its lines are not kept: a kept line costs some 200 bytes beside its own,
+    for as long as the connection lives. A small head's are."""
+    known = http1.KnownLines()
+    many = _request(b"/", *(b"%x:" % i for i in range(http1.KNOWN_LINES + 1)))
+    assert _read(many, known) == _read(many)
+    assert not known._fields
+    small = _request(b"/", b"x-a: 1")
+    assert _read(small, known) == _read(small)
+    assert known._fields
+
+
 async def test_a_client_leaving_mid_request_closes_its_upstream_request(
     nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -434,7 +434,9 @@ class KnownLines:
     length, say) are read again. HPACK keeps a connection's fields so in HTTP/2.
     Reading a head's four lines cost some 25 thousand instructions, looking them up
     here some 3 thousand. At most one head's lines are kept (the last one that had
-    new lines), so a connection holds no more than a head's worth."""
+    new lines), and only a head of at most `KNOWN_LINES` lines: a line kept costs some
+    200 bytes beside its own, and a head of thousands of short lines (16 KiB of them)
+    would have a connection hold 34 times its size for as long as it is kept alive."""
 
     __slots__ = ("_fields",)
 
@@ -451,11 +453,13 @@ class KnownLines:
                 return None
             new = iter(read[0])
             found = [field or next(new) for field in found]
-            self._fields = dict(zip(lines, found, strict=True))
+            self._fields = dict(zip(lines, found, strict=True)) if len(lines) <= KNOWN_LINES else {}
         return found, list(map(_FIELD_NAME, found))
 
 
 _FIELD_NAME = operator.itemgetter(0)
+# The most lines of a head a connection keeps (`KnownLines`): an SDK's head has 10 to 20.
+KNOWN_LINES = 32
 
 
 def plain_length(value: bytes) -> bool:
