@@ -70,6 +70,7 @@ observer = Observer(Metrics())
 class Passing(Guardrail):
     # What the runner costs alone: an immediate guardrail that passes every text.
     immediate = True
+    reads_step = False
 
     async def check(self, texts, step):
         return Verdict()

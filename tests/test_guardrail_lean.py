@@ -89,9 +89,11 @@ def test_any_other_answer_is_left_to_its_slots(answer: dict[str, Any]) -> None:
 
 
 class Scripted(Guardrail):
-    """An immediate guardrail that answers as told, and records what it was given."""
+    """An immediate guardrail that answers as told, and records what it was given; it
+    reads no step (the lean path)."""
 
     immediate = True
+    reads_step = False
 
     def __init__(self, config: Any, outcome: str) -> None:
         super().__init__(config)
@@ -191,3 +193,50 @@ def test_the_lean_path_reports_as_the_general_one(outcomes: list[str], fail_open
     for what in ("body", "answer", "changed", "errors", "information", "metrics", "given"):
         assert lean[what] == general[what], what
     assert lean["information"]  # (something was reported)
+
+
+class _ReadsStep(Guardrail):
+    """A user's immediate guardrail as one was written before `reads_step`: its
+    `check_now` reads its step, and it says nothing of it."""
+
+    immediate = True
+
+    async def check(self, texts: list[str], step: Step) -> Verdict:
+        return self.check_now(texts, step)
+
+    def check_now(self, texts: list[str], step: Step | None) -> Verdict:
+        assert step is not None
+        if step.reads_input and any("secret" in text for text in texts):
+            return Verdict(blocked="no secrets")
+        return Verdict()
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+async def test_a_guardrail_that_says_nothing_of_its_step_is_given_one(fail_open: bool) -> None:
+    """A user's immediate guardrail is given its step unless it says it reads none: it
+    blocks as it did, fail_open or not, never failing for a step it was not given (and,
+    fail_open, letting the request through unchecked)."""
+    [guardrail] = _guardrails(Scripted, ["pass"], fail_open)
+    user = _ReadsStep(guardrail.config)
+    run = GuardrailRun([user], Observer(Metrics()), "gpt-4o", None, {})
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "the secret is 42"}]}
+    with pytest.raises(GuardrailBlocked, match="no secrets"):
+        await run.pre_call(body)
+
+
+async def test_a_mode_that_never_ran_has_no_series() -> None:
+    """A guardrail blocked in pre_call counts its intervention alone: no zero series of
+    a success in pre_call or post_call appears at `/metrics` (as LiteLLM's)."""
+    [guardrail] = _guardrails(Scripted, ["block"], False)
+    metrics = Metrics()
+    run = GuardrailRun([guardrail], Observer(metrics), "gpt-4o", None, {})
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]}
+    with pytest.raises(GuardrailBlocked):
+        await run.pre_call(body)
+    statuses = {
+        sample.labels.get("status")
+        for metric in metrics.registry.collect()
+        if metric.name == "litellm_guardrail_requests"
+        for sample in metric.samples
+    }
+    assert statuses == {"guardrail_intervened"}

@@ -70,10 +70,11 @@ class Guardrail(ABC):
     # which could never fire, and whose cancel scope costs more than the filter's scan.
     immediate = False
     # Whether an `immediate` guardrail's `check_now` reads its `Step` (the mode, the
-    # request's vault, who asked): one is made for it only then, or when it `unmasks`
-    # (its masks mint placeholders in the request's vault). Most read only the texts,
-    # and making a step on every run costs more than a pass of the runner does.
-    reads_step = False
+    # request's vault, who asked): one is made for it unless it says it does not (and
+    # does not `unmask`: its masks mint placeholders in the request's vault). A user's
+    # class is given one as ever; the content filter reads only the texts, and making a
+    # step on every run costs more than a pass of the runner does.
+    reads_step = True
 
     def __init__(self, config: GuardrailConfig) -> None:
         self.config = config
@@ -94,8 +95,8 @@ class Guardrail(ABC):
         """The verdict on `texts`; raises `GuardrailFailed` (or anything) when it has none."""
 
     def check_now(self, texts: list[str], step: Step | None) -> Verdict:
-        """The verdict at once, for an `immediate` guardrail; `step` is None unless it
-        `reads_step` or `unmasks`."""
+        """The verdict at once, for an `immediate` guardrail; `step` is None where it
+        says it does not read one (`reads_step` false) and does not `unmask`."""
         raise NotImplementedError(f"{type(self).__name__} is not immediate")
 
     async def aclose(self) -> None:  # noqa: B027 (most guardrails hold nothing)

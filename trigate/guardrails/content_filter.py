@@ -49,6 +49,7 @@ class Rule:
 
 class ContentFilter(Guardrail):
     immediate = True
+    reads_step = False  # (but for the vault, where it unmasks: given one then)
 
     def __init__(self, config: GuardrailConfig) -> None:
         super().__init__(config)

@@ -146,20 +146,30 @@ INTERVENED = "guardrail_intervened"
 FAILED = "guardrail_failed_to_respond"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Entry:
     """One guardrail in one mode, as each of its runs reports it: its names, the mode's
-    (`hook`), and the metrics a successful run counts into, found once."""
+    (`hook`), and the metrics a successful run counts into, found at its first (a
+    series is made only for a run that happened, as LiteLLM's: `/metrics` shows no
+    zero for a mode that never ended so)."""
 
     guardrail: Guardrail
     name: str
     provider: str
     hook: str
-    success: Series
+    observer: Observer
     # Whether it is run on the texts alone, at once (`immediate`, and it is given no
     # `Step`): no step is made for it, and a plain chat request's or answer's texts are
     # read without their slots.
     lean: bool
+    _success: Series | None = None
+
+    def succeeded(self, elapsed: float) -> None:
+        """A successful run counted."""
+        series = self._success
+        if series is None:
+            series = self._success = self.observer.series(self.name, self.hook, "success", None)
+        series.count(elapsed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +251,7 @@ def _entry(guardrail: Guardrail, mode: Mode, observer: Observer) -> _Entry:
         guardrail.name,
         guardrail.provider,
         hook,
-        observer.series(guardrail.name, hook, "success", None),
+        observer,
         guardrail.immediate and not (guardrail.reads_step or guardrail.unmasks),
     )
 
@@ -502,7 +512,7 @@ class GuardrailRun:
         """A run that gave a verdict, reported; a block raised."""
         if verdict.blocked is None:
             self._inform(entry, "success", verdict, begun, elapsed)
-            entry.success.count(elapsed)
+            entry.succeeded(elapsed)
             if self._span is not None:
                 Observer.traced(self._span, entry.name, entry.hook, "success", elapsed)
             return verdict
