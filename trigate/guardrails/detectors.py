@@ -378,10 +378,6 @@ _INJECTION_PHRASINGS = (
     r"pretend (?:that )?you (?:are|have) no (?:rules|restrictions|guidelines)\b",
 )
 _INJECTION = "|".join(rf"\b{phrasing}" for phrasing in _INJECTION_PHRASINGS)
-# The same, tried only where a word starts with a letter one of them starts with: a
-# regex ignoring case has no literal to skip to, and tried every phrasing at every
-# character of a window (some 950 instructions a character).
-_INJECTION_FAST = rf"\b(?=[bdfijoprsy])(?:{'|'.join(_INJECTION_PHRASINGS)})"
 
 
 def _has_github_prefix(text: Scanned) -> bool:
@@ -410,16 +406,22 @@ INJECTION_WORDS = (
 # longest, its verb up to 30 + 20 characters and two words before its noun).
 INJECTION_MARGIN = 128
 
-# The words every phrasing starts with (its prefilter): an anchor, the last letter of
-# one, is at most `INJECTION_BEFORE` characters after its match's start (the longest
-# word's length less one), and its match ends at most `INJECTION_AFTER` after it (the
-# first phrasing's longest: 30 + 9 + 20 + 12 characters after its verb, and a margin).
+# The words every phrasing starts with (its anchors in an ASCII text): an anchor, the
+# last letter of one, is at most `INJECTION_BEFORE` characters after its match's start
+# (the longest word's length less one), and its match ends at most `INJECTION_AFTER`
+# after it (the first phrasing's longest: 30 + 9 + 20 + 12 characters after its verb,
+# and a margin).
 INJECTION_STARTERS = (
     "ignore", "disregard", "forget", "override", "bypass", "you are now", "reveal", "print",
     "show", "repeat", "output", "jailbreak", "do anything now", "pretend",
 )  # fmt: skip
 INJECTION_BEFORE = max(map(len, INJECTION_STARTERS)) - 1
 INJECTION_AFTER = 80
+# The phrasings, tried only where a word starts with a letter one of them starts with: a
+# regex ignoring case has no literal to skip to, and tried every phrasing at every
+# character of a window (some 950 instructions a character).
+_FIRST_LETTERS = "".join(sorted({word[0] for word in INJECTION_STARTERS}))
+_INJECTION_FAST = rf"\b(?=[{_FIRST_LETTERS}])(?:{'|'.join(_INJECTION_PHRASINGS)})"
 
 
 def _injection_places(text: Scanned) -> list[int]:

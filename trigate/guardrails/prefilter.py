@@ -144,6 +144,7 @@ class Prefilter:
         self.anchor_of: tuple[int | None, ...] = tuple(
             None if key is None else ids[key] for key in anchor_keys
         )
+        self._anchor_ids = frozenset(id_ for id_ in self.anchor_of if id_ is not None)
 
     def fired(self, text: str) -> int:
         """The detectors that may match `text` (`scan`'s mask)."""
@@ -179,8 +180,11 @@ class Prefilter:
                 mask |= masks[pattern]
             return mask, None
         anchors: dict[int, list[int]] = {}
+        anchor_ids = self._anchor_ids
         for pattern, end in hits:
             mask |= masks[pattern]
+            if pattern not in anchor_ids:  # (a prefilter's first match alone: no anchor)
+                continue
             places = anchors.get(pattern)
             if places is None:
                 anchors[pattern] = [end - 1]
