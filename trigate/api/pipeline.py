@@ -369,6 +369,9 @@ class Call:
         if ticket is None:
             return None
         self.cache_ticket = ticket
+        served = cache.served_at_once(self, ticket)
+        if served is not None:
+            return served
         try:
             return await cache.lookup(self, ticket)
         except GatewayError as failure:  # the call in flight it joined failed

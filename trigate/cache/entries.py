@@ -117,7 +117,10 @@ class Entry:
     """An entry as read, from its fields (`encode`'s) and, for a whole answer, the
     answer's own bytes (`unread` while they are not parsed: `KeptCompletion`)."""
 
-    __slots__ = ("answer", "answer_id", "at", "events", "item", "native", "raw", "unread", "usage")
+    __slots__ = (
+        "_tokens", "answer", "answer_id", "at", "events", "item", "native", "raw", "unread",
+        "usage",
+    )  # fmt: skip
 
     def __init__(self, data: dict[str, Any], raw: bytes | None = None) -> None:
         at = data.get("at")
@@ -133,6 +136,7 @@ class Entry:
         self.raw = raw
         self.unread = False
         self.answer_id: str | None = None
+        self._tokens = -1
 
     def serve(self, stream: bool) -> Completion | Replay | None:
         if self.unread:
@@ -167,9 +171,14 @@ class Entry:
         return len(self.raw) if self.raw is not None else 0
 
     def tokens(self) -> int:
-        usage = self.usage or (self.answer or {}).get("usage")
-        total = usage.get("total_tokens") if isinstance(usage, dict) else None
-        return total if isinstance(total, int) and total > 0 else 0
+        """The tokens its answer says it took; found once, for an entry the worker's
+        memory keeps serves many hits (its usage is never changed: `serve` copies it)."""
+        found = self._tokens
+        if found < 0:
+            usage = self.usage or (self.answer or {}).get("usage")
+            total = usage.get("total_tokens") if isinstance(usage, dict) else None
+            found = self._tokens = total if isinstance(total, int) and total > 0 else 0
+        return found
 
 
 def encode(fields: dict[str, Any], raw: bytes | None = None) -> bytes:
@@ -252,6 +261,7 @@ def _whole_answer(head: dict[str, Any], raw: bytes) -> Entry | None:
     entry.at = _kept_at(head)
     entry.raw = raw
     entry.unread = True
+    entry._tokens = -1
     return entry
 
 
