@@ -244,6 +244,31 @@ async def test_a_repeated_chat_request_is_a_hit_with_its_headers_and_a_free_spen
     await running.stop()
 
 
+@pytest.mark.parametrize(
+    ("usage", "source"),
+    [
+        ({**USAGE, "prompt_tokens_details": {"cached_tokens": 3}}, "upstream"),
+        # Counts that are no counts: the miss was billed by tiktoken, and so is the hit.
+        ({"prompt_tokens": "7", "completion_tokens": True, "total_tokens": 11}, "counted"),
+    ],
+)
+async def test_every_hit_of_an_entry_is_billed_the_usage_its_miss_was(
+    nursery: trio.Nursery, upstream: FakeUpstream, usage: dict[str, Any], source: str
+) -> None:
+    """A hit's usage is found once per entry the worker keeps (`Entry.billed`), as the
+    meter would find it from the kept answer's usage, and every hit of it is billed that:
+    the tokens and their source on each row are the miss's."""
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", usage))
+    running = await start_gateway(nursery, cached_config(upstream))
+    for _ in range(3):
+        await _post(running, "/v1/chat/completions", _chat())
+    records = await running.records.wait_for(3)
+    assert [r.cache_hit for r in records] == [False, True, True]
+    billed = {(r.prompt_tokens, r.completion_tokens, r.usage_source) for r in records}
+    assert len(billed) == 1 and billed.pop()[2] == source
+    await running.stop()
+
+
 async def test_a_hits_call_is_freed_as_it_ends_not_left_to_the_collector(
     nursery: trio.Nursery, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -393,11 +393,15 @@ class Call:
                 assert isinstance(answered, Completion), "a whole request is answered whole"
                 completion = answered
             self.answered = completion
-            reported = completion.usage
-            self.meter.report(reported)
-            if reported is None:
-                self.meter.observe_completion(completion.body)
-            usage = await self.meter.settle()
+            if type(completion) is KeptCompletion and completion.billed is not None:
+                # A cache hit's usage, as its entry found it once for every hit it serves.
+                usage = completion.billed
+            else:
+                reported = completion.usage
+                self.meter.report(reported)
+                if reported is None:
+                    self.meter.observe_completion(completion.body)
+                usage = await self.meter.settle()
             if routed is not None:
                 usage = self.exchange.bill(routed.deployment, completion, usage)
             if self.hooks is not None and await self.hooks.after_answer(
