@@ -130,7 +130,11 @@ _JSON = st.recursive(
     | st.integers(-(2**63), 2**64 - 1)
     | st.floats(allow_nan=False)
     | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    # Keys that are no strings too (a hook's), written as orjson writes them.
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text() | st.integers(0, 99), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -139,7 +143,7 @@ _JSON = st.recursive(
     surface=st.sampled_from(["chat", "messages", "responses", "embeddings"]),
     group=st.text(),
     tenant=st.text(),
-    body=st.dictionaries(st.text(), _JSON, max_size=5),
+    body=st.dictionaries(st.sampled_from(sorted(keys.UNKEYED)) | st.text(), _JSON, max_size=5),
 )
 def test_the_form_is_the_whole_form_sorted(
     surface: str, group: str, tenant: str, body: dict[str, Any]
@@ -149,7 +153,11 @@ def test_the_form_is_the_whole_form_sorted(
     entry in Redis) is what it was when the form was written whole."""
     shaped = {name: value for name, value in body.items() if name not in keys.UNKEYED}
     form = {"v": keys.KEY_VERSION, "surface": surface, "model": group, "scope": tenant}
-    whole = orjson.dumps({**form, "body": shaped}, option=orjson.OPT_SORT_KEYS)
+    try:
+        whole = orjson.dumps({**form, "body": shaped}, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        options = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+        whole = orjson.dumps({**form, "body": shaped}, option=options)
     assert keys.canonical(surface, group, tenant, body) == whole
     digest = hashlib.sha256(whole).hexdigest()
     assert cache_key(surface, group, tenant, body, None) == digest
@@ -189,14 +197,15 @@ def test_a_repeated_requests_key_is_hashed_once_and_the_digests_kept_are_bounded
         assert kept <= 1000
 
 
-@pytest.mark.parametrize("scope", ["global", "key"])
+@pytest.mark.parametrize(("scope", "group_length"), [("global", 1), ("key", 1), ("key", 1000)])
 def test_the_digests_kept_hold_the_memory_they_count(
-    monkeypatch: pytest.MonkeyPatch, scope: str
+    monkeypatch: pytest.MonkeyPatch, scope: str, group_length: int
 ) -> None:
     """The bound is on memory held, not only on the forms' lengths: a body's part is kept
     as a copy of its own size (orjson's bytes keep the buffer they were written in, some
     4 KiB for a small one), and each one's digest, slot and tuple are counted too, with a
-    tenant string of its own per request (`scope: key`, a key's 64-character hash)."""
+    tenant string of its own per request (`scope: key`, a key's 64-character hash) and a
+    group's (a model name a wildcard matched, as long as the client made it)."""
     import tracemalloc
 
     bound = 256 << 10
@@ -209,7 +218,8 @@ def test_the_digests_kept_hold_the_memory_they_count(
         for n in range(2000):  # each form made as a request's key makes it, then let go
             body = {"messages": [{"role": "user", "content": f"q{n}"}]}
             tenant = "" if scope == "global" else f"key:{n:064x}"
-            digests.hexdigest("chat", "g", tenant, keys.sorted_body(body))
+            group = "g" if group_length == 1 else f"{n:0{group_length}x}"
+            digests.hexdigest("chat", group, tenant, keys.sorted_body(body))
             held = max(held, tracemalloc.get_traced_memory()[0] - before)
     finally:
         tracemalloc.stop()
@@ -267,6 +277,52 @@ async def test_every_hit_of_an_entry_is_billed_the_usage_its_miss_was(
     billed = {(r.prompt_tokens, r.completion_tokens, r.usage_source) for r in records}
     assert len(billed) == 1 and billed.pop()[2] == source
     await running.stop()
+
+
+async def test_a_hook_that_changes_a_hits_usage_changes_that_hits_alone(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """An entry's usage is found once for all its hits (`Entry.billed`); a hook given it
+    (which may change it in place) is given a copy, so one hit's change never reaches the
+    next hit's row."""
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    config = cached_config(upstream)
+    config["litellm_settings"]["callbacks"] = ["hook_examples.surcharge_usage"]
+    running = await start_gateway(nursery, config)
+    for _ in range(3):
+        await _post(running, "/v1/chat/completions", _chat())
+    records = await running.records.wait_for(3)
+    assert [r.cache_hit for r in records] == [False, True, True]
+    assert [r.prompt_tokens for r in records] == [USAGE["prompt_tokens"] + 1000] * 3
+    await running.stop()
+
+
+async def test_a_namespace_that_no_header_can_hold_is_refused_before_any_call(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """The namespace begins the key sent back in `x-litellm-cache-key`: one with a CR or
+    LF (a header of the client's own making) or any control character is the client's
+    400, before the upstream is called, not a 500 after it; and a config's is refused at
+    start-up. One that is only odd (spaces, a colon, past ASCII) is kept as it is."""
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream))
+    for namespace in ("eval\r\nx-evil: 1", "nul\x00", "tab\tbell\x07"):
+        refused = await _post(
+            running, "/v1/chat/completions", _chat(cache={"namespace": namespace})
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "cache"
+        assert "x-evil" not in refused.headers
+    assert upstream.requests == []
+    kept = await _post(running, "/v1/chat/completions", _chat(cache={"namespace": "a b:é"}))
+    assert kept.headers["x-litellm-cache-key"].startswith("a b:é:")
+    await running.stop()
+    from helpers import build_app
+
+    from trigate.config import ConfigError
+
+    with pytest.raises(ConfigError, match="control characters"):
+        build_app(cached_config(upstream, namespace="a\nb"))
 
 
 async def test_a_hits_call_is_freed_as_it_ends_not_left_to_the_collector(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -394,8 +394,10 @@ class Call:
                 completion = answered
             self.answered = completion
             if type(completion) is KeptCompletion and completion.billed is not None:
-                # A cache hit's usage, as its entry found it once for every hit it serves.
-                usage = completion.billed
+                # A cache hit's usage, as its entry found it once for every hit it serves;
+                # a copy where hooks (a user's, which may change it) are given it.
+                billed = completion.billed
+                usage = billed if self.hooks is None else replace(billed)
             else:
                 reported = completion.usage
                 self.meter.report(reported)

@@ -213,18 +213,20 @@ class ResponseCache:
         served = entry.serve(call.stream) if entry is not None else None
         if served is not None:
             assert entry is not None
-            self._hit(call, ticket, entry)
+            self._hit(ticket, entry)
+        ticket.looked = True
         return served
 
     async def lookup(self, call: CachedCall, ticket: Ticket) -> Answer:
-        """A hit or a coalesced answer for `call`, after `served_at_once` found none, or
-        None: it goes upstream with `ticket`, which keeps its answer."""
+        """A hit or a coalesced answer for `call`, or None: it goes upstream with
+        `ticket`, which keeps its answer. After `served_at_once`, what it read is not read
+        again."""
         key = ticket.key
         if ticket.items is not None:
             return await self._embeddings(call, ticket, ticket.items)
         controls = ticket.controls
-        # The worker's memory, when it is the whole backend, was read already.
-        unread = not self._memory_only
+        # The worker's memory, when it is the whole backend, may have been read already.
+        unread = not ticket.looked
         while True:
             if not controls.no_read:
                 entry = None
@@ -234,7 +236,7 @@ class ResponseCache:
                 served = entry.serve(call.stream) if entry is not None else None
                 if served is not None:
                     assert entry is not None
-                    self._hit(call, ticket, entry)
+                    self._hit(ticket, entry)
                     return served
                 flight = self._flights.get(ticket.key)
                 if flight is not None:
@@ -251,7 +253,7 @@ class ResponseCache:
                 ticket.lead(Flight(ticket.key, ticket, call.stream))
             return None
 
-    def _hit(self, call: CachedCall, ticket: Ticket, entry: Entry) -> None:
+    def _hit(self, ticket: Ticket, entry: Entry) -> None:
         ticket.hit = True
         ticket.state = HIT
         metrics = self.metrics
@@ -393,7 +395,7 @@ class Ticket:
     """One request's part in the cache: its key, and what became of its answer."""
 
     __slots__ = (
-        "cache", "controls", "flight", "hit", "items", "key", "leads", "namespaced",
+        "cache", "controls", "flight", "hit", "items", "key", "leads", "looked", "namespaced",
         "native_allowed", "state", "stream",
     )  # fmt: skip
 
@@ -412,6 +414,8 @@ class Ticket:
         self.namespaced = namespaced
         # What the lookup did, for the response's header: HIT, MISS or COALESCED.
         self.state: bytes | None = None
+        # Whether the worker's memory was read for it already (`served_at_once`).
+        self.looked = False
         self.controls = controls
         self.stream = stream
         # Whether an answer in the client's own API may be kept (not a Response the

@@ -18,6 +18,7 @@ share an answer.
 from __future__ import annotations
 
 import hashlib
+from sys import getsizeof
 from typing import Any
 
 import orjson
@@ -77,11 +78,10 @@ def native_form(surface: str, native: dict[str, Any], chat: dict[str, Any]) -> d
 # largest body kept: a larger one's hashing is mostly its length, not its setup.
 DIGESTS_KEPT_BYTES = 1 << 20
 LARGEST_FORM_KEPT = 16 << 10
-# What a kept form costs beyond its body's length: the bytes object's header, the tuple
-# holding it with its surface, group and tenant (a tenant string of its own with
-# `scope: key`), the digest's 64-character string, and the dictionary's slot (measured:
-# some 350 bytes with a key's tenant, 280 with none).
-KEPT_OVERHEAD = 400
+# What a kept form costs beyond its body's length and its group's and tenant's strings:
+# the bytes object's header, the tuple holding them, the digest's 64-character string,
+# and the dictionary's slot (measured: some 250 bytes).
+KEPT_OVERHEAD = 300
 
 
 class _Digests:
@@ -106,7 +106,9 @@ class _Digests:
         digest = self._kept.get((surface, group, tenant, written))
         if digest is None:
             digest = hashlib.sha256(_form(surface, group, tenant, written)).hexdigest()
-            size = len(written) + KEPT_OVERHEAD
+            # The group and tenant may be strings of this request's own (a model name a
+            # wildcard matched, a key's tenant), kept alive by the tuple: counted too.
+            size = len(written) + getsizeof(group) + getsizeof(tenant) + KEPT_OVERHEAD
             if len(written) <= LARGEST_FORM_KEPT:
                 if self._bytes + size > DIGESTS_KEPT_BYTES:
                     self._kept.clear()
