@@ -531,7 +531,7 @@ class LeanConnection:
         hooks: ConnectionHooks,
         departures: DepartureWatch | None,
     ) -> None:
-        self._app = app
+        self._app = app  # an ASGI app: called with a scope, a receive and a send
         self._config = config
         self._context = context
         self._state = state
@@ -889,13 +889,7 @@ class _Exchange:
         config = connection._config
         try:
             try:
-                await connection._app(
-                    self.scope,
-                    self.queue.get,
-                    self.send,
-                    trio.to_thread.run_sync,
-                    trio.from_thread.run,
-                )
+                await connection._app(self.scope, self.queue.get, self.send)
             except trio.Cancelled:
                 raise
             except BaseExceptionGroup as error:
