@@ -35,7 +35,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 from werkzeug.exceptions import HTTPException
 
-from trigate.api.context import RequestContext, current_request, direct_writer, queued_reader
+from trigate.api.context import (
+    RequestContext,
+    current_request,
+    direct_writer,
+    queued_reader,
+    whole_sender,
+)
 from trigate.api.envelopes import JSON_HEADERS, OPENAI, Envelope
 from trigate.api.litellm_request import is_litellm_header
 from trigate.errors import (
@@ -491,6 +497,10 @@ async def send_reply(send: ASGISendCallable, reply: Reply) -> None:
     body = reply.body
     if not isinstance(body, StreamRelay):
         headers.append((b"content-length", b"%d" % len(body)))
+        whole = whole_sender(send)
+        if whole is not None:  # the start and the body in one call, as one write
+            await whole(reply.status, headers, body)
+            return
         await send(_start(reply.status, headers))
         await send({"type": "http.response.body", "body": body, "more_body": False})
         return
