@@ -10,8 +10,8 @@ a cached answer's. `LeanConnection` serves the plain case itself:
   every line ending CRLF, its method upper-case (not CONNECT), its fields passing h11's
   grammar (the same one-pass check as `trigate.request_head`), one Host, at most one
   Content-Length of plain digits, and no Transfer-Encoding, Upgrade, Expect or
-  `Connection: close` (the field lines a connection's last head had are looked up
-  as they were read then, not read again: `KnownLines`);
+  `Connection: close` (the request line and field lines a connection's last head had
+  are looked up as they were read then, not read again: `KnownLines`);
 - its body by Content-Length, handed to the app as h11 and hypercorn hand it (a
   `more_body` event for each read, then an empty closing one);
 - the app's answer written as h11 would write it: a plain head (a status with a body,
@@ -370,10 +370,10 @@ def plain_head(head: bytes, known: KnownLines | None = None) -> PlainHead | None
     for h11 to decide. Every check is one h11 makes, or stricter. Its field lines are
     looked up in `known` (the connection's, when given) before they are read."""
     lines = head[:-4].split(b"\r\n")
-    match = _REQUEST_LINE.fullmatch(lines[0])
-    if match is None:
+    parts = request_line(lines[0]) if known is None else known.request_line(lines[0])
+    if parts is None:
         return None
-    method, target, version = match.groups()
+    method, target, version = parts
     if version != b"1.1" or not method.isupper() or method == b"CONNECT":
         return None  # hypercorn upper-cases the method h11 frames by: not the same then
     del lines[0]
@@ -399,6 +399,17 @@ def plain_head(head: bytes, known: KnownLines | None = None) -> PlainHead | None
 
 
 Fields = tuple[list[tuple[bytes, bytes]], list[bytes]]
+RequestLine = tuple[bytes, bytes, bytes]
+
+
+def request_line(line: bytes) -> RequestLine | None:
+    """A request line's method, target and HTTP version, as h11 reads them; None where
+    h11 would refuse it."""
+    match = _REQUEST_LINE.fullmatch(line)
+    if match is None:
+        return None
+    method, target, version = match.groups()
+    return method, target, version
 
 
 def read_fields(lines: list[bytes]) -> Fields | None:
@@ -439,12 +450,26 @@ class KnownLines:
     here some 3 thousand. At most one head's lines are kept (the last one that had
     new lines), and only a head of at most `KNOWN_LINES` lines: a line kept costs some
     200 bytes beside its own, and a head of thousands of short lines (16 KiB of them)
-    would have a connection hold 34 times its size for as long as it is kept alive."""
+    would have a connection hold 34 times its size for as long as it is kept alive.
 
-    __slots__ = ("_fields",)
+    The last request line is kept so too (a client asks one route again and again): its
+    expression's match cost some 4,400 instructions, comparing it with the last some 100."""
+
+    __slots__ = ("_fields", "_line", "_line_parts")
 
     def __init__(self) -> None:
         self._fields: dict[bytes, tuple[bytes, bytes]] = {}
+        self._line = b""
+        self._line_parts: RequestLine | None = None
+
+    def request_line(self, line: bytes) -> RequestLine | None:
+        """`request_line(line)`, the connection's last one's parts looked up."""
+        if line == self._line and self._line_parts is not None:
+            return self._line_parts
+        parts = request_line(line)
+        if parts is not None:
+            self._line, self._line_parts = line, parts
+        return parts
 
     def read(self, lines: list[bytes]) -> Fields | None:
         """`read_fields` of `lines`, those known looked up rather than read again."""
