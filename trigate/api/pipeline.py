@@ -437,7 +437,8 @@ class Call:
                 self.gateway.router.release(
                     routed.deployment, usage.total_tokens if usage is not None else 0
                 )
-            await self._release_unsettled()
+            if self.admission is not None:  # none to settle (the master key's): no coroutine
+                await self._release_unsettled()
         return Reply(await self.exchange.settled(answer), headers=self.exchange.answer_headers)
 
     async def relay_stream(self, answered: Answered) -> Reply:
