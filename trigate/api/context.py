@@ -36,6 +36,7 @@ from trigate.serving import (
     QUEUED_EVENT_EXTENSION,
     WHOLE_RESPONSE_EXTENSION,
     BodyWriter,
+    CheckedTail,
     OnDeparture,
     QueuedEvent,
     WholeWriter,
@@ -305,11 +306,7 @@ class _ResponseSender:
                 if name.lower() == b"content-length":
                     self._fixed_length = True
                     break
-            outside, own = response_headers.build_parts(self._context)
-            if self._body_pending:
-                outside.append((b"connection", b"close"))
-            # The gateway's own fields last, vouched for: the lean server checks the rest.
-            message = {**message, "headers": vouched([*headers, *outside, *own], own)}
+            message = {**message, "headers": self._fields(headers)}
             if self._fixed_length and self.whole_writer is not None:
                 self._start = message  # goes out with the body
                 return
@@ -342,10 +339,7 @@ class _ResponseSender:
         whole answer): the gateway's headers added as `__call__` adds them, the start held
         for the body, and the disconnect held back while they go. Two messages built and
         dispatched, and three coroutines, cost some 6 thousand instructions an answer."""
-        outside, own = response_headers.build_parts(self._context)
-        if self._body_pending:
-            outside.append((b"connection", b"close"))
-        fields = vouched([*headers, *outside, *own], own)
+        fields = self._fields(headers)
         self._fixed_length = True
         self._finishing = True
         try:
@@ -359,6 +353,15 @@ class _ResponseSender:
             self._finishing = False
             if self._finished is not None:
                 self._finished.set()
+
+    def _fields(self, headers: list[tuple[bytes, bytes]]) -> CheckedTail:
+        """A response's fields: the app's, then the gateway's (`build_parts`), its own
+        last and vouched for (the lean server checks the rest); and the connection's
+        close, when the request's body is still unread."""
+        outside, own = response_headers.build_parts(self._context)
+        if self._body_pending:
+            outside.append((b"connection", b"close"))
+        return vouched([*headers, *outside, *own], own)
 
     async def _send_last(self, message: Any) -> None:
         """A response's last message, with its held start when there is one: both in
