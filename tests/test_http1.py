@@ -373,6 +373,11 @@ def test_a_known_request_line_is_not_read_again(monkeypatch: pytest.MonkeyPatch)
     assert read == [b"POST / HTTP/1.1"]
     assert _read(_request(b"/b", method=b"POST"), known) is not None
     assert read == [b"POST / HTTP/1.1", b"POST /b HTTP/1.1"]
+    # A long line (a long query) is read each time, never held while the connection idles.
+    long = b"/q?" + b"x" * http1.KNOWN_LINE_BYTES
+    assert _read(_request(long), known) is not None
+    assert _read(_request(long), known) is not None
+    assert read[2:] == [b"GET " + long + b" HTTP/1.1"] * 2
 
 
 def test_known_lines_are_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:

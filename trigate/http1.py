@@ -440,6 +440,10 @@ def read_fields(lines: list[bytes]) -> Fields | None:
     return list(zip(lowered_names, values)), lowered_names  # noqa: B905 (one length)
 
 
+# The longest request line a connection keeps read (`KnownLines.request_line`).
+KNOWN_LINE_BYTES = 1024
+
+
 class KnownLines:
     """A connection's field lines as its last head's reading left them: a client sends
     much the same lines with every request on a connection (its host, credentials,
@@ -453,7 +457,10 @@ class KnownLines:
     would have a connection hold 34 times its size for as long as it is kept alive.
 
     The last request line is kept so too (a client asks one route again and again): its
-    expression's match cost some 4,400 instructions, comparing it with the last some 100."""
+    expression's match cost some 4,400 instructions, comparing it with the last some 100.
+    Only a line of at most `KNOWN_LINE_BYTES` (a route's, with a short query): a longer
+    one (up to the head's limit) would be held, with a copy of its target, for as long
+    as the connection idles."""
 
     __slots__ = ("_fields", "_line", "_line_parts")
 
@@ -467,7 +474,7 @@ class KnownLines:
         if line == self._line and self._line_parts is not None:
             return self._line_parts
         parts = request_line(line)
-        if parts is not None:
+        if parts is not None and len(line) <= KNOWN_LINE_BYTES:
             self._line, self._line_parts = line, parts
         return parts
 
