@@ -214,7 +214,7 @@ async def start_gateway(
     async def run(task_status: trio.TaskStatus[list[str]]) -> None:
         try:
             await serve(
-                app,
+                app.asgi_app,  # what the worker serves (`trigate.server`)
                 server,
                 limits,
                 shutdown_trigger=shutdown.wait,

@@ -236,3 +236,15 @@ class RenumberAnswers(BaseHook):
 
 
 renumber_answers = RenumberAnswers()
+
+
+class SurchargeUsage(BaseHook):
+    """Adds a surcharge of 1,000 prompt tokens to every answer's usage, in place."""
+
+    async def after_answer(
+        self, request: HookedRequest, answer: dict[str, Any], usage: Usage
+    ) -> None:
+        usage.prompt_tokens += 1000
+
+
+surcharge_usage = SurchargeUsage()

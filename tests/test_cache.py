@@ -32,6 +32,8 @@ from helpers import (
     sdk,
     start_gateway,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionMessageParam
 
 from trigate.cache import keys
@@ -122,6 +124,46 @@ def test_the_keys_value_is_what_it_was() -> None:
     assert cache_key("chat", "gpt-test", "", biased, None) == golden
 
 
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(),
+    # Keys that are no strings too (a hook's), written as orjson writes them.
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text() | st.integers(0, 99), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    surface=st.sampled_from(["chat", "messages", "responses", "embeddings"]),
+    group=st.text(),
+    tenant=st.text(),
+    body=st.dictionaries(st.sampled_from(sorted(keys.UNKEYED)) | st.text(), _JSON, max_size=5),
+)
+def test_the_form_is_the_whole_form_sorted(
+    surface: str, group: str, tenant: str, body: dict[str, Any]
+) -> None:
+    """The form is written as the body's part then the rest of its fields
+    (`keys._form`): byte for byte the whole form's sorted JSON, so every key (and every
+    entry in Redis) is what it was when the form was written whole."""
+    shaped = {name: value for name, value in body.items() if name not in keys.UNKEYED}
+    form = {"v": keys.KEY_VERSION, "surface": surface, "model": group, "scope": tenant}
+    try:
+        whole = orjson.dumps({**form, "body": shaped}, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        options = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+        whole = orjson.dumps({**form, "body": shaped}, option=options)
+    assert keys.canonical(surface, group, tenant, body) == whole
+    digest = hashlib.sha256(whole).hexdigest()
+    assert cache_key(surface, group, tenant, body, None) == digest
+    assert cache_key(surface, group, tenant, body, None) == digest  # kept, read back
+
+
 def test_a_repeated_requests_key_is_hashed_once_and_the_digests_kept_are_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -148,15 +190,22 @@ def test_a_repeated_requests_key_is_hashed_once_and_the_digests_kept_are_bounded
     monkeypatch.setattr(keys, "DIGESTS_KEPT_BYTES", 1000)
     digests = keys._Digests()
     for n in range(50):
-        form = b"%03d" % n * 33
-        assert digests.hexdigest(form) == sha256(form).hexdigest()
-        assert sum(len(form) + keys.KEPT_OVERHEAD for form in digests._kept) <= 1000
+        written = b'"%03d"' % n * 33
+        form = keys._form("chat", "g", "", written)
+        assert digests.hexdigest("chat", "g", "", written) == sha256(form).hexdigest()
+        kept = sum(len(kept[3]) + keys.KEPT_OVERHEAD for kept in digests._kept)
+        assert kept <= 1000
 
 
-def test_the_digests_kept_hold_the_memory_they_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The bound is on memory held, not only on the forms' lengths: a form is kept as a
-    copy of its own size (orjson's bytes keep the buffer they were written in, some
-    4 KiB for a small form), and each one's digest and slot are counted too."""
+@pytest.mark.parametrize(("scope", "group_length"), [("global", 1), ("key", 1), ("key", 1000)])
+def test_the_digests_kept_hold_the_memory_they_count(
+    monkeypatch: pytest.MonkeyPatch, scope: str, group_length: int
+) -> None:
+    """The bound is on memory held, not only on the forms' lengths: a body's part is kept
+    as a copy of its own size (orjson's bytes keep the buffer they were written in, some
+    4 KiB for a small one), and each one's digest, slot and tuple are counted too, with a
+    tenant string of its own per request (`scope: key`, a key's 64-character hash) and a
+    group's (a model name a wildcard matched, as long as the client made it)."""
     import tracemalloc
 
     bound = 256 << 10
@@ -165,14 +214,16 @@ def test_the_digests_kept_hold_the_memory_they_count(monkeypatch: pytest.MonkeyP
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for n in range(3000):  # each form made as a request's key makes it, then let go
+        held = 0
+        for n in range(2000):  # each form made as a request's key makes it, then let go
             body = {"messages": [{"role": "user", "content": f"q{n}"}]}
-            digests.hexdigest(keys.canonical("chat", "g", "", body))
-        held = tracemalloc.get_traced_memory()[0] - before
+            tenant = "" if scope == "global" else f"key:{n:064x}"
+            group = "g" if group_length == 1 else f"{n:0{group_length}x}"
+            digests.hexdigest("chat", group, tenant, keys.sorted_body(body))
+            held = max(held, tracemalloc.get_traced_memory()[0] - before)
     finally:
         tracemalloc.stop()
-    kept = len(digests._kept)
-    assert kept > 0 and held <= bound * 1.25, (kept, held)
+    assert digests._kept and held <= bound, held
 
 
 # --- hits -----------------------------------------------------------------------------------
@@ -201,6 +252,77 @@ async def test_a_repeated_chat_request_is_a_hit_with_its_headers_and_a_free_spen
     # The hit's row names the answer it gave, read from its entry's fields.
     assert records[1].response_id == records[0].response_id == first.json()["id"]
     await running.stop()
+
+
+@pytest.mark.parametrize(
+    ("usage", "source"),
+    [
+        ({**USAGE, "prompt_tokens_details": {"cached_tokens": 3}}, "upstream"),
+        # Counts that are no counts: the miss was billed by tiktoken, and so is the hit.
+        ({"prompt_tokens": "7", "completion_tokens": True, "total_tokens": 11}, "counted"),
+    ],
+)
+async def test_every_hit_of_an_entry_is_billed_the_usage_its_miss_was(
+    nursery: trio.Nursery, upstream: FakeUpstream, usage: dict[str, Any], source: str
+) -> None:
+    """A hit's usage is found once per entry the worker keeps (`Entry.billed`), as the
+    meter would find it from the kept answer's usage, and every hit of it is billed that:
+    the tokens and their source on each row are the miss's."""
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", usage))
+    running = await start_gateway(nursery, cached_config(upstream))
+    for _ in range(3):
+        await _post(running, "/v1/chat/completions", _chat())
+    records = await running.records.wait_for(3)
+    assert [r.cache_hit for r in records] == [False, True, True]
+    billed = {(r.prompt_tokens, r.completion_tokens, r.usage_source) for r in records}
+    assert len(billed) == 1 and billed.pop()[2] == source
+    await running.stop()
+
+
+async def test_a_hook_that_changes_a_hits_usage_changes_that_hits_alone(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """An entry's usage is found once for all its hits (`Entry.billed`); a hook given it
+    (which may change it in place) is given a copy, so one hit's change never reaches the
+    next hit's row."""
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    config = cached_config(upstream)
+    config["litellm_settings"]["callbacks"] = ["hook_examples.surcharge_usage"]
+    running = await start_gateway(nursery, config)
+    for _ in range(3):
+        await _post(running, "/v1/chat/completions", _chat())
+    records = await running.records.wait_for(3)
+    assert [r.cache_hit for r in records] == [False, True, True]
+    assert [r.prompt_tokens for r in records] == [USAGE["prompt_tokens"] + 1000] * 3
+    await running.stop()
+
+
+async def test_a_namespace_that_no_header_can_hold_is_refused_before_any_call(
+    nursery: trio.Nursery, upstream: FakeUpstream
+) -> None:
+    """The namespace begins the key sent back in `x-litellm-cache-key`: one with a CR or
+    LF (a header of the client's own making) or any control character is the client's
+    400, before the upstream is called, not a 500 after it; and a config's is refused at
+    start-up. One that is only odd (spaces, a colon, past ASCII) is kept as it is."""
+    upstream.handler = lambda request: JSONReply(chat_completion("Cached!", USAGE))
+    running = await start_gateway(nursery, cached_config(upstream))
+    for namespace in ("eval\r\nx-evil: 1", "nul\x00", "tab\tbell\x07"):
+        refused = await _post(
+            running, "/v1/chat/completions", _chat(cache={"namespace": namespace})
+        )
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["param"] == "cache"
+        assert "x-evil" not in refused.headers
+    assert upstream.requests == []
+    kept = await _post(running, "/v1/chat/completions", _chat(cache={"namespace": "a b:é"}))
+    assert kept.headers["x-litellm-cache-key"].startswith("a b:é:")
+    await running.stop()
+    from helpers import build_app
+
+    from trigate.config import ConfigError
+
+    with pytest.raises(ConfigError, match="control characters"):
+        build_app(cached_config(upstream, namespace="a\nb"))
 
 
 async def test_a_hits_call_is_freed_as_it_ends_not_left_to_the_collector(

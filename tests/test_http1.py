@@ -344,10 +344,40 @@ def test_known_lines_read_heads_as_they_are_read_afresh() -> None:
         _request(b"/", b"x-a: 1", b"content-length: 2", b"content-length: 2"),
         _request(b"/", b"X-A: 1", b"x-b:  two\t"),
         _request(b"/"),
+        _request(b"/a b"),
+        _request(b"/"),
+        _request(b"/", version=b"1.0"),
+        _request(b"/", method=b"get"),
+        _request(b"/", method=b"GET"),
     ]
     known = http1.KnownLines()
     for head in heads:
         assert _read(head, known) == _read(head), head
+
+
+def test_a_known_request_line_is_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection's request line, the same as its last head's, is not matched again;
+    another one is."""
+    read: list[bytes] = []
+    request_line = http1.request_line
+
+    def counted(line: bytes) -> http1.RequestLine | None:
+        read.append(line)
+        return request_line(line)
+
+    monkeypatch.setattr(http1, "request_line", counted)
+    known = http1.KnownLines()
+    first = _request(b"/", b"content-length: 2", method=b"POST")
+    assert _read(first, known) is not None
+    assert _read(first, known) is not None
+    assert read == [b"POST / HTTP/1.1"]
+    assert _read(_request(b"/b", method=b"POST"), known) is not None
+    assert read == [b"POST / HTTP/1.1", b"POST /b HTTP/1.1"]
+    # A long line (a long query) is read each time, never held while the connection idles.
+    long = b"/q?" + b"x" * http1.KNOWN_LINE_BYTES
+    assert _read(_request(long), known) is not None
+    assert _read(_request(long), known) is not None
+    assert read[2:] == [b"GET " + long + b" HTTP/1.1"] * 2
 
 
 def test_known_lines_are_not_read_again(monkeypatch: pytest.MonkeyPatch) -> None:

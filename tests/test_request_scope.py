@@ -14,6 +14,7 @@ import httpx
 import orjson
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from fakes import FakeUpstream, JSONReply, StreamReply, chat_completion, stream_of
 from helpers import MASTER_KEY, RunningGateway, openai_config, start_gateway
@@ -130,3 +131,68 @@ async def test_the_graceful_timeout_closes_an_unanswered_request_as_on_other_pat
             data += piece
     assert data == b""
     assert [record.status for record in running.records.records] == [499]
+
+
+def _recording_sender(log: list[Any], accepts: bool | None, body_pending: bool) -> Any:
+    """A `_ResponseSender` over a server that logs what it is sent, with a whole writer
+    that takes the answer (slowly: a disconnect must wait for it), refuses it (as
+    HTTP/2 and hypercorn's own h11 path do), or is not offered (None)."""
+    from trigate.api.context import RequestContext, _ResponseSender
+
+    async def send(message: Any) -> None:
+        fields = [tuple(field) for field in message.get("headers", [])]
+        log.append((message["type"], message.get("status"), message.get("body"), fields))
+
+    async def receive() -> Any:
+        await trio.sleep(0.01)
+        return {"type": "http.disconnect"}
+
+    context = RequestContext("r" * 32, 0.0, None)
+    sender = _ResponseSender(send, receive, context, body_pending, None)
+    if accepts is not None:
+
+        async def whole(status: int, fields: list[tuple[bytes, bytes]], body: bytes) -> bool:
+            await trio.sleep(0.05)
+            log.append(("whole", status, body, [tuple(field) for field in fields]))
+            return accepts
+
+        sender.whole_writer = whole
+    return sender
+
+
+async def _hear_departure(sender: Any, log: list[Any]) -> None:
+    await sender.receive()
+    log.append("departure heard")
+
+
+@pytest.mark.parametrize("accepts", [True, False, None])
+@pytest.mark.parametrize("body_pending", [True, False])
+async def test_a_whole_answer_in_one_call_is_its_two_messages(
+    accepts: bool | None, body_pending: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    """`whole_sender` (a fixed-length answer's start and body in one call) sends what
+    the start and the body sent one after the other do: the gateway's fields, the
+    close of a connection whose body is unread, the server's whole writer or the two
+    messages where it refuses or is absent; and a client's departure is heard only
+    once the answer is out."""
+    from trigate.api.context import whole_sender
+
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"2")]
+    logs: list[list[Any]] = []
+    for in_one_call in (True, False):
+        log: list[Any] = []
+        sender = _recording_sender(log, accepts, body_pending)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_hear_departure, sender, log)
+            await trio.lowlevel.checkpoint()
+            whole = whole_sender(sender)
+            if in_one_call and whole is not None:
+                await whole(200, list(headers), b"{}")
+            else:
+                start = {"type": "http.response.start", "status": 200, "headers": list(headers)}
+                await sender(start)
+                await sender({"type": "http.response.body", "body": b"{}", "more_body": False})
+        logs.append(log)
+    assert logs[0] == logs[1]
+    assert logs[0][-1] == "departure heard"
+    assert any(b"x-trigate-request-id" in dict(entry[3]) for entry in logs[0][:-1])

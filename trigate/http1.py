@@ -10,8 +10,8 @@ a cached answer's. `LeanConnection` serves the plain case itself:
   every line ending CRLF, its method upper-case (not CONNECT), its fields passing h11's
   grammar (the same one-pass check as `trigate.request_head`), one Host, at most one
   Content-Length of plain digits, and no Transfer-Encoding, Upgrade, Expect or
-  `Connection: close` (the field lines a connection's last head had are looked up
-  as they were read then, not read again: `KnownLines`);
+  `Connection: close` (the request line and field lines a connection's last head had
+  are looked up as they were read then, not read again: `KnownLines`);
 - its body by Content-Length, handed to the app as h11 and hypercorn hand it (a
   `more_body` event for each read, then an empty closing one);
 - the app's answer written as h11 would write it: a plain head (a status with a body,
@@ -185,9 +185,10 @@ async def send_locked(
     try_first: bool = False,
     head: bytes | None = None,
     dropped: Callable[[], bool] | None = None,
-) -> None:
+) -> bool:
     """`data` (after `head`, if given) written whole under `lock`, the waits for room
-    shielded from cancellation.
+    shielded from cancellation; whether it may have gone back to Trio on the way (False
+    only where it surely did not: a cancellation can then have come no sooner).
 
     The lock is taken without a schedule point when it is free (trio's `acquire` yields
     even then). With `try_first`, a free lock is not taken at all for a write the socket
@@ -198,13 +199,14 @@ async def send_locked(
         await lock.acquire()
         if dropped is not None and dropped():
             lock.release()
-            return
+            return True
     elif try_first:
         sent = stream.try_send(data)
         if sent == len(data):
             if stream.count_success():
                 await cancel_shielded_checkpoint()
-            return
+                return True
+            return False
         # Still free: nothing was awaited since `locked()`.
         lock.acquire_nowait()
         data = memoryview(data)[sent:]
@@ -216,6 +218,7 @@ async def send_locked(
         await stream.write(data, shielded=True)
     finally:
         lock.release()
+    return True
 
 
 def response_head(status: int, fields: list[tuple[bytes, bytes]], lines: bytes = b"") -> bytes:
@@ -367,10 +370,10 @@ def plain_head(head: bytes, known: KnownLines | None = None) -> PlainHead | None
     for h11 to decide. Every check is one h11 makes, or stricter. Its field lines are
     looked up in `known` (the connection's, when given) before they are read."""
     lines = head[:-4].split(b"\r\n")
-    match = _REQUEST_LINE.fullmatch(lines[0])
-    if match is None:
+    parts = request_line(lines[0]) if known is None else known.request_line(lines[0])
+    if parts is None:
         return None
-    method, target, version = match.groups()
+    method, target, version = parts
     if version != b"1.1" or not method.isupper() or method == b"CONNECT":
         return None  # hypercorn upper-cases the method h11 frames by: not the same then
     del lines[0]
@@ -396,6 +399,17 @@ def plain_head(head: bytes, known: KnownLines | None = None) -> PlainHead | None
 
 
 Fields = tuple[list[tuple[bytes, bytes]], list[bytes]]
+RequestLine = tuple[bytes, bytes, bytes]
+
+
+def request_line(line: bytes) -> RequestLine | None:
+    """A request line's method, target and HTTP version, as h11 reads them; None where
+    h11 would refuse it."""
+    match = _REQUEST_LINE.fullmatch(line)
+    if match is None:
+        return None
+    method, target, version = match.groups()
+    return method, target, version
 
 
 def read_fields(lines: list[bytes]) -> Fields | None:
@@ -426,6 +440,10 @@ def read_fields(lines: list[bytes]) -> Fields | None:
     return list(zip(lowered_names, values)), lowered_names  # noqa: B905 (one length)
 
 
+# The longest request line a connection keeps read (`KnownLines.request_line`).
+KNOWN_LINE_BYTES = 1024
+
+
 class KnownLines:
     """A connection's field lines as its last head's reading left them: a client sends
     much the same lines with every request on a connection (its host, credentials,
@@ -436,12 +454,29 @@ class KnownLines:
     here some 3 thousand. At most one head's lines are kept (the last one that had
     new lines), and only a head of at most `KNOWN_LINES` lines: a line kept costs some
     200 bytes beside its own, and a head of thousands of short lines (16 KiB of them)
-    would have a connection hold 34 times its size for as long as it is kept alive."""
+    would have a connection hold 34 times its size for as long as it is kept alive.
 
-    __slots__ = ("_fields",)
+    The last request line is kept so too (a client asks one route again and again): its
+    expression's match cost some 4,400 instructions, comparing it with the last some 100.
+    Only a line of at most `KNOWN_LINE_BYTES` (a route's, with a short query): a longer
+    one (up to the head's limit) would be held, with a copy of its target, for as long
+    as the connection idles."""
+
+    __slots__ = ("_fields", "_line", "_line_parts")
 
     def __init__(self) -> None:
         self._fields: dict[bytes, tuple[bytes, bytes]] = {}
+        self._line = b""
+        self._line_parts: RequestLine | None = None
+
+    def request_line(self, line: bytes) -> RequestLine | None:
+        """`request_line(line)`, the connection's last one's parts looked up."""
+        if line == self._line and self._line_parts is not None:
+            return self._line_parts
+        parts = request_line(line)
+        if parts is not None and len(line) <= KNOWN_LINE_BYTES:
+            self._line, self._line_parts = line, parts
+        return parts
 
     def read(self, lines: list[bytes]) -> Fields | None:
         """`read_fields` of `lines`, those known looked up rather than read again."""
@@ -531,7 +566,7 @@ class LeanConnection:
         hooks: ConnectionHooks,
         departures: DepartureWatch | None,
     ) -> None:
-        self._app = app
+        self._app = app  # an ASGI app: called with a scope, a receive and a send
         self._config = config
         self._context = context
         self._state = state
@@ -889,13 +924,7 @@ class _Exchange:
         config = connection._config
         try:
             try:
-                await connection._app(
-                    self.scope,
-                    self.queue.get,
-                    self.send,
-                    trio.to_thread.run_sync,
-                    trio.from_thread.run,
-                )
+                await connection._app(self.scope, self.queue.get, self.send)
             except trio.Cancelled:
                 raise
             except BaseExceptionGroup as error:
@@ -980,9 +1009,13 @@ class _Exchange:
         if body and self._held is not None:
             # `_start` held a plain head (no HEAD request's, a status with a body) and
             # awaited nothing since its cancel point: no cancellation can have come, so
-            # the body goes without another (some 2 thousand instructions an answer).
-            await self._send_length(bytes(body))
-        elif body and not suppress_body(self.scope["method"], status):
+            # the body goes without another (some 2 thousand instructions an answer),
+            # and so does the answer's end if the write went back to Trio for nothing
+            # (some 2,500 more).
+            waited = await self._send_length(bytes(body))
+            await self._send_closed(cancel_point=waited)
+            return True
+        if body and not suppress_body(self.scope["method"], status):
             await self._send_body(bytes(body))
         await self._send_closed()
         return True
@@ -994,29 +1027,43 @@ class _Exchange:
         if getattr(log, "access_logger", log) is not None:
             await log.access(self.scope, response, time.time() - self.start_time)
 
-    async def _send_closed(self) -> None:
-        await self._finish()
+    async def _send_closed(self, *, cancel_point: bool = True) -> None:
+        """The answer's end, then `_access`, `_stream_closed` and `_end` as each would do
+        it for an answer that ended: each coroutine that awaits nothing (no access log
+        kept, the connection kept) cost some 1,200 instructions an answer."""
+        await self._finish(cancel_point=cancel_point)
         self.state = _Answer.CLOSED
-        await self._access(self.response)
-        await self._stream_closed()
-        await self._end()
+        log = self._connection._config.log
+        if getattr(log, "access_logger", log) is not None:
+            await self._access(self.response)
+        if not self.closed:  # `_stream_closed`, with no line to log for an answer that ended
+            self.closed = True
+            self.queue.end()
+        if self._ended():
+            await self._connection.close()
+        if self._finished is not None:
+            self._finished.set()
 
     async def _end(self) -> None:
-        """The answer is done: the connection carries the next request, or closes (as
-        hypercorn's `_maybe_recycle`): once the body was whole, h11 kept the connection
+        """The answer is done: the connection carries the next request, or closes."""
+        if self._ended():
+            await self._connection.close()
+        if self._finished is not None:
+            self._finished.set()
+
+    def _ended(self) -> bool:
+        """Mark the answer done; whether the connection must close (as hypercorn's
+        `_maybe_recycle` closes it): unless the body was whole, h11 kept the connection
         alive, and the worker is not draining."""
         self._done = True
-        connection = self._connection
         if (
             self._closing
             or self._broken
             or not self._body_done
-            or connection._context.terminated.is_set()
+            or self._connection._context.terminated.is_set()
         ):
             self._closing = True
-            await connection.close()
-        if self._finished is not None:
-            self._finished.set()
+        return self._closing
 
     # Writing the answer.
 
@@ -1097,23 +1144,26 @@ class _Exchange:
         else:
             await self._send_length(body)
 
-    async def _send_length(self, body: bytes) -> None:
-        """A piece of a body framed by its length, after its head while that is held."""
+    async def _send_length(self, body: bytes) -> bool:
+        """A piece of a body framed by its length, after its head while that is held;
+        whether the write may have gone back to Trio (`_write`)."""
         if len(body) > self._unsent:
             self._broken = True
             raise h11.LocalProtocolError("Too much data for declared Content-Length")
         self._unsent -= len(body)
         head, self._held = self._held, None
         if head is None:
-            await self._write(body)
-        elif len(body) <= MAX_JOINED_BODY:
-            await self._write(head + body)
-        else:
-            await self._write(body, head=head)
+            return await self._write(body)
+        if len(body) <= MAX_JOINED_BODY:
+            return await self._write(head + body)
+        return await self._write(body, head=head)
 
-    async def _finish(self) -> None:
-        """The answer's end: a chunked body's last chunk, a fixed-length body checked."""
-        await checkpoint_if_cancelled()
+    async def _finish(self, *, cancel_point: bool = True) -> None:
+        """The answer's end: a chunked body's last chunk, a fixed-length body checked.
+        Without its `cancel_point` where the caller knows nothing was awaited since its
+        last one."""
+        if cancel_point:
+            await checkpoint_if_cancelled()
         if self._broken:
             raise h11.LocalProtocolError("Can't send data when our state is ERROR")
         answer = self._h11
@@ -1133,7 +1183,7 @@ class _Exchange:
                 self._broken = True
                 raise h11.LocalProtocolError("Too little data for declared Content-Length")
 
-    async def _write(self, data: bytes, *, head: bytes | None = None) -> None:
+    async def _write(self, data: bytes, *, head: bytes | None = None) -> bool:
         """`data` written under the connection's lock, shielded (a piece cut halfway
         would break the framing of all that follows); a connection that broke under it
         ends the request's stream, as hypercorn's `Closed`, and later writes are dropped
@@ -1141,12 +1191,12 @@ class _Exchange:
 
         The caller's cancel point came before it changed any state. Cancelled still
         (waiting for the lock), the answer's framing is no longer sure: the connection
-        closes after it."""
+        closes after it. Whether it may have gone back to Trio on the way (`send_locked`)."""
         if self.closed and self._done:
-            return
+            return False
         try:
             connection = self._connection
-            await send_locked(
+            return await send_locked(
                 connection._lock,
                 connection._stream,
                 data,
@@ -1156,6 +1206,7 @@ class _Exchange:
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await self._write_broke()
+            return True
         except trio.Cancelled:
             self._closing = True
             raise

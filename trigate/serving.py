@@ -61,6 +61,7 @@ before the gateway's own shutdown (which flushes the spend ledger) runs.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import math
 import resource
@@ -74,6 +75,7 @@ import h11
 import h11._readers
 import h11._writers
 import trio
+from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, Event, RawData, Updated
 from hypercorn.protocol import ProtocolWrapper
@@ -812,6 +814,10 @@ class Connections:
         # the event `watch_idle` waits on while there are none.
         self._idle_order: dict[_Connection, None] = {}
         self._first_idle: trio.Event | None = None
+        # `trio.current_time` of the run the worker serves in, read from its clock at once
+        # (every request ends with a reading): two calls less than trio's function, some
+        # 1,600 instructions.
+        self._now = trio.lowlevel.current_clock().current_time
 
     def __len__(self) -> int:
         return len(self._open)
@@ -827,7 +833,7 @@ class Connections:
     def went_idle(self, connection: _Connection) -> None:
         """A connection's last request ended: it may idle for `keep_alive_timeout`
         (`watch_idle`), unless the worker is draining."""
-        connection.idle_since = trio.current_time()
+        connection.idle_since = self._now()
         if self._draining:
             connection.scope.cancel()
         else:
@@ -937,6 +943,16 @@ async def serve(
     bound_chunk_sizes()
     read_request_heads()
     wrapped = wrap_app(app, config.wsgi_max_body_size, None)
+    # The lean path calls an ASGI app as it is: hypercorn's wrapper only drops the two
+    # arguments a WSGI app would need, a call that cost some 2 thousand instructions a
+    # request.
+    lean_app = (
+        app
+        if isinstance(wrapped, ASGIWrapper)
+        else functools.partial(
+            wrapped, sync_spawn=trio.to_thread.run_sync, call_soon=trio.from_thread.run
+        )
+    )
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
     context = WorkerContext(None)
@@ -954,7 +970,7 @@ async def serve(
         if not LeanConnection.serves(config):
             return None
         return LeanConnection(
-            wrapped,
+            lean_app,
             config,
             context,
             ConnectionState(lifespan_state.copy()),

@@ -188,20 +188,31 @@ class UsageMeter:
     async def settle(self) -> Usage:
         """The usage to bill: the upstream's numbers, or tiktoken's where it gave none."""
         reported = self._reported or {}
+        usage = upstream_usage(reported)
+        if usage is not None:
+            return usage
         prompt = reported.get("prompt_tokens")
         completion = reported.get("completion_tokens")
-        # `type(...) is int`: a JSON `true` is a Python bool, an int to isinstance, and no
-        # count (PostgreSQL refuses a boolean for an INTEGER column, at every retry).
-        if type(prompt) is int and type(completion) is int:
-            searches = reported.get("search_units")
-            searches = searches if type(searches) is int else 0  # `reported_count`, inline
-            return Usage(prompt, completion, "upstream", *_priced_parts(reported), searches)
         if type(prompt) is not int:
             prompt = await self.prompt_tokens()
         if type(completion) is not int:
             self._read_frames()
             completion = await self._counter.count_text_async(self.model, "".join(self._pieces))
         return Usage(prompt, completion, "counted")
+
+
+def upstream_usage(reported: dict[str, Any]) -> Usage | None:
+    """The usage an upstream reported, when it reported both counts (else tiktoken
+    counts what is missing: `UsageMeter.settle`)."""
+    prompt = reported.get("prompt_tokens")
+    completion = reported.get("completion_tokens")
+    # `type(...) is int`: a JSON `true` is a Python bool, an int to isinstance, and no
+    # count (PostgreSQL refuses a boolean for an INTEGER column, at every retry).
+    if type(prompt) is not int or type(completion) is not int:
+        return None
+    searches = reported.get("search_units")
+    searches = searches if type(searches) is int else 0  # `reported_count`, inline
+    return Usage(prompt, completion, "upstream", *_priced_parts(reported), searches)
 
 
 def _loaded(payload: bytes) -> Any:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -369,6 +369,9 @@ class Call:
         if ticket is None:
             return None
         self.cache_ticket = ticket
+        served = cache.served_at_once(self, ticket)
+        if served is not None:
+            return served
         try:
             return await cache.lookup(self, ticket)
         except GatewayError as failure:  # the call in flight it joined failed
@@ -390,11 +393,17 @@ class Call:
                 assert isinstance(answered, Completion), "a whole request is answered whole"
                 completion = answered
             self.answered = completion
-            reported = completion.usage
-            self.meter.report(reported)
-            if reported is None:
-                self.meter.observe_completion(completion.body)
-            usage = await self.meter.settle()
+            if type(completion) is KeptCompletion and completion.billed is not None:
+                # A cache hit's usage, as its entry found it once for every hit it serves;
+                # a copy where hooks (a user's, which may change it) are given it.
+                billed = completion.billed
+                usage = billed if self.hooks is None else replace(billed)
+            else:
+                reported = completion.usage
+                self.meter.report(reported)
+                if reported is None:
+                    self.meter.observe_completion(completion.body)
+                usage = await self.meter.settle()
             if routed is not None:
                 usage = self.exchange.bill(routed.deployment, completion, usage)
             if self.hooks is not None and await self.hooks.after_answer(
@@ -428,7 +437,8 @@ class Call:
                 self.gateway.router.release(
                     routed.deployment, usage.total_tokens if usage is not None else 0
                 )
-            await self._release_unsettled()
+            if self.admission is not None:  # none to settle (the master key's): no coroutine
+                await self._release_unsettled()
         return Reply(await self.exchange.settled(answer), headers=self.exchange.answer_headers)
 
     async def relay_stream(self, answered: Answered) -> Reply:

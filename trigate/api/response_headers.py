@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from trigate import __version__
+from trigate.cache import CACHE_KEY_HEADER, CACHE_STATE_HEADER
 from trigate.transport import field_names
 
 if TYPE_CHECKING:
     from trigate.api.context import RequestContext
     from trigate.api.pipeline import Call
+    from trigate.cache import Ticket
     from trigate.router.deployments import Deployment
     from trigate.router.router import RouteProgress
 
@@ -181,6 +183,9 @@ def _call_headers(call: Call, route: RouteProgress | None, outside: Headers, own
     cost = call.cost
     if cost is not None:
         _number(b"x-litellm-response-cost", cost, outside, own)
+    ticket = call.cache_ticket
+    if ticket is not None:
+        _cache_headers(ticket, outside, own)
     key = call.caller.key
     spend = float(key.get("spend") or 0.0) if key is not None else 0.0
     _number(b"x-litellm-key-spend", spend + (cost or 0.0), outside, own)
@@ -196,6 +201,15 @@ def _call_headers(call: Call, route: RouteProgress | None, outside: Headers, own
             outside.append((name, str(value).encode()))  # as stored, whatever it is
     if route is not None:
         _remaining(call, key, route.model_group, outside)
+
+
+def _cache_headers(ticket: Ticket, outside: Headers, own: Headers) -> None:
+    """What the response cache did: LiteLLM's key, the gateway's own field when it is
+    the digest alone (hex), checked as a value from outside after a namespace (the
+    config's or the client's); and whether it was a hit, once the lookup knows."""
+    (outside if ticket.namespaced else own).append((CACHE_KEY_HEADER, ticket.key.encode()))
+    if ticket.state is not None:
+        own.append((CACHE_STATE_HEADER, ticket.state))
 
 
 def _number(name: bytes, value: float, outside: Headers, own: Headers) -> None:

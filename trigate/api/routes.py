@@ -152,7 +152,7 @@ QUART_ROUTES: tuple[Callable[[QuartTrio, Gateway], None], ...] = (
     # GET /cache/ping, POST /cache/delete, POST /cache/flushall
     cache_admin.register,
     # GET, POST and PUT /v1/mcp/server, GET and DELETE /v1/mcp/server/{id}
-    # (the MCP endpoint itself, /mcp and /mcp/{server}, is trigate.mcp_gateway.endpoint,
+    # (the MCP endpoint itself, /mcp and /mcp/{server}, is trigate.api.mcp_endpoint,
     # in front of the app)
     mcp_admin.register,
     # The web UI (path parameters as {id}): GET /ui, /ui/static/{id}, /ui/login,

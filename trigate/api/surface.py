@@ -196,6 +196,10 @@ class Exchange(Protocol):
         """Whether a deployment that speaks the client's own API is sent the client's
         own body rather than `body`."""
 
+    @property
+    def native_cacheable(self) -> bool:
+        """Whether the response cache may keep an answer in the client's own API."""
+
     def native_request(self) -> dict[str, Any] | None:
         """The request in the client's own API, as a deployment that speaks it is sent it
         (a Responses request with the conversation it continues), for a hook that reads
@@ -269,6 +273,9 @@ class PlainExchange:
     __slots__ = ()
     stream_headers: Mapping[str, str] = SSE_HEADERS
     answer_headers: Mapping[str, str] = JSON_HEADERS
+    # Whether the response cache may keep an answer in the client's own API (not a
+    # Response the upstream stores, whose id a hit would hand out again).
+    native_cacheable: bool = True
 
     def bill(self, deployment: Deployment, completion: Completion | None, usage: Usage) -> Usage:
         return usage

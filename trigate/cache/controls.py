@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,14 @@ from trigate.errors import InvalidRequest
 _FLAGS = ("no-cache", "no-store", "use-cache")
 _SECONDS = ("ttl", "s-maxage", "s-max-age")
 KNOWN = frozenset({*_FLAGS, *_SECONDS, "namespace"})
+# A namespace begins the key sent back in `x-litellm-cache-key`: a control character (a
+# CR or LF above all) can be in no header's value.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def header_safe(namespace: str) -> bool:
+    """Whether `namespace` can begin a header's value: no control character in it."""
+    return _CONTROL.search(namespace) is None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +75,13 @@ def read_controls(cache: Any, caching: Any) -> CacheControls:
             raise InvalidRequest(f"`cache.{name}` must be a boolean.", param="cache")
     seconds = {name: _seconds(cache, name) for name in _SECONDS}
     namespace = cache.get("namespace")
-    if namespace is not None and (not isinstance(namespace, str) or not namespace):
-        raise InvalidRequest("`cache.namespace` must be a non-empty string.", param="cache")
+    if namespace is not None and (
+        not isinstance(namespace, str) or not namespace or not header_safe(namespace)
+    ):
+        raise InvalidRequest(
+            "`cache.namespace` must be a non-empty string without control characters.",
+            param="cache",
+        )
     return CacheControls(
         bypass=caching is False,
         opted_in=bool(caching) or bool(cache.get("use-cache")),

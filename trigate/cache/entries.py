@@ -27,6 +27,7 @@ import orjson
 from trigate.cache.shapes import native_events, replay_chunks
 from trigate.clock import wall_time
 from trigate.providers import Completion
+from trigate.usage import Usage, upstream_usage
 
 # Entries of another version (an older gateway's) are misses, then kept anew. A whole
 # answer's usage, id and CRC-32 are optional fields of this version: gateways with and
@@ -64,12 +65,21 @@ class KeptCompletion(Completion):
     as they are (`raw`), its usage and id come from the entry's fields, and its body is
     parsed from the bytes only once something reads it."""
 
-    __slots__ = ("_parsed", "_usage", "answer_id")
+    __slots__ = ("_parsed", "_usage", "answer_id", "billed")
 
-    def __init__(self, raw: bytes, usage: dict[str, Any] | None, answer_id: str | None) -> None:
+    def __init__(
+        self,
+        raw: bytes,
+        usage: dict[str, Any] | None,
+        answer_id: str | None,
+        billed: Usage | None,
+    ) -> None:
         self._parsed: dict[str, Any] | None = None
         self._usage = usage
         self.answer_id = answer_id
+        # The usage billed, as the upstream reported it (`usage`), found once per entry;
+        # None: the meter settles it (the entry's usage lacks a count).
+        self.billed = billed
         self.raw = raw
         self.native = False
         self.native_usage = None
@@ -117,7 +127,10 @@ class Entry:
     """An entry as read, from its fields (`encode`'s) and, for a whole answer, the
     answer's own bytes (`unread` while they are not parsed: `KeptCompletion`)."""
 
-    __slots__ = ("answer", "answer_id", "at", "events", "item", "native", "raw", "unread", "usage")
+    __slots__ = (
+        "_tokens", "answer", "answer_id", "at", "billed", "events", "item", "native", "raw",
+        "unread", "usage",
+    )  # fmt: skip
 
     def __init__(self, data: dict[str, Any], raw: bytes | None = None) -> None:
         at = data.get("at")
@@ -133,6 +146,9 @@ class Entry:
         self.raw = raw
         self.unread = False
         self.answer_id: str | None = None
+        self._tokens = -1
+        # A whole answer's usage as billed, when its entry is read unparsed (`_whole_answer`).
+        self.billed: Usage | None = None
 
     def serve(self, stream: bool) -> Completion | Replay | None:
         if self.unread:
@@ -142,7 +158,7 @@ class Entry:
             # Its own usage: an entry may serve many hits (`ResponseCache`'s decoded
             # entries), and nothing one does to its answer may reach the next.
             usage = dict(self.usage) if self.usage is not None else None
-            return KeptCompletion(self.raw, usage, self.answer_id)
+            return KeptCompletion(self.raw, usage, self.answer_id, self.billed)
         if self.answer is not None:
             return Replay(self.answer) if stream else Completion(self.answer, self.raw)
         if stream:
@@ -167,9 +183,14 @@ class Entry:
         return len(self.raw) if self.raw is not None else 0
 
     def tokens(self) -> int:
-        usage = self.usage or (self.answer or {}).get("usage")
-        total = usage.get("total_tokens") if isinstance(usage, dict) else None
-        return total if isinstance(total, int) and total > 0 else 0
+        """The tokens its answer says it took; found once, for an entry the worker's
+        memory keeps serves many hits (its usage is never changed: `serve` copies it)."""
+        found = self._tokens
+        if found < 0:
+            usage = self.usage or (self.answer or {}).get("usage")
+            total = usage.get("total_tokens") if isinstance(usage, dict) else None
+            found = self._tokens = total if isinstance(total, int) and total > 0 else 0
+        return found
 
 
 def encode(fields: dict[str, Any], raw: bytes | None = None) -> bytes:
@@ -252,6 +273,9 @@ def _whole_answer(head: dict[str, Any], raw: bytes) -> Entry | None:
     entry.at = _kept_at(head)
     entry.raw = raw
     entry.unread = True
+    entry._tokens = -1
+    # Found once per entry read: the worker's memory keeps it for every hit it serves.
+    entry.billed = upstream_usage(entry.usage) if entry.usage is not None else None
     return entry
 
 

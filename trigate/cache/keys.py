@@ -18,6 +18,7 @@ share an answer.
 from __future__ import annotations
 
 import hashlib
+from sys import getsizeof
 from typing import Any
 
 import orjson
@@ -36,15 +37,27 @@ RESPONSES_UNKEYED = frozenset({"stream", "stream_options"})
 
 
 def canonical(surface: str, group: str, tenant: str, body: dict[str, Any]) -> bytes:
-    """The canonical form hashed: sorted keys at every depth, no whitespace."""
+    """The canonical form hashed: `{"v": KEY_VERSION, "surface": ..., "model": ...,
+    "scope": ..., "body": ...}` with sorted keys at every depth and no whitespace."""
+    return _form(surface, group, tenant, sorted_body(body))
+
+
+def sorted_body(body: dict[str, Any]) -> bytes:
+    """The body's part of the form: its keyed fields, sorted at every depth."""
     shaped = body if UNKEYED.isdisjoint(body) else _keyed(body, UNKEYED)
-    form = {"v": KEY_VERSION, "surface": surface, "model": group, "scope": tenant, "body": shaped}
     try:
-        return orjson.dumps(form, option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(shaped, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:
         # A key that is not a string (a hook's): written as one, by orjson's slower
         # option, which writes string keys alike (so a body's key is the same either way).
-        return orjson.dumps(form, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(shaped, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+def _form(surface: str, group: str, tenant: str, written: bytes) -> bytes:
+    """The form with the body's part already written: its keys sort as `body`, `model`,
+    `scope`, `surface`, `v`, so the body comes first, then the rest as orjson sorts it."""
+    rest = {"model": group, "scope": tenant, "surface": surface, "v": KEY_VERSION}
+    return b'{"body":%b,%b' % (written, orjson.dumps(rest, option=orjson.OPT_SORT_KEYS)[1:])
 
 
 def _keyed(body: dict[str, Any], unkeyed: frozenset[str]) -> dict[str, Any]:
@@ -60,42 +73,47 @@ def native_form(surface: str, native: dict[str, Any], chat: dict[str, Any]) -> d
     return {surface: _keyed(native, unkeyed), "chat": _keyed(chat, UNKEYED)}
 
 
-# The canonical forms whose digests are kept (`_Digests`), in bytes all told (each form's
-# own, its digest's and its place in the dictionary: `KEPT_OVERHEAD`), and the largest
-# one kept: a larger form's hashing is mostly its length, not its setup.
+# The canonical forms whose digests are kept (`_Digests`), in bytes all told (each
+# body's part, its digest's and its place in the dictionary: `KEPT_OVERHEAD`), and the
+# largest body kept: a larger one's hashing is mostly its length, not its setup.
 DIGESTS_KEPT_BYTES = 1 << 20
 LARGEST_FORM_KEPT = 16 << 10
-# What a kept form costs beyond its length: the bytes object's header, the digest's
-# 64-character string, and the dictionary's slot (measured: some 280 bytes).
+# What a kept form costs beyond its body's length and its group's and tenant's strings:
+# the bytes object's header, the tuple holding them, the digest's 64-character string,
+# and the dictionary's slot (measured: some 250 bytes).
 KEPT_OVERHEAD = 300
 
 
 class _Digests:
-    """SHA-256 digests of the canonical forms hashed lately. A hit is a request made
-    again, so its form has been hashed before: a look-up (one pass of the interpreter's
-    hash over the form) replaces OpenSSL's SHA-256, whose setup for each call costs a
-    small request's key some 10 thousand instructions, a sixtieth of the whole hit.
-    Bounded in bytes; once full it starts over, which costs a hashing each. A form is
-    kept as a copy of its own length: orjson's bytes keep the buffer they were written
-    in, some 4 KiB for a form of a hundred bytes. The forms hold requests' text, in
-    this worker's memory only, as the requests themselves did."""
+    """SHA-256 digests of the canonical forms hashed lately, by what they are made of:
+    the surface, group and tenant, and the body's part (`sorted_body`). A hit is a
+    request made again, so its form has been hashed before: a look-up (one pass of the
+    interpreter's hash over the body's part) replaces OpenSSL's SHA-256, whose setup for
+    each call costs a small request's key some 10 thousand instructions, and the rest
+    of the form is written only for a digest not kept (some 4 thousand more).
+    Bounded in bytes; once full it starts over, which costs a hashing each. A body's
+    part is kept as a copy of its own length: orjson's bytes keep the buffer they were
+    written in, some 4 KiB for a hundred bytes. It holds requests' text, in this
+    worker's memory only, as the requests themselves did."""
 
     __slots__ = ("_bytes", "_kept")
 
     def __init__(self) -> None:
-        self._kept: dict[bytes, str] = {}
+        self._kept: dict[tuple[str, str, str, bytes], str] = {}
         self._bytes = 0
 
-    def hexdigest(self, form: bytes) -> str:
-        digest = self._kept.get(form)
+    def hexdigest(self, surface: str, group: str, tenant: str, written: bytes) -> str:
+        digest = self._kept.get((surface, group, tenant, written))
         if digest is None:
-            digest = hashlib.sha256(form).hexdigest()
-            size = len(form) + KEPT_OVERHEAD
-            if len(form) <= LARGEST_FORM_KEPT:
+            digest = hashlib.sha256(_form(surface, group, tenant, written)).hexdigest()
+            # The group and tenant may be strings of this request's own (a model name a
+            # wildcard matched, a key's tenant), kept alive by the tuple: counted too.
+            size = len(written) + getsizeof(group) + getsizeof(tenant) + KEPT_OVERHEAD
+            if len(written) <= LARGEST_FORM_KEPT:
                 if self._bytes + size > DIGESTS_KEPT_BYTES:
                     self._kept.clear()
                     self._bytes = 0
-                self._kept[bytes(memoryview(form))] = digest
+                self._kept[(surface, group, tenant, bytes(memoryview(written)))] = digest
                 self._bytes += size
         return digest
 
@@ -107,5 +125,5 @@ def cache_key(
     surface: str, group: str, tenant: str, body: dict[str, Any], namespace: str | None
 ) -> str:
     """LiteLLM's form of a key: the hash in hex, after `namespace:` when there is one."""
-    digest = _digests.hexdigest(canonical(surface, group, tenant, body))
+    digest = _digests.hexdigest(surface, group, tenant, sorted_body(body))
     return f"{namespace}:{digest}" if namespace else digest

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
+from trigate.cache.controls import header_safe
 from trigate.config import ConfigError
 
 logger = logging.getLogger("trigate")
@@ -102,8 +103,10 @@ def cache_settings(
     if scope not in ("global", "team", "key"):
         raise ConfigError("litellm_settings.cache_params.scope must be global, team or key")
     namespace = params.get("namespace")
-    if namespace is not None and not isinstance(namespace, str):
-        raise ConfigError("litellm_settings.cache_params.namespace must be a string")
+    if namespace is not None and (not isinstance(namespace, str) or not header_safe(namespace)):
+        raise ConfigError(
+            "litellm_settings.cache_params.namespace must be a string without control characters"
+        )
     timeout = _seconds(params, "socket_timeout") or redis_timeout
     scopes: dict[str, Scope] = {"global": "global", "team": "team", "key": "key"}
     return CacheSettings(
