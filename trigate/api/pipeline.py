@@ -401,7 +401,8 @@ class Call:
             else:
                 reported = completion.usage
                 self.meter.report(reported)
-                if reported is None:
+                if reported is None or type(reported.get("completion_tokens")) is not int:
+                    # No count of its own (none, or no number): its text is counted.
                     self.meter.observe_completion(completion.body)
                 usage = await self.meter.settle()
             if routed is not None:
