@@ -1023,9 +1023,14 @@ class _Exchange:
     async def _access(self, response: Any) -> None:
         """hypercorn's access log line for the request (None: no answer was finished),
         skipped where no access log is kept (as hypercorn's own `access` skips it)."""
-        log = self._connection._config.log
-        if getattr(log, "access_logger", log) is not None:
+        if self._logs_access():
+            log = self._connection._config.log
             await log.access(self.scope, response, time.time() - self.start_time)
+
+    def _logs_access(self) -> bool:
+        """Whether an access log is kept (hypercorn's `access` skips the line where not)."""
+        log = self._connection._config.log
+        return getattr(log, "access_logger", log) is not None
 
     async def _send_closed(self, *, cancel_point: bool = True) -> None:
         """The answer's end, then `_access`, `_stream_closed` and `_end` as each would do
@@ -1033,8 +1038,7 @@ class _Exchange:
         kept, the connection kept) cost some 1,200 instructions an answer."""
         await self._finish(cancel_point=cancel_point)
         self.state = _Answer.CLOSED
-        log = self._connection._config.log
-        if getattr(log, "access_logger", log) is not None:
+        if self._logs_access():
             await self._access(self.response)
         if not self.closed:  # `_stream_closed`, with no line to log for an answer that ended
             self.closed = True

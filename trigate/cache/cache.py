@@ -100,7 +100,7 @@ class ResponseCache:
         # and whether it is the whole backend, read without a coroutine of its own.
         self._memory: LocalBackend = local
         self._memory_only = settings.type != "redis"
-        # LiteLLM's scope: every caller's answers shared (`_tenant`), known once.
+        # LiteLLM's default scope: every caller's answers shared (tenant ""), known once.
         self._shared = settings.scope == "global"
         if settings.type == "redis":
             assert settings.redis_url is not None
@@ -189,10 +189,9 @@ class ResponseCache:
         return chat if original is None else native_form("messages", original, chat)
 
     def _tenant(self, caller: Caller) -> str | None:
-        scope = self.settings.scope
-        if scope == "global":
-            return ""
-        if scope == "team" and caller.team_id is not None:
+        """Whose entries a caller reads and writes under `team` or `key` scope (under
+        `global`, everyone's: `ticket` knows that without a call), or None: not cached."""
+        if self.settings.scope == "team" and caller.team_id is not None:
             return f"team:{caller.team_id}"
         # A caller's own entries: its key's, the master's, or a keyless caller's user's.
         owner = caller.owner
